@@ -1,0 +1,64 @@
+# Kizuna: `make up` runs the ecosystem locally, `make test` runs the whole suite.
+# Both install what is missing first (uv from PyPI, the workspace, Chromium from Debian).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+SERVICES := identity points shop travel fintech
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+PY := .venv/bin/python
+export UV_LINK_MODE ?= copy
+
+.PHONY: help install up test test-fast lint fmt typecheck proto proto-check bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(UV):
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+
+.venv/.synced: $(UV) pyproject.toml uv.lock libs/*/pyproject.toml services/*/pyproject.toml
+	$(UV) sync --frozen --all-packages
+	@touch $@
+
+install: .venv/.synced ## install uv and the workspace (idempotent)
+
+up: install ## run the whole ecosystem locally (Ctrl-C stops it)
+	@exec $(PY) -m kizuna.kit.devstack $(SERVICES)
+
+test: install test-tools ## the whole suite against real NATS, PostgreSQL, gRPC, HTTP
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install ## the suite without the slow end-to-end journeys
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: install node_modules ## ruff, buf lint, proto drift
+	$(PY) -m ruff check .
+	npx --no-install buf lint proto
+	$(PY) proto/generate.py --check
+
+typecheck: install ## mypy (strict on the kit)
+	$(PY) -m mypy libs/kit/src
+
+fmt: install
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+proto: install ## regenerate libs/contracts from proto/
+	$(PY) proto/generate.py
+
+proto-check: install ## fail when libs/contracts is stale
+	$(PY) proto/generate.py --check
+
+node_modules: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+bench: install ## benchmarks (numbers, not tests)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf .data .pytest_cache
+
+test-tools:: ## tools the suite needs beyond the workspace (extended by mk/*.mk)
+
+-include mk/*.mk

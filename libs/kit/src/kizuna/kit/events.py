@@ -1,0 +1,482 @@
+"""The event path: transactional outbox -> relay -> JetStream -> durable consumer with an inbox.
+
+- `publish(session, subject, message)` stages an event in the same transaction as the business
+  change; nothing reaches NATS unless that transaction commits.
+- `OutboxRelay` publishes staged events with `Nats-Msg-Id` = event id (JetStream de-duplicates a
+  re-publish after a crash) and marks them sent.
+- `Consumer` declares a durable pull consumer; `ConsumerWorker` runs it: the handler's effect and
+  an inbox row keyed by the event id commit together, so a redelivered event is acknowledged
+  without effect. After `max_deliver` failed attempts the event goes to `deadletter.<consumer>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+import nats.errors
+import nats.js.errors
+from google.protobuf.message import Message as ProtoMessage
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from sqlalchemy import Column, LargeBinary, String, update
+from sqlalchemy import event as sa_event
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlmodel import JSON, Field, SQLModel, col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from ulid import ULID
+
+from kizuna.kit.db import Database, UTCDateTime, utcnow
+from kizuna.kit.telemetry import (
+    dead_letters,
+    extract_context,
+    inject_headers,
+    messages_consumed,
+    messages_published,
+    tracer,
+)
+
+log = logging.getLogger("kizuna.kit.events")
+
+DEAD_LETTER_STREAM = "DEADLETTER"
+DEAD_LETTER_PREFIX = "deadletter"
+DUPLICATE_WINDOW_SECONDS = 120.0
+
+
+class OutboxMessage(SQLModel, table=True):
+    """An event staged with a business change, waiting for the relay."""
+
+    __tablename__ = "kit_outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(sa_column=Column(String(40), unique=True, nullable=False))
+    subject: str = Field(sa_column=Column(String(200), nullable=False))
+    payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    headers: dict[str, str] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    sent_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, index=True))
+
+
+class InboxMessage(SQLModel, table=True):
+    """An event a consumer has taken effect for; its presence makes a redelivery a no-op."""
+
+    __tablename__ = "kit_inbox"
+
+    consumer: str = Field(sa_column=Column(String(100), primary_key=True))
+    event_id: str = Field(sa_column=Column(String(100), primary_key=True))
+    subject: str = Field(sa_column=Column(String(200), nullable=False))
+    processed_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+def new_event_id() -> str:
+    """A sortable unique event id (`evt_` + ULID)."""
+    return f"evt_{ULID()}"
+
+
+def publish(
+    session: AsyncSession,
+    subject: str,
+    message: ProtoMessage,
+    *,
+    member_id: str | None = None,
+    event_id: str | None = None,
+) -> str:
+    """Stage `message` for `subject` in the session's transaction; returns the event id.
+
+    The event is published by the relay after the transaction commits, and never if it rolls back.
+    """
+    event_id = event_id or new_event_id()
+    now = utcnow()
+    headers = {
+        "Nats-Msg-Id": event_id,
+        "ce-specversion": "1.0",
+        "ce-id": event_id,
+        "ce-type": f"kizuna.{subject}",
+        "ce-time": now.isoformat(),
+        "content-type": "application/protobuf",
+        "ce-dataschema": f"proto:{message.DESCRIPTOR.full_name}",
+    }
+    if member_id:
+        headers["ce-subject"] = member_id
+    inject_headers(headers)
+    session.add(
+        OutboxMessage(
+            event_id=event_id,
+            subject=subject,
+            payload=message.SerializeToString(deterministic=True),
+            headers=headers,
+            created_at=now,
+        )
+    )
+    session.sync_session.info["kizuna_outbox_staged"] = True
+    return event_id
+
+
+_commit_listeners: list[Callable[[], None]] = []
+
+
+@sa_event.listens_for(Session, "after_commit")
+def _wake_relays(session: Session) -> None:
+    if session.info.pop("kizuna_outbox_staged", False):
+        for wake in list(_commit_listeners):
+            wake()
+
+
+@sa_event.listens_for(Session, "after_rollback")
+def _forget_staged(session: Session) -> None:
+    session.info.pop("kizuna_outbox_staged", None)
+
+
+def stream_name_for(subject: str) -> str:
+    """Each producing service owns one stream named after the subject's first token."""
+    return subject.split(".", 1)[0].upper()
+
+
+async def ensure_stream(js: JetStreamContext, name: str, *, replicas: int = 1) -> None:
+    """Create or update the stream `NAME` for subjects `name.>` (idempotent; every replica may call it)."""
+    config = StreamConfig(
+        name=name.upper(),
+        subjects=[f"{name.lower()}.>"],
+        storage=StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        num_replicas=replicas,
+    )
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        await js.update_stream(config)
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows to JetStream, oldest first, and marks them sent."""
+
+    def __init__(
+        self,
+        db: Database,
+        js: JetStreamContext,
+        *,
+        source: str,
+        poll_seconds: float = 1.0,
+        batch_size: int = 100,
+    ) -> None:
+        self.db = db
+        self.js = js
+        self.source = source
+        self.poll_seconds = poll_seconds
+        self.batch_size = batch_size
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        """Ask for a flush soon (thread-safe: commits may happen in worker threads)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self) -> None:
+        """Flush whenever woken by a commit, and every `poll_seconds` as a safety net."""
+        self._loop = asyncio.get_running_loop()
+        _commit_listeners.append(self.wake)
+        try:
+            while not self._stopping:
+                try:
+                    await self.flush()
+                except (nats.errors.Error, OSError) as exc:
+                    log.warning("outbox relay could not publish; will retry", extra={"error": str(exc)})
+                except Exception:
+                    log.exception("outbox relay failed; will retry")
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+        finally:
+            _commit_listeners.remove(self.wake)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def flush(self) -> int:
+        """Publish every pending row; returns how many were published."""
+        total = 0
+        async with self._lock:
+            while True:
+                sent = await self._flush_batch()
+                total += sent
+                if sent < self.batch_size:
+                    return total
+
+    async def _flush_batch(self) -> int:
+        async with self.db.transaction() as session:
+            query = (
+                select(OutboxMessage)
+                .where(col(OutboxMessage.sent_at).is_(None))
+                .order_by(col(OutboxMessage.id))
+                .limit(self.batch_size)
+            )
+            if not self.db.is_sqlite:
+                # Several replicas may relay at once; each row goes to exactly one of them.
+                query = query.with_for_update(skip_locked=True)
+            rows = list((await session.exec(query)).all())
+            for row in rows:
+                await self._publish(row)
+                await self._mark_sent(session, row)
+            return len(rows)
+
+    async def _publish(self, row: OutboxMessage) -> None:
+        headers = dict(row.headers)
+        headers["ce-source"] = self.source
+        parent = extract_context(headers)
+        with tracer.start_as_current_span(
+            f"{row.subject} publish",
+            context=parent,
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": row.subject,
+                "messaging.message.id": row.event_id,
+                "messaging.operation.type": "publish",
+            },
+        ):
+            # The consumer continues the trace from this producer span.
+            headers.pop("traceparent", None)
+            headers.pop("tracestate", None)
+            inject_headers(headers)
+            await self.js.publish(row.subject, row.payload, headers=headers)
+        messages_published.add(1, {"messaging.destination.name": row.subject})
+
+    async def _mark_sent(self, session: AsyncSession, row: OutboxMessage) -> None:
+        await session.execute(update(OutboxMessage).where(col(OutboxMessage.id) == row.id).values(sent_at=utcnow()))
+
+    async def pending(self) -> int:
+        """How many rows wait to be published (for readiness and metrics)."""
+        async with self.db.sessions() as session:
+            rows = await session.exec(
+                select(OutboxMessage.id).where(col(OutboxMessage.sent_at).is_(None))
+            )
+            return len(rows.all())
+
+
+M = TypeVar("M", bound=ProtoMessage)
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event as a handler sees it: CloudEvents attributes plus the protobuf payload."""
+
+    id: str
+    subject: str
+    type: str
+    source: str
+    member_id: str | None
+    time: str
+    data: bytes
+    headers: dict[str, str]
+    delivery: int = 1
+
+    def parse(self, message_type: type[M]) -> M:
+        """Decode the payload as `message_type`."""
+        message = message_type()
+        message.ParseFromString(self.data)
+        return message
+
+    @classmethod
+    def from_msg(cls, msg: Msg) -> Event:
+        headers = dict(msg.headers or {})
+        meta = msg.metadata
+        fallback_id = f"{meta.stream}:{meta.sequence.stream}"
+        return cls(
+            id=headers.get("ce-id") or headers.get("Nats-Msg-Id") or fallback_id,
+            subject=msg.subject,
+            type=headers.get("ce-type", f"kizuna.{msg.subject}"),
+            source=headers.get("ce-source", ""),
+            member_id=headers.get("ce-subject"),
+            time=headers.get("ce-time", ""),
+            data=msg.data,
+            headers=headers,
+            delivery=meta.num_delivered,
+        )
+
+
+Handler = Callable[[AsyncSession, Event], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A durable pull consumer: `name` follows `<service>-<purpose>`, e.g. `points-shop-earn`.
+
+    `handler(session, event)` runs inside the transaction that also records the event in the
+    inbox; anything it writes (including events it publishes) commits with it, or not at all.
+    """
+
+    name: str
+    subjects: Sequence[str]
+    handler: Handler
+    max_deliver: int | None = None
+    ack_wait_seconds: float = 30.0
+    retry_delay_seconds: float = 1.0
+    batch_size: int = 16
+
+    @property
+    def stream(self) -> str:
+        streams = {stream_name_for(s) for s in self.subjects}
+        if len(streams) != 1:
+            raise ValueError(f"consumer {self.name}: subjects span several streams: {sorted(streams)}")
+        return streams.pop()
+
+
+@dataclass
+class _Outcome:
+    status: str  # "done" | "duplicate" | "failed"
+    error: BaseException | None = None
+
+
+@dataclass
+class ConsumerWorker:
+    """Runs one `Consumer` against JetStream and the service database."""
+
+    consumer: Consumer
+    db: Database
+    js: JetStreamContext
+    default_max_deliver: int = 5
+    stream_replicas: int = 1
+    _stopping: bool = field(default=False, init=False)
+    _sub: Any = field(default=None, init=False)
+    _busy: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+
+    @property
+    def max_deliver(self) -> int:
+        return self.consumer.max_deliver or self.default_max_deliver
+
+    async def subscribe(self) -> None:
+        """Create (or bind to) the durable consumer; its stream is created if its producer is not up yet."""
+        c = self.consumer
+        await ensure_stream(self.js, c.stream, replicas=self.stream_replicas)
+        config = ConsumerConfig(
+            durable_name=c.name,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=c.ack_wait_seconds,
+            # Our own dead-lettering decides at max_deliver; the server's limit is a backstop
+            # for a message that crashes the process before it can be dead-lettered.
+            max_deliver=self.max_deliver + 2,
+            filter_subjects=list(c.subjects) if len(c.subjects) > 1 else None,
+            filter_subject=c.subjects[0] if len(c.subjects) == 1 else None,
+        )
+        self._sub = await self.js.pull_subscribe(c.subjects[0], durable=c.name, stream=c.stream, config=config)
+
+    async def run(self) -> None:
+        """Fetch and process until stopped; the message in hand is finished before returning."""
+        if self._sub is None:
+            await self.subscribe()
+        while not self._stopping:
+            try:
+                msgs = await self._sub.fetch(self.consumer.batch_size, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except nats.errors.ConnectionClosedError:
+                return
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                log.warning("fetch failed; retrying", extra={"consumer": self.consumer.name, "error": str(exc)})
+                await asyncio.sleep(1.0)
+                continue
+            for msg in msgs:
+                async with self._busy:
+                    await self.handle(msg)
+
+    def stop(self) -> None:
+        """Stop fetching; the message being handled (if any) completes."""
+        self._stopping = True
+
+    async def drain(self) -> None:
+        """Wait for the message in hand to finish."""
+        async with self._busy:
+            return
+
+    async def handle(self, msg: Msg) -> None:
+        """Process one delivery, then ack, retry later, or dead-letter it."""
+        outcome = await self.process(msg)
+        if outcome.status in ("done", "duplicate"):
+            await msg.ack()
+            return
+        delivered = msg.metadata.num_delivered
+        if delivered >= self.max_deliver:
+            await self._dead_letter(msg, outcome.error)
+            await msg.term()
+        else:
+            await msg.nak(delay=self.consumer.retry_delay_seconds * delivered)
+
+    async def process(self, msg: Msg) -> _Outcome:
+        """Apply the handler and record the inbox row in one transaction; never acks."""
+        event = Event.from_msg(msg)
+        name = self.consumer.name
+        with tracer.start_as_current_span(
+            f"{msg.subject} process",
+            context=extract_context(event.headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": msg.subject,
+                "messaging.consumer.group.name": name,
+                "messaging.message.id": event.id,
+                "messaging.operation.type": "process",
+                **({"user.id": event.member_id} if event.member_id else {}),
+            },
+        ) as span:
+            try:
+                async with self.db.transaction() as session:
+                    session.add(
+                        InboxMessage(consumer=name, event_id=event.id, subject=msg.subject, processed_at=utcnow())
+                    )
+                    await session.flush()
+                    await self.consumer.handler(session, event)
+            except IntegrityError:
+                if await self._seen(event.id):
+                    span.set_attribute("kizuna.duplicate", True)
+                    messages_consumed.add(1, {"consumer": name, "outcome": "duplicate"})
+                    return _Outcome("duplicate")
+                log.exception("event handler failed", extra={"consumer": name, "event_id": event.id})
+                span.set_status(Status(StatusCode.ERROR))
+                return _Outcome("failed", None)
+            except Exception as exc:
+                log.exception(
+                    "event handler failed",
+                    extra={"consumer": name, "event_id": event.id, "delivery": event.delivery},
+                )
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                messages_consumed.add(1, {"consumer": name, "outcome": "failed"})
+                return _Outcome("failed", exc)
+        messages_consumed.add(1, {"consumer": name, "outcome": "done"})
+        return _Outcome("done")
+
+    async def _seen(self, event_id: str) -> bool:
+        async with self.db.sessions() as session:
+            row = await session.get(InboxMessage, (self.consumer.name, event_id))
+            return row is not None
+
+    async def _dead_letter(self, msg: Msg, error: BaseException | None) -> None:
+        headers = dict(msg.headers or {})
+        headers.pop("Nats-Msg-Id", None)
+        headers["kizuna-original-subject"] = msg.subject
+        headers["kizuna-consumer"] = self.consumer.name
+        headers["kizuna-deliveries"] = str(msg.metadata.num_delivered)
+        headers["kizuna-error"] = (repr(error) if error else "unknown error")[:500]
+        subject = f"{DEAD_LETTER_PREFIX}.{self.consumer.name}"
+        await ensure_stream(self.js, DEAD_LETTER_STREAM, replicas=self.stream_replicas)
+        await self.js.publish(subject, msg.data, headers=headers)
+        dead_letters.add(1, {"consumer": self.consumer.name})
+        log.error(
+            "event moved to dead-letter subject",
+            extra={"consumer": self.consumer.name, "subject": subject, "event_id": headers.get("ce-id")},
+        )

@@ -1,0 +1,185 @@
+"""gRPC server and client plumbing: health, reflection, tracing, error mapping, deadlines, retries."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from kizuna.kit.errors import DomainError
+from kizuna.kit.telemetry import extract_context, inject_headers, rpc_duration, tracer
+
+log = logging.getLogger("kizuna.kit.rpc")
+
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+
+
+def _wrap_unary(
+    behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+    method: str,
+    metadata: dict[str, str],
+) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    service, _, rpc = method.lstrip("/").rpartition("/")
+
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        with tracer.start_as_current_span(
+            method.lstrip("/"),
+            context=extract_context(metadata),
+            kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc},
+        ) as span:
+            try:
+                return await behavior(request, context)
+            except DomainError as exc:
+                code = exc.grpc_status
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                await context.abort(exc.grpc_status, exc.message)
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                raise
+            except Exception as exc:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unhandled error in %s", method)
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR))
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            finally:
+                rpc_duration.record(
+                    (time.perf_counter() - start) * 1000,
+                    {"rpc.service": service, "rpc.method": rpc, "rpc.grpc.status_code": code.value[0]},
+                )
+
+    return wrapped
+
+
+class KitServerInterceptor(grpc.aio.ServerInterceptor):
+    """SERVER span per call continuing the caller's trace; `DomainError` -> its status code."""
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith("/grpc.health") or method.startswith("/grpc.reflection"):
+            return handler
+        if handler.unary_unary is None:
+            return handler
+        metadata = {k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)}
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap_unary(handler.unary_unary, method, metadata),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+ServicerRegistration = tuple[Callable[[Any, grpc.aio.Server], None], Any]
+
+
+class GrpcServer:
+    """A grpc.aio server with health and reflection, serving the given servicers."""
+
+    def __init__(
+        self,
+        registrations: Sequence[ServicerRegistration],
+        service_names: Sequence[str],
+        *,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
+        self.server = grpc.aio.server(interceptors=[KitServerInterceptor(), *interceptors])
+        for add, servicer in registrations:
+            add(servicer, self.server)
+        self.health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names = list(service_names)
+        reflection.enable_server_reflection(
+            [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
+            self.server,
+        )
+        self.port = 0
+
+    def bind(self, host: str, port: int) -> int:
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"gRPC port {port} on {host} is busy")
+        return self.port
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new calls and let in-flight ones finish within `grace` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+class _ClientTracing(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        method = client_call_details.method
+        name = method.decode() if isinstance(method, bytes) else method
+        with tracer.start_as_current_span(
+            name.lstrip("/"), kind=SpanKind.CLIENT, attributes={"rpc.system": "grpc"}
+        ):
+            carrier: dict[str, str] = {}
+            inject_headers(carrier)
+            metadata = list(client_call_details.metadata or []) + list(carrier.items())
+            details = grpc.aio.ClientCallDetails(
+                client_call_details.method,
+                client_call_details.timeout,
+                metadata,  # type: ignore[arg-type]
+                client_call_details.credentials,
+                client_call_details.wait_for_ready,
+            )
+            call = await continuation(details, request)
+            await call
+            return call
+
+
+def _service_config(retry_services: Sequence[str]) -> str:
+    config: dict[str, Any] = {"methodConfig": []}
+    if retry_services:
+        config["methodConfig"].append(
+            {
+                "name": [{"service": s} for s in retry_services],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        )
+    return json.dumps(config)
+
+
+def client_channel(address: str, *, retry_services: Sequence[str] = ()) -> grpc.aio.Channel:
+    """A channel to a peer that propagates the trace; calls to `retry_services` retry on UNAVAILABLE.
+
+    Every mutating Kizuna RPC is idempotent by key, so retrying it with the same key is safe.
+    Callers pass a `timeout=` (deadline) on every call.
+    """
+    return grpc.aio.insecure_channel(
+        address,
+        interceptors=[_ClientTracing()],
+        options=[("grpc.service_config", _service_config(retry_services)), ("grpc.enable_retries", 1)],
+    )

@@ -1,0 +1,368 @@
+"""The service runner: one process serves HTTP (uvicorn) and gRPC (grpc.aio) in one asyncio loop,
+runs consumers, background jobs and the outbox relay, and shuts down gracefully on SIGTERM.
+
+A service is declared, not programmed:
+
+    service = Service(name="points", settings=Settings, http=http_api.router,
+                      grpc=[(points_pb2_grpc.add_PointsServiceServicer_to_server, PointsApi)],
+                      consumers=events.consumers)
+
+and `python -m points` calls `service.main()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import importlib
+import inspect
+import logging
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import grpc
+import nats
+import uvicorn
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from kizuna.kit import migrations
+from kizuna.kit.db import Database
+from kizuna.kit.errors import DomainError
+from kizuna.kit.events import Consumer, ConsumerWorker, OutboxRelay, ensure_stream
+from kizuna.kit.logs import configure_logging
+from kizuna.kit.rpc import GrpcServer
+from kizuna.kit.settings import ServiceSettings, load_settings
+from kizuna.kit.telemetry import TracingMiddleware, configure_telemetry, shutdown_telemetry
+
+log = logging.getLogger("kizuna.kit.service")
+
+S = TypeVar("S", bound=ServiceSettings)
+
+ReadinessCheck = Callable[["Runtime[Any]"], Awaitable[None]]
+Job = Callable[["Runtime[Any]"], Awaitable[None]]
+Hook = Callable[["Runtime[Any]"], Awaitable[None]]
+GrpcRegistration = tuple[Callable[[Any, grpc.aio.Server], None], Callable[["Runtime[Any]"], Any]]
+
+
+@dataclass
+class Runtime(Generic[S]):
+    """What a running service holds: settings, database, NATS, and its own state (`state`)."""
+
+    name: str
+    settings: S
+    db: Database
+    nc: NATS | None = None
+    js: JetStreamContext | None = None
+    relay: OutboxRelay | None = None
+    grpc_port: int = 0
+    http_port: int = 0
+    ready: bool = False
+    stopping: bool = False
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def jetstream(self) -> JetStreamContext:
+        if self.js is None:
+            raise RuntimeError("NATS is not connected yet")
+        return self.js
+
+
+class PortBusyError(SystemExit):
+    """A port the service needs is taken; the message names it."""
+
+
+def _bind_socket(host: str, port: int, what: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            message = f"{what} port {port} on {host} is already in use; free it or set {what.upper()}_PORT"
+            print(message, file=sys.stderr)
+            raise PortBusyError(message) from None
+        raise
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the runner owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _grpc_service_name(add: Callable[..., Any]) -> str:
+    module = importlib.import_module(add.__module__.removesuffix("_grpc"))
+    short = add.__name__.removeprefix("add_").removesuffix("Servicer_to_server")
+    full: str = module.DESCRIPTOR.services_by_name[short].full_name
+    return full
+
+
+class Service(Generic[S]):
+    """A Kizuna service: its name, settings, HTTP routes, gRPC servicers, consumers and jobs."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        settings: type[S],
+        http: APIRouter | None = None,
+        grpc: Sequence[GrpcRegistration] = (),
+        consumers: Sequence[Consumer] = (),
+        jobs: Sequence[Job] = (),
+        on_start: Sequence[Hook] = (),
+        on_stop: Sequence[Hook] = (),
+        readiness: Sequence[ReadinessCheck] = (),
+        grpc_interceptors: Callable[[Runtime[S]], Sequence[grpc.aio.ServerInterceptor]] | None = None,
+        migrations_dir: Path | None = None,
+        commands: dict[str, Callable[[S, list[str]], int]] | None = None,
+        configure_app: Callable[[FastAPI], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.settings_cls = settings
+        self.router = http
+        self.grpc = list(grpc)
+        self.consumers = list(consumers)
+        self.jobs = list(jobs)
+        self.on_start = list(on_start)
+        self.on_stop = list(on_stop)
+        self.readiness = list(readiness)
+        self.grpc_interceptors = grpc_interceptors
+        self.commands = dict(commands or {})
+        self.configure_app = configure_app
+        if migrations_dir is None:
+            caller = inspect.stack()[1].filename
+            migrations_dir = Path(caller).parent / "migrations"
+        self.migrations_dir = migrations_dir
+
+    # ---- command line -------------------------------------------------------------------
+    def main(self, argv: Sequence[str] | None = None) -> None:
+        """`python -m <service> [serve|migrate|<command>] ...`"""
+        parser = argparse.ArgumentParser(prog=f"python -m {self.name}", description=f"Kizuna {self.name} service")
+        parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate", *self.commands])
+        parser.add_argument("args", nargs=argparse.REMAINDER)
+        ns = parser.parse_args(argv)
+        settings = load_settings(self.settings_cls)
+        configure_logging(self.name, settings.log_level, settings.log_format)
+        if ns.command == "serve":
+            sys.exit(asyncio.run(self.serve(settings)))
+        if ns.command == "migrate":
+            self.migrate(settings)
+            return
+        sys.exit(self.commands[ns.command](settings, ns.args))
+
+    def migrate(self, settings: S) -> None:
+        """Bring this service's database to the newest revision."""
+        migrations.upgrade(settings.database_url_for(self.name), self.migrations_dir)
+        log.info("database migrated")
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def serve(self, settings: S) -> int:
+        """Run until SIGTERM/SIGINT, then shut down gracefully; returns the exit code."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with self.running(settings):
+            await stop.wait()
+            log.info("stop signal received; draining")
+        return 0
+
+    @contextlib.asynccontextmanager
+    async def running(self, settings: S) -> AsyncIterator[Runtime[S]]:
+        """Start everything, yield the runtime once ready, and shut down gracefully on exit."""
+        configure_telemetry(self.name)
+        http_sock = _bind_socket(settings.http_host, settings.http_port, "http")
+        runtime: Runtime[S] = Runtime(
+            name=self.name,
+            settings=settings,
+            db=Database(settings.database_url_for(self.name)),
+            http_port=http_sock.getsockname()[1],
+        )
+        app = self.create_app(runtime)
+        server = _Uvicorn(
+            uvicorn.Config(
+                app,
+                log_config=None,
+                lifespan="off",
+                access_log=False,
+                timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+                proxy_headers=True,
+            )
+        )
+        http_task = asyncio.create_task(server.serve(sockets=[http_sock]), name="http")
+        tasks: list[asyncio.Task[Any]] = []
+        workers: list[ConsumerWorker] = []
+        grpc_server: GrpcServer | None = None
+        try:
+            if settings.migrate_on_start:
+                await asyncio.to_thread(migrations.upgrade, runtime.db.url, self.migrations_dir)
+            runtime.nc = await self._connect_nats(settings)
+            runtime.js = runtime.nc.jetstream()
+            await ensure_stream(runtime.js, self.name, replicas=settings.stream_replicas)
+            runtime.relay = OutboxRelay(
+                runtime.db, runtime.js, source=f"kizuna/{self.name}", poll_seconds=settings.outbox_poll_seconds
+            )
+            tasks.append(asyncio.create_task(runtime.relay.run(), name="outbox-relay"))
+            for hook in self.on_start:
+                await hook(runtime)
+            for consumer in self.consumers:
+                worker = ConsumerWorker(
+                    consumer, runtime.db, runtime.js,
+                    default_max_deliver=settings.consumer_max_deliver,
+                    stream_replicas=settings.stream_replicas,
+                )
+                await worker.subscribe()
+                workers.append(worker)
+                tasks.append(asyncio.create_task(worker.run(), name=f"consumer:{consumer.name}"))
+            for job in self.jobs:
+                tasks.append(asyncio.create_task(job(runtime), name=f"job:{getattr(job, '__name__', 'job')}"))
+            grpc_server = GrpcServer(
+                [(add, factory(runtime)) for add, factory in self.grpc],
+                [_grpc_service_name(add) for add, _ in self.grpc],
+                interceptors=self.grpc_interceptors(runtime) if self.grpc_interceptors else (),
+            )
+            runtime.grpc_port = grpc_server.bind(settings.grpc_host, settings.grpc_port)
+            await grpc_server.start()
+            while not server.started:
+                if http_task.done():
+                    await http_task
+                    raise RuntimeError("HTTP server stopped during start")
+                await asyncio.sleep(0.01)
+            runtime.ready = True
+            await grpc_server.set_serving(True)
+            log.info(
+                "ready",
+                extra={"http_port": runtime.http_port, "grpc_port": runtime.grpc_port, "url": settings.base_url},
+            )
+            yield runtime
+        finally:
+            await self._shutdown(runtime, server, http_task, grpc_server, workers, tasks)
+
+    async def _connect_nats(self, settings: S) -> NATS:
+        attempt = 0
+        while True:
+            try:
+                return await nats.connect(
+                    settings.nats_url,
+                    name=self.name,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    connect_timeout=2,
+                )
+            except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
+                attempt += 1
+                if attempt >= 30:
+                    raise
+                log.warning("NATS not reachable yet; retrying", extra={"error": str(exc), "attempt": attempt})
+                await asyncio.sleep(1)
+
+    async def _shutdown(
+        self,
+        runtime: Runtime[S],
+        server: _Uvicorn,
+        http_task: asyncio.Task[Any],
+        grpc_server: GrpcServer | None,
+        workers: list[ConsumerWorker],
+        tasks: list[asyncio.Task[Any]],
+    ) -> None:
+        grace = runtime.settings.shutdown_grace_seconds
+        runtime.ready = False
+        runtime.stopping = True
+        for worker in workers:
+            worker.stop()
+        server.should_exit = True
+        grpc_stop = grpc_server.stop(grace) if grpc_server else asyncio.sleep(0)
+        # In-flight HTTP requests, gRPC calls and messages finish side by side.
+        await asyncio.gather(
+            grpc_stop,
+            asyncio.wait_for(asyncio.shield(http_task), grace + 1),
+            *(worker.drain() for worker in workers),
+            return_exceptions=True,
+        )
+        for hook in self.on_stop:
+            try:
+                await hook(runtime)
+            except Exception:
+                log.exception("on_stop hook failed")
+        if runtime.relay is not None:
+            runtime.relay.stop()
+        for task in tasks:
+            if task.get_name() != "outbox-relay":
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if runtime.relay is not None and runtime.nc is not None and runtime.nc.is_connected:
+            try:
+                await asyncio.wait_for(runtime.relay.flush(), 3)
+            except Exception:
+                log.exception("final outbox flush failed; pending events stay for the next start")
+        if runtime.nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(runtime.nc.drain(), 3)
+        await runtime.db.dispose()
+        shutdown_telemetry()
+        log.info("stopped")
+
+    # ---- HTTP app -----------------------------------------------------------------------
+    def create_app(self, runtime: Runtime[S]) -> FastAPI:
+        """The FastAPI app: health endpoints, error mapping, tracing, and the service's routes."""
+        app = FastAPI(title=f"Kizuna {self.name}", version="1")
+        app.state.runtime = runtime
+        app.add_middleware(TracingMiddleware, service=self.name)
+
+        @app.exception_handler(DomainError)
+        async def _domain_error(_request: Request, exc: DomainError) -> JSONResponse:
+            return JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.http_status)
+
+        @app.get("/healthz", include_in_schema=False)
+        async def healthz() -> dict[str, str]:
+            return {"status": "ok"}
+
+        @app.get("/readyz", include_in_schema=False)
+        async def readyz() -> JSONResponse:
+            checks = await self._readiness(runtime)
+            ok = runtime.ready and all(v == "ok" for v in checks.values())
+            body = {"status": "ready" if ok else "not ready", "checks": checks}
+            return JSONResponse(body, status_code=200 if ok else 503)
+
+        if self.configure_app:
+            self.configure_app(app)
+        if self.router is not None:
+            app.include_router(self.router)
+        return app
+
+    async def _readiness(self, runtime: Runtime[S]) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        if runtime.stopping:
+            checks["shutdown"] = "stopping"
+        elif not runtime.ready:
+            checks["startup"] = "starting"
+        try:
+            await asyncio.wait_for(runtime.db.ping(), 2)
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"error: {type(exc).__name__}"
+        checks["nats"] = "ok" if runtime.nc is not None and runtime.nc.is_connected else "error: not connected"
+        for check in self.readiness:
+            label = getattr(check, "__name__", "check").removeprefix("check_")
+            try:
+                await asyncio.wait_for(check(runtime), 2)
+                checks[label] = "ok"
+            except Exception as exc:
+                checks[label] = f"error: {type(exc).__name__}"
+        return checks

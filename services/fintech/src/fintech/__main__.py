@@ -1,0 +1,3 @@
+from fintech.service import service
+
+service.main()

@@ -1,0 +1,3 @@
+from identity.service import service
+
+service.main()

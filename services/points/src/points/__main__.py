@@ -1,0 +1,3 @@
+from points.service import service
+
+service.main()

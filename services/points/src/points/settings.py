@@ -1,0 +1,6 @@
+from kizuna.kit.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    http_port: int = 8001
+    grpc_port: int = 50051

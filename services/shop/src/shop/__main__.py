@@ -1,0 +1,3 @@
+from shop.service import service
+
+service.main()

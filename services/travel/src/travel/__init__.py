@@ -1,0 +1,1 @@
+"""Kizuna travel service."""

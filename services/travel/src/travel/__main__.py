@@ -1,0 +1,3 @@
+from travel.service import service
+
+service.main()
