@@ -91,6 +91,7 @@ service = Service(
     consumers=[Consumer(name="demo-effects", subjects=["demo.note.created"], handler=record_effect,
                         retry_delay_seconds=0.1)],
     migrations_dir=Path(__file__).parent / "migrations",
+    verify_tokens=False,
 )
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from kizuna.kit import migrations
+from kizuna.kit.auth import AuthInterceptor, ServiceTokenClient, TokenVerifier
 from kizuna.kit.db import Database
 from kizuna.kit.errors import DomainError
 from kizuna.kit.events import Consumer, ConsumerWorker, OutboxRelay, ensure_stream
@@ -61,6 +62,8 @@ class Runtime(Generic[S]):
     name: str
     settings: S
     db: Database
+    verifier: TokenVerifier
+    service_tokens: ServiceTokenClient | None = None
     nc: NATS | None = None
     js: JetStreamContext | None = None
     relay: OutboxRelay | None = None
@@ -132,6 +135,7 @@ class Service(Generic[S]):
         migrations_dir: Path | None = None,
         commands: dict[str, Callable[[S, list[str]], int]] | None = None,
         configure_app: Callable[[FastAPI], None] | None = None,
+        verify_tokens: bool = True,
     ) -> None:
         self.name = name
         self.settings_cls = settings
@@ -145,6 +149,9 @@ class Service(Generic[S]):
         self.grpc_interceptors = grpc_interceptors
         self.commands = dict(commands or {})
         self.configure_app = configure_app
+        # Every RPC is authorized, and readiness includes identity's JWKS, unless a service
+        # (identity itself, or a test double) opts out.
+        self.verify_tokens = verify_tokens
         if migrations_dir is None:
             caller = inspect.stack()[1].filename
             migrations_dir = Path(caller).parent / "migrations"
@@ -192,8 +199,13 @@ class Service(Generic[S]):
             name=self.name,
             settings=settings,
             db=Database(settings.database_url_for(self.name)),
+            verifier=TokenVerifier(settings.kizuna_issuer, settings.kizuna_audience),
             http_port=http_sock.getsockname()[1],
         )
+        if settings.kizuna_client_secret:
+            runtime.service_tokens = ServiceTokenClient(
+                settings.kizuna_issuer, settings.kizuna_client_id or self.name, settings.kizuna_client_secret
+            )
         app = self.create_app(runtime)
         server = _Uvicorn(
             uvicorn.Config(
@@ -235,7 +247,10 @@ class Service(Generic[S]):
             grpc_server = GrpcServer(
                 [(add, factory(runtime)) for add, factory in self.grpc],
                 [_grpc_service_name(add) for add, _ in self.grpc],
-                interceptors=self.grpc_interceptors(runtime) if self.grpc_interceptors else (),
+                interceptors=[
+                    *([AuthInterceptor(runtime.verifier)] if self.verify_tokens else []),
+                    *(self.grpc_interceptors(runtime) if self.grpc_interceptors else ()),
+                ],
             )
             runtime.grpc_port = grpc_server.bind(settings.grpc_host, settings.grpc_port)
             await grpc_server.start()
@@ -315,6 +330,9 @@ class Service(Generic[S]):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(runtime.nc.drain(), 3)
         await runtime.db.dispose()
+        await runtime.verifier.aclose()
+        if runtime.service_tokens is not None:
+            await runtime.service_tokens.aclose()
         shutdown_telemetry()
         log.info("stopped")
 
@@ -358,7 +376,10 @@ class Service(Generic[S]):
         except Exception as exc:
             checks["database"] = f"error: {type(exc).__name__}"
         checks["nats"] = "ok" if runtime.nc is not None and runtime.nc.is_connected else "error: not connected"
-        for check in self.readiness:
+        readiness = list(self.readiness)
+        if self.verify_tokens:
+            readiness.insert(0, check_jwks)
+        for check in readiness:
             label = getattr(check, "__name__", "check").removeprefix("check_")
             try:
                 await asyncio.wait_for(check(runtime), 2)
@@ -366,3 +387,8 @@ class Service(Generic[S]):
             except Exception as exc:
                 checks[label] = f"error: {type(exc).__name__}"
         return checks
+
+
+async def check_jwks(runtime: Runtime[Any]) -> None:
+    """Identity's signing keys are reachable (fetched once, then cached)."""
+    await runtime.verifier.check_reachable()

@@ -20,6 +20,9 @@ class ServiceSettings(BaseSettings):
 
     nats_url: str
     kizuna_issuer: str
+    kizuna_audience: str = "kizuna"
+    kizuna_client_id: str = ""
+    kizuna_client_secret: str = ""
     database_url: str = ""
     kizuna_data_dir: Path = Path(".data")
     http_host: str = "127.0.0.1"

@@ -285,3 +285,123 @@ def service_process(
     yield start
     for proc in started:
         proc.stop()
+
+
+# ---- a token issuer for resource-server tests --------------------------------------------------
+
+
+class TestIssuer:
+    """A small real OAuth issuer for testing resource servers: an ES256 key, discovery and JWKS
+    over HTTP, a client-credentials token endpoint, and `mint()` for member or service tokens.
+
+    Cross-service journeys use the real identity service; this lets one service's tests run
+    without it while still verifying real signatures fetched over HTTP.
+    """
+
+    __test__ = False
+
+    def __init__(self, port: int | None = None) -> None:
+        from joserfc.jwk import ECKey
+
+        self.port = port or free_port()
+        self.issuer = f"http://127.0.0.1:{self.port}"
+        self.key = ECKey.generate_key("P-256", auto_kid=True)
+        self.clients: dict[str, tuple[str, str]] = {}  # client_id -> (secret, allowed scopes)
+        self._server: Any = None
+
+    def register_client(self, client_id: str, secret: str, scopes: str) -> None:
+        self.clients[client_id] = (secret, scopes)
+
+    def mint(
+        self,
+        subject: str,
+        *,
+        client_id: str = "test-client",
+        scope: str = "",
+        audience: str | list[str] = "kizuna",
+        expires_in: int = 300,
+        issuer: str | None = None,
+        key: Any = None,
+        header: dict[str, Any] | None = None,
+        **claims: Any,
+    ) -> str:
+        """A signed RFC 9068 access token (override anything to build a bad one)."""
+        from joserfc import jwt
+
+        now = int(time.time())
+        signing_key = key or self.key
+        body = {
+            "iss": issuer or self.issuer, "sub": subject, "aud": audience, "client_id": client_id,
+            "scope": scope, "iat": now, "exp": now + expires_in, "jti": uuid.uuid4().hex, **claims,
+        }
+        head = {"alg": "ES256", "typ": "at+jwt", "kid": signing_key.kid, **(header or {})}
+        return jwt.encode(head, body, signing_key)
+
+    def member_token(self, member_id: str, scope: str = "points:read points:spend", **kw: Any) -> str:
+        return self.mint(member_id, scope=scope, **kw)
+
+    def service_token(self, client_id: str, scope: str, **kw: Any) -> str:
+        return self.mint(client_id, client_id=client_id, scope=scope, **kw)
+
+    def start(self) -> TestIssuer:
+        import base64
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs
+
+        issuer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+            def _json(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path == "/.well-known/openid-configuration":
+                    self._json(200, {"issuer": issuer.issuer, "jwks_uri": f"{issuer.issuer}/jwks",
+                                     "token_endpoint": f"{issuer.issuer}/token"})
+                elif self.path == "/jwks":
+                    self._json(200, {"keys": [issuer.key.as_dict(private=False)]})
+                else:
+                    self._json(404, {"error": "not_found"})
+
+            def do_POST(self) -> None:  # noqa: N802
+                form = parse_qs(self.rfile.read(int(self.headers.get("content-length", 0))).decode())
+                user, _, secret = base64.b64decode(
+                    self.headers.get("authorization", "Basic ").split(" ", 1)[1] or b""
+                ).decode().partition(":")
+                known = issuer.clients.get(user)
+                if self.path != "/token" or known is None or known[0] != secret:
+                    self._json(401, {"error": "invalid_client"})
+                    return
+                wanted = set(form.get("scope", [""])[0].split())
+                if not wanted <= set(known[1].split()):
+                    self._json(400, {"error": "invalid_scope"})
+                    return
+                token = issuer.service_token(user, " ".join(sorted(wanted)))
+                self._json(200, {"access_token": token, "token_type": "Bearer", "expires_in": 300})
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+@pytest.fixture(scope="session")
+def test_issuer() -> Iterator[TestIssuer]:
+    """A real token issuer (discovery, JWKS, client credentials) on a free port."""
+    issuer = TestIssuer().start()
+    yield issuer
+    issuer.stop()

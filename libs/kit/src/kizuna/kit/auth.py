@@ -1,0 +1,369 @@
+"""Token verification for resource servers, and service tokens for calls between services.
+
+Member and service tokens are JWT access tokens (RFC 9068) signed by identity. Every service
+verifies them locally against identity's JWKS, cached and refetched only when a token names an
+unknown `kid` (with a floor between refetches), so no request calls identity.
+
+Over gRPC, `authorization: Bearer <token>` says who calls (a service's client-credentials token,
+or a member's own token); `x-kizuna-member-token` carries the member's token when a service acts
+for a member. Handlers read both with `current_call()` and check them with `require_*`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextvars
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import grpc
+import httpx
+from fastapi import Depends, Request
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from kizuna.kit.errors import PermissionDenied, Unauthenticated, Unavailable
+
+log = logging.getLogger("kizuna.kit.auth")
+
+ALLOWED_ALGORITHMS = ("ES256", "RS256")
+MEMBER_TOKEN_METADATA = "x-kizuna-member-token"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a verified token speaks for."""
+
+    subject: str
+    client_id: str
+    scopes: frozenset[str]
+    claims: dict[str, Any] = field(repr=False, hash=False, compare=False)
+    token: str = field(repr=False, hash=False, compare=False)
+
+    @property
+    def is_service(self) -> bool:
+        """A client-credentials token: the client acts for itself (`sub` == `client_id`)."""
+        return self.subject == self.client_id
+
+    @property
+    def member_id(self) -> str | None:
+        """The member this token was issued for, or None for a service token."""
+        return None if self.is_service else self.subject
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+def _b64json(segment: str) -> dict[str, Any]:
+    padded = segment + "=" * (-len(segment) % 4)
+    value = json.loads(base64.urlsafe_b64decode(padded))
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+class TokenVerifier:
+    """Verifies access tokens: signature (ES256/RS256 with a known `kid`), `typ`, issuer, audience, expiry."""
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str = "kizuna",
+        *,
+        leeway_seconds: int = 30,
+        refetch_floor_seconds: float = 30.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.issuer = issuer.rstrip("/")
+        self.audience = audience
+        self.leeway = leeway_seconds
+        self.refetch_floor = refetch_floor_seconds
+        self._http = http
+        self._keys: KeySet | None = None
+        self._kids: set[str] = set()
+        self._fetched_at = float("-inf")
+        self._lock = asyncio.Lock()
+        self._jwks_uri: str | None = None
+
+    async def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=5)
+        return self._http
+
+    async def _discover(self) -> str:
+        if self._jwks_uri is None:
+            client = await self._client()
+            resp = await client.get(f"{self.issuer}/.well-known/openid-configuration")
+            resp.raise_for_status()
+            meta = resp.json()
+            if meta.get("issuer", "").rstrip("/") != self.issuer:
+                raise Unavailable("discovery document names another issuer")
+            self._jwks_uri = str(meta["jwks_uri"])
+        return self._jwks_uri
+
+    async def refresh_keys(self, *, force: bool = False) -> None:
+        """Fetch the JWKS (at most once per floor interval unless forced)."""
+        async with self._lock:
+            if not force and time.monotonic() - self._fetched_at < self.refetch_floor:
+                return
+            client = await self._client()
+            resp = await client.get(await self._discover())
+            resp.raise_for_status()
+            data = resp.json()
+            self._keys = KeySet.import_key_set(data)
+            self._kids = {k["kid"] for k in data.get("keys", []) if "kid" in k}
+            self._fetched_at = time.monotonic()
+
+    async def check_reachable(self) -> None:
+        """For readiness: the JWKS can be (or already was) fetched."""
+        if self._keys is None:
+            await self.refresh_keys(force=True)
+
+    async def verify(self, token: str, *, now: float | None = None) -> Principal:
+        """Verify an access token or raise `Unauthenticated` saying why."""
+        try:
+            header_b64, payload_b64, _sig = token.split(".")
+            header = _b64json(header_b64)
+        except ValueError:
+            raise Unauthenticated("malformed token") from None
+        alg = header.get("alg")
+        if alg not in ALLOWED_ALGORITHMS:
+            raise Unauthenticated(f"token algorithm {alg!r} is not accepted")
+        if str(header.get("typ", "")).lower() not in ("at+jwt", "application/at+jwt"):
+            raise Unauthenticated("not an access token (typ must be at+jwt)")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthenticated("token has no kid")
+        if kid not in self._kids:
+            try:
+                await self.refresh_keys()
+            except httpx.HTTPError as exc:
+                raise Unavailable(f"cannot fetch signing keys: {type(exc).__name__}") from exc
+        if kid not in self._kids or self._keys is None:
+            raise Unauthenticated("token signed with an unknown key")
+        try:
+            decoded = jwt.decode(token, self._keys.get_by_kid(kid), algorithms=[alg])
+            registry = jwt.JWTClaimsRegistry(
+                now=int(now if now is not None else time.time()),
+                leeway=self.leeway,
+                iss={"essential": True, "value": self.issuer},
+                aud={"essential": True, "value": self.audience},
+                exp={"essential": True},
+                sub={"essential": True},
+            )
+            registry.validate(decoded.claims)
+        except JoseError as exc:
+            raise Unauthenticated(f"invalid token: {exc.error}") from None
+        claims = decoded.claims
+        return Principal(
+            subject=str(claims["sub"]),
+            client_id=str(claims.get("client_id", "")),
+            scopes=frozenset(str(claims.get("scope", "")).split()),
+            claims=claims,
+            token=token,
+        )
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+
+
+# ---- FastAPI ---------------------------------------------------------------------------------
+
+
+def _bearer(request: Request) -> str | None:
+    value = request.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+async def _current_principal(request: Request) -> Principal:
+    token = _bearer(request)
+    if token is None:
+        raise Unauthenticated("missing bearer token")
+    verifier: TokenVerifier = request.app.state.runtime.verifier
+    return await verifier.verify(token)
+
+
+async def _current_member(principal: Principal = Depends(_current_principal)) -> Principal:
+    if principal.member_id is None:
+        raise PermissionDenied("this endpoint needs a member's token")
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(_current_principal)]
+"""The verified caller of an API route (service or member)."""
+
+CurrentMember = Annotated[Principal, Depends(_current_member)]
+"""The verified member calling an API route with their own token (`.member_id`)."""
+
+
+# ---- gRPC ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallAuth:
+    """The verified parties of one gRPC call."""
+
+    caller: Principal
+    member: Principal | None
+
+    def require_service_scope(self, *scopes: str) -> Principal:
+        """The caller must be a service holding one of `scopes`."""
+        if not self.caller.is_service:
+            raise PermissionDenied("this call is for services only")
+        if not any(self.caller.has_scope(s) for s in scopes):
+            raise PermissionDenied(f"service {self.caller.client_id!r} lacks scope {' or '.join(scopes)}")
+        return self.caller
+
+    def require_member(self, member_id: str, scope: str) -> Principal:
+        """The member `member_id` must have authorized this call with `scope`."""
+        member = self.member
+        if member is None:
+            raise PermissionDenied("this call needs the member's authorization")
+        if member.member_id != member_id:
+            raise PermissionDenied("the member token belongs to another member")
+        if not member.has_scope(scope):
+            raise PermissionDenied(f"the member has not granted {scope}")
+        return member
+
+
+_call: contextvars.ContextVar[CallAuth] = contextvars.ContextVar("kizuna_call_auth")
+
+
+def current_call() -> CallAuth:
+    """The verified parties of the gRPC call being handled."""
+    try:
+        return _call.get()
+    except LookupError:
+        raise Unauthenticated("no verified caller for this call") from None
+
+
+_PUBLIC_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Verifies the caller's and the member's tokens before every non-public RPC."""
+
+    def __init__(self, verifier: TokenVerifier) -> None:
+        self.verifier = verifier
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        if handler_call_details.method.startswith(_PUBLIC_PREFIXES):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        behavior = handler.unary_unary
+        verifier = self.verifier
+
+        async def authorized(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                auth = await _verify_call(verifier, metadata)
+            except (Unauthenticated, PermissionDenied, Unavailable) as exc:
+                await context.abort(exc.grpc_status, exc.message)
+            token = _call.set(auth)
+            try:
+                return await behavior(request, context)
+            finally:
+                _call.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            authorized,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+async def _verify_call(verifier: TokenVerifier, metadata: dict[str, Any]) -> CallAuth:
+    scheme, _, token = str(metadata.get("authorization", "")).partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("missing bearer token in the authorization metadata")
+    caller = await verifier.verify(token.strip())
+    member = None
+    member_token = metadata.get(MEMBER_TOKEN_METADATA)
+    if member_token:
+        member = await verifier.verify(str(member_token))
+        if member.member_id is None:
+            raise Unauthenticated(f"{MEMBER_TOKEN_METADATA} must be a member's token")
+    elif caller.member_id is not None:
+        member = caller
+    return CallAuth(caller=caller, member=member)
+
+
+def call_metadata(service_token: str, member_token: str | None = None) -> Sequence[tuple[str, str]]:
+    """gRPC metadata for a call made by a service, optionally on a member's behalf."""
+    metadata = [("authorization", f"Bearer {service_token}")]
+    if member_token:
+        metadata.append((MEMBER_TOKEN_METADATA, member_token))
+    return metadata
+
+
+# ---- service tokens --------------------------------------------------------------------------
+
+
+class ServiceTokenClient:
+    """Client-credentials tokens for this service, cached per scope until shortly before expiry."""
+
+    def __init__(
+        self,
+        issuer: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        http: httpx.AsyncClient | None = None,
+        renew_before_seconds: float = 30.0,
+    ) -> None:
+        self.issuer = issuer.rstrip("/")
+        self.client_id = client_id
+        self._secret = client_secret
+        self._http = http
+        self.renew_before = renew_before_seconds
+        self._cache: dict[str, tuple[str, float]] = {}
+        self._lock = asyncio.Lock()
+        self._token_endpoint: str | None = None
+
+    async def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=5)
+        return self._http
+
+    async def token(self, scope: str) -> str:
+        """A valid access token for `scope` (space-separated scopes)."""
+        cached = self._cache.get(scope)
+        if cached and cached[1] - self.renew_before > time.monotonic():
+            return cached[0]
+        async with self._lock:
+            cached = self._cache.get(scope)
+            if cached and cached[1] - self.renew_before > time.monotonic():
+                return cached[0]
+            client = await self._client()
+            if self._token_endpoint is None:
+                meta = (await client.get(f"{self.issuer}/.well-known/openid-configuration")).json()
+                self._token_endpoint = str(meta["token_endpoint"])
+            resp = await client.post(
+                self._token_endpoint,
+                data={"grant_type": "client_credentials", "scope": scope},
+                auth=(self.client_id, self._secret),
+            )
+            if resp.status_code != 200:
+                raise Unauthenticated(f"token endpoint refused client {self.client_id}: {resp.status_code}")
+            body = resp.json()
+            token = str(body["access_token"])
+            self._cache[scope] = (token, time.monotonic() + float(body.get("expires_in", 300)))
+            return token
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
