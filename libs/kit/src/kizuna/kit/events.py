@@ -256,7 +256,7 @@ class OutboxRelay:
         messages_published.add(1, {"messaging.destination.name": row.subject})
 
     async def _mark_sent(self, session: AsyncSession, row: OutboxMessage) -> None:
-        await session.execute(update(OutboxMessage).where(col(OutboxMessage.id) == row.id).values(sent_at=utcnow()))
+        await session.exec(update(OutboxMessage).where(col(OutboxMessage.id) == row.id).values(sent_at=utcnow()))
 
     async def pending(self) -> int:
         """How many rows wait to be published (for readiness and metrics)."""

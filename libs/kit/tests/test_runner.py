@@ -1,0 +1,192 @@
+"""The service runner as operators see it: start-up errors, graceful shutdown, one trace, auth."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from demo.service import DemoApi, DemoEffect, record_effect, router
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kizuna.identity.v1 import identity_pb2, identity_pb2_grpc
+from kizuna.kit.auth import call_metadata
+from kizuna.kit.events import Consumer
+from kizuna.kit.service import Runtime, Service
+from kizuna.kit.settings import ServiceSettings
+from kizuna.kit.testing import NatsServer, TestIssuer, free_port
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlmodel import select
+
+from conftest import demo_settings, reset_streams, wait_until
+
+TESTS = Path(__file__).parent
+
+
+def run_points(env: dict[str, str], timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "points"], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_missing_required_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "KIZUNA_ISSUER")}
+    env["KIZUNA_ISSUER"] = "http://127.0.0.1:1"
+    env["KIZUNA_DATA_DIR"] = str(tmp_path)
+    result = run_points(env)
+    assert result.returncode != 0
+    assert "missing required setting NATS_URL" in result.stderr
+
+
+def test_invalid_setting_is_named(tmp_path: Path, nats_url: str) -> None:
+    env = {**os.environ, "NATS_URL": nats_url, "KIZUNA_ISSUER": "x", "HTTP_PORT": "eighty",
+           "KIZUNA_DATA_DIR": str(tmp_path)}
+    result = run_points(env)
+    assert result.returncode != 0
+    assert "invalid setting HTTP_PORT" in result.stderr
+
+
+def test_busy_port_gives_a_clear_message_naming_it(tmp_path: Path, nats_url: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "NATS_URL": nats_url, "KIZUNA_ISSUER": "http://127.0.0.1:1",
+               "HTTP_PORT": str(port), "KIZUNA_DATA_DIR": str(tmp_path)}
+        result = run_points(env)
+    assert result.returncode != 0
+    assert f"http port {port} on 127.0.0.1 is already in use" in result.stderr
+
+
+def test_sigterm_completes_in_flight_grpc_calls_and_exits_zero(tmp_path: Path, nats_server: NatsServer) -> None:
+    http_port, grpc_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(TESTS),
+        "NATS_URL": nats_server.url,
+        "KIZUNA_ISSUER": "http://127.0.0.1:1",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}",
+        "HTTP_PORT": str(http_port),
+        "GRPC_PORT": str(grpc_port),
+        "SHUTDOWN_GRACE_SECONDS": "8",
+    }
+    log = (tmp_path / "demo.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "demo.service"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, (tmp_path / "demo.log").read_text()
+            time.sleep(0.1)
+
+        async def scenario() -> tuple[list[str], float, int | None]:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                stub = identity_pb2_grpc.IdentityServiceStub(channel)
+                calls = [
+                    asyncio.ensure_future(stub.GetMember(identity_pb2.GetMemberRequest(member_id=f"slow:2:{i}"), timeout=15))
+                    for i in range(5)
+                ]
+                await asyncio.sleep(0.7)  # all five are now in flight
+                sent = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                replies = await asyncio.gather(*calls)
+                code = await asyncio.to_thread(proc.wait, 10)
+                return [r.member.member_id for r in replies], time.monotonic() - sent, code
+
+        ids, elapsed, code = asyncio.run(scenario())
+        assert sorted(ids) == [f"slow:2:{i}" for i in range(5)]
+        assert code == 0
+        assert elapsed < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+
+
+async def test_readiness_turns_off_when_stopping(demo: Runtime[ServiceSettings]) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{demo.http_port}") as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"] == {"database": "ok", "nats": "ok"}
+        demo.stopping = True
+        demo.ready = False
+        assert (await client.get("/readyz")).status_code == 503
+        assert (await client.get("/healthz")).status_code == 200
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{demo.grpc_port}") as channel:
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_one_trace_spans_http_grpc_nats_and_consumer(demo: Runtime[ServiceSettings]) -> None:
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{demo.http_port}") as client:
+        response = await client.post("/notes/via-grpc", json={"text": "traced"})
+        assert response.status_code == 200
+
+    async def effect_done() -> bool:
+        async with demo.db.sessions() as session:
+            return bool((await session.exec(select(DemoEffect))).all())
+
+    await wait_until(effect_done)
+    spans = await wait_until(lambda: _spans_named(exporter, "demo.note.created process"))
+    by_name = {s.name: s for s in spans}
+    http_span = by_name["POST /notes/via-grpc"]
+    grpc_server = next(s for s in spans if s.name == "kizuna.identity.v1.IdentityService/GetMember"
+                       and s.kind == trace.SpanKind.SERVER)
+    publish = by_name["demo.note.created publish"]
+    process = by_name["demo.note.created process"]
+    trace_ids = {s.context.trace_id for s in (http_span, grpc_server, publish, process)}
+    assert len(trace_ids) == 1, "HTTP, gRPC, publish and process must share one trace"
+    assert process.parent.span_id == publish.context.span_id
+    assert process.attributes["messaging.consumer.group.name"] == "demo-effects"
+    assert process.attributes["user.id"] == "traced"
+
+
+async def _spans_named(exporter: InMemorySpanExporter, name: str):  # type: ignore[no-untyped-def]
+    spans = exporter.get_finished_spans()
+    return spans if any(s.name == name for s in spans) else None
+
+
+async def test_grpc_calls_need_a_verified_token(nats_url: str, test_issuer: TestIssuer, tmp_path: Path) -> None:
+    await reset_streams(nats_url, "DEMO")
+    secured = Service(
+        name="demo", settings=ServiceSettings, http=router,
+        grpc=[(identity_pb2_grpc.add_IdentityServiceServicer_to_server, DemoApi)],
+        consumers=[Consumer("demo-effects", ["demo.note.created"], record_effect)],
+        migrations_dir=TESTS / "demo" / "migrations",
+    )
+    settings = demo_settings(nats_url, f"sqlite+aiosqlite:///{tmp_path / 'd.db'}", kizuna_issuer=test_issuer.issuer)
+    async with secured.running(settings) as runtime:
+        async with httpx.AsyncClient() as client:
+            ready = (await client.get(f"http://127.0.0.1:{runtime.http_port}/readyz")).json()
+            assert ready["checks"]["jwks"] == "ok"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}") as channel:
+            stub = identity_pb2_grpc.IdentityServiceStub(channel)
+            request = identity_pb2.GetMemberRequest(member_id="m")
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await stub.GetMember(request, timeout=5)
+            assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            expired = test_issuer.service_token("shop", "x", expires_in=-300)
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await stub.GetMember(request, metadata=call_metadata(expired), timeout=5)
+            assert bad.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            good = test_issuer.service_token("shop", "x")
+            reply = await stub.GetMember(request, metadata=call_metadata(good), timeout=5)
+            assert reply.member.member_id == "m"

@@ -1,0 +1,91 @@
+"""`make up` on this checkout: all five services reach ready, and Ctrl-C leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = {"identity": (8000, 50050), "points": (8001, 50051), "shop": (8002, 50052),
+            "travel": (8003, 50053), "fintech": (8004, 50054)}
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _pick_offset() -> int:
+    for _ in range(50):
+        offset = random.randrange(1000, 15000, 10)
+        ports = [4322 + offset] + [p + offset for pair in SERVICES.values() for p in pair]
+        if all(_free(p) for p in ports):
+            return offset
+    raise RuntimeError("no free port range for make up")
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_make_up_brings_every_service_to_ready_and_ctrl_c_stops_all(tmp_path: Path) -> None:
+    offset = _pick_offset()
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "KIZUNA_ISSUER", "DATABASE_URL")}
+    env.update(KIZUNA_PORT_OFFSET=str(offset), KIZUNA_DATA_DIR=str(data_dir))
+    proc = subprocess.Popen(
+        ["make", "--no-print-directory", "up"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    output: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            if "Press Ctrl-C to stop." in line:
+                break
+        text = "".join(output)
+        assert "Press Ctrl-C to stop." in text, text
+        for name, (http, grpc_port) in SERVICES.items():
+            url = f"http://127.0.0.1:{http + offset}"
+            assert url in text, f"{name} URL not printed"
+            ready = httpx.get(f"{url}/readyz", timeout=5)
+            assert ready.status_code == 200, (name, ready.text)
+            with grpc.insecure_channel(f"127.0.0.1:{grpc_port + offset}") as channel:
+                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                assert status.status == health_pb2.HealthCheckResponse.SERVING, name
+        assert _processes_with(str(data_dir)), "the services should be running now"
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        rest, _ = proc.communicate(timeout=40)
+        output.append(rest)
+    text = "".join(output)
+    assert "no Kizuna process left running" in text, text
+    time.sleep(0.5)
+    assert _processes_with(str(data_dir)) == [], "processes left behind after Ctrl-C"
