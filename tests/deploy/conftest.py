@@ -1,0 +1,24 @@
+"""Fixtures for the deployment tests; helpers live in deploy_support.py."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# --import-mode=importlib does not put test folders on sys.path; the tests import the helpers.
+sys.path.insert(0, str(Path(__file__).parent))
+
+from deploy_support import DEPLOY, OVERLAYS, Rendered, kustomize  # noqa: E402
+
+_cache: dict[str, Rendered] = {}
+
+
+@pytest.fixture(scope="session")
+def rendered() -> dict[str, Rendered]:
+    """Every overlay, rendered once per session."""
+    if not _cache:
+        for overlay in OVERLAYS:
+            _cache[overlay] = kustomize(DEPLOY / "overlays" / overlay)
+    return _cache

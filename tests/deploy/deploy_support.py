@@ -1,0 +1,99 @@
+"""Helpers for the deployment tests: where the tools are, how deploy/ renders."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+VENV_BIN = Path(sys.executable).parent
+TOOLS_BIN = REPO / ".tools" / "bin"
+
+OVERLAYS = ["dev", "prod"]
+# Optional pieces an overlay may add; each is rendered on top of every overlay that lacks it.
+COMPONENTS = {
+    "hpa": DEPLOY / "components" / "hpa",
+    "pdb": DEPLOY / "components" / "pdb",
+    "network-policies": DEPLOY / "components" / "network-policies",
+    "observability": DEPLOY / "components" / "observability",
+    "prometheus-operator": DEPLOY / "observability" / "prometheus-operator",
+}
+SERVICES = {
+    # name: (HTTP port, gRPC port), as the services' Settings say
+    "identity": (8000, 50050),
+    "points": (8001, 50051),
+    "shop": (8002, 50052),
+    "travel": (8003, 50053),
+    "fintech": (8004, 50054),
+}
+
+
+def tool(name: str) -> Path:
+    """An external tool from the venv (kubectl, kubernetes-validate) or `.tools/bin` (checkov)."""
+    for directory in (VENV_BIN, TOOLS_BIN):
+        candidate = directory / name
+        if candidate.exists():
+            return candidate
+    hint = "run `make deploy-tools`" if name == "checkov" else "run `uv sync` (it is in uv.lock)"
+    pytest.fail(f"{name} not found in {VENV_BIN} or {TOOLS_BIN}: {hint}", pytrace=False)
+
+
+def run(argv: list[str | Path], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, **kwargs)
+
+
+@dataclass
+class Rendered:
+    """One `kubectl kustomize` output: the YAML text and its objects."""
+
+    name: str
+    text: str
+    objects: list[dict[str, Any]]
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        found = [o for o in self.of_kind(kind) if o["metadata"]["name"] == name]
+        assert found, f"{self.name}: no {kind} named {name}"
+        return found[0]
+
+
+def kustomize(directory: Path) -> Rendered:
+    result = run([tool("kubectl"), "kustomize", directory])
+    assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
+    objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert objects, f"kubectl kustomize {directory} rendered nothing"
+    return Rendered(directory.name, result.stdout, objects)
+
+
+def combined(tmp: Path, overlay: str, component: str) -> Path:
+    """A throwaway kustomization: `overlay` plus `component` (paths must be relative)."""
+    here = tmp / f"{overlay}+{component}"
+    here.mkdir(parents=True, exist_ok=True)
+    rel = lambda p: os.path.relpath(p, here)  # noqa: E731
+    (here / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [rel(DEPLOY / "overlays" / overlay)],
+                "components": [rel(COMPONENTS[component])],
+            }
+        )
+    )
+    return here
+
+
+def overlay_components(overlay: str) -> set[str]:
+    spec = yaml.safe_load((DEPLOY / "overlays" / overlay / "kustomization.yaml").read_text())
+    used = {(DEPLOY / "overlays" / overlay / c).resolve() for c in spec.get("components", [])}
+    return {name for name, path in COMPONENTS.items() if path.resolve() in used}
