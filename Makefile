@@ -37,7 +37,7 @@ lint: install node_modules ## ruff, buf lint, proto drift
 	$(PY) proto/generate.py --check
 
 typecheck: install ## mypy (strict on the kit)
-	$(PY) -m mypy libs/kit/src
+	$(PY) -m mypy -p kizuna.kit
 
 fmt: install
 	$(PY) -m ruff format .

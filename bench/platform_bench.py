@@ -31,7 +31,7 @@ SERVICES = ["identity", "points", "shop", "travel", "fintech"]
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def bench_make_up() -> None:
@@ -40,8 +40,15 @@ def bench_make_up() -> None:
     env.update(KIZUNA_PORT_OFFSET="7000", KIZUNA_DATA_DIR=str(data))
     for label in ("first start (migrations)", "restart (migrated)"):
         start = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "kizuna.kit.devstack", *SERVICES], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kizuna.kit.devstack", *SERVICES],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         assert proc.stdout is not None
         for line in proc.stdout:
             if "services ready in" in line:
@@ -127,8 +134,10 @@ async def bench_latency(events: int, database_url: str, label: str) -> None:
         await db.dispose()
         await nc.close()
         print(f"raw JetStream publish->consume ({events}): p50 {pct(raw, 50):.2f} ms  p99 {pct(raw, 99):.2f} ms")
-        print(f"outbox->consumer on {label} ({events}): p50 {pct(kit, 50):.2f} ms  p99 {pct(kit, 99):.2f} ms"
-              f"  (mean {statistics.mean(kit):.2f} ms; includes the commit)")
+        print(
+            f"outbox->consumer on {label} ({events}): p50 {pct(kit, 50):.2f} ms  p99 {pct(kit, 99):.2f} ms"
+            f"  (mean {statistics.mean(kit):.2f} ms; includes the commit)"
+        )
     finally:
         server.stop()
 

@@ -14,7 +14,7 @@ from kizuna.kit.telemetry import configure_telemetry
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from demo.service import service as demo_service  # noqa: E402
+from demo.service import service as demo_service
 
 
 async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 10.0, interval: float = 0.05) -> Any:

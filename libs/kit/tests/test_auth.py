@@ -28,7 +28,7 @@ async def test_valid_member_and_service_tokens(verifier: TokenVerifier, test_iss
 
 
 def _unsigned(token: str) -> str:
-    header, payload, _ = token.split(".")
+    _header, payload, _ = token.split(".")
     none_header = base64.urlsafe_b64encode(json.dumps({"alg": "none", "typ": "at+jwt"}).encode()).rstrip(b"=")
     return f"{none_header.decode()}.{payload}."
 

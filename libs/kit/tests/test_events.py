@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import nats
+from conftest import reset_streams, wait_until
 from demo.service import DemoEffect, DemoNote, record_effect, write_note
 from kizuna.kit import migrations
 from kizuna.kit.db import Database
@@ -15,8 +16,6 @@ from kizuna.kit.service import Runtime
 from kizuna.kit.settings import ServiceSettings
 from nats.js.api import ConsumerConfig
 from sqlmodel import select
-
-from conftest import reset_streams, wait_until
 
 DEMO_MIGRATIONS = Path(__file__).parent / "demo" / "migrations"
 
@@ -71,9 +70,7 @@ class RelayKilledBeforeMark(OutboxRelay):
         raise ConnectionAbortedError("relay process killed between publish and mark-sent")
 
 
-async def test_relay_killed_between_publish_and_mark_sent_takes_effect_once(
-    nats_url: str, database_url: str
-) -> None:
+async def test_relay_killed_between_publish_and_mark_sent_takes_effect_once(nats_url: str, database_url: str) -> None:
     await reset_streams(nats_url, "DEMO")
     await asyncio.to_thread(migrations.upgrade, database_url, DEMO_MIGRATIONS)
     db = Database(database_url)

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from conftest import demo_settings, reset_streams, wait_until
 from demo.service import DemoApi, DemoEffect, record_effect, router
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kizuna.identity.v1 import identity_pb2, identity_pb2_grpc
@@ -28,15 +29,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlmodel import select
 
-from conftest import demo_settings, reset_streams, wait_until
-
 TESTS = Path(__file__).parent
 
 
 def run_points(env: dict[str, str], timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "points"], env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([sys.executable, "-m", "points"], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_missing_required_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
@@ -49,8 +46,13 @@ def test_missing_required_setting_fails_at_start_naming_it(tmp_path: Path) -> No
 
 
 def test_invalid_setting_is_named(tmp_path: Path, nats_url: str) -> None:
-    env = {**os.environ, "NATS_URL": nats_url, "KIZUNA_ISSUER": "x", "HTTP_PORT": "eighty",
-           "KIZUNA_DATA_DIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "NATS_URL": nats_url,
+        "KIZUNA_ISSUER": "x",
+        "HTTP_PORT": "eighty",
+        "KIZUNA_DATA_DIR": str(tmp_path),
+    }
     result = run_points(env)
     assert result.returncode != 0
     assert "invalid setting HTTP_PORT" in result.stderr
@@ -61,8 +63,13 @@ def test_busy_port_gives_a_clear_message_naming_it(tmp_path: Path, nats_url: str
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        env = {**os.environ, "NATS_URL": nats_url, "KIZUNA_ISSUER": "http://127.0.0.1:1",
-               "HTTP_PORT": str(port), "KIZUNA_DATA_DIR": str(tmp_path)}
+        env = {
+            **os.environ,
+            "NATS_URL": nats_url,
+            "KIZUNA_ISSUER": "http://127.0.0.1:1",
+            "HTTP_PORT": str(port),
+            "KIZUNA_DATA_DIR": str(tmp_path),
+        }
         result = run_points(env)
     assert result.returncode != 0
     assert f"http port {port} on 127.0.0.1 is already in use" in result.stderr
@@ -97,7 +104,9 @@ def test_sigterm_completes_in_flight_grpc_calls_and_exits_zero(tmp_path: Path, n
             async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
                 stub = identity_pb2_grpc.IdentityServiceStub(channel)
                 calls = [
-                    asyncio.ensure_future(stub.GetMember(identity_pb2.GetMemberRequest(member_id=f"slow:2:{i}"), timeout=15))
+                    asyncio.ensure_future(
+                        stub.GetMember(identity_pb2.GetMemberRequest(member_id=f"slow:2:{i}"), timeout=15)
+                    )
                     for i in range(5)
                 ]
                 await asyncio.sleep(0.7)  # all five are now in flight
@@ -148,8 +157,9 @@ async def test_one_trace_spans_http_grpc_nats_and_consumer(demo: Runtime[Service
     spans = await wait_until(lambda: _spans_named(exporter, "demo.note.created process"))
     by_name = {s.name: s for s in spans}
     http_span = by_name["POST /notes/via-grpc"]
-    grpc_server = next(s for s in spans if s.name == "kizuna.identity.v1.IdentityService/GetMember"
-                       and s.kind == trace.SpanKind.SERVER)
+    grpc_server = next(
+        s for s in spans if s.name == "kizuna.identity.v1.IdentityService/GetMember" and s.kind == trace.SpanKind.SERVER
+    )
     publish = by_name["demo.note.created publish"]
     process = by_name["demo.note.created process"]
     trace_ids = {s.context.trace_id for s in (http_span, grpc_server, publish, process)}
@@ -167,7 +177,9 @@ async def _spans_named(exporter: InMemorySpanExporter, name: str):  # type: igno
 async def test_grpc_calls_need_a_verified_token(nats_url: str, test_issuer: TestIssuer, tmp_path: Path) -> None:
     await reset_streams(nats_url, "DEMO")
     secured = Service(
-        name="demo", settings=ServiceSettings, http=router,
+        name="demo",
+        settings=ServiceSettings,
+        http=router,
         grpc=[(identity_pb2_grpc.add_IdentityServiceServicer_to_server, DemoApi)],
         consumers=[Consumer("demo-effects", ["demo.note.created"], record_effect)],
         migrations_dir=TESTS / "demo" / "migrations",

@@ -68,12 +68,16 @@ class DemoApi(identity_pb2_grpc.IdentityServiceServicer):
     def __init__(self, runtime: Runtime[ServiceSettings]) -> None:
         self.runtime = runtime
 
-    async def GetMember(self, request: identity_pb2.GetMemberRequest, context: object) -> identity_pb2.GetMemberResponse:
+    async def GetMember(
+        self, request: identity_pb2.GetMemberRequest, context: object
+    ) -> identity_pb2.GetMemberResponse:
         if request.member_id.startswith("slow:"):
             await asyncio.sleep(float(request.member_id.split(":")[1]))
         async with self.runtime.db.transaction() as session:
             event_id = await write_note(session, request.member_id)
-        return identity_pb2.GetMemberResponse(member=identity_pb2.Member(member_id=request.member_id, display_name=event_id))
+        return identity_pb2.GetMemberResponse(
+            member=identity_pb2.Member(member_id=request.member_id, display_name=event_id)
+        )
 
 
 async def record_effect(session: AsyncSession, event: Event) -> None:
@@ -88,8 +92,9 @@ service = Service(
     settings=ServiceSettings,
     http=router,
     grpc=[(identity_pb2_grpc.add_IdentityServiceServicer_to_server, DemoApi)],
-    consumers=[Consumer(name="demo-effects", subjects=["demo.note.created"], handler=record_effect,
-                        retry_delay_seconds=0.1)],
+    consumers=[
+        Consumer(name="demo-effects", subjects=["demo.note.created"], handler=record_effect, retry_delay_seconds=0.1)
+    ],
     migrations_dir=Path(__file__).parent / "migrations",
     verify_tokens=False,
 )

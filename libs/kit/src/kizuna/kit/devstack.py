@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import IO
 
 import httpx
-
 from kizuna.kit.testing import nats_server_binary
 
 NATS_PORT = 4322
@@ -76,9 +75,7 @@ def _endpoints(names: list[str], offset: int) -> list[Endpoint]:
     endpoints = []
     for name in names:
         fields = importlib.import_module(f"{name}.settings").Settings.model_fields
-        endpoints.append(
-            Endpoint(name, fields["http_port"].default + offset, fields["grpc_port"].default + offset)
-        )
+        endpoints.append(Endpoint(name, fields["http_port"].default + offset, fields["grpc_port"].default + offset))
     return endpoints
 
 
@@ -96,8 +93,13 @@ class Stack:
         log_path = self.logs / f"{name}.log"
         log = log_path.open("ab")
         process = subprocess.Popen(
-            argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            argv,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         child = Child(name, process, log_path, log)
         self.children.append(child)
@@ -113,7 +115,8 @@ class Stack:
                     busy.append(f"{ep.name} {kind} port {port}")
         if busy:
             raise SystemExit(
-                "cannot start: port already in use: " + ", ".join(busy)
+                "cannot start: port already in use: "
+                + ", ".join(busy)
                 + "\n(stop whatever holds it, or set KIZUNA_PORT_OFFSET to shift every port)"
             )
 
@@ -124,8 +127,11 @@ class Stack:
         port = NATS_PORT + self.offset
         store = self.data_dir / "nats"
         store.mkdir(parents=True, exist_ok=True)
-        self._spawn("nats", [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
-                    dict(os.environ))
+        self._spawn(
+            "nats",
+            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+            dict(os.environ),
+        )
         self.nats_url = f"nats://127.0.0.1:{port}"
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -187,7 +193,9 @@ class Stack:
         for child in self.children:
             code = child.process.poll()
             if code is not None and not self.stopping:
-                raise SystemExit(f"\n{child.name} exited with code {code}; last lines of {child.log_path}:\n{child.tail()}")
+                raise SystemExit(
+                    f"\n{child.name} exited with code {code}; last lines of {child.log_path}:\n{child.tail()}"
+                )
 
     def print_urls(self) -> None:
         print("\nKizuna is up:")
@@ -240,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, request_stop)
-    print("Starting Kizuna (data in {}):".format(stack.data_dir))
+    print(f"Starting Kizuna (data in {stack.data_dir}):")
     code = 0
     try:
         stack.check_ports()

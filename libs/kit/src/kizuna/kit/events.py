@@ -21,19 +21,6 @@ from typing import Any, TypeVar
 import nats.errors
 import nats.js.errors
 from google.protobuf.message import Message as ProtoMessage
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
-from sqlalchemy import Column, LargeBinary, String, update
-from sqlalchemy import event as sa_event
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
-from sqlmodel import JSON, Field, SQLModel, col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
-from ulid import ULID
-
 from kizuna.kit.db import Database, UTCDateTime, utcnow
 from kizuna.kit.telemetry import (
     dead_letters,
@@ -43,6 +30,17 @@ from kizuna.kit.telemetry import (
     messages_published,
     tracer,
 )
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from sqlalchemy import Column, LargeBinary, String, update
+from sqlalchemy import event as sa_event
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlmodel import JSON, Field, SQLModel, col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from ulid import ULID
 
 log = logging.getLogger("kizuna.kit.events")
 
@@ -261,9 +259,7 @@ class OutboxRelay:
     async def pending(self) -> int:
         """How many rows wait to be published (for readiness and metrics)."""
         async with self.db.sessions() as session:
-            rows = await session.exec(
-                select(OutboxMessage.id).where(col(OutboxMessage.sent_at).is_(None))
-            )
+            rows = await session.exec(select(OutboxMessage.id).where(col(OutboxMessage.sent_at).is_(None)))
             return len(rows.all())
 
 
@@ -276,7 +272,7 @@ class Event:
 
     id: str
     subject: str
-    type: str
+    event_type: str
     source: str
     member_id: str | None
     time: str
@@ -298,7 +294,7 @@ class Event:
         return cls(
             id=headers.get("ce-id") or headers.get("Nats-Msg-Id") or fallback_id,
             subject=msg.subject,
-            type=headers.get("ce-type", f"kizuna.{msg.subject}"),
+            event_type=headers.get("ce-type", f"kizuna.{msg.subject}"),
             source=headers.get("ce-source", ""),
             member_id=headers.get("ce-subject"),
             time=headers.get("ce-time", ""),

@@ -11,7 +11,6 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import command, op
 from alembic.config import Config
-
 from kizuna.kit.db import UTCDateTime
 
 _SCRIPT_LOCATION = Path(__file__).parent / "alembic"

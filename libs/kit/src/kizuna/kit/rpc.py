@@ -12,10 +12,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.trace import SpanKind, Status, StatusCode
-
 from kizuna.kit.errors import DomainError
 from kizuna.kit.telemetry import extract_context, inject_headers, rpc_duration, tracer
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 log = logging.getLogger("kizuna.kit.rpc")
 
@@ -45,7 +44,7 @@ def _wrap_unary(
                 span.set_attribute("rpc.grpc.status_code", code.value[0])
                 await context.abort(exc.grpc_status, exc.message)
             except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             except Exception as exc:
                 code = grpc.StatusCode.INTERNAL
@@ -62,7 +61,7 @@ def _wrap_unary(
     return wrapped
 
 
-class KitServerInterceptor(grpc.aio.ServerInterceptor):
+class KitServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """SERVER span per call continuing the caller's trace; `DomainError` -> its status code."""
 
     async def intercept_service(
@@ -102,8 +101,7 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = list(service_names)
         reflection.enable_server_reflection(
-            [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME],
+            [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             self.server,
         )
         self.port = 0
@@ -118,9 +116,7 @@ class GrpcServer:
         await self.server.start()
 
     async def set_serving(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
 
@@ -130,22 +126,20 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
-class _ClientTracing(grpc.aio.UnaryUnaryClientInterceptor):
+class _ClientTracing(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         method = client_call_details.method
         name = method.decode() if isinstance(method, bytes) else method
-        with tracer.start_as_current_span(
-            name.lstrip("/"), kind=SpanKind.CLIENT, attributes={"rpc.system": "grpc"}
-        ):
+        with tracer.start_as_current_span(name.lstrip("/"), kind=SpanKind.CLIENT, attributes={"rpc.system": "grpc"}):
             carrier: dict[str, str] = {}
             inject_headers(carrier)
             metadata = list(client_call_details.metadata or []) + list(carrier.items())
             details = grpc.aio.ClientCallDetails(
                 client_call_details.method,
                 client_call_details.timeout,
-                metadata,  # type: ignore[arg-type]
+                metadata,
                 client_call_details.credentials,
                 client_call_details.wait_for_ready,
             )

@@ -22,7 +22,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -32,9 +32,6 @@ import nats
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
-from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
-
 from kizuna.kit import migrations
 from kizuna.kit.auth import AuthInterceptor, ServiceTokenClient, TokenVerifier
 from kizuna.kit.db import Database
@@ -44,13 +41,15 @@ from kizuna.kit.logs import configure_logging
 from kizuna.kit.rpc import GrpcServer
 from kizuna.kit.settings import ServiceSettings, load_settings
 from kizuna.kit.telemetry import TracingMiddleware, configure_telemetry, shutdown_telemetry
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 
 log = logging.getLogger("kizuna.kit.service")
 
 S = TypeVar("S", bound=ServiceSettings)
 
 ReadinessCheck = Callable[["Runtime[Any]"], Awaitable[None]]
-Job = Callable[["Runtime[Any]"], Awaitable[None]]
+Job = Callable[["Runtime[Any]"], Coroutine[Any, Any, None]]
 Hook = Callable[["Runtime[Any]"], Awaitable[None]]
 GrpcRegistration = tuple[Callable[[Any, grpc.aio.Server], None], Callable[["Runtime[Any]"], Any]]
 
@@ -235,7 +234,9 @@ class Service(Generic[S]):
                 await hook(runtime)
             for consumer in self.consumers:
                 worker = ConsumerWorker(
-                    consumer, runtime.db, runtime.js,
+                    consumer,
+                    runtime.db,
+                    runtime.js,
                     default_max_deliver=settings.consumer_max_deliver,
                     stream_replicas=settings.stream_replicas,
                 )

@@ -73,7 +73,7 @@ class SettingsError(SystemExit):
 def load_settings(cls: type[S]) -> S:
     """Read settings from the environment, or exit with a message naming each missing/bad variable."""
     try:
-        return cls()
+        return cls()  # type: ignore[call-arg]  # values come from the environment
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _configured = False
 
+
 def configure_telemetry(service: str) -> None:
     """Install the SDK tracer and meter providers once per process."""
     global _configured
@@ -44,6 +45,7 @@ def configure_telemetry(service: str) -> None:
     trace.set_tracer_provider(provider)
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
 
+
 def shutdown_telemetry() -> None:
     """Flush spans and metrics still buffered (called on graceful shutdown)."""
     provider = trace.get_tracer_provider()
@@ -53,15 +55,14 @@ def shutdown_telemetry() -> None:
     if isinstance(meter_provider, MeterProvider):
         meter_provider.force_flush(timeout_millis=3000)
 
+
 tracer = trace.get_tracer("kizuna.kit")
 meter = metrics.get_meter("kizuna.kit")
 
 http_duration = meter.create_histogram(
     "http.server.request.duration", unit="s", description="HTTP server request duration"
 )
-rpc_duration = meter.create_histogram(
-    "rpc.server.duration", unit="ms", description="gRPC server call duration"
-)
+rpc_duration = meter.create_histogram("rpc.server.duration", unit="ms", description="gRPC server call duration")
 messages_published = meter.create_counter(
     "messaging.client.published.messages", description="Events published to JetStream"
 )
@@ -72,13 +73,16 @@ dead_letters = meter.create_counter(
     "kizuna.events.dead_lettered", description="Events moved to the dead-letter subject"
 )
 
+
 def inject_headers(carrier: MutableMapping[str, str], context: Context | None = None) -> None:
     """Write the W3C trace context (`traceparent`) of the current span into a carrier."""
     propagate.inject(carrier, context=context)
 
+
 def extract_context(carrier: Mapping[str, str]) -> Context:
     """Read a W3C trace context from headers or gRPC metadata."""
     return propagate.extract(dict(carrier))
+
 
 class TracingMiddleware:
     """ASGI middleware: a SERVER span per HTTP request, continuing the caller's trace."""
@@ -122,8 +126,13 @@ class TracingMiddleware:
                     span.set_attribute("http.route", route_path)
                 http_duration.record(
                     time.perf_counter() - start,
-                    {"http.request.method": method, "http.route": route_path,
-                     "http.response.status_code": status_code, "service": self.service},
+                    {
+                        "http.request.method": method,
+                        "http.route": route_path,
+                        "http.response.status_code": status_code,
+                        "service": self.service,
+                    },
                 )
+
 
 AsyncFn = Callable[..., Awaitable[Any]]

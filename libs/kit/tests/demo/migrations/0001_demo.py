@@ -16,7 +16,9 @@ depends_on = None
 
 def upgrade() -> None:
     create_kit_tables()
-    op.create_table("demo_note", sa.Column("id", sa.Integer, primary_key=True), sa.Column("text", sa.String, nullable=False))
+    op.create_table(
+        "demo_note", sa.Column("id", sa.Integer, primary_key=True), sa.Column("text", sa.String, nullable=False)
+    )
     op.create_table(
         "demo_effect",
         sa.Column("id", sa.Integer, primary_key=True),
