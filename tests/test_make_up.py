@@ -15,8 +15,13 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICES = {"identity": (8000, 50050), "points": (8001, 50051), "shop": (8002, 50052),
-            "travel": (8003, 50053), "fintech": (8004, 50054)}
+SERVICES = {
+    "identity": (8000, 50050),
+    "points": (8001, 50051),
+    "shop": (8002, 50052),
+    "travel": (8003, 50053),
+    "fintech": (8004, 50054),
+}
 
 
 def _free(port: int) -> bool:
@@ -56,8 +61,13 @@ def test_make_up_brings_every_service_to_ready_and_ctrl_c_stops_all(tmp_path: Pa
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "KIZUNA_ISSUER", "DATABASE_URL")}
     env.update(KIZUNA_PORT_OFFSET=str(offset), KIZUNA_DATA_DIR=str(data_dir))
     proc = subprocess.Popen(
-        ["make", "--no-print-directory", "up"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        ["make", "--no-print-directory", "up"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     output: list[str] = []
     try:
