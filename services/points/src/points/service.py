@@ -1,7 +1,42 @@
 """The points service: what it serves, consumes and publishes."""
 
-from kizuna.kit.service import Service
+from __future__ import annotations
 
+import asyncio
+import json
+
+from kizuna.kit.db import Database
+from kizuna.kit.service import Service
+from kizuna.points.v1 import points_pb2_grpc
+
+from points import audit, events, grpc_api, http_api
+from points.expiry import expiry_job
 from points.settings import Settings
 
-service = Service(name="points", settings=Settings)
+
+def audit_command(settings: Settings, _args: list[str]) -> int:
+    """`python -m points audit`: check the ledger's invariants; exit 1 if any is broken."""
+
+    async def run() -> audit.AuditReport:
+        db = Database(settings.database_url_for("points"))
+        try:
+            async with db.sessions() as session:
+                return await audit.audit(session)
+        finally:
+            await db.dispose()
+
+    report = asyncio.run(run())
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0 if report.ok else 1
+
+
+service = Service(
+    name="points",
+    settings=Settings,
+    http=http_api.router,
+    grpc=[(points_pb2_grpc.add_PointsServiceServicer_to_server, grpc_api.PointsApi)],
+    consumers=events.consumers,
+    jobs=[expiry_job],
+    on_start=[events.bind],
+    commands={"audit": audit_command},
+)

@@ -26,53 +26,57 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from kizuna.common.v1 import common_pb2 as kizuna_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dkizuna/points/v1/points.proto\x12\x10kizuna.points.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dkizuna/common/v1/common.proto\"&\n\x11GetBalanceRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\"P\n\x0e\x45xpiringPoints\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa2\x01\n\x12GetBalanceResponse\x12\r\n\x05total\x18\x01 \x01(\x03\x12\x0f\n\x07regular\x18\x02 \x01(\x03\x12\x14\n\x0climited_time\x18\x03 \x01(\x03\x12\x37\n\rexpiring_soon\x18\x04 \x01(\x0b\x32 .kizuna.points.v1.ExpiringPoints\x12\x0f\n\x07pending\x18\x05 \x01(\x03\x12\x0c\n\x04\x64\x65\x62t\x18\x06 \x01(\x03\"T\n\x12ListEntriesRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12+\n\x04page\x18\x02 \x01(\x0b\x32\x1d.kizuna.common.v1.PageRequest\"\xc5\x01\n\x05\x45ntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.kizuna.points.v1.EntryKind\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x13\n\x0b\x65xplanation\x18\x04 \x01(\t\x12\x16\n\x0esource_service\x18\x05 \x01(\t\x12\x12\n\nsource_ref\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"n\n\x13ListEntriesResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.kizuna.points.v1.Entry\x12-\n\tpage_info\x18\x02 \x01(\x0b\x32\x1a.kizuna.common.v1.PageInfo\"\xf7\x01\n\rCreditRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12*\n\x04kind\x18\x03 \x01(\x0e\x32\x1c.kizuna.points.v1.CreditKind\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x16\n\x0esource_service\x18\x05 \x01(\t\x12\x12\n\nsource_ref\x18\x06 \x01(\t\x12\x33\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x88\x01\x01\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\tB\r\n\x0b_expires_at\"9\n\x0e\x43reditResponse\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x15\n\rbalance_after\x18\x02 \x01(\x03\"\x9d\x01\n\x0eReserveRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x16\n\x0esource_service\x18\x05 \x01(\t\x12\x12\n\nsource_ref\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\"p\n\x0fReserveResponse\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rbalance_after\x18\x03 \x01(\x03\"Q\n\x0e\x43\x61ptureRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"^\n\x0f\x43\x61ptureResponse\x12\x10\n\x08\x63\x61ptured\x18\x01 \x01(\x03\x12\x10\n\x08returned\x18\x02 \x01(\x03\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t\x12\x15\n\rbalance_after\x18\x04 \x01(\x03\">\n\x0bVoidRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"7\n\x0cVoidResponse\x12\x10\n\x08released\x18\x01 \x01(\x03\x12\x15\n\rbalance_after\x18\x02 \x01(\x03\"\x88\x01\n\rRefundRequest\x12\x1a\n\x10\x63\x61pture_entry_id\x18\x01 \x01(\tH\x00\x12\x18\n\x0ereservation_id\x18\x02 \x01(\tH\x00\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\tB\x08\n\x06target\"i\n\x0eRefundResponse\x12\x10\n\x08refunded\x18\x01 \x01(\x03\x12\x1c\n\x14\x65xpired_not_returned\x18\x02 \x01(\x03\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t\x12\x15\n\rbalance_after\x18\x04 \x01(\x03\"\x9d\x01\n\x0f\x43lawbackRequest\x12\x19\n\x0f\x63redit_entry_id\x18\x01 \x01(\tH\x00\x12\x14\n\nsource_ref\x18\x02 \x01(\tH\x00\x12\x16\n\x0esource_service\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\tB\x08\n\x06target\"f\n\x10\x43lawbackResponse\x12\x13\n\x0b\x63lawed_back\x18\x01 \x01(\x03\x12\x14\n\x0c\x64\x65\x62t_created\x18\x02 \x01(\x03\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t\x12\x15\n\rbalance_after\x18\x04 \x01(\x03*`\n\nCreditKind\x12\x1b\n\x17\x43REDIT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43REDIT_KIND_REGULAR\x10\x01\x12\x1c\n\x18\x43REDIT_KIND_LIMITED_TIME\x10\x02*\x9b\x01\n\tEntryKind\x12\x1a\n\x16\x45NTRY_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45NTRY_KIND_CREDIT\x10\x01\x12\x14\n\x10\x45NTRY_KIND_SPEND\x10\x02\x12\x15\n\x11\x45NTRY_KIND_REFUND\x10\x03\x12\x17\n\x13\x45NTRY_KIND_CLAWBACK\x10\x04\x12\x15\n\x11\x45NTRY_KIND_EXPIRY\x10\x05\x32\x98\x05\n\rPointsService\x12W\n\nGetBalance\x12#.kizuna.points.v1.GetBalanceRequest\x1a$.kizuna.points.v1.GetBalanceResponse\x12Z\n\x0bListEntries\x12$.kizuna.points.v1.ListEntriesRequest\x1a%.kizuna.points.v1.ListEntriesResponse\x12K\n\x06\x43redit\x12\x1f.kizuna.points.v1.CreditRequest\x1a .kizuna.points.v1.CreditResponse\x12N\n\x07Reserve\x12 .kizuna.points.v1.ReserveRequest\x1a!.kizuna.points.v1.ReserveResponse\x12N\n\x07\x43\x61pture\x12 .kizuna.points.v1.CaptureRequest\x1a!.kizuna.points.v1.CaptureResponse\x12\x45\n\x04Void\x12\x1d.kizuna.points.v1.VoidRequest\x1a\x1e.kizuna.points.v1.VoidResponse\x12K\n\x06Refund\x12\x1f.kizuna.points.v1.RefundRequest\x1a .kizuna.points.v1.RefundResponse\x12Q\n\x08\x43lawback\x12!.kizuna.points.v1.ClawbackRequest\x1a\".kizuna.points.v1.ClawbackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dkizuna/points/v1/points.proto\x12\x10kizuna.points.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dkizuna/common/v1/common.proto\"&\n\x11GetBalanceRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\"P\n\x0e\x45xpiringPoints\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb3\x01\n\x12GetBalanceResponse\x12\r\n\x05total\x18\x01 \x01(\x03\x12\x0f\n\x07regular\x18\x02 \x01(\x03\x12\x14\n\x0climited_time\x18\x03 \x01(\x03\x12\x37\n\rexpiring_soon\x18\x04 \x01(\x0b\x32 .kizuna.points.v1.ExpiringPoints\x12\x0f\n\x07pending\x18\x05 \x01(\x03\x12\x0c\n\x04\x64\x65\x62t\x18\x06 \x01(\x03\x12\x0f\n\x07\x65\x61rning\x18\x07 \x01(\x03\"T\n\x12ListEntriesRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12+\n\x04page\x18\x02 \x01(\x0b\x32\x1d.kizuna.common.v1.PageRequest\"\xc5\x01\n\x05\x45ntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.kizuna.points.v1.EntryKind\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x13\n\x0b\x65xplanation\x18\x04 \x01(\t\x12\x16\n\x0esource_service\x18\x05 \x01(\t\x12\x12\n\nsource_ref\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"n\n\x13ListEntriesResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.kizuna.points.v1.Entry\x12-\n\tpage_info\x18\x02 \x01(\x0b\x32\x1a.kizuna.common.v1.PageInfo\"\xf7\x01\n\rCreditRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12*\n\x04kind\x18\x03 \x01(\x0e\x32\x1c.kizuna.points.v1.CreditKind\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x16\n\x0esource_service\x18\x05 \x01(\t\x12\x12\n\nsource_ref\x18\x06 \x01(\t\x12\x33\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x88\x01\x01\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\tB\r\n\x0b_expires_at\"9\n\x0e\x43reditResponse\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x15\n\rbalance_after\x18\x02 \x01(\x03\"\x9d\x01\n\x0eReserveRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x16\n\x0esource_service\x18\x05 \x01(\t\x12\x12\n\nsource_ref\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\"p\n\x0fReserveResponse\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rbalance_after\x18\x03 \x01(\x03\"Q\n\x0e\x43\x61ptureRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"^\n\x0f\x43\x61ptureResponse\x12\x10\n\x08\x63\x61ptured\x18\x01 \x01(\x03\x12\x10\n\x08returned\x18\x02 \x01(\x03\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t\x12\x15\n\rbalance_after\x18\x04 \x01(\x03\">\n\x0bVoidRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"7\n\x0cVoidResponse\x12\x10\n\x08released\x18\x01 \x01(\x03\x12\x15\n\rbalance_after\x18\x02 \x01(\x03\"\x88\x01\n\rRefundRequest\x12\x1a\n\x10\x63\x61pture_entry_id\x18\x01 \x01(\tH\x00\x12\x18\n\x0ereservation_id\x18\x02 \x01(\tH\x00\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\tB\x08\n\x06target\"i\n\x0eRefundResponse\x12\x10\n\x08refunded\x18\x01 \x01(\x03\x12\x1c\n\x14\x65xpired_not_returned\x18\x02 \x01(\x03\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t\x12\x15\n\rbalance_after\x18\x04 \x01(\x03\"\x9d\x01\n\x0f\x43lawbackRequest\x12\x19\n\x0f\x63redit_entry_id\x18\x01 \x01(\tH\x00\x12\x14\n\nsource_ref\x18\x02 \x01(\tH\x00\x12\x16\n\x0esource_service\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\tB\x08\n\x06target\"f\n\x10\x43lawbackResponse\x12\x13\n\x0b\x63lawed_back\x18\x01 \x01(\x03\x12\x14\n\x0c\x64\x65\x62t_created\x18\x02 \x01(\x03\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t\x12\x15\n\rbalance_after\x18\x04 \x01(\x03\"\x90\x01\n\x0b\x45\x61rnRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12)\n\x08purchase\x18\x02 \x01(\x0b\x32\x17.kizuna.common.v1.Money\x12\x16\n\x0esource_service\x18\x03 \x01(\t\x12\x12\n\nsource_ref\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"\x94\x01\n\x0c\x45\x61rnResponse\x12\x0e\n\x06\x65\x61rned\x18\x01 \x01(\x03\x12\r\n\x05\x62onus\x18\x02 \x01(\x03\x12\x13\n\x0b\x65xplanation\x18\x03 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x04 \x01(\t\x12\x16\n\x0e\x62onus_entry_id\x18\x05 \x01(\t\x12\x15\n\rbalance_after\x18\x06 \x01(\x03\x12\x0f\n\x07rate_bp\x18\x07 \x01(\x03*`\n\nCreditKind\x12\x1b\n\x17\x43REDIT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43REDIT_KIND_REGULAR\x10\x01\x12\x1c\n\x18\x43REDIT_KIND_LIMITED_TIME\x10\x02*\x9b\x01\n\tEntryKind\x12\x1a\n\x16\x45NTRY_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45NTRY_KIND_CREDIT\x10\x01\x12\x14\n\x10\x45NTRY_KIND_SPEND\x10\x02\x12\x15\n\x11\x45NTRY_KIND_REFUND\x10\x03\x12\x17\n\x13\x45NTRY_KIND_CLAWBACK\x10\x04\x12\x15\n\x11\x45NTRY_KIND_EXPIRY\x10\x05\x32\xdf\x05\n\rPointsService\x12W\n\nGetBalance\x12#.kizuna.points.v1.GetBalanceRequest\x1a$.kizuna.points.v1.GetBalanceResponse\x12Z\n\x0bListEntries\x12$.kizuna.points.v1.ListEntriesRequest\x1a%.kizuna.points.v1.ListEntriesResponse\x12K\n\x06\x43redit\x12\x1f.kizuna.points.v1.CreditRequest\x1a .kizuna.points.v1.CreditResponse\x12N\n\x07Reserve\x12 .kizuna.points.v1.ReserveRequest\x1a!.kizuna.points.v1.ReserveResponse\x12N\n\x07\x43\x61pture\x12 .kizuna.points.v1.CaptureRequest\x1a!.kizuna.points.v1.CaptureResponse\x12\x45\n\x04Void\x12\x1d.kizuna.points.v1.VoidRequest\x1a\x1e.kizuna.points.v1.VoidResponse\x12K\n\x06Refund\x12\x1f.kizuna.points.v1.RefundRequest\x1a .kizuna.points.v1.RefundResponse\x12Q\n\x08\x43lawback\x12!.kizuna.points.v1.ClawbackRequest\x1a\".kizuna.points.v1.ClawbackResponse\x12\x45\n\x04\x45\x61rn\x12\x1d.kizuna.points.v1.EarnRequest\x1a\x1e.kizuna.points.v1.EarnResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kizuna.points.v1.points_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREDITKIND']._serialized_start=2193
-  _globals['_CREDITKIND']._serialized_end=2289
-  _globals['_ENTRYKIND']._serialized_start=2292
-  _globals['_ENTRYKIND']._serialized_end=2447
+  _globals['_CREDITKIND']._serialized_start=2508
+  _globals['_CREDITKIND']._serialized_end=2604
+  _globals['_ENTRYKIND']._serialized_start=2607
+  _globals['_ENTRYKIND']._serialized_end=2762
   _globals['_GETBALANCEREQUEST']._serialized_start=115
   _globals['_GETBALANCEREQUEST']._serialized_end=153
   _globals['_EXPIRINGPOINTS']._serialized_start=155
   _globals['_EXPIRINGPOINTS']._serialized_end=235
   _globals['_GETBALANCERESPONSE']._serialized_start=238
-  _globals['_GETBALANCERESPONSE']._serialized_end=400
-  _globals['_LISTENTRIESREQUEST']._serialized_start=402
-  _globals['_LISTENTRIESREQUEST']._serialized_end=486
-  _globals['_ENTRY']._serialized_start=489
-  _globals['_ENTRY']._serialized_end=686
-  _globals['_LISTENTRIESRESPONSE']._serialized_start=688
-  _globals['_LISTENTRIESRESPONSE']._serialized_end=798
-  _globals['_CREDITREQUEST']._serialized_start=801
-  _globals['_CREDITREQUEST']._serialized_end=1048
-  _globals['_CREDITRESPONSE']._serialized_start=1050
-  _globals['_CREDITRESPONSE']._serialized_end=1107
-  _globals['_RESERVEREQUEST']._serialized_start=1110
-  _globals['_RESERVEREQUEST']._serialized_end=1267
-  _globals['_RESERVERESPONSE']._serialized_start=1269
-  _globals['_RESERVERESPONSE']._serialized_end=1381
-  _globals['_CAPTUREREQUEST']._serialized_start=1383
-  _globals['_CAPTUREREQUEST']._serialized_end=1464
-  _globals['_CAPTURERESPONSE']._serialized_start=1466
-  _globals['_CAPTURERESPONSE']._serialized_end=1560
-  _globals['_VOIDREQUEST']._serialized_start=1562
-  _globals['_VOIDREQUEST']._serialized_end=1624
-  _globals['_VOIDRESPONSE']._serialized_start=1626
-  _globals['_VOIDRESPONSE']._serialized_end=1681
-  _globals['_REFUNDREQUEST']._serialized_start=1684
-  _globals['_REFUNDREQUEST']._serialized_end=1820
-  _globals['_REFUNDRESPONSE']._serialized_start=1822
-  _globals['_REFUNDRESPONSE']._serialized_end=1927
-  _globals['_CLAWBACKREQUEST']._serialized_start=1930
-  _globals['_CLAWBACKREQUEST']._serialized_end=2087
-  _globals['_CLAWBACKRESPONSE']._serialized_start=2089
-  _globals['_CLAWBACKRESPONSE']._serialized_end=2191
-  _globals['_POINTSSERVICE']._serialized_start=2450
-  _globals['_POINTSSERVICE']._serialized_end=3114
+  _globals['_GETBALANCERESPONSE']._serialized_end=417
+  _globals['_LISTENTRIESREQUEST']._serialized_start=419
+  _globals['_LISTENTRIESREQUEST']._serialized_end=503
+  _globals['_ENTRY']._serialized_start=506
+  _globals['_ENTRY']._serialized_end=703
+  _globals['_LISTENTRIESRESPONSE']._serialized_start=705
+  _globals['_LISTENTRIESRESPONSE']._serialized_end=815
+  _globals['_CREDITREQUEST']._serialized_start=818
+  _globals['_CREDITREQUEST']._serialized_end=1065
+  _globals['_CREDITRESPONSE']._serialized_start=1067
+  _globals['_CREDITRESPONSE']._serialized_end=1124
+  _globals['_RESERVEREQUEST']._serialized_start=1127
+  _globals['_RESERVEREQUEST']._serialized_end=1284
+  _globals['_RESERVERESPONSE']._serialized_start=1286
+  _globals['_RESERVERESPONSE']._serialized_end=1398
+  _globals['_CAPTUREREQUEST']._serialized_start=1400
+  _globals['_CAPTUREREQUEST']._serialized_end=1481
+  _globals['_CAPTURERESPONSE']._serialized_start=1483
+  _globals['_CAPTURERESPONSE']._serialized_end=1577
+  _globals['_VOIDREQUEST']._serialized_start=1579
+  _globals['_VOIDREQUEST']._serialized_end=1641
+  _globals['_VOIDRESPONSE']._serialized_start=1643
+  _globals['_VOIDRESPONSE']._serialized_end=1698
+  _globals['_REFUNDREQUEST']._serialized_start=1701
+  _globals['_REFUNDREQUEST']._serialized_end=1837
+  _globals['_REFUNDRESPONSE']._serialized_start=1839
+  _globals['_REFUNDRESPONSE']._serialized_end=1944
+  _globals['_CLAWBACKREQUEST']._serialized_start=1947
+  _globals['_CLAWBACKREQUEST']._serialized_end=2104
+  _globals['_CLAWBACKRESPONSE']._serialized_start=2106
+  _globals['_CLAWBACKRESPONSE']._serialized_end=2208
+  _globals['_EARNREQUEST']._serialized_start=2211
+  _globals['_EARNREQUEST']._serialized_end=2355
+  _globals['_EARNRESPONSE']._serialized_start=2358
+  _globals['_EARNRESPONSE']._serialized_end=2506
+  _globals['_POINTSSERVICE']._serialized_start=2765
+  _globals['_POINTSSERVICE']._serialized_end=3500
 # @@protoc_insertion_point(module_scope)

@@ -132,6 +132,7 @@ class GetBalanceResponse(_message.Message):
     EXPIRING_SOON_FIELD_NUMBER: _builtins.int
     PENDING_FIELD_NUMBER: _builtins.int
     DEBT_FIELD_NUMBER: _builtins.int
+    EARNING_FIELD_NUMBER: _builtins.int
     total: _builtins.int
     """Points the member can spend now: regular + limited_time. Never negative."""
     regular: _builtins.int
@@ -144,6 +145,10 @@ class GetBalanceResponse(_message.Message):
     """
     debt: _builtins.int
     """Points owed from clawbacks the balance could not cover; future credits repay it first."""
+    earning: _builtins.int
+    """Points earned by purchases that have not completed yet (an order paid but not delivered, a
+    stay not yet checked out): not in total; they join it when the purchase completes.
+    """
     @_builtins.property
     def expiring_soon(self) -> Global___ExpiringPoints:
         """The earliest upcoming expiry among the member's lots and how many points it takes; unset
@@ -159,10 +164,11 @@ class GetBalanceResponse(_message.Message):
         expiring_soon: Global___ExpiringPoints | None = ...,
         pending: _builtins.int = ...,
         debt: _builtins.int = ...,
+        earning: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expiring_soon", b"expiring_soon"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["debt", b"debt", "expiring_soon", b"expiring_soon", "limited_time", b"limited_time", "pending", b"pending", "regular", b"regular", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["debt", b"debt", "earning", b"earning", "expiring_soon", b"expiring_soon", "limited_time", b"limited_time", "pending", b"pending", "regular", b"regular", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -645,3 +651,82 @@ class ClawbackResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClawbackResponse: _TypeAlias = ClawbackResponse  # noqa: Y015
+
+@_typing.final
+class EarnRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    PURCHASE_FIELD_NUMBER: _builtins.int
+    SOURCE_SERVICE_FIELD_NUMBER: _builtins.int
+    SOURCE_REF_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    source_service: _builtins.str
+    """The earning service (the calling service); empty means the caller."""
+    source_ref: _builtins.str
+    """The service's reference, e.g. its order ID; Clawback can find the credits by it."""
+    idempotency_key: _builtins.str
+    @_builtins.property
+    def purchase(self) -> _common_pb2.Money:
+        """What the member paid in money (points used are not counted); amount_minor > 0."""
+
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        purchase: _common_pb2.Money | None = ...,
+        source_service: _builtins.str = ...,
+        source_ref: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["purchase", b"purchase"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "member_id", b"member_id", "purchase", b"purchase", "source_ref", b"source_ref", "source_service", b"source_service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EarnRequest: _TypeAlias = EarnRequest  # noqa: Y015
+
+@_typing.final
+class EarnResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EARNED_FIELD_NUMBER: _builtins.int
+    BONUS_FIELD_NUMBER: _builtins.int
+    EXPLANATION_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    BONUS_ENTRY_ID_FIELD_NUMBER: _builtins.int
+    BALANCE_AFTER_FIELD_NUMBER: _builtins.int
+    RATE_BP_FIELD_NUMBER: _builtins.int
+    earned: _builtins.int
+    """Regular points credited."""
+    bonus: _builtins.int
+    """Limited-time campaign points credited."""
+    explanation: _builtins.str
+    """Why, as shown to the member, e.g. "1% base + 2% for using travel and card this month"."""
+    entry_id: _builtins.str
+    """The regular credit entry; empty when earned = 0."""
+    bonus_entry_id: _builtins.str
+    """The campaign credit entry; empty when bonus = 0."""
+    balance_after: _builtins.int
+    rate_bp: _builtins.int
+    """The earn rate applied, in basis points of the purchase (100 = 1%)."""
+    def __init__(
+        self,
+        *,
+        earned: _builtins.int = ...,
+        bonus: _builtins.int = ...,
+        explanation: _builtins.str = ...,
+        entry_id: _builtins.str = ...,
+        bonus_entry_id: _builtins.str = ...,
+        balance_after: _builtins.int = ...,
+        rate_bp: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_after", b"balance_after", "bonus", b"bonus", "bonus_entry_id", b"bonus_entry_id", "earned", b"earned", "entry_id", b"entry_id", "explanation", b"explanation", "rate_bp", b"rate_bp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EarnResponse: _TypeAlias = EarnResponse  # noqa: Y015

@@ -88,6 +88,11 @@ class PointsServiceStub:
                 request_serializer=kizuna_dot_points_dot_v1_dot_points__pb2.ClawbackRequest.SerializeToString,
                 response_deserializer=kizuna_dot_points_dot_v1_dot_points__pb2.ClawbackResponse.FromString,
                 _registered_method=True)
+        self.Earn = channel.unary_unary(
+                '/kizuna.points.v1.PointsService/Earn',
+                request_serializer=kizuna_dot_points_dot_v1_dot_points__pb2.EarnRequest.SerializeToString,
+                response_deserializer=kizuna_dot_points_dot_v1_dot_points__pb2.EarnResponse.FromString,
+                _registered_method=True)
 
 
 class PointsServiceServicer:
@@ -181,6 +186,16 @@ class PointsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Earn(self, request, context):
+        """Credits what a purchase earns under points' earn rules: the service's base rate, a bonus
+        rate for each other ecosystem service the member used this month, campaigns (paid as
+        limited-time points) and the per-purchase and per-month caps. The calling service needs
+        the same authorization as for Credit. earned = 0 (and no entry) when nothing is earned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PointsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -223,6 +238,11 @@ def add_PointsServiceServicer_to_server(servicer, server):
                     servicer.Clawback,
                     request_deserializer=kizuna_dot_points_dot_v1_dot_points__pb2.ClawbackRequest.FromString,
                     response_serializer=kizuna_dot_points_dot_v1_dot_points__pb2.ClawbackResponse.SerializeToString,
+            ),
+            'Earn': grpc.unary_unary_rpc_method_handler(
+                    servicer.Earn,
+                    request_deserializer=kizuna_dot_points_dot_v1_dot_points__pb2.EarnRequest.FromString,
+                    response_serializer=kizuna_dot_points_dot_v1_dot_points__pb2.EarnResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -455,6 +475,33 @@ class PointsService:
             '/kizuna.points.v1.PointsService/Clawback',
             kizuna_dot_points_dot_v1_dot_points__pb2.ClawbackRequest.SerializeToString,
             kizuna_dot_points_dot_v1_dot_points__pb2.ClawbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Earn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kizuna.points.v1.PointsService/Earn',
+            kizuna_dot_points_dot_v1_dot_points__pb2.EarnRequest.SerializeToString,
+            kizuna_dot_points_dot_v1_dot_points__pb2.EarnResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -88,6 +88,12 @@ class PointsServiceStub:
     full or in part, up to the credited amount. Whatever the member's balance cannot cover
     becomes a debt that future credits repay first; the balance never goes negative.
     """
+    Earn: _grpc.UnaryUnaryMultiCallable[_points_pb2.EarnRequest, _points_pb2.EarnResponse]
+    """Credits what a purchase earns under points' earn rules: the service's base rate, a bonus
+    rate for each other ecosystem service the member used this month, campaigns (paid as
+    limited-time points) and the per-purchase and per-month caps. The calling service needs
+    the same authorization as for Credit. earned = 0 (and no entry) when nothing is earned.
+    """
 
 @_typing.type_check_only
 class PointsServiceAsyncStub(PointsServiceStub):
@@ -148,6 +154,12 @@ class PointsServiceAsyncStub(PointsServiceStub):
     """Takes back points that were credited (a cancelled purchase takes back what it earned), in
     full or in part, up to the credited amount. Whatever the member's balance cannot cover
     becomes a debt that future credits repay first; the balance never goes negative.
+    """
+    Earn: _aio.UnaryUnaryMultiCallable[_points_pb2.EarnRequest, _points_pb2.EarnResponse]  # type: ignore[assignment]
+    """Credits what a purchase earns under points' earn rules: the service's base rate, a bonus
+    rate for each other ecosystem service the member used this month, campaigns (paid as
+    limited-time points) and the per-purchase and per-month caps. The calling service needs
+    the same authorization as for Credit. earned = 0 (and no entry) when nothing is earned.
     """
 
 class PointsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -254,6 +266,18 @@ class PointsServiceServicer(metaclass=_abc_1.ABCMeta):
         """Takes back points that were credited (a cancelled purchase takes back what it earned), in
         full or in part, up to the credited amount. Whatever the member's balance cannot cover
         becomes a debt that future credits repay first; the balance never goes negative.
+        """
+
+    @_abc_1.abstractmethod
+    def Earn(
+        self,
+        request: _points_pb2.EarnRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.EarnResponse, _abc.Awaitable[_points_pb2.EarnResponse]]:
+        """Credits what a purchase earns under points' earn rules: the service's base rate, a bonus
+        rate for each other ecosystem service the member used this month, campaigns (paid as
+        limited-time points) and the per-purchase and per-month caps. The calling service needs
+        the same authorization as for Credit. earned = 0 (and no entry) when nothing is earned.
         """
 
 def add_PointsServiceServicer_to_server(servicer: PointsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

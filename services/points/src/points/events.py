@@ -1,0 +1,257 @@
+"""What points consumes (member lifecycle, purchases to earn on, points commands) and answers.
+
+Purchases earn in two steps: paid/confirmed -> pending (shown as GetBalanceResponse.earning),
+completed -> granted; cancelled -> pending dropped or the grant clawed back; refunded -> the
+refunded share clawed back. Card purchases are granted when posted. Each event takes effect
+once: the kit's inbox records it in the same transaction as its effect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.message import Message
+from kizuna.fintech.v1 import events_pb2 as fintech
+from kizuna.identity.v1 import events_pb2 as identity
+from kizuna.kit.errors import DomainError, FailedPrecondition, NotFound, PermissionDenied
+from kizuna.kit.events import Consumer, Event, publish
+from kizuna.kit.service import Runtime
+from kizuna.points.v1 import events_pb2 as ev
+from kizuna.points.v1 import points_pb2 as pb
+from kizuna.shop.v1 import events_pb2 as shop
+from kizuna.travel.v1 import events_pb2 as travel
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from points import ledger, store
+from points.grpc_api import ledger_of
+from points.models import PendingEarn
+from points.settings import Settings
+from points.store import Ledger
+
+# Consumer handlers get (session, event) only; the running service is bound here at start.
+_bound: dict[str, Any] = {}
+
+
+async def bind(runtime: Runtime[Settings]) -> None:
+    _bound["runtime"] = runtime
+
+
+def _ledger() -> Ledger:
+    return ledger_of(_bound["runtime"])
+
+
+def _settings() -> Settings:
+    settings: Settings = _bound["runtime"].settings
+    return settings
+
+
+# ---- members ---------------------------------------------------------------------------------
+
+
+async def on_member(session: AsyncSession, event: Event) -> None:
+    now = _ledger().clock.now()
+    if event.subject == "identity.member.registered":
+        await store.register_member(session, event.parse(identity.MemberRegistered).member_id, now)
+    elif event.subject == "identity.member.erasure_requested":
+        member_id = event.parse(identity.MemberErasureRequested).member_id
+        wallet = await store.lock_wallet(session, member_id)
+        if wallet is not None:
+            # Ledger entries stay under the bare member ID (bookkeeping law); the wallet closes.
+            wallet.status = "erased"
+            session.add(wallet)
+        publish(session, "points.member.erased", identity.ErasureCompleted(
+            member_id=member_id, service="points", completed_at=store.ts(now)), member_id=member_id)
+
+
+# ---- earning from purchases --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Purchase:
+    service: str
+    ref: str
+    member_id: str
+    amount_minor: int
+    currency: str
+    refunded_minor: int = 0
+
+
+def _purchase(event: Event) -> tuple[str, Purchase]:
+    """(what happened, the purchase) for a purchase event."""
+    s = event.subject
+    msg: Any
+    if s.startswith("shop.order."):
+        msg = event.parse({"paid": shop.OrderPaid, "completed": shop.OrderCompleted,
+                           "cancelled": shop.OrderCancelled, "refunded": shop.OrderRefunded}[s.rsplit(".", 1)[1]])
+        refunded = msg.refunded.amount_minor if s.endswith("refunded") else 0
+        step = {"paid": "pending", "completed": "grant", "cancelled": "cancel", "refunded": "refund"}[s.rsplit(".", 1)[1]]
+        return step, Purchase("shop", msg.order_id, msg.member_id, msg.total.amount_minor, msg.total.currency, refunded)
+    if s.startswith("travel.booking."):
+        name = s.rsplit(".", 1)[1]
+        msg = event.parse({"confirmed": travel.BookingConfirmed, "completed": travel.BookingCompleted,
+                           "cancelled": travel.BookingCancelled}[name])
+        step = {"confirmed": "pending", "completed": "grant", "cancelled": "cancel"}[name]
+        return step, Purchase("travel", msg.booking_id, msg.member_id, msg.total.amount_minor, msg.total.currency)
+    if s == "fintech.card_purchase.posted":
+        msg = event.parse(fintech.CardPurchasePosted)
+        return "posted", Purchase("fintech", msg.purchase_id, msg.member_id, msg.amount.amount_minor,
+                                  msg.amount.currency)
+    msg = event.parse(fintech.CardPurchaseRefunded)
+    return "refund", Purchase("fintech", msg.purchase_id, msg.member_id, 0, msg.amount.currency,
+                              msg.amount.amount_minor)
+
+
+async def on_purchase(session: AsyncSession, event: Event) -> None:
+    step, purchase = _purchase(event)
+    settings, now = _settings(), _ledger().clock.now()
+    wallet = await store.lock_wallet(session, purchase.member_id)
+    if wallet is None or wallet.status != "active":
+        # identity's registration may not have arrived yet: fail, so the event is retried.
+        raise NotFound(f"unknown member {purchase.member_id!r}")
+    await store.settle_due(session, wallet, now)
+    pending = await session.get(PendingEarn, (purchase.service, purchase.ref), populate_existing=True)
+    months = settings.regular_expiry_months
+    if step in ("pending", "posted") or (step == "grant" and pending is None):
+        if pending is not None:
+            return
+        quote = await store.quote_and_count(session, wallet, settings.earn_rules(), purchase.service,
+                                            ledger.currency_units(purchase.amount_minor, purchase.currency), now)
+        pending = PendingEarn(source_service=purchase.service, source_ref=purchase.ref, member_id=purchase.member_id,
+                              purchase_minor=purchase.amount_minor, currency=purchase.currency or "JPY",
+                              regular=quote.regular, bonus=quote.bonus, bonus_expires_at=quote.bonus_expires_at,
+                              explanation=quote.explanation, status="pending", created_at=now)
+        session.add(pending)
+        if step == "pending":
+            return
+    assert pending is not None
+    if step in ("grant", "posted") and pending.status == "pending":
+        quote = ledger.EarnQuote(pending.regular, pending.bonus, pending.bonus_expires_at, 0, (), pending.explanation)
+        if pending.bonus_expires_at is not None and pending.bonus_expires_at <= now:
+            quote = ledger.EarnQuote(pending.regular, 0, None, 0, (), pending.explanation)
+        await store.grant(session, wallet, now, quote=quote, service=purchase.service, source_ref=purchase.ref,
+                          key=event.id, regular_expiry_months=months)
+        pending.status = "granted"
+    elif step == "cancel":
+        if pending.status == "pending":
+            pending.status = "cancelled"
+            if wallet.earn_month == ledger.month_key(pending.created_at):
+                wallet.earned_this_month = max(wallet.earned_this_month - pending.regular - pending.bonus, 0)
+        elif pending.status == "granted":
+            await _claw_back(session, wallet, now, purchase, 0, f"{purchase.ref} cancelled", event.id)
+            pending.status = "cancelled"
+    elif step == "refund" and pending.status in ("pending", "granted"):
+        share = ledger.proportion(pending.regular + pending.bonus, purchase.refunded_minor, pending.purchase_minor)
+        if pending.status == "pending":
+            cut_bonus = min(pending.bonus, share)
+            pending.bonus -= cut_bonus
+            pending.regular -= share - cut_bonus
+        elif share > 0:
+            await _claw_back(session, wallet, now, purchase, share, f"{purchase.ref} refunded", event.id)
+    session.add(pending)
+
+
+async def _claw_back(session: AsyncSession, wallet: Any, now: datetime, purchase: Purchase, amount: int,
+                     reason: str, key: str) -> None:
+    request = pb.ClawbackRequest(source_ref=purchase.ref, source_service=purchase.service, amount=amount,
+                                 reason=reason, idempotency_key=key)
+    try:
+        async with session.begin_nested():
+            await store.clawback(session, wallet, now, caller=purchase.service, request=request)
+    except (FailedPrecondition, NotFound):
+        pass  # nothing (left) to take back: the purchase earned nothing, or it was taken already
+
+
+# ---- commands --------------------------------------------------------------------------------
+
+_REJECTION = {
+    "invalid_argument": ev.REJECTION_REASON_INVALID_ARGUMENT,
+    "failed_precondition": ev.REJECTION_REASON_INSUFFICIENT_POINTS,
+    "not_found": ev.REJECTION_REASON_MEMBER_NOT_ACTIVE,
+    "already_exists": ev.REJECTION_REASON_IDEMPOTENCY_CONFLICT,
+    "permission_denied": ev.REJECTION_REASON_NOT_AUTHORIZED,
+    "unauthenticated": ev.REJECTION_REASON_NOT_AUTHORIZED,
+}
+
+
+def _publisher(event: Event) -> str:
+    """The service that published the event (the relay sets ce-source to kizuna/<service>)."""
+    return event.source.removeprefix("kizuna/")
+
+
+async def on_command(session: AsyncSession, event: Event) -> None:
+    settings, now = _settings(), _ledger().clock.now()
+    msg: Message
+    if event.subject == "points.credit.requested":
+        msg = event.parse(ev.CreditRequested)
+        command, member_id = ev.COMMAND_KIND_CREDIT, msg.member_id
+        request: Message = pb.CreditRequest(
+            member_id=msg.member_id, amount=msg.amount, kind=msg.kind or pb.CREDIT_KIND_REGULAR, reason=msg.reason,
+            source_service=msg.source_service, source_ref=msg.source_ref, idempotency_key=msg.idempotency_key,
+            **({"expires_at": msg.expires_at} if msg.HasField("expires_at") else {}),
+        )
+        kind = {pb.CREDIT_KIND_REGULAR: ledger.REGULAR, pb.CREDIT_KIND_LIMITED_TIME: ledger.LIMITED_TIME}.get(
+            msg.kind or pb.CREDIT_KIND_REGULAR, ledger.REGULAR)
+        expires = msg.expires_at.ToDatetime(tzinfo=now.tzinfo) if msg.HasField("expires_at") else None
+
+        async def effect(s: AsyncSession, wallet: Any, at: datetime) -> Message:
+            if msg.source_service != _publisher(event) or msg.source_service not in settings.command_credit_services:
+                raise PermissionDenied(f"{_publisher(event)!r} may not credit as {msg.source_service!r}")
+            return await store.credit(s, wallet, at, member_id=msg.member_id, amount=msg.amount, kind=kind,
+                                      reason=msg.reason, source_service=msg.source_service,
+                                      source_ref=msg.source_ref, expires_at=expires, key=msg.idempotency_key,
+                                      regular_expiry_months=settings.regular_expiry_months)
+        response_type: type[Message] = pb.CreditResponse
+        operation = "credit"
+    elif event.subject == "points.spend.requested":
+        msg = event.parse(ev.SpendRequested)
+        command, member_id = ev.COMMAND_KIND_SPEND, msg.member_id
+        request = msg
+        authorized = await _member_authorized(msg.member_authorization, msg.member_id)
+
+        async def effect(s: AsyncSession, wallet: Any, at: datetime) -> Message:
+            if not authorized or msg.source_service != _publisher(event):
+                raise PermissionDenied("the member's authorization is missing, invalid or expired")
+            reserve = pb.ReserveRequest(member_id=msg.member_id, amount=msg.amount, reason=msg.reason,
+                                        source_service=msg.source_service, source_ref=msg.source_ref,
+                                        idempotency_key=msg.idempotency_key)
+            held = await store.reserve(s, wallet, at, caller=msg.source_service, request=reserve, default_ttl=60,
+                                       max_ttl=60)
+            return await store.capture(s, wallet, at, caller=msg.source_service, request=pb.CaptureRequest(
+                reservation_id=held.reservation_id, idempotency_key=msg.idempotency_key))
+        response_type = pb.CaptureResponse
+        operation = "spend"
+    else:
+        return
+    outcome = await store.apply_idempotent(
+        session, caller=msg.source_service or _publisher(event), key=msg.idempotency_key, operation=operation,
+        request=request, member_id=member_id, effect=effect, response_type=response_type, now=now)
+    if isinstance(outcome, DomainError):
+        publish(session, "points.command.rejected", ev.CommandRejected(
+            idempotency_key=msg.idempotency_key, command=command,
+            reason=_REJECTION.get(outcome.code, ev.REJECTION_REASON_UNSPECIFIED), message=outcome.message,
+            member_id=member_id, source_service=msg.source_service, source_ref=msg.source_ref,
+            rejected_at=store.ts(now)), member_id=member_id)
+
+
+async def _member_authorized(token: str, member_id: str) -> bool:
+    if not token:
+        return False
+    try:
+        member = await _bound["runtime"].verifier.verify(token)
+    except DomainError:
+        return False
+    return member.member_id == member_id and member.has_scope("points:spend")
+
+
+consumers = [
+    Consumer("points-members", ["identity.member.registered", "identity.member.erasure_requested"], on_member),
+    Consumer("points-shop-earn", ["shop.order.paid", "shop.order.completed", "shop.order.cancelled",
+                                  "shop.order.refunded"], on_purchase),
+    Consumer("points-travel-earn", ["travel.booking.confirmed", "travel.booking.completed",
+                                    "travel.booking.cancelled"], on_purchase),
+    Consumer("points-fintech-earn", ["fintech.card_purchase.posted", "fintech.card_purchase.refunded"],
+             on_purchase),
+    Consumer("points-commands", ["points.credit.requested", "points.spend.requested"], on_command),
+]

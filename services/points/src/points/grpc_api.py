@@ -1,0 +1,154 @@
+"""PointsService over gRPC: check who may call, translate, run the ledger operation, translate back."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from functools import partial
+from typing import Any
+
+from kizuna.kit.auth import CallAuth, current_call
+from kizuna.kit.errors import InvalidArgument, PermissionDenied
+from kizuna.kit.service import Runtime
+from kizuna.points.v1 import points_pb2 as pb
+from kizuna.points.v1 import points_pb2_grpc
+
+from points import store
+from points.ledger import LIMITED_TIME, REGULAR, Clock
+from points.settings import Settings
+from points.store import Ledger
+
+CREDIT_KINDS = {pb.CREDIT_KIND_REGULAR: REGULAR, pb.CREDIT_KIND_LIMITED_TIME: LIMITED_TIME}
+
+
+def ledger_of(runtime: Runtime[Settings]) -> Ledger:
+    """The runtime's one Ledger (and Clock, which tests move)."""
+    if "ledger" not in runtime.state:
+        clock = runtime.state.setdefault("clock", Clock())
+        runtime.state["ledger"] = Ledger(runtime.db, runtime.settings, clock)
+    ledger: Ledger = runtime.state["ledger"]
+    return ledger
+
+
+def _may_read(auth: CallAuth, member_id: str) -> None:
+    member = auth.member
+    if member is not None and member.member_id == member_id and member.has_scope("points:read"):
+        return
+    if auth.caller.is_service and auth.caller.has_scope("points:read"):
+        return
+    raise PermissionDenied("reading points needs the member's own token or a service with points:read")
+
+
+def _own_service(caller: str, named: str) -> str:
+    if named and named != caller:
+        raise PermissionDenied(f"service {caller!r} cannot act as {named!r}")
+    return caller
+
+
+class PointsApi(points_pb2_grpc.PointsServiceServicer):
+    def __init__(self, runtime: Runtime[Settings]) -> None:
+        self.settings = runtime.settings
+        self.ledger = ledger_of(runtime)
+        self.db = runtime.db
+
+    async def GetBalance(self, request: pb.GetBalanceRequest, context: Any) -> pb.GetBalanceResponse:
+        _may_read(current_call(), request.member_id)
+        now = self.ledger.clock.now()
+        async with self.db.sessions() as session:
+            due = await store.has_due(session, request.member_id, now)
+        if due:
+            async with self.db.transaction() as session:
+                wallet = await store.lock_wallet(session, request.member_id)
+                if wallet is not None:
+                    await store.settle_due(session, wallet, now)
+        async with self.db.sessions() as session:
+            response = await store.balance(session, request.member_id, now)
+            response.earning = await store.earning_pending(session, request.member_id)
+            return response
+
+    async def ListEntries(self, request: pb.ListEntriesRequest, context: Any) -> pb.ListEntriesResponse:
+        _may_read(current_call(), request.member_id)
+        async with self.db.sessions() as session:
+            return await store.list_entries(session, request.member_id, request.page.page_size,
+                                            request.page.page_token)
+
+    async def Credit(self, request: pb.CreditRequest, context: Any) -> pb.CreditResponse:
+        caller = current_call().require_service_scope("points:credit").client_id
+        service = _own_service(caller, request.source_service)
+        kind = CREDIT_KINDS.get(request.kind)
+        expires_at = request.expires_at.ToDatetime(tzinfo=UTC) if request.HasField("expires_at") else None
+
+        async def effect(session: Any, wallet: Any, now: Any) -> pb.CreditResponse:
+            if kind is None:
+                raise InvalidArgument("kind must be CREDIT_KIND_REGULAR or CREDIT_KIND_LIMITED_TIME")
+            return await store.credit(
+                session, wallet, now, member_id=request.member_id, amount=request.amount, kind=kind,
+                reason=request.reason, source_service=service, source_ref=request.source_ref,
+                expires_at=expires_at, key=request.idempotency_key,
+                regular_expiry_months=self.settings.regular_expiry_months,
+            )
+
+        return await self.ledger.execute(caller=caller, key=request.idempotency_key, operation="credit",
+                                         request=request, member_id=request.member_id, effect=effect,
+                                         response_type=pb.CreditResponse)
+
+    async def Earn(self, request: pb.EarnRequest, context: Any) -> pb.EarnResponse:
+        caller = current_call().require_service_scope("points:credit").client_id
+        service = _own_service(caller, request.source_service)
+        effect = partial(
+            store.earn, member_id=request.member_id, amount_minor=request.purchase.amount_minor,
+            currency=request.purchase.currency or "JPY", service=service, source_ref=request.source_ref,
+            key=request.idempotency_key, rules=self.settings.earn_rules(),
+            regular_expiry_months=self.settings.regular_expiry_months,
+        )
+        return await self.ledger.execute(caller=caller, key=request.idempotency_key, operation="earn",
+                                         request=request, member_id=request.member_id, effect=effect,
+                                         response_type=pb.EarnResponse)
+
+    async def Reserve(self, request: pb.ReserveRequest, context: Any) -> pb.ReserveResponse:
+        auth = current_call()
+        caller = auth.require_service_scope("points:spend").client_id
+        auth.require_member(request.member_id, "points:spend")
+        _own_service(caller, request.source_service)
+        effect = partial(store.reserve, caller=caller, request=request,
+                         default_ttl=self.settings.reservation_default_ttl_seconds,
+                         max_ttl=self.settings.reservation_max_ttl_seconds)
+        return await self.ledger.execute(caller=caller, key=request.idempotency_key, operation="reserve",
+                                         request=request, member_id=request.member_id, effect=effect,
+                                         response_type=pb.ReserveResponse)
+
+    async def Capture(self, request: pb.CaptureRequest, context: Any) -> pb.CaptureResponse:
+        caller = current_call().require_service_scope("points:spend", "points:credit").client_id
+        member_id = await self.ledger.member_of_reservation(request.reservation_id)
+        return await self.ledger.execute(
+            caller=caller, key=request.idempotency_key, operation="capture", request=request,
+            member_id=member_id, effect=partial(store.capture, caller=caller, request=request),
+            response_type=pb.CaptureResponse,
+        )
+
+    async def Void(self, request: pb.VoidRequest, context: Any) -> pb.VoidResponse:
+        caller = current_call().require_service_scope("points:spend", "points:credit").client_id
+        member_id = await self.ledger.member_of_reservation(request.reservation_id)
+        return await self.ledger.execute(
+            caller=caller, key=request.idempotency_key, operation="void", request=request,
+            member_id=member_id, effect=partial(store.void, caller=caller, request=request),
+            response_type=pb.VoidResponse,
+        )
+
+    async def Refund(self, request: pb.RefundRequest, context: Any) -> pb.RefundResponse:
+        caller = current_call().require_service_scope("points:spend", "points:credit").client_id
+        member_id = await self.ledger.member_of_reservation(request.capture_entry_id or request.reservation_id)
+        return await self.ledger.execute(
+            caller=caller, key=request.idempotency_key, operation="refund", request=request,
+            member_id=member_id, effect=partial(store.refund, caller=caller, request=request),
+            response_type=pb.RefundResponse,
+        )
+
+    async def Clawback(self, request: pb.ClawbackRequest, context: Any) -> pb.ClawbackResponse:
+        caller = current_call().require_service_scope("points:credit").client_id
+        member_id = await self.ledger.member_of_credit(
+            request.credit_entry_id, request.source_service or caller, request.source_ref)
+        return await self.ledger.execute(
+            caller=caller, key=request.idempotency_key, operation="clawback", request=request,
+            member_id=member_id, effect=partial(store.clawback, caller=caller, request=request),
+            response_type=pb.ClawbackResponse,
+        )

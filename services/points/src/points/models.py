@@ -1,0 +1,187 @@
+"""The ledger's tables: member wallets (balance rows and the lock per member), journal entries and
+their postings, lots, reservations with their per-lot holds, idempotency records, earn tracking.
+
+Accounts are named by string (`member:<id>:available`, `member:<id>:held`, `member:<id>:debt`,
+`issued:<service>`, `redeemed:<service>`, `expired`); postings reference them by name. Member
+accounts keep a balance row (the wallet) updated in the same transaction as their postings; the
+per-service accounts are summed from postings when needed, so that no single hot row serializes
+every credit of a busy service.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from kizuna.kit.db import UTCDateTime
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, String, Text
+from sqlmodel import Field, SQLModel
+
+
+def account_available(member_id: str) -> str:
+    return f"member:{member_id}:available"
+
+
+def account_held(member_id: str) -> str:
+    return f"member:{member_id}:held"
+
+
+def account_debt(member_id: str) -> str:
+    return f"member:{member_id}:debt"
+
+
+def account_issued(service: str) -> str:
+    return f"issued:{service}"
+
+
+def account_redeemed(service: str) -> str:
+    return f"redeemed:{service}"
+
+
+ACCOUNT_EXPIRED = "expired"
+
+
+class Wallet(SQLModel, table=True):
+    """One row per member: the balances of the member's three accounts, and the row every
+    change to the member's points locks first (`SELECT ... FOR UPDATE`)."""
+
+    __tablename__ = "points_wallet"
+
+    member_id: str = Field(sa_column=Column(String(100), primary_key=True))
+    status: str = Field(sa_column=Column(String(20), nullable=False))  # active | erased
+    available: int = Field(sa_column=Column(BigInteger, nullable=False))
+    held: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # What the member owes (>= 0); the debt account's balance is its negative.
+    debt: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # Earn cap bookkeeping: points earned by earn rules in `earn_month` (YYYY-MM).
+    earn_month: str = Field(sa_column=Column(String(7), nullable=False))
+    earned_this_month: int = Field(sa_column=Column(BigInteger, nullable=False))
+    last_earned_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class Entry(SQLModel, table=True):
+    """A journal entry: immutable once written; its postings sum to zero."""
+
+    __tablename__ = "points_entry"
+    __table_args__ = (
+        Index("ix_points_entry_member", "member_id", "id"),
+        Index("ix_points_entry_source", "source_service", "source_ref"),
+        Index("ix_points_entry_created", "created_at"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
+    entry_id: str = Field(sa_column=Column(String(40), unique=True, nullable=False))
+    member_id: str = Field(sa_column=Column(String(100), nullable=False))
+    # credit | spend | refund | clawback | expiry, and the internal hold | release
+    kind: str = Field(sa_column=Column(String(20), nullable=False))
+    # The signed change to the member's total + pending - debt.
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+    explanation: str = Field(sa_column=Column(Text, nullable=False))
+    source_service: str = Field(sa_column=Column(String(100), nullable=False))
+    source_ref: str = Field(sa_column=Column(String(200), nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class Posting(SQLModel, table=True):
+    __tablename__ = "points_posting"
+    __table_args__ = (Index("ix_points_posting_account", "account"),)
+
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
+    entry_pk: int = Field(sa_column=Column(Integer, nullable=False, index=True))
+    account: str = Field(sa_column=Column(String(200), nullable=False))
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class Lot(SQLModel, table=True):
+    """The points one credit gave, and how many of them the member still has (`remaining`)."""
+
+    __tablename__ = "points_lot"
+
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
+    member_id: str = Field(sa_column=Column(String(100), nullable=False, index=True))
+    entry_pk: int = Field(sa_column=Column(Integer, nullable=False, index=True))
+    kind: str = Field(sa_column=Column(String(20), nullable=False))  # regular | limited_time
+    # Regular lots without a fixed date follow the member's rolling expiry (moved on each earn).
+    rolling: bool = Field(nullable=False)
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+    remaining: int = Field(sa_column=Column(BigInteger, nullable=False))
+    clawed_back: int = Field(sa_column=Column(BigInteger, nullable=False))
+    source_service: str = Field(sa_column=Column(String(100), nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class Reservation(SQLModel, table=True):
+    __tablename__ = "points_reservation"
+    __table_args__ = (Index("ix_points_reservation_open", "status", "expires_at"),)
+
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
+    reservation_id: str = Field(sa_column=Column(String(40), unique=True, nullable=False))
+    member_id: str = Field(sa_column=Column(String(100), nullable=False, index=True))
+    caller: str = Field(sa_column=Column(String(100), nullable=False))
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+    status: str = Field(sa_column=Column(String(20), nullable=False))  # open|captured|voided|timed_out
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    source_service: str = Field(sa_column=Column(String(100), nullable=False))
+    source_ref: str = Field(sa_column=Column(String(200), nullable=False))
+    captured: int = Field(sa_column=Column(BigInteger, nullable=False))
+    refunded: int = Field(sa_column=Column(BigInteger, nullable=False))  # incl. expired, not returned
+    capture_entry_id: str | None = Field(default=None, sa_column=Column(String(40), unique=True))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class Hold(SQLModel, table=True):
+    """The part of one lot a reservation holds, and later spent and got back."""
+
+    __tablename__ = "points_hold"
+
+    reservation_pk: int = Field(sa_column=Column(Integer, primary_key=True))
+    lot_id: int = Field(sa_column=Column(Integer, primary_key=True))
+    seq: int = Field(sa_column=Column(Integer, nullable=False))  # spend order within the reservation
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+    captured: int = Field(sa_column=Column(BigInteger, nullable=False))
+    refunded: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """The first outcome of a (caller, key): a response to replay, or the error to repeat."""
+
+    __tablename__ = "points_idempotency"
+
+    caller: str = Field(sa_column=Column(String(100), primary_key=True))
+    key: str = Field(sa_column=Column(String(200), primary_key=True))
+    operation: str = Field(sa_column=Column(String(40), nullable=False))
+    request_hash: str = Field(sa_column=Column(String(64), nullable=False))
+    response: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    error_code: str | None = Field(default=None, sa_column=Column(String(40)))
+    error_message: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class ServiceUse(SQLModel, table=True):
+    """The member used `service` in `month` (drives the cross-service multiplier)."""
+
+    __tablename__ = "points_service_use"
+
+    member_id: str = Field(sa_column=Column(String(100), primary_key=True))
+    month: str = Field(sa_column=Column(String(7), primary_key=True))
+    service: str = Field(sa_column=Column(String(100), primary_key=True))
+
+
+class PendingEarn(SQLModel, table=True):
+    """Points a purchase will earn once it completes (paid -> pending -> granted/cancelled)."""
+
+    __tablename__ = "points_pending_earn"
+
+    source_service: str = Field(sa_column=Column(String(100), primary_key=True))
+    source_ref: str = Field(sa_column=Column(String(200), primary_key=True))
+    member_id: str = Field(sa_column=Column(String(100), nullable=False, index=True))
+    purchase_minor: int = Field(sa_column=Column(BigInteger, nullable=False))
+    currency: str = Field(sa_column=Column(String(3), nullable=False))
+    regular: int = Field(sa_column=Column(BigInteger, nullable=False))
+    bonus: int = Field(sa_column=Column(BigInteger, nullable=False))
+    bonus_expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    explanation: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(sa_column=Column(String(20), nullable=False))  # pending|granted|cancelled
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))

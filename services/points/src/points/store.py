@@ -1,0 +1,786 @@
+"""The ledger in SQL: every movement locks the member's wallet row first (`SELECT ... FOR UPDATE`
+on PostgreSQL; SQLite serializes writers with BEGIN IMMEDIATE), settles what is due (timed-out
+reservations, expired lots), then writes one balanced entry, updates the balance rows and lots,
+and stages its `points.ledger.*` event in the same transaction.
+
+Idempotency: `Ledger.execute` records the first outcome of each (caller, key), success or
+rejection, in the same transaction as the effect; the effect runs in a savepoint so a rejection
+leaves nothing but its record behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from kizuna.kit import errors
+from kizuna.kit.db import Database
+from kizuna.kit.errors import (
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from kizuna.kit.events import publish
+from kizuna.points.v1 import events_pb2 as ev
+from kizuna.points.v1 import points_pb2 as pb
+from sqlalchemy import func, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from ulid import ULID
+
+from points import ledger
+from points.ledger import LIMITED_TIME, REGULAR, HoldState, LotState
+from points.models import (
+    ACCOUNT_EXPIRED,
+    Entry,
+    Hold,
+    IdempotencyRecord,
+    Lot,
+    PendingEarn,
+    Posting,
+    Reservation,
+    ServiceUse,
+    Wallet,
+    account_available,
+    account_debt,
+    account_held,
+    account_issued,
+    account_redeemed,
+)
+
+VISIBLE_KINDS = ("credit", "spend", "refund", "clawback", "expiry")
+ENTRY_KIND = {
+    "credit": pb.ENTRY_KIND_CREDIT, "spend": pb.ENTRY_KIND_SPEND, "refund": pb.ENTRY_KIND_REFUND,
+    "clawback": pb.ENTRY_KIND_CLAWBACK, "expiry": pb.ENTRY_KIND_EXPIRY,
+}
+LOT_KIND = {REGULAR: pb.CREDIT_KIND_REGULAR, LIMITED_TIME: pb.CREDIT_KIND_LIMITED_TIME}
+MAX_PAGE = 200
+
+R = TypeVar("R", bound=Message)
+
+
+def ts(moment: datetime | None) -> Timestamp | None:
+    if moment is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{ULID()}"
+
+
+# ---- wallets ---------------------------------------------------------------------------------
+
+
+async def lock_wallet(session: AsyncSession, member_id: str, *, skip_locked: bool = False) -> Wallet | None:
+    """The member's wallet row, locked for this transaction (None if unknown, or busy with skip_locked)."""
+    query = select(Wallet).where(Wallet.member_id == member_id)
+    query = query.with_for_update(skip_locked=skip_locked).execution_options(populate_existing=True)
+    return (await session.exec(query)).first()
+
+
+async def register_member(session: AsyncSession, member_id: str, now: datetime) -> Wallet:
+    """Open the member's wallet (idempotent)."""
+    wallet = await lock_wallet(session, member_id)
+    if wallet is None:
+        wallet = Wallet(member_id=member_id, status="active", available=0, held=0, debt=0,
+                        earn_month=ledger.month_key(now), earned_this_month=0, created_at=now)
+        session.add(wallet)
+        await session.flush()
+    return wallet
+
+
+def require_active(wallet: Wallet | None, member_id: str) -> Wallet:
+    if wallet is None or wallet.status != "active":
+        raise NotFound(f"unknown member {member_id!r}")
+    return wallet
+
+
+async def post_entry(
+    session: AsyncSession,
+    wallet: Wallet,
+    *,
+    kind: str,
+    postings: dict[str, int],
+    explanation: str,
+    source_service: str,
+    source_ref: str,
+    now: datetime,
+) -> Entry:
+    """Write one balanced entry and apply its postings to the member's balance rows."""
+    postings = {account: amount for account, amount in postings.items() if amount != 0}
+    if sum(postings.values()) != 0:
+        raise AssertionError(f"unbalanced entry {kind}: {postings}")
+    member = wallet.member_id
+    wallet.available += postings.get(account_available(member), 0)
+    wallet.held += postings.get(account_held(member), 0)
+    wallet.debt -= postings.get(account_debt(member), 0)
+    if min(wallet.available, wallet.held, wallet.debt) < 0:
+        raise AssertionError(f"entry {kind} would make a balance negative: {postings}")
+    member_change = sum(v for a, v in postings.items() if a.startswith(f"member:{member}:"))
+    entry = Entry(entry_id=new_id("ent"), member_id=member, kind=kind, amount=member_change,
+                  explanation=explanation, source_service=source_service, source_ref=source_ref,
+                  created_at=now)
+    session.add(entry)
+    await session.flush()
+    assert entry.id is not None
+    session.add_all(Posting(entry_pk=entry.id, account=a, amount=v) for a, v in postings.items())
+    session.add(wallet)
+    return entry
+
+
+async def member_lots(session: AsyncSession, member_id: str, *, with_empty: bool = False) -> list[Lot]:
+    query = select(Lot).where(Lot.member_id == member_id)
+    if not with_empty:
+        query = query.where(col(Lot.remaining) > 0)
+    return list((await session.exec(query.execution_options(populate_existing=True))).all())
+
+
+def lot_state(lot: Lot) -> LotState:
+    assert lot.id is not None
+    return LotState(lot.id, lot.kind, lot.remaining, lot.expires_at)
+
+
+# ---- settling what is due: timed-out reservations, expired lots --------------------------------
+
+
+async def settle_due(session: AsyncSession, wallet: Wallet, now: datetime) -> None:
+    """Release the member's timed-out reservations, then expire their lots that are due."""
+    due = (await session.exec(
+        select(Reservation).where(Reservation.member_id == wallet.member_id, Reservation.status == "open",
+                                  col(Reservation.expires_at) <= now)
+    )).all()
+    for reservation in due:
+        await release(session, wallet, reservation, "timed_out", "", now)
+    await expire_due_lots(session, wallet, now)
+
+
+async def expire_due_lots(session: AsyncSession, wallet: Wallet, now: datetime) -> int:
+    lots = (await session.exec(
+        select(Lot).where(Lot.member_id == wallet.member_id, col(Lot.remaining) > 0, col(Lot.expires_at) <= now)
+        .order_by(col(Lot.id)).execution_options(populate_existing=True)
+    )).all()
+    for lot in lots:
+        amount, lot.remaining = lot.remaining, 0
+        session.add(lot)
+        entry = await post_entry(
+            session, wallet, kind="expiry",
+            postings={account_available(wallet.member_id): -amount, ACCOUNT_EXPIRED: amount},
+            explanation=f"{amount} {'limited-time' if lot.kind == LIMITED_TIME else 'regular'} points expired",
+            source_service="points", source_ref="", now=now,
+        )
+        publish(session, "points.ledger.expired", ev.Expired(
+            entry_id=entry.entry_id, member_id=wallet.member_id, amount=amount, kind=LOT_KIND[lot.kind],
+            balance_after=wallet.available, expired_at=ts(lot.expires_at),
+        ), member_id=wallet.member_id)
+    return len(lots)
+
+
+async def release(
+    session: AsyncSession, wallet: Wallet, reservation: Reservation, cause: str, key: str, now: datetime
+) -> int:
+    """Return an open reservation's points to their lots; returns how many."""
+    holds = (await session.exec(select(Hold).where(Hold.reservation_pk == reservation.id))).all()
+    lots = {lot.id: lot for lot in await member_lots(session, wallet.member_id, with_empty=True)}
+    for hold in holds:
+        lot = lots[hold.lot_id]
+        lot.remaining += hold.amount
+        session.add(lot)
+    reservation.status = "voided" if cause == "requested" else "timed_out"
+    session.add(reservation)
+    await post_entry(
+        session, wallet, kind="release",
+        postings={account_held(wallet.member_id): -reservation.amount,
+                  account_available(wallet.member_id): reservation.amount},
+        explanation=f"Released hold: {reservation.reason}", source_service=reservation.source_service,
+        source_ref=reservation.source_ref, now=now,
+    )
+    publish(session, "points.ledger.voided", ev.Voided(
+        reservation_id=reservation.reservation_id, member_id=wallet.member_id, released=reservation.amount,
+        cause=ev.VOID_CAUSE_REQUESTED if cause == "requested" else ev.VOID_CAUSE_TIMED_OUT,
+        source_service=reservation.source_service, source_ref=reservation.source_ref,
+        balance_after=wallet.available, idempotency_key=key, voided_at=ts(now),
+    ), member_id=wallet.member_id)
+    return reservation.amount
+
+
+# ---- idempotent execution ----------------------------------------------------------------------
+
+
+def request_hash(operation: str, request: Message) -> str:
+    copy = type(request)()
+    copy.CopyFrom(request)
+    if "idempotency_key" in copy.DESCRIPTOR.fields_by_name:
+        copy.ClearField("idempotency_key")
+    return hashlib.sha256(operation.encode() + b"\0" + copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+_ERRORS: dict[str, type[DomainError]] = {
+    cls.code: cls for cls in (errors.InvalidArgument, errors.NotFound, errors.AlreadyExists,
+                              errors.FailedPrecondition, errors.PermissionDenied, errors.Unauthenticated)
+}
+
+Effect = Callable[[AsyncSession, Wallet | None, datetime], Awaitable[R]]
+
+
+async def apply_idempotent(
+    session: AsyncSession,
+    *,
+    caller: str,
+    key: str,
+    operation: str,
+    request: Message,
+    member_id: str | None,
+    effect: Effect[R],
+    response_type: type[R],
+    now: datetime,
+) -> R | DomainError:
+    """Inside one transaction: lock the member, settle what is due, then replay the key's first
+    outcome or apply `effect` (in a savepoint) and remember its outcome."""
+    if not key:
+        return InvalidArgument("idempotency_key is required")
+    if len(key) > 200:
+        return InvalidArgument("idempotency_key is longer than 200 characters")
+    wallet = await lock_wallet(session, member_id) if member_id else None
+    if wallet is not None and wallet.status == "active":
+        await settle_due(session, wallet, now)
+    digest = request_hash(operation, request)
+    record = await session.get(IdempotencyRecord, (caller, key), populate_existing=True)
+    if record is not None:
+        if record.operation != operation or record.request_hash != digest:
+            return AlreadyExists(f"idempotency key {key!r} was already used with a different request")
+        if record.error_code is not None:
+            return _ERRORS.get(record.error_code, DomainError)(record.error_message or "")
+        response = response_type()
+        response.ParseFromString(record.response or b"")
+        return response
+    record = IdempotencyRecord(caller=caller, key=key, operation=operation, request_hash=digest, created_at=now)
+    outcome: R | DomainError
+    try:
+        async with session.begin_nested():
+            outcome = await effect(session, wallet, now)
+        record.response = outcome.SerializeToString(deterministic=True)
+    except DomainError as exc:
+        outcome = exc
+        record.error_code, record.error_message = exc.code, exc.message
+    session.add(record)
+    await session.flush()
+    return outcome
+
+
+class Ledger:
+    """Runs ledger operations in their own transactions, idempotently, with retries on key races."""
+
+    def __init__(self, db: Database, settings: Any, clock: ledger.Clock) -> None:
+        self.db = db
+        self.settings = settings
+        self.clock = clock
+
+    async def execute(
+        self,
+        *,
+        caller: str,
+        key: str,
+        operation: str,
+        request: Message,
+        member_id: str | None,
+        effect: Effect[R],
+        response_type: type[R],
+    ) -> R:
+        for attempt in range(5):
+            try:
+                async with self.db.transaction() as session:
+                    outcome = await apply_idempotent(
+                        session, caller=caller, key=key, operation=operation, request=request,
+                        member_id=member_id, effect=effect, response_type=response_type, now=self.clock.now(),
+                    )
+                break
+            except IntegrityError:
+                # Another call with the same key committed first; the next attempt replays it.
+                if attempt == 4:
+                    raise
+        if isinstance(outcome, DomainError):
+            raise outcome
+        return outcome
+
+    async def member_of_reservation(self, reservation_id: str) -> str | None:
+        async with self.db.sessions() as session:
+            row = (await session.exec(select(Reservation.member_id).where(
+                or_(Reservation.reservation_id == reservation_id, Reservation.capture_entry_id == reservation_id)
+            ))).first()
+            return row
+
+    async def member_of_credit(self, entry_id: str, source_service: str, source_ref: str) -> str | None:
+        async with self.db.sessions() as session:
+            query = select(Entry.member_id).where(Entry.kind == "credit")
+            if entry_id:
+                query = query.where(Entry.entry_id == entry_id)
+            else:
+                query = query.where(Entry.source_service == source_service, Entry.source_ref == source_ref)
+            return (await session.exec(query.limit(1))).first()
+
+
+# ---- the operations ----------------------------------------------------------------------------
+
+
+async def credit(
+    session: AsyncSession,
+    wallet: Wallet | None,
+    now: datetime,
+    *,
+    member_id: str,
+    amount: int,
+    kind: str,
+    reason: str,
+    source_service: str,
+    source_ref: str,
+    expires_at: datetime | None,
+    key: str,
+    regular_expiry_months: int,
+) -> pb.CreditResponse:
+    if amount <= 0:
+        raise InvalidArgument("amount must be > 0")
+    if kind == LIMITED_TIME and (expires_at is None or expires_at <= now):
+        raise InvalidArgument("limited-time points need an expires_at in the future")
+    if expires_at is not None and expires_at <= now:
+        raise InvalidArgument("expires_at must be in the future")
+    wallet = require_active(wallet, member_id)
+    rolling_until = ledger.add_months(now, regular_expiry_months)
+    # Earning moves the rolling expiry of every regular lot not yet expired.
+    await session.exec(update(Lot).where(  # type: ignore[call-overload]
+        col(Lot.member_id) == member_id, col(Lot.rolling).is_(True), col(Lot.expires_at) > now
+    ).values(expires_at=rolling_until))
+    repaid, to_lot = ledger.plan_credit(amount, wallet.debt)
+    entry = await post_entry(
+        session, wallet, kind="credit",
+        postings={account_issued(source_service): -amount, account_available(member_id): to_lot,
+                  account_debt(member_id): repaid},
+        explanation=reason + (f" ({repaid} repaid debt)" if repaid else ""),
+        source_service=source_service, source_ref=source_ref, now=now,
+    )
+    lot_expires = expires_at or rolling_until
+    assert entry.id is not None
+    session.add(Lot(member_id=member_id, entry_pk=entry.id, kind=kind, rolling=expires_at is None,
+                    amount=amount, remaining=to_lot, clawed_back=0, source_service=source_service,
+                    expires_at=lot_expires, created_at=now))
+    wallet.last_earned_at = now
+    publish(session, "points.ledger.credited", ev.Credited(
+        entry_id=entry.entry_id, member_id=member_id, amount=amount, kind=LOT_KIND[kind], reason=reason,
+        source_service=source_service, source_ref=source_ref, expires_at=ts(lot_expires),
+        balance_after=wallet.available, idempotency_key=key, credited_at=ts(now),
+    ), member_id=member_id)
+    return pb.CreditResponse(entry_id=entry.entry_id, balance_after=wallet.available)
+
+
+async def reserve(
+    session: AsyncSession,
+    wallet: Wallet | None,
+    now: datetime,
+    *,
+    caller: str,
+    request: pb.ReserveRequest,
+    default_ttl: int,
+    max_ttl: int,
+) -> pb.ReserveResponse:
+    if request.amount <= 0:
+        raise InvalidArgument("amount must be > 0")
+    if request.ttl_seconds < 0 or request.ttl_seconds > max_ttl:
+        raise InvalidArgument(f"ttl_seconds must be between 0 and {max_ttl}")
+    wallet = require_active(wallet, request.member_id)
+    lots = {lot.id: lot for lot in await member_lots(session, wallet.member_id)}
+    takes = ledger.allocate((lot_state(lot) for lot in lots.values()), request.amount, now)
+    expires_at = now + timedelta(seconds=request.ttl_seconds or default_ttl)
+    reservation = Reservation(
+        reservation_id=new_id("rsv"), member_id=wallet.member_id, caller=caller, amount=request.amount,
+        status="open", reason=request.reason, source_service=request.source_service or caller,
+        source_ref=request.source_ref, captured=0, refunded=0, created_at=now, expires_at=expires_at,
+    )
+    session.add(reservation)
+    await session.flush()
+    assert reservation.id is not None
+    for seq, (lot_id, take) in enumerate(takes):
+        lots[lot_id].remaining -= take
+        session.add(lots[lot_id])
+        session.add(Hold(reservation_pk=reservation.id, lot_id=lot_id, seq=seq, amount=take, captured=0, refunded=0))
+    await post_entry(
+        session, wallet, kind="hold",
+        postings={account_available(wallet.member_id): -request.amount, account_held(wallet.member_id): request.amount},
+        explanation=f"Hold: {request.reason}", source_service=reservation.source_service,
+        source_ref=request.source_ref, now=now,
+    )
+    publish(session, "points.ledger.reserved", ev.Reserved(
+        reservation_id=reservation.reservation_id, member_id=wallet.member_id, amount=request.amount,
+        reason=request.reason, source_service=reservation.source_service, source_ref=request.source_ref,
+        expires_at=ts(expires_at), balance_after=wallet.available, idempotency_key=request.idempotency_key,
+        reserved_at=ts(now),
+    ), member_id=wallet.member_id)
+    return pb.ReserveResponse(reservation_id=reservation.reservation_id, expires_at=ts(expires_at),
+                              balance_after=wallet.available)
+
+
+async def _reservation(session: AsyncSession, caller: str, *, reservation_id: str = "",
+                       capture_entry_id: str = "") -> Reservation:
+    query = select(Reservation).execution_options(populate_existing=True)
+    if capture_entry_id:
+        query = query.where(Reservation.capture_entry_id == capture_entry_id)
+    else:
+        query = query.where(Reservation.reservation_id == reservation_id)
+    reservation = (await session.exec(query)).first()
+    if reservation is None:
+        raise NotFound(f"unknown reservation {reservation_id or capture_entry_id!r}")
+    if reservation.caller != caller:
+        raise PermissionDenied("only the service that made the reservation may use it")
+    return reservation
+
+
+async def _holds(session: AsyncSession, reservation: Reservation) -> list[Hold]:
+    return list((await session.exec(
+        select(Hold).where(Hold.reservation_pk == reservation.id).order_by(col(Hold.seq))
+        .execution_options(populate_existing=True)
+    )).all())
+
+
+async def capture(
+    session: AsyncSession, wallet: Wallet | None, now: datetime, *, caller: str, request: pb.CaptureRequest
+) -> pb.CaptureResponse:
+    if request.amount < 0:
+        raise InvalidArgument("amount must be >= 0 (0 captures the whole reservation)")
+    reservation = await _reservation(session, caller, reservation_id=request.reservation_id)
+    if reservation.status == "captured":
+        raise FailedPrecondition("the reservation was already captured")
+    if reservation.status == "timed_out" or (reservation.status == "open" and reservation.expires_at <= now):
+        raise FailedPrecondition("the reservation has expired")
+    if reservation.status == "voided":
+        raise FailedPrecondition("the reservation was voided")
+    amount = request.amount or reservation.amount
+    if amount > reservation.amount:
+        raise InvalidArgument(f"amount {amount} exceeds the reserved {reservation.amount}")
+    assert wallet is not None
+    lots = {lot.id: lot for lot in await member_lots(session, wallet.member_id, with_empty=True)}
+    holds = await _holds(session, reservation)
+    split = ledger.split_capture([HoldState(h.lot_id, h.amount) for h in holds], amount)
+    for hold, (_lot_id, captured, returned) in zip(holds, split, strict=True):
+        hold.captured = captured
+        lots[hold.lot_id].remaining += returned
+        session.add_all([hold, lots[hold.lot_id]])
+    returned_total = reservation.amount - amount
+    member = wallet.member_id
+    entry = await post_entry(
+        session, wallet, kind="spend",
+        postings={account_held(member): -reservation.amount, account_redeemed(reservation.source_service): amount,
+                  account_available(member): returned_total},
+        explanation=reservation.reason or f"Spent at {reservation.source_service}",
+        source_service=reservation.source_service, source_ref=reservation.source_ref, now=now,
+    )
+    reservation.status, reservation.captured, reservation.capture_entry_id = "captured", amount, entry.entry_id
+    session.add(reservation)
+    await expire_due_lots(session, wallet, now)  # returned points of a lot that expired meanwhile
+    publish(session, "points.ledger.captured", ev.Captured(
+        entry_id=entry.entry_id, reservation_id=reservation.reservation_id, member_id=member, captured=amount,
+        returned=returned_total, source_service=reservation.source_service, source_ref=reservation.source_ref,
+        balance_after=wallet.available, idempotency_key=request.idempotency_key, captured_at=ts(now),
+    ), member_id=member)
+    return pb.CaptureResponse(captured=amount, returned=returned_total, entry_id=entry.entry_id,
+                              balance_after=wallet.available)
+
+
+async def void(
+    session: AsyncSession, wallet: Wallet | None, now: datetime, *, caller: str, request: pb.VoidRequest
+) -> pb.VoidResponse:
+    reservation = await _reservation(session, caller, reservation_id=request.reservation_id)
+    assert wallet is not None
+    if reservation.status == "captured":
+        raise FailedPrecondition("the reservation was captured; use Refund")
+    released = 0
+    if reservation.status == "open":
+        released = await release(session, wallet, reservation, "requested", request.idempotency_key, now)
+        await expire_due_lots(session, wallet, now)
+    return pb.VoidResponse(released=released, balance_after=wallet.available)
+
+
+async def refund(
+    session: AsyncSession, wallet: Wallet | None, now: datetime, *, caller: str, request: pb.RefundRequest
+) -> pb.RefundResponse:
+    target = request.WhichOneof("target")
+    if target is None:
+        raise InvalidArgument("name the capture_entry_id or the reservation_id to refund")
+    if request.amount < 0:
+        raise InvalidArgument("amount must be >= 0 (0 refunds everything left)")
+    reservation = await _reservation(
+        session, caller, reservation_id=request.reservation_id, capture_entry_id=request.capture_entry_id
+    )
+    if reservation.status != "captured":
+        raise FailedPrecondition("only a captured reservation can be refunded")
+    left = reservation.captured - reservation.refunded
+    if left == 0:
+        raise FailedPrecondition("nothing is left to refund")
+    amount = request.amount or left
+    if amount > left:
+        raise FailedPrecondition(f"amount {amount} exceeds the {left} points left to refund")
+    assert wallet is not None
+    lots = {lot.id: lot for lot in await member_lots(session, wallet.member_id, with_empty=True)}
+    holds = await _holds(session, reservation)
+    plan = ledger.plan_refund(
+        [HoldState(h.lot_id, h.amount, h.captured, h.refunded, lots[h.lot_id].expires_at) for h in holds],
+        amount, now,
+    )
+    by_lot = {h.lot_id: h for h in holds}
+    returned = lost = 0
+    for lot_id, back, gone in plan:
+        by_lot[lot_id].refunded += back + gone
+        lots[lot_id].remaining += back
+        session.add_all([by_lot[lot_id], lots[lot_id]])
+        returned, lost = returned + back, lost + gone
+    reservation.refunded += amount
+    session.add(reservation)
+    member = wallet.member_id
+    reason = request.reason or f"Refund from {reservation.source_service}"
+    entry = await post_entry(
+        session, wallet, kind="refund",
+        postings={account_redeemed(reservation.source_service): -amount, account_available(member): returned,
+                  ACCOUNT_EXPIRED: lost},
+        explanation=reason + (f" ({lost} points had expired and did not return)" if lost else ""),
+        source_service=reservation.source_service, source_ref=reservation.source_ref, now=now,
+    )
+    publish(session, "points.ledger.refunded", ev.Refunded(
+        entry_id=entry.entry_id, member_id=member, capture_entry_id=reservation.capture_entry_id or "",
+        reservation_id=reservation.reservation_id, refunded=returned, expired_not_returned=lost,
+        source_service=reservation.source_service, source_ref=reservation.source_ref,
+        balance_after=wallet.available, idempotency_key=request.idempotency_key, refunded_at=ts(now),
+    ), member_id=member)
+    return pb.RefundResponse(refunded=returned, expired_not_returned=lost, entry_id=entry.entry_id,
+                             balance_after=wallet.available)
+
+
+async def clawback(
+    session: AsyncSession, wallet: Wallet | None, now: datetime, *, caller: str, request: pb.ClawbackRequest
+) -> pb.ClawbackResponse:
+    target = request.WhichOneof("target")
+    if target is None:
+        raise InvalidArgument("name the credit_entry_id or the source_ref to claw back")
+    if request.amount < 0:
+        raise InvalidArgument("amount must be >= 0 (0 takes back everything not yet taken back)")
+    service = request.source_service or caller
+    if service != caller:
+        raise PermissionDenied("a service can only claw back its own credits")
+    query = select(Entry).where(Entry.kind == "credit")
+    if target == "credit_entry_id":
+        query = query.where(Entry.entry_id == request.credit_entry_id)
+    else:
+        query = query.where(Entry.source_service == service, Entry.source_ref == request.source_ref)
+    credits = list((await session.exec(query.order_by(col(Entry.id)))).all())
+    if not credits:
+        raise NotFound("no credit matches the clawback target")
+    if any(c.source_service != caller for c in credits):
+        raise PermissionDenied("a service can only claw back its own credits")
+    if wallet is None or any(c.member_id != wallet.member_id for c in credits):
+        raise FailedPrecondition("the credits belong to several members")
+    all_lots = await member_lots(session, wallet.member_id, with_empty=True)
+    lots_by_entry = {lot.entry_pk: lot for lot in all_lots}
+    lots_by_id = {lot.id: lot for lot in all_lots}
+    credit_lots = [lots_by_entry[c.id] for c in credits if c.id in lots_by_entry]
+    left_total = sum(lot.amount - lot.clawed_back for lot in credit_lots)
+    if left_total == 0:
+        raise FailedPrecondition("everything was already clawed back")
+    amount = request.amount or left_total
+    if amount > left_total:
+        raise FailedPrecondition(f"amount {amount} exceeds the {left_total} points left to claw back")
+    left, debt = amount, 0
+    for credit_lot in credit_lots:
+        share = min(credit_lot.amount - credit_lot.clawed_back, left)
+        if share == 0:
+            continue
+        left -= share
+        credit_lot.clawed_back += share
+        plan = ledger.plan_clawback(lot_state(credit_lot), (lot_state(lot) for lot in all_lots), share, now)
+        for lot_id, take in plan.takes:
+            lots_by_id[lot_id].remaining -= take
+            session.add(lots_by_id[lot_id])
+        debt += plan.debt
+        session.add(credit_lot)
+    member = wallet.member_id
+    reason = request.reason or f"Taken back by {service}"
+    source_ref = request.source_ref or credits[0].source_ref
+    entry = await post_entry(
+        session, wallet, kind="clawback",
+        postings={account_issued(service): amount, account_available(member): -(amount - debt),
+                  account_debt(member): -debt},
+        explanation=reason + (f" ({debt} points owed)" if debt else ""),
+        source_service=service, source_ref=source_ref, now=now,
+    )
+    publish(session, "points.ledger.clawed_back", ev.ClawedBack(
+        entry_id=entry.entry_id, member_id=member, credit_entry_ids=[c.entry_id for c in credits],
+        clawed_back=amount, debt_created=debt, source_service=service, source_ref=source_ref,
+        balance_after=wallet.available, idempotency_key=request.idempotency_key, clawed_back_at=ts(now),
+    ), member_id=member)
+    return pb.ClawbackResponse(clawed_back=amount, debt_created=debt, entry_id=entry.entry_id,
+                               balance_after=wallet.available)
+
+
+# ---- earning ---------------------------------------------------------------------------------
+
+
+async def services_used(session: AsyncSession, member_id: str, month: str) -> list[str]:
+    return sorted((await session.exec(
+        select(ServiceUse.service).where(ServiceUse.member_id == member_id, ServiceUse.month == month)
+    )).all())
+
+
+async def record_service_use(session: AsyncSession, member_id: str, service: str, now: datetime) -> None:
+    month = ledger.month_key(now)
+    if await session.get(ServiceUse, (member_id, month, service)) is None:
+        session.add(ServiceUse(member_id=member_id, month=month, service=service))
+        await session.flush()
+
+
+async def quote_and_count(
+    session: AsyncSession, wallet: Wallet, rules: ledger.EarnRules, service: str, units: int, now: datetime
+) -> ledger.EarnQuote:
+    """Quote an earn and count it against the member's monthly cap (under the wallet lock)."""
+    month = ledger.month_key(now)
+    if wallet.earn_month != month:
+        wallet.earn_month, wallet.earned_this_month = month, 0
+    await record_service_use(session, wallet.member_id, service, now)
+    used = await services_used(session, wallet.member_id, month)
+    quote = ledger.quote_earn(rules, service, units, used, wallet.earned_this_month, now)
+    wallet.earned_this_month += quote.total
+    session.add(wallet)
+    return quote
+
+
+# ---- reads -----------------------------------------------------------------------------------
+
+
+async def has_due(session: AsyncSession, member_id: str, now: datetime) -> bool:
+    lot = (await session.exec(select(Lot.id).where(
+        Lot.member_id == member_id, col(Lot.remaining) > 0, col(Lot.expires_at) <= now).limit(1))).first()
+    if lot is not None:
+        return True
+    reservation = (await session.exec(select(Reservation.id).where(
+        Reservation.member_id == member_id, Reservation.status == "open", col(Reservation.expires_at) <= now
+    ).limit(1))).first()
+    return reservation is not None
+
+
+async def balance(session: AsyncSession, member_id: str, now: datetime) -> pb.GetBalanceResponse:
+    wallet = await session.get(Wallet, member_id, populate_existing=True)
+    if wallet is None:
+        return pb.GetBalanceResponse()
+    rows = (await session.exec(
+        select(Lot.kind, Lot.expires_at, func.sum(Lot.remaining))
+        .where(Lot.member_id == member_id, col(Lot.remaining) > 0, col(Lot.expires_at) > now)
+        .group_by(col(Lot.kind), col(Lot.expires_at))
+    )).all()
+    regular = sum(int(n) for kind, _, n in rows if kind == REGULAR)
+    limited = sum(int(n) for kind, _, n in rows if kind == LIMITED_TIME)
+    response = pb.GetBalanceResponse(total=regular + limited, regular=regular, limited_time=limited,
+                                     pending=wallet.held, debt=wallet.debt)
+    if rows:
+        soonest = min(at for _, at, _ in rows)
+        response.expiring_soon.CopyFrom(pb.ExpiringPoints(
+            amount=sum(int(n) for _, at, n in rows if at == soonest), expires_at=ts(soonest)))
+    return response
+
+
+async def list_entries(
+    session: AsyncSession, member_id: str, page_size: int, page_token: str
+) -> pb.ListEntriesResponse:
+    size = min(page_size or 50, MAX_PAGE)
+    if page_size < 0:
+        raise InvalidArgument("page_size must be >= 0")
+    query = select(Entry).where(Entry.member_id == member_id, col(Entry.kind).in_(VISIBLE_KINDS))
+    if page_token:
+        try:
+            before = int(page_token)
+        except ValueError:
+            raise InvalidArgument("page_token is not one this server gave") from None
+        query = query.where(col(Entry.id) < before)
+    rows = list((await session.exec(query.order_by(col(Entry.id).desc()).limit(size + 1))).all())
+    response = pb.ListEntriesResponse()
+    for row in rows[:size]:
+        response.entries.append(pb.Entry(
+            entry_id=row.entry_id, kind=ENTRY_KIND[row.kind], amount=row.amount, explanation=row.explanation,
+            source_service=row.source_service, source_ref=row.source_ref, created_at=ts(row.created_at),
+        ))
+    if len(rows) > size:
+        response.page_info.next_page_token = str(rows[size - 1].id)
+    return response
+
+
+async def members_with_due(session: AsyncSession, now: datetime, limit: int) -> list[str]:
+    lots = select(Lot.member_id).where(col(Lot.remaining) > 0, col(Lot.expires_at) <= now)
+    reservations = select(Reservation.member_id).where(
+        Reservation.status == "open", col(Reservation.expires_at) <= now)
+    found = set((await session.exec(lots.distinct().limit(limit))).all())
+    found |= set((await session.exec(reservations.distinct().limit(limit))).all())
+    return sorted(found)[:limit]
+
+
+async def earn(
+    session: AsyncSession,
+    wallet: Wallet | None,
+    now: datetime,
+    *,
+    member_id: str,
+    amount_minor: int,
+    currency: str,
+    service: str,
+    source_ref: str,
+    key: str,
+    rules: ledger.EarnRules,
+    regular_expiry_months: int,
+) -> pb.EarnResponse:
+    """Credit what a purchase earns under the earn rules (regular points, plus campaign points)."""
+    if amount_minor <= 0:
+        raise InvalidArgument("purchase.amount_minor must be > 0")
+    wallet = require_active(wallet, member_id)
+    quote = await quote_and_count(session, wallet, rules, service, ledger.currency_units(amount_minor, currency), now)
+    return await grant(session, wallet, now, quote=quote, service=service, source_ref=source_ref, key=key,
+                       regular_expiry_months=regular_expiry_months)
+
+
+async def grant(
+    session: AsyncSession,
+    wallet: Wallet,
+    now: datetime,
+    *,
+    quote: ledger.EarnQuote,
+    service: str,
+    source_ref: str,
+    key: str,
+    regular_expiry_months: int,
+) -> pb.EarnResponse:
+    """Credit an earn quote: its regular points, and its campaign points as a limited-time lot."""
+    label = ledger.SERVICE_LABELS.get(service, service)
+    where = f"Earned at {label}" + (f" on {source_ref}" if source_ref else "")
+    response = pb.EarnResponse(earned=quote.regular, bonus=quote.bonus, explanation=quote.explanation,
+                               rate_bp=quote.rate_bp, balance_after=wallet.available)
+    if quote.regular > 0:
+        done = await credit(session, wallet, now, member_id=wallet.member_id, amount=quote.regular, kind=REGULAR,
+                            reason=f"{where}: {quote.explanation}", source_service=service,
+                            source_ref=source_ref, expires_at=None, key=key,
+                            regular_expiry_months=regular_expiry_months)
+        response.entry_id, response.balance_after = done.entry_id, done.balance_after
+    if quote.bonus > 0:
+        done = await credit(session, wallet, now, member_id=wallet.member_id, amount=quote.bonus, kind=LIMITED_TIME,
+                            reason=f"{where}: campaign bonus", source_service=service, source_ref=source_ref,
+                            expires_at=quote.bonus_expires_at, key=key,
+                            regular_expiry_months=regular_expiry_months)
+        response.bonus_entry_id, response.balance_after = done.entry_id, done.balance_after
+    return response
+
+
+async def earning_pending(session: AsyncSession, member_id: str) -> int:
+    total = (await session.exec(select(func.sum(PendingEarn.regular + PendingEarn.bonus)).where(
+        PendingEarn.member_id == member_id, PendingEarn.status == "pending"))).first()
+    return int(total or 0)

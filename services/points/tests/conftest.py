@@ -1,0 +1,40 @@
+"""Fixtures: points running in this process on a fresh database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from kizuna.kit.testing import TestIssuer
+from kizuna.points.v1 import points_pb2_grpc
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from pointskit import Points, points_settings, reset_streams  # noqa: E402
+
+from points.service import service  # noqa: E402
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+async def points(
+    nats_url: str, database_url: str, test_issuer: TestIssuer, settings_overrides: dict[str, Any]
+) -> AsyncIterator[Points]:
+    """Points on a fresh database; after the test, the ledger's audit must pass."""
+    await reset_streams(nats_url, "POINTS", "SHOP", "TRAVEL", "FINTECH", "IDENTITY", "DEADLETTER")
+    settings = points_settings(nats_url, database_url, test_issuer.issuer, **settings_overrides)
+    async with service.running(settings) as runtime:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}") as channel:
+            p = Points(runtime, points_pb2_grpc.PointsServiceStub(channel), test_issuer)
+            yield p
+            report = await p.audit()
+            assert report.ok, report.problems
+
