@@ -32,14 +32,30 @@ class OrderPaid(_message.Message):
     TOTAL_FIELD_NUMBER: _builtins.int
     POINTS_USED_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    MERCHANT_BONUS_POINTS_FIELD_NUMBER: _builtins.int
+    COMMISSION_FIELD_NUMBER: _builtins.int
+    CARD_AMOUNT_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     member_id: _builtins.str
     merchant_id: _builtins.str
     points_used: _builtins.int
+    merchant_bonus_points: _builtins.int
+    """Extra points the merchant's campaigns grant on this order, funded by the merchant, on top of
+    what points' earn rules give; credited and clawed back together with the order's earnings.
+    0 when no campaign applies.
+    """
     @_builtins.property
     def total(self) -> _common_pb2.Money: ...
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def commission(self) -> _common_pb2.Money:
+        """The platform's commission on this order (charged to the merchant)."""
+
+    @_builtins.property
+    def card_amount(self) -> _common_pb2.Money:
+        """The part of total paid by card (total - points_used)."""
+
     def __init__(
         self,
         *,
@@ -49,10 +65,13 @@ class OrderPaid(_message.Message):
         total: _common_pb2.Money | None = ...,
         points_used: _builtins.int = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        merchant_bonus_points: _builtins.int = ...,
+        commission: _common_pb2.Money | None = ...,
+        card_amount: _common_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "total", b"total"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["card_amount", b"card_amount", "commission", b"commission", "occurred_at", b"occurred_at", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "merchant_id", b"merchant_id", "occurred_at", b"occurred_at", "order_id", b"order_id", "points_used", b"points_used", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_amount", b"card_amount", "commission", b"commission", "member_id", b"member_id", "merchant_bonus_points", b"merchant_bonus_points", "merchant_id", b"merchant_id", "occurred_at", b"occurred_at", "order_id", b"order_id", "points_used", b"points_used", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -70,14 +89,30 @@ class OrderShipped(_message.Message):
     TOTAL_FIELD_NUMBER: _builtins.int
     POINTS_USED_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    MERCHANT_BONUS_POINTS_FIELD_NUMBER: _builtins.int
+    COMMISSION_FIELD_NUMBER: _builtins.int
+    CARD_AMOUNT_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     member_id: _builtins.str
     merchant_id: _builtins.str
     points_used: _builtins.int
+    merchant_bonus_points: _builtins.int
+    """Extra points the merchant's campaigns grant on this order, funded by the merchant, on top of
+    what points' earn rules give; credited and clawed back together with the order's earnings.
+    0 when no campaign applies.
+    """
     @_builtins.property
     def total(self) -> _common_pb2.Money: ...
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def commission(self) -> _common_pb2.Money:
+        """The platform's commission on this order (charged to the merchant)."""
+
+    @_builtins.property
+    def card_amount(self) -> _common_pb2.Money:
+        """The part of total paid by card (total - points_used)."""
+
     def __init__(
         self,
         *,
@@ -87,10 +122,13 @@ class OrderShipped(_message.Message):
         total: _common_pb2.Money | None = ...,
         points_used: _builtins.int = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        merchant_bonus_points: _builtins.int = ...,
+        commission: _common_pb2.Money | None = ...,
+        card_amount: _common_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "total", b"total"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["card_amount", b"card_amount", "commission", b"commission", "occurred_at", b"occurred_at", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "merchant_id", b"merchant_id", "occurred_at", b"occurred_at", "order_id", b"order_id", "points_used", b"points_used", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_amount", b"card_amount", "commission", b"commission", "member_id", b"member_id", "merchant_bonus_points", b"merchant_bonus_points", "merchant_id", b"merchant_id", "occurred_at", b"occurred_at", "order_id", b"order_id", "points_used", b"points_used", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -108,14 +146,30 @@ class OrderCompleted(_message.Message):
     TOTAL_FIELD_NUMBER: _builtins.int
     POINTS_USED_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    MERCHANT_BONUS_POINTS_FIELD_NUMBER: _builtins.int
+    COMMISSION_FIELD_NUMBER: _builtins.int
+    CARD_AMOUNT_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     member_id: _builtins.str
     merchant_id: _builtins.str
     points_used: _builtins.int
+    merchant_bonus_points: _builtins.int
+    """Extra points the merchant's campaigns grant on this order, funded by the merchant, on top of
+    what points' earn rules give; credited and clawed back together with the order's earnings.
+    0 when no campaign applies.
+    """
     @_builtins.property
     def total(self) -> _common_pb2.Money: ...
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def commission(self) -> _common_pb2.Money:
+        """The platform's commission on this order (charged to the merchant)."""
+
+    @_builtins.property
+    def card_amount(self) -> _common_pb2.Money:
+        """The part of total paid by card (total - points_used)."""
+
     def __init__(
         self,
         *,
@@ -125,10 +179,13 @@ class OrderCompleted(_message.Message):
         total: _common_pb2.Money | None = ...,
         points_used: _builtins.int = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        merchant_bonus_points: _builtins.int = ...,
+        commission: _common_pb2.Money | None = ...,
+        card_amount: _common_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "total", b"total"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["card_amount", b"card_amount", "commission", b"commission", "occurred_at", b"occurred_at", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "merchant_id", b"merchant_id", "occurred_at", b"occurred_at", "order_id", b"order_id", "points_used", b"points_used", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_amount", b"card_amount", "commission", b"commission", "member_id", b"member_id", "merchant_bonus_points", b"merchant_bonus_points", "merchant_id", b"merchant_id", "occurred_at", b"occurred_at", "order_id", b"order_id", "points_used", b"points_used", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -148,14 +205,30 @@ class OrderCancelled(_message.Message):
     TOTAL_FIELD_NUMBER: _builtins.int
     POINTS_USED_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    MERCHANT_BONUS_POINTS_FIELD_NUMBER: _builtins.int
+    COMMISSION_FIELD_NUMBER: _builtins.int
+    CARD_AMOUNT_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     member_id: _builtins.str
     merchant_id: _builtins.str
     points_used: _builtins.int
+    merchant_bonus_points: _builtins.int
+    """Extra points the merchant's campaigns grant on this order, funded by the merchant, on top of
+    what points' earn rules give; credited and clawed back together with the order's earnings.
+    0 when no campaign applies.
+    """
     @_builtins.property
     def total(self) -> _common_pb2.Money: ...
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def commission(self) -> _common_pb2.Money:
+        """The platform's commission on this order (charged to the merchant)."""
+
+    @_builtins.property
+    def card_amount(self) -> _common_pb2.Money:
+        """The part of total paid by card (total - points_used)."""
+
     def __init__(
         self,
         *,
@@ -165,10 +238,13 @@ class OrderCancelled(_message.Message):
         total: _common_pb2.Money | None = ...,
         points_used: _builtins.int = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        merchant_bonus_points: _builtins.int = ...,
+        commission: _common_pb2.Money | None = ...,
+        card_amount: _common_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "total", b"total"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["card_amount", b"card_amount", "commission", b"commission", "occurred_at", b"occurred_at", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "merchant_id", b"merchant_id", "occurred_at", b"occurred_at", "order_id", b"order_id", "points_used", b"points_used", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_amount", b"card_amount", "commission", b"commission", "member_id", b"member_id", "merchant_bonus_points", b"merchant_bonus_points", "merchant_id", b"merchant_id", "occurred_at", b"occurred_at", "order_id", b"order_id", "points_used", b"points_used", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -188,12 +264,20 @@ class OrderRefunded(_message.Message):
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     REFUNDED_FIELD_NUMBER: _builtins.int
     POINTS_REFUNDED_FIELD_NUMBER: _builtins.int
+    MERCHANT_BONUS_POINTS_FIELD_NUMBER: _builtins.int
+    COMMISSION_FIELD_NUMBER: _builtins.int
+    CARD_AMOUNT_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     member_id: _builtins.str
     merchant_id: _builtins.str
     points_used: _builtins.int
     points_refunded: _builtins.int
     """The points returned by this refund."""
+    merchant_bonus_points: _builtins.int
+    """Extra points the merchant's campaigns grant on this order, funded by the merchant, on top of
+    what points' earn rules give; credited and clawed back together with the order's earnings.
+    0 when no campaign applies.
+    """
     @_builtins.property
     def total(self) -> _common_pb2.Money: ...
     @_builtins.property
@@ -201,6 +285,14 @@ class OrderRefunded(_message.Message):
     @_builtins.property
     def refunded(self) -> _common_pb2.Money:
         """The money returned by this refund (not counting points)."""
+
+    @_builtins.property
+    def commission(self) -> _common_pb2.Money:
+        """The platform's commission on this order (charged to the merchant)."""
+
+    @_builtins.property
+    def card_amount(self) -> _common_pb2.Money:
+        """The part of total paid by card (total - points_used)."""
 
     def __init__(
         self,
@@ -213,10 +305,13 @@ class OrderRefunded(_message.Message):
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         refunded: _common_pb2.Money | None = ...,
         points_refunded: _builtins.int = ...,
+        merchant_bonus_points: _builtins.int = ...,
+        commission: _common_pb2.Money | None = ...,
+        card_amount: _common_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "refunded", b"refunded", "total", b"total"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["card_amount", b"card_amount", "commission", b"commission", "occurred_at", b"occurred_at", "refunded", b"refunded", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "merchant_id", b"merchant_id", "occurred_at", b"occurred_at", "order_id", b"order_id", "points_refunded", b"points_refunded", "points_used", b"points_used", "refunded", b"refunded", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_amount", b"card_amount", "commission", b"commission", "member_id", b"member_id", "merchant_bonus_points", b"merchant_bonus_points", "merchant_id", b"merchant_id", "occurred_at", b"occurred_at", "order_id", b"order_id", "points_refunded", b"points_refunded", "points_used", b"points_used", "refunded", b"refunded", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

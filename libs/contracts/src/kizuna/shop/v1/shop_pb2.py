@@ -26,27 +26,27 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from kizuna.common.v1 import common_pb2 as kizuna_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19kizuna/shop/v1/shop.proto\x12\x0ekizuna.shop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dkizuna/common/v1/common.proto\"m\n\tOrderLine\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\x12+\n\nunit_price\x18\x04 \x01(\x0b\x32\x17.kizuna.common.v1.Money\"\xb5\x02\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x03 \x01(\t\x12(\n\x05lines\x18\x04 \x03(\x0b\x32\x19.kizuna.shop.v1.OrderLine\x12&\n\x05total\x18\x05 \x01(\x0b\x32\x17.kizuna.common.v1.Money\x12\x13\n\x0bpoints_used\x18\x06 \x01(\x03\x12+\n\x06status\x18\x07 \x01(\x0e\x32\x1b.kizuna.shop.v1.OrderStatus\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"8\n\x10GetOrderResponse\x12$\n\x05order\x18\x01 \x01(\x0b\x32\x15.kizuna.shop.v1.Order\"Y\n\x17ListMemberOrdersRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12+\n\x04page\x18\x02 \x01(\x0b\x32\x1d.kizuna.common.v1.PageRequest\"p\n\x18ListMemberOrdersResponse\x12%\n\x06orders\x18\x01 \x03(\x0b\x32\x15.kizuna.shop.v1.Order\x12-\n\tpage_info\x18\x02 \x01(\x0b\x32\x1a.kizuna.common.v1.PageInfo*\xd1\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cORDER_STATUS_PENDING_PAYMENT\x10\x01\x12\x15\n\x11ORDER_STATUS_PAID\x10\x02\x12\x18\n\x14ORDER_STATUS_SHIPPED\x10\x03\x12\x1a\n\x16ORDER_STATUS_COMPLETED\x10\x04\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x05\x12\x19\n\x15ORDER_STATUS_REFUNDED\x10\x06\x32\xc3\x01\n\x0bShopService\x12M\n\x08GetOrder\x12\x1f.kizuna.shop.v1.GetOrderRequest\x1a .kizuna.shop.v1.GetOrderResponse\x12\x65\n\x10ListMemberOrders\x12\'.kizuna.shop.v1.ListMemberOrdersRequest\x1a(.kizuna.shop.v1.ListMemberOrdersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19kizuna/shop/v1/shop.proto\x12\x0ekizuna.shop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dkizuna/common/v1/common.proto\"m\n\tOrderLine\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\x12+\n\nunit_price\x18\x04 \x01(\x0b\x32\x17.kizuna.common.v1.Money\"\xaf\x03\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x03 \x01(\t\x12(\n\x05lines\x18\x04 \x03(\x0b\x32\x19.kizuna.shop.v1.OrderLine\x12&\n\x05total\x18\x05 \x01(\x0b\x32\x17.kizuna.common.v1.Money\x12\x13\n\x0bpoints_used\x18\x06 \x01(\x03\x12+\n\x06status\x18\x07 \x01(\x0e\x32\x1b.kizuna.shop.v1.OrderStatus\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0b\x63\x61rd_amount\x18\n \x01(\x0b\x32\x17.kizuna.common.v1.Money\x12\x1d\n\x15merchant_bonus_points\x18\x0b \x01(\x03\x12+\n\ncommission\x18\x0c \x01(\x0b\x32\x17.kizuna.common.v1.Money\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"8\n\x10GetOrderResponse\x12$\n\x05order\x18\x01 \x01(\x0b\x32\x15.kizuna.shop.v1.Order\"Y\n\x17ListMemberOrdersRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12+\n\x04page\x18\x02 \x01(\x0b\x32\x1d.kizuna.common.v1.PageRequest\"p\n\x18ListMemberOrdersResponse\x12%\n\x06orders\x18\x01 \x03(\x0b\x32\x15.kizuna.shop.v1.Order\x12-\n\tpage_info\x18\x02 \x01(\x0b\x32\x1a.kizuna.common.v1.PageInfo*\xd1\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cORDER_STATUS_PENDING_PAYMENT\x10\x01\x12\x15\n\x11ORDER_STATUS_PAID\x10\x02\x12\x18\n\x14ORDER_STATUS_SHIPPED\x10\x03\x12\x1a\n\x16ORDER_STATUS_COMPLETED\x10\x04\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x05\x12\x19\n\x15ORDER_STATUS_REFUNDED\x10\x06\x32\xc3\x01\n\x0bShopService\x12M\n\x08GetOrder\x12\x1f.kizuna.shop.v1.GetOrderRequest\x1a .kizuna.shop.v1.GetOrderResponse\x12\x65\n\x10ListMemberOrders\x12\'.kizuna.shop.v1.ListMemberOrdersRequest\x1a(.kizuna.shop.v1.ListMemberOrdersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kizuna.shop.v1.shop_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ORDERSTATUS']._serialized_start=833
-  _globals['_ORDERSTATUS']._serialized_end=1042
+  _globals['_ORDERSTATUS']._serialized_start=955
+  _globals['_ORDERSTATUS']._serialized_end=1164
   _globals['_ORDERLINE']._serialized_start=109
   _globals['_ORDERLINE']._serialized_end=218
   _globals['_ORDER']._serialized_start=221
-  _globals['_ORDER']._serialized_end=530
-  _globals['_GETORDERREQUEST']._serialized_start=532
-  _globals['_GETORDERREQUEST']._serialized_end=567
-  _globals['_GETORDERRESPONSE']._serialized_start=569
-  _globals['_GETORDERRESPONSE']._serialized_end=625
-  _globals['_LISTMEMBERORDERSREQUEST']._serialized_start=627
-  _globals['_LISTMEMBERORDERSREQUEST']._serialized_end=716
-  _globals['_LISTMEMBERORDERSRESPONSE']._serialized_start=718
-  _globals['_LISTMEMBERORDERSRESPONSE']._serialized_end=830
-  _globals['_SHOPSERVICE']._serialized_start=1045
-  _globals['_SHOPSERVICE']._serialized_end=1240
+  _globals['_ORDER']._serialized_end=652
+  _globals['_GETORDERREQUEST']._serialized_start=654
+  _globals['_GETORDERREQUEST']._serialized_end=689
+  _globals['_GETORDERRESPONSE']._serialized_start=691
+  _globals['_GETORDERRESPONSE']._serialized_end=747
+  _globals['_LISTMEMBERORDERSREQUEST']._serialized_start=749
+  _globals['_LISTMEMBERORDERSREQUEST']._serialized_end=838
+  _globals['_LISTMEMBERORDERSRESPONSE']._serialized_start=840
+  _globals['_LISTMEMBERORDERSRESPONSE']._serialized_end=952
+  _globals['_SHOPSERVICE']._serialized_start=1167
+  _globals['_SHOPSERVICE']._serialized_end=1362
 # @@protoc_insertion_point(module_scope)

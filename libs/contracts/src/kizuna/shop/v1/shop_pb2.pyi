@@ -102,6 +102,9 @@ class Order(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    CARD_AMOUNT_FIELD_NUMBER: _builtins.int
+    MERCHANT_BONUS_POINTS_FIELD_NUMBER: _builtins.int
+    COMMISSION_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     member_id: _builtins.str
     merchant_id: _builtins.str
@@ -110,6 +113,8 @@ class Order(_message.Message):
     paid by other means.
     """
     status: Global___OrderStatus.ValueType
+    merchant_bonus_points: _builtins.int
+    """Extra points granted by the merchant's campaigns on this order (funded by the merchant)."""
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrderLine]: ...
     @_builtins.property
@@ -121,6 +126,14 @@ class Order(_message.Message):
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When status last changed."""
+
+    @_builtins.property
+    def card_amount(self) -> _common_pb2.Money:
+        """The part of total paid by card (total - points_used)."""
+
+    @_builtins.property
+    def commission(self) -> _common_pb2.Money:
+        """The platform's commission on this order."""
 
     def __init__(
         self,
@@ -134,10 +147,13 @@ class Order(_message.Message):
         status: Global___OrderStatus.ValueType = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        card_amount: _common_pb2.Money | None = ...,
+        merchant_bonus_points: _builtins.int = ...,
+        commission: _common_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "total", b"total", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["card_amount", b"card_amount", "commission", b"commission", "created_at", b"created_at", "total", b"total", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "lines", b"lines", "member_id", b"member_id", "merchant_id", b"merchant_id", "order_id", b"order_id", "points_used", b"points_used", "status", b"status", "total", b"total", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_amount", b"card_amount", "commission", b"commission", "created_at", b"created_at", "lines", b"lines", "member_id", b"member_id", "merchant_bonus_points", b"merchant_bonus_points", "merchant_id", b"merchant_id", "order_id", b"order_id", "points_used", b"points_used", "status", b"status", "total", b"total", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
