@@ -8,7 +8,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PY := .venv/bin/python
 export UV_LINK_MODE ?= copy
 
-.PHONY: help install up test test-fast lint fmt typecheck proto proto-check bench clean
+.PHONY: help install up test test-fast lint fmt typecheck proto proto-check bench clean chromium test-tools
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -59,6 +59,11 @@ bench: install ## benchmarks (numbers, not tests)
 clean:
 	rm -rf .data .pytest_cache
 
-test-tools:: ## tools the suite needs beyond the workspace (extended by mk/*.mk)
+test-tools:: chromium ## tools the suite needs beyond the workspace (extended by mk/*.mk)
+
+chromium: ## Debian's Chromium for the browser tests (Playwright drives it; no browser download)
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
 -include mk/*.mk
