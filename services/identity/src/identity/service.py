@@ -1,7 +1,61 @@
-"""The identity service: what it serves, consumes and publishes."""
+"""The identity service: the OpenID Connect provider that issues the one member ID.
 
-from kizuna.kit.service import Service
+HTTP: discovery, JWKS, authorize, token, userinfo, introspection, revocation, logout (oauth_server,
+logout) and the sign-in / sign-up / account pages (pages). gRPC: IdentityService.GetMember.
+Publishes identity.member.registered / .updated. Commands: rotate-keys, register-client.
+"""
 
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter
+from kizuna.identity.v1 import identity_pb2_grpc
+
+from identity import admin, clients, grpc_api, logout, oauth_server, pages
+from identity.provider import Provider
 from identity.settings import Settings
+from kizuna.kit import web
+from kizuna.kit.service import Runtime, Service
 
-service = Service(name="identity", settings=Settings)
+router = APIRouter()
+for part in (oauth_server.router, logout.router, pages.router, web.router):
+    router.include_router(part)
+
+
+async def start_provider(runtime: Runtime[Any]) -> None:
+    provider = Provider(runtime.settings, runtime.db)
+    await provider.keys.ensure_signing_key()
+    await clients.register_configured(runtime.db, runtime.settings.kizuna_clients, provider.now())
+    runtime.state["provider"] = provider
+    runtime.state["oauth_server"] = oauth_server.KizunaAuthorizationServer(provider)
+
+
+async def stop_provider(runtime: Runtime[Any]) -> None:
+    if "provider" in runtime.state:
+        await runtime.state["provider"].close()
+
+
+async def reload_keys(runtime: Runtime[Any]) -> None:
+    """Pick up keys another replica or `rotate-keys` added."""
+    while True:
+        await asyncio.sleep(runtime.settings.identity_key_reload_seconds)
+        await runtime.state["provider"].keys.reload()
+
+
+async def check_signing_key(runtime: Runtime[Any]) -> None:
+    runtime.state["provider"].keys.signing_key()
+
+
+service = Service(
+    name="identity",
+    settings=Settings,
+    http=router,
+    grpc=[(identity_pb2_grpc.add_IdentityServiceServicer_to_server, grpc_api.IdentityApi)],
+    on_start=[start_provider],
+    on_stop=[stop_provider],
+    jobs=[reload_keys],
+    readiness=[check_signing_key],
+    commands={"rotate-keys": admin.rotate_keys, "register-client": admin.register_client},
+)

@@ -1,6 +1,43 @@
+"""identity's settings (environment only). See the service README for what each one means."""
+
+from __future__ import annotations
+
 from kizuna.kit.settings import ServiceSettings
 
 
 class Settings(ServiceSettings):
     http_port: int = 8000
     grpc_port: int = 50050
+
+    # The audience of every access token: the ecosystem API. Resource servers authorize by scope.
+    kizuna_audience: str = "kizuna"
+    # Clients registered (upserted) at start: a JSON list of client objects, see clients.py.
+    kizuna_clients: str = ""
+    # Encrypts signing keys at rest and derives the cookie/CSRF secret. 32 bytes, base64url.
+    # Local development only: when empty, one is generated into KIZUNA_DATA_DIR.
+    identity_key_encryption_key: str = ""
+
+    # Argon2id cost (OWASP: m=19 MiB, t=2, p=1). Tests lower these.
+    identity_argon2_time_cost: int = 2
+    identity_argon2_memory_kib: int = 19456
+    identity_argon2_parallelism: int = 1
+
+    identity_access_token_seconds: int = 300
+    identity_id_token_seconds: int = 300
+    identity_refresh_token_seconds: int = 30 * 24 * 3600
+    identity_code_seconds: int = 60
+    identity_session_seconds: int = 14 * 24 * 3600
+    # A rotated refresh token stays usable this long, for two tabs refreshing at once.
+    identity_refresh_grace_seconds: float = 5.0
+
+    # A new key is published this long before it signs (longer than any verifier's JWKS cache).
+    identity_key_publish_seconds: int = 600
+    # How often each replica re-reads the keys (a rotation is done by a separate command).
+    identity_key_reload_seconds: float = 30.0
+
+    # Sign-in throttling: failures allowed per window, per account and per client IP.
+    identity_signin_window_seconds: int = 900
+    identity_signin_max_failures_account: int = 5
+    identity_signin_max_failures_ip: int = 30
+    # Seconds to wait for each back-channel logout delivery.
+    identity_backchannel_timeout_seconds: float = 3.0

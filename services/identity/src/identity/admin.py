@@ -1,0 +1,70 @@
+"""Admin commands: `python -m identity rotate-keys` and `python -m identity register-client '<json>'`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+from identity.clients import ClientSpec, upsert
+from identity.keys import KeyRing, load_key_encryption_key
+from identity.settings import Settings
+from kizuna.kit import migrations
+from kizuna.kit.db import Database, utcnow
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _database(settings: Settings) -> Database:
+    url = settings.database_url_for("identity")
+    migrations.upgrade(url, MIGRATIONS)
+    return Database(url)
+
+
+def max_token_seconds(settings: Settings) -> int:
+    """The longest lifetime of anything a key signs: a retired key stays published this long."""
+    return max(settings.identity_access_token_seconds, settings.identity_id_token_seconds, 120)
+
+
+async def rotate_keys_async(settings: Settings, publish_seconds: int | None = None) -> str:
+    db = _database(settings)
+    try:
+        kek = load_key_encryption_key(settings.identity_key_encryption_key, settings.kizuna_data_dir)
+        ring = KeyRing(db, kek, utcnow)
+        await ring.reload()
+        publish = settings.identity_key_publish_seconds if publish_seconds is None else publish_seconds
+        return await ring.rotate(publish_seconds=publish, retire_after_seconds=max_token_seconds(settings))
+    finally:
+        await db.dispose()
+
+
+def rotate_keys(settings: Settings, args: list[str]) -> int:
+    """Add the next signing key: published now, signing after IDENTITY_KEY_PUBLISH_SECONDS."""
+    parser = argparse.ArgumentParser(prog="python -m identity rotate-keys")
+    parser.add_argument("--publish-seconds", type=int, default=None)
+    ns = parser.parse_args(args)
+    kid = asyncio.run(rotate_keys_async(settings, ns.publish_seconds))
+    print(json.dumps({"kid": kid}))
+    return 0
+
+
+def register_client(settings: Settings, args: list[str]) -> int:
+    """Register or update a client from JSON (see clients.py); prints the generated secret once."""
+    parser = argparse.ArgumentParser(prog="python -m identity register-client")
+    parser.add_argument("spec", help="client JSON, or @file.json")
+    ns = parser.parse_args(args)
+    raw = Path(ns.spec[1:]).read_text() if ns.spec.startswith("@") else ns.spec
+    spec = ClientSpec.model_validate_json(raw)
+
+    async def run() -> dict[str, str | None]:
+        db = _database(settings)
+        try:
+            async with db.transaction() as session:
+                client, secret = await upsert(session, spec, utcnow())
+            return {"client_id": client.id, "client_secret": secret}
+        finally:
+            await db.dispose()
+
+    print(json.dumps(asyncio.run(run())))
+    return 0

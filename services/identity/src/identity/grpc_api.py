@@ -1,0 +1,36 @@
+"""IdentityService over gRPC: other services read a member by ID."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from kizuna.identity.v1 import identity_pb2, identity_pb2_grpc
+
+from identity import members
+from kizuna.kit.service import Runtime
+
+
+class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
+    def __init__(self, runtime: Runtime[Any]) -> None:
+        self.runtime = runtime
+
+    async def GetMember(
+        self, request: identity_pb2.GetMemberRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.GetMemberResponse:
+        if not request.member_id.startswith("mbr_"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "member_id must look like mbr_<ULID>")
+        async with self.runtime.db.sessions() as session:
+            member = await session.get(members.Member, request.member_id)
+        if member is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no member {request.member_id}")
+        assert member is not None
+        created = Timestamp()
+        created.FromDatetime(member.created_at)
+        if member.status == members.DELETED:
+            return identity_pb2.GetMemberResponse(member=identity_pb2.Member(
+                member_id=member.id, status=identity_pb2.MEMBER_STATUS_DELETED, created_at=created))
+        return identity_pb2.GetMemberResponse(member=identity_pb2.Member(
+            member_id=member.id, display_name=member.display_name, email=member.email,
+            status=identity_pb2.MEMBER_STATUS_ACTIVE, created_at=created))

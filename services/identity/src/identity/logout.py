@@ -1,0 +1,134 @@
+"""Signing out: RP-initiated logout (`end_session_endpoint`), identity's own sign-out, and
+back-channel logout (a signed logout token POSTed to every client that took part in the session)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse
+from sqlmodel import col, select
+
+from identity import pages
+from identity.clients import Client
+from identity.provider import Provider
+from identity.sessions import COOKIE, OpSession
+from identity.tokens import Grant, revoke_grant, unverified_claims
+
+log = logging.getLogger("identity.logout")
+router = APIRouter()
+BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+
+
+async def end_sessions(provider: Provider, sids: list[str]) -> None:
+    """End these sessions, revoke their grants (except offline_access ones), and tell each client."""
+    now = provider.now()
+    notices: list[tuple[str, str, str]] = []  # (client_id, member_id, sid)
+    async with provider.db.transaction() as session:
+        for sid in sids:
+            op = await session.get(OpSession, sid)
+            if op is None or op.ended_at is not None:
+                continue
+            op.ended_at = now
+            session.add(op)
+            grants = (await session.exec(select(Grant).where(Grant.session_id == sid))).all()
+            for grant in grants:
+                notices.append((grant.client_id, op.member_id, sid))
+                if grant.revoked_at is None and "offline_access" not in grant.scope.split():
+                    await revoke_grant(session, grant.id, now)
+        client_ids = sorted({c for c, _, _ in notices})
+        clients = {c.id: c for c in (await session.exec(select(Client).where(col(Client.id).in_(client_ids)))).all()}
+    deliveries = {
+        (client_id, sid): (clients[client_id], member_id)
+        for client_id, member_id, sid in notices
+        if client_id in clients and clients[client_id].backchannel_logout_uri
+    }
+    await asyncio.gather(*(_deliver(provider, c, m, sid) for (_, sid), (c, m) in deliveries.items()))
+
+
+async def _deliver(provider: Provider, client: Client, member_id: str, sid: str) -> None:
+    now = int(provider.now().timestamp())
+    token = provider.issuer.sign(
+        {"iss": provider.issuer_url, "aud": client.id, "iat": now, "exp": now + 120, "jti": secrets.token_urlsafe(16),
+         "sub": member_id, "sid": sid, "events": {BACKCHANNEL_EVENT: {}}},
+        typ="logout+jwt",
+    )
+    assert client.backchannel_logout_uri is not None
+    try:
+        response = await provider.http.post(client.backchannel_logout_uri, data={"logout_token": token})
+        if response.status_code >= 300:
+            log.warning("back-channel logout refused", extra={"client_id": client.id, "status": response.status_code})
+    except Exception as exc:  # one unreachable client must not stop the others' logout
+        log.warning("back-channel logout failed", extra={"client_id": client.id, "error": type(exc).__name__})
+
+
+@router.api_route("/logout", methods=["GET", "POST"])
+async def end_session(request: Request) -> Response:
+    """OIDC RP-Initiated Logout 1.0."""
+    provider = pages.provider_of(request)
+    params = dict(request.query_params)
+    if request.method == "POST":
+        params.update({k: v for k, v in (await request.form()).items() if isinstance(v, str)})
+    hint = params.get("id_token_hint")
+    claims = None
+    if hint:
+        try:
+            audience = unverified_claims(hint).get("aud")
+            claims = provider.issuer.verify(hint, audience=str(audience), now=provider.now(), check_exp=False)
+        except (ValueError, IndexError, TypeError):
+            return pages.error_page(request, "The sign-out request is not valid (id_token_hint).", 400)
+    client_id = params.get("client_id") or (claims or {}).get("aud")
+    if claims and params.get("client_id") and params["client_id"] != claims.get("aud"):
+        return pages.error_page(request, "The sign-out request is not valid (client_id).", 400)
+    client = await provider.client(str(client_id)) if client_id else None
+    post_logout = params.get("post_logout_redirect_uri")
+    if post_logout and (client is None or post_logout not in client.post_logout_redirect_uris):
+        return pages.error_page(request, "The application asked to return to an address it has not registered.", 400)
+
+    if claims is None:
+        # Without a valid id_token_hint a logout could be forced by any site: ask the member first.
+        if request.method != "POST" or params.get("confirm") != "yes":
+            hidden = [(k, v) for k, v in params.items() if k not in ("csrf_token", "confirm")]
+            return pages.render(request, "signout.html", {"title": "Sign out", "hidden": hidden, "action": "/logout"})
+        if not pages.csrf_ok(request, params.get("csrf_token")):
+            return pages.csrf_failed(request)
+
+    op = await pages.current_session(request)
+    sids = []
+    if op is not None and (claims is None or claims.get("sub") == op.member_id):
+        sids.append(op.id)
+    if claims and claims.get("sid") and claims["sid"] not in sids:
+        hinted = await provider.op_session(str(claims["sid"]))
+        if hinted is not None and hinted.member_id == claims.get("sub"):
+            sids.append(hinted.id)
+    await end_sessions(provider, sids)
+    if post_logout:
+        sep = "&" if "?" in post_logout else "?"
+        target = post_logout + (sep + urlencode({"state": params["state"]}) if params.get("state") else "")
+        response: Response = RedirectResponse(target, status_code=303 if request.method == "POST" else 302)
+    else:
+        response = pages.render(request, "message.html", {"title": "Signed out", "message": "You are signed out of Kizuna."})
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+@router.get("/signout")
+async def signout_form(request: Request) -> Response:
+    return pages.render(request, "signout.html", {"title": "Sign out", "hidden": [], "action": "/signout"})
+
+
+@router.post("/signout")
+async def signout(request: Request) -> Response:
+    form = await request.form()
+    token = form.get("csrf_token")
+    if not pages.csrf_ok(request, token if isinstance(token, str) else None):
+        return pages.csrf_failed(request)
+    op = await pages.current_session(request)
+    if op is not None:
+        await end_sessions(pages.provider_of(request), [op.id])
+    response = RedirectResponse("/signin", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response

@@ -1,0 +1,460 @@
+"""The OpenID Connect provider: Authlib's AuthorizationServer, grants and endpoints, and the thin
+adapter that lets them serve FastAPI requests.
+
+Authlib's server is synchronous; each call runs in a worker thread and its storage hooks run on
+the service's event loop (`Provider.sync`). Routes: discovery, JWKS, authorize, token, userinfo,
+introspection, revocation. Sign-in pages are in pages.py, logout in logout.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+from urllib.parse import urlencode
+
+from authlib.oauth2 import rfc6749
+from authlib.oauth2.rfc6749 import grants
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, InvalidScopeError, OAuth2Error
+from authlib.oauth2.rfc7009 import RevocationEndpoint
+from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from authlib.oidc.core.grants.code import OpenIDToken
+from authlib.oidc.core.grants.util import create_half_hash
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, RedirectResponse
+
+from identity import pages
+from identity.clients import ALL_SCOPES, MEMBER_SCOPES, Client, consent_covers, remember_consent
+from identity.provider import Provider
+from identity.tokens import TokenRecord
+
+router = APIRouter()
+
+
+# ---- the request adapter --------------------------------------------------------------------
+
+
+class _Payload(rfc6749.OAuth2Payload):
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        self._datalist: defaultdict[str, list[str]] = defaultdict(list)
+        for key, value in items:
+            self._datalist[key].append(value)
+        self._data = {key: values[0] for key, values in self._datalist.items()}
+
+    @property
+    def data(self) -> dict[str, str]:
+        return self._data
+
+    @property
+    def datalist(self) -> defaultdict[str, list[str]]:
+        return self._datalist
+
+
+class KizunaRequest(rfc6749.OAuth2Request):  # type: ignore[misc]
+    """An Authlib request built from a FastAPI request whose body was already read."""
+
+    def __init__(self, uri: str, method: str, headers: Any, query: list[tuple[str, str]], form: list[tuple[str, str]]):
+        super().__init__(method, uri, headers=headers)
+        self._args = dict(query)
+        self._form = dict(form)
+        self.payload = _Payload(query + form)
+        self.op_session: Any = None
+
+    @property
+    def args(self) -> dict[str, str]:
+        return self._args
+
+    @property
+    def form(self) -> dict[str, str]:
+        return self._form
+
+
+async def oauth_request(provider: Provider, request: Request) -> KizunaRequest:
+    form: list[tuple[str, str]] = []
+    if request.method == "POST":
+        form = [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
+    # The issuer's URL, not the socket's: behind a TLS-terminating proxy this is the https one.
+    uri = provider.issuer_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return KizunaRequest(uri, request.method, request.headers, list(request.query_params.multi_items()), form)
+
+
+def to_response(result: tuple[int, Any, list[tuple[str, str]]]) -> Response:
+    status, body, headers = result
+    if isinstance(body, dict):
+        return JSONResponse(body, status_code=status, headers=dict(headers))
+    return Response(body or "", status_code=status, headers=dict(headers))
+
+
+# ---- Authlib server, grants and endpoints ---------------------------------------------------
+
+AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+
+
+class KizunaAuthorizationServer(rfc6749.AuthorizationServer):  # type: ignore[misc]
+    def __init__(self, provider: Provider) -> None:
+        super().__init__(scopes_supported=ALL_SCOPES)
+        self.provider = provider
+        self.register_token_generator("default", provider.generate_token)
+        self.register_grant(CodeGrant, [S256Only(required=True), MemberScopes(), IdToken(provider)])
+        self.register_grant(RefreshGrant)
+        self.register_grant(ServiceGrant)
+        self.register_endpoint(Introspection(self))
+        self.register_endpoint(Revocation(self))
+
+    def query_client(self, client_id: str) -> Client | None:
+        return self.provider.sync(self.provider.client(client_id))
+
+    def save_token(self, token: dict[str, Any], request: Any) -> None:
+        self.provider.sync(self.provider.save_token(token, request))
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        pass  # no listeners: the effects live in the storage hooks
+
+    def create_oauth2_request(self, request: Any) -> Any:
+        return request
+
+    def handle_response(self, status: int, body: Any, headers: Any) -> tuple[int, Any, Any]:
+        return status, body, headers
+
+
+class S256Only(CodeChallenge):  # type: ignore[misc]
+    """PKCE: S256 only (never `plain`); required for public clients, accepted from every client."""
+
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+    DEFAULT_CODE_CHALLENGE_METHOD = "S256"
+
+    def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
+        data = grant.request.payload.data
+        if data.get("code_challenge") and data.get("code_challenge_method", "plain") != "S256":
+            raise InvalidRequestError("code_challenge_method must be S256")
+        super().validate_code_challenge(grant, redirect_uri)
+        if grant.request.client.public and not data.get("code_challenge"):
+            raise InvalidRequestError("public clients must use PKCE with code_challenge_method=S256")
+
+
+class MemberScopes:
+    """A member can only grant member scopes the client is registered for (never `points:credit`)."""
+
+    def __call__(self, grant: Any) -> None:
+        grant.register_hook("after_validate_authorization_request_payload", self.check)
+
+    def check(self, grant: Any, redirect_uri: str) -> None:
+        requested = set((grant.request.payload.scope or "").split())
+        client: Client = grant.request.client
+        if "openid" not in requested:
+            raise InvalidScopeError("the openid scope is required")
+        if not requested <= set(client.scopes) & set(MEMBER_SCOPES):
+            raise InvalidScopeError("scope not allowed for this client: " + " ".join(sorted(requested - set(client.scopes))))
+
+
+class IdToken(OpenIDToken):  # type: ignore[misc]
+    """Adds the ID token (OIDC Core §3.1.3.3) to the code grant's token response."""
+
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+
+    def process_token(self, grant: Any, response: Any) -> Any:
+        _, token, _ = response
+        request = grant.request
+        if "openid" not in (token.get("scope") or "").split():
+            return token
+        provider = self.provider
+        code = request.authorization_code
+        member = request.user
+        now = provider.now()
+        scopes = token["scope"].split()
+        claims: dict[str, Any] = {
+            "iss": provider.issuer_url, "sub": member.id, "aud": request.client.id, "azp": request.client.id,
+            "iat": int(now.timestamp()), "exp": int(now.timestamp()) + provider.settings.identity_id_token_seconds,
+            "auth_time": code.get_auth_time(), "sid": code.session_id, "amr": ["pwd"],
+            "at_hash": create_half_hash(token["access_token"], "ES256").decode(),
+        }
+        if code.nonce:
+            claims["nonce"] = code.nonce
+        claims.update(userinfo_claims(member, scopes))
+        token["id_token"] = provider.issuer.sign(claims)
+        return token
+
+
+def userinfo_claims(member: Any, scopes: list[str]) -> dict[str, Any]:
+    claims: dict[str, Any] = {}
+    if "profile" in scopes:
+        claims.update(name=member.display_name, preferred_username=member.display_name,
+                      updated_at=int(member.updated_at.timestamp()))
+    if "email" in scopes:
+        # Email ownership is not proven by a link yet (a later issue); say so honestly.
+        claims.update(email=member.email, email_verified=False)
+    return claims
+
+
+class CodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
+    TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
+
+    @property
+    def provider(self) -> Provider:
+        return self.server.provider  # type: ignore[no-any-return]
+
+    def save_authorization_code(self, code: str, request: Any) -> None:
+        self.provider.sync(self.provider.save_code(code, request))
+
+    def query_authorization_code(self, code: str, client: Client) -> Any:
+        return self.provider.sync(self.provider.consume_code(code, client))
+
+    def delete_authorization_code(self, authorization_code: Any) -> None:
+        pass  # consumed (marked used) when queried, so a replay is recognised and revokes the grant
+
+    def authenticate_user(self, authorization_code: Any) -> Any:
+        return self.provider.sync(self.provider.member(authorization_code.member_id))
+
+
+class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
+    TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
+    INCLUDE_NEW_REFRESH_TOKEN = True  # rotate on every use
+
+    @property
+    def provider(self) -> Provider:
+        return self.server.provider  # type: ignore[no-any-return]
+
+    def authenticate_refresh_token(self, refresh_token: str) -> Any:
+        return self.provider.sync(self.provider.use_refresh_token(refresh_token))
+
+    def authenticate_user(self, refresh_token: Any) -> Any:
+        return self.provider.sync(self.provider.grant_member(refresh_token.grant_id))
+
+    def revoke_old_credential(self, refresh_token: Any) -> None:
+        self.provider.sync(self.provider.rotate_refresh_token(refresh_token))
+
+
+class ServiceGrant(grants.ClientCredentialsGrant):  # type: ignore[misc]
+    """client_credentials: the token's `sub` is the client; a scope it may not have is an error."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+    def validate_token_request(self) -> None:
+        super().validate_token_request()
+        requested = set((self.request.payload.scope or "").split())
+        if not requested <= set(self.request.client.scopes):
+            raise InvalidScopeError("scope not allowed for this client")
+
+
+class _TokenLookup:
+    server: KizunaAuthorizationServer
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> TokenRecord | None:
+        return self.server.provider.sync(self.server.provider.find_token(token_string, token_type_hint))
+
+
+class Introspection(_TokenLookup, IntrospectionEndpoint):  # type: ignore[misc]
+    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+    def check_permission(self, token: TokenRecord, client: Client, request: Any) -> bool:
+        return not client.public  # resource servers are confidential clients
+
+    def introspect_token(self, token: TokenRecord) -> dict[str, Any]:
+        claims = token.claims
+        body = {
+            "active": True, "client_id": token.client_id, "scope": token.scope, "token_type": token.kind,
+            "sub": claims.get("sub"), "iss": claims.get("iss"), "exp": int(token.expires_at.timestamp()),
+        }
+        for name in ("aud", "iat", "jti"):
+            if name in claims:
+                body[name] = claims[name]
+        return body
+
+
+class Revocation(_TokenLookup, RevocationEndpoint):  # type: ignore[misc]
+    CLIENT_AUTH_METHODS = AUTH_METHODS
+
+    def revoke_token(self, token: TokenRecord, request: Any) -> None:
+        self.server.provider.sync(self.server.provider.revoke(token))
+
+
+def provider_of(request: Request) -> Provider:
+    return request.app.state.runtime.state["provider"]  # type: ignore[no-any-return]
+
+
+def server_of(request: Request) -> KizunaAuthorizationServer:
+    return request.app.state.runtime.state["oauth_server"]  # type: ignore[no-any-return]
+
+
+# ---- discovery and JWKS -----------------------------------------------------------------------
+
+
+@router.get("/.well-known/openid-configuration")
+async def openid_configuration(request: Request) -> JSONResponse:
+    iss = provider_of(request).issuer_url
+    return JSONResponse(
+        {
+            "issuer": iss,
+            "authorization_endpoint": f"{iss}/authorize",
+            "token_endpoint": f"{iss}/token",
+            "userinfo_endpoint": f"{iss}/userinfo",
+            "jwks_uri": f"{iss}/jwks",
+            "introspection_endpoint": f"{iss}/introspect",
+            "revocation_endpoint": f"{iss}/revoke",
+            "end_session_endpoint": f"{iss}/logout",
+            "scopes_supported": ALL_SCOPES,
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+            "token_endpoint_auth_methods_supported": AUTH_METHODS,
+            "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
+            "code_challenge_methods_supported": ["S256"],
+            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "sid", "name",
+                                 "preferred_username", "email", "email_verified", "updated_at"],
+            "prompt_values_supported": ["none", "login", "consent"],
+            "backchannel_logout_supported": True,
+            "backchannel_logout_session_supported": True,
+            "frontchannel_logout_supported": False,
+            "claims_parameter_supported": False,
+            "request_parameter_supported": False,
+        },
+        headers={"Cache-Control": "public, max-age=300"},
+    )
+
+
+# RFC 8414 metadata at its own well-known path (same document).
+router.add_api_route("/.well-known/oauth-authorization-server", openid_configuration, methods=["GET"])
+
+
+@router.get("/jwks")
+async def jwks(request: Request) -> JSONResponse:
+    return JSONResponse(provider_of(request).keys.jwks(), headers={"Cache-Control": "public, max-age=300"})
+
+
+# ---- authorization endpoint -------------------------------------------------------------------
+
+
+def _error_redirect(redirect_uri: str, error: str, state: str | None, description: str = "") -> RedirectResponse:
+    params = {"error": error}
+    if description:
+        params["error_description"] = description
+    if state:
+        params["state"] = state
+    sep = "&" if "?" in redirect_uri else "?"
+    return RedirectResponse(redirect_uri + sep + urlencode(params), status_code=302)
+
+
+@router.api_route("/authorize", methods=["GET", "POST"])
+async def authorize(request: Request) -> Response:
+    """The authorization endpoint: validate, make sure the member is signed in (or say why not),
+    ask for consent where needed, then redirect back with a code."""
+    provider = provider_of(request)
+    server = server_of(request)
+    oreq = await oauth_request(provider, request)
+    if request.method == "POST" and not pages.csrf_ok(request, oreq.form.get("csrf_token")):
+        return pages.error_page(request, "This form has expired. Go back and try again.", 400)
+    data = oreq.payload.data
+    if not data.get("redirect_uri"):
+        return pages.error_page(request, "The application sent you here without a return address (redirect_uri).", 400)
+    try:
+        grant = await provider.in_thread(server.get_consent_grant, oreq, None)
+    except OAuth2Error as error:
+        if error.redirect_uri:
+            return _error_redirect(error.redirect_uri, error.error, data.get("state"), error.description or "")
+        return pages.error_page(request, f"The application's sign-in request is not valid: {error.description or error.error}.", 400)
+    client: Client = oreq.client
+    redirect_uri = data["redirect_uri"]
+    state = data.get("state")
+    prompts = set(data.get("prompt", "").split())
+    if "none" in prompts and len(prompts) > 1:
+        return _error_redirect(redirect_uri, "invalid_request", state, "prompt=none cannot be combined")
+
+    op = await pages.current_session(request)
+    member = await provider.member(op.member_id) if op else None
+    now = provider.now()
+    reauth = "login" in prompts and not pages.fresh_login(request, op)
+    max_age = data.get("max_age")
+    if op and max_age is not None and max_age.isdigit() and (now - op.auth_time).total_seconds() > int(max_age):
+        reauth = True
+    if member is None or op is None or reauth:
+        if "none" in prompts:
+            return _error_redirect(redirect_uri, "login_required", state)
+        return pages.signin_redirect(request, data.get("login_hint", ""), force=reauth)
+
+    scopes = (oreq.scope or "").split()
+    if not client.first_party:
+        async with provider.db.sessions() as session:
+            consented = await consent_covers(session, member.id, client.id, scopes) and "consent" not in prompts
+        if not consented:
+            if "none" in prompts:
+                return _error_redirect(redirect_uri, "consent_required", state)
+            decision = oreq.form.get("consent") if request.method == "POST" else None
+            if decision is None:
+                return pages.consent_page(request, client, scopes, list(oreq.payload.datalist.items()))
+            if decision != "allow":
+                return _error_redirect(redirect_uri, "access_denied", state)
+            async with provider.db.transaction() as session:
+                await remember_consent(session, member.id, client.id, scopes, now)
+
+    oreq.op_session = op
+    result = await provider.in_thread(server.create_authorization_response, oreq, member, grant)
+    return to_response(result)
+
+
+# ---- token, introspection, revocation ---------------------------------------------------------
+
+
+@router.post("/token")
+async def token(request: Request) -> Response:
+    provider = provider_of(request)
+    oreq = await oauth_request(provider, request)
+    return to_response(await provider.in_thread(server_of(request).create_token_response, oreq))
+
+
+@router.post("/introspect")
+async def introspect(request: Request) -> Response:
+    provider = provider_of(request)
+    oreq = await oauth_request(provider, request)
+    return to_response(await provider.in_thread(server_of(request).create_endpoint_response, "introspection", oreq))
+
+
+@router.post("/revoke")
+async def revoke(request: Request) -> Response:
+    provider = provider_of(request)
+    oreq = await oauth_request(provider, request)
+    return to_response(await provider.in_thread(server_of(request).create_endpoint_response, "revocation", oreq))
+
+
+# ---- userinfo ---------------------------------------------------------------------------------
+
+
+def _bearer_error(description: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": "invalid_token", "error_description": description}, status_code=401,
+        headers={"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'},
+    )
+
+
+@router.api_route("/userinfo", methods=["GET", "POST"])
+async def userinfo(request: Request) -> Response:
+    provider = provider_of(request)
+    auth = request.headers.get("authorization", "")
+    token_value = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    if not token_value and request.method == "POST":
+        form = await request.form()
+        value = form.get("access_token")
+        token_value = value if isinstance(value, str) else ""
+    if not token_value:
+        return JSONResponse({"error": "invalid_request"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    try:
+        claims = provider.issuer.verify(token_value, typ="at+jwt", now=provider.now())
+    except ValueError as exc:
+        return _bearer_error(str(exc))
+    if not await provider.access_token_live(claims.get("jti", "")):
+        return _bearer_error("revoked")
+    scopes = str(claims.get("scope", "")).split()
+    if "openid" not in scopes:
+        return JSONResponse({"error": "insufficient_scope"}, status_code=403,
+                            headers={"WWW-Authenticate": 'Bearer error="insufficient_scope", scope="openid"'})
+    member = await provider.member(claims["sub"])
+    if member is None:
+        return _bearer_error("unknown subject")
+    return JSONResponse({"sub": member.id, **userinfo_claims(member, scopes)}, headers={"Cache-Control": "no-store"})
+
+
+__all__ = ["KizunaAuthorizationServer", "router", "json"]

@@ -1,0 +1,329 @@
+"""identity's own pages: sign up, sign in, sign out, the account center, consent and errors.
+
+Every form carries a CSRF token bound to a random HttpOnly cookie (`kz_csrf`): the token is an
+HMAC of the cookie, so a cross-site form post (which can neither read the cookie nor the page)
+cannot produce it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from fastapi import APIRouter, Form, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlmodel import col, select
+
+from identity import members, sessions
+from identity.clients import SCOPE_DESCRIPTIONS, Client, Consent
+from identity.provider import Provider
+from identity.sessions import OpSession
+from identity.tokens import Grant, live_grants, revoke_grant
+from kizuna.kit.errors import DomainError
+from kizuna.kit.web import page_templates
+
+router = APIRouter()
+templates = page_templates(Path(__file__).parent / "templates", service="identity")
+CSRF_COOKIE = "kz_csrf"
+
+
+def provider_of(request: Request) -> Provider:
+    return request.app.state.runtime.state["provider"]  # type: ignore[no-any-return]
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+# ---- CSRF and cookies -----------------------------------------------------------------------
+
+
+def _csrf_cookie(request: Request) -> tuple[str, bool]:
+    value = request.cookies.get(CSRF_COOKIE)
+    if value and len(value) >= 32:
+        return value, False
+    new = getattr(request.state, "csrf_new", None) or secrets.token_urlsafe(32)
+    request.state.csrf_new = new
+    return new, True
+
+
+def csrf_token(request: Request) -> str:
+    value, _ = _csrf_cookie(request)
+    return hmac.new(provider_of(request).csrf_secret, value.encode(), hashlib.sha256).hexdigest()
+
+
+def csrf_ok(request: Request, token: str | None) -> bool:
+    value = request.cookies.get(CSRF_COOKIE)
+    if not value or not token:
+        return False
+    expected = hmac.new(provider_of(request).csrf_secret, value.encode(), hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, token)
+
+
+def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int | None = None) -> None:
+    response.set_cookie(
+        name, value, max_age=max_age, httponly=True, samesite="lax", secure=provider_of(request).secure_cookies, path="/"
+    )
+
+
+def render(request: Request, template: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
+    value, new = _csrf_cookie(request)
+    response = templates.TemplateResponse(
+        request, template, {"csrf_token": csrf_token(request), **context}, status_code=status,
+        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
+                 "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'"},
+    )
+    if new:
+        set_cookie(request, response, CSRF_COOKIE, value)
+    return response
+
+
+def error_page(request: Request, message: str, status: int) -> HTMLResponse:
+    return render(request, "error.html", {"title": "Something went wrong", "message": message}, status)
+
+
+def csrf_failed(request: Request) -> HTMLResponse:
+    return error_page(request, "This form has expired or did not come from this site. Go back, reload and try again.", 403)
+
+
+def safe_next(value: str | None) -> str:
+    """Only same-site paths: never an open redirect."""
+    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/account"
+
+
+# ---- sessions ---------------------------------------------------------------------------------
+
+
+async def current_session(request: Request) -> OpSession | None:
+    provider = provider_of(request)
+    return await provider.op_session(provider.cookie.loads(request.cookies.get(sessions.COOKIE)))
+
+
+def signin_redirect(request: Request, login_hint: str = "", force: bool = False) -> RedirectResponse:
+    """To the sign-in page, coming back to this authorization request. When re-authentication was
+    demanded (prompt=login, max_age) the way back drops that demand: it is about to be met."""
+    query = [(k, v) for k, v in parse_qsl(request.url.query, keep_blank_values=True)]
+    if force:
+        query = [(k, " ".join(p for p in v.split() if p != "login") if k == "prompt" else v)
+                 for k, v in query if k != "max_age"]
+        query = [(k, v) for k, v in query if not (k == "prompt" and not v)]
+    back = request.url.path + ("?" + urlencode(query) if query else "")
+    params = {"next": back}
+    if login_hint:
+        params["login_hint"] = login_hint
+    if force:
+        params["reauth"] = "1"
+    return RedirectResponse("/signin?" + urlencode(params), status_code=302)
+
+
+def consent_page(request: Request, client: Client, scopes: list[str], params: list[tuple[str, list[str]]]) -> HTMLResponse:
+    hidden = [(k, v) for k, values in params for v in values if k not in ("csrf_token", "consent")]
+    described = [(s, SCOPE_DESCRIPTIONS.get(s, s)) for s in scopes]
+    return render(request, "consent.html", {"title": "Allow access?", "client": client, "scopes": described, "hidden": hidden})
+
+
+async def _start_session(request: Request, member_id: str, next_url: str) -> RedirectResponse:
+    provider = provider_of(request)
+    async with provider.db.transaction() as session:
+        op = await sessions.start(
+            session, member_id=member_id, now=provider.now(), lifetime_seconds=provider.settings.identity_session_seconds,
+            user_agent=request.headers.get("user-agent", ""), ip=client_ip(request),
+        )
+    response = RedirectResponse(safe_next(next_url), status_code=303)
+    set_cookie(request, response, sessions.COOKIE, provider.cookie.dumps(op.id), provider.settings.identity_session_seconds)
+    return response
+
+
+@router.get("/signin")
+async def signin_form(request: Request, next: str = "", login_hint: str = "", reauth: str = "") -> HTMLResponse:
+    return render(request, "signin.html", {"title": "Sign in", "next": next, "email": login_hint, "reauth": bool(reauth)})
+
+
+@router.post("/signin")
+async def signin(
+    request: Request, email: str = Form(""), password: str = Form(""), next: str = Form(""),
+    csrf_token: str = Form(""),
+) -> Response:
+    if not csrf_ok(request, csrf_token):
+        return csrf_failed(request)
+    provider = provider_of(request)
+    settings = provider.settings
+    now = provider.now()
+    account = email.strip().lower()
+    ip = client_ip(request)
+    context = {"title": "Sign in", "next": next, "email": email}
+    async with provider.db.transaction() as session:
+        if await sessions.throttled(
+            session, account=account, ip=ip, now=now, window_seconds=settings.identity_signin_window_seconds,
+            max_account=settings.identity_signin_max_failures_account, max_ip=settings.identity_signin_max_failures_ip,
+        ):
+            return render(request, "signin.html", {**context, "error": "Too many failed attempts. Wait a few minutes, then try again."}, 429)
+        member = await members.by_email(session, account)
+        ok = provider.passwords.verify(member.password_hash if member else None, password)
+        ok = ok and member is not None and member.status == members.ACTIVE
+        sessions.record_attempt(session, account=account, ip=ip, now=now, succeeded=ok)
+        if ok and member is not None and provider.passwords.needs_rehash(member.password_hash):
+            member.password_hash = provider.passwords.hash(password)
+            session.add(member)
+    if not ok or member is None:
+        return render(request, "signin.html", {**context, "error": "The email or password is not correct."}, 401)
+    return await _start_session(request, member.id, next)
+
+
+@router.get("/signup")
+async def signup_form(request: Request, next: str = "") -> HTMLResponse:
+    return render(request, "signup.html", {"title": "Create your Kizuna ID", "next": next})
+
+
+@router.post("/signup")
+async def signup(
+    request: Request, email: str = Form(""), display_name: str = Form(""), password: str = Form(""),
+    next: str = Form(""), csrf_token: str = Form(""),
+) -> Response:
+    if not csrf_ok(request, csrf_token):
+        return csrf_failed(request)
+    provider = provider_of(request)
+    try:
+        async with provider.db.transaction() as session:
+            member = await members.register(
+                session, provider.passwords, email=email, display_name=display_name, password=password, now=provider.now()
+            )
+    except DomainError as exc:
+        return render(request, "signup.html", {"title": "Create your Kizuna ID", "next": next, "email": email,
+                                               "display_name": display_name, "error": exc.message}, exc.http_status)
+    return await _start_session(request, member.id, next)
+
+
+# ---- account center ---------------------------------------------------------------------------
+
+
+async def _account_context(request: Request, op: OpSession) -> dict[str, Any]:
+    provider = provider_of(request)
+    now = provider.now()
+    async with provider.db.sessions() as session:
+        member = await members.get(session, op.member_id)
+        active = await sessions.sessions_of(session, member.id, now)
+        grants = await live_grants(session, member_id=member.id)
+        consents = (await session.exec(select(Consent).where(Consent.member_id == member.id))).all()
+        client_ids = sorted({g.client_id for g in grants} | {c.client_id for c in consents})
+        clients = [c for c in [await session.get(Client, cid) for cid in client_ids] if c is not None]
+    return {"title": "Your account", "member": member, "member_name": member.display_name, "sessions": active,
+            "current_sid": op.id, "clients": clients}
+
+
+@router.get("/")
+async def home(request: Request) -> Response:
+    return RedirectResponse("/account", status_code=302)
+
+
+@router.get("/account")
+async def account(request: Request) -> Response:
+    op = await current_session(request)
+    if op is None:
+        return RedirectResponse("/signin?" + urlencode({"next": "/account"}), status_code=302)
+    return render(request, "account.html", await _account_context(request, op))
+
+
+async def _account_post(request: Request, csrf: str) -> OpSession | Response:
+    if not csrf_ok(request, csrf):
+        return csrf_failed(request)
+    op = await current_session(request)
+    if op is None:
+        return RedirectResponse("/signin?" + urlencode({"next": "/account"}), status_code=303)
+    return op
+
+
+async def _account_change(request: Request, csrf: str, change: Any, done: str) -> Response:
+    op = await _account_post(request, csrf)
+    if not isinstance(op, OpSession):
+        return op
+    provider = provider_of(request)
+    try:
+        async with provider.db.transaction() as session:
+            member = await members.get(session, op.member_id)
+            await change(session, provider, member)
+    except DomainError as exc:
+        return render(request, "account.html", {**await _account_context(request, op), "error": exc.message}, exc.http_status)
+    return render(request, "account.html", {**await _account_context(request, op), "notice": done})
+
+
+@router.post("/account/profile")
+async def account_profile(request: Request, display_name: str = Form(""), csrf_token: str = Form("")) -> Response:
+    async def change(session: Any, provider: Provider, member: members.Member) -> None:
+        await members.update_profile(session, member, display_name=display_name, now=provider.now())
+    return await _account_change(request, csrf_token, change, "Your profile is saved.")
+
+
+@router.post("/account/email")
+async def account_email(
+    request: Request, email: str = Form(""), password: str = Form(""), csrf_token: str = Form("")
+) -> Response:
+    async def change(session: Any, provider: Provider, member: members.Member) -> None:
+        await members.change_email(session, provider.passwords, member, new_email=email, password=password, now=provider.now())
+    return await _account_change(request, csrf_token, change, "Your email address is changed.")
+
+
+@router.post("/account/password")
+async def account_password(
+    request: Request, current_password: str = Form(""), new_password: str = Form(""), csrf_token: str = Form("")
+) -> Response:
+    async def change(session: Any, provider: Provider, member: members.Member) -> None:
+        await members.change_password(session, provider.passwords, member, current=current_password,
+                                      new=new_password, now=provider.now())
+    return await _account_change(request, csrf_token, change, "Your password is changed.")
+
+
+@router.post("/account/sessions/{sid}/end")
+async def account_end_session(request: Request, sid: str, csrf_token: str = Form("")) -> Response:
+    from identity.logout import end_sessions
+
+    op = await _account_post(request, csrf_token)
+    if not isinstance(op, OpSession):
+        return op
+    provider = provider_of(request)
+    async with provider.db.sessions() as session:
+        mine = [s.id for s in await sessions.sessions_of(session, op.member_id, provider.now())]
+    if sid in mine:
+        await end_sessions(provider, [sid])
+    return RedirectResponse("/account" if sid != op.id else "/signin", status_code=303)
+
+
+@router.post("/account/sessions/end-all")
+async def account_end_all(request: Request, csrf_token: str = Form("")) -> Response:
+    from identity.logout import end_sessions
+
+    op = await _account_post(request, csrf_token)
+    if not isinstance(op, OpSession):
+        return op
+    provider = provider_of(request)
+    async with provider.db.sessions() as session:
+        mine = [s.id for s in await sessions.sessions_of(session, op.member_id, provider.now())]
+    await end_sessions(provider, mine)
+    response = RedirectResponse("/signin", status_code=303)
+    response.delete_cookie(sessions.COOKIE, path="/")
+    return response
+
+
+@router.post("/account/clients/{client_id}/revoke")
+async def account_revoke_client(request: Request, client_id: str, csrf_token: str = Form("")) -> Response:
+    op = await _account_post(request, csrf_token)
+    if not isinstance(op, OpSession):
+        return op
+    provider = provider_of(request)
+    now = provider.now()
+    async with provider.db.transaction() as session:
+        grants = (await session.exec(
+            select(Grant).where(Grant.member_id == op.member_id, Grant.client_id == client_id, col(Grant.revoked_at).is_(None))
+        )).all()
+        for grant in grants:
+            await revoke_grant(session, grant.id, now)
+        consent = await session.get(Consent, (op.member_id, client_id))
+        if consent is not None:
+            await session.delete(consent)
+    return RedirectResponse("/account", status_code=303)

@@ -1,0 +1,287 @@
+"""The Provider: what every identity route needs (settings, database, keys, clock, passwords,
+cookies), and the storage operations behind the OAuth/OIDC rules: codes are single-use, a replayed
+code revokes its grant, refresh tokens rotate, reuse of a rotated one revokes its grant."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import httpx
+from sqlmodel import col, select, update
+
+from identity import members
+from identity.clients import Client
+from identity.keys import KeyRing, derive_secret, load_key_encryption_key
+from identity.passwords import Passwords
+from identity.sessions import OpSession, SessionCookie
+from identity.settings import Settings
+from identity.tokens import (
+    AccessToken,
+    AuthorizationCode,
+    Grant,
+    Issuer,
+    RefreshToken,
+    TokenRecord,
+    hash_token,
+    new_grant_id,
+    revoke_grant,
+    unverified_claims,
+)
+from kizuna.kit.db import Database, utcnow
+
+log = logging.getLogger("identity")
+T = TypeVar("T")
+
+
+class Provider:
+    def __init__(self, settings: Settings, db: Database, clock: Callable[[], datetime] = utcnow) -> None:
+        self.settings = settings
+        self.db = db
+        self._clock = clock
+        self.issuer_url = settings.kizuna_issuer.rstrip("/")
+        kek = load_key_encryption_key(settings.identity_key_encryption_key, settings.kizuna_data_dir)
+        self.keys = KeyRing(db, kek, self.now)
+        self.issuer = Issuer(self.issuer_url, settings.kizuna_audience, self.keys)
+        self.passwords = Passwords(
+            settings.identity_argon2_time_cost, settings.identity_argon2_memory_kib, settings.identity_argon2_parallelism
+        )
+        self.cookie = SessionCookie(derive_secret(kek, "session-cookie"))
+        self.csrf_secret = derive_secret(kek, "csrf")
+        self.secure_cookies = self.issuer_url.startswith("https://")
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # Authlib's server is synchronous; it runs in these threads and calls back into the loop.
+        self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="oauth")
+        self.http = httpx.AsyncClient(timeout=settings.identity_backchannel_timeout_seconds)
+
+    # ---- time and the sync bridge ---------------------------------------------------------
+    def now(self) -> datetime:
+        return self._clock()
+
+    def set_clock(self, clock: Callable[[], datetime]) -> None:
+        """Tests move time; the key ring follows."""
+        self._clock = clock
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        self.loop = asyncio.get_running_loop()
+        return await self.loop.run_in_executor(self.executor, fn, *args)
+
+    def sync(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the service loop from an Authlib worker thread and wait for it."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        self.executor.shutdown(wait=False)
+
+    # ---- clients and members --------------------------------------------------------------
+    async def client(self, client_id: str) -> Client | None:
+        async with self.db.sessions() as session:
+            return await session.get(Client, client_id)
+
+    async def member(self, member_id: str | None) -> members.Member | None:
+        if not member_id:
+            return None
+        async with self.db.sessions() as session:
+            member = await session.get(members.Member, member_id)
+        return member if member is not None and member.status == members.ACTIVE else None
+
+    async def op_session(self, sid: str | None) -> OpSession | None:
+        if not sid:
+            return None
+        async with self.db.sessions() as session:
+            op = await session.get(OpSession, sid)
+        return op if op is not None and op.live(self.now()) else None
+
+    # ---- codes ----------------------------------------------------------------------------
+    async def save_code(self, code: str, request: Any) -> None:
+        now = self.now()
+        op: OpSession = request.op_session
+        data = request.payload.data
+        async with self.db.transaction() as session:
+            grant = Grant(
+                id=new_grant_id(), client_id=request.client.id, member_id=request.user.id, session_id=op.id,
+                scope=request.scope or "", auth_time=op.auth_time, created_at=now,
+            )
+            session.add(grant)
+            session.add(
+                AuthorizationCode(
+                    code_hash=hash_token(code), grant_id=grant.id, client_id=request.client.id,
+                    member_id=request.user.id, redirect_uri=request.payload.redirect_uri, scope=grant.scope,
+                    nonce=data.get("nonce"), code_challenge=data.get("code_challenge"),
+                    code_challenge_method=data.get("code_challenge_method") or None, session_id=op.id,
+                    auth_time=op.auth_time, expires_at=now + timedelta(seconds=self.settings.identity_code_seconds),
+                )
+            )
+
+    async def consume_code(self, code: str, client: Client) -> AuthorizationCode | None:
+        """The code if it is valid for `client`, marked used. A second use revokes the grant."""
+        now = self.now()
+        async with self.db.transaction() as session:
+            row = await session.get(AuthorizationCode, hash_token(code))
+            if row is None or row.client_id != client.id:
+                return None
+            if row.used_at is not None:
+                log.warning("authorization code replayed; revoking its grant", extra={"client_id": client.id})
+                await revoke_grant(session, row.grant_id, now)
+                return None
+            if row.expires_at <= now:
+                return None
+            result = await session.exec(  # type: ignore[call-overload]
+                update(AuthorizationCode)
+                .where(col(AuthorizationCode.code_hash) == row.code_hash, col(AuthorizationCode.used_at).is_(None))
+                .values(used_at=now)
+            )
+            if result.rowcount != 1:
+                await revoke_grant(session, row.grant_id, now)
+                return None
+            grant = await session.get(Grant, row.grant_id)
+            if grant is None or grant.revoked_at is not None:
+                return None
+            return row
+
+    # ---- tokens ---------------------------------------------------------------------------
+    def generate_token(
+        self, grant_type: str, client: Client, user: Any = None, scope: str | None = None,
+        expires_in: int | None = None, include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        lifetime = self.settings.identity_access_token_seconds
+        subject = user.id if user is not None else client.id
+        access, _jti, _exp = self.issuer.access_token(
+            subject=subject, client_id=client.id, scope=scope or "", lifetime=lifetime, now=self.now()
+        )
+        token: dict[str, Any] = {"token_type": "Bearer", "access_token": access, "expires_in": lifetime, "scope": scope or ""}
+        if include_refresh_token and user is not None:
+            from identity.tokens import new_opaque
+
+            token["refresh_token"] = new_opaque()
+        return token
+
+    async def save_token(self, token: dict[str, Any], request: Any) -> None:
+        now = self.now()
+        claims = unverified_claims(token["access_token"])
+        grant_id = None
+        parent = None
+        if request.authorization_code is not None:
+            grant_id = request.authorization_code.grant_id
+        elif request.refresh_token is not None:
+            grant_id = request.refresh_token.grant_id
+            parent = request.refresh_token.token_hash
+        async with self.db.transaction() as session:
+            session.add(
+                AccessToken(
+                    jti=claims["jti"], grant_id=grant_id, client_id=claims["client_id"], subject=claims["sub"],
+                    scope=claims.get("scope", ""), issued_at=now,
+                    expires_at=datetime.fromtimestamp(claims["exp"], now.tzinfo),
+                )
+            )
+            if token.get("refresh_token") and grant_id is not None:
+                session.add(
+                    RefreshToken(
+                        token_hash=hash_token(token["refresh_token"]), grant_id=grant_id,
+                        client_id=claims["client_id"], scope=token.get("scope", ""), created_at=now,
+                        expires_at=now + timedelta(seconds=self.settings.identity_refresh_token_seconds),
+                        parent_hash=parent,
+                    )
+                )
+
+    async def use_refresh_token(self, value: str) -> RefreshToken | None:
+        """The refresh token if it may be used now. Reusing a rotated one revokes the whole grant,
+        except the immediately previous token within a few seconds (two tabs refreshing at once)."""
+        now = self.now()
+        async with self.db.transaction() as session:
+            row = await session.get(RefreshToken, hash_token(value))
+            if row is None or row.revoked_at is not None or row.expires_at <= now:
+                return None
+            grant = await session.get(Grant, row.grant_id)
+            if grant is None or grant.revoked_at is not None:
+                return None
+            if row.rotated_at is None:
+                return row
+            successor = (
+                await session.exec(
+                    select(RefreshToken).where(RefreshToken.parent_hash == row.token_hash)
+                    .order_by(col(RefreshToken.created_at).desc())
+                )
+            ).first()
+            grace = timedelta(seconds=self.settings.identity_refresh_grace_seconds)
+            if (
+                now - row.rotated_at <= grace and successor is not None
+                and successor.rotated_at is None and successor.revoked_at is None
+            ):
+                return row
+            log.warning("rotated refresh token reused; revoking its grant", extra={"client_id": row.client_id})
+            await revoke_grant(session, row.grant_id, now)
+            return None
+
+    async def rotate_refresh_token(self, row: RefreshToken) -> None:
+        async with self.db.transaction() as session:
+            await session.exec(  # type: ignore[call-overload]
+                update(RefreshToken)
+                .where(col(RefreshToken.token_hash) == row.token_hash, col(RefreshToken.rotated_at).is_(None))
+                .values(rotated_at=self.now())
+            )
+
+    async def grant_member(self, grant_id: str) -> members.Member | None:
+        async with self.db.sessions() as session:
+            grant = await session.get(Grant, grant_id)
+        if grant is None or grant.revoked_at is not None:
+            return None
+        return await self.member(grant.member_id)
+
+    async def find_token(self, value: str, hint: str | None = None) -> TokenRecord | None:
+        """An access token (JWT, by its jti) or a refresh token (by its hash), as introspection sees it."""
+        now = self.now()
+        async with self.db.sessions() as session:
+            if value.count(".") == 2:
+                try:
+                    claims = self.issuer.verify(value, typ="at+jwt", now=now, check_exp=False)
+                except ValueError:
+                    return None
+                row = await session.get(AccessToken, claims.get("jti", ""))
+                if row is None:
+                    return None
+                revoked = row.revoked_at is not None or await _grant_revoked(session, row.grant_id)
+                return TokenRecord("access_token", row.client_id, row.scope, row.expires_at, revoked, now, claims,
+                                   row.jti, row.grant_id)
+            rt = await session.get(RefreshToken, hash_token(value))
+            if rt is None:
+                return None
+            revoked = rt.revoked_at is not None or rt.rotated_at is not None or await _grant_revoked(session, rt.grant_id)
+            grant = await session.get(Grant, rt.grant_id)
+            claims = {"sub": grant.member_id if grant else None, "client_id": rt.client_id, "iss": self.issuer_url}
+            return TokenRecord("refresh_token", rt.client_id, rt.scope, rt.expires_at, revoked, now, claims,
+                               rt.token_hash, rt.grant_id)
+
+    async def revoke(self, record: TokenRecord) -> None:
+        """Revoking a refresh token ends its grant (RFC 7009 §2.1); an access token ends alone."""
+        now = self.now()
+        async with self.db.transaction() as session:
+            if record.kind == "refresh_token" and record.grant_id:
+                await revoke_grant(session, record.grant_id, now)
+            else:
+                await session.exec(  # type: ignore[call-overload]
+                    update(AccessToken).where(col(AccessToken.jti) == record.key).values(revoked_at=now)
+                )
+
+    async def access_token_live(self, jti: str) -> bool:
+        async with self.db.sessions() as session:
+            row = await session.get(AccessToken, jti)
+            if row is None or row.revoked_at is not None:
+                return False
+            return not await _grant_revoked(session, row.grant_id)
+
+
+async def _grant_revoked(session: Any, grant_id: str | None) -> bool:
+    if grant_id is None:
+        return False
+    grant = await session.get(Grant, grant_id)
+    return grant is None or grant.revoked_at is not None
+
+
+Job = Callable[[Any], Awaitable[None]]

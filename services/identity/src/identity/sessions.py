@@ -1,0 +1,116 @@
+"""Browser sessions at identity (the single sign-on session) and sign-in throttling.
+
+The cookie holds only a signed session id; the session lives in the database so that any
+replica can serve any request and a session can be ended from the account center.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+
+from itsdangerous import BadSignature, URLSafeSerializer
+from sqlalchemy import Boolean, Column, Integer, String, func
+from sqlmodel import Field, SQLModel, col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kizuna.kit.db import UTCDateTime
+
+COOKIE = "kz_idp_session"
+
+
+class OpSession(SQLModel, table=True):
+    __tablename__ = "identity_session"
+
+    id: str = Field(sa_column=Column(String(64), primary_key=True))
+    member_id: str = Field(sa_column=Column(String(40), nullable=False, index=True))
+    auth_time: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    ended_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    user_agent: str = Field(default="", sa_column=Column(String(300), nullable=False))
+    ip: str = Field(default="", sa_column=Column(String(64), nullable=False))
+
+    def live(self, now: datetime) -> bool:
+        return self.ended_at is None and now < self.expires_at
+
+
+class SignInAttempt(SQLModel, table=True):
+    __tablename__ = "identity_signin_attempt"
+
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
+    account: str = Field(sa_column=Column(String(320), nullable=False, index=True))
+    ip: str = Field(sa_column=Column(String(64), nullable=False, index=True))
+    at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))
+    succeeded: bool = Field(sa_column=Column(Boolean, nullable=False))
+
+
+class SessionCookie:
+    """Signs and reads the session id cookie."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._serializer = URLSafeSerializer(secret, salt="identity-session")
+
+    def dumps(self, session_id: str) -> str:
+        return self._serializer.dumps(session_id)
+
+    def loads(self, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            sid = self._serializer.loads(value)
+        except BadSignature:
+            return None
+        return sid if isinstance(sid, str) else None
+
+
+async def start(
+    session: AsyncSession, *, member_id: str, now: datetime, lifetime_seconds: int, user_agent: str, ip: str
+) -> OpSession:
+    op = OpSession(
+        id=secrets.token_urlsafe(24), member_id=member_id, auth_time=now, created_at=now,
+        expires_at=now + timedelta(seconds=lifetime_seconds), user_agent=user_agent[:300], ip=ip[:64],
+    )
+    session.add(op)
+    return op
+
+
+async def live_session(session: AsyncSession, sid: str | None, now: datetime) -> OpSession | None:
+    if not sid:
+        return None
+    op = await session.get(OpSession, sid)
+    return op if op is not None and op.live(now) else None
+
+
+async def sessions_of(session: AsyncSession, member_id: str, now: datetime) -> list[OpSession]:
+    rows = (
+        await session.exec(
+            select(OpSession)
+            .where(OpSession.member_id == member_id, col(OpSession.ended_at).is_(None), OpSession.expires_at > now)
+            .order_by(col(OpSession.created_at).desc())
+        )
+    ).all()
+    return list(rows)
+
+
+# ---- throttling ---------------------------------------------------------------------------
+
+
+async def throttled(
+    session: AsyncSession, *, account: str, ip: str, now: datetime, window_seconds: int,
+    max_account: int, max_ip: int,
+) -> bool:
+    """True when the account or the client address has failed too often within the window."""
+    since = now - timedelta(seconds=window_seconds)
+    failures = select(func.count()).select_from(SignInAttempt).where(
+        SignInAttempt.at > since, SignInAttempt.succeeded == False  # noqa: E712
+    )
+    by_account = (await session.exec(failures.where(SignInAttempt.account == account))).one()
+    if by_account >= max_account:
+        return True
+    by_ip = (await session.exec(failures.where(SignInAttempt.ip == ip))).one()
+    return by_ip >= max_ip
+
+
+def record_attempt(session: AsyncSession, *, account: str, ip: str, now: datetime, succeeded: bool) -> None:
+    session.add(SignInAttempt(account=account[:320], ip=ip[:64], at=now, succeeded=succeeded))

@@ -1,0 +1,250 @@
+"""Grants, codes and tokens: what identity issued, to whom, and whether it still counts.
+
+- A *grant* is one authorization of one client by one member (or a client on its own behalf);
+  every code, access token and refresh token belongs to one, and revoking it revokes them all.
+- Access tokens are JWTs (RFC 9068, `typ: at+jwt`) verified locally by every service; identity
+  also records their `jti` so that introspection and userinfo can see revocation.
+- Codes and refresh tokens are random strings stored only as SHA-256 hashes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, TokenMixin
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from sqlalchemy import Column, String, Text, update
+from sqlmodel import Field, SQLModel, col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from ulid import ULID
+
+from identity.keys import ALG, KeyRing
+from kizuna.kit.db import UTCDateTime
+
+
+def hash_token(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def new_opaque() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class Grant(SQLModel, table=True):
+    __tablename__ = "identity_grant"
+
+    id: str = Field(sa_column=Column(String(40), primary_key=True))
+    client_id: str = Field(sa_column=Column(String(100), nullable=False, index=True))
+    member_id: str | None = Field(default=None, sa_column=Column(String(40), index=True))
+    session_id: str | None = Field(default=None, sa_column=Column(String(64), index=True))
+    scope: str = Field(sa_column=Column(Text, nullable=False))
+    auth_time: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+
+
+class AuthorizationCode(SQLModel, AuthorizationCodeMixin, table=True):  # type: ignore[misc]
+    __tablename__ = "identity_authorization_code"
+
+    code_hash: str = Field(sa_column=Column(String(64), primary_key=True))
+    grant_id: str = Field(sa_column=Column(String(40), nullable=False))
+    client_id: str = Field(sa_column=Column(String(100), nullable=False))
+    member_id: str = Field(sa_column=Column(String(40), nullable=False))
+    redirect_uri: str = Field(sa_column=Column(Text, nullable=False))
+    scope: str = Field(sa_column=Column(Text, nullable=False))
+    nonce: str | None = Field(default=None, sa_column=Column(Text))
+    code_challenge: str | None = Field(default=None, sa_column=Column(String(128)))
+    code_challenge_method: str | None = Field(default=None, sa_column=Column(String(16)))
+    session_id: str | None = Field(default=None, sa_column=Column(String(64)))
+    auth_time: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    used_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+
+    def get_redirect_uri(self) -> str:
+        return self.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def get_nonce(self) -> str | None:
+        return self.nonce
+
+    def get_auth_time(self) -> int:
+        return int(self.auth_time.timestamp())
+
+    def get_acr(self) -> None:
+        return None
+
+    def get_amr(self) -> list[str]:
+        return ["pwd"]
+
+
+class AccessToken(SQLModel, table=True):
+    __tablename__ = "identity_access_token"
+
+    jti: str = Field(sa_column=Column(String(40), primary_key=True))
+    grant_id: str | None = Field(default=None, sa_column=Column(String(40), index=True))
+    client_id: str = Field(sa_column=Column(String(100), nullable=False))
+    subject: str = Field(sa_column=Column(String(100), nullable=False))
+    scope: str = Field(sa_column=Column(Text, nullable=False))
+    issued_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+
+
+class RefreshToken(SQLModel, table=True):
+    __tablename__ = "identity_refresh_token"
+
+    token_hash: str = Field(sa_column=Column(String(64), primary_key=True))
+    grant_id: str = Field(sa_column=Column(String(40), nullable=False, index=True))
+    client_id: str = Field(sa_column=Column(String(100), nullable=False))
+    scope: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    rotated_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    # The token this one replaced; a reuse inside the grace period may only be of the latest parent.
+    parent_hash: str | None = Field(default=None, sa_column=Column(String(64)))
+
+    def check_client(self, client: Any) -> bool:
+        # A refresh token is bound to the client it was issued to.
+        return bool(self.client_id == client.get_client_id())
+
+    def get_scope(self) -> str:
+        return self.scope
+
+
+async def revoke_grant(session: AsyncSession, grant_id: str, now: datetime) -> None:
+    """Revoke a grant with every access and refresh token issued under it."""
+    await session.exec(  # type: ignore[call-overload]
+        update(Grant).where(col(Grant.id) == grant_id, col(Grant.revoked_at).is_(None)).values(revoked_at=now)
+    )
+    await session.exec(  # type: ignore[call-overload]
+        update(AccessToken)
+        .where(col(AccessToken.grant_id) == grant_id, col(AccessToken.revoked_at).is_(None))
+        .values(revoked_at=now)
+    )
+    await session.exec(  # type: ignore[call-overload]
+        update(RefreshToken)
+        .where(col(RefreshToken.grant_id) == grant_id, col(RefreshToken.revoked_at).is_(None))
+        .values(revoked_at=now)
+    )
+
+
+async def live_grants(session: AsyncSession, *, member_id: str) -> list[Grant]:
+    rows = await session.exec(
+        select(Grant).where(Grant.member_id == member_id, col(Grant.revoked_at).is_(None))
+    )
+    return list(rows.all())
+
+
+def new_grant_id() -> str:
+    return f"grt_{ULID()}"
+
+
+# ---- JWTs ---------------------------------------------------------------------------------
+
+
+class Issuer:
+    """Mints and checks the JWTs of this issuer with the key ring."""
+
+    def __init__(self, issuer: str, audience: str, keys: KeyRing) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self.keys = keys
+
+    def sign(self, claims: dict[str, Any], typ: str = "JWT") -> str:
+        key = self.keys.signing_key()
+        header = {"alg": ALG, "kid": key.kid, "typ": typ}
+        return jwt.encode(header, claims, key.private, algorithms=[ALG])
+
+    def access_token(
+        self, *, subject: str, client_id: str, scope: str, lifetime: int, now: datetime, extra: dict[str, Any] | None = None
+    ) -> tuple[str, str, datetime]:
+        """A signed RFC 9068 access token; returns (token, jti, expires_at)."""
+        jti = str(ULID())
+        exp = now + timedelta(seconds=lifetime)
+        claims = {
+            "iss": self.issuer, "sub": subject, "aud": self.audience, "client_id": client_id,
+            "scope": scope, "iat": int(now.timestamp()), "exp": int(exp.timestamp()), "jti": jti,
+            **(extra or {}),
+        }
+        return self.sign(claims, typ="at+jwt"), jti, exp
+
+    def verify(
+        self, token: str, *, typ: str | None = None, audience: str | None = None, now: datetime, check_exp: bool = True
+    ) -> dict[str, Any]:
+        """Verify a token this issuer signed; raises ValueError with the reason otherwise."""
+        try:
+            header = json.loads(_b64(token.split(".")[0]))
+        except (ValueError, IndexError) as exc:
+            raise ValueError("malformed token") from exc
+        if header.get("alg") != ALG:
+            raise ValueError("unexpected algorithm")
+        if typ is not None and header.get("typ") != typ:
+            raise ValueError("unexpected token type")
+        key = self.keys.public_key(str(header.get("kid", "")))
+        if key is None:
+            raise ValueError("unknown key id")
+        try:
+            decoded = jwt.decode(token, KeySet([key]), algorithms=[ALG])
+        except JoseError as exc:
+            raise ValueError("bad signature") from exc
+        claims = dict(decoded.claims)
+        if claims.get("iss") != self.issuer:
+            raise ValueError("wrong issuer")
+        aud = claims.get("aud")
+        auds = aud if isinstance(aud, list) else [aud]
+        if (audience or self.audience) not in auds:
+            raise ValueError("wrong audience")
+        if check_exp and (not isinstance(claims.get("exp"), int) or claims["exp"] <= now.timestamp()):
+            raise ValueError("expired")
+        return claims
+
+
+def _b64(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The payload of a JWT this process just signed (never for tokens from outside)."""
+    data: dict[str, Any] = json.loads(_b64(token.split(".")[1]))
+    return data
+
+
+class TokenRecord(TokenMixin):  # type: ignore[misc]
+    """What introspection and revocation see of an access or refresh token."""
+
+    def __init__(self, kind: str, client_id: str, scope: str, expires_at: datetime, revoked: bool,
+                 now: datetime, claims: dict[str, Any], key: str, grant_id: str | None) -> None:
+        self.kind = kind
+        self.client_id = client_id
+        self.scope = scope
+        self.expires_at = expires_at
+        self.revoked = revoked
+        self.now = now
+        self.claims = claims
+        self.key = key
+        self.grant_id = grant_id
+
+    def check_client(self, client: Any) -> bool:
+        return bool(self.client_id == client.get_client_id())
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def get_expires_in(self) -> int:
+        return max(0, int((self.expires_at - self.now).total_seconds()))
+
+    def is_expired(self) -> bool:
+        return self.expires_at <= self.now
+
+    def is_revoked(self) -> bool:
+        return self.revoked
