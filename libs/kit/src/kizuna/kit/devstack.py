@@ -118,6 +118,7 @@ class Stack:
         self.children: list[Child] = []
         self.nats_url = os.environ.get("NATS_URL", "")
         self.stopping = False
+        self.envs: dict[str, dict[str, str]] = {}
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
         log_path = self.logs / f"{name}.log"
@@ -200,6 +201,22 @@ class Stack:
         ]
         return json.dumps(clients)
 
+    def seed(self) -> None:
+        """Run `python -m <service> seed` for every service that has one (idempotent demo data)."""
+        for ep in self.endpoints:
+            service = importlib.import_module(f"{ep.name}.service").service
+            if "seed" not in service.commands:
+                continue
+            result = subprocess.run(
+                [sys.executable, "-m", ep.name, "seed"], env=self.envs[ep.name], capture_output=True, text=True,
+                timeout=120,
+            )
+            (self.logs / f"{ep.name}-seed.log").write_text(result.stdout + result.stderr)
+            if result.returncode != 0:
+                raise SystemExit(f"seeding {ep.name} failed; see {self.logs / f'{ep.name}-seed.log'}")
+            for line in result.stdout.splitlines():
+                print(f"  {ep.name:<9} {line}")
+
     def start_services(self) -> None:
         issuer = self.endpoints[0].url if self.endpoints and self.endpoints[0].name == "identity" else ""
         peers = {f"{ep.name.upper()}_ADDR": f"127.0.0.1:{ep.grpc_port}" for ep in self.endpoints}
@@ -219,6 +236,7 @@ class Stack:
                 "GRPC_PORT": str(ep.grpc_port),
                 "PUBLIC_URL": ep.url,
             }
+            self.envs[ep.name] = env
             self._spawn(ep.name, [sys.executable, "-m", ep.name], env)
 
     def wait_ready(self, timeout: float) -> float:
@@ -299,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kizuna.kit.devstack", description=__doc__)
     parser.add_argument("services", nargs="+")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--no-seed", action="store_true", help="skip the demo data")
     args = parser.parse_args(argv)
     data_dir = Path(os.environ.get("KIZUNA_DATA_DIR", ".data"))
     offset = int(os.environ.get("KIZUNA_PORT_OFFSET", "0"))
@@ -320,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.start_services()
         elapsed = stack.wait_ready(args.timeout)
         print(f"  all {len(stack.endpoints)} services ready in {elapsed:.1f}s")
+        if not args.no_seed:
+            stack.seed()
         stack.print_urls()
         while True:
             stack._check_alive()
