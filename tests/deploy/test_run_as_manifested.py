@@ -1,0 +1,207 @@
+"""Each service runs the way the rendered dev manifest runs it: the init container's command
+migrates, the container's command serves with the manifest's environment (ConfigMaps and Secrets
+resolved from the rendered objects), the manifest's probes answer, and SIGTERM ends it with exit
+code 0 within terminationGracePeriodSeconds.
+
+Only what must point at this machine's infrastructure is overridden, and every override is
+recorded in the test's output: NATS_URL (the test NATS), DATABASE_URL (a fresh PostgreSQL
+database each), KIZUNA_ISSUER and <PEER>_ADDR (the other services started here), HTTP_HOST /
+GRPC_HOST (127.0.0.1), KIZUNA_DATA_DIR (a private temp dir, as the pod's emptyDir is private),
+HTTP_PORT / GRPC_PORT (only when the manifest's port is busy), and `python` -> this venv's python.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from deploy_support import SERVICES, Rendered
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kizuna.kit.testing import NatsServer, PostgresServer, ServiceProcess, free_port
+
+
+@dataclass
+class ManifestProcess(ServiceProcess):
+    """A ServiceProcess started with the manifest's argv and only the manifest's environment
+    (a pod does not inherit the developer's shell)."""
+
+    argv: list[str] = field(default_factory=list)
+    cwd: Path | None = None
+
+    def start(self, *, wait: bool = True, timeout: float = 30.0) -> ManifestProcess:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.env}
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(self.argv, env=env, cwd=self.cwd, stdout=self._log,
+                                        stderr=subprocess.STDOUT)
+        return self
+
+
+def resolve_env(r: Rendered, container: dict[str, Any]) -> dict[str, str]:
+    """The environment the kubelet would give the container, from the rendered objects."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(r.get("ConfigMap", source["configMapRef"]["name"])["data"])
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+            continue
+        ref = item["valueFrom"]
+        if "secretKeyRef" in ref:
+            secret = r.get("Secret", ref["secretKeyRef"]["name"])
+            env[item["name"]] = base64.b64decode(secret["data"][ref["secretKeyRef"]["key"]]).decode()
+        elif "configMapKeyRef" in ref:
+            env[item["name"]] = r.get("ConfigMap", ref["configMapKeyRef"]["name"])["data"][
+                ref["configMapKeyRef"]["key"]
+            ]
+        else:
+            raise AssertionError(f"cannot resolve {item} outside a cluster")
+    return env
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def local_argv(argv: list[str]) -> list[str]:
+    assert argv[0] == "python", argv
+    return [sys.executable, *argv[1:]]
+
+
+def grpc_health(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        status: int = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
+        return status
+
+
+def wait_for_probe(proc: ManifestProcess, url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.process is not None and proc.process.poll() is not None:
+            pytest.fail(f"{proc.name} exited with {proc.process.returncode}:\n{proc.logs()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    pytest.fail(f"{proc.name}: {url} not 200 after {timeout}s:\n{proc.logs()}")
+
+
+def test_services_run_as_the_dev_manifests_say(
+    rendered: dict[str, Rendered],
+    nats_server: NatsServer,
+    postgres_server: PostgresServer,
+    tmp_path: Path,
+) -> None:
+    r = rendered["dev"]
+    overrides: dict[str, dict[str, str]] = {}
+    plans: dict[str, dict[str, Any]] = {}
+
+    # Ports first: every service must know where its peers and identity listen.
+    for name in SERVICES:
+        pod = r.get("Deployment", name)["spec"]["template"]["spec"]
+        (main,) = pod["containers"]
+        env = resolve_env(r, main)
+        ports = {p["name"]: p["containerPort"] for p in main["ports"]}
+        local = {}
+        for port_name, env_name in (("http", "HTTP_PORT"), ("grpc", "GRPC_PORT")):
+            assert env[env_name] == str(ports[port_name]), f"{name}: {env_name} vs containerPort"
+            local[port_name] = ports[port_name] if port_free(ports[port_name]) else free_port()
+        plans[name] = {"pod": pod, "main": main, "env": env, "ports": ports, "local": local}
+
+    identity_url = f"http://127.0.0.1:{plans['identity']['local']['http']}"
+    for name, plan in plans.items():
+        env = plan["env"]
+        data_dir = tmp_path / name
+        data_dir.mkdir()
+        changes = {
+            "NATS_URL": nats_server.url,
+            "DATABASE_URL": postgres_server.new_database(prefix=f"deploy_{name}"),
+            "KIZUNA_ISSUER": identity_url,
+            "HTTP_HOST": "127.0.0.1",
+            "GRPC_HOST": "127.0.0.1",
+            "KIZUNA_DATA_DIR": str(data_dir),
+            "HTTP_PORT": str(plan["local"]["http"]),
+            "GRPC_PORT": str(plan["local"]["grpc"]),
+        }
+        for peer, peer_plan in plans.items():
+            changes[f"{peer.upper()}_ADDR"] = f"127.0.0.1:{peer_plan['local']['grpc']}"
+        overrides[name] = {k: v for k, v in changes.items() if env.get(k) != v}
+        env.update(changes)
+    print("overrides of the manifests' environment:\n" + json.dumps(overrides, indent=2, default=str))
+    for name, override in overrides.items():
+        assert set(override) <= {
+            "NATS_URL", "DATABASE_URL", "KIZUNA_ISSUER", "HTTP_HOST", "GRPC_HOST", "KIZUNA_DATA_DIR",
+            "HTTP_PORT", "GRPC_PORT", *(f"{p.upper()}_ADDR" for p in SERVICES),
+        }, f"{name}: unexpected override"
+
+    # The init container: `python -m <name> migrate`, with the same environment.
+    migrations = {}
+    for name, plan in plans.items():
+        (init,) = plan["pod"]["initContainers"]
+        argv = local_argv([*init["command"], *init.get("args", [])])
+        migrations[name] = subprocess.Popen(argv, env={"PATH": os.environ["PATH"], **plan["env"]},
+                                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    for name, migration in migrations.items():
+        out, _ = migration.communicate(timeout=90)
+        assert migration.returncode == 0, f"{name} migrate failed:\n{out.decode(errors='replace')}"
+
+    # The container: identity first (the issuer), then the others side by side.
+    procs: dict[str, ManifestProcess] = {}
+    try:
+        for name in ["identity", *(n for n in plans if n != "identity")]:
+            plan = plans[name]
+            main = plan["main"]
+            procs[name] = ManifestProcess(
+                name, plan["env"], plan["local"]["http"], plan["local"]["grpc"], tmp_path / f"{name}.log",
+                argv=local_argv([*main["command"], *main.get("args", [])]), cwd=tmp_path,
+            ).start()
+            if name == "identity":
+                wait_for_probe(procs[name], f"{identity_url}/healthz")
+
+        for name, proc in procs.items():
+            main = plans[name]["main"]
+            local_port = {"http": proc.http_port, "grpc": proc.grpc_port}
+            ready = main["readinessProbe"]["httpGet"]
+            wait_for_probe(proc, f"http://127.0.0.1:{local_port[ready['port']]}{ready['path']}")
+            live = main["livenessProbe"]["httpGet"]
+            assert httpx.get(f"http://127.0.0.1:{local_port[live['port']]}{live['path']}").status_code == 200
+            startup = main["startupProbe"]["grpc"]
+            assert startup["port"] == plans[name]["ports"]["grpc"]
+            assert grpc_health(proc.grpc_address) == health_pb2.HealthCheckResponse.SERVING, proc.logs()
+
+        # SIGTERM to all, as a rollout or a node drain does; each must exit 0 in its grace period.
+        for proc in procs.values():
+            proc.signal(signal.SIGTERM)
+        for name, proc in procs.items():
+            grace = plans[name]["pod"]["terminationGracePeriodSeconds"]
+            assert proc.process is not None
+            try:
+                code = proc.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{name} still running {grace}s after SIGTERM:\n{proc.logs()}")
+            assert code == 0, f"{name} exited with {code}:\n{proc.logs()}"
+            lines = [line for line in proc.logs().splitlines() if line.startswith("{")]
+            assert lines, f"{name}: LOG_FORMAT=json but no JSON log lines:\n{proc.logs()}"
+            assert all(json.loads(line)["service"] == name for line in lines[-3:])
+    finally:
+        for proc in procs.values():
+            proc.stop()
