@@ -1,0 +1,138 @@
+"""Earning from domain events and points commands, through real NATS JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+from google.protobuf.message import Message
+from kizuna.common.v1 import common_pb2
+from kizuna.fintech.v1 import events_pb2 as fintech
+from kizuna.identity.v1 import events_pb2 as identity
+from kizuna.points.v1 import events_pb2 as points_events
+from kizuna.shop.v1 import events_pb2 as shop
+from nats.js.api import ConsumerConfig
+from pointskit import Points, key
+
+from points.ledger import month_key
+
+
+async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 15.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    last = None
+    while asyncio.get_running_loop().time() < deadline:
+        last = await predicate()
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+async def emit(nats_url: str, subject: str, message: Message, *, event_id: str | None = None,
+               msg_id: str | None = None, source: str = "") -> str:
+    event_id = event_id or f"evt_{key()}"
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        stream = subject.split(".")[0].upper()
+        try:
+            await js.add_stream(name=stream, subjects=[f"{subject.split('.')[0]}.>"])
+        except Exception:
+            pass
+        headers = {"Nats-Msg-Id": msg_id or event_id, "ce-id": event_id,
+                   "ce-source": source or f"kizuna/{subject.split('.')[0]}"}
+        await js.publish(subject, message.SerializeToString(), headers=headers)
+    finally:
+        await nc.close()
+    return event_id
+
+
+def yen(amount: int) -> common_pb2.Money:
+    return common_pb2.Money(amount_minor=amount, currency="JPY")
+
+
+async def test_purchases_earn_once_pending_then_granted_with_the_multiplier(points: Points, nats_url: str) -> None:
+    await emit(nats_url, "identity.member.registered", identity.MemberRegistered(member_id="m"))
+    card = fintech.CardPurchasePosted(purchase_id="p1", member_id="m", amount=yen(10_000))
+    await emit(nats_url, "fintech.card_purchase.posted", card)
+
+    async def total() -> int:
+        return (await points.balance("m")).total
+
+    assert await wait_until(lambda: _eq(total, 100))
+    paid = shop.OrderPaid(order_id="o1", member_id="m", total=yen(10_000))
+    event_id = await emit(nats_url, "shop.order.paid", paid)
+    # The same event delivered again (past JetStream's de-duplication) takes effect once.
+    await emit(nats_url, "shop.order.paid", paid, event_id=event_id, msg_id=f"{event_id}-again")
+
+    async def earning() -> int:
+        return (await points.balance("m")).earning
+
+    assert await wait_until(lambda: _eq(earning, 200))  # 1% base + 1% for having used the card
+    completed = shop.OrderCompleted(order_id="o1", member_id="m", total=yen(10_000))
+    await emit(nats_url, "shop.order.completed", completed)
+    await emit(nats_url, "shop.order.completed", completed)  # a second, distinct completion event
+    assert await wait_until(lambda: _eq(total, 300))
+    await asyncio.sleep(0.5)
+    balance = await points.balance("m")
+    assert (balance.total, balance.earning) == (300, 0)
+    [shop_credit, card_credit] = (await points.entries("m")).entries
+    assert shop_credit.explanation == "Earned at shop on o1: 1% base + 1% for using card this month"
+    assert card_credit.explanation == "Earned at card on p1: 1% base"
+
+    refunded = shop.OrderRefunded(order_id="o1", member_id="m", total=yen(10_000), refunded=yen(5_000))
+    await emit(nats_url, "shop.order.refunded", refunded)
+    assert await wait_until(lambda: _eq(total, 200))
+
+    credited = await _ledger_events(nats_url, "points.ledger.credited")
+    assert sorted(points_events.Credited.FromString(m.data).amount for m in credited) == [100, 200]
+
+
+async def test_cancelled_before_completion_earns_nothing(points: Points, nats_url: str) -> None:
+    await points.register("m")
+    await emit(nats_url, "shop.order.paid", shop.OrderPaid(order_id="o2", member_id="m", total=yen(50_000)))
+
+    async def earning() -> int:
+        return (await points.balance("m")).earning
+
+    assert await wait_until(lambda: _eq(earning, 500))
+    await emit(nats_url, "shop.order.cancelled", shop.OrderCancelled(order_id="o2", member_id="m", total=yen(50_000)))
+    assert await wait_until(lambda: _eq(earning, 0))
+    assert (await points.balance("m")).total == 0
+
+
+async def test_credit_command_is_applied_once_and_bad_ones_are_rejected(points: Points, nats_url: str) -> None:
+    await points.register("m")
+    command = points_events.CreditRequested(idempotency_key="k1", member_id="m", amount=7, reason="welcome",
+                                            source_service="shop")
+    await emit(nats_url, "points.credit.requested", command, source="kizuna/shop")
+    await emit(nats_url, "points.credit.requested", command, source="kizuna/shop")  # a retry, new event id
+    forged = points_events.CreditRequested(idempotency_key="k2", member_id="m", amount=1000, source_service="shop")
+    await emit(nats_url, "points.credit.requested", forged, source="kizuna/travel")
+
+    async def rejected() -> list[Any]:
+        return await _ledger_events(nats_url, "points.command.rejected")
+
+    [rejection] = await wait_until(rejected)
+    assert points_events.CommandRejected.FromString(rejection.data).reason == \
+        points_events.REJECTION_REASON_NOT_AUTHORIZED
+    assert (await points.balance("m")).total == 7
+    assert month_key(points.clock.now())
+
+
+async def _eq(fn: Callable[[], Awaitable[Any]], expected: Any) -> bool:
+    return bool((await fn()) == expected)
+
+
+async def _ledger_events(nats_url: str, subject: str) -> list[Any]:
+    nc = await nats.connect(nats_url)
+    try:
+        sub = await nc.jetstream().pull_subscribe(subject, config=ConsumerConfig(inactive_threshold=5))
+        try:
+            return list(await sub.fetch(100, timeout=1))
+        except nats.errors.TimeoutError:
+            return []
+    finally:
+        await nc.close()
