@@ -1,0 +1,164 @@
+"""The rendered NetworkPolicies allow exactly the ecosystem's flows: each listed flow passes both
+the source's egress and the destination's ingress policies, and a sample of flows that nobody
+needs is denied. A small evaluator of NetworkPolicy semantics over the rendered pods."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from deploy_support import OVERLAYS, SERVICES, Rendered
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    namespace: str
+    labels: tuple[tuple[str, str], ...]
+
+    @property
+    def label_dict(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+def selects(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    if selector is None:
+        return True
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+            "In": labels.get(key) in values,
+            "NotIn": labels.get(key) not in values,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def peer_matches(peer: dict[str, Any], pod: Pod, policy_namespace: str) -> bool:
+    if "ipBlock" in peer:
+        return False  # pod-to-pod flows only here
+    if "namespaceSelector" in peer:
+        ns_labels = {"kubernetes.io/metadata.name": pod.namespace}
+        if not selects(peer["namespaceSelector"], ns_labels):
+            return False
+    elif pod.namespace != policy_namespace:
+        return False
+    return selects(peer.get("podSelector"), pod.label_dict)
+
+
+def port_matches(rule: dict[str, Any], port: int) -> bool:
+    ports = rule.get("ports")
+    return not ports or any(p.get("port") == port and p.get("protocol", "TCP") == "TCP" for p in ports)
+
+
+def side_allows(policies: list[dict[str, Any]], pod: Pod, other: Pod, port: int, direction: str) -> bool:
+    key, peers_key = ("egress", "to") if direction == "Egress" else ("ingress", "from")
+    relevant = [p for p in policies if p["metadata"]["namespace"] == pod.namespace
+                and direction in p["spec"].get("policyTypes", ["Ingress"])
+                and selects(p["spec"]["podSelector"], pod.label_dict)]
+    if not relevant:
+        return True
+    for policy in relevant:
+        for rule in policy["spec"].get(key, []):
+            peers = rule.get(peers_key)
+            if (not peers or any(peer_matches(x, other, policy["metadata"]["namespace"]) for x in peers)) \
+                    and port_matches(rule, port):
+                return True
+    return False
+
+
+def allowed(r: Rendered, src: Pod, dst: Pod, port: int) -> bool:
+    policies = r.of_kind("NetworkPolicy")
+    return side_allows(policies, src, dst, port, "Egress") and side_allows(policies, dst, src, port, "Ingress")
+
+
+def pods(r: Rendered) -> dict[str, Pod]:
+    (ns,) = r.of_kind("Namespace")
+    namespace = ns["metadata"]["name"]
+    found = {}
+    for w in r.objects:
+        if w["kind"] in ("Deployment", "StatefulSet"):
+            labels = w["spec"]["template"]["metadata"]["labels"]
+            found[w["metadata"]["name"]] = Pod(w["metadata"]["name"], namespace, tuple(sorted(labels.items())))
+        if w["kind"] == "Cluster":
+            labels = {**w["spec"]["inheritedMetadata"]["labels"], "cnpg.io/cluster": w["metadata"]["name"]}
+            found[w["metadata"]["name"]] = Pod(w["metadata"]["name"], namespace, tuple(sorted(labels.items())))
+    found["ingress-controller"] = Pod("ingress-controller", "ingress-nginx",
+                                      (("app.kubernetes.io/name", "ingress-nginx"),))
+    found["kube-dns"] = Pod("kube-dns", "kube-system", (("k8s-app", "kube-dns"),))
+    found["cnpg-operator"] = Pod("cnpg-operator", "cnpg-system", (("app.kubernetes.io/name", "cloudnative-pg"),))
+    found["prometheus"] = Pod("prometheus", "monitoring", (("app.kubernetes.io/name", "prometheus"),))
+    return found
+
+
+def database_of(found: dict[str, Pod], service: str) -> Pod:
+    return found.get(f"{service}-db") or found["postgres"]
+
+
+def expected_flows(found: dict[str, Pod]) -> list[tuple[str, Pod, Pod, int]]:
+    flows = []
+    for s, (http, grpc) in SERVICES.items():
+        me = found[s]
+        flows.append(("ingress controller -> HTTP", found["ingress-controller"], me, http))
+        flows.append(("DNS", me, found["kube-dns"], 53))
+        flows.append(("NATS", me, found["nats"], 4222))
+        flows.append(("own database", me, database_of(found, s), 5432))
+        if "otel-collector" in found:
+            flows.append(("collector", me, found["otel-collector"], 4317))
+        if s != "identity":
+            flows.append(("identity HTTP", me, found["identity"], SERVICES["identity"][0]))
+            flows.append(("identity gRPC", me, found["identity"], SERVICES["identity"][1]))
+            flows.append(("back-channel logout", found["identity"], me, http))
+        if s in ("shop", "travel", "fintech"):
+            flows.append(("points gRPC", me, found["points"], SERVICES["points"][1]))
+        if s in ("shop", "travel"):
+            flows.append(("fintech gRPC", me, found["fintech"], SERVICES["fintech"][1]))
+    flows.append(("NATS routes", found["nats"], found["nats"], 6222))
+    return [(f"{name}: {a.name} -> {b.name}:{port}", a, b, port) for name, a, b, port in flows]
+
+
+def denied_flows(found: dict[str, Pod]) -> list[tuple[str, Pod, Pod, int]]:
+    flows = [
+        (found["points"], found["fintech"], SERVICES["fintech"][1]),  # points calls nobody
+        (found["fintech"], found["shop"], SERVICES["shop"][1]),
+        (found["shop"], found["travel"], SERVICES["travel"][1]),
+        (found["identity"], found["points"], SERVICES["points"][1]),
+        (found["ingress-controller"], found["points"], SERVICES["points"][1]),  # gRPC is internal
+        (found["ingress-controller"], found["nats"], 4222),
+        (found["shop"], found["points"], SERVICES["points"][0]),  # points' HTTP: browsers, identity
+        (found["shop"], found["nats"], 6222),
+    ]
+    if "points-db" in found:  # prod: one database per service
+        flows.append((found["shop"], found["points-db"], 5432))
+    return [(f"{a.name} -> {b.name}:{port}", a, b, port) for a, b, port in flows]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_ecosystem_flows_are_allowed(rendered: dict[str, Rendered], overlay: str) -> None:
+    r = rendered[overlay]
+    assert r.of_kind("NetworkPolicy"), f"{overlay} has no network policies"
+    found = pods(r)
+    blocked = [name for name, a, b, port in expected_flows(found) if not allowed(r, a, b, port)]
+    assert not blocked, f"{overlay}: needed flows are blocked: {blocked}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_other_flows_are_denied(rendered: dict[str, Rendered], overlay: str) -> None:
+    r = rendered[overlay]
+    found = pods(r)
+    open_ = [name for name, a, b, port in denied_flows(found) if allowed(r, a, b, port)]
+    assert not open_, f"{overlay}: flows nobody needs are open: {open_}"
+
+
+def test_cnpg_operator_reaches_instances(rendered: dict[str, Rendered]) -> None:
+    r = rendered["prod"]
+    found = pods(r)
+    for s in SERVICES:
+        assert allowed(r, found["cnpg-operator"], found[f"{s}-db"], 8000)
+        assert allowed(r, found[f"{s}-db"], found[f"{s}-db"], 5432), "replication"
