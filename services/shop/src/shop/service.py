@@ -1,7 +1,44 @@
-"""The shop service: what it serves, consumes and publishes."""
+"""The shop service: a marketplace where merchants sell and members pay with points and card."""
 
-from kizuna.kit.service import Service
+import asyncio
+from typing import Any
 
+from kizuna.kit.db import Database
+from kizuna.kit.service import Runtime, Service
+from kizuna.shop.v1 import shop_pb2_grpc
+
+from shop import grpc_api, http_api, jobs, pages, seed, wiring
 from shop.settings import Settings
 
-service = Service(name="shop", settings=Settings)
+
+async def seed_on_start(runtime: Runtime[Any]) -> None:
+    if runtime.settings.seed_demo:
+        await seed.seed(runtime.db)
+
+
+def seed_command(settings: Settings, _args: list[str]) -> int:
+    """`python -m shop seed`: add the demo catalogue (once)."""
+
+    async def run() -> int:
+        db = Database(settings.database_url_for("shop"))
+        try:
+            return await seed.seed(db)
+        finally:
+            await db.dispose()
+
+    service.migrate(settings)
+    print(f"seeded {asyncio.run(run())} products")
+    return 0
+
+
+service = Service(
+    name="shop",
+    settings=Settings,
+    http=http_api.router,
+    configure_app=pages.mount,
+    grpc=[(shop_pb2_grpc.add_ShopServiceServicer_to_server, grpc_api.ShopApi)],
+    jobs=[jobs.housekeeping],
+    on_start=[seed_on_start],
+    on_stop=[wiring.close],
+    commands={"seed": seed_command},
+)

@@ -1,0 +1,18 @@
+"""The shop's clock: UTC-aware, injectable (tests move it forward to reach auto-completion)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from kizuna.kit.db import utcnow
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def now(self) -> datetime:
+        return utcnow() + self.offset
+
+    def advance(self, delta: timedelta) -> None:
+        self.offset += delta

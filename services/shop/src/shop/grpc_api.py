@@ -1,0 +1,66 @@
+"""ShopService over gRPC: reads orders for other services (a service with shop:read, or the member)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kizuna.common.v1.common_pb2 import Money, PageInfo
+from kizuna.kit.auth import current_call
+from kizuna.kit.errors import PermissionDenied
+from kizuna.kit.service import Runtime
+from kizuna.shop.v1 import shop_pb2 as pb
+from kizuna.shop.v1 import shop_pb2_grpc
+
+from shop import orders
+from shop.models import Order, OrderLine
+from shop.order_events import timestamp
+
+STATUS = {"paid": pb.ORDER_STATUS_PAID, "shipped": pb.ORDER_STATUS_SHIPPED, "completed": pb.ORDER_STATUS_COMPLETED,
+          "cancelled": pb.ORDER_STATUS_CANCELLED, "refunded": pb.ORDER_STATUS_REFUNDED}
+
+
+def to_proto(order: Order, lines: list[OrderLine]) -> pb.Order:
+    money = lambda minor: Money(amount_minor=minor, currency=order.currency)  # noqa: E731
+    return pb.Order(
+        order_id=order.id, member_id=order.member_id, merchant_id=order.merchant_id,
+        lines=[pb.OrderLine(product_id=ln.product_id, title=ln.title, quantity=ln.quantity,
+                            unit_price=money(ln.unit_price_minor)) for ln in lines],
+        total=money(order.total_minor), points_used=order.points_used,
+        status=STATUS[orders.PUBLIC_STATUS.get(order.status, order.status)],
+        created_at=timestamp(order.created_at), updated_at=timestamp(order.updated_at),
+        card_amount=money(order.card_minor), merchant_bonus_points=order.bonus_points,
+        commission=money(order.commission_minor),
+    )
+
+
+def _may_read(member_id: str) -> None:
+    auth = current_call()
+    if auth.member is not None:
+        if auth.member.member_id != member_id:
+            raise PermissionDenied("the caller acts for another member")
+        return
+    if not (auth.caller.is_service and auth.caller.has_scope("shop:read")):
+        raise PermissionDenied("reading orders needs the member's token or a service with shop:read")
+
+
+class ShopApi(shop_pb2_grpc.ShopServiceServicer):
+    def __init__(self, runtime: Runtime[Any]) -> None:
+        self.db = runtime.db
+
+    async def GetOrder(self, request: pb.GetOrderRequest, context: Any) -> pb.GetOrderResponse:
+        async with self.db.sessions() as session:
+            order = await orders.get_order(session, request.order_id)
+            _may_read(order.member_id)
+            return pb.GetOrderResponse(order=to_proto(order, await orders.order_lines(session, order.id)))
+
+    async def ListMemberOrders(self, request: pb.ListMemberOrdersRequest, context: Any
+                               ) -> pb.ListMemberOrdersResponse:
+        _may_read(request.member_id)
+        size = request.page.page_size if 0 < request.page.page_size <= 100 else 20
+        async with self.db.sessions() as session:
+            found = await orders.member_orders(session, request.member_id, size + 1, request.page.page_token or None)
+            page = found[:size]
+            response = pb.ListMemberOrdersResponse(
+                orders=[to_proto(o, await orders.order_lines(session, o.id)) for o in page],
+                page_info=PageInfo(next_page_token=page[-1].id if len(found) > size else ""))
+        return response
