@@ -68,7 +68,7 @@ def test_packages_are_versioned_by_directory() -> None:
     [
         (
             "kizuna.points.v1.PointsService",
-            {"Credit", "Reserve", "Capture", "Void", "Refund", "Clawback"},
+            {"Credit", "Reserve", "Capture", "Void", "Refund", "Clawback", "Earn"},
         ),
         ("kizuna.fintech.v1.PaymentsService", {"Authorize", "Capture", "Void", "Refund"}),
     ],
