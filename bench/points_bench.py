@@ -1,0 +1,204 @@
+"""Points benchmark (not a test): Credit and Reserve+Capture throughput and p99 with 64 concurrent
+gRPC clients on PostgreSQL, beside pgbench running the same SQL at the same concurrency; and
+GetBalance / first page of ListEntries p99 over many members and entries.
+
+    .venv/bin/python bench/points_bench.py [--seconds 10] [--members 100000] [--entries 1000000]
+
+Needs PostgreSQL at BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres)
+and `pgbench` on PATH. The service runs in this process, so clients and server share the CPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+from kizuna.common.v1 import common_pb2
+from kizuna.kit.auth import call_metadata
+from kizuna.kit.testing import NatsServer, TestIssuer, free_port
+from kizuna.points.v1 import points_pb2 as pb
+from kizuna.points.v1 import points_pb2_grpc
+
+from points.service import service
+from points.settings import Settings
+
+ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+CLIENTS = 64
+
+
+def pctl(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(int(len(ordered) * q), len(ordered) - 1)] * 1000 if ordered else float("nan")
+
+
+async def drive(name: str, seconds: float, call: Any) -> None:
+    latencies: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+
+    async def client(i: int) -> None:
+        nonlocal errors
+        n = 0
+        while time.perf_counter() < stop:
+            start = time.perf_counter()
+            try:
+                await call(i, n)
+                latencies.append(time.perf_counter() - start)
+            except grpc.aio.AioRpcError:
+                errors += 1
+            n += 1
+
+    began = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(CLIENTS)))
+    elapsed = time.perf_counter() - began
+    print(f"{name:<28} {len(latencies) / elapsed:8.0f} ops/s  p50 {pctl(latencies, 0.5):6.1f} ms  "
+          f"p99 {pctl(latencies, 0.99):6.1f} ms  errors {errors}")
+
+
+PGBENCH_CREDIT = """
+\\set m random(1, 1000)
+BEGIN;
+SELECT available FROM points_wallet WHERE member_id = 'bench-' || :m FOR UPDATE;
+SELECT 1 FROM points_idempotency WHERE caller = 'shop' AND key = md5(random()::text);
+UPDATE points_lot SET expires_at = now() + interval '12 months'
+  WHERE member_id = 'bench-' || :m AND rolling AND expires_at > now();
+INSERT INTO points_entry (entry_id, member_id, kind, amount, explanation, source_service, source_ref, created_at)
+  VALUES (md5(random()::text), 'bench-' || :m, 'credit', 1, 'bench', 'shop', '', now());
+INSERT INTO points_posting (entry_pk, account, amount) VALUES (currval('points_entry_id_seq'), 'issued:shop', -1),
+  (currval('points_entry_id_seq'), 'member:bench-' || :m || ':available', 1);
+INSERT INTO points_lot (member_id, entry_pk, kind, rolling, amount, remaining, clawed_back, source_service,
+  expires_at, created_at) VALUES ('bench-' || :m, currval('points_entry_id_seq'), 'regular', true, 1, 1, 0, 'shop',
+  now() + interval '12 months', now());
+UPDATE points_wallet SET available = available + 1 WHERE member_id = 'bench-' || :m;
+INSERT INTO points_idempotency (caller, key, operation, request_hash, response, created_at)
+  VALUES ('pgbench', md5(random()::text), 'credit', md5(random()::text), 'x', now());
+INSERT INTO kit_outbox (event_id, subject, payload, headers, created_at)
+  VALUES (md5(random()::text), 'points.ledger.credited', 'x', '{}', now());
+COMMIT;
+"""
+
+
+def pgbench(url: str, seconds: int) -> None:
+    if not shutil.which("pgbench"):
+        print("pgbench not found; skipped")
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+        script.write(PGBENCH_CREDIT)
+    out = subprocess.run(["pgbench", "-n", "-c", str(CLIENTS), "-j", "2", "-T", str(seconds), "-r",
+                          "-f", script.name, url], capture_output=True, text=True)
+    tps = re.search(r"tps = ([\d.]+)", out.stdout)
+    lat = re.search(r"latency average = ([\d.]+) ms", out.stdout)
+    print(f"{'pgbench same Credit SQL':<28} {float(tps.group(1)) if tps else float('nan'):8.0f} tx/s   "
+          f"avg {lat.group(1) if lat else '?'} ms (pgbench reports no p99 without -l)")
+    Path(script.name).unlink()
+
+
+async def seed(url: str, members: int, entries: int) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("""
+            INSERT INTO points_wallet (member_id, status, available, held, debt, earn_month, earned_this_month, created_at)
+            SELECT 'seed-' || i, 'active', 0, 0, 0, '2025-01', 0, now() FROM generate_series(1, $1) i""", members)
+        per = max(entries // members, 1)
+        await conn.execute("""
+            INSERT INTO points_entry (entry_id, member_id, kind, amount, explanation, source_service, source_ref, created_at)
+            SELECT 'seed-' || i, 'seed-' || (i % $1 + 1), 'credit', 1, 'seed', 'shop', '', now()
+            FROM generate_series(1, $2) i""", members, per * members)
+        await conn.execute("""
+            INSERT INTO points_lot (member_id, entry_pk, kind, rolling, amount, remaining, clawed_back, source_service, expires_at, created_at)
+            SELECT member_id, id, 'regular', true, 1, 1, 0, 'shop', now() + interval '300 days', now()
+            FROM points_entry WHERE entry_id LIKE 'seed-%'""")
+        await conn.execute("""
+            UPDATE points_wallet w SET available = c.n FROM (SELECT member_id, count(*) n FROM points_lot
+            WHERE member_id LIKE 'seed-%' GROUP BY member_id) c WHERE w.member_id = c.member_id""")
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--members", type=int, default=100_000)
+    parser.add_argument("--entries", type=int, default=1_000_000)
+    args = parser.parse_args()
+    name = f"points_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(ADMIN_URL)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    nats_server = NatsServer(free_port(), Path(tempfile.mkdtemp())).start()
+    issuer = TestIssuer().start()
+    settings = Settings(nats_url=nats_server.url, kizuna_issuer=issuer.issuer, database_url=url, http_port=0,
+                        grpc_port=0, log_level="ERROR", log_format="text", expiry_interval_seconds=3600)
+    try:
+        async with service.running(settings) as runtime:
+            conn = await asyncpg.connect(url)
+            await conn.execute("""INSERT INTO points_wallet (member_id, status, available, held, debt, earn_month,
+                earned_this_month, created_at) SELECT 'bench-' || i, 'active', 0, 0, 0, '2025-01', 0, now()
+                FROM generate_series(1, 1000) i""")
+            await conn.close()
+            svc = call_metadata(issuer.service_token("shop", "points:credit points:spend points:read"))
+            member_meta = {i: call_metadata(issuer.service_token("shop", "points:credit points:spend points:read"),
+                                            issuer.member_token(f"bench-{i}", expires_in=3600))
+                           for i in range(1, 1001)}
+            channels = [grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}") for _ in range(8)]
+            stubs = [points_pb2_grpc.PointsServiceStub(c) for c in channels]
+            print(f"PostgreSQL, {CLIENTS} concurrent clients, {args.seconds:.0f}s each")
+
+            async def credit(i: int, n: int) -> None:
+                member = f"bench-{(i * 7919 + n) % 1000 + 1}"
+                await stubs[i % 8].Credit(pb.CreditRequest(
+                    member_id=member, amount=100, kind=pb.CREDIT_KIND_REGULAR, reason="bench",
+                    idempotency_key=uuid.uuid4().hex), metadata=svc, timeout=30)
+
+            async def reserve_capture(i: int, n: int) -> None:
+                m = (i * 7919 + n) % 1000 + 1
+                held = await stubs[i % 8].Reserve(pb.ReserveRequest(
+                    member_id=f"bench-{m}", amount=1, idempotency_key=uuid.uuid4().hex),
+                    metadata=member_meta[m], timeout=30)
+                await stubs[i % 8].Capture(pb.CaptureRequest(reservation_id=held.reservation_id,
+                                                             idempotency_key=uuid.uuid4().hex), metadata=svc, timeout=30)
+
+            await drive("Credit (gRPC)", args.seconds, credit)
+            await drive("Reserve+Capture (gRPC)", args.seconds, reserve_capture)
+            pgbench(url, int(args.seconds))
+
+            began = time.perf_counter()
+            await seed(url, args.members, args.entries)
+            print(f"seeded {args.members} members / {args.entries} entries in {time.perf_counter() - began:.0f}s")
+
+            async def get_balance(i: int, n: int) -> None:
+                await stubs[i % 8].GetBalance(pb.GetBalanceRequest(
+                    member_id=f"seed-{(i * 104729 + n * 31) % args.members + 1}"), metadata=svc, timeout=30)
+
+            async def first_page(i: int, n: int) -> None:
+                await stubs[i % 8].ListEntries(pb.ListEntriesRequest(
+                    member_id=f"seed-{(i * 104729 + n * 31) % args.members + 1}",
+                    page=common_pb2.PageRequest(page_size=20)), metadata=svc, timeout=30)
+
+            await drive("GetBalance", args.seconds, get_balance)
+            await drive("ListEntries first page", args.seconds, first_page)
+            for channel in channels:
+                await channel.close()
+    finally:
+        issuer.stop()
+        nats_server.stop()
+        admin = await asyncpg.connect(ADMIN_URL)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
