@@ -115,7 +115,7 @@ async def bench_latency(events: int, database_url: str, label: str) -> None:
 
         relay = OutboxRelay(db, js, source="kizuna/bench", poll_seconds=1.0)
         relay_task = asyncio.create_task(relay.run())
-        worker = ConsumerWorker(Consumer("bench-latency", ["bench.note.created"], handler, batch_size=1), db, js)
+        worker = ConsumerWorker(Consumer("bench-latency", ["bench.note.created"], handler), db, js)
         await worker.subscribe()
         worker_task = asyncio.create_task(worker.run())
         kit = []
