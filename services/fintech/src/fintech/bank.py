@@ -1,0 +1,105 @@
+"""The bank account: one per member, balance and history from the money ledger, a test top-up,
+and transfers between members that are atomic and never overdraw (the floor of `bank:<member>`
+is zero and its row is locked before it moves)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kizuna.kit.errors import InvalidArgument, NotFound
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from fintech import ledger
+from fintech.context import Fintech
+from fintech.models import LedgerAccount, LedgerEntry, LedgerPosting
+from fintech.money import positive_money
+
+
+async def open_account(session: AsyncSession, ctx: Fintech, member_id: str) -> None:
+    """Open the member's account if it is not open yet."""
+    await ledger.ensure_account(
+        session, ledger.bank_account(member_id), ctx.settings.currency, ctx.clock.now(), floor_minor=0
+    )
+
+
+async def require_account(session: AsyncSession, member_id: str) -> LedgerAccount:
+    account = await session.get(LedgerAccount, ledger.bank_account(member_id), populate_existing=True)
+    if account is None:
+        raise NotFound(f"member {member_id!r} has no bank account")
+    return account
+
+
+async def top_up(
+    session: AsyncSession, ctx: Fintech, member_id: str, amount_minor: int, currency: str
+) -> dict[str, Any]:
+    amount = positive_money(amount_minor, currency, expected=ctx.settings.currency)
+    await require_account(session, member_id)
+    entry_id = await ledger.post(
+        session,
+        kind="bank_top_up",
+        ref=member_id,
+        memo="Top-up",
+        currency=amount.currency,
+        postings=ledger.transfer(ledger.CASH, ledger.bank_account(member_id), amount.amount_minor),
+        now=ctx.clock.now(),
+        postgres=ctx.postgres,
+    )
+    return {
+        "entry_id": entry_id,
+        "amount_minor": amount.amount_minor,
+        "currency": amount.currency,
+        "balance_minor": await ledger.balance(session, ledger.bank_account(member_id)),
+    }
+
+
+async def transfer(
+    session: AsyncSession, ctx: Fintech, from_member: str, to_member: str, amount_minor: int, currency: str
+) -> dict[str, Any]:
+    amount = positive_money(amount_minor, currency, expected=ctx.settings.currency)
+    if not to_member:
+        raise InvalidArgument("to_member_id is required")
+    if to_member == from_member:
+        raise InvalidArgument("cannot transfer to your own account")
+    await require_account(session, from_member)
+    await require_account(session, to_member)
+    entry_id = await ledger.post(
+        session,
+        kind="bank_transfer",
+        ref=f"{from_member}->{to_member}",
+        memo=f"Transfer from {from_member} to {to_member}",
+        currency=amount.currency,
+        postings=ledger.transfer(ledger.bank_account(from_member), ledger.bank_account(to_member), amount.amount_minor),
+        now=ctx.clock.now(),
+        postgres=ctx.postgres,
+    )
+    return {
+        "transfer_id": entry_id,
+        "amount_minor": amount.amount_minor,
+        "currency": amount.currency,
+        "balance_minor": await ledger.balance(session, ledger.bank_account(from_member)),
+    }
+
+
+async def history(session: AsyncSession, member_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    """The member's bank movements, newest first (positive money in, negative money out)."""
+    account_id = ledger.bank_account(member_id)
+    rows = (
+        await session.exec(
+            select(LedgerPosting, LedgerEntry)
+            .where(LedgerPosting.account_id == account_id, LedgerPosting.entry_id == LedgerEntry.entry_id)
+            .order_by(col(LedgerPosting.id).desc())
+            .limit(limit)
+        )
+    ).all()
+    return [
+        {
+            "entry_id": entry.entry_id,
+            "kind": entry.kind,
+            "memo": entry.memo,
+            "amount_minor": ledger.natural_delta(account_id, posting.amount_minor),
+            "currency": posting.currency,
+            "at": entry.created_at.isoformat(),
+        }
+        for posting, entry in rows
+    ]

@@ -1,0 +1,43 @@
+"""What the domain modules need from the running service: settings, clock, database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kizuna.kit.db import Database
+from kizuna.kit.service import Runtime
+
+from fintech.clock import Clock
+from fintech.fraud import FraudRules
+from fintech.settings import Settings
+
+
+@dataclass
+class Fintech:
+    settings: Settings
+    db: Database
+    clock: Clock
+    runtime: Runtime[Any]
+
+    @property
+    def postgres(self) -> bool:
+        return not self.db.is_sqlite
+
+    @property
+    def fraud_rules(self) -> FraudRules:
+        from datetime import timedelta
+
+        s = self.settings
+        return FraudRules(
+            s.fraud_velocity_count, timedelta(seconds=s.fraud_velocity_window_seconds), s.fraud_max_amount_minor
+        )
+
+
+def fintech_of(runtime: Runtime[Any]) -> Fintech:
+    """The domain context of a running fintech service (created on first use)."""
+    ctx = runtime.state.get("fintech")
+    if ctx is None:
+        ctx = Fintech(settings=runtime.settings, db=runtime.db, clock=Clock(), runtime=runtime)
+        runtime.state["fintech"] = ctx
+    return ctx  # type: ignore[no-any-return]

@@ -1,0 +1,293 @@
+"""REST for members (bearer member token) and partner merchants (client-credentials token with
+fintech:pay), plus the web pages. Thin: validate the shape, call the domain, return JSON."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from kizuna.kit.auth import CurrentMember, CurrentPrincipal, Principal
+from kizuna.kit.errors import NotFound, PermissionDenied
+from pydantic import BaseModel, Field, StrictInt
+
+from fintech import bank, cards, ledger
+from fintech.cards import MerchantRef
+from fintech.context import Fintech, fintech_of
+from fintech.idempotency import run_once
+
+router = APIRouter()
+
+
+def _fintech(request: Request) -> Fintech:
+    return fintech_of(request.app.state.runtime)
+
+
+FintechDep = Annotated[Fintech, Depends(_fintech)]
+Key = Field(min_length=1, max_length=200)
+
+
+def _member_id(member: Principal) -> str:
+    assert member.member_id is not None  # CurrentMember guarantees it
+    return member.member_id
+
+
+# ---- card ---------------------------------------------------------------------------------------
+
+
+class CardApplication(BaseModel):
+    annual_income_minor: StrictInt
+    idempotency_key: str = Key
+
+
+@router.post("/api/card/apply", status_code=201)
+async def apply_for_card(body: CardApplication, member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
+    """Issue a card; the response shows the full card number, which is never shown again."""
+    member_id = _member_id(member)
+
+    async def operation(session: Any) -> dict[str, Any]:
+        return await cards.apply(session, ctx, member_id, body.annual_income_minor)
+
+    return await run_once(
+        ctx.db,
+        ctx.clock,
+        scope=f"{member_id}:card-apply",
+        key=body.idempotency_key,
+        request={"income": body.annual_income_minor},
+        operation=operation,
+    )
+
+
+@router.get("/api/card")
+async def my_card(member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
+    member_id = _member_id(member)
+    async with ctx.db.sessions() as session:
+        card = await cards.require_card(session, ctx, member_id)
+        now = ctx.clock.now()
+        summary = cards.card_summary(card, await cards.available_minor(session, card, now))
+        summary["owed_minor"] = await ledger.balance(session, ledger.card_account(card.card_id))
+        summary["held_minor"] = await cards.held_minor(session, card.card_id, now)
+        summary["transactions"] = [
+            {
+                "txn_id": t.txn_id,
+                "kind": t.kind,
+                "description": t.description,
+                "amount_minor": t.amount_minor,
+                "currency": t.currency,
+                "posted_at": t.posted_at.isoformat(),
+                "statement_id": t.statement_id,
+            }
+            for t in await cards.transactions(session, card.card_id)
+        ]
+        return summary
+
+
+class CardStatusChange(BaseModel):
+    status: str = Field(pattern="^(active|blocked|closed)$")
+
+
+@router.post("/api/card/status")
+async def change_card_status(body: CardStatusChange, member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
+    """Freeze (blocked), unfreeze (active) or close the card."""
+    async with ctx.db.transaction() as session:
+        card = await cards.set_status(session, ctx, _member_id(member), body.status)
+        return {"card_id": card.card_id, "status": card.status}
+
+
+# ---- bank ---------------------------------------------------------------------------------------
+
+
+@router.post("/api/bank/account", status_code=201)
+async def open_bank_account(member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
+    member_id = _member_id(member)
+    async with ctx.db.transaction() as session:
+        await bank.open_account(session, ctx, member_id)
+    return await bank_account(member, ctx)
+
+
+@router.get("/api/bank")
+async def bank_account(member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
+    member_id = _member_id(member)
+    async with ctx.db.sessions() as session:
+        account = await bank.require_account(session, member_id)
+        return {
+            "member_id": member_id,
+            "balance_minor": account.balance_minor,
+            "currency": account.currency,
+            "history": await bank.history(session, member_id),
+        }
+
+
+class MoneyIn(BaseModel):
+    amount_minor: StrictInt
+    currency: str = "JPY"
+    idempotency_key: str = Key
+
+
+@router.post("/api/bank/top-up")
+async def top_up(body: MoneyIn, member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
+    """Test money into the account (only with TEST_MODE on)."""
+    if not ctx.settings.test_mode:
+        raise NotFound("top-up is available in test mode only")
+    member_id = _member_id(member)
+
+    async def operation(session: Any) -> dict[str, Any]:
+        return await bank.top_up(session, ctx, member_id, body.amount_minor, body.currency)
+
+    return await run_once(
+        ctx.db,
+        ctx.clock,
+        scope=f"{member_id}:top-up",
+        key=body.idempotency_key,
+        request={"amount": [body.amount_minor, body.currency]},
+        operation=operation,
+    )
+
+
+class TransferIn(MoneyIn):
+    to_member_id: str
+
+
+@router.post("/api/bank/transfers")
+async def transfer(body: TransferIn, member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
+    member_id = _member_id(member)
+
+    async def operation(session: Any) -> dict[str, Any]:
+        return await bank.transfer(session, ctx, member_id, body.to_member_id, body.amount_minor, body.currency)
+
+    return await run_once(
+        ctx.db,
+        ctx.clock,
+        scope=f"{member_id}:transfer",
+        key=body.idempotency_key,
+        request={"to": body.to_member_id, "amount": [body.amount_minor, body.currency]},
+        operation=operation,
+    )
+
+
+# ---- merchant API (partner merchants outside the ecosystem) -------------------------------------
+
+
+def _merchant(principal: Principal) -> str:
+    if not principal.is_service or not principal.has_scope("fintech:pay"):
+        raise PermissionDenied("the merchant API needs a client-credentials token with scope fintech:pay")
+    return principal.client_id
+
+
+class MerchantAuthorizationIn(BaseModel):
+    card_number: str = Field(min_length=12, max_length=23)
+    amount_minor: StrictInt
+    currency: str = "JPY"
+    description: str = Field(default="", max_length=200)
+    idempotency_key: str = Key
+
+
+@router.post("/merchant/v1/authorizations")
+async def merchant_authorize(
+    body: MerchantAuthorizationIn, principal: CurrentPrincipal, ctx: FintechDep
+) -> dict[str, Any]:
+    client_id = _merchant(principal)
+    token = cards.card_number_token(ctx.settings.card_token_key, body.card_number)
+
+    async def operation(session: Any) -> dict[str, Any]:
+        card = await cards.card_by_token(session, token)
+        return await cards.authorize(
+            session,
+            ctx,
+            card=card,
+            client_id=client_id,
+            merchant=MerchantRef(f"partner:{client_id}", body.description or client_id),
+            amount_minor=body.amount_minor,
+            currency=body.currency,
+        )
+
+    return await run_once(
+        ctx.db,
+        ctx.clock,
+        scope=f"{client_id}:authorize",
+        key=body.idempotency_key,
+        request={"card": token, "amount": [body.amount_minor, body.currency], "description": body.description},
+        operation=operation,
+    )
+
+
+class MerchantCaptureIn(BaseModel):
+    amount_minor: StrictInt | None = None
+    currency: str = ""
+    idempotency_key: str = Key
+
+
+@router.post("/merchant/v1/authorizations/{authorization_id}/capture")
+async def merchant_capture(
+    authorization_id: str, body: MerchantCaptureIn, principal: CurrentPrincipal, ctx: FintechDep
+) -> dict[str, Any]:
+    client_id = _merchant(principal)
+
+    async def operation(session: Any) -> dict[str, Any]:
+        return await cards.capture(
+            session,
+            ctx,
+            client_id=client_id,
+            authorization_id=authorization_id,
+            amount_minor=body.amount_minor,
+            currency=body.currency,
+        )
+
+    return await run_once(
+        ctx.db,
+        ctx.clock,
+        scope=f"{client_id}:capture",
+        key=body.idempotency_key,
+        request={"authorization_id": authorization_id, "amount": [body.amount_minor, body.currency]},
+        operation=operation,
+    )
+
+
+class KeyOnly(BaseModel):
+    idempotency_key: str = Key
+
+
+@router.post("/merchant/v1/authorizations/{authorization_id}/void")
+async def merchant_void(
+    authorization_id: str, body: KeyOnly, principal: CurrentPrincipal, ctx: FintechDep
+) -> dict[str, Any]:
+    client_id = _merchant(principal)
+
+    async def operation(session: Any) -> dict[str, Any]:
+        return await cards.void(session, ctx, client_id=client_id, authorization_id=authorization_id)
+
+    return await run_once(
+        ctx.db,
+        ctx.clock,
+        scope=f"{client_id}:void",
+        key=body.idempotency_key,
+        request={"authorization_id": authorization_id},
+        operation=operation,
+    )
+
+
+class MerchantRefundIn(MerchantCaptureIn):
+    capture_id: str
+
+
+@router.post("/merchant/v1/refunds")
+async def merchant_refund(body: MerchantRefundIn, principal: CurrentPrincipal, ctx: FintechDep) -> dict[str, Any]:
+    client_id = _merchant(principal)
+
+    async def operation(session: Any) -> dict[str, Any]:
+        return await cards.refund(
+            session,
+            ctx,
+            client_id=client_id,
+            capture_id=body.capture_id,
+            amount_minor=body.amount_minor,
+            currency=body.currency,
+        )
+
+    return await run_once(
+        ctx.db,
+        ctx.clock,
+        scope=f"{client_id}:refund",
+        key=body.idempotency_key,
+        request={"capture_id": body.capture_id, "amount": [body.amount_minor, body.currency]},
+        operation=operation,
+    )

@@ -1,0 +1,170 @@
+"""Fixtures for fintech tests: the service running in this process on a fresh database (SQLite and
+PostgreSQL), real NATS, a real token issuer; clients that call it over real gRPC and HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import httpx
+import nats
+import pytest
+from fintech.context import Fintech, fintech_of
+from fintech.service import service as fintech_service
+from fintech.settings import Settings
+from kizuna.common.v1.common_pb2 import Money
+from kizuna.fintech.v1 import fintech_pb2, fintech_pb2_grpc
+from kizuna.kit.auth import call_metadata
+from kizuna.kit.service import Runtime
+from kizuna.kit.testing import TestIssuer
+
+
+async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 15.0, interval: float = 0.1) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Any = None
+    while asyncio.get_running_loop().time() < deadline:
+        last = await predicate()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+async def reset_streams(nats_url: str, *names: str) -> None:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    for name in names:
+        try:
+            await js.delete_stream(name)
+        except nats.js.errors.NotFoundError:
+            pass
+    await nc.close()
+
+
+def new_member() -> str:
+    return f"mbr_{uuid.uuid4().hex[:16]}"
+
+
+@dataclass
+class FintechClient:
+    """Talks to a running fintech service the way other services and members do."""
+
+    runtime: Runtime[Any]
+    issuer: TestIssuer
+    http: httpx.AsyncClient
+    channel: grpc.aio.Channel
+
+    @property
+    def ctx(self) -> Fintech:
+        return fintech_of(self.runtime)
+
+    @property
+    def payments(self) -> fintech_pb2_grpc.PaymentsServiceStub:
+        return fintech_pb2_grpc.PaymentsServiceStub(self.channel)
+
+    def member_headers(self, member_id: str, scope: str = "fintech:read fintech:pay points:spend") -> dict[str, str]:
+        return {"authorization": f"Bearer {self.issuer.member_token(member_id, scope=scope)}"}
+
+    def merchant_headers(self, client_id: str = "partner-cafe", scope: str = "fintech:pay") -> dict[str, str]:
+        return {"authorization": f"Bearer {self.issuer.service_token(client_id, scope)}"}
+
+    def pay_metadata(self, member_id: str | None, service: str = "shop", member_scope: str = "fintech:pay") -> Any:
+        member_token = self.issuer.member_token(member_id, scope=member_scope) if member_id else None
+        return call_metadata(self.issuer.service_token(service, "fintech:pay"), member_token)
+
+    async def apply_card(self, member_id: str, income: int = 3_000_000) -> dict[str, Any]:
+        resp = await self.http.post(
+            "/api/card/apply",
+            json={"annual_income_minor": income, "idempotency_key": uuid.uuid4().hex},
+            headers=self.member_headers(member_id),
+        )
+        assert resp.status_code == 201, resp.text
+        return resp.json()
+
+    async def card(self, member_id: str) -> dict[str, Any]:
+        resp = await self.http.get("/api/card", headers=self.member_headers(member_id))
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    async def open_bank(self, member_id: str, top_up: int = 0) -> None:
+        resp = await self.http.post("/api/bank/account", headers=self.member_headers(member_id))
+        assert resp.status_code == 201, resp.text
+        if top_up:
+            resp = await self.http.post(
+                "/api/bank/top-up",
+                json={"amount_minor": top_up, "idempotency_key": uuid.uuid4().hex},
+                headers=self.member_headers(member_id),
+            )
+            assert resp.status_code == 200, resp.text
+
+    async def bank_balance(self, member_id: str) -> int:
+        resp = await self.http.get("/api/bank", headers=self.member_headers(member_id))
+        assert resp.status_code == 200, resp.text
+        return int(resp.json()["balance_minor"])
+
+    async def authorize(
+        self,
+        member_id: str,
+        amount: int,
+        key: str | None = None,
+        *,
+        currency: str = "JPY",
+        service: str = "shop",
+        merchant: str = "shop",
+    ) -> fintech_pb2.AuthorizeResponse:
+        return await self.payments.Authorize(
+            fintech_pb2.AuthorizeRequest(
+                member_id=member_id,
+                amount=Money(amount_minor=amount, currency=currency),
+                merchant=fintech_pb2.Merchant(merchant_id=merchant, name="Kizuna Shop"),
+                idempotency_key=key or uuid.uuid4().hex,
+            ),
+            metadata=self.pay_metadata(member_id, service),
+            timeout=10,
+        )
+
+    async def capture(
+        self, authorization_id: str, amount: int | None = None, key: str | None = None, service: str = "shop"
+    ) -> fintech_pb2.CaptureResponse:
+        request = fintech_pb2.CaptureRequest(authorization_id=authorization_id, idempotency_key=key or uuid.uuid4().hex)
+        if amount is not None:
+            request.amount.CopyFrom(Money(amount_minor=amount, currency="JPY"))
+        return await self.payments.Capture(request, metadata=self.pay_metadata(None, service), timeout=10)
+
+
+def fintech_settings(nats_url: str, database_url: str, issuer: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "nats_url": nats_url,
+        "kizuna_issuer": issuer,
+        "database_url": database_url,
+        "http_port": 0,
+        "grpc_port": 0,
+        "outbox_poll_seconds": 0.2,
+        "log_format": "text",
+        "statement_interval_seconds": 3600,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+@pytest.fixture
+def fintech_overrides() -> dict[str, Any]:
+    """Override in a test module to change the service's settings."""
+    return {}
+
+
+@pytest.fixture
+async def fintech(
+    nats_url: str, database_url: str, test_issuer: TestIssuer, fintech_overrides: dict[str, Any]
+) -> AsyncIterator[FintechClient]:
+    await reset_streams(nats_url, "FINTECH")
+    settings = fintech_settings(nats_url, database_url, test_issuer.issuer, **fintech_overrides)
+    async with fintech_service.running(settings) as runtime:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{runtime.http_port}", timeout=15) as http:
+            yield FintechClient(runtime, test_issuer, http, channel)
+        await channel.close()
