@@ -32,7 +32,16 @@ class PaymentsServiceStub:
     Idempotency: every RPC here moves money and takes an idempotency_key, unique per calling
     service. A retry with the same key and the same input returns the first call's response and
     moves no money; the same key with a different input fails with ALREADY_EXISTS. A declined
-    authorization is a result too: its retry returns the same decline.
+    authorization is a result too: its retry returns the same decline. Rejected calls are
+    remembered too: a retry of a refused call gets the same error.
+
+    Authorization: every call needs a service token (client credentials) with scope
+    fintech:pay. Authorize charges a member's card and so also needs the member's consent: the
+    member's access token with scope fintech:pay for the same member_id, sent in the
+    x-kizuna-member-token metadata (PERMISSION_DENIED without it). Capture, Void and Refund act
+    on an authorization the calling service made, and need only its service token; another
+    service's authorizations are NOT_FOUND to it. Partner merchants outside the ecosystem use the
+    equivalent REST API (/merchant/v1/...) with their own client-credentials token.
     """
 
     def __init__(self, channel):
@@ -70,14 +79,24 @@ class PaymentsServiceServicer:
     Idempotency: every RPC here moves money and takes an idempotency_key, unique per calling
     service. A retry with the same key and the same input returns the first call's response and
     moves no money; the same key with a different input fails with ALREADY_EXISTS. A declined
-    authorization is a result too: its retry returns the same decline.
+    authorization is a result too: its retry returns the same decline. Rejected calls are
+    remembered too: a retry of a refused call gets the same error.
+
+    Authorization: every call needs a service token (client credentials) with scope
+    fintech:pay. Authorize charges a member's card and so also needs the member's consent: the
+    member's access token with scope fintech:pay for the same member_id, sent in the
+    x-kizuna-member-token metadata (PERMISSION_DENIED without it). Capture, Void and Refund act
+    on an authorization the calling service made, and need only its service token; another
+    service's authorizations are NOT_FOUND to it. Partner merchants outside the ecosystem use the
+    equivalent REST API (/merchant/v1/...) with their own client-credentials token.
     """
 
     def Authorize(self, request, context):
         """Holds amount against the member's available credit. A decline is not an error: it is
         returned with status AUTHORIZATION_STATUS_DECLINED and a decline_reason (and, for fraud
-        rules, published as FraudDeclined). NOT_FOUND if the member has no card; INVALID_ARGUMENT
-        if amount is not positive.
+        rules, published as FraudDeclined). NOT_FOUND if the member has no card; FAILED_PRECONDITION
+        if the member's card is closed; INVALID_ARGUMENT if amount is not positive, the currency is
+        not an ISO 4217 code or merchant.merchant_id is empty.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,7 +166,16 @@ class PaymentsService:
     Idempotency: every RPC here moves money and takes an idempotency_key, unique per calling
     service. A retry with the same key and the same input returns the first call's response and
     moves no money; the same key with a different input fails with ALREADY_EXISTS. A declined
-    authorization is a result too: its retry returns the same decline.
+    authorization is a result too: its retry returns the same decline. Rejected calls are
+    remembered too: a retry of a refused call gets the same error.
+
+    Authorization: every call needs a service token (client credentials) with scope
+    fintech:pay. Authorize charges a member's card and so also needs the member's consent: the
+    member's access token with scope fintech:pay for the same member_id, sent in the
+    x-kizuna-member-token metadata (PERMISSION_DENIED without it). Capture, Void and Refund act
+    on an authorization the calling service made, and need only its service token; another
+    service's authorizations are NOT_FOUND to it. Partner merchants outside the ecosystem use the
+    equivalent REST API (/merchant/v1/...) with their own client-credentials token.
     """
 
     @staticmethod

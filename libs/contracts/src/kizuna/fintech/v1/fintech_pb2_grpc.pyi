@@ -33,7 +33,16 @@ class PaymentsServiceStub:
     Idempotency: every RPC here moves money and takes an idempotency_key, unique per calling
     service. A retry with the same key and the same input returns the first call's response and
     moves no money; the same key with a different input fails with ALREADY_EXISTS. A declined
-    authorization is a result too: its retry returns the same decline.
+    authorization is a result too: its retry returns the same decline. Rejected calls are
+    remembered too: a retry of a refused call gets the same error.
+
+    Authorization: every call needs a service token (client credentials) with scope
+    fintech:pay. Authorize charges a member's card and so also needs the member's consent: the
+    member's access token with scope fintech:pay for the same member_id, sent in the
+    x-kizuna-member-token metadata (PERMISSION_DENIED without it). Capture, Void and Refund act
+    on an authorization the calling service made, and need only its service token; another
+    service's authorizations are NOT_FOUND to it. Partner merchants outside the ecosystem use the
+    equivalent REST API (/merchant/v1/...) with their own client-credentials token.
     """
 
     @_typing.overload
@@ -43,8 +52,9 @@ class PaymentsServiceStub:
     Authorize: _grpc.UnaryUnaryMultiCallable[_fintech_pb2.AuthorizeRequest, _fintech_pb2.AuthorizeResponse]
     """Holds amount against the member's available credit. A decline is not an error: it is
     returned with status AUTHORIZATION_STATUS_DECLINED and a decline_reason (and, for fraud
-    rules, published as FraudDeclined). NOT_FOUND if the member has no card; INVALID_ARGUMENT
-    if amount is not positive.
+    rules, published as FraudDeclined). NOT_FOUND if the member has no card; FAILED_PRECONDITION
+    if the member's card is closed; INVALID_ARGUMENT if amount is not positive, the currency is
+    not an ISO 4217 code or merchant.merchant_id is empty.
     """
     Capture: _grpc.UnaryUnaryMultiCallable[_fintech_pb2.CaptureRequest, _fintech_pb2.CaptureResponse]
     """Charges an approved authorization, in full or in part; the rest of the hold is released.
@@ -69,15 +79,25 @@ class PaymentsServiceAsyncStub(PaymentsServiceStub):
     Idempotency: every RPC here moves money and takes an idempotency_key, unique per calling
     service. A retry with the same key and the same input returns the first call's response and
     moves no money; the same key with a different input fails with ALREADY_EXISTS. A declined
-    authorization is a result too: its retry returns the same decline.
+    authorization is a result too: its retry returns the same decline. Rejected calls are
+    remembered too: a retry of a refused call gets the same error.
+
+    Authorization: every call needs a service token (client credentials) with scope
+    fintech:pay. Authorize charges a member's card and so also needs the member's consent: the
+    member's access token with scope fintech:pay for the same member_id, sent in the
+    x-kizuna-member-token metadata (PERMISSION_DENIED without it). Capture, Void and Refund act
+    on an authorization the calling service made, and need only its service token; another
+    service's authorizations are NOT_FOUND to it. Partner merchants outside the ecosystem use the
+    equivalent REST API (/merchant/v1/...) with their own client-credentials token.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Authorize: _aio.UnaryUnaryMultiCallable[_fintech_pb2.AuthorizeRequest, _fintech_pb2.AuthorizeResponse]  # type: ignore[assignment]
     """Holds amount against the member's available credit. A decline is not an error: it is
     returned with status AUTHORIZATION_STATUS_DECLINED and a decline_reason (and, for fraud
-    rules, published as FraudDeclined). NOT_FOUND if the member has no card; INVALID_ARGUMENT
-    if amount is not positive.
+    rules, published as FraudDeclined). NOT_FOUND if the member has no card; FAILED_PRECONDITION
+    if the member's card is closed; INVALID_ARGUMENT if amount is not positive, the currency is
+    not an ISO 4217 code or merchant.merchant_id is empty.
     """
     Capture: _aio.UnaryUnaryMultiCallable[_fintech_pb2.CaptureRequest, _fintech_pb2.CaptureResponse]  # type: ignore[assignment]
     """Charges an approved authorization, in full or in part; the rest of the hold is released.
@@ -101,7 +121,16 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
     Idempotency: every RPC here moves money and takes an idempotency_key, unique per calling
     service. A retry with the same key and the same input returns the first call's response and
     moves no money; the same key with a different input fails with ALREADY_EXISTS. A declined
-    authorization is a result too: its retry returns the same decline.
+    authorization is a result too: its retry returns the same decline. Rejected calls are
+    remembered too: a retry of a refused call gets the same error.
+
+    Authorization: every call needs a service token (client credentials) with scope
+    fintech:pay. Authorize charges a member's card and so also needs the member's consent: the
+    member's access token with scope fintech:pay for the same member_id, sent in the
+    x-kizuna-member-token metadata (PERMISSION_DENIED without it). Capture, Void and Refund act
+    on an authorization the calling service made, and need only its service token; another
+    service's authorizations are NOT_FOUND to it. Partner merchants outside the ecosystem use the
+    equivalent REST API (/merchant/v1/...) with their own client-credentials token.
     """
 
     @_abc_1.abstractmethod
@@ -112,8 +141,9 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_fintech_pb2.AuthorizeResponse, _abc.Awaitable[_fintech_pb2.AuthorizeResponse]]:
         """Holds amount against the member's available credit. A decline is not an error: it is
         returned with status AUTHORIZATION_STATUS_DECLINED and a decline_reason (and, for fraud
-        rules, published as FraudDeclined). NOT_FOUND if the member has no card; INVALID_ARGUMENT
-        if amount is not positive.
+        rules, published as FraudDeclined). NOT_FOUND if the member has no card; FAILED_PRECONDITION
+        if the member's card is closed; INVALID_ARGUMENT if amount is not positive, the currency is
+        not an ISO 4217 code or merchant.merchant_id is empty.
         """
 
     @_abc_1.abstractmethod
