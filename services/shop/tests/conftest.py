@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from kizuna.kit.testing import TestIssuer
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from peers import PaymentsPeer, PointsPeer, serve_payments, serve_points  # noqa: E402
+from support import ShopApi, reset_streams, running_shop, shop_api  # noqa: E402
+
+
+@pytest.fixture
+def points_peer() -> PointsPeer:
+    return PointsPeer()
+
+
+@pytest.fixture
+def payments_peer() -> PaymentsPeer:
+    return PaymentsPeer()
+
+
+@pytest.fixture
+async def api(nats_url: str, database_url: str, test_issuer: TestIssuer, points_peer: PointsPeer,
+              payments_peer: PaymentsPeer) -> AsyncIterator[ShopApi]:
+    """The shop in this process on a fresh database, with test peers for points and fintech."""
+    await reset_streams(nats_url, "SHOP")
+    points_server, points_addr = await serve_points(points_peer, test_issuer.issuer)
+    payments_server, payments_addr = await serve_payments(payments_peer, test_issuer.issuer)
+    try:
+        async with running_shop(nats_url=nats_url, database_url=database_url, issuer=test_issuer,
+                                points_addr=points_addr, fintech_addr=payments_addr) as runtime, \
+                shop_api(runtime, test_issuer) as client:
+            yield client
+    finally:
+        await points_server.stop(0)
+        await payments_server.stop(0)

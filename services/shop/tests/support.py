@@ -1,0 +1,127 @@
+"""Running the shop in-process against peers, and driving it through its HTTP API like a client."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import nats
+from kizuna.kit.service import Runtime
+from kizuna.kit.telemetry import configure_telemetry
+from kizuna.kit.testing import TestIssuer
+from shop.service import service
+from shop.settings import Settings
+from shop.wiring import Shop, shop_of
+
+SHOP_SECRET = "shop-test-secret"  # noqa: S105 (a test credential)
+SHOP_SCOPES = "points:spend points:credit points:read fintech:pay"
+ADMIN = "mbr_admin"
+
+
+async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Any = None
+    while asyncio.get_running_loop().time() < deadline:
+        last = await predicate()
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+async def reset_streams(nats_url: str, *names: str) -> None:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    for name in names:
+        try:
+            await js.delete_stream(name)
+        except nats.js.errors.NotFoundError:
+            pass
+    await nc.close()
+
+
+@asynccontextmanager
+async def running_shop(*, nats_url: str, database_url: str, issuer: TestIssuer, points_addr: str,
+                       fintech_addr: str, **overrides: Any) -> AsyncIterator[Runtime[Settings]]:
+    configure_telemetry("shop")
+    issuer.register_client("shop", SHOP_SECRET, SHOP_SCOPES)
+    settings = Settings(
+        nats_url=nats_url, kizuna_issuer=issuer.issuer, database_url=database_url, http_port=0, grpc_port=0,
+        points_addr=points_addr, fintech_addr=fintech_addr, kizuna_client_secret=SHOP_SECRET,
+        admins=[ADMIN], outbox_poll_seconds=0.2, jobs_interval_seconds=3600, log_format="text", **overrides)
+    async with service.running(settings) as runtime:
+        yield runtime
+
+
+@dataclass
+class ShopApi:
+    """The shop's JSON API as members, merchants and admins use it."""
+
+    runtime: Runtime[Settings]
+    issuer: TestIssuer
+    http: httpx.AsyncClient
+
+    @property
+    def shop(self) -> Shop:
+        return shop_of(self.runtime)
+
+    def token(self, member_id: str) -> str:
+        return self.issuer.member_token(member_id, scope="points:read points:spend")
+
+    async def call(self, method: str, path: str, member: str | None = None, json: Any = None,
+                   params: Any = None) -> httpx.Response:
+        headers = {"authorization": f"Bearer {self.token(member)}"} if member else {}
+        return await self.http.request(method, path, headers=headers, json=json, params=params)
+
+    async def ok(self, method: str, path: str, member: str | None = None, json: Any = None,
+                 params: Any = None) -> Any:
+        resp = await self.call(method, path, member, json, params)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    async def active_merchant(self, owner: str, name: str = "Test Merchant") -> str:
+        merchant = await self.ok("POST", "/api/merchants", owner, {"name": name})
+        await self.ok("POST", f"/api/admin/merchants/{merchant['id']}/verify", ADMIN)
+        return str(merchant["id"])
+
+    async def product(self, merchant_id: str, owner: str, *, price: int = 1000, stock: int = 5,
+                      title: str = "Green tea", category: str = "food", description: str = "") -> str:
+        body = {"title": title, "description": description, "price_minor": price, "currency": "JPY",
+                "stock": stock, "category": category}
+        return str((await self.ok("POST", f"/api/merchants/{merchant_id}/products", owner, body))["id"])
+
+    async def stock(self, product_id: str) -> int:
+        return int((await self.ok("GET", f"/api/products/{product_id}"))["stock"])
+
+    async def checkout(self, member: str, points: int = 0, key: str | None = None,
+                       merchant_id: str | None = None) -> httpx.Response:
+        body = {"idempotency_key": key or uuid.uuid4().hex, "points": points, "merchant_id": merchant_id}
+        return await self.call("POST", "/api/checkout", member, body)
+
+
+@asynccontextmanager
+async def shop_api(runtime: Runtime[Settings], issuer: TestIssuer) -> AsyncIterator[ShopApi]:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{runtime.http_port}", timeout=30) as http:
+        yield ShopApi(runtime, issuer, http)
+
+
+async def shop_events(nats_url: str) -> list[tuple[str, bytes]]:
+    """Every event on the SHOP stream so far (subject, payload), oldest first."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info("SHOP")
+        found = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            if info.state.messages == 0:
+                break
+            msg = await js.get_msg("SHOP", seq)
+            found.append((msg.subject, msg.data or b""))
+        return found
+    finally:
+        await nc.close()
