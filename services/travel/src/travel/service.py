@@ -1,7 +1,84 @@
-"""The travel service: what it serves, consumes and publishes."""
+"""The travel service: what it serves, consumes and publishes.
 
-from kizuna.kit.service import Service
+Serves the JSON API (`/api/...`), web pages and TravelService (gRPC); calls PointsService and
+PaymentsService; publishes travel.booking.confirmed|cancelled|completed; runs the saga recovery
+and stay-completion job. `python -m travel seed` seeds the catalogue (or SEED_CATALOGUE=true).
+"""
 
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from kizuna.kit.db import Database, utcnow
+from kizuna.kit.service import Runtime, Service
+from kizuna.travel.v1 import travel_pb2_grpc
+
+from travel import catalogue, http_api, pages, stay
+from travel.booking import Bookings
+from travel.grpc_api import TravelApi
+from travel.payment import PaymentGateway
 from travel.settings import Settings
 
-service = Service(name="travel", settings=Settings)
+log = logging.getLogger("travel")
+
+
+async def start_bookings(runtime: Runtime[Settings]) -> None:
+    s = runtime.settings
+    if s.seed_catalogue:
+        added = await catalogue.seed(runtime.db, start=stay.hotel_today(utcnow()), days=s.catalogue_days)
+        log.info("catalogue seeded", extra=added)
+    payments = PaymentGateway(s.points_addr, s.fintech_addr, runtime.service_tokens, s.peer_timeout_seconds)
+    runtime.state["bookings"] = Bookings(
+        runtime.db,
+        payments,
+        max_stay_nights=s.max_stay_nights,
+        reservation_ttl_seconds=s.points_reservation_ttl_seconds,
+        stuck_after_seconds=s.saga_stuck_after_seconds,
+    )
+
+
+async def stop_bookings(runtime: Runtime[Settings]) -> None:
+    if "bookings" in runtime.state:
+        await runtime.state["bookings"].payments.close()
+
+
+async def booking_jobs(runtime: Runtime[Settings]) -> None:
+    """Every interval: finish or undo stuck sagas, then complete the stays that are over."""
+    while True:
+        await asyncio.sleep(runtime.settings.jobs_interval_seconds)
+        bookings: Bookings = runtime.state["bookings"]
+        try:
+            await bookings.recover_stuck()
+            await bookings.complete_stays()
+        except Exception:
+            log.exception("booking jobs failed; will run again")
+
+
+def seed_command(settings: Settings, args: list[str]) -> int:
+    """`python -m travel seed`: migrate, then add the catalogue and inventory (idempotent)."""
+    service.migrate(settings)
+
+    async def run() -> dict[str, int]:
+        db = Database(settings.database_url_for("travel"))
+        try:
+            return await catalogue.seed(db, start=stay.hotel_today(utcnow()), days=settings.catalogue_days)
+        finally:
+            await db.dispose()
+
+    added = asyncio.run(run())
+    print(f"seeded: {added}")
+    return 0
+
+
+service = Service(
+    name="travel",
+    settings=Settings,
+    http=http_api.router,
+    grpc=[(travel_pb2_grpc.add_TravelServiceServicer_to_server, TravelApi)],
+    jobs=[booking_jobs],
+    on_start=[start_bookings],
+    on_stop=[stop_bookings],
+    commands={"seed": seed_command},
+    configure_app=pages.install,
+)

@@ -1,0 +1,63 @@
+"""TravelService over gRPC: reading bookings, for the member themself or a service with travel:read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kizuna.kit.auth import current_call
+from kizuna.kit.errors import InvalidArgument, NotFound, PermissionDenied
+from kizuna.kit.service import Runtime
+from kizuna.travel.v1 import travel_pb2 as pb
+from kizuna.travel.v1 import travel_pb2_grpc
+
+from travel.booking import FAILED, FAILING, PENDING, Bookings
+from travel.views import booking_proto
+
+READ_SCOPE = "travel:read"
+MAX_PAGE = 100
+
+
+def _authorize_for(member_id: str) -> None:
+    auth = current_call()
+    if auth.member is not None:
+        if auth.member.member_id != member_id:
+            raise PermissionDenied("the caller acts for another member")
+        return
+    auth.require_service_scope(READ_SCOPE)
+
+
+class TravelApi(travel_pb2_grpc.TravelServiceServicer):
+    def __init__(self, runtime: Runtime[Any]) -> None:
+        self.runtime = runtime
+
+    @property
+    def bookings(self) -> Bookings:
+        bookings: Bookings = self.runtime.state["bookings"]
+        return bookings
+
+    async def GetBooking(self, request: pb.GetBookingRequest, context: Any) -> pb.GetBookingResponse:
+        if not request.booking_id:
+            raise InvalidArgument("booking_id is required")
+        booking = await self.bookings.get(request.booking_id)
+        if booking.status in (PENDING, FAILING, FAILED):
+            raise NotFound(f"unknown booking {request.booking_id!r}")
+        _authorize_for(booking.member_id)
+        return pb.GetBookingResponse(booking=booking_proto(booking))
+
+    async def ListMemberBookings(
+        self, request: pb.ListMemberBookingsRequest, context: Any
+    ) -> pb.ListMemberBookingsResponse:
+        if not request.member_id:
+            raise InvalidArgument("member_id is required")
+        _authorize_for(request.member_id)
+        size = min(request.page.page_size or 20, MAX_PAGE)
+        try:
+            offset = int(request.page.page_token or "0")
+        except ValueError:
+            raise InvalidArgument("page_token is not one this server gave") from None
+        rows = await self.bookings.for_member(request.member_id, offset=offset, limit=size + 1)
+        next_token = str(offset + size) if len(rows) > size else ""
+        return pb.ListMemberBookingsResponse(
+            bookings=[booking_proto(b) for b in rows[:size]],
+            page_info={"next_page_token": next_token},
+        )

@@ -1,0 +1,141 @@
+"""Paying for a booking: points (PointsService) and card (PaymentsService) over gRPC.
+
+A thin adapter: each method is one RPC with travel's service token, a deadline and the saga's
+idempotency key, so every call may be retried. Peer errors become `PaymentError` with a reason
+the member can read; anything else (a bug, the network) propagates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from kizuna.common.v1 import common_pb2
+from kizuna.fintech.v1 import fintech_pb2, fintech_pb2_grpc
+from kizuna.kit.auth import ServiceTokenClient, call_metadata
+from kizuna.kit.errors import Unavailable
+from kizuna.kit.rpc import client_channel
+from kizuna.points.v1 import points_pb2, points_pb2_grpc
+
+POINTS_SCOPE = "points:spend"
+CARD_SCOPE = "fintech:pay"
+MERCHANT = fintech_pb2.Merchant(merchant_id="kizuna-travel", name="KIZUNA TRAVEL")
+
+
+class PaymentError(Exception):
+    """A payment step did not go through; `reason` is shown to the member."""
+
+    def __init__(self, reason: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+@dataclass(frozen=True)
+class CardAuthorization:
+    authorization_id: str
+    approved: bool
+    decline_reason: str
+
+
+def _money(amount_minor: int, currency: str) -> common_pb2.Money:
+    return common_pb2.Money(amount_minor=amount_minor, currency=currency)
+
+
+class PaymentGateway:
+    def __init__(self, points_addr: str, fintech_addr: str, tokens: ServiceTokenClient | None, timeout: float) -> None:
+        self._points_channel = client_channel(points_addr, retry_services=["kizuna.points.v1.PointsService"])
+        self._fintech_channel = client_channel(fintech_addr, retry_services=["kizuna.fintech.v1.PaymentsService"])
+        self.points = points_pb2_grpc.PointsServiceStub(self._points_channel)
+        self.cards = fintech_pb2_grpc.PaymentsServiceStub(self._fintech_channel)
+        self._tokens = tokens
+        self.timeout = timeout
+
+    async def close(self) -> None:
+        await self._points_channel.close()
+        await self._fintech_channel.close()
+
+    async def _metadata(self, scope: str, member_token: str | None = None) -> list[tuple[str, str]]:
+        if self._tokens is None:
+            raise Unavailable("travel cannot take payments: KIZUNA_CLIENT_SECRET is not set")
+        return list(call_metadata(await self._tokens.token(scope), member_token))
+
+    async def _call(self, what: str, rpc, request, scope: str, member_token: str | None = None):  # type: ignore[no-untyped-def]
+        try:
+            return await rpc(request, metadata=await self._metadata(scope, member_token), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise PaymentError(f"{what}: {exc.details() or exc.code().name}", exc.code()) from exc
+
+    # ---- points -----------------------------------------------------------------------------
+    async def reserve_points(
+        self, *, member_id: str, amount: int, booking_id: str, reason: str, ttl_seconds: int, member_token: str
+    ) -> str:
+        request = points_pb2.ReserveRequest(
+            member_id=member_id,
+            amount=amount,
+            ttl_seconds=ttl_seconds,
+            reason=reason,
+            source_service="travel",
+            source_ref=booking_id,
+            idempotency_key=f"{booking_id}:points-reserve",
+        )
+        response = await self._call("points", self.points.Reserve, request, POINTS_SCOPE, member_token)
+        return str(response.reservation_id)
+
+    async def capture_points(self, *, reservation_id: str, booking_id: str) -> None:
+        request = points_pb2.CaptureRequest(
+            reservation_id=reservation_id, idempotency_key=f"{booking_id}:points-capture"
+        )
+        await self._call("points", self.points.Capture, request, POINTS_SCOPE)
+
+    async def void_points(self, *, reservation_id: str, booking_id: str) -> None:
+        request = points_pb2.VoidRequest(reservation_id=reservation_id, idempotency_key=f"{booking_id}:points-void")
+        await self._call("points", self.points.Void, request, POINTS_SCOPE)
+
+    async def refund_points(
+        self, *, reservation_id: str, amount: int, booking_id: str, purpose: str, reason: str
+    ) -> int:
+        request = points_pb2.RefundRequest(
+            reservation_id=reservation_id,
+            amount=amount,
+            reason=reason,
+            idempotency_key=f"{booking_id}:points-refund-{purpose}",
+        )
+        response = await self._call("points", self.points.Refund, request, POINTS_SCOPE)
+        return int(response.refunded)
+
+    # ---- card -------------------------------------------------------------------------------
+    async def authorize_card(
+        self, *, member_id: str, amount_minor: int, currency: str, booking_id: str
+    ) -> CardAuthorization:
+        request = fintech_pb2.AuthorizeRequest(
+            member_id=member_id,
+            amount=_money(amount_minor, currency),
+            merchant=MERCHANT,
+            idempotency_key=f"{booking_id}:card-authorize",
+        )
+        response = await self._call("card", self.cards.Authorize, request, CARD_SCOPE)
+        approved = response.status == fintech_pb2.AUTHORIZATION_STATUS_APPROVED
+        reason = "" if approved else fintech_pb2.DeclineReason.Name(response.decline_reason)
+        return CardAuthorization(str(response.authorization_id), approved, reason)
+
+    async def capture_card(self, *, authorization_id: str, booking_id: str) -> str:
+        request = fintech_pb2.CaptureRequest(
+            authorization_id=authorization_id, idempotency_key=f"{booking_id}:card-capture"
+        )
+        response = await self._call("card", self.cards.Capture, request, CARD_SCOPE)
+        return str(response.capture_id)
+
+    async def void_card(self, *, authorization_id: str, booking_id: str) -> None:
+        request = fintech_pb2.VoidRequest(authorization_id=authorization_id, idempotency_key=f"{booking_id}:card-void")
+        await self._call("card", self.cards.Void, request, CARD_SCOPE)
+
+    async def refund_card(
+        self, *, authorization_id: str, amount_minor: int, currency: str, booking_id: str, purpose: str
+    ) -> None:
+        request = fintech_pb2.RefundRequest(
+            authorization_id=authorization_id,
+            amount=_money(amount_minor, currency),
+            idempotency_key=f"{booking_id}:card-refund-{purpose}",
+        )
+        await self._call("card", self.cards.Refund, request, CARD_SCOPE)

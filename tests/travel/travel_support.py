@@ -1,0 +1,154 @@
+"""Helpers for travel's tests: the in-process environment, clocks, request bodies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import httpx
+import nats
+from kizuna.kit.service import Runtime
+from sqlalchemy import text
+from travel.booking import Bookings
+from travel.settings import Settings
+from travel.stay import hotel_today
+from travel_peers import CardPeer, PointsPeer
+
+TRAVEL_SECRET = "travel-test-secret"
+TRAVEL_SCOPES = "points:spend points:credit points:read fintech:pay"
+CATALOGUE_DAYS = 40
+
+
+async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Any = None
+    while asyncio.get_running_loop().time() < deadline:
+        last = await predicate()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+async def reset_streams(nats_url: str, *names: str) -> None:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    for name in names:
+        try:
+            await js.delete_stream(name)
+        except nats.js.errors.NotFoundError:
+            pass
+    await nc.close()
+
+
+class Clock:
+    """A settable clock for the booking rules (deadlines, check-out, 'today')."""
+
+    def __init__(self) -> None:
+        self.at: datetime | None = None
+
+    def __call__(self) -> datetime:
+        return self.at or datetime.now(UTC)
+
+
+def travel_settings(
+    nats_url: str, database_url: str, issuer: str, points_addr: str, fintech_addr: str, **overrides: Any
+) -> Settings:
+    values: dict[str, Any] = {
+        "nats_url": nats_url,
+        "kizuna_issuer": issuer,
+        "kizuna_client_secret": TRAVEL_SECRET,
+        "database_url": database_url,
+        "points_addr": points_addr,
+        "fintech_addr": fintech_addr,
+        "http_port": 0,
+        "grpc_port": 0,
+        "seed_catalogue": True,
+        "catalogue_days": CATALOGUE_DAYS,
+        "outbox_poll_seconds": 0.2,
+        "jobs_interval_seconds": 3600,
+        "log_format": "text",
+        "peer_timeout_seconds": 3,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+@dataclass
+class TravelEnv:
+    runtime: Runtime[Settings]
+    http: httpx.AsyncClient
+    issuer: Any
+    points: PointsPeer
+    cards: CardPeer
+    clock: Clock
+
+    @property
+    def bookings(self) -> Bookings:
+        bookings: Bookings = self.runtime.state["bookings"]
+        return bookings
+
+    def member(self, member_id: str, *, points: int = 0, credit: int | None = 1_000_000) -> dict[str, str]:
+        """A member with points and (unless credit is None) a card; returns their auth header."""
+        self.points.balances[member_id] = points
+        if credit is not None:
+            self.cards.available[member_id] = credit
+        token = self.issuer.member_token(member_id, scope="points:read points:spend")
+        return {"authorization": f"Bearer {token}"}
+
+    async def sql(self, statement: str, **params: Any) -> list[Any]:
+        async with self.runtime.db.transaction() as session:
+            result = await session.execute(text(statement), params)
+            return list(result.all()) if result.returns_rows else []
+
+    async def nights(self, room_type_id: str, check_in: date, check_out: date) -> list[tuple[int, int, int]]:
+        """(total, held, sold) of each night of a stay."""
+        rows = await self.sql(
+            "SELECT total, held, sold FROM travel_inventory WHERE room_type_id = :r AND night >= :a AND night < :b "
+            "ORDER BY night",
+            r=room_type_id,
+            a=check_in,
+            b=check_out,
+        )
+        return [tuple(r) for r in rows]
+
+    async def leave_rooms(self, room_type_id: str, check_in: date, check_out: date, free: int) -> None:
+        """Sell the room type down (as earlier bookings would) until `free` rooms are left each night."""
+        await self.sql(
+            "UPDATE travel_inventory SET sold = total - :free WHERE room_type_id = :r AND night >= :a AND night < :b",
+            free=free,
+            r=room_type_id,
+            a=check_in,
+            b=check_out,
+        )
+
+
+def days_ahead(n: int) -> date:
+    return hotel_today(datetime.now(UTC)) + timedelta(days=n)
+
+
+def booking_body(
+    hotel: str = "htl_kyoto_gion_machiya",
+    room: str = "standard_double",
+    plan: str = "flex",
+    *,
+    check_in: date | None = None,
+    nights: int = 2,
+    guests: int = 2,
+    points: int = 0,
+    key: str = "k1",
+) -> dict[str, Any]:
+    check_in = check_in or days_ahead(10)
+    return {
+        "hotel_id": hotel,
+        "room_type_id": f"{hotel}.{room}",
+        "rate_plan_id": f"{hotel}.{plan}",
+        "check_in": check_in.isoformat(),
+        "check_out": (check_in + timedelta(days=nights)).isoformat(),
+        "guests": guests,
+        "points": points,
+        "idempotency_key": key,
+    }
