@@ -9,8 +9,8 @@ from kizuna.kit.testing import TestIssuer
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from peers import PaymentsPeer, PointsPeer, serve_payments, serve_points  # noqa: E402
-from support import ShopApi, reset_streams, running_shop, shop_api  # noqa: E402
+from peers import PaymentsPeer, PointsPeer, serve_payments, serve_points
+from support import ShopApi, reset_streams, running_shop, shop_api
 
 
 @pytest.fixture

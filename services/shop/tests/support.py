@@ -18,7 +18,7 @@ from shop.service import service
 from shop.settings import Settings
 from shop.wiring import Shop, shop_of
 
-SHOP_SECRET = "shop-test-secret"  # noqa: S105 (a test credential)
+SHOP_SECRET = "shop-test-secret"
 SHOP_SCOPES = "points:spend points:credit points:read fintech:pay"
 ADMIN = "mbr_admin"
 
