@@ -10,12 +10,11 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 from kizuna.common.v1 import common_pb2
 from kizuna.fintech.v1 import fintech_pb2 as fpb
 from kizuna.fintech.v1 import fintech_pb2_grpc
 from kizuna.kit.auth import AuthInterceptor, TokenVerifier, current_call
-from kizuna.kit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from kizuna.kit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from kizuna.kit.rpc import GrpcServer
 from kizuna.points.v1 import points_pb2 as ppb
 from kizuna.points.v1 import points_pb2_grpc
@@ -54,7 +53,7 @@ class Reservation:
 class PointsPeer(points_pb2_grpc.PointsServiceServicer):
     balances: dict[str, int] = field(default_factory=dict)
     reservations: dict[str, Reservation] = field(default_factory=dict)
-    fail_next: dict[str, grpc.StatusCode] = field(default_factory=dict)
+    fail_next: dict[str, Exception] = field(default_factory=dict)  # RPC name -> error to raise once
     calls: list[str] = field(default_factory=list)
     keys: _Idempotent = field(default_factory=_Idempotent)
 
@@ -62,8 +61,7 @@ class PointsPeer(points_pb2_grpc.PointsServiceServicer):
         self.calls.append(name)
         current_call().require_service_scope("points:spend", "points:credit")
         if name in self.fail_next:
-            self.fail_next.pop(name)
-            raise Unavailable(f"{name} failed (injected)")
+            raise self.fail_next.pop(name)
 
     def held(self, member_id: str) -> int:
         return sum(r.amount for r in self.reservations.values() if r.member_id == member_id and r.status == "reserved")
@@ -155,7 +153,7 @@ class Authorization:
 class CardPeer(fintech_pb2_grpc.PaymentsServiceServicer):
     available: dict[str, int] = field(default_factory=dict)  # members with a card -> available credit
     authorizations: dict[str, Authorization] = field(default_factory=dict)
-    fail_next: dict[str, grpc.StatusCode] = field(default_factory=dict)
+    fail_next: dict[str, Exception] = field(default_factory=dict)  # RPC name -> error to raise once
     calls: list[str] = field(default_factory=list)
     keys: _Idempotent = field(default_factory=_Idempotent)
 
@@ -163,8 +161,7 @@ class CardPeer(fintech_pb2_grpc.PaymentsServiceServicer):
         self.calls.append(name)
         current_call().require_service_scope("fintech:pay")
         if name in self.fail_next:
-            self.fail_next.pop(name)
-            raise Unavailable(f"{name} failed (injected)")
+            raise self.fail_next.pop(name)
 
     def charged(self, member_id: str) -> int:
         """Money taken from the member's card and not returned."""

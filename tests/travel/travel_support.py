@@ -152,3 +152,18 @@ def booking_body(
         "points": points,
         "idempotency_key": key,
     }
+
+
+async def stream_events(nats_url: str, subject: str) -> list[Any]:
+    """Every message on `subject` in the TRAVEL stream (an ephemeral consumer from the start)."""
+    from nats.js.api import ConsumerConfig
+
+    nc = await nats.connect(nats_url)
+    try:
+        sub = await nc.jetstream().pull_subscribe(subject, config=ConsumerConfig(inactive_threshold=5))
+        try:
+            return list(await sub.fetch(100, timeout=1))
+        except nats.errors.TimeoutError:
+            return []
+    finally:
+        await nc.close()
