@@ -7,13 +7,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from kizuna.kit.auth import CurrentMember, CurrentPrincipal, Principal
-from kizuna.kit.errors import NotFound, PermissionDenied
+from kizuna.kit.errors import FailedPrecondition, NotFound, PermissionDenied
 from pydantic import BaseModel, Field, StrictInt
 
-from fintech import bank, cards, ledger
+from fintech import bank, cards, ledger, payments, statements
 from fintech.cards import MerchantRef
 from fintech.context import Fintech, fintech_of
 from fintech.idempotency import run_once
+from fintech.points_client import points_client
 
 router = APIRouter()
 
@@ -91,6 +92,56 @@ async def change_card_status(body: CardStatusChange, member: CurrentMember, ctx:
     async with ctx.db.transaction() as session:
         card = await cards.set_status(session, ctx, _member_id(member), body.status)
         return {"card_id": card.card_id, "status": card.status}
+
+
+# ---- statements ---------------------------------------------------------------------------------
+
+
+@router.get("/api/card/statements")
+async def my_statements(member: CurrentMember, ctx: FintechDep) -> list[dict[str, Any]]:
+    async with ctx.db.sessions() as session:
+        return await statements.for_member(session, _member_id(member))
+
+
+@router.post("/api/card/statements/close-now")
+async def close_statement_now(member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
+    """Close the member's statement now instead of at month end (only with TEST_MODE on)."""
+    if not ctx.settings.test_mode:
+        raise NotFound("closing a statement on demand is available in test mode only")
+    async with ctx.db.transaction() as session:
+        card = await cards.require_card(session, ctx, _member_id(member))
+        statement = await statements.close(session, ctx, card.card_id, ctx.clock.now())
+        if statement is None:
+            raise FailedPrecondition("nothing to bill: no posted lines since the last statement")
+        return statements.statement_view(statement, [])
+
+
+class PaymentIn(BaseModel):
+    bank_minor: StrictInt = 0
+    points: StrictInt = 0
+    idempotency_key: str = Key
+
+
+@router.post("/api/card/statements/{statement_id}/pay")
+async def pay_statement(
+    statement_id: str, body: PaymentIn, member: CurrentMember, ctx: FintechDep, request: Request
+) -> dict[str, Any]:
+    """Pay a statement from the bank account and/or with points (the member's token must grant
+    points:spend when points are used: it is passed to the points service as their consent)."""
+    return await payments.pay(
+        ctx,
+        points_client(request.app.state.runtime),
+        member_id=_member_id(member),
+        member_token=member.token,
+        purpose="card_bill",
+        target_id=statement_id,
+        bank_minor=body.bank_minor,
+        points=body.points,
+        key=body.idempotency_key,
+        check=statements.check_bill,
+        apply=statements.apply_bill,
+        reason="Kizuna Card bill",
+    )
 
 
 # ---- bank ---------------------------------------------------------------------------------------

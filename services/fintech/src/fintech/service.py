@@ -1,15 +1,25 @@
 """The fintech service: card payments for the ecosystem (gRPC PaymentsService), the card, bank
 and securities for members (REST + pages), partner merchants (REST), events through the outbox."""
 
-from kizuna.fintech.v1 import fintech_pb2_grpc
-from kizuna.kit.service import Service
+from typing import Any
 
-from fintech import grpc_api, http_api
+from kizuna.fintech.v1 import fintech_pb2_grpc
+from kizuna.kit.service import Runtime, Service
+
+from fintech import grpc_api, http_api, statements
+from fintech.points_client import points_client
 from fintech.settings import Settings
+
+
+async def close_points_channel(runtime: Runtime[Any]) -> None:
+    await points_client(runtime).close()
+
 
 service = Service(
     name="fintech",
     settings=Settings,
     http=http_api.router,
     grpc=[(fintech_pb2_grpc.add_PaymentsServiceServicer_to_server, grpc_api.PaymentsApi)],
+    jobs=[statements.statement_job],
+    on_stop=[close_points_channel],
 )
