@@ -29,7 +29,6 @@ from kizuna.kit.auth import call_metadata
 from kizuna.kit.testing import NatsServer, TestIssuer, free_port
 from kizuna.points.v1 import points_pb2 as pb
 from kizuna.points.v1 import points_pb2_grpc
-
 from points.service import service
 from points.settings import Settings
 
@@ -62,8 +61,10 @@ async def drive(name: str, seconds: float, call: Any) -> None:
     began = time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(CLIENTS)))
     elapsed = time.perf_counter() - began
-    print(f"{name:<28} {len(latencies) / elapsed:8.0f} ops/s  p50 {pctl(latencies, 0.5):6.1f} ms  "
-          f"p99 {pctl(latencies, 0.99):6.1f} ms  errors {errors}")
+    print(
+        f"{name:<28} {len(latencies) / elapsed:8.0f} ops/s  p50 {pctl(latencies, 0.5):6.1f} ms  "
+        f"p99 {pctl(latencies, 0.99):6.1f} ms  errors {errors}"
+    )
 
 
 PGBENCH_CREDIT = """
@@ -95,26 +96,38 @@ def pgbench(url: str, seconds: int) -> None:
         return
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
         script.write(PGBENCH_CREDIT)
-    out = subprocess.run(["pgbench", "-n", "-c", str(CLIENTS), "-j", "2", "-T", str(seconds), "-r",
-                          "-f", script.name, url], capture_output=True, text=True)
+    out = subprocess.run(
+        ["pgbench", "-n", "-c", str(CLIENTS), "-j", "2", "-T", str(seconds), "-r", "-f", script.name, url],
+        capture_output=True,
+        text=True,
+    )
     tps = re.search(r"tps = ([\d.]+)", out.stdout)
     lat = re.search(r"latency average = ([\d.]+) ms", out.stdout)
-    print(f"{'pgbench same Credit SQL':<28} {float(tps.group(1)) if tps else float('nan'):8.0f} tx/s   "
-          f"avg {lat.group(1) if lat else '?'} ms (pgbench reports no p99 without -l)")
+    print(
+        f"{'pgbench same Credit SQL':<28} {float(tps.group(1)) if tps else float('nan'):8.0f} tx/s   "
+        f"avg {lat.group(1) if lat else '?'} ms (pgbench reports no p99 without -l)"
+    )
     Path(script.name).unlink()
 
 
 async def seed(url: str, members: int, entries: int) -> None:
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute("""
+        await conn.execute(
+            """
             INSERT INTO points_wallet (member_id, status, available, held, debt, earn_month, earned_this_month, created_at)
-            SELECT 'seed-' || i, 'active', 0, 0, 0, '2025-01', 0, now() FROM generate_series(1, $1) i""", members)
+            SELECT 'seed-' || i, 'active', 0, 0, 0, '2025-01', 0, now() FROM generate_series(1, $1) i""",
+            members,
+        )
         per = max(entries // members, 1)
-        await conn.execute("""
+        await conn.execute(
+            """
             INSERT INTO points_entry (entry_id, member_id, kind, amount, explanation, source_service, source_ref, created_at)
             SELECT 'seed-' || i, 'seed-' || (i % $1 + 1), 'credit', 1, 'seed', 'shop', '', now()
-            FROM generate_series(1, $2) i""", members, per * members)
+            FROM generate_series(1, $2) i""",
+            members,
+            per * members,
+        )
         await conn.execute("""
             INSERT INTO points_lot (member_id, entry_pk, kind, rolling, amount, remaining, clawed_back, source_service, expires_at, created_at)
             SELECT member_id, id, 'regular', true, 1, 1, 0, 'shop', now() + interval '300 days', now()
@@ -140,8 +153,16 @@ async def main() -> None:
     url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     nats_server = NatsServer(free_port(), Path(tempfile.mkdtemp())).start()
     issuer = TestIssuer().start()
-    settings = Settings(nats_url=nats_server.url, kizuna_issuer=issuer.issuer, database_url=url, http_port=0,
-                        grpc_port=0, log_level="ERROR", log_format="text", expiry_interval_seconds=3600)
+    settings = Settings(
+        nats_url=nats_server.url,
+        kizuna_issuer=issuer.issuer,
+        database_url=url,
+        http_port=0,
+        grpc_port=0,
+        log_level="ERROR",
+        log_format="text",
+        expiry_interval_seconds=3600,
+    )
     try:
         async with service.running(settings) as runtime:
             conn = await asyncpg.connect(url)
@@ -150,26 +171,43 @@ async def main() -> None:
                 FROM generate_series(1, 1000) i""")
             await conn.close()
             svc = call_metadata(issuer.service_token("shop", "points:credit points:spend points:read"))
-            member_meta = {i: call_metadata(issuer.service_token("shop", "points:credit points:spend points:read"),
-                                            issuer.member_token(f"bench-{i}", expires_in=3600))
-                           for i in range(1, 1001)}
+            member_meta = {
+                i: call_metadata(
+                    issuer.service_token("shop", "points:credit points:spend points:read"),
+                    issuer.member_token(f"bench-{i}", expires_in=3600),
+                )
+                for i in range(1, 1001)
+            }
             channels = [grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}") for _ in range(8)]
             stubs = [points_pb2_grpc.PointsServiceStub(c) for c in channels]
             print(f"PostgreSQL, {CLIENTS} concurrent clients, {args.seconds:.0f}s each")
 
             async def credit(i: int, n: int) -> None:
                 member = f"bench-{(i * 7919 + n) % 1000 + 1}"
-                await stubs[i % 8].Credit(pb.CreditRequest(
-                    member_id=member, amount=100, kind=pb.CREDIT_KIND_REGULAR, reason="bench",
-                    idempotency_key=uuid.uuid4().hex), metadata=svc, timeout=30)
+                await stubs[i % 8].Credit(
+                    pb.CreditRequest(
+                        member_id=member,
+                        amount=100,
+                        kind=pb.CREDIT_KIND_REGULAR,
+                        reason="bench",
+                        idempotency_key=uuid.uuid4().hex,
+                    ),
+                    metadata=svc,
+                    timeout=30,
+                )
 
             async def reserve_capture(i: int, n: int) -> None:
                 m = (i * 7919 + n) % 1000 + 1
-                held = await stubs[i % 8].Reserve(pb.ReserveRequest(
-                    member_id=f"bench-{m}", amount=1, idempotency_key=uuid.uuid4().hex),
-                    metadata=member_meta[m], timeout=30)
-                await stubs[i % 8].Capture(pb.CaptureRequest(reservation_id=held.reservation_id,
-                                                             idempotency_key=uuid.uuid4().hex), metadata=svc, timeout=30)
+                held = await stubs[i % 8].Reserve(
+                    pb.ReserveRequest(member_id=f"bench-{m}", amount=1, idempotency_key=uuid.uuid4().hex),
+                    metadata=member_meta[m],
+                    timeout=30,
+                )
+                await stubs[i % 8].Capture(
+                    pb.CaptureRequest(reservation_id=held.reservation_id, idempotency_key=uuid.uuid4().hex),
+                    metadata=svc,
+                    timeout=30,
+                )
 
             await drive("Credit (gRPC)", args.seconds, credit)
             await drive("Reserve+Capture (gRPC)", args.seconds, reserve_capture)
@@ -180,13 +218,21 @@ async def main() -> None:
             print(f"seeded {args.members} members / {args.entries} entries in {time.perf_counter() - began:.0f}s")
 
             async def get_balance(i: int, n: int) -> None:
-                await stubs[i % 8].GetBalance(pb.GetBalanceRequest(
-                    member_id=f"seed-{(i * 104729 + n * 31) % args.members + 1}"), metadata=svc, timeout=30)
+                await stubs[i % 8].GetBalance(
+                    pb.GetBalanceRequest(member_id=f"seed-{(i * 104729 + n * 31) % args.members + 1}"),
+                    metadata=svc,
+                    timeout=30,
+                )
 
             async def first_page(i: int, n: int) -> None:
-                await stubs[i % 8].ListEntries(pb.ListEntriesRequest(
-                    member_id=f"seed-{(i * 104729 + n * 31) % args.members + 1}",
-                    page=common_pb2.PageRequest(page_size=20)), metadata=svc, timeout=30)
+                await stubs[i % 8].ListEntries(
+                    pb.ListEntriesRequest(
+                        member_id=f"seed-{(i * 104729 + n * 31) % args.members + 1}",
+                        page=common_pb2.PageRequest(page_size=20),
+                    ),
+                    metadata=svc,
+                    timeout=30,
+                )
 
             await drive("GetBalance", args.seconds, get_balance)
             await drive("ListEntries first page", args.seconds, first_page)

@@ -14,9 +14,8 @@ from kizuna.points.v1 import points_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from pointskit import Points, points_settings, reset_streams  # noqa: E402
-
-from points.service import service  # noqa: E402
+from points.service import service
+from pointskit import Points, points_settings, reset_streams
 
 
 @pytest.fixture
@@ -37,4 +36,3 @@ async def points(
             yield p
             report = await p.audit()
             assert report.ok, report.problems
-

@@ -4,24 +4,19 @@ gRPC with real signed tokens; the clock is the service's own, moved by the tests
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import grpc
 import nats
-import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.kit.auth import call_metadata
 from kizuna.kit.service import Runtime
 from kizuna.kit.testing import TestIssuer
 from kizuna.points.v1 import points_pb2 as pb
 from kizuna.points.v1 import points_pb2_grpc
-
 from points import audit, store
 from points.ledger import Clock
-from points.service import service
 from points.settings import Settings
 
 SERVICE_SCOPES = "points:credit points:spend points:read"
@@ -48,8 +43,13 @@ class Points:
         clock: Clock = self.runtime.state["clock"]
         return clock
 
-    def auth(self, service: str = "shop", scope: str = SERVICE_SCOPES, member: str | None = None,
-             member_scope: str = "points:read points:spend") -> Any:
+    def auth(
+        self,
+        service: str = "shop",
+        scope: str = SERVICE_SCOPES,
+        member: str | None = None,
+        member_scope: str = "points:read points:spend",
+    ) -> Any:
         member_token = self.issuer.member_token(member, scope=member_scope) if member else None
         return call_metadata(self.issuer.service_token(service, scope), member_token)
 
@@ -58,41 +58,59 @@ class Points:
             for member in members:
                 await store.register_member(session, member, self.clock.now())
 
-    async def credit(self, member: str, amount: int, *, idem: str | None = None, service: str = "shop",
-                     kind: int = pb.CREDIT_KIND_REGULAR, expires_at: datetime | None = None,
-                     ref: str = "", reason: str = "test credit") -> pb.CreditResponse:
-        request = pb.CreditRequest(member_id=member, amount=amount, kind=kind, reason=reason, source_ref=ref,
-                                   idempotency_key=idem or key())
+    async def credit(
+        self,
+        member: str,
+        amount: int,
+        *,
+        idem: str | None = None,
+        service: str = "shop",
+        kind: int = pb.CREDIT_KIND_REGULAR,
+        expires_at: datetime | None = None,
+        ref: str = "",
+        reason: str = "test credit",
+    ) -> pb.CreditResponse:
+        request = pb.CreditRequest(
+            member_id=member, amount=amount, kind=kind, reason=reason, source_ref=ref, idempotency_key=idem or key()
+        )
         if expires_at:
             request.expires_at.CopyFrom(stamp(expires_at))
         return await self.stub.Credit(request, metadata=self.auth(service), timeout=30)
 
-    async def reserve(self, member: str, amount: int, *, idem: str | None = None, service: str = "shop",
-                      ttl: int = 0) -> pb.ReserveResponse:
+    async def reserve(
+        self, member: str, amount: int, *, idem: str | None = None, service: str = "shop", ttl: int = 0
+    ) -> pb.ReserveResponse:
         return await self.stub.Reserve(
-            pb.ReserveRequest(member_id=member, amount=amount, ttl_seconds=ttl, reason="checkout",
-                              idempotency_key=idem or key()),
-            metadata=self.auth(service, member=member), timeout=30)
+            pb.ReserveRequest(
+                member_id=member, amount=amount, ttl_seconds=ttl, reason="checkout", idempotency_key=idem or key()
+            ),
+            metadata=self.auth(service, member=member),
+            timeout=30,
+        )
 
-    async def capture(self, reservation_id: str, amount: int = 0, *, idem: str | None = None,
-                      service: str = "shop") -> pb.CaptureResponse:
+    async def capture(
+        self, reservation_id: str, amount: int = 0, *, idem: str | None = None, service: str = "shop"
+    ) -> pb.CaptureResponse:
         return await self.stub.Capture(
             pb.CaptureRequest(reservation_id=reservation_id, amount=amount, idempotency_key=idem or key()),
-            metadata=self.auth(service), timeout=30)
+            metadata=self.auth(service),
+            timeout=30,
+        )
 
     async def spend(self, member: str, amount: int) -> pb.CaptureResponse:
         return await self.capture((await self.reserve(member, amount)).reservation_id)
 
     async def balance(self, member: str) -> pb.GetBalanceResponse:
-        return await self.stub.GetBalance(pb.GetBalanceRequest(member_id=member), metadata=self.auth(),
-                                          timeout=30)
+        return await self.stub.GetBalance(pb.GetBalanceRequest(member_id=member), metadata=self.auth(), timeout=30)
 
     async def entries(self, member: str, page_size: int = 0, token: str = "") -> pb.ListEntriesResponse:
         from kizuna.common.v1 import common_pb2
+
         return await self.stub.ListEntries(
-            pb.ListEntriesRequest(member_id=member, page=common_pb2.PageRequest(page_size=page_size,
-                                                                                 page_token=token)),
-            metadata=self.auth(), timeout=30)
+            pb.ListEntriesRequest(member_id=member, page=common_pb2.PageRequest(page_size=page_size, page_token=token)),
+            metadata=self.auth(),
+            timeout=30,
+        )
 
     async def audit(self) -> audit.AuditReport:
         async with self.runtime.db.sessions() as session:
@@ -112,9 +130,16 @@ async def reset_streams(nats_url: str, *names: str) -> None:
 
 def points_settings(nats_url: str, database_url: str, issuer: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "nats_url": nats_url, "kizuna_issuer": issuer, "database_url": database_url,
-        "http_port": 0, "grpc_port": 0, "outbox_poll_seconds": 0.2, "consumer_max_deliver": 3,
-        "log_format": "text", "log_level": "WARNING", "expiry_interval_seconds": 3600,
+        "nats_url": nats_url,
+        "kizuna_issuer": issuer,
+        "database_url": database_url,
+        "http_port": 0,
+        "grpc_port": 0,
+        "outbox_poll_seconds": 0.2,
+        "consumer_max_deliver": 3,
+        "log_format": "text",
+        "log_level": "WARNING",
+        "expiry_interval_seconds": 3600,
         **overrides,
     }
     return Settings(**values)

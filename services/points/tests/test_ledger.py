@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from kizuna.kit.errors import FailedPrecondition
-
 from points.ledger import (
     LIMITED_TIME,
     REGULAR,
@@ -39,8 +38,11 @@ def test_limited_time_first_then_soonest_expiring() -> None:
 
 
 def test_expired_and_empty_lots_are_not_spent_and_shortfall_is_refused() -> None:
-    lots = [LotState(1, LIMITED_TIME, 10, NOW - DAY), LotState(2, REGULAR, 0, NOW + DAY),
-            LotState(3, REGULAR, 5, NOW + DAY)]
+    lots = [
+        LotState(1, LIMITED_TIME, 10, NOW - DAY),
+        LotState(2, REGULAR, 0, NOW + DAY),
+        LotState(3, REGULAR, 5, NOW + DAY),
+    ]
     assert allocate(lots, 5, NOW) == [(3, 5)]
     with pytest.raises(FailedPrecondition):
         allocate(lots, 6, NOW)

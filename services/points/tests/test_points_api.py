@@ -9,9 +9,8 @@ import grpc
 import pytest
 from kizuna.common.v1 import common_pb2
 from kizuna.points.v1 import points_pb2 as pb
-from pointskit import Points, key, stamp
-
 from points.expiry import run_expiry
+from pointskit import Points, key, stamp
 
 DAY = timedelta(days=1)
 
@@ -88,10 +87,8 @@ async def test_void_releases_and_only_the_reserving_service_may_touch_it(points:
     await points.credit("m", 100)
     held = await points.reserve("m", 30)
     other = pb.VoidRequest(reservation_id=held.reservation_id, idempotency_key=key())
-    assert await status_of(points.stub.Void(other, metadata=points.auth("travel"))) == \
-        grpc.StatusCode.PERMISSION_DENIED
-    assert await status_of(points.capture(held.reservation_id, service="travel")) == \
-        grpc.StatusCode.PERMISSION_DENIED
+    assert await status_of(points.stub.Void(other, metadata=points.auth("travel"))) == grpc.StatusCode.PERMISSION_DENIED
+    assert await status_of(points.capture(held.reservation_id, service="travel")) == grpc.StatusCode.PERMISSION_DENIED
     void = pb.VoidRequest(reservation_id=held.reservation_id, idempotency_key=key())
     assert (await points.stub.Void(void, metadata=points.auth())).released == 30
     again = pb.VoidRequest(reservation_id=held.reservation_id, idempotency_key=key())
@@ -137,38 +134,47 @@ async def test_refund_before_and_after_a_lots_expiry(points: Points) -> None:
     await points.credit("m", 40, kind=pb.CREDIT_KIND_LIMITED_TIME, expires_at=now + 5 * DAY)
     await points.credit("m", 60)
     captured = await points.spend("m", 80)  # 40 limited + 40 regular
-    first = await points.stub.Refund(pb.RefundRequest(capture_entry_id=captured.entry_id, amount=10,
-                                                      idempotency_key=key()), metadata=points.auth())
+    first = await points.stub.Refund(
+        pb.RefundRequest(capture_entry_id=captured.entry_id, amount=10, idempotency_key=key()), metadata=points.auth()
+    )
     assert (first.refunded, first.expired_not_returned) == (10, 0)
     assert (await points.balance("m")).limited_time == 10
     points.clock.advance(6 * DAY)
-    rest = await points.stub.Refund(pb.RefundRequest(reservation_id=(await _reservation_of(points, captured)),
-                                                     idempotency_key=key()), metadata=points.auth())
+    rest = await points.stub.Refund(
+        pb.RefundRequest(reservation_id=(await _reservation_of(points, captured)), idempotency_key=key()),
+        metadata=points.auth(),
+    )
     assert (rest.refunded, rest.expired_not_returned) == (40, 30)
     balance = await points.balance("m")
     assert (balance.total, balance.limited_time) == (60, 0)
     nothing_left = pb.RefundRequest(capture_entry_id=captured.entry_id, idempotency_key=key())
-    assert await status_of(points.stub.Refund(nothing_left, metadata=points.auth())) == \
-        grpc.StatusCode.FAILED_PRECONDITION
+    assert (
+        await status_of(points.stub.Refund(nothing_left, metadata=points.auth())) == grpc.StatusCode.FAILED_PRECONDITION
+    )
 
 
 async def _reservation_of(points: Points, captured: pb.CaptureResponse) -> str:
     found = await points.runtime.state["ledger"].member_of_reservation(captured.entry_id)
     assert found == "m"
+    from points.models import Reservation
     from sqlmodel import select
 
-    from points.models import Reservation
     async with points.runtime.db.sessions() as session:
-        return (await session.exec(select(Reservation.reservation_id).where(
-            Reservation.capture_entry_id == captured.entry_id))).one()
+        return (
+            await session.exec(
+                select(Reservation.reservation_id).where(Reservation.capture_entry_id == captured.entry_id)
+            )
+        ).one()
 
 
 async def test_clawback_into_debt_is_repaid_by_later_earning_and_never_overdraws(points: Points) -> None:
     await points.register("m")
     await points.credit("m", 100, ref="order-1")
     await points.spend("m", 70)
-    claw = await points.stub.Clawback(pb.ClawbackRequest(source_ref="order-1", reason="order-1 cancelled",
-                                                         idempotency_key=key()), metadata=points.auth())
+    claw = await points.stub.Clawback(
+        pb.ClawbackRequest(source_ref="order-1", reason="order-1 cancelled", idempotency_key=key()),
+        metadata=points.auth(),
+    )
     assert (claw.clawed_back, claw.debt_created, claw.balance_after) == (100, 70, 0)
     assert (await points.balance("m")).debt == 70
     assert await status_of(points.reserve("m", 1)) == grpc.StatusCode.FAILED_PRECONDITION
@@ -177,17 +183,21 @@ async def test_clawback_into_debt_is_repaid_by_later_earning_and_never_overdraws
     balance = await points.balance("m")
     assert (balance.total, balance.debt) == (30, 0)
     again = pb.ClawbackRequest(source_ref="order-1", idempotency_key=key())
-    assert await status_of(points.stub.Clawback(again, metadata=points.auth())) == \
-        grpc.StatusCode.FAILED_PRECONDITION
+    assert await status_of(points.stub.Clawback(again, metadata=points.auth())) == grpc.StatusCode.FAILED_PRECONDITION
 
 
 @pytest.mark.parametrize("settings_overrides", [{"earn_cap_per_month": 250, "earn_cap_per_transaction": 100}])
 async def test_earn_caps_hold_under_concurrency(points: Points) -> None:
     await points.register("m")
     purchase = common_pb2.Money(amount_minor=20_000, currency="JPY")  # 200 points uncapped
-    calls = [points.stub.Earn(pb.EarnRequest(member_id="m", purchase=purchase, source_ref=f"o{i}",
-                                             idempotency_key=key()), metadata=points.auth(), timeout=30)
-             for i in range(8)]
+    calls = [
+        points.stub.Earn(
+            pb.EarnRequest(member_id="m", purchase=purchase, source_ref=f"o{i}", idempotency_key=key()),
+            metadata=points.auth(),
+            timeout=30,
+        )
+        for i in range(8)
+    ]
     results = await asyncio.gather(*calls)
     assert sorted(r.earned for r in results) == [0] * 5 + [50, 100, 100]
     assert (await points.balance("m")).total == 250
@@ -197,33 +207,67 @@ async def test_bad_input_gets_the_right_status_and_changes_nothing(points: Point
     await points.register("m")
     auth = points.auth()
     bad = [
-        (pb.CreditRequest(member_id="m", amount=0, kind=pb.CREDIT_KIND_REGULAR, idempotency_key=key()),
-         grpc.StatusCode.INVALID_ARGUMENT, auth),
-        (pb.CreditRequest(member_id="m", amount=-5, kind=pb.CREDIT_KIND_REGULAR, idempotency_key=key()),
-         grpc.StatusCode.INVALID_ARGUMENT, auth),
+        (
+            pb.CreditRequest(member_id="m", amount=0, kind=pb.CREDIT_KIND_REGULAR, idempotency_key=key()),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            auth,
+        ),
+        (
+            pb.CreditRequest(member_id="m", amount=-5, kind=pb.CREDIT_KIND_REGULAR, idempotency_key=key()),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            auth,
+        ),
         (pb.CreditRequest(member_id="m", amount=5, idempotency_key=key()), grpc.StatusCode.INVALID_ARGUMENT, auth),
-        (pb.CreditRequest(member_id="m", amount=5, kind=pb.CREDIT_KIND_LIMITED_TIME, idempotency_key=key()),
-         grpc.StatusCode.INVALID_ARGUMENT, auth),
-        (pb.CreditRequest(member_id="m", amount=5, kind=pb.CREDIT_KIND_REGULAR), grpc.StatusCode.INVALID_ARGUMENT, auth),
-        (pb.CreditRequest(member_id="ghost", amount=5, kind=pb.CREDIT_KIND_REGULAR, idempotency_key=key()),
-         grpc.StatusCode.NOT_FOUND, auth),
-        (pb.CreditRequest(member_id="m", amount=5, kind=pb.CREDIT_KIND_REGULAR, idempotency_key=key()),
-         grpc.StatusCode.PERMISSION_DENIED, points.auth(scope="points:read")),
-        (pb.CreditRequest(member_id="m", amount=5, kind=pb.CREDIT_KIND_REGULAR, source_service="travel",
-                          idempotency_key=key()), grpc.StatusCode.PERMISSION_DENIED, auth),
-        (pb.CreditRequest(member_id="m", amount=5, kind=pb.CREDIT_KIND_REGULAR, idempotency_key=key()),
-         grpc.StatusCode.UNAUTHENTICATED, [("authorization", "Bearer not-a-token")]),
-        (pb.CreditRequest(member_id="m", amount=5, kind=pb.CREDIT_KIND_REGULAR, idempotency_key=key()),
-         grpc.StatusCode.UNAUTHENTICATED, []),
+        (
+            pb.CreditRequest(member_id="m", amount=5, kind=pb.CREDIT_KIND_LIMITED_TIME, idempotency_key=key()),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            auth,
+        ),
+        (
+            pb.CreditRequest(member_id="m", amount=5, kind=pb.CREDIT_KIND_REGULAR),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            auth,
+        ),
+        (
+            pb.CreditRequest(member_id="ghost", amount=5, kind=pb.CREDIT_KIND_REGULAR, idempotency_key=key()),
+            grpc.StatusCode.NOT_FOUND,
+            auth,
+        ),
+        (
+            pb.CreditRequest(member_id="m", amount=5, kind=pb.CREDIT_KIND_REGULAR, idempotency_key=key()),
+            grpc.StatusCode.PERMISSION_DENIED,
+            points.auth(scope="points:read"),
+        ),
+        (
+            pb.CreditRequest(
+                member_id="m", amount=5, kind=pb.CREDIT_KIND_REGULAR, source_service="travel", idempotency_key=key()
+            ),
+            grpc.StatusCode.PERMISSION_DENIED,
+            auth,
+        ),
+        (
+            pb.CreditRequest(member_id="m", amount=5, kind=pb.CREDIT_KIND_REGULAR, idempotency_key=key()),
+            grpc.StatusCode.UNAUTHENTICATED,
+            [("authorization", "Bearer not-a-token")],
+        ),
+        (
+            pb.CreditRequest(member_id="m", amount=5, kind=pb.CREDIT_KIND_REGULAR, idempotency_key=key()),
+            grpc.StatusCode.UNAUTHENTICATED,
+            [],
+        ),
     ]
     for request, expected, metadata in bad:
         assert await status_of(points.stub.Credit(request, metadata=metadata)) == expected, request
     reserve = pb.ReserveRequest(member_id="m", amount=1, idempotency_key=key())
     assert await status_of(points.stub.Reserve(reserve, metadata=auth)) == grpc.StatusCode.PERMISSION_DENIED
-    assert await status_of(points.stub.Reserve(reserve, metadata=points.auth(member="other"))) == \
-        grpc.StatusCode.PERMISSION_DENIED
-    assert await status_of(points.stub.Reserve(reserve, metadata=points.auth(member="m", member_scope="points:read"))) \
+    assert (
+        await status_of(points.stub.Reserve(reserve, metadata=points.auth(member="other")))
         == grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert (
+        await status_of(points.stub.Reserve(reserve, metadata=points.auth(member="m", member_scope="points:read")))
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
     for amount in (0, -1):
         assert await status_of(points.reserve("m", amount)) == grpc.StatusCode.INVALID_ARGUMENT
     capture = pb.CaptureRequest(reservation_id="rsv_unknown", idempotency_key=key())
@@ -233,10 +277,14 @@ async def test_bad_input_gets_the_right_status_and_changes_nothing(points: Point
     read = pb.GetBalanceRequest(member_id="m")
     assert (await points.stub.GetBalance(read, metadata=[("authorization", f"Bearer {own}")])).total == 0
     other = pb.GetBalanceRequest(member_id="someone-else")
-    assert await status_of(points.stub.GetBalance(other, metadata=[("authorization", f"Bearer {own}")])) == \
-        grpc.StatusCode.PERMISSION_DENIED
-    assert await status_of(points.stub.GetBalance(read, metadata=points.auth(scope="points:credit"))) == \
-        grpc.StatusCode.PERMISSION_DENIED
+    assert (
+        await status_of(points.stub.GetBalance(other, metadata=[("authorization", f"Bearer {own}")]))
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert (
+        await status_of(points.stub.GetBalance(read, metadata=points.auth(scope="points:credit")))
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
     balance = await points.balance("m")
     assert (balance.total, balance.pending, balance.debt) == (0, 0, 0)
     assert not (await points.entries("m")).entries
@@ -257,8 +305,9 @@ async def test_expiry_job_and_stamps(points: Points) -> None:
     # A credit's expires_at in the past is refused; a regular credit may carry a fixed date.
     await points.register("m")
     past = stamp(points.clock.now() - DAY)
-    request = pb.CreditRequest(member_id="m", amount=5, kind=pb.CREDIT_KIND_REGULAR, expires_at=past,
-                               idempotency_key=key())
+    request = pb.CreditRequest(
+        member_id="m", amount=5, kind=pb.CREDIT_KIND_REGULAR, expires_at=past, idempotency_key=key()
+    )
     assert await status_of(points.stub.Credit(request, metadata=points.auth())) == grpc.StatusCode.INVALID_ARGUMENT
     await points.credit("m", 5, expires_at=points.clock.now() + DAY)
     assert (await points.balance("m")).expiring_soon.amount == 5

@@ -14,9 +14,8 @@ from kizuna.identity.v1 import events_pb2 as identity
 from kizuna.points.v1 import events_pb2 as points_events
 from kizuna.shop.v1 import events_pb2 as shop
 from nats.js.api import ConsumerConfig
-from pointskit import Points, key
-
 from points.ledger import month_key
+from pointskit import Points, key
 
 
 async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 15.0) -> Any:
@@ -30,8 +29,15 @@ async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 1
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
 
 
-async def emit(nats_url: str, subject: str, message: Message, *, event_id: str | None = None,
-               msg_id: str | None = None, source: str = "") -> str:
+async def emit(
+    nats_url: str,
+    subject: str,
+    message: Message,
+    *,
+    event_id: str | None = None,
+    msg_id: str | None = None,
+    source: str = "",
+) -> str:
     event_id = event_id or f"evt_{key()}"
     nc = await nats.connect(nats_url)
     try:
@@ -41,8 +47,11 @@ async def emit(nats_url: str, subject: str, message: Message, *, event_id: str |
             await js.add_stream(name=stream, subjects=[f"{subject.split('.')[0]}.>"])
         except Exception:
             pass
-        headers = {"Nats-Msg-Id": msg_id or event_id, "ce-id": event_id,
-                   "ce-source": source or f"kizuna/{subject.split('.')[0]}"}
+        headers = {
+            "Nats-Msg-Id": msg_id or event_id,
+            "ce-id": event_id,
+            "ce-source": source or f"kizuna/{subject.split('.')[0]}",
+        }
         await js.publish(subject, message.SerializeToString(), headers=headers)
     finally:
         await nc.close()
@@ -105,8 +114,9 @@ async def test_cancelled_before_completion_earns_nothing(points: Points, nats_ur
 
 async def test_credit_command_is_applied_once_and_bad_ones_are_rejected(points: Points, nats_url: str) -> None:
     await points.register("m")
-    command = points_events.CreditRequested(idempotency_key="k1", member_id="m", amount=7, reason="welcome",
-                                            source_service="shop")
+    command = points_events.CreditRequested(
+        idempotency_key="k1", member_id="m", amount=7, reason="welcome", source_service="shop"
+    )
     await emit(nats_url, "points.credit.requested", command, source="kizuna/shop")
     await emit(nats_url, "points.credit.requested", command, source="kizuna/shop")  # a retry, new event id
     forged = points_events.CreditRequested(idempotency_key="k2", member_id="m", amount=1000, source_service="shop")
@@ -116,8 +126,9 @@ async def test_credit_command_is_applied_once_and_bad_ones_are_rejected(points: 
         return await _ledger_events(nats_url, "points.command.rejected")
 
     [rejection] = await wait_until(rejected)
-    assert points_events.CommandRejected.FromString(rejection.data).reason == \
-        points_events.REJECTION_REASON_NOT_AUTHORIZED
+    assert (
+        points_events.CommandRejected.FromString(rejection.data).reason == points_events.REJECTION_REASON_NOT_AUTHORIZED
+    )
     assert (await points.balance("m")).total == 7
     assert month_key(points.clock.now())
 

@@ -13,7 +13,6 @@ from kizuna.kit import migrations
 from kizuna.kit.db import Database
 from kizuna.kit.errors import DomainError
 from kizuna.points.v1 import points_pb2 as pb
-
 from points import audit, store
 from points.expiry import run_expiry
 from points.ledger import LIMITED_TIME, REGULAR, Clock
@@ -56,24 +55,52 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                     member, amount, limited = members[op[1]], op[2], op[3]
                     expires = clock.now() + timedelta(days=20) if limited else None
 
-                    async def effect(s: Any, w: Any, now: Any, m: str = member, a: int = amount,
-                                     e: Any = expires) -> pb.CreditResponse:
-                        return await store.credit(s, w, now, member_id=m, amount=a,
-                                                  kind=LIMITED_TIME if e else REGULAR, reason="p",
-                                                  source_service="shop", source_ref="", expires_at=e, key="",
-                                                  regular_expiry_months=1)
-                    done = await ledger.execute(caller="shop", key=uuid.uuid4().hex, operation="credit",
-                                                request=pb.CreditRequest(amount=amount), member_id=member,
-                                                effect=effect, response_type=pb.CreditResponse)
+                    async def effect(
+                        s: Any, w: Any, now: Any, m: str = member, a: int = amount, e: Any = expires
+                    ) -> pb.CreditResponse:
+                        return await store.credit(
+                            s,
+                            w,
+                            now,
+                            member_id=m,
+                            amount=a,
+                            kind=LIMITED_TIME if e else REGULAR,
+                            reason="p",
+                            source_service="shop",
+                            source_ref="",
+                            expires_at=e,
+                            key="",
+                            regular_expiry_months=1,
+                        )
+
+                    done = await ledger.execute(
+                        caller="shop",
+                        key=uuid.uuid4().hex,
+                        operation="credit",
+                        request=pb.CreditRequest(amount=amount),
+                        member_id=member,
+                        effect=effect,
+                        response_type=pb.CreditResponse,
+                    )
                     credits.append(done.entry_id)
                 elif name == "reserve":
-                    request = pb.ReserveRequest(member_id=members[op[1]], amount=op[2], ttl_seconds=op[3] * 86400,
-                                                idempotency_key=uuid.uuid4().hex)
+                    request = pb.ReserveRequest(
+                        member_id=members[op[1]],
+                        amount=op[2],
+                        ttl_seconds=op[3] * 86400,
+                        idempotency_key=uuid.uuid4().hex,
+                    )
                     held = await ledger.execute(
-                        caller="shop", key=request.idempotency_key, operation="reserve", request=request,
-                        member_id=request.member_id, response_type=pb.ReserveResponse,
-                        effect=lambda s, w, now, r=request: store.reserve(s, w, now, caller="shop", request=r,
-                                                                          default_ttl=60, max_ttl=10**6))
+                        caller="shop",
+                        key=request.idempotency_key,
+                        operation="reserve",
+                        request=request,
+                        member_id=request.member_id,
+                        response_type=pb.ReserveResponse,
+                        effect=lambda s, w, now, r=request: store.reserve(
+                            s, w, now, caller="shop", request=r, default_ttl=60, max_ttl=10**6
+                        ),
+                    )
                     reservations.append(held.reservation_id)
                 elif name in ("capture", "void", "refund") and reservations:
                     rid = reservations[op[1] % len(reservations)]
@@ -86,18 +113,29 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                     request = request_cls(reservation_id=rid, idempotency_key=uuid.uuid4().hex)
                     if name != "void":
                         request.amount = op[2]
-                    await ledger.execute(caller="shop", key=request.idempotency_key, operation=name,
-                                         request=request, member_id=member, response_type=response,
-                                         effect=lambda s, w, now, r=request, f=fn: f(s, w, now, caller="shop",
-                                                                                      request=r))
+                    await ledger.execute(
+                        caller="shop",
+                        key=request.idempotency_key,
+                        operation=name,
+                        request=request,
+                        member_id=member,
+                        response_type=response,
+                        effect=lambda s, w, now, r=request, f=fn: f(s, w, now, caller="shop", request=r),
+                    )
                 elif name == "clawback" and credits:
-                    request = pb.ClawbackRequest(credit_entry_id=credits[op[1] % len(credits)], amount=op[2],
-                                                 idempotency_key=uuid.uuid4().hex)
+                    request = pb.ClawbackRequest(
+                        credit_entry_id=credits[op[1] % len(credits)], amount=op[2], idempotency_key=uuid.uuid4().hex
+                    )
                     member = await ledger.member_of_credit(request.credit_entry_id, "", "")
-                    await ledger.execute(caller="shop", key=request.idempotency_key, operation="clawback",
-                                         request=request, member_id=member, response_type=pb.ClawbackResponse,
-                                         effect=lambda s, w, now, r=request: store.clawback(
-                                             s, w, now, caller="shop", request=r))
+                    await ledger.execute(
+                        caller="shop",
+                        key=request.idempotency_key,
+                        operation="clawback",
+                        request=request,
+                        member_id=member,
+                        response_type=pb.ClawbackResponse,
+                        effect=lambda s, w, now, r=request: store.clawback(s, w, now, caller="shop", request=r),
+                    )
                 elif name == "advance":
                     clock.advance(timedelta(days=op[1]))
                 elif name == "expire":

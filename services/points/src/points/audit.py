@@ -33,24 +33,50 @@ async def audit(session: AsyncSession) -> AuditReport:
     """Every entry sums to zero; every balance row equals the sum of its postings (and of its lots
     and holds); no balance is negative; issued - clawed back - redeemed - expired = outstanding."""
     problems: list[str] = []
-    unbalanced = (await session.exec(
-        select(Posting.entry_pk, func.sum(Posting.amount)).group_by(col(Posting.entry_pk))
-        .having(func.sum(Posting.amount) != 0)
-    )).all()
+    unbalanced = (
+        await session.exec(
+            select(Posting.entry_pk, func.sum(Posting.amount))
+            .group_by(col(Posting.entry_pk))
+            .having(func.sum(Posting.amount) != 0)
+        )
+    ).all()
     problems += [f"entry #{pk} sums to {total}, not 0" for pk, total in unbalanced]
-    member_sums = (await session.exec(
-        select(Entry.id, Entry.amount, func.sum(Posting.amount)).join(Posting, col(Posting.entry_pk) == Entry.id)
-        .where(col(Posting.account).like("member:%")).group_by(col(Entry.id), col(Entry.amount))
-    )).all()
+    member_sums = (
+        await session.exec(
+            select(Entry.id, Entry.amount, func.sum(Posting.amount))
+            .join(Posting, col(Posting.entry_pk) == Entry.id)
+            .where(col(Posting.account).like("member:%"))
+            .group_by(col(Entry.id), col(Entry.amount))
+        )
+    ).all()
     problems += [f"entry #{pk} says {amount} but moves {moved}" for pk, amount, moved in member_sums if amount != moved]
-    balances = dict((await session.exec(select(Posting.account, func.sum(Posting.amount)).group_by(col(Posting.account)))).all())
+    balances = dict(
+        (await session.exec(select(Posting.account, func.sum(Posting.amount)).group_by(col(Posting.account)))).all()
+    )
     balances = {account: int(total) for account, total in balances.items()}
-    lots = defaultdict(int, {m: int(n) for m, n in (await session.exec(
-        select(Lot.member_id, func.sum(Lot.remaining)).group_by(col(Lot.member_id)))).all()})
-    holds = defaultdict(int, {m: int(n) for m, n in (await session.exec(
-        select(Reservation.member_id, func.sum(Hold.amount))
-        .join(Reservation, col(Reservation.id) == Hold.reservation_pk)
-        .where(Reservation.status == "open").group_by(col(Reservation.member_id)))).all()})
+    lots = defaultdict(
+        int,
+        {
+            m: int(n)
+            for m, n in (
+                await session.exec(select(Lot.member_id, func.sum(Lot.remaining)).group_by(col(Lot.member_id)))
+            ).all()
+        },
+    )
+    holds = defaultdict(
+        int,
+        {
+            m: int(n)
+            for m, n in (
+                await session.exec(
+                    select(Reservation.member_id, func.sum(Hold.amount))
+                    .join(Reservation, col(Reservation.id) == Hold.reservation_pk)
+                    .where(Reservation.status == "open")
+                    .group_by(col(Reservation.member_id))
+                )
+            ).all()
+        },
+    )
     outstanding = 0
     for wallet in (await session.exec(select(Wallet))).all():
         m = wallet.member_id
@@ -70,10 +96,16 @@ async def audit(session: AsyncSession) -> AuditReport:
         outstanding += wallet.available + wallet.held - wallet.debt
     if (await session.exec(select(func.count()).select_from(Lot).where(col(Lot.remaining) < 0))).one():
         problems.append("a lot has negative remaining points")
-    by_kind = dict((await session.exec(
-        select(Entry.kind, func.sum(Posting.amount)).join(Posting, col(Posting.entry_pk) == Entry.id)
-        .where(col(Posting.account).like("issued:%")).group_by(col(Entry.kind))
-    )).all())
+    by_kind = dict(
+        (
+            await session.exec(
+                select(Entry.kind, func.sum(Posting.amount))
+                .join(Posting, col(Posting.entry_pk) == Entry.id)
+                .where(col(Posting.account).like("issued:%"))
+                .group_by(col(Entry.kind))
+            )
+        ).all()
+    )
     issued = -int(by_kind.get("credit", 0) or 0)
     clawed_back = int(by_kind.get("clawback", 0) or 0)
     redeemed = sum(v for a, v in balances.items() if a.startswith("redeemed:"))
@@ -81,25 +113,32 @@ async def audit(session: AsyncSession) -> AuditReport:
     if issued - clawed_back - redeemed - expired != outstanding:
         problems.append(
             f"issued {issued} - clawed back {clawed_back} - redeemed {redeemed} - expired {expired} "
-            f"!= outstanding {outstanding}")
+            f"!= outstanding {outstanding}"
+        )
     entries = (await session.exec(select(func.count()).select_from(Entry))).one()
     return AuditReport(not problems, problems, issued, clawed_back, redeemed, expired, outstanding, int(entries))
 
 
 async def settlement(session: AsyncSession, start: datetime, end: datetime) -> list[dict[str, Any]]:
     """Per service, over [start, end): points issued (net of clawbacks) and redeemed (net of refunds)."""
-    rows = (await session.exec(
-        select(Posting.account, Entry.kind, func.sum(Posting.amount))
-        .join(Entry, col(Entry.id) == Posting.entry_pk)
-        .where(col(Entry.created_at) >= start, col(Entry.created_at) < end,
-               col(Posting.account).like("issued:%") | col(Posting.account).like("redeemed:%"))
-        .group_by(col(Posting.account), col(Entry.kind))
-    )).all()
+    rows = (
+        await session.exec(
+            select(Posting.account, Entry.kind, func.sum(Posting.amount))
+            .join(Entry, col(Entry.id) == Posting.entry_pk)
+            .where(
+                col(Entry.created_at) >= start,
+                col(Entry.created_at) < end,
+                col(Posting.account).like("issued:%") | col(Posting.account).like("redeemed:%"),
+            )
+            .group_by(col(Posting.account), col(Entry.kind))
+        )
+    ).all()
     report: dict[str, dict[str, Any]] = {}
     for account, kind, total in rows:
         side, _, service = account.partition(":")
-        line = report.setdefault(service, {"service": service, "issued": 0, "clawed_back": 0, "redeemed": 0,
-                                           "refunded": 0})
+        line = report.setdefault(
+            service, {"service": service, "issued": 0, "clawed_back": 0, "redeemed": 0, "refunded": 0}
+        )
         total = int(total)
         if side == "issued":
             line["issued" if kind == "credit" else "clawed_back"] += abs(total)

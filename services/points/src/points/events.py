@@ -61,8 +61,12 @@ async def on_member(session: AsyncSession, event: Event) -> None:
             # Ledger entries stay under the bare member ID (bookkeeping law); the wallet closes.
             wallet.status = "erased"
             session.add(wallet)
-        publish(session, "points.member.erased", identity.ErasureCompleted(
-            member_id=member_id, service="points", completed_at=store.ts(now)), member_id=member_id)
+        publish(
+            session,
+            "points.member.erased",
+            identity.ErasureCompleted(member_id=member_id, service="points", completed_at=store.ts(now)),
+            member_id=member_id,
+        )
 
 
 # ---- earning from purchases --------------------------------------------------------------------
@@ -83,24 +87,39 @@ def _purchase(event: Event) -> tuple[str, Purchase]:
     s = event.subject
     msg: Any
     if s.startswith("shop.order."):
-        msg = event.parse({"paid": shop.OrderPaid, "completed": shop.OrderCompleted,
-                           "cancelled": shop.OrderCancelled, "refunded": shop.OrderRefunded}[s.rsplit(".", 1)[1]])
+        msg = event.parse(
+            {
+                "paid": shop.OrderPaid,
+                "completed": shop.OrderCompleted,
+                "cancelled": shop.OrderCancelled,
+                "refunded": shop.OrderRefunded,
+            }[s.rsplit(".", 1)[1]]
+        )
         refunded = msg.refunded.amount_minor if s.endswith("refunded") else 0
-        step = {"paid": "pending", "completed": "grant", "cancelled": "cancel", "refunded": "refund"}[s.rsplit(".", 1)[1]]
+        step = {"paid": "pending", "completed": "grant", "cancelled": "cancel", "refunded": "refund"}[
+            s.rsplit(".", 1)[1]
+        ]
         return step, Purchase("shop", msg.order_id, msg.member_id, msg.total.amount_minor, msg.total.currency, refunded)
     if s.startswith("travel.booking."):
         name = s.rsplit(".", 1)[1]
-        msg = event.parse({"confirmed": travel.BookingConfirmed, "completed": travel.BookingCompleted,
-                           "cancelled": travel.BookingCancelled}[name])
+        msg = event.parse(
+            {
+                "confirmed": travel.BookingConfirmed,
+                "completed": travel.BookingCompleted,
+                "cancelled": travel.BookingCancelled,
+            }[name]
+        )
         step = {"confirmed": "pending", "completed": "grant", "cancelled": "cancel"}[name]
         return step, Purchase("travel", msg.booking_id, msg.member_id, msg.total.amount_minor, msg.total.currency)
     if s == "fintech.card_purchase.posted":
         msg = event.parse(fintech.CardPurchasePosted)
-        return "posted", Purchase("fintech", msg.purchase_id, msg.member_id, msg.amount.amount_minor,
-                                  msg.amount.currency)
+        return "posted", Purchase(
+            "fintech", msg.purchase_id, msg.member_id, msg.amount.amount_minor, msg.amount.currency
+        )
     msg = event.parse(fintech.CardPurchaseRefunded)
-    return "refund", Purchase("fintech", msg.purchase_id, msg.member_id, 0, msg.amount.currency,
-                              msg.amount.amount_minor)
+    return "refund", Purchase(
+        "fintech", msg.purchase_id, msg.member_id, 0, msg.amount.currency, msg.amount.amount_minor
+    )
 
 
 async def on_purchase(session: AsyncSession, event: Event) -> None:
@@ -116,12 +135,27 @@ async def on_purchase(session: AsyncSession, event: Event) -> None:
     if step in ("pending", "posted") or (step == "grant" and pending is None):
         if pending is not None:
             return
-        quote = await store.quote_and_count(session, wallet, settings.earn_rules(), purchase.service,
-                                            ledger.currency_units(purchase.amount_minor, purchase.currency), now)
-        pending = PendingEarn(source_service=purchase.service, source_ref=purchase.ref, member_id=purchase.member_id,
-                              purchase_minor=purchase.amount_minor, currency=purchase.currency or "JPY",
-                              regular=quote.regular, bonus=quote.bonus, bonus_expires_at=quote.bonus_expires_at,
-                              explanation=quote.explanation, status="pending", created_at=now)
+        quote = await store.quote_and_count(
+            session,
+            wallet,
+            settings.earn_rules(),
+            purchase.service,
+            ledger.currency_units(purchase.amount_minor, purchase.currency),
+            now,
+        )
+        pending = PendingEarn(
+            source_service=purchase.service,
+            source_ref=purchase.ref,
+            member_id=purchase.member_id,
+            purchase_minor=purchase.amount_minor,
+            currency=purchase.currency or "JPY",
+            regular=quote.regular,
+            bonus=quote.bonus,
+            bonus_expires_at=quote.bonus_expires_at,
+            explanation=quote.explanation,
+            status="pending",
+            created_at=now,
+        )
         session.add(pending)
         if step == "pending":
             return
@@ -130,8 +164,16 @@ async def on_purchase(session: AsyncSession, event: Event) -> None:
         quote = ledger.EarnQuote(pending.regular, pending.bonus, pending.bonus_expires_at, 0, (), pending.explanation)
         if pending.bonus_expires_at is not None and pending.bonus_expires_at <= now:
             quote = ledger.EarnQuote(pending.regular, 0, None, 0, (), pending.explanation)
-        await store.grant(session, wallet, now, quote=quote, service=purchase.service, source_ref=purchase.ref,
-                          key=event.id, regular_expiry_months=months)
+        await store.grant(
+            session,
+            wallet,
+            now,
+            quote=quote,
+            service=purchase.service,
+            source_ref=purchase.ref,
+            key=event.id,
+            regular_expiry_months=months,
+        )
         pending.status = "granted"
     elif step == "cancel":
         if pending.status == "pending":
@@ -152,10 +194,12 @@ async def on_purchase(session: AsyncSession, event: Event) -> None:
     session.add(pending)
 
 
-async def _claw_back(session: AsyncSession, wallet: Any, now: datetime, purchase: Purchase, amount: int,
-                     reason: str, key: str) -> None:
-    request = pb.ClawbackRequest(source_ref=purchase.ref, source_service=purchase.service, amount=amount,
-                                 reason=reason, idempotency_key=key)
+async def _claw_back(
+    session: AsyncSession, wallet: Any, now: datetime, purchase: Purchase, amount: int, reason: str, key: str
+) -> None:
+    request = pb.ClawbackRequest(
+        source_ref=purchase.ref, source_service=purchase.service, amount=amount, reason=reason, idempotency_key=key
+    )
     try:
         async with session.begin_nested():
             await store.clawback(session, wallet, now, caller=purchase.service, request=request)
@@ -187,21 +231,38 @@ async def on_command(session: AsyncSession, event: Event) -> None:
         msg = event.parse(ev.CreditRequested)
         command, member_id = ev.COMMAND_KIND_CREDIT, msg.member_id
         request: Message = pb.CreditRequest(
-            member_id=msg.member_id, amount=msg.amount, kind=msg.kind or pb.CREDIT_KIND_REGULAR, reason=msg.reason,
-            source_service=msg.source_service, source_ref=msg.source_ref, idempotency_key=msg.idempotency_key,
+            member_id=msg.member_id,
+            amount=msg.amount,
+            kind=msg.kind or pb.CREDIT_KIND_REGULAR,
+            reason=msg.reason,
+            source_service=msg.source_service,
+            source_ref=msg.source_ref,
+            idempotency_key=msg.idempotency_key,
             **({"expires_at": msg.expires_at} if msg.HasField("expires_at") else {}),
         )
         kind = {pb.CREDIT_KIND_REGULAR: ledger.REGULAR, pb.CREDIT_KIND_LIMITED_TIME: ledger.LIMITED_TIME}.get(
-            msg.kind or pb.CREDIT_KIND_REGULAR, ledger.REGULAR)
+            msg.kind or pb.CREDIT_KIND_REGULAR, ledger.REGULAR
+        )
         expires = msg.expires_at.ToDatetime(tzinfo=now.tzinfo) if msg.HasField("expires_at") else None
 
         async def effect(s: AsyncSession, wallet: Any, at: datetime) -> Message:
             if msg.source_service != _publisher(event) or msg.source_service not in settings.command_credit_services:
                 raise PermissionDenied(f"{_publisher(event)!r} may not credit as {msg.source_service!r}")
-            return await store.credit(s, wallet, at, member_id=msg.member_id, amount=msg.amount, kind=kind,
-                                      reason=msg.reason, source_service=msg.source_service,
-                                      source_ref=msg.source_ref, expires_at=expires, key=msg.idempotency_key,
-                                      regular_expiry_months=settings.regular_expiry_months)
+            return await store.credit(
+                s,
+                wallet,
+                at,
+                member_id=msg.member_id,
+                amount=msg.amount,
+                kind=kind,
+                reason=msg.reason,
+                source_service=msg.source_service,
+                source_ref=msg.source_ref,
+                expires_at=expires,
+                key=msg.idempotency_key,
+                regular_expiry_months=settings.regular_expiry_months,
+            )
+
         response_type: type[Message] = pb.CreditResponse
         operation = "credit"
     elif event.subject == "points.spend.requested":
@@ -213,26 +274,56 @@ async def on_command(session: AsyncSession, event: Event) -> None:
         async def effect(s: AsyncSession, wallet: Any, at: datetime) -> Message:
             if not authorized or msg.source_service != _publisher(event):
                 raise PermissionDenied("the member's authorization is missing, invalid or expired")
-            reserve = pb.ReserveRequest(member_id=msg.member_id, amount=msg.amount, reason=msg.reason,
-                                        source_service=msg.source_service, source_ref=msg.source_ref,
-                                        idempotency_key=msg.idempotency_key)
-            held = await store.reserve(s, wallet, at, caller=msg.source_service, request=reserve, default_ttl=60,
-                                       max_ttl=60)
-            return await store.capture(s, wallet, at, caller=msg.source_service, request=pb.CaptureRequest(
-                reservation_id=held.reservation_id, idempotency_key=msg.idempotency_key))
+            reserve = pb.ReserveRequest(
+                member_id=msg.member_id,
+                amount=msg.amount,
+                reason=msg.reason,
+                source_service=msg.source_service,
+                source_ref=msg.source_ref,
+                idempotency_key=msg.idempotency_key,
+            )
+            held = await store.reserve(
+                s, wallet, at, caller=msg.source_service, request=reserve, default_ttl=60, max_ttl=60
+            )
+            return await store.capture(
+                s,
+                wallet,
+                at,
+                caller=msg.source_service,
+                request=pb.CaptureRequest(reservation_id=held.reservation_id, idempotency_key=msg.idempotency_key),
+            )
+
         response_type = pb.CaptureResponse
         operation = "spend"
     else:
         return
     outcome = await store.apply_idempotent(
-        session, caller=msg.source_service or _publisher(event), key=msg.idempotency_key, operation=operation,
-        request=request, member_id=member_id, effect=effect, response_type=response_type, now=now)
+        session,
+        caller=msg.source_service or _publisher(event),
+        key=msg.idempotency_key,
+        operation=operation,
+        request=request,
+        member_id=member_id,
+        effect=effect,
+        response_type=response_type,
+        now=now,
+    )
     if isinstance(outcome, DomainError):
-        publish(session, "points.command.rejected", ev.CommandRejected(
-            idempotency_key=msg.idempotency_key, command=command,
-            reason=_REJECTION.get(outcome.code, ev.REJECTION_REASON_UNSPECIFIED), message=outcome.message,
-            member_id=member_id, source_service=msg.source_service, source_ref=msg.source_ref,
-            rejected_at=store.ts(now)), member_id=member_id)
+        publish(
+            session,
+            "points.command.rejected",
+            ev.CommandRejected(
+                idempotency_key=msg.idempotency_key,
+                command=command,
+                reason=_REJECTION.get(outcome.code, ev.REJECTION_REASON_UNSPECIFIED),
+                message=outcome.message,
+                member_id=member_id,
+                source_service=msg.source_service,
+                source_ref=msg.source_ref,
+                rejected_at=store.ts(now),
+            ),
+            member_id=member_id,
+        )
 
 
 async def _member_authorized(token: str, member_id: str) -> bool:
@@ -247,11 +338,16 @@ async def _member_authorized(token: str, member_id: str) -> bool:
 
 consumers = [
     Consumer("points-members", ["identity.member.registered", "identity.member.erasure_requested"], on_member),
-    Consumer("points-shop-earn", ["shop.order.paid", "shop.order.completed", "shop.order.cancelled",
-                                  "shop.order.refunded"], on_purchase),
-    Consumer("points-travel-earn", ["travel.booking.confirmed", "travel.booking.completed",
-                                    "travel.booking.cancelled"], on_purchase),
-    Consumer("points-fintech-earn", ["fintech.card_purchase.posted", "fintech.card_purchase.refunded"],
-             on_purchase),
+    Consumer(
+        "points-shop-earn",
+        ["shop.order.paid", "shop.order.completed", "shop.order.cancelled", "shop.order.refunded"],
+        on_purchase,
+    ),
+    Consumer(
+        "points-travel-earn",
+        ["travel.booking.confirmed", "travel.booking.completed", "travel.booking.cancelled"],
+        on_purchase,
+    ),
+    Consumer("points-fintech-earn", ["fintech.card_purchase.posted", "fintech.card_purchase.refunded"], on_purchase),
     Consumer("points-commands", ["points.credit.requested", "points.spend.requested"], on_command),
 ]

@@ -68,8 +68,7 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
     async def ListEntries(self, request: pb.ListEntriesRequest, context: Any) -> pb.ListEntriesResponse:
         _may_read(current_call(), request.member_id)
         async with self.db.sessions() as session:
-            return await store.list_entries(session, request.member_id, request.page.page_size,
-                                            request.page.page_token)
+            return await store.list_entries(session, request.member_id, request.page.page_size, request.page.page_token)
 
     async def Credit(self, request: pb.CreditRequest, context: Any) -> pb.CreditResponse:
         caller = current_call().require_service_scope("points:credit").client_id
@@ -81,47 +80,86 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
             if kind is None:
                 raise InvalidArgument("kind must be CREDIT_KIND_REGULAR or CREDIT_KIND_LIMITED_TIME")
             return await store.credit(
-                session, wallet, now, member_id=request.member_id, amount=request.amount, kind=kind,
-                reason=request.reason, source_service=service, source_ref=request.source_ref,
-                expires_at=expires_at, key=request.idempotency_key,
+                session,
+                wallet,
+                now,
+                member_id=request.member_id,
+                amount=request.amount,
+                kind=kind,
+                reason=request.reason,
+                source_service=service,
+                source_ref=request.source_ref,
+                expires_at=expires_at,
+                key=request.idempotency_key,
                 regular_expiry_months=self.settings.regular_expiry_months,
             )
 
-        return await self.ledger.execute(caller=caller, key=request.idempotency_key, operation="credit",
-                                         request=request, member_id=request.member_id, effect=effect,
-                                         response_type=pb.CreditResponse)
+        return await self.ledger.execute(
+            caller=caller,
+            key=request.idempotency_key,
+            operation="credit",
+            request=request,
+            member_id=request.member_id,
+            effect=effect,
+            response_type=pb.CreditResponse,
+        )
 
     async def Earn(self, request: pb.EarnRequest, context: Any) -> pb.EarnResponse:
         caller = current_call().require_service_scope("points:credit").client_id
         service = _own_service(caller, request.source_service)
         effect = partial(
-            store.earn, member_id=request.member_id, amount_minor=request.purchase.amount_minor,
-            currency=request.purchase.currency or "JPY", service=service, source_ref=request.source_ref,
-            key=request.idempotency_key, rules=self.settings.earn_rules(),
+            store.earn,
+            member_id=request.member_id,
+            amount_minor=request.purchase.amount_minor,
+            currency=request.purchase.currency or "JPY",
+            service=service,
+            source_ref=request.source_ref,
+            key=request.idempotency_key,
+            rules=self.settings.earn_rules(),
             regular_expiry_months=self.settings.regular_expiry_months,
         )
-        return await self.ledger.execute(caller=caller, key=request.idempotency_key, operation="earn",
-                                         request=request, member_id=request.member_id, effect=effect,
-                                         response_type=pb.EarnResponse)
+        return await self.ledger.execute(
+            caller=caller,
+            key=request.idempotency_key,
+            operation="earn",
+            request=request,
+            member_id=request.member_id,
+            effect=effect,
+            response_type=pb.EarnResponse,
+        )
 
     async def Reserve(self, request: pb.ReserveRequest, context: Any) -> pb.ReserveResponse:
         auth = current_call()
         caller = auth.require_service_scope("points:spend").client_id
         auth.require_member(request.member_id, "points:spend")
         _own_service(caller, request.source_service)
-        effect = partial(store.reserve, caller=caller, request=request,
-                         default_ttl=self.settings.reservation_default_ttl_seconds,
-                         max_ttl=self.settings.reservation_max_ttl_seconds)
-        return await self.ledger.execute(caller=caller, key=request.idempotency_key, operation="reserve",
-                                         request=request, member_id=request.member_id, effect=effect,
-                                         response_type=pb.ReserveResponse)
+        effect = partial(
+            store.reserve,
+            caller=caller,
+            request=request,
+            default_ttl=self.settings.reservation_default_ttl_seconds,
+            max_ttl=self.settings.reservation_max_ttl_seconds,
+        )
+        return await self.ledger.execute(
+            caller=caller,
+            key=request.idempotency_key,
+            operation="reserve",
+            request=request,
+            member_id=request.member_id,
+            effect=effect,
+            response_type=pb.ReserveResponse,
+        )
 
     async def Capture(self, request: pb.CaptureRequest, context: Any) -> pb.CaptureResponse:
         caller = current_call().require_service_scope("points:spend", "points:credit").client_id
         member_id = await self.ledger.member_of_reservation(request.reservation_id)
         return await self.ledger.execute(
-            caller=caller, key=request.idempotency_key, operation="capture", request=request,
-            member_id=member_id, effect=partial(store.capture, caller=caller, request=request),
+            caller=caller,
+            key=request.idempotency_key,
+            operation="capture",
+            request=request,
+            member_id=member_id,
+            effect=partial(store.capture, caller=caller, request=request),
             response_type=pb.CaptureResponse,
         )
 
@@ -129,8 +167,12 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
         caller = current_call().require_service_scope("points:spend", "points:credit").client_id
         member_id = await self.ledger.member_of_reservation(request.reservation_id)
         return await self.ledger.execute(
-            caller=caller, key=request.idempotency_key, operation="void", request=request,
-            member_id=member_id, effect=partial(store.void, caller=caller, request=request),
+            caller=caller,
+            key=request.idempotency_key,
+            operation="void",
+            request=request,
+            member_id=member_id,
+            effect=partial(store.void, caller=caller, request=request),
             response_type=pb.VoidResponse,
         )
 
@@ -138,17 +180,26 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
         caller = current_call().require_service_scope("points:spend", "points:credit").client_id
         member_id = await self.ledger.member_of_reservation(request.capture_entry_id or request.reservation_id)
         return await self.ledger.execute(
-            caller=caller, key=request.idempotency_key, operation="refund", request=request,
-            member_id=member_id, effect=partial(store.refund, caller=caller, request=request),
+            caller=caller,
+            key=request.idempotency_key,
+            operation="refund",
+            request=request,
+            member_id=member_id,
+            effect=partial(store.refund, caller=caller, request=request),
             response_type=pb.RefundResponse,
         )
 
     async def Clawback(self, request: pb.ClawbackRequest, context: Any) -> pb.ClawbackResponse:
         caller = current_call().require_service_scope("points:credit").client_id
         member_id = await self.ledger.member_of_credit(
-            request.credit_entry_id, request.source_service or caller, request.source_ref)
+            request.credit_entry_id, request.source_service or caller, request.source_ref
+        )
         return await self.ledger.execute(
-            caller=caller, key=request.idempotency_key, operation="clawback", request=request,
-            member_id=member_id, effect=partial(store.clawback, caller=caller, request=request),
+            caller=caller,
+            key=request.idempotency_key,
+            operation="clawback",
+            request=request,
+            member_id=member_id,
+            effect=partial(store.clawback, caller=caller, request=request),
             response_type=pb.ClawbackResponse,
         )

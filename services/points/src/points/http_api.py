@@ -38,13 +38,18 @@ async def wallet_view(request: Request, session: Any, member_id: str) -> dict[st
     return {
         "member_id": member_id,
         "balance": {
-            "total": balance.total, "regular": balance.regular, "limited_time": balance.limited_time,
-            "pending": balance.pending, "debt": balance.debt,
+            "total": balance.total,
+            "regular": balance.regular,
+            "limited_time": balance.limited_time,
+            "pending": balance.pending,
+            "debt": balance.debt,
             "earning": await store.earning_pending(session, member_id),
             "expiring_soon": {
                 "amount": balance.expiring_soon.amount,
                 "expires_at": balance.expiring_soon.expires_at.ToDatetime(tzinfo=UTC).isoformat(),
-            } if balance.HasField("expiring_soon") else None,
+            }
+            if balance.HasField("expiring_soon")
+            else None,
         },
         "month": {
             "services_used": [ledger.SERVICE_LABELS.get(s, s) for s in used],
@@ -53,8 +58,13 @@ async def wallet_view(request: Request, session: Any, member_id: str) -> dict[st
             "bonus_rate_percent": bonus_bp / 100,
         },
         "entries": [
-            {"entry_id": e.entry_id, "amount": e.amount, "explanation": e.explanation,
-             "service": e.source_service, "at": e.created_at.ToDatetime(tzinfo=UTC).isoformat()}
+            {
+                "entry_id": e.entry_id,
+                "amount": e.amount,
+                "explanation": e.explanation,
+                "service": e.source_service,
+                "at": e.created_at.ToDatetime(tzinfo=UTC).isoformat(),
+            }
             for e in entries.entries
         ],
     }
@@ -90,5 +100,4 @@ async def admin_settlement(
         raise InvalidArgument("start and end need a time zone, e.g. 2025-01-01T00:00:00Z")
     if end <= start:
         raise InvalidArgument("end must be after start")
-    return {"start": start.isoformat(), "end": end.isoformat(),
-            "services": await audit.settlement(session, start, end)}
+    return {"start": start.isoformat(), "end": end.isoformat(), "services": await audit.settlement(session, start, end)}

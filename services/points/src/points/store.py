@@ -58,8 +58,11 @@ from points.models import (
 
 VISIBLE_KINDS = ("credit", "spend", "refund", "clawback", "expiry")
 ENTRY_KIND = {
-    "credit": pb.ENTRY_KIND_CREDIT, "spend": pb.ENTRY_KIND_SPEND, "refund": pb.ENTRY_KIND_REFUND,
-    "clawback": pb.ENTRY_KIND_CLAWBACK, "expiry": pb.ENTRY_KIND_EXPIRY,
+    "credit": pb.ENTRY_KIND_CREDIT,
+    "spend": pb.ENTRY_KIND_SPEND,
+    "refund": pb.ENTRY_KIND_REFUND,
+    "clawback": pb.ENTRY_KIND_CLAWBACK,
+    "expiry": pb.ENTRY_KIND_EXPIRY,
 }
 LOT_KIND = {REGULAR: pb.CREDIT_KIND_REGULAR, LIMITED_TIME: pb.CREDIT_KIND_LIMITED_TIME}
 MAX_PAGE = 200
@@ -93,8 +96,16 @@ async def register_member(session: AsyncSession, member_id: str, now: datetime) 
     """Open the member's wallet (idempotent)."""
     wallet = await lock_wallet(session, member_id)
     if wallet is None:
-        wallet = Wallet(member_id=member_id, status="active", available=0, held=0, debt=0,
-                        earn_month=ledger.month_key(now), earned_this_month=0, created_at=now)
+        wallet = Wallet(
+            member_id=member_id,
+            status="active",
+            available=0,
+            held=0,
+            debt=0,
+            earn_month=ledger.month_key(now),
+            earned_this_month=0,
+            created_at=now,
+        )
         session.add(wallet)
         await session.flush()
     return wallet
@@ -128,9 +139,16 @@ async def post_entry(
     if min(wallet.available, wallet.held, wallet.debt) < 0:
         raise AssertionError(f"entry {kind} would make a balance negative: {postings}")
     member_change = sum(v for a, v in postings.items() if a.startswith(f"member:{member}:"))
-    entry = Entry(entry_id=new_id("ent"), member_id=member, kind=kind, amount=member_change,
-                  explanation=explanation, source_service=source_service, source_ref=source_ref,
-                  created_at=now)
+    entry = Entry(
+        entry_id=new_id("ent"),
+        member_id=member,
+        kind=kind,
+        amount=member_change,
+        explanation=explanation,
+        source_service=source_service,
+        source_ref=source_ref,
+        created_at=now,
+    )
     session.add(entry)
     await session.flush()
     assert entry.id is not None
@@ -156,33 +174,55 @@ def lot_state(lot: Lot) -> LotState:
 
 async def settle_due(session: AsyncSession, wallet: Wallet, now: datetime) -> None:
     """Release the member's timed-out reservations, then expire their lots that are due."""
-    due = (await session.exec(
-        select(Reservation).where(Reservation.member_id == wallet.member_id, Reservation.status == "open",
-                                  col(Reservation.expires_at) <= now)
-    )).all()
+    due = (
+        await session.exec(
+            select(Reservation).where(
+                Reservation.member_id == wallet.member_id,
+                Reservation.status == "open",
+                col(Reservation.expires_at) <= now,
+            )
+        )
+    ).all()
     for reservation in due:
         await release(session, wallet, reservation, "timed_out", "", now)
     await expire_due_lots(session, wallet, now)
 
 
 async def expire_due_lots(session: AsyncSession, wallet: Wallet, now: datetime) -> int:
-    lots = (await session.exec(
-        select(Lot).where(Lot.member_id == wallet.member_id, col(Lot.remaining) > 0, col(Lot.expires_at) <= now)
-        .order_by(col(Lot.id)).execution_options(populate_existing=True)
-    )).all()
+    lots = (
+        await session.exec(
+            select(Lot)
+            .where(Lot.member_id == wallet.member_id, col(Lot.remaining) > 0, col(Lot.expires_at) <= now)
+            .order_by(col(Lot.id))
+            .execution_options(populate_existing=True)
+        )
+    ).all()
     for lot in lots:
         amount, lot.remaining = lot.remaining, 0
         session.add(lot)
         entry = await post_entry(
-            session, wallet, kind="expiry",
+            session,
+            wallet,
+            kind="expiry",
             postings={account_available(wallet.member_id): -amount, ACCOUNT_EXPIRED: amount},
             explanation=f"{amount} {'limited-time' if lot.kind == LIMITED_TIME else 'regular'} points expired",
-            source_service="points", source_ref="", now=now,
+            source_service="points",
+            source_ref="",
+            now=now,
         )
-        publish(session, "points.ledger.expired", ev.Expired(
-            entry_id=entry.entry_id, member_id=wallet.member_id, amount=amount, kind=LOT_KIND[lot.kind],
-            balance_after=wallet.available, expired_at=ts(lot.expires_at),
-        ), member_id=wallet.member_id)
+        publish(
+            session,
+            "points.ledger.expired",
+            ev.Expired(
+                entry_id=entry.entry_id,
+                member_id=wallet.member_id,
+                amount=amount,
+                kind=LOT_KIND[lot.kind],
+                balance_after=wallet.available,
+                expired_at=ts(lot.expires_at),
+            ),
+            member_id=wallet.member_id,
+        )
     return len(lots)
 
 
@@ -199,18 +239,34 @@ async def release(
     reservation.status = "voided" if cause == "requested" else "timed_out"
     session.add(reservation)
     await post_entry(
-        session, wallet, kind="release",
-        postings={account_held(wallet.member_id): -reservation.amount,
-                  account_available(wallet.member_id): reservation.amount},
-        explanation=f"Released hold: {reservation.reason}", source_service=reservation.source_service,
-        source_ref=reservation.source_ref, now=now,
+        session,
+        wallet,
+        kind="release",
+        postings={
+            account_held(wallet.member_id): -reservation.amount,
+            account_available(wallet.member_id): reservation.amount,
+        },
+        explanation=f"Released hold: {reservation.reason}",
+        source_service=reservation.source_service,
+        source_ref=reservation.source_ref,
+        now=now,
     )
-    publish(session, "points.ledger.voided", ev.Voided(
-        reservation_id=reservation.reservation_id, member_id=wallet.member_id, released=reservation.amount,
-        cause=ev.VOID_CAUSE_REQUESTED if cause == "requested" else ev.VOID_CAUSE_TIMED_OUT,
-        source_service=reservation.source_service, source_ref=reservation.source_ref,
-        balance_after=wallet.available, idempotency_key=key, voided_at=ts(now),
-    ), member_id=wallet.member_id)
+    publish(
+        session,
+        "points.ledger.voided",
+        ev.Voided(
+            reservation_id=reservation.reservation_id,
+            member_id=wallet.member_id,
+            released=reservation.amount,
+            cause=ev.VOID_CAUSE_REQUESTED if cause == "requested" else ev.VOID_CAUSE_TIMED_OUT,
+            source_service=reservation.source_service,
+            source_ref=reservation.source_ref,
+            balance_after=wallet.available,
+            idempotency_key=key,
+            voided_at=ts(now),
+        ),
+        member_id=wallet.member_id,
+    )
     return reservation.amount
 
 
@@ -226,8 +282,15 @@ def request_hash(operation: str, request: Message) -> str:
 
 
 _ERRORS: dict[str, type[DomainError]] = {
-    cls.code: cls for cls in (errors.InvalidArgument, errors.NotFound, errors.AlreadyExists,
-                              errors.FailedPrecondition, errors.PermissionDenied, errors.Unauthenticated)
+    cls.code: cls
+    for cls in (
+        errors.InvalidArgument,
+        errors.NotFound,
+        errors.AlreadyExists,
+        errors.FailedPrecondition,
+        errors.PermissionDenied,
+        errors.Unauthenticated,
+    )
 }
 
 Effect = Callable[[AsyncSession, Wallet | None, datetime], Awaitable[R]]
@@ -301,8 +364,15 @@ class Ledger:
             try:
                 async with self.db.transaction() as session:
                     outcome = await apply_idempotent(
-                        session, caller=caller, key=key, operation=operation, request=request,
-                        member_id=member_id, effect=effect, response_type=response_type, now=self.clock.now(),
+                        session,
+                        caller=caller,
+                        key=key,
+                        operation=operation,
+                        request=request,
+                        member_id=member_id,
+                        effect=effect,
+                        response_type=response_type,
+                        now=self.clock.now(),
                     )
                 break
             except IntegrityError:
@@ -315,9 +385,15 @@ class Ledger:
 
     async def member_of_reservation(self, reservation_id: str) -> str | None:
         async with self.db.sessions() as session:
-            row = (await session.exec(select(Reservation.member_id).where(
-                or_(Reservation.reservation_id == reservation_id, Reservation.capture_entry_id == reservation_id)
-            ))).first()
+            row = (
+                await session.exec(
+                    select(Reservation.member_id).where(
+                        or_(
+                            Reservation.reservation_id == reservation_id, Reservation.capture_entry_id == reservation_id
+                        )
+                    )
+                )
+            ).first()
             return row
 
     async def member_of_credit(self, entry_id: str, source_service: str, source_ref: str) -> str | None:
@@ -357,28 +433,63 @@ async def credit(
     wallet = require_active(wallet, member_id)
     rolling_until = ledger.add_months(now, regular_expiry_months)
     # Earning moves the rolling expiry of every regular lot not yet expired.
-    await session.exec(update(Lot).where(  # type: ignore[call-overload]
-        col(Lot.member_id) == member_id, col(Lot.rolling).is_(True), col(Lot.expires_at) > now
-    ).values(expires_at=rolling_until))
+    await session.exec(
+        update(Lot)
+        .where(  # type: ignore[call-overload]
+            col(Lot.member_id) == member_id, col(Lot.rolling).is_(True), col(Lot.expires_at) > now
+        )
+        .values(expires_at=rolling_until)
+    )
     repaid, to_lot = ledger.plan_credit(amount, wallet.debt)
     entry = await post_entry(
-        session, wallet, kind="credit",
-        postings={account_issued(source_service): -amount, account_available(member_id): to_lot,
-                  account_debt(member_id): repaid},
+        session,
+        wallet,
+        kind="credit",
+        postings={
+            account_issued(source_service): -amount,
+            account_available(member_id): to_lot,
+            account_debt(member_id): repaid,
+        },
         explanation=reason + (f" ({repaid} repaid debt)" if repaid else ""),
-        source_service=source_service, source_ref=source_ref, now=now,
+        source_service=source_service,
+        source_ref=source_ref,
+        now=now,
     )
     lot_expires = expires_at or rolling_until
     assert entry.id is not None
-    session.add(Lot(member_id=member_id, entry_pk=entry.id, kind=kind, rolling=expires_at is None,
-                    amount=amount, remaining=to_lot, clawed_back=0, source_service=source_service,
-                    expires_at=lot_expires, created_at=now))
+    session.add(
+        Lot(
+            member_id=member_id,
+            entry_pk=entry.id,
+            kind=kind,
+            rolling=expires_at is None,
+            amount=amount,
+            remaining=to_lot,
+            clawed_back=0,
+            source_service=source_service,
+            expires_at=lot_expires,
+            created_at=now,
+        )
+    )
     wallet.last_earned_at = now
-    publish(session, "points.ledger.credited", ev.Credited(
-        entry_id=entry.entry_id, member_id=member_id, amount=amount, kind=LOT_KIND[kind], reason=reason,
-        source_service=source_service, source_ref=source_ref, expires_at=ts(lot_expires),
-        balance_after=wallet.available, idempotency_key=key, credited_at=ts(now),
-    ), member_id=member_id)
+    publish(
+        session,
+        "points.ledger.credited",
+        ev.Credited(
+            entry_id=entry.entry_id,
+            member_id=member_id,
+            amount=amount,
+            kind=LOT_KIND[kind],
+            reason=reason,
+            source_service=source_service,
+            source_ref=source_ref,
+            expires_at=ts(lot_expires),
+            balance_after=wallet.available,
+            idempotency_key=key,
+            credited_at=ts(now),
+        ),
+        member_id=member_id,
+    )
     return pb.CreditResponse(entry_id=entry.entry_id, balance_after=wallet.available)
 
 
@@ -401,9 +512,18 @@ async def reserve(
     takes = ledger.allocate((lot_state(lot) for lot in lots.values()), request.amount, now)
     expires_at = now + timedelta(seconds=request.ttl_seconds or default_ttl)
     reservation = Reservation(
-        reservation_id=new_id("rsv"), member_id=wallet.member_id, caller=caller, amount=request.amount,
-        status="open", reason=request.reason, source_service=request.source_service or caller,
-        source_ref=request.source_ref, captured=0, refunded=0, created_at=now, expires_at=expires_at,
+        reservation_id=new_id("rsv"),
+        member_id=wallet.member_id,
+        caller=caller,
+        amount=request.amount,
+        status="open",
+        reason=request.reason,
+        source_service=request.source_service or caller,
+        source_ref=request.source_ref,
+        captured=0,
+        refunded=0,
+        created_at=now,
+        expires_at=expires_at,
     )
     session.add(reservation)
     await session.flush()
@@ -413,23 +533,40 @@ async def reserve(
         session.add(lots[lot_id])
         session.add(Hold(reservation_pk=reservation.id, lot_id=lot_id, seq=seq, amount=take, captured=0, refunded=0))
     await post_entry(
-        session, wallet, kind="hold",
+        session,
+        wallet,
+        kind="hold",
         postings={account_available(wallet.member_id): -request.amount, account_held(wallet.member_id): request.amount},
-        explanation=f"Hold: {request.reason}", source_service=reservation.source_service,
-        source_ref=request.source_ref, now=now,
+        explanation=f"Hold: {request.reason}",
+        source_service=reservation.source_service,
+        source_ref=request.source_ref,
+        now=now,
     )
-    publish(session, "points.ledger.reserved", ev.Reserved(
-        reservation_id=reservation.reservation_id, member_id=wallet.member_id, amount=request.amount,
-        reason=request.reason, source_service=reservation.source_service, source_ref=request.source_ref,
-        expires_at=ts(expires_at), balance_after=wallet.available, idempotency_key=request.idempotency_key,
-        reserved_at=ts(now),
-    ), member_id=wallet.member_id)
-    return pb.ReserveResponse(reservation_id=reservation.reservation_id, expires_at=ts(expires_at),
-                              balance_after=wallet.available)
+    publish(
+        session,
+        "points.ledger.reserved",
+        ev.Reserved(
+            reservation_id=reservation.reservation_id,
+            member_id=wallet.member_id,
+            amount=request.amount,
+            reason=request.reason,
+            source_service=reservation.source_service,
+            source_ref=request.source_ref,
+            expires_at=ts(expires_at),
+            balance_after=wallet.available,
+            idempotency_key=request.idempotency_key,
+            reserved_at=ts(now),
+        ),
+        member_id=wallet.member_id,
+    )
+    return pb.ReserveResponse(
+        reservation_id=reservation.reservation_id, expires_at=ts(expires_at), balance_after=wallet.available
+    )
 
 
-async def _reservation(session: AsyncSession, caller: str, *, reservation_id: str = "",
-                       capture_entry_id: str = "") -> Reservation:
+async def _reservation(
+    session: AsyncSession, caller: str, *, reservation_id: str = "", capture_entry_id: str = ""
+) -> Reservation:
     query = select(Reservation).execution_options(populate_existing=True)
     if capture_entry_id:
         query = query.where(Reservation.capture_entry_id == capture_entry_id)
@@ -444,10 +581,16 @@ async def _reservation(session: AsyncSession, caller: str, *, reservation_id: st
 
 
 async def _holds(session: AsyncSession, reservation: Reservation) -> list[Hold]:
-    return list((await session.exec(
-        select(Hold).where(Hold.reservation_pk == reservation.id).order_by(col(Hold.seq))
-        .execution_options(populate_existing=True)
-    )).all())
+    return list(
+        (
+            await session.exec(
+                select(Hold)
+                .where(Hold.reservation_pk == reservation.id)
+                .order_by(col(Hold.seq))
+                .execution_options(populate_existing=True)
+            )
+        ).all()
+    )
 
 
 async def capture(
@@ -476,22 +619,42 @@ async def capture(
     returned_total = reservation.amount - amount
     member = wallet.member_id
     entry = await post_entry(
-        session, wallet, kind="spend",
-        postings={account_held(member): -reservation.amount, account_redeemed(reservation.source_service): amount,
-                  account_available(member): returned_total},
+        session,
+        wallet,
+        kind="spend",
+        postings={
+            account_held(member): -reservation.amount,
+            account_redeemed(reservation.source_service): amount,
+            account_available(member): returned_total,
+        },
         explanation=reservation.reason or f"Spent at {reservation.source_service}",
-        source_service=reservation.source_service, source_ref=reservation.source_ref, now=now,
+        source_service=reservation.source_service,
+        source_ref=reservation.source_ref,
+        now=now,
     )
     reservation.status, reservation.captured, reservation.capture_entry_id = "captured", amount, entry.entry_id
     session.add(reservation)
     await expire_due_lots(session, wallet, now)  # returned points of a lot that expired meanwhile
-    publish(session, "points.ledger.captured", ev.Captured(
-        entry_id=entry.entry_id, reservation_id=reservation.reservation_id, member_id=member, captured=amount,
-        returned=returned_total, source_service=reservation.source_service, source_ref=reservation.source_ref,
-        balance_after=wallet.available, idempotency_key=request.idempotency_key, captured_at=ts(now),
-    ), member_id=member)
-    return pb.CaptureResponse(captured=amount, returned=returned_total, entry_id=entry.entry_id,
-                              balance_after=wallet.available)
+    publish(
+        session,
+        "points.ledger.captured",
+        ev.Captured(
+            entry_id=entry.entry_id,
+            reservation_id=reservation.reservation_id,
+            member_id=member,
+            captured=amount,
+            returned=returned_total,
+            source_service=reservation.source_service,
+            source_ref=reservation.source_ref,
+            balance_after=wallet.available,
+            idempotency_key=request.idempotency_key,
+            captured_at=ts(now),
+        ),
+        member_id=member,
+    )
+    return pb.CaptureResponse(
+        captured=amount, returned=returned_total, entry_id=entry.entry_id, balance_after=wallet.available
+    )
 
 
 async def void(
@@ -532,7 +695,8 @@ async def refund(
     holds = await _holds(session, reservation)
     plan = ledger.plan_refund(
         [HoldState(h.lot_id, h.amount, h.captured, h.refunded, lots[h.lot_id].expires_at) for h in holds],
-        amount, now,
+        amount,
+        now,
     )
     by_lot = {h.lot_id: h for h in holds}
     returned = lost = 0
@@ -546,20 +710,40 @@ async def refund(
     member = wallet.member_id
     reason = request.reason or f"Refund from {reservation.source_service}"
     entry = await post_entry(
-        session, wallet, kind="refund",
-        postings={account_redeemed(reservation.source_service): -amount, account_available(member): returned,
-                  ACCOUNT_EXPIRED: lost},
+        session,
+        wallet,
+        kind="refund",
+        postings={
+            account_redeemed(reservation.source_service): -amount,
+            account_available(member): returned,
+            ACCOUNT_EXPIRED: lost,
+        },
         explanation=reason + (f" ({lost} points had expired and did not return)" if lost else ""),
-        source_service=reservation.source_service, source_ref=reservation.source_ref, now=now,
+        source_service=reservation.source_service,
+        source_ref=reservation.source_ref,
+        now=now,
     )
-    publish(session, "points.ledger.refunded", ev.Refunded(
-        entry_id=entry.entry_id, member_id=member, capture_entry_id=reservation.capture_entry_id or "",
-        reservation_id=reservation.reservation_id, refunded=returned, expired_not_returned=lost,
-        source_service=reservation.source_service, source_ref=reservation.source_ref,
-        balance_after=wallet.available, idempotency_key=request.idempotency_key, refunded_at=ts(now),
-    ), member_id=member)
-    return pb.RefundResponse(refunded=returned, expired_not_returned=lost, entry_id=entry.entry_id,
-                             balance_after=wallet.available)
+    publish(
+        session,
+        "points.ledger.refunded",
+        ev.Refunded(
+            entry_id=entry.entry_id,
+            member_id=member,
+            capture_entry_id=reservation.capture_entry_id or "",
+            reservation_id=reservation.reservation_id,
+            refunded=returned,
+            expired_not_returned=lost,
+            source_service=reservation.source_service,
+            source_ref=reservation.source_ref,
+            balance_after=wallet.available,
+            idempotency_key=request.idempotency_key,
+            refunded_at=ts(now),
+        ),
+        member_id=member,
+    )
+    return pb.RefundResponse(
+        refunded=returned, expired_not_returned=lost, entry_id=entry.entry_id, balance_after=wallet.available
+    )
 
 
 async def clawback(
@@ -612,28 +796,52 @@ async def clawback(
     reason = request.reason or f"Taken back by {service}"
     source_ref = request.source_ref or credits[0].source_ref
     entry = await post_entry(
-        session, wallet, kind="clawback",
-        postings={account_issued(service): amount, account_available(member): -(amount - debt),
-                  account_debt(member): -debt},
+        session,
+        wallet,
+        kind="clawback",
+        postings={
+            account_issued(service): amount,
+            account_available(member): -(amount - debt),
+            account_debt(member): -debt,
+        },
         explanation=reason + (f" ({debt} points owed)" if debt else ""),
-        source_service=service, source_ref=source_ref, now=now,
+        source_service=service,
+        source_ref=source_ref,
+        now=now,
     )
-    publish(session, "points.ledger.clawed_back", ev.ClawedBack(
-        entry_id=entry.entry_id, member_id=member, credit_entry_ids=[c.entry_id for c in credits],
-        clawed_back=amount, debt_created=debt, source_service=service, source_ref=source_ref,
-        balance_after=wallet.available, idempotency_key=request.idempotency_key, clawed_back_at=ts(now),
-    ), member_id=member)
-    return pb.ClawbackResponse(clawed_back=amount, debt_created=debt, entry_id=entry.entry_id,
-                               balance_after=wallet.available)
+    publish(
+        session,
+        "points.ledger.clawed_back",
+        ev.ClawedBack(
+            entry_id=entry.entry_id,
+            member_id=member,
+            credit_entry_ids=[c.entry_id for c in credits],
+            clawed_back=amount,
+            debt_created=debt,
+            source_service=service,
+            source_ref=source_ref,
+            balance_after=wallet.available,
+            idempotency_key=request.idempotency_key,
+            clawed_back_at=ts(now),
+        ),
+        member_id=member,
+    )
+    return pb.ClawbackResponse(
+        clawed_back=amount, debt_created=debt, entry_id=entry.entry_id, balance_after=wallet.available
+    )
 
 
 # ---- earning ---------------------------------------------------------------------------------
 
 
 async def services_used(session: AsyncSession, member_id: str, month: str) -> list[str]:
-    return sorted((await session.exec(
-        select(ServiceUse.service).where(ServiceUse.member_id == member_id, ServiceUse.month == month)
-    )).all())
+    return sorted(
+        (
+            await session.exec(
+                select(ServiceUse.service).where(ServiceUse.member_id == member_id, ServiceUse.month == month)
+            )
+        ).all()
+    )
 
 
 async def record_service_use(session: AsyncSession, member_id: str, service: str, now: datetime) -> None:
@@ -662,13 +870,22 @@ async def quote_and_count(
 
 
 async def has_due(session: AsyncSession, member_id: str, now: datetime) -> bool:
-    lot = (await session.exec(select(Lot.id).where(
-        Lot.member_id == member_id, col(Lot.remaining) > 0, col(Lot.expires_at) <= now).limit(1))).first()
+    lot = (
+        await session.exec(
+            select(Lot.id)
+            .where(Lot.member_id == member_id, col(Lot.remaining) > 0, col(Lot.expires_at) <= now)
+            .limit(1)
+        )
+    ).first()
     if lot is not None:
         return True
-    reservation = (await session.exec(select(Reservation.id).where(
-        Reservation.member_id == member_id, Reservation.status == "open", col(Reservation.expires_at) <= now
-    ).limit(1))).first()
+    reservation = (
+        await session.exec(
+            select(Reservation.id)
+            .where(Reservation.member_id == member_id, Reservation.status == "open", col(Reservation.expires_at) <= now)
+            .limit(1)
+        )
+    ).first()
     return reservation is not None
 
 
@@ -676,19 +893,23 @@ async def balance(session: AsyncSession, member_id: str, now: datetime) -> pb.Ge
     wallet = await session.get(Wallet, member_id, populate_existing=True)
     if wallet is None:
         return pb.GetBalanceResponse()
-    rows = (await session.exec(
-        select(Lot.kind, Lot.expires_at, func.sum(Lot.remaining))
-        .where(Lot.member_id == member_id, col(Lot.remaining) > 0, col(Lot.expires_at) > now)
-        .group_by(col(Lot.kind), col(Lot.expires_at))
-    )).all()
+    rows = (
+        await session.exec(
+            select(Lot.kind, Lot.expires_at, func.sum(Lot.remaining))
+            .where(Lot.member_id == member_id, col(Lot.remaining) > 0, col(Lot.expires_at) > now)
+            .group_by(col(Lot.kind), col(Lot.expires_at))
+        )
+    ).all()
     regular = sum(int(n) for kind, _, n in rows if kind == REGULAR)
     limited = sum(int(n) for kind, _, n in rows if kind == LIMITED_TIME)
-    response = pb.GetBalanceResponse(total=regular + limited, regular=regular, limited_time=limited,
-                                     pending=wallet.held, debt=wallet.debt)
+    response = pb.GetBalanceResponse(
+        total=regular + limited, regular=regular, limited_time=limited, pending=wallet.held, debt=wallet.debt
+    )
     if rows:
         soonest = min(at for _, at, _ in rows)
-        response.expiring_soon.CopyFrom(pb.ExpiringPoints(
-            amount=sum(int(n) for _, at, n in rows if at == soonest), expires_at=ts(soonest)))
+        response.expiring_soon.CopyFrom(
+            pb.ExpiringPoints(amount=sum(int(n) for _, at, n in rows if at == soonest), expires_at=ts(soonest))
+        )
     return response
 
 
@@ -708,10 +929,17 @@ async def list_entries(
     rows = list((await session.exec(query.order_by(col(Entry.id).desc()).limit(size + 1))).all())
     response = pb.ListEntriesResponse()
     for row in rows[:size]:
-        response.entries.append(pb.Entry(
-            entry_id=row.entry_id, kind=ENTRY_KIND[row.kind], amount=row.amount, explanation=row.explanation,
-            source_service=row.source_service, source_ref=row.source_ref, created_at=ts(row.created_at),
-        ))
+        response.entries.append(
+            pb.Entry(
+                entry_id=row.entry_id,
+                kind=ENTRY_KIND[row.kind],
+                amount=row.amount,
+                explanation=row.explanation,
+                source_service=row.source_service,
+                source_ref=row.source_ref,
+                created_at=ts(row.created_at),
+            )
+        )
     if len(rows) > size:
         response.page_info.next_page_token = str(rows[size - 1].id)
     return response
@@ -719,8 +947,7 @@ async def list_entries(
 
 async def members_with_due(session: AsyncSession, now: datetime, limit: int) -> list[str]:
     lots = select(Lot.member_id).where(col(Lot.remaining) > 0, col(Lot.expires_at) <= now)
-    reservations = select(Reservation.member_id).where(
-        Reservation.status == "open", col(Reservation.expires_at) <= now)
+    reservations = select(Reservation.member_id).where(Reservation.status == "open", col(Reservation.expires_at) <= now)
     found = set((await session.exec(lots.distinct().limit(limit))).all())
     found |= set((await session.exec(reservations.distinct().limit(limit))).all())
     return sorted(found)[:limit]
@@ -745,8 +972,16 @@ async def earn(
         raise InvalidArgument("purchase.amount_minor must be > 0")
     wallet = require_active(wallet, member_id)
     quote = await quote_and_count(session, wallet, rules, service, ledger.currency_units(amount_minor, currency), now)
-    return await grant(session, wallet, now, quote=quote, service=service, source_ref=source_ref, key=key,
-                       regular_expiry_months=regular_expiry_months)
+    return await grant(
+        session,
+        wallet,
+        now,
+        quote=quote,
+        service=service,
+        source_ref=source_ref,
+        key=key,
+        regular_expiry_months=regular_expiry_months,
+    )
 
 
 async def grant(
@@ -763,24 +998,54 @@ async def grant(
     """Credit an earn quote: its regular points, and its campaign points as a limited-time lot."""
     label = ledger.SERVICE_LABELS.get(service, service)
     where = f"Earned at {label}" + (f" on {source_ref}" if source_ref else "")
-    response = pb.EarnResponse(earned=quote.regular, bonus=quote.bonus, explanation=quote.explanation,
-                               rate_bp=quote.rate_bp, balance_after=wallet.available)
+    response = pb.EarnResponse(
+        earned=quote.regular,
+        bonus=quote.bonus,
+        explanation=quote.explanation,
+        rate_bp=quote.rate_bp,
+        balance_after=wallet.available,
+    )
     if quote.regular > 0:
-        done = await credit(session, wallet, now, member_id=wallet.member_id, amount=quote.regular, kind=REGULAR,
-                            reason=f"{where}: {quote.explanation}", source_service=service,
-                            source_ref=source_ref, expires_at=None, key=key,
-                            regular_expiry_months=regular_expiry_months)
+        done = await credit(
+            session,
+            wallet,
+            now,
+            member_id=wallet.member_id,
+            amount=quote.regular,
+            kind=REGULAR,
+            reason=f"{where}: {quote.explanation}",
+            source_service=service,
+            source_ref=source_ref,
+            expires_at=None,
+            key=key,
+            regular_expiry_months=regular_expiry_months,
+        )
         response.entry_id, response.balance_after = done.entry_id, done.balance_after
     if quote.bonus > 0:
-        done = await credit(session, wallet, now, member_id=wallet.member_id, amount=quote.bonus, kind=LIMITED_TIME,
-                            reason=f"{where}: campaign bonus", source_service=service, source_ref=source_ref,
-                            expires_at=quote.bonus_expires_at, key=key,
-                            regular_expiry_months=regular_expiry_months)
+        done = await credit(
+            session,
+            wallet,
+            now,
+            member_id=wallet.member_id,
+            amount=quote.bonus,
+            kind=LIMITED_TIME,
+            reason=f"{where}: campaign bonus",
+            source_service=service,
+            source_ref=source_ref,
+            expires_at=quote.bonus_expires_at,
+            key=key,
+            regular_expiry_months=regular_expiry_months,
+        )
         response.bonus_entry_id, response.balance_after = done.entry_id, done.balance_after
     return response
 
 
 async def earning_pending(session: AsyncSession, member_id: str) -> int:
-    total = (await session.exec(select(func.sum(PendingEarn.regular + PendingEarn.bonus)).where(
-        PendingEarn.member_id == member_id, PendingEarn.status == "pending"))).first()
+    total = (
+        await session.exec(
+            select(func.sum(PendingEarn.regular + PendingEarn.bonus)).where(
+                PendingEarn.member_id == member_id, PendingEarn.status == "pending"
+            )
+        )
+    ).first()
     return int(total or 0)
