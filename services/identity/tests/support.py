@@ -43,7 +43,7 @@ def test_clients(extra: list[dict[str, Any]] | None = None) -> list[dict[str, An
         {"client_id": "thirdparty", "client_secret": THIRD_SECRET, "first_party": False,
          "redirect_uris": ["http://127.0.0.1:9/tp/callback"], "scopes": ["openid", "profile", "points:read"]},
         {"client_id": "svc", "client_secret": SVC_SECRET, "grant_types": ["client_credentials"],
-         "scopes": ["points:credit", "points:read"]},
+         "scopes": ["points:credit", "points:read", "identity:read"]},
         *(extra or []),
     ]
 

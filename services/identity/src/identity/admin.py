@@ -16,10 +16,13 @@ from kizuna.kit.db import Database, utcnow
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+def _migrate(settings: Settings) -> None:
+    """Commands may run before the service ever started; the schema must exist (blocking)."""
+    migrations.upgrade(settings.database_url_for("identity"), MIGRATIONS)
+
+
 def _database(settings: Settings) -> Database:
-    url = settings.database_url_for("identity")
-    migrations.upgrade(url, MIGRATIONS)
-    return Database(url)
+    return Database(settings.database_url_for("identity"))
 
 
 def max_token_seconds(settings: Settings) -> int:
@@ -44,6 +47,7 @@ def rotate_keys(settings: Settings, args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m identity rotate-keys")
     parser.add_argument("--publish-seconds", type=int, default=None)
     ns = parser.parse_args(args)
+    _migrate(settings)
     kid = asyncio.run(rotate_keys_async(settings, ns.publish_seconds))
     print(json.dumps({"kid": kid}))
     return 0
@@ -66,5 +70,6 @@ def register_client(settings: Settings, args: list[str]) -> int:
         finally:
             await db.dispose()
 
+    _migrate(settings)
     print(json.dumps(asyncio.run(run())))
     return 0

@@ -9,6 +9,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.identity.v1 import identity_pb2, identity_pb2_grpc
 
 from identity import members
+from kizuna.kit.auth import current_call
+from kizuna.kit.errors import PermissionDenied
 from kizuna.kit.service import Runtime
 
 
@@ -19,6 +21,13 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
     async def GetMember(
         self, request: identity_pb2.GetMemberRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.GetMemberResponse:
+        call = current_call()
+        own_record = call.member is not None and call.member.member_id == request.member_id
+        if not own_record:
+            try:
+                call.require_service_scope("identity:read")
+            except PermissionDenied as exc:
+                await context.abort(exc.grpc_status, exc.message)
         if not request.member_id.startswith("mbr_"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "member_id must look like mbr_<ULID>")
         async with self.runtime.db.sessions() as session:

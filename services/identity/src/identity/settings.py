@@ -9,8 +9,7 @@ class Settings(ServiceSettings):
     http_port: int = 8000
     grpc_port: int = 50050
 
-    # The audience of every access token: the ecosystem API. Resource servers authorize by scope.
-    kizuna_audience: str = "kizuna"
+    # KIZUNA_AUDIENCE (in the kit's settings) is the `aud` of every access token.
     # Clients registered (upserted) at start: a JSON list of client objects, see clients.py.
     kizuna_clients: str = ""
     # Encrypts signing keys at rest and derives the cookie/CSRF secret. 32 bytes, base64url.

@@ -126,7 +126,8 @@ def dev_client_registration(name: str, base_url: str, data_dir: Path) -> dict[st
         "client_id": name, "client_secret": dev_client_secret(data_dir, name), "name": name.capitalize(),
         "redirect_uris": [f"{base}/auth/callback"], "post_logout_redirect_uris": [f"{base}/"],
         "backchannel_logout_uri": f"{base}/auth/backchannel-logout", "first_party": True,
-        "scopes": ["openid", "profile", "email", "offline_access", "points:read", "points:spend", "points:credit"],
+        "scopes": ["openid", "profile", "email", "offline_access", "points:read", "points:spend", "points:credit",
+                   "identity:read"],
     }
 
 
