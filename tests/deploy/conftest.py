@@ -10,7 +10,7 @@ import pytest
 # --import-mode=importlib does not put test folders on sys.path; the tests import the helpers.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from deploy_support import DEPLOY, OVERLAYS, Rendered, kustomize  # noqa: E402
+from deploy_support import DEPLOY, OVERLAYS, Rendered, kustomize
 
 _cache: dict[str, Rendered] = {}
 

@@ -103,7 +103,7 @@ def database_of(found: dict[str, Pod], service: str) -> Pod:
 
 def expected_flows(found: dict[str, Pod]) -> list[tuple[str, Pod, Pod, int]]:
     flows = []
-    for s, (http, grpc) in SERVICES.items():
+    for s, (http, _grpc) in SERVICES.items():
         me = found[s]
         flows.append(("ingress controller -> HTTP", found["ingress-controller"], me, http))
         flows.append(("DNS", me, found["kube-dns"], 53))

@@ -30,7 +30,6 @@ import httpx
 import pytest
 from deploy_support import SERVICES, Rendered
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from kizuna.kit.testing import NatsServer, PostgresServer, ServiceProcess, free_port
 
 
