@@ -19,7 +19,7 @@ from travel_peers import CardPeer, PointsPeer
 
 TRAVEL_SECRET = "travel-test-secret"
 TRAVEL_SCOPES = "points:spend points:credit points:read fintech:pay"
-CATALOGUE_DAYS = 40
+CATALOGUE_DAYS = 20
 
 
 async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 10.0, interval: float = 0.05) -> Any:
@@ -162,7 +162,7 @@ async def stream_events(nats_url: str, subject: str) -> list[Any]:
     try:
         sub = await nc.jetstream().pull_subscribe(subject, config=ConsumerConfig(inactive_threshold=5))
         try:
-            return list(await sub.fetch(100, timeout=1))
+            return list(await sub.fetch(100, timeout=0.5))
         except nats.errors.TimeoutError:
             return []
     finally:
