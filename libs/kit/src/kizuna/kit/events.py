@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -398,6 +399,13 @@ class ConsumerWorker:
         """Wait for the message in hand to finish."""
         async with self._busy:
             return
+
+    async def close(self) -> None:
+        """Drop the subscription (the durable consumer stays on the server for the next start)."""
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+            self._sub = None
 
     async def handle(self, msg: Msg) -> None:
         """Process one delivery, then ack, retry later, or dead-letter it."""

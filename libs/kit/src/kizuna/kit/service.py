@@ -34,6 +34,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from kizuna.kit import migrations
 from kizuna.kit.auth import AuthInterceptor, ServiceTokenClient, TokenVerifier
+from kizuna.kit.clock import Clock
 from kizuna.kit.db import Database
 from kizuna.kit.errors import DomainError
 from kizuna.kit.events import Consumer, ConsumerWorker, OutboxRelay, ensure_stream
@@ -70,6 +71,7 @@ class Runtime(Generic[S]):
     http_port: int = 0
     ready: bool = False
     stopping: bool = False
+    clock: Clock = field(default_factory=Clock)
     state: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -125,7 +127,7 @@ class Service(Generic[S]):
         settings: type[S],
         http: APIRouter | None = None,
         grpc: Sequence[GrpcRegistration] = (),
-        consumers: Sequence[Consumer] = (),
+        consumers: Sequence[Consumer] | Callable[[Runtime[S]], Sequence[Consumer]] = (),
         jobs: Sequence[Job] = (),
         on_start: Sequence[Hook] = (),
         on_stop: Sequence[Hook] = (),
@@ -140,7 +142,8 @@ class Service(Generic[S]):
         self.settings_cls = settings
         self.router = http
         self.grpc = list(grpc)
-        self.consumers = list(consumers)
+        # A list, or a factory given the runtime (for handlers that need settings, clock, peers).
+        self.consumers = consumers
         self.jobs = list(jobs)
         self.on_start = list(on_start)
         self.on_stop = list(on_stop)
@@ -232,7 +235,8 @@ class Service(Generic[S]):
             tasks.append(asyncio.create_task(runtime.relay.run(), name="outbox-relay"))
             for hook in self.on_start:
                 await hook(runtime)
-            for consumer in self.consumers:
+            consumers = self.consumers(runtime) if callable(self.consumers) else self.consumers
+            for consumer in consumers:
                 worker = ConsumerWorker(
                     consumer,
                     runtime.db,
@@ -327,9 +331,14 @@ class Service(Generic[S]):
                 await asyncio.wait_for(runtime.relay.flush(), 3)
             except Exception:
                 log.exception("final outbox flush failed; pending events stay for the next start")
+        for worker in workers:
+            await worker.close()
         if runtime.nc is not None:
+            # Everything published was acknowledged by JetStream and every processed message was
+            # acked, so closing loses nothing; drain() would wait on the pull subscriptions.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(runtime.nc.drain(), 3)
+                await runtime.nc.flush(timeout=1)
+            await runtime.nc.close()
         await runtime.db.dispose()
         await runtime.verifier.aclose()
         if runtime.service_tokens is not None:

@@ -7,6 +7,7 @@ Loaded by `-p kizuna.kit.testing` (or the `pytest11` entry point of `kizuna-kit[
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -25,6 +26,34 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 from kizuna.kit.devstack import nats_server_binary
+
+
+async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll an async predicate until it returns something truthy; fail with its last value."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: Any = None
+    while loop.time() < deadline:
+        last = await predicate()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+async def reset_streams(nats_url: str, *names: str) -> None:
+    """Delete JetStream streams (and so their consumers) so a test starts from nothing."""
+    import nats
+    import nats.js.errors
+
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        for name in names:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_stream(name)
+    finally:
+        await nc.close()
 
 
 def free_port() -> int:
