@@ -208,7 +208,10 @@ class Stack:
             if "seed" not in service.commands:
                 continue
             result = subprocess.run(
-                [sys.executable, "-m", ep.name, "seed"], env=self.envs[ep.name], capture_output=True, text=True,
+                [sys.executable, "-m", ep.name, "seed"],
+                env=self.envs[ep.name],
+                capture_output=True,
+                text=True,
                 timeout=120,
             )
             (self.logs / f"{ep.name}-seed.log").write_text(result.stdout + result.stderr)
