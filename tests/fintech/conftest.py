@@ -158,10 +158,20 @@ def fintech_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
+def streams_to_reset() -> list[str]:
+    """Streams emptied before the service starts (a module that starts consumers first overrides it)."""
+    return ["FINTECH"]
+
+
+@pytest.fixture
 async def fintech(
-    nats_url: str, database_url: str, test_issuer: TestIssuer, fintech_overrides: dict[str, Any]
+    nats_url: str,
+    database_url: str,
+    test_issuer: TestIssuer,
+    fintech_overrides: dict[str, Any],
+    streams_to_reset: list[str],
 ) -> AsyncIterator[FintechClient]:
-    await reset_streams(nats_url, "FINTECH")
+    await reset_streams(nats_url, *streams_to_reset)
     settings = fintech_settings(nats_url, database_url, test_issuer.issuer, **fintech_overrides)
     async with fintech_service.running(settings) as runtime:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}")

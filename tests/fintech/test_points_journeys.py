@@ -1,0 +1,249 @@
+"""Fintech with a real points service process over gRPC and NATS: paying a card bill with points
+and bank cash (and failing safely), and card purchases earning points exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import grpc
+import nats
+import pytest
+from fintech.models import PointsPayment
+from kizuna.identity.v1 import events_pb2 as identity_events
+from kizuna.kit.auth import call_metadata
+from kizuna.kit.testing import TestIssuer
+from kizuna.points.v1 import points_pb2, points_pb2_grpc
+from sqlmodel import select
+
+from .conftest import FintechClient, new_member, reset_streams, wait_until
+
+FINTECH_SECRET = "fintech-test-secret"
+
+
+@pytest.fixture
+async def points_process(service_process: Any, test_issuer: TestIssuer, nats_url: str) -> Any:
+    await reset_streams(nats_url, "FINTECH", "POINTS")
+    test_issuer.register_client("points", "points-test-secret", "points:read")
+    test_issuer.register_client("fintech", FINTECH_SECRET, "points:spend points:read")
+    return await asyncio.to_thread(
+        service_process,
+        "points",
+        {
+            "KIZUNA_ISSUER": test_issuer.issuer,
+            "KIZUNA_CLIENT_SECRET": "points-test-secret",
+            "OUTBOX_POLL_SECONDS": "0.2",
+        },
+    )
+
+
+@pytest.fixture
+def streams_to_reset(points_process: Any) -> list[str]:
+    return []  # reset before points started its consumers
+
+
+@pytest.fixture
+def fintech_overrides(points_process: Any) -> dict[str, Any]:
+    return {
+        "points_addr": points_process.grpc_address,
+        "kizuna_client_id": "fintech",
+        "kizuna_client_secret": FINTECH_SECRET,
+    }
+
+
+class Points:
+    def __init__(self, address: str, issuer: TestIssuer) -> None:
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = points_pb2_grpc.PointsServiceStub(self.channel)
+        self.issuer = issuer
+
+    def _meta(self, scope: str) -> Any:
+        return call_metadata(self.issuer.service_token("points-test", scope))
+
+    async def register(self, nats_url: str, member_id: str) -> None:
+        nc = await nats.connect(nats_url)
+        event_id = f"evt_{uuid.uuid4().hex}"
+        await nc.jetstream().publish(
+            "identity.member.registered",
+            identity_events.MemberRegistered(member_id=member_id).SerializeToString(),
+            headers={"Nats-Msg-Id": event_id, "ce-id": event_id, "ce-subject": member_id},
+        )
+        await nc.close()
+
+    async def credit(self, member_id: str, amount: int) -> None:
+        async def try_credit() -> bool:
+            try:
+                await self.stub.Credit(
+                    points_pb2.CreditRequest(
+                        member_id=member_id,
+                        amount=amount,
+                        kind=points_pb2.CREDIT_KIND_REGULAR,
+                        reason="welcome",
+                        source_service="points-test",
+                        idempotency_key=f"welcome-{member_id}",
+                    ),
+                    metadata=self._meta("points:credit"),
+                    timeout=5,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:  # the registration is still on its way
+                    return False
+                raise
+            return True
+
+        await wait_until(try_credit)
+
+    async def balance(self, member_id: str) -> points_pb2.GetBalanceResponse:
+        return await self.stub.GetBalance(
+            points_pb2.GetBalanceRequest(member_id=member_id), metadata=self._meta("points:read"), timeout=5
+        )
+
+    async def entries(self, member_id: str) -> list[points_pb2.Entry]:
+        resp = await self.stub.ListEntries(
+            points_pb2.ListEntriesRequest(member_id=member_id), metadata=self._meta("points:read"), timeout=5
+        )
+        return list(resp.entries)
+
+
+@pytest.fixture
+async def points(points_process: Any, test_issuer: TestIssuer) -> Any:
+    client = Points(points_process.grpc_address, test_issuer)
+    yield client
+    await client.channel.close()
+
+
+async def _statement_for(
+    fintech: FintechClient, points: Points, nats_url: str, *, bank: int, points_balance: int, spend: int
+) -> tuple[str, str, int]:
+    """A member with a bank balance, points, and a closed statement of `spend`; returns
+    (member, statement ID, points total after the purchase's earn has settled)."""
+    member = new_member()
+    await points.register(nats_url, member)
+    await points.credit(member, points_balance)
+    await fintech.apply_card(member)
+    await fintech.open_bank(member, top_up=bank)
+    auth = await fintech.authorize(member, spend)
+    await fintech.capture(auth.authorization_id)
+    settled = await wait_until(lambda: _total_above(points, member, points_balance))
+    resp = await fintech.http.post("/api/card/statements/close-now", headers=fintech.member_headers(member))
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["total_minor"] == spend
+    return member, resp.json()["statement_id"], settled
+
+
+async def _total_above(points: Points, member: str, floor: int) -> int:
+    total = (await points.balance(member)).total
+    return total if total > floor else 0
+
+
+async def _pay(fintech: FintechClient, member: str, statement_id: str, bank: int, pts: int, key: str = "") -> Any:
+    return await fintech.http.post(
+        f"/api/card/statements/{statement_id}/pay",
+        json={"bank_minor": bank, "points": pts, "idempotency_key": key or uuid.uuid4().hex},
+        headers=fintech.member_headers(member),
+    )
+
+
+async def test_bill_paid_with_points_and_bank(fintech: FintechClient, points: Points, nats_url: str) -> None:
+    member, statement_id, points_total = await _statement_for(
+        fintech, points, nats_url, bank=6_000, points_balance=3_000, spend=8_000
+    )
+    first = await _pay(fintech, member, statement_id, 5_000, 3_000, key="bill-1")
+    assert first.status_code == 200, first.text
+    assert first.json()["status"] == "completed"
+    retry = await _pay(fintech, member, statement_id, 5_000, 3_000, key="bill-1")
+    assert retry.json()["payment_id"] == first.json()["payment_id"]
+
+    balance = await points.balance(member)
+    assert balance.total == points_total - 3_000 and balance.pending == 0
+    assert await fintech.bank_balance(member) == 1_000
+    statement = (await fintech.http.get("/api/card/statements", headers=fintech.member_headers(member))).json()[0]
+    assert statement["status"] == "paid" and statement["due_minor"] == 0
+    card = await fintech.card(member)
+    assert card["owed_minor"] == 0 and card["available_minor"] == card["credit_limit_minor"]
+
+    nc = await nats.connect(nats_url)
+    sub = await nc.jetstream().pull_subscribe("fintech.card_bill.paid", durable=None, stream="FINTECH")
+    msgs = await sub.fetch(1, timeout=5)
+    from kizuna.fintech.v1 import events_pb2
+
+    paid = events_pb2.CardBillPaid.FromString(msgs[0].data)
+    assert (paid.statement_id, paid.amount.amount_minor, paid.points_used) == (statement_id, 8_000, 3_000)
+    await nc.close()
+
+
+async def test_bank_part_failing_voids_the_points_and_charges_nothing(
+    fintech: FintechClient, points: Points, nats_url: str
+) -> None:
+    member, statement_id, points_total = await _statement_for(
+        fintech, points, nats_url, bank=1_000, points_balance=3_000, spend=8_000
+    )
+    resp = await _pay(fintech, member, statement_id, 5_000, 3_000)
+    assert resp.status_code == 409 and "insufficient funds" in resp.json()["message"]
+
+    balance = await points.balance(member)
+    assert balance.total == points_total and balance.pending == 0
+    assert not [e for e in await points.entries(member) if e.kind == points_pb2.ENTRY_KIND_SPEND]
+    async with fintech.ctx.db.sessions() as session:
+        payment = (await session.exec(select(PointsPayment).where(PointsPayment.member_id == member))).one()
+    assert payment.status == "failed" and payment.reservation_id, "the points were reserved, then released"
+    assert await fintech.bank_balance(member) == 1_000
+    statement = (await fintech.http.get("/api/card/statements", headers=fintech.member_headers(member))).json()[0]
+    assert statement["status"] == "open" and statement["due_minor"] == 8_000
+    assert (await fintech.card(member))["owed_minor"] == 8_000
+
+
+async def test_paying_more_points_than_the_member_has_changes_nothing(
+    fintech: FintechClient, points: Points, nats_url: str
+) -> None:
+    member, statement_id, points_total = await _statement_for(
+        fintech, points, nats_url, bank=9_000, points_balance=500, spend=8_000
+    )
+    resp = await _pay(fintech, member, statement_id, 1_000, 7_000)
+    assert resp.status_code == 409 and "points service" in resp.json()["message"]
+    assert (await points.balance(member)).total == points_total
+    assert await fintech.bank_balance(member) == 9_000
+    for bank, pts in ((-1, 100), (0, 0), (9_000, 0)):  # negative, zero, more than due
+        bad = await _pay(fintech, member, statement_id, bank, pts)
+        assert bad.status_code == 400, bad.text
+    assert await fintech.bank_balance(member) == 9_000
+
+
+async def test_card_purchase_earns_points_exactly_once(fintech: FintechClient, points: Points, nats_url: str) -> None:
+    member = new_member()
+    await points.register(nats_url, member)
+    await points.credit(member, 1)
+    await fintech.apply_card(member)
+    auth = await fintech.authorize(member, 12_000)
+    capture = await fintech.capture(auth.authorization_id, key="cap")
+    again = await fintech.capture(auth.authorization_id, key="cap")  # a retry: no second purchase
+    assert again.capture_id == capture.capture_id
+
+    async def earned() -> list[points_pb2.Entry]:
+        return [
+            e
+            for e in await points.entries(member)
+            if e.kind == points_pb2.ENTRY_KIND_CREDIT and e.source_ref == capture.capture_id
+        ]
+
+    first = await wait_until(earned)
+    assert len(first) == 1 and first[0].amount > 0 and first[0].source_service == "fintech"
+
+    # Deliver the same event again (as a relay crash between publish and mark-sent would):
+    # a new NATS message ID gets it past JetStream's de-duplication, the event ID stays.
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    sub = await js.pull_subscribe("fintech.card_purchase.posted", durable=None, stream="FINTECH")
+    original = (await sub.fetch(1, timeout=5))[0]
+    headers = {**(original.headers or {}), "Nats-Msg-Id": f"redelivery-{uuid.uuid4().hex}"}
+    ack = await js.publish(original.subject, original.data, headers=headers)
+
+    async def processed() -> bool:
+        info = await js.consumer_info("FINTECH", "points-fintech-earn")
+        return info.ack_floor.stream_seq >= ack.seq
+
+    await wait_until(processed)
+    await nc.close()
+    assert len(await earned()) == 1
+    assert (await points.balance(member)).total == 1 + first[0].amount
