@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -36,6 +37,7 @@ from kizuna.kit.db import Database, utcnow
 
 log = logging.getLogger("identity")
 T = TypeVar("T")
+CLIENT_CACHE_SECONDS = 5.0
 
 
 class Provider:
@@ -57,6 +59,7 @@ class Provider:
         # Authlib's server is synchronous; it runs in these threads and calls back into the loop.
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="oauth")
         self.http = httpx.AsyncClient(timeout=settings.identity_backchannel_timeout_seconds)
+        self._clients: dict[str, tuple[float, Client | None]] = {}
 
     # ---- time and the sync bridge ---------------------------------------------------------
     def now(self) -> datetime:
@@ -81,8 +84,15 @@ class Provider:
 
     # ---- clients and members --------------------------------------------------------------
     async def client(self, client_id: str) -> Client | None:
+        # Clients change rarely (start-up config, admin command); a few seconds of caching takes a
+        # database round trip off every token request.
+        cached = self._clients.get(client_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         async with self.db.sessions() as session:
-            return await session.get(Client, client_id)
+            client = await session.get(Client, client_id)
+        self._clients[client_id] = (time.monotonic() + CLIENT_CACHE_SECONDS, client)
+        return client
 
     async def member(self, member_id: str | None) -> members.Member | None:
         if not member_id:
