@@ -78,6 +78,7 @@ class TokenVerifier:
         leeway_seconds: int = 30,
         refetch_floor_seconds: float = 30.0,
         http: httpx.AsyncClient | None = None,
+        jwks_url: str | None = None,
     ) -> None:
         self.issuer = issuer.rstrip("/")
         self.audience = audience
@@ -88,7 +89,7 @@ class TokenVerifier:
         self._kids: set[str] = set()
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
-        self._jwks_uri: str | None = None
+        self._jwks_uri: str | None = jwks_url
 
     async def _client(self) -> httpx.AsyncClient:
         if self._http is None:
@@ -323,6 +324,7 @@ class ServiceTokenClient:
         *,
         http: httpx.AsyncClient | None = None,
         renew_before_seconds: float = 30.0,
+        token_endpoint: str | None = None,
     ) -> None:
         self.issuer = issuer.rstrip("/")
         self.client_id = client_id
@@ -331,7 +333,7 @@ class ServiceTokenClient:
         self.renew_before = renew_before_seconds
         self._cache: dict[str, tuple[str, float]] = {}
         self._lock = asyncio.Lock()
-        self._token_endpoint: str | None = None
+        self._token_endpoint: str | None = token_endpoint
 
     async def _client(self) -> httpx.AsyncClient:
         if self._http is None:

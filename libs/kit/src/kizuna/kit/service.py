@@ -137,6 +137,7 @@ class Service(Generic[S]):
         commands: dict[str, Callable[[S, list[str]], int]] | None = None,
         configure_app: Callable[[FastAPI], None] | None = None,
         verify_tokens: bool = True,
+        jwks_readiness: bool = True,
     ) -> None:
         self.name = name
         self.settings_cls = settings
@@ -154,6 +155,9 @@ class Service(Generic[S]):
         # Every RPC is authorized, and readiness includes identity's JWKS, unless a service
         # (identity itself, or a test double) opts out.
         self.verify_tokens = verify_tokens
+        # The issuer itself must not wait for its own JWKS: behind a Kubernetes Service that
+        # request would only reach pods that are already ready.
+        self.jwks_readiness = jwks_readiness and verify_tokens
         if migrations_dir is None:
             caller = inspect.stack()[1].filename
             migrations_dir = Path(caller).parent / "migrations"
@@ -201,12 +205,17 @@ class Service(Generic[S]):
             name=self.name,
             settings=settings,
             db=Database(settings.database_url_for(self.name)),
-            verifier=TokenVerifier(settings.kizuna_issuer, settings.kizuna_audience),
+            verifier=TokenVerifier(
+                settings.kizuna_issuer, settings.kizuna_audience, jwks_url=settings.kizuna_jwks_url or None
+            ),
             http_port=http_sock.getsockname()[1],
         )
         if settings.kizuna_client_secret:
             runtime.service_tokens = ServiceTokenClient(
-                settings.kizuna_issuer, settings.kizuna_client_id or self.name, settings.kizuna_client_secret
+                settings.kizuna_issuer,
+                settings.kizuna_client_id or self.name,
+                settings.kizuna_client_secret,
+                token_endpoint=settings.kizuna_token_url or None,
             )
         app = self.create_app(runtime)
         server = _Uvicorn(
@@ -387,7 +396,7 @@ class Service(Generic[S]):
             checks["database"] = f"error: {type(exc).__name__}"
         checks["nats"] = "ok" if runtime.nc is not None and runtime.nc.is_connected else "error: not connected"
         readiness = list(self.readiness)
-        if self.verify_tokens:
+        if self.jwks_readiness:
             readiness.insert(0, check_jwks)
         for check in readiness:
             label = getattr(check, "__name__", "check").removeprefix("check_")

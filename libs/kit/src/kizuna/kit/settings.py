@@ -23,6 +23,10 @@ class ServiceSettings(BaseSettings):
     kizuna_audience: str = "kizuna"
     kizuna_client_id: str = ""
     kizuna_client_secret: str = ""
+    # In-cluster URLs of identity's JWKS and token endpoint, when services should not reach them
+    # through the public issuer URL (default: discovered from the issuer).
+    kizuna_jwks_url: str = ""
+    kizuna_token_url: str = ""
     database_url: str = ""
     kizuna_data_dir: Path = Path(".data")
     http_host: str = "127.0.0.1"
