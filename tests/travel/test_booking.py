@@ -20,8 +20,12 @@ def _d(s: str) -> date:
 async def test_points_and_card_pay_the_total_and_every_night_is_sold(travel: TravelEnv, nats_url: str) -> None:
     headers = travel.member("mbr_alice", points=5_000)
     body = booking_body(points=3_000, nights=3)
-    quote = (await travel.http.get("/api/hotels/htl_kyoto_gion_machiya", params={
-        "check_in": body["check_in"], "check_out": body["check_out"], "guests": 2})).json()
+    quote = (
+        await travel.http.get(
+            "/api/hotels/htl_kyoto_gion_machiya",
+            params={"check_in": body["check_in"], "check_out": body["check_out"], "guests": 2},
+        )
+    ).json()
     offer = next(o for o in quote["offers"] if o["room_type_id"] == ROOM and o["rate_plan_id"].endswith(".flex"))
 
     resp = await travel.http.post("/api/bookings", json=body, headers=headers)
@@ -138,8 +142,9 @@ async def test_recovery_undoes_a_saga_that_stopped_after_reserving_points(travel
     bookings = travel.bookings
     stay = validate_stay(request.check_in, request.check_out, 2, now=bookings.clock(), max_nights=14)
     held = await bookings._hold("mbr_crash", request, stay, bookings.clock())
-    rid = await bookings.payments.reserve_points(member_id="mbr_crash", amount=1_000, booking_id=held.id,
-                                                 reason="x", ttl_seconds=900, member_token=token)
+    rid = await bookings.payments.reserve_points(
+        member_id="mbr_crash", amount=1_000, booking_id=held.id, reason="x", ttl_seconds=900, member_token=token
+    )
     await bookings._record(held.id, expect_step="held", step="points_reserved", points_reservation_id=rid)
     assert travel.points.balances["mbr_crash"] == 0
 
@@ -161,11 +166,13 @@ async def test_recovery_confirms_a_saga_that_stopped_after_capturing(travel: Tra
     request = booking_request(BookingCreate(**booking_body(key="almost")))
     stay = validate_stay(request.check_in, request.check_out, 2, now=bookings.clock(), max_nights=14)
     held = await bookings._hold("mbr_almost", request, stay, bookings.clock())
-    auth = await bookings.payments.authorize_card(member_id="mbr_almost", amount_minor=held.card_amount_minor,
-                                                  currency="JPY", booking_id=held.id)
+    auth = await bookings.payments.authorize_card(
+        member_id="mbr_almost", amount_minor=held.card_amount_minor, currency="JPY", booking_id=held.id
+    )
     await bookings.payments.capture_card(authorization_id=auth.authorization_id, booking_id=held.id)
-    await bookings._record(held.id, expect_step="held", step="captured", card_authorization_id=auth.authorization_id,
-                           card_capture_id="cap")
+    await bookings._record(
+        held.id, expect_step="held", step="captured", card_authorization_id=auth.authorization_id, card_capture_id="cap"
+    )
     travel.clock.at = bookings.clock() + timedelta(minutes=5)
 
     await bookings.recover_stuck()

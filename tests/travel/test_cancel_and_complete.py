@@ -14,11 +14,13 @@ HOTEL = "htl_kyoto_gion_machiya"
 ROOM = f"{HOTEL}.standard_double"
 
 
-async def _book(travel: TravelEnv, member: str, *, points: int, plan: str = "flex", have: int | None = None,
-                key: str = "k") -> tuple[dict[str, str], dict[str, Any]]:
+async def _book(
+    travel: TravelEnv, member: str, *, points: int, plan: str = "flex", have: int | None = None, key: str = "k"
+) -> tuple[dict[str, str], dict[str, Any]]:
     headers = travel.member(member, points=have if have is not None else points)
-    resp = await travel.http.post("/api/bookings", json=booking_body(plan=plan, points=points, key=key),
-                                  headers=headers)
+    resp = await travel.http.post(
+        "/api/bookings", json=booking_body(plan=plan, points=points, key=key), headers=headers
+    )
     assert resp.status_code == 201, resp.text
     return headers, resp.json()
 
@@ -35,8 +37,13 @@ async def test_cancelling_before_the_deadline_is_free_and_returns_everything(tra
     quote = (await travel.http.get(f"/api/bookings/{booking['booking_id']}/cancellation", headers=headers)).json()
     resp = await travel.http.post(f"/api/bookings/{booking['booking_id']}/cancel", headers=headers)
 
-    assert quote == {"booking_id": booking["booking_id"], "penalty_minor": 0, "card_refund_minor": total - 2_000,
-                     "points_refund": 2_000, "currency": "JPY"}
+    assert quote == {
+        "booking_id": booking["booking_id"],
+        "penalty_minor": 0,
+        "card_refund_minor": total - 2_000,
+        "points_refund": 2_000,
+        "currency": "JPY",
+    }
     assert resp.status_code == 200, resp.text
     assert resp.json()["status"] == "cancelled" and resp.json()["penalty"]["amount_minor"] == 0
     assert travel.cards.charged("mbr_early") == 0
@@ -71,10 +78,14 @@ async def test_a_penalty_larger_than_the_card_payment_takes_the_rest_from_points
     # Non-refundable saver: the whole total is kept, mostly paid in points.
     body = booking_body(plan="saver")
     headers = travel.member("mbr_saver", points=100_000)
-    quote = (await travel.http.get(f"/api/hotels/{HOTEL}", params={
-        "check_in": body["check_in"], "check_out": body["check_out"], "guests": 2})).json()
-    total = next(o["total_minor"] for o in quote["offers"] if o["rate_plan_id"] == f"{HOTEL}.saver"
-                 and o["room_type_id"] == ROOM)
+    quote = (
+        await travel.http.get(
+            f"/api/hotels/{HOTEL}", params={"check_in": body["check_in"], "check_out": body["check_out"], "guests": 2}
+        )
+    ).json()
+    total = next(
+        o["total_minor"] for o in quote["offers"] if o["rate_plan_id"] == f"{HOTEL}.saver" and o["room_type_id"] == ROOM
+    )
     points = total - 5_000
     resp = await travel.http.post("/api/bookings", json={**body, "points": points}, headers=headers)
     assert resp.status_code == 201, resp.text
@@ -130,8 +141,10 @@ async def test_a_stay_that_has_begun_cannot_be_cancelled_and_nothing_changes(tra
 async def test_another_members_booking_cannot_be_seen_or_cancelled(travel: TravelEnv) -> None:
     _, booking = await _book(travel, "mbr_owner", points=0)
     intruder = travel.member("mbr_intruder")
-    for resp in (await travel.http.get(f"/api/bookings/{booking['booking_id']}", headers=intruder),
-                 await travel.http.post(f"/api/bookings/{booking['booking_id']}/cancel", headers=intruder)):
+    for resp in (
+        await travel.http.get(f"/api/bookings/{booking['booking_id']}", headers=intruder),
+        await travel.http.post(f"/api/bookings/{booking['booking_id']}/cancel", headers=intruder),
+    ):
         assert resp.status_code == 404
     assert (await travel.bookings.get(booking["booking_id"])).status == "confirmed"
 
@@ -147,11 +160,16 @@ async def test_a_stay_completes_after_check_out_exactly_once(travel: TravelEnv, 
     assert await travel.bookings.complete_stays() == 0
 
     assert (await travel.http.get(f"/api/bookings/{booking['booking_id']}", headers=headers)).json()["status"] == (
-        "completed")
+        "completed"
+    )
     [msg] = await stream_events(nats_url, "travel.booking.completed")
     event = events_pb2.BookingCompleted.FromString(msg.data)
     assert (event.booking_id, event.member_id, event.total.amount_minor, event.points_used) == (
-        booking["booking_id"], "mbr_guest", booking["total"]["amount_minor"], 500)
+        booking["booking_id"],
+        "mbr_guest",
+        booking["total"]["amount_minor"],
+        500,
+    )
     # A completed stay cannot be cancelled.
     resp = await travel.http.post(f"/api/bookings/{booking['booking_id']}/cancel", headers=headers)
     assert resp.status_code == 409

@@ -15,8 +15,11 @@ NOW = datetime(2030, 3, 10, 3, 0, tzinfo=UTC)  # 12:00 in Japan, 2030-03-10
 
 
 def test_nights_exclude_the_check_out_day() -> None:
-    assert rules.nights_between(date(2030, 3, 30), date(2030, 4, 2)) == [date(2030, 3, 30), date(2030, 3, 31),
-                                                                         date(2030, 4, 1)]
+    assert rules.nights_between(date(2030, 3, 30), date(2030, 4, 2)) == [
+        date(2030, 3, 30),
+        date(2030, 3, 31),
+        date(2030, 4, 1),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -58,8 +61,11 @@ def test_rates_follow_the_calendar() -> None:
 
 def test_rooms_free_is_the_tightest_night() -> None:
     stay = rules.StayRequest(date(2030, 3, 12), date(2030, 3, 15), 2)
-    inv = [rules.NightInventory(date(2030, 3, 12), 5, 1, 1, 100), rules.NightInventory(date(2030, 3, 13), 5, 0, 4, 100),
-           rules.NightInventory(date(2030, 3, 14), 5, 0, 0, 100)]
+    inv = [
+        rules.NightInventory(date(2030, 3, 12), 5, 1, 1, 100),
+        rules.NightInventory(date(2030, 3, 13), 5, 0, 4, 100),
+        rules.NightInventory(date(2030, 3, 14), 5, 0, 0, 100),
+    ]
     assert rules.rooms_free(stay, inv) == 1
     assert rules.rooms_free(stay, inv[:2]) == 0  # a night with no inventory is not for sale
 
@@ -85,9 +91,11 @@ def test_a_stay_that_has_begun_cannot_be_cancelled() -> None:
 
 def test_penalty_comes_from_card_first_then_points() -> None:
     assert rules.split_refund(card_paid_minor=20_000, points_used=10_000, penalty_minor=15_000) == rules.Refund(
-        15_000, 5_000, 10_000)
+        15_000, 5_000, 10_000
+    )
     assert rules.split_refund(card_paid_minor=5_000, points_used=10_000, penalty_minor=8_000) == rules.Refund(
-        8_000, 0, 7_000)
+        8_000, 0, 7_000
+    )
     assert rules.split_refund(card_paid_minor=0, points_used=10_000, penalty_minor=0) == rules.Refund(0, 0, 10_000)
 
 
