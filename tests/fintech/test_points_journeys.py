@@ -247,3 +247,20 @@ async def test_card_purchase_earns_points_exactly_once(fintech: FintechClient, p
     await nc.close()
     assert len(await earned()) == 1
     assert (await points.balance(member)).total == 1 + first[0].amount
+
+
+async def test_buy_a_fund_with_points_and_bank(fintech: FintechClient, points: Points, nats_url: str) -> None:
+    member = new_member()
+    await points.register(nats_url, member)
+    await points.credit(member, 2_000)
+    await fintech.open_bank(member, top_up=8_000)
+    resp = await fintech.http.post(
+        "/api/funds/kzn-global-bond/buy",
+        json={"bank_minor": 8_000, "points": 2_000, "idempotency_key": "b-1"},
+        headers=fintech.member_headers(member),
+    )
+    assert resp.status_code == 200 and resp.json()["status"] == "completed", resp.text
+    assert (await points.balance(member)).total == 0
+    assert await fintech.bank_balance(member) == 0
+    [holding] = (await fintech.http.get("/api/holdings", headers=fintech.member_headers(member))).json()["holdings"]
+    assert holding["cost_minor"] == 10_000

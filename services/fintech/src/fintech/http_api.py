@@ -10,7 +10,7 @@ from kizuna.kit.auth import CurrentMember, CurrentPrincipal, Principal
 from kizuna.kit.errors import FailedPrecondition, NotFound, PermissionDenied
 from pydantic import BaseModel, Field, StrictInt
 
-from fintech import bank, cards, ledger, payments, statements
+from fintech import bank, cards, ledger, payments, securities, statements
 from fintech.cards import MerchantRef
 from fintech.context import Fintech, fintech_of
 from fintech.idempotency import run_once
@@ -211,6 +211,64 @@ async def transfer(body: TransferIn, member: CurrentMember, ctx: FintechDep) -> 
         scope=f"{member_id}:transfer",
         key=body.idempotency_key,
         request={"to": body.to_member_id, "amount": [body.amount_minor, body.currency]},
+        operation=operation,
+    )
+
+
+# ---- securities ---------------------------------------------------------------------------------
+
+
+@router.get("/api/funds")
+async def funds(ctx: FintechDep) -> list[dict[str, Any]]:
+    async with ctx.db.sessions() as session:
+        return await securities.catalogue(session, ctx.clock.now().date())
+
+
+@router.get("/api/holdings")
+async def my_holdings(member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
+    async with ctx.db.sessions() as session:
+        return await securities.holdings(session, _member_id(member), ctx.clock.now().date())
+
+
+@router.post("/api/funds/{fund_id}/buy")
+async def buy_fund(
+    fund_id: str, body: PaymentIn, member: CurrentMember, ctx: FintechDep, request: Request
+) -> dict[str, Any]:
+    """Buy units for bank_minor of cash and/or points (one point pays one yen)."""
+    return await payments.pay(
+        ctx,
+        points_client(request.app.state.runtime),
+        member_id=_member_id(member),
+        member_token=member.token,
+        purpose="fund_buy",
+        target_id=fund_id,
+        bank_minor=body.bank_minor,
+        points=body.points,
+        key=body.idempotency_key,
+        check=securities.check_fund,
+        apply=securities.apply_buy,
+        reason="Kizuna fund purchase",
+    )
+
+
+class SellIn(BaseModel):
+    units_micro: StrictInt
+    idempotency_key: str = Key
+
+
+@router.post("/api/funds/{fund_id}/sell")
+async def sell_fund(fund_id: str, body: SellIn, member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
+    member_id = _member_id(member)
+
+    async def operation(session: Any) -> dict[str, Any]:
+        return await securities.sell(session, ctx, member_id, fund_id, body.units_micro)
+
+    return await run_once(
+        ctx.db,
+        ctx.clock,
+        scope=f"{member_id}:fund-sell",
+        key=body.idempotency_key,
+        request={"fund": fund_id, "units": body.units_micro},
         operation=operation,
     )
 

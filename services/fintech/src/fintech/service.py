@@ -6,7 +6,7 @@ from typing import Any
 from kizuna.fintech.v1 import fintech_pb2_grpc
 from kizuna.kit.service import Runtime, Service
 
-from fintech import grpc_api, http_api, statements
+from fintech import grpc_api, http_api, securities, statements
 from fintech.points_client import points_client
 from fintech.settings import Settings
 
@@ -21,5 +21,6 @@ service = Service(
     http=http_api.router,
     grpc=[(fintech_pb2_grpc.add_PaymentsServiceServicer_to_server, grpc_api.PaymentsApi)],
     jobs=[statements.statement_job],
+    on_start=[securities.seed_funds],
     on_stop=[close_points_channel],
 )
