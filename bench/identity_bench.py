@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -22,10 +21,17 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "services" / "identity" / "tests"))
 
-from kizuna.kit.auth import TokenVerifier  # noqa: E402
-from kizuna.kit.testing import NatsServer, free_port  # noqa: E402
-from support import (  # noqa: E402
-    SVC_SECRET, WEB_REDIRECT, code_for, exchange, identity_settings, pkce_pair, running_identity, sign_up,
+from kizuna.kit.auth import TokenVerifier
+from kizuna.kit.testing import NatsServer, free_port
+from support import (
+    SVC_SECRET,
+    WEB_REDIRECT,
+    code_for,
+    exchange,
+    identity_settings,
+    pkce_pair,
+    running_identity,
+    sign_up,
 )
 
 

@@ -12,9 +12,8 @@ from kizuna.kit.auth import TokenVerifier
 from kizuna.kit.oidc_client import WebSession
 from kizuna.kit.settings import ServiceSettings
 from kizuna.kit.testing import free_port
-from sqlmodel import select
-
 from relying_party import relying_party
+from sqlmodel import select
 from support import authorize, csrf_of, identity_settings, query_of, reset_streams, running_identity
 
 

@@ -9,16 +9,26 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from identity.tokens import Issuer
 from joserfc import jwt
 from joserfc.jwk import ECKey
 from kizuna.kit.auth import TokenVerifier
 from kizuna.kit.db import utcnow
 from kizuna.kit.errors import Unauthenticated
-
-from identity.tokens import Issuer
 from support import (
-    OTHER_SECRET, SPA_REDIRECT, WEB_REDIRECT, WEB_SECRET, Idp, authorize, code_for, csrf_of, exchange, pkce_pair,
-    query_of, sign_in, sign_up,
+    OTHER_SECRET,
+    SPA_REDIRECT,
+    WEB_REDIRECT,
+    WEB_SECRET,
+    Idp,
+    authorize,
+    code_for,
+    csrf_of,
+    exchange,
+    pkce_pair,
+    query_of,
+    sign_in,
+    sign_up,
 )
 
 

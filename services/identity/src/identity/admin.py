@@ -7,11 +7,12 @@ import asyncio
 import json
 from pathlib import Path
 
+from kizuna.kit import migrations
+from kizuna.kit.db import Database, utcnow
+
 from identity.clients import ClientSpec, upsert
 from identity.keys import KeyRing, load_key_encryption_key
 from identity.settings import Settings
-from kizuna.kit import migrations
-from kizuna.kit.db import Database, utcnow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

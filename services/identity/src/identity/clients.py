@@ -23,13 +23,13 @@ from datetime import datetime
 from typing import Any
 
 from authlib.oauth2.rfc6749 import ClientMixin
-from pydantic import BaseModel, Field as PydanticField
+from kizuna.kit.db import Database, UTCDateTime
+from kizuna.kit.errors import InvalidArgument
+from pydantic import BaseModel
+from pydantic import Field as PydanticField
 from sqlalchemy import Boolean, Column, String
 from sqlmodel import JSON, Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
-
-from kizuna.kit.db import Database, UTCDateTime
-from kizuna.kit.errors import InvalidArgument
 
 MEMBER_SCOPES = [
     "openid", "profile", "email", "offline_access",

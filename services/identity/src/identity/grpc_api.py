@@ -7,11 +7,11 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.identity.v1 import identity_pb2, identity_pb2_grpc
-
-from identity import members
 from kizuna.kit.auth import current_call
 from kizuna.kit.errors import PermissionDenied
 from kizuna.kit.service import Runtime
+
+from identity import members
 
 
 class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):

@@ -22,10 +22,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc.jwk import ECKey
+from kizuna.kit.db import Database, UTCDateTime
 from sqlalchemy import Column, LargeBinary, String
 from sqlmodel import JSON, Field, SQLModel, col, select
-
-from kizuna.kit.db import Database, UTCDateTime
 
 log = logging.getLogger("identity.keys")
 

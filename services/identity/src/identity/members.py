@@ -8,15 +8,15 @@ from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.identity.v1 import events_pb2
+from kizuna.kit.db import UTCDateTime
+from kizuna.kit.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from kizuna.kit.events import publish
 from sqlalchemy import Column, String
 from sqlmodel import Field, SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from ulid import ULID
 
 from identity.passwords import Passwords, check_policy
-from kizuna.kit.db import UTCDateTime
-from kizuna.kit.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
-from kizuna.kit.events import publish
 
 ACTIVE = "active"
 DELETED = "deleted"

@@ -457,4 +457,4 @@ async def userinfo(request: Request) -> Response:
     return JSONResponse({"sub": member.id, **userinfo_claims(member, scopes)}, headers={"Cache-Control": "no-store"})
 
 
-__all__ = ["KizunaAuthorizationServer", "router", "json"]
+__all__ = ["KizunaAuthorizationServer", "json", "router"]

@@ -16,6 +16,8 @@ from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
+from kizuna.kit.errors import DomainError
+from kizuna.kit.web import page_templates
 from sqlmodel import col, select
 
 from identity import members, sessions
@@ -23,8 +25,6 @@ from identity.clients import SCOPE_DESCRIPTIONS, Client, Consent
 from identity.provider import Provider
 from identity.sessions import OpSession
 from identity.tokens import Grant, live_grants, revoke_grant
-from kizuna.kit.errors import DomainError
-from kizuna.kit.web import page_templates
 
 router = APIRouter()
 templates = page_templates(Path(__file__).parent / "templates", service="identity")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-
 from kizuna.kit.errors import InvalidArgument
 
 MIN_LENGTH = 10
@@ -27,7 +26,7 @@ def check_policy(password: str, *, email: str = "", display_name: str = "") -> N
     lowered = password.lower()
     if lowered in COMMON or len(set(password)) < 4:
         raise InvalidArgument("That password is too easy to guess; choose another.")
-    if email and lowered == email.lower() or display_name and lowered == display_name.lower():
+    if (email and lowered == email.lower()) or (display_name and lowered == display_name.lower()):
         raise InvalidArgument("Your password must not be your email address or name.")
 
 

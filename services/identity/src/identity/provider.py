@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
+from kizuna.kit.db import Database, utcnow
 from sqlmodel import col, select, update
 
 from identity import members
@@ -33,7 +34,6 @@ from identity.tokens import (
     revoke_grant,
     unverified_claims,
 )
-from kizuna.kit.db import Database, utcnow
 
 log = logging.getLogger("identity")
 T = TypeVar("T")

@@ -12,12 +12,12 @@ from typing import Any
 
 from fastapi import APIRouter
 from kizuna.identity.v1 import identity_pb2_grpc
+from kizuna.kit import web
+from kizuna.kit.service import Runtime, Service
 
 from identity import admin, clients, grpc_api, logout, oauth_server, pages
 from identity.provider import Provider
 from identity.settings import Settings
-from kizuna.kit import web
-from kizuna.kit.service import Runtime, Service
 
 router = APIRouter()
 for part in (oauth_server.router, logout.router, pages.router, web.router):

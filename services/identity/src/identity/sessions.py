@@ -10,11 +10,10 @@ import secrets
 from datetime import datetime, timedelta
 
 from itsdangerous import BadSignature, URLSafeSerializer
+from kizuna.kit.db import UTCDateTime
 from sqlalchemy import Boolean, Column, Integer, String, func
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
-
-from kizuna.kit.db import UTCDateTime
 
 COOKIE = "kz_idp_session"
 

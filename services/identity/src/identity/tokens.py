@@ -20,13 +20,13 @@ from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, TokenMixin
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
+from kizuna.kit.db import UTCDateTime
 from sqlalchemy import Column, String, Text, update
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from ulid import ULID
 
 from identity.keys import ALG, KeyRing
-from kizuna.kit.db import UTCDateTime
 
 
 def hash_token(value: str) -> str:

@@ -39,10 +39,9 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLS
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
+from kizuna.kit.db import Database, UTCDateTime, utcnow
 from sqlalchemy import Column, String, Text, update
 from sqlmodel import Field, SQLModel, col
-
-from kizuna.kit.db import Database, UTCDateTime, utcnow
 
 log = logging.getLogger("kizuna.kit.oidc_client")
 
@@ -123,11 +122,23 @@ def dev_client_registration(name: str, base_url: str, data_dir: Path) -> dict[st
     """A `KIZUNA_CLIENTS` entry for an ecosystem service in local development."""
     base = base_url.rstrip("/")
     return {
-        "client_id": name, "client_secret": dev_client_secret(data_dir, name), "name": name.capitalize(),
-        "redirect_uris": [f"{base}/auth/callback"], "post_logout_redirect_uris": [f"{base}/"],
-        "backchannel_logout_uri": f"{base}/auth/backchannel-logout", "first_party": True,
-        "scopes": ["openid", "profile", "email", "offline_access", "points:read", "points:spend", "points:credit",
-                   "identity:read"],
+        "client_id": name,
+        "client_secret": dev_client_secret(data_dir, name),
+        "name": name.capitalize(),
+        "redirect_uris": [f"{base}/auth/callback"],
+        "post_logout_redirect_uris": [f"{base}/"],
+        "backchannel_logout_uri": f"{base}/auth/backchannel-logout",
+        "first_party": True,
+        "scopes": [
+            "openid",
+            "profile",
+            "email",
+            "offline_access",
+            "points:read",
+            "points:spend",
+            "points:credit",
+            "identity:read",
+        ],
     }
 
 
@@ -234,8 +245,9 @@ class WebSignIn:
 
     # ---- cookies ------------------------------------------------------------------------------
     def set_cookie(self, response: Response, name: str, value: str, max_age: int | None) -> None:
-        response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="lax",
-                            secure=self.secure_cookies, path="/")
+        response.set_cookie(
+            name, value, max_age=max_age, httponly=True, samesite="lax", secure=self.secure_cookies, path="/"
+        )
 
     def session_id(self, request: Request) -> str | None:
         value = request.cookies.get(self.session_cookie)
@@ -267,7 +279,8 @@ class WebSignIn:
         if row.access_expires_at - self.clock() > timedelta(seconds=30) or not row.refresh_token:
             return row.access_token
         response = await self._http.post(
-            (await self.metadata())["token_endpoint"], auth=(self.client_id, self.client_secret),
+            (await self.metadata())["token_endpoint"],
+            auth=(self.client_id, self.client_secret),
             data={"grant_type": "refresh_token", "refresh_token": row.refresh_token},
         )
         if response.status_code != 200:
@@ -276,15 +289,19 @@ class WebSignIn:
         tokens = response.json()
         async with self.db.transaction() as session:
             await session.exec(  # type: ignore[call-overload]
-                update(WebSession).where(col(WebSession.id) == web_session_id).values(
-                    access_token=tokens["access_token"], refresh_token=tokens.get("refresh_token", row.refresh_token),
+                update(WebSession)
+                .where(col(WebSession.id) == web_session_id)
+                .values(
+                    access_token=tokens["access_token"],
+                    refresh_token=tokens.get("refresh_token", row.refresh_token),
                     access_expires_at=self.clock() + timedelta(seconds=int(tokens.get("expires_in", 60))),
                 )
             )
         return str(tokens["access_token"])
 
-    async def end_local(self, *, web_session_id: str | None = None, sid: str | None = None,
-                        member_id: str | None = None) -> int:
+    async def end_local(
+        self, *, web_session_id: str | None = None, sid: str | None = None, member_id: str | None = None
+    ) -> int:
         conditions = [col(WebSession.ended_at).is_(None)]
         if web_session_id:
             conditions.append(col(WebSession.id) == web_session_id)
@@ -327,12 +344,22 @@ def web_sign_in(
 
     async def start(runtime: Any) -> None:
         settings = runtime.settings
-        cid = client_id or getattr(settings, "kizuna_client_id", "") or os.environ.get("KIZUNA_CLIENT_ID") or runtime.name
-        secret = (client_secret or getattr(settings, "kizuna_client_secret", "")
-                  or os.environ.get("KIZUNA_CLIENT_SECRET") or dev_client_secret(Path(settings.kizuna_data_dir), cid))
+        cid = (
+            client_id or getattr(settings, "kizuna_client_id", "") or os.environ.get("KIZUNA_CLIENT_ID") or runtime.name
+        )
+        secret = (
+            client_secret
+            or getattr(settings, "kizuna_client_secret", "")
+            or os.environ.get("KIZUNA_CLIENT_SECRET")
+            or dev_client_secret(Path(settings.kizuna_data_dir), cid)
+        )
         runtime.state["web_sign_in"] = WebSignIn(
-            issuer=settings.kizuna_issuer, client_id=cid, client_secret=secret, base_url=settings.base_url,
-            db=runtime.db, scopes=scopes,
+            issuer=settings.kizuna_issuer,
+            client_id=cid,
+            client_secret=secret,
+            base_url=settings.base_url,
+            db=runtime.db,
+            scopes=scopes,
         )
 
     return start
@@ -353,14 +380,21 @@ async def login(request: Request, next: str = "/", prompt: str = "") -> Response
     meta = await rp.metadata()
     state, nonce, verifier = secrets.token_urlsafe(16), secrets.token_urlsafe(16), secrets.token_urlsafe(48)
     params = {
-        "response_type": "code", "client_id": rp.client_id, "redirect_uri": rp.redirect_uri, "scope": rp.scopes,
-        "state": state, "nonce": nonce, "code_challenge": _s256(verifier), "code_challenge_method": "S256",
+        "response_type": "code",
+        "client_id": rp.client_id,
+        "redirect_uri": rp.redirect_uri,
+        "scope": rp.scopes,
+        "state": state,
+        "nonce": nonce,
+        "code_challenge": _s256(verifier),
+        "code_challenge_method": "S256",
     }
     if prompt in ("none", "login"):
         params["prompt"] = prompt
     response = RedirectResponse(f"{meta['authorization_endpoint']}?{urlencode(params)}", status_code=302)
-    login_state = rp._login_signer.dumps({"state": state, "nonce": nonce, "verifier": verifier,
-                                          "next": _safe_next(next), "silent": prompt == "none"})
+    login_state = rp._login_signer.dumps(
+        {"state": state, "nonce": nonce, "verifier": verifier, "next": _safe_next(next), "silent": prompt == "none"}
+    )
     rp.set_cookie(response, rp.login_cookie, login_state, 600)
     return response
 
@@ -385,9 +419,14 @@ async def callback(request: Request, code: str = "", state: str = "", error: str
         return response
     meta = await rp.metadata()
     token_response = await rp._http.post(
-        meta["token_endpoint"], auth=(rp.client_id, rp.client_secret),
-        data={"grant_type": "authorization_code", "code": code, "redirect_uri": rp.redirect_uri,
-              "code_verifier": pending["verifier"]},
+        meta["token_endpoint"],
+        auth=(rp.client_id, rp.client_secret),
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": rp.redirect_uri,
+            "code_verifier": pending["verifier"],
+        },
     )
     if token_response.status_code != 200:
         return JSONResponse({"error": "could not complete sign-in"}, status_code=400)
@@ -401,11 +440,16 @@ async def callback(request: Request, code: str = "", state: str = "", error: str
         return JSONResponse({"error": "nonce mismatch"}, status_code=400)
     now = rp.clock()
     web_session = WebSession(
-        id=secrets.token_urlsafe(24), member_id=str(claims["sub"]), display_name=str(claims.get("name", "")),
-        sid=claims.get("sid"), id_token=tokens["id_token"], access_token=tokens["access_token"],
+        id=secrets.token_urlsafe(24),
+        member_id=str(claims["sub"]),
+        display_name=str(claims.get("name", "")),
+        sid=claims.get("sid"),
+        id_token=tokens["id_token"],
+        access_token=tokens["access_token"],
         refresh_token=tokens.get("refresh_token"),
         access_expires_at=now + timedelta(seconds=int(tokens.get("expires_in", 60))),
-        created_at=now, expires_at=now + timedelta(seconds=rp.session_seconds),
+        created_at=now,
+        expires_at=now + timedelta(seconds=rp.session_seconds),
     )
     async with rp.db.transaction() as session:
         session.add(web_session)
@@ -441,7 +485,9 @@ async def backchannel_logout(request: Request) -> Response:
     try:
         claims = await rp.verify_jwt(token, typ="logout+jwt")
     except SignInError as exc:
-        return JSONResponse({"error": "invalid_request", "error_description": str(exc)}, status_code=400, headers=headers)
+        return JSONResponse(
+            {"error": "invalid_request", "error_description": str(exc)}, status_code=400, headers=headers
+        )
     events = claims.get("events")
     if not isinstance(events, dict) or BACKCHANNEL_EVENT not in events or "nonce" in claims:
         return JSONResponse({"error": "invalid_request"}, status_code=400, headers=headers)

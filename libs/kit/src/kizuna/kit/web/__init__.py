@@ -26,8 +26,9 @@ router = APIRouter(include_in_schema=False)
 
 @router.get(STYLESHEET_PATH)
 async def stylesheet() -> FileResponse:
-    return FileResponse(_HERE / "static" / "kizuna.css", media_type="text/css",
-                        headers={"Cache-Control": "public, max-age=3600"})
+    return FileResponse(
+        _HERE / "static" / "kizuna.css", media_type="text/css", headers={"Cache-Control": "public, max-age=3600"}
+    )
 
 
 def service_links() -> list[dict[str, str]]:
@@ -42,7 +43,9 @@ def service_links() -> list[dict[str, str]]:
 def page_templates(*directories: Path, service: str = "", **globals_: Any) -> Jinja2Templates:
     """Jinja2 templates for a service: its own directories first, then the kit's layout."""
     env = Environment(
-        loader=ChoiceLoader([FileSystemLoader([str(d) for d in directories]), FileSystemLoader(str(_HERE / "templates"))]),
+        loader=ChoiceLoader(
+            [FileSystemLoader([str(d) for d in directories]), FileSystemLoader(str(_HERE / "templates"))]
+        ),
         autoescape=select_autoescape(default=True),
     )
     env.globals.update(stylesheet=STYLESHEET_PATH, service=service, service_links=service_links(), **globals_)
