@@ -146,6 +146,7 @@ def fintech_settings(nats_url: str, database_url: str, issuer: str, **overrides:
         "outbox_poll_seconds": 0.2,
         "log_format": "text",
         "statement_interval_seconds": 3600,
+        "kizuna_client_secret": "fintech-web-test-secret",
         **overrides,
     }
     return Settings(**values)

@@ -1,0 +1,204 @@
+"""Web pages (kit sign-in + ecosystem layout): card, bank, invest. Forms post back here; each form
+carries a fresh idempotency key, so a double submit acts once. Actions call the same domain code
+as the JSON API; paying with points uses the member's stored access token as their consent."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from kizuna.kit.errors import DomainError
+from kizuna.kit.oidc_client import SignedInMember
+from kizuna.kit.web import page_templates
+
+from fintech import bank, cards, ledger, payments, securities, statements
+from fintech.context import Fintech, fintech_of
+from fintech.idempotency import run_once
+from fintech.points_client import points_client
+
+router = APIRouter(include_in_schema=False)
+templates = page_templates(Path(__file__).parent / "templates", service="fintech")
+FormInt = Annotated[int, Form()]
+FormStr = Annotated[str, Form()]
+
+
+def _ctx(request: Request) -> Fintech:
+    return fintech_of(request.app.state.runtime)
+
+
+def _render(request: Request, name: str, member: Any, **values: Any) -> HTMLResponse:
+    return templates.TemplateResponse(
+        request,
+        name,
+        {
+            "member_name": member.display_name or member.member_id,
+            "new_key": uuid.uuid4().hex,
+            "message": request.query_params.get("message", ""),
+            **values,
+        },
+    )
+
+
+def _back(path: str, message: str) -> Response:
+    return RedirectResponse(f"{path}?message={message}", status_code=303)
+
+
+@router.get("/", response_class=HTMLResponse)
+@router.get("/card", response_class=HTMLResponse)
+async def card_page(request: Request, member: SignedInMember) -> HTMLResponse:
+    ctx = _ctx(request)
+    async with ctx.db.sessions() as session:
+        card = await cards.find_card(session, member.member_id)
+        view: dict[str, Any] = {"card": None}
+        if card is not None:
+            now = ctx.clock.now()
+            view = {
+                "card": cards.card_summary(card, await cards.available_minor(session, card, now)),
+                "owed": await ledger.balance(session, ledger.card_account(card.card_id)),
+                "transactions": await cards.transactions(session, card.card_id),
+                "statements": await statements.for_member(session, member.member_id),
+            }
+    return _render(request, "card.html", member, **view)
+
+
+@router.post("/card/apply")
+async def apply_page(request: Request, member: SignedInMember, annual_income_minor: FormInt, key: FormStr) -> Response:
+    ctx = _ctx(request)
+
+    async def operation(session: Any) -> dict[str, Any]:
+        return await cards.apply(session, ctx, member.member_id, annual_income_minor)
+
+    try:
+        issued = await run_once(
+            ctx.db,
+            ctx.clock,
+            scope=f"{member.member_id}:card-apply",
+            key=key,
+            request={"income": annual_income_minor},
+            operation=operation,
+        )
+    except DomainError as exc:
+        return _back("/card", exc.message)
+    return _back("/card", f"Your card number is {issued['card_number']} (shown once only)")
+
+
+@router.post("/card/statements/{statement_id}/pay")
+async def pay_page(
+    request: Request, statement_id: str, member: SignedInMember, bank_minor: FormInt, points: FormInt, key: FormStr
+) -> Response:
+    ctx = _ctx(request)
+    try:
+        await payments.pay(
+            ctx,
+            points_client(request.app.state.runtime),
+            member_id=member.member_id,
+            member_token=await member.access_token(),
+            purpose="card_bill",
+            target_id=statement_id,
+            bank_minor=bank_minor,
+            points=points,
+            key=key,
+            check=statements.check_bill,
+            apply=statements.apply_bill,
+            reason="Kizuna Card bill",
+        )
+    except DomainError as exc:
+        return _back("/card", exc.message)
+    return _back("/card", "Statement paid")
+
+
+@router.get("/bank", response_class=HTMLResponse)
+async def bank_page(request: Request, member: SignedInMember) -> HTMLResponse:
+    ctx = _ctx(request)
+    async with ctx.db.transaction() as session:
+        await bank.open_account(session, ctx, member.member_id)
+    async with ctx.db.sessions() as session:
+        account = await bank.require_account(session, member.member_id)
+        history = await bank.history(session, member.member_id)
+    return _render(
+        request, "bank.html", member, balance=account.balance_minor, history=history, test_mode=ctx.settings.test_mode
+    )
+
+
+@router.post("/bank/transfer")
+async def transfer_page(
+    request: Request, member: SignedInMember, to_member_id: FormStr, amount_minor: FormInt, key: FormStr
+) -> Response:
+    ctx = _ctx(request)
+
+    async def operation(session: Any) -> dict[str, Any]:
+        return await bank.transfer(session, ctx, member.member_id, to_member_id, amount_minor, ctx.settings.currency)
+
+    try:
+        await run_once(
+            ctx.db,
+            ctx.clock,
+            scope=f"{member.member_id}:transfer",
+            key=key,
+            request={"to": to_member_id, "amount": [amount_minor, ctx.settings.currency]},
+            operation=operation,
+        )
+    except DomainError as exc:
+        return _back("/bank", exc.message)
+    return _back("/bank", "Transfer sent")
+
+
+@router.post("/bank/top-up")
+async def top_up_page(request: Request, member: SignedInMember, amount_minor: FormInt, key: FormStr) -> Response:
+    ctx = _ctx(request)
+    if not ctx.settings.test_mode:
+        return _back("/bank", "top-up is available in test mode only")
+
+    async def operation(session: Any) -> dict[str, Any]:
+        return await bank.top_up(session, ctx, member.member_id, amount_minor, ctx.settings.currency)
+
+    try:
+        await run_once(
+            ctx.db,
+            ctx.clock,
+            scope=f"{member.member_id}:top-up",
+            key=key,
+            request={"amount": [amount_minor, ctx.settings.currency]},
+            operation=operation,
+        )
+    except DomainError as exc:
+        return _back("/bank", exc.message)
+    return _back("/bank", "Topped up")
+
+
+@router.get("/invest", response_class=HTMLResponse)
+async def invest_page(request: Request, member: SignedInMember) -> HTMLResponse:
+    ctx = _ctx(request)
+    today = ctx.clock.now().date()
+    async with ctx.db.sessions() as session:
+        funds = await securities.catalogue(session, today)
+        held = await securities.holdings(session, member.member_id, today)
+    return _render(request, "invest.html", member, funds=funds, held=held)
+
+
+@router.post("/invest/{fund_id}/buy")
+async def buy_page(
+    request: Request, fund_id: str, member: SignedInMember, bank_minor: FormInt, points: FormInt, key: FormStr
+) -> Response:
+    ctx = _ctx(request)
+    try:
+        await payments.pay(
+            ctx,
+            points_client(request.app.state.runtime),
+            member_id=member.member_id,
+            member_token=await member.access_token(),
+            purpose="fund_buy",
+            target_id=fund_id,
+            bank_minor=bank_minor,
+            points=points,
+            key=key,
+            check=securities.check_fund,
+            apply=securities.apply_buy,
+            reason="Kizuna fund purchase",
+        )
+    except DomainError as exc:
+        return _back("/invest", exc.message)
+    return _back("/invest", "Bought")
