@@ -225,11 +225,13 @@ class Stack:
         peers = {f"{ep.name.upper()}_ADDR": f"127.0.0.1:{ep.grpc_port}" for ep in self.endpoints}
         client_secrets = self.client_secrets()
         clients = self.clients_config(client_secrets)
+        links = json.dumps({ep.name: ep.url for ep in self.endpoints})
         for ep in self.endpoints:
             env = {
                 **os.environ,
                 **peers,
                 "KIZUNA_CLIENT_ID": ep.name,
+                "KIZUNA_LINKS": links,
                 "KIZUNA_CLIENT_SECRET": client_secrets[ep.name],
                 **({"KIZUNA_CLIENTS": clients} if ep.name == "identity" else {}),
                 "NATS_URL": self.nats_url,

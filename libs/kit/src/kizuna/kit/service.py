@@ -138,6 +138,7 @@ class Service(Generic[S]):
         configure_app: Callable[[FastAPI], None] | None = None,
         verify_tokens: bool = True,
         jwks_readiness: bool = True,
+        web_sign_in_scopes: str | None = None,
     ) -> None:
         self.name = name
         self.settings_cls = settings
@@ -158,6 +159,13 @@ class Service(Generic[S]):
         # The issuer itself must not wait for its own JWKS: behind a Kubernetes Service that
         # request would only reach pods that are already ready.
         self.jwks_readiness = jwks_readiness and verify_tokens
+        # Web pages: members sign in through identity (OIDC code + PKCE) with these scopes;
+        # the kit mounts /auth/* and the shared stylesheet. None: the service has no pages.
+        self.web_sign_in_scopes = web_sign_in_scopes
+        if web_sign_in_scopes is not None:
+            from kizuna.kit.oidc_client import web_sign_in
+
+            self.on_start.insert(0, web_sign_in(scopes=web_sign_in_scopes))
         if migrations_dir is None:
             caller = inspect.stack()[1].filename
             migrations_dir = Path(caller).parent / "migrations"
@@ -377,6 +385,11 @@ class Service(Generic[S]):
             body = {"status": "ready" if ok else "not ready", "checks": checks}
             return JSONResponse(body, status_code=200 if ok else 503)
 
+        if self.web_sign_in_scopes is not None:
+            from kizuna.kit import oidc_client, web
+
+            app.include_router(oidc_client.router)
+            app.include_router(web.router)
         if self.configure_app:
             self.configure_app(app)
         if self.router is not None:
