@@ -58,4 +58,6 @@ service = Service(
     jobs=[reload_keys],
     readiness=[check_signing_key],
     commands={"rotate-keys": admin.rotate_keys, "register-client": admin.register_client},
+    # identity verifies tokens for its own gRPC API but is the issuer: it must not wait on itself.
+    jwks_readiness=False,
 )

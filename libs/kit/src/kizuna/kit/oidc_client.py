@@ -41,6 +41,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from kizuna.kit.db import Database, UTCDateTime, utcnow
 from sqlalchemy import Column, String, Text, update
+from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Field, SQLModel, col
 
 log = logging.getLogger("kizuna.kit.oidc_client")
@@ -288,7 +289,7 @@ class WebSignIn:
             raise SignInError("the member's grant has ended; sign in again")
         tokens = response.json()
         async with self.db.transaction() as session:
-            await session.exec(  # type: ignore[call-overload]
+            await session.exec(
                 update(WebSession)
                 .where(col(WebSession.id) == web_session_id)
                 .values(
@@ -302,7 +303,7 @@ class WebSignIn:
     async def end_local(
         self, *, web_session_id: str | None = None, sid: str | None = None, member_id: str | None = None
     ) -> int:
-        conditions = [col(WebSession.ended_at).is_(None)]
+        conditions: list[ColumnElement[bool]] = [col(WebSession.ended_at).is_(None)]
         if web_session_id:
             conditions.append(col(WebSession.id) == web_session_id)
         elif sid:
@@ -312,7 +313,7 @@ class WebSignIn:
         else:
             return 0
         async with self.db.transaction() as session:
-            result = await session.exec(update(WebSession).where(*conditions).values(ended_at=self.clock()))  # type: ignore[call-overload]
+            result = await session.exec(update(WebSession).where(*conditions).values(ended_at=self.clock()))
         return int(result.rowcount or 0)
 
 
