@@ -39,6 +39,7 @@ from kizuna.kit.db import Database
 from kizuna.kit.errors import DomainError
 from kizuna.kit.events import Consumer, ConsumerWorker, OutboxRelay, ensure_stream
 from kizuna.kit.logs import configure_logging
+from kizuna.kit.privacy import Privacy, erasure_consumer, export_router
 from kizuna.kit.rpc import GrpcServer
 from kizuna.kit.settings import ServiceSettings, load_settings
 from kizuna.kit.telemetry import TracingMiddleware, configure_telemetry, shutdown_telemetry
@@ -139,6 +140,7 @@ class Service(Generic[S]):
         verify_tokens: bool = True,
         jwks_readiness: bool = True,
         web_sign_in_scopes: str | None = None,
+        privacy: Privacy | None = None,
     ) -> None:
         self.name = name
         self.settings_cls = settings
@@ -162,6 +164,8 @@ class Service(Generic[S]):
         # Web pages: members sign in through identity (OIDC code + PKCE) with these scopes;
         # the kit mounts /auth/* and the shared stylesheet. None: the service has no pages.
         self.web_sign_in_scopes = web_sign_in_scopes
+        # Export and erasure of a member's data (see kizuna.kit.privacy).
+        self.privacy = privacy
         if web_sign_in_scopes is not None:
             from kizuna.kit.oidc_client import web_sign_in
 
@@ -252,7 +256,9 @@ class Service(Generic[S]):
             tasks.append(asyncio.create_task(runtime.relay.run(), name="outbox-relay"))
             for hook in self.on_start:
                 await hook(runtime)
-            consumers = self.consumers(runtime) if callable(self.consumers) else self.consumers
+            consumers = list(self.consumers(runtime) if callable(self.consumers) else self.consumers)
+            if self.privacy is not None:
+                consumers.append(erasure_consumer(self.name, self.privacy))
             for consumer in consumers:
                 worker = ConsumerWorker(
                     consumer,
@@ -390,6 +396,8 @@ class Service(Generic[S]):
 
             app.include_router(oidc_client.router)
             app.include_router(web.router)
+        if self.privacy is not None:
+            app.include_router(export_router(self.name, self.privacy))
         if self.configure_app:
             self.configure_app(app)
         if self.router is not None:

@@ -1,0 +1,77 @@
+"""The member's privacy rights across the ecosystem, as one protocol every service speaks.
+
+- Export: identity's account center asks every service for what it holds about a member:
+  `GET /privacy/members/{member_id}/export` with identity's service token (scope
+  `privacy:export`); each service answers JSON, and identity assembles one archive.
+- Erasure: identity publishes `identity.member.erasure_requested`; every service erases or
+  anonymises what it holds in the same transaction as its inbox row, then publishes
+  `<service>.member.erased` (`ErasureCompleted`), which identity shows as per-service progress.
+
+A service declares only its two domain functions: `Service(privacy=Privacy(export, erase))`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request
+from google.protobuf.timestamp_pb2 import Timestamp
+from kizuna.identity.v1 import events_pb2 as identity_events
+from kizuna.kit.auth import CurrentPrincipal
+from kizuna.kit.db import utcnow
+from kizuna.kit.errors import PermissionDenied
+from kizuna.kit.events import Consumer, Event, publish
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+EXPORT_SCOPE = "privacy:export"
+ERASURE_REQUESTED = "identity.member.erasure_requested"
+
+ExportFn = Callable[[AsyncSession, str], Awaitable[dict[str, Any]]]
+EraseFn = Callable[[AsyncSession, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Privacy:
+    """What a service holds about a member (`export`) and how it forgets them (`erase`)."""
+
+    export: ExportFn
+    erase: EraseFn
+
+
+def erased_subject(service: str) -> str:
+    return f"{service}.member.erased"
+
+
+def erasure_consumer(service: str, privacy: Privacy) -> Consumer:
+    """`<service>-member-erasure`: erase, then report completion, in one transaction."""
+
+    async def handle(session: AsyncSession, event: Event) -> None:
+        request = event.parse(identity_events.MemberErasureRequested)
+        await privacy.erase(session, request.member_id)
+        completed_at = Timestamp()
+        completed_at.FromDatetime(utcnow())
+        publish(
+            session,
+            erased_subject(service),
+            identity_events.ErasureCompleted(member_id=request.member_id, service=service, completed_at=completed_at),
+            member_id=request.member_id,
+        )
+
+    return Consumer(name=f"{service}-member-erasure", subjects=[ERASURE_REQUESTED], handler=handle)
+
+
+def export_router(service: str, privacy: Privacy) -> APIRouter:
+    """`GET /privacy/members/{member_id}/export`, for identity's service token only."""
+    router = APIRouter(prefix="/privacy", tags=["privacy"])
+
+    @router.get("/members/{member_id}/export")
+    async def export(member_id: str, principal: CurrentPrincipal, request: Request) -> dict[str, Any]:
+        if not principal.is_service or not principal.has_scope(EXPORT_SCOPE):
+            raise PermissionDenied(f"exporting a member's data needs a service token with {EXPORT_SCOPE}")
+        async with request.app.state.runtime.db.sessions() as session:
+            data = await privacy.export(session, member_id)
+        return {"service": service, "member_id": member_id, "exported_at": utcnow().isoformat(), "data": data}
+
+    return router
