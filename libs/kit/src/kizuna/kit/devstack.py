@@ -137,6 +137,9 @@ class Stack:
         return child
 
     def check_ports(self) -> None:
+        highest = max([NATS_PORT + self.offset] + [max(ep.http_port, ep.grpc_port) for ep in self.endpoints])
+        if highest > 65535 or self.offset < -1000:
+            raise SystemExit(f"KIZUNA_PORT_OFFSET={self.offset} puts ports outside 1-65535 (highest {highest})")
         busy = []
         if not self.nats_url and _port_busy(NATS_PORT + self.offset):
             busy.append(f"nats-server port {NATS_PORT + self.offset}")

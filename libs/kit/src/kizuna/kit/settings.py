@@ -27,6 +27,8 @@ class ServiceSettings(BaseSettings):
     # through the public issuer URL (default: discovered from the issuer).
     kizuna_jwks_url: str = ""
     kizuna_token_url: str = ""
+    # The points service, which every page's header asks for the member's live balance.
+    points_addr: str = "127.0.0.1:50051"
     database_url: str = ""
     kizuna_data_dir: Path = Path(".data")
     http_host: str = "127.0.0.1"
