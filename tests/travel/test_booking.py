@@ -8,7 +8,7 @@ from typing import Any
 
 from kizuna.kit.errors import FailedPrecondition
 from kizuna.travel.v1 import events_pb2
-from travel_support import TravelEnv, booking_body, days_ahead, stream_events
+from travel_support import MEMBER_SCOPES, TravelEnv, booking_body, days_ahead, stream_events
 
 ROOM = "htl_kyoto_gion_machiya.standard_double"
 
@@ -133,7 +133,7 @@ async def test_a_card_capture_failure_refunds_captured_points_and_voids_the_card
 async def test_recovery_undoes_a_saga_that_stopped_after_reserving_points(travel: TravelEnv) -> None:
     """As if travel crashed right after points answered Reserve: the job voids it and frees the nights."""
     travel.member("mbr_crash", points=1_000)
-    token = travel.issuer.member_token("mbr_crash", scope="points:spend")
+    token = travel.issuer.member_token("mbr_crash", scope=MEMBER_SCOPES)
     body = booking_body(points=1_000, key="crash")
     from travel.http_api import BookingCreate, booking_request
     from travel.stay import validate_stay
@@ -167,7 +167,11 @@ async def test_recovery_confirms_a_saga_that_stopped_after_capturing(travel: Tra
     stay = validate_stay(request.check_in, request.check_out, 2, now=bookings.clock(), max_nights=14)
     held = await bookings._hold("mbr_almost", request, stay, bookings.clock())
     auth = await bookings.payments.authorize_card(
-        member_id="mbr_almost", amount_minor=held.card_amount_minor, currency="JPY", booking_id=held.id
+        member_id="mbr_almost",
+        amount_minor=held.card_amount_minor,
+        currency="JPY",
+        booking_id=held.id,
+        member_token=travel.issuer.member_token("mbr_almost", scope=MEMBER_SCOPES),
     )
     await bookings.payments.capture_card(authorization_id=auth.authorization_id, booking_id=held.id)
     await bookings._record(

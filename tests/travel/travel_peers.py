@@ -178,6 +178,7 @@ class CardPeer(fintech_pb2_grpc.PaymentsServiceServicer):
 
     async def Authorize(self, request: fpb.AuthorizeRequest, context: Any) -> fpb.AuthorizeResponse:
         self._enter("Authorize")
+        current_call().require_member(request.member_id, "fintech:pay")
         if (first := self.keys.replay(request.idempotency_key, request)) is not None:
             return first
         if request.member_id not in self.available:

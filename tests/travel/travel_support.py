@@ -20,6 +20,8 @@ from travel_peers import CardPeer, PointsPeer
 TRAVEL_SECRET = "travel-test-secret"
 TRAVEL_SCOPES = "points:spend points:credit points:read fintech:pay"
 CATALOGUE_DAYS = 20
+# What a member grants travel's pages: spending their points and paying with their card.
+MEMBER_SCOPES = "points:read points:spend fintech:pay"
 
 
 async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 10.0, interval: float = 0.05) -> Any:
@@ -96,7 +98,7 @@ class TravelEnv:
         self.points.balances[member_id] = points
         if credit is not None:
             self.cards.available[member_id] = credit
-        token = self.issuer.member_token(member_id, scope="points:read points:spend")
+        token = self.issuer.member_token(member_id, scope=MEMBER_SCOPES)
         return {"authorization": f"Bearer {token}"}
 
     async def sql(self, statement: str, **params: Any) -> list[Any]:

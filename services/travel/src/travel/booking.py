@@ -313,6 +313,7 @@ class Bookings:
                     amount_minor=booking.card_amount_minor,
                     currency=booking.currency,
                     booking_id=bid,
+                    member_token=member_token,
                 )
                 if not auth.approved:
                     await self._record(bid, expect_step=step, step="card_declined")
@@ -335,10 +336,10 @@ class Bookings:
             booking = await self._record(bid, expect_step=step, step="captured")
             self._still_ours(booking, "captured")
         except PaymentError as exc:
-            failed = await self.compensate(bid, exc.reason)
+            failed = await self.compensate(bid, exc.reason, member_token=member_token)
             raise FailedPrecondition(failure_message(failed)) from None
         except _Superseded:
-            failed = await self.compensate(bid, "the booking timed out")
+            failed = await self.compensate(bid, "the booking timed out", member_token=member_token)
             raise FailedPrecondition(failure_message(failed)) from None
         confirmed = await self._confirm(bid)
         if confirmed.status != CONFIRMED:
@@ -379,10 +380,13 @@ class Bookings:
             )
             return booking
 
-    async def compensate(self, booking_id: str, reason: str) -> Booking:
+    async def compensate(self, booking_id: str, reason: str, *, member_token: str | None = None) -> Booking:
         """Undo a booking that cannot complete: return points and card holds, release the nights.
 
-        Idempotent; if a peer cannot be reached the booking stays `failing` for the recovery job."""
+        Idempotent; if a peer cannot be reached the booking stays `failing` for the recovery job.
+        Holds whose IDs never reached travel (a crash or timeout during Reserve/Authorize) are found by
+        replaying the call with its idempotency key when the member's token is at hand; otherwise
+        they lapse at their expiry in points and fintech (travel stores no member tokens)."""
         async with self.db.transaction() as session:
             booking = await session.get(Booking, booking_id, with_for_update=True, populate_existing=True)
             assert booking is not None
@@ -404,15 +408,15 @@ class Bookings:
                         if exc.code != grpc.StatusCode.FAILED_PRECONDITION:
                             raise
                         await self._refund_points(booking, booking.points_used, "undo")  # captured after all
-            # (A reservation whose ID never reached us — a crash mid-call — is released by points' TTL.)
             auth_id = booking.card_authorization_id
-            if booking.card_amount_minor > 0 and not auth_id and booking.step == "points_reserved":
+            if booking.card_amount_minor > 0 and not auth_id and booking.step == "points_reserved" and member_token:
                 # Authorize may have gone through without us hearing the answer: its replay says.
                 auth = await self.payments.authorize_card(
                     member_id=booking.member_id,
                     amount_minor=booking.card_amount_minor,
                     currency=booking.currency,
                     booking_id=bid,
+                    member_token=member_token,
                 )
                 auth_id = auth.authorization_id if auth.approved else ""
             if booking.card_capture_id:

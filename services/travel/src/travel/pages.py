@@ -1,10 +1,228 @@
-"""Travel's web pages (filled in below the API)."""
+"""Travel's web pages on the kit layout: search, results, hotel, book, my trips, cancel.
+
+Searching is open to everyone; booking, trips and cancelling need a member signed in through the
+kit's OIDC relying party (`SignedInMember`). Booking passes the member's own access token (kept
+server-side by the kit) to points and fintech, which is how the member authorizes the spend.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
-from kizuna.kit import web
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from kizuna.kit.db import SessionDep
+from kizuna.kit.errors import DomainError, NotFound
+from kizuna.kit.oidc_client import SignedInMember
+from kizuna.kit.web import page_templates
+
+from travel import stay as rules
+from travel.booking import FAILED, FAILING, PENDING, BookingRequest, Bookings
+from travel.catalogue import CITIES
+from travel.http_api import BookingsDep, parse_stay
+from travel.models import Hotel, RatePlan, RoomType
+from travel.search import hotel_page, search_hotels
+
+templates = page_templates(Path(__file__).parent / "templates", service="travel")
+router = APIRouter(include_in_schema=False)
 
 
-def install(app: FastAPI) -> None:
-    app.include_router(web.router)
+def yen(amount: int) -> str:
+    return f"¥{amount:,}"
+
+
+templates.env.filters["yen"] = yen
+
+
+def _page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    member = context.get("member")
+    context.setdefault("member_name", member.display_name if member else None)
+    return templates.TemplateResponse(request, name, {"cities": CITIES, **context}, status_code=status)
+
+
+def _error(request: Request, exc: DomainError, **context: Any) -> HTMLResponse:
+    return _page(request, "travel/error.html", status=exc.http_status, message=exc.message, title="Sorry", **context)
+
+
+@router.get("/", response_class=HTMLResponse)
+async def search_page(request: Request) -> HTMLResponse:
+    today = rules.hotel_today(request.app.state.runtime.state["bookings"].clock())
+    return _page(
+        request,
+        "travel/search.html",
+        title="Find a hotel",
+        default_in=today.isoformat(),
+        default_out=(today.fromordinal(today.toordinal() + 1)).isoformat(),
+    )
+
+
+@router.get("/search", response_class=HTMLResponse)
+async def results_page(
+    request: Request,
+    session: SessionDep,
+    bookings: BookingsDep,
+    city: str = "",
+    check_in: str = "",
+    check_out: str = "",
+    guests: int = 2,
+) -> HTMLResponse:
+    try:
+        stay = parse_stay(bookings, check_in, check_out, guests)
+        results = await search_hotels(session, city, stay)
+    except DomainError as exc:
+        return _error(request, exc)
+    return _page(
+        request, "travel/results.html", title=f"Hotels in {CITIES[city]}", city=city, stay=stay, results=results
+    )
+
+
+@router.get("/hotels/{hotel_id}", response_class=HTMLResponse)
+async def hotel_view(
+    request: Request,
+    session: SessionDep,
+    bookings: BookingsDep,
+    hotel_id: str,
+    check_in: str = "",
+    check_out: str = "",
+    guests: int = 2,
+) -> HTMLResponse:
+    try:
+        stay = parse_stay(bookings, check_in, check_out, guests) if check_in and check_out else None
+        page = await hotel_page(session, hotel_id, stay)
+    except DomainError as exc:
+        return _error(request, exc)
+    policies = {
+        p.id: rules.CancellationPolicy(p.refundable, p.free_cancel_days, p.penalty_bp).describe() for p in page.plans
+    }
+    return _page(
+        request, "travel/hotel.html", title=page.hotel.name, page=page, stay=stay, guests=guests, policies=policies
+    )
+
+
+@router.get("/book", response_class=HTMLResponse)
+async def book_page(
+    request: Request,
+    member: SignedInMember,
+    session: SessionDep,
+    bookings: BookingsDep,
+    hotel_id: str,
+    room_type_id: str,
+    rate_plan_id: str,
+    check_in: str,
+    check_out: str,
+    guests: int = 2,
+) -> HTMLResponse:
+    try:
+        stay = parse_stay(bookings, check_in, check_out, guests)
+        page = await hotel_page(session, hotel_id, stay)
+        offer = next(
+            (o for o in page.offers if o.room_type_id == room_type_id and o.rate_plan_id == rate_plan_id), None
+        )
+        if offer is None:
+            raise NotFound("that room and rate are not offered for this stay")
+    except DomainError as exc:
+        return _error(request, exc, member=member)
+    return _page(
+        request,
+        "travel/book.html",
+        title="Book",
+        member=member,
+        hotel=page.hotel,
+        offer=offer,
+        stay=stay,
+        key=uuid.uuid4().hex,
+    )
+
+
+@router.post("/book", response_model=None)
+async def book_submit(
+    request: Request,
+    member: SignedInMember,
+    bookings: BookingsDep,
+    hotel_id: Annotated[str, Form()],
+    room_type_id: Annotated[str, Form()],
+    rate_plan_id: Annotated[str, Form()],
+    check_in: Annotated[str, Form()],
+    check_out: Annotated[str, Form()],
+    guests: Annotated[int, Form()],
+    idempotency_key: Annotated[str, Form()],
+    points: Annotated[int, Form()] = 0,
+) -> Response:
+    try:
+        booking = await bookings.book(
+            member.member_id,
+            await member.access_token(),
+            BookingRequest(
+                hotel_id=hotel_id,
+                room_type_id=room_type_id,
+                rate_plan_id=rate_plan_id,
+                check_in=rules.parse_date(check_in, "check_in"),
+                check_out=rules.parse_date(check_out, "check_out"),
+                guests=guests,
+                points=points,
+                idempotency_key=idempotency_key,
+            ),
+        )
+    except DomainError as exc:
+        return _error(request, exc, member=member)
+    return RedirectResponse(f"/trips/{booking.id}", status_code=303)
+
+
+async def _names(session: Any, hotel_ids: set[str], room_ids: set[str], plan_ids: set[str]) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for model, ids in ((Hotel, hotel_ids), (RoomType, room_ids), (RatePlan, plan_ids)):
+        for i in ids:
+            row = await session.get(model, i)
+            names[i] = row.name if row else i
+    return names
+
+
+@router.get("/trips", response_class=HTMLResponse)
+async def trips_page(
+    request: Request, member: SignedInMember, session: SessionDep, bookings: BookingsDep
+) -> HTMLResponse:
+    rows = await bookings.for_member(member.member_id)
+    names = await _names(session, {b.hotel_id for b in rows}, {b.room_type_id for b in rows}, set())
+    return _page(request, "travel/trips.html", title="My trips", member=member, bookings=rows, names=names)
+
+
+async def _own(bookings: Bookings, member_id: str, booking_id: str) -> Any:
+    booking = await bookings.get(booking_id)
+    if booking.member_id != member_id or booking.status in (PENDING, FAILING, FAILED):
+        raise NotFound(f"unknown booking {booking_id!r}")
+    return booking
+
+
+@router.get("/trips/{booking_id}", response_class=HTMLResponse)
+async def trip_page(
+    request: Request, member: SignedInMember, session: SessionDep, bookings: BookingsDep, booking_id: str
+) -> HTMLResponse:
+    try:
+        booking = await _own(bookings, member.member_id, booking_id)
+    except DomainError as exc:
+        return _error(request, exc, member=member)
+    names = await _names(session, {booking.hotel_id}, {booking.room_type_id}, {booking.rate_plan_id})
+    quote = bookings.quote_cancellation(booking) if booking.status == "confirmed" else None
+    policy = rules.CancellationPolicy(booking.refundable, booking.free_cancel_days, booking.penalty_bp)
+    return _page(
+        request,
+        "travel/trip.html",
+        title="Your trip",
+        member=member,
+        b=booking,
+        names=names,
+        quote=quote,
+        terms=policy.describe(booking.check_in),
+    )
+
+
+@router.post("/trips/{booking_id}/cancel", response_model=None)
+async def cancel_submit(request: Request, member: SignedInMember, bookings: BookingsDep, booking_id: str) -> Response:
+    try:
+        await _own(bookings, member.member_id, booking_id)
+        await bookings.cancel(member.member_id, booking_id)
+    except DomainError as exc:
+        return _error(request, exc, member=member)
+    return RedirectResponse(f"/trips/{booking_id}", status_code=303)

@@ -106,15 +106,16 @@ class PaymentGateway:
 
     # ---- card -------------------------------------------------------------------------------
     async def authorize_card(
-        self, *, member_id: str, amount_minor: int, currency: str, booking_id: str
+        self, *, member_id: str, amount_minor: int, currency: str, booking_id: str, member_token: str
     ) -> CardAuthorization:
+        """Fintech needs the member's own authorization (their token with fintech:pay) to charge their card."""
         request = fintech_pb2.AuthorizeRequest(
             member_id=member_id,
             amount=_money(amount_minor, currency),
             merchant=MERCHANT,
             idempotency_key=f"{booking_id}:card-authorize",
         )
-        response = await self._call("card", self.cards.Authorize, request, CARD_SCOPE)
+        response = await self._call("card", self.cards.Authorize, request, CARD_SCOPE, member_token)
         approved = response.status == fintech_pb2.AUTHORIZATION_STATUS_APPROVED
         reason = "" if approved else fintech_pb2.DeclineReason.Name(response.decline_reason)
         return CardAuthorization(str(response.authorization_id), approved, reason)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from fastapi import APIRouter
+from kizuna.kit import oidc_client, web
 from kizuna.kit.db import Database, utcnow
 from kizuna.kit.service import Runtime, Service
 from kizuna.travel.v1 import travel_pb2_grpc
@@ -71,14 +73,20 @@ def seed_command(settings: Settings, args: list[str]) -> int:
     return 0
 
 
+# What a member grants travel's pages: spending their points and charging their card for a booking.
+PAGE_SCOPES = "openid profile offline_access points:read points:spend fintech:pay"
+
+router = APIRouter()
+for part in (http_api.router, pages.router, oidc_client.router, web.router):
+    router.include_router(part)
+
 service = Service(
     name="travel",
     settings=Settings,
-    http=http_api.router,
+    http=router,
     grpc=[(travel_pb2_grpc.add_TravelServiceServicer_to_server, TravelApi)],
     jobs=[booking_jobs],
-    on_start=[start_bookings],
+    on_start=[start_bookings, oidc_client.web_sign_in(scopes=PAGE_SCOPES)],
     on_stop=[stop_bookings],
     commands={"seed": seed_command},
-    configure_app=pages.install,
 )

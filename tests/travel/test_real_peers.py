@@ -1,0 +1,248 @@
+"""Travel against the REAL points and fintech services, each a `python -m <svc>` process, over gRPC
+and NATS, with tokens from the test issuer: the last-room race, cancellation refunds of card and
+points, and points earned exactly once for a completed stay."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+import grpc
+import httpx
+import nats
+import pytest
+from kizuna.identity.v1 import events_pb2 as identity_events
+from kizuna.kit.auth import call_metadata
+from kizuna.kit.events import OutboxMessage
+from kizuna.kit.telemetry import configure_telemetry
+from kizuna.points.v1 import points_pb2, points_pb2_grpc
+from sqlmodel import select
+from travel.service import service as travel_service
+from travel.stay import HOTEL_TZ
+from travel_support import (
+    MEMBER_SCOPES,
+    TRAVEL_SCOPES,
+    TRAVEL_SECRET,
+    Clock,
+    booking_body,
+    days_ahead,
+    reset_streams,
+    travel_settings,
+    wait_until,
+)
+
+ROOM = "htl_kyoto_gion_machiya.standard_double"
+
+
+@dataclass
+class RealEnv:
+    travel: Any  # Runtime
+    http: httpx.AsyncClient
+    fintech: httpx.AsyncClient
+    points: points_pb2_grpc.PointsServiceStub
+    issuer: Any
+    nats_url: str
+    clock: Clock
+
+    def headers(self, member_id: str) -> dict[str, str]:
+        token = self.issuer.member_token(member_id, scope=f"{MEMBER_SCOPES} fintech:read")
+        return {"authorization": f"Bearer {token}"}
+
+    async def new_member(self, points: int) -> str:
+        """Registered at points (as identity would announce it), with points and a card."""
+        member = f"mbr_{uuid.uuid4().hex[:12]}"
+        nc = await nats.connect(self.nats_url)
+        event_id = f"evt_{uuid.uuid4().hex}"
+        await nc.jetstream().publish(
+            "identity.member.registered",
+            identity_events.MemberRegistered(member_id=member).SerializeToString(),
+            headers={"Nats-Msg-Id": event_id, "ce-id": event_id, "ce-subject": member},
+        )
+        await nc.close()
+
+        async def credit() -> bool:
+            try:
+                await self.points.Credit(
+                    points_pb2.CreditRequest(
+                        member_id=member,
+                        amount=points,
+                        kind=points_pb2.CREDIT_KIND_REGULAR,
+                        reason="welcome",
+                        source_service="test",
+                        idempotency_key=f"welcome-{member}",
+                    ),
+                    metadata=call_metadata(self.issuer.service_token("test", "points:credit")),
+                    timeout=5,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:  # the registration is still on its way
+                    return False
+                raise
+            return True
+
+        if points:
+            await wait_until(credit, timeout=30)
+        resp = await self.fintech.post(
+            "/api/card/apply",
+            json={"annual_income_minor": 6_000_000, "idempotency_key": uuid.uuid4().hex},
+            headers=self.headers(member),
+        )
+        assert resp.status_code == 201, resp.text
+        return member
+
+    async def balance(self, member: str) -> points_pb2.GetBalanceResponse:
+        return await self.points.GetBalance(
+            points_pb2.GetBalanceRequest(member_id=member),
+            timeout=5,
+            metadata=call_metadata(self.issuer.service_token("test", "points:read")),
+        )
+
+    async def entries(self, member: str) -> list[points_pb2.Entry]:
+        resp = await self.points.ListEntries(
+            points_pb2.ListEntriesRequest(member_id=member),
+            timeout=5,
+            metadata=call_metadata(self.issuer.service_token("test", "points:read")),
+        )
+        return list(resp.entries)
+
+    async def spent_on_travel(self, member: str) -> int:
+        """Points the member has spent at travel, net of refunds (the card's own earning aside)."""
+        kinds = (points_pb2.ENTRY_KIND_SPEND, points_pb2.ENTRY_KIND_REFUND)
+        return -sum(e.amount for e in await self.entries(member) if e.source_service == "travel" and e.kind in kinds)
+
+    async def card_available(self, member: str) -> int:
+        resp = await self.fintech.get("/api/card", headers=self.headers(member))
+        assert resp.status_code == 200, resp.text
+        return int(resp.json()["available_minor"])
+
+    async def nights(self, check_in: Any, check_out: Any) -> list[tuple[int, int, int]]:
+        from sqlalchemy import text
+
+        async with self.travel.db.sessions() as session:
+            rows = await session.execute(
+                text(
+                    "SELECT total, held, sold FROM travel_inventory WHERE room_type_id = :r AND night >= :a AND "
+                    "night < :b ORDER BY night"
+                ),
+                {"r": ROOM, "a": check_in, "b": check_out},
+            )
+            return [tuple(r) for r in rows.all()]
+
+
+@pytest.fixture
+async def real(service_process: Any, test_issuer: Any, nats_url: str, database_url: str) -> AsyncIterator[RealEnv]:
+    configure_telemetry("travel")
+    await reset_streams(nats_url, "TRAVEL", "POINTS", "FINTECH", "IDENTITY")
+    test_issuer.register_client("travel", TRAVEL_SECRET, TRAVEL_SCOPES)
+    test_issuer.register_client("points", "points-secret", "points:read")
+    test_issuer.register_client("fintech", "fintech-secret", "points:spend points:read points:credit")
+    common = {"KIZUNA_ISSUER": test_issuer.issuer, "OUTBOX_POLL_SECONDS": "0.2"}
+    points_proc, fintech_proc = await asyncio.gather(
+        asyncio.to_thread(service_process, "points", {**common, "KIZUNA_CLIENT_SECRET": "points-secret"}),
+        asyncio.to_thread(service_process, "fintech", {**common, "KIZUNA_CLIENT_SECRET": "fintech-secret"}),
+    )
+    settings = travel_settings(
+        nats_url, database_url, test_issuer.issuer, points_proc.grpc_address, fintech_proc.grpc_address
+    )
+    clock = Clock()
+    async with travel_service.running(settings) as runtime:
+        runtime.state["bookings"].clock = clock
+        async with (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{runtime.http_port}", timeout=30) as http,
+            httpx.AsyncClient(base_url=fintech_proc.url, timeout=30) as fintech,
+            grpc.aio.insecure_channel(points_proc.grpc_address) as channel,
+        ):
+            yield RealEnv(
+                runtime, http, fintech, points_pb2_grpc.PointsServiceStub(channel), test_issuer, nats_url, clock
+            )
+
+
+async def test_last_room_race_with_real_points_and_fintech(real: RealEnv) -> None:
+    start = days_ahead(10)
+    from sqlalchemy import text
+
+    async with real.travel.db.transaction() as session:
+        await session.execute(text("UPDATE travel_inventory SET sold = total - 1 WHERE room_type_id = :r"), {"r": ROOM})
+    members = [await real.new_member(points=3_000) for _ in range(4)]
+    limits = [await real.card_available(m) for m in members]
+
+    responses = await asyncio.gather(
+        *(
+            real.http.post("/api/bookings", json=booking_body(points=1_000, key=f"race-{i}"), headers=real.headers(m))
+            for i, m in enumerate(members)
+        )
+    )
+
+    assert sorted(r.status_code for r in responses) == [201, 409, 409, 409], [r.text for r in responses]
+    assert await real.nights(start, start + timedelta(days=2)) == [(8, 0, 8)] * 2
+    for m, limit, r in zip(members, limits, responses, strict=True):
+        assert (await real.balance(m)).pending == 0
+        if r.status_code == 201:
+            assert await real.spent_on_travel(m) == 1_000
+            assert await real.card_available(m) == limit - r.json()["card_amount"]["amount_minor"]
+        else:
+            assert await real.spent_on_travel(m) == 0
+            assert (await real.balance(m)).total == 3_000 and await real.card_available(m) == limit
+
+
+async def test_cancel_after_the_deadline_keeps_the_penalty_and_refunds_card_and_points(real: RealEnv) -> None:
+    member = await real.new_member(points=5_000)
+    limit = await real.card_available(member)
+    resp = await real.http.post("/api/bookings", json=booking_body(points=4_000), headers=real.headers(member))
+    assert resp.status_code == 201, resp.text
+    booking = resp.json()
+    total, card = booking["total"]["amount_minor"], booking["card_amount"]["amount_minor"]
+    assert await real.spent_on_travel(member) == 4_000 and await real.card_available(member) == limit - card
+
+    deadline = datetime.combine(days_ahead(10) - timedelta(days=3), time(0), HOTEL_TZ).astimezone(UTC)
+    real.clock.at = deadline + timedelta(hours=1)
+    cancel = await real.http.post(f"/api/bookings/{booking['booking_id']}/cancel", headers=real.headers(member))
+
+    assert cancel.status_code == 200, cancel.text
+    penalty = total // 2
+    body = cancel.json()
+    assert body["penalty"]["amount_minor"] == penalty
+    from_card = min(penalty, card)
+    assert body["card_refunded"]["amount_minor"] == card - from_card
+    assert body["points_refunded"] == 4_000 - (penalty - from_card)
+    assert await real.card_available(member) == limit - from_card
+    assert await real.spent_on_travel(member) == 4_000 - body["points_refunded"]
+    assert (await real.balance(member)).pending == 0
+    assert await real.nights(days_ahead(10), days_ahead(12)) == [(8, 0, 0)] * 2
+
+
+async def test_a_completed_stay_earns_points_exactly_once(real: RealEnv) -> None:
+    member = await real.new_member(points=0)
+    resp = await real.http.post("/api/bookings", json=booking_body(), headers=real.headers(member))
+    assert resp.status_code == 201, resp.text
+    booking_id = resp.json()["booking_id"]
+    real.clock.at = datetime.combine(days_ahead(12), time(12), HOTEL_TZ).astimezone(UTC)
+
+    assert await real.travel.state["bookings"].complete_stays() == 1
+    assert await real.travel.state["bookings"].complete_stays() == 0
+
+    async def travel_credits() -> list[points_pb2.Entry]:
+        return [
+            e
+            for e in await real.entries(member)
+            if e.kind == points_pb2.ENTRY_KIND_CREDIT and e.source_service == "travel" and e.source_ref == booking_id
+        ]
+
+    [earned] = await wait_until(travel_credits, timeout=20)
+    assert earned.amount > 0
+    total = (await real.balance(member)).total
+    # The relay publishes the completion again (as after a crash between publish and mark-sent):
+    async with real.travel.db.sessions() as session:
+        row = (
+            await session.exec(select(OutboxMessage).where(OutboxMessage.subject == "travel.booking.completed"))
+        ).one()
+    nc = await nats.connect(real.nats_url)
+    await nc.jetstream().publish(row.subject, row.payload, headers={**row.headers, "Nats-Msg-Id": f"{row.event_id}-2"})
+    await nc.close()
+    await asyncio.sleep(1.5)
+    assert await travel_credits() == [earned]
+    assert (await real.balance(member)).total == total
