@@ -14,7 +14,7 @@ from kizuna.kit.settings import ServiceSettings
 from kizuna.kit.testing import free_port
 from relying_party import relying_party
 from sqlmodel import select
-from support import authorize, csrf_of, identity_settings, query_of, reset_streams, running_identity
+from identity_support import authorize, csrf_of, identity_settings, query_of, reset_streams, running_identity
 
 
 def rp_client(name: str, port: int) -> dict:

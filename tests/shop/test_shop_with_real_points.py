@@ -20,8 +20,8 @@ from kizuna.kit.auth import call_metadata
 from kizuna.kit.testing import TestIssuer
 from kizuna.points.v1 import points_pb2 as ppb
 from kizuna.points.v1 import points_pb2_grpc
-from peers import PaymentsPeer, serve_payments
-from support import ShopApi, reset_streams, running_shop, shop_api, wait_until
+from shop_peers import PaymentsPeer, serve_payments
+from shop_support import ShopApi, reset_streams, running_shop, shop_api, wait_until
 
 BUYER = "mbr_realbuyer"
 

@@ -15,7 +15,7 @@ import pytest
 from kizuna.kit.auth import TokenVerifier
 from kizuna.kit.db import utcnow
 from kizuna.kit.errors import Unauthenticated
-from support import SVC_SECRET, Idp
+from identity_support import SVC_SECRET, Idp
 
 
 async def service_token(idp: Idp) -> str:

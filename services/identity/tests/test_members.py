@@ -16,7 +16,7 @@ import pytest
 from kizuna.identity.v1 import events_pb2, identity_pb2, identity_pb2_grpc
 from kizuna.kit.auth import call_metadata
 from nats.js.api import ConsumerConfig
-from support import PASSWORD, SVC_SECRET, Idp, authorize, code_for, csrf_of, exchange, query_of, sign_in, sign_up
+from identity_support import PASSWORD, SVC_SECRET, Idp, authorize, code_for, csrf_of, exchange, query_of, sign_in, sign_up
 
 
 async def events(nats_url: str, subject: str) -> list[nats.aio.msg.Msg]:

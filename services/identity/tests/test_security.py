@@ -15,7 +15,7 @@ from joserfc.jwk import ECKey
 from kizuna.kit.auth import TokenVerifier
 from kizuna.kit.db import utcnow
 from kizuna.kit.errors import Unauthenticated
-from support import (
+from identity_support import (
     OTHER_SECRET,
     SPA_REDIRECT,
     WEB_REDIRECT,
@@ -248,7 +248,7 @@ async def test_sign_in_is_throttled_per_account(idp_sqlite: Idp) -> None:
 
 
 async def test_sign_in_is_throttled_per_address(nats_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from support import identity_settings, running_identity
+    from identity_support import identity_settings, running_identity
 
     settings = identity_settings(nats_url, f"sqlite+aiosqlite:///{tmp_path / 'i.db'}", tmp_path,
                                  identity_signin_max_failures_ip=3)
@@ -266,7 +266,7 @@ async def test_cookies_are_httponly_samesite_and_secure_under_https(idp_sqlite: 
     session_cookie = [c for c in response.headers.get_list("set-cookie") if c.startswith("kz_idp_session=")][0]
     assert "HttpOnly" in session_cookie and "SameSite=lax" in session_cookie and "Secure" not in session_cookie
 
-    from support import identity_settings, running_identity
+    from identity_support import identity_settings, running_identity
 
     port = __import__("kizuna.kit.testing", fromlist=["free_port"]).free_port()
     settings = identity_settings(nats_url, f"sqlite+aiosqlite:///{tmp_path / 'https.db'}", tmp_path / "https",

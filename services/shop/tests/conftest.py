@@ -9,8 +9,8 @@ from kizuna.kit.testing import TestIssuer
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from peers import PaymentsPeer, PointsPeer, serve_payments, serve_points
-from support import ShopApi, reset_streams, running_shop, shop_api
+from shop_peers import PaymentsPeer, PointsPeer, serve_payments, serve_points
+from shop_support import ShopApi, reset_streams, running_shop, shop_api
 
 
 @pytest.fixture

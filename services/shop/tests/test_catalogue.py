@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from support import ADMIN, ShopApi
+from shop_support import ADMIN, ShopApi
 
 
 async def test_merchant_is_invisible_until_verified_then_sells(api: ShopApi) -> None:

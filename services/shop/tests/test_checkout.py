@@ -6,11 +6,11 @@ import asyncio
 from datetime import timedelta
 
 from kizuna.shop.v1 import events_pb2
-from peers import PaymentsPeer, PointsPeer
+from shop_peers import PaymentsPeer, PointsPeer
 from shop.checkout import AUTHORIZED, STARTED
 from shop.models import Checkout
 from sqlmodel import select
-from support import ADMIN, ShopApi, shop_events, wait_until
+from shop_support import ADMIN, ShopApi, shop_events, wait_until
 
 BUYER = "mbr_buyer"
 

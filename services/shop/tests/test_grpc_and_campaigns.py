@@ -8,8 +8,8 @@ import grpc
 import pytest
 from kizuna.kit.auth import call_metadata
 from kizuna.shop.v1 import events_pb2, shop_pb2, shop_pb2_grpc
-from peers import PaymentsPeer, PointsPeer
-from support import ShopApi, shop_events, wait_until
+from shop_peers import PaymentsPeer, PointsPeer
+from shop_support import ShopApi, shop_events, wait_until
 
 BUYER = "mbr_buyer"
 

@@ -53,7 +53,7 @@ async def running_shop(*, nats_url: str, database_url: str, issuer: TestIssuer, 
     settings = Settings(
         nats_url=nats_url, kizuna_issuer=issuer.issuer, database_url=database_url, http_port=0, grpc_port=0,
         points_addr=points_addr, fintech_addr=fintech_addr, kizuna_client_secret=SHOP_SECRET,
-        admins=[ADMIN], outbox_poll_seconds=0.2, jobs_interval_seconds=3600, log_format="text", **overrides)
+        shop_admins=[ADMIN], outbox_poll_seconds=0.2, jobs_interval_seconds=3600, log_format="text", **overrides)
     async with service.running(settings) as runtime:
         yield runtime
 
