@@ -48,5 +48,9 @@ def page_templates(*directories: Path, service: str = "", **globals_: Any) -> Ji
         ),
         autoescape=select_autoescape(default=True),
     )
-    env.globals.update(stylesheet=STYLESHEET_PATH, service=service, service_links=service_links(), **globals_)
+    from kizuna.kit.csrf import csrf_field
+
+    env.globals.update(
+        stylesheet=STYLESHEET_PATH, service=service, service_links=service_links(), csrf_field=csrf_field, **globals_
+    )
     return Jinja2Templates(env=env)
