@@ -11,8 +11,9 @@ from kizuna.kit.oidc_client import WebSignIn
 
 
 def make_app() -> tuple[FastAPI, WebSignIn]:
-    rp = WebSignIn(issuer="http://id.test", client_id="shop", client_secret="s3cret", base_url="http://shop.test",
-                   db=None)  # type: ignore[arg-type]
+    rp = WebSignIn(
+        issuer="http://id.test", client_id="shop", client_secret="s3cret", base_url="http://shop.test", db=None
+    )  # type: ignore[arg-type]
     app = FastAPI()
     app.state.runtime = SimpleNamespace(state={"web_sign_in": rp})
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import httpx
 import nats
-from conftest import reset_streams, wait_until
 from demo.service import DemoEffect, DemoNote, record_effect, write_note
 from kizuna.kit import migrations
 from kizuna.kit.db import Database
 from kizuna.kit.events import Consumer, ConsumerWorker, OutboxMessage, OutboxRelay, ensure_stream
 from kizuna.kit.service import Runtime
 from kizuna.kit.settings import ServiceSettings
+from kizuna.kit.testing import reset_streams, wait_until
 from nats.js.api import ConsumerConfig
 from sqlmodel import select
 

@@ -6,18 +6,16 @@ from pathlib import Path
 
 import httpx
 import nats
-from demo.service import DemoApi, DemoNote, router
+from demo.service import DemoApi, DemoNote, demo_settings, router
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.identity.v1 import events_pb2, identity_pb2_grpc
 from kizuna.kit.privacy import Privacy
 from kizuna.kit.service import Service
 from kizuna.kit.settings import ServiceSettings
-from kizuna.kit.testing import TestIssuer
+from kizuna.kit.testing import TestIssuer, reset_streams, wait_until
 from nats.js.api import ConsumerConfig
 from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
-
-from conftest import demo_settings, reset_streams, wait_until
 
 TESTS = Path(__file__).parent
 

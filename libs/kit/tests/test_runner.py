@@ -14,15 +14,14 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from conftest import demo_settings, reset_streams, wait_until
-from demo.service import DemoApi, DemoEffect, record_effect, router
+from demo.service import DemoApi, DemoEffect, demo_settings, record_effect, router
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kizuna.identity.v1 import identity_pb2, identity_pb2_grpc
 from kizuna.kit.auth import call_metadata
 from kizuna.kit.events import Consumer
 from kizuna.kit.service import Runtime, Service
 from kizuna.kit.settings import ServiceSettings
-from kizuna.kit.testing import NatsServer, TestIssuer, free_port
+from kizuna.kit.testing import NatsServer, TestIssuer, free_port, reset_streams, wait_until
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Request
 from kizuna.identity.v1 import events_pb2, identity_pb2, identity_pb2_grpc
@@ -85,6 +86,21 @@ async def record_effect(session: AsyncSession, event: Event) -> None:
     if text.startswith("poison"):
         raise ValueError(f"cannot handle {text}")
     session.add(DemoEffect(event_id=event.id, text=text))
+
+
+def demo_settings(nats_url: str, database_url: str, **overrides: Any) -> ServiceSettings:
+    values: dict[str, Any] = {
+        "nats_url": nats_url,
+        "kizuna_issuer": "http://127.0.0.1:1",
+        "database_url": database_url,
+        "http_port": 0,
+        "grpc_port": 0,
+        "outbox_poll_seconds": 0.2,
+        "consumer_max_deliver": 3,
+        "log_format": "text",
+        **overrides,
+    }
+    return ServiceSettings(**values)
 
 
 service = Service(

@@ -1,0 +1,131 @@
+"""The whole ecosystem as `make up` runs it, and a real browser (Debian's Chromium via Playwright)."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts" / "journey"
+SERVICES = ["identity", "points", "shop", "travel", "fintech"]
+DEFAULT_PORTS = {"identity": 8000, "points": 8001, "shop": 8002, "travel": 8003, "fintech": 8004}
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass
+class Ecosystem:
+    urls: dict[str, str]
+    data_dir: Path
+    output: list[str] = field(default_factory=list)
+
+    def url(self, service: str, path: str = "/") -> str:
+        return self.urls[service] + path
+
+
+@pytest.fixture(scope="session")
+def ecosystem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ecosystem]:
+    """`make up`'s stack (nats-server, five services, demo data) on free ports and a fresh data dir."""
+    for _ in range(50):
+        offset = random.randrange(2000, 14000, 10)
+        ports = [4322 + offset] + [p + offset for p in DEFAULT_PORTS.values()] + [50050 + i + offset for i in range(5)]
+        if all(_free(p) for p in ports):
+            break
+    data_dir = tmp_path_factory.mktemp("ecosystem")
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "KIZUNA_ISSUER", "DATABASE_URL")}
+    env.update(KIZUNA_PORT_OFFSET=str(offset), KIZUNA_DATA_DIR=str(data_dir), LOG_LEVEL="INFO")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kizuna.kit.devstack", *SERVICES, "--timeout", "90"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    eco = Ecosystem({name: f"http://127.0.0.1:{port + offset}" for name, port in DEFAULT_PORTS.items()}, data_dir)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        eco.output.append(line)
+        if "Press Ctrl-C to stop." in line:
+            break
+    if not any("Press Ctrl-C to stop." in line for line in eco.output):
+        proc.kill()
+        pytest.fail("the ecosystem did not start:\n" + "".join(eco.output))
+    try:
+        yield eco
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class Steps:
+    """Runs named journey steps; a failing step leaves a screenshot and the page's HTML behind."""
+
+    def __init__(self, test_name: str) -> None:
+        self.test_name = re.sub(r"[^A-Za-z0-9_.-]", "_", test_name)
+        self.pages: list[object] = []
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+            for i, page in enumerate(self.pages):
+                try:
+                    page.screenshot(path=str(ARTIFACTS / f"{self.test_name}-{slug}-{i}.png"), full_page=True)  # type: ignore[attr-defined]
+                    (ARTIFACTS / f"{self.test_name}-{slug}-{i}.html").write_text(page.content())  # type: ignore[attr-defined]
+                except Exception as exc:  # the page itself may be gone; keep the original failure
+                    print(f"could not save the screenshot of page {i}: {exc}")
+            raise
+
+
+@pytest.fixture
+def steps(request: pytest.FixtureRequest) -> Steps:
+    return Steps(request.node.name)
