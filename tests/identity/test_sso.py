@@ -68,7 +68,13 @@ async def test_single_sign_on_then_logout_everywhere(nats_url: str, database_url
         assert not any(r.url.path == "/signin" for r in seen.history)
 
         # 3. Sign out at shop (RP-initiated): identity ends the session, tells both services.
-        out = await browser.get(f"{shop}/auth/logout")
+        # GET only asks; a POST without the CSRF token (a cross-site form) signs nobody out.
+        confirm = await browser.get(f"{shop}/auth/logout")
+        assert confirm.status_code == 200 and 'action="/auth/logout"' in confirm.text
+        forged = await browser.post(f"{shop}/auth/logout", data={"csrf_token": "forged"})
+        assert forged.status_code == 403
+        assert (await browser.get(f"{shop}/private")).json()["member_id"] == member_id
+        out = await browser.post(f"{shop}/auth/logout", data={"csrf_token": csrf_of(confirm.text)})
         assert str(out.url) == f"{shop}/" and out.json() == {"service": "shopdemo"}
         for name, runtime in rps.items():
             async with runtime.db.sessions() as session:

@@ -63,6 +63,11 @@ async def test_code_pkce_refresh_userinfo_introspection_revocation_with_authlib_
     refreshed = await client.refresh_token(meta["token_endpoint"])
     assert refreshed["refresh_token"] != first_refresh
     assert jwt.decode(refreshed["access_token"], keys).claims["sub"] == member_id
+    # A fresh ID token with the refresh (openid was granted): same sub and session, original auth_time.
+    again = jwt.decode(refreshed["id_token"], keys, algorithms=["ES256"]).claims
+    assert again["sub"] == member_id and again["aud"] == "web" and again["sid"] == id_token.claims["sid"]
+    assert again["auth_time"] == id_token.claims["auth_time"] and "nonce" not in again
+    assert again["at_hash"] != id_token.claims["at_hash"]
 
     introspected = (await client.introspect_token(meta["introspection_endpoint"], token=refreshed["access_token"])).json()
     assert introspected["active"] is True and introspected["sub"] == member_id and introspected["client_id"] == "web"

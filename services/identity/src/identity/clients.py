@@ -36,7 +36,7 @@ MEMBER_SCOPES = [
     "points:read", "points:spend",
     "shop:read", "shop:order", "travel:read", "travel:book", "fintech:read", "fintech:pay",
 ]
-SERVICE_SCOPES = ["points:credit", "points:read", "identity:read", "identity:admin"]
+SERVICE_SCOPES = ["points:credit", "points:read", "identity:read", "identity:admin", "privacy:export"]
 ALL_SCOPES = sorted(set(MEMBER_SCOPES) | set(SERVICE_SCOPES))
 SCOPE_DESCRIPTIONS = {
     "openid": "Know who you are (your member ID)",
@@ -137,6 +137,9 @@ def hash_secret(secret: str) -> str:
 
 
 def _validate(spec: ClientSpec) -> None:
+    if spec.client_id.startswith("mbr_"):
+        # A service token's sub is its client id; it must never look like a member's.
+        raise InvalidArgument("client ids must not start with mbr_")
     unknown = set(spec.grant_types) - GRANT_TYPES
     if unknown:
         raise InvalidArgument(f"unsupported grant types: {sorted(unknown)}")

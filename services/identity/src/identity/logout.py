@@ -3,16 +3,16 @@ back-channel logout (a signed logout token POSTed to every client that took part
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import secrets
+from datetime import datetime
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
-from identity import pages
+from identity import backchannel, pages
 from identity.clients import Client
 from identity.provider import Provider
 from identity.sessions import COOKIE, OpSession
@@ -20,49 +20,61 @@ from identity.tokens import Grant, revoke_grant, unverified_claims
 
 log = logging.getLogger("identity.logout")
 router = APIRouter()
-BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+
+
+async def end_sessions_in(session: AsyncSession, sids: list[str], now: datetime) -> list[str]:
+    """In the caller's transaction: end these sessions, revoke their grants (except offline_access
+    ones) and record a back-channel logout for every client that took part; returns the deliveries."""
+    notices: set[tuple[str, str, str]] = set()  # (client_id, member_id, sid)
+    for sid in sids:
+        op = await session.get(OpSession, sid)
+        if op is None or op.ended_at is not None:
+            continue
+        op.ended_at = now
+        session.add(op)
+        grants = (await session.exec(select(Grant).where(Grant.session_id == sid))).all()
+        for grant in grants:
+            notices.add((grant.client_id, op.member_id, sid))
+            if grant.revoked_at is None and "offline_access" not in grant.scope.split():
+                await revoke_grant(session, grant.id, now)
+    return await _stage_for_clients(session, sorted(notices), now)
+
+
+async def _stage_for_clients(session: AsyncSession, notices: list[tuple[str, str, str | None]], now: datetime) -> list[str]:
+    client_ids = sorted({c for c, _, _ in notices})
+    with_uri = {
+        c.id for c in (await session.exec(select(Client).where(col(Client.id).in_(client_ids)))).all()
+        if c.backchannel_logout_uri
+    }
+    return [
+        backchannel.stage(session, client_id=client_id, member_id=member_id, sid=sid, now=now)
+        for client_id, member_id, sid in notices
+        if client_id in with_uri
+    ]
+
+
+async def end_member_everywhere(session: AsyncSession, member_id: str, now: datetime) -> list[str]:
+    """In the caller's transaction: end every session of the member, revoke every grant (offline
+    ones too) and record a back-channel logout for every client the member ever authorized."""
+    live = (await session.exec(
+        select(OpSession).where(OpSession.member_id == member_id, col(OpSession.ended_at).is_(None))
+    )).all()
+    staged = await end_sessions_in(session, [op.id for op in live], now)
+    grants = (await session.exec(select(Grant).where(Grant.member_id == member_id))).all()
+    for grant in grants:
+        if grant.revoked_at is None:
+            await revoke_grant(session, grant.id, now)
+    # Without `sid`: the client ends every local session of this member.
+    clients = sorted({g.client_id for g in grants})
+    staged += await _stage_for_clients(session, [(c, member_id, None) for c in clients], now)
+    return staged
 
 
 async def end_sessions(provider: Provider, sids: list[str]) -> None:
-    """End these sessions, revoke their grants (except offline_access ones), and tell each client."""
-    now = provider.now()
-    notices: list[tuple[str, str, str]] = []  # (client_id, member_id, sid)
+    """End these sessions and tell each client at once (failed deliveries are retried later)."""
     async with provider.db.transaction() as session:
-        for sid in sids:
-            op = await session.get(OpSession, sid)
-            if op is None or op.ended_at is not None:
-                continue
-            op.ended_at = now
-            session.add(op)
-            grants = (await session.exec(select(Grant).where(Grant.session_id == sid))).all()
-            for grant in grants:
-                notices.append((grant.client_id, op.member_id, sid))
-                if grant.revoked_at is None and "offline_access" not in grant.scope.split():
-                    await revoke_grant(session, grant.id, now)
-        client_ids = sorted({c for c, _, _ in notices})
-        clients = {c.id: c for c in (await session.exec(select(Client).where(col(Client.id).in_(client_ids)))).all()}
-    deliveries = {
-        (client_id, sid): (clients[client_id], member_id)
-        for client_id, member_id, sid in notices
-        if client_id in clients and clients[client_id].backchannel_logout_uri
-    }
-    await asyncio.gather(*(_deliver(provider, c, m, sid) for (_, sid), (c, m) in deliveries.items()))
-
-
-async def _deliver(provider: Provider, client: Client, member_id: str, sid: str) -> None:
-    now = int(provider.now().timestamp())
-    token = provider.issuer.sign(
-        {"iss": provider.issuer_url, "aud": client.id, "iat": now, "exp": now + 120, "jti": secrets.token_urlsafe(16),
-         "sub": member_id, "sid": sid, "events": {BACKCHANNEL_EVENT: {}}},
-        typ="logout+jwt",
-    )
-    assert client.backchannel_logout_uri is not None
-    try:
-        response = await provider.http.post(client.backchannel_logout_uri, data={"logout_token": token})
-        if response.status_code >= 300:
-            log.warning("back-channel logout refused", extra={"client_id": client.id, "status": response.status_code})
-    except Exception as exc:  # one unreachable client must not stop the others' logout
-        log.warning("back-channel logout failed", extra={"client_id": client.id, "error": type(exc).__name__})
+        staged = await end_sessions_in(session, sids, provider.now())
+    await backchannel.deliver_due(provider, staged)
 
 
 @router.api_route("/logout", methods=["GET", "POST"])

@@ -33,6 +33,7 @@ class Member(SQLModel, table=True):
     status: str = Field(sa_column=Column(String(16), nullable=False))
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    erased_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
 
 
 def new_member_id() -> str:

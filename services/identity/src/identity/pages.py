@@ -327,3 +327,63 @@ async def account_revoke_client(request: Request, client_id: str, csrf_token: st
         if consent is not None:
             await session.delete(consent)
     return RedirectResponse("/account", status_code=303)
+
+
+# ---- privacy: download my data, delete my account -----------------------------------------------
+
+
+@router.post("/account/export")
+async def account_export(request: Request, csrf_token: str = Form("")) -> Response:
+    from identity import privacy
+
+    op = await _account_post(request, csrf_token)
+    if not isinstance(op, OpSession):
+        return op
+    archive = await privacy.export_archive(provider_of(request), op.member_id)
+    stamp = provider_of(request).now().strftime("%Y%m%d")
+    return Response(archive, media_type="application/zip", headers={
+        "Content-Disposition": f'attachment; filename="kizuna-data-{stamp}.zip"', "Cache-Control": "no-store"})
+
+
+@router.post("/account/delete")
+async def account_delete(
+    request: Request, password: str = Form(""), confirm: str = Form(""), csrf_token: str = Form("")
+) -> Response:
+    from identity import backchannel, privacy
+
+    op = await _account_post(request, csrf_token)
+    if not isinstance(op, OpSession):
+        return op
+    provider = provider_of(request)
+    if confirm != "yes":
+        context = await _account_context(request, op)
+        return render(request, "account.html", {**context, "error": "Tick the box to confirm the deletion."}, 400)
+    try:
+        async with provider.db.transaction() as session:
+            link, deliveries = await privacy.erase_member(session, provider, op.member_id, password=password,
+                                                          now=provider.now())
+    except DomainError as exc:
+        return render(request, "account.html", {**await _account_context(request, op), "error": exc.message},
+                      exc.http_status)
+    await backchannel.deliver_due(provider, deliveries)
+    response = RedirectResponse(f"/erasure/{link}?new=1", status_code=303)
+    response.delete_cookie(sessions.COOKIE, path="/")
+    return response
+
+
+@router.get("/erasure/{link}")
+async def erasure_progress(request: Request, link: str, new: str = "") -> Response:
+    from identity import privacy
+
+    provider = provider_of(request)
+    async with provider.db.sessions() as session:
+        found = await privacy.progress(session, link)
+    if found is None:
+        return error_page(request, "There is no account deletion at this address.", 404)
+    erasure, status = found
+    complete = all(when is not None for when in status.values())
+    response = render(request, "erasure.html", {
+        "title": "Account deletion", "status": status, "complete": complete, "member_id": erasure.member_id,
+        "link": str(request.url.replace(query="")), "new": bool(new)})
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response

@@ -94,6 +94,10 @@ class Provider:
         self._clients[client_id] = (time.monotonic() + CLIENT_CACHE_SECONDS, client)
         return client
 
+    def forget_client(self, client_id: str) -> None:
+        """After a change through this replica (others see it within CLIENT_CACHE_SECONDS)."""
+        self._clients.pop(client_id, None)
+
     async def member(self, member_id: str | None) -> members.Member | None:
         if not member_id:
             return None
@@ -237,6 +241,10 @@ class Provider:
                 .values(rotated_at=self.now())
             )
 
+    async def grant(self, grant_id: str) -> Grant | None:
+        async with self.db.sessions() as session:
+            return await session.get(Grant, grant_id)
+
     async def grant_member(self, grant_id: str) -> members.Member | None:
         async with self.db.sessions() as session:
             grant = await session.get(Grant, grant_id)
@@ -255,7 +263,12 @@ class Provider:
                     return None
                 row = await session.get(AccessToken, claims.get("jti", ""))
                 if row is None:
-                    return None
+                    if not _service_token(claims):
+                        return None
+                    # Service tokens are not recorded (see oauth_server.service_token): live until exp.
+                    expires = datetime.fromtimestamp(int(claims["exp"]), now.tzinfo)
+                    return TokenRecord("access_token", str(claims["client_id"]), str(claims.get("scope", "")),
+                                       expires, False, now, claims, str(claims["jti"]), None)
                 revoked = row.revoked_at is not None or await _grant_revoked(session, row.grant_id)
                 return TokenRecord("access_token", row.client_id, row.scope, row.expires_at, revoked, now, claims,
                                    row.jti, row.grant_id)
@@ -275,16 +288,29 @@ class Provider:
             if record.kind == "refresh_token" and record.grant_id:
                 await revoke_grant(session, record.grant_id, now)
             else:
-                await session.exec(  # type: ignore[call-overload]
+                result = await session.exec(  # type: ignore[call-overload]
                     update(AccessToken).where(col(AccessToken.jti) == record.key).values(revoked_at=now)
                 )
+                if result.rowcount == 0:  # an unrecorded service token: deny-list it until it expires
+                    session.add(AccessToken(
+                        jti=record.key, grant_id=None, client_id=record.client_id,
+                        subject=str(record.claims.get("sub", record.client_id)), scope=record.scope,
+                        issued_at=now, expires_at=record.expires_at, revoked_at=now,
+                    ))
 
-    async def access_token_live(self, jti: str) -> bool:
+    async def access_token_live(self, claims: dict[str, Any]) -> bool:
         async with self.db.sessions() as session:
-            row = await session.get(AccessToken, jti)
-            if row is None or row.revoked_at is not None:
+            row = await session.get(AccessToken, str(claims.get("jti", "")))
+            if row is None:
+                return _service_token(claims)
+            if row.revoked_at is not None:
                 return False
             return not await _grant_revoked(session, row.grant_id)
+
+
+def _service_token(claims: dict[str, Any]) -> bool:
+    """A client-credentials token (`sub` is the client): not recorded at issue."""
+    return bool(claims.get("jti")) and claims.get("sub") == claims.get("client_id") and isinstance(claims.get("exp"), int)
 
 
 async def _grant_revoked(session: Any, grant_id: str | None) -> bool:

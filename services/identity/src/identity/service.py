@@ -2,7 +2,8 @@
 
 HTTP: discovery, JWKS, authorize, token, userinfo, introspection, revocation, logout (oauth_server,
 logout) and the sign-in / sign-up / account pages (pages). gRPC: IdentityService.GetMember.
-Publishes identity.member.registered / .updated. Commands: rotate-keys, register-client.
+Publishes identity.member.registered / .updated / .erasure_requested; consumes
+<service>.member.erased (erasure progress). Jobs: key reload, back-channel logout retries, cleanup. Commands: rotate-keys, register-client.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from kizuna.identity.v1 import identity_pb2_grpc
 from kizuna.kit import web
 from kizuna.kit.service import Runtime, Service
 
-from identity import admin, clients, grpc_api, logout, oauth_server, pages
+from identity import admin, admin_api, backchannel, cleanup, clients, grpc_api, logout, oauth_server, pages, privacy
 from identity.provider import Provider
 from identity.settings import Settings
 
 router = APIRouter()
-for part in (oauth_server.router, logout.router, pages.router, web.router):
+for part in (oauth_server.router, logout.router, pages.router, admin_api.router, web.router):
     router.include_router(part)
 
 
@@ -55,7 +56,9 @@ service = Service(
     grpc=[(identity_pb2_grpc.add_IdentityServiceServicer_to_server, grpc_api.IdentityApi)],
     on_start=[start_provider],
     on_stop=[stop_provider],
-    jobs=[reload_keys],
+    # `<service>.member.erased` from every service that holds member data, one consumer per stream.
+    consumers=lambda runtime: privacy.progress_consumers(runtime.settings),
+    jobs=[reload_keys, backchannel.retry_deliveries, cleanup.cleanup_job],
     readiness=[check_signing_key],
     commands={"rotate-keys": admin.rotate_keys, "register-client": admin.register_client},
     # identity verifies tokens for its own gRPC API but is the issuer: it must not wait on itself.

@@ -38,5 +38,22 @@ class Settings(ServiceSettings):
     identity_signin_window_seconds: int = 900
     identity_signin_max_failures_account: int = 5
     identity_signin_max_failures_ip: int = 30
-    # Seconds to wait for each back-channel logout delivery.
+    # Seconds to wait for each back-channel logout delivery; failed ones are retried with
+    # exponential backoff (base * 2^n, at most an hour) up to max attempts, checked every poll.
     identity_backchannel_timeout_seconds: float = 3.0
+    identity_backchannel_max_attempts: int = 8
+    identity_backchannel_retry_base_seconds: float = 2.0
+    identity_backchannel_poll_seconds: float = 1.0
+
+    # Every service of the ecosystem: JSON {"shop": "https://shop.example", ...} (make up sets it).
+    kizuna_links: str = ""
+    # The services that hold member data (export and erasure), comma-separated; empty: every
+    # service in KIZUNA_LINKS except identity.
+    identity_privacy_services: str = ""
+    # Seconds to wait for each service's part of a data export.
+    identity_export_timeout_seconds: float = 10.0
+
+    # Expired codes, tokens, sessions and old sign-in attempts are deleted this often (every
+    # replica may run it: deletes of expired rows are idempotent), keeping this much history.
+    identity_cleanup_seconds: float = 600.0
+    identity_cleanup_keep_seconds: int = 7 * 24 * 3600
