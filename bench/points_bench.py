@@ -5,7 +5,8 @@ GetBalance / first page of ListEntries p99 over many members and entries.
     .venv/bin/python bench/points_bench.py [--seconds 10] [--members 100000] [--entries 1000000]
 
 Needs PostgreSQL at BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres)
-and `pgbench` on PATH. The service runs in this process, so clients and server share the CPUs.
+and `pgbench` on PATH. The service runs as its own process (`python -m points`), the way production
+runs it; the gRPC clients run in this one.
 """
 
 from __future__ import annotations
@@ -26,11 +27,9 @@ import asyncpg
 import grpc
 from kizuna.common.v1 import common_pb2
 from kizuna.kit.auth import call_metadata
-from kizuna.kit.testing import NatsServer, TestIssuer, free_port
+from kizuna.kit.testing import NatsServer, ServiceProcess, TestIssuer, free_port
 from kizuna.points.v1 import points_pb2 as pb
 from kizuna.points.v1 import points_pb2_grpc
-from points.service import service
-from points.settings import Settings
 
 ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 CLIENTS = 64
@@ -41,7 +40,7 @@ def pctl(samples: list[float], q: float) -> float:
     return ordered[min(int(len(ordered) * q), len(ordered) - 1)] * 1000 if ordered else float("nan")
 
 
-async def drive(name: str, seconds: float, call: Any) -> None:
+async def drive(name: str, seconds: float, call: Any, clients: int = CLIENTS) -> None:
     latencies: list[float] = []
     errors = 0
     stop = time.perf_counter() + seconds
@@ -59,10 +58,10 @@ async def drive(name: str, seconds: float, call: Any) -> None:
             n += 1
 
     began = time.perf_counter()
-    await asyncio.gather(*(client(i) for i in range(CLIENTS)))
+    await asyncio.gather(*(client(i) for i in range(clients)))
     elapsed = time.perf_counter() - began
     print(
-        f"{name:<28} {len(latencies) / elapsed:8.0f} ops/s  p50 {pctl(latencies, 0.5):6.1f} ms  "
+        f"{name:<34} {len(latencies) / elapsed:8.0f} ops/s  p50 {pctl(latencies, 0.5):6.1f} ms  "
         f"p99 {pctl(latencies, 0.99):6.1f} ms  errors {errors}"
     )
 
@@ -115,21 +114,24 @@ async def seed(url: str, members: int, entries: int) -> None:
     try:
         await conn.execute(
             """
-            INSERT INTO points_wallet (member_id, status, available, held, debt, earn_month, earned_this_month, created_at)
+            INSERT INTO points_wallet (member_id, status, available, held, debt, earn_month, earned_this_month,
+              created_at)
             SELECT 'seed-' || i, 'active', 0, 0, 0, '2025-01', 0, now() FROM generate_series(1, $1) i""",
             members,
         )
         per = max(entries // members, 1)
         await conn.execute(
             """
-            INSERT INTO points_entry (entry_id, member_id, kind, amount, explanation, source_service, source_ref, created_at)
+            INSERT INTO points_entry (entry_id, member_id, kind, amount, explanation, source_service, source_ref,
+              created_at)
             SELECT 'seed-' || i, 'seed-' || (i % $1 + 1), 'credit', 1, 'seed', 'shop', '', now()
             FROM generate_series(1, $2) i""",
             members,
             per * members,
         )
         await conn.execute("""
-            INSERT INTO points_lot (member_id, entry_pk, kind, rolling, amount, remaining, clawed_back, source_service, expires_at, created_at)
+            INSERT INTO points_lot (member_id, entry_pk, kind, rolling, amount, remaining, clawed_back, source_service,
+              expires_at, created_at)
             SELECT member_id, id, 'regular', true, 1, 1, 0, 'shop', now() + interval '300 days', now()
             FROM points_entry WHERE entry_id LIKE 'seed-%'""")
         await conn.execute("""
@@ -145,7 +147,9 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--members", type=int, default=100_000)
     parser.add_argument("--entries", type=int, default=1_000_000)
+    parser.add_argument("--only", default="credit,reserve,pgbench,reads", help="phases to run")
     args = parser.parse_args()
+    only = set(args.only.split(","))
     name = f"points_bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(ADMIN_URL)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -153,92 +157,109 @@ async def main() -> None:
     url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     nats_server = NatsServer(free_port(), Path(tempfile.mkdtemp())).start()
     issuer = TestIssuer().start()
-    settings = Settings(
-        nats_url=nats_server.url,
-        kizuna_issuer=issuer.issuer,
-        database_url=url,
-        http_port=0,
-        grpc_port=0,
-        log_level="ERROR",
-        log_format="text",
-        expiry_interval_seconds=3600,
+    workdir = Path(tempfile.mkdtemp())
+    server = ServiceProcess(
+        "points",
+        {
+            "NATS_URL": nats_server.url,
+            "KIZUNA_ISSUER": issuer.issuer,
+            "DATABASE_URL": url,
+            "KIZUNA_DATA_DIR": str(workdir),
+            "LOG_LEVEL": "ERROR",
+            "LOG_FORMAT": "text",
+            "EXPIRY_INTERVAL_SECONDS": "3600",
+        },
+        free_port(),
+        free_port(),
+        workdir / "points.log",
     )
     try:
-        async with service.running(settings) as runtime:
-            conn = await asyncpg.connect(url)
-            await conn.execute("""INSERT INTO points_wallet (member_id, status, available, held, debt, earn_month,
-                earned_this_month, created_at) SELECT 'bench-' || i, 'active', 0, 0, 0, '2025-01', 0, now()
-                FROM generate_series(1, 1000) i""")
-            await conn.close()
-            svc = call_metadata(issuer.service_token("shop", "points:credit points:spend points:read"))
-            member_meta = {
-                i: call_metadata(
-                    issuer.service_token("shop", "points:credit points:spend points:read"),
-                    issuer.member_token(f"bench-{i}", expires_in=3600),
-                )
-                for i in range(1, 1001)
-            }
-            channels = [grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}") for _ in range(8)]
-            stubs = [points_pb2_grpc.PointsServiceStub(c) for c in channels]
-            print(f"PostgreSQL, {CLIENTS} concurrent clients, {args.seconds:.0f}s each")
+        server.start(timeout=60)
+        assert server.process is not None
+        print(f"server pid {server.process.pid}, bench pid {os.getpid()}", flush=True)
+        conn = await asyncpg.connect(url)
+        await conn.execute("""INSERT INTO points_wallet (member_id, status, available, held, debt, earn_month,
+            earned_this_month, created_at) SELECT 'bench-' || i, 'active', 0, 0, 0, '2025-01', 0, now()
+            FROM generate_series(1, 1000) i""")
+        await conn.close()
+        svc = call_metadata(issuer.service_token("shop", "points:credit points:spend points:read"))
+        member_meta = {
+            i: call_metadata(
+                issuer.service_token("shop", "points:credit points:spend points:read"),
+                issuer.member_token(f"bench-{i}", expires_in=3600),
+            )
+            for i in range(1, 1001)
+        }
+        channels = [grpc.aio.insecure_channel(server.grpc_address) for _ in range(8)]
+        stubs = [points_pb2_grpc.PointsServiceStub(c) for c in channels]
+        print(f"PostgreSQL, {CLIENTS} concurrent clients, {args.seconds:.0f}s each")
 
-            async def credit(i: int, n: int) -> None:
-                member = f"bench-{(i * 7919 + n) % 1000 + 1}"
-                await stubs[i % 8].Credit(
-                    pb.CreditRequest(
-                        member_id=member,
-                        amount=100,
-                        kind=pb.CREDIT_KIND_REGULAR,
-                        reason="bench",
-                        idempotency_key=uuid.uuid4().hex,
-                    ),
-                    metadata=svc,
-                    timeout=30,
-                )
+        async def credit(i: int, n: int) -> None:
+            member = f"bench-{(i * 7919 + n) % 1000 + 1}"
+            await stubs[i % 8].Credit(
+                pb.CreditRequest(
+                    member_id=member,
+                    amount=100,
+                    kind=pb.CREDIT_KIND_REGULAR,
+                    reason="bench",
+                    idempotency_key=uuid.uuid4().hex,
+                ),
+                metadata=svc,
+                timeout=30,
+            )
 
-            async def reserve_capture(i: int, n: int) -> None:
-                m = (i * 7919 + n) % 1000 + 1
-                held = await stubs[i % 8].Reserve(
-                    pb.ReserveRequest(member_id=f"bench-{m}", amount=1, idempotency_key=uuid.uuid4().hex),
-                    metadata=member_meta[m],
-                    timeout=30,
-                )
-                await stubs[i % 8].Capture(
-                    pb.CaptureRequest(reservation_id=held.reservation_id, idempotency_key=uuid.uuid4().hex),
-                    metadata=svc,
-                    timeout=30,
-                )
+        async def reserve_capture(i: int, n: int) -> None:
+            m = (i * 7919 + n) % 1000 + 1
+            held = await stubs[i % 8].Reserve(
+                pb.ReserveRequest(member_id=f"bench-{m}", amount=1, idempotency_key=uuid.uuid4().hex),
+                metadata=member_meta[m],
+                timeout=30,
+            )
+            await stubs[i % 8].Capture(
+                pb.CaptureRequest(reservation_id=held.reservation_id, idempotency_key=uuid.uuid4().hex),
+                metadata=svc,
+                timeout=30,
+            )
 
+        if "credit" in only:
             await drive("Credit (gRPC)", args.seconds, credit)
+        if "reserve" in only:
             await drive("Reserve+Capture (gRPC)", args.seconds, reserve_capture)
+        if "pgbench" in only:
             pgbench(url, int(args.seconds))
+        if "reads" not in only:
+            return
 
-            began = time.perf_counter()
-            await seed(url, args.members, args.entries)
-            print(f"seeded {args.members} members / {args.entries} entries in {time.perf_counter() - began:.0f}s")
+        began = time.perf_counter()
+        await seed(url, args.members, args.entries)
+        print(f"seeded {args.members} members / {args.entries} entries in {time.perf_counter() - began:.0f}s")
 
-            async def get_balance(i: int, n: int) -> None:
-                await stubs[i % 8].GetBalance(
-                    pb.GetBalanceRequest(member_id=f"seed-{(i * 104729 + n * 31) % args.members + 1}"),
-                    metadata=svc,
-                    timeout=30,
-                )
+        async def get_balance(i: int, n: int) -> None:
+            await stubs[i % 8].GetBalance(
+                pb.GetBalanceRequest(member_id=f"seed-{(i * 104729 + n * 31) % args.members + 1}"),
+                metadata=svc,
+                timeout=30,
+            )
 
-            async def first_page(i: int, n: int) -> None:
-                await stubs[i % 8].ListEntries(
-                    pb.ListEntriesRequest(
-                        member_id=f"seed-{(i * 104729 + n * 31) % args.members + 1}",
-                        page=common_pb2.PageRequest(page_size=20),
-                    ),
-                    metadata=svc,
-                    timeout=30,
-                )
+        async def first_page(i: int, n: int) -> None:
+            await stubs[i % 8].ListEntries(
+                pb.ListEntriesRequest(
+                    member_id=f"seed-{(i * 104729 + n * 31) % args.members + 1}",
+                    page=common_pb2.PageRequest(page_size=20),
+                ),
+                metadata=svc,
+                timeout=30,
+            )
 
-            await drive("GetBalance", args.seconds, get_balance)
-            await drive("ListEntries first page", args.seconds, first_page)
-            for channel in channels:
-                await channel.close()
+        await drive("GetBalance", args.seconds, get_balance)
+        await drive("ListEntries first page", args.seconds, first_page)
+        # Latency of one call at a time, without 64 clients queueing behind each other.
+        await drive("GetBalance (1 client)", args.seconds, get_balance, clients=1)
+        await drive("ListEntries first page (1 client)", args.seconds, first_page, clients=1)
+        for channel in channels:
+            await channel.close()
     finally:
+        server.stop()
         issuer.stop()
         nats_server.stop()
         admin = await asyncpg.connect(ADMIN_URL)

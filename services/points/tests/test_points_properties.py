@@ -17,7 +17,7 @@ from points import audit, store
 from points.expiry import run_expiry
 from points.ledger import LIMITED_TIME, REGULAR, Clock
 from points.service import service
-from points.store import Ledger
+from points.store import Ledger, Member
 
 MEMBERS = ["a", "b"]
 _migrated: set[str] = set()
@@ -78,7 +78,7 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                         key=uuid.uuid4().hex,
                         operation="credit",
                         request=pb.CreditRequest(amount=amount),
-                        member_id=member,
+                        member=Member(member),
                         effect=effect,
                         response_type=pb.CreditResponse,
                     )
@@ -95,7 +95,7 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                         key=request.idempotency_key,
                         operation="reserve",
                         request=request,
-                        member_id=request.member_id,
+                        member=Member(request.member_id),
                         response_type=pb.ReserveResponse,
                         effect=lambda s, w, now, r=request: store.reserve(
                             s, w, now, caller="shop", request=r, default_ttl=60, max_ttl=10**6
@@ -104,7 +104,6 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                     reservations.append(held.reservation_id)
                 elif name in ("capture", "void", "refund") and reservations:
                     rid = reservations[op[1] % len(reservations)]
-                    member = await ledger.member_of_reservation(rid)
                     request_cls, fn, response = {
                         "capture": (pb.CaptureRequest, store.capture, pb.CaptureResponse),
                         "void": (pb.VoidRequest, store.void, pb.VoidResponse),
@@ -118,7 +117,7 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                         key=request.idempotency_key,
                         operation=name,
                         request=request,
-                        member_id=member,
+                        member=Member(reservation_id=rid),
                         response_type=response,
                         effect=lambda s, w, now, r=request, f=fn: f(s, w, now, caller="shop", request=r),
                     )
@@ -132,7 +131,7 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                         key=request.idempotency_key,
                         operation="clawback",
                         request=request,
-                        member_id=member,
+                        member=Member(member or ""),
                         response_type=pb.ClawbackResponse,
                         effect=lambda s, w, now, r=request: store.clawback(s, w, now, caller="shop", request=r),
                     )
@@ -146,8 +145,7 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                 report = await audit.audit(session)
             assert report.ok, (op, report.problems)
             for member in members.values():
-                async with db.sessions() as session:
-                    balance = await store.balance(session, member, clock.now())
+                balance = await store.get_balance(db, member, clock.now())
                 assert min(balance.total, balance.pending, balance.debt) >= 0
     finally:
         await db.dispose()

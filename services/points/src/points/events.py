@@ -291,6 +291,7 @@ async def on_command(session: AsyncSession, event: Event) -> None:
                 at,
                 caller=msg.source_service,
                 request=pb.CaptureRequest(reservation_id=held.reservation_id, idempotency_key=msg.idempotency_key),
+                event_reservation_id=False,
             )
 
         response_type = pb.CaptureResponse

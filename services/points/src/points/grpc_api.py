@@ -15,7 +15,7 @@ from kizuna.points.v1 import points_pb2_grpc
 from points import store
 from points.ledger import LIMITED_TIME, REGULAR, Clock
 from points.settings import Settings
-from points.store import Ledger
+from points.store import Ledger, Member
 
 CREDIT_KINDS = {pb.CREDIT_KIND_REGULAR: REGULAR, pb.CREDIT_KIND_LIMITED_TIME: LIMITED_TIME}
 
@@ -52,23 +52,12 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
 
     async def GetBalance(self, request: pb.GetBalanceRequest, context: Any) -> pb.GetBalanceResponse:
         _may_read(current_call(), request.member_id)
-        now = self.ledger.clock.now()
-        async with self.db.sessions() as session:
-            due = await store.has_due(session, request.member_id, now)
-        if due:
-            async with self.db.transaction() as session:
-                wallet = await store.lock_wallet(session, request.member_id)
-                if wallet is not None:
-                    await store.settle_due(session, wallet, now)
-        async with self.db.sessions() as session:
-            response = await store.balance(session, request.member_id, now)
-            response.earning = await store.earning_pending(session, request.member_id)
-            return response
+        return await store.get_balance(self.db, request.member_id, self.ledger.clock.now())
 
     async def ListEntries(self, request: pb.ListEntriesRequest, context: Any) -> pb.ListEntriesResponse:
         _may_read(current_call(), request.member_id)
-        async with self.db.sessions() as session:
-            return await store.list_entries(session, request.member_id, request.page.page_size, request.page.page_token)
+        async with store.reader(self.db) as conn:
+            return await store.list_entries(conn, request.member_id, request.page.page_size, request.page.page_token)
 
     async def Credit(self, request: pb.CreditRequest, context: Any) -> pb.CreditResponse:
         caller = current_call().require_service_scope("points:credit").client_id
@@ -99,7 +88,7 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
             key=request.idempotency_key,
             operation="credit",
             request=request,
-            member_id=request.member_id,
+            member=Member(request.member_id),
             effect=effect,
             response_type=pb.CreditResponse,
         )
@@ -123,7 +112,7 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
             key=request.idempotency_key,
             operation="earn",
             request=request,
-            member_id=request.member_id,
+            member=Member(request.member_id),
             effect=effect,
             response_type=pb.EarnResponse,
         )
@@ -145,46 +134,43 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
             key=request.idempotency_key,
             operation="reserve",
             request=request,
-            member_id=request.member_id,
+            member=Member(request.member_id),
             effect=effect,
             response_type=pb.ReserveResponse,
         )
 
     async def Capture(self, request: pb.CaptureRequest, context: Any) -> pb.CaptureResponse:
         caller = current_call().require_service_scope("points:spend", "points:credit").client_id
-        member_id = await self.ledger.member_of_reservation(request.reservation_id)
         return await self.ledger.execute(
             caller=caller,
             key=request.idempotency_key,
             operation="capture",
             request=request,
-            member_id=member_id,
+            member=Member(reservation_id=request.reservation_id),
             effect=partial(store.capture, caller=caller, request=request),
             response_type=pb.CaptureResponse,
         )
 
     async def Void(self, request: pb.VoidRequest, context: Any) -> pb.VoidResponse:
         caller = current_call().require_service_scope("points:spend", "points:credit").client_id
-        member_id = await self.ledger.member_of_reservation(request.reservation_id)
         return await self.ledger.execute(
             caller=caller,
             key=request.idempotency_key,
             operation="void",
             request=request,
-            member_id=member_id,
+            member=Member(reservation_id=request.reservation_id),
             effect=partial(store.void, caller=caller, request=request),
             response_type=pb.VoidResponse,
         )
 
     async def Refund(self, request: pb.RefundRequest, context: Any) -> pb.RefundResponse:
         caller = current_call().require_service_scope("points:spend", "points:credit").client_id
-        member_id = await self.ledger.member_of_reservation(request.capture_entry_id or request.reservation_id)
         return await self.ledger.execute(
             caller=caller,
             key=request.idempotency_key,
             operation="refund",
             request=request,
-            member_id=member_id,
+            member=Member(reservation_id=request.capture_entry_id or request.reservation_id),
             effect=partial(store.refund, caller=caller, request=request),
             response_type=pb.RefundResponse,
         )
@@ -199,7 +185,7 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
             key=request.idempotency_key,
             operation="clawback",
             request=request,
-            member_id=member_id,
+            member=Member(member_id or ""),
             effect=partial(store.clawback, caller=caller, request=request),
             response_type=pb.ClawbackResponse,
         )

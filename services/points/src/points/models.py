@@ -181,6 +181,8 @@ class PendingEarn(SQLModel, table=True):
     currency: str = Field(sa_column=Column(String(3), nullable=False))
     regular: int = Field(sa_column=Column(BigInteger, nullable=False))
     bonus: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # Regular points the merchant's own campaign adds (funded by the merchant, outside the caps).
+    merchant_bonus: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
     bonus_expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
     explanation: str = Field(sa_column=Column(Text, nullable=False))
     status: str = Field(sa_column=Column(String(20), nullable=False))  # pending|granted|cancelled

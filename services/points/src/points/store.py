@@ -11,9 +11,10 @@ leaves nothing but its record behind.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -30,8 +31,11 @@ from kizuna.kit.errors import (
 from kizuna.kit.events import publish
 from kizuna.points.v1 import events_pb2 as ev
 from kizuna.points.v1 import points_pb2 as pb
-from sqlalchemy import func, or_, update
+from sqlalchemy import and_, bindparam, exists, func, insert, or_, update
+from sqlalchemy import select as core_select
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from ulid import ULID
@@ -92,6 +96,92 @@ async def lock_wallet(session: AsyncSession, member_id: str, *, skip_locked: boo
     return (await session.exec(query)).first()
 
 
+LOTS = Lot.__table__
+ENTRIES = Entry.__table__
+POSTINGS = Posting.__table__
+RESERVATIONS = Reservation.__table__
+HOLDS = Hold.__table__
+RECORDS = IdempotencyRecord.__table__
+WALLETS = Wallet.__table__
+PENDING = PendingEarn.__table__
+
+
+class Member(NamedTuple):
+    """Whose wallet an operation locks: a member id, or the member of a reservation (or of its capture)."""
+
+    member_id: str = ""
+    reservation_id: str = ""
+
+
+class Locked(NamedTuple):
+    wallet: Wallet | None
+    due: bool
+    record: Row[Any] | None
+
+
+_RECORD_COLUMNS = (
+    RECORDS.c.operation,
+    RECORDS.c.request_hash,
+    RECORDS.c.response,
+    RECORDS.c.error_code,
+    RECORDS.c.error_message,
+)
+
+
+def _lock_query(by_reservation: bool) -> Any:
+    """Lock the member's wallet, learn whether anything is due, and fetch the idempotency record of
+    (caller, key): one statement, built once (bind parameters: member, caller, key, now)."""
+    now = bindparam("now", type_=LOTS.c.expires_at.type)
+    due_reservation = exists().where(
+        RESERVATIONS.c.member_id == Wallet.member_id,
+        RESERVATIONS.c.status == "open",
+        RESERVATIONS.c.expires_at <= now,
+    )
+    due_lot = exists().where(LOTS.c.member_id == Wallet.member_id, LOTS.c.remaining > 0, LOTS.c.expires_at <= now)
+    if by_reservation:
+        owner: Any = (
+            core_select(RESERVATIONS.c.member_id)
+            .where(
+                or_(
+                    RESERVATIONS.c.reservation_id == bindparam("member"),
+                    RESERVATIONS.c.capture_entry_id == bindparam("member"),
+                )
+            )
+            .limit(1)
+            .scalar_subquery()
+        )
+    else:
+        owner = bindparam("member")
+    return (
+        select(Wallet, due_reservation.label("due_r"), due_lot.label("due_l"), *_RECORD_COLUMNS)  # type: ignore[call-overload]
+        .select_from(Wallet)
+        .outerjoin(RECORDS, and_(RECORDS.c.caller == bindparam("caller"), RECORDS.c.key == bindparam("key")))
+        .where(Wallet.member_id == owner)
+        .with_for_update(of=Wallet)
+        .execution_options(populate_existing=True)
+    )
+
+
+_LOCK_BY_MEMBER = _lock_query(False)
+_LOCK_BY_RESERVATION = _lock_query(True)
+_RECORD_QUERY = core_select(*_RECORD_COLUMNS).where(
+    RECORDS.c.caller == bindparam("caller"), RECORDS.c.key == bindparam("key")
+)
+
+
+async def lock_for_operation(session: AsyncSession, member: Member, caller: str, key: str, now: datetime) -> Locked:
+    """One round trip: lock the member's wallet, learn whether anything is due (timed-out
+    reservations, expired lots), and fetch the idempotency record of (caller, key)."""
+    query = _LOCK_BY_RESERVATION if member.reservation_id else _LOCK_BY_MEMBER
+    params = {"member": member.reservation_id or member.member_id, "caller": caller, "key": key, "now": now}
+    row = (await session.exec(query, params=params)).first()
+    if row is None:
+        conn = await session.connection()
+        record = (await conn.execute(_RECORD_QUERY, {"caller": caller, "key": key})).first()
+        return Locked(None, False, record)
+    return Locked(row[0], bool(row[1] or row[2]), row if row.operation is not None else None)
+
+
 async def register_member(session: AsyncSession, member_id: str, now: datetime) -> Wallet:
     """Open the member's wallet (idempotent)."""
     wallet = await lock_wallet(session, member_id)
@@ -127,7 +217,7 @@ async def post_entry(
     source_service: str,
     source_ref: str,
     now: datetime,
-) -> Entry:
+) -> Posted:
     """Write one balanced entry and apply its postings to the member's balance rows."""
     postings = {account: amount for account, amount in postings.items() if amount != 0}
     if sum(postings.values()) != 0:
@@ -139,22 +229,34 @@ async def post_entry(
     if min(wallet.available, wallet.held, wallet.debt) < 0:
         raise AssertionError(f"entry {kind} would make a balance negative: {postings}")
     member_change = sum(v for a, v in postings.items() if a.startswith(f"member:{member}:"))
-    entry = Entry(
-        entry_id=new_id("ent"),
-        member_id=member,
-        kind=kind,
-        amount=member_change,
-        explanation=explanation,
-        source_service=source_service,
-        source_ref=source_ref,
-        created_at=now,
+    entry_id = new_id("ent")
+    conn = await session.connection()
+    pk = (
+        await conn.execute(
+            insert(ENTRIES)
+            .values(
+                entry_id=entry_id,
+                member_id=member,
+                kind=kind,
+                amount=member_change,
+                explanation=explanation,
+                source_service=source_service,
+                source_ref=source_ref,
+                created_at=now,
+            )
+            .returning(ENTRIES.c.id)
+        )
+    ).scalar_one()
+    await conn.execute(
+        insert(POSTINGS).values([{"entry_pk": pk, "account": a, "amount": v} for a, v in postings.items()])
     )
-    session.add(entry)
-    await session.flush()
-    assert entry.id is not None
-    session.add_all(Posting(entry_pk=entry.id, account=a, amount=v) for a, v in postings.items())
     session.add(wallet)
-    return entry
+    return Posted(pk, entry_id)
+
+
+class Posted(NamedTuple):
+    id: int
+    entry_id: str
 
 
 async def member_lots(session: AsyncSession, member_id: str, *, with_empty: bool = False) -> list[Lot]:
@@ -296,6 +398,49 @@ _ERRORS: dict[str, type[DomainError]] = {
 Effect = Callable[[AsyncSession, Wallet | None, datetime], Awaitable[R]]
 
 
+def _replay(record: Row[Any], operation: str, digest: str, key: str, response_type: type[R]) -> R | DomainError:
+    if record.operation != operation or record.request_hash != digest:
+        return AlreadyExists(f"idempotency key {key!r} was already used with a different request")
+    if record.error_code is not None:
+        return _ERRORS.get(record.error_code, DomainError)(record.error_message or "")
+    response = response_type()
+    response.ParseFromString(record.response or b"")
+    return response
+
+
+def _check_key(key: str) -> DomainError | None:
+    if not key:
+        return InvalidArgument("idempotency_key is required")
+    if len(key) > 200:
+        return InvalidArgument("idempotency_key is longer than 200 characters")
+    return None
+
+
+async def _remember(
+    session: AsyncSession,
+    caller: str,
+    key: str,
+    operation: str,
+    digest: str,
+    now: datetime,
+    outcome: Message | DomainError,
+) -> None:
+    values: dict[str, Any] = {
+        "caller": caller,
+        "key": key,
+        "operation": operation,
+        "request_hash": digest,
+        "created_at": now,
+    }
+    if isinstance(outcome, DomainError):
+        values.update(error_code=outcome.code, error_message=outcome.message)
+    else:
+        values.update(response=outcome.SerializeToString(deterministic=True))
+    await session.flush()  # the effect's ORM changes go first, so a key race fails before commit
+    conn = await session.connection()
+    await conn.execute(insert(RECORDS).values(**values))
+
+
 async def apply_idempotent(
     session: AsyncSession,
     *,
@@ -303,48 +448,69 @@ async def apply_idempotent(
     key: str,
     operation: str,
     request: Message,
-    member_id: str | None,
+    member_id: str | None = None,
+    member: Member | None = None,
     effect: Effect[R],
     response_type: type[R],
     now: datetime,
+    savepoint: bool = True,
 ) -> R | DomainError:
     """Inside one transaction: lock the member, settle what is due, then replay the key's first
-    outcome or apply `effect` (in a savepoint) and remember its outcome."""
-    if not key:
-        return InvalidArgument("idempotency_key is required")
-    if len(key) > 200:
-        return InvalidArgument("idempotency_key is longer than 200 characters")
-    wallet = await lock_wallet(session, member_id) if member_id else None
-    if wallet is not None and wallet.status == "active":
-        await settle_due(session, wallet, now)
+    outcome or apply `effect` and remember its outcome.
+
+    With `savepoint` (inside a consumer's inbox transaction) a rejection is rolled back to a
+    savepoint and remembered here; without it the rejection is raised, the caller rolls the whole
+    transaction back and remembers it with `remember_rejection` (one round trip less per call).
+    """
+    invalid = _check_key(key)
+    if invalid is not None:
+        return invalid
     digest = request_hash(operation, request)
-    record = await session.get(IdempotencyRecord, (caller, key), populate_existing=True)
-    if record is not None:
-        if record.operation != operation or record.request_hash != digest:
-            return AlreadyExists(f"idempotency key {key!r} was already used with a different request")
-        if record.error_code is not None:
-            return _ERRORS.get(record.error_code, DomainError)(record.error_message or "")
-        response = response_type()
-        response.ParseFromString(record.response or b"")
-        return response
-    record = IdempotencyRecord(caller=caller, key=key, operation=operation, request_hash=digest, created_at=now)
+    locked = await lock_for_operation(session, member or Member(member_id or ""), caller, key, now)
+    if locked.record is not None:
+        return _replay(locked.record, operation, digest, key, response_type)
+    wallet = locked.wallet
+    if wallet is not None and wallet.status == "active" and locked.due:
+        await settle_due(session, wallet, now)
     outcome: R | DomainError
-    try:
-        async with session.begin_nested():
-            outcome = await effect(session, wallet, now)
-        record.response = outcome.SerializeToString(deterministic=True)
-    except DomainError as exc:
-        outcome = exc
-        record.error_code, record.error_message = exc.code, exc.message
-    session.add(record)
-    await session.flush()
+    if savepoint:
+        try:
+            async with session.begin_nested():
+                outcome = await effect(session, wallet, now)
+        except DomainError as exc:
+            outcome = exc
+    else:
+        outcome = await effect(session, wallet, now)
+    await _remember(session, caller, key, operation, digest, now, outcome)
     return outcome
+
+
+async def remember_rejection(
+    session: AsyncSession,
+    *,
+    caller: str,
+    key: str,
+    operation: str,
+    request: Message,
+    member: Member,
+    response_type: type[R],
+    rejection: DomainError,
+    now: datetime,
+) -> R | DomainError:
+    """Record that the first attempt with (caller, key) was rejected (unless another attempt
+    recorded its outcome meanwhile: then that one is the answer)."""
+    digest = request_hash(operation, request)
+    locked = await lock_for_operation(session, member, caller, key, now)
+    if locked.record is not None:
+        return _replay(locked.record, operation, digest, key, response_type)
+    await _remember(session, caller, key, operation, digest, now, rejection)
+    return rejection
 
 
 class Ledger:
     """Runs ledger operations in their own transactions, idempotently, with retries on key races."""
 
-    def __init__(self, db: Database, settings: Any, clock: ledger.Clock) -> None:
+    def __init__(self, db: Database, settings: Any, clock: Any) -> None:
         self.db = db
         self.settings = settings
         self.clock = clock
@@ -356,24 +522,41 @@ class Ledger:
         key: str,
         operation: str,
         request: Message,
-        member_id: str | None,
+        member: Member,
         effect: Effect[R],
         response_type: type[R],
     ) -> R:
+        outcome: R | DomainError
         for attempt in range(5):
             try:
-                async with self.db.transaction() as session:
-                    outcome = await apply_idempotent(
-                        session,
-                        caller=caller,
-                        key=key,
-                        operation=operation,
-                        request=request,
-                        member_id=member_id,
-                        effect=effect,
-                        response_type=response_type,
-                        now=self.clock.now(),
-                    )
+                try:
+                    async with self.db.transaction() as session:
+                        outcome = await apply_idempotent(
+                            session,
+                            caller=caller,
+                            key=key,
+                            operation=operation,
+                            request=request,
+                            member=member,
+                            effect=effect,
+                            response_type=response_type,
+                            now=self.clock.now(),
+                            savepoint=False,
+                        )
+                except DomainError as rejection:
+                    # Everything the attempt wrote is rolled back; remember the rejection itself.
+                    async with self.db.transaction() as session:
+                        outcome = await remember_rejection(
+                            session,
+                            caller=caller,
+                            key=key,
+                            operation=operation,
+                            request=request,
+                            member=member,
+                            response_type=response_type,
+                            rejection=rejection,
+                            now=self.clock.now(),
+                        )
                 break
             except IntegrityError:
                 # Another call with the same key committed first; the next attempt replays it.
@@ -382,19 +565,6 @@ class Ledger:
         if isinstance(outcome, DomainError):
             raise outcome
         return outcome
-
-    async def member_of_reservation(self, reservation_id: str) -> str | None:
-        async with self.db.sessions() as session:
-            row = (
-                await session.exec(
-                    select(Reservation.member_id).where(
-                        or_(
-                            Reservation.reservation_id == reservation_id, Reservation.capture_entry_id == reservation_id
-                        )
-                    )
-                )
-            ).first()
-            return row
 
     async def member_of_credit(self, entry_id: str, source_service: str, source_ref: str) -> str | None:
         async with self.db.sessions() as session:
@@ -432,12 +602,13 @@ async def credit(
         raise InvalidArgument("expires_at must be in the future")
     wallet = require_active(wallet, member_id)
     rolling_until = ledger.add_months(now, regular_expiry_months)
+    if session.new or session.dirty:
+        await session.flush()  # what settling changed through the ORM, before SQL of our own
+    conn = await session.connection()
     # Earning moves the rolling expiry of every regular lot not yet expired.
-    await session.exec(
-        update(Lot)
-        .where(  # type: ignore[call-overload]
-            col(Lot.member_id) == member_id, col(Lot.rolling).is_(True), col(Lot.expires_at) > now
-        )
+    await conn.execute(
+        update(LOTS)
+        .where(LOTS.c.member_id == member_id, LOTS.c.rolling.is_(True), LOTS.c.expires_at > now)
         .values(expires_at=rolling_until)
     )
     repaid, to_lot = ledger.plan_credit(amount, wallet.debt)
@@ -456,9 +627,8 @@ async def credit(
         now=now,
     )
     lot_expires = expires_at or rolling_until
-    assert entry.id is not None
-    session.add(
-        Lot(
+    await conn.execute(
+        insert(LOTS).values(
             member_id=member_id,
             entry_pk=entry.id,
             kind=kind,
@@ -508,37 +678,67 @@ async def reserve(
     if request.ttl_seconds < 0 or request.ttl_seconds > max_ttl:
         raise InvalidArgument(f"ttl_seconds must be between 0 and {max_ttl}")
     wallet = require_active(wallet, request.member_id)
-    lots = {lot.id: lot for lot in await member_lots(session, wallet.member_id)}
-    takes = ledger.allocate((lot_state(lot) for lot in lots.values()), request.amount, now)
+    if session.new or session.dirty:
+        await session.flush()
+    conn = await session.connection()
+    lots = [
+        LotState(row.id, row.kind, row.remaining, row.expires_at)
+        for row in await conn.execute(
+            core_select(LOTS.c.id, LOTS.c.kind, LOTS.c.remaining, LOTS.c.expires_at).where(
+                LOTS.c.member_id == wallet.member_id, LOTS.c.remaining > 0, LOTS.c.expires_at > now
+            )
+        )
+    ]
+    takes = ledger.allocate(lots, request.amount, now)
     expires_at = now + timedelta(seconds=request.ttl_seconds or default_ttl)
-    reservation = Reservation(
-        reservation_id=new_id("rsv"),
-        member_id=wallet.member_id,
-        caller=caller,
-        amount=request.amount,
-        status="open",
-        reason=request.reason,
-        source_service=request.source_service or caller,
-        source_ref=request.source_ref,
-        captured=0,
-        refunded=0,
-        created_at=now,
-        expires_at=expires_at,
+    reservation_id = new_id("rsv")
+    source_service = request.source_service or caller
+    reservation_pk = (
+        await conn.execute(
+            insert(RESERVATIONS)
+            .values(
+                reservation_id=reservation_id,
+                member_id=wallet.member_id,
+                caller=caller,
+                amount=request.amount,
+                status="open",
+                reason=request.reason,
+                source_service=source_service,
+                source_ref=request.source_ref,
+                captured=0,
+                refunded=0,
+                created_at=now,
+                expires_at=expires_at,
+            )
+            .returning(RESERVATIONS.c.id)
+        )
+    ).scalar_one()
+    await conn.execute(
+        update(LOTS).where(LOTS.c.id == bindparam("lot")).values(remaining=LOTS.c.remaining - bindparam("take")),
+        [{"lot": lot_id, "take": take} for lot_id, take in takes],
     )
-    session.add(reservation)
-    await session.flush()
-    assert reservation.id is not None
-    for seq, (lot_id, take) in enumerate(takes):
-        lots[lot_id].remaining -= take
-        session.add(lots[lot_id])
-        session.add(Hold(reservation_pk=reservation.id, lot_id=lot_id, seq=seq, amount=take, captured=0, refunded=0))
+    await conn.execute(
+        insert(HOLDS).values(
+            [
+                {
+                    "reservation_pk": reservation_pk,
+                    "lot_id": lot_id,
+                    "seq": seq,
+                    "amount": take,
+                    "captured": 0,
+                    "refunded": 0,
+                }
+                for seq, (lot_id, take) in enumerate(takes)
+            ]
+        )
+    )
     await post_entry(
         session,
         wallet,
         kind="hold",
         postings={account_available(wallet.member_id): -request.amount, account_held(wallet.member_id): request.amount},
         explanation=f"Hold: {request.reason}",
-        source_service=reservation.source_service,
+        source_service=source_service,
         source_ref=request.source_ref,
         now=now,
     )
@@ -546,11 +746,11 @@ async def reserve(
         session,
         "points.ledger.reserved",
         ev.Reserved(
-            reservation_id=reservation.reservation_id,
+            reservation_id=reservation_id,
             member_id=wallet.member_id,
             amount=request.amount,
             reason=request.reason,
-            source_service=reservation.source_service,
+            source_service=source_service,
             source_ref=request.source_ref,
             expires_at=ts(expires_at),
             balance_after=wallet.available,
@@ -559,9 +759,7 @@ async def reserve(
         ),
         member_id=wallet.member_id,
     )
-    return pb.ReserveResponse(
-        reservation_id=reservation.reservation_id, expires_at=ts(expires_at), balance_after=wallet.available
-    )
+    return pb.ReserveResponse(reservation_id=reservation_id, expires_at=ts(expires_at), balance_after=wallet.available)
 
 
 async def _reservation(
@@ -594,11 +792,28 @@ async def _holds(session: AsyncSession, reservation: Reservation) -> list[Hold]:
 
 
 async def capture(
-    session: AsyncSession, wallet: Wallet | None, now: datetime, *, caller: str, request: pb.CaptureRequest
+    session: AsyncSession,
+    wallet: Wallet | None,
+    now: datetime,
+    *,
+    caller: str,
+    request: pb.CaptureRequest,
+    event_reservation_id: bool = True,
 ) -> pb.CaptureResponse:
+    """Spend (part of) a reservation; the rest returns to its lots. `event_reservation_id=False`
+    leaves the Captured event's reservation_id empty (spends by command have no reservation)."""
     if request.amount < 0:
         raise InvalidArgument("amount must be >= 0 (0 captures the whole reservation)")
-    reservation = await _reservation(session, caller, reservation_id=request.reservation_id)
+    if session.new or session.dirty:
+        await session.flush()
+    conn = await session.connection()
+    reservation = (
+        await conn.execute(core_select(RESERVATIONS).where(RESERVATIONS.c.reservation_id == request.reservation_id))
+    ).first()
+    if reservation is None:
+        raise NotFound(f"unknown reservation {request.reservation_id!r}")
+    if reservation.caller != caller:
+        raise PermissionDenied("only the service that made the reservation may use it")
     if reservation.status == "captured":
         raise FailedPrecondition("the reservation was already captured")
     if reservation.status == "timed_out" or (reservation.status == "open" and reservation.expires_at <= now):
@@ -609,13 +824,27 @@ async def capture(
     if amount > reservation.amount:
         raise InvalidArgument(f"amount {amount} exceeds the reserved {reservation.amount}")
     assert wallet is not None
-    lots = {lot.id: lot for lot in await member_lots(session, wallet.member_id, with_empty=True)}
-    holds = await _holds(session, reservation)
+    holds = (
+        await conn.execute(
+            core_select(HOLDS.c.lot_id, HOLDS.c.amount, LOTS.c.expires_at)
+            .join(LOTS, LOTS.c.id == HOLDS.c.lot_id)
+            .where(HOLDS.c.reservation_pk == reservation.id)
+            .order_by(HOLDS.c.seq)
+        )
+    ).all()
     split = ledger.split_capture([HoldState(h.lot_id, h.amount) for h in holds], amount)
-    for hold, (_lot_id, captured, returned) in zip(holds, split, strict=True):
-        hold.captured = captured
-        lots[hold.lot_id].remaining += returned
-        session.add_all([hold, lots[hold.lot_id]])
+    await conn.execute(
+        update(HOLDS)
+        .where(HOLDS.c.reservation_pk == reservation.id, HOLDS.c.lot_id == bindparam("lot"))
+        .values(captured=bindparam("captured")),
+        [{"lot": lot_id, "captured": captured} for lot_id, captured, _ in split],
+    )
+    returns = [{"lot": lot_id, "back": back} for lot_id, _, back in split if back > 0]
+    if returns:
+        await conn.execute(
+            update(LOTS).where(LOTS.c.id == bindparam("lot")).values(remaining=LOTS.c.remaining + bindparam("back")),
+            returns,
+        )
     returned_total = reservation.amount - amount
     member = wallet.member_id
     entry = await post_entry(
@@ -632,15 +861,19 @@ async def capture(
         source_ref=reservation.source_ref,
         now=now,
     )
-    reservation.status, reservation.captured, reservation.capture_entry_id = "captured", amount, entry.entry_id
-    session.add(reservation)
-    await expire_due_lots(session, wallet, now)  # returned points of a lot that expired meanwhile
+    await conn.execute(
+        update(RESERVATIONS)
+        .where(RESERVATIONS.c.id == reservation.id)
+        .values(status="captured", captured=amount, capture_entry_id=entry.entry_id)
+    )
+    if any(h.expires_at <= now for h, (_, _, back) in zip(holds, split, strict=True) if back > 0):
+        await expire_due_lots(session, wallet, now)  # returned points of a lot that expired meanwhile
     publish(
         session,
         "points.ledger.captured",
         ev.Captured(
             entry_id=entry.entry_id,
-            reservation_id=reservation.reservation_id,
+            reservation_id=reservation.reservation_id if event_reservation_id else "",
             member_id=member,
             captured=amount,
             returned=returned_total,
@@ -869,64 +1102,103 @@ async def quote_and_count(
 # ---- reads -----------------------------------------------------------------------------------
 
 
-async def has_due(session: AsyncSession, member_id: str, now: datetime) -> bool:
-    lot = (
-        await session.exec(
-            select(Lot.id)
-            .where(Lot.member_id == member_id, col(Lot.remaining) > 0, col(Lot.expires_at) <= now)
-            .limit(1)
-        )
-    ).first()
-    if lot is not None:
-        return True
-    reservation = (
-        await session.exec(
-            select(Reservation.id)
-            .where(Reservation.member_id == member_id, Reservation.status == "open", col(Reservation.expires_at) <= now)
-            .limit(1)
-        )
-    ).first()
-    return reservation is not None
-
-
-async def balance(session: AsyncSession, member_id: str, now: datetime) -> pb.GetBalanceResponse:
-    wallet = await session.get(Wallet, member_id, populate_existing=True)
-    if wallet is None:
-        return pb.GetBalanceResponse()
-    rows = (
-        await session.exec(
-            select(Lot.kind, Lot.expires_at, func.sum(Lot.remaining))
-            .where(Lot.member_id == member_id, col(Lot.remaining) > 0, col(Lot.expires_at) > now)
-            .group_by(col(Lot.kind), col(Lot.expires_at))
-        )
-    ).all()
-    regular = sum(int(n) for kind, _, n in rows if kind == REGULAR)
-    limited = sum(int(n) for kind, _, n in rows if kind == LIMITED_TIME)
-    response = pb.GetBalanceResponse(
-        total=regular + limited, regular=regular, limited_time=limited, pending=wallet.held, debt=wallet.debt
+def _balance_query() -> Any:
+    now = bindparam("now", type_=RESERVATIONS.c.expires_at.type)
+    due_reservation = exists().where(
+        RESERVATIONS.c.member_id == WALLETS.c.member_id,
+        RESERVATIONS.c.status == "open",
+        RESERVATIONS.c.expires_at <= now,
     )
-    if rows:
-        soonest = min(at for _, at, _ in rows)
-        response.expiring_soon.CopyFrom(
-            pb.ExpiringPoints(amount=sum(int(n) for _, at, n in rows if at == soonest), expires_at=ts(soonest))
+    earning = (
+        core_select(func.coalesce(func.sum(PENDING.c.regular + PENDING.c.bonus + PENDING.c.merchant_bonus), 0))
+        .where(PENDING.c.member_id == WALLETS.c.member_id, PENDING.c.status == "pending")
+        .scalar_subquery()
+    )
+    return (
+        core_select(
+            WALLETS.c.held,
+            WALLETS.c.debt,
+            due_reservation.label("due"),
+            earning.label("earning"),
+            LOTS.c.kind,
+            LOTS.c.expires_at,
+            func.sum(LOTS.c.remaining).label("points"),
         )
+        .select_from(WALLETS)
+        .outerjoin(LOTS, and_(LOTS.c.member_id == WALLETS.c.member_id, LOTS.c.remaining > 0))
+        .where(WALLETS.c.member_id == bindparam("member"))
+        .group_by(WALLETS.c.member_id, WALLETS.c.held, WALLETS.c.debt, LOTS.c.kind, LOTS.c.expires_at)
+    )
+
+
+_BALANCE_QUERY = _balance_query()
+
+
+async def read_balance(conn: AsyncConnection, member_id: str, now: datetime) -> tuple[pb.GetBalanceResponse, bool]:
+    """The member's balance in one statement, and whether something is due (a timed-out
+    reservation or an expired lot still counted) so that the caller settles and reads again."""
+    rows = (await conn.execute(_BALANCE_QUERY, {"member": member_id, "now": now})).all()
+    if not rows:
+        return pb.GetBalanceResponse(), False
+    lots = [(row.kind, row.expires_at, int(row.points)) for row in rows if row.kind is not None]
+    due = bool(rows[0].due) or any(at <= now for _, at, _ in lots)
+    regular = sum(n for kind, _, n in lots if kind == REGULAR)
+    limited = sum(n for kind, _, n in lots if kind == LIMITED_TIME)
+    response = pb.GetBalanceResponse(
+        total=regular + limited,
+        regular=regular,
+        limited_time=limited,
+        pending=rows[0].held,
+        debt=rows[0].debt,
+        earning=int(rows[0].earning or 0),
+    )
+    if lots:
+        soonest = min(at for _, at, _ in lots)
+        response.expiring_soon.CopyFrom(
+            pb.ExpiringPoints(amount=sum(n for _, at, n in lots if at == soonest), expires_at=ts(soonest))
+        )
+    return response, due
+
+
+@asynccontextmanager
+async def reader(db: Database) -> AsyncIterator[AsyncConnection]:
+    """A connection for one-statement reads: autocommit, so no BEGIN/ROLLBACK round trips."""
+    async with db.engine.connect() as conn:
+        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
+async def get_balance(db: Database, member_id: str, now: datetime) -> pb.GetBalanceResponse:
+    """GetBalance: one read; only when something fell due, settle it first and read again."""
+    async with reader(db) as conn:
+        response, due = await read_balance(conn, member_id, now)
+    if not due:
+        return response
+    async with db.transaction() as session:
+        wallet = await lock_wallet(session, member_id)
+        if wallet is not None:
+            await settle_due(session, wallet, now)
+    async with reader(db) as conn:
+        response, _ = await read_balance(conn, member_id, now)
     return response
 
 
 async def list_entries(
-    session: AsyncSession, member_id: str, page_size: int, page_token: str
+    conn: AsyncConnection | AsyncSession, member_id: str, page_size: int, page_token: str
 ) -> pb.ListEntriesResponse:
     size = min(page_size or 50, MAX_PAGE)
     if page_size < 0:
         raise InvalidArgument("page_size must be >= 0")
-    query = select(Entry).where(Entry.member_id == member_id, col(Entry.kind).in_(VISIBLE_KINDS))
+    e = ENTRIES.c
+    query = core_select(
+        e.id, e.entry_id, e.kind, e.amount, e.explanation, e.source_service, e.source_ref, e.created_at
+    ).where(e.member_id == member_id, e.kind.in_(VISIBLE_KINDS))
     if page_token:
         try:
             before = int(page_token)
         except ValueError:
             raise InvalidArgument("page_token is not one this server gave") from None
-        query = query.where(col(Entry.id) < before)
-    rows = list((await session.exec(query.order_by(col(Entry.id).desc()).limit(size + 1))).all())
+        query = query.where(e.id < before)
+    rows = (await conn.execute(query.order_by(e.id.desc()).limit(size + 1))).all()
     response = pb.ListEntriesResponse()
     for row in rows[:size]:
         response.entries.append(
