@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kizuna.common.v1 import common_pb2
 from kizuna.kit.auth import current_call
 from kizuna.kit.errors import InvalidArgument, NotFound, PermissionDenied
 from kizuna.kit.service import Runtime
@@ -59,5 +60,5 @@ class TravelApi(travel_pb2_grpc.TravelServiceServicer):
         next_token = str(offset + size) if len(rows) > size else ""
         return pb.ListMemberBookingsResponse(
             bookings=[booking_proto(b) for b in rows[:size]],
-            page_info={"next_page_token": next_token},
+            page_info=common_pb2.PageInfo(next_page_token=next_token),
         )

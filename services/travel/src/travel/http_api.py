@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from travel import stay as rules
 from travel.booking import FAILED, FAILING, PENDING, BookingRequest, Bookings
 from travel.catalogue import CITIES
+from travel.models import Booking
 from travel.search import hotel_page, search_hotels
 from travel.views import booking_json, hotel_json, offer_json, result_json
 
@@ -130,7 +131,7 @@ async def my_bookings(member: CurrentMember, bookings: BookingsDep, offset: int 
     return {"bookings": [booking_json(b) for b in rows]}
 
 
-async def _own(bookings: Bookings, member_id: str, booking_id: str) -> Any:
+async def _own(bookings: Bookings, member_id: str, booking_id: str) -> Booking:
     booking = await bookings.get(booking_id)
     if booking.member_id != member_id or booking.status in (PENDING, FAILING, FAILED):
         raise NotFound(f"unknown booking {booking_id!r}")

@@ -68,7 +68,7 @@ def seed_command(settings: Settings, args: list[str]) -> int:
         finally:
             await db.dispose()
 
-    added = asyncio.run(run())
+    added: dict[str, int] = asyncio.run(run())
     print(f"seeded: {added}")
     return 0
 
