@@ -147,3 +147,91 @@ async def _ledger_events(nats_url: str, subject: str) -> list[Any]:
             return []
     finally:
         await nc.close()
+
+
+async def test_order_paid_partly_with_points_earns_on_card_money_and_a_full_refund_takes_it_all_back(
+    points: Points, nats_url: str
+) -> None:
+    await points.register("m")
+    order = {
+        "order_id": "o3",
+        "member_id": "m",
+        "total": yen(10_000),
+        "points_used": 4_000,
+        "card_amount": yen(6_000),
+        "merchant_bonus_points": 50,
+    }
+    await emit(nats_url, "shop.order.paid", shop.OrderPaid(**order))
+
+    async def balance() -> Any:
+        return await points.balance("m")
+
+    # 1% of the 6,000 paid by card, plus the merchant's 50 (nothing on the 4,000 paid in points).
+    assert (await wait_until(lambda: _eq(lambda: _earning(points), 110))) is True
+    await emit(nats_url, "shop.order.completed", shop.OrderCompleted(**order))
+    assert await wait_until(lambda: _eq(lambda: _total(points), 110))
+    explanations = [e.explanation for e in (await points.entries("m")).entries]
+    assert "Merchant campaign bonus at shop on o3" in explanations
+    assert sum(e.amount for e in (await points.entries("m")).entries) == 110
+    # All the money back (and the points used): everything the order earned goes back.
+    refund = shop.OrderRefunded(
+        order_id="o3",
+        member_id="m",
+        total=yen(10_000),
+        points_used=4_000,
+        refunded=yen(6_000),
+        points_refunded=4_000,
+        merchant_bonus_points=50,
+        card_amount=yen(6_000),
+    )
+    await emit(nats_url, "shop.order.refunded", refund)
+    final = await wait_until(lambda: _when(balance, lambda b: b.total == 0))
+    assert (final.total, final.debt, final.earning) == (0, 0, 0)
+
+
+async def test_half_refund_of_a_pending_order_halves_its_earning_including_the_merchant_bonus(
+    points: Points, nats_url: str
+) -> None:
+    await points.register("m")
+    order = {"order_id": "o4", "member_id": "m", "total": yen(20_000), "card_amount": yen(20_000)}
+    await emit(nats_url, "shop.order.paid", shop.OrderPaid(**order, merchant_bonus_points=100))
+    assert await wait_until(lambda: _eq(lambda: _earning(points), 300))
+    await emit(nats_url, "shop.order.refunded", shop.OrderRefunded(**order, refunded=yen(10_000)))
+    assert await wait_until(lambda: _eq(lambda: _earning(points), 150))
+
+
+async def test_spend_command_captures_without_a_reservation_id(points: Points, nats_url: str) -> None:
+    await points.register("m")
+    await points.credit("m", 100)
+    command = points_events.SpendRequested(
+        idempotency_key="s1",
+        member_id="m",
+        amount=30,
+        reason="coupon",
+        source_service="shop",
+        source_ref="o5",
+        member_authorization=points.issuer.member_token("m", scope="points:spend"),
+    )
+    await emit(nats_url, "points.spend.requested", command, source="kizuna/shop")
+
+    async def captured() -> list[Any]:
+        found = [points_events.Captured.FromString(m.data) for m in await _ledger_events(nats_url, "points.ledger.captured")]
+        return [c for c in found if c.idempotency_key == "s1"]
+
+    [event] = await wait_until(captured)
+    assert (event.reservation_id, event.captured, event.balance_after, event.source_ref) == ("", 30, 70, "o5")
+    assert event.entry_id
+    assert (await points.balance("m")).total == 70
+
+
+async def _earning(points: Points) -> int:
+    return (await points.balance("m")).earning
+
+
+async def _total(points: Points) -> int:
+    return (await points.balance("m")).total
+
+
+async def _when(fn: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool]) -> Any:
+    value = await fn()
+    return value if ok(value) else None

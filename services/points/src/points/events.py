@@ -77,9 +77,12 @@ class Purchase:
     service: str
     ref: str
     member_id: str
+    # The money paid (points used to pay earn nothing, so they are not part of it).
     amount_minor: int
     currency: str
     refunded_minor: int = 0
+    # Regular points the merchant's own campaign adds, funded by the merchant (shop orders).
+    merchant_bonus: int = 0
 
 
 def _purchase(event: Event) -> tuple[str, Purchase]:
@@ -99,7 +102,18 @@ def _purchase(event: Event) -> tuple[str, Purchase]:
         step = {"paid": "pending", "completed": "grant", "cancelled": "cancel", "refunded": "refund"}[
             s.rsplit(".", 1)[1]
         ]
-        return step, Purchase("shop", msg.order_id, msg.member_id, msg.total.amount_minor, msg.total.currency, refunded)
+        # Earn on the money paid by card, not on the points used: a refund's money then claws
+        # back its full share (refunding all the money takes back everything the order earned).
+        paid = msg.card_amount.amount_minor if msg.HasField("card_amount") else msg.total.amount_minor - msg.points_used
+        return step, Purchase(
+            "shop",
+            msg.order_id,
+            msg.member_id,
+            max(paid, 0),
+            msg.total.currency,
+            refunded,
+            msg.merchant_bonus_points,
+        )
     if s.startswith("travel.booking."):
         name = s.rsplit(".", 1)[1]
         msg = event.parse(
@@ -151,6 +165,7 @@ async def on_purchase(session: AsyncSession, event: Event) -> None:
             currency=purchase.currency or "JPY",
             regular=quote.regular,
             bonus=quote.bonus,
+            merchant_bonus=max(purchase.merchant_bonus, 0),
             bonus_expires_at=quote.bonus_expires_at,
             explanation=quote.explanation,
             status="pending",
@@ -174,6 +189,22 @@ async def on_purchase(session: AsyncSession, event: Event) -> None:
             key=event.id,
             regular_expiry_months=months,
         )
+        if pending.merchant_bonus > 0:
+            label = ledger.SERVICE_LABELS.get(purchase.service, purchase.service)
+            await store.credit(
+                session,
+                wallet,
+                now,
+                member_id=wallet.member_id,
+                amount=pending.merchant_bonus,
+                kind=ledger.REGULAR,
+                reason=f"Merchant campaign bonus at {label} on {purchase.ref}",
+                source_service=purchase.service,
+                source_ref=purchase.ref,
+                expires_at=None,
+                key=event.id,
+                regular_expiry_months=months,
+            )
         pending.status = "granted"
     elif step == "cancel":
         if pending.status == "pending":
@@ -184,11 +215,13 @@ async def on_purchase(session: AsyncSession, event: Event) -> None:
             await _claw_back(session, wallet, now, purchase, 0, f"{purchase.ref} cancelled", event.id)
             pending.status = "cancelled"
     elif step == "refund" and pending.status in ("pending", "granted"):
-        share = ledger.proportion(pending.regular + pending.bonus, purchase.refunded_minor, pending.purchase_minor)
+        earned = pending.regular + pending.bonus + pending.merchant_bonus
+        share = ledger.proportion(earned, purchase.refunded_minor, pending.purchase_minor)
         if pending.status == "pending":
-            cut_bonus = min(pending.bonus, share)
-            pending.bonus -= cut_bonus
-            pending.regular -= share - cut_bonus
+            for part in ("bonus", "merchant_bonus", "regular"):
+                cut = min(getattr(pending, part), share)
+                setattr(pending, part, getattr(pending, part) - cut)
+                share -= cut
         elif share > 0:
             await _claw_back(session, wallet, now, purchase, share, f"{purchase.ref} refunded", event.id)
     session.add(pending)
