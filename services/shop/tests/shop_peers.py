@@ -1,9 +1,11 @@
 """Test peers: small in-test implementations of the REAL generated PointsService and PaymentsService
 interfaces, served on real gRPC servers behind the kit's token-checking interceptor.
 
-They stand in for services still being built (fintech's PaymentsService) or let a test script a
-peer's answer (a decline, a balance). They enforce what the contracts say the shop must do: the
-right scopes, the member's own token for Reserve, idempotency keys, void vs capture states.
+Checkout journeys run against the REAL points and fintech processes (tests/shop/). These peers
+remain only for failure injection the real services cannot be made to produce on demand: a crash
+between a peer's answer and the shop recording it (see test_checkout.py). They enforce what the
+contracts say the shop must do: the right scopes, the member's own token for Reserve and
+Authorize, idempotency keys, void vs capture states.
 """
 
 from __future__ import annotations
@@ -142,7 +144,9 @@ class PaymentsPeer(fintech_pb2_grpc.PaymentsServiceServicer):
         return self.keys[key]
 
     async def Authorize(self, request: fpb.AuthorizeRequest, context: Any) -> fpb.AuthorizeResponse:
-        current_call().require_service_scope("fintech:pay")
+        auth = current_call()
+        auth.require_service_scope("fintech:pay")
+        auth.require_member(request.member_id, "fintech:pay")
         self.calls.append("Authorize")
 
         def make() -> fpb.AuthorizeResponse:

@@ -21,6 +21,8 @@ from shop.wiring import Shop, shop_of
 SHOP_SECRET = "shop-test-secret"
 SHOP_SCOPES = "points:spend points:credit points:read fintech:pay"
 ADMIN = "mbr_admin"
+# What a member's token carries when they shop: the shop may read and spend their points and charge their card.
+MEMBER_SCOPE = "points:read points:spend fintech:pay fintech:read shop:read shop:order"
 
 
 async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
@@ -71,7 +73,7 @@ class ShopApi:
         return shop_of(self.runtime)
 
     def token(self, member_id: str) -> str:
-        return self.issuer.member_token(member_id, scope="points:read points:spend")
+        return self.issuer.member_token(member_id, scope=MEMBER_SCOPE)
 
     async def call(self, method: str, path: str, member: str | None = None, json: Any = None,
                    params: Any = None) -> httpx.Response:

@@ -166,7 +166,8 @@ class CheckoutSaga:
         if checkout.card_minor > 0 and checkout.authorization_id is None:
             auth = await self.payments.authorize(
                 member_id=checkout.member_id, amount_minor=checkout.card_minor, currency=checkout.currency,
-                merchant_id=checkout.merchant_id, merchant_name=merchant_name, key=f"{checkout.id}:authorize")
+                merchant_id=checkout.merchant_id, merchant_name=merchant_name, key=f"{checkout.id}:authorize",
+                member_token=member_token)
             if not auth.approved:
                 raise CardDeclined(f"the card was declined ({auth.decline_reason})")
             checkout.authorization_id = auth.authorization_id
@@ -262,18 +263,10 @@ class CheckoutSaga:
             except DomainError as exc:
                 await self._compensate(checkout, exc)
                 return
-        if checkout.state == STARTED and checkout.card_minor > 0 and checkout.authorization_id is None:
-            # The crash may have come after fintech authorized but before we recorded it: the same
-            # key and input return that authorization (or make one we void at once).
-            auth = await self.payments.authorize(
-                member_id=checkout.member_id, amount_minor=checkout.card_minor, currency=checkout.currency,
-                merchant_id=checkout.merchant_id, merchant_name=await self._merchant_name(checkout.merchant_id),
-                key=f"{checkout.id}:authorize")
-            if auth.approved:
-                checkout.authorization_id = auth.authorization_id
-                await self._save(checkout, authorization_id=auth.authorization_id)
-        # A reservation made but not recorded cannot be voided without the member's token; points
-        # releases it at its expiry (points_hold_seconds).
+        # A hold made but not recorded (a crash between the peer's answer and our save) cannot be
+        # looked up again: asking for it means repeating the request, which needs the member's token,
+        # and the recovery job acts without one. Points and fintech release such holds at their
+        # expiry (points_hold_seconds, fintech's authorization TTL).
         error = FailedPrecondition(checkout.error_message or "checkout interrupted; every hold was released")
         if checkout.error_code:
             error.code = checkout.error_code

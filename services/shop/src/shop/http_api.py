@@ -24,7 +24,7 @@ def _shop(request: Request) -> Shop:
 
 
 def is_admin(shop: Shop, principal: Principal) -> bool:
-    return principal.has_scope("shop:admin") or principal.subject in shop.settings.admins
+    return principal.has_scope("shop:admin") or principal.subject in shop.settings.shop_admins
 
 
 def _require_admin(shop: Shop, principal: Principal) -> str:
@@ -54,6 +54,7 @@ async def order_public(session: SessionDep, o: Order) -> dict[str, Any]:
             "points_used": o.points_used, "card_amount": money(o.card_minor),
             "commission": money(o.commission_minor), "merchant_bonus_points": o.bonus_points,
             "tracking": o.tracking, "created_at": o.created_at, "updated_at": o.updated_at,
+            "refund_requested_at": o.refund_requested_at, "refund_reason": o.refund_reason,
             "lines": [{"product_id": ln.product_id, "title": ln.title, "quantity": ln.quantity,
                        "unit_price": money(ln.unit_price_minor)} for ln in await orders.order_lines(session, o.id)]}
 
@@ -161,6 +162,18 @@ async def cancel_my_order(order_id: str, member: CurrentMember, session: Session
 async def confirm_delivery(order_id: str, member: CurrentMember, session: SessionDep, request: Request
                            ) -> dict[str, Any]:
     order = await _shop(request).orders.complete(order_id, member.subject)
+    return await order_public(session, order)
+
+
+class RefundRequestIn(BaseModel):
+    reason: str
+
+
+@router.post("/orders/{order_id}/refund-request")
+async def refund_request(order_id: str, body: RefundRequestIn, member: CurrentMember, session: SessionDep,
+                         request: Request) -> dict[str, Any]:
+    order = await orders.request_refund(session, order_id, member.subject, body.reason, _shop(request).clock.now())
+    await session.commit()
     return await order_public(session, order)
 
 

@@ -140,6 +140,9 @@ class Order(SQLModel, table=True):
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
     shipped_at: datetime | None = _ts(nullable=True, index=True)
+    # The member asked for a refund (after shipment); the merchant or an admin decides.
+    refund_requested_at: datetime | None = _ts(nullable=True)
+    refund_reason: str = ""
 
 
 class OrderLine(SQLModel, table=True):

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from kizuna.common.v1.common_pb2 import Money
 from kizuna.kit.db import Database
-from kizuna.kit.errors import FailedPrecondition, NotFound, PermissionDenied
+from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -59,6 +59,25 @@ async def merchant_orders(session: AsyncSession, merchant_id: str, status: str |
     if status:
         query = query.where(Order.status == status)
     return list((await session.exec(query.order_by(col(Order.id).desc()).limit(200))).all())
+
+
+async def request_refund(session: AsyncSession, order_id: str, member_id: str, reason: str, now: datetime) -> Order:
+    """The member asks for a refund of a shipped or completed order; the merchant (or an admin) decides."""
+    order = await get_order(session, order_id)
+    if order.member_id != member_id:
+        raise PermissionDenied("this order belongs to another member")
+    reason = reason.strip()
+    if not reason or len(reason) > 1000:
+        raise InvalidArgument("tell the merchant why, in 1 to 1000 characters")
+    if order.status not in ("shipped", "completed"):
+        raise FailedPrecondition(f"only a shipped or completed order can be refunded; order {order_id} is "
+                                 f"{PUBLIC_STATUS.get(order.status, order.status)}" +
+                                 (" (cancel it instead)" if order.status == "paid" else ""))
+    if order.refund_requested_at is not None:
+        raise FailedPrecondition(f"a refund of order {order_id} was already requested")
+    order.refund_requested_at, order.refund_reason = now, reason
+    session.add(order)
+    return order
 
 
 @dataclass

@@ -1,41 +1,336 @@
-"""Web pages in the kit layout: storefront (browse by category, search, sort by price), product pages.
+"""Web pages on the kit layout, signed in through the kit's OIDC client.
 
-The signed-in pages (cart, checkout, my orders, merchant console, admin verification) need the kit's
-OIDC sign-in (`kizuna.kit.oidc_client`, not in the kit yet); until then members use the JSON API
-under /api with their bearer token.
+Everyone: storefront (browse by category, search, sort by price) and product pages. Members:
+cart, checkout (points 0..min(balance, total) + card), my orders (confirm delivery, cancel,
+request a refund). Merchant staff: the console (products, orders, ship, refund). Platform admins
+(`SHOP_ADMINS`): merchant verification. Pages call the same domain code as the JSON API; the card
+and points are charged with the member's own access token (their consent) kept by the kit.
+
+Every form is a POST carrying a CSRF token bound to the member's sign-in session (an HMAC of the
+session id under the client secret), so a form can only be posted from a page this member loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import logging
+import uuid
 from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from kizuna.kit import web
 from kizuna.kit.db import SessionDep
+from kizuna.kit.errors import DomainError, NotFound, PermissionDenied
+from kizuna.kit.oidc_client import MaybeMember, SignedInMember, WebMember, web_sign_in_of
 
-from shop import catalogue
-from shop.catalogue import Sort
+from shop import cart, catalogue, orders
+from shop.catalogue import ProductDraft, Sort
+from shop.wiring import Shop, shop_of
 
+log = logging.getLogger("shop.pages")
 templates = web.page_templates(Path(__file__).parent / "templates", service="shop")
 router = APIRouter(include_in_schema=False)
+FormStr = Annotated[str, Form()]
+FormInt = Annotated[int, Form()]
+
+
+def _shop(request: Request) -> Shop:
+    return shop_of(request.app.state.runtime)
+
+
+# ---- forms: CSRF bound to the sign-in session ---------------------------------------------------
+
+
+def csrf_token(request: Request, member: WebMember) -> str:
+    secret = web_sign_in_of(request).client_secret.encode()
+    return hmac.new(secret, f"shop-form:{member.session_id}".encode(), hashlib.sha256).hexdigest()
+
+
+async def _form_member(request: Request, member: SignedInMember) -> WebMember:
+    form = await request.form()
+    if not hmac.compare_digest(str(form.get("csrf_token", "")), csrf_token(request, member)):
+        raise HTTPException(403, "This form has expired or did not come from this site; reload the page and try again.")
+    return member
+
+
+FormMember = Annotated[WebMember, Depends(_form_member)]
+"""The signed-in member posting a form this site gave them (CSRF-checked)."""
+
+
+def is_admin(shop: Shop, member: WebMember | None) -> bool:
+    return member is not None and member.member_id in shop.settings.shop_admins
+
+
+async def _render(request: Request, name: str, member: WebMember | None, *, status: int = 200,
+                  **values: Any) -> HTMLResponse:
+    shop = _shop(request)
+    balance = None
+    if member is not None:
+        try:
+            balance = await shop.points.balance(member.member_id)
+        except DomainError as exc:  # the page still works; the header shows no balance
+            log.warning("points balance unavailable for the header", extra={"error": exc.message})
+    context = {
+        "member": member,
+        "member_name": (member.display_name or member.member_id) if member else None,
+        "points_balance": balance,
+        "csrf_token": csrf_token(request, member) if member else "",
+        "is_admin": is_admin(shop, member),
+        "message": request.query_params.get("message", ""),
+        "error": request.query_params.get("error", ""),
+        **values,
+    }
+    return templates.TemplateResponse(request, name, context, status_code=status,
+                                      headers={"Cache-Control": "no-store"})
+
+
+def _back(path: str, *, message: str = "", error: str = "") -> Response:
+    query = urlencode({k: v for k, v in (("message", message), ("error", error)) if v})
+    return RedirectResponse(f"{path}?{query}" if query else path, status_code=303)
+
+
+# ---- storefront and products --------------------------------------------------------------------
 
 
 @router.get("/", response_class=HTMLResponse)
-async def storefront(request: Request, session: SessionDep, category: str | None = None, q: str | None = None,
-                     sort: Sort = "newest") -> HTMLResponse:
+@router.get("/search", response_class=HTMLResponse)
+async def storefront(request: Request, session: SessionDep, member: MaybeMember, category: str | None = None,
+                     q: str | None = None, sort: Sort = "newest") -> HTMLResponse:
     products = await catalogue.browse(session, category=category, text=q, sort=sort)
-    return templates.TemplateResponse(request, "storefront.html", {
-        "title": "Shop", "products": products, "categories": await catalogue.categories(session),
-        "category": category or "", "q": q or "", "sort": sort})
+    title = f"Results for “{q}”" if q else "Shop"
+    return await _render(request, "storefront.html", member, title=title, products=products,
+                         categories=await catalogue.categories(session), category=category or "", q=q or "",
+                         sort=sort)
 
 
 @router.get("/products/{product_id}", response_class=HTMLResponse)
-async def product(product_id: str, request: Request, session: SessionDep) -> HTMLResponse:
-    item, merchant = await catalogue.product_page(session, product_id)
-    return templates.TemplateResponse(request, "product.html", {"title": item.title, "p": item, "m": merchant})
+async def product(product_id: str, request: Request, session: SessionDep, member: MaybeMember) -> HTMLResponse:
+    try:
+        item, merchant = await catalogue.product_page(session, product_id)
+    except NotFound as exc:
+        return await _render(request, "error.html", member, status=404, title="Not found", problem=exc.message)
+    return await _render(request, "product.html", member, title=item.title, p=item, m=merchant)
+
+
+# ---- cart and checkout --------------------------------------------------------------------------
+
+
+@router.get("/cart", response_class=HTMLResponse)
+async def cart_page(request: Request, member: SignedInMember, session: SessionDep) -> HTMLResponse:
+    by_merchant: dict[str, dict[str, Any]] = {}
+    for line in await cart.lines(session, member.member_id):
+        group = by_merchant.setdefault(line.merchant.id, {"merchant": line.merchant, "lines": [], "total": 0})
+        group["lines"].append(line)
+        group["total"] += line.item.quantity * line.product.price_minor
+    return await _render(request, "cart.html", member, title="Cart", groups=list(by_merchant.values()))
+
+
+@router.post("/cart/items")
+async def add_to_cart(request: Request, member: FormMember, session: SessionDep, product_id: FormStr,
+                      quantity: FormInt = 1) -> Response:
+    try:
+        await cart.set_quantity(session, member.member_id, product_id, quantity, _shop(request).clock.now())
+        await session.commit()
+    except DomainError as exc:
+        return _back(f"/products/{product_id}" if "no product" not in exc.message else "/cart", error=exc.message)
+    return _back("/cart", message="Your cart is updated.")
+
+
+@router.post("/cart/items/{product_id}/remove")
+async def remove_from_cart(product_id: str, member: FormMember, session: SessionDep) -> Response:
+    await cart.remove(session, member.member_id, product_id)
+    await session.commit()
+    return _back("/cart", message="Removed from your cart.")
+
+
+@router.get("/checkout", response_class=HTMLResponse)
+async def checkout_page(request: Request, member: SignedInMember, session: SessionDep, merchant_id: str
+                        ) -> Response:
+    lines = [ln for ln in await cart.lines(session, member.member_id) if ln.merchant.id == merchant_id]
+    if not lines:
+        return _back("/cart", error="Nothing from this merchant is in your cart.")
+    total = sum(ln.item.quantity * ln.product.price_minor for ln in lines)
+    balance = await _shop(request).points.balance(member.member_id)
+    return await _render(request, "checkout.html", member, title="Checkout", lines=lines,
+                         merchant=lines[0].merchant, total=total, currency=lines[0].product.currency,
+                         max_points=min(balance, total), key=uuid.uuid4().hex)
+
+
+@router.post("/checkout")
+async def place_order(request: Request, member: FormMember, merchant_id: FormStr, idempotency_key: FormStr,
+                      points: FormInt = 0) -> Response:
+    try:
+        done = await _shop(request).checkout.checkout(
+            member_id=member.member_id, member_token=await member.access_token(), merchant_id=merchant_id,
+            points=points, idempotency_key=idempotency_key)
+    except DomainError as exc:
+        query = urlencode({"merchant_id": merchant_id, "error": exc.message})
+        return RedirectResponse(f"/checkout?{query}", status_code=303)
+    return _back("/orders", message=f"Thank you! Order {done.order_id} is placed.")
+
+
+# ---- my orders ----------------------------------------------------------------------------------
+
+
+@router.get("/orders", response_class=HTMLResponse)
+async def my_orders(request: Request, member: SignedInMember, session: SessionDep) -> HTMLResponse:
+    mine = [(o, await orders.order_lines(session, o.id)) for o in await orders.member_orders(session, member.member_id)]
+    return await _render(request, "orders.html", member, title="My orders", orders=mine,
+                         public=orders.PUBLIC_STATUS)
+
+
+async def _own_order(session: SessionDep, order_id: str, member: WebMember) -> None:
+    order = await orders.get_order(session, order_id)
+    if order.member_id != member.member_id:
+        raise PermissionDenied("this order belongs to another member")
+    await session.close()
+
+
+@router.post("/orders/{order_id}/confirm")
+async def confirm_delivery(order_id: str, request: Request, member: FormMember) -> Response:
+    try:
+        await _shop(request).orders.complete(order_id, member.member_id)
+    except DomainError as exc:
+        return _back("/orders", error=exc.message)
+    return _back("/orders", message="Thanks for confirming the delivery.")
+
+
+@router.post("/orders/{order_id}/cancel")
+async def cancel_order(order_id: str, request: Request, member: FormMember, session: SessionDep) -> Response:
+    try:
+        await _own_order(session, order_id, member)
+        await _shop(request).orders.cancel(order_id)
+    except DomainError as exc:
+        return _back("/orders", error=exc.message)
+    return _back("/orders", message=f"Order {order_id} is cancelled; your points and card hold are released.")
+
+
+@router.post("/orders/{order_id}/refund-request")
+async def request_refund(order_id: str, request: Request, member: FormMember, session: SessionDep,
+                         reason: FormStr = "") -> Response:
+    try:
+        await orders.request_refund(session, order_id, member.member_id, reason, _shop(request).clock.now())
+        await session.commit()
+    except DomainError as exc:
+        return _back("/orders", error=exc.message)
+    return _back("/orders", message="Your refund request is sent to the merchant.")
+
+
+# ---- merchant console ---------------------------------------------------------------------------
+
+
+@router.get("/merchant", response_class=HTMLResponse)
+async def merchant_console(request: Request, member: SignedInMember, session: SessionDep) -> HTMLResponse:
+    consoles = []
+    for merchant, role in await catalogue.merchants_of(session, member.member_id):
+        merchant_orders = [(o, await orders.order_lines(session, o.id))
+                           for o in await orders.merchant_orders(session, merchant.id)]
+        consoles.append({"merchant": merchant, "role": role, "orders": merchant_orders,
+                         "products": await catalogue.merchant_products(session, merchant.id)})
+    return await _render(request, "merchant.html", member, title="Merchant console", consoles=consoles,
+                         public=orders.PUBLIC_STATUS)
+
+
+@router.post("/merchant/apply")
+async def apply_as_merchant(request: Request, member: FormMember, session: SessionDep, name: FormStr,
+                            description: FormStr = "") -> Response:
+    try:
+        await catalogue.apply(session, member.member_id, name, description, _shop(request).clock.now())
+        await session.commit()
+    except DomainError as exc:
+        return _back("/merchant", error=exc.message)
+    return _back("/merchant", message="Thanks for applying; a platform admin will verify your shop.")
+
+
+@router.post("/merchant/{merchant_id}/products")
+async def add_product(merchant_id: str, request: Request, member: FormMember, session: SessionDep,
+                      title: FormStr, price_minor: FormInt, stock: FormInt, category: FormStr,
+                      description: FormStr = "", image_url: FormStr = "") -> Response:
+    try:
+        merchant = await catalogue.require_staff(session, merchant_id, member.member_id)
+        draft = ProductDraft(title, description, price_minor, "JPY", stock, category, image_url)
+        await catalogue.add_product(session, merchant, draft, _shop(request).clock.now())
+        await session.commit()
+    except DomainError as exc:
+        return _back("/merchant", error=exc.message)
+    return _back("/merchant", message=f"{title.strip()} is on sale.")
+
+
+@router.post("/merchant/{merchant_id}/products/{product_id}")
+async def update_product(merchant_id: str, product_id: str, request: Request, member: FormMember,
+                         session: SessionDep, price_minor: FormInt, stock: FormInt, active: FormStr = "") -> Response:
+    try:
+        merchant = await catalogue.require_staff(session, merchant_id, member.member_id)
+        current = await session.get(catalogue.Product, product_id)
+        if current is None or current.merchant_id != merchant_id:
+            raise NotFound(f"merchant {merchant_id} has no product {product_id!r}")
+        draft = ProductDraft(current.title, current.description, price_minor, current.currency, stock,
+                             current.category, current.image_url)
+        await catalogue.update_product(session, merchant, product_id, draft, active == "on",
+                                       _shop(request).clock.now())
+        await session.commit()
+    except DomainError as exc:
+        return _back("/merchant", error=exc.message)
+    return _back("/merchant", message="The product is updated.")
+
+
+async def _merchant_order(session: SessionDep, merchant_id: str, order_id: str, member: WebMember) -> None:
+    await catalogue.require_staff(session, merchant_id, member.member_id)
+    order = await orders.get_order(session, order_id)
+    if order.merchant_id != merchant_id:
+        raise PermissionDenied(f"order {order_id} is not merchant {merchant_id}'s")
+    await session.close()
+
+
+@router.post("/merchant/{merchant_id}/orders/{order_id}/{action}")
+async def merchant_order_action(merchant_id: str, order_id: str, action: str, request: Request,
+                                member: FormMember, session: SessionDep, tracking: FormStr = "") -> Response:
+    lifecycle = _shop(request).orders
+    done = {"ship": "shipped", "cancel": "cancelled", "refund": "refunded"}
+    try:
+        if action not in done:
+            raise NotFound(f"no order action {action!r}")
+        await _merchant_order(session, merchant_id, order_id, member)
+        if action == "ship":
+            await lifecycle.ship(order_id, tracking)
+        elif action == "cancel":
+            await lifecycle.cancel(order_id)
+        else:
+            await lifecycle.refund(order_id)
+    except DomainError as exc:
+        return _back("/merchant", error=exc.message)
+    return _back("/merchant", message=f"Order {order_id} is {done[action]}.")
+
+
+# ---- platform admin -----------------------------------------------------------------------------
+
+
+@router.get("/admin/merchants", response_class=HTMLResponse)
+async def admin_merchants(request: Request, member: SignedInMember, session: SessionDep) -> HTMLResponse:
+    if not is_admin(_shop(request), member):
+        return await _render(request, "error.html", member, status=403, title="Not allowed",
+                             problem="Only a platform admin may verify merchants.")
+    return await _render(request, "admin.html", member, title="Merchant verification",
+                         merchants=await catalogue.merchants(session))
+
+
+@router.post("/admin/merchants/{merchant_id}/{decision}")
+async def admin_decide(merchant_id: str, decision: str, request: Request, member: FormMember,
+                       session: SessionDep) -> Response:
+    shop = _shop(request)
+    if not is_admin(shop, member):
+        raise HTTPException(403, "Only a platform admin may verify merchants.")
+    try:
+        merchant = await catalogue.decide(session, merchant_id, decision, member.member_id, shop.clock.now())
+        await session.commit()
+    except DomainError as exc:
+        return _back("/admin/merchants", error=exc.message)
+    return _back("/admin/merchants", message=f"{merchant.name} is {merchant.status}.")
 
 
 def mount(app: FastAPI) -> None:
-    app.include_router(web.router)
     app.include_router(router)

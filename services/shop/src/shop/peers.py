@@ -118,20 +118,21 @@ class PaymentsClient:
         self._tokens = tokens
         self._timeout = timeout
 
-    async def _metadata(self) -> Any:
+    async def _metadata(self, member_token: str | None = None) -> Any:
         if self._tokens is None:
             raise Unavailable("the shop has no client secret (KIZUNA_CLIENT_SECRET) to call fintech")
-        return call_metadata(await self._tokens.token(FINTECH_SCOPE))
+        return call_metadata(await self._tokens.token(FINTECH_SCOPE), member_token)
 
     async def authorize(self, *, member_id: str, amount_minor: int, currency: str, merchant_id: str,
-                        merchant_name: str, key: str) -> Authorization:
+                        merchant_name: str, key: str, member_token: str) -> Authorization:
+        """Hold the card; fintech needs the member's own token (fintech:pay) as their consent."""
         request = fintech_pb2.AuthorizeRequest(
             member_id=member_id,
             amount=common_pb2.Money(amount_minor=amount_minor, currency=currency),
             merchant=fintech_pb2.Merchant(merchant_id=merchant_id, name=merchant_name),
             idempotency_key=key,
         )
-        md = await self._metadata()
+        md = await self._metadata(member_token)
         response = await _call("fintech", lambda: self._stub.Authorize(request, metadata=md, timeout=self._timeout))
         approved = response.status == fintech_pb2.AUTHORIZATION_STATUS_APPROVED
         reason = "" if approved else fintech_pb2.DeclineReason.Name(response.decline_reason)

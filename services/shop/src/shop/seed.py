@@ -1,4 +1,8 @@
-"""The demo catalogue: two verified merchants with products in a few categories (idempotent)."""
+"""The demo catalogue: verified merchants with ~20 products in a few categories, prices in JPY.
+
+Idempotent: merchants are matched by name and products by title within their merchant, so a
+second run (every `make up`) adds nothing and a newer seed adds only what is missing.
+"""
 
 from __future__ import annotations
 
@@ -8,45 +12,61 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shop import catalogue
 from shop.catalogue import ProductDraft
-from shop.models import Merchant
+from shop.models import Merchant, Product
 
 DEMO_OWNER = "mbr_demo_merchant"
 
+
+def _p(title: str, description: str, price: int, stock: int, category: str, seed: str) -> ProductDraft:
+    return ProductDraft(title, description, price, "JPY", stock, category, f"https://picsum.photos/seed/{seed}/400/300")
+
+
 DEMO: dict[str, tuple[str, list[ProductDraft]]] = {
     "Sakura Tea House": ("Green teas and tea ware from Shizuoka.", [
-        ProductDraft("Sencha, first flush (100 g)", "Bright, grassy first-harvest green tea.", 1800, "JPY", 40,
-                     "food", "https://picsum.photos/seed/sencha/400/300"),
-        ProductDraft("Matcha, ceremonial grade (30 g)", "Stone-ground matcha for usucha and koicha.", 3200, "JPY",
-                     25, "food", "https://picsum.photos/seed/matcha/400/300"),
-        ProductDraft("Tokoname kyusu teapot", "Red clay side-handle teapot with a fine mesh.", 6800, "JPY", 8,
-                     "kitchen", "https://picsum.photos/seed/kyusu/400/300"),
-        ProductDraft("Hojicha roasted tea (200 g)", "Roasted green tea, low in caffeine.", 1200, "JPY", 60,
-                     "food", "https://picsum.photos/seed/hojicha/400/300"),
+        _p("Sencha, first flush (100 g)", "Bright, grassy first-harvest green tea.", 1800, 40, "food", "sencha"),
+        _p("Matcha, ceremonial grade (30 g)", "Stone-ground matcha for usucha and koicha.", 3200, 25, "food", "matcha"),
+        _p("Hojicha roasted tea (200 g)", "Roasted green tea, low in caffeine.", 1200, 60, "food", "hojicha"),
+        _p("Genmaicha with matcha (200 g)", "Green tea with toasted brown rice.", 980, 80, "food", "genmaicha"),
+        _p("Tokoname kyusu teapot", "Red clay side-handle teapot with a fine mesh.", 6800, 8, "kitchen", "kyusu"),
+        _p("Bamboo matcha whisk (chasen)", "Hand-carved 80-prong whisk from Nara.", 2400, 30, "kitchen", "chasen"),
+        _p("Hasami porcelain tea cups (set of 2)", "Stackable, dishwasher-safe cups.", 3300, 20, "kitchen",
+           "hasami"),
     ]),
     "Kumo Outdoor": ("Light gear for hiking and camping.", [
-        ProductDraft("Ultralight down jacket", "800-fill down, packs into its own pocket.", 19800, "JPY", 12,
-                     "outdoor", "https://picsum.photos/seed/jacket/400/300"),
-        ProductDraft("Titanium camping mug 450 ml", "Single-wall titanium mug with folding handles.", 3900, "JPY",
-                     30, "outdoor", "https://picsum.photos/seed/mug/400/300"),
-        ProductDraft("Trekking poles (pair)", "Carbon, three sections, cork grips.", 12800, "JPY", 15, "outdoor",
-                     "https://picsum.photos/seed/poles/400/300"),
-        ProductDraft("Cast iron skillet 26 cm", "Pre-seasoned skillet for stove and campfire.", 5400, "JPY", 20,
-                     "kitchen", "https://picsum.photos/seed/skillet/400/300"),
+        _p("Ultralight down jacket", "800-fill down, packs into its own pocket.", 19800, 12, "outdoor", "jacket"),
+        _p("Titanium camping mug 450 ml", "Single-wall titanium mug with folding handles.", 3900, 30, "outdoor",
+           "mug"),
+        _p("Trekking poles (pair)", "Carbon, three sections, cork grips.", 12800, 15, "outdoor", "poles"),
+        _p("Cast iron skillet 26 cm", "Pre-seasoned skillet for stove and campfire.", 5400, 20, "kitchen", "skillet"),
+        _p("Tenugui hiking towel", "Quick-drying cotton towel printed in Kyoto.", 1100, 50, "outdoor", "tenugui"),
+        _p("Two-person dome tent", "1.6 kg, double wall, 20-minute pitch.", 34800, 6, "outdoor", "tent"),
+        _p("Headlamp 400 lm (USB-C)", "Rechargeable, red night mode, IPX4.", 4980, 25, "outdoor", "headlamp"),
+    ]),
+    "Akari Books & Stationery": ("Notebooks, pens and books for slow afternoons.", [
+        _p("A5 dot-grid notebook", "Tomoe River paper, 368 pages, lies flat.", 2750, 40, "stationery", "notebook"),
+        _p("Fountain pen, fine nib", "Resin body, steel nib, converter included.", 3850, 18, "stationery", "pen"),
+        _p("Washi tape set (10 rolls)", "Seasonal patterns from a Gifu mill.", 1650, 60, "stationery", "washi"),
+        _p("Japanese home cooking (book)", "120 everyday recipes, in English.", 3080, 14, "books", "cookbook"),
+        _p("Haiku for every season (book)", "A bilingual anthology with notes.", 1980, 22, "books", "haiku"),
+        _p("Furoshiki wrapping cloth 70 cm", "Cotton, reversible, wraps gifts and bottles.", 2200, 35, "home",
+           "furoshiki"),
     ]),
 }
 
 
 async def seed_catalogue(session: AsyncSession) -> int:
-    """Add the demo merchants and products unless a merchant exists; returns products added."""
-    if (await session.exec(select(Merchant).limit(1))).first() is not None:
-        return 0
+    """Add the demo merchants and products that are missing; returns how many products were added."""
     now, added = utcnow(), 0
     for name, (description, products) in DEMO.items():
-        merchant = await catalogue.apply(session, DEMO_OWNER, name, description, now)
-        await catalogue.decide(session, merchant.id, "verify", "seed", now)
+        merchant = (await session.exec(select(Merchant).where(Merchant.name == name))).first()
+        if merchant is None:
+            merchant = await catalogue.apply(session, DEMO_OWNER, name, description, now)
+            await catalogue.decide(session, merchant.id, "verify", "seed", now)
+        titles = set((await session.exec(select(Product.title).where(Product.merchant_id == merchant.id))).all())
         for draft in products:
-            await catalogue.add_product(session, merchant, draft, now)
-            added += 1
+            if draft.title not in titles:
+                await catalogue.add_product(session, merchant, draft, now)
+                added += 1
     return added
 
 

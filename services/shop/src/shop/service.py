@@ -4,10 +4,11 @@ import asyncio
 from typing import Any
 
 from kizuna.kit.db import Database
+from kizuna.kit.privacy import Privacy
 from kizuna.kit.service import Runtime, Service
 from kizuna.shop.v1 import shop_pb2_grpc
 
-from shop import grpc_api, http_api, jobs, pages, seed, wiring
+from shop import grpc_api, http_api, jobs, pages, privacy, seed, wiring
 from shop.settings import Settings
 
 
@@ -27,7 +28,7 @@ def seed_command(settings: Settings, _args: list[str]) -> int:
             await db.dispose()
 
     service.migrate(settings)
-    print(f"seeded {asyncio.run(run())} products")
+    print(f"seeded {asyncio.run(run())} new products")
     return 0
 
 
@@ -41,4 +42,6 @@ service = Service(
     on_start=[seed_on_start],
     on_stop=[wiring.close],
     commands={"seed": seed_command},
+    web_sign_in_scopes="openid profile email offline_access points:read points:spend fintech:pay shop:read shop:order",
+    privacy=Privacy(export=privacy.export_member, erase=privacy.erase_member),
 )

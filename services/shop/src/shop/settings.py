@@ -1,4 +1,8 @@
+from typing import Annotated, Any
+
 from kizuna.kit.settings import ServiceSettings
+from pydantic import field_validator
+from pydantic_settings import NoDecode
 
 
 class Settings(ServiceSettings):
@@ -19,6 +23,19 @@ class Settings(ServiceSettings):
     checkout_stuck_seconds: float = 120.0
     jobs_interval_seconds: float = 30.0
     # Member IDs of platform admins (who verify merchants), besides tokens with the shop:admin scope.
-    admins: list[str] = []
+    # SHOP_ADMINS="mbr_a,mbr_b" (or a JSON list).
+    shop_admins: Annotated[list[str], NoDecode] = []
     # Seed the demo catalogue on first start (when no merchant exists yet).
     seed_demo: bool = False
+
+    @field_validator("shop_admins", mode="before")
+    @classmethod
+    def _split_admins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            import json
+
+            stripped = value.strip()
+            if stripped.startswith("["):
+                return json.loads(stripped)
+            return [part.strip() for part in stripped.split(",") if part.strip()]
+        return value

@@ -1,0 +1,208 @@
+"""The shop's web pages on the kit layout, driven like a browser: a member signed in through the
+kit's OIDC client (its session row and cookie, as /auth/callback leaves them), real points and
+fintech behind the checkout. Also the privacy protocol: export and erasure."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from google.protobuf.timestamp_pb2 import Timestamp
+from kizuna.identity.v1 import events_pb2 as identity
+from kizuna.kit.oidc_client import WebSession, WebSignIn
+from kizuna.kit.testing import wait_until
+from shop_support import ADMIN, MEMBER_SCOPE
+from shop_world import ShopWorld, publish_identity_event
+
+OWNER = "mbr_owner"
+
+
+async def _browser(w: ShopWorld, member: str | None, name: str = "Hana") -> httpx.AsyncClient:
+    """A browser for the shop; signed in as `member` (None: anonymous, single-sign-on already checked)."""
+    rp: WebSignIn = w.api.runtime.state["web_sign_in"]
+    client = httpx.AsyncClient(base_url=str(w.api.http.base_url), timeout=30)
+    client.cookies.set(rp.sso_checked_cookie, "1")
+    if member is not None:
+        now = datetime.now(UTC)
+        row = WebSession(id=uuid.uuid4().hex, member_id=member, display_name=name, sid="sid-" + member,
+                         id_token="unused", access_token=w.issuer.member_token(member, scope=MEMBER_SCOPE),
+                         refresh_token=None, access_expires_at=now + timedelta(minutes=5), created_at=now,
+                         expires_at=now + timedelta(hours=1))
+        async with w.api.runtime.db.transaction() as session:
+            session.add(row)
+        client.cookies.set(rp.session_cookie, rp._session_signer.dumps(row.id))
+    return client
+
+
+def _csrf(page: str) -> str:
+    match = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page)
+    assert match, "the page has no form with a CSRF token"
+    return match.group(1)
+
+
+async def _post(browser: httpx.AsyncClient, path: str, data: dict[str, object], csrf: str) -> httpx.Response:
+    resp = await browser.post(path, data={**data, "csrf_token": csrf}, follow_redirects=True)
+    assert resp.status_code == 200, resp.text
+    return resp
+
+
+async def test_storefront_search_and_product_pages_on_the_kit_layout(world: ShopWorld) -> None:
+    w = world
+    merchant = await w.api.active_merchant(OWNER, name="Sakura Tea")
+    tea = await w.api.product(merchant, OWNER, title="Sencha first flush", price=1800, description="grassy")
+    await w.api.product(merchant, OWNER, title="Cast iron skillet", price=5400, category="kitchen")
+    async with await _browser(w, None) as browser:
+        home = await browser.get("/")
+        assert home.status_code == 200 and 'class="kz-header"' in home.text and "/_kizuna/kizuna.css" in home.text
+        assert "Sencha first flush" in home.text and "¥1,800" in home.text and "Sign in" in home.text
+        found = await browser.get("/search", params={"q": "GRASSY"})
+        assert "Sencha first flush" in found.text and "Cast iron skillet" not in found.text
+        by_price = await browser.get("/", params={"sort": "price_desc", "category": "kitchen"})
+        assert "Cast iron skillet" in by_price.text and "Sencha" not in by_price.text
+        page = await browser.get(f"/products/{tea}")
+        assert page.status_code == 200 and "Sold by Sakura Tea" in page.text and "Sign in to buy" in page.text
+        assert (await browser.get("/products/prd_nope")).status_code == 404
+        for path in ("/cart", "/orders", "/merchant", "/checkout?merchant_id=x"):
+            resp = await browser.get(path, headers={"accept": "text/html"})
+            assert resp.status_code == 303 and resp.headers["location"].startswith("/auth/login?next=")
+    # A browser that has not had its single-sign-on check yet is sent for one (prompt=none).
+    async with httpx.AsyncClient(base_url=str(w.api.http.base_url)) as fresh:
+        first = await fresh.get("/")
+        assert first.status_code == 303 and "prompt=none" in first.headers["location"]
+
+
+async def test_member_buys_with_points_and_card_merchant_ships_member_confirms(world: ShopWorld) -> None:
+    w = world
+    buyer = await w.member(points=700)
+    merchant = await w.api.active_merchant(OWNER, name="Kumo Outdoor")
+    mug = await w.api.product(merchant, OWNER, title="Titanium mug", price=3900, stock=4)
+    async with await _browser(w, buyer) as browser, await _browser(w, OWNER, "Ken") as shopkeeper:
+        product = await browser.get(f"/products/{mug}")
+        assert "Hana" in product.text and "700 pt" in product.text  # the header: name and live balance
+        csrf = _csrf(product.text)
+        forged = await browser.post("/cart/items", data={"product_id": mug, "quantity": 1, "csrf_token": "f" * 64})
+        assert forged.status_code == 403 and (await w.api.ok("GET", "/api/cart", buyer))["items"] == []
+        bad = await _post(browser, "/cart/items", {"product_id": mug, "quantity": 0}, csrf)
+        assert "quantity must be at least 1" in bad.text
+        cart = await _post(browser, "/cart/items", {"product_id": mug, "quantity": 2}, csrf)
+        assert "Titanium mug" in cart.text and "¥7,800" in cart.text
+        checkout = await browser.get("/checkout", params={"merchant_id": merchant})
+        assert 'max="700"' in checkout.text and "You have 700 points" in checkout.text
+        key = re.search(r'name="idempotency_key" value="(\w+)"', checkout.text)
+        assert key
+        too_many = await _post(browser, "/checkout", {"merchant_id": merchant, "points": 701,
+                                                      "idempotency_key": uuid.uuid4().hex}, csrf)
+        assert "balance" in too_many.text and "kz-error" in too_many.text
+        placed = await _post(browser, "/checkout", {"merchant_id": merchant, "points": 500,
+                                                    "idempotency_key": key.group(1)}, csrf)
+        assert "is placed" in placed.text and "500 points" in placed.text and "¥7,300 on the card" in placed.text
+        assert ((b := await w.balance(buyer)).total, b.pending) == (200, 500)
+        assert (await w.card(buyer))["held_minor"] == 7_300
+        order = re.search(r'data-order="(ord_\w+)"', placed.text)
+        assert order
+        order_id = order.group(1)
+        # The merchant ships from the console; the member confirms delivery and asks for a refund.
+        console = await shopkeeper.get("/merchant")
+        assert order_id in console.text and "¥390" in console.text  # 5% commission on ¥7,800
+        shipped = await _post(shopkeeper, f"/merchant/{merchant}/orders/{order_id}/ship", {"tracking": "JP42"},
+                              _csrf(console.text))
+        assert f"Order {order_id} is shipped" in shipped.text
+        assert (await w.card(buyer))["owed_minor"] == 7_300
+        confirmed = await _post(browser, f"/orders/{order_id}/confirm", {}, csrf)
+        assert "Thanks for confirming" in confirmed.text and "completed" in confirmed.text
+        asked = await _post(browser, f"/orders/{order_id}/refund-request", {"reason": "Dented lid"}, csrf)
+        assert "Refund requested: Dented lid" in asked.text
+        console = await shopkeeper.get("/merchant")
+        assert "refund requested: Dented lid" in console.text
+        refunded = await _post(shopkeeper, f"/merchant/{merchant}/orders/{order_id}/refund", {},
+                               _csrf(console.text))
+        assert f"Order {order_id} is refunded" in refunded.text
+        await wait_until(lambda: _card_owes(w, buyer, 0))
+        # Another member's order cannot be touched from their pages.
+        intruder = await _post(shopkeeper, f"/orders/{order_id}/cancel", {}, _csrf(console.text))
+        assert "belongs to another member" in intruder.text
+
+
+async def _card_owes(w: ShopWorld, member: str, owed: int) -> bool:
+    return bool((await w.card(member))["owed_minor"] == owed)
+
+
+async def test_cancel_from_my_orders_and_admin_verification(world: ShopWorld) -> None:
+    w = world
+    buyer = await w.member(points=100)
+    async with await _browser(w, OWNER, "Ken") as shopkeeper, await _browser(w, ADMIN, "Admin") as admin, \
+            await _browser(w, buyer) as browser:
+        console = await shopkeeper.get("/merchant")
+        applied = await _post(shopkeeper, "/merchant/apply", {"name": "Akari Books"}, _csrf(console.text))
+        assert "Akari Books" in applied.text and "pending" in applied.text
+        merchant = re.search(r'data-merchant="(mch_\w+)"', applied.text)
+        assert merchant
+        mid = merchant.group(1)
+        added = await _post(shopkeeper, f"/merchant/{mid}/products",
+                            {"title": "A5 notebook", "price_minor": 2750, "stock": 3, "category": "stationery"},
+                            _csrf(applied.text))
+        assert "A5 notebook is on sale" in added.text
+        assert "A5 notebook" not in (await browser.get("/")).text  # not verified yet
+        # Only an admin sees and uses verification.
+        assert (await shopkeeper.get("/admin/merchants")).status_code == 403
+        refused = await shopkeeper.post(f"/admin/merchants/{mid}/verify", data={"csrf_token": _csrf(applied.text)})
+        assert refused.status_code == 403
+        queue = await admin.get("/admin/merchants")
+        assert queue.status_code == 200 and "Akari Books" in queue.text
+        verified = await _post(admin, f"/admin/merchants/{mid}/verify", {}, _csrf(queue.text))
+        assert "Akari Books is active" in verified.text
+        home = await browser.get("/")
+        assert "A5 notebook" in home.text
+        product = re.search(r'href="/products/(prd_\w+)">A5 notebook', home.text)
+        assert product
+        csrf = _csrf((await browser.get(f"/products/{product.group(1)}")).text)
+        await _post(browser, "/cart/items", {"product_id": product.group(1), "quantity": 1}, csrf)
+        checkout = await browser.get("/checkout", params={"merchant_id": mid})
+        assert 'max="100"' in checkout.text
+        placed = await _post(browser, "/checkout", {"merchant_id": mid, "points": 100,
+                                                    "idempotency_key": uuid.uuid4().hex}, csrf)
+        order = re.search(r'data-order="(ord_\w+)"', placed.text)
+        assert order
+        cancelled = await _post(browser, f"/orders/{order.group(1)}/cancel", {}, csrf)
+        assert "is cancelled" in cancelled.text
+        assert ((b := await w.balance(buyer)).total, b.pending) == (100, 0)
+        assert (await w.card(buyer))["held_minor"] == 0
+
+
+async def test_privacy_export_then_erasure_keeps_orders_for_the_books(world: ShopWorld) -> None:
+    w = world
+    buyer = await w.member(points=0)
+    merchant = await w.api.active_merchant(OWNER, name="Sakura Tea")
+    tea = await w.api.product(merchant, OWNER, title="Hojicha", price=1200, stock=5)
+    await w.api.ok("PUT", "/api/cart/items", buyer, {"product_id": tea, "quantity": 1})
+    order = (await w.api.checkout(buyer)).json()["order_id"]
+    await w.api.ok("PUT", "/api/cart/items", buyer, {"product_id": tea, "quantity": 2})
+    export_path = f"/privacy/members/{buyer}/export"
+    identity_token = {"authorization": f"Bearer {w.issuer.service_token('identity', 'privacy:export')}"}
+    denied = await w.api.http.get(export_path, headers={"authorization": f"Bearer {w.api.token(buyer)}"})
+    assert denied.status_code == 403
+    exported = await w.api.http.get(export_path, headers=identity_token)
+    assert exported.status_code == 200, exported.text
+    data = exported.json()["data"]
+    assert [o["id"] for o in data["orders"]] == [order] and data["orders"][0]["lines"][0]["title"] == "Hojicha"
+    assert data["cart"] == [{"product_id": tea, "title": "Hojicha", "quantity": 2}]
+    assert len(data["checkouts"]) == 1
+
+    requested_at = Timestamp()
+    requested_at.FromDatetime(datetime.now(UTC))
+    await publish_identity_event(w.peers.peers.nats_url, "identity.member.erasure_requested",
+                                 identity.MemberErasureRequested(member_id=buyer, requested_at=requested_at),
+                                 buyer, f"evt_erase_{buyer}")
+
+    async def erased() -> bool:
+        resp = await w.api.http.get(export_path, headers=identity_token)
+        d = resp.json()["data"]
+        return not d["orders"] and not d["cart"] and not d["checkouts"]
+
+    await wait_until(erased)
+    # The merchant's books keep the order and its money, without the member.
+    books = await w.api.ok("GET", f"/api/merchants/{merchant}/orders", OWNER)
+    assert [(o["id"], o["total"]["amount_minor"]) for o in books] == [(order, 1200)]
+    assert books[0]["member_id"].startswith("erased_") and buyer not in str(books)
