@@ -169,6 +169,52 @@ _RECORD_QUERY = core_select(*_RECORD_COLUMNS).where(
 )
 
 
+# Statements of the hot paths, built once: SQLAlchemy then skips building and cache-keying them.
+_INSERT_ENTRY = insert(ENTRIES).returning(ENTRIES.c.id)
+_INSERT_POSTING = insert(POSTINGS)
+_INSERT_LOT = insert(LOTS)
+_INSERT_RECORD = insert(RECORDS)
+_INSERT_HOLD = insert(HOLDS)
+_INSERT_RESERVATION = insert(RESERVATIONS).returning(RESERVATIONS.c.id)
+_MOVE_ROLLING_EXPIRY = (
+    update(LOTS)
+    .where(
+        LOTS.c.member_id == bindparam("member"),
+        LOTS.c.rolling.is_(True),
+        LOTS.c.expires_at > bindparam("now", type_=LOTS.c.expires_at.type),
+    )
+    .values(expires_at=bindparam("until", type_=LOTS.c.expires_at.type))
+)
+_LIVE_LOTS = core_select(LOTS.c.id, LOTS.c.kind, LOTS.c.remaining, LOTS.c.expires_at).where(
+    LOTS.c.member_id == bindparam("member"),
+    LOTS.c.remaining > 0,
+    LOTS.c.expires_at > bindparam("now", type_=LOTS.c.expires_at.type),
+)
+_TAKE_FROM_LOT = (
+    update(LOTS).where(LOTS.c.id == bindparam("lot")).values(remaining=LOTS.c.remaining - bindparam("points"))
+)
+_RETURN_TO_LOT = (
+    update(LOTS).where(LOTS.c.id == bindparam("lot")).values(remaining=LOTS.c.remaining + bindparam("points"))
+)
+_RESERVATION = core_select(RESERVATIONS).where(RESERVATIONS.c.reservation_id == bindparam("reservation"))
+_RESERVATION_HOLDS = (
+    core_select(HOLDS.c.lot_id, HOLDS.c.amount, LOTS.c.expires_at)
+    .join(LOTS, LOTS.c.id == HOLDS.c.lot_id)
+    .where(HOLDS.c.reservation_pk == bindparam("reservation"))
+    .order_by(HOLDS.c.seq)
+)
+_CAPTURE_HOLD = (
+    update(HOLDS)
+    .where(HOLDS.c.reservation_pk == bindparam("reservation"), HOLDS.c.lot_id == bindparam("lot"))
+    .values(captured=bindparam("points"))
+)
+_MARK_CAPTURED = (
+    update(RESERVATIONS)
+    .where(RESERVATIONS.c.id == bindparam("reservation"))
+    .values(status="captured", captured=bindparam("points"), capture_entry_id=bindparam("entry"))
+)
+
+
 async def lock_for_operation(session: AsyncSession, member: Member, caller: str, key: str, now: datetime) -> Locked:
     """One round trip: lock the member's wallet, learn whether anything is due (timed-out
     reservations, expired lots), and fetch the idempotency record of (caller, key)."""
@@ -233,23 +279,20 @@ async def post_entry(
     conn = await session.connection()
     pk = (
         await conn.execute(
-            insert(ENTRIES)
-            .values(
-                entry_id=entry_id,
-                member_id=member,
-                kind=kind,
-                amount=member_change,
-                explanation=explanation,
-                source_service=source_service,
-                source_ref=source_ref,
-                created_at=now,
-            )
-            .returning(ENTRIES.c.id)
+            _INSERT_ENTRY,
+            {
+                "entry_id": entry_id,
+                "member_id": member,
+                "kind": kind,
+                "amount": member_change,
+                "explanation": explanation,
+                "source_service": source_service,
+                "source_ref": source_ref,
+                "created_at": now,
+            },
         )
     ).scalar_one()
-    await conn.execute(
-        insert(POSTINGS).values([{"entry_pk": pk, "account": a, "amount": v} for a, v in postings.items()])
-    )
+    await conn.execute(_INSERT_POSTING, [{"entry_pk": pk, "account": a, "amount": v} for a, v in postings.items()])
     session.add(wallet)
     return Posted(pk, entry_id)
 
@@ -438,7 +481,7 @@ async def _remember(
         values.update(response=outcome.SerializeToString(deterministic=True))
     await session.flush()  # the effect's ORM changes go first, so a key race fails before commit
     conn = await session.connection()
-    await conn.execute(insert(RECORDS).values(**values))
+    await conn.execute(_INSERT_RECORD, values)
 
 
 async def apply_idempotent(
@@ -606,11 +649,7 @@ async def credit(
         await session.flush()  # what settling changed through the ORM, before SQL of our own
     conn = await session.connection()
     # Earning moves the rolling expiry of every regular lot not yet expired.
-    await conn.execute(
-        update(LOTS)
-        .where(LOTS.c.member_id == member_id, LOTS.c.rolling.is_(True), LOTS.c.expires_at > now)
-        .values(expires_at=rolling_until)
-    )
+    await conn.execute(_MOVE_ROLLING_EXPIRY, {"member": member_id, "now": now, "until": rolling_until})
     repaid, to_lot = ledger.plan_credit(amount, wallet.debt)
     entry = await post_entry(
         session,
@@ -628,18 +667,19 @@ async def credit(
     )
     lot_expires = expires_at or rolling_until
     await conn.execute(
-        insert(LOTS).values(
-            member_id=member_id,
-            entry_pk=entry.id,
-            kind=kind,
-            rolling=expires_at is None,
-            amount=amount,
-            remaining=to_lot,
-            clawed_back=0,
-            source_service=source_service,
-            expires_at=lot_expires,
-            created_at=now,
-        )
+        _INSERT_LOT,
+        {
+            "member_id": member_id,
+            "entry_pk": entry.id,
+            "kind": kind,
+            "rolling": expires_at is None,
+            "amount": amount,
+            "remaining": to_lot,
+            "clawed_back": 0,
+            "source_service": source_service,
+            "expires_at": lot_expires,
+            "created_at": now,
+        },
     )
     wallet.last_earned_at = now
     publish(
@@ -683,11 +723,7 @@ async def reserve(
     conn = await session.connection()
     lots = [
         LotState(row.id, row.kind, row.remaining, row.expires_at)
-        for row in await conn.execute(
-            core_select(LOTS.c.id, LOTS.c.kind, LOTS.c.remaining, LOTS.c.expires_at).where(
-                LOTS.c.member_id == wallet.member_id, LOTS.c.remaining > 0, LOTS.c.expires_at > now
-            )
-        )
+        for row in await conn.execute(_LIVE_LOTS, {"member": wallet.member_id, "now": now})
     ]
     takes = ledger.allocate(lots, request.amount, now)
     expires_at = now + timedelta(seconds=request.ttl_seconds or default_ttl)
@@ -695,42 +731,37 @@ async def reserve(
     source_service = request.source_service or caller
     reservation_pk = (
         await conn.execute(
-            insert(RESERVATIONS)
-            .values(
-                reservation_id=reservation_id,
-                member_id=wallet.member_id,
-                caller=caller,
-                amount=request.amount,
-                status="open",
-                reason=request.reason,
-                source_service=source_service,
-                source_ref=request.source_ref,
-                captured=0,
-                refunded=0,
-                created_at=now,
-                expires_at=expires_at,
-            )
-            .returning(RESERVATIONS.c.id)
+            _INSERT_RESERVATION,
+            {
+                "reservation_id": reservation_id,
+                "member_id": wallet.member_id,
+                "caller": caller,
+                "amount": request.amount,
+                "status": "open",
+                "reason": request.reason,
+                "source_service": source_service,
+                "source_ref": request.source_ref,
+                "captured": 0,
+                "refunded": 0,
+                "created_at": now,
+                "expires_at": expires_at,
+            },
         )
     ).scalar_one()
+    await conn.execute(_TAKE_FROM_LOT, [{"lot": lot_id, "points": take} for lot_id, take in takes])
     await conn.execute(
-        update(LOTS).where(LOTS.c.id == bindparam("lot")).values(remaining=LOTS.c.remaining - bindparam("take")),
-        [{"lot": lot_id, "take": take} for lot_id, take in takes],
-    )
-    await conn.execute(
-        insert(HOLDS).values(
-            [
-                {
-                    "reservation_pk": reservation_pk,
-                    "lot_id": lot_id,
-                    "seq": seq,
-                    "amount": take,
-                    "captured": 0,
-                    "refunded": 0,
-                }
-                for seq, (lot_id, take) in enumerate(takes)
-            ]
-        )
+        _INSERT_HOLD,
+        [
+            {
+                "reservation_pk": reservation_pk,
+                "lot_id": lot_id,
+                "seq": seq,
+                "amount": take,
+                "captured": 0,
+                "refunded": 0,
+            }
+            for seq, (lot_id, take) in enumerate(takes)
+        ],
     )
     await post_entry(
         session,
@@ -807,9 +838,7 @@ async def capture(
     if session.new or session.dirty:
         await session.flush()
     conn = await session.connection()
-    reservation = (
-        await conn.execute(core_select(RESERVATIONS).where(RESERVATIONS.c.reservation_id == request.reservation_id))
-    ).first()
+    reservation = (await conn.execute(_RESERVATION, {"reservation": request.reservation_id})).first()
     if reservation is None:
         raise NotFound(f"unknown reservation {request.reservation_id!r}")
     if reservation.caller != caller:
@@ -824,27 +853,15 @@ async def capture(
     if amount > reservation.amount:
         raise InvalidArgument(f"amount {amount} exceeds the reserved {reservation.amount}")
     assert wallet is not None
-    holds = (
-        await conn.execute(
-            core_select(HOLDS.c.lot_id, HOLDS.c.amount, LOTS.c.expires_at)
-            .join(LOTS, LOTS.c.id == HOLDS.c.lot_id)
-            .where(HOLDS.c.reservation_pk == reservation.id)
-            .order_by(HOLDS.c.seq)
-        )
-    ).all()
+    holds = (await conn.execute(_RESERVATION_HOLDS, {"reservation": reservation.id})).all()
     split = ledger.split_capture([HoldState(h.lot_id, h.amount) for h in holds], amount)
     await conn.execute(
-        update(HOLDS)
-        .where(HOLDS.c.reservation_pk == reservation.id, HOLDS.c.lot_id == bindparam("lot"))
-        .values(captured=bindparam("captured")),
-        [{"lot": lot_id, "captured": captured} for lot_id, captured, _ in split],
+        _CAPTURE_HOLD,
+        [{"reservation": reservation.id, "lot": lot_id, "points": captured} for lot_id, captured, _ in split],
     )
-    returns = [{"lot": lot_id, "back": back} for lot_id, _, back in split if back > 0]
+    returns = [{"lot": lot_id, "points": back} for lot_id, _, back in split if back > 0]
     if returns:
-        await conn.execute(
-            update(LOTS).where(LOTS.c.id == bindparam("lot")).values(remaining=LOTS.c.remaining + bindparam("back")),
-            returns,
-        )
+        await conn.execute(_RETURN_TO_LOT, returns)
     returned_total = reservation.amount - amount
     member = wallet.member_id
     entry = await post_entry(
@@ -861,11 +878,7 @@ async def capture(
         source_ref=reservation.source_ref,
         now=now,
     )
-    await conn.execute(
-        update(RESERVATIONS)
-        .where(RESERVATIONS.c.id == reservation.id)
-        .values(status="captured", captured=amount, capture_entry_id=entry.entry_id)
-    )
+    await conn.execute(_MARK_CAPTURED, {"reservation": reservation.id, "points": amount, "entry": entry.entry_id})
     if any(h.expires_at <= now for h, (_, _, back) in zip(holds, split, strict=True) if back > 0):
         await expire_due_lots(session, wallet, now)  # returned points of a lot that expired meanwhile
     publish(
