@@ -3,15 +3,14 @@ PostgreSQL), real NATS, a real token issuer; clients that call it over real gRPC
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 import httpx
-import nats
 import pytest
 from fintech.context import Fintech, fintech_of
 from fintech.service import service as fintech_service
@@ -20,29 +19,21 @@ from kizuna.common.v1.common_pb2 import Money
 from kizuna.fintech.v1 import fintech_pb2, fintech_pb2_grpc
 from kizuna.kit.auth import call_metadata
 from kizuna.kit.service import Runtime
-from kizuna.kit.testing import TestIssuer
+from kizuna.kit.testing import ServiceProcess, TestIssuer, free_port, reset_streams
 
 
-async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 15.0, interval: float = 0.1) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    last: Any = None
-    while asyncio.get_running_loop().time() < deadline:
-        last = await predicate()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
-
-
-async def reset_streams(nats_url: str, *names: str) -> None:
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    for name in names:
-        try:
-            await js.delete_stream(name)
-        except nats.js.errors.NotFoundError:
-            pass
-    await nc.close()
+def start_points(workdir: Path, nats_url: str, issuer: str, client_secret: str) -> ServiceProcess:
+    """A real points process (one per test module: starting one costs seconds)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {
+        "NATS_URL": nats_url,
+        "KIZUNA_ISSUER": issuer,
+        "KIZUNA_DATA_DIR": str(workdir),
+        "KIZUNA_CLIENT_SECRET": client_secret,
+        "OUTBOX_POLL_SECONDS": "0.2",
+        "LOG_FORMAT": "json",
+    }
+    return ServiceProcess("points", env, free_port(), free_port(), workdir / "points.log").start()
 
 
 def new_member() -> str:
@@ -147,6 +138,7 @@ def fintech_settings(nats_url: str, database_url: str, issuer: str, **overrides:
         "log_format": "text",
         "statement_interval_seconds": 3600,
         "kizuna_client_secret": "fintech-web-test-secret",
+        "card_token_key": "fintech-test-card-token-key-0123456789",
         **overrides,
     }
     return Settings(**values)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -13,34 +14,30 @@ import pytest
 from fintech.models import PointsPayment
 from kizuna.identity.v1 import events_pb2 as identity_events
 from kizuna.kit.auth import call_metadata
-from kizuna.kit.testing import TestIssuer
+from kizuna.kit.testing import ServiceProcess, TestIssuer, reset_streams, wait_until
 from kizuna.points.v1 import points_pb2, points_pb2_grpc
 from sqlmodel import select
 
-from .conftest import FintechClient, new_member, reset_streams, wait_until
+from .conftest import FintechClient, new_member, start_points
 
 FINTECH_SECRET = "fintech-test-secret"
 
 
-@pytest.fixture
-async def points_process(service_process: Any, test_issuer: TestIssuer, nats_url: str) -> Any:
-    await reset_streams(nats_url, "FINTECH", "POINTS")
+@pytest.fixture(scope="module")
+def points_process(
+    tmp_path_factory: pytest.TempPathFactory, nats_server: Any, test_issuer: TestIssuer
+) -> Iterator[ServiceProcess]:
+    asyncio.run(reset_streams(nats_server.url, "FINTECH", "POINTS"))
     test_issuer.register_client("points", "points-test-secret", "points:read")
     test_issuer.register_client("fintech", FINTECH_SECRET, "points:spend points:read")
-    return await asyncio.to_thread(
-        service_process,
-        "points",
-        {
-            "KIZUNA_ISSUER": test_issuer.issuer,
-            "KIZUNA_CLIENT_SECRET": "points-test-secret",
-            "OUTBOX_POLL_SECONDS": "0.2",
-        },
-    )
+    process = start_points(tmp_path_factory.mktemp("points"), nats_server.url, test_issuer.issuer, "points-test-secret")
+    yield process
+    process.stop()
 
 
 @pytest.fixture
 def streams_to_reset(points_process: Any) -> list[str]:
-    return []  # reset before points started its consumers
+    return []  # points' consumers on FINTECH live for the whole module
 
 
 @pytest.fixture

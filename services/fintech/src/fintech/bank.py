@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from kizuna.identity.v1 import events_pb2 as identity_events
 from kizuna.kit.errors import InvalidArgument, NotFound
+from kizuna.kit.events import Consumer, Event
+from kizuna.kit.service import Runtime
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from fintech import ledger
-from fintech.context import Fintech
+from fintech.context import Fintech, fintech_of
 from fintech.models import LedgerAccount, LedgerEntry, LedgerPosting
 from fintech.money import positive_money
 
@@ -21,6 +24,22 @@ async def open_account(session: AsyncSession, ctx: Fintech, member_id: str) -> N
     await ledger.ensure_account(
         session, ledger.bank_account(member_id), ctx.settings.currency, ctx.clock.now(), floor_minor=0
     )
+
+
+def consumers(runtime: Runtime[Any]) -> list[Consumer]:
+    """`fintech-member-accounts`: every member registered at identity gets a bank account
+    (opening is idempotent, so a redelivery or a member who opened it first changes nothing)."""
+    ctx = fintech_of(runtime)
+
+    async def open_for_registered(session: AsyncSession, event: Event) -> None:
+        registered = event.parse(identity_events.MemberRegistered)
+        if not registered.member_id:
+            raise InvalidArgument("identity.member.registered without a member_id")
+        await open_account(session, ctx, registered.member_id)
+
+    return [
+        Consumer(name="fintech-member-accounts", subjects=["identity.member.registered"], handler=open_for_registered)
+    ]
 
 
 async def require_account(session: AsyncSession, member_id: str) -> LedgerAccount:
@@ -81,7 +100,7 @@ async def transfer(
     }
 
 
-async def history(session: AsyncSession, member_id: str, limit: int = 50) -> list[dict[str, Any]]:
+async def history(session: AsyncSession, member_id: str, limit: int | None = 50) -> list[dict[str, Any]]:
     """The member's bank movements, newest first (positive money in, negative money out)."""
     account_id = ledger.bank_account(member_id)
     rows = (

@@ -19,17 +19,18 @@ from kizuna.common.v1.common_pb2 import Money as MoneyPb
 from kizuna.fintech.v1 import events_pb2, fintech_pb2
 from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from kizuna.kit.events import publish
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from ulid import ULID
 
 from fintech import fraud, ledger
 from fintech.context import Fintech
+from fintech.idempotency import run_once
 from fintech.models import Authorization, Card, CardTransaction
 from fintech.money import Money, positive_money
 
-APPROVED, DECLINED, CAPTURED, VOIDED = "approved", "declined", "captured", "voided"
+APPROVED, DECLINED, CAPTURED, VOIDED, EXPIRED = "approved", "declined", "captured", "voided", "expired"
 LIMIT, BLOCKED_CARD, FRAUD_RULE, EXPIRED_CARD, CURRENCY = (
     "limit",
     "blocked_card",
@@ -162,7 +163,7 @@ async def apply(session: AsyncSession, ctx: Fintech, member_id: str, annual_inco
     card = Card(
         card_id=_id("card"),
         member_id=member_id,
-        pan_token=card_number_token(ctx.settings.card_token_key, number),
+        pan_token=card_number_token(ctx.card_token_key, number),
         last4=number[-4:],
         expires_on=date(now.year + 5, now.month, 1),
         currency=ctx.settings.currency,
@@ -174,6 +175,27 @@ async def apply(session: AsyncSession, ctx: Fintech, member_id: str, annual_inco
     session.add(card)
     await session.flush()
     return {**card_summary(card, limit), "card_number": number}
+
+
+async def apply_once(ctx: Fintech, member_id: str, annual_income_minor: int, key: str) -> dict[str, Any]:
+    """`apply` under an idempotency key. The full number goes back to this caller only: it is kept
+    out of the idempotency record, so a retry of the key gets the card with an empty `card_number`."""
+    numbers: list[str] = []
+
+    async def operation(session: AsyncSession) -> dict[str, Any]:
+        issued = await apply(session, ctx, member_id, annual_income_minor)
+        numbers.append(issued.pop("card_number"))
+        return issued
+
+    result = await run_once(
+        ctx.db,
+        ctx.clock,
+        scope=f"{member_id}:card-apply",
+        key=key,
+        request={"income": annual_income_minor},
+        operation=operation,
+    )
+    return {**result, "card_number": numbers[0] if numbers else ""}
 
 
 def card_summary(card: Card, available: int) -> dict[str, Any]:
@@ -470,7 +492,7 @@ async def refund(
     return {"refund_id": refund_id, "refunded_minor": amount.amount_minor, "currency": amount.currency}
 
 
-async def transactions(session: AsyncSession, card_id: str, limit: int = 50) -> list[CardTransaction]:
+async def transactions(session: AsyncSession, card_id: str, limit: int | None = 50) -> list[CardTransaction]:
     query = (
         select(CardTransaction)
         .where(CardTransaction.card_id == card_id)
@@ -488,3 +510,20 @@ async def card_by_token(session: AsyncSession, token: str) -> Card:
     if card.status == "closed":
         raise FailedPrecondition("the card is closed")
     return card
+
+
+async def expire_holds(session: AsyncSession, now: datetime) -> int:
+    """Mark approved authorizations whose hold has lapsed as expired; returns how many.
+
+    Available credit already ignores lapsed holds and capture refuses them; this makes the state
+    visible (statements, the merchant API) and keeps the approved set small."""
+    result = await session.exec(  # type: ignore[call-overload]
+        update(Authorization)
+        .where(
+            col(Authorization.status) == APPROVED,
+            col(Authorization.expires_at).is_not(None),
+            col(Authorization.expires_at) <= now,
+        )
+        .values(status=EXPIRED)
+    )
+    return int(result.rowcount or 0)

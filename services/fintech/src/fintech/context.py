@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kizuna.kit.clock import Clock
 from kizuna.kit.db import Database
 from kizuna.kit.service import Runtime
 
-from fintech.clock import Clock
 from fintech.fraud import FraudRules
 from fintech.settings import Settings
 
@@ -17,12 +17,21 @@ from fintech.settings import Settings
 class Fintech:
     settings: Settings
     db: Database
-    clock: Clock
     runtime: Runtime[Any]
 
     @property
     def postgres(self) -> bool:
         return not self.db.is_sqlite
+
+    @property
+    def clock(self) -> Clock:
+        """The runtime's clock (tests swap in a `FrozenClock`)."""
+        return self.runtime.clock
+
+    @property
+    def card_token_key(self) -> str:
+        key: str = self.runtime.state["card_token_key"]
+        return key
 
     @property
     def fraud_rules(self) -> FraudRules:
@@ -38,6 +47,6 @@ def fintech_of(runtime: Runtime[Any]) -> Fintech:
     """The domain context of a running fintech service (created on first use)."""
     ctx = runtime.state.get("fintech")
     if ctx is None:
-        ctx = Fintech(settings=runtime.settings, db=runtime.db, clock=Clock(), runtime=runtime)
+        ctx = Fintech(settings=runtime.settings, db=runtime.db, runtime=runtime)
         runtime.state["fintech"] = ctx
     return ctx  # type: ignore[no-any-return]

@@ -43,19 +43,7 @@ class CardApplication(BaseModel):
 @router.post("/api/card/apply", status_code=201)
 async def apply_for_card(body: CardApplication, member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
     """Issue a card; the response shows the full card number, which is never shown again."""
-    member_id = _member_id(member)
-
-    async def operation(session: Any) -> dict[str, Any]:
-        return await cards.apply(session, ctx, member_id, body.annual_income_minor)
-
-    return await run_once(
-        ctx.db,
-        ctx.clock,
-        scope=f"{member_id}:card-apply",
-        key=body.idempotency_key,
-        request={"income": body.annual_income_minor},
-        operation=operation,
-    )
+    return await cards.apply_once(ctx, _member_id(member), body.annual_income_minor, body.idempotency_key)
 
 
 @router.get("/api/card")
@@ -105,9 +93,9 @@ async def my_statements(member: CurrentMember, ctx: FintechDep) -> list[dict[str
 
 @router.post("/api/card/statements/close-now")
 async def close_statement_now(member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
-    """Close the member's statement now instead of at month end (only with TEST_MODE on)."""
-    if not ctx.settings.test_mode:
-        raise NotFound("closing a statement on demand is available in test mode only")
+    """Close the member's statement now instead of at month end (only with FINTECH_SANDBOX on)."""
+    if not ctx.settings.fintech_sandbox:
+        raise NotFound("closing a statement on demand is available in the sandbox only (FINTECH_SANDBOX)")
     async with ctx.db.transaction() as session:
         card = await cards.require_card(session, ctx, _member_id(member))
         statement = await statements.close(session, ctx, card.card_id, ctx.clock.now())
@@ -176,9 +164,9 @@ class MoneyIn(BaseModel):
 
 @router.post("/api/bank/top-up")
 async def top_up(body: MoneyIn, member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
-    """Test money into the account (only with TEST_MODE on)."""
-    if not ctx.settings.test_mode:
-        raise NotFound("top-up is available in test mode only")
+    """Test money into the account (only with FINTECH_SANDBOX on)."""
+    if not ctx.settings.fintech_sandbox:
+        raise NotFound("top-up is available in the sandbox only (FINTECH_SANDBOX)")
     member_id = _member_id(member)
 
     async def operation(session: Any) -> dict[str, Any]:
@@ -295,7 +283,7 @@ async def merchant_authorize(
     body: MerchantAuthorizationIn, principal: CurrentPrincipal, ctx: FintechDep
 ) -> dict[str, Any]:
     client_id = _merchant(principal)
-    token = cards.card_number_token(ctx.settings.card_token_key, body.card_number)
+    token = cards.card_number_token(ctx.card_token_key, body.card_number)
 
     async def operation(session: Any) -> dict[str, Any]:
         card = await cards.card_by_token(session, token)

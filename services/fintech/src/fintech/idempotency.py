@@ -14,12 +14,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kizuna.kit import errors
+from kizuna.kit.clock import Clock
 from kizuna.kit.db import Database
 from kizuna.kit.errors import AlreadyExists, DomainError, InvalidArgument
 from sqlalchemy.exc import IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from fintech.clock import Clock
 from fintech.models import IdempotencyRecord
 
 Result = dict[str, Any]

@@ -89,7 +89,7 @@ class Authorization(SQLModel, table=True):
     merchant_name: str = Field(sa_column=Column(String(200), nullable=False))
     amount_minor: int = Field(sa_column=Column(BigInteger, nullable=False))
     currency: str = Field(sa_column=Column(String(3), nullable=False))
-    # approved | declined | captured | voided
+    # approved | declined | captured | voided | expired (the sweeper marks lapsed holds)
     status: str = Field(sa_column=Column(String(10), nullable=False))
     decline_reason: str = Field(default="", sa_column=Column(String(30), nullable=False))
     fraud_rule: str = Field(default="", sa_column=Column(String(60), nullable=False))
@@ -148,7 +148,7 @@ class PointsPayment(SQLModel, table=True):
     points: int = Field(sa_column=Column(BigInteger, nullable=False))
     currency: str = Field(sa_column=Column(String(3), nullable=False))
     reservation_id: str = Field(default="", sa_column=Column(String(60), nullable=False))
-    # started | completed | failed
+    # started | bank_taken | completed | voiding | failed (see payments.py)
     status: str = Field(sa_column=Column(String(10), nullable=False))
     failure: str = Field(default="", sa_column=Column(Text, nullable=False))
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))

@@ -7,9 +7,11 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from kizuna.kit.csrf import CsrfChecked
 from kizuna.kit.errors import DomainError
 from kizuna.kit.oidc_client import SignedInMember
 from kizuna.kit.web import page_templates
@@ -43,7 +45,7 @@ def _render(request: Request, name: str, member: Any, **values: Any) -> HTMLResp
 
 
 def _back(path: str, message: str) -> Response:
-    return RedirectResponse(f"{path}?message={message}", status_code=303)
+    return RedirectResponse(f"{path}?{urlencode({'message': message})}", status_code=303)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -64,28 +66,22 @@ async def card_page(request: Request, member: SignedInMember) -> HTMLResponse:
     return _render(request, "card.html", member, **view)
 
 
-@router.post("/card/apply")
+@router.post("/card/apply", dependencies=[CsrfChecked])
 async def apply_page(request: Request, member: SignedInMember, annual_income_minor: FormInt, key: FormStr) -> Response:
     ctx = _ctx(request)
-
-    async def operation(session: Any) -> dict[str, Any]:
-        return await cards.apply(session, ctx, member.member_id, annual_income_minor)
-
     try:
-        issued = await run_once(
-            ctx.db,
-            ctx.clock,
-            scope=f"{member.member_id}:card-apply",
-            key=key,
-            request={"income": annual_income_minor},
-            operation=operation,
-        )
+        issued = await cards.apply_once(ctx, member.member_id, annual_income_minor, key)
     except DomainError as exc:
         return _back("/card", exc.message)
-    return _back("/card", f"Your card number is {issued['card_number']} (shown once only)")
+    if not issued["card_number"]:
+        return _back("/card", "Your card was issued")
+    # The number is shown on this one page and never stored or redirected through a URL.
+    page = _render(request, "issued.html", member, card=issued)
+    page.headers["cache-control"] = "no-store"
+    return page
 
 
-@router.post("/card/statements/{statement_id}/pay")
+@router.post("/card/statements/{statement_id}/pay", dependencies=[CsrfChecked])
 async def pay_page(
     request: Request, statement_id: str, member: SignedInMember, bank_minor: FormInt, points: FormInt, key: FormStr
 ) -> Response:
@@ -119,11 +115,16 @@ async def bank_page(request: Request, member: SignedInMember) -> HTMLResponse:
         account = await bank.require_account(session, member.member_id)
         history = await bank.history(session, member.member_id)
     return _render(
-        request, "bank.html", member, balance=account.balance_minor, history=history, test_mode=ctx.settings.test_mode
+        request,
+        "bank.html",
+        member,
+        balance=account.balance_minor,
+        history=history,
+        sandbox=ctx.settings.fintech_sandbox,
     )
 
 
-@router.post("/bank/transfer")
+@router.post("/bank/transfer", dependencies=[CsrfChecked])
 async def transfer_page(
     request: Request, member: SignedInMember, to_member_id: FormStr, amount_minor: FormInt, key: FormStr
 ) -> Response:
@@ -146,11 +147,11 @@ async def transfer_page(
     return _back("/bank", "Transfer sent")
 
 
-@router.post("/bank/top-up")
+@router.post("/bank/top-up", dependencies=[CsrfChecked])
 async def top_up_page(request: Request, member: SignedInMember, amount_minor: FormInt, key: FormStr) -> Response:
     ctx = _ctx(request)
-    if not ctx.settings.test_mode:
-        return _back("/bank", "top-up is available in test mode only")
+    if not ctx.settings.fintech_sandbox:
+        return _back("/bank", "top-up is available in the sandbox only (FINTECH_SANDBOX)")
 
     async def operation(session: Any) -> dict[str, Any]:
         return await bank.top_up(session, ctx, member.member_id, amount_minor, ctx.settings.currency)
@@ -179,7 +180,7 @@ async def invest_page(request: Request, member: SignedInMember) -> HTMLResponse:
     return _render(request, "invest.html", member, funds=funds, held=held)
 
 
-@router.post("/invest/{fund_id}/buy")
+@router.post("/invest/{fund_id}/buy", dependencies=[CsrfChecked])
 async def buy_page(
     request: Request, fund_id: str, member: SignedInMember, bank_minor: FormInt, points: FormInt, key: FormStr
 ) -> Response:

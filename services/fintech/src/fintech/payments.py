@@ -7,6 +7,9 @@
 4. capture the points (if that fails, the bank part goes back and the payment fails);
 5. apply both parts to the target and publish the outcome, in one transaction.
 
+A payment that stops half-way (a crash, the points service unreachable) is finished or
+compensated by the sweeper (`sweeper.py`), which retries capture or void with the same keys.
+
 Every step is keyed by the payment ID, so calling `advance` again after a crash or a retry
 finishes the same payment instead of starting another.
 """
@@ -17,7 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kizuna.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from kizuna.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from ulid import ULID
@@ -31,6 +34,8 @@ from fintech.points_client import PointsClient
 log = logging.getLogger("fintech.payments")
 
 STARTED, BANK_TAKEN, COMPLETED, FAILED = "started", "bank_taken", "completed", "failed"
+# Given up, bank part returned, points hold still to be voided (by the request or the sweeper).
+VOIDING = "voiding"
 IN_FLIGHT = (STARTED, BANK_TAKEN)
 
 # purpose -> (check the target when the payment is recorded, apply the payment when it completes)
@@ -121,12 +126,60 @@ async def _set(ctx: Fintech, payment_id: str, **changes: Any) -> None:
         session.add(payment)
 
 
-async def _fail(ctx: Fintech, points_client: PointsClient, payment: PointsPayment, error: DomainError) -> DomainError:
-    """Release the points hold and mark the payment failed; returns the error to raise."""
-    if payment.reservation_id:
-        await points_client.void(payment.reservation_id, key=f"{payment.payment_id}-void")
-    await _set(ctx, payment.payment_id, status=FAILED, failure=error.message)
+async def status_of(ctx: Fintech, payment_id: str) -> str:
+    return (await _load(ctx, payment_id)).status
+
+
+async def give_up(ctx: Fintech, points_client: PointsClient, payment_id: str, error: DomainError) -> DomainError:
+    """Compensate a payment that will not complete (see `_fail`)."""
+    return await _fail(ctx, points_client, payment_id, error)
+
+
+async def _fail(ctx: Fintech, points_client: PointsClient, payment_id: str, error: DomainError) -> DomainError:
+    """Give the payment up; returns the error to raise.
+
+    One transaction returns the bank part (if it was taken) and records the decision: `voiding`
+    while a points hold remains, else `failed`. Then the hold is released; if the points service
+    cannot be reached now, the payment stays `voiding` and the sweeper retries the void with the
+    same idempotency key.
+    """
+    async with ctx.db.transaction() as session:
+        locked = await session.get(PointsPayment, payment_id, with_for_update=ctx.postgres, populate_existing=True)
+        assert locked is not None
+        if locked.status in IN_FLIGHT:
+            if locked.status == BANK_TAKEN and locked.bank_minor:
+                await _return_bank_part(session, ctx, locked)
+            locked.status = VOIDING if locked.reservation_id else FAILED
+            locked.failure = error.message
+            session.add(locked)
+        status, reservation_id = locked.status, locked.reservation_id
+    if status == VOIDING:
+        await release_points(ctx, points_client, payment_id, reservation_id)
     return error
+
+
+async def release_points(ctx: Fintech, points_client: PointsClient, payment_id: str, reservation_id: str) -> bool:
+    """Void the points hold of a `voiding` payment (same key on every try), then mark it failed."""
+    try:
+        await points_client.void(reservation_id, key=f"{payment_id}-void")
+    except DomainError as exc:
+        log.warning(
+            "voiding the points hold failed; the sweeper retries",
+            extra={"payment_id": payment_id, "error": exc.message},
+        )
+        return False
+    await _set_if(ctx, payment_id, VOIDING, status=FAILED)
+    return True
+
+
+async def _set_if(ctx: Fintech, payment_id: str, expected: str, **changes: Any) -> None:
+    async with ctx.db.transaction() as session:
+        payment = await session.get(PointsPayment, payment_id, with_for_update=ctx.postgres, populate_existing=True)
+        assert payment is not None
+        if payment.status == expected:
+            for name, value in changes.items():
+                setattr(payment, name, value)
+            session.add(payment)
 
 
 def _result(payment: PointsPayment) -> dict[str, Any]:
@@ -146,7 +199,7 @@ async def advance(
     ctx: Fintech, points_client: PointsClient, payment_id: str, member_token: str, apply: Apply, reason: str
 ) -> dict[str, Any]:
     payment = await _load(ctx, payment_id)
-    if payment.status == FAILED:
+    if payment.status in (FAILED, VOIDING):
         raise FailedPrecondition(payment.failure)
     if payment.status == COMPLETED:
         return _result(payment)
@@ -162,7 +215,7 @@ async def advance(
                     key=f"{payment.payment_id}-reserve",
                 )
             except DomainError as exc:
-                raise await _fail(ctx, points_client, payment, exc) from exc
+                raise await _fail(ctx, points_client, payment_id, exc) from exc
             await _set(ctx, payment_id, reservation_id=reservation)
             payment.reservation_id = reservation
         try:
@@ -188,13 +241,16 @@ async def advance(
                     locked.status = BANK_TAKEN
                     session.add(locked)
         except DomainError as exc:
-            raise await _fail(ctx, points_client, payment, exc) from exc
+            raise await _fail(ctx, points_client, payment_id, exc) from exc
     if payment.points:
         try:
             await points_client.capture(payment.reservation_id, key=f"{payment.payment_id}-capture")
+        except Unavailable as exc:
+            # The capture may have happened: only a clear refusal compensates. The payment stays
+            # `bank_taken`; a retry of the same request or the sweeper captures with the same key.
+            raise Unavailable("the payment is still in progress; it completes or is reversed shortly") from exc
         except DomainError as exc:
-            await _return_bank_part(ctx, payment)
-            raise await _fail(ctx, points_client, payment, exc) from exc
+            raise await _fail(ctx, points_client, payment_id, exc) from exc
     async with ctx.db.transaction() as session:
         locked = await session.get(PointsPayment, payment_id, with_for_update=ctx.postgres, populate_existing=True)
         assert locked is not None
@@ -205,20 +261,17 @@ async def advance(
         return _result(locked)
 
 
-async def _return_bank_part(ctx: Fintech, payment: PointsPayment) -> None:
-    if not payment.bank_minor:
-        return
-    async with ctx.db.transaction() as session:
-        await ledger.post(
-            session,
-            kind=f"{payment.purpose}_bank_part_returned",
-            ref=payment.payment_id,
-            memo="payment failed",
-            currency=payment.currency,
-            postings=ledger.transfer(ledger.SUSPENSE, ledger.bank_account(payment.member_id), payment.bank_minor),
-            now=ctx.clock.now(),
-            postgres=ctx.postgres,
-        )
+async def _return_bank_part(session: AsyncSession, ctx: Fintech, payment: PointsPayment) -> None:
+    await ledger.post(
+        session,
+        kind=f"{payment.purpose}_bank_part_returned",
+        ref=payment.payment_id,
+        memo="payment failed",
+        currency=payment.currency,
+        postings=ledger.transfer(ledger.SUSPENSE, ledger.bank_account(payment.member_id), payment.bank_minor),
+        now=ctx.clock.now(),
+        postgres=ctx.postgres,
+    )
 
 
 def settlement_postings(payment: PointsPayment, target_account: str) -> list[ledger.Posting]:

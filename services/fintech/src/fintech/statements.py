@@ -1,6 +1,6 @@
 """Monthly card statements: at each closing, the card's posted lines not yet billed become a
 statement with a total and a due date. Statements close at the start of each calendar month
-(UTC) by a job; test mode can also close one now."""
+(UTC) by a job; the sandbox can also close one now."""
 
 from __future__ import annotations
 
