@@ -140,6 +140,7 @@ def points_settings(nats_url: str, database_url: str, issuer: str, **overrides: 
         "log_format": "text",
         "log_level": "WARNING",
         "expiry_interval_seconds": 3600,
+        "kizuna_client_secret": "points-web-test-secret",
         **overrides,
     }
     return Settings(**values)

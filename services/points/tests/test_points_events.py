@@ -215,7 +215,9 @@ async def test_spend_command_captures_without_a_reservation_id(points: Points, n
     await emit(nats_url, "points.spend.requested", command, source="kizuna/shop")
 
     async def captured() -> list[Any]:
-        found = [points_events.Captured.FromString(m.data) for m in await _ledger_events(nats_url, "points.ledger.captured")]
+        found = [
+            points_events.Captured.FromString(m.data) for m in await _ledger_events(nats_url, "points.ledger.captured")
+        ]
         return [c for c in found if c.idempotency_key == "s1"]
 
     [event] = await wait_until(captured)

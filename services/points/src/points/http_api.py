@@ -1,4 +1,5 @@
-"""HTTP: the member's wallet page, and the admin audit and settlement reports (JSON)."""
+"""HTTP: the member's wallet page (kit sign-in and layout), its JSON twin for API clients, and the
+admin audit and settlement reports (JSON, scope points:admin)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
-from fastapi.templating import Jinja2Templates
+from kizuna.kit import web
 from kizuna.kit.auth import CurrentMember, CurrentPrincipal
 from kizuna.kit.db import SessionDep
 from kizuna.kit.errors import InvalidArgument, PermissionDenied
+from kizuna.kit.oidc_client import SignedInMember
 
 from points import audit, ledger, store
 from points.grpc_api import ledger_of
 
 router = APIRouter()
-templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+templates = web.page_templates(Path(__file__).parent / "templates", service="points")
+EARNING_SERVICES = ("shop", "travel", "fintech")
 
 
 def _require_admin(principal: Any) -> None:
@@ -25,16 +28,19 @@ def _require_admin(principal: Any) -> None:
         raise PermissionDenied("this report needs the points:admin scope")
 
 
+def _iso(stamp: Any) -> str:
+    return str(stamp.ToDatetime(tzinfo=UTC).isoformat())
+
+
 async def wallet_view(request: Request, session: Any, member_id: str) -> dict[str, Any]:
     runtime = request.app.state.runtime
-    settings = runtime.settings
+    rules = runtime.settings.earn_rules()
     now = ledger_of(runtime).clock.now()
-    balance = await store.balance(session, member_id, now)
+    balance = await store.get_balance(runtime.db, member_id, now)
     entries = await store.list_entries(session, member_id, 50, "")
     used = await store.services_used(session, member_id, ledger.month_key(now))
-    rules = settings.earn_rules()
-    others = used[: rules.max_bonus_services + 1]
-    bonus_bp = rules.bonus_bp_per_service * max(len(others) - 1, 0) if others else 0
+    rates = ledger.month_rates(rules, EARNING_SERVICES, used)
+    label = ledger.SERVICE_LABELS.get
     return {
         "member_id": member_id,
         "balance": {
@@ -43,27 +49,36 @@ async def wallet_view(request: Request, session: Any, member_id: str) -> dict[st
             "limited_time": balance.limited_time,
             "pending": balance.pending,
             "debt": balance.debt,
-            "earning": await store.earning_pending(session, member_id),
+            "earning": balance.earning,
             "expiring_soon": {
                 "amount": balance.expiring_soon.amount,
-                "expires_at": balance.expiring_soon.expires_at.ToDatetime(tzinfo=UTC).isoformat(),
+                "expires_at": _iso(balance.expiring_soon.expires_at),
             }
             if balance.HasField("expiring_soon")
             else None,
         },
         "month": {
-            "services_used": [ledger.SERVICE_LABELS.get(s, s) for s in used],
-            # The rate a purchase at one of these services earns now: base + a bonus per other service.
-            "base_rate_percent": rules.default_base_bp / 100,
-            "bonus_rate_percent": bonus_bp / 100,
+            "month": ledger.month_key(now),
+            # The services the member earned at this month: each raises the rate at the others.
+            "services_used": [label(s, s) for s in used],
+            "rates": [
+                {
+                    "service": label(r.service, r.service),
+                    "rate_percent": r.rate_bp / 100,
+                    "base_percent": r.base_bp / 100,
+                    "multiplier": round(r.multiplier, 2),
+                    "thanks_to": [label(s, s) for s in r.others],
+                }
+                for r in rates
+            ],
         },
         "entries": [
             {
                 "entry_id": e.entry_id,
                 "amount": e.amount,
                 "explanation": e.explanation,
-                "service": e.source_service,
-                "at": e.created_at.ToDatetime(tzinfo=UTC).isoformat(),
+                "service": label(e.source_service, e.source_service),
+                "at": _iso(e.created_at),
             }
             for e in entries.entries
         ],
@@ -72,17 +87,22 @@ async def wallet_view(request: Request, session: Any, member_id: str) -> dict[st
 
 @router.get("/api/wallet")
 async def my_wallet(request: Request, member: CurrentMember, session: SessionDep) -> dict[str, Any]:
+    """The wallet for API clients (the member's bearer token)."""
     assert member.member_id is not None
     return await wallet_view(request, session, member.member_id)
 
 
+@router.get("/", response_class=HTMLResponse)
 @router.get("/wallet", response_class=HTMLResponse)
-async def wallet_page(request: Request, member: CurrentMember, session: SessionDep) -> HTMLResponse:
-    # TODO(kit): sign the member in with kizuna.kit.oidc_client and use the kit's base layout once
-    # they land; until then the page takes the member's bearer token like the JSON API.
-    assert member.member_id is not None
+async def wallet_page(request: Request, member: SignedInMember, session: SessionDep) -> HTMLResponse:
     view = await wallet_view(request, session, member.member_id)
-    return templates.TemplateResponse(request, "wallet.html", view)
+    context = {
+        **view,
+        "title": "Your points",
+        "member_name": member.display_name or member.member_id,
+        "points_balance": view["balance"]["total"],
+    }
+    return templates.TemplateResponse(request, "wallet.html", context, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/admin/audit")

@@ -247,6 +247,31 @@ def quote_earn(
     return EarnQuote(regular, bonus, bonus_expires if bonus else None, rate, others, explanation)
 
 
+@dataclass(frozen=True)
+class MonthRate:
+    """What a purchase at `service` earns this month: `rate_bp` = base + bonus for the others used."""
+
+    service: str
+    rate_bp: int
+    base_bp: int
+    others: tuple[str, ...]
+
+    @property
+    def multiplier(self) -> float:
+        return self.rate_bp / self.base_bp if self.base_bp else 1.0
+
+
+def month_rates(rules: EarnRules, services: Iterable[str], used_this_month: Iterable[str]) -> list[MonthRate]:
+    """This month's earn rate at each service, given the services the member used (the multiplier)."""
+    used = set(used_this_month)
+    rates = []
+    for service in services:
+        base = rules.base_bp.get(service, rules.default_base_bp)
+        others = tuple(sorted(used - {service}))[: rules.max_bonus_services]
+        rates.append(MonthRate(service, base + rules.bonus_bp_per_service * len(others), base, others))
+    return rates
+
+
 def proportion(points: int, part: int, whole: int) -> int:
     """The share of `points` that `part` of `whole` stands for, rounded down (never above points)."""
     if whole <= 0:

@@ -39,4 +39,7 @@ service = Service(
     jobs=[expiry_job],
     on_start=[events.bind],
     commands={"audit": audit_command},
+    # The wallet page: members sign in through identity; the kit adds /auth/*, the layout's
+    # stylesheet and the header's /_kizuna/me (which reads the balance from PointsService).
+    web_sign_in_scopes="openid profile email offline_access points:read",
 )

@@ -21,6 +21,8 @@ class CampaignSetting(BaseModel):
 class Settings(ServiceSettings):
     http_port: int = 8001
     grpc_port: int = 50051
+    # Where the ecosystem header (kizuna.kit.header) reads a member's balance: this service itself.
+    points_addr: str = "127.0.0.1:50051"
 
     # Regular points expire this many months after the member last earned (rolling).
     regular_expiry_months: int = 12
