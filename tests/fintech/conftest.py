@@ -137,6 +137,7 @@ def fintech_settings(nats_url: str, database_url: str, issuer: str, **overrides:
         "outbox_poll_seconds": 0.2,
         "log_format": "text",
         "statement_interval_seconds": 3600,
+        "sweep_interval_seconds": 3600,  # tests run a sweep when they mean to
         "kizuna_client_secret": "fintech-web-test-secret",
         "card_token_key": "fintech-test-card-token-key-0123456789",
         **overrides,

@@ -6,14 +6,19 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import grpc
 import nats
 import pytest
+from fintech import payments, statements, sweeper
 from fintech.models import PointsPayment
+from fintech.points_client import PointsClient
 from kizuna.identity.v1 import events_pb2 as identity_events
 from kizuna.kit.auth import call_metadata
+from kizuna.kit.clock import FrozenClock
+from kizuna.kit.errors import FailedPrecondition, Unavailable
 from kizuna.kit.testing import ServiceProcess, TestIssuer, reset_streams, wait_until
 from kizuna.points.v1 import points_pb2, points_pb2_grpc
 from sqlmodel import select
@@ -162,10 +167,19 @@ async def test_bill_paid_with_points_and_bank(fintech: FintechClient, points: Po
 
     nc = await nats.connect(nats_url)
     sub = await nc.jetstream().pull_subscribe("fintech.card_bill.paid", durable=None, stream="FINTECH")
-    msgs = await sub.fetch(1, timeout=5)
     from kizuna.fintech.v1 import events_pb2
 
-    paid = events_pb2.CardBillPaid.FromString(msgs[0].data)
+    async def paid_event() -> Any:  # the stream also holds earlier tests' events (one points per module)
+        try:
+            msgs = await sub.fetch(20, timeout=0.5)
+        except nats.errors.TimeoutError:
+            return None
+        found = [
+            e for e in (events_pb2.CardBillPaid.FromString(m.data) for m in msgs) if e.statement_id == statement_id
+        ]
+        return found[0] if found else None
+
+    paid = await wait_until(paid_event)
     assert (paid.statement_id, paid.amount.amount_minor, paid.points_used) == (statement_id, 8_000, 3_000)
     await nc.close()
 
@@ -261,3 +275,101 @@ async def test_buy_a_fund_with_points_and_bank(fintech: FintechClient, points: P
     assert await fintech.bank_balance(member) == 0
     [holding] = (await fintech.http.get("/api/holdings", headers=fintech.member_headers(member))).json()["holdings"]
     assert holding["cost_minor"] == 10_000
+
+
+class FaultyPoints(PointsClient):
+    """The real points client, with one step going wrong the way networks do: the capture
+    happens at points but its answer is lost, or the void never reaches points."""
+
+    def __init__(self, runtime: Any, fail: str) -> None:
+        super().__init__(runtime)
+        self.fail = fail
+
+    async def capture(self, reservation_id: str, key: str) -> int:
+        captured = await super().capture(reservation_id, key)
+        if self.fail == "capture-answer-lost":
+            raise Unavailable("points service: deadline exceeded")
+        return captured
+
+    async def void(self, reservation_id: str, key: str) -> int:
+        if self.fail == "void-unreachable":
+            raise Unavailable("points service: connection refused")
+        return await super().void(reservation_id, key)
+
+
+async def _pay_with(
+    fintech: FintechClient, points_client: PointsClient, member: str, statement_id: str, key: str
+) -> Any:
+    return await payments.pay(
+        fintech.ctx,
+        points_client,
+        member_id=member,
+        member_token=fintech.issuer.member_token(member, scope="points:spend"),
+        purpose="card_bill",
+        target_id=statement_id,
+        bank_minor=5_000,
+        points=3_000,
+        key=key,
+        check=statements.check_bill,
+        apply=statements.apply_bill,
+        reason="Kizuna Card bill",
+    )
+
+
+async def _payment_of(fintech: FintechClient, member: str) -> PointsPayment:
+    async with fintech.ctx.db.sessions() as session:
+        return (await session.exec(select(PointsPayment).where(PointsPayment.member_id == member))).one()
+
+
+async def test_sweeper_finishes_a_payment_whose_capture_answer_was_lost(
+    fintech: FintechClient, points: Points, nats_url: str
+) -> None:
+    clock = FrozenClock()
+    fintech.runtime.clock = clock
+    member, statement_id, points_total = await _statement_for(
+        fintech, points, nats_url, bank=6_000, points_balance=3_000, spend=8_000
+    )
+    faulty = FaultyPoints(fintech.runtime, "capture-answer-lost")
+    with pytest.raises(Unavailable, match="in progress"):
+        await _pay_with(fintech, faulty, member, statement_id, "bill-lost")
+    await faulty.close()
+    assert (await _payment_of(fintech, member)).status == "bank_taken"  # not compensated on a maybe
+
+    assert (await sweeper.sweep(fintech.runtime))["completed"] == 0  # not stuck yet: a request may own it
+    clock.advance(timedelta(seconds=fintech.ctx.settings.payment_stuck_seconds + 1))
+    assert (await sweeper.sweep(fintech.runtime))["completed"] == 1
+    assert (await _payment_of(fintech, member)).status == "completed"
+    balance = await points.balance(member)
+    assert balance.total == points_total - 3_000 and balance.pending == 0, "captured exactly once"
+    assert len([e for e in await points.entries(member) if e.kind == points_pb2.ENTRY_KIND_SPEND]) == 1
+    assert await fintech.bank_balance(member) == 1_000
+    statement = (await fintech.http.get("/api/card/statements", headers=fintech.member_headers(member))).json()[0]
+    assert statement["status"] == "paid"
+    assert (await _pay(fintech, member, statement_id, 5_000, 3_000, key="bill-lost")).json()["status"] == "completed"
+    assert (await sweeper.sweep(fintech.runtime))["completed"] == 0
+
+
+async def test_sweeper_releases_the_points_when_the_void_did_not_reach_points(
+    fintech: FintechClient, points: Points, nats_url: str
+) -> None:
+    clock = FrozenClock()
+    fintech.runtime.clock = clock
+    member, statement_id, points_total = await _statement_for(
+        fintech, points, nats_url, bank=1_000, points_balance=3_000, spend=8_000
+    )
+    faulty = FaultyPoints(fintech.runtime, "void-unreachable")
+    with pytest.raises(FailedPrecondition, match="insufficient funds"):
+        await _pay_with(fintech, faulty, member, statement_id, "bill-void")
+    await faulty.close()
+    assert (await _payment_of(fintech, member)).status == "voiding"
+    assert (await points.balance(member)).pending == 3_000  # still held at points
+    retry = await _pay(fintech, member, statement_id, 5_000, 3_000, key="bill-void")
+    assert retry.status_code == 409 and "insufficient funds" in retry.json()["message"]
+
+    clock.advance(timedelta(seconds=fintech.ctx.settings.payment_stuck_seconds + 1))
+    assert (await sweeper.sweep(fintech.runtime))["failed"] == 1
+    assert (await _payment_of(fintech, member)).status == "failed"
+    balance = await points.balance(member)
+    assert balance.total == points_total and balance.pending == 0
+    assert await fintech.bank_balance(member) == 1_000
+    assert (await fintech.card(member))["owed_minor"] == 8_000
