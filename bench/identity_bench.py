@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,8 +22,6 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "services" / "identity" / "tests"))
 
-from kizuna.kit.auth import TokenVerifier
-from kizuna.kit.testing import NatsServer, free_port
 from identity_support import (
     SVC_SECRET,
     WEB_REDIRECT,
@@ -35,6 +32,8 @@ from identity_support import (
     running_identity,
     sign_up,
 )
+from kizuna.kit.auth import TokenVerifier
+from kizuna.kit.testing import NatsServer, free_port
 
 
 def pct(values: list[float], q: float) -> float:
@@ -47,12 +46,16 @@ async def client_credentials(issuer: str, total: int, concurrency: int) -> None:
     queue = iter(range(total))
     errors = 0
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency), timeout=60) as http:
+
         async def worker() -> None:
             nonlocal errors
             for _ in queue:
                 start = time.perf_counter()
-                response = await http.post(f"{issuer}/token", auth=("svc", SVC_SECRET),
-                                           data={"grant_type": "client_credentials", "scope": "points:credit"})
+                response = await http.post(
+                    f"{issuer}/token",
+                    auth=("svc", SVC_SECRET),
+                    data={"grant_type": "client_credentials", "scope": "points:credit"},
+                )
                 latencies.append(time.perf_counter() - start)
                 if response.status_code != 200:
                     errors += 1
@@ -61,8 +64,10 @@ async def client_credentials(issuer: str, total: int, concurrency: int) -> None:
         began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
-    print(f"token endpoint (client_credentials, {concurrency} concurrent): {total / elapsed:.0f} tokens/s, "
-          f"p50 {pct(latencies, 0.5):.1f} ms, p99 {pct(latencies, 0.99):.1f} ms  (n={total}, errors {errors})")
+    print(
+        f"token endpoint (client_credentials, {concurrency} concurrent): {total / elapsed:.0f} tokens/s, "
+        f"p50 {pct(latencies, 0.5):.1f} ms, p99 {pct(latencies, 0.99):.1f} ms  (n={total}, errors {errors})"
+    )
 
 
 async def worker_warmup(http: httpx.AsyncClient, issuer: str) -> None:
@@ -89,14 +94,21 @@ async def code_flows(idp: _Issuer, flows: int) -> None:
         response = await exchange(idp, code, verifier=verifier, redirect_uri=WEB_REDIRECT)
         assert response.status_code == 200
         latencies.append(time.perf_counter() - start)
-    print(f"full code + PKCE flow (authorize with a live session -> token): p50 {pct(latencies, 0.5):.1f} ms, "
-          f"p95 {pct(latencies, 0.95):.1f} ms  (n={flows}, sequential)")
+    print(
+        f"full code + PKCE flow (authorize with a live session -> token): p50 {pct(latencies, 0.5):.1f} ms, "
+        f"p95 {pct(latencies, 0.95):.1f} ms  (n={flows}, sequential)"
+    )
 
 
 async def verification(issuer: str, count: int) -> None:
     async with httpx.AsyncClient() as http:
-        token = (await http.post(f"{issuer}/token", auth=("svc", SVC_SECRET),
-                                 data={"grant_type": "client_credentials", "scope": "points:credit"})).json()["access_token"]
+        token = (
+            await http.post(
+                f"{issuer}/token",
+                auth=("svc", SVC_SECRET),
+                data={"grant_type": "client_credentials", "scope": "points:credit"},
+            )
+        ).json()["access_token"]
     verifier = TokenVerifier(issuer)
     await verifier.verify(token)  # fetch the JWKS once
     began = time.perf_counter()
@@ -118,8 +130,20 @@ async def client(args: argparse.Namespace) -> None:
 
 async def load_process(issuer: str, phase: str, args: argparse.Namespace) -> None:
     child = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--client", issuer, "--phase", phase, "--requests", str(args.requests),
-        "--concurrency", str(args.concurrency), "--flows", str(args.flows), "--verifications", str(args.verifications),
+        sys.executable,
+        __file__,
+        "--client",
+        issuer,
+        "--phase",
+        phase,
+        "--requests",
+        str(args.requests),
+        "--concurrency",
+        str(args.concurrency),
+        "--flows",
+        str(args.flows),
+        "--verifications",
+        str(args.verifications),
     )
     if await child.wait() != 0:
         raise SystemExit("the load process failed")
@@ -149,12 +173,16 @@ async def main() -> None:
                 cpu = time.process_time()
                 await load_process(idp.issuer, "tokens", args)
                 per_grant = (time.process_time() - cpu) / (args.requests + 20) * 1000
-                print(f"  server CPU per client_credentials grant: {per_grant:.2f} ms "
-                      f"(= {1000 / per_grant:.0f} grants/s per fully used vCPU)", flush=True)
+                print(
+                    f"  server CPU per client_credentials grant: {per_grant:.2f} ms "
+                    f"(= {1000 / per_grant:.0f} grants/s per fully used vCPU)",
+                    flush=True,
+                )
                 await load_process(idp.issuer, "flows", args)
         finally:
             nats_server.stop()
-        print("load: " + subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    load = os.getloadavg()
+    print(f"load average (1/5/15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

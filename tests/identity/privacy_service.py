@@ -32,7 +32,10 @@ def privacy_service(name: str, client_secret: str, held: dict[str, list[str]]) -
         return {"member_id": member.member_id}
 
     return Service(
-        name=name, settings=ServiceSettings, http=router,
+        name=name,
+        settings=ServiceSettings,
+        http=router,
         on_start=[oidc_client.web_sign_in(client_id=name, client_secret=client_secret)],
-        migrations_dir=Path(__file__).parent / "rp_migrations", privacy=Privacy(export=export, erase=erase),
+        migrations_dir=Path(__file__).parent / "rp_migrations",
+        privacy=Privacy(export=export, erase=erase),
     )

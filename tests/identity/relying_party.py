@@ -33,7 +33,9 @@ def relying_party(name: str, client_secret: str) -> Service[ServiceSettings]:
         return {"service": name}
 
     return Service(
-        name=name, settings=ServiceSettings, http=router,
+        name=name,
+        settings=ServiceSettings,
+        http=router,
         on_start=[oidc_client.web_sign_in(client_id=name, client_secret=client_secret)],
         migrations_dir=Path(__file__).parent / "rp_migrations",
     )

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import httpx
 from identity import members
+from identity_support import PASSWORD, csrf_of, identity_settings, reset_streams, running_identity, sign_up
 from kizuna.kit.oidc_client import WebSession
 from kizuna.kit.settings import ServiceSettings
 from kizuna.kit.testing import free_port, wait_until
 from privacy_service import privacy_service
 from sqlmodel import select
-from identity_support import PASSWORD, csrf_of, identity_settings, reset_streams, running_identity, sign_up
 from test_sso import rp_client, rp_settings
 
 NAMES = ("shopdemo", "traveldemo", "gonedemo")
@@ -28,15 +28,21 @@ async def test_download_then_delete_everywhere(nats_url: str, database_url: str,
     ports = {name: free_port() for name in NAMES}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     settings = identity_settings(
-        nats_url, database_url, tmp_path, extra_clients=[rp_client(n, p) for n, p in ports.items()],
+        nats_url,
+        database_url,
+        tmp_path,
+        extra_clients=[rp_client(n, p) for n, p in ports.items()],
         kizuna_links=json.dumps({"identity": "http://127.0.0.1:1", **urls}),
-        identity_backchannel_retry_base_seconds=0.2, identity_backchannel_poll_seconds=0.2)
+        identity_backchannel_retry_base_seconds=0.2,
+        identity_backchannel_poll_seconds=0.2,
+    )
     held: dict[str, dict[str, list[str]]] = {name: {} for name in NAMES}
 
     def start(name: str, issuer: str) -> object:
         settings_ = rp_settings(nats_url, tmp_path, name, ports[name], issuer)
         return privacy_service(name, f"{name}-secret-0123456789", held[name]).running(
-            ServiceSettings(**{**settings_.model_dump(), "outbox_poll_seconds": 0.2}))
+            ServiceSettings(**{**settings_.model_dump(), "outbox_poll_seconds": 0.2})
+        )
 
     async with AsyncExitStack() as stack:
         idp = await stack.enter_async_context(running_identity(settings))
@@ -49,9 +55,16 @@ async def test_download_then_delete_everywhere(nats_url: str, database_url: str,
         page = await browser.get(f"{urls['shopdemo']}/private")
         next_url = dict(httpx.URL(str(page.url)).params)["next"]
         signup = await browser.get(f"{idp.issuer}/signup", params={"next": next_url})
-        done = await browser.post(f"{idp.issuer}/signup", data={
-            "email": "Mei@Example.com", "display_name": "Mei", "password": PASSWORD, "next": next_url,
-            "csrf_token": csrf_of(signup.text)})
+        done = await browser.post(
+            f"{idp.issuer}/signup",
+            data={
+                "email": "Mei@Example.com",
+                "display_name": "Mei",
+                "password": PASSWORD,
+                "next": next_url,
+                "csrf_token": csrf_of(signup.text),
+            },
+        )
         member_id = done.json()["member_id"]
         held["shopdemo"][member_id] = ["order-1", "order-2"]
         held["traveldemo"][member_id] = ["stay-9"]
@@ -76,13 +89,18 @@ async def test_download_then_delete_everywhere(nats_url: str, database_url: str,
 
         # 2. Delete my account: a wrong password changes nothing.
         account = await browser.get(f"{idp.issuer}/account")
-        wrong = await browser.post(f"{idp.issuer}/account/delete", data={
-            "password": "not my password!", "confirm": "yes", "csrf_token": csrf_of(account.text)})
+        wrong = await browser.post(
+            f"{idp.issuer}/account/delete",
+            data={"password": "not my password!", "confirm": "yes", "csrf_token": csrf_of(account.text)},
+        )
         assert wrong.status_code == 401
         assert (await idp.provider.member(member_id)) is not None
 
-        deleted = await browser.post(f"{idp.issuer}/account/delete", data={
-            "password": PASSWORD, "confirm": "yes", "csrf_token": csrf_of(account.text)}, follow_redirects=False)
+        deleted = await browser.post(
+            f"{idp.issuer}/account/delete",
+            data={"password": PASSWORD, "confirm": "yes", "csrf_token": csrf_of(account.text)},
+            follow_redirects=False,
+        )
         assert deleted.status_code == 303
         progress_url = idp.issuer + deleted.headers["location"].split("?")[0]
         assert progress_url.startswith(f"{idp.issuer}/erasure/") and len(progress_url) > len(idp.issuer) + 40
@@ -101,7 +119,10 @@ async def test_download_then_delete_everywhere(nats_url: str, database_url: str,
         # 3. Progress: the two running services confirm; gonedemo is awaited (page keeps refreshing).
         async def confirmed() -> bool:
             html = (await browser.get(progress_url)).text
-            return 'data-service="shopdemo" data-done="yes"' in html and 'data-service="traveldemo" data-done="yes"' in html
+            return (
+                'data-service="shopdemo" data-done="yes"' in html
+                and 'data-service="traveldemo" data-done="yes"' in html
+            )
 
         await wait_until(confirmed, timeout=15)
         page = await browser.get(progress_url)

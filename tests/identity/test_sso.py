@@ -8,38 +8,52 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
+from identity_support import authorize, csrf_of, identity_settings, query_of, reset_streams, running_identity
 from kizuna.kit.auth import TokenVerifier
 from kizuna.kit.oidc_client import WebSession
 from kizuna.kit.settings import ServiceSettings
 from kizuna.kit.testing import free_port
 from relying_party import relying_party
 from sqlmodel import select
-from identity_support import authorize, csrf_of, identity_settings, query_of, reset_streams, running_identity
 
 
 def rp_client(name: str, port: int) -> dict:
     base = f"http://127.0.0.1:{port}"
-    return {"client_id": name, "client_secret": f"{name}-secret-0123456789", "redirect_uris": [f"{base}/auth/callback"],
-            "post_logout_redirect_uris": [f"{base}/"], "backchannel_logout_uri": f"{base}/auth/backchannel-logout",
-            "scopes": ["openid", "profile", "email", "offline_access", "points:read"]}
+    return {
+        "client_id": name,
+        "client_secret": f"{name}-secret-0123456789",
+        "redirect_uris": [f"{base}/auth/callback"],
+        "post_logout_redirect_uris": [f"{base}/"],
+        "backchannel_logout_uri": f"{base}/auth/backchannel-logout",
+        "scopes": ["openid", "profile", "email", "offline_access", "points:read"],
+    }
 
 
 def rp_settings(nats_url: str, tmp_path: Path, name: str, port: int, issuer: str) -> ServiceSettings:
-    return ServiceSettings(nats_url=nats_url, kizuna_issuer=issuer, database_url=f"sqlite+aiosqlite:///{tmp_path / name}.db",
-                           http_port=port, grpc_port=0, log_format="text")
+    return ServiceSettings(
+        nats_url=nats_url,
+        kizuna_issuer=issuer,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / name}.db",
+        http_port=port,
+        grpc_port=0,
+        log_format="text",
+    )
 
 
 async def test_single_sign_on_then_logout_everywhere(nats_url: str, database_url: str, tmp_path: Path) -> None:
     await reset_streams(nats_url, "IDENTITY", "SHOPDEMO", "TRAVELDEMO")
     ports = {"shopdemo": free_port(), "traveldemo": free_port()}
-    settings = identity_settings(nats_url, database_url, tmp_path,
-                                 extra_clients=[rp_client(n, p) for n, p in ports.items()])
+    settings = identity_settings(
+        nats_url, database_url, tmp_path, extra_clients=[rp_client(n, p) for n, p in ports.items()]
+    )
     async with AsyncExitStack() as stack:
         idp = await stack.enter_async_context(running_identity(settings))
         rps = {
             name: await stack.enter_async_context(
                 relying_party(name, f"{name}-secret-0123456789").running(
-                    rp_settings(nats_url, tmp_path, name, port, idp.issuer)))
+                    rp_settings(nats_url, tmp_path, name, port, idp.issuer)
+                )
+            )
             for name, port in ports.items()
         }
         shop, travel = (f"http://127.0.0.1:{p}" for p in ports.values())
@@ -50,9 +64,16 @@ async def test_single_sign_on_then_logout_everywhere(nats_url: str, database_url
         assert page.url.path == "/signin" and str(page.url).startswith(idp.issuer)
         next_url = query_of(str(page.url))["next"]
         signup_page = await browser.get(f"{idp.issuer}/signup", params={"next": next_url})
-        done = await browser.post(f"{idp.issuer}/signup", data={
-            "email": "sso@example.com", "display_name": "Sora", "password": "correct horse battery",
-            "next": next_url, "csrf_token": csrf_of(signup_page.text)})
+        done = await browser.post(
+            f"{idp.issuer}/signup",
+            data={
+                "email": "sso@example.com",
+                "display_name": "Sora",
+                "password": "correct horse battery",
+                "next": next_url,
+                "csrf_token": csrf_of(signup_page.text),
+            },
+        )
         assert str(done.url) == f"{shop}/private", done.text[:300]
         member_id = done.json()["member_id"]
         assert member_id.startswith("mbr_") and done.json()["name"] == "Sora"
@@ -84,9 +105,13 @@ async def test_single_sign_on_then_logout_everywhere(nats_url: str, database_url
         assert after.status_code == 303 and after.headers["location"].startswith("/auth/login")
 
         # 4. The identity session is gone: prompt=none now answers login_required.
-        silent = await authorize(browser.__class__(base_url=idp.issuer, cookies=browser.cookies),
-                                 client_id="traveldemo", redirect_uri=f"{travel}/auth/callback", prompt="none",
-                                 scope="openid")
+        silent = await authorize(
+            browser.__class__(base_url=idp.issuer, cookies=browser.cookies),
+            client_id="traveldemo",
+            redirect_uri=f"{travel}/auth/callback",
+            prompt="none",
+            scope="openid",
+        )
         assert query_of(silent.headers["location"])["error"] == "login_required"
         maybe = await browser.get(f"{travel}/maybe")
         assert maybe.json() == {"member_id": None}
@@ -95,14 +120,26 @@ async def test_single_sign_on_then_logout_everywhere(nats_url: str, database_url
 async def test_backchannel_logout_rejects_forged_tokens(nats_url: str, tmp_path: Path) -> None:
     await reset_streams(nats_url, "IDENTITY", "SHOPDEMO")
     port = free_port()
-    settings = identity_settings(nats_url, f"sqlite+aiosqlite:///{tmp_path / 'i.db'}", tmp_path,
-                                 extra_clients=[rp_client("shopdemo", port)])
-    async with running_identity(settings) as idp, relying_party("shopdemo", "shopdemo-secret-0123456789").running(
-        rp_settings(nats_url, tmp_path, "shopdemo", port, idp.issuer)
+    settings = identity_settings(
+        nats_url, f"sqlite+aiosqlite:///{tmp_path / 'i.db'}", tmp_path, extra_clients=[rp_client("shopdemo", port)]
+    )
+    async with (
+        running_identity(settings) as idp,
+        relying_party("shopdemo", "shopdemo-secret-0123456789").running(
+            rp_settings(nats_url, tmp_path, "shopdemo", port, idp.issuer)
+        ),
     ):
         now = int(idp.provider.now().timestamp())
-        base = {"iss": idp.issuer, "aud": "shopdemo", "iat": now, "exp": now + 60, "jti": "j", "sub": "mbr_x", "sid": "s",
-                "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}
+        base = {
+            "iss": idp.issuer,
+            "aud": "shopdemo",
+            "iat": now,
+            "exp": now + 60,
+            "jti": "j",
+            "sub": "mbr_x",
+            "sid": "s",
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+        }
         async with httpx.AsyncClient() as http:
             url = f"http://127.0.0.1:{port}/auth/backchannel-logout"
             good = idp.provider.issuer.sign(base, typ="logout+jwt")

@@ -34,16 +34,39 @@ SPA_REDIRECT = "http://127.0.0.1:9/spa/callback"
 def test_clients(extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     member_scopes = ["openid", "profile", "email", "offline_access", "points:read", "points:spend"]
     return [
-        {"client_id": "web", "client_secret": WEB_SECRET, "redirect_uris": [WEB_REDIRECT],
-         "post_logout_redirect_uris": ["http://127.0.0.1:9/"], "scopes": member_scopes},
-        {"client_id": "other", "client_secret": OTHER_SECRET, "redirect_uris": ["http://127.0.0.1:9/other/callback"],
-         "scopes": member_scopes},
-        {"client_id": "spa", "public": True, "redirect_uris": [SPA_REDIRECT], "scopes": member_scopes,
-         "grant_types": ["authorization_code", "refresh_token"]},
-        {"client_id": "thirdparty", "client_secret": THIRD_SECRET, "first_party": False,
-         "redirect_uris": ["http://127.0.0.1:9/tp/callback"], "scopes": ["openid", "profile", "points:read"]},
-        {"client_id": "svc", "client_secret": SVC_SECRET, "grant_types": ["client_credentials"],
-         "scopes": ["points:credit", "points:read", "identity:read"]},
+        {
+            "client_id": "web",
+            "client_secret": WEB_SECRET,
+            "redirect_uris": [WEB_REDIRECT],
+            "post_logout_redirect_uris": ["http://127.0.0.1:9/"],
+            "scopes": member_scopes,
+        },
+        {
+            "client_id": "other",
+            "client_secret": OTHER_SECRET,
+            "redirect_uris": ["http://127.0.0.1:9/other/callback"],
+            "scopes": member_scopes,
+        },
+        {
+            "client_id": "spa",
+            "public": True,
+            "redirect_uris": [SPA_REDIRECT],
+            "scopes": member_scopes,
+            "grant_types": ["authorization_code", "refresh_token"],
+        },
+        {
+            "client_id": "thirdparty",
+            "client_secret": THIRD_SECRET,
+            "first_party": False,
+            "redirect_uris": ["http://127.0.0.1:9/tp/callback"],
+            "scopes": ["openid", "profile", "points:read"],
+        },
+        {
+            "client_id": "svc",
+            "client_secret": SVC_SECRET,
+            "grant_types": ["client_credentials"],
+            "scopes": ["points:credit", "points:read", "identity:read"],
+        },
         *(extra or []),
     ]
 
@@ -110,16 +133,20 @@ def csrf_of(html: str) -> str:
     return match.group(1)
 
 
-async def sign_up(browser: httpx.AsyncClient, email: str, name: str = "Hana", password: str = PASSWORD) -> httpx.Response:
+async def sign_up(
+    browser: httpx.AsyncClient, email: str, name: str = "Hana", password: str = PASSWORD
+) -> httpx.Response:
     page = await browser.get("/signup")
-    return await browser.post("/signup", data={"email": email, "display_name": name, "password": password,
-                                               "csrf_token": csrf_of(page.text)})
+    return await browser.post(
+        "/signup", data={"email": email, "display_name": name, "password": password, "csrf_token": csrf_of(page.text)}
+    )
 
 
 async def sign_in(browser: httpx.AsyncClient, email: str, password: str = PASSWORD, next: str = "") -> httpx.Response:
     page = await browser.get("/signin")
-    return await browser.post("/signin", data={"email": email, "password": password, "next": next,
-                                               "csrf_token": csrf_of(page.text)})
+    return await browser.post(
+        "/signin", data={"email": email, "password": password, "next": next, "csrf_token": csrf_of(page.text)}
+    )
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -133,11 +160,20 @@ def query_of(location: str) -> dict[str, str]:
 
 
 async def authorize(
-    browser: httpx.AsyncClient, client_id: str = "web", redirect_uri: str = WEB_REDIRECT,
-    scope: str = "openid profile email offline_access points:read", **params: str,
+    browser: httpx.AsyncClient,
+    client_id: str = "web",
+    redirect_uri: str = WEB_REDIRECT,
+    scope: str = "openid profile email offline_access points:read",
+    **params: str,
 ) -> httpx.Response:
-    query = {"response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri, "scope": scope,
-             "state": secrets.token_urlsafe(8), **params}
+    query = {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": redirect_uri,
+        "scope": scope,
+        "state": secrets.token_urlsafe(8),
+        **params,
+    }
     return await browser.get("/authorize", params=query)
 
 
@@ -150,8 +186,13 @@ async def code_for(browser: httpx.AsyncClient, **kwargs: str) -> str:
 
 
 async def exchange(
-    idp: Idp, code: str, *, client_id: str = "web", secret: str | None = WEB_SECRET,
-    redirect_uri: str = WEB_REDIRECT, verifier: str | None = None,
+    idp: Idp,
+    code: str,
+    *,
+    client_id: str = "web",
+    secret: str | None = WEB_SECRET,
+    redirect_uri: str = WEB_REDIRECT,
+    verifier: str | None = None,
 ) -> httpx.Response:
     data = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
     if verifier is not None:

@@ -39,7 +39,9 @@ class FlakyClient:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
-        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0)
+        length = next(
+            (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0
+        )
         body = await reader.readexactly(length)
         self.received.append(body)
         status = b"503 Service Unavailable" if len(self.received) <= self.failures else b"200 OK"
@@ -53,11 +55,21 @@ async def test_backchannel_logout_is_retried_with_backoff_until_delivered(nats_u
     flaky = FlakyClient(failures=2)
     server = await asyncio.start_server(flaky.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    client = {"client_id": "flaky", "client_secret": "flaky-secret-0123456789", "scopes": ["openid"],
-              "redirect_uris": ["http://127.0.0.1:9/flaky/cb"],
-              "backchannel_logout_uri": f"http://127.0.0.1:{port}/auth/backchannel-logout"}
-    settings = identity_settings(nats_url, f"sqlite+aiosqlite:///{tmp_path / 'i.db'}", tmp_path, extra_clients=[client],
-                                 identity_backchannel_retry_base_seconds=0.2, identity_backchannel_poll_seconds=0.1)
+    client = {
+        "client_id": "flaky",
+        "client_secret": "flaky-secret-0123456789",
+        "scopes": ["openid"],
+        "redirect_uris": ["http://127.0.0.1:9/flaky/cb"],
+        "backchannel_logout_uri": f"http://127.0.0.1:{port}/auth/backchannel-logout",
+    }
+    settings = identity_settings(
+        nats_url,
+        f"sqlite+aiosqlite:///{tmp_path / 'i.db'}",
+        tmp_path,
+        extra_clients=[client],
+        identity_backchannel_retry_base_seconds=0.2,
+        identity_backchannel_poll_seconds=0.1,
+    )
     async with server, running_identity(settings) as idp:
         browser = idp.browser()
         await sign_up(browser, "flaky@example.com")
@@ -82,8 +94,13 @@ async def test_cleanup_deletes_only_expired_rows_and_replicas_may_run_it_togethe
     await sign_up(browser, "clean@example.com")
     await code_for(browser)  # a code that is never redeemed
     async with httpx.AsyncClient() as http:
-        token = (await http.post(f"{idp.issuer}/token", auth=("svc", SVC_SECRET),
-                                 data={"grant_type": "client_credentials", "scope": "points:read"})).json()
+        token = (
+            await http.post(
+                f"{idp.issuer}/token",
+                auth=("svc", SVC_SECRET),
+                data={"grant_type": "client_credentials", "scope": "points:read"},
+            )
+        ).json()
         # Revoking a service token leaves a deny-list row that must stay until the token expires.
         await http.post(f"{idp.issuer}/revoke", auth=("svc", SVC_SECRET), data={"token": token["access_token"]})
     settings = idp.runtime.settings
@@ -97,14 +114,20 @@ async def test_cleanup_deletes_only_expired_rows_and_replicas_may_run_it_togethe
             )
 
     now = idp.provider.now()
-    kept = await cleanup.clean_expired(idp.runtime.db, now, keep_seconds=settings.identity_cleanup_keep_seconds,
-                                       signin_window_seconds=900)
+    kept = await cleanup.clean_expired(
+        idp.runtime.db, now, keep_seconds=settings.identity_cleanup_keep_seconds, signin_window_seconds=900
+    )
     assert kept["codes"] == kept["access_tokens"] == kept["sessions"] == 0 and await counts() == (1, 1, 1)
 
     later = now + timedelta(days=30)  # everything above has expired and is older than the history kept
-    results = await asyncio.gather(*(
-        cleanup.clean_expired(idp.runtime.db, later, keep_seconds=settings.identity_cleanup_keep_seconds,
-                              signin_window_seconds=900) for _ in range(2)))
+    results = await asyncio.gather(
+        *(
+            cleanup.clean_expired(
+                idp.runtime.db, later, keep_seconds=settings.identity_cleanup_keep_seconds, signin_window_seconds=900
+            )
+            for _ in range(2)
+        )
+    )
     assert sum(r["codes"] for r in results) == 1 and sum(r["access_tokens"] for r in results) == 1
     assert sum(r["sessions"] for r in results) == 1 and await counts() == (0, 0, 0)
 
@@ -112,8 +135,11 @@ async def test_cleanup_deletes_only_expired_rows_and_replicas_may_run_it_togethe
 async def test_service_tokens_are_unrecorded_but_introspectable_and_revocable(idp: Idp) -> None:
     async with httpx.AsyncClient() as http:
         token_url = f"{idp.issuer}/token"
-        issued = await http.post(token_url, auth=("svc", SVC_SECRET), data={"grant_type": "client_credentials",
-                                                                            "scope": "points:read identity:read"})
+        issued = await http.post(
+            token_url,
+            auth=("svc", SVC_SECRET),
+            data={"grant_type": "client_credentials", "scope": "points:read identity:read"},
+        )
         assert issued.status_code == 200 and issued.headers["cache-control"] == "no-store"
         token = issued.json()
         assert token["token_type"] == "Bearer" and token["scope"] == "points:read identity:read"
@@ -123,8 +149,15 @@ async def test_service_tokens_are_unrecorded_but_introspectable_and_revocable(id
         wrong = await http.post(token_url, auth=("svc", "wrong"), data={"grant_type": "client_credentials"})
         assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
         assert wrong.headers["www-authenticate"].startswith("Basic")
-        posted = await http.post(token_url, data={"grant_type": "client_credentials", "client_id": "svc",
-                                                  "client_secret": SVC_SECRET, "scope": "points:read"})
+        posted = await http.post(
+            token_url,
+            data={
+                "grant_type": "client_credentials",
+                "client_id": "svc",
+                "client_secret": SVC_SECRET,
+                "scope": "points:read",
+            },
+        )
         assert posted.status_code == 200
         public = await http.post(token_url, data={"grant_type": "client_credentials", "client_id": "spa"})
         assert public.status_code == 401 and public.json()["error"] == "invalid_client"
@@ -132,28 +165,46 @@ async def test_service_tokens_are_unrecorded_but_introspectable_and_revocable(id
         assert unknown.status_code == 401
 
         def introspect() -> object:
-            return http.post(f"{idp.issuer}/introspect", auth=("web", WEB_SECRET), data={"token": token["access_token"]})
+            return http.post(
+                f"{idp.issuer}/introspect", auth=("web", WEB_SECRET), data={"token": token["access_token"]}
+            )
 
         active = (await introspect()).json()  # type: ignore[attr-defined]
         assert active["active"] is True and active["sub"] == "svc" and active["scope"] == "points:read identity:read"
-        revoked = await http.post(f"{idp.issuer}/revoke", auth=("svc", SVC_SECRET), data={"token": token["access_token"]})
+        revoked = await http.post(
+            f"{idp.issuer}/revoke", auth=("svc", SVC_SECRET), data={"token": token["access_token"]}
+        )
         assert revoked.status_code == 200
         assert (await introspect()).json() == {"active": False}  # type: ignore[attr-defined]
 
 
-async def test_admin_api_registers_clients_for_identity_admin_only(nats_url: str, database_url: str, tmp_path: Path) -> None:
+async def test_admin_api_registers_clients_for_identity_admin_only(
+    nats_url: str, database_url: str, tmp_path: Path
+) -> None:
     await reset_streams(nats_url, "IDENTITY")
-    admin = {"client_id": "ops", "client_secret": ADMIN_SECRET, "grant_types": ["client_credentials"],
-             "scopes": ["identity:admin"]}
+    admin = {
+        "client_id": "ops",
+        "client_secret": ADMIN_SECRET,
+        "grant_types": ["client_credentials"],
+        "scopes": ["identity:admin"],
+    }
     async with running_identity(identity_settings(nats_url, database_url, tmp_path, extra_clients=[admin])) as idp:
         async with httpx.AsyncClient(base_url=idp.issuer) as http:
+
             async def token(client: tuple[str, str], scope: str) -> str:
-                response = await http.post("/token", auth=client, data={"grant_type": "client_credentials", "scope": scope})
+                response = await http.post(
+                    "/token", auth=client, data={"grant_type": "client_credentials", "scope": scope}
+                )
                 assert response.status_code == 200, response.text
                 return str(response.json()["access_token"])
 
             admin_token = {"Authorization": f"Bearer {await token(('ops', ADMIN_SECRET), 'identity:admin')}"}
-            spec = {"client_id": "partner", "name": "Partner", "grant_types": ["client_credentials"], "scopes": ["points:read"]}
+            spec = {
+                "client_id": "partner",
+                "name": "Partner",
+                "grant_types": ["client_credentials"],
+                "scopes": ["points:read"],
+            }
 
             assert (await http.post("/admin/clients", json=spec)).status_code == 401
             other = {"Authorization": f"Bearer {await token(('svc', SVC_SECRET), 'points:read')}"}
@@ -164,7 +215,9 @@ async def test_admin_api_registers_clients_for_identity_admin_only(nats_url: str
             secret = created.json()["client_secret"]
             assert created.json()["scopes"] == ["points:read"] and "secret_hash" not in created.json()
             assert (await http.post("/admin/clients", json=spec, headers=admin_token)).status_code == 409
-            bad = await http.post("/admin/clients", json={**spec, "client_id": "p2", "scopes": ["root"]}, headers=admin_token)
+            bad = await http.post(
+                "/admin/clients", json={**spec, "client_id": "p2", "scopes": ["root"]}, headers=admin_token
+            )
             assert bad.status_code == 400
             listed = (await http.get("/admin/clients", headers=admin_token)).json()
             assert "partner" in {c["client_id"] for c in listed}

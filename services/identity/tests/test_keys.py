@@ -3,6 +3,7 @@ key verify until they expire; new tokens use the new key. Rotation is a command.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -12,16 +13,19 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from identity_support import SVC_SECRET, Idp
 from kizuna.kit.auth import TokenVerifier
 from kizuna.kit.db import utcnow
 from kizuna.kit.errors import Unauthenticated
-from identity_support import SVC_SECRET, Idp
 
 
 async def service_token(idp: Idp) -> str:
     async with httpx.AsyncClient() as http:
-        response = await http.post(f"{idp.issuer}/token", auth=("svc", SVC_SECRET),
-                                   data={"grant_type": "client_credentials", "scope": "points:read"})
+        response = await http.post(
+            f"{idp.issuer}/token",
+            auth=("svc", SVC_SECRET),
+            data={"grant_type": "client_credentials", "scope": "points:read"},
+        )
     return str(response.json()["access_token"])
 
 
@@ -42,10 +46,22 @@ async def test_rotation_publishes_first_signs_later_and_keeps_old_key_until_its_
     old_token = await service_token(idp)
     old_kid = kid_of(old_token)
 
-    env = {**os.environ, "DATABASE_URL": settings.database_url, "KIZUNA_DATA_DIR": str(settings.kizuna_data_dir),
-           "NATS_URL": settings.nats_url, "KIZUNA_ISSUER": settings.kizuna_issuer, "IDENTITY_KEY_PUBLISH_SECONDS": "60"}
-    result = subprocess.run([sys.executable, "-m", "identity", "rotate-keys"], env=env, capture_output=True, text=True,
-                            timeout=60)
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "KIZUNA_DATA_DIR": str(settings.kizuna_data_dir),
+        "NATS_URL": settings.nats_url,
+        "KIZUNA_ISSUER": settings.kizuna_issuer,
+        "IDENTITY_KEY_PUBLISH_SECONDS": "60",
+    }
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "identity", "rotate-keys"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     new_kid = json.loads(result.stdout.strip().splitlines()[-1])["kid"]
     await idp.provider.keys.reload()  # what the periodic reload job does on every replica

@@ -3,6 +3,7 @@ sessions and connected clients, consent for third-party clients, gRPC GetMember,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -13,10 +14,21 @@ import grpc
 import httpx
 import nats
 import pytest
+from identity_support import (
+    PASSWORD,
+    SVC_SECRET,
+    Idp,
+    authorize,
+    code_for,
+    csrf_of,
+    exchange,
+    query_of,
+    sign_in,
+    sign_up,
+)
 from kizuna.identity.v1 import events_pb2, identity_pb2, identity_pb2_grpc
 from kizuna.kit.auth import call_metadata
 from nats.js.api import ConsumerConfig
-from identity_support import PASSWORD, SVC_SECRET, Idp, authorize, code_for, csrf_of, exchange, query_of, sign_in, sign_up
 
 
 async def events(nats_url: str, subject: str) -> list[nats.aio.msg.Msg]:
@@ -55,13 +67,17 @@ async def test_registration_publishes_the_member_id_once_and_emails_are_unique(i
 
     page = await browser.get("/account")
     await browser.post("/account/profile", data={"display_name": "Kenji", "csrf_token": csrf_of(page.text)})
-    wrong = await browser.post("/account/email", data={"email": "kenji@example.com", "password": "nope",
-                                                       "csrf_token": csrf_of(page.text)})
+    wrong = await browser.post(
+        "/account/email", data={"email": "kenji@example.com", "password": "nope", "csrf_token": csrf_of(page.text)}
+    )
     assert wrong.status_code == 401
-    await browser.post("/account/email", data={"email": "kenji@example.com", "password": PASSWORD,
-                                               "csrf_token": csrf_of(page.text)})
-    changed = await browser.post("/account/password", data={
-        "current_password": PASSWORD, "new_password": "a brand new passphrase", "csrf_token": csrf_of(page.text)})
+    await browser.post(
+        "/account/email", data={"email": "kenji@example.com", "password": PASSWORD, "csrf_token": csrf_of(page.text)}
+    )
+    changed = await browser.post(
+        "/account/password",
+        data={"current_password": PASSWORD, "new_password": "a brand new passphrase", "csrf_token": csrf_of(page.text)},
+    )
     assert "password is changed" in changed.text
     updated = [events_pb2.MemberUpdated.FromString(m.data) for m in await events(nats_url, "identity.member.updated")]
     assert [list(u.changed_fields) for u in updated] == [["display_name"], ["email"]]
@@ -73,25 +89,38 @@ async def test_registration_publishes_the_member_id_once_and_emails_are_unique(i
     assert member_id_of((await fresh.get("/account")).text) == member_id  # the ID never changes
 
     async with httpx.AsyncClient() as http:
-        service_token = (await http.post(f"{idp.issuer}/token", auth=("svc", SVC_SECRET), data={
-            "grant_type": "client_credentials", "scope": "identity:read"})).json()["access_token"]
-        other_token = (await http.post(f"{idp.issuer}/token", auth=("svc", SVC_SECRET), data={
-            "grant_type": "client_credentials", "scope": "points:read"})).json()["access_token"]
+        service_token = (
+            await http.post(
+                f"{idp.issuer}/token",
+                auth=("svc", SVC_SECRET),
+                data={"grant_type": "client_credentials", "scope": "identity:read"},
+            )
+        ).json()["access_token"]
+        other_token = (
+            await http.post(
+                f"{idp.issuer}/token",
+                auth=("svc", SVC_SECRET),
+                data={"grant_type": "client_credentials", "scope": "points:read"},
+            )
+        ).json()["access_token"]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{idp.runtime.grpc_port}") as channel:
         stub = identity_pb2_grpc.IdentityServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as anonymous:
             await stub.GetMember(identity_pb2.GetMemberRequest(member_id=member_id))
         assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.aio.AioRpcError) as unscoped:
-            await stub.GetMember(identity_pb2.GetMemberRequest(member_id=member_id), metadata=call_metadata(other_token))
+            await stub.GetMember(
+                identity_pb2.GetMemberRequest(member_id=member_id), metadata=call_metadata(other_token)
+            )
         assert unscoped.value.code() == grpc.StatusCode.PERMISSION_DENIED
         metadata = call_metadata(service_token)
         reply = await stub.GetMember(identity_pb2.GetMemberRequest(member_id=member_id), metadata=metadata)
         assert reply.member.display_name == "Kenji" and reply.member.email == "kenji@example.com"
         assert reply.member.status == identity_pb2.MEMBER_STATUS_ACTIVE
         with pytest.raises(grpc.aio.AioRpcError) as missing:
-            await stub.GetMember(identity_pb2.GetMemberRequest(member_id="mbr_01ARZ3NDEKTSV4RRFFQ69G5FAV"),
-                                 metadata=metadata)
+            await stub.GetMember(
+                identity_pb2.GetMemberRequest(member_id="mbr_01ARZ3NDEKTSV4RRFFQ69G5FAV"), metadata=metadata
+            )
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -109,8 +138,11 @@ async def test_third_party_consent_is_asked_remembered_and_revocable(idp_sqlite:
     assert query_of(denied.headers["location"])["error"] == "access_denied"
     allowed = await browser.post("/authorize", data={**form, "consent": "allow"})
     code = query_of(allowed.headers["location"])["code"]
-    tokens = (await exchange(idp, code, client_id="thirdparty", secret="third-secret-0123456789abcdef",
-                             redirect_uri=tp["redirect_uri"])).json()
+    tokens = (
+        await exchange(
+            idp, code, client_id="thirdparty", secret="third-secret-0123456789abcdef", redirect_uri=tp["redirect_uri"]
+        )
+    ).json()
 
     # Remembered: the next authorization needs no page.
     assert "code" in query_of((await authorize(browser, **tp)).headers["location"])
@@ -120,8 +152,11 @@ async def test_third_party_consent_is_asked_remembered_and_revocable(idp_sqlite:
     await browser.post("/account/clients/thirdparty/revoke", data={"csrf_token": csrf_of(account.text)})
     assert (await authorize(browser, **tp)).status_code == 200  # asked again
     async with httpx.AsyncClient() as http:
-        intro = await http.post(f"{idp.issuer}/introspect", data={"token": tokens["access_token"]},
-                                auth=("web", "web-secret-0123456789abcdef"))
+        intro = await http.post(
+            f"{idp.issuer}/introspect",
+            data={"token": tokens["access_token"]},
+            auth=("web", "web-secret-0123456789abcdef"),
+        )
     assert intro.json() == {"active": False}
 
 
@@ -141,21 +176,38 @@ async def test_account_center_ends_another_session(idp_sqlite: Idp) -> None:
     assert (await laptop.get("/account")).status_code == 200
     # offline_access grants outlive the session; the phone's access token is still active.
     async with httpx.AsyncClient() as http:
-        intro = await http.post(f"{idp_sqlite.issuer}/introspect", data={"token": phone_tokens["access_token"]},
-                                auth=("web", "web-secret-0123456789abcdef"))
+        intro = await http.post(
+            f"{idp_sqlite.issuer}/introspect",
+            data={"token": phone_tokens["access_token"]},
+            auth=("web", "web-secret-0123456789abcdef"),
+        )
     assert intro.json()["active"] is True
 
 
 async def test_admin_command_registers_a_client(idp_sqlite: Idp) -> None:
     settings = idp_sqlite.runtime.settings
-    env = {**os.environ, "DATABASE_URL": settings.database_url, "KIZUNA_DATA_DIR": str(settings.kizuna_data_dir),
-           "NATS_URL": settings.nats_url, "KIZUNA_ISSUER": settings.kizuna_issuer}
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "KIZUNA_DATA_DIR": str(settings.kizuna_data_dir),
+        "NATS_URL": settings.nats_url,
+        "KIZUNA_ISSUER": settings.kizuna_issuer,
+    }
     spec = json.dumps({"client_id": "partner", "grant_types": ["client_credentials"], "scopes": ["points:read"]})
-    result = subprocess.run([sys.executable, "-m", "identity", "register-client", spec], env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "identity", "register-client", spec],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     created = json.loads(result.stdout.strip().splitlines()[-1])
     async with httpx.AsyncClient() as http:
-        token = await http.post(f"{idp_sqlite.issuer}/token", auth=("partner", created["client_secret"]),
-                                data={"grant_type": "client_credentials", "scope": "points:read"})
+        token = await http.post(
+            f"{idp_sqlite.issuer}/token",
+            auth=("partner", created["client_secret"]),
+            data={"grant_type": "client_credentials", "scope": "points:read"},
+        )
     assert token.status_code == 200 and token.json()["scope"] == "points:read"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import httpx
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from identity_support import SVC_SECRET, WEB_REDIRECT, WEB_SECRET, Idp, sign_up
 from joserfc import jwt
 from joserfc.jwk import KeySet
-from identity_support import SVC_SECRET, WEB_REDIRECT, WEB_SECRET, Idp, sign_up
 
 
 async def discover(idp: Idp) -> dict:
@@ -24,11 +24,15 @@ async def test_code_pkce_refresh_userinfo_introspection_revocation_with_authlib_
     await sign_up(browser, "Hana@Example.com ", name="Hana")
 
     client = AsyncOAuth2Client(
-        client_id="web", client_secret=WEB_SECRET, scope="openid profile email offline_access points:read",
-        redirect_uri=WEB_REDIRECT, code_challenge_method="S256", token_endpoint_auth_method="client_secret_basic",
+        client_id="web",
+        client_secret=WEB_SECRET,
+        scope="openid profile email offline_access points:read",
+        redirect_uri=WEB_REDIRECT,
+        code_challenge_method="S256",
+        token_endpoint_auth_method="client_secret_basic",
     )
     verifier = "v" * 20 + "erifier-0123456789-abcdefghijklmnop"
-    url, state = client.create_authorization_url(meta["authorization_endpoint"], code_verifier=verifier, nonce="n-0S6")
+    url, _state = client.create_authorization_url(meta["authorization_endpoint"], code_verifier=verifier, nonce="n-0S6")
     assert "code_challenge=" + create_s256_code_challenge(verifier) in url
     redirect = await browser.get(url)
     assert redirect.status_code == 302
@@ -54,8 +58,14 @@ async def test_code_pkce_refresh_userinfo_introspection_revocation_with_authlib_
     assert id_token.claims["email"] == "hana@example.com"
 
     info = (await client.get(meta["userinfo_endpoint"])).json()
-    assert info == {"sub": member_id, "name": "Hana", "preferred_username": "Hana", "email": "hana@example.com",
-                    "email_verified": False, "updated_at": info["updated_at"]}
+    assert info == {
+        "sub": member_id,
+        "name": "Hana",
+        "preferred_username": "Hana",
+        "email": "hana@example.com",
+        "email_verified": False,
+        "updated_at": info["updated_at"],
+    }
     posted = await httpx.AsyncClient().post(meta["userinfo_endpoint"], data={"access_token": token["access_token"]})
     assert posted.json()["sub"] == member_id
 
@@ -69,14 +79,20 @@ async def test_code_pkce_refresh_userinfo_introspection_revocation_with_authlib_
     assert again["auth_time"] == id_token.claims["auth_time"] and "nonce" not in again
     assert again["at_hash"] != id_token.claims["at_hash"]
 
-    introspected = (await client.introspect_token(meta["introspection_endpoint"], token=refreshed["access_token"])).json()
+    introspected = (
+        await client.introspect_token(meta["introspection_endpoint"], token=refreshed["access_token"])
+    ).json()
     assert introspected["active"] is True and introspected["sub"] == member_id and introspected["client_id"] == "web"
-    rotated = (await client.introspect_token(meta["introspection_endpoint"], token=first_refresh,
-                                             token_type_hint="refresh_token")).json()
+    rotated = (
+        await client.introspect_token(
+            meta["introspection_endpoint"], token=first_refresh, token_type_hint="refresh_token"
+        )
+    ).json()
     assert rotated == {"active": False}
 
-    revoked = await client.revoke_token(meta["revocation_endpoint"], token=refreshed["refresh_token"],
-                                        token_type_hint="refresh_token")
+    revoked = await client.revoke_token(
+        meta["revocation_endpoint"], token=refreshed["refresh_token"], token_type_hint="refresh_token"
+    )
     assert revoked.status_code == 200
     after = (await client.introspect_token(meta["introspection_endpoint"], token=refreshed["access_token"])).json()
     assert after == {"active": False}
@@ -85,15 +101,21 @@ async def test_code_pkce_refresh_userinfo_introspection_revocation_with_authlib_
 
 async def test_client_credentials_token_has_client_as_subject(idp: Idp) -> None:
     meta = await discover(idp)
-    client = AsyncOAuth2Client(client_id="svc", client_secret=SVC_SECRET, token_endpoint_auth_method="client_secret_post")
+    client = AsyncOAuth2Client(
+        client_id="svc", client_secret=SVC_SECRET, token_endpoint_auth_method="client_secret_post"
+    )
     token = await client.fetch_token(meta["token_endpoint"], grant_type="client_credentials", scope="points:credit")
     assert "refresh_token" not in token
     claims = jwt.decode(token["access_token"], KeySet.import_key_set(idp.provider.keys.jwks())).claims
     assert claims["sub"] == "svc" == claims["client_id"] and claims["scope"] == "points:credit"
     assert claims["aud"] == "kizuna"
-    denied = await httpx.AsyncClient().post(meta["token_endpoint"], auth=("svc", SVC_SECRET),
-                                            data={"grant_type": "client_credentials", "scope": "points:spend"})
+    denied = await httpx.AsyncClient().post(
+        meta["token_endpoint"],
+        auth=("svc", SVC_SECRET),
+        data={"grant_type": "client_credentials", "scope": "points:spend"},
+    )
     assert denied.status_code == 400 and denied.json()["error"] == "invalid_scope"
-    wrong = await httpx.AsyncClient().post(meta["token_endpoint"], auth=("svc", "not-the-secret"),
-                                           data={"grant_type": "client_credentials"})
+    wrong = await httpx.AsyncClient().post(
+        meta["token_endpoint"], auth=("svc", "not-the-secret"), data={"grant_type": "client_credentials"}
+    )
     assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"

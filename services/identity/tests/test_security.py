@@ -10,11 +10,6 @@ from datetime import timedelta
 import httpx
 import pytest
 from identity.tokens import Issuer
-from joserfc import jwt
-from joserfc.jwk import ECKey
-from kizuna.kit.auth import TokenVerifier
-from kizuna.kit.db import utcnow
-from kizuna.kit.errors import Unauthenticated
 from identity_support import (
     OTHER_SECRET,
     SPA_REDIRECT,
@@ -30,6 +25,11 @@ from identity_support import (
     sign_in,
     sign_up,
 )
+from joserfc import jwt
+from joserfc.jwk import ECKey
+from kizuna.kit.auth import TokenVerifier
+from kizuna.kit.db import utcnow
+from kizuna.kit.errors import Unauthenticated
 
 
 async def signed_in(idp: Idp, email: str = "sec@example.com") -> httpx.AsyncClient:
@@ -46,8 +46,9 @@ async def introspect(idp: Idp, token: str) -> dict:
 
 async def refresh(idp: Idp, refresh_token: str, client: tuple[str, str] = ("web", WEB_SECRET)) -> httpx.Response:
     async with httpx.AsyncClient() as http:
-        return await http.post(f"{idp.issuer}/token", auth=client,
-                               data={"grant_type": "refresh_token", "refresh_token": refresh_token})
+        return await http.post(
+            f"{idp.issuer}/token", auth=client, data={"grant_type": "refresh_token", "refresh_token": refresh_token}
+        )
 
 
 # ---- redirect URIs ------------------------------------------------------------------------------
@@ -56,14 +57,16 @@ async def refresh(idp: Idp, refresh_token: str, client: tuple[str, str] = ("web"
 @pytest.mark.parametrize(
     "redirect_uri",
     [
-        "http://127.0.0.1:9/evil",                      # another path
-        WEB_REDIRECT + "?next=https://evil.example",   # extra query
-        "http://127.0.0.1:10/auth/callback",           # another port
-        "http://localhost:9/auth/callback",            # another host spelling
-        WEB_REDIRECT + "/",                            # trailing slash
+        "http://127.0.0.1:9/evil",  # another path
+        WEB_REDIRECT + "?next=https://evil.example",  # extra query
+        "http://127.0.0.1:10/auth/callback",  # another port
+        "http://localhost:9/auth/callback",  # another host spelling
+        WEB_REDIRECT + "/",  # trailing slash
     ],
 )
-async def test_unregistered_redirect_uri_shows_an_error_page_and_never_redirects(idp_sqlite: Idp, redirect_uri: str) -> None:
+async def test_unregistered_redirect_uri_shows_an_error_page_and_never_redirects(
+    idp_sqlite: Idp, redirect_uri: str
+) -> None:
     browser = await signed_in(idp_sqlite)
     response = await authorize(browser, redirect_uri=redirect_uri)
     assert response.status_code == 400
@@ -117,7 +120,7 @@ async def test_code_issued_to_one_client_cannot_be_redeemed_by_another(idp_sqlit
 
 async def test_missing_or_wrong_pkce_verifier_is_rejected(idp_sqlite: Idp) -> None:
     browser = await signed_in(idp_sqlite)
-    verifier, challenge = pkce_pair()
+    _verifier, challenge = pkce_pair()
     code = await code_for(browser, code_challenge=challenge, code_challenge_method="S256")
     missing = await exchange(idp_sqlite, code)
     assert missing.status_code == 400 and missing.json()["error"] == "invalid_request"
@@ -132,16 +135,19 @@ async def test_public_client_must_use_s256(idp_sqlite: Idp) -> None:
     verifier, challenge = pkce_pair()
     without = await authorize(browser, client_id="spa", redirect_uri=SPA_REDIRECT)
     assert without.status_code == 302 and query_of(without.headers["location"])["error"] == "invalid_request"
-    plain = await authorize(browser, client_id="spa", redirect_uri=SPA_REDIRECT,
-                            code_challenge=verifier, code_challenge_method="plain")
+    plain = await authorize(
+        browser, client_id="spa", redirect_uri=SPA_REDIRECT, code_challenge=verifier, code_challenge_method="plain"
+    )
     assert plain.status_code == 302 and query_of(plain.headers["location"])["error"] == "invalid_request"
 
-    code = await code_for(browser, client_id="spa", redirect_uri=SPA_REDIRECT,
-                          code_challenge=challenge, code_challenge_method="S256")
+    code = await code_for(
+        browser, client_id="spa", redirect_uri=SPA_REDIRECT, code_challenge=challenge, code_challenge_method="S256"
+    )
     no_verifier = await exchange(idp_sqlite, code, client_id="spa", secret=None, redirect_uri=SPA_REDIRECT)
     assert no_verifier.status_code == 400
-    code = await code_for(browser, client_id="spa", redirect_uri=SPA_REDIRECT,
-                          code_challenge=challenge, code_challenge_method="S256")
+    code = await code_for(
+        browser, client_id="spa", redirect_uri=SPA_REDIRECT, code_challenge=challenge, code_challenge_method="S256"
+    )
     ok = await exchange(idp_sqlite, code, client_id="spa", secret=None, redirect_uri=SPA_REDIRECT, verifier=verifier)
     assert ok.status_code == 200 and "id_token" in ok.json()
 
@@ -191,15 +197,19 @@ async def test_resource_server_rejects_expired_tampered_none_wrong_audience_and_
     assert (await verifier.verify(good)).subject == "mbr_x"
 
     expired, _, _ = provider.issuer.access_token(
-        subject="mbr_x", client_id="web", scope="openid", lifetime=60, now=now - timedelta(hours=1))
+        subject="mbr_x", client_id="web", scope="openid", lifetime=60, now=now - timedelta(hours=1)
+    )
     header, payload, signature = good.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
     tampered = f"{header}.{_b64({**claims, 'sub': 'mbr_someone_else'})}.{signature}"
-    none_alg = f"{_b64({'alg': 'none', 'typ': 'at+jwt', 'kid': json.loads(base64.urlsafe_b64decode(header + '=='))['kid']})}.{payload}."
+    kid = json.loads(base64.urlsafe_b64decode(header + "=="))["kid"]
+    none_alg = f"{_b64({'alg': 'none', 'typ': 'at+jwt', 'kid': kid})}.{payload}."
     wrong_aud, _, _ = Issuer(idp_sqlite.issuer, "another-api", provider.keys).access_token(
-        subject="mbr_x", client_id="web", scope="openid", lifetime=60, now=now)
+        subject="mbr_x", client_id="web", scope="openid", lifetime=60, now=now
+    )
     wrong_iss, _, _ = Issuer("http://127.0.0.1:1", "kizuna", provider.keys).access_token(
-        subject="mbr_x", client_id="web", scope="openid", lifetime=60, now=now)
+        subject="mbr_x", client_id="web", scope="openid", lifetime=60, now=now
+    )
     foreign_key = ECKey.generate_key("P-256", parameters={"kid": "attacker"})
     unknown_kid = jwt.encode({"alg": "ES256", "kid": "attacker", "typ": "at+jwt"}, claims, foreign_key)
     id_token_typ = provider.issuer.sign({**claims})  # typ JWT, not at+jwt
@@ -220,8 +230,11 @@ async def test_form_posts_without_a_valid_csrf_token_are_refused(idp_sqlite: Idp
     browser = await signed_in(idp_sqlite, "csrf@example.com")
     attacker = idp_sqlite.browser()  # another browser: no CSRF cookie at all
     assert (await attacker.post("/signin", data={"email": "csrf@example.com", "password": "x"})).status_code == 403
-    assert (await attacker.post("/signup", data={"email": "n@example.com", "display_name": "n",
-                                                 "password": "long enough password"})).status_code == 403
+    assert (
+        await attacker.post(
+            "/signup", data={"email": "n@example.com", "display_name": "n", "password": "long enough password"}
+        )
+    ).status_code == 403
     # The member's own browser, but a forged form (no or a wrong token):
     for path, data in [
         ("/account/email", {"email": "evil@example.com", "password": "correct horse battery"}),
@@ -250,8 +263,9 @@ async def test_sign_in_is_throttled_per_account(idp_sqlite: Idp) -> None:
 async def test_sign_in_is_throttled_per_address(nats_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from identity_support import identity_settings, running_identity
 
-    settings = identity_settings(nats_url, f"sqlite+aiosqlite:///{tmp_path / 'i.db'}", tmp_path,
-                                 identity_signin_max_failures_ip=3)
+    settings = identity_settings(
+        nats_url, f"sqlite+aiosqlite:///{tmp_path / 'i.db'}", tmp_path, identity_signin_max_failures_ip=3
+    )
     async with running_identity(settings) as idp:
         browser = idp.browser()
         await sign_up(browser, "victim@example.com")
@@ -263,14 +277,19 @@ async def test_sign_in_is_throttled_per_address(nats_url: str, tmp_path) -> None
 async def test_cookies_are_httponly_samesite_and_secure_under_https(idp_sqlite: Idp, nats_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     browser = idp_sqlite.browser()
     response = await sign_up(browser, "cookie@example.com")
-    session_cookie = [c for c in response.headers.get_list("set-cookie") if c.startswith("kz_idp_session=")][0]
+    session_cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("kz_idp_session="))
     assert "HttpOnly" in session_cookie and "SameSite=lax" in session_cookie and "Secure" not in session_cookie
 
     from identity_support import identity_settings, running_identity
 
     port = __import__("kizuna.kit.testing", fromlist=["free_port"]).free_port()
-    settings = identity_settings(nats_url, f"sqlite+aiosqlite:///{tmp_path / 'https.db'}", tmp_path / "https",
-                                 http_port=port, kizuna_issuer="https://id.kizuna.example")
+    settings = identity_settings(
+        nats_url,
+        f"sqlite+aiosqlite:///{tmp_path / 'https.db'}",
+        tmp_path / "https",
+        http_port=port,
+        kizuna_issuer="https://id.kizuna.example",
+    )
     async with running_identity(settings) as https_idp:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
             page = await http.get("/signin")
@@ -296,3 +315,24 @@ async def test_signin_page_is_reached_and_returns_to_the_authorization(idp_sqlit
     assert signed.status_code == 303 and signed.headers["location"] == next_url
     final = await browser.get(next_url)
     assert "code" in query_of(final.headers["location"])
+
+
+async def test_prompt_login_asks_for_the_password_again_even_with_a_session(idp_sqlite: Idp) -> None:
+    browser = await signed_in(idp_sqlite, "again@example.com")
+    now = idp_sqlite.provider.now()
+    idp_sqlite.provider.set_clock(lambda: now + timedelta(minutes=5))  # the sign-in is no longer fresh
+    response = await authorize(browser, prompt="login")
+    assert response.status_code == 302 and response.headers["location"].startswith("/signin?")
+    back = query_of(response.headers["location"])
+    assert back["reauth"] == "1" and "prompt=login" not in back["next"]
+    again = await sign_in(browser, "again@example.com", next=back["next"])
+    assert again.status_code == 303
+    code = await authorize(
+        browser,
+        **{
+            k: v
+            for k, v in query_of(back["next"]).items()
+            if k not in ("response_type", "client_id", "redirect_uri", "scope")
+        },
+    )
+    assert "code" in query_of(code.headers["location"])

@@ -49,10 +49,16 @@ Admin = Annotated[str, Depends(_admin)]
 
 def public(client: Client) -> dict[str, Any]:
     return {
-        "client_id": client.id, "name": client.name, "public": client.public, "redirect_uris": client.redirect_uris,
-        "post_logout_redirect_uris": client.post_logout_redirect_uris, "grant_types": client.grant_types,
-        "scopes": client.scopes, "first_party": client.first_party,
-        "backchannel_logout_uri": client.backchannel_logout_uri, "created_at": client.created_at.isoformat(),
+        "client_id": client.id,
+        "name": client.name,
+        "public": client.public,
+        "redirect_uris": client.redirect_uris,
+        "post_logout_redirect_uris": client.post_logout_redirect_uris,
+        "grant_types": client.grant_types,
+        "scopes": client.scopes,
+        "first_party": client.first_party,
+        "backchannel_logout_uri": client.backchannel_logout_uri,
+        "created_at": client.created_at.isoformat(),
     }
 
 
@@ -104,8 +110,9 @@ async def remove(request: Request, client_id: str, admin: Admin) -> Response:
         client = await session.get(Client, client_id)
         if client is None:
             raise NotFound(f"no client {client_id}")
-        grants = (await session.exec(
-            select(Grant).where(Grant.client_id == client_id, col(Grant.revoked_at).is_(None)))).all()
+        grants = (
+            await session.exec(select(Grant).where(Grant.client_id == client_id, col(Grant.revoked_at).is_(None)))
+        ).all()
         for grant in grants:
             await revoke_grant(session, grant.id, now)
         await session.delete(client)

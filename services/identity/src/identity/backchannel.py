@@ -78,7 +78,7 @@ async def deliver_due(provider: Provider, ids: list[str] | None = None) -> int:
     claimed: list[BackchannelDelivery] = []
     for row in due:
         async with provider.db.transaction() as session:
-            result = await session.exec(  # type: ignore[call-overload]
+            result = await session.exec(
                 update(BackchannelDelivery)
                 .where(col(BackchannelDelivery.id) == row.id, col(BackchannelDelivery.attempts) == row.attempts)
                 .values(attempts=row.attempts + 1, next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS))
@@ -112,17 +112,20 @@ async def _attempt(provider: Provider, row: BackchannelDelivery) -> bool:
             "last_error": error[:200],
         }
     async with provider.db.transaction() as session:
-        await session.exec(  # type: ignore[call-overload]
-            update(BackchannelDelivery).where(col(BackchannelDelivery.id) == row.id).values(**values)
-        )
+        await session.exec(update(BackchannelDelivery).where(col(BackchannelDelivery.id) == row.id).values(**values))
     return error is None
 
 
 async def _post(provider: Provider, client: Client, row: BackchannelDelivery) -> str | None:
     now = int(provider.now().timestamp())
     claims: dict[str, object] = {
-        "iss": provider.issuer_url, "aud": client.id, "iat": now, "exp": now + 120,
-        "jti": secrets.token_urlsafe(16), "sub": row.member_id, "events": {BACKCHANNEL_EVENT: {}},
+        "iss": provider.issuer_url,
+        "aud": client.id,
+        "iat": now,
+        "exp": now + 120,
+        "jti": secrets.token_urlsafe(16),
+        "sub": row.member_id,
+        "events": {BACKCHANNEL_EVENT: {}},
     }
     if row.sid:
         claims["sid"] = row.sid

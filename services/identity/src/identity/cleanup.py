@@ -32,30 +32,46 @@ async def _delete_batches(db: Database, model: Any, key: Any, condition: Any) ->
             keys = list((await session.exec(select(key).where(condition).limit(BATCH))).all())
             if not keys:
                 return total
-            result = await session.exec(delete(model).where(col(key).in_(keys)))  # type: ignore[call-overload]
+            result = await session.exec(delete(model).where(col(key).in_(keys)))
             total += int(result.rowcount or 0)
         if len(keys) < BATCH:
             return total
 
 
-async def clean_expired(db: Database, now: datetime, *, keep_seconds: int, signin_window_seconds: int) -> dict[str, int]:
+async def clean_expired(
+    db: Database, now: datetime, *, keep_seconds: int, signin_window_seconds: int
+) -> dict[str, int]:
     """Delete expired rows; returns how many per kind."""
     keep = now - timedelta(seconds=keep_seconds)
     return {
         # A used code must outlive its expiry a little so that a replay is still recognised
         # (and revokes the grant); after the expiry a replay fails anyway.
-        "codes": await _delete_batches(db, AuthorizationCode, AuthorizationCode.code_hash,
-                                       col(AuthorizationCode.expires_at) < now - timedelta(hours=1)),
+        "codes": await _delete_batches(
+            db,
+            AuthorizationCode,
+            AuthorizationCode.code_hash,
+            col(AuthorizationCode.expires_at) < now - timedelta(hours=1),
+        ),
         "access_tokens": await _delete_batches(db, AccessToken, AccessToken.jti, col(AccessToken.expires_at) < now),
         # Rotated refresh tokens stay until they expire: a reuse must still be recognised as one.
-        "refresh_tokens": await _delete_batches(db, RefreshToken, RefreshToken.token_hash,
-                                                col(RefreshToken.expires_at) < now),
-        "sessions": await _delete_batches(db, OpSession, OpSession.id, or_(
-            col(OpSession.expires_at) < keep, col(OpSession.ended_at) < keep)),
-        "signin_attempts": await _delete_batches(db, SignInAttempt, SignInAttempt.id, col(SignInAttempt.at) < now - timedelta(
-            seconds=max(signin_window_seconds, 3600))),
-        "backchannel_deliveries": await _delete_batches(db, BackchannelDelivery, BackchannelDelivery.id, or_(
-            col(BackchannelDelivery.delivered_at) < keep, col(BackchannelDelivery.abandoned_at) < keep)),
+        "refresh_tokens": await _delete_batches(
+            db, RefreshToken, RefreshToken.token_hash, col(RefreshToken.expires_at) < now
+        ),
+        "sessions": await _delete_batches(
+            db, OpSession, OpSession.id, or_(col(OpSession.expires_at) < keep, col(OpSession.ended_at) < keep)
+        ),
+        "signin_attempts": await _delete_batches(
+            db,
+            SignInAttempt,
+            SignInAttempt.id,
+            col(SignInAttempt.at) < now - timedelta(seconds=max(signin_window_seconds, 3600)),
+        ),
+        "backchannel_deliveries": await _delete_batches(
+            db,
+            BackchannelDelivery,
+            BackchannelDelivery.id,
+            or_(col(BackchannelDelivery.delivered_at) < keep, col(BackchannelDelivery.abandoned_at) < keep),
+        ),
     }
 
 
@@ -68,8 +84,12 @@ async def cleanup_job(runtime: Any) -> None:
         if provider is None:
             continue
         try:
-            counts = await clean_expired(runtime.db, provider.now(), keep_seconds=settings.identity_cleanup_keep_seconds,
-                                         signin_window_seconds=settings.identity_signin_window_seconds)
+            counts = await clean_expired(
+                runtime.db,
+                provider.now(),
+                keep_seconds=settings.identity_cleanup_keep_seconds,
+                signin_window_seconds=settings.identity_signin_window_seconds,
+            )
         except Exception:
             log.exception("cleanup round failed; trying again next round")
             continue

@@ -32,9 +32,18 @@ from sqlmodel import JSON, Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 MEMBER_SCOPES = [
-    "openid", "profile", "email", "offline_access",
-    "points:read", "points:spend",
-    "shop:read", "shop:order", "travel:read", "travel:book", "fintech:read", "fintech:pay",
+    "openid",
+    "profile",
+    "email",
+    "offline_access",
+    "points:read",
+    "points:spend",
+    "shop:read",
+    "shop:order",
+    "travel:read",
+    "travel:book",
+    "fintech:read",
+    "fintech:pay",
 ]
 SERVICE_SCOPES = ["points:credit", "points:read", "identity:read", "identity:admin", "privacy:export"]
 ALL_SCOPES = sorted(set(MEMBER_SCOPES) | set(SERVICE_SCOPES))
@@ -45,9 +54,12 @@ SCOPE_DESCRIPTIONS = {
     "offline_access": "Keep access while you are away",
     "points:read": "See your points balance and history",
     "points:spend": "Spend your points",
-    "shop:read": "See your orders", "shop:order": "Place orders for you",
-    "travel:read": "See your bookings", "travel:book": "Book travel for you",
-    "fintech:read": "See your accounts", "fintech:pay": "Make payments for you",
+    "shop:read": "See your orders",
+    "shop:order": "Place orders for you",
+    "travel:read": "See your bookings",
+    "travel:book": "Book travel for you",
+    "fintech:read": "See your accounts",
+    "fintech:pay": "Make payments for you",
 }
 GRANT_TYPES = {"authorization_code", "refresh_token", "client_credentials"}
 
@@ -194,7 +206,9 @@ async def consent_covers(session: AsyncSession, member_id: str, client_id: str, 
     return consent is not None and set(scopes) <= set(consent.scopes)
 
 
-async def remember_consent(session: AsyncSession, member_id: str, client_id: str, scopes: list[str], now: datetime) -> None:
+async def remember_consent(
+    session: AsyncSession, member_id: str, client_id: str, scopes: list[str], now: datetime
+) -> None:
     consent = await session.get(Consent, (member_id, client_id))
     if consent is None:
         consent = Consent(member_id=member_id, client_id=client_id, scopes=[], granted_at=now)

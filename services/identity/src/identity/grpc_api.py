@@ -38,8 +38,17 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         created = Timestamp()
         created.FromDatetime(member.created_at)
         if member.status == members.DELETED:
-            return identity_pb2.GetMemberResponse(member=identity_pb2.Member(
-                member_id=member.id, status=identity_pb2.MEMBER_STATUS_DELETED, created_at=created))
-        return identity_pb2.GetMemberResponse(member=identity_pb2.Member(
-            member_id=member.id, display_name=member.display_name, email=member.email,
-            status=identity_pb2.MEMBER_STATUS_ACTIVE, created_at=created))
+            return identity_pb2.GetMemberResponse(
+                member=identity_pb2.Member(
+                    member_id=member.id, status=identity_pb2.MEMBER_STATUS_DELETED, created_at=created
+                )
+            )
+        return identity_pb2.GetMemberResponse(
+            member=identity_pb2.Member(
+                member_id=member.id,
+                display_name=member.display_name,
+                email=member.email,
+                status=identity_pb2.MEMBER_STATUS_ACTIVE,
+                created_at=created,
+            )
+        )

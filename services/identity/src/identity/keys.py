@@ -154,9 +154,7 @@ class KeyRing:
         kid = f"{now:%Y%m%d%H%M%S}-{secrets.token_hex(4)}"
         public = {**private.as_dict(private=False), "kid": kid, "alg": ALG, "use": "sig"}
         async with self.db.transaction() as session:
-            current = (
-                await session.exec(select(SigningKey).where(col(SigningKey.retires_at).is_(None)))
-            ).all()
+            current = (await session.exec(select(SigningKey).where(col(SigningKey.retires_at).is_(None)))).all()
             for row in current:
                 row.retires_at = activates
                 row.expires_at = activates + timedelta(seconds=retire_after_seconds)

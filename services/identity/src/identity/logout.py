@@ -40,10 +40,13 @@ async def end_sessions_in(session: AsyncSession, sids: list[str], now: datetime)
     return await _stage_for_clients(session, sorted(notices), now)
 
 
-async def _stage_for_clients(session: AsyncSession, notices: list[tuple[str, str, str | None]], now: datetime) -> list[str]:
+async def _stage_for_clients(
+    session: AsyncSession, notices: list[tuple[str, str, str | None]], now: datetime
+) -> list[str]:
     client_ids = sorted({c for c, _, _ in notices})
     with_uri = {
-        c.id for c in (await session.exec(select(Client).where(col(Client.id).in_(client_ids)))).all()
+        c.id
+        for c in (await session.exec(select(Client).where(col(Client.id).in_(client_ids)))).all()
         if c.backchannel_logout_uri
     }
     return [
@@ -56,9 +59,9 @@ async def _stage_for_clients(session: AsyncSession, notices: list[tuple[str, str
 async def end_member_everywhere(session: AsyncSession, member_id: str, now: datetime) -> list[str]:
     """In the caller's transaction: end every session of the member, revoke every grant (offline
     ones too) and record a back-channel logout for every client the member ever authorized."""
-    live = (await session.exec(
-        select(OpSession).where(OpSession.member_id == member_id, col(OpSession.ended_at).is_(None))
-    )).all()
+    live = (
+        await session.exec(select(OpSession).where(OpSession.member_id == member_id, col(OpSession.ended_at).is_(None)))
+    ).all()
     staged = await end_sessions_in(session, [op.id for op in live], now)
     grants = (await session.exec(select(Grant).where(Grant.member_id == member_id))).all()
     for grant in grants:
@@ -122,7 +125,9 @@ async def end_session(request: Request) -> Response:
         target = post_logout + (sep + urlencode({"state": params["state"]}) if params.get("state") else "")
         response: Response = RedirectResponse(target, status_code=303 if request.method == "POST" else 302)
     else:
-        response = pages.render(request, "message.html", {"title": "Signed out", "message": "You are signed out of Kizuna."})
+        response = pages.render(
+            request, "message.html", {"title": "Signed out", "message": "You are signed out of Kizuna."}
+        )
     response.delete_cookie(COOKIE, path="/")
     return response
 

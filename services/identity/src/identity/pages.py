@@ -66,16 +66,28 @@ def csrf_ok(request: Request, token: str | None) -> bool:
 
 def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int | None = None) -> None:
     response.set_cookie(
-        name, value, max_age=max_age, httponly=True, samesite="lax", secure=provider_of(request).secure_cookies, path="/"
+        name,
+        value,
+        max_age=max_age,
+        httponly=True,
+        samesite="lax",
+        secure=provider_of(request).secure_cookies,
+        path="/",
     )
 
 
 def render(request: Request, template: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
     value, new = _csrf_cookie(request)
     response = templates.TemplateResponse(
-        request, template, {"csrf_token": csrf_token(request), **context}, status_code=status,
-        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
-                 "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'"},
+        request,
+        template,
+        {"csrf_token": csrf_token(request), **context},
+        status_code=status,
+        headers={
+            "Cache-Control": "no-store",
+            "X-Frame-Options": "DENY",
+            "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+        },
     )
     if new:
         set_cookie(request, response, CSRF_COOKIE, value)
@@ -87,7 +99,9 @@ def error_page(request: Request, message: str, status: int) -> HTMLResponse:
 
 
 def csrf_failed(request: Request) -> HTMLResponse:
-    return error_page(request, "This form has expired or did not come from this site. Go back, reload and try again.", 403)
+    return error_page(
+        request, "This form has expired or did not come from this site. Go back, reload and try again.", 403
+    )
 
 
 def safe_next(value: str | None) -> str:
@@ -105,13 +119,28 @@ async def current_session(request: Request) -> OpSession | None:
     return await provider.op_session(provider.cookie.loads(request.cookies.get(sessions.COOKIE)))
 
 
+# prompt=login: a sign-in this recent counts as the re-authentication asked for (the way back from
+# the sign-in page also drops `login` from the prompt, see signin_redirect).
+FRESH_LOGIN_SECONDS = 5
+
+
+def fresh_login(request: Request, op: OpSession | None) -> bool:
+    """True when the member signed in moments ago (they just re-authenticated for this request)."""
+    if op is None:
+        return False
+    return (provider_of(request).now() - op.auth_time).total_seconds() <= FRESH_LOGIN_SECONDS
+
+
 def signin_redirect(request: Request, login_hint: str = "", force: bool = False) -> RedirectResponse:
     """To the sign-in page, coming back to this authorization request. When re-authentication was
     demanded (prompt=login, max_age) the way back drops that demand: it is about to be met."""
     query = [(k, v) for k, v in parse_qsl(request.url.query, keep_blank_values=True)]
     if force:
-        query = [(k, " ".join(p for p in v.split() if p != "login") if k == "prompt" else v)
-                 for k, v in query if k != "max_age"]
+        query = [
+            (k, " ".join(p for p in v.split() if p != "login") if k == "prompt" else v)
+            for k, v in query
+            if k != "max_age"
+        ]
         query = [(k, v) for k, v in query if not (k == "prompt" and not v)]
     back = request.url.path + ("?" + urlencode(query) if query else "")
     params = {"next": back}
@@ -122,32 +151,47 @@ def signin_redirect(request: Request, login_hint: str = "", force: bool = False)
     return RedirectResponse("/signin?" + urlencode(params), status_code=302)
 
 
-def consent_page(request: Request, client: Client, scopes: list[str], params: list[tuple[str, list[str]]]) -> HTMLResponse:
+def consent_page(
+    request: Request, client: Client, scopes: list[str], params: list[tuple[str, list[str]]]
+) -> HTMLResponse:
     hidden = [(k, v) for k, values in params for v in values if k not in ("csrf_token", "consent")]
     described = [(s, SCOPE_DESCRIPTIONS.get(s, s)) for s in scopes]
-    return render(request, "consent.html", {"title": "Allow access?", "client": client, "scopes": described, "hidden": hidden})
+    return render(
+        request, "consent.html", {"title": "Allow access?", "client": client, "scopes": described, "hidden": hidden}
+    )
 
 
 async def _start_session(request: Request, member_id: str, next_url: str) -> RedirectResponse:
     provider = provider_of(request)
     async with provider.db.transaction() as session:
         op = await sessions.start(
-            session, member_id=member_id, now=provider.now(), lifetime_seconds=provider.settings.identity_session_seconds,
-            user_agent=request.headers.get("user-agent", ""), ip=client_ip(request),
+            session,
+            member_id=member_id,
+            now=provider.now(),
+            lifetime_seconds=provider.settings.identity_session_seconds,
+            user_agent=request.headers.get("user-agent", ""),
+            ip=client_ip(request),
         )
     response = RedirectResponse(safe_next(next_url), status_code=303)
-    set_cookie(request, response, sessions.COOKIE, provider.cookie.dumps(op.id), provider.settings.identity_session_seconds)
+    set_cookie(
+        request, response, sessions.COOKIE, provider.cookie.dumps(op.id), provider.settings.identity_session_seconds
+    )
     return response
 
 
 @router.get("/signin")
 async def signin_form(request: Request, next: str = "", login_hint: str = "", reauth: str = "") -> HTMLResponse:
-    return render(request, "signin.html", {"title": "Sign in", "next": next, "email": login_hint, "reauth": bool(reauth)})
+    return render(
+        request, "signin.html", {"title": "Sign in", "next": next, "email": login_hint, "reauth": bool(reauth)}
+    )
 
 
 @router.post("/signin")
 async def signin(
-    request: Request, email: str = Form(""), password: str = Form(""), next: str = Form(""),
+    request: Request,
+    email: str = Form(""),
+    password: str = Form(""),
+    next: str = Form(""),
     csrf_token: str = Form(""),
 ) -> Response:
     if not csrf_ok(request, csrf_token):
@@ -160,10 +204,20 @@ async def signin(
     context = {"title": "Sign in", "next": next, "email": email}
     async with provider.db.transaction() as session:
         if await sessions.throttled(
-            session, account=account, ip=ip, now=now, window_seconds=settings.identity_signin_window_seconds,
-            max_account=settings.identity_signin_max_failures_account, max_ip=settings.identity_signin_max_failures_ip,
+            session,
+            account=account,
+            ip=ip,
+            now=now,
+            window_seconds=settings.identity_signin_window_seconds,
+            max_account=settings.identity_signin_max_failures_account,
+            max_ip=settings.identity_signin_max_failures_ip,
         ):
-            return render(request, "signin.html", {**context, "error": "Too many failed attempts. Wait a few minutes, then try again."}, 429)
+            return render(
+                request,
+                "signin.html",
+                {**context, "error": "Too many failed attempts. Wait a few minutes, then try again."},
+                429,
+            )
         member = await members.by_email(session, account)
         ok = provider.passwords.verify(member.password_hash if member else None, password)
         ok = ok and member is not None and member.status == members.ACTIVE
@@ -183,8 +237,12 @@ async def signup_form(request: Request, next: str = "") -> HTMLResponse:
 
 @router.post("/signup")
 async def signup(
-    request: Request, email: str = Form(""), display_name: str = Form(""), password: str = Form(""),
-    next: str = Form(""), csrf_token: str = Form(""),
+    request: Request,
+    email: str = Form(""),
+    display_name: str = Form(""),
+    password: str = Form(""),
+    next: str = Form(""),
+    csrf_token: str = Form(""),
 ) -> Response:
     if not csrf_ok(request, csrf_token):
         return csrf_failed(request)
@@ -192,11 +250,27 @@ async def signup(
     try:
         async with provider.db.transaction() as session:
             member = await members.register(
-                session, provider.passwords, email=email, display_name=display_name, password=password, now=provider.now()
+                session,
+                provider.passwords,
+                email=email,
+                display_name=display_name,
+                password=password,
+                now=provider.now(),
             )
     except DomainError as exc:
-        return render(request, "signup.html", {"title": "Create your Kizuna ID", "next": next, "email": email,
-                                               "display_name": display_name, "error": exc.message}, exc.http_status)
+        return render(
+            request,
+            "signup.html",
+            {
+                "title": "Create your Kizuna ID",
+                "next": next,
+                "email": email,
+                "display_name": display_name,
+                "error": exc.message,
+            },
+            exc.http_status,
+        )
+    provider.email.send(member)
     return await _start_session(request, member.id, next)
 
 
@@ -213,8 +287,14 @@ async def _account_context(request: Request, op: OpSession) -> dict[str, Any]:
         consents = (await session.exec(select(Consent).where(Consent.member_id == member.id))).all()
         client_ids = sorted({g.client_id for g in grants} | {c.client_id for c in consents})
         clients = [c for c in [await session.get(Client, cid) for cid in client_ids] if c is not None]
-    return {"title": "Your account", "member": member, "member_name": member.display_name, "sessions": active,
-            "current_sid": op.id, "clients": clients}
+    return {
+        "title": "Your account",
+        "member": member,
+        "member_name": member.display_name,
+        "sessions": active,
+        "current_sid": op.id,
+        "clients": clients,
+    }
 
 
 @router.get("/")
@@ -249,7 +329,9 @@ async def _account_change(request: Request, csrf: str, change: Any, done: str) -
             member = await members.get(session, op.member_id)
             await change(session, provider, member)
     except DomainError as exc:
-        return render(request, "account.html", {**await _account_context(request, op), "error": exc.message}, exc.http_status)
+        return render(
+            request, "account.html", {**await _account_context(request, op), "error": exc.message}, exc.http_status
+        )
     return render(request, "account.html", {**await _account_context(request, op), "notice": done})
 
 
@@ -257,6 +339,7 @@ async def _account_change(request: Request, csrf: str, change: Any, done: str) -
 async def account_profile(request: Request, display_name: str = Form(""), csrf_token: str = Form("")) -> Response:
     async def change(session: Any, provider: Provider, member: members.Member) -> None:
         await members.update_profile(session, member, display_name=display_name, now=provider.now())
+
     return await _account_change(request, csrf_token, change, "Your profile is saved.")
 
 
@@ -264,9 +347,48 @@ async def account_profile(request: Request, display_name: str = Form(""), csrf_t
 async def account_email(
     request: Request, email: str = Form(""), password: str = Form(""), csrf_token: str = Form("")
 ) -> Response:
+    changed: list[members.Member] = []
+
     async def change(session: Any, provider: Provider, member: members.Member) -> None:
-        await members.change_email(session, provider.passwords, member, new_email=email, password=password, now=provider.now())
-    return await _account_change(request, csrf_token, change, "Your email address is changed.")
+        before = member.email
+        await members.change_email(
+            session, provider.passwords, member, new_email=email, password=password, now=provider.now()
+        )
+        if member.email != before:
+            changed.append(member)
+
+    response = await _account_change(
+        request, csrf_token, change, "Your email address is changed. We sent a confirmation link to it."
+    )
+    for member in changed:  # after the commit
+        provider_of(request).email.send(member)
+    return response
+
+
+@router.post("/account/email/verify")
+async def account_email_verify(request: Request, csrf_token: str = Form("")) -> Response:
+    op = await _account_post(request, csrf_token)
+    if not isinstance(op, OpSession):
+        return op
+    provider = provider_of(request)
+    async with provider.db.sessions() as session:
+        member = await members.get(session, op.member_id)
+    if not member.email_verified:
+        provider.email.send(member)
+    context = await _account_context(request, op)
+    return render(request, "account.html", {**context, "notice": f"We sent a confirmation link to {member.email}."})
+
+
+@router.get("/verify-email")
+async def verify_email(request: Request, token: str = "") -> Response:
+    provider = provider_of(request)
+    try:
+        async with provider.db.transaction() as session:
+            member = await provider.email.confirm(session, token, provider.now())
+    except DomainError as exc:
+        return error_page(request, exc.message, exc.http_status)
+    message = f"Thank you: {member.email} is confirmed for your Kizuna ID."
+    return render(request, "message.html", {"title": "Email confirmed", "message": message})
 
 
 @router.post("/account/password")
@@ -274,8 +396,10 @@ async def account_password(
     request: Request, current_password: str = Form(""), new_password: str = Form(""), csrf_token: str = Form("")
 ) -> Response:
     async def change(session: Any, provider: Provider, member: members.Member) -> None:
-        await members.change_password(session, provider.passwords, member, current=current_password,
-                                      new=new_password, now=provider.now())
+        await members.change_password(
+            session, provider.passwords, member, current=current_password, new=new_password, now=provider.now()
+        )
+
     return await _account_change(request, csrf_token, change, "Your password is changed.")
 
 
@@ -318,9 +442,13 @@ async def account_revoke_client(request: Request, client_id: str, csrf_token: st
     provider = provider_of(request)
     now = provider.now()
     async with provider.db.transaction() as session:
-        grants = (await session.exec(
-            select(Grant).where(Grant.member_id == op.member_id, Grant.client_id == client_id, col(Grant.revoked_at).is_(None))
-        )).all()
+        grants = (
+            await session.exec(
+                select(Grant).where(
+                    Grant.member_id == op.member_id, Grant.client_id == client_id, col(Grant.revoked_at).is_(None)
+                )
+            )
+        ).all()
         for grant in grants:
             await revoke_grant(session, grant.id, now)
         consent = await session.get(Consent, (op.member_id, client_id))
@@ -341,8 +469,11 @@ async def account_export(request: Request, csrf_token: str = Form("")) -> Respon
         return op
     archive = await privacy.export_archive(provider_of(request), op.member_id)
     stamp = provider_of(request).now().strftime("%Y%m%d")
-    return Response(archive, media_type="application/zip", headers={
-        "Content-Disposition": f'attachment; filename="kizuna-data-{stamp}.zip"', "Cache-Control": "no-store"})
+    return Response(
+        archive,
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="kizuna-data-{stamp}.zip"', "Cache-Control": "no-store"},
+    )
 
 
 @router.post("/account/delete")
@@ -360,11 +491,13 @@ async def account_delete(
         return render(request, "account.html", {**context, "error": "Tick the box to confirm the deletion."}, 400)
     try:
         async with provider.db.transaction() as session:
-            link, deliveries = await privacy.erase_member(session, provider, op.member_id, password=password,
-                                                          now=provider.now())
+            link, deliveries = await privacy.erase_member(
+                session, provider, op.member_id, password=password, now=provider.now()
+            )
     except DomainError as exc:
-        return render(request, "account.html", {**await _account_context(request, op), "error": exc.message},
-                      exc.http_status)
+        return render(
+            request, "account.html", {**await _account_context(request, op), "error": exc.message}, exc.http_status
+        )
     await backchannel.deliver_due(provider, deliveries)
     response = RedirectResponse(f"/erasure/{link}?new=1", status_code=303)
     response.delete_cookie(sessions.COOKIE, path="/")
@@ -382,8 +515,17 @@ async def erasure_progress(request: Request, link: str, new: str = "") -> Respon
         return error_page(request, "There is no account deletion at this address.", 404)
     erasure, status = found
     complete = all(when is not None for when in status.values())
-    response = render(request, "erasure.html", {
-        "title": "Account deletion", "status": status, "complete": complete, "member_id": erasure.member_id,
-        "link": str(request.url.replace(query="")), "new": bool(new)})
+    response = render(
+        request,
+        "erasure.html",
+        {
+            "title": "Account deletion",
+            "status": status,
+            "complete": complete,
+            "member_id": erasure.member_id,
+            "link": str(request.url.replace(query="")),
+            "new": bool(new),
+        },
+    )
     response.headers["Referrer-Policy"] = "no-referrer"
     return response

@@ -11,8 +11,16 @@ MAX_LENGTH = 128
 # A short deny-list of the passwords attackers try first; a real deployment adds a breach corpus.
 COMMON = frozenset(
     {
-        "password123", "1234567890", "qwertyuiop", "password1234", "iloveyou123",
-        "letmein1234", "welcome1234", "0123456789", "passw0rd123", "administrator",
+        "password123",
+        "1234567890",
+        "qwertyuiop",
+        "password1234",
+        "iloveyou123",
+        "letmein1234",
+        "welcome1234",
+        "0123456789",
+        "passw0rd123",
+        "administrator",
     }
 )
 

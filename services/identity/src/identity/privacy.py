@@ -46,6 +46,8 @@ from identity.settings import Settings
 from identity.tokens import Grant
 
 ERASED_NAME = "Deleted member"
+# Not an argon2 hash: verification of any password against it fails.
+ERASED_PASSWORD_HASH = "!erased"  # noqa: S105
 PROGRESS_CONSUMER = "identity-erasure-progress"
 
 
@@ -100,24 +102,47 @@ async def identity_part(session: AsyncSession, member_id: str) -> dict[str, Any]
     grants = (await session.exec(select(Grant).where(Grant.member_id == member_id))).all()
     consents = (await session.exec(select(Consent).where(Consent.member_id == member_id))).all()
     return {
-        "member": {"member_id": member.id, "email": member.email, "display_name": member.display_name,
-                   "status": member.status, "created_at": member.created_at.isoformat(),
-                   "updated_at": member.updated_at.isoformat()},
-        "sessions": [{"created_at": o.created_at.isoformat(), "ended_at": o.ended_at.isoformat() if o.ended_at else None,
-                      "user_agent": o.user_agent, "ip": o.ip} for o in ops],
-        "authorizations": [{"client_id": g.client_id, "scope": g.scope, "created_at": g.created_at.isoformat(),
-                            "revoked_at": g.revoked_at.isoformat() if g.revoked_at else None} for g in grants],
-        "consents": [{"client_id": c.client_id, "scopes": c.scopes, "granted_at": c.granted_at.isoformat()}
-                     for c in consents],
+        "member": {
+            "member_id": member.id,
+            "email": member.email,
+            "display_name": member.display_name,
+            "status": member.status,
+            "created_at": member.created_at.isoformat(),
+            "updated_at": member.updated_at.isoformat(),
+        },
+        "sessions": [
+            {
+                "created_at": o.created_at.isoformat(),
+                "ended_at": o.ended_at.isoformat() if o.ended_at else None,
+                "user_agent": o.user_agent,
+                "ip": o.ip,
+            }
+            for o in ops
+        ],
+        "authorizations": [
+            {
+                "client_id": g.client_id,
+                "scope": g.scope,
+                "created_at": g.created_at.isoformat(),
+                "revoked_at": g.revoked_at.isoformat() if g.revoked_at else None,
+            }
+            for g in grants
+        ],
+        "consents": [
+            {"client_id": c.client_id, "scopes": c.scopes, "granted_at": c.granted_at.isoformat()} for c in consents
+        ],
     }
 
 
-async def _fetch_part(http: httpx.AsyncClient, name: str, base: str | None, member_id: str, token: str) -> dict[str, Any]:
+async def _fetch_part(
+    http: httpx.AsyncClient, name: str, base: str | None, member_id: str, token: str
+) -> dict[str, Any]:
     if base is None:
         return {"service": name, "status": "unavailable", "error": "no address configured for this service"}
     try:
-        response = await http.get(f"{base}/privacy/members/{member_id}/export",
-                                  headers={"Authorization": f"Bearer {token}"})
+        response = await http.get(
+            f"{base}/privacy/members/{member_id}/export", headers={"Authorization": f"Bearer {token}"}
+        )
     except httpx.HTTPError as exc:
         return {"service": name, "status": "unavailable", "error": f"did not answer ({type(exc).__name__})"}
     if response.status_code != 200:
@@ -126,8 +151,11 @@ async def _fetch_part(http: httpx.AsyncClient, name: str, base: str | None, memb
         body = response.json()
     except ValueError:
         return {"service": name, "status": "unavailable", "error": "answered something that is not JSON"}
-    return {"status": "included", **body} if isinstance(body, dict) else {
-        "service": name, "status": "unavailable", "error": "answered an unexpected document"}
+    return (
+        {"status": "included", **body}
+        if isinstance(body, dict)
+        else {"service": name, "status": "unavailable", "error": "answered an unexpected document"}
+    )
 
 
 async def export_archive(provider: Any, member_id: str) -> bytes:
@@ -139,14 +167,19 @@ async def export_archive(provider: Any, member_id: str) -> bytes:
     client_id = settings.kizuna_client_id or "identity"
     # A service token identity issues to itself (sub == client_id), short-lived and never stored.
     token, _jti, _exp = provider.issuer.access_token(
-        subject=client_id, client_id=client_id, scope=EXPORT_SCOPE, lifetime=120, now=now)
+        subject=client_id, client_id=client_id, scope=EXPORT_SCOPE, lifetime=120, now=now
+    )
     targets = links(settings)
     services = privacy_services(settings)
     async with httpx.AsyncClient(timeout=settings.identity_export_timeout_seconds) as http:
-        parts = await asyncio.gather(*(_fetch_part(http, name, targets.get(name), member_id, token) for name in services))
+        parts = await asyncio.gather(
+            *(_fetch_part(http, name, targets.get(name), member_id, token) for name in services)
+        )
     manifest = {
-        "member_id": member_id, "exported_at": now.isoformat(),
-        "services": {"identity": {"status": "included"}} | {
+        "member_id": member_id,
+        "exported_at": now.isoformat(),
+        "services": {"identity": {"status": "included"}}
+        | {
             name: {"status": part["status"], **({"error": part["error"]} if "error" in part else {})}
             for name, part in zip(services, parts, strict=True)
         },
@@ -154,8 +187,12 @@ async def export_archive(provider: Any, member_id: str) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("manifest.json", json.dumps(manifest, indent=2))
-        archive.writestr("identity.json", json.dumps({"service": "identity", "member_id": member_id,
-                                                      "exported_at": now.isoformat(), "data": mine}, indent=2))
+        archive.writestr(
+            "identity.json",
+            json.dumps(
+                {"service": "identity", "member_id": member_id, "exported_at": now.isoformat(), "data": mine}, indent=2
+            ),
+        )
         for name, part in zip(services, parts, strict=True):
             archive.writestr(f"{name}.json", json.dumps(part, indent=2, default=str))
     return buffer.getvalue()
@@ -180,19 +217,26 @@ async def erase_member(
     member.updated_at = now
     member.email = f"{member.id.lower()}@erased.invalid"
     member.display_name = ERASED_NAME
-    member.password_hash = "!erased"  # matches no password: argon2 refuses it
+    member.password_hash = ERASED_PASSWORD_HASH
     session.add(member)
     deliveries = await end_member_everywhere(session, member.id, now)
     for op in (await session.exec(select(OpSession).where(OpSession.member_id == member.id))).all():
         op.user_agent, op.ip = "", ""
         session.add(op)
-    await session.exec(delete(Consent).where(col(Consent.member_id) == member.id))  # type: ignore[call-overload]
-    await session.exec(delete(SignInAttempt).where(col(SignInAttempt.account) == old_email))  # type: ignore[call-overload]
+    await session.exec(delete(Consent).where(col(Consent.member_id) == member.id))
+    await session.exec(delete(SignInAttempt).where(col(SignInAttempt.account) == old_email))
     link = secrets.token_urlsafe(32)
-    session.add(Erasure(member_id=member.id, link_hash=_hash(link), services=privacy_services(provider.settings),
-                        requested_at=now))
-    publish(session, ERASURE_REQUESTED,
-            events_pb2.MemberErasureRequested(member_id=member.id, requested_at=_ts(now)), member_id=member.id)
+    session.add(
+        Erasure(
+            member_id=member.id, link_hash=_hash(link), services=privacy_services(provider.settings), requested_at=now
+        )
+    )
+    publish(
+        session,
+        ERASURE_REQUESTED,
+        events_pb2.MemberErasureRequested(member_id=member.id, requested_at=_ts(now)),
+        member_id=member.id,
+    )
     return link, deliveries
 
 
@@ -214,10 +258,14 @@ async def record_completion(session: AsyncSession, event: Event) -> None:
     if not completed.member_id or not completed.service:
         raise ValueError("ErasureCompleted without member_id or service")
     if await session.get(ErasureProgress, (completed.member_id, completed.service)) is None:
-        session.add(ErasureProgress(
-            member_id=completed.member_id, service=completed.service,
-            completed_at=completed.completed_at.ToDatetime(tzinfo=UTC), recorded_at=utcnow(),
-        ))
+        session.add(
+            ErasureProgress(
+                member_id=completed.member_id,
+                service=completed.service,
+                completed_at=completed.completed_at.ToDatetime(tzinfo=UTC),
+                recorded_at=utcnow(),
+            )
+        )
 
 
 def progress_consumers(settings: Settings) -> list[Consumer]:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -18,6 +19,7 @@ from sqlmodel import col, select, update
 
 from identity import members
 from identity.clients import Client
+from identity.email_verification import EmailVerifier, MailDrop
 from identity.keys import KeyRing, derive_secret, load_key_encryption_key
 from identity.passwords import Passwords
 from identity.sessions import OpSession, SessionCookie
@@ -50,10 +52,14 @@ class Provider:
         self.keys = KeyRing(db, kek, self.now)
         self.issuer = Issuer(self.issuer_url, settings.kizuna_audience, self.keys)
         self.passwords = Passwords(
-            settings.identity_argon2_time_cost, settings.identity_argon2_memory_kib, settings.identity_argon2_parallelism
+            settings.identity_argon2_time_cost,
+            settings.identity_argon2_memory_kib,
+            settings.identity_argon2_parallelism,
         )
         self.cookie = SessionCookie(derive_secret(kek, "session-cookie"))
         self.csrf_secret = derive_secret(kek, "csrf")
+        mail_dir = Path(settings.identity_mail_dir) if settings.identity_mail_dir else settings.kizuna_data_dir / "mail"
+        self.email = EmailVerifier(derive_secret(kek, "email-verification"), self.issuer_url, MailDrop(mail_dir))
         self.secure_cookies = self.issuer_url.startswith("https://")
         self.loop: asyncio.AbstractEventLoop | None = None
         # Authlib's server is synchronous; it runs in these threads and calls back into the loop.
@@ -119,17 +125,29 @@ class Provider:
         data = request.payload.data
         async with self.db.transaction() as session:
             grant = Grant(
-                id=new_grant_id(), client_id=request.client.id, member_id=request.user.id, session_id=op.id,
-                scope=request.scope or "", auth_time=op.auth_time, created_at=now,
+                id=new_grant_id(),
+                client_id=request.client.id,
+                member_id=request.user.id,
+                session_id=op.id,
+                scope=request.scope or "",
+                auth_time=op.auth_time,
+                created_at=now,
             )
             session.add(grant)
             session.add(
                 AuthorizationCode(
-                    code_hash=hash_token(code), grant_id=grant.id, client_id=request.client.id,
-                    member_id=request.user.id, redirect_uri=request.payload.redirect_uri, scope=grant.scope,
-                    nonce=data.get("nonce"), code_challenge=data.get("code_challenge"),
-                    code_challenge_method=data.get("code_challenge_method") or None, session_id=op.id,
-                    auth_time=op.auth_time, expires_at=now + timedelta(seconds=self.settings.identity_code_seconds),
+                    code_hash=hash_token(code),
+                    grant_id=grant.id,
+                    client_id=request.client.id,
+                    member_id=request.user.id,
+                    redirect_uri=request.payload.redirect_uri,
+                    scope=grant.scope,
+                    nonce=data.get("nonce"),
+                    code_challenge=data.get("code_challenge"),
+                    code_challenge_method=data.get("code_challenge_method") or None,
+                    session_id=op.id,
+                    auth_time=op.auth_time,
+                    expires_at=now + timedelta(seconds=self.settings.identity_code_seconds),
                 )
             )
 
@@ -146,7 +164,7 @@ class Provider:
                 return None
             if row.expires_at <= now:
                 return None
-            result = await session.exec(  # type: ignore[call-overload]
+            result = await session.exec(
                 update(AuthorizationCode)
                 .where(col(AuthorizationCode.code_hash) == row.code_hash, col(AuthorizationCode.used_at).is_(None))
                 .values(used_at=now)
@@ -161,15 +179,25 @@ class Provider:
 
     # ---- tokens ---------------------------------------------------------------------------
     def generate_token(
-        self, grant_type: str, client: Client, user: Any = None, scope: str | None = None,
-        expires_in: int | None = None, include_refresh_token: bool = True,
+        self,
+        grant_type: str,
+        client: Client,
+        user: Any = None,
+        scope: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
     ) -> dict[str, Any]:
         lifetime = self.settings.identity_access_token_seconds
         subject = user.id if user is not None else client.id
         access, _jti, _exp = self.issuer.access_token(
             subject=subject, client_id=client.id, scope=scope or "", lifetime=lifetime, now=self.now()
         )
-        token: dict[str, Any] = {"token_type": "Bearer", "access_token": access, "expires_in": lifetime, "scope": scope or ""}
+        token: dict[str, Any] = {
+            "token_type": "Bearer",
+            "access_token": access,
+            "expires_in": lifetime,
+            "scope": scope or "",
+        }
         if include_refresh_token and user is not None:
             from identity.tokens import new_opaque
 
@@ -189,16 +217,23 @@ class Provider:
         async with self.db.transaction() as session:
             session.add(
                 AccessToken(
-                    jti=claims["jti"], grant_id=grant_id, client_id=claims["client_id"], subject=claims["sub"],
-                    scope=claims.get("scope", ""), issued_at=now,
+                    jti=claims["jti"],
+                    grant_id=grant_id,
+                    client_id=claims["client_id"],
+                    subject=claims["sub"],
+                    scope=claims.get("scope", ""),
+                    issued_at=now,
                     expires_at=datetime.fromtimestamp(claims["exp"], now.tzinfo),
                 )
             )
             if token.get("refresh_token") and grant_id is not None:
                 session.add(
                     RefreshToken(
-                        token_hash=hash_token(token["refresh_token"]), grant_id=grant_id,
-                        client_id=claims["client_id"], scope=token.get("scope", ""), created_at=now,
+                        token_hash=hash_token(token["refresh_token"]),
+                        grant_id=grant_id,
+                        client_id=claims["client_id"],
+                        scope=token.get("scope", ""),
+                        created_at=now,
                         expires_at=now + timedelta(seconds=self.settings.identity_refresh_token_seconds),
                         parent_hash=parent,
                     )
@@ -219,14 +254,17 @@ class Provider:
                 return row
             successor = (
                 await session.exec(
-                    select(RefreshToken).where(RefreshToken.parent_hash == row.token_hash)
+                    select(RefreshToken)
+                    .where(RefreshToken.parent_hash == row.token_hash)
                     .order_by(col(RefreshToken.created_at).desc())
                 )
             ).first()
             grace = timedelta(seconds=self.settings.identity_refresh_grace_seconds)
             if (
-                now - row.rotated_at <= grace and successor is not None
-                and successor.rotated_at is None and successor.revoked_at is None
+                now - row.rotated_at <= grace
+                and successor is not None
+                and successor.rotated_at is None
+                and successor.revoked_at is None
             ):
                 return row
             log.warning("rotated refresh token reused; revoking its grant", extra={"client_id": row.client_id})
@@ -235,7 +273,7 @@ class Provider:
 
     async def rotate_refresh_token(self, row: RefreshToken) -> None:
         async with self.db.transaction() as session:
-            await session.exec(  # type: ignore[call-overload]
+            await session.exec(
                 update(RefreshToken)
                 .where(col(RefreshToken.token_hash) == row.token_hash, col(RefreshToken.rotated_at).is_(None))
                 .values(rotated_at=self.now())
@@ -267,19 +305,40 @@ class Provider:
                         return None
                     # Service tokens are not recorded (see oauth_server.service_token): live until exp.
                     expires = datetime.fromtimestamp(int(claims["exp"]), now.tzinfo)
-                    return TokenRecord("access_token", str(claims["client_id"]), str(claims.get("scope", "")),
-                                       expires, False, now, claims, str(claims["jti"]), None)
+                    return TokenRecord(
+                        "access_token",
+                        str(claims["client_id"]),
+                        str(claims.get("scope", "")),
+                        expires,
+                        False,
+                        now,
+                        claims,
+                        str(claims["jti"]),
+                        None,
+                    )
                 revoked = row.revoked_at is not None or await _grant_revoked(session, row.grant_id)
-                return TokenRecord("access_token", row.client_id, row.scope, row.expires_at, revoked, now, claims,
-                                   row.jti, row.grant_id)
+                return TokenRecord(
+                    "access_token",
+                    row.client_id,
+                    row.scope,
+                    row.expires_at,
+                    revoked,
+                    now,
+                    claims,
+                    row.jti,
+                    row.grant_id,
+                )
             rt = await session.get(RefreshToken, hash_token(value))
             if rt is None:
                 return None
-            revoked = rt.revoked_at is not None or rt.rotated_at is not None or await _grant_revoked(session, rt.grant_id)
+            revoked = (
+                rt.revoked_at is not None or rt.rotated_at is not None or await _grant_revoked(session, rt.grant_id)
+            )
             grant = await session.get(Grant, rt.grant_id)
             claims = {"sub": grant.member_id if grant else None, "client_id": rt.client_id, "iss": self.issuer_url}
-            return TokenRecord("refresh_token", rt.client_id, rt.scope, rt.expires_at, revoked, now, claims,
-                               rt.token_hash, rt.grant_id)
+            return TokenRecord(
+                "refresh_token", rt.client_id, rt.scope, rt.expires_at, revoked, now, claims, rt.token_hash, rt.grant_id
+            )
 
     async def revoke(self, record: TokenRecord) -> None:
         """Revoking a refresh token ends its grant (RFC 7009 §2.1); an access token ends alone."""
@@ -288,15 +347,22 @@ class Provider:
             if record.kind == "refresh_token" and record.grant_id:
                 await revoke_grant(session, record.grant_id, now)
             else:
-                result = await session.exec(  # type: ignore[call-overload]
+                result = await session.exec(
                     update(AccessToken).where(col(AccessToken.jti) == record.key).values(revoked_at=now)
                 )
                 if result.rowcount == 0:  # an unrecorded service token: deny-list it until it expires
-                    session.add(AccessToken(
-                        jti=record.key, grant_id=None, client_id=record.client_id,
-                        subject=str(record.claims.get("sub", record.client_id)), scope=record.scope,
-                        issued_at=now, expires_at=record.expires_at, revoked_at=now,
-                    ))
+                    session.add(
+                        AccessToken(
+                            jti=record.key,
+                            grant_id=None,
+                            client_id=record.client_id,
+                            subject=str(record.claims.get("sub", record.client_id)),
+                            scope=record.scope,
+                            issued_at=now,
+                            expires_at=record.expires_at,
+                            revoked_at=now,
+                        )
+                    )
 
     async def access_token_live(self, claims: dict[str, Any]) -> bool:
         async with self.db.sessions() as session:
@@ -310,7 +376,9 @@ class Provider:
 
 def _service_token(claims: dict[str, Any]) -> bool:
     """A client-credentials token (`sub` is the client): not recorded at issue."""
-    return bool(claims.get("jti")) and claims.get("sub") == claims.get("client_id") and isinstance(claims.get("exp"), int)
+    return (
+        bool(claims.get("jti")) and claims.get("sub") == claims.get("client_id") and isinstance(claims.get("exp"), int)
+    )
 
 
 async def _grant_revoked(session: Any, grant_id: str | None) -> bool:

@@ -3,7 +3,8 @@
 HTTP: discovery, JWKS, authorize, token, userinfo, introspection, revocation, logout (oauth_server,
 logout) and the sign-in / sign-up / account pages (pages). gRPC: IdentityService.GetMember.
 Publishes identity.member.registered / .updated / .erasure_requested; consumes
-<service>.member.erased (erasure progress). Jobs: key reload, back-channel logout retries, cleanup. Commands: rotate-keys, register-client.
+<service>.member.erased (erasure progress). Jobs: key reload, back-channel logout retries, cleanup.
+Commands: rotate-keys, register-client. HTTP admin API: /admin/clients (admin_api).
 """
 
 from __future__ import annotations

@@ -67,8 +67,13 @@ async def start(
     session: AsyncSession, *, member_id: str, now: datetime, lifetime_seconds: int, user_agent: str, ip: str
 ) -> OpSession:
     op = OpSession(
-        id=secrets.token_urlsafe(24), member_id=member_id, auth_time=now, created_at=now,
-        expires_at=now + timedelta(seconds=lifetime_seconds), user_agent=user_agent[:300], ip=ip[:64],
+        id=secrets.token_urlsafe(24),
+        member_id=member_id,
+        auth_time=now,
+        created_at=now,
+        expires_at=now + timedelta(seconds=lifetime_seconds),
+        user_agent=user_agent[:300],
+        ip=ip[:64],
     )
     session.add(op)
     return op
@@ -96,13 +101,24 @@ async def sessions_of(session: AsyncSession, member_id: str, now: datetime) -> l
 
 
 async def throttled(
-    session: AsyncSession, *, account: str, ip: str, now: datetime, window_seconds: int,
-    max_account: int, max_ip: int,
+    session: AsyncSession,
+    *,
+    account: str,
+    ip: str,
+    now: datetime,
+    window_seconds: int,
+    max_account: int,
+    max_ip: int,
 ) -> bool:
     """True when the account or the client address has failed too often within the window."""
     since = now - timedelta(seconds=window_seconds)
-    failures = select(func.count()).select_from(SignInAttempt).where(
-        SignInAttempt.at > since, SignInAttempt.succeeded == False  # noqa: E712
+    failures = (
+        select(func.count())
+        .select_from(SignInAttempt)
+        .where(
+            SignInAttempt.at > since,
+            SignInAttempt.succeeded == False,  # noqa: E712
+        )
     )
     by_account = (await session.exec(failures.where(SignInAttempt.account == account))).one()
     if by_account >= max_account:

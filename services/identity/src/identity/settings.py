@@ -57,3 +57,6 @@ class Settings(ServiceSettings):
     # replica may run it: deletes of expired rows are idempotent), keeping this much history.
     identity_cleanup_seconds: float = 600.0
     identity_cleanup_keep_seconds: int = 7 * 24 * 3600
+
+    # Where verification emails are written (a local mail drop); empty: KIZUNA_DATA_DIR/mail.
+    identity_mail_dir: str = ""

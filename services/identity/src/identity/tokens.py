@@ -126,15 +126,15 @@ class RefreshToken(SQLModel, table=True):
 
 async def revoke_grant(session: AsyncSession, grant_id: str, now: datetime) -> None:
     """Revoke a grant with every access and refresh token issued under it."""
-    await session.exec(  # type: ignore[call-overload]
+    await session.exec(
         update(Grant).where(col(Grant.id) == grant_id, col(Grant.revoked_at).is_(None)).values(revoked_at=now)
     )
-    await session.exec(  # type: ignore[call-overload]
+    await session.exec(
         update(AccessToken)
         .where(col(AccessToken.grant_id) == grant_id, col(AccessToken.revoked_at).is_(None))
         .values(revoked_at=now)
     )
-    await session.exec(  # type: ignore[call-overload]
+    await session.exec(
         update(RefreshToken)
         .where(col(RefreshToken.grant_id) == grant_id, col(RefreshToken.revoked_at).is_(None))
         .values(revoked_at=now)
@@ -142,9 +142,7 @@ async def revoke_grant(session: AsyncSession, grant_id: str, now: datetime) -> N
 
 
 async def live_grants(session: AsyncSession, *, member_id: str) -> list[Grant]:
-    rows = await session.exec(
-        select(Grant).where(Grant.member_id == member_id, col(Grant.revoked_at).is_(None))
-    )
+    rows = await session.exec(select(Grant).where(Grant.member_id == member_id, col(Grant.revoked_at).is_(None)))
     return list(rows.all())
 
 
@@ -172,20 +170,35 @@ class Issuer:
         key = self.keys.signing_key()
         header = {"alg": ALG, "kid": key.kid, "typ": typ}
         signing_input = _b64json(header) + b"." + _b64json(claims)
-        der = key.private.private_key.sign(signing_input, ec.ECDSA(hashes.SHA256()))
+        private = key.private.private_key
+        assert private is not None  # loaded keys always carry their private half
+        der = private.sign(signing_input, ec.ECDSA(hashes.SHA256()))
         r, s = decode_dss_signature(der)
         signature = base64.urlsafe_b64encode(r.to_bytes(32, "big") + s.to_bytes(32, "big")).rstrip(b"=")
         return (signing_input + b"." + signature).decode()
 
     def access_token(
-        self, *, subject: str, client_id: str, scope: str, lifetime: int, now: datetime, extra: dict[str, Any] | None = None
+        self,
+        *,
+        subject: str,
+        client_id: str,
+        scope: str,
+        lifetime: int,
+        now: datetime,
+        extra: dict[str, Any] | None = None,
     ) -> tuple[str, str, datetime]:
         """A signed RFC 9068 access token; returns (token, jti, expires_at)."""
         jti = str(ULID())
         exp = now + timedelta(seconds=lifetime)
         claims = {
-            "iss": self.issuer, "sub": subject, "aud": self.audience, "client_id": client_id,
-            "scope": scope, "iat": int(now.timestamp()), "exp": int(exp.timestamp()), "jti": jti,
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": self.audience,
+            "client_id": client_id,
+            "scope": scope,
+            "iat": int(now.timestamp()),
+            "exp": int(exp.timestamp()),
+            "jti": jti,
             **(extra or {}),
         }
         return self.sign(claims, typ="at+jwt"), jti, exp
@@ -238,8 +251,18 @@ def unverified_claims(token: str) -> dict[str, Any]:
 class TokenRecord(TokenMixin):  # type: ignore[misc]
     """What introspection and revocation see of an access or refresh token."""
 
-    def __init__(self, kind: str, client_id: str, scope: str, expires_at: datetime, revoked: bool,
-                 now: datetime, claims: dict[str, Any], key: str, grant_id: str | None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        client_id: str,
+        scope: str,
+        expires_at: datetime,
+        revoked: bool,
+        now: datetime,
+        claims: dict[str, Any],
+        key: str,
+        grant_id: str | None,
+    ) -> None:
         self.kind = kind
         self.client_id = client_id
         self.scope = scope

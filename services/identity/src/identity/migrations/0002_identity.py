@@ -129,8 +129,15 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for table in (
-        "identity_signing_key", "identity_refresh_token", "identity_access_token", "identity_authorization_code",
-        "identity_grant", "identity_consent", "identity_client", "identity_signin_attempt", "identity_session",
+        "identity_signing_key",
+        "identity_refresh_token",
+        "identity_access_token",
+        "identity_authorization_code",
+        "identity_grant",
+        "identity_consent",
+        "identity_client",
+        "identity_signin_attempt",
+        "identity_session",
         "identity_member",
     ):
         op.drop_table(table)
