@@ -94,7 +94,7 @@ async def test_wallet_page_shows_kinds_pending_expiring_history_and_this_months_
         assert "Earned at shop on o1: 1% base + 1% for using card this month" in html
         assert "You used card, shop this month." in html
         # Travel, not used yet, earns 1% base + 1% each for card and shop: x3.
-        assert '<tr data-testid="rate-travel"><td>travel</td><td>3.0%</td>' in html and "×3.0" in html
+        assert '<tr data-testid="rate-travel"><td>travel</td><td>3.0%</td>' in html and "\u00d73.0" in html
         assert "999" not in html  # another member's points never show
 
         me = (await signed_in.get("/_kizuna/me")).json()
@@ -138,9 +138,7 @@ async def test_admin_reports_need_points_admin(points: Points) -> None:
         assert report["ok"] is True and report["problems"] == []
         assert (report["issued"], report["redeemed"], report["outstanding"]) == (150, 30, 120)
 
-        settlement = await client.get(
-            "/admin/settlement", params={"start": start, "end": end}, headers=admin
-        )
+        settlement = await client.get("/admin/settlement", params={"start": start, "end": end}, headers=admin)
         lines = {line["service"]: line for line in settlement.json()["services"]}
         assert (lines["shop"]["issued"], lines["shop"]["redeemed"]) == (100, 30)
         assert (lines["travel"]["issued"], lines["travel"]["redeemed"]) == (50, 0)
@@ -181,9 +179,9 @@ async def test_audit_command_passes_on_a_sound_ledger_and_fails_on_a_tampered_on
 
     # A balance row that no longer equals its postings: the audit names it and exits 1.
     async with points.runtime.db.transaction() as session:
-        await session.execute(text("UPDATE points_wallet SET available = available + 5 WHERE member_id = 'm'"))
+        await (await session.connection()).execute(text("UPDATE points_wallet SET available = available + 5"))
     code, report = run_audit()
     assert code == 1 and report["ok"] is False
     assert any("m" in problem and "available" in problem for problem in report["problems"]), report["problems"]
     async with points.runtime.db.transaction() as session:  # put it back for the fixture's own audit
-        await session.execute(text("UPDATE points_wallet SET available = available - 5 WHERE member_id = 'm'"))
+        await (await session.connection()).execute(text("UPDATE points_wallet SET available = available - 5"))

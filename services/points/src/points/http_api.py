@@ -37,7 +37,7 @@ async def wallet_view(request: Request, session: Any, member_id: str) -> dict[st
     rules = runtime.settings.earn_rules()
     now = ledger_of(runtime).clock.now()
     balance = await store.get_balance(runtime.db, member_id, now)
-    entries = await store.list_entries(session, member_id, 50, "")
+    entries = await store.list_entries(await session.connection(), member_id, 50, "")
     used = await store.services_used(session, member_id, ledger.month_key(now))
     rates = ledger.month_rates(rules, EARNING_SERVICES, used)
     label = ledger.SERVICE_LABELS.get

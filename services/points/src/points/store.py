@@ -1196,7 +1196,7 @@ async def get_balance(db: Database, member_id: str, now: datetime) -> pb.GetBala
 
 
 async def list_entries(
-    conn: AsyncConnection | AsyncSession, member_id: str, page_size: int, page_token: str
+    conn: AsyncConnection, member_id: str, page_size: int, page_token: str
 ) -> pb.ListEntriesResponse:
     size = min(page_size or 50, MAX_PAGE)
     if page_size < 0:
