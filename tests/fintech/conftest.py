@@ -172,3 +172,44 @@ async def fintech(
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{runtime.http_port}", timeout=15) as http:
             yield FintechClient(runtime, test_issuer, http, channel)
         await channel.close()
+
+
+async def signed_in_browser(fintech: FintechClient, member_id: str, name: str = "Hana") -> httpx.AsyncClient:
+    """A browser holding a kit web session for the member, as `/auth/callback` leaves it after
+    sign-in at identity (the sign-in itself is the kit's and identity's to test); its access token
+    is a real one from the test issuer, which points trusts."""
+    from datetime import timedelta
+
+    from kizuna.kit.db import utcnow
+    from kizuna.kit.oidc_client import WebSession, web_sign_in_of
+
+    rp = fintech.runtime.state["web_sign_in"]
+    assert web_sign_in_of  # the same relying party the pages use
+    now = utcnow()
+    sid = uuid.uuid4().hex
+    token = fintech.issuer.member_token(member_id, scope="openid points:read points:spend fintech:read fintech:pay")
+    async with fintech.ctx.db.transaction() as session:
+        session.add(
+            WebSession(
+                id=sid,
+                member_id=member_id,
+                display_name=name,
+                id_token="unused",
+                access_token=token,
+                access_expires_at=now + timedelta(minutes=5),
+                created_at=now,
+                expires_at=now + timedelta(hours=1),
+            )
+        )
+    browser = httpx.AsyncClient(base_url=str(fintech.http.base_url), timeout=15)
+    browser.cookies.set(rp.session_cookie, rp._session_signer.dumps(sid))
+    return browser
+
+
+def form_fields(html: str, action: str) -> dict[str, str]:
+    """The hidden fields (CSRF token, idempotency key) of the page's form posting to `action`."""
+    import re
+
+    match = re.search(rf'<form method="post" action="{re.escape(action)}">(.*?)</form>', html, re.S)
+    assert match, f"no form for {action}"
+    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', match.group(1)))

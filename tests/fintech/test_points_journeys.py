@@ -4,6 +4,7 @@ and bank cash (and failing safely), and card purchases earning points exactly on
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -23,7 +24,7 @@ from kizuna.kit.testing import ServiceProcess, TestIssuer, reset_streams, wait_u
 from kizuna.points.v1 import points_pb2, points_pb2_grpc
 from sqlmodel import select
 
-from .conftest import FintechClient, new_member, start_points
+from .conftest import FintechClient, form_fields, new_member, signed_in_browser, start_points
 
 FINTECH_SECRET = "fintech-test-secret"
 
@@ -373,3 +374,65 @@ async def test_sweeper_releases_the_points_when_the_void_did_not_reach_points(
     assert balance.total == points_total and balance.pending == 0
     assert await fintech.bank_balance(member) == 1_000
     assert (await fintech.card(member))["owed_minor"] == 8_000
+
+
+async def test_a_signed_in_member_uses_every_form_and_forged_posts_change_nothing(
+    fintech: FintechClient, points: Points, nats_url: str
+) -> None:
+    member, friend = new_member(), new_member()
+    await points.register(nats_url, member)
+    await points.credit(member, 5_000)
+    await fintech.open_bank(friend)
+    browser = await signed_in_browser(fintech, member, "Hana")
+    try:
+        bank_page = await browser.get("/bank")
+        assert bank_page.status_code == 200 and "Hana" in bank_page.text
+        top_up = form_fields(bank_page.text, "/bank/top-up")
+        assert top_up["csrf_token"]
+
+        # A cross-site form: no token, or someone else's, is refused and moves no money.
+        for forged in ({}, {"csrf_token": "0" * 64}):
+            refused = await browser.post("/bank/top-up", data={"key": top_up["key"], "amount_minor": "20000", **forged})
+            assert refused.status_code == 403, refused.text
+        assert await fintech.bank_balance(member) == 0
+
+        done = await browser.post("/bank/top-up", data={**top_up, "amount_minor": "20000"})
+        assert done.status_code == 303 and "Topped" in done.headers["location"]
+        again = await browser.post("/bank/top-up", data={**top_up, "amount_minor": "20000"})  # double submit
+        assert again.status_code == 303 and await fintech.bank_balance(member) == 20_000
+
+        transfer = form_fields((await browser.get("/bank")).text, "/bank/transfer")
+        sent = await browser.post("/bank/transfer", data={**transfer, "to_member_id": friend, "amount_minor": "3000"})
+        assert sent.status_code == 303 and await fintech.bank_balance(friend) == 3_000
+
+        apply = form_fields((await browser.get("/card")).text, "/card/apply")
+        issued = await browser.post("/card/apply", data={**apply, "annual_income_minor": "4000000"})
+        assert issued.status_code == 200 and issued.headers["cache-control"] == "no-store"
+        number = re.search(r"data-card-number>(\d{16})<", issued.text)
+        assert number, issued.text
+        card_page = (await browser.get("/card")).text
+        assert f"•••• {number.group(1)[-4:]}" in card_page and number.group(1) not in card_page
+
+        auth = await fintech.authorize(member, 8_000)
+        await fintech.capture(auth.authorization_id)
+        settled = await wait_until(lambda: _total_above(points, member, 5_000))
+        closed = await fintech.http.post("/api/card/statements/close-now", headers=fintech.member_headers(member))
+        statement_id = closed.json()["statement_id"]
+        pay = form_fields((await browser.get("/card")).text, f"/card/statements/{statement_id}/pay")
+        paid = await browser.post(
+            f"/card/statements/{statement_id}/pay", data={**pay, "bank_minor": "5000", "points": "3000"}
+        )
+        assert paid.status_code == 303 and "Statement+paid" in paid.headers["location"], paid.headers["location"]
+        assert (await points.balance(member)).total == settled - 3_000
+        assert await fintech.bank_balance(member) == 12_000
+
+        invest = (await browser.get("/invest")).text
+        fund_id = re.search(r'action="/invest/([^/"]+)/buy"', invest).group(1)  # type: ignore[union-attr]
+        buy = form_fields(invest, f"/invest/{fund_id}/buy")
+        bought = await browser.post(f"/invest/{fund_id}/buy", data={**buy, "bank_minor": "0", "points": "1000"})
+        assert bought.status_code == 303 and "Bought" in bought.headers["location"], bought.headers["location"]
+        assert (await points.balance(member)).total == settled - 4_000
+        holdings = (await fintech.http.get("/api/holdings", headers=fintech.member_headers(member))).json()
+        assert [h["fund_id"] for h in holdings["holdings"]] == [fund_id]
+    finally:
+        await browser.aclose()
