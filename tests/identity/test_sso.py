@@ -94,6 +94,8 @@ async def test_single_sign_on_then_logout_everywhere(nats_url: str, database_url
         assert confirm.status_code == 200 and 'action="/auth/logout"' in confirm.text
         forged = await browser.post(f"{shop}/auth/logout", data={"csrf_token": "forged"})
         assert forged.status_code == 403
+        tokenless = await browser.post(f"{shop}/auth/logout", data={})
+        assert tokenless.status_code == 200 and 'action="/auth/logout"' in tokenless.text
         assert (await browser.get(f"{shop}/private")).json()["member_id"] == member_id
         out = await browser.post(f"{shop}/auth/logout", data={"csrf_token": csrf_of(confirm.text)})
         assert str(out.url) == f"{shop}/" and out.json() == {"service": "shopdemo"}

@@ -99,7 +99,6 @@ class KizunaAuthorizationServer(rfc6749.AuthorizationServer):  # type: ignore[mi
         self.register_token_generator("default", provider.generate_token)
         self.register_grant(CodeGrant, [S256Only(required=True), MemberScopes(), IdToken(provider)])
         self.register_grant(RefreshGrant)
-        self.register_grant(ServiceGrant)
         self.register_endpoint(Introspection(self))
         self.register_endpoint(Revocation(self))
 
@@ -274,18 +273,6 @@ class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
 
     def revoke_old_credential(self, refresh_token: Any) -> None:
         self.provider.sync(self.provider.rotate_refresh_token(refresh_token))
-
-
-class ServiceGrant(grants.ClientCredentialsGrant):  # type: ignore[misc]
-    """client_credentials: the token's `sub` is the client; a scope it may not have is an error."""
-
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
-
-    def validate_token_request(self) -> None:
-        super().validate_token_request()
-        requested = set((self.request.payload.scope or "").split())
-        if not requested <= set(self.request.client.scopes):
-            raise InvalidScopeError("scope not allowed for this client")
 
 
 class _TokenLookup:

@@ -506,8 +506,11 @@ async def logout(request: Request) -> Response:
     if current is None:
         return _end_session_redirect(rp, meta, None)
     given = (await request.form()).get(FIELD)
+    if not isinstance(given, str) or not given:
+        # A sign-out button without the token (`{{ csrf_field(request) }}`): ask, do not refuse.
+        return _logout_form(request, current)
     expected = csrf_token(request)
-    if not expected or not isinstance(given, str) or not hmac.compare_digest(given, expected):
+    if not expected or not hmac.compare_digest(given, expected):
         return _logout_form(request, current, status_code=403)
     await rp.end_local(web_session_id=current.id)
     return _end_session_redirect(rp, meta, current.id_token)
