@@ -78,15 +78,21 @@ class ShopWorld:
         return {"authorization": f"Bearer {self.issuer.member_token(member, scope=MEMBER_SCOPE)}"}
 
     async def _credit(self, member: str, amount: int) -> None:
-        request = ppb.CreditRequest(member_id=member, amount=amount, kind=ppb.CREDIT_KIND_REGULAR, reason="welcome",
-                                    source_service="shop", source_ref="welcome", idempotency_key=f"welcome-{member}")
+        # Until points has processed the registration event the credit is refused, and points
+        # remembers a refused idempotency key; so each attempt gets its own key (only one succeeds).
+        attempt = 0
 
         async def done() -> bool:
+            nonlocal attempt
+            attempt += 1
+            request = ppb.CreditRequest(member_id=member, amount=amount, kind=ppb.CREDIT_KIND_REGULAR,
+                                        reason="welcome", source_service="shop", source_ref="welcome",
+                                        idempotency_key=f"welcome-{member}-{attempt}")
             try:
                 await self.peers.points.Credit(request, metadata=self._md("points:credit"), timeout=5)
                 return True
             except grpc.aio.AioRpcError as exc:
-                if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
                     return False  # the member's registration event is still on its way
                 raise
 
@@ -126,13 +132,13 @@ async def publish_identity_event(nats_url: str, subject: str, message: Any, memb
         await nc.close()
 
 
-async def _register(nats_url: str, member: str) -> None:
+async def _register(nats_url: str, member: str, event_id: str | None = None) -> None:
     """What identity publishes when a member registers (points opens their wallet on it)."""
     nc = await nats.connect(nats_url)
     try:
         ts = Timestamp()
         ts.FromDatetime(datetime.now(UTC))
-        event_id = f"evt_register_{member}"
+        event_id = event_id or f"evt_register_{member}"
         await nc.jetstream().publish(
             "identity.member.registered",
             identity.MemberRegistered(member_id=member, display_name=member, registered_at=ts).SerializeToString(),

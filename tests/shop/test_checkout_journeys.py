@@ -104,9 +104,7 @@ async def test_declined_card_leaves_no_reservation_and_stock_intact(world: ShopW
 async def test_concurrent_checkouts_of_the_last_unit_make_exactly_one_order(world: ShopWorld) -> None:
     w = world
     _, product = await _product(w, price=5_000, stock=1)
-    # Registered one after another: registering members concurrently at points was seen to lose
-    # wallets (events delivered and acked, members still unknown) — reported to points' owner.
-    buyers = [await w.member(points=200) for _ in range(4)]
+    buyers = list(await asyncio.gather(*(w.member(points=200) for _ in range(4))))
     for buyer in buyers:
         await w.api.ok("PUT", "/api/cart/items", buyer, {"product_id": product, "quantity": 1})
     results = await asyncio.gather(*(w.api.checkout(b, points=100) for b in buyers))
