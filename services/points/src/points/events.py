@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from google.protobuf.message import Message
@@ -28,30 +29,15 @@ from points import ledger, store
 from points.grpc_api import ledger_of
 from points.models import PendingEarn
 from points.settings import Settings
-from points.store import Ledger
 
-# Consumer handlers get (session, event) only; the running service is bound here at start.
-_bound: dict[str, Any] = {}
-
-
-async def bind(runtime: Runtime[Settings]) -> None:
-    _bound["runtime"] = runtime
-
-
-def _ledger() -> Ledger:
-    return ledger_of(_bound["runtime"])
-
-
-def _settings() -> Settings:
-    settings: Settings = _bound["runtime"].settings
-    return settings
+Points = Runtime[Settings]
 
 
 # ---- members ---------------------------------------------------------------------------------
 
 
-async def on_member(session: AsyncSession, event: Event) -> None:
-    now = _ledger().clock.now()
+async def on_member(runtime: Points, session: AsyncSession, event: Event) -> None:
+    now = ledger_of(runtime).clock.now()
     if event.subject == "identity.member.registered":
         await store.register_member(session, event.parse(identity.MemberRegistered).member_id, now)
     elif event.subject == "identity.member.erasure_requested":
@@ -136,9 +122,9 @@ def _purchase(event: Event) -> tuple[str, Purchase]:
     )
 
 
-async def on_purchase(session: AsyncSession, event: Event) -> None:
+async def on_purchase(runtime: Points, session: AsyncSession, event: Event) -> None:
     step, purchase = _purchase(event)
-    settings, now = _settings(), _ledger().clock.now()
+    settings, now = runtime.settings, ledger_of(runtime).clock.now()
     wallet = await store.lock_wallet(session, purchase.member_id)
     if wallet is None or wallet.status != "active":
         # identity's registration may not have arrived yet: fail, so the event is retried.
@@ -257,8 +243,8 @@ def _publisher(event: Event) -> str:
     return event.source.removeprefix("kizuna/")
 
 
-async def on_command(session: AsyncSession, event: Event) -> None:
-    settings, now = _settings(), _ledger().clock.now()
+async def on_command(runtime: Points, session: AsyncSession, event: Event) -> None:
+    settings, now = runtime.settings, ledger_of(runtime).clock.now()
     msg: Message
     if event.subject == "points.credit.requested":
         msg = event.parse(ev.CreditRequested)
@@ -302,7 +288,7 @@ async def on_command(session: AsyncSession, event: Event) -> None:
         msg = event.parse(ev.SpendRequested)
         command, member_id = ev.COMMAND_KIND_SPEND, msg.member_id
         request = msg
-        authorized = await _member_authorized(msg.member_authorization, msg.member_id)
+        authorized = await _member_authorized(runtime, msg.member_authorization, msg.member_id)
 
         async def effect(s: AsyncSession, wallet: Any, at: datetime) -> Message:
             if not authorized or msg.source_service != _publisher(event):
@@ -360,28 +346,40 @@ async def on_command(session: AsyncSession, event: Event) -> None:
         )
 
 
-async def _member_authorized(token: str, member_id: str) -> bool:
+async def _member_authorized(runtime: Points, token: str, member_id: str) -> bool:
     if not token:
         return False
     try:
-        member = await _bound["runtime"].verifier.verify(token)
+        member = await runtime.verifier.verify(token)
     except DomainError:
         return False
     return member.member_id == member_id and member.has_scope("points:spend")
 
 
-consumers = [
-    Consumer("points-members", ["identity.member.registered", "identity.member.erasure_requested"], on_member),
-    Consumer(
-        "points-shop-earn",
-        ["shop.order.paid", "shop.order.completed", "shop.order.cancelled", "shop.order.refunded"],
-        on_purchase,
-    ),
-    Consumer(
-        "points-travel-earn",
-        ["travel.booking.confirmed", "travel.booking.completed", "travel.booking.cancelled"],
-        on_purchase,
-    ),
-    Consumer("points-fintech-earn", ["fintech.card_purchase.posted", "fintech.card_purchase.refunded"], on_purchase),
-    Consumer("points-commands", ["points.credit.requested", "points.spend.requested"], on_command),
-]
+def consumers(runtime: Points) -> list[Consumer]:
+    """What points consumes, each handler bound to the running service."""
+    return [
+        Consumer(
+            "points-members",
+            ["identity.member.registered", "identity.member.erasure_requested"],
+            partial(on_member, runtime),
+        ),
+        Consumer(
+            "points-shop-earn",
+            ["shop.order.paid", "shop.order.completed", "shop.order.cancelled", "shop.order.refunded"],
+            partial(on_purchase, runtime),
+        ),
+        Consumer(
+            "points-travel-earn",
+            ["travel.booking.confirmed", "travel.booking.completed", "travel.booking.cancelled"],
+            partial(on_purchase, runtime),
+        ),
+        Consumer(
+            "points-fintech-earn",
+            ["fintech.card_purchase.posted", "fintech.card_purchase.refunded"],
+            partial(on_purchase, runtime),
+        ),
+        Consumer(
+            "points-commands", ["points.credit.requested", "points.spend.requested"], partial(on_command, runtime)
+        ),
+    ]

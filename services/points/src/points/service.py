@@ -37,7 +37,6 @@ service = Service(
     grpc=[(points_pb2_grpc.add_PointsServiceServicer_to_server, grpc_api.PointsApi)],
     consumers=events.consumers,
     jobs=[expiry_job],
-    on_start=[events.bind],
     commands={"audit": audit_command},
     # The wallet page: members sign in through identity; the kit adds /auth/*, the layout's
     # stylesheet and the header's /_kizuna/me (which reads the balance from PointsService).
