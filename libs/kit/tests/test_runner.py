@@ -31,7 +31,7 @@ from sqlmodel import select
 TESTS = Path(__file__).parent
 
 
-def run_points(env: dict[str, str], timeout: float = 20) -> subprocess.CompletedProcess[str]:
+def run_points(env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "points"], env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -24,7 +24,8 @@ def _run(connection: Connection) -> None:
 
 
 async def _main() -> None:
-    engine = create_async_engine(url)
+    # A running service may hold the SQLite write lock for a moment: wait for it, don't fail.
+    engine = create_async_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)
