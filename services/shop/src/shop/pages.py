@@ -12,20 +12,19 @@ session id under the client secret), so a form can only be posted from a page th
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
+from fastapi import APIRouter, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from kizuna.kit import web
+from kizuna.kit.csrf import FormMember, csrf_token
 from kizuna.kit.db import SessionDep
 from kizuna.kit.errors import DomainError, NotFound, PermissionDenied
-from kizuna.kit.oidc_client import MaybeMember, SignedInMember, WebMember, web_sign_in_of
+from kizuna.kit.oidc_client import MaybeMember, SignedInMember, WebMember
 
 from shop import cart, catalogue, orders
 from shop.catalogue import ProductDraft, Sort
@@ -42,23 +41,7 @@ def _shop(request: Request) -> Shop:
     return shop_of(request.app.state.runtime)
 
 
-# ---- forms: CSRF bound to the sign-in session ---------------------------------------------------
 
-
-def csrf_token(request: Request, member: WebMember) -> str:
-    secret = web_sign_in_of(request).client_secret.encode()
-    return hmac.new(secret, f"shop-form:{member.session_id}".encode(), hashlib.sha256).hexdigest()
-
-
-async def _form_member(request: Request, member: SignedInMember) -> WebMember:
-    form = await request.form()
-    if not hmac.compare_digest(str(form.get("csrf_token", "")), csrf_token(request, member)):
-        raise HTTPException(403, "This form has expired or did not come from this site; reload the page and try again.")
-    return member
-
-
-FormMember = Annotated[WebMember, Depends(_form_member)]
-"""The signed-in member posting a form this site gave them (CSRF-checked)."""
 
 
 def is_admin(shop: Shop, member: WebMember | None) -> bool:
@@ -78,7 +61,7 @@ async def _render(request: Request, name: str, member: WebMember | None, *, stat
         "member": member,
         "member_name": (member.display_name or member.member_id) if member else None,
         "points_balance": balance,
-        "csrf_token": csrf_token(request, member) if member else "",
+        "csrf_token": csrf_token(request) if member else "",
         "is_admin": is_admin(shop, member),
         "message": request.query_params.get("message", ""),
         "error": request.query_params.get("error", ""),

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
-from kizuna.kit.oidc_client import web_sign_in_of
+from kizuna.kit.oidc_client import SignedInMember, WebMember, web_sign_in_of
 from markupsafe import Markup, escape
 
 FIELD = "csrf_token"
@@ -44,3 +45,12 @@ async def verify_csrf(request: Request) -> None:
 
 CsrfChecked = Depends(verify_csrf)
 """Route dependency: `@router.post(..., dependencies=[CsrfChecked])`."""
+
+
+async def _form_member(request: Request, member: SignedInMember) -> WebMember:
+    await verify_csrf(request)
+    return member
+
+
+FormMember = Annotated[WebMember, Depends(_form_member)]
+"""The signed-in member posting a form this site gave them (CSRF-checked)."""
