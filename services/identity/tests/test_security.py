@@ -336,3 +336,20 @@ async def test_prompt_login_asks_for_the_password_again_even_with_a_session(idp_
         },
     )
     assert "code" in query_of(code.headers["location"])
+
+
+async def test_account_deletion_password_is_throttled_like_sign_in(idp_sqlite: Idp) -> None:
+    browser = await signed_in(idp_sqlite, "throttle-delete@example.com")
+    for _ in range(5):
+        page = await browser.get("/account")
+        wrong = await browser.post(
+            "/account/delete", data={"password": "not the password", "confirm": "yes", "csrf_token": csrf_of(page.text)}
+        )
+        assert wrong.status_code == 401
+    page = await browser.get("/account")
+    blocked = await browser.post(
+        "/account/delete",
+        data={"password": "correct horse battery", "confirm": "yes", "csrf_token": csrf_of(page.text)},
+    )
+    assert blocked.status_code == 429
+    assert (await browser.get("/account")).status_code == 200  # still there, still signed in

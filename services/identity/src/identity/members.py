@@ -134,8 +134,11 @@ async def change_email(
     if await by_email(session, email) is not None:
         raise AlreadyExists("Another account already uses this email.")
     member.email = email
-    member.email_verified_at = None  # the new address is not proven yet
-    _updated(session, member, ["email", "email_verified"], now)
+    fields = ["email"]
+    if member.email_verified_at is not None:  # the new address is not proven yet
+        member.email_verified_at = None
+        fields.append("email_verified")
+    _updated(session, member, fields, now)
 
 
 async def mark_email_verified(session: AsyncSession, member: Member, now: datetime) -> None:

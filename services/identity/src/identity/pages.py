@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
-from kizuna.kit.errors import DomainError
+from kizuna.kit.errors import DomainError, Unauthenticated
 from kizuna.kit.web import page_templates
 from sqlmodel import col, select
 
@@ -489,12 +489,33 @@ async def account_delete(
     if confirm != "yes":
         context = await _account_context(request, op)
         return render(request, "account.html", {**context, "error": "Tick the box to confirm the deletion."}, 400)
+    settings = provider.settings
+    now = provider.now()
+    ip = client_ip(request)
+    # The password is re-entered here, so it is throttled like sign-in (a stolen session cookie
+    # must not become a password oracle).
+    async with provider.db.sessions() as session:
+        account = (await members.get(session, op.member_id)).email
+        blocked = await sessions.throttled(
+            session,
+            account=account,
+            ip=ip,
+            now=now,
+            window_seconds=settings.identity_signin_window_seconds,
+            max_account=settings.identity_signin_max_failures_account,
+            max_ip=settings.identity_signin_max_failures_ip,
+        )
+    if blocked:
+        context = await _account_context(request, op)
+        error = "Too many failed attempts. Wait a few minutes, then try again."
+        return render(request, "account.html", {**context, "error": error}, 429)
     try:
         async with provider.db.transaction() as session:
-            link, deliveries = await privacy.erase_member(
-                session, provider, op.member_id, password=password, now=provider.now()
-            )
+            link, deliveries = await privacy.erase_member(session, provider, op.member_id, password=password, now=now)
     except DomainError as exc:
+        if isinstance(exc, Unauthenticated):
+            async with provider.db.transaction() as session:
+                sessions.record_attempt(session, account=account, ip=ip, now=now, succeeded=False)
         return render(
             request, "account.html", {**await _account_context(request, op), "error": exc.message}, exc.http_status
         )

@@ -17,7 +17,7 @@ from kizuna.identity.v1 import identity_pb2_grpc
 from kizuna.kit import web
 from kizuna.kit.service import Runtime, Service
 
-from identity import admin, admin_api, backchannel, cleanup, clients, grpc_api, logout, oauth_server, pages, privacy
+from identity import admin, demo, admin_api, backchannel, cleanup, clients, grpc_api, logout, oauth_server, pages, privacy
 from identity.provider import Provider
 from identity.settings import Settings
 
@@ -61,7 +61,7 @@ service = Service(
     consumers=lambda runtime: privacy.progress_consumers(runtime.settings),
     jobs=[reload_keys, backchannel.retry_deliveries, cleanup.cleanup_job],
     readiness=[check_signing_key],
-    commands={"rotate-keys": admin.rotate_keys, "register-client": admin.register_client},
+    commands={"rotate-keys": admin.rotate_keys, "register-client": admin.register_client, "seed": demo.seed},
     # identity verifies tokens for its own gRPC API but is the issuer: it must not wait on itself.
     jwks_readiness=False,
 )
