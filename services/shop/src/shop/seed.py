@@ -6,6 +6,9 @@ second run (every `make up`) adds nothing and a newer seed adds only what is mis
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from kizuna.kit.db import Database, utcnow
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -54,13 +57,23 @@ DEMO: dict[str, tuple[str, list[ProductDraft]]] = {
 }
 
 
-async def seed_catalogue(session: AsyncSession) -> int:
+def demo_owner(data_dir: Path) -> str:
+    """The demo merchant's staff member: the one `python -m identity seed` created, when it ran."""
+    path = data_dir / "demo-members.json"
+    if path.exists():
+        merchant = json.loads(path.read_text()).get("merchant")
+        if merchant:
+            return str(merchant["member_id"])
+    return DEMO_OWNER
+
+
+async def seed_catalogue(session: AsyncSession, owner: str = DEMO_OWNER) -> int:
     """Add the demo merchants and products that are missing; returns how many products were added."""
     now, added = utcnow(), 0
     for name, (description, products) in DEMO.items():
         merchant = (await session.exec(select(Merchant).where(Merchant.name == name))).first()
         if merchant is None:
-            merchant = await catalogue.apply(session, DEMO_OWNER, name, description, now)
+            merchant = await catalogue.apply(session, owner, name, description, now)
             await catalogue.decide(session, merchant.id, "verify", "seed", now)
         titles = set((await session.exec(select(Product.title).where(Product.merchant_id == merchant.id))).all())
         for draft in products:
@@ -70,6 +83,6 @@ async def seed_catalogue(session: AsyncSession) -> int:
     return added
 
 
-async def seed(db: Database) -> int:
+async def seed(db: Database, owner: str = DEMO_OWNER) -> int:
     async with db.transaction() as session:
-        return await seed_catalogue(session)
+        return await seed_catalogue(session, owner)

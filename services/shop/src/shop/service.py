@@ -23,7 +23,7 @@ def seed_command(settings: Settings, _args: list[str]) -> int:
     async def run() -> int:
         db = Database(settings.database_url_for("shop"))
         try:
-            return await seed.seed(db)
+            return await seed.seed(db, seed.demo_owner(settings.kizuna_data_dir))
         finally:
             await db.dispose()
 
