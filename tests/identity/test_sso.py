@@ -43,8 +43,13 @@ def rp_settings(nats_url: str, tmp_path: Path, name: str, port: int, issuer: str
 async def test_single_sign_on_then_logout_everywhere(nats_url: str, database_url: str, tmp_path: Path) -> None:
     await reset_streams(nats_url, "IDENTITY", "SHOPDEMO", "TRAVELDEMO")
     ports = {"shopdemo": free_port(), "traveldemo": free_port()}
+    # Access tokens shorter than the RP's 30 s refresh margin: every use at shop refreshes.
     settings = identity_settings(
-        nats_url, database_url, tmp_path, extra_clients=[rp_client(n, p) for n, p in ports.items()]
+        nats_url,
+        database_url,
+        tmp_path,
+        extra_clients=[rp_client(n, p) for n, p in ports.items()],
+        identity_access_token_seconds=20,
     )
     async with AsyncExitStack() as stack:
         idp = await stack.enter_async_context(running_identity(settings))
@@ -79,9 +84,18 @@ async def test_single_sign_on_then_logout_everywhere(nats_url: str, database_url
         assert member_id.startswith("mbr_") and done.json()["name"] == "Sora"
 
         # The member's token, kept server-side at shop, is a kizuna access token for other services.
+        async def shop_session() -> WebSession:
+            async with rps["shopdemo"].db.sessions() as session:
+                return (await session.exec(select(WebSession))).one()
+
+        before = await shop_session()
         token = (await browser.get(f"{shop}/token")).json()["access_token"]
         principal = await TokenVerifier(idp.issuer).verify(token)
         assert principal.member_id == member_id and principal.client_id == "shopdemo"
+        # That was a refresh: rotated refresh token and a fresh ID token (kept as the logout hint).
+        after = await shop_session()
+        assert after.refresh_token != before.refresh_token and after.id_token != before.id_token
+        assert token == after.access_token != before.access_token
 
         # 2. Travel: no password; the silent check at identity signs the member in (SSO).
         seen = await browser.get(f"{travel}/maybe")

@@ -288,6 +288,15 @@ class WebSignIn:
             await self.end_local(web_session_id=web_session_id)
             raise SignInError("the member's grant has ended; sign in again")
         tokens = response.json()
+        id_token = row.id_token
+        if "id_token" in tokens:
+            # OIDC Core §12.2: a refreshed ID token must name the same member; keep it as the
+            # id_token_hint for logout.
+            claims = await self.verify_jwt(tokens["id_token"])
+            if claims.get("sub") != row.member_id:
+                await self.end_local(web_session_id=web_session_id)
+                raise SignInError("the refreshed ID token names another member")
+            id_token = tokens["id_token"]
         async with self.db.transaction() as session:
             await session.exec(
                 update(WebSession)
@@ -295,6 +304,7 @@ class WebSignIn:
                 .values(
                     access_token=tokens["access_token"],
                     refresh_token=tokens.get("refresh_token", row.refresh_token),
+                    id_token=id_token,
                     access_expires_at=self.clock() + timedelta(seconds=int(tokens.get("expires_in", 60))),
                 )
             )
