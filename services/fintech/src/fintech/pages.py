@@ -63,7 +63,7 @@ async def card_page(request: Request, member: SignedInMember) -> HTMLResponse:
                 "transactions": await cards.transactions(session, card.card_id),
                 "statements": await statements.for_member(session, member.member_id),
             }
-    return _render(request, "card.html", member, **view)
+    return _render(request, "card.html", member, sandbox=ctx.settings.fintech_sandbox, **view)
 
 
 @router.post("/card/apply", dependencies=[CsrfChecked])
@@ -79,6 +79,18 @@ async def apply_page(request: Request, member: SignedInMember, annual_income_min
     page = _render(request, "issued.html", member, card=issued)
     page.headers["cache-control"] = "no-store"
     return page
+
+
+@router.post("/card/statements/close-now", dependencies=[CsrfChecked])
+async def close_statement_page(request: Request, member: SignedInMember) -> Response:
+    """Sandbox only: bill what is posted now instead of waiting for month end."""
+    ctx = _ctx(request)
+    if not ctx.settings.fintech_sandbox:
+        return _back("/card", "closing a statement on demand is available in the sandbox only (FINTECH_SANDBOX)")
+    async with ctx.db.transaction() as session:
+        card = await cards.require_card(session, ctx, member.member_id)
+        statement = await statements.close(session, ctx, card.card_id, ctx.clock.now())
+    return _back("/card", "Statement closed" if statement else "Nothing to bill yet")
 
 
 @router.post("/card/statements/{statement_id}/pay", dependencies=[CsrfChecked])
