@@ -42,7 +42,10 @@ async def me(request: Request) -> JSONResponse:
     row = await rp.current(request)
     headers = {"Cache-Control": "no-store"}
     if row is None:
-        return JSONResponse({"signed_in": False}, headers=headers)
+        # The page asks identity once per browser (prompt=none) whether the member is signed in
+        # there already: single sign-on on every page of every service, not only protected ones.
+        checked = bool(request.cookies.get(rp.sso_checked_cookie))
+        return JSONResponse({"signed_in": False, "sso_checked": checked}, headers=headers)
     body: dict[str, Any] = {"signed_in": True, "name": row.display_name or row.member_id, "points": None}
     try:
         token = await rp.access_token(row.id)
