@@ -33,7 +33,6 @@ from kizuna.points.v1 import events_pb2 as ev
 from kizuna.points.v1 import points_pb2 as pb
 from sqlalchemy import and_, bindparam, exists, func, insert, or_, update
 from sqlalchemy import select as core_select
-from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, select
@@ -116,7 +115,7 @@ class Member(NamedTuple):
 class Locked(NamedTuple):
     wallet: Wallet | None
     due: bool
-    record: Row[Any] | None
+    record: Any  # the idempotency record row (operation, request_hash, response, error_code, error_message)
 
 
 _RECORD_COLUMNS = (
@@ -412,7 +411,7 @@ async def release(
         ),
         member_id=wallet.member_id,
     )
-    return reservation.amount
+    return int(reservation.amount)
 
 
 # ---- idempotent execution ----------------------------------------------------------------------
@@ -441,7 +440,7 @@ _ERRORS: dict[str, type[DomainError]] = {
 Effect = Callable[[AsyncSession, Wallet | None, datetime], Awaitable[R]]
 
 
-def _replay(record: Row[Any], operation: str, digest: str, key: str, response_type: type[R]) -> R | DomainError:
+def _replay(record: Any, operation: str, digest: str, key: str, response_type: type[R]) -> R | DomainError:
     if record.operation != operation or record.request_hash != digest:
         return AlreadyExists(f"idempotency key {key!r} was already used with a different request")
     if record.error_code is not None:
