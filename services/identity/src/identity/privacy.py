@@ -31,7 +31,7 @@ import httpx
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.identity.v1 import events_pb2
 from kizuna.kit.db import UTCDateTime, utcnow
-from kizuna.kit.errors import FailedPrecondition, Unauthenticated
+from kizuna.kit.errors import FailedPrecondition, NotFound, Unauthenticated
 from kizuna.kit.events import Consumer, Event, publish
 from kizuna.kit.privacy import ERASURE_REQUESTED, EXPORT_SCOPE, erased_subject
 from sqlalchemy import Column, String, delete
@@ -206,7 +206,10 @@ async def erase_member(
 ) -> tuple[str, list[str]]:
     """Erase the member in the caller's transaction; returns (progress link, back-channel deliveries).
     A wrong password changes nothing."""
-    member = await members.get(session, member_id)
+    # Locked: two deletions at once (two tabs) must not both proceed (PostgreSQL; SQLite serializes writers).
+    member = await session.get(members.Member, member_id, with_for_update=True)
+    if member is None:
+        raise NotFound(f"no member {member_id}")
     if member.status != members.ACTIVE:
         raise FailedPrecondition("This account is already deleted.")
     if not provider.passwords.verify(member.password_hash, password):

@@ -17,7 +17,19 @@ from kizuna.identity.v1 import identity_pb2_grpc
 from kizuna.kit import web
 from kizuna.kit.service import Runtime, Service
 
-from identity import admin, demo, admin_api, backchannel, cleanup, clients, grpc_api, logout, oauth_server, pages, privacy
+from identity import (
+    admin,
+    admin_api,
+    backchannel,
+    cleanup,
+    clients,
+    demo,
+    grpc_api,
+    logout,
+    oauth_server,
+    pages,
+    privacy,
+)
 from identity.provider import Provider
 from identity.settings import Settings
 
