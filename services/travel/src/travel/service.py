@@ -11,7 +11,6 @@ import asyncio
 import logging
 
 from fastapi import APIRouter
-from kizuna.kit import oidc_client, web
 from kizuna.kit.db import Database, utcnow
 from kizuna.kit.service import Runtime, Service
 from kizuna.travel.v1 import travel_pb2_grpc
@@ -77,7 +76,7 @@ def seed_command(settings: Settings, args: list[str]) -> int:
 PAGE_SCOPES = "openid profile offline_access points:read points:spend fintech:pay"
 
 router = APIRouter()
-for part in (http_api.router, pages.router, oidc_client.router, web.router):
+for part in (http_api.router, pages.router):
     router.include_router(part)
 
 service = Service(
@@ -86,7 +85,8 @@ service = Service(
     http=router,
     grpc=[(travel_pb2_grpc.add_TravelServiceServicer_to_server, TravelApi)],
     jobs=[booking_jobs],
-    on_start=[start_bookings, oidc_client.web_sign_in(scopes=PAGE_SCOPES)],
+    on_start=[start_bookings],
+    web_sign_in_scopes=PAGE_SCOPES,
     on_stop=[stop_bookings],
     commands={"seed": seed_command},
 )
