@@ -1,12 +1,14 @@
 """What a member experiences, in a real browser across the real ecosystem (`make up`'s stack).
 
-One test walks the whole journey, step by step; a failing step saves screenshots under
+One test walks the whole journey, step by step; a failing step saves screenshots and HTML under
 test-artifacts/journey/.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import time
 import uuid
 
 from journey_support import Ecosystem, Steps
@@ -21,12 +23,30 @@ def header_points(page: Page) -> int:
     return int(slot.inner_text().removesuffix(" pt").replace(",", ""))
 
 
+def wait_for_points(page: Page, url: str, predicate, timeout: float = 60) -> int:  # type: ignore[no-untyped-def]
+    """Reload `url` until the header's live balance satisfies `predicate` (events take a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        page.goto(url)
+        points = header_points(page)
+        if predicate(points) or time.monotonic() > deadline:
+            return points
+        time.sleep(1)
+
+
+def sign_in(page: Page, email: str, password: str) -> None:
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
 def test_one_member_across_the_ecosystem(ecosystem: Ecosystem, browser, steps: Steps) -> None:  # type: ignore[no-untyped-def]
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(15_000)
+    member_ctx = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = member_ctx.new_page()
+    page.set_default_timeout(20_000)
     steps.pages.append(page)
     email = f"aiko.{uuid.uuid4().hex[:8]}@example.com"
+    demo = json.loads((ecosystem.data_dir / "demo-members.json").read_text())
 
     with steps.step("register at identity"):
         page.goto(ecosystem.url("identity", "/signup"))
@@ -43,11 +63,101 @@ def test_one_member_across_the_ecosystem(ecosystem: Ecosystem, browser, steps: S
         assert header_points(page) == 0
         page.get_by_label("Annual income (¥)").fill("6000000")
         page.get_by_role("button", name="Apply for a card").click()
-        expect(page.get_by_text(re.compile("limit", re.I)).first).to_be_visible()
+        expect(page.get_by_text("Credit limit")).to_be_visible()
 
-    with steps.step("the other services know the member without a password"):
+    with steps.step("every service knows the member without a password"):
         for service in ("points", "shop", "travel"):
             page.goto(ecosystem.url(service))
             expect(page.locator("[data-kz-member-name]")).to_have_text("Aiko Tanaka")
 
-    context.close()
+    with steps.step("shop checkout paid by card"):
+        page.goto(ecosystem.url("shop", "/?q=teapot"))
+        page.get_by_role("link", name=re.compile("Tokoname kyusu teapot")).click()
+        page.get_by_role("button", name="Add to cart").click()
+        page.goto(ecosystem.url("shop", "/cart"))
+        page.get_by_role("link", name=re.compile("Check ?out", re.I)).first.click()
+        page.get_by_role("button", name="Place order").click()
+        expect(page.locator("[data-status]").first).to_have_text(re.compile("paid", re.I))
+
+    with steps.step("the merchant ships the order"):
+        merchant_ctx = browser.new_context()
+        merchant = merchant_ctx.new_page()
+        merchant.set_default_timeout(20_000)
+        steps.pages.append(merchant)
+        merchant.goto(ecosystem.url("shop", "/merchant"))
+        sign_in(merchant, demo["merchant"]["email"], demo["merchant"]["password"])
+        expect(merchant.get_by_role("heading", name="Merchant console")).to_be_visible()
+        merchant.get_by_role("button", name="Ship").first.click()
+        expect(merchant.get_by_role("button", name="Ship")).to_have_count(0)
+        merchant_ctx.close()
+
+    with steps.step("the member confirms delivery and the points appear in the header"):
+        page.goto(ecosystem.url("shop", "/orders"))
+        page.get_by_role("button", name="Confirm delivery").first.click()
+        expect(page.locator("[data-status]").first).to_have_text(re.compile("completed", re.I))
+        earned = wait_for_points(page, ecosystem.url("shop", "/orders"), lambda p: p >= 68 * 2)
+        # 1% back on ¥6,800 from the shop plus 1% from the card purchase itself.
+        assert earned >= 136, earned
+
+    with steps.step("pay the card bill partly with points"):
+        page.goto(ecosystem.url("fintech", "/bank"))
+        page.get_by_label("Test top-up (¥)").fill("20000")
+        page.get_by_role("button", name="Top up").click()
+        page.goto(ecosystem.url("fintech", "/card"))
+        page.get_by_role("button", name="Close my statement now (sandbox)").click()
+        before = header_points(page)
+        statement = page.locator("section").filter(has=page.get_by_role("button", name=re.compile("^Pay")))
+        statement.get_by_label("With points").fill("50")
+        statement.get_by_label("From bank (¥)").fill(str(6800 - 50))
+        statement.get_by_role("button", name=re.compile("^Pay")).click()
+        expect(page.get_by_text(re.compile(r"\(paid\)"))).to_be_visible()
+        assert header_points(page) == before - 50
+
+    with steps.step("invest points in a fund"):
+        page.goto(ecosystem.url("fintech", "/invest"))
+        before = header_points(page)
+        fund = page.locator("form").filter(has=page.get_by_role("button", name="Buy")).first
+        fund.get_by_label("Points").fill("30")
+        fund.get_by_label("Bank (¥)").fill("1000")
+        fund.get_by_role("button", name="Buy").click()
+        expect(page.get_by_role("heading", name=re.compile("Holdings · ¥[1-9]"))).to_be_visible()
+        assert header_points(page) == before - 30
+
+    with steps.step("sign out once, signed out everywhere"):
+        page.goto(ecosystem.url("shop"))
+        page.locator("[data-kz-signout]").click()
+        page.get_by_role("button", name="Sign out").click()
+        for service in ("fintech", "points", "travel", "shop"):
+            page.goto(ecosystem.url(service, "/"))
+            expect(page.locator("[data-kz-member-name]")).to_have_text("")
+        page.goto(ecosystem.url("fintech", "/card"))
+        expect(page).to_have_url(re.compile(re.escape(ecosystem.url("identity"))))
+
+    with steps.step("delete the account and watch every service confirm"):
+        page.goto(ecosystem.url("identity", "/account"))
+        if "signin" in page.url:
+            sign_in(page, email, PASSWORD)
+        page.get_by_label("Current password").last.fill(PASSWORD)
+        page.get_by_label("I understand my account and data will be deleted").check()
+        page.get_by_role("button", name="Delete my account").click()
+        expect(page.get_by_role("heading", name=re.compile("Deleting your account|Your account is deleted"))).to_be_visible()
+        for service in ("points", "shop", "travel", "fintech"):
+            row = page.locator(f'tr[data-service="{service}"]')
+            expect(row).to_have_attribute("data-done", "yes", timeout=90_000)
+        expect(page.get_by_role("heading", name="Your account is deleted")).to_be_visible()
+
+    member_ctx.close()
+    _points_audit_passes(ecosystem)
+
+
+def _points_audit_passes(ecosystem: Ecosystem) -> None:
+    """After the journey the ledger's invariants hold (points' own audit, run as operators do)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KIZUNA_DATA_DIR": str(ecosystem.data_dir), "NATS_URL": "nats://127.0.0.1:1",
+           "KIZUNA_ISSUER": ecosystem.url("identity").rstrip("/"), "LOG_LEVEL": "WARNING"}
+    result = subprocess.run([sys.executable, "-m", "points", "audit"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
