@@ -34,6 +34,19 @@ def wait_for_points(page: Page, url: str, predicate, timeout: float = 60) -> int
         time.sleep(1)
 
 
+def wallet_shows_spend(page: Page, wallet_url: str, service: str | re.Pattern[str], points: int) -> None:
+    """The points wallet lists the spend, and its total is exactly what the header shows."""
+    page.goto(wallet_url)
+    row = (
+        page.locator("tr")
+        .filter(has=page.get_by_role("cell", name=service, exact=True))
+        .filter(has=page.get_by_role("cell", name=f"-{points}", exact=True))
+    )
+    expect(row.first).to_be_visible()
+    total = int(page.get_by_test_id("total").inner_text().removesuffix(" pt").replace(",", ""))
+    assert header_points(page) == total
+
+
 def sign_in(page: Page, email: str, password: str) -> None:
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(password)
@@ -99,29 +112,38 @@ def test_one_member_across_the_ecosystem(ecosystem: Ecosystem, browser, steps: S
         # 1% back on ¥6,800 from the shop plus 1% from the card purchase itself.
         assert earned >= 136, earned
 
+    with steps.step("book a hotel paying partly with points"):
+        page.goto(ecosystem.url("travel"))
+        page.get_by_role("button", name="Search").click()
+        page.locator("article.hotel-result h2 a").first.click()
+        page.get_by_role("link", name="Book").first.click()
+        page.get_by_label(re.compile("Points to use")).fill("40")
+        page.get_by_role("button", name="Pay and book").click()
+        expect(page.get_by_text(re.compile("confirmed", re.I)).first).to_be_visible()
+        wallet_shows_spend(page, ecosystem.url("points", "/wallet"), "travel", 40)
+
     with steps.step("pay the card bill partly with points"):
         page.goto(ecosystem.url("fintech", "/bank"))
-        page.get_by_label("Test top-up (¥)").fill("20000")
+        page.get_by_label("Test top-up (¥)").fill("500000")
         page.get_by_role("button", name="Top up").click()
         page.goto(ecosystem.url("fintech", "/card"))
         page.get_by_role("button", name="Close my statement now (sandbox)").click()
-        before = header_points(page)
         statement = page.locator("section").filter(has=page.get_by_role("button", name=re.compile("^Pay")))
+        due = int(statement.get_by_label("From bank (¥)").input_value())
         statement.get_by_label("With points").fill("50")
-        statement.get_by_label("From bank (¥)").fill(str(6800 - 50))
+        statement.get_by_label("From bank (¥)").fill(str(due - 50))
         statement.get_by_role("button", name=re.compile("^Pay")).click()
         expect(page.get_by_text(re.compile(r"\(paid\)"))).to_be_visible()
-        assert header_points(page) == before - 50
+        wallet_shows_spend(page, ecosystem.url("points", "/wallet"), "card", 50)
 
     with steps.step("invest points in a fund"):
         page.goto(ecosystem.url("fintech", "/invest"))
-        before = header_points(page)
         fund = page.locator("form").filter(has=page.get_by_role("button", name="Buy")).first
         fund.get_by_label("Points").fill("30")
         fund.get_by_label("Bank (¥)").fill("1000")
         fund.get_by_role("button", name="Buy").click()
         expect(page.get_by_role("heading", name=re.compile("Holdings · ¥[1-9]"))).to_be_visible()
-        assert header_points(page) == before - 30
+        wallet_shows_spend(page, ecosystem.url("points", "/wallet"), re.compile("card|invest|fintech"), 30)
 
     with steps.step("sign out once, signed out everywhere"):
         page.goto(ecosystem.url("shop"))
@@ -140,7 +162,9 @@ def test_one_member_across_the_ecosystem(ecosystem: Ecosystem, browser, steps: S
         page.get_by_label("Current password").last.fill(PASSWORD)
         page.get_by_label("I understand my account and data will be deleted").check()
         page.get_by_role("button", name="Delete my account").click()
-        expect(page.get_by_role("heading", name=re.compile("Deleting your account|Your account is deleted"))).to_be_visible()
+        expect(
+            page.get_by_role("heading", name=re.compile("Deleting your account|Your account is deleted"))
+        ).to_be_visible()
         for service in ("points", "shop", "travel", "fintech"):
             row = page.locator(f'tr[data-service="{service}"]')
             expect(row).to_have_attribute("data-done", "yes", timeout=90_000)
@@ -156,8 +180,14 @@ def _points_audit_passes(ecosystem: Ecosystem) -> None:
     import subprocess
     import sys
 
-    env = {**os.environ, "KIZUNA_DATA_DIR": str(ecosystem.data_dir), "NATS_URL": "nats://127.0.0.1:1",
-           "KIZUNA_ISSUER": ecosystem.url("identity").rstrip("/"), "LOG_LEVEL": "WARNING"}
-    result = subprocess.run([sys.executable, "-m", "points", "audit"], env=env, capture_output=True, text=True,
-                            timeout=120)
+    env = {
+        **os.environ,
+        "KIZUNA_DATA_DIR": str(ecosystem.data_dir),
+        "NATS_URL": "nats://127.0.0.1:1",
+        "KIZUNA_ISSUER": ecosystem.url("identity").rstrip("/"),
+        "LOG_LEVEL": "WARNING",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "points", "audit"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
