@@ -20,13 +20,12 @@ from kizuna.points.v1 import points_pb2 as pb
 from pointskit import Points, key
 from sqlalchemy import text
 
-GRPC_PORT = free_port()
-
 
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     # The header reads the balance from PointsService, i.e. from this very service.
-    return {"grpc_port": GRPC_PORT, "points_addr": f"127.0.0.1:{GRPC_PORT}"}
+    port = free_port()
+    return {"grpc_port": port, "points_addr": f"127.0.0.1:{port}"}
 
 
 def http(points: Points) -> httpx.AsyncClient:
