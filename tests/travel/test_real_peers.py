@@ -152,9 +152,11 @@ async def real(service_process: Any, test_issuer: Any, nats_url: str, database_u
     test_issuer.register_client("fintech", "fintech-secret", "points:spend points:read points:credit")
     common = {"KIZUNA_ISSUER": test_issuer.issuer, "OUTBOX_POLL_SECONDS": "0.2"}
     points_proc, fintech_proc = await asyncio.gather(
-        asyncio.to_thread(service_process, "points", {**common, "KIZUNA_CLIENT_SECRET": "points-secret"}),
-        asyncio.to_thread(service_process, "fintech", {**common, "KIZUNA_CLIENT_SECRET": "fintech-secret"}),
+        asyncio.to_thread(service_process, "points", {**common, "KIZUNA_CLIENT_SECRET": "points-secret"}, wait=False),
+        asyncio.to_thread(service_process, "fintech", {**common, "KIZUNA_CLIENT_SECRET": "fintech-secret"}, wait=False),
     )
+    # Generous: two real processes migrating and starting on a busy 2-core machine.
+    await asyncio.gather(asyncio.to_thread(points_proc.wait_ready, 90), asyncio.to_thread(fintech_proc.wait_ready, 90))
     settings = travel_settings(
         nats_url, database_url, test_issuer.issuer, points_proc.grpc_address, fintech_proc.grpc_address
     )
