@@ -40,19 +40,6 @@ async def on_member(runtime: Points, session: AsyncSession, event: Event) -> Non
     now = ledger_of(runtime).clock.now()
     if event.subject == "identity.member.registered":
         await store.register_member(session, event.parse(identity.MemberRegistered).member_id, now)
-    elif event.subject == "identity.member.erasure_requested":
-        member_id = event.parse(identity.MemberErasureRequested).member_id
-        wallet = await store.lock_wallet(session, member_id)
-        if wallet is not None:
-            # Ledger entries stay under the bare member ID (bookkeeping law); the wallet closes.
-            wallet.status = "erased"
-            session.add(wallet)
-        publish(
-            session,
-            "points.member.erased",
-            identity.ErasureCompleted(member_id=member_id, service="points", completed_at=store.ts(now)),
-            member_id=member_id,
-        )
 
 
 # ---- earning from purchases --------------------------------------------------------------------
@@ -361,7 +348,7 @@ def consumers(runtime: Points) -> list[Consumer]:
     return [
         Consumer(
             "points-members",
-            ["identity.member.registered", "identity.member.erasure_requested"],
+            ["identity.member.registered"],
             partial(on_member, runtime),
         ),
         Consumer(

@@ -9,7 +9,7 @@ from kizuna.kit.db import Database
 from kizuna.kit.service import Service
 from kizuna.points.v1 import points_pb2_grpc
 
-from points import audit, events, grpc_api, http_api
+from points import audit, events, grpc_api, http_api, member_data
 from points.expiry import expiry_job
 from points.settings import Settings
 
@@ -38,6 +38,8 @@ service = Service(
     consumers=events.consumers,
     jobs=[expiry_job],
     commands={"audit": audit_command},
+    # Export and erasure for the member's account center (ledger entries stay, under the bare ID).
+    privacy=member_data.privacy,
     # The wallet page: members sign in through identity; the kit adds /auth/*, the layout's
     # stylesheet and the header's /_kizuna/me (which reads the balance from PointsService).
     web_sign_in_scopes="openid profile email offline_access points:read",
