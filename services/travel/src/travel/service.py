@@ -15,7 +15,7 @@ from kizuna.kit.db import Database, utcnow
 from kizuna.kit.service import Runtime, Service
 from kizuna.travel.v1 import travel_pb2_grpc
 
-from travel import catalogue, http_api, pages, stay
+from travel import catalogue, http_api, member_data, pages, stay
 from travel.booking import Bookings
 from travel.grpc_api import TravelApi
 from travel.payment import PaymentGateway
@@ -89,4 +89,5 @@ service = Service(
     web_sign_in_scopes=PAGE_SCOPES,
     on_stop=[stop_bookings],
     commands={"seed": seed_command},
+    privacy=member_data.privacy,
 )
