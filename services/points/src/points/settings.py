@@ -19,6 +19,8 @@ class CampaignSetting(BaseModel):
 
 
 class Settings(ServiceSettings):
+    # Every ledger call holds a connection for its whole transaction; size for ~64 concurrent callers.
+    database_pool_size: int = 32
     http_port: int = 8001
     grpc_port: int = 50051
     # Where the ecosystem header (kizuna.kit.header) reads a member's balance: this service itself.

@@ -216,7 +216,7 @@ class Service(Generic[S]):
         runtime: Runtime[S] = Runtime(
             name=self.name,
             settings=settings,
-            db=Database(settings.database_url_for(self.name)),
+            db=Database(settings.database_url_for(self.name), pool_size=settings.database_pool_size),
             verifier=TokenVerifier(
                 settings.kizuna_issuer, settings.kizuna_audience, jwks_url=settings.kizuna_jwks_url or None
             ),

@@ -30,6 +30,8 @@ class ServiceSettings(BaseSettings):
     # The points service, which every page's header asks for the member's live balance.
     points_addr: str = "127.0.0.1:50051"
     database_url: str = ""
+    # PostgreSQL connections per process (and as many again in overflow under bursts).
+    database_pool_size: int = 10
     kizuna_data_dir: Path = Path(".data")
     http_host: str = "127.0.0.1"
     http_port: int = 8000
