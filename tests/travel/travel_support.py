@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -11,6 +9,7 @@ from typing import Any
 import httpx
 import nats
 from kizuna.kit.service import Runtime
+from kizuna.kit.testing import reset_streams, wait_until  # noqa: F401 (re-exported)
 from sqlalchemy import text
 from travel.booking import Bookings
 from travel.settings import Settings
@@ -22,28 +21,6 @@ TRAVEL_SCOPES = "points:spend points:credit points:read fintech:pay"
 CATALOGUE_DAYS = 20
 # What a member grants travel's pages: spending their points and paying with their card.
 MEMBER_SCOPES = "points:read points:spend fintech:pay"
-
-
-async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    last: Any = None
-    while asyncio.get_running_loop().time() < deadline:
-        last = await predicate()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
-
-
-async def reset_streams(nats_url: str, *names: str) -> None:
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    for name in names:
-        try:
-            await js.delete_stream(name)
-        except nats.js.errors.NotFoundError:
-            pass
-    await nc.close()
 
 
 class Clock:

@@ -15,12 +15,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import nats
 from identity.provider import Provider
 from identity.service import service
 from identity.settings import Settings
 from kizuna.kit.service import Runtime
-from kizuna.kit.testing import free_port
+from kizuna.kit.testing import (
+    free_port,
+    reset_streams,  # noqa: F401 (re-exported)
+)
 
 PASSWORD = "correct horse battery"
 WEB_SECRET = "web-secret-0123456789abcdef"
@@ -103,17 +105,6 @@ class Idp:
 
     def browser(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.issuer, follow_redirects=False, timeout=10)
-
-
-async def reset_streams(nats_url: str, *names: str) -> None:
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    for name in names:
-        try:
-            await js.delete_stream(name)
-        except nats.js.errors.NotFoundError:
-            pass
-    await nc.close()
 
 
 @asynccontextmanager

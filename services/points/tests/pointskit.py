@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import nats
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.kit.auth import call_metadata
 from kizuna.kit.service import Runtime
-from kizuna.kit.testing import TestIssuer
+from kizuna.kit.testing import (
+    TestIssuer,
+    reset_streams,  # noqa: F401 (re-exported)
+)
 from kizuna.points.v1 import points_pb2 as pb
 from kizuna.points.v1 import points_pb2_grpc
 from points import audit, store
@@ -115,17 +117,6 @@ class Points:
     async def audit(self) -> audit.AuditReport:
         async with self.runtime.db.sessions() as session:
             return await audit.audit(session)
-
-
-async def reset_streams(nats_url: str, *names: str) -> None:
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    for name in names:
-        try:
-            await js.delete_stream(name)
-        except nats.js.errors.NotFoundError:
-            pass
-    await nc.close()
 
 
 def points_settings(nats_url: str, database_url: str, issuer: str, **overrides: Any) -> Settings:

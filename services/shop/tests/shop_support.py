@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +12,7 @@ import httpx
 import nats
 from kizuna.kit.service import Runtime
 from kizuna.kit.telemetry import configure_telemetry
-from kizuna.kit.testing import TestIssuer
+from kizuna.kit.testing import TestIssuer, reset_streams, wait_until  # noqa: F401 (re-exported)
 from shop.service import service
 from shop.settings import Settings
 from shop.wiring import Shop, shop_of
@@ -23,28 +22,6 @@ SHOP_SCOPES = "points:spend points:credit points:read fintech:pay"
 ADMIN = "mbr_admin"
 # What a member's token carries when they shop: the shop may read and spend their points and charge their card.
 MEMBER_SCOPE = "points:read points:spend fintech:pay fintech:read shop:read shop:order"
-
-
-async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    last: Any = None
-    while asyncio.get_running_loop().time() < deadline:
-        last = await predicate()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
-
-
-async def reset_streams(nats_url: str, *names: str) -> None:
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    for name in names:
-        try:
-            await js.delete_stream(name)
-        except nats.js.errors.NotFoundError:
-            pass
-    await nc.close()
 
 
 @asynccontextmanager
