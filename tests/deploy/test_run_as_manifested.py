@@ -143,13 +143,19 @@ def test_services_run_as_the_dev_manifests_say(
         }
         for peer, peer_plan in plans.items():
             changes[f"{peer.upper()}_ADDR"] = f"127.0.0.1:{peer_plan['local']['grpc']}"
+        # In-cluster identity endpoints become the local identity's.
+        if "KIZUNA_JWKS_URL" in env:
+            changes["KIZUNA_JWKS_URL"] = f"{identity_url}/jwks"
+        if "KIZUNA_TOKEN_URL" in env:
+            changes["KIZUNA_TOKEN_URL"] = f"{identity_url}/token"
         overrides[name] = {k: v for k, v in changes.items() if env.get(k) != v}
         env.update(changes)
     print("overrides of the manifests' environment:\n" + json.dumps(overrides, indent=2, default=str))
     for name, override in overrides.items():
         assert set(override) <= {
             "NATS_URL", "DATABASE_URL", "KIZUNA_ISSUER", "HTTP_HOST", "GRPC_HOST", "KIZUNA_DATA_DIR",
-            "HTTP_PORT", "GRPC_PORT", *(f"{p.upper()}_ADDR" for p in SERVICES),
+            "HTTP_PORT", "GRPC_PORT", "KIZUNA_JWKS_URL", "KIZUNA_TOKEN_URL",
+            *(f"{p.upper()}_ADDR" for p in SERVICES),
         }, f"{name}: unexpected override"
 
     # The init container: `python -m <name> migrate`, with the same environment.

@@ -52,7 +52,7 @@ class Ecosystem:
         return self.urls[service] + path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ecosystem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ecosystem]:
     """`make up`'s stack (nats-server, five services, demo data) on free ports and a fresh data dir."""
     for _ in range(50):
@@ -92,7 +92,9 @@ def ecosystem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ecosystem]:
         proc.communicate(timeout=60)
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps its own event loop running while it is open, which
+# would break every later test that starts an asyncio loop.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 

@@ -94,6 +94,13 @@ def test_one_member_across_the_ecosystem(ecosystem: Ecosystem, browser, steps: S
             visit(page, ecosystem.url(service))
             expect(page.locator("[data-kz-member-name]")).to_have_text("Aiko Tanaka")
 
+    with steps.step("keyboard users get a skip link first and a visible focus"):
+        page.goto(ecosystem.url("shop"))
+        page.keyboard.press("Tab")
+        skip = page.get_by_role("link", name="Skip to content")
+        expect(skip).to_be_focused()
+        expect(skip).to_be_in_viewport()
+
     with steps.step("shop checkout paid by card"):
         page.goto(ecosystem.url("shop", "/?q=teapot"))
         page.get_by_role("link", name=re.compile("Tokoname kyusu teapot")).click()
