@@ -75,7 +75,13 @@ class Points:
         await nc.close()
 
     async def credit(self, member_id: str, amount: int) -> None:
+        attempts = 0
+
         async def try_credit() -> bool:
+            # Points remembers a rejection under its key (a retry cannot turn it into a success),
+            # so each attempt while the registration is on its way needs a key of its own.
+            nonlocal attempts
+            attempts += 1
             try:
                 await self.stub.Credit(
                     points_pb2.CreditRequest(
@@ -84,7 +90,7 @@ class Points:
                         kind=points_pb2.CREDIT_KIND_REGULAR,
                         reason="welcome",
                         source_service="points-test",
-                        idempotency_key=f"welcome-{member_id}",
+                        idempotency_key=f"welcome-{member_id}-{attempts}",
                     ),
                     metadata=self._meta("points:credit"),
                     timeout=5,
@@ -95,7 +101,7 @@ class Points:
                 raise
             return True
 
-        await wait_until(try_credit)
+        await wait_until(try_credit, timeout=30)
 
     async def balance(self, member_id: str) -> points_pb2.GetBalanceResponse:
         return await self.stub.GetBalance(
