@@ -73,6 +73,27 @@ async def end_member_everywhere(session: AsyncSession, member_id: str, now: date
     return staged
 
 
+async def end_other_sessions_in(session: AsyncSession, member_id: str, *, keep_sid: str, now: datetime) -> list[str]:
+    """In the caller's transaction (a password change): end every session of the member but
+    `keep_sid` and revoke every grant not made in `keep_sid` (offline ones too: a refresh token
+    obtained with the old password must not outlive it). Returns the back-channel deliveries."""
+    others = (
+        await session.exec(
+            select(OpSession).where(
+                OpSession.member_id == member_id, col(OpSession.ended_at).is_(None), OpSession.id != keep_sid
+            )
+        )
+    ).all()
+    staged = await end_sessions_in(session, [op.id for op in others], now)
+    grants = (
+        await session.exec(select(Grant).where(Grant.member_id == member_id, col(Grant.revoked_at).is_(None)))
+    ).all()
+    for grant in grants:
+        if grant.session_id != keep_sid:
+            await revoke_grant(session, grant.id, now)
+    return staged
+
+
 async def end_sessions(provider: Provider, sids: list[str]) -> None:
     """End these sessions and tell each client at once (failed deliveries are retried later)."""
     async with provider.db.transaction() as session:

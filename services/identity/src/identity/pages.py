@@ -335,6 +335,43 @@ async def _account_change(request: Request, csrf: str, change: Any, done: str) -
     return render(request, "account.html", {**await _account_context(request, op), "notice": done})
 
 
+async def _password_throttled(request: Request, op: OpSession) -> Response | None:
+    """The account center asks for the current password again in some forms; those checks are
+    throttled like sign-in, so a stolen session cookie does not become a password oracle."""
+    provider = provider_of(request)
+    settings = provider.settings
+    async with provider.db.sessions() as session:
+        account = (await members.get(session, op.member_id)).email
+        blocked = await sessions.throttled(
+            session,
+            account=account,
+            ip=client_ip(request),
+            now=provider.now(),
+            window_seconds=settings.identity_signin_window_seconds,
+            max_account=settings.identity_signin_max_failures_account,
+            max_ip=settings.identity_signin_max_failures_ip,
+        )
+    if not blocked:
+        return None
+    context = await _account_context(request, op)
+    error = "Too many failed attempts. Wait a few minutes, then try again."
+    return render(request, "account.html", {**context, "error": error}, 429)
+
+
+async def _password_change_refused(request: Request, op: OpSession, exc: DomainError) -> Response:
+    """The account page with the reason; a wrong current password counts as a failed attempt."""
+    provider = provider_of(request)
+    if isinstance(exc, Unauthenticated):
+        async with provider.db.transaction() as session:
+            account = (await members.get(session, op.member_id)).email
+            sessions.record_attempt(
+                session, account=account, ip=client_ip(request), now=provider.now(), succeeded=False
+            )
+    return render(
+        request, "account.html", {**await _account_context(request, op), "error": exc.message}, exc.http_status
+    )
+
+
 @router.post("/account/profile")
 async def account_profile(request: Request, display_name: str = Form(""), csrf_token: str = Form("")) -> Response:
     async def change(session: Any, provider: Provider, member: members.Member) -> None:
@@ -347,22 +384,27 @@ async def account_profile(request: Request, display_name: str = Form(""), csrf_t
 async def account_email(
     request: Request, email: str = Form(""), password: str = Form(""), csrf_token: str = Form("")
 ) -> Response:
-    changed: list[members.Member] = []
-
-    async def change(session: Any, provider: Provider, member: members.Member) -> None:
-        before = member.email
-        await members.change_email(
-            session, provider.passwords, member, new_email=email, password=password, now=provider.now()
-        )
-        if member.email != before:
-            changed.append(member)
-
-    response = await _account_change(
-        request, csrf_token, change, "Your email address is changed. We sent a confirmation link to it."
-    )
-    for member in changed:  # after the commit
-        provider_of(request).email.send(member)
-    return response
+    op = await _account_post(request, csrf_token)
+    if not isinstance(op, OpSession):
+        return op
+    provider = provider_of(request)
+    if blocked := await _password_throttled(request, op):
+        return blocked
+    changed = False
+    try:
+        async with provider.db.transaction() as session:
+            member = await members.get(session, op.member_id)
+            before = member.email
+            await members.change_email(
+                session, provider.passwords, member, new_email=email, password=password, now=provider.now()
+            )
+            changed = member.email != before
+    except DomainError as exc:
+        return await _password_change_refused(request, op, exc)
+    if changed:  # after the commit
+        provider.email.send(member)
+    notice = "Your email address is changed. We sent a confirmation link to it."
+    return render(request, "account.html", {**await _account_context(request, op), "notice": notice})
 
 
 @router.post("/account/email/verify")
@@ -395,12 +437,30 @@ async def verify_email(request: Request, token: str = "") -> Response:
 async def account_password(
     request: Request, current_password: str = Form(""), new_password: str = Form(""), csrf_token: str = Form("")
 ) -> Response:
-    async def change(session: Any, provider: Provider, member: members.Member) -> None:
-        await members.change_password(
-            session, provider.passwords, member, current=current_password, new=new_password, now=provider.now()
-        )
+    from identity import backchannel
+    from identity.logout import end_other_sessions_in
 
-    return await _account_change(request, csrf_token, change, "Your password is changed.")
+    op = await _account_post(request, csrf_token)
+    if not isinstance(op, OpSession):
+        return op
+    provider = provider_of(request)
+    if blocked := await _password_throttled(request, op):
+        return blocked
+    now = provider.now()
+    try:
+        async with provider.db.transaction() as session:
+            member = await members.get(session, op.member_id)
+            await members.change_password(
+                session, provider.passwords, member, current=current_password, new=new_password, now=now
+            )
+            # Whoever else knew the old password (or holds a session or refresh token obtained
+            # with it) is out: every other session ends and every grant outside this one is revoked.
+            deliveries = await end_other_sessions_in(session, member.id, keep_sid=op.id, now=now)
+    except DomainError as exc:
+        return await _password_change_refused(request, op, exc)
+    await backchannel.deliver_due(provider, deliveries)
+    notice = "Your password is changed. You are signed out everywhere else."
+    return render(request, "account.html", {**await _account_context(request, op), "notice": notice})
 
 
 @router.post("/account/sessions/{sid}/end")
@@ -489,36 +549,15 @@ async def account_delete(
     if confirm != "yes":
         context = await _account_context(request, op)
         return render(request, "account.html", {**context, "error": "Tick the box to confirm the deletion."}, 400)
-    settings = provider.settings
-    now = provider.now()
-    ip = client_ip(request)
-    # The password is re-entered here, so it is throttled like sign-in (a stolen session cookie
-    # must not become a password oracle).
-    async with provider.db.sessions() as session:
-        account = (await members.get(session, op.member_id)).email
-        blocked = await sessions.throttled(
-            session,
-            account=account,
-            ip=ip,
-            now=now,
-            window_seconds=settings.identity_signin_window_seconds,
-            max_account=settings.identity_signin_max_failures_account,
-            max_ip=settings.identity_signin_max_failures_ip,
-        )
-    if blocked:
-        context = await _account_context(request, op)
-        error = "Too many failed attempts. Wait a few minutes, then try again."
-        return render(request, "account.html", {**context, "error": error}, 429)
+    if blocked := await _password_throttled(request, op):
+        return blocked
     try:
         async with provider.db.transaction() as session:
-            link, deliveries = await privacy.erase_member(session, provider, op.member_id, password=password, now=now)
+            link, deliveries = await privacy.erase_member(
+                session, provider, op.member_id, password=password, now=provider.now()
+            )
     except DomainError as exc:
-        if isinstance(exc, Unauthenticated):
-            async with provider.db.transaction() as session:
-                sessions.record_attempt(session, account=account, ip=ip, now=now, succeeded=False)
-        return render(
-            request, "account.html", {**await _account_context(request, op), "error": exc.message}, exc.http_status
-        )
+        return await _password_change_refused(request, op, exc)
     await backchannel.deliver_due(provider, deliveries)
     response = RedirectResponse(f"/erasure/{link}?new=1", status_code=303)
     response.delete_cookie(sessions.COOKIE, path="/")
