@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
@@ -101,6 +102,31 @@ async def end_sessions(provider: Provider, sids: list[str]) -> None:
     await backchannel.deliver_due(provider, staged)
 
 
+async def verified_hint(provider: Provider, hint: str) -> dict[str, Any] | None:
+    """The claims of an ID token this OP issued to one of its clients, or None when the hint cannot
+    be verified (any more): signed by a key no longer published, another issuer, not an ID token.
+    Expiry does not matter here (RP-Initiated Logout 1.0 §2: an expired ID token is a valid hint)."""
+    audience = _hinted_audience(hint)
+    if not audience or audience == provider.settings.kizuna_audience:
+        return None  # an access token's audience, not a client: not an ID token
+    try:
+        claims = provider.issuer.verify(hint, typ="JWT", audience=audience, now=provider.now(), check_exp=False)
+    except ValueError:
+        return None
+    if claims.get("aud") != audience or await provider.client(audience) is None:
+        return None
+    return claims
+
+
+def _hinted_audience(hint: str) -> str | None:
+    """The `aud` an ID token hint claims (unverified): ID tokens have exactly one, the client."""
+    try:
+        audience = unverified_claims(hint).get("aud")
+    except (ValueError, IndexError, UnicodeDecodeError, AttributeError):
+        return None
+    return audience if isinstance(audience, str) and audience else None
+
+
 @router.api_route("/logout", methods=["GET", "POST"])
 async def end_session(request: Request) -> Response:
     """OIDC RP-Initiated Logout 1.0."""
@@ -109,16 +135,14 @@ async def end_session(request: Request) -> Response:
     if request.method == "POST":
         params.update({k: v for k, v in (await request.form()).items() if isinstance(v, str)})
     hint = params.get("id_token_hint")
-    claims = None
-    if hint:
-        try:
-            audience = unverified_claims(hint).get("aud")
-            claims = provider.issuer.verify(hint, audience=str(audience), now=provider.now(), check_exp=False)
-        except (ValueError, IndexError, TypeError):
-            return pages.error_page(request, "The sign-out request is not valid (id_token_hint).", 400)
-    client_id = params.get("client_id") or (claims or {}).get("aud")
-    if claims and params.get("client_id") and params["client_id"] != claims.get("aud"):
+    claims = await verified_hint(provider, hint) if hint else None
+    # The client whose registered addresses bound post_logout_redirect_uri. A hint that no longer
+    # verifies may still name it: that only selects which registration to check the address
+    # against (never an open redirect), and the member is asked before anything happens.
+    hinted_client = (claims or {}).get("aud") or (_hinted_audience(hint) if hint else None)
+    if hinted_client and params.get("client_id") and params["client_id"] != hinted_client:
         return pages.error_page(request, "The sign-out request is not valid (client_id).", 400)
+    client_id = params.get("client_id") or hinted_client
     client = await provider.client(str(client_id)) if client_id else None
     post_logout = params.get("post_logout_redirect_uri")
     if post_logout and (client is None or post_logout not in client.post_logout_redirect_uris):
