@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -55,6 +56,33 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
+def _signs_in(identity_url: str, email: str, password: str) -> None:
+    with httpx.Client(base_url=identity_url, timeout=10) as browser:
+        form = browser.get("/signin")
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert csrf, form.text
+        done = browser.post("/signin", data={"email": email, "password": password, "csrf_token": csrf[1]})
+        assert done.status_code in (302, 303), done.text
+        account = browser.get("/account")
+        assert account.status_code == 200 and email in account.text
+
+
+def test_a_busy_port_stops_make_up_with_a_message_naming_it(tmp_path: Path) -> None:
+    offset = _pick_offset()
+    shop_http = SERVICES["shop"][0] + offset
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "KIZUNA_ISSUER", "DATABASE_URL")}
+    env.update(KIZUNA_PORT_OFFSET=str(offset), KIZUNA_DATA_DIR=str(tmp_path / "data"))
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", shop_http))
+        squatter.listen()
+        done = subprocess.run(
+            ["make", "--no-print-directory", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+    assert done.returncode != 0
+    assert f"shop HTTP port {shop_http}" in done.stdout + done.stderr, done.stdout + done.stderr
+    assert _processes_with(str(tmp_path / "data")) == [], "nothing may be left running after a refused start"
+
+
 def test_make_up_brings_every_service_to_ready_and_ctrl_c_stops_all(tmp_path: Path) -> None:
     offset = _pick_offset()
     data_dir = tmp_path / "data"
@@ -91,6 +119,10 @@ def test_make_up_brings_every_service_to_ready_and_ctrl_c_stops_all(tmp_path: Pa
                 status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
                 assert status.status == health_pb2.HealthCheckResponse.SERVING, name
         assert _processes_with(str(data_dir)), "the services should be running now"
+        # The console says how to sign in as the demo member, and those credentials work.
+        demo = re.search(r"identity\s+demo member\s+(\S+@\S+) / (\S+)\s+\((mbr_\w+)\)", text)
+        assert demo, f"demo member credentials not printed:\n{text}"
+        _signs_in(f"http://127.0.0.1:{SERVICES['identity'][0] + offset}", demo[1], demo[2])
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         rest, _ = proc.communicate(timeout=40)
