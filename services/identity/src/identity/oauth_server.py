@@ -286,7 +286,13 @@ class Introspection(_TokenLookup, IntrospectionEndpoint):  # type: ignore[misc]
     CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
 
     def check_permission(self, token: TokenRecord, client: Client, request: Any) -> bool:
-        return not client.public  # resource servers are confidential clients
+        """Who may learn about a token (RFC 7662 §2.2, §4): the client it was issued to, and the
+        ecosystem's own services (first-party, registered from configuration), which act as
+        resource servers for every member token. Anyone else is told `{"active": false}`, so a
+        third-party client cannot probe other clients' tokens."""
+        if client.public:
+            return False
+        return client.first_party or token.client_id == client.id
 
     def introspect_token(self, token: TokenRecord) -> dict[str, Any]:
         claims = token.claims
