@@ -174,6 +174,37 @@ async def test_reuse_of_a_rotated_refresh_token_revokes_the_grant(idp: Idp) -> N
     assert await introspect(idp, rotated["access_token"]) == {"active": False}
 
 
+async def test_a_token_older_than_the_previous_one_is_refused_inside_the_grace_window(idp: Idp) -> None:
+    browser = await signed_in(idp)
+    now = utcnow()
+    idp.provider.set_clock(lambda: now)  # everything below happens inside the grace window
+    first = (await exchange(idp, await code_for(browser))).json()
+    second = (await refresh(idp, first["refresh_token"])).json()
+    third = (await refresh(idp, second["refresh_token"])).json()
+
+    # `first` is two rotations old: not the two-tabs case, so a stolen token; the grant ends.
+    stale = await refresh(idp, first["refresh_token"])
+    assert stale.status_code == 400 and stale.json()["error"] == "invalid_grant"
+    assert (await refresh(idp, third["refresh_token"])).json()["error"] == "invalid_grant"
+    assert await introspect(idp, third["access_token"]) == {"active": False}
+
+
+async def test_a_grace_window_reuse_mints_at_most_one_extra_token(idp: Idp) -> None:
+    browser = await signed_in(idp)
+    now = utcnow()
+    idp.provider.set_clock(lambda: now)
+    first = (await exchange(idp, await code_for(browser))).json()
+    tab1 = (await refresh(idp, first["refresh_token"])).json()
+    tab2 = await refresh(idp, first["refresh_token"])  # the other tab, at the same moment
+    assert tab2.status_code == 200 and tab2.json()["refresh_token"] != tab1["refresh_token"]
+
+    # A third use of the same token is not a second tab: refused, and the grant is revoked.
+    again = await refresh(idp, first["refresh_token"])
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    for token in (tab1, tab2.json()):
+        assert (await refresh(idp, token["refresh_token"])).json()["error"] == "invalid_grant"
+
+
 async def test_refresh_token_is_bound_to_its_client(idp_sqlite: Idp) -> None:
     browser = await signed_in(idp_sqlite)
     tokens = (await exchange(idp_sqlite, await code_for(browser))).json()

@@ -241,7 +241,9 @@ class Provider:
 
     async def use_refresh_token(self, value: str) -> RefreshToken | None:
         """The refresh token if it may be used now. Reusing a rotated one revokes the whole grant,
-        except the immediately previous token within a few seconds (two tabs refreshing at once)."""
+        except the immediately previous token, once, within a few seconds of its rotation (two
+        tabs refreshing at once): at most one extra child per token, so a stolen previous token
+        cannot mint tokens without limit inside the window."""
         now = self.now()
         async with self.db.transaction() as session:
             row = await session.get(RefreshToken, hash_token(value))
@@ -252,21 +254,24 @@ class Provider:
                 return None
             if row.rotated_at is None:
                 return row
-            successor = (
-                await session.exec(
-                    select(RefreshToken)
-                    .where(RefreshToken.parent_hash == row.token_hash)
-                    .order_by(col(RefreshToken.created_at).desc())
-                )
-            ).first()
+            children = (
+                await session.exec(select(RefreshToken).where(RefreshToken.parent_hash == row.token_hash))
+            ).all()
             grace = timedelta(seconds=self.settings.identity_refresh_grace_seconds)
             if (
                 now - row.rotated_at <= grace
-                and successor is not None
-                and successor.rotated_at is None
-                and successor.revoked_at is None
+                and len(children) == 1
+                and children[0].rotated_at is None
+                and children[0].revoked_at is None
             ):
-                return row
+                # Claimed conditionally: of two simultaneous reuses only one gets the extra child.
+                claimed = await session.exec(
+                    update(RefreshToken)
+                    .where(col(RefreshToken.token_hash) == row.token_hash, col(RefreshToken.grace_used_at).is_(None))
+                    .values(grace_used_at=now)
+                )
+                if claimed.rowcount == 1:
+                    return row
             log.warning("rotated refresh token reused; revoking its grant", extra={"client_id": row.client_id})
             await revoke_grant(session, row.grant_id, now)
             return None

@@ -115,6 +115,8 @@ class RefreshToken(SQLModel, table=True):
     revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
     # The token this one replaced; a reuse inside the grace period may only be of the latest parent.
     parent_hash: str | None = Field(default=None, sa_column=Column(String(64)))
+    # Set when this rotated token was used once more inside the grace period: it may be, once.
+    grace_used_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
 
     def check_client(self, client: Any) -> bool:
         # A refresh token is bound to the client it was issued to.
