@@ -6,11 +6,18 @@ test-artifacts/journey/.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
+import sqlite3
+import subprocess
+import sys
 import time
 import uuid
+import zipfile
 
+import pytest
 from journey_support import Ecosystem, Steps
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect
@@ -58,12 +65,24 @@ def visit(page: Page, url: str) -> None:
     page.wait_for_load_state("networkidle")
 
 
+def ledger_balance(ecosystem: Ecosystem, member_id: str) -> int:
+    """The member's spendable points summed from the ledger's postings (not from the wallet row)."""
+    with sqlite3.connect(ecosystem.data_dir / "points.db") as db:
+        (available,) = db.execute(
+            "SELECT COALESCE(SUM(amount), 0) FROM points_posting WHERE account = ?", (f"member:{member_id}:available",)
+        ).fetchone()
+    return int(available)
+
+
 def sign_in(page: Page, email: str, password: str) -> None:
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
 
 
+# The whole journey, stack start included, runs well past the suite's default per-test limit on a
+# loaded 2-core machine.
+@pytest.mark.timeout(900)
 def test_one_member_across_the_ecosystem(ecosystem: Ecosystem, browser, steps: Steps) -> None:  # type: ignore[no-untyped-def]
     member_ctx = browser.new_context(viewport={"width": 1200, "height": 900})
     page = member_ctx.new_page()
@@ -163,6 +182,34 @@ def test_one_member_across_the_ecosystem(ecosystem: Ecosystem, browser, steps: S
         expect(page.get_by_role("heading", name=re.compile("Holdings · ¥[1-9]"))).to_be_visible()
         wallet_shows_spend(page, ecosystem.url("points", "/wallet"), re.compile("card|invest|fintech"), 30)
 
+    with steps.step("download my data: one archive with every service's part"):
+        page.goto(ecosystem.url("identity", "/account"))
+        if "signin" in page.url:
+            sign_in(page, email, PASSWORD)
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Download my data").click()
+        archive = zipfile.ZipFile(io.BytesIO(download.value.path().read_bytes()))
+        manifest = json.loads(archive.read("manifest.json"))
+        member_id = manifest["member_id"]
+        assert member_id.startswith("mbr_"), manifest
+        assert {name: part["status"] for name, part in manifest["services"].items()} == {
+            name: "included" for name in ("identity", "points", "shop", "travel", "fintech")
+        }, manifest
+        parts = {name: archive.read(f"{name}.json").decode() for name in manifest["services"]}
+        assert email in parts["identity"]
+        # What the member did in each service is in that service's part.
+        assert "Tokoname kyusu teapot" in parts["shop"]
+        assert re.search(r"confirmed|completed", parts["travel"], re.I)
+        assert re.search(r'"last4"', parts["fintech"])
+        assert member_id in parts["points"]
+
+    with steps.step("every service's header shows the balance the ledger holds"):
+        ledger = ledger_balance(ecosystem, member_id)
+        assert ledger > 0
+        for service in ("points", "shop", "travel", "fintech"):
+            page.goto(ecosystem.url(service, "/"))
+            assert header_points(page) == ledger, service
+
     with steps.step("sign out once, signed out everywhere"):
         page.goto(ecosystem.url("shop"))
         page.locator("[data-kz-signout]").click()
@@ -194,12 +241,9 @@ def test_one_member_across_the_ecosystem(ecosystem: Ecosystem, browser, steps: S
 
 def _points_audit_passes(ecosystem: Ecosystem) -> None:
     """After the journey the ledger's invariants hold (points' own audit, run as operators do)."""
-    import os
-    import subprocess
-    import sys
-
+    # The ecosystem ran on SQLite under its data dir: audit that ledger, whatever this shell says.
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
         "KIZUNA_DATA_DIR": str(ecosystem.data_dir),
         "NATS_URL": "nats://127.0.0.1:1",
         "KIZUNA_ISSUER": ecosystem.url("identity").rstrip("/"),
@@ -209,3 +253,4 @@ def _points_audit_passes(ecosystem: Ecosystem) -> None:
         [sys.executable, "-m", "points", "audit"], env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r'"entries": [1-9]', result.stdout), f"the audit saw no journal entries:\n{result.stdout}"
