@@ -1,7 +1,8 @@
 """The identity service: the OpenID Connect provider that issues the one member ID.
 
 HTTP: discovery, JWKS, authorize, token, userinfo, introspection, revocation, logout (oauth_server,
-logout) and the sign-in / sign-up / account pages (pages). gRPC: IdentityService.GetMember.
+logout), the sign-in / sign-up / account pages (pages) and the header's `/_kizuna/me`
+(member_header). gRPC: IdentityService.GetMember.
 Publishes identity.member.registered / .updated / .erasure_requested; consumes
 <service>.member.erased (erasure progress). Jobs: key reload, back-channel logout retries, cleanup.
 Commands: rotate-keys, register-client. HTTP admin API: /admin/clients (admin_api).
@@ -26,6 +27,7 @@ from identity import (
     demo,
     grpc_api,
     logout,
+    member_header,
     oauth_server,
     pages,
     privacy,
@@ -34,7 +36,7 @@ from identity.provider import Provider
 from identity.settings import Settings
 
 router = APIRouter()
-for part in (oauth_server.router, logout.router, pages.router, admin_api.router, web.router):
+for part in (oauth_server.router, logout.router, pages.router, member_header.router, admin_api.router, web.router):
     router.include_router(part)
 
 
