@@ -212,6 +212,7 @@ async def signin(
             max_account=settings.identity_signin_max_failures_account,
             max_ip=settings.identity_signin_max_failures_ip,
         ):
+            provider.sign_ins.record(sessions.SignInCounter.THROTTLED)
             return render(
                 request,
                 "signin.html",
@@ -226,7 +227,9 @@ async def signin(
             member.password_hash = provider.passwords.hash(password)
             session.add(member)
     if not ok or member is None:
+        provider.sign_ins.record(sessions.SignInCounter.FAILURE)
         return render(request, "signin.html", {**context, "error": "The email or password is not correct."}, 401)
+    provider.sign_ins.record(sessions.SignInCounter.SUCCESS)
     return await _start_session(request, member.id, next)
 
 

@@ -22,7 +22,7 @@ from identity.clients import Client
 from identity.email_verification import EmailVerifier, MailDrop
 from identity.keys import KeyRing, derive_secret, load_key_encryption_key
 from identity.passwords import Passwords
-from identity.sessions import OpSession, SessionCookie
+from identity.sessions import OpSession, SessionCookie, SignInCounter
 from identity.settings import Settings
 from identity.tokens import (
     AccessToken,
@@ -61,6 +61,7 @@ class Provider:
         mail_dir = Path(settings.identity_mail_dir) if settings.identity_mail_dir else settings.kizuna_data_dir / "mail"
         self.email = EmailVerifier(derive_secret(kek, "email-verification"), self.issuer_url, MailDrop(mail_dir))
         self.secure_cookies = self.issuer_url.startswith("https://")
+        self.sign_ins = SignInCounter()
         self.loop: asyncio.AbstractEventLoop | None = None
         # Authlib's server is synchronous; it runs in these threads and calls back into the loop.
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="oauth")

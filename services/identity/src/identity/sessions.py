@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 from itsdangerous import BadSignature, URLSafeSerializer
 from kizuna.kit.db import UTCDateTime
+from opentelemetry import metrics
 from sqlalchemy import Boolean, Column, Integer, String, func
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -129,3 +130,22 @@ async def throttled(
 
 def record_attempt(session: AsyncSession, *, account: str, ip: str, now: datetime, succeeded: bool) -> None:
     session.add(SignInAttempt(account=account[:320], ip=ip[:64], at=now, succeeded=succeeded))
+
+
+class SignInCounter:
+    """The OpenTelemetry counter `kizuna.identity.sign_ins` with attribute `outcome` (`success`,
+    `failure`, `throttled`) for password sign-ins; the dashboard reads it as
+    kizuna_identity_sign_ins_total by outcome. Tests give it their own meter provider."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    THROTTLED = "throttled"
+
+    def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
+        meter = (meter_provider or metrics.get_meter_provider()).get_meter("identity")
+        self._counter = meter.create_counter(
+            "kizuna.identity.sign_ins", unit="{sign_in}", description="Password sign-ins at identity, by outcome"
+        )
+
+    def record(self, outcome: str) -> None:
+        self._counter.add(1, {"outcome": outcome})
