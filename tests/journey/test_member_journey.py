@@ -74,6 +74,20 @@ def ledger_balance(ecosystem: Ecosystem, member_id: str) -> int:
     return int(available)
 
 
+LAYOUT_CHECK = """() => {
+  const controls = [...document.querySelectorAll('input, select, textarea')]
+    .filter(el => !['hidden', 'submit', 'button'].includes(el.type) && el.offsetParent !== null);
+  const unlabeled = controls
+    .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.getAttribute('aria-labelledby'))
+    .map(el => el.name || el.id || el.outerHTML.slice(0, 80));
+  return {
+    overflow: document.documentElement.scrollWidth - window.innerWidth,
+    unlabeled,
+    links: [...document.querySelectorAll('nav.kz-services a')].map(a => a.textContent.trim()),
+  };
+}"""
+
+
 def sign_in(page: Page, email: str, password: str) -> None:
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(password)
@@ -82,6 +96,7 @@ def sign_in(page: Page, email: str, password: str) -> None:
 
 # The whole journey, stack start included, runs well past the suite's default per-test limit on a
 # loaded 2-core machine.
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_one_member_across_the_ecosystem(ecosystem: Ecosystem, browser, steps: Steps) -> None:  # type: ignore[no-untyped-def]
     member_ctx = browser.new_context(viewport={"width": 1200, "height": 900})
@@ -119,6 +134,22 @@ def test_one_member_across_the_ecosystem(ecosystem: Ecosystem, browser, steps: S
         skip = page.get_by_role("link", name="Skip to content")
         expect(skip).to_be_focused()
         expect(skip).to_be_in_viewport()
+
+    with steps.step("on a phone every page fits, every field has a label, the header links every service"):
+        page.set_viewport_size({"width": 375, "height": 740})
+        for service, path in (
+            ("identity", "/account"),
+            ("points", "/wallet"),
+            ("shop", "/"),
+            ("travel", "/"),
+            ("fintech", "/card"),
+        ):
+            visit(page, ecosystem.url(service, path))
+            layout = page.evaluate(LAYOUT_CHECK)
+            assert layout["overflow"] <= 0, (service, f"{layout['overflow']} px wider than the screen")
+            assert layout["unlabeled"] == [], (service, layout["unlabeled"])
+            assert sorted(layout["links"]) == sorted(ecosystem.urls), (service, layout["links"])
+        page.set_viewport_size({"width": 1200, "height": 900})
 
     with steps.step("shop checkout paid by card"):
         page.goto(ecosystem.url("shop", "/?q=teapot"))
