@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from kizuna.kit.auth import call_metadata
+from kizuna.kit.clock import FrozenClock
 from kizuna.kit.testing import wait_until
 from kizuna.shop.v1 import events_pb2, shop_pb2, shop_pb2_grpc
 from shop.models import Checkout
@@ -197,11 +198,12 @@ async def test_shipped_orders_complete_after_n_days(world: ShopWorld) -> None:
     w = world
     buyer = await w.member(points=0)
     merchant, product = await _product(w, price=2000)
+    clock = w.api.runtime.clock = FrozenClock()
     order = await _buy(w, buyer, product, points=0)
     await w.api.ok("POST", f"/api/merchants/{merchant}/orders/{order}/ship", OWNER, {})
     shop = w.api.shop
     assert await shop.orders.auto_complete() == 0
-    shop.clock.advance(timedelta(days=shop.settings.auto_complete_days, minutes=1))
+    clock.advance(timedelta(days=shop.settings.auto_complete_days, minutes=1))
     assert await shop.orders.auto_complete() == 1
     assert (await w.api.ok("GET", f"/api/orders/{order}", buyer))["status"] == "completed"
 

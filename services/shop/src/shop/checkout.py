@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from kizuna.kit import errors
+from kizuna.kit.clock import Clock
 from kizuna.kit.db import Database
 from kizuna.kit.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, NotFound
 from sqlalchemy import update
@@ -27,11 +28,10 @@ from sqlmodel import col, delete, select
 
 from shop import catalogue
 from shop.cart import lines as cart_lines
-from shop.clock import Clock
 from shop.models import CartItem, Checkout, Order, OrderLine, Product, new_id
 from shop.order_events import publish_order
 from shop.peers import PaymentsClient, PointsClient
-from shop.pricing import PricedLine, quote
+from shop.pricing import PricedLine, merchant_payout, quote
 from shop.settings import Settings
 
 log = logging.getLogger("shop.checkout")
@@ -201,8 +201,10 @@ class CheckoutSaga:
                 merchant_id=checkout.merchant_id, status="paid", total_minor=checkout.total_minor,
                 currency=checkout.currency, points_used=checkout.points, card_minor=checkout.card_minor,
                 commission_minor=checkout.commission_minor, bonus_points=checkout.bonus_points,
+                merchant_payout_minor=merchant_payout(checkout.total_minor, checkout.commission_minor,
+                                                      checkout.bonus_points),
                 reservation_id=checkout.reservation_id, authorization_id=checkout.authorization_id,
-                created_at=now, updated_at=now,
+                created_at=now, updated_at=now, ship_by=now + timedelta(days=self.settings.ship_by_days),
             )
             session.add(order)
             await session.flush()

@@ -1,18 +1,18 @@
-"""The shop's clock: UTC-aware, injectable (tests move it forward to reach auto-completion)."""
+"""The shop's clock: the running service's kit clock, read at every call, so that a test can swap
+`runtime.clock` for a `FrozenClock` (deadlines, auto-completion, stuck transitions) at any time."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import Any
 
-from kizuna.kit.db import utcnow
+from kizuna.kit.clock import Clock
+from kizuna.kit.service import Runtime
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
+class RuntimeClock(Clock):
+    def __init__(self, runtime: Runtime[Any]) -> None:
+        self._runtime = runtime
 
     def now(self) -> datetime:
-        return utcnow() + self.offset
-
-    def advance(self, delta: timedelta) -> None:
-        self.offset += delta
+        return self._runtime.clock.now()

@@ -15,8 +15,12 @@ from shop import orders
 from shop.models import Order, OrderLine
 from shop.order_events import timestamp
 
+# The contract has no in-between statuses: an order mid-transition (or whose refund failed) is
+# still what it was before the change began.
 STATUS = {"paid": pb.ORDER_STATUS_PAID, "shipped": pb.ORDER_STATUS_SHIPPED, "completed": pb.ORDER_STATUS_COMPLETED,
-          "cancelled": pb.ORDER_STATUS_CANCELLED, "refunded": pb.ORDER_STATUS_REFUNDED}
+          "cancelled": pb.ORDER_STATUS_CANCELLED, "refunded": pb.ORDER_STATUS_REFUNDED,
+          "shipping": pb.ORDER_STATUS_PAID, "cancelling": pb.ORDER_STATUS_PAID, "refunding": pb.ORDER_STATUS_SHIPPED,
+          "refund_failed": pb.ORDER_STATUS_SHIPPED}
 
 
 def to_proto(order: Order, lines: list[OrderLine]) -> pb.Order:
@@ -26,7 +30,7 @@ def to_proto(order: Order, lines: list[OrderLine]) -> pb.Order:
         lines=[pb.OrderLine(product_id=ln.product_id, title=ln.title, quantity=ln.quantity,
                             unit_price=money(ln.unit_price_minor)) for ln in lines],
         total=money(order.total_minor), points_used=order.points_used,
-        status=STATUS[orders.PUBLIC_STATUS.get(order.status, order.status)],
+        status=STATUS[order.status],
         created_at=timestamp(order.created_at), updated_at=timestamp(order.updated_at),
         card_amount=money(order.card_minor), merchant_bonus_points=order.bonus_points,
         commission=money(order.commission_minor),

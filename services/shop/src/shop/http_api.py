@@ -50,9 +50,12 @@ def merchant_public(m: Merchant) -> dict[str, Any]:
 async def order_public(session: SessionDep, o: Order) -> dict[str, Any]:
     money = lambda minor: {"amount_minor": minor, "currency": o.currency}  # noqa: E731
     return {"id": o.id, "member_id": o.member_id, "merchant_id": o.merchant_id,
-            "status": orders.PUBLIC_STATUS.get(o.status, o.status), "total": money(o.total_minor),
+            "status": o.status, "problem": o.problem, "total": money(o.total_minor),
             "points_used": o.points_used, "card_amount": money(o.card_minor),
             "commission": money(o.commission_minor), "merchant_bonus_points": o.bonus_points,
+            # The campaign bonus is the merchant's cost (a point is worth one minor unit).
+            "campaign_cost": money(o.bonus_points), "merchant_payout": money(o.merchant_payout_minor),
+            "ship_by": o.ship_by,
             "tracking": o.tracking, "created_at": o.created_at, "updated_at": o.updated_at,
             "refund_requested_at": o.refund_requested_at, "refund_reason": o.refund_reason,
             "lines": [{"product_id": ln.product_id, "title": ln.title, "quantity": ln.quantity,

@@ -125,13 +125,16 @@ class Order(SQLModel, table=True):
     checkout_id: str = Field(sa_column=Column(String(40), unique=True, nullable=False))
     member_id: str = Field(max_length=100)
     merchant_id: str = Field(max_length=40, index=True)
-    status: str = Field(max_length=20, index=True)  # paid | shipped | completed | cancelled | refunded
+    # paid | shipping | shipped | completed | cancelling | cancelled | refunding | refunded | refund_failed
+    status: str = Field(max_length=20, index=True)
     total_minor: int
     currency: str = Field(max_length=3)
     points_used: int
     card_minor: int
     commission_minor: int
     bonus_points: int
+    # What the merchant is owed: total - commission - the value of the campaign bonus it funds.
+    merchant_payout_minor: int = 0
     reservation_id: str | None = Field(default=None, max_length=100)
     authorization_id: str | None = Field(default=None, max_length=100)
     points_capture_entry_id: str | None = Field(default=None, max_length=100)
@@ -140,6 +143,11 @@ class Order(SQLModel, table=True):
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
     shipped_at: datetime | None = _ts(nullable=True, index=True)
+    # Unshipped by then, the order is cancelled (its holds would lapse soon after).
+    ship_by: datetime | None = _ts(nullable=True, index=True)
+    # Why the order ended where it did when that was not the merchant's or member's choice
+    # (not shipped in time, a hold that could not be captured, a refund a peer refused).
+    problem: str = ""
     # The member asked for a refund (after shipment); the merchant or an admin decides.
     refund_requested_at: datetime | None = _ts(nullable=True)
     refund_reason: str = ""

@@ -1,28 +1,35 @@
 """The order lifecycle after checkout.
 
     paid ──ship (capture points + card)──▶ shipped ──confirm / N days──▶ completed
-     └─cancel (void both, stock back)──▶ cancelled        └─refund (points + money back)──▶ refunded
+     │                                        └─refund (points + money back)──▶ refunded
+     └─cancel (void both, stock back), or not shipped by `ship_by`──▶ cancelled
 
 Remote effects come first, under a claimed transient status (`shipping`, `cancelling`,
 `refunding`) so that ship and cancel cannot interleave; every remote call is idempotent by a key
-derived from the order, so a failed transition is simply retried. The status change and its event
-commit together (outbox).
+derived from the order, and each capture is recorded as soon as it is made, so an interrupted
+transition is finished by a retry or by the housekeeping job (`recover_stuck`) with the same keys.
+Where a transition cannot be finished the order goes where everyone can see it, with `problem`
+saying why: a hold that can no longer be captured cancels the order (every capture refunded, every
+hold voided, stock back); a refund a peer refuses leaves it `refund_failed`, to be refunded again.
+The status change and its event commit together (outbox).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from kizuna.common.v1.common_pb2 import Money
+from kizuna.kit.clock import Clock
 from kizuna.kit.db import Database
-from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from kizuna.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from shop.clock import Clock
 from shop.models import Order, OrderLine, Product
 from shop.order_events import publish_order
 from shop.peers import PaymentsClient, PointsClient
@@ -30,8 +37,27 @@ from shop.settings import Settings
 
 log = logging.getLogger("shop.orders")
 
-# Transient statuses read as their origin to the outside world.
-PUBLIC_STATUS = {"shipping": "paid", "cancelling": "paid", "refunding": "shipped"}
+PAID, SHIPPING, SHIPPED, COMPLETED = "paid", "shipping", "shipped", "completed"
+CANCELLING, CANCELLED, REFUNDING, REFUNDED, REFUND_FAILED = (
+    "cancelling", "cancelled", "refunding", "refunded", "refund_failed")
+TRANSIENT = (SHIPPING, CANCELLING, REFUNDING)
+
+# How a status reads in a sentence ("cannot cancel order X: it is being shipped").
+_DESCRIBED = {SHIPPING: "being shipped", CANCELLING: "being cancelled", REFUNDING: "being refunded",
+              REFUND_FAILED: "waiting to be refunded again (the last refund failed)"}
+
+
+def describe(status: str) -> str:
+    return _DESCRIBED.get(status, status)
+
+
+class WrongStatus(FailedPrecondition):
+    """The order is not in a status the requested change starts from."""
+
+
+# A peer's answer that a hold or payment is settled for good (lapsed, voided, unknown, nothing
+# left): retrying with the same key gets the same answer, so the transition cannot finish.
+_FINAL = (FailedPrecondition, NotFound)
 
 
 async def get_order(session: AsyncSession, order_id: str) -> Order:
@@ -69,10 +95,9 @@ async def request_refund(session: AsyncSession, order_id: str, member_id: str, r
     reason = reason.strip()
     if not reason or len(reason) > 1000:
         raise InvalidArgument("tell the merchant why, in 1 to 1000 characters")
-    if order.status not in ("shipped", "completed"):
+    if order.status not in (SHIPPED, COMPLETED):
         raise FailedPrecondition(f"only a shipped or completed order can be refunded; order {order_id} is "
-                                 f"{PUBLIC_STATUS.get(order.status, order.status)}" +
-                                 (" (cancel it instead)" if order.status == "paid" else ""))
+                                 f"{describe(order.status)}" + (" (cancel it instead)" if order.status == PAID else ""))
     if order.refund_requested_at is not None:
         raise FailedPrecondition(f"a refund of order {order_id} was already requested")
     order.refund_requested_at, order.refund_reason = now, reason
@@ -88,75 +113,115 @@ class OrderLifecycle:
     settings: Settings
     clock: Clock
 
-    async def _claim(self, order_id: str, sources: tuple[str, ...], transient: str, action: str) -> Order:
+    # ---- storage -------------------------------------------------------------------------------
+
+    async def _claim(self, order_id: str, sources: tuple[str, ...], transient: str, action: str,
+                     **values: object) -> Order:
         async with self.db.transaction() as session:
             order = await get_order(session, order_id)
             if order.status == transient:
-                return order  # a retry of an interrupted transition
+                return order  # a retry of an interrupted transition: finish it
             claimed = await session.exec(update(Order)  # type: ignore[call-overload]
                                          .where(col(Order.id) == order_id, col(Order.status).in_(sources))
-                                         .values(status=transient, updated_at=self.clock.now()))
+                                         .values(status=transient, updated_at=self.clock.now(), **values))
             if claimed.rowcount != 1:
-                status = PUBLIC_STATUS.get(order.status, order.status)
-                raise FailedPrecondition(f"cannot {action} order {order_id}: it is {status}")
-            order.status = transient
-            return order
+                raise WrongStatus(f"cannot {action} order {order_id}: it is {describe(order.status)}")
+            return await get_order(session, order_id)
+
+    async def _record(self, order: Order, expected: str, **values: object) -> None:
+        """Save what a step achieved (a capture id, a new status) while the order is still `expected`."""
+        async with self.db.transaction() as session:
+            done = await session.exec(update(Order)  # type: ignore[call-overload]
+                                      .where(col(Order.id) == order.id, col(Order.status) == expected)
+                                      .values(updated_at=self.clock.now(), **values))
+            if done.rowcount != 1:
+                raise WrongStatus(f"order {order.id} changed meanwhile")
+        for name, value in values.items():
+            setattr(order, name, value)
 
     async def _settle(self, order: Order, transient: str, target: str, subject: str, *, restock: bool = False,
-                      **extra: object) -> Order:
+                      event: dict[str, Any] | None = None, **values: object) -> Order:
         now = self.clock.now()
         async with self.db.transaction() as session:
-            fields: dict[str, object] = {"status": target, "updated_at": now}
-            if target == "shipped":
+            fields: dict[str, object] = {"status": target, "updated_at": now, **values}
+            if target == SHIPPED:
                 fields["shipped_at"] = now
-            fields.update({k: v for k, v in extra.items() if k in ("points_capture_entry_id", "card_capture_id",
-                                                                     "tracking")})
             done = await session.exec(update(Order).where(col(Order.id) == order.id,  # type: ignore[call-overload]
                                                           col(Order.status) == transient).values(**fields))
             if done.rowcount != 1:
-                raise FailedPrecondition(f"order {order.id} changed meanwhile")
+                raise WrongStatus(f"order {order.id} changed meanwhile")
             if restock:
                 for line in await order_lines(session, order.id):
                     await session.exec(update(Product).where(col(Product.id) == line.product_id)  # type: ignore[call-overload]
                                        .values(stock=col(Product.stock) + line.quantity))
             order = await get_order(session, order.id)
-            event_extra = {k: v for k, v in extra.items() if k in ("refunded", "points_refunded")}
-            publish_order(session, order, subject, now, **event_extra)
+            publish_order(session, order, subject, now, **(event or {}))
         return order
+
+    # ---- transitions ---------------------------------------------------------------------------
 
     async def ship(self, order_id: str, tracking: str = "") -> Order:
         """The merchant shipped: capture the points and the card, then mark it shipped."""
-        order = await self._claim(order_id, ("paid",), "shipping", "ship")
-        entry_id = capture_id = None
-        if order.reservation_id:
-            entry_id = await self.points.capture(order.reservation_id, f"{order.id}:capture-points")
-        if order.authorization_id:
-            capture_id = await self.payments.capture(order.authorization_id, f"{order.id}:capture-card")
-        return await self._settle(order, "shipping", "shipped", "shop.order.shipped",
-                                  points_capture_entry_id=entry_id, card_capture_id=capture_id,
-                                  tracking=tracking.strip()[:200])
+        order = await self._claim(order_id, (PAID,), SHIPPING, "ship", tracking=tracking.strip()[:200])
+        return await self._finish_shipping(order)
 
-    async def cancel(self, order_id: str) -> Order:
+    async def _finish_shipping(self, order: Order) -> Order:
+        try:
+            if order.reservation_id and not order.points_capture_entry_id:
+                entry_id = await self.points.capture(order.reservation_id, f"{order.id}:capture-points")
+                await self._record(order, SHIPPING, points_capture_entry_id=entry_id)
+            if order.authorization_id and not order.card_capture_id:
+                capture_id = await self.payments.capture(order.authorization_id, f"{order.id}:capture-card")
+                await self._record(order, SHIPPING, card_capture_id=capture_id)
+        except _FINAL as exc:
+            problem = (f"could not be shipped: {exc.message}; it is cancelled and the member's points and card "
+                       "payment are returned")
+            await self._record(order, SHIPPING, status=CANCELLING, problem=problem)
+            await self._finish_cancelling(order)
+            raise FailedPrecondition(f"order {order.id} {problem}") from exc
+        return await self._settle(order, SHIPPING, SHIPPED, "shop.order.shipped")
+
+    async def cancel(self, order_id: str, problem: str = "") -> Order:
         """Cancel before shipment: void the card and the points, put the stock back."""
-        order = await self._claim(order_id, ("paid",), "cancelling", "cancel")
+        order = await self._claim(order_id, (PAID,), CANCELLING, "cancel", **({"problem": problem} if problem else {}))
+        return await self._finish_cancelling(order)
+
+    async def _finish_cancelling(self, order: Order) -> Order:
+        """Give back what the order holds (void) or took (refund: a shipment that failed half-way)."""
         if order.authorization_id:
-            await self.payments.void(order.authorization_id, f"{order.id}:void-card")
+            if order.card_capture_id:
+                await self.payments.refund(order.authorization_id, f"{order.id}:return-card")
+            else:
+                await self.payments.void(order.authorization_id, f"{order.id}:void-card")
         if order.reservation_id:
-            await self.points.void(order.reservation_id, f"{order.id}:void-points")
-        return await self._settle(order, "cancelling", "cancelled", "shop.order.cancelled", restock=True)
+            if order.points_capture_entry_id:
+                await self.points.refund(order.reservation_id, f"Order {order.id} could not be shipped",
+                                         f"{order.id}:return-points")
+            else:
+                await self.points.void(order.reservation_id, f"{order.id}:void-points")
+        return await self._settle(order, CANCELLING, CANCELLED, "shop.order.cancelled", restock=True)
 
     async def refund(self, order_id: str) -> Order:
         """Refund in full after shipment: the money to the card, the points to the member."""
-        order = await self._claim(order_id, ("shipped", "completed"), "refunding", "refund")
+        order = await self._claim(order_id, (SHIPPED, COMPLETED, REFUND_FAILED), REFUNDING, "refund")
+        return await self._finish_refunding(order)
+
+    async def _finish_refunding(self, order: Order) -> Order:
         refunded_points = refunded_minor = 0
-        if order.reservation_id:
-            refunded_points = await self.points.refund(order.reservation_id, f"Order {order.id} refunded",
-                                                       f"{order.id}:refund-points")
-        if order.authorization_id:
-            refunded_minor = await self.payments.refund(order.authorization_id, f"{order.id}:refund-card")
-        return await self._settle(order, "refunding", "refunded", "shop.order.refunded",
-                                  refunded=Money(amount_minor=refunded_minor, currency=order.currency),
-                                  points_refunded=refunded_points)
+        try:
+            if order.reservation_id:
+                refunded_points = await self.points.refund(order.reservation_id, f"Order {order.id} refunded",
+                                                           f"{order.id}:refund-points")
+            if order.authorization_id:
+                refunded_minor = await self.payments.refund(order.authorization_id, f"{order.id}:refund-card")
+        except _FINAL as exc:
+            problem = f"the refund failed: {exc.message}"
+            await self._record(order, REFUNDING, status=REFUND_FAILED, problem=problem)
+            raise FailedPrecondition(f"order {order.id}: {problem}; refund it again once that is resolved "
+                                     "(what was already refunded is not refunded twice)") from exc
+        return await self._settle(order, REFUNDING, REFUNDED, "shop.order.refunded", problem="",
+                                  event={"refunded": Money(amount_minor=refunded_minor, currency=order.currency),
+                                         "points_refunded": refunded_points})
 
     async def complete(self, order_id: str, member_id: str | None = None) -> Order:
         """Delivery confirmed by the member (or, with member_id None, by the auto-completion job)."""
@@ -164,22 +229,57 @@ class OrderLifecycle:
             order = await get_order(session, order_id)
         if member_id is not None and order.member_id != member_id:
             raise PermissionDenied("this order belongs to another member")
-        if order.status != "shipped":
-            raise FailedPrecondition(f"only a shipped order can be completed; order {order_id} is "
-                                     f"{PUBLIC_STATUS.get(order.status, order.status)}")
-        return await self._settle(order, "shipped", "completed", "shop.order.completed")
+        if order.status != SHIPPED:
+            raise WrongStatus(f"only a shipped order can be completed; order {order_id} is {describe(order.status)}")
+        return await self._settle(order, SHIPPED, COMPLETED, "shop.order.completed")
+
+    # ---- the housekeeping job's part -----------------------------------------------------------
 
     async def auto_complete(self) -> int:
         """Complete orders shipped more than `auto_complete_days` ago; returns how many."""
         cutoff = self.clock.now() - timedelta(days=self.settings.auto_complete_days)
         async with self.db.sessions() as session:
-            due = list((await session.exec(select(Order.id).where(Order.status == "shipped",
+            due = list((await session.exec(select(Order.id).where(Order.status == SHIPPED,
                                                                   col(Order.shipped_at) <= cutoff).limit(500))).all())
         done = 0
         for order_id in due:
             try:
                 await self.complete(order_id)
                 done += 1
-            except FailedPrecondition:
+            except WrongStatus:
                 pass  # confirmed or refunded meanwhile
         return done
+
+    async def cancel_unshipped(self) -> int:
+        """Cancel paid orders past their ship-by deadline, before their holds lapse; returns how many."""
+        async with self.db.sessions() as session:
+            due = list((await session.exec(select(Order.id, Order.ship_by).where(
+                Order.status == PAID, col(Order.ship_by) <= self.clock.now()).limit(500))).all())
+        done = 0
+        for order_id, ship_by in due:
+            problem = f"not shipped by {ship_by:%Y-%m-%d %H:%M} UTC; cancelled automatically"
+            try:
+                await self.cancel(order_id, problem)
+                done += 1
+            except WrongStatus:
+                pass  # shipped or cancelled meanwhile
+            except DomainError:  # a peer is away: the order stays `cancelling` and recover_stuck finishes it
+                log.exception("could not cancel an overdue order yet", extra={"order_id": order_id})
+        return done
+
+    async def recover_stuck(self) -> int:
+        """Finish (or unwind) orders left mid-transition by a crash or a peer outage; returns how many."""
+        cutoff = self.clock.now() - timedelta(seconds=self.settings.order_stuck_seconds)
+        async with self.db.sessions() as session:
+            stuck = list((await session.exec(select(Order).where(
+                col(Order.status).in_(TRANSIENT), col(Order.updated_at) < cutoff).limit(100))).all())
+        finish: dict[str, Callable[[Order], Awaitable[Order]]] = {
+            SHIPPING: self._finish_shipping, CANCELLING: self._finish_cancelling, REFUNDING: self._finish_refunding}
+        for order in stuck:
+            try:
+                await finish[order.status](order)
+            except (WrongStatus, FailedPrecondition) as exc:  # finished elsewhere, or moved where it shows
+                log.warning("stuck order settled otherwise", extra={"order_id": order.id, "problem": exc.message})
+            except DomainError:
+                log.exception("could not finish a stuck order; retrying next round", extra={"order_id": order.id})
+        return len(stuck)

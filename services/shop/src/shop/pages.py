@@ -31,7 +31,7 @@ from shop.catalogue import ProductDraft, Sort
 from shop.wiring import Shop, shop_of
 
 log = logging.getLogger("shop.pages")
-templates = web.page_templates(Path(__file__).parent / "templates", service="shop")
+templates = web.page_templates(Path(__file__).parent / "templates", service="shop", describe=orders.describe)
 router = APIRouter(include_in_schema=False)
 FormStr = Annotated[str, Form()]
 FormInt = Annotated[int, Form()]
@@ -39,9 +39,6 @@ FormInt = Annotated[int, Form()]
 
 def _shop(request: Request) -> Shop:
     return shop_of(request.app.state.runtime)
-
-
-
 
 
 def is_admin(shop: Shop, member: WebMember | None) -> bool:
@@ -162,8 +159,7 @@ async def place_order(request: Request, member: FormMember, merchant_id: FormStr
 @router.get("/orders", response_class=HTMLResponse)
 async def my_orders(request: Request, member: SignedInMember, session: SessionDep) -> HTMLResponse:
     mine = [(o, await orders.order_lines(session, o.id)) for o in await orders.member_orders(session, member.member_id)]
-    return await _render(request, "orders.html", member, title="My orders", orders=mine,
-                         public=orders.PUBLIC_STATUS)
+    return await _render(request, "orders.html", member, title="My orders", orders=mine)
 
 
 async def _own_order(session: SessionDep, order_id: str, member: WebMember) -> None:
@@ -214,8 +210,7 @@ async def merchant_console(request: Request, member: SignedInMember, session: Se
                            for o in await orders.merchant_orders(session, merchant.id)]
         consoles.append({"merchant": merchant, "role": role, "orders": merchant_orders,
                          "products": await catalogue.merchant_products(session, merchant.id)})
-    return await _render(request, "merchant.html", member, title="Merchant console", consoles=consoles,
-                         public=orders.PUBLIC_STATUS)
+    return await _render(request, "merchant.html", member, title="Merchant console", consoles=consoles)
 
 
 @router.post("/merchant/apply")

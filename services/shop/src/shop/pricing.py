@@ -1,4 +1,5 @@
-"""The money rules of a checkout, pure: line totals, commission, campaign bonus, the points/card split."""
+"""The money rules of a checkout, pure: line totals, commission, campaign bonus, the points/card split,
+the merchant's payout. A point is worth one minor unit of the order's currency (one yen)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,10 @@ class Quote:
     commission_minor: int
     bonus_points: int
 
+    @property
+    def merchant_payout_minor(self) -> int:
+        return merchant_payout(self.total_minor, self.commission_minor, self.bonus_points)
+
 
 def validate_quantity(quantity: int) -> int:
     if quantity <= 0:
@@ -58,6 +63,12 @@ def validate_quantity(quantity: int) -> int:
 def commission(total_minor: int, rate_bp: int) -> int:
     """The platform's commission, rounded down to the minor unit (in the merchant's favour)."""
     return total_minor * rate_bp // 10_000
+
+
+def merchant_payout(total_minor: int, commission_minor: int, bonus_points: int) -> int:
+    """What the merchant is owed for an order: the total less the platform's commission and the
+    campaign bonus it promised (the points are granted by points, the merchant pays for them)."""
+    return total_minor - commission_minor - bonus_points
 
 
 def campaign_bonus(lines: tuple[PricedLine, ...], campaigns: list[CampaignRule], at: datetime) -> int:

@@ -27,7 +27,7 @@ def _checkout(c: Checkout) -> dict[str, Any]:
 
 
 async def _order(session: AsyncSession, o: Order) -> dict[str, Any]:
-    return {"id": o.id, "merchant_id": o.merchant_id, "status": orders.PUBLIC_STATUS.get(o.status, o.status),
+    return {"id": o.id, "merchant_id": o.merchant_id, "status": o.status,
             "total_minor": o.total_minor, "currency": o.currency, "points_used": o.points_used,
             "card_minor": o.card_minor, "tracking": o.tracking, "created_at": o.created_at.isoformat(),
             "refund_reason": o.refund_reason,

@@ -1,7 +1,7 @@
 from typing import Annotated, Any
 
 from kizuna.kit.settings import ServiceSettings
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic_settings import NoDecode
 
 
@@ -19,6 +19,13 @@ class Settings(ServiceSettings):
     auto_complete_days: float = 14.0
     # Points held at checkout stay held until the order ships (points caps this at its maximum).
     points_hold_seconds: int = 7 * 24 * 3600
+    # A paid order not shipped within this many days is cancelled by the housekeeping job (points and
+    # card holds voided, stock back), before the holds lapse: points caps a reservation at
+    # POINTS_HOLD_SECONDS and fintech holds an authorization for 7 days, and a lapsed hold cannot be captured.
+    ship_by_days: float = 5.0
+    # An order left in `shipping`, `cancelling` or `refunding` this long (a crash or a peer outage
+    # mid-transition) is finished, or unwound, by the housekeeping job.
+    order_stuck_seconds: float = 120.0
     # A checkout whose saga has not moved for this long is finished or compensated by the recovery job.
     checkout_stuck_seconds: float = 120.0
     jobs_interval_seconds: float = 30.0
@@ -27,6 +34,14 @@ class Settings(ServiceSettings):
     shop_admins: Annotated[list[str], NoDecode] = []
     # Seed the demo catalogue on first start (when no merchant exists yet).
     seed_demo: bool = False
+
+    @model_validator(mode="after")
+    def _ship_before_holds_lapse(self) -> "Settings":
+        if not 0 < self.ship_by_days * 86_400 < self.points_hold_seconds:
+            raise ValueError(f"SHIP_BY_DAYS ({self.ship_by_days}) must be positive and shorter than "
+                             f"POINTS_HOLD_SECONDS ({self.points_hold_seconds} s), or shipping would find the points "
+                             "hold lapsed")
+        return self
 
     @field_validator("shop_admins", mode="before")
     @classmethod

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kizuna.kit.clock import Clock
 from kizuna.kit.service import Runtime
 
 from shop.checkout import CheckoutSaga
-from shop.clock import Clock
+from shop.clock import RuntimeClock
 from shop.orders import OrderLifecycle
 from shop.peers import PaymentsClient, PointsClient
 from shop.settings import Settings
@@ -31,7 +32,7 @@ class Shop:
 def shop_of(runtime: Runtime[Any]) -> Shop:
     if "shop" not in runtime.state:
         s: Settings = runtime.settings
-        clock = runtime.state.setdefault("clock", Clock())
+        clock = RuntimeClock(runtime)
         points = PointsClient(s.points_addr, runtime.service_tokens, s.peer_timeout_seconds)
         payments = PaymentsClient(s.fintech_addr, runtime.service_tokens, s.peer_timeout_seconds)
         runtime.state["shop"] = Shop(runtime, clock, points, payments,
