@@ -78,7 +78,8 @@ LAYOUT_CHECK = """() => {
   const controls = [...document.querySelectorAll('input, select, textarea')]
     .filter(el => !['hidden', 'submit', 'button'].includes(el.type) && el.offsetParent !== null);
   const unlabeled = controls
-    .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.getAttribute('aria-labelledby'))
+    .filter(el => !(el.labels && el.labels.length))
+    .filter(el => !el.getAttribute('aria-label') && !el.getAttribute('aria-labelledby'))
     .map(el => el.name || el.id || el.outerHTML.slice(0, 80));
   return {
     overflow: document.documentElement.scrollWidth - window.innerWidth,
