@@ -9,24 +9,28 @@ Account names: `bank:<member>` (liability: the member's deposits), `card:<card i
 the member owes on the card), `merchant:<merchant id>` (liability: owed to the merchant),
 `cash` (asset: money that came in from outside), `points:receivable` (asset: points redeemed, to
 be settled by the points service), `suspense:payments` (liability: cash taken for a payment in
-flight), `fund:<fund id>` (liability: money invested in a fund).
+flight), `fund:<fund id>` (liability: what members paid for the units they still hold in a fund, at
+cost), `realized:<fund id>` (asset: gains members realized selling a fund's units above their cost,
+which the market paid; losses lower it).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import Any
 
 from kizuna.kit.errors import FailedPrecondition, InvalidArgument
+from sqlalchemy import func
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from ulid import ULID
 
-from fintech.models import LedgerAccount, LedgerEntry, LedgerPosting
+from fintech.models import Holding, LedgerAccount, LedgerEntry, LedgerPosting
 
 ASSET, LIABILITY = "asset", "liability"
 CASH = "cash"
@@ -50,9 +54,13 @@ def fund_account(fund_id: str) -> str:
     return f"fund:{fund_id}"
 
 
+def realized_account(fund_id: str) -> str:
+    return f"realized:{fund_id}"
+
+
 def kind_of(account_id: str) -> str:
     """The normal direction of an account, from its name."""
-    return ASSET if account_id.split(":", 1)[0] in ("cash", "card", "points") else LIABILITY
+    return ASSET if account_id.split(":", 1)[0] in ("cash", "card", "points", "realized") else LIABILITY
 
 
 @dataclass(frozen=True)
@@ -169,3 +177,93 @@ async def post(
 async def balance(session: AsyncSession, account_id: str) -> int:
     account = await session.get(LedgerAccount, account_id, populate_existing=True)
     return 0 if account is None else account.balance_minor
+
+
+# ---- audit --------------------------------------------------------------------------------------
+
+
+@dataclass
+class AuditReport:
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    entries: int = 0
+    accounts: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def audit(session: AsyncSession) -> AuditReport:
+    """Check the books from the stored rows: every entry has postings in one currency that sum to
+    zero; every account's balance equals the sum of its postings (in its normal direction), in its
+    currency, and is not below its floor; every fund account equals the cost of the units held."""
+    problems: list[str] = []
+    per_entry = (
+        await session.exec(
+            select(
+                LedgerEntry.entry_id,
+                func.count(col(LedgerPosting.id)),
+                func.coalesce(func.sum(LedgerPosting.amount_minor), 0),
+                func.count(func.distinct(LedgerPosting.currency)),
+            )
+            .outerjoin(LedgerPosting, col(LedgerPosting.entry_id) == LedgerEntry.entry_id)
+            .group_by(col(LedgerEntry.entry_id))
+        )
+    ).all()
+    for entry_id, postings, total, currencies in per_entry:
+        if postings == 0:
+            problems.append(f"entry {entry_id} has no postings")
+        elif int(total) != 0:
+            problems.append(f"entry {entry_id} sums to {int(total)}, not 0")
+        if currencies > 1:
+            problems.append(f"entry {entry_id} mixes {currencies} currencies")
+    orphans = (
+        await session.exec(
+            select(LedgerPosting.entry_id)
+            .outerjoin(LedgerEntry, col(LedgerEntry.entry_id) == LedgerPosting.entry_id)
+            .where(col(LedgerEntry.entry_id).is_(None))
+            .distinct()
+        )
+    ).all()
+    problems += [f"postings refer to entry {entry_id}, which does not exist" for entry_id in orphans]
+
+    posted = {
+        (account_id, currency): int(total)
+        for account_id, currency, total in (
+            await session.exec(
+                select(LedgerPosting.account_id, LedgerPosting.currency, func.sum(LedgerPosting.amount_minor)).group_by(
+                    col(LedgerPosting.account_id), col(LedgerPosting.currency)
+                )
+            )
+        ).all()
+    }
+    accounts = {a.account_id: a for a in (await session.exec(select(LedgerAccount))).all()}
+    for account_id, currency in posted:
+        account = accounts.get(account_id)
+        if account is None:
+            problems.append(f"postings move {account_id}, which has no account row")
+        elif currency != account.currency:
+            problems.append(f"{account_id} is in {account.currency} but has postings in {currency}")
+    for account in accounts.values():
+        if account.kind != kind_of(account.account_id):
+            problems.append(f"{account.account_id} is kept as {account.kind}, not {kind_of(account.account_id)}")
+        expected = natural_delta(account.account_id, posted.get((account.account_id, account.currency), 0))
+        if account.balance_minor != expected:
+            problems.append(
+                f"{account.account_id} balance is {account.balance_minor} but its postings sum to {expected}"
+            )
+        if account.floor_minor is not None and account.balance_minor < account.floor_minor:
+            problems.append(
+                f"{account.account_id} is at {account.balance_minor}, below its floor {account.floor_minor}"
+            )
+
+    held_cost = dict(
+        (await session.exec(select(Holding.fund_id, func.sum(Holding.cost_minor)).group_by(col(Holding.fund_id)))).all()
+    )
+    fund_ids = set(held_cost) | {a.split(":", 1)[1] for a in accounts if a.startswith("fund:")}
+    for fund_id in sorted(fund_ids):
+        cost = int(held_cost.get(fund_id, 0) or 0)
+        booked = accounts[fund_account(fund_id)].balance_minor if fund_account(fund_id) in accounts else 0
+        if booked != cost:
+            problems.append(f"{fund_account(fund_id)} is {booked} but the units held in it cost {cost}")
+    return AuditReport(not problems, problems, len(per_entry), len(accounts))

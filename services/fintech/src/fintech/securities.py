@@ -129,6 +129,17 @@ async def apply_buy(session: AsyncSession, ctx: Fintech, payment: PointsPayment)
     return {"units_micro": units, "price_minor": price}
 
 
+def sale_postings(fund_id: str, member_id: str, sold_cost: int, proceeds: int) -> list[ledger.Posting]:
+    """The fund gives up the sold units' cost, the bank gets the proceeds, and the difference is the
+    member's realized gain (or loss): the fund account then always equals the cost of what is held."""
+    postings = [ledger.Posting(ledger.bank_account(member_id), -proceeds)]
+    if sold_cost:
+        postings.append(ledger.Posting(ledger.fund_account(fund_id), sold_cost))
+    if proceeds != sold_cost:
+        postings.append(ledger.Posting(ledger.realized_account(fund_id), proceeds - sold_cost))
+    return postings
+
+
 async def sell(session: AsyncSession, ctx: Fintech, member_id: str, fund_id: str, units_micro: int) -> dict[str, Any]:
     if units_micro <= 0:
         raise InvalidArgument(f"units_micro must be positive, got {units_micro}")
@@ -143,17 +154,17 @@ async def sell(session: AsyncSession, ctx: Fintech, member_id: str, fund_id: str
     proceeds = value_of(units_micro, price)
     if proceeds <= 0:
         raise InvalidArgument("too few units to be worth anything")
+    sold_cost = holding.cost_minor * units_micro // holding.units_micro
     await ledger.post(
         session,
         kind="fund_sell",
         ref=f"{member_id}:{fund_id}",
         memo=f"Sell {fund.name}",
         currency=fund.currency,
-        postings=ledger.transfer(ledger.fund_account(fund_id), ledger.bank_account(member_id), proceeds),
+        postings=sale_postings(fund_id, member_id, sold_cost, proceeds),
         now=ctx.clock.now(),
         postgres=ctx.postgres,
     )
-    sold_cost = holding.cost_minor * units_micro // holding.units_micro
     holding.units_micro -= units_micro
     holding.cost_minor -= sold_cost
     session.add(holding)
@@ -163,6 +174,8 @@ async def sell(session: AsyncSession, ctx: Fintech, member_id: str, fund_id: str
         "units_micro": units_micro,
         "price_minor": price,
         "proceeds_minor": proceeds,
+        "cost_minor": sold_cost,
+        "realized_gain_minor": proceeds - sold_cost,
         "currency": fund.currency,
     }
 
