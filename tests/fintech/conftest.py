@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from fintech import ledger
 from fintech.context import Fintech, fintech_of
 from fintech.service import service as fintech_service
 from fintech.settings import Settings
@@ -172,6 +173,10 @@ async def fintech(
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{runtime.http_port}", timeout=15) as http:
             yield FintechClient(runtime, test_issuer, http, channel)
         await channel.close()
+        # Whatever the test did, the books still balance.
+        async with runtime.db.sessions() as session:
+            report = await ledger.audit(session)
+        assert report.ok, report.problems
 
 
 async def signed_in_browser(fintech: FintechClient, member_id: str, name: str = "Hana") -> httpx.AsyncClient:

@@ -1,14 +1,17 @@
 """The fintech service: card payments for the ecosystem (gRPC PaymentsService), the card, bank
 and securities for members (REST + pages), partner merchants (REST), events through the outbox."""
 
+import asyncio
+import json
 from typing import Any
 
 from fastapi import APIRouter
 from kizuna.fintech.v1 import fintech_pb2_grpc
+from kizuna.kit.db import Database
 from kizuna.kit.privacy import Privacy
 from kizuna.kit.service import Runtime, Service
 
-from fintech import bank, grpc_api, http_api, member_data, pages, securities, statements, sweeper
+from fintech import bank, grpc_api, http_api, ledger, member_data, pages, securities, statements, sweeper
 from fintech.card_keys import load_card_token_key
 from fintech.points_client import points_client
 from fintech.settings import Settings
@@ -16,6 +19,22 @@ from fintech.settings import Settings
 
 async def close_points_channel(runtime: Runtime[Any]) -> None:
     await points_client(runtime).close()
+
+
+def audit_command(settings: Settings, _args: list[str]) -> int:
+    """`python -m fintech audit`: check the money ledger's invariants; exit 1 if any is broken."""
+
+    async def run() -> ledger.AuditReport:
+        db = Database(settings.database_url_for("fintech"))
+        try:
+            async with db.sessions() as session:
+                return await ledger.audit(session)
+        finally:
+            await db.dispose()
+
+    report = asyncio.run(run())
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0 if report.ok else 1
 
 
 PAGE_SCOPES = "openid profile offline_access points:read points:spend fintech:read fintech:pay"
@@ -33,6 +52,7 @@ service = Service(
     jobs=[statements.statement_job, sweeper.sweeper_job],
     on_start=[load_card_token_key, securities.seed_funds],
     on_stop=[close_points_channel],
+    commands={"audit": audit_command},
     web_sign_in_scopes=PAGE_SCOPES,
     privacy=Privacy(export=member_data.export, erase=member_data.erase),
 )
