@@ -119,11 +119,16 @@ async def test_declines_carry_a_reason_and_fraud_publishes_an_event(fintech: Fin
         assert (await fintech.authorize(member, 1_000)).status == APPROVED
     velocity = await fintech.authorize(member, 1_000)
     assert velocity.status == DECLINED and velocity.decline_reason == fintech_pb2.DECLINE_REASON_FRAUD_RULE
+    # A currency the card is not in is refused for that reason, before any fraud rule is asked:
+    # here the velocity rule would match too, and on a fresh card so would the amount rule.
     usd = await fintech.authorize(member, 1_000, currency="USD")
-    assert usd.decline_reason in (
-        fintech_pb2.DECLINE_REASON_CURRENCY_NOT_SUPPORTED,
-        fintech_pb2.DECLINE_REASON_FRAUD_RULE,
-    )
+    assert usd.status == DECLINED and usd.decline_reason == fintech_pb2.DECLINE_REASON_CURRENCY_NOT_SUPPORTED
+    fresh = new_member()
+    await fintech.apply_card(fresh)
+    usd_big = await fintech.authorize(fresh, 1_500_000, currency="USD")
+    assert usd_big.status == DECLINED
+    assert usd_big.decline_reason == fintech_pb2.DECLINE_REASON_CURRENCY_NOT_SUPPORTED
+    assert (await fintech.card(fresh))["held_minor"] == 0
 
     nc = await nats.connect(nats_url)
     js = nc.jetstream()

@@ -74,7 +74,8 @@ def card_number_token(key: str, number: str) -> str:
 
 
 def decline_reason_for(card: Card, amount: Money, available_minor: int, fraud_rule: str, today: date) -> str:
-    """Why an authorization is declined, or "" to approve it. Fraud rules are checked first."""
+    """Why an authorization is declined, or "" to approve it: the card's state and currency first (an
+    amount in another currency is not judged by the fraud rules at all), then fraud, then the limit."""
     if card.status == "blocked":
         return BLOCKED_CARD
     if card.expires_on < today:
