@@ -1,8 +1,9 @@
-"""Travel's web pages: search, results and hotel pages for everyone; member pages need sign-in."""
+"""Travel's web pages: search, results and hotel pages for everyone; member pages need sign-in, and
+a signed-in member books, sees and cancels trips through forms that carry the CSRF token."""
 
 from __future__ import annotations
 
-from travel_support import TravelEnv, days_ahead
+from travel_support import TravelEnv, booking_body, days_ahead, form_fields, signed_in_browser
 
 
 async def test_search_results_and_hotel_pages_render_on_the_kit_layout(travel: TravelEnv) -> None:
@@ -33,3 +34,57 @@ async def test_member_pages_send_a_browser_to_sign_in(travel: TravelEnv) -> None
         assert resp.status_code == 303 and resp.headers["location"].startswith("/auth/login?next=")
     resp = await travel.http.post("/trips/bkg_x/cancel", headers={"accept": "application/json"})
     assert resp.status_code == 401
+
+
+async def test_a_signed_in_member_books_sees_and_cancels_a_trip_through_the_forms(travel: TravelEnv) -> None:
+    member = "mbr_pages_hana"
+    travel.member(member, points=1_000)
+    browser = await signed_in_browser(travel.runtime, travel.issuer, str(travel.http.base_url), member)
+    async with browser:
+        body = booking_body(points=600)
+        query = {k: body[k] for k in ("hotel_id", "room_type_id", "rate_plan_id", "check_in", "check_out", "guests")}
+        book_page = await browser.get("/book", params=query)
+        assert book_page.status_code == 200, book_page.text
+        fields = form_fields(book_page.text, "/book")
+        assert fields["csrf_token"] and fields["idempotency_key"]
+        booked = await browser.post("/book", data={**fields, "points": "600"})
+        assert booked.status_code == 303, booked.text
+        trip_url = booked.headers["location"]
+        booking_id = trip_url.rsplit("/", 1)[1]
+        booking = await travel.bookings.get(booking_id)
+        assert (booking.member_id, booking.status, booking.points_used) == (member, "confirmed", 600)
+
+        trips = await browser.get("/trips")
+        assert trips.status_code == 200 and f'href="/trips/{booking_id}"' in trips.text
+        assert "Gion" in trips.text and "confirmed" in trips.text
+
+        trip = await browser.get(trip_url)
+        cancel_fields = form_fields(trip.text, f"/trips/{booking_id}/cancel")
+        assert cancel_fields["csrf_token"]
+        # A post from another site carries the cookie but cannot know the token: nothing changes.
+        for forged in ({}, {"csrf_token": "0" * 64}):
+            refused = await browser.post(f"/trips/{booking_id}/cancel", data=forged)
+            assert refused.status_code == 403, refused.text
+        assert (await travel.bookings.get(booking_id)).status == "confirmed"
+        assert travel.points.balances[member] == 400
+
+        cancelled = await browser.post(f"/trips/{booking_id}/cancel", data=cancel_fields)
+        assert cancelled.status_code == 303 and cancelled.headers["location"] == trip_url
+        after = await browser.get(trip_url)
+        assert "<dt>Status</dt><dd>cancelled</dd>" in after.text and "Cancel this booking" not in after.text
+        assert "Penalty ¥0" in after.text and "600 points" in after.text
+        assert travel.points.balances[member] == 1_000
+        assert ">cancelled<" in (await browser.get("/trips")).text
+
+
+async def test_a_forged_booking_post_books_nothing(travel: TravelEnv) -> None:
+    member = "mbr_pages_forged"
+    travel.member(member, points=1_000)
+    browser = await signed_in_browser(travel.runtime, travel.issuer, str(travel.http.base_url), member)
+    async with browser:
+        body = booking_body(points=100, key="forged")
+        refused = await browser.post("/book", data={k: str(v) for k, v in body.items()})
+        assert refused.status_code == 403, refused.text
+        assert "Gion" not in (await browser.get("/trips")).text
+    assert await travel.bookings.for_member(member) == []
+    assert travel.points.balances[member] == 1_000

@@ -146,3 +146,43 @@ async def stream_events(nats_url: str, subject: str) -> list[Any]:
             return []
     finally:
         await nc.close()
+
+
+async def signed_in_browser(runtime: Runtime[Any], issuer: Any, base_url: str, member_id: str) -> httpx.AsyncClient:
+    """A browser holding a kit web session for the member, as `/auth/callback` leaves it after
+    sign-in at identity (the sign-in itself is the kit's and identity's to test); its access token
+    is a real one from the test issuer, which travel's peers trust."""
+    import uuid
+    from datetime import timedelta
+
+    from kizuna.kit.db import utcnow
+    from kizuna.kit.oidc_client import WebSession
+
+    rp = runtime.state["web_sign_in"]
+    now = utcnow()
+    sid = uuid.uuid4().hex
+    async with runtime.db.transaction() as session:
+        session.add(
+            WebSession(
+                id=sid,
+                member_id=member_id,
+                display_name="Hana",
+                id_token="unused",
+                access_token=issuer.member_token(member_id, scope=f"openid {MEMBER_SCOPES}"),
+                access_expires_at=now + timedelta(minutes=5),
+                created_at=now,
+                expires_at=now + timedelta(hours=1),
+            )
+        )
+    browser = httpx.AsyncClient(base_url=base_url, timeout=30)
+    browser.cookies.set(rp.session_cookie, rp._session_signer.dumps(sid))
+    return browser
+
+
+def form_fields(html: str, action: str) -> dict[str, str]:
+    """The hidden fields (CSRF token, idempotency key, ...) of the page's form posting to `action`."""
+    import re
+
+    match = re.search(rf'<form method="post" action="{re.escape(action)}"[^>]*>(.*?)</form>', html, re.S)
+    assert match, f"no form for {action}"
+    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', match.group(1)))

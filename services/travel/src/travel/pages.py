@@ -2,7 +2,8 @@
 
 Searching is open to everyone; booking, trips and cancelling need a member signed in through the
 kit's OIDC relying party (`SignedInMember`). Booking passes the member's own access token (kept
-server-side by the kit) to points and fintech, which is how the member authorizes the spend.
+server-side by the kit) to points and fintech, which is how the member authorizes the spend. The
+forms that change something (book, cancel) carry the kit's CSRF token and are refused without it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from kizuna.kit.csrf import FormMember
 from kizuna.kit.db import SessionDep
 from kizuna.kit.errors import DomainError, NotFound
 from kizuna.kit.oidc_client import SignedInMember
@@ -139,7 +141,7 @@ async def book_page(
 @router.post("/book", response_model=None)
 async def book_submit(
     request: Request,
-    member: SignedInMember,
+    member: FormMember,
     bookings: BookingsDep,
     hotel_id: Annotated[str, Form()],
     room_type_id: Annotated[str, Form()],
@@ -219,7 +221,7 @@ async def trip_page(
 
 
 @router.post("/trips/{booking_id}/cancel", response_model=None)
-async def cancel_submit(request: Request, member: SignedInMember, bookings: BookingsDep, booking_id: str) -> Response:
+async def cancel_submit(request: Request, member: FormMember, bookings: BookingsDep, booking_id: str) -> Response:
     try:
         await _own(bookings, member.member_id, booking_id)
         await bookings.cancel(member.member_id, booking_id)
