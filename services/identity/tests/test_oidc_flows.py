@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from identity.members import Member
 from identity_support import SVC_SECRET, WEB_REDIRECT, WEB_SECRET, Idp, sign_up
 from joserfc import jwt
 from joserfc.jwk import KeySet
@@ -58,14 +59,17 @@ async def test_code_pkce_refresh_userinfo_introspection_revocation_with_authlib_
     assert id_token.claims["email"] == "hana@example.com"
 
     info = (await client.get(meta["userinfo_endpoint"])).json()
+    updated_at = info.pop("updated_at")
     assert info == {
         "sub": member_id,
         "name": "Hana",
         "preferred_username": "Hana",
         "email": "hana@example.com",
         "email_verified": False,
-        "updated_at": info["updated_at"],
     }
+    async with idp.runtime.db.sessions() as session:
+        member = await session.get(Member, member_id)
+    assert member is not None and updated_at == int(member.updated_at.timestamp())
     posted = await httpx.AsyncClient().post(meta["userinfo_endpoint"], data={"access_token": token["access_token"]})
     assert posted.json()["sub"] == member_id
 

@@ -321,11 +321,26 @@ async def test_cookies_are_httponly_samesite_and_secure_under_https(idp_sqlite: 
         http_port=port,
         kizuna_issuer="https://id.kizuna.example",
     )
-    async with running_identity(settings) as https_idp:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-            page = await http.get("/signin")
-            assert "Secure" in page.headers["set-cookie"] and "HttpOnly" in page.headers["set-cookie"]
-            assert https_idp.provider.secure_cookies
+    async with running_identity(settings), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        page = await http.get("/signup")
+        csrf_cookie = page.headers["set-cookie"]
+        assert "Secure" in csrf_cookie and "HttpOnly" in csrf_cookie
+        # A client does not send Secure cookies over plain HTTP: hand the CSRF cookie back by hand
+        # (a TLS-terminating proxy sits in front in production).
+        csrf_value = csrf_cookie.split(";")[0].split("=", 1)[1]
+        signed_up = await http.post(
+            "/signup",
+            data={
+                "email": "secure@example.com",
+                "display_name": "Sec",
+                "password": "correct horse battery",
+                "csrf_token": csrf_of(page.text),
+            },
+            headers={"Cookie": f"kz_csrf={csrf_value}"},
+        )
+        assert signed_up.status_code == 303, signed_up.text[:300]
+        secure_session = next(c for c in signed_up.headers.get_list("set-cookie") if c.startswith("kz_idp_session="))
+        assert "Secure" in secure_session and "HttpOnly" in secure_session and "SameSite=lax" in secure_session
 
 
 async def test_prompt_none_without_a_session_returns_login_required(idp_sqlite: Idp) -> None:
