@@ -3,7 +3,8 @@ interfaces, served on real gRPC servers behind the kit's token-checking intercep
 
 Checkout journeys run against the REAL points and fintech processes (tests/shop/). These peers
 remain only for failure injection the real services cannot be made to produce on demand: a crash
-between a peer's answer and the shop recording it (see test_checkout.py). They enforce what the
+between a peer's answer and the shop recording it (see test_checkout.py), a peer that is away for a
+while or refuses one call (`down`, `refuse`; see test_order_recovery.py). They enforce what the
 contracts say the shop must do: the right scopes, the member's own token for Reserve and
 Authorize, idempotency keys, void vs capture states.
 """
@@ -27,6 +28,14 @@ from kizuna.points.v1 import points_pb2_grpc
 _ids = itertools.count(1)
 
 
+async def _gate(peer: Any, method: str, context: Any) -> None:
+    """Answer as a peer that is away (UNAVAILABLE) or refuses (FAILED_PRECONDITION) when told to."""
+    if method in peer.down:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"{method}: the service is away")
+    if method in peer.refuse:
+        raise FailedPrecondition(f"{method} refused by the test peer")
+
+
 @dataclass
 class Hold:
     member_id: str
@@ -42,6 +51,8 @@ class PointsPeer(points_pb2_grpc.PointsServiceServicer):
     keys: dict[str, Any] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     fail_void: bool = False
+    down: set[str] = field(default_factory=set)
+    refuse: set[str] = field(default_factory=set)
 
     def _once(self, key: str, make: Any) -> Any:
         if key not in self.keys:
@@ -78,6 +89,7 @@ class PointsPeer(points_pb2_grpc.PointsServiceServicer):
     async def Capture(self, request: ppb.CaptureRequest, context: Any) -> ppb.CaptureResponse:
         hold = self._hold(request.reservation_id)
         self.calls.append("Capture")
+        await _gate(self, "Capture", context)
 
         def make() -> ppb.CaptureResponse:
             if hold.state != "held":
@@ -90,6 +102,7 @@ class PointsPeer(points_pb2_grpc.PointsServiceServicer):
     async def Void(self, request: ppb.VoidRequest, context: Any) -> ppb.VoidResponse:
         hold = self._hold(request.reservation_id)
         self.calls.append("Void")
+        await _gate(self, "Void", context)
         if self.fail_void:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "points is down")
 
@@ -106,6 +119,7 @@ class PointsPeer(points_pb2_grpc.PointsServiceServicer):
     async def Refund(self, request: ppb.RefundRequest, context: Any) -> ppb.RefundResponse:
         hold = self._hold(request.reservation_id)
         self.calls.append("Refund")
+        await _gate(self, "Refund", context)
 
         def make() -> ppb.RefundResponse:
             if hold.state != "captured" or hold.refunded == hold.amount:
@@ -137,6 +151,8 @@ class PaymentsPeer(fintech_pb2_grpc.PaymentsServiceServicer):
     auths: dict[str, Auth] = field(default_factory=dict)
     keys: dict[str, Any] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    down: set[str] = field(default_factory=set)
+    refuse: set[str] = field(default_factory=set)
 
     def _once(self, key: str, make: Any) -> Any:
         if key not in self.keys:
@@ -174,6 +190,7 @@ class PaymentsPeer(fintech_pb2_grpc.PaymentsServiceServicer):
     async def Capture(self, request: fpb.CaptureRequest, context: Any) -> fpb.CaptureResponse:
         auth = self._auth(request.authorization_id)
         self.calls.append("Capture")
+        await _gate(self, "Capture", context)
 
         def make() -> fpb.CaptureResponse:
             if auth.state != "authorized":
@@ -187,6 +204,7 @@ class PaymentsPeer(fintech_pb2_grpc.PaymentsServiceServicer):
     async def Void(self, request: fpb.VoidRequest, context: Any) -> fpb.VoidResponse:
         auth = self._auth(request.authorization_id)
         self.calls.append("Void")
+        await _gate(self, "Void", context)
 
         def make() -> fpb.VoidResponse:
             if auth.state == "captured":
@@ -202,6 +220,7 @@ class PaymentsPeer(fintech_pb2_grpc.PaymentsServiceServicer):
     async def Refund(self, request: fpb.RefundRequest, context: Any) -> fpb.RefundResponse:
         auth = self._auth(request.authorization_id)
         self.calls.append("Refund")
+        await _gate(self, "Refund", context)
 
         def make() -> fpb.RefundResponse:
             if auth.state != "captured" or auth.refunded == auth.amount:

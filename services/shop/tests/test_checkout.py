@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 from kizuna.kit.clock import FrozenClock
-
 from shop.checkout import AUTHORIZED, STARTED
 from shop.models import Checkout
 from shop_peers import PaymentsPeer, PointsPeer

@@ -139,6 +139,11 @@ class Order(SQLModel, table=True):
     authorization_id: str | None = Field(default=None, max_length=100)
     points_capture_entry_id: str | None = Field(default=None, max_length=100)
     card_capture_id: str | None = Field(default=None, max_length=100)
+    # A refund's two halves, each recorded as made (None: not yet), so that a retry refunds only the rest.
+    points_refunded: int | None = None
+    card_refunded_minor: int | None = None
+    # Peers remember a refused idempotency key, so each retry after a refused refund needs new keys.
+    refund_attempt: int = 0
     tracking: str = ""
     created_at: datetime = _ts()
     updated_at: datetime = _ts()

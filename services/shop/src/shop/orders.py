@@ -207,21 +207,25 @@ class OrderLifecycle:
         return await self._finish_refunding(order)
 
     async def _finish_refunding(self, order: Order) -> Order:
-        refunded_points = refunded_minor = 0
+        # Attempt 0 keeps the original keys; a retry after a refusal gets fresh ones for what is left.
+        attempt = f":{order.refund_attempt}" if order.refund_attempt else ""
         try:
-            if order.reservation_id:
-                refunded_points = await self.points.refund(order.reservation_id, f"Order {order.id} refunded",
-                                                           f"{order.id}:refund-points")
-            if order.authorization_id:
-                refunded_minor = await self.payments.refund(order.authorization_id, f"{order.id}:refund-card")
+            if order.reservation_id and order.points_refunded is None:
+                points = await self.points.refund(order.reservation_id, f"Order {order.id} refunded",
+                                                  f"{order.id}:refund-points{attempt}")
+                await self._record(order, REFUNDING, points_refunded=points)
+            if order.authorization_id and order.card_refunded_minor is None:
+                minor = await self.payments.refund(order.authorization_id, f"{order.id}:refund-card{attempt}")
+                await self._record(order, REFUNDING, card_refunded_minor=minor)
         except _FINAL as exc:
             problem = f"the refund failed: {exc.message}"
-            await self._record(order, REFUNDING, status=REFUND_FAILED, problem=problem)
+            await self._record(order, REFUNDING, status=REFUND_FAILED, problem=problem,
+                               refund_attempt=order.refund_attempt + 1)
             raise FailedPrecondition(f"order {order.id}: {problem}; refund it again once that is resolved "
                                      "(what was already refunded is not refunded twice)") from exc
+        refunded = Money(amount_minor=order.card_refunded_minor or 0, currency=order.currency)
         return await self._settle(order, REFUNDING, REFUNDED, "shop.order.refunded", problem="",
-                                  event={"refunded": Money(amount_minor=refunded_minor, currency=order.currency),
-                                         "points_refunded": refunded_points})
+                                  event={"refunded": refunded, "points_refunded": order.points_refunded or 0})
 
     async def complete(self, order_id: str, member_id: str | None = None) -> Order:
         """Delivery confirmed by the member (or, with member_id None, by the auto-completion job)."""
