@@ -20,6 +20,8 @@ from points.ledger import (
     plan_refund,
     proportion,
     quote_earn,
+    refund_take_back,
+    repay_debt_first,
     split_capture,
 )
 
@@ -107,3 +109,20 @@ def test_month_arithmetic_clamps_days() -> None:
 def test_proportion_never_exceeds_the_points() -> None:
     assert proportion(100, 500, 1000) == 50
     assert proportion(100, 2000, 1000) == 100
+
+
+def test_refunds_take_back_their_cumulative_share_so_the_whole_purchase_takes_back_everything() -> None:
+    taken = 0
+    shares = []
+    for refunded in (3_333, 6_666, 10_000):  # money refunded so far
+        share = refund_take_back(100, taken, refunded, 10_000)
+        shares.append(share)
+        taken += share
+    assert shares == [33, 33, 34]
+    assert refund_take_back(300, 0, 10_000, 20_000) + refund_take_back(300, 150, 20_000, 20_000) == 300
+
+
+def test_points_coming_back_repay_debt_first_but_not_from_expired_lots() -> None:
+    returns = [(1, 30, NOW - DAY), (2, 50, NOW + DAY), (3, 20, NOW + DAY)]
+    assert repay_debt_first(returns, 60, NOW) == ([(1, 30), (2, 0), (3, 10)], 60)
+    assert repay_debt_first(returns, 0, NOW) == ([(1, 30), (2, 50), (3, 20)], 0)

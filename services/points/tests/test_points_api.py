@@ -309,3 +309,56 @@ async def test_expiry_job_and_stamps(points: Points) -> None:
     assert await status_of(points.stub.Credit(request, metadata=points.auth())) == grpc.StatusCode.INVALID_ARGUMENT
     await points.credit("m", 5, expires_at=points.clock.now() + DAY)
     assert (await points.balance("m")).expiring_soon.amount == 5
+
+
+async def _claw_back(points: Points, ref: str) -> pb.ClawbackResponse:
+    request = pb.ClawbackRequest(source_ref=ref, reason=f"{ref} cancelled", idempotency_key=key())
+    return await points.stub.Clawback(request, metadata=points.auth(), timeout=30)
+
+
+async def test_clawback_takes_back_only_what_did_not_expire(points: Points) -> None:
+    await points.register("m")
+    now = points.clock.now()
+    await points.credit("m", 100, kind=pb.CREDIT_KIND_LIMITED_TIME, expires_at=now + 5 * DAY, ref="campaign-1")
+    await points.credit("m", 50, ref="order-1")
+    await points.spend("m", 30)  # limited-time points go first: 30 of campaign-1's are spent
+    points.clock.advance(6 * DAY)  # the other 70 expire
+    assert (await points.balance("m")).total == 50
+    claw = await _claw_back(points, "campaign-1")
+    # The member kept the benefit of the 30 spent; the 70 that expired are not taken a second time.
+    assert (claw.clawed_back, claw.debt_created, claw.balance_after) == (30, 0, 20)
+    balance = await points.balance("m")
+    assert (balance.total, balance.debt) == (20, 0)
+    assert await status_of(_claw_back(points, "campaign-1")) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_held_points_coming_back_repay_debt_before_they_can_be_spent(points: Points) -> None:
+    await points.register("voided", "timed-out", "captured")
+    held = {}
+    for member in ("voided", "timed-out", "captured"):
+        await points.credit(member, 100, ref=f"order-{member}")
+        held[member] = await points.reserve(member, 100, ttl=60)
+        claw = await _claw_back(points, f"order-{member}")
+        assert (claw.debt_created, (await points.balance(member)).pending) == (100, 100)
+    void = pb.VoidRequest(reservation_id=held["voided"].reservation_id, idempotency_key=key())
+    assert (await points.stub.Void(void, metadata=points.auth())).released == 100
+    captured = await points.capture(held["captured"].reservation_id, 40)
+    assert (captured.captured, captured.returned) == (40, 60)
+    points.clock.advance(timedelta(seconds=61))
+    states = {}
+    for member in held:
+        balance = await points.balance(member)
+        states[member] = (balance.total, balance.pending, balance.debt)
+    assert states == {"voided": (0, 0, 0), "timed-out": (0, 0, 0), "captured": (0, 0, 40)}
+    assert await status_of(points.reserve("voided", 1)) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_refunded_points_repay_debt_first(points: Points) -> None:
+    await points.register("m")
+    await points.credit("m", 100, ref="order-1")
+    captured = await points.spend("m", 100)
+    assert (await _claw_back(points, "order-1")).debt_created == 100
+    refund = pb.RefundRequest(capture_entry_id=captured.entry_id, amount=60, idempotency_key=key())
+    assert (await points.stub.Refund(refund, metadata=points.auth())).refunded == 60
+    balance = await points.balance("m")
+    assert (balance.total, balance.debt) == (0, 40)

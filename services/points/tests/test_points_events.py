@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
+import pytest
 from google.protobuf.message import Message
 from kizuna.common.v1 import common_pb2
 from kizuna.fintech.v1 import events_pb2 as fintech
@@ -230,10 +231,89 @@ async def _earning(points: Points) -> int:
     return (await points.balance("m")).earning
 
 
-async def _total(points: Points) -> int:
-    return (await points.balance("m")).total
+async def _total(points: Points, member: str = "m") -> int:
+    return (await points.balance(member)).total
 
 
 async def _when(fn: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool]) -> Any:
     value = await fn()
     return value if ok(value) else None
+
+
+@pytest.mark.parametrize("settings_overrides", [{"earn_cap_per_month": 250}])
+async def test_refunding_a_pending_order_in_halves_takes_back_all_it_earned_and_frees_the_monthly_cap(
+    points: Points, nats_url: str
+) -> None:
+    await points.register("m")
+    order = {"order_id": "o6", "member_id": "m", "total": yen(20_000), "card_amount": yen(20_000)}
+    await emit(nats_url, "shop.order.paid", shop.OrderPaid(**order, merchant_bonus_points=100))
+    assert await wait_until(lambda: _eq(lambda: _earning(points), 300))  # 200 within the cap + 100 merchant
+    await emit(nats_url, "shop.order.refunded", shop.OrderRefunded(**order, refunded=yen(10_000)))
+    assert await wait_until(lambda: _eq(lambda: _earning(points), 150))
+    await emit(nats_url, "shop.order.refunded", shop.OrderRefunded(**order, refunded=yen(10_000)))
+    assert await wait_until(lambda: _eq(lambda: _earning(points), 0))
+    # The refunded order no longer counts against the month's cap of 250: the next one earns fully.
+    other = {"order_id": "o7", "member_id": "m", "total": yen(20_000), "card_amount": yen(20_000)}
+    await emit(nats_url, "shop.order.paid", shop.OrderPaid(**other))
+    assert await wait_until(lambda: _eq(lambda: _earning(points), 200))
+
+
+async def test_refunds_before_and_after_the_grant_take_back_exactly_what_the_order_earned(
+    points: Points, nats_url: str
+) -> None:
+    await points.register("m")
+    order = {"order_id": "o8", "member_id": "m", "total": yen(20_000), "card_amount": yen(20_000)}
+    await emit(nats_url, "shop.order.paid", shop.OrderPaid(**order, merchant_bonus_points=100))
+    assert await wait_until(lambda: _eq(lambda: _earning(points), 300))
+    await emit(nats_url, "shop.order.refunded", shop.OrderRefunded(**order, refunded=yen(5_000)))
+    assert await wait_until(lambda: _eq(lambda: _earning(points), 225))  # a quarter of 300 taken back
+    await emit(nats_url, "shop.order.completed", shop.OrderCompleted(**order, merchant_bonus_points=100))
+    assert await wait_until(lambda: _eq(lambda: _total(points), 225))
+    await emit(nats_url, "shop.order.refunded", shop.OrderRefunded(**order, refunded=yen(15_000)))
+    final = await wait_until(lambda: _when(lambda: points.balance("m"), lambda b: b.total == 0))
+    assert (final.total, final.debt, final.earning) == (0, 0, 0)
+
+    # Refunds in thirds of a granted 10,000 card purchase: 33 + 33 + 34, none lost to rounding.
+    await points.register("n")
+    card = {"purchase_id": "p9", "member_id": "n"}
+    await emit(nats_url, "fintech.card_purchase.posted", fintech.CardPurchasePosted(**card, amount=yen(10_000)))
+    assert await wait_until(lambda: _eq(lambda: _total(points, "n"), 100))
+    for refund_id, part in (("r1", 3_333), ("r2", 3_333), ("r3", 3_334)):
+        refund = fintech.CardPurchaseRefunded(**card, refund_id=refund_id, amount=yen(part))
+        await emit(nats_url, "fintech.card_purchase.refunded", refund)
+    final = await wait_until(lambda: _when(lambda: points.balance("n"), lambda b: b.total == 0))
+    clawbacks = [e.amount for e in (await points.entries("n")).entries if e.amount < 0]
+    assert sorted(clawbacks) == [-34, -33, -33]
+    assert final.debt == 0
+
+
+async def test_cancel_or_refund_of_a_purchase_that_earned_nothing_is_acknowledged_without_effect(
+    points: Points, nats_url: str
+) -> None:
+    await points.register("m")
+    unknown = {"order_id": "never-paid", "member_id": "m", "total": yen(1_000), "card_amount": yen(1_000)}
+    await emit(nats_url, "shop.order.cancelled", shop.OrderCancelled(**unknown))
+    await emit(nats_url, "shop.order.refunded", shop.OrderRefunded(**unknown, refunded=yen(500)))
+    later = {"order_id": "o10", "member_id": "m", "total": yen(10_000), "card_amount": yen(10_000)}
+    await emit(nats_url, "shop.order.paid", shop.OrderPaid(**later))
+    assert await wait_until(lambda: _eq(lambda: _earning(points), 100))
+
+    async def consumer_settled() -> Any:
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            info = await js.consumer_info("SHOP", "points-shop-earn")
+            try:
+                dead = (await js.stream_info("DEADLETTER")).state.messages
+            except nats.js.errors.NotFoundError:
+                dead = 0  # the stream is made on the first dead letter
+        finally:
+            await nc.close()
+        return (info, dead) if info.num_ack_pending == 0 and info.ack_floor.stream_seq == 3 else None
+
+    info, dead_letters = await wait_until(consumer_settled)
+    # Three events, three deliveries: each was acknowledged the first time, none dead-lettered.
+    assert (info.delivered.consumer_seq, dead_letters) == (3, 0)
+    assert await _ledger_events(nats_url, "points.ledger.clawed_back") == []
+    balance = await points.balance("m")
+    assert (balance.total, balance.debt, balance.earning) == (0, 0, 100)

@@ -8,6 +8,7 @@ once: the kit's inbox records it in the same transaction as its effect.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -31,6 +32,8 @@ from points.models import PendingEarn
 from points.settings import Settings
 
 Points = Runtime[Settings]
+
+log = logging.getLogger("points.events")
 
 
 # ---- members ---------------------------------------------------------------------------------
@@ -139,6 +142,7 @@ async def on_purchase(runtime: Points, session: AsyncSession, event: Event) -> N
             regular=quote.regular,
             bonus=quote.bonus,
             merchant_bonus=max(purchase.merchant_bonus, 0),
+            earned=quote.total + max(purchase.merchant_bonus, 0),
             bonus_expires_at=quote.bonus_expires_at,
             explanation=quote.explanation,
             status="pending",
@@ -147,11 +151,24 @@ async def on_purchase(runtime: Points, session: AsyncSession, event: Event) -> N
         session.add(pending)
         if step == "pending":
             return
-    assert pending is not None
+    if pending is None:
+        # A cancel or refund of a purchase that earned nothing (or whose earning points never
+        # saw): nothing to take back, and retrying would not change that.
+        log.info(
+            "%s of %s %s has no earning to undo; event %s acknowledged without effect",
+            step,
+            purchase.service,
+            purchase.ref,
+            event.id,
+        )
+        return
     if step in ("grant", "posted") and pending.status == "pending":
         quote = ledger.EarnQuote(pending.regular, pending.bonus, pending.bonus_expires_at, 0, (), pending.explanation)
         if pending.bonus_expires_at is not None and pending.bonus_expires_at <= now:
+            # The campaign points expired before the purchase completed: never given, never taken back.
             quote = ledger.EarnQuote(pending.regular, 0, None, 0, (), pending.explanation)
+            pending.earned -= pending.bonus
+            pending.bonus = 0
         await store.grant(
             session,
             wallet,
@@ -182,22 +199,33 @@ async def on_purchase(runtime: Points, session: AsyncSession, event: Event) -> N
     elif step == "cancel":
         if pending.status == "pending":
             pending.status = "cancelled"
-            if wallet.earn_month == ledger.month_key(pending.created_at):
-                wallet.earned_this_month = max(wallet.earned_this_month - pending.regular - pending.bonus, 0)
+            _give_back_cap_room(wallet, pending, pending.regular + pending.bonus)
         elif pending.status == "granted":
             await _claw_back(session, wallet, now, purchase, 0, f"{purchase.ref} cancelled", event.id)
             pending.status = "cancelled"
     elif step == "refund" and pending.status in ("pending", "granted"):
-        earned = pending.regular + pending.bonus + pending.merchant_bonus
-        share = ledger.proportion(earned, purchase.refunded_minor, pending.purchase_minor)
+        pending.refunded_minor = min(pending.refunded_minor + purchase.refunded_minor, pending.purchase_minor)
+        share = ledger.refund_take_back(
+            pending.earned, pending.taken_back, pending.refunded_minor, pending.purchase_minor
+        )
+        pending.taken_back += share
         if pending.status == "pending":
+            within_caps, left = 0, share
             for part in ("bonus", "merchant_bonus", "regular"):
-                cut = min(getattr(pending, part), share)
+                cut = min(getattr(pending, part), left)
                 setattr(pending, part, getattr(pending, part) - cut)
-                share -= cut
+                left -= cut
+                within_caps += cut if part != "merchant_bonus" else 0
+            _give_back_cap_room(wallet, pending, within_caps)
         elif share > 0:
             await _claw_back(session, wallet, now, purchase, share, f"{purchase.ref} refunded", event.id)
     session.add(pending)
+
+
+def _give_back_cap_room(wallet: Any, pending: PendingEarn, points: int) -> None:
+    """Points a pending earning no longer gives stop counting against the month's earn cap."""
+    if wallet.earn_month == ledger.month_key(pending.created_at):
+        wallet.earned_this_month = max(wallet.earned_this_month - points, 0)
 
 
 async def _claw_back(
@@ -208,9 +236,9 @@ async def _claw_back(
     )
     try:
         async with session.begin_nested():
-            await store.clawback(session, wallet, now, caller=purchase.service, request=request)
+            await store.clawback(session, wallet, now, caller=purchase.service, request=request, at_most=True)
     except (FailedPrecondition, NotFound):
-        pass  # nothing (left) to take back: the purchase earned nothing, or it was taken already
+        pass  # nothing (left) to take back: the purchase earned nothing, or it was taken or expired already
 
 
 # ---- commands --------------------------------------------------------------------------------

@@ -134,6 +134,28 @@ def plan_clawback(credited_lot: LotState, other_lots: Iterable[LotState], amount
     return ClawbackPlan(takes, left)
 
 
+def clawable(amount: int, clawed_back: int, expired: int) -> int:
+    """What a clawback can still take back of a credit's lot: what the member benefits from
+    (kept, spent or repaying debt), not what was taken back already nor what expired."""
+    return max(amount - clawed_back - expired, 0)
+
+
+def repay_debt_first(
+    returns: Sequence[tuple[int, int, datetime]], debt: int, now: datetime
+) -> tuple[list[tuple[int, int]], int]:
+    """Points coming back to the member (a released hold, what a capture did not take, a refund)
+    repay debt before they can be spent again. `returns` are (lot id, points, lot's expiry) in spend
+    order; points of a lot that expired meanwhile repay nothing (they go back and expire).
+    Returns ([(lot id, points back into the lot)], points that repaid debt)."""
+    back: list[tuple[int, int]] = []
+    repaid = 0
+    for lot_id, points, expires_at in returns:
+        repay = min(points, debt - repaid) if expires_at > now else 0
+        repaid += repay
+        back.append((lot_id, points - repay))
+    return back, repaid
+
+
 def plan_credit(amount: int, debt: int) -> tuple[int, int]:
     """A credit repays debt first: (repaid, added to the new lot)."""
     repaid = min(amount, debt)
@@ -277,3 +299,11 @@ def proportion(points: int, part: int, whole: int) -> int:
     if whole <= 0:
         return points
     return min(points, points * max(part, 0) // whole)
+
+
+def refund_take_back(earned: int, taken_back: int, refunded_minor: int, purchase_minor: int) -> int:
+    """Points a refund takes back, given what the purchase earned, the points taken back by earlier
+    refunds and the money refunded so far (this refund included): the share of `earned` that all
+    the refunded money stands for, less what was already taken. Computed on the cumulative refund
+    so that rounding never adds up to less: refunding the whole purchase takes back `earned`."""
+    return max(proportion(earned, refunded_minor, purchase_minor) - taken_back, 0)

@@ -106,6 +106,8 @@ class Lot(SQLModel, table=True):
     amount: int = Field(sa_column=Column(BigInteger, nullable=False))
     remaining: int = Field(sa_column=Column(BigInteger, nullable=False))
     clawed_back: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # Points of this lot that expired (a clawback does not take them back again).
+    expired: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
     source_service: str = Field(sa_column=Column(String(100), nullable=False))
     expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
@@ -183,6 +185,12 @@ class PendingEarn(SQLModel, table=True):
     bonus: int = Field(sa_column=Column(BigInteger, nullable=False))
     # Regular points the merchant's own campaign adds (funded by the merchant, outside the caps).
     merchant_bonus: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    # What the purchase earned at first (regular + bonus + merchant bonus), the money refunded so
+    # far and the points taken back so far: each refund takes back its share of `earned` computed
+    # on the cumulative refund, so refunding the whole purchase takes back exactly `earned`.
+    earned: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    refunded_minor: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    taken_back: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
     bonus_expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
     explanation: str = Field(sa_column=Column(Text, nullable=False))
     status: str = Field(sa_column=Column(String(20), nullable=False))  # pending|granted|cancelled

@@ -343,6 +343,7 @@ async def expire_due_lots(session: AsyncSession, wallet: Wallet, now: datetime) 
     ).all()
     for lot in lots:
         amount, lot.remaining = lot.remaining, 0
+        lot.expired += amount
         session.add(lot)
         entry = await post_entry(
             session,
@@ -374,23 +375,29 @@ async def release(
     session: AsyncSession, wallet: Wallet, reservation: Reservation, cause: str, key: str, now: datetime
 ) -> int:
     """Return an open reservation's points to their lots; returns how many."""
-    holds = (await session.exec(select(Hold).where(Hold.reservation_pk == reservation.id))).all()
+    holds = (
+        await session.exec(select(Hold).where(Hold.reservation_pk == reservation.id).order_by(col(Hold.seq)))
+    ).all()
     lots = {lot.id: lot for lot in await member_lots(session, wallet.member_id, with_empty=True)}
-    for hold in holds:
-        lot = lots[hold.lot_id]
-        lot.remaining += hold.amount
-        session.add(lot)
+    back, repaid = ledger.repay_debt_first(
+        [(hold.lot_id, hold.amount, lots[hold.lot_id].expires_at) for hold in holds], wallet.debt, now
+    )
+    for lot_id, points in back:
+        lots[lot_id].remaining += points
+        session.add(lots[lot_id])
     reservation.status = "voided" if cause == "requested" else "timed_out"
     session.add(reservation)
+    member = wallet.member_id
     await post_entry(
         session,
         wallet,
         kind="release",
         postings={
-            account_held(wallet.member_id): -reservation.amount,
-            account_available(wallet.member_id): reservation.amount,
+            account_held(member): -reservation.amount,
+            account_available(member): reservation.amount - repaid,
+            account_debt(member): repaid,
         },
-        explanation=f"Released hold: {reservation.reason}",
+        explanation=f"Released hold: {reservation.reason}" + (f" ({repaid} repaid debt)" if repaid else ""),
         source_service=reservation.source_service,
         source_ref=reservation.source_ref,
         now=now,
@@ -675,6 +682,7 @@ async def credit(
             "amount": amount,
             "remaining": to_lot,
             "clawed_back": 0,
+            "expired": 0,
             "source_service": source_service,
             "expires_at": lot_expires,
             "created_at": now,
@@ -858,11 +866,17 @@ async def capture(
         _CAPTURE_HOLD,
         [{"reservation": reservation.id, "lot": lot_id, "points": captured} for lot_id, captured, _ in split],
     )
-    returns = [{"lot": lot_id, "points": back} for lot_id, _, back in split if back > 0]
+    back, repaid = ledger.repay_debt_first(
+        [(lot_id, points, h.expires_at) for h, (lot_id, _, points) in zip(holds, split, strict=True) if points > 0],
+        wallet.debt,
+        now,
+    )
+    returns = [{"lot": lot_id, "points": points} for lot_id, points in back if points > 0]
     if returns:
         await conn.execute(_RETURN_TO_LOT, returns)
     returned_total = reservation.amount - amount
     member = wallet.member_id
+    spent = reservation.reason or f"Spent at {reservation.source_service}"
     entry = await post_entry(
         session,
         wallet,
@@ -870,9 +884,10 @@ async def capture(
         postings={
             account_held(member): -reservation.amount,
             account_redeemed(reservation.source_service): amount,
-            account_available(member): returned_total,
+            account_available(member): returned_total - repaid,
+            account_debt(member): repaid,
         },
-        explanation=reservation.reason or f"Spent at {reservation.source_service}",
+        explanation=spent + (f" ({repaid} of the points returned repaid debt)" if repaid else ""),
         source_service=reservation.source_service,
         source_ref=reservation.source_ref,
         now=now,
@@ -944,26 +959,37 @@ async def refund(
         now,
     )
     by_lot = {h.lot_id: h for h in holds}
+    back_to_lots, repaid = ledger.repay_debt_first(
+        [(lot_id, back, lots[lot_id].expires_at) for lot_id, back, _ in plan if back > 0], wallet.debt, now
+    )
     returned = lost = 0
     for lot_id, back, gone in plan:
         by_lot[lot_id].refunded += back + gone
-        lots[lot_id].remaining += back
+        lots[lot_id].expired += gone
         session.add_all([by_lot[lot_id], lots[lot_id]])
         returned, lost = returned + back, lost + gone
+    for lot_id, points in back_to_lots:
+        lots[lot_id].remaining += points
     reservation.refunded += amount
     session.add(reservation)
     member = wallet.member_id
     reason = request.reason or f"Refund from {reservation.source_service}"
+    notes = []
+    if lost:
+        notes.append(f"{lost} points had expired and did not return")
+    if repaid:
+        notes.append(f"{repaid} repaid debt")
     entry = await post_entry(
         session,
         wallet,
         kind="refund",
         postings={
             account_redeemed(reservation.source_service): -amount,
-            account_available(member): returned,
+            account_available(member): returned - repaid,
+            account_debt(member): repaid,
             ACCOUNT_EXPIRED: lost,
         },
-        explanation=reason + (f" ({lost} points had expired and did not return)" if lost else ""),
+        explanation=reason + (f" ({'; '.join(notes)})" if notes else ""),
         source_service=reservation.source_service,
         source_ref=reservation.source_ref,
         now=now,
@@ -992,8 +1018,17 @@ async def refund(
 
 
 async def clawback(
-    session: AsyncSession, wallet: Wallet | None, now: datetime, *, caller: str, request: pb.ClawbackRequest
+    session: AsyncSession,
+    wallet: Wallet | None,
+    now: datetime,
+    *,
+    caller: str,
+    request: pb.ClawbackRequest,
+    at_most: bool = False,
 ) -> pb.ClawbackResponse:
+    """Take back (part of) the points a service credited. Only points the member still benefits
+    from are taken: points of the credit that expired are gone already. `at_most` takes what is
+    left when the amount asked is more (a refund's share, after some of its points expired)."""
     target = request.WhichOneof("target")
     if target is None:
         raise InvalidArgument("name the credit_entry_id or the source_ref to claw back")
@@ -1018,15 +1053,16 @@ async def clawback(
     lots_by_entry = {lot.entry_pk: lot for lot in all_lots}
     lots_by_id = {lot.id: lot for lot in all_lots}
     credit_lots = [lots_by_entry[c.id] for c in credits if c.id in lots_by_entry]
-    left_total = sum(lot.amount - lot.clawed_back for lot in credit_lots)
+    left_total = sum(ledger.clawable(lot.amount, lot.clawed_back, lot.expired) for lot in credit_lots)
     if left_total == 0:
-        raise FailedPrecondition("everything was already clawed back")
-    amount = request.amount or left_total
+        raise FailedPrecondition("nothing is left to claw back: it was clawed back or expired already")
+    amount = min(request.amount, left_total) if at_most else request.amount
+    amount = amount or left_total
     if amount > left_total:
         raise FailedPrecondition(f"amount {amount} exceeds the {left_total} points left to claw back")
     left, debt = amount, 0
     for credit_lot in credit_lots:
-        share = min(credit_lot.amount - credit_lot.clawed_back, left)
+        share = min(ledger.clawable(credit_lot.amount, credit_lot.clawed_back, credit_lot.expired), left)
         if share == 0:
             continue
         left -= share
