@@ -407,7 +407,10 @@ async def authorize(request: Request) -> Response:
     provider = provider_of(request)
     server = server_of(request)
     oreq = await oauth_request(provider, request)
-    if request.method == "POST" and not pages.csrf_ok(request, oreq.form.get("csrf_token")):
+    # RPs may POST the authorization request itself (OIDC Core §3.1.2.1): that is no more than the
+    # same request as a GET. Only the member's decision on identity's own consent form is a state
+    # change that a cross-site form must not make, so only that carries (and needs) the CSRF token.
+    if "consent" in oreq.form and not pages.csrf_ok(request, oreq.form.get("csrf_token")):
         return pages.error_page(request, "This form has expired. Go back and try again.", 400)
     data = oreq.payload.data
     if not data.get("redirect_uri"):
@@ -437,7 +440,10 @@ async def authorize(request: Request) -> Response:
     if member is None or op is None or reauth:
         if "none" in prompts:
             return _error_redirect(redirect_uri, "login_required", state)
-        return pages.signin_redirect(request, data.get("login_hint", ""), force=reauth)
+        request_params = [
+            (k, v) for k, values in oreq.payload.datalist.items() for v in values if k not in ("csrf_token", "consent")
+        ]
+        return pages.signin_redirect(request, request_params, data.get("login_hint", ""), force=reauth)
 
     scopes = (oreq.scope or "").split()
     if not client.first_party:

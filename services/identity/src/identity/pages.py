@@ -12,7 +12,7 @@ import hmac
 import secrets
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -131,10 +131,13 @@ def fresh_login(request: Request, op: OpSession | None) -> bool:
     return (provider_of(request).now() - op.auth_time).total_seconds() <= FRESH_LOGIN_SECONDS
 
 
-def signin_redirect(request: Request, login_hint: str = "", force: bool = False) -> RedirectResponse:
-    """To the sign-in page, coming back to this authorization request. When re-authentication was
-    demanded (prompt=login, max_age) the way back drops that demand: it is about to be met."""
-    query = [(k, v) for k, v in parse_qsl(request.url.query, keep_blank_values=True)]
+def signin_redirect(
+    request: Request, params: list[tuple[str, str]], login_hint: str = "", force: bool = False
+) -> RedirectResponse:
+    """To the sign-in page, coming back to this authorization request (`params`, from the query or
+    a POSTed form, as a GET). When re-authentication was demanded (prompt=login, max_age) the way
+    back drops that demand: it is about to be met."""
+    query = list(params)
     if force:
         query = [
             (k, " ".join(p for p in v.split() if p != "login") if k == "prompt" else v)
@@ -143,12 +146,12 @@ def signin_redirect(request: Request, login_hint: str = "", force: bool = False)
         ]
         query = [(k, v) for k, v in query if not (k == "prompt" and not v)]
     back = request.url.path + ("?" + urlencode(query) if query else "")
-    params = {"next": back}
+    target = {"next": back}
     if login_hint:
-        params["login_hint"] = login_hint
+        target["login_hint"] = login_hint
     if force:
-        params["reauth"] = "1"
-    return RedirectResponse("/signin?" + urlencode(params), status_code=302)
+        target["reauth"] = "1"
+    return RedirectResponse("/signin?" + urlencode(target), status_code=302)
 
 
 def consent_page(

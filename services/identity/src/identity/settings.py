@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kizuna.kit.settings import ServiceSettings
+from pydantic import Field
 
 
 class Settings(ServiceSettings):
@@ -24,7 +25,9 @@ class Settings(ServiceSettings):
     identity_access_token_seconds: int = 300
     identity_id_token_seconds: int = 300
     identity_refresh_token_seconds: int = 30 * 24 * 3600
-    identity_code_seconds: int = 60
+    # Authorization codes are single-use and redeemed within seconds; a longer life only widens
+    # the window for a stolen one. More than 60 s fails at start.
+    identity_code_seconds: int = Field(default=60, gt=0, le=60)
     identity_session_seconds: int = 14 * 24 * 3600
     # A rotated refresh token stays usable this long, for two tabs refreshing at once.
     identity_refresh_grace_seconds: float = 5.0
