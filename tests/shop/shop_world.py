@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -116,11 +115,38 @@ class ShopWorld:
         card: dict[str, Any] = resp.json()
         return card
 
-    async def quiet(self, member: str, net: int, seconds: float = 2.0) -> None:
-        """The shop's net effect stays at `net` for a while (re-delivered events are being consumed)."""
-        for _ in range(int(seconds / 0.1)):
-            await asyncio.sleep(0.1)
-            assert await self.shop_net(member) == net
+    async def acknowledged_by_points(self, republished: list[tuple[str, int]],
+                                     durable: str = "points-shop-earn") -> None:
+        """Wait until points' durable consumer has acknowledged every republished message it takes
+        (its ack floor is at or past the last of them and nothing is pending): only then does the
+        balance tell whether a redelivery took effect again."""
+        nc = await nats.connect(self.peers.peers.nats_url)
+        try:
+            js = nc.jetstream()
+            config = (await js.consumer_info("SHOP", durable)).config
+            filters = config.filter_subjects or [config.filter_subject or ">"]
+            taken = [seq for subject, seq in republished if any(_matches(f, subject) for f in filters)]
+            assert taken, f"none of the republished subjects reaches {durable} (filters {filters})"
+
+            async def acknowledged() -> bool:
+                info = await js.consumer_info("SHOP", durable)
+                return (info.ack_floor.stream_seq >= max(taken) and not info.num_pending
+                        and not info.num_ack_pending)
+
+            await wait_until(acknowledged)
+        finally:
+            await nc.close()
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` is one token, a trailing `>` one or more."""
+    want, got = pattern.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(got) > i
+        if i >= len(got) or token not in ("*", got[i]):
+            return False
+    return len(want) == len(got)
 
 
 async def publish_identity_event(nats_url: str, subject: str, message: Any, member: str, event_id: str) -> None:
@@ -147,16 +173,20 @@ async def _register(nats_url: str, member: str, event_id: str | None = None) -> 
         await nc.close()
 
 
-async def republish_shop_events(nats_url: str) -> None:
-    """Publish every shop event again as a redelivery would (same event id, new NATS message id)."""
+async def republish_shop_events(nats_url: str) -> list[tuple[str, int]]:
+    """Publish every shop event again as a redelivery would (same event id, new NATS message id);
+    returns each republished message's subject and stream sequence."""
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
         info = await js.stream_info("SHOP")
+        republished = []
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             msg = await js.get_msg("SHOP", seq)
             headers = dict(msg.headers or {})
             headers["Nats-Msg-Id"] = f"{headers.get('ce-id')}-again-{uuid.uuid4().hex[:6]}"
-            await js.publish(msg.subject, msg.data or b"", headers=headers)
+            ack = await js.publish(msg.subject, msg.data or b"", headers=headers)
+            republished.append((msg.subject, ack.seq))
+        return republished
     finally:
         await nc.close()

@@ -7,7 +7,7 @@ and refunds the card. The shop runs on SQLite and on PostgreSQL.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
@@ -15,6 +15,7 @@ import pytest
 from kizuna.kit.auth import call_metadata
 from kizuna.kit.clock import FrozenClock
 from kizuna.kit.testing import wait_until
+from kizuna.points.v1 import points_pb2 as ppb
 from kizuna.shop.v1 import events_pb2, shop_pb2, shop_pb2_grpc
 from shop.models import Checkout
 from shop_support import ADMIN, shop_events
@@ -72,8 +73,9 @@ async def test_points_and_card_end_to_end_then_ship_confirm_and_earn_exactly_onc
     assert (await w.balance(buyer)).earning == 0
     events = await _order_events(w, order, 3)
     assert [s for s, _ in events] == ["shop.order.paid", "shop.order.shipped", "shop.order.completed"]
-    await republish_shop_events(w.api.runtime.settings.nats_url)
-    await w.quiet(buyer, -400 + earning)
+    republished = await republish_shop_events(w.api.runtime.settings.nats_url)
+    await w.acknowledged_by_points(republished)
+    assert await w.shop_net(buyer) == -400 + earning
 
 
 async def test_declined_card_leaves_no_reservation_and_stock_intact(world: ShopWorld) -> None:
@@ -146,8 +148,9 @@ async def test_cancel_and_refund_return_points_and_money_and_claw_back_once(worl
     events = await _order_events(w, second, 4)
     refund = events_pb2.OrderRefunded.FromString(events[-1][1])
     assert (refund.refunded.amount_minor, refund.points_refunded) == (9_800, 200)
-    await republish_shop_events(w.api.runtime.settings.nats_url)
-    await w.quiet(buyer, 0)
+    republished = await republish_shop_events(w.api.runtime.settings.nats_url)
+    await w.acknowledged_by_points(republished)
+    assert await w.shop_net(buyer) == 0
 
 
 async def test_bad_input_gets_a_clear_error_and_changes_nothing(world: ShopWorld) -> None:
@@ -217,9 +220,22 @@ async def test_campaign_bonus_and_shop_service_for_members_and_authorized_servic
                    {"name": "Tea week x5", "extra_bp": 500, "starts_at": (now - timedelta(hours=1)).isoformat(),
                     "ends_at": (now + timedelta(days=7)).isoformat(), "product_id": product})
     order = await _buy(w, buyer, product, points=0, quantity=2)
-    assert (await w.api.ok("GET", f"/api/orders/{order}", buyer))["merchant_bonus_points"] == 200
+    placed = await w.api.ok("GET", f"/api/orders/{order}", buyer)
+    assert placed["merchant_bonus_points"] == 200
+    # The merchant funds the bonus: ¥4,000 less the 5% commission and the 200 points' ¥200.
+    books = await w.api.ok("GET", f"/api/merchants/{merchant}/orders", OWNER)
+    assert [(o["id"], o["campaign_cost"]["amount_minor"], o["merchant_payout"]["amount_minor"])
+            for o in books] == [(order, 200, 3_600)]
     paid = events_pb2.OrderPaid.FromString((await _order_events(w, order, 1))[0][1])
     assert (paid.merchant_bonus_points, paid.commission.amount_minor) == (200, 200)
+    # Completed, the order's earnings are granted in points, the merchant's bonus among them, once,
+    # even when every shop event is delivered again.
+    await w.api.ok("POST", f"/api/merchants/{merchant}/orders/{order}/ship", OWNER, {})
+    await w.api.ok("POST", f"/api/orders/{order}/confirm-delivery", buyer)
+    assert [e.amount for e in await wait_until(lambda: _bonus_entries(w, buyer, order))] == [200]
+    republished = await republish_shop_events(w.api.runtime.settings.nats_url)
+    await w.acknowledged_by_points(republished)
+    assert [e.amount for e in await _bonus_entries(w, buyer, order)] == [200]
     bad = await w.api.call("POST", "/api/merchants/mch_unknown/campaigns", OWNER,
                            {"name": "x", "extra_bp": 100, "starts_at": "2025-01-01T00:00:00Z",
                             "ends_at": "2025-02-01T00:00:00Z"})
@@ -228,7 +244,7 @@ async def test_campaign_bonus_and_shop_service_for_members_and_authorized_servic
         stub = shop_pb2_grpc.ShopServiceStub(channel)
         service_md = call_metadata(w.issuer.service_token("travel", "shop:read"))
         got = await stub.GetOrder(shop_pb2.GetOrderRequest(order_id=order), metadata=service_md, timeout=5)
-        assert got.order.status == shop_pb2.ORDER_STATUS_PAID and got.order.total.amount_minor == 4000
+        assert got.order.status == shop_pb2.ORDER_STATUS_COMPLETED and got.order.total.amount_minor == 4000
         assert got.order.lines[0].quantity == 2 and got.order.merchant_bonus_points == 200
         mine = await stub.ListMemberOrders(shop_pb2.ListMemberOrdersRequest(member_id=buyer),
                                            metadata=call_metadata(w.api.token(buyer)), timeout=5)
@@ -254,3 +270,43 @@ async def _with(w: ShopWorld, member: str, check: Any) -> Any:
 
 async def _net_is(w: ShopWorld, member: str, net: int) -> bool:
     return await w.shop_net(member) == net
+
+
+async def _bonus_entries(w: ShopWorld, member: str, order: str) -> list[ppb.Entry]:
+    """The member's ledger entries crediting the merchant's campaign bonus on `order`, as points shows them."""
+    response = await w.peers.points.ListEntries(ppb.ListEntriesRequest(member_id=member),
+                                                metadata=call_metadata(w.issuer.service_token("shop", "points:read")),
+                                                timeout=5)
+    return [e for e in response.entries
+            if e.source_ref == order and e.amount > 0 and e.explanation.startswith("Merchant campaign bonus")]
+
+
+async def test_a_paid_order_not_shipped_by_its_deadline_is_cancelled_and_every_hold_released(
+        world: ShopWorld) -> None:
+    w = world
+    settings = w.api.runtime.settings
+    clock = w.api.runtime.clock = FrozenClock()
+    buyer = await w.member(points=1000)
+    merchant, product = await _product(w, stock=3)
+    order = await _buy(w, buyer, product, points=400)
+    placed = await w.api.ok("GET", f"/api/orders/{order}", buyer)
+    ship_by = datetime.fromisoformat(placed["ship_by"])
+    assert ship_by == clock.now() + timedelta(days=settings.ship_by_days)
+    assert ship_by < clock.now() + timedelta(seconds=settings.points_hold_seconds)  # before the holds lapse
+    await wait_until(lambda: _with(w, buyer, lambda b: b.earning > 0 and b.pending == 400))
+    assert (await w.card(buyer))["held_minor"] == 9_600
+    clock.set(ship_by - timedelta(minutes=1))
+    assert await w.api.shop.orders.cancel_unshipped() == 0
+    clock.set(ship_by)
+    assert await w.api.shop.orders.cancel_unshipped() == 1
+    cancelled = await w.api.ok("GET", f"/api/orders/{order}", buyer)
+    assert cancelled["status"] == "cancelled" and "not shipped by" in cancelled["problem"]
+    # The points reservation and the card authorization are voided, the stock is back, the event is out.
+    back = await wait_until(lambda: _with(w, buyer, lambda b: b.pending == 0 and b.earning == 0))
+    assert back.total == 1000 and await w.shop_net(buyer) == 0
+    assert (await w.card(buyer))["held_minor"] == 0
+    assert await w.api.stock(product) == 3
+    assert [s for s, _ in await _order_events(w, order, 2)] == ["shop.order.paid", "shop.order.cancelled"]
+    late = await w.api.call("POST", f"/api/merchants/{merchant}/orders/{order}/ship", OWNER, {})
+    assert late.status_code == 409 and "it is cancelled" in late.json()["message"]
+    assert await w.api.shop.orders.cancel_unshipped() == 0
