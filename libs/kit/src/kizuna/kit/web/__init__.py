@@ -3,7 +3,7 @@
 product. A service's templates `{% extends "kizuna/base.html" %}` and fill `content`.
 
     templates = page_templates(Path(__file__).parent / "templates")
-    app.include_router(web.router)          # serves /_kizuna/kizuna.css
+    app.include_router(web.router)          # serves /_kizuna/kizuna.css and /_kizuna/header.js
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescap
 
 _HERE = Path(__file__).parent
 STYLESHEET_PATH = "/_kizuna/kizuna.css"
+HEADER_SCRIPT_PATH = "/_kizuna/header.js"
 
 router = APIRouter(include_in_schema=False)
 
@@ -28,6 +29,13 @@ router = APIRouter(include_in_schema=False)
 async def stylesheet() -> FileResponse:
     return FileResponse(
         _HERE / "static" / "kizuna.css", media_type="text/css", headers={"Cache-Control": "public, max-age=3600"}
+    )
+
+
+@router.get(HEADER_SCRIPT_PATH)
+async def header_script() -> FileResponse:
+    return FileResponse(
+        _HERE / "static" / "header.js", media_type="text/javascript", headers={"Cache-Control": "public, max-age=3600"}
     )
 
 
@@ -51,6 +59,11 @@ def page_templates(*directories: Path, service: str = "", **globals_: Any) -> Ji
     from kizuna.kit.csrf import csrf_field
 
     env.globals.update(
-        stylesheet=STYLESHEET_PATH, service=service, service_links=service_links(), csrf_field=csrf_field, **globals_
+        stylesheet=STYLESHEET_PATH,
+        header_script=HEADER_SCRIPT_PATH,
+        service=service,
+        service_links=service_links(),
+        csrf_field=csrf_field,
+        **globals_,
     )
     return Jinja2Templates(env=env)
