@@ -13,9 +13,9 @@ from kizuna.common.v1 import common_pb2
 from kizuna.fintech.v1 import events_pb2 as fintech
 from kizuna.identity.v1 import events_pb2 as identity
 from kizuna.points.v1 import events_pb2 as points_events
+from kizuna.points.v1 import points_pb2
 from kizuna.shop.v1 import events_pb2 as shop
 from nats.js.api import ConsumerConfig
-from points.ledger import month_key
 from pointskit import Points, key
 
 
@@ -116,22 +116,38 @@ async def test_cancelled_before_completion_earns_nothing(points: Points, nats_ur
 async def test_credit_command_is_applied_once_and_bad_ones_are_rejected(points: Points, nats_url: str) -> None:
     await points.register("m")
     command = points_events.CreditRequested(
-        idempotency_key="k1", member_id="m", amount=7, reason="welcome", source_service="shop"
+        idempotency_key="k1",
+        member_id="m",
+        amount=7,
+        kind=points_pb2.CREDIT_KIND_REGULAR,
+        reason="welcome",
+        source_service="shop",
     )
     await emit(nats_url, "points.credit.requested", command, source="kizuna/shop")
     await emit(nats_url, "points.credit.requested", command, source="kizuna/shop")  # a retry, new event id
-    forged = points_events.CreditRequested(idempotency_key="k2", member_id="m", amount=1000, source_service="shop")
+    forged = points_events.CreditRequested(
+        idempotency_key="k2", member_id="m", amount=1000, kind=points_pb2.CREDIT_KIND_REGULAR, source_service="shop"
+    )
     await emit(nats_url, "points.credit.requested", forged, source="kizuna/travel")
+    # No kind: refused as PointsService.Credit refuses it, not taken for regular points.
+    kindless = points_events.CreditRequested(idempotency_key="k3", member_id="m", amount=5, source_service="shop")
+    await emit(nats_url, "points.credit.requested", kindless, source="kizuna/shop")
 
     async def rejected() -> list[Any]:
-        return await _ledger_events(nats_url, "points.command.rejected")
+        found = await _ledger_events(nats_url, "points.command.rejected")
+        return found if len(found) >= 2 else []
 
-    [rejection] = await wait_until(rejected)
-    assert (
-        points_events.CommandRejected.FromString(rejection.data).reason == points_events.REJECTION_REASON_NOT_AUTHORIZED
-    )
+    rejections = [points_events.CommandRejected.FromString(m.data) for m in await wait_until(rejected)]
+    assert sorted((r.idempotency_key, r.reason) for r in rejections) == [
+        ("k2", points_events.REJECTION_REASON_NOT_AUTHORIZED),
+        ("k3", points_events.REJECTION_REASON_INVALID_ARGUMENT),
+    ]
     assert (await points.balance("m")).total == 7
-    assert month_key(points.clock.now())
+    credited = [
+        points_events.Credited.FromString(m.data) for m in await _ledger_events(nats_url, "points.ledger.credited")
+    ]
+    assert [(c.idempotency_key, c.amount, c.kind) for c in credited] == [("k1", 7, points_pb2.CREDIT_KIND_REGULAR)]
+    assert [e.explanation for e in (await points.entries("m")).entries] == ["welcome"]
 
 
 async def _eq(fn: Callable[[], Awaitable[Any]], expected: Any) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 from google.protobuf.message import Message
 from kizuna.fintech.v1 import events_pb2 as fintech
 from kizuna.identity.v1 import events_pb2 as identity
-from kizuna.kit.errors import DomainError, FailedPrecondition, NotFound, PermissionDenied
+from kizuna.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from kizuna.kit.events import Consumer, Event, publish
 from kizuna.kit.service import Runtime
 from kizuna.points.v1 import events_pb2 as ev
@@ -27,7 +27,7 @@ from kizuna.travel.v1 import events_pb2 as travel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from points import ledger, store
-from points.grpc_api import ledger_of
+from points.grpc_api import CREDIT_KINDS, ledger_of
 from points.models import PendingEarn
 from points.settings import Settings
 
@@ -267,21 +267,22 @@ async def on_command(runtime: Points, session: AsyncSession, event: Event) -> No
         request: Message = pb.CreditRequest(
             member_id=msg.member_id,
             amount=msg.amount,
-            kind=msg.kind or pb.CREDIT_KIND_REGULAR,
+            kind=msg.kind,
             reason=msg.reason,
             source_service=msg.source_service,
             source_ref=msg.source_ref,
             idempotency_key=msg.idempotency_key,
             **({"expires_at": msg.expires_at} if msg.HasField("expires_at") else {}),
         )
-        kind = {pb.CREDIT_KIND_REGULAR: ledger.REGULAR, pb.CREDIT_KIND_LIMITED_TIME: ledger.LIMITED_TIME}.get(
-            msg.kind or pb.CREDIT_KIND_REGULAR, ledger.REGULAR
-        )
+        kind = CREDIT_KINDS.get(msg.kind)
         expires = msg.expires_at.ToDatetime(tzinfo=now.tzinfo) if msg.HasField("expires_at") else None
 
         async def effect(s: AsyncSession, wallet: Any, at: datetime) -> Message:
             if msg.source_service != _publisher(event) or msg.source_service not in settings.command_credit_services:
                 raise PermissionDenied(f"{_publisher(event)!r} may not credit as {msg.source_service!r}")
+            if kind is None:
+                # The same rule as PointsService.Credit: a credit says which kind of points it gives.
+                raise InvalidArgument("kind must be CREDIT_KIND_REGULAR or CREDIT_KIND_LIMITED_TIME")
             return await store.credit(
                 s,
                 wallet,
