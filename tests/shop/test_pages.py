@@ -78,6 +78,10 @@ async def test_member_buys_with_points_and_card_merchant_ships_member_confirms(w
     buyer = await w.member(points=700)
     merchant = await w.api.active_merchant(OWNER, name="Kumo Outdoor")
     mug = await w.api.product(merchant, OWNER, title="Titanium mug", price=3900, stock=4)
+    now = datetime.now(UTC)
+    await w.api.ok("POST", f"/api/merchants/{merchant}/campaigns", OWNER,
+                   {"name": "Mug month", "extra_bp": 100, "starts_at": (now - timedelta(hours=1)).isoformat(),
+                    "ends_at": (now + timedelta(days=30)).isoformat(), "product_id": mug})
     async with await _browser(w, buyer) as browser, await _browser(w, OWNER, "Ken") as shopkeeper:
         product = await browser.get(f"/products/{mug}")
         assert "Hana" in product.text and "700 pt" in product.text  # the header: name and live balance
@@ -105,7 +109,12 @@ async def test_member_buys_with_points_and_card_merchant_ships_member_confirms(w
         order_id = order.group(1)
         # The merchant ships from the console; the member confirms delivery and asks for a refund.
         console = await shopkeeper.get("/merchant")
-        assert order_id in console.text and "¥390" in console.text  # 5% commission on ¥7,800
+        row = _order_row(console.text, order_id)
+        assert "¥390" in row  # 5% commission on ¥7,800
+        # The campaign's 78 points are the merchant's cost: the payout is ¥7,800 - ¥390 - ¥78.
+        assert "¥78 (78 pt)" in row and "<td data-payout>¥7,332</td>" in row
+        ship_by = datetime.fromisoformat((await w.api.ok("GET", f"/api/orders/{order_id}", buyer))["ship_by"])
+        assert f"{ship_by:%Y-%m-%d %H:%M} UTC" in row
         shipped = await _post(shopkeeper, f"/merchant/{merchant}/orders/{order_id}/ship", {"tracking": "JP42"},
                               _csrf(console.text))
         assert f"Order {order_id} is shipped" in shipped.text
@@ -123,6 +132,12 @@ async def test_member_buys_with_points_and_card_merchant_ships_member_confirms(w
         # Another member's order cannot be touched from their pages.
         intruder = await _post(shopkeeper, f"/orders/{order_id}/cancel", {}, _csrf(console.text))
         assert "belongs to another member" in intruder.text
+
+
+def _order_row(page: str, order_id: str) -> str:
+    match = re.search(rf'<tr data-order="{order_id}">(.*?)</tr>', page, re.DOTALL)
+    assert match, f"the page lists no order {order_id}"
+    return match.group(1)
 
 
 async def _card_owes(w: ShopWorld, member: str, owed: int) -> bool:
@@ -206,3 +221,48 @@ async def test_privacy_export_then_erasure_keeps_orders_for_the_books(world: Sho
     books = await w.api.ok("GET", f"/api/merchants/{merchant}/orders", OWNER)
     assert [(o["id"], o["total"]["amount_minor"]) for o in books] == [(order, 1200)]
     assert books[0]["member_id"].startswith("erased_") and buyer not in str(books)
+
+
+async def test_merchant_edits_products_over_the_api_and_in_the_console_and_the_page_shows_the_image(
+        world: ShopWorld) -> None:
+    w = world
+    merchant = await w.api.active_merchant(OWNER, name="Sakura Tea")
+    tea = await w.api.product(merchant, OWNER, title="Sencha", price=1800, stock=4, category="food")
+    edit = {"title": "Sencha first flush", "description": "grassy", "price_minor": 2100, "currency": "JPY",
+            "stock": 9, "category": "tea", "image_url": "https://images.example/sencha.jpg"}
+    updated = await w.api.ok("PUT", f"/api/merchants/{merchant}/products/{tea}", OWNER, edit)
+    assert (updated["title"], updated["price"]["amount_minor"], updated["stock"], updated["category"]) == (
+        "Sencha first flush", 2100, 9, "tea")
+    assert (await w.api.ok("GET", f"/api/products/{tea}"))["image_url"] == "https://images.example/sencha.jpg"
+    # Bad input, a stranger, another merchant's product: refused, nothing changes.
+    bad = await w.api.call("PUT", f"/api/merchants/{merchant}/products/{tea}", OWNER,
+                           {**edit, "image_url": "javascript:alert(1)"})
+    assert bad.status_code == 400 and "image_url must be an http(s) URL" in bad.json()["message"]
+    stranger = await w.api.call("PUT", f"/api/merchants/{merchant}/products/{tea}", "mbr_stranger", edit)
+    assert stranger.status_code == 403
+    other = await w.api.active_merchant("mbr_other_owner", name="Other")
+    theirs = await w.api.call("PUT", f"/api/merchants/{other}/products/{tea}", "mbr_other_owner", edit)
+    assert theirs.status_code == 404
+    assert (await w.api.ok("GET", f"/api/products/{tea}"))["price"]["amount_minor"] == 2100
+    async with await _browser(w, None) as visitor, await _browser(w, OWNER, "Ken") as shopkeeper:
+        page = await visitor.get(f"/products/{tea}")
+        assert '<img src="https://images.example/sencha.jpg" alt="Sencha first flush"' in page.text
+        assert "¥2,100" in page.text and "9 in stock" in page.text
+        # The console's edit form: price, stock, on sale.
+        console = await shopkeeper.get("/merchant")
+        assert f'action="/merchant/{merchant}/products/{tea}"' in console.text
+        saved = await _post(shopkeeper, f"/merchant/{merchant}/products/{tea}",
+                            {"price_minor": 2500, "stock": 7, "active": "on"}, _csrf(console.text))
+        assert "The product is updated." in saved.text
+        product = await w.api.ok("GET", f"/api/products/{tea}")
+        assert (product["price"]["amount_minor"], product["stock"], product["title"]) == (2500, 7, "Sencha first flush")
+        assert "¥2,500" in (await visitor.get("/")).text
+        refused = await _post(shopkeeper, f"/merchant/{merchant}/products/{tea}",
+                              {"price_minor": 0, "stock": 7, "active": "on"}, _csrf(console.text))
+        assert "price must be a positive integer" in refused.text
+        assert (await w.api.ok("GET", f"/api/products/{tea}"))["price"]["amount_minor"] == 2500
+        # Unticking "on sale" takes it off the storefront.
+        await _post(shopkeeper, f"/merchant/{merchant}/products/{tea}", {"price_minor": 2500, "stock": 7},
+                    _csrf(console.text))
+        assert "Sencha first flush" not in (await visitor.get("/")).text
+        assert (await visitor.get(f"/products/{tea}")).status_code == 404
