@@ -1,6 +1,7 @@
 """Travel against the REAL points and fintech services, each a `python -m <svc>` process, over gRPC
 and NATS, with tokens from the test issuer: the last-room race, cancellation refunds of card and
-points, and points earned exactly once for a completed stay."""
+points (before and after the free-cancellation deadline), and points earned exactly once for a
+completed stay."""
 
 from __future__ import annotations
 
@@ -123,6 +124,19 @@ class RealEnv:
         kinds = (points_pb2.ENTRY_KIND_SPEND, points_pb2.ENTRY_KIND_REFUND)
         return -sum(e.amount for e in await self.entries(member) if e.source_service == "travel" and e.kind in kinds)
 
+    async def offer_total(self, body: dict[str, Any]) -> int:
+        """What travel asks for the stay in `body` (its room and rate plan), as its hotel API quotes it."""
+        resp = await self.http.get(
+            f"/api/hotels/{body['hotel_id']}",
+            params={"check_in": body["check_in"], "check_out": body["check_out"], "guests": body["guests"]},
+        )
+        assert resp.status_code == 200, resp.text
+        return next(
+            int(o["total_minor"])
+            for o in resp.json()["offers"]
+            if o["room_type_id"] == body["room_type_id"] and o["rate_plan_id"] == body["rate_plan_id"]
+        )
+
     async def card_available(self, member: str) -> int:
         resp = await self.fintech.get("/api/card", headers=self.headers(member))
         assert resp.status_code == 200, resp.text
@@ -226,10 +240,54 @@ async def test_cancel_after_the_deadline_keeps_the_penalty_and_refunds_card_and_
     assert await real.nights(days_ahead(10), days_ahead(12)) == [(8, 0, 0)] * 2
 
 
-async def test_a_completed_stay_earns_points_exactly_once(real: RealEnv) -> None:
-    member = await real.new_member(points=0)
-    resp = await real.http.post("/api/bookings", json=booking_body(), headers=real.headers(member))
+async def test_cancel_before_the_deadline_refunds_card_and_points_in_full(real: RealEnv) -> None:
+    member = await real.new_member(points=5_000)
+    limit = await real.card_available(member)
+    resp = await real.http.post("/api/bookings", json=booking_body(points=4_000), headers=real.headers(member))
     assert resp.status_code == 201, resp.text
+    booking = resp.json()
+    card = booking["card_amount"]["amount_minor"]
+    assert card > 0 and await real.card_available(member) == limit - card
+    assert await real.spent_on_travel(member) == 4_000
+
+    # Check-in is ten days away; free cancellation ends three days before it.
+    deadline = datetime.combine(days_ahead(10) - timedelta(days=3), time(0), HOTEL_TZ).astimezone(UTC)
+    real.clock.at = deadline - timedelta(hours=1)
+    cancel = await real.http.post(f"/api/bookings/{booking['booking_id']}/cancel", headers=real.headers(member))
+
+    assert cancel.status_code == 200, cancel.text
+    body = cancel.json()
+    assert body["status"] == "cancelled" and body["penalty"]["amount_minor"] == 0
+    assert body["card_refunded"]["amount_minor"] == card and body["points_refunded"] == 4_000
+    assert await real.card_available(member) == limit
+    assert await real.spent_on_travel(member) == 0
+    assert await real.nights(days_ahead(10), days_ahead(12)) == [(8, 0, 0)] * 2
+
+    # Points settles the rest on its own: the card purchase's earn is clawed back with its refund
+    # and the stay's pending earn is cancelled, which leaves the member where they started.
+    async def settled() -> points_pb2.GetBalanceResponse | None:
+        clawed = any(
+            e.kind == points_pb2.ENTRY_KIND_CLAWBACK and e.source_service == "fintech"
+            for e in await real.entries(member)
+        )
+        balance = await real.balance(member)
+        return balance if clawed and balance.earning == 0 else None
+
+    balance = await wait_until(settled, timeout=30)
+    assert (balance.total, balance.pending, balance.debt) == (5_000, 0, 0)
+
+
+async def test_a_completed_stay_earns_points_exactly_once(real: RealEnv) -> None:
+    # Paid wholly in points: the card earns nothing, so travel is the only service the member
+    # uses this month and the stay earns the plain base rate of points' default earn rules
+    # (EARN_DEFAULT_BASE_BP = 100 bp: 1 point per 100 yen of the total), whatever order points
+    # consumes its streams in.
+    body = booking_body()
+    total = await real.offer_total(body)
+    member = await real.new_member(points=total)
+    resp = await real.http.post("/api/bookings", json={**body, "points": total}, headers=real.headers(member))
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["card_amount"]["amount_minor"] == 0
     booking_id = resp.json()["booking_id"]
     real.clock.at = datetime.combine(days_ahead(12), time(12), HOTEL_TZ).astimezone(UTC)
 
@@ -244,16 +302,22 @@ async def test_a_completed_stay_earns_points_exactly_once(real: RealEnv) -> None
         ]
 
     [earned] = await wait_until(travel_credits, timeout=20)
-    assert earned.amount > 0
-    total = (await real.balance(member)).total
+    assert earned.amount == total * 100 // 10_000
+    assert (await real.balance(member)).total == earned.amount
     # The relay publishes the completion again (as after a crash between publish and mark-sent):
     async with real.travel.db.sessions() as session:
         row = (
             await session.exec(select(OutboxMessage).where(OutboxMessage.subject == "travel.booking.completed"))
         ).one()
     nc = await nats.connect(real.nats_url)
-    await nc.jetstream().publish(row.subject, row.payload, headers={**row.headers, "Nats-Msg-Id": f"{row.event_id}-2"})
+    js = nc.jetstream()
+    again = await js.publish(row.subject, row.payload, headers={**row.headers, "Nats-Msg-Id": f"{row.event_id}-2"})
+
+    async def points_acknowledged_it() -> bool:
+        info = await js.consumer_info("TRAVEL", "points-travel-earn")
+        return info.ack_floor.stream_seq >= again.seq and info.num_pending == 0 and info.num_ack_pending == 0
+
+    await wait_until(points_acknowledged_it, timeout=20)
     await nc.close()
-    await asyncio.sleep(1.5)
     assert await travel_credits() == [earned]
-    assert (await real.balance(member)).total == total
+    assert (await real.balance(member)).total == earned.amount
