@@ -74,7 +74,25 @@ def test_busy_port_gives_a_clear_message_naming_it(tmp_path: Path, nats_url: str
     assert f"http port {port} on 127.0.0.1 is already in use" in result.stderr
 
 
+async def _published_subjects(nats_url: str, stream: str) -> list[str]:
+    """Every member id (ce-subject) published on `stream`, read back from JetStream."""
+    import nats
+
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(stream)
+        found = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await js.get_msg(stream, seq)
+            found.append((msg.headers or {}).get("ce-subject", ""))
+        return found
+    finally:
+        await nc.close()
+
+
 def test_sigterm_completes_in_flight_grpc_calls_and_exits_zero(tmp_path: Path, nats_server: NatsServer) -> None:
+    asyncio.run(reset_streams(nats_server.url, "DEMO"))
     http_port, grpc_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -99,7 +117,7 @@ def test_sigterm_completes_in_flight_grpc_calls_and_exits_zero(tmp_path: Path, n
             assert proc.poll() is None, (tmp_path / "demo.log").read_text()
             time.sleep(0.1)
 
-        async def scenario() -> tuple[list[str], float, int | None]:
+        async def scenario() -> tuple[list[str], float, int | None, grpc.StatusCode | None]:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
                 stub = identity_pb2_grpc.IdentityServiceStub(channel)
                 calls = [
@@ -111,14 +129,29 @@ def test_sigterm_completes_in_flight_grpc_calls_and_exits_zero(tmp_path: Path, n
                 await asyncio.sleep(0.7)  # all five are now in flight
                 sent = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.5)
+                # Draining: a call that arrives now is turned away, not half-served.
+                late: grpc.StatusCode | None = None
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as fresh:
+                    try:
+                        await identity_pb2_grpc.IdentityServiceStub(fresh).GetMember(
+                            identity_pb2.GetMemberRequest(member_id="late"), timeout=3
+                        )
+                    except grpc.aio.AioRpcError as exc:
+                        late = exc.code()
                 replies = await asyncio.gather(*calls)
                 code = await asyncio.to_thread(proc.wait, 10)
-                return [r.member.member_id for r in replies], time.monotonic() - sent, code
+                return [r.member.member_id for r in replies], time.monotonic() - sent, code, late
 
-        ids, elapsed, code = asyncio.run(scenario())
+        ids, elapsed, code, late = asyncio.run(scenario())
         assert sorted(ids) == [f"slow:2:{i}" for i in range(5)]
         assert code == 0
         assert elapsed < 10
+        assert late == grpc.StatusCode.UNAVAILABLE
+        # The outbox was flushed before exit: every in-flight call's event is on the stream, and
+        # the late call wrote nothing.
+        published = asyncio.run(_published_subjects(nats_server.url, "DEMO"))
+        assert sorted(published) == [f"slow:2:{i}" for i in range(5)]
     finally:
         if proc.poll() is None:
             proc.kill()
