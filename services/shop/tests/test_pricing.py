@@ -41,3 +41,13 @@ def test_campaign_bonus_applies_in_its_period_to_its_products_best_rate_wins() -
     lines = (line("tea", 2, 1000), line("pot", 1, 3000))
     assert campaign_bonus(lines, [week, tea_only, over], NOW) == 2000 * 5 // 100 + 3000 * 2 // 100
     assert campaign_bonus(lines, [week], NOW + timedelta(days=7)) == 0
+
+
+def test_the_merchant_is_paid_the_total_less_commission_and_the_campaign_bonus_it_funds() -> None:
+    tea_week = CampaignRule("tea", 500, NOW - timedelta(days=1), NOW + timedelta(days=6))
+    q = quote([line("tea", 2, 2000)], points=1000, balance=1000, commission_bp=500, campaigns=[tea_week], at=NOW)
+    assert (q.total_minor, q.commission_minor, q.bonus_points, q.merchant_payout_minor) == (4000, 200, 200, 3600)
+    # How the member pays (points or card) does not change what the merchant is owed.
+    by_card = quote([line("tea", 2, 2000)], points=0, balance=None, commission_bp=500, campaigns=[tea_week], at=NOW)
+    assert by_card.merchant_payout_minor == 3600
+    assert quote([line()], points=0, balance=None, commission_bp=500, campaigns=[], at=NOW).merchant_payout_minor == 950
