@@ -364,7 +364,7 @@ async def _password_throttled(request: Request, op: OpSession) -> Response | Non
     return render(request, "account.html", {**context, "error": error}, 429)
 
 
-async def _password_change_refused(request: Request, op: OpSession, exc: DomainError) -> Response:
+async def _password_form_refused(request: Request, op: OpSession, exc: DomainError) -> Response:
     """The account page with the reason; a wrong current password counts as a failed attempt."""
     provider = provider_of(request)
     if isinstance(exc, Unauthenticated):
@@ -406,7 +406,7 @@ async def account_email(
             )
             changed = member.email != before
     except DomainError as exc:
-        return await _password_change_refused(request, op, exc)
+        return await _password_form_refused(request, op, exc)
     if changed:  # after the commit
         provider.email.send(member)
     notice = "Your email address is changed. We sent a confirmation link to it."
@@ -463,7 +463,7 @@ async def account_password(
             # with it) is out: every other session ends and every grant outside this one is revoked.
             deliveries = await end_other_sessions_in(session, member.id, keep_sid=op.id, now=now)
     except DomainError as exc:
-        return await _password_change_refused(request, op, exc)
+        return await _password_form_refused(request, op, exc)
     await backchannel.deliver_due(provider, deliveries)
     notice = "Your password is changed. You are signed out everywhere else."
     return render(request, "account.html", {**await _account_context(request, op), "notice": notice})
@@ -563,7 +563,7 @@ async def account_delete(
                 session, provider, op.member_id, password=password, now=provider.now()
             )
     except DomainError as exc:
-        return await _password_change_refused(request, op, exc)
+        return await _password_form_refused(request, op, exc)
     await backchannel.deliver_due(provider, deliveries)
     response = RedirectResponse(f"/erasure/{link}?new=1", status_code=303)
     response.delete_cookie(sessions.COOKIE, path="/")
