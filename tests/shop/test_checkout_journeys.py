@@ -300,7 +300,7 @@ async def test_a_paid_order_not_shipped_by_its_deadline_is_cancelled_and_every_h
     clock.set(ship_by)
     assert await w.api.shop.orders.cancel_unshipped() == 1
     cancelled = await w.api.ok("GET", f"/api/orders/{order}", buyer)
-    assert cancelled["status"] == "cancelled" and "not shipped by" in cancelled["problem"]
+    assert cancelled["status"] == "cancelled" and "Not shipped by" in cancelled["problem"]
     # The points reservation and the card authorization are voided, the stock is back, the event is out.
     back = await wait_until(lambda: _with(w, buyer, lambda b: b.pending == 0 and b.earning == 0))
     assert back.total == 1000 and await w.shop_net(buyer) == 0

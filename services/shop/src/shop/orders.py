@@ -174,11 +174,11 @@ class OrderLifecycle:
                 capture_id = await self.payments.capture(order.authorization_id, f"{order.id}:capture-card")
                 await self._record(order, SHIPPING, card_capture_id=capture_id)
         except _FINAL as exc:
-            problem = (f"could not be shipped: {exc.message}; it is cancelled and the member's points and card "
-                       "payment are returned")
+            problem = f"Could not be shipped ({exc.message}): cancelled, the points and the card payment returned."
             await self._record(order, SHIPPING, status=CANCELLING, problem=problem)
             await self._finish_cancelling(order)
-            raise FailedPrecondition(f"order {order.id} {problem}") from exc
+            raise FailedPrecondition(f"order {order.id} could not be shipped ({exc.message}); it is cancelled and "
+                                     "the member's points and card payment are returned") from exc
         return await self._settle(order, SHIPPING, SHIPPED, "shop.order.shipped")
 
     async def cancel(self, order_id: str, problem: str = "") -> Order:
@@ -218,11 +218,11 @@ class OrderLifecycle:
                 minor = await self.payments.refund(order.authorization_id, f"{order.id}:refund-card{attempt}")
                 await self._record(order, REFUNDING, card_refunded_minor=minor)
         except _FINAL as exc:
-            problem = f"the refund failed: {exc.message}"
+            problem = f"The refund failed ({exc.message}); refund it again once that is resolved."
             await self._record(order, REFUNDING, status=REFUND_FAILED, problem=problem,
                                refund_attempt=order.refund_attempt + 1)
-            raise FailedPrecondition(f"order {order.id}: {problem}; refund it again once that is resolved "
-                                     "(what was already refunded is not refunded twice)") from exc
+            raise FailedPrecondition(f"the refund of order {order.id} failed ({exc.message}); refund it again once "
+                                     "that is resolved (what was already refunded is not refunded twice)") from exc
         refunded = Money(amount_minor=order.card_refunded_minor or 0, currency=order.currency)
         return await self._settle(order, REFUNDING, REFUNDED, "shop.order.refunded", problem="",
                                   event={"refunded": refunded, "points_refunded": order.points_refunded or 0})
@@ -261,7 +261,8 @@ class OrderLifecycle:
                 Order.status == PAID, col(Order.ship_by) <= self.clock.now()).limit(500))).all())
         done = 0
         for order_id, ship_by in due:
-            problem = f"not shipped by {ship_by:%Y-%m-%d %H:%M} UTC; cancelled automatically"
+            problem = (f"Not shipped by {ship_by:%Y-%m-%d %H:%M} UTC: cancelled automatically, the points and the "
+                       "card hold released.")
             try:
                 await self.cancel(order_id, problem)
                 done += 1
