@@ -41,6 +41,7 @@ from ulid import ULID
 
 from points import ledger
 from points.ledger import LIMITED_TIME, REGULAR, HoldState, LotState
+from points.ledger_metrics import count_on_commit, points_credited, points_spent
 from points.models import (
     ACCOUNT_EXPIRED,
     Entry,
@@ -707,6 +708,7 @@ async def credit(
         ),
         member_id=member_id,
     )
+    count_on_commit(session, points_credited, amount, source_service)
     return pb.CreditResponse(entry_id=entry.entry_id, balance_after=wallet.available)
 
 
@@ -912,6 +914,7 @@ async def capture(
         ),
         member_id=member,
     )
+    count_on_commit(session, points_spent, amount, reservation.source_service)
     return pb.CaptureResponse(
         captured=amount, returned=returned_total, entry_id=entry.entry_id, balance_after=wallet.available
     )
