@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -40,12 +41,20 @@ def test_dockerignore_keeps_the_context_small() -> None:
         assert pattern in ignored
 
 
-@pytest.mark.parametrize("service", ["points"])
+# The image's user: not root, and owning nothing but /tmp (the emptyDir).
+IMAGE_UID = 10001
+
+
+@pytest.mark.parametrize("service", SERVICES)
 def test_image_build_steps_produce_a_runnable_service(service: str, tmp_path: Path) -> None:
     uv = shutil.which("uv")
     if uv is None:
         pytest.fail("uv not found on PATH: `make install` installs it", pytrace=False)
-    context, venv, workdir = tmp_path / "src", tmp_path / "venv", tmp_path / "app"
+    # A root-owned tree the image user can read but not write (pytest's tmp_path is root-only),
+    # with one writable directory standing in for /tmp.
+    image_root = Path(tempfile.mkdtemp(prefix=f"kizuna-image-{service}-"))
+    image_root.chmod(0o755)
+    context, venv, workdir = tmp_path / "src", image_root / "venv", image_root / "app"
     context.mkdir()
     workdir.mkdir()
     build_stage = dockerfile(service).split("\nFROM ")[1]
@@ -75,13 +84,21 @@ def test_image_build_steps_produce_a_runnable_service(service: str, tmp_path: Pa
             steps += 1
     assert steps == 2, "dependencies layer, then the service"
 
-    python = venv / "bin" / "python"
-    installed = run([python, "-c", f"import {service}, kizuna.kit; print({service}.__file__)"], cwd=workdir)
-    assert installed.returncode == 0, installed.stderr
-    assert str(venv) in installed.stdout, "installed into the venv, not from the source tree"
-    data = tmp_path / "tmp"
-    migrate = run([python, "-m", service, "migrate"], cwd=workdir, env={
-        "PATH": os.environ["PATH"], "NATS_URL": "nats://127.0.0.1:1", "KIZUNA_ISSUER": "http://127.0.0.1:1",
-        "KIZUNA_DATA_DIR": str(data), "PYTHONDONTWRITEBYTECODE": "1"}, timeout=120)
-    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
-    assert (data / f"{service}.db").exists()
+    try:
+        python = venv / "bin" / "python"
+        installed = run([python, "-c", f"import {service}, kizuna.kit; print({service}.__file__)"], cwd=workdir)
+        assert installed.returncode == 0, installed.stderr
+        assert str(venv) in installed.stdout, "installed into the venv, not from the source tree"
+        writable = image_root / "tmp"
+        writable.mkdir()
+        os.chown(writable, IMAGE_UID, IMAGE_UID)
+        # As the image runs it: its user, its environment, nothing writable but the data dir.
+        as_image_user = ["setpriv", f"--reuid={IMAGE_UID}", f"--regid={IMAGE_UID}", "--clear-groups"]
+        migrate = run([*as_image_user, python, "-m", service, "migrate"], cwd=workdir, env={
+            "PATH": os.environ["PATH"], "HOME": "/nonexistent", "NATS_URL": "nats://127.0.0.1:1",
+            "KIZUNA_ISSUER": "http://127.0.0.1:1", "KIZUNA_DATA_DIR": str(writable / "kizuna"),
+            "FINTECH_SANDBOX": "true", "PYTHONDONTWRITEBYTECODE": "1"}, timeout=120)
+        assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+        assert (writable / "kizuna" / f"{service}.db").exists()
+    finally:
+        shutil.rmtree(image_root, ignore_errors=True)
