@@ -21,8 +21,9 @@ from shop_world import RealPeers, ShopWorld
 
 
 @pytest.fixture(scope="module")
-def real_peers(nats_server: NatsServer, test_issuer: TestIssuer,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealPeers]:
+def real_peers(
+    nats_server: NatsServer, test_issuer: TestIssuer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RealPeers]:
     # Start from empty streams so the new processes' durable consumers see only this module's events.
     asyncio.run(reset_streams(nats_server.url, "SHOP", "IDENTITY", "POINTS", "FINTECH"))
     started: list[ServiceProcess] = []
@@ -30,8 +31,13 @@ def real_peers(nats_server: NatsServer, test_issuer: TestIssuer,
 
     def start(name: str, env: dict[str, str]) -> ServiceProcess:
         (work / name).mkdir()
-        base = {"NATS_URL": nats_server.url, "KIZUNA_ISSUER": test_issuer.issuer, "KIZUNA_DATA_DIR": str(work / name),
-                "LOG_FORMAT": "json", "OUTBOX_POLL_SECONDS": "0.2"}
+        base = {
+            "NATS_URL": nats_server.url,
+            "KIZUNA_ISSUER": test_issuer.issuer,
+            "KIZUNA_DATA_DIR": str(work / name),
+            "LOG_FORMAT": "json",
+            "OUTBOX_POLL_SECONDS": "0.2",
+        }
         proc = ServiceProcess(name, {**base, **env}, free_port(), free_port(), work / f"{name}.log")
         started.append(proc)
         return proc.start(wait=False)
@@ -51,8 +57,15 @@ def real_peers(nats_server: NatsServer, test_issuer: TestIssuer,
 @pytest.fixture
 async def world(real_peers: RealPeers, database_url: str) -> AsyncIterator[ShopWorld]:
     """The shop in this process on a fresh database, calling the module's real points and fintech."""
-    async with running_shop(nats_url=real_peers.nats_url, database_url=database_url, issuer=real_peers.issuer,
-                            points_addr=real_peers.points.grpc_address,
-                            fintech_addr=real_peers.fintech.grpc_address) as runtime, \
-            shop_api(runtime, real_peers.issuer) as api, real_peers.clients() as clients:
+    async with (
+        running_shop(
+            nats_url=real_peers.nats_url,
+            database_url=database_url,
+            issuer=real_peers.issuer,
+            points_addr=real_peers.points.grpc_address,
+            fintech_addr=real_peers.fintech.grpc_address,
+        ) as runtime,
+        shop_api(runtime, real_peers.issuer) as api,
+        real_peers.clients() as clients,
+    ):
         yield ShopWorld(api, clients)

@@ -68,8 +68,10 @@ class ShopWorld:
             await self._credit(member, points)
         if income is not None:
             resp = await self.peers.fintech.post(
-                "/api/card/apply", json={"annual_income_minor": income, "idempotency_key": uuid.uuid4().hex},
-                headers=self._member_headers(member))
+                "/api/card/apply",
+                json={"annual_income_minor": income, "idempotency_key": uuid.uuid4().hex},
+                headers=self._member_headers(member),
+            )
             assert resp.status_code == 201, resp.text
         return member
 
@@ -84,9 +86,15 @@ class ShopWorld:
         async def done() -> bool:
             nonlocal attempt
             attempt += 1
-            request = ppb.CreditRequest(member_id=member, amount=amount, kind=ppb.CREDIT_KIND_REGULAR,
-                                        reason="welcome", source_service="shop", source_ref="welcome",
-                                        idempotency_key=f"welcome-{member}-{attempt}")
+            request = ppb.CreditRequest(
+                member_id=member,
+                amount=amount,
+                kind=ppb.CREDIT_KIND_REGULAR,
+                reason="welcome",
+                source_service="shop",
+                source_ref="welcome",
+                idempotency_key=f"welcome-{member}-{attempt}",
+            )
             try:
                 await self.peers.points.Credit(request, metadata=self._md("points:credit"), timeout=5)
                 return True
@@ -98,14 +106,16 @@ class ShopWorld:
         await wait_until(done, timeout=20)
 
     async def balance(self, member: str) -> ppb.GetBalanceResponse:
-        return await self.peers.points.GetBalance(ppb.GetBalanceRequest(member_id=member),
-                                                  metadata=self._md("points:read"), timeout=5)
+        return await self.peers.points.GetBalance(
+            ppb.GetBalanceRequest(member_id=member), metadata=self._md("points:read"), timeout=5
+        )
 
     async def shop_net(self, member: str) -> int:
         """What the shop's orders changed in the member's points (spends, refunds, earnings, clawbacks).
         The card's own earnings (fintech's purchases) are fintech's, so they are left out."""
-        response = await self.peers.points.ListEntries(ppb.ListEntriesRequest(member_id=member),
-                                                       metadata=self._md("points:read"), timeout=5)
+        response = await self.peers.points.ListEntries(
+            ppb.ListEntriesRequest(member_id=member), metadata=self._md("points:read"), timeout=5
+        )
         return sum(e.amount for e in response.entries if e.source_service == "shop" and e.source_ref != "welcome")
 
     async def card(self, member: str) -> dict[str, Any]:
@@ -115,8 +125,9 @@ class ShopWorld:
         card: dict[str, Any] = resp.json()
         return card
 
-    async def acknowledged_by_points(self, republished: list[tuple[str, int]],
-                                     durable: str = "points-shop-earn") -> None:
+    async def acknowledged_by_points(
+        self, republished: list[tuple[str, int]], durable: str = "points-shop-earn"
+    ) -> None:
         """Wait until points' durable consumer has acknowledged every republished message it takes
         (its ack floor is at or past the last of them and nothing is pending): only then does the
         balance tell whether a redelivery took effect again."""
@@ -130,8 +141,7 @@ class ShopWorld:
 
             async def acknowledged() -> bool:
                 info = await js.consumer_info("SHOP", durable)
-                return (info.ack_floor.stream_seq >= max(taken) and not info.num_pending
-                        and not info.num_ack_pending)
+                return info.ack_floor.stream_seq >= max(taken) and not info.num_pending and not info.num_ack_pending
 
             await wait_until(acknowledged)
         finally:
@@ -152,8 +162,11 @@ def _matches(pattern: str, subject: str) -> bool:
 async def publish_identity_event(nats_url: str, subject: str, message: Any, member: str, event_id: str) -> None:
     nc = await nats.connect(nats_url)
     try:
-        await nc.jetstream().publish(subject, message.SerializeToString(), headers={
-            "Nats-Msg-Id": event_id, "ce-id": event_id, "ce-subject": member, "ce-source": "kizuna/identity"})
+        await nc.jetstream().publish(
+            subject,
+            message.SerializeToString(),
+            headers={"Nats-Msg-Id": event_id, "ce-id": event_id, "ce-subject": member, "ce-source": "kizuna/identity"},
+        )
     finally:
         await nc.close()
 
@@ -168,7 +181,8 @@ async def _register(nats_url: str, member: str, event_id: str | None = None) -> 
         await nc.jetstream().publish(
             "identity.member.registered",
             identity.MemberRegistered(member_id=member, display_name=member, registered_at=ts).SerializeToString(),
-            headers={"Nats-Msg-Id": event_id, "ce-id": event_id, "ce-subject": member, "ce-source": "kizuna/identity"})
+            headers={"Nats-Msg-Id": event_id, "ce-id": event_id, "ce-subject": member, "ce-source": "kizuna/identity"},
+        )
     finally:
         await nc.close()
 

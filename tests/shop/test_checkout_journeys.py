@@ -39,8 +39,11 @@ async def _buy(w: ShopWorld, buyer: str, product: str, *, points: int, quantity:
 
 async def _order_events(w: ShopWorld, order_id: str, n: int) -> list[tuple[str, bytes]]:
     async def found() -> list[tuple[str, bytes]] | None:
-        mine = [(s, d) for s, d in await shop_events(w.api.runtime.settings.nats_url)
-                if s.startswith("shop.order.") and events_pb2.OrderPaid.FromString(d).order_id == order_id]
+        mine = [
+            (s, d)
+            for s, d in await shop_events(w.api.runtime.settings.nats_url)
+            if s.startswith("shop.order.") and events_pb2.OrderPaid.FromString(d).order_id == order_id
+        ]
         return mine if len(mine) >= n else None
 
     result: list[tuple[str, bytes]] = await wait_until(found)
@@ -216,16 +219,26 @@ async def test_campaign_bonus_and_shop_service_for_members_and_authorized_servic
     buyer = await w.member(points=0)
     merchant, product = await _product(w, price=2000, stock=5)
     now = w.api.shop.clock.now()
-    await w.api.ok("POST", f"/api/merchants/{merchant}/campaigns", OWNER,
-                   {"name": "Tea week x5", "extra_bp": 500, "starts_at": (now - timedelta(hours=1)).isoformat(),
-                    "ends_at": (now + timedelta(days=7)).isoformat(), "product_id": product})
+    await w.api.ok(
+        "POST",
+        f"/api/merchants/{merchant}/campaigns",
+        OWNER,
+        {
+            "name": "Tea week x5",
+            "extra_bp": 500,
+            "starts_at": (now - timedelta(hours=1)).isoformat(),
+            "ends_at": (now + timedelta(days=7)).isoformat(),
+            "product_id": product,
+        },
+    )
     order = await _buy(w, buyer, product, points=0, quantity=2)
     placed = await w.api.ok("GET", f"/api/orders/{order}", buyer)
     assert placed["merchant_bonus_points"] == 200
     # The merchant funds the bonus: ¥4,000 less the 5% commission and the 200 points' ¥200.
     books = await w.api.ok("GET", f"/api/merchants/{merchant}/orders", OWNER)
-    assert [(o["id"], o["campaign_cost"]["amount_minor"], o["merchant_payout"]["amount_minor"])
-            for o in books] == [(order, 200, 3_600)]
+    assert [(o["id"], o["campaign_cost"]["amount_minor"], o["merchant_payout"]["amount_minor"]) for o in books] == [
+        (order, 200, 3_600)
+    ]
     paid = events_pb2.OrderPaid.FromString((await _order_events(w, order, 1))[0][1])
     assert (paid.merchant_bonus_points, paid.commission.amount_minor) == (200, 200)
     # Completed, the order's earnings are granted in points, the merchant's bonus among them, once,
@@ -236,9 +249,12 @@ async def test_campaign_bonus_and_shop_service_for_members_and_authorized_servic
     republished = await republish_shop_events(w.api.runtime.settings.nats_url)
     await w.acknowledged_by_points(republished)
     assert [e.amount for e in await _bonus_entries(w, buyer, order)] == [200]
-    bad = await w.api.call("POST", "/api/merchants/mch_unknown/campaigns", OWNER,
-                           {"name": "x", "extra_bp": 100, "starts_at": "2025-01-01T00:00:00Z",
-                            "ends_at": "2025-02-01T00:00:00Z"})
+    bad = await w.api.call(
+        "POST",
+        "/api/merchants/mch_unknown/campaigns",
+        OWNER,
+        {"name": "x", "extra_bp": 100, "starts_at": "2025-01-01T00:00:00Z", "ends_at": "2025-02-01T00:00:00Z"},
+    )
     assert bad.status_code == 404
     async with grpc.aio.insecure_channel(f"127.0.0.1:{w.api.runtime.grpc_port}") as channel:
         stub = shop_pb2_grpc.ShopServiceStub(channel)
@@ -246,20 +262,23 @@ async def test_campaign_bonus_and_shop_service_for_members_and_authorized_servic
         got = await stub.GetOrder(shop_pb2.GetOrderRequest(order_id=order), metadata=service_md, timeout=5)
         assert got.order.status == shop_pb2.ORDER_STATUS_COMPLETED and got.order.total.amount_minor == 4000
         assert got.order.lines[0].quantity == 2 and got.order.merchant_bonus_points == 200
-        mine = await stub.ListMemberOrders(shop_pb2.ListMemberOrdersRequest(member_id=buyer),
-                                           metadata=call_metadata(w.api.token(buyer)), timeout=5)
+        mine = await stub.ListMemberOrders(
+            shop_pb2.ListMemberOrdersRequest(member_id=buyer), metadata=call_metadata(w.api.token(buyer)), timeout=5
+        )
         assert [o.order_id for o in mine.orders] == [order]
         with pytest.raises(grpc.aio.AioRpcError) as denied:
-            await stub.GetOrder(shop_pb2.GetOrderRequest(order_id=order),
-                                metadata=call_metadata(w.api.token("mbr_someone_else")), timeout=5)
+            await stub.GetOrder(
+                shop_pb2.GetOrderRequest(order_id=order),
+                metadata=call_metadata(w.api.token("mbr_someone_else")),
+                timeout=5,
+            )
         assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
         with pytest.raises(grpc.aio.AioRpcError) as unknown:
             await stub.GetOrder(shop_pb2.GetOrderRequest(order_id="ord_nope"), metadata=service_md, timeout=5)
         assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
         no_scope = call_metadata(w.issuer.service_token("travel", "points:read"))
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.ListMemberOrders(shop_pb2.ListMemberOrdersRequest(member_id=buyer), metadata=no_scope,
-                                        timeout=5)
+            await stub.ListMemberOrders(shop_pb2.ListMemberOrdersRequest(member_id=buyer), metadata=no_scope, timeout=5)
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -274,15 +293,19 @@ async def _net_is(w: ShopWorld, member: str, net: int) -> bool:
 
 async def _bonus_entries(w: ShopWorld, member: str, order: str) -> list[ppb.Entry]:
     """The member's ledger entries crediting the merchant's campaign bonus on `order`, as points shows them."""
-    response = await w.peers.points.ListEntries(ppb.ListEntriesRequest(member_id=member),
-                                                metadata=call_metadata(w.issuer.service_token("shop", "points:read")),
-                                                timeout=5)
-    return [e for e in response.entries
-            if e.source_ref == order and e.amount > 0 and e.explanation.startswith("Merchant campaign bonus")]
+    response = await w.peers.points.ListEntries(
+        ppb.ListEntriesRequest(member_id=member),
+        metadata=call_metadata(w.issuer.service_token("shop", "points:read")),
+        timeout=5,
+    )
+    return [
+        e
+        for e in response.entries
+        if e.source_ref == order and e.amount > 0 and e.explanation.startswith("Merchant campaign bonus")
+    ]
 
 
-async def test_a_paid_order_not_shipped_by_its_deadline_is_cancelled_and_every_hold_released(
-        world: ShopWorld) -> None:
+async def test_a_paid_order_not_shipped_by_its_deadline_is_cancelled_and_every_hold_released(world: ShopWorld) -> None:
     w = world
     settings = w.api.runtime.settings
     clock = w.api.runtime.clock = FrozenClock()

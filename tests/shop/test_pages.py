@@ -26,10 +26,18 @@ async def _browser(w: ShopWorld, member: str | None, name: str = "Hana") -> http
     client.cookies.set(rp.sso_checked_cookie, "1")
     if member is not None:
         now = datetime.now(UTC)
-        row = WebSession(id=uuid.uuid4().hex, member_id=member, display_name=name, sid="sid-" + member,
-                         id_token="unused", access_token=w.issuer.member_token(member, scope=MEMBER_SCOPE),
-                         refresh_token=None, access_expires_at=now + timedelta(minutes=5), created_at=now,
-                         expires_at=now + timedelta(hours=1))
+        row = WebSession(
+            id=uuid.uuid4().hex,
+            member_id=member,
+            display_name=name,
+            sid="sid-" + member,
+            id_token="unused",
+            access_token=w.issuer.member_token(member, scope=MEMBER_SCOPE),
+            refresh_token=None,
+            access_expires_at=now + timedelta(minutes=5),
+            created_at=now,
+            expires_at=now + timedelta(hours=1),
+        )
         async with w.api.runtime.db.transaction() as session:
             session.add(row)
         client.cookies.set(rp.session_cookie, rp._session_signer.dumps(row.id))
@@ -79,9 +87,18 @@ async def test_member_buys_with_points_and_card_merchant_ships_member_confirms(w
     merchant = await w.api.active_merchant(OWNER, name="Kumo Outdoor")
     mug = await w.api.product(merchant, OWNER, title="Titanium mug", price=3900, stock=4)
     now = datetime.now(UTC)
-    await w.api.ok("POST", f"/api/merchants/{merchant}/campaigns", OWNER,
-                   {"name": "Mug month", "extra_bp": 100, "starts_at": (now - timedelta(hours=1)).isoformat(),
-                    "ends_at": (now + timedelta(days=30)).isoformat(), "product_id": mug})
+    await w.api.ok(
+        "POST",
+        f"/api/merchants/{merchant}/campaigns",
+        OWNER,
+        {
+            "name": "Mug month",
+            "extra_bp": 100,
+            "starts_at": (now - timedelta(hours=1)).isoformat(),
+            "ends_at": (now + timedelta(days=30)).isoformat(),
+            "product_id": mug,
+        },
+    )
     async with await _browser(w, buyer) as browser, await _browser(w, OWNER, "Ken") as shopkeeper:
         product = await browser.get(f"/products/{mug}")
         assert "Hana" in product.text and "700 pt" in product.text  # the header: name and live balance
@@ -96,11 +113,13 @@ async def test_member_buys_with_points_and_card_merchant_ships_member_confirms(w
         assert 'max="700"' in checkout.text and "You have 700 points" in checkout.text
         key = re.search(r'name="idempotency_key" value="(\w+)"', checkout.text)
         assert key
-        too_many = await _post(browser, "/checkout", {"merchant_id": merchant, "points": 701,
-                                                      "idempotency_key": uuid.uuid4().hex}, csrf)
+        too_many = await _post(
+            browser, "/checkout", {"merchant_id": merchant, "points": 701, "idempotency_key": uuid.uuid4().hex}, csrf
+        )
         assert "balance" in too_many.text and "kz-error" in too_many.text
-        placed = await _post(browser, "/checkout", {"merchant_id": merchant, "points": 500,
-                                                    "idempotency_key": key.group(1)}, csrf)
+        placed = await _post(
+            browser, "/checkout", {"merchant_id": merchant, "points": 500, "idempotency_key": key.group(1)}, csrf
+        )
         assert "is placed" in placed.text and "500 points" in placed.text and "¥7,300 on the card" in placed.text
         assert ((b := await w.balance(buyer)).total, b.pending) == (200, 500)
         assert (await w.card(buyer))["held_minor"] == 7_300
@@ -115,8 +134,9 @@ async def test_member_buys_with_points_and_card_merchant_ships_member_confirms(w
         assert "¥78 (78 pt)" in row and "<td data-payout>¥7,332</td>" in row
         ship_by = datetime.fromisoformat((await w.api.ok("GET", f"/api/orders/{order_id}", buyer))["ship_by"])
         assert f"{ship_by:%Y-%m-%d %H:%M} UTC" in row
-        shipped = await _post(shopkeeper, f"/merchant/{merchant}/orders/{order_id}/ship", {"tracking": "JP42"},
-                              _csrf(console.text))
+        shipped = await _post(
+            shopkeeper, f"/merchant/{merchant}/orders/{order_id}/ship", {"tracking": "JP42"}, _csrf(console.text)
+        )
         assert f"Order {order_id} is shipped" in shipped.text
         assert (await w.card(buyer))["owed_minor"] == 7_300
         confirmed = await _post(browser, f"/orders/{order_id}/confirm", {}, csrf)
@@ -125,8 +145,7 @@ async def test_member_buys_with_points_and_card_merchant_ships_member_confirms(w
         assert "Refund requested: Dented lid" in asked.text
         console = await shopkeeper.get("/merchant")
         assert "refund requested: Dented lid" in console.text
-        refunded = await _post(shopkeeper, f"/merchant/{merchant}/orders/{order_id}/refund", {},
-                               _csrf(console.text))
+        refunded = await _post(shopkeeper, f"/merchant/{merchant}/orders/{order_id}/refund", {}, _csrf(console.text))
         assert f"Order {order_id} is refunded" in refunded.text
         await wait_until(lambda: _card_owes(w, buyer, 0))
         # Another member's order cannot be touched from their pages.
@@ -147,17 +166,23 @@ async def _card_owes(w: ShopWorld, member: str, owed: int) -> bool:
 async def test_cancel_from_my_orders_and_admin_verification(world: ShopWorld) -> None:
     w = world
     buyer = await w.member(points=100)
-    async with await _browser(w, OWNER, "Ken") as shopkeeper, await _browser(w, ADMIN, "Admin") as admin, \
-            await _browser(w, buyer) as browser:
+    async with (
+        await _browser(w, OWNER, "Ken") as shopkeeper,
+        await _browser(w, ADMIN, "Admin") as admin,
+        await _browser(w, buyer) as browser,
+    ):
         console = await shopkeeper.get("/merchant")
         applied = await _post(shopkeeper, "/merchant/apply", {"name": "Akari Books"}, _csrf(console.text))
         assert "Akari Books" in applied.text and "pending" in applied.text
         merchant = re.search(r'data-merchant="(mch_\w+)"', applied.text)
         assert merchant
         mid = merchant.group(1)
-        added = await _post(shopkeeper, f"/merchant/{mid}/products",
-                            {"title": "A5 notebook", "price_minor": 2750, "stock": 3, "category": "stationery"},
-                            _csrf(applied.text))
+        added = await _post(
+            shopkeeper,
+            f"/merchant/{mid}/products",
+            {"title": "A5 notebook", "price_minor": 2750, "stock": 3, "category": "stationery"},
+            _csrf(applied.text),
+        )
         assert "A5 notebook is on sale" in added.text
         assert "A5 notebook" not in (await browser.get("/")).text  # not verified yet
         # Only an admin sees and uses verification.
@@ -176,8 +201,9 @@ async def test_cancel_from_my_orders_and_admin_verification(world: ShopWorld) ->
         await _post(browser, "/cart/items", {"product_id": product.group(1), "quantity": 1}, csrf)
         checkout = await browser.get("/checkout", params={"merchant_id": mid})
         assert 'max="100"' in checkout.text
-        placed = await _post(browser, "/checkout", {"merchant_id": mid, "points": 100,
-                                                    "idempotency_key": uuid.uuid4().hex}, csrf)
+        placed = await _post(
+            browser, "/checkout", {"merchant_id": mid, "points": 100, "idempotency_key": uuid.uuid4().hex}, csrf
+        )
         order = re.search(r'data-order="(ord_\w+)"', placed.text)
         assert order
         cancelled = await _post(browser, f"/orders/{order.group(1)}/cancel", {}, csrf)
@@ -207,9 +233,13 @@ async def test_privacy_export_then_erasure_keeps_orders_for_the_books(world: Sho
 
     requested_at = Timestamp()
     requested_at.FromDatetime(datetime.now(UTC))
-    await publish_identity_event(w.peers.peers.nats_url, "identity.member.erasure_requested",
-                                 identity.MemberErasureRequested(member_id=buyer, requested_at=requested_at),
-                                 buyer, f"evt_erase_{buyer}")
+    await publish_identity_event(
+        w.peers.peers.nats_url,
+        "identity.member.erasure_requested",
+        identity.MemberErasureRequested(member_id=buyer, requested_at=requested_at),
+        buyer,
+        f"evt_erase_{buyer}",
+    )
 
     async def erased() -> bool:
         resp = await w.api.http.get(export_path, headers=identity_token)
@@ -224,19 +254,32 @@ async def test_privacy_export_then_erasure_keeps_orders_for_the_books(world: Sho
 
 
 async def test_merchant_edits_products_over_the_api_and_in_the_console_and_the_page_shows_the_image(
-        world: ShopWorld) -> None:
+    world: ShopWorld,
+) -> None:
     w = world
     merchant = await w.api.active_merchant(OWNER, name="Sakura Tea")
     tea = await w.api.product(merchant, OWNER, title="Sencha", price=1800, stock=4, category="food")
-    edit = {"title": "Sencha first flush", "description": "grassy", "price_minor": 2100, "currency": "JPY",
-            "stock": 9, "category": "tea", "image_url": "https://images.example/sencha.jpg"}
+    edit = {
+        "title": "Sencha first flush",
+        "description": "grassy",
+        "price_minor": 2100,
+        "currency": "JPY",
+        "stock": 9,
+        "category": "tea",
+        "image_url": "https://images.example/sencha.jpg",
+    }
     updated = await w.api.ok("PUT", f"/api/merchants/{merchant}/products/{tea}", OWNER, edit)
     assert (updated["title"], updated["price"]["amount_minor"], updated["stock"], updated["category"]) == (
-        "Sencha first flush", 2100, 9, "tea")
+        "Sencha first flush",
+        2100,
+        9,
+        "tea",
+    )
     assert (await w.api.ok("GET", f"/api/products/{tea}"))["image_url"] == "https://images.example/sencha.jpg"
     # Bad input, a stranger, another merchant's product: refused, nothing changes.
-    bad = await w.api.call("PUT", f"/api/merchants/{merchant}/products/{tea}", OWNER,
-                           {**edit, "image_url": "javascript:alert(1)"})
+    bad = await w.api.call(
+        "PUT", f"/api/merchants/{merchant}/products/{tea}", OWNER, {**edit, "image_url": "javascript:alert(1)"}
+    )
     assert bad.status_code == 400 and "image_url must be an http(s) URL" in bad.json()["message"]
     stranger = await w.api.call("PUT", f"/api/merchants/{merchant}/products/{tea}", "mbr_stranger", edit)
     assert stranger.status_code == 403
@@ -251,18 +294,27 @@ async def test_merchant_edits_products_over_the_api_and_in_the_console_and_the_p
         # The console's edit form: price, stock, on sale.
         console = await shopkeeper.get("/merchant")
         assert f'action="/merchant/{merchant}/products/{tea}"' in console.text
-        saved = await _post(shopkeeper, f"/merchant/{merchant}/products/{tea}",
-                            {"price_minor": 2500, "stock": 7, "active": "on"}, _csrf(console.text))
+        saved = await _post(
+            shopkeeper,
+            f"/merchant/{merchant}/products/{tea}",
+            {"price_minor": 2500, "stock": 7, "active": "on"},
+            _csrf(console.text),
+        )
         assert "The product is updated." in saved.text
         product = await w.api.ok("GET", f"/api/products/{tea}")
         assert (product["price"]["amount_minor"], product["stock"], product["title"]) == (2500, 7, "Sencha first flush")
         assert "¥2,500" in (await visitor.get("/")).text
-        refused = await _post(shopkeeper, f"/merchant/{merchant}/products/{tea}",
-                              {"price_minor": 0, "stock": 7, "active": "on"}, _csrf(console.text))
+        refused = await _post(
+            shopkeeper,
+            f"/merchant/{merchant}/products/{tea}",
+            {"price_minor": 0, "stock": 7, "active": "on"},
+            _csrf(console.text),
+        )
         assert "price must be a positive integer" in refused.text
         assert (await w.api.ok("GET", f"/api/products/{tea}"))["price"]["amount_minor"] == 2500
         # Unticking "on sale" takes it off the storefront.
-        await _post(shopkeeper, f"/merchant/{merchant}/products/{tea}", {"price_minor": 2500, "stock": 7},
-                    _csrf(console.text))
+        await _post(
+            shopkeeper, f"/merchant/{merchant}/products/{tea}", {"price_minor": 2500, "stock": 7}, _csrf(console.text)
+        )
         assert "Sencha first flush" not in (await visitor.get("/")).text
         assert (await visitor.get(f"/products/{tea}")).status_code == 404

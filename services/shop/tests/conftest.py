@@ -24,16 +24,24 @@ def payments_peer() -> PaymentsPeer:
 
 
 @pytest.fixture
-async def api(nats_url: str, database_url: str, test_issuer: TestIssuer, points_peer: PointsPeer,
-              payments_peer: PaymentsPeer) -> AsyncIterator[ShopApi]:
+async def api(
+    nats_url: str, database_url: str, test_issuer: TestIssuer, points_peer: PointsPeer, payments_peer: PaymentsPeer
+) -> AsyncIterator[ShopApi]:
     """The shop in this process on a fresh database, with test peers for points and fintech."""
     await reset_streams(nats_url, "SHOP")
     points_server, points_addr = await serve_points(points_peer, test_issuer.issuer)
     payments_server, payments_addr = await serve_payments(payments_peer, test_issuer.issuer)
     try:
-        async with running_shop(nats_url=nats_url, database_url=database_url, issuer=test_issuer,
-                                points_addr=points_addr, fintech_addr=payments_addr) as runtime, \
-                shop_api(runtime, test_issuer) as client:
+        async with (
+            running_shop(
+                nats_url=nats_url,
+                database_url=database_url,
+                issuer=test_issuer,
+                points_addr=points_addr,
+                fintech_addr=payments_addr,
+            ) as runtime,
+            shop_api(runtime, test_issuer) as client,
+        ):
             yield client
     finally:
         await points_server.stop(0)

@@ -170,14 +170,20 @@ class PaymentsPeer(fintech_pb2_grpc.PaymentsServiceServicer):
                 raise NotFound("the member has no card")
             aid = f"auth_{next(_ids)}"
             ok = request.amount.amount_minor <= self.limits[request.member_id]
-            self.auths[aid] = Auth(request.member_id, request.amount.amount_minor, request.amount.currency, ok,
-                                   "authorized" if ok else "declined")
+            self.auths[aid] = Auth(
+                request.member_id,
+                request.amount.amount_minor,
+                request.amount.currency,
+                ok,
+                "authorized" if ok else "declined",
+            )
             if ok:
                 self.limits[request.member_id] -= request.amount.amount_minor
             return fpb.AuthorizeResponse(
                 authorization_id=aid,
                 status=fpb.AUTHORIZATION_STATUS_APPROVED if ok else fpb.AUTHORIZATION_STATUS_DECLINED,
-                decline_reason=fpb.DECLINE_REASON_UNSPECIFIED if ok else fpb.DECLINE_REASON_LIMIT)
+                decline_reason=fpb.DECLINE_REASON_UNSPECIFIED if ok else fpb.DECLINE_REASON_LIMIT,
+            )
 
         return self._once(request.idempotency_key, make)  # type: ignore[no-any-return]
 
@@ -196,8 +202,9 @@ class PaymentsPeer(fintech_pb2_grpc.PaymentsServiceServicer):
             if auth.state != "authorized":
                 raise FailedPrecondition(f"authorization is {auth.state}")
             auth.state = "captured"
-            return fpb.CaptureResponse(capture_id=f"cap_{next(_ids)}",
-                                       captured=Money(amount_minor=auth.amount, currency=auth.currency))
+            return fpb.CaptureResponse(
+                capture_id=f"cap_{next(_ids)}", captured=Money(amount_minor=auth.amount, currency=auth.currency)
+            )
 
         return self._once(request.idempotency_key, make)  # type: ignore[no-any-return]
 
@@ -228,8 +235,9 @@ class PaymentsPeer(fintech_pb2_grpc.PaymentsServiceServicer):
             amount = auth.amount - auth.refunded
             auth.refunded += amount
             self.limits[auth.member_id] += amount
-            return fpb.RefundResponse(refund_id=f"ref_{next(_ids)}",
-                                      refunded=Money(amount_minor=amount, currency=auth.currency))
+            return fpb.RefundResponse(
+                refund_id=f"ref_{next(_ids)}", refunded=Money(amount_minor=amount, currency=auth.currency)
+            )
 
         return self._once(request.idempotency_key, make)  # type: ignore[no-any-return]
 
@@ -247,10 +255,12 @@ async def serve(servicer: Any, add: Any, name: str, issuer: str) -> tuple[GrpcSe
 
 
 async def serve_points(peer: PointsPeer, issuer: str) -> tuple[GrpcServer, str]:
-    return await serve(peer, points_pb2_grpc.add_PointsServiceServicer_to_server, "kizuna.points.v1.PointsService",
-                       issuer)
+    return await serve(
+        peer, points_pb2_grpc.add_PointsServiceServicer_to_server, "kizuna.points.v1.PointsService", issuer
+    )
 
 
 async def serve_payments(peer: PaymentsPeer, issuer: str) -> tuple[GrpcServer, str]:
-    return await serve(peer, fintech_pb2_grpc.add_PaymentsServiceServicer_to_server,
-                       "kizuna.fintech.v1.PaymentsService", issuer)
+    return await serve(
+        peer, fintech_pb2_grpc.add_PaymentsServiceServicer_to_server, "kizuna.fintech.v1.PaymentsService", issuer
+    )

@@ -25,14 +25,26 @@ MEMBER_SCOPE = "points:read points:spend fintech:pay fintech:read shop:read shop
 
 
 @asynccontextmanager
-async def running_shop(*, nats_url: str, database_url: str, issuer: TestIssuer, points_addr: str,
-                       fintech_addr: str, **overrides: Any) -> AsyncIterator[Runtime[Settings]]:
+async def running_shop(
+    *, nats_url: str, database_url: str, issuer: TestIssuer, points_addr: str, fintech_addr: str, **overrides: Any
+) -> AsyncIterator[Runtime[Settings]]:
     configure_telemetry("shop")
     issuer.register_client("shop", SHOP_SECRET, SHOP_SCOPES)
     settings = Settings(
-        nats_url=nats_url, kizuna_issuer=issuer.issuer, database_url=database_url, http_port=0, grpc_port=0,
-        points_addr=points_addr, fintech_addr=fintech_addr, kizuna_client_secret=SHOP_SECRET,
-        shop_admins=[ADMIN], outbox_poll_seconds=0.2, jobs_interval_seconds=3600, log_format="text", **overrides)
+        nats_url=nats_url,
+        kizuna_issuer=issuer.issuer,
+        database_url=database_url,
+        http_port=0,
+        grpc_port=0,
+        points_addr=points_addr,
+        fintech_addr=fintech_addr,
+        kizuna_client_secret=SHOP_SECRET,
+        shop_admins=[ADMIN],
+        outbox_poll_seconds=0.2,
+        jobs_interval_seconds=3600,
+        log_format="text",
+        **overrides,
+    )
     async with service.running(settings) as runtime:
         yield runtime
 
@@ -52,13 +64,13 @@ class ShopApi:
     def token(self, member_id: str) -> str:
         return self.issuer.member_token(member_id, scope=MEMBER_SCOPE)
 
-    async def call(self, method: str, path: str, member: str | None = None, json: Any = None,
-                   params: Any = None) -> httpx.Response:
+    async def call(
+        self, method: str, path: str, member: str | None = None, json: Any = None, params: Any = None
+    ) -> httpx.Response:
         headers = {"authorization": f"Bearer {self.token(member)}"} if member else {}
         return await self.http.request(method, path, headers=headers, json=json, params=params)
 
-    async def ok(self, method: str, path: str, member: str | None = None, json: Any = None,
-                 params: Any = None) -> Any:
+    async def ok(self, method: str, path: str, member: str | None = None, json: Any = None, params: Any = None) -> Any:
         resp = await self.call(method, path, member, json, params)
         assert resp.status_code == 200, resp.text
         return resp.json()
@@ -68,17 +80,33 @@ class ShopApi:
         await self.ok("POST", f"/api/admin/merchants/{merchant['id']}/verify", ADMIN)
         return str(merchant["id"])
 
-    async def product(self, merchant_id: str, owner: str, *, price: int = 1000, stock: int = 5,
-                      title: str = "Green tea", category: str = "food", description: str = "") -> str:
-        body = {"title": title, "description": description, "price_minor": price, "currency": "JPY",
-                "stock": stock, "category": category}
+    async def product(
+        self,
+        merchant_id: str,
+        owner: str,
+        *,
+        price: int = 1000,
+        stock: int = 5,
+        title: str = "Green tea",
+        category: str = "food",
+        description: str = "",
+    ) -> str:
+        body = {
+            "title": title,
+            "description": description,
+            "price_minor": price,
+            "currency": "JPY",
+            "stock": stock,
+            "category": category,
+        }
         return str((await self.ok("POST", f"/api/merchants/{merchant_id}/products", owner, body))["id"])
 
     async def stock(self, product_id: str) -> int:
         return int((await self.ok("GET", f"/api/products/{product_id}"))["stock"])
 
-    async def checkout(self, member: str, points: int = 0, key: str | None = None,
-                       merchant_id: str | None = None) -> httpx.Response:
+    async def checkout(
+        self, member: str, points: int = 0, key: str | None = None, merchant_id: str | None = None
+    ) -> httpx.Response:
         body = {"idempotency_key": key or uuid.uuid4().hex, "points": points, "merchant_id": merchant_id}
         return await self.call("POST", "/api/checkout", member, body)
 

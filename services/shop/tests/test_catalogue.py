@@ -37,9 +37,14 @@ async def test_only_staff_manage_products_and_staff_are_member_ids(api: ShopApi)
 
 async def test_bad_products_are_refused(api: ShopApi) -> None:
     merchant_id = await api.active_merchant("mbr_owner")
-    for bad, words in [({"price_minor": 0}, "price"), ({"price_minor": -5}, "price"), ({"stock": -1}, "stock"),
-                       ({"title": " "}, "title"), ({"currency": "yen"}, "currency"),
-                       ({"image_url": "javascript:alert(1)"}, "image_url")]:
+    for bad, words in [
+        ({"price_minor": 0}, "price"),
+        ({"price_minor": -5}, "price"),
+        ({"stock": -1}, "stock"),
+        ({"title": " "}, "title"),
+        ({"currency": "yen"}, "currency"),
+        ({"image_url": "javascript:alert(1)"}, "image_url"),
+    ]:
         body = {"title": "Tea", "price_minor": 500, "stock": 3, "category": "food", **bad}
         resp = await api.call("POST", f"/api/merchants/{merchant_id}/products", "mbr_owner", body)
         assert resp.status_code == 400 and words in resp.json()["message"], (bad, resp.text)
@@ -49,8 +54,9 @@ async def test_bad_products_are_refused(api: ShopApi) -> None:
 async def test_browse_by_category_search_and_sort_by_price(api: ShopApi) -> None:
     m = await api.active_merchant("mbr_owner")
     tea = await api.product(m, "mbr_owner", title="Sencha green tea", price=1800, category="food")
-    pot = await api.product(m, "mbr_owner", title="Kyusu teapot", price=6800, category="kitchen",
-                            description="Clay pot for green TEA")
+    pot = await api.product(
+        m, "mbr_owner", title="Kyusu teapot", price=6800, category="kitchen", description="Clay pot for green TEA"
+    )
     pan = await api.product(m, "mbr_owner", title="Skillet", price=5400, category="kitchen")
     ids = lambda rows: [r["id"] for r in rows]  # noqa: E731
     assert ids(await api.ok("GET", "/api/products", params={"category": "kitchen", "sort": "price_asc"})) == [pan, pot]

@@ -20,7 +20,8 @@ BUYER = "mbr_buyer"
 
 
 async def test_recovery_finishes_or_compensates_checkouts_stuck_by_a_crash(
-        api: ShopApi, points_peer: PointsPeer, payments_peer: PaymentsPeer) -> None:
+    api: ShopApi, points_peer: PointsPeer, payments_peer: PaymentsPeer
+) -> None:
     merchant = await api.active_merchant("mbr_owner")
     product = await api.product(merchant, "mbr_owner", price=1000, stock=5)
     points_peer.balances[BUYER] = 500
@@ -39,8 +40,14 @@ async def test_recovery_finishes_or_compensates_checkouts_stuck_by_a_crash(
     started = await saga._begin("mbr_other", None, 300, "crash-2")
     assert started.state == STARTED
     started.reservation_id = await saga.points.reserve(
-        member_id="mbr_other", amount=300, member_token=api.token("mbr_other"), ttl_seconds=600, reason="x",
-        ref=started.order_id, key=f"{started.id}:reserve")
+        member_id="mbr_other",
+        amount=300,
+        member_token=api.token("mbr_other"),
+        ttl_seconds=600,
+        reason="x",
+        ref=started.order_id,
+        key=f"{started.id}:reserve",
+    )
     await saga._save(started, reservation_id=started.reservation_id)
     assert points_peer.open_holds() == 2 and payments_peer.open_holds() == 1
     assert await saga.recover_stuck() == 0  # not stuck yet

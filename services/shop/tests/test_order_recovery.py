@@ -37,6 +37,7 @@ async def _order(api: ShopApi, order_id: str) -> dict[str, object]:
 
 async def _published(api: ShopApi, order_id: str, subject: str) -> int:
     """How many `subject` events about the order reached the SHOP stream (waits for the first)."""
+
     async def found() -> int:
         events = await shop_events(api.runtime.settings.nats_url)
         return sum(1 for s, d in events if s == subject and order_id.encode() in d)
@@ -50,7 +51,8 @@ def _stuck_long_enough(api: ShopApi, clock: FrozenClock) -> None:
 
 
 async def test_a_shipment_cut_short_by_a_card_outage_is_finished_by_the_job_with_the_same_keys(
-        api: ShopApi, points_peer: PointsPeer, payments_peer: PaymentsPeer) -> None:
+    api: ShopApi, points_peer: PointsPeer, payments_peer: PaymentsPeer
+) -> None:
     clock = api.runtime.clock = FrozenClock()
     merchant, _, order = await _paid_order(api, points_peer, payments_peer)
     payments_peer.down = {"Capture"}
@@ -76,7 +78,8 @@ async def test_a_shipment_cut_short_by_a_card_outage_is_finished_by_the_job_with
 
 
 async def test_a_shipment_whose_card_hold_lapsed_cancels_the_order_and_returns_the_points(
-        api: ShopApi, points_peer: PointsPeer, payments_peer: PaymentsPeer) -> None:
+    api: ShopApi, points_peer: PointsPeer, payments_peer: PaymentsPeer
+) -> None:
     merchant, product, order = await _paid_order(api, points_peer, payments_peer)
     [authorization] = payments_peer.auths.values()
     authorization.state = "expired"  # fintech let the hold lapse
@@ -96,7 +99,8 @@ async def test_a_shipment_whose_card_hold_lapsed_cancels_the_order_and_returns_t
 
 
 async def test_a_cancel_cut_short_by_a_points_outage_is_finished_by_the_job(
-        api: ShopApi, points_peer: PointsPeer, payments_peer: PaymentsPeer) -> None:
+    api: ShopApi, points_peer: PointsPeer, payments_peer: PaymentsPeer
+) -> None:
     clock = api.runtime.clock = FrozenClock()
     _, product, order = await _paid_order(api, points_peer, payments_peer)
     points_peer.down = {"Void"}
@@ -117,7 +121,8 @@ async def test_a_cancel_cut_short_by_a_points_outage_is_finished_by_the_job(
 
 
 async def test_a_refund_cut_short_then_refused_is_visible_and_retried_without_refunding_twice(
-        api: ShopApi, points_peer: PointsPeer, payments_peer: PaymentsPeer) -> None:
+    api: ShopApi, points_peer: PointsPeer, payments_peer: PaymentsPeer
+) -> None:
     clock = api.runtime.clock = FrozenClock()
     merchant, _, order = await _paid_order(api, points_peer, payments_peer)
     await api.ok("POST", f"/api/merchants/{merchant}/orders/{order}/ship", OWNER, {})

@@ -34,8 +34,9 @@ async def sellable(session: AsyncSession, product_id: str) -> tuple[Product, Mer
     return product, merchant
 
 
-async def set_quantity(session: AsyncSession, member_id: str, product_id: str, quantity: int,
-                       now: datetime) -> CartItem:
+async def set_quantity(
+    session: AsyncSession, member_id: str, product_id: str, quantity: int, now: datetime
+) -> CartItem:
     validate_quantity(quantity)
     product, _ = await sellable(session, product_id)
     if quantity > product.stock:
@@ -49,13 +50,20 @@ async def set_quantity(session: AsyncSession, member_id: str, product_id: str, q
 
 
 async def remove(session: AsyncSession, member_id: str, product_id: str) -> None:
-    await session.exec(delete(CartItem).where(col(CartItem.member_id) == member_id,  # type: ignore[call-overload]
-                                              col(CartItem.product_id) == product_id))
+    await session.exec(
+        delete(CartItem).where(
+            col(CartItem.member_id) == member_id,  # type: ignore[call-overload]
+            col(CartItem.product_id) == product_id,
+        )
+    )
 
 
 async def lines(session: AsyncSession, member_id: str) -> list[CartLine]:
     rows = await session.exec(
-        select(CartItem, Product, Merchant).join(Product, col(Product.id) == col(CartItem.product_id))
+        select(CartItem, Product, Merchant)
+        .join(Product, col(Product.id) == col(CartItem.product_id))
         .join(Merchant, col(Merchant.id) == col(Product.merchant_id))
-        .where(CartItem.member_id == member_id).order_by(col(CartItem.added_at), col(CartItem.product_id)))
+        .where(CartItem.member_id == member_id)
+        .order_by(col(CartItem.added_at), col(CartItem.product_id))
+    )
     return [CartLine(i, p, m) for i, p, m in rows.all()]

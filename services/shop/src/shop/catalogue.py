@@ -77,9 +77,14 @@ class ProductDraft:
 
 async def apply(session: AsyncSession, member_id: str, name: str, description: str, now: datetime) -> Merchant:
     """A member applies to sell; they become the merchant's owner. Pending until an admin verifies."""
-    merchant = Merchant(id=new_id("mch"), name=_text(name, "name", max_len=200),
-                        description=_text(description, "description", max_len=5000, required=False),
-                        status=PENDING, applied_by=member_id, created_at=now)
+    merchant = Merchant(
+        id=new_id("mch"),
+        name=_text(name, "name", max_len=200),
+        description=_text(description, "description", max_len=5000, required=False),
+        status=PENDING,
+        applied_by=member_id,
+        created_at=now,
+    )
     session.add(merchant)
     await session.flush()
     session.add(MerchantStaff(merchant_id=merchant.id, member_id=member_id, role="owner"))
@@ -96,8 +101,12 @@ async def get_merchant(session: AsyncSession, merchant_id: str) -> Merchant:
 async def decide(session: AsyncSession, merchant_id: str, decision: str, admin_id: str, now: datetime) -> Merchant:
     """A platform admin verifies (-> active), rejects, suspends or reinstates a merchant."""
     merchant = await get_merchant(session, merchant_id)
-    allowed = {"verify": ({PENDING}, ACTIVE), "reject": ({PENDING}, REJECTED),
-               "suspend": ({ACTIVE}, SUSPENDED), "reinstate": ({SUSPENDED}, ACTIVE)}
+    allowed = {
+        "verify": ({PENDING}, ACTIVE),
+        "reject": ({PENDING}, REJECTED),
+        "suspend": ({ACTIVE}, SUSPENDED),
+        "reinstate": ({SUSPENDED}, ACTIVE),
+    }
     if decision not in allowed:
         raise InvalidArgument(f"unknown decision {decision!r}; use one of {sorted(allowed)}")
     sources, target = allowed[decision]
@@ -119,8 +128,11 @@ async def merchants(session: AsyncSession, status: str | None = None) -> list[Me
 
 async def merchants_of(session: AsyncSession, member_id: str) -> list[tuple[Merchant, str]]:
     rows = await session.exec(
-        select(Merchant, MerchantStaff.role).join(MerchantStaff, col(MerchantStaff.merchant_id) == col(Merchant.id))
-        .where(MerchantStaff.member_id == member_id).order_by(col(Merchant.created_at)))
+        select(Merchant, MerchantStaff.role)
+        .join(MerchantStaff, col(MerchantStaff.merchant_id) == col(Merchant.id))
+        .where(MerchantStaff.member_id == member_id)
+        .order_by(col(Merchant.created_at))
+    )
     return [(m, role) for m, role in rows.all()]
 
 
@@ -148,15 +160,27 @@ async def add_staff(session: AsyncSession, merchant_id: str, member_id: str) -> 
 
 async def add_product(session: AsyncSession, merchant: Merchant, draft: ProductDraft, now: datetime) -> Product:
     d = draft.validated()
-    product = Product(id=new_id("prd"), merchant_id=merchant.id, title=d.title, description=d.description,
-                      price_minor=d.price_minor, currency=d.currency, stock=d.stock, category=d.category,
-                      image_url=d.image_url, active=True, created_at=now, updated_at=now)
+    product = Product(
+        id=new_id("prd"),
+        merchant_id=merchant.id,
+        title=d.title,
+        description=d.description,
+        price_minor=d.price_minor,
+        currency=d.currency,
+        stock=d.stock,
+        category=d.category,
+        image_url=d.image_url,
+        active=True,
+        created_at=now,
+        updated_at=now,
+    )
     session.add(product)
     return product
 
 
-async def update_product(session: AsyncSession, merchant: Merchant, product_id: str, draft: ProductDraft,
-                         active: bool, now: datetime) -> Product:
+async def update_product(
+    session: AsyncSession, merchant: Merchant, product_id: str, draft: ProductDraft, active: bool, now: datetime
+) -> Product:
     product = await session.get(Product, product_id)
     if product is None or product.merchant_id != merchant.id:
         raise NotFound(f"merchant {merchant.id} has no product {product_id!r}")
@@ -170,27 +194,48 @@ async def update_product(session: AsyncSession, merchant: Merchant, product_id: 
 
 async def product_page(session: AsyncSession, product_id: str) -> tuple[Product, Merchant]:
     """A product that the storefront shows: it exists, is on sale, and its merchant is active."""
-    row = (await session.exec(select(Product, Merchant).join(Merchant, col(Merchant.id) == col(Product.merchant_id))
-                              .where(Product.id == product_id))).first()
+    row = (
+        await session.exec(
+            select(Product, Merchant)
+            .join(Merchant, col(Merchant.id) == col(Product.merchant_id))
+            .where(Product.id == product_id)
+        )
+    ).first()
     if row is None or not row[0].active or row[1].status != ACTIVE:
         raise NotFound(f"no product {product_id!r} on sale")
     return row[0], row[1]
 
 
-async def browse(session: AsyncSession, *, category: str | None = None, text: str | None = None,
-                 sort: Sort = "newest", limit: int = 50, offset: int = 0) -> list[tuple[Product, Merchant]]:
+async def browse(
+    session: AsyncSession,
+    *,
+    category: str | None = None,
+    text: str | None = None,
+    sort: Sort = "newest",
+    limit: int = 50,
+    offset: int = 0,
+) -> list[tuple[Product, Merchant]]:
     """Products on sale from active merchants, optionally in a category and/or matching a text."""
-    query = (select(Product, Merchant).join(Merchant, col(Merchant.id) == col(Product.merchant_id))
-             .where(col(Product.active).is_(True), Merchant.status == ACTIVE))
+    query = (
+        select(Product, Merchant)
+        .join(Merchant, col(Merchant.id) == col(Product.merchant_id))
+        .where(col(Product.active).is_(True), Merchant.status == ACTIVE)
+    )
     if category:
         query = query.where(Product.category == category.strip().lower())
     for word in (text or "").lower().split():
-        query = query.where(or_(func.lower(col(Product.title)).contains(word, autoescape=True),
-                                func.lower(col(Product.description)).contains(word, autoescape=True)))
-    order = {"price_asc": (col(Product.price_minor).asc(), col(Product.id)),
-             "price_desc": (col(Product.price_minor).desc(), col(Product.id)),
-             "title": (col(Product.title).asc(), col(Product.id)),
-             "newest": (col(Product.id).desc(),)}
+        query = query.where(
+            or_(
+                func.lower(col(Product.title)).contains(word, autoescape=True),
+                func.lower(col(Product.description)).contains(word, autoescape=True),
+            )
+        )
+    order = {
+        "price_asc": (col(Product.price_minor).asc(), col(Product.id)),
+        "price_desc": (col(Product.price_minor).desc(), col(Product.id)),
+        "title": (col(Product.title).asc(), col(Product.id)),
+        "newest": (col(Product.id).desc(),),
+    }
     if sort not in order:
         raise InvalidArgument(f"sort must be one of {sorted(order)}")
     query = query.order_by(*order[sort]).limit(max(1, min(limit, 200))).offset(max(0, offset))
@@ -199,9 +244,12 @@ async def browse(session: AsyncSession, *, category: str | None = None, text: st
 
 async def categories(session: AsyncSession) -> list[tuple[str, int]]:
     rows = await session.exec(
-        select(Product.category, func.count()).join(Merchant, col(Merchant.id) == col(Product.merchant_id))
+        select(Product.category, func.count())
+        .join(Merchant, col(Merchant.id) == col(Product.merchant_id))
         .where(col(Product.active).is_(True), Merchant.status == ACTIVE)
-        .group_by(col(Product.category)).order_by(col(Product.category)))
+        .group_by(col(Product.category))
+        .order_by(col(Product.category))
+    )
     return [(c, int(n)) for c, n in rows.all()]
 
 
@@ -213,8 +261,17 @@ async def merchant_products(session: AsyncSession, merchant_id: str) -> list[Pro
 # ---- campaigns -----------------------------------------------------------------------------------
 
 
-async def add_campaign(session: AsyncSession, merchant: Merchant, *, name: str, extra_bp: int,
-                       starts_at: datetime, ends_at: datetime, product_id: str | None, now: datetime) -> Campaign:
+async def add_campaign(
+    session: AsyncSession,
+    merchant: Merchant,
+    *,
+    name: str,
+    extra_bp: int,
+    starts_at: datetime,
+    ends_at: datetime,
+    product_id: str | None,
+    now: datetime,
+) -> Campaign:
     if not 0 < extra_bp <= 5_000:
         raise InvalidArgument(f"extra_bp must be between 1 and 5000 basis points (got {extra_bp})")
     if starts_at.tzinfo is None or ends_at.tzinfo is None:
@@ -225,20 +282,31 @@ async def add_campaign(session: AsyncSession, merchant: Merchant, *, name: str, 
         product = await session.get(Product, product_id)
         if product is None or product.merchant_id != merchant.id:
             raise NotFound(f"merchant {merchant.id} has no product {product_id!r}")
-    campaign = Campaign(id=new_id("cmp"), merchant_id=merchant.id, product_id=product_id or None,
-                        name=_text(name, "name", max_len=200), extra_bp=extra_bp, starts_at=starts_at,
-                        ends_at=ends_at, created_at=now)
+    campaign = Campaign(
+        id=new_id("cmp"),
+        merchant_id=merchant.id,
+        product_id=product_id or None,
+        name=_text(name, "name", max_len=200),
+        extra_bp=extra_bp,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        created_at=now,
+    )
     session.add(campaign)
     return campaign
 
 
 async def campaign_rules(session: AsyncSession, merchant_id: str, at: datetime) -> list[CampaignRule]:
-    rows = await session.exec(select(Campaign).where(Campaign.merchant_id == merchant_id,
-                                                     col(Campaign.starts_at) <= at, col(Campaign.ends_at) > at))
+    rows = await session.exec(
+        select(Campaign).where(
+            Campaign.merchant_id == merchant_id, col(Campaign.starts_at) <= at, col(Campaign.ends_at) > at
+        )
+    )
     return [CampaignRule(c.product_id, c.extra_bp, c.starts_at, c.ends_at) for c in rows.all()]
 
 
 async def campaigns(session: AsyncSession, merchant_id: str) -> list[Campaign]:
-    rows = await session.exec(select(Campaign).where(Campaign.merchant_id == merchant_id)
-                              .order_by(col(Campaign.starts_at)))
+    rows = await session.exec(
+        select(Campaign).where(Campaign.merchant_id == merchant_id).order_by(col(Campaign.starts_at))
+    )
     return list(rows.all())

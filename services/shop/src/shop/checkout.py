@@ -71,8 +71,9 @@ class CheckoutSaga:
 
     # ---- the happy path, step by step ------------------------------------------------------------
 
-    async def checkout(self, *, member_id: str, member_token: str, merchant_id: str | None, points: int,
-                       idempotency_key: str) -> Checkout:
+    async def checkout(
+        self, *, member_id: str, member_token: str, merchant_id: str | None, points: int, idempotency_key: str
+    ) -> Checkout:
         """Pay for the cart's products of one merchant with `points` and the card; returns the checkout."""
         key = idempotency_key.strip()
         if not key or len(key) > 200:
@@ -94,8 +95,11 @@ class CheckoutSaga:
 
     async def _previous(self, member_id: str, key: str, merchant_id: str | None, points: int) -> Checkout | None:
         async with self.db.sessions() as session:
-            found = (await session.exec(select(Checkout).where(Checkout.member_id == member_id,
-                                                               Checkout.idempotency_key == key))).first()
+            found = (
+                await session.exec(
+                    select(Checkout).where(Checkout.member_id == member_id, Checkout.idempotency_key == key)
+                )
+            ).first()
         return None if found is None else await self._replay(found, merchant_id, points)
 
     async def _replay(self, found: Checkout, merchant_id: str | None, points: int) -> Checkout:
@@ -113,13 +117,16 @@ class CheckoutSaga:
             merchants = sorted({line.merchant.id for line in in_cart})
             if merchant_id is None:
                 if len(merchants) > 1:
-                    raise InvalidArgument(f"the cart holds products of several merchants {merchants}; "
-                                          "choose merchant_id (each merchant is one order)")
+                    raise InvalidArgument(
+                        f"the cart holds products of several merchants {merchants}; "
+                        "choose merchant_id (each merchant is one order)"
+                    )
                 merchant_id = merchants[0] if merchants else ""
             chosen = [line for line in in_cart if line.merchant.id == merchant_id]
             if not chosen:
-                raise FailedPrecondition("the cart has no products to check out" +
-                                         (f" from merchant {merchant_id}" if merchant_id else ""))
+                raise FailedPrecondition(
+                    "the cart has no products to check out" + (f" from merchant {merchant_id}" if merchant_id else "")
+                )
             merchant = chosen[0].merchant
             if merchant.status != catalogue.ACTIVE:
                 raise FailedPrecondition(f"merchant {merchant.id} is not active; its products cannot be bought")
@@ -129,26 +136,52 @@ class CheckoutSaga:
                 if line.item.quantity > line.product.stock:
                     raise OutOfStock(f"only {line.product.stock} of {line.product.title!r} left")
             rules = await catalogue.campaign_rules(session, merchant.id, now)
-        priced = [PricedLine(line.product.id, line.product.title, line.item.quantity, line.product.price_minor,
-                             line.product.currency) for line in chosen]
+        priced = [
+            PricedLine(
+                line.product.id, line.product.title, line.item.quantity, line.product.price_minor, line.product.currency
+            )
+            for line in chosen
+        ]
         balance = await self.points.balance(member_id) if points > 0 else None
-        q = quote(priced, points=points, balance=balance, commission_bp=self.settings.commission_bp,
-                  campaigns=rules, at=now)
+        q = quote(
+            priced, points=points, balance=balance, commission_bp=self.settings.commission_bp, campaigns=rules, at=now
+        )
         checkout = Checkout(
-            id=new_id("chk"), member_id=member_id, merchant_id=merchant.id, idempotency_key=key,
-            request_fingerprint=fingerprint(merchant.id, points), order_id=new_id("ord"), state=STARTED,
-            lines=[{"product_id": ln.product_id, "title": ln.title, "quantity": ln.quantity,
-                    "unit_price_minor": ln.unit_price_minor} for ln in q.lines],
-            total_minor=q.total_minor, currency=q.currency, points=q.points, card_minor=q.card_minor,
-            commission_minor=q.commission_minor, bonus_points=q.bonus_points, created_at=now, updated_at=now,
+            id=new_id("chk"),
+            member_id=member_id,
+            merchant_id=merchant.id,
+            idempotency_key=key,
+            request_fingerprint=fingerprint(merchant.id, points),
+            order_id=new_id("ord"),
+            state=STARTED,
+            lines=[
+                {
+                    "product_id": ln.product_id,
+                    "title": ln.title,
+                    "quantity": ln.quantity,
+                    "unit_price_minor": ln.unit_price_minor,
+                }
+                for ln in q.lines
+            ],
+            total_minor=q.total_minor,
+            currency=q.currency,
+            points=q.points,
+            card_minor=q.card_minor,
+            commission_minor=q.commission_minor,
+            bonus_points=q.bonus_points,
+            created_at=now,
+            updated_at=now,
         )
         try:
             async with self.db.transaction() as session:
                 session.add(checkout)
         except IntegrityError:
             async with self.db.sessions() as session:
-                found = (await session.exec(select(Checkout).where(Checkout.member_id == member_id,
-                                                                   Checkout.idempotency_key == key))).first()
+                found = (
+                    await session.exec(
+                        select(Checkout).where(Checkout.member_id == member_id, Checkout.idempotency_key == key)
+                    )
+                ).first()
             if found is None:
                 raise
             return found
@@ -159,15 +192,25 @@ class CheckoutSaga:
         merchant_name = await self._merchant_name(checkout.merchant_id)
         if checkout.points > 0 and checkout.reservation_id is None:
             checkout.reservation_id = await self.points.reserve(
-                member_id=checkout.member_id, amount=checkout.points, member_token=member_token,
-                ttl_seconds=self.settings.points_hold_seconds, reason=f"Order {checkout.order_id} at {merchant_name}",
-                ref=checkout.order_id, key=f"{checkout.id}:reserve")
+                member_id=checkout.member_id,
+                amount=checkout.points,
+                member_token=member_token,
+                ttl_seconds=self.settings.points_hold_seconds,
+                reason=f"Order {checkout.order_id} at {merchant_name}",
+                ref=checkout.order_id,
+                key=f"{checkout.id}:reserve",
+            )
             await self._save(checkout, reservation_id=checkout.reservation_id)
         if checkout.card_minor > 0 and checkout.authorization_id is None:
             auth = await self.payments.authorize(
-                member_id=checkout.member_id, amount_minor=checkout.card_minor, currency=checkout.currency,
-                merchant_id=checkout.merchant_id, merchant_name=merchant_name, key=f"{checkout.id}:authorize",
-                member_token=member_token)
+                member_id=checkout.member_id,
+                amount_minor=checkout.card_minor,
+                currency=checkout.currency,
+                merchant_id=checkout.merchant_id,
+                merchant_name=merchant_name,
+                key=f"{checkout.id}:authorize",
+                member_token=member_token,
+            )
             if not auth.approved:
                 raise CardDeclined(f"the card was declined ({auth.decline_reason})")
             checkout.authorization_id = auth.authorization_id
@@ -179,9 +222,11 @@ class CheckoutSaga:
         """Take the stock and create the paid order, in one transaction; OutOfStock rolls it all back."""
         now = self.clock.now()
         async with self.db.transaction() as session:
-            claimed = await session.exec(update(Checkout)  # type: ignore[call-overload]
-                                         .where(col(Checkout.id) == checkout.id, col(Checkout.state) == AUTHORIZED)
-                                         .values(state=COMPLETED, updated_at=now))
+            claimed = await session.exec(
+                update(Checkout)  # type: ignore[call-overload]
+                .where(col(Checkout.id) == checkout.id, col(Checkout.state) == AUTHORIZED)
+                .values(state=COMPLETED, updated_at=now)
+            )
             if claimed.rowcount != 1:
                 raise FailedPrecondition(f"checkout {checkout.id} is being handled elsewhere")
             merchant = await catalogue.get_merchant(session, checkout.merchant_id)
@@ -190,29 +235,48 @@ class CheckoutSaga:
             for line in checkout.lines:
                 # The conditional update is the stock check: it cannot go below zero, whatever the
                 # concurrency (PostgreSQL re-checks the predicate on the locked row; SQLite serializes).
-                taken = await session.exec(update(Product)  # type: ignore[call-overload]
-                                           .where(col(Product.id) == line["product_id"], col(Product.active).is_(True),
-                                                  col(Product.stock) >= line["quantity"])
-                                           .values(stock=col(Product.stock) - line["quantity"]))
+                taken = await session.exec(
+                    update(Product)  # type: ignore[call-overload]
+                    .where(
+                        col(Product.id) == line["product_id"],
+                        col(Product.active).is_(True),
+                        col(Product.stock) >= line["quantity"],
+                    )
+                    .values(stock=col(Product.stock) - line["quantity"])
+                )
                 if taken.rowcount != 1:
                     raise OutOfStock(f"{line['title']!r} sold out before the order could be placed")
             order = Order(
-                id=checkout.order_id, checkout_id=checkout.id, member_id=checkout.member_id,
-                merchant_id=checkout.merchant_id, status="paid", total_minor=checkout.total_minor,
-                currency=checkout.currency, points_used=checkout.points, card_minor=checkout.card_minor,
-                commission_minor=checkout.commission_minor, bonus_points=checkout.bonus_points,
-                merchant_payout_minor=merchant_payout(checkout.total_minor, checkout.commission_minor,
-                                                      checkout.bonus_points),
-                reservation_id=checkout.reservation_id, authorization_id=checkout.authorization_id,
-                created_at=now, updated_at=now, ship_by=now + timedelta(days=self.settings.ship_by_days),
+                id=checkout.order_id,
+                checkout_id=checkout.id,
+                member_id=checkout.member_id,
+                merchant_id=checkout.merchant_id,
+                status="paid",
+                total_minor=checkout.total_minor,
+                currency=checkout.currency,
+                points_used=checkout.points,
+                card_minor=checkout.card_minor,
+                commission_minor=checkout.commission_minor,
+                bonus_points=checkout.bonus_points,
+                merchant_payout_minor=merchant_payout(
+                    checkout.total_minor, checkout.commission_minor, checkout.bonus_points
+                ),
+                reservation_id=checkout.reservation_id,
+                authorization_id=checkout.authorization_id,
+                created_at=now,
+                updated_at=now,
+                ship_by=now + timedelta(days=self.settings.ship_by_days),
             )
             session.add(order)
             await session.flush()
             for line in checkout.lines:
                 session.add(OrderLine(order_id=order.id, **line))
-            await session.exec(delete(CartItem).where(  # type: ignore[call-overload]
-                col(CartItem.member_id) == checkout.member_id,
-                col(CartItem.product_id).in_([line["product_id"] for line in checkout.lines])))
+            await session.exec(
+                delete(CartItem).where(  # type: ignore[call-overload]
+                    col(CartItem.member_id) == checkout.member_id,
+                    col(CartItem.product_id).in_([line["product_id"] for line in checkout.lines]),
+                )
+            )
             publish_order(session, order, "shop.order.paid", now)
         checkout.state = COMPLETED
         return checkout
@@ -229,8 +293,7 @@ class CheckoutSaga:
         try:
             await self._release(checkout)
         except DomainError:
-            log.exception("compensation incomplete; the recovery job will retry",
-                          extra={"checkout_id": checkout.id})
+            log.exception("compensation incomplete; the recovery job will retry", extra={"checkout_id": checkout.id})
             return
         await self._save(checkout, state=FAILED)
         checkout.state = FAILED
@@ -247,9 +310,18 @@ class CheckoutSaga:
         """Finish or compensate checkouts that stopped moving (a crash mid-checkout); returns how many."""
         cutoff = self.clock.now() - timedelta(seconds=self.settings.checkout_stuck_seconds)
         async with self.db.sessions() as session:
-            stuck = list((await session.exec(
-                select(Checkout).where(col(Checkout.state).in_([STARTED, AUTHORIZED, COMPENSATING]),
-                                       col(Checkout.updated_at) < cutoff).limit(100))).all())
+            stuck = list(
+                (
+                    await session.exec(
+                        select(Checkout)
+                        .where(
+                            col(Checkout.state).in_([STARTED, AUTHORIZED, COMPENSATING]),
+                            col(Checkout.updated_at) < cutoff,
+                        )
+                        .limit(100)
+                    )
+                ).all()
+            )
         for checkout in stuck:
             try:
                 await self._recover(checkout)
@@ -278,8 +350,11 @@ class CheckoutSaga:
 
     async def _save(self, checkout: Checkout, **values: object) -> None:
         async with self.db.transaction() as session:
-            await session.exec(update(Checkout).where(col(Checkout.id) == checkout.id)  # type: ignore[call-overload]
-                               .values(updated_at=self.clock.now(), **values))
+            await session.exec(
+                update(Checkout)
+                .where(col(Checkout.id) == checkout.id)  # type: ignore[call-overload]
+                .values(updated_at=self.clock.now(), **values)
+            )
 
     async def _merchant_name(self, merchant_id: str) -> str:
         async with self.db.sessions() as session:

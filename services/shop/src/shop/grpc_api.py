@@ -17,22 +17,38 @@ from shop.order_events import timestamp
 
 # The contract has no in-between statuses: an order mid-transition (or whose refund failed) is
 # still what it was before the change began.
-STATUS = {"paid": pb.ORDER_STATUS_PAID, "shipped": pb.ORDER_STATUS_SHIPPED, "completed": pb.ORDER_STATUS_COMPLETED,
-          "cancelled": pb.ORDER_STATUS_CANCELLED, "refunded": pb.ORDER_STATUS_REFUNDED,
-          "shipping": pb.ORDER_STATUS_PAID, "cancelling": pb.ORDER_STATUS_PAID, "refunding": pb.ORDER_STATUS_SHIPPED,
-          "refund_failed": pb.ORDER_STATUS_SHIPPED}
+STATUS = {
+    "paid": pb.ORDER_STATUS_PAID,
+    "shipped": pb.ORDER_STATUS_SHIPPED,
+    "completed": pb.ORDER_STATUS_COMPLETED,
+    "cancelled": pb.ORDER_STATUS_CANCELLED,
+    "refunded": pb.ORDER_STATUS_REFUNDED,
+    "shipping": pb.ORDER_STATUS_PAID,
+    "cancelling": pb.ORDER_STATUS_PAID,
+    "refunding": pb.ORDER_STATUS_SHIPPED,
+    "refund_failed": pb.ORDER_STATUS_SHIPPED,
+}
 
 
 def to_proto(order: Order, lines: list[OrderLine]) -> pb.Order:
     money = lambda minor: Money(amount_minor=minor, currency=order.currency)  # noqa: E731
     return pb.Order(
-        order_id=order.id, member_id=order.member_id, merchant_id=order.merchant_id,
-        lines=[pb.OrderLine(product_id=ln.product_id, title=ln.title, quantity=ln.quantity,
-                            unit_price=money(ln.unit_price_minor)) for ln in lines],
-        total=money(order.total_minor), points_used=order.points_used,
+        order_id=order.id,
+        member_id=order.member_id,
+        merchant_id=order.merchant_id,
+        lines=[
+            pb.OrderLine(
+                product_id=ln.product_id, title=ln.title, quantity=ln.quantity, unit_price=money(ln.unit_price_minor)
+            )
+            for ln in lines
+        ],
+        total=money(order.total_minor),
+        points_used=order.points_used,
         status=STATUS[order.status],
-        created_at=timestamp(order.created_at), updated_at=timestamp(order.updated_at),
-        card_amount=money(order.card_minor), merchant_bonus_points=order.bonus_points,
+        created_at=timestamp(order.created_at),
+        updated_at=timestamp(order.updated_at),
+        card_amount=money(order.card_minor),
+        merchant_bonus_points=order.bonus_points,
         commission=money(order.commission_minor),
     )
 
@@ -57,8 +73,7 @@ class ShopApi(shop_pb2_grpc.ShopServiceServicer):
             _may_read(order.member_id)
             return pb.GetOrderResponse(order=to_proto(order, await orders.order_lines(session, order.id)))
 
-    async def ListMemberOrders(self, request: pb.ListMemberOrdersRequest, context: Any
-                               ) -> pb.ListMemberOrdersResponse:
+    async def ListMemberOrders(self, request: pb.ListMemberOrdersRequest, context: Any) -> pb.ListMemberOrdersResponse:
         _may_read(request.member_id)
         size = request.page.page_size if 0 < request.page.page_size <= 100 else 20
         async with self.db.sessions() as session:
@@ -66,5 +81,6 @@ class ShopApi(shop_pb2_grpc.ShopServiceServicer):
             page = found[:size]
             response = pb.ListMemberOrdersResponse(
                 orders=[to_proto(o, await orders.order_lines(session, o.id)) for o in page],
-                page_info=PageInfo(next_page_token=page[-1].id if len(found) > size else ""))
+                page_info=PageInfo(next_page_token=page[-1].id if len(found) > size else ""),
+            )
         return response

@@ -37,44 +37,90 @@ def _require_admin(shop: Shop, principal: Principal) -> str:
 
 
 def product_public(p: Product, m: Merchant | None = None) -> dict[str, Any]:
-    return {"id": p.id, "merchant_id": p.merchant_id, "merchant_name": m.name if m else None, "title": p.title,
-            "description": p.description, "price": {"amount_minor": p.price_minor, "currency": p.currency},
-            "stock": p.stock, "category": p.category, "image_url": p.image_url, "active": p.active}
+    return {
+        "id": p.id,
+        "merchant_id": p.merchant_id,
+        "merchant_name": m.name if m else None,
+        "title": p.title,
+        "description": p.description,
+        "price": {"amount_minor": p.price_minor, "currency": p.currency},
+        "stock": p.stock,
+        "category": p.category,
+        "image_url": p.image_url,
+        "active": p.active,
+    }
 
 
 def merchant_public(m: Merchant) -> dict[str, Any]:
-    return {"id": m.id, "name": m.name, "description": m.description, "status": m.status,
-            "applied_by": m.applied_by, "verified_at": m.verified_at, "verified_by": m.verified_by}
+    return {
+        "id": m.id,
+        "name": m.name,
+        "description": m.description,
+        "status": m.status,
+        "applied_by": m.applied_by,
+        "verified_at": m.verified_at,
+        "verified_by": m.verified_by,
+    }
 
 
 async def order_public(session: SessionDep, o: Order) -> dict[str, Any]:
     money = lambda minor: {"amount_minor": minor, "currency": o.currency}  # noqa: E731
-    return {"id": o.id, "member_id": o.member_id, "merchant_id": o.merchant_id,
-            "status": o.status, "problem": o.problem, "total": money(o.total_minor),
-            "points_used": o.points_used, "card_amount": money(o.card_minor),
-            "commission": money(o.commission_minor), "merchant_bonus_points": o.bonus_points,
-            # The campaign bonus is the merchant's cost (a point is worth one minor unit).
-            "campaign_cost": money(o.bonus_points), "merchant_payout": money(o.merchant_payout_minor),
-            "ship_by": o.ship_by,
-            "tracking": o.tracking, "created_at": o.created_at, "updated_at": o.updated_at,
-            "refund_requested_at": o.refund_requested_at, "refund_reason": o.refund_reason,
-            "lines": [{"product_id": ln.product_id, "title": ln.title, "quantity": ln.quantity,
-                       "unit_price": money(ln.unit_price_minor)} for ln in await orders.order_lines(session, o.id)]}
+    return {
+        "id": o.id,
+        "member_id": o.member_id,
+        "merchant_id": o.merchant_id,
+        "status": o.status,
+        "problem": o.problem,
+        "total": money(o.total_minor),
+        "points_used": o.points_used,
+        "card_amount": money(o.card_minor),
+        "commission": money(o.commission_minor),
+        "merchant_bonus_points": o.bonus_points,
+        # The campaign bonus is the merchant's cost (a point is worth one minor unit).
+        "campaign_cost": money(o.bonus_points),
+        "merchant_payout": money(o.merchant_payout_minor),
+        "ship_by": o.ship_by,
+        "tracking": o.tracking,
+        "created_at": o.created_at,
+        "updated_at": o.updated_at,
+        "refund_requested_at": o.refund_requested_at,
+        "refund_reason": o.refund_reason,
+        "lines": [
+            {
+                "product_id": ln.product_id,
+                "title": ln.title,
+                "quantity": ln.quantity,
+                "unit_price": money(ln.unit_price_minor),
+            }
+            for ln in await orders.order_lines(session, o.id)
+        ],
+    }
 
 
 def checkout_public(c: Checkout) -> dict[str, Any]:
-    return {"id": c.id, "state": c.state, "order_id": c.order_id if c.state == "completed" else None,
-            "total": {"amount_minor": c.total_minor, "currency": c.currency}, "points": c.points,
-            "card_amount": {"amount_minor": c.card_minor, "currency": c.currency},
-            "merchant_bonus_points": c.bonus_points}
+    return {
+        "id": c.id,
+        "state": c.state,
+        "order_id": c.order_id if c.state == "completed" else None,
+        "total": {"amount_minor": c.total_minor, "currency": c.currency},
+        "points": c.points,
+        "card_amount": {"amount_minor": c.card_minor, "currency": c.currency},
+        "merchant_bonus_points": c.bonus_points,
+    }
 
 
 # ---- storefront --------------------------------------------------------------------------------
 
 
 @router.get("/products")
-async def list_products(session: SessionDep, category: str | None = None, q: str | None = None,
-                        sort: Sort = "newest", limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+async def list_products(
+    session: SessionDep,
+    category: str | None = None,
+    q: str | None = None,
+    sort: Sort = "newest",
+    limit: int = 50,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
     found = await catalogue.browse(session, category=category, text=q, sort=sort, limit=limit, offset=offset)
     return [product_public(p, m) for p, m in found]
 
@@ -100,13 +146,22 @@ class CartItemIn(BaseModel):
 @router.get("/cart")
 async def get_cart(member: CurrentMember, session: SessionDep) -> dict[str, Any]:
     lines = await cart.lines(session, member.subject)
-    return {"items": [{"product": product_public(ln.product, ln.merchant), "quantity": ln.item.quantity,
-                       "amount_minor": ln.item.quantity * ln.product.price_minor} for ln in lines]}
+    return {
+        "items": [
+            {
+                "product": product_public(ln.product, ln.merchant),
+                "quantity": ln.item.quantity,
+                "amount_minor": ln.item.quantity * ln.product.price_minor,
+            }
+            for ln in lines
+        ]
+    }
 
 
 @router.put("/cart/items")
-async def put_cart_item(body: CartItemIn, member: CurrentMember, session: SessionDep, request: Request
-                        ) -> dict[str, Any]:
+async def put_cart_item(
+    body: CartItemIn, member: CurrentMember, session: SessionDep, request: Request
+) -> dict[str, Any]:
     await cart.set_quantity(session, member.subject, body.product_id, body.quantity, _shop(request).clock.now())
     await session.commit()
     return await get_cart(member, session)
@@ -127,9 +182,13 @@ class CheckoutIn(BaseModel):
 
 @router.post("/checkout")
 async def post_checkout(body: CheckoutIn, member: CurrentMember, request: Request) -> dict[str, Any]:
-    done = await _shop(request).checkout.checkout(member_id=member.subject, member_token=member.token,
-                                                  merchant_id=body.merchant_id, points=body.points,
-                                                  idempotency_key=body.idempotency_key)
+    done = await _shop(request).checkout.checkout(
+        member_id=member.subject,
+        member_token=member.token,
+        merchant_id=body.merchant_id,
+        points=body.points,
+        idempotency_key=body.idempotency_key,
+    )
     return checkout_public(done)
 
 
@@ -154,16 +213,18 @@ async def my_order(order_id: str, member: CurrentMember, session: SessionDep) ->
 
 
 @router.post("/orders/{order_id}/cancel")
-async def cancel_my_order(order_id: str, member: CurrentMember, session: SessionDep, request: Request
-                          ) -> dict[str, Any]:
+async def cancel_my_order(
+    order_id: str, member: CurrentMember, session: SessionDep, request: Request
+) -> dict[str, Any]:
     await _my_order(session, order_id, member)
     await session.close()
     return await order_public(session, await _shop(request).orders.cancel(order_id))
 
 
 @router.post("/orders/{order_id}/confirm-delivery")
-async def confirm_delivery(order_id: str, member: CurrentMember, session: SessionDep, request: Request
-                           ) -> dict[str, Any]:
+async def confirm_delivery(
+    order_id: str, member: CurrentMember, session: SessionDep, request: Request
+) -> dict[str, Any]:
     order = await _shop(request).orders.complete(order_id, member.subject)
     return await order_public(session, order)
 
@@ -173,8 +234,9 @@ class RefundRequestIn(BaseModel):
 
 
 @router.post("/orders/{order_id}/refund-request")
-async def refund_request(order_id: str, body: RefundRequestIn, member: CurrentMember, session: SessionDep,
-                         request: Request) -> dict[str, Any]:
+async def refund_request(
+    order_id: str, body: RefundRequestIn, member: CurrentMember, session: SessionDep, request: Request
+) -> dict[str, Any]:
     order = await orders.request_refund(session, order_id, member.subject, body.reason, _shop(request).clock.now())
     await session.commit()
     return await order_public(session, order)
@@ -199,8 +261,9 @@ class ProductIn(BaseModel):
     active: bool = True
 
     def draft(self) -> ProductDraft:
-        return ProductDraft(self.title, self.description, self.price_minor, self.currency, self.stock,
-                            self.category, self.image_url)
+        return ProductDraft(
+            self.title, self.description, self.price_minor, self.currency, self.stock, self.category, self.image_url
+        )
 
 
 class CampaignIn(BaseModel):
@@ -220,8 +283,9 @@ class ShipIn(BaseModel):
 
 
 @router.post("/merchants")
-async def apply_as_merchant(body: MerchantApplication, member: CurrentMember, session: SessionDep,
-                            request: Request) -> dict[str, Any]:
+async def apply_as_merchant(
+    body: MerchantApplication, member: CurrentMember, session: SessionDep, request: Request
+) -> dict[str, Any]:
     merchant = await catalogue.apply(session, member.subject, body.name, body.description, _shop(request).clock.now())
     await session.commit()
     return merchant_public(merchant)
@@ -247,8 +311,9 @@ async def merchant_products(merchant_id: str, member: CurrentMember, session: Se
 
 
 @router.post("/merchants/{merchant_id}/products")
-async def add_product(merchant_id: str, body: ProductIn, member: CurrentMember, session: SessionDep,
-                      request: Request) -> dict[str, Any]:
+async def add_product(
+    merchant_id: str, body: ProductIn, member: CurrentMember, session: SessionDep, request: Request
+) -> dict[str, Any]:
     merchant = await catalogue.require_staff(session, merchant_id, member.subject)
     product = await catalogue.add_product(session, merchant, body.draft(), _shop(request).clock.now())
     await session.commit()
@@ -256,30 +321,47 @@ async def add_product(merchant_id: str, body: ProductIn, member: CurrentMember, 
 
 
 @router.put("/merchants/{merchant_id}/products/{product_id}")
-async def update_product(merchant_id: str, product_id: str, body: ProductIn, member: CurrentMember,
-                         session: SessionDep, request: Request) -> dict[str, Any]:
+async def update_product(
+    merchant_id: str, product_id: str, body: ProductIn, member: CurrentMember, session: SessionDep, request: Request
+) -> dict[str, Any]:
     merchant = await catalogue.require_staff(session, merchant_id, member.subject)
-    product = await catalogue.update_product(session, merchant, product_id, body.draft(), body.active,
-                                             _shop(request).clock.now())
+    product = await catalogue.update_product(
+        session, merchant, product_id, body.draft(), body.active, _shop(request).clock.now()
+    )
     await session.commit()
     return product_public(product)
 
 
 @router.post("/merchants/{merchant_id}/campaigns")
-async def add_campaign(merchant_id: str, body: CampaignIn, member: CurrentMember, session: SessionDep,
-                       request: Request) -> dict[str, Any]:
+async def add_campaign(
+    merchant_id: str, body: CampaignIn, member: CurrentMember, session: SessionDep, request: Request
+) -> dict[str, Any]:
     merchant = await catalogue.require_staff(session, merchant_id, member.subject)
-    c = await catalogue.add_campaign(session, merchant, name=body.name, extra_bp=body.extra_bp,
-                                     starts_at=body.starts_at, ends_at=body.ends_at, product_id=body.product_id,
-                                     now=_shop(request).clock.now())
+    c = await catalogue.add_campaign(
+        session,
+        merchant,
+        name=body.name,
+        extra_bp=body.extra_bp,
+        starts_at=body.starts_at,
+        ends_at=body.ends_at,
+        product_id=body.product_id,
+        now=_shop(request).clock.now(),
+    )
     await session.commit()
-    return {"id": c.id, "name": c.name, "extra_bp": c.extra_bp, "product_id": c.product_id,
-            "starts_at": c.starts_at, "ends_at": c.ends_at}
+    return {
+        "id": c.id,
+        "name": c.name,
+        "extra_bp": c.extra_bp,
+        "product_id": c.product_id,
+        "starts_at": c.starts_at,
+        "ends_at": c.ends_at,
+    }
 
 
 @router.get("/merchants/{merchant_id}/orders")
-async def merchant_orders(merchant_id: str, member: CurrentMember, session: SessionDep,
-                          status: str | None = None) -> list[dict[str, Any]]:
+async def merchant_orders(
+    merchant_id: str, member: CurrentMember, session: SessionDep, status: str | None = None
+) -> list[dict[str, Any]]:
     await catalogue.require_staff(session, merchant_id, member.subject)
     return [await order_public(session, o) for o in await orders.merchant_orders(session, merchant_id, status)]
 
@@ -293,22 +375,25 @@ async def _merchant_order(session: SessionDep, merchant_id: str, order_id: str, 
 
 
 @router.post("/merchants/{merchant_id}/orders/{order_id}/ship")
-async def ship_order(merchant_id: str, order_id: str, body: ShipIn, member: CurrentMember, session: SessionDep,
-                     request: Request) -> dict[str, Any]:
+async def ship_order(
+    merchant_id: str, order_id: str, body: ShipIn, member: CurrentMember, session: SessionDep, request: Request
+) -> dict[str, Any]:
     await _merchant_order(session, merchant_id, order_id, member)
     return await order_public(session, await _shop(request).orders.ship(order_id, body.tracking))
 
 
 @router.post("/merchants/{merchant_id}/orders/{order_id}/cancel")
-async def merchant_cancel(merchant_id: str, order_id: str, member: CurrentMember, session: SessionDep,
-                          request: Request) -> dict[str, Any]:
+async def merchant_cancel(
+    merchant_id: str, order_id: str, member: CurrentMember, session: SessionDep, request: Request
+) -> dict[str, Any]:
     await _merchant_order(session, merchant_id, order_id, member)
     return await order_public(session, await _shop(request).orders.cancel(order_id))
 
 
 @router.post("/merchants/{merchant_id}/orders/{order_id}/refund")
-async def merchant_refund(merchant_id: str, order_id: str, member: CurrentMember, session: SessionDep,
-                          request: Request) -> dict[str, Any]:
+async def merchant_refund(
+    merchant_id: str, order_id: str, member: CurrentMember, session: SessionDep, request: Request
+) -> dict[str, Any]:
     await _merchant_order(session, merchant_id, order_id, member)
     return await order_public(session, await _shop(request).orders.refund(order_id))
 
@@ -317,15 +402,17 @@ async def merchant_refund(merchant_id: str, order_id: str, member: CurrentMember
 
 
 @router.get("/admin/merchants")
-async def admin_merchants(member: CurrentMember, session: SessionDep, request: Request,
-                          status: str | None = None) -> list[dict[str, Any]]:
+async def admin_merchants(
+    member: CurrentMember, session: SessionDep, request: Request, status: str | None = None
+) -> list[dict[str, Any]]:
     _require_admin(_shop(request), member)
     return [merchant_public(m) for m in await catalogue.merchants(session, status)]
 
 
 @router.post("/admin/merchants/{merchant_id}/{decision}")
-async def admin_decide(merchant_id: str, decision: str, member: CurrentMember, session: SessionDep,
-                       request: Request) -> dict[str, Any]:
+async def admin_decide(
+    merchant_id: str, decision: str, member: CurrentMember, session: SessionDep, request: Request
+) -> dict[str, Any]:
     shop = _shop(request)
     admin = _require_admin(shop, member)
     merchant = await catalogue.decide(session, merchant_id, decision, admin, shop.clock.now())
@@ -334,7 +421,6 @@ async def admin_decide(merchant_id: str, decision: str, member: CurrentMember, s
 
 
 @router.post("/admin/orders/{order_id}/refund")
-async def admin_refund(order_id: str, member: CurrentMember, session: SessionDep, request: Request
-                       ) -> dict[str, Any]:
+async def admin_refund(order_id: str, member: CurrentMember, session: SessionDep, request: Request) -> dict[str, Any]:
     _require_admin(_shop(request), member)
     return await order_public(session, await _shop(request).orders.refund(order_id))

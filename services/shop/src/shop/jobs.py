@@ -23,8 +23,15 @@ async def housekeeping(runtime: Runtime[Any]) -> None:
             overdue = await shop.orders.cancel_unshipped()
             completed = await shop.orders.auto_complete()
             if recovered or finished or overdue or completed:
-                log.info("housekeeping", extra={"checkouts_recovered": recovered, "orders_recovered": finished,
-                                                "overdue_orders_cancelled": overdue, "orders_completed": completed})
+                log.info(
+                    "housekeeping",
+                    extra={
+                        "checkouts_recovered": recovered,
+                        "orders_recovered": finished,
+                        "overdue_orders_cancelled": overdue,
+                        "orders_completed": completed,
+                    },
+                )
         except Exception:
             log.exception("housekeeping failed; retrying next round")
         await asyncio.sleep(runtime.settings.jobs_interval_seconds)

@@ -31,10 +31,16 @@ def timestamp(at: datetime) -> Timestamp:
 def order_event(order: Order, subject: str, at: datetime, **extra: Any) -> Any:
     money = lambda minor: Money(amount_minor=minor, currency=order.currency)  # noqa: E731
     return MESSAGES[subject](
-        order_id=order.id, member_id=order.member_id, merchant_id=order.merchant_id,
-        total=money(order.total_minor), points_used=order.points_used, occurred_at=timestamp(at),
-        merchant_bonus_points=order.bonus_points, commission=money(order.commission_minor),
-        card_amount=money(order.card_minor), **extra,
+        order_id=order.id,
+        member_id=order.member_id,
+        merchant_id=order.merchant_id,
+        total=money(order.total_minor),
+        points_used=order.points_used,
+        occurred_at=timestamp(at),
+        merchant_bonus_points=order.bonus_points,
+        commission=money(order.commission_minor),
+        card_amount=money(order.card_minor),
+        **extra,
     )
 
 

@@ -39,12 +39,21 @@ log = logging.getLogger("shop.orders")
 
 PAID, SHIPPING, SHIPPED, COMPLETED = "paid", "shipping", "shipped", "completed"
 CANCELLING, CANCELLED, REFUNDING, REFUNDED, REFUND_FAILED = (
-    "cancelling", "cancelled", "refunding", "refunded", "refund_failed")
+    "cancelling",
+    "cancelled",
+    "refunding",
+    "refunded",
+    "refund_failed",
+)
 TRANSIENT = (SHIPPING, CANCELLING, REFUNDING)
 
 # How a status reads in a sentence ("cannot cancel order X: it is being shipped").
-_DESCRIBED = {SHIPPING: "being shipped", CANCELLING: "being cancelled", REFUNDING: "being refunded",
-              REFUND_FAILED: "waiting to be refunded again (the last refund failed)"}
+_DESCRIBED = {
+    SHIPPING: "being shipped",
+    CANCELLING: "being cancelled",
+    REFUNDING: "being refunded",
+    REFUND_FAILED: "waiting to be refunded again (the last refund failed)",
+}
 
 
 def describe(status: str) -> str:
@@ -72,8 +81,9 @@ async def order_lines(session: AsyncSession, order_id: str) -> list[OrderLine]:
     return list(rows.all())
 
 
-async def member_orders(session: AsyncSession, member_id: str, limit: int = 50, before: str | None = None
-                        ) -> list[Order]:
+async def member_orders(
+    session: AsyncSession, member_id: str, limit: int = 50, before: str | None = None
+) -> list[Order]:
     query = select(Order).where(Order.member_id == member_id)
     if before:
         query = query.where(col(Order.id) < before)
@@ -96,8 +106,10 @@ async def request_refund(session: AsyncSession, order_id: str, member_id: str, r
     if not reason or len(reason) > 1000:
         raise InvalidArgument("tell the merchant why, in 1 to 1000 characters")
     if order.status not in (SHIPPED, COMPLETED):
-        raise FailedPrecondition(f"only a shipped or completed order can be refunded; order {order_id} is "
-                                 f"{describe(order.status)}" + (" (cancel it instead)" if order.status == PAID else ""))
+        raise FailedPrecondition(
+            f"only a shipped or completed order can be refunded; order {order_id} is "
+            f"{describe(order.status)}" + (" (cancel it instead)" if order.status == PAID else "")
+        )
     if order.refund_requested_at is not None:
         raise FailedPrecondition(f"a refund of order {order_id} was already requested")
     order.refund_requested_at, order.refund_reason = now, reason
@@ -115,15 +127,18 @@ class OrderLifecycle:
 
     # ---- storage -------------------------------------------------------------------------------
 
-    async def _claim(self, order_id: str, sources: tuple[str, ...], transient: str, action: str,
-                     **values: object) -> Order:
+    async def _claim(
+        self, order_id: str, sources: tuple[str, ...], transient: str, action: str, **values: object
+    ) -> Order:
         async with self.db.transaction() as session:
             order = await get_order(session, order_id)
             if order.status == transient:
                 return order  # a retry of an interrupted transition: finish it
-            claimed = await session.exec(update(Order)  # type: ignore[call-overload]
-                                         .where(col(Order.id) == order_id, col(Order.status).in_(sources))
-                                         .values(status=transient, updated_at=self.clock.now(), **values))
+            claimed = await session.exec(
+                update(Order)  # type: ignore[call-overload]
+                .where(col(Order.id) == order_id, col(Order.status).in_(sources))
+                .values(status=transient, updated_at=self.clock.now(), **values)
+            )
             if claimed.rowcount != 1:
                 raise WrongStatus(f"cannot {action} order {order_id}: it is {describe(order.status)}")
             return await get_order(session, order_id)
@@ -131,29 +146,49 @@ class OrderLifecycle:
     async def _record(self, order: Order, expected: str, **values: object) -> None:
         """Save what a step achieved (a capture id, a new status) while the order is still `expected`."""
         async with self.db.transaction() as session:
-            done = await session.exec(update(Order)  # type: ignore[call-overload]
-                                      .where(col(Order.id) == order.id, col(Order.status) == expected)
-                                      .values(updated_at=self.clock.now(), **values))
+            done = await session.exec(
+                update(Order)  # type: ignore[call-overload]
+                .where(col(Order.id) == order.id, col(Order.status) == expected)
+                .values(updated_at=self.clock.now(), **values)
+            )
             if done.rowcount != 1:
                 raise WrongStatus(f"order {order.id} changed meanwhile")
         for name, value in values.items():
             setattr(order, name, value)
 
-    async def _settle(self, order: Order, transient: str, target: str, subject: str, *, restock: bool = False,
-                      event: dict[str, Any] | None = None, **values: object) -> Order:
+    async def _settle(
+        self,
+        order: Order,
+        transient: str,
+        target: str,
+        subject: str,
+        *,
+        restock: bool = False,
+        event: dict[str, Any] | None = None,
+        **values: object,
+    ) -> Order:
         now = self.clock.now()
         async with self.db.transaction() as session:
             fields: dict[str, object] = {"status": target, "updated_at": now, **values}
             if target == SHIPPED:
                 fields["shipped_at"] = now
-            done = await session.exec(update(Order).where(col(Order.id) == order.id,  # type: ignore[call-overload]
-                                                          col(Order.status) == transient).values(**fields))
+            done = await session.exec(
+                update(Order)
+                .where(
+                    col(Order.id) == order.id,  # type: ignore[call-overload]
+                    col(Order.status) == transient,
+                )
+                .values(**fields)
+            )
             if done.rowcount != 1:
                 raise WrongStatus(f"order {order.id} changed meanwhile")
             if restock:
                 for line in await order_lines(session, order.id):
-                    await session.exec(update(Product).where(col(Product.id) == line.product_id)  # type: ignore[call-overload]
-                                       .values(stock=col(Product.stock) + line.quantity))
+                    await session.exec(
+                        update(Product)
+                        .where(col(Product.id) == line.product_id)  # type: ignore[call-overload]
+                        .values(stock=col(Product.stock) + line.quantity)
+                    )
             order = await get_order(session, order.id)
             publish_order(session, order, subject, now, **(event or {}))
         return order
@@ -177,8 +212,10 @@ class OrderLifecycle:
             problem = f"Could not be shipped ({exc.message}): cancelled, the points and the card payment returned."
             await self._record(order, SHIPPING, status=CANCELLING, problem=problem)
             await self._finish_cancelling(order)
-            raise FailedPrecondition(f"order {order.id} could not be shipped ({exc.message}); it is cancelled and "
-                                     "the member's points and card payment are returned") from exc
+            raise FailedPrecondition(
+                f"order {order.id} could not be shipped ({exc.message}); it is cancelled and "
+                "the member's points and card payment are returned"
+            ) from exc
         return await self._settle(order, SHIPPING, SHIPPED, "shop.order.shipped")
 
     async def cancel(self, order_id: str, problem: str = "") -> Order:
@@ -195,8 +232,9 @@ class OrderLifecycle:
                 await self.payments.void(order.authorization_id, f"{order.id}:void-card")
         if order.reservation_id:
             if order.points_capture_entry_id:
-                await self.points.refund(order.reservation_id, f"Order {order.id} could not be shipped",
-                                         f"{order.id}:return-points")
+                await self.points.refund(
+                    order.reservation_id, f"Order {order.id} could not be shipped", f"{order.id}:return-points"
+                )
             else:
                 await self.points.void(order.reservation_id, f"{order.id}:void-points")
         return await self._settle(order, CANCELLING, CANCELLED, "shop.order.cancelled", restock=True)
@@ -211,21 +249,31 @@ class OrderLifecycle:
         attempt = f":{order.refund_attempt}" if order.refund_attempt else ""
         try:
             if order.reservation_id and order.points_refunded is None:
-                points = await self.points.refund(order.reservation_id, f"Order {order.id} refunded",
-                                                  f"{order.id}:refund-points{attempt}")
+                points = await self.points.refund(
+                    order.reservation_id, f"Order {order.id} refunded", f"{order.id}:refund-points{attempt}"
+                )
                 await self._record(order, REFUNDING, points_refunded=points)
             if order.authorization_id and order.card_refunded_minor is None:
                 minor = await self.payments.refund(order.authorization_id, f"{order.id}:refund-card{attempt}")
                 await self._record(order, REFUNDING, card_refunded_minor=minor)
         except _FINAL as exc:
             problem = f"The refund failed ({exc.message}); refund it again once that is resolved."
-            await self._record(order, REFUNDING, status=REFUND_FAILED, problem=problem,
-                               refund_attempt=order.refund_attempt + 1)
-            raise FailedPrecondition(f"the refund of order {order.id} failed ({exc.message}); refund it again once "
-                                     "that is resolved (what was already refunded is not refunded twice)") from exc
+            await self._record(
+                order, REFUNDING, status=REFUND_FAILED, problem=problem, refund_attempt=order.refund_attempt + 1
+            )
+            raise FailedPrecondition(
+                f"the refund of order {order.id} failed ({exc.message}); refund it again once "
+                "that is resolved (what was already refunded is not refunded twice)"
+            ) from exc
         refunded = Money(amount_minor=order.card_refunded_minor or 0, currency=order.currency)
-        return await self._settle(order, REFUNDING, REFUNDED, "shop.order.refunded", problem="",
-                                  event={"refunded": refunded, "points_refunded": order.points_refunded or 0})
+        return await self._settle(
+            order,
+            REFUNDING,
+            REFUNDED,
+            "shop.order.refunded",
+            problem="",
+            event={"refunded": refunded, "points_refunded": order.points_refunded or 0},
+        )
 
     async def complete(self, order_id: str, member_id: str | None = None) -> Order:
         """Delivery confirmed by the member (or, with member_id None, by the auto-completion job)."""
@@ -243,8 +291,13 @@ class OrderLifecycle:
         """Complete orders shipped more than `auto_complete_days` ago; returns how many."""
         cutoff = self.clock.now() - timedelta(days=self.settings.auto_complete_days)
         async with self.db.sessions() as session:
-            due = list((await session.exec(select(Order.id).where(Order.status == SHIPPED,
-                                                                  col(Order.shipped_at) <= cutoff).limit(500))).all())
+            due = list(
+                (
+                    await session.exec(
+                        select(Order.id).where(Order.status == SHIPPED, col(Order.shipped_at) <= cutoff).limit(500)
+                    )
+                ).all()
+            )
         done = 0
         for order_id in due:
             try:
@@ -257,12 +310,21 @@ class OrderLifecycle:
     async def cancel_unshipped(self) -> int:
         """Cancel paid orders past their ship-by deadline, before their holds lapse; returns how many."""
         async with self.db.sessions() as session:
-            due = list((await session.exec(select(Order.id, Order.ship_by).where(
-                Order.status == PAID, col(Order.ship_by) <= self.clock.now()).limit(500))).all())
+            due = list(
+                (
+                    await session.exec(
+                        select(Order.id, Order.ship_by)
+                        .where(Order.status == PAID, col(Order.ship_by) <= self.clock.now())
+                        .limit(500)
+                    )
+                ).all()
+            )
         done = 0
         for order_id, ship_by in due:
-            problem = (f"Not shipped by {ship_by:%Y-%m-%d %H:%M} UTC: cancelled automatically, the points and the "
-                       "card hold released.")
+            problem = (
+                f"Not shipped by {ship_by:%Y-%m-%d %H:%M} UTC: cancelled automatically, the points and the "
+                "card hold released."
+            )
             try:
                 await self.cancel(order_id, problem)
                 done += 1
@@ -276,10 +338,18 @@ class OrderLifecycle:
         """Finish (or unwind) orders left mid-transition by a crash or a peer outage; returns how many."""
         cutoff = self.clock.now() - timedelta(seconds=self.settings.order_stuck_seconds)
         async with self.db.sessions() as session:
-            stuck = list((await session.exec(select(Order).where(
-                col(Order.status).in_(TRANSIENT), col(Order.updated_at) < cutoff).limit(100))).all())
+            stuck = list(
+                (
+                    await session.exec(
+                        select(Order).where(col(Order.status).in_(TRANSIENT), col(Order.updated_at) < cutoff).limit(100)
+                    )
+                ).all()
+            )
         finish: dict[str, Callable[[Order], Awaitable[Order]]] = {
-            SHIPPING: self._finish_shipping, CANCELLING: self._finish_cancelling, REFUNDING: self._finish_refunding}
+            SHIPPING: self._finish_shipping,
+            CANCELLING: self._finish_cancelling,
+            REFUNDING: self._finish_refunding,
+        }
         for order in stuck:
             try:
                 await finish[order.status](order)

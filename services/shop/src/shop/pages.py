@@ -45,8 +45,9 @@ def is_admin(shop: Shop, member: WebMember | None) -> bool:
     return member is not None and member.member_id in shop.settings.shop_admins
 
 
-async def _render(request: Request, name: str, member: WebMember | None, *, status: int = 200,
-                  **values: Any) -> HTMLResponse:
+async def _render(
+    request: Request, name: str, member: WebMember | None, *, status: int = 200, **values: Any
+) -> HTMLResponse:
     shop = _shop(request)
     balance = None
     if member is not None:
@@ -64,8 +65,7 @@ async def _render(request: Request, name: str, member: WebMember | None, *, stat
         "error": request.query_params.get("error", ""),
         **values,
     }
-    return templates.TemplateResponse(request, name, context, status_code=status,
-                                      headers={"Cache-Control": "no-store"})
+    return templates.TemplateResponse(request, name, context, status_code=status, headers={"Cache-Control": "no-store"})
 
 
 def _back(path: str, *, message: str = "", error: str = "") -> Response:
@@ -78,13 +78,27 @@ def _back(path: str, *, message: str = "", error: str = "") -> Response:
 
 @router.get("/", response_class=HTMLResponse)
 @router.get("/search", response_class=HTMLResponse)
-async def storefront(request: Request, session: SessionDep, member: MaybeMember, category: str | None = None,
-                     q: str | None = None, sort: Sort = "newest") -> HTMLResponse:
+async def storefront(
+    request: Request,
+    session: SessionDep,
+    member: MaybeMember,
+    category: str | None = None,
+    q: str | None = None,
+    sort: Sort = "newest",
+) -> HTMLResponse:
     products = await catalogue.browse(session, category=category, text=q, sort=sort)
     title = f"Results for “{q}”" if q else "Shop"
-    return await _render(request, "storefront.html", member, title=title, products=products,
-                         categories=await catalogue.categories(session), category=category or "", q=q or "",
-                         sort=sort)
+    return await _render(
+        request,
+        "storefront.html",
+        member,
+        title=title,
+        products=products,
+        categories=await catalogue.categories(session),
+        category=category or "",
+        q=q or "",
+        sort=sort,
+    )
 
 
 @router.get("/products/{product_id}", response_class=HTMLResponse)
@@ -110,8 +124,9 @@ async def cart_page(request: Request, member: SignedInMember, session: SessionDe
 
 
 @router.post("/cart/items")
-async def add_to_cart(request: Request, member: FormMember, session: SessionDep, product_id: FormStr,
-                      quantity: FormInt = 1) -> Response:
+async def add_to_cart(
+    request: Request, member: FormMember, session: SessionDep, product_id: FormStr, quantity: FormInt = 1
+) -> Response:
     try:
         await cart.set_quantity(session, member.member_id, product_id, quantity, _shop(request).clock.now())
         await session.commit()
@@ -128,25 +143,38 @@ async def remove_from_cart(product_id: str, member: FormMember, session: Session
 
 
 @router.get("/checkout", response_class=HTMLResponse)
-async def checkout_page(request: Request, member: SignedInMember, session: SessionDep, merchant_id: str
-                        ) -> Response:
+async def checkout_page(request: Request, member: SignedInMember, session: SessionDep, merchant_id: str) -> Response:
     lines = [ln for ln in await cart.lines(session, member.member_id) if ln.merchant.id == merchant_id]
     if not lines:
         return _back("/cart", error="Nothing from this merchant is in your cart.")
     total = sum(ln.item.quantity * ln.product.price_minor for ln in lines)
     balance = await _shop(request).points.balance(member.member_id)
-    return await _render(request, "checkout.html", member, title="Checkout", lines=lines,
-                         merchant=lines[0].merchant, total=total, currency=lines[0].product.currency,
-                         max_points=min(balance, total), key=uuid.uuid4().hex)
+    return await _render(
+        request,
+        "checkout.html",
+        member,
+        title="Checkout",
+        lines=lines,
+        merchant=lines[0].merchant,
+        total=total,
+        currency=lines[0].product.currency,
+        max_points=min(balance, total),
+        key=uuid.uuid4().hex,
+    )
 
 
 @router.post("/checkout")
-async def place_order(request: Request, member: FormMember, merchant_id: FormStr, idempotency_key: FormStr,
-                      points: FormInt = 0) -> Response:
+async def place_order(
+    request: Request, member: FormMember, merchant_id: FormStr, idempotency_key: FormStr, points: FormInt = 0
+) -> Response:
     try:
         done = await _shop(request).checkout.checkout(
-            member_id=member.member_id, member_token=await member.access_token(), merchant_id=merchant_id,
-            points=points, idempotency_key=idempotency_key)
+            member_id=member.member_id,
+            member_token=await member.access_token(),
+            merchant_id=merchant_id,
+            points=points,
+            idempotency_key=idempotency_key,
+        )
     except DomainError as exc:
         query = urlencode({"merchant_id": merchant_id, "error": exc.message})
         return RedirectResponse(f"/checkout?{query}", status_code=303)
@@ -189,8 +217,9 @@ async def cancel_order(order_id: str, request: Request, member: FormMember, sess
 
 
 @router.post("/orders/{order_id}/refund-request")
-async def request_refund(order_id: str, request: Request, member: FormMember, session: SessionDep,
-                         reason: FormStr = "") -> Response:
+async def request_refund(
+    order_id: str, request: Request, member: FormMember, session: SessionDep, reason: FormStr = ""
+) -> Response:
     try:
         await orders.request_refund(session, order_id, member.member_id, reason, _shop(request).clock.now())
         await session.commit()
@@ -206,16 +235,24 @@ async def request_refund(order_id: str, request: Request, member: FormMember, se
 async def merchant_console(request: Request, member: SignedInMember, session: SessionDep) -> HTMLResponse:
     consoles = []
     for merchant, role in await catalogue.merchants_of(session, member.member_id):
-        merchant_orders = [(o, await orders.order_lines(session, o.id))
-                           for o in await orders.merchant_orders(session, merchant.id)]
-        consoles.append({"merchant": merchant, "role": role, "orders": merchant_orders,
-                         "products": await catalogue.merchant_products(session, merchant.id)})
+        merchant_orders = [
+            (o, await orders.order_lines(session, o.id)) for o in await orders.merchant_orders(session, merchant.id)
+        ]
+        consoles.append(
+            {
+                "merchant": merchant,
+                "role": role,
+                "orders": merchant_orders,
+                "products": await catalogue.merchant_products(session, merchant.id),
+            }
+        )
     return await _render(request, "merchant.html", member, title="Merchant console", consoles=consoles)
 
 
 @router.post("/merchant/apply")
-async def apply_as_merchant(request: Request, member: FormMember, session: SessionDep, name: FormStr,
-                            description: FormStr = "") -> Response:
+async def apply_as_merchant(
+    request: Request, member: FormMember, session: SessionDep, name: FormStr, description: FormStr = ""
+) -> Response:
     try:
         await catalogue.apply(session, member.member_id, name, description, _shop(request).clock.now())
         await session.commit()
@@ -225,9 +262,18 @@ async def apply_as_merchant(request: Request, member: FormMember, session: Sessi
 
 
 @router.post("/merchant/{merchant_id}/products")
-async def add_product(merchant_id: str, request: Request, member: FormMember, session: SessionDep,
-                      title: FormStr, price_minor: FormInt, stock: FormInt, category: FormStr,
-                      description: FormStr = "", image_url: FormStr = "") -> Response:
+async def add_product(
+    merchant_id: str,
+    request: Request,
+    member: FormMember,
+    session: SessionDep,
+    title: FormStr,
+    price_minor: FormInt,
+    stock: FormInt,
+    category: FormStr,
+    description: FormStr = "",
+    image_url: FormStr = "",
+) -> Response:
     try:
         merchant = await catalogue.require_staff(session, merchant_id, member.member_id)
         draft = ProductDraft(title, description, price_minor, "JPY", stock, category, image_url)
@@ -239,17 +285,31 @@ async def add_product(merchant_id: str, request: Request, member: FormMember, se
 
 
 @router.post("/merchant/{merchant_id}/products/{product_id}")
-async def update_product(merchant_id: str, product_id: str, request: Request, member: FormMember,
-                         session: SessionDep, price_minor: FormInt, stock: FormInt, active: FormStr = "") -> Response:
+async def update_product(
+    merchant_id: str,
+    product_id: str,
+    request: Request,
+    member: FormMember,
+    session: SessionDep,
+    price_minor: FormInt,
+    stock: FormInt,
+    active: FormStr = "",
+) -> Response:
     try:
         merchant = await catalogue.require_staff(session, merchant_id, member.member_id)
         current = await session.get(catalogue.Product, product_id)
         if current is None or current.merchant_id != merchant_id:
             raise NotFound(f"merchant {merchant_id} has no product {product_id!r}")
-        draft = ProductDraft(current.title, current.description, price_minor, current.currency, stock,
-                             current.category, current.image_url)
-        await catalogue.update_product(session, merchant, product_id, draft, active == "on",
-                                       _shop(request).clock.now())
+        draft = ProductDraft(
+            current.title,
+            current.description,
+            price_minor,
+            current.currency,
+            stock,
+            current.category,
+            current.image_url,
+        )
+        await catalogue.update_product(session, merchant, product_id, draft, active == "on", _shop(request).clock.now())
         await session.commit()
     except DomainError as exc:
         return _back("/merchant", error=exc.message)
@@ -265,8 +325,15 @@ async def _merchant_order(session: SessionDep, merchant_id: str, order_id: str, 
 
 
 @router.post("/merchant/{merchant_id}/orders/{order_id}/{action}")
-async def merchant_order_action(merchant_id: str, order_id: str, action: str, request: Request,
-                                member: FormMember, session: SessionDep, tracking: FormStr = "") -> Response:
+async def merchant_order_action(
+    merchant_id: str,
+    order_id: str,
+    action: str,
+    request: Request,
+    member: FormMember,
+    session: SessionDep,
+    tracking: FormStr = "",
+) -> Response:
     lifecycle = _shop(request).orders
     done = {"ship": "shipped", "cancel": "cancelled", "refund": "refunded"}
     try:
@@ -290,15 +357,23 @@ async def merchant_order_action(merchant_id: str, order_id: str, action: str, re
 @router.get("/admin/merchants", response_class=HTMLResponse)
 async def admin_merchants(request: Request, member: SignedInMember, session: SessionDep) -> HTMLResponse:
     if not is_admin(_shop(request), member):
-        return await _render(request, "error.html", member, status=403, title="Not allowed",
-                             problem="Only a platform admin may verify merchants.")
-    return await _render(request, "admin.html", member, title="Merchant verification",
-                         merchants=await catalogue.merchants(session))
+        return await _render(
+            request,
+            "error.html",
+            member,
+            status=403,
+            title="Not allowed",
+            problem="Only a platform admin may verify merchants.",
+        )
+    return await _render(
+        request, "admin.html", member, title="Merchant verification", merchants=await catalogue.merchants(session)
+    )
 
 
 @router.post("/admin/merchants/{merchant_id}/{decision}")
-async def admin_decide(merchant_id: str, decision: str, request: Request, member: FormMember,
-                       session: SessionDep) -> Response:
+async def admin_decide(
+    merchant_id: str, decision: str, request: Request, member: FormMember, session: SessionDep
+) -> Response:
     shop = _shop(request)
     if not is_admin(shop, member):
         raise HTTPException(403, "Only a platform admin may verify merchants.")

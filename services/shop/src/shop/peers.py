@@ -78,11 +78,18 @@ class PointsClient:
         response = await _call("points", lambda: self._stub.GetBalance(request, metadata=md, timeout=self._timeout))
         return int(response.total)
 
-    async def reserve(self, *, member_id: str, amount: int, member_token: str, ttl_seconds: int, reason: str,
-                      ref: str, key: str) -> str:
-        request = points_pb2.ReserveRequest(member_id=member_id, amount=amount, ttl_seconds=ttl_seconds,
-                                            reason=reason, source_service="shop", source_ref=ref,
-                                            idempotency_key=key)
+    async def reserve(
+        self, *, member_id: str, amount: int, member_token: str, ttl_seconds: int, reason: str, ref: str, key: str
+    ) -> str:
+        request = points_pb2.ReserveRequest(
+            member_id=member_id,
+            amount=amount,
+            ttl_seconds=ttl_seconds,
+            reason=reason,
+            source_service="shop",
+            source_ref=ref,
+            idempotency_key=key,
+        )
         md = await self._metadata(member_token)
         response = await _call("points", lambda: self._stub.Reserve(request, metadata=md, timeout=self._timeout))
         return str(response.reservation_id)
@@ -123,8 +130,17 @@ class PaymentsClient:
             raise Unavailable("the shop has no client secret (KIZUNA_CLIENT_SECRET) to call fintech")
         return call_metadata(await self._tokens.token(FINTECH_SCOPE), member_token)
 
-    async def authorize(self, *, member_id: str, amount_minor: int, currency: str, merchant_id: str,
-                        merchant_name: str, key: str, member_token: str) -> Authorization:
+    async def authorize(
+        self,
+        *,
+        member_id: str,
+        amount_minor: int,
+        currency: str,
+        merchant_id: str,
+        merchant_name: str,
+        key: str,
+        member_token: str,
+    ) -> Authorization:
         """Hold the card; fintech needs the member's own token (fintech:pay) as their consent."""
         request = fintech_pb2.AuthorizeRequest(
             member_id=member_id,

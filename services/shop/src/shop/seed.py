@@ -25,35 +25,76 @@ def _p(title: str, description: str, price: int, stock: int, category: str, seed
 
 
 DEMO: dict[str, tuple[str, list[ProductDraft]]] = {
-    "Sakura Tea House": ("Green teas and tea ware from Shizuoka.", [
-        _p("Sencha, first flush (100 g)", "Bright, grassy first-harvest green tea.", 1800, 40, "food", "sencha"),
-        _p("Matcha, ceremonial grade (30 g)", "Stone-ground matcha for usucha and koicha.", 3200, 25, "food", "matcha"),
-        _p("Hojicha roasted tea (200 g)", "Roasted green tea, low in caffeine.", 1200, 60, "food", "hojicha"),
-        _p("Genmaicha with matcha (200 g)", "Green tea with toasted brown rice.", 980, 80, "food", "genmaicha"),
-        _p("Tokoname kyusu teapot", "Red clay side-handle teapot with a fine mesh.", 6800, 8, "kitchen", "kyusu"),
-        _p("Bamboo matcha whisk (chasen)", "Hand-carved 80-prong whisk from Nara.", 2400, 30, "kitchen", "chasen"),
-        _p("Hasami porcelain tea cups (set of 2)", "Stackable, dishwasher-safe cups.", 3300, 20, "kitchen",
-           "hasami"),
-    ]),
-    "Kumo Outdoor": ("Light gear for hiking and camping.", [
-        _p("Ultralight down jacket", "800-fill down, packs into its own pocket.", 19800, 12, "outdoor", "jacket"),
-        _p("Titanium camping mug 450 ml", "Single-wall titanium mug with folding handles.", 3900, 30, "outdoor",
-           "mug"),
-        _p("Trekking poles (pair)", "Carbon, three sections, cork grips.", 12800, 15, "outdoor", "poles"),
-        _p("Cast iron skillet 26 cm", "Pre-seasoned skillet for stove and campfire.", 5400, 20, "kitchen", "skillet"),
-        _p("Tenugui hiking towel", "Quick-drying cotton towel printed in Kyoto.", 1100, 50, "outdoor", "tenugui"),
-        _p("Two-person dome tent", "1.6 kg, double wall, 20-minute pitch.", 34800, 6, "outdoor", "tent"),
-        _p("Headlamp 400 lm (USB-C)", "Rechargeable, red night mode, IPX4.", 4980, 25, "outdoor", "headlamp"),
-    ]),
-    "Akari Books & Stationery": ("Notebooks, pens and books for slow afternoons.", [
-        _p("A5 dot-grid notebook", "Tomoe River paper, 368 pages, lies flat.", 2750, 40, "stationery", "notebook"),
-        _p("Fountain pen, fine nib", "Resin body, steel nib, converter included.", 3850, 18, "stationery", "pen"),
-        _p("Washi tape set (10 rolls)", "Seasonal patterns from a Gifu mill.", 1650, 60, "stationery", "washi"),
-        _p("Japanese home cooking (book)", "120 everyday recipes, in English.", 3080, 14, "books", "cookbook"),
-        _p("Haiku for every season (book)", "A bilingual anthology with notes.", 1980, 22, "books", "haiku"),
-        _p("Furoshiki wrapping cloth 70 cm", "Cotton, reversible, wraps gifts and bottles.", 2200, 35, "home",
-           "furoshiki"),
-    ]),
+    "Sakura Tea House": (
+        "Green teas and tea ware from Shizuoka.",
+        [
+            _p("Sencha, first flush (100 g)", "Bright, grassy first-harvest green tea.", 1800, 40, "food", "sencha"),
+            _p(
+                "Matcha, ceremonial grade (30 g)",
+                "Stone-ground matcha for usucha and koicha.",
+                3200,
+                25,
+                "food",
+                "matcha",
+            ),
+            _p("Hojicha roasted tea (200 g)", "Roasted green tea, low in caffeine.", 1200, 60, "food", "hojicha"),
+            _p("Genmaicha with matcha (200 g)", "Green tea with toasted brown rice.", 980, 80, "food", "genmaicha"),
+            _p("Tokoname kyusu teapot", "Red clay side-handle teapot with a fine mesh.", 6800, 8, "kitchen", "kyusu"),
+            _p("Bamboo matcha whisk (chasen)", "Hand-carved 80-prong whisk from Nara.", 2400, 30, "kitchen", "chasen"),
+            _p(
+                "Hasami porcelain tea cups (set of 2)",
+                "Stackable, dishwasher-safe cups.",
+                3300,
+                20,
+                "kitchen",
+                "hasami",
+            ),
+        ],
+    ),
+    "Kumo Outdoor": (
+        "Light gear for hiking and camping.",
+        [
+            _p("Ultralight down jacket", "800-fill down, packs into its own pocket.", 19800, 12, "outdoor", "jacket"),
+            _p(
+                "Titanium camping mug 450 ml",
+                "Single-wall titanium mug with folding handles.",
+                3900,
+                30,
+                "outdoor",
+                "mug",
+            ),
+            _p("Trekking poles (pair)", "Carbon, three sections, cork grips.", 12800, 15, "outdoor", "poles"),
+            _p(
+                "Cast iron skillet 26 cm",
+                "Pre-seasoned skillet for stove and campfire.",
+                5400,
+                20,
+                "kitchen",
+                "skillet",
+            ),
+            _p("Tenugui hiking towel", "Quick-drying cotton towel printed in Kyoto.", 1100, 50, "outdoor", "tenugui"),
+            _p("Two-person dome tent", "1.6 kg, double wall, 20-minute pitch.", 34800, 6, "outdoor", "tent"),
+            _p("Headlamp 400 lm (USB-C)", "Rechargeable, red night mode, IPX4.", 4980, 25, "outdoor", "headlamp"),
+        ],
+    ),
+    "Akari Books & Stationery": (
+        "Notebooks, pens and books for slow afternoons.",
+        [
+            _p("A5 dot-grid notebook", "Tomoe River paper, 368 pages, lies flat.", 2750, 40, "stationery", "notebook"),
+            _p("Fountain pen, fine nib", "Resin body, steel nib, converter included.", 3850, 18, "stationery", "pen"),
+            _p("Washi tape set (10 rolls)", "Seasonal patterns from a Gifu mill.", 1650, 60, "stationery", "washi"),
+            _p("Japanese home cooking (book)", "120 everyday recipes, in English.", 3080, 14, "books", "cookbook"),
+            _p("Haiku for every season (book)", "A bilingual anthology with notes.", 1980, 22, "books", "haiku"),
+            _p(
+                "Furoshiki wrapping cloth 70 cm",
+                "Cotton, reversible, wraps gifts and bottles.",
+                2200,
+                35,
+                "home",
+                "furoshiki",
+            ),
+        ],
+    ),
 }
 
 

@@ -38,9 +38,11 @@ class Settings(ServiceSettings):
     @model_validator(mode="after")
     def _ship_before_holds_lapse(self) -> "Settings":
         if not 0 < self.ship_by_days * 86_400 < self.points_hold_seconds:
-            raise ValueError(f"SHIP_BY_DAYS ({self.ship_by_days}) must be positive and shorter than "
-                             f"POINTS_HOLD_SECONDS ({self.points_hold_seconds} s), or shipping would find the points "
-                             "hold lapsed")
+            raise ValueError(
+                f"SHIP_BY_DAYS ({self.ship_by_days}) must be positive and shorter than "
+                f"POINTS_HOLD_SECONDS ({self.points_hold_seconds} s), or shipping would find the points "
+                "hold lapsed"
+            )
         return self
 
     @field_validator("shop_admins", mode="before")

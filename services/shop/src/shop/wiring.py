@@ -35,9 +35,14 @@ def shop_of(runtime: Runtime[Any]) -> Shop:
         clock = RuntimeClock(runtime)
         points = PointsClient(s.points_addr, runtime.service_tokens, s.peer_timeout_seconds)
         payments = PaymentsClient(s.fintech_addr, runtime.service_tokens, s.peer_timeout_seconds)
-        runtime.state["shop"] = Shop(runtime, clock, points, payments,
-                                     CheckoutSaga(runtime.db, points, payments, s, clock),
-                                     OrderLifecycle(runtime.db, points, payments, s, clock))
+        runtime.state["shop"] = Shop(
+            runtime,
+            clock,
+            points,
+            payments,
+            CheckoutSaga(runtime.db, points, payments, s, clock),
+            OrderLifecycle(runtime.db, points, payments, s, clock),
+        )
     shop: Shop = runtime.state["shop"]
     return shop
 

@@ -126,6 +126,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("shop_order_line", "shop_order", "shop_checkout", "shop_cart_item", "shop_campaign",
-                  "shop_product", "shop_merchant_staff", "shop_merchant"):
+    for table in (
+        "shop_order_line",
+        "shop_order",
+        "shop_checkout",
+        "shop_cart_item",
+        "shop_campaign",
+        "shop_product",
+        "shop_merchant_staff",
+        "shop_merchant",
+    ):
         op.drop_table(table)
