@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from kizuna.kit.errors import FailedPrecondition
 from points.ledger import (
     LIMITED_TIME,
@@ -126,3 +128,24 @@ def test_points_coming_back_repay_debt_first_but_not_from_expired_lots() -> None
     returns = [(1, 30, NOW - DAY), (2, 50, NOW + DAY), (3, 20, NOW + DAY)]
     assert repay_debt_first(returns, 60, NOW) == ([(1, 30), (2, 0), (3, 10)], 60)
     assert repay_debt_first(returns, 0, NOW) == ([(1, 30), (2, 50), (3, 20)], 0)
+
+
+@given(
+    earned=st.integers(0, 10_000),
+    purchase=st.integers(1, 1_000_000),
+    cuts=st.lists(st.integers(0, 1_000_000), max_size=6),
+)
+def test_refunds_of_the_whole_purchase_take_back_exactly_what_it_earned(
+    earned: int, purchase: int, cuts: list[int]
+) -> None:
+    # Any split of the purchase into refunds: each takes back its due, never more than earned in all.
+    refunded_so_far = sorted({min(c, purchase) for c in cuts} | {purchase})
+    taken = 0
+    refunded_before = 0
+    for refunded in refunded_so_far:
+        share = refund_take_back(earned, taken, refunded, purchase)
+        assert share >= 0
+        assert share <= proportion(earned, refunded - refunded_before, purchase) + 1  # at most rounding
+        taken += share
+        refunded_before = refunded
+    assert taken == earned

@@ -299,7 +299,7 @@ async def test_entries_are_paged_newest_first_with_explanations(points: Points) 
     assert second.page_info.next_page_token == ""
 
 
-async def test_expiry_job_and_stamps(points: Points) -> None:
+async def test_a_fixed_expiry_date_must_be_in_the_future_and_the_expiry_pass_keeps_it(points: Points) -> None:
     # A credit's expires_at in the past is refused; a regular credit may carry a fixed date.
     await points.register("m")
     past = stamp(points.clock.now() - DAY)
@@ -308,7 +308,15 @@ async def test_expiry_job_and_stamps(points: Points) -> None:
     )
     assert await status_of(points.stub.Credit(request, metadata=points.auth())) == grpc.StatusCode.INVALID_ARGUMENT
     await points.credit("m", 5, expires_at=points.clock.now() + DAY)
+    await points.credit("m", 7)  # rolling regular points: a later earn does not move the fixed date
     assert (await points.balance("m")).expiring_soon.amount == 5
+    assert await run_expiry(points.runtime.db, points.clock.now()) == 0  # nothing due yet
+    points.clock.advance(2 * DAY)
+    assert await run_expiry(points.runtime.db, points.clock.now()) == 1
+    [expiry, *_] = (await points.entries("m")).entries
+    assert (expiry.kind, expiry.amount, expiry.explanation) == (pb.ENTRY_KIND_EXPIRY, -5, "5 regular points expired")
+    balance = await points.balance("m")
+    assert (balance.total, balance.expiring_soon.amount) == (7, 7)
 
 
 async def _claw_back(points: Points, ref: str) -> pb.ClawbackResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +16,7 @@ from kizuna.kit.errors import DomainError
 from kizuna.points.v1 import points_pb2 as pb
 from points import audit, store
 from points.expiry import run_expiry
-from points.ledger import LIMITED_TIME, REGULAR, Clock
+from points.ledger import LIMITED_TIME, REGULAR, Campaign, Clock, EarnRules
 from points.service import service
 from points.store import Ledger, Member
 
@@ -24,6 +25,7 @@ _migrated: set[str] = set()
 
 operation = st.one_of(
     st.tuples(st.just("credit"), st.sampled_from(MEMBERS), st.integers(1, 100), st.booleans()),
+    st.tuples(st.just("earn"), st.sampled_from(MEMBERS), st.integers(1, 30_000)),
     st.tuples(st.just("reserve"), st.sampled_from(MEMBERS), st.integers(1, 120), st.integers(1, 3)),
     st.tuples(st.just("capture"), st.integers(0, 9), st.integers(0, 60)),
     st.tuples(st.just("void"), st.integers(0, 9)),
@@ -41,6 +43,10 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
     db = Database(database_url)
     clock = Clock()
     ledger = Ledger(db, None, clock)
+    start = clock.now()
+    # Small caps so that random purchases reach them; a campaign whose limited-time points expire.
+    campaign = Campaign("test", "*", start, start + timedelta(days=10), start + timedelta(days=15), 100, 3)
+    rules = EarnRules(cap_per_transaction=150, cap_per_month=400, campaigns=(campaign,))
     members = {m: f"{m}-{uuid.uuid4().hex[:8]}" for m in MEMBERS}
     reservations: list[str] = []
     credits: list[str] = []
@@ -83,6 +89,29 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                         response_type=pb.CreditResponse,
                     )
                     credits.append(done.entry_id)
+                elif name == "earn":
+                    request = pb.EarnRequest(member_id=members[op[1]], idempotency_key=uuid.uuid4().hex)
+                    request.purchase.amount_minor, request.purchase.currency = op[2], "JPY"
+                    earned = await ledger.execute(
+                        caller="shop",
+                        key=request.idempotency_key,
+                        operation="earn",
+                        request=request,
+                        member=Member(request.member_id),
+                        response_type=pb.EarnResponse,
+                        effect=partial(
+                            store.earn,
+                            member_id=request.member_id,
+                            amount_minor=op[2],
+                            currency="JPY",
+                            service="shop",
+                            source_ref="",
+                            key=request.idempotency_key,
+                            rules=rules,
+                            regular_expiry_months=1,
+                        ),
+                    )
+                    credits += [e for e in (earned.entry_id, earned.bonus_entry_id) if e]
                 elif name == "reserve":
                     request = pb.ReserveRequest(
                         member_id=members[op[1]],
@@ -151,7 +180,7 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
         await db.dispose()
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=st.lists(operation, min_size=1, max_size=14))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(operation, min_size=1, max_size=20))
 def test_random_operations_keep_every_invariant(database_url: str, ops: list[tuple[Any, ...]]) -> None:
     asyncio.run(run(database_url, ops))
