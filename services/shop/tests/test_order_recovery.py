@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import grpc
+from kizuna.kit.auth import call_metadata
 from kizuna.kit.clock import FrozenClock
 from kizuna.kit.testing import wait_until
+from kizuna.shop.v1 import shop_pb2, shop_pb2_grpc
 from shop_peers import PaymentsPeer, PointsPeer
 from shop_support import ShopApi, shop_events
 
@@ -62,6 +65,12 @@ async def test_a_shipment_cut_short_by_a_card_outage_is_finished_by_the_job_with
     assert (await _order(api, order))["status"] == "shipping"
     refused = await api.call("POST", f"/api/orders/{order}/cancel", BUYER)
     assert refused.status_code == 409 and "it is being shipped" in refused.json()["message"], refused.text
+    # The gRPC contract has no in-between status: other services still read it as paid.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{api.runtime.grpc_port}") as channel:
+        got = await shop_pb2_grpc.ShopServiceStub(channel).GetOrder(
+            shop_pb2.GetOrderRequest(order_id=order), metadata=call_metadata(api.token(BUYER)), timeout=5
+        )
+    assert got.order.status == shop_pb2.ORDER_STATUS_PAID
     assert await api.shop.orders.recover_stuck() == 0  # not stuck yet: a retry may be under way
     payments_peer.down = set()
     _stuck_long_enough(api, clock)

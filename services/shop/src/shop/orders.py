@@ -64,6 +64,14 @@ class WrongStatus(FailedPrecondition):
     """The order is not in a status the requested change starts from."""
 
 
+class NotShipped(FailedPrecondition):
+    """A hold could not be captured, so the order was cancelled instead of shipped."""
+
+
+class RefundFailed(FailedPrecondition):
+    """A peer refused the refund; the order is `refund_failed`."""
+
+
 # A peer's answer that a hold or payment is settled for good (lapsed, voided, unknown, nothing
 # left): retrying with the same key gets the same answer, so the transition cannot finish.
 _FINAL = (FailedPrecondition, NotFound)
@@ -212,7 +220,7 @@ class OrderLifecycle:
             problem = f"Could not be shipped ({exc.message}): cancelled, the points and the card payment returned."
             await self._record(order, SHIPPING, status=CANCELLING, problem=problem)
             await self._finish_cancelling(order)
-            raise FailedPrecondition(
+            raise NotShipped(
                 f"order {order.id} could not be shipped ({exc.message}); it is cancelled and "
                 "the member's points and card payment are returned"
             ) from exc
@@ -261,7 +269,7 @@ class OrderLifecycle:
             await self._record(
                 order, REFUNDING, status=REFUND_FAILED, problem=problem, refund_attempt=order.refund_attempt + 1
             )
-            raise FailedPrecondition(
+            raise RefundFailed(
                 f"the refund of order {order.id} failed ({exc.message}); refund it again once "
                 "that is resolved (what was already refunded is not refunded twice)"
             ) from exc
@@ -353,8 +361,10 @@ class OrderLifecycle:
         for order in stuck:
             try:
                 await finish[order.status](order)
-            except (WrongStatus, FailedPrecondition) as exc:  # finished elsewhere, or moved where it shows
-                log.warning("stuck order settled otherwise", extra={"order_id": order.id, "problem": exc.message})
+            except WrongStatus:
+                pass  # finished meanwhile by a retry of the same action
+            except (NotShipped, RefundFailed) as exc:  # cannot finish: the order now shows why
+                log.warning("stuck order could not be finished", extra={"order_id": order.id, "problem": exc.message})
             except DomainError:
                 log.exception("could not finish a stuck order; retrying next round", extra={"order_id": order.id})
         return len(stuck)
