@@ -234,3 +234,50 @@ async def test_grpc_calls_need_a_verified_token(nats_url: str, test_issuer: Test
             good = test_issuer.service_token("shop", "x")
             reply = await stub.GetMember(request, metadata=call_metadata(good), timeout=5)
             assert reply.member.member_id == "m"
+
+
+async def test_routes_answer_503_until_the_service_is_ready(nats_url: str, tmp_path: Path) -> None:
+    await reset_streams(nats_url, "DEMO")
+    in_start, release, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def slow_start(_runtime: Runtime[ServiceSettings]) -> None:
+        in_start.set()
+        await release.wait()
+
+    starting = Service(
+        name="demo",
+        settings=ServiceSettings,
+        http=router,
+        migrations_dir=TESTS / "demo" / "migrations",
+        on_start=[slow_start],
+        verify_tokens=False,
+    )
+    settings = demo_settings(nats_url, f"sqlite+aiosqlite:///{tmp_path / 'd.db'}", http_port=free_port())
+
+    async def run() -> None:
+        async with starting.running(settings):
+            await finished.wait()
+
+    task = asyncio.create_task(run())
+    try:
+        await asyncio.wait_for(in_start.wait(), 30)
+        base = f"http://127.0.0.1:{settings.http_port}"
+        async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+            early = await client.post("/notes", json={"text": "too early"})
+            assert early.status_code == 503
+            assert early.headers["retry-after"] == "1"
+            assert early.json()["error"] == "starting"
+            assert (await client.get("/healthz")).status_code == 200
+            assert (await client.get("/readyz")).status_code == 503
+            release.set()
+            ready = await wait_until(lambda: _status(client, "/readyz", 200), timeout=30)
+            assert ready
+            assert (await client.post("/notes", json={"text": "now"})).status_code == 200
+    finally:
+        release.set()
+        finished.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def _status(client: httpx.AsyncClient, path: str, status: int) -> bool:
+    return (await client.get(path)).status_code == status

@@ -374,6 +374,7 @@ class Service(Generic[S]):
         """The FastAPI app: health endpoints, error mapping, tracing, and the service's routes."""
         app = FastAPI(title=f"Kizuna {self.name}", version="1")
         app.state.runtime = runtime
+        app.add_middleware(StartingGate, runtime=runtime)
         app.add_middleware(TracingMiddleware, service=self.name)
 
         @app.exception_handler(DomainError)
@@ -428,6 +429,31 @@ class Service(Generic[S]):
             except Exception as exc:
                 checks[label] = f"error: {type(exc).__name__}"
         return checks
+
+
+class StartingGate:
+    """Until the service is ready, every route but the probes answers 503 with Retry-After.
+
+    The HTTP socket is bound first (so a busy port fails fast and probes answer at once), but the
+    routes' state (a provider, a client, a cache) only exists once the start hooks have run.
+    """
+
+    PROBES = frozenset({"/healthz", "/readyz"})
+
+    def __init__(self, app: Any, runtime: Runtime[Any]) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or self.runtime.ready or self.runtime.stopping or scope["path"] in self.PROBES:
+            await self.app(scope, receive, send)
+            return
+        response = JSONResponse(
+            {"error": "starting", "message": f"{self.runtime.name} is starting; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+        await response(scope, receive, send)
 
 
 async def check_jwks(runtime: Runtime[Any]) -> None:
