@@ -281,3 +281,16 @@ async def test_routes_answer_503_until_the_service_is_ready(nats_url: str, tmp_p
 
 async def _status(client: httpx.AsyncClient, path: str, status: int) -> bool:
     return (await client.get(path)).status_code == status
+
+
+async def test_grpc_reflection_lists_the_services_without_a_token(demo: Runtime[ServiceSettings]) -> None:
+    """Operators' tools (grpcurl, grpc_health_probe) discover a server's API by reflection."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{demo.grpc_port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        names: set[str] = set()
+        async for reply in stub.ServerReflectionInfo(iter([request]), timeout=5):
+            names |= {s.name for s in reply.list_services_response.service}
+    assert {"kizuna.identity.v1.IdentityService", "grpc.health.v1.Health"} <= names
