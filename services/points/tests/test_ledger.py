@@ -17,6 +17,7 @@ from points.ledger import (
     LotState,
     add_months,
     allocate,
+    money_paid_minor,
     plan_clawback,
     plan_credit,
     plan_refund,
@@ -149,3 +150,9 @@ def test_refunds_of_the_whole_purchase_take_back_exactly_what_it_earned(
         taken += share
         refunded_before = refunded
     assert taken == earned
+
+
+def test_points_used_pay_one_currency_unit_each_and_are_not_money_paid() -> None:
+    assert money_paid_minor(30_000, "JPY", 10_000) == 20_000
+    assert money_paid_minor(5_000, "USD", 20) == 3_000  # $50.00 less 20 points ($20.00)
+    assert money_paid_minor(1_000, "JPY", 2_000) == 0

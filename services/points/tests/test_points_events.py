@@ -15,6 +15,7 @@ from kizuna.identity.v1 import events_pb2 as identity
 from kizuna.points.v1 import events_pb2 as points_events
 from kizuna.points.v1 import points_pb2
 from kizuna.shop.v1 import events_pb2 as shop
+from kizuna.travel.v1 import events_pb2 as travel
 from nats.js.api import ConsumerConfig
 from pointskit import Points, key
 
@@ -333,3 +334,15 @@ async def test_cancel_or_refund_of_a_purchase_that_earned_nothing_is_acknowledge
     assert await _ledger_events(nats_url, "points.ledger.clawed_back") == []
     balance = await points.balance("m")
     assert (balance.total, balance.debt, balance.earning) == (0, 0, 100)
+
+
+async def test_a_booking_paid_partly_with_points_earns_on_the_money_paid(points: Points, nats_url: str) -> None:
+    await points.register("m")
+    booking = {"booking_id": "b1", "member_id": "m", "total": yen(30_000), "points_used": 10_000}
+    await emit(nats_url, "travel.booking.confirmed", travel.BookingConfirmed(**booking))
+    # 1% of the 20,000 paid by card; the 10,000 paid in points earn nothing.
+    assert await wait_until(lambda: _eq(lambda: _earning(points), 200))
+    await emit(nats_url, "travel.booking.completed", travel.BookingCompleted(**booking))
+    assert await wait_until(lambda: _eq(lambda: _total(points), 200))
+    [earned] = (await points.entries("m")).entries
+    assert (earned.source_service, earned.source_ref, earned.amount) == ("travel", "b1", 200)

@@ -80,7 +80,10 @@ def _purchase(event: Event) -> tuple[str, Purchase]:
         ]
         # Earn on the money paid by card, not on the points used: a refund's money then claws
         # back its full share (refunding all the money takes back everything the order earned).
-        paid = msg.card_amount.amount_minor if msg.HasField("card_amount") else msg.total.amount_minor - msg.points_used
+        if msg.HasField("card_amount"):
+            paid = msg.card_amount.amount_minor
+        else:
+            paid = ledger.money_paid_minor(msg.total.amount_minor, msg.total.currency, msg.points_used)
         return step, Purchase(
             "shop",
             msg.order_id,
@@ -100,7 +103,9 @@ def _purchase(event: Event) -> tuple[str, Purchase]:
             }[name]
         )
         step = {"confirmed": "pending", "completed": "grant", "cancelled": "cancel"}[name]
-        return step, Purchase("travel", msg.booking_id, msg.member_id, msg.total.amount_minor, msg.total.currency)
+        # Bookings carry the total and the points used on it: they earn on the rest, the money paid.
+        paid = ledger.money_paid_minor(msg.total.amount_minor, msg.total.currency, msg.points_used)
+        return step, Purchase("travel", msg.booking_id, msg.member_id, paid, msg.total.currency)
     if s == "fintech.card_purchase.posted":
         msg = event.parse(fintech.CardPurchasePosted)
         return "posted", Purchase(

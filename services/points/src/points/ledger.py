@@ -174,6 +174,11 @@ def currency_units(amount_minor: int, currency: str) -> int:
     return amount_minor // 10 ** CURRENCY_EXPONENT.get(currency.upper(), 0)
 
 
+def money_paid_minor(total_minor: int, currency: str, points_used: int) -> int:
+    """The part of a total paid in money: each point used paid one currency unit (and earns nothing)."""
+    return max(total_minor - points_used * 10 ** CURRENCY_EXPONENT.get(currency.upper(), 0), 0)
+
+
 @dataclass(frozen=True)
 class Campaign:
     """Extra points for purchases at `service` ("*": any) between starts_at and ends_at, paid as
