@@ -1,5 +1,6 @@
 """identity benchmarks (not a test): token endpoint client_credentials throughput and p99, full
-authorization code + PKCE flow p95, and access tokens verified per second by the kit's verifier.
+authorization code + PKCE flow p95, password sign-ins per second (argon2id), and access tokens
+verified per second by the kit's verifier.
 
     .venv/bin/python bench/identity_bench.py [--requests 1000] [--concurrency 16] [--flows 100]
 
@@ -22,6 +23,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "services" / "identity" / "tests"))
 
+from identity.settings import Settings
 from identity_support import (
     SVC_SECRET,
     WEB_REDIRECT,
@@ -30,6 +32,7 @@ from identity_support import (
     identity_settings,
     pkce_pair,
     running_identity,
+    sign_in,
     sign_up,
 )
 from kizuna.kit.auth import TokenVerifier
@@ -100,6 +103,32 @@ async def code_flows(idp: _Issuer, flows: int) -> None:
     )
 
 
+async def password_sign_ins(idp: _Issuer, total: int, concurrency: int) -> None:
+    """Sign-in form posts (GET the form for its CSRF token, POST the password) from fresh browsers."""
+    async with idp.browser() as setup:
+        await sign_up(setup, "signin-bench@example.com")
+    latencies: list[float] = []
+    queue = iter(range(total))
+    failed = 0
+
+    async def worker() -> None:
+        nonlocal failed
+        for _ in queue:
+            async with idp.browser() as browser:
+                start = time.perf_counter()
+                response = await sign_in(browser, "signin-bench@example.com")
+                latencies.append(time.perf_counter() - start)
+                failed += response.status_code not in (302, 303)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - began
+    print(
+        f"password sign-in (form + argon2id verify, {concurrency} concurrent): {total / elapsed:.1f} sign-ins/s, "
+        f"p50 {pct(latencies, 0.5):.0f} ms, p99 {pct(latencies, 0.99):.0f} ms  (n={total}, failed {failed})"
+    )
+
+
 async def verification(issuer: str, count: int) -> None:
     async with httpx.AsyncClient() as http:
         token = (
@@ -123,6 +152,8 @@ async def client(args: argparse.Namespace) -> None:
     """The load, from its own process: one phase at a time so the server's CPU can be attributed."""
     if args.phase == "tokens":
         await client_credentials(args.client, args.requests, args.concurrency)
+    elif args.phase == "signins":
+        await password_sign_ins(_Issuer(args.client), args.signins, 4)
     else:
         await code_flows(_Issuer(args.client), args.flows)
         await verification(args.client, args.verifications)
@@ -144,6 +175,8 @@ async def load_process(issuer: str, phase: str, args: argparse.Namespace) -> Non
         str(args.flows),
         "--verifications",
         str(args.verifications),
+        "--signins",
+        str(args.signins),
     )
     if await child.wait() != 0:
         raise SystemExit("the load process failed")
@@ -155,8 +188,9 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--flows", type=int, default=100)
     parser.add_argument("--verifications", type=int, default=5000)
+    parser.add_argument("--signins", type=int, default=60)
     parser.add_argument("--client", metavar="ISSUER", help="run only the load against ISSUER (the child process)")
-    parser.add_argument("--phase", choices=["tokens", "flows"], default="tokens")
+    parser.add_argument("--phase", choices=["tokens", "signins", "flows"], default="tokens")
     args = parser.parse_args()
     if args.client:
         await client(args)
@@ -166,9 +200,14 @@ async def main() -> None:
         nats_server = NatsServer(free_port(), data / "nats").start()
         try:
             url = os.environ.get("DATABASE_URL") or f"sqlite+aiosqlite:///{data / 'identity.db'}"
-            settings = identity_settings(nats_server.url, url, data, log_level="WARNING")
+            # The production password cost (the test helpers lower it to keep the suite fast).
+            cost = {k: v.default for k, v in Settings.model_fields.items() if k.startswith("identity_argon2_")}
+            settings = identity_settings(nats_server.url, url, data, log_level="WARNING", **cost)
             async with running_identity(settings) as idp:
-                print(f"identity at {idp.issuer}, database {url.split(':')[0]}, {os.cpu_count()} CPUs", flush=True)
+                print(
+                    f"identity at {idp.issuer}, database {url.split(':')[0]}, {os.cpu_count()} CPUs, argon2id {cost}",
+                    flush=True,
+                )
                 # CPU this (server) process spends per grant: robust on a busy machine, unlike tokens/s.
                 cpu = time.process_time()
                 await load_process(idp.issuer, "tokens", args)
@@ -176,6 +215,14 @@ async def main() -> None:
                 print(
                     f"  server CPU per client_credentials grant: {per_grant:.2f} ms "
                     f"(= {1000 / per_grant:.0f} grants/s per fully used vCPU)",
+                    flush=True,
+                )
+                cpu = time.process_time()
+                await load_process(idp.issuer, "signins", args)
+                per_sign_in = (time.process_time() - cpu) / (args.signins + 1) * 1000
+                print(
+                    f"  server CPU per password sign-in: {per_sign_in:.1f} ms "
+                    f"(= {1000 / per_sign_in:.0f} sign-ins/s per fully used vCPU)",
                     flush=True,
                 )
                 await load_process(idp.issuer, "flows", args)
