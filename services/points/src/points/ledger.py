@@ -170,13 +170,18 @@ CURRENCY_EXPONENT = {"JPY": 0, "KRW": 0, "USD": 2, "EUR": 2, "GBP": 2}
 SERVICE_LABELS = {"shop": "shop", "travel": "travel", "fintech": "card"}
 
 
+def minor_per_unit(currency: str) -> int:
+    exponent: int = CURRENCY_EXPONENT.get(currency.upper(), 0)
+    return int(10**exponent)
+
+
 def currency_units(amount_minor: int, currency: str) -> int:
-    return amount_minor // 10 ** CURRENCY_EXPONENT.get(currency.upper(), 0)
+    return amount_minor // minor_per_unit(currency)
 
 
 def money_paid_minor(total_minor: int, currency: str, points_used: int) -> int:
     """The part of a total paid in money: each point used paid one currency unit (and earns nothing)."""
-    return max(total_minor - points_used * 10 ** CURRENCY_EXPONENT.get(currency.upper(), 0), 0)
+    return max(total_minor - points_used * minor_per_unit(currency), 0)
 
 
 @dataclass(frozen=True)
