@@ -1361,14 +1361,3 @@ async def grant(
         )
         response.bonus_entry_id, response.balance_after = done.entry_id, done.balance_after
     return response
-
-
-async def earning_pending(session: AsyncSession, member_id: str) -> int:
-    total = (
-        await session.exec(
-            select(func.sum(PendingEarn.regular + PendingEarn.bonus)).where(
-                PendingEarn.member_id == member_id, PendingEarn.status == "pending"
-            )
-        )
-    ).first()
-    return int(total or 0)
