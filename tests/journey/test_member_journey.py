@@ -238,7 +238,13 @@ def test_one_member_across_the_ecosystem(ecosystem: Ecosystem, browser, steps: S
     with steps.step("every service's header shows the balance the ledger holds"):
         ledger = ledger_balance(ecosystem, member_id)
         assert ledger > 0
-        for service, path in (("identity", "/account"), ("points", "/"), ("shop", "/"), ("travel", "/"), ("fintech", "/")):
+        for service, path in (
+            ("identity", "/account"),
+            ("points", "/"),
+            ("shop", "/"),
+            ("travel", "/"),
+            ("fintech", "/"),
+        ):
             page.goto(ecosystem.url(service, path))
             assert header_points(page) == ledger, service
 
