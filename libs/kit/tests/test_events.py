@@ -189,3 +189,35 @@ async def test_poison_message_goes_to_dead_letter_while_later_events_flow(
 
 async def _equals(fn, expected):  # type: ignore[no-untyped-def]
     return (await fn()) == expected
+
+
+async def test_an_event_staged_in_a_savepoint_is_published_when_the_transaction_commits(
+    nats_url: str, database_url: str
+) -> None:
+    """The relay is woken by the outermost commit, not by releasing a savepoint inside it."""
+    await reset_streams(nats_url, "DEMO")
+    await asyncio.to_thread(migrations.upgrade, database_url, DEMO_MIGRATIONS)
+    db = Database(database_url)
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_stream(js, "demo")
+    # The safety-net poll is far away: only a wake-up on commit publishes in time.
+    relay = OutboxRelay(db, js, source="kizuna/demo", poll_seconds=60)
+    running = asyncio.create_task(relay.run())
+    try:
+        await asyncio.sleep(0.2)  # the relay's first (empty) flush is done; it now waits
+        async with db.transaction() as session:
+            async with session.begin_nested():
+                await write_note(session, "inside a savepoint")
+            session.add(DemoNote(text="after the savepoint"))
+            await asyncio.sleep(0.5)  # a relay woken too early has flushed (nothing) by now
+
+        async def published() -> int:
+            return (await js.stream_info("DEMO")).state.messages
+
+        assert await wait_until(published, timeout=5) == 1
+    finally:
+        relay.stop()
+        await running
+        await nc.close()
+        await db.dispose()

@@ -122,8 +122,13 @@ def publish(
 _commit_listeners: list[Callable[[], None]] = []
 
 
+# Both events also fire when a savepoint (begin_nested) is released or rolled back; only the
+# outermost transaction's end decides whether the staged rows exist. (A savepoint's rollback may
+# leave the flag set for rows it took with it: one harmless extra wake.)
 @sa_event.listens_for(Session, "after_commit")
 def _wake_relays(session: Session) -> None:
+    if session.in_nested_transaction():
+        return
     if session.info.pop("kizuna_outbox_staged", False):
         for wake in list(_commit_listeners):
             wake()
@@ -131,7 +136,8 @@ def _wake_relays(session: Session) -> None:
 
 @sa_event.listens_for(Session, "after_rollback")
 def _forget_staged(session: Session) -> None:
-    session.info.pop("kizuna_outbox_staged", None)
+    if not session.in_nested_transaction():
+        session.info.pop("kizuna_outbox_staged", None)
 
 
 def stream_name_for(subject: str) -> str:
