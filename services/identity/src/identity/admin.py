@@ -7,7 +7,6 @@ import asyncio
 import json
 from pathlib import Path
 
-from kizuna.kit import migrations
 from kizuna.kit.db import Database, utcnow
 
 from identity.clients import ClientSpec, upsert
@@ -19,6 +18,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def _migrate(settings: Settings) -> None:
     """Commands may run before the service ever started; the schema must exist (blocking)."""
+    from kizuna.kit import migrations  # not at import: the serving process never needs Alembic
+
     migrations.upgrade(settings.database_url_for("identity"), MIGRATIONS)
 
 

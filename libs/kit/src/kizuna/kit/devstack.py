@@ -223,7 +223,40 @@ class Stack:
             for line in result.stdout.splitlines():
                 print(f"  {ep.name:<9} {line}")
 
-    def start_services(self) -> None:
+    def migrate(self) -> float:
+        """Migrate every database first, each in a process of its own (as Kubernetes' init containers
+        do): the serving processes then never load Alembic, about 10 MB less each."""
+        start = time.monotonic()
+        self.prepare_envs()
+        running: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+        try:
+            for ep in self.endpoints:
+                log_path = self.logs / f"{ep.name}-migrate.log"
+                with log_path.open("wb") as log:
+                    process = subprocess.Popen(
+                        [sys.executable, "-m", ep.name, "migrate"],
+                        env=self.envs[ep.name],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                        preexec_fn=_die_with_parent,
+                    )
+                running.append((ep.name, process, log_path))
+            failed = [(name, path) for name, process, path in running if process.wait(timeout=120) != 0]
+        finally:
+            for _name, process, _path in running:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        if failed:
+            name, path = failed[0]
+            raise SystemExit(f"migrating {name} failed; last lines of {path}:\n{path.read_text()[-2000:]}")
+        return time.monotonic() - start
+
+    def prepare_envs(self) -> None:
+        if self.envs:
+            return
         issuer = self.endpoints[0].url if self.endpoints and self.endpoints[0].name == "identity" else ""
         peers = {f"{ep.name.upper()}_ADDR": f"127.0.0.1:{ep.grpc_port}" for ep in self.endpoints}
         client_secrets = self.client_secrets()
@@ -243,9 +276,15 @@ class Stack:
                 "HTTP_PORT": str(ep.http_port),
                 "GRPC_PORT": str(ep.grpc_port),
                 "PUBLIC_URL": ep.url,
+                # migrate() ran before; a serving process then never imports Alembic.
+                "MIGRATE_ON_START": "false",
             }
             self.envs[ep.name] = env
-            self._spawn(ep.name, [sys.executable, "-m", ep.name], env)
+
+    def start_services(self) -> None:
+        self.prepare_envs()
+        for ep in self.endpoints:
+            self._spawn(ep.name, [sys.executable, "-m", ep.name], self.envs[ep.name])
 
     def wait_ready(self, timeout: float) -> float:
         start = time.monotonic()
@@ -344,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack.check_ports()
         stack.start_nats()
+        print(f"  migrated {len(stack.endpoints)} databases in {stack.migrate():.1f}s", flush=True)
         stack.start_services()
         elapsed = stack.wait_ready(args.timeout)
         print(f"  all {len(stack.endpoints)} services ready in {elapsed:.1f}s")
