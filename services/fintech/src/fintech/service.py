@@ -1,13 +1,12 @@
 """The fintech service: card payments for the ecosystem (gRPC PaymentsService), the card, bank
 and securities for members (REST + pages), partner merchants (REST), events through the outbox."""
 
-import asyncio
 import json
 from typing import Any
 
 from fastapi import APIRouter
 from kizuna.fintech.v1 import fintech_pb2_grpc
-from kizuna.kit.db import Database
+from kizuna.kit.db import run_in_session
 from kizuna.kit.privacy import Privacy
 from kizuna.kit.service import Runtime, Service
 
@@ -23,16 +22,7 @@ async def close_points_channel(runtime: Runtime[Any]) -> None:
 
 def audit_command(settings: Settings, _args: list[str]) -> int:
     """`python -m fintech audit`: check the money ledger's invariants; exit 1 if any is broken."""
-
-    async def run() -> ledger.AuditReport:
-        db = Database(settings.database_url_for("fintech"))
-        try:
-            async with db.sessions() as session:
-                return await ledger.audit(session)
-        finally:
-            await db.dispose()
-
-    report = asyncio.run(run())
+    report = run_in_session(settings.database_url_for("fintech"), ledger.audit)
     print(json.dumps(report.as_dict(), indent=2))
     return 0 if report.ok else 1
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
-from kizuna.kit.db import Database
+from kizuna.kit.db import run_in_session
 from kizuna.kit.service import Service
 from kizuna.points.v1 import points_pb2_grpc
 
@@ -16,16 +15,7 @@ from points.settings import Settings
 
 def audit_command(settings: Settings, _args: list[str]) -> int:
     """`python -m points audit`: check the ledger's invariants; exit 1 if any is broken."""
-
-    async def run() -> audit.AuditReport:
-        db = Database(settings.database_url_for("points"))
-        try:
-            async with db.sessions() as session:
-                return await audit.audit(session)
-        finally:
-            await db.dispose()
-
-    report = asyncio.run(run())
+    report = run_in_session(settings.database_url_for("points"), audit.audit)
     print(json.dumps(report.as_dict(), indent=2))
     return 0 if report.ok else 1
 

@@ -7,10 +7,11 @@ domain code takes row locks (`SELECT ... FOR UPDATE`) where it needs them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from sqlalchemy import event, text
@@ -103,3 +104,21 @@ async def _session_dependency(request: Request) -> AsyncIterator[AsyncSession]:
 
 SessionDep = Annotated[AsyncSession, Depends(_session_dependency)]
 """A database session for a FastAPI route; the route commits what it means to keep."""
+
+
+T = TypeVar("T")
+
+
+def run_in_session(database_url: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run `work` in one session on an engine of its own, then dispose of it (for one-shot CLI
+    commands such as `python -m points audit`; blocking)."""
+
+    async def run() -> T:
+        db = Database(database_url)
+        try:
+            async with db.sessions() as session:
+                return await work(session)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
