@@ -219,7 +219,7 @@ async def test_paying_more_points_than_the_member_has_changes_nothing(
         fintech, points, nats_url, bank=9_000, points_balance=500, spend=8_000
     )
     resp = await _pay(fintech, member, statement_id, 1_000, 7_000)
-    assert resp.status_code == 409 and "points service" in resp.json()["message"]
+    assert resp.status_code == 409 and resp.json()["message"].startswith("points: insufficient points")
     assert (await points.balance(member)).total == points_total
     assert await fintech.bank_balance(member) == 9_000
     for bank, pts in ((-1, 100), (0, 0), (9_000, 0)):  # negative, zero, more than due
@@ -289,18 +289,18 @@ class FaultyPoints(PointsClient):
     happens at points but its answer is lost, or the void never reaches points."""
 
     def __init__(self, runtime: Any, fail: str) -> None:
-        super().__init__(runtime)
+        super().__init__(runtime.settings.points_addr, runtime.service_tokens, service="fintech")
         self.fail = fail
 
-    async def capture(self, reservation_id: str, key: str) -> int:
-        captured = await super().capture(reservation_id, key)
+    async def capture(self, reservation_id: str, key: str, amount: int = 0) -> Any:
+        captured = await super().capture(reservation_id, key, amount)
         if self.fail == "capture-answer-lost":
-            raise Unavailable("points service: deadline exceeded")
+            raise Unavailable("points: deadline exceeded")
         return captured
 
     async def void(self, reservation_id: str, key: str) -> int:
         if self.fail == "void-unreachable":
-            raise Unavailable("points service: connection refused")
+            raise Unavailable("points: connection refused")
         return await super().void(reservation_id, key)
 
 

@@ -209,7 +209,7 @@ async def advance(
                 reservation = await points_client.reserve(
                     member_id=payment.member_id,
                     member_token=member_token,
-                    points=payment.points,
+                    amount=payment.points,
                     reason=reason,
                     ref=payment.payment_id,
                     key=f"{payment.payment_id}-reserve",

@@ -26,13 +26,14 @@ from kizuna.common.v1.common_pb2 import Money
 from kizuna.kit.clock import Clock
 from kizuna.kit.db import Database
 from kizuna.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from kizuna.kit.points import PointsClient
 from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shop.models import Order, OrderLine, Product
 from shop.order_events import publish_order
-from shop.peers import PaymentsClient, PointsClient
+from shop.peers import PaymentsClient
 from shop.settings import Settings
 
 log = logging.getLogger("shop.orders")
@@ -211,7 +212,7 @@ class OrderLifecycle:
     async def _finish_shipping(self, order: Order) -> Order:
         try:
             if order.reservation_id and not order.points_capture_entry_id:
-                entry_id = await self.points.capture(order.reservation_id, f"{order.id}:capture-points")
+                entry_id = (await self.points.capture(order.reservation_id, f"{order.id}:capture-points")).entry_id
                 await self._record(order, SHIPPING, points_capture_entry_id=entry_id)
             if order.authorization_id and not order.card_capture_id:
                 capture_id = await self.payments.capture(order.authorization_id, f"{order.id}:capture-card")
@@ -241,7 +242,7 @@ class OrderLifecycle:
         if order.reservation_id:
             if order.points_capture_entry_id:
                 await self.points.refund(
-                    order.reservation_id, f"Order {order.id} could not be shipped", f"{order.id}:return-points"
+                    order.reservation_id, f"{order.id}:return-points", reason=f"Order {order.id} could not be shipped"
                 )
             else:
                 await self.points.void(order.reservation_id, f"{order.id}:void-points")
@@ -258,7 +259,7 @@ class OrderLifecycle:
         try:
             if order.reservation_id and order.points_refunded is None:
                 points = await self.points.refund(
-                    order.reservation_id, f"Order {order.id} refunded", f"{order.id}:refund-points{attempt}"
+                    order.reservation_id, f"{order.id}:refund-points{attempt}", reason=f"Order {order.id} refunded"
                 )
                 await self._record(order, REFUNDING, points_refunded=points)
             if order.authorization_id and order.card_refunded_minor is None:

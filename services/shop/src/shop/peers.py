@@ -1,8 +1,8 @@
-"""Thin gRPC adapters to the peers checkout needs: points (PointsService) and fintech (PaymentsService).
+"""The shop's card peer: fintech's PaymentsService (points is the kit's PointsClient).
 
-Every call carries the shop's service token (client credentials); Reserve also carries the member's
-own token, because only the member can let the shop spend their points. gRPC failures become the
-kit's domain errors with the peer named, so the caller sees why.
+Every call carries the shop's service token (client credentials); Authorize also carries the
+member's own token, because only the member can let the shop charge their card. gRPC failures
+become the kit's domain errors with the peer named, so the caller sees why.
 """
 
 from __future__ import annotations
@@ -15,30 +15,10 @@ import grpc
 from kizuna.common.v1 import common_pb2
 from kizuna.fintech.v1 import fintech_pb2, fintech_pb2_grpc
 from kizuna.kit.auth import ServiceTokenClient, call_metadata
-from kizuna.kit.errors import (
-    AlreadyExists,
-    DomainError,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    Unauthenticated,
-    Unavailable,
-)
-from kizuna.kit.rpc import client_channel
-from kizuna.points.v1 import points_pb2, points_pb2_grpc
+from kizuna.kit.errors import Unavailable
+from kizuna.kit.rpc import client_channel, peer_error
 
-POINTS_SCOPE = "points:spend points:read"
 FINTECH_SCOPE = "fintech:pay"
-
-_ERRORS: dict[grpc.StatusCode, type[DomainError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-}
 
 R = TypeVar("R")
 
@@ -47,8 +27,7 @@ async def _call(peer: str, call: Callable[[], Awaitable[R]]) -> R:
     try:
         return await call()
     except grpc.aio.AioRpcError as exc:
-        error = _ERRORS.get(exc.code(), Unavailable)
-        raise error(f"{peer}: {exc.details() or exc.code().name}") from exc
+        raise peer_error(peer, exc) from exc
 
 
 @dataclass(frozen=True)
@@ -56,64 +35,6 @@ class Authorization:
     authorization_id: str
     approved: bool
     decline_reason: str
-
-
-class PointsClient:
-    """The shop's side of PointsService."""
-
-    def __init__(self, address: str, tokens: ServiceTokenClient | None, timeout: float) -> None:
-        self._channel = client_channel(address, retry_services=["kizuna.points.v1.PointsService"])
-        self._stub = points_pb2_grpc.PointsServiceStub(self._channel)
-        self._tokens = tokens
-        self._timeout = timeout
-
-    async def _metadata(self, member_token: str | None = None) -> Any:
-        if self._tokens is None:
-            raise Unavailable("the shop has no client secret (KIZUNA_CLIENT_SECRET) to call points")
-        return call_metadata(await self._tokens.token(POINTS_SCOPE), member_token)
-
-    async def balance(self, member_id: str) -> int:
-        request = points_pb2.GetBalanceRequest(member_id=member_id)
-        md = await self._metadata()
-        response = await _call("points", lambda: self._stub.GetBalance(request, metadata=md, timeout=self._timeout))
-        return int(response.total)
-
-    async def reserve(
-        self, *, member_id: str, amount: int, member_token: str, ttl_seconds: int, reason: str, ref: str, key: str
-    ) -> str:
-        request = points_pb2.ReserveRequest(
-            member_id=member_id,
-            amount=amount,
-            ttl_seconds=ttl_seconds,
-            reason=reason,
-            source_service="shop",
-            source_ref=ref,
-            idempotency_key=key,
-        )
-        md = await self._metadata(member_token)
-        response = await _call("points", lambda: self._stub.Reserve(request, metadata=md, timeout=self._timeout))
-        return str(response.reservation_id)
-
-    async def capture(self, reservation_id: str, key: str) -> str:
-        request = points_pb2.CaptureRequest(reservation_id=reservation_id, idempotency_key=key)
-        md = await self._metadata()
-        response = await _call("points", lambda: self._stub.Capture(request, metadata=md, timeout=self._timeout))
-        return str(response.entry_id)
-
-    async def void(self, reservation_id: str, key: str) -> int:
-        request = points_pb2.VoidRequest(reservation_id=reservation_id, idempotency_key=key)
-        md = await self._metadata()
-        response = await _call("points", lambda: self._stub.Void(request, metadata=md, timeout=self._timeout))
-        return int(response.released)
-
-    async def refund(self, reservation_id: str, reason: str, key: str) -> int:
-        request = points_pb2.RefundRequest(reservation_id=reservation_id, reason=reason, idempotency_key=key)
-        md = await self._metadata()
-        response = await _call("points", lambda: self._stub.Refund(request, metadata=md, timeout=self._timeout))
-        return int(response.refunded)
-
-    async def close(self) -> None:
-        await self._channel.close()
 
 
 class PaymentsClient:

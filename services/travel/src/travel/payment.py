@@ -1,4 +1,4 @@
-"""Paying for a booking: points (PointsService) and card (PaymentsService) over gRPC.
+"""Paying for a booking: points (the kit's PointsClient) and card (PaymentsService) over gRPC.
 
 A thin adapter: each method is one RPC with travel's service token, a deadline and the saga's
 idempotency key, so every call may be retried. Peer errors become `PaymentError` with a reason
@@ -7,18 +7,20 @@ the member can read; anything else (a bug, the network) propagates.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 from kizuna.common.v1 import common_pb2
 from kizuna.fintech.v1 import fintech_pb2, fintech_pb2_grpc
 from kizuna.kit.auth import ServiceTokenClient, call_metadata
-from kizuna.kit.errors import Unavailable
+from kizuna.kit.errors import DomainError, Unavailable
+from kizuna.kit.points import PointsClient
 from kizuna.kit.rpc import client_channel
-from kizuna.points.v1 import points_pb2, points_pb2_grpc
 
-POINTS_SCOPE = "points:spend"
 CARD_SCOPE = "fintech:pay"
+T = TypeVar("T")
 MERCHANT = fintech_pb2.Merchant(merchant_id="kizuna-travel", name="KIZUNA TRAVEL")
 
 
@@ -44,15 +46,14 @@ def _money(amount_minor: int, currency: str) -> common_pb2.Money:
 
 class PaymentGateway:
     def __init__(self, points_addr: str, fintech_addr: str, tokens: ServiceTokenClient | None, timeout: float) -> None:
-        self._points_channel = client_channel(points_addr, retry_services=["kizuna.points.v1.PointsService"])
+        self.points = PointsClient(points_addr, tokens, service="travel", timeout=timeout)
         self._fintech_channel = client_channel(fintech_addr, retry_services=["kizuna.fintech.v1.PaymentsService"])
-        self.points = points_pb2_grpc.PointsServiceStub(self._points_channel)
         self.cards = fintech_pb2_grpc.PaymentsServiceStub(self._fintech_channel)
         self._tokens = tokens
         self.timeout = timeout
 
     async def close(self) -> None:
-        await self._points_channel.close()
+        await self.points.close()
         await self._fintech_channel.close()
 
     async def _metadata(self, scope: str, member_token: str | None = None) -> list[tuple[str, str]]:
@@ -67,42 +68,39 @@ class PaymentGateway:
             raise PaymentError(f"{what}: {exc.details() or exc.code().name}", exc.code()) from exc
 
     # ---- points -----------------------------------------------------------------------------
+    @staticmethod
+    async def _points(call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except DomainError as exc:
+            raise PaymentError(exc.message, exc.grpc_status) from exc
+
     async def reserve_points(
         self, *, member_id: str, amount: int, booking_id: str, reason: str, ttl_seconds: int, member_token: str
     ) -> str:
-        request = points_pb2.ReserveRequest(
-            member_id=member_id,
-            amount=amount,
-            ttl_seconds=ttl_seconds,
-            reason=reason,
-            source_service="travel",
-            source_ref=booking_id,
-            idempotency_key=f"{booking_id}:points-reserve",
+        return await self._points(
+            self.points.reserve(
+                member_id=member_id,
+                amount=amount,
+                member_token=member_token,
+                reason=reason,
+                ref=booking_id,
+                key=f"{booking_id}:points-reserve",
+                ttl_seconds=ttl_seconds,
+            )
         )
-        response = await self._call("points", self.points.Reserve, request, POINTS_SCOPE, member_token)
-        return str(response.reservation_id)
 
     async def capture_points(self, *, reservation_id: str, booking_id: str) -> None:
-        request = points_pb2.CaptureRequest(
-            reservation_id=reservation_id, idempotency_key=f"{booking_id}:points-capture"
-        )
-        await self._call("points", self.points.Capture, request, POINTS_SCOPE)
+        await self._points(self.points.capture(reservation_id, f"{booking_id}:points-capture"))
 
     async def void_points(self, *, reservation_id: str, booking_id: str) -> None:
-        request = points_pb2.VoidRequest(reservation_id=reservation_id, idempotency_key=f"{booking_id}:points-void")
-        await self._call("points", self.points.Void, request, POINTS_SCOPE)
+        await self._points(self.points.void(reservation_id, f"{booking_id}:points-void"))
 
     async def refund_points(
         self, *, reservation_id: str, amount: int, booking_id: str, purpose: str, reason: str
     ) -> int:
-        request = points_pb2.RefundRequest(
-            reservation_id=reservation_id,
-            amount=amount,
-            reason=reason,
-            idempotency_key=f"{booking_id}:points-refund-{purpose}",
-        )
-        response = await self._call("points", self.points.Refund, request, POINTS_SCOPE)
-        return int(response.refunded)
+        key = f"{booking_id}:points-refund-{purpose}"
+        return await self._points(self.points.refund(reservation_id, key, amount=amount, reason=reason))
 
     # ---- card -------------------------------------------------------------------------------
     async def authorize_card(

@@ -12,7 +12,16 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from kizuna.kit.errors import DomainError
+from kizuna.kit.errors import (
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 from kizuna.kit.telemetry import extract_context, inject_headers, rpc_duration, tracer
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -177,3 +186,17 @@ def client_channel(address: str, *, retry_services: Sequence[str] = ()) -> grpc.
         interceptors=[_ClientTracing()],
         options=[("grpc.service_config", _service_config(retry_services)), ("grpc.enable_retries", 1)],
     )
+
+
+# A peer's refusal, as the domain error that would have produced it on the peer's side; anything
+# else (deadline, connection, internal) is the peer being unavailable.
+_PEER_ERRORS: dict[grpc.StatusCode, type[DomainError]] = {
+    cls.grpc_status: cls
+    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Unauthenticated, PermissionDenied)
+}
+
+
+def peer_error(peer: str, exc: grpc.aio.AioRpcError) -> DomainError:
+    """The domain error for a failed call to `peer`, its message naming the peer."""
+    error = _PEER_ERRORS.get(exc.code(), Unavailable)
+    return error(f"{peer}: {exc.details() or exc.code().name}")
