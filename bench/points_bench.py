@@ -89,12 +89,67 @@ COMMIT;
 """
 
 
-def pgbench(url: str, seconds: int) -> None:
+# One Reserve then its Capture (two transactions, as the two RPCs are), statement for statement
+# what points runs for a one-lot reservation: the locking read (wallet + due flags + idempotency
+# record), the live lots, the reservation, the lot, the hold, the entry and its postings, the
+# wallet, the idempotency record and the outbox row; then the capture's reads and writes.
+PGBENCH_RESERVE_CAPTURE = """
+\\set m random(1, 1000)
+BEGIN;
+SELECT w.available, EXISTS (SELECT 1 FROM points_reservation r WHERE r.member_id = w.member_id
+    AND r.status = 'open' AND r.expires_at <= now()) AS due_r,
+  EXISTS (SELECT 1 FROM points_lot l WHERE l.member_id = w.member_id AND l.remaining > 0
+    AND l.expires_at <= now()) AS due_l, i.operation
+  FROM points_wallet w LEFT JOIN points_idempotency i ON i.caller = 'pgbench' AND i.key = md5(random()::text)
+  WHERE w.member_id = 'bench-' || :m FOR UPDATE OF w;
+SELECT id, kind, remaining, expires_at FROM points_lot
+  WHERE member_id = 'bench-' || :m AND remaining > 0 AND expires_at > now();
+INSERT INTO points_reservation (reservation_id, member_id, caller, amount, status, reason, source_service,
+  source_ref, captured, refunded, created_at, expires_at) VALUES (md5(random()::text), 'bench-' || :m,
+  'pgbench', 1, 'open', 'bench', 'shop', '', 0, 0, now(), now() + interval '15 minutes') RETURNING id AS rsv \\gset
+UPDATE points_lot SET remaining = remaining - 1 WHERE id = (SELECT id FROM points_lot
+  WHERE member_id = 'bench-' || :m AND remaining > 0 AND expires_at > now() ORDER BY expires_at LIMIT 1)
+  RETURNING id AS lot \\gset
+INSERT INTO points_hold (reservation_pk, lot_id, seq, amount, captured, refunded) VALUES (:rsv, :lot, 0, 1, 0, 0);
+INSERT INTO points_entry (entry_id, member_id, kind, amount, explanation, source_service, source_ref, created_at)
+  VALUES (md5(random()::text), 'bench-' || :m, 'hold', 0, 'bench', 'shop', '', now()) RETURNING id AS e1 \\gset
+INSERT INTO points_posting (entry_pk, account, amount) VALUES (:e1, 'member:bench-' || :m || ':available', -1),
+  (:e1, 'member:bench-' || :m || ':held', 1);
+UPDATE points_wallet SET available = available - 1, held = held + 1 WHERE member_id = 'bench-' || :m;
+INSERT INTO points_idempotency (caller, key, operation, request_hash, response, created_at)
+  VALUES ('pgbench', md5(random()::text), 'reserve', md5(random()::text), 'x', now());
+INSERT INTO kit_outbox (event_id, subject, payload, headers, created_at)
+  VALUES (md5(random()::text), 'points.ledger.reserved', 'x', '{}', now());
+COMMIT;
+BEGIN;
+SELECT w.available, i.operation FROM points_wallet w
+  LEFT JOIN points_idempotency i ON i.caller = 'pgbench' AND i.key = md5(random()::text)
+  WHERE w.member_id = (SELECT member_id FROM points_reservation WHERE id = :rsv) FOR UPDATE OF w;
+SELECT * FROM points_reservation WHERE id = :rsv;
+SELECT h.lot_id, h.amount, l.expires_at FROM points_hold h JOIN points_lot l ON l.id = h.lot_id
+  WHERE h.reservation_pk = :rsv ORDER BY h.seq;
+UPDATE points_hold SET captured = 1 WHERE reservation_pk = :rsv AND lot_id = :lot;
+INSERT INTO points_entry (entry_id, member_id, kind, amount, explanation, source_service, source_ref, created_at)
+  VALUES (md5(random()::text), 'bench-' || :m, 'spend', -1, 'bench', 'shop', '', now()) RETURNING id AS e2 \\gset
+INSERT INTO points_posting (entry_pk, account, amount) VALUES (:e2, 'member:bench-' || :m || ':held', -1),
+  (:e2, 'redeemed:shop', 1);
+UPDATE points_reservation SET status = 'captured', captured = 1, capture_entry_id = md5(random()::text)
+  WHERE id = :rsv;
+UPDATE points_wallet SET held = held - 1 WHERE member_id = 'bench-' || :m;
+INSERT INTO points_idempotency (caller, key, operation, request_hash, response, created_at)
+  VALUES ('pgbench', md5(random()::text), 'capture', md5(random()::text), 'x', now());
+INSERT INTO kit_outbox (event_id, subject, payload, headers, created_at)
+  VALUES (md5(random()::text), 'points.ledger.captured', 'x', '{}', now());
+COMMIT;
+"""
+
+
+def pgbench(url: str, seconds: int, label: str, sql: str) -> None:
     if not shutil.which("pgbench"):
         print("pgbench not found; skipped")
         return
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
-        script.write(PGBENCH_CREDIT)
+        script.write(sql)
     out = subprocess.run(
         ["pgbench", "-n", "-c", str(CLIENTS), "-j", "2", "-T", str(seconds), "-r", "-f", script.name, url],
         capture_output=True,
@@ -102,10 +157,14 @@ def pgbench(url: str, seconds: int) -> None:
     )
     tps = re.search(r"tps = ([\d.]+)", out.stdout)
     lat = re.search(r"latency average = ([\d.]+) ms", out.stdout)
+    failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
     print(
-        f"{'pgbench same Credit SQL':<28} {float(tps.group(1)) if tps else float('nan'):8.0f} tx/s   "
-        f"avg {lat.group(1) if lat else '?'} ms (pgbench reports no p99 without -l)"
+        f"{label:<34} {float(tps.group(1)) if tps else float('nan'):8.0f} tx/s   "
+        f"avg {lat.group(1) if lat else '?'} ms, failed {failed.group(1) if failed else '?'} "
+        "(pgbench reports no p99 without -l)"
     )
+    if not tps:
+        print(out.stdout[-2000:], out.stderr[-2000:])
     Path(script.name).unlink()
 
 
@@ -226,7 +285,8 @@ async def main() -> None:
         if "reserve" in only:
             await drive("Reserve+Capture (gRPC)", args.seconds, reserve_capture)
         if "pgbench" in only:
-            pgbench(url, int(args.seconds))
+            pgbench(url, int(args.seconds), "pgbench, same Credit SQL", PGBENCH_CREDIT)
+            pgbench(url, int(args.seconds), "pgbench, same Reserve+Capture SQL", PGBENCH_RESERVE_CAPTURE)
         if "reads" not in only:
             return
 
