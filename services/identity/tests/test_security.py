@@ -3,6 +3,7 @@ token rotation and binding, token checks at a resource server, CSRF, throttling,
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from datetime import timedelta
@@ -399,3 +400,19 @@ async def test_account_deletion_password_is_throttled_like_sign_in(idp_sqlite: I
     )
     assert blocked.status_code == 429
     assert (await browser.get("/account")).status_code == 200  # still there, still signed in
+
+
+async def test_parallel_guesses_cannot_slip_under_the_throttle(idp: Idp) -> None:
+    """Twenty wrong passwords at once for one account: no more are checked than the limit allows."""
+    browser = await signed_in(idp, "parallel@example.com")
+    guesses = [idp.browser() for _ in range(20)]
+    try:
+        answers = await asyncio.gather(*(sign_in(b, "parallel@example.com", "wrong password!") for b in guesses))
+    finally:
+        for b in guesses:
+            await b.aclose()
+    codes = sorted(a.status_code for a in answers)
+    limit = idp.runtime.settings.identity_signin_max_failures_account
+    assert codes.count(401) == limit, codes
+    assert codes.count(429) == 20 - limit, codes
+    assert (await sign_in(browser, "parallel@example.com")).status_code == 429

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from itsdangerous import BadSignature, URLSafeSerializer
 from kizuna.kit.db import UTCDateTime
 from opentelemetry import metrics
-from sqlalchemy import Boolean, Column, Integer, String, func
+from sqlalchemy import Boolean, Column, Integer, String, func, text
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -111,7 +111,14 @@ async def throttled(
     max_account: int,
     max_ip: int,
 ) -> bool:
-    """True when the account or the client address has failed too often within the window."""
+    """True when the account or the client address has failed too often within the window.
+
+    On PostgreSQL the caller's transaction first takes a lock per account and per address (held
+    until it ends), so parallel guesses are counted one after another and cannot all slip in
+    under the limit; SQLite's BEGIN IMMEDIATE already serialises them."""
+    if session.bind.dialect.name == "postgresql":
+        for key in (f"account:{account}", f"ip:{ip}"):  # always in this order: no deadlock
+            await session.exec(text("SELECT pg_advisory_xact_lock(hashtext(:key))").bindparams(key=key))  # type: ignore[call-overload]
     since = now - timedelta(seconds=window_seconds)
     failures = (
         select(func.count())
