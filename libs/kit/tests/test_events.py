@@ -221,3 +221,40 @@ async def test_an_event_staged_in_a_savepoint_is_published_when_the_transaction_
         await running
         await nc.close()
         await db.dispose()
+
+
+async def test_a_failing_handler_logs_json_carrying_the_events_trace(demo: Runtime[ServiceSettings]) -> None:
+    """An operator starts from the log line: it is JSON, names the consumer and the event, and its
+    trace_id is the trace of the request that published the event."""
+    import json
+    import logging
+
+    from kizuna.kit.logs import JsonFormatter
+
+    lines: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    capture = Capture()
+    capture.setFormatter(JsonFormatter("demo"))
+    logging.getLogger("kizuna.kit.events").addHandler(capture)
+    try:
+        traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{demo.http_port}") as client:
+            created = await client.post("/notes", json={"text": "poison-traced"}, headers={"traceparent": traceparent})
+        assert created.status_code == 200
+
+        async def failure_logged() -> list[dict]:  # type: ignore[type-arg]
+            entries = [json.loads(line) for line in lines]
+            return [e for e in entries if e["message"] == "event handler failed"]
+
+        [first, *_] = await wait_until(failure_logged, timeout=15)
+    finally:
+        logging.getLogger("kizuna.kit.events").removeHandler(capture)
+    assert first["level"] == "ERROR" and first["service"] == "demo"
+    assert first["consumer"] == "demo-effects" and first["event_id"] == created.json()["event_id"]
+    assert first["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert len(first["span_id"]) == 16
+    assert "cannot handle poison-traced" in first["exception"]
