@@ -249,9 +249,7 @@ class Service(Generic[S]):
         grpc_server: GrpcServer | None = None
         try:
             if settings.migrate_on_start:
-                from kizuna.kit import migrations
-
-                await asyncio.to_thread(migrations.upgrade, runtime.db.url, self.migrations_dir)
+                await asyncio.to_thread(self.migrate, settings)
             runtime.nc = await self._connect_nats(settings)
             runtime.js = runtime.nc.jetstream()
             await ensure_stream(runtime.js, self.name, replicas=settings.stream_replicas)
