@@ -11,6 +11,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from kizuna.kit.header import points_balance
+from kizuna.kit.points import READ_SCOPE
 
 from identity import pages
 
@@ -19,7 +20,7 @@ router = APIRouter(include_in_schema=False)
 # The client the header's token says it was issued to: identity itself, acting for the member.
 HEADER_CLIENT_ID = "identity"
 # points' GetBalance wants the member's own token with `points:read` (points.grpc_api._may_read).
-HEADER_SCOPE = "points:read"
+HEADER_SCOPE = READ_SCOPE
 HEADER_TOKEN_SECONDS = 60
 
 

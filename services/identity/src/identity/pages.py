@@ -206,32 +206,28 @@ async def signin(
     account = email.strip().lower()
     ip = client_ip(request)
     context = {"title": "Sign in", "next": next, "email": email}
-    async with provider.db.transaction() as session:
-        if await sessions.throttled(
-            session,
-            account=account,
-            ip=ip,
-            now=now,
-            window_seconds=settings.identity_signin_window_seconds,
-            max_account=settings.identity_signin_max_failures_account,
-            max_ip=settings.identity_signin_max_failures_ip,
-        ):
-            provider.sign_ins.record(sessions.SignInCounter.THROTTLED)
-            return render(
-                request,
-                "signin.html",
-                {**context, "error": "Too many failed attempts. Wait a few minutes, then try again."},
-                429,
-            )
+    attempt = await sessions.open_attempt(provider.db, account=account, ip=ip, now=now, **throttle_limits(settings))
+    if attempt is None:
+        provider.sign_ins.record(sessions.SignInCounter.THROTTLED)
+        return render(
+            request,
+            "signin.html",
+            {**context, "error": "Too many failed attempts. Wait a few minutes, then try again."},
+            429,
+        )
+    async with provider.db.sessions() as session:
         member = await members.by_email(session, account)
-        # argon2id costs tens of milliseconds of CPU: off the event loop (it releases the GIL), so
-        # other requests are served meanwhile and two sign-ins use both cores.
-        ok = await asyncio.to_thread(provider.passwords.verify, member.password_hash if member else None, password)
-        ok = ok and member is not None and member.status == members.ACTIVE
-        sessions.record_attempt(session, account=account, ip=ip, now=now, succeeded=ok)
-        if ok and member is not None and provider.passwords.needs_rehash(member.password_hash):
-            member.password_hash = provider.passwords.hash(password)
-            session.add(member)
+    # argon2id costs tens of milliseconds of CPU: off the event loop (it releases the GIL), so
+    # other requests are served meanwhile and two sign-ins use both cores.
+    ok = await asyncio.to_thread(provider.passwords.verify, member.password_hash if member else None, password)
+    ok = ok and member is not None and member.status == members.ACTIVE
+    if ok and member is not None:
+        async with provider.db.transaction() as session:
+            await sessions.attempt_succeeded(session, attempt)
+            if provider.passwords.needs_rehash(member.password_hash):
+                stored = await members.get(session, member.id)
+                stored.password_hash = provider.passwords.hash(password)
+                session.add(stored)
     if not ok or member is None:
         provider.sign_ins.record(sessions.SignInCounter.FAILURE)
         return render(request, "signin.html", {**context, "error": "The email or password is not correct."}, 401)
@@ -344,38 +340,37 @@ async def _account_change(request: Request, csrf: str, change: Any, done: str) -
     return render(request, "account.html", {**await _account_context(request, op), "notice": done})
 
 
-async def _password_throttled(request: Request, op: OpSession) -> Response | None:
+def throttle_limits(settings: Any) -> dict[str, int]:
+    return {
+        "window_seconds": settings.identity_signin_window_seconds,
+        "max_account": settings.identity_signin_max_failures_account,
+        "max_ip": settings.identity_signin_max_failures_ip,
+    }
+
+
+async def _password_attempt(request: Request, op: OpSession) -> Response | int:
     """The account center asks for the current password again in some forms; those checks are
-    throttled like sign-in, so a stolen session cookie does not become a password oracle."""
+    throttled like sign-in, so a stolen session cookie does not become a password oracle. Returns
+    the attempt (failed until the form succeeds), or the refusal page."""
     provider = provider_of(request)
-    settings = provider.settings
     async with provider.db.sessions() as session:
         account = (await members.get(session, op.member_id)).email
-        blocked = await sessions.throttled(
-            session,
-            account=account,
-            ip=client_ip(request),
-            now=provider.now(),
-            window_seconds=settings.identity_signin_window_seconds,
-            max_account=settings.identity_signin_max_failures_account,
-            max_ip=settings.identity_signin_max_failures_ip,
-        )
-    if not blocked:
-        return None
+    attempt = await sessions.open_attempt(
+        provider.db, account=account, ip=client_ip(request), now=provider.now(), **throttle_limits(provider.settings)
+    )
+    if attempt is not None:
+        return attempt
     context = await _account_context(request, op)
     error = "Too many failed attempts. Wait a few minutes, then try again."
     return render(request, "account.html", {**context, "error": error}, 429)
 
 
-async def _password_form_refused(request: Request, op: OpSession, exc: DomainError) -> Response:
-    """The account page with the reason; a wrong current password counts as a failed attempt."""
+async def _password_form_refused(request: Request, op: OpSession, exc: DomainError, attempt: int) -> Response:
+    """The account page with the reason; only a wrong current password counts as a failed attempt."""
     provider = provider_of(request)
-    if isinstance(exc, Unauthenticated):
+    if not isinstance(exc, Unauthenticated):
         async with provider.db.transaction() as session:
-            account = (await members.get(session, op.member_id)).email
-            sessions.record_attempt(
-                session, account=account, ip=client_ip(request), now=provider.now(), succeeded=False
-            )
+            await sessions.attempt_succeeded(session, attempt)
     return render(
         request, "account.html", {**await _account_context(request, op), "error": exc.message}, exc.http_status
     )
@@ -397,8 +392,9 @@ async def account_email(
     if not isinstance(op, OpSession):
         return op
     provider = provider_of(request)
-    if blocked := await _password_throttled(request, op):
-        return blocked
+    attempt = await _password_attempt(request, op)
+    if isinstance(attempt, Response):
+        return attempt
     changed = False
     try:
         async with provider.db.transaction() as session:
@@ -407,9 +403,10 @@ async def account_email(
             await members.change_email(
                 session, provider.passwords, member, new_email=email, password=password, now=provider.now()
             )
+            await sessions.attempt_succeeded(session, attempt)
             changed = member.email != before
     except DomainError as exc:
-        return await _password_form_refused(request, op, exc)
+        return await _password_form_refused(request, op, exc, attempt)
     if changed:  # after the commit
         provider.email.send(member)
     notice = "Your email address is changed. We sent a confirmation link to it."
@@ -453,8 +450,9 @@ async def account_password(
     if not isinstance(op, OpSession):
         return op
     provider = provider_of(request)
-    if blocked := await _password_throttled(request, op):
-        return blocked
+    attempt = await _password_attempt(request, op)
+    if isinstance(attempt, Response):
+        return attempt
     now = provider.now()
     try:
         async with provider.db.transaction() as session:
@@ -465,8 +463,9 @@ async def account_password(
             # Whoever else knew the old password (or holds a session or refresh token obtained
             # with it) is out: every other session ends and every grant outside this one is revoked.
             deliveries = await end_other_sessions_in(session, member.id, keep_sid=op.id, now=now)
+            await sessions.attempt_succeeded(session, attempt)
     except DomainError as exc:
-        return await _password_form_refused(request, op, exc)
+        return await _password_form_refused(request, op, exc, attempt)
     await backchannel.deliver_due(provider, deliveries)
     notice = "Your password is changed. You are signed out everywhere else."
     return render(request, "account.html", {**await _account_context(request, op), "notice": notice})
@@ -558,15 +557,17 @@ async def account_delete(
     if confirm != "yes":
         context = await _account_context(request, op)
         return render(request, "account.html", {**context, "error": "Tick the box to confirm the deletion."}, 400)
-    if blocked := await _password_throttled(request, op):
-        return blocked
+    attempt = await _password_attempt(request, op)
+    if isinstance(attempt, Response):
+        return attempt
     try:
         async with provider.db.transaction() as session:
             link, deliveries = await privacy.erase_member(
                 session, provider, op.member_id, password=password, now=provider.now()
             )
+            await sessions.attempt_succeeded(session, attempt)
     except DomainError as exc:
-        return await _password_form_refused(request, op, exc)
+        return await _password_form_refused(request, op, exc, attempt)
     await backchannel.deliver_due(provider, deliveries)
     response = RedirectResponse(f"/erasure/{link}?new=1", status_code=303)
     response.delete_cookie(sessions.COOKIE, path="/")

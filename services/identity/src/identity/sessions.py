@@ -10,9 +10,9 @@ import secrets
 from datetime import datetime, timedelta
 
 from itsdangerous import BadSignature, URLSafeSerializer
-from kizuna.kit.db import UTCDateTime
+from kizuna.kit.db import Database, UTCDateTime
 from opentelemetry import metrics
-from sqlalchemy import Boolean, Column, Integer, String, func, text
+from sqlalchemy import Boolean, Column, Integer, String, func, text, update
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -101,8 +101,8 @@ async def sessions_of(session: AsyncSession, member_id: str, now: datetime) -> l
 # ---- throttling ---------------------------------------------------------------------------
 
 
-async def throttled(
-    session: AsyncSession,
+async def open_attempt(
+    db: Database,
     *,
     account: str,
     ip: str,
@@ -110,33 +110,37 @@ async def throttled(
     window_seconds: int,
     max_account: int,
     max_ip: int,
-) -> bool:
-    """True when the account or the client address has failed too often within the window.
+) -> int | None:
+    """Start a password check: None when the account or the address failed too often within the
+    window, else the id of this attempt, recorded as failed until `attempt_succeeded` says otherwise.
 
-    On PostgreSQL the caller's transaction first takes a lock per account and per address (held
-    until it ends), so parallel guesses are counted one after another and cannot all slip in
-    under the limit; SQLite's BEGIN IMMEDIATE already serialises them."""
-    if session.bind.dialect.name == "postgresql":
-        for key in (f"account:{account}", f"ip:{ip}"):  # always in this order: no deadlock
-            await session.exec(text("SELECT pg_advisory_xact_lock(hashtext(:key))").bindparams(key=key))  # type: ignore[call-overload]
-    since = now - timedelta(seconds=window_seconds)
-    failures = (
-        select(func.count())
-        .select_from(SignInAttempt)
-        .where(
-            SignInAttempt.at > since,
-            SignInAttempt.succeeded == False,  # noqa: E712
+    Counting and recording happen in one short transaction, so parallel guesses are counted one
+    after another and cannot all slip in under the limit (PostgreSQL: a lock per account and per
+    address; SQLite: BEGIN IMMEDIATE). Nothing is held while the password itself is checked."""
+    async with db.transaction() as session:
+        if session.bind.dialect.name == "postgresql":
+            for key in (f"account:{account}", f"ip:{ip}"):  # always in this order: no deadlock
+                await session.exec(text("SELECT pg_advisory_xact_lock(hashtext(:key))").bindparams(key=key))  # type: ignore[call-overload]
+        since = now - timedelta(seconds=window_seconds)
+        failures = (
+            select(func.count())
+            .select_from(SignInAttempt)
+            .where(SignInAttempt.at > since, SignInAttempt.succeeded == False)  # noqa: E712
         )
-    )
-    by_account = (await session.exec(failures.where(SignInAttempt.account == account))).one()
-    if by_account >= max_account:
-        return True
-    by_ip = (await session.exec(failures.where(SignInAttempt.ip == ip))).one()
-    return by_ip >= max_ip
+        if (await session.exec(failures.where(SignInAttempt.account == account))).one() >= max_account:
+            return None
+        if (await session.exec(failures.where(SignInAttempt.ip == ip))).one() >= max_ip:
+            return None
+        attempt = SignInAttempt(account=account[:320], ip=ip[:64], at=now, succeeded=False)
+        session.add(attempt)
+        await session.flush()
+        assert attempt.id is not None
+        return attempt.id
 
 
-def record_attempt(session: AsyncSession, *, account: str, ip: str, now: datetime, succeeded: bool) -> None:
-    session.add(SignInAttempt(account=account[:320], ip=ip[:64], at=now, succeeded=succeeded))
+async def attempt_succeeded(session: AsyncSession, attempt_id: int) -> None:
+    """The password was right (or never shown wrong): the attempt no longer counts as a failure."""
+    await session.exec(update(SignInAttempt).where(col(SignInAttempt.id) == attempt_id).values(succeeded=True))  # type: ignore[call-overload]
 
 
 class SignInCounter:
