@@ -152,7 +152,6 @@ def test_refunds_of_the_whole_purchase_take_back_exactly_what_it_earned(
     assert taken == earned
 
 
-def test_points_used_pay_one_currency_unit_each_and_are_not_money_paid() -> None:
-    assert money_paid_minor(30_000, "JPY", 10_000) == 20_000
-    assert money_paid_minor(5_000, "USD", 20) == 3_000  # $50.00 less 20 points ($20.00)
-    assert money_paid_minor(1_000, "JPY", 2_000) == 0
+def test_points_used_are_not_money_paid() -> None:
+    assert money_paid_minor(30_000, 10_000) == 20_000
+    assert money_paid_minor(1_000, 2_000) == 0

@@ -83,7 +83,7 @@ def _purchase(event: Event) -> tuple[str, Purchase]:
         if msg.HasField("card_amount"):
             paid = msg.card_amount.amount_minor
         else:
-            paid = ledger.money_paid_minor(msg.total.amount_minor, msg.total.currency, msg.points_used)
+            paid = ledger.money_paid_minor(msg.total.amount_minor, msg.points_used)
         return step, Purchase(
             "shop",
             msg.order_id,
@@ -104,7 +104,7 @@ def _purchase(event: Event) -> tuple[str, Purchase]:
         )
         step = {"confirmed": "pending", "completed": "grant", "cancelled": "cancel"}[name]
         # Bookings carry the total and the points used on it: they earn on the rest, the money paid.
-        paid = ledger.money_paid_minor(msg.total.amount_minor, msg.total.currency, msg.points_used)
+        paid = ledger.money_paid_minor(msg.total.amount_minor, msg.points_used)
         return step, Purchase("travel", msg.booking_id, msg.member_id, paid, msg.total.currency)
     if s == "fintech.card_purchase.posted":
         msg = event.parse(fintech.CardPurchasePosted)

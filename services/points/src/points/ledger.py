@@ -179,9 +179,10 @@ def currency_units(amount_minor: int, currency: str) -> int:
     return amount_minor // minor_per_unit(currency)
 
 
-def money_paid_minor(total_minor: int, currency: str, points_used: int) -> int:
-    """The part of a total paid in money: each point used paid one currency unit (and earns nothing)."""
-    return max(total_minor - points_used * minor_per_unit(currency), 0)
+def money_paid_minor(total_minor: int, points_used: int) -> int:
+    """The part of a total paid in money, as the publishers split it (card = total - points used;
+    the points used earn nothing)."""
+    return max(total_minor - points_used, 0)
 
 
 @dataclass(frozen=True)
