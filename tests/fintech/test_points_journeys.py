@@ -15,11 +15,11 @@ import nats
 import pytest
 from fintech import payments, statements, sweeper
 from fintech.models import PointsPayment
-from fintech.points_client import PointsClient
 from kizuna.identity.v1 import events_pb2 as identity_events
 from kizuna.kit.auth import call_metadata
 from kizuna.kit.clock import FrozenClock
 from kizuna.kit.errors import FailedPrecondition, Unavailable
+from kizuna.kit.points import PointsClient
 from kizuna.kit.testing import ServiceProcess, TestIssuer, reset_streams, wait_until
 from kizuna.points.v1 import points_pb2, points_pb2_grpc
 from sqlmodel import select

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kizuna.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from kizuna.kit.points import PointsClient
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from ulid import ULID
@@ -29,7 +30,6 @@ from fintech import ledger
 from fintech.context import Fintech
 from fintech.idempotency import run_once
 from fintech.models import PointsPayment
-from fintech.points_client import PointsClient
 
 log = logging.getLogger("fintech.payments")
 

@@ -9,15 +9,11 @@ from typing import Any
 from kizuna.kit.points import PointsClient
 from kizuna.kit.service import Runtime
 
-__all__ = ["PointsClient", "points_client"]
-
-TIMEOUT = 10.0
-
 
 def points_client(runtime: Runtime[Any]) -> PointsClient:
     client = runtime.state.get("points_client")
     if client is None:
         client = runtime.state["points_client"] = PointsClient(
-            runtime.settings.points_addr, runtime.service_tokens, service="fintech", timeout=TIMEOUT
+            runtime.settings.points_addr, runtime.service_tokens, service="fintech"
         )
     return client  # type: ignore[no-any-return]

@@ -18,12 +18,13 @@ from datetime import timedelta
 from typing import Any
 
 from kizuna.kit.errors import DomainError, FailedPrecondition
+from kizuna.kit.points import PointsClient
 from sqlmodel import col, select
 
 from fintech import cards, payments, securities, statements
 from fintech.context import Fintech, fintech_of
 from fintech.models import PointsPayment
-from fintech.points_client import PointsClient, points_client
+from fintech.points_client import points_client
 
 log = logging.getLogger("fintech.sweeper")
 

@@ -217,6 +217,8 @@ class OrderLifecycle:
             if order.authorization_id and not order.card_capture_id:
                 capture_id = await self.payments.capture(order.authorization_id, f"{order.id}:capture-card")
                 await self._record(order, SHIPPING, card_capture_id=capture_id)
+        except WrongStatus:
+            raise  # the order moved on meanwhile (our own _record): not a peer's final answer
         except _FINAL as exc:
             problem = f"Could not be shipped ({exc.message}): cancelled, the points and the card payment returned."
             await self._record(order, SHIPPING, status=CANCELLING, problem=problem)
@@ -265,6 +267,8 @@ class OrderLifecycle:
             if order.authorization_id and order.card_refunded_minor is None:
                 minor = await self.payments.refund(order.authorization_id, f"{order.id}:refund-card{attempt}")
                 await self._record(order, REFUNDING, card_refunded_minor=minor)
+        except WrongStatus:
+            raise  # the order moved on meanwhile (our own _record): not a peer's final answer
         except _FINAL as exc:
             problem = f"The refund failed ({exc.message}); refund it again once that is resolved."
             await self._record(
