@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,15 +46,22 @@ def test_dockerignore_keeps_the_context_small() -> None:
 IMAGE_UID = 10001
 
 
+@pytest.fixture
+def image_root() -> Iterator[Path]:
+    """A root-owned tree the image user can read but not write (pytest's tmp_path is root-only)."""
+    if os.geteuid() != 0:
+        pytest.fail("running the image's steps as its user (setpriv, chown) needs root", pytrace=False)
+    root = Path(tempfile.mkdtemp(prefix="kizuna-image-"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.mark.parametrize("service", SERVICES)
-def test_image_build_steps_produce_a_runnable_service(service: str, tmp_path: Path) -> None:
+def test_image_build_steps_produce_a_runnable_service(service: str, tmp_path: Path, image_root: Path) -> None:
     uv = shutil.which("uv")
     if uv is None:
         pytest.fail("uv not found on PATH: `make install` installs it", pytrace=False)
-    # A root-owned tree the image user can read but not write (pytest's tmp_path is root-only),
-    # with one writable directory standing in for /tmp.
-    image_root = Path(tempfile.mkdtemp(prefix=f"kizuna-image-{service}-"))
-    image_root.chmod(0o755)
     context, venv, workdir = tmp_path / "src", image_root / "venv", image_root / "app"
     context.mkdir()
     workdir.mkdir()
@@ -84,21 +92,19 @@ def test_image_build_steps_produce_a_runnable_service(service: str, tmp_path: Pa
             steps += 1
     assert steps == 2, "dependencies layer, then the service"
 
-    try:
-        python = venv / "bin" / "python"
-        installed = run([python, "-c", f"import {service}, kizuna.kit; print({service}.__file__)"], cwd=workdir)
-        assert installed.returncode == 0, installed.stderr
-        assert str(venv) in installed.stdout, "installed into the venv, not from the source tree"
-        writable = image_root / "tmp"
-        writable.mkdir()
-        os.chown(writable, IMAGE_UID, IMAGE_UID)
-        # As the image runs it: its user, its environment, nothing writable but the data dir.
-        as_image_user = ["setpriv", f"--reuid={IMAGE_UID}", f"--regid={IMAGE_UID}", "--clear-groups"]
-        migrate = run([*as_image_user, python, "-m", service, "migrate"], cwd=workdir, env={
-            "PATH": os.environ["PATH"], "HOME": "/nonexistent", "NATS_URL": "nats://127.0.0.1:1",
-            "KIZUNA_ISSUER": "http://127.0.0.1:1", "KIZUNA_DATA_DIR": str(writable / "kizuna"),
-            "FINTECH_SANDBOX": "true", "PYTHONDONTWRITEBYTECODE": "1"}, timeout=120)
-        assert migrate.returncode == 0, migrate.stdout + migrate.stderr
-        assert (writable / "kizuna" / f"{service}.db").exists()
-    finally:
-        shutil.rmtree(image_root, ignore_errors=True)
+    python = venv / "bin" / "python"
+    installed = run([python, "-c", f"import {service}, kizuna.kit; print({service}.__file__)"], cwd=workdir)
+    assert installed.returncode == 0, installed.stderr
+    assert str(venv) in installed.stdout, "installed into the venv, not from the source tree"
+    writable = image_root / "tmp"
+    writable.mkdir()
+    os.chown(writable, IMAGE_UID, IMAGE_UID)
+    # As the image runs it: its user, its environment, nothing writable but the data dir.
+    as_image_user = ["setpriv", f"--reuid={IMAGE_UID}", f"--regid={IMAGE_UID}", "--clear-groups"]
+    migrate = run([*as_image_user, python, "-m", service, "migrate"], cwd=workdir, env={
+        "PATH": os.environ["PATH"], "HOME": "/nonexistent", "NATS_URL": "nats://127.0.0.1:1",
+        "KIZUNA_ISSUER": "http://127.0.0.1:1", "KIZUNA_DATA_DIR": str(writable / "kizuna"),
+        "FINTECH_SANDBOX": "true", "PYTHONDONTWRITEBYTECODE": "1"}, timeout=120)
+    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    assert (writable / "kizuna" / f"{service}.db").exists()
+
