@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from kizuna.common.v1 import options_pb2 as kizuna_dot_common_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fkizuna/identity/v1/events.proto\x12\x12kizuna.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ekizuna/common/v1/options.proto\"\x8e\x01\n\x10MemberRegistered\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x31\n\rregistered_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\x1e\x8a\xb5\x18\x1aidentity.member.registered\"\x87\x01\n\rMemberUpdated\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63hanged_fields\x18\x02 \x03(\t\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\x1b\x8a\xb5\x18\x17identity.member.updated\"\x84\x01\n\x16MemberErasureRequested\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x30\n\x0crequested_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:%\x8a\xb5\x18!identity.member.erasure_requested\"\x85\x01\n\x10\x45rasureCompleted\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x30\n\x0c\x63ompleted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\x1b\x8a\xb5\x18\x17{service}.member.erasedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fkizuna/identity/v1/events.proto\x12\x12kizuna.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ekizuna/common/v1/options.proto\"\x8e\x01\n\x10MemberRegistered\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x31\n\rregistered_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\x1e\x8a\xb5\x18\x1aidentity.member.registered\"\x87\x01\n\rMemberUpdated\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63hanged_fields\x18\x02 \x03(\t\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\x1b\x8a\xb5\x18\x17identity.member.updated\"\x84\x01\n\x16MemberErasureRequested\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x30\n\x0crequested_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:%\x8a\xb5\x18!identity.member.erasure_requested\"\x85\x01\n\x10\x45rasureCompleted\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x30\n\x0c\x63ompleted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\x1b\x8a\xb5\x18\x17{service}.member.erased\"\xf7\x01\n\rAccessRevoked\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0b\n\x03jti\x18\x03 \x01(\t\x12\x11\n\tmember_id\x18\x04 \x01(\t\x12\x13\n\x0bmember_wide\x18\x05 \x01(\x08\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x08 \x01(\t:\x1b\x8a\xb5\x18\x17identity.access.revokedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,6 +41,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEMBERERASUREREQUESTED']._serialized_options = b'\212\265\030!identity.member.erasure_requested'
   _globals['_ERASURECOMPLETED']._loaded_options = None
   _globals['_ERASURECOMPLETED']._serialized_options = b'\212\265\030\027{service}.member.erased'
+  _globals['_ACCESSREVOKED']._loaded_options = None
+  _globals['_ACCESSREVOKED']._serialized_options = b'\212\265\030\027identity.access.revoked'
   _globals['_MEMBERREGISTERED']._serialized_start=121
   _globals['_MEMBERREGISTERED']._serialized_end=263
   _globals['_MEMBERUPDATED']._serialized_start=266
@@ -49,4 +51,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEMBERERASUREREQUESTED']._serialized_end=536
   _globals['_ERASURECOMPLETED']._serialized_start=539
   _globals['_ERASURECOMPLETED']._serialized_end=672
+  _globals['_ACCESSREVOKED']._serialized_start=675
+  _globals['_ACCESSREVOKED']._serialized_end=922
 # @@protoc_insertion_point(module_scope)

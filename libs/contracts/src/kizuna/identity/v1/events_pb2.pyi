@@ -140,3 +140,59 @@ class ErasureCompleted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ErasureCompleted: _TypeAlias = ErasureCompleted  # noqa: Y015
+
+@_typing.final
+class AccessRevoked(_message.Message):
+    """Access ended before its tokens expire (a grant revoked, a session ended, a password changed,
+    a member erased, one access token revoked). Every service refuses the tokens it names from
+    then on until they would have expired; a service that starts reads the events of the last
+    access-token lifetime. Set fields name what is revoked; any token matching one is refused:
+    grant_id (every token of one authorization), session_id (every token issued under one
+    sign-in session), jti (one access token), member_id with member_wide (every token of the
+    member issued up to revoked_at).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    JTI_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_WIDE_FIELD_NUMBER: _builtins.int
+    REVOKED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    session_id: _builtins.str
+    jti: _builtins.str
+    member_id: _builtins.str
+    member_wide: _builtins.bool
+    reason: _builtins.str
+    """Why, in one word: "grant", "code_replay", "refresh_reuse", "sign_out", "password",
+    "erasure", "client_removed", "token".
+    """
+    @_builtins.property
+    def revoked_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """No token named here lives past this instant: the deny-list forgets the entry then."""
+
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        jti: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        member_wide: _builtins.bool = ...,
+        revoked_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "revoked_at", b"revoked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "grant_id", b"grant_id", "jti", b"jti", "member_id", b"member_id", "member_wide", b"member_wide", "reason", b"reason", "revoked_at", b"revoked_at", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessRevoked: _TypeAlias = AccessRevoked  # noqa: Y015
