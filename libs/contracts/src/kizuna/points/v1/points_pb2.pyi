@@ -730,3 +730,74 @@ class EarnResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EarnResponse: _TypeAlias = EarnResponse  # noqa: Y015
+
+@_typing.final
+class PreviewEarnRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    PURCHASE_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    service: _builtins.str
+    """The earning service, e.g. "shop"."""
+    @_builtins.property
+    def purchase(self) -> _common_pb2.Money:
+        """The money the member would pay (points used are not counted); amount_minor > 0."""
+
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        service: _builtins.str = ...,
+        purchase: _common_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["purchase", b"purchase"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "purchase", b"purchase", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewEarnRequest: _TypeAlias = PreviewEarnRequest  # noqa: Y015
+
+@_typing.final
+class PreviewEarnResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGULAR_FIELD_NUMBER: _builtins.int
+    BONUS_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    RATE_BP_FIELD_NUMBER: _builtins.int
+    EXPLANATION_FIELD_NUMBER: _builtins.int
+    BONUS_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    regular: _builtins.int
+    """Regular points the purchase would earn."""
+    bonus: _builtins.int
+    """Limited-time campaign points it would earn."""
+    total: _builtins.int
+    """regular + bonus."""
+    rate_bp: _builtins.int
+    """The earn rate, in basis points of the purchase (100 = 1%)."""
+    explanation: _builtins.str
+    """Why, as shown to the member, e.g. "1% base + 1% for using travel this month"."""
+    @_builtins.property
+    def bonus_expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the campaign points would expire; unset when bonus = 0."""
+
+    def __init__(
+        self,
+        *,
+        regular: _builtins.int = ...,
+        bonus: _builtins.int = ...,
+        total: _builtins.int = ...,
+        rate_bp: _builtins.int = ...,
+        explanation: _builtins.str = ...,
+        bonus_expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bonus_expires_at", b"bonus_expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bonus", b"bonus", "bonus_expires_at", b"bonus_expires_at", "explanation", b"explanation", "rate_bp", b"rate_bp", "regular", b"regular", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewEarnResponse: _TypeAlias = PreviewEarnResponse  # noqa: Y015

@@ -93,6 +93,11 @@ class PointsServiceStub:
                 request_serializer=kizuna_dot_points_dot_v1_dot_points__pb2.EarnRequest.SerializeToString,
                 response_deserializer=kizuna_dot_points_dot_v1_dot_points__pb2.EarnResponse.FromString,
                 _registered_method=True)
+        self.PreviewEarn = channel.unary_unary(
+                '/kizuna.points.v1.PointsService/PreviewEarn',
+                request_serializer=kizuna_dot_points_dot_v1_dot_points__pb2.PreviewEarnRequest.SerializeToString,
+                response_deserializer=kizuna_dot_points_dot_v1_dot_points__pb2.PreviewEarnResponse.FromString,
+                _registered_method=True)
 
 
 class PointsServiceServicer:
@@ -196,6 +201,16 @@ class PointsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PreviewEarn(self, request, context):
+        """What a purchase of `purchase` at `service` would earn this member now under the earn rules
+        (base rate, the multiplier for other services used this month, live campaigns, caps), with
+        the explanation a product page or checkout shows. Read-only: nothing is counted or credited.
+        INVALID_ARGUMENT if service is not an earner or the amount is out of range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PointsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -243,6 +258,11 @@ def add_PointsServiceServicer_to_server(servicer, server):
                     servicer.Earn,
                     request_deserializer=kizuna_dot_points_dot_v1_dot_points__pb2.EarnRequest.FromString,
                     response_serializer=kizuna_dot_points_dot_v1_dot_points__pb2.EarnResponse.SerializeToString,
+            ),
+            'PreviewEarn': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewEarn,
+                    request_deserializer=kizuna_dot_points_dot_v1_dot_points__pb2.PreviewEarnRequest.FromString,
+                    response_serializer=kizuna_dot_points_dot_v1_dot_points__pb2.PreviewEarnResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -502,6 +522,33 @@ class PointsService:
             '/kizuna.points.v1.PointsService/Earn',
             kizuna_dot_points_dot_v1_dot_points__pb2.EarnRequest.SerializeToString,
             kizuna_dot_points_dot_v1_dot_points__pb2.EarnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewEarn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kizuna.points.v1.PointsService/PreviewEarn',
+            kizuna_dot_points_dot_v1_dot_points__pb2.PreviewEarnRequest.SerializeToString,
+            kizuna_dot_points_dot_v1_dot_points__pb2.PreviewEarnResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -94,6 +94,12 @@ class PointsServiceStub:
     limited-time points) and the per-purchase and per-month caps. The calling service needs
     the same authorization as for Credit. earned = 0 (and no entry) when nothing is earned.
     """
+    PreviewEarn: _grpc.UnaryUnaryMultiCallable[_points_pb2.PreviewEarnRequest, _points_pb2.PreviewEarnResponse]
+    """What a purchase of `purchase` at `service` would earn this member now under the earn rules
+    (base rate, the multiplier for other services used this month, live campaigns, caps), with
+    the explanation a product page or checkout shows. Read-only: nothing is counted or credited.
+    INVALID_ARGUMENT if service is not an earner or the amount is out of range.
+    """
 
 @_typing.type_check_only
 class PointsServiceAsyncStub(PointsServiceStub):
@@ -160,6 +166,12 @@ class PointsServiceAsyncStub(PointsServiceStub):
     rate for each other ecosystem service the member used this month, campaigns (paid as
     limited-time points) and the per-purchase and per-month caps. The calling service needs
     the same authorization as for Credit. earned = 0 (and no entry) when nothing is earned.
+    """
+    PreviewEarn: _aio.UnaryUnaryMultiCallable[_points_pb2.PreviewEarnRequest, _points_pb2.PreviewEarnResponse]  # type: ignore[assignment]
+    """What a purchase of `purchase` at `service` would earn this member now under the earn rules
+    (base rate, the multiplier for other services used this month, live campaigns, caps), with
+    the explanation a product page or checkout shows. Read-only: nothing is counted or credited.
+    INVALID_ARGUMENT if service is not an earner or the amount is out of range.
     """
 
 class PointsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -278,6 +290,18 @@ class PointsServiceServicer(metaclass=_abc_1.ABCMeta):
         rate for each other ecosystem service the member used this month, campaigns (paid as
         limited-time points) and the per-purchase and per-month caps. The calling service needs
         the same authorization as for Credit. earned = 0 (and no entry) when nothing is earned.
+        """
+
+    @_abc_1.abstractmethod
+    def PreviewEarn(
+        self,
+        request: _points_pb2.PreviewEarnRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.PreviewEarnResponse, _abc.Awaitable[_points_pb2.PreviewEarnResponse]]:
+        """What a purchase of `purchase` at `service` would earn this member now under the earn rules
+        (base rate, the multiplier for other services used this month, live campaigns, caps), with
+        the explanation a product page or checkout shows. Read-only: nothing is counted or credited.
+        INVALID_ARGUMENT if service is not an earner or the amount is out of range.
         """
 
 def add_PointsServiceServicer_to_server(servicer: PointsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
