@@ -364,10 +364,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def request_stop(signum: int, _frame: object) -> None:
         nonlocal stop_requested
+        if stop_requested:
+            return  # already stopping: a second Ctrl-C must not cut the shutdown short
         stop_requested = True
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, request_stop)
+    # Installed explicitly for both: a shell that starts us in the background (`&`, nohup, some CI
+    # runners) leaves SIGINT ignored, and Python's default KeyboardInterrupt never comes then.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, request_stop)
     print(f"Starting Kizuna (data in {stack.data_dir}):")
     code = 0
     try:
