@@ -7,6 +7,16 @@ unknown `kid` (with a floor between refetches), so no request calls identity.
 Over gRPC, `authorization: Bearer <token>` says who calls (a service's client-credentials token,
 or a member's own token); `x-kizuna-member-token` carries the member's token when a service acts
 for a member. Handlers read both with `current_call()` and check them with `require_*`.
+
+Every REST route and gRPC method names the scope it needs: `member_scope("fintech:pay")` (a
+FastAPI dependency), `CallAuth.require_member(...)` / `require_service_scope(...)` in a servicer.
+A valid token without the scope is refused with 403 `insufficient_scope` (RFC 6750 §3.1) or
+PERMISSION_DENIED.
+
+Revocation: identity publishes `identity.access.revoked` whenever it ends access early (a grant,
+a session, a member, one token); `RevocationFeed` (run by every service) feeds those events into
+the verifier's bounded `DenyList`, so a revoked token is refused everywhere within moments
+rather than when it expires.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from fastapi import Depends, Request
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from kizuna.kit.errors import PermissionDenied, Unauthenticated, Unavailable
+from kizuna.kit.errors import InsufficientScope, PermissionDenied, Unauthenticated, Unavailable
 
 log = logging.getLogger("kizuna.kit.auth")
 
@@ -58,6 +68,80 @@ class Principal:
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
 
+    @property
+    def grant_id(self) -> str | None:
+        """The authorization (identity's grant) this token was issued under, if any."""
+        value = self.claims.get("grant_id")
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def session_id(self) -> str | None:
+        """The sign-in session at identity this token descends from, if any."""
+        value = self.claims.get("sid")
+        return value if isinstance(value, str) and value else None
+
+    def require_scope(self, *scopes: str) -> Principal:
+        """This token must carry one of `scopes`, else `InsufficientScope`."""
+        if not any(s in self.scopes for s in scopes):
+            raise InsufficientScope(scopes)
+        return self
+
+
+class InvalidToken(Unauthenticated):
+    """A bearer token that is missing, malformed, forged, expired or revoked (RFC 6750 §3)."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        description = self.message.replace('"', "'")
+        return {"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'}
+
+
+class DenyList:
+    """Revoked grants, sessions, tokens and member-wide cut-offs, each kept until the tokens it
+    names would have expired anyway. Bounded: past `max_entries` the entries that expire soonest
+    go first (their tokens are the closest to being refused for expiry)."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        # key ("grant:<id>", "sid:<id>", "jti:<id>", "member:<id>") -> (expires_at, not_after_iat)
+        self._entries: dict[str, tuple[float, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, key: str, *, expires_at: float, issued_up_to: float = float("inf")) -> None:
+        """Deny tokens matching `key` (issued no later than `issued_up_to`) until `expires_at`."""
+        old = self._entries.get(key)
+        if old is not None:
+            expires_at = max(expires_at, old[0])
+            issued_up_to = max(issued_up_to, old[1])
+        self._entries[key] = (expires_at, issued_up_to)
+        if len(self._entries) > self.max_entries:
+            self.prune(time.time())
+        while len(self._entries) > self.max_entries:
+            soonest = min(self._entries, key=lambda k: self._entries[k][0])
+            log.warning("revocation deny-list full; dropping the entry that expires soonest")
+            del self._entries[soonest]
+
+    def prune(self, now: float) -> None:
+        for key in [k for k, (exp, _) in self._entries.items() if exp <= now]:
+            del self._entries[key]
+
+    def denies(self, claims: dict[str, Any], now: float) -> str | None:
+        """Why a token with `claims` is revoked, or None."""
+        if not self._entries:
+            return None
+        iat = claims.get("iat")
+        issued = float(iat) if isinstance(iat, int | float) else float("-inf")
+        for kind, claim in (("grant", "grant_id"), ("sid", "sid"), ("jti", "jti"), ("member", "sub")):
+            value = claims.get(claim)
+            if not isinstance(value, str) or not value:
+                continue
+            entry = self._entries.get(f"{kind}:{value}")
+            if entry is not None and entry[0] > now and issued <= entry[1]:
+                return {"grant": "grant", "sid": "session", "jti": "token", "member": "member"}[kind]
+        return None
+
 
 def _b64json(segment: str) -> dict[str, Any]:
     padded = segment + "=" * (-len(segment) % 4)
@@ -79,8 +163,10 @@ class TokenVerifier:
         refetch_floor_seconds: float = 30.0,
         http: httpx.AsyncClient | None = None,
         jwks_url: str | None = None,
+        deny_list: DenyList | None = None,
     ) -> None:
         self.issuer = issuer.rstrip("/")
+        self.deny_list = deny_list if deny_list is not None else DenyList()
         self.audience = audience
         self.leeway = leeway_seconds
         self.refetch_floor = refetch_floor_seconds
@@ -131,22 +217,22 @@ class TokenVerifier:
             header_b64, _payload, _sig = token.split(".")
             header = _b64json(header_b64)
         except ValueError:
-            raise Unauthenticated("malformed token") from None
+            raise InvalidToken("malformed token") from None
         alg = header.get("alg")
         if alg not in ALLOWED_ALGORITHMS:
-            raise Unauthenticated(f"token algorithm {alg!r} is not accepted")
+            raise InvalidToken(f"token algorithm {alg!r} is not accepted")
         if str(header.get("typ", "")).lower() not in ("at+jwt", "application/at+jwt"):
-            raise Unauthenticated("not an access token (typ must be at+jwt)")
+            raise InvalidToken("not an access token (typ must be at+jwt)")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
-            raise Unauthenticated("token has no kid")
+            raise InvalidToken("token has no kid")
         if kid not in self._kids:
             try:
                 await self.refresh_keys()
             except httpx.HTTPError as exc:
                 raise Unavailable(f"cannot fetch signing keys: {type(exc).__name__}") from exc
         if kid not in self._kids or self._keys is None:
-            raise Unauthenticated("token signed with an unknown key")
+            raise InvalidToken("token signed with an unknown key")
         try:
             decoded = jwt.decode(token, self._keys.get_by_kid(kid), algorithms=[alg])
             registry = jwt.JWTClaimsRegistry(
@@ -159,8 +245,11 @@ class TokenVerifier:
             )
             registry.validate(decoded.claims)
         except JoseError as exc:
-            raise Unauthenticated(f"invalid token: {exc.error}") from None
+            raise InvalidToken(f"invalid token: {exc.error}") from None
         claims = decoded.claims
+        revoked = self.deny_list.denies(claims, float(now if now is not None else time.time()))
+        if revoked is not None:
+            raise InvalidToken(f"token revoked ({revoked})")
         return Principal(
             subject=str(claims["sub"]),
             client_id=str(claims.get("client_id", "")),
@@ -186,7 +275,7 @@ def _bearer(request: Request) -> str | None:
 async def _current_principal(request: Request) -> Principal:
     token = _bearer(request)
     if token is None:
-        raise Unauthenticated("missing bearer token")
+        raise InvalidToken("missing bearer token")
     verifier: TokenVerifier = request.app.state.runtime.verifier
     return await verifier.verify(token)
 
@@ -201,7 +290,49 @@ CurrentPrincipal = Annotated[Principal, Depends(_current_principal)]
 """The verified caller of an API route (service or member)."""
 
 CurrentMember = Annotated[Principal, Depends(_current_member)]
-"""The verified member calling an API route with their own token (`.member_id`)."""
+"""The verified member calling an API route with their own token (`.member_id`).
+Member-facing routes use `member_scope(...)` instead, which also checks the scope."""
+
+
+def member_scope(*scopes: str) -> Any:
+    """A dependency: the member's own token carrying one of `scopes`.
+
+    `Reader = Annotated[Principal, Depends(member_scope("shop:read"))]`; a token without the scope
+    is refused with 403 `insufficient_scope` and a `WWW-Authenticate` naming the scope."""
+    if not scopes:
+        raise ValueError("member_scope needs at least one scope")
+
+    async def dependency(principal: Principal = Depends(_current_member)) -> Principal:
+        return principal.require_scope(*scopes)
+
+    dependency.__name__ = f"member_scope_{'_'.join(s.replace(':', '_') for s in scopes)}"
+    return dependency
+
+
+def service_scope(*scopes: str) -> Any:
+    """A dependency: a service's (client-credentials) token carrying one of `scopes`."""
+    if not scopes:
+        raise ValueError("service_scope needs at least one scope")
+
+    async def dependency(principal: Principal = Depends(_current_principal)) -> Principal:
+        if not principal.is_service:
+            raise PermissionDenied("this endpoint needs a client-credentials token")
+        return principal.require_scope(*scopes)
+
+    dependency.__name__ = f"service_scope_{'_'.join(s.replace(':', '_') for s in scopes)}"
+    return dependency
+
+
+def any_scope(*scopes: str) -> Any:
+    """A dependency: any verified token (member or service) carrying one of `scopes`."""
+    if not scopes:
+        raise ValueError("any_scope needs at least one scope")
+
+    async def dependency(principal: Principal = Depends(_current_principal)) -> Principal:
+        return principal.require_scope(*scopes)
+
+    dependency.__name__ = f"any_scope_{'_'.join(s.replace(':', '_') for s in scopes)}"
+    return dependency
 
 
 # ---- gRPC ------------------------------------------------------------------------------------
@@ -219,7 +350,7 @@ class CallAuth:
         if not self.caller.is_service:
             raise PermissionDenied("this call is for services only")
         if not any(self.caller.has_scope(s) for s in scopes):
-            raise PermissionDenied(f"service {self.caller.client_id!r} lacks scope {' or '.join(scopes)}")
+            raise InsufficientScope(scopes, f"service {self.caller.client_id!r} lacks scope {' or '.join(scopes)}")
         return self.caller
 
     def require_member(self, member_id: str, scope: str) -> Principal:
@@ -230,8 +361,16 @@ class CallAuth:
         if member.member_id != member_id:
             raise PermissionDenied("the member token belongs to another member")
         if not member.has_scope(scope):
-            raise PermissionDenied(f"the member has not granted {scope}")
+            raise InsufficientScope((scope,), f"the member has not granted {scope}")
         return member
+
+    def require_member_or_service(self, member_id: str, member_scope: str, service_scope: str) -> Principal:
+        """A read for `member_id`: the member's own token with `member_scope` (directly or passed
+        on by a service), or, with no member token, a service holding `service_scope`. A member
+        token for another member is refused even when the service could read on its own."""
+        if self.member is not None:
+            return self.require_member(member_id, member_scope)
+        return self.require_service_scope(service_scope)
 
 
 _call: contextvars.ContextVar[CallAuth] = contextvars.ContextVar("kizuna_call_auth")
@@ -289,14 +428,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 async def _verify_call(verifier: TokenVerifier, metadata: dict[str, Any]) -> CallAuth:
     scheme, _, token = str(metadata.get("authorization", "")).partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("missing bearer token in the authorization metadata")
+        raise InvalidToken("missing bearer token in the authorization metadata")
     caller = await verifier.verify(token.strip())
     member = None
     member_token = metadata.get(MEMBER_TOKEN_METADATA)
     if member_token:
         member = await verifier.verify(str(member_token))
         if member.member_id is None:
-            raise Unauthenticated(f"{MEMBER_TOKEN_METADATA} must be a member's token")
+            raise InvalidToken(f"{MEMBER_TOKEN_METADATA} must be a member's token")
     elif caller.member_id is not None:
         member = caller
     return CallAuth(caller=caller, member=member)

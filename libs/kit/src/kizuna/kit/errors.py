@@ -20,6 +20,11 @@ class DomainError(Exception):
         super().__init__(message)
         self.message = message
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Extra HTTP response headers (e.g. a `WWW-Authenticate` challenge)."""
+        return {}
+
 
 class InvalidArgument(DomainError):
     """The request is malformed or a value is out of range."""
@@ -57,6 +62,20 @@ class PermissionDenied(DomainError):
     http_status = 403
     grpc_status = grpc.StatusCode.PERMISSION_DENIED
     code = "permission_denied"
+
+
+class InsufficientScope(PermissionDenied):
+    """The token is valid but was not granted the scope this operation needs (RFC 6750 §3.1)."""
+
+    code = "insufficient_scope"
+
+    def __init__(self, scopes: tuple[str, ...] | list[str], message: str | None = None) -> None:
+        self.scopes = tuple(scopes)
+        super().__init__(message or f"this operation needs the scope {' or '.join(self.scopes)}")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{" ".join(self.scopes)}"'}
 
 
 class Unavailable(DomainError):

@@ -39,6 +39,7 @@ from kizuna.kit.errors import DomainError
 from kizuna.kit.events import Consumer, ConsumerWorker, OutboxRelay, ensure_stream
 from kizuna.kit.logs import configure_logging
 from kizuna.kit.privacy import Privacy, erasure_consumer, export_router
+from kizuna.kit.revocation import RevocationFeed
 from kizuna.kit.rpc import GrpcServer
 from kizuna.kit.settings import ServiceSettings, load_settings
 from kizuna.kit.telemetry import TracingMiddleware, configure_telemetry, shutdown_telemetry
@@ -67,6 +68,8 @@ class Runtime(Generic[S]):
     nc: NATS | None = None
     js: JetStreamContext | None = None
     relay: OutboxRelay | None = None
+    # identity's revocation events feeding `verifier.deny_list` (see kizuna.kit.revocation).
+    revocations: RevocationFeed | None = None
     grpc_port: int = 0
     http_port: int = 0
     ready: bool = False
@@ -257,6 +260,8 @@ class Service(Generic[S]):
                 runtime.db, runtime.js, source=f"kizuna/{self.name}", poll_seconds=settings.outbox_poll_seconds
             )
             tasks.append(asyncio.create_task(runtime.relay.run(), name="outbox-relay"))
+            runtime.revocations = RevocationFeed(runtime.js, runtime.verifier.deny_list)
+            await runtime.revocations.start()
             for hook in self.on_start:
                 await hook(runtime)
             consumers = list(self.consumers(runtime) if callable(self.consumers) else self.consumers)
@@ -359,6 +364,8 @@ class Service(Generic[S]):
                 log.exception("final outbox flush failed; pending events stay for the next start")
         for worker in workers:
             await worker.close()
+        if runtime.revocations is not None:
+            await runtime.revocations.stop()
         if runtime.nc is not None:
             # Everything published was acknowledged by JetStream and every processed message was
             # acked, so closing loses nothing; drain() would wait on the pull subscriptions.
@@ -382,7 +389,9 @@ class Service(Generic[S]):
 
         @app.exception_handler(DomainError)
         async def _domain_error(_request: Request, exc: DomainError) -> JSONResponse:
-            return JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.http_status)
+            return JSONResponse(
+                {"error": exc.code, "message": exc.message}, status_code=exc.http_status, headers=exc.headers
+            )
 
         @app.get("/healthz", include_in_schema=False)
         async def healthz() -> dict[str, str]:

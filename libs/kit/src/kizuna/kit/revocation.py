@@ -1,0 +1,131 @@
+"""Revocation felt everywhere: identity's `identity.access.revoked` events feed the verifier's
+deny-list in every service.
+
+Access tokens are verified locally, so without this a token revoked at identity would be accepted
+elsewhere until it expires. Each process runs one `RevocationFeed`: an ordered (ephemeral,
+flow-controlled, self-healing) JetStream consumer on identity's stream that starts
+`lookback_seconds` in the past, so a process that starts (a new pod, a restart) learns the
+revocations whose tokens may still be alive. Nothing is stored: the deny-list is in memory and
+each entry is dropped when the tokens it names would have expired anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+import nats.errors
+import nats.js.errors
+from google.protobuf.message import DecodeError
+from kizuna.identity.v1 import events_pb2
+from kizuna.kit.auth import DenyList
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+log = logging.getLogger("kizuna.kit.revocation")
+
+REVOCATION_SUBJECT = "identity.access.revoked"
+IDENTITY_STREAM = "IDENTITY"
+# Longer than any access token lives (identity issues them for 5 minutes by default).
+DEFAULT_LOOKBACK_SECONDS = 900.0
+
+
+def apply(deny_list: DenyList, event: events_pb2.AccessRevoked, *, lookback_seconds: float) -> list[str]:
+    """Add what `event` revokes to `deny_list`; returns the keys added."""
+    revoked_at = event.revoked_at.ToDatetime(tzinfo=UTC).timestamp() if event.HasField("revoked_at") else time.time()
+    if event.HasField("expires_at"):
+        expires_at = event.expires_at.ToDatetime(tzinfo=UTC).timestamp()
+    else:
+        expires_at = revoked_at + lookback_seconds
+    keys = []
+    for kind, value in (("grant", event.grant_id), ("sid", event.session_id), ("jti", event.jti)):
+        if value:
+            deny_list.add(f"{kind}:{value}", expires_at=expires_at)
+            keys.append(f"{kind}:{value}")
+    if event.member_wide and event.member_id:
+        # Tokens issued in the same second as the revocation are refused too (iat has 1 s
+        # resolution): a member signing in again that second retries once.
+        deny_list.add(f"member:{event.member_id}", expires_at=expires_at, issued_up_to=revoked_at)
+        keys.append(f"member:{event.member_id}")
+    return keys
+
+
+class RevocationFeed:
+    """Keeps `deny_list` up to date with identity's revocation events."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        deny_list: DenyList,
+        *,
+        lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS,
+        retry_seconds: float = 1.0,
+    ) -> None:
+        self.js = js
+        self.deny_list = deny_list
+        self.lookback = lookback_seconds
+        self.retry = retry_seconds
+        self.applied = 0
+        self._sub: object | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def subscribed(self) -> bool:
+        return self._sub is not None
+
+    async def start(self) -> None:
+        """Subscribe now if identity's stream exists, else keep trying in the background (until
+        the stream exists there is nothing to revoke)."""
+        if not await self._try_subscribe():
+            self._task = asyncio.create_task(self._keep_trying(), name="revocation-feed")
+
+    async def _try_subscribe(self) -> bool:
+        start = datetime.now(UTC) - timedelta(seconds=self.lookback)
+        try:
+            self._sub = await self.js.subscribe(
+                REVOCATION_SUBJECT,
+                stream=IDENTITY_STREAM,
+                cb=self._on_message,
+                ordered_consumer=True,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_TIME,
+                    opt_start_time=start.isoformat().replace("+00:00", "Z"),
+                ),
+            )
+        except (nats.js.errors.NotFoundError, nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+            log.info("revocation feed waiting for identity's stream", extra={"error": type(exc).__name__})
+            return False
+        return True
+
+    async def _keep_trying(self) -> None:
+        while True:
+            await asyncio.sleep(self.retry)
+            if await self._try_subscribe():
+                return
+
+    async def _on_message(self, msg: Msg) -> None:
+        event = events_pb2.AccessRevoked()
+        try:
+            event.ParseFromString(msg.data)
+        except DecodeError:
+            log.error("undecodable revocation event ignored", extra={"subject": msg.subject})
+            return
+        apply(self.deny_list, event, lookback_seconds=self.lookback)
+        self.applied += 1
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        sub = self._sub
+        self._sub = None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()  # type: ignore[attr-defined]
+            except (nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError) as exc:
+                log.info("revocation feed already closed", extra={"error": type(exc).__name__})
