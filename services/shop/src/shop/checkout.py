@@ -22,6 +22,7 @@ from kizuna.kit import errors
 from kizuna.kit.clock import Clock
 from kizuna.kit.db import Database
 from kizuna.kit.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, NotFound
+from kizuna.kit.payments import PaymentsClient
 from kizuna.kit.points import PointsClient
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
@@ -31,7 +32,6 @@ from shop import catalogue
 from shop.cart import lines as cart_lines
 from shop.models import CartItem, Checkout, Order, OrderLine, Product, new_id
 from shop.order_events import publish_order
-from shop.peers import PaymentsClient
 from shop.pricing import PricedLine, merchant_payout, quote
 from shop.settings import Settings
 

@@ -26,6 +26,7 @@ from kizuna.common.v1.common_pb2 import Money
 from kizuna.kit.clock import Clock
 from kizuna.kit.db import Database
 from kizuna.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from kizuna.kit.payments import PaymentsClient
 from kizuna.kit.points import PointsClient
 from sqlalchemy import update
 from sqlmodel import col, select
@@ -33,7 +34,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shop.models import Order, OrderLine, Product
 from shop.order_events import publish_order
-from shop.peers import PaymentsClient
 from shop.settings import Settings
 
 log = logging.getLogger("shop.orders")

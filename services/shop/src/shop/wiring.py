@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from kizuna.kit.clock import Clock
+from kizuna.kit.payments import PaymentsClient
 from kizuna.kit.points import PointsClient
 from kizuna.kit.service import Runtime
 
 from shop.checkout import CheckoutSaga
 from shop.clock import RuntimeClock
 from shop.orders import OrderLifecycle
-from shop.peers import PaymentsClient
 from shop.settings import Settings
 
 
@@ -34,8 +34,9 @@ def shop_of(runtime: Runtime[Any]) -> Shop:
     if "shop" not in runtime.state:
         s: Settings = runtime.settings
         clock = RuntimeClock(runtime)
-        points = PointsClient(s.points_addr, runtime.service_tokens, service="shop", timeout=s.peer_timeout_seconds)
-        payments = PaymentsClient(s.fintech_addr, runtime.service_tokens, s.peer_timeout_seconds)
+        tokens, timeout = runtime.service_tokens, s.peer_timeout_seconds
+        points = PointsClient(s.points_addr, tokens, service="shop", timeout=timeout)
+        payments = PaymentsClient(s.fintech_addr, tokens, service="shop", timeout=timeout)
         runtime.state["shop"] = Shop(
             runtime,
             clock,

@@ -1,0 +1,275 @@
+"""Pytest fixtures for a service's tests against the REAL ecosystem: points and fintech run as
+`python -m points` / `python -m fintech` processes on fresh databases, tokens come from the
+kit's test issuer (discovery, JWKS, client credentials, signed member tokens), events go
+through the test session's NATS.
+
+    async def test_a_purchase_earns(ecosystem: Ecosystem) -> None:
+        member = await ecosystem.member(points=500, card=True)   # registered, credited, with a card
+        secret = ecosystem.register_client("bookstore", "points:read points:spend fintech:pay")
+        env = ecosystem.env_for("bookstore", secret)              # NATS_URL, KIZUNA_ISSUER, *_ADDR, ...
+        ...                                                       # start the service, buy with member.token
+        assert await ecosystem.balance(member.id) == 500 - spent + earned
+
+`ecosystem` is module-scoped (starting the two services costs seconds; every test makes its own
+members, so they share nothing). PostgreSQL backs them when `KIZUNA_TEST_POSTGRES_URL` is set,
+SQLite files otherwise. Override `ecosystem_env` in a test module to pass settings to points or
+fintech (e.g. `{"points": {"EARN_DEFAULT_BASE_BP": "100"}}`).
+
+Loaded with the kit's pytest plugin (`kizuna.kit.testing`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from kizuna.identity.v1 import events_pb2 as identity_events
+from kizuna.kit.auth import ServiceTokenClient, call_metadata
+from kizuna.kit.testing import NatsServer, ServiceProcess, TestIssuer, free_port, reset_streams, wait_until
+from kizuna.points.v1 import points_pb2, points_pb2_grpc
+
+# What a member's token allows by default: see and spend their points, see and use their card.
+MEMBER_SCOPE = "openid profile points:read points:spend fintech:read fintech:pay"
+# The client the fixtures credit welcome points and read the ledger as.
+TEST_CLIENT = "ecosystem-test"
+
+
+@dataclass(frozen=True)
+class TestMember:
+    """A registered member: their ID and an access token with `MEMBER_SCOPE`."""
+
+    __test__ = False
+
+    id: str
+    token: str
+    issuer: TestIssuer
+
+    def token_for(self, scope: str) -> str:
+        """Another token of this member's, with exactly `scope`."""
+        return self.issuer.member_token(self.id, scope=scope)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"}
+
+
+@dataclass
+class Ecosystem:
+    """The real points and fintech services, the issuer every service trusts, and the NATS they share."""
+
+    issuer: TestIssuer
+    nats_url: str
+    points: ServiceProcess
+    fintech: ServiceProcess
+    clients: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def points_addr(self) -> str:
+        return self.points.grpc_address
+
+    @property
+    def fintech_addr(self) -> str:
+        return self.fintech.grpc_address
+
+    # ---- a service under test -------------------------------------------------------------------
+    def register_client(self, client_id: str, scopes: str) -> str:
+        """Register `client_id` at the issuer for client credentials with `scopes`; returns its secret."""
+        secret = self.clients.get(client_id) or secrets.token_urlsafe(24)
+        self.clients[client_id] = secret
+        self.issuer.register_client(client_id, secret, scopes)
+        return secret
+
+    def service_tokens(self, client_id: str, scopes: str) -> ServiceTokenClient:
+        """A kit token client for `client_id` (registered with `scopes`); close it with `aclose()`."""
+        return ServiceTokenClient(self.issuer.issuer, client_id, self.register_client(client_id, scopes))
+
+    def env_for(self, name: str, client_secret: str = "") -> dict[str, str]:
+        """The environment a service needs to run against this ecosystem (as `make up` gives it)."""
+        env = {
+            "NATS_URL": self.nats_url,
+            "KIZUNA_ISSUER": self.issuer.issuer,
+            "POINTS_ADDR": self.points_addr,
+            "FINTECH_ADDR": self.fintech_addr,
+            "OUTBOX_POLL_SECONDS": "0.2",
+        }
+        if client_secret:
+            env["KIZUNA_CLIENT_ID"] = name
+            env["KIZUNA_CLIENT_SECRET"] = client_secret
+        return env
+
+    def service_metadata(self, scope: str, client_id: str = TEST_CLIENT, member_token: str | None = None) -> Any:
+        """gRPC metadata for a call as the service `client_id` with `scope` (and the member's consent)."""
+        return call_metadata(self.issuer.service_token(client_id, scope), member_token)
+
+    # ---- members --------------------------------------------------------------------------------
+    async def member(self, *, points: int = 0, card: bool = True, income_minor: int = 3_000_000) -> TestMember:
+        """A new member as identity would announce them; `points` credited (regular points) and, with
+        `card`, a credit card (its limit is a tenth of `income_minor`, at least 100,000 JPY)."""
+        member_id = f"mbr_{uuid.uuid4().hex[:16]}"
+        member = TestMember(member_id, self.issuer.member_token(member_id, scope=MEMBER_SCOPE), self.issuer)
+        await self.announce(member.id)
+        if points:
+            await self.credit(member.id, points)
+        if card:
+            async with httpx.AsyncClient(base_url=self.fintech.url, timeout=15) as http:
+                response = await http.post(
+                    "/api/card/apply",
+                    json={"annual_income_minor": income_minor, "idempotency_key": uuid.uuid4().hex},
+                    headers=member.headers,
+                )
+            if response.status_code != 201:
+                raise AssertionError(f"fintech refused the card: {response.status_code} {response.text}")
+        return member
+
+    async def announce(self, member_id: str) -> None:
+        """Publish `identity.member.registered`, as identity does at sign-up (points opens a wallet)."""
+        import nats
+
+        stamp = Timestamp()
+        stamp.FromDatetime(datetime.now(UTC))
+        event = identity_events.MemberRegistered(member_id=member_id, display_name=member_id, registered_at=stamp)
+        event_id = f"evt_{uuid.uuid4().hex}"
+        nc = await nats.connect(self.nats_url)
+        try:
+            await nc.jetstream().publish(
+                "identity.member.registered",
+                event.SerializeToString(),
+                headers={
+                    "Nats-Msg-Id": event_id,
+                    "ce-id": event_id,
+                    "ce-type": "kizuna.identity.v1.MemberRegistered",
+                    "ce-subject": member_id,
+                    "ce-source": "kizuna/identity",
+                },
+            )
+        finally:
+            await nc.close()
+
+    async def credit(self, member_id: str, amount: int, *, reason: str = "welcome") -> None:
+        """Credit regular points, once points has opened the member's wallet."""
+        attempt = 0
+
+        async def credited() -> bool:
+            # Points remembers a refused key, so each attempt while the registration is on its way
+            # has a key of its own; only one can succeed.
+            nonlocal attempt
+            attempt += 1
+            request = points_pb2.CreditRequest(
+                member_id=member_id,
+                amount=amount,
+                kind=points_pb2.CREDIT_KIND_REGULAR,
+                reason=reason,
+                source_service=TEST_CLIENT,
+                source_ref=reason,
+                idempotency_key=f"{reason}-{member_id}-{attempt}",
+            )
+            try:
+                await self._points_call("Credit", request, "points:credit")
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    return False
+                raise
+            return True
+
+        await wait_until(credited, timeout=30)
+
+    # ---- what a test checks -----------------------------------------------------------------------
+    async def balance(self, member_id: str) -> int:
+        """The member's spendable points at points."""
+        reply = await self._points_call("GetBalance", points_pb2.GetBalanceRequest(member_id=member_id))
+        return int(reply.total)
+
+    async def entries(self, member_id: str) -> list[points_pb2.Entry]:
+        """The member's ledger entries at points, newest first."""
+        reply = await self._points_call("ListEntries", points_pb2.ListEntriesRequest(member_id=member_id))
+        return list(reply.entries)
+
+    async def card(self, member_id: str) -> dict[str, Any]:
+        """The member's card as fintech shows it to them (available_minor, held_minor, owed_minor, ...)."""
+        token = self.issuer.member_token(member_id, scope=MEMBER_SCOPE)
+        async with httpx.AsyncClient(base_url=self.fintech.url, timeout=15) as http:
+            response = await http.get("/api/card", headers={"authorization": f"Bearer {token}"})
+        if response.status_code != 200:
+            raise AssertionError(f"fintech did not show the card: {response.status_code} {response.text}")
+        card: dict[str, Any] = response.json()
+        return card
+
+    async def _points_call(self, method: str, request: Any, scope: str = "points:read") -> Any:
+        # A channel per call: the fixture outlives each test's event loop.
+        async with grpc.aio.insecure_channel(self.points_addr) as channel:
+            stub = points_pb2_grpc.PointsServiceStub(channel)
+            return await getattr(stub, method)(request, metadata=self.service_metadata(scope), timeout=10)
+
+
+@pytest.fixture(scope="module")
+def ecosystem_env() -> dict[str, dict[str, str]]:
+    """Extra settings per service for `ecosystem` (override in a test module)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def ecosystem(
+    request: pytest.FixtureRequest,
+    nats_server: NatsServer,
+    test_issuer: TestIssuer,
+    tmp_path_factory: pytest.TempPathFactory,
+    ecosystem_env: dict[str, dict[str, str]],
+) -> Iterator[Ecosystem]:
+    """Real points and fintech processes on fresh databases for this test module (stopped after it)."""
+    # The new processes' durable consumers see only this module's events.
+    asyncio.run(reset_streams(nats_server.url, "IDENTITY", "POINTS", "FINTECH"))
+    work = tmp_path_factory.mktemp("ecosystem")
+    started: list[ServiceProcess] = []
+
+    def start(name: str, env: dict[str, str]) -> ServiceProcess:
+        (work / name).mkdir()
+        secret = secrets.token_urlsafe(24)
+        test_issuer.register_client(name, secret, env.pop("_scopes"))
+        base = {
+            "NATS_URL": nats_server.url,
+            "KIZUNA_ISSUER": test_issuer.issuer,
+            "KIZUNA_DATA_DIR": str(work / name),
+            "KIZUNA_CLIENT_SECRET": secret,
+            "LOG_FORMAT": "json",
+            "OUTBOX_POLL_SECONDS": "0.2",
+            **_database(request, name),
+        }
+        env = {**base, **env, **ecosystem_env.get(name, {})}
+        proc = ServiceProcess(name, env, free_port(), free_port(), work / f"{name}.log")
+        started.append(proc)
+        return proc.start(wait=False)
+
+    try:
+        points = start("points", {"_scopes": "openid profile points:read"})
+        fintech = start(
+            "fintech",
+            {
+                "_scopes": "openid profile points:read points:spend points:credit fintech:read fintech:pay",
+                "POINTS_ADDR": points.grpc_address,
+                "STATEMENT_INTERVAL_SECONDS": "3600",
+            },
+        )
+        points.wait_ready()
+        fintech.wait_ready()
+        yield Ecosystem(test_issuer, nats_server.url, points, fintech)
+    finally:
+        for proc in started:
+            proc.stop()
+
+
+def _database(request: pytest.FixtureRequest, name: str) -> dict[str, str]:
+    """A fresh PostgreSQL database when the suite has a server at hand, else the data dir's SQLite."""
+    if not os.environ.get("KIZUNA_TEST_POSTGRES_URL"):
+        return {}
+    server = request.getfixturevalue("postgres_server")
+    return {"DATABASE_URL": server.new_database(f"kizuna_{name}").replace("postgresql://", "postgresql+asyncpg://", 1)}
