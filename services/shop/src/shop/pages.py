@@ -16,7 +16,7 @@ import logging
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -24,14 +24,29 @@ from kizuna.kit import web
 from kizuna.kit.csrf import FormMember, csrf_token
 from kizuna.kit.db import SessionDep
 from kizuna.kit.errors import DomainError, NotFound, PermissionDenied
+from kizuna.kit.flash import Kind, flash
 from kizuna.kit.oidc_client import MaybeMember, SignedInMember, WebMember
+from kizuna.kit.web.wording import for_member
 
 from shop import cart, catalogue, orders
 from shop.catalogue import ProductDraft, Sort
 from shop.wiring import Shop, shop_of
 
 log = logging.getLogger("shop.pages")
-templates = web.page_templates(Path(__file__).parent / "templates", service="shop", describe=orders.describe)
+# Products without a merchant photo show the shipped illustration of their category.
+ILLUSTRATED = {"food", "kitchen", "outdoor", "books", "stationery"}
+
+
+def product_image(product: Any) -> str:
+    if product.image_url:
+        return str(product.image_url)
+    category = product.category if product.category in ILLUSTRATED else "goods"
+    return f"{web.IMAGE_PREFIX}{category}.svg"
+
+
+templates = web.page_templates(
+    Path(__file__).parent / "templates", service="shop", describe=orders.describe, product_image=product_image
+)
 router = APIRouter(include_in_schema=False)
 FormStr = Annotated[str, Form()]
 FormInt = Annotated[int, Form()]
@@ -61,16 +76,18 @@ async def _render(
         "points_balance": balance,
         "csrf_token": csrf_token(request) if member else "",
         "is_admin": is_admin(shop, member),
-        "message": request.query_params.get("message", ""),
-        "error": request.query_params.get("error", ""),
         **values,
     }
     return templates.TemplateResponse(request, name, context, status_code=status, headers={"Cache-Control": "no-store"})
 
 
-def _back(path: str, *, message: str = "", error: str = "") -> Response:
-    query = urlencode({k: v for k, v in (("message", message), ("error", error)) if v})
-    return RedirectResponse(f"{path}?{query}" if query else path, status_code=303)
+def _back(request: Request, path: str, *, message: str = "", error: str = "", kind: Kind = "success") -> Response:
+    """Back to a page with a message for the member (in the session, never in the URL)."""
+    if message:
+        flash(request, kind, message)
+    if error:
+        flash(request, "error", for_member(error))
+    return RedirectResponse(path, status_code=303)
 
 
 # ---- storefront and products --------------------------------------------------------------------
@@ -131,22 +148,24 @@ async def add_to_cart(
         await cart.set_quantity(session, member.member_id, product_id, quantity, _shop(request).clock.now())
         await session.commit()
     except DomainError as exc:
-        return _back(f"/products/{product_id}" if "no product" not in exc.message else "/cart", error=exc.message)
-    return _back("/cart", message="Your cart is updated.")
+        return _back(
+            request, f"/products/{product_id}" if "no product" not in exc.message else "/cart", error=exc.message
+        )
+    return _back(request, "/cart", message="Your cart is updated.")
 
 
 @router.post("/cart/items/{product_id}/remove")
-async def remove_from_cart(product_id: str, member: FormMember, session: SessionDep) -> Response:
+async def remove_from_cart(product_id: str, request: Request, member: FormMember, session: SessionDep) -> Response:
     await cart.remove(session, member.member_id, product_id)
     await session.commit()
-    return _back("/cart", message="Removed from your cart.")
+    return _back(request, "/cart", message="Removed from your cart.")
 
 
 @router.get("/checkout", response_class=HTMLResponse)
 async def checkout_page(request: Request, member: SignedInMember, session: SessionDep, merchant_id: str) -> Response:
     lines = [ln for ln in await cart.lines(session, member.member_id) if ln.merchant.id == merchant_id]
     if not lines:
-        return _back("/cart", error="Nothing from this merchant is in your cart.")
+        return _back(request, "/cart", error="Nothing from this merchant is in your cart.")
     total = sum(ln.item.quantity * ln.product.price_minor for ln in lines)
     balance = await _shop(request).points.balance(member.member_id)
     return await _render(
@@ -176,9 +195,9 @@ async def place_order(
             idempotency_key=idempotency_key,
         )
     except DomainError as exc:
-        query = urlencode({"merchant_id": merchant_id, "error": exc.message})
-        return RedirectResponse(f"/checkout?{query}", status_code=303)
-    return _back("/orders", message=f"Thank you! Order {done.order_id} is placed.")
+        flash(request, "error", for_member(exc.message))
+        return RedirectResponse(f"/checkout?merchant_id={quote(merchant_id)}", status_code=303)
+    return _back(request, f"/orders#order-{done.order_id}", message="Thank you! Your order is placed.")
 
 
 # ---- my orders ----------------------------------------------------------------------------------
@@ -202,8 +221,8 @@ async def confirm_delivery(order_id: str, request: Request, member: FormMember) 
     try:
         await _shop(request).orders.complete(order_id, member.member_id)
     except DomainError as exc:
-        return _back("/orders", error=exc.message)
-    return _back("/orders", message="Thanks for confirming the delivery.")
+        return _back(request, "/orders", error=exc.message)
+    return _back(request, "/orders", message="Thanks for confirming the delivery.")
 
 
 @router.post("/orders/{order_id}/cancel")
@@ -212,8 +231,8 @@ async def cancel_order(order_id: str, request: Request, member: FormMember, sess
         await _own_order(session, order_id, member)
         await _shop(request).orders.cancel(order_id)
     except DomainError as exc:
-        return _back("/orders", error=exc.message)
-    return _back("/orders", message=f"Order {order_id} is cancelled; your points and card hold are released.")
+        return _back(request, "/orders", error=exc.message)
+    return _back(request, "/orders", message="Your order is cancelled; your points and the card hold are released.")
 
 
 @router.post("/orders/{order_id}/refund-request")
@@ -224,8 +243,8 @@ async def request_refund(
         await orders.request_refund(session, order_id, member.member_id, reason, _shop(request).clock.now())
         await session.commit()
     except DomainError as exc:
-        return _back("/orders", error=exc.message)
-    return _back("/orders", message="Your refund request is sent to the merchant.")
+        return _back(request, "/orders", error=exc.message)
+    return _back(request, "/orders", message="Your refund request is sent to the merchant.")
 
 
 # ---- merchant console ---------------------------------------------------------------------------
@@ -257,8 +276,8 @@ async def apply_as_merchant(
         await catalogue.apply(session, member.member_id, name, description, _shop(request).clock.now())
         await session.commit()
     except DomainError as exc:
-        return _back("/merchant", error=exc.message)
-    return _back("/merchant", message="Thanks for applying; a platform admin will verify your shop.")
+        return _back(request, "/merchant", error=exc.message)
+    return _back(request, "/merchant", message="Thanks for applying; a platform admin will verify your shop.")
 
 
 @router.post("/merchant/{merchant_id}/products")
@@ -280,8 +299,8 @@ async def add_product(
         await catalogue.add_product(session, merchant, draft, _shop(request).clock.now())
         await session.commit()
     except DomainError as exc:
-        return _back("/merchant", error=exc.message)
-    return _back("/merchant", message=f"{title.strip()} is on sale.")
+        return _back(request, "/merchant", error=exc.message)
+    return _back(request, "/merchant", message=f"{title.strip()} is on sale.")
 
 
 @router.post("/merchant/{merchant_id}/products/{product_id}")
@@ -312,8 +331,8 @@ async def update_product(
         await catalogue.update_product(session, merchant, product_id, draft, active == "on", _shop(request).clock.now())
         await session.commit()
     except DomainError as exc:
-        return _back("/merchant", error=exc.message)
-    return _back("/merchant", message="The product is updated.")
+        return _back(request, "/merchant", error=exc.message)
+    return _back(request, "/merchant", message="The product is updated.")
 
 
 async def _merchant_order(session: SessionDep, merchant_id: str, order_id: str, member: WebMember) -> None:
@@ -347,8 +366,8 @@ async def merchant_order_action(
         else:
             await lifecycle.refund(order_id)
     except DomainError as exc:
-        return _back("/merchant", error=exc.message)
-    return _back("/merchant", message=f"Order {order_id} is {done[action]}.")
+        return _back(request, "/merchant", error=exc.message)
+    return _back(request, "/merchant", message=f"Order {order_id} is {done[action]}.")
 
 
 # ---- platform admin -----------------------------------------------------------------------------
@@ -381,8 +400,8 @@ async def admin_decide(
         merchant = await catalogue.decide(session, merchant_id, decision, member.member_id, shop.clock.now())
         await session.commit()
     except DomainError as exc:
-        return _back("/admin/merchants", error=exc.message)
-    return _back("/admin/merchants", message=f"{merchant.name} is {merchant.status}.")
+        return _back(request, "/admin/merchants", error=exc.message)
+    return _back(request, "/admin/merchants", message=f"{merchant.name} is {merchant.status}.")
 
 
 def mount(app: FastAPI) -> None:

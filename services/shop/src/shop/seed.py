@@ -21,7 +21,13 @@ DEMO_OWNER = "mbr_demo_merchant"
 
 
 def _p(title: str, description: str, price: int, stock: int, category: str, seed: str) -> ProductDraft:
-    return ProductDraft(title, description, price, "JPY", stock, category, f"https://picsum.photos/seed/{seed}/400/300")
+    # No photo URL: the pages show the illustration of the category shipped with the kit, so the
+    # demo needs no network. (`seed` names the product's picture should one be added later.)
+    return ProductDraft(title, description, price, "JPY", stock, category, "")
+
+
+# The photo site the first demo catalogue pointed at; a seed run clears these (offline, broken).
+_OLD_DEMO_IMAGES = "https://picsum.photos/"
 
 
 DEMO: dict[str, tuple[str, list[ProductDraft]]] = {
@@ -117,6 +123,12 @@ async def seed_catalogue(session: AsyncSession, owner: str = DEMO_OWNER) -> int:
             merchant = await catalogue.apply(session, owner, name, description, now)
             await catalogue.decide(session, merchant.id, "verify", "seed", now)
         titles = set((await session.exec(select(Product.title).where(Product.merchant_id == merchant.id))).all())
+        stale = select(Product).where(
+            Product.merchant_id == merchant.id, Product.image_url.startswith(_OLD_DEMO_IMAGES)
+        )  # type: ignore[attr-defined]
+        for product in (await session.exec(stale)).all():
+            product.image_url = ""
+            session.add(product)
         for draft in products:
             if draft.title not in titles:
                 await catalogue.add_product(session, merchant, draft, now)

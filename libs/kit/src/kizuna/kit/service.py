@@ -386,6 +386,9 @@ class Service(Generic[S]):
         app.state.runtime = runtime
         app.add_middleware(StartingGate, runtime=runtime)
         app.add_middleware(TracingMiddleware, service=self.name)
+        from kizuna.kit.web import PageMiddleware
+
+        app.add_middleware(PageMiddleware, service=self.name)
 
         @app.exception_handler(DomainError)
         async def _domain_error(_request: Request, exc: DomainError) -> JSONResponse:

@@ -1,51 +1,140 @@
-"""The shared page layout: one Jinja2 base template and stylesheet with the ecosystem header
-(member name, points balance slot, links to every service), so that all services look like one
-product. A service's templates `{% extends "kizuna/base.html" %}` and fill `content`.
+"""The shared page layout: one Jinja2 base template, stylesheet and macros (the design system) with
+the ecosystem header (member name, points balance slot, links to every service), so that all
+services look like one product. A service's templates `{% extends "kizuna/base.html" %}`, fill
+`content`, and `{% import "kizuna/ui.html" as ui %}` for cards, tables, forms, alerts and badges.
 
-    templates = page_templates(Path(__file__).parent / "templates")
-    app.include_router(web.router)          # serves /_kizuna/kizuna.css and /_kizuna/header.js
+    templates = page_templates(Path(__file__).parent / "templates", service="shop")
+    app.include_router(web.router)          # serves /_kizuna/kizuna.css, header.js and images
+
+`PageMiddleware` (installed by the kit's Service on every app) adds the browser hardening headers
+and carries the flash messages (kizuna.kit.flash) from a form's redirect to the next page.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
+from kizuna.kit import flash as flash_messages
+from starlette.datastructures import MutableHeaders
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _HERE = Path(__file__).parent
+STATIC = _HERE / "static"
 STYLESHEET_PATH = "/_kizuna/kizuna.css"
 HEADER_SCRIPT_PATH = "/_kizuna/header.js"
+IMAGE_PREFIX = "/_kizuna/img/"
+_IMAGE_NAME = re.compile(r"^[a-z0-9-]{1,64}\.svg$")
+
+# Pages load only this service's own scripts and styles, are never framed (clickjacking) and do
+# not leak their URL (which may carry ids) to other sites. Images may come from https merchants.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: https:; "
+    "object-src 'none'; base-uri 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "x-frame-options": "DENY",
+    "referrer-policy": "strict-origin-when-cross-origin",
+    "x-content-type-options": "nosniff",
+}
+# FastAPI's interactive API docs load their scripts from a CDN: no page CSP there (still unframed).
+_DOCS_PATHS = ("/docs", "/redoc")
 
 router = APIRouter(include_in_schema=False)
 
 
+def _static(name: str, media_type: str) -> FileResponse:
+    return FileResponse(STATIC / name, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})
+
+
 @router.get(STYLESHEET_PATH)
 async def stylesheet() -> FileResponse:
-    return FileResponse(
-        _HERE / "static" / "kizuna.css", media_type="text/css", headers={"Cache-Control": "public, max-age=3600"}
-    )
+    return _static("kizuna.css", "text/css")
 
 
 @router.get(HEADER_SCRIPT_PATH)
 async def header_script() -> FileResponse:
+    return _static("header.js", "text/javascript")
+
+
+@router.get("/_kizuna/forms.js")
+async def forms_script() -> FileResponse:
+    return _static("forms.js", "text/javascript")
+
+
+@router.get(IMAGE_PREFIX + "{name}")
+async def image(name: str) -> FileResponse:
+    """The illustrations shipped with the kit (no image is fetched from another site)."""
+    if not _IMAGE_NAME.match(name) or not (STATIC / "img" / name).is_file():
+        raise HTTPException(404, "no such image")
     return FileResponse(
-        _HERE / "static" / "header.js", media_type="text/javascript", headers={"Cache-Control": "public, max-age=3600"}
+        STATIC / "img" / name, media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"}
     )
 
 
 def service_links() -> list[dict[str, str]]:
-    """Links to every service for the header: `KIZUNA_LINKS` = JSON {"shop": "https://...", ...}."""
+    """Links to every service for the header: `KIZUNA_LINKS` = JSON {"shop": "https://...", ...},
+    labelled from `KIZUNA_LABELS` = JSON {"shop": "Shop", ...} when given."""
     raw = os.environ.get("KIZUNA_LINKS", "")
     if not raw:
         return []
     links: dict[str, str] = json.loads(raw)
-    return [{"name": name, "url": url} for name, url in links.items()]
+    labels: dict[str, str] = json.loads(os.environ.get("KIZUNA_LABELS", "") or "{}")
+    return [{"name": name, "url": url, "label": labels.get(name, name.capitalize())} for name, url in links.items()]
+
+
+# ---- formatting -----------------------------------------------------------------------------------
+
+_SYMBOLS = {"JPY": "¥", "USD": "$", "EUR": "€", "GBP": "£"}
+_MINOR_DIGITS = {"JPY": 0}
+
+
+def format_money(minor: int, currency: str = "JPY") -> str:
+    """`¥17,536`, `-¥17,536`; other currencies with their minor units (`$12.50`, `12.50 CHF`)."""
+    sign = "-" if minor < 0 else ""
+    digits = _MINOR_DIGITS.get(currency, 2)
+    amount = abs(int(minor))
+    text = f"{amount:,}" if digits == 0 else f"{amount // 10**digits:,}.{amount % 10**digits:0{digits}d}"
+    symbol = _SYMBOLS.get(currency)
+    return f"{sign}{symbol}{text}" if symbol else f"{sign}{text} {currency}"
+
+
+def format_points(points: int, signed: bool = False) -> str:
+    """`1,200 pt`; signed: `+1,200 pt` / `-300 pt`."""
+    sign = ("+" if points > 0 else "-" if points < 0 else "") if signed else ("-" if points < 0 else "")
+    return f"{sign}{abs(int(points)):,} pt"
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def format_date(value: date | datetime | str | None, lang: str = "en") -> str:
+    """A date as people read it: `6 Dec 2026` (en), `2026年12月6日` (ja)."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        value = date.fromisoformat(value[:10])
+    if lang == "ja":
+        return f"{value.year}年{value.month}月{value.day}日"
+    return f"{value.day} {_MONTHS[value.month - 1]} {value.year}"
+
+
+def format_datetime(value: datetime | None, lang: str = "en") -> str:
+    """`6 Dec 2026, 14:05 UTC` (en), `2026年12月6日 14:05 UTC` (ja)."""
+    if value is None:
+        return ""
+    sep = " " if lang == "ja" else ", "
+    return f"{format_date(value, lang)}{sep}{value:%H:%M} UTC"
 
 
 def page_templates(*directories: Path, service: str = "", **globals_: Any) -> Jinja2Templates:
@@ -58,12 +147,76 @@ def page_templates(*directories: Path, service: str = "", **globals_: Any) -> Ji
     )
     from kizuna.kit.csrf import csrf_field
 
+    env.filters.update(money=format_money, points=format_points, date=format_date, datetime=format_datetime)
     env.globals.update(
         stylesheet=STYLESHEET_PATH,
         header_script=HEADER_SCRIPT_PATH,
+        forms_script="/_kizuna/forms.js",
+        image_prefix=IMAGE_PREFIX,
         service=service,
         service_links=service_links(),
         csrf_field=csrf_field,
+        flashes=flash_messages.flashes,
+        money=format_money,
         **globals_,
     )
     return Jinja2Templates(env=env)
+
+
+# ---- middleware -----------------------------------------------------------------------------------
+
+
+def _flash_secret(scope: Scope) -> str | bytes | None:
+    app = scope.get("app")
+    runtime = getattr(getattr(app, "state", None), "runtime", None)
+    state: dict[str, Any] = getattr(runtime, "state", None) or {}
+    if state.get("flash_secret"):
+        return state["flash_secret"]  # type: ignore[no-any-return]
+    rp = state.get("web_sign_in")
+    return getattr(rp, "client_secret", None)
+
+
+class PageMiddleware:
+    """Browser hardening headers on every response; flash messages in and out of their cookie."""
+
+    def __init__(self, app: ASGIApp, service: str = "") -> None:
+        self.app = app
+        self.cookie = flash_messages.cookie_name(service)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        connection = HTTPConnection(scope)
+        raw = connection.cookies.get(self.cookie)
+        if raw:
+            scope["kizuna.flash.incoming"] = flash_messages.decode(raw, _flash_secret(scope))
+        path: str = scope.get("path", "")
+        docs = path.startswith(_DOCS_PATHS)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    if docs and name == "content-security-policy":
+                        continue
+                    if name not in headers:
+                        headers[name] = value
+                self._flash_cookie(scope, headers, bool(raw))
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def _flash_cookie(self, scope: Scope, headers: MutableHeaders, had_cookie: bool) -> None:
+        new = flash_messages.outgoing(scope)
+        consumed = flash_messages.consumed(scope)
+        secure = "; Secure" if scope.get("scheme") == "https" else ""
+        if new:
+            secret = _flash_secret(scope)
+            if secret is None:
+                return
+            kept = [] if consumed else [[f.kind, f.text] for f in scope.get("kizuna.flash.incoming", [])]
+            value = flash_messages.serializer(secret).dumps((kept + new)[-flash_messages.MAX_MESSAGES :])
+            headers.append("set-cookie", f"{self.cookie}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age=300{secure}")
+        elif consumed and had_cookie:
+            headers.append("set-cookie", f"{self.cookie}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}")
