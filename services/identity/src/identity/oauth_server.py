@@ -24,6 +24,7 @@ from authlib.oidc.core.grants.code import OpenIDToken
 from authlib.oidc.core.grants.util import create_half_hash
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
+from kizuna.kit.errors import InvalidArgument
 
 from identity import pages
 from identity.clients import ALL_SCOPES, MEMBER_SCOPES, Client, consent_covers, remember_consent
@@ -71,10 +72,52 @@ class KizunaRequest(rfc6749.OAuth2Request):  # type: ignore[misc]
         return self._form
 
 
+class InvalidOAuthParameter(InvalidArgument):
+    code = "invalid_request"
+
+
+# RFC 6749 appendix A: parameter values are ASCII; Authlib echoes some of them (redirect_uri,
+# response_type, scope) into error descriptions, which must be %x20-21 / %x23-5B / %x5D-7E and
+# raised ValueError (a 500) otherwise. `state`/`nonce` are VSCHAR, `claims` is JSON, a login
+# hint is an email address that may be internationalised.
+_TEXT_PARAMS = frozenset({"login_hint"})
+_VSCHAR_PARAMS = frozenset({"state", "nonce", "claims", "ui_locales", "acr_values"})
+
+
+def _parameter_problem(items: list[tuple[str, str]]) -> str | None:
+    for key, value in items:
+        if key in _TEXT_PARAMS:
+            continue
+        forbidden = "" if key in _VSCHAR_PARAMS else '"\\'
+        if any(not " " <= c <= "~" or c in forbidden for c in key + value):
+            return f"the parameter {key[:40]!a} contains characters OAuth does not allow"
+    return None
+
+
+class MalformedClientCredentials(InvalidArgument):
+    http_status = 401
+    code = "invalid_client"
+
+
+def _basic_credentials_readable(encoded: str) -> bool:
+    """Base64 of UTF-8 `id:secret` (RFC 7617); Authlib would fail on anything else with a 500."""
+    try:
+        return ":" in base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        return False
+
+
 async def oauth_request(provider: Provider, request: Request) -> KizunaRequest:
+    """The Authlib request; InvalidOAuthParameter (400) for values outside OAuth's character set."""
     form: list[tuple[str, str]] = []
     if request.method == "POST":
         form = [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
+    problem = _parameter_problem(list(request.query_params.multi_items()) + form)
+    if problem is not None:
+        raise InvalidOAuthParameter(problem)
+    auth = request.headers.get("authorization", "")
+    if auth[:6].lower() == "basic " and not _basic_credentials_readable(auth[6:]):
+        raise MalformedClientCredentials("malformed Basic credentials")
     # The issuer's URL, not the socket's: behind a TLS-terminating proxy this is the https one.
     uri = provider.issuer_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return KizunaRequest(uri, request.method, request.headers, list(request.query_params.multi_items()), form)

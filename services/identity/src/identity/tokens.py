@@ -213,6 +213,8 @@ class Issuer:
             header = json.loads(_b64(token.split(".")[0]))
         except (ValueError, IndexError) as exc:
             raise ValueError("malformed token") from exc
+        if not isinstance(header, dict):  # JSON, but `[1]` or `null` is no JOSE header
+            raise ValueError("malformed token")
         if header.get("alg") != ALG:
             raise ValueError("unexpected algorithm")
         if typ is not None and header.get("typ") != typ:

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from kizuna.kit.auth import CurrentMember, Principal
+from kizuna.kit.bounds import NonNegInt64, PositiveInt64
 from kizuna.kit.db import SessionDep
 from kizuna.kit.errors import PermissionDenied
 from pydantic import BaseModel, Field
@@ -118,8 +119,8 @@ async def list_products(
     category: str | None = None,
     q: str | None = None,
     sort: Sort = "newest",
-    limit: int = 50,
-    offset: int = 0,
+    limit: PositiveInt64 = 50,
+    offset: NonNegInt64 = 0,
 ) -> list[dict[str, Any]]:
     found = await catalogue.browse(session, category=category, text=q, sort=sort, limit=limit, offset=offset)
     return [product_public(p, m) for p, m in found]

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from kizuna.kit.auth import CurrentMember
+from kizuna.kit.bounds import Int64
 from kizuna.kit.db import SessionDep
 from kizuna.kit.errors import InvalidArgument, NotFound
 from pydantic import BaseModel
@@ -46,7 +47,7 @@ async def cities() -> list[dict[str, str]]:
 
 @router.get("/search")
 async def search(
-    session: SessionDep, bookings: BookingsDep, city: str, check_in: str, check_out: str, guests: int = 1
+    session: SessionDep, bookings: BookingsDep, city: str, check_in: str, check_out: str, guests: Int64 = 1
 ) -> dict[str, Any]:
     stay = parse_stay(bookings, check_in, check_out, guests)
     results = await search_hotels(session, city, stay)
@@ -67,7 +68,7 @@ async def hotel(
     hotel_id: str,
     check_in: str | None = None,
     check_out: str | None = None,
-    guests: int = 1,
+    guests: Int64 = 1,
 ) -> dict[str, Any]:
     stay = parse_stay(bookings, check_in, check_out, guests) if check_in and check_out else None
     page = await hotel_page(session, hotel_id, stay)
@@ -123,7 +124,9 @@ async def create_booking(body: BookingCreate, member: CurrentMember, bookings: B
 
 
 @router.get("/bookings")
-async def my_bookings(member: CurrentMember, bookings: BookingsDep, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+async def my_bookings(
+    member: CurrentMember, bookings: BookingsDep, offset: Int64 = 0, limit: Int64 = 50
+) -> dict[str, Any]:
     assert member.member_id is not None
     if offset < 0 or not 1 <= limit <= 100:
         raise InvalidArgument("offset must be >= 0 and limit between 1 and 100")

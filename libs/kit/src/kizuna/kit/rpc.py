@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from kizuna.kit.bounds import check_message
 from kizuna.kit.errors import (
     AlreadyExists,
     DomainError,
@@ -47,6 +48,7 @@ def _wrap_unary(
             attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc},
         ) as span:
             try:
+                check_message(request)  # NUL or invalid text never reaches a handler
                 return await behavior(request, context)
             except DomainError as exc:
                 code = exc.grpc_status

@@ -33,6 +33,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from kizuna.kit.auth import AuthInterceptor, ServiceTokenClient, TokenVerifier
+from kizuna.kit.bounds import InputGuard, install_validation_errors
 from kizuna.kit.clock import Clock
 from kizuna.kit.db import Database
 from kizuna.kit.errors import DomainError
@@ -385,6 +386,9 @@ class Service(Generic[S]):
         app = FastAPI(title=f"Kizuna {self.name}", version="1")
         app.state.runtime = runtime
         app.add_middleware(StartingGate, runtime=runtime)
+        # Values no route can store (int64 overflow, NUL, lone surrogates) are refused at the edge.
+        app.add_middleware(InputGuard)
+        install_validation_errors(app)
         app.add_middleware(TracingMiddleware, service=self.name)
         from kizuna.kit.web import PageMiddleware
 
