@@ -174,7 +174,7 @@ async def test_poison_message_goes_to_dead_letter_while_later_events_flow(
 
     async def dead_letters() -> list:  # type: ignore[type-arg]
         try:
-            return await stream_messages(nats_url, "deadletter.demo-effects")
+            return await stream_messages(nats_url, "deadletter.demo.demo-effects")
         except nats.js.errors.NotFoundError:
             return []
 

@@ -6,7 +6,12 @@
   re-publish after a crash) and marks them sent.
 - `Consumer` declares a durable pull consumer; `ConsumerWorker` runs it: the handler's effect and
   an inbox row keyed by the event id commit together, so a redelivered event is acknowledged
-  without effect. After `max_deliver` failed attempts the event goes to `deadletter.<consumer>`.
+  without effect. After `max_deliver` failed attempts the event goes to
+  `deadletter.<service>.<consumer>`.
+
+Who sent an event is what the broker enforces, never a header: a service may publish only under
+its own name (`shop.>`) and the commands its declaration lists, with itself as the last token
+(`points.credit.requested.shop`); see `Event.owner` and `command_sender` (and kizuna.kit.natsauth).
 """
 
 from __future__ import annotations
@@ -145,8 +150,12 @@ def stream_name_for(subject: str) -> str:
     return subject.split(".", 1)[0].upper()
 
 
-async def ensure_stream(js: JetStreamContext, name: str, *, replicas: int = 1) -> None:
-    """Create or update the stream `NAME` for subjects `name.>` (idempotent; every replica may call it)."""
+async def ensure_stream(js: JetStreamContext, name: str, *, replicas: int = 1, owner: bool = True) -> None:
+    """Create or update the stream `NAME` for subjects `name.>` (idempotent; every replica may call it).
+
+    A service that only reads a stream (`owner=False`) creates it if its producer has not yet,
+    and never changes an existing one: the broker lets it create, not update, others' streams.
+    """
     config = StreamConfig(
         name=name.upper(),
         subjects=[f"{name.lower()}.>"],
@@ -157,6 +166,9 @@ async def ensure_stream(js: JetStreamContext, name: str, *, replicas: int = 1) -
     try:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError:
+        if not owner:
+            await js.stream_info(config.name or name.upper())  # it exists (with its owner's settings)
+            return
         await js.update_stream(config)
 
 
@@ -287,6 +299,13 @@ class Event:
     headers: dict[str, str]
     delivery: int = 1
 
+    @property
+    def owner(self) -> str:
+        """The service that published it, as the broker enforces: a service publishes only under
+        its own name, so the subject's first token (and the stream it came from) names it.
+        (`source`, the `ce-source` header, is informational: anyone may write any header.)"""
+        return self.subject.split(".", 1)[0]
+
     def parse(self, message_type: type[M]) -> M:
         """Decode the payload as `message_type`."""
         message = message_type()
@@ -309,6 +328,17 @@ class Event:
             headers=headers,
             delivery=meta.num_delivered,
         )
+
+
+def command_sender(event: Event, command: str) -> str | None:
+    """The service that sent a command (`<command>.<sender>`, e.g. `points.credit.requested.shop`),
+    or None when the subject is not that command: the broker lets a service publish a command
+    only with its own name as the last token."""
+    prefix = f"{command}."
+    if not event.subject.startswith(prefix):
+        return None
+    sender = event.subject[len(prefix) :]
+    return sender if sender and "." not in sender else None
 
 
 Handler = Callable[[AsyncSession, Event], Awaitable[None]]
@@ -353,9 +383,16 @@ class ConsumerWorker:
     js: JetStreamContext
     default_max_deliver: int = 5
     stream_replicas: int = 1
+    # The service running it (dead letters go to `deadletter.<service>.<consumer>`); by default the
+    # consumer name's first part, as names follow `<service>-<purpose>`.
+    service: str = ""
     _stopping: bool = field(default=False, init=False)
     _sub: Any = field(default=None, init=False)
     _busy: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+
+    @property
+    def service_name(self) -> str:
+        return self.service or self.consumer.name.split("-", 1)[0]
 
     @property
     def max_deliver(self) -> int:
@@ -364,7 +401,9 @@ class ConsumerWorker:
     async def subscribe(self) -> None:
         """Create (or bind to) the durable consumer; its stream is created if its producer is not up yet."""
         c = self.consumer
-        await ensure_stream(self.js, c.stream, replicas=self.stream_replicas)
+        await ensure_stream(
+            self.js, c.stream, replicas=self.stream_replicas, owner=c.stream == self.service_name.upper()
+        )
         config = ConsumerConfig(
             durable_name=c.name,
             ack_policy=AckPolicy.EXPLICIT,
@@ -482,8 +521,8 @@ class ConsumerWorker:
         headers["kizuna-consumer"] = self.consumer.name
         headers["kizuna-deliveries"] = str(msg.metadata.num_delivered)
         headers["kizuna-error"] = (repr(error) if error else "unknown error")[:500]
-        subject = f"{DEAD_LETTER_PREFIX}.{self.consumer.name}"
-        await ensure_stream(self.js, DEAD_LETTER_STREAM, replicas=self.stream_replicas)
+        subject = f"{DEAD_LETTER_PREFIX}.{self.service_name}.{self.consumer.name}"
+        await ensure_stream(self.js, DEAD_LETTER_STREAM, replicas=self.stream_replicas, owner=False)
         await self.js.publish(subject, msg.data, headers=headers)
         dead_letters.add(1, {"consumer": self.consumer.name})
         log.error(

@@ -1,0 +1,262 @@
+"""Authenticated NATS: one user per service, with permissions derived from the declarations.
+
+The broker, not a header, says who sent an event: a service may publish only its own subjects
+(`<name>.>`) and the commands its declaration lists, each with itself as the last token
+(`points.credit.requested.shop`). So a consumer knows the sender from the subject it reads.
+
+What a service's user may do, and nothing else:
+- publish its declared subjects (`Declaration.publish_subjects`) and dead letters of its own
+  consumers (`deadletter.<name>.>`);
+- manage its own stream (`STREAM.CREATE/UPDATE/INFO.<NAME>`), and create (never update or
+  delete) the streams it reads and the dead-letter stream, should it start before their owner;
+- create durable consumers on the streams it reads: a whole stream it declares in `consumes`
+  (and its own), or only the subjects a contract implies (a filter in the API subject): every
+  service reads `identity.access.revoked` (revocation) and, when it holds member data,
+  `identity.member.erasure_requested`; points reads `<earner>.purchase.>` of every earner;
+  identity reads `<service>.member.erased` of every service that holds member data;
+- fetch from and acknowledge consumers on those streams;
+- receive only on its private inbox prefix `_INBOX_<name>` (replies to its own requests), so no
+  service reads another's replies.
+
+`server_config()` writes a nats-server configuration with these users; `make up` and the kit's
+pytest plugin run nats-server with it. A superuser exists only for test harnesses that inspect
+streams (`TEST_SUPERUSER`); it is never given to a service.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from kizuna.kit.declaration import ISSUER, LEDGER, Declaration
+
+# The subjects of the contracts every service (or a named one) reads, beyond its `consumes`.
+REVOCATION_SUBJECT = f"{ISSUER}.access.revoked"
+ERASURE_REQUESTED_SUBJECT = f"{ISSUER}.member.erasure_requested"
+DEAD_LETTER_STREAM = "DEADLETTER"
+DEAD_LETTER_PREFIX = "deadletter"
+# Only test harnesses use it (to create, read and delete streams); no service ever gets it.
+TEST_SUPERUSER = "kizuna-test-superuser"
+JS_API = "$JS.API"
+
+Permissions = dict[str, dict[str, list[str]]]
+
+
+def inbox_prefix(service: str) -> str:
+    """The private reply prefix of one service: only its own user may subscribe under it."""
+    return f"_INBOX_{service}"
+
+
+def dead_letter_subject(service: str, consumer: str) -> str:
+    """Where a consumer's poison messages go; the service's name is a token, so the broker can
+    let each service publish only its own consumers' dead letters."""
+    return f"{DEAD_LETTER_PREFIX}.{service}.{consumer}"
+
+
+def reads(decl: Declaration, decls: Iterable[Declaration]) -> dict[str, list[str] | None]:
+    """The streams a service reads: owner -> subject filters it may consume (None: all of it)."""
+    everyone = list(decls)
+    streams: dict[str, list[str] | None] = {decl.name: None}
+    for owner in decl.consumes:
+        streams[owner] = None
+
+    def add(owner: str, subject: str) -> None:
+        current = streams.setdefault(owner, [])
+        if current is not None and subject not in current:
+            current.append(subject)
+
+    if decl.name != ISSUER:
+        add(ISSUER, REVOCATION_SUBJECT)
+        if decl.privacy:
+            add(ISSUER, ERASURE_REQUESTED_SUBJECT)
+    if decl.name == LEDGER:
+        for earner in everyone:
+            if earner.earning is not None and earner.name != decl.name:
+                add(earner.name, f"{earner.name}.purchase.>")
+    if decl.name == ISSUER:
+        for holder in everyone:
+            if holder.privacy and holder.name != decl.name:
+                add(holder.name, f"{holder.name}.member.erased")
+    return streams
+
+
+def permissions(decl: Declaration, decls: Iterable[Declaration]) -> Permissions:
+    """The nats-server `permissions` of one service's user (publish and subscribe allow-lists)."""
+    own = decl.stream
+    publish = [
+        *decl.publish_subjects,
+        f"{DEAD_LETTER_PREFIX}.{decl.name}.>",
+        f"{JS_API}.INFO",
+        f"{JS_API}.STREAM.CREATE.{own}",
+        f"{JS_API}.STREAM.UPDATE.{own}",
+        f"{JS_API}.STREAM.INFO.{own}",
+        f"{JS_API}.STREAM.CREATE.{DEAD_LETTER_STREAM}",
+        f"{JS_API}.STREAM.INFO.{DEAD_LETTER_STREAM}",
+    ]
+    for owner, filters in reads(decl, decls).items():
+        stream = owner.upper()
+        if stream != own:
+            publish += [f"{JS_API}.STREAM.CREATE.{stream}", f"{JS_API}.STREAM.INFO.{stream}"]
+        if filters is None:
+            publish.append(f"{JS_API}.CONSUMER.CREATE.{stream}.>")
+        else:
+            # nats clients put a single filter subject into the create request's subject.
+            publish += [f"{JS_API}.CONSUMER.CREATE.{stream}.*.{subject}" for subject in filters]
+        publish += [
+            f"{JS_API}.CONSUMER.INFO.{stream}.*",
+            f"{JS_API}.CONSUMER.MSG.NEXT.{stream}.*",
+            # Acks, naks and terms: `$JS.ACK.<stream>.…` (and the form with domain and account).
+            f"$JS.ACK.{stream}.>",
+            f"$JS.ACK.*.*.{stream}.>",
+        ]
+    subscribe = [f"{inbox_prefix(decl.name)}.>"]
+    if decl.name != ISSUER:
+        # Revocation may also be followed with a plain subscription (no durable consumer).
+        subscribe.append(REVOCATION_SUBJECT)
+    return {"publish": {"allow": _unique(publish)}, "subscribe": {"allow": _unique(subscribe)}}
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def users(
+    decls: Iterable[Declaration], passwords: Mapping[str, str], *, superuser_password: str | None = None
+) -> list[dict[str, Any]]:
+    """The `authorization.users` list: one user per declared service (and the test superuser)."""
+    everyone = list(decls)
+    entries: list[dict[str, Any]] = []
+    for decl in everyone:
+        if decl.name not in passwords:
+            raise KeyError(f"no NATS password for {decl.name}")
+        entries.append(
+            {"user": decl.name, "password": passwords[decl.name], "permissions": permissions(decl, everyone)}
+        )
+    if superuser_password is not None:
+        entries.append({"user": TEST_SUPERUSER, "password": superuser_password})
+    return entries
+
+
+def authorization_block(
+    decls: Iterable[Declaration], passwords: Mapping[str, str], *, superuser_password: str | None = None
+) -> str:
+    """The `authorization { users = [...] }` block of a nats-server configuration.
+
+    Strings are written JSON-quoted: nats-server does not expand `$` variables inside quotes,
+    so `$JS.API.…` subjects stay literal.
+    """
+    entries = users(decls, passwords, superuser_password=superuser_password)
+    body = ",\n    ".join(json.dumps(entry, sort_keys=True) for entry in entries)
+    return f"authorization {{\n  users = [\n    {body}\n  ]\n}}\n"
+
+
+def server_config(
+    decls: Iterable[Declaration],
+    passwords: Mapping[str, str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 4222,
+    store_dir: Path | None = None,
+    superuser_password: str | None = None,
+) -> str:
+    """A whole single-server configuration: listener, JetStream store, and the users."""
+    lines = [f"listen: {json.dumps(f'{host}:{port}')}"]
+    if store_dir is not None:
+        lines.append(f"jetstream {{\n  store_dir: {json.dumps(str(store_dir))}\n}}")
+    else:
+        lines.append("jetstream {}")
+    lines.append(authorization_block(decls, passwords, superuser_password=superuser_password))
+    return "\n".join(lines)
+
+
+def generate_passwords(names: Iterable[str], known: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A random password per name, keeping the ones already known."""
+    result = dict(known or {})
+    for name in names:
+        result.setdefault(name, secrets.token_urlsafe(32))
+    return result
+
+
+def load_or_create_passwords(path: Path, names: Iterable[str]) -> dict[str, str]:
+    """Per-service NATS passwords kept in a 0600 JSON file (like the OAuth client secrets)."""
+    known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    passwords = generate_passwords(names, known)
+    write_private(path, json.dumps(passwords, indent=2))
+    return passwords
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (created 0600 before any secret is written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(text)
+
+
+def write_server_config(
+    path: Path,
+    decls: Iterable[Declaration],
+    passwords: Mapping[str, str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 4222,
+    store_dir: Path | None = None,
+    superuser_password: str | None = None,
+) -> Path:
+    """Write `server_config(...)` to `path` (0600: it holds the passwords)."""
+    text = server_config(
+        decls, passwords, host=host, port=port, store_dir=store_dir, superuser_password=superuser_password
+    )
+    write_private(path, text)
+    return path
+
+
+def connect_options(service: str, url: str, user: str = "", password: str = "") -> dict[str, Any]:
+    """`nats.connect` options for a service: its servers, its own user (credentials in the URL are
+    dropped then, so a service never connects as anyone else) and its private inbox prefix."""
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    options: dict[str, Any] = {"servers": servers, "inbox_prefix": inbox_prefix(service)}
+    if user:
+        options["servers"] = [_without_credentials(server) for server in servers]
+        options["user"] = user
+        options["password"] = password
+    return options
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def service_env(service: str, passwords: Mapping[str, str]) -> dict[str, str]:
+    """The environment a service connects with: `NATS_USER` and `NATS_PASSWORD`."""
+    return {"NATS_USER": service, "NATS_PASSWORD": passwords[service]}
+
+
+__all__ = [
+    "DEAD_LETTER_PREFIX",
+    "DEAD_LETTER_STREAM",
+    "ERASURE_REQUESTED_SUBJECT",
+    "REVOCATION_SUBJECT",
+    "TEST_SUPERUSER",
+    "authorization_block",
+    "connect_options",
+    "dead_letter_subject",
+    "generate_passwords",
+    "inbox_prefix",
+    "load_or_create_passwords",
+    "permissions",
+    "reads",
+    "server_config",
+    "service_env",
+    "users",
+    "write_server_config",
+]

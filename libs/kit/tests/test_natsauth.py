@@ -1,0 +1,350 @@
+"""Authenticated NATS: the permissions derived from declarations, enforced by a real nats-server.
+
+Each test connects as an attacker would: a raw client without credentials, with a wrong
+password, or with one service's credentials trying what only another service may do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
+from kizuna.kit import natsauth
+from kizuna.kit.db import Database
+from kizuna.kit.declaration import Declaration, Earning
+from kizuna.kit.devstack import nats_server_binary
+from kizuna.kit.events import Consumer, ConsumerWorker, Event, InboxMessage, OutboxMessage, command_sender
+from kizuna.kit.testing import NatsServer, free_port, wait_until
+from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+from sqlmodel import SQLModel, select
+
+DECLARATIONS = [
+    Declaration(name="identity", slot=0, label="Identity"),
+    Declaration(name="points", slot=1, label="Points", consumes=["identity"], privacy=True),
+    Declaration(
+        name="shop",
+        slot=2,
+        label="Shop",
+        consumes=["identity"],
+        publishes=["points.credit.requested"],
+        privacy=True,
+        earning=Earning(label="Shop", rate_percent=1.0),
+    ),
+    Declaration(name="travel", slot=3, label="Travel", privacy=True, earning=Earning(label="Travel", rate_percent=1)),
+]
+BY_NAME = {d.name: d for d in DECLARATIONS}
+
+
+# ---- what is derived ---------------------------------------------------------------------------
+
+
+def test_a_service_publishes_its_own_subjects_and_declared_commands_signed_with_its_name() -> None:
+    shop = natsauth.permissions(BY_NAME["shop"], DECLARATIONS)
+    travel = natsauth.permissions(BY_NAME["travel"], DECLARATIONS)
+    assert {"shop.>", "points.credit.requested.shop", "deadletter.shop.>"} <= set(shop["publish"]["allow"])
+    assert not {s for s in shop["publish"]["allow"] if s.startswith(("points.", "identity.", "travel."))} - {
+        "points.credit.requested.shop"
+    }
+    # travel does not declare the credit command: it may not send it at all.
+    assert not [s for s in travel["publish"]["allow"] if s.startswith("points.")]
+    # Replies reach only the service's own inbox prefix; revocation may be followed directly.
+    assert shop["subscribe"]["allow"] == ["_INBOX_shop.>", "identity.access.revoked"]
+
+
+def test_contracts_imply_exactly_the_subjects_they_need() -> None:
+    points = natsauth.reads(BY_NAME["points"], DECLARATIONS)
+    identity = natsauth.reads(BY_NAME["identity"], DECLARATIONS)
+    travel = natsauth.reads(BY_NAME["travel"], DECLARATIONS)
+    # points: its own stream and identity's (declared), every earner's purchase events (contract).
+    assert points == {
+        "points": None,
+        "identity": None,
+        "shop": ["shop.purchase.>"],
+        "travel": ["travel.purchase.>"],
+    }
+    # identity: completions of erasure from every service that holds member data.
+    assert identity == {
+        "identity": None,
+        "points": ["points.member.erased"],
+        "shop": ["shop.member.erased"],
+        "travel": ["travel.member.erased"],
+    }
+    # travel declares no stream: revocation and erasure requests only.
+    assert travel == {"travel": None, "identity": ["identity.access.revoked", "identity.member.erasure_requested"]}
+    create = natsauth.permissions(BY_NAME["points"], DECLARATIONS)["publish"]["allow"]
+    assert "$JS.API.CONSUMER.CREATE.SHOP.*.shop.purchase.>" in create
+    assert "$JS.API.CONSUMER.CREATE.SHOP.>" not in create
+    assert not [s for s in create if ".DELETE." in s or s.startswith("$JS.API.STREAM.UPDATE.SHOP")]
+
+
+def test_the_generated_configuration_is_accepted_by_nats_server(tmp_path: Path) -> None:
+    passwords = natsauth.generate_passwords(d.name for d in DECLARATIONS)
+    config = natsauth.write_server_config(
+        tmp_path / "nats.conf", DECLARATIONS, passwords, port=free_port(), store_dir=tmp_path / "js"
+    )
+    assert config.stat().st_mode & 0o777 == 0o600
+    result = subprocess.run([nats_server_binary(), "-t", "-c", str(config)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    # Quoted `$JS.API…` subjects are not taken for configuration variables.
+    assert '"$JS.API.INFO"' in config.read_text()
+
+
+def test_passwords_are_kept_once_generated(tmp_path: Path) -> None:
+    path = tmp_path / "nats-passwords.json"
+    first = natsauth.load_or_create_passwords(path, ["shop", "points"])
+    again = natsauth.load_or_create_passwords(path, ["shop", "points", "travel"])
+    assert again["shop"] == first["shop"] and again["points"] == first["points"]
+    assert len({*again.values()}) == 3 and all(len(p) >= 40 for p in again.values())
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_service_connects_as_itself_even_when_the_url_carries_other_credentials() -> None:
+    options = natsauth.connect_options("shop", "nats://someone:else@10.0.0.1:4222, nats://[::1]:4223", "shop", "pw")
+    assert options == {
+        "servers": ["nats://10.0.0.1:4222", "nats://[::1]:4223"],
+        "inbox_prefix": "_INBOX_shop",
+        "user": "shop",
+        "password": "pw",
+    }
+    assert natsauth.connect_options("demo", "nats://127.0.0.1:4222")["servers"] == ["nats://127.0.0.1:4222"]
+
+
+def test_a_command_names_its_sender_only_as_the_last_token() -> None:
+    def event(subject: str) -> Event:
+        return Event("e", subject, "t", "kizuna/travel", None, "", b"", {})
+
+    assert command_sender(event("points.credit.requested.shop"), "points.credit.requested") == "shop"
+    assert command_sender(event("points.credit.requested"), "points.credit.requested") is None
+    assert command_sender(event("points.credit.requested.shop.x"), "points.credit.requested") is None
+    assert command_sender(event("points.spend.requested.shop"), "points.credit.requested") is None
+    assert event("shop.purchase.paid").owner == "shop"
+
+
+# ---- enforced by the server --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    started = NatsServer(free_port(), tmp_path_factory.mktemp("nats-auth"), auth=True, declarations=DECLARATIONS)
+    try:
+        yield started.start()
+    finally:
+        started.stop()
+
+
+class Connection:
+    """A raw client that records the permission errors the server sends it."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.nc: Client | None = None
+
+    async def open(self, server: NatsServer, user: str | None) -> Connection:
+        async def on_error(exc: Exception) -> None:
+            self.errors.append(str(exc))
+
+        options = natsauth.connect_options(user, server.address, user, server.passwords[user]) if user else {}
+        self.nc = await nats.connect(
+            **(options or {"servers": [server.url]}),
+            error_cb=on_error,
+            allow_reconnect=False,
+            connect_timeout=2,
+        )
+        return self
+
+    async def violations(self, count: int) -> list[str]:
+        assert self.nc is not None
+        await self.nc.flush()
+        await wait_until(lambda: _at_least(self.errors, count), timeout=5)
+        return self.errors
+
+
+async def _at_least(items: list[str], count: int) -> bool:
+    return len(items) >= count
+
+
+@pytest.fixture
+async def as_service(server: NatsServer) -> AsyncIterator[object]:
+    opened: list[Connection] = []
+
+    async def open_as(user: str | None) -> Connection:
+        connection = await Connection().open(server, user)
+        opened.append(connection)
+        return connection
+
+    yield open_as
+    for connection in opened:
+        if connection.nc is not None:
+            with contextlib.suppress(Exception):
+                await connection.nc.close()
+
+
+@pytest.fixture
+async def fresh_streams(server: NatsServer) -> AsyncIterator[Client]:
+    """The harness (superuser) creates each service's stream empty."""
+    nc = await nats.connect(server.url)
+    js = nc.jetstream()
+    for d in DECLARATIONS:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_stream(d.stream)
+        await js.add_stream(StreamConfig(name=d.stream, subjects=[f"{d.name}.>"]))
+    yield nc
+    await nc.close()
+
+
+async def _stream_subjects(nc: Client, stream: str) -> list[str]:
+    js = nc.jetstream()
+    info = await js.stream_info(stream, subjects_filter=">")
+    return sorted((info.state.subjects or {}).keys())
+
+
+async def test_a_connection_without_or_with_wrong_credentials_is_refused(server: NatsServer) -> None:
+    for options in (
+        {"servers": [server.address]},
+        {"servers": [server.address], "user": "shop", "password": "not-the-password"},
+        {"servers": [server.address], "user": "shop", "password": server.passwords["points"]},
+    ):
+        with pytest.raises((nats.errors.Error, OSError)):
+            await nats.connect(**options, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
+
+
+async def test_shop_cannot_request_an_erasure_credit_as_another_service_or_forge_ledger_events(
+    as_service, fresh_streams: Client
+) -> None:
+    shop = await as_service("shop")
+    js = shop.nc.jetstream(timeout=1)
+    # What shop may do is acknowledged by JetStream.
+    await js.publish("shop.purchase.paid", b"ok")
+    await js.publish("points.credit.requested.shop", b"ok")
+    forged = ["identity.member.erasure_requested", "points.credit.requested.fintech", "points.ledger.credited"]
+    for subject in forged:
+        with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+            await js.publish(subject, b"forged")
+    errors = await shop.violations(len(forged))
+    for subject in forged:
+        assert any(f'permissions violation for publish to "{subject.lower()}"' in e.lower() for e in errors), errors
+    # The streams hold the legitimate messages only.
+    assert await _stream_subjects(fresh_streams, "IDENTITY") == []
+    assert await _stream_subjects(fresh_streams, "POINTS") == ["points.credit.requested.shop"]
+    assert await _stream_subjects(fresh_streams, "SHOP") == ["shop.purchase.paid"]
+
+
+async def test_shop_cannot_read_another_services_inbox_or_stream_subjects(as_service, fresh_streams: Client) -> None:
+    shop = await as_service("shop")
+    attempts = ["_INBOX_points.>", "_INBOX.>", "points.>", "identity.>", ">"]
+    received: list[str] = []
+
+    async def record(msg: nats.aio.msg.Msg) -> None:
+        received.append(msg.subject)
+
+    for subject in attempts:
+        await shop.nc.subscribe(subject, cb=record)
+    errors = await shop.violations(len(attempts))
+    for subject in attempts:
+        assert any(f'permissions violation for subscription to "{subject.lower()}"' in e.lower() for e in errors), (
+            errors
+        )
+    # points' replies and events published meanwhile never reach shop.
+    points = await as_service("points")
+    await points.nc.publish("_INBOX_points.reply", b"secret")
+    await points.nc.jetstream(timeout=2).publish("points.ledger.credited", b"x")
+    await asyncio.sleep(0.3)
+    assert received == []
+
+
+async def test_shop_cannot_consume_or_tamper_with_streams_it_does_not_read(as_service, fresh_streams: Client) -> None:
+    shop = await as_service("shop")
+    js = shop.nc.jetstream(timeout=1)
+    denied = [
+        js.pull_subscribe("points.>", durable="shop-spy", stream="POINTS"),
+        js.add_consumer("POINTS", ConsumerConfig(name="shop-spy", durable_name="shop-spy")),
+        js.delete_stream("IDENTITY"),
+        js.update_stream(StreamConfig(name="IDENTITY", subjects=["identity.>"], max_msgs=1)),
+        js.purge_stream("SHOP"),
+        js.delete_consumer("IDENTITY", "points-members"),
+    ]
+    for attempt in denied:
+        with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+            await attempt
+    assert len(await shop.violations(len(denied))) >= len(denied)
+    assert (await fresh_streams.jetstream().stream_info("IDENTITY")).config.max_msgs == -1
+
+
+async def test_points_reads_only_the_purchase_events_of_an_earner(as_service, fresh_streams: Client) -> None:
+    shop = await as_service("shop")
+    await shop.nc.jetstream().publish("shop.order.noted", b"internal")
+    await shop.nc.jetstream().publish("shop.purchase.paid", b"purchase")
+    points = await as_service("points")
+    js = points.nc.jetstream(timeout=1)
+    with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+        await js.pull_subscribe("shop.>", durable="points-shop-all", stream="SHOP")
+    sub = await js.pull_subscribe(
+        "shop.purchase.>",
+        durable="points-shop-earn",
+        stream="SHOP",
+        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT),
+    )
+    [msg] = await sub.fetch(1, timeout=2)
+    assert (msg.subject, msg.data) == ("shop.purchase.paid", b"purchase")
+    await msg.ack_sync()
+
+
+async def _kit_tables(url: str) -> Database:
+    db = Database(url)
+    async with db.engine.begin() as conn:
+        await conn.run_sync(SQLModel.metadata.create_all, tables=[InboxMessage.__table__, OutboxMessage.__table__])
+    return db
+
+
+async def test_the_kit_consumes_and_dead_letters_under_a_services_own_user(
+    server: NatsServer, fresh_streams: Client, tmp_path: Path
+) -> None:
+    """The kit's consumer worker (stream creation, durable consumer, fetch, ack, nak, dead letter)
+    needs nothing beyond what points' user is given."""
+    db = await _kit_tables(f"sqlite+aiosqlite:///{tmp_path / 'points.db'}")
+    seen: list[tuple[str, str]] = []
+
+    async def handle(_session: object, event: Event) -> None:
+        if event.data == b"poison":
+            raise ValueError("cannot handle it")
+        seen.append((event.owner, event.data.decode()))
+
+    nc = await nats.connect(**natsauth.connect_options("points", server.address, "points", server.passwords["points"]))
+    try:
+        worker = ConsumerWorker(
+            Consumer("points-shop-earn", ["shop.purchase.>"], handle, retry_delay_seconds=0.05),
+            db,
+            nc.jetstream(),
+            default_max_deliver=2,
+        )
+        await worker.subscribe()
+        task = asyncio.create_task(worker.run())
+        shop = await nats.connect(**natsauth.connect_options("shop", server.address, "shop", server.passwords["shop"]))
+        for body in (b"poison", b"paid-1"):
+            await shop.jetstream().publish("shop.purchase.paid", body)
+        await shop.close()
+        await wait_until(lambda: _at_least(seen, 1), timeout=10)
+
+        async def dead() -> list[str]:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                return await _stream_subjects(fresh_streams, natsauth.DEAD_LETTER_STREAM)
+            return []
+
+        assert await wait_until(dead, timeout=10) == ["deadletter.points.points-shop-earn"]
+        assert seen == [("shop", "paid-1")]
+        worker.stop()
+        await task
+        await worker.close()
+        async with db.sessions() as session:
+            assert len((await session.exec(select(InboxMessage))).all()) == 1
+    finally:
+        await nc.close()
+        await db.dispose()
