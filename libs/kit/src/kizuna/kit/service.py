@@ -32,6 +32,7 @@ import nats
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
+from kizuna.kit import natsauth
 from kizuna.kit.auth import AuthInterceptor, ServiceTokenClient, TokenVerifier
 from kizuna.kit.bounds import InputGuard, install_validation_errors
 from kizuna.kit.clock import Clock
@@ -311,7 +312,9 @@ class Service(Generic[S]):
         while True:
             try:
                 return await nats.connect(
-                    settings.nats_url,
+                    **natsauth.connect_options(
+                        self.name, settings.nats_url, settings.nats_user, settings.nats_password.get_secret_value()
+                    ),
                     name=self.name,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1,

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,6 +19,10 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     nats_url: str
+    # This service's own NATS user (`make up` generates one per service, Kubernetes keeps it in a
+    # Secret); the broker enforces what it may publish and read. Empty: none, or in NATS_URL.
+    nats_user: str = ""
+    nats_password: SecretStr = SecretStr("")
     kizuna_issuer: str
     kizuna_audience: str = "kizuna"
     kizuna_client_id: str = ""

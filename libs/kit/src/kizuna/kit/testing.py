@@ -73,21 +73,75 @@ def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
 
 
+def _declarations() -> list[Any]:
+    """Every declared service of the workspace (from the working directory, else from this file)."""
+    from kizuna.kit.declaration import discover
+
+    for start in (None, Path(__file__)):
+        with contextlib.suppress(FileNotFoundError):
+            return discover(start)
+    return []
+
+
 @dataclass
 class NatsServer:
-    """A real nats-server with JetStream on a free port and a temporary store."""
+    """A real nats-server with JetStream on a free port and a temporary store.
+
+    With `auth=True` it runs as production does: one user per declared service with the
+    permissions its declaration implies (kizuna.kit.natsauth), plus a superuser for the test
+    harness only. `url` then carries the superuser's credentials (to create, read and delete
+    streams); a service gets its own with `service_env(name)`.
+    """
 
     port: int
     store: Path
     process: subprocess.Popen[bytes] | None = None
+    auth: bool = False
+    declarations: list[Any] = field(default_factory=list)
+    passwords: dict[str, str] = field(default_factory=dict)
+    superuser_password: str = ""
+
+    @property
+    def address(self) -> str:
+        """The server's URL without credentials."""
+        return f"nats://127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        """The harness's URL: with auth, the test superuser's (never give it to a service)."""
+        if not self.auth:
+            return self.address
+        from kizuna.kit.natsauth import TEST_SUPERUSER
+
+        return f"nats://{TEST_SUPERUSER}:{self.superuser_password}@127.0.0.1:{self.port}"
+
+    def service_env(self, name: str) -> dict[str, str]:
+        """`NATS_URL`, `NATS_USER`, `NATS_PASSWORD` for a declared service (empty without auth or for
+        an undeclared test double, which then connects with `url`)."""
+        if not self.auth or name not in self.passwords:
+            return {}
+        return {"NATS_URL": self.address, "NATS_USER": name, "NATS_PASSWORD": self.passwords[name]}
 
     def start(self) -> NatsServer:
+        argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)]
+        if self.auth:
+            from kizuna.kit import natsauth
+
+            if not self.declarations:
+                self.declarations = _declarations()
+            self.passwords = natsauth.generate_passwords([d.name for d in self.declarations], self.passwords)
+            self.superuser_password = self.superuser_password or uuid.uuid4().hex
+            config = natsauth.write_server_config(
+                self.store / "nats-auth.conf",
+                self.declarations,
+                self.passwords,
+                port=self.port,
+                store_dir=self.store,
+                superuser_password=self.superuser_password,
+            )
+            argv = [nats_server_binary(), "-c", str(config)]
         self.process = subprocess.Popen(
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)],
+            argv,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -110,8 +164,9 @@ class NatsServer:
 
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    """One JetStream-enabled nats-server for the test session."""
-    server = NatsServer(free_port(), tmp_path_factory.mktemp("nats")).start()
+    """One JetStream-enabled nats-server for the test session, with authentication on: every
+    declared service has its own user and permissions; `nats_url` is the harness superuser's."""
+    server = NatsServer(free_port(), tmp_path_factory.mktemp("nats"), auth=True).start()
     yield server
     server.stop()
 
@@ -292,6 +347,8 @@ def service_process(tmp_path: Path, nats_server: NatsServer) -> Iterator[Any]:
             "KIZUNA_ISSUER": "http://127.0.0.1:1",
             "KIZUNA_DATA_DIR": str(data_dir),
             "LOG_FORMAT": "json",
+            # A declared service connects as itself (its own NATS user and permissions).
+            **nats_server.service_env(name),
         }
         proc = ServiceProcess(name, {**base, **(env or {})}, free_port(), free_port(), tmp_path / f"{name}.log")
         started.append(proc)
