@@ -18,6 +18,7 @@ import httpx
 from identity.provider import Provider
 from identity.service import service
 from identity.settings import Settings
+from kizuna.kit import declaration
 from kizuna.kit.service import Runtime
 from kizuna.kit.testing import (
     free_port,
@@ -89,6 +90,8 @@ def identity_settings(nats_url: str, database_url: str, data_dir: Path, **overri
         "identity_key_reload_seconds": 3600,
         "identity_backchannel_timeout_seconds": 2,
         "kizuna_clients": json.dumps(test_clients(overrides.pop("extra_clients", None))),
+        # The scope catalogue make up and the manifests derive from every service's declaration.
+        "kizuna_scopes": json.dumps(declaration.scope_catalogue(declaration.discover())),
         **overrides,
     }
     return Settings(**values)

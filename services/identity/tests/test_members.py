@@ -192,6 +192,7 @@ async def test_admin_command_registers_a_client(idp_sqlite: Idp) -> None:
         "KIZUNA_DATA_DIR": str(settings.kizuna_data_dir),
         "NATS_URL": settings.nats_url,
         "KIZUNA_ISSUER": settings.kizuna_issuer,
+        "KIZUNA_SCOPES": settings.kizuna_scopes,
     }
     spec = json.dumps({"client_id": "partner", "grant_types": ["client_credentials"], "scopes": ["points:read"]})
     result = await asyncio.to_thread(

@@ -2,8 +2,6 @@ from kizuna.kit.settings import ServiceSettings
 
 
 class Settings(ServiceSettings):
-    http_port: int = 8004
-    grpc_port: int = 50054
     points_addr: str = "127.0.0.1:50051"
 
     currency: str = "JPY"

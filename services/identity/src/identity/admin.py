@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kizuna.kit.db import Database, utcnow
 
-from identity.clients import ClientSpec, upsert
+from identity.clients import ClientSpec, ScopeCatalogue, upsert
 from identity.keys import KeyRing, load_key_encryption_key
 from identity.settings import Settings
 
@@ -67,7 +67,7 @@ def register_client(settings: Settings, args: list[str]) -> int:
         db = _database(settings)
         try:
             async with db.transaction() as session:
-                client, secret = await upsert(session, spec, utcnow())
+                client, secret = await upsert(session, spec, utcnow(), ScopeCatalogue.from_json(settings.kizuna_scopes))
             return {"client_id": client.id, "client_secret": secret}
         finally:
             await db.dispose()

@@ -2,9 +2,14 @@
 (client credentials). The same rules as `python -m identity register-client` (clients.upsert).
 
     POST   /admin/clients               register (409 if the id exists); a generated secret is returned once
-    PUT    /admin/clients/{client_id}   register or replace
+    PATCH  /admin/clients/{client_id}   change only the fields given (the secret stays unless one is
+                                        given or `rotate_secret` is true; scopes stay unless given)
+    PUT    /admin/clients/{client_id}   replace: every field must be given (422 otherwise)
     GET    /admin/clients               list;  GET /admin/clients/{client_id}  one
     DELETE /admin/clients/{client_id}   remove the client and revoke every grant it holds
+
+A client cannot change or remove itself (403): an admin client can neither strip nor raise its
+own scopes. A client secret given here has at least MIN_SECRET_LENGTH characters.
 """
 
 from __future__ import annotations
@@ -12,7 +17,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from kizuna.kit.bounds import Text
 from kizuna.kit.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from pydantic import BaseModel, ConfigDict
+from pydantic import Field as PydanticField
 from sqlmodel import col, select
 
 from identity.clients import Client, ClientSpec, all_clients, upsert
@@ -20,6 +28,9 @@ from identity.provider import Provider
 from identity.tokens import Grant, revoke_grant
 
 ADMIN_SCOPE = "identity:admin"
+# A secret chosen by the caller must be as hard to guess as a generated one (32 bytes, 43 chars).
+MIN_SECRET_LENGTH = 32
+MAX_SECRET_LENGTH = 200
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
@@ -45,6 +56,8 @@ async def _admin(request: Request) -> str:
 
 
 Admin = Annotated[str, Depends(_admin)]
+Uri = Annotated[Text, PydanticField(max_length=500)]
+ScopeName = Annotated[Text, PydanticField(min_length=1, max_length=100)]
 
 
 def public(client: Client) -> dict[str, Any]:
@@ -62,27 +75,113 @@ def public(client: Client) -> dict[str, Any]:
     }
 
 
-async def _save(request: Request, spec: ClientSpec, *, create: bool) -> dict[str, Any]:
+def _check_secret(secret: str | None) -> None:
+    if secret is not None and not MIN_SECRET_LENGTH <= len(secret) <= MAX_SECRET_LENGTH:
+        raise InvalidArgument(
+            f"client_secret must have {MIN_SECRET_LENGTH} to {MAX_SECRET_LENGTH} characters "
+            "(leave it out to have one generated)"
+        )
+
+
+def _not_itself(client_id: str, admin: str, action: str) -> None:
+    if client_id == admin:
+        raise PermissionDenied(f"a client cannot {action} itself; use another admin client")
+
+
+async def _save(
+    request: Request, spec: ClientSpec, *, create: bool, keep_secret_of: Client | None = None
+) -> dict[str, Any]:
     provider = _provider(request)
     async with provider.db.transaction() as session:
-        if create and await session.get(Client, spec.client_id) is not None:
-            raise AlreadyExists(f"client {spec.client_id} exists; PUT /admin/clients/{spec.client_id} replaces it")
-        client, secret = await upsert(session, spec, provider.now())
+        existing = await session.get(Client, spec.client_id)
+        if create and existing is not None:
+            raise AlreadyExists(f"client {spec.client_id} exists; PATCH /admin/clients/{spec.client_id} changes it")
+        kept = existing.secret_hash if existing is not None and keep_secret_of is not None else None
+        client, secret = await upsert(session, spec, provider.now(), provider.scopes)
+        if kept is not None:  # PATCH without a new secret: the one the client holds stays valid
+            client.secret_hash = kept
+            secret = None
+            session.add(client)
         body = public(client)
     provider.forget_client(spec.client_id)
     return {**body, **({"client_secret": secret} if secret else {})}
 
 
+class ClientCreate(ClientSpec):
+    """POST: fields left out take the defaults of a new third-party client."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClientReplace(BaseModel):
+    """PUT: a full replacement, so nothing is reset to a default by omission."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client_id: str
+    client_secret: str | None = PydanticField(description="a new secret, or null to have one generated")
+    name: Text
+    redirect_uris: list[Uri]
+    post_logout_redirect_uris: list[Uri]
+    grant_types: list[ScopeName]
+    scopes: list[ScopeName]
+    first_party: bool
+    backchannel_logout_uri: Uri | None
+    public: bool
+
+
+class ClientPatch(BaseModel):
+    """PATCH: only the fields given change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client_secret: str | None = None
+    rotate_secret: bool = False
+    name: Text | None = None
+    redirect_uris: list[Uri] | None = None
+    post_logout_redirect_uris: list[Uri] | None = None
+    grant_types: list[ScopeName] | None = None
+    scopes: list[ScopeName] | None = None
+    first_party: bool | None = None
+    backchannel_logout_uri: Uri | None = None
+    public: bool | None = None
+
+
 @router.post("/clients", status_code=201)
-async def register(request: Request, spec: ClientSpec, _admin: Admin) -> dict[str, Any]:
-    return await _save(request, spec, create=True)
+async def register(request: Request, spec: ClientCreate, _admin: Admin) -> dict[str, Any]:
+    _check_secret(spec.client_secret)
+    return await _save(request, ClientSpec(**spec.model_dump()), create=True)
 
 
 @router.put("/clients/{client_id}")
-async def replace(request: Request, client_id: str, spec: ClientSpec, _admin: Admin) -> dict[str, Any]:
-    if spec.client_id != client_id:
+async def replace(request: Request, client_id: str, body: ClientReplace, admin: Admin) -> dict[str, Any]:
+    if body.client_id != client_id:
         raise InvalidArgument("client_id in the body must match the path")
-    return await _save(request, spec, create=False)
+    _not_itself(client_id, admin, "replace")
+    _check_secret(body.client_secret)
+    return await _save(request, ClientSpec(**body.model_dump()), create=False)
+
+
+@router.patch("/clients/{client_id}")
+async def change(request: Request, client_id: str, body: ClientPatch, admin: Admin) -> dict[str, Any]:
+    _not_itself(client_id, admin, "change")
+    _check_secret(body.client_secret)
+    if body.rotate_secret and body.client_secret is not None:
+        raise InvalidArgument("give either client_secret or rotate_secret, not both")
+    async with _provider(request).db.sessions() as session:
+        client = await session.get(Client, client_id)
+    if client is None:
+        raise NotFound(f"no client {client_id}")
+    given = body.model_dump(exclude_unset=True, exclude={"rotate_secret", "client_secret"})
+    if "backchannel_logout_uri" not in body.model_fields_set:
+        given["backchannel_logout_uri"] = client.backchannel_logout_uri
+    merged = {**public(client), **{k: v for k, v in given.items() if v is not None or k == "backchannel_logout_uri"}}
+    merged.pop("created_at")
+    becomes_public = bool(merged["public"])
+    new_secret = body.client_secret
+    keep = not becomes_public and not client.public and new_secret is None and not body.rotate_secret
+    spec = ClientSpec(**merged, client_secret=None if becomes_public else new_secret)
+    return await _save(request, spec, create=False, keep_secret_of=client if keep else None)
 
 
 @router.get("/clients")
@@ -102,8 +201,7 @@ async def get_client(request: Request, client_id: str, _admin: Admin) -> dict[st
 
 @router.delete("/clients/{client_id}", status_code=204)
 async def remove(request: Request, client_id: str, admin: Admin) -> Response:
-    if client_id == admin:
-        raise InvalidArgument("a client cannot remove itself")
+    _not_itself(client_id, admin, "remove")
     provider = _provider(request)
     now = provider.now()
     async with provider.db.transaction() as session:

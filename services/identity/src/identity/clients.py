@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -31,36 +32,45 @@ from sqlalchemy import Boolean, Column, String
 from sqlmodel import JSON, Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-MEMBER_SCOPES = [
-    "openid",
-    "profile",
-    "email",
-    "offline_access",
-    "points:read",
-    "points:spend",
-    "shop:read",
-    "shop:order",
-    "travel:read",
-    "travel:book",
-    "fintech:read",
-    "fintech:pay",
-]
-SERVICE_SCOPES = ["points:credit", "points:read", "identity:read", "identity:admin", "privacy:export"]
-ALL_SCOPES = sorted(set(MEMBER_SCOPES) | set(SERVICE_SCOPES))
-SCOPE_DESCRIPTIONS = {
+# identity's own scopes (OpenID Connect); every other scope comes from the services' declarations.
+OIDC_SCOPES = {
     "openid": "Know who you are (your member ID)",
     "profile": "See your display name",
     "email": "See your email address",
     "offline_access": "Keep access while you are away",
-    "points:read": "See your points balance and history",
-    "points:spend": "Spend your points",
-    "shop:read": "See your orders",
-    "shop:order": "Place orders for you",
-    "travel:read": "See your bookings",
-    "travel:book": "Book travel for you",
-    "fintech:read": "See your accounts",
-    "fintech:pay": "Make payments for you",
 }
+
+
+@dataclass(frozen=True)
+class ScopeCatalogue:
+    """Every scope identity issues: its own OIDC scopes and those the declared services define
+    (`KIZUNA_SCOPES`, derived from the declarations by make up and the manifests). A member may
+    grant an app only `member` scopes; the others are for declared ecosystem services."""
+
+    descriptions: dict[str, str]
+    member: frozenset[str]
+
+    @classmethod
+    def from_json(cls, raw: str) -> ScopeCatalogue:
+        declared: dict[str, dict[str, Any]] = json.loads(raw) if raw.strip() else {}
+        if not isinstance(declared, dict):
+            raise ValueError("KIZUNA_SCOPES must be a JSON object of scope -> {description, member}")
+        descriptions = dict(OIDC_SCOPES)
+        member = set(OIDC_SCOPES)
+        for scope, info in declared.items():
+            descriptions[scope] = str(info.get("description") or scope)
+            if info.get("member"):
+                member.add(scope)
+        return cls(descriptions, frozenset(member))
+
+    @property
+    def all(self) -> list[str]:
+        return sorted(self.descriptions)
+
+    def describe(self, scope: str) -> str:
+        return self.descriptions.get(scope, scope)
+
+
 GRANT_TYPES = {"authorization_code", "refresh_token", "client_credentials"}
 
 
@@ -148,14 +158,14 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _validate(spec: ClientSpec) -> None:
+def _validate(spec: ClientSpec, known_scopes: ScopeCatalogue) -> None:
     if spec.client_id.startswith("mbr_"):
         # A service token's sub is its client id; it must never look like a member's.
         raise InvalidArgument("client ids must not start with mbr_")
     unknown = set(spec.grant_types) - GRANT_TYPES
     if unknown:
         raise InvalidArgument(f"unsupported grant types: {sorted(unknown)}")
-    bad_scopes = set(spec.scopes) - set(ALL_SCOPES)
+    bad_scopes = set(spec.scopes) - set(known_scopes.all)
     if bad_scopes:
         raise InvalidArgument(f"unknown scopes: {sorted(bad_scopes)}")
     for uri in [*spec.redirect_uris, *spec.post_logout_redirect_uris, *filter(None, [spec.backchannel_logout_uri])]:
@@ -163,9 +173,11 @@ def _validate(spec: ClientSpec) -> None:
             raise InvalidArgument(f"redirect URIs must be https (or loopback) without fragment: {uri}")
 
 
-async def upsert(session: AsyncSession, spec: ClientSpec, now: datetime) -> tuple[Client, str | None]:
+async def upsert(
+    session: AsyncSession, spec: ClientSpec, now: datetime, known_scopes: ScopeCatalogue
+) -> tuple[Client, str | None]:
     """Create or update a client; returns it and the secret when one was generated."""
-    _validate(spec)
+    _validate(spec, known_scopes)
     generated = None
     secret = spec.client_secret
     if secret is None and not spec.public:
@@ -185,7 +197,7 @@ async def upsert(session: AsyncSession, spec: ClientSpec, now: datetime) -> tupl
     return client, generated
 
 
-async def register_configured(db: Database, raw: str, now: datetime) -> list[str]:
+async def register_configured(db: Database, raw: str, now: datetime, known_scopes: ScopeCatalogue) -> list[str]:
     """Upsert the clients of `KIZUNA_CLIENTS` (first-party unless said otherwise)."""
     if not raw.strip():
         return []
@@ -196,7 +208,7 @@ async def register_configured(db: Database, raw: str, now: datetime) -> list[str
             spec = ClientSpec.model_validate({"first_party": True, **item})
             if spec.client_secret is None and not spec.public:
                 raise SystemExit(f"KIZUNA_CLIENTS: client {spec.client_id} needs client_secret (or public: true)")
-            await upsert(session, spec, now)
+            await upsert(session, spec, now, known_scopes)
             ids.append(spec.client_id)
     return ids
 

@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from kizuna.kit.errors import InvalidArgument
 
 from identity import pages
-from identity.clients import ALL_SCOPES, MEMBER_SCOPES, Client, consent_covers, remember_consent
+from identity.clients import Client, consent_covers, remember_consent
 from identity.provider import Provider
 from identity.tokens import TokenRecord
 
@@ -137,7 +137,7 @@ AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
 
 class KizunaAuthorizationServer(rfc6749.AuthorizationServer):  # type: ignore[misc]
     def __init__(self, provider: Provider) -> None:
-        super().__init__(scopes_supported=ALL_SCOPES)
+        super().__init__(scopes_supported=provider.scopes.all)
         self.provider = provider
         self.register_token_generator("default", provider.generate_token)
         self.register_grant(CodeGrant, [S256Only(required=True), MemberScopes(), IdToken(provider)])
@@ -187,7 +187,7 @@ class MemberScopes:
         client: Client = grant.request.client
         if "openid" not in requested:
             raise InvalidScopeError("the openid scope is required")
-        if not requested <= set(client.scopes) & set(MEMBER_SCOPES):
+        if not requested <= set(client.scopes) & grant.server.provider.scopes.member:
             raise InvalidScopeError(
                 "scope not allowed for this client: " + " ".join(sorted(requested - set(client.scopes)))
             )
@@ -281,6 +281,26 @@ class CodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
     def authenticate_user(self, authorization_code: Any) -> Any:
         return self.provider.sync(self.provider.member(authorization_code.member_id))
 
+    def generate_token(
+        self,
+        user: Any = None,
+        scope: str | None = None,
+        grant_type: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        code = self.request.authorization_code
+        return self.provider.generate_token(
+            grant_type or self.GRANT_TYPE,
+            self.request.client,
+            user,
+            scope,
+            expires_in,
+            include_refresh_token,
+            grant_id=code.grant_id,
+            sid=code.session_id,
+        )
+
 
 class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
@@ -295,6 +315,27 @@ class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
 
     def authenticate_user(self, refresh_token: Any) -> Any:
         return self.provider.sync(self.provider.grant_member(refresh_token.grant_id))
+
+    def generate_token(
+        self,
+        user: Any = None,
+        scope: str | None = None,
+        grant_type: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        grant_id = self.request.refresh_token.grant_id
+        grant = self.provider.sync(self.provider.grant(grant_id))
+        return self.provider.generate_token(
+            grant_type or self.GRANT_TYPE,
+            self.request.client,
+            user,
+            scope,
+            expires_in,
+            include_refresh_token,
+            grant_id=grant_id,
+            sid=grant.session_id if grant else None,
+        )
 
     def issue_token(self, user: Any, refresh_token: Any) -> dict[str, Any]:
         """A fresh ID token too when `openid` was granted (OIDC Core §12.2): same `sub`, the
@@ -374,7 +415,8 @@ def server_of(request: Request) -> KizunaAuthorizationServer:
 
 @router.get("/.well-known/openid-configuration")
 async def openid_configuration(request: Request) -> JSONResponse:
-    iss = provider_of(request).issuer_url
+    provider = provider_of(request)
+    iss = provider.issuer_url
     return JSONResponse(
         {
             "issuer": iss,
@@ -385,7 +427,7 @@ async def openid_configuration(request: Request) -> JSONResponse:
             "introspection_endpoint": f"{iss}/introspect",
             "revocation_endpoint": f"{iss}/revoke",
             "end_session_endpoint": f"{iss}/logout",
-            "scopes_supported": ALL_SCOPES,
+            "scopes_supported": provider.scopes.all,
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
             "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
@@ -522,6 +564,10 @@ async def token(request: Request) -> Response:
 
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# What a third-party (not first-party) client may hold through client_credentials: fintech's
+# merchant API, where a partner charges a card whose number the member gave it. Nothing that reads
+# or moves a member's data by member ID.
+PARTNER_SCOPES = frozenset({"fintech:pay"})
 
 
 def _token_error(
@@ -559,6 +605,13 @@ async def service_token(provider: Provider, request: Request, form: Any) -> Resp
     requested = str(form.get("scope") or "")
     if not set(requested.split()) <= set(client.scopes):
         return _token_error("invalid_scope", "scope not allowed for this client")
+    if not client.first_party:
+        # A third-party client acting on its own acts for no member: reading or moving a member's
+        # data takes that member's consent (authorization code), never client_credentials.
+        withheld = set(requested.split()) - PARTNER_SCOPES
+        if withheld:
+            named = " ".join(sorted(withheld))
+            return _token_error("invalid_scope", f"a third-party client cannot hold these scopes on its own: {named}")
     lifetime = provider.settings.identity_access_token_seconds
     access, _jti, _exp = provider.issuer.access_token(
         subject=client.id, client_id=client.id, scope=requested, lifetime=lifetime, now=provider.now()

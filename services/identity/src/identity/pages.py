@@ -22,7 +22,7 @@ from kizuna.kit.web import page_templates
 from sqlmodel import col, select
 
 from identity import members, sessions
-from identity.clients import SCOPE_DESCRIPTIONS, Client, Consent
+from identity.clients import Client, Consent
 from identity.provider import Provider
 from identity.sessions import OpSession
 from identity.tokens import Grant, live_grants, revoke_grant
@@ -159,7 +159,7 @@ def consent_page(
     request: Request, client: Client, scopes: list[str], params: list[tuple[str, list[str]]]
 ) -> HTMLResponse:
     hidden = [(k, v) for k, values in params for v in values if k not in ("csrf_token", "consent")]
-    described = [(s, SCOPE_DESCRIPTIONS.get(s, s)) for s in scopes]
+    described = [(s, provider_of(request).scopes.describe(s)) for s in scopes]
     return render(
         request, "consent.html", {"title": "Allow access?", "client": client, "scopes": described, "hidden": hidden}
     )

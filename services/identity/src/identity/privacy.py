@@ -43,7 +43,7 @@ from identity.clients import Consent
 from identity.logout import end_member_everywhere
 from identity.sessions import OpSession, SignInAttempt
 from identity.settings import Settings
-from identity.tokens import Grant
+from identity.tokens import Grant, publish_revocation
 
 ERASED_NAME = "Deleted member"
 # Not an argon2 hash: verification of any password against it fails.
@@ -78,7 +78,8 @@ def links(settings: Settings) -> dict[str, str]:
 
 def privacy_services(settings: Settings) -> list[str]:
     """The services that hold member data: the setting, or every linked service but identity."""
-    configured = [s.strip() for s in settings.identity_privacy_services.split(",") if s.strip()]
+    raw = settings.kizuna_privacy_services.strip()
+    configured: list[str] = json.loads(raw) if raw.startswith("[") else [s.strip() for s in raw.split(",") if s.strip()]
     return sorted(configured or [name for name in links(settings) if name != "identity"])
 
 
@@ -223,6 +224,8 @@ async def erase_member(
     member.password_hash = ERASED_PASSWORD_HASH
     session.add(member)
     deliveries = await end_member_everywhere(session, member.id, now)
+    # Every token of the member, whatever it was issued under, is refused everywhere from now.
+    publish_revocation(session, now, reason="erasure", member_id=member.id, member_wide=True)
     for op in (await session.exec(select(OpSession).where(OpSession.member_id == member.id))).all():
         op.user_agent, op.ip = "", ""
         session.add(op)

@@ -18,7 +18,7 @@ from kizuna.kit.db import Database, utcnow
 from sqlmodel import col, select, update
 
 from identity import members
-from identity.clients import Client
+from identity.clients import Client, ScopeCatalogue
 from identity.email_verification import EmailVerifier, MailDrop
 from identity.keys import KeyRing, derive_secret, load_key_encryption_key
 from identity.passwords import Passwords
@@ -33,6 +33,7 @@ from identity.tokens import (
     TokenRecord,
     hash_token,
     new_grant_id,
+    publish_revocation,
     revoke_grant,
     unverified_claims,
 )
@@ -48,6 +49,7 @@ class Provider:
         self.db = db
         self._clock = clock
         self.issuer_url = settings.kizuna_issuer.rstrip("/")
+        self.scopes = ScopeCatalogue.from_json(settings.kizuna_scopes)
         kek = load_key_encryption_key(settings.identity_key_encryption_key, settings.kizuna_data_dir)
         self.keys = KeyRing(db, kek, self.now)
         self.issuer = Issuer(self.issuer_url, settings.kizuna_audience, self.keys)
@@ -187,11 +189,22 @@ class Provider:
         scope: str | None = None,
         expires_in: int | None = None,
         include_refresh_token: bool = True,
+        *,
+        grant_id: str | None = None,
+        sid: str | None = None,
     ) -> dict[str, Any]:
+        """A token response. A member's access token names its grant (`grant_id`) and the sign-in
+        session it descends from (`sid`), so that every service can refuse it once either is
+        revoked (kizuna.kit.revocation)."""
         lifetime = self.settings.identity_access_token_seconds
         subject = user.id if user is not None else client.id
+        binding = {}
+        if grant_id:
+            binding["grant_id"] = grant_id
+        if sid:
+            binding["sid"] = sid
         access, _jti, _exp = self.issuer.access_token(
-            subject=subject, client_id=client.id, scope=scope or "", lifetime=lifetime, now=self.now()
+            subject=subject, client_id=client.id, scope=scope or "", lifetime=lifetime, now=self.now(), extra=binding
         )
         token: dict[str, Any] = {
             "token_type": "Bearer",
@@ -355,6 +368,10 @@ class Provider:
             else:
                 result = await session.exec(
                     update(AccessToken).where(col(AccessToken.jti) == record.key).values(revoked_at=now)
+                )
+                member = str(record.claims.get("sub", ""))
+                publish_revocation(
+                    session, now, reason="token", jti=record.key, member_id=member if member.startswith("mbr_") else ""
                 )
                 if result.rowcount == 0:  # an unrecorded service token: deny-list it until it expires
                     session.add(

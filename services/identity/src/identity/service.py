@@ -43,7 +43,7 @@ for part in (oauth_server.router, logout.router, pages.router, member_header.rou
 async def start_provider(runtime: Runtime[Any]) -> None:
     provider = Provider(runtime.settings, runtime.db)
     await provider.keys.ensure_signing_key()
-    await clients.register_configured(runtime.db, runtime.settings.kizuna_clients, provider.now())
+    await clients.register_configured(runtime.db, runtime.settings.kizuna_clients, provider.now(), provider.scopes)
     runtime.state["provider"] = provider
     runtime.state["oauth_server"] = oauth_server.KizunaAuthorizationServer(provider)
 

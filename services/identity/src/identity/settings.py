@@ -7,9 +7,6 @@ from pydantic import Field
 
 
 class Settings(ServiceSettings):
-    http_port: int = 8000
-    grpc_port: int = 50050
-
     # KIZUNA_AUDIENCE (in the kit's settings) is the `aud` of every access token.
     # Clients registered (upserted) at start: a JSON list of client objects, see clients.py.
     kizuna_clients: str = ""
@@ -50,9 +47,13 @@ class Settings(ServiceSettings):
 
     # Every service of the ecosystem: JSON {"shop": "https://shop.example", ...} (make up sets it).
     kizuna_links: str = ""
-    # The services that hold member data (export and erasure), comma-separated; empty: every
+    # The services that hold member data (export and erasure): a JSON list derived from the
+    # declarations (`[privacy] holds_member_data`); make up and the manifests set it. Empty: every
     # service in KIZUNA_LINKS except identity.
-    identity_privacy_services: str = ""
+    kizuna_privacy_services: str = ""
+    # The scopes every declared service defines: JSON {"shop:read": {"description": "...",
+    # "member": true, "service": "shop"}, ...}, derived from the declarations (make up, manifests).
+    kizuna_scopes: str = ""
     # Seconds to wait for each service's part of a data export.
     identity_export_timeout_seconds: float = 10.0
 

@@ -6,8 +6,6 @@ from pydantic_settings import NoDecode
 
 
 class Settings(ServiceSettings):
-    http_port: int = 8002
-    grpc_port: int = 50052
 
     points_addr: str = "127.0.0.1:50051"
     fintech_addr: str = "127.0.0.1:50054"

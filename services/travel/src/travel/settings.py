@@ -2,8 +2,6 @@ from kizuna.kit.settings import ServiceSettings
 
 
 class Settings(ServiceSettings):
-    http_port: int = 8003
-    grpc_port: int = 50053
     points_addr: str = "127.0.0.1:50051"
     fintech_addr: str = "127.0.0.1:50054"
     # Seed the catalogue (idempotent; tops inventory up to the horizon) when the service starts.

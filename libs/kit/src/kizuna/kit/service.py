@@ -18,7 +18,9 @@ import contextlib
 import errno
 import importlib
 import inspect
+import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -37,6 +39,9 @@ from kizuna.kit.auth import AuthInterceptor, ServiceTokenClient, TokenVerifier
 from kizuna.kit.bounds import InputGuard, install_validation_errors
 from kizuna.kit.clock import Clock
 from kizuna.kit.db import Database
+from kizuna.kit.declaration import FILE_NAME as DECLARATION_FILE
+from kizuna.kit.declaration import Declaration
+from kizuna.kit.declaration import load as declaration_file
 from kizuna.kit.errors import DomainError
 from kizuna.kit.events import Consumer, ConsumerWorker, OutboxRelay, ensure_stream
 from kizuna.kit.logs import configure_logging
@@ -86,6 +91,26 @@ class Runtime(Generic[S]):
         return self.js
 
 
+def _declared(directory: Path, name: str) -> Declaration:
+    """A service's declaration beside its wiring; a test double without one is declared by name."""
+    path = directory / DECLARATION_FILE
+    if path.exists():
+        return declaration_file(path)
+    return Declaration(name=name, slot=0, label=name.capitalize())
+
+
+def _report_ports(http_port: int, grpc_port: int) -> None:
+    """Write the bound ports as JSON where `KIZUNA_PORTS_FILE` says: a supervisor that started us on
+    port 0 reads them there, so nothing has to guess a free port in advance."""
+    target = os.environ.get("KIZUNA_PORTS_FILE")
+    if not target:
+        return
+    path = Path(target)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"http": http_port, "grpc": grpc_port}))
+    partial.replace(path)  # atomic: a reader sees the whole file or none
+
+
 class PortBusyError(SystemExit):
     """A port the service needs is taken; the message names it."""
 
@@ -127,9 +152,10 @@ class Service(Generic[S]):
 
     def __init__(
         self,
-        name: str,
+        name: str | None = None,
         *,
         settings: type[S],
+        declaration: Declaration | None = None,
         http: APIRouter | None = None,
         grpc: Sequence[GrpcRegistration] = (),
         consumers: Sequence[Consumer] | Callable[[Runtime[S]], Sequence[Consumer]] = (),
@@ -146,6 +172,20 @@ class Service(Generic[S]):
         web_sign_in_scopes: str | None = None,
         privacy: Privacy | None = None,
     ) -> None:
+        caller_dir = Path(inspect.stack()[1].filename).parent
+        if declaration is None:
+            # The declaration beside the wiring file (`service.toml`) says who the service is.
+            declaration = (
+                declaration_file(caller_dir / DECLARATION_FILE) if name is None else _declared(caller_dir, name)
+            )
+        if name is not None and name != declaration.name:
+            raise ValueError(f"Service({name!r}) but its declaration is named {declaration.name!r}")
+        if privacy is not None and not declaration.privacy:
+            raise ValueError(f"{declaration.name} answers privacy requests: declare [privacy] holds_member_data = true")
+        self.declaration = declaration
+        name = declaration.name
+        if web_sign_in_scopes is None and declaration.sign_in is not None:
+            web_sign_in_scopes = " ".join(declaration.sign_in)
         self.name = name
         self.settings_cls = settings
         self.router = http
@@ -175,8 +215,7 @@ class Service(Generic[S]):
 
             self.on_start.insert(0, web_sign_in(scopes=web_sign_in_scopes))
         if migrations_dir is None:
-            caller = inspect.stack()[1].filename
-            migrations_dir = Path(caller).parent / "migrations"
+            migrations_dir = caller_dir / "migrations"
         self.migrations_dir = migrations_dir
 
     # ---- command line -------------------------------------------------------------------
@@ -186,7 +225,7 @@ class Service(Generic[S]):
         parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate", *self.commands])
         parser.add_argument("args", nargs=argparse.REMAINDER)
         ns = parser.parse_args(argv)
-        settings = load_settings(self.settings_cls)
+        settings = self.load_settings()
         configure_logging(self.name, settings.log_level, settings.log_format)
         if ns.command == "serve":
             sys.exit(asyncio.run(self.serve(settings)))
@@ -194,6 +233,13 @@ class Service(Generic[S]):
             self.migrate(settings)
             return
         sys.exit(self.commands[ns.command](settings, ns.args))
+
+    def load_settings(self) -> S:
+        """Settings from the environment; the ports default to the declaration's slot."""
+        return load_settings(
+            self.settings_cls,
+            defaults={"http_port": self.declaration.http_port, "grpc_port": self.declaration.grpc_port},
+        )
 
     def migrate(self, settings: S) -> None:
         """Bring this service's database to the newest revision."""
@@ -209,9 +255,12 @@ class Service(Generic[S]):
         """Run until SIGTERM/SIGINT, then shut down gracefully; returns the exit code."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        # Explicit handlers for both, replacing whatever disposition was inherited (a process started
+        # in the background has SIGINT ignored).
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with self.running(settings):
+        async with self.running(settings) as runtime:
+            _report_ports(runtime.http_port, runtime.grpc_port)
             await stop.wait()
             log.info("stop signal received; draining")
         return 0

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -82,10 +83,16 @@ class SettingsError(SystemExit):
     """Raised when the environment does not hold a valid configuration; names each bad variable."""
 
 
-def load_settings(cls: type[S]) -> S:
-    """Read settings from the environment, or exit with a message naming each missing/bad variable."""
+def load_settings(cls: type[S], defaults: dict[str, Any] | None = None) -> S:
+    """Read settings from the environment, or exit with a message naming each missing/bad variable.
+
+    `defaults` apply to fields whose variable is not set (the ports a service's declaration gives).
+    """
+    given = {
+        key: value for key, value in (defaults or {}).items() if key.upper() not in os.environ and value is not None
+    }
     try:
-        return cls()  # type: ignore[call-arg]  # values come from the environment
+        return cls(**given)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
