@@ -215,6 +215,6 @@ def form_fields(html: str, action: str) -> dict[str, str]:
     """The hidden fields (CSRF token, idempotency key) of the page's form posting to `action`."""
     import re
 
-    match = re.search(rf'<form method="post" action="{re.escape(action)}">(.*?)</form>', html, re.S)
+    match = re.search(rf'<form method="post" action="{re.escape(action)}"[^>]*>(.*?)</form>', html, re.S)
     assert match, f"no form for {action}"
     return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', match.group(1)))

@@ -403,7 +403,10 @@ async def test_a_signed_in_member_uses_every_form_and_forged_posts_change_nothin
         assert await fintech.bank_balance(member) == 0
 
         done = await browser.post("/bank/top-up", data={**top_up, "amount_minor": "20000"})
-        assert done.status_code == 303 and "Topped" in done.headers["location"]
+        assert done.status_code == 303 and done.headers["location"] == "/bank"  # no message in the URL
+        shown = await browser.get("/bank")
+        assert 'data-flash="success"' in shown.text and "¥20,000 added to your account." in shown.text
+        assert "added to your account" not in (await browser.get("/bank")).text  # shown once
         again = await browser.post("/bank/top-up", data={**top_up, "amount_minor": "20000"})  # double submit
         assert again.status_code == 303 and await fintech.bank_balance(member) == 20_000
 
@@ -428,7 +431,10 @@ async def test_a_signed_in_member_uses_every_form_and_forged_posts_change_nothin
         paid = await browser.post(
             f"/card/statements/{statement_id}/pay", data={**pay, "bank_minor": "5000", "points": "3000"}
         )
-        assert paid.status_code == 303 and "Statement+paid" in paid.headers["location"], paid.headers["location"]
+        assert paid.status_code == 303 and paid.headers["location"] == "/card", paid.headers["location"]
+        card_page = (await browser.get("/card")).text
+        assert "Thank you: ¥5,000 and 3,000 pt paid towards your card bill." in card_page
+        assert "Payment: ¥5,000 from your bank and 3,000 pt" in card_page and "(bank 5000" not in card_page
         assert (await points.balance(member)).total == settled - 3_000
         assert await fintech.bank_balance(member) == 12_000
 
@@ -436,7 +442,15 @@ async def test_a_signed_in_member_uses_every_form_and_forged_posts_change_nothin
         fund_id = re.search(r'action="/invest/([^/"]+)/buy"', invest).group(1)  # type: ignore[union-attr]
         buy = form_fields(invest, f"/invest/{fund_id}/buy")
         bought = await browser.post(f"/invest/{fund_id}/buy", data={**buy, "bank_minor": "0", "points": "1000"})
-        assert bought.status_code == 303 and "Bought" in bought.headers["location"], bought.headers["location"]
+        assert bought.status_code == 303 and bought.headers["location"] == "/invest", bought.headers["location"]
+        assert "Bought for 1,000 pt." in (await browser.get("/invest")).text
+        # A refusal is an error in plain words, not a success and not the service's internal text.
+        buy = form_fields((await browser.get("/invest")).text, f"/invest/{fund_id}/buy")
+        refused = await browser.post(
+            f"/invest/{fund_id}/buy", data={**buy, "bank_minor": "0", "points": "999999"}, follow_redirects=True
+        )
+        assert 'data-flash="error"' in refused.text and 'data-flash="success"' not in refused.text
+        assert "insufficient points" not in refused.text and "You asked to use 999,999 pt" in refused.text
         assert (await points.balance(member)).total == settled - 4_000
         holdings = (await fintech.http.get("/api/holdings", headers=fintech.member_headers(member))).json()
         assert [h["fund_id"] for h in holdings["holdings"]] == [fund_id]

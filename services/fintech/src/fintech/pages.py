@@ -7,14 +7,16 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from kizuna.kit.csrf import CsrfChecked
 from kizuna.kit.errors import DomainError
+from kizuna.kit.flash import Kind, flash
 from kizuna.kit.oidc_client import SignedInMember
-from kizuna.kit.web import page_templates
+from kizuna.kit.web import format_money as money
+from kizuna.kit.web import format_points, page_templates
+from kizuna.kit.web.wording import for_member
 
 from fintech import bank, cards, ledger, payments, securities, statements
 from fintech.context import Fintech, fintech_of
@@ -38,14 +40,26 @@ def _render(request: Request, name: str, member: Any, **values: Any) -> HTMLResp
         {
             "member_name": member.display_name or member.member_id,
             "new_key": uuid.uuid4().hex,
-            "message": request.query_params.get("message", ""),
             **values,
         },
     )
 
 
-def _back(path: str, message: str) -> Response:
-    return RedirectResponse(f"{path}?{urlencode({'message': message})}", status_code=303)
+def _back(request: Request, path: str, message: str, kind: Kind = "success") -> Response:
+    """Back to a page with a message for the member (in the session, never in the URL)."""
+    flash(request, kind, message)
+    return RedirectResponse(path, status_code=303)
+
+
+def _paid(bank_minor: int, points: int) -> str:
+    parts = [money(bank_minor)] if bank_minor else []
+    if points:
+        parts.append(format_points(points))
+    return " and ".join(parts) or money(0)
+
+
+def _refused(request: Request, path: str, exc: DomainError) -> Response:
+    return _back(request, path, for_member(exc.message), "error")
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -72,9 +86,9 @@ async def apply_page(request: Request, member: SignedInMember, annual_income_min
     try:
         issued = await cards.apply_once(ctx, member.member_id, annual_income_minor, key)
     except DomainError as exc:
-        return _back("/card", exc.message)
+        return _refused(request, "/card", exc)
     if not issued["card_number"]:
-        return _back("/card", "Your card was issued")
+        return _back(request, "/card", "Your Kizuna Card is issued.")
     # The number is shown on this one page and never stored or redirected through a URL.
     page = _render(request, "issued.html", member, card=issued)
     page.headers["cache-control"] = "no-store"
@@ -86,11 +100,13 @@ async def close_statement_page(request: Request, member: SignedInMember) -> Resp
     """Sandbox only: bill what is posted now instead of waiting for month end."""
     ctx = _ctx(request)
     if not ctx.settings.fintech_sandbox:
-        return _back("/card", "closing a statement on demand is available in the sandbox only (FINTECH_SANDBOX)")
+        return _back(request, "/card", "Closing a statement on demand is available in the sandbox only.", "warning")
     async with ctx.db.transaction() as session:
         card = await cards.require_card(session, ctx, member.member_id)
         statement = await statements.close(session, ctx, card.card_id, ctx.clock.now())
-    return _back("/card", "Statement closed" if statement else "Nothing to bill yet")
+    if statement is None:
+        return _back(request, "/card", "Nothing to bill yet.", "info")
+    return _back(request, "/card", "Your statement is closed.")
 
 
 @router.post("/card/statements/{statement_id}/pay", dependencies=[CsrfChecked])
@@ -114,8 +130,8 @@ async def pay_page(
             reason="Kizuna Card bill",
         )
     except DomainError as exc:
-        return _back("/card", exc.message)
-    return _back("/card", "Statement paid")
+        return _refused(request, "/card", exc)
+    return _back(request, "/card", f"Thank you: {_paid(bank_minor, points)} paid towards your card bill.")
 
 
 @router.get("/bank", response_class=HTMLResponse)
@@ -155,15 +171,15 @@ async def transfer_page(
             operation=operation,
         )
     except DomainError as exc:
-        return _back("/bank", exc.message)
-    return _back("/bank", "Transfer sent")
+        return _refused(request, "/bank", exc)
+    return _back(request, "/bank", f"{money(amount_minor)} sent.")
 
 
 @router.post("/bank/top-up", dependencies=[CsrfChecked])
 async def top_up_page(request: Request, member: SignedInMember, amount_minor: FormInt, key: FormStr) -> Response:
     ctx = _ctx(request)
     if not ctx.settings.fintech_sandbox:
-        return _back("/bank", "top-up is available in the sandbox only (FINTECH_SANDBOX)")
+        return _back(request, "/bank", "Top-up is available in the sandbox only.", "warning")
 
     async def operation(session: Any) -> dict[str, Any]:
         return await bank.top_up(session, ctx, member.member_id, amount_minor, ctx.settings.currency)
@@ -178,8 +194,8 @@ async def top_up_page(request: Request, member: SignedInMember, amount_minor: Fo
             operation=operation,
         )
     except DomainError as exc:
-        return _back("/bank", exc.message)
-    return _back("/bank", "Topped up")
+        return _refused(request, "/bank", exc)
+    return _back(request, "/bank", f"{money(amount_minor)} added to your account.")
 
 
 @router.get("/invest", response_class=HTMLResponse)
@@ -213,5 +229,5 @@ async def buy_page(
             reason="Kizuna fund purchase",
         )
     except DomainError as exc:
-        return _back("/invest", exc.message)
-    return _back("/invest", "Bought")
+        return _refused(request, "/invest", exc)
+    return _back(request, "/invest", f"Bought for {_paid(bank_minor, points)}.")

@@ -146,8 +146,16 @@ def page_templates(*directories: Path, service: str = "", **globals_: Any) -> Ji
         autoescape=select_autoescape(default=True),
     )
     from kizuna.kit.csrf import csrf_field
+    from kizuna.kit.web.wording import for_member, line_for_member
 
-    env.filters.update(money=format_money, points=format_points, date=format_date, datetime=format_datetime)
+    env.filters.update(
+        money=format_money,
+        points=format_points,
+        date=format_date,
+        datetime=format_datetime,
+        plain=line_for_member,
+        plain_error=for_member,
+    )
     env.globals.update(
         stylesheet=STYLESHEET_PATH,
         header_script=HEADER_SCRIPT_PATH,

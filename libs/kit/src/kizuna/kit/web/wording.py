@@ -70,3 +70,24 @@ def for_member(text: str) -> str:
     text = _ID.sub("", text)
     text = re.sub(r"\s{2,}", " ", text).replace(" ,", ",").replace(" .", ".").strip()
     return text[:1].upper() + text[1:] if text else "Something went wrong. Please try again."
+
+
+_LINES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
+    (
+        re.compile(r"^Payment \(bank (\d+), points (\d+)\)$"),
+        lambda m: f"Payment: {_yen(m.group(1))} from your bank and {_pt(m.group(2))}",
+    ),
+    (re.compile(r"^Transfer from \S+ to \S+$"), lambda m: "Transfer"),
+    (re.compile(r"^Statement \S+$"), lambda m: "Kizuna Card bill"),
+    (re.compile(r"^refund (.+)$"), lambda m: f"Refund: {m.group(1)}"),
+]
+
+
+def line_for_member(text: str) -> str:
+    """A history or statement line in plain words, without internal ids."""
+    for pattern, rewrite in _LINES:
+        match = pattern.search(text)
+        if match:
+            return rewrite(match)
+    cleaned = re.sub(r"\s{2,}", " ", _ID.sub("", text)).replace(" ,", ",").strip(" :")
+    return cleaned or text
