@@ -81,7 +81,8 @@ def test_base_rate_rounds_down() -> None:
 
 
 def test_multiplier_grows_with_other_services_used_this_month() -> None:
-    quote = quote_earn(EarnRules(), "shop", 10_000, ["shop", "travel", "fintech"], 0, NOW)
+    rules = EarnRules(labels={"fintech": "card"})
+    quote = quote_earn(rules, "shop", 10_000, ["shop", "travel", "fintech"], 0, NOW)
     assert quote.regular == 300
     assert quote.explanation == "1% base + 2% for using card and travel this month"
 

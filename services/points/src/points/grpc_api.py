@@ -12,7 +12,7 @@ from kizuna.kit.service import Runtime
 from kizuna.points.v1 import points_pb2 as pb
 from kizuna.points.v1 import points_pb2_grpc
 
-from points import store
+from points import ledger, store
 from points.ledger import LIMITED_TIME, REGULAR, Clock
 from points.settings import Settings
 from points.store import Ledger, Member
@@ -30,12 +30,10 @@ def ledger_of(runtime: Runtime[Settings]) -> Ledger:
 
 
 def _may_read(auth: CallAuth, member_id: str) -> None:
-    member = auth.member
-    if member is not None and member.member_id == member_id and member.has_scope("points:read"):
-        return
-    if auth.caller.is_service and auth.caller.has_scope("points:read"):
-        return
-    raise PermissionDenied("reading points needs the member's own token or a service with points:read")
+    """The member's own token with points:read (directly or passed on by a service), or an
+    ecosystem service with points:read on its own (identity gives that scope to first-party
+    clients only). A member token never reads another member's points."""
+    auth.require_member_or_service(member_id, "points:read", "points:read")
 
 
 def _own_service(caller: str, named: str) -> str:
@@ -49,6 +47,7 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
         self.settings = runtime.settings
         self.ledger = ledger_of(runtime)
         self.db = runtime.db
+        self.limits = store.Limits.of(runtime.settings)
 
     async def GetBalance(self, request: pb.GetBalanceRequest, context: Any) -> pb.GetBalanceResponse:
         _may_read(current_call(), request.member_id)
@@ -81,6 +80,7 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
                 expires_at=expires_at,
                 key=request.idempotency_key,
                 regular_expiry_months=self.settings.regular_expiry_months,
+                limits=self.limits,
             )
 
         return await self.ledger.execute(
@@ -106,6 +106,7 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
             key=request.idempotency_key,
             rules=self.settings.earn_rules(),
             regular_expiry_months=self.settings.regular_expiry_months,
+            limits=self.limits,
         )
         return await self.ledger.execute(
             caller=caller,
@@ -115,6 +116,29 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
             member=Member(request.member_id),
             effect=effect,
             response_type=pb.EarnResponse,
+        )
+
+    async def PreviewEarn(self, request: pb.PreviewEarnRequest, context: Any) -> pb.PreviewEarnResponse:
+        _may_read(current_call(), request.member_id)
+        if self.settings.earner(request.service) is None:
+            raise InvalidArgument(f"{request.service!r} is not a service that earns points")
+        store.check_money(request.purchase.amount_minor, request.purchase.currency, self.limits, "purchase")
+        async with self.db.sessions() as session:
+            quote = await store.preview_earn(
+                session,
+                self.settings.earn_rules(),
+                request.member_id,
+                request.service,
+                ledger.currency_units(request.purchase.amount_minor, request.purchase.currency or "JPY"),
+                self.ledger.clock.now(),
+            )
+        return pb.PreviewEarnResponse(
+            regular=quote.regular,
+            bonus=quote.bonus,
+            total=quote.total,
+            rate_bp=quote.rate_bp,
+            explanation=quote.explanation,
+            bonus_expires_at=store.ts(quote.bonus_expires_at),
         )
 
     async def Reserve(self, request: pb.ReserveRequest, context: Any) -> pb.ReserveResponse:

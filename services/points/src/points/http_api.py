@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 from kizuna.kit import web
-from kizuna.kit.auth import CurrentMember, CurrentPrincipal
+from kizuna.kit.auth import CurrentPrincipal, Principal, member_scope
 from kizuna.kit.db import SessionDep
 from kizuna.kit.errors import InvalidArgument, PermissionDenied
 from kizuna.kit.oidc_client import SignedInMember
@@ -20,7 +20,6 @@ from points.grpc_api import ledger_of
 
 router = APIRouter()
 templates = web.page_templates(Path(__file__).parent / "templates", service="points")
-EARNING_SERVICES = ("shop", "travel", "fintech")
 
 
 def _require_admin(principal: Any) -> None:
@@ -39,8 +38,8 @@ async def wallet_view(request: Request, session: Any, member_id: str) -> dict[st
     balance = await store.get_balance(runtime.db, member_id, now)
     entries = await store.list_entries(await session.connection(), member_id, 50, "")
     used = await store.services_used(session, member_id, ledger.month_key(now))
-    rates = ledger.month_rates(rules, EARNING_SERVICES, used)
-    label = ledger.SERVICE_LABELS.get
+    rates = ledger.month_rates(rules, [e.service for e in runtime.settings.kizuna_earners], used)
+    label = rules.labels.get
     return {
         "member_id": member_id,
         "balance": {
@@ -86,7 +85,9 @@ async def wallet_view(request: Request, session: Any, member_id: str) -> dict[st
 
 
 @router.get("/api/wallet")
-async def my_wallet(request: Request, member: CurrentMember, session: SessionDep) -> dict[str, Any]:
+async def my_wallet(
+    request: Request, member: Annotated[Principal, Depends(member_scope("points:read"))], session: SessionDep
+) -> dict[str, Any]:
     """The wallet for API clients (the member's bearer token)."""
     assert member.member_id is not None
     return await wallet_view(request, session, member.member_id)

@@ -167,8 +167,6 @@ def plan_credit(amount: int, debt: int) -> tuple[int, int]:
 # Minor units per currency unit; a point is worth one currency unit.
 CURRENCY_EXPONENT = {"JPY": 0, "KRW": 0, "USD": 2, "EUR": 2, "GBP": 2}
 
-SERVICE_LABELS = {"shop": "shop", "travel": "travel", "fintech": "card"}
-
 
 def minor_per_unit(currency: str) -> int:
     exponent: int = CURRENCY_EXPONENT.get(currency.upper(), 0)
@@ -213,6 +211,11 @@ class EarnRules:
     cap_per_transaction: int = 10_000
     cap_per_month: int = 100_000
     campaigns: tuple[Campaign, ...] = ()
+    # What members read for each service ("card" for fintech); a service without one by name.
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def label(self, service: str) -> str:
+        return self.labels.get(service, service)
 
 
 @dataclass(frozen=True)
@@ -231,10 +234,6 @@ class EarnQuote:
 
 def _pct(bp: int) -> str:
     return f"{bp / 100:g}%"
-
-
-def _label(service: str) -> str:
-    return SERVICE_LABELS.get(service, service)
 
 
 def _join(names: Sequence[str]) -> str:
@@ -257,7 +256,7 @@ def quote_earn(
     regular = max(units, 0) * rate // 10_000
     parts = [f"{_pct(base)} base"]
     if others:
-        parts.append(f"{_pct(extra)} for using {_join([_label(s) for s in others])} this month")
+        parts.append(f"{_pct(extra)} for using {_join([rules.label(s) for s in others])} this month")
     bonus, bonus_expires = 0, None
     for campaign in rules.campaigns:
         if not campaign.applies(service, at):

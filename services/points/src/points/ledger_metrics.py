@@ -29,6 +29,13 @@ points_spent = meter.create_counter(
     description="Points members spent (captured), by the service where they were redeemed (attribute service)",
 )
 
+# Alert on any increase: a service asked for more points in a day than its budget allows.
+budget_refused = meter.create_counter(
+    "kizuna.points.budget_refused",
+    unit="{credit}",
+    description="Credits refused: the issuing service's daily credit budget would be breached (attribute service)",
+)
+
 _STAGED = "points_metrics_staged"
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from kizuna.kit.db import UTCDateTime
-from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, LargeBinary, String, Text, false
 from sqlmodel import Field, SQLModel
 
 
@@ -172,7 +172,10 @@ class ServiceUse(SQLModel, table=True):
 
 
 class PendingEarn(SQLModel, table=True):
-    """Points a purchase will earn once it completes (paid -> pending -> granted/cancelled)."""
+    """One purchase of the earning contract, the row its events lock: the facts seen so far
+    (completed, cancelled, money refunded) and what it earned (new -> pending -> granted, or
+    cancelled). Facts are recorded whatever order the events arrive in; the effect on the ledger
+    is then brought to what those facts call for."""
 
     __tablename__ = "points_pending_earn"
 
@@ -193,5 +196,34 @@ class PendingEarn(SQLModel, table=True):
     taken_back: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
     bonus_expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
     explanation: str = Field(sa_column=Column(Text, nullable=False))
-    status: str = Field(sa_column=Column(String(20), nullable=False))  # pending|granted|cancelled
+    status: str = Field(sa_column=Column(String(20), nullable=False))  # new|pending|granted|cancelled
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    completed: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
+    cancelled: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
+    # What the member reads for the purchase, and its category (from the seller's events).
+    label: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    category: str = Field(default="", sa_column=Column(String(60), nullable=False, server_default=""))
+
+
+class PurchaseRefund(SQLModel, table=True):
+    """One refund of a purchase, by its own reference: a refund seen twice counts once."""
+
+    __tablename__ = "points_purchase_refund"
+
+    source_service: str = Field(sa_column=Column(String(100), primary_key=True))
+    source_ref: str = Field(sa_column=Column(String(200), primary_key=True))
+    refund_ref: str = Field(sa_column=Column(String(200), primary_key=True))
+    amount_minor: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class DailyCredit(SQLModel, table=True):
+    """Points a service credited on a UTC day, spread over a few rows (shard = a hash of the
+    member) so that one busy service does not serialize every credit on one row."""
+
+    __tablename__ = "points_daily_credit"
+
+    service: str = Field(sa_column=Column(String(100), primary_key=True))
+    day: str = Field(sa_column=Column(String(10), primary_key=True))
+    shard: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    points: int = Field(sa_column=Column(BigInteger, nullable=False))

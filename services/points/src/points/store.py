@@ -11,6 +11,7 @@ leaves nothing but its record behind.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -33,6 +34,8 @@ from kizuna.points.v1 import events_pb2 as ev
 from kizuna.points.v1 import points_pb2 as pb
 from sqlalchemy import and_, bindparam, exists, func, insert, or_, update
 from sqlalchemy import select as core_select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, select
@@ -41,9 +44,10 @@ from ulid import ULID
 
 from points import ledger
 from points.ledger import LIMITED_TIME, REGULAR, HoldState, LotState
-from points.ledger_metrics import count_on_commit, points_credited, points_spent
+from points.ledger_metrics import budget_refused, count_on_commit, points_credited, points_spent
 from points.models import (
     ACCOUNT_EXPIRED,
+    DailyCredit,
     Entry,
     Hold,
     IdempotencyRecord,
@@ -247,9 +251,26 @@ async def register_member(session: AsyncSession, member_id: str, now: datetime) 
     return wallet
 
 
+class UnknownMember(NotFound):
+    """Points has no wallet for the member (yet: identity's member.registered may still be on its
+    way). Refused WITHOUT being remembered under the idempotency key, so the producer's retry with
+    the same key succeeds once the member is known."""
+
+
+class OverBudget(FailedPrecondition):
+    """The service's daily credit budget would be breached. Not remembered either: the same key
+    may succeed once the budget allows it (the next UTC day, or a raised budget)."""
+
+
+# Refusals that depend on time, not on the request: never remembered under a key.
+NOT_REMEMBERED = (UnknownMember, OverBudget)
+
+
 def require_active(wallet: Wallet | None, member_id: str) -> Wallet:
-    if wallet is None or wallet.status != "active":
-        raise NotFound(f"unknown member {member_id!r}")
+    if wallet is None:
+        raise UnknownMember(f"unknown member {member_id!r}")
+    if wallet.status != "active":
+        raise NotFound(f"member {member_id!r} is not active")
     return wallet
 
 
@@ -531,6 +552,8 @@ async def apply_idempotent(
             outcome = exc
     else:
         outcome = await effect(session, wallet, now)
+    if isinstance(outcome, NOT_REMEMBERED):
+        return outcome
     await _remember(session, caller, key, operation, digest, now, outcome)
     return outcome
 
@@ -593,6 +616,8 @@ class Ledger:
                             now=self.clock.now(),
                             savepoint=False,
                         )
+                except NOT_REMEMBERED:
+                    raise  # nothing written, nothing remembered: the same key may succeed later
                 except DomainError as rejection:
                     # Everything the attempt wrote is rolled back; remember the rejection itself.
                     async with self.db.transaction() as session:
@@ -626,6 +651,73 @@ class Ledger:
             return (await session.exec(query.limit(1))).first()
 
 
+# ---- bounds -------------------------------------------------------------------------------------
+
+
+class Limits(NamedTuple):
+    """The most one credit may give, and each service's points per UTC day."""
+
+    max_credit_points: int
+    max_purchase_minor: int
+    daily_budget: Callable[[str], int]
+
+    @classmethod
+    def of(cls, settings: Any) -> Limits:
+        return cls(settings.max_credit_points, settings.max_purchase_minor, settings.daily_budget)
+
+
+def check_money(amount_minor: int, currency: str, limits: Limits, what: str, *, allow_zero: bool = False) -> None:
+    if amount_minor < 0 or (amount_minor == 0 and not allow_zero):
+        raise InvalidArgument(f"{what}.amount_minor must be {'>= 0' if allow_zero else '> 0'}")
+    if amount_minor > limits.max_purchase_minor:
+        raise InvalidArgument(
+            f"{what}.amount_minor {amount_minor} is above the most one purchase may be ({limits.max_purchase_minor})"
+        )
+    if currency and not (len(currency) == 3 and currency.isascii() and currency.isalpha() and currency.isupper()):
+        raise InvalidArgument(f"{what}.currency must be an ISO 4217 code such as JPY")
+
+
+BUDGET_SHARDS = 8
+DAILY = DailyCredit.__table__
+
+
+def check_points(amount: int, limits: Limits, what: str = "amount") -> None:
+    if amount <= 0:
+        raise InvalidArgument(f"{what} must be > 0")
+    if amount > limits.max_credit_points:
+        raise InvalidArgument(f"{what} {amount} is above the most one credit may give ({limits.max_credit_points})")
+
+
+async def charge_budget(
+    session: AsyncSession, service: str, member_id: str, amount: int, now: datetime, limits: Limits
+) -> None:
+    """Count `amount` against `service`'s credits today, or refuse it (OverBudget) if that would
+    exceed the budget. The count is spread over BUDGET_SHARDS rows by member, so concurrent credits
+    of one service rarely wait on each other; two in flight at once may together pass the budget
+    by at most one credit each."""
+    day = now.date().isoformat()
+    budget = limits.daily_budget(service)
+    conn = await session.connection()
+    used = (
+        await conn.execute(
+            core_select(func.coalesce(func.sum(DAILY.c.points), 0)).where(
+                DAILY.c.service == service, DAILY.c.day == day
+            )
+        )
+    ).scalar_one()
+    if used + amount > budget:
+        budget_refused.add(1, {"service": service})
+        raise OverBudget(f"{service} has credited {used} of its {budget} points today; {amount} more is refused")
+    shard = zlib.crc32(member_id.encode()) % BUDGET_SHARDS
+    upsert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    statement = upsert(DAILY).values(service=service, day=day, shard=shard, points=amount)
+    await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["service", "day", "shard"], set_={"points": DAILY.c.points + statement.excluded.points}
+        )
+    )
+
+
 # ---- the operations ----------------------------------------------------------------------------
 
 
@@ -643,9 +735,9 @@ async def credit(
     expires_at: datetime | None,
     key: str,
     regular_expiry_months: int,
+    limits: Limits,
 ) -> pb.CreditResponse:
-    if amount <= 0:
-        raise InvalidArgument("amount must be > 0")
+    check_points(amount, limits)
     if kind == LIMITED_TIME and (expires_at is None or expires_at <= now):
         raise InvalidArgument("limited-time points need an expires_at in the future")
     if expires_at is not None and expires_at <= now:
@@ -654,6 +746,7 @@ async def credit(
     rolling_until = ledger.add_months(now, regular_expiry_months)
     if session.new or session.dirty:
         await session.flush()  # what settling changed through the ORM, before SQL of our own
+    await charge_budget(session, source_service, member_id, amount, now, limits)
     conn = await session.connection()
     # Earning moves the rolling expiry of every regular lot not yet expired.
     await conn.execute(_MOVE_ROLLING_EXPIRY, {"member": member_id, "now": now, "until": rolling_until})
@@ -1150,6 +1243,18 @@ async def quote_and_count(
     return quote
 
 
+async def preview_earn(
+    session: AsyncSession, rules: ledger.EarnRules, member_id: str, service: str, units: int, now: datetime
+) -> ledger.EarnQuote:
+    """What a purchase would earn the member now (read-only: nothing counted, nothing locked). An
+    unknown member is quoted as a new one: nothing earned this month, no other services used."""
+    month = ledger.month_key(now)
+    wallet = await session.get(Wallet, member_id)
+    earned = wallet.earned_this_month if wallet is not None and wallet.earn_month == month else 0
+    used = set(await services_used(session, member_id, month)) | {service}
+    return ledger.quote_earn(rules, service, units, used, earned, now)
+
+
 # ---- reads -----------------------------------------------------------------------------------
 
 
@@ -1289,10 +1394,10 @@ async def earn(
     key: str,
     rules: ledger.EarnRules,
     regular_expiry_months: int,
+    limits: Limits,
 ) -> pb.EarnResponse:
     """Credit what a purchase earns under the earn rules (regular points, plus campaign points)."""
-    if amount_minor <= 0:
-        raise InvalidArgument("purchase.amount_minor must be > 0")
+    check_money(amount_minor, currency, limits, "purchase")
     wallet = require_active(wallet, member_id)
     quote = await quote_and_count(session, wallet, rules, service, ledger.currency_units(amount_minor, currency), now)
     return await grant(
@@ -1301,9 +1406,11 @@ async def earn(
         now,
         quote=quote,
         service=service,
+        label=rules.label(service),
         source_ref=source_ref,
         key=key,
         regular_expiry_months=regular_expiry_months,
+        limits=limits,
     )
 
 
@@ -1314,13 +1421,17 @@ async def grant(
     *,
     quote: ledger.EarnQuote,
     service: str,
+    label: str,
     source_ref: str,
     key: str,
     regular_expiry_months: int,
+    limits: Limits,
+    what: str = "",
 ) -> pb.EarnResponse:
-    """Credit an earn quote: its regular points, and its campaign points as a limited-time lot."""
-    label = ledger.SERVICE_LABELS.get(service, service)
-    where = f"Earned at {label}" + (f" on {source_ref}" if source_ref else "")
+    """Credit an earn quote: its regular points, and its campaign points as a limited-time lot.
+    `what` is the purchase as the member reads it (default: its reference)."""
+    what = what or source_ref
+    where = f"Earned at {label}" + (f" on {what}" if what else "")
     response = pb.EarnResponse(
         earned=quote.regular,
         bonus=quote.bonus,
@@ -1342,6 +1453,7 @@ async def grant(
             expires_at=None,
             key=key,
             regular_expiry_months=regular_expiry_months,
+            limits=limits,
         )
         response.entry_id, response.balance_after = done.entry_id, done.balance_after
     if quote.bonus > 0:
@@ -1358,6 +1470,7 @@ async def grant(
             expires_at=quote.bonus_expires_at,
             key=key,
             regular_expiry_months=regular_expiry_months,
+            limits=limits,
         )
         response.bonus_entry_id, response.balance_after = done.entry_id, done.balance_after
     return response

@@ -1,0 +1,294 @@
+"""Earning through the common contract (kizuna.points.v1 earning.proto), one handler for every
+earner.
+
+A seller publishes `<service>.purchase.paid|completed|cancelled|refunded` on its own stream; the
+subject's first token is the seller (the broker lets a service publish only under its own name),
+so no header or field is trusted for it. Which services earn, under which label and base rate, is
+data (settings.kizuna_earners, from the declarations).
+
+Order independence: each event records a FACT on the purchase's row (seen, completed, cancelled,
+one refund by its reference), under the member's wallet lock and the purchase row's own lock, and
+then brings the ledger to what the facts call for:
+- not cancelled, not completed: the quoted earning is pending (GetBalanceResponse.earning);
+- completed and not cancelled: it is granted, less the share the refunds so far stand for;
+- cancelled: nothing is earned (a granted earning is taken back, a pending one dropped).
+A cancel or refund that arrives before the purchase is therefore honoured when it arrives, and a
+redelivered event changes nothing (the kit's inbox drops a repeated event id; a refund repeated
+under a new event id still counts once, by its refund reference).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound
+from kizuna.kit.events import Consumer, Event
+from kizuna.kit.service import Runtime
+from kizuna.points.v1 import earning_pb2 as earning
+from kizuna.points.v1 import points_pb2 as pb
+from sqlalchemy import func
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from points import ledger, store
+from points.grpc_api import ledger_of
+from points.models import PendingEarn, PurchaseRefund, Wallet
+from points.settings import Earner, Settings
+
+Points = Runtime[Settings]
+
+log = logging.getLogger("points.earning")
+
+STAGES: dict[str, type[Any]] = {
+    "paid": earning.PurchasePaid,
+    "completed": earning.PurchaseCompleted,
+    "cancelled": earning.PurchaseCancelled,
+    "refunded": earning.PurchaseRefunded,
+}
+MAX_REF = 200
+
+
+def _check(message: Any, stage: str, limits: store.Limits) -> None:
+    """An event out of range is refused whole (the kit dead-letters it); nothing changes."""
+    purchase = message.purchase
+    if not message.HasField("purchase"):
+        raise InvalidArgument("the event carries no purchase")
+    if not 0 < len(purchase.reference) <= MAX_REF:
+        raise InvalidArgument(f"purchase.reference must be 1-{MAX_REF} characters")
+    if not 0 < len(purchase.member_id) <= 100:
+        raise InvalidArgument("purchase.member_id must be 1-100 characters")
+    store.check_money(purchase.paid.amount_minor, purchase.paid.currency, limits, "purchase.paid", allow_zero=True)
+    if not 0 <= purchase.points_used <= limits.max_purchase_minor:
+        raise InvalidArgument("purchase.points_used is out of range")
+    if purchase.merchant_bonus_points < 0:
+        raise InvalidArgument("purchase.merchant_bonus_points must be >= 0")
+    if purchase.merchant_bonus_points:
+        store.check_points(purchase.merchant_bonus_points, limits, "purchase.merchant_bonus_points")
+    if len(purchase.label) > 200 or len(purchase.category) > 60:
+        raise InvalidArgument("purchase.label (200) or purchase.category (60) is too long")
+    if stage == "refunded":
+        if not 0 < len(message.refund_reference) <= MAX_REF:
+            raise InvalidArgument(f"refund_reference must be 1-{MAX_REF} characters")
+        store.check_money(message.refunded.amount_minor, message.refunded.currency, limits, "refunded")
+        if (message.refunded.currency or "JPY") != (purchase.paid.currency or "JPY"):
+            raise InvalidArgument("refunded.currency differs from purchase.paid.currency")
+
+
+async def on_purchase(runtime: Points, session: AsyncSession, event: Event) -> None:
+    service, _, rest = event.subject.partition(".")
+    stage = rest.removeprefix("purchase.")
+    earner = runtime.settings.earner(service)
+    if stage not in STAGES or earner is None:
+        raise InvalidArgument(f"{event.subject!r} is not a purchase event of an earner")
+    message = event.parse(STAGES[stage])
+    limits = store.Limits.of(runtime.settings)
+    _check(message, stage, limits)
+    await apply(runtime.settings, session, ledger_of(runtime).clock.now(), earner, stage, message, event.id)
+
+
+async def apply(
+    settings: Settings, session: AsyncSession, now: datetime, earner: Earner, stage: str, message: Any, key: str
+) -> PendingEarn:
+    """Record the event's fact on its purchase and bring the ledger to what the facts call for."""
+    purchase = message.purchase
+    service, ref = earner.service, purchase.reference
+    wallet = await store.lock_wallet(session, purchase.member_id)
+    if wallet is None:
+        # identity's registration has not reached points yet: fail, so the event is retried later.
+        raise store.UnknownMember(f"unknown member {purchase.member_id!r}")
+    if wallet.status != "active":
+        # An erased member earns nothing; the event is acknowledged without effect.
+        log.info("purchase %s %s of an inactive member acknowledged without effect", service, ref)
+        return PendingEarn()
+    await store.settle_due(session, wallet, now)
+    row = await _lock_purchase(session, service, ref)
+    if row is None:
+        row = PendingEarn(
+            source_service=service,
+            source_ref=ref,
+            member_id=purchase.member_id,
+            purchase_minor=purchase.paid.amount_minor,
+            currency=purchase.paid.currency or "JPY",
+            regular=0,
+            bonus=0,
+            merchant_bonus=purchase.merchant_bonus_points,
+            earned=0,
+            refunded_minor=0,
+            taken_back=0,
+            explanation="",
+            status="new",
+            created_at=now,
+            label=purchase.label,
+            category=purchase.category,
+        )
+        session.add(row)
+    elif row.member_id != purchase.member_id:
+        raise InvalidArgument(f"purchase {service} {ref} belongs to another member")
+    if stage == "completed":
+        row.completed = True
+    elif stage == "cancelled":
+        row.cancelled = True
+    elif stage == "refunded":
+        await _record_refund(session, row, message, now)
+    await _reconcile(settings, session, wallet, row, now, earner, key)
+    session.add(row)
+    return row
+
+
+async def _lock_purchase(session: AsyncSession, service: str, ref: str) -> PendingEarn | None:
+    query = (
+        select(PendingEarn)
+        .where(PendingEarn.source_service == service, PendingEarn.source_ref == ref)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await session.exec(query)).first()
+
+
+async def _record_refund(session: AsyncSession, row: PendingEarn, message: Any, now: datetime) -> None:
+    found = await session.get(PurchaseRefund, (row.source_service, row.source_ref, message.refund_reference))
+    if found is None:
+        session.add(
+            PurchaseRefund(
+                source_service=row.source_service,
+                source_ref=row.source_ref,
+                refund_ref=message.refund_reference,
+                amount_minor=message.refunded.amount_minor,
+                created_at=now,
+            )
+        )
+        await session.flush()
+    total = (
+        await session.exec(
+            select(func.coalesce(func.sum(PurchaseRefund.amount_minor), 0)).where(
+                PurchaseRefund.source_service == row.source_service, PurchaseRefund.source_ref == row.source_ref
+            )
+        )
+    ).one()
+    row.refunded_minor = min(int(total), row.purchase_minor)
+
+
+async def _reconcile(
+    settings: Settings, session: AsyncSession, wallet: Wallet, row: PendingEarn, now: datetime, earner: Earner, key: str
+) -> None:
+    if row.status == "new":
+        if row.cancelled:
+            # Cancelled before it was seen paid: it earns nothing, but the member did use the
+            # service this month, as when the payment had come first.
+            await store.record_service_use(session, wallet.member_id, row.source_service, now)
+            row.status = "cancelled"
+            return
+        quote = await store.quote_and_count(
+            session,
+            wallet,
+            settings.earn_rules(),
+            row.source_service,
+            ledger.currency_units(row.purchase_minor, row.currency),
+            now,
+        )
+        row.regular, row.bonus = quote.regular, quote.bonus
+        row.earned = quote.total + row.merchant_bonus
+        row.bonus_expires_at, row.explanation = quote.bonus_expires_at, quote.explanation
+        row.status = "pending"
+    if row.status == "pending":
+        if row.cancelled:
+            row.status = "cancelled"
+            _give_back_cap_room(wallet, row, row.regular + row.bonus)
+            return
+        share = _refund_share(row)
+        if share > 0:
+            row.taken_back += share
+            within_caps, left = 0, share
+            for part in ("bonus", "merchant_bonus", "regular"):
+                cut = min(getattr(row, part), left)
+                setattr(row, part, getattr(row, part) - cut)
+                left -= cut
+                within_caps += cut if part != "merchant_bonus" else 0
+            _give_back_cap_room(wallet, row, within_caps)
+        if row.completed:
+            await _grant(settings, session, wallet, row, now, earner, key)
+            row.status = "granted"
+    elif row.status == "granted":
+        if row.cancelled:
+            await _claw_back(session, wallet, now, row, 0, f"{row.source_ref} cancelled", key)
+            row.status = "cancelled"
+            return
+        share = _refund_share(row)
+        if share > 0:
+            row.taken_back += share
+            await _claw_back(session, wallet, now, row, share, f"{row.source_ref} refunded", key)
+
+
+def _refund_share(row: PendingEarn) -> int:
+    return ledger.refund_take_back(row.earned, row.taken_back, row.refunded_minor, row.purchase_minor)
+
+
+async def _grant(
+    settings: Settings, session: AsyncSession, wallet: Wallet, row: PendingEarn, now: datetime, earner: Earner, key: str
+) -> None:
+    bonus, expires = row.bonus, row.bonus_expires_at
+    if expires is not None and expires <= now:
+        # The campaign points expired before the purchase completed: never given, never taken back.
+        row.earned -= bonus
+        row.bonus, bonus, expires = 0, 0, None
+    quote = ledger.EarnQuote(row.regular, bonus, expires, 0, (), row.explanation)
+    limits = store.Limits.of(settings)
+    await store.grant(
+        session,
+        wallet,
+        now,
+        quote=quote,
+        service=row.source_service,
+        label=earner.label,
+        source_ref=row.source_ref,
+        key=key,
+        regular_expiry_months=settings.regular_expiry_months,
+        limits=limits,
+        what=row.label,
+    )
+    if row.merchant_bonus > 0:
+        await store.credit(
+            session,
+            wallet,
+            now,
+            member_id=wallet.member_id,
+            amount=row.merchant_bonus,
+            kind=ledger.REGULAR,
+            reason=f"Merchant campaign bonus at {earner.label} on {row.label or row.source_ref}",
+            source_service=row.source_service,
+            source_ref=row.source_ref,
+            expires_at=None,
+            key=key,
+            regular_expiry_months=settings.regular_expiry_months,
+            limits=limits,
+        )
+
+
+def _give_back_cap_room(wallet: Wallet, row: PendingEarn, points: int) -> None:
+    """Points a pending earning no longer gives stop counting against the month's earn cap."""
+    if wallet.earn_month == ledger.month_key(row.created_at):
+        wallet.earned_this_month = max(wallet.earned_this_month - points, 0)
+
+
+async def _claw_back(
+    session: AsyncSession, wallet: Wallet, now: datetime, row: PendingEarn, amount: int, reason: str, key: str
+) -> None:
+    request = pb.ClawbackRequest(
+        source_ref=row.source_ref, source_service=row.source_service, amount=amount, reason=reason, idempotency_key=key
+    )
+    try:
+        async with session.begin_nested():
+            await store.clawback(session, wallet, now, caller=row.source_service, request=request, at_most=True)
+    except (FailedPrecondition, NotFound):
+        pass  # nothing (left) to take back: the purchase earned nothing, or it was taken or expired already
+
+
+def consumers(runtime: Points) -> list[Consumer]:
+    """One durable consumer per earner's stream, all with the same handler."""
+    return [
+        Consumer(f"points-{e.service}-earn", [f"{e.service}.purchase.>"], partial(on_purchase, runtime))
+        for e in runtime.settings.kizuna_earners
+    ]
