@@ -3,7 +3,6 @@
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-SERVICES := identity points shop travel fintech
 # uv from PATH, else the uv wheel from PyPI run as `python3 -m uv` (no shell profile changes).
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PY := .venv/bin/python
@@ -22,7 +21,7 @@ help: ## list the targets
 install: .venv/.synced ## install uv and the workspace (idempotent)
 
 up: install ## run the whole ecosystem locally (Ctrl-C stops it)
-	@exec $(PY) -m kizuna.kit.devstack $(SERVICES)
+	@exec $(PY) -m kizuna.kit.devstack
 
 test: install test-tools ## the whole suite against real NATS, PostgreSQL, gRPC, HTTP
 	$(PY) -m pytest -q $(PYTEST_ARGS)

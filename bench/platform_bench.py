@@ -18,14 +18,14 @@ from pathlib import Path
 
 import nats
 from kizuna.identity.v1 import events_pb2
-from kizuna.kit import migrations
+from kizuna.kit import declaration, migrations
 from kizuna.kit.db import Database
 from kizuna.kit.events import Consumer, ConsumerWorker, Event, OutboxRelay, ensure_stream, publish
 from kizuna.kit.testing import NatsServer, free_port
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICES = ["identity", "points", "shop", "travel", "fintech"]
+SERVICES = [d.name for d in declaration.discover()]
 
 
 def pct(values: list[float], p: float) -> float:

@@ -1,4 +1,4 @@
-"""`make up` on this checkout: all five services reach ready, and Ctrl-C leaves nothing behind."""
+"""`make up` on this checkout: every declared service reaches ready, and Ctrl-C leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -14,15 +14,11 @@ from pathlib import Path
 import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kizuna.kit import declaration
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICES = {
-    "identity": (8000, 50050),
-    "points": (8001, 50051),
-    "shop": (8002, 50052),
-    "travel": (8003, 50053),
-    "fintech": (8004, 50054),
-}
+# Every declared service and its local ports, as make up derives them.
+SERVICES = {d.name: (d.http_port, d.grpc_port) for d in declaration.discover()}
 
 
 def _free(port: int) -> bool:

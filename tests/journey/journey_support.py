@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from kizuna.kit import declaration
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "journey"
-SERVICES = ["identity", "points", "shop", "travel", "fintech"]
-DEFAULT_PORTS = {"identity": 8000, "points": 8001, "shop": 8002, "travel": 8003, "fintech": 8004}
+# Every declared service, as make up finds them.
+DECLARATIONS = declaration.discover()
+SERVICES = [d.name for d in DECLARATIONS]
+DEFAULT_PORTS = {d.name: d.http_port for d in DECLARATIONS}
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -54,17 +57,17 @@ class Ecosystem:
 
 @pytest.fixture(scope="module")
 def ecosystem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ecosystem]:
-    """`make up`'s stack (nats-server, five services, demo data) on free ports and a fresh data dir."""
+    """`make up`'s stack (nats-server, every declared service, demo data) on free ports and a fresh data dir."""
     for _ in range(50):
         offset = random.randrange(2000, 14000, 10)
-        ports = [4322 + offset] + [p + offset for p in DEFAULT_PORTS.values()] + [50050 + i + offset for i in range(5)]
+        ports = [4322 + offset] + [p + offset for d in DECLARATIONS for p in (d.http_port, d.grpc_port)]
         if all(_free(p) for p in ports):
             break
     data_dir = tmp_path_factory.mktemp("ecosystem")
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "KIZUNA_ISSUER", "DATABASE_URL")}
     env.update(KIZUNA_PORT_OFFSET=str(offset), KIZUNA_DATA_DIR=str(data_dir), LOG_LEVEL="INFO")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kizuna.kit.devstack", *SERVICES, "--timeout", "90"],
+        [sys.executable, "-m", "kizuna.kit.devstack", "--timeout", "90"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
