@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -71,6 +72,167 @@ def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+# ---- processes the tests start ----------------------------------------------------------------
+#
+# Every process a test starts goes through `spawn()`: it runs in its own process group, carries
+# this test run's marker in its environment, and is ended with `end_process()` in a finalizer,
+# escalating to SIGKILL of the whole group after a bounded wait. At the end of the session the
+# plugin looks for any process still carrying the marker and fails the session if one is found.
+
+RUN_MARKER = "KIZUNA_TEST_RUN"
+_spawned: list[subprocess.Popen[Any]] = []
+
+
+def spawn(argv: list[str], *, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen[Any]:
+    """Start a process in its own process group, marked as this test run's (see `end_process`)."""
+    marked = dict(os.environ if env is None else env)
+    if RUN_MARKER in os.environ:
+        marked[RUN_MARKER] = os.environ[RUN_MARKER]
+    process: subprocess.Popen[Any] = subprocess.Popen(argv, env=marked, start_new_session=True, **popen)
+    _spawned.append(process)
+    return process
+
+
+def _stat(pid: int) -> tuple[int, int, str] | None:
+    """(parent pid, start time in clock ticks, state) of a live process, or None."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return int(fields[1]), int(fields[19]), fields[0]
+
+
+def _descendants(pid: int) -> list[tuple[int, int]]:
+    """(pid, start time) of every live descendant of `pid`, wherever its process group."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None and stat[2] != "Z":
+            children.setdefault(stat[0], []).append((int(entry.name), stat[1]))
+    found: list[tuple[int, int]] = []
+    queue = [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child[0])
+    return found
+
+
+def _alive(pid: int, started: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[1] == started and stat[2] != "Z"
+
+
+def end_process(process: subprocess.Popen[Any], timeout: float = 10.0, sig: int = signal.SIGTERM) -> int:
+    """End a process started by `spawn()` and everything it started: `sig` to its process group,
+    SIGKILL to the group after `timeout`, then the same for descendants that left the group.
+    Returns the process's exit code."""
+    descendants = _descendants(process.pid)
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    # Whatever the leader left behind (its group, or children in sessions of their own) gets the
+    # same bounded chance, then SIGKILL.
+    descendants += [d for d in _descendants(process.pid) if d not in descendants]
+    deadline = time.monotonic() + timeout
+    for pid, started in descendants:
+        if _alive(pid, started):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+    while any(_alive(pid, started) for pid, started in descendants) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid, started in descendants:
+        if _alive(pid, started):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ValueError):
+        _spawned.remove(process)
+    return process.returncode
+
+
+def processes_of_this_run() -> list[tuple[int, str]]:
+    """(pid, command line) of every live process carrying this test run's marker, except this one."""
+    marker = f"{RUN_MARKER}={os.environ.get(RUN_MARKER, '')}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        stat = _stat(int(entry.name))
+        if stat is not None and stat[2] != "Z":
+            found.append((int(entry.name), command))
+    return found
+
+
+def _leaked_processes(grace: float = 10.0) -> list[str]:
+    """Processes this run started that are still alive (after `grace` seconds); they are killed."""
+    for process in list(_spawned):
+        end_process(process, timeout=grace)  # a fixture forgot it: ended here, and reported below
+    deadline = time.monotonic() + grace
+    leaked = processes_of_this_run()
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.1)
+        leaked = processes_of_this_run()
+    for pid, _command in leaked:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return [f"pid {pid}: {command}" for pid, command in leaked]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Each pytest process (an xdist worker included) marks the processes it starts as its own.
+    os.environ[RUN_MARKER] = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    config.addinivalue_line("markers", "xdist_group(name): tests that share an exclusive resource run in one worker")
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    return config.pluginmanager.has_plugin("dsession")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist controller: collect what each worker found left running."""
+    leaks = getattr(node, "workeroutput", {}).get("kizuna_leaks") or []
+    node.config.stash.setdefault(_LEAKS, []).extend(leaks)
+
+
+_LEAKS = pytest.StashKey[list[str]]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session when any process a test started outlives it (after the fixtures' finalizers)."""
+    config = session.config
+    if _xdist_controller(config):
+        leaks = config.stash.get(_LEAKS, [])
+    else:
+        leaks = _leaked_processes()
+        config.stash[_LEAKS] = leaks
+        if hasattr(config, "workeroutput"):
+            config.workeroutput["kizuna_leaks"] = leaks
+            return
+    if leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    leaks = config.stash.get(_LEAKS, [])
+    if leaks:
+        terminalreporter.section("processes left running by the tests (killed now)", red=True)
+        for line in leaks:
+            terminalreporter.line(line)
 
 
 def _declarations() -> list[Any]:
@@ -272,39 +434,70 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @dataclass
 class ServiceProcess:
-    """A Kizuna service started as `python -m <name>`, the way production starts it."""
+    """A Kizuna service started as `python -m <name>`, the way production starts it.
+
+    Ports 0 (the default): the service binds ports of its own choosing and reports them when it
+    is ready (`KIZUNA_PORTS_FILE`); `url` and `grpc_address` are known from then on, and a
+    restart keeps them. Give fixed ports only when another process needs the address before
+    this one is ready."""
 
     name: str
     env: dict[str, str]
-    http_port: int
-    grpc_port: int
-    log_path: Path
+    http_port: int = 0
+    grpc_port: int = 0
+    log_path: Path = Path("service.log")
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if not self.http_port:
+            raise RuntimeError(f"{self.name} reports its HTTP port once ready: call wait_ready() first")
         return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def grpc_address(self) -> str:
+        if not self.grpc_port:
+            raise RuntimeError(f"{self.name} reports its gRPC port once ready: call wait_ready() first")
         return f"127.0.0.1:{self.grpc_port}"
 
+    @property
+    def _ports_file(self) -> Path:
+        return self.log_path.with_name(f"{self.log_path.stem}.ports.json")
+
     def start(self, *, wait: bool = True, timeout: float = 30.0) -> ServiceProcess:
-        env = {**os.environ, **self.env, "HTTP_PORT": str(self.http_port), "GRPC_PORT": str(self.grpc_port)}
+        self._ports_file.unlink(missing_ok=True)
+        env = {
+            **os.environ,
+            **self.env,
+            "HTTP_PORT": str(self.http_port),
+            "GRPC_PORT": str(self.grpc_port),
+            "KIZUNA_PORTS_FILE": str(self._ports_file),
+        }
         self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", self.name], env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
+        self.process = spawn([sys.executable, "-m", self.name], env=env, stdout=self._log, stderr=subprocess.STDOUT)
         if wait:
             self.wait_ready(timeout)
         return self
+
+    def _read_ports(self) -> bool:
+        """Take the ports the service reported; False while it has not reported them yet."""
+        import json
+
+        if not self._ports_file.exists():
+            return False
+        ports = json.loads(self._ports_file.read_text())
+        self.http_port, self.grpc_port = int(ports["http"]), int(ports["grpc"])
+        return True
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.logs()}")
+            if not self._read_ports():
+                time.sleep(0.05)
+                continue
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     return
@@ -319,19 +512,13 @@ class ServiceProcess:
         self.process.send_signal(sig)
 
     def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM, wait, and return the exit code (SIGKILL after `timeout`)."""
+        """SIGTERM, wait, and return the exit code (SIGKILL to its whole group after `timeout`)."""
         if self.process is None:
             return 0
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        code = end_process(self.process, timeout)
         if self._log:
             self._log.close()
-        return self.process.returncode
+        return code
 
 
 @pytest.fixture
@@ -350,7 +537,10 @@ def service_process(tmp_path: Path, nats_server: NatsServer) -> Iterator[Any]:
             # A declared service connects as itself (its own NATS user and permissions).
             **nats_server.service_env(name),
         }
-        proc = ServiceProcess(name, {**base, **(env or {})}, free_port(), free_port(), tmp_path / f"{name}.log")
+        # Waiting: the service picks its ports and reports them. Not waiting: the caller needs the
+        # address before the service is ready (a peer that must start first), so it is chosen here.
+        ports = (0, 0) if wait else (free_port(), free_port())
+        proc = ServiceProcess(name, {**base, **(env or {})}, *ports, tmp_path / f"{name}.log")
         started.append(proc)
         return proc.start(wait=wait)
 
@@ -375,11 +565,13 @@ class TestIssuer:
     def __init__(self, port: int | None = None) -> None:
         from joserfc.jwk import ECKey
 
-        self.port = port or free_port()
+        # Bound now (port 0: the system picks one), so the issuer URL is known before start().
+        self._server = _IssuerServer(("127.0.0.1", port or 0), _IssuerHandler)
+        self._server.issuer = self
+        self.port: int = self._server.server_address[1]
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.key = ECKey.generate_key("P-256", auto_kid=True)
         self.clients: dict[str, tuple[str, str]] = {}  # client_id -> (secret, allowed scopes)
-        self._server: Any = None
 
     def register_client(self, client_id: str, secret: str, scopes: str) -> None:
         self.clients[client_id] = (secret, scopes)
@@ -423,67 +615,77 @@ class TestIssuer:
         return self.mint(client_id, client_id=client_id, scope=scope, **kw)
 
     def start(self) -> TestIssuer:
-        import base64
-        import json
         import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        from urllib.parse import parse_qs
 
-        issuer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-            def _json(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                if self.path == "/.well-known/openid-configuration":
-                    self._json(
-                        200,
-                        {
-                            "issuer": issuer.issuer,
-                            "jwks_uri": f"{issuer.issuer}/jwks",
-                            "token_endpoint": f"{issuer.issuer}/token",
-                        },
-                    )
-                elif self.path == "/jwks":
-                    self._json(200, {"keys": [issuer.key.as_dict(private=False)]})
-                else:
-                    self._json(404, {"error": "not_found"})
-
-            def do_POST(self) -> None:
-                form = parse_qs(self.rfile.read(int(self.headers.get("content-length", 0))).decode())
-                user, _, secret = (
-                    base64.b64decode(self.headers.get("authorization", "Basic ").split(" ", 1)[1] or b"")
-                    .decode()
-                    .partition(":")
-                )
-                known = issuer.clients.get(user)
-                if self.path != "/token" or known is None or known[0] != secret:
-                    self._json(401, {"error": "invalid_client"})
-                    return
-                wanted = set(form.get("scope", [""])[0].split())
-                if not wanted <= set(known[1].split()):
-                    self._json(400, {"error": "invalid_scope"})
-                    return
-                token = issuer.service_token(user, " ".join(sorted(wanted)))
-                self._json(200, {"access_token": token, "token_type": "Bearer", "expires_in": 300})
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._serving = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._serving.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
+        if getattr(self, "_serving", None) is not None:
             self._server.shutdown()
-            self._server.server_close()
+        self._server.server_close()
+
+
+class _IssuerServer(ThreadingHTTPServer):
+    issuer: TestIssuer
+
+
+class _IssuerHandler(BaseHTTPRequestHandler):
+    """TestIssuer's HTTP side: discovery, JWKS and the client-credentials token endpoint."""
+
+    server: _IssuerServer
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+    def _json(self, status: int, body: dict[str, Any]) -> None:
+        import json
+
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        issuer = self.server.issuer
+        if self.path == "/.well-known/openid-configuration":
+            self._json(
+                200,
+                {
+                    "issuer": issuer.issuer,
+                    "jwks_uri": f"{issuer.issuer}/jwks",
+                    "token_endpoint": f"{issuer.issuer}/token",
+                },
+            )
+        elif self.path == "/jwks":
+            self._json(200, {"keys": [issuer.key.as_dict(private=False)]})
+        else:
+            self._json(404, {"error": "not_found"})
+
+    def do_POST(self) -> None:
+        import base64
+        from urllib.parse import parse_qs
+
+        issuer = self.server.issuer
+        form = parse_qs(self.rfile.read(int(self.headers.get("content-length", 0))).decode())
+        user, _, secret = (
+            base64.b64decode(self.headers.get("authorization", "Basic ").split(" ", 1)[1] or b"")
+            .decode()
+            .partition(":")
+        )
+        known = issuer.clients.get(user)
+        if self.path != "/token" or known is None or known[0] != secret:
+            self._json(401, {"error": "invalid_client"})
+            return
+        wanted = set(form.get("scope", [""])[0].split())
+        if not wanted <= set(known[1].split()):
+            self._json(400, {"error": "invalid_scope"})
+            return
+        token = issuer.service_token(user, " ".join(sorted(wanted)))
+        self._json(200, {"access_token": token, "token_type": "Bearer", "expires_in": 300})
 
 
 @pytest.fixture(scope="session")
