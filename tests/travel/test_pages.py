@@ -22,14 +22,19 @@ async def test_search_results_and_hotel_pages_render_on_the_kit_layout(travel: T
 
     hotel = await travel.http.get("/hotels/htl_fukuoka_hakata_gate", params=q)
     assert hotel.status_code == 200
-    assert "Advance saver (non-refundable)" in hotel.text and "/book?hotel_id=htl_fukuoka_hakata_gate" in hotel.text
+    assert "Advance saver (non-refundable)" in hotel.text and "Sign in to book" in hotel.text
+    # Pages cannot be framed and print no text from the URL.
+    assert (
+        hotel.headers["x-frame-options"] == "DENY"
+        and "frame-ancestors 'none'" in hotel.headers["content-security-policy"]
+    )
 
     bad = await travel.http.get("/search", params={**q, "check_out": q["check_in"]})
     assert bad.status_code == 400 and "must be after check-in" in bad.text
 
 
 async def test_member_pages_send_a_browser_to_sign_in(travel: TravelEnv) -> None:
-    for path in ("/trips", "/book?hotel_id=h&room_type_id=r&rate_plan_id=p&check_in=x&check_out=y"):
+    for path in ("/trips", "/book?hotel_id=htl_x&room_type_id=r&rate_plan_id=p&check_in=x&check_out=y"):
         resp = await travel.http.get(path, headers={"accept": "text/html"})
         assert resp.status_code == 303 and resp.headers["location"].startswith("/auth/login?next=")
     resp = await travel.http.post("/trips/bkg_x/cancel", headers={"accept": "application/json"})
@@ -43,13 +48,22 @@ async def test_a_signed_in_member_books_sees_and_cancels_a_trip_through_the_form
     async with browser:
         body = booking_body(points=600)
         query = {k: body[k] for k in ("hotel_id", "room_type_id", "rate_plan_id", "check_in", "check_out", "guests")}
-        book_page = await browser.get("/book", params=query)
+        # A GET link never fills in a booking to pay (a framed or forwarded link could): back to the hotel.
+        link = await browser.get("/book", params=query)
+        assert link.status_code == 303 and link.headers["location"] == f"/hotels/{query['hotel_id']}"
+        hotel = await browser.get(f"/hotels/{query['hotel_id']}", params=query)
+        assert "Choose your room and rate to book." in hotel.text and 'action="/book/review"' in hotel.text
+        review = form_fields(hotel.text, "/book/review")
+        forged_review = await browser.post("/book/review", data=query)
+        assert forged_review.status_code == 403
+        book_page = await browser.post("/book/review", data={**query, "csrf_token": review["csrf_token"]})
         assert book_page.status_code == 200, book_page.text
         fields = form_fields(book_page.text, "/book")
         assert fields["csrf_token"] and fields["idempotency_key"]
         booked = await browser.post("/book", data={**fields, "points": "600"})
         assert booked.status_code == 303, booked.text
         trip_url = booked.headers["location"]
+        assert "Your booking is confirmed." in (await browser.get(trip_url)).text
         booking_id = trip_url.rsplit("/", 1)[1]
         booking = await travel.bookings.get(booking_id)
         assert (booking.member_id, booking.status, booking.points_used) == (member, "confirmed", 600)
@@ -71,6 +85,7 @@ async def test_a_signed_in_member_books_sees_and_cancels_a_trip_through_the_form
         cancelled = await browser.post(f"/trips/{booking_id}/cancel", data=cancel_fields)
         assert cancelled.status_code == 303 and cancelled.headers["location"] == trip_url
         after = await browser.get(trip_url)
+        assert 'data-flash="success"' in after.text and "Your booking is cancelled." in after.text
         assert "<dt>Status</dt><dd>cancelled</dd>" in after.text and "Cancel this booking" not in after.text
         assert "Penalty ¥0" in after.text and "600 points" in after.text
         assert travel.points.balances[member] == 1_000

@@ -11,14 +11,17 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from kizuna.kit.csrf import FormMember
 from kizuna.kit.db import SessionDep
 from kizuna.kit.errors import DomainError, NotFound
-from kizuna.kit.oidc_client import SignedInMember
-from kizuna.kit.web import page_templates
+from kizuna.kit.flash import flash
+from kizuna.kit.oidc_client import MaybeMember, SignedInMember
+from kizuna.kit.web import IMAGE_PREFIX, page_templates
+from kizuna.kit.web.wording import for_member
 
 from travel import stay as rules
 from travel.booking import FAILED, FAILING, PENDING, BookingRequest, Bookings
@@ -27,7 +30,9 @@ from travel.http_api import BookingsDep, parse_stay
 from travel.models import Hotel, RatePlan, RoomType
 from travel.search import hotel_page, search_hotels
 
-templates = page_templates(Path(__file__).parent / "templates", service="travel")
+templates = page_templates(
+    Path(__file__).parent / "templates", service="travel", hotel_image=f"{IMAGE_PREFIX}hotel.svg"
+)
 router = APIRouter(include_in_schema=False)
 
 
@@ -45,16 +50,19 @@ def _page(request: Request, name: str, status: int = 200, **context: Any) -> HTM
 
 
 def _error(request: Request, exc: DomainError, **context: Any) -> HTMLResponse:
-    return _page(request, "travel/error.html", status=exc.http_status, message=exc.message, title="Sorry", **context)
+    return _page(
+        request, "travel/error.html", status=exc.http_status, message=for_member(exc.message), title="Sorry", **context
+    )
 
 
 @router.get("/", response_class=HTMLResponse)
-async def search_page(request: Request) -> HTMLResponse:
+async def search_page(request: Request, member: MaybeMember) -> HTMLResponse:
     today = rules.hotel_today(request.app.state.runtime.state["bookings"].clock())
     return _page(
         request,
         "travel/search.html",
         title="Find a hotel",
+        member=member,
         default_in=today.isoformat(),
         default_out=(today.fromordinal(today.toordinal() + 1)).isoformat(),
     )
@@ -65,6 +73,7 @@ async def results_page(
     request: Request,
     session: SessionDep,
     bookings: BookingsDep,
+    member: MaybeMember,
     city: str = "",
     check_in: str = "",
     check_out: str = "",
@@ -74,9 +83,15 @@ async def results_page(
         stay = parse_stay(bookings, check_in, check_out, guests)
         results = await search_hotels(session, city, stay)
     except DomainError as exc:
-        return _error(request, exc)
+        return _error(request, exc, member=member)
     return _page(
-        request, "travel/results.html", title=f"Hotels in {CITIES[city]}", city=city, stay=stay, results=results
+        request,
+        "travel/results.html",
+        title=f"Hotels in {CITIES[city]}",
+        city=city,
+        stay=stay,
+        results=results,
+        member=member,
     )
 
 
@@ -85,6 +100,7 @@ async def hotel_view(
     request: Request,
     session: SessionDep,
     bookings: BookingsDep,
+    member: MaybeMember,
     hotel_id: str,
     check_in: str = "",
     check_out: str = "",
@@ -94,28 +110,45 @@ async def hotel_view(
         stay = parse_stay(bookings, check_in, check_out, guests) if check_in and check_out else None
         page = await hotel_page(session, hotel_id, stay)
     except DomainError as exc:
-        return _error(request, exc)
+        return _error(request, exc, member=member)
     policies = {
         p.id: rules.CancellationPolicy(p.refundable, p.free_cancel_days, p.penalty_bp).describe() for p in page.plans
     }
     return _page(
-        request, "travel/hotel.html", title=page.hotel.name, page=page, stay=stay, guests=guests, policies=policies
+        request,
+        "travel/hotel.html",
+        title=page.hotel.name,
+        page=page,
+        stay=stay,
+        guests=guests,
+        policies=policies,
+        member=member,
     )
 
 
-@router.get("/book", response_class=HTMLResponse)
+@router.get("/book", response_model=None)
+async def book_link(request: Request, member: SignedInMember) -> Response:
+    """An old or shared booking link: a GET never fills in a booking to pay; choose the room again."""
+    hotel_id = request.query_params.get("hotel_id", "")
+    flash(request, "info", "Choose your room and rate to book.")
+    target = f"/hotels/{quote(hotel_id)}" if hotel_id.startswith("htl_") else "/"
+    return RedirectResponse(target, status_code=303)
+
+
+@router.post("/book/review", response_class=HTMLResponse)
 async def book_page(
     request: Request,
-    member: SignedInMember,
+    member: FormMember,
     session: SessionDep,
     bookings: BookingsDep,
-    hotel_id: str,
-    room_type_id: str,
-    rate_plan_id: str,
-    check_in: str,
-    check_out: str,
-    guests: int = 2,
+    hotel_id: Annotated[str, Form()],
+    room_type_id: Annotated[str, Form()],
+    rate_plan_id: Annotated[str, Form()],
+    check_in: Annotated[str, Form()],
+    check_out: Annotated[str, Form()],
+    guests: Annotated[int, Form()] = 2,
 ) -> HTMLResponse:
+    """The booking to review and pay, reached only by the hotel page's form (CSRF-checked)."""
     try:
         stay = parse_stay(bookings, check_in, check_out, guests)
         page = await hotel_page(session, hotel_id, stay)
@@ -169,6 +202,7 @@ async def book_submit(
         )
     except DomainError as exc:
         return _error(request, exc, member=member)
+    flash(request, "success", "Your booking is confirmed. Have a good trip!")
     return RedirectResponse(f"/trips/{booking.id}", status_code=303)
 
 
@@ -221,10 +255,22 @@ async def trip_page(
 
 
 @router.post("/trips/{booking_id}/cancel", response_model=None)
-async def cancel_submit(request: Request, member: FormMember, bookings: BookingsDep, booking_id: str) -> Response:
+async def cancel_submit(
+    request: Request,
+    member: FormMember,
+    bookings: BookingsDep,
+    booking_id: str,
+    confirmed: Annotated[str, Form()] = "",
+) -> Response:
     try:
-        await _own(bookings, member.member_id, booking_id)
+        booking = await _own(bookings, member.member_id, booking_id)
+        quote_now = bookings.quote_cancellation(booking) if booking.status == "confirmed" else None
+        if quote_now is not None and quote_now.penalty_minor > 0 and confirmed != "yes":
+            # A cancellation that costs money happens only after the member saw the cost and said yes.
+            flash(request, "warning", "Please confirm the cancellation and its cost.")
+            return RedirectResponse(f"/trips/{booking_id}", status_code=303)
         await bookings.cancel(member.member_id, booking_id)
     except DomainError as exc:
         return _error(request, exc, member=member)
+    flash(request, "success", "Your booking is cancelled.")
     return RedirectResponse(f"/trips/{booking_id}", status_code=303)

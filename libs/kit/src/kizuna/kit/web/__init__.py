@@ -145,7 +145,7 @@ def page_templates(*directories: Path, service: str = "", **globals_: Any) -> Ji
         ),
         autoescape=select_autoescape(default=True),
     )
-    from kizuna.kit.csrf import csrf_field
+    from kizuna.kit.csrf import csrf_field, csrf_token
     from kizuna.kit.web.wording import for_member, line_for_member
 
     env.filters.update(
@@ -164,6 +164,7 @@ def page_templates(*directories: Path, service: str = "", **globals_: Any) -> Ji
         service=service,
         service_links=service_links(),
         csrf_field=csrf_field,
+        csrf_value=csrf_token,
         flashes=flash_messages.flashes,
         money=format_money,
         **globals_,
