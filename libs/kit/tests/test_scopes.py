@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import nats
@@ -246,3 +246,33 @@ async def _refused(verifier: TokenVerifier, token: str) -> bool:
         return True
     await asyncio.sleep(0)
     return False
+
+
+async def test_revocation_feed_runs_with_a_services_own_nats_permissions(
+    nats_server: Any, nats_url: str, verifier: TokenVerifier, test_issuer: TestIssuer
+) -> None:
+    """Every service follows identity's revocations with its own, least-privilege NATS user."""
+    service_env = getattr(nats_server, "service_env", None)
+    if service_env is None or not service_env("points"):
+        pytest.skip("this NATS server does not enforce per-service permissions")
+    from kizuna.kit import natsauth
+
+    env = service_env("points")
+    await reset_streams(nats_url, "IDENTITY")
+    admin = await nats.connect(nats_url)
+    points = await nats.connect(
+        **natsauth.connect_options("points", env["NATS_URL"], env["NATS_USER"], env["NATS_PASSWORD"])
+    )
+    feed = RevocationFeed(points.jetstream(), verifier.deny_list, retry_seconds=0.1)
+    try:
+        await ensure_stream(admin.jetstream(), "identity")
+        await feed.start()
+        assert feed.subscribed
+        token = test_issuer.member_token("mbr_07", grant_id="grt_7")
+        revoked = events_pb2.AccessRevoked(grant_id="grt_7", revoked_at=_stamp(datetime.now(UTC)))
+        await _publish(admin.jetstream(), revoked)
+        await wait_until(lambda: _refused(verifier, token), timeout=2)
+    finally:
+        await feed.stop()
+        await points.close()
+        await admin.close()

@@ -2,9 +2,9 @@
 deny-list in every service.
 
 Access tokens are verified locally, so without this a token revoked at identity would be accepted
-elsewhere until it expires. Each process runs one `RevocationFeed`: an ordered (ephemeral,
-flow-controlled, self-healing) JetStream consumer on identity's stream that starts
-`lookback_seconds` in the past, so a process that starts (a new pod, a restart) learns the
+elsewhere until it expires. Each process runs one `RevocationFeed`: an ephemeral JetStream push consumer
+on identity's stream, filtered to the revocation subject, that starts `lookback_seconds` in the
+past, so a process that starts (a new pod, a restart) learns the
 revocations whose tokens may still be alive. Nothing is stored: the deny-list is in memory and
 each entry is dropped when the tokens it names would have expired anyway.
 """
@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import nats.errors
@@ -24,7 +25,7 @@ from kizuna.identity.v1 import events_pb2
 from kizuna.kit.auth import DenyList
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 log = logging.getLogger("kizuna.kit.revocation")
 
@@ -32,6 +33,8 @@ REVOCATION_SUBJECT = "identity.access.revoked"
 IDENTITY_STREAM = "IDENTITY"
 # Longer than any access token lives (identity issues them for 5 minutes by default).
 DEFAULT_LOOKBACK_SECONDS = 900.0
+# The server removes the consumer this long after its subscriber went away (a process that died).
+INACTIVE_THRESHOLD_SECONDS = 60.0
 
 
 def apply(deny_list: DenyList, event: events_pb2.AccessRevoked, *, lookback_seconds: float) -> list[str]:
@@ -84,21 +87,32 @@ class RevocationFeed:
             self._task = asyncio.create_task(self._keep_trying(), name="revocation-feed")
 
     async def _try_subscribe(self) -> bool:
+        # An ephemeral push consumer, named so that the broker can allow exactly this filter
+        # (`$JS.API.CONSUMER.CREATE.IDENTITY.<name>.identity.access.revoked`), delivering into
+        # this connection's own inbox; no acks (a redelivered revocation changes nothing), and
+        # the server drops it once this process has gone.
+        nc = self.js._nc
+        deliver = nc.new_inbox()
+        sub = await nc.subscribe(deliver, cb=self._on_message)
         start = datetime.now(UTC) - timedelta(seconds=self.lookback)
+        config = ConsumerConfig(
+            name=f"revocations-{uuid.uuid4().hex[:16]}",
+            deliver_subject=deliver,
+            filter_subject=REVOCATION_SUBJECT,
+            deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=start.isoformat().replace("+00:00", "Z"),
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=INACTIVE_THRESHOLD_SECONDS,
+            mem_storage=True,
+            num_replicas=1,
+        )
         try:
-            self._sub = await self.js.subscribe(
-                REVOCATION_SUBJECT,
-                stream=IDENTITY_STREAM,
-                cb=self._on_message,
-                ordered_consumer=True,
-                config=ConsumerConfig(
-                    deliver_policy=DeliverPolicy.BY_START_TIME,
-                    opt_start_time=start.isoformat().replace("+00:00", "Z"),
-                ),
-            )
+            await self.js.add_consumer(IDENTITY_STREAM, config)
         except (nats.js.errors.NotFoundError, nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+            await sub.unsubscribe()
             log.info("revocation feed waiting for identity's stream", extra={"error": type(exc).__name__})
             return False
+        self._sub = sub
         return True
 
     async def _keep_trying(self) -> None:
