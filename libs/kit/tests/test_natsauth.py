@@ -82,6 +82,8 @@ def test_contracts_imply_exactly_the_subjects_they_need() -> None:
     create = natsauth.permissions(BY_NAME["points"], DECLARATIONS)["publish"]["allow"]
     assert "$JS.API.CONSUMER.CREATE.SHOP.*.shop.purchase.>" in create
     assert "$JS.API.CONSUMER.CREATE.SHOP.>" not in create
+    # An unnamed consumer carries its filter in the body, out of the broker's sight: whole streams only.
+    assert "$JS.API.CONSUMER.CREATE.SHOP" not in create and "$JS.API.CONSUMER.CREATE.IDENTITY" in create
     assert not [s for s in create if ".DELETE." in s or s.startswith("$JS.API.STREAM.UPDATE.SHOP")]
 
 

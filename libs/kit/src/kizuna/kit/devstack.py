@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO
 
 import httpx
-from kizuna.kit import declaration
+from kizuna.kit import declaration, natsauth
 from kizuna.kit.declaration import Declaration
 
 NATS_PORT = 4322
@@ -114,6 +114,8 @@ class Stack:
         self.offset = offset
         self.children: list[Child] = []
         self.nats_url = os.environ.get("NATS_URL", "")
+        # Per-service NATS passwords when make up runs nats-server itself (see nats_auth()).
+        self.nats_passwords: dict[str, str] = {}
         self.stopping = False
         self.envs: dict[str, dict[str, str]] = {}
 
@@ -158,11 +160,8 @@ class Stack:
         port = NATS_PORT + self.offset
         store = self.data_dir / "nats"
         store.mkdir(parents=True, exist_ok=True)
-        self._spawn(
-            "nats",
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
-            dict(os.environ),
-        )
+        config = self.nats_auth(port, store)
+        self._spawn("nats", [nats_server_binary(), "-c", str(config)], dict(os.environ))
         self.nats_url = f"nats://127.0.0.1:{port}"
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -171,6 +170,21 @@ class Stack:
                 return
             time.sleep(0.05)
         raise SystemExit(f"nats-server did not start; see {self.logs / 'nats.log'}")
+
+    # ---- authenticated NATS (kizuna.kit.natsauth) ----
+    def nats_auth(self, port: int, store: Path) -> Path:
+        """One NATS user per service with the permissions its declaration implies; the passwords
+        are generated once per data dir (0600), like the client secrets."""
+        self.nats_passwords = natsauth.load_or_create_passwords(
+            self.data_dir / "nats-passwords.json", [ep.name for ep in self.endpoints]
+        )
+        return natsauth.write_server_config(
+            self.data_dir / "nats.conf", self.declarations, self.nats_passwords, port=port, store_dir=store
+        )
+
+    def nats_env(self, name: str) -> dict[str, str]:
+        """`NATS_USER`/`NATS_PASSWORD` of one service (none when NATS_URL names another server)."""
+        return natsauth.service_env(name, self.nats_passwords) if self.nats_passwords else {}
 
     def client_secrets(self) -> dict[str, str]:
         """One OAuth client secret per service, generated once per data dir and kept there (0600)."""
@@ -254,6 +268,7 @@ class Stack:
                 "KIZUNA_CLIENT_SECRET": client_secrets[ep.name],
                 **({"KIZUNA_CLIENTS": clients} if ep.name == declaration.ISSUER else {}),
                 "NATS_URL": self.nats_url,
+                **self.nats_env(ep.name),
                 "KIZUNA_ISSUER": os.environ.get("KIZUNA_ISSUER", issuer),
                 "KIZUNA_DATA_DIR": str(self.data_dir),
                 "HTTP_PORT": str(ep.http_port),

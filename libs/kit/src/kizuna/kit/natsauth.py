@@ -9,8 +9,9 @@ What a service's user may do, and nothing else:
   consumers (`deadletter.<name>.>`);
 - manage its own stream (`STREAM.CREATE/UPDATE/INFO.<NAME>`), and create (never update or
   delete) the streams it reads and the dead-letter stream, should it start before their owner;
-- create durable consumers on the streams it reads: a whole stream it declares in `consumes`
-  (and its own), or only the subjects a contract implies (a filter in the API subject): every
+- create consumers on the streams it reads: on a whole stream it declares in `consumes` (and its
+  own) any consumer, else only named ones filtered to what a contract implies (the filter is then
+  part of the API subject, so the broker checks it): every
   service reads `identity.access.revoked` (revocation) and, when it holds member data,
   `identity.member.erasure_requested`; points reads `<earner>.purchase.>` of every earner;
   identity reads `<service>.member.erased` of every service that holds member data;
@@ -102,7 +103,8 @@ def permissions(decl: Declaration, decls: Iterable[Declaration]) -> Permissions:
         if stream != own:
             publish += [f"{JS_API}.STREAM.CREATE.{stream}", f"{JS_API}.STREAM.INFO.{stream}"]
         if filters is None:
-            publish.append(f"{JS_API}.CONSUMER.CREATE.{stream}.>")
+            # Named consumers, and unnamed ones (ordered consumers) whose filter is in the body.
+            publish += [f"{JS_API}.CONSUMER.CREATE.{stream}", f"{JS_API}.CONSUMER.CREATE.{stream}.>"]
         else:
             # nats clients put a single filter subject into the create request's subject.
             publish += [f"{JS_API}.CONSUMER.CREATE.{stream}.*.{subject}" for subject in filters]
@@ -112,6 +114,8 @@ def permissions(decl: Declaration, decls: Iterable[Declaration]) -> Permissions:
             # Acks, naks and terms: `$JS.ACK.<stream>.…` (and the form with domain and account).
             f"$JS.ACK.{stream}.>",
             f"$JS.ACK.*.*.{stream}.>",
+            # Flow-control replies of push (ordered) consumers.
+            f"$JS.FC.{stream}.>",
         ]
     subscribe = [f"{inbox_prefix(decl.name)}.>"]
     if decl.name != ISSUER:
