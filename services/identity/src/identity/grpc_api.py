@@ -22,7 +22,15 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.GetMemberRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.GetMemberResponse:
         call = current_call()
+        # An ecosystem service with identity:read sees the whole record; a member (or an app the
+        # member authorized) sees their own, with the name only under `profile` and the email only
+        # under `email`, as the member consented.
+        service_reader = call.caller.is_service and call.caller.has_scope("identity:read")
         own_record = call.member is not None and call.member.member_id == request.member_id
+        shows = {
+            scope: service_reader or (own_record and call.member is not None and call.member.has_scope(scope))
+            for scope in ("profile", "email")
+        }
         if not own_record:
             try:
                 call.require_service_scope("identity:read")
@@ -46,8 +54,8 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         return identity_pb2.GetMemberResponse(
             member=identity_pb2.Member(
                 member_id=member.id,
-                display_name=member.display_name,
-                email=member.email,
+                display_name=member.display_name if shows["profile"] else "",
+                email=member.email if shows["email"] else "",
                 status=identity_pb2.MEMBER_STATUS_ACTIVE,
                 created_at=created,
             )

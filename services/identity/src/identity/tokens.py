@@ -20,10 +20,14 @@ from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, TokenMixin
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from google.protobuf.timestamp_pb2 import Timestamp
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
+from kizuna.identity.v1 import events_pb2
 from kizuna.kit.db import UTCDateTime
+from kizuna.kit.events import publish
+from kizuna.kit.revocation import REVOCATION_SUBJECT
 from sqlalchemy import Column, String, Text, update
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -126,11 +130,50 @@ class RefreshToken(SQLModel, table=True):
         return self.scope
 
 
-async def revoke_grant(session: AsyncSession, grant_id: str, now: datetime) -> None:
-    """Revoke a grant with every access and refresh token issued under it."""
-    await session.exec(
+# Every service keeps a revoked grant, session or token in its deny-list this long: longer than
+# any access token identity issues (IDENTITY_ACCESS_TOKEN_SECONDS, 5 minutes by default) and no
+# longer than the kit's revocation look-back, so a service that starts still learns it.
+REVOCATION_HORIZON = timedelta(minutes=15)
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def publish_revocation(
+    session: AsyncSession,
+    now: datetime,
+    *,
+    reason: str,
+    grant_id: str = "",
+    jti: str = "",
+    member_id: str = "",
+    member_wide: bool = False,
+) -> str:
+    """Stage `identity.access.revoked` in the caller's transaction: every service refuses the
+    tokens it names within moments of the commit (kizuna.kit.revocation)."""
+    event = events_pb2.AccessRevoked(
+        grant_id=grant_id,
+        jti=jti,
+        member_id=member_id,
+        member_wide=member_wide,
+        revoked_at=_timestamp(now),
+        expires_at=_timestamp(now + REVOCATION_HORIZON),
+        reason=reason,
+    )
+    return publish(session, REVOCATION_SUBJECT, event, member_id=member_id or None)
+
+
+async def revoke_grant(session: AsyncSession, grant_id: str, now: datetime, *, reason: str = "grant") -> None:
+    """Revoke a grant with every access and refresh token issued under it, and tell every service."""
+    result = await session.exec(
         update(Grant).where(col(Grant.id) == grant_id, col(Grant.revoked_at).is_(None)).values(revoked_at=now)
     )
+    if result.rowcount:
+        member_id = (await session.exec(select(Grant.member_id).where(Grant.id == grant_id))).first()
+        publish_revocation(session, now, reason=reason, grant_id=grant_id, member_id=member_id or "")
     await session.exec(
         update(AccessToken)
         .where(col(AccessToken.grant_id) == grant_id, col(AccessToken.revoked_at).is_(None))
