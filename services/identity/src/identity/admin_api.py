@@ -57,7 +57,7 @@ async def _admin(request: Request) -> str:
 
 Admin = Annotated[str, Depends(_admin)]
 Uri = Annotated[Text, PydanticField(max_length=500)]
-ScopeName = Annotated[Text, PydanticField(min_length=1, max_length=100)]
+Name = Annotated[Text, PydanticField(min_length=1, max_length=100)]
 
 
 def public(client: Client) -> dict[str, Any]:
@@ -88,15 +88,13 @@ def _not_itself(client_id: str, admin: str, action: str) -> None:
         raise PermissionDenied(f"a client cannot {action} itself; use another admin client")
 
 
-async def _save(
-    request: Request, spec: ClientSpec, *, create: bool, keep_secret_of: Client | None = None
-) -> dict[str, Any]:
+async def _save(request: Request, spec: ClientSpec, *, create: bool, keep_secret: bool = False) -> dict[str, Any]:
     provider = _provider(request)
     async with provider.db.transaction() as session:
         existing = await session.get(Client, spec.client_id)
         if create and existing is not None:
             raise AlreadyExists(f"client {spec.client_id} exists; PATCH /admin/clients/{spec.client_id} changes it")
-        kept = existing.secret_hash if existing is not None and keep_secret_of is not None else None
+        kept = existing.secret_hash if existing is not None and keep_secret else None
         client, secret = await upsert(session, spec, provider.now(), provider.scopes)
         if kept is not None:  # PATCH without a new secret: the one the client holds stays valid
             client.secret_hash = kept
@@ -123,8 +121,8 @@ class ClientReplace(BaseModel):
     name: Text
     redirect_uris: list[Uri]
     post_logout_redirect_uris: list[Uri]
-    grant_types: list[ScopeName]
-    scopes: list[ScopeName]
+    grant_types: list[Name]
+    scopes: list[Name]
     first_party: bool
     backchannel_logout_uri: Uri | None
     public: bool
@@ -140,8 +138,8 @@ class ClientPatch(BaseModel):
     name: Text | None = None
     redirect_uris: list[Uri] | None = None
     post_logout_redirect_uris: list[Uri] | None = None
-    grant_types: list[ScopeName] | None = None
-    scopes: list[ScopeName] | None = None
+    grant_types: list[Name] | None = None
+    scopes: list[Name] | None = None
     first_party: bool | None = None
     backchannel_logout_uri: Uri | None = None
     public: bool | None = None
@@ -181,7 +179,7 @@ async def change(request: Request, client_id: str, body: ClientPatch, admin: Adm
     new_secret = body.client_secret
     keep = not becomes_public and not client.public and new_secret is None and not body.rotate_secret
     spec = ClientSpec(**merged, client_secret=None if becomes_public else new_secret)
-    return await _save(request, spec, create=False, keep_secret_of=client if keep else None)
+    return await _save(request, spec, create=False, keep_secret=keep)
 
 
 @router.get("/clients")
