@@ -301,26 +301,6 @@ class CodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
             sid=code.session_id,
         )
 
-    def generate_token(
-        self,
-        user: Any = None,
-        scope: str | None = None,
-        grant_type: str | None = None,
-        expires_in: int | None = None,
-        include_refresh_token: bool = True,
-    ) -> dict[str, Any]:
-        code = self.request.authorization_code
-        return self.provider.generate_token(
-            grant_type or self.GRANT_TYPE,
-            self.request.client,
-            user,
-            scope,
-            expires_in,
-            include_refresh_token,
-            grant_id=code.grant_id,
-            sid=code.session_id,
-        )
-
 
 class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
@@ -335,27 +315,6 @@ class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
 
     def authenticate_user(self, refresh_token: Any) -> Any:
         return self.provider.sync(self.provider.grant_member(refresh_token.grant_id))
-
-    def generate_token(
-        self,
-        user: Any = None,
-        scope: str | None = None,
-        grant_type: str | None = None,
-        expires_in: int | None = None,
-        include_refresh_token: bool = True,
-    ) -> dict[str, Any]:
-        grant_id = self.request.refresh_token.grant_id
-        grant = self.provider.sync(self.provider.grant(grant_id))
-        return self.provider.generate_token(
-            grant_type or self.GRANT_TYPE,
-            self.request.client,
-            user,
-            scope,
-            expires_in,
-            include_refresh_token,
-            grant_id=grant_id,
-            sid=grant.session_id if grant else None,
-        )
 
     def generate_token(
         self,
@@ -609,10 +568,6 @@ _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 # merchant API, where a partner charges a card whose number the member gave it. Nothing that reads
 # or moves a member's data by member ID.
 PARTNER_SCOPES = frozenset({"fintech:pay"})
-# What a third-party (not first-party) client may hold through client_credentials: fintech's
-# merchant API, where a partner charges a card whose number the member gave it. Nothing that reads
-# or moves a member's data by member ID.
-PARTNER_SCOPES = frozenset({"fintech:pay"})
 
 
 def _token_error(
@@ -650,13 +605,6 @@ async def service_token(provider: Provider, request: Request, form: Any) -> Resp
     requested = str(form.get("scope") or "")
     if not set(requested.split()) <= set(client.scopes):
         return _token_error("invalid_scope", "scope not allowed for this client")
-    if not client.first_party:
-        # A third-party client acting on its own acts for no member: reading or moving a member's
-        # data takes that member's consent (authorization code), never client_credentials.
-        withheld = set(requested.split()) - PARTNER_SCOPES
-        if withheld:
-            named = " ".join(sorted(withheld))
-            return _token_error("invalid_scope", f"a third-party client cannot hold these scopes on its own: {named}")
     if not client.first_party:
         # A third-party client acting on its own acts for no member: reading or moving a member's
         # data takes that member's consent (authorization code), never client_credentials.

@@ -226,8 +226,6 @@ async def erase_member(
     deliveries = await end_member_everywhere(session, member.id, now)
     # Every token of the member, whatever it was issued under, is refused everywhere from now.
     publish_revocation(session, now, reason="erasure", member_id=member.id, member_wide=True)
-    # Every token of the member, whatever it was issued under, is refused everywhere from now.
-    publish_revocation(session, now, reason="erasure", member_id=member.id, member_wide=True)
     for op in (await session.exec(select(OpSession).where(OpSession.member_id == member.id))).all():
         op.user_agent, op.ip = "", ""
         session.add(op)

@@ -373,10 +373,6 @@ class Provider:
                 publish_revocation(
                     session, now, reason="token", jti=record.key, member_id=member if member.startswith("mbr_") else ""
                 )
-                member = str(record.claims.get("sub", ""))
-                publish_revocation(
-                    session, now, reason="token", jti=record.key, member_id=member if member.startswith("mbr_") else ""
-                )
                 if result.rowcount == 0:  # an unrecorded service token: deny-list it until it expires
                     session.add(
                         AccessToken(
