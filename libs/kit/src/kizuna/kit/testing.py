@@ -284,8 +284,8 @@ class NatsServer:
             return {}
         return {"NATS_URL": self.address, "NATS_USER": name, "NATS_PASSWORD": self.passwords[name]}
 
-    def start(self) -> NatsServer:
-        argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)]
+    def start(self, timeout: float = 15.0) -> NatsServer:
+        argv = [nats_server_binary(), "-a", "127.0.0.1", "-js", "-sd", str(self.store)]
         if self.auth:
             from kizuna.kit import natsauth
 
@@ -302,22 +302,28 @@ class NatsServer:
                 superuser_password=self.superuser_password,
             )
             argv = [nats_server_binary(), "-c", str(config)]
-        self.process = subprocess.Popen(
-            argv,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        # Port 0: the server picks a free one (-1) and reports it in its ports file; a restart
+        # keeps the port it had, so clients reconnect to the same URL.
+        ports_dir = self.store.parent / f"{self.store.name}-ports"
+        ports_dir.mkdir(parents=True, exist_ok=True)
+        argv += ["-p", str(self.port or -1), "--ports_file_dir", str(ports_dir)]
+        self.process = spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ports_file = ports_dir / f"{Path(argv[0]).name}_{self.process.pid}.ports"
+        deadline = time.monotonic() + timeout
+        while not ports_file.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                end_process(self.process)
+                raise RuntimeError(f"nats-server did not start (exit code {self.process.returncode})")
+            time.sleep(0.02)
+        import json
+
+        self.port = int(json.loads(ports_file.read_text())["nats"][0].rsplit(":", 1)[1])
         wait_for_port("127.0.0.1", self.port)
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            end_process(self.process)
 
     def restart(self) -> None:
         self.stop()
@@ -328,7 +334,7 @@ class NatsServer:
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     """One JetStream-enabled nats-server for the test session, with authentication on: every
     declared service has its own user and permissions; `nats_url` is the harness superuser's."""
-    server = NatsServer(free_port(), tmp_path_factory.mktemp("nats"), auth=True).start()
+    server = NatsServer(0, tmp_path_factory.mktemp("nats"), auth=True).start()
     yield server
     server.stop()
 
