@@ -252,7 +252,7 @@ async def test_card_purchase_earns_points_exactly_once(fintech: FintechClient, p
     # a new NATS message ID gets it past JetStream's de-duplication, the event ID stays.
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
-    sub = await js.pull_subscribe("fintech.card_purchase.posted", durable=None, stream="FINTECH")
+    sub = await js.pull_subscribe("fintech.purchase.completed", durable=None, stream="FINTECH")
     original = (await sub.fetch(1, timeout=5))[0]
     headers = {**(original.headers or {}), "Nats-Msg-Id": f"redelivery-{uuid.uuid4().hex}"}
     ack = await js.publish(original.subject, original.data, headers=headers)

@@ -19,6 +19,7 @@ from kizuna.common.v1.common_pb2 import Money as MoneyPb
 from kizuna.fintech.v1 import events_pb2, fintech_pb2
 from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from kizuna.kit.events import publish
+from kizuna.kit.points import publish_purchase
 from sqlalchemy import func, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -253,16 +254,33 @@ async def authorize(
         raise FailedPrecondition("the card is closed")
     now = ctx.clock.now()
     available = await available_minor(session, card, now)
+    rules = ctx.fraud_rules
     recent = (
         await session.exec(
-            select(Authorization.created_at).where(
+            select(Authorization, CardTransaction)
+            .join(
+                CardTransaction,
+                (col(CardTransaction.authorization_id) == col(Authorization.authorization_id))
+                & (col(CardTransaction.kind) == "purchase"),
+                isouter=True,
+            )
+            .where(
                 Authorization.card_id == card.card_id,
-                Authorization.status != DECLINED,
-                col(Authorization.created_at) > now - ctx.fraud_rules.velocity_window,
+                col(Authorization.created_at) > now - rules.history_window,
             )
         )
     ).all()
-    rule = fraud.matching_rule(ctx.fraud_rules, amount.amount_minor, list(recent), now)
+    history = [
+        fraud.Attempt(
+            at=a.created_at,
+            amount_minor=a.amount_minor,
+            status=a.status,
+            client_id=a.client_id,
+            refunded_in_full=t is not None and t.refunded_minor >= t.amount_minor,
+        )
+        for a, t in recent
+    ]
+    rule = fraud.matching_rule(rules, amount.amount_minor, client_id, history, now)
     reason = decline_reason_for(card, amount, available, rule, now.date())
     auth = Authorization(
         authorization_id=_id("auth"),
@@ -386,6 +404,19 @@ async def capture(
         ),
         member_id=card.member_id,
     )
+    # A posted card purchase earns at once: it completes the purchase of the earning contract.
+    publish_purchase(
+        session,
+        "fintech",
+        "completed",
+        reference=purchase_id,
+        member_id=card.member_id,
+        paid_minor=amount.amount_minor,
+        currency=amount.currency,
+        label=f"card purchase at {auth.merchant_name}"[:200],
+        category="card",
+        at=now,
+    )
     await session.flush()
     return {
         "capture_id": purchase_id,
@@ -488,6 +519,20 @@ async def refund(
             refunded_at=ts(now),
         ),
         member_id=purchase.member_id,
+    )
+    publish_purchase(
+        session,
+        "fintech",
+        "refunded",
+        reference=purchase.purchase_id,
+        member_id=purchase.member_id,
+        paid_minor=purchase.amount_minor,
+        currency=purchase.currency,
+        label=f"card purchase at {auth.merchant_name}"[:200],
+        category="card",
+        refund_reference=refund_id,
+        refunded_minor=amount.amount_minor,
+        at=now,
     )
     await session.flush()
     return {"refund_id": refund_id, "refunded_minor": amount.amount_minor, "currency": amount.currency}

@@ -8,6 +8,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.common.v1.common_pb2 import Money
 from kizuna.kit.events import publish
+from kizuna.kit.points import publish_purchase
 from kizuna.shop.v1 import events_pb2 as ev
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -44,5 +45,37 @@ def order_event(order: Order, subject: str, at: datetime, **extra: Any) -> Any:
     )
 
 
+# The order events that are also steps of the earning contract (points earns from those, not from
+# the shop's own events).
+PURCHASE_STAGES = {
+    "shop.order.paid": "paid",
+    "shop.order.completed": "completed",
+    "shop.order.cancelled": "cancelled",
+    "shop.order.refunded": "refunded",
+}
+
+
 def publish_order(session: AsyncSession, order: Order, subject: str, at: datetime, **extra: Any) -> str:
-    return publish(session, subject, order_event(order, subject, at, **extra), member_id=order.member_id)
+    event_id = publish(session, subject, order_event(order, subject, at, **extra), member_id=order.member_id)
+    stage = PURCHASE_STAGES.get(subject)
+    if stage is not None:
+        refunded = extra.get("refunded")
+        publish_purchase(
+            session,
+            "shop",
+            stage,
+            reference=order.id,
+            member_id=order.member_id,
+            # Earned on the money paid by card; the points used earn nothing.
+            paid_minor=order.card_minor,
+            currency=order.currency,
+            points_used=order.points_used,
+            label=f"order {order.id}",
+            category="goods",
+            merchant_bonus_points=order.bonus_points,
+            # A shop refund is one, of the whole order.
+            refund_reference=f"{order.id}:refund" if refunded is not None else "",
+            refunded_minor=refunded.amount_minor if refunded is not None else 0,
+            at=at,
+        )
+    return event_id

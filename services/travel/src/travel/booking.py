@@ -30,6 +30,7 @@ from kizuna.common.v1 import common_pb2
 from kizuna.kit.db import Database, utcnow
 from kizuna.kit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from kizuna.kit.events import publish
+from kizuna.kit.points import publish_purchase
 from kizuna.travel.v1 import events_pb2
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
@@ -378,6 +379,7 @@ class Bookings:
                 ),
                 member_id=booking.member_id,
             )
+            _publish_purchase(session, booking, "paid", now)
             return booking
 
     async def compensate(self, booking_id: str, reason: str, *, member_token: str | None = None) -> Booking:
@@ -534,6 +536,7 @@ class Bookings:
                 ),
                 member_id=booking.member_id,
             )
+            _publish_purchase(session, booking, "cancelled", now)
             return booking
 
     # ---- jobs ---------------------------------------------------------------------------------
@@ -569,6 +572,7 @@ class Bookings:
                     ),
                     member_id=booking.member_id,
                 )
+                _publish_purchase(session, booking, "completed", now)
                 done += 1
         return done
 
@@ -604,3 +608,21 @@ async def _move_nights(session: AsyncSession, booking: Booking, *, held: int, so
             .where(col(NightInventory.room_type_id) == booking.room_type_id, col(NightInventory.night) == night)
             .values(held=col(NightInventory.held) + held, sold=col(NightInventory.sold) + sold)
         )
+
+
+def _publish_purchase(session: AsyncSession, booking: Booking, stage: str, now: datetime) -> None:
+    """The booking as a step of the earning contract: it earns on the money paid (the total less
+    the points used), pending from confirmation, granted once the stay is completed."""
+    publish_purchase(
+        session,
+        "travel",
+        stage,
+        reference=booking.id,
+        member_id=booking.member_id,
+        paid_minor=max(booking.total_minor - booking.points_used, 0),
+        currency=booking.currency,
+        points_used=booking.points_used,
+        label=f"booking {booking.id}",
+        category="hotel",
+        at=now,
+    )

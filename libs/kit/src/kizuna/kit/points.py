@@ -9,17 +9,28 @@ domain errors (`peer_error`), with the peer named, so the caller's own callers s
     reservation = await points.reserve(member_id=m, amount=300, member_token=t, reason="Order o1",
                                        ref="o1", key="o1:reserve")
     await points.capture(reservation, key="o1:capture")
+
+A service that sells something earns its members points by publishing the earning contract
+(kizuna.points.v1 earning.proto) on its own stream, in the transaction of its business change:
+
+    publish_purchase(session, "shop", "paid", reference=order.id, member_id=m, paid_minor=9_000,
+                     currency="JPY", points_used=1_000, label=f"Order {order.id}", at=now)
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from kizuna.common.v1.common_pb2 import Money
 from kizuna.kit.auth import ServiceTokenClient, call_metadata
 from kizuna.kit.errors import Unavailable
+from kizuna.kit.events import publish
 from kizuna.kit.rpc import client_channel, peer_error
-from kizuna.points.v1 import points_pb2, points_pb2_grpc
+from kizuna.points.v1 import earning_pb2, points_pb2, points_pb2_grpc
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 # The least each call needs: reading a balance does not need the right to spend.
 SPEND_SCOPE = "points:spend"
@@ -99,7 +110,66 @@ class PointsClient:
         reply = await self._call("Refund", request)
         return int(reply.refunded)
 
+    async def preview_earn(
+        self, *, member_id: str, amount_minor: int, currency: str = "JPY", service: str = ""
+    ) -> points_pb2.PreviewEarnResponse:
+        """What a purchase of `amount_minor` (money paid) at `service` (default: this one) would
+        earn the member now, with the explanation to show; nothing is credited."""
+        request = points_pb2.PreviewEarnRequest(
+            member_id=member_id,
+            service=service or self.service,
+            purchase=Money(amount_minor=amount_minor, currency=currency),
+        )
+        reply: points_pb2.PreviewEarnResponse = await self._call("PreviewEarn", request, scope=READ_SCOPE)
+        return reply
+
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
+
+
+PURCHASE_STAGES: dict[str, Any] = {
+    "paid": earning_pb2.PurchasePaid,
+    "completed": earning_pb2.PurchaseCompleted,
+    "cancelled": earning_pb2.PurchaseCancelled,
+    "refunded": earning_pb2.PurchaseRefunded,
+}
+
+
+def publish_purchase(
+    session: AsyncSession,
+    service: str,
+    stage: str,
+    *,
+    reference: str,
+    member_id: str,
+    paid_minor: int,
+    currency: str,
+    at: datetime,
+    points_used: int = 0,
+    label: str = "",
+    category: str = "",
+    merchant_bonus_points: int = 0,
+    refund_reference: str = "",
+    refunded_minor: int = 0,
+) -> str:
+    """Stage `<service>.purchase.<stage>` of the earning contract in the session's transaction
+    (outbox); returns the event id. `paid_minor` is the money paid, without the points used.
+    A refund names its own `refund_reference` and the money it returned."""
+    when = Timestamp()
+    when.FromDatetime(at)
+    purchase = earning_pb2.Purchase(
+        reference=reference,
+        member_id=member_id,
+        paid=Money(amount_minor=paid_minor, currency=currency),
+        points_used=points_used,
+        label=label,
+        category=category,
+        merchant_bonus_points=merchant_bonus_points,
+    )
+    fields: dict[str, Any] = {"purchase": purchase, "occurred_at": when}
+    if stage == "refunded":
+        fields.update(refund_reference=refund_reference, refunded=Money(amount_minor=refunded_minor, currency=currency))
+    message = PURCHASE_STAGES[stage](**fields)
+    return publish(session, f"{service}.purchase.{stage}", message, member_id=member_id)
