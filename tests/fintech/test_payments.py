@@ -113,15 +113,17 @@ async def test_declines_carry_a_reason_and_fraud_publishes_an_event(fintech: Fin
     await fintech.apply_card(member, income=30_000_000)  # limit 2,000,000 (max)
     too_big = await fintech.authorize(member, 1_500_000)
     assert too_big.status == DECLINED and too_big.decline_reason == fintech_pb2.DECLINE_REASON_FRAUD_RULE
-    retry = await fintech.authorize(member, 1_000, "k")
+    # Velocity is about spending at outside merchants (the ecosystem's own are member-authenticated).
+    outside = {"service": "partner-cafe", "merchant": "cafe"}
+    retry = await fintech.authorize(member, 2_000, "k", **outside)
     assert retry.status == APPROVED
     for _ in range(4):
-        assert (await fintech.authorize(member, 1_000)).status == APPROVED
-    velocity = await fintech.authorize(member, 1_000)
+        assert (await fintech.authorize(member, 2_000, **outside)).status == APPROVED
+    velocity = await fintech.authorize(member, 2_000, **outside)
     assert velocity.status == DECLINED and velocity.decline_reason == fintech_pb2.DECLINE_REASON_FRAUD_RULE
     # A currency the card is not in is refused for that reason, before any fraud rule is asked:
     # here the velocity rule would match too, and on a fresh card so would the amount rule.
-    usd = await fintech.authorize(member, 1_000, currency="USD")
+    usd = await fintech.authorize(member, 2_000, currency="USD", **outside)
     assert usd.status == DECLINED and usd.decline_reason == fintech_pb2.DECLINE_REASON_CURRENCY_NOT_SUPPORTED
     fresh = new_member()
     await fintech.apply_card(fresh)

@@ -37,9 +37,17 @@ class Fintech:
     def fraud_rules(self) -> FraudRules:
         from datetime import timedelta
 
+        from kizuna.kit.web import service_links
+
+        from fintech.fraud import ecosystem_clients
+
         s = self.settings
         return FraudRules(
-            s.fraud_velocity_count, timedelta(seconds=s.fraud_velocity_window_seconds), s.fraud_max_amount_minor
+            s.fraud_velocity_count,
+            timedelta(seconds=s.fraud_velocity_window_seconds),
+            s.fraud_max_amount_minor,
+            # The ecosystem's services, as the platform lists them to every service (KIZUNA_LINKS).
+            ecosystem=ecosystem_clients(link["name"] for link in service_links()),
         )
 
 
