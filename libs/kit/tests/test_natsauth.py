@@ -350,3 +350,38 @@ async def test_the_kit_consumes_and_dead_letters_under_a_services_own_user(
     finally:
         await nc.close()
         await db.dispose()
+
+
+async def test_a_durable_consumer_from_an_older_release_follows_its_new_subjects(
+    server: NatsServer, fresh_streams: Client, tmp_path: Path
+) -> None:
+    """A consumer created with the old subjects is updated in place (under the service's own user),
+    instead of silently reading what it no longer should."""
+    await fresh_streams.jetstream().add_consumer(
+        "SHOP",
+        ConsumerConfig(name="points-shop-earn", durable_name="points-shop-earn", filter_subject="shop.order.paid"),
+    )
+    db = await _kit_tables(f"sqlite+aiosqlite:///{tmp_path / 'points.db'}")
+    seen: list[str] = []
+
+    async def handle(_session: object, event: Event) -> None:
+        seen.append(event.subject)
+
+    nc = await nats.connect(**natsauth.connect_options("points", server.address, "points", server.passwords["points"]))
+    try:
+        worker = ConsumerWorker(Consumer("points-shop-earn", ["shop.purchase.>"], handle), db, nc.jetstream())
+        await worker.subscribe()
+        info = await fresh_streams.jetstream().consumer_info("SHOP", "points-shop-earn")
+        assert info.config.filter_subject == "shop.purchase.>"
+        js = fresh_streams.jetstream()
+        await js.publish("shop.order.paid", b"old")
+        await js.publish("shop.purchase.paid", b"new")
+        task = asyncio.create_task(worker.run())
+        await wait_until(lambda: _at_least(seen, 1), timeout=10)
+        worker.stop()
+        await task
+        await worker.close()
+        assert seen == ["shop.purchase.paid"]
+    finally:
+        await nc.close()
+        await db.dispose()

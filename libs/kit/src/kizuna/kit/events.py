@@ -415,7 +415,27 @@ class ConsumerWorker:
             filter_subjects=list(c.subjects) if len(c.subjects) > 1 else None,
             filter_subject=c.subjects[0] if len(c.subjects) == 1 else None,
         )
+        await self._follow_subject_changes(config)
         self._sub = await self.js.pull_subscribe(c.subjects[0], durable=c.name, stream=c.stream, config=config)
+
+    async def _follow_subject_changes(self, config: ConsumerConfig) -> None:
+        """A durable consumer created with other subjects (an older release) is updated in place,
+        keeping its position; binding to it as it is would silently read the old subjects."""
+        c = self.consumer
+        try:
+            info = await self.js.consumer_info(c.stream, c.name)
+        except nats.js.errors.NotFoundError:
+            return
+        current = sorted(
+            info.config.filter_subjects or ([info.config.filter_subject] if info.config.filter_subject else [])
+        )
+        if current == sorted(c.subjects):
+            return
+        log.info(
+            "consumer subjects changed; updating it",
+            extra={"consumer": c.name, "from": current, "to": list(c.subjects)},
+        )
+        await self.js.add_consumer(c.stream, config.evolve(name=c.name))
 
     async def run(self) -> None:
         """Fetch and process until stopped; the message in hand is finished before returning."""
