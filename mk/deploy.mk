@@ -1,4 +1,7 @@
-# Deployment checks (included by the root Makefile).
+# Deployment (included by the root Makefile).
+#   make manifests        render every declared service's Kubernetes pieces into deploy/generated/
+#                         (git-ignored; the overlays include it): deploy/render.py
+#   make image SERVICE=x  build one service's image from deploy/Dockerfile (needs a Docker engine)
 #   make deploy-tools     install the pinned tools the deploy tests need that are not in uv.lock
 #   make deploy-validate  render every overlay, validate it (kubernetes-validate, checkov), run
 #                         each service as its dev manifest says, check the observability files
@@ -9,7 +12,16 @@ DEPLOY_TOOLS_DIR := $(CURDIR)/.tools
 DEPLOY_UV := $(or $(UV),uv)
 DEPLOY_PY := $(or $(PY),.venv/bin/python)
 
-.PHONY: deploy-tools deploy-validate
+IMAGE_TAG ?= dev
+
+.PHONY: manifests image deploy-tools deploy-validate
+
+manifests: ## render deploy/generated/ from the service declarations
+	$(DEPLOY_PY) deploy/render.py
+
+image: ## build a service image: make image SERVICE=points [IMAGE_TAG=dev]
+	@test -n "$(SERVICE)" || { echo "usage: make image SERVICE=<name>"; exit 2; }
+	docker build -f deploy/Dockerfile --build-arg SERVICE=$(SERVICE) -t kizuna/$(SERVICE):$(IMAGE_TAG) .
 
 deploy-tools: $(DEPLOY_TOOLS_DIR)/bin/checkov ## install checkov (pinned) under .tools/
 
@@ -21,5 +33,5 @@ $(DEPLOY_TOOLS_DIR)/bin/checkov: mk/deploy.mk
 
 test-tools:: deploy-tools
 
-deploy-validate: deploy-tools ## validate deploy/ (render, schemas, checkov, services run as manifested)
+deploy-validate: deploy-tools manifests ## validate deploy/ (render, schemas, checkov, services run as manifested)
 	$(DEPLOY_PY) -m pytest tests/deploy -q $(PYTEST_ARGS)

@@ -10,9 +10,15 @@ import pytest
 # --import-mode=importlib does not put test folders on sys.path; the tests import the helpers.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from deploy_support import DEPLOY, OVERLAYS, Rendered, kustomize
+from deploy_support import DEPLOY, OVERLAYS, Rendered, kustomize, render_manifests
 
 _cache: dict[str, Rendered] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def manifests() -> None:
+    """The overlays include deploy/generated/, rendered from the declarations as it stands."""
+    render_manifests()
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kizuna.kit import declaration
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -26,14 +27,22 @@ COMPONENTS = {
     "observability": DEPLOY / "components" / "observability",
     "prometheus-operator": DEPLOY / "observability" / "prometheus-operator",
 }
-SERVICES = {
-    # name: (HTTP port, gRPC port), as the services' Settings say
-    "identity": (8000, 50050),
-    "points": (8001, 50051),
-    "shop": (8002, 50052),
-    "travel": (8003, 50053),
-    "fintech": (8004, 50054),
-}
+# Every service, from its declaration: nothing here names one.
+DECLARATIONS = declaration.discover(REPO)
+BY_NAME = {d.name: d for d in DECLARATIONS}
+# name: (HTTP port, gRPC port)
+SERVICES = {d.name: (d.http_port, d.grpc_port) for d in DECLARATIONS}
+ISSUER = declaration.ISSUER
+LEDGER = declaration.LEDGER
+
+
+def render_manifests(root: Path = REPO, out: Path | None = None) -> None:
+    """`make manifests`: deploy/render.py writes the generated pieces the overlays include."""
+    argv = [sys.executable, DEPLOY / "render.py", "--root", root]
+    if out is not None:
+        argv += ["--out", out]
+    result = run(argv)
+    assert result.returncode == 0, f"deploy/render.py failed:\n{result.stdout}{result.stderr}"
 
 
 def tool(name: str) -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_support import DEPLOY, OVERLAYS, REPO, Rendered, run, tool
+from deploy_support import DEPLOY, OVERLAYS, REPO, SERVICES, Rendered, run, tool
 
 SKIPS_FILE = DEPLOY / "checkov-skips.yaml"
 
@@ -22,6 +22,11 @@ def skips() -> list[dict[str, Any]]:
         assert set(entry) == {"check", "overlays", "resources", "reason"}, entry
         assert len(entry["reason"].split()) >= 10, f"{entry['check']}: write the reason out"
         assert set(entry["overlays"]) <= set(OVERLAYS), entry
+        entry["resources"] = [
+            pattern.replace("{service}", name) if "{service}" in pattern else pattern
+            for pattern in entry["resources"]
+            for name in (SERVICES if "{service}" in pattern else [None])
+        ]
     return entries
 
 
@@ -39,8 +44,7 @@ def checkov() -> Path:
     found = re.search(r'specifier = "==([^"]+)"', receipt.read_text()) if receipt.exists() else None
     version = found.group(1) if found else run([checkov, "--version"]).stdout.strip()
     if version != pinned_version():
-        pytest.fail(f"checkov {version} installed, {pinned_version()} pinned: run `make deploy-tools`",
-                    pytrace=False)
+        pytest.fail(f"checkov {version} installed, {pinned_version()} pinned: run `make deploy-tools`", pytrace=False)
     return checkov
 
 
@@ -49,8 +53,9 @@ def test_checkov_passes_but_for_listed_skips(
     rendered: dict[str, Rendered], checkov: Path, tmp_path: Path, overlay: str
 ) -> None:
     (tmp_path / "rendered.yaml").write_text(rendered[overlay].text)
-    result = run([checkov, "--framework", "kubernetes", "--skip-download", "--quiet",
-                  "-o", "json", "-d", tmp_path], timeout=300)
+    result = run(
+        [checkov, "--framework", "kubernetes", "--skip-download", "--quiet", "-o", "json", "-d", tmp_path], timeout=300
+    )
     assert result.returncode in (0, 1), result.stderr[-3000:]
     report = json.loads(result.stdout)
     report = report[0] if isinstance(report, list) else report
@@ -61,8 +66,9 @@ def test_checkov_passes_but_for_listed_skips(
     entries = [s for s in skips() if overlay in s["overlays"]]
 
     def skipped(check: str, resource: str) -> bool:
-        return any(s["check"] == check and any(fnmatch.fnmatchcase(resource, p) for p in s["resources"])
-                   for s in entries)
+        return any(
+            s["check"] == check and any(fnmatch.fnmatchcase(resource, p) for p in s["resources"]) for s in entries
+        )
 
     unexpected = sorted(f for f in failed if not skipped(*f))
     assert not unexpected, (

@@ -3,17 +3,21 @@ services need: probes, hardening, grace periods, ports, configuration."""
 
 from __future__ import annotations
 
-import ast
+import base64
 import importlib.resources
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from deploy_support import (
+    BY_NAME,
     COMPONENTS,
     DEPLOY,
+    ISSUER,
     OVERLAYS,
     REPO,
     SERVICES,
@@ -33,6 +37,7 @@ KUBERNETES_VERSIONS = ["1.27.0", "1.37.0"]
 CUSTOM_KINDS = {
     ("postgresql.cnpg.io/v1", "Cluster"): "CloudNativePG cluster: test_cnpg_clusters",
     ("postgresql.cnpg.io/v1", "ScheduledBackup"): "CloudNativePG backups: test_cnpg_clusters",
+    ("postgresql.cnpg.io/v1", "Pooler"): "PgBouncer in front of each cluster: test_cnpg_clusters",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "alerts: test_observability.py",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "scrape targets: test_servicemonitors",
 }
@@ -51,7 +56,8 @@ def env_of(r: Rendered, container: dict[str, Any]) -> dict[str, str]:
     """The literal environment a container sees from its ConfigMaps (secret refs left out)."""
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
-        env.update(r.get("ConfigMap", source["configMapRef"]["name"]).get("data", {}))
+        if "configMapRef" in source:
+            env.update(r.get("ConfigMap", source["configMapRef"]["name"]).get("data", {}))
     for item in container.get("env", []):
         if "value" in item:
             env[item["name"]] = item["value"]
@@ -103,9 +109,7 @@ def test_supported_versions_are_known_to_kubernetes_validate() -> None:
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlay_validates_strictly(
-    rendered: dict[str, Rendered], tmp_path: Path, overlay: str, version: str
-) -> None:
+def test_overlay_validates_strictly(rendered: dict[str, Rendered], tmp_path: Path, overlay: str, version: str) -> None:
     validate(rendered[overlay].text, tmp_path, version)
 
 
@@ -130,15 +134,22 @@ def test_custom_resources_are_listed(rendered: dict[str, Rendered], tmp_path: Pa
 # ---- what the services need ----------------------------------------------------------------
 
 
-def settings_ports(service: str) -> tuple[int, int]:
-    """HTTP and gRPC ports from the service's Settings class (its source, not the manifest)."""
-    source = (REPO / "services" / service / "src" / service / "settings.py").read_text()
-    values: dict[str, int] = {}
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if node.target.id in ("http_port", "grpc_port") and isinstance(node.value, ast.Constant):
-                values[node.target.id] = int(node.value.value)
-    return values["http_port"], values["grpc_port"]
+# What the kit does after SIGTERM besides draining (kizuna.kit.service, Service._shutdown): the
+# HTTP drain's extra second, the final outbox flush (3 s), the NATS flush (1 s) and the telemetry
+# flush (spans 3 s + metrics 3 s).
+SHUTDOWN_AFTER_DRAIN_SECONDS = 1 + 3 + 1 + 6
+
+
+def secret_refs(container: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Each env var's secretKeyRef, the generated name's content hash taken off (dev generates them)."""
+    return {
+        e["name"]: {
+            **e["valueFrom"]["secretKeyRef"],
+            "name": re.sub(r"-[a-z0-9]{10}$", "", e["valueFrom"]["secretKeyRef"]["name"]),
+        }
+        for e in container["env"]
+        if "valueFrom" in e
+    }
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -149,10 +160,9 @@ def test_service_deployment(rendered: dict[str, Rendered], overlay: str, service
     pod = deployment["spec"]["template"]["spec"]
     (main,) = pod["containers"]
     (migrate,) = pod["initContainers"]
-    http_port, grpc_port = settings_ports(service)
-    assert (http_port, grpc_port) == SERVICES[service]
+    http_port, grpc_port = SERVICES[service]
     ports = {p["name"]: p["containerPort"] for p in main["ports"]}
-    assert ports == {"http": http_port, "grpc": grpc_port}
+    assert ports == {"http": http_port, "grpc": grpc_port}, "the declared slot's ports"
     env = env_of(r, main)
     assert env["HTTP_PORT"] == str(http_port) and env["GRPC_PORT"] == str(grpc_port)
     assert env["HTTP_HOST"] == env["GRPC_HOST"] == "0.0.0.0"
@@ -160,17 +170,44 @@ def test_service_deployment(rendered: dict[str, Rendered], overlay: str, service
     assert env["LOG_FORMAT"] == "json"
     assert env["KIZUNA_DATA_DIR"].startswith("/tmp/")
     assert env["STREAM_REPLICAS"] == {"dev": "1", "prod": "3"}[overlay]
+    assert env["KIZUNA_CLIENT_ID"] == service
     for peer, (_, peer_grpc) in SERVICES.items():
         assert env[f"{peer.upper()}_ADDR"] == f"{peer}:{peer_grpc}"
-    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in main["env"] if "valueFrom" in e}
-    assert secrets["DATABASE_URL"] == {"name": secrets["DATABASE_URL"]["name"], "key": "uri"}
-    assert secrets["DATABASE_URL"]["name"].startswith(f"{service}-db-app")
+    # Browsers get public URLs; pods reach identity in-cluster (issue: sign-in in prod).
+    public = env["PUBLIC_URL"]
+    assert public.startswith("http://localhost:" if overlay == "dev" else "https://")
+    assert json.loads(env["KIZUNA_LINKS"])[service] == public
+    assert json.loads(env["KIZUNA_LINKS"])[ISSUER] == env["KIZUNA_ISSUER"]
+    identity_http = SERVICES[ISSUER][0]
+    in_cluster = f"http://{ISSUER}:{identity_http}"
+    assert env["KIZUNA_JWKS_URL"] == f"{in_cluster}/jwks"
+    assert env["KIZUNA_TOKEN_URL"] == f"{in_cluster}/token"
+    assert env["KIZUNA_DISCOVERY_URL"] == f"{in_cluster}/.well-known/openid-configuration"
+    assert json.loads(env["KIZUNA_LABELS"])[service] == BY_NAME[service].label
+
+    secrets = secret_refs(main)
     assert "KIZUNA_CLIENT_SECRET" in secrets
+    assert secret_refs(migrate)["DATABASE_URL"] == {"name": f"{service}-db-app", "key": "uri"}
+    if overlay == "dev":
+        assert secrets["DATABASE_URL"] == {"name": f"{service}-db-app", "key": "uri"}
+        assert secret_refs(migrate) == secrets
+    else:
+        # The serving container goes through the pooler; migrations (a session-level advisory
+        # lock) straight to the primary.
+        url = next(e["value"] for e in main["env"] if e["name"] == "DATABASE_URL")
+        assert url == (f"postgresql://$(DATABASE_USER):$(DATABASE_PASSWORD)@{service}-db-pooler:5432/{service}")
+        names = [e["name"] for e in main["env"]]
+        assert names.index("DATABASE_USER") < names.index("DATABASE_URL"), "$(VAR) needs VAR first"
+        assert names.index("DATABASE_PASSWORD") < names.index("DATABASE_URL")
+        assert secrets["DATABASE_USER"] == {"name": f"{service}-db-app", "key": "username"}
+    assert migrate["envFrom"] == main["envFrom"]
+    optional = [s["secretRef"] for s in main["envFrom"] if "secretRef" in s]
+    assert optional == [{"name": f"{service}-secrets", "optional": True}]
 
     # The image's entry point, the manifest's command: serve and migrate.
     assert main["command"] == migrate["command"] == ["python", "-m", service]
     assert main["args"] == ["serve"] and migrate["args"] == ["migrate"]
-    assert migrate["env"] == main["env"] and migrate["envFrom"] == main["envFrom"]
+    assert main["image"] == migrate["image"]
 
     # Probes: HTTP readiness and liveness, native gRPC at start.
     assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
@@ -178,15 +215,69 @@ def test_service_deployment(rendered: dict[str, Rendered], overlay: str, service
     assert main["startupProbe"]["grpc"]["port"] == grpc_port
     assert main["startupProbe"].get("grpc", {}).get("service", "") == ""
 
-    # SIGKILL must not cut the drain short.
+    # SIGKILL must not cut the shutdown short: preStop, the drain, then the kit's flushes.
     pre_stop = main["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    needed = int(pre_stop[1]) + float(env["SHUTDOWN_GRACE_SECONDS"]) + 1 + 3 + 3
-    assert pod["terminationGracePeriodSeconds"] > needed
+    needed = int(pre_stop[1]) + float(env["SHUTDOWN_GRACE_SECONDS"]) + SHUTDOWN_AFTER_DRAIN_SECONDS
+    assert needed <= pod["terminationGracePeriodSeconds"]
 
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-    replicas = deployment["spec"]["replicas"]
-    assert replicas == 1 if overlay == "dev" else replicas >= 2
+    if overlay == "dev":
+        assert deployment["spec"]["replicas"] == 1
+    else:
+        # The HPA owns the count: a Deployment naming one would reset it on every apply.
+        assert "replicas" not in deployment["spec"]
+        assert r.get("HorizontalPodAutoscaler", service)["spec"]["minReplicas"] >= 2
+
+
+def test_the_kit_shutdown_steps_are_the_ones_budgeted() -> None:
+    """The budget above holds only while the kit's shutdown waits what it says."""
+    source = (REPO / "libs" / "kit" / "src" / "kizuna" / "kit" / "service.py").read_text()
+    assert "asyncio.wait_for(asyncio.shield(http_task), grace + 1)" in source
+    assert "asyncio.wait_for(runtime.relay.flush(), 3)" in source
+    assert "runtime.nc.flush(timeout=1)" in source
+    telemetry = (REPO / "libs" / "kit" / "src" / "kizuna" / "kit" / "telemetry.py").read_text()
+    assert telemetry.count("force_flush(timeout_millis=3000)") == 2
+
+
+def test_identity_gets_its_clients_and_catalogue(rendered: dict[str, Rendered]) -> None:
+    """identity's client registrations carry each declaration's scopes; the catalogue names them all."""
+    r = rendered["dev"]
+    (main,) = r.get("Deployment", ISSUER)["spec"]["template"]["spec"]["containers"]
+    refs = secret_refs(main)
+    assert refs["KIZUNA_CLIENTS"] == {"name": "identity-clients", "key": "clients.json"}
+    assert refs["IDENTITY_KEY_ENCRYPTION_KEY"]["key"] == "key"
+    secret = next(s for s in r.of_kind("Secret") if s["metadata"]["name"].startswith("identity-clients"))
+    clients = {c["client_id"]: c for c in json.loads(base64.b64decode(secret["data"]["clients.json"]))}
+    assert set(clients) == set(SERVICES) - {ISSUER}
+    for name, client in clients.items():
+        assert client["scopes"] == BY_NAME[name].client_scopes
+        assert (
+            client["client_secret"]
+            == base64.b64decode(
+                r.get(
+                    "Secret",
+                    next(
+                        s["metadata"]["name"]
+                        for s in r.of_kind("Secret")
+                        if s["metadata"]["name"].startswith(f"{name}-oidc-client")
+                    ),
+                )["data"]["client-secret"]
+            ).decode()
+        )
+        assert client["redirect_uris"] == (
+            [f"http://localhost:{SERVICES[name][0]}/auth/callback"] if BY_NAME[name].sign_in is not None else []
+        )
+    env = env_of(r, main)
+    catalogue = json.loads(env["KIZUNA_SCOPES"])
+    for d in BY_NAME.values():
+        for scope in d.member_scopes:
+            assert catalogue[scope]["member"] is True
+        for scope in d.service_scopes:
+            assert catalogue[scope]["member"] is False
+    assert json.loads(env["KIZUNA_PRIVACY_SERVICES"]) == [d.name for d in BY_NAME.values() if d.privacy]
+    earners = json.loads(env["KIZUNA_EARNERS"])
+    assert [e["service"] for e in earners] == [d.name for d in BY_NAME.values() if d.earning is not None]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -222,8 +313,10 @@ def test_dev_has_one_nats_and_one_postgres(rendered: dict[str, Rendered]) -> Non
     assert r.get("StatefulSet", "nats")["spec"]["replicas"] == 1
     assert r.get("StatefulSet", "postgres")["spec"]["replicas"] == 1
     assert not [o for o in r.objects if o["kind"] == "Cluster"]
-    init_sql = r.get("Secret", next(s["metadata"]["name"] for s in r.of_kind("Secret")
-                                   if s["metadata"]["name"].startswith("postgres-init")))
+    init_sql = r.get(
+        "Secret",
+        next(s["metadata"]["name"] for s in r.of_kind("Secret") if s["metadata"]["name"].startswith("postgres-init")),
+    )
     assert "init.sql" in init_sql["data"]
 
 
@@ -251,12 +344,15 @@ def test_nats_config_is_accepted_by_nats_server(variant: str) -> None:
 
 def test_cnpg_clusters(rendered: dict[str, Rendered]) -> None:
     """One CloudNativePG Cluster per service database, whose `<cluster>-app` secret the service
-    reads; a daily backup for each; pods labelled for the network policies."""
+    reads; synchronous replication; a pooler and a daily backup for each; pods labelled for the
+    network policies."""
     r = rendered["prod"]
     clusters = {c["metadata"]["name"]: c for c in r.objects if c["kind"] == "Cluster"}
     assert set(clusters) == {f"{s}-db" for s in SERVICES}
     backups = {b["spec"]["cluster"]["name"] for b in r.objects if b["kind"] == "ScheduledBackup"}
     assert backups == set(clusters)
+    poolers = {p["spec"]["cluster"]["name"]: p for p in r.objects if p["kind"] == "Pooler"}
+    assert set(poolers) == set(clusters)
     for service in SERVICES:
         spec = clusters[f"{service}-db"]["spec"]
         assert isinstance(spec["instances"], int) and spec["instances"] >= 3
@@ -265,13 +361,81 @@ def test_cnpg_clusters(rendered: dict[str, Rendered]) -> None:
         assert spec["inheritedMetadata"]["labels"][f"kizuna.io/database-{service}"] == "true"
         assert spec["backup"]["barmanObjectStore"]["destinationPath"]
         assert set(spec) <= {
-            "description", "instances", "primaryUpdateStrategy", "enableSuperuserAccess",
-            "bootstrap", "storage", "walStorage", "resources", "affinity", "inheritedMetadata",
-            "monitoring", "backup", "postgresql", "imageName",
+            "description",
+            "instances",
+            "primaryUpdateStrategy",
+            "enableSuperuserAccess",
+            "bootstrap",
+            "storage",
+            "walStorage",
+            "resources",
+            "affinity",
+            "inheritedMetadata",
+            "monitoring",
+            "backup",
+            "postgresql",
+            "imageName",
         }, "unexpected Cluster field (typo?)"
+        # A commit waits for one standby: a failover loses no row whose event went out.
+        sync = spec["postgresql"]["synchronous"]
+        assert sync["method"] in ("any", "first") and 1 <= sync["number"] < spec["instances"]
+        assert sync["dataDurability"] == "required"
+        pooler = poolers[f"{service}-db"]
+        assert set(pooler["spec"]) <= {"cluster", "instances", "type", "pgbouncer", "template", "monitoring"}
+        assert pooler["spec"]["type"] == "rw" and pooler["spec"]["instances"] >= 2
+        assert pooler["spec"]["pgbouncer"]["poolMode"] == "transaction"
+        labels = pooler["spec"]["template"]["metadata"]["labels"]
+        assert labels[f"kizuna.io/database-{service}"] == "true", "the service's policies reach it"
         (main,) = r.get("Deployment", service)["spec"]["template"]["spec"]["containers"]
-        db = next(e for e in main["env"] if e["name"] == "DATABASE_URL")
-        assert db["valueFrom"]["secretKeyRef"] == {"name": f"{service}-db-app", "key": "uri"}
+        url = next(e["value"] for e in main["env"] if e["name"] == "DATABASE_URL")
+        assert f"@{pooler['metadata']['name']}:5432/" in url, "the service connects through the pooler"
+
+
+# The kit's pool: `database_pool_size` connections per process and as many again in overflow
+# (kizuna.kit.db.Database: max_overflow=pool_size).
+KIT_OVERFLOW_FACTOR = 2
+
+
+def pool_size(r: Rendered, service: str) -> int:
+    """The pool size a service's pods run with: the rendered env, else its Settings default."""
+    (main,) = r.get("Deployment", service)["spec"]["template"]["spec"]["containers"]
+    env = env_of(r, main)
+    if "DATABASE_POOL_SIZE" in env:
+        return int(env["DATABASE_POOL_SIZE"])
+    for source in (
+        REPO / "services" / service / "src" / service / "settings.py",
+        REPO / "libs" / "kit" / "src" / "kizuna" / "kit" / "settings.py",
+    ):
+        found = re.search(r"^\s+database_pool_size: int = (\d+)", source.read_text(), re.M)
+        if found:
+            return int(found.group(1))
+    raise AssertionError("no database_pool_size default found")
+
+
+def test_connections_fit_max_connections(rendered: dict[str, Rendered]) -> None:
+    """At the HPA maximum every pod's pool fits the pooler's client limit, and what reaches
+    PostgreSQL (the pooler's server pools, a rollout's migrate init container, the reserve) fits
+    max_connections: the arithmetic of deploy/README.md, on the rendered objects."""
+    r = rendered["prod"]
+    for service in SERVICES:
+        cluster = r.get("Cluster", f"{service}-db")["spec"]
+        params = cluster["postgresql"]["parameters"]
+        max_connections = int(params["max_connections"])
+        superuser_reserved = int(params["superuser_reserved_connections"])
+        pooler = next(p for p in r.of_kind("Pooler") if p["spec"]["cluster"]["name"] == f"{service}-db")
+        bouncer = pooler["spec"]["pgbouncer"]["parameters"]
+        hpa = r.get("HorizontalPodAutoscaler", service)["spec"]
+        deployment = r.get("Deployment", service)["spec"]
+        clients = hpa["maxReplicas"] * pool_size(r, service) * KIT_OVERFLOW_FACTOR
+        # Each pooler instance may get every client (the Service does not balance connections).
+        assert clients <= int(bouncer["max_client_conn"]), f"{service}: {clients} clients"
+        server = pooler["spec"]["instances"] * int(bouncer["default_pool_size"])
+        # A rollout starts maxSurge new pods at once, each migrating over one direct connection
+        # (plus one for the advisory lock's session).
+        migrations = int(deployment["strategy"]["rollingUpdate"]["maxSurge"]) * 2
+        operator_and_backups = 7
+        total = server + migrations + operator_and_backups + superuser_reserved
+        assert total <= max_connections, f"{service}: {total} > max_connections {max_connections}"
 
 
 def test_servicemonitors(tmp_path: Path) -> None:
@@ -279,8 +443,7 @@ def test_servicemonitors(tmp_path: Path) -> None:
     monitors = {m["metadata"]["name"]: m for m in r.of_kind("ServiceMonitor")}
     for name, monitor in monitors.items():
         selector = monitor["spec"]["selector"]["matchLabels"]
-        services = [s for s in r.of_kind("Service")
-                    if selector.items() <= s["metadata"].get("labels", {}).items()]
+        services = [s for s in r.of_kind("Service") if selector.items() <= s["metadata"].get("labels", {}).items()]
         assert services, f"ServiceMonitor {name} selects no Service"
         port_names = {p["name"] for s in services for p in s["spec"]["ports"]}
         for endpoint in monitor["spec"]["endpoints"]:
@@ -292,8 +455,7 @@ def test_services_select_their_pods(rendered: dict[str, Rendered]) -> None:
     for r in rendered.values():
         for service in r.of_kind("Service"):
             selector = service["spec"]["selector"]
-            pods = [w for w in workloads(r)
-                    if selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()]
+            pods = [w for w in workloads(r) if selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()]
             assert pods, f"{r.name}: Service {service['metadata']['name']} selects no pods"
             container_ports = {p["name"] for w in pods for c in containers(w) for p in c.get("ports", [])}
             for port in service["spec"]["ports"]:

@@ -19,14 +19,34 @@ UNIT_SUFFIX = {"s": "_seconds", "ms": "_milliseconds", "By": "_bytes", "1": "_ra
 
 EXTERNAL = {
     # prometheus-nats-exporter -jsz=all / -varz
-    "jetstream_consumer_num_pending", "jetstream_stream_total_messages", "gnatsd_varz_connections",
+    "jetstream_consumer_num_pending",
+    "jetstream_stream_total_messages",
+    "gnatsd_varz_connections",
     # kube-state-metrics
     "kube_pod_status_ready",
 }
 PROMQL_WORDS = {
-    "sum", "max", "min", "avg", "count", "rate", "increase", "delta", "changes", "histogram_quantile",
-    "by", "without", "on", "ignoring", "and", "or", "unless", "label_values", "humanizePercentage",
-    "bool", "offset",
+    "sum",
+    "max",
+    "min",
+    "avg",
+    "count",
+    "rate",
+    "increase",
+    "delta",
+    "changes",
+    "histogram_quantile",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "and",
+    "or",
+    "unless",
+    "label_values",
+    "humanizePercentage",
+    "bool",
+    "offset",
 }
 
 
@@ -39,8 +59,7 @@ def instrument_names(*sources: Path) -> set[str]:
         kind = node.func.attr
         if not kind.startswith("create_") or not node.args or not isinstance(node.args[0], ast.Constant):
             continue
-        unit = next((k.value.value for k in node.keywords if k.arg == "unit"
-                     and isinstance(k.value, ast.Constant)), "")
+        unit = next((k.value.value for k in node.keywords if k.arg == "unit" and isinstance(k.value, ast.Constant)), "")
         base = re.sub(r"[^a-zA-Z0-9_]", "_", node.args[0].value) + UNIT_SUFFIX.get(unit, "")
         if kind == "create_counter":
             names.add(base + "_total")
@@ -97,8 +116,7 @@ def test_dashboard_has_the_panels_an_sre_needs() -> None:
 
 def test_alerts_cover_lag_dead_letters_errors_and_flapping() -> None:
     rules = {r["alert"]: r for r in alert_rules()}
-    for name in ("KizunaConsumerLagHigh", "KizunaDeadLetters", "KizunaHTTPErrorRateHigh",
-                 "KizunaReadinessFlapping"):
+    for name in ("KizunaConsumerLagHigh", "KizunaDeadLetters", "KizunaHTTPErrorRateHigh", "KizunaReadinessFlapping"):
         assert name in rules
     for rule in rules.values():
         assert rule["labels"]["severity"] in ("warning", "critical")

@@ -44,8 +44,7 @@ class ManifestProcess(ServiceProcess):
     def start(self, *, wait: bool = True, timeout: float = 30.0) -> ManifestProcess:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.env}
         self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(self.argv, env=env, cwd=self.cwd, stdout=self._log,
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(self.argv, env=env, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT)
         return self
 
 
@@ -53,7 +52,14 @@ def resolve_env(r: Rendered, container: dict[str, Any]) -> dict[str, str]:
     """The environment the kubelet would give the container, from the rendered objects."""
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
-        env.update(r.get("ConfigMap", source["configMapRef"]["name"])["data"])
+        if "configMapRef" in source:
+            env.update(r.get("ConfigMap", source["configMapRef"]["name"])["data"])
+            continue
+        ref = source["secretRef"]
+        found = [o for o in r.of_kind("Secret") if o["metadata"]["name"] == ref["name"]]
+        assert found or ref.get("optional"), f"no Secret {ref['name']}"
+        for secret in found:
+            env.update({k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()})
     for item in container.get("env", []):
         if "value" in item:
             env[item["name"]] = item["value"]
@@ -153,8 +159,16 @@ def test_services_run_as_the_dev_manifests_say(
     print("overrides of the manifests' environment:\n" + json.dumps(overrides, indent=2, default=str))
     for name, override in overrides.items():
         assert set(override) <= {
-            "NATS_URL", "DATABASE_URL", "KIZUNA_ISSUER", "HTTP_HOST", "GRPC_HOST", "KIZUNA_DATA_DIR",
-            "HTTP_PORT", "GRPC_PORT", "KIZUNA_JWKS_URL", "KIZUNA_TOKEN_URL",
+            "NATS_URL",
+            "DATABASE_URL",
+            "KIZUNA_ISSUER",
+            "HTTP_HOST",
+            "GRPC_HOST",
+            "KIZUNA_DATA_DIR",
+            "HTTP_PORT",
+            "GRPC_PORT",
+            "KIZUNA_JWKS_URL",
+            "KIZUNA_TOKEN_URL",
             *(f"{p.upper()}_ADDR" for p in SERVICES),
         }, f"{name}: unexpected override"
 
@@ -163,8 +177,13 @@ def test_services_run_as_the_dev_manifests_say(
     for name, plan in plans.items():
         (init,) = plan["pod"]["initContainers"]
         argv = local_argv([*init["command"], *init.get("args", [])])
-        migrations[name] = subprocess.Popen(argv, env={"PATH": os.environ["PATH"], **plan["env"]},
-                                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        migrations[name] = subprocess.Popen(
+            argv,
+            env={"PATH": os.environ["PATH"], **plan["env"]},
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
     for name, migration in migrations.items():
         out, _ = migration.communicate(timeout=90)
         assert migration.returncode == 0, f"{name} migrate failed:\n{out.decode(errors='replace')}"
@@ -176,8 +195,13 @@ def test_services_run_as_the_dev_manifests_say(
             plan = plans[name]
             main = plan["main"]
             procs[name] = ManifestProcess(
-                name, plan["env"], plan["local"]["http"], plan["local"]["grpc"], tmp_path / f"{name}.log",
-                argv=local_argv([*main["command"], *main.get("args", [])]), cwd=tmp_path,
+                name,
+                plan["env"],
+                plan["local"]["http"],
+                plan["local"]["grpc"],
+                tmp_path / f"{name}.log",
+                argv=local_argv([*main["command"], *main.get("args", [])]),
+                cwd=tmp_path,
             ).start()
             if name == "identity":
                 wait_for_probe(procs[name], f"{identity_url}/healthz")

@@ -163,6 +163,11 @@ class WebSignIn:
     session_seconds: int = 12 * 3600
     jwks_refetch_floor_seconds: float = 10.0
     clock: Callable[[], datetime] = utcnow
+    # In-cluster endpoints (KIZUNA_DISCOVERY_URL, KIZUNA_JWKS_URL, KIZUNA_TOKEN_URL): the service's
+    # own calls to identity go there; the browser is still sent to the public issuer's pages.
+    discovery_url: str = ""
+    jwks_url: str = ""
+    token_url: str = ""
 
     def __post_init__(self) -> None:
         self.issuer = self.issuer.rstrip("/")
@@ -198,11 +203,15 @@ class WebSignIn:
 
     async def metadata(self) -> dict[str, Any]:
         if self._meta is None:
-            response = await self._http.get(f"{self.issuer}/.well-known/openid-configuration")
+            response = await self._http.get(self.discovery_url or f"{self.issuer}/.well-known/openid-configuration")
             response.raise_for_status()
             meta: dict[str, Any] = response.json()
             if meta.get("issuer", "").rstrip("/") != self.issuer:
                 raise SignInError("the identity provider names another issuer")
+            if self.jwks_url:
+                meta["jwks_uri"] = self.jwks_url
+            if self.token_url:
+                meta["token_endpoint"] = self.token_url
             self._meta = meta
         return self._meta
 
@@ -371,6 +380,9 @@ def web_sign_in(
             base_url=settings.base_url,
             db=runtime.db,
             scopes=scopes,
+            discovery_url=getattr(settings, "kizuna_discovery_url", ""),
+            jwks_url=getattr(settings, "kizuna_jwks_url", ""),
+            token_url=getattr(settings, "kizuna_token_url", ""),
         )
 
     return start

@@ -28,8 +28,10 @@ class ServiceSettings(BaseSettings):
     kizuna_audience: str = "kizuna"
     kizuna_client_id: str = ""
     kizuna_client_secret: str = ""
-    # In-cluster URLs of identity's JWKS and token endpoint, when services should not reach them
-    # through the public issuer URL (default: discovered from the issuer).
+    # In-cluster URLs of identity's discovery document, JWKS and token endpoint, when services
+    # should not reach them through the public issuer URL (default: discovered from the issuer).
+    # Browsers still go to the public authorization and end-session endpoints.
+    kizuna_discovery_url: str = ""
     kizuna_jwks_url: str = ""
     kizuna_token_url: str = ""
     # The points service, which every page's header asks for the member's live balance.
