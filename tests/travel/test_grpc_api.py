@@ -20,8 +20,10 @@ async def test_members_and_services_with_travel_read_see_bookings_others_do_not(
         )
         assert resp.status_code == 201, resp.text
         ids.append(resp.json()["booking_id"])
-    member = travel.issuer.member_token("mbr_reader", scope="points:read")
-    other = travel.issuer.member_token("mbr_other", scope="points:read")
+    member = travel.issuer.member_token("mbr_reader", scope="travel:read")
+    other = travel.issuer.member_token("mbr_other", scope="travel:read")
+    # The member's own token from an app the member allowed only to see who they are.
+    profile_only = travel.issuer.member_token("mbr_reader", scope="openid profile", client_id="third-party")
     reader = travel.issuer.service_token("points", "travel:read")
     stranger = travel.issuer.service_token("shop", "points:credit")
 
@@ -57,6 +59,22 @@ async def test_members_and_services_with_travel_read_see_bookings_others_do_not(
             (
                 stub.GetBooking(pb.GetBookingRequest(booking_id=ids[0]), metadata=call_metadata(other), timeout=5),
                 "other member",
+                grpc.StatusCode.PERMISSION_DENIED,
+            ),
+            (
+                stub.GetBooking(
+                    pb.GetBookingRequest(booking_id=ids[0]), metadata=call_metadata(profile_only), timeout=5
+                ),
+                "own token without travel:read",
+                grpc.StatusCode.PERMISSION_DENIED,
+            ),
+            (
+                stub.ListMemberBookings(
+                    pb.ListMemberBookingsRequest(member_id="mbr_reader"),
+                    metadata=call_metadata(reader, profile_only),
+                    timeout=5,
+                ),
+                "a service passing on a token without travel:read",
                 grpc.StatusCode.PERMISSION_DENIED,
             ),
             (

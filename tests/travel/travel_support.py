@@ -20,7 +20,7 @@ TRAVEL_SECRET = "travel-test-secret"
 TRAVEL_SCOPES = "points:spend points:credit points:read fintech:pay"
 CATALOGUE_DAYS = 20
 # What a member grants travel's pages: spending their points and paying with their card.
-MEMBER_SCOPES = "points:read points:spend fintech:pay"
+MEMBER_SCOPES = "points:read points:spend fintech:pay travel:read travel:book"
 
 
 class Clock:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from kizuna.kit.auth import CurrentMember, CurrentPrincipal, Principal
+from kizuna.kit.auth import CurrentPrincipal, Principal, member_scope
 from kizuna.kit.errors import FailedPrecondition, NotFound, PermissionDenied
 from pydantic import BaseModel, Field, StrictInt
 
@@ -24,11 +24,15 @@ def _fintech(request: Request) -> Fintech:
 
 
 FintechDep = Annotated[Fintech, Depends(_fintech)]
+# Every member route names its scope: reads need fintech:read; opening products, changing the
+# card and moving money need fintech:pay (a third-party app the member allowed less is refused).
+Reader = Annotated[Principal, Depends(member_scope("fintech:read"))]
+Payer = Annotated[Principal, Depends(member_scope("fintech:pay"))]
 Key = Field(min_length=1, max_length=200)
 
 
 def _member_id(member: Principal) -> str:
-    assert member.member_id is not None  # CurrentMember guarantees it
+    assert member.member_id is not None  # member_scope guarantees it
     return member.member_id
 
 
@@ -41,13 +45,13 @@ class CardApplication(BaseModel):
 
 
 @router.post("/api/card/apply", status_code=201)
-async def apply_for_card(body: CardApplication, member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
+async def apply_for_card(body: CardApplication, member: Payer, ctx: FintechDep) -> dict[str, Any]:
     """Issue a card; the response shows the full card number, which is never shown again."""
     return await cards.apply_once(ctx, _member_id(member), body.annual_income_minor, body.idempotency_key)
 
 
 @router.get("/api/card")
-async def my_card(member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
+async def my_card(member: Reader, ctx: FintechDep) -> dict[str, Any]:
     member_id = _member_id(member)
     async with ctx.db.sessions() as session:
         card = await cards.require_card(session, ctx, member_id)
@@ -75,7 +79,7 @@ class CardStatusChange(BaseModel):
 
 
 @router.post("/api/card/status")
-async def change_card_status(body: CardStatusChange, member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
+async def change_card_status(body: CardStatusChange, member: Payer, ctx: FintechDep) -> dict[str, Any]:
     """Freeze (blocked), unfreeze (active) or close the card."""
     async with ctx.db.transaction() as session:
         card = await cards.set_status(session, ctx, _member_id(member), body.status)
@@ -86,13 +90,13 @@ async def change_card_status(body: CardStatusChange, member: CurrentMember, ctx:
 
 
 @router.get("/api/card/statements")
-async def my_statements(member: CurrentMember, ctx: FintechDep) -> list[dict[str, Any]]:
+async def my_statements(member: Reader, ctx: FintechDep) -> list[dict[str, Any]]:
     async with ctx.db.sessions() as session:
         return await statements.for_member(session, _member_id(member))
 
 
 @router.post("/api/card/statements/close-now")
-async def close_statement_now(member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
+async def close_statement_now(member: Payer, ctx: FintechDep) -> dict[str, Any]:
     """Close the member's statement now instead of at month end (only with FINTECH_SANDBOX on)."""
     if not ctx.settings.fintech_sandbox:
         raise NotFound("closing a statement on demand is available in the sandbox only (FINTECH_SANDBOX)")
@@ -112,7 +116,7 @@ class PaymentIn(BaseModel):
 
 @router.post("/api/card/statements/{statement_id}/pay")
 async def pay_statement(
-    statement_id: str, body: PaymentIn, member: CurrentMember, ctx: FintechDep, request: Request
+    statement_id: str, body: PaymentIn, member: Payer, ctx: FintechDep, request: Request
 ) -> dict[str, Any]:
     """Pay a statement from the bank account and/or with points (the member's token must grant
     points:spend when points are used: it is passed to the points service as their consent)."""
@@ -136,7 +140,7 @@ async def pay_statement(
 
 
 @router.post("/api/bank/account", status_code=201)
-async def open_bank_account(member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
+async def open_bank_account(member: Payer, ctx: FintechDep) -> dict[str, Any]:
     member_id = _member_id(member)
     async with ctx.db.transaction() as session:
         await bank.open_account(session, ctx, member_id)
@@ -144,7 +148,7 @@ async def open_bank_account(member: CurrentMember, ctx: FintechDep) -> dict[str,
 
 
 @router.get("/api/bank")
-async def bank_account(member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
+async def bank_account(member: Reader, ctx: FintechDep) -> dict[str, Any]:
     member_id = _member_id(member)
     async with ctx.db.sessions() as session:
         account = await bank.require_account(session, member_id)
@@ -163,7 +167,7 @@ class MoneyIn(BaseModel):
 
 
 @router.post("/api/bank/top-up")
-async def top_up(body: MoneyIn, member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
+async def top_up(body: MoneyIn, member: Payer, ctx: FintechDep) -> dict[str, Any]:
     """Test money into the account (only with FINTECH_SANDBOX on)."""
     if not ctx.settings.fintech_sandbox:
         raise NotFound("top-up is available in the sandbox only (FINTECH_SANDBOX)")
@@ -187,7 +191,7 @@ class TransferIn(MoneyIn):
 
 
 @router.post("/api/bank/transfers")
-async def transfer(body: TransferIn, member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
+async def transfer(body: TransferIn, member: Payer, ctx: FintechDep) -> dict[str, Any]:
     member_id = _member_id(member)
 
     async def operation(session: Any) -> dict[str, Any]:
@@ -213,15 +217,13 @@ async def funds(ctx: FintechDep) -> list[dict[str, Any]]:
 
 
 @router.get("/api/holdings")
-async def my_holdings(member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
+async def my_holdings(member: Reader, ctx: FintechDep) -> dict[str, Any]:
     async with ctx.db.sessions() as session:
         return await securities.holdings(session, _member_id(member), ctx.clock.now().date())
 
 
 @router.post("/api/funds/{fund_id}/buy")
-async def buy_fund(
-    fund_id: str, body: PaymentIn, member: CurrentMember, ctx: FintechDep, request: Request
-) -> dict[str, Any]:
+async def buy_fund(fund_id: str, body: PaymentIn, member: Payer, ctx: FintechDep, request: Request) -> dict[str, Any]:
     """Buy units for bank_minor of cash and/or points (one point pays one yen)."""
     return await payments.pay(
         ctx,
@@ -245,7 +247,7 @@ class SellIn(BaseModel):
 
 
 @router.post("/api/funds/{fund_id}/sell")
-async def sell_fund(fund_id: str, body: SellIn, member: CurrentMember, ctx: FintechDep) -> dict[str, Any]:
+async def sell_fund(fund_id: str, body: SellIn, member: Payer, ctx: FintechDep) -> dict[str, Any]:
     member_id = _member_id(member)
 
     async def operation(session: Any) -> dict[str, Any]:
@@ -265,9 +267,9 @@ async def sell_fund(fund_id: str, body: SellIn, member: CurrentMember, ctx: Fint
 
 
 def _merchant(principal: Principal) -> str:
-    if not principal.is_service or not principal.has_scope("fintech:pay"):
+    if not principal.is_service:
         raise PermissionDenied("the merchant API needs a client-credentials token with scope fintech:pay")
-    return principal.client_id
+    return principal.require_scope("fintech:pay").client_id
 
 
 class MerchantAuthorizationIn(BaseModel):

@@ -6,7 +6,6 @@ from typing import Any
 
 from kizuna.common.v1.common_pb2 import Money, PageInfo
 from kizuna.kit.auth import current_call
-from kizuna.kit.errors import PermissionDenied
 from kizuna.kit.service import Runtime
 from kizuna.shop.v1 import shop_pb2 as pb
 from kizuna.shop.v1 import shop_pb2_grpc
@@ -54,13 +53,8 @@ def to_proto(order: Order, lines: list[OrderLine]) -> pb.Order:
 
 
 def _may_read(member_id: str) -> None:
-    auth = current_call()
-    if auth.member is not None:
-        if auth.member.member_id != member_id:
-            raise PermissionDenied("the caller acts for another member")
-        return
-    if not (auth.caller.is_service and auth.caller.has_scope("shop:read")):
-        raise PermissionDenied("reading orders needs the member's token or a service with shop:read")
+    # The member's own token with shop:read, or an ecosystem service with shop:read on its own.
+    current_call().require_member_or_service(member_id, "shop:read", "shop:read")
 
 
 class ShopApi(shop_pb2_grpc.ShopServiceServicer):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from kizuna.kit.auth import CurrentMember, Principal
+from fastapi import APIRouter, Depends, Request
+from kizuna.kit.auth import Principal, member_scope
 from kizuna.kit.bounds import NonNegInt64, PositiveInt64
 from kizuna.kit.db import SessionDep
 from kizuna.kit.errors import PermissionDenied
@@ -18,6 +18,11 @@ from shop.models import Checkout, Merchant, Order, Product
 from shop.wiring import Shop, shop_of
 
 router = APIRouter(prefix="/api")
+# Every member route names its scope: reads need shop:read; the cart, checkout, order changes and
+# the merchant console's changes need shop:order (a third-party app the member allowed less is
+# refused with 403 insufficient_scope).
+Reader = Annotated[Principal, Depends(member_scope("shop:read"))]
+Orderer = Annotated[Principal, Depends(member_scope("shop:order"))]
 
 
 def _shop(request: Request) -> Shop:
@@ -145,7 +150,7 @@ class CartItemIn(BaseModel):
 
 
 @router.get("/cart")
-async def get_cart(member: CurrentMember, session: SessionDep) -> dict[str, Any]:
+async def get_cart(member: Reader, session: SessionDep) -> dict[str, Any]:
     lines = await cart.lines(session, member.subject)
     return {
         "items": [
@@ -160,16 +165,14 @@ async def get_cart(member: CurrentMember, session: SessionDep) -> dict[str, Any]
 
 
 @router.put("/cart/items")
-async def put_cart_item(
-    body: CartItemIn, member: CurrentMember, session: SessionDep, request: Request
-) -> dict[str, Any]:
+async def put_cart_item(body: CartItemIn, member: Orderer, session: SessionDep, request: Request) -> dict[str, Any]:
     await cart.set_quantity(session, member.subject, body.product_id, body.quantity, _shop(request).clock.now())
     await session.commit()
     return await get_cart(member, session)
 
 
 @router.delete("/cart/items/{product_id}")
-async def delete_cart_item(product_id: str, member: CurrentMember, session: SessionDep) -> dict[str, Any]:
+async def delete_cart_item(product_id: str, member: Orderer, session: SessionDep) -> dict[str, Any]:
     await cart.remove(session, member.subject, product_id)
     await session.commit()
     return await get_cart(member, session)
@@ -182,7 +185,7 @@ class CheckoutIn(BaseModel):
 
 
 @router.post("/checkout")
-async def post_checkout(body: CheckoutIn, member: CurrentMember, request: Request) -> dict[str, Any]:
+async def post_checkout(body: CheckoutIn, member: Orderer, request: Request) -> dict[str, Any]:
     done = await _shop(request).checkout.checkout(
         member_id=member.subject,
         member_token=member.token,
@@ -204,28 +207,24 @@ async def _my_order(session: SessionDep, order_id: str, member: Principal) -> Or
 
 
 @router.get("/orders")
-async def my_orders(member: CurrentMember, session: SessionDep) -> list[dict[str, Any]]:
+async def my_orders(member: Reader, session: SessionDep) -> list[dict[str, Any]]:
     return [await order_public(session, o) for o in await orders.member_orders(session, member.subject)]
 
 
 @router.get("/orders/{order_id}")
-async def my_order(order_id: str, member: CurrentMember, session: SessionDep) -> dict[str, Any]:
+async def my_order(order_id: str, member: Reader, session: SessionDep) -> dict[str, Any]:
     return await order_public(session, await _my_order(session, order_id, member))
 
 
 @router.post("/orders/{order_id}/cancel")
-async def cancel_my_order(
-    order_id: str, member: CurrentMember, session: SessionDep, request: Request
-) -> dict[str, Any]:
+async def cancel_my_order(order_id: str, member: Orderer, session: SessionDep, request: Request) -> dict[str, Any]:
     await _my_order(session, order_id, member)
     await session.close()
     return await order_public(session, await _shop(request).orders.cancel(order_id))
 
 
 @router.post("/orders/{order_id}/confirm-delivery")
-async def confirm_delivery(
-    order_id: str, member: CurrentMember, session: SessionDep, request: Request
-) -> dict[str, Any]:
+async def confirm_delivery(order_id: str, member: Orderer, session: SessionDep, request: Request) -> dict[str, Any]:
     order = await _shop(request).orders.complete(order_id, member.subject)
     return await order_public(session, order)
 
@@ -236,7 +235,7 @@ class RefundRequestIn(BaseModel):
 
 @router.post("/orders/{order_id}/refund-request")
 async def refund_request(
-    order_id: str, body: RefundRequestIn, member: CurrentMember, session: SessionDep, request: Request
+    order_id: str, body: RefundRequestIn, member: Orderer, session: SessionDep, request: Request
 ) -> dict[str, Any]:
     order = await orders.request_refund(session, order_id, member.subject, body.reason, _shop(request).clock.now())
     await session.commit()
@@ -285,7 +284,7 @@ class ShipIn(BaseModel):
 
 @router.post("/merchants")
 async def apply_as_merchant(
-    body: MerchantApplication, member: CurrentMember, session: SessionDep, request: Request
+    body: MerchantApplication, member: Orderer, session: SessionDep, request: Request
 ) -> dict[str, Any]:
     merchant = await catalogue.apply(session, member.subject, body.name, body.description, _shop(request).clock.now())
     await session.commit()
@@ -293,12 +292,12 @@ async def apply_as_merchant(
 
 
 @router.get("/merchants/mine")
-async def my_merchants(member: CurrentMember, session: SessionDep) -> list[dict[str, Any]]:
+async def my_merchants(member: Reader, session: SessionDep) -> list[dict[str, Any]]:
     return [{**merchant_public(m), "role": role} for m, role in await catalogue.merchants_of(session, member.subject)]
 
 
 @router.post("/merchants/{merchant_id}/staff")
-async def add_staff(merchant_id: str, body: StaffIn, member: CurrentMember, session: SessionDep) -> dict[str, str]:
+async def add_staff(merchant_id: str, body: StaffIn, member: Orderer, session: SessionDep) -> dict[str, str]:
     await catalogue.require_staff(session, merchant_id, member.subject, owner=True)
     staff = await catalogue.add_staff(session, merchant_id, body.member_id)
     await session.commit()
@@ -306,14 +305,14 @@ async def add_staff(merchant_id: str, body: StaffIn, member: CurrentMember, sess
 
 
 @router.get("/merchants/{merchant_id}/products")
-async def merchant_products(merchant_id: str, member: CurrentMember, session: SessionDep) -> list[dict[str, Any]]:
+async def merchant_products(merchant_id: str, member: Reader, session: SessionDep) -> list[dict[str, Any]]:
     await catalogue.require_staff(session, merchant_id, member.subject)
     return [product_public(p) for p in await catalogue.merchant_products(session, merchant_id)]
 
 
 @router.post("/merchants/{merchant_id}/products")
 async def add_product(
-    merchant_id: str, body: ProductIn, member: CurrentMember, session: SessionDep, request: Request
+    merchant_id: str, body: ProductIn, member: Orderer, session: SessionDep, request: Request
 ) -> dict[str, Any]:
     merchant = await catalogue.require_staff(session, merchant_id, member.subject)
     product = await catalogue.add_product(session, merchant, body.draft(), _shop(request).clock.now())
@@ -323,7 +322,7 @@ async def add_product(
 
 @router.put("/merchants/{merchant_id}/products/{product_id}")
 async def update_product(
-    merchant_id: str, product_id: str, body: ProductIn, member: CurrentMember, session: SessionDep, request: Request
+    merchant_id: str, product_id: str, body: ProductIn, member: Orderer, session: SessionDep, request: Request
 ) -> dict[str, Any]:
     merchant = await catalogue.require_staff(session, merchant_id, member.subject)
     product = await catalogue.update_product(
@@ -335,7 +334,7 @@ async def update_product(
 
 @router.post("/merchants/{merchant_id}/campaigns")
 async def add_campaign(
-    merchant_id: str, body: CampaignIn, member: CurrentMember, session: SessionDep, request: Request
+    merchant_id: str, body: CampaignIn, member: Orderer, session: SessionDep, request: Request
 ) -> dict[str, Any]:
     merchant = await catalogue.require_staff(session, merchant_id, member.subject)
     c = await catalogue.add_campaign(
@@ -361,7 +360,7 @@ async def add_campaign(
 
 @router.get("/merchants/{merchant_id}/orders")
 async def merchant_orders(
-    merchant_id: str, member: CurrentMember, session: SessionDep, status: str | None = None
+    merchant_id: str, member: Reader, session: SessionDep, status: str | None = None
 ) -> list[dict[str, Any]]:
     await catalogue.require_staff(session, merchant_id, member.subject)
     return [await order_public(session, o) for o in await orders.merchant_orders(session, merchant_id, status)]
@@ -377,7 +376,7 @@ async def _merchant_order(session: SessionDep, merchant_id: str, order_id: str, 
 
 @router.post("/merchants/{merchant_id}/orders/{order_id}/ship")
 async def ship_order(
-    merchant_id: str, order_id: str, body: ShipIn, member: CurrentMember, session: SessionDep, request: Request
+    merchant_id: str, order_id: str, body: ShipIn, member: Orderer, session: SessionDep, request: Request
 ) -> dict[str, Any]:
     await _merchant_order(session, merchant_id, order_id, member)
     return await order_public(session, await _shop(request).orders.ship(order_id, body.tracking))
@@ -385,7 +384,7 @@ async def ship_order(
 
 @router.post("/merchants/{merchant_id}/orders/{order_id}/cancel")
 async def merchant_cancel(
-    merchant_id: str, order_id: str, member: CurrentMember, session: SessionDep, request: Request
+    merchant_id: str, order_id: str, member: Orderer, session: SessionDep, request: Request
 ) -> dict[str, Any]:
     await _merchant_order(session, merchant_id, order_id, member)
     return await order_public(session, await _shop(request).orders.cancel(order_id))
@@ -393,7 +392,7 @@ async def merchant_cancel(
 
 @router.post("/merchants/{merchant_id}/orders/{order_id}/refund")
 async def merchant_refund(
-    merchant_id: str, order_id: str, member: CurrentMember, session: SessionDep, request: Request
+    merchant_id: str, order_id: str, member: Orderer, session: SessionDep, request: Request
 ) -> dict[str, Any]:
     await _merchant_order(session, merchant_id, order_id, member)
     return await order_public(session, await _shop(request).orders.refund(order_id))
@@ -404,7 +403,7 @@ async def merchant_refund(
 
 @router.get("/admin/merchants")
 async def admin_merchants(
-    member: CurrentMember, session: SessionDep, request: Request, status: str | None = None
+    member: Reader, session: SessionDep, request: Request, status: str | None = None
 ) -> list[dict[str, Any]]:
     _require_admin(_shop(request), member)
     return [merchant_public(m) for m in await catalogue.merchants(session, status)]
@@ -412,7 +411,7 @@ async def admin_merchants(
 
 @router.post("/admin/merchants/{merchant_id}/{decision}")
 async def admin_decide(
-    merchant_id: str, decision: str, member: CurrentMember, session: SessionDep, request: Request
+    merchant_id: str, decision: str, member: Orderer, session: SessionDep, request: Request
 ) -> dict[str, Any]:
     shop = _shop(request)
     admin = _require_admin(shop, member)
@@ -422,6 +421,6 @@ async def admin_decide(
 
 
 @router.post("/admin/orders/{order_id}/refund")
-async def admin_refund(order_id: str, member: CurrentMember, session: SessionDep, request: Request) -> dict[str, Any]:
+async def admin_refund(order_id: str, member: Orderer, session: SessionDep, request: Request) -> dict[str, Any]:
     _require_admin(_shop(request), member)
     return await order_public(session, await _shop(request).orders.refund(order_id))

@@ -6,7 +6,7 @@ from typing import Any
 
 from kizuna.common.v1 import common_pb2
 from kizuna.kit.auth import current_call
-from kizuna.kit.errors import InvalidArgument, NotFound, PermissionDenied
+from kizuna.kit.errors import InvalidArgument, NotFound
 from kizuna.kit.service import Runtime
 from kizuna.travel.v1 import travel_pb2 as pb
 from kizuna.travel.v1 import travel_pb2_grpc
@@ -19,12 +19,8 @@ MAX_PAGE = 100
 
 
 def _authorize_for(member_id: str) -> None:
-    auth = current_call()
-    if auth.member is not None:
-        if auth.member.member_id != member_id:
-            raise PermissionDenied("the caller acts for another member")
-        return
-    auth.require_service_scope(READ_SCOPE)
+    # The member's own token with travel:read, or an ecosystem service with travel:read on its own.
+    current_call().require_member_or_service(member_id, READ_SCOPE, READ_SCOPE)
 
 
 class TravelApi(travel_pb2_grpc.TravelServiceServicer):

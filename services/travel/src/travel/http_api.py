@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from kizuna.kit.auth import CurrentMember
+from kizuna.kit.auth import Principal, member_scope
 from kizuna.kit.bounds import Int64
 from kizuna.kit.db import SessionDep
 from kizuna.kit.errors import InvalidArgument, NotFound
@@ -28,6 +28,9 @@ def _bookings(request: Request) -> Bookings:
 
 
 BookingsDep = Annotated[Bookings, Depends(_bookings)]
+# Every member route names its scope: reads need travel:read, booking and cancelling travel:book.
+Reader = Annotated[Principal, Depends(member_scope("travel:read"))]
+Booker = Annotated[Principal, Depends(member_scope("travel:book"))]
 
 
 def parse_stay(bookings: Bookings, check_in: str, check_out: str, guests: int) -> rules.StayRequest:
@@ -117,16 +120,14 @@ def booking_request(body: BookingCreate) -> BookingRequest:
 
 
 @router.post("/bookings", status_code=201)
-async def create_booking(body: BookingCreate, member: CurrentMember, bookings: BookingsDep) -> dict[str, Any]:
+async def create_booking(body: BookingCreate, member: Booker, bookings: BookingsDep) -> dict[str, Any]:
     assert member.member_id is not None
     booking = await bookings.book(member.member_id, member.token, booking_request(body))
     return booking_json(booking)
 
 
 @router.get("/bookings")
-async def my_bookings(
-    member: CurrentMember, bookings: BookingsDep, offset: Int64 = 0, limit: Int64 = 50
-) -> dict[str, Any]:
+async def my_bookings(member: Reader, bookings: BookingsDep, offset: Int64 = 0, limit: Int64 = 50) -> dict[str, Any]:
     assert member.member_id is not None
     if offset < 0 or not 1 <= limit <= 100:
         raise InvalidArgument("offset must be >= 0 and limit between 1 and 100")
@@ -142,13 +143,13 @@ async def _own(bookings: Bookings, member_id: str, booking_id: str) -> Booking:
 
 
 @router.get("/bookings/{booking_id}")
-async def get_booking(booking_id: str, member: CurrentMember, bookings: BookingsDep) -> dict[str, Any]:
+async def get_booking(booking_id: str, member: Reader, bookings: BookingsDep) -> dict[str, Any]:
     assert member.member_id is not None
     return booking_json(await _own(bookings, member.member_id, booking_id))
 
 
 @router.get("/bookings/{booking_id}/cancellation")
-async def cancellation_quote(booking_id: str, member: CurrentMember, bookings: BookingsDep) -> dict[str, Any]:
+async def cancellation_quote(booking_id: str, member: Reader, bookings: BookingsDep) -> dict[str, Any]:
     """What cancelling now would cost and return, without cancelling."""
     assert member.member_id is not None
     booking = await _own(bookings, member.member_id, booking_id)
@@ -163,7 +164,7 @@ async def cancellation_quote(booking_id: str, member: CurrentMember, bookings: B
 
 
 @router.post("/bookings/{booking_id}/cancel")
-async def cancel_booking(booking_id: str, member: CurrentMember, bookings: BookingsDep) -> dict[str, Any]:
+async def cancel_booking(booking_id: str, member: Booker, bookings: BookingsDep) -> dict[str, Any]:
     assert member.member_id is not None
     await _own(bookings, member.member_id, booking_id)
     return booking_json(await bookings.cancel(member.member_id, booking_id))
