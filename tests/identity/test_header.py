@@ -48,6 +48,10 @@ async def test_identity_header_shows_the_member_and_live_points(
         await asyncio.to_thread(points.wait_ready, 90)
         browser = idp.browser()
         assert (await browser.get("/_kizuna/me")).json() == {"signed_in": False}
+        landing = await browser.get("/")
+        assert (
+            landing.status_code == 200 and 'href="/signin"' in landing.text and "data-home-balance" not in landing.text
+        )
 
         await sign_up(browser, "header@example.com", name="Haru")
         account = await browser.get("/account")
@@ -88,6 +92,17 @@ async def test_identity_header_shows_the_member_and_live_points(
         assert me.headers["cache-control"] == "no-store"
         assert me.json() == {"signed_in": True, "name": "Haru", "points": 1_250}
 
+        # The home page: balance, what expires when, recent activity in plain words.
+        home = await browser.get("/")
+        assert home.status_code == 200 and "Welcome back, Haru" in home.text
+        balance = home.text.split("data-home-balance>")[1].split("</a>")[0]
+        assert "1,250 pt" in balance
+        expiring = home.text.split("data-home-expiring>")[1].split("</div>")[0]
+        assert "1,250 pt" in expiring and "Nothing expires" not in expiring
+        activity = home.text.split("data-home-activity>")[1].split("</section>")[0]
+        assert "welcome" in activity.lower() and "+1,250 pt" in activity
+        assert home.headers["x-frame-options"] == "DENY"
+
         # The header's Sign out link leads to identity's own sign-out page.
         signout = await browser.get("/auth/logout")
         assert signout.status_code == 302 and signout.headers["location"] == "/signout"
@@ -95,6 +110,8 @@ async def test_identity_header_shows_the_member_and_live_points(
         # points down: the member is still shown, the balance is unknown (not zero).
         points.stop()
         assert (await browser.get("/_kizuna/me")).json() == {"signed_in": True, "name": "Haru", "points": None}
+        degraded = await browser.get("/")
+        assert degraded.status_code == 200 and "Your points cannot be shown right now" in degraded.text
 
         page = await browser.get("/signout")
         await browser.post("/signout", data={"csrf_token": csrf_of(page.text)})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import math
 import secrets
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,10 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from kizuna.kit.errors import DomainError, Unauthenticated
-from kizuna.kit.web import page_templates
+from kizuna.kit.web import page_templates, service_links
 from sqlmodel import col, select
 
-from identity import members, sessions
+from identity import members, sessions, throttle
 from identity.clients import Client, Consent
 from identity.provider import Provider
 from identity.sessions import OpSession
@@ -206,15 +207,15 @@ async def signin(
     account = email.strip().lower()
     ip = client_ip(request)
     context = {"title": "Sign in", "next": next, "email": email}
-    attempt = await sessions.open_attempt(provider.db, account=account, ip=ip, now=now, **throttle_limits(settings))
-    if attempt is None:
+    policy = throttle.Policy.from_settings(settings)
+    devices = device_cookies(provider, policy)
+    device = devices.device_for(request.cookies.get(throttle.DEVICE_COOKIE), account)
+    decision = await throttle.open_attempt(provider.db, account=account, ip=ip, device=device, now=now, policy=policy)
+    if decision.attempt_id is None:
         provider.sign_ins.record(sessions.SignInCounter.THROTTLED)
-        return render(
-            request,
-            "signin.html",
-            {**context, "error": "Too many failed attempts. Wait a few minutes, then try again."},
-            429,
-        )
+        error = throttle.wait_message(decision.wait_seconds)
+        return _throttled(render(request, "signin.html", {**context, "error": error}, 429), decision)
+    attempt = decision.attempt_id
     async with provider.db.sessions() as session:
         member = await members.by_email(session, account)
     # argon2id costs tens of milliseconds of CPU: off the event loop (it releases the GIL), so
@@ -232,7 +233,9 @@ async def signin(
         provider.sign_ins.record(sessions.SignInCounter.FAILURE)
         return render(request, "signin.html", {**context, "error": "The email or password is not correct."}, 401)
     provider.sign_ins.record(sessions.SignInCounter.SUCCESS)
-    return await _start_session(request, member.id, next)
+    response = await _start_session(request, member.id, next)
+    remember_device(request, response, account)
+    return response
 
 
 @router.get("/signup")
@@ -276,7 +279,9 @@ async def signup(
             exc.http_status,
         )
     provider.email.send(member)
-    return await _start_session(request, member.id, next)
+    response = await _start_session(request, member.id, next)
+    remember_device(request, response, member.email)
+    return response
 
 
 # ---- account center ---------------------------------------------------------------------------
@@ -302,9 +307,34 @@ async def _account_context(request: Request, op: OpSession) -> dict[str, Any]:
     }
 
 
+# One line per service on the home page (labels and links come from the platform's KIZUNA_LINKS).
+SERVICE_BLURBS = {
+    "points": "Your points: balance, expiry and history",
+    "shop": "Shop from Kizuna merchants and earn points",
+    "travel": "Hotels across Japan, paid with points and card",
+    "fintech": "Kizuna Card, bank and investments",
+}
+
+
 @router.get("/")
 async def home(request: Request) -> Response:
-    return RedirectResponse("/account", status_code=302)
+    """The member's Kizuna: points, what expires when, the services and recent activity."""
+    from identity.home import member_home
+
+    op = await current_session(request)
+    provider = provider_of(request)
+    member = await provider.member(op.member_id) if op else None
+    links = {link["name"]: link["url"] for link in service_links()}
+    context: dict[str, Any] = {
+        "title": "Home",
+        "member": member,
+        "member_name": member.display_name if member else None,
+        "blurbs": SERVICE_BLURBS,
+        "points_url": links.get("points", ""),
+    }
+    if member is not None:
+        context["home"] = await member_home(provider, member.id)
+    return render(request, "home.html", context)
 
 
 @router.get("/account")
@@ -340,12 +370,22 @@ async def _account_change(request: Request, csrf: str, change: Any, done: str) -
     return render(request, "account.html", {**await _account_context(request, op), "notice": done})
 
 
-def throttle_limits(settings: Any) -> dict[str, int]:
-    return {
-        "window_seconds": settings.identity_signin_window_seconds,
-        "max_account": settings.identity_signin_max_failures_account,
-        "max_ip": settings.identity_signin_max_failures_ip,
-    }
+def device_cookies(provider: Provider, policy: throttle.Policy) -> throttle.DeviceCookie:
+    secret = hmac.new(provider.csrf_secret, b"known-device", hashlib.sha256).digest()
+    return throttle.DeviceCookie(secret, policy.device_days)
+
+
+def remember_device(request: Request, response: Response, account: str) -> None:
+    """After a successful sign-in: this browser becomes a known device of the account (see throttle)."""
+    provider = provider_of(request)
+    policy = throttle.Policy.from_settings(provider.settings)
+    value = device_cookies(provider, policy).after_success(request.cookies.get(throttle.DEVICE_COOKIE), account)
+    set_cookie(request, response, throttle.DEVICE_COOKIE, value, policy.device_days * 24 * 3600)
+
+
+def _throttled(response: HTMLResponse, decision: throttle.Decision) -> HTMLResponse:
+    response.headers["Retry-After"] = str(max(1, math.ceil(decision.wait_seconds)))
+    return response
 
 
 async def _password_attempt(request: Request, op: OpSession) -> Response | int:
@@ -355,14 +395,16 @@ async def _password_attempt(request: Request, op: OpSession) -> Response | int:
     provider = provider_of(request)
     async with provider.db.sessions() as session:
         account = (await members.get(session, op.member_id)).email
-    attempt = await sessions.open_attempt(
-        provider.db, account=account, ip=client_ip(request), now=provider.now(), **throttle_limits(provider.settings)
+    policy = throttle.Policy.from_settings(provider.settings)
+    device = device_cookies(provider, policy).device_for(request.cookies.get(throttle.DEVICE_COOKIE), account)
+    decision = await throttle.open_attempt(
+        provider.db, account=account, ip=client_ip(request), device=device, now=provider.now(), policy=policy
     )
-    if attempt is not None:
-        return attempt
+    if decision.attempt_id is not None:
+        return decision.attempt_id
     context = await _account_context(request, op)
-    error = "Too many failed attempts. Wait a few minutes, then try again."
-    return render(request, "account.html", {**context, "error": error}, 429)
+    error = throttle.wait_message(decision.wait_seconds)
+    return _throttled(render(request, "account.html", {**context, "error": error}, 429), decision)
 
 
 async def _password_form_refused(request: Request, op: OpSession, exc: DomainError, attempt: int) -> Response:

@@ -45,6 +45,8 @@ async def start_provider(runtime: Runtime[Any]) -> None:
     await provider.keys.ensure_signing_key()
     await clients.register_configured(runtime.db, runtime.settings.kizuna_clients, provider.now(), provider.scopes)
     runtime.state["provider"] = provider
+    # The kit's flash messages (kizuna.kit.flash) are signed with a key of identity's own.
+    runtime.state["flash_secret"] = provider.csrf_secret
     runtime.state["oauth_server"] = oauth_server.KizunaAuthorizationServer(provider)
 
 
