@@ -59,7 +59,6 @@ MAX_CONNECTIONS = 200
 POOLER_INSTANCES = 2
 POOLER_SERVER_POOL = 40  # default_pool_size: server connections per pooler instance
 POOLER_MAX_CLIENTS = 1000  # max_client_conn per pooler instance
-RESERVED_CONNECTIONS = 10  # superuser_reserved_connections (3) + operator, exporter, backups
 
 COMPONENT = {"apiVersion": "kustomize.config.k8s.io/v1alpha1", "kind": "Component"}
 KUSTOMIZATION = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization"}
