@@ -31,7 +31,7 @@ import httpx
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.identity.v1 import events_pb2
 from kizuna.kit.db import UTCDateTime, utcnow
-from kizuna.kit.errors import FailedPrecondition, NotFound, Unauthenticated
+from kizuna.kit.errors import FailedPrecondition, NotFound, PermissionDenied, Unauthenticated
 from kizuna.kit.events import Consumer, Event, publish
 from kizuna.kit.privacy import ERASURE_REQUESTED, EXPORT_SCOPE, erased_subject
 from sqlalchemy import Column, String, delete
@@ -259,10 +259,16 @@ async def progress(session: AsyncSession, link: str) -> tuple[Erasure, dict[str,
 
 
 async def record_completion(session: AsyncSession, event: Event) -> None:
-    """`<service>.member.erased` → one progress row (the inbox makes redelivery harmless)."""
+    """`<service>.member.erased` → one progress row (the inbox makes redelivery harmless).
+
+    The service is the subject's owner, which the broker enforces (a service publishes only under
+    its own name); a completion that names another service in its body is refused.
+    """
     completed = event.parse(events_pb2.ErasureCompleted)
     if not completed.member_id or not completed.service:
         raise ValueError("ErasureCompleted without member_id or service")
+    if completed.service != event.owner:
+        raise PermissionDenied(f"{event.owner} may not report erasure for {completed.service}")
     if await session.get(ErasureProgress, (completed.member_id, completed.service)) is None:
         session.add(
             ErasureProgress(

@@ -14,19 +14,20 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.identity.v1 import events_pb2 as identity_events
-from kizuna.kit.auth import CurrentPrincipal
+from kizuna.kit.auth import Principal, service_scope
 from kizuna.kit.db import utcnow
+from kizuna.kit.declaration import ISSUER
 from kizuna.kit.errors import PermissionDenied
 from kizuna.kit.events import Consumer, Event, publish
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 EXPORT_SCOPE = "privacy:export"
-ERASURE_REQUESTED = "identity.member.erasure_requested"
+ERASURE_REQUESTED = f"{ISSUER}.member.erasure_requested"
 
 ExportFn = Callable[[AsyncSession, str], Awaitable[dict[str, Any]]]
 EraseFn = Callable[[AsyncSession, str], Awaitable[None]]
@@ -48,6 +49,10 @@ def erasure_consumer(service: str, privacy: Privacy) -> Consumer:
     """`<service>-member-erasure`: erase, then report completion, in one transaction."""
 
     async def handle(session: AsyncSession, event: Event) -> None:
+        # Only identity can publish under `identity.>` (the broker enforces it): the subject, never
+        # a header, says the request is identity's.
+        if event.owner != ISSUER or event.subject != ERASURE_REQUESTED:
+            raise PermissionDenied(f"an erasure request must come from {ISSUER} on {ERASURE_REQUESTED}")
         request = event.parse(identity_events.MemberErasureRequested)
         await privacy.erase(session, request.member_id)
         completed_at = Timestamp()
@@ -67,9 +72,9 @@ def export_router(service: str, privacy: Privacy) -> APIRouter:
     router = APIRouter(prefix="/privacy", tags=["privacy"])
 
     @router.get("/members/{member_id}/export")
-    async def export(member_id: str, principal: CurrentPrincipal, request: Request) -> dict[str, Any]:
-        if not principal.is_service or not principal.has_scope(EXPORT_SCOPE):
-            raise PermissionDenied(f"exporting a member's data needs a service token with {EXPORT_SCOPE}")
+    async def export(
+        member_id: str, principal: Annotated[Principal, Depends(service_scope(EXPORT_SCOPE))], request: Request
+    ) -> dict[str, Any]:
         async with request.app.state.runtime.db.sessions() as session:
             data = await privacy.export(session, member_id)
         return {"service": service, "member_id": member_id, "exported_at": utcnow().isoformat(), "data": data}
