@@ -87,13 +87,14 @@ async def test_wallet_page_shows_kinds_pending_expiring_history_and_this_months_
         assert 'class="kz-header"' in html and "/_kizuna/kizuna.css" in html and "Hana" in html
         assert 'data-testid="total">310 pt' in html  # 100 + 200 + 30 limited - 20 held (limited first)
         assert 'data-testid="regular">300<' in html and 'data-testid="limited">10<' in html
-        assert 'data-testid="pending">20<' in html
-        expiring = (points.clock.now() + timedelta(days=3)).date().isoformat()
-        assert f"Expiring soon: 10 pt on {expiring}" in html
+        assert 'data-testid="pending">20 pt<' in html
+        expiring = (points.clock.now() + timedelta(days=3)).date()
+        assert f"<b>10 pt</b><span>on {expiring.day} {expiring:%b} {expiring.year}</span>" in html
         assert "Earned at shop on o1: 1% base + 1% for using card this month" in html
         assert "You used card, shop this month." in html
         # Travel, not used yet, earns 1% base + 1% each for card and shop: x3.
-        assert '<tr data-testid="rate-travel"><td>travel</td><td>3.0%</td>' in html and "\u00d73.0" in html
+        assert '<tr data-testid="rate-travel"><td>travel</td><td class="kz-num" data-label="You earn">3.0%</td>' in html
+        assert "\u00d73.0" in html
         assert "999" not in html  # another member's points never show
 
         me = (await signed_in.get("/_kizuna/me")).json()
