@@ -8,7 +8,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PY := .venv/bin/python
 export UV_LINK_MODE ?= copy
 
-.PHONY: help install up test test-fast lint fmt typecheck proto proto-check bench clean chromium test-tools
+.PHONY: new-service help install up test test-fast lint fmt typecheck proto proto-check bench clean chromium test-tools
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -50,6 +50,12 @@ proto-check: install ## fail when libs/contracts is stale
 node_modules: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
+
+new-service: install ## a new service from the kit: make new-service name=bookstore [label="Book Store"]
+	@test -n "$(name)" || { echo "usage: make new-service name=<service> [label=\"Shown name\"]" >&2; exit 2; }
+	$(PY) -m kizuna.kit.scaffold "$(name)" $(if $(label),--label "$(label)")
+	$(UV) sync --all-packages
+	@touch .venv/.synced
 
 bench: install ## benchmarks (numbers, not tests)
 	$(PY) bench/run.py

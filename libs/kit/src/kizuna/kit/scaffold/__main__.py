@@ -1,0 +1,5 @@
+import sys
+
+from kizuna.kit.scaffold import main
+
+sys.exit(main())
