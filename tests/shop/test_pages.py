@@ -110,6 +110,8 @@ async def test_member_buys_with_points_and_card_merchant_ships_member_confirms(w
     async with await _browser(w, buyer) as browser, await _browser(w, OWNER, "Ken") as shopkeeper:
         product = await browser.get(f"/products/{mug}")
         assert "Hana" in product.text and "700 pt" in product.text  # the header: name and live balance
+        earn = re.search(r'data-earn="(\d+)">earn (\d+) pt<', product.text)  # points' earn preview
+        assert earn and int(earn.group(1)) > 0 and earn.group(1) == earn.group(2)
         csrf = _csrf(product.text)
         forged = await browser.post("/cart/items", data={"product_id": mug, "quantity": 1, "csrf_token": "f" * 64})
         assert forged.status_code == 403 and (await w.api.ok("GET", "/api/cart", buyer))["items"] == []

@@ -90,6 +90,20 @@ def _back(request: Request, path: str, *, message: str = "", error: str = "", ki
     return RedirectResponse(path, status_code=303)
 
 
+async def _earn_preview(request: Request, member: WebMember | None, amount_minor: int, currency: str) -> int | None:
+    """What paying `amount_minor` would earn this member now (points' earn preview), or None."""
+    if member is None or amount_minor <= 0:
+        return None
+    try:
+        preview = await _shop(request).points.preview_earn(
+            member_id=member.member_id, amount_minor=amount_minor, currency=currency
+        )
+    except DomainError as exc:  # the page still works without the preview
+        log.warning("earn preview unavailable", extra={"error": exc.message})
+        return None
+    return int(preview.total)
+
+
 # ---- storefront and products --------------------------------------------------------------------
 
 
@@ -124,7 +138,8 @@ async def product(product_id: str, request: Request, session: SessionDep, member
         item, merchant = await catalogue.product_page(session, product_id)
     except NotFound as exc:
         return await _render(request, "error.html", member, status=404, title="Not found", problem=exc.message)
-    return await _render(request, "product.html", member, title=item.title, p=item, m=merchant)
+    earn = await _earn_preview(request, member, item.price_minor, item.currency)
+    return await _render(request, "product.html", member, title=item.title, p=item, m=merchant, earn_points=earn)
 
 
 # ---- cart and checkout --------------------------------------------------------------------------
@@ -179,6 +194,7 @@ async def checkout_page(request: Request, member: SignedInMember, session: Sessi
         currency=lines[0].product.currency,
         max_points=min(balance, total),
         key=uuid.uuid4().hex,
+        earn_points=await _earn_preview(request, member, total, lines[0].product.currency),
     )
 
 
