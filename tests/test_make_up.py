@@ -13,10 +13,15 @@ from pathlib import Path
 
 import grpc
 import httpx
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kizuna.kit import declaration
+from kizuna.kit.testing import end_process, spawn
 
 ROOT = Path(__file__).resolve().parents[1]
+# make up serves fixed ports (shifted by a random offset): these tests run one at a time, in one
+# xdist worker, and never beside another stack of their own.
+pytestmark = pytest.mark.xdist_group("fixed-ports")
 # Every declared service and its local ports, as make up derives them.
 SERVICES = {d.name: (d.http_port, d.grpc_port) for d in declaration.discover()}
 
@@ -71,11 +76,20 @@ def test_a_busy_port_stops_make_up_with_a_message_naming_it(tmp_path: Path) -> N
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", shop_http))
         squatter.listen()
-        done = subprocess.run(
-            ["make", "--no-print-directory", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        up = spawn(
+            ["make", "--no-print-directory", "up"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
-    assert done.returncode != 0
-    assert f"shop HTTP port {shop_http}" in done.stdout + done.stderr, done.stdout + done.stderr
+        try:
+            out, _ = up.communicate(timeout=120)
+        finally:
+            end_process(up)
+    assert up.returncode != 0
+    assert f"shop HTTP port {shop_http}" in out, out
     assert _processes_with(str(tmp_path / "data")) == [], "nothing may be left running after a refused start"
 
 
@@ -84,14 +98,15 @@ def test_make_up_brings_every_service_to_ready_and_ctrl_c_stops_all(tmp_path: Pa
     data_dir = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "KIZUNA_ISSUER", "DATABASE_URL")}
     env.update(KIZUNA_PORT_OFFSET=str(offset), KIZUNA_DATA_DIR=str(data_dir))
-    proc = subprocess.Popen(
+    proc = spawn(
         ["make", "--no-print-directory", "up"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,
+        # As a background job (`&`, nohup, some CI runners) starts it: with SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     output: list[str] = []
     try:
@@ -121,8 +136,11 @@ def test_make_up_brings_every_service_to_ready_and_ctrl_c_stops_all(tmp_path: Pa
         _signs_in(f"http://127.0.0.1:{SERVICES['identity'][0] + offset}", demo[1], demo[2])
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        rest, _ = proc.communicate(timeout=40)
-        output.append(rest)
+        try:
+            rest, _ = proc.communicate(timeout=60)
+            output.append(rest)
+        finally:
+            end_process(proc)  # nothing when it stopped by itself; SIGKILL to whatever is left otherwise
     text = "".join(output)
     assert "no Kizuna process left running" in text, text
     time.sleep(0.5)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
-from kizuna.kit import oidc_client
+from kizuna.kit import oidc_client, signout
 from kizuna.kit.oidc_client import SignedInMember
 from kizuna.kit.privacy import Privacy
 from kizuna.kit.service import Service
@@ -26,6 +26,7 @@ def privacy_service(name: str, client_secret: str, held: dict[str, list[str]]) -
 
     router = APIRouter()
     router.include_router(oidc_client.router)
+    router.include_router(signout.router)
 
     @router.get("/private")
     async def private(member: SignedInMember) -> dict[str, str]:

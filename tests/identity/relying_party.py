@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter
-from kizuna.kit import oidc_client
+from kizuna.kit import oidc_client, signout
 from kizuna.kit.oidc_client import MaybeMember, SignedInMember
 from kizuna.kit.service import Service
 from kizuna.kit.settings import ServiceSettings
@@ -15,6 +15,7 @@ from kizuna.kit.settings import ServiceSettings
 def relying_party(name: str, client_secret: str) -> Service[ServiceSettings]:
     router = APIRouter()
     router.include_router(oidc_client.router)
+    router.include_router(signout.router)
 
     @router.get("/private")
     async def private(member: SignedInMember) -> dict[str, str]:

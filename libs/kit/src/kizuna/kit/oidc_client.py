@@ -1,9 +1,10 @@
 """The OpenID Connect relying party every service's web pages use to sign a member in.
 
 - `/auth/login` (authorization code + PKCE S256, `state`, `nonce`; `?prompt=none` for a silent
-  single-sign-on check), `/auth/callback` (verifies the ID token), `/auth/logout` (GET: a
-  confirmation form; POST with the CSRF token: RP-initiated logout at identity),
-  `/auth/backchannel-logout` (identity's logout token ends the local sessions of that `sid`/`sub`).
+  single-sign-on check), `/auth/callback` (verifies the ID token),
+  `/auth/backchannel-logout` (identity's logout token ends the local sessions of that `sid`/`sub`);
+  `/auth/logout` is a page, in `kizuna.kit.signout` (it needs the CSRF token and the layout, both
+  built on this module).
 - Sessions live in the service's database (`kit_web_session`), so any replica serves any request;
   the browser holds only a signed session id (itsdangerous), HttpOnly, SameSite=Lax, Secure under
   https. The member's access and refresh tokens stay server-side for calls on the member's behalf.
@@ -480,62 +481,6 @@ async def callback(request: Request, code: str = "", state: str = "", error: str
     rp.set_cookie(response, rp.session_cookie, rp._session_signer.dumps(web_session.id), rp.session_seconds)
     response.delete_cookie(rp.login_cookie, path="/")
     return response
-
-
-def _end_session_redirect(rp: WebSignIn, meta: dict[str, Any], id_token: str | None) -> RedirectResponse:
-    params = {"client_id": rp.client_id, "post_logout_redirect_uri": f"{rp.base_url}/"}
-    if id_token is not None:
-        params["id_token_hint"] = id_token
-    response = RedirectResponse(f"{meta['end_session_endpoint']}?{urlencode(params)}", status_code=303)
-    response.delete_cookie(rp.session_cookie, path="/")
-    return response
-
-
-def _logout_form(request: Request, row: WebSession, status_code: int = 200) -> Response:
-    from kizuna.kit.csrf import csrf_token
-    from kizuna.kit.web import page_templates
-
-    templates = page_templates()
-    return templates.TemplateResponse(
-        request,
-        "kizuna/signout.html",
-        {"title": "Sign out", "member_name": row.display_name, "csrf_token": csrf_token(request)},
-        status_code=status_code,
-        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"},
-    )
-
-
-@router.get("/logout")
-async def logout_form(request: Request) -> Response:
-    """A confirmation form: signing out changes state, so it is a POST with a CSRF token (a link or
-    an image on another site must not sign the member out)."""
-    rp = web_sign_in_of(request)
-    current = await rp.current(request)
-    if current is None:
-        # Nothing to end here; identity asks the member itself (no id_token_hint).
-        return _end_session_redirect(rp, await rp.metadata(), None)
-    return _logout_form(request, current)
-
-
-@router.post("/logout")
-async def logout(request: Request) -> Response:
-    """RP-initiated logout: end the local session, then identity's (which tells every service)."""
-    from kizuna.kit.csrf import FIELD, csrf_token
-
-    rp = web_sign_in_of(request)
-    current = await rp.current(request)
-    meta = await rp.metadata()
-    if current is None:
-        return _end_session_redirect(rp, meta, None)
-    given = (await request.form()).get(FIELD)
-    if not isinstance(given, str) or not given:
-        # A sign-out button without the token (`{{ csrf_field(request) }}`): ask, do not refuse.
-        return _logout_form(request, current)
-    expected = csrf_token(request)
-    if not expected or not hmac.compare_digest(given, expected):
-        return _logout_form(request, current, status_code=403)
-    await rp.end_local(web_session_id=current.id)
-    return _end_session_redirect(rp, meta, current.id_token)
 
 
 @router.post("/backchannel-logout")

@@ -464,9 +464,10 @@ class Service(Generic[S]):
             return JSONResponse(body, status_code=200 if ok else 503)
 
         if self.web_sign_in_scopes is not None:
-            from kizuna.kit import header, oidc_client, web
+            from kizuna.kit import header, oidc_client, signout, web
 
             app.include_router(oidc_client.router)
+            app.include_router(signout.router)
             app.include_router(web.router)
             app.include_router(header.router)
         if self.privacy is not None:
