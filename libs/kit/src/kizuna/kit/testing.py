@@ -85,13 +85,19 @@ RUN_MARKER = "KIZUNA_TEST_RUN"
 _spawned: list[subprocess.Popen[Any]] = []
 
 
+_tags: dict[int, str] = {}  # pid of a spawned process -> the marker value it and its descendants carry
+
+
 def spawn(argv: list[str], *, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen[Any]:
     """Start a process in its own process group, marked as this test run's (see `end_process`)."""
     marked = dict(os.environ if env is None else env)
-    if RUN_MARKER in os.environ:
-        marked[RUN_MARKER] = os.environ[RUN_MARKER]
+    # "<run>/<process>": the session finds anything of its run; end_process finds what this one
+    # started even after it exited (its orphans no longer descend from it).
+    tag = f"{os.environ.get(RUN_MARKER, 'none')}/{uuid.uuid4().hex[:12]}"
+    marked[RUN_MARKER] = tag
     process: subprocess.Popen[Any] = subprocess.Popen(argv, env=marked, start_new_session=True, **popen)
     _spawned.append(process)
+    _tags[process.pid] = tag
     return process
 
 
@@ -142,6 +148,11 @@ def end_process(process: subprocess.Popen[Any], timeout: float = 10.0, sig: int 
     # Whatever the leader left behind (its group, or children in sessions of their own) gets the
     # same bounded chance, then SIGKILL.
     descendants += [d for d in _descendants(process.pid) if d not in descendants]
+    tag = _tags.pop(process.pid, None)
+    if tag is not None:
+        for pid, _command in _marked(lambda value: value == tag):
+            if (stat := _stat(pid)) is not None and (pid, stat[1]) not in descendants:
+                descendants.append((pid, stat[1]))
     deadline = time.monotonic() + timeout
     for pid, started in descendants:
         if _alive(pid, started):
@@ -160,13 +171,20 @@ def end_process(process: subprocess.Popen[Any], timeout: float = 10.0, sig: int 
 
 def processes_of_this_run() -> list[tuple[int, str]]:
     """(pid, command line) of every live process carrying this test run's marker, except this one."""
-    marker = f"{RUN_MARKER}={os.environ.get(RUN_MARKER, '')}".encode()
+    run = os.environ.get(RUN_MARKER, "")
+    return _marked(lambda value: value == run or value.startswith(f"{run}/"))
+
+
+def _marked(matches: Callable[[str], bool]) -> list[tuple[int, str]]:
+    """(pid, command line) of live processes whose `RUN_MARKER` value `matches`, except this one."""
+    prefix = f"{RUN_MARKER}=".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+            values = [v[len(prefix) :] for v in (entry / "environ").read_bytes().split(b"\0") if v.startswith(prefix)]
+            if not any(matches(v.decode(errors="replace")) for v in values):
                 continue
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
