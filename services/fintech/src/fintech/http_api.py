@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from kizuna.kit.auth import CurrentPrincipal, Principal, member_scope
-from kizuna.kit.errors import FailedPrecondition, NotFound, PermissionDenied
+from kizuna.kit.auth import Principal, member_scope, service_scope
+from kizuna.kit.errors import FailedPrecondition, NotFound
 from pydantic import BaseModel, Field, StrictInt
 
 from fintech import bank, cards, ledger, payments, securities, statements
@@ -266,10 +266,12 @@ async def sell_fund(fund_id: str, body: SellIn, member: Payer, ctx: FintechDep) 
 # ---- merchant API (partner merchants outside the ecosystem) -------------------------------------
 
 
+# Partner merchants call with their own client-credentials token carrying fintech:pay.
+Merchant = Annotated[Principal, Depends(service_scope("fintech:pay"))]
+
+
 def _merchant(principal: Principal) -> str:
-    if not principal.is_service:
-        raise PermissionDenied("the merchant API needs a client-credentials token with scope fintech:pay")
-    return principal.require_scope("fintech:pay").client_id
+    return principal.client_id
 
 
 class MerchantAuthorizationIn(BaseModel):
@@ -281,9 +283,7 @@ class MerchantAuthorizationIn(BaseModel):
 
 
 @router.post("/merchant/v1/authorizations")
-async def merchant_authorize(
-    body: MerchantAuthorizationIn, principal: CurrentPrincipal, ctx: FintechDep
-) -> dict[str, Any]:
+async def merchant_authorize(body: MerchantAuthorizationIn, principal: Merchant, ctx: FintechDep) -> dict[str, Any]:
     client_id = _merchant(principal)
     token = cards.card_number_token(ctx.card_token_key, body.card_number)
 
@@ -317,7 +317,7 @@ class MerchantCaptureIn(BaseModel):
 
 @router.post("/merchant/v1/authorizations/{authorization_id}/capture")
 async def merchant_capture(
-    authorization_id: str, body: MerchantCaptureIn, principal: CurrentPrincipal, ctx: FintechDep
+    authorization_id: str, body: MerchantCaptureIn, principal: Merchant, ctx: FintechDep
 ) -> dict[str, Any]:
     client_id = _merchant(principal)
 
@@ -346,9 +346,7 @@ class KeyOnly(BaseModel):
 
 
 @router.post("/merchant/v1/authorizations/{authorization_id}/void")
-async def merchant_void(
-    authorization_id: str, body: KeyOnly, principal: CurrentPrincipal, ctx: FintechDep
-) -> dict[str, Any]:
+async def merchant_void(authorization_id: str, body: KeyOnly, principal: Merchant, ctx: FintechDep) -> dict[str, Any]:
     client_id = _merchant(principal)
 
     async def operation(session: Any) -> dict[str, Any]:
@@ -369,7 +367,7 @@ class MerchantRefundIn(MerchantCaptureIn):
 
 
 @router.post("/merchant/v1/refunds")
-async def merchant_refund(body: MerchantRefundIn, principal: CurrentPrincipal, ctx: FintechDep) -> dict[str, Any]:
+async def merchant_refund(body: MerchantRefundIn, principal: Merchant, ctx: FintechDep) -> dict[str, Any]:
     client_id = _merchant(principal)
 
     async def operation(session: Any) -> dict[str, Any]:
