@@ -68,10 +68,10 @@ async def test_email_and_password_forms_are_throttled_like_sign_in(idp_sqlite: I
     )
     assert email.status_code == 429 and password.status_code == 429
     assert "Too many failed attempts" in password.text
-    # Nothing changed, and the sign-in page shares the same counter.
+    # Nothing changed, and the sign-in page on this device shares the same counter.
     account = await browser.get("/account")
     assert "oracle@example.com" in account.text and "thief@example.com" not in account.text
-    assert (await sign_in(idp_sqlite.browser(), "oracle@example.com")).status_code == 429
+    assert (await sign_in(browser, "oracle@example.com")).status_code == 429
 
 
 class BackchannelReceiver:

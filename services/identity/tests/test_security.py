@@ -303,7 +303,9 @@ async def test_sign_in_is_throttled_per_address(nats_url: str, tmp_path) -> None
         await sign_up(browser, "victim@example.com")
         for n in range(3):
             assert (await sign_in(browser, f"guess{n}@example.com", "wrong password!")).status_code == 401
-        assert (await sign_in(browser, "victim@example.com")).status_code == 429
+        # Any browser at that address waits now; the victim's own known device does not.
+        assert (await sign_in(idp.browser(), "victim@example.com")).status_code == 429
+        assert (await sign_in(browser, "victim@example.com")).status_code == 303
 
 
 async def test_cookies_are_httponly_samesite_and_secure_under_https(idp_sqlite: Idp, nats_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -415,4 +417,6 @@ async def test_parallel_guesses_cannot_slip_under_the_throttle(idp: Idp) -> None
     limit = idp.runtime.settings.identity_signin_max_failures_account
     assert codes.count(401) == limit, codes
     assert codes.count(429) == 20 - limit, codes
-    assert (await sign_in(browser, "parallel@example.com")).status_code == 429
+    assert (await sign_in(idp.browser(), "parallel@example.com")).status_code == 429
+    # The guesses came from other browsers: the owner's known device still signs in.
+    assert (await sign_in(browser, "parallel@example.com")).status_code == 303

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kizuna.kit.db import Database
-from sqlalchemy import delete, or_
+from sqlalchemy import and_, delete, or_
 from sqlmodel import col, select
 
 from identity.backchannel import BackchannelDelivery
@@ -39,10 +39,13 @@ async def _delete_batches(db: Database, model: Any, key: Any, condition: Any) ->
 
 
 async def clean_expired(
-    db: Database, now: datetime, *, keep_seconds: int, signin_window_seconds: int
+    db: Database, now: datetime, *, keep_seconds: int, signin_window_seconds: int, usual_address_days: int = 30
 ) -> dict[str, int]:
     """Delete expired rows; returns how many per kind."""
     keep = now - timedelta(seconds=keep_seconds)
+    failures_before = now - timedelta(seconds=max(signin_window_seconds, 3600))
+    # A successful sign-in makes its address a usual one for this long (identity.throttle).
+    successes_before = now - timedelta(days=usual_address_days)
     return {
         # A used code must outlive its expiry a little so that a replay is still recognised
         # (and revokes the grant); after the expiry a replay fails anyway.
@@ -64,7 +67,10 @@ async def clean_expired(
             db,
             SignInAttempt,
             SignInAttempt.id,
-            col(SignInAttempt.at) < now - timedelta(seconds=max(signin_window_seconds, 3600)),
+            or_(
+                and_(SignInAttempt.succeeded == False, col(SignInAttempt.at) < failures_before),  # noqa: E712
+                and_(SignInAttempt.succeeded == True, col(SignInAttempt.at) < successes_before),  # noqa: E712
+            ),
         ),
         "backchannel_deliveries": await _delete_batches(
             db,
@@ -89,6 +95,7 @@ async def cleanup_job(runtime: Any) -> None:
                 provider.now(),
                 keep_seconds=settings.identity_cleanup_keep_seconds,
                 signin_window_seconds=settings.identity_signin_window_seconds,
+                usual_address_days=settings.identity_signin_usual_address_days,
             )
         except Exception:
             log.exception("cleanup round failed; trying again next round")

@@ -10,9 +10,9 @@ import secrets
 from datetime import datetime, timedelta
 
 from itsdangerous import BadSignature, URLSafeSerializer
-from kizuna.kit.db import Database, UTCDateTime
+from kizuna.kit.db import UTCDateTime
 from opentelemetry import metrics
-from sqlalchemy import Boolean, Column, Integer, String, func, text, update
+from sqlalchemy import Boolean, Column, Integer, String, update
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -43,6 +43,10 @@ class SignInAttempt(SQLModel, table=True):
     ip: str = Field(sa_column=Column(String(64), nullable=False, index=True))
     at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))
     succeeded: bool = Field(sa_column=Column(Boolean, nullable=False))
+    # The known device (device cookie) the attempt came from, and how the throttle classed its
+    # source: "device", "usual" (an address this account signed in from) or "unknown".
+    device: str | None = Field(default=None, sa_column=Column(String(64), index=True))
+    source: str = Field(default="unknown", sa_column=Column(String(10), nullable=False, server_default="unknown"))
 
 
 class SessionCookie:
@@ -98,44 +102,7 @@ async def sessions_of(session: AsyncSession, member_id: str, now: datetime) -> l
     return list(rows)
 
 
-# ---- throttling ---------------------------------------------------------------------------
-
-
-async def open_attempt(
-    db: Database,
-    *,
-    account: str,
-    ip: str,
-    now: datetime,
-    window_seconds: int,
-    max_account: int,
-    max_ip: int,
-) -> int | None:
-    """Start a password check: None when the account or the address failed too often within the
-    window, else the id of this attempt, recorded as failed until `attempt_succeeded` says otherwise.
-
-    Counting and recording happen in one short transaction, so parallel guesses are counted one
-    after another and cannot all slip in under the limit (PostgreSQL: a lock per account and per
-    address; SQLite: BEGIN IMMEDIATE). Nothing is held while the password itself is checked."""
-    async with db.transaction() as session:
-        if session.bind.dialect.name == "postgresql":
-            for key in (f"account:{account}", f"ip:{ip}"):  # always in this order: no deadlock
-                await session.exec(text("SELECT pg_advisory_xact_lock(hashtext(:key))").bindparams(key=key))  # type: ignore[call-overload]
-        since = now - timedelta(seconds=window_seconds)
-        failures = (
-            select(func.count())
-            .select_from(SignInAttempt)
-            .where(SignInAttempt.at > since, SignInAttempt.succeeded == False)  # noqa: E712
-        )
-        if (await session.exec(failures.where(SignInAttempt.account == account))).one() >= max_account:
-            return None
-        if (await session.exec(failures.where(SignInAttempt.ip == ip))).one() >= max_ip:
-            return None
-        attempt = SignInAttempt(account=account[:320], ip=ip[:64], at=now, succeeded=False)
-        session.add(attempt)
-        await session.flush()
-        assert attempt.id is not None
-        return attempt.id
+# ---- throttling (the rules are in identity.throttle) ----------------------------------------
 
 
 async def attempt_succeeded(session: AsyncSession, attempt_id: int) -> None:

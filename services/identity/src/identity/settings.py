@@ -34,10 +34,16 @@ class Settings(ServiceSettings):
     # How often each replica re-reads the keys (a rotation is done by a separate command).
     identity_key_reload_seconds: float = 30.0
 
-    # Sign-in throttling: failures allowed per window, per account and per client IP.
-    identity_signin_window_seconds: int = 900
+    # Sign-in throttling (identity.throttle; the model is in the README): failures within the
+    # window allowed per source of an account (known device, usual address, anywhere else) and
+    # per address across accounts; after them each attempt waits base * 2^n seconds, at most max.
+    identity_signin_window_seconds: int = 24 * 3600
     identity_signin_max_failures_account: int = 5
     identity_signin_max_failures_ip: int = 30
+    identity_signin_base_delay_seconds: float = 30.0
+    identity_signin_max_delay_seconds: float = 900.0
+    identity_signin_usual_address_days: int = 30
+    identity_signin_device_days: int = 180
     # Seconds to wait for each back-channel logout delivery; failed ones are retried with
     # exponential backoff (base * 2^n, at most an hour) up to max attempts, checked every poll.
     identity_backchannel_timeout_seconds: float = 3.0
