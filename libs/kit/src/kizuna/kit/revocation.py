@@ -67,12 +67,17 @@ class RevocationFeed:
         *,
         lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS,
         retry_seconds: float = 1.0,
+        catch_up_seconds: float = 5.0,
     ) -> None:
         self.js = js
         self.deny_list = deny_list
         self.lookback = lookback_seconds
         self.retry = retry_seconds
-        self.applied = 0
+        self.catch_up = catch_up_seconds
+        self.applied = 0  # revocation events received (decodable or not)
+        # How many past revocations the consumer had to deliver when it was created.
+        self.backlog = 0
+        self._caught_up = asyncio.Event()
         self._sub: object | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -82,9 +87,19 @@ class RevocationFeed:
 
     async def start(self) -> None:
         """Subscribe now if identity's stream exists, else keep trying in the background (until
-        the stream exists there is nothing to revoke)."""
+        the stream exists there is nothing to revoke). Returns once the revocations of the last
+        `lookback_seconds` are in the deny-list (or after `catch_up_seconds`, with a warning), so
+        a process that starts does not serve a token revoked before it started."""
         if not await self._try_subscribe():
             self._task = asyncio.create_task(self._keep_trying(), name="revocation-feed")
+            return
+        try:
+            await asyncio.wait_for(self._caught_up.wait(), self.catch_up)
+        except TimeoutError:
+            log.warning(
+                "revocation feed still catching up; serving meanwhile",
+                extra={"applied": self.applied, "backlog": self.backlog},
+            )
 
     async def _try_subscribe(self) -> bool:
         # An ephemeral push consumer, named so that the broker can allow exactly this filter
@@ -107,12 +122,15 @@ class RevocationFeed:
             num_replicas=1,
         )
         try:
-            await self.js.add_consumer(IDENTITY_STREAM, config)
+            info = await self.js.add_consumer(IDENTITY_STREAM, config)
         except (nats.js.errors.NotFoundError, nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
             await sub.unsubscribe()
             log.info("revocation feed waiting for identity's stream", extra={"error": type(exc).__name__})
             return False
         self._sub = sub
+        self.backlog = int(info.num_pending or 0)
+        if self.applied >= self.backlog:
+            self._caught_up.set()
         return True
 
     async def _keep_trying(self) -> None:
@@ -122,6 +140,9 @@ class RevocationFeed:
                 return
 
     async def _on_message(self, msg: Msg) -> None:
+        self.applied += 1
+        if self._sub is not None and self.applied >= self.backlog:
+            self._caught_up.set()
         event = events_pb2.AccessRevoked()
         try:
             event.ParseFromString(msg.data)
@@ -129,7 +150,6 @@ class RevocationFeed:
             log.error("undecodable revocation event ignored", extra={"subject": msg.subject})
             return
         apply(self.deny_list, event, lookback_seconds=self.lookback)
-        self.applied += 1
 
     async def stop(self) -> None:
         if self._task is not None:
