@@ -21,6 +21,7 @@ from points.service import service
 from points.store import Ledger, Member
 
 MEMBERS = ["a", "b"]
+LIMITS = store.Limits(max_credit_points=10**6, max_purchase_minor=10**10, daily_budget=lambda service: 10**12)
 _migrated: set[str] = set()
 
 operation = st.one_of(
@@ -77,6 +78,7 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                             expires_at=e,
                             key="",
                             regular_expiry_months=1,
+                            limits=LIMITS,
                         )
 
                     done = await ledger.execute(
@@ -109,6 +111,7 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                             key=request.idempotency_key,
                             rules=rules,
                             regular_expiry_months=1,
+                            limits=LIMITS,
                         ),
                     )
                     credits += [e for e in (earned.entry_id, earned.bonus_entry_id) if e]
