@@ -486,7 +486,7 @@ async def account_password(
     request: Request, current_password: str = Form(""), new_password: str = Form(""), csrf_token: str = Form("")
 ) -> Response:
     from identity import backchannel
-    from identity.logout import end_other_sessions_in
+    from identity.session_end import end_other_sessions_in
 
     op = await _account_post(request, csrf_token)
     if not isinstance(op, OpSession):
@@ -515,7 +515,7 @@ async def account_password(
 
 @router.post("/account/sessions/{sid}/end")
 async def account_end_session(request: Request, sid: str, csrf_token: str = Form("")) -> Response:
-    from identity.logout import end_sessions
+    from identity.session_end import end_sessions
 
     op = await _account_post(request, csrf_token)
     if not isinstance(op, OpSession):
@@ -530,7 +530,7 @@ async def account_end_session(request: Request, sid: str, csrf_token: str = Form
 
 @router.post("/account/sessions/end-all")
 async def account_end_all(request: Request, csrf_token: str = Form("")) -> Response:
-    from identity.logout import end_sessions
+    from identity.session_end import end_sessions
 
     op = await _account_post(request, csrf_token)
     if not isinstance(op, OpSession):

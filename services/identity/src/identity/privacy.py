@@ -40,7 +40,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from identity import members
 from identity.clients import Consent
-from identity.logout import end_member_everywhere
+from identity.session_end import end_member_everywhere
 from identity.sessions import OpSession, SignInAttempt
 from identity.settings import Settings
 from identity.tokens import Grant, publish_revocation
