@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import nats.errors
@@ -385,3 +387,95 @@ async def test_a_durable_consumer_from_an_older_release_follows_its_new_subjects
     finally:
         await nc.close()
         await db.dispose()
+
+
+def _certificates(directory: Path) -> dict[str, str]:
+    """A private CA and a server certificate for 127.0.0.1 signed by it (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def build(subject: str, key: Any, issuer: str, signer: Any, *, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+            )
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    ca = build("kizuna test CA", ca_key, "kizuna test CA", ca_key, ca=True)
+    server = build("nats", server_key, "kizuna test CA", ca_key, ca=False)
+    files = {"ca_file": directory / "ca.pem", "cert_file": directory / "server.pem", "key_file": directory / "key.pem"}
+    files["ca_file"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files["cert_file"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    files["key_file"].write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return {name: str(path) for name, path in files.items()}
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[int, dict[str, str], dict[str, str]]]:
+    """nats-server with TLS on its client port and the services' users: (port, PEM files, passwords)."""
+    from kizuna.kit.testing import end_process, spawn, wait_for_port
+
+    files = _certificates(tmp_path)
+    port = free_port()
+    passwords = natsauth.generate_passwords(d.name for d in DECLARATIONS)
+    config = natsauth.write_server_config(
+        tmp_path / "nats.conf",
+        DECLARATIONS,
+        passwords,
+        port=port,
+        store_dir=tmp_path / "js",
+        tls={"cert_file": files["cert_file"], "key_file": files["key_file"]},
+    )
+    process = spawn([nats_server_binary(), "-c", str(config)], stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port)
+        yield port, files, passwords
+    finally:
+        end_process(process)
+
+
+async def test_a_service_reaches_nats_over_tls_verified_against_its_ca(
+    tls_server: tuple[int, dict[str, str], dict[str, str]],
+) -> None:
+    port, files, passwords = tls_server
+    url = f"tls://127.0.0.1:{port}"
+    nc = await nats.connect(
+        **natsauth.connect_options("shop", url, "shop", passwords["shop"], tls_ca_file=files["ca_file"]),
+        allow_reconnect=False,
+    )
+    try:
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name="SHOP", subjects=["shop.>"]))
+        assert (await js.publish("shop.purchase.paid", b"over tls")).seq == 1
+    finally:
+        await nc.close()
+    # Without the CA the server's certificate is not trusted, and nothing goes in clear text.
+    for options in (
+        natsauth.connect_options("shop", url, "shop", passwords["shop"]),
+        natsauth.connect_options("shop", f"nats://127.0.0.1:{port}", "shop", passwords["shop"]),
+    ):
+        with pytest.raises((nats.errors.Error, OSError, ssl.SSLError)):
+            await nats.connect(**options, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import ssl
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -166,9 +167,14 @@ def server_config(
     port: int = 4222,
     store_dir: Path | None = None,
     superuser_password: str | None = None,
+    tls: Mapping[str, Any] | None = None,
 ) -> str:
-    """A whole single-server configuration: listener, JetStream store, and the users."""
+    """A whole single-server configuration: listener, JetStream store, the users, and TLS on the
+    client port when `tls` is given (`cert_file`, `key_file`, and `ca_file` + `verify: true` to
+    require client certificates)."""
     lines = [f"listen: {json.dumps(f'{host}:{port}')}"]
+    if tls:
+        lines.append("tls " + json.dumps(dict(tls), sort_keys=True))
     if store_dir is not None:
         lines.append(f"jetstream {{\n  store_dir: {json.dumps(str(store_dir))}\n}}")
     else:
@@ -210,24 +216,42 @@ def write_server_config(
     port: int = 4222,
     store_dir: Path | None = None,
     superuser_password: str | None = None,
+    tls: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `server_config(...)` to `path` (0600: it holds the passwords)."""
     text = server_config(
-        decls, passwords, host=host, port=port, store_dir=store_dir, superuser_password=superuser_password
+        decls, passwords, host=host, port=port, store_dir=store_dir, superuser_password=superuser_password, tls=tls
     )
     write_private(path, text)
     return path
 
 
-def connect_options(service: str, url: str, user: str = "", password: str = "") -> dict[str, Any]:
+def connect_options(
+    service: str,
+    url: str,
+    user: str = "",
+    password: str = "",
+    *,
+    tls_ca_file: str = "",
+    tls_cert_file: str = "",
+    tls_key_file: str = "",
+) -> dict[str, Any]:
     """`nats.connect` options for a service: its servers, its own user (credentials in the URL are
-    dropped then, so a service never connects as anyone else) and its private inbox prefix."""
+    dropped then, so a service never connects as anyone else), its private inbox prefix, and TLS
+    when a CA (the server's certificate is verified against it, hostname included) or a client
+    certificate is given."""
     servers = [part.strip() for part in url.split(",") if part.strip()]
     options: dict[str, Any] = {"servers": servers, "inbox_prefix": inbox_prefix(service)}
     if user:
         options["servers"] = [_without_credentials(server) for server in servers]
         options["user"] = user
         options["password"] = password
+    if tls_ca_file or tls_cert_file:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls_ca_file or None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if tls_cert_file:
+            context.load_cert_chain(tls_cert_file, tls_key_file or None)
+        options["tls"] = context
     return options
 
 
