@@ -362,7 +362,13 @@ class Service(Generic[S]):
             try:
                 return await nats.connect(
                     **natsauth.connect_options(
-                        self.name, settings.nats_url, settings.nats_user, settings.nats_password.get_secret_value()
+                        self.name,
+                        settings.nats_url,
+                        settings.nats_user,
+                        settings.nats_password.get_secret_value(),
+                        tls_ca_file=settings.nats_tls_ca_file,
+                        tls_cert_file=settings.nats_tls_cert_file,
+                        tls_key_file=settings.nats_tls_key_file,
                     ),
                     name=self.name,
                     max_reconnect_attempts=-1,

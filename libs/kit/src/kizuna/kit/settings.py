@@ -24,6 +24,11 @@ class ServiceSettings(BaseSettings):
     # Secret); the broker enforces what it may publish and read. Empty: none, or in NATS_URL.
     nats_user: str = ""
     nats_password: SecretStr = SecretStr("")
+    # TLS to NATS: the CA that signed the server's certificate (verified, hostname included), and a
+    # client certificate and key when the server verifies clients. Empty: plain TCP (local runs).
+    nats_tls_ca_file: str = ""
+    nats_tls_cert_file: str = ""
+    nats_tls_key_file: str = ""
     kizuna_issuer: str
     kizuna_audience: str = "kizuna"
     kizuna_client_id: str = ""
