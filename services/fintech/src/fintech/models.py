@@ -10,10 +10,10 @@ row, locked and updated in the same transaction as the postings that move it.
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
 
 from kizuna.kit.db import UTCDateTime
-from sqlalchemy import JSON, BigInteger, Column, Date, Index, Integer, String, Text
+from kizuna.kit.idempotency import IdempotencyRecordBase
+from sqlalchemy import BigInteger, Column, Date, Index, Integer, String, Text
 from sqlmodel import Field, SQLModel
 
 
@@ -176,13 +176,7 @@ class Holding(SQLModel, table=True):
     cost_minor: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
-class IdempotencyRecord(SQLModel, table=True):
+class IdempotencyRecord(IdempotencyRecordBase, table=True):
     """The first outcome (result or error) of a keyed request, replayed for its retries."""
 
     __tablename__ = "fintech_idempotency"
-
-    scope: str = Field(sa_column=Column(String(160), primary_key=True))
-    key: str = Field(sa_column=Column(String(200), primary_key=True))
-    fingerprint: str = Field(sa_column=Column(String(64), nullable=False))
-    outcome: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))

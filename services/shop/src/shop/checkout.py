@@ -12,16 +12,15 @@ compensates the rest.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from kizuna.kit import errors
+from kizuna.kit import idempotency
 from kizuna.kit.clock import Clock
 from kizuna.kit.db import Database
-from kizuna.kit.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, NotFound
+from kizuna.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
 from kizuna.kit.payments import PaymentsClient
 from kizuna.kit.points import PointsClient
 from sqlalchemy import update
@@ -48,18 +47,15 @@ class OutOfStock(FailedPrecondition):
     code = "out_of_stock"
 
 
-_ERROR_TYPES: dict[str, type[DomainError]] = {c.code: c for c in (CardDeclined, OutOfStock)}
-
-
 def _remembered(checkout: Checkout) -> DomainError:
     """The error a failed checkout ended with, raised again for a retry with its key."""
-    by_code = {c.code: c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, DomainError)}
-    cls = _ERROR_TYPES.get(checkout.error_code or "") or by_code.get(checkout.error_code or "", FailedPrecondition)
-    return cls(checkout.error_message or "checkout failed")
+    remembered = {"error": checkout.error_code, "message": checkout.error_message or "checkout failed"}
+    return idempotency.refusal(remembered, known=(CardDeclined, OutOfStock))
 
 
-def fingerprint(merchant_id: str, points: int) -> str:
-    return hashlib.sha256(json.dumps([merchant_id, points]).encode()).hexdigest()
+def _request(merchant_id: str, points: int) -> dict[str, Any]:
+    """What a checkout asks for, without its key (its idempotency fingerprint)."""
+    return {"merchant_id": merchant_id, "points": points}
 
 
 @dataclass
@@ -76,9 +72,7 @@ class CheckoutSaga:
         self, *, member_id: str, member_token: str, merchant_id: str | None, points: int, idempotency_key: str
     ) -> Checkout:
         """Pay for the cart's products of one merchant with `points` and the card; returns the checkout."""
-        key = idempotency_key.strip()
-        if not key or len(key) > 200:
-            raise InvalidArgument("idempotency_key must be 1 to 200 characters")
+        key = idempotency.check_key(idempotency_key)
         if points < 0:
             raise InvalidArgument(f"points must not be negative (got {points})")
         previous = await self._previous(member_id, key, merchant_id, points)
@@ -104,8 +98,9 @@ class CheckoutSaga:
         return None if found is None else await self._replay(found, merchant_id, points)
 
     async def _replay(self, found: Checkout, merchant_id: str | None, points: int) -> Checkout:
-        if found.request_fingerprint != fingerprint(merchant_id or found.merchant_id, points):
-            raise AlreadyExists("this idempotency_key was used for a different checkout")
+        idempotency.ensure_same(
+            found.request_fingerprint, _request(merchant_id or found.merchant_id, points), found.idempotency_key
+        )
         if found.state == FAILED:
             raise _remembered(found)
         return found
@@ -152,7 +147,7 @@ class CheckoutSaga:
             member_id=member_id,
             merchant_id=merchant.id,
             idempotency_key=key,
-            request_fingerprint=fingerprint(merchant.id, points),
+            request_fingerprint=idempotency.fingerprint(_request(merchant.id, points)),
             order_id=new_id("ord"),
             state=STARTED,
             lines=[
