@@ -293,14 +293,9 @@ async def _net_is(w: ShopWorld, member: str, net: int) -> bool:
 
 async def _bonus_entries(w: ShopWorld, member: str, order: str) -> list[ppb.Entry]:
     """The member's ledger entries crediting the merchant's campaign bonus on `order`, as points shows them."""
-    response = await w.peers.points.ListEntries(
-        ppb.ListEntriesRequest(member_id=member),
-        metadata=call_metadata(w.issuer.service_token("shop", "points:read")),
-        timeout=5,
-    )
     return [
         e
-        for e in response.entries
+        for e in await w.entries(member)
         if e.source_ref == order and e.amount > 0 and e.explanation.startswith("Merchant campaign bonus")
     ]
 

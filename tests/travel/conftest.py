@@ -28,7 +28,7 @@ async def travel(nats_url: str, database_url: str, test_issuer: Any) -> AsyncIte
     try:
         settings = travel_settings(nats_url, database_url, test_issuer.issuer, address, address)
         async with travel_service.running(settings) as runtime:
-            runtime.state["bookings"].clock = clock
+            runtime.clock = clock
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{runtime.http_port}", timeout=30) as http:
                 yield TravelEnv(runtime, http, test_issuer, points, cards, clock)
     finally:

@@ -140,8 +140,8 @@ async def test_recovery_undoes_a_saga_that_stopped_after_reserving_points(travel
 
     request = booking_request(BookingCreate(**body))
     bookings = travel.bookings
-    stay = validate_stay(request.check_in, request.check_out, 2, now=bookings.clock(), max_nights=14)
-    held = await bookings._hold("mbr_crash", request, stay, bookings.clock())
+    stay = validate_stay(request.check_in, request.check_out, 2, now=bookings.clock.now(), max_nights=14)
+    held = await bookings._hold("mbr_crash", request, stay, bookings.clock.now())
     rid = await bookings.payments.reserve_points(
         member_id="mbr_crash", amount=1_000, booking_id=held.id, reason="x", ttl_seconds=900, member_token=token
     )
@@ -149,7 +149,7 @@ async def test_recovery_undoes_a_saga_that_stopped_after_reserving_points(travel
     assert travel.points.balances["mbr_crash"] == 0
 
     assert await bookings.recover_stuck() == 0  # not stuck yet
-    travel.clock.at = bookings.clock() + timedelta(minutes=5)
+    travel.clock.at = bookings.clock.now() + timedelta(minutes=5)
     assert await bookings.recover_stuck() == 1
 
     assert (await bookings.get(held.id)).status == "failed"
@@ -164,8 +164,8 @@ async def test_recovery_confirms_a_saga_that_stopped_after_capturing(travel: Tra
 
     bookings = travel.bookings
     request = booking_request(BookingCreate(**booking_body(key="almost")))
-    stay = validate_stay(request.check_in, request.check_out, 2, now=bookings.clock(), max_nights=14)
-    held = await bookings._hold("mbr_almost", request, stay, bookings.clock())
+    stay = validate_stay(request.check_in, request.check_out, 2, now=bookings.clock.now(), max_nights=14)
+    held = await bookings._hold("mbr_almost", request, stay, bookings.clock.now())
     auth = await bookings.payments.authorize_card(
         member_id="mbr_almost",
         amount_minor=held.card_amount_minor,
@@ -177,7 +177,7 @@ async def test_recovery_confirms_a_saga_that_stopped_after_capturing(travel: Tra
     await bookings._record(
         held.id, expect_step="held", step="captured", card_authorization_id=auth.authorization_id, card_capture_id="cap"
     )
-    travel.clock.at = bookings.clock() + timedelta(minutes=5)
+    travel.clock.at = bookings.clock.now() + timedelta(minutes=5)
 
     await bookings.recover_stuck()
 

@@ -1,26 +1,23 @@
-"""Travel against the REAL points and fintech services, each a `python -m <svc>` process, over gRPC
-and NATS, with tokens from the test issuer: the last-room race, cancellation refunds of card and
-points (before and after the free-cancellation deadline), and points earned exactly once for a
-completed stay."""
+"""Travel against the REAL points and fintech services (the kit's `ecosystem` fixture: each a
+`python -m <svc>` process for the module), over gRPC and NATS, with tokens from the test issuer:
+the last-room race, cancellation refunds of card and points (before and after the
+free-cancellation deadline), and points earned exactly once for a completed stay."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-import grpc
 import httpx
 import nats
 import pytest
-from kizuna.identity.v1 import events_pb2 as identity_events
-from kizuna.kit.auth import call_metadata
 from kizuna.kit.events import OutboxMessage
 from kizuna.kit.telemetry import configure_telemetry
-from kizuna.points.v1 import points_pb2, points_pb2_grpc
+from kizuna.kit.testing_stack import Ecosystem
+from kizuna.points.v1 import points_pb2
 from sqlmodel import select
 from travel.service import service as travel_service
 from travel.stay import HOTEL_TZ
@@ -31,7 +28,6 @@ from travel_support import (
     Clock,
     booking_body,
     days_ahead,
-    reset_streams,
     travel_settings,
     wait_until,
 )
@@ -43,81 +39,26 @@ ROOM = "htl_kyoto_gion_machiya.standard_double"
 class RealEnv:
     travel: Any  # Runtime
     http: httpx.AsyncClient
-    fintech: httpx.AsyncClient
-    points: points_pb2_grpc.PointsServiceStub
-    issuer: Any
-    nats_url: str
+    ecosystem: Ecosystem
     clock: Clock
 
-    def headers(self, member_id: str) -> dict[str, str]:
-        token = self.issuer.member_token(member_id, scope=f"{MEMBER_SCOPES} fintech:read")
-        return {"authorization": f"Bearer {token}"}
+    @property
+    def nats_url(self) -> str:
+        return self.ecosystem.nats_url
 
-    async def announce(self, member: str) -> None:
-        """Publish identity.member.registered, as identity does when a member signs up."""
-        nc = await nats.connect(self.nats_url)
-        event_id = f"evt_{uuid.uuid4().hex}"
-        await nc.jetstream().publish(
-            "identity.member.registered",
-            identity_events.MemberRegistered(member_id=member).SerializeToString(),
-            headers={"Nats-Msg-Id": event_id, "ce-id": event_id, "ce-subject": member},
-        )
-        await nc.close()
+    def headers(self, member_id: str) -> dict[str, str]:
+        token = self.ecosystem.issuer.member_token(member_id, scope=f"{MEMBER_SCOPES} fintech:read")
+        return {"authorization": f"Bearer {token}"}
 
     async def new_member(self, points: int) -> str:
         """Registered at points (as identity would announce it), with points and a card."""
-        member = f"mbr_{uuid.uuid4().hex[:12]}"
-        await self.announce(member)
-        attempts = 0
-
-        async def credit() -> bool:
-            # Points remembers a rejection under its key (a retry cannot turn it into a success),
-            # so each attempt while the registration is on its way needs a key of its own.
-            nonlocal attempts
-            attempts += 1
-            try:
-                await self.points.Credit(
-                    points_pb2.CreditRequest(
-                        member_id=member,
-                        amount=points,
-                        kind=points_pb2.CREDIT_KIND_REGULAR,
-                        reason="welcome",
-                        source_service="test",
-                        idempotency_key=f"welcome-{member}-{attempts}",
-                    ),
-                    metadata=call_metadata(self.issuer.service_token("test", "points:credit")),
-                    timeout=5,
-                )
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND:  # the registration is still on its way
-                    return False
-                raise
-            return True
-
-        if points:
-            await wait_until(credit, timeout=30)
-        resp = await self.fintech.post(
-            "/api/card/apply",
-            json={"annual_income_minor": 6_000_000, "idempotency_key": uuid.uuid4().hex},
-            headers=self.headers(member),
-        )
-        assert resp.status_code == 201, resp.text
-        return member
+        return (await self.ecosystem.member(points=points, card=True, income_minor=6_000_000)).id
 
     async def balance(self, member: str) -> points_pb2.GetBalanceResponse:
-        return await self.points.GetBalance(
-            points_pb2.GetBalanceRequest(member_id=member),
-            timeout=5,
-            metadata=call_metadata(self.issuer.service_token("test", "points:read")),
-        )
+        return await self.ecosystem.balance(member)
 
     async def entries(self, member: str) -> list[points_pb2.Entry]:
-        resp = await self.points.ListEntries(
-            points_pb2.ListEntriesRequest(member_id=member),
-            timeout=5,
-            metadata=call_metadata(self.issuer.service_token("test", "points:read")),
-        )
-        return list(resp.entries)
+        return await self.ecosystem.entries(member)
 
     async def spent_on_travel(self, member: str) -> int:
         """Points the member has spent at travel, net of refunds (the card's own earning aside)."""
@@ -138,9 +79,7 @@ class RealEnv:
         )
 
     async def card_available(self, member: str) -> int:
-        resp = await self.fintech.get("/api/card", headers=self.headers(member))
-        assert resp.status_code == 200, resp.text
-        return int(resp.json()["available_minor"])
+        return int((await self.ecosystem.card(member))["available_minor"])
 
     async def nights(self, check_in: Any, check_out: Any) -> list[tuple[int, int, int]]:
         from sqlalchemy import text
@@ -156,41 +95,26 @@ class RealEnv:
             return [tuple(r) for r in rows.all()]
 
 
+@pytest.fixture(scope="module")
+def ecosystem_env() -> dict[str, dict[str, str]]:
+    # No bonus for using several services: how much a stay earns then does not depend on whether
+    # points reads fintech's or travel's stream first (services/points tests the bonus).
+    return {"points": {"EARN_BONUS_BP_PER_SERVICE": "0"}}
+
+
 @pytest.fixture
-async def real(service_process: Any, test_issuer: Any, nats_url: str, database_url: str) -> AsyncIterator[RealEnv]:
+async def real(ecosystem: Ecosystem, database_url: str) -> AsyncIterator[RealEnv]:
+    """Travel in this process on a fresh database, paying through the module's real points and fintech."""
     configure_telemetry("travel")
-    await reset_streams(nats_url, "TRAVEL", "POINTS", "FINTECH", "IDENTITY")
-    test_issuer.register_client("travel", TRAVEL_SECRET, TRAVEL_SCOPES)
-    test_issuer.register_client("points", "points-secret", "points:read")
-    test_issuer.register_client("fintech", "fintech-secret", "points:spend points:read points:credit")
-    common = {"KIZUNA_ISSUER": test_issuer.issuer, "OUTBOX_POLL_SECONDS": "0.2"}
-    points_proc, fintech_proc = await asyncio.gather(
-        asyncio.to_thread(
-            service_process,
-            "points",
-            # No bonus for using several services: how much a stay earns then does not depend on
-            # whether points reads fintech's or travel's stream first (services/points tests the bonus).
-            {**common, "KIZUNA_CLIENT_SECRET": "points-secret", "EARN_BONUS_BP_PER_SERVICE": "0"},
-            wait=False,
-        ),
-        asyncio.to_thread(service_process, "fintech", {**common, "KIZUNA_CLIENT_SECRET": "fintech-secret"}, wait=False),
-    )
-    # Generous: two real processes migrating and starting on a busy 2-core machine.
-    await asyncio.gather(asyncio.to_thread(points_proc.wait_ready, 90), asyncio.to_thread(fintech_proc.wait_ready, 90))
+    ecosystem.issuer.register_client("travel", TRAVEL_SECRET, TRAVEL_SCOPES)
     settings = travel_settings(
-        nats_url, database_url, test_issuer.issuer, points_proc.grpc_address, fintech_proc.grpc_address
+        ecosystem.nats_url, database_url, ecosystem.issuer.issuer, ecosystem.points_addr, ecosystem.fintech_addr
     )
     clock = Clock()
     async with travel_service.running(settings) as runtime:
-        runtime.state["bookings"].clock = clock
-        async with (
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{runtime.http_port}", timeout=30) as http,
-            httpx.AsyncClient(base_url=fintech_proc.url, timeout=30) as fintech,
-            grpc.aio.insecure_channel(points_proc.grpc_address) as channel,
-        ):
-            yield RealEnv(
-                runtime, http, fintech, points_pb2_grpc.PointsServiceStub(channel), test_issuer, nats_url, clock
-            )
+        runtime.clock = clock
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{runtime.http_port}", timeout=30) as http:
+            yield RealEnv(runtime, http, ecosystem, clock)
 
 
 async def test_last_room_race_with_real_points_and_fintech(real: RealEnv) -> None:
@@ -298,8 +222,8 @@ async def test_a_completed_stay_earns_points_exactly_once(real: RealEnv) -> None
     booking_id = resp.json()["booking_id"]
     real.clock.at = datetime.combine(days_ahead(12), time(12), HOTEL_TZ).astimezone(UTC)
 
-    assert await real.travel.state["bookings"].complete_stays() == 1
-    assert await real.travel.state["bookings"].complete_stays() == 0
+    assert await real.travel.context.complete_stays() == 1
+    assert await real.travel.context.complete_stays() == 0
 
     async def travel_credits() -> list[points_pb2.Entry]:
         return [

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import nats
+from kizuna.kit.clock import Clock as KitClock
 from kizuna.kit.service import Runtime
 from kizuna.kit.testing import reset_streams, wait_until  # noqa: F401 (re-exported)
 from sqlalchemy import text
@@ -23,13 +24,13 @@ CATALOGUE_DAYS = 20
 MEMBER_SCOPES = "points:read points:spend fintech:pay travel:read travel:book"
 
 
-class Clock:
-    """A settable clock for the booking rules (deadlines, check-out, 'today')."""
+class Clock(KitClock):
+    """A settable clock for the booking rules (deadlines, check-out, 'today'): the real time until `at` is set."""
 
     def __init__(self) -> None:
         self.at: datetime | None = None
 
-    def __call__(self) -> datetime:
+    def now(self) -> datetime:
         return self.at or datetime.now(UTC)
 
 
@@ -67,8 +68,7 @@ class TravelEnv:
 
     @property
     def bookings(self) -> Bookings:
-        bookings: Bookings = self.runtime.state["bookings"]
-        return bookings
+        return self.runtime.context_as(Bookings)
 
     def member(self, member_id: str, *, points: int = 0, credit: int | None = 1_000_000) -> dict[str, str]:
         """A member with points and (unless credit is None) a card; returns their auth header."""

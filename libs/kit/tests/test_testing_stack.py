@@ -14,7 +14,7 @@ SCOPES = "points:read points:spend fintech:pay"
 
 async def test_a_member_pays_with_points_and_card_through_the_kit_clients(ecosystem: Ecosystem) -> None:
     member = await ecosystem.member(points=800, card=True)
-    assert await ecosystem.balance(member.id) == 800
+    assert (await ecosystem.balance(member.id)).total == 800
     limit = (await ecosystem.card(member.id))["available_minor"]
     assert limit >= 100_000
 
@@ -31,7 +31,7 @@ async def test_a_member_pays_with_points_and_card_through_the_kit_clients(ecosys
         assert auth.approved
         await points.capture(reservation, "b1:capture-points")
         await cards.capture(auth.authorization_id, "b1:capture-card")
-        assert await ecosystem.balance(member.id) == 500
+        assert (await ecosystem.balance(member.id)).total == 500
         card = await ecosystem.card(member.id)
         assert (card["available_minor"], card["owed_minor"]) == (limit - 1700, 1700)
         # The consent is the member's own: a token without fintech:pay does not let the service charge.
@@ -51,7 +51,7 @@ async def test_a_member_pays_with_points_and_card_through_the_kit_clients(ecosys
 
 async def test_a_member_without_points_or_card(ecosystem: Ecosystem) -> None:
     member = await ecosystem.member(card=False)
-    assert await ecosystem.balance(member.id) == 0
+    assert (await ecosystem.balance(member.id)).total == 0
     with pytest.raises(AssertionError, match="404"):
         await ecosystem.card(member.id)
 

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+from identity.context import identity_of
 from identity.provider import Provider
 from identity.service import service
 from identity.settings import Settings
@@ -104,7 +105,7 @@ class Idp:
 
     @property
     def provider(self) -> Provider:
-        return self.runtime.state["provider"]  # type: ignore[no-any-return]
+        return identity_of(self.runtime).provider
 
     def browser(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.issuer, follow_redirects=False, timeout=10)

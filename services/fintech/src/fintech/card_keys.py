@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import Any
 
 from fintech.settings import Settings
 
@@ -45,8 +44,3 @@ def card_token_key(settings: Settings) -> str:
     if len(key) < MIN_LENGTH:
         raise CardTokenKeyMissingError(f"{path} holds no usable card-token key; delete it to generate a new one")
     return key
-
-
-async def load_card_token_key(runtime: Any) -> None:
-    """`on_start`: resolve the key once (fails the start with a message naming CARD_TOKEN_KEY)."""
-    runtime.state["card_token_key"] = card_token_key(runtime.settings)

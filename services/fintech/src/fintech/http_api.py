@@ -14,7 +14,6 @@ from fintech import bank, cards, ledger, payments, securities, statements
 from fintech.cards import MerchantRef
 from fintech.context import Fintech, fintech_of
 from fintech.idempotency import run_once
-from fintech.points_client import points_client
 
 router = APIRouter()
 
@@ -122,7 +121,7 @@ async def pay_statement(
     points:spend when points are used: it is passed to the points service as their consent)."""
     return await payments.pay(
         ctx,
-        points_client(request.app.state.runtime),
+        fintech_of(request.app.state.runtime).points,
         member_id=_member_id(member),
         member_token=member.token,
         purpose="card_bill",
@@ -227,7 +226,7 @@ async def buy_fund(fund_id: str, body: PaymentIn, member: Payer, ctx: FintechDep
     """Buy units for bank_minor of cash and/or points (one point pays one yen)."""
     return await payments.pay(
         ctx,
-        points_client(request.app.state.runtime),
+        fintech_of(request.app.state.runtime).points,
         member_id=_member_id(member),
         member_token=member.token,
         purpose="fund_buy",

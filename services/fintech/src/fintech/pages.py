@@ -21,7 +21,6 @@ from kizuna.kit.web.wording import for_member
 from fintech import bank, cards, ledger, payments, securities, statements
 from fintech.context import Fintech, fintech_of
 from fintech.idempotency import run_once
-from fintech.points_client import points_client
 
 router = APIRouter(include_in_schema=False)
 templates = page_templates(Path(__file__).parent / "templates", service="fintech")
@@ -117,7 +116,7 @@ async def pay_page(
     try:
         await payments.pay(
             ctx,
-            points_client(request.app.state.runtime),
+            fintech_of(request.app.state.runtime).points,
             member_id=member.member_id,
             member_token=await member.access_token(),
             purpose="card_bill",
@@ -216,7 +215,7 @@ async def buy_page(
     try:
         await payments.pay(
             ctx,
-            points_client(request.app.state.runtime),
+            fintech_of(request.app.state.runtime).points,
             member_id=member.member_id,
             member_token=await member.access_token(),
             purpose="fund_buy",

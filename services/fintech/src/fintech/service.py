@@ -2,22 +2,16 @@
 and securities for members (REST + pages), partner merchants (REST), events through the outbox."""
 
 import json
-from typing import Any
 
 from fastapi import APIRouter
 from kizuna.fintech.v1 import fintech_pb2_grpc
 from kizuna.kit.db import run_in_session
 from kizuna.kit.privacy import Privacy
-from kizuna.kit.service import Runtime, Service
+from kizuna.kit.service import Service
 
 from fintech import bank, grpc_api, http_api, ledger, member_data, pages, securities, statements, sweeper
-from fintech.card_keys import load_card_token_key
-from fintech.points_client import points_client
+from fintech.context import fintech_context
 from fintech.settings import Settings
-
-
-async def close_points_channel(runtime: Runtime[Any]) -> None:
-    await points_client(runtime).close()
 
 
 def audit_command(settings: Settings, _args: list[str]) -> int:
@@ -40,8 +34,8 @@ service = Service(
     grpc=[(fintech_pb2_grpc.add_PaymentsServiceServicer_to_server, grpc_api.PaymentsApi)],
     consumers=bank.consumers,
     jobs=[statements.statement_job, sweeper.sweeper_job],
-    on_start=[load_card_token_key, securities.seed_funds],
-    on_stop=[close_points_channel],
+    context=fintech_context,
+    on_start=[securities.seed_funds],
     commands={"audit": audit_command},
     web_sign_in_scopes=PAGE_SCOPES,
     privacy=Privacy(export=member_data.export, erase=member_data.erase),

@@ -24,7 +24,6 @@ from sqlmodel import col, select
 from fintech import cards, payments, securities, statements
 from fintech.context import Fintech, fintech_of
 from fintech.models import PointsPayment
-from fintech.points_client import points_client
 
 log = logging.getLogger("fintech.sweeper")
 
@@ -89,7 +88,7 @@ async def expire_holds(ctx: Fintech) -> int:
 async def sweep(runtime: Any) -> dict[str, int]:
     """One full pass (the job's body; tests call it directly)."""
     ctx = fintech_of(runtime)
-    outcome = await sweep_payments(ctx, points_client(runtime))
+    outcome = await sweep_payments(ctx, ctx.points)
     outcome["holds_expired"] = await expire_holds(ctx)
     return outcome
 

@@ -24,6 +24,7 @@ from pydantic import Field as PydanticField
 from sqlmodel import col, select
 
 from identity.clients import Client, ClientSpec, all_clients, upsert
+from identity.context import identity_of
 from identity.provider import Provider
 from identity.tokens import Grant, revoke_grant
 
@@ -35,7 +36,7 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 
 
 def _provider(request: Request) -> Provider:
-    return request.app.state.runtime.state["provider"]  # type: ignore[no-any-return]
+    return identity_of(request.app.state.runtime).provider
 
 
 async def _admin(request: Request) -> str:

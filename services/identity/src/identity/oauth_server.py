@@ -28,6 +28,7 @@ from kizuna.kit.errors import InvalidArgument
 
 from identity import pages
 from identity.clients import Client, consent_covers, remember_consent
+from identity.context import identity_of
 from identity.provider import Provider
 from identity.tokens import TokenRecord
 
@@ -403,11 +404,11 @@ class Revocation(_TokenLookup, RevocationEndpoint):  # type: ignore[misc]
 
 
 def provider_of(request: Request) -> Provider:
-    return request.app.state.runtime.state["provider"]  # type: ignore[no-any-return]
+    return identity_of(request.app.state.runtime).provider
 
 
 def server_of(request: Request) -> KizunaAuthorizationServer:
-    return request.app.state.runtime.state["oauth_server"]  # type: ignore[no-any-return]
+    return identity_of(request.app.state.runtime).oauth
 
 
 # ---- discovery and JWKS -----------------------------------------------------------------------

@@ -24,6 +24,7 @@ from sqlmodel import col, select
 
 from identity import members, sessions, throttle
 from identity.clients import Client, Consent
+from identity.context import identity_of
 from identity.provider import Provider
 from identity.sessions import OpSession
 from identity.tokens import Grant, live_grants, revoke_grant
@@ -34,7 +35,7 @@ CSRF_COOKIE = "kz_csrf"
 
 
 def provider_of(request: Request) -> Provider:
-    return request.app.state.runtime.state["provider"]  # type: ignore[no-any-return]
+    return identity_of(request.app.state.runtime).provider
 
 
 def client_ip(request: Request) -> str:

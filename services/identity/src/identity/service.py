@@ -23,7 +23,6 @@ from identity import (
     admin_api,
     backchannel,
     cleanup,
-    clients,
     demo,
     grpc_api,
     logout,
@@ -32,7 +31,7 @@ from identity import (
     pages,
     privacy,
 )
-from identity.provider import Provider
+from identity.context import identity_context, identity_of
 from identity.settings import Settings
 
 router = APIRouter()
@@ -40,30 +39,15 @@ for part in (oauth_server.router, logout.router, pages.router, member_header.rou
     router.include_router(part)
 
 
-async def start_provider(runtime: Runtime[Any]) -> None:
-    provider = Provider(runtime.settings, runtime.db)
-    await provider.keys.ensure_signing_key()
-    await clients.register_configured(runtime.db, runtime.settings.kizuna_clients, provider.now(), provider.scopes)
-    runtime.state["provider"] = provider
-    # The kit's flash messages (kizuna.kit.flash) are signed with a key of identity's own.
-    runtime.state["flash_secret"] = provider.csrf_secret
-    runtime.state["oauth_server"] = oauth_server.KizunaAuthorizationServer(provider)
-
-
-async def stop_provider(runtime: Runtime[Any]) -> None:
-    if "provider" in runtime.state:
-        await runtime.state["provider"].close()
-
-
 async def reload_keys(runtime: Runtime[Any]) -> None:
     """Pick up keys another replica or `rotate-keys` added."""
     while True:
         await asyncio.sleep(runtime.settings.identity_key_reload_seconds)
-        await runtime.state["provider"].keys.reload()
+        await identity_of(runtime).provider.keys.reload()
 
 
 async def check_signing_key(runtime: Runtime[Any]) -> None:
-    runtime.state["provider"].keys.signing_key()
+    identity_of(runtime).provider.keys.signing_key()
 
 
 service = Service(
@@ -71,8 +55,7 @@ service = Service(
     settings=Settings,
     http=router,
     grpc=[(identity_pb2_grpc.add_IdentityServiceServicer_to_server, grpc_api.IdentityApi)],
-    on_start=[start_provider],
-    on_stop=[stop_provider],
+    context=identity_context,
     # `<service>.member.erased` from every service that holds member data, one consumer per stream.
     consumers=lambda runtime: privacy.progress_consumers(runtime.settings),
     jobs=[reload_keys, backchannel.retry_deliveries, cleanup.cleanup_job],

@@ -1,17 +1,17 @@
-"""The shop's parts built once per running service (clock, peer clients, saga, lifecycle)."""
+"""The shop's context: its parts built once at start (peer clients, saga, lifecycle), on the runtime's clock."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from kizuna.kit.clock import Clock
+from fastapi import Depends
+from kizuna.kit.clock import Clock, LiveClock
 from kizuna.kit.payments import PaymentsClient
 from kizuna.kit.points import PointsClient
-from kizuna.kit.service import Runtime
+from kizuna.kit.service import Runtime, context_of
 
 from shop.checkout import CheckoutSaga
-from shop.clock import RuntimeClock
 from shop.orders import OrderLifecycle
 from shop.settings import Settings
 
@@ -29,28 +29,32 @@ class Shop:
     def settings(self) -> Settings:
         return self.runtime.settings
 
+    async def aclose(self) -> None:
+        await self.points.close()
+        await self.payments.close()
+
+
+def shop_context(runtime: Runtime[Any]) -> Shop:
+    """`Service(context=...)`: built once at start."""
+    s: Settings = runtime.settings
+    # Read at every call: a test may swap `runtime.clock` (deadlines, auto-completion, stuck transitions).
+    clock = LiveClock(lambda: runtime.clock)
+    tokens, timeout = runtime.service_tokens, s.peer_timeout_seconds
+    points = PointsClient(s.points_addr, tokens, service="shop", timeout=timeout)
+    payments = PaymentsClient(s.fintech_addr, tokens, service="shop", timeout=timeout)
+    return Shop(
+        runtime,
+        clock,
+        points,
+        payments,
+        CheckoutSaga(runtime.db, points, payments, s, clock),
+        OrderLifecycle(runtime.db, points, payments, s, clock),
+    )
+
 
 def shop_of(runtime: Runtime[Any]) -> Shop:
-    if "shop" not in runtime.state:
-        s: Settings = runtime.settings
-        clock = RuntimeClock(runtime)
-        tokens, timeout = runtime.service_tokens, s.peer_timeout_seconds
-        points = PointsClient(s.points_addr, tokens, service="shop", timeout=timeout)
-        payments = PaymentsClient(s.fintech_addr, tokens, service="shop", timeout=timeout)
-        runtime.state["shop"] = Shop(
-            runtime,
-            clock,
-            points,
-            payments,
-            CheckoutSaga(runtime.db, points, payments, s, clock),
-            OrderLifecycle(runtime.db, points, payments, s, clock),
-        )
-    shop: Shop = runtime.state["shop"]
-    return shop
+    """The running shop's context."""
+    return runtime.context_as(Shop)
 
 
-async def close(runtime: Runtime[Any]) -> None:
-    shop: Shop | None = runtime.state.get("shop")
-    if shop is not None:
-        await shop.points.close()
-        await shop.payments.close()
+ShopDep = Annotated[Shop, Depends(context_of(Shop))]

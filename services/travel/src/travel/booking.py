@@ -17,9 +17,6 @@ points (see `stay.split_refund`).
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -27,8 +24,10 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.common.v1 import common_pb2
-from kizuna.kit.db import Database, utcnow
-from kizuna.kit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from kizuna.kit import idempotency
+from kizuna.kit.clock import Clock
+from kizuna.kit.db import Database
+from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from kizuna.kit.events import publish
 from kizuna.kit.points import publish_purchase
 from kizuna.travel.v1 import events_pb2
@@ -41,8 +40,6 @@ from ulid import ULID
 from travel import stay as rules
 from travel.models import Booking, Hotel, NightInventory, RatePlan, RoomType
 from travel.payment import PaymentError, PaymentGateway
-
-Clock = Callable[[], datetime]
 
 PENDING, FAILING, FAILED = "pending", "failing", "failed"
 CONFIRMED, CANCELLING, CANCELLED, COMPLETED = "confirmed", "cancelling", "cancelled", "completed"
@@ -59,9 +56,9 @@ class BookingRequest:
     points: int
     idempotency_key: str
 
-    def fingerprint(self) -> str:
-        body = {k: str(v) for k, v in asdict(self).items() if k != "idempotency_key"}
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    def fields(self) -> dict[str, Any]:
+        """What the request asks for, without its key (its idempotency fingerprint)."""
+        return {k: v for k, v in asdict(self).items() if k != "idempotency_key"}
 
 
 class _SoldOut(Exception):
@@ -98,14 +95,17 @@ class Bookings:
         max_stay_nights: int = 14,
         reservation_ttl_seconds: int = 900,
         stuck_after_seconds: float = 60.0,
-        clock: Clock = utcnow,
+        clock: Clock | None = None,
     ) -> None:
         self.db = db
         self.payments = payments
         self.max_stay_nights = max_stay_nights
         self.reservation_ttl_seconds = reservation_ttl_seconds
         self.stuck_after = timedelta(seconds=stuck_after_seconds)
-        self.clock = clock
+        self.clock = clock or Clock()
+
+    async def aclose(self) -> None:
+        await self.payments.close()
 
     # ---- reading ------------------------------------------------------------------------------
     async def get(self, booking_id: str) -> Booking:
@@ -132,12 +132,11 @@ class Bookings:
         """Hold, pay and confirm; returns the confirmed booking or raises with nothing left behind.
 
         A retry with the same idempotency key returns the first outcome."""
-        if not request.idempotency_key or len(request.idempotency_key) > 200:
-            raise InvalidArgument("idempotency_key is required (at most 200 characters)")
+        idempotency.check_key(request.idempotency_key)
         existing = await self._by_key(member_id, request.idempotency_key)
         if existing is not None:
             return self._replay(existing, request)
-        now = self.clock()
+        now = self.clock.now()
         stay = rules.validate_stay(
             request.check_in, request.check_out, request.guests, now=now, max_nights=self.max_stay_nights
         )
@@ -164,8 +163,7 @@ class Bookings:
             return rows.first()
 
     def _replay(self, booking: Booking, request: BookingRequest) -> Booking:
-        if booking.request_hash != request.fingerprint():
-            raise AlreadyExists(f"idempotency key {request.idempotency_key!r} was used for a different booking")
+        idempotency.ensure_same(booking.request_hash, request.fields(), request.idempotency_key)
         if booking.status in (FAILING, FAILED):
             raise FailedPrecondition(failure_message(booking))
         return booking
@@ -203,7 +201,7 @@ class Bookings:
                 id=f"bkg_{ULID()}",
                 member_id=member_id,
                 idempotency_key=request.idempotency_key,
-                request_hash=request.fingerprint(),
+                request_hash=idempotency.fingerprint(request.fields()),
                 hotel_id=hotel.id,
                 room_type_id=room.id,
                 rate_plan_id=plan.id,
@@ -240,14 +238,14 @@ class Bookings:
 
     async def _remember_rejection(self, member_id: str, request: BookingRequest, reason: str) -> Booking:
         """Record a refused booking (nothing held) so that a retry of its key gets the same answer."""
-        now = self.clock()
+        now = self.clock.now()
         try:
             async with self.db.transaction() as session:
                 booking = Booking(
                     id=f"bkg_{ULID()}",
                     member_id=member_id,
                     idempotency_key=request.idempotency_key,
-                    request_hash=request.fingerprint(),
+                    request_hash=idempotency.fingerprint(request.fields()),
                     hotel_id=request.hotel_id,
                     room_type_id=request.room_type_id,
                     rate_plan_id=request.rate_plan_id,
@@ -284,7 +282,7 @@ class Bookings:
                 setattr(booking, name, value)
             if step is not None and booking.status == PENDING and booking.step == expect_step:
                 booking.step = step
-            booking.updated_at = self.clock()
+            booking.updated_at = self.clock.now()
             session.add(booking)
             return booking
 
@@ -359,7 +357,7 @@ class Bookings:
             if booking.status != PENDING or booking.step != "captured":
                 return booking
             await _move_nights(session, booking, held=-1, sold=+1)
-            now = self.clock()
+            now = self.clock.now()
             booking.status, booking.step, booking.updated_at = CONFIRMED, "done", now
             session.add(booking)
             publish(
@@ -396,7 +394,7 @@ class Bookings:
                 return booking
             booking.status = FAILING
             booking.failure_reason = booking.failure_reason or reason
-            booking.updated_at = self.clock()
+            booking.updated_at = self.clock.now()
             session.add(booking)
         bid = booking.id
         try:
@@ -443,7 +441,7 @@ class Bookings:
             assert booking is not None
             if booking.status == FAILING:
                 await _move_nights(session, booking, held=-1, sold=0)
-                booking.status, booking.updated_at = FAILED, self.clock()
+                booking.status, booking.updated_at = FAILED, self.clock.now()
                 session.add(booking)
             return booking
 
@@ -469,7 +467,7 @@ class Bookings:
     def quote_cancellation(self, booking: Booking, now: datetime | None = None) -> rules.Refund:
         """What cancelling now would cost and return (the penalty from card first, then points)."""
         policy = rules.CancellationPolicy(booking.refundable, booking.free_cancel_days, booking.penalty_bp)
-        penalty = rules.cancellation_penalty(policy, booking.check_in, booking.total_minor, now=now or self.clock())
+        penalty = rules.cancellation_penalty(policy, booking.check_in, booking.total_minor, now=now or self.clock.now())
         return rules.split_refund(
             card_paid_minor=booking.card_amount_minor, points_used=booking.points_used, penalty_minor=penalty
         )
@@ -484,7 +482,7 @@ class Bookings:
             if booking.status == CANCELLED:
                 return booking
             if booking.status == CONFIRMED:
-                now = self.clock()
+                now = self.clock.now()
                 rules.check_cancellable(booking.check_in, now=now)
                 refund = self.quote_cancellation(booking, now)
                 booking.status, booking.updated_at = CANCELLING, now
@@ -517,7 +515,7 @@ class Bookings:
             if booking.status != CANCELLING:
                 return booking
             await _move_nights(session, booking, held=0, sold=-1)
-            now = self.clock()
+            now = self.clock.now()
             booking.status, booking.step, booking.updated_at = CANCELLED, "done", now
             session.add(booking)
             publish(
@@ -542,7 +540,7 @@ class Bookings:
     # ---- jobs ---------------------------------------------------------------------------------
     async def complete_stays(self) -> int:
         """Complete every confirmed booking whose check-out time has passed; returns how many."""
-        now = self.clock()
+        now = self.clock.now()
         async with self.db.sessions() as session:
             due = (
                 await session.exec(
@@ -578,7 +576,7 @@ class Bookings:
 
     async def recover_stuck(self) -> int:
         """Finish or undo every saga that has not moved for a while (a crash, a lost peer)."""
-        cutoff = self.clock() - self.stuck_after
+        cutoff = self.clock.now() - self.stuck_after
         async with self.db.sessions() as session:
             stuck = (
                 await session.exec(

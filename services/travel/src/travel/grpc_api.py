@@ -29,8 +29,7 @@ class TravelApi(travel_pb2_grpc.TravelServiceServicer):
 
     @property
     def bookings(self) -> Bookings:
-        bookings: Bookings = self.runtime.state["bookings"]
-        return bookings
+        return self.runtime.context_as(Bookings)
 
     async def GetBooking(self, request: pb.GetBookingRequest, context: Any) -> pb.GetBookingResponse:
         if not request.booking_id:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from kizuna.kit.auth import Principal, member_scope
 from kizuna.kit.bounds import Int64
 from kizuna.kit.db import SessionDep
 from kizuna.kit.errors import InvalidArgument, NotFound
+from kizuna.kit.service import context_of
 from pydantic import BaseModel
 
 from travel import stay as rules
@@ -22,12 +23,7 @@ from travel.views import booking_json, hotel_json, offer_json, result_json
 router = APIRouter(prefix="/api")
 
 
-def _bookings(request: Request) -> Bookings:
-    bookings: Bookings = request.app.state.runtime.state["bookings"]
-    return bookings
-
-
-BookingsDep = Annotated[Bookings, Depends(_bookings)]
+BookingsDep = Annotated[Bookings, Depends(context_of(Bookings))]
 # Every member route names its scope: reads need travel:read, booking and cancelling travel:book.
 Reader = Annotated[Principal, Depends(member_scope("travel:read"))]
 Booker = Annotated[Principal, Depends(member_scope("travel:book"))]
@@ -38,7 +34,7 @@ def parse_stay(bookings: Bookings, check_in: str, check_out: str, guests: int) -
         rules.parse_date(check_in, "check_in"),
         rules.parse_date(check_out, "check_out"),
         guests,
-        now=bookings.clock(),
+        now=bookings.clock.now(),
         max_nights=bookings.max_stay_nights,
     )
 

@@ -57,7 +57,7 @@ def _error(request: Request, exc: DomainError, **context: Any) -> HTMLResponse:
 
 @router.get("/", response_class=HTMLResponse)
 async def search_page(request: Request, member: MaybeMember) -> HTMLResponse:
-    today = rules.hotel_today(request.app.state.runtime.state["bookings"].clock())
+    today = rules.hotel_today(request.app.state.runtime.clock.now())
     return _page(
         request,
         "travel/search.html",

@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from fastapi import APIRouter
+from kizuna.kit.clock import LiveClock
 from kizuna.kit.db import Database, utcnow
 from kizuna.kit.service import Runtime, Service
 from kizuna.travel.v1 import travel_pb2_grpc
@@ -24,31 +25,32 @@ from travel.settings import Settings
 log = logging.getLogger("travel")
 
 
-async def start_bookings(runtime: Runtime[Settings]) -> None:
+def bookings_context(runtime: Runtime[Settings]) -> Bookings:
+    """`Service(context=...)`: the booking saga, on the runtime's clock (a test may swap it)."""
     s = runtime.settings
-    if s.seed_catalogue:
-        added = await catalogue.seed(runtime.db, start=stay.hotel_today(utcnow()), days=s.catalogue_days)
-        log.info("catalogue seeded", extra=added)
     payments = PaymentGateway(s.points_addr, s.fintech_addr, runtime.service_tokens, s.peer_timeout_seconds)
-    runtime.state["bookings"] = Bookings(
+    return Bookings(
         runtime.db,
         payments,
         max_stay_nights=s.max_stay_nights,
         reservation_ttl_seconds=s.points_reservation_ttl_seconds,
         stuck_after_seconds=s.saga_stuck_after_seconds,
+        clock=LiveClock(lambda: runtime.clock),
     )
 
 
-async def stop_bookings(runtime: Runtime[Settings]) -> None:
-    if "bookings" in runtime.state:
-        await runtime.state["bookings"].payments.close()
+async def seed_on_start(runtime: Runtime[Settings]) -> None:
+    s = runtime.settings
+    if s.seed_catalogue:
+        added = await catalogue.seed(runtime.db, start=stay.hotel_today(runtime.clock.now()), days=s.catalogue_days)
+        log.info("catalogue seeded", extra=added)
 
 
 async def booking_jobs(runtime: Runtime[Settings]) -> None:
     """Every interval: finish or undo stuck sagas, then complete the stays that are over."""
     while True:
         await asyncio.sleep(runtime.settings.jobs_interval_seconds)
-        bookings: Bookings = runtime.state["bookings"]
+        bookings = runtime.context_as(Bookings)
         try:
             await bookings.recover_stuck()
             await bookings.complete_stays()
@@ -85,9 +87,9 @@ service = Service(
     http=router,
     grpc=[(travel_pb2_grpc.add_TravelServiceServicer_to_server, TravelApi)],
     jobs=[booking_jobs],
-    on_start=[start_bookings],
+    context=bookings_context,
+    on_start=[seed_on_start],
     web_sign_in_scopes=PAGE_SCOPES,
-    on_stop=[stop_bookings],
     commands={"seed": seed_command},
     privacy=member_data.privacy,
 )

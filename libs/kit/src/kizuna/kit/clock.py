@@ -3,6 +3,7 @@ can move it instead of sleeping."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 
@@ -30,3 +31,17 @@ class FrozenClock(Clock):
     def advance(self, delta: timedelta) -> datetime:
         self._now += delta
         return self._now
+
+
+class LiveClock(Clock):
+    """Asks `current()` for the clock at every call: domain objects built once at start hold this and
+    follow a running service's `runtime.clock`, which a test may swap for a `FrozenClock` at any time.
+
+        clock = LiveClock(lambda: runtime.clock)
+    """
+
+    def __init__(self, current: Callable[[], Clock]) -> None:
+        self._current = current
+
+    def now(self) -> datetime:
+        return self._current().now()

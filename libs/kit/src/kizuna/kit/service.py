@@ -56,11 +56,14 @@ from nats.js import JetStreamContext
 log = logging.getLogger("kizuna.kit.service")
 
 S = TypeVar("S", bound=ServiceSettings)
+C = TypeVar("C")
 
 ReadinessCheck = Callable[["Runtime[Any]"], Awaitable[None]]
 Job = Callable[["Runtime[Any]"], Coroutine[Any, Any, None]]
 Hook = Callable[["Runtime[Any]"], Awaitable[None]]
 GrpcRegistration = tuple[Callable[[Any, grpc.aio.Server], None], Callable[["Runtime[Any]"], Any]]
+# Builds what the service's routes, servicers, consumers and jobs share while it runs (its context).
+ContextFactory = Callable[["Runtime[Any]"], Any]
 
 
 @dataclass
@@ -81,8 +84,17 @@ class Runtime(Generic[S]):
     http_port: int = 0
     ready: bool = False
     stopping: bool = False
+    # The one clock: every rule that depends on time reads it (tests swap in a FrozenClock).
     clock: Clock = field(default_factory=Clock)
+    # What `Service(context=...)` built at start; read it typed with `context_as` / `context_of`.
+    context: Any = None
     state: dict[str, Any] = field(default_factory=dict)
+
+    def context_as(self, cls: type[C]) -> C:
+        """The service's context, typed; fails clearly before it is built or if it is another type."""
+        if not isinstance(self.context, cls):
+            raise RuntimeError(f"{self.name} has no {cls.__name__} context (it is {type(self.context).__name__})")
+        return self.context
 
     @property
     def jetstream(self) -> JetStreamContext:
@@ -167,6 +179,7 @@ class Service(Generic[S]):
         migrations_dir: Path | None = None,
         commands: dict[str, Callable[[S, list[str]], int]] | None = None,
         configure_app: Callable[[FastAPI], None] | None = None,
+        context: ContextFactory | None = None,
         verify_tokens: bool = True,
         jwks_readiness: bool = True,
         web_sign_in_scopes: str | None = None,
@@ -210,6 +223,9 @@ class Service(Generic[S]):
         self.web_sign_in_scopes = web_sign_in_scopes
         # Export and erasure of a member's data (see kizuna.kit.privacy).
         self.privacy = privacy
+        # Built once at start (after NATS, before the start hooks): `factory(runtime) -> context`,
+        # sync or async; closed at stop when it has `aclose()`.
+        self.context = context
         if web_sign_in_scopes is not None:
             from kizuna.kit.oidc_client import web_sign_in
 
@@ -313,6 +329,9 @@ class Service(Generic[S]):
             tasks.append(asyncio.create_task(runtime.relay.run(), name="outbox-relay"))
             runtime.revocations = RevocationFeed(runtime.js, runtime.verifier.deny_list)
             await runtime.revocations.start()
+            if self.context is not None:
+                built = self.context(runtime)
+                runtime.context = await built if inspect.isawaitable(built) else built
             for hook in self.on_start:
                 await hook(runtime)
             consumers = list(self.consumers(runtime) if callable(self.consumers) else self.consumers)
@@ -410,6 +429,12 @@ class Service(Generic[S]):
                 await hook(runtime)
             except Exception:
                 log.exception("on_stop hook failed")
+        close_context = getattr(runtime.context, "aclose", None)
+        if close_context is not None:
+            try:
+                await close_context()
+            except Exception:
+                log.exception("closing the service's context failed")
         if runtime.relay is not None:
             runtime.relay.stop()
         for task in tasks:
@@ -537,3 +562,14 @@ class StartingGate:
 async def check_jwks(runtime: Runtime[Any]) -> None:
     """Identity's signing keys are reachable (fetched once, then cached)."""
     await runtime.verifier.check_reachable()
+
+
+def context_of(cls: type[C]) -> Callable[[Request], C]:
+    """A FastAPI dependency for the running service's context, typed:
+    `ShopDep = Annotated[Shop, Depends(context_of(Shop))]`."""
+
+    def dependency(request: Request) -> C:
+        runtime: Runtime[Any] = request.app.state.runtime
+        return runtime.context_as(cls)
+
+    return dependency

@@ -8,25 +8,29 @@ through the test session's NATS.
         secret = ecosystem.register_client("bookstore", "points:read points:spend fintech:pay")
         env = ecosystem.env_for("bookstore", secret)              # NATS_URL, KIZUNA_ISSUER, *_ADDR, ...
         ...                                                       # start the service, buy with member.token
-        assert await ecosystem.balance(member.id) == 500 - spent + earned
+        assert (await ecosystem.balance(member.id)).total == 500 - spent + earned
 
 `ecosystem` is module-scoped (starting the two services costs seconds; every test makes its own
-members, so they share nothing). PostgreSQL backs them when `KIZUNA_TEST_POSTGRES_URL` is set,
-SQLite files otherwise. Override `ecosystem_env` in a test module to pass settings to points or
-fintech (e.g. `{"points": {"EARN_DEFAULT_BASE_BP": "100"}}`).
+members, so they share nothing); it empties every declared service's stream first, so start the
+service under test after it. Points and fintech are registered at the issuer with their declared
+scopes, and points earns for every declared earner, as `make up` runs them. PostgreSQL backs
+them when `KIZUNA_TEST_POSTGRES_URL` is set, SQLite files otherwise. Override `ecosystem_env` in
+a test module to pass settings to points or fintech (e.g. `{"points": {"EARN_DEFAULT_BASE_BP": "100"}}`).
 
-Loaded with the kit's pytest plugin (`kizuna.kit.testing`).
+A pytest plugin of the kit (entry point `kizuna-ecosystem`), loaded beside `kizuna.kit.testing`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -35,6 +39,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.identity.v1 import events_pb2 as identity_events
 from kizuna.kit.auth import ServiceTokenClient, call_metadata
+from kizuna.kit.declaration import Declaration, discover, earners
 from kizuna.kit.testing import NatsServer, ServiceProcess, TestIssuer, free_port, reset_streams, wait_until
 from kizuna.points.v1 import points_pb2, points_pb2_grpc
 
@@ -68,10 +73,15 @@ class Ecosystem:
     """The real points and fintech services, the issuer every service trusts, and the NATS they share."""
 
     issuer: TestIssuer
-    nats_url: str
+    nats: NatsServer
     points: ServiceProcess
     fintech: ServiceProcess
     clients: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def nats_url(self) -> str:
+        """The test harness's NATS URL (never a service's: see `env_for`)."""
+        return self.nats.url
 
     @property
     def points_addr(self) -> str:
@@ -97,6 +107,7 @@ class Ecosystem:
         """The environment a service needs to run against this ecosystem (as `make up` gives it)."""
         env = {
             "NATS_URL": self.nats_url,
+            **_nats_user(self.nats, name),
             "KIZUNA_ISSUER": self.issuer.issuer,
             "POINTS_ADDR": self.points_addr,
             "FINTECH_ADDR": self.fintech_addr,
@@ -184,10 +195,12 @@ class Ecosystem:
         await wait_until(credited, timeout=30)
 
     # ---- what a test checks -----------------------------------------------------------------------
-    async def balance(self, member_id: str) -> int:
-        """The member's spendable points at points."""
-        reply = await self._points_call("GetBalance", points_pb2.GetBalanceRequest(member_id=member_id))
-        return int(reply.total)
+    async def balance(self, member_id: str) -> points_pb2.GetBalanceResponse:
+        """The member's points at points: `total` spendable, `pending` reserved, `earning` on its way."""
+        reply: points_pb2.GetBalanceResponse = await self._points_call(
+            "GetBalance", points_pb2.GetBalanceRequest(member_id=member_id)
+        )
+        return reply
 
     async def entries(self, member_id: str) -> list[points_pb2.Entry]:
         """The member's ledger entries at points, newest first."""
@@ -226,17 +239,20 @@ def ecosystem(
     ecosystem_env: dict[str, dict[str, str]],
 ) -> Iterator[Ecosystem]:
     """Real points and fintech processes on fresh databases for this test module (stopped after it)."""
-    # The new processes' durable consumers see only this module's events.
-    asyncio.run(reset_streams(nats_server.url, "IDENTITY", "POINTS", "FINTECH"))
+    declarations = {d.name: d for d in _declarations()}
+    # Every declared stream starts empty: the new processes' durable consumers see only this module's events.
+    asyncio.run(reset_streams(nats_server.url, *(d.stream for d in declarations.values())))
     work = tmp_path_factory.mktemp("ecosystem")
     started: list[ServiceProcess] = []
 
     def start(name: str, env: dict[str, str]) -> ServiceProcess:
         (work / name).mkdir()
         secret = secrets.token_urlsafe(24)
-        test_issuer.register_client(name, secret, env.pop("_scopes"))
+        # Registered as identity registers it: the scopes its declaration needs and signs in with.
+        test_issuer.register_client(name, secret, " ".join(declarations[name].client_scopes))
         base = {
             "NATS_URL": nats_server.url,
+            **_nats_user(nats_server, name),
             "KIZUNA_ISSUER": test_issuer.issuer,
             "KIZUNA_DATA_DIR": str(work / name),
             "KIZUNA_CLIENT_SECRET": secret,
@@ -244,27 +260,35 @@ def ecosystem(
             "OUTBOX_POLL_SECONDS": "0.2",
             **_database(request, name),
         }
-        env = {**base, **env, **ecosystem_env.get(name, {})}
-        proc = ServiceProcess(name, env, free_port(), free_port(), work / f"{name}.log")
+        proc = ServiceProcess(
+            name, {**base, **env, **ecosystem_env.get(name, {})}, free_port(), free_port(), work / f"{name}.log"
+        )
         started.append(proc)
         return proc.start(wait=False)
 
     try:
-        points = start("points", {"_scopes": "openid profile points:read"})
-        fintech = start(
-            "fintech",
-            {
-                "_scopes": "openid profile points:read points:spend points:credit fintech:read fintech:pay",
-                "POINTS_ADDR": points.grpc_address,
-                "STATEMENT_INTERVAL_SECONDS": "3600",
-            },
-        )
+        points = start("points", {"KIZUNA_EARNERS": json.dumps(earners(list(declarations.values())))})
+        fintech = start("fintech", {"POINTS_ADDR": points.grpc_address, "STATEMENT_INTERVAL_SECONDS": "3600"})
         points.wait_ready()
         fintech.wait_ready()
-        yield Ecosystem(test_issuer, nats_server.url, points, fintech)
+        yield Ecosystem(test_issuer, nats_server, points, fintech)
     finally:
         for proc in started:
             proc.stop()
+
+
+def _declarations() -> list[Declaration]:
+    """The workspace's declared services (found from the working directory, else from this file)."""
+    try:
+        return discover()
+    except FileNotFoundError:
+        return discover(Path(__file__))
+
+
+def _nats_user(nats_server: NatsServer, name: str) -> dict[str, str]:
+    """A declared service's own NATS credentials when the server enforces per-service permissions."""
+    service_env = getattr(nats_server, "service_env", None)
+    return dict(service_env(name)) if service_env is not None else {}
 
 
 def _database(request: pytest.FixtureRequest, name: str) -> dict[str, str]:
