@@ -288,3 +288,34 @@ def test_consent_page_names_the_scopes_in_plain_words(ecosystem: Ecosystem, app:
     assert 'data-scope="fintech:pay"' in page.text
     denied = member.post("/authorize", data={**dict(_hidden_fields(page.text)), "consent": "deny"})
     assert query_of(denied.headers["location"])["error"] == "access_denied"
+
+
+def test_a_removed_partners_own_tokens_are_refused_within_2s(ecosystem: Ecosystem) -> None:
+    admin = {"authorization": f"Bearer {ecosystem.operator_token()}"}
+    partner, secret = "corner-cafe", secrets.token_urlsafe(32)
+    created = httpx.post(
+        f"{ecosystem.issuer}/admin/clients",
+        headers=admin,
+        json={
+            "client_id": partner,
+            "client_secret": secret,
+            "grant_types": ["client_credentials"],
+            "scopes": ["fintech:pay"],
+        },
+    )
+    assert created.status_code == 201, created.text
+    token = httpx.post(
+        f"{ecosystem.issuer}/token",
+        auth=(partner, secret),
+        data={"grant_type": "client_credentials", "scope": "fintech:pay"},
+    ).json()["access_token"]
+    charge = {"card_number": "4000000000000002", "amount_minor": 500, "idempotency_key": uuid.uuid4().hex}
+    url = f"{ecosystem.urls['fintech']}/merchant/v1/authorizations"
+
+    def status() -> int:
+        code = httpx.post(url, json=charge, headers=bearer(token)).status_code
+        return 200 if code != 401 else 401  # a refused card is still an accepted token
+
+    assert status() == 200
+    assert httpx.delete(f"{ecosystem.issuer}/admin/clients/{partner}", headers=admin).status_code == 204
+    wait_refused(status, "partner removed")

@@ -298,3 +298,24 @@ async def test_a_starting_service_has_learned_every_recent_revocation_before_it_
     finally:
         await feed.stop()
         await nc.close()
+
+
+async def test_a_removed_clients_own_tokens_are_refused(verifier: TokenVerifier, test_issuer: TestIssuer) -> None:
+    from kizuna.kit.revocation import apply
+
+    before = test_issuer.service_token("partner", "fintech:pay", iat=int(time.time()) - 10)
+    member_via_partner = test_issuer.member_token("mbr_05", client_id="partner", iat=int(time.time()) - 10)
+    other = test_issuer.service_token("shop", "points:credit", iat=int(time.time()) - 10)
+    revoked_at = datetime.now(UTC) - timedelta(seconds=5)
+    keys = apply(
+        verifier.deny_list,
+        events_pb2.AccessRevoked(client_id="partner", client_wide=True, revoked_at=_stamp(revoked_at)),
+        lookback_seconds=600,
+    )
+    assert keys == ["client:partner"]
+    for token in (before, member_via_partner):
+        with pytest.raises(Unauthenticated, match="revoked"):
+            await verifier.verify(token)
+    await verifier.verify(other)
+    # A client registered again under the same id afterwards gets tokens that work.
+    await verifier.verify(test_issuer.service_token("partner", "fintech:pay"))

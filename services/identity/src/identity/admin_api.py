@@ -26,7 +26,7 @@ from sqlmodel import col, select
 from identity.clients import Client, ClientSpec, all_clients, upsert
 from identity.context import identity_of
 from identity.provider import Provider
-from identity.tokens import Grant, revoke_grant
+from identity.tokens import Grant, publish_revocation, revoke_grant
 
 ADMIN_SCOPE = "identity:admin"
 # A secret chosen by the caller must be as hard to guess as a generated one (32 bytes, 43 chars).
@@ -211,7 +211,9 @@ async def remove(request: Request, client_id: str, admin: Admin) -> Response:
             await session.exec(select(Grant).where(Grant.client_id == client_id, col(Grant.revoked_at).is_(None)))
         ).all()
         for grant in grants:
-            await revoke_grant(session, grant.id, now)
+            await revoke_grant(session, grant.id, now, reason="client_removed")
+        # Its own client-credentials tokens too: no service accepts any token of a removed client.
+        publish_revocation(session, now, reason="client_removed", client_id=client_id, client_wide=True)
         await session.delete(client)
     provider.forget_client(client_id)
     return Response(status_code=204)

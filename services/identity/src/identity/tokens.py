@@ -151,6 +151,8 @@ def publish_revocation(
     jti: str = "",
     member_id: str = "",
     member_wide: bool = False,
+    client_id: str = "",
+    client_wide: bool = False,
 ) -> str:
     """Stage `identity.access.revoked` in the caller's transaction: every service refuses the
     tokens it names within moments of the commit (kizuna.kit.revocation)."""
@@ -159,6 +161,8 @@ def publish_revocation(
         jti=jti,
         member_id=member_id,
         member_wide=member_wide,
+        client_id=client_id,
+        client_wide=client_wide,
         revoked_at=_timestamp(now),
         expires_at=_timestamp(now + REVOCATION_HORIZON),
         reason=reason,

@@ -96,6 +96,9 @@ class InvalidToken(Unauthenticated):
         return {"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'}
 
 
+_DENIED_BECAUSE = {"grant": "grant", "sid": "session", "jti": "token", "member": "member", "client": "client"}
+
+
 class DenyList:
     """Revoked grants, sessions, tokens and member-wide cut-offs, each kept until the tokens it
     names would have expired anyway. Bounded: past `max_entries` the entries that expire soonest
@@ -103,7 +106,8 @@ class DenyList:
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self.max_entries = max_entries
-        # key ("grant:<id>", "sid:<id>", "jti:<id>", "member:<id>") -> (expires_at, not_after_iat)
+        # key ("grant:<id>", "sid:<id>", "jti:<id>", "member:<id>", "client:<id>")
+        #   -> (expires_at, issued_up_to)
         self._entries: dict[str, tuple[float, float]] = {}
 
     def __len__(self) -> int:
@@ -133,13 +137,19 @@ class DenyList:
             return None
         iat = claims.get("iat")
         issued = float(iat) if isinstance(iat, int | float) else float("-inf")
-        for kind, claim in (("grant", "grant_id"), ("sid", "sid"), ("jti", "jti"), ("member", "sub")):
+        for kind, claim in (
+            ("grant", "grant_id"),
+            ("sid", "sid"),
+            ("jti", "jti"),
+            ("member", "sub"),
+            ("client", "client_id"),
+        ):
             value = claims.get(claim)
             if not isinstance(value, str) or not value:
                 continue
             entry = self._entries.get(f"{kind}:{value}")
             if entry is not None and entry[0] > now and issued <= entry[1]:
-                return {"grant": "grant", "sid": "session", "jti": "token", "member": "member"}[kind]
+                return _DENIED_BECAUSE[kind]
         return None
 
 

@@ -54,6 +54,9 @@ def apply(deny_list: DenyList, event: events_pb2.AccessRevoked, *, lookback_seco
         # resolution): a member signing in again that second retries once.
         deny_list.add(f"member:{event.member_id}", expires_at=expires_at, issued_up_to=revoked_at)
         keys.append(f"member:{event.member_id}")
+    if event.client_wide and event.client_id:
+        deny_list.add(f"client:{event.client_id}", expires_at=expires_at, issued_up_to=revoked_at)
+        keys.append(f"client:{event.client_id}")
     return keys
 
 

@@ -149,7 +149,8 @@ class AccessRevoked(_message.Message):
     access-token lifetime. Set fields name what is revoked; any token matching one is refused:
     grant_id (every token of one authorization), session_id (every token issued under one
     sign-in session), jti (one access token), member_id with member_wide (every token of the
-    member issued up to revoked_at).
+    member issued up to revoked_at), client_id with client_wide (every token of a removed client
+    issued up to revoked_at).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -162,6 +163,8 @@ class AccessRevoked(_message.Message):
     REVOKED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_WIDE_FIELD_NUMBER: _builtins.int
     grant_id: _builtins.str
     session_id: _builtins.str
     jti: _builtins.str
@@ -171,6 +174,11 @@ class AccessRevoked(_message.Message):
     """Why, in one word: "grant", "code_replay", "refresh_reuse", "sign_out", "password",
     "erasure", "client_removed", "token".
     """
+    client_id: _builtins.str
+    """With client_wide: every token issued to this client up to revoked_at (a removed client's
+    own client-credentials tokens included).
+    """
+    client_wide: _builtins.bool
     @_builtins.property
     def revoked_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -188,10 +196,12 @@ class AccessRevoked(_message.Message):
         revoked_at: _timestamp_pb2.Timestamp | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         reason: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        client_wide: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "revoked_at", b"revoked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "grant_id", b"grant_id", "jti", b"jti", "member_id", b"member_id", "member_wide", b"member_wide", "reason", b"reason", "revoked_at", b"revoked_at", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "client_wide", b"client_wide", "expires_at", b"expires_at", "grant_id", b"grant_id", "jti", b"jti", "member_id", b"member_id", "member_wide", b"member_wide", "reason", b"reason", "revoked_at", b"revoked_at", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
