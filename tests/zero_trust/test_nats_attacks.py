@@ -203,6 +203,13 @@ async def test_shop_cannot_mint_points_or_erase_a_member_and_its_purchases_still
         [done] = await wait_until(erased, timeout=20)
         completed = identity_events.ErasureCompleted.FromString(done.data)
         assert (completed.member_id, completed.service) == (member, "points")
+        # identity's own user reads the completion the way its progress consumer does.
+        progress = await identity.jetstream(timeout=2).pull_subscribe(
+            "points.member.erased", durable="identity-erasure-progress", stream="POINTS"
+        )
+        [seen] = await progress.fetch(1, timeout=5)
+        assert (seen.subject, seen.data) == ("points.member.erased", done.data)
+        await seen.ack_sync()
     finally:
         await shop.close()
         await identity.close()
