@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -192,8 +193,31 @@ def public_url_merges(decls: list[Declaration], overlay: str) -> list[dict[str, 
     ]
 
 
+# JetStream retention (deploy/README.md, "Events"): every service's stream keeps 30 days, so a
+# consumer (or a database restored to a point in time) can replay that far back, and at most an
+# equal share of the NATS file store, leaving a fifth for the dead letters and headroom.
+STREAM_MAX_AGE_SECONDS = 30 * 24 * 3600
+NATS_VARIANT = {"dev": "single", "prod": "cluster"}
+_SIZE = {"KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+
+
+def nats_file_store(overlay: str) -> int:
+    """`max_file_store` of the NATS configuration the overlay runs, in bytes."""
+    text = (DEPLOY / "nats" / NATS_VARIANT[overlay] / "nats.conf").read_text()
+    found = re.search(r"^\s*max_file_store:\s*(\d+)\s*([KMGT]B)\s*$", text, re.M)
+    if not found:
+        raise SystemExit(f"deploy/nats/{NATS_VARIANT[overlay]}/nats.conf: no max_file_store")
+    return int(found.group(1)) * _SIZE[found.group(2)]
+
+
+def stream_limits(decls: list[Declaration], overlay: str) -> list[str]:
+    share = nats_file_store(overlay) * 4 // 5 // len(decls)
+    return [f"STREAM_MAX_AGE_SECONDS={STREAM_MAX_AGE_SECONDS}", f"STREAM_MAX_BYTES={share}"]
+
+
 def common_merge(decls: list[Declaration], overlay: str) -> dict[str, Any]:
-    return {"name": "kizuna-common", "behavior": "merge", "literals": platform_literals(decls, overlay)}
+    literals = platform_literals(decls, overlay) + stream_limits(decls, overlay)
+    return {"name": "kizuna-common", "behavior": "merge", "literals": literals}
 
 
 # ---- network policies -------------------------------------------------------------------------

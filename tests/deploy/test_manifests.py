@@ -446,6 +446,22 @@ def test_nats_users_may_publish_only_what_they_declare(rendered: dict[str, Rende
             server.wait()
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_streams_have_limits_that_fit_the_nats_store(rendered: dict[str, Rendered], overlay: str) -> None:
+    """Every service's stream has an age and a size limit; all of them together fit the NATS
+    servers' file store with room for the dead letters."""
+    r = rendered[overlay]
+    (main,) = r.get("Deployment", next(iter(SERVICES)))["spec"]["template"]["spec"]["containers"]
+    env = env_of(r, main)
+    max_age, max_bytes = int(env["STREAM_MAX_AGE_SECONDS"]), int(env["STREAM_MAX_BYTES"])
+    assert max_age >= 7 * 24 * 3600, "a consumer down over a long weekend still catches up"
+    (config,) = [c for c in r.of_kind("ConfigMap") if c["metadata"]["name"].startswith("nats-config")]
+    found = re.search(r"max_file_store:\s*(\d+)GB", config["data"]["nats.conf"])
+    assert found, "the NATS config limits its file store"
+    store = int(found.group(1)) * 1024**3
+    assert max_bytes * len(SERVICES) <= store * 0.8, f"{len(SERVICES)} streams of {max_bytes} bytes > 80 % of {store}"
+
+
 def test_cnpg_clusters(rendered: dict[str, Rendered]) -> None:
     """One CloudNativePG Cluster per service database, whose `<cluster>-app` secret the service
     reads; synchronous replication; a pooler and a daily backup for each; pods labelled for the

@@ -150,11 +150,20 @@ def stream_name_for(subject: str) -> str:
     return subject.split(".", 1)[0].upper()
 
 
-async def ensure_stream(js: JetStreamContext, name: str, *, replicas: int = 1, owner: bool = True) -> None:
+async def ensure_stream(
+    js: JetStreamContext,
+    name: str,
+    *,
+    replicas: int = 1,
+    owner: bool = True,
+    max_age_seconds: float = 0.0,
+    max_bytes: int = -1,
+) -> None:
     """Create or update the stream `NAME` for subjects `name.>` (idempotent; every replica may call it).
 
     A service that only reads a stream (`owner=False`) creates it if its producer has not yet,
     and never changes an existing one: the broker lets it create, not update, others' streams.
+    The owner's limits (`max_age_seconds`, `max_bytes`; 0 / -1: none) apply when it starts.
     """
     config = StreamConfig(
         name=name.upper(),
@@ -162,6 +171,8 @@ async def ensure_stream(js: JetStreamContext, name: str, *, replicas: int = 1, o
         storage=StorageType.FILE,
         duplicate_window=DUPLICATE_WINDOW_SECONDS,
         num_replicas=replicas,
+        max_age=max_age_seconds if max_age_seconds > 0 else None,
+        max_bytes=max_bytes if max_bytes > 0 else None,
     )
     try:
         await js.add_stream(config)

@@ -322,7 +322,13 @@ class Service(Generic[S]):
                 await asyncio.to_thread(self.migrate, settings)
             runtime.nc = await self._connect_nats(settings)
             runtime.js = runtime.nc.jetstream()
-            await ensure_stream(runtime.js, self.name, replicas=settings.stream_replicas)
+            await ensure_stream(
+                runtime.js,
+                self.name,
+                replicas=settings.stream_replicas,
+                max_age_seconds=settings.stream_max_age_seconds,
+                max_bytes=settings.stream_max_bytes,
+            )
             runtime.relay = OutboxRelay(
                 runtime.db, runtime.js, source=f"kizuna/{self.name}", poll_seconds=settings.outbox_poll_seconds
             )

@@ -57,6 +57,11 @@ class ServiceSettings(BaseSettings):
     outbox_poll_seconds: float = 1.0
     consumer_max_deliver: int = 5
     stream_replicas: int = 1
+    # Retention of the service's own stream: events older than this many seconds, or beyond this
+    # many bytes, are dropped oldest first (0 / -1: no limit, the local default). Durable consumers
+    # must catch up within the age; Kubernetes sets both (deploy/README.md, "Events").
+    stream_max_age_seconds: float = 0.0
+    stream_max_bytes: int = -1
 
     def database_url_for(self, service: str) -> str:
         """The async SQLAlchemy URL: `DATABASE_URL` when set, else a SQLite file under the data dir."""
