@@ -530,7 +530,8 @@ def cnpg(decls: list[Declaration]) -> list[dict[str, Any]]:
                     },
                     # Network policies admit the service (through its pooler) by this label.
                     "inheritedMetadata": {"labels": {**label, "app.kubernetes.io/part-of": "kizuna"}},
-                    "monitoring": {"enablePodMonitor": False},
+                    # prod runs prometheus-operator: its exporter feeds KizunaBackupMissing.
+                    "monitoring": {"enablePodMonitor": True},
                     # Continuous WAL archiving + base backups: point-in-time recovery (deploy/README.md).
                     "backup": {
                         "retentionPolicy": "30d",
