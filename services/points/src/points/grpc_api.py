@@ -36,6 +36,12 @@ def _may_read(auth: CallAuth, member_id: str) -> None:
     auth.require_member_or_service(member_id, "points:read", "points:read")
 
 
+def _in_range(amount: int, limits: store.Limits) -> None:
+    """An amount of points no single operation may move is refused before anything is looked up."""
+    if amount < 0 or amount > limits.max_credit_points:
+        raise InvalidArgument(f"amount must be between 0 and {limits.max_credit_points}")
+
+
 def _own_service(caller: str, named: str) -> str:
     if named and named != caller:
         raise PermissionDenied(f"service {caller!r} cannot act as {named!r}")
@@ -144,6 +150,7 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
     async def Reserve(self, request: pb.ReserveRequest, context: Any) -> pb.ReserveResponse:
         auth = current_call()
         caller = auth.require_service_scope("points:spend").client_id
+        _in_range(request.amount, self.limits)
         auth.require_member(request.member_id, "points:spend")
         _own_service(caller, request.source_service)
         effect = partial(
@@ -165,6 +172,7 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
 
     async def Capture(self, request: pb.CaptureRequest, context: Any) -> pb.CaptureResponse:
         caller = current_call().require_service_scope("points:spend", "points:credit").client_id
+        _in_range(request.amount, self.limits)
         return await self.ledger.execute(
             caller=caller,
             key=request.idempotency_key,
@@ -189,6 +197,7 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
 
     async def Refund(self, request: pb.RefundRequest, context: Any) -> pb.RefundResponse:
         caller = current_call().require_service_scope("points:spend", "points:credit").client_id
+        _in_range(request.amount, self.limits)
         return await self.ledger.execute(
             caller=caller,
             key=request.idempotency_key,
@@ -201,6 +210,7 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
 
     async def Clawback(self, request: pb.ClawbackRequest, context: Any) -> pb.ClawbackResponse:
         caller = current_call().require_service_scope("points:credit").client_id
+        _in_range(request.amount, self.limits)
         member_id = await self.ledger.member_of_credit(
             request.credit_entry_id, request.source_service or caller, request.source_ref
         )
