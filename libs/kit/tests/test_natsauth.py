@@ -479,3 +479,29 @@ async def test_a_service_reaches_nats_over_tls_verified_against_its_ca(
     ):
         with pytest.raises((nats.errors.Error, OSError, ssl.SSLError)):
             await nats.connect(**options, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
+
+
+async def test_a_reader_binds_to_anothers_stream_as_its_owner_made_it(
+    server: NatsServer, fresh_streams: Client, tmp_path: Path
+) -> None:
+    """identity made its stream with its own settings; points (which may not update it) binds to it
+    as it is instead of failing or changing it."""
+    js = fresh_streams.jetstream()
+    await js.update_stream(StreamConfig(name="IDENTITY", subjects=["identity.>"], max_age=3600))
+    db = await _kit_tables(f"sqlite+aiosqlite:///{tmp_path / 'points.db'}")
+
+    async def handle(_session: object, _event: Event) -> None:
+        return None
+
+    nc = await nats.connect(**natsauth.connect_options("points", server.address, "points", server.passwords["points"]))
+    try:
+        worker = ConsumerWorker(Consumer("points-members", ["identity.member.registered"], handle), db, nc.jetstream())
+        await worker.subscribe()
+        await worker.close()
+        assert (await js.stream_info("IDENTITY")).config.max_age == 3600
+        assert (await js.consumer_info("IDENTITY", "points-members")).config.filter_subject == (
+            "identity.member.registered"
+        )
+    finally:
+        await nc.close()
+        await db.dispose()
