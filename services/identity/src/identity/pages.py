@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
+from kizuna.kit.bounds import same_secret
 from kizuna.kit.errors import DomainError, Unauthenticated
 from kizuna.kit.web import page_templates, service_links
 from sqlmodel import col, select
@@ -64,7 +65,7 @@ def csrf_ok(request: Request, token: str | None) -> bool:
     if not value or not token:
         return False
     expected = hmac.new(provider_of(request).csrf_secret, value.encode(), hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, token)
+    return same_secret(token, expected)
 
 
 def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int | None = None) -> None:

@@ -5,7 +5,8 @@ PostgreSQL's BIGINT is int64 and its text cannot hold NUL; UTF-8 cannot encode a
 answering 500. Here they are refused where they enter, with a 4xx / INVALID_ARGUMENT:
 
 - `Int64`, `NonNegInt64`, `PositiveInt64`: bounded integers for query, path and body fields;
-- `Text`: a string without NUL or lone surrogates;
+- `Text`: a string without NUL or lone surrogates; `same_secret`: a token comparison that any
+  submitted text can reach;
 - `InputGuard`: an ASGI middleware every kit service runs, refusing NUL in the path, query and
   form bodies, and in JSON bodies NUL, lone surrogates, NaN/Infinity and numbers beyond int64;
 - `install_validation_errors`: 422 responses that can always be encoded (the default handler
@@ -15,6 +16,7 @@ answering 500. Here they are refused where they enter, with a 4xx / INVALID_ARGU
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any
@@ -54,6 +56,12 @@ def _clean_text(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_clean_text)]
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Constant-time comparison of a submitted token with the expected one. `hmac.compare_digest`
+    raises TypeError on non-ASCII str (a 500 for any such form or query); bytes always compare."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
 
 
 # ---- JSON bodies ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from kizuna.kit.bounds import same_secret
 from kizuna.kit.oidc_client import SignedInMember, WebMember, web_sign_in_of
 from markupsafe import Markup, escape
 
@@ -39,7 +40,7 @@ async def verify_csrf(request: Request) -> None:
     expected = csrf_token(request)
     form = await request.form()
     given = form.get(FIELD)
-    if not expected or not isinstance(given, str) or not hmac.compare_digest(given, expected):
+    if not expected or not isinstance(given, str) or not same_secret(given, expected):
         raise HTTPException(status_code=403, detail="the form has expired or did not come from this site; reload it")
 
 

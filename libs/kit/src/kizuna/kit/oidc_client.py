@@ -40,6 +40,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLS
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
+from kizuna.kit.bounds import same_secret
 from kizuna.kit.db import Database, UTCDateTime, utcnow
 from sqlalchemy import Column, String, Text, update
 from sqlalchemy.sql.elements import ColumnElement
@@ -430,7 +431,7 @@ async def callback(request: Request, code: str = "", state: str = "", error: str
         pending = rp._login_signer.loads(request.cookies.get(rp.login_cookie, ""), max_age=600)
     except (BadSignature, SignatureExpired):
         return JSONResponse({"error": "sign-in expired; start again at /auth/login"}, status_code=400)
-    if not hmac.compare_digest(str(pending.get("state", "")), state):
+    if not same_secret(str(pending.get("state", "")), state):
         return JSONResponse({"error": "state mismatch"}, status_code=400)
     next_url = _safe_next(pending.get("next"))
     if error:

@@ -7,12 +7,12 @@ token (`csrf`) and the layout (`web`), which must not import each other in a cir
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
+from kizuna.kit.bounds import same_secret
 from kizuna.kit.csrf import FIELD, csrf_token
 from kizuna.kit.oidc_client import WebSession, WebSignIn, web_sign_in_of
 from kizuna.kit.web import page_templates
@@ -65,7 +65,7 @@ async def logout(request: Request) -> Response:
         # A sign-out button without the token (`{{ csrf_field(request) }}`): ask, do not refuse.
         return _logout_form(request, current)
     expected = csrf_token(request)
-    if not expected or not hmac.compare_digest(given, expected):
+    if not expected or not same_secret(given, expected):
         return _logout_form(request, current, status_code=403)
     await rp.end_local(web_session_id=current.id)
     return _end_session_redirect(rp, meta, current.id_token)
