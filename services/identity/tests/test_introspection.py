@@ -47,7 +47,7 @@ async def test_only_the_tokens_client_and_first_party_services_may_introspect(
         )
         partner = await http.post(
             "/admin/clients",
-            json={"client_id": "partner", "grant_types": ["client_credentials"], "scopes": ["points:read"]},
+            json={"client_id": "partner", "grant_types": ["client_credentials"], "scopes": ["fintech:pay"]},
             headers={"Authorization": f"Bearer {admin.json()['access_token']}"},
         )
         assert partner.status_code == 201, partner.text
@@ -65,7 +65,7 @@ async def test_only_the_tokens_client_and_first_party_services_may_introspect(
 
         # Its own token it may introspect; the token's client and first-party services may too.
         own = await http.post(
-            "/token", auth=partner_auth, data={"grant_type": "client_credentials", "scope": "points:read"}
+            "/token", auth=partner_auth, data={"grant_type": "client_credentials", "scope": "fintech:pay"}
         )
         mine = await introspect(idp, own.json()["access_token"], partner_auth)
         assert mine["active"] is True and mine["client_id"] == "partner"

@@ -194,7 +194,9 @@ async def test_admin_command_registers_a_client(idp_sqlite: Idp) -> None:
         "KIZUNA_ISSUER": settings.kizuna_issuer,
         "KIZUNA_SCOPES": settings.kizuna_scopes,
     }
-    spec = json.dumps({"client_id": "partner", "grant_types": ["client_credentials"], "scopes": ["points:read"]})
+    spec = json.dumps(
+        {"client_id": "partner", "grant_types": ["client_credentials"], "scopes": ["fintech:pay", "points:read"]}
+    )
     result = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "identity", "register-client", spec],
@@ -209,6 +211,13 @@ async def test_admin_command_registers_a_client(idp_sqlite: Idp) -> None:
         token = await http.post(
             f"{idp_sqlite.issuer}/token",
             auth=("partner", created["client_secret"]),
+            data={"grant_type": "client_credentials", "scope": "fintech:pay"},
+        )
+        # A third-party client never reads members' points on its own, whatever it is registered for.
+        refused = await http.post(
+            f"{idp_sqlite.issuer}/token",
+            auth=("partner", created["client_secret"]),
             data={"grant_type": "client_credentials", "scope": "points:read"},
         )
-    assert token.status_code == 200 and token.json()["scope"] == "points:read"
+    assert token.status_code == 200 and token.json()["scope"] == "fintech:pay"
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_scope"
