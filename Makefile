@@ -23,14 +23,21 @@ install: .venv/.synced ## install uv and the workspace (idempotent)
 up: install ## run the whole ecosystem locally (Ctrl-C stops it)
 	@exec $(PY) -m kizuna.kit.devstack
 
+# Test files run in parallel (pytest-xdist), each file whole in one worker so its module-scoped
+# stacks start once; every worker has its own nats-server, data dirs and uniquely named databases.
+# TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 4
+PYTEST_PARALLEL := -n $(TEST_WORKERS) $(if $(filter 0,$(TEST_WORKERS)),,--dist loadfile)
+
 test: install test-tools ## the whole suite against real NATS, PostgreSQL, gRPC, HTTP
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-fast: install ## the suite without the slow end-to-end journeys
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
-lint: install node_modules ## ruff, buf lint, proto drift
+lint: install node_modules ## ruff (checks and formatting), buf lint, proto drift
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	npx --no-install buf lint proto
 	$(PY) proto/generate.py --check
 

@@ -13,15 +13,11 @@ from pathlib import Path
 
 import grpc
 import httpx
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kizuna.kit import declaration
 from kizuna.kit.testing import end_process, spawn
 
 ROOT = Path(__file__).resolve().parents[1]
-# make up serves fixed ports (shifted by a random offset): these tests run one at a time, in one
-# xdist worker, and never beside another stack of their own.
-pytestmark = pytest.mark.xdist_group("fixed-ports")
 # Every declared service and its local ports, as make up derives them.
 SERVICES = {d.name: (d.http_port, d.grpc_port) for d in declaration.discover()}
 

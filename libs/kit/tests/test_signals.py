@@ -105,7 +105,6 @@ def _free(port: int) -> bool:
         return True
 
 
-@pytest.mark.xdist_group("fixed-ports")
 def test_make_up_stops_on_ctrl_c_when_started_with_sigint_ignored(tmp_path: Path) -> None:
     # `make up` serves fixed ports (its printed URLs); a random offset keeps them clear of others'.
     offset = next(

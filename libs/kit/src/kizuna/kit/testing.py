@@ -213,7 +213,6 @@ def _leaked_processes(grace: float = 10.0) -> list[str]:
 def pytest_configure(config: pytest.Config) -> None:
     # Each pytest process (an xdist worker included) marks the processes it starts as its own.
     os.environ[RUN_MARKER] = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    config.addinivalue_line("markers", "xdist_group(name): tests that share an exclusive resource run in one worker")
 
 
 def _xdist_controller(config: pytest.Config) -> bool:
