@@ -99,6 +99,13 @@ def format_code(root: Path, written: list[Path]) -> None:
     )
     if result.returncode != 0:
         raise ScaffoldError(f"formatting the new service failed:\n{result.stdout}{result.stderr}")
+    # Import order depends on the name (kizuna.<name> sorts before or after kizuna.kit).
+    subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--quiet", "--fix", "--select", "I", *python],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
 
 
 def generate_contracts(root: Path) -> None:

@@ -1,0 +1,1 @@
+"""Kizuna Partner stores: sells items that members pay for with points and card, and earn points on."""

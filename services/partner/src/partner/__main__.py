@@ -1,0 +1,3 @@
+from partner.service import service
+
+service.main()

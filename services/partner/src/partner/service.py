@@ -1,0 +1,79 @@
+"""The partner service: points at stores outside the ecosystem. Partners and their stores, the
+member's rotating card code, the till API (earn, spend, returns), settlement, the member's card
+page. Its declaration is service.toml."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+from fastapi import APIRouter
+from kizuna.kit.points import PointsClient
+from kizuna.kit.privacy import Privacy
+from kizuna.kit.service import Runtime, Service
+
+from partner import cards, http_api, member_data, pages, pos_simulator, settlement
+from partner.context import CONTEXT, Context, of_runtime
+from partner.settings import Settings
+from partner.till import Limits, Till
+
+log = logging.getLogger("partner")
+
+
+async def _token_endpoint(s: Settings) -> str:
+    if s.kizuna_token_url:
+        return s.kizuna_token_url
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.get(f"{s.kizuna_issuer.rstrip('/')}/.well-known/openid-configuration")
+        response.raise_for_status()
+        return str(response.json()["token_endpoint"])
+
+
+async def start(runtime: Runtime[Any]) -> None:
+    s: Settings = runtime.settings
+    points = PointsClient(s.points_addr, runtime.service_tokens, service="partner", timeout=s.peer_timeout_seconds)
+    grants = cards.Grants(await _token_endpoint(s), s.kizuna_client_id or "partner", s.kizuna_client_secret)
+    limits = Limits(
+        max_amount_minor=s.max_amount_minor,
+        max_points=s.max_points_per_spend,
+        per_card_per_minute=s.max_sales_per_card_per_minute,
+        per_store_per_minute=s.max_sales_per_store_per_minute,
+    )
+    runtime.state[CONTEXT] = Context(runtime.db, runtime.clock, Till(runtime.db, points, grants, runtime.clock, limits))
+
+
+async def stop(runtime: Runtime[Any]) -> None:
+    context: Context | None = runtime.state.get(CONTEXT)
+    if context is not None:
+        await context.till.points.close()
+        await context.till.grants.aclose()
+
+
+async def grant_job(runtime: Runtime[Any]) -> None:
+    """Earnings past their return window are granted (every replica may run it: rows are locked)."""
+    while True:
+        await asyncio.sleep(runtime.settings.grant_interval_seconds)
+        try:
+            granted = await of_runtime(runtime).till.grant_due()
+            if granted:
+                log.info("granted earnings past their return window", extra={"granted": granted})
+        except Exception:
+            log.exception("granting earnings failed; will run again")
+
+
+router = APIRouter()
+for part in (http_api.router, pages.router):
+    router.include_router(part)
+
+service = Service(
+    settings=Settings,
+    http=router,
+    on_start=[start],
+    on_stop=[stop],
+    jobs=[grant_job],
+    consumers=settlement.consumers,
+    commands={"pos": pos_simulator.command},
+    privacy=Privacy(export=member_data.export, erase=member_data.erase),
+)
