@@ -65,6 +65,16 @@ async def test_storefront_search_and_product_pages_on_the_kit_layout(world: Shop
         home = await browser.get("/")
         assert home.status_code == 200 and 'class="kz-header"' in home.text and "/_kizuna/kizuna.css" in home.text
         assert "Sencha first flush" in home.text and "¥1,800" in home.text and "Sign in" in home.text
+        # A Japanese browser gets the page in Japanese; the header's switch changes it for good.
+        ja = await browser.get("/", headers={"accept-language": "ja-JP,ja;q=0.9,en;q=0.5"})
+        assert '<html lang="ja"' in ja.text and "すべてのカテゴリ" in ja.text and "¥1,800" in ja.text
+        assert "All categories" not in ja.text and 'hreflang="en">English</a>' in ja.text
+        switched = await browser.get("/_kizuna/lang/en", params={"next": "/products/x"})
+        assert switched.status_code == 303 and switched.headers["location"] == "/products/x"
+        english = await browser.get("/", headers={"accept-language": "ja"})
+        assert '<html lang="en"' in english.text and "All categories" in english.text
+        assert (await browser.get("/_kizuna/lang/en", params={"next": "//evil.example"})).headers["location"] == "/"
+        assert (await browser.get("/_kizuna/lang/fr")).status_code == 404
         found = await browser.get("/search", params={"q": "GRASSY"})
         assert "Sencha first flush" in found.text and "Cast iron skillet" not in found.text
         by_price = await browser.get("/", params={"sort": "price_desc", "category": "kitchen"})

@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from kizuna.kit.csrf import CsrfChecked
 from kizuna.kit.errors import DomainError
 from kizuna.kit.flash import Kind, flash
+from kizuna.kit.i18n import gettext as _
 from kizuna.kit.oidc_client import SignedInMember
 from kizuna.kit.web import format_money as money
 from kizuna.kit.web import format_points, page_templates
@@ -54,7 +55,7 @@ def _paid(bank_minor: int, points: int) -> str:
     parts = [money(bank_minor)] if bank_minor else []
     if points:
         parts.append(format_points(points))
-    return " and ".join(parts) or money(0)
+    return _(" and ").join(parts) or money(0)
 
 
 def _refused(request: Request, path: str, exc: DomainError) -> Response:
@@ -87,7 +88,7 @@ async def apply_page(request: Request, member: SignedInMember, annual_income_min
     except DomainError as exc:
         return _refused(request, "/card", exc)
     if not issued["card_number"]:
-        return _back(request, "/card", "Your Kizuna Card is issued.")
+        return _back(request, "/card", _("Your Kizuna Card is issued."))
     # The number is shown on this one page and never stored or redirected through a URL.
     page = _render(request, "issued.html", member, card=issued)
     page.headers["cache-control"] = "no-store"
@@ -99,13 +100,13 @@ async def close_statement_page(request: Request, member: SignedInMember) -> Resp
     """Sandbox only: bill what is posted now instead of waiting for month end."""
     ctx = _ctx(request)
     if not ctx.settings.fintech_sandbox:
-        return _back(request, "/card", "Closing a statement on demand is available in the sandbox only.", "warning")
+        return _back(request, "/card", _("Closing a statement on demand is available in the sandbox only."), "warning")
     async with ctx.db.transaction() as session:
         card = await cards.require_card(session, ctx, member.member_id)
         statement = await statements.close(session, ctx, card.card_id, ctx.clock.now())
     if statement is None:
-        return _back(request, "/card", "Nothing to bill yet.", "info")
-    return _back(request, "/card", "Your statement is closed.")
+        return _back(request, "/card", _("Nothing to bill yet."), "info")
+    return _back(request, "/card", _("Your statement is closed."))
 
 
 @router.post("/card/statements/{statement_id}/pay", dependencies=[CsrfChecked])
@@ -130,7 +131,9 @@ async def pay_page(
         )
     except DomainError as exc:
         return _refused(request, "/card", exc)
-    return _back(request, "/card", f"Thank you: {_paid(bank_minor, points)} paid towards your card bill.")
+    return _back(
+        request, "/card", _("Thank you: %(paid)s paid towards your card bill.") % {"paid": _paid(bank_minor, points)}
+    )
 
 
 @router.get("/bank", response_class=HTMLResponse)
@@ -171,14 +174,14 @@ async def transfer_page(
         )
     except DomainError as exc:
         return _refused(request, "/bank", exc)
-    return _back(request, "/bank", f"{money(amount_minor)} sent.")
+    return _back(request, "/bank", _("%(amount)s sent.") % {"amount": money(amount_minor)})
 
 
 @router.post("/bank/top-up", dependencies=[CsrfChecked])
 async def top_up_page(request: Request, member: SignedInMember, amount_minor: FormInt, key: FormStr) -> Response:
     ctx = _ctx(request)
     if not ctx.settings.fintech_sandbox:
-        return _back(request, "/bank", "Top-up is available in the sandbox only.", "warning")
+        return _back(request, "/bank", _("Top-up is available in the sandbox only."), "warning")
 
     async def operation(session: Any) -> dict[str, Any]:
         return await bank.top_up(session, ctx, member.member_id, amount_minor, ctx.settings.currency)
@@ -194,7 +197,7 @@ async def top_up_page(request: Request, member: SignedInMember, amount_minor: Fo
         )
     except DomainError as exc:
         return _refused(request, "/bank", exc)
-    return _back(request, "/bank", f"{money(amount_minor)} added to your account.")
+    return _back(request, "/bank", _("%(amount)s added to your account.") % {"amount": money(amount_minor)})
 
 
 @router.get("/invest", response_class=HTMLResponse)
@@ -229,4 +232,4 @@ async def buy_page(
         )
     except DomainError as exc:
         return _refused(request, "/invest", exc)
-    return _back(request, "/invest", f"Bought for {_paid(bank_minor, points)}.")
+    return _back(request, "/invest", _("Bought for %(paid)s.") % {"paid": _paid(bank_minor, points)})

@@ -25,6 +25,7 @@ from kizuna.kit.csrf import FormMember, csrf_token
 from kizuna.kit.db import SessionDep
 from kizuna.kit.errors import DomainError, NotFound, PermissionDenied
 from kizuna.kit.flash import Kind, flash
+from kizuna.kit.i18n import gettext as _
 from kizuna.kit.oidc_client import MaybeMember, SignedInMember, WebMember
 from kizuna.kit.web.wording import for_member
 
@@ -118,7 +119,7 @@ async def storefront(
     sort: Sort = "newest",
 ) -> HTMLResponse:
     products = await catalogue.browse(session, category=category, text=q, sort=sort)
-    title = f"Results for “{q}”" if q else "Shop"
+    title = _("Results for “%(query)s”") % {"query": q} if q else _("Shop")
     return await _render(
         request,
         "storefront.html",
@@ -137,7 +138,9 @@ async def product(product_id: str, request: Request, session: SessionDep, member
     try:
         item, merchant = await catalogue.product_page(session, product_id)
     except NotFound as exc:
-        return await _render(request, "error.html", member, status=404, title="Not found", problem=exc.message)
+        return await _render(
+            request, "error.html", member, status=404, title=_("Not found"), problem=for_member(exc.message)
+        )
     earn = await _earn_preview(request, member, item.price_minor, item.currency)
     return await _render(request, "product.html", member, title=item.title, p=item, m=merchant, earn_points=earn)
 
@@ -152,7 +155,7 @@ async def cart_page(request: Request, member: SignedInMember, session: SessionDe
         group = by_merchant.setdefault(line.merchant.id, {"merchant": line.merchant, "lines": [], "total": 0})
         group["lines"].append(line)
         group["total"] += line.item.quantity * line.product.price_minor
-    return await _render(request, "cart.html", member, title="Cart", groups=list(by_merchant.values()))
+    return await _render(request, "cart.html", member, title=_("Cart"), groups=list(by_merchant.values()))
 
 
 @router.post("/cart/items")
@@ -166,14 +169,14 @@ async def add_to_cart(
         return _back(
             request, f"/products/{product_id}" if "no product" not in exc.message else "/cart", error=exc.message
         )
-    return _back(request, "/cart", message="Your cart is updated.")
+    return _back(request, "/cart", message=_("Your cart is updated."))
 
 
 @router.post("/cart/items/{product_id}/remove")
 async def remove_from_cart(product_id: str, request: Request, member: FormMember, session: SessionDep) -> Response:
     await cart.remove(session, member.member_id, product_id)
     await session.commit()
-    return _back(request, "/cart", message="Removed from your cart.")
+    return _back(request, "/cart", message=_("Removed from your cart."))
 
 
 @router.get("/checkout", response_class=HTMLResponse)
@@ -187,7 +190,7 @@ async def checkout_page(request: Request, member: SignedInMember, session: Sessi
         request,
         "checkout.html",
         member,
-        title="Checkout",
+        title=_("Checkout"),
         lines=lines,
         merchant=lines[0].merchant,
         total=total,
@@ -213,7 +216,7 @@ async def place_order(
     except DomainError as exc:
         flash(request, "error", for_member(exc.message))
         return RedirectResponse(f"/checkout?merchant_id={quote(merchant_id)}", status_code=303)
-    return _back(request, f"/orders#order-{done.order_id}", message="Thank you! Your order is placed.")
+    return _back(request, f"/orders#order-{done.order_id}", message=_("Thank you! Your order is placed."))
 
 
 # ---- my orders ----------------------------------------------------------------------------------
@@ -222,7 +225,7 @@ async def place_order(
 @router.get("/orders", response_class=HTMLResponse)
 async def my_orders(request: Request, member: SignedInMember, session: SessionDep) -> HTMLResponse:
     mine = [(o, await orders.order_lines(session, o.id)) for o in await orders.member_orders(session, member.member_id)]
-    return await _render(request, "orders.html", member, title="My orders", orders=mine)
+    return await _render(request, "orders.html", member, title=_("My orders"), orders=mine)
 
 
 async def _own_order(session: SessionDep, order_id: str, member: WebMember) -> None:
@@ -238,7 +241,7 @@ async def confirm_delivery(order_id: str, request: Request, member: FormMember) 
         await _shop(request).orders.complete(order_id, member.member_id)
     except DomainError as exc:
         return _back(request, "/orders", error=exc.message)
-    return _back(request, "/orders", message="Thanks for confirming the delivery.")
+    return _back(request, "/orders", message=_("Thanks for confirming the delivery."))
 
 
 @router.post("/orders/{order_id}/cancel")
@@ -248,7 +251,7 @@ async def cancel_order(order_id: str, request: Request, member: FormMember, sess
         await _shop(request).orders.cancel(order_id)
     except DomainError as exc:
         return _back(request, "/orders", error=exc.message)
-    return _back(request, "/orders", message="Your order is cancelled; your points and the card hold are released.")
+    return _back(request, "/orders", message=_("Your order is cancelled; your points and the card hold are released."))
 
 
 @router.post("/orders/{order_id}/refund-request")
@@ -260,7 +263,7 @@ async def request_refund(
         await session.commit()
     except DomainError as exc:
         return _back(request, "/orders", error=exc.message)
-    return _back(request, "/orders", message="Your refund request is sent to the merchant.")
+    return _back(request, "/orders", message=_("Your refund request is sent to the merchant."))
 
 
 # ---- merchant console ---------------------------------------------------------------------------
@@ -281,7 +284,7 @@ async def merchant_console(request: Request, member: SignedInMember, session: Se
                 "products": await catalogue.merchant_products(session, merchant.id),
             }
         )
-    return await _render(request, "merchant.html", member, title="Merchant console", consoles=consoles)
+    return await _render(request, "merchant.html", member, title=_("Merchant console"), consoles=consoles)
 
 
 @router.post("/merchant/apply")
@@ -293,7 +296,7 @@ async def apply_as_merchant(
         await session.commit()
     except DomainError as exc:
         return _back(request, "/merchant", error=exc.message)
-    return _back(request, "/merchant", message="Thanks for applying; a platform admin will verify your shop.")
+    return _back(request, "/merchant", message=_("Thanks for applying; a platform admin will verify your shop."))
 
 
 @router.post("/merchant/{merchant_id}/products")
@@ -316,7 +319,7 @@ async def add_product(
         await session.commit()
     except DomainError as exc:
         return _back(request, "/merchant", error=exc.message)
-    return _back(request, "/merchant", message=f"{title.strip()} is on sale.")
+    return _back(request, "/merchant", message=_("%(title)s is on sale.") % {"title": title.strip()})
 
 
 @router.post("/merchant/{merchant_id}/products/{product_id}")
@@ -348,7 +351,7 @@ async def update_product(
         await session.commit()
     except DomainError as exc:
         return _back(request, "/merchant", error=exc.message)
-    return _back(request, "/merchant", message="The product is updated.")
+    return _back(request, "/merchant", message=_("The product is updated."))
 
 
 async def _merchant_order(session: SessionDep, merchant_id: str, order_id: str, member: WebMember) -> None:
@@ -383,7 +386,11 @@ async def merchant_order_action(
             await lifecycle.refund(order_id)
     except DomainError as exc:
         return _back(request, "/merchant", error=exc.message)
-    return _back(request, "/merchant", message=f"Order {order_id} is {done[action]}.")
+    return _back(
+        request,
+        "/merchant",
+        message=_("Order %(order)s is %(status)s.") % {"order": order_id, "status": _(done[action])},
+    )
 
 
 # ---- platform admin -----------------------------------------------------------------------------
@@ -397,11 +404,11 @@ async def admin_merchants(request: Request, member: SignedInMember, session: Ses
             "error.html",
             member,
             status=403,
-            title="Not allowed",
-            problem="Only a platform admin may verify merchants.",
+            title=_("Not allowed"),
+            problem=_("Only a platform admin may verify merchants."),
         )
     return await _render(
-        request, "admin.html", member, title="Merchant verification", merchants=await catalogue.merchants(session)
+        request, "admin.html", member, title=_("Merchant verification"), merchants=await catalogue.merchants(session)
     )
 
 
@@ -417,7 +424,11 @@ async def admin_decide(
         await session.commit()
     except DomainError as exc:
         return _back(request, "/admin/merchants", error=exc.message)
-    return _back(request, "/admin/merchants", message=f"{merchant.name} is {merchant.status}.")
+    return _back(
+        request,
+        "/admin/merchants",
+        message=_("%(merchant)s is %(status)s.") % {"merchant": merchant.name, "status": _(merchant.status)},
+    )
 
 
 def mount(app: FastAPI) -> None:

@@ -19,6 +19,7 @@ from kizuna.kit.csrf import FormMember
 from kizuna.kit.db import SessionDep
 from kizuna.kit.errors import DomainError, NotFound
 from kizuna.kit.flash import flash
+from kizuna.kit.i18n import gettext as _
 from kizuna.kit.oidc_client import MaybeMember, SignedInMember
 from kizuna.kit.web import IMAGE_PREFIX, page_templates
 from kizuna.kit.web.wording import for_member
@@ -51,7 +52,12 @@ def _page(request: Request, name: str, status: int = 200, **context: Any) -> HTM
 
 def _error(request: Request, exc: DomainError, **context: Any) -> HTMLResponse:
     return _page(
-        request, "travel/error.html", status=exc.http_status, message=for_member(exc.message), title="Sorry", **context
+        request,
+        "travel/error.html",
+        status=exc.http_status,
+        message=for_member(exc.message),
+        title=_("Sorry"),
+        **context,
     )
 
 
@@ -61,7 +67,7 @@ async def search_page(request: Request, member: MaybeMember) -> HTMLResponse:
     return _page(
         request,
         "travel/search.html",
-        title="Find a hotel",
+        title=_("Find a hotel"),
         member=member,
         default_in=today.isoformat(),
         default_out=(today.fromordinal(today.toordinal() + 1)).isoformat(),
@@ -87,7 +93,7 @@ async def results_page(
     return _page(
         request,
         "travel/results.html",
-        title=f"Hotels in {CITIES[city]}",
+        title=_("Hotels in %(city)s") % {"city": _(CITIES[city])},
         city=city,
         stay=stay,
         results=results,
@@ -130,7 +136,7 @@ async def hotel_view(
 async def book_link(request: Request, member: SignedInMember) -> Response:
     """An old or shared booking link: a GET never fills in a booking to pay; choose the room again."""
     hotel_id = request.query_params.get("hotel_id", "")
-    flash(request, "info", "Choose your room and rate to book.")
+    flash(request, "info", _("Choose your room and rate to book."))
     target = f"/hotels/{quote(hotel_id)}" if hotel_id.startswith("htl_") else "/"
     return RedirectResponse(target, status_code=303)
 
@@ -162,7 +168,7 @@ async def book_page(
     return _page(
         request,
         "travel/book.html",
-        title="Book",
+        title=_("Book"),
         member=member,
         hotel=page.hotel,
         offer=offer,
@@ -202,7 +208,7 @@ async def book_submit(
         )
     except DomainError as exc:
         return _error(request, exc, member=member)
-    flash(request, "success", "Your booking is confirmed. Have a good trip!")
+    flash(request, "success", _("Your booking is confirmed. Have a good trip!"))
     return RedirectResponse(f"/trips/{booking.id}", status_code=303)
 
 
@@ -221,7 +227,7 @@ async def trips_page(
 ) -> HTMLResponse:
     rows = await bookings.for_member(member.member_id)
     names = await _names(session, {b.hotel_id for b in rows}, {b.room_type_id for b in rows}, set())
-    return _page(request, "travel/trips.html", title="My trips", member=member, bookings=rows, names=names)
+    return _page(request, "travel/trips.html", title=_("My trips"), member=member, bookings=rows, names=names)
 
 
 async def _own(bookings: Bookings, member_id: str, booking_id: str) -> Any:
@@ -245,7 +251,7 @@ async def trip_page(
     return _page(
         request,
         "travel/trip.html",
-        title="Your trip",
+        title=_("Your trip"),
         member=member,
         b=booking,
         names=names,
@@ -267,10 +273,10 @@ async def cancel_submit(
         quote_now = bookings.quote_cancellation(booking) if booking.status == "confirmed" else None
         if quote_now is not None and quote_now.penalty_minor > 0 and confirmed != "yes":
             # A cancellation that costs money happens only after the member saw the cost and said yes.
-            flash(request, "warning", "Please confirm the cancellation and its cost.")
+            flash(request, "warning", _("Please confirm the cancellation and its cost."))
             return RedirectResponse(f"/trips/{booking_id}", status_code=303)
         await bookings.cancel(member.member_id, booking_id)
     except DomainError as exc:
         return _error(request, exc, member=member)
-    flash(request, "success", "Your booking is cancelled.")
+    flash(request, "success", _("Your booking is cancelled."))
     return RedirectResponse(f"/trips/{booking_id}", status_code=303)

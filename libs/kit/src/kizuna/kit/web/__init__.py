@@ -19,11 +19,12 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
 from kizuna.kit import flash as flash_messages
+from kizuna.kit import i18n
 from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -80,6 +81,34 @@ async def image(name: str) -> FileResponse:
     return FileResponse(
         STATIC / "img" / name, media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"}
     )
+
+
+@router.get("/_kizuna/lang/{code}")
+async def switch_language(code: str, request: Request) -> RedirectResponse:
+    """The header's language switch: remember the choice (a cookie every service reads), go back."""
+    if code not in i18n.SUPPORTED:
+        raise HTTPException(404, "no such language")
+    target = request.query_params.get("next", "/")
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        target = "/"
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        i18n.COOKIE,
+        code,
+        max_age=365 * 24 * 3600,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
+def _language_context(request: Request) -> dict[str, Any]:
+    lang = i18n.language()
+    other = "en" if lang == "ja" else "ja"
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return {"lang": lang, "other_lang": other, "other_lang_name": i18n.NAMES[other], "here": here}
 
 
 def service_links() -> list[dict[str, str]]:
@@ -144,7 +173,13 @@ def page_templates(*directories: Path, service: str = "", **globals_: Any) -> Ji
             [FileSystemLoader([str(d) for d in directories]), FileSystemLoader(str(_HERE / "templates"))]
         ),
         autoescape=select_autoescape(default=True),
+        extensions=["jinja2.ext.i18n"],
     )
+    env.install_gettext_callables(i18n.gettext, i18n.ngettext, newstyle=True)  # type: ignore[attr-defined]
+    for directory in directories:
+        # A service's catalogues sit beside its templates: <package>/locale/<lang>.po.
+        for candidate in (directory / "locale", directory.parent / "locale"):
+            i18n.load(candidate)
     from kizuna.kit.csrf import csrf_field, csrf_token
     from kizuna.kit.web.wording import for_member, line_for_member
 
@@ -165,11 +200,14 @@ def page_templates(*directories: Path, service: str = "", **globals_: Any) -> Ji
         service_links=service_links(),
         csrf_field=csrf_field,
         csrf_value=csrf_token,
+        # Text that comes from data (a status, a label, a domain message): looked up in the
+        # catalogue as it is, never used as a format string.
+        tr=i18n.gettext,
         flashes=flash_messages.flashes,
         money=format_money,
         **globals_,
     )
-    return Jinja2Templates(env=env)
+    return Jinja2Templates(env=env, context_processors=[_language_context])
 
 
 # ---- middleware -----------------------------------------------------------------------------------
@@ -197,6 +235,9 @@ class PageMiddleware:
             await self.app(scope, receive, send)
             return
         connection = HTTPConnection(scope)
+        i18n.set_language(
+            i18n.negotiate(connection.cookies.get(i18n.COOKIE), connection.headers.get("accept-language"))
+        )
         raw = connection.cookies.get(self.cookie)
         if raw:
             scope["kizuna.flash.incoming"] = flash_messages.decode(raw, _flash_secret(scope))

@@ -1,15 +1,18 @@
-"""Error text a member understands.
+"""Error text a member understands, in their language.
 
 Domain errors are written for developers ("points (1156) exceed the member's balance (156)",
 "the card was declined (DECLINE_REASON_FRAUD_RULE)"); the JSON API keeps them as they are. Pages
-pass them through `for_member`, which rewrites the known ones in plain words and never shows an
-internal id or code.
+pass them through `for_member`, which rewrites the known ones in plain words (translated for the
+request, kizuna.kit.i18n) and never shows an internal id or code. `line_for_member` does the same
+for history and statement lines.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+
+from kizuna.kit.i18n import gettext as _
 
 _DECLINES = {
     "DECLINE_REASON_LIMIT": "Your Kizuna Card's available credit is not enough for this payment.",
@@ -20,6 +23,35 @@ _DECLINES = {
     "DECLINE_REASON_EXPIRED_CARD": "Your Kizuna Card has expired.",
     "DECLINE_REASON_CURRENCY_NOT_SUPPORTED": "Your Kizuna Card cannot pay in this currency.",
 }
+DECLINED = "Your Kizuna Card declined this payment."
+ASKED_MORE_THAN_BALANCE = "You asked to use %(asked)s, but you have %(have)s."
+AT_MOST_ON_ORDER = "You can use at most %(most)s on this order."
+ASKED_MORE_THAN_AVAILABLE = "You asked to use %(asked)s, but you have %(have)s available."
+BANK_TOO_LOW = "Your bank balance (%(balance)s) is not enough for this payment."
+PAID_MORE_THAN_DUE = "You tried to pay %(paid)s, but only %(due)s is still due."
+BOOKING_NOT_MADE = "Your booking was not made: %(reason)s"
+SOMETHING_WRONG = "Something went wrong. Please try again."
+LINE_PAYMENT = "Payment: %(bank)s from your bank and %(points)s"
+LINE_TRANSFER = "Transfer"
+LINE_CARD_BILL = "Kizuna Card bill"
+LINE_REFUND = "Refund: %(what)s"
+
+# Every message this module can produce (the translation test checks each has Japanese).
+MESSAGES = [
+    *_DECLINES.values(),
+    DECLINED,
+    ASKED_MORE_THAN_BALANCE,
+    AT_MOST_ON_ORDER,
+    ASKED_MORE_THAN_AVAILABLE,
+    BANK_TOO_LOW,
+    PAID_MORE_THAN_DUE,
+    BOOKING_NOT_MADE,
+    SOMETHING_WRONG,
+    LINE_PAYMENT,
+    LINE_TRANSFER,
+    LINE_CARD_BILL,
+    LINE_REFUND,
+]
 _ID = re.compile(r"\b(?:pur|bkg|ord|auth|stm|mbr|prd|mch|pay|txn|hld|rsv|lot|ent|crd|acct|fund)_[0-9A-Za-z]{6,}\b")
 
 
@@ -28,35 +60,33 @@ def _pt(n: str) -> str:
 
 
 def _yen(n: str) -> str:
-    return f"¥{int(n):,}"
+    amount = int(n)
+    return f"{'-' if amount < 0 else ''}¥{abs(amount):,}"
 
 
 _RULES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
-    (
-        re.compile(r"(DECLINE_REASON_[A-Z_]+)"),
-        lambda m: _DECLINES.get(m.group(1), "Your Kizuna Card declined this payment."),
-    ),
+    (re.compile(r"(DECLINE_REASON_[A-Z_]+)"), lambda m: _(_DECLINES.get(m.group(1), DECLINED))),
     (
         re.compile(r"points \((\d+)\) exceed the member's balance \((\d+)\)"),
-        lambda m: f"You asked to use {_pt(m.group(1))}, but you have {_pt(m.group(2))}.",
+        lambda m: _(ASKED_MORE_THAN_BALANCE) % {"asked": _pt(m.group(1)), "have": _pt(m.group(2))},
     ),
     (
         re.compile(r"points \((\d+)\) exceed the order total \((\d+)\)"),
-        lambda m: f"You can use at most {_pt(m.group(2))} on this order.",
+        lambda m: _(AT_MOST_ON_ORDER) % {"most": _pt(m.group(2))},
     ),
     (
         re.compile(r"insufficient points: (\d+) requested, (\d+) available"),
-        lambda m: f"You asked to use {_pt(m.group(1))}, but you have {_pt(m.group(2))} available.",
+        lambda m: _(ASKED_MORE_THAN_AVAILABLE) % {"asked": _pt(m.group(1)), "have": _pt(m.group(2))},
     ),
     (
         re.compile(r"insufficient funds: \w+ balance (-?\d+) \w+"),
-        lambda m: f"Your bank balance ({_yen(m.group(1))}) is not enough for this payment.",
+        lambda m: _(BANK_TOO_LOW) % {"balance": _yen(m.group(1))},
     ),
     (
         re.compile(r"payment (\d+) exceeds the (\d+) \w+ still due"),
-        lambda m: f"You tried to pay {_yen(m.group(1))}, but only {_yen(m.group(2))} is still due.",
+        lambda m: _(PAID_MORE_THAN_DUE) % {"paid": _yen(m.group(1)), "due": _yen(m.group(2))},
     ),
-    (re.compile(r"^the card was declined$"), lambda m: "Your Kizuna Card declined this payment."),
+    (re.compile(r"^the card was declined$"), lambda m: _(DECLINED)),
 ]
 
 
@@ -66,20 +96,22 @@ def for_member(text: str) -> str:
         match = pattern.search(text)
         if match:
             return rewrite(match)
-    text = re.sub(r"\bbooking \S+ was not made: ", "Your booking was not made: ", text)
+    booking = re.match(r"^booking \S+ was not made: (.*)$", text)
+    if booking:
+        return _(BOOKING_NOT_MADE) % {"reason": for_member(booking.group(1))}
     text = _ID.sub("", text)
     text = re.sub(r"\s{2,}", " ", text).replace(" ,", ",").replace(" .", ".").strip()
-    return text[:1].upper() + text[1:] if text else "Something went wrong. Please try again."
+    return _(text[:1].upper() + text[1:]) if text else _(SOMETHING_WRONG)
 
 
 _LINES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
     (
         re.compile(r"^Payment \(bank (\d+), points (\d+)\)$"),
-        lambda m: f"Payment: {_yen(m.group(1))} from your bank and {_pt(m.group(2))}",
+        lambda m: _(LINE_PAYMENT) % {"bank": _yen(m.group(1)), "points": _pt(m.group(2))},
     ),
-    (re.compile(r"^Transfer from \S+ to \S+$"), lambda m: "Transfer"),
-    (re.compile(r"^Statement \S+$"), lambda m: "Kizuna Card bill"),
-    (re.compile(r"^refund (.+)$"), lambda m: f"Refund: {m.group(1)}"),
+    (re.compile(r"^Transfer from \S+ to \S+$"), lambda m: _(LINE_TRANSFER)),
+    (re.compile(r"^Statement \S+$"), lambda m: _(LINE_CARD_BILL)),
+    (re.compile(r"^refund (.+)$"), lambda m: _(LINE_REFUND) % {"what": m.group(1)}),
 ]
 
 

@@ -16,7 +16,9 @@
     document.querySelector("[data-kz-member-name]").textContent = me.name;
     document.querySelector("[data-kz-signout]").hidden = false;
     document.querySelector("[data-kz-points]").textContent =
-      me.points === null ? "points unavailable" : `${me.points.toLocaleString("en")} pt`;
+      me.points === null
+        ? document.documentElement.dataset.kzPointsUnavailable || "points unavailable"
+        : `${me.points.toLocaleString(document.documentElement.lang === "ja" ? "ja-JP" : "en-US")} pt`;
   } catch (error) {
     console.warn("header: member unavailable", error);
   }
