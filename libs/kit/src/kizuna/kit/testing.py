@@ -131,19 +131,26 @@ def _alive(pid: int, started: int) -> bool:
     return stat is not None and stat[1] == started and stat[2] != "Z"
 
 
+def _signal_group(process: subprocess.Popen[Any], sig: int) -> None:
+    """`sig` to the process's group when it leads one (spawn), else to the process alone."""
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(process.pid) == process.pid:
+            os.killpg(process.pid, sig)
+        else:
+            process.send_signal(sig)
+
+
 def end_process(process: subprocess.Popen[Any], timeout: float = 10.0, sig: int = signal.SIGTERM) -> int:
     """End a process started by `spawn()` and everything it started: `sig` to its process group,
     SIGKILL to the group after `timeout`, then the same for descendants that left the group.
     Returns the process's exit code."""
     descendants = _descendants(process.pid)
     if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
+        _signal_group(process, sig)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+            _signal_group(process, signal.SIGKILL)
             process.wait()
     # Whatever the leader left behind (its group, or children in sessions of their own) gets the
     # same bounded chance, then SIGKILL.
@@ -518,8 +525,8 @@ class ServiceProcess:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.logs()}")
-            if not self._read_ports():
-                time.sleep(0.05)
+            if not (self.http_port and self.grpc_port) and not self._read_ports():
+                time.sleep(0.05)  # ports 0: known once the service reports them
                 continue
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
