@@ -57,8 +57,8 @@ def test_a_service_publishes_its_own_subjects_and_declared_commands_signed_with_
     }
     # travel does not declare the credit command: it may not send it at all.
     assert not [s for s in travel["publish"]["allow"] if s.startswith("points.")]
-    # Replies reach only the service's own inbox prefix; revocation may be followed directly.
-    assert shop["subscribe"]["allow"] == ["_INBOX_shop.>", "identity.access.revoked"]
+    # Everything reaches a service through its own inbox prefix only.
+    assert shop["subscribe"]["allow"] == ["_INBOX_shop.>"]
 
 
 def test_contracts_imply_exactly_the_subjects_they_need() -> None:
@@ -505,3 +505,23 @@ async def test_a_reader_binds_to_anothers_stream_as_its_owner_made_it(
     finally:
         await nc.close()
         await db.dispose()
+
+
+async def test_a_push_consumer_cannot_carry_shops_messages_into_anothers_subject(
+    as_service, fresh_streams: Client
+) -> None:
+    """shop may create consumers on its own stream, and a push consumer's deliver subject is in the
+    request body, out of the permissions' sight: it is pointed at points' command and identity's
+    revocation subjects. Nothing is delivered, because no service may subscribe there (the
+    streams alone are no interest), so shop's message reaches no stream and no service."""
+    points = await as_service("points")
+    await points.nc.subscribe("identity.access.revoked")
+    assert any("identity.access.revoked" in e for e in await points.violations(1))
+    shop = await as_service("shop")
+    js = shop.nc.jetstream(timeout=2)
+    for number, target in enumerate(("points.credit.requested.fintech", "identity.access.revoked")):
+        await js.add_consumer("SHOP", ConsumerConfig(name=f"shop-push-{number}", deliver_subject=target))
+    await js.publish("shop.forged", b"forged")
+    await asyncio.sleep(1)
+    for stream in ("POINTS", "IDENTITY"):
+        assert (await fresh_streams.jetstream().stream_info(stream)).state.messages == 0, stream

@@ -16,8 +16,9 @@ What a service's user may do, and nothing else:
   `identity.member.erasure_requested`; points reads `<earner>.purchase.>` of every earner;
   identity reads `<service>.member.erased` of every service that holds member data;
 - fetch from and acknowledge consumers on those streams;
-- receive only on its private inbox prefix `_INBOX_<name>` (replies to its own requests), so no
-  service reads another's replies.
+- receive only on its private inbox prefix `_INBOX_<name>` (replies to its own requests, pulled
+  and pushed messages), so no service reads another's replies, and a push consumer pointed at
+  another service's subject finds no subscriber to deliver to.
 
 `server_config()` writes a nats-server configuration with these users; `make up` and the kit's
 pytest plugin run nats-server with it. A superuser exists only for test harnesses that inspect
@@ -118,11 +119,11 @@ def permissions(decl: Declaration, decls: Iterable[Declaration]) -> Permissions:
             # Flow-control replies of push (ordered) consumers.
             f"$JS.FC.{stream}.>",
         ]
+    # Everything a service receives (replies, pulled and pushed messages) arrives in its own inbox.
+    # Nothing else: a subscription elsewhere would also be interest that a push consumer created by
+    # another service could deliver that service's own messages to, past its publish permissions.
     subscribe = [f"{inbox_prefix(decl.name)}.>"]
-    if decl.name != ISSUER:
-        # Revocation may also be followed with a plain subscription (no durable consumer).
-        subscribe.append(REVOCATION_SUBJECT)
-    return {"publish": {"allow": _unique(publish)}, "subscribe": {"allow": _unique(subscribe)}}
+    return {"publish": {"allow": _unique(publish)}, "subscribe": {"allow": subscribe}}
 
 
 def _unique(items: list[str]) -> list[str]:
