@@ -1,17 +1,16 @@
-"""What partner's routes, jobs and commands share while it runs, typed."""
+"""What partner's routes, jobs and commands share while it runs (the kit builds it at start, typed)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from kizuna.kit.clock import Clock
 from kizuna.kit.db import Database
+from kizuna.kit.service import context_of
 
 from partner.till import Till
-
-CONTEXT = "partner"
 
 
 @dataclass
@@ -20,14 +19,9 @@ class Context:
     clock: Clock
     till: Till
 
-
-def of_runtime(runtime: Any) -> Context:
-    context: Context = runtime.state[CONTEXT]
-    return context
-
-
-def _context(request: Request) -> Context:
-    return of_runtime(request.app.state.runtime)
+    async def aclose(self) -> None:
+        await self.till.points.close()
+        await self.till.grants.aclose()
 
 
-ContextDep = Annotated[Context, Depends(_context)]
+ContextDep = Annotated[Context, Depends(context_of(Context))]

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from kizuna.kit.csrf import FormMember
 from kizuna.kit.flash import flash
+from kizuna.kit.i18n import gettext as _
 from kizuna.kit.oidc_client import MaybeMember, SignedInMember, WebSession
 from kizuna.kit.web import page_templates
 from sqlmodel import col, select
@@ -30,7 +31,7 @@ def _page(request: Request, name: str, **context: Any) -> HTMLResponse:
 
 @router.get("/", response_class=HTMLResponse)
 async def home(request: Request, member: MaybeMember) -> HTMLResponse:
-    return _page(request, "partner/index.html", title="Partner stores", member=member)
+    return _page(request, "partner/index.html", title=_("Partner stores"), member=member)
 
 
 @router.get("/card", response_class=HTMLResponse)
@@ -40,7 +41,7 @@ async def card_page(request: Request, member: SignedInMember, context: ContextDe
     now = context.clock.now()
     code = cards.current_code(card, now) if card else None
     return _page(
-        request, "partner/card.html", title="Your point card", member=member, card=card, code=code, step=codes.STEP
+        request, "partner/card.html", title=_("Your point card"), member=member, card=card, code=code, step=codes.STEP
     )
 
 
@@ -59,7 +60,7 @@ async def enroll(request: Request, member: FormMember, context: ContextDep) -> R
             access_expires_at=web.access_expires_at,
             now=context.clock.now(),
         )
-    flash(request, "success", "Your point card is ready. Show the code at the till to earn and spend points.")
+    flash(request, "success", _("Your point card is ready. Show the code at the till to earn and spend points."))
     return RedirectResponse("/card", status_code=303)
 
 
@@ -70,7 +71,7 @@ async def revoke(request: Request, member: FormMember, context: ContextDep) -> R
     flash(
         request,
         "success" if revoked else "warning",
-        "Your point card is revoked: its codes no longer work." if revoked else "You had no point card.",
+        _("Your point card is revoked: its codes no longer work.") if revoked else _("You had no point card."),
     )
     return RedirectResponse("/card", status_code=303)
 
@@ -86,4 +87,4 @@ async def purchases(request: Request, member: SignedInMember, context: ContextDe
                 .limit(100)
             )
         ).all()
-    return _page(request, "partner/purchases.html", title="At partner stores", member=member, sales=rows)
+    return _page(request, "partner/purchases.html", title=_("At partner stores"), member=member, sales=rows)

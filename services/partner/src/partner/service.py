@@ -10,12 +10,13 @@ from typing import Any
 
 import httpx
 from fastapi import APIRouter
+from kizuna.kit.clock import LiveClock
 from kizuna.kit.points import PointsClient
 from kizuna.kit.privacy import Privacy
 from kizuna.kit.service import Runtime, Service
 
 from partner import cards, http_api, member_data, pages, pos_simulator, settlement
-from partner.context import CONTEXT, Context, of_runtime
+from partner.context import Context
 from partner.settings import Settings
 from partner.till import Limits, Till
 
@@ -31,7 +32,8 @@ async def _token_endpoint(s: Settings) -> str:
         return str(response.json()["token_endpoint"])
 
 
-async def start(runtime: Runtime[Any]) -> None:
+async def build(runtime: Runtime[Any]) -> Context:
+    """The kit builds this at start and closes it at stop; routes read it typed (ContextDep)."""
     s: Settings = runtime.settings
     points = PointsClient(s.points_addr, runtime.service_tokens, service="partner", timeout=s.peer_timeout_seconds)
     grants = cards.Grants(await _token_endpoint(s), s.kizuna_client_id or "partner", s.kizuna_client_secret)
@@ -41,14 +43,8 @@ async def start(runtime: Runtime[Any]) -> None:
         per_card_per_minute=s.max_sales_per_card_per_minute,
         per_store_per_minute=s.max_sales_per_store_per_minute,
     )
-    runtime.state[CONTEXT] = Context(runtime.db, runtime.clock, Till(runtime.db, points, grants, runtime.clock, limits))
-
-
-async def stop(runtime: Runtime[Any]) -> None:
-    context: Context | None = runtime.state.get(CONTEXT)
-    if context is not None:
-        await context.till.points.close()
-        await context.till.grants.aclose()
+    clock = LiveClock(lambda: runtime.clock)  # follows runtime.clock, which a test may swap
+    return Context(runtime.db, clock, Till(runtime.db, points, grants, clock, limits))
 
 
 async def grant_job(runtime: Runtime[Any]) -> None:
@@ -56,7 +52,7 @@ async def grant_job(runtime: Runtime[Any]) -> None:
     while True:
         await asyncio.sleep(runtime.settings.grant_interval_seconds)
         try:
-            granted = await of_runtime(runtime).till.grant_due()
+            granted = await runtime.context_as(Context).till.grant_due()
             if granted:
                 log.info("granted earnings past their return window", extra={"granted": granted})
         except Exception:
@@ -70,8 +66,7 @@ for part in (http_api.router, pages.router):
 service = Service(
     settings=Settings,
     http=router,
-    on_start=[start],
-    on_stop=[stop],
+    context=build,
     jobs=[grant_job],
     consumers=settlement.consumers,
     commands={"pos": pos_simulator.command},
