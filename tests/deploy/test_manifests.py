@@ -152,7 +152,7 @@ def secret_refs(container: dict[str, Any]) -> dict[str, dict[str, str]]:
             "name": re.sub(r"-[a-z0-9]{10}$", "", e["valueFrom"]["secretKeyRef"]["name"]),
         }
         for e in container["env"]
-        if "valueFrom" in e
+        if "secretKeyRef" in e.get("valueFrom", {})
     }
 
 
@@ -205,6 +205,14 @@ def test_service_deployment(rendered: dict[str, Rendered], overlay: str, service
         assert names.index("DATABASE_PASSWORD") < names.index("DATABASE_URL")
         assert secrets["DATABASE_USER"] == {"name": f"{service}-db-app", "key": "username"}
     assert migrate["envFrom"] == main["envFrom"]
+    # Traces and metrics name the pod, namespace and node (downward API, expanded by the kubelet).
+    attributes = next(e["value"] for e in main["env"] if e["name"] == "OTEL_RESOURCE_ATTRIBUTES")
+    names = [e["name"] for e in main["env"]]
+    for var in re.findall(r"\$\((\w+)\)", attributes):
+        assert names.index(var) < names.index("OTEL_RESOURCE_ATTRIBUTES"), f"{var} must come first"
+    assert {"k8s.pod.name", "k8s.namespace.name", "k8s.node.name"} <= {
+        pair.split("=")[0] for pair in attributes.split(",")
+    }
     optional = [s["secretRef"] for s in main["envFrom"] if "secretRef" in s]
     assert optional == [{"name": f"{service}-secrets", "optional": True}]
 

@@ -19,6 +19,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,7 +34,7 @@ import httpx
 import pytest
 from deploy_support import BY_NAME, ISSUER, SERVICES, Rendered
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from kizuna.kit.testing import NatsServer, PostgresServer, ServiceProcess, free_port
+from kizuna.kit.testing import NatsServer, PostgresServer, ServiceProcess, end_process, free_port, spawn
 
 
 @dataclass
@@ -47,7 +48,7 @@ class ManifestProcess(ServiceProcess):
     def start(self, *, wait: bool = True, timeout: float = 30.0) -> ManifestProcess:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.env}
         self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(self.argv, env=env, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = spawn(self.argv, env=env, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT)
         return self
 
 
@@ -63,11 +64,22 @@ def resolve_env(r: Rendered, container: dict[str, Any]) -> dict[str, str]:
         assert found or ref.get("optional"), f"no Secret {ref['name']}"
         for secret in found:
             env.update({k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()})
+    # What the downward API gives a pod here: a pod name, the overlay's namespace, this machine.
+    (namespace,) = r.of_kind("Namespace")
+    fields = {
+        "metadata.name": f"{container['name']}-0",
+        "metadata.namespace": namespace["metadata"]["name"],
+        "spec.nodeName": socket.gethostname(),
+    }
     for item in container.get("env", []):
         if "value" in item:
-            env[item["name"]] = item["value"]
+            # The kubelet expands $(VAR) from the variables defined before it.
+            env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), item["value"])
             continue
         ref = item["valueFrom"]
+        if "fieldRef" in ref:
+            env[item["name"]] = fields[ref["fieldRef"]["fieldPath"]]
+            continue
         if "secretKeyRef" in ref:
             secret = r.get("Secret", ref["secretKeyRef"]["name"])
             env[item["name"]] = base64.b64decode(secret["data"][ref["secretKeyRef"]["key"]]).decode()
@@ -201,16 +213,20 @@ def test_services_run_as_the_dev_manifests_say(
     for name, plan in plans.items():
         (init,) = plan["pod"]["initContainers"]
         argv = local_argv([*init["command"], *init.get("args", [])])
-        migrations[name] = subprocess.Popen(
+        migrations[name] = spawn(
             argv,
             env={"PATH": os.environ["PATH"], **plan["env"]},
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-    for name, migration in migrations.items():
-        out, _ = migration.communicate(timeout=90)
-        assert migration.returncode == 0, f"{name} migrate failed:\n{out.decode(errors='replace')}"
+    try:
+        for name, migration in migrations.items():
+            out, _ = migration.communicate(timeout=90)
+            assert migration.returncode == 0, f"{name} migrate failed:\n{out.decode(errors='replace')}"
+    finally:
+        for migration in migrations.values():
+            end_process(migration)  # a migration still running after a failure or timeout
 
     # The container: identity first (the issuer), then the others side by side.
     procs: dict[str, ManifestProcess] = {}
