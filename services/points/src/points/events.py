@@ -23,7 +23,7 @@ from kizuna.points.v1 import events_pb2 as ev
 from kizuna.points.v1 import points_pb2 as pb
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from points import earning, store
+from points import campaigns, earning, store
 from points.grpc_api import CREDIT_KINDS, ledger_of
 from points.settings import Settings
 
@@ -38,7 +38,20 @@ log = logging.getLogger("points.events")
 async def on_member(runtime: Points, session: AsyncSession, event: Event) -> None:
     now = ledger_of(runtime).clock.now()
     if event.subject == "identity.member.registered":
-        await store.register_member(session, event.parse(identity.MemberRegistered).member_id, now)
+        member_id = event.parse(identity.MemberRegistered).member_id
+        if not 0 < len(member_id) <= 100:
+            raise InvalidArgument("member_id must be 1-100 characters")
+        if await store.lock_wallet(session, member_id) is not None:
+            return  # known already (a repeated registration): no second welcome
+        wallet = await store.register_member(session, member_id, now)
+        settings = runtime.settings
+        try:
+            async with session.begin_nested():
+                await campaigns.welcome(session, wallet, now, store.Limits.of(settings), settings.regular_expiry_months)
+        except DomainError as refused:
+            # Joining never waits on a bonus (e.g. points' own daily budget is spent): the member
+            # is registered without it, and operators see why.
+            log.warning("welcome bonus for %s refused: %s", member_id, refused.message)
 
 
 # ---- commands --------------------------------------------------------------------------------

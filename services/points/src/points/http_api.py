@@ -15,7 +15,7 @@ from kizuna.kit.db import SessionDep
 from kizuna.kit.errors import InvalidArgument
 from kizuna.kit.oidc_client import SignedInMember
 
-from points import audit, ledger, store
+from points import audit, campaigns, ledger, store
 from points.grpc_api import ledger_of
 
 router = APIRouter()
@@ -117,3 +117,7 @@ async def admin_settlement(principal: Admin, session: SessionDep, start: datetim
     if end <= start:
         raise InvalidArgument("end must be after start")
     return {"start": start.isoformat(), "end": end.isoformat(), "services": await audit.settlement(session, start, end)}
+
+
+# Campaigns as data (admin, scope points:admin): POST/GET /admin/campaigns.
+router.include_router(campaigns.router)

@@ -195,9 +195,14 @@ class Campaign:
     points_expire_at: datetime
     extra_rate_bp: int = 0
     fixed_bonus: int = 0
+    # x the service's base rate (2.0: the base once more, as limited-time points); 0: none.
+    multiplier: float = 0.0
 
     def applies(self, service: str, at: datetime) -> bool:
         return self.service in ("*", service) and self.starts_at <= at < self.ends_at
+
+    def extra_bp(self, base_bp: int) -> int:
+        return self.extra_rate_bp + (round(base_bp * (self.multiplier - 1)) if self.multiplier > 1 else 0)
 
 
 @dataclass(frozen=True)
@@ -261,7 +266,7 @@ def quote_earn(
     for campaign in rules.campaigns:
         if not campaign.applies(service, at):
             continue
-        points = max(units, 0) * campaign.extra_rate_bp // 10_000 + campaign.fixed_bonus
+        points = max(units, 0) * campaign.extra_bp(base) // 10_000 + campaign.fixed_bonus
         if points > 0:
             bonus += points
             bonus_expires = min(bonus_expires or campaign.points_expire_at, campaign.points_expire_at)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from kizuna.kit.db import UTCDateTime
-from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, LargeBinary, String, Text, false
+from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, LargeBinary, String, Text, false
 from sqlmodel import Field, SQLModel
 
 
@@ -227,3 +227,26 @@ class DailyCredit(SQLModel, table=True):
     day: str = Field(sa_column=Column(String(10), primary_key=True))
     shard: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
     points: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class CampaignRow(SQLModel, table=True):
+    """A campaign created through the admin API (or `python -m points seed`): extra points for
+    purchases (kind "earn") or a bonus on joining (kind "welcome"), paid as limited-time points."""
+
+    __tablename__ = "points_campaign"
+
+    id: str = Field(sa_column=Column(String(40), primary_key=True))
+    name: str = Field(sa_column=Column(String(100), unique=True, nullable=False))
+    kind: str = Field(sa_column=Column(String(20), nullable=False))  # earn | welcome
+    # JSON list of earner names; ["*"] for every earner.
+    services: str = Field(sa_column=Column(Text, nullable=False))
+    starts_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))
+    ends_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))
+    points_expire_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    # x the service's base rate (e.g. 2.0 doubles it), or 0; and/or a fixed number of points.
+    multiplier: float = Field(sa_column=Column(Float, nullable=False))
+    fixed_bonus: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # all | new_members (joined within new_member_days) | first_use (first purchase at the service)
+    audience: str = Field(sa_column=Column(String(20), nullable=False))
+    new_member_days: int = Field(sa_column=Column(Integer, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
+from kizuna.kit import migrations
 from kizuna.kit.db import run_in_session
 from kizuna.kit.service import Service
 from kizuna.points.v1 import points_pb2_grpc
+from sqlmodel.ext.asyncio.session import AsyncSession
 
-from points import audit, events, grpc_api, http_api, member_data
+from points import audit, campaigns, events, grpc_api, http_api, member_data
 from points.expiry import expiry_job
 from points.settings import Settings
 
@@ -20,6 +23,21 @@ def audit_command(settings: Settings, _args: list[str]) -> int:
     return 0 if report.ok else 1
 
 
+def seed_command(settings: Settings, _args: list[str]) -> int:
+    """`python -m points seed`: the welcome bonus and one live demo campaign, once (by name)."""
+    url = settings.database_url_for("points")
+    migrations.upgrade(url, service.migrations_dir)
+    earners = [e.service for e in settings.kizuna_earners]
+
+    async def work(session: AsyncSession) -> list[str]:
+        created = await campaigns.seed(session, datetime.now(UTC), earners, settings.max_credit_points)
+        await session.commit()
+        return created
+
+    print(json.dumps({"campaigns_created": run_in_session(url, work)}))
+    return 0
+
+
 service = Service(
     name="points",
     settings=Settings,
@@ -27,7 +45,7 @@ service = Service(
     grpc=[(points_pb2_grpc.add_PointsServiceServicer_to_server, grpc_api.PointsApi)],
     consumers=events.consumers,
     jobs=[expiry_job],
-    commands={"audit": audit_command},
+    commands={"audit": audit_command, "seed": seed_command},
     # Export and erasure for the member's account center (ledger entries stay, under the bare ID).
     privacy=member_data.privacy,
     # The wallet page: members sign in through identity; the kit adds /auth/*, the layout's

@@ -1231,7 +1231,11 @@ async def record_service_use(session: AsyncSession, member_id: str, service: str
 async def quote_and_count(
     session: AsyncSession, wallet: Wallet, rules: ledger.EarnRules, service: str, units: int, now: datetime
 ) -> ledger.EarnQuote:
-    """Quote an earn and count it against the member's monthly cap (under the wallet lock)."""
+    """Quote an earn and count it against the member's monthly cap (under the wallet lock), with the
+    live campaigns the member qualifies for (before this purchase counts as a use of the service)."""
+    from points import campaigns  # campaigns builds on the store
+
+    rules = await campaigns.with_campaigns(session, rules, wallet, service, now)
     month = ledger.month_key(now)
     if wallet.earn_month != month:
         wallet.earn_month, wallet.earned_this_month = month, 0
@@ -1248,8 +1252,11 @@ async def preview_earn(
 ) -> ledger.EarnQuote:
     """What a purchase would earn the member now (read-only: nothing counted, nothing locked). An
     unknown member is quoted as a new one: nothing earned this month, no other services used."""
+    from points import campaigns  # campaigns builds on the store
+
     month = ledger.month_key(now)
     wallet = await session.get(Wallet, member_id)
+    rules = await campaigns.with_campaigns(session, rules, wallet, service, now)
     earned = wallet.earned_this_month if wallet is not None and wallet.earn_month == month else 0
     used = set(await services_used(session, member_id, month)) | {service}
     return ledger.quote_earn(rules, service, units, used, earned, now)

@@ -1,0 +1,223 @@
+"""Campaigns as data: created through the admin API (scope points:admin) or `python -m points seed`,
+read by the earn rules at each quote.
+
+- kind "earn": purchases at the campaign's services (or every earner) within [starts_at, ends_at)
+  earn extra points, `multiplier` x the base rate and/or a `fixed_bonus` per purchase, paid as
+  limited-time points that expire on `points_expire_at` (and are spent first).
+- kind "welcome": a member who joins within the window gets `fixed_bonus` limited-time points.
+- audience: "all", "new_members" (joined within `new_member_days`), or "first_use" (the member's
+  first purchase at that service).
+A campaign moves points only within the ledger's bounds (MAX_CREDIT_POINTS, the per-purchase and
+per-month earn caps, the issuing service's daily budget).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Request
+from kizuna.kit.auth import CurrentPrincipal
+from kizuna.kit.db import SessionDep
+from kizuna.kit.errors import AlreadyExists, InvalidArgument, PermissionDenied
+from pydantic import AwareDatetime, BaseModel, Field, model_validator
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from ulid import ULID
+
+from points import ledger, store
+from points.models import CampaignRow, ServiceUse, Wallet
+
+router = APIRouter()
+
+
+class NewCampaign(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+    kind: Literal["earn", "welcome"] = "earn"
+    services: list[str] = Field(default=["*"], min_length=1, max_length=50)
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime
+    points_expire_at: AwareDatetime
+    multiplier: float = Field(default=0.0, ge=0, le=10)
+    fixed_bonus: int = Field(default=0, ge=0, le=1_000_000)
+    audience: Literal["all", "new_members", "first_use"] = "all"
+    new_member_days: int = Field(default=30, ge=1, le=3650)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> NewCampaign:
+        if self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must be after starts_at")
+        if self.points_expire_at <= self.starts_at:
+            raise ValueError("points_expire_at must be after starts_at")
+        if self.multiplier <= 1 and self.fixed_bonus == 0:
+            raise ValueError("give a multiplier above 1 or a fixed_bonus above 0")
+        if self.kind == "welcome" and (self.fixed_bonus == 0 or self.multiplier):
+            raise ValueError("a welcome campaign gives a fixed_bonus and no multiplier")
+        return self
+
+
+def _view(row: CampaignRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "kind": row.kind,
+        "services": json.loads(row.services),
+        "starts_at": row.starts_at.isoformat(),
+        "ends_at": row.ends_at.isoformat(),
+        "points_expire_at": row.points_expire_at.isoformat(),
+        "multiplier": row.multiplier,
+        "fixed_bonus": row.fixed_bonus,
+        "audience": row.audience,
+        "new_member_days": row.new_member_days,
+    }
+
+
+async def create(
+    session: AsyncSession, campaign: NewCampaign, now: datetime, earners: list[str], max_points: int
+) -> CampaignRow:
+    unknown = sorted(set(campaign.services) - {*earners, "*"})
+    if unknown:
+        raise InvalidArgument(f"not services that earn points: {', '.join(unknown)}")
+    if campaign.fixed_bonus > max_points:
+        raise InvalidArgument(f"fixed_bonus is above the most one credit may give ({max_points})")
+    taken = (await session.exec(select(CampaignRow).where(CampaignRow.name == campaign.name))).first()
+    if taken is not None:
+        raise AlreadyExists(f"a campaign named {campaign.name!r} exists already")
+    row = CampaignRow(
+        id=f"cmp_{ULID()}",
+        created_at=now,
+        **{**campaign.model_dump(), "services": json.dumps(sorted(set(campaign.services)))},
+    )
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def live(session: AsyncSession, kind: str, now: datetime) -> list[CampaignRow]:
+    query = select(CampaignRow).where(
+        CampaignRow.kind == kind, col(CampaignRow.starts_at) <= now, col(CampaignRow.ends_at) > now
+    )
+    return list((await session.exec(query.order_by(col(CampaignRow.created_at)))).all())
+
+
+async def with_campaigns(
+    session: AsyncSession, rules: ledger.EarnRules, wallet: Wallet | None, service: str, now: datetime
+) -> ledger.EarnRules:
+    """The earn rules plus the live earn campaigns this member and service qualify for."""
+    extra: list[ledger.Campaign] = []
+    for row in await live(session, "earn", now):
+        services = json.loads(row.services)
+        if "*" not in services and service not in services:
+            continue
+        if row.audience == "new_members" and (
+            wallet is None or wallet.created_at < now - timedelta(days=row.new_member_days)
+        ):
+            continue
+        if row.audience == "first_use" and wallet is not None and await _used_before(session, wallet, service):
+            continue
+        extra.append(
+            ledger.Campaign(
+                name=row.name,
+                service=service,
+                starts_at=row.starts_at,
+                ends_at=row.ends_at,
+                points_expire_at=row.points_expire_at,
+                fixed_bonus=row.fixed_bonus,
+                multiplier=row.multiplier,
+            )
+        )
+    return replace(rules, campaigns=rules.campaigns + tuple(extra)) if extra else rules
+
+
+async def _used_before(session: AsyncSession, wallet: Wallet, service: str) -> bool:
+    query = select(ServiceUse.month).where(ServiceUse.member_id == wallet.member_id, ServiceUse.service == service)
+    return (await session.exec(query.limit(1))).first() is not None
+
+
+async def welcome(session: AsyncSession, wallet: Wallet, now: datetime, limits: store.Limits, months: int) -> int:
+    """Pay the live welcome campaigns to a member who just joined; returns the points given."""
+    given = 0
+    for row in await live(session, "welcome", now):
+        if row.points_expire_at <= now:
+            continue
+        await store.credit(
+            session,
+            wallet,
+            now,
+            member_id=wallet.member_id,
+            amount=row.fixed_bonus,
+            kind=ledger.LIMITED_TIME,
+            reason=f"Welcome bonus: {row.name}",
+            source_service="points",
+            source_ref=f"welcome:{row.id}",
+            expires_at=row.points_expire_at,
+            key=f"welcome:{row.id}:{wallet.member_id}",
+            regular_expiry_months=months,
+            limits=limits,
+        )
+        given += row.fixed_bonus
+    return given
+
+
+def _require_admin(principal: Any) -> None:
+    if not principal.has_scope("points:admin"):
+        raise PermissionDenied("campaigns need the points:admin scope")
+
+
+@router.post("/admin/campaigns", status_code=201)
+async def create_campaign(
+    request: Request, principal: CurrentPrincipal, session: SessionDep, campaign: Annotated[NewCampaign, Body()]
+) -> dict[str, Any]:
+    _require_admin(principal)
+    runtime = request.app.state.runtime
+    settings = runtime.settings
+    from points.grpc_api import ledger_of
+
+    now = ledger_of(runtime).clock.now()
+    earners = [e.service for e in settings.kizuna_earners]
+    row = await create(session, campaign, now, earners, settings.max_credit_points)
+    await session.commit()
+    return _view(row)
+
+
+@router.get("/admin/campaigns")
+async def list_campaigns(principal: CurrentPrincipal, session: SessionDep) -> dict[str, Any]:
+    _require_admin(principal)
+    rows = (await session.exec(select(CampaignRow).order_by(col(CampaignRow.created_at)))).all()
+    return {"campaigns": [_view(r) for r in rows]}
+
+
+def demo_campaigns(now: datetime) -> list[NewCampaign]:
+    """What `python -m points seed` creates (once): the welcome bonus and one live campaign."""
+    return [
+        NewCampaign(
+            name="Welcome bonus",
+            kind="welcome",
+            starts_at=now - timedelta(days=1),
+            ends_at=now + timedelta(days=365),
+            points_expire_at=now + timedelta(days=90),
+            fixed_bonus=300,
+        ),
+        NewCampaign(
+            name="Kizuna launch: double points everywhere",
+            kind="earn",
+            services=["*"],
+            starts_at=now - timedelta(days=1),
+            ends_at=now + timedelta(days=30),
+            points_expire_at=now + timedelta(days=60),
+            multiplier=2.0,
+        ),
+    ]
+
+
+async def seed(session: AsyncSession, now: datetime, earners: list[str], max_points: int) -> list[str]:
+    """Create the demo campaigns that do not exist yet (by name); returns the names created."""
+    created = []
+    for campaign in demo_campaigns(now):
+        exists = (await session.exec(select(CampaignRow).where(CampaignRow.name == campaign.name))).first()
+        if exists is None:
+            await create(session, campaign, now, earners, max_points)
+            created.append(campaign.name)
+    return created
