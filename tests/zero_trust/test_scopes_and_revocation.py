@@ -11,6 +11,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 import httpx
@@ -319,3 +320,53 @@ def test_a_removed_partners_own_tokens_are_refused_within_2s(ecosystem: Ecosyste
     assert status() == 200
     assert httpx.delete(f"{ecosystem.issuer}/admin/clients/{partner}", headers=admin).status_code == 204
     wait_refused(status, "partner removed")
+
+
+def _grpc_methods() -> list[tuple[str, str, Any, Any]]:
+    """(service, method path, request type, response type) of every RPC in the contracts."""
+    import importlib
+
+    from google.protobuf import symbol_database
+
+    found = []
+    for name in ("identity", "points", "shop", "travel", "fintech"):
+        module = importlib.import_module(f"kizuna.{name}.v1.{name}_pb2")
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                db = symbol_database.Default()
+                found.append(
+                    (
+                        name,
+                        f"/{service.full_name}/{method.name}",
+                        db.GetSymbol(method.input_type.full_name),
+                        db.GetSymbol(method.output_type.full_name),
+                    )
+                )
+    return found
+
+
+def test_no_grpc_method_answers_an_app_the_member_allowed_only_openid_profile(
+    ecosystem: Ecosystem, app: tuple[str, str]
+) -> None:
+    member = sign_up(ecosystem, f"grpc-{uuid.uuid4().hex[:8]}@example.com")
+    stolen = consented_token(ecosystem, member, "openid profile")["access_token"]
+    member_id = httpx.get(f"{ecosystem.issuer}/userinfo", headers=bearer(stolen)).json()["sub"]
+    # GetMember answers a member's own record (the name under `profile`): tested on its own above.
+    methods = [m for m in _grpc_methods() if m[1] != "/kizuna.identity.v1.IdentityService/GetMember"]
+    assert len(methods) >= 15
+    answered = []
+    for service, path, request_type, response_type in methods:
+        request = request_type()
+        if "member_id" in request_type.DESCRIPTOR.fields_by_name:
+            request.member_id = member_id
+        with grpc.insecure_channel(ecosystem.grpc[service]) as channel:
+            call = channel.unary_unary(
+                path, request_serializer=request_type.SerializeToString, response_deserializer=response_type.FromString
+            )
+            try:
+                call(request, metadata=call_metadata(stolen), timeout=5)
+                answered.append((path, "OK"))
+            except grpc.RpcError as exc:
+                if exc.code() not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                    answered.append((path, exc.code().name))
+    assert answered == [], f"methods that did not refuse the token before doing anything: {answered}"

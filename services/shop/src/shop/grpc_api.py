@@ -62,6 +62,7 @@ class ShopApi(shop_pb2_grpc.ShopServiceServicer):
         self.db = runtime.db
 
     async def GetOrder(self, request: pb.GetOrderRequest, context: Any) -> pb.GetOrderResponse:
+        current_call().require_read_scope("shop:read", "shop:read")
         async with self.db.sessions() as session:
             order = await orders.get_order(session, request.order_id)
             _may_read(order.member_id)

@@ -32,6 +32,7 @@ class TravelApi(travel_pb2_grpc.TravelServiceServicer):
         return self.runtime.context_as(Bookings)
 
     async def GetBooking(self, request: pb.GetBookingRequest, context: Any) -> pb.GetBookingResponse:
+        current_call().require_read_scope(READ_SCOPE, READ_SCOPE)
         if not request.booking_id:
             raise InvalidArgument("booking_id is required")
         booking = await self.bookings.get(request.booking_id)
@@ -43,6 +44,7 @@ class TravelApi(travel_pb2_grpc.TravelServiceServicer):
     async def ListMemberBookings(
         self, request: pb.ListMemberBookingsRequest, context: Any
     ) -> pb.ListMemberBookingsResponse:
+        current_call().require_read_scope(READ_SCOPE, READ_SCOPE)
         if not request.member_id:
             raise InvalidArgument("member_id is required")
         _authorize_for(request.member_id)

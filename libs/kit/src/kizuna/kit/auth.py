@@ -374,6 +374,14 @@ class CallAuth:
             raise InsufficientScope((scope,), f"the member has not granted {scope}")
         return member
 
+    def require_read_scope(self, member_scope: str, service_scope: str) -> Principal:
+        """Before looking anything up: the member's token carries `member_scope`, or (without a
+        member token) the calling service holds `service_scope`. A caller without the scope learns
+        nothing, not even whether the record exists; ownership is checked once it is found."""
+        if self.member is not None:
+            return self.member.require_scope(member_scope)
+        return self.require_service_scope(service_scope)
+
     def require_member_or_service(self, member_id: str, member_scope: str, service_scope: str) -> Principal:
         """A read for `member_id`: the member's own token with `member_scope` (directly or passed
         on by a service), or, with no member token, a service holding `service_scope`. A member
