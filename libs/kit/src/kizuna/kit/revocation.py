@@ -118,7 +118,7 @@ class RevocationFeed:
             deliver_subject=deliver,
             filter_subject=REVOCATION_SUBJECT,
             deliver_policy=DeliverPolicy.BY_START_TIME,
-            opt_start_time=start.isoformat().replace("+00:00", "Z"),
+            opt_start_time=start,
             ack_policy=AckPolicy.NONE,
             inactive_threshold=INACTIVE_THRESHOLD_SECONDS,
             mem_storage=True,
