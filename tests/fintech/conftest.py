@@ -20,7 +20,7 @@ from kizuna.common.v1.common_pb2 import Money
 from kizuna.fintech.v1 import fintech_pb2, fintech_pb2_grpc
 from kizuna.kit.auth import call_metadata
 from kizuna.kit.service import Runtime
-from kizuna.kit.testing import ServiceProcess, TestIssuer, free_port, reset_streams
+from kizuna.kit.testing import ServiceProcess, TestIssuer, reset_streams
 
 
 def start_points(workdir: Path, nats_url: str, issuer: str, client_secret: str) -> ServiceProcess:
@@ -34,7 +34,8 @@ def start_points(workdir: Path, nats_url: str, issuer: str, client_secret: str) 
         "OUTBOX_POLL_SECONDS": "0.2",
         "LOG_FORMAT": "json",
     }
-    return ServiceProcess("points", env, free_port(), free_port(), workdir / "points.log").start()
+    # Ports 0: points binds its own and reports them.
+    return ServiceProcess("points", env, 0, 0, workdir / "points.log").start()
 
 
 def new_member() -> str:
