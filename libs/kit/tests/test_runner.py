@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ from kizuna.kit.auth import call_metadata
 from kizuna.kit.events import Consumer
 from kizuna.kit.service import Runtime, Service
 from kizuna.kit.settings import ServiceSettings
-from kizuna.kit.testing import NatsServer, TestIssuer, free_port, reset_streams, wait_until
+from kizuna.kit.testing import NatsServer, TestIssuer, end_process, free_port, reset_streams, spawn, wait_until
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -93,29 +94,30 @@ async def _published_subjects(nats_url: str, stream: str) -> list[str]:
 
 def test_sigterm_completes_in_flight_grpc_calls_and_exits_zero(tmp_path: Path, nats_server: NatsServer) -> None:
     asyncio.run(reset_streams(nats_server.url, "DEMO"))
-    http_port, grpc_port = free_port(), free_port()
+    ports_file = tmp_path / "ports.json"
     env = {
         **os.environ,
         "PYTHONPATH": str(TESTS),
         "NATS_URL": nats_server.url,
         "KIZUNA_ISSUER": "http://127.0.0.1:1",
         "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}",
-        "HTTP_PORT": str(http_port),
-        "GRPC_PORT": str(grpc_port),
+        # The service binds ports of its choosing and reports them once ready.
+        "HTTP_PORT": "0",
+        "GRPC_PORT": "0",
+        "KIZUNA_PORTS_FILE": str(ports_file),
         "SHUTDOWN_GRACE_SECONDS": "8",
     }
     log = (tmp_path / "demo.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "demo.service"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = spawn([sys.executable, "-m", "demo.service"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+        while not ports_file.exists():
             assert proc.poll() is None, (tmp_path / "demo.log").read_text()
+            assert time.monotonic() < deadline, "not ready after 30 s:\n" + (tmp_path / "demo.log").read_text()
             time.sleep(0.1)
+        ports = json.loads(ports_file.read_text())
+        grpc_port = ports["grpc"]
+        assert httpx.get(f"http://127.0.0.1:{ports['http']}/readyz", timeout=5).status_code == 200
 
         async def scenario() -> tuple[list[str], float, int | None, grpc.StatusCode | None]:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
@@ -153,8 +155,7 @@ def test_sigterm_completes_in_flight_grpc_calls_and_exits_zero(tmp_path: Path, n
         published = asyncio.run(_published_subjects(nats_server.url, "DEMO"))
         assert sorted(published) == [f"slow:2:{i}" for i in range(5)]
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        end_process(proc)
         log.close()
 
 
