@@ -315,6 +315,7 @@ SERVICE_BLURBS = {
     "shop": "Shop from Kizuna merchants and earn points",
     "travel": "Hotels across Japan, paid with points and card",
     "fintech": "Kizuna Card, bank and investments",
+    "partner": "Earn and spend points at stores outside Kizuna",
 }
 
 

@@ -1,6 +1,9 @@
 // The header's member and live points balance, read from points through this service.
 // A file, not an inline script, so that pages under a strict Content-Security-Policy
 // (identity's `default-src 'self'`) run it too.
+// On a phone the service links scroll sideways: keep the current service in view.
+document.querySelector(".kz-services [aria-current]")?.scrollIntoView({block: "nearest", inline: "center"});
+
 (async () => {
   try {
     const response = await fetch("/_kizuna/me", {credentials: "same-origin", cache: "no-store"});
