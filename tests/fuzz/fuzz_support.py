@@ -52,6 +52,7 @@ def _free(port: int) -> bool:
 class Stack:
     declarations: list[Declaration]
     urls: dict[str, str]
+    grpc: dict[str, str]
     data_dir: Path
     member_email: str
     member_password: str
@@ -182,7 +183,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if demo is None or not any("Press Ctrl-C to stop." in line for line in output):
             pytest.fail("the ecosystem did not start:\n" + "".join(output))
         urls = {d.name: f"http://127.0.0.1:{d.http_port + offset}" for d in declarations}
-        yield Stack(declarations, urls, data_dir, demo.group(1), demo.group(2), demo.group(3), output)
+        grpc = {d.name: f"127.0.0.1:{d.grpc_port + offset}" for d in declarations}
+        yield Stack(declarations, urls, grpc, data_dir, demo.group(1), demo.group(2), demo.group(3), output)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -105,3 +106,34 @@ async def test_booking_needs_a_member_token(travel: TravelEnv) -> None:
     )
     assert anonymous.status_code == 401 and as_service.status_code == 403
     assert await travel.sql("SELECT id FROM travel_booking") == []
+
+
+@pytest.mark.parametrize("param", ["offset", "limit"])
+async def test_paging_beyond_int64_is_refused_before_the_database(travel: TravelEnv, param: str) -> None:
+    headers = travel.member("mbr_pager")
+    resp = await travel.http.get("/api/bookings", params={param: 10**20}, headers=headers)
+    assert resp.status_code == 422, resp.text
+    assert "9223372036854775807" in resp.text
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ('"points": 4000000000000000000000000000', "out of range"),
+        ('"points": 4e27', "out of range"),
+        ('"idempotency_key": "\\udc80"', "lone surrogate"),
+        ('"idempotency_key": "k\\u0000"', "NUL"),
+    ],
+)
+async def test_a_booking_with_unstorable_values_is_refused_and_changes_nothing(
+    travel: TravelEnv, raw: str, message: str
+) -> None:
+    headers = travel.member("mbr_unstorable", points=10_000_000)
+    body = json.dumps(booking_body())[:-1] + ", " + raw + "}"
+    resp = await travel.http.post(
+        "/api/bookings", content=body, headers={**headers, "content-type": "application/json"}
+    )
+    assert resp.status_code == 400, resp.text
+    assert message in resp.json()["message"]
+    assert await travel.sql("SELECT id FROM travel_booking") == []
+    assert travel.points.calls == [] and travel.cards.calls == []
