@@ -145,6 +145,9 @@ def expected_flows(found: dict[str, Pod]) -> list[tuple[str, Pod, Pod, int]]:
     for client, server in sorted(http_flows()):
         flows.append(("HTTP", found[client], found[server], SERVICES[server][0]))
     flows.append(("NATS routes", found["nats"], found["nats"], 6222))
+    if "tempo" in found:
+        flows.append(("spans", found["otel-collector"], found["tempo"], 4317))
+        flows.append(("trace queries", found["prometheus"], found["tempo"], 3200))
     return [(f"{name}: {a.name} -> {b.name}:{port}", a, b, port) for name, a, b, port in flows]
 
 
@@ -167,6 +170,8 @@ def denied_flows(found: dict[str, Pod]) -> list[tuple[str, Pod, Pod, int]]:
             if b != a and f"{b}-db" not in found:
                 pass  # dev: one server holds every database; the label says whose
     flows.append((found["ingress-controller"], found["nats"], 4222))
+    if "tempo" in found:
+        flows.append((found[next(iter(SERVICES))], found["tempo"], 4317))  # spans go through the collector
     return [(f"{a.name} -> {b.name}:{port}", a, b, port) for a, b, port in flows]
 
 

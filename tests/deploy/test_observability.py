@@ -158,3 +158,10 @@ def test_collector_config_wires_otlp_to_prometheus() -> None:
         for part in ("receivers", "processors", "exporters"):
             assert set(pipeline[part]) <= set(config[part]), f"{part} not declared"
     assert config["exporters"]["prometheus"]["endpoint"].endswith(":8889")
+    # Traces reach the trace backend (observability/tempo), not only the collector's log.
+    (exporter,) = pipelines["traces"]["exporters"]
+    host = config["exporters"][exporter]["endpoint"].split(":")[0]
+    tempo = yaml.safe_load_all((DEPLOY / "observability" / "tempo" / "tempo.yaml").read_text())
+    services = {d["metadata"]["name"]: d for d in tempo if d and d["kind"] == "Service"}
+    port = int(config["exporters"][exporter]["endpoint"].split(":")[1])
+    assert port in {p["port"] for p in services[host]["spec"]["ports"]}
