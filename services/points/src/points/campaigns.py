@@ -18,10 +18,10 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Request
-from kizuna.kit.auth import CurrentPrincipal
+from fastapi import APIRouter, Body, Depends, Request
+from kizuna.kit.auth import Principal, any_scope
 from kizuna.kit.db import SessionDep
-from kizuna.kit.errors import AlreadyExists, InvalidArgument, PermissionDenied
+from kizuna.kit.errors import AlreadyExists, InvalidArgument
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -161,16 +161,14 @@ async def welcome(session: AsyncSession, wallet: Wallet, now: datetime, limits: 
     return given
 
 
-def _require_admin(principal: Any) -> None:
-    if not principal.has_scope("points:admin"):
-        raise PermissionDenied("campaigns need the points:admin scope")
+# Any token (an operator's or a service's) with points:admin.
+Admin = Annotated[Principal, Depends(any_scope("points:admin"))]
 
 
 @router.post("/admin/campaigns", status_code=201)
 async def create_campaign(
-    request: Request, principal: CurrentPrincipal, session: SessionDep, campaign: Annotated[NewCampaign, Body()]
+    request: Request, principal: Admin, session: SessionDep, campaign: Annotated[NewCampaign, Body()]
 ) -> dict[str, Any]:
-    _require_admin(principal)
     runtime = request.app.state.runtime
     settings = runtime.settings
     from points.grpc_api import ledger_of
@@ -183,8 +181,7 @@ async def create_campaign(
 
 
 @router.get("/admin/campaigns")
-async def list_campaigns(principal: CurrentPrincipal, session: SessionDep) -> dict[str, Any]:
-    _require_admin(principal)
+async def list_campaigns(principal: Admin, session: SessionDep) -> dict[str, Any]:
     rows = (await session.exec(select(CampaignRow).order_by(col(CampaignRow.created_at)))).all()
     return {"campaigns": [_view(r) for r in rows]}
 
