@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -588,3 +589,25 @@ def test_services_select_their_pods(rendered: dict[str, Rendered]) -> None:
             container_ports = {p["name"] for w in pods for c in containers(w) for p in c.get("ports", [])}
             for port in service["spec"]["ports"]:
                 assert port["targetPort"] in container_ports, f"{service['metadata']['name']}:{port}"
+
+
+def test_prod_clients_are_rendered_from_the_declarations(tmp_path: Path) -> None:
+    """`python deploy/render.py prod-clients` writes identity's KIZUNA_CLIENTS for prod: each
+    declared service with its scopes, https redirect URIs and the secret given; one missing
+    secret is refused and nothing is written."""
+    names = [n for n in SERVICES if n != ISSUER]
+    secrets = {name: f"prod-secret-of-{name}" for name in names}
+    (tmp_path / "secrets.json").write_text(json.dumps(secrets))
+    result = run([sys.executable, DEPLOY / "render.py", "prod-clients", tmp_path / "secrets.json"])
+    assert result.returncode == 0, result.stderr
+    clients = {c["client_id"]: c for c in json.loads(result.stdout)}
+    assert set(clients) == set(names)
+    for name, client in clients.items():
+        assert client["client_secret"] == secrets[name]
+        assert client["scopes"] == BY_NAME[name].client_scopes
+        for uri in client["redirect_uris"]:
+            assert uri.startswith("https://") and uri.endswith("/auth/callback")
+    (tmp_path / "partial.json").write_text(json.dumps({names[0]: "only-one"}))
+    refused = run([sys.executable, DEPLOY / "render.py", "prod-clients", tmp_path / "partial.json"])
+    assert refused.returncode != 0 and not refused.stdout
+    assert names[-1] in refused.stderr
