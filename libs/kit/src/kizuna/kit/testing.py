@@ -204,17 +204,19 @@ def _marked(matches: Callable[[str], bool]) -> list[tuple[int, str]]:
 
 def _leaked_processes(grace: float = 10.0) -> list[str]:
     """Processes this run started that are still alive (after `grace` seconds); they are killed."""
-    for process in list(_spawned):
-        end_process(process, timeout=grace)  # a fixture forgot it: ended here, and reported below
     deadline = time.monotonic() + grace
     leaked = processes_of_this_run()
     while leaked and time.monotonic() < deadline:
         time.sleep(0.1)
         leaked = processes_of_this_run()
+    # Reported first, ended now: spawned processes no fixture ended, then whatever else is left.
+    forgotten = [f"pid {p.pid}: {p.args}" for p in _spawned if p.poll() is None and p.pid not in dict(leaked)]
+    for process in list(_spawned):
+        end_process(process, timeout=1)
     for pid, _command in leaked:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    return [f"pid {pid}: {command}" for pid, command in leaked]
+    return [f"pid {pid}: {command}" for pid, command in leaked] + forgotten
 
 
 def pytest_configure(config: pytest.Config) -> None:
