@@ -345,6 +345,18 @@ def test_prod_nats_is_a_three_node_jetstream_cluster(rendered: dict[str, Rendere
     for i in range(3):
         assert f"nats://nats-{i}.nats-headless:6222" in config
     assert r.get("PodDisruptionBudget", "nats")["spec"]["maxUnavailable"] == 1
+    # Spread over zones and nodes; memory above what JetStream may keep in memory; frequent fsync.
+    pod = nats["spec"]["template"]["spec"]
+    assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} >= {
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    }
+    memory_store = re.search(r"max_memory_store:\s*(\d+)MB", config)
+    assert memory_store, "the cluster caps JetStream's memory store"
+    (server,) = [c for c in pod["containers"] if c["name"] == "nats"]
+    limit = server["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi") and int(limit[:-2]) * 1024 >= 2 * int(memory_store.group(1))
+    assert re.search(r"sync_interval:\s*\d+s", config), "fsync more often than the 2-minute default"
 
 
 def nats_config_dir(r: Rendered, tmp_path: Path) -> tuple[Path, dict[str, str]]:
