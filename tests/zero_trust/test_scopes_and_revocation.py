@@ -35,7 +35,17 @@ APP = "budget-app"
 APP_SECRET = secrets.token_urlsafe(32)
 APP_REDIRECT = "https://budget.example/callback"
 # What identity's admin API registers for the app: everything a member could ever let it do.
-APP_SCOPES = ["openid", "profile", "email", "points:read", "shop:read", "travel:read", "fintech:read", "fintech:pay"]
+APP_SCOPES = [
+    "openid",
+    "profile",
+    "email",
+    "points:read",
+    "shop:read",
+    "shop:order",
+    "travel:read",
+    "fintech:read",
+    "fintech:pay",
+]
 REVOCATION_BUDGET_SECONDS = 2.0
 measured: dict[str, float] = {}
 
@@ -161,6 +171,17 @@ def test_an_app_reads_only_what_the_member_allowed_it(ecosystem: Ecosystem, app:
         f"{ecosystem.urls['fintech']}/api/bank",
     ):
         assert httpx.get(url, headers=bearer(token)).status_code == 403, url
+
+
+def test_an_app_allowed_to_order_cannot_run_the_members_shop(ecosystem: Ecosystem, app: tuple[str, str]) -> None:
+    member = sign_up(ecosystem, f"shopper-{uuid.uuid4().hex[:8]}@example.com")
+    token = consented_token(ecosystem, member, "openid shop:read shop:order")["access_token"]
+    shop = ecosystem.urls["shop"]
+    assert httpx.get(f"{shop}/api/cart", headers=bearer(token)).status_code == 200
+    for method, path in (("post", "/api/merchants"), ("get", "/api/merchants/mine")):
+        resp = httpx.request(method, f"{shop}{path}", json={"name": "Sneaky Goods"}, headers=bearer(token))
+        assert resp.status_code == 403, (path, resp.text)
+        assert resp.headers["www-authenticate"] == 'Bearer error="insufficient_scope", scope="shop:sell"'
 
 
 def test_the_apps_own_client_credentials_cannot_read_any_members_points(

@@ -21,7 +21,7 @@ SHOP_SECRET = "shop-test-secret"
 SHOP_SCOPES = "points:spend points:credit points:read fintech:pay"
 ADMIN = "mbr_admin"
 # What a member's token carries when they shop: the shop may read and spend their points and charge their card.
-MEMBER_SCOPE = "points:read points:spend fintech:pay fintech:read shop:read shop:order"
+MEMBER_SCOPE = "points:read points:spend fintech:pay fintech:read shop:read shop:order shop:sell"
 
 
 @asynccontextmanager

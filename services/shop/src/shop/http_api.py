@@ -18,11 +18,14 @@ from shop.models import Checkout, Merchant, Order, Product
 from shop.wiring import Shop, shop_of
 
 router = APIRouter(prefix="/api")
-# Every member route names its scope: reads need shop:read; the cart, checkout, order changes and
-# the merchant console's changes need shop:order (a third-party app the member allowed less is
-# refused with 403 insufficient_scope).
+# Every member route names its scope: reads need shop:read; the cart, checkout and order changes
+# need shop:order (a third-party app the member allowed less is refused with 403
+# insufficient_scope).
 Reader = Annotated[Principal, Depends(member_scope("shop:read"))]
 Orderer = Annotated[Principal, Depends(member_scope("shop:order"))]
+# The merchant console (a member's own shop: products, campaigns, staff, orders to ship) needs
+# shop:sell, which an app the member lets place orders does not get with shop:order.
+Seller = Annotated[Principal, Depends(member_scope("shop:sell"))]
 
 
 def _shop(request: Request) -> Shop:
@@ -284,7 +287,7 @@ class ShipIn(BaseModel):
 
 @router.post("/merchants")
 async def apply_as_merchant(
-    body: MerchantApplication, member: Orderer, session: SessionDep, request: Request
+    body: MerchantApplication, member: Seller, session: SessionDep, request: Request
 ) -> dict[str, Any]:
     merchant = await catalogue.apply(session, member.subject, body.name, body.description, _shop(request).clock.now())
     await session.commit()
@@ -292,12 +295,12 @@ async def apply_as_merchant(
 
 
 @router.get("/merchants/mine")
-async def my_merchants(member: Reader, session: SessionDep) -> list[dict[str, Any]]:
+async def my_merchants(member: Seller, session: SessionDep) -> list[dict[str, Any]]:
     return [{**merchant_public(m), "role": role} for m, role in await catalogue.merchants_of(session, member.subject)]
 
 
 @router.post("/merchants/{merchant_id}/staff")
-async def add_staff(merchant_id: str, body: StaffIn, member: Orderer, session: SessionDep) -> dict[str, str]:
+async def add_staff(merchant_id: str, body: StaffIn, member: Seller, session: SessionDep) -> dict[str, str]:
     await catalogue.require_staff(session, merchant_id, member.subject, owner=True)
     staff = await catalogue.add_staff(session, merchant_id, body.member_id)
     await session.commit()
@@ -305,14 +308,14 @@ async def add_staff(merchant_id: str, body: StaffIn, member: Orderer, session: S
 
 
 @router.get("/merchants/{merchant_id}/products")
-async def merchant_products(merchant_id: str, member: Reader, session: SessionDep) -> list[dict[str, Any]]:
+async def merchant_products(merchant_id: str, member: Seller, session: SessionDep) -> list[dict[str, Any]]:
     await catalogue.require_staff(session, merchant_id, member.subject)
     return [product_public(p) for p in await catalogue.merchant_products(session, merchant_id)]
 
 
 @router.post("/merchants/{merchant_id}/products")
 async def add_product(
-    merchant_id: str, body: ProductIn, member: Orderer, session: SessionDep, request: Request
+    merchant_id: str, body: ProductIn, member: Seller, session: SessionDep, request: Request
 ) -> dict[str, Any]:
     merchant = await catalogue.require_staff(session, merchant_id, member.subject)
     product = await catalogue.add_product(session, merchant, body.draft(), _shop(request).clock.now())
@@ -322,7 +325,7 @@ async def add_product(
 
 @router.put("/merchants/{merchant_id}/products/{product_id}")
 async def update_product(
-    merchant_id: str, product_id: str, body: ProductIn, member: Orderer, session: SessionDep, request: Request
+    merchant_id: str, product_id: str, body: ProductIn, member: Seller, session: SessionDep, request: Request
 ) -> dict[str, Any]:
     merchant = await catalogue.require_staff(session, merchant_id, member.subject)
     product = await catalogue.update_product(
@@ -334,7 +337,7 @@ async def update_product(
 
 @router.post("/merchants/{merchant_id}/campaigns")
 async def add_campaign(
-    merchant_id: str, body: CampaignIn, member: Orderer, session: SessionDep, request: Request
+    merchant_id: str, body: CampaignIn, member: Seller, session: SessionDep, request: Request
 ) -> dict[str, Any]:
     merchant = await catalogue.require_staff(session, merchant_id, member.subject)
     c = await catalogue.add_campaign(
@@ -360,7 +363,7 @@ async def add_campaign(
 
 @router.get("/merchants/{merchant_id}/orders")
 async def merchant_orders(
-    merchant_id: str, member: Reader, session: SessionDep, status: str | None = None
+    merchant_id: str, member: Seller, session: SessionDep, status: str | None = None
 ) -> list[dict[str, Any]]:
     await catalogue.require_staff(session, merchant_id, member.subject)
     return [await order_public(session, o) for o in await orders.merchant_orders(session, merchant_id, status)]
@@ -376,7 +379,7 @@ async def _merchant_order(session: SessionDep, merchant_id: str, order_id: str, 
 
 @router.post("/merchants/{merchant_id}/orders/{order_id}/ship")
 async def ship_order(
-    merchant_id: str, order_id: str, body: ShipIn, member: Orderer, session: SessionDep, request: Request
+    merchant_id: str, order_id: str, body: ShipIn, member: Seller, session: SessionDep, request: Request
 ) -> dict[str, Any]:
     await _merchant_order(session, merchant_id, order_id, member)
     return await order_public(session, await _shop(request).orders.ship(order_id, body.tracking))
@@ -384,7 +387,7 @@ async def ship_order(
 
 @router.post("/merchants/{merchant_id}/orders/{order_id}/cancel")
 async def merchant_cancel(
-    merchant_id: str, order_id: str, member: Orderer, session: SessionDep, request: Request
+    merchant_id: str, order_id: str, member: Seller, session: SessionDep, request: Request
 ) -> dict[str, Any]:
     await _merchant_order(session, merchant_id, order_id, member)
     return await order_public(session, await _shop(request).orders.cancel(order_id))
@@ -392,7 +395,7 @@ async def merchant_cancel(
 
 @router.post("/merchants/{merchant_id}/orders/{order_id}/refund")
 async def merchant_refund(
-    merchant_id: str, order_id: str, member: Orderer, session: SessionDep, request: Request
+    merchant_id: str, order_id: str, member: Seller, session: SessionDep, request: Request
 ) -> dict[str, Any]:
     await _merchant_order(session, merchant_id, order_id, member)
     return await order_public(session, await _shop(request).orders.refund(order_id))

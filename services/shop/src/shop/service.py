@@ -42,6 +42,8 @@ service = Service(
     context=wiring.shop_context,
     on_start=[seed_on_start],
     commands={"seed": seed_command},
-    web_sign_in_scopes="openid profile email offline_access points:read points:spend fintech:pay shop:read shop:order",
+    web_sign_in_scopes=(
+        "openid profile email offline_access points:read points:spend fintech:pay shop:read shop:order shop:sell"
+    ),
     privacy=Privacy(export=privacy.export_member, erase=privacy.erase_member),
 )
