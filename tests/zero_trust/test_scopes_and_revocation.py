@@ -391,3 +391,20 @@ def test_no_grpc_method_answers_an_app_the_member_allowed_only_openid_profile(
                 if exc.code() not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
                     answered.append((path, exc.code().name))
     assert answered == [], f"methods that did not refuse the token before doing anything: {answered}"
+
+
+def test_an_erased_members_tokens_are_refused_by_points_within_2s(ecosystem: Ecosystem, app: tuple[str, str]) -> None:
+    member = sign_up(ecosystem, f"leaving-for-good-{uuid.uuid4().hex[:8]}@example.com")
+    # An app's grant and points' own grant with offline_access (which outlives sign-outs): erasure ends both.
+    token = consented_token(ecosystem, member, "openid points:read")["access_token"]
+    own = first_party_token(ecosystem, member, "points", "openid offline_access points:read")
+    wallet = f"{ecosystem.urls['points']}/api/wallet"
+    assert httpx.get(wallet, headers=bearer(own)).status_code == 200
+    page = member.get("/account")
+    deleted = member.post(
+        "/account/delete",
+        data={"password": "correct horse battery staple", "confirm": "yes", "csrf_token": csrf_of(page.text)},
+    )
+    assert deleted.status_code in (200, 303), deleted.text[:300]
+    wait_refused(lambda: httpx.get(wallet, headers=bearer(own)).status_code, "erasure")
+    assert httpx.get(wallet, headers=bearer(token)).status_code == 401
