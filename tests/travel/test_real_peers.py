@@ -234,10 +234,11 @@ async def test_a_completed_stay_earns_points_exactly_once(real: RealEnv) -> None
 
     [earned] = await wait_until(travel_credits, timeout=20)
     assert earned.amount == paid * 100 // 10_000
-    # The relay publishes the completion again (as after a crash between publish and mark-sent):
+    # The relay publishes the completion (of the earning contract) again, as after a crash
+    # between publish and mark-sent:
     async with real.travel.db.sessions() as session:
         row = (
-            await session.exec(select(OutboxMessage).where(OutboxMessage.subject == "travel.booking.completed"))
+            await session.exec(select(OutboxMessage).where(OutboxMessage.subject == "travel.purchase.completed"))
         ).one()
     nc = await nats.connect(real.nats_url)
     js = nc.jetstream()
