@@ -26,8 +26,11 @@ from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
+from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
+from kizuna.kit.bounds import check_message
 from kizuna.kit.db import Database, UTCDateTime, utcnow
+from kizuna.kit.errors import InvalidArgument
 from kizuna.kit.telemetry import (
     dead_letters,
     extract_context,
@@ -318,9 +321,15 @@ class Event:
         return self.subject.split(".", 1)[0]
 
     def parse(self, message_type: type[M]) -> M:
-        """Decode the payload as `message_type`."""
+        """Decode the payload as `message_type`; InvalidArgument when it is not one, or carries
+        text no database can store (NUL): such an event never succeeds, so it is dead-lettered
+        at once instead of retried."""
         message = message_type()
-        message.ParseFromString(self.data)
+        try:
+            message.ParseFromString(self.data)
+        except DecodeError as exc:
+            raise InvalidArgument(f"the payload is not a {message_type.DESCRIPTOR.full_name}") from exc
+        check_message(message)
         return message
 
     @classmethod
@@ -490,7 +499,7 @@ class ConsumerWorker:
             await msg.ack()
             return
         delivered = msg.metadata.num_delivered
-        if delivered >= self.max_deliver:
+        if delivered >= self.max_deliver or isinstance(outcome.error, InvalidArgument):
             await self._dead_letter(msg, outcome.error)
             await msg.term()
         else:
