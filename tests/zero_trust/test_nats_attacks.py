@@ -82,7 +82,7 @@ async def harness(nats_server: NatsServer) -> AsyncIterator[Client]:
     await nc.close()
 
 
-async def publish(nc: Client, subject: str, message: Message, *, timeout: float = 2.0) -> None:
+async def publish(nc: Client, subject: str, message: Message, *, timeout: float = 10.0) -> None:
     event_id = f"evt_{uuid.uuid4().hex}"
     headers = {"Nats-Msg-Id": event_id, "ce-id": event_id, "ce-source": "kizuna/shop"}
     await nc.jetstream(timeout=timeout).publish(subject, message.SerializeToString(), headers=headers)
@@ -113,7 +113,12 @@ async def balance(points: ServiceProcess, issuer: TestIssuer, member_id: str) ->
                 timeout=5,
             )
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
+            # Not there yet, or a busy machine: the caller polls again.
+            if exc.code() in (
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.UNAVAILABLE,
+            ):
                 return None
             raise
 
@@ -146,7 +151,7 @@ async def test_shop_cannot_mint_points_or_erase_a_member_and_its_purchases_still
     try:
         # identity registers the member; points opens the wallet.
         await publish(identity, "identity.member.registered", identity_events.MemberRegistered(member_id=member))
-        assert await wait_until(lambda: balance(points, test_issuer, member), timeout=20)
+        assert await wait_until(lambda: balance(points, test_issuer, member), timeout=60)
 
         # The attack of the issue: a credit command in another service's name, with a forged
         # ce-source header; the bare subject; a forged ledger event; an erasure request.
@@ -182,7 +187,7 @@ async def test_shop_cannot_mint_points_or_erase_a_member_and_its_purchases_still
             reply = await balance(points, test_issuer, member)
             return reply is not None and reply.total == 100
 
-        assert await wait_until(earned, timeout=20)
+        assert await wait_until(earned, timeout=60)
         # Nothing forged reached a stream, and points credited exactly the purchase.
         assert await stream_subjects(harness, "IDENTITY") == ["identity.member.registered"]
         assert not [s for s in await stream_subjects(harness, "POINTS") if s.startswith("points.credit.requested")]
@@ -200,14 +205,14 @@ async def test_shop_cannot_mint_points_or_erase_a_member_and_its_purchases_still
         async def erased() -> list[Any]:
             return await messages(harness, "points.member.erased")
 
-        [done] = await wait_until(erased, timeout=20)
+        [done] = await wait_until(erased, timeout=60)
         completed = identity_events.ErasureCompleted.FromString(done.data)
         assert (completed.member_id, completed.service) == (member, "points")
         # identity's own user reads the completion the way its progress consumer does.
-        progress = await identity.jetstream(timeout=2).pull_subscribe(
+        progress = await identity.jetstream(timeout=10).pull_subscribe(
             "points.member.erased", durable="identity-erasure-progress", stream="POINTS"
         )
-        [seen] = await progress.fetch(1, timeout=5)
+        [seen] = await progress.fetch(1, timeout=15)
         assert (seen.subject, seen.data) == ("points.member.erased", done.data)
         await seen.ack_sync()
     finally:
@@ -237,7 +242,7 @@ async def test_shop_cannot_read_points_replies_or_streams(
         with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
             await js.delete_stream("POINTS")
         await shop.flush()
-        await wait_until(lambda: _at_least(errors, 7), timeout=5)
+        await wait_until(lambda: _at_least(errors, 7), timeout=15)
         # points keeps working meanwhile (its replies and events never reach shop).
         identity = await connect_as(nats_server, "identity")
         try:
