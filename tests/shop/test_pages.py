@@ -77,6 +77,7 @@ async def test_storefront_search_and_product_pages_on_the_kit_layout(world: Shop
         assert (await browser.get("/_kizuna/lang/fr")).status_code == 404
         found = await browser.get("/search", params={"q": "GRASSY"})
         assert "Sencha first flush" in found.text and "Cast iron skillet" not in found.text
+        assert "<h1>Search results</h1>" in found.text and ">GRASSY<" not in found.text  # in the search box only
         by_price = await browser.get("/", params={"sort": "price_desc", "category": "kitchen"})
         assert "Cast iron skillet" in by_price.text and "Sencha" not in by_price.text
         page = await browser.get(f"/products/{tea}")

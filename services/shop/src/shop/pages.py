@@ -119,7 +119,8 @@ async def storefront(
     sort: Sort = "newest",
 ) -> HTMLResponse:
     products = await catalogue.browse(session, category=category, text=q, sort=sort)
-    title = _("Results for “%(query)s”") % {"query": q} if q else _("Shop")
+    # The query stays in the search box only: a page heading never repeats text from a link.
+    title = _("Search results") if q else _("Shop")
     return await _render(
         request,
         "storefront.html",
