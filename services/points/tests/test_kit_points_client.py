@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from kizuna.kit.auth import ServiceTokenClient
-from kizuna.kit.errors import FailedPrecondition, NotFound, PermissionDenied, Unavailable
+from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from kizuna.kit.points import PointsClient
 from pointskit import Points
 
@@ -54,3 +54,19 @@ async def test_without_a_client_secret_the_kit_client_says_so(points: Points) ->
     client = PointsClient(f"127.0.0.1:{points.runtime.grpc_port}", None, service="travel")
     with pytest.raises(Unavailable, match="travel has no client secret"):
         await client.balance("m")
+
+
+async def test_a_product_page_previews_what_a_purchase_earns_through_the_kit_client(points: Points) -> None:
+    points.issuer.register_client("travel", "travel-secret", "points:read")
+    tokens = ServiceTokenClient(points.issuer.issuer, "travel", "travel-secret")
+    client = PointsClient(f"127.0.0.1:{points.runtime.grpc_port}", tokens, service="travel")
+    await points.register("m")
+    try:
+        preview = await client.preview_earn(member_id="m", amount_minor=25_000, currency="JPY")
+        assert (preview.regular, preview.bonus, preview.total, preview.explanation) == (250, 0, 250, "1% base")
+        assert await client.balance("m") == 0  # a preview credits nothing
+        with pytest.raises(InvalidArgument, match=r"^points: "):
+            await client.preview_earn(member_id="m", amount_minor=-1)
+    finally:
+        await client.close()
+        await tokens.aclose()
