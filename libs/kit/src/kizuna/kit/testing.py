@@ -210,7 +210,7 @@ def _leaked_processes(grace: float = 10.0) -> list[str]:
         time.sleep(0.1)
         leaked = processes_of_this_run()
     # Reported first, ended now: spawned processes no fixture ended, then whatever else is left.
-    forgotten = [f"pid {p.pid}: {p.args}" for p in _spawned if p.poll() is None and p.pid not in dict(leaked)]
+    forgotten = [f"pid {p.pid}: {p.args!r}" for p in _spawned if p.poll() is None and p.pid not in dict(leaked)]
     for process in list(_spawned):
         end_process(process, timeout=1)
     for pid, _command in leaked:
