@@ -178,6 +178,8 @@ def platform_literals(decls: list[Declaration], overlay: str) -> list[str]:
     env["KIZUNA_DISCOVERY_URL"] = f"{in_cluster(issuer)}/.well-known/openid-configuration"
     env["KIZUNA_JWKS_URL"] = f"{in_cluster(issuer)}/jwks"
     env["KIZUNA_TOKEN_URL"] = f"{in_cluster(issuer)}/token"
+    # Where identity calls each service itself (a member's data export): its Service.
+    env["KIZUNA_INTERNAL_LINKS"] = json.dumps({d.name: in_cluster(d) for d in decls})
     return [f"{key}={value}" for key, value in env.items()]
 
 

@@ -189,6 +189,8 @@ def test_service_deployment(rendered: dict[str, Rendered], overlay: str, service
     assert env["KIZUNA_TOKEN_URL"] == f"{in_cluster}/token"
     assert env["KIZUNA_DISCOVERY_URL"] == f"{in_cluster}/.well-known/openid-configuration"
     assert json.loads(env["KIZUNA_LABELS"])[service] == BY_NAME[service].label
+    # identity calls every service in-cluster for a member's data export.
+    assert json.loads(env["KIZUNA_INTERNAL_LINKS"]) == {n: f"http://{n}:{p[0]}" for n, p in SERVICES.items()}
 
     secrets = secret_refs(main)
     assert "KIZUNA_CLIENT_SECRET" in secrets

@@ -187,6 +187,9 @@ def test_services_run_as_the_dev_manifests_say(
         changes["KIZUNA_DISCOVERY_URL"] = f"{identity_url}/.well-known/openid-configuration"
         changes["KIZUNA_JWKS_URL"] = f"{identity_url}/jwks"
         changes["KIZUNA_TOKEN_URL"] = f"{identity_url}/token"
+        changes["KIZUNA_INTERNAL_LINKS"] = json.dumps(
+            {peer: f"http://127.0.0.1:{peer_plan['local']['http']}" for peer, peer_plan in plans.items()}
+        )
         assert {"KIZUNA_DISCOVERY_URL", "KIZUNA_JWKS_URL", "KIZUNA_TOKEN_URL"} <= set(env), name
         overrides[name] = {k: v for k, v in changes.items() if env.get(k) != v}
         env.update(changes)
@@ -205,6 +208,7 @@ def test_services_run_as_the_dev_manifests_say(
             "KIZUNA_DISCOVERY_URL",
             "KIZUNA_JWKS_URL",
             "KIZUNA_TOKEN_URL",
+            "KIZUNA_INTERNAL_LINKS",
             *(f"{p.upper()}_ADDR" for p in SERVICES),
         }, f"{name}: unexpected override"
 

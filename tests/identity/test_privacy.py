@@ -32,7 +32,10 @@ async def test_download_then_delete_everywhere(nats_url: str, database_url: str,
         database_url,
         tmp_path,
         extra_clients=[rp_client(n, p) for n, p in ports.items()],
-        kizuna_links=json.dumps({"identity": "http://127.0.0.1:1", **urls}),
+        # The public links lead nowhere from here (as the ingress from a pod); identity fetches
+        # each part through the internal ones.
+        kizuna_links=json.dumps({"identity": "http://127.0.0.1:1", **{n: f"https://{n}.invalid" for n in NAMES}}),
+        kizuna_internal_links=json.dumps(urls),
         identity_backchannel_retry_base_seconds=0.2,
         identity_backchannel_poll_seconds=0.2,
     )

@@ -76,6 +76,15 @@ def links(settings: Settings) -> dict[str, str]:
     return {name: url.rstrip("/") for name, url in value.items()}
 
 
+def internal_links(settings: Settings) -> dict[str, str]:
+    """Where identity calls each service: KIZUNA_INTERNAL_LINKS where set, else the public links
+    (a pod cannot reach the ingress; the browser still gets the public ones)."""
+    if not settings.kizuna_internal_links.strip():
+        return links(settings)
+    value: dict[str, str] = json.loads(settings.kizuna_internal_links)
+    return {**links(settings), **{name: url.rstrip("/") for name, url in value.items()}}
+
+
 def privacy_services(settings: Settings) -> list[str]:
     """The services that hold member data: the setting, or every linked service but identity."""
     raw = settings.kizuna_privacy_services.strip()
@@ -170,7 +179,7 @@ async def export_archive(provider: Any, member_id: str) -> bytes:
     token, _jti, _exp = provider.issuer.access_token(
         subject=client_id, client_id=client_id, scope=EXPORT_SCOPE, lifetime=120, now=now
     )
-    targets = links(settings)
+    targets = internal_links(settings)
     services = privacy_services(settings)
     async with httpx.AsyncClient(timeout=settings.identity_export_timeout_seconds) as http:
         parts = await asyncio.gather(

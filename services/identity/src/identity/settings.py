@@ -53,6 +53,10 @@ class Settings(ServiceSettings):
 
     # Every service of the ecosystem: JSON {"shop": "https://shop.example", ...} (make up sets it).
     kizuna_links: str = ""
+    # Where identity itself calls each service (a member's data export), when that is not the
+    # public URL: in Kubernetes its Service, e.g. {"shop": "http://shop:8002"} (the manifests set
+    # it). Empty: KIZUNA_LINKS.
+    kizuna_internal_links: str = ""
     # The services that hold member data (export and erasure): a JSON list derived from the
     # declarations (`[privacy] holds_member_data`); make up and the manifests set it. Empty: every
     # service in KIZUNA_LINKS except identity.
