@@ -8,6 +8,7 @@ forms that change something (book, cancel) carry the kit's CSRF token and are re
 
 from __future__ import annotations
 
+import logging
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from kizuna.kit.bounds import Int64
 from kizuna.kit.csrf import FormMember
 from kizuna.kit.db import SessionDep
 from kizuna.kit.errors import DomainError, NotFound
@@ -35,6 +37,7 @@ templates = page_templates(
     Path(__file__).parent / "templates", service="travel", hotel_image=f"{IMAGE_PREFIX}hotel.svg"
 )
 router = APIRouter(include_in_schema=False)
+log = logging.getLogger("travel.pages")
 
 
 def yen(amount: int) -> str:
@@ -83,7 +86,7 @@ async def results_page(
     city: str = "",
     check_in: str = "",
     check_out: str = "",
-    guests: int = 2,
+    guests: Int64 = 2,
 ) -> HTMLResponse:
     try:
         stay = parse_stay(bookings, check_in, check_out, guests)
@@ -110,7 +113,7 @@ async def hotel_view(
     hotel_id: str,
     check_in: str = "",
     check_out: str = "",
-    guests: int = 2,
+    guests: Int64 = 2,
 ) -> HTMLResponse:
     try:
         stay = parse_stay(bookings, check_in, check_out, guests) if check_in and check_out else None
@@ -130,6 +133,16 @@ async def hotel_view(
         policies=policies,
         member=member,
     )
+
+
+async def _earn_preview(bookings: Bookings, member_id: str, amount_minor: int) -> int | None:
+    """What paying for the stay would earn this member now (points' earn preview), or None."""
+    try:
+        preview = await bookings.payments.points.preview_earn(member_id=member_id, amount_minor=amount_minor)
+    except DomainError as exc:  # the page works without it
+        log.warning("earn preview unavailable", extra={"error": exc.message})
+        return None
+    return int(preview.total)
 
 
 @router.get("/book", response_model=None)
@@ -152,7 +165,7 @@ async def book_page(
     rate_plan_id: Annotated[str, Form()],
     check_in: Annotated[str, Form()],
     check_out: Annotated[str, Form()],
-    guests: Annotated[int, Form()] = 2,
+    guests: Annotated[Int64, Form()] = 2,
 ) -> HTMLResponse:
     """The booking to review and pay, reached only by the hotel page's form (CSRF-checked)."""
     try:
@@ -168,6 +181,7 @@ async def book_page(
     return _page(
         request,
         "travel/book.html",
+        earn_points=await _earn_preview(bookings, member.member_id, offer.total_minor),
         title=_("Book"),
         member=member,
         hotel=page.hotel,
@@ -187,9 +201,9 @@ async def book_submit(
     rate_plan_id: Annotated[str, Form()],
     check_in: Annotated[str, Form()],
     check_out: Annotated[str, Form()],
-    guests: Annotated[int, Form()],
+    guests: Annotated[Int64, Form()],
     idempotency_key: Annotated[str, Form()],
-    points: Annotated[int, Form()] = 0,
+    points: Annotated[Int64, Form()] = 0,
 ) -> Response:
     try:
         booking = await bookings.book(
