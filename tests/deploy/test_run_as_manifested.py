@@ -285,5 +285,12 @@ def test_services_run_as_the_dev_manifests_say(
             assert lines, f"{name}: LOG_FORMAT=json but no JSON log lines:\n{proc.logs()}"
             assert all(json.loads(line)["service"] == name for line in lines[-3:])
     finally:
+        # Every process is ended even when ending one fails (then reported after the rest).
+        failures: list[BaseException] = []
         for proc in procs.values():
-            proc.stop()
+            try:
+                proc.stop()
+            except BaseException as exc:  # re-raised below, after the others are ended
+                failures.append(exc)
+        if failures:
+            raise failures[0]
