@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from kizuna.kit.bounds import Int64
 from kizuna.kit.csrf import CsrfChecked
 from kizuna.kit.errors import DomainError
 from kizuna.kit.flash import Kind, flash
@@ -25,7 +26,7 @@ from fintech.idempotency import run_once
 
 router = APIRouter(include_in_schema=False)
 templates = page_templates(Path(__file__).parent / "templates", service="fintech")
-FormInt = Annotated[int, Form()]
+FormInt = Annotated[Int64, Form()]  # int64: a larger number is a 422, not a database error
 FormStr = Annotated[str, Form()]
 
 

@@ -21,6 +21,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from kizuna.kit import web
+from kizuna.kit.bounds import Int64
 from kizuna.kit.csrf import FormMember, csrf_token
 from kizuna.kit.db import SessionDep
 from kizuna.kit.errors import DomainError, NotFound, PermissionDenied
@@ -50,7 +51,7 @@ templates = web.page_templates(
 )
 router = APIRouter(include_in_schema=False)
 FormStr = Annotated[str, Form()]
-FormInt = Annotated[int, Form()]
+FormInt = Annotated[Int64, Form()]  # int64: a larger number is a 422, not a database error
 
 
 def _shop(request: Request) -> Shop:
