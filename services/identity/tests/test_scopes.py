@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from pathlib import Path
 
 import grpc
 import httpx
@@ -21,6 +22,8 @@ from identity_support import (
     code_for,
     csrf_of,
     exchange,
+    identity_settings,
+    running_identity,
     sign_in,
     sign_up,
 )
@@ -180,3 +183,34 @@ async def test_sign_out_everywhere_and_password_change_publish_revocations(idp_s
 async def test_third_party_cannot_get_service_scopes_even_if_registered_for_them(idp_sqlite: Idp, scope: str) -> None:
     refused = await client_token(idp_sqlite, ("thirdparty", THIRD_SECRET), scope)
     assert refused.status_code == 400 and refused.json()["error"] == "invalid_scope"
+
+
+async def test_the_admin_api_refuses_service_scopes_for_a_third_party_client(nats_url: str, tmp_path: Path) -> None:
+    admin = {
+        "client_id": "ops",
+        "client_secret": "ops-secret-0123456789abcdef-0123456789ab",
+        "grant_types": ["client_credentials"],
+        "scopes": ["identity:admin"],
+    }
+    url = f"sqlite+aiosqlite:///{tmp_path / 'identity.db'}"
+    settings = identity_settings(nats_url, url, tmp_path, extra_clients=[admin])
+    async with running_identity(settings) as idp, httpx.AsyncClient(base_url=idp.issuer) as http:
+        token = (
+            await http.post(
+                "/token",
+                auth=(admin["client_id"], admin["client_secret"]),
+                data={"grant_type": "client_credentials", "scope": "identity:admin"},
+            )
+        ).json()["access_token"]
+        headers = {"authorization": f"Bearer {token}"}
+        for scopes in (["points:credit"], ["openid", "identity:read"], ["privacy:export"], ["identity:admin"]):
+            refused = await http.post(
+                "/admin/clients", headers=headers, json={"client_id": "greedy-app", "scopes": scopes}
+            )
+            assert refused.status_code == 400, (scopes, refused.text)
+            assert "service scopes" in refused.json()["message"]
+        assert (await http.get("/admin/clients/greedy-app", headers=headers)).status_code == 404
+        fine = await http.post(
+            "/admin/clients", headers=headers, json={"client_id": "greedy-app", "scopes": ["openid", "points:read"]}
+        )
+        assert fine.status_code == 201, fine.text

@@ -168,6 +168,11 @@ def _validate(spec: ClientSpec, known_scopes: ScopeCatalogue) -> None:
     bad_scopes = set(spec.scopes) - set(known_scopes.all)
     if bad_scopes:
         raise InvalidArgument(f"unknown scopes: {sorted(bad_scopes)}")
+    service_only = set(spec.scopes) - known_scopes.member
+    if not spec.first_party and service_only:
+        # Service scopes (crediting points, reading any member, exports, administration) are for
+        # the ecosystem's declared services only; a third-party app gets what members consent to.
+        raise InvalidArgument(f"a third-party client cannot hold service scopes: {sorted(service_only)}")
     for uri in [*spec.redirect_uris, *spec.post_logout_redirect_uris, *filter(None, [spec.backchannel_logout_uri])]:
         if not uri.startswith(("https://", "http://127.0.0.1", "http://localhost")) or "#" in uri:
             raise InvalidArgument(f"redirect URIs must be https (or loopback) without fragment: {uri}")
