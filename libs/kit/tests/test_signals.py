@@ -136,3 +136,31 @@ def test_make_up_stops_on_ctrl_c_when_started_with_sigint_ignored(tmp_path: Path
         assert _processes_with(str(data_dir)) == [], "processes left running after Ctrl-C"
     finally:
         end_process(up)
+
+
+STUBBORN = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen(
+    [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"],
+    start_new_session=True,  # outside the parent's process group, as a daemonizing server would be
+)
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_end_process_kills_what_ignores_sigterm_and_what_left_the_group() -> None:
+    parent = spawn([sys.executable, "-c", STUBBORN], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert Path(f"/proc/{child}").exists()
+        started = time.monotonic()
+        code = end_process(parent, timeout=1)
+        assert code == -signal.SIGKILL  # SIGTERM was ignored: SIGKILL after the bounded wait
+        assert time.monotonic() - started < 10
+        status = Path(f"/proc/{child}/status")
+        assert not status.exists() or "State:\tZ" in status.read_text(), "the child that left the group survived"
+    finally:
+        end_process(parent)

@@ -171,6 +171,10 @@ def end_process(process: subprocess.Popen[Any], timeout: float = 10.0, sig: int 
         if _alive(pid, started):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+    # SIGKILL is delivered asynchronously: return once they are gone (or zombies for init to reap).
+    deadline = time.monotonic() + 5
+    while any(_alive(pid, started) for pid, started in descendants) and time.monotonic() < deadline:
+        time.sleep(0.02)
     with contextlib.suppress(ValueError):
         _spawned.remove(process)
     return process.returncode
