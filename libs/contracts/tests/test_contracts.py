@@ -21,7 +21,7 @@ GENERATED_MODULES = sorted(
     ".".join(p.relative_to(SRC).with_suffix("").parts) for p in SRC.glob("kizuna/**/*.py")
 )
 # RPCs whose names start with these only read; every other RPC changes state.
-READ_ONLY_PREFIXES = ("Get", "List")
+READ_ONLY_PREFIXES = ("Get", "List", "Preview")
 
 
 def pb2_module(proto: str) -> ModuleType:
