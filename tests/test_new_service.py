@@ -143,14 +143,37 @@ def test_its_own_tests_pass_against_real_points_and_fintech(scaffolded: Path) ->
     }
     env.pop("PYTEST_XDIST_WORKER", None)
     env.pop("PYTEST_ADDOPTS", None)
+    # Its own tests, and the workspace's check that every page it shows speaks Japanese and English.
     result = _run(
-        [sys.executable, "-m", "pytest", f"services/{NAME}", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            f"services/{NAME}",
+            "tests/ui/test_translations.py",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+        ],
         scaffolded,
         600,
         env,
     )
     assert result.returncode == 0, result.stdout[-6000:]
-    assert "4 passed" in result.stdout, result.stdout[-3000:]
+    assert " failed" not in result.stdout and " error" not in result.stdout, result.stdout[-3000:]
+    assert f"services/{NAME}/src/{NAME}/templates" in _collected(scaffolded, env), "its templates were not checked"
+
+
+def _collected(copy: Path, env: dict[str, str]) -> str:
+    listed = _run(
+        [sys.executable, "-m", "pytest", "tests/ui/test_translations.py", "--collect-only", "-q", "-p", "no:xdist"],
+        copy,
+        120,
+        env,
+    )
+    return listed.stdout
 
 
 def test_manifests_render_with_it_and_its_flows_are_derived(scaffolded: Path, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import httpx
-from kizuna.kit.errors import FailedPrecondition, NotFound
+from kizuna.kit.errors import FailedPrecondition, NotFound, Unavailable
 from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -63,11 +63,25 @@ def current_code(card: Card, now: datetime) -> str:
 class Grants:
     """The member's access token from their card's grant, refreshed at identity when near expiry."""
 
-    def __init__(self, token_endpoint: str, client_id: str, client_secret: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self, issuer: str, client_id: str, client_secret: str, *, token_endpoint: str = "", timeout: float = 10.0
+    ) -> None:
+        self.issuer = issuer.rstrip("/")
+        # Discovered from the issuer on first use (identity may still be starting when we start).
         self.token_endpoint = token_endpoint
         self.client_id = client_id
         self.client_secret = client_secret
         self._http = httpx.AsyncClient(timeout=timeout)
+
+    async def _endpoint(self) -> str:
+        if not self.token_endpoint:
+            try:
+                response = await self._http.get(f"{self.issuer}/.well-known/openid-configuration")
+                response.raise_for_status()
+                self.token_endpoint = str(response.json()["token_endpoint"])
+            except (httpx.HTTPError, KeyError, ValueError) as exc:
+                raise Unavailable("identity cannot be reached to renew the member's card; try again") from exc
+        return self.token_endpoint
 
     async def access_token(self, session: AsyncSession, card: Card, now: datetime) -> str:
         if card.access_expires_at - now > timedelta(seconds=30):
@@ -75,7 +89,7 @@ class Grants:
         if not card.refresh_token:
             raise FailedPrecondition("the member's card needs renewing: ask them to open their card page")
         response = await self._http.post(
-            self.token_endpoint,
+            await self._endpoint(),
             auth=(self.client_id, self.client_secret),
             data={"grant_type": "refresh_token", "refresh_token": card.refresh_token},
         )

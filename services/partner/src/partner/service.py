@@ -8,7 +8,6 @@ import asyncio
 import logging
 from typing import Any
 
-import httpx
 from fastapi import APIRouter
 from kizuna.kit.clock import LiveClock
 from kizuna.kit.points import PointsClient
@@ -23,20 +22,13 @@ from partner.till import Limits, Till
 log = logging.getLogger("partner")
 
 
-async def _token_endpoint(s: Settings) -> str:
-    if s.kizuna_token_url:
-        return s.kizuna_token_url
-    async with httpx.AsyncClient(timeout=10) as http:
-        response = await http.get(f"{s.kizuna_issuer.rstrip('/')}/.well-known/openid-configuration")
-        response.raise_for_status()
-        return str(response.json()["token_endpoint"])
-
-
-async def build(runtime: Runtime[Any]) -> Context:
+def build(runtime: Runtime[Any]) -> Context:
     """The kit builds this at start and closes it at stop; routes read it typed (ContextDep)."""
     s: Settings = runtime.settings
     points = PointsClient(s.points_addr, runtime.service_tokens, service="partner", timeout=s.peer_timeout_seconds)
-    grants = cards.Grants(await _token_endpoint(s), s.kizuna_client_id or "partner", s.kizuna_client_secret)
+    grants = cards.Grants(
+        s.kizuna_issuer, s.kizuna_client_id or "partner", s.kizuna_client_secret, token_endpoint=s.kizuna_token_url
+    )
     limits = Limits(
         max_amount_minor=s.max_amount_minor,
         max_points=s.max_points_per_spend,

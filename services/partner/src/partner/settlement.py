@@ -19,6 +19,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from partner.models import Partner, Sale
 from partner.till import COMPLETED, EARN, SERVICE, SPEND
 
+LEDGER = "points"
+CREDITED, CLAWED_BACK = "points.ledger.credited", "points.ledger.clawed_back"
+
 
 @dataclass(frozen=True)
 class Statement:
@@ -63,7 +66,9 @@ async def statement(session: AsyncSession, partner: Partner, month: str) -> Stat
 
 async def on_ledger(session: AsyncSession, event: Event) -> None:
     """What the ledger credited or took back for one of this service's purchases."""
-    if event.subject.endswith(".credited"):
+    if event.owner != LEDGER or event.subject not in (CREDITED, CLAWED_BACK):
+        return  # other ledger events (reserved, captured, ...) say nothing of what was issued
+    if event.subject == CREDITED:
         credited = event.parse(points_events.Credited)
         service, ref, delta = credited.source_service, credited.source_ref, credited.amount
     else:
@@ -78,4 +83,4 @@ async def on_ledger(session: AsyncSession, event: Event) -> None:
     session.add(sale)
 
 
-consumers = [Consumer("partner-ledger", ["points.ledger.credited", "points.ledger.clawed_back"], on_ledger)]
+consumers = [Consumer("partner-ledger", ["points.ledger.>"], on_ledger)]

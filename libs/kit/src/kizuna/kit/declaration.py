@@ -21,7 +21,7 @@ benches.
 
     [events]
     publishes = ["points.credit.requested"]           # commands to others; "<name>.>" is implicit
-    consumes = ["identity"]                           # streams it reads with durable consumers
+    consumes = ["identity", "points.ledger.>"]        # streams it reads (whole, or only some subjects)
 
     [grpc]
     calls = ["points", "fintech"]
@@ -56,6 +56,8 @@ ISSUER = "identity"
 _NAME = re.compile(r"^[a-z][a-z0-9]{1,29}$")
 _SCOPE = re.compile(r"^[a-z][a-z0-9_]*(:[a-z][a-z0-9_]*)?$")
 _SUBJECT = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+# What a service reads: a whole stream (its owner's name) or only some of its subjects.
+_READ = re.compile(r"^[a-z][a-z0-9]{1,29}((\.[a-z][a-z0-9_]*)*\.([a-z][a-z0-9_]*|>))?$")
 # Scopes identity itself defines for OpenID Connect; a declaration may ask for them, not define them.
 OIDC_SCOPES = {
     "openid": "Know who you are (your member ID)",
@@ -180,7 +182,7 @@ def parse(data: dict[str, Any], where: str = "service.toml") -> Declaration:
     for command in publishes:
         if command.startswith(f"{name}."):
             raise _fail(where, f"{command!r}: a service's own subjects ({name}.>) need no declaring")
-    consumes = _strings(events.get("consumes", []), f"{where} [events] consumes", _NAME)
+    consumes = _strings(events.get("consumes", []), f"{where} [events] consumes", _READ)
     calls = _strings(data.get("grpc", {}).get("calls", []), f"{where} [grpc] calls", _NAME)
     privacy = data.get("privacy", {}).get("holds_member_data", False)
     if not isinstance(privacy, bool):
@@ -270,9 +272,9 @@ def check(declarations: list[Declaration]) -> None:
         for peer in d.calls:
             if peer not in names:
                 raise _fail(where, f"[grpc] calls {peer!r}, which no service declares")
-        for stream in d.consumes:
-            if stream not in names:
-                raise _fail(where, f"[events] consumes {stream!r}, which no service declares")
+        for read in d.consumes:
+            if read.split(".", 1)[0] not in names:
+                raise _fail(where, f"[events] consumes {read!r}, but no service declares its stream")
         for command in d.publishes:
             owner = command.split(".", 1)[0]
             if owner not in names:

@@ -64,13 +64,18 @@ def reads(decl: Declaration, decls: Iterable[Declaration]) -> dict[str, list[str
     """The streams a service reads: owner -> subject filters it may consume (None: all of it)."""
     everyone = list(decls)
     streams: dict[str, list[str] | None] = {decl.name: None}
-    for owner in decl.consumes:
-        streams[owner] = None
 
     def add(owner: str, subject: str) -> None:
         current = streams.setdefault(owner, [])
         if current is not None and subject not in current:
             current.append(subject)
+
+    for read in decl.consumes:
+        if "." in read:
+            # Only some subjects of another's stream: consumers filtered to exactly those.
+            add(read.split(".", 1)[0], read)
+        else:
+            streams[read] = None
 
     if decl.name != ISSUER:
         add(ISSUER, REVOCATION_SUBJECT)

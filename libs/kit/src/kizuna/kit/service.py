@@ -193,7 +193,7 @@ class Service(Generic[S]):
             )
         if name is not None and name != declaration.name:
             raise ValueError(f"Service({name!r}) but its declaration is named {declaration.name!r}")
-        if privacy is not None and not declaration.privacy:
+        if privacy is not None and not declaration.privacy and declaration.path is not None:
             raise ValueError(f"{declaration.name} answers privacy requests: declare [privacy] holds_member_data = true")
         self.declaration = declaration
         name = declaration.name
