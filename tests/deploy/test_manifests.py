@@ -625,3 +625,19 @@ def test_prod_clients_are_rendered_from_the_declarations(tmp_path: Path) -> None
     refused = run([sys.executable, DEPLOY / "render.py", "prod-clients", tmp_path / "partial.json"])
     assert refused.returncode != 0 and not refused.stdout
     assert names[-1] in refused.stderr
+
+
+def test_no_list_of_services_is_written_by_hand() -> None:
+    """deploy/ derives every service from the declarations: no hand-written manifest, config or
+    overlay names two services (a list that a new service would have to join)."""
+    for path in sorted(DEPLOY.rglob("*")):
+        if not path.is_file() or "generated" in path.relative_to(DEPLOY).parts:
+            continue
+        if path.suffix not in (".yaml", ".yml", ".conf", ".env", ".json", ".sql") and path.name != "Dockerfile":
+            continue
+        # Comments, and the dashboard's prose (which service emits a metric), are not lists.
+        lines = [
+            line for line in path.read_text().splitlines() if not line.lstrip().startswith(("#", "--", '"description"'))
+        ]
+        named = {name for name in SERVICES if re.search(rf"\b{name}\b", "\n".join(lines))}
+        assert len(named) <= 1, f"{path.relative_to(REPO)} names {sorted(named)}"
