@@ -28,6 +28,7 @@ from travel_support import (
     Clock,
     booking_body,
     days_ahead,
+    signed_in_browser,
     travel_settings,
     wait_until,
 )
@@ -251,3 +252,34 @@ async def test_a_completed_stay_earns_points_exactly_once(real: RealEnv) -> None
     await wait_until(points_acknowledged_it, timeout=20)
     await nc.close()
     assert await travel_credits() == [earned]
+
+
+async def test_the_hotel_page_promises_exactly_what_the_stay_earns(real: RealEnv) -> None:
+    # The member sees "earn N pt" beside the room (points' earn preview), pays by card, stays:
+    # points credits exactly N.
+    body = booking_body(key="promise")
+    total = await real.offer_total(body)
+    member = await real.new_member(points=0)
+    browser = await signed_in_browser(real.travel, real.ecosystem.issuer, str(real.http.base_url), member)
+    async with browser:
+        stay = {"check_in": body["check_in"], "check_out": body["check_out"], "guests": body["guests"]}
+        page = await browser.get(f"/hotels/{body['hotel_id']}", params=stay)
+        assert page.status_code == 200, page.text
+        row = next(r for r in page.text.split("<tr>") if f"{total:,}</strong>" in r and 'data-earn="' in r)
+        promised = int(row.split('data-earn="')[1].split('"')[0])
+        assert promised > 0
+    resp = await real.http.post("/api/bookings", json=body, headers=real.headers(member))
+    assert resp.status_code == 201, resp.text
+    booking_id = resp.json()["booking_id"]
+    real.clock.at = datetime.combine(days_ahead(12), time(12), HOTEL_TZ).astimezone(UTC)
+    assert await real.travel.context.complete_stays() == 1
+
+    async def credited() -> list[points_pb2.Entry]:
+        return [
+            e
+            for e in await real.entries(member)
+            if e.kind == points_pb2.ENTRY_KIND_CREDIT and e.source_service == "travel" and e.source_ref == booking_id
+        ]
+
+    [earned] = await wait_until(credited, timeout=20)
+    assert earned.amount == promised

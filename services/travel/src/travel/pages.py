@@ -8,6 +8,7 @@ forms that change something (book, cancel) carry the kit's CSRF token and are re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from pathlib import Path
@@ -123,9 +124,15 @@ async def hotel_view(
     policies = {
         p.id: rules.CancellationPolicy(p.refundable, p.free_cancel_days, p.penalty_bp).describe() for p in page.plans
     }
+    earn_by_total: dict[int, int | None] = {}
+    if member is not None and stay is not None:
+        totals = sorted({o.total_minor for o in page.offers})
+        previews = await asyncio.gather(*(_earn_preview(bookings, member.member_id, t) for t in totals))
+        earn_by_total = dict(zip(totals, previews, strict=True))
     return _page(
         request,
         "travel/hotel.html",
+        earn_by_total=earn_by_total,
         title=page.hotel.name,
         page=page,
         stay=stay,
