@@ -23,11 +23,15 @@ from kizuna.kit.service import Runtime
 from kizuna.kit.testing import ServiceProcess, TestIssuer, reset_streams
 
 
-def start_points(workdir: Path, nats_url: str, issuer: str, client_secret: str) -> ServiceProcess:
-    """A real points process (one per test module: starting one costs seconds)."""
+def start_points(
+    workdir: Path, nats_url: str, issuer: str, client_secret: str, nats_user: dict[str, str] | None = None
+) -> ServiceProcess:
+    """A real points process (one per test module: starting one costs seconds), connected to NATS
+    as its own user when `nats_user` gives its credentials (`nats_server.service_env("points")`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = {
         "NATS_URL": nats_url,
+        **(nats_user or {}),
         "KIZUNA_ISSUER": issuer,
         "KIZUNA_DATA_DIR": str(workdir),
         "KIZUNA_CLIENT_SECRET": client_secret,

@@ -36,7 +36,13 @@ def points_process(
     asyncio.run(reset_streams(nats_server.url, "FINTECH", "POINTS"))
     test_issuer.register_client("points", "points-test-secret", "points:read")
     test_issuer.register_client("fintech", FINTECH_SECRET, "points:spend points:read")
-    process = start_points(tmp_path_factory.mktemp("points"), nats_server.url, test_issuer.issuer, "points-test-secret")
+    process = start_points(
+        tmp_path_factory.mktemp("points"),
+        nats_server.url,
+        test_issuer.issuer,
+        "points-test-secret",
+        dict(nats_server.service_env("points")),
+    )
     yield process
     process.stop()
 
