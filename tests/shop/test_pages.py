@@ -341,3 +341,38 @@ async def test_merchant_edits_products_over_the_api_and_in_the_console_and_the_p
         )
         assert "Sencha first flush" not in (await visitor.get("/")).text
         assert (await visitor.get(f"/products/{tea}")).status_code == 404
+
+
+async def test_the_checkout_promises_exactly_what_the_order_then_earns(world: ShopWorld) -> None:
+    from kizuna.points.v1 import points_pb2
+
+    w = world
+    buyer = await w.member(points=0)
+    merchant = await w.api.active_merchant(OWNER, name="Kumo Outdoor")
+    tent = await w.api.product(merchant, OWNER, title="Dome tent", price=34_800, stock=2)
+    async with await _browser(w, buyer) as browser:
+        csrf = _csrf((await browser.get(f"/products/{tent}")).text)
+        await _post(browser, "/cart/items", {"product_id": tent, "quantity": 1}, csrf)
+        checkout = await browser.get("/checkout", params={"merchant_id": merchant})
+        earn = re.search(r'data-earn="(\d+)"', checkout.text)
+        assert earn, "the checkout shows no earn preview"
+        promised = int(earn.group(1))
+        key = re.search(r'name="idempotency_key" value="(\w+)"', checkout.text)
+        assert key
+        placed = await _post(
+            browser, "/checkout", {"merchant_id": merchant, "points": 0, "idempotency_key": key.group(1)}, csrf
+        )
+        order = re.search(r'data-order="(ord_\w+)"', placed.text)
+        assert order
+    await w.api.ok("POST", f"/api/merchants/{merchant}/orders/{order.group(1)}/ship", OWNER, {})
+    await w.api.ok("POST", f"/api/orders/{order.group(1)}/confirm-delivery", buyer)
+
+    async def earned() -> int:
+        entries = await w.entries(buyer)
+        return sum(
+            e.amount
+            for e in entries
+            if e.kind == points_pb2.ENTRY_KIND_CREDIT and e.source_service == "shop" and e.source_ref == order.group(1)
+        )
+
+    assert await wait_until(earned, timeout=20) == promised
