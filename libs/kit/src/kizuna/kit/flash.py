@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -78,9 +79,9 @@ def flashes(request: HTTPConnection) -> list[Flash]:
     return [*incoming, *queued]
 
 
-def outgoing(scope: dict[str, Any]) -> list[list[str]]:
+def outgoing(scope: MutableMapping[str, Any]) -> list[list[str]]:
     return list(scope.get(_OUTGOING, []))
 
 
-def consumed(scope: dict[str, Any]) -> bool:
+def consumed(scope: MutableMapping[str, Any]) -> bool:
     return bool(scope.get(_CONSUMED))
