@@ -15,6 +15,7 @@ import pytest
 from kizuna.common.v1 import common_pb2
 from kizuna.kit.testing import wait_until
 from kizuna.points.v1 import earning_pb2 as contract
+from kizuna.points.v1 import events_pb2 as points_events
 from kizuna.points.v1 import points_pb2 as pb
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
@@ -248,3 +249,39 @@ async def test_a_new_earner_from_data_earns_through_the_contract_with_no_change_
 
     [entry] = await wait_until(earned, timeout=20)
     assert (entry.amount, entry.explanation) == (300, "Earned at Dojo on Kendo lesson: 3% base")
+
+
+@pytest.mark.parametrize("settings_overrides", [{"credit_budget_per_day": 100}])
+async def test_a_credit_command_past_the_budget_is_rejected_as_such_and_may_be_sent_again(
+    points: Points, nats_url: str
+) -> None:
+    await points.register("m")
+    await points.credit("m", 80, service="shop")  # 80 of the shop's 100 today
+    command = points_events.CreditRequested(
+        idempotency_key="big", member_id="m", amount=50, kind=pb.CREDIT_KIND_REGULAR, source_service="shop"
+    )
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        await js.publish("points.credit.requested.shop", command.SerializeToString(), headers={"ce-id": "c-1"})
+        rejections = await js.pull_subscribe("points.command.rejected", durable=None, stream="POINTS")
+        [rejected] = await rejections.fetch(1, timeout=20)
+        answer = points_events.CommandRejected.FromString(rejected.data)
+        assert (answer.idempotency_key, answer.reason) == ("big", points_events.REJECTION_REASON_BUDGET_EXCEEDED)
+        # Not remembered: the same command, sent again once the budget allows it, is applied.
+        points.clock.advance(timedelta(days=1))
+        await js.publish("points.credit.requested.shop", command.SerializeToString(), headers={"ce-id": "c-2"})
+
+        async def total() -> int:
+            return (await points.balance("m")).total
+
+        assert await wait_until(lambda: _is(total, 130), timeout=20)
+        applied = await js.pull_subscribe("points.ledger.credited", durable=None, stream="POINTS")
+        found = [points_events.Credited.FromString(m.data) for m in await applied.fetch(2, timeout=5)]
+        assert [c.idempotency_key for c in found if c.amount == 50] == ["big"]
+    finally:
+        await nc.close()
+
+
+async def _is(fn: Any, expected: Any) -> bool:
+    return bool(await fn() == expected)

@@ -166,13 +166,16 @@ async def on_command(runtime: Points, session: AsyncSession, event: Event) -> No
         now=now,
     )
     if isinstance(outcome, DomainError):
+        reason = _REJECTION.get(outcome.code, ev.REJECTION_REASON_UNSPECIFIED)
+        if isinstance(outcome, store.OverBudget):
+            reason = ev.REJECTION_REASON_BUDGET_EXCEEDED
         publish(
             session,
             "points.command.rejected",
             ev.CommandRejected(
                 idempotency_key=msg.idempotency_key,
                 command=command,
-                reason=_REJECTION.get(outcome.code, ev.REJECTION_REASON_UNSPECIFIED),
+                reason=reason,
                 message=outcome.message,
                 member_id=member_id,
                 source_service=msg.source_service,

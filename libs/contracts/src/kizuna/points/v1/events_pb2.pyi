@@ -8,7 +8,9 @@ Ledger events ("points.ledger.<event>") are published by points only, once per l
 in the same transaction as the change (outbox). They carry the idempotency_key of the request
 or command that caused them, so an asynchronous caller can match its answer.
 
-Commands ("points.credit.requested", "points.spend.requested") are published by any service.
+Commands ("points.credit.requested.<sender>", "points.spend.requested.<sender>") are published
+by the services whose declaration names them; the subject's last token is the sender (the broker
+enforces it), and source_service must equal it.
 points applies each at most once per (source_service, idempotency_key), with the same rules
 as the PointsService RPCs, and answers with a ledger event or with CommandRejected.
 """
@@ -87,7 +89,11 @@ class _RejectionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Rejec
     REJECTION_REASON_IDEMPOTENCY_CONFLICT: _RejectionReason.ValueType  # 4
     """The idempotency key was already used with a different input."""
     REJECTION_REASON_MEMBER_NOT_ACTIVE: _RejectionReason.ValueType  # 5
-    """The member does not exist or has been erased."""
+    """The member does not exist or has been erased. Not remembered when points has not seen the
+    member yet: the same command (same idempotency key) may be published again later.
+    """
+    REJECTION_REASON_BUDGET_EXCEEDED: _RejectionReason.ValueType  # 6
+    """The sending service's daily credit budget would be breached. Not remembered either."""
 
 class RejectionReason(_RejectionReason, metaclass=_RejectionReasonEnumTypeWrapper):
     """Why a command was rejected."""
@@ -102,7 +108,11 @@ REJECTION_REASON_NOT_AUTHORIZED: RejectionReason.ValueType  # 3
 REJECTION_REASON_IDEMPOTENCY_CONFLICT: RejectionReason.ValueType  # 4
 """The idempotency key was already used with a different input."""
 REJECTION_REASON_MEMBER_NOT_ACTIVE: RejectionReason.ValueType  # 5
-"""The member does not exist or has been erased."""
+"""The member does not exist or has been erased. Not remembered when points has not seen the
+member yet: the same command (same idempotency key) may be published again later.
+"""
+REJECTION_REASON_BUDGET_EXCEEDED: RejectionReason.ValueType  # 6
+"""The sending service's daily credit budget would be breached. Not remembered either."""
 Global___RejectionReason: _TypeAlias = RejectionReason  # noqa: Y015
 
 @_typing.final

@@ -8,7 +8,9 @@ Ledger events ("points.ledger.<event>") are published by points only, once per l
 in the same transaction as the change (outbox). They carry the idempotency_key of the request
 or command that caused them, so an asynchronous caller can match its answer.
 
-Commands ("points.credit.requested", "points.spend.requested") are published by any service.
+Commands ("points.credit.requested.<sender>", "points.spend.requested.<sender>") are published
+by the services whose declaration names them; the subject's last token is the sender (the broker
+enforces it), and source_service must equal it.
 points applies each at most once per (source_service, idempotency_key), with the same rules
 as the PointsService RPCs, and answers with a ledger event or with CommandRejected.
 """
