@@ -551,9 +551,13 @@ async def _maybe_member(request: Request) -> WebMember | None:
     row = await rp.current(request)
     if row is not None:
         return WebMember(row.member_id, row.display_name, row.id, rp)
-    # The page renders for an anonymous visitor; the layout's script then asks identity once per
-    # browser (prompt=none) whether the member is signed in there already. Doing it here, with a
-    # redirect, would leave a client without cookies (a crawler, a link preview) with no page.
+    if request.method == "GET" and request.cookies and not request.cookies.get(rp.sso_checked_cookie):
+        # One silent check per browser: signed in at identity already? Then in without a password.
+        # Only for a client that keeps cookies (it sent some): the round trip through identity needs
+        # them, and a client without any (a crawler, a link preview) gets the anonymous page instead
+        # of a sign-in error. A browser's first visit is covered by the layout's script, which asks
+        # the same question once the page is shown.
+        raise HTTPException(status_code=303, headers={"Location": _login_url(request, prompt="none")})
     return None
 
 
@@ -561,4 +565,4 @@ SignedInMember = Annotated[WebMember, Depends(_signed_in_member)]
 """The signed-in member of a web page; browsers without a session are sent to sign in."""
 
 MaybeMember = Annotated[WebMember | None, Depends(_maybe_member)]
-"""The signed-in member or None (the layout's script makes the one silent single-sign-on check)."""
+"""The signed-in member or None, after one silent single-sign-on check per browser."""
