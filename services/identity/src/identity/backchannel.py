@@ -144,12 +144,12 @@ async def retry_deliveries(runtime: object) -> None:
     """Job: deliver what is due, forever (every replica; claims keep attempts single)."""
     from kizuna.kit.service import Runtime
 
+    from identity.context import identity_of
+
     assert isinstance(runtime, Runtime)
     while True:
         await asyncio.sleep(runtime.settings.identity_backchannel_poll_seconds)
-        provider = runtime.state.get("provider")
-        if provider is None:
-            continue
+        provider = identity_of(runtime).provider
         try:
             await deliver_due(provider)
         except Exception:

@@ -83,12 +83,12 @@ async def clean_expired(
 
 async def cleanup_job(runtime: Any) -> None:
     """Job: clean up every `identity_cleanup_seconds`."""
+    from identity.context import identity_of
+
     settings = runtime.settings
     while True:
         await asyncio.sleep(settings.identity_cleanup_seconds)
-        provider = runtime.state.get("provider")
-        if provider is None:
-            continue
+        provider = identity_of(runtime).provider
         try:
             counts = await clean_expired(
                 runtime.db,
