@@ -12,17 +12,12 @@ from pydantic import BaseModel, Field, StrictInt
 
 from fintech import bank, cards, ledger, payments, securities, statements
 from fintech.cards import MerchantRef
-from fintech.context import Fintech, fintech_of
+from fintech.context import FintechDep, fintech_of
 from fintech.idempotency import run_once
 
 router = APIRouter()
 
 
-def _fintech(request: Request) -> Fintech:
-    return fintech_of(request.app.state.runtime)
-
-
-FintechDep = Annotated[Fintech, Depends(_fintech)]
 # Every member route names its scope: reads need fintech:read; opening products, changing the
 # card and moving money need fintech:pay (a third-party app the member allowed less is refused).
 Reader = Annotated[Principal, Depends(member_scope("fintech:read"))]
