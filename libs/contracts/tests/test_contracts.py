@@ -17,9 +17,7 @@ PROTO_ROOT = ROOT / "proto"
 SRC = ROOT / "libs" / "contracts" / "src"
 
 PROTOS = sorted(p.relative_to(PROTO_ROOT).as_posix() for p in PROTO_ROOT.rglob("*.proto"))
-GENERATED_MODULES = sorted(
-    ".".join(p.relative_to(SRC).with_suffix("").parts) for p in SRC.glob("kizuna/**/*.py")
-)
+GENERATED_MODULES = sorted(".".join(p.relative_to(SRC).with_suffix("").parts) for p in SRC.glob("kizuna/**/*.py"))
 # RPCs whose names start with these only read; every other RPC changes state.
 READ_ONLY_PREFIXES = ("Get", "List", "Preview")
 
@@ -33,11 +31,7 @@ def file_descriptors() -> list[FileDescriptor]:
 
 
 def services() -> dict[str, ServiceDescriptor]:
-    return {
-        service.full_name: service
-        for file in file_descriptors()
-        for service in file.services_by_name.values()
-    }
+    return {service.full_name: service for file in file_descriptors() for service in file.services_by_name.values()}
 
 
 def mutating_rpcs(service: ServiceDescriptor) -> list[str]:
@@ -73,9 +67,7 @@ def test_packages_are_versioned_by_directory() -> None:
         ("kizuna.fintech.v1.PaymentsService", {"Authorize", "Capture", "Void", "Refund"}),
     ],
 )
-def test_points_and_payments_mutations_are_the_expected_rpcs(
-    service: str, expected: set[str]
-) -> None:
+def test_points_and_payments_mutations_are_the_expected_rpcs(service: str, expected: set[str]) -> None:
     assert set(mutating_rpcs(services()[service])) == expected
 
 

@@ -6,7 +6,6 @@ from pydantic_settings import NoDecode
 
 
 class Settings(ServiceSettings):
-
     points_addr: str = "127.0.0.1:50051"
     fintech_addr: str = "127.0.0.1:50054"
     peer_timeout_seconds: float = 5.0

@@ -131,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ScaffoldError, declaration.DeclarationError, FileNotFoundError) as exc:
         print(f"make new-service: {exc}", file=sys.stderr)
         return 2
-    print(f"Created {p.name} (slot {p.slot}: HTTP {declaration.HTTP_BASE_PORT + p.slot}, gRPC "
-          f"{declaration.GRPC_BASE_PORT + p.slot}) in {len(written)} files:")
+    print(
+        f"Created {p.name} (slot {p.slot}: HTTP {declaration.HTTP_BASE_PORT + p.slot}, gRPC "
+        f"{declaration.GRPC_BASE_PORT + p.slot}) in {len(written)} files:"
+    )
     for path in written:
         print(f"  {path.relative_to(root)}")
     print(f"Next: .venv/bin/python -m pytest services/{p.name} -q   then   make up")
