@@ -202,6 +202,9 @@ def new_grant_id() -> str:
 # ---- JWTs ---------------------------------------------------------------------------------
 
 
+_ES256 = ec.ECDSA(hashes.SHA256())
+
+
 class Issuer:
     """Mints and checks the JWTs of this issuer with the key ring."""
 
@@ -209,6 +212,7 @@ class Issuer:
         self.issuer = issuer
         self.audience = audience
         self.keys = keys
+        self._headers: dict[tuple[str, str], bytes] = {}
 
     def sign(self, claims: dict[str, Any], typ: str = "JWT") -> str:
         """A compact ES256 JWS (RFC 7515/7518 §3.4: the signature is raw r || s, 32 bytes each).
@@ -217,11 +221,13 @@ class Issuer:
         per-call header and claims validation, which cost more than the signature itself on the
         token endpoint. Every verifier (joserfc, the kit) checks these tokens in the tests."""
         key = self.keys.signing_key()
-        header = {"alg": ALG, "kid": key.kid, "typ": typ}
-        signing_input = _b64json(header) + b"." + _b64json(claims)
+        header = self._headers.get((key.kid, typ))
+        if header is None:  # one per key and token type: encoded once, not per token
+            header = self._headers[(key.kid, typ)] = _b64json({"alg": ALG, "kid": key.kid, "typ": typ})
+        signing_input = header + b"." + _b64json(claims)
         private = key.private.private_key
         assert private is not None  # loaded keys always carry their private half
-        der = private.sign(signing_input, ec.ECDSA(hashes.SHA256()))
+        der = private.sign(signing_input, _ES256)
         r, s = decode_dss_signature(der)
         signature = base64.urlsafe_b64encode(r.to_bytes(32, "big") + s.to_bytes(32, "big")).rstrip(b"=")
         return (signing_input + b"." + signature).decode()
