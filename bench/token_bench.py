@@ -1,7 +1,7 @@
 """Token endpoint benchmark (not a test): identity's client_credentials grant beside the reference,
 node-oidc-provider (npm `oidc-provider`, bench/anchor/token_anchor.mjs), in one run.
 
-    .venv/bin/python bench/token_bench.py [--seconds 10] [--rounds 2] [--connections 32]
+    .venv/bin/python bench/token_bench.py [--seconds 10] [--rounds 2] [--connections 32] [--baseline REV]
 
 Both issue ES256-signed JWT access tokens (RFC 9068) to one confidential client with one scope,
 and run as one process each on loopback: identity as `python -m identity` on a fresh SQLite
@@ -10,6 +10,9 @@ comes from `wrk` (Debian package `wrk`) posting the form with HTTP Basic client 
 over `--connections` keep-alive connections, in alternating rounds (identity, anchor, identity,
 anchor, ...), so both see the same machine. Before the rounds each token endpoint must refuse a
 wrong secret and issue a token that verifies against its JWKS.
+
+`--baseline REV` adds identity as of a git revision (its kit and identity sources, exported with
+`git archive`) to the same rounds: before and after beside the anchor in one run.
 
 Per round: tokens/s, p50/p99 latency, server CPU seconds (tokens per CPU second does not depend
 on what else the machine runs) and the load average. At the end: the ratio identity / anchor.
@@ -177,22 +180,27 @@ def start_anchor(workdir: Path) -> tuple[subprocess.Popen[str], Target]:
     raise SystemExit(f"the anchor did not start: {(workdir / 'anchor.log').read_text()[-2000:]}")
 
 
-def start_identity(workdir: Path, nats: NatsServer) -> ServiceProcess:
+def start_identity(
+    workdir: Path, nats: NatsServer, name: str = "identity", source: Path | None = None
+) -> ServiceProcess:
+    """identity as `python -m identity` on a fresh SQLite database; from `source` (a tree holding
+    libs/kit/src and services/identity/src) instead of the installed workspace when given."""
     port = free_port()  # identity must know its own issuer URL before it binds
     issuer = f"http://127.0.0.1:{port}"
     client = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "grant_types": ["client_credentials"]}
     env = {
         "KIZUNA_ISSUER": issuer,
         "KIZUNA_AUDIENCE": AUDIENCE,
-        "KIZUNA_DATA_DIR": str(workdir / "identity"),
+        "KIZUNA_DATA_DIR": str(workdir / name),
         "KIZUNA_CLIENTS": json.dumps([{**client, "scopes": [SCOPE]}]),
         "KIZUNA_SCOPES": json.dumps(declaration.scope_catalogue(declaration.discover())),
         "LOG_FORMAT": "json",
         "NATS_URL": nats.address,
         **nats.service_env("identity"),
     }
-    env.pop("DATABASE_URL", None)
-    process = ServiceProcess("identity", env, port, 0, workdir / "identity.log")
+    if source is not None:
+        env["PYTHONPATH"] = f"{source / 'libs' / 'kit' / 'src'}{os.pathsep}{source / 'services' / 'identity' / 'src'}"
+    process = ServiceProcess("identity", env, port, 0, workdir / f"{name}.log")
     # ServiceProcess merges os.environ: a DATABASE_URL there would replace the fresh SQLite file.
     saved = os.environ.pop("DATABASE_URL", None)
     try:
@@ -202,22 +210,37 @@ def start_identity(workdir: Path, nats: NatsServer) -> ServiceProcess:
             os.environ["DATABASE_URL"] = saved
 
 
-def report(rounds: list[Round], args: argparse.Namespace) -> None:
+def export_baseline(revision: str, into: Path) -> Path:
+    """The kit's and identity's sources at `revision` (git archive; the working tree is untouched)."""
+    into.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision, "libs/kit/src", "services/identity/src"],
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise SystemExit(f"git archive {revision} failed: {archive.stderr.decode(errors='replace')}")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def report(rounds: list[Round], names: list[str], args: argparse.Namespace) -> None:
     print(
         f"token endpoint, client_credentials, ES256 JWT access tokens; wrk -c {args.connections} "
         f"-t {args.threads}, {args.seconds:g} s rounds; {os.cpu_count()} CPUs"
     )
+    width = max(len(n) for n in names)
     print(
-        f"{'round':>5}  {'target':8} {'tokens/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
+        f"{'round':>5}  {'target':{width}} {'tokens/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
         f"{'CPU s':>6} {'tok/CPU s':>9}  load avg (start-end)"
     )
     for n, r in enumerate(rounds, 1):
         print(
-            f"{n:>5}  {r.target:8} {r.tokens_per_s:>9.0f} {r.p50_ms:>8.1f} {r.p99_ms:>8.1f} {r.errors:>6} "
-            f"{r.cpu_s:>6.1f} {r.per_cpu_s:>9.0f}  {r.load[0]:.1f}-{r.load[1]:.1f}"
+            f"{(n - 1) // len(names) + 1:>5}  {r.target:{width}} {r.tokens_per_s:>9.0f} {r.p50_ms:>8.1f} "
+            f"{r.p99_ms:>8.1f} {r.errors:>6} {r.cpu_s:>6.1f} {r.per_cpu_s:>9.0f}  {r.load[0]:.1f}-{r.load[1]:.1f}"
         )
     summary = {}
-    for name in ("identity", "anchor"):
+    for name in names:
         mine = [r for r in rounds if r.target == name]
         summary[name] = (
             statistics.mean(r.tokens_per_s for r in mine),
@@ -229,16 +252,14 @@ def report(rounds: list[Round], args: argparse.Namespace) -> None:
             f"{name}: {summary[name][0]:.0f} tokens/s (rounds {low:.0f}-{high:.0f}), p99 {summary[name][1]:.1f} ms "
             f"(median of rounds), {summary[name][2]:.0f} tokens per CPU second"
         )
-    pairs = [
-        rounds[i].tokens_per_s / rounds[i + 1].tokens_per_s
-        for i in range(0, len(rounds) - 1, 2)
-        if rounds[i].target == "identity" and rounds[i + 1].target == "anchor"
-    ]
-    print(
-        f"ratio identity / anchor: {summary['identity'][0] / summary['anchor'][0]:.2f} tokens/s "
-        f"(per adjacent pair: {', '.join(f'{p:.2f}' for p in pairs)}), "
-        f"{summary['identity'][2] / summary['anchor'][2]:.2f} per CPU second"
-    )
+    by_round = [rounds[i : i + len(names)] for i in range(0, len(rounds), len(names))]
+    for name in names[:-1]:
+        pairs = [next(r for r in group if r.target == name).tokens_per_s / group[-1].tokens_per_s for group in by_round]
+        print(
+            f"ratio {name} / anchor: {summary[name][0] / summary['anchor'][0]:.2f} tokens/s "
+            f"(per round: {', '.join(f'{p:.2f}' for p in pairs)}), "
+            f"{summary[name][2] / summary['anchor'][2]:.2f} per CPU second"
+        )
     if any(r.errors for r in rounds):
         print("NOTE: some requests failed (see the errors column); those rounds overstate throughput")
 
@@ -250,10 +271,15 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of unmeasured load per target first")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run identity as of this git revision (its kit and identity sources) in the same rounds",
+    )
     args = parser.parse_args()
-    for tool in ("wrk", "node"):
+    for tool in ("wrk", "node", "git"):
         if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} is not on PATH (Debian: apt-get install {tool if tool == 'wrk' else 'nodejs'})")
+            raise SystemExit(f"{tool} is not on PATH (Debian: apt-get install {tool if tool != 'node' else 'nodejs'})")
 
     with tempfile.TemporaryDirectory(prefix="token-bench-") as tmp:
         workdir = Path(tmp)
@@ -262,22 +288,20 @@ def main() -> None:
         script.write_text(WRK_SCRIPT % {"scope": SCOPE.replace(":", "%3A"), "basic": basic})
         nats = NatsServer(0, workdir / "nats", auth=True)
         anchor: subprocess.Popen[str] | None = None
-        identity: ServiceProcess | None = None
+        identities: list[ServiceProcess] = []
         try:
             nats.start()
-            identity = start_identity(workdir, nats)
-            assert identity.process is not None
-            anchor, anchor_target = start_anchor(workdir)
-            targets = {
-                "identity": Target(
-                    "identity",
-                    f"{identity.url}/token",
-                    f"{identity.url}/jwks",
-                    identity.url,
-                    identity.process.pid,
-                ),
-                "anchor": anchor_target,
-            }
+            targets: dict[str, Target] = {}
+            variants: list[tuple[str, Path | None]] = [("identity", None)]
+            if args.baseline:
+                variants.append((f"identity@{args.baseline}", export_baseline(args.baseline, workdir / "baseline")))
+            for name, source in variants:
+                identity = start_identity(workdir, nats, name.replace("@", "-"), source)
+                identities.append(identity)
+                assert identity.process is not None
+                url = identity.url
+                targets[name] = Target(name, f"{url}/token", f"{url}/jwks", url, identity.process.pid)
+            anchor, targets["anchor"] = start_anchor(workdir)
             for target in targets.values():
                 check_endpoint(target)
             if args.warmup > 0:
@@ -285,17 +309,17 @@ def main() -> None:
                     run_wrk(target, args.warmup, args.connections, args.threads, script)
             rounds = []
             for _ in range(args.rounds):
-                for name in ("identity", "anchor"):
-                    rounds.append(run_wrk(targets[name], args.seconds, args.connections, args.threads, script))
+                for target in targets.values():
+                    rounds.append(run_wrk(target, args.seconds, args.connections, args.threads, script))
                     print(
-                        f"  {name}: {rounds[-1].tokens_per_s:.0f} tokens/s, p99 {rounds[-1].p99_ms:.1f} ms",
+                        f"  {target.name}: {rounds[-1].tokens_per_s:.0f} tokens/s, p99 {rounds[-1].p99_ms:.1f} ms",
                         flush=True,
                     )
-            report(rounds, args)
+            report(rounds, list(targets), args)
         finally:
             if anchor is not None:
                 end_process(anchor)
-            if identity is not None:
+            for identity in identities:
                 identity.stop()
             nats.stop()
 
