@@ -1,4 +1,6 @@
-"""Run every benchmark in bench/ (files named *_bench.py) and print their reports."""
+"""Run every benchmark in bench/ (files named *_bench.py) and print their reports.
+
+token_bench.py also needs `wrk` on PATH and node-oidc-provider installed (`npm install`)."""
 
 from __future__ import annotations
 
