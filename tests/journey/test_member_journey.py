@@ -45,9 +45,11 @@ def wait_for_points(page: Page, url: str, predicate, timeout: float = 60) -> int
 def wallet_shows_spend(page: Page, wallet_url: str, service: str | re.Pattern[str], points: int) -> None:
     """The points wallet lists the spend, and its total is exactly what the header shows."""
     page.goto(wallet_url)
+    # The wallet names the service by its declared label ("Travel", "Card"), whatever its case here.
+    name = service if isinstance(service, re.Pattern) else re.compile(f"^{re.escape(service)}$")
     row = (
         page.locator("tr")
-        .filter(has=page.get_by_role("cell", name=service, exact=True))
+        .filter(has=page.get_by_role("cell", name=re.compile(name.pattern, re.IGNORECASE)))
         .filter(has=page.get_by_role("cell", name=f"-{points}", exact=True))
     )
     expect(row.first).to_be_visible()
