@@ -203,7 +203,8 @@ async def test_admin_api_registers_clients_for_identity_admin_only(
                 "client_id": "partner",
                 "name": "Partner",
                 "grant_types": ["client_credentials"],
-                "scopes": ["points:read"],
+                # A third-party client's own token may only take payments; it never reads members' data.
+                "scopes": ["fintech:pay"],
             }
 
             assert (await http.post("/admin/clients", json=spec)).status_code == 401
@@ -213,7 +214,7 @@ async def test_admin_api_registers_clients_for_identity_admin_only(
             created = await http.post("/admin/clients", json=spec, headers=admin_token)
             assert created.status_code == 201, created.text
             secret = created.json()["client_secret"]
-            assert created.json()["scopes"] == ["points:read"] and "secret_hash" not in created.json()
+            assert created.json()["scopes"] == ["fintech:pay"] and "secret_hash" not in created.json()
             assert (await http.post("/admin/clients", json=spec, headers=admin_token)).status_code == 409
             bad = await http.post(
                 "/admin/clients", json={**spec, "client_id": "p2", "scopes": ["root"]}, headers=admin_token
@@ -222,7 +223,7 @@ async def test_admin_api_registers_clients_for_identity_admin_only(
             listed = (await http.get("/admin/clients", headers=admin_token)).json()
             assert "partner" in {c["client_id"] for c in listed}
 
-            assert await token(("partner", secret), "points:read")
+            assert await token(("partner", secret), "fintech:pay")
             removed = await http.delete("/admin/clients/partner", headers=admin_token)
             assert removed.status_code == 204
             gone = await http.post("/token", auth=("partner", secret), data={"grant_type": "client_credentials"})

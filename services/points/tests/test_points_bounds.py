@@ -5,6 +5,7 @@ refused without being remembered, so the producer's retry succeeds; PreviewEarn.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -280,8 +281,16 @@ async def test_a_credit_command_past_the_budget_is_rejected_as_such_and_may_be_s
             return (await points.balance("m")).total
 
         assert await wait_until(lambda: _is(total, 130), timeout=20)
+        # The ledger event follows the balance through the outbox: read until both credits are there.
         applied = await js.pull_subscribe("points.ledger.credited", durable=None, stream="POINTS")
-        found = [points_events.Credited.FromString(m.data) for m in await applied.fetch(2, timeout=5)]
+        found: list[Any] = []
+
+        async def both() -> bool:
+            with contextlib.suppress(nats.errors.TimeoutError):
+                found.extend(points_events.Credited.FromString(m.data) for m in await applied.fetch(2, timeout=1))
+            return len(found) >= 2
+
+        assert await wait_until(both, timeout=20)
         assert [c.idempotency_key for c in found if c.amount == 50] == ["big"]
     finally:
         await nc.close()

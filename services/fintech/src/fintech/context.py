@@ -11,9 +11,10 @@ from kizuna.kit.clock import Clock
 from kizuna.kit.db import Database
 from kizuna.kit.points import PointsClient
 from kizuna.kit.service import Runtime, context_of
+from kizuna.kit.web import service_links
 
 from fintech.card_keys import card_token_key
-from fintech.fraud import FraudRules
+from fintech.fraud import FraudRules, ecosystem_clients
 from fintech.settings import Settings
 
 
@@ -40,7 +41,11 @@ class Fintech:
     def fraud_rules(self) -> FraudRules:
         s = self.settings
         return FraudRules(
-            s.fraud_velocity_count, timedelta(seconds=s.fraud_velocity_window_seconds), s.fraud_max_amount_minor
+            s.fraud_velocity_count,
+            timedelta(seconds=s.fraud_velocity_window_seconds),
+            s.fraud_max_amount_minor,
+            # The ecosystem's services, as the platform lists them to every service (KIZUNA_LINKS).
+            ecosystem=ecosystem_clients(link["name"] for link in service_links()),
         )
 
     async def aclose(self) -> None:

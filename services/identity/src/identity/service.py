@@ -23,6 +23,7 @@ from identity import (
     admin_api,
     backchannel,
     cleanup,
+    clients,
     demo,
     grpc_api,
     logout,
@@ -31,7 +32,9 @@ from identity import (
     pages,
     privacy,
 )
-from identity.context import identity_context, identity_of
+from identity.context import Identity, identity_of
+from identity.oauth_server import KizunaAuthorizationServer
+from identity.provider import Provider
 from identity.settings import Settings
 
 router = APIRouter()
@@ -48,6 +51,17 @@ async def reload_keys(runtime: Runtime[Any]) -> None:
 
 async def check_signing_key(runtime: Runtime[Any]) -> None:
     identity_of(runtime).provider.keys.signing_key()
+
+
+async def identity_context(runtime: Runtime[Any]) -> Identity:
+    """Built once at start: a signing key exists and the configured clients are registered."""
+    # The runtime's clock, read at every call (tests may swap it, or set the provider's own).
+    provider = Provider(runtime.settings, runtime.db, clock=lambda: runtime.clock.now())
+    await provider.keys.ensure_signing_key()
+    await clients.register_configured(runtime.db, runtime.settings.kizuna_clients, provider.now(), provider.scopes)
+    # The kit's flash messages (kizuna.kit.flash) are signed with a key of identity's own.
+    runtime.state["flash_secret"] = provider.csrf_secret
+    return Identity(provider, KizunaAuthorizationServer(provider))
 
 
 service = Service(

@@ -16,21 +16,16 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Request
-from kizuna.kit.auth import Principal, any_scope
-from kizuna.kit.db import SessionDep
 from kizuna.kit.errors import AlreadyExists, InvalidArgument
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from ulid import ULID
 
-from points import ledger, store
+from points import ledger
 from points.models import CampaignRow, ServiceUse, Wallet
-
-router = APIRouter()
 
 
 class NewCampaign(BaseModel):
@@ -58,7 +53,7 @@ class NewCampaign(BaseModel):
         return self
 
 
-def _view(row: CampaignRow) -> dict[str, Any]:
+def view(row: CampaignRow) -> dict[str, Any]:
     return {
         "id": row.id,
         "name": row.name,
@@ -136,54 +131,8 @@ async def _used_before(session: AsyncSession, wallet: Wallet, service: str) -> b
     return (await session.exec(query.limit(1))).first() is not None
 
 
-async def welcome(session: AsyncSession, wallet: Wallet, now: datetime, limits: store.Limits, months: int) -> int:
-    """Pay the live welcome campaigns to a member who just joined; returns the points given."""
-    given = 0
-    for row in await live(session, "welcome", now):
-        if row.points_expire_at <= now:
-            continue
-        await store.credit(
-            session,
-            wallet,
-            now,
-            member_id=wallet.member_id,
-            amount=row.fixed_bonus,
-            kind=ledger.LIMITED_TIME,
-            reason=f"Welcome bonus: {row.name}",
-            source_service="points",
-            source_ref=f"welcome:{row.id}",
-            expires_at=row.points_expire_at,
-            key=f"welcome:{row.id}:{wallet.member_id}",
-            regular_expiry_months=months,
-            limits=limits,
-        )
-        given += row.fixed_bonus
-    return given
-
-
-# Any token (an operator's or a service's) with points:admin.
-Admin = Annotated[Principal, Depends(any_scope("points:admin"))]
-
-
-@router.post("/admin/campaigns", status_code=201)
-async def create_campaign(
-    request: Request, principal: Admin, session: SessionDep, campaign: Annotated[NewCampaign, Body()]
-) -> dict[str, Any]:
-    runtime = request.app.state.runtime
-    settings = runtime.settings
-    from points.grpc_api import ledger_of
-
-    now = ledger_of(runtime).clock.now()
-    earners = [e.service for e in settings.kizuna_earners]
-    row = await create(session, campaign, now, earners, settings.max_credit_points)
-    await session.commit()
-    return _view(row)
-
-
-@router.get("/admin/campaigns")
-async def list_campaigns(principal: Admin, session: SessionDep) -> dict[str, Any]:
-    rows = (await session.exec(select(CampaignRow).order_by(col(CampaignRow.created_at)))).all()
-    return {"campaigns": [_view(r) for r in rows]}
+async def all_campaigns(session: AsyncSession) -> list[CampaignRow]:
+    return list((await session.exec(select(CampaignRow).order_by(col(CampaignRow.created_at)))).all())
 
 
 def demo_campaigns(now: datetime) -> list[NewCampaign]:

@@ -23,8 +23,9 @@ from kizuna.points.v1 import events_pb2 as ev
 from kizuna.points.v1 import points_pb2 as pb
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from points import campaigns, earning, store
+from points import campaigns, earning, ledger, store
 from points.grpc_api import CREDIT_KINDS, ledger_of
+from points.models import Wallet
 from points.settings import Settings
 
 Points = Runtime[Settings]
@@ -47,7 +48,7 @@ async def on_member(runtime: Points, session: AsyncSession, event: Event) -> Non
         settings = runtime.settings
         try:
             async with session.begin_nested():
-                await campaigns.welcome(session, wallet, now, store.Limits.of(settings), settings.regular_expiry_months)
+                await welcome(session, wallet, now, store.Limits.of(settings), settings.regular_expiry_months)
         except DomainError as refused:
             # Joining never waits on a bonus (e.g. points' own daily budget is spent): the member
             # is registered without it, and operators see why.
@@ -211,3 +212,28 @@ def consumers(runtime: Points) -> list[Consumer]:
             partial(on_command, runtime),
         ),
     ]
+
+
+async def welcome(session: AsyncSession, wallet: Wallet, now: datetime, limits: store.Limits, months: int) -> int:
+    """Pay the live welcome campaigns to a member who just joined; returns the points given."""
+    given = 0
+    for row in await campaigns.live(session, "welcome", now):
+        if row.points_expire_at <= now:
+            continue
+        await store.credit(
+            session,
+            wallet,
+            now,
+            member_id=wallet.member_id,
+            amount=row.fixed_bonus,
+            kind=ledger.LIMITED_TIME,
+            reason=f"Welcome bonus: {row.name}",
+            source_service="points",
+            source_ref=f"welcome:{row.id}",
+            expires_at=row.points_expire_at,
+            key=f"welcome:{row.id}:{wallet.member_id}",
+            regular_expiry_months=months,
+            limits=limits,
+        )
+        given += row.fixed_bonus
+    return given

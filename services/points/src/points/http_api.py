@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import HTMLResponse
 from kizuna.kit import web
 from kizuna.kit.auth import Principal, any_scope, member_scope
@@ -119,5 +119,22 @@ async def admin_settlement(principal: Admin, session: SessionDep, start: datetim
     return {"start": start.isoformat(), "end": end.isoformat(), "services": await audit.settlement(session, start, end)}
 
 
-# Campaigns as data (admin, scope points:admin): POST/GET /admin/campaigns.
-router.include_router(campaigns.router)
+# Campaigns as data (admin, scope points:admin).
+
+
+@router.post("/admin/campaigns", status_code=201)
+async def create_campaign(
+    request: Request, principal: Admin, session: SessionDep, campaign: Annotated[campaigns.NewCampaign, Body()]
+) -> dict[str, Any]:
+    runtime = request.app.state.runtime
+    settings = runtime.settings
+    now = ledger_of(runtime).clock.now()
+    earners = [e.service for e in settings.kizuna_earners]
+    row = await campaigns.create(session, campaign, now, earners, settings.max_credit_points)
+    await session.commit()
+    return campaigns.view(row)
+
+
+@router.get("/admin/campaigns")
+async def list_campaigns(principal: Admin, session: SessionDep) -> dict[str, Any]:
+    return {"campaigns": [campaigns.view(r) for r in await campaigns.all_campaigns(session)]}
