@@ -28,3 +28,8 @@ def test_the_payload_round_trips_and_nothing_else_parses() -> None:
     assert parsed is not None and parsed[0] == number
     for bad in ("", "KZ1-123-45678901", f"KZ2-{number}-12345678", f"KZ1-{number}-1234567", f"{scanned}\x00"):
         assert codes.parse(bad) is None
+
+
+def test_the_qr_image_is_drawn_here_from_the_payload() -> None:
+    svg = str(codes.qr_svg("KZ1-123456789012-12345678"))
+    assert svg.startswith("<svg") and "<path" in svg and "http" not in svg.split(">", 1)[1]

@@ -4,7 +4,7 @@ per-card secret, so the member's page can show it even while the phone is offlin
 The till scans `KZ1-<card number>-<code>`: the card number says whose card (an opaque number, not
 the member ID), the code proves the card is present now. A code is valid for `STEP` seconds and
 `WINDOW` steps either side (a few minutes in all) and can be used for one transaction only.
-Pure functions: no I/O, no clock of their own.
+Pure functions: no I/O, no clock of their own (the QR image included).
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ import hmac
 import re
 import secrets
 import struct
+
+import segno
+from markupsafe import Markup
 
 PREFIX = "KZ1"
 STEP = 60
@@ -45,6 +48,12 @@ def code_for(secret: bytes, counter: int) -> str:
 def payload(card_number: str, secret: bytes, unix_seconds: float) -> str:
     """What the member's page shows (and the till scans) at this moment."""
     return f"{PREFIX}-{card_number}-{code_for(secret, counter_at(unix_seconds))}"
+
+
+def qr_svg(payload: str) -> Markup:
+    """The payload as a QR code (inline SVG, drawn here: no image is fetched), for the till's scanner."""
+    svg = segno.make(payload, error="m").svg_inline(scale=5, border=2, omitsize=False)
+    return Markup(svg)  # noqa: S704  (segno's SVG of our own payload: digits, letters and dashes only)
 
 
 def parse(scanned: str) -> tuple[str, str] | None:

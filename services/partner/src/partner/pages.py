@@ -41,7 +41,14 @@ async def card_page(request: Request, member: SignedInMember, context: ContextDe
     now = context.clock.now()
     code = cards.current_code(card, now) if card else None
     return _page(
-        request, "partner/card.html", title=_("Your point card"), member=member, card=card, code=code, step=codes.STEP
+        request,
+        "partner/card.html",
+        title=_("Your point card"),
+        member=member,
+        card=card,
+        code=code,
+        qr=codes.qr_svg(code) if code else None,
+        step=codes.STEP,
     )
 
 
