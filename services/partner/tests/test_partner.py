@@ -230,3 +230,56 @@ async def test_a_till_is_its_partners_and_a_revoked_card_stops(
         revoked = await http.delete("/api/card", headers={"authorization": f"Bearer {member.token_for(CARD)}"})
     assert revoked.status_code == 204
     assert (await mine.call("/api/pos/earn", receipt="f3", code=code, amount_minor=100)).status_code == 403
+
+
+async def test_the_till_over_grpc(ecosystem: Ecosystem, partner_service: ServiceProcess) -> None:
+    import base64
+
+    import grpc
+    from kizuna.common.v1.common_pb2 import Money
+    from kizuna.partner.v1 import partner_pb2, partner_pb2_grpc
+
+    member = await ecosystem.member(points=500, card=False)
+    till = await _partner(ecosystem, partner_service, window_days=14)
+    code = await _card(partner_service, member)
+    basic = base64.b64encode(f"{till.auth[0]}:{till.auth[1]}".encode()).decode()
+    own = (("authorization", f"Basic {basic}"),)
+    where = partner_pb2.Till(store_id=till.store, terminal="till-9", receipt="g1")
+    async with grpc.aio.insecure_channel(partner_service.grpc_address) as channel:
+        pos = partner_pb2_grpc.PosServiceStub(channel)
+        earn = partner_pb2.EarnRequest(till=where, code=code, amount=Money(amount_minor=2_000, currency="JPY"))
+        first = await pos.Earn(earn, metadata=own, timeout=30)
+        again = await pos.Earn(earn, metadata=own, timeout=30)  # a retry after a dropped response
+        assert first.sale.status == "pending" and again.sale.sale_id == first.sale.sale_id
+        spent = await pos.Spend(partner_pb2.SpendRequest(till=where, code=code, points=200), metadata=own, timeout=30)
+        assert spent.sale.status == "completed"
+        back = await pos.TakeReturn(
+            partner_pb2.TakeReturnRequest(till=where, return_receipt="gr1", points=50), metadata=own, timeout=30
+        )
+        assert len(back.return_ids) == 1
+
+        async def status_of(call: Any) -> grpc.StatusCode:
+            try:
+                await call
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+
+        # No credentials, a wrong secret, or a Kizuna member's token: not a partner's till.
+        assert await status_of(pos.Earn(earn, timeout=30)) == grpc.StatusCode.UNAUTHENTICATED
+        wrong = base64.b64encode(f"{till.auth[0]}:nope".encode()).decode()
+        assert (
+            await status_of(pos.Earn(earn, metadata=(("authorization", f"Basic {wrong}"),), timeout=30))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
+        bearer = (("authorization", f"Bearer {member.token}"),)
+        assert await status_of(pos.Earn(earn, metadata=bearer, timeout=30)) == grpc.StatusCode.UNAUTHENTICATED
+        # The code, used on receipt g1, is refused for another receipt.
+        other = partner_pb2.EarnRequest(
+            till=partner_pb2.Till(store_id=till.store, terminal="till-9", receipt="g2"),
+            code=code,
+            amount=Money(amount_minor=100, currency="JPY"),
+        )
+        assert await status_of(pos.Earn(other, metadata=own, timeout=30)) == grpc.StatusCode.PERMISSION_DENIED
+    balance = await ecosystem.balance(member.id)
+    assert (balance.total, balance.pending) == (500 - 200 + 50, 0)

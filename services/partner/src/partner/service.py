@@ -13,8 +13,9 @@ from kizuna.kit.clock import LiveClock
 from kizuna.kit.points import PointsClient
 from kizuna.kit.privacy import Privacy
 from kizuna.kit.service import Runtime, Service
+from kizuna.partner.v1 import partner_pb2_grpc
 
-from partner import cards, http_api, member_data, pages, pos_simulator, settlement
+from partner import cards, grpc_api, http_api, member_data, pages, pos_simulator, settlement
 from partner.context import Context
 from partner.settings import Settings
 from partner.till import Limits, Till
@@ -58,6 +59,9 @@ for part in (http_api.router, pages.router):
 service = Service(
     settings=Settings,
     http=router,
+    grpc=[(partner_pb2_grpc.add_PosServiceServicer_to_server, grpc_api.PosApi)],
+    # Tills are not Kizuna clients: PosService authenticates the partner's own credentials.
+    grpc_own_auth=[grpc_api.SERVICE_NAME],
     context=build,
     jobs=[grant_job],
     consumers=settlement.consumers,

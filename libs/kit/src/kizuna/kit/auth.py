@@ -408,8 +408,11 @@ _PUBLIC_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Verifies the caller's and the member's tokens before every non-public RPC."""
 
-    def __init__(self, verifier: TokenVerifier) -> None:
+    def __init__(self, verifier: TokenVerifier, own_auth: Sequence[str] = ()) -> None:
         self.verifier = verifier
+        # gRPC services whose callers are not Kizuna clients and which authenticate them
+        # themselves (full service names, e.g. a partner's tills with the partner's credentials).
+        self.own_auth = tuple(f"/{name}/" for name in own_auth)
 
     async def intercept_service(
         self,
@@ -419,7 +422,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        if handler_call_details.method.startswith(_PUBLIC_PREFIXES):
+        if handler_call_details.method.startswith(_PUBLIC_PREFIXES + self.own_auth):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
         behavior = handler.unary_unary

@@ -184,6 +184,7 @@ class Service(Generic[S]):
         jwks_readiness: bool = True,
         web_sign_in_scopes: str | None = None,
         privacy: Privacy | None = None,
+        grpc_own_auth: Sequence[str] = (),
     ) -> None:
         caller_dir = Path(inspect.stack()[1].filename).parent
         if declaration is None:
@@ -200,6 +201,9 @@ class Service(Generic[S]):
         if web_sign_in_scopes is None and declaration.sign_in is not None:
             web_sign_in_scopes = " ".join(declaration.sign_in)
         self.name = name
+        # gRPC services that authenticate their callers themselves (not with Kizuna tokens); every
+        # other method is verified by the kit's AuthInterceptor.
+        self.grpc_own_auth = list(grpc_own_auth)
         self.settings_cls = settings
         self.router = http
         self.grpc = list(grpc)
@@ -363,7 +367,7 @@ class Service(Generic[S]):
                 [(add, factory(runtime)) for add, factory in self.grpc],
                 [_grpc_service_name(add) for add, _ in self.grpc],
                 interceptors=[
-                    *([AuthInterceptor(runtime.verifier)] if self.verify_tokens else []),
+                    *([AuthInterceptor(runtime.verifier, self.grpc_own_auth)] if self.verify_tokens else []),
                     *(self.grpc_interceptors(runtime) if self.grpc_interceptors else ()),
                 ],
             )
