@@ -244,17 +244,23 @@ async def test_the_till_over_grpc(ecosystem: Ecosystem, partner_service: Service
     code = await _card(partner_service, member)
     basic = base64.b64encode(f"{till.auth[0]}:{till.auth[1]}".encode()).decode()
     own = (("authorization", f"Basic {basic}"),)
-    where = partner_pb2.Till(store_id=till.store, terminal="till-9", receipt="g1")
+    where = partner_pb2.Till(store_id=till.store, terminal="till-9")
     async with grpc.aio.insecure_channel(partner_service.grpc_address) as channel:
         pos = partner_pb2_grpc.PosServiceStub(channel)
-        earn = partner_pb2.EarnRequest(till=where, code=code, amount=Money(amount_minor=2_000, currency="JPY"))
+        earn = partner_pb2.EarnRequest(
+            till=where, code=code, amount=Money(amount_minor=2_000, currency="JPY"), idempotency_key="g1"
+        )
         first = await pos.Earn(earn, metadata=own, timeout=30)
         again = await pos.Earn(earn, metadata=own, timeout=30)  # a retry after a dropped response
         assert first.sale.status == "pending" and again.sale.sale_id == first.sale.sale_id
-        spent = await pos.Spend(partner_pb2.SpendRequest(till=where, code=code, points=200), metadata=own, timeout=30)
+        spent = await pos.Spend(
+            partner_pb2.SpendRequest(till=where, code=code, points=200, idempotency_key="g1"), metadata=own, timeout=30
+        )
         assert spent.sale.status == "completed"
         back = await pos.TakeReturn(
-            partner_pb2.TakeReturnRequest(till=where, return_receipt="gr1", points=50), metadata=own, timeout=30
+            partner_pb2.TakeReturnRequest(till=where, receipt="g1", idempotency_key="gr1", points=50),
+            metadata=own,
+            timeout=30,
         )
         assert len(back.return_ids) == 1
 
@@ -276,9 +282,7 @@ async def test_the_till_over_grpc(ecosystem: Ecosystem, partner_service: Service
         assert await status_of(pos.Earn(earn, metadata=bearer, timeout=30)) == grpc.StatusCode.UNAUTHENTICATED
         # The code, used on receipt g1, is refused for another receipt.
         other = partner_pb2.EarnRequest(
-            till=partner_pb2.Till(store_id=till.store, terminal="till-9", receipt="g2"),
-            code=code,
-            amount=Money(amount_minor=100, currency="JPY"),
+            till=where, code=code, amount=Money(amount_minor=100, currency="JPY"), idempotency_key="g2"
         )
         assert await status_of(pos.Earn(other, metadata=own, timeout=30)) == grpc.StatusCode.PERMISSION_DENIED
     balance = await ecosystem.balance(member.id)

@@ -61,7 +61,7 @@ class PosApi(partner_pb2_grpc.PosServiceServicer):
             partner,
             store_id=request.till.store_id,
             terminal=request.till.terminal,
-            receipt=request.till.receipt,
+            receipt=request.idempotency_key,
             scanned=request.code,
             amount_minor=request.amount.amount_minor,
             currency=request.amount.currency or "JPY",
@@ -76,7 +76,7 @@ class PosApi(partner_pb2_grpc.PosServiceServicer):
             partner,
             store_id=request.till.store_id,
             terminal=request.till.terminal,
-            receipt=request.till.receipt,
+            receipt=request.idempotency_key,
             scanned=request.code,
             points=request.points,
         )
@@ -90,8 +90,8 @@ class PosApi(partner_pb2_grpc.PosServiceServicer):
             partner,
             store_id=request.till.store_id,
             terminal=request.till.terminal,
-            receipt=request.till.receipt,
-            return_receipt=request.return_receipt,
+            receipt=request.receipt,
+            return_receipt=request.idempotency_key,
             amount_minor=request.amount_minor,
             points=request.points,
         )

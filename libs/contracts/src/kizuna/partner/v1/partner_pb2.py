@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from kizuna.common.v1 import common_pb2 as kizuna_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fkizuna/partner/v1/partner.proto\x12\x11kizuna.partner.v1\x1a\x1dkizuna/common/v1/common.proto\";\n\x04Till\x12\x10\n\x08store_id\x18\x01 \x01(\t\x12\x10\n\x08terminal\x18\x02 \x01(\t\x12\x0f\n\x07receipt\x18\x03 \x01(\t\"\x8c\x01\n\x04Sale\x12\x0f\n\x07sale_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x03 \x01(\x03\x12\x0e\n\x06points\x18\x04 \x01(\x03\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x16\n\x0ereturned_minor\x18\x06 \x01(\x03\x12\x17\n\x0freturned_points\x18\x07 \x01(\x03\"k\n\x0b\x45\x61rnRequest\x12%\n\x04till\x18\x01 \x01(\x0b\x32\x17.kizuna.partner.v1.Till\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\'\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x17.kizuna.common.v1.Money\"5\n\x0c\x45\x61rnResponse\x12%\n\x04sale\x18\x01 \x01(\x0b\x32\x17.kizuna.partner.v1.Sale\"S\n\x0cSpendRequest\x12%\n\x04till\x18\x01 \x01(\x0b\x32\x17.kizuna.partner.v1.Till\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06points\x18\x03 \x01(\x03\"6\n\rSpendResponse\x12%\n\x04sale\x18\x01 \x01(\x0b\x32\x17.kizuna.partner.v1.Sale\"x\n\x11TakeReturnRequest\x12%\n\x04till\x18\x01 \x01(\x0b\x32\x17.kizuna.partner.v1.Till\x12\x16\n\x0ereturn_receipt\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x03 \x01(\x03\x12\x0e\n\x06points\x18\x04 \x01(\x03\"(\n\x12TakeReturnResponse\x12\x12\n\nreturn_ids\x18\x01 \x03(\t2\xfc\x01\n\nPosService\x12G\n\x04\x45\x61rn\x12\x1e.kizuna.partner.v1.EarnRequest\x1a\x1f.kizuna.partner.v1.EarnResponse\x12J\n\x05Spend\x12\x1f.kizuna.partner.v1.SpendRequest\x1a .kizuna.partner.v1.SpendResponse\x12Y\n\nTakeReturn\x12$.kizuna.partner.v1.TakeReturnRequest\x1a%.kizuna.partner.v1.TakeReturnResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fkizuna/partner/v1/partner.proto\x12\x11kizuna.partner.v1\x1a\x1dkizuna/common/v1/common.proto\"*\n\x04Till\x12\x10\n\x08store_id\x18\x01 \x01(\t\x12\x10\n\x08terminal\x18\x02 \x01(\t\"\x8c\x01\n\x04Sale\x12\x0f\n\x07sale_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x03 \x01(\x03\x12\x0e\n\x06points\x18\x04 \x01(\x03\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x16\n\x0ereturned_minor\x18\x06 \x01(\x03\x12\x17\n\x0freturned_points\x18\x07 \x01(\x03\"\x84\x01\n\x0b\x45\x61rnRequest\x12%\n\x04till\x18\x01 \x01(\x0b\x32\x17.kizuna.partner.v1.Till\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\'\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x17.kizuna.common.v1.Money\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"5\n\x0c\x45\x61rnResponse\x12%\n\x04sale\x18\x01 \x01(\x0b\x32\x17.kizuna.partner.v1.Sale\"l\n\x0cSpendRequest\x12%\n\x04till\x18\x01 \x01(\x0b\x32\x17.kizuna.partner.v1.Till\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06points\x18\x03 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"6\n\rSpendResponse\x12%\n\x04sale\x18\x01 \x01(\x0b\x32\x17.kizuna.partner.v1.Sale\"\x8a\x01\n\x11TakeReturnRequest\x12%\n\x04till\x18\x01 \x01(\x0b\x32\x17.kizuna.partner.v1.Till\x12\x0f\n\x07receipt\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x04 \x01(\x03\x12\x0e\n\x06points\x18\x05 \x01(\x03\"(\n\x12TakeReturnResponse\x12\x12\n\nreturn_ids\x18\x01 \x03(\t2\xfc\x01\n\nPosService\x12G\n\x04\x45\x61rn\x12\x1e.kizuna.partner.v1.EarnRequest\x1a\x1f.kizuna.partner.v1.EarnResponse\x12J\n\x05Spend\x12\x1f.kizuna.partner.v1.SpendRequest\x1a .kizuna.partner.v1.SpendResponse\x12Y\n\nTakeReturn\x12$.kizuna.partner.v1.TakeReturnRequest\x1a%.kizuna.partner.v1.TakeReturnResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kizuna.partner.v1.partner_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TILL']._serialized_start=85
-  _globals['_TILL']._serialized_end=144
-  _globals['_SALE']._serialized_start=147
-  _globals['_SALE']._serialized_end=287
-  _globals['_EARNREQUEST']._serialized_start=289
-  _globals['_EARNREQUEST']._serialized_end=396
-  _globals['_EARNRESPONSE']._serialized_start=398
-  _globals['_EARNRESPONSE']._serialized_end=451
-  _globals['_SPENDREQUEST']._serialized_start=453
-  _globals['_SPENDREQUEST']._serialized_end=536
-  _globals['_SPENDRESPONSE']._serialized_start=538
-  _globals['_SPENDRESPONSE']._serialized_end=592
-  _globals['_TAKERETURNREQUEST']._serialized_start=594
-  _globals['_TAKERETURNREQUEST']._serialized_end=714
-  _globals['_TAKERETURNRESPONSE']._serialized_start=716
-  _globals['_TAKERETURNRESPONSE']._serialized_end=756
-  _globals['_POSSERVICE']._serialized_start=759
-  _globals['_POSSERVICE']._serialized_end=1011
+  _globals['_TILL']._serialized_end=127
+  _globals['_SALE']._serialized_start=130
+  _globals['_SALE']._serialized_end=270
+  _globals['_EARNREQUEST']._serialized_start=273
+  _globals['_EARNREQUEST']._serialized_end=405
+  _globals['_EARNRESPONSE']._serialized_start=407
+  _globals['_EARNRESPONSE']._serialized_end=460
+  _globals['_SPENDREQUEST']._serialized_start=462
+  _globals['_SPENDREQUEST']._serialized_end=570
+  _globals['_SPENDRESPONSE']._serialized_start=572
+  _globals['_SPENDRESPONSE']._serialized_end=626
+  _globals['_TAKERETURNREQUEST']._serialized_start=629
+  _globals['_TAKERETURNREQUEST']._serialized_end=767
+  _globals['_TAKERETURNRESPONSE']._serialized_start=769
+  _globals['_TAKERETURNRESPONSE']._serialized_end=809
+  _globals['_POSSERVICE']._serialized_start=812
+  _globals['_POSSERVICE']._serialized_end=1064
 # @@protoc_insertion_point(module_scope)

@@ -4,8 +4,9 @@ isort:skip_file
 The till's API at partner stores (the same as partner's REST /api/pos/*): earn on a purchase,
 spend points, take returns. A till is not a Kizuna client: every call carries the partner's own
 credentials in the `authorization` metadata as HTTP Basic, "Basic base64(partner_id:secret)".
-Idempotent per store, terminal and receipt: a till that retries gets the first result back and
-nothing changes twice; the same receipt with another amount is ALREADY_EXISTS.
+Idempotent per store, terminal and receipt: each request's idempotency_key is the till's receipt
+number. A till that retries gets the first result back and nothing changes twice; the same
+receipt with another amount is ALREADY_EXISTS.
 """
 
 from collections import abc as _abc
@@ -26,26 +27,23 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class Till(_message.Message):
-    """Where and on which receipt: one of the partner's own stores, its terminal, the receipt number."""
+    """Where: one of the partner's own stores and the terminal at it."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     STORE_ID_FIELD_NUMBER: _builtins.int
     TERMINAL_FIELD_NUMBER: _builtins.int
-    RECEIPT_FIELD_NUMBER: _builtins.int
     store_id: _builtins.str
     terminal: _builtins.str
-    receipt: _builtins.str
     def __init__(
         self,
         *,
         store_id: _builtins.str = ...,
         terminal: _builtins.str = ...,
-        receipt: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt", "store_id", b"store_id", "terminal", b"terminal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["store_id", b"store_id", "terminal", b"terminal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -99,8 +97,11 @@ class EarnRequest(_message.Message):
     TILL_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """What the member's card page shows, KZ1-<card number>-<code>."""
+    idempotency_key: _builtins.str
+    """The receipt number (1-64 printable characters)."""
     @_builtins.property
     def till(self) -> Global___Till: ...
     @_builtins.property
@@ -111,10 +112,11 @@ class EarnRequest(_message.Message):
         till: Global___Till | None = ...,
         code: _builtins.str = ...,
         amount: _common_pb2.Money | None = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "till", b"till"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "code", b"code", "till", b"till"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "code", b"code", "idempotency_key", b"idempotency_key", "till", b"till"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -147,8 +149,11 @@ class SpendRequest(_message.Message):
     TILL_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     POINTS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     points: _builtins.int
+    idempotency_key: _builtins.str
+    """The receipt number."""
     @_builtins.property
     def till(self) -> Global___Till: ...
     def __init__(
@@ -157,10 +162,11 @@ class SpendRequest(_message.Message):
         till: Global___Till | None = ...,
         code: _builtins.str = ...,
         points: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["till", b"till"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "points", b"points", "till", b"till"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "idempotency_key", b"idempotency_key", "points", b"points", "till", b"till"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -191,27 +197,30 @@ class TakeReturnRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TILL_FIELD_NUMBER: _builtins.int
-    RETURN_RECEIPT_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
     POINTS_FIELD_NUMBER: _builtins.int
-    return_receipt: _builtins.str
+    receipt: _builtins.str
+    """The receipt of the sale being returned."""
+    idempotency_key: _builtins.str
+    """The return's own receipt number."""
     amount_minor: _builtins.int
     points: _builtins.int
     @_builtins.property
-    def till(self) -> Global___Till:
-        """The receipt of the sale being returned."""
-
+    def till(self) -> Global___Till: ...
     def __init__(
         self,
         *,
         till: Global___Till | None = ...,
-        return_receipt: _builtins.str = ...,
+        receipt: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
         amount_minor: _builtins.int = ...,
         points: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["till", b"till"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "points", b"points", "return_receipt", b"return_receipt", "till", b"till"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "idempotency_key", b"idempotency_key", "points", b"points", "receipt", b"receipt", "till", b"till"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,8 +4,9 @@ isort:skip_file
 The till's API at partner stores (the same as partner's REST /api/pos/*): earn on a purchase,
 spend points, take returns. A till is not a Kizuna client: every call carries the partner's own
 credentials in the `authorization` metadata as HTTP Basic, "Basic base64(partner_id:secret)".
-Idempotent per store, terminal and receipt: a till that retries gets the first result back and
-nothing changes twice; the same receipt with another amount is ALREADY_EXISTS.
+Idempotent per store, terminal and receipt: each request's idempotency_key is the till's receipt
+number. A till that retries gets the first result back and nothing changes twice; the same
+receipt with another amount is ALREADY_EXISTS.
 """
 
 from collections import abc as _abc
