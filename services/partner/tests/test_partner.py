@@ -287,3 +287,20 @@ async def test_the_till_over_grpc(ecosystem: Ecosystem, partner_service: Service
         assert await status_of(pos.Earn(other, metadata=own, timeout=30)) == grpc.StatusCode.PERMISSION_DENIED
     balance = await ecosystem.balance(member.id)
     assert (balance.total, balance.pending) == (500 - 200 + 50, 0)
+
+
+async def test_the_partners_statement_page(ecosystem: Ecosystem, partner_service: ServiceProcess) -> None:
+    member = await ecosystem.member(points=400, card=False)
+    till = await _partner(ecosystem, partner_service)
+    code = await _card(partner_service, member)
+    assert (await till.call("/api/pos/spend", receipt="p1", code=code, points=120)).status_code == 200
+    async with httpx.AsyncClient(base_url=partner_service.url, timeout=30) as http:
+        anonymous = await http.get("/statement")
+        page = await http.get("/statement", params={"month": _month()}, auth=till.auth)
+        wrong = await http.get("/statement", auth=(till.auth[0], "not-it"))
+        bad_month = await http.get("/statement", params={"month": "13/2026"}, auth=till.auth)
+    assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"].startswith("Basic")
+    assert wrong.status_code == 401
+    assert page.status_code == 200, page.text
+    assert "Shibuya" in page.text and "120 pt" in page.text, page.text
+    assert bad_month.status_code == 303  # back to this month, with the error as a message

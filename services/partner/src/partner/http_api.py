@@ -32,7 +32,7 @@ Id = Annotated[Text, Field(min_length=1, max_length=64)]
 Name = Annotated[Text, Field(min_length=1, max_length=200)]
 
 
-async def _partner(request: Request) -> Partner:
+async def partner_of(request: Request) -> Partner:
     """The partner whose till calls: HTTP Basic with its id and secret."""
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
@@ -46,7 +46,7 @@ async def _partner(request: Request) -> Partner:
         return await partners.authenticate(session, partner_id, secret)
 
 
-PartnerAuth = Annotated[Partner, Depends(_partner)]
+PartnerAuth = Annotated[Partner, Depends(partner_of)]
 
 
 # ---- models --------------------------------------------------------------------------------------

@@ -9,15 +9,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from kizuna.kit.csrf import FormMember
+from kizuna.kit.errors import DomainError
 from kizuna.kit.flash import flash
 from kizuna.kit.i18n import gettext as _
 from kizuna.kit.oidc_client import MaybeMember, SignedInMember, WebSession
 from kizuna.kit.web import page_templates
 from sqlmodel import col, select
 
-from partner import cards, codes
+from partner import cards, codes, http_api, settlement
 from partner.context import ContextDep
-from partner.models import Sale
+from partner.models import Sale, Store
 
 templates = page_templates(Path(__file__).parent / "templates", service="partner")
 router = APIRouter(include_in_schema=False)
@@ -81,6 +82,31 @@ async def revoke(request: Request, member: FormMember, context: ContextDep) -> R
         _("Your point card is revoked: its codes no longer work.") if revoked else _("You had no point card."),
     )
     return RedirectResponse("/card", status_code=303)
+
+
+@router.get("/statement", response_class=HTMLResponse)
+async def statement_page(request: Request, context: ContextDep, month: str = "") -> Response:
+    """The partner's monthly statement, for the partner's staff: the browser asks for the
+    partner's id and secret (HTTP Basic), as a till sends them."""
+    try:
+        partner = await http_api.partner_of(request)
+    except DomainError:
+        return HTMLResponse(
+            _("Sign in with your partner ID and secret."),
+            status_code=401,
+            headers={"WWW-Authenticate": 'Basic realm="Kizuna partner", charset="UTF-8"'},
+        )
+    chosen = month or context.clock.now().strftime("%Y-%m")
+    try:
+        async with context.db.sessions() as session:
+            result = await settlement.statement(session, partner, chosen)
+            stores = (await session.exec(select(Store).where(col(Store.partner_id) == partner.id))).all()
+    except DomainError as exc:
+        flash(request, "error", exc.message)
+        return RedirectResponse("/statement", status_code=303)
+    return _page(
+        request, "partner/statement.html", title=_("Statement"), statement=result, partner=partner, stores=stores
+    )
 
 
 @router.get("/purchases", response_class=HTMLResponse)
