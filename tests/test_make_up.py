@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
 import socket
@@ -15,7 +14,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kizuna.kit import declaration
-from kizuna.kit.testing import end_process, spawn
+from kizuna.kit.testing import end_process, spawn, stack_port_offset
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every declared service and its local ports, as make up derives them.
@@ -32,12 +31,9 @@ def _free(port: int) -> bool:
 
 
 def _pick_offset() -> int:
-    for _ in range(50):
-        offset = random.randrange(1000, 15000, 10)
-        ports = [4322 + offset] + [p + offset for pair in SERVICES.values() for p in pair]
-        if all(_free(p) for p in ports):
-            return offset
-    raise RuntimeError("no free port range for make up")
+    return stack_port_offset(
+        lambda o: all(_free(p) for p in [4322 + o, *(p + o for pair in SERVICES.values() for p in pair)])
+    )
 
 
 def _processes_with(marker: str) -> list[int]:

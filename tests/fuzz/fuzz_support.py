@@ -9,7 +9,6 @@ import base64
 import hashlib
 import json
 import os
-import random
 import re
 import secrets
 import signal
@@ -25,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from kizuna.kit.declaration import Declaration, discover
+from kizuna.kit.testing import stack_port_offset
 
 ROOT = Path(__file__).resolve().parents[2]
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -150,12 +150,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """`make up`'s stack on free ports and a fresh data dir, stopped (the whole process group)
     whatever happens."""
     declarations = declared()
-    offset = 0
-    for _ in range(50):
-        offset = random.randrange(2000, 14000, 10)
-        ports = [4322 + offset, *(p + offset for d in declarations for p in (d.http_port, d.grpc_port))]
-        if all(_free(p) for p in ports):
-            break
+    offset = stack_port_offset(
+        lambda o: all(_free(p) for p in [4322 + o, *(p + o for d in declarations for p in (d.http_port, d.grpc_port))])
+    )
     data_dir = tmp_path_factory.mktemp("fuzz-stack")
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "KIZUNA_ISSUER", "DATABASE_URL")}
     env.update(KIZUNA_PORT_OFFSET=str(offset), KIZUNA_DATA_DIR=str(data_dir), LOG_LEVEL="WARNING")

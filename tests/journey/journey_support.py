@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import re
 import shutil
 import signal
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from kizuna.kit import declaration
+from kizuna.kit.testing import stack_port_offset
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "journey"
@@ -58,11 +58,9 @@ class Ecosystem:
 @pytest.fixture(scope="module")
 def ecosystem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ecosystem]:
     """`make up`'s stack (nats-server, every declared service, demo data) on free ports and a fresh data dir."""
-    for _ in range(50):
-        offset = random.randrange(2000, 14000, 10)
-        ports = [4322 + offset] + [p + offset for d in DECLARATIONS for p in (d.http_port, d.grpc_port)]
-        if all(_free(p) for p in ports):
-            break
+    offset = stack_port_offset(
+        lambda o: all(_free(p) for p in [4322 + o, *(p + o for d in DECLARATIONS for p in (d.http_port, d.grpc_port))])
+    )
     data_dir = tmp_path_factory.mktemp("ecosystem")
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "KIZUNA_ISSUER", "DATABASE_URL")}
     env.update(KIZUNA_PORT_OFFSET=str(offset), KIZUNA_DATA_DIR=str(data_dir), LOG_LEVEL="INFO")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import re
 import signal
 import socket
@@ -21,7 +20,7 @@ import nats
 import nats.errors
 import pytest
 from kizuna.kit import declaration, natsauth
-from kizuna.kit.testing import end_process, spawn
+from kizuna.kit.testing import end_process, spawn, stack_port_offset
 
 ROOT = Path(__file__).resolve().parents[2]
 # Fixed ports shifted by an offset, like tests/test_make_up.py: one stack at a time.
@@ -39,12 +38,9 @@ def _free(port: int) -> bool:
 
 
 def _pick_offset() -> int:
-    for _ in range(50):
-        offset = random.randrange(1000, 15000, 10)
-        ports = [4322 + offset] + [p + offset for d in DECLARATIONS for p in (d.http_port, d.grpc_port)]
-        if all(_free(p) for p in ports):
-            return offset
-    raise RuntimeError("no free port range for make up")
+    return stack_port_offset(
+        lambda o: all(_free(p) for p in [4322 + o, *(p + o for d in DECLARATIONS for p in (d.http_port, d.grpc_port))])
+    )
 
 
 async def _attack(nats_url: str, passwords: dict[str, str]) -> list[str]:

@@ -5,7 +5,6 @@ as a security team would run it to attack it."""
 from __future__ import annotations
 
 import json
-import random
 import re
 import secrets
 import socket
@@ -18,6 +17,7 @@ import httpx
 import pytest
 from kizuna.kit import declaration
 from kizuna.kit.devstack import NATS_PORT, Stack
+from kizuna.kit.testing import stack_port_offset
 
 OPERATOR = "zero-trust-operator"
 OPERATOR_SECRET = secrets.token_urlsafe(32)
@@ -58,11 +58,9 @@ class Ecosystem:
 @pytest.fixture(scope="module")
 def ecosystem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ecosystem]:
     decls = declaration.discover()
-    for _ in range(50):
-        offset = random.randrange(2000, 14000, 10)
-        ports = [NATS_PORT + offset] + [p + offset for d in decls for p in (d.http_port, d.grpc_port)]
-        if all(_free(p) for p in ports):
-            break
+    offset = stack_port_offset(
+        lambda o: all(_free(p) for p in [NATS_PORT + o, *(p + o for d in decls for p in (d.http_port, d.grpc_port))])
+    )
     data_dir: Path = tmp_path_factory.mktemp("zero-trust")
     stack = Stack(decls, data_dir, offset)
     stack.nats_url = ""  # always its own authenticated nats-server, whatever the environment says

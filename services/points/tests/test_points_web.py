@@ -3,6 +3,7 @@ the admin reports and audit CLI with their authorization (scope points:admin).""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -167,21 +168,28 @@ async def test_audit_command_passes_on_a_sound_ledger_and_fails_on_a_tampered_on
         "LOG_LEVEL": "ERROR",
     }
 
-    def run_audit() -> tuple[int, dict[str, Any]]:
-        done = subprocess.run(
-            [sys.executable, "-m", "points", "audit"], env=env, capture_output=True, text=True, timeout=60
+    async def run_audit() -> tuple[int, dict[str, Any]]:
+        # In a thread: the points runtime of this test shares the event loop and may be holding
+        # SQLite's write lock in a transaction that only finishes if the loop keeps running.
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "points", "audit"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert done.stdout.strip(), f"exit {done.returncode}, no report; stderr:\n{done.stderr}"
         return done.returncode, json.loads(done.stdout)
 
-    code, report = run_audit()
+    code, report = await run_audit()
     assert code == 0, report
     assert (report["ok"], report["issued"], report["redeemed"], report["outstanding"]) == (True, 100, 40, 60)
 
     # A balance row that no longer equals its postings: the audit names it and exits 1.
     async with points.runtime.db.transaction() as session:
         await (await session.connection()).execute(text("UPDATE points_wallet SET available = available + 5"))
-    code, report = run_audit()
+    code, report = await run_audit()
     assert code == 1 and report["ok"] is False
     assert any("m" in problem and "available" in problem for problem in report["problems"]), report["problems"]
     async with points.runtime.db.transaction() as session:  # put it back for the fixture's own audit

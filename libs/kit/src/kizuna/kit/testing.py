@@ -57,6 +57,27 @@ async def reset_streams(nats_url: str, *names: str) -> None:
         await nc.close()
 
 
+# Stacks on fixed ports (`make up` with KIZUNA_PORT_OFFSET) take offsets that keep every port out of
+# the kernel's ephemeral range (32768-60999, where port-0 binds and outgoing connections land):
+# HTTP 8000+o and NATS 4322+o stay below it, gRPC 50050+o above it.
+STACK_OFFSETS = range(10_960, 15_400, 10)
+
+
+def stack_port_offset(is_free: Callable[[int], bool]) -> int:
+    """A KIZUNA_PORT_OFFSET for a whole stack, from this xdist worker's own share of
+    `STACK_OFFSETS` (so two workers never pick the same ports), whose ports `is_free` accepts."""
+    import random
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker) if worker.isdigit() else 0
+    share = [o for i, o in enumerate(STACK_OFFSETS) if i % max(workers, 1) == index % max(workers, 1)]
+    for offset in random.sample(share, min(len(share), 50)):
+        if is_free(offset):
+            return offset
+    raise RuntimeError("no free port range for a stack")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
