@@ -4,6 +4,7 @@ limited-time points that are spent first and expire, audiences, the welcome bonu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -156,14 +157,22 @@ async def test_seed_creates_the_welcome_bonus_and_a_live_campaign_once(points: P
         "LOG_LEVEL": "ERROR",
     }
 
-    def seed() -> list[str]:
-        done = subprocess.run([sys.executable, "-m", "points", "seed"], env=env, capture_output=True, text=True)
+    async def seed() -> list[str]:
+        # Off the event loop: this test's points runtime shares it and may hold SQLite's write lock.
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "points", "seed"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
         created: list[str] = json.loads(done.stdout)["campaigns_created"]
         return created
 
-    assert sorted(seed()) == ["Kizuna launch: double points everywhere", "Welcome bonus"]
-    assert seed() == []
+    assert sorted(await seed()) == ["Kizuna launch: double points everywhere", "Welcome bonus"]
+    assert await seed() == []
     await points.register("m")
     earned = await earn(points, "m", "shop", 10_000)
     assert (earned.earned, earned.bonus) == (100, 100)  # the live demo campaign doubles it
