@@ -25,7 +25,7 @@ async def _dead_letters(nats_url: str) -> list[nats.aio.msg.Msg]:
         )
         try:
             return list(await sub.fetch(100, timeout=1))
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats.errors.TimeoutError, or asyncio's when a fetch deadline passes
             return []
     except nats.js.errors.NotFoundError:
         return []

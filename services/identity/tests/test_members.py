@@ -37,7 +37,7 @@ async def events(nats_url: str, subject: str) -> list[nats.aio.msg.Msg]:
         sub = await nc.jetstream().pull_subscribe(subject, config=ConsumerConfig(inactive_threshold=5))
         try:
             return list(await sub.fetch(50, timeout=3))
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats.errors.TimeoutError, or asyncio's when a fetch deadline passes
             return []
     finally:
         await nc.close()

@@ -68,7 +68,7 @@ async def _stream_messages(nats_url: str, subject: str) -> list[bytes]:
         while True:
             try:
                 batch = await sub.fetch(100, timeout=1)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats.errors.TimeoutError, or asyncio's when a fetch deadline passes
                 return found
             for msg in batch:
                 await msg.ack()
