@@ -60,6 +60,17 @@ class _EntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EntryKind.V
     """Credited points taken back (Clawback)."""
     ENTRY_KIND_EXPIRY: _EntryKind.ValueType  # 5
     """Points that reached their expiry."""
+    ENTRY_KIND_HOLD: _EntryKind.ValueType  # 6
+    """Points held for a checkout or booking that has not been taken yet (an open reservation);
+    amount is negative. Entry.until is when the hold lapses if not taken. Not a posted entry:
+    listed only while open, on the first page of ListEntries.
+    """
+    ENTRY_KIND_EARNING: _EntryKind.ValueType  # 7
+    """Points being earned by a purchase that has not completed yet (an order paid but not
+    delivered, a stay not checked out); amount is positive and not yet in the balance.
+    Entry.until is when they are expected to be granted, unset when not known. Not a posted
+    entry: listed only while pending, on the first page of ListEntries.
+    """
 
 class EntryKind(_EntryKind, metaclass=_EntryKindEnumTypeWrapper):
     """What a ledger entry did to the member's points."""
@@ -75,6 +86,17 @@ ENTRY_KIND_CLAWBACK: EntryKind.ValueType  # 4
 """Credited points taken back (Clawback)."""
 ENTRY_KIND_EXPIRY: EntryKind.ValueType  # 5
 """Points that reached their expiry."""
+ENTRY_KIND_HOLD: EntryKind.ValueType  # 6
+"""Points held for a checkout or booking that has not been taken yet (an open reservation);
+amount is negative. Entry.until is when the hold lapses if not taken. Not a posted entry:
+listed only while open, on the first page of ListEntries.
+"""
+ENTRY_KIND_EARNING: EntryKind.ValueType  # 7
+"""Points being earned by a purchase that has not completed yet (an order paid but not
+delivered, a stay not checked out); amount is positive and not yet in the balance.
+Entry.until is when they are expected to be granted, unset when not known. Not a posted
+entry: listed only while pending, on the first page of ListEntries.
+"""
 Global___EntryKind: _TypeAlias = EntryKind  # noqa: Y015
 
 @_typing.final
@@ -180,7 +202,12 @@ class ListEntriesRequest(_message.Message):
 
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     PAGE_FIELD_NUMBER: _builtins.int
+    LOCALE_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
+    locale: _builtins.str
+    """The language of Entry.explanation: "ja" or "en"; empty means "en". Anything else is
+    INVALID_ARGUMENT.
+    """
     @_builtins.property
     def page(self) -> _common_pb2.PageRequest: ...
     def __init__(
@@ -188,10 +215,11 @@ class ListEntriesRequest(_message.Message):
         *,
         member_id: _builtins.str = ...,
         page: _common_pb2.PageRequest | None = ...,
+        locale: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "page", b"page"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["locale", b"locale", "member_id", b"member_id", "page", b"page"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -199,7 +227,7 @@ Global___ListEntriesRequest: _TypeAlias = ListEntriesRequest  # noqa: Y015
 
 @_typing.final
 class Entry(_message.Message):
-    """One posted ledger entry, as the member sees it."""
+    """One ledger entry as the member sees it: a posted entry, or an open hold or pending earning."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -210,6 +238,7 @@ class Entry(_message.Message):
     SOURCE_SERVICE_FIELD_NUMBER: _builtins.int
     SOURCE_REF_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
     entry_id: _builtins.str
     kind: Global___EntryKind.ValueType
     amount: _builtins.int
@@ -217,13 +246,22 @@ class Entry(_message.Message):
     and refunds, negative for spends, clawbacks and expiry.
     """
     explanation: _builtins.str
-    """A human-readable line for the member, e.g. "Earned on order 1042 at Kizuna Shop"."""
+    """A plain-language line for the member in ListEntriesRequest.locale, e.g. "Earned at Shop on
+    order 1042" / "ショップの注文 1042 で獲得". Link to the purchase with source_service and
+    source_ref rather than parsing this text.
+    """
     source_service: _builtins.str
     """The service that issued or redeemed the points, e.g. "shop"; "points" for expiry."""
     source_ref: _builtins.str
     """The source service's reference, e.g. its order ID; empty for expiry."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """ENTRY_KIND_HOLD: when the hold lapses if not taken. ENTRY_KIND_EARNING: when the points are
+        expected to be granted, unset if not known. Unset for posted entries.
+        """
+
     def __init__(
         self,
         *,
@@ -234,10 +272,11 @@ class Entry(_message.Message):
         source_service: _builtins.str = ...,
         source_ref: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "entry_id", b"entry_id", "explanation", b"explanation", "kind", b"kind", "source_ref", b"source_ref", "source_service", b"source_service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "entry_id", b"entry_id", "explanation", b"explanation", "kind", b"kind", "source_ref", b"source_ref", "source_service", b"source_service", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -251,7 +290,9 @@ class ListEntriesResponse(_message.Message):
     PAGE_INFO_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entry]:
-        """Newest first."""
+        """On the first page, open holds and pending earnings (newest first), then posted entries
+        (newest first); on later pages, posted entries only.
+        """
 
     @_builtins.property
     def page_info(self) -> _common_pb2.PageInfo: ...
@@ -801,3 +842,95 @@ class PreviewEarnResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PreviewEarnResponse: _TypeAlias = PreviewEarnResponse  # noqa: Y015
+
+@_typing.final
+class ListLiveCampaignsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLiveCampaignsRequest: _TypeAlias = ListLiveCampaignsRequest  # noqa: Y015
+
+@_typing.final
+class LiveCampaign(_message.Message):
+    """A campaign live now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    MULTIPLIER_FIELD_NUMBER: _builtins.int
+    FIXED_BONUS_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    ENDS_AT_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    name: _builtins.str
+    """The campaign's name as its organisers wrote it, e.g. "Kizuna launch: double points everywhere"."""
+    kind: _builtins.str
+    """"earn" (purchases earn extra points) or "welcome" (a bonus on joining)."""
+    multiplier: _builtins.float
+    """Times the service's base rate (2.0 = double points); 0 when the campaign gives only a fixed bonus."""
+    fixed_bonus: _builtins.int
+    """Points given per purchase (earn) or on joining (welcome); 0 when none."""
+    audience: _builtins.str
+    """Who qualifies: "all", "new_members" (joined recently) or "first_use" (first purchase at the service)."""
+    @_builtins.property
+    def services(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The services whose purchases it applies to, e.g. ["shop", "travel"]; ["*"] for every earner."""
+
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def ends_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        services: _abc.Iterable[_builtins.str] | None = ...,
+        multiplier: _builtins.float = ...,
+        fixed_bonus: _builtins.int = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+        ends_at: _timestamp_pb2.Timestamp | None = ...,
+        audience: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "campaign_id", b"campaign_id", "ends_at", b"ends_at", "fixed_bonus", b"fixed_bonus", "kind", b"kind", "multiplier", b"multiplier", "name", b"name", "services", b"services", "starts_at", b"starts_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiveCampaign: _TypeAlias = LiveCampaign  # noqa: Y015
+
+@_typing.final
+class ListLiveCampaignsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def campaigns(self) -> _containers.RepeatedCompositeFieldContainer[Global___LiveCampaign]:
+        """Ordered by ends_at, soonest first."""
+
+    def __init__(
+        self,
+        *,
+        campaigns: _abc.Iterable[Global___LiveCampaign] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaigns", b"campaigns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLiveCampaignsResponse: _TypeAlias = ListLiveCampaignsResponse  # noqa: Y015

@@ -58,6 +58,11 @@ class PointsServiceStub:
                 request_serializer=kizuna_dot_points_dot_v1_dot_points__pb2.ListEntriesRequest.SerializeToString,
                 response_deserializer=kizuna_dot_points_dot_v1_dot_points__pb2.ListEntriesResponse.FromString,
                 _registered_method=True)
+        self.ListLiveCampaigns = channel.unary_unary(
+                '/kizuna.points.v1.PointsService/ListLiveCampaigns',
+                request_serializer=kizuna_dot_points_dot_v1_dot_points__pb2.ListLiveCampaignsRequest.SerializeToString,
+                response_deserializer=kizuna_dot_points_dot_v1_dot_points__pb2.ListLiveCampaignsResponse.FromString,
+                _registered_method=True)
         self.Credit = channel.unary_unary(
                 '/kizuna.points.v1.PointsService/Credit',
                 request_serializer=kizuna_dot_points_dot_v1_dot_points__pb2.CreditRequest.SerializeToString,
@@ -125,8 +130,23 @@ class PointsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListEntries(self, request, context):
-        """The member's posted entries, newest first. Read-only. Open reservations are not entries
-        (they show as GetBalanceResponse.pending); their capture is.
+        """The member's history. Read-only. The first page (no page_token) starts with what is still
+        open: points held by open reservations (ENTRY_KIND_HOLD, one per reservation, with the moment
+        the hold lapses) and points being earned by purchases not completed yet (ENTRY_KIND_EARNING,
+        one per purchase, with the moment they are expected to be granted when known), newest first.
+        Then come the posted entries, newest first. Open items are not paged: all of them are on the
+        first page, in addition to up to page_size posted entries, and never on a later page; a
+        page_token pages through posted entries only. A hold that is captured becomes a
+        ENTRY_KIND_SPEND entry, an earning that completes a ENTRY_KIND_CREDIT entry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLiveCampaigns(self, request, context):
+        """The campaigns live now (started, not ended): what earns extra points, where, and for whom,
+        for a member's home page or a product page. Read-only. Needs the same authorization as
+        GetBalance: a member's token with points:read or a service with points:read.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -223,6 +243,11 @@ def add_PointsServiceServicer_to_server(servicer, server):
                     servicer.ListEntries,
                     request_deserializer=kizuna_dot_points_dot_v1_dot_points__pb2.ListEntriesRequest.FromString,
                     response_serializer=kizuna_dot_points_dot_v1_dot_points__pb2.ListEntriesResponse.SerializeToString,
+            ),
+            'ListLiveCampaigns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLiveCampaigns,
+                    request_deserializer=kizuna_dot_points_dot_v1_dot_points__pb2.ListLiveCampaignsRequest.FromString,
+                    response_serializer=kizuna_dot_points_dot_v1_dot_points__pb2.ListLiveCampaignsResponse.SerializeToString,
             ),
             'Credit': grpc.unary_unary_rpc_method_handler(
                     servicer.Credit,
@@ -333,6 +358,33 @@ class PointsService:
             '/kizuna.points.v1.PointsService/ListEntries',
             kizuna_dot_points_dot_v1_dot_points__pb2.ListEntriesRequest.SerializeToString,
             kizuna_dot_points_dot_v1_dot_points__pb2.ListEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLiveCampaigns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kizuna.points.v1.PointsService/ListLiveCampaigns',
+            kizuna_dot_points_dot_v1_dot_points__pb2.ListLiveCampaignsRequest.SerializeToString,
+            kizuna_dot_points_dot_v1_dot_points__pb2.ListLiveCampaignsResponse.FromString,
             options,
             channel_credentials,
             insecure,

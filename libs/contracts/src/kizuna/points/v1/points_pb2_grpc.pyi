@@ -50,8 +50,19 @@ class PointsServiceStub:
     GetBalance: _grpc.UnaryUnaryMultiCallable[_points_pb2.GetBalanceRequest, _points_pb2.GetBalanceResponse]
     """The member's balance now. Read-only. A member with no entries has all zeros."""
     ListEntries: _grpc.UnaryUnaryMultiCallable[_points_pb2.ListEntriesRequest, _points_pb2.ListEntriesResponse]
-    """The member's posted entries, newest first. Read-only. Open reservations are not entries
-    (they show as GetBalanceResponse.pending); their capture is.
+    """The member's history. Read-only. The first page (no page_token) starts with what is still
+    open: points held by open reservations (ENTRY_KIND_HOLD, one per reservation, with the moment
+    the hold lapses) and points being earned by purchases not completed yet (ENTRY_KIND_EARNING,
+    one per purchase, with the moment they are expected to be granted when known), newest first.
+    Then come the posted entries, newest first. Open items are not paged: all of them are on the
+    first page, in addition to up to page_size posted entries, and never on a later page; a
+    page_token pages through posted entries only. A hold that is captured becomes a
+    ENTRY_KIND_SPEND entry, an earning that completes a ENTRY_KIND_CREDIT entry.
+    """
+    ListLiveCampaigns: _grpc.UnaryUnaryMultiCallable[_points_pb2.ListLiveCampaignsRequest, _points_pb2.ListLiveCampaignsResponse]
+    """The campaigns live now (started, not ended): what earns extra points, where, and for whom,
+    for a member's home page or a product page. Read-only. Needs the same authorization as
+    GetBalance: a member's token with points:read or a service with points:read.
     """
     Credit: _grpc.UnaryUnaryMultiCallable[_points_pb2.CreditRequest, _points_pb2.CreditResponse]
     """Adds points to the member as a new lot. Regular lots expire after a period without earning
@@ -123,8 +134,19 @@ class PointsServiceAsyncStub(PointsServiceStub):
     GetBalance: _aio.UnaryUnaryMultiCallable[_points_pb2.GetBalanceRequest, _points_pb2.GetBalanceResponse]  # type: ignore[assignment]
     """The member's balance now. Read-only. A member with no entries has all zeros."""
     ListEntries: _aio.UnaryUnaryMultiCallable[_points_pb2.ListEntriesRequest, _points_pb2.ListEntriesResponse]  # type: ignore[assignment]
-    """The member's posted entries, newest first. Read-only. Open reservations are not entries
-    (they show as GetBalanceResponse.pending); their capture is.
+    """The member's history. Read-only. The first page (no page_token) starts with what is still
+    open: points held by open reservations (ENTRY_KIND_HOLD, one per reservation, with the moment
+    the hold lapses) and points being earned by purchases not completed yet (ENTRY_KIND_EARNING,
+    one per purchase, with the moment they are expected to be granted when known), newest first.
+    Then come the posted entries, newest first. Open items are not paged: all of them are on the
+    first page, in addition to up to page_size posted entries, and never on a later page; a
+    page_token pages through posted entries only. A hold that is captured becomes a
+    ENTRY_KIND_SPEND entry, an earning that completes a ENTRY_KIND_CREDIT entry.
+    """
+    ListLiveCampaigns: _aio.UnaryUnaryMultiCallable[_points_pb2.ListLiveCampaignsRequest, _points_pb2.ListLiveCampaignsResponse]  # type: ignore[assignment]
+    """The campaigns live now (started, not ended): what earns extra points, where, and for whom,
+    for a member's home page or a product page. Read-only. Needs the same authorization as
+    GetBalance: a member's token with points:read or a service with points:read.
     """
     Credit: _aio.UnaryUnaryMultiCallable[_points_pb2.CreditRequest, _points_pb2.CreditResponse]  # type: ignore[assignment]
     """Adds points to the member as a new lot. Regular lots expire after a period without earning
@@ -205,8 +227,25 @@ class PointsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _points_pb2.ListEntriesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_points_pb2.ListEntriesResponse, _abc.Awaitable[_points_pb2.ListEntriesResponse]]:
-        """The member's posted entries, newest first. Read-only. Open reservations are not entries
-        (they show as GetBalanceResponse.pending); their capture is.
+        """The member's history. Read-only. The first page (no page_token) starts with what is still
+        open: points held by open reservations (ENTRY_KIND_HOLD, one per reservation, with the moment
+        the hold lapses) and points being earned by purchases not completed yet (ENTRY_KIND_EARNING,
+        one per purchase, with the moment they are expected to be granted when known), newest first.
+        Then come the posted entries, newest first. Open items are not paged: all of them are on the
+        first page, in addition to up to page_size posted entries, and never on a later page; a
+        page_token pages through posted entries only. A hold that is captured becomes a
+        ENTRY_KIND_SPEND entry, an earning that completes a ENTRY_KIND_CREDIT entry.
+        """
+
+    @_abc_1.abstractmethod
+    def ListLiveCampaigns(
+        self,
+        request: _points_pb2.ListLiveCampaignsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.ListLiveCampaignsResponse, _abc.Awaitable[_points_pb2.ListLiveCampaignsResponse]]:
+        """The campaigns live now (started, not ended): what earns extra points, where, and for whom,
+        for a member's home page or a product page. Read-only. Needs the same authorization as
+        GetBalance: a member's token with points:read or a service with points:read.
         """
 
     @_abc_1.abstractmethod
