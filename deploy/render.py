@@ -375,7 +375,10 @@ def dev_secret(d: Declaration, what: str) -> str:
 def dev_clients(decls: list[Declaration]) -> list[dict[str, Any]]:
     urls = public_urls(decls, "dev")
     return [
-        {**declaration.client_registration(d, urls[d.name]), "client_secret": dev_secret(d, "client-secret")}
+        {
+            **declaration.client_registration(d, urls[d.name], internal_url=in_cluster(d)),
+            "client_secret": dev_secret(d, "client-secret"),
+        }
         for d in decls
         if d.name != declaration.ISSUER
     ]
@@ -427,7 +430,10 @@ def prod_clients(decls: list[Declaration], secrets: dict[str, str]) -> list[dict
     if missing:
         raise SystemExit(f"no client secret for: {', '.join(missing)}")
     return [
-        {**declaration.client_registration(d, urls[d.name]), "client_secret": secrets[d.name]}
+        {
+            **declaration.client_registration(d, urls[d.name], internal_url=in_cluster(d)),
+            "client_secret": secrets[d.name],
+        }
         for d in decls
         if d.name != declaration.ISSUER
     ]

@@ -6,11 +6,14 @@ Third-party clients need the member's consent, which is remembered and revocable
   {"client_id": "shop", "client_secret": "...", "name": "Shop",
    "redirect_uris": ["https://shop.example/auth/callback"],
    "post_logout_redirect_uris": ["https://shop.example/"],
-   "backchannel_logout_uri": "https://shop.example/auth/backchannel-logout",
+   "backchannel_logout_uri": "http://shop:8002/auth/backchannel-logout",
    "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
    "scopes": ["openid", "profile", "email", "offline_access", "points:read", "points:credit"],
    "first_party": true}
 A client without `client_secret` is public (PKCE S256 required, no client authentication).
+Addresses must be https (or loopback), except the back-channel logout URI of a declared service,
+which identity calls itself: it may be plain http at exactly that service's in-cluster address
+(`KIZUNA_INTERNAL_LINKS`), as the public host is out of a pod's reach.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin
 from kizuna.kit.db import Database, UTCDateTime
@@ -158,7 +163,38 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _validate(spec: ClientSpec, known_scopes: ScopeCatalogue) -> None:
+def in_cluster_links(raw: str) -> dict[str, str]:
+    """`KIZUNA_INTERNAL_LINKS`: each declared service's in-cluster base URL (its Service), by name."""
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"KIZUNA_INTERNAL_LINKS is not JSON: {exc}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError("KIZUNA_INTERNAL_LINKS must be a JSON object of service -> URL")
+    return {str(name): url for name, url in value.items()}
+
+
+def _in_cluster_backchannel(spec: ClientSpec, uri: str, in_cluster: Mapping[str, str]) -> bool:
+    """A plain-http back-channel logout URI is accepted only at the client's own in-cluster
+    address: a first-party client whose id is a declared service, on exactly the scheme, host and
+    port of that service's in-cluster URL (`KIZUNA_INTERNAL_LINKS`, set by the operator's
+    manifests, never by the registration itself). Any other http URI stays refused."""
+    base = in_cluster.get(spec.client_id)
+    if not spec.first_party or not base:
+        return False
+    target, own = urlsplit(uri), urlsplit(base)
+    return (
+        target.scheme == own.scheme == "http"
+        and bool(own.hostname)
+        and target.netloc == own.netloc
+        and not target.fragment
+        and target.path.startswith("/")
+    )
+
+
+def _validate(spec: ClientSpec, known_scopes: ScopeCatalogue, in_cluster: Mapping[str, str] | None = None) -> None:
     if spec.client_id.startswith("mbr_"):
         # A service token's sub is its client id; it must never look like a member's.
         raise InvalidArgument("client ids must not start with mbr_")
@@ -173,16 +209,35 @@ def _validate(spec: ClientSpec, known_scopes: ScopeCatalogue) -> None:
         # Service scopes (crediting points, reading any member, exports, administration) are for
         # the ecosystem's declared services only; a third-party app gets what members consent to.
         raise InvalidArgument(f"a third-party client cannot hold service scopes: {sorted(service_only)}")
-    for uri in [*spec.redirect_uris, *spec.post_logout_redirect_uris, *filter(None, [spec.backchannel_logout_uri])]:
-        if not uri.startswith(("https://", "http://127.0.0.1", "http://localhost")) or "#" in uri:
+    for uri in [*spec.redirect_uris, *spec.post_logout_redirect_uris]:
+        if not _https_or_loopback(uri):
             raise InvalidArgument(f"redirect URIs must be https (or loopback) without fragment: {uri}")
+    backchannel = spec.backchannel_logout_uri
+    if (
+        backchannel
+        and not _https_or_loopback(backchannel)
+        and not _in_cluster_backchannel(spec, backchannel, in_cluster or {})
+    ):
+        raise InvalidArgument(
+            "the back-channel logout URI must be https (or loopback), or the client's own in-cluster"
+            f" address, without fragment: {backchannel}"
+        )
+
+
+def _https_or_loopback(uri: str) -> bool:
+    return uri.startswith(("https://", "http://127.0.0.1", "http://localhost")) and "#" not in uri
 
 
 async def upsert(
-    session: AsyncSession, spec: ClientSpec, now: datetime, known_scopes: ScopeCatalogue
+    session: AsyncSession,
+    spec: ClientSpec,
+    now: datetime,
+    known_scopes: ScopeCatalogue,
+    in_cluster: Mapping[str, str] | None = None,
 ) -> tuple[Client, str | None]:
-    """Create or update a client; returns it and the secret when one was generated."""
-    _validate(spec, known_scopes)
+    """Create or update a client; returns it and the secret when one was generated. `in_cluster`:
+    the declared services' in-cluster URLs, where their back-channel logout may be plain http."""
+    _validate(spec, known_scopes, in_cluster)
     generated = None
     secret = spec.client_secret
     if secret is None and not spec.public:
@@ -202,8 +257,11 @@ async def upsert(
     return client, generated
 
 
-async def register_configured(db: Database, raw: str, now: datetime, known_scopes: ScopeCatalogue) -> list[str]:
-    """Upsert the clients of `KIZUNA_CLIENTS` (first-party unless said otherwise)."""
+async def register_configured(
+    db: Database, raw: str, now: datetime, known_scopes: ScopeCatalogue, in_cluster: Mapping[str, str] | None = None
+) -> list[str]:
+    """Upsert the clients of `KIZUNA_CLIENTS` (first-party unless said otherwise); a declared
+    service's back-channel logout may be at its in-cluster URL (`in_cluster`)."""
     if not raw.strip():
         return []
     items: list[dict[str, Any]] = json.loads(raw)
@@ -213,7 +271,7 @@ async def register_configured(db: Database, raw: str, now: datetime, known_scope
             spec = ClientSpec.model_validate({"first_party": True, **item})
             if spec.client_secret is None and not spec.public:
                 raise SystemExit(f"KIZUNA_CLIENTS: client {spec.client_id} needs client_secret (or public: true)")
-            await upsert(session, spec, now, known_scopes)
+            await upsert(session, spec, now, known_scopes, in_cluster)
             ids.append(spec.client_id)
     return ids
 

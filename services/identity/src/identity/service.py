@@ -58,7 +58,13 @@ async def identity_context(runtime: Runtime[Any]) -> Identity:
     # The runtime's clock, read at every call (tests may swap it, or set the provider's own).
     provider = Provider(runtime.settings, runtime.db, clock=lambda: runtime.clock.now())
     await provider.keys.ensure_signing_key()
-    await clients.register_configured(runtime.db, runtime.settings.kizuna_clients, provider.now(), provider.scopes)
+    await clients.register_configured(
+        runtime.db,
+        runtime.settings.kizuna_clients,
+        provider.now(),
+        provider.scopes,
+        clients.in_cluster_links(runtime.settings.kizuna_internal_links),
+    )
     # The kit's flash messages (kizuna.kit.flash) are signed with a key of identity's own.
     runtime.state["flash_secret"] = provider.csrf_secret
     return Identity(provider, KizunaAuthorizationServer(provider))

@@ -311,16 +311,24 @@ def earners(declarations: list[Declaration]) -> list[dict[str, Any]]:
     return [d.earning.as_dict(d.name) for d in declarations if d.earning is not None]
 
 
-def client_registration(d: Declaration, base_url: str, *, first_party: bool = True) -> dict[str, Any]:
-    """Identity's client entry for a declared service (in `KIZUNA_CLIENTS`, secret added by the caller)."""
+def client_registration(
+    d: Declaration, base_url: str, *, first_party: bool = True, internal_url: str | None = None
+) -> dict[str, Any]:
+    """Identity's client entry for a declared service (in `KIZUNA_CLIENTS`, secret added by the caller).
+
+    `base_url` is where browsers reach the service (redirects after sign-in and sign-out);
+    `internal_url`, where identity itself reaches it (its in-cluster Service, e.g.
+    `http://shop:8002`): back-channel logout is a call from identity's server, which cannot reach
+    the public host. Without it, both are `base_url` (a laptop, where they are the same)."""
     base = base_url.rstrip("/")
+    internal = (internal_url or base_url).rstrip("/")
     web = d.sign_in is not None
     return {
         "client_id": d.name,
         "name": d.label,
         "redirect_uris": [f"{base}/auth/callback"] if web else [],
         "post_logout_redirect_uris": [f"{base}/"] if web else [],
-        "backchannel_logout_uri": f"{base}/auth/backchannel-logout" if web else None,
+        "backchannel_logout_uri": f"{internal}/auth/backchannel-logout" if web else None,
         "grant_types": (["authorization_code", "refresh_token"] if web else []) + ["client_credentials"],
         "scopes": d.client_scopes,
         "first_party": first_party,
