@@ -14,26 +14,15 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kizuna.kit import declaration
-from kizuna.kit.testing import end_process, spawn, stack_port_offset
+from kizuna.kit.testing import devstack_port_offset, end_process, spawn
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every declared service and its local ports, as make up derives them.
 SERVICES = {d.name: (d.http_port, d.grpc_port) for d in declaration.discover()}
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 def _pick_offset() -> int:
-    return stack_port_offset(
-        lambda o: all(_free(p) for p in [4322 + o, *(p + o for pair in SERVICES.values() for p in pair)])
-    )
+    return devstack_port_offset()
 
 
 def _processes_with(marker: str) -> list[int]:

@@ -1,6 +1,1 @@
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from fuzz_support import stack  # noqa: F401  (fixture)
+from .fuzz_support import stack  # noqa: F401  (fixture)

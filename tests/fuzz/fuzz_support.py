@@ -12,7 +12,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from kizuna.kit.declaration import Declaration, discover
-from kizuna.kit.testing import stack_port_offset
+from kizuna.kit.testing import devstack_port_offset
 
 ROOT = Path(__file__).resolve().parents[2]
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -37,15 +36,6 @@ def declared() -> list[Declaration]:
     declarations = discover(ROOT)
     only = {n.strip() for n in os.environ.get("FUZZ_SERVICES", "").split(",") if n.strip()}
     return [d for d in declarations if not only or d.name in only | {"identity"}]
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 @dataclass
@@ -150,9 +140,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """`make up`'s stack on free ports and a fresh data dir, stopped (the whole process group)
     whatever happens."""
     declarations = declared()
-    offset = stack_port_offset(
-        lambda o: all(_free(p) for p in [4322 + o, *(p + o for d in declarations for p in (d.http_port, d.grpc_port))])
-    )
+    offset = devstack_port_offset(declarations)
     data_dir = tmp_path_factory.mktemp("fuzz-stack")
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "KIZUNA_ISSUER", "DATABASE_URL")}
     env.update(KIZUNA_PORT_OFFSET=str(offset), KIZUNA_DATA_DIR=str(data_dir), LOG_LEVEL="WARNING")

@@ -20,11 +20,12 @@ import httpx
 import pytest
 import requests
 import schemathesis
-from fuzz_support import Stack, declared
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kizuna.points.v1 import points_pb2, points_pb2_grpc
 from schemathesis import GenerationMode
+
+from .fuzz_support import Stack, declared
 
 HUGE = 100_000_000_000_000_000_000  # above int64
 SERVICES = [d.name for d in declared()]

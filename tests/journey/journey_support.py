@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from kizuna.kit import declaration
-from kizuna.kit.testing import stack_port_offset
+from kizuna.kit.testing import devstack_port_offset
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "journey"
@@ -36,15 +35,6 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 @dataclass
 class Ecosystem:
     urls: dict[str, str]
@@ -58,9 +48,7 @@ class Ecosystem:
 @pytest.fixture(scope="module")
 def ecosystem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ecosystem]:
     """`make up`'s stack (nats-server, every declared service, demo data) on free ports and a fresh data dir."""
-    offset = stack_port_offset(
-        lambda o: all(_free(p) for p in [4322 + o, *(p + o for d in DECLARATIONS for p in (d.http_port, d.grpc_port))])
-    )
+    offset = devstack_port_offset(DECLARATIONS)
     data_dir = tmp_path_factory.mktemp("ecosystem")
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "KIZUNA_ISSUER", "DATABASE_URL")}
     env.update(KIZUNA_PORT_OFFSET=str(offset), KIZUNA_DATA_DIR=str(data_dir), LOG_LEVEL="INFO")

@@ -18,9 +18,10 @@ import uuid
 import zipfile
 
 import pytest
-from journey_support import DECLARATIONS, Ecosystem, Steps
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect
+
+from .journey_support import DECLARATIONS, Ecosystem, Steps
 
 PASSWORD = "correct horse battery"
 

@@ -9,16 +9,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "journey"))
-
-from journey_support import Ecosystem, browser, ecosystem  # noqa: F401  (fixtures)
+from tests.journey.journey_support import Ecosystem, browser, ecosystem  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import nats
 import nats.errors
 import pytest
 from kizuna.kit import declaration, natsauth
-from kizuna.kit.testing import end_process, spawn, stack_port_offset
+from kizuna.kit.testing import devstack_port_offset, end_process, spawn
 
 ROOT = Path(__file__).resolve().parents[2]
 # Fixed ports shifted by an offset, like tests/test_make_up.py: one stack at a time.
@@ -28,19 +27,8 @@ pytestmark = pytest.mark.xdist_group("fixed-ports")
 DECLARATIONS = declaration.discover()
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 def _pick_offset() -> int:
-    return stack_port_offset(
-        lambda o: all(_free(p) for p in [4322 + o, *(p + o for d in DECLARATIONS for p in (d.http_port, d.grpc_port))])
-    )
+    return devstack_port_offset(DECLARATIONS)
 
 
 async def _attack(nats_url: str, passwords: dict[str, str]) -> list[str]:

@@ -20,7 +20,8 @@ from kizuna.identity.v1 import identity_pb2, identity_pb2_grpc
 from kizuna.kit import declaration
 from kizuna.kit.auth import call_metadata
 from kizuna.points.v1 import points_pb2, points_pb2_grpc
-from zero_trust_support import (
+
+from .zero_trust_support import (
     Ecosystem,
     authorize,
     code_from,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,22 +15,13 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from kizuna.kit import declaration
-from kizuna.kit.devstack import NATS_PORT, Stack
-from kizuna.kit.testing import stack_port_offset
+from kizuna.kit.devstack import Stack
+from kizuna.kit.testing import devstack_port_offset
 
 OPERATOR = "zero-trust-operator"
 OPERATOR_SECRET = secrets.token_urlsafe(32)
 PASSWORD = "correct horse battery staple"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 @dataclass
@@ -58,9 +48,7 @@ class Ecosystem:
 @pytest.fixture(scope="module")
 def ecosystem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ecosystem]:
     decls = declaration.discover()
-    offset = stack_port_offset(
-        lambda o: all(_free(p) for p in [NATS_PORT + o, *(p + o for d in decls for p in (d.http_port, d.grpc_port))])
-    )
+    offset = devstack_port_offset(decls)
     data_dir: Path = tmp_path_factory.mktemp("zero-trust")
     stack = Stack(decls, data_dir, offset)
     stack.nats_url = ""  # always its own authenticated nats-server, whatever the environment says

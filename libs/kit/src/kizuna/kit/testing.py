@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,7 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
-from kizuna.kit.devstack import nats_server_binary
+from kizuna.kit.declaration import Declaration, discover
+from kizuna.kit.devstack import NATS_PORT, nats_server_binary
 
 
 async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 10.0, interval: float = 0.05) -> Any:
@@ -76,6 +77,26 @@ def stack_port_offset(is_free: Callable[[int], bool]) -> int:
         if is_free(offset):
             return offset
     raise RuntimeError("no free port range for a stack")
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a TCP port on 127.0.0.1 can be bound right now."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def devstack_port_offset(declarations: Iterable[Declaration] | None = None) -> int:
+    """A KIZUNA_PORT_OFFSET for `make up`'s stack (its nats-server and every declared service's HTTP
+    and gRPC ports) from this worker's share of `STACK_OFFSETS`."""
+    ports = [
+        NATS_PORT,
+        *(p for d in (discover() if declarations is None else declarations) for p in (d.http_port, d.grpc_port)),
+    ]
+    return stack_port_offset(lambda o: all(port_is_free(p + o) for p in ports))
 
 
 def free_port() -> int:
