@@ -72,9 +72,11 @@ clean:
 
 test-tools:: chromium ## tools the suite needs beyond the workspace (extended by mk/*.mk)
 
-chromium: ## Debian's Chromium for the browser tests (Playwright drives it; no browser download)
-	@command -v chromium >/dev/null 2>&1 || { \
+# Debian's Chromium for the browser tests (Playwright drives it; no browser download), and a Japanese
+# font so the screenshots of Japanese pages show the text rather than empty boxes.
+chromium: ## Debian's Chromium and a Japanese font for the browser tests
+	@{ command -v chromium >/dev/null 2>&1 && dpkg -s fonts-noto-cjk >/dev/null 2>&1; } || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-noto-cjk; }
 
 -include mk/*.mk
