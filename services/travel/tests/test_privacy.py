@@ -6,7 +6,8 @@ import nats
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.identity.v1 import events_pb2 as identity
 from kizuna.kit.testing import wait_until
-from travel_support import TravelEnv, booking_body, stream_events
+
+from .travel_support import TravelEnv, booking_body, stream_events
 
 
 async def test_bookings_exported_then_erased(travel: TravelEnv, nats_url: str) -> None:

@@ -8,7 +8,8 @@ from typing import Any
 
 from kizuna.kit.errors import FailedPrecondition
 from kizuna.travel.v1 import events_pb2
-from travel_support import MEMBER_SCOPES, TravelEnv, booking_body, days_ahead, stream_events
+
+from .travel_support import MEMBER_SCOPES, TravelEnv, booking_body, days_ahead, stream_events
 
 ROOM = "htl_kyoto_gion_machiya.standard_double"
 

@@ -7,7 +7,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from travel_support import CATALOGUE_DAYS, TravelEnv, booking_body, days_ahead
+
+from .travel_support import CATALOGUE_DAYS, TravelEnv, booking_body, days_ahead
 
 HOTEL = "htl_kyoto_gion_machiya"
 

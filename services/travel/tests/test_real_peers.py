@@ -21,7 +21,8 @@ from kizuna.points.v1 import points_pb2
 from sqlmodel import select
 from travel.service import service as travel_service
 from travel.stay import HOTEL_TZ
-from travel_support import (
+
+from .travel_support import (
     MEMBER_SCOPES,
     TRAVEL_SCOPES,
     TRAVEL_SECRET,

@@ -8,7 +8,8 @@ from kizuna.common.v1 import common_pb2
 from kizuna.kit.auth import call_metadata
 from kizuna.travel.v1 import travel_pb2 as pb
 from kizuna.travel.v1 import travel_pb2_grpc
-from travel_support import TravelEnv, booking_body, days_ahead
+
+from .travel_support import TravelEnv, booking_body, days_ahead
 
 
 async def test_members_and_services_with_travel_read_see_bookings_others_do_not(travel: TravelEnv) -> None:

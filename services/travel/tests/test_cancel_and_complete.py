@@ -8,7 +8,8 @@ from typing import Any
 from kizuna.kit.errors import FailedPrecondition
 from kizuna.travel.v1 import events_pb2
 from travel.stay import HOTEL_TZ
-from travel_support import TravelEnv, booking_body, days_ahead, stream_events
+
+from .travel_support import TravelEnv, booking_body, days_ahead, stream_events
 
 HOTEL = "htl_kyoto_gion_machiya"
 ROOM = f"{HOTEL}.standard_double"

@@ -7,7 +7,8 @@ import sys
 from datetime import timedelta
 
 from travel.catalogue import CITIES, HOTELS, night_rate, seed
-from travel_support import CATALOGUE_DAYS, TravelEnv, days_ahead
+
+from .travel_support import CATALOGUE_DAYS, TravelEnv, days_ahead
 
 
 async def test_the_catalogue_covers_six_cities_and_seeding_again_adds_nothing(travel: TravelEnv) -> None:

@@ -15,7 +15,8 @@ from sqlalchemy import text
 from travel.booking import Bookings
 from travel.settings import Settings
 from travel.stay import hotel_today
-from travel_peers import CardPeer, PointsPeer
+
+from .travel_peers import CardPeer, PointsPeer
 
 TRAVEL_SECRET = "travel-test-secret"
 TRAVEL_SCOPES = "points:spend points:credit points:read fintech:pay"

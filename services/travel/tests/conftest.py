@@ -1,19 +1,15 @@
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from kizuna.kit.telemetry import configure_telemetry
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from travel.service import service as travel_service
-from travel_peers import CardPeer, PointsPeer, start_peer_server
-from travel_support import TRAVEL_SCOPES, TRAVEL_SECRET, Clock, TravelEnv, reset_streams, travel_settings
+
+from .travel_peers import CardPeer, PointsPeer, start_peer_server
+from .travel_support import TRAVEL_SCOPES, TRAVEL_SECRET, Clock, TravelEnv, reset_streams, travel_settings
 
 
 @pytest.fixture
