@@ -8,6 +8,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,9 +25,28 @@ from kizuna.kit.testing import ServiceProcess, TestIssuer, reset_streams, wait_u
 from kizuna.points.v1 import points_pb2, points_pb2_grpc
 from sqlmodel import select
 
-from .conftest import FintechClient, form_fields, new_member, signed_in_browser, start_points
+from services.fintech.tests.fintech_world import FintechClient, form_fields, new_member, signed_in_browser
 
 FINTECH_SECRET = "fintech-test-secret"
+
+
+def start_points(
+    workdir: Path, nats_url: str, issuer: str, client_secret: str, nats_user: dict[str, str] | None = None
+) -> ServiceProcess:
+    """A real points process (one per test module: starting one costs seconds), connected to NATS
+    as its own user when `nats_user` gives its credentials (`nats_server.service_env("points")`)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {
+        "NATS_URL": nats_url,
+        **(nats_user or {}),
+        "KIZUNA_ISSUER": issuer,
+        "KIZUNA_DATA_DIR": str(workdir),
+        "KIZUNA_CLIENT_SECRET": client_secret,
+        "OUTBOX_POLL_SECONDS": "0.2",
+        "LOG_FORMAT": "json",
+    }
+    # Ports 0: points binds its own and reports them.
+    return ServiceProcess("points", env, 0, 0, workdir / "points.log").start()
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +63,10 @@ def points_process(
         "points-test-secret",
         dict(nats_server.service_env("points")),
     )
-    yield process
-    process.stop()
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from kizuna.kit.clock import FrozenClock
 from kizuna.kit.db import Database
 from kizuna.kit.testing import wait_until
 
-from .conftest import FintechClient, new_member
+from .fintech_world import FintechClient, new_member
 
 # Dates in a future year: the service's job has already looked at the real clock once when it
 # started, and a card opened in the future is never due by the real clock's month.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import FintechClient
+from .fintech_world import FintechClient
 
 
 @pytest.mark.parametrize("path", ["/card", "/bank", "/invest"])

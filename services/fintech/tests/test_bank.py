@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from .conftest import FintechClient, new_member
+from .fintech_world import FintechClient, new_member
 
 
 async def _transfer(

@@ -13,7 +13,7 @@ import pytest
 from fintech.fraud import Attempt, FraudRules, matching_rule
 from kizuna.fintech.v1 import fintech_pb2
 
-from .conftest import FintechClient, new_member
+from .fintech_world import FintechClient, new_member
 
 APPROVED = fintech_pb2.AUTHORIZATION_STATUS_APPROVED
 DECLINED = fintech_pb2.AUTHORIZATION_STATUS_DECLINED

@@ -12,7 +12,7 @@ from kizuna.common.v1.common_pb2 import Money
 from kizuna.fintech.v1 import events_pb2, fintech_pb2
 from kizuna.kit.testing import wait_until
 
-from .conftest import FintechClient, new_member
+from .fintech_world import FintechClient, new_member
 
 APPROVED = fintech_pb2.AUTHORIZATION_STATUS_APPROVED
 DECLINED = fintech_pb2.AUTHORIZATION_STATUS_DECLINED

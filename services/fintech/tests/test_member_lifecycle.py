@@ -17,7 +17,7 @@ from kizuna.kit.clock import FrozenClock
 from kizuna.kit.testing import wait_until
 from sqlmodel import func, select
 
-from .conftest import FintechClient, new_member
+from .fintech_world import FintechClient, new_member
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ client-credentials token; card purchases there post like any other."""
 
 from __future__ import annotations
 
-from .conftest import FintechClient, new_member
+from .fintech_world import FintechClient, new_member
 
 
 async def test_partner_merchant_authorizes_captures_and_refunds_by_card_number(fintech: FintechClient) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from .conftest import FintechClient, new_member
+from .fintech_world import FintechClient, new_member
 
 
 async def test_audit_command_passes_on_sound_books_and_names_what_is_broken(

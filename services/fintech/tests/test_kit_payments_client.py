@@ -9,7 +9,7 @@ from kizuna.kit.auth import ServiceTokenClient
 from kizuna.kit.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, Unavailable
 from kizuna.kit.payments import PaymentsClient
 
-from .conftest import FintechClient, new_member
+from .fintech_world import FintechClient, new_member
 
 
 async def test_a_service_authorizes_captures_refunds_and_voids_through_the_kit_client(fintech: FintechClient) -> None:

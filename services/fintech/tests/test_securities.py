@@ -10,7 +10,7 @@ import pytest
 from fintech import ledger, securities
 from kizuna.kit.clock import FrozenClock
 
-from .conftest import FintechClient, new_member
+from .fintech_world import FintechClient, new_member
 
 
 async def test_buy_value_and_sell_a_fund(fintech: FintechClient) -> None:
