@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-# --import-mode=importlib does not put test folders on sys.path; the tests import the helpers.
-sys.path.insert(0, str(Path(__file__).parent))
-
-from deploy_support import DEPLOY, OVERLAYS, Rendered, kustomize, render_manifests
+from .deploy_support import DEPLOY, OVERLAYS, Rendered, kustomize, render_manifests
 
 _cache: dict[str, Rendered] = {}
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import re
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -106,3 +109,41 @@ def overlay_components(overlay: str) -> set[str]:
     spec = yaml.safe_load((DEPLOY / "overlays" / overlay / "kustomization.yaml").read_text())
     used = {(DEPLOY / "overlays" / overlay / c).resolve() for c in spec.get("components", [])}
     return {name for name, path in COMPONENTS.items() if path.resolve() in used}
+
+
+def resolve_env(r: Rendered, container: dict[str, Any], pod_name: str = "") -> dict[str, str]:
+    """The environment the kubelet would give `container`, from the rendered objects: its
+    ConfigMaps and Secrets (an optional one may be missing), the downward API's fields (a pod
+    name, the overlay's namespace, this machine) and `$(VAR)` expanded from the variables before."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(r.get("ConfigMap", source["configMapRef"]["name"])["data"])
+            continue
+        ref = source["secretRef"]
+        found = [o for o in r.of_kind("Secret") if o["metadata"]["name"] == ref["name"]]
+        assert found or ref.get("optional"), f"no Secret {ref['name']}"
+        for secret in found:
+            env.update({k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()})
+    (namespace,) = r.of_kind("Namespace")
+    fields = {
+        "metadata.name": pod_name or f"{container['name']}-0",
+        "metadata.namespace": namespace["metadata"]["name"],
+        "spec.nodeName": socket.gethostname(),
+    }
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), item["value"])
+            continue
+        ref = item["valueFrom"]
+        if "fieldRef" in ref:
+            env[item["name"]] = fields[ref["fieldRef"]["fieldPath"]]
+        elif "secretKeyRef" in ref:
+            secret = r.get("Secret", ref["secretKeyRef"]["name"])
+            env[item["name"]] = base64.b64decode(secret["data"][ref["secretKeyRef"]["key"]]).decode()
+        elif "configMapKeyRef" in ref:
+            key = ref["configMapKeyRef"]
+            env[item["name"]] = r.get("ConfigMap", key["name"])["data"][key["key"]]
+        else:
+            raise AssertionError(f"cannot resolve {item} outside a cluster")
+    return env

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_support import DEPLOY, OVERLAYS, REPO, SERVICES, Rendered, run, tool
+
+from .deploy_support import DEPLOY, OVERLAYS, REPO, SERVICES, Rendered, run, tool
 
 SKIPS_FILE = DEPLOY / "checkov-skips.yaml"
 

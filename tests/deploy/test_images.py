@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from deploy_support import DEPLOY, REPO, SERVICES, run
+
+from .deploy_support import DEPLOY, REPO, SERVICES, run
 
 DOCKERFILE = DEPLOY / "Dockerfile"
 

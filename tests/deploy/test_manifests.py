@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_support import (
+from kizuna.kit.testing import free_port
+
+from .deploy_support import (
     BY_NAME,
     COMPONENTS,
     DEPLOY,
@@ -32,7 +34,6 @@ from deploy_support import (
     run,
     tool,
 )
-from kizuna.kit.testing import free_port
 
 # The oldest version: native gRPC probes are GA from 1.27 (the startupProbe uses one). The newest:
 # the newest schema the installed kubernetes-validate ships (1.37 at the time of writing).

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from deploy_support import BY_NAME, ISSUER, LEDGER, OVERLAYS, SERVICES, Rendered
+
+from .deploy_support import BY_NAME, ISSUER, LEDGER, OVERLAYS, SERVICES, Rendered
 
 
 @dataclass(frozen=True)

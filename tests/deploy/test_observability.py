@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 
 import yaml
-from deploy_support import DEPLOY, REPO
+
+from .deploy_support import DEPLOY, REPO
 
 TELEMETRY = REPO / "libs" / "kit" / "src" / "kizuna" / "kit" / "telemetry.py"
 SOURCES = [*REPO.glob("libs/kit/src/**/*.py"), *REPO.glob("services/*/src/**/*.py")]

@@ -32,9 +32,10 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from deploy_support import BY_NAME, ISSUER, SERVICES, Rendered
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kizuna.kit.testing import NatsServer, PostgresServer, ServiceProcess, end_process, free_port, spawn
+
+from .deploy_support import BY_NAME, ISSUER, SERVICES, Rendered
 
 
 @dataclass
