@@ -11,10 +11,18 @@ from typing import Any
 
 import grpc
 import httpx
-from identity_support import SVC_SECRET, csrf_of, identity_settings, reset_streams, running_identity, sign_up
 from kizuna.kit.auth import call_metadata
 from kizuna.kit.testing import free_port, wait_until
 from kizuna.points.v1 import points_pb2, points_pb2_grpc
+
+from services.identity.tests.identity_support import (
+    SVC_SECRET,
+    csrf_of,
+    identity_settings,
+    reset_streams,
+    running_identity,
+    sign_up,
+)
 
 POINTS_CLIENT = {
     "client_id": "points",

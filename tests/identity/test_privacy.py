@@ -7,18 +7,28 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from pathlib import Path
 
 import httpx
 from identity import members
-from identity_support import PASSWORD, csrf_of, identity_settings, reset_streams, running_identity, sign_up
 from kizuna.kit.oidc_client import WebSession
+from kizuna.kit.service import Runtime
 from kizuna.kit.settings import ServiceSettings
 from kizuna.kit.testing import free_port, wait_until
-from privacy_service import privacy_service
 from sqlmodel import select
-from test_sso import rp_client, rp_settings
+
+from services.identity.tests.identity_support import (
+    PASSWORD,
+    csrf_of,
+    identity_settings,
+    reset_streams,
+    running_identity,
+    sign_up,
+)
+
+from .privacy_service import privacy_service
+from .test_sso import rp_client, rp_settings
 
 NAMES = ("shopdemo", "traveldemo", "gonedemo")
 
@@ -41,7 +51,7 @@ async def test_download_then_delete_everywhere(nats_url: str, database_url: str,
     )
     held: dict[str, dict[str, list[str]]] = {name: {} for name in NAMES}
 
-    def start(name: str, issuer: str) -> object:
+    def start(name: str, issuer: str) -> AbstractAsyncContextManager[Runtime[ServiceSettings]]:
         settings_ = rp_settings(nats_url, tmp_path, name, ports[name], issuer)
         return privacy_service(name, f"{name}-secret-0123456789", held[name]).running(
             ServiceSettings(**{**settings_.model_dump(), "outbox_poll_seconds": 0.2})
@@ -49,8 +59,8 @@ async def test_download_then_delete_everywhere(nats_url: str, database_url: str,
 
     async with AsyncExitStack() as stack:
         idp = await stack.enter_async_context(running_identity(settings))
-        shop = await stack.enter_async_context(start("shopdemo", idp.issuer))  # type: ignore[arg-type]
-        await stack.enter_async_context(start("traveldemo", idp.issuer))  # type: ignore[arg-type]
+        shop = await stack.enter_async_context(start("shopdemo", idp.issuer))
+        await stack.enter_async_context(start("traveldemo", idp.issuer))
         # gonedemo is down for now.
         browser = httpx.AsyncClient(follow_redirects=True, timeout=10)
 
@@ -135,7 +145,7 @@ async def test_download_then_delete_everywhere(nats_url: str, database_url: str,
 
         # gonedemo comes back, catches up from its durable consumer, and confirms: all done.
         held["gonedemo"][member_id] = ["x"]
-        await stack.enter_async_context(start("gonedemo", idp.issuer))  # type: ignore[arg-type]
+        await stack.enter_async_context(start("gonedemo", idp.issuer))
 
         async def complete() -> bool:
             return "refresh" not in (await browser.get(progress_url)).text

@@ -8,13 +8,22 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
-from identity_support import authorize, csrf_of, identity_settings, query_of, reset_streams, running_identity
 from kizuna.kit.auth import TokenVerifier
 from kizuna.kit.oidc_client import WebSession
 from kizuna.kit.settings import ServiceSettings
 from kizuna.kit.testing import free_port
-from relying_party import relying_party
 from sqlmodel import select
+
+from services.identity.tests.identity_support import (
+    authorize,
+    csrf_of,
+    identity_settings,
+    query_of,
+    reset_streams,
+    running_identity,
+)
+
+from .relying_party import relying_party
 
 
 def rp_client(name: str, port: int) -> dict:

@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from identity_support import Idp, identity_settings, reset_streams, running_identity
+from .identity_support import Idp, identity_settings, reset_streams, running_identity
 
 
 @pytest.fixture

@@ -9,7 +9,11 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 import httpx
-from identity_support import (
+from joserfc import jwt
+from joserfc.jwk import KeySet
+from kizuna.kit.testing import wait_until
+
+from .identity_support import (
     PASSWORD,
     WEB_SECRET,
     Idp,
@@ -22,9 +26,6 @@ from identity_support import (
     sign_in,
     sign_up,
 )
-from joserfc import jwt
-from joserfc.jwk import KeySet
-from kizuna.kit.testing import wait_until
 
 NEW_PASSWORD = "a brand new passphrase"
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from identity_support import identity_settings, reset_streams, running_identity
+
+from .identity_support import identity_settings, reset_streams, running_identity
 
 ADMIN_SECRET = "admin-secret-0123456789abcdef-0123456789"
 OTHER_ADMIN_SECRET = "other-admin-secret-0123456789abcdef-0123"

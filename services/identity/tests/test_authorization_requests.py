@@ -11,7 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from identity_support import (
+from kizuna.kit.testing import free_port
+
+from .identity_support import (
     THIRD_SECRET,
     WEB_REDIRECT,
     Idp,
@@ -21,7 +23,6 @@ from identity_support import (
     sign_in,
     sign_up,
 )
-from kizuna.kit.testing import free_port
 
 TP_REDIRECT = "http://127.0.0.1:9/tp/callback"
 

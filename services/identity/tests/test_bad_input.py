@@ -8,7 +8,8 @@ import base64
 
 import httpx
 import pytest
-from identity_support import SVC_SECRET, WEB_REDIRECT, WEB_SECRET, Idp, sign_up
+
+from .identity_support import SVC_SECRET, WEB_REDIRECT, WEB_SECRET, Idp, sign_up
 
 
 def _jwt_with_header(header: bytes) -> str:

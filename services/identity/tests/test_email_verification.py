@@ -8,7 +8,8 @@ from email import message_from_bytes
 from pathlib import Path
 
 import httpx
-from identity_support import WEB_SECRET, Idp, code_for, csrf_of, exchange, sign_up
+
+from .identity_support import WEB_SECRET, Idp, code_for, csrf_of, exchange, sign_up
 
 LINK = re.compile(r"(http://\S+/verify-email\?token=\S+)")
 

@@ -13,7 +13,10 @@ from identity import cleanup
 from identity.backchannel import BackchannelDelivery
 from identity.sessions import OpSession
 from identity.tokens import AccessToken, AuthorizationCode
-from identity_support import (
+from kizuna.kit.testing import wait_until
+from sqlmodel import func, select
+
+from .identity_support import (
     SVC_SECRET,
     WEB_SECRET,
     Idp,
@@ -24,8 +27,6 @@ from identity_support import (
     running_identity,
     sign_up,
 )
-from kizuna.kit.testing import wait_until
-from sqlmodel import func, select
 
 ADMIN_SECRET = "admin-secret-0123456789abcdef"
 
@@ -164,18 +165,18 @@ async def test_service_tokens_are_unrecorded_but_introspectable_and_revocable(id
         unknown = await http.post(token_url, auth=("nobody", "x"), data={"grant_type": "client_credentials"})
         assert unknown.status_code == 401
 
-        def introspect() -> object:
-            return http.post(
+        async def introspect() -> httpx.Response:
+            return await http.post(
                 f"{idp.issuer}/introspect", auth=("web", WEB_SECRET), data={"token": token["access_token"]}
             )
 
-        active = (await introspect()).json()  # type: ignore[attr-defined]
+        active = (await introspect()).json()
         assert active["active"] is True and active["sub"] == "svc" and active["scope"] == "points:read identity:read"
         revoked = await http.post(
             f"{idp.issuer}/revoke", auth=("svc", SVC_SECRET), data={"token": token["access_token"]}
         )
         assert revoked.status_code == 200
-        assert (await introspect()).json() == {"active": False}  # type: ignore[attr-defined]
+        assert (await introspect()).json() == {"active": False}
 
 
 async def test_admin_api_registers_clients_for_identity_admin_only(

@@ -13,10 +13,11 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from identity_support import SVC_SECRET, Idp
 from kizuna.kit.auth import TokenVerifier
 from kizuna.kit.db import utcnow
 from kizuna.kit.errors import Unauthenticated
+
+from .identity_support import SVC_SECRET, Idp
 
 
 async def service_token(idp: Idp) -> str:

@@ -8,7 +8,8 @@ import re
 
 import httpx
 from identity.tokens import Issuer, unverified_claims
-from identity_support import Idp, code_for, exchange, sign_up
+
+from .identity_support import Idp, code_for, exchange, sign_up
 
 RETURN_TO = "http://127.0.0.1:9/"  # registered for the client "web"
 

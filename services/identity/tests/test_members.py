@@ -14,7 +14,11 @@ import grpc
 import httpx
 import nats
 import pytest
-from identity_support import (
+from kizuna.identity.v1 import events_pb2, identity_pb2, identity_pb2_grpc
+from kizuna.kit.auth import call_metadata
+from nats.js.api import ConsumerConfig
+
+from .identity_support import (
     PASSWORD,
     SVC_SECRET,
     Idp,
@@ -26,9 +30,6 @@ from identity_support import (
     sign_in,
     sign_up,
 )
-from kizuna.identity.v1 import events_pb2, identity_pb2, identity_pb2_grpc
-from kizuna.kit.auth import call_metadata
-from nats.js.api import ConsumerConfig
 
 
 async def events(nats_url: str, subject: str) -> list[nats.aio.msg.Msg]:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from identity.sessions import SignInCounter
-from identity_support import Idp, sign_in, sign_up
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from .identity_support import Idp, sign_in, sign_up
 
 
 def sign_ins_by_outcome(reader: InMemoryMetricReader) -> dict[str, int]:

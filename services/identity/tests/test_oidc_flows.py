@@ -7,9 +7,10 @@ import httpx
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from identity.members import Member
-from identity_support import SVC_SECRET, WEB_REDIRECT, WEB_SECRET, Idp, sign_up
 from joserfc import jwt
 from joserfc.jwk import KeySet
+
+from .identity_support import SVC_SECRET, WEB_REDIRECT, WEB_SECRET, Idp, sign_up
 
 
 async def discover(idp: Idp) -> dict:

@@ -14,7 +14,12 @@ import httpx
 import nats
 import nats.errors
 import pytest
-from identity_support import (
+from kizuna.identity.v1 import events_pb2, identity_pb2, identity_pb2_grpc
+from kizuna.kit.auth import call_metadata
+from kizuna.kit.revocation import REVOCATION_SUBJECT
+from nats.js.api import ConsumerConfig
+
+from .identity_support import (
     SVC_SECRET,
     THIRD_SECRET,
     WEB_SECRET,
@@ -27,10 +32,6 @@ from identity_support import (
     sign_in,
     sign_up,
 )
-from kizuna.identity.v1 import events_pb2, identity_pb2, identity_pb2_grpc
-from kizuna.kit.auth import call_metadata
-from kizuna.kit.revocation import REVOCATION_SUBJECT
-from nats.js.api import ConsumerConfig
 
 
 def claims_of(token: str) -> dict:

@@ -7,11 +7,18 @@ import asyncio
 import base64
 import json
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 from identity.tokens import Issuer
-from identity_support import (
+from joserfc import jwt
+from joserfc.jwk import ECKey
+from kizuna.kit.auth import TokenVerifier
+from kizuna.kit.db import utcnow
+from kizuna.kit.errors import Unauthenticated
+
+from .identity_support import (
     OTHER_SECRET,
     SPA_REDIRECT,
     WEB_REDIRECT,
@@ -26,11 +33,6 @@ from identity_support import (
     sign_in,
     sign_up,
 )
-from joserfc import jwt
-from joserfc.jwk import ECKey
-from kizuna.kit.auth import TokenVerifier
-from kizuna.kit.db import utcnow
-from kizuna.kit.errors import Unauthenticated
 
 
 async def signed_in(idp: Idp, email: str = "sec@example.com") -> httpx.AsyncClient:
@@ -292,7 +294,7 @@ async def test_sign_in_is_throttled_per_account(idp_sqlite: Idp) -> None:
     assert blocked.status_code == 429
 
 
-async def test_sign_in_is_throttled_per_address(nats_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_sign_in_is_throttled_per_address(nats_url: str, tmp_path: Path) -> None:
     from identity_support import identity_settings, running_identity
 
     settings = identity_settings(
@@ -308,7 +310,9 @@ async def test_sign_in_is_throttled_per_address(nats_url: str, tmp_path) -> None
         assert (await sign_in(browser, "victim@example.com")).status_code == 303
 
 
-async def test_cookies_are_httponly_samesite_and_secure_under_https(idp_sqlite: Idp, nats_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_cookies_are_httponly_samesite_and_secure_under_https(
+    idp_sqlite: Idp, nats_url: str, tmp_path: Path
+) -> None:
     browser = idp_sqlite.browser()
     response = await sign_up(browser, "cookie@example.com")
     session_cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("kz_idp_session="))

@@ -9,7 +9,12 @@ from datetime import timedelta
 
 import httpx
 from identity.members import Member
-from identity_support import (
+from joserfc import jwt
+from joserfc.jwk import KeySet
+from kizuna.kit.db import utcnow
+from sqlmodel import select
+
+from .identity_support import (
     PASSWORD,
     Idp,
     authorize,
@@ -20,10 +25,6 @@ from identity_support import (
     sign_in,
     sign_up,
 )
-from joserfc import jwt
-from joserfc.jwk import KeySet
-from kizuna.kit.db import utcnow
-from sqlmodel import select
 
 
 def id_token_claims(idp: Idp, tokens: dict) -> dict:

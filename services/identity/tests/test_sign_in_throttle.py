@@ -8,7 +8,8 @@ from datetime import datetime, timedelta
 
 import httpx
 from identity import throttle
-from identity_support import PASSWORD, Idp, csrf_of, sign_up
+
+from .identity_support import PASSWORD, Idp, csrf_of, sign_up
 
 EMAIL = "owner@example.com"
 

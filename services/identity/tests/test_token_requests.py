@@ -4,9 +4,10 @@ parameter once; anything else is refused with a 400 and issues nothing."""
 from __future__ import annotations
 
 import httpx
-from identity_support import SVC_SECRET, Idp, code_for, exchange, pkce_pair, sign_up
 from joserfc import jwt
 from joserfc.jwk import KeySet
+
+from .identity_support import SVC_SECRET, Idp, code_for, exchange, pkce_pair, sign_up
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 

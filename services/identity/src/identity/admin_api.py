@@ -14,7 +14,8 @@ own scopes. A client secret given here has at least MIN_SECRET_LENGTH characters
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from kizuna.kit.bounds import Text
@@ -61,19 +62,40 @@ Uri = Annotated[Text, PydanticField(max_length=500)]
 Name = Annotated[Text, PydanticField(min_length=1, max_length=100)]
 
 
-def public(client: Client) -> dict[str, Any]:
-    return {
-        "client_id": client.id,
-        "name": client.name,
-        "public": client.public,
-        "redirect_uris": client.redirect_uris,
-        "post_logout_redirect_uris": client.post_logout_redirect_uris,
-        "grant_types": client.grant_types,
-        "scopes": client.scopes,
-        "first_party": client.first_party,
-        "backchannel_logout_uri": client.backchannel_logout_uri,
-        "created_at": client.created_at.isoformat(),
-    }
+class ClientPublic(BaseModel):
+    """A registered client as the admin API shows it (never its secret)."""
+
+    client_id: str
+    name: str
+    public: bool
+    redirect_uris: list[str]
+    post_logout_redirect_uris: list[str]
+    grant_types: list[str]
+    scopes: list[str]
+    first_party: bool
+    backchannel_logout_uri: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, client: Client) -> ClientPublic:
+        return cls(
+            client_id=client.id,
+            name=client.name,
+            public=client.public,
+            redirect_uris=client.redirect_uris,
+            post_logout_redirect_uris=client.post_logout_redirect_uris,
+            grant_types=client.grant_types,
+            scopes=client.scopes,
+            first_party=client.first_party,
+            backchannel_logout_uri=client.backchannel_logout_uri,
+            created_at=client.created_at,
+        )
+
+
+class ClientWithSecretPublic(ClientPublic):
+    """A client whose secret was just set or generated: the only answer that carries it."""
+
+    client_secret: str
 
 
 def _check_secret(secret: str | None) -> None:
@@ -89,7 +111,9 @@ def _not_itself(client_id: str, admin: str, action: str) -> None:
         raise PermissionDenied(f"a client cannot {action} itself; use another admin client")
 
 
-async def _save(request: Request, spec: ClientSpec, *, create: bool, keep_secret: bool = False) -> dict[str, Any]:
+async def _save(
+    request: Request, spec: ClientSpec, *, create: bool, keep_secret: bool = False
+) -> ClientPublic | ClientWithSecretPublic:
     provider = _provider(request)
     async with provider.db.transaction() as session:
         existing = await session.get(Client, spec.client_id)
@@ -101,9 +125,11 @@ async def _save(request: Request, spec: ClientSpec, *, create: bool, keep_secret
             client.secret_hash = kept
             secret = None
             session.add(client)
-        body = public(client)
+        body = ClientPublic.of(client)
     provider.forget_client(spec.client_id)
-    return {**body, **({"client_secret": secret} if secret else {})}
+    if secret:
+        return ClientWithSecretPublic(**body.model_dump(), client_secret=secret)
+    return body
 
 
 class ClientCreate(ClientSpec):
@@ -147,13 +173,15 @@ class ClientPatch(BaseModel):
 
 
 @router.post("/clients", status_code=201)
-async def register(request: Request, spec: ClientCreate, _admin: Admin) -> dict[str, Any]:
+async def register(request: Request, spec: ClientCreate, _admin: Admin) -> ClientPublic | ClientWithSecretPublic:
     _check_secret(spec.client_secret)
     return await _save(request, ClientSpec(**spec.model_dump()), create=True)
 
 
 @router.put("/clients/{client_id}")
-async def replace(request: Request, client_id: str, body: ClientReplace, admin: Admin) -> dict[str, Any]:
+async def replace(
+    request: Request, client_id: str, body: ClientReplace, admin: Admin
+) -> ClientPublic | ClientWithSecretPublic:
     if body.client_id != client_id:
         raise InvalidArgument("client_id in the body must match the path")
     _not_itself(client_id, admin, "replace")
@@ -162,7 +190,9 @@ async def replace(request: Request, client_id: str, body: ClientReplace, admin: 
 
 
 @router.patch("/clients/{client_id}")
-async def change(request: Request, client_id: str, body: ClientPatch, admin: Admin) -> dict[str, Any]:
+async def change(
+    request: Request, client_id: str, body: ClientPatch, admin: Admin
+) -> ClientPublic | ClientWithSecretPublic:
     _not_itself(client_id, admin, "change")
     _check_secret(body.client_secret)
     if body.rotate_secret and body.client_secret is not None:
@@ -174,8 +204,8 @@ async def change(request: Request, client_id: str, body: ClientPatch, admin: Adm
     given = body.model_dump(exclude_unset=True, exclude={"rotate_secret", "client_secret"})
     if "backchannel_logout_uri" not in body.model_fields_set:
         given["backchannel_logout_uri"] = client.backchannel_logout_uri
-    merged = {**public(client), **{k: v for k, v in given.items() if v is not None or k == "backchannel_logout_uri"}}
-    merged.pop("created_at")
+    current = ClientPublic.of(client).model_dump(exclude={"created_at"})
+    merged = {**current, **{k: v for k, v in given.items() if v is not None or k == "backchannel_logout_uri"}}
     becomes_public = bool(merged["public"])
     new_secret = body.client_secret
     keep = not becomes_public and not client.public and new_secret is None and not body.rotate_secret
@@ -184,18 +214,18 @@ async def change(request: Request, client_id: str, body: ClientPatch, admin: Adm
 
 
 @router.get("/clients")
-async def list_clients(request: Request, _admin: Admin) -> list[dict[str, Any]]:
+async def list_clients(request: Request, _admin: Admin) -> list[ClientPublic]:
     async with _provider(request).db.sessions() as session:
-        return [public(c) for c in await all_clients(session)]
+        return [ClientPublic.of(c) for c in await all_clients(session)]
 
 
 @router.get("/clients/{client_id}")
-async def get_client(request: Request, client_id: str, _admin: Admin) -> dict[str, Any]:
+async def get_client(request: Request, client_id: str, _admin: Admin) -> ClientPublic:
     async with _provider(request).db.sessions() as session:
         client = await session.get(Client, client_id)
     if client is None:
         raise NotFound(f"no client {client_id}")
-    return public(client)
+    return ClientPublic.of(client)
 
 
 @router.delete("/clients/{client_id}", status_code=204)

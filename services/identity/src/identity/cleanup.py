@@ -68,8 +68,8 @@ async def clean_expired(
             SignInAttempt,
             SignInAttempt.id,
             or_(
-                and_(SignInAttempt.succeeded == False, col(SignInAttempt.at) < failures_before),  # noqa: E712
-                and_(SignInAttempt.succeeded == True, col(SignInAttempt.at) < successes_before),  # noqa: E712
+                and_(col(SignInAttempt.succeeded) == False, col(SignInAttempt.at) < failures_before),  # noqa: E712
+                and_(col(SignInAttempt.succeeded) == True, col(SignInAttempt.at) < successes_before),  # noqa: E712
             ),
         ),
         "backchannel_deliveries": await _delete_batches(

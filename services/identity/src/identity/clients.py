@@ -28,7 +28,6 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from authlib.oauth2.rfc6749 import ClientMixin
 from kizuna.kit.db import Database, UTCDateTime
 from kizuna.kit.errors import InvalidArgument
 from pydantic import BaseModel
@@ -36,6 +35,8 @@ from pydantic import Field as PydanticField
 from sqlalchemy import Boolean, Column, String
 from sqlmodel import JSON, Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+from identity.authlib_types import ClientMixin
 
 # identity's own scopes (OpenID Connect); every other scope comes from the services' declarations.
 OIDC_SCOPES = {
@@ -79,7 +80,7 @@ class ScopeCatalogue:
 GRANT_TYPES = {"authorization_code", "refresh_token", "client_credentials"}
 
 
-class Client(SQLModel, ClientMixin, table=True):  # type: ignore[misc]
+class Client(SQLModel, ClientMixin, table=True):
     __tablename__ = "identity_client"
 
     id: str = Field(sa_column=Column(String(100), primary_key=True))

@@ -8,10 +8,11 @@ mints for itself here (short-lived, `points:read` only, never stored or handed t
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse
 from kizuna.kit.header import points_balance
 from kizuna.kit.points import READ_SCOPE
+from pydantic import BaseModel
 
 from identity import pages
 
@@ -24,15 +25,24 @@ HEADER_SCOPE = READ_SCOPE
 HEADER_TOKEN_SECONDS = 60
 
 
-@router.get("/_kizuna/me")
-async def me(request: Request) -> JSONResponse:
+class MePublic(BaseModel):
+    """What the header shows: the member's name and spendable points (None when points does not
+    answer). Signed out, only `signed_in: false`."""
+
+    signed_in: bool
+    name: str | None = None
+    points: int | None = None
+
+
+@router.get("/_kizuna/me", response_model_exclude_unset=True)
+async def me(request: Request, response: Response) -> MePublic:
     provider = pages.provider_of(request)
     op = await pages.current_session(request)
     member = await provider.member(op.member_id) if op else None
-    headers = {"Cache-Control": "no-store"}
+    response.headers["Cache-Control"] = "no-store"
     if member is None:
         # No `sso_checked`: the page must not try a silent sign-in at the OP itself.
-        return JSONResponse({"signed_in": False}, headers=headers)
+        return MePublic(signed_in=False)
     token, _jti, _exp = provider.issuer.access_token(
         subject=member.id,
         client_id=HEADER_CLIENT_ID,
@@ -41,7 +51,7 @@ async def me(request: Request) -> JSONResponse:
         now=provider.now(),
     )
     points = await points_balance(provider.settings.points_addr, member.id, token)
-    return JSONResponse({"signed_in": True, "name": member.display_name, "points": points}, headers=headers)
+    return MePublic(signed_in=True, name=member.display_name, points=points)
 
 
 @router.get("/auth/logout")

@@ -9,28 +9,35 @@ introspection, revocation. Sign-in pages are in pages.py, logout in logout.py.
 from __future__ import annotations
 
 import base64
-import json
+import hashlib
 from collections import defaultdict
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode
 
-from authlib.oauth2 import rfc6749
-from authlib.oauth2.rfc6749 import grants
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, InvalidScopeError, OAuth2Error
-from authlib.oauth2.rfc7009 import RevocationEndpoint
-from authlib.oauth2.rfc7636 import CodeChallenge
-from authlib.oauth2.rfc7662 import IntrospectionEndpoint
-from authlib.oidc.core.grants.code import OpenIDToken
-from authlib.oidc.core.grants.util import create_half_hash
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from kizuna.kit.errors import InvalidArgument
 
 from identity import pages
+from identity.authlib_types import (
+    AuthorizationCodeGrant,
+    AuthorizationServer,
+    CodeChallenge,
+    IntrospectionEndpoint,
+    OAuth2Payload,
+    OAuth2Request,
+    OAuthResponse,
+    OpenIDToken,
+    RefreshTokenGrant,
+    RevocationEndpoint,
+)
 from identity.clients import Client, consent_covers, remember_consent
 from identity.context import identity_of
+from identity.members import Member
 from identity.provider import Provider
-from identity.tokens import TokenRecord
+from identity.sessions import OpSession
+from identity.tokens import AuthorizationCode, RefreshToken, TokenRecord
 
 router = APIRouter()
 
@@ -38,7 +45,7 @@ router = APIRouter()
 # ---- the request adapter --------------------------------------------------------------------
 
 
-class _Payload(rfc6749.OAuth2Payload):  # type: ignore[misc]
+class _Payload(OAuth2Payload):
     def __init__(self, items: list[tuple[str, str]]) -> None:
         self._datalist: defaultdict[str, list[str]] = defaultdict(list)
         for key, value in items:
@@ -54,15 +61,21 @@ class _Payload(rfc6749.OAuth2Payload):  # type: ignore[misc]
         return self._datalist
 
 
-class KizunaRequest(rfc6749.OAuth2Request):  # type: ignore[misc]
+class KizunaRequest(OAuth2Request):
     """An Authlib request built from a FastAPI request whose body was already read."""
+
+    # What the grants find while validating the request (None until then).
+    client: Client
+    user: Member | None
+    authorization_code: AuthorizationCode | None
+    refresh_token: RefreshToken | None
 
     def __init__(self, uri: str, method: str, headers: Any, query: list[tuple[str, str]], form: list[tuple[str, str]]):
         super().__init__(method, uri, headers=headers)
         self._args = dict(query)
         self._form = dict(form)
         self.payload = _Payload(query + form)
-        self.op_session: Any = None
+        self.op_session: OpSession | None = None
 
     @property
     def args(self) -> dict[str, str]:
@@ -124,7 +137,7 @@ async def oauth_request(provider: Provider, request: Request) -> KizunaRequest:
     return KizunaRequest(uri, request.method, request.headers, list(request.query_params.multi_items()), form)
 
 
-def to_response(result: tuple[int, Any, list[tuple[str, str]]]) -> Response:
+def to_response(result: OAuthResponse) -> Response:
     status, body, headers = result
     if isinstance(body, dict):
         return JSONResponse(body, status_code=status, headers=dict(headers))
@@ -136,7 +149,7 @@ def to_response(result: tuple[int, Any, list[tuple[str, str]]]) -> Response:
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
 
 
-class KizunaAuthorizationServer(rfc6749.AuthorizationServer):  # type: ignore[misc]
+class KizunaAuthorizationServer(AuthorizationServer):
     def __init__(self, provider: Provider) -> None:
         super().__init__(scopes_supported=provider.scopes.all)
         self.provider = provider
@@ -162,7 +175,7 @@ class KizunaAuthorizationServer(rfc6749.AuthorizationServer):  # type: ignore[mi
         return status, body, headers
 
 
-class S256Only(CodeChallenge):  # type: ignore[misc]
+class S256Only(CodeChallenge):
     """PKCE: S256 only (never `plain`); required for public clients, accepted from every client."""
 
     SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
@@ -194,7 +207,7 @@ class MemberScopes:
             )
 
 
-class IdToken(OpenIDToken):  # type: ignore[misc]
+class IdToken(OpenIDToken):
     """Adds the ID token (OIDC Core §3.1.3.3) to the code grant's token response."""
 
     def __init__(self, provider: Provider) -> None:
@@ -238,7 +251,7 @@ def id_token(
         "iat": int(now.timestamp()),
         "exp": int(now.timestamp()) + provider.settings.identity_id_token_seconds,
         "amr": ["pwd"],
-        "at_hash": create_half_hash(token["access_token"], "ES256").decode(),
+        "at_hash": at_hash(token["access_token"]),
     }
     if auth_time is not None:
         claims["auth_time"] = auth_time
@@ -248,6 +261,13 @@ def id_token(
         claims["nonce"] = nonce
     claims.update(userinfo_claims(member, token["scope"].split()))
     return provider.issuer.sign(claims)
+
+
+def at_hash(access_token: str) -> str:
+    """The ID token's `at_hash` (OIDC Core §3.1.3.6): the left half of the access token's SHA-256
+    (ES256's hash), base64url without padding."""
+    digest = hashlib.sha256(access_token.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
 
 
 def userinfo_claims(member: Any, scopes: list[str]) -> dict[str, Any]:
@@ -263,12 +283,14 @@ def userinfo_claims(member: Any, scopes: list[str]) -> dict[str, Any]:
     return claims
 
 
-class CodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
+class CodeGrant(AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
+    server: KizunaAuthorizationServer
+    request: KizunaRequest
 
     @property
     def provider(self) -> Provider:
-        return self.server.provider  # type: ignore[no-any-return]
+        return self.server.provider
 
     def save_authorization_code(self, code: str, request: Any) -> None:
         self.provider.sync(self.provider.save_code(code, request))
@@ -291,6 +313,7 @@ class CodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
         include_refresh_token: bool = True,
     ) -> dict[str, Any]:
         code = self.request.authorization_code
+        assert code is not None  # the grant found it before it asks for a token
         return self.provider.generate_token(
             grant_type or self.GRANT_TYPE,
             self.request.client,
@@ -303,13 +326,15 @@ class CodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
         )
 
 
-class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
+class RefreshGrant(RefreshTokenGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
     INCLUDE_NEW_REFRESH_TOKEN = True  # rotate on every use
+    server: KizunaAuthorizationServer
+    request: KizunaRequest
 
     @property
     def provider(self) -> Provider:
-        return self.server.provider  # type: ignore[no-any-return]
+        return self.server.provider
 
     def authenticate_refresh_token(self, refresh_token: str) -> Any:
         return self.provider.sync(self.provider.use_refresh_token(refresh_token))
@@ -325,6 +350,7 @@ class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         expires_in: int | None = None,
         include_refresh_token: bool = True,
     ) -> dict[str, Any]:
+        assert self.request.refresh_token is not None  # the grant found it before it asks for a token
         grant_id = self.request.refresh_token.grant_id
         grant = self.provider.sync(self.provider.grant(grant_id))
         return self.provider.generate_token(
@@ -367,7 +393,7 @@ class _TokenLookup:
         return self.server.provider.sync(self.server.provider.find_token(token_string, token_type_hint))
 
 
-class Introspection(_TokenLookup, IntrospectionEndpoint):  # type: ignore[misc]
+class Introspection(_TokenLookup, IntrospectionEndpoint):
     CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
 
     def check_permission(self, token: TokenRecord, client: Client, request: Any) -> bool:
@@ -396,7 +422,7 @@ class Introspection(_TokenLookup, IntrospectionEndpoint):  # type: ignore[misc]
         return body
 
 
-class Revocation(_TokenLookup, RevocationEndpoint):  # type: ignore[misc]
+class Revocation(_TokenLookup, RevocationEndpoint):
     CLIENT_AUTH_METHODS = AUTH_METHODS
 
     def revoke_token(self, token: TokenRecord, request: Any) -> None:
@@ -705,4 +731,4 @@ async def userinfo(request: Request) -> Response:
     return JSONResponse({"sub": member.id, **userinfo_claims(member, scopes)}, headers={"Cache-Control": "no-store"})
 
 
-__all__ = ["KizunaAuthorizationServer", "json", "router"]
+__all__ = ["KizunaAuthorizationServer", "router"]

@@ -84,13 +84,6 @@ async def start(
     return op
 
 
-async def live_session(session: AsyncSession, sid: str | None, now: datetime) -> OpSession | None:
-    if not sid:
-        return None
-    op = await session.get(OpSession, sid)
-    return op if op is not None and op.live(now) else None
-
-
 async def sessions_of(session: AsyncSession, member_id: str, now: datetime) -> list[OpSession]:
     rows = (
         await session.exec(
@@ -107,7 +100,7 @@ async def sessions_of(session: AsyncSession, member_id: str, now: datetime) -> l
 
 async def attempt_succeeded(session: AsyncSession, attempt_id: int) -> None:
     """The password was right (or never shown wrong): the attempt no longer counts as a failure."""
-    await session.exec(update(SignInAttempt).where(col(SignInAttempt.id) == attempt_id).values(succeeded=True))  # type: ignore[call-overload]
+    await session.exec(update(SignInAttempt).where(col(SignInAttempt.id) == attempt_id).values(succeeded=True))
 
 
 class SignInCounter:

@@ -28,7 +28,7 @@ from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from kizuna.kit.db import Database
-from sqlalchemy import text
+from sqlalchemy import func
 from sqlmodel import col, select
 
 from identity.sessions import SignInAttempt
@@ -147,9 +147,9 @@ async def open_attempt(
     account, ip = account[:320], ip[:64]
     since = now - timedelta(seconds=policy.window_seconds)
     async with db.transaction() as session:
-        if session.bind.dialect.name == "postgresql":
+        if db.engine.dialect.name == "postgresql":
             for key in (f"account:{account}", f"ip:{ip}"):  # always in this order: no deadlock
-                await session.exec(text("SELECT pg_advisory_xact_lock(hashtext(:key))").bindparams(key=key))  # type: ignore[call-overload]
+                await session.exec(select(func.pg_advisory_xact_lock(func.hashtext(key))))
 
         async def history(*where: Any, limit: int = 200) -> list[tuple[datetime, bool]]:
             rows = await session.exec(

@@ -16,7 +16,6 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, TokenMixin
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -33,6 +32,7 @@ from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from ulid import ULID
 
+from identity.authlib_types import AuthorizationCodeMixin, TokenMixin
 from identity.keys import ALG, KeyRing
 
 
@@ -57,7 +57,7 @@ class Grant(SQLModel, table=True):
     revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
 
 
-class AuthorizationCode(SQLModel, AuthorizationCodeMixin, table=True):  # type: ignore[misc]
+class AuthorizationCode(SQLModel, AuthorizationCodeMixin, table=True):
     __tablename__ = "identity_authorization_code"
 
     code_hash: str = Field(sa_column=Column(String(64), primary_key=True))
@@ -305,7 +305,7 @@ def unverified_claims(token: str) -> dict[str, Any]:
     return data
 
 
-class TokenRecord(TokenMixin):  # type: ignore[misc]
+class TokenRecord(TokenMixin):
     """What introspection and revocation see of an access or refresh token."""
 
     def __init__(
