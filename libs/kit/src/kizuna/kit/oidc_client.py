@@ -261,6 +261,10 @@ class WebSignIn:
             name, value, max_age=max_age, httponly=True, samesite="lax", secure=self.secure_cookies, path="/"
         )
 
+    def session_cookie_value(self, web_session_id: str) -> str:
+        """The signed value of the session cookie that names a web session (what sign-in sets)."""
+        return self._session_signer.dumps(web_session_id)
+
     def session_id(self, request: Request) -> str | None:
         value = request.cookies.get(self.session_cookie)
         if not value:
@@ -479,7 +483,7 @@ async def callback(request: Request, code: str = "", state: str = "", error: str
     async with rp.db.transaction() as session:
         session.add(web_session)
     response = RedirectResponse(next_url, status_code=302)
-    rp.set_cookie(response, rp.session_cookie, rp._session_signer.dumps(web_session.id), rp.session_seconds)
+    rp.set_cookie(response, rp.session_cookie, rp.session_cookie_value(web_session.id), rp.session_seconds)
     response.delete_cookie(rp.login_cookie, path="/")
     return response
 
