@@ -5,18 +5,14 @@ over real gRPC, HTTP and NATS with tokens from a real issuer."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from kizuna.kit.testing_stack import Ecosystem
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "services" / "shop" / "tests"))
-sys.path.insert(0, str(Path(__file__).parent))
+from services.shop.tests.shop_support import running_shop, shop_api
 
-from shop_support import running_shop, shop_api
-from shop_world import ShopWorld
+from .shop_world import ShopWorld
 
 
 @pytest.fixture

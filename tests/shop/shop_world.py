@@ -11,7 +11,8 @@ import nats
 from kizuna.kit.testing import TestIssuer, wait_until
 from kizuna.kit.testing_stack import Ecosystem
 from kizuna.points.v1 import points_pb2 as ppb
-from shop_support import ShopApi
+
+from services.shop.tests.shop_support import ShopApi
 
 
 @dataclass

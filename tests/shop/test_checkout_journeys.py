@@ -18,9 +18,11 @@ from kizuna.kit.testing import wait_until
 from kizuna.points.v1 import points_pb2 as ppb
 from kizuna.shop.v1 import events_pb2, shop_pb2, shop_pb2_grpc
 from shop.models import Checkout
-from shop_support import ADMIN, shop_events
-from shop_world import ShopWorld, republish_shop_events
 from sqlmodel import select
+
+from services.shop.tests.shop_support import ADMIN, shop_events
+
+from .shop_world import ShopWorld, republish_shop_events
 
 OWNER = "mbr_owner"
 

@@ -11,37 +11,18 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.identity.v1 import events_pb2 as identity
-from kizuna.kit.oidc_client import WebSession, WebSignIn
 from kizuna.kit.testing import wait_until
-from shop_support import ADMIN, MEMBER_SCOPE
-from shop_world import ShopWorld, publish_identity_event
+
+from services.shop.tests.shop_support import ADMIN
+
+from .shop_world import ShopWorld, publish_identity_event
 
 OWNER = "mbr_owner"
 
 
 async def _browser(w: ShopWorld, member: str | None, name: str = "Hana") -> httpx.AsyncClient:
     """A browser for the shop; signed in as `member` (None: anonymous, single-sign-on already checked)."""
-    rp: WebSignIn = w.api.runtime.state["web_sign_in"]
-    client = httpx.AsyncClient(base_url=str(w.api.http.base_url), timeout=30)
-    client.cookies.set(rp.sso_checked_cookie, "1")
-    if member is not None:
-        now = datetime.now(UTC)
-        row = WebSession(
-            id=uuid.uuid4().hex,
-            member_id=member,
-            display_name=name,
-            sid="sid-" + member,
-            id_token="unused",
-            access_token=w.issuer.member_token(member, scope=MEMBER_SCOPE),
-            refresh_token=None,
-            access_expires_at=now + timedelta(minutes=5),
-            created_at=now,
-            expires_at=now + timedelta(hours=1),
-        )
-        async with w.api.runtime.db.transaction() as session:
-            session.add(row)
-        client.cookies.set(rp.session_cookie, rp._session_signer.dumps(row.id))
-    return client
+    return await w.api.browser(member, name)
 
 
 def _csrf(page: str) -> str:

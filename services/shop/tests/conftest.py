@@ -1,16 +1,12 @@
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from kizuna.kit.testing import TestIssuer
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from shop_peers import PaymentsPeer, PointsPeer, serve_payments, serve_points
-from shop_support import ShopApi, reset_streams, running_shop, shop_api
+from .shop_peers import PaymentsPeer, PointsPeer, serve_payments, serve_points
+from .shop_support import ShopApi, reset_streams, running_shop, shop_api
 
 
 @pytest.fixture

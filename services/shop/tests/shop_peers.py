@@ -2,9 +2,9 @@
 interfaces, served on real gRPC servers behind the kit's token-checking interceptor.
 
 Checkout journeys run against the REAL points and fintech processes (tests/shop/). These peers
-remain only for failure injection the real services cannot be made to produce on demand: a crash
-between a peer's answer and the shop recording it (see test_checkout.py), a peer that is away for a
-while or refuses one call (`down`, `refuse`; see test_order_recovery.py). They enforce what the
+remain only for failure injection the real services cannot be made to produce on demand: the shop's
+process killed between a peer's answer and the shop recording it (`after`; see test_checkout.py), a
+peer that is away for a while or refuses one call (`down`, `refuse`; see test_order_recovery.py). They enforce what the
 contracts say the shop must do: the right scopes, the member's own token for Reserve and
 Authorize, idempotency keys, void vs capture states.
 """
@@ -12,8 +12,9 @@ Authorize, idempotency keys, void vs capture states.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from kizuna.common.v1.common_pb2 import Money
@@ -26,6 +27,7 @@ from kizuna.points.v1 import points_pb2 as ppb
 from kizuna.points.v1 import points_pb2_grpc
 
 _ids = itertools.count(1)
+T = TypeVar("T")
 
 
 async def _gate(peer: Any, method: str, context: Any) -> None:
@@ -34,6 +36,14 @@ async def _gate(peer: Any, method: str, context: Any) -> None:
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"{method}: the service is away")
     if method in peer.refuse:
         raise FailedPrecondition(f"{method} refused by the test peer")
+
+
+def _then(peer: Any, method: str) -> None:
+    """Run what the test asked to happen once `method` has done its work, before the answer leaves
+    (e.g. kill the shop's process, so the answer never reaches it)."""
+    action = peer.after.pop(method, None)
+    if action is not None:
+        action()
 
 
 @dataclass
@@ -53,11 +63,13 @@ class PointsPeer(points_pb2_grpc.PointsServiceServicer):
     fail_void: bool = False
     down: set[str] = field(default_factory=set)
     refuse: set[str] = field(default_factory=set)
+    after: dict[str, Callable[[], None]] = field(default_factory=dict)
 
-    def _once(self, key: str, make: Any) -> Any:
+    def _once(self, key: str, make: Callable[[], T]) -> T:
         if key not in self.keys:
             self.keys[key] = make()
-        return self.keys[key]
+        answer: T = self.keys[key]
+        return answer
 
     async def GetBalance(self, request: ppb.GetBalanceRequest, context: Any) -> ppb.GetBalanceResponse:
         current_call().require_service_scope("points:read")
@@ -78,7 +90,9 @@ class PointsPeer(points_pb2_grpc.PointsServiceServicer):
             self.holds[rid] = Hold(request.member_id, request.amount)
             return ppb.ReserveResponse(reservation_id=rid, balance_after=self.balances[request.member_id])
 
-        return self._once(request.idempotency_key, make)  # type: ignore[no-any-return]
+        answer = self._once(request.idempotency_key, make)
+        _then(self, "Reserve")
+        return answer
 
     def _hold(self, rid: str) -> Hold:
         current_call().require_service_scope("points:spend", "points:credit")
@@ -97,7 +111,7 @@ class PointsPeer(points_pb2_grpc.PointsServiceServicer):
             hold.state = "captured"
             return ppb.CaptureResponse(captured=hold.amount, entry_id=f"ent_{next(_ids)}")
 
-        return self._once(request.idempotency_key, make)  # type: ignore[no-any-return]
+        return self._once(request.idempotency_key, make)
 
     async def Void(self, request: ppb.VoidRequest, context: Any) -> ppb.VoidResponse:
         hold = self._hold(request.reservation_id)
@@ -114,7 +128,7 @@ class PointsPeer(points_pb2_grpc.PointsServiceServicer):
             self.balances[hold.member_id] += released
             return ppb.VoidResponse(released=released)
 
-        return self._once(request.idempotency_key, make)  # type: ignore[no-any-return]
+        return self._once(request.idempotency_key, make)
 
     async def Refund(self, request: ppb.RefundRequest, context: Any) -> ppb.RefundResponse:
         hold = self._hold(request.reservation_id)
@@ -129,7 +143,7 @@ class PointsPeer(points_pb2_grpc.PointsServiceServicer):
             self.balances[hold.member_id] += amount
             return ppb.RefundResponse(refunded=amount)
 
-        return self._once(request.idempotency_key, make)  # type: ignore[no-any-return]
+        return self._once(request.idempotency_key, make)
 
     def open_holds(self) -> int:
         return sum(1 for h in self.holds.values() if h.state == "held")
@@ -153,11 +167,13 @@ class PaymentsPeer(fintech_pb2_grpc.PaymentsServiceServicer):
     calls: list[str] = field(default_factory=list)
     down: set[str] = field(default_factory=set)
     refuse: set[str] = field(default_factory=set)
+    after: dict[str, Callable[[], None]] = field(default_factory=dict)
 
-    def _once(self, key: str, make: Any) -> Any:
+    def _once(self, key: str, make: Callable[[], T]) -> T:
         if key not in self.keys:
             self.keys[key] = make()
-        return self.keys[key]
+        answer: T = self.keys[key]
+        return answer
 
     async def Authorize(self, request: fpb.AuthorizeRequest, context: Any) -> fpb.AuthorizeResponse:
         auth = current_call()
@@ -185,7 +201,9 @@ class PaymentsPeer(fintech_pb2_grpc.PaymentsServiceServicer):
                 decline_reason=fpb.DECLINE_REASON_UNSPECIFIED if ok else fpb.DECLINE_REASON_LIMIT,
             )
 
-        return self._once(request.idempotency_key, make)  # type: ignore[no-any-return]
+        answer = self._once(request.idempotency_key, make)
+        _then(self, "Authorize")
+        return answer
 
     def _auth(self, aid: str) -> Auth:
         current_call().require_service_scope("fintech:pay")
@@ -206,7 +224,7 @@ class PaymentsPeer(fintech_pb2_grpc.PaymentsServiceServicer):
                 capture_id=f"cap_{next(_ids)}", captured=Money(amount_minor=auth.amount, currency=auth.currency)
             )
 
-        return self._once(request.idempotency_key, make)  # type: ignore[no-any-return]
+        return self._once(request.idempotency_key, make)
 
     async def Void(self, request: fpb.VoidRequest, context: Any) -> fpb.VoidResponse:
         auth = self._auth(request.authorization_id)
@@ -222,7 +240,7 @@ class PaymentsPeer(fintech_pb2_grpc.PaymentsServiceServicer):
                 auth.state = "voided"
             return fpb.VoidResponse(released=Money(amount_minor=released, currency=auth.currency))
 
-        return self._once(request.idempotency_key, make)  # type: ignore[no-any-return]
+        return self._once(request.idempotency_key, make)
 
     async def Refund(self, request: fpb.RefundRequest, context: Any) -> fpb.RefundResponse:
         auth = self._auth(request.authorization_id)
@@ -239,7 +257,7 @@ class PaymentsPeer(fintech_pb2_grpc.PaymentsServiceServicer):
                 refund_id=f"ref_{next(_ids)}", refunded=Money(amount_minor=amount, currency=auth.currency)
             )
 
-        return self._once(request.idempotency_key, make)  # type: ignore[no-any-return]
+        return self._once(request.idempotency_key, make)
 
     def open_holds(self) -> int:
         return sum(1 for a in self.auths.values() if a.state == "authorized")

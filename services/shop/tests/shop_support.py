@@ -6,10 +6,12 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import nats
+from kizuna.kit.oidc_client import WebSession, WebSignIn
 from kizuna.kit.service import Runtime
 from kizuna.kit.telemetry import configure_telemetry
 from kizuna.kit.testing import TestIssuer, reset_streams, wait_until  # noqa: F401 (re-exported)
@@ -50,16 +52,11 @@ async def running_shop(
 
 
 @dataclass
-class ShopApi:
-    """The shop's JSON API as members, merchants and admins use it."""
+class ShopClient:
+    """The shop's JSON API as members, merchants and admins use it (the shop in this process or another)."""
 
-    runtime: Runtime[Settings]
     issuer: TestIssuer
     http: httpx.AsyncClient
-
-    @property
-    def shop(self) -> Shop:
-        return shop_of(self.runtime)
 
     def token(self, member_id: str) -> str:
         return self.issuer.member_token(member_id, scope=MEMBER_SCOPE)
@@ -111,10 +108,58 @@ class ShopApi:
         return await self.call("POST", "/api/checkout", member, body)
 
 
+@dataclass
+class ShopApi(ShopClient):
+    """The shop running in this process, and its JSON API."""
+
+    runtime: Runtime[Settings]
+
+    @property
+    def shop(self) -> Shop:
+        return shop_of(self.runtime)
+
+    async def browser(self, member: str | None, name: str = "Hana") -> httpx.AsyncClient:
+        """A browser on the shop's pages, its single sign-on check done; signed in as `member` (None:
+        anonymous) the way the kit's /auth/callback leaves one: a session row and its signed cookie."""
+        # The shop's relying party, as the kit builds it from the shop's client id and secret.
+        rp = WebSignIn(
+            issuer=self.issuer.issuer,
+            client_id="shop",
+            client_secret=SHOP_SECRET,
+            base_url=str(self.http.base_url),
+            db=self.runtime.db,
+        )
+        client = httpx.AsyncClient(base_url=str(self.http.base_url), timeout=30)
+        client.cookies.set(rp.sso_checked_cookie, "1")
+        try:
+            if member is not None:
+                now = datetime.now(UTC)
+                row = WebSession(
+                    id=uuid.uuid4().hex,
+                    member_id=member,
+                    display_name=name,
+                    sid="sid-" + member,
+                    id_token="unused",
+                    access_token=self.issuer.member_token(member, scope=MEMBER_SCOPE),
+                    refresh_token=None,
+                    access_expires_at=now + timedelta(minutes=5),
+                    created_at=now,
+                    expires_at=now + timedelta(hours=1),
+                )
+                async with self.runtime.db.transaction() as session:
+                    session.add(row)
+                # The kit signs the session id into the cookie; tests have no authorization endpoint
+                # to sign in through, so they sign it with the same key the shop does.
+                client.cookies.set(rp.session_cookie, rp._session_signer.dumps(row.id))
+        finally:
+            await rp.aclose()
+        return client
+
+
 @asynccontextmanager
 async def shop_api(runtime: Runtime[Settings], issuer: TestIssuer) -> AsyncIterator[ShopApi]:
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{runtime.http_port}", timeout=30) as http:
-        yield ShopApi(runtime, issuer, http)
+        yield ShopApi(issuer, http, runtime)
 
 
 async def shop_events(nats_url: str) -> list[tuple[str, bytes]]:

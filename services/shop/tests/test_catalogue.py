@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shop_support import ADMIN, ShopApi
+from .shop_support import ADMIN, ShopApi
 
 
 async def test_merchant_is_invisible_until_verified_then_sells(api: ShopApi) -> None:
@@ -66,8 +66,8 @@ async def test_browse_by_category_search_and_sort_by_price(api: ShopApi) -> None
     cats = await api.ok("GET", "/api/categories")
     assert cats == [{"category": "food", "products": 1}, {"category": "kitchen", "products": 2}]
     # A browser whose single-sign-on check is done (else the page first sends it to identity).
-    api.http.cookies.set(api.runtime.state["web_sign_in"].sso_checked_cookie, "1")
-    page = await api.http.get("/", params={"q": "skillet"})
-    assert page.status_code == 200 and "Skillet" in page.text and "Sencha" not in page.text
-    product_page = await api.http.get(f"/products/{pot}")
-    assert product_page.status_code == 200 and "Kyusu teapot" in product_page.text
+    async with await api.browser(None) as browser:
+        page = await browser.get("/", params={"q": "skillet"})
+        assert page.status_code == 200 and "Skillet" in page.text and "Sencha" not in page.text
+        product_page = await browser.get(f"/products/{pot}")
+        assert product_page.status_code == 200 and "Kyusu teapot" in product_page.text

@@ -14,8 +14,9 @@ from kizuna.kit.auth import call_metadata
 from kizuna.kit.clock import FrozenClock
 from kizuna.kit.testing import wait_until
 from kizuna.shop.v1 import shop_pb2, shop_pb2_grpc
-from shop_peers import PaymentsPeer, PointsPeer
-from shop_support import ShopApi, shop_events
+
+from .shop_peers import PaymentsPeer, PointsPeer
+from .shop_support import ShopApi, shop_events
 
 OWNER = "mbr_owner"
 BUYER = "mbr_buyer"
