@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
+from kizuna.kit import i18n
 from kizuna.kit.bounds import same_secret
 from kizuna.kit.errors import DomainError, Unauthenticated
 from kizuna.kit.web import page_templates, service_links
@@ -321,7 +322,8 @@ SERVICE_BLURBS = {
 
 @router.get("/")
 async def home(request: Request) -> Response:
-    """The member's Kizuna: points, what expires when, the services and recent activity."""
+    """The member's Kizuna: points, what expires when, what is held or being earned, the campaigns
+    live now, the services and recent activity (points' explanations in the page's language)."""
     from identity.home import member_home
 
     op = await current_session(request)
@@ -336,7 +338,7 @@ async def home(request: Request) -> Response:
         "points_url": links.get("points", ""),
     }
     if member is not None:
-        context["home"] = await member_home(provider, member.id)
+        context["home"] = await member_home(provider, member.id, i18n.language())
     return render(request, "home.html", context)
 
 
