@@ -8,6 +8,11 @@
   an inbox row keyed by the event id commit together, so a redelivered event is acknowledged
   without effect. After `max_deliver` failed attempts the event goes to
   `deadletter.<service>.<consumer>`.
+- Neither table grows for ever: the relay's housekeeping (`prune_outbox`, `prune_inbox`) deletes
+  published outbox rows and inbox rows older than their retention, in bounded batches, and
+  measures the outbox backlog (`kizuna.outbox.pending`, `kizuna.outbox.oldest_pending.age`).
+  An inbox row must outlive every redelivery of its event: its retention is longer than the
+  streams keep events (`STREAM_MAX_AGE_SECONDS`), which is longer than the duplicate window.
 
 Who sent an event is what the broker enforces, never a header: a service may publish only under
 its own name (`shop.>`) and the commands its declaration lists, with itself as the last token
@@ -19,9 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import nats.errors
@@ -37,13 +43,14 @@ from kizuna.kit.telemetry import (
     inject_headers,
     messages_consumed,
     messages_published,
+    meter,
     tracer,
 )
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from sqlalchemy import Column, LargeBinary, String, update
+from sqlalchemy import Column, LargeBinary, String, delete, func, text, update
 from sqlalchemy import event as sa_event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -56,6 +63,29 @@ log = logging.getLogger("kizuna.kit.events")
 DEAD_LETTER_STREAM = "DEADLETTER"
 DEAD_LETTER_PREFIX = "deadletter"
 DUPLICATE_WINDOW_SECONDS = 120.0
+# What the dead-letter stream keeps when nobody says otherwise (deploy/render.py sets its own from
+# the NATS store): replay or remove dead letters well within this.
+DEAD_LETTER_MAX_AGE_SECONDS = 30 * 24 * 3600.0
+DEAD_LETTER_MAX_BYTES = 1024**3
+DEAD_LETTER_MAX_MSGS = 100_000
+# How long published outbox rows and inbox rows are kept by default (ServiceSettings overrides).
+OUTBOX_RETENTION_SECONDS = 7 * 24 * 3600.0
+INBOX_RETENTION_SECONDS = 35 * 24 * 3600.0
+# Rows deleted per statement (each batch is its own short transaction) and per housekeeping round.
+PRUNE_BATCH_SIZE = 500
+PRUNE_MAX_BATCHES = 40
+# The backlog count stops here: beyond it the number is only "very many", and counting costs.
+BACKLOG_COUNT_CAP = 1_000_000
+
+outbox_pending = meter.create_gauge(
+    "kizuna.outbox.pending", description="Outbox rows not yet published to JetStream (capped at 1,000,000)"
+)
+outbox_oldest_pending_age = meter.create_gauge(
+    "kizuna.outbox.oldest_pending.age", unit="s", description="Age of the oldest outbox row not yet published"
+)
+rows_pruned = meter.create_counter(
+    "kizuna.events.pruned", description="Published outbox rows and inbox rows deleted after their retention"
+)
 
 
 class OutboxMessage(SQLModel, table=True):
@@ -148,6 +178,18 @@ def _forget_staged(session: Session) -> None:
         session.info.pop("kizuna_outbox_staged", None)
 
 
+@dataclass(frozen=True)
+class StreamLimits:
+    """What a stream keeps at most (0 / -1: no limit); beyond it the oldest messages go."""
+
+    max_age_seconds: float = 0.0
+    max_bytes: int = -1
+    max_msgs: int = -1
+
+
+DEAD_LETTER_LIMITS = StreamLimits(DEAD_LETTER_MAX_AGE_SECONDS, DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_MSGS)
+
+
 def stream_name_for(subject: str) -> str:
     """Each producing service owns one stream named after the subject's first token."""
     return subject.split(".", 1)[0].upper()
@@ -161,12 +203,14 @@ async def ensure_stream(
     owner: bool = True,
     max_age_seconds: float = 0.0,
     max_bytes: int = -1,
+    max_msgs: int = -1,
 ) -> None:
     """Create or update the stream `NAME` for subjects `name.>` (idempotent; every replica may call it).
 
     A service that only reads a stream (`owner=False`) creates it if its producer has not yet,
     and never changes an existing one: the broker lets it create, not update, others' streams.
-    The owner's limits (`max_age_seconds`, `max_bytes`; 0 / -1: none) apply when it starts.
+    The owner's limits (`max_age_seconds`, `max_bytes`, `max_msgs`; 0 / -1: none) apply when it
+    starts; beyond them the oldest messages go.
     """
     config = StreamConfig(
         name=name.upper(),
@@ -176,6 +220,8 @@ async def ensure_stream(
         num_replicas=replicas,
         max_age=max_age_seconds if max_age_seconds > 0 else None,
         max_bytes=max_bytes if max_bytes > 0 else None,
+        max_msgs=max_msgs if max_msgs > 0 else None,
+        discard=DiscardPolicy.OLD,
     )
     try:
         await js.add_stream(config)
@@ -197,12 +243,19 @@ class OutboxRelay:
         source: str,
         poll_seconds: float = 1.0,
         batch_size: int = 100,
+        outbox_retention_seconds: float = OUTBOX_RETENTION_SECONDS,
+        inbox_retention_seconds: float = INBOX_RETENTION_SECONDS,
+        housekeeping_seconds: float = 60.0,
     ) -> None:
         self.db = db
         self.js = js
         self.source = source
         self.poll_seconds = poll_seconds
         self.batch_size = batch_size
+        # 0: keep that table's rows for ever.
+        self.outbox_retention_seconds = outbox_retention_seconds
+        self.inbox_retention_seconds = inbox_retention_seconds
+        self.housekeeping_seconds = housekeeping_seconds
         self._wake = asyncio.Event()
         self._stopping = False
         self._lock = asyncio.Lock()
@@ -217,6 +270,9 @@ class OutboxRelay:
         """Flush whenever woken by a commit, and every `poll_seconds` as a safety net."""
         self._loop = asyncio.get_running_loop()
         _commit_listeners.append(self.wake)
+        # Beside the relay, not in its loop: a long prune never delays publishing, and the backlog
+        # is measured while NATS is unreachable too (that is when it grows).
+        housekeeping = asyncio.create_task(self._housekeeping(), name="outbox-housekeeping")
         try:
             while not self._stopping:
                 try:
@@ -232,6 +288,31 @@ class OutboxRelay:
                 self._wake.clear()
         finally:
             _commit_listeners.remove(self.wake)
+            housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await housekeeping
+
+    async def _housekeeping(self) -> None:
+        """Every `housekeeping_seconds` (with jitter, so replicas spread out): measure the backlog,
+        prune what is past its retention. A failure is logged and tried again next round."""
+        while True:
+            try:
+                await self.housekeep()
+            except Exception:
+                log.exception("outbox housekeeping failed; will retry")
+            await asyncio.sleep(self.housekeeping_seconds * random.uniform(0.75, 1.25))  # noqa: S311
+
+    async def housekeep(self) -> Backlog:
+        """One round: record the backlog gauges, then prune both tables; returns the backlog."""
+        backlog = await outbox_backlog(self.db)
+        outbox_pending.set(backlog.pending)
+        outbox_oldest_pending_age.set(backlog.oldest_age_seconds)
+        now = utcnow()
+        if self.outbox_retention_seconds > 0:
+            await prune_outbox(self.db, now - timedelta(seconds=self.outbox_retention_seconds))
+        if self.inbox_retention_seconds > 0:
+            await prune_inbox(self.db, now - timedelta(seconds=self.inbox_retention_seconds))
+        return backlog
 
     def stop(self) -> None:
         self._stopping = True
@@ -290,10 +371,126 @@ class OutboxRelay:
         await session.exec(update(OutboxMessage).where(col(OutboxMessage.id) == row.id).values(sent_at=utcnow()))
 
     async def pending(self) -> int:
-        """How many rows wait to be published (for readiness and metrics)."""
-        async with self.db.sessions() as session:
-            rows = await session.exec(select(OutboxMessage.id).where(col(OutboxMessage.sent_at).is_(None)))
-            return len(rows.all())
+        """How many rows wait to be published."""
+        return (await outbox_backlog(self.db)).pending
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Outbox rows not yet published: how many (capped at BACKLOG_COUNT_CAP), and how old the
+    oldest is (0 when there is none)."""
+
+    pending: int
+    oldest_age_seconds: float
+
+
+async def outbox_backlog(db: Database) -> Backlog:
+    """Measure the outbox backlog (both queries use the index on `sent_at`)."""
+    unsent = col(OutboxMessage.sent_at).is_(None)
+    async with db.sessions() as session:
+        capped = select(OutboxMessage.id).where(unsent).limit(BACKLOG_COUNT_CAP).subquery()
+        pending = (await session.exec(select(func.count()).select_from(capped))).one()
+        oldest = (await session.exec(select(func.min(OutboxMessage.created_at)).where(unsent))).one()
+    age = max(0.0, (utcnow() - oldest).total_seconds()) if oldest is not None else 0.0
+    return Backlog(int(pending), age)
+
+
+async def prune_outbox(
+    db: Database,
+    older_than: datetime,
+    *,
+    batch_size: int = PRUNE_BATCH_SIZE,
+    max_batches: int = PRUNE_MAX_BATCHES,
+) -> int:
+    """Delete outbox rows published before `older_than`, oldest first, `batch_size` per
+    transaction and at most `max_batches` batches (the next round continues); returns how many.
+    Unpublished rows are never touched."""
+    sent_at = col(OutboxMessage.sent_at)
+    total = 0
+    for _ in range(max_batches):
+        batch = (
+            select(OutboxMessage.id)
+            .where(sent_at.is_not(None), sent_at < older_than)
+            .order_by(sent_at)
+            .limit(batch_size)
+        )
+        async with db.transaction() as session:
+            result = await session.exec(delete(OutboxMessage).where(col(OutboxMessage.id).in_(batch)))
+        deleted = int(result.rowcount or 0)
+        total += deleted
+        if deleted < batch_size:
+            break
+    if total:
+        rows_pruned.add(total, {"table": "kit_outbox"})
+        log.info("pruned published outbox rows", extra={"rows": total, "older_than": older_than.isoformat()})
+    return total
+
+
+# The inbox's consumers, from its primary key's index without reading every row (a loose index
+# scan: each step asks for the next name above the last).
+_INBOX_CONSUMERS = text(
+    "WITH RECURSIVE c(name) AS ("
+    " SELECT MIN(consumer) FROM kit_inbox"
+    " UNION ALL"
+    " SELECT (SELECT MIN(consumer) FROM kit_inbox WHERE consumer > c.name) FROM c WHERE c.name IS NOT NULL"
+    ") SELECT name FROM c WHERE name IS NOT NULL"
+)
+
+
+def event_id_bound(moment: datetime) -> str:
+    """The smallest event id (`evt_` + ULID) a moment at or after `moment` could have: every id of
+    an event created earlier sorts below it, since a ULID starts with its millisecond timestamp
+    in an alphabet that sorts like the numbers it encodes."""
+    return f"evt_{str(ULID.from_datetime(moment))[:10]}"
+
+
+async def prune_inbox(
+    db: Database,
+    older_than: datetime,
+    *,
+    batch_size: int = PRUNE_BATCH_SIZE,
+    max_batches: int = PRUNE_MAX_BATCHES,
+) -> int:
+    """Delete inbox rows processed before `older_than`, per consumer, `batch_size` per
+    transaction and at most `max_batches` batches in all; returns how many.
+
+    The inbox has no index on `processed_at`; its primary key (consumer, event_id) serves instead:
+    event ids begin with their creation time, and an event is processed after it is created, so
+    every row to delete has an id below `event_id_bound(older_than)`. `processed_at` still decides
+    (an event created long ago but processed recently stays). Ids of another shape (an event
+    published without the kit) are kept.
+    """
+    bound = event_id_bound(older_than)
+    async with db.engine.connect() as conn:
+        consumers = [str(row[0]) for row in (await conn.execute(_INBOX_CONSUMERS)).all()]
+    event_id = col(InboxMessage.event_id)
+    total, batches = 0, 0
+    for consumer in consumers:
+        while batches < max_batches:
+            batches += 1
+            batch = (
+                select(InboxMessage.event_id)
+                .where(
+                    col(InboxMessage.consumer) == consumer,
+                    event_id >= "evt_",
+                    event_id < bound,
+                    col(InboxMessage.processed_at) < older_than,
+                )
+                .order_by(event_id)
+                .limit(batch_size)
+            )
+            async with db.transaction() as session:
+                result = await session.exec(
+                    delete(InboxMessage).where(col(InboxMessage.consumer) == consumer, event_id.in_(batch))
+                )
+            deleted = int(result.rowcount or 0)
+            total += deleted
+            if deleted < batch_size:
+                break
+    if total:
+        rows_pruned.add(total, {"table": "kit_inbox"})
+        log.info("pruned inbox rows", extra={"rows": total, "older_than": older_than.isoformat()})
+    return total
 
 
 M = TypeVar("M", bound=ProtoMessage)
@@ -406,6 +603,9 @@ class ConsumerWorker:
     # The service running it (dead letters go to `deadletter.<service>.<consumer>`); by default the
     # consumer name's first part, as names follow `<service>-<purpose>`.
     service: str = ""
+    # The DEADLETTER stream's limits, set by whichever consumer creates it (no service may change
+    # it afterwards: the operators' user does, deploy/README.md "Events").
+    dead_letter_limits: StreamLimits = DEAD_LETTER_LIMITS
     _stopping: bool = field(default=False, init=False)
     _sub: Any = field(default=None, init=False)
     _busy: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
@@ -424,6 +624,9 @@ class ConsumerWorker:
         await ensure_stream(
             self.js, c.stream, replicas=self.stream_replicas, owner=c.stream == self.service_name.upper()
         )
+        # Created up front, with its limits, so that it exists (and is measured) before the first
+        # dead letter.
+        await self._ensure_dead_letter_stream()
         config = ConsumerConfig(
             durable_name=c.name,
             ack_policy=AckPolicy.EXPLICIT,
@@ -554,6 +757,18 @@ class ConsumerWorker:
             row = await session.get(InboxMessage, (self.consumer.name, event_id))
             return row is not None
 
+    async def _ensure_dead_letter_stream(self) -> None:
+        limits = self.dead_letter_limits
+        await ensure_stream(
+            self.js,
+            DEAD_LETTER_STREAM,
+            replicas=self.stream_replicas,
+            owner=False,
+            max_age_seconds=limits.max_age_seconds,
+            max_bytes=limits.max_bytes,
+            max_msgs=limits.max_msgs,
+        )
+
     async def _dead_letter(self, msg: Msg, error: BaseException | None) -> None:
         headers = dict(msg.headers or {})
         headers.pop("Nats-Msg-Id", None)
@@ -562,7 +777,7 @@ class ConsumerWorker:
         headers["kizuna-deliveries"] = str(msg.metadata.num_delivered)
         headers["kizuna-error"] = (repr(error) if error else "unknown error")[:500]
         subject = f"{DEAD_LETTER_PREFIX}.{self.service_name}.{self.consumer.name}"
-        await ensure_stream(self.js, DEAD_LETTER_STREAM, replicas=self.stream_replicas, owner=False)
+        await self._ensure_dead_letter_stream()
         await self.js.publish(subject, msg.data, headers=headers)
         dead_letters.add(1, {"consumer": self.consumer.name})
         log.error(

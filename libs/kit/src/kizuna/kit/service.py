@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from kizuna.kit.declaration import FILE_NAME as DECLARATION_FILE
 from kizuna.kit.declaration import Declaration
 from kizuna.kit.declaration import load as declaration_file
 from kizuna.kit.errors import DomainError
-from kizuna.kit.events import Consumer, ConsumerWorker, OutboxRelay, ensure_stream
+from kizuna.kit.events import Consumer, ConsumerWorker, OutboxRelay, StreamLimits, ensure_stream
 from kizuna.kit.logs import configure_logging
 from kizuna.kit.privacy import Privacy, erasure_consumer, export_router
 from kizuna.kit.revocation import RevocationFeed
@@ -84,6 +85,8 @@ class Runtime(Generic[S]):
     http_port: int = 0
     ready: bool = False
     stopping: bool = False
+    # Readiness: since when (monotonic) each shared dependency has been failing, while it fails.
+    failing_since: dict[str, float] = field(default_factory=dict)
     # The one clock: every rule that depends on time reads it (tests swap in a FrozenClock).
     clock: Clock = field(default_factory=Clock)
     # What `Service(context=...)` built at start; read it typed with `context_as` / `context_of`.
@@ -341,7 +344,12 @@ class Service(Generic[S]):
                 max_bytes=settings.stream_max_bytes,
             )
             runtime.relay = OutboxRelay(
-                runtime.db, runtime.js, source=f"kizuna/{self.name}", poll_seconds=settings.outbox_poll_seconds
+                runtime.db,
+                runtime.js,
+                source=f"kizuna/{self.name}",
+                poll_seconds=settings.outbox_poll_seconds,
+                outbox_retention_seconds=settings.outbox_retention_seconds,
+                inbox_retention_seconds=settings.inbox_retention_seconds,
             )
             tasks.append(asyncio.create_task(runtime.relay.run(), name="outbox-relay"))
             runtime.revocations = RevocationFeed(runtime.js, runtime.verifier.deny_list)
@@ -361,6 +369,11 @@ class Service(Generic[S]):
                     runtime.js,
                     default_max_deliver=settings.consumer_max_deliver,
                     stream_replicas=settings.stream_replicas,
+                    dead_letter_limits=StreamLimits(
+                        settings.dead_letter_max_age_seconds,
+                        settings.dead_letter_max_bytes,
+                        settings.dead_letter_max_msgs,
+                    ),
                 )
                 await worker.subscribe()
                 workers.append(worker)
@@ -515,7 +528,7 @@ class Service(Generic[S]):
         @app.get("/readyz", include_in_schema=False)
         async def readyz() -> JSONResponse:
             checks = await self._readiness(runtime)
-            ok = runtime.ready and all(v == "ok" for v in checks.values())
+            ok = runtime.ready and not any(v.startswith("error") for v in checks.values())
             body = {"status": "ready" if ok else "not ready", "checks": checks}
             return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -535,17 +548,35 @@ class Service(Generic[S]):
         return app
 
     async def _readiness(self, runtime: Runtime[S]) -> dict[str, str]:
+        """Whether this pod can serve, check by check (deploy/README.md, "Probes").
+
+        What is the pod's own counts at once: started and not draining, identity's keys fetched
+        (without them it verifies no token), the service's own checks. A dependency every pod
+        shares does not take this pod out of rotation while it blips: the database counts only
+        once it has failed for `readiness_dependency_grace_seconds` (a switchover takes seconds;
+        all pods turning not ready together would only trade clear errors for the ingress's),
+        NATS never while the client reconnects (no request waits on it: events wait in the
+        outbox). Every value is "ok", "error: ..." (counts) or "degraded: ..." (tolerated).
+        """
         checks: dict[str, str] = {}
         if runtime.stopping:
             checks["shutdown"] = "stopping"
         elif not runtime.ready:
             checks["startup"] = "starting"
+        grace = runtime.settings.readiness_dependency_grace_seconds
         try:
             await asyncio.wait_for(runtime.db.ping(), 2)
-            checks["database"] = "ok"
+            checks["database"] = self._dependency(runtime, "database", None, grace)
         except Exception as exc:
-            checks["database"] = f"error: {type(exc).__name__}"
-        checks["nats"] = "ok" if runtime.nc is not None and runtime.nc.is_connected else "error: not connected"
+            checks["database"] = self._dependency(runtime, "database", type(exc).__name__, grace)
+        nc = runtime.nc
+        if nc is not None and nc.is_closed and runtime.ready:
+            # Closed for good (it reconnects for ever otherwise): this pod's own fault.
+            checks["nats"] = "error: connection closed"
+        elif nc is not None and nc.is_connected:
+            checks["nats"] = self._dependency(runtime, "nats", None, None)
+        elif runtime.ready:
+            checks["nats"] = self._dependency(runtime, "nats", "not connected", None)
         readiness = list(self.readiness)
         if self.jwks_readiness:
             readiness.insert(0, check_jwks)
@@ -557,6 +588,20 @@ class Service(Generic[S]):
             except Exception as exc:
                 checks[label] = f"error: {type(exc).__name__}"
         return checks
+
+    @staticmethod
+    def _dependency(runtime: Runtime[S], name: str, error: str | None, grace: float | None) -> str:
+        """A shared dependency's check: "ok"; "degraded: ..." while it has failed for less than
+        `grace` seconds (None: for ever); "error: ..." after."""
+        now = time.monotonic()
+        if error is None:
+            runtime.failing_since.pop(name, None)
+            return "ok"
+        failing = now - runtime.failing_since.setdefault(name, now)
+        if grace is not None and failing >= grace:
+            return f"error: {error} for {failing:.0f} s"
+        limit = "tolerated" if grace is None else f"not ready after {grace:.0f} s"
+        return f"degraded: {error} for {failing:.0f} s ({limit})"
 
 
 class StartingGate:

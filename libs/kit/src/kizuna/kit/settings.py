@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -62,6 +62,32 @@ class ServiceSettings(BaseSettings):
     # must catch up within the age; Kubernetes sets both (deploy/README.md, "Events").
     stream_max_age_seconds: float = 0.0
     stream_max_bytes: int = -1
+    # Housekeeping of the event tables (kizuna.kit.events): published outbox rows are deleted after
+    # this many seconds, inbox rows (which make a redelivered event a no-op) after this many; 0
+    # keeps them. Both outlive the duplicate window, and the inbox outlives the streams' events.
+    outbox_retention_seconds: float = 7 * 24 * 3600.0
+    inbox_retention_seconds: float = 35 * 24 * 3600.0
+    # The DEADLETTER stream's limits, given by whichever consumer creates it (0 / -1: none).
+    dead_letter_max_age_seconds: float = 30 * 24 * 3600.0
+    dead_letter_max_bytes: int = 1024**3
+    dead_letter_max_msgs: int = 100_000
+    # How long the database may keep failing before this pod answers /readyz with 503
+    # (deploy/README.md, "Probes"); 0: at once.
+    readiness_dependency_grace_seconds: float = Field(default=30.0, ge=0)
+
+    @field_validator("outbox_retention_seconds", "inbox_retention_seconds")
+    @classmethod
+    def _retention_outlives_redeliveries(cls, value: float, info: ValidationInfo) -> float:
+        # JetStream's duplicate window (kizuna.kit.events.DUPLICATE_WINDOW_SECONDS).
+        if 0 < value <= 120:
+            raise ValueError("must be 0 (keep for ever) or longer than JetStream's duplicate window (120 s)")
+        max_age = info.data.get("stream_max_age_seconds", 0.0)
+        if info.field_name == "inbox_retention_seconds" and 0 < value <= max_age:
+            raise ValueError(
+                f"must be longer than STREAM_MAX_AGE_SECONDS ({max_age:.0f} s): an event still on its stream"
+                " may be delivered again, and only its inbox row makes that a no-op"
+            )
+        return value
 
     def database_url_for(self, service: str) -> str:
         """The async SQLAlchemy URL: `DATABASE_URL` when set, else a SQLite file under the data dir."""

@@ -1,0 +1,115 @@
+"""/readyz says whether this pod can serve: a shared dependency's blip (NATS restarted, the
+database refusing connections for a moment, as in a switchover) does not take it out of rotation;
+the database does once it has failed for the configured grace. With a real NATS stopped and
+started again, and a real PostgreSQL refusing connections."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from demo.service import demo_settings
+from demo.service import service as demo_service
+from kizuna.kit.events import outbox_backlog
+from kizuna.kit.telemetry import configure_telemetry
+from kizuna.kit.testing import NatsServer, PostgresServer, reset_streams, wait_until
+
+
+async def _ready(client: httpx.AsyncClient) -> tuple[int, dict[str, Any]]:
+    response = await client.get("/readyz")
+    return response.status_code, response.json()["checks"]
+
+
+async def test_a_nats_restart_keeps_the_pod_ready_and_events_wait_in_the_outbox(tmp_path: Path) -> None:
+    configure_telemetry("demo")
+    server = NatsServer(0, tmp_path / "nats").start()
+    try:
+        settings = demo_settings(server.url, f"sqlite+aiosqlite:///{tmp_path / 'demo.db'}")
+        async with (
+            demo_service.running(settings) as runtime,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{runtime.http_port}", timeout=10) as client,
+        ):
+            assert await _ready(client) == (200, {"database": "ok", "nats": "ok"})
+
+            await asyncio.to_thread(server.stop)
+            nc = runtime.nc
+            assert nc is not None
+            assert await wait_until(lambda: _true(not nc.is_connected), timeout=10)
+            status, checks = await _ready(client)
+            assert status == 200, checks
+            assert checks["nats"].startswith("degraded: not connected for"), checks
+            assert checks["database"] == "ok"
+            # The pod serves meanwhile; the event waits in the outbox and is measured there.
+            assert (await client.post("/notes", json={"text": "during the blip"})).status_code == 200
+            backlog = await outbox_backlog(runtime.db)
+            assert backlog.pending == 1 and backlog.oldest_age_seconds >= 0
+
+            await asyncio.to_thread(server.start)
+            assert await wait_until(lambda: _true(nc.is_connected), timeout=20)
+            assert await _ready(client) == (200, {"database": "ok", "nats": "ok"})
+            assert await wait_until(lambda: _no_backlog(runtime.db), timeout=20)
+    finally:
+        server.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _no_backlog(db: Any) -> bool:
+    return (await outbox_backlog(db)).pending == 0
+
+
+async def test_the_database_counts_only_once_it_has_failed_for_the_grace(
+    nats_url: str, postgres_server: PostgresServer
+) -> None:
+    configure_telemetry("demo")
+    await reset_streams(nats_url, "DEMO", "DEADLETTER")
+    url = await asyncio.to_thread(postgres_server.new_database)
+    name = url.rsplit("/", 1)[1]
+    grace = 3.0
+    settings = demo_settings(
+        nats_url, url.replace("postgresql://", "postgresql+asyncpg://", 1), readiness_dependency_grace_seconds=grace
+    )
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(postgres_server.admin_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    async with (
+        demo_service.running(settings) as runtime,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{runtime.http_port}", timeout=10) as client,
+    ):
+        assert await _ready(client) == (200, {"database": "ok", "nats": "ok"})
+        # What a switchover looks like from a pod: its connections drop, new ones are refused.
+        await admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        await admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        failing_from = time.monotonic()
+        try:
+            status, checks = await _ready(client)
+            assert status == 200, checks
+            assert checks["database"].startswith("degraded:") and f"not ready after {grace:.0f} s" in checks["database"]
+
+            async def not_ready() -> dict[str, Any] | None:
+                status, checks = await _ready(client)
+                return checks if status == 503 else None
+
+            checks = await wait_until(not_ready, timeout=20, interval=0.2)
+            assert time.monotonic() - failing_from >= grace
+            assert checks["database"].startswith("error:"), checks
+            assert checks["nats"] == "ok"
+        finally:
+            await admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+
+        async def ready_again() -> bool:
+            return (await _ready(client))[0] == 200
+
+        assert await wait_until(ready_again, timeout=20, interval=0.2)
+        assert await _ready(client) == (200, {"database": "ok", "nats": "ok"})
