@@ -132,9 +132,10 @@ class Points:
         await wait_until(try_credit, timeout=30)
 
     async def balance(self, member_id: str) -> points_pb2.GetBalanceResponse:
-        return await self.stub.GetBalance(
+        balance: points_pb2.GetBalanceResponse = await self.stub.GetBalance(
             points_pb2.GetBalanceRequest(member_id=member_id), metadata=self._meta("points:read"), timeout=5
         )
+        return balance
 
     async def entries(self, member_id: str) -> list[points_pb2.Entry]:
         resp = await self.stub.ListEntries(
@@ -287,7 +288,7 @@ async def test_card_purchase_earns_points_exactly_once(fintech: FintechClient, p
 
     async def processed() -> bool:
         info = await js.consumer_info("FINTECH", "points-fintech-earn")
-        return info.ack_floor.stream_seq >= ack.seq
+        return bool(info.ack_floor is not None and info.ack_floor.stream_seq >= ack.seq)
 
     await wait_until(processed)
     await nc.close()

@@ -62,12 +62,14 @@ class FintechClient:
             headers=self.member_headers(member_id),
         )
         assert resp.status_code == 201, resp.text
-        return resp.json()
+        issued: dict[str, Any] = resp.json()
+        return issued
 
     async def card(self, member_id: str) -> dict[str, Any]:
         resp = await self.http.get("/api/card", headers=self.member_headers(member_id))
         assert resp.status_code == 200, resp.text
-        return resp.json()
+        card: dict[str, Any] = resp.json()
+        return card
 
     async def open_bank(self, member_id: str, top_up: int = 0) -> None:
         resp = await self.http.post("/api/bank/account", headers=self.member_headers(member_id))
@@ -95,7 +97,7 @@ class FintechClient:
         service: str = "shop",
         merchant: str = "shop",
     ) -> fintech_pb2.AuthorizeResponse:
-        return await self.payments.Authorize(
+        response: fintech_pb2.AuthorizeResponse = await self.payments.Authorize(
             fintech_pb2.AuthorizeRequest(
                 member_id=member_id,
                 amount=Money(amount_minor=amount, currency=currency),
@@ -105,6 +107,7 @@ class FintechClient:
             metadata=self.pay_metadata(member_id, service),
             timeout=10,
         )
+        return response
 
     async def capture(
         self, authorization_id: str, amount: int | None = None, key: str | None = None, service: str = "shop"
@@ -112,7 +115,10 @@ class FintechClient:
         request = fintech_pb2.CaptureRequest(authorization_id=authorization_id, idempotency_key=key or uuid.uuid4().hex)
         if amount is not None:
             request.amount.CopyFrom(Money(amount_minor=amount, currency="JPY"))
-        return await self.payments.Capture(request, metadata=self.pay_metadata(None, service), timeout=10)
+        response: fintech_pb2.CaptureResponse = await self.payments.Capture(
+            request, metadata=self.pay_metadata(None, service), timeout=10
+        )
+        return response
 
 
 def fintech_settings(nats_url: str, database_url: str, issuer: str, **overrides: Any) -> Settings:
@@ -173,10 +179,18 @@ async def signed_in_browser(fintech: FintechClient, member_id: str, name: str = 
     from datetime import timedelta
 
     from kizuna.kit.db import utcnow
-    from kizuna.kit.oidc_client import WebSession, web_sign_in_of
+    from kizuna.kit.oidc_client import WebSession, WebSignIn
 
-    rp = fintech.runtime.state["web_sign_in"]
-    assert web_sign_in_of  # the same relying party the pages use
+    settings = fintech.ctx.settings
+    # The service's relying party as the kit configures it: the same client, so the same cookie.
+    rp = WebSignIn(
+        issuer=settings.kizuna_issuer,
+        client_id=settings.kizuna_client_id or "fintech",
+        client_secret=settings.kizuna_client_secret,
+        base_url=str(fintech.http.base_url),
+        db=fintech.ctx.db,
+    )
+    await rp.aclose()
     now = utcnow()
     sid = uuid.uuid4().hex
     token = fintech.issuer.member_token(member_id, scope="openid points:read points:spend fintech:read fintech:pay")
@@ -194,7 +208,7 @@ async def signed_in_browser(fintech: FintechClient, member_id: str, name: str = 
             )
         )
     browser = httpx.AsyncClient(base_url=str(fintech.http.base_url), timeout=15)
-    browser.cookies.set(rp.session_cookie, rp._session_signer.dumps(sid))
+    browser.cookies.set(rp.session_cookie, rp.session_cookie_value(sid))
     return browser
 
 

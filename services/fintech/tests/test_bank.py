@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from .fintech_world import FintechClient, new_member
 
 async def _transfer(
     fintech: FintechClient, sender: str, to: str, amount: int, key: str | None = None, currency: str = "JPY"
-) -> tuple[int, dict]:
+) -> tuple[int, dict[str, Any]]:
     resp = await fintech.http.post(
         "/api/bank/transfers",
         json={

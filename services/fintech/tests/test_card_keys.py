@@ -10,7 +10,9 @@ from fintech.settings import Settings
 
 
 def _settings(tmp_path: Path, **values: object) -> Settings:
-    return Settings(nats_url="nats://x", kizuna_issuer="http://x", kizuna_data_dir=tmp_path, **values)  # type: ignore[arg-type]
+    return Settings.model_validate(
+        {"nats_url": "nats://x", "kizuna_issuer": "http://x", "kizuna_data_dir": tmp_path, **values}
+    )
 
 
 def test_the_sandbox_generates_a_key_once_and_reuses_it(tmp_path: Path) -> None:

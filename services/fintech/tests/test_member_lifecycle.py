@@ -10,12 +10,13 @@ import nats
 import pytest
 from fintech import sweeper
 from fintech.models import Card, IdempotencyRecord, LedgerAccount, LedgerPosting
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.fintech.v1 import fintech_pb2
 from kizuna.identity.v1 import events_pb2 as identity_events
 from kizuna.kit.clock import FrozenClock
 from kizuna.kit.testing import wait_until
-from sqlmodel import func, select
+from sqlmodel import col, func, select
 
 from .fintech_world import FintechClient, new_member
 
@@ -25,12 +26,12 @@ def streams_to_reset() -> list[str]:
     return ["FINTECH", "IDENTITY"]
 
 
-async def _announce(nats_url: str, subject: str, message: object, member_id: str, event_id: str | None = None) -> None:
+async def _announce(nats_url: str, subject: str, message: Message, member_id: str, event_id: str | None = None) -> None:
     nc = await nats.connect(nats_url)
     event_id = event_id or f"evt_{uuid.uuid4().hex}"
     await nc.jetstream().publish(
         subject,
-        message.SerializeToString(),  # type: ignore[attr-defined]
+        message.SerializeToString(),
         headers={"Nats-Msg-Id": event_id, "ce-id": event_id, "ce-subject": member_id},
     )
     await nc.close()
@@ -39,11 +40,7 @@ async def _announce(nats_url: str, subject: str, message: object, member_id: str
 async def _accounts_of(fintech: FintechClient, member_id: str) -> int:
     async with fintech.ctx.db.sessions() as session:
         return int(
-            (
-                await session.exec(
-                    select(func.count()).where(LedgerAccount.account_id == f"bank:{member_id}")  # type: ignore[arg-type]
-                )
-            ).one()
+            (await session.exec(select(func.count()).where(col(LedgerAccount.account_id) == f"bank:{member_id}"))).one()
         )
 
 
@@ -146,7 +143,7 @@ async def test_export_then_erasure_keeps_the_books_and_forgets_the_member(
     async with fintech.ctx.db.sessions() as session:
         erased_card = (await session.exec(select(Card).where(Card.member_id == member))).one()
         records = (
-            await session.exec(select(IdempotencyRecord).where(IdempotencyRecord.scope.startswith(member)))  # type: ignore[attr-defined]
+            await session.exec(select(IdempotencyRecord).where(col(IdempotencyRecord.scope).startswith(member)))
         ).all()
         bank_row = await session.get(LedgerAccount, f"bank:{member}")
     assert erased_card.status == "closed" and erased_card.last4 == "" and erased_card.pan_token != pan_token

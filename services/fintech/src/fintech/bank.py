@@ -4,6 +4,8 @@ is zero and its row is locked before it moves)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from kizuna.identity.v1 import events_pb2 as identity_events
@@ -17,6 +19,34 @@ from fintech import ledger
 from fintech.context import Fintech, fintech_of
 from fintech.models import LedgerAccount, LedgerEntry, LedgerPosting
 from fintech.money import positive_money
+
+
+@dataclass(frozen=True)
+class ToppedUp:
+    entry_id: str
+    amount_minor: int
+    currency: str
+    balance_minor: int  # after the top-up
+
+
+@dataclass(frozen=True)
+class Transferred:
+    transfer_id: str
+    amount_minor: int
+    currency: str
+    balance_minor: int  # the sender's, after the transfer
+
+
+@dataclass(frozen=True)
+class Movement:
+    """One line of the account's history."""
+
+    entry_id: str
+    kind: str
+    memo: str
+    amount_minor: int  # positive money in, negative money out
+    currency: str
+    at: datetime
 
 
 async def open_account(session: AsyncSession, ctx: Fintech, member_id: str) -> None:
@@ -49,9 +79,7 @@ async def require_account(session: AsyncSession, member_id: str) -> LedgerAccoun
     return account
 
 
-async def top_up(
-    session: AsyncSession, ctx: Fintech, member_id: str, amount_minor: int, currency: str
-) -> dict[str, Any]:
+async def top_up(session: AsyncSession, ctx: Fintech, member_id: str, amount_minor: int, currency: str) -> ToppedUp:
     amount = positive_money(amount_minor, currency, expected=ctx.settings.currency)
     await require_account(session, member_id)
     entry_id = await ledger.post(
@@ -64,17 +92,17 @@ async def top_up(
         now=ctx.clock.now(),
         postgres=ctx.postgres,
     )
-    return {
-        "entry_id": entry_id,
-        "amount_minor": amount.amount_minor,
-        "currency": amount.currency,
-        "balance_minor": await ledger.balance(session, ledger.bank_account(member_id)),
-    }
+    return ToppedUp(
+        entry_id=entry_id,
+        amount_minor=amount.amount_minor,
+        currency=amount.currency,
+        balance_minor=await ledger.balance(session, ledger.bank_account(member_id)),
+    )
 
 
 async def transfer(
     session: AsyncSession, ctx: Fintech, from_member: str, to_member: str, amount_minor: int, currency: str
-) -> dict[str, Any]:
+) -> Transferred:
     amount = positive_money(amount_minor, currency, expected=ctx.settings.currency)
     if not to_member:
         raise InvalidArgument("to_member_id is required")
@@ -92,15 +120,15 @@ async def transfer(
         now=ctx.clock.now(),
         postgres=ctx.postgres,
     )
-    return {
-        "transfer_id": entry_id,
-        "amount_minor": amount.amount_minor,
-        "currency": amount.currency,
-        "balance_minor": await ledger.balance(session, ledger.bank_account(from_member)),
-    }
+    return Transferred(
+        transfer_id=entry_id,
+        amount_minor=amount.amount_minor,
+        currency=amount.currency,
+        balance_minor=await ledger.balance(session, ledger.bank_account(from_member)),
+    )
 
 
-async def history(session: AsyncSession, member_id: str, limit: int | None = 50) -> list[dict[str, Any]]:
+async def history(session: AsyncSession, member_id: str, limit: int | None = 50) -> list[Movement]:
     """The member's bank movements, newest first (positive money in, negative money out)."""
     account_id = ledger.bank_account(member_id)
     rows = (
@@ -112,13 +140,13 @@ async def history(session: AsyncSession, member_id: str, limit: int | None = 50)
         )
     ).all()
     return [
-        {
-            "entry_id": entry.entry_id,
-            "kind": entry.kind,
-            "memo": entry.memo,
-            "amount_minor": ledger.natural_delta(account_id, posting.amount_minor),
-            "currency": posting.currency,
-            "at": entry.created_at.isoformat(),
-        }
+        Movement(
+            entry_id=entry.entry_id,
+            kind=entry.kind,
+            memo=entry.memo,
+            amount_minor=ledger.natural_delta(account_id, posting.amount_minor),
+            currency=posting.currency,
+            at=entry.created_at,
+        )
         for posting, entry in rows
     ]

@@ -10,9 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.common.v1.common_pb2 import Money as MoneyPb
@@ -90,6 +89,58 @@ def decline_reason_for(card: Card, amount: Money, available_minor: int, fraud_ru
     return ""
 
 
+# ---- what the card domain answers ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CardSummary:
+    card_id: str
+    last4: str
+    status: str
+    expires_on: date
+    currency: str
+    credit_limit_minor: int
+    available_minor: int
+
+
+@dataclass(frozen=True)
+class IssuedCard(CardSummary):
+    # The full number, shown once to whoever applied; "" when a retried key answers again.
+    card_number: str
+
+
+@dataclass(frozen=True)
+class AuthorizationDecision:
+    authorization_id: str
+    status: str  # approved or declined
+    decline_reason: str  # "" when approved
+    fraud_rule: str  # the fraud rule that declined it, else ""
+    available_minor: int  # credit left after this hold
+    currency: str
+    expires_at: datetime | None  # when an approved hold lapses
+
+
+@dataclass(frozen=True)
+class Captured:
+    capture_id: str
+    captured_minor: int
+    released_minor: int  # what was held and not captured
+    currency: str
+
+
+@dataclass(frozen=True)
+class Voided:
+    released_minor: int  # 0 when the hold had lapsed already
+    currency: str
+
+
+@dataclass(frozen=True)
+class Refunded:
+    refund_id: str
+    refunded_minor: int
+    currency: str
+
+
 # ---- helpers ------------------------------------------------------------------------------------
 
 
@@ -155,7 +206,7 @@ async def available_minor(session: AsyncSession, card: Card, now: datetime) -> i
 # ---- applying and managing a card ---------------------------------------------------------------
 
 
-async def apply(session: AsyncSession, ctx: Fintech, member_id: str, annual_income_minor: int) -> dict[str, Any]:
+async def apply(session: AsyncSession, ctx: Fintech, member_id: str, annual_income_minor: int) -> IssuedCard:
     """Issue a card to a member who has none; the full number is returned this once only."""
     limit = credit_limit_for(annual_income_minor, ctx.settings.card_min_limit_minor, ctx.settings.card_max_limit_minor)
     if await find_card(session, member_id, lock=True, postgres=ctx.postgres) is not None:
@@ -176,40 +227,43 @@ async def apply(session: AsyncSession, ctx: Fintech, member_id: str, annual_inco
     )
     session.add(card)
     await session.flush()
-    return {**card_summary(card, limit), "card_number": number}
+    return IssuedCard(**asdict(card_summary(card, limit)), card_number=number)
 
 
-async def apply_once(ctx: Fintech, member_id: str, annual_income_minor: int, key: str) -> dict[str, Any]:
+async def apply_once(ctx: Fintech, member_id: str, annual_income_minor: int, key: str) -> IssuedCard:
     """`apply` under an idempotency key. The full number goes back to this caller only: it is kept
     out of the idempotency record, so a retry of the key gets the card with an empty `card_number`."""
     numbers: list[str] = []
 
-    async def operation(session: AsyncSession) -> dict[str, Any]:
+    async def operation(session: AsyncSession) -> CardSummary:
         issued = await apply(session, ctx, member_id, annual_income_minor)
-        numbers.append(issued.pop("card_number"))
-        return issued
+        numbers.append(issued.card_number)
+        fields = asdict(issued)
+        del fields["card_number"]
+        return CardSummary(**fields)
 
-    result = await run_once(
+    summary = await run_once(
         ctx.db,
         ctx.clock,
         scope=f"{member_id}:card-apply",
         key=key,
         request={"income": annual_income_minor},
         operation=operation,
+        result=CardSummary,
     )
-    return {**result, "card_number": numbers[0] if numbers else ""}
+    return IssuedCard(**asdict(summary), card_number=numbers[0] if numbers else "")
 
 
-def card_summary(card: Card, available: int) -> dict[str, Any]:
-    return {
-        "card_id": card.card_id,
-        "last4": card.last4,
-        "status": card.status,
-        "expires_on": card.expires_on.isoformat(),
-        "currency": card.currency,
-        "credit_limit_minor": card.credit_limit_minor,
-        "available_minor": available,
-    }
+def card_summary(card: Card, available: int) -> CardSummary:
+    return CardSummary(
+        card_id=card.card_id,
+        last4=card.last4,
+        status=card.status,
+        expires_on=card.expires_on,
+        currency=card.currency,
+        credit_limit_minor=card.credit_limit_minor,
+        available_minor=available,
+    )
 
 
 async def set_status(session: AsyncSession, ctx: Fintech, member_id: str, status: str) -> Card:
@@ -244,7 +298,7 @@ async def authorize(
     merchant: MerchantRef,
     amount_minor: int,
     currency: str,
-) -> dict[str, Any]:
+) -> AuthorizationDecision:
     """Hold `amount` on `card` (already looked up, not yet locked) or decline with a reason."""
     amount = positive_money(amount_minor, currency)
     if not merchant.merchant_id:
@@ -313,15 +367,15 @@ async def authorize(
             member_id=card.member_id,
         )
     await session.flush()
-    return {
-        "authorization_id": auth.authorization_id,
-        "status": auth.status,
-        "decline_reason": reason,
-        "fraud_rule": auth.fraud_rule,
-        "available_minor": available - (0 if reason else amount.amount_minor),
-        "currency": card.currency,
-        "expires_at": auth.expires_at.isoformat() if auth.expires_at else None,
-    }
+    return AuthorizationDecision(
+        authorization_id=auth.authorization_id,
+        status=auth.status,
+        decline_reason=reason,
+        fraud_rule=auth.fraud_rule,
+        available_minor=available - (0 if reason else amount.amount_minor),
+        currency=card.currency,
+        expires_at=auth.expires_at,
+    )
 
 
 async def _lock_authorization(
@@ -345,7 +399,7 @@ async def capture(
     authorization_id: str,
     amount_minor: int | None,
     currency: str,
-) -> dict[str, Any]:
+) -> Captured:
     """Charge an approved authorization in full (`amount_minor` None) or in part."""
     auth = await _lock_authorization(session, ctx, client_id, authorization_id)
     now = ctx.clock.now()
@@ -418,15 +472,15 @@ async def capture(
         at=now,
     )
     await session.flush()
-    return {
-        "capture_id": purchase_id,
-        "captured_minor": amount.amount_minor,
-        "released_minor": auth.amount_minor - amount.amount_minor,
-        "currency": amount.currency,
-    }
+    return Captured(
+        capture_id=purchase_id,
+        captured_minor=amount.amount_minor,
+        released_minor=auth.amount_minor - amount.amount_minor,
+        currency=amount.currency,
+    )
 
 
-async def void(session: AsyncSession, ctx: Fintech, *, client_id: str, authorization_id: str) -> dict[str, Any]:
+async def void(session: AsyncSession, ctx: Fintech, *, client_id: str, authorization_id: str) -> Voided:
     auth = await _lock_authorization(session, ctx, client_id, authorization_id)
     now = ctx.clock.now()
     if auth.status == CAPTURED:
@@ -440,7 +494,7 @@ async def void(session: AsyncSession, ctx: Fintech, *, client_id: str, authoriza
         auth.status = VOIDED
         session.add(auth)
         await session.flush()
-    return {"released_minor": released, "currency": auth.currency}
+    return Voided(released_minor=released, currency=auth.currency)
 
 
 async def refund(
@@ -452,7 +506,7 @@ async def refund(
     authorization_id: str = "",
     amount_minor: int | None,
     currency: str,
-) -> dict[str, Any]:
+) -> Refunded:
     """Return captured money to the card, in full or in part, up to what is left."""
     query = select(CardTransaction).where(CardTransaction.kind == "purchase")
     if capture_id:
@@ -535,7 +589,7 @@ async def refund(
         at=now,
     )
     await session.flush()
-    return {"refund_id": refund_id, "refunded_minor": amount.amount_minor, "currency": amount.currency}
+    return Refunded(refund_id=refund_id, refunded_minor=amount.amount_minor, currency=amount.currency)
 
 
 async def transactions(session: AsyncSession, card_id: str, limit: int | None = 50) -> list[CardTransaction]:
@@ -563,7 +617,7 @@ async def expire_holds(session: AsyncSession, now: datetime) -> int:
 
     Available credit already ignores lapsed holds and capture refuses them; this makes the state
     visible (statements, the merchant API) and keeps the approved set small."""
-    result = await session.exec(  # type: ignore[call-overload]
+    result = await session.exec(
         update(Authorization)
         .where(
             col(Authorization.status) == APPROVED,

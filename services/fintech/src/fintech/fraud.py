@@ -12,7 +12,7 @@ The rules follow what card issuers watch for, not a bare count of swipes:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -88,6 +88,6 @@ def matching_rule(
     return ""
 
 
-def ecosystem_clients(names: Collection[str]) -> frozenset[str]:
+def ecosystem_clients(names: Iterable[str]) -> frozenset[str]:
     """The ecosystem's services by client id (each service's client id is its name)."""
     return frozenset(n for n in names if n)

@@ -8,6 +8,7 @@ import grpc
 from kizuna.fintech.v1 import fintech_pb2, fintech_pb2_grpc
 from kizuna.kit.auth import current_call
 from kizuna.kit.service import Runtime
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from fintech import cards
 from fintech.cards import MerchantRef, money_pb
@@ -30,17 +31,15 @@ _REASON = {
 }
 
 
-def authorize_response(result: dict[str, Any]) -> fintech_pb2.AuthorizeResponse:
-    from datetime import datetime
-
+def authorize_response(decision: cards.AuthorizationDecision) -> fintech_pb2.AuthorizeResponse:
     response = fintech_pb2.AuthorizeResponse(
-        authorization_id=result["authorization_id"],
-        status=_STATUS[result["status"]],
-        decline_reason=_REASON[result["decline_reason"]],
-        available_credit=money_pb(result["available_minor"], result["currency"]),
+        authorization_id=decision.authorization_id,
+        status=_STATUS[decision.status],
+        decline_reason=_REASON[decision.decline_reason],
+        available_credit=money_pb(decision.available_minor, decision.currency),
     )
-    if result["expires_at"]:
-        response.expires_at.FromDatetime(datetime.fromisoformat(result["expires_at"]))
+    if decision.expires_at is not None:
+        response.expires_at.FromDatetime(decision.expires_at)
     return response
 
 
@@ -57,7 +56,7 @@ class PaymentsApi(fintech_pb2_grpc.PaymentsServiceServicer):
         ctx = self.ctx
         merchant = MerchantRef(request.merchant.merchant_id, request.merchant.name)
 
-        async def operation(session: Any) -> dict[str, Any]:
+        async def operation(session: AsyncSession) -> cards.AuthorizationDecision:
             card = await cards.require_card(session, ctx, request.member_id)
             return await cards.authorize(
                 session,
@@ -80,6 +79,7 @@ class PaymentsApi(fintech_pb2_grpc.PaymentsServiceServicer):
                 "merchant": [merchant.merchant_id, merchant.name],
             },
             operation=operation,
+            result=cards.AuthorizationDecision,
         )
         return authorize_response(result)
 
@@ -90,7 +90,7 @@ class PaymentsApi(fintech_pb2_grpc.PaymentsServiceServicer):
         ctx = self.ctx
         amount = request.amount.amount_minor if request.HasField("amount") else None
 
-        async def operation(session: Any) -> dict[str, Any]:
+        async def operation(session: AsyncSession) -> cards.Captured:
             return await cards.capture(
                 session,
                 ctx,
@@ -107,11 +107,12 @@ class PaymentsApi(fintech_pb2_grpc.PaymentsServiceServicer):
             key=request.idempotency_key,
             request={"authorization_id": request.authorization_id, "amount": [amount, request.amount.currency]},
             operation=operation,
+            result=cards.Captured,
         )
         return fintech_pb2.CaptureResponse(
-            capture_id=result["capture_id"],
-            captured=money_pb(result["captured_minor"], result["currency"]),
-            released=money_pb(result["released_minor"], result["currency"]),
+            capture_id=result.capture_id,
+            captured=money_pb(result.captured_minor, result.currency),
+            released=money_pb(result.released_minor, result.currency),
         )
 
     async def Void(
@@ -120,7 +121,7 @@ class PaymentsApi(fintech_pb2_grpc.PaymentsServiceServicer):
         caller = current_call().require_service_scope(PAY_SCOPE).client_id
         ctx = self.ctx
 
-        async def operation(session: Any) -> dict[str, Any]:
+        async def operation(session: AsyncSession) -> cards.Voided:
             return await cards.void(session, ctx, client_id=caller, authorization_id=request.authorization_id)
 
         result = await run_once(
@@ -130,8 +131,9 @@ class PaymentsApi(fintech_pb2_grpc.PaymentsServiceServicer):
             key=request.idempotency_key,
             request={"authorization_id": request.authorization_id},
             operation=operation,
+            result=cards.Voided,
         )
-        return fintech_pb2.VoidResponse(released=money_pb(result["released_minor"], result["currency"]))
+        return fintech_pb2.VoidResponse(released=money_pb(result.released_minor, result.currency))
 
     async def Refund(
         self, request: fintech_pb2.RefundRequest, context: grpc.aio.ServicerContext
@@ -141,7 +143,7 @@ class PaymentsApi(fintech_pb2_grpc.PaymentsServiceServicer):
         amount = request.amount.amount_minor if request.HasField("amount") else None
         target = request.WhichOneof("target") or ""
 
-        async def operation(session: Any) -> dict[str, Any]:
+        async def operation(session: AsyncSession) -> cards.Refunded:
             return await cards.refund(
                 session,
                 ctx,
@@ -162,7 +164,8 @@ class PaymentsApi(fintech_pb2_grpc.PaymentsServiceServicer):
                 "amount": [amount, request.amount.currency],
             },
             operation=operation,
+            result=cards.Refunded,
         )
         return fintech_pb2.RefundResponse(
-            refund_id=result["refund_id"], refunded=money_pb(result["refunded_minor"], result["currency"])
+            refund_id=result.refund_id, refunded=money_pb(result.refunded_minor, result.currency)
         )

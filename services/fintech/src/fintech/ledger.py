@@ -127,8 +127,8 @@ async def ensure_account(
         "floor_minor": floor_minor,
         "created_at": now,
     }
-    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
-    await session.exec(insert(LedgerAccount).values(**values).on_conflict_do_nothing())  # type: ignore[call-overload]
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    await session.exec(insert(LedgerAccount).values(**values).on_conflict_do_nothing())
 
 
 async def post(

@@ -11,10 +11,12 @@ token and last four digits (the card is closed and its open holds voided), the w
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from kizuna.kit.db import utcnow
 from kizuna.kit.oidc_client import WebSession
+from pydantic_core import to_jsonable_python
 from sqlalchemy import delete, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -26,13 +28,13 @@ from fintech.models import Authorization, Card, IdempotencyRecord, LedgerAccount
 async def export(session: AsyncSession, member_id: str) -> dict[str, Any]:
     now = utcnow()
     member_cards = (await session.exec(select(Card).where(Card.member_id == member_id))).all()
-    card_views = []
+    card_views: list[dict[str, Any]] = []
     for card in member_cards:
         lines = await cards.transactions(session, card.card_id, limit=None)
         holds = (await session.exec(select(Authorization).where(Authorization.card_id == card.card_id))).all()
         card_views.append(
             {
-                **cards.card_summary(card, await cards.available_minor(session, card, now)),
+                **asdict(cards.card_summary(card, await cards.available_minor(session, card, now))),
                 "opened_at": card.opened_at.isoformat(),
                 "owed_minor": await ledger.balance(session, ledger.card_account(card.card_id)),
                 "transactions": [
@@ -62,38 +64,43 @@ async def export(session: AsyncSession, member_id: str) -> dict[str, Any]:
         )
     account = await session.get(LedgerAccount, ledger.bank_account(member_id))
     paid = (await session.exec(select(PointsPayment).where(PointsPayment.member_id == member_id))).all()
-    return {
-        "cards": card_views,
-        "statements": await statements.for_member(session, member_id),
-        "bank": None
-        if account is None
-        else {
-            "balance_minor": account.balance_minor,
-            "currency": account.currency,
-            "opened_at": account.created_at.isoformat(),
-            "history": await bank.history(session, member_id, limit=None),
-        },
-        "payments": [
-            {
-                "payment_id": p.payment_id,
-                "purpose": p.purpose,
-                "target_id": p.target_id,
-                "bank_minor": p.bank_minor,
-                "points": p.points,
-                "currency": p.currency,
-                "status": p.status,
-                "created_at": p.created_at.isoformat(),
-            }
-            for p in paid
-        ],
-        "holdings": await securities.holdings(session, member_id, now.date()),
-    }
+    exported: dict[str, Any] = to_jsonable_python(
+        {
+            "cards": card_views,
+            "statements": await statements.for_member(session, member_id),
+            "bank": None
+            if account is None
+            else {
+                "balance_minor": account.balance_minor,
+                "currency": account.currency,
+                "opened_at": account.created_at.isoformat(),
+                "history": await bank.history(session, member_id, limit=None),
+            },
+            "payments": [
+                {
+                    "payment_id": p.payment_id,
+                    "purpose": p.purpose,
+                    "target_id": p.target_id,
+                    "bank_minor": p.bank_minor,
+                    "points": p.points,
+                    "currency": p.currency,
+                    "status": p.status,
+                    "created_at": p.created_at.isoformat(),
+                }
+                for p in paid
+            ],
+            "holdings": await securities.holdings(
+                session, member_id, now.date(), account.currency if account is not None else "JPY"
+            ),
+        }
+    )
+    return exported
 
 
 async def erase(session: AsyncSession, member_id: str) -> None:
     member_cards = (await session.exec(select(Card).where(Card.member_id == member_id))).all()
     for card in member_cards:
-        await session.exec(  # type: ignore[call-overload]
+        await session.exec(
             update(Authorization)
             .where(col(Authorization.card_id) == card.card_id, col(Authorization.status) == cards.APPROVED)
             .values(status=cards.VOIDED)
@@ -102,8 +109,8 @@ async def erase(session: AsyncSession, member_id: str) -> None:
         card.last4 = ""
         card.status = "closed"
         session.add(card)
-    await session.exec(delete(WebSession).where(col(WebSession.member_id) == member_id))  # type: ignore[call-overload]
-    await session.exec(  # type: ignore[call-overload]
+    await session.exec(delete(WebSession).where(col(WebSession.member_id) == member_id))
+    await session.exec(
         delete(IdempotencyRecord).where(col(IdempotencyRecord.scope).startswith(f"{member_id}:", autoescape=True))
     )
     await session.flush()

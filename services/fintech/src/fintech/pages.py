@@ -15,10 +15,11 @@ from kizuna.kit.csrf import CsrfChecked
 from kizuna.kit.errors import DomainError
 from kizuna.kit.flash import Kind, flash
 from kizuna.kit.i18n import gettext as _
-from kizuna.kit.oidc_client import SignedInMember
+from kizuna.kit.oidc_client import SignedInMember, WebMember
 from kizuna.kit.web import format_money as money
 from kizuna.kit.web import format_points, page_templates
 from kizuna.kit.web.wording import for_member
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from fintech import bank, cards, ledger, payments, securities, statements
 from fintech.context import Fintech, fintech_of
@@ -34,7 +35,7 @@ def _ctx(request: Request) -> Fintech:
     return fintech_of(request.app.state.runtime)
 
 
-def _render(request: Request, name: str, member: Any, **values: Any) -> HTMLResponse:
+def _render(request: Request, name: str, member: WebMember, **values: Any) -> HTMLResponse:
     return templates.TemplateResponse(
         request,
         name,
@@ -88,7 +89,7 @@ async def apply_page(request: Request, member: SignedInMember, annual_income_min
         issued = await cards.apply_once(ctx, member.member_id, annual_income_minor, key)
     except DomainError as exc:
         return _refused(request, "/card", exc)
-    if not issued["card_number"]:
+    if not issued.card_number:
         return _back(request, "/card", _("Your Kizuna Card is issued."))
     # The number is shown on this one page and never stored or redirected through a URL.
     page = _render(request, "issued.html", member, card=issued)
@@ -118,7 +119,7 @@ async def pay_page(
     try:
         await payments.pay(
             ctx,
-            fintech_of(request.app.state.runtime).points,
+            ctx.points,
             member_id=member.member_id,
             member_token=await member.access_token(),
             purpose="card_bill",
@@ -161,7 +162,7 @@ async def transfer_page(
 ) -> Response:
     ctx = _ctx(request)
 
-    async def operation(session: Any) -> dict[str, Any]:
+    async def operation(session: AsyncSession) -> bank.Transferred:
         return await bank.transfer(session, ctx, member.member_id, to_member_id, amount_minor, ctx.settings.currency)
 
     try:
@@ -172,6 +173,7 @@ async def transfer_page(
             key=key,
             request={"to": to_member_id, "amount": [amount_minor, ctx.settings.currency]},
             operation=operation,
+            result=bank.Transferred,
         )
     except DomainError as exc:
         return _refused(request, "/bank", exc)
@@ -184,7 +186,7 @@ async def top_up_page(request: Request, member: SignedInMember, amount_minor: Fo
     if not ctx.settings.fintech_sandbox:
         return _back(request, "/bank", _("Top-up is available in the sandbox only."), "warning")
 
-    async def operation(session: Any) -> dict[str, Any]:
+    async def operation(session: AsyncSession) -> bank.ToppedUp:
         return await bank.top_up(session, ctx, member.member_id, amount_minor, ctx.settings.currency)
 
     try:
@@ -195,6 +197,7 @@ async def top_up_page(request: Request, member: SignedInMember, amount_minor: Fo
             key=key,
             request={"amount": [amount_minor, ctx.settings.currency]},
             operation=operation,
+            result=bank.ToppedUp,
         )
     except DomainError as exc:
         return _refused(request, "/bank", exc)
@@ -207,7 +210,7 @@ async def invest_page(request: Request, member: SignedInMember) -> HTMLResponse:
     today = ctx.clock.now().date()
     async with ctx.db.sessions() as session:
         funds = await securities.catalogue(session, today)
-        held = await securities.holdings(session, member.member_id, today)
+        held = await securities.holdings(session, member.member_id, today, ctx.settings.currency)
     return _render(request, "invest.html", member, funds=funds, held=held)
 
 
@@ -219,7 +222,7 @@ async def buy_page(
     try:
         await payments.pay(
             ctx,
-            fintech_of(request.app.state.runtime).points,
+            ctx.points,
             member_id=member.member_id,
             member_token=await member.access_token(),
             purpose="fund_buy",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from kizuna.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -29,7 +30,7 @@ from ulid import ULID
 from fintech import ledger
 from fintech.context import Fintech
 from fintech.idempotency import run_once
-from fintech.models import PointsPayment
+from fintech.models import LedgerAccount, PointsPayment
 
 log = logging.getLogger("fintech.payments")
 
@@ -40,7 +41,24 @@ IN_FLIGHT = (STARTED, BANK_TAKEN)
 
 # purpose -> (check the target when the payment is recorded, apply the payment when it completes)
 Check = Callable[[AsyncSession, Fintech, str, str, int], Awaitable[None]]
-Apply = Callable[[AsyncSession, Fintech, PointsPayment], Awaitable[dict[str, Any]]]
+Apply = Callable[[AsyncSession, Fintech, PointsPayment], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    payment_id: str
+
+
+@dataclass(frozen=True)
+class PaymentOutcome:
+    payment_id: str
+    status: str  # completed (or failed / still in progress, see the module's saga)
+    purpose: str  # card_bill or fund_buy
+    target_id: str  # the statement or the fund
+    bank_minor: int
+    points: int
+    currency: str
+    failure: str  # why it failed, else ""
 
 
 def split_is_valid(bank_minor: int, points: int) -> None:
@@ -72,10 +90,10 @@ async def pay(
     check: Check,
     apply: Apply,
     reason: str,
-) -> dict[str, Any]:
+) -> PaymentOutcome:
     split_is_valid(bank_minor, points)
 
-    async def record(session: AsyncSession) -> dict[str, Any]:
+    async def record(session: AsyncSession) -> Recorded:
         await check(session, ctx, member_id, target_id, bank_minor + points)
         if bank_minor:
             await _require_bank(session, member_id)
@@ -92,7 +110,7 @@ async def pay(
         )
         session.add(payment)
         await session.flush()
-        return {"payment_id": payment.payment_id}
+        return Recorded(payment.payment_id)
 
     started = await run_once(
         ctx.db,
@@ -101,12 +119,13 @@ async def pay(
         key=key,
         request={"target": target_id, "bank_minor": bank_minor, "points": points},
         operation=record,
+        result=Recorded,
     )
-    return await advance(ctx, points_client, started["payment_id"], member_token, apply, reason)
+    return await advance(ctx, points_client, started.payment_id, member_token, apply, reason)
 
 
 async def _require_bank(session: AsyncSession, member_id: str) -> None:
-    if await session.get(ledger.LedgerAccount, ledger.bank_account(member_id)) is None:
+    if await session.get(LedgerAccount, ledger.bank_account(member_id)) is None:
         raise NotFound(f"member {member_id!r} has no bank account")
 
 
@@ -182,22 +201,22 @@ async def _set_if(ctx: Fintech, payment_id: str, expected: str, **changes: Any) 
             session.add(payment)
 
 
-def _result(payment: PointsPayment) -> dict[str, Any]:
-    return {
-        "payment_id": payment.payment_id,
-        "status": payment.status,
-        "purpose": payment.purpose,
-        "target_id": payment.target_id,
-        "bank_minor": payment.bank_minor,
-        "points": payment.points,
-        "currency": payment.currency,
-        "failure": payment.failure,
-    }
+def _result(payment: PointsPayment) -> PaymentOutcome:
+    return PaymentOutcome(
+        payment_id=payment.payment_id,
+        status=payment.status,
+        purpose=payment.purpose,
+        target_id=payment.target_id,
+        bank_minor=payment.bank_minor,
+        points=payment.points,
+        currency=payment.currency,
+        failure=payment.failure,
+    )
 
 
 async def advance(
     ctx: Fintech, points_client: PointsClient, payment_id: str, member_token: str, apply: Apply, reason: str
-) -> dict[str, Any]:
+) -> PaymentOutcome:
     payment = await _load(ctx, payment_id)
     if payment.status in (FAILED, VOIDING):
         raise FailedPrecondition(payment.failure)

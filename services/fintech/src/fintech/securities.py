@@ -9,18 +9,20 @@ sees the same price for the same day.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound
+from kizuna.kit.service import Runtime
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from fintech import ledger, payments
 from fintech.context import Fintech, fintech_of
-from fintech.models import Fund, Holding, PointsPayment
+from fintech.models import Fund, Holding, LedgerAccount, PointsPayment
 
 MICRO = 1_000_000
 
@@ -45,6 +47,46 @@ SEED_FUNDS = [
 ]
 
 
+@dataclass(frozen=True)
+class FundQuote:
+    fund_id: str
+    name: str
+    currency: str
+    price_minor: int  # one whole unit on price_date
+    price_date: date
+
+
+@dataclass(frozen=True)
+class Position:
+    """What a member holds of one fund, valued at today's price."""
+
+    fund_id: str
+    name: str
+    units_micro: int
+    price_minor: int
+    value_minor: int
+    cost_minor: int  # what the member paid for the units held
+    gain_minor: int  # value - cost
+
+
+@dataclass(frozen=True)
+class Portfolio:
+    holdings: list[Position]
+    total_value_minor: int
+    currency: str
+
+
+@dataclass(frozen=True)
+class Sold:
+    fund_id: str
+    units_micro: int
+    price_minor: int
+    proceeds_minor: int  # paid into the bank account
+    cost_minor: int  # what the sold units had cost
+    realized_gain_minor: int
+    currency: str
+
+
 def price_on(fund: Fund, day: date) -> int:
     """The fund's price for one unit on `day`: within ±volatility of its seed price."""
     digest = int.from_bytes(hashlib.sha256(f"{fund.fund_id}:{day.isoformat()}".encode()).digest()[:8], "big")
@@ -62,12 +104,12 @@ def value_of(units_micro: int, price_minor: int) -> int:
     return units_micro * price_minor // MICRO
 
 
-async def seed_funds(runtime: Any) -> None:
+async def seed_funds(runtime: Runtime[Any]) -> None:
     ctx = fintech_of(runtime)
     async with ctx.db.transaction() as session:
         insert = pg_insert if ctx.postgres else sqlite_insert
         for fund in SEED_FUNDS:
-            await session.exec(insert(Fund).values(**fund.model_dump()).on_conflict_do_nothing())  # type: ignore[call-overload]
+            await session.exec(insert(Fund).values(**fund.model_dump()).on_conflict_do_nothing())
 
 
 async def require_fund(session: AsyncSession, fund_id: str) -> Fund:
@@ -77,16 +119,10 @@ async def require_fund(session: AsyncSession, fund_id: str) -> Fund:
     return fund
 
 
-async def catalogue(session: AsyncSession, today: date) -> list[dict[str, Any]]:
-    funds = (await session.exec(select(Fund).order_by(Fund.fund_id))).all()
+async def catalogue(session: AsyncSession, today: date) -> list[FundQuote]:
+    funds = (await session.exec(select(Fund).order_by(col(Fund.fund_id)))).all()
     return [
-        {
-            "fund_id": f.fund_id,
-            "name": f.name,
-            "currency": f.currency,
-            "price_minor": price_on(f, today),
-            "price_date": today.isoformat(),
-        }
+        FundQuote(fund_id=f.fund_id, name=f.name, currency=f.currency, price_minor=price_on(f, today), price_date=today)
         for f in funds
     ]
 
@@ -104,7 +140,7 @@ async def _lock_holding(session: AsyncSession, ctx: Fintech, member_id: str, fun
     return (await session.exec(query.execution_options(populate_existing=True))).first()
 
 
-async def apply_buy(session: AsyncSession, ctx: Fintech, payment: PointsPayment) -> dict[str, Any]:
+async def apply_buy(session: AsyncSession, ctx: Fintech, payment: PointsPayment) -> None:
     fund = await require_fund(session, payment.target_id)
     amount = payment.bank_minor + payment.points
     price = price_on(fund, ctx.clock.now().date())
@@ -126,7 +162,6 @@ async def apply_buy(session: AsyncSession, ctx: Fintech, payment: PointsPayment)
     holding.cost_minor += amount
     session.add(holding)
     await session.flush()
-    return {"units_micro": units, "price_minor": price}
 
 
 def sale_postings(fund_id: str, member_id: str, sold_cost: int, proceeds: int) -> list[ledger.Posting]:
@@ -140,7 +175,7 @@ def sale_postings(fund_id: str, member_id: str, sold_cost: int, proceeds: int) -
     return postings
 
 
-async def sell(session: AsyncSession, ctx: Fintech, member_id: str, fund_id: str, units_micro: int) -> dict[str, Any]:
+async def sell(session: AsyncSession, ctx: Fintech, member_id: str, fund_id: str, units_micro: int) -> Sold:
     if units_micro <= 0:
         raise InvalidArgument(f"units_micro must be positive, got {units_micro}")
     fund = await require_fund(session, fund_id)
@@ -148,7 +183,7 @@ async def sell(session: AsyncSession, ctx: Fintech, member_id: str, fund_id: str
     held = 0 if holding is None else holding.units_micro
     if holding is None or units_micro > held:
         raise FailedPrecondition(f"cannot sell {units_micro} micro-units: {held} held")
-    if await session.get(ledger.LedgerAccount, ledger.bank_account(member_id)) is None:
+    if await session.get(LedgerAccount, ledger.bank_account(member_id)) is None:
         raise NotFound(f"member {member_id!r} has no bank account to receive the proceeds")
     price = price_on(fund, ctx.clock.now().date())
     proceeds = value_of(units_micro, price)
@@ -169,36 +204,37 @@ async def sell(session: AsyncSession, ctx: Fintech, member_id: str, fund_id: str
     holding.cost_minor -= sold_cost
     session.add(holding)
     await session.flush()
-    return {
-        "fund_id": fund_id,
-        "units_micro": units_micro,
-        "price_minor": price,
-        "proceeds_minor": proceeds,
-        "cost_minor": sold_cost,
-        "realized_gain_minor": proceeds - sold_cost,
-        "currency": fund.currency,
-    }
+    return Sold(
+        fund_id=fund_id,
+        units_micro=units_micro,
+        price_minor=price,
+        proceeds_minor=proceeds,
+        cost_minor=sold_cost,
+        realized_gain_minor=proceeds - sold_cost,
+        currency=fund.currency,
+    )
 
 
-async def holdings(session: AsyncSession, member_id: str, today: date) -> dict[str, Any]:
+async def holdings(session: AsyncSession, member_id: str, today: date, currency: str) -> Portfolio:
+    """The member's funds valued at `today`'s prices (in the one `currency` of accounts)."""
     rows = (
         await session.exec(select(Holding, Fund).where(Holding.member_id == member_id, Holding.fund_id == Fund.fund_id))
     ).all()
-    items = []
+    items: list[Position] = []
     for holding, fund in rows:
         if holding.units_micro == 0:
             continue
         price = price_on(fund, today)
         value = value_of(holding.units_micro, price)
         items.append(
-            {
-                "fund_id": fund.fund_id,
-                "name": fund.name,
-                "units_micro": holding.units_micro,
-                "price_minor": price,
-                "value_minor": value,
-                "cost_minor": holding.cost_minor,
-                "gain_minor": value - holding.cost_minor,
-            }
+            Position(
+                fund_id=fund.fund_id,
+                name=fund.name,
+                units_micro=holding.units_micro,
+                price_minor=price,
+                value_minor=value,
+                cost_minor=holding.cost_minor,
+                gain_minor=value - holding.cost_minor,
+            )
         )
-    return {"holdings": items, "total_value_minor": sum(i["value_minor"] for i in items), "currency": "JPY"}
+    return Portfolio(holdings=items, total_value_minor=sum(i.value_minor for i in items), currency=currency)

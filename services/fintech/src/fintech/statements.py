@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from kizuna.fintech.v1 import events_pb2
 from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from kizuna.kit.events import publish
+from kizuna.kit.service import Runtime
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from ulid import ULID
@@ -22,6 +24,40 @@ from fintech.context import Fintech, fintech_of
 from fintech.models import Card, CardTransaction, PointsPayment, Statement
 
 log = logging.getLogger("fintech.statements")
+
+
+@dataclass(frozen=True)
+class StatementLine:
+    """A purchase or a refund billed on the statement."""
+
+    txn_id: str
+    kind: str  # purchase or refund
+    description: str
+    amount_minor: int  # a refund is negative
+    posted_at: datetime
+
+
+@dataclass(frozen=True)
+class StatementPayment:
+    txn_id: str
+    description: str
+    amount_minor: int  # what the payment paid (positive)
+    posted_at: datetime
+
+
+@dataclass(frozen=True)
+class StatementView:
+    statement_id: str
+    period_start: datetime
+    closing_at: datetime
+    due_on: date
+    total_minor: int
+    paid_minor: int
+    due_minor: int  # still to pay
+    currency: str
+    status: str  # open or paid
+    lines: list[StatementLine]
+    payments: list[StatementPayment]
 
 
 def month_start(moment: datetime) -> datetime:
@@ -89,7 +125,7 @@ async def close_due_statements(ctx: Fintech) -> int:
     return closed
 
 
-async def statement_job(runtime: Any) -> None:
+async def statement_job(runtime: Runtime[Any]) -> None:
     ctx = fintech_of(runtime)
     while True:
         try:
@@ -99,42 +135,39 @@ async def statement_job(runtime: Any) -> None:
         await asyncio.sleep(ctx.settings.statement_interval_seconds)
 
 
-def statement_view(statement: Statement, lines: list[CardTransaction]) -> dict[str, Any]:
-    return {
-        "statement_id": statement.statement_id,
-        "period_start": statement.period_start.isoformat(),
-        "closing_at": statement.closing_at.isoformat(),
-        "due_on": statement.due_on.isoformat(),
-        "total_minor": statement.total_minor,
-        "paid_minor": statement.paid_minor,
-        "due_minor": max(statement.total_minor - statement.paid_minor, 0),
-        "currency": statement.currency,
-        "status": statement.status,
-        "lines": [
-            {
-                "txn_id": t.txn_id,
-                "kind": t.kind,
-                "description": t.description,
-                "amount_minor": t.amount_minor,
-                "posted_at": t.posted_at.isoformat(),
-            }
+def statement_view(statement: Statement, lines: list[CardTransaction]) -> StatementView:
+    return StatementView(
+        statement_id=statement.statement_id,
+        period_start=statement.period_start,
+        closing_at=statement.closing_at,
+        due_on=statement.due_on,
+        total_minor=statement.total_minor,
+        paid_minor=statement.paid_minor,
+        due_minor=max(statement.total_minor - statement.paid_minor, 0),
+        currency=statement.currency,
+        status=statement.status,
+        lines=[
+            StatementLine(
+                txn_id=t.txn_id,
+                kind=t.kind,
+                description=t.description,
+                amount_minor=t.amount_minor,
+                posted_at=t.posted_at,
+            )
             for t in sorted(lines, key=lambda t: t.posted_at)
             if t.kind != "payment"
         ],
-        "payments": [
-            {
-                "txn_id": t.txn_id,
-                "description": t.description,
-                "amount_minor": -t.amount_minor,
-                "posted_at": t.posted_at.isoformat(),
-            }
-            for t in lines
+        payments=[
+            StatementPayment(
+                txn_id=t.txn_id, description=t.description, amount_minor=-t.amount_minor, posted_at=t.posted_at
+            )
+            for t in sorted(lines, key=lambda t: t.posted_at)
             if t.kind == "payment"
         ],
-    }
+    )
 
 
-async def for_member(session: AsyncSession, member_id: str) -> list[dict[str, Any]]:
+async def for_member(session: AsyncSession, member_id: str) -> list[StatementView]:
     statements = (
         await session.exec(
             select(Statement).where(Statement.member_id == member_id).order_by(col(Statement.closing_at).desc())
@@ -176,7 +209,7 @@ async def check_bill(session: AsyncSession, ctx: Fintech, member_id: str, statem
         raise InvalidArgument(f"payment {amount_minor} exceeds the {due} {statement.currency} still due")
 
 
-async def apply_bill(session: AsyncSession, ctx: Fintech, payment: PointsPayment) -> dict[str, Any]:
+async def apply_bill(session: AsyncSession, ctx: Fintech, payment: PointsPayment) -> None:
     statement = await _lock_statement(session, ctx, payment.member_id, payment.target_id)
     now = ctx.clock.now()
     amount = payment.bank_minor + payment.points
@@ -220,4 +253,3 @@ async def apply_bill(session: AsyncSession, ctx: Fintech, payment: PointsPayment
         member_id=statement.member_id,
     )
     await session.flush()
-    return {"statement_id": statement.statement_id, "paid_minor": statement.paid_minor}

@@ -19,6 +19,7 @@ from typing import Any
 
 from kizuna.kit.errors import DomainError, FailedPrecondition
 from kizuna.kit.points import PointsClient
+from kizuna.kit.service import Runtime
 from sqlmodel import col, select
 
 from fintech import cards, payments, securities, statements
@@ -85,7 +86,7 @@ async def expire_holds(ctx: Fintech) -> int:
         return await cards.expire_holds(session, ctx.clock.now())
 
 
-async def sweep(runtime: Any) -> dict[str, int]:
+async def sweep(runtime: Runtime[Any]) -> dict[str, int]:
     """One full pass (the job's body; tests call it directly)."""
     ctx = fintech_of(runtime)
     outcome = await sweep_payments(ctx, ctx.points)
@@ -93,7 +94,7 @@ async def sweep(runtime: Any) -> dict[str, int]:
     return outcome
 
 
-async def sweeper_job(runtime: Any) -> None:
+async def sweeper_job(runtime: Runtime[Any]) -> None:
     ctx = fintech_of(runtime)
     while True:
         try:
