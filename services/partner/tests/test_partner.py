@@ -170,7 +170,8 @@ async def test_partial_returns_take_back_in_proportion(ecosystem: Ecosystem, par
     statement = await till.statement(_month())
 
     async def issued_matches() -> bool:
-        return (await till.statement(_month()))["points_issued"] == await _credits(ecosystem, member.id) == 60
+        issued: int = (await till.statement(_month()))["points_issued"]
+        return issued == await _credits(ecosystem, member.id) == 60
 
     await wait_until(issued_matches, timeout=30)
     assert statement["points_redeemed"] == 300
@@ -304,3 +305,61 @@ async def test_the_partners_statement_page(ecosystem: Ecosystem, partner_service
     assert page.status_code == 200, page.text
     assert "Shibuya" in page.text and "120 pt" in page.text, page.text
     assert bad_month.status_code == 303  # back to this month, with the error as a message
+
+
+def _basic(raw: bytes) -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+# Malformed till credentials: every one is refused the same way over REST and gRPC.
+MALFORMED = {
+    "another scheme": "Bearer abc.def.ghi",
+    "bad base64": "Basic !!not*base64!!",
+    "no colon": _basic(b"ptn_0123456789abcdef"),
+    "empty secret": _basic(b"ptn_0123456789abcdef:"),
+    "over-long": _basic(b"ptn_0123456789abcdef:" + b"s" * 3000),
+    "not UTF-8": _basic(b"ptn_\xff\xfe:secret"),
+    "a control character": _basic(b"ptn_0123456789abcdef\x00:secret"),
+}
+
+
+@pytest.mark.parametrize("header", MALFORMED.values(), ids=MALFORMED.keys())
+async def test_malformed_till_credentials_are_refused_alike_over_rest_and_grpc(
+    ecosystem: Ecosystem, partner_service: ServiceProcess, header: str
+) -> None:
+    import grpc
+    from kizuna.common.v1.common_pb2 import Money
+    from kizuna.partner.v1 import partner_pb2, partner_pb2_grpc
+    from partner.partners import TILL_CREDENTIALS
+
+    body = {"store_id": "sto_x", "terminal": "t", "receipt": "r", "code": "KZ1-x", "amount_minor": 100}
+    async with httpx.AsyncClient(base_url=partner_service.url, timeout=30) as http:
+        rest = await http.post("/api/pos/earn", json=body, headers={"authorization": header})
+        statement = await http.get("/api/pos/statement", params={"month": _month()}, headers={"authorization": header})
+    for answer in (rest, statement):
+        assert answer.status_code == 401, answer.text
+        assert answer.json() == {"error": "unauthenticated", "message": TILL_CREDENTIALS}
+    earn = partner_pb2.EarnRequest(
+        till=partner_pb2.Till(store_id="sto_x", terminal="t"),
+        code="KZ1-x",
+        amount=Money(amount_minor=100, currency="JPY"),
+        idempotency_key="r",
+    )
+    async with grpc.aio.insecure_channel(partner_service.grpc_address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await partner_pb2_grpc.PosServiceStub(channel).Earn(earn, metadata=(("authorization", header),), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert refused.value.details() == TILL_CREDENTIALS
+
+
+async def test_a_header_beyond_ascii_is_refused_not_an_error(partner_service: ServiceProcess) -> None:
+    # HTTP carries header bytes as Latin-1 text; gRPC metadata cannot hold them at all.
+    from partner.partners import TILL_CREDENTIALS
+
+    async with httpx.AsyncClient(base_url=partner_service.url, timeout=30) as http:
+        answer = await http.get(
+            "/api/pos/statement", params={"month": _month()}, headers={b"authorization": b"Basic \xff\xfe\xfd"}
+        )
+    assert answer.status_code == 401 and answer.json()["message"] == TILL_CREDENTIALS

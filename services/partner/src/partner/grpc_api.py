@@ -4,12 +4,11 @@ service declares it `grpc_own_auth`): tills are not Kizuna clients."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 import grpc
-from kizuna.kit.errors import InvalidArgument, Unauthenticated
+from kizuna.kit.errors import InvalidArgument
+from kizuna.kit.service import Runtime
 from kizuna.partner.v1 import partner_pb2, partner_pb2_grpc
 
 from partner import partners
@@ -32,24 +31,19 @@ def _sale(sale: Sale) -> partner_pb2.Sale:
 
 
 class PosApi(partner_pb2_grpc.PosServiceServicer):
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: Runtime[Any]) -> None:
         self.runtime = runtime
 
     @property
     def context(self) -> Context:
-        return self.runtime.context_as(Context)  # type: ignore[no-any-return]
+        return self.runtime.context_as(Context)
 
     async def _partner(self, context: grpc.aio.ServicerContext) -> Partner:
+        """The partner whose till calls: `authorization: Basic …` metadata, read as REST reads the header."""
         metadata = dict(context.invocation_metadata() or ())
-        scheme, _, value = str(metadata.get("authorization", "")).partition(" ")
-        try:
-            partner_id, _, secret = base64.b64decode(value, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            partner_id = secret = ""
-        if scheme.lower() != "basic" or not partner_id or not secret:
-            raise Unauthenticated("a till authenticates with its partner id and secret (Basic, in authorization)")
+        authorization = metadata.get("authorization", "")
         async with self.context.db.sessions() as session:
-            return await partners.authenticate(session, partner_id, secret)
+            return await partners.authenticate_basic(session, authorization if isinstance(authorization, str) else "")
 
     async def Earn(
         self, request: partner_pb2.EarnRequest, context: grpc.aio.ServicerContext

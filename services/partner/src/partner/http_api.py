@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime
 from typing import Annotated
 
@@ -32,18 +30,10 @@ Id = Annotated[Text, Field(min_length=1, max_length=64)]
 Name = Annotated[Text, Field(min_length=1, max_length=200)]
 
 
-async def partner_of(request: Request) -> Partner:
+async def partner_of(request: Request, context: ContextDep) -> Partner:
     """The partner whose till calls: HTTP Basic with its id and secret."""
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    try:
-        partner_id, _, secret = base64.b64decode(value, validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        partner_id = secret = ""
-    if scheme.lower() != "basic" or not partner_id or not secret:
-        raise Unauthenticated("a till authenticates with its partner id and secret (HTTP Basic)")
-    async with request.app.state.runtime.db.sessions() as session:
-        return await partners.authenticate(session, partner_id, secret)
+    async with context.db.sessions() as session:
+        return await partners.authenticate_basic(session, request.headers.get("authorization", ""))
 
 
 PartnerAuth = Annotated[Partner, Depends(partner_of)]

@@ -9,14 +9,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from kizuna.kit.csrf import FormMember
-from kizuna.kit.errors import DomainError
+from kizuna.kit.errors import DomainError, Unauthenticated
 from kizuna.kit.flash import flash
 from kizuna.kit.i18n import gettext as _
 from kizuna.kit.oidc_client import MaybeMember, SignedInMember, WebSession
 from kizuna.kit.web import page_templates
 from sqlmodel import col, select
 
-from partner import cards, codes, http_api, settlement
+from partner import cards, codes, partners, settlement
 from partner.context import ContextDep
 from partner.models import Sale, Store
 
@@ -89,8 +89,9 @@ async def statement_page(request: Request, context: ContextDep, month: str = "")
     """The partner's monthly statement, for the partner's staff: the browser asks for the
     partner's id and secret (HTTP Basic), as a till sends them."""
     try:
-        partner = await http_api.partner_of(request)
-    except DomainError:
+        async with context.db.sessions() as session:
+            partner = await partners.authenticate_basic(session, request.headers.get("authorization", ""))
+    except Unauthenticated:
         return HTMLResponse(
             _("Sign in with your partner ID and secret."),
             status_code=401,

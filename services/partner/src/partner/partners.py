@@ -1,9 +1,12 @@
 """Partner companies and their stores: a company applies, an admin approves it under a contract
 (earn rate, return window), and its tills authenticate with the partner's own credentials
-(an id and a secret, rotatable; only a hash is kept)."""
+(an id and a secret, rotatable; only a hash is kept). A till sends them as HTTP Basic, in the
+`authorization` header (REST) or metadata (gRPC); `basic_credentials` reads both the same way."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import secrets
@@ -17,6 +20,11 @@ from partner.models import APPLIED, APPROVED, SUSPENDED, Partner, Store
 
 MIN_RATE_BP, MAX_RATE_BP = 100, 1_000  # 1% (the ecosystem's base) to 10%
 MAX_RETURN_WINDOW_DAYS = 90
+# A partner id (ptn_ and 16 hex digits) and a secret (43 characters) need far less; a longer value
+# is refused before it is decoded.
+MAX_AUTHORIZATION_LENGTH = 512
+MAX_PARTNER_ID_LENGTH = 64
+TILL_CREDENTIALS = "a till authenticates with its partner id and secret (HTTP Basic, in the authorization header)"
 
 
 def _hash(secret: str) -> str:
@@ -71,6 +79,36 @@ async def suspend(session: AsyncSession, partner_id: str) -> Partner:
     partner.status, partner.secret_hash = SUSPENDED, ""
     session.add(partner)
     return partner
+
+
+def basic_credentials(authorization: str) -> tuple[str, str]:
+    """The partner id and secret of an `authorization` value `Basic base64(id:secret)`.
+
+    Every malformed value (another scheme, too long, not base64, not UTF-8, no colon, an empty or
+    unprintable part) is UNAUTHENTICATED with the same message, whichever transport carried it."""
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "basic" or not value or len(authorization) > MAX_AUTHORIZATION_LENGTH:
+        raise Unauthenticated(TILL_CREDENTIALS)
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):  # ValueError: text beyond ASCII
+        raise Unauthenticated(TILL_CREDENTIALS) from None
+    partner_id, colon, secret = decoded.partition(":")
+    if (
+        not colon
+        or not partner_id
+        or not secret
+        or len(partner_id) > MAX_PARTNER_ID_LENGTH
+        or not decoded.isprintable()
+    ):
+        raise Unauthenticated(TILL_CREDENTIALS)
+    return partner_id, secret
+
+
+async def authenticate_basic(session: AsyncSession, authorization: str) -> Partner:
+    """The approved partner whose credentials `authorization` carries (see `basic_credentials`)."""
+    partner_id, secret = basic_credentials(authorization)
+    return await authenticate(session, partner_id, secret)
 
 
 async def authenticate(session: AsyncSession, partner_id: str, secret: str) -> Partner:

@@ -24,12 +24,12 @@ from kizuna.kit.db import Database
 from kizuna.kit.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, PermissionDenied
 from kizuna.kit.idempotency import check_key
 from kizuna.kit.points import PointsClient, publish_purchase
-from sqlalchemy import func
+from sqlalchemy import ColumnElement, func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from partner import cards, codes, partners
-from partner.models import CodeUse, Partner, Return, Sale, Store
+from partner.models import Card, CodeUse, Partner, Return, Sale, Store
 
 SERVICE = "partner"
 EARN, SPEND = "earn", "spend"
@@ -125,7 +125,7 @@ class Till:
                 if sale.status == FAILED:
                     raise FailedPrecondition("this payment with points did not go through; start a new receipt")
             else:
-                card = await self._use_code(session, store, terminal, receipt, scanned, now)
+                scanned_card = await self._use_code(session, store, terminal, receipt, scanned, now)
                 sale = Sale(
                     id=f"sal_{uuid.uuid4().hex[:20]}",
                     kind=SPEND,
@@ -133,7 +133,7 @@ class Till:
                     store_id=store.id,
                     terminal=terminal,
                     receipt=receipt,
-                    member_id=card.member_id,
+                    member_id=scanned_card.member_id,
                     points=points,
                     status=PENDING,
                     label=f"{store.name} ({partner.name})",
@@ -281,12 +281,12 @@ class Till:
     # ---- helpers ------------------------------------------------------------------------------
     async def _use_code(
         self, session: AsyncSession, store: Store, terminal: str, receipt: str, scanned: str, now: datetime
-    ) -> cards.Card:
+    ) -> Card:
         parsed = codes.parse(scanned)
         if parsed is None:
             raise CodeRefused("that is not a Kizuna card code; ask the member to show it again")
         number, code = parsed
-        card = await session.get(cards.Card, number, with_for_update=True)
+        card = await session.get(Card, number, with_for_update=True)
         counter = (
             None if card is None else codes.matching_counter(bytes.fromhex(card.secret_hex), code, now.timestamp())
         )
@@ -379,8 +379,6 @@ async def _return(session: AsyncSession, sale_id: str, return_receipt: str) -> R
     ).first()
 
 
-async def _count(session: AsyncSession, condition: object, since: datetime) -> int:
-    total = await session.exec(
-        select(func.count()).select_from(Sale).where(condition, col(Sale.created_at) >= since)  # type: ignore[arg-type]
-    )
+async def _count(session: AsyncSession, condition: ColumnElement[bool], since: datetime) -> int:
+    total = await session.exec(select(func.count()).select_from(Sale).where(condition, col(Sale.created_at) >= since))
     return int(total.one())

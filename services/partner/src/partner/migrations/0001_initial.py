@@ -8,8 +8,9 @@ Revises:
 from alembic import op
 from kizuna.kit.migrations import create_kit_tables, drop_kit_tables
 from kizuna.kit.oidc_client import create_web_session_table, drop_web_session_table
-from partner import models
+from partner import models  # noqa: F401  (registers the tables in SQLModel.metadata)
 from sqlalchemy import MetaData
+from sqlmodel import SQLModel
 
 revision = "partner_0001"
 down_revision = None
@@ -17,13 +18,13 @@ branch_labels = None
 depends_on = None
 
 # The tables as this first revision created them (a copy, so later model changes need revisions).
-_TABLES = [models.Partner, models.Store, models.Card, models.CodeUse, models.Sale, models.Return]
+_TABLES = ["partner_partner", "partner_store", "partner_card", "partner_code_use", "partner_sale", "partner_return"]
 
 
 def _metadata() -> MetaData:
     metadata = MetaData()
-    for model in _TABLES:
-        model.__table__.to_metadata(metadata)  # type: ignore[attr-defined]
+    for name in _TABLES:
+        SQLModel.metadata.tables[name].to_metadata(metadata)
     return metadata
 
 
