@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from kizuna.kit.testing import TestIssuer
 from kizuna.points.v1 import points_pb2_grpc
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from points.service import service
-from pointskit import Points, points_settings, reset_streams
+
+from .pointskit import Points, points_settings, reset_streams
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ import pytest
 from kizuna.kit.auth import ServiceTokenClient
 from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from kizuna.kit.points import PointsClient
-from pointskit import Points
+
+from .pointskit import Points
 
 
 async def test_a_service_reserves_captures_refunds_and_voids_through_the_kit_client(points: Points) -> None:

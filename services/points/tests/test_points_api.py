@@ -10,7 +10,8 @@ import pytest
 from kizuna.common.v1 import common_pb2
 from kizuna.points.v1 import points_pb2 as pb
 from points.expiry import run_expiry
-from pointskit import Points, key, stamp
+
+from .pointskit import Points, key, stamp
 
 DAY = timedelta(days=1)
 

@@ -21,7 +21,8 @@ from kizuna.points.v1 import points_pb2 as pb
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from pointskit import Points, key
+
+from .pointskit import Points, key
 
 INT64_MAX = 2**63 - 1
 OUT_OF_RANGE = [INT64_MAX, 10**15, 1_000_001]

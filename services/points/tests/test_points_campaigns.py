@@ -19,7 +19,8 @@ from kizuna.identity.v1 import events_pb2 as identity
 from kizuna.kit.testing import wait_until
 from kizuna.points.v1 import points_pb2 as pb
 from points.expiry import run_expiry
-from pointskit import Points, key
+
+from .pointskit import Points, key
 
 
 def http(points: Points) -> httpx.AsyncClient:

@@ -25,8 +25,9 @@ from points import audit, earning, ledger, store
 from points.ledger import Clock
 from points.models import Entry
 from points.service import service
-from pointskit import Points, points_settings, reset_streams
 from sqlmodel import select
+
+from .pointskit import Points, points_settings, reset_streams
 
 SERVICES = ("shop", "travel", "fintech")
 _migrated: set[str] = set()

@@ -15,7 +15,8 @@ from kizuna.points.v1 import earning_pb2 as contract
 from kizuna.points.v1 import events_pb2 as points_events
 from kizuna.points.v1 import points_pb2
 from nats.js.api import ConsumerConfig
-from pointskit import Points, key
+
+from .pointskit import Points, key
 
 
 async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 15.0) -> Any:

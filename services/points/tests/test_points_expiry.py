@@ -14,9 +14,10 @@ from kizuna.points.v1 import events_pb2 as points_events
 from kizuna.points.v1 import points_pb2 as pb
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from points.expiry import run_expiry
-from pointskit import Points
 from sqlalchemy import func
 from sqlmodel import col, select
+
+from .pointskit import Points
 
 MEMBERS = [f"member-{i:02d}" for i in range(30)]
 

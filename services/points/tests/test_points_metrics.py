@@ -12,7 +12,8 @@ from kizuna.points.v1 import points_pb2 as pb
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from pointskit import Points, key
+
+from .pointskit import Points, key
 
 
 @pytest.fixture

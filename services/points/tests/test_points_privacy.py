@@ -11,7 +11,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.identity.v1 import events_pb2 as identity
 from kizuna.kit.testing import wait_until
 from nats.js.api import ConsumerConfig
-from pointskit import Points
+
+from .pointskit import Points
 
 
 async def test_export_then_erasure(points: Points, nats_url: str) -> None:

@@ -18,8 +18,9 @@ from kizuna.common.v1 import common_pb2
 from kizuna.kit.oidc_client import WebSession, WebSignIn
 from kizuna.kit.testing import free_port
 from kizuna.points.v1 import points_pb2 as pb
-from pointskit import Points, key
 from sqlalchemy import text
+
+from .pointskit import Points, key
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-from pointskit import Points
+from .pointskit import Points
 
 
 async def test_credit_then_balance(points: Points) -> None:

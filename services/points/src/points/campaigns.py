@@ -14,7 +14,7 @@ per-month earn caps, the issuing service's daily budget).
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -129,6 +129,57 @@ async def with_campaigns(
 async def _used_before(session: AsyncSession, wallet: Wallet, service: str) -> bool:
     query = select(ServiceUse.month).where(ServiceUse.member_id == wallet.member_id, ServiceUse.service == service)
     return (await session.exec(query.limit(1))).first() is not None
+
+
+@dataclass(frozen=True)
+class LiveCampaign:
+    """A campaign live now, as a member's home or a product page shows it."""
+
+    campaign_id: str
+    name: str
+    kind: str
+    services: tuple[str, ...]
+    multiplier: float
+    fixed_bonus: int
+    starts_at: datetime
+    ends_at: datetime
+    audience: str
+
+
+async def live_now(session: AsyncSession, rules: ledger.EarnRules, now: datetime) -> list[LiveCampaign]:
+    """Every campaign live at `now`: those created as data and those from settings (EARN_CAMPAIGNS),
+    the soonest to end first."""
+    found = [
+        LiveCampaign(
+            campaign_id=row.id,
+            name=row.name,
+            kind=row.kind,
+            services=tuple(json.loads(row.services)),
+            multiplier=row.multiplier,
+            fixed_bonus=row.fixed_bonus,
+            starts_at=row.starts_at,
+            ends_at=row.ends_at,
+            audience=row.audience,
+        )
+        for kind in ("earn", "welcome")
+        for row in await live(session, kind, now)
+    ]
+    found += [
+        LiveCampaign(
+            campaign_id=f"setting:{c.name}",
+            name=c.name,
+            kind="earn",
+            services=(c.service,),
+            multiplier=c.multiplier,
+            fixed_bonus=c.fixed_bonus,
+            starts_at=c.starts_at,
+            ends_at=c.ends_at,
+            audience="all",
+        )
+        for c in rules.campaigns
+        if c.starts_at <= now < c.ends_at
+    ]
+    return sorted(found, key=lambda c: (c.ends_at, c.name))
 
 
 async def all_campaigns(session: AsyncSession) -> list[CampaignRow]:

@@ -12,7 +12,7 @@ from kizuna.kit.service import Runtime
 from kizuna.points.v1 import points_pb2 as pb
 from kizuna.points.v1 import points_pb2_grpc
 
-from points import ledger, store
+from points import campaigns, explain, ledger, store
 from points.ledger import LIMITED_TIME, REGULAR, Clock
 from points.settings import Settings
 from points.store import Ledger, Member
@@ -48,6 +48,30 @@ def _own_service(caller: str, named: str) -> str:
     return caller
 
 
+ENTRY_KINDS = {
+    "credit": pb.ENTRY_KIND_CREDIT,
+    "spend": pb.ENTRY_KIND_SPEND,
+    "refund": pb.ENTRY_KIND_REFUND,
+    "clawback": pb.ENTRY_KIND_CLAWBACK,
+    "expiry": pb.ENTRY_KIND_EXPIRY,
+    "hold": pb.ENTRY_KIND_HOLD,
+    "earning": pb.ENTRY_KIND_EARNING,
+}
+
+
+def _entry(line: store.HistoryLine) -> pb.Entry:
+    return pb.Entry(
+        entry_id=line.entry_id,
+        kind=ENTRY_KINDS[line.kind],
+        amount=line.amount,
+        explanation=line.explanation,
+        source_service=line.source_service,
+        source_ref=line.source_ref,
+        created_at=store.ts(line.created_at),
+        until=store.ts(line.until),
+    )
+
+
 class PointsApi(points_pb2_grpc.PointsServiceServicer):
     def __init__(self, runtime: Runtime[Settings]) -> None:
         self.settings = runtime.settings
@@ -61,8 +85,47 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
 
     async def ListEntries(self, request: pb.ListEntriesRequest, context: Any) -> pb.ListEntriesResponse:
         _may_read(current_call(), request.member_id)
+        try:
+            locale = explain.check_locale(request.locale)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        speaker = explain.Speaker(locale, self.settings.earn_rules().label)
         async with store.reader(self.db) as conn:
-            return await store.list_entries(conn, request.member_id, request.page.page_size, request.page.page_token)
+            page = await store.list_entries(
+                conn,
+                request.member_id,
+                request.page.page_size,
+                request.page.page_token,
+                now=self.ledger.clock.now(),
+                speaker=speaker,
+            )
+        response = pb.ListEntriesResponse(entries=[_entry(line) for line in page.lines])
+        response.page_info.next_page_token = page.next_page_token
+        return response
+
+    async def ListLiveCampaigns(
+        self, request: pb.ListLiveCampaignsRequest, context: Any
+    ) -> pb.ListLiveCampaignsResponse:
+        # The same authorization as GetBalance: campaigns are read beside the balance.
+        current_call().require_read_scope("points:read", "points:read")
+        async with self.db.sessions() as session:
+            live = await campaigns.live_now(session, self.settings.earn_rules(), self.ledger.clock.now())
+        return pb.ListLiveCampaignsResponse(
+            campaigns=[
+                pb.LiveCampaign(
+                    campaign_id=c.campaign_id,
+                    name=c.name,
+                    kind=c.kind,
+                    services=list(c.services),
+                    multiplier=c.multiplier,
+                    fixed_bonus=c.fixed_bonus,
+                    starts_at=store.ts(c.starts_at),
+                    ends_at=store.ts(c.ends_at),
+                    audience=c.audience,
+                )
+                for c in live
+            ]
+        )
 
     async def Credit(self, request: pb.CreditRequest, context: Any) -> pb.CreditResponse:
         caller = current_call().require_service_scope("points:credit").client_id

@@ -9,13 +9,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import HTMLResponse
-from kizuna.kit import web
+from kizuna.kit import i18n, web
 from kizuna.kit.auth import Principal, any_scope, member_scope
 from kizuna.kit.db import SessionDep
 from kizuna.kit.errors import InvalidArgument
 from kizuna.kit.oidc_client import SignedInMember
 
-from points import audit, campaigns, ledger, store
+from points import audit, campaigns, explain, ledger, store
 from points.grpc_api import ledger_of
 
 router = APIRouter()
@@ -35,7 +35,8 @@ async def wallet_view(request: Request, session: Any, member_id: str) -> dict[st
     rules = runtime.settings.earn_rules()
     now = ledger_of(runtime).clock.now()
     balance = await store.get_balance(runtime.db, member_id, now)
-    entries = await store.list_entries(await session.connection(), member_id, 50, "")
+    speaker = explain.Speaker(i18n.language(), rules.label)
+    entries = await store.list_entries(await session.connection(), member_id, 50, "", now=now, speaker=speaker)
     used = await store.services_used(session, member_id, ledger.month_key(now))
     rates = ledger.month_rates(rules, [e.service for e in runtime.settings.kizuna_earners], used)
     label = rules.labels.get
@@ -76,9 +77,9 @@ async def wallet_view(request: Request, session: Any, member_id: str) -> dict[st
                 "amount": e.amount,
                 "explanation": e.explanation,
                 "service": label(e.source_service, e.source_service),
-                "at": _iso(e.created_at),
+                "at": e.created_at.isoformat(),
             }
-            for e in entries.entries
+            for e in entries.lines
         ],
     }
 

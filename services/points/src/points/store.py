@@ -14,6 +14,7 @@ import hashlib
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
@@ -43,6 +44,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from ulid import ULID
 
 from points import ledger
+from points.explain import Speaker
 from points.ledger import LIMITED_TIME, REGULAR, HoldState, LotState
 from points.ledger_metrics import budget_refused, count_on_commit, points_credited, points_spent
 from points.models import (
@@ -1345,12 +1347,103 @@ async def get_balance(db: Database, member_id: str, now: datetime) -> pb.GetBala
     return response
 
 
+@dataclass(frozen=True)
+class HistoryLine:
+    """One line of a member's history: a posted entry, an open hold or a pending earning."""
+
+    entry_id: str
+    kind: str  # credit | spend | refund | clawback | expiry | hold | earning
+    amount: int
+    explanation: str
+    source_service: str
+    source_ref: str
+    created_at: datetime
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    lines: list[HistoryLine]
+    next_page_token: str
+
+
+_OPEN_HOLDS = (
+    core_select(
+        RESERVATIONS.c.reservation_id,
+        RESERVATIONS.c.amount,
+        RESERVATIONS.c.reason,
+        RESERVATIONS.c.source_service,
+        RESERVATIONS.c.source_ref,
+        RESERVATIONS.c.created_at,
+        RESERVATIONS.c.expires_at,
+    )
+    .where(
+        RESERVATIONS.c.member_id == bindparam("member"),
+        RESERVATIONS.c.status == "open",
+        RESERVATIONS.c.expires_at > bindparam("now", type_=RESERVATIONS.c.expires_at.type),
+    )
+    .order_by(RESERVATIONS.c.id.desc())
+)
+_PENDING_EARNINGS = (
+    core_select(
+        PENDING.c.source_service,
+        PENDING.c.source_ref,
+        PENDING.c.label,
+        PENDING.c.created_at,
+        (PENDING.c.regular + PENDING.c.bonus + PENDING.c.merchant_bonus).label("points"),
+    )
+    .where(PENDING.c.member_id == bindparam("member"), PENDING.c.status == "pending")
+    .order_by(PENDING.c.created_at.desc())
+)
+
+
+async def open_lines(conn: AsyncConnection, member_id: str, now: datetime, speaker: Speaker) -> list[HistoryLine]:
+    """The member's open holds and pending earnings, newest first."""
+    lines = [
+        HistoryLine(
+            entry_id=row.reservation_id,
+            kind="hold",
+            amount=-row.amount,
+            explanation=speaker.hold(row.source_service, row.source_ref, row.reason),
+            source_service=row.source_service,
+            source_ref=row.source_ref,
+            created_at=row.created_at,
+            until=row.expires_at,
+        )
+        for row in await conn.execute(_OPEN_HOLDS, {"member": member_id, "now": now})
+    ]
+    lines += [
+        HistoryLine(
+            entry_id=f"earning:{row.source_service}:{row.source_ref}",
+            kind="earning",
+            amount=int(row.points),
+            explanation=speaker.earning(row.source_service, row.source_ref, row.label),
+            source_service=row.source_service,
+            source_ref=row.source_ref,
+            created_at=row.created_at,
+        )
+        for row in await conn.execute(_PENDING_EARNINGS, {"member": member_id})
+        if row.points > 0
+    ]
+    lines.sort(key=lambda line: line.created_at, reverse=True)
+    return lines
+
+
 async def list_entries(
-    conn: AsyncConnection, member_id: str, page_size: int, page_token: str
-) -> pb.ListEntriesResponse:
-    size = min(page_size or 50, MAX_PAGE)
+    conn: AsyncConnection,
+    member_id: str,
+    page_size: int,
+    page_token: str,
+    *,
+    now: datetime,
+    speaker: Speaker,
+) -> HistoryPage:
+    """A page of the member's history: on the first page (no token) the open holds and pending
+    earnings first (all of them, newest first), then up to page_size posted entries, newest
+    first; later pages hold posted entries only."""
     if page_size < 0:
         raise InvalidArgument("page_size must be >= 0")
+    size = min(page_size or 50, MAX_PAGE)
     e = ENTRIES.c
     query = core_select(
         e.id, e.entry_id, e.kind, e.amount, e.explanation, e.source_service, e.source_ref, e.created_at
@@ -1361,23 +1454,21 @@ async def list_entries(
         except ValueError:
             raise InvalidArgument("page_token is not one this server gave") from None
         query = query.where(e.id < before)
+    lines = [] if page_token else await open_lines(conn, member_id, now, speaker)
     rows = (await conn.execute(query.order_by(e.id.desc()).limit(size + 1))).all()
-    response = pb.ListEntriesResponse()
-    for row in rows[:size]:
-        response.entries.append(
-            pb.Entry(
-                entry_id=row.entry_id,
-                kind=ENTRY_KIND[row.kind],
-                amount=row.amount,
-                explanation=row.explanation,
-                source_service=row.source_service,
-                source_ref=row.source_ref,
-                created_at=ts(row.created_at),
-            )
+    lines += [
+        HistoryLine(
+            entry_id=row.entry_id,
+            kind=row.kind,
+            amount=row.amount,
+            explanation=speaker.entry(row.kind, row.explanation, row.source_service, row.source_ref),
+            source_service=row.source_service,
+            source_ref=row.source_ref,
+            created_at=row.created_at,
         )
-    if len(rows) > size:
-        response.page_info.next_page_token = str(rows[size - 1].id)
-    return response
+        for row in rows[:size]
+    ]
+    return HistoryPage(lines, str(rows[size - 1].id) if len(rows) > size else "")
 
 
 async def members_with_due(session: AsyncSession, now: datetime, limit: int) -> list[str]:
