@@ -52,7 +52,7 @@ async def set_quantity(
 async def remove(session: AsyncSession, member_id: str, product_id: str) -> None:
     await session.exec(
         delete(CartItem).where(
-            col(CartItem.member_id) == member_id,  # type: ignore[call-overload]
+            col(CartItem.member_id) == member_id,
             col(CartItem.product_id) == product_id,
         )
     )

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from sqlalchemy import func, or_
+from sqlalchemy import ColumnElement, func, or_
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -230,10 +230,10 @@ async def browse(
                 func.lower(col(Product.description)).contains(word, autoescape=True),
             )
         )
-    order = {
-        "price_asc": (col(Product.price_minor).asc(), col(Product.id)),
-        "price_desc": (col(Product.price_minor).desc(), col(Product.id)),
-        "title": (col(Product.title).asc(), col(Product.id)),
+    order: dict[str, tuple[ColumnElement[Any], ...]] = {
+        "price_asc": (col(Product.price_minor).asc(), col(Product.id).asc()),
+        "price_desc": (col(Product.price_minor).desc(), col(Product.id).asc()),
+        "title": (col(Product.title).asc(), col(Product.id).asc()),
         "newest": (col(Product.id).desc(),),
     }
     if sort not in order:

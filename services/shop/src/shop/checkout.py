@@ -219,7 +219,7 @@ class CheckoutSaga:
         now = self.clock.now()
         async with self.db.transaction() as session:
             claimed = await session.exec(
-                update(Checkout)  # type: ignore[call-overload]
+                update(Checkout)
                 .where(col(Checkout.id) == checkout.id, col(Checkout.state) == AUTHORIZED)
                 .values(state=COMPLETED, updated_at=now)
             )
@@ -232,7 +232,7 @@ class CheckoutSaga:
                 # The conditional update is the stock check: it cannot go below zero, whatever the
                 # concurrency (PostgreSQL re-checks the predicate on the locked row; SQLite serializes).
                 taken = await session.exec(
-                    update(Product)  # type: ignore[call-overload]
+                    update(Product)
                     .where(
                         col(Product.id) == line["product_id"],
                         col(Product.active).is_(True),
@@ -268,7 +268,7 @@ class CheckoutSaga:
             for line in checkout.lines:
                 session.add(OrderLine(order_id=order.id, **line))
             await session.exec(
-                delete(CartItem).where(  # type: ignore[call-overload]
+                delete(CartItem).where(
                     col(CartItem.member_id) == checkout.member_id,
                     col(CartItem.product_id).in_([line["product_id"] for line in checkout.lines]),
                 )
@@ -337,7 +337,9 @@ class CheckoutSaga:
         # looked up again: asking for it means repeating the request, which needs the member's token,
         # and the recovery job acts without one. Points and fintech release such holds at their
         # expiry (points_hold_seconds, fintech's authorization TTL).
-        error = FailedPrecondition(checkout.error_message or "checkout interrupted; every hold was released")
+        error = FailedPrecondition(
+            checkout.error_message or "checkout interrupted before it finished; nothing was charged"
+        )
         if checkout.error_code:
             error.code = checkout.error_code
         await self._compensate(checkout, error)
@@ -347,9 +349,7 @@ class CheckoutSaga:
     async def _save(self, checkout: Checkout, **values: object) -> None:
         async with self.db.transaction() as session:
             await session.exec(
-                update(Checkout)
-                .where(col(Checkout.id) == checkout.id)  # type: ignore[call-overload]
-                .values(updated_at=self.clock.now(), **values)
+                update(Checkout).where(col(Checkout.id) == checkout.id).values(updated_at=self.clock.now(), **values)
             )
 
     async def _merchant_name(self, merchant_id: str) -> str:

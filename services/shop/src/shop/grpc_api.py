@@ -30,7 +30,9 @@ STATUS = {
 
 
 def to_proto(order: Order, lines: list[OrderLine]) -> pb.Order:
-    money = lambda minor: Money(amount_minor=minor, currency=order.currency)  # noqa: E731
+    def money(minor: int) -> Money:
+        return Money(amount_minor=minor, currency=order.currency)
+
     return pb.Order(
         order_id=order.id,
         member_id=order.member_id,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from kizuna.kit.auth import Principal, member_scope
 from kizuna.kit.bounds import NonNegInt64, PositiveInt64
 from kizuna.kit.db import SessionDep
@@ -14,8 +14,19 @@ from pydantic import BaseModel, Field
 
 from shop import cart, catalogue, orders
 from shop.catalogue import ProductDraft, Sort
-from shop.models import Checkout, Merchant, Order, Product
-from shop.wiring import Shop, shop_of
+from shop.models import Order
+from shop.responses import (
+    CampaignPublic,
+    CartPublic,
+    CategoryPublic,
+    CheckoutPublic,
+    MerchantPublic,
+    MyMerchantPublic,
+    OrderPublic,
+    ProductPublic,
+    StaffPublic,
+)
+from shop.wiring import Shop, ShopDep
 
 router = APIRouter(prefix="/api")
 # Every member route names its scope: reads need shop:read; the cart, checkout and order changes
@@ -28,10 +39,6 @@ Orderer = Annotated[Principal, Depends(member_scope("shop:order"))]
 Seller = Annotated[Principal, Depends(member_scope("shop:sell"))]
 
 
-def _shop(request: Request) -> Shop:
-    return shop_of(request.app.state.runtime)
-
-
 def is_admin(shop: Shop, principal: Principal) -> bool:
     return principal.has_scope("shop:admin") or principal.subject in shop.settings.shop_admins
 
@@ -42,80 +49,8 @@ def _require_admin(shop: Shop, principal: Principal) -> str:
     return principal.subject
 
 
-# ---- what the API returns ----------------------------------------------------------------------
-
-
-def product_public(p: Product, m: Merchant | None = None) -> dict[str, Any]:
-    return {
-        "id": p.id,
-        "merchant_id": p.merchant_id,
-        "merchant_name": m.name if m else None,
-        "title": p.title,
-        "description": p.description,
-        "price": {"amount_minor": p.price_minor, "currency": p.currency},
-        "stock": p.stock,
-        "category": p.category,
-        "image_url": p.image_url,
-        "active": p.active,
-    }
-
-
-def merchant_public(m: Merchant) -> dict[str, Any]:
-    return {
-        "id": m.id,
-        "name": m.name,
-        "description": m.description,
-        "status": m.status,
-        "applied_by": m.applied_by,
-        "verified_at": m.verified_at,
-        "verified_by": m.verified_by,
-    }
-
-
-async def order_public(session: SessionDep, o: Order) -> dict[str, Any]:
-    money = lambda minor: {"amount_minor": minor, "currency": o.currency}  # noqa: E731
-    return {
-        "id": o.id,
-        "member_id": o.member_id,
-        "merchant_id": o.merchant_id,
-        "status": o.status,
-        "problem": o.problem,
-        "total": money(o.total_minor),
-        "points_used": o.points_used,
-        "card_amount": money(o.card_minor),
-        "commission": money(o.commission_minor),
-        "merchant_bonus_points": o.bonus_points,
-        # The campaign bonus is the merchant's cost (a point is worth one minor unit).
-        "campaign_cost": money(o.bonus_points),
-        "merchant_payout": money(o.merchant_payout_minor),
-        "ship_by": o.ship_by,
-        "tracking": o.tracking,
-        "created_at": o.created_at,
-        "updated_at": o.updated_at,
-        "refund_requested_at": o.refund_requested_at,
-        "refund_reason": o.refund_reason,
-        "lines": [
-            {
-                "product_id": ln.product_id,
-                "title": ln.title,
-                "quantity": ln.quantity,
-                "unit_price": money(ln.unit_price_minor),
-            }
-            for ln in await orders.order_lines(session, o.id)
-        ],
-    }
-
-
-def checkout_public(c: Checkout) -> dict[str, Any]:
-    return {
-        "id": c.id,
-        "state": c.state,
-        "order_id": c.order_id if c.state == "completed" else None,
-        "total": {"amount_minor": c.total_minor, "currency": c.currency},
-        "points": c.points,
-        "card_amount": {"amount_minor": c.card_minor, "currency": c.currency},
-        "merchant_bonus_points": c.bonus_points,
-    }
+async def order_public(session: SessionDep, o: Order) -> OrderPublic:
+    return OrderPublic.of(o, await orders.order_lines(session, o.id))
 
 
 # ---- storefront --------------------------------------------------------------------------------
@@ -129,19 +64,19 @@ async def list_products(
     sort: Sort = "newest",
     limit: PositiveInt64 = 50,
     offset: NonNegInt64 = 0,
-) -> list[dict[str, Any]]:
+) -> list[ProductPublic]:
     found = await catalogue.browse(session, category=category, text=q, sort=sort, limit=limit, offset=offset)
-    return [product_public(p, m) for p, m in found]
+    return [ProductPublic.of(p, m) for p, m in found]
 
 
 @router.get("/products/{product_id}")
-async def get_product(product_id: str, session: SessionDep) -> dict[str, Any]:
-    return product_public(*await catalogue.product_page(session, product_id))
+async def get_product(product_id: str, session: SessionDep) -> ProductPublic:
+    return ProductPublic.of(*await catalogue.product_page(session, product_id))
 
 
 @router.get("/categories")
-async def list_categories(session: SessionDep) -> list[dict[str, Any]]:
-    return [{"category": c, "products": n} for c, n in await catalogue.categories(session)]
+async def list_categories(session: SessionDep) -> list[CategoryPublic]:
+    return [CategoryPublic(category=c, products=n) for c, n in await catalogue.categories(session)]
 
 
 # ---- cart and checkout -----------------------------------------------------------------------------
@@ -153,29 +88,19 @@ class CartItemIn(BaseModel):
 
 
 @router.get("/cart")
-async def get_cart(member: Reader, session: SessionDep) -> dict[str, Any]:
-    lines = await cart.lines(session, member.subject)
-    return {
-        "items": [
-            {
-                "product": product_public(ln.product, ln.merchant),
-                "quantity": ln.item.quantity,
-                "amount_minor": ln.item.quantity * ln.product.price_minor,
-            }
-            for ln in lines
-        ]
-    }
+async def get_cart(member: Reader, session: SessionDep) -> CartPublic:
+    return CartPublic.of(await cart.lines(session, member.subject))
 
 
 @router.put("/cart/items")
-async def put_cart_item(body: CartItemIn, member: Orderer, session: SessionDep, request: Request) -> dict[str, Any]:
-    await cart.set_quantity(session, member.subject, body.product_id, body.quantity, _shop(request).clock.now())
+async def put_cart_item(body: CartItemIn, member: Orderer, session: SessionDep, shop: ShopDep) -> CartPublic:
+    await cart.set_quantity(session, member.subject, body.product_id, body.quantity, shop.clock.now())
     await session.commit()
     return await get_cart(member, session)
 
 
 @router.delete("/cart/items/{product_id}")
-async def delete_cart_item(product_id: str, member: Orderer, session: SessionDep) -> dict[str, Any]:
+async def delete_cart_item(product_id: str, member: Orderer, session: SessionDep) -> CartPublic:
     await cart.remove(session, member.subject, product_id)
     await session.commit()
     return await get_cart(member, session)
@@ -188,15 +113,15 @@ class CheckoutIn(BaseModel):
 
 
 @router.post("/checkout")
-async def post_checkout(body: CheckoutIn, member: Orderer, request: Request) -> dict[str, Any]:
-    done = await _shop(request).checkout.checkout(
+async def post_checkout(body: CheckoutIn, member: Orderer, shop: ShopDep) -> CheckoutPublic:
+    done = await shop.checkout.checkout(
         member_id=member.subject,
         member_token=member.token,
         merchant_id=body.merchant_id,
         points=body.points,
         idempotency_key=body.idempotency_key,
     )
-    return checkout_public(done)
+    return CheckoutPublic.of(done)
 
 
 # ---- my orders ---------------------------------------------------------------------------------
@@ -210,25 +135,25 @@ async def _my_order(session: SessionDep, order_id: str, member: Principal) -> Or
 
 
 @router.get("/orders")
-async def my_orders(member: Reader, session: SessionDep) -> list[dict[str, Any]]:
+async def my_orders(member: Reader, session: SessionDep) -> list[OrderPublic]:
     return [await order_public(session, o) for o in await orders.member_orders(session, member.subject)]
 
 
 @router.get("/orders/{order_id}")
-async def my_order(order_id: str, member: Reader, session: SessionDep) -> dict[str, Any]:
+async def my_order(order_id: str, member: Reader, session: SessionDep) -> OrderPublic:
     return await order_public(session, await _my_order(session, order_id, member))
 
 
 @router.post("/orders/{order_id}/cancel")
-async def cancel_my_order(order_id: str, member: Orderer, session: SessionDep, request: Request) -> dict[str, Any]:
+async def cancel_my_order(order_id: str, member: Orderer, session: SessionDep, shop: ShopDep) -> OrderPublic:
     await _my_order(session, order_id, member)
     await session.close()
-    return await order_public(session, await _shop(request).orders.cancel(order_id))
+    return await order_public(session, await shop.orders.cancel(order_id))
 
 
 @router.post("/orders/{order_id}/confirm-delivery")
-async def confirm_delivery(order_id: str, member: Orderer, session: SessionDep, request: Request) -> dict[str, Any]:
-    order = await _shop(request).orders.complete(order_id, member.subject)
+async def confirm_delivery(order_id: str, member: Orderer, session: SessionDep, shop: ShopDep) -> OrderPublic:
+    order = await shop.orders.complete(order_id, member.subject)
     return await order_public(session, order)
 
 
@@ -238,9 +163,9 @@ class RefundRequestIn(BaseModel):
 
 @router.post("/orders/{order_id}/refund-request")
 async def refund_request(
-    order_id: str, body: RefundRequestIn, member: Orderer, session: SessionDep, request: Request
-) -> dict[str, Any]:
-    order = await orders.request_refund(session, order_id, member.subject, body.reason, _shop(request).clock.now())
+    order_id: str, body: RefundRequestIn, member: Orderer, session: SessionDep, shop: ShopDep
+) -> OrderPublic:
+    order = await orders.request_refund(session, order_id, member.subject, body.reason, shop.clock.now())
     await session.commit()
     return await order_public(session, order)
 
@@ -287,58 +212,59 @@ class ShipIn(BaseModel):
 
 @router.post("/merchants")
 async def apply_as_merchant(
-    body: MerchantApplication, member: Seller, session: SessionDep, request: Request
-) -> dict[str, Any]:
-    merchant = await catalogue.apply(session, member.subject, body.name, body.description, _shop(request).clock.now())
+    body: MerchantApplication, member: Seller, session: SessionDep, shop: ShopDep
+) -> MerchantPublic:
+    merchant = await catalogue.apply(session, member.subject, body.name, body.description, shop.clock.now())
     await session.commit()
-    return merchant_public(merchant)
+    return MerchantPublic.of(merchant)
 
 
 @router.get("/merchants/mine")
-async def my_merchants(member: Seller, session: SessionDep) -> list[dict[str, Any]]:
-    return [{**merchant_public(m), "role": role} for m, role in await catalogue.merchants_of(session, member.subject)]
+async def my_merchants(member: Seller, session: SessionDep) -> list[MyMerchantPublic]:
+    return [
+        MyMerchantPublic(**MerchantPublic.of(m).model_dump(), role=role)
+        for m, role in await catalogue.merchants_of(session, member.subject)
+    ]
 
 
 @router.post("/merchants/{merchant_id}/staff")
-async def add_staff(merchant_id: str, body: StaffIn, member: Seller, session: SessionDep) -> dict[str, str]:
+async def add_staff(merchant_id: str, body: StaffIn, member: Seller, session: SessionDep) -> StaffPublic:
     await catalogue.require_staff(session, merchant_id, member.subject, owner=True)
     staff = await catalogue.add_staff(session, merchant_id, body.member_id)
     await session.commit()
-    return {"merchant_id": merchant_id, "member_id": staff.member_id, "role": staff.role}
+    return StaffPublic.of(staff)
 
 
 @router.get("/merchants/{merchant_id}/products")
-async def merchant_products(merchant_id: str, member: Seller, session: SessionDep) -> list[dict[str, Any]]:
+async def merchant_products(merchant_id: str, member: Seller, session: SessionDep) -> list[ProductPublic]:
     await catalogue.require_staff(session, merchant_id, member.subject)
-    return [product_public(p) for p in await catalogue.merchant_products(session, merchant_id)]
+    return [ProductPublic.of(p) for p in await catalogue.merchant_products(session, merchant_id)]
 
 
 @router.post("/merchants/{merchant_id}/products")
 async def add_product(
-    merchant_id: str, body: ProductIn, member: Seller, session: SessionDep, request: Request
-) -> dict[str, Any]:
+    merchant_id: str, body: ProductIn, member: Seller, session: SessionDep, shop: ShopDep
+) -> ProductPublic:
     merchant = await catalogue.require_staff(session, merchant_id, member.subject)
-    product = await catalogue.add_product(session, merchant, body.draft(), _shop(request).clock.now())
+    product = await catalogue.add_product(session, merchant, body.draft(), shop.clock.now())
     await session.commit()
-    return product_public(product)
+    return ProductPublic.of(product)
 
 
 @router.put("/merchants/{merchant_id}/products/{product_id}")
 async def update_product(
-    merchant_id: str, product_id: str, body: ProductIn, member: Seller, session: SessionDep, request: Request
-) -> dict[str, Any]:
+    merchant_id: str, product_id: str, body: ProductIn, member: Seller, session: SessionDep, shop: ShopDep
+) -> ProductPublic:
     merchant = await catalogue.require_staff(session, merchant_id, member.subject)
-    product = await catalogue.update_product(
-        session, merchant, product_id, body.draft(), body.active, _shop(request).clock.now()
-    )
+    product = await catalogue.update_product(session, merchant, product_id, body.draft(), body.active, shop.clock.now())
     await session.commit()
-    return product_public(product)
+    return ProductPublic.of(product)
 
 
 @router.post("/merchants/{merchant_id}/campaigns")
 async def add_campaign(
-    merchant_id: str, body: CampaignIn, member: Seller, session: SessionDep, request: Request
-) -> dict[str, Any]:
+    merchant_id: str, body: CampaignIn, member: Seller, session: SessionDep, shop: ShopDep
+) -> CampaignPublic:
     merchant = await catalogue.require_staff(session, merchant_id, member.subject)
     c = await catalogue.add_campaign(
         session,
@@ -348,23 +274,16 @@ async def add_campaign(
         starts_at=body.starts_at,
         ends_at=body.ends_at,
         product_id=body.product_id,
-        now=_shop(request).clock.now(),
+        now=shop.clock.now(),
     )
     await session.commit()
-    return {
-        "id": c.id,
-        "name": c.name,
-        "extra_bp": c.extra_bp,
-        "product_id": c.product_id,
-        "starts_at": c.starts_at,
-        "ends_at": c.ends_at,
-    }
+    return CampaignPublic.of(c)
 
 
 @router.get("/merchants/{merchant_id}/orders")
 async def merchant_orders(
     merchant_id: str, member: Seller, session: SessionDep, status: str | None = None
-) -> list[dict[str, Any]]:
+) -> list[OrderPublic]:
     await catalogue.require_staff(session, merchant_id, member.subject)
     return [await order_public(session, o) for o in await orders.merchant_orders(session, merchant_id, status)]
 
@@ -379,26 +298,26 @@ async def _merchant_order(session: SessionDep, merchant_id: str, order_id: str, 
 
 @router.post("/merchants/{merchant_id}/orders/{order_id}/ship")
 async def ship_order(
-    merchant_id: str, order_id: str, body: ShipIn, member: Seller, session: SessionDep, request: Request
-) -> dict[str, Any]:
+    merchant_id: str, order_id: str, body: ShipIn, member: Seller, session: SessionDep, shop: ShopDep
+) -> OrderPublic:
     await _merchant_order(session, merchant_id, order_id, member)
-    return await order_public(session, await _shop(request).orders.ship(order_id, body.tracking))
+    return await order_public(session, await shop.orders.ship(order_id, body.tracking))
 
 
 @router.post("/merchants/{merchant_id}/orders/{order_id}/cancel")
 async def merchant_cancel(
-    merchant_id: str, order_id: str, member: Seller, session: SessionDep, request: Request
-) -> dict[str, Any]:
+    merchant_id: str, order_id: str, member: Seller, session: SessionDep, shop: ShopDep
+) -> OrderPublic:
     await _merchant_order(session, merchant_id, order_id, member)
-    return await order_public(session, await _shop(request).orders.cancel(order_id))
+    return await order_public(session, await shop.orders.cancel(order_id))
 
 
 @router.post("/merchants/{merchant_id}/orders/{order_id}/refund")
 async def merchant_refund(
-    merchant_id: str, order_id: str, member: Seller, session: SessionDep, request: Request
-) -> dict[str, Any]:
+    merchant_id: str, order_id: str, member: Seller, session: SessionDep, shop: ShopDep
+) -> OrderPublic:
     await _merchant_order(session, merchant_id, order_id, member)
-    return await order_public(session, await _shop(request).orders.refund(order_id))
+    return await order_public(session, await shop.orders.refund(order_id))
 
 
 # ---- platform admin ----------------------------------------------------------------------------
@@ -406,24 +325,23 @@ async def merchant_refund(
 
 @router.get("/admin/merchants")
 async def admin_merchants(
-    member: Reader, session: SessionDep, request: Request, status: str | None = None
-) -> list[dict[str, Any]]:
-    _require_admin(_shop(request), member)
-    return [merchant_public(m) for m in await catalogue.merchants(session, status)]
+    member: Reader, session: SessionDep, shop: ShopDep, status: str | None = None
+) -> list[MerchantPublic]:
+    _require_admin(shop, member)
+    return [MerchantPublic.of(m) for m in await catalogue.merchants(session, status)]
 
 
 @router.post("/admin/merchants/{merchant_id}/{decision}")
 async def admin_decide(
-    merchant_id: str, decision: str, member: Orderer, session: SessionDep, request: Request
-) -> dict[str, Any]:
-    shop = _shop(request)
+    merchant_id: str, decision: str, member: Orderer, session: SessionDep, shop: ShopDep
+) -> MerchantPublic:
     admin = _require_admin(shop, member)
     merchant = await catalogue.decide(session, merchant_id, decision, admin, shop.clock.now())
     await session.commit()
-    return merchant_public(merchant)
+    return MerchantPublic.of(merchant)
 
 
 @router.post("/admin/orders/{order_id}/refund")
-async def admin_refund(order_id: str, member: Orderer, session: SessionDep, request: Request) -> dict[str, Any]:
-    _require_admin(_shop(request), member)
-    return await order_public(session, await _shop(request).orders.refund(order_id))
+async def admin_refund(order_id: str, member: Orderer, session: SessionDep, shop: ShopDep) -> OrderPublic:
+    _require_admin(shop, member)
+    return await order_public(session, await shop.orders.refund(order_id))

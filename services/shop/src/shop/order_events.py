@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.common.v1.common_pb2 import Money
 from kizuna.kit.events import publish
@@ -14,7 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shop.models import Order
 
-MESSAGES: dict[str, Any] = {
+MESSAGES: dict[str, type[Message]] = {
     "shop.order.paid": ev.OrderPaid,
     "shop.order.shipped": ev.OrderShipped,
     "shop.order.completed": ev.OrderCompleted,
@@ -29,9 +30,11 @@ def timestamp(at: datetime) -> Timestamp:
     return ts
 
 
-def order_event(order: Order, subject: str, at: datetime, **extra: Any) -> Any:
-    money = lambda minor: Money(amount_minor=minor, currency=order.currency)  # noqa: E731
-    return MESSAGES[subject](
+def order_event(order: Order, subject: str, at: datetime, **extra: Any) -> Message:
+    def money(minor: int) -> Money:
+        return Money(amount_minor=minor, currency=order.currency)
+
+    event: Message = MESSAGES[subject](
         order_id=order.id,
         member_id=order.member_id,
         merchant_id=order.merchant_id,
@@ -43,6 +46,7 @@ def order_event(order: Order, subject: str, at: datetime, **extra: Any) -> Any:
         card_amount=money(order.card_minor),
         **extra,
     )
+    return event
 
 
 # The order events that are also steps of the earning contract (points earns from those, not from

@@ -144,7 +144,7 @@ class OrderLifecycle:
             if order.status == transient:
                 return order  # a retry of an interrupted transition: finish it
             claimed = await session.exec(
-                update(Order)  # type: ignore[call-overload]
+                update(Order)
                 .where(col(Order.id) == order_id, col(Order.status).in_(sources))
                 .values(status=transient, updated_at=self.clock.now(), **values)
             )
@@ -156,7 +156,7 @@ class OrderLifecycle:
         """Save what a step achieved (a capture id, a new status) while the order is still `expected`."""
         async with self.db.transaction() as session:
             done = await session.exec(
-                update(Order)  # type: ignore[call-overload]
+                update(Order)
                 .where(col(Order.id) == order.id, col(Order.status) == expected)
                 .values(updated_at=self.clock.now(), **values)
             )
@@ -184,7 +184,7 @@ class OrderLifecycle:
             done = await session.exec(
                 update(Order)
                 .where(
-                    col(Order.id) == order.id,  # type: ignore[call-overload]
+                    col(Order.id) == order.id,
                     col(Order.status) == transient,
                 )
                 .values(**fields)
@@ -195,7 +195,7 @@ class OrderLifecycle:
                 for line in await order_lines(session, order.id):
                     await session.exec(
                         update(Product)
-                        .where(col(Product.id) == line.product_id)  # type: ignore[call-overload]
+                        .where(col(Product.id) == line.product_id)
                         .values(stock=col(Product.stock) + line.quantity)
                     )
             order = await get_order(session, order.id)

@@ -32,6 +32,7 @@ from kizuna.kit.web.wording import for_member
 
 from shop import cart, catalogue, orders
 from shop.catalogue import ProductDraft, Sort
+from shop.models import Product
 from shop.wiring import Shop, shop_of
 
 log = logging.getLogger("shop.pages")
@@ -337,7 +338,7 @@ async def update_product(
 ) -> Response:
     try:
         merchant = await catalogue.require_staff(session, merchant_id, member.member_id)
-        current = await session.get(catalogue.Product, product_id)
+        current = await session.get(Product, product_id)
         if current is None or current.merchant_id != merchant_id:
             raise NotFound(f"merchant {merchant_id} has no product {product_id!r}")
         draft = ProductDraft(

@@ -82,35 +82,13 @@ async def export_member(session: AsyncSession, member_id: str) -> dict[str, Any]
 
 async def erase_member(session: AsyncSession, member_id: str) -> None:
     pseudonym = new_id("erased")
-    await session.exec(delete(CartItem).where(col(CartItem.member_id) == member_id))  # type: ignore[call-overload]
+    await session.exec(delete(CartItem).where(col(CartItem.member_id) == member_id))
+    await session.exec(delete(Checkout).where(col(Checkout.member_id) == member_id, col(Checkout.state) == "failed"))
+    await session.exec(update(Checkout).where(col(Checkout.member_id) == member_id).values(member_id=pseudonym))
     await session.exec(
-        delete(Checkout).where(  # type: ignore[call-overload]
-            col(Checkout.member_id) == member_id, col(Checkout.state) == "failed"
-        )
+        update(Order).where(col(Order.member_id) == member_id).values(member_id=pseudonym, refund_reason="")
     )
-    await session.exec(
-        update(Checkout)
-        .where(col(Checkout.member_id) == member_id)  # type: ignore[call-overload]
-        .values(member_id=pseudonym)
-    )
-    await session.exec(
-        update(Order)
-        .where(col(Order.member_id) == member_id)  # type: ignore[call-overload]
-        .values(member_id=pseudonym, refund_reason="")
-    )
-    await session.exec(
-        delete(MerchantStaff).where(  # type: ignore[call-overload]
-            col(MerchantStaff.member_id) == member_id
-        )
-    )
-    await session.exec(
-        update(Merchant)
-        .where(col(Merchant.applied_by) == member_id)  # type: ignore[call-overload]
-        .values(applied_by=pseudonym)
-    )
-    await session.exec(
-        update(Merchant)
-        .where(col(Merchant.verified_by) == member_id)  # type: ignore[call-overload]
-        .values(verified_by=pseudonym)
-    )
-    await session.exec(delete(WebSession).where(col(WebSession.member_id) == member_id))  # type: ignore[call-overload]
+    await session.exec(delete(MerchantStaff).where(col(MerchantStaff.member_id) == member_id))
+    await session.exec(update(Merchant).where(col(Merchant.applied_by) == member_id).values(applied_by=pseudonym))
+    await session.exec(update(Merchant).where(col(Merchant.verified_by) == member_id).values(verified_by=pseudonym))
+    await session.exec(delete(WebSession).where(col(WebSession.member_id) == member_id))

@@ -125,7 +125,7 @@ async def seed_catalogue(session: AsyncSession, owner: str = DEMO_OWNER) -> int:
         titles = set((await session.exec(select(Product.title).where(Product.merchant_id == merchant.id))).all())
         stale = select(Product).where(
             Product.merchant_id == merchant.id, Product.image_url.startswith(_OLD_DEMO_IMAGES)
-        )  # type: ignore[attr-defined]
+        )
         for product in (await session.exec(stale)).all():
             product.image_url = ""
             session.add(product)
