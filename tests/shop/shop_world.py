@@ -45,8 +45,13 @@ class ShopWorld:
 
     async def shop_net(self, member: str) -> int:
         """What the shop's orders changed in the member's points (spends, refunds, earnings, clawbacks).
-        The card's own earnings (fintech's purchases) are fintech's, so they are left out."""
-        return sum(e.amount for e in await self.entries(member) if e.source_service == "shop")
+        The card's own earnings (fintech's purchases) are fintech's, so they are left out, and so are
+        the entries points lists that are not posted (open holds, earnings still pending)."""
+        return sum(
+            e.amount
+            for e in await self.entries(member)
+            if e.source_service == "shop" and e.kind not in (ppb.ENTRY_KIND_HOLD, ppb.ENTRY_KIND_EARNING)
+        )
 
     async def card(self, member: str) -> dict[str, Any]:
         """The member's card as fintech shows it to them: held_minor (open authorizations), owed_minor."""

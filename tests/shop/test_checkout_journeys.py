@@ -298,7 +298,9 @@ async def _bonus_entries(w: ShopWorld, member: str, order: str) -> list[ppb.Entr
     return [
         e
         for e in await w.entries(member)
-        if e.source_ref == order and e.amount > 0 and e.explanation.startswith("Merchant campaign bonus")
+        if e.source_ref == order
+        and e.kind == ppb.ENTRY_KIND_CREDIT
+        and e.explanation.startswith("Merchant campaign bonus")
     ]
 
 
