@@ -11,7 +11,8 @@ from kizuna.kit.service import Runtime
 from kizuna.travel.v1 import travel_pb2 as pb
 from kizuna.travel.v1 import travel_pb2_grpc
 
-from travel.booking import FAILED, FAILING, PENDING, Bookings
+from travel.booking import Bookings
+from travel.booking_store import NOT_MADE
 from travel.views import booking_proto
 
 READ_SCOPE = "travel:read"
@@ -36,7 +37,7 @@ class TravelApi(travel_pb2_grpc.TravelServiceServicer):
         if not request.booking_id:
             raise InvalidArgument("booking_id is required")
         booking = await self.bookings.get(request.booking_id)
-        if booking.status in (PENDING, FAILING, FAILED):
+        if booking.status in NOT_MADE:
             raise NotFound(f"unknown booking {request.booking_id!r}")
         _authorize_for(booking.member_id)
         return pb.GetBookingResponse(booking=booking_proto(booking))

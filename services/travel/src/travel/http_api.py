@@ -3,22 +3,29 @@ member (bearer token). The member's token is passed on to points to reserve thei
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from kizuna.kit.auth import Principal, member_scope
 from kizuna.kit.bounds import Int64
 from kizuna.kit.db import SessionDep
-from kizuna.kit.errors import InvalidArgument, NotFound
+from kizuna.kit.errors import InvalidArgument, PermissionDenied
 from kizuna.kit.service import context_of
 from pydantic import BaseModel
 
 from travel import stay as rules
-from travel.booking import FAILED, FAILING, PENDING, BookingRequest, Bookings
+from travel.booking import BookingRequest, Bookings
 from travel.catalogue import CITIES
-from travel.models import Booking
 from travel.search import hotel_page, search_hotels
-from travel.views import booking_json, hotel_json, offer_json, result_json
+from travel.views import (
+    BookingListPublic,
+    BookingPublic,
+    CancellationQuotePublic,
+    CityPublic,
+    HotelPagePublic,
+    HotelResultPublic,
+    SearchPublic,
+)
 
 router = APIRouter(prefix="/api")
 
@@ -29,35 +36,32 @@ Reader = Annotated[Principal, Depends(member_scope("travel:read"))]
 Booker = Annotated[Principal, Depends(member_scope("travel:book"))]
 
 
-def parse_stay(bookings: Bookings, check_in: str, check_out: str, guests: int) -> rules.StayRequest:
-    return rules.validate_stay(
-        rules.parse_date(check_in, "check_in"),
-        rules.parse_date(check_out, "check_out"),
-        guests,
-        now=bookings.clock.now(),
-        max_nights=bookings.max_stay_nights,
-    )
+def _member_id(member: Principal) -> str:
+    # member_scope lets only a member's token through; a service token never reaches a route.
+    if member.member_id is None:
+        raise PermissionDenied("this route needs a member's own token")
+    return member.member_id
 
 
 @router.get("/cities")
-async def cities() -> list[dict[str, str]]:
-    return [{"city": k, "name": v} for k, v in CITIES.items()]
+async def cities() -> list[CityPublic]:
+    return [CityPublic(city=k, name=v) for k, v in CITIES.items()]
 
 
 @router.get("/search")
 async def search(
     session: SessionDep, bookings: BookingsDep, city: str, check_in: str, check_out: str, guests: Int64 = 1
-) -> dict[str, Any]:
-    stay = parse_stay(bookings, check_in, check_out, guests)
+) -> SearchPublic:
+    stay = bookings.parse_stay(check_in, check_out, guests)
     results = await search_hotels(session, city, stay)
-    return {
-        "city": city,
-        "check_in": check_in,
-        "check_out": check_out,
-        "guests": guests,
-        "nights": len(stay.nights),
-        "hotels": [result_json(r) for r in results],
-    }
+    return SearchPublic(
+        city=city,
+        check_in=check_in,
+        check_out=check_out,
+        guests=guests,
+        nights=len(stay.nights),
+        hotels=[HotelResultPublic.of_result(r, stay) for r in results],
+    )
 
 
 @router.get("/hotels/{hotel_id}")
@@ -68,27 +72,9 @@ async def hotel(
     check_in: str | None = None,
     check_out: str | None = None,
     guests: Int64 = 1,
-) -> dict[str, Any]:
-    stay = parse_stay(bookings, check_in, check_out, guests) if check_in and check_out else None
-    page = await hotel_page(session, hotel_id, stay)
-    return {
-        **hotel_json(page.hotel),
-        "rooms": [
-            {"room_type_id": r.id, "name": r.name, "max_guests": r.max_guests, "description": r.description}
-            for r in page.rooms
-        ],
-        "rate_plans": [
-            {
-                "rate_plan_id": p.id,
-                "name": p.name,
-                "refundable": p.refundable,
-                "breakfast": p.breakfast,
-                "cancellation": rules.CancellationPolicy(p.refundable, p.free_cancel_days, p.penalty_bp).describe(),
-            }
-            for p in page.plans
-        ],
-        "offers": [offer_json(o) for o in page.offers],
-    }
+) -> HotelPagePublic:
+    stay = bookings.parse_stay(check_in, check_out, guests) if check_in and check_out else None
+    return HotelPagePublic.of_page(await hotel_page(session, hotel_id, stay), stay)
 
 
 class BookingCreate(BaseModel):
@@ -116,51 +102,33 @@ def booking_request(body: BookingCreate) -> BookingRequest:
 
 
 @router.post("/bookings", status_code=201)
-async def create_booking(body: BookingCreate, member: Booker, bookings: BookingsDep) -> dict[str, Any]:
-    assert member.member_id is not None
-    booking = await bookings.book(member.member_id, member.token, booking_request(body))
-    return booking_json(booking)
+async def create_booking(body: BookingCreate, member: Booker, bookings: BookingsDep) -> BookingPublic:
+    booking = await bookings.book(_member_id(member), member.token, booking_request(body))
+    return BookingPublic.of(booking)
 
 
 @router.get("/bookings")
-async def my_bookings(member: Reader, bookings: BookingsDep, offset: Int64 = 0, limit: Int64 = 50) -> dict[str, Any]:
-    assert member.member_id is not None
+async def my_bookings(member: Reader, bookings: BookingsDep, offset: Int64 = 0, limit: Int64 = 50) -> BookingListPublic:
     if offset < 0 or not 1 <= limit <= 100:
         raise InvalidArgument("offset must be >= 0 and limit between 1 and 100")
-    rows = await bookings.for_member(member.member_id, offset=offset, limit=limit)
-    return {"bookings": [booking_json(b) for b in rows]}
-
-
-async def _own(bookings: Bookings, member_id: str, booking_id: str) -> Booking:
-    booking = await bookings.get(booking_id)
-    if booking.member_id != member_id or booking.status in (PENDING, FAILING, FAILED):
-        raise NotFound(f"unknown booking {booking_id!r}")
-    return booking
+    rows = await bookings.for_member(_member_id(member), offset=offset, limit=limit)
+    return BookingListPublic(bookings=[BookingPublic.of(b) for b in rows])
 
 
 @router.get("/bookings/{booking_id}")
-async def get_booking(booking_id: str, member: Reader, bookings: BookingsDep) -> dict[str, Any]:
-    assert member.member_id is not None
-    return booking_json(await _own(bookings, member.member_id, booking_id))
+async def get_booking(booking_id: str, member: Reader, bookings: BookingsDep) -> BookingPublic:
+    return BookingPublic.of(await bookings.of_member(_member_id(member), booking_id))
 
 
 @router.get("/bookings/{booking_id}/cancellation")
-async def cancellation_quote(booking_id: str, member: Reader, bookings: BookingsDep) -> dict[str, Any]:
+async def cancellation_quote(booking_id: str, member: Reader, bookings: BookingsDep) -> CancellationQuotePublic:
     """What cancelling now would cost and return, without cancelling."""
-    assert member.member_id is not None
-    booking = await _own(bookings, member.member_id, booking_id)
-    refund = bookings.quote_cancellation(booking)
-    return {
-        "booking_id": booking.id,
-        "penalty_minor": refund.penalty_minor,
-        "card_refund_minor": refund.card_refund_minor,
-        "points_refund": refund.points_refund,
-        "currency": booking.currency,
-    }
+    booking = await bookings.of_member(_member_id(member), booking_id)
+    return CancellationQuotePublic.of(booking, bookings.quote_cancellation(booking))
 
 
 @router.post("/bookings/{booking_id}/cancel")
-async def cancel_booking(booking_id: str, member: Booker, bookings: BookingsDep) -> dict[str, Any]:
-    assert member.member_id is not None
-    await _own(bookings, member.member_id, booking_id)
-    return booking_json(await bookings.cancel(member.member_id, booking_id))
+async def cancel_booking(booking_id: str, member: Booker, bookings: BookingsDep) -> BookingPublic:
+    member_id = _member_id(member)
+    await bookings.of_member(member_id, booking_id)
+    return BookingPublic.of(await bookings.cancel(member_id, booking_id))

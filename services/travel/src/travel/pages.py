@@ -4,6 +4,10 @@ Searching is open to everyone; booking, trips and cancelling need a member signe
 kit's OIDC relying party (`SignedInMember`). Booking passes the member's own access token (kept
 server-side by the kit) to points and fintech, which is how the member authorizes the spend. The
 forms that change something (book, cancel) carry the kit's CSRF token and are refused without it.
+
+A signed-in member sees what a stay would earn ("earn N pt", points' earn preview) on the hotel
+cards, the hotel's rate table and the booking page: one call per distinct price, all at once,
+within `EARN_PREVIEW_SECONDS`; without an answer from points the pages show no badge.
 """
 
 from __future__ import annotations
@@ -11,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Iterable
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import httpx
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from kizuna.kit.bounds import Int64
 from kizuna.kit.csrf import FormMember
 from kizuna.kit.db import SessionDep
@@ -28,24 +35,25 @@ from kizuna.kit.web import IMAGE_PREFIX, page_templates
 from kizuna.kit.web.wording import for_member
 
 from travel import stay as rules
-from travel.booking import FAILED, FAILING, PENDING, BookingRequest, Bookings
+from travel import wording
+from travel.booking import BookingRequest, Bookings
+from travel.booking_store import CONFIRMED
+from travel.cancellation import policy_of as booking_policy
 from travel.catalogue import CITIES
-from travel.http_api import BookingsDep, parse_stay
-from travel.models import Hotel, RatePlan, RoomType
-from travel.search import hotel_page, search_hotels
+from travel.http_api import BookingsDep
+from travel.search import hotel_page, policy_of, search_hotels
 
 templates = page_templates(
     Path(__file__).parent / "templates", service="travel", hotel_image=f"{IMAGE_PREFIX}hotel.svg"
 )
+templates.env.globals.update(terms=wording.for_page, status_label=lambda s: wording.status_label(s, _))
 router = APIRouter(include_in_schema=False)
 log = logging.getLogger("travel.pages")
 
+STYLESHEET = Path(__file__).parent / "static" / "travel.css"
 
-def yen(amount: int) -> str:
-    return f"¥{amount:,}"
-
-
-templates.env.filters["yen"] = yen
+# How long a page waits for points' earn previews before it renders without them.
+EARN_PREVIEW_SECONDS = 1.5
 
 
 def _page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -65,16 +73,44 @@ def _error(request: Request, exc: DomainError, **context: Any) -> HTMLResponse:
     )
 
 
+async def _earn_previews(bookings: Bookings, member_id: str, totals: Iterable[int | None]) -> dict[int, int]:
+    """What paying each total would earn the member now (points' earn preview), asked for every
+    distinct total at once; totals points did not answer for in time are left out."""
+    wanted = sorted({t for t in totals if t})
+    if not wanted:
+        return {}
+
+    async def one(total: int) -> int | None:
+        try:
+            preview = await bookings.payments.points.preview_earn(member_id=member_id, amount_minor=total)
+        except (DomainError, httpx.HTTPError) as exc:  # the page works without it
+            log.warning("earn preview unavailable", extra={"error": str(exc)})
+            return None
+        return int(preview.total)
+
+    try:
+        found = await asyncio.wait_for(asyncio.gather(*(one(t) for t in wanted)), EARN_PREVIEW_SECONDS)
+    except TimeoutError:
+        log.warning("earn previews took longer than %s s; the page shows none", EARN_PREVIEW_SECONDS)
+        return {}
+    return {t: n for t, n in zip(wanted, found, strict=True) if n is not None}
+
+
+@router.get("/static/travel.css")
+async def stylesheet() -> FileResponse:
+    return FileResponse(STYLESHEET, media_type="text/css", headers={"Cache-Control": "public, max-age=3600"})
+
+
 @router.get("/", response_class=HTMLResponse)
-async def search_page(request: Request, member: MaybeMember) -> HTMLResponse:
-    today = rules.hotel_today(request.app.state.runtime.clock.now())
+async def search_page(request: Request, member: MaybeMember, bookings: BookingsDep) -> HTMLResponse:
+    today = rules.hotel_today(bookings.clock.now())
     return _page(
         request,
         "travel/search.html",
         title=_("Find a hotel"),
         member=member,
         default_in=today.isoformat(),
-        default_out=(today.fromordinal(today.toordinal() + 1)).isoformat(),
+        default_out=(today + timedelta(days=1)).isoformat(),
     )
 
 
@@ -90,10 +126,13 @@ async def results_page(
     guests: Int64 = 2,
 ) -> HTMLResponse:
     try:
-        stay = parse_stay(bookings, check_in, check_out, guests)
+        stay = bookings.parse_stay(check_in, check_out, guests)
         results = await search_hotels(session, city, stay)
     except DomainError as exc:
         return _error(request, exc, member=member)
+    earn: dict[int, int] = {}
+    if member is not None:
+        earn = await _earn_previews(bookings, member.member_id, (r.from_minor for r in results))
     return _page(
         request,
         "travel/results.html",
@@ -101,6 +140,7 @@ async def results_page(
         city=city,
         stay=stay,
         results=results,
+        earn_by_total=earn,
         member=member,
     )
 
@@ -117,39 +157,24 @@ async def hotel_view(
     guests: Int64 = 2,
 ) -> HTMLResponse:
     try:
-        stay = parse_stay(bookings, check_in, check_out, guests) if check_in and check_out else None
+        stay = bookings.parse_stay(check_in, check_out, guests) if check_in and check_out else None
         page = await hotel_page(session, hotel_id, stay)
     except DomainError as exc:
         return _error(request, exc, member=member)
-    policies = {
-        p.id: rules.CancellationPolicy(p.refundable, p.free_cancel_days, p.penalty_bp).describe() for p in page.plans
-    }
-    earn_by_total: dict[int, int | None] = {}
+    earn: dict[int, int] = {}
     if member is not None and stay is not None:
-        totals = sorted({o.total_minor for o in page.offers})
-        previews = await asyncio.gather(*(_earn_preview(bookings, member.member_id, t) for t in totals))
-        earn_by_total = dict(zip(totals, previews, strict=True))
+        earn = await _earn_previews(bookings, member.member_id, (o.total_minor for o in page.offers))
     return _page(
         request,
         "travel/hotel.html",
-        earn_by_total=earn_by_total,
+        earn_by_total=earn,
         title=page.hotel.name,
         page=page,
         stay=stay,
         guests=guests,
-        policies=policies,
+        policies={p.id: policy_of(p) for p in page.plans},
         member=member,
     )
-
-
-async def _earn_preview(bookings: Bookings, member_id: str, amount_minor: int) -> int | None:
-    """What paying for the stay would earn this member now (points' earn preview), or None."""
-    try:
-        preview = await bookings.payments.points.preview_earn(member_id=member_id, amount_minor=amount_minor)
-    except DomainError as exc:  # the page works without it
-        log.warning("earn preview unavailable", extra={"error": exc.message})
-        return None
-    return int(preview.total)
 
 
 @router.get("/book", response_model=None)
@@ -176,7 +201,7 @@ async def book_page(
 ) -> HTMLResponse:
     """The booking to review and pay, reached only by the hotel page's form (CSRF-checked)."""
     try:
-        stay = parse_stay(bookings, check_in, check_out, guests)
+        stay = bookings.parse_stay(check_in, check_out, guests)
         page = await hotel_page(session, hotel_id, stay)
         offer = next(
             (o for o in page.offers if o.room_type_id == room_type_id and o.rate_plan_id == rate_plan_id), None
@@ -185,10 +210,11 @@ async def book_page(
             raise NotFound("that room and rate are not offered for this stay")
     except DomainError as exc:
         return _error(request, exc, member=member)
+    earn = await _earn_previews(bookings, member.member_id, [offer.total_minor])
     return _page(
         request,
         "travel/book.html",
-        earn_points=await _earn_preview(bookings, member.member_id, offer.total_minor),
+        earn_points=earn.get(offer.total_minor),
         title=_("Book"),
         member=member,
         hotel=page.hotel,
@@ -233,51 +259,28 @@ async def book_submit(
     return RedirectResponse(f"/trips/{booking.id}", status_code=303)
 
 
-async def _names(session: Any, hotel_ids: set[str], room_ids: set[str], plan_ids: set[str]) -> dict[str, str]:
-    names: dict[str, str] = {}
-    for model, ids in ((Hotel, hotel_ids), (RoomType, room_ids), (RatePlan, plan_ids)):
-        for i in ids:
-            row = await session.get(model, i)
-            names[i] = row.name if row else i
-    return names
-
-
 @router.get("/trips", response_class=HTMLResponse)
-async def trips_page(
-    request: Request, member: SignedInMember, session: SessionDep, bookings: BookingsDep
-) -> HTMLResponse:
+async def trips_page(request: Request, member: SignedInMember, bookings: BookingsDep) -> HTMLResponse:
     rows = await bookings.for_member(member.member_id)
-    names = await _names(session, {b.hotel_id for b in rows}, {b.room_type_id for b in rows}, set())
+    names = await bookings.names(rows)
     return _page(request, "travel/trips.html", title=_("My trips"), member=member, bookings=rows, names=names)
 
 
-async def _own(bookings: Bookings, member_id: str, booking_id: str) -> Any:
-    booking = await bookings.get(booking_id)
-    if booking.member_id != member_id or booking.status in (PENDING, FAILING, FAILED):
-        raise NotFound(f"unknown booking {booking_id!r}")
-    return booking
-
-
 @router.get("/trips/{booking_id}", response_class=HTMLResponse)
-async def trip_page(
-    request: Request, member: SignedInMember, session: SessionDep, bookings: BookingsDep, booking_id: str
-) -> HTMLResponse:
+async def trip_page(request: Request, member: SignedInMember, bookings: BookingsDep, booking_id: str) -> HTMLResponse:
     try:
-        booking = await _own(bookings, member.member_id, booking_id)
+        booking = await bookings.of_member(member.member_id, booking_id)
     except DomainError as exc:
         return _error(request, exc, member=member)
-    names = await _names(session, {booking.hotel_id}, {booking.room_type_id}, {booking.rate_plan_id})
-    quote = bookings.quote_cancellation(booking) if booking.status == "confirmed" else None
-    policy = rules.CancellationPolicy(booking.refundable, booking.free_cancel_days, booking.penalty_bp)
     return _page(
         request,
         "travel/trip.html",
         title=_("Your trip"),
         member=member,
         b=booking,
-        names=names,
-        quote=quote,
-        terms=policy.describe(booking.check_in),
+        names=await bookings.names([booking]),
+        quote=bookings.quote_cancellation(booking) if booking.status == CONFIRMED else None,
+        policy=booking_policy(booking),
     )
 
 
@@ -290,10 +293,12 @@ async def cancel_submit(
     confirmed: Annotated[str, Form()] = "",
 ) -> Response:
     try:
-        booking = await _own(bookings, member.member_id, booking_id)
-        quote_now = bookings.quote_cancellation(booking) if booking.status == "confirmed" else None
-        if quote_now is not None and quote_now.penalty_minor > 0 and confirmed != "yes":
-            # A cancellation that costs money happens only after the member saw the cost and said yes.
+        booking = await bookings.of_member(member.member_id, booking_id)
+        quote_now = bookings.quote_cancellation(booking) if booking.status == CONFIRMED else None
+        costs = quote_now is not None and (quote_now.penalty_minor > 0 or not booking.refundable)
+        if costs and confirmed != "yes":
+            # A cancellation that costs money (every non-refundable one) happens only after the
+            # member saw what it costs and said yes.
             flash(request, "warning", _("Please confirm the cancellation and its cost."))
             return RedirectResponse(f"/trips/{booking_id}", status_code=303)
         await bookings.cancel(member.member_id, booking_id)

@@ -25,7 +25,7 @@ class Offer:
     plan_name: str
     breakfast: bool
     refundable: bool
-    cancellation: str
+    policy: rules.CancellationPolicy
     rooms_free: int
     night_prices: list[int]
     total_minor: int
@@ -72,7 +72,7 @@ def _offers(
     inventory: dict[str, list[rules.NightInventory]],
     stay: rules.StayRequest,
 ) -> list[Offer]:
-    offers = []
+    offers: list[Offer] = []
     for room in rooms:
         if room.max_guests < stay.guests:
             continue
@@ -91,7 +91,7 @@ def _offers(
                     plan.name,
                     plan.breakfast,
                     plan.refundable,
-                    policy_of(plan).describe(stay.check_in),
+                    policy_of(plan),
                     free,
                     prices,
                     sum(prices),

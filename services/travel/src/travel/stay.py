@@ -129,17 +129,6 @@ class CancellationPolicy:
         local = datetime.combine(check_in - timedelta(days=self.free_days), time(0, 0), HOTEL_TZ)
         return local.astimezone(UTC)
 
-    def describe(self, check_in: date | None = None) -> str:
-        pct = f"{self.penalty_bp / 100:g}%"
-        if not self.refundable:
-            return f"Non-refundable: cancelling costs {pct} of the total."
-        when = f"{self.free_days} days before check-in" if self.free_days else "the day of check-in"
-        if check_in is not None:
-            deadline = self.deadline(check_in)
-            assert deadline is not None
-            when = deadline.astimezone(HOTEL_TZ).strftime("%Y-%m-%d %H:%M JST")
-        return f"Free cancellation until {when}; after that {pct} of the total."
-
 
 def cancellation_penalty(policy: CancellationPolicy, check_in: date, total_minor: int, *, now: datetime) -> int:
     """What cancelling at `now` costs, in minor units (never more than the total)."""

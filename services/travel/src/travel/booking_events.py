@@ -1,0 +1,105 @@
+"""What travel tells the ecosystem about a booking, in the transaction of the change itself:
+`travel.booking.confirmed|cancelled|completed` and the earning contract's purchase stages."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from kizuna.common.v1 import common_pb2
+from kizuna.kit.events import publish
+from kizuna.kit.points import publish_purchase
+from kizuna.travel.v1 import events_pb2
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from travel.models import Booking
+
+
+def _date(d: date) -> common_pb2.Date:
+    return common_pb2.Date(year=d.year, month=d.month, day=d.day)
+
+
+def _ts(t: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(t)
+    return ts
+
+
+def _money(amount: int, currency: str) -> common_pb2.Money:
+    return common_pb2.Money(amount_minor=amount, currency=currency)
+
+
+def confirmed(session: AsyncSession, booking: Booking, now: datetime) -> None:
+    publish(
+        session,
+        "travel.booking.confirmed",
+        events_pb2.BookingConfirmed(
+            booking_id=booking.id,
+            member_id=booking.member_id,
+            hotel_id=booking.hotel_id,
+            room_type_id=booking.room_type_id,
+            check_in=_date(booking.check_in),
+            check_out=_date(booking.check_out),
+            guests=booking.guests,
+            total=_money(booking.total_minor, booking.currency),
+            points_used=booking.points_used,
+            occurred_at=_ts(now),
+        ),
+        member_id=booking.member_id,
+    )
+    _purchase(session, booking, "paid", now)
+
+
+def cancelled(session: AsyncSession, booking: Booking, now: datetime) -> None:
+    publish(
+        session,
+        "travel.booking.cancelled",
+        events_pb2.BookingCancelled(
+            booking_id=booking.id,
+            member_id=booking.member_id,
+            hotel_id=booking.hotel_id,
+            total=_money(booking.total_minor, booking.currency),
+            points_used=booking.points_used,
+            penalty=_money(booking.penalty_minor, booking.currency),
+            refunded=_money(booking.card_refund_minor, booking.currency),
+            points_refunded=booking.points_refund,
+            occurred_at=_ts(now),
+        ),
+        member_id=booking.member_id,
+    )
+    _purchase(session, booking, "cancelled", now)
+
+
+def completed(session: AsyncSession, booking: Booking, now: datetime) -> None:
+    publish(
+        session,
+        "travel.booking.completed",
+        events_pb2.BookingCompleted(
+            booking_id=booking.id,
+            member_id=booking.member_id,
+            hotel_id=booking.hotel_id,
+            total=_money(booking.total_minor, booking.currency),
+            points_used=booking.points_used,
+            occurred_at=_ts(now),
+        ),
+        member_id=booking.member_id,
+    )
+    _purchase(session, booking, "completed", now)
+
+
+def _purchase(session: AsyncSession, booking: Booking, stage: str, now: datetime) -> None:
+    """The booking as a step of the earning contract: it earns on the money paid (the total less
+    the points used), pending from confirmation, granted once the stay is completed."""
+    publish_purchase(
+        session,
+        "travel",
+        stage,
+        reference=booking.id,
+        member_id=booking.member_id,
+        paid_minor=max(booking.total_minor - booking.points_used, 0),
+        currency=booking.currency,
+        points_used=booking.points_used,
+        label=f"booking {booking.id}",
+        category="hotel",
+        at=now,
+    )
