@@ -42,7 +42,7 @@ import httpx
 from kizuna.kit import natsauth
 from kizuna.kit.testing import PostgresServer, end_process, free_port, nats_server_binary, spawn, wait_for_port
 
-from .deploy_support import BY_NAME, DEPLOY, ISSUER, SERVICES, Rendered, resolve_env
+from .deploy_support import BY_NAME, DEPLOY, SERVICES, Rendered, resolve_env
 
 # What this machine must differ in from a pod, and nothing else (the test checks the overrides).
 LOCAL_OVERRIDES = {
@@ -367,6 +367,7 @@ class ProdStack:
     proxy_spki: str = ""
     public: dict[str, str] = field(default_factory=dict)  # service -> https://<host>
     nats_process: subprocess.Popen[bytes] | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, for the report
     nats_port: int = 0
 
     def __post_init__(self) -> None:
@@ -502,30 +503,33 @@ class ProdStack:
         return found
 
     # ---- running -------------------------------------------------------------------------------
-    def migrate(self, timeout: float = 120) -> None:
-        procs = {}
+    def start(self, timeout: float = 120) -> None:
+        """Each pod as the kubelet runs it: its init container (`migrate`) and, once that exited 0,
+        its container; all side by side. Then the ingress in front of them."""
+        migrations: dict[str, subprocess.Popen[bytes]] = {}
         for name, pod in self.pods.items():
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **pod.init_env}
-            procs[name] = spawn(
-                pod.init_argv, env=env, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-            )
+            log = (self.workdir / f"{name}-migrate.log").open("wb")
+            migrations[name] = spawn(pod.init_argv, env=env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
+            log.close()
+        deadline = time.monotonic() + timeout
         try:
-            for name, proc in procs.items():
-                out, _ = proc.communicate(timeout=timeout)
-                assert proc.returncode == 0, f"{name}: {shlex.join(self.pods[name].init_argv)} failed:\n{out.decode()}"
+            while migrations:
+                for name, proc in list(migrations.items()):
+                    if proc.poll() is None:
+                        continue
+                    del migrations[name]
+                    output = (self.workdir / f"{name}-migrate.log").read_text(errors="replace")
+                    command = shlex.join(self.pods[name].init_argv)
+                    assert proc.returncode == 0, f"{name}: {command} exited {proc.returncode}:\n{output}"
+                    self.pods[name].start(self.workdir)
+                assert time.monotonic() < deadline, f"migrations still running after {timeout}s: {sorted(migrations)}"
+                time.sleep(0.1)
         finally:
-            for proc in procs.values():
+            for proc in migrations.values():
                 end_process(proc)
-
-    def start(self, timeout: float = 90) -> None:
-        issuer = self.pods[ISSUER]
-        issuer.start(self.workdir)
-        self.wait(issuer, "/healthz", timeout)
-        for name, pod in self.pods.items():
-            if name != ISSUER:
-                pod.start(self.workdir)
         for pod in self.pods.values():
-            self.wait(pod, pod.readiness, timeout)
+            self.wait(pod, pod.readiness, max(deadline - time.monotonic(), 5))
         routes = {
             urlsplit(self.public[name]).hostname or "": ("127.0.0.1", pod.http_port) for name, pod in self.pods.items()
         }
@@ -551,11 +555,19 @@ class ProdStack:
                 self.proxy.stop()
             except BaseException as exc:
                 failures.append(exc)
-        for pod in self.pods.values():
+
+        def stop(pod: Pod) -> None:
             try:
                 pod.stop()
             except BaseException as exc:
                 failures.append(exc)
+
+        # Side by side, as a rollout ends pods: each has its shutdown grace to drain.
+        stopping = [threading.Thread(target=stop, args=(pod,)) for pod in self.pods.values()]
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join()
         if self.nats_process is not None:
             try:
                 end_process(self.nats_process)
@@ -603,6 +615,10 @@ class ProdStack:
         assert set(result) == {n for n in self.pods if BY_NAME[n].sign_in is not None}, result
         return {name: n for name, n in result.items() if n}
 
+    def log_tails(self, lines: int = 12) -> str:
+        """The last lines of every service's log (shown when the journey fails)."""
+        return "\n".join(f"--- {name} ---\n{pod.logs(lines)}" for name, pod in self.pods.items())
+
     # ---- the browser's view --------------------------------------------------------------------
     def chromium_args(self) -> list[str]:
         """Only the browser resolves the public hosts (to the local ingress), and it trusts exactly
@@ -616,9 +632,12 @@ class ProdStack:
 def prod_stack(rendered: Rendered, postgres: PostgresServer, workdir: Path) -> Iterator[ProdStack]:
     stack = ProdStack(rendered, postgres, workdir)
     try:
-        stack.plan()
-        stack.migrate()
-        stack.start()
+        for phase in (stack.plan, stack.start):
+            started = time.monotonic()
+            phase()
+            stack.timings[phase.__name__] = round(time.monotonic() - started, 1)
         yield stack
     finally:
+        started = time.monotonic()
         stack.stop()
+        print(f"every process ended in {time.monotonic() - started:.1f}s")
