@@ -195,3 +195,55 @@ async def test_audit_command_passes_on_a_sound_ledger_and_fails_on_a_tampered_on
     assert any("m" in problem and "available" in problem for problem in report["problems"]), report["problems"]
     async with points.runtime.db.transaction() as session:  # put it back for the fixture's own audit
         await (await session.connection()).execute(text("UPDATE points_wallet SET available = available - 5"))
+
+
+async def test_wallet_shows_held_spends_and_points_being_earned_in_the_members_language(
+    points: Points, nats_url: str
+) -> None:
+    from .test_points_events import purchase, sold, wait_until
+
+    await points.register("m")
+    await earn(points, "m", "fintech", 10_000, "p1")
+    held = await points.reserve("m", 40, ttl=2 * 86_400)
+    lapses = held.expires_at.ToDatetime(tzinfo=UTC).date()
+    await sold(nats_url, "shop", "paid", purchase("o9", paid=10_000, label="order o9"))
+
+    async def earning() -> bool:
+        return (await points.balance("m")).earning > 0
+
+    await wait_until(earning)
+    async with await browser(points, "m") as signed_in:
+        english = (await signed_in.get("/wallet")).text
+        assert f"Held until {lapses.day} {lapses:%b} {lapses.year}" in english
+        assert "40 held" in english and "Held: checkout" in english
+        assert "+200 being earned" in english and "Being earned at shop on order o9" in english
+        assert "When the purchase completes" in english
+
+        signed_in.cookies.set("kz_lang", "ja")
+        japanese = (await signed_in.get("/wallet")).text
+        assert f"{lapses.year}年{lapses.month}月{lapses.day}日まで保留" in japanese
+        assert "40 保留中" in japanese and "ショップでのお支払いのため保留中" in japanese
+        assert "+200 獲得予定" in japanese and "ショップ（注文 o9）で獲得予定" in japanese  # noqa: RUF001
+        assert "カード（p1）で獲得：基本 1%" in japanese  # noqa: RUF001
+        for english_only in ("Held:", "Earned at", "Being earned at", "checkout"):
+            assert english_only not in japanese
+
+    token = points.issuer.member_token("m", scope="points:read")
+    async with http(points) as client:
+        wallet = (await client.get("/api/wallet", params={"locale": "ja"}, headers=_bearer(token))).json()
+        assert [(e["kind"], e["amount"]) for e in wallet["entries"]] == [
+            ("earning", 200),
+            ("hold", -40),
+            ("credit", 100),
+        ]
+        kinds = {e["kind"]: e for e in wallet["entries"]}
+        assert kinds["hold"]["until"].startswith(lapses.isoformat())
+        assert kinds["hold"]["explanation"] == "ショップでのお支払いのため保留中"
+        assert (kinds["earning"]["source_service"], kinds["earning"]["source_ref"]) == ("shop", "o9")
+        assert kinds["earning"]["until"] is None
+        assert kinds["credit"]["explanation"] == "カード（p1）で獲得：基本 1%"  # noqa: RUF001
+        assert wallet["locale"] == "ja"
+        english_json = (await client.get("/api/wallet", headers=_bearer(token))).json()
+        assert english_json["entries"][-1]["explanation"] == "Earned at card on p1: 1% base"
+        bad = await client.get("/api/wallet", params={"locale": "fr"}, headers=_bearer(token))
+        assert bad.status_code == 422

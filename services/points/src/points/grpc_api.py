@@ -81,7 +81,22 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
 
     async def GetBalance(self, request: pb.GetBalanceRequest, context: Any) -> pb.GetBalanceResponse:
         _may_read(current_call(), request.member_id)
-        return await store.get_balance(self.db, request.member_id, self.ledger.clock.now())
+        balance = await store.get_balance(self.db, request.member_id, self.ledger.clock.now())
+        response = pb.GetBalanceResponse(
+            total=balance.total,
+            regular=balance.regular,
+            limited_time=balance.limited_time,
+            pending=balance.pending,
+            debt=balance.debt,
+            earning=balance.earning,
+        )
+        if balance.expiring_soon is not None:
+            response.expiring_soon.CopyFrom(
+                pb.ExpiringPoints(
+                    amount=balance.expiring_soon.amount, expires_at=store.ts(balance.expiring_soon.expires_at)
+                )
+            )
+        return response
 
     async def ListEntries(self, request: pb.ListEntriesRequest, context: Any) -> pb.ListEntriesResponse:
         _may_read(current_call(), request.member_id)

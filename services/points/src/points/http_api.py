@@ -3,17 +3,19 @@ admin audit and settlement reports (JSON, scope points:admin)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from kizuna.kit import i18n, web
 from kizuna.kit.auth import Principal, any_scope, member_scope
 from kizuna.kit.db import SessionDep
 from kizuna.kit.errors import InvalidArgument
 from kizuna.kit.oidc_client import SignedInMember
+from pydantic import BaseModel
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from points import audit, campaigns, explain, ledger, store
 from points.grpc_api import ledger_of
@@ -26,82 +28,144 @@ templates = web.page_templates(Path(__file__).parent / "templates", service="poi
 Admin = Annotated[Principal, Depends(any_scope("points:admin"))]
 
 
-def _iso(stamp: Any) -> str:
-    return str(stamp.ToDatetime(tzinfo=UTC).isoformat())
+class ExpiringPublic(BaseModel):
+    amount: int
+    expires_at: str
 
 
-async def wallet_view(request: Request, session: Any, member_id: str) -> dict[str, Any]:
+class BalancePublic(BaseModel):
+    total: int
+    regular: int
+    limited_time: int
+    pending: int
+    debt: int
+    earning: int
+    expiring_soon: ExpiringPublic | None
+
+
+class RatePublic(BaseModel):
+    service: str
+    rate_percent: float
+    base_percent: float
+    multiplier: float
+    thanks_to: list[str]
+
+
+class MonthPublic(BaseModel):
+    month: str
+    # The services the member earned at this month: each raises the rate at the others.
+    services_used: list[str]
+    rates: list[RatePublic]
+
+
+class EntryPublic(BaseModel):
+    """A line of the history: a posted entry, or (first) an open hold or a pending earning."""
+
+    entry_id: str
+    kind: Literal["credit", "spend", "refund", "clawback", "expiry", "hold", "earning"]
+    amount: int
+    # In the wallet's locale.
+    explanation: str
+    # The service's label, and its name and reference for linking to the order or booking.
+    service: str
+    source_service: str
+    source_ref: str
+    at: str
+    # A hold: when it lapses if not taken; an earning: when it is expected to be granted, if known.
+    until: str | None
+
+
+class WalletPublic(BaseModel):
+    member_id: str
+    locale: str
+    balance: BalancePublic
+    month: MonthPublic
+    entries: list[EntryPublic]
+
+
+async def wallet_view(request: Request, session: AsyncSession, member_id: str, locale: str) -> WalletPublic:
     runtime = request.app.state.runtime
     rules = runtime.settings.earn_rules()
     now = ledger_of(runtime).clock.now()
     balance = await store.get_balance(runtime.db, member_id, now)
-    speaker = explain.Speaker(i18n.language(), rules.label)
-    entries = await store.list_entries(await session.connection(), member_id, 50, "", now=now, speaker=speaker)
+    speaker = explain.Speaker(locale, rules.label)
+    history = await store.list_entries(await session.connection(), member_id, 50, "", now=now, speaker=speaker)
     used = await store.services_used(session, member_id, ledger.month_key(now))
     rates = ledger.month_rates(rules, [e.service for e in runtime.settings.kizuna_earners], used)
-    label = rules.labels.get
-    return {
-        "member_id": member_id,
-        "balance": {
-            "total": balance.total,
-            "regular": balance.regular,
-            "limited_time": balance.limited_time,
-            "pending": balance.pending,
-            "debt": balance.debt,
-            "earning": balance.earning,
-            "expiring_soon": {
-                "amount": balance.expiring_soon.amount,
-                "expires_at": _iso(balance.expiring_soon.expires_at),
-            }
-            if balance.HasField("expiring_soon")
+
+    def label(service: str) -> str:
+        return speaker.place(service)
+
+    soon = balance.expiring_soon
+    return WalletPublic(
+        member_id=member_id,
+        locale=locale,
+        balance=BalancePublic(
+            total=balance.total,
+            regular=balance.regular,
+            limited_time=balance.limited_time,
+            pending=balance.pending,
+            debt=balance.debt,
+            earning=balance.earning,
+            expiring_soon=ExpiringPublic(amount=soon.amount, expires_at=soon.expires_at.isoformat())
+            if soon is not None
             else None,
-        },
-        "month": {
-            "month": ledger.month_key(now),
-            # The services the member earned at this month: each raises the rate at the others.
-            "services_used": [label(s, s) for s in used],
-            "rates": [
-                {
-                    "service": label(r.service, r.service),
-                    "rate_percent": r.rate_bp / 100,
-                    "base_percent": r.base_bp / 100,
-                    "multiplier": round(r.multiplier, 2),
-                    "thanks_to": [label(s, s) for s in r.others],
-                }
+        ),
+        month=MonthPublic(
+            month=ledger.month_key(now),
+            services_used=[label(s) for s in used],
+            rates=[
+                RatePublic(
+                    service=label(r.service),
+                    rate_percent=r.rate_bp / 100,
+                    base_percent=r.base_bp / 100,
+                    multiplier=round(r.multiplier, 2),
+                    thanks_to=[label(s) for s in r.others],
+                )
                 for r in rates
             ],
-        },
-        "entries": [
-            {
-                "entry_id": e.entry_id,
-                "amount": e.amount,
-                "explanation": e.explanation,
-                "service": label(e.source_service, e.source_service),
-                "at": e.created_at.isoformat(),
-            }
-            for e in entries.lines
+        ),
+        entries=[
+            EntryPublic(
+                entry_id=line.entry_id,
+                kind=line.kind,
+                amount=line.amount,
+                explanation=line.explanation,
+                service=label(line.source_service),
+                source_service=line.source_service,
+                source_ref=line.source_ref,
+                at=line.created_at.isoformat(),
+                until=line.until.isoformat() if line.until is not None else None,
+            )
+            for line in history.lines
         ],
-    }
+    )
 
 
 @router.get("/api/wallet")
 async def my_wallet(
-    request: Request, member: Annotated[Principal, Depends(member_scope("points:read"))], session: SessionDep
-) -> dict[str, Any]:
-    """The wallet for API clients (the member's bearer token)."""
+    request: Request,
+    member: Annotated[Principal, Depends(member_scope("points:read"))],
+    session: SessionDep,
+    locale: Annotated[Literal["en", "ja"] | None, Query()] = None,
+) -> WalletPublic:
+    """The wallet for API clients (the member's bearer token); explanations in `locale` (default:
+    the request's language, from the kz_lang cookie or Accept-Language)."""
     assert member.member_id is not None
-    return await wallet_view(request, session, member.member_id)
+    return await wallet_view(request, session, member.member_id, locale or i18n.language())
 
 
 @router.get("/", response_class=HTMLResponse)
 @router.get("/wallet", response_class=HTMLResponse)
 async def wallet_page(request: Request, member: SignedInMember, session: SessionDep) -> HTMLResponse:
-    view = await wallet_view(request, session, member.member_id)
+    view = await wallet_view(request, session, member.member_id, i18n.language())
     context = {
-        **view,
+        "balance": view.balance,
+        "month": view.month,
+        "entries": view.entries,
         "title": "Your points",
         "member_name": member.display_name or member.member_id,
-        "points_balance": view["balance"]["total"],
+        "points_balance": view.balance.total,
     }
     return templates.TemplateResponse(request, "wallet.html", context, headers={"Cache-Control": "no-store"})
 

@@ -1299,30 +1299,49 @@ def _balance_query() -> Any:
 _BALANCE_QUERY = _balance_query()
 
 
-async def read_balance(conn: AsyncConnection, member_id: str, now: datetime) -> tuple[pb.GetBalanceResponse, bool]:
+@dataclass(frozen=True)
+class Expiring:
+    amount: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Balance:
+    """What the member has: spendable total by kind, held, owed, being earned, expiring next."""
+
+    total: int = 0
+    regular: int = 0
+    limited_time: int = 0
+    pending: int = 0
+    debt: int = 0
+    earning: int = 0
+    expiring_soon: Expiring | None = None
+
+
+async def read_balance(conn: AsyncConnection, member_id: str, now: datetime) -> tuple[Balance, bool]:
     """The member's balance in one statement, and whether something is due (a timed-out
     reservation or an expired lot still counted) so that the caller settles and reads again."""
     rows = (await conn.execute(_BALANCE_QUERY, {"member": member_id, "now": now})).all()
     if not rows:
-        return pb.GetBalanceResponse(), False
+        return Balance(), False
     lots = [(row.kind, row.expires_at, int(row.points)) for row in rows if row.kind is not None]
     due = bool(rows[0].due) or any(at <= now for _, at, _ in lots)
     regular = sum(n for kind, _, n in lots if kind == REGULAR)
     limited = sum(n for kind, _, n in lots if kind == LIMITED_TIME)
-    response = pb.GetBalanceResponse(
+    expiring = None
+    if lots:
+        soonest = min(at for _, at, _ in lots)
+        expiring = Expiring(sum(n for _, at, n in lots if at == soonest), soonest)
+    balance = Balance(
         total=regular + limited,
         regular=regular,
         limited_time=limited,
-        pending=rows[0].held,
-        debt=rows[0].debt,
+        pending=int(rows[0].held),
+        debt=int(rows[0].debt),
         earning=int(rows[0].earning or 0),
+        expiring_soon=expiring,
     )
-    if lots:
-        soonest = min(at for _, at, _ in lots)
-        response.expiring_soon.CopyFrom(
-            pb.ExpiringPoints(amount=sum(n for _, at, n in lots if at == soonest), expires_at=ts(soonest))
-        )
-    return response, due
+    return balance, due
 
 
 @asynccontextmanager
@@ -1332,7 +1351,7 @@ async def reader(db: Database) -> AsyncIterator[AsyncConnection]:
         yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
-async def get_balance(db: Database, member_id: str, now: datetime) -> pb.GetBalanceResponse:
+async def get_balance(db: Database, member_id: str, now: datetime) -> Balance:
     """GetBalance: one read; only when something fell due, settle it first and read again."""
     async with reader(db) as conn:
         response, due = await read_balance(conn, member_id, now)
