@@ -197,8 +197,17 @@ def public_url_merges(decls: list[Declaration], overlay: str) -> list[dict[str, 
 
 # JetStream retention (deploy/README.md, "Events"): every service's stream keeps 30 days, so a
 # consumer (or a database restored to a point in time) can replay that far back, and at most an
-# equal share of the NATS file store, leaving a fifth for the dead letters and headroom.
+# equal share of four fifths of the NATS file store; the dead letters get a tenth, the rest is
+# headroom.
 STREAM_MAX_AGE_SECONDS = 30 * 24 * 3600
+# The DEADLETTER stream (created by whichever consumer first subscribes): as long as the streams,
+# half of the fifth they leave, and a count far above any backlog an operator replays by hand.
+DEAD_LETTER_MAX_MSGS = 100_000
+# Inbox rows make a redelivered event a no-op: they must outlive every event still on a stream
+# (plus an outbox held up by a NATS outage of up to 5 days); published outbox rows are kept a week
+# for inspection (deploy/README.md, "Events").
+INBOX_RETENTION_SECONDS = STREAM_MAX_AGE_SECONDS + 5 * 24 * 3600
+OUTBOX_RETENTION_SECONDS = 7 * 24 * 3600
 NATS_VARIANT = {"dev": "single", "prod": "cluster"}
 _SIZE = {"KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 
@@ -213,8 +222,17 @@ def nats_file_store(overlay: str) -> int:
 
 
 def stream_limits(decls: list[Declaration], overlay: str) -> list[str]:
-    share = nats_file_store(overlay) * 4 // 5 // len(decls)
-    return [f"STREAM_MAX_AGE_SECONDS={STREAM_MAX_AGE_SECONDS}", f"STREAM_MAX_BYTES={share}"]
+    store = nats_file_store(overlay)
+    share = store * 4 // 5 // len(decls)
+    return [
+        f"STREAM_MAX_AGE_SECONDS={STREAM_MAX_AGE_SECONDS}",
+        f"STREAM_MAX_BYTES={share}",
+        f"DEAD_LETTER_MAX_AGE_SECONDS={STREAM_MAX_AGE_SECONDS}",
+        f"DEAD_LETTER_MAX_BYTES={store // 10}",
+        f"DEAD_LETTER_MAX_MSGS={DEAD_LETTER_MAX_MSGS}",
+        f"INBOX_RETENTION_SECONDS={INBOX_RETENTION_SECONDS}",
+        f"OUTBOX_RETENTION_SECONDS={OUTBOX_RETENTION_SECONDS}",
+    ]
 
 
 def common_merge(decls: list[Declaration], overlay: str) -> dict[str, Any]:

@@ -214,9 +214,11 @@ def test_service_deployment(rendered: dict[str, Rendered], overlay: str, service
     names = [e["name"] for e in main["env"]]
     for var in re.findall(r"\$\((\w+)\)", attributes):
         assert names.index(var) < names.index("OTEL_RESOURCE_ATTRIBUTES"), f"{var} must come first"
-    assert {"k8s.pod.name", "k8s.namespace.name", "k8s.node.name"} <= {
-        pair.split("=")[0] for pair in attributes.split(",")
-    }
+    pairs = dict(pair.split("=", 1) for pair in attributes.split(","))
+    assert {"k8s.pod.name", "k8s.namespace.name", "k8s.node.name"} <= set(pairs)
+    # The collector's Prometheus exporter makes service.instance.id the `instance` label: each pod
+    # its own series, or the pods' counters overwrite one another.
+    assert pairs["service.instance.id"] == "$(K8S_POD_NAME)"
     optional = [s["secretRef"] for s in main["envFrom"] if "secretRef" in s]
     assert optional == [{"name": f"{service}-secrets", "optional": True}]
 
@@ -225,8 +227,12 @@ def test_service_deployment(rendered: dict[str, Rendered], overlay: str, service
     assert main["args"] == ["serve"] and migrate["args"] == ["migrate"]
     assert main["image"] == migrate["image"]
 
-    # Probes: HTTP readiness and liveness, native gRPC at start.
+    # Probes: HTTP readiness and liveness, native gRPC at start (deploy/README.md, "Probes").
     assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    # /readyz runs its checks side by side, each bounded to 2 s: it answers inside the timeout.
+    assert main["readinessProbe"]["timeoutSeconds"] > READYZ_CHECK_SECONDS
+    # A database blip shorter than the grace leaves the pod in rotation.
+    assert float(env["READINESS_DEPENDENCY_GRACE_SECONDS"]) >= 30
     assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert main["startupProbe"]["grpc"]["port"] == grpc_port
     assert main["startupProbe"].get("grpc", {}).get("service", "") == ""
@@ -244,6 +250,16 @@ def test_service_deployment(rendered: dict[str, Rendered], overlay: str, service
         # The HPA owns the count: a Deployment naming one would reset it on every apply.
         assert "replicas" not in deployment["spec"]
         assert r.get("HorizontalPodAutoscaler", service)["spec"]["minReplicas"] >= 2
+
+
+READYZ_CHECK_SECONDS = 2
+
+
+def test_the_kit_readiness_checks_are_bounded_as_the_probe_expects() -> None:
+    source = (REPO / "libs" / "kit" / "src" / "kizuna" / "kit" / "service.py").read_text()
+    assert f"_within(runtime.db.ping(), {READYZ_CHECK_SECONDS})" in source
+    assert f"_within(check(runtime), {READYZ_CHECK_SECONDS})" in source
+    assert "asyncio.gather(" in source[source.index("async def _readiness") :]
 
 
 def test_the_kit_shutdown_steps_are_the_ones_budgeted() -> None:
@@ -555,6 +571,22 @@ def test_streams_have_limits_that_fit_the_nats_store(rendered: dict[str, Rendere
     assert found, "the NATS config limits its file store"
     store = int(found.group(1)) * 1024**3
     assert max_bytes * len(SERVICES) <= store * 0.8, f"{len(SERVICES)} streams of {max_bytes} bytes > 80 % of {store}"
+    # The dead letters have limits of their own, inside the fifth the services' streams leave.
+    dead_age, dead_bytes = int(env["DEAD_LETTER_MAX_AGE_SECONDS"]), int(env["DEAD_LETTER_MAX_BYTES"])
+    assert 7 * 24 * 3600 <= dead_age <= max_age, "time to replay, and no longer than the events themselves"
+    assert 0 < dead_bytes and max_bytes * len(SERVICES) + dead_bytes <= store * 0.95
+    assert 0 < int(env["DEAD_LETTER_MAX_MSGS"])
+    # An inbox row outlives every redelivery of its event; a published outbox row the duplicate window.
+    assert int(env["INBOX_RETENTION_SECONDS"]) > max_age
+    assert int(env["OUTBOX_RETENTION_SECONDS"]) > 120
+    # ...and the kit accepts them together.
+    from kizuna.kit.settings import ServiceSettings
+
+    keys = [k for k in env if k.startswith(("STREAM_", "DEAD_LETTER_", "INBOX_", "OUTBOX_", "READINESS_"))]
+    settings = ServiceSettings(
+        nats_url="nats://nats:4222", kizuna_issuer="https://id", **{k.lower(): env[k] for k in keys}
+    )
+    assert settings.dead_letter_max_bytes == dead_bytes
 
 
 def test_cnpg_clusters(rendered: dict[str, Rendered]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from .deploy_support import DEPLOY, REPO
+from .deploy_support import DEPLOY, REPO, Rendered
 
 TELEMETRY = REPO / "libs" / "kit" / "src" / "kizuna" / "kit" / "telemetry.py"
 SOURCES = [*REPO.glob("libs/kit/src/**/*.py"), *REPO.glob("services/*/src/**/*.py")]
@@ -29,7 +29,11 @@ EXTERNAL = {
     "kube_pod_status_ready",
     # CloudNativePG's exporter, cert-manager
     "cnpg_collector_last_available_backup_timestamp",
+    "cnpg_collector_last_failed_backup_timestamp",
+    "cnpg_pg_stat_archiver_last_failed_time",
+    "cnpg_pg_stat_archiver_last_archived_time",
     "certmanager_certificate_expiration_timestamp_seconds",
+    "certmanager_certificate_ready_status",
 }
 PROMQL_WORDS = {
     "sum",
@@ -51,6 +55,9 @@ PROMQL_WORDS = {
     "unless",
     "label_values",
     "humanizePercentage",
+    "humanizeDuration",
+    "label_replace",
+    "absent",
     "bool",
     "offset",
     "absent_over_time",
@@ -146,6 +153,78 @@ def test_alerts_cover_lag_dead_letters_errors_and_flapping() -> None:
         assert rule["labels"]["severity"] in ("warning", "critical")
         assert rule["annotations"]["summary"]
         assert rule["expr"].count("(") == rule["expr"].count(")"), rule["alert"]
+
+
+def test_alerts_cover_the_outbox_dead_letters_storage_backups_and_certificates() -> None:
+    rules = {r["alert"]: r for r in alert_rules()}
+    needs = {
+        "KizunaOutboxBacklog": "kizuna_outbox_oldest_pending_age_seconds",
+        "KizunaOutboxBacklogCritical": "kizuna_outbox_pending",
+        "KizunaDeadLetterStreamGrowing": 'jetstream_stream_total_messages{stream_name="DEADLETTER"}',
+        "KizunaDeadLettersWaiting": 'jetstream_stream_total_messages{stream_name="DEADLETTER"}',
+        "KizunaDeadLetterStreamNearLimit": 'jetstream_stream_total_messages{stream_name="DEADLETTER"}',
+        "KizunaJetStreamStorageFilling": "gnatsd_varz_jetstream_stats_storage",
+        "KizunaJetStreamStorageFull": "gnatsd_varz_jetstream_stats_storage",
+        "KizunaNATSMetricsMissing": "absent(",
+        "KizunaBackupMissing": "cnpg_collector_last_available_backup_timestamp",
+        "KizunaBackupFailed": "cnpg_collector_last_failed_backup_timestamp",
+        "KizunaWALArchivingFailing": "cnpg_pg_stat_archiver_last_failed_time",
+        "KizunaCertificateExpiring": "certmanager_certificate_expiration_timestamp_seconds",
+        "KizunaCertificateExpiringSoon": "certmanager_certificate_expiration_timestamp_seconds",
+    }
+    for name, metric in needs.items():
+        assert name in rules, name
+        assert metric in rules[name]["expr"], name
+    # CloudNativePG's backup timestamps carry no cluster label: each rule derives it from the pod,
+    # so one failing cluster is not hidden behind another's newer backup.
+    for name in ("KizunaBackupMissing", "KizunaBackupFailed"):
+        expr = rules[name]["expr"]
+        assert expr.count("cnpg_collector_") == expr.count("label_replace(cnpg_collector_"), name
+
+
+def test_dead_letter_threshold_follows_the_rendered_limit(rendered: dict[str, Rendered]) -> None:
+    (common,) = [c for c in rendered["prod"].of_kind("ConfigMap") if c["metadata"]["name"].startswith("kizuna-common")]
+    limit = int(common["data"]["DEAD_LETTER_MAX_MSGS"])
+    rule = next(r for r in alert_rules() if r["alert"] == "KizunaDeadLetterStreamNearLimit")
+    assert rule["expr"].endswith(f"> {int(limit * 0.8)}"), "80 % of DEAD_LETTER_MAX_MSGS"
+
+
+DURATION = re.compile(r"^(\d+[smhdwy])+$")
+AGGREGATIONS = r"\b(?:sum|max|min|avg|count)\s+by\s*\(([^)]*)\)"
+
+
+def test_alert_rules_are_well_formed() -> None:
+    """What promtool would refuse or an on-call engineer could not use: duplicate names, bad
+    durations, unbalanced brackets, empty label matchers, templates naming labels the expression
+    aggregates away, alerts without a way in (description or runbook)."""
+    rule = yaml.safe_load((DEPLOY / "observability" / "prometheus-operator" / "alerts.yaml").read_text())
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["kind"] == "PrometheusRule"
+    groups = rule["spec"]["groups"]
+    assert len({g["name"] for g in groups}) == len(groups), "group names are unique"
+    names = [r["alert"] for g in groups for r in g["rules"]]
+    assert len(set(names)) == len(names), "alert names are unique"
+    for group in groups:
+        for r in group["rules"]:
+            assert set(r) <= {"alert", "expr", "for", "labels", "annotations"}, r["alert"]
+            assert re.fullmatch(r"Kizuna[A-Z]\w+", r["alert"]), r["alert"]
+            expr = re.sub(r'"[^"]*"', '""', r["expr"])
+            for opening, closing in ("()", "[]", "{}"):
+                assert expr.count(opening) == expr.count(closing), f"{r['alert']}: {opening}{closing}"
+            assert "{}" not in expr, f"{r['alert']}: an empty label matcher"
+            assert not re.search(r"[<>]=?\s*$", expr.strip()), f"{r['alert']}: a comparison without its right side"
+            if "for" in r:
+                assert DURATION.match(str(r["for"])), f"{r['alert']}: for {r['for']!r}"
+            grouped = re.findall(AGGREGATIONS, r["expr"])
+            text = " ".join(str(v) for v in r["annotations"].values())
+            for label in re.findall(r"\$labels\.(\w+)", text):
+                for by in grouped:
+                    kept = {part.strip() for part in by.split(",")}
+                    assert label in kept, (
+                        f"{r['alert']}: {{{{ $labels.{label} }}}} but the expression keeps only {kept}"
+                    )
+            assert r["annotations"].get("summary"), r["alert"]
+            if r["labels"]["severity"] == "critical":
+                assert r["annotations"].get("description"), f"{r['alert']}: a page must say where to look"
 
 
 def test_collector_config_wires_otlp_to_prometheus() -> None:
