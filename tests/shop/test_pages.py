@@ -328,32 +328,61 @@ async def test_the_checkout_promises_exactly_what_the_order_then_earns(world: Sh
     from kizuna.points.v1 import points_pb2
 
     w = world
-    buyer = await w.member(points=0)
+    buyer = await w.member(points=1000)
     merchant = await w.api.active_merchant(OWNER, name="Kumo Outdoor")
     tent = await w.api.product(merchant, OWNER, title="Dome tent", price=34_800, stock=2)
     async with await _browser(w, buyer) as browser:
-        csrf = _csrf((await browser.get(f"/products/{tent}")).text)
+        product = await browser.get(f"/products/{tent}")
+        tile = re.search(r'data-earn="(\d+)"', product.text)
+        assert tile, "the product page shows no earn badge"
+        csrf = _csrf(product.text)
         await _post(browser, "/cart/items", {"product_id": tent, "quantity": 1}, csrf)
+        # All by card first: the badge's promise. Then 400 points: the card pays ¥34,400, which earns.
         checkout = await browser.get("/checkout", params={"merchant_id": merchant})
+        all_by_card = re.search(r'data-earn="(\d+)"', checkout.text)
+        assert all_by_card and all_by_card.group(1) == tile.group(1)
+        checkout = await browser.get("/checkout", params={"merchant_id": merchant, "points": 400})
+        assert 'data-pay-points="400"' in checkout.text and 'data-pay-card="34400"' in checkout.text
+        assert "Place order: ¥34,400 on the card" in checkout.text
         earn = re.search(r'data-earn="(\d+)"', checkout.text)
         assert earn, "the checkout shows no earn preview"
         promised = int(earn.group(1))
+        assert 0 < promised < int(tile.group(1))
+        # More points than the member has are brought back within the balance, never beyond it.
+        capped = await browser.get("/checkout", params={"merchant_id": merchant, "points": 99_999})
+        assert 'data-pay-points="1000"' in capped.text and 'data-pay-card="33800"' in capped.text
         key = re.search(r'name="idempotency_key" value="(\w+)"', checkout.text)
         assert key
         placed = await _post(
-            browser, "/checkout", {"merchant_id": merchant, "points": 0, "idempotency_key": key.group(1)}, csrf
+            browser, "/checkout", {"merchant_id": merchant, "points": 400, "idempotency_key": key.group(1)}, csrf
         )
         order = re.search(r'data-order="(ord_\w+)"', placed.text)
         assert order
-    await w.api.ok("POST", f"/api/merchants/{merchant}/orders/{order.group(1)}/ship", OWNER, {})
-    await w.api.ok("POST", f"/api/orders/{order.group(1)}/confirm-delivery", buyer)
+        order_id = order.group(1)
+        # Until it ships, the points are set aside, not spent; then they are spent.
+        mine = _section(placed.text, order_id)
+        assert 'data-points-state="held"' in mine and "400 pt are set aside for this order" in mine
+        assert "¥34,400 is held on your Kizuna card" in mine
+        ja = _section((await browser.get("/orders", headers={"accept-language": "ja"})).text, order_id)
+        assert "400 ptをこの注文のために取り置いています" in ja
+        await w.api.ok("POST", f"/api/merchants/{merchant}/orders/{order_id}/ship", OWNER, {})
+        shipped = _section((await browser.get("/orders")).text, order_id)
+        assert 'data-points-state="taken"' in shipped and "400 pt spent on this order." in shipped
+        assert "¥34,400 charged to your Kizuna card." in shipped
+    await w.api.ok("POST", f"/api/orders/{order_id}/confirm-delivery", buyer)
 
     async def earned() -> int:
         entries = await w.entries(buyer)
         return sum(
             e.amount
             for e in entries
-            if e.kind == points_pb2.ENTRY_KIND_CREDIT and e.source_service == "shop" and e.source_ref == order.group(1)
+            if e.kind == points_pb2.ENTRY_KIND_CREDIT and e.source_service == "shop" and e.source_ref == order_id
         )
 
     assert await wait_until(earned, timeout=20) == promised
+
+
+def _section(page: str, order_id: str) -> str:
+    match = re.search(rf'<section class="kz-card" data-order="{order_id}".*?</section>', page, re.DOTALL)
+    assert match, f"the page shows no order {order_id}"
+    return match.group(0)

@@ -11,6 +11,7 @@ Authorize, idempotency keys, void vs capture states.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,9 @@ class PointsPeer(points_pb2_grpc.PointsServiceServicer):
     keys: dict[str, Any] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     fail_void: bool = False
+    preview_delay: float = 0.0
+    previews_in_flight: int = 0
+    most_previews_at_once: int = 0
     down: set[str] = field(default_factory=set)
     refuse: set[str] = field(default_factory=set)
     after: dict[str, Callable[[], None]] = field(default_factory=dict)
@@ -144,6 +148,20 @@ class PointsPeer(points_pb2_grpc.PointsServiceServicer):
             return ppb.RefundResponse(refunded=amount)
 
         return self._once(request.idempotency_key, make)
+
+    async def PreviewEarn(self, request: ppb.PreviewEarnRequest, context: Any) -> ppb.PreviewEarnResponse:
+        """1% of the purchase, answered after `preview_delay` seconds; counts how many are asked at once."""
+        current_call().require_service_scope("points:read")
+        self.calls.append("PreviewEarn")
+        await _gate(self, "PreviewEarn", context)
+        self.previews_in_flight += 1
+        self.most_previews_at_once = max(self.most_previews_at_once, self.previews_in_flight)
+        try:
+            await asyncio.sleep(self.preview_delay)
+        finally:
+            self.previews_in_flight -= 1
+        earned = request.purchase.amount_minor // 100
+        return ppb.PreviewEarnResponse(regular=earned, total=earned, rate_bp=100, explanation="1% base")
 
     def open_holds(self) -> int:
         return sum(1 for h in self.holds.values() if h.state == "held")

@@ -305,6 +305,23 @@ async def campaign_rules(session: AsyncSession, merchant_id: str, at: datetime) 
     return [CampaignRule(c.product_id, c.extra_bp, c.starts_at, c.ends_at) for c in rows.all()]
 
 
+async def campaign_rules_of(
+    session: AsyncSession, merchant_ids: set[str], at: datetime
+) -> dict[str, list[CampaignRule]]:
+    """The campaigns live at `at` of each of these merchants (a storefront's worth, in one query)."""
+    rules: dict[str, list[CampaignRule]] = {m: [] for m in merchant_ids}
+    if not merchant_ids:
+        return rules
+    rows = await session.exec(
+        select(Campaign).where(
+            col(Campaign.merchant_id).in_(merchant_ids), col(Campaign.starts_at) <= at, col(Campaign.ends_at) > at
+        )
+    )
+    for c in rows.all():
+        rules[c.merchant_id].append(CampaignRule(c.product_id, c.extra_bp, c.starts_at, c.ends_at))
+    return rules
+
+
 async def campaigns(session: AsyncSession, merchant_id: str) -> list[Campaign]:
     rows = await session.exec(
         select(Campaign).where(Campaign.merchant_id == merchant_id).order_by(col(Campaign.starts_at))

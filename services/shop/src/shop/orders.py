@@ -61,6 +61,16 @@ def describe(status: str) -> str:
     return _DESCRIBED.get(status, status)
 
 
+def payment_state(status: str) -> str:
+    """Where the member's payment for an order stands: `held` (points set aside and the card
+    authorized, taken when it ships), `taken`, or `returned` (cancelled or refunded)."""
+    if status in (PAID, SHIPPING):
+        return "held"
+    if status in (CANCELLING, CANCELLED, REFUNDED):
+        return "returned"
+    return "taken"  # shipped, completed, and refunding or refund_failed until the refund is done
+
+
 class WrongStatus(FailedPrecondition):
     """The order is not in a status the requested change starts from."""
 

@@ -32,7 +32,8 @@ from kizuna.kit.web.wording import for_member
 
 from shop import cart, catalogue, orders
 from shop.catalogue import ProductDraft, Sort
-from shop.models import Product
+from shop.models import Merchant, Product
+from shop.pricing import PricedLine, campaign_bonus, unit_bonus
 from shop.wiring import Shop, shop_of
 
 log = logging.getLogger("shop.pages")
@@ -48,7 +49,11 @@ def product_image(product: Any) -> str:
 
 
 templates = web.page_templates(
-    Path(__file__).parent / "templates", service="shop", describe=orders.describe, product_image=product_image
+    Path(__file__).parent / "templates",
+    service="shop",
+    describe=orders.describe,
+    payment_state=orders.payment_state,
+    product_image=product_image,
 )
 router = APIRouter(include_in_schema=False)
 FormStr = Annotated[str, Form()]
@@ -93,18 +98,22 @@ def _back(request: Request, path: str, *, message: str = "", error: str = "", ki
     return RedirectResponse(path, status_code=303)
 
 
-async def _earn_preview(request: Request, member: WebMember | None, amount_minor: int, currency: str) -> int | None:
-    """What paying `amount_minor` would earn this member now (points' earn preview), or None."""
-    if member is None or amount_minor <= 0:
-        return None
-    try:
-        preview = await _shop(request).points.preview_earn(
-            member_id=member.member_id, amount_minor=amount_minor, currency=currency
-        )
-    except DomainError as exc:  # the page still works without the preview
-        log.warning("earn preview unavailable", extra={"error": exc.message})
-        return None
-    return int(preview.total)
+async def _earn_badges(
+    shop: Shop, session: SessionDep, member: WebMember | None, products: list[tuple[Product, Merchant]]
+) -> dict[str, int]:
+    """What buying one of each product would earn this member: points' earn preview on its price
+    plus the merchant's campaign bonus. Products points gave no answer for (it is away) get none."""
+    if member is None or not products:
+        return {}
+    now = shop.clock.now()
+    previews = await shop.earn.many(member.member_id, {(p.price_minor, p.currency) for p, _ in products})
+    rules = await catalogue.campaign_rules_of(session, {m.id for _, m in products}, now)
+    badges: dict[str, int] = {}
+    for p, m in products:
+        base = previews.get((p.price_minor, p.currency))
+        if base is not None:
+            badges[p.id] = base + unit_bonus(p.id, p.price_minor, p.currency, rules[m.id], now)
+    return badges
 
 
 # ---- storefront and products --------------------------------------------------------------------
@@ -129,6 +138,7 @@ async def storefront(
         member,
         title=title,
         products=products,
+        earn_preview=await _earn_badges(_shop(request), session, member, products),
         categories=await catalogue.categories(session),
         category=category or "",
         q=q or "",
@@ -144,7 +154,7 @@ async def product(product_id: str, request: Request, session: SessionDep, member
         return await _render(
             request, "error.html", member, status=404, title=_("Not found"), problem=for_member(exc.message)
         )
-    earn = await _earn_preview(request, member, item.price_minor, item.currency)
+    earn = (await _earn_badges(_shop(request), session, member, [(item, merchant)])).get(item.id)
     return await _render(request, "product.html", member, title=item.title, p=item, m=merchant, earn_points=earn)
 
 
@@ -183,12 +193,33 @@ async def remove_from_cart(product_id: str, request: Request, member: FormMember
 
 
 @router.get("/checkout", response_class=HTMLResponse)
-async def checkout_page(request: Request, member: SignedInMember, session: SessionDep, merchant_id: str) -> Response:
+async def checkout_page(
+    request: Request, member: SignedInMember, session: SessionDep, merchant_id: str, points: Int64 = 0
+) -> Response:
+    """The cart's products of one merchant, the points the member chooses (`points`, kept within
+    0..min(balance, total)), what the card pays, and what the order earns."""
+    shop = _shop(request)
     lines = [ln for ln in await cart.lines(session, member.member_id) if ln.merchant.id == merchant_id]
     if not lines:
         return _back(request, "/cart", error="Nothing from this merchant is in your cart.")
+    currency = lines[0].product.currency
     total = sum(ln.item.quantity * ln.product.price_minor for ln in lines)
-    balance = await _shop(request).points.balance(member.member_id)
+    try:
+        balance: int | None = await shop.points.balance(member.member_id)
+    except DomainError as exc:  # the card can still pay it all
+        log.warning("points balance unavailable for the checkout", extra={"error": exc.message})
+        balance = None
+    max_points = min(balance or 0, total)
+    chosen = max(0, min(points, max_points))
+    card = total - chosen
+    # Earned on the money paid by card (points used earn nothing), plus the merchant's campaign bonus.
+    now = shop.clock.now()
+    rules = await catalogue.campaign_rules(session, merchant_id, now)
+    priced = tuple(
+        PricedLine(ln.product.id, ln.product.title, ln.item.quantity, ln.product.price_minor, currency) for ln in lines
+    )
+    bonus = campaign_bonus(priced, rules, now)
+    base = await shop.earn.one(member.member_id, card, currency) if card > 0 else 0
     return await _render(
         request,
         "checkout.html",
@@ -197,10 +228,13 @@ async def checkout_page(request: Request, member: SignedInMember, session: Sessi
         lines=lines,
         merchant=lines[0].merchant,
         total=total,
-        currency=lines[0].product.currency,
-        max_points=min(balance, total),
+        currency=currency,
+        balance=balance,
+        max_points=max_points,
+        points=chosen,
+        card=card,
+        earn_points=None if base is None else base + bonus,
         key=uuid.uuid4().hex,
-        earn_points=await _earn_preview(request, member, total, lines[0].product.currency),
     )
 
 

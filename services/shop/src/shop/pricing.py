@@ -81,6 +81,11 @@ def campaign_bonus(lines: tuple[PricedLine, ...], campaigns: list[CampaignRule],
     return bonus
 
 
+def unit_bonus(product_id: str, price_minor: int, currency: str, campaigns: list[CampaignRule], at: datetime) -> int:
+    """The extra points one unit of a product earns from its merchant's campaigns now."""
+    return campaign_bonus((PricedLine(product_id, "", 1, price_minor, currency),), campaigns, at)
+
+
 def quote(
     lines: list[PricedLine],
     *,

@@ -1,4 +1,5 @@
-"""The shop's context: its parts built once at start (peer clients, saga, lifecycle), on the runtime's clock."""
+"""The shop's context: its parts built once at start (peer clients, saga, lifecycle, earn previews), on the
+runtime's clock."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from kizuna.kit.points import PointsClient
 from kizuna.kit.service import Runtime, context_of
 
 from shop.checkout import CheckoutSaga
+from shop.earn_preview import EarnPreviews
 from shop.orders import OrderLifecycle
 from shop.settings import Settings
 
@@ -24,6 +26,7 @@ class Shop:
     payments: PaymentsClient
     checkout: CheckoutSaga
     orders: OrderLifecycle
+    earn: EarnPreviews
 
     @property
     def settings(self) -> Settings:
@@ -49,6 +52,7 @@ def shop_context(runtime: Runtime[Any]) -> Shop:
         payments,
         CheckoutSaga(runtime.db, points, payments, s, clock),
         OrderLifecycle(runtime.db, points, payments, s, clock),
+        EarnPreviews(points),
     )
 
 
