@@ -17,8 +17,6 @@ from kizuna.kit.clock import FrozenClock
 from kizuna.kit.testing import wait_until
 from kizuna.points.v1 import points_pb2 as ppb
 from kizuna.shop.v1 import events_pb2, shop_pb2, shop_pb2_grpc
-from shop.models import Checkout
-from sqlmodel import select
 
 from services.shop.tests.shop_support import ADMIN, shop_events
 
@@ -183,8 +181,12 @@ async def test_bad_input_gets_a_clear_error_and_changes_nothing(world: ShopWorld
     assert resp.status_code == 409 and "not active" in resp.json()["message"]
     assert ((b := await w.balance(buyer)).total, b.pending) == (500, 0)
     assert (await w.card(buyer))["held_minor"] == 0
-    async with w.api.runtime.db.sessions() as session:
-        assert (await session.exec(select(Checkout))).all() == []
+    # Nothing was recorded either: the member's data at the shop holds no checkout.
+    export = await w.api.http.get(
+        f"/privacy/members/{buyer}/export",
+        headers={"authorization": f"Bearer {w.issuer.service_token('identity', 'privacy:export')}"},
+    )
+    assert export.status_code == 200 and export.json()["data"]["checkouts"] == [], export.text
     await w.api.ok("POST", f"/api/admin/merchants/{merchant}/reinstate", ADMIN)
     assert await w.api.stock(product) == 5
 

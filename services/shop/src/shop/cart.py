@@ -20,6 +20,30 @@ class CartLine:
     product: Product
     merchant: Merchant
 
+    @property
+    def amount_minor(self) -> int:
+        return self.item.quantity * self.product.price_minor
+
+
+@dataclass(frozen=True)
+class MerchantCart:
+    """The cart's products of one merchant: one checkout, one order."""
+
+    merchant: Merchant
+    lines: list[CartLine]
+
+    @property
+    def total(self) -> int:
+        return sum(line.amount_minor for line in self.lines)
+
+
+def by_merchant(lines: list[CartLine]) -> list[MerchantCart]:
+    """The cart's lines grouped by merchant, in the order each merchant first appears."""
+    groups: dict[str, list[CartLine]] = {}
+    for line in lines:
+        groups.setdefault(line.merchant.id, []).append(line)
+    return [MerchantCart(group[0].merchant, group) for group in groups.values()]
+
 
 async def sellable(session: AsyncSession, product_id: str) -> tuple[Product, Merchant]:
     """The product exists, is on sale, and its merchant is active — or a clear error why not."""

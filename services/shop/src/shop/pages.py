@@ -41,7 +41,7 @@ log = logging.getLogger("shop.pages")
 ILLUSTRATED = {"food", "kitchen", "outdoor", "books", "stationery"}
 
 
-def product_image(product: Any) -> str:
+def product_image(product: Product) -> str:
     if product.image_url:
         return str(product.image_url)
     category = product.category if product.category in ILLUSTRATED else "goods"
@@ -163,12 +163,8 @@ async def product(product_id: str, request: Request, session: SessionDep, member
 
 @router.get("/cart", response_class=HTMLResponse)
 async def cart_page(request: Request, member: SignedInMember, session: SessionDep) -> HTMLResponse:
-    by_merchant: dict[str, dict[str, Any]] = {}
-    for line in await cart.lines(session, member.member_id):
-        group = by_merchant.setdefault(line.merchant.id, {"merchant": line.merchant, "lines": [], "total": 0})
-        group["lines"].append(line)
-        group["total"] += line.item.quantity * line.product.price_minor
-    return await _render(request, "cart.html", member, title=_("Cart"), groups=list(by_merchant.values()))
+    groups = cart.by_merchant(await cart.lines(session, member.member_id))
+    return await _render(request, "cart.html", member, title=_("Cart"), groups=groups)
 
 
 @router.post("/cart/items")
@@ -203,7 +199,7 @@ async def checkout_page(
     if not lines:
         return _back(request, "/cart", error="Nothing from this merchant is in your cart.")
     currency = lines[0].product.currency
-    total = sum(ln.item.quantity * ln.product.price_minor for ln in lines)
+    total = sum(ln.amount_minor for ln in lines)
     try:
         balance: int | None = await shop.points.balance(member.member_id)
     except DomainError as exc:  # the card can still pay it all
