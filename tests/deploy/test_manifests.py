@@ -249,7 +249,17 @@ def test_service_deployment(rendered: dict[str, Rendered], overlay: str, service
     else:
         # The HPA owns the count: a Deployment naming one would reset it on every apply.
         assert "replicas" not in deployment["spec"]
-        assert r.get("HorizontalPodAutoscaler", service)["spec"]["minReplicas"] >= 2
+        hpa = r.get("HorizontalPodAutoscaler", service)["spec"]
+        assert hpa["minReplicas"] >= 2
+        # Scaling follows the CPU a pod uses, not a percentage of its small request.
+        ((metric,),) = [hpa["metrics"]]
+        target = metric["resource"]["target"]
+        assert metric["resource"]["name"] == "cpu" and target["type"] == "AverageValue"
+        millicores = int(target["averageValue"].removesuffix("m"))
+        limit = main["resources"]["limits"]["cpu"]
+        assert millicores < float(limit) * 1000 and millicores > 4 * int(
+            main["resources"]["requests"]["cpu"].removesuffix("m")
+        )
 
 
 READYZ_CHECK_SECONDS = 2

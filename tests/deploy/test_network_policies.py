@@ -201,6 +201,19 @@ def test_cnpg_operator_reaches_instances(rendered: dict[str, Rendered]) -> None:
         assert allowed(r, found[f"{s}-db"], found[f"{s}-db"], 5432), "replication"
 
 
+def test_prometheus_reaches_every_metrics_endpoint_the_alerts_read(rendered: dict[str, Rendered]) -> None:
+    """A scrape the policies block leaves its alerts silent: CloudNativePG's exporter (backups,
+    WAL archiving), the NATS exporter (JetStream, dead letters), the collector (the kit's metrics)."""
+    r = rendered["prod"]
+    found = pods(r)
+    prometheus = found["prometheus"]
+    for s in SERVICES:
+        assert allowed(r, prometheus, found[f"{s}-db"], 9187), f"{s}-db's exporter"
+    assert allowed(r, prometheus, found["nats"], 7777)
+    assert allowed(r, prometheus, found["otel-collector"], 8889)
+    assert not allowed(r, prometheus, found[f"{next(iter(SERVICES))}-db"], 5432), "metrics, not the database"
+
+
 def test_a_declared_call_opens_exactly_that_flow(rendered: dict[str, Rendered]) -> None:
     """The evaluator can fail: the rendered policies deny a gRPC flow no declaration names."""
     r = rendered["prod"]
