@@ -148,9 +148,7 @@ class ShopApi(ShopClient):
                 )
                 async with self.runtime.db.transaction() as session:
                     session.add(row)
-                # The kit signs the session id into the cookie; tests have no authorization endpoint
-                # to sign in through, so they sign it with the same key the shop does.
-                client.cookies.set(rp.session_cookie, rp._session_signer.dumps(row.id))
+                client.cookies.set(rp.session_cookie, rp.session_cookie_value(row.id))
         finally:
             await rp.aclose()
         return client
