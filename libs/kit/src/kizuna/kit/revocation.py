@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 from kizuna.identity.v1 import events_pb2
 from kizuna.kit.auth import DenyList
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -81,7 +82,7 @@ class RevocationFeed:
         # How many past revocations the consumer had to deliver when it was created.
         self.backlog = 0
         self._caught_up = asyncio.Event()
-        self._sub: object | None = None
+        self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -163,6 +164,6 @@ class RevocationFeed:
         self._sub = None
         if sub is not None:
             try:
-                await sub.unsubscribe()  # type: ignore[attr-defined]
+                await sub.unsubscribe()
             except (nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError) as exc:
                 log.info("revocation feed already closed", extra={"error": type(exc).__name__})

@@ -17,7 +17,7 @@ import os
 import re
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, RedirectResponse
@@ -175,7 +175,8 @@ def page_templates(*directories: Path, service: str = "", **globals_: Any) -> Ji
         autoescape=select_autoescape(default=True),
         extensions=["jinja2.ext.i18n"],
     )
-    env.install_gettext_callables(i18n.gettext, i18n.ngettext, newstyle=True)  # type: ignore[attr-defined]
+    # The i18n extension adds install_gettext_callables to the environment at run time.
+    cast(Any, env).install_gettext_callables(i18n.gettext, i18n.ngettext, newstyle=True)
     for directory in directories:
         # A service's catalogues sit beside its templates: <package>/locale/<lang>.po.
         for candidate in (directory / "locale", directory.parent / "locale"):
@@ -217,10 +218,12 @@ def _flash_secret(scope: Scope) -> str | bytes | None:
     app = scope.get("app")
     runtime = getattr(getattr(app, "state", None), "runtime", None)
     state: dict[str, Any] = getattr(runtime, "state", None) or {}
-    if state.get("flash_secret"):
-        return state["flash_secret"]  # type: ignore[no-any-return]
+    secret = state.get("flash_secret")
+    if isinstance(secret, str | bytes) and secret:
+        return secret
     rp = state.get("web_sign_in")
-    return getattr(rp, "client_secret", None)
+    fallback = getattr(rp, "client_secret", None)
+    return fallback if isinstance(fallback, str | bytes) else None
 
 
 class PageMiddleware:
