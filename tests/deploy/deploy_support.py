@@ -41,7 +41,7 @@ LEDGER = declaration.LEDGER
 
 def render_manifests(root: Path = REPO, out: Path | None = None) -> None:
     """`make manifests`: deploy/render.py writes the generated pieces the overlays include."""
-    argv = [sys.executable, DEPLOY / "render.py", "--root", root]
+    argv: list[str | Path] = [sys.executable, DEPLOY / "render.py", "--root", root]
     if out is not None:
         argv += ["--out", out]
     result = run(argv)
@@ -91,7 +91,10 @@ def combined(tmp: Path, overlay: str, component: str) -> Path:
     """A throwaway kustomization: `overlay` plus `component` (paths must be relative)."""
     here = tmp / f"{overlay}+{component}"
     here.mkdir(parents=True, exist_ok=True)
-    rel = lambda p: os.path.relpath(p, here)  # noqa: E731
+
+    def rel(p: Path) -> str:
+        return os.path.relpath(p, here)
+
     (here / "kustomization.yaml").write_text(
         yaml.safe_dump(
             {

@@ -8,7 +8,10 @@ URLs for everything the services say to each other.
   by Host to each service's HTTP port and adds `X-Forwarded-For`/`-Proto`/`-Host` as
   ingress-nginx does. Chromium reaches it through `--host-resolver-rules`; nothing else can.
 - `InClusterMap`: the cluster's DNS. An in-cluster address (`http://points:8001`, `points:50051`,
-  `tls://nats:4222`) becomes a loopback port; scheme and path stay as rendered.
+  `tls://nats:4222`) becomes a loopback address; scheme and path stay as rendered. Each service
+  gets an address of its own in 127.0.1.0/24, as each pod has its own IP (and none is the
+  127.0.0.1 that identity's loopback rule admits: its back-channel logout URIs are accepted as
+  in-cluster addresses, or not at all).
 - `ProdStack`: the secrets an operator creates out of band (client secrets and `prod-clients`,
   NATS users, identity's key-encryption key, fintech's card-token key), NATS over TLS with those
   users, fresh PostgreSQL databases, the init containers' migrations, then every service as its
@@ -28,6 +31,7 @@ import os
 import re
 import secrets
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -40,16 +44,17 @@ from urllib.parse import urlsplit
 
 import httpx
 from kizuna.kit import natsauth
-from kizuna.kit.testing import PostgresServer, end_process, free_port, nats_server_binary, spawn, wait_for_port
+from kizuna.kit.devstack import nats_server_binary
+from kizuna.kit.testing import PostgresServer, end_process, free_port, spawn, wait_for_port
 
 from .deploy_support import BY_NAME, DEPLOY, SERVICES, Rendered, resolve_env
 
 # What this machine must differ in from a pod, and nothing else (the test checks the overrides).
 LOCAL_OVERRIDES = {
     "DATABASE_URL": "a fresh PostgreSQL database per service (CNPG's pooler is not here)",
-    "HTTP_HOST": "127.0.0.1 (a pod listens on its own interfaces; here the machine is shared)",
-    "GRPC_HOST": "127.0.0.1",
-    "HTTP_PORT": "a free port (every service shares this machine's ports)",
+    "HTTP_HOST": "the service's own loopback address (a pod listens on its own interfaces)",
+    "GRPC_HOST": "the service's own loopback address",
+    "HTTP_PORT": "a free port (concurrent runs share this machine)",
     "GRPC_PORT": "a free port",
     "KIZUNA_DATA_DIR": "a private temp dir (the pod's emptyDir)",
     "NATS_TLS_CA_FILE": "the test CA (where the Secret nats-tls is mounted in a pod)",
@@ -57,6 +62,18 @@ LOCAL_OVERRIDES = {
     "STREAM_REPLICAS": "1: one NATS server here, three in prod",
     "OTEL_EXPORTER_OTLP_ENDPOINT": "removed: no collector runs here",
 }
+# Each service's own address, as each pod has its own IP (Linux routes all of 127.0.0.0/8 to lo).
+POD_NETWORK = "127.0.1.{}"
+
+
+def free_port_on(ip: str) -> int:
+    """A TCP port nothing listens on at `ip` right now."""
+    with socket.socket() as sock:
+        sock.bind((ip, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -175,7 +192,7 @@ class TlsProxy:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tls-proxy", daemon=True)
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def start(self) -> TlsProxy:
         import ssl
@@ -211,7 +228,7 @@ class TlsProxy:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         peer = (writer.get_extra_info("peername") or ("127.0.0.1", 0))[0]
         upstream: tuple[str, asyncio.StreamWriter, asyncio.Task[None]] | None = None
         try:
@@ -238,7 +255,9 @@ class TlsProxy:
                 if upstream is None or upstream[0] != host or upstream[2].done():
                     if upstream is not None:
                         upstream[1].close()
-                    up_reader, up_writer = await asyncio.open_connection(*self.routes[host])
+                    up_reader, up_writer = await asyncio.open_connection(
+                        *self.routes[host], local_addr=("127.0.0.1", 0)
+                    )
                     pump = asyncio.ensure_future(self._relay(up_reader, writer))
                     upstream = (host, up_writer, pump)
                 forwarded = [
@@ -259,7 +278,7 @@ class TlsProxy:
                 upstream[1].close()
                 upstream[2].cancel()
             writer.close()
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
 
     @staticmethod
     async def _relay(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
@@ -279,12 +298,12 @@ class TlsProxy:
 
 @dataclass
 class InClusterMap:
-    """In-cluster `host:port` -> `127.0.0.1:<local port>`; applied to every rendered value."""
+    """In-cluster `host:port` -> `<loopback address>:<local port>`; applied to every rendered value."""
 
     addresses: dict[str, str] = field(default_factory=dict)
 
-    def add(self, host: str, port: int, local_port: int) -> None:
-        self.addresses[f"{host}:{port}"] = f"127.0.0.1:{local_port}"
+    def add(self, host: str, port: int, ip: str, local_port: int) -> None:
+        self.addresses[f"{host}:{port}"] = f"{ip}:{local_port}"
 
     def apply(self, value: str) -> str:
         if not self.addresses:
@@ -309,6 +328,7 @@ class Pod:
     env: dict[str, str]
     init_argv: list[str]
     init_env: dict[str, str]
+    ip: str
     http_port: int
     grpc_port: int
     log_path: Path
@@ -319,7 +339,7 @@ class Pod:
     @property
     def local_url(self) -> str:
         """Its in-cluster URL as this machine reaches it (the test's own checks use it)."""
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.ip}:{self.http_port}"
 
     def start(self, cwd: Path) -> None:
         self._log = self.log_path.open("ab")
@@ -374,7 +394,7 @@ class ProdStack:
         self.ca = TestCA(self.workdir / "pki")
 
     # ---- the operator's out-of-band Secrets ----------------------------------------------------
-    def secrets(self) -> list[dict[str, Any]]:
+    def operator_secrets(self) -> list[dict[str, Any]]:
         def secret(name: str, data: dict[str, str]) -> dict[str, Any]:
             encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
             return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": encoded}
@@ -439,16 +459,17 @@ class ProdStack:
     # ---- the pods' environment ----------------------------------------------------------------
     def plan(self) -> None:
         r = self.rendered
-        with_secrets = Rendered(r.name, r.text, [*r.objects, *self.secrets()])
+        with_secrets = Rendered(r.name, r.text, [*r.objects, *self.operator_secrets()])
         self.start_nats()
-        self.cluster.add("nats", 4222, self.nats_port)
-        local: dict[str, tuple[int, int]] = {}
+        self.cluster.add("nats", 4222, "127.0.0.1", self.nats_port)
+        local: dict[str, tuple[str, int, int]] = {}
         for name in SERVICES:
             main = with_secrets.get("Deployment", name)["spec"]["template"]["spec"]["containers"][0]
             ports = {p["name"]: p["containerPort"] for p in main["ports"]}
-            local[name] = (free_port(), free_port())
-            self.cluster.add(name, ports["http"], local[name][0])
-            self.cluster.add(name, ports["grpc"], local[name][1])
+            ip = POD_NETWORK.format(len(local) + 1)
+            local[name] = (ip, free_port_on(ip), free_port_on(ip))
+            self.cluster.add(name, ports["http"], ip, local[name][1])
+            self.cluster.add(name, ports["grpc"], ip, local[name][2])
         for name in SERVICES:
             pod = with_secrets.get("Deployment", name)["spec"]["template"]["spec"]
             (main,) = pod["containers"]
@@ -464,10 +485,10 @@ class ProdStack:
                 target.update(mapped)
                 target.update(
                     DATABASE_URL=database,
-                    HTTP_HOST="127.0.0.1",
-                    GRPC_HOST="127.0.0.1",
-                    HTTP_PORT=str(local[name][0]),
-                    GRPC_PORT=str(local[name][1]),
+                    HTTP_HOST=local[name][0],
+                    GRPC_HOST=local[name][0],
+                    HTTP_PORT=str(local[name][1]),
+                    GRPC_PORT=str(local[name][2]),
                     KIZUNA_DATA_DIR=str(data_dir),
                     NATS_TLS_CA_FILE=str(self.ca.ca_file),
                     FORWARDED_ALLOW_IPS="127.0.0.1",
@@ -486,8 +507,7 @@ class ProdStack:
                 env,
                 local_argv([*init["command"], *init.get("args", [])]),
                 init_env,
-                local[name][0],
-                local[name][1],
+                *local[name],
                 self.workdir / f"{name}.log",
                 readiness=main["readinessProbe"]["httpGet"]["path"],
             )
@@ -531,7 +551,7 @@ class ProdStack:
         for pod in self.pods.values():
             self.wait(pod, pod.readiness, max(deadline - time.monotonic(), 5))
         routes = {
-            urlsplit(self.public[name]).hostname or "": ("127.0.0.1", pod.http_port) for name, pod in self.pods.items()
+            urlsplit(self.public[name]).hostname or "": (pod.ip, pod.http_port) for name, pod in self.pods.items()
         }
         cert, key, self.proxy_spki = self.ca.issue("ingress", sorted(routes))
         self.proxy = TlsProxy(routes, cert, key).start()

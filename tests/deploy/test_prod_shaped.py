@@ -33,6 +33,8 @@ import pytest
 from kizuna.kit.auth import call_metadata
 from kizuna.kit.testing import PostgresServer
 from kizuna.points.v1 import points_pb2, points_pb2_grpc
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Page, expect, sync_playwright
 
 from .deploy_support import BY_NAME, DEPLOY, ISSUER, LEDGER, kustomize
 from .prod_shaped import CHROMIUM_ARGS, ProdStack, prod_stack
@@ -56,7 +58,7 @@ def credit(stack: ProdStack, member_id: str, amount: int) -> None:
     token endpoint (what a service's own calls use)."""
     identity = stack.pods[ISSUER].env
     token_url = stack.pods[CREDITOR].env["KIZUNA_TOKEN_URL"]
-    assert token_url.startswith("http://127.0.0.1:"), token_url
+    assert token_url.startswith(f"{stack.pods[ISSUER].local_url}/"), token_url
     reply = httpx.post(
         token_url,
         auth=(CREDITOR, stack.client_secrets[CREDITOR]),
@@ -86,22 +88,19 @@ def credit(stack: ProdStack, member_id: str, amount: int) -> None:
                 return
             except grpc.RpcError as exc:
                 # The wallet opens when points has read identity's registration event.
-                if exc.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:  # type: ignore[attr-defined]
+                opening = isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.NOT_FOUND
+                if not opening or time.monotonic() > deadline:
                     raise
 
 
-def header_points(page) -> int:  # type: ignore[no-untyped-def]
-    from playwright.sync_api import expect
-
+def header_points(page: Page) -> int:
     slot = page.locator("[data-kz-points]")
     expect(slot).to_have_text(re.compile(r"^[\d,]+ pt$"))
     return int(slot.inner_text().removesuffix(" pt").replace(",", ""))
 
 
-def visit(page, url: str) -> None:  # type: ignore[no-untyped-def]
+def visit(page: Page, url: str) -> None:
     """Open a page and let its silent single-sign-on round trip through identity finish."""
-    from playwright.sync_api import Error as PlaywrightError
-
     try:
         page.goto(url)
     except PlaywrightError as exc:
@@ -123,6 +122,14 @@ def test_a_member_across_the_prod_overlay(stack: ProdStack) -> None:
         # What the pod is told to call: the issuer's public URL, its peers in-cluster.
         assert pod.env["KIZUNA_ISSUER"] == urls[ISSUER]
         assert pod.env["KIZUNA_JWKS_URL"].startswith(f"{stack.pods[ISSUER].local_url}/")
+    # identity's back-channel logout goes to each service's in-cluster address (here: its own
+    # loopback address, not the 127.0.0.1 that identity's loopback rule would admit anyway).
+    registered = {c["client_id"]: c for c in json.loads(stack.pods[ISSUER].env["KIZUNA_CLIENTS"])}
+    for name in WEB:
+        if name != ISSUER:
+            uri = registered[name]["backchannel_logout_uri"]
+            assert uri == f"{stack.pods[name].local_url}/auth/backchannel-logout", (name, uri)
+            assert not uri.startswith("http://127.0.0.1"), uri
     for host in hosts:
         # The services' resolver is this machine's: the public hosts must not resolve there.
         with pytest.raises(socket.gaierror):
@@ -145,8 +152,6 @@ def test_a_member_across_the_prod_overlay(stack: ProdStack) -> None:
 
 
 def journey(stack: ProdStack, email: str) -> None:
-    from playwright.sync_api import expect, sync_playwright
-
     urls = stack.public
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
