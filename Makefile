@@ -41,8 +41,12 @@ lint: install node_modules ## ruff (checks and formatting), buf lint, proto drif
 	npx --no-install buf lint proto
 	$(PY) proto/generate.py --check
 
-typecheck: install ## mypy (strict on the kit)
-	$(PY) -m mypy -p kizuna.kit
+# mypy, strict (pyproject's [tool.mypy]), on the kit and every package under services/*/src.
+empty :=
+space := $(empty) $(empty)
+SERVICE_PACKAGES := $(notdir $(patsubst %/__init__.py,%,$(wildcard services/*/src/*/__init__.py)))
+typecheck: install ## mypy strict on the kit and every service
+	MYPYPATH=$(subst $(space),:,$(wildcard services/*/src)) $(PY) -m mypy -p kizuna.kit $(addprefix -p ,$(SERVICE_PACKAGES))
 
 fmt: install
 	$(PY) -m ruff format .

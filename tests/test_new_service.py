@@ -166,6 +166,17 @@ def test_its_own_tests_pass_against_real_points_and_fintech(scaffolded: Path) ->
     assert f"services/{NAME}/src/{NAME}/templates" in _collected(scaffolded, env), "its templates were not checked"
 
 
+def test_it_passes_make_typecheck(scaffolded: Path) -> None:
+    """CI's `make typecheck` (mypy strict on the kit and every service) finds the new service by
+    itself and finds nothing wrong with what the scaffold wrote."""
+    # -o install: the copy shares this workspace's environment rather than syncing its own.
+    result = _run(
+        ["make", "--no-print-directory", "-o", "install", "typecheck", f"PY={sys.executable}"], scaffolded, 300
+    )
+    assert f"-p {NAME}" in result.stdout, result.stdout[-3000:]
+    assert result.returncode == 0, result.stdout[-6000:]
+
+
 def _collected(copy: Path, env: dict[str, str]) -> str:
     listed = _run(
         [sys.executable, "-m", "pytest", "tests/ui/test_translations.py", "--collect-only", "-q", "-p", "no:xdist"],
