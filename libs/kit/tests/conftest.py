@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from kizuna.kit.service import Runtime
@@ -10,10 +8,8 @@ from kizuna.kit.settings import ServiceSettings
 from kizuna.kit.telemetry import configure_telemetry
 from kizuna.kit.testing import reset_streams
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from demo.service import demo_settings
-from demo.service import service as demo_service
+from .demo.service import demo_settings
+from .demo.service import service as demo_service
 
 
 @pytest.fixture

@@ -11,11 +11,12 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from demo.service import demo_settings
 from fastapi import APIRouter, Depends
 from kizuna.kit.clock import Clock, FrozenClock, LiveClock
 from kizuna.kit.service import Runtime, Service, context_of
 from kizuna.kit.settings import ServiceSettings
+
+from .demo.service import demo_settings
 
 TESTS = Path(__file__).parent
 closed: list[str] = []

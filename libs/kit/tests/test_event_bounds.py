@@ -8,13 +8,14 @@ import httpx
 import nats
 import nats.js.errors
 import pytest
-from demo.service import DemoEffect
 from kizuna.identity.v1 import events_pb2
 from kizuna.kit.service import Runtime
 from kizuna.kit.settings import ServiceSettings
 from kizuna.kit.testing import wait_until
 from nats.js.api import ConsumerConfig
 from sqlmodel import select
+
+from .demo.service import DemoEffect
 
 
 async def _dead_letters(nats_url: str) -> list[nats.aio.msg.Msg]:

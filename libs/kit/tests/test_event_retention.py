@@ -10,7 +10,6 @@ from pathlib import Path
 
 import nats
 import pytest
-from demo.service import DemoEffect, record_effect, write_note
 from kizuna.kit import migrations
 from kizuna.kit.db import Database, utcnow
 from kizuna.kit.events import (
@@ -31,6 +30,8 @@ from kizuna.kit.settings import ServiceSettings, SettingsError, load_settings
 from kizuna.kit.testing import reset_streams, wait_until
 from sqlmodel import col, select
 from ulid import ULID
+
+from .demo.service import DemoEffect, record_effect, write_note
 
 DEMO_MIGRATIONS = Path(__file__).parent / "demo" / "migrations"
 DAY = timedelta(days=1)

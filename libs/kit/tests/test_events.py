@@ -7,7 +7,6 @@ from pathlib import Path
 
 import httpx
 import nats
-from demo.service import DemoEffect, DemoNote, record_effect, write_note
 from kizuna.kit import migrations
 from kizuna.kit.db import Database
 from kizuna.kit.events import Consumer, ConsumerWorker, OutboxMessage, OutboxRelay, ensure_stream
@@ -16,6 +15,8 @@ from kizuna.kit.settings import ServiceSettings
 from kizuna.kit.testing import reset_streams, wait_until
 from nats.js.api import ConsumerConfig
 from sqlmodel import select
+
+from .demo.service import DemoEffect, DemoNote, record_effect, write_note
 
 DEMO_MIGRATIONS = Path(__file__).parent / "demo" / "migrations"
 

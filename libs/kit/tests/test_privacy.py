@@ -6,7 +6,6 @@ from pathlib import Path
 
 import httpx
 import nats
-from demo.service import DemoApi, DemoNote, demo_settings, router
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.identity.v1 import events_pb2, identity_pb2_grpc
 from kizuna.kit.privacy import Privacy
@@ -16,6 +15,8 @@ from kizuna.kit.testing import TestIssuer, reset_streams, wait_until
 from nats.js.api import ConsumerConfig
 from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+from .demo.service import DemoApi, DemoNote, demo_settings, router
 
 TESTS = Path(__file__).parent
 

@@ -12,11 +12,12 @@ from typing import Any
 
 import asyncpg
 import httpx
-from demo.service import demo_settings
-from demo.service import service as demo_service
 from kizuna.kit.events import outbox_backlog
 from kizuna.kit.telemetry import configure_telemetry
 from kizuna.kit.testing import NatsServer, PostgresServer, reset_streams, wait_until
+
+from .demo.service import demo_settings
+from .demo.service import service as demo_service
 
 
 async def _ready(client: httpx.AsyncClient) -> tuple[int, dict[str, Any]]:

@@ -15,7 +15,6 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from demo.service import DemoApi, DemoEffect, demo_settings, record_effect, router
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kizuna.identity.v1 import identity_pb2, identity_pb2_grpc
 from kizuna.kit.auth import call_metadata
@@ -28,6 +27,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlmodel import select
+
+from .demo.service import DemoApi, DemoEffect, demo_settings, record_effect, router
 
 TESTS = Path(__file__).parent
 
