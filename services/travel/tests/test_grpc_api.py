@@ -13,7 +13,10 @@ from .travel_support import TravelEnv, booking_body, days_ahead
 
 
 async def test_members_and_services_with_travel_read_see_bookings_others_do_not(travel: TravelEnv) -> None:
-    headers = travel.member("mbr_reader", points=0)
+    reader_member = await travel.member()
+    headers = reader_member.headers
+    mine = reader_member.id
+    issuer = travel.ecosystem.issuer
     ids = []
     for i in range(3):
         resp = await travel.http.post(
@@ -21,17 +24,17 @@ async def test_members_and_services_with_travel_read_see_bookings_others_do_not(
         )
         assert resp.status_code == 201, resp.text
         ids.append(resp.json()["booking_id"])
-    member = travel.issuer.member_token("mbr_reader", scope="travel:read")
-    other = travel.issuer.member_token("mbr_other", scope="travel:read")
+    member = issuer.member_token(mine, scope="travel:read")
+    other = issuer.member_token("mbr_other", scope="travel:read")
     # The member's own token from an app the member allowed only to see who they are.
-    profile_only = travel.issuer.member_token("mbr_reader", scope="openid profile", client_id="third-party")
-    reader = travel.issuer.service_token("points", "travel:read")
-    stranger = travel.issuer.service_token("shop", "points:credit")
+    profile_only = issuer.member_token(mine, scope="openid profile", client_id="third-party")
+    reader = issuer.service_token("points", "travel:read")
+    stranger = issuer.service_token("shop", "points:credit")
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{travel.runtime.grpc_port}") as channel:
         stub = travel_pb2_grpc.TravelServiceStub(channel)
         got = await stub.GetBooking(pb.GetBookingRequest(booking_id=ids[0]), metadata=call_metadata(member), timeout=5)
-        assert got.booking.status == pb.BOOKING_STATUS_CONFIRMED and got.booking.member_id == "mbr_reader"
+        assert got.booking.status == pb.BOOKING_STATUS_CONFIRMED and got.booking.member_id == mine
         assert got.booking.check_in == common_pb2.Date(
             year=days_ahead(3).year, month=days_ahead(3).month, day=days_ahead(3).day
         )
@@ -41,13 +44,13 @@ async def test_members_and_services_with_travel_read_see_bookings_others_do_not(
         assert by_service.booking.booking_id == ids[1]
 
         page1 = await stub.ListMemberBookings(
-            pb.ListMemberBookingsRequest(member_id="mbr_reader", page=common_pb2.PageRequest(page_size=2)),
+            pb.ListMemberBookingsRequest(member_id=mine, page=common_pb2.PageRequest(page_size=2)),
             metadata=call_metadata(reader),
             timeout=5,
         )
         page2 = await stub.ListMemberBookings(
             pb.ListMemberBookingsRequest(
-                member_id="mbr_reader",
+                member_id=mine,
                 page=common_pb2.PageRequest(page_size=2, page_token=page1.page_info.next_page_token),
             ),
             metadata=call_metadata(member),
@@ -71,7 +74,7 @@ async def test_members_and_services_with_travel_read_see_bookings_others_do_not(
             ),
             (
                 stub.ListMemberBookings(
-                    pb.ListMemberBookingsRequest(member_id="mbr_reader"),
+                    pb.ListMemberBookingsRequest(member_id=mine),
                     metadata=call_metadata(reader, profile_only),
                     timeout=5,
                 ),
@@ -85,7 +88,7 @@ async def test_members_and_services_with_travel_read_see_bookings_others_do_not(
             ),
             (
                 stub.ListMemberBookings(
-                    pb.ListMemberBookingsRequest(member_id="mbr_reader"), metadata=call_metadata(other), timeout=5
+                    pb.ListMemberBookingsRequest(member_id=mine), metadata=call_metadata(other), timeout=5
                 ),
                 "list as another member",
                 grpc.StatusCode.PERMISSION_DENIED,
