@@ -7,7 +7,8 @@ Only what must point at this machine's infrastructure is overridden, and every o
 recorded in the test's output: NATS_URL and NATS_PASSWORD (the test NATS; the user is the
 manifest's), DATABASE_URL (a fresh PostgreSQL
 database each), <PEER>_ADDR and identity's in-cluster URLs (KIZUNA_DISCOVERY_URL, KIZUNA_JWKS_URL,
-KIZUNA_TOKEN_URL: the identity started here), KIZUNA_ISSUER (a public URL nothing here answers,
+KIZUNA_TOKEN_URL: the identity started here; KIZUNA_INTERNAL_LINKS and the back-channel logout
+addresses in identity's KIZUNA_CLIENTS: the services started here), KIZUNA_ISSUER (a public URL nothing here answers,
 as a pod cannot reach the ingress: sign-in must work through the in-cluster URLs), HTTP_HOST /
 GRPC_HOST (127.0.0.1), KIZUNA_DATA_DIR (a private temp dir, as the pod's emptyDir is private),
 HTTP_PORT / GRPC_PORT (only when the manifest's port is busy), and `python` -> this venv's python.
@@ -191,6 +192,15 @@ def test_services_run_as_the_dev_manifests_say(
         changes["KIZUNA_INTERNAL_LINKS"] = json.dumps(
             {peer: f"http://127.0.0.1:{peer_plan['local']['http']}" for peer, peer_plan in plans.items()}
         )
+        if "KIZUNA_CLIENTS" in env:
+            # identity's registrations name each service's in-cluster address for back-channel
+            # logout (`http://<name>:<port>`): the same local services as KIZUNA_INTERNAL_LINKS.
+            clients = env["KIZUNA_CLIENTS"]
+            for peer, peer_plan in plans.items():
+                clients = clients.replace(
+                    f"http://{peer}:{peer_plan['ports']['http']}/", f"http://127.0.0.1:{peer_plan['local']['http']}/"
+                )
+            changes["KIZUNA_CLIENTS"] = clients
         assert {"KIZUNA_DISCOVERY_URL", "KIZUNA_JWKS_URL", "KIZUNA_TOKEN_URL"} <= set(env), name
         overrides[name] = {k: v for k, v in changes.items() if env.get(k) != v}
         env.update(changes)
@@ -210,6 +220,7 @@ def test_services_run_as_the_dev_manifests_say(
             "KIZUNA_JWKS_URL",
             "KIZUNA_TOKEN_URL",
             "KIZUNA_INTERNAL_LINKS",
+            "KIZUNA_CLIENTS",
             *(f"{p.upper()}_ADDR" for p in SERVICES),
         }, f"{name}: unexpected override"
 
