@@ -599,6 +599,23 @@ def test_streams_have_limits_that_fit_the_nats_store(rendered: dict[str, Rendere
     assert settings.dead_letter_max_bytes == dead_bytes
 
 
+def test_every_replicated_workload_survives_a_node_drain(rendered: dict[str, Rendered]) -> None:
+    """prod: whatever runs more than one pod (the services, NATS, the collector) keeps one through
+    a drain (a PodDisruptionBudget) and spreads its pods over nodes."""
+    r = rendered["prod"]
+    scaled = {h["spec"]["scaleTargetRef"]["name"] for h in r.of_kind("HorizontalPodAutoscaler")}
+    budgets = r.of_kind("PodDisruptionBudget")
+    replicated = [w for w in workloads(r) if w["metadata"]["name"] in scaled or w["spec"].get("replicas", 1) > 1]
+    assert {"nats", "otel-collector", *SERVICES} <= {w["metadata"]["name"] for w in replicated}
+    for w in replicated:
+        name, labels = w["metadata"]["name"], w["spec"]["template"]["metadata"]["labels"]
+        covering = [b for b in budgets if b["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+        assert len(covering) == 1, f"{name}: {len(covering)} disruption budgets"
+        assert covering[0]["spec"].get("maxUnavailable") == 1, name
+        spread = w["spec"]["template"]["spec"].get("topologySpreadConstraints", [])
+        assert any(c["topologyKey"] == "kubernetes.io/hostname" for c in spread), f"{name}: not spread over nodes"
+
+
 def test_cnpg_clusters(rendered: dict[str, Rendered]) -> None:
     """One CloudNativePG Cluster per service database, whose `<cluster>-app` secret the service
     reads; synchronous replication; a pooler and a daily backup for each; pods labelled for the
