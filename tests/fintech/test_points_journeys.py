@@ -468,7 +468,9 @@ async def test_a_signed_in_member_uses_every_form_and_forged_posts_change_nothin
         assert await fintech.bank_balance(member) == 12_000
 
         invest = (await browser.get("/invest")).text
-        fund_id = re.search(r'action="/invest/([^/"]+)/buy"', invest).group(1)  # type: ignore[union-attr]
+        found = re.search(r'action="/invest/([^/"]+)/buy"', invest)
+        assert found, invest
+        fund_id = found.group(1)
         buy = form_fields(invest, f"/invest/{fund_id}/buy")
         bought = await browser.post(f"/invest/{fund_id}/buy", data={**buy, "bank_minor": "0", "points": "1000"})
         assert bought.status_code == 303 and bought.headers["location"] == "/invest", bought.headers["location"]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from kizuna.kit.bounds import Int64
 from kizuna.kit.csrf import CsrfChecked
@@ -21,14 +22,23 @@ from kizuna.kit.web import format_points, page_templates
 from kizuna.kit.web.wording import for_member
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from fintech import bank, cards, ledger, payments, securities, statements
+from fintech import bank, cards, ledger, lines, payments, securities, statements
 from fintech.context import Fintech, fintech_of
 from fintech.idempotency import run_once
 
 router = APIRouter(include_in_schema=False)
-templates = page_templates(Path(__file__).parent / "templates", service="fintech")
+templates = page_templates(
+    Path(__file__).parent / "templates",
+    service="fintech",
+    card_line=lines.card_line,
+    bank_line=lines.bank_line,
+    fund_name=lines.fund_name,
+)
 FormInt = Annotated[Int64, Form()]  # int64: a larger number is a 422, not a database error
 FormStr = Annotated[str, Form()]
+PathId = Annotated[str, PathParam(min_length=1, max_length=64)]
+FormId = Annotated[str, Form(min_length=1, max_length=64)]
+FormUnits = Annotated[str, Form(min_length=1, max_length=40)]
 
 
 def _ctx(request: Request) -> Fintech:
@@ -113,7 +123,7 @@ async def close_statement_page(request: Request, member: SignedInMember) -> Resp
 
 @router.post("/card/statements/{statement_id}/pay", dependencies=[CsrfChecked])
 async def pay_page(
-    request: Request, statement_id: str, member: SignedInMember, bank_minor: FormInt, points: FormInt, key: FormStr
+    request: Request, statement_id: PathId, member: SignedInMember, bank_minor: FormInt, points: FormInt, key: FormStr
 ) -> Response:
     ctx = _ctx(request)
     try:
@@ -158,7 +168,7 @@ async def bank_page(request: Request, member: SignedInMember) -> HTMLResponse:
 
 @router.post("/bank/transfer", dependencies=[CsrfChecked])
 async def transfer_page(
-    request: Request, member: SignedInMember, to_member_id: FormStr, amount_minor: FormInt, key: FormStr
+    request: Request, member: SignedInMember, to_member_id: FormId, amount_minor: FormInt, key: FormStr
 ) -> Response:
     ctx = _ctx(request)
 
@@ -216,7 +226,7 @@ async def invest_page(request: Request, member: SignedInMember) -> HTMLResponse:
 
 @router.post("/invest/{fund_id}/buy", dependencies=[CsrfChecked])
 async def buy_page(
-    request: Request, fund_id: str, member: SignedInMember, bank_minor: FormInt, points: FormInt, key: FormStr
+    request: Request, fund_id: PathId, member: SignedInMember, bank_minor: FormInt, points: FormInt, key: FormStr
 ) -> Response:
     ctx = _ctx(request)
     try:
@@ -237,3 +247,32 @@ async def buy_page(
     except DomainError as exc:
         return _refused(request, "/invest", exc)
     return _back(request, "/invest", _("Bought for %(paid)s.") % {"paid": _paid(bank_minor, points)})
+
+
+@router.post("/invest/{fund_id}/sell", dependencies=[CsrfChecked])
+async def sell_page(
+    request: Request, fund_id: PathId, member: SignedInMember, units: FormUnits, key: FormStr
+) -> Response:
+    ctx = _ctx(request)
+    try:
+        units_micro = securities.micro_units(units)
+
+        async def operation(session: AsyncSession) -> securities.Sold:
+            return await securities.sell(session, ctx, member.member_id, fund_id, units_micro)
+
+        sold = await run_once(
+            ctx.db,
+            ctx.clock,
+            scope=f"{member.member_id}:fund-sell",
+            key=key,
+            request={"fund": fund_id, "units": units_micro},
+            operation=operation,
+            result=securities.Sold,
+        )
+    except DomainError as exc:
+        return _refused(request, "/invest", exc)
+    return _back(
+        request,
+        "/invest",
+        _("Sold for %(proceeds)s: the money is in your bank account.") % {"proceeds": money(sold.proceeds_minor)},
+    )

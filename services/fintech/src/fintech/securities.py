@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import date
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -25,6 +26,7 @@ from fintech.context import Fintech, fintech_of
 from fintech.models import Fund, Holding, LedgerAccount, PointsPayment
 
 MICRO = 1_000_000
+MAX_MICRO_UNITS = 10**12 * MICRO  # far beyond any holding, well inside int64
 
 SEED_FUNDS = [
     Fund(
@@ -97,6 +99,18 @@ def price_on(fund: Fund, day: date) -> int:
 def units_for(amount_minor: int, price_minor: int) -> int:
     """Micro-units bought for an amount (rounded down: the member never gets more than paid for)."""
     return amount_minor * MICRO // price_minor
+
+
+def micro_units(text: str) -> int:
+    """Whole units as a member types them ("1.5", up to six decimals) in millionths."""
+    try:
+        units = Decimal(text.strip())
+    except InvalidOperation:
+        raise InvalidArgument("give the units as a number, like 1.5") from None
+    micro = units * MICRO
+    if not units.is_finite() or micro != micro.to_integral_value() or not 0 < micro <= MAX_MICRO_UNITS:
+        raise InvalidArgument("give between 0.000001 and 1,000,000,000,000 units, with at most six decimals")
+    return int(micro)
 
 
 def value_of(units_micro: int, price_minor: int) -> int:

@@ -1,6 +1,7 @@
 // Payment forms that help: a form marked data-kz-pay="<total>" recomputes the money part from the
 // points entered ([data-kz-points]) into [data-kz-rest] (an input or text) and the submit label
-// ([data-kz-pay-label], template in data-template with {money} and {points}); "use all points"
+// ([data-kz-pay-label], template in data-template with {money} and {points}, and optionally
+// data-template-money / data-template-points for a payment that is all money / all points); "use all points"
 // buttons ([data-kz-use-all]) fill in the most points allowed. A file, not inline: pages run
 // under a Content-Security-Policy without 'unsafe-inline'.
 (() => {
@@ -23,7 +24,12 @@
       }
       for (const out of form.querySelectorAll("[data-kz-points-shown]")) out.textContent = pts(points);
       for (const label of form.querySelectorAll("[data-kz-pay-label]")) {
-        const template = label.dataset.template || "{money}";
+        // A template without the part that is zero, when the page gives one.
+        const template =
+          (points === 0 && label.dataset.templateMoney) ||
+          (rest === 0 && label.dataset.templatePoints) ||
+          label.dataset.template ||
+          "{money}";
         label.textContent = template.replace("{money}", yen(rest)).replace("{points}", pts(points));
       }
     };
