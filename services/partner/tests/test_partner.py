@@ -363,3 +363,18 @@ async def test_a_header_beyond_ascii_is_refused_not_an_error(partner_service: Se
             "/api/pos/statement", params={"month": _month()}, headers={b"authorization": b"Basic \xff\xfe\xfd"}
         )
     assert answer.status_code == 401 and answer.json()["message"] == TILL_CREDENTIALS
+
+
+async def test_enrolling_needs_both_scopes_and_a_missing_one_is_forbidden(
+    ecosystem: Ecosystem, partner_service: ServiceProcess
+) -> None:
+    member = await ecosystem.member(points=0, card=False)
+    async with httpx.AsyncClient(base_url=partner_service.url, timeout=30) as http:
+        for scope in ("openid points:spend", "openid partner:read"):
+            refused = await http.post("/api/card", headers={"authorization": f"Bearer {member.token_for(scope)}"})
+            assert refused.status_code == 403, (scope, refused.text)
+        anonymous = await http.post("/api/card")
+        assert anonymous.status_code == 401
+        assert (
+            await http.get("/api/card", headers={"authorization": f"Bearer {member.token_for(CARD)}"})
+        ).status_code == 404
