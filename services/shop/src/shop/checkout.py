@@ -101,7 +101,8 @@ class CheckoutSaga:
         idempotency.ensure_same(
             found.request_fingerprint, _request(merchant_id or found.merchant_id, points), found.idempotency_key
         )
-        if found.state == FAILED:
+        # Compensating: it failed and its holds are being released; a retry gets the failure, not a 200.
+        if found.state in (FAILED, COMPENSATING):
             raise _remembered(found)
         return found
 
