@@ -17,7 +17,7 @@ from kizuna.kit.testing import (
 )
 from kizuna.points.v1 import points_pb2 as pb
 from kizuna.points.v1 import points_pb2_grpc
-from points import audit, store
+from points import audit, wallets
 from points.ledger import Clock
 from points.settings import Settings
 
@@ -58,7 +58,7 @@ class Points:
     async def register(self, *members: str) -> None:
         async with self.runtime.db.transaction() as session:
             for member in members:
-                await store.register_member(session, member, self.clock.now())
+                await wallets.register_member(session, member, self.clock.now())
 
     async def credit(
         self,

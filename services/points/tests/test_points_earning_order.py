@@ -21,7 +21,8 @@ from kizuna.kit.db import Database
 from kizuna.kit.testing import TestIssuer, wait_until
 from kizuna.points.v1 import earning_pb2 as contract
 from kizuna.points.v1 import points_pb2_grpc
-from points import audit, earning, ledger, store
+from points import audit, earning, ledger, wallets
+from points.balances import get_balance
 from points.ledger import Clock
 from points.models import Entry
 from points.service import service
@@ -102,7 +103,7 @@ async def _apply_all(db: Database, events: Sequence[tuple[Plan, str, Any, str]],
 
 
 async def _ledger_of(db: Database, member_id: str, clock: Clock) -> tuple[Any, ...]:
-    balance = await store.get_balance(db, member_id, clock.now())
+    balance = await get_balance(db, member_id, clock.now())
     async with db.sessions() as session:
         rows = (await session.exec(select(Entry).where(Entry.member_id == member_id))).all()
     net: dict[tuple[str, str], int] = {}
@@ -126,7 +127,7 @@ async def compare(database_url: str, purchases: list[Plan], seed: int) -> None:
     try:
         async with db.transaction() as session:
             for member_id in [*natural_ids.values(), *shuffled_ids.values()]:
-                await store.register_member(session, member_id, clock.now())
+                await wallets.register_member(session, member_id, clock.now())
         natural = [
             (p, stage, msg, f"n-{run}-{p.ref}-{i}")
             for p in purchases

@@ -14,14 +14,17 @@ from kizuna.kit import migrations
 from kizuna.kit.db import Database
 from kizuna.kit.errors import DomainError
 from kizuna.points.v1 import points_pb2 as pb
-from points import audit, store
+from points import audit, crediting, grpc_api, rewards, spending, wallets
+from points.balances import get_balance
+from points.bounds import Limits
 from points.expiry import run_expiry
+from points.idempotency import Ledger
 from points.ledger import LIMITED_TIME, REGULAR, Campaign, Clock, EarnRules
 from points.service import service
-from points.store import Ledger, Member
+from points.wallets import Member
 
 MEMBERS = ["a", "b"]
-LIMITS = store.Limits(max_credit_points=10**6, max_purchase_minor=10**10, daily_budget=lambda service: 10**12)
+LIMITS = Limits(max_credit_points=10**6, max_purchase_minor=10**10, daily_budget=lambda service: 10**12)
 _migrated: set[str] = set()
 
 operation = st.one_of(
@@ -35,6 +38,24 @@ operation = st.one_of(
     st.tuples(st.just("advance"), st.integers(1, 40)),
     st.tuples(st.just("expire")),
 )
+
+
+def responding(to_message: Any, operation: Any, **arguments: Any) -> Any:
+    """A ledger effect: the domain operation, its result translated to the contract's response."""
+
+    async def effect(session: Any, wallet: Any, now: Any) -> Any:
+        return to_message(await operation(session, wallet, now, **arguments))
+
+    return effect
+
+
+def effect_of(name: str, request: Any) -> Any:
+    if name == "capture":
+        return partial(grpc_api.capture_effect, caller="shop", request=grpc_api.capture_args(request))
+    if name == "void":
+        args = spending.VoidArgs(request.reservation_id, request.idempotency_key)
+        return partial(grpc_api.void_effect, caller="shop", request=args)
+    return partial(grpc_api.refund_effect, caller="shop", request=grpc_api.refund_args(request))
 
 
 async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
@@ -54,7 +75,7 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
     try:
         async with db.transaction() as session:
             for member in members.values():
-                await store.register_member(session, member, clock.now())
+                await wallets.register_member(session, member, clock.now())
         for op in ops:
             name = op[0]
             try:
@@ -65,7 +86,7 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                     async def effect(
                         s: Any, w: Any, now: Any, m: str = member, a: int = amount, e: Any = expires
                     ) -> pb.CreditResponse:
-                        return await store.credit(
+                        done = await crediting.credit(
                             s,
                             w,
                             now,
@@ -80,6 +101,7 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                             regular_expiry_months=1,
                             limits=LIMITS,
                         )
+                        return grpc_api.credit_response(done)
 
                     done = await ledger.execute(
                         caller="shop",
@@ -101,8 +123,9 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                         request=request,
                         member=Member(request.member_id),
                         response_type=pb.EarnResponse,
-                        effect=partial(
-                            store.earn,
+                        effect=responding(
+                            grpc_api.earn_response,
+                            rewards.earn,
                             member_id=request.member_id,
                             amount_minor=op[2],
                             currency="JPY",
@@ -129,17 +152,30 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                         request=request,
                         member=Member(request.member_id),
                         response_type=pb.ReserveResponse,
-                        effect=lambda s, w, now, r=request: store.reserve(
-                            s, w, now, caller="shop", request=r, default_ttl=60, max_ttl=10**6
+                        effect=responding(
+                            grpc_api.reserve_response,
+                            spending.reserve,
+                            caller="shop",
+                            request=spending.ReserveArgs(
+                                request.member_id,
+                                request.amount,
+                                request.ttl_seconds,
+                                "",
+                                "",
+                                "",
+                                request.idempotency_key,
+                            ),
+                            default_ttl=60,
+                            max_ttl=10**6,
                         ),
                     )
                     reservations.append(held.reservation_id)
                 elif name in ("capture", "void", "refund") and reservations:
                     rid = reservations[op[1] % len(reservations)]
-                    request_cls, fn, response = {
-                        "capture": (pb.CaptureRequest, store.capture, pb.CaptureResponse),
-                        "void": (pb.VoidRequest, store.void, pb.VoidResponse),
-                        "refund": (pb.RefundRequest, store.refund, pb.RefundResponse),
+                    request_cls, response = {
+                        "capture": (pb.CaptureRequest, pb.CaptureResponse),
+                        "void": (pb.VoidRequest, pb.VoidResponse),
+                        "refund": (pb.RefundRequest, pb.RefundResponse),
                     }[name]
                     request = request_cls(reservation_id=rid, idempotency_key=uuid.uuid4().hex)
                     if name != "void":
@@ -151,7 +187,7 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                         request=request,
                         member=Member(reservation_id=rid),
                         response_type=response,
-                        effect=lambda s, w, now, r=request, f=fn: f(s, w, now, caller="shop", request=r),
+                        effect=effect_of(name, request),
                     )
                 elif name == "clawback" and credits:
                     request = pb.ClawbackRequest(
@@ -165,7 +201,9 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                         request=request,
                         member=Member(member or ""),
                         response_type=pb.ClawbackResponse,
-                        effect=lambda s, w, now, r=request: store.clawback(s, w, now, caller="shop", request=r),
+                        effect=partial(
+                            grpc_api.clawback_effect, caller="shop", request=grpc_api.clawback_args(request)
+                        ),
                     )
                 elif name == "advance":
                     clock.advance(timedelta(days=op[1]))
@@ -177,7 +215,7 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                 report = await audit.audit(session)
             assert report.ok, (op, report.problems)
             for member in members.values():
-                balance = await store.get_balance(db, member, clock.now())
+                balance = await get_balance(db, member, clock.now())
                 assert min(balance.total, balance.pending, balance.debt) >= 0
     finally:
         await db.dispose()

@@ -28,12 +28,11 @@ from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from kizuna.kit.events import Consumer, Event
 from kizuna.kit.service import Runtime
 from kizuna.points.v1 import earning_pb2 as earning
-from kizuna.points.v1 import points_pb2 as pb
 from sqlalchemy import func
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from points import ledger, store
+from points import bounds, crediting, ledger, rewards, wallets
 from points.grpc_api import ledger_of
 from points.models import PendingEarn, PurchaseRefund, Wallet
 from points.settings import Earner, Settings
@@ -51,7 +50,7 @@ STAGES: dict[str, type[Any]] = {
 MAX_REF = 200
 
 
-def _check(message: Any, stage: str, limits: store.Limits) -> None:
+def _check(message: Any, stage: str, limits: bounds.Limits) -> None:
     """An event out of range is refused whole (the kit dead-letters it); nothing changes."""
     purchase = message.purchase
     if not message.HasField("purchase"):
@@ -60,19 +59,19 @@ def _check(message: Any, stage: str, limits: store.Limits) -> None:
         raise InvalidArgument(f"purchase.reference must be 1-{MAX_REF} characters")
     if not 0 < len(purchase.member_id) <= 100:
         raise InvalidArgument("purchase.member_id must be 1-100 characters")
-    store.check_money(purchase.paid.amount_minor, purchase.paid.currency, limits, "purchase.paid", allow_zero=True)
+    bounds.check_money(purchase.paid.amount_minor, purchase.paid.currency, limits, "purchase.paid", allow_zero=True)
     if not 0 <= purchase.points_used <= limits.max_purchase_minor:
         raise InvalidArgument("purchase.points_used is out of range")
     if purchase.merchant_bonus_points < 0:
         raise InvalidArgument("purchase.merchant_bonus_points must be >= 0")
     if purchase.merchant_bonus_points:
-        store.check_points(purchase.merchant_bonus_points, limits, "purchase.merchant_bonus_points")
+        bounds.check_points(purchase.merchant_bonus_points, limits, "purchase.merchant_bonus_points")
     if len(purchase.label) > 200 or len(purchase.category) > 60:
         raise InvalidArgument("purchase.label (200) or purchase.category (60) is too long")
     if stage == "refunded":
         if not 0 < len(message.refund_reference) <= MAX_REF:
             raise InvalidArgument(f"refund_reference must be 1-{MAX_REF} characters")
-        store.check_money(message.refunded.amount_minor, message.refunded.currency, limits, "refunded")
+        bounds.check_money(message.refunded.amount_minor, message.refunded.currency, limits, "refunded")
         if (message.refunded.currency or "JPY") != (purchase.paid.currency or "JPY"):
             raise InvalidArgument("refunded.currency differs from purchase.paid.currency")
 
@@ -84,26 +83,27 @@ async def on_purchase(runtime: Points, session: AsyncSession, event: Event) -> N
     if stage not in STAGES or earner is None:
         raise InvalidArgument(f"{event.subject!r} is not a purchase event of an earner")
     message = event.parse(STAGES[stage])
-    limits = store.Limits.of(runtime.settings)
+    limits = bounds.Limits.of(runtime.settings)
     _check(message, stage, limits)
     await apply(runtime.settings, session, ledger_of(runtime).clock.now(), earner, stage, message, event.id)
 
 
 async def apply(
     settings: Settings, session: AsyncSession, now: datetime, earner: Earner, stage: str, message: Any, key: str
-) -> PendingEarn:
-    """Record the event's fact on its purchase and bring the ledger to what the facts call for."""
+) -> PendingEarn | None:
+    """Record the event's fact on its purchase and bring the ledger to what the facts call for
+    (None: the member is no longer active, and nothing is recorded)."""
     purchase = message.purchase
     service, ref = earner.service, purchase.reference
-    wallet = await store.lock_wallet(session, purchase.member_id)
+    wallet = await wallets.lock_wallet(session, purchase.member_id)
     if wallet is None:
         # identity's registration has not reached points yet: fail, so the event is retried later.
-        raise store.UnknownMember(f"unknown member {purchase.member_id!r}")
+        raise wallets.UnknownMember(f"unknown member {purchase.member_id!r}")
     if wallet.status != "active":
         # An erased member earns nothing; the event is acknowledged without effect.
         log.info("purchase %s %s of an inactive member acknowledged without effect", service, ref)
-        return PendingEarn()
-    await store.settle_due(session, wallet, now)
+        return None
+    await wallets.settle_due(session, wallet, now)
     row = await _lock_purchase(session, service, ref)
     if row is None:
         row = PendingEarn(
@@ -178,10 +178,10 @@ async def _reconcile(
         if row.cancelled:
             # Cancelled before it was seen paid: it earns nothing, but the member did use the
             # service this month, as when the payment had come first.
-            await store.record_service_use(session, wallet.member_id, row.source_service, now)
+            await rewards.record_service_use(session, wallet.member_id, row.source_service, now)
             row.status = "cancelled"
             return
-        quote = await store.quote_and_count(
+        quote = await rewards.quote_and_count(
             session,
             wallet,
             settings.earn_rules(),
@@ -235,8 +235,8 @@ async def _grant(
         row.earned -= bonus
         row.bonus, bonus, expires = 0, 0, None
     quote = ledger.EarnQuote(row.regular, bonus, expires, 0, (), row.explanation)
-    limits = store.Limits.of(settings)
-    await store.grant(
+    limits = bounds.Limits.of(settings)
+    await rewards.grant(
         session,
         wallet,
         now,
@@ -250,7 +250,7 @@ async def _grant(
         what=row.label,
     )
     if row.merchant_bonus > 0:
-        await store.credit(
+        await crediting.credit(
             session,
             wallet,
             now,
@@ -276,12 +276,18 @@ def _give_back_cap_room(wallet: Wallet, row: PendingEarn, points: int) -> None:
 async def _claw_back(
     session: AsyncSession, wallet: Wallet, now: datetime, row: PendingEarn, amount: int, reason: str, key: str
 ) -> None:
-    request = pb.ClawbackRequest(
-        source_ref=row.source_ref, source_service=row.source_service, amount=amount, reason=reason, idempotency_key=key
+    request = crediting.ClawbackArgs(
+        target="source_ref",
+        credit_entry_id="",
+        source_ref=row.source_ref,
+        source_service=row.source_service,
+        amount=amount,
+        reason=reason,
+        idempotency_key=key,
     )
     try:
         async with session.begin_nested():
-            await store.clawback(session, wallet, now, caller=row.source_service, request=request, at_most=True)
+            await crediting.clawback(session, wallet, now, caller=row.source_service, request=request, at_most=True)
     except (FailedPrecondition, NotFound):
         pass  # nothing (left) to take back: the purchase earned nothing, or it was taken or expired already
 

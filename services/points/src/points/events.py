@@ -23,8 +23,9 @@ from kizuna.points.v1 import events_pb2 as ev
 from kizuna.points.v1 import points_pb2 as pb
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from points import campaigns, earning, ledger, store
-from points.grpc_api import CREDIT_KINDS, ledger_of
+from points import bounds, campaigns, crediting, earning, idempotency, ledger, spending, wallets
+from points.grpc_api import CREDIT_KINDS, capture_response, credit_response, ledger_of
+from points.journal import ts
 from points.models import Wallet
 from points.settings import Settings
 
@@ -42,13 +43,13 @@ async def on_member(runtime: Points, session: AsyncSession, event: Event) -> Non
         member_id = event.parse(identity.MemberRegistered).member_id
         if not 0 < len(member_id) <= 100:
             raise InvalidArgument("member_id must be 1-100 characters")
-        if await store.lock_wallet(session, member_id) is not None:
+        if await wallets.lock_wallet(session, member_id) is not None:
             return  # known already (a repeated registration): no second welcome
-        wallet = await store.register_member(session, member_id, now)
+        wallet = await wallets.register_member(session, member_id, now)
         settings = runtime.settings
         try:
             async with session.begin_nested():
-                await welcome(session, wallet, now, store.Limits.of(settings), settings.regular_expiry_months)
+                await welcome(session, wallet, now, bounds.Limits.of(settings), settings.regular_expiry_months)
         except DomainError as refused:
             # Joining never waits on a bonus (e.g. points' own daily budget is spent): the member
             # is registered without it, and operators see why.
@@ -79,7 +80,7 @@ def _sender(event: Event) -> str:
 async def on_command(runtime: Points, session: AsyncSession, event: Event) -> None:
     settings, now = runtime.settings, ledger_of(runtime).clock.now()
     sender = _sender(event)
-    msg: Message
+    msg: ev.CreditRequested | ev.SpendRequested
     if not sender:
         raise InvalidArgument(f"{event.subject!r} does not name its sender as the last token")
     if event.subject.startswith("points.credit.requested."):
@@ -104,7 +105,7 @@ async def on_command(runtime: Points, session: AsyncSession, event: Event) -> No
             if kind is None:
                 # The same rule as PointsService.Credit: a credit says which kind of points it gives.
                 raise InvalidArgument("kind must be CREDIT_KIND_REGULAR or CREDIT_KIND_LIMITED_TIME")
-            return await store.credit(
+            done = await crediting.credit(
                 s,
                 wallet,
                 at,
@@ -117,8 +118,9 @@ async def on_command(runtime: Points, session: AsyncSession, event: Event) -> No
                 expires_at=expires,
                 key=msg.idempotency_key,
                 regular_expiry_months=settings.regular_expiry_months,
-                limits=store.Limits.of(settings),
+                limits=bounds.Limits.of(settings),
             )
+            return credit_response(done)
 
         response_type: type[Message] = pb.CreditResponse
         operation = "credit"
@@ -131,31 +133,33 @@ async def on_command(runtime: Points, session: AsyncSession, event: Event) -> No
         async def effect(s: AsyncSession, wallet: Any, at: datetime) -> Message:
             if not authorized or msg.source_service != sender:
                 raise PermissionDenied("the member's authorization is missing, invalid or expired")
-            reserve = pb.ReserveRequest(
+            reserve = spending.ReserveArgs(
                 member_id=msg.member_id,
                 amount=msg.amount,
+                ttl_seconds=0,
                 reason=msg.reason,
                 source_service=msg.source_service,
                 source_ref=msg.source_ref,
                 idempotency_key=msg.idempotency_key,
             )
-            held = await store.reserve(
+            held = await spending.reserve(
                 s, wallet, at, caller=msg.source_service, request=reserve, default_ttl=60, max_ttl=60
             )
-            return await store.capture(
+            done = await spending.capture(
                 s,
                 wallet,
                 at,
                 caller=msg.source_service,
-                request=pb.CaptureRequest(reservation_id=held.reservation_id, idempotency_key=msg.idempotency_key),
+                request=spending.CaptureArgs(held.reservation_id, 0, msg.idempotency_key),
                 event_reservation_id=False,
             )
+            return capture_response(done)
 
         response_type = pb.CaptureResponse
         operation = "spend"
     else:
         return
-    outcome = await store.apply_idempotent(
+    outcome = await idempotency.apply_idempotent(
         session,
         caller=sender,
         key=msg.idempotency_key,
@@ -168,7 +172,7 @@ async def on_command(runtime: Points, session: AsyncSession, event: Event) -> No
     )
     if isinstance(outcome, DomainError):
         reason = _REJECTION.get(outcome.code, ev.REJECTION_REASON_UNSPECIFIED)
-        if isinstance(outcome, store.OverBudget):
+        if isinstance(outcome, wallets.OverBudget):
             reason = ev.REJECTION_REASON_BUDGET_EXCEEDED
         publish(
             session,
@@ -181,7 +185,7 @@ async def on_command(runtime: Points, session: AsyncSession, event: Event) -> No
                 member_id=member_id,
                 source_service=msg.source_service,
                 source_ref=msg.source_ref,
-                rejected_at=store.ts(now),
+                rejected_at=ts(now),
             ),
             member_id=member_id,
         )
@@ -214,13 +218,13 @@ def consumers(runtime: Points) -> list[Consumer]:
     ]
 
 
-async def welcome(session: AsyncSession, wallet: Wallet, now: datetime, limits: store.Limits, months: int) -> int:
+async def welcome(session: AsyncSession, wallet: Wallet, now: datetime, limits: bounds.Limits, months: int) -> int:
     """Pay the live welcome campaigns to a member who just joined; returns the points given."""
     given = 0
     for row in await campaigns.live(session, "welcome", now):
         if row.points_expire_at <= now:
             continue
-        await store.credit(
+        await crediting.credit(
             session,
             wallet,
             now,

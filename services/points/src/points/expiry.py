@@ -14,7 +14,7 @@ from datetime import datetime
 from kizuna.kit.db import Database
 from kizuna.kit.service import Runtime
 
-from points import store
+from points import wallets
 from points.grpc_api import ledger_of
 from points.settings import Settings
 
@@ -24,13 +24,13 @@ log = logging.getLogger("points.expiry")
 async def run_expiry(db: Database, now: datetime, batch_size: int = 500) -> int:
     """One pass: settle every member with something due; returns how many members were settled."""
     async with db.sessions() as session:
-        members = await store.members_with_due(session, now, batch_size)
+        members = await wallets.members_with_due(session, now, batch_size)
     settled = 0
     for member_id in members:
         async with db.transaction() as session:
-            wallet = await store.lock_wallet(session, member_id, skip_locked=True)
+            wallet = await wallets.lock_wallet(session, member_id, skip_locked=True)
             if wallet is not None:
-                await store.settle_due(session, wallet, now)
+                await wallets.settle_due(session, wallet, now)
                 settled += 1
     return settled
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -12,10 +12,13 @@ from kizuna.kit.service import Runtime
 from kizuna.points.v1 import points_pb2 as pb
 from kizuna.points.v1 import points_pb2_grpc
 
-from points import campaigns, explain, ledger, store
+from points import balances, campaigns, crediting, explain, ledger, rewards, spending
+from points.bounds import Limits, check_money
+from points.idempotency import Ledger
+from points.journal import ts
 from points.ledger import LIMITED_TIME, REGULAR, Clock
 from points.settings import Settings
-from points.store import Ledger, Member
+from points.wallets import Member
 
 CREDIT_KINDS = {pb.CREDIT_KIND_REGULAR: REGULAR, pb.CREDIT_KIND_LIMITED_TIME: LIMITED_TIME}
 
@@ -36,7 +39,7 @@ def _may_read(auth: CallAuth, member_id: str) -> None:
     auth.require_member_or_service(member_id, "points:read", "points:read")
 
 
-def _in_range(amount: int, limits: store.Limits) -> None:
+def _in_range(amount: int, limits: Limits) -> None:
     """An amount of points no single operation may move is refused before anything is looked up."""
     if amount < 0 or amount > limits.max_credit_points:
         raise InvalidArgument(f"amount must be between 0 and {limits.max_credit_points}")
@@ -46,6 +49,101 @@ def _own_service(caller: str, named: str) -> str:
     if named and named != caller:
         raise PermissionDenied(f"service {caller!r} cannot act as {named!r}")
     return caller
+
+
+# ---- translation between the contract's messages and the ledger's domain values ---------------
+
+
+def credit_response(done: crediting.Credited) -> pb.CreditResponse:
+    return pb.CreditResponse(entry_id=done.entry_id, balance_after=done.balance_after)
+
+
+def earn_response(done: rewards.Earned) -> pb.EarnResponse:
+    return pb.EarnResponse(
+        earned=done.earned,
+        bonus=done.bonus,
+        explanation=done.explanation,
+        entry_id=done.entry_id,
+        bonus_entry_id=done.bonus_entry_id,
+        balance_after=done.balance_after,
+        rate_bp=done.rate_bp,
+    )
+
+
+def reserve_response(held: spending.Reserved) -> pb.ReserveResponse:
+    return pb.ReserveResponse(
+        reservation_id=held.reservation_id, expires_at=ts(held.expires_at), balance_after=held.balance_after
+    )
+
+
+def capture_args(request: pb.CaptureRequest) -> spending.CaptureArgs:
+    return spending.CaptureArgs(request.reservation_id, request.amount, request.idempotency_key)
+
+
+def capture_response(done: spending.Captured) -> pb.CaptureResponse:
+    return pb.CaptureResponse(
+        captured=done.captured, returned=done.returned, entry_id=done.entry_id, balance_after=done.balance_after
+    )
+
+
+def refund_args(request: pb.RefundRequest) -> spending.RefundArgs:
+    return spending.RefundArgs(
+        target=request.WhichOneof("target"),
+        capture_entry_id=request.capture_entry_id,
+        reservation_id=request.reservation_id,
+        amount=request.amount,
+        reason=request.reason,
+        idempotency_key=request.idempotency_key,
+    )
+
+
+def clawback_args(request: pb.ClawbackRequest) -> crediting.ClawbackArgs:
+    return crediting.ClawbackArgs(
+        target=request.WhichOneof("target"),
+        credit_entry_id=request.credit_entry_id,
+        source_ref=request.source_ref,
+        source_service=request.source_service,
+        amount=request.amount,
+        reason=request.reason,
+        idempotency_key=request.idempotency_key,
+    )
+
+
+async def capture_effect(
+    session: Any, wallet: Any, now: datetime, *, caller: str, request: spending.CaptureArgs
+) -> pb.CaptureResponse:
+    return capture_response(await spending.capture(session, wallet, now, caller=caller, request=request))
+
+
+async def void_effect(
+    session: Any, wallet: Any, now: datetime, *, caller: str, request: spending.VoidArgs
+) -> pb.VoidResponse:
+    done = await spending.void(session, wallet, now, caller=caller, request=request)
+    return pb.VoidResponse(released=done.released, balance_after=done.balance_after)
+
+
+async def refund_effect(
+    session: Any, wallet: Any, now: datetime, *, caller: str, request: spending.RefundArgs
+) -> pb.RefundResponse:
+    done = await spending.refund(session, wallet, now, caller=caller, request=request)
+    return pb.RefundResponse(
+        refunded=done.refunded,
+        expired_not_returned=done.expired_not_returned,
+        entry_id=done.entry_id,
+        balance_after=done.balance_after,
+    )
+
+
+async def clawback_effect(
+    session: Any, wallet: Any, now: datetime, *, caller: str, request: crediting.ClawbackArgs
+) -> pb.ClawbackResponse:
+    done = await crediting.clawback(session, wallet, now, caller=caller, request=request)
+    return pb.ClawbackResponse(
+        clawed_back=done.clawed_back,
+        debt_created=done.debt_created,
+        entry_id=done.entry_id,
+        balance_after=done.balance_after,
+    )
 
 
 ENTRY_KINDS = {
@@ -59,7 +157,7 @@ ENTRY_KINDS = {
 }
 
 
-def _entry(line: store.HistoryLine) -> pb.Entry:
+def _entry(line: balances.HistoryLine) -> pb.Entry:
     return pb.Entry(
         entry_id=line.entry_id,
         kind=ENTRY_KINDS[line.kind],
@@ -67,8 +165,8 @@ def _entry(line: store.HistoryLine) -> pb.Entry:
         explanation=line.explanation,
         source_service=line.source_service,
         source_ref=line.source_ref,
-        created_at=store.ts(line.created_at),
-        until=store.ts(line.until),
+        created_at=ts(line.created_at),
+        until=ts(line.until),
     )
 
 
@@ -77,11 +175,11 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
         self.settings = runtime.settings
         self.ledger = ledger_of(runtime)
         self.db = runtime.db
-        self.limits = store.Limits.of(runtime.settings)
+        self.limits = Limits.of(runtime.settings)
 
     async def GetBalance(self, request: pb.GetBalanceRequest, context: Any) -> pb.GetBalanceResponse:
         _may_read(current_call(), request.member_id)
-        balance = await store.get_balance(self.db, request.member_id, self.ledger.clock.now())
+        balance = await balances.get_balance(self.db, request.member_id, self.ledger.clock.now())
         response = pb.GetBalanceResponse(
             total=balance.total,
             regular=balance.regular,
@@ -92,9 +190,7 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
         )
         if balance.expiring_soon is not None:
             response.expiring_soon.CopyFrom(
-                pb.ExpiringPoints(
-                    amount=balance.expiring_soon.amount, expires_at=store.ts(balance.expiring_soon.expires_at)
-                )
+                pb.ExpiringPoints(amount=balance.expiring_soon.amount, expires_at=ts(balance.expiring_soon.expires_at))
             )
         return response
 
@@ -105,8 +201,8 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
         speaker = explain.Speaker(locale, self.settings.earn_rules().label)
-        async with store.reader(self.db) as conn:
-            page = await store.list_entries(
+        async with balances.reader(self.db) as conn:
+            page = await balances.list_entries(
                 conn,
                 request.member_id,
                 request.page.page_size,
@@ -134,8 +230,8 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
                     services=list(c.services),
                     multiplier=c.multiplier,
                     fixed_bonus=c.fixed_bonus,
-                    starts_at=store.ts(c.starts_at),
-                    ends_at=store.ts(c.ends_at),
+                    starts_at=ts(c.starts_at),
+                    ends_at=ts(c.ends_at),
                     audience=c.audience,
                 )
                 for c in live
@@ -151,7 +247,7 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
         async def effect(session: Any, wallet: Any, now: Any) -> pb.CreditResponse:
             if kind is None:
                 raise InvalidArgument("kind must be CREDIT_KIND_REGULAR or CREDIT_KIND_LIMITED_TIME")
-            return await store.credit(
+            done = await crediting.credit(
                 session,
                 wallet,
                 now,
@@ -166,6 +262,7 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
                 regular_expiry_months=self.settings.regular_expiry_months,
                 limits=self.limits,
             )
+            return credit_response(done)
 
         return await self.ledger.execute(
             caller=caller,
@@ -180,8 +277,8 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
     async def Earn(self, request: pb.EarnRequest, context: Any) -> pb.EarnResponse:
         caller = current_call().require_service_scope("points:credit").client_id
         service = _own_service(caller, request.source_service)
-        effect = partial(
-            store.earn,
+        earn = partial(
+            rewards.earn,
             member_id=request.member_id,
             amount_minor=request.purchase.amount_minor,
             currency=request.purchase.currency or "JPY",
@@ -192,6 +289,10 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
             regular_expiry_months=self.settings.regular_expiry_months,
             limits=self.limits,
         )
+
+        async def effect(session: Any, wallet: Any, now: Any) -> pb.EarnResponse:
+            return earn_response(await earn(session, wallet, now))
+
         return await self.ledger.execute(
             caller=caller,
             key=request.idempotency_key,
@@ -206,9 +307,9 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
         _may_read(current_call(), request.member_id)
         if self.settings.earner(request.service) is None:
             raise InvalidArgument(f"{request.service!r} is not a service that earns points")
-        store.check_money(request.purchase.amount_minor, request.purchase.currency, self.limits, "purchase")
+        check_money(request.purchase.amount_minor, request.purchase.currency, self.limits, "purchase")
         async with self.db.sessions() as session:
-            quote = await store.preview_earn(
+            quote = await rewards.preview_earn(
                 session,
                 self.settings.earn_rules(),
                 request.member_id,
@@ -222,7 +323,7 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
             total=quote.total,
             rate_bp=quote.rate_bp,
             explanation=quote.explanation,
-            bonus_expires_at=store.ts(quote.bonus_expires_at),
+            bonus_expires_at=ts(quote.bonus_expires_at),
         )
 
     async def Reserve(self, request: pb.ReserveRequest, context: Any) -> pb.ReserveResponse:
@@ -231,13 +332,24 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
         _in_range(request.amount, self.limits)
         auth.require_member(request.member_id, "points:spend")
         _own_service(caller, request.source_service)
-        effect = partial(
-            store.reserve,
-            caller=caller,
-            request=request,
-            default_ttl=self.settings.reservation_default_ttl_seconds,
-            max_ttl=self.settings.reservation_max_ttl_seconds,
+        args = spending.ReserveArgs(
+            member_id=request.member_id,
+            amount=request.amount,
+            ttl_seconds=request.ttl_seconds,
+            reason=request.reason,
+            source_service=request.source_service,
+            source_ref=request.source_ref,
+            idempotency_key=request.idempotency_key,
         )
+        default_ttl = self.settings.reservation_default_ttl_seconds
+        max_ttl = self.settings.reservation_max_ttl_seconds
+
+        async def effect(session: Any, wallet: Any, now: Any) -> pb.ReserveResponse:
+            held = await spending.reserve(
+                session, wallet, now, caller=caller, request=args, default_ttl=default_ttl, max_ttl=max_ttl
+            )
+            return reserve_response(held)
+
         return await self.ledger.execute(
             caller=caller,
             key=request.idempotency_key,
@@ -257,7 +369,7 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
             operation="capture",
             request=request,
             member=Member(reservation_id=request.reservation_id),
-            effect=partial(store.capture, caller=caller, request=request),
+            effect=partial(capture_effect, caller=caller, request=capture_args(request)),
             response_type=pb.CaptureResponse,
         )
 
@@ -269,7 +381,9 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
             operation="void",
             request=request,
             member=Member(reservation_id=request.reservation_id),
-            effect=partial(store.void, caller=caller, request=request),
+            effect=partial(
+                void_effect, caller=caller, request=spending.VoidArgs(request.reservation_id, request.idempotency_key)
+            ),
             response_type=pb.VoidResponse,
         )
 
@@ -282,7 +396,7 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
             operation="refund",
             request=request,
             member=Member(reservation_id=request.capture_entry_id or request.reservation_id),
-            effect=partial(store.refund, caller=caller, request=request),
+            effect=partial(refund_effect, caller=caller, request=refund_args(request)),
             response_type=pb.RefundResponse,
         )
 
@@ -298,6 +412,6 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
             operation="clawback",
             request=request,
             member=Member(member_id or ""),
-            effect=partial(store.clawback, caller=caller, request=request),
+            effect=partial(clawback_effect, caller=caller, request=clawback_args(request)),
             response_type=pb.ClawbackResponse,
         )

@@ -17,7 +17,7 @@ from kizuna.kit.oidc_client import SignedInMember
 from pydantic import BaseModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from points import audit, campaigns, explain, ledger, store
+from points import audit, balances, campaigns, explain, ledger, rewards
 from points.grpc_api import ledger_of
 
 router = APIRouter()
@@ -62,7 +62,7 @@ class EntryPublic(BaseModel):
     """A line of the history: a posted entry, or (first) an open hold or a pending earning."""
 
     entry_id: str
-    kind: Literal["credit", "spend", "refund", "clawback", "expiry", "hold", "earning"]
+    kind: balances.EntryKind
     amount: int
     # In the wallet's locale.
     explanation: str
@@ -87,10 +87,10 @@ async def wallet_view(request: Request, session: AsyncSession, member_id: str, l
     runtime = request.app.state.runtime
     rules = runtime.settings.earn_rules()
     now = ledger_of(runtime).clock.now()
-    balance = await store.get_balance(runtime.db, member_id, now)
+    balance = await balances.get_balance(runtime.db, member_id, now)
     speaker = explain.Speaker(locale, rules.label)
-    history = await store.list_entries(await session.connection(), member_id, 50, "", now=now, speaker=speaker)
-    used = await store.services_used(session, member_id, ledger.month_key(now))
+    history = await balances.list_entries(await session.connection(), member_id, 50, "", now=now, speaker=speaker)
+    used = await rewards.services_used(session, member_id, ledger.month_key(now))
     rates = ledger.month_rates(rules, [e.service for e in runtime.settings.kizuna_earners], used)
 
     def label(service: str) -> str:

@@ -14,12 +14,12 @@ from kizuna.kit.privacy import Privacy
 from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from points import store
+from points import wallets
 from points.models import Entry, Lot
 
 
 async def export(session: AsyncSession, member_id: str) -> dict[str, Any]:
-    wallet = await store.lock_wallet(session, member_id)
+    wallet = await wallets.lock_wallet(session, member_id)
     entries = (
         await session.exec(select(Entry).where(Entry.member_id == member_id).order_by(col(Entry.created_at)))
     ).all()
@@ -50,7 +50,7 @@ async def export(session: AsyncSession, member_id: str) -> dict[str, Any]:
 
 
 async def erase(session: AsyncSession, member_id: str) -> None:
-    wallet = await store.lock_wallet(session, member_id)
+    wallet = await wallets.lock_wallet(session, member_id)
     if wallet is not None:
         wallet.status = "erased"
         session.add(wallet)

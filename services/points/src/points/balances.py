@@ -1,0 +1,249 @@
+"""Reads: the member's balance and history, each one autocommit statement (the history's first page
+adds the open holds and pending earnings); only a balance with something due settles first."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from kizuna.kit.db import Database
+from kizuna.kit.errors import (
+    InvalidArgument,
+)
+from sqlalchemy import and_, bindparam, exists, func
+from sqlalchemy import select as core_select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from points.explain import Speaker
+from points.journal import ENTRIES, LOTS, MAX_PAGE, PENDING, RESERVATIONS, VISIBLE_KINDS, WALLETS
+from points.ledger import LIMITED_TIME, REGULAR
+from points.wallets import lock_wallet, settle_due
+
+
+def _balance_query() -> Any:
+    now = bindparam("now", type_=RESERVATIONS.c.expires_at.type)
+    due_reservation = exists().where(
+        RESERVATIONS.c.member_id == WALLETS.c.member_id,
+        RESERVATIONS.c.status == "open",
+        RESERVATIONS.c.expires_at <= now,
+    )
+    earning = (
+        core_select(func.coalesce(func.sum(PENDING.c.regular + PENDING.c.bonus + PENDING.c.merchant_bonus), 0))
+        .where(PENDING.c.member_id == WALLETS.c.member_id, PENDING.c.status == "pending")
+        .scalar_subquery()
+    )
+    return (
+        core_select(
+            WALLETS.c.held,
+            WALLETS.c.debt,
+            due_reservation.label("due"),
+            earning.label("earning"),
+            LOTS.c.kind,
+            LOTS.c.expires_at,
+            func.sum(LOTS.c.remaining).label("points"),
+        )
+        .select_from(WALLETS)
+        .outerjoin(LOTS, and_(LOTS.c.member_id == WALLETS.c.member_id, LOTS.c.remaining > 0))
+        .where(WALLETS.c.member_id == bindparam("member"))
+        .group_by(WALLETS.c.member_id, WALLETS.c.held, WALLETS.c.debt, LOTS.c.kind, LOTS.c.expires_at)
+    )
+
+
+_BALANCE_QUERY = _balance_query()
+
+
+@dataclass(frozen=True)
+class Expiring:
+    amount: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Balance:
+    """What the member has: spendable total by kind, held, owed, being earned, expiring next."""
+
+    total: int = 0
+    regular: int = 0
+    limited_time: int = 0
+    pending: int = 0
+    debt: int = 0
+    earning: int = 0
+    expiring_soon: Expiring | None = None
+
+
+async def read_balance(conn: AsyncConnection, member_id: str, now: datetime) -> tuple[Balance, bool]:
+    """The member's balance in one statement, and whether something is due (a timed-out
+    reservation or an expired lot still counted) so that the caller settles and reads again."""
+    rows = (await conn.execute(_BALANCE_QUERY, {"member": member_id, "now": now})).all()
+    if not rows:
+        return Balance(), False
+    lots = [(row.kind, row.expires_at, int(row.points)) for row in rows if row.kind is not None]
+    due = bool(rows[0].due) or any(at <= now for _, at, _ in lots)
+    regular = sum(n for kind, _, n in lots if kind == REGULAR)
+    limited = sum(n for kind, _, n in lots if kind == LIMITED_TIME)
+    expiring = None
+    if lots:
+        soonest = min(at for _, at, _ in lots)
+        expiring = Expiring(sum(n for _, at, n in lots if at == soonest), soonest)
+    balance = Balance(
+        total=regular + limited,
+        regular=regular,
+        limited_time=limited,
+        pending=int(rows[0].held),
+        debt=int(rows[0].debt),
+        earning=int(rows[0].earning or 0),
+        expiring_soon=expiring,
+    )
+    return balance, due
+
+
+@asynccontextmanager
+async def reader(db: Database) -> AsyncIterator[AsyncConnection]:
+    """A connection for one-statement reads: autocommit, so no BEGIN/ROLLBACK round trips."""
+    async with db.engine.connect() as conn:
+        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
+async def get_balance(db: Database, member_id: str, now: datetime) -> Balance:
+    """GetBalance: one read; only when something fell due, settle it first and read again."""
+    async with reader(db) as conn:
+        response, due = await read_balance(conn, member_id, now)
+    if not due:
+        return response
+    async with db.transaction() as session:
+        wallet = await lock_wallet(session, member_id)
+        if wallet is not None:
+            await settle_due(session, wallet, now)
+    async with reader(db) as conn:
+        response, _ = await read_balance(conn, member_id, now)
+    return response
+
+
+EntryKind = Literal["credit", "spend", "refund", "clawback", "expiry", "hold", "earning"]
+
+
+@dataclass(frozen=True)
+class HistoryLine:
+    """One line of a member's history: a posted entry, an open hold or a pending earning."""
+
+    entry_id: str
+    kind: EntryKind
+    amount: int
+    explanation: str
+    source_service: str
+    source_ref: str
+    created_at: datetime
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    lines: list[HistoryLine]
+    next_page_token: str
+
+
+_OPEN_HOLDS = (
+    core_select(
+        RESERVATIONS.c.reservation_id,
+        RESERVATIONS.c.amount,
+        RESERVATIONS.c.reason,
+        RESERVATIONS.c.source_service,
+        RESERVATIONS.c.source_ref,
+        RESERVATIONS.c.created_at,
+        RESERVATIONS.c.expires_at,
+    )
+    .where(
+        RESERVATIONS.c.member_id == bindparam("member"),
+        RESERVATIONS.c.status == "open",
+        RESERVATIONS.c.expires_at > bindparam("now", type_=RESERVATIONS.c.expires_at.type),
+    )
+    .order_by(RESERVATIONS.c.id.desc())
+)
+_PENDING_EARNINGS = (
+    core_select(
+        PENDING.c.source_service,
+        PENDING.c.source_ref,
+        PENDING.c.label,
+        PENDING.c.created_at,
+        (PENDING.c.regular + PENDING.c.bonus + PENDING.c.merchant_bonus).label("points"),
+    )
+    .where(PENDING.c.member_id == bindparam("member"), PENDING.c.status == "pending")
+    .order_by(PENDING.c.created_at.desc())
+)
+
+
+async def open_lines(conn: AsyncConnection, member_id: str, now: datetime, speaker: Speaker) -> list[HistoryLine]:
+    """The member's open holds and pending earnings, newest first."""
+    lines = [
+        HistoryLine(
+            entry_id=row.reservation_id,
+            kind="hold",
+            amount=-row.amount,
+            explanation=speaker.hold(row.source_service, row.source_ref, row.reason),
+            source_service=row.source_service,
+            source_ref=row.source_ref,
+            created_at=row.created_at,
+            until=row.expires_at,
+        )
+        for row in await conn.execute(_OPEN_HOLDS, {"member": member_id, "now": now})
+    ]
+    lines += [
+        HistoryLine(
+            entry_id=f"earning:{row.source_service}:{row.source_ref}",
+            kind="earning",
+            amount=int(row.points),
+            explanation=speaker.earning(row.source_service, row.source_ref, row.label),
+            source_service=row.source_service,
+            source_ref=row.source_ref,
+            created_at=row.created_at,
+        )
+        for row in await conn.execute(_PENDING_EARNINGS, {"member": member_id})
+        if row.points > 0
+    ]
+    lines.sort(key=lambda line: line.created_at, reverse=True)
+    return lines
+
+
+async def list_entries(
+    conn: AsyncConnection,
+    member_id: str,
+    page_size: int,
+    page_token: str,
+    *,
+    now: datetime,
+    speaker: Speaker,
+) -> HistoryPage:
+    """A page of the member's history: on the first page (no token) the open holds and pending
+    earnings first (all of them, newest first), then up to page_size posted entries, newest
+    first; later pages hold posted entries only."""
+    if page_size < 0:
+        raise InvalidArgument("page_size must be >= 0")
+    size = min(page_size or 50, MAX_PAGE)
+    e = ENTRIES.c
+    query = core_select(
+        e.id, e.entry_id, e.kind, e.amount, e.explanation, e.source_service, e.source_ref, e.created_at
+    ).where(e.member_id == member_id, e.kind.in_(VISIBLE_KINDS))
+    if page_token:
+        try:
+            before = int(page_token)
+        except ValueError:
+            raise InvalidArgument("page_token is not one this server gave") from None
+        query = query.where(e.id < before)
+    lines = [] if page_token else await open_lines(conn, member_id, now, speaker)
+    rows = (await conn.execute(query.order_by(e.id.desc()).limit(size + 1))).all()
+    lines += [
+        HistoryLine(
+            entry_id=row.entry_id,
+            kind=row.kind,
+            amount=row.amount,
+            explanation=speaker.entry(row.kind, row.explanation, row.source_service, row.source_ref),
+            source_service=row.source_service,
+            source_ref=row.source_ref,
+            created_at=row.created_at,
+        )
+        for row in rows[:size]
+    ]
+    return HistoryPage(lines, str(rows[size - 1].id) if len(rows) > size else "")

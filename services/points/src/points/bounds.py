@@ -1,0 +1,86 @@
+"""Bounds: the most one operation may move, the most one purchase may be, and each service's daily
+credit budget."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from kizuna.kit.errors import (
+    InvalidArgument,
+)
+from sqlalchemy import func
+from sqlalchemy import select as core_select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import SQLModel
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from points.ledger_metrics import budget_refused
+from points.wallets import OverBudget
+
+
+class Limits(NamedTuple):
+    """The most one credit may give, and each service's points per UTC day."""
+
+    max_credit_points: int
+    max_purchase_minor: int
+    daily_budget: Callable[[str], int]
+
+    @classmethod
+    def of(cls, settings: Any) -> Limits:
+        return cls(settings.max_credit_points, settings.max_purchase_minor, settings.daily_budget)
+
+
+def check_money(amount_minor: int, currency: str, limits: Limits, what: str, *, allow_zero: bool = False) -> None:
+    if amount_minor < 0 or (amount_minor == 0 and not allow_zero):
+        raise InvalidArgument(f"{what}.amount_minor must be {'>= 0' if allow_zero else '> 0'}")
+    if amount_minor > limits.max_purchase_minor:
+        raise InvalidArgument(
+            f"{what}.amount_minor {amount_minor} is above the most one purchase may be ({limits.max_purchase_minor})"
+        )
+    if currency and not (len(currency) == 3 and currency.isascii() and currency.isalpha() and currency.isupper()):
+        raise InvalidArgument(f"{what}.currency must be an ISO 4217 code such as JPY")
+
+
+BUDGET_SHARDS = 8
+DAILY = SQLModel.metadata.tables["points_daily_credit"]
+
+
+def check_points(amount: int, limits: Limits, what: str = "amount") -> None:
+    if amount <= 0:
+        raise InvalidArgument(f"{what} must be > 0")
+    if amount > limits.max_credit_points:
+        raise InvalidArgument(f"{what} {amount} is above the most one credit may give ({limits.max_credit_points})")
+
+
+async def charge_budget(
+    session: AsyncSession, service: str, member_id: str, amount: int, now: datetime, limits: Limits
+) -> None:
+    """Count `amount` against `service`'s credits today, or refuse it (OverBudget) if that would
+    exceed the budget. The count is spread over BUDGET_SHARDS rows by member, so concurrent credits
+    of one service rarely wait on each other; two in flight at once may together pass the budget
+    by at most one credit each."""
+    day = now.date().isoformat()
+    budget = limits.daily_budget(service)
+    conn = await session.connection()
+    used = (
+        await conn.execute(
+            core_select(func.coalesce(func.sum(DAILY.c.points), 0)).where(
+                DAILY.c.service == service, DAILY.c.day == day
+            )
+        )
+    ).scalar_one()
+    if used + amount > budget:
+        budget_refused.add(1, {"service": service})
+        raise OverBudget(f"{service} has credited {used} of its {budget} points today; {amount} more is refused")
+    shard = zlib.crc32(member_id.encode()) % BUDGET_SHARDS
+    upsert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    statement = upsert(DAILY).values(service=service, day=day, shard=shard, points=amount)
+    await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["service", "day", "shard"], set_={"points": DAILY.c.points + statement.excluded.points}
+        )
+    )

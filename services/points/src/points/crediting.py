@@ -1,0 +1,249 @@
+"""Crediting and taking back: Credit adds a lot (repaying debt first); Clawback takes back what a
+service credited, only what the member still benefits from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from kizuna.kit.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from kizuna.kit.events import publish
+from kizuna.points.v1 import events_pb2 as ev
+from sqlalchemy import bindparam, insert, update
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from points import ledger
+from points.bounds import Limits, charge_budget, check_points
+from points.journal import LOT_KIND, LOTS, post_entry, ts
+from points.ledger import LIMITED_TIME
+from points.ledger_metrics import count_on_commit, points_credited
+from points.models import (
+    Entry,
+    Wallet,
+    account_available,
+    account_debt,
+    account_issued,
+)
+from points.wallets import lot_state, member_lots, require_active
+
+
+@dataclass(frozen=True)
+class Credited:
+    entry_id: str
+    balance_after: int
+
+
+@dataclass(frozen=True)
+class ClawbackArgs:
+    # Which of credit_entry_id / source_ref names the credits; None: neither.
+    target: str | None
+    credit_entry_id: str
+    source_ref: str
+    source_service: str
+    # 0 takes back everything not yet taken back.
+    amount: int
+    reason: str
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class ClawedBack:
+    clawed_back: int
+    debt_created: int
+    entry_id: str
+    balance_after: int
+
+
+_INSERT_LOT = insert(LOTS)
+_MOVE_ROLLING_EXPIRY = (
+    update(LOTS)
+    .where(
+        LOTS.c.member_id == bindparam("member"),
+        LOTS.c.rolling.is_(True),
+        LOTS.c.expires_at > bindparam("now", type_=LOTS.c.expires_at.type),
+    )
+    .values(expires_at=bindparam("until", type_=LOTS.c.expires_at.type))
+)
+
+
+async def credit(
+    session: AsyncSession,
+    wallet: Wallet | None,
+    now: datetime,
+    *,
+    member_id: str,
+    amount: int,
+    kind: str,
+    reason: str,
+    source_service: str,
+    source_ref: str,
+    expires_at: datetime | None,
+    key: str,
+    regular_expiry_months: int,
+    limits: Limits,
+) -> Credited:
+    check_points(amount, limits)
+    if kind == LIMITED_TIME and (expires_at is None or expires_at <= now):
+        raise InvalidArgument("limited-time points need an expires_at in the future")
+    if expires_at is not None and expires_at <= now:
+        raise InvalidArgument("expires_at must be in the future")
+    wallet = require_active(wallet, member_id)
+    rolling_until = ledger.add_months(now, regular_expiry_months)
+    if session.new or session.dirty:
+        await session.flush()  # what settling changed through the ORM, before SQL of our own
+    await charge_budget(session, source_service, member_id, amount, now, limits)
+    conn = await session.connection()
+    # Earning moves the rolling expiry of every regular lot not yet expired.
+    await conn.execute(_MOVE_ROLLING_EXPIRY, {"member": member_id, "now": now, "until": rolling_until})
+    repaid, to_lot = ledger.plan_credit(amount, wallet.debt)
+    entry = await post_entry(
+        session,
+        wallet,
+        kind="credit",
+        postings={
+            account_issued(source_service): -amount,
+            account_available(member_id): to_lot,
+            account_debt(member_id): repaid,
+        },
+        explanation=reason + (f" ({repaid} repaid debt)" if repaid else ""),
+        source_service=source_service,
+        source_ref=source_ref,
+        now=now,
+    )
+    lot_expires = expires_at or rolling_until
+    await conn.execute(
+        _INSERT_LOT,
+        {
+            "member_id": member_id,
+            "entry_pk": entry.id,
+            "kind": kind,
+            "rolling": expires_at is None,
+            "amount": amount,
+            "remaining": to_lot,
+            "clawed_back": 0,
+            "expired": 0,
+            "source_service": source_service,
+            "expires_at": lot_expires,
+            "created_at": now,
+        },
+    )
+    wallet.last_earned_at = now
+    publish(
+        session,
+        "points.ledger.credited",
+        ev.Credited(
+            entry_id=entry.entry_id,
+            member_id=member_id,
+            amount=amount,
+            kind=LOT_KIND[kind],
+            reason=reason,
+            source_service=source_service,
+            source_ref=source_ref,
+            expires_at=ts(lot_expires),
+            balance_after=wallet.available,
+            idempotency_key=key,
+            credited_at=ts(now),
+        ),
+        member_id=member_id,
+    )
+    count_on_commit(session, points_credited, amount, source_service)
+    return Credited(entry_id=entry.entry_id, balance_after=wallet.available)
+
+
+async def clawback(
+    session: AsyncSession,
+    wallet: Wallet | None,
+    now: datetime,
+    *,
+    caller: str,
+    request: ClawbackArgs,
+    at_most: bool = False,
+) -> ClawedBack:
+    """Take back (part of) the points a service credited. Only points the member still benefits
+    from are taken: points of the credit that expired are gone already. `at_most` takes what is
+    left when the amount asked is more (a refund's share, after some of its points expired)."""
+    target = request.target
+    if target is None:
+        raise InvalidArgument("name the credit_entry_id or the source_ref to claw back")
+    if request.amount < 0:
+        raise InvalidArgument("amount must be >= 0 (0 takes back everything not yet taken back)")
+    service = request.source_service or caller
+    if service != caller:
+        raise PermissionDenied("a service can only claw back its own credits")
+    query = select(Entry).where(Entry.kind == "credit")
+    if target == "credit_entry_id":
+        query = query.where(Entry.entry_id == request.credit_entry_id)
+    else:
+        query = query.where(Entry.source_service == service, Entry.source_ref == request.source_ref)
+    credits = list((await session.exec(query.order_by(col(Entry.id)))).all())
+    if not credits:
+        raise NotFound("no credit matches the clawback target")
+    if any(c.source_service != caller for c in credits):
+        raise PermissionDenied("a service can only claw back its own credits")
+    if wallet is None or any(c.member_id != wallet.member_id for c in credits):
+        raise FailedPrecondition("the credits belong to several members")
+    all_lots = await member_lots(session, wallet.member_id, with_empty=True)
+    lots_by_entry = {lot.entry_pk: lot for lot in all_lots}
+    lots_by_id = {lot.id: lot for lot in all_lots}
+    credit_lots = [lots_by_entry[c.id] for c in credits if c.id in lots_by_entry]
+    left_total = sum(ledger.clawable(lot.amount, lot.clawed_back, lot.expired) for lot in credit_lots)
+    if left_total == 0:
+        raise FailedPrecondition("nothing is left to claw back: it was clawed back or expired already")
+    amount = min(request.amount, left_total) if at_most else request.amount
+    amount = amount or left_total
+    if amount > left_total:
+        raise FailedPrecondition(f"amount {amount} exceeds the {left_total} points left to claw back")
+    left, debt = amount, 0
+    for credit_lot in credit_lots:
+        share = min(ledger.clawable(credit_lot.amount, credit_lot.clawed_back, credit_lot.expired), left)
+        if share == 0:
+            continue
+        left -= share
+        credit_lot.clawed_back += share
+        plan = ledger.plan_clawback(lot_state(credit_lot), (lot_state(lot) for lot in all_lots), share, now)
+        for lot_id, take in plan.takes:
+            lots_by_id[lot_id].remaining -= take
+            session.add(lots_by_id[lot_id])
+        debt += plan.debt
+        session.add(credit_lot)
+    member = wallet.member_id
+    reason = request.reason or f"Taken back by {service}"
+    source_ref = request.source_ref or credits[0].source_ref
+    entry = await post_entry(
+        session,
+        wallet,
+        kind="clawback",
+        postings={
+            account_issued(service): amount,
+            account_available(member): -(amount - debt),
+            account_debt(member): -debt,
+        },
+        explanation=reason + (f" ({debt} points owed)" if debt else ""),
+        source_service=service,
+        source_ref=source_ref,
+        now=now,
+    )
+    publish(
+        session,
+        "points.ledger.clawed_back",
+        ev.ClawedBack(
+            entry_id=entry.entry_id,
+            member_id=member,
+            credit_entry_ids=[c.entry_id for c in credits],
+            clawed_back=amount,
+            debt_created=debt,
+            source_service=service,
+            source_ref=source_ref,
+            balance_after=wallet.available,
+            idempotency_key=request.idempotency_key,
+            clawed_back_at=ts(now),
+        ),
+        member_id=member,
+    )
+    return ClawedBack(clawed_back=amount, debt_created=debt, entry_id=entry.entry_id, balance_after=wallet.available)

@@ -1,0 +1,175 @@
+"""What purchases earn: quotes under the earn rules and campaigns, counted against the monthly cap
+under the wallet lock, and granted as regular and limited-time credits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from points import campaigns, ledger
+from points.bounds import Limits, check_money
+from points.crediting import credit
+from points.ledger import LIMITED_TIME, REGULAR
+from points.models import (
+    ServiceUse,
+    Wallet,
+)
+from points.wallets import require_active
+
+
+@dataclass
+class Earned:
+    """What an earn credited: regular points and campaign (limited-time) points, and why."""
+
+    earned: int
+    bonus: int
+    explanation: str
+    rate_bp: int
+    balance_after: int
+    entry_id: str = ""
+    bonus_entry_id: str = ""
+
+
+async def services_used(session: AsyncSession, member_id: str, month: str) -> list[str]:
+    return sorted(
+        (
+            await session.exec(
+                select(ServiceUse.service).where(ServiceUse.member_id == member_id, ServiceUse.month == month)
+            )
+        ).all()
+    )
+
+
+async def record_service_use(session: AsyncSession, member_id: str, service: str, now: datetime) -> None:
+    month = ledger.month_key(now)
+    if await session.get(ServiceUse, (member_id, month, service)) is None:
+        session.add(ServiceUse(member_id=member_id, month=month, service=service))
+        await session.flush()
+
+
+async def quote_and_count(
+    session: AsyncSession, wallet: Wallet, rules: ledger.EarnRules, service: str, units: int, now: datetime
+) -> ledger.EarnQuote:
+    """Quote an earn and count it against the member's monthly cap (under the wallet lock), with the
+    live campaigns the member qualifies for (before this purchase counts as a use of the service)."""
+    rules = await campaigns.with_campaigns(session, rules, wallet, service, now)
+    month = ledger.month_key(now)
+    if wallet.earn_month != month:
+        wallet.earn_month, wallet.earned_this_month = month, 0
+    await record_service_use(session, wallet.member_id, service, now)
+    used = await services_used(session, wallet.member_id, month)
+    quote = ledger.quote_earn(rules, service, units, used, wallet.earned_this_month, now)
+    wallet.earned_this_month += quote.total
+    session.add(wallet)
+    return quote
+
+
+async def preview_earn(
+    session: AsyncSession, rules: ledger.EarnRules, member_id: str, service: str, units: int, now: datetime
+) -> ledger.EarnQuote:
+    """What a purchase would earn the member now (read-only: nothing counted, nothing locked). An
+    unknown member is quoted as a new one: nothing earned this month, no other services used."""
+    month = ledger.month_key(now)
+    wallet = await session.get(Wallet, member_id)
+    rules = await campaigns.with_campaigns(session, rules, wallet, service, now)
+    earned = wallet.earned_this_month if wallet is not None and wallet.earn_month == month else 0
+    used = set(await services_used(session, member_id, month)) | {service}
+    return ledger.quote_earn(rules, service, units, used, earned, now)
+
+
+async def earn(
+    session: AsyncSession,
+    wallet: Wallet | None,
+    now: datetime,
+    *,
+    member_id: str,
+    amount_minor: int,
+    currency: str,
+    service: str,
+    source_ref: str,
+    key: str,
+    rules: ledger.EarnRules,
+    regular_expiry_months: int,
+    limits: Limits,
+) -> Earned:
+    """Credit what a purchase earns under the earn rules (regular points, plus campaign points)."""
+    check_money(amount_minor, currency, limits, "purchase")
+    wallet = require_active(wallet, member_id)
+    quote = await quote_and_count(session, wallet, rules, service, ledger.currency_units(amount_minor, currency), now)
+    return await grant(
+        session,
+        wallet,
+        now,
+        quote=quote,
+        service=service,
+        label=rules.label(service),
+        source_ref=source_ref,
+        key=key,
+        regular_expiry_months=regular_expiry_months,
+        limits=limits,
+    )
+
+
+async def grant(
+    session: AsyncSession,
+    wallet: Wallet,
+    now: datetime,
+    *,
+    quote: ledger.EarnQuote,
+    service: str,
+    label: str,
+    source_ref: str,
+    key: str,
+    regular_expiry_months: int,
+    limits: Limits,
+    what: str = "",
+) -> Earned:
+    """Credit an earn quote: its regular points, and its campaign points as a limited-time lot.
+    `what` is the purchase as the member reads it (default: its reference)."""
+    what = what or source_ref
+    where = f"Earned at {label}" + (f" on {what}" if what else "")
+    response = Earned(
+        earned=quote.regular,
+        bonus=quote.bonus,
+        explanation=quote.explanation,
+        rate_bp=quote.rate_bp,
+        balance_after=wallet.available,
+    )
+    if quote.regular > 0:
+        done = await credit(
+            session,
+            wallet,
+            now,
+            member_id=wallet.member_id,
+            amount=quote.regular,
+            kind=REGULAR,
+            reason=f"{where}: {quote.explanation}",
+            source_service=service,
+            source_ref=source_ref,
+            expires_at=None,
+            key=key,
+            regular_expiry_months=regular_expiry_months,
+            limits=limits,
+        )
+        response.entry_id, response.balance_after = done.entry_id, done.balance_after
+    if quote.bonus > 0:
+        done = await credit(
+            session,
+            wallet,
+            now,
+            member_id=wallet.member_id,
+            amount=quote.bonus,
+            kind=LIMITED_TIME,
+            reason=f"{where}: campaign bonus",
+            source_service=service,
+            source_ref=source_ref,
+            expires_at=quote.bonus_expires_at,
+            key=key,
+            regular_expiry_months=regular_expiry_months,
+            limits=limits,
+        )
+        response.bonus_entry_id, response.balance_after = done.entry_id, done.balance_after
+    return response

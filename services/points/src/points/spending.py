@@ -1,0 +1,441 @@
+"""Spending in two phases: Reserve holds points from the member's lots (limited-time first, then
+the soonest to expire), Capture spends (part of) them, Void releases them, Refund returns spent
+points to their lots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from kizuna.kit.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from kizuna.kit.events import publish
+from kizuna.points.v1 import events_pb2 as ev
+from sqlalchemy import bindparam, insert, update
+from sqlalchemy import select as core_select
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from points import ledger
+from points.journal import HOLDS, LOTS, RESERVATIONS, new_id, post_entry, ts
+from points.ledger import HoldState, LotState
+from points.ledger_metrics import count_on_commit, points_spent
+from points.models import (
+    ACCOUNT_EXPIRED,
+    Hold,
+    Reservation,
+    Wallet,
+    account_available,
+    account_debt,
+    account_held,
+    account_redeemed,
+)
+from points.wallets import expire_due_lots, member_lots, release, require_active
+
+
+@dataclass(frozen=True)
+class ReserveArgs:
+    member_id: str
+    amount: int
+    ttl_seconds: int
+    reason: str
+    source_service: str
+    source_ref: str
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class Reserved:
+    reservation_id: str
+    expires_at: datetime
+    balance_after: int
+
+
+@dataclass(frozen=True)
+class CaptureArgs:
+    reservation_id: str
+    # 0 captures the whole reservation.
+    amount: int
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class Captured:
+    captured: int
+    returned: int
+    entry_id: str
+    balance_after: int
+
+
+@dataclass(frozen=True)
+class VoidArgs:
+    reservation_id: str
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class Voided:
+    released: int
+    balance_after: int
+
+
+@dataclass(frozen=True)
+class RefundArgs:
+    # Which of capture_entry_id / reservation_id names the spend; None: neither.
+    target: str | None
+    capture_entry_id: str
+    reservation_id: str
+    # 0 refunds everything not yet refunded.
+    amount: int
+    reason: str
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class Refunded:
+    refunded: int
+    expired_not_returned: int
+    entry_id: str
+    balance_after: int
+
+
+_INSERT_HOLD = insert(HOLDS)
+_INSERT_RESERVATION = insert(RESERVATIONS).returning(RESERVATIONS.c.id)
+_LIVE_LOTS = core_select(LOTS.c.id, LOTS.c.kind, LOTS.c.remaining, LOTS.c.expires_at).where(
+    LOTS.c.member_id == bindparam("member"),
+    LOTS.c.remaining > 0,
+    LOTS.c.expires_at > bindparam("now", type_=LOTS.c.expires_at.type),
+)
+_TAKE_FROM_LOT = (
+    update(LOTS).where(LOTS.c.id == bindparam("lot")).values(remaining=LOTS.c.remaining - bindparam("points"))
+)
+_RETURN_TO_LOT = (
+    update(LOTS).where(LOTS.c.id == bindparam("lot")).values(remaining=LOTS.c.remaining + bindparam("points"))
+)
+_RESERVATION = core_select(RESERVATIONS).where(RESERVATIONS.c.reservation_id == bindparam("reservation"))
+_RESERVATION_HOLDS = (
+    core_select(HOLDS.c.lot_id, HOLDS.c.amount, LOTS.c.expires_at)
+    .join(LOTS, LOTS.c.id == HOLDS.c.lot_id)
+    .where(HOLDS.c.reservation_pk == bindparam("reservation"))
+    .order_by(HOLDS.c.seq)
+)
+_CAPTURE_HOLD = (
+    update(HOLDS)
+    .where(HOLDS.c.reservation_pk == bindparam("reservation"), HOLDS.c.lot_id == bindparam("lot"))
+    .values(captured=bindparam("points"))
+)
+_MARK_CAPTURED = (
+    update(RESERVATIONS)
+    .where(RESERVATIONS.c.id == bindparam("reservation"))
+    .values(status="captured", captured=bindparam("points"), capture_entry_id=bindparam("entry"))
+)
+
+
+async def reserve(
+    session: AsyncSession,
+    wallet: Wallet | None,
+    now: datetime,
+    *,
+    caller: str,
+    request: ReserveArgs,
+    default_ttl: int,
+    max_ttl: int,
+) -> Reserved:
+    if request.amount <= 0:
+        raise InvalidArgument("amount must be > 0")
+    if request.ttl_seconds < 0 or request.ttl_seconds > max_ttl:
+        raise InvalidArgument(f"ttl_seconds must be between 0 and {max_ttl}")
+    wallet = require_active(wallet, request.member_id)
+    if session.new or session.dirty:
+        await session.flush()
+    conn = await session.connection()
+    lots = [
+        LotState(row.id, row.kind, row.remaining, row.expires_at)
+        for row in await conn.execute(_LIVE_LOTS, {"member": wallet.member_id, "now": now})
+    ]
+    takes = ledger.allocate(lots, request.amount, now)
+    expires_at = now + timedelta(seconds=request.ttl_seconds or default_ttl)
+    reservation_id = new_id("rsv")
+    source_service = request.source_service or caller
+    reservation_pk = (
+        await conn.execute(
+            _INSERT_RESERVATION,
+            {
+                "reservation_id": reservation_id,
+                "member_id": wallet.member_id,
+                "caller": caller,
+                "amount": request.amount,
+                "status": "open",
+                "reason": request.reason,
+                "source_service": source_service,
+                "source_ref": request.source_ref,
+                "captured": 0,
+                "refunded": 0,
+                "created_at": now,
+                "expires_at": expires_at,
+            },
+        )
+    ).scalar_one()
+    await conn.execute(_TAKE_FROM_LOT, [{"lot": lot_id, "points": take} for lot_id, take in takes])
+    await conn.execute(
+        _INSERT_HOLD,
+        [
+            {
+                "reservation_pk": reservation_pk,
+                "lot_id": lot_id,
+                "seq": seq,
+                "amount": take,
+                "captured": 0,
+                "refunded": 0,
+            }
+            for seq, (lot_id, take) in enumerate(takes)
+        ],
+    )
+    await post_entry(
+        session,
+        wallet,
+        kind="hold",
+        postings={account_available(wallet.member_id): -request.amount, account_held(wallet.member_id): request.amount},
+        explanation=f"Hold: {request.reason}",
+        source_service=source_service,
+        source_ref=request.source_ref,
+        now=now,
+    )
+    publish(
+        session,
+        "points.ledger.reserved",
+        ev.Reserved(
+            reservation_id=reservation_id,
+            member_id=wallet.member_id,
+            amount=request.amount,
+            reason=request.reason,
+            source_service=source_service,
+            source_ref=request.source_ref,
+            expires_at=ts(expires_at),
+            balance_after=wallet.available,
+            idempotency_key=request.idempotency_key,
+            reserved_at=ts(now),
+        ),
+        member_id=wallet.member_id,
+    )
+    return Reserved(reservation_id=reservation_id, expires_at=expires_at, balance_after=wallet.available)
+
+
+async def _reservation(
+    session: AsyncSession, caller: str, *, reservation_id: str = "", capture_entry_id: str = ""
+) -> Reservation:
+    query = select(Reservation).execution_options(populate_existing=True)
+    if capture_entry_id:
+        query = query.where(Reservation.capture_entry_id == capture_entry_id)
+    else:
+        query = query.where(Reservation.reservation_id == reservation_id)
+    reservation = (await session.exec(query)).first()
+    if reservation is None:
+        raise NotFound(f"unknown reservation {reservation_id or capture_entry_id!r}")
+    if reservation.caller != caller:
+        raise PermissionDenied("only the service that made the reservation may use it")
+    return reservation
+
+
+async def _holds(session: AsyncSession, reservation: Reservation) -> list[Hold]:
+    return list(
+        (
+            await session.exec(
+                select(Hold)
+                .where(Hold.reservation_pk == reservation.id)
+                .order_by(col(Hold.seq))
+                .execution_options(populate_existing=True)
+            )
+        ).all()
+    )
+
+
+async def capture(
+    session: AsyncSession,
+    wallet: Wallet | None,
+    now: datetime,
+    *,
+    caller: str,
+    request: CaptureArgs,
+    event_reservation_id: bool = True,
+) -> Captured:
+    """Spend (part of) a reservation; the rest returns to its lots. `event_reservation_id=False`
+    leaves the Captured event's reservation_id empty (spends by command have no reservation)."""
+    if request.amount < 0:
+        raise InvalidArgument("amount must be >= 0 (0 captures the whole reservation)")
+    if session.new or session.dirty:
+        await session.flush()
+    conn = await session.connection()
+    reservation = (await conn.execute(_RESERVATION, {"reservation": request.reservation_id})).first()
+    if reservation is None:
+        raise NotFound(f"unknown reservation {request.reservation_id!r}")
+    if reservation.caller != caller:
+        raise PermissionDenied("only the service that made the reservation may use it")
+    if reservation.status == "captured":
+        raise FailedPrecondition("the reservation was already captured")
+    if reservation.status == "timed_out" or (reservation.status == "open" and reservation.expires_at <= now):
+        raise FailedPrecondition("the reservation has expired")
+    if reservation.status == "voided":
+        raise FailedPrecondition("the reservation was voided")
+    amount = request.amount or reservation.amount
+    if amount > reservation.amount:
+        raise InvalidArgument(f"amount {amount} exceeds the reserved {reservation.amount}")
+    assert wallet is not None
+    holds = (await conn.execute(_RESERVATION_HOLDS, {"reservation": reservation.id})).all()
+    split = ledger.split_capture([HoldState(h.lot_id, h.amount) for h in holds], amount)
+    await conn.execute(
+        _CAPTURE_HOLD,
+        [{"reservation": reservation.id, "lot": lot_id, "points": captured} for lot_id, captured, _ in split],
+    )
+    back, repaid = ledger.repay_debt_first(
+        [(lot_id, points, h.expires_at) for h, (lot_id, _, points) in zip(holds, split, strict=True) if points > 0],
+        wallet.debt,
+        now,
+    )
+    returns = [{"lot": lot_id, "points": points} for lot_id, points in back if points > 0]
+    if returns:
+        await conn.execute(_RETURN_TO_LOT, returns)
+    returned_total = reservation.amount - amount
+    member = wallet.member_id
+    spent = reservation.reason or f"Spent at {reservation.source_service}"
+    entry = await post_entry(
+        session,
+        wallet,
+        kind="spend",
+        postings={
+            account_held(member): -reservation.amount,
+            account_redeemed(reservation.source_service): amount,
+            account_available(member): returned_total - repaid,
+            account_debt(member): repaid,
+        },
+        explanation=spent + (f" ({repaid} of the points returned repaid debt)" if repaid else ""),
+        source_service=reservation.source_service,
+        source_ref=reservation.source_ref,
+        now=now,
+    )
+    await conn.execute(_MARK_CAPTURED, {"reservation": reservation.id, "points": amount, "entry": entry.entry_id})
+    if any(h.expires_at <= now for h, (_, _, back) in zip(holds, split, strict=True) if back > 0):
+        await expire_due_lots(session, wallet, now)  # returned points of a lot that expired meanwhile
+    publish(
+        session,
+        "points.ledger.captured",
+        ev.Captured(
+            entry_id=entry.entry_id,
+            reservation_id=reservation.reservation_id if event_reservation_id else "",
+            member_id=member,
+            captured=amount,
+            returned=returned_total,
+            source_service=reservation.source_service,
+            source_ref=reservation.source_ref,
+            balance_after=wallet.available,
+            idempotency_key=request.idempotency_key,
+            captured_at=ts(now),
+        ),
+        member_id=member,
+    )
+    count_on_commit(session, points_spent, amount, reservation.source_service)
+    return Captured(captured=amount, returned=returned_total, entry_id=entry.entry_id, balance_after=wallet.available)
+
+
+async def void(
+    session: AsyncSession, wallet: Wallet | None, now: datetime, *, caller: str, request: VoidArgs
+) -> Voided:
+    reservation = await _reservation(session, caller, reservation_id=request.reservation_id)
+    assert wallet is not None
+    if reservation.status == "captured":
+        raise FailedPrecondition("the reservation was captured; use Refund")
+    released = 0
+    if reservation.status == "open":
+        released = await release(session, wallet, reservation, "requested", request.idempotency_key, now)
+        await expire_due_lots(session, wallet, now)
+    return Voided(released=released, balance_after=wallet.available)
+
+
+async def refund(
+    session: AsyncSession, wallet: Wallet | None, now: datetime, *, caller: str, request: RefundArgs
+) -> Refunded:
+    target = request.target
+    if target is None:
+        raise InvalidArgument("name the capture_entry_id or the reservation_id to refund")
+    if request.amount < 0:
+        raise InvalidArgument("amount must be >= 0 (0 refunds everything left)")
+    reservation = await _reservation(
+        session, caller, reservation_id=request.reservation_id, capture_entry_id=request.capture_entry_id
+    )
+    if reservation.status != "captured":
+        raise FailedPrecondition("only a captured reservation can be refunded")
+    left = reservation.captured - reservation.refunded
+    if left == 0:
+        raise FailedPrecondition("nothing is left to refund")
+    amount = request.amount or left
+    if amount > left:
+        raise FailedPrecondition(f"amount {amount} exceeds the {left} points left to refund")
+    assert wallet is not None
+    lots = {lot.id: lot for lot in await member_lots(session, wallet.member_id, with_empty=True)}
+    holds = await _holds(session, reservation)
+    plan = ledger.plan_refund(
+        [HoldState(h.lot_id, h.amount, h.captured, h.refunded, lots[h.lot_id].expires_at) for h in holds],
+        amount,
+        now,
+    )
+    by_lot = {h.lot_id: h for h in holds}
+    back_to_lots, repaid = ledger.repay_debt_first(
+        [(lot_id, back, lots[lot_id].expires_at) for lot_id, back, _ in plan if back > 0], wallet.debt, now
+    )
+    returned = lost = 0
+    for lot_id, back, gone in plan:
+        by_lot[lot_id].refunded += back + gone
+        lots[lot_id].expired += gone
+        session.add_all([by_lot[lot_id], lots[lot_id]])
+        returned, lost = returned + back, lost + gone
+    for lot_id, points in back_to_lots:
+        lots[lot_id].remaining += points
+    reservation.refunded += amount
+    session.add(reservation)
+    member = wallet.member_id
+    reason = request.reason or f"Refund from {reservation.source_service}"
+    notes = []
+    if lost:
+        notes.append(f"{lost} points had expired and did not return")
+    if repaid:
+        notes.append(f"{repaid} repaid debt")
+    entry = await post_entry(
+        session,
+        wallet,
+        kind="refund",
+        postings={
+            account_redeemed(reservation.source_service): -amount,
+            account_available(member): returned - repaid,
+            account_debt(member): repaid,
+            ACCOUNT_EXPIRED: lost,
+        },
+        explanation=reason + (f" ({'; '.join(notes)})" if notes else ""),
+        source_service=reservation.source_service,
+        source_ref=reservation.source_ref,
+        now=now,
+    )
+    publish(
+        session,
+        "points.ledger.refunded",
+        ev.Refunded(
+            entry_id=entry.entry_id,
+            member_id=member,
+            capture_entry_id=reservation.capture_entry_id or "",
+            reservation_id=reservation.reservation_id,
+            refunded=returned,
+            expired_not_returned=lost,
+            source_service=reservation.source_service,
+            source_ref=reservation.source_ref,
+            balance_after=wallet.available,
+            idempotency_key=request.idempotency_key,
+            refunded_at=ts(now),
+        ),
+        member_id=member,
+    )
+    return Refunded(
+        refunded=returned, expired_not_returned=lost, entry_id=entry.entry_id, balance_after=wallet.available
+    )

@@ -1,0 +1,288 @@
+"""Member wallets, the lock every change to a member's points takes first (`SELECT ... FOR UPDATE`
+on PostgreSQL; SQLite serializes writers with BEGIN IMMEDIATE), and settling what fell due under
+that lock: timed-out reservations and expired lots."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from kizuna.kit.errors import (
+    FailedPrecondition,
+    NotFound,
+)
+from kizuna.kit.events import publish
+from kizuna.points.v1 import events_pb2 as ev
+from sqlalchemy import and_, bindparam, exists, or_
+from sqlalchemy import select as core_select
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel.sql.expression import Select
+
+from points import ledger
+from points.journal import LOT_KIND, LOTS, RECORDS, RESERVATIONS, post_entry, ts
+from points.ledger import LIMITED_TIME, LotState
+from points.models import (
+    ACCOUNT_EXPIRED,
+    Hold,
+    Lot,
+    Reservation,
+    Wallet,
+    account_available,
+    account_debt,
+    account_held,
+)
+
+
+async def lock_wallet(session: AsyncSession, member_id: str, *, skip_locked: bool = False) -> Wallet | None:
+    """The member's wallet row, locked for this transaction (None if unknown, or busy with skip_locked)."""
+    query = select(Wallet).where(Wallet.member_id == member_id)
+    query = query.with_for_update(skip_locked=skip_locked).execution_options(populate_existing=True)
+    return (await session.exec(query)).first()
+
+
+class Member(NamedTuple):
+    """Whose wallet an operation locks: a member id, or the member of a reservation (or of its capture)."""
+
+    member_id: str = ""
+    reservation_id: str = ""
+
+
+class Locked(NamedTuple):
+    wallet: Wallet | None
+    due: bool
+    record: Any  # the idempotency record row (operation, request_hash, response, error_code, error_message)
+
+
+_RECORD_COLUMNS = (
+    RECORDS.c.operation,
+    RECORDS.c.request_hash,
+    RECORDS.c.response,
+    RECORDS.c.error_code,
+    RECORDS.c.error_message,
+)
+
+
+def _lock_query(by_reservation: bool) -> Any:
+    """Lock the member's wallet, learn whether anything is due, and fetch the idempotency record of
+    (caller, key): one statement, built once (bind parameters: member, caller, key, now)."""
+    now = bindparam("now", type_=LOTS.c.expires_at.type)
+    due_reservation = exists().where(
+        RESERVATIONS.c.member_id == Wallet.member_id,
+        RESERVATIONS.c.status == "open",
+        RESERVATIONS.c.expires_at <= now,
+    )
+    due_lot = exists().where(LOTS.c.member_id == Wallet.member_id, LOTS.c.remaining > 0, LOTS.c.expires_at <= now)
+    if by_reservation:
+        owner: Any = (
+            core_select(RESERVATIONS.c.member_id)
+            .where(
+                or_(
+                    RESERVATIONS.c.reservation_id == bindparam("member"),
+                    RESERVATIONS.c.capture_entry_id == bindparam("member"),
+                )
+            )
+            .limit(1)
+            .scalar_subquery()
+        )
+    else:
+        owner = bindparam("member")
+    return (
+        # sqlmodel's select() is typed for up to four columns; its Select takes any number.
+        Select(Wallet, due_reservation.label("due_r"), due_lot.label("due_l"), *_RECORD_COLUMNS)
+        .select_from(Wallet)
+        .outerjoin(RECORDS, and_(RECORDS.c.caller == bindparam("caller"), RECORDS.c.key == bindparam("key")))
+        .where(Wallet.member_id == owner)
+        .with_for_update(of=Wallet)
+        .execution_options(populate_existing=True)
+    )
+
+
+_LOCK_BY_MEMBER = _lock_query(False)
+_LOCK_BY_RESERVATION = _lock_query(True)
+_RECORD_QUERY = core_select(*_RECORD_COLUMNS).where(
+    RECORDS.c.caller == bindparam("caller"), RECORDS.c.key == bindparam("key")
+)
+
+
+async def lock_for_operation(session: AsyncSession, member: Member, caller: str, key: str, now: datetime) -> Locked:
+    """One round trip: lock the member's wallet, learn whether anything is due (timed-out
+    reservations, expired lots), and fetch the idempotency record of (caller, key)."""
+    query = _LOCK_BY_RESERVATION if member.reservation_id else _LOCK_BY_MEMBER
+    params = {"member": member.reservation_id or member.member_id, "caller": caller, "key": key, "now": now}
+    row = (await session.exec(query, params=params)).first()
+    if row is None:
+        conn = await session.connection()
+        record = (await conn.execute(_RECORD_QUERY, {"caller": caller, "key": key})).first()
+        return Locked(None, False, record)
+    return Locked(row[0], bool(row[1] or row[2]), row if row.operation is not None else None)
+
+
+async def register_member(session: AsyncSession, member_id: str, now: datetime) -> Wallet:
+    """Open the member's wallet (idempotent)."""
+    wallet = await lock_wallet(session, member_id)
+    if wallet is None:
+        wallet = Wallet(
+            member_id=member_id,
+            status="active",
+            available=0,
+            held=0,
+            debt=0,
+            earn_month=ledger.month_key(now),
+            earned_this_month=0,
+            created_at=now,
+        )
+        session.add(wallet)
+        await session.flush()
+    return wallet
+
+
+class UnknownMember(NotFound):
+    """Points has no wallet for the member (yet: identity's member.registered may still be on its
+    way). Refused WITHOUT being remembered under the idempotency key, so the producer's retry with
+    the same key succeeds once the member is known."""
+
+
+class OverBudget(FailedPrecondition):
+    """The service's daily credit budget would be breached. Not remembered either: the same key
+    may succeed once the budget allows it (the next UTC day, or a raised budget)."""
+
+
+# Refusals that depend on time, not on the request: never remembered under a key.
+NOT_REMEMBERED = (UnknownMember, OverBudget)
+
+
+def require_active(wallet: Wallet | None, member_id: str) -> Wallet:
+    if wallet is None:
+        raise UnknownMember(f"unknown member {member_id!r}")
+    if wallet.status != "active":
+        raise NotFound(f"member {member_id!r} is not active")
+    return wallet
+
+
+async def member_lots(session: AsyncSession, member_id: str, *, with_empty: bool = False) -> list[Lot]:
+    query = select(Lot).where(Lot.member_id == member_id)
+    if not with_empty:
+        query = query.where(col(Lot.remaining) > 0)
+    return list((await session.exec(query.execution_options(populate_existing=True))).all())
+
+
+def lot_state(lot: Lot) -> LotState:
+    assert lot.id is not None
+    return LotState(lot.id, lot.kind, lot.remaining, lot.expires_at)
+
+
+# ---- settling what is due: timed-out reservations, expired lots --------------------------------
+
+
+async def settle_due(session: AsyncSession, wallet: Wallet, now: datetime) -> None:
+    """Release the member's timed-out reservations, then expire their lots that are due."""
+    due = (
+        await session.exec(
+            select(Reservation).where(
+                Reservation.member_id == wallet.member_id,
+                Reservation.status == "open",
+                col(Reservation.expires_at) <= now,
+            )
+        )
+    ).all()
+    for reservation in due:
+        await release(session, wallet, reservation, "timed_out", "", now)
+    await expire_due_lots(session, wallet, now)
+
+
+async def expire_due_lots(session: AsyncSession, wallet: Wallet, now: datetime) -> int:
+    lots = (
+        await session.exec(
+            select(Lot)
+            .where(Lot.member_id == wallet.member_id, col(Lot.remaining) > 0, col(Lot.expires_at) <= now)
+            .order_by(col(Lot.id))
+            .execution_options(populate_existing=True)
+        )
+    ).all()
+    for lot in lots:
+        amount, lot.remaining = lot.remaining, 0
+        lot.expired += amount
+        session.add(lot)
+        entry = await post_entry(
+            session,
+            wallet,
+            kind="expiry",
+            postings={account_available(wallet.member_id): -amount, ACCOUNT_EXPIRED: amount},
+            explanation=f"{amount} {'limited-time' if lot.kind == LIMITED_TIME else 'regular'} points expired",
+            source_service="points",
+            source_ref="",
+            now=now,
+        )
+        publish(
+            session,
+            "points.ledger.expired",
+            ev.Expired(
+                entry_id=entry.entry_id,
+                member_id=wallet.member_id,
+                amount=amount,
+                kind=LOT_KIND[lot.kind],
+                balance_after=wallet.available,
+                expired_at=ts(lot.expires_at),
+            ),
+            member_id=wallet.member_id,
+        )
+    return len(lots)
+
+
+async def release(
+    session: AsyncSession, wallet: Wallet, reservation: Reservation, cause: str, key: str, now: datetime
+) -> int:
+    """Return an open reservation's points to their lots; returns how many."""
+    holds = (
+        await session.exec(select(Hold).where(Hold.reservation_pk == reservation.id).order_by(col(Hold.seq)))
+    ).all()
+    lots = {lot.id: lot for lot in await member_lots(session, wallet.member_id, with_empty=True)}
+    back, repaid = ledger.repay_debt_first(
+        [(hold.lot_id, hold.amount, lots[hold.lot_id].expires_at) for hold in holds], wallet.debt, now
+    )
+    for lot_id, points in back:
+        lots[lot_id].remaining += points
+        session.add(lots[lot_id])
+    reservation.status = "voided" if cause == "requested" else "timed_out"
+    session.add(reservation)
+    member = wallet.member_id
+    await post_entry(
+        session,
+        wallet,
+        kind="release",
+        postings={
+            account_held(member): -reservation.amount,
+            account_available(member): reservation.amount - repaid,
+            account_debt(member): repaid,
+        },
+        explanation=f"Released hold: {reservation.reason}" + (f" ({repaid} repaid debt)" if repaid else ""),
+        source_service=reservation.source_service,
+        source_ref=reservation.source_ref,
+        now=now,
+    )
+    publish(
+        session,
+        "points.ledger.voided",
+        ev.Voided(
+            reservation_id=reservation.reservation_id,
+            member_id=wallet.member_id,
+            released=reservation.amount,
+            cause=ev.VOID_CAUSE_REQUESTED if cause == "requested" else ev.VOID_CAUSE_TIMED_OUT,
+            source_service=reservation.source_service,
+            source_ref=reservation.source_ref,
+            balance_after=wallet.available,
+            idempotency_key=key,
+            voided_at=ts(now),
+        ),
+        member_id=wallet.member_id,
+    )
+    return int(reservation.amount)
+
+
+async def members_with_due(session: AsyncSession, now: datetime, limit: int) -> list[str]:
+    lots = select(Lot.member_id).where(col(Lot.remaining) > 0, col(Lot.expires_at) <= now)
+    reservations = select(Reservation.member_id).where(Reservation.status == "open", col(Reservation.expires_at) <= now)
+    found = set((await session.exec(lots.distinct().limit(limit))).all())
+    found |= set((await session.exec(reservations.distinct().limit(limit))).all())
+    return sorted(found)[:limit]
