@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
@@ -33,6 +34,7 @@ from kizuna.kit.i18n import gettext as _
 from kizuna.kit.oidc_client import MaybeMember, SignedInMember
 from kizuna.kit.web import IMAGE_PREFIX, page_templates
 from kizuna.kit.web.wording import for_member
+from markupsafe import Markup
 
 from travel import stay as rules
 from travel import wording
@@ -46,7 +48,21 @@ from travel.search import hotel_page, policy_of, search_hotels
 templates = page_templates(
     Path(__file__).parent / "templates", service="travel", hotel_image=f"{IMAGE_PREFIX}hotel.svg"
 )
+
+
+def whole_words(text: str) -> Markup:
+    """Text whose hyphenated words and dates ("non-refundable", "2026-12-06") never break at a hyphen."""
+    parts: list[Markup | str] = []
+    last = 0
+    for match in re.finditer(r"\S+-\S+", text):
+        parts += [text[last : match.start()], Markup('<span class="travel-nowrap">{}</span>').format(match.group(0))]
+        last = match.end()
+    parts.append(text[last:])
+    return Markup("").join(parts)
+
+
 templates.env.globals.update(terms=wording.for_page, status_label=lambda s: wording.status_label(s, _))
+templates.env.filters["whole_words"] = whole_words
 router = APIRouter(include_in_schema=False)
 log = logging.getLogger("travel.pages")
 
