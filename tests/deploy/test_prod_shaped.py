@@ -122,6 +122,9 @@ def test_a_member_across_the_prod_overlay(stack: ProdStack) -> None:
         # What the pod is told to call: the issuer's public URL, its peers in-cluster.
         assert pod.env["KIZUNA_ISSUER"] == urls[ISSUER]
         assert pod.env["KIZUNA_JWKS_URL"].startswith(f"{stack.pods[ISSUER].local_url}/")
+        # NATS as in prod: TLS (the test server accepts nothing else), its CA, the pod's own user.
+        assert pod.env["NATS_URL"] == f"tls://127.0.0.1:{stack.nats_port}", pod.env["NATS_URL"]
+        assert pod.env["NATS_USER"] == pod.name
     # identity's back-channel logout goes to each service's in-cluster address (here: its own
     # loopback address, not the 127.0.0.1 that identity's loopback rule would admit anyway).
     registered = {c["client_id"]: c for c in json.loads(stack.pods[ISSUER].env["KIZUNA_CLIENTS"])}
