@@ -1,0 +1,79 @@
+"""How travel's rules and catalogue read: the API's English terms, and a Japanese translation for
+every text a Japanese page shows from the catalogue, the statuses and the cancellation terms."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+from babel.messages.pofile import read_po
+from travel import stay as rules
+from travel import wording
+from travel.booking_store import CANCELLED, CANCELLING, COMPLETED, CONFIRMED
+from travel.catalogue import CITIES, HOTELS, PLANS, ROOMS
+
+JA_PO = Path(wording.__file__).parent / "locale" / "ja.po"
+FLEX = rules.CancellationPolicy(refundable=True, free_days=3, penalty_bp=5_000)
+SAME_DAY = rules.CancellationPolicy(refundable=True, free_days=0, penalty_bp=3_000)
+SAVER = rules.CancellationPolicy(refundable=False, free_days=0, penalty_bp=10_000)
+
+
+def _japanese() -> dict[str, str]:
+    from kizuna.kit import web
+
+    catalogues = [Path(web.__file__).parent / "locale" / "ja.po", JA_PO]
+    found: dict[str, str] = {}
+    for path in catalogues:
+        with path.open("rb") as handle:
+            found |= {m.id: m.string for m in read_po(handle) if isinstance(m.id, str) and m.id}
+    return found
+
+
+def _catalogue_texts() -> list[str]:
+    texts = list(CITIES.values())
+    for h in HOTELS:
+        texts += [h.name, h.area, h.address, h.description]
+    texts += [r.name for r in ROOMS] + [r.description for r in ROOMS] + [p.name for p in PLANS]
+    return texts
+
+
+def test_the_api_words_the_terms_in_english() -> None:
+    assert (
+        wording.cancellation_terms(FLEX)
+        == "Free cancellation until 3 days before check-in; after that 50% of the total."
+    )
+    assert wording.cancellation_terms(FLEX, date(2030, 3, 20)) == (
+        "Free cancellation until 2030-03-17 00:00 JST; after that 50% of the total."
+    )
+    assert wording.cancellation_terms(SAME_DAY) == (
+        "Free cancellation until the day of check-in; after that 30% of the total."
+    )
+    assert wording.cancellation_terms(SAVER, date(2030, 3, 20)) == "Non-refundable: cancelling costs 100% of the total."
+
+
+def test_japanese_terms_name_the_deadline_in_japan() -> None:
+    ja = _japanese()
+    terms = wording.cancellation_terms(FLEX, date(2030, 3, 20), translate=lambda m: ja.get(m) or m, lang="ja")
+    assert terms == "2030年3月17日 00:00（日本時間）までキャンセル無料。それ以降は合計額の50%がかかります。"  # noqa: RUF001
+
+
+@pytest.mark.parametrize("text", _catalogue_texts())
+def test_every_catalogue_text_has_japanese(text: str) -> None:
+    assert _japanese().get(text), text
+
+
+def test_every_status_and_term_has_japanese() -> None:
+    ja = _japanese()
+    for status in (CONFIRMED, CANCELLING, CANCELLED, COMPLETED):
+        assert ja.get(wording.status_label(status)), status
+    for policy, check_in in ((FLEX, None), (FLEX, date(2030, 3, 20)), (SAME_DAY, None), (SAVER, None)):
+        missing: list[str] = []
+
+        def translate(message: str, missing: list[str] = missing) -> str:
+            if not ja.get(message):
+                missing.append(message)
+            return ja.get(message) or message
+
+        wording.cancellation_terms(policy, check_in, translate=translate, lang="ja")
+        assert missing == []
