@@ -227,3 +227,21 @@ def test_inbox_retention_must_outlive_the_streams(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("OUTBOX_RETENTION_SECONDS", "0")
     settings = load_settings(ServiceSettings)
     assert settings.outbox_retention_seconds == 0 and settings.inbox_retention_seconds == 35 * 86400
+
+
+async def test_replicas_pruning_at_once_delete_every_row_once(database_url: str) -> None:
+    """Every pod of a service prunes the same database: side by side they neither wait on each
+    other's batches (PostgreSQL: SKIP LOCKED) nor leave rows behind."""
+    db = await migrated(database_url)
+    replicas = [Database(database_url) for _ in range(3)]
+    now = utcnow()
+    try:
+        async with db.transaction() as session:
+            session.add_all(outbox_row(now - 9 * DAY - timedelta(seconds=i), now - 9 * DAY) for i in range(90))
+        counts = await asyncio.gather(*(prune_outbox(r, now - 7 * DAY, batch_size=7) for r in replicas))
+        assert sum(counts) == 90
+        assert await ids(db, OutboxMessage) == set()
+    finally:
+        for r in replicas:
+            await r.dispose()
+        await db.dispose()

@@ -293,26 +293,34 @@ class OutboxRelay:
                 await housekeeping
 
     async def _housekeeping(self) -> None:
-        """Every `housekeeping_seconds` (with jitter, so replicas spread out): measure the backlog,
-        prune what is past its retention. A failure is logged and tried again next round."""
+        """Every `housekeeping_seconds` (with jitter, so replicas spread out; the first round a
+        random part of it after start): measure the backlog, prune what is past its retention. A
+        round that stopped at its bound goes on a second later, so a large backlog of old rows
+        drains at the bound per second rather than per interval. A failure is logged and tried
+        again next round."""
+        await asyncio.sleep(self.housekeeping_seconds * random.uniform(0.1, 1.0))  # noqa: S311
         while True:
+            more = False
             try:
-                await self.housekeep()
+                more = await self.housekeep()
             except Exception:
                 log.exception("outbox housekeeping failed; will retry")
-            await asyncio.sleep(self.housekeeping_seconds * random.uniform(0.75, 1.25))  # noqa: S311
+            pause = 1.0 if more else self.housekeeping_seconds * random.uniform(0.75, 1.25)  # noqa: S311
+            await asyncio.sleep(pause)
 
-    async def housekeep(self) -> Backlog:
-        """One round: record the backlog gauges, then prune both tables; returns the backlog."""
+    async def housekeep(self) -> bool:
+        """One round: record the backlog gauges, then prune both tables; returns whether a prune
+        stopped at its bound (more rows are due)."""
         backlog = await outbox_backlog(self.db)
         outbox_pending.set(backlog.pending)
         outbox_oldest_pending_age.set(backlog.oldest_age_seconds)
-        now = utcnow()
+        now, bound = utcnow(), PRUNE_BATCH_SIZE * PRUNE_MAX_BATCHES
+        more = False
         if self.outbox_retention_seconds > 0:
-            await prune_outbox(self.db, now - timedelta(seconds=self.outbox_retention_seconds))
+            more |= await prune_outbox(self.db, now - timedelta(seconds=self.outbox_retention_seconds)) >= bound
         if self.inbox_retention_seconds > 0:
-            await prune_inbox(self.db, now - timedelta(seconds=self.inbox_retention_seconds))
-        return backlog
+            more |= await prune_inbox(self.db, now - timedelta(seconds=self.inbox_retention_seconds)) >= bound
+        return more
 
     def stop(self) -> None:
         self._stopping = True
@@ -414,11 +422,21 @@ async def prune_outbox(
             .order_by(sent_at)
             .limit(batch_size)
         )
+        if not db.is_sqlite:
+            # Replicas pruning at once take different rows instead of waiting on each other's.
+            batch = batch.with_for_update(skip_locked=True)
+        # The batch is read first, then deleted by key: PostgreSQL may evaluate a LIMIT subquery
+        # inside the DELETE more than once and delete more than one batch.
         async with db.transaction() as session:
-            result = await session.exec(delete(OutboxMessage).where(col(OutboxMessage.id).in_(batch)))
-        deleted = int(result.rowcount or 0)
-        total += deleted
-        if deleted < batch_size:
+            ids = list((await session.exec(batch)).all())
+            if ids:
+                await session.exec(
+                    delete(OutboxMessage)
+                    .where(col(OutboxMessage.id).in_(ids))
+                    .execution_options(synchronize_session=False)
+                )
+        total += len(ids)
+        if len(ids) < batch_size:
             break
     if total:
         rows_pruned.add(total, {"table": "kit_outbox"})
@@ -479,13 +497,18 @@ async def prune_inbox(
                 .order_by(event_id)
                 .limit(batch_size)
             )
+            if not db.is_sqlite:
+                batch = batch.with_for_update(skip_locked=True)
             async with db.transaction() as session:
-                result = await session.exec(
-                    delete(InboxMessage).where(col(InboxMessage.consumer) == consumer, event_id.in_(batch))
-                )
-            deleted = int(result.rowcount or 0)
-            total += deleted
-            if deleted < batch_size:
+                ids = list((await session.exec(batch)).all())
+                if ids:
+                    await session.exec(
+                        delete(InboxMessage)
+                        .where(col(InboxMessage.consumer) == consumer, event_id.in_(ids))
+                        .execution_options(synchronize_session=False)
+                    )
+            total += len(ids)
+            if len(ids) < batch_size:
                 break
     if total:
         rows_pruned.add(total, {"table": "kit_inbox"})
