@@ -52,7 +52,7 @@ def shop_context(runtime: Runtime[Any]) -> Shop:
         payments,
         CheckoutSaga(runtime.db, points, payments, s, clock),
         OrderLifecycle(runtime.db, points, payments, s, clock),
-        EarnPreviews(points),
+        EarnPreviews(points, budget_seconds=s.earn_preview_budget_seconds),
     )
 
 
