@@ -16,6 +16,7 @@ import nats
 import pytest
 from kizuna.identity.v1 import events_pb2, identity_pb2, identity_pb2_grpc
 from kizuna.kit.auth import call_metadata
+from kizuna.kit.testing import wait_until
 from nats.js.api import ConsumerConfig
 
 from .identity_support import (
@@ -80,7 +81,16 @@ async def test_registration_publishes_the_member_id_once_and_emails_are_unique(i
         data={"current_password": PASSWORD, "new_password": "a brand new passphrase", "csrf_token": csrf_of(page.text)},
     )
     assert "password is changed" in changed.text
-    updated = [events_pb2.MemberUpdated.FromString(m.data) for m in await events(nats_url, "identity.member.updated")]
+    updated: list[events_pb2.MemberUpdated] = []
+
+    async def both_published() -> bool:  # the outbox relay publishes each after its commit
+        nonlocal updated
+        updated = [
+            events_pb2.MemberUpdated.FromString(m.data) for m in await events(nats_url, "identity.member.updated")
+        ]
+        return len(updated) >= 2
+
+    await wait_until(both_published, timeout=15, interval=0.3)
     assert [list(u.changed_fields) for u in updated] == [["display_name"], ["email"]]
     assert {u.member_id for u in updated} == {member_id}
 

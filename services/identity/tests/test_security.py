@@ -17,6 +17,7 @@ from joserfc.jwk import ECKey
 from kizuna.kit.auth import TokenVerifier
 from kizuna.kit.db import utcnow
 from kizuna.kit.errors import Unauthenticated
+from kizuna.kit.testing import free_port
 
 from .identity_support import (
     OTHER_SECRET,
@@ -28,8 +29,10 @@ from .identity_support import (
     code_for,
     csrf_of,
     exchange,
+    identity_settings,
     pkce_pair,
     query_of,
+    running_identity,
     sign_in,
     sign_up,
 )
@@ -295,8 +298,6 @@ async def test_sign_in_is_throttled_per_account(idp_sqlite: Idp) -> None:
 
 
 async def test_sign_in_is_throttled_per_address(nats_url: str, tmp_path: Path) -> None:
-    from identity_support import identity_settings, running_identity
-
     settings = identity_settings(
         nats_url, f"sqlite+aiosqlite:///{tmp_path / 'i.db'}", tmp_path, identity_signin_max_failures_ip=3
     )
@@ -318,15 +319,15 @@ async def test_cookies_are_httponly_samesite_and_secure_under_https(
     session_cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("kz_idp_session="))
     assert "HttpOnly" in session_cookie and "SameSite=lax" in session_cookie and "Secure" not in session_cookie
 
-    from identity_support import identity_settings, running_identity
-
-    port = __import__("kizuna.kit.testing", fromlist=["free_port"]).free_port()
+    port = free_port()
     settings = identity_settings(
         nats_url,
         f"sqlite+aiosqlite:///{tmp_path / 'https.db'}",
         tmp_path / "https",
         http_port=port,
         kizuna_issuer="https://id.kizuna.example",
+        # Not local development: the key-encryption key must be configured.
+        identity_key_encryption_keys="v1:" + base64.urlsafe_b64encode(bytes(32)).decode(),
     )
     async with running_identity(settings), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
         page = await http.get("/signup")

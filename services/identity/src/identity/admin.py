@@ -1,4 +1,5 @@
-"""Admin commands: `python -m identity rotate-keys` and `python -m identity register-client '<json>'`."""
+"""Admin commands: `python -m identity rotate-keys`, `python -m identity reencrypt-keys` and
+`python -m identity register-client '<json>'`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from kizuna.kit.db import Database, utcnow
 
 from identity.clients import ClientSpec, ScopeCatalogue, upsert
-from identity.keys import KeyRing, load_key_encryption_key
+from identity.keys import KeyEncryptionKeys, KeyRing, load_key_encryption_keys
 from identity.settings import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -27,6 +28,15 @@ def _database(settings: Settings) -> Database:
     return Database(settings.database_url_for("identity"))
 
 
+def key_encryption_keys(settings: Settings) -> KeyEncryptionKeys:
+    return load_key_encryption_keys(
+        settings.identity_key_encryption_keys,
+        settings.identity_key_encryption_key,
+        settings.kizuna_issuer,
+        settings.kizuna_data_dir,
+    )
+
+
 def max_token_seconds(settings: Settings) -> int:
     """The longest lifetime of anything a key signs: a retired key stays published this long."""
     return max(settings.identity_access_token_seconds, settings.identity_id_token_seconds, 120)
@@ -35,8 +45,7 @@ def max_token_seconds(settings: Settings) -> int:
 async def rotate_keys_async(settings: Settings, publish_seconds: int | None = None) -> str:
     db = _database(settings)
     try:
-        kek = load_key_encryption_key(settings.identity_key_encryption_key, settings.kizuna_data_dir)
-        ring = KeyRing(db, kek, utcnow)
+        ring = KeyRing(db, key_encryption_keys(settings), utcnow)
         await ring.reload()
         publish = settings.identity_key_publish_seconds if publish_seconds is None else publish_seconds
         return await ring.rotate(publish_seconds=publish, retire_after_seconds=max_token_seconds(settings))
@@ -52,6 +61,26 @@ def rotate_keys(settings: Settings, args: list[str]) -> int:
     _migrate(settings)
     kid = asyncio.run(rotate_keys_async(settings, ns.publish_seconds))
     print(json.dumps({"kid": kid}))
+    return 0
+
+
+async def reencrypt_keys_async(settings: Settings) -> dict[str, int | str]:
+    db = _database(settings)
+    try:
+        ring = KeyRing(db, key_encryption_keys(settings), utcnow)
+        counts = await ring.reencrypt()
+        return {"version": ring.kek.current_version, **counts}
+    finally:
+        await db.dispose()
+
+
+def reencrypt_keys(settings: Settings, args: list[str]) -> int:
+    """Re-encrypt every stored signing key under the current key-encryption key version (the first
+    of IDENTITY_KEY_ENCRYPTION_KEYS); afterwards older versions can be removed (see the README)."""
+    parser = argparse.ArgumentParser(prog="python -m identity reencrypt-keys")
+    parser.parse_args(args)
+    _migrate(settings)
+    print(json.dumps(asyncio.run(reencrypt_keys_async(settings))))
     return 0
 
 

@@ -1,6 +1,7 @@
 """Email verification: a signed, expiring link proves the member reads mail at their address.
 
-The link carries (member id, email) signed with a secret derived from the key-encryption key; it
+The link carries (member id, email) signed with a secret derived from the current key-encryption
+key version (links made under an older version still verify while it is configured); it
 verifies only while the member's email is still that address, so a link for an old address is
 useless after an email change (which clears the verification).
 
@@ -49,8 +50,9 @@ class MailDrop:
 
 
 class EmailVerifier:
-    def __init__(self, secret: bytes, issuer_url: str, mail: MailDrop) -> None:
-        self._signer = URLSafeTimedSerializer(secret, salt="identity-email-verification")
+    def __init__(self, secrets: list[bytes], issuer_url: str, mail: MailDrop) -> None:
+        # `secrets` current first; itsdangerous signs with the last and accepts every one.
+        self._signer = URLSafeTimedSerializer(list(reversed(secrets)), salt="identity-email-verification")
         self.issuer_url = issuer_url
         self.mail = mail
 

@@ -62,11 +62,15 @@ def csrf_token(request: Request) -> str:
 
 
 def csrf_ok(request: Request, token: str | None) -> bool:
+    """Made with the current key-encryption key version's secret; a form rendered before a new
+    version was added (an older version's) is still accepted while that version is configured."""
     value = request.cookies.get(CSRF_COOKIE)
     if not value or not token:
         return False
-    expected = hmac.new(provider_of(request).csrf_secret, value.encode(), hashlib.sha256).hexdigest()
-    return same_secret(token, expected)
+    return any(
+        same_secret(token, hmac.new(secret, value.encode(), hashlib.sha256).hexdigest())
+        for secret in provider_of(request).csrf_secrets
+    )
 
 
 def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int | None = None) -> None:
@@ -96,6 +100,9 @@ def render(request: Request, template: str, context: dict[str, Any], status: int
     )
     if new:
         set_cookie(request, response, CSRF_COOKIE, value)
+    renewed = getattr(request.state, "session_cookie_renewal", None)
+    if renewed is not None:  # signed under an older key version: the current one signs it again
+        set_cookie(request, response, sessions.COOKIE, renewed[0], renewed[1])
     return response
 
 
@@ -121,7 +128,12 @@ def safe_next(value: str | None) -> str:
 
 async def current_session(request: Request) -> OpSession | None:
     provider = provider_of(request)
-    return await provider.op_session(provider.cookie.loads(request.cookies.get(sessions.COOKIE)))
+    sid, stale = provider.cookie.read(request.cookies.get(sessions.COOKIE))
+    op = await provider.op_session(sid)
+    if op is not None and stale:
+        remaining = int((op.expires_at - provider.now()).total_seconds())
+        request.state.session_cookie_renewal = (provider.cookie.dumps(op.id), max(remaining, 1))
+    return op
 
 
 # prompt=login: a sign-in this recent counts as the re-authentication asked for (the way back from
@@ -376,8 +388,8 @@ async def _account_change(request: Request, csrf: str, change: Any, done: str) -
 
 
 def device_cookies(provider: Provider, policy: throttle.Policy) -> throttle.DeviceCookie:
-    secret = hmac.new(provider.csrf_secret, b"known-device", hashlib.sha256).digest()
-    return throttle.DeviceCookie(secret, policy.device_days)
+    device_secrets = [hmac.new(secret, b"known-device", hashlib.sha256).digest() for secret in provider.csrf_secrets]
+    return throttle.DeviceCookie(device_secrets, policy.device_days)
 
 
 def remember_device(request: Request, response: Response, account: str) -> None:

@@ -20,7 +20,7 @@ from sqlmodel import col, select, update
 from identity import members
 from identity.clients import Client, ScopeCatalogue
 from identity.email_verification import EmailVerifier, MailDrop
-from identity.keys import KeyRing, derive_secret, load_key_encryption_key
+from identity.keys import KeyRing, load_key_encryption_keys
 from identity.passwords import Passwords
 from identity.sessions import OpSession, SessionCookie, SignInCounter
 from identity.settings import Settings
@@ -50,7 +50,12 @@ class Provider:
         self._clock = clock
         self.issuer_url = settings.kizuna_issuer.rstrip("/")
         self.scopes = ScopeCatalogue.from_json(settings.kizuna_scopes)
-        kek = load_key_encryption_key(settings.identity_key_encryption_key, settings.kizuna_data_dir)
+        kek = load_key_encryption_keys(
+            settings.identity_key_encryption_keys,
+            settings.identity_key_encryption_key,
+            self.issuer_url,
+            settings.kizuna_data_dir,
+        )
         self.keys = KeyRing(db, kek, self.now)
         self.issuer = Issuer(self.issuer_url, settings.kizuna_audience, self.keys)
         self.passwords = Passwords(
@@ -58,10 +63,12 @@ class Provider:
             settings.identity_argon2_memory_kib,
             settings.identity_argon2_parallelism,
         )
-        self.cookie = SessionCookie(derive_secret(kek, "session-cookie"))
-        self.csrf_secret = derive_secret(kek, "csrf")
+        # Derived secrets: made with the current key-encryption key version, checked against every one.
+        self.cookie = SessionCookie(kek.secrets("session-cookie"))
+        self.csrf_secrets = kek.secrets("csrf")
+        self.csrf_secret = self.csrf_secrets[0]
         mail_dir = Path(settings.identity_mail_dir) if settings.identity_mail_dir else settings.kizuna_data_dir / "mail"
-        self.email = EmailVerifier(derive_secret(kek, "email-verification"), self.issuer_url, MailDrop(mail_dir))
+        self.email = EmailVerifier(kek.secrets("email-verification"), self.issuer_url, MailDrop(mail_dir))
         self.secure_cookies = self.issuer_url.startswith("https://")
         self.sign_ins = SignInCounter()
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -5,12 +5,13 @@ logout), the sign-in / sign-up / account pages (pages) and the header's `/_kizun
 (member_header). gRPC: IdentityService.GetMember.
 Publishes identity.member.registered / .updated / .erasure_requested; consumes
 <service>.member.erased (erasure progress). Jobs: key reload, back-channel logout retries, cleanup.
-Commands: rotate-keys, register-client. HTTP admin API: /admin/clients (admin_api).
+Commands: rotate-keys, reencrypt-keys, register-client. HTTP admin API: /admin/clients (admin_api).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from fastapi import APIRouter
@@ -33,20 +34,27 @@ from identity import (
     privacy,
 )
 from identity.context import Identity, identity_of
+from identity.keys import KeyEncryptionKeyError
 from identity.oauth_server import KizunaAuthorizationServer
 from identity.provider import Provider
 from identity.settings import Settings
 
+log = logging.getLogger("identity")
 router = APIRouter()
 for part in (oauth_server.router, logout.router, pages.router, member_header.router, admin_api.router, web.router):
     router.include_router(part)
 
 
 async def reload_keys(runtime: Runtime[Any]) -> None:
-    """Pick up keys another replica or `rotate-keys` added."""
+    """Pick up keys another replica or `rotate-keys` added. A key this replica cannot decrypt (its
+    IDENTITY_KEY_ENCRYPTION_KEYS lacks the version another one wrote with) is logged, and the keys
+    already loaded keep serving until the configuration is fixed."""
     while True:
         await asyncio.sleep(runtime.settings.identity_key_reload_seconds)
-        await identity_of(runtime).provider.keys.reload()
+        try:
+            await identity_of(runtime).provider.keys.reload()
+        except KeyEncryptionKeyError as exc:
+            log.error("signing keys not reloaded", extra={"reason": str(exc)})
 
 
 async def check_signing_key(runtime: Runtime[Any]) -> None:
@@ -80,7 +88,12 @@ service = Service(
     consumers=lambda runtime: privacy.progress_consumers(runtime.settings),
     jobs=[reload_keys, backchannel.retry_deliveries, cleanup.cleanup_job],
     readiness=[check_signing_key],
-    commands={"rotate-keys": admin.rotate_keys, "register-client": admin.register_client, "seed": demo.seed},
+    commands={
+        "rotate-keys": admin.rotate_keys,
+        "reencrypt-keys": admin.reencrypt_keys,
+        "register-client": admin.register_client,
+        "seed": demo.seed,
+    },
     # identity verifies tokens for its own gRPC API but is the issuer: it must not wait on itself.
     jwks_readiness=False,
 )

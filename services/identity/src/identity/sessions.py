@@ -50,22 +50,32 @@ class SignInAttempt(SQLModel, table=True):
 
 
 class SessionCookie:
-    """Signs and reads the session id cookie."""
+    """Signs and reads the session id cookie: signed with the current key-encryption key version's
+    secret, read with any version's (`secrets`, current first)."""
 
-    def __init__(self, secret: bytes) -> None:
-        self._serializer = URLSafeSerializer(secret, salt="identity-session")
+    def __init__(self, secrets: list[bytes]) -> None:
+        self._current = URLSafeSerializer(secrets[0], salt="identity-session")
+        # itsdangerous signs with the last key and accepts every one.
+        self._any = URLSafeSerializer(list(reversed(secrets)), salt="identity-session")
 
     def dumps(self, session_id: str) -> str:
-        return self._serializer.dumps(session_id)
+        return self._current.dumps(session_id)
 
     def loads(self, value: str | None) -> str | None:
+        return self.read(value)[0]
+
+    def read(self, value: str | None) -> tuple[str | None, bool]:
+        """(session id or None, whether the cookie is signed with an older version and should be
+        signed again with the current one)."""
         if not value:
-            return None
-        try:
-            sid = self._serializer.loads(value)
-        except BadSignature:
-            return None
-        return sid if isinstance(sid, str) else None
+            return None, False
+        for serializer, stale in ((self._current, False), (self._any, True)):
+            try:
+                sid = serializer.loads(value)
+            except BadSignature:
+                continue
+            return (sid, stale) if isinstance(sid, str) else (None, False)
+        return None, False
 
 
 async def start(

@@ -10,8 +10,12 @@ class Settings(ServiceSettings):
     # KIZUNA_AUDIENCE (in the kit's settings) is the `aud` of every access token.
     # Clients registered (upserted) at start: a JSON list of client objects, see clients.py.
     kizuna_clients: str = ""
-    # Encrypts signing keys at rest and derives the cookie/CSRF secret. 32 bytes, base64url.
-    # Local development only: when empty, one is generated into KIZUNA_DATA_DIR.
+    # Encrypt signing keys at rest and derive the cookie, CSRF, email-link and device-cookie
+    # secrets: versions of 32 bytes base64url, current first, "v2:<key>,v1:<key>" (identity.keys;
+    # rotation in the README). Required unless KIZUNA_ISSUER is a loopback http address (local
+    # development), where one is generated into KIZUNA_DATA_DIR.
+    identity_key_encryption_keys: str = ""
+    # The single-key form (read as version v1), for configurations written before versions.
     identity_key_encryption_key: str = ""
 
     # Argon2id cost (OWASP: m=19 MiB, t=2, p=1). Tests lower these.

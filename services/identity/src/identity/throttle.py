@@ -97,8 +97,10 @@ class DeviceCookie:
 
     MAX_ACCOUNTS = 5
 
-    def __init__(self, secret: bytes, max_age_days: int) -> None:
-        self._serializer = URLSafeTimedSerializer(secret, salt="identity-device")
+    def __init__(self, secrets: list[bytes], max_age_days: int) -> None:
+        # `secrets` current first; itsdangerous signs with the last and accepts every one (a
+        # cookie signed under an older key version is signed again at the next sign-in).
+        self._serializer = URLSafeTimedSerializer(list(reversed(secrets)), salt="identity-device")
         self.max_age = max_age_days * 24 * 3600
 
     def read(self, value: str | None) -> tuple[str, list[str]] | None:
