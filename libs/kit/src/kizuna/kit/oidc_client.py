@@ -42,6 +42,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from kizuna.kit.bounds import same_secret
 from kizuna.kit.db import Database, UTCDateTime, utcnow
+from kizuna.kit.errors import Unavailable
 from sqlalchemy import Column, String, Text, update
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Field, SQLModel, col
@@ -152,6 +153,18 @@ class SignInError(Exception):
     """The sign-in could not be completed; the message is safe to show."""
 
 
+class SignInUnavailable(Unavailable):
+    """Identity cannot be reached (or fails) while signing a member in: a 503 with Retry-After,
+    shown to a browser as a page that asks to try again (`kizuna.kit.web.sign_in_unavailable`)."""
+
+    def __init__(self) -> None:
+        super().__init__("sign-in is not available right now; try again in a moment")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
 @dataclass
 class WebSignIn:
     """One service's OIDC client configuration and its discovery/JWKS caches."""
@@ -203,11 +216,24 @@ class WebSignIn:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    async def _fetch(self, url: str) -> Any:
+        """A JSON document from identity; identity unreachable or failing is `SignInUnavailable`."""
+        try:
+            response = await self._http.get(url)
+        except httpx.HTTPError as exc:
+            log.warning("identity unreachable", extra={"url": url, "error": type(exc).__name__})
+            raise SignInUnavailable() from exc
+        if response.status_code >= 500:
+            log.warning("identity failed", extra={"url": url, "status": response.status_code})
+            raise SignInUnavailable()
+        response.raise_for_status()
+        return response.json()
+
     async def metadata(self) -> dict[str, Any]:
         if self._meta is None:
-            response = await self._http.get(self.discovery_url or f"{self.issuer}/.well-known/openid-configuration")
-            response.raise_for_status()
-            meta: dict[str, Any] = response.json()
+            meta: dict[str, Any] = await self._fetch(
+                self.discovery_url or f"{self.issuer}/.well-known/openid-configuration"
+            )
             if meta.get("issuer", "").rstrip("/") != self.issuer:
                 raise SignInError("the identity provider names another issuer")
             if self.jwks_url:
@@ -220,9 +246,7 @@ class WebSignIn:
     async def _key_set(self, kid: str) -> KeySet:
         known = self._keys is not None and any(k.kid == kid for k in self._keys.keys)
         if not known and time.monotonic() - self._keys_at >= self.jwks_refetch_floor_seconds:
-            response = await self._http.get((await self.metadata())["jwks_uri"])
-            response.raise_for_status()
-            self._keys = KeySet.import_key_set(response.json())
+            self._keys = KeySet.import_key_set(await self._fetch((await self.metadata())["jwks_uri"]))
             self._keys_at = time.monotonic()
         if self._keys is None:
             raise SignInError("no keys")
@@ -447,16 +471,20 @@ async def callback(request: Request, code: str = "", state: str = "", error: str
         response.delete_cookie(rp.login_cookie, path="/")
         return response
     meta = await rp.metadata()
-    token_response = await rp._http.post(
-        meta["token_endpoint"],
-        auth=(rp.client_id, rp.client_secret),
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": rp.redirect_uri,
-            "code_verifier": pending["verifier"],
-        },
-    )
+    try:
+        token_response = await rp._http.post(
+            meta["token_endpoint"],
+            auth=(rp.client_id, rp.client_secret),
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": rp.redirect_uri,
+                "code_verifier": pending["verifier"],
+            },
+        )
+    except httpx.HTTPError as exc:
+        log.warning("identity's token endpoint unreachable", extra={"error": type(exc).__name__})
+        raise SignInUnavailable() from exc
     if token_response.status_code != 200:
         return JSONResponse({"error": "could not complete sign-in"}, status_code=400)
     tokens = token_response.json()

@@ -536,6 +536,7 @@ class Service(Generic[S]):
             from kizuna.kit import header, oidc_client, signout, web
 
             app.include_router(oidc_client.router)
+            app.add_exception_handler(oidc_client.SignInUnavailable, web.sign_in_unavailable)
             app.include_router(signout.router)
             app.include_router(web.router)
             app.include_router(header.router)

@@ -19,7 +19,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
@@ -209,6 +209,17 @@ def page_templates(*directories: Path, service: str = "", **globals_: Any) -> Ji
         **globals_,
     )
     return Jinja2Templates(env=env, context_processors=[_language_context])
+
+
+async def sign_in_unavailable(request: Request, exc: Exception) -> Response:
+    """The page a member sees when identity cannot be reached during sign-in (503, Retry-After)."""
+    return page_templates().TemplateResponse(
+        request,
+        "kizuna/unavailable.html",
+        {"title": i18n.gettext("Sign-in is not available right now")},
+        status_code=503,
+        headers={"Retry-After": "5", "Cache-Control": "no-store"},
+    )
 
 
 # ---- middleware -----------------------------------------------------------------------------------
