@@ -341,6 +341,7 @@ async def test_malformed_till_credentials_are_refused_alike_over_rest_and_grpc(
     for answer in (rest, statement):
         assert answer.status_code == 401, answer.text
         assert answer.json() == {"error": "unauthenticated", "message": TILL_CREDENTIALS}
+        assert answer.headers["www-authenticate"].startswith("Basic realm=")
     earn = partner_pb2.EarnRequest(
         till=partner_pb2.Till(store_id="sto_x", terminal="t"),
         code="KZ1-x",
@@ -363,6 +364,15 @@ async def test_a_header_beyond_ascii_is_refused_not_an_error(partner_service: Se
             "/api/pos/statement", params={"month": _month()}, headers={b"authorization": b"Basic \xff\xfe\xfd"}
         )
     assert answer.status_code == 401 and answer.json()["message"] == TILL_CREDENTIALS
+
+
+async def test_a_wrong_secret_is_challenged_for_basic_credentials(partner_service: ServiceProcess) -> None:
+    async with httpx.AsyncClient(base_url=partner_service.url, timeout=30) as http:
+        wrong = await http.get(
+            "/api/pos/statement", params={"month": _month()}, auth=("ptn_0123456789abcdef", "not-the-secret")
+        )
+    assert wrong.status_code == 401 and wrong.json()["message"] == "unknown partner or wrong secret"
+    assert wrong.headers["www-authenticate"] == 'Basic realm="Kizuna partner", charset="UTF-8"'
 
 
 async def test_enrolling_needs_both_scopes_and_a_missing_one_is_forbidden(

@@ -42,3 +42,4 @@ def test_every_malformed_value_is_unauthenticated_with_one_message(header: str) 
     with pytest.raises(Unauthenticated) as refused:
         basic_credentials(header)
     assert refused.value.message == TILL_CREDENTIALS
+    assert refused.value.headers["WWW-Authenticate"].startswith("Basic realm=")  # REST's challenge

@@ -18,8 +18,10 @@ from kizuna.kit.auth import Principal, any_scope, member_scope
 from kizuna.kit.bounds import NonNegInt64, PositiveInt64, Text
 from kizuna.kit.errors import NotFound
 from pydantic import BaseModel, Field
+from sqlmodel import select
 
 from partner import cards, partners, settlement
+from partner.codes import STEP
 from partner.context import ContextDep
 from partner.models import Partner, Sale, Store
 
@@ -211,8 +213,6 @@ async def add_store(partner_id: Id, body: NewStore, _admin: Admin, context: Cont
 
 @router.get("/admin/settlement")
 async def all_statements(month: Month, _admin: Admin, context: ContextDep) -> list[StatementPublic]:
-    from sqlmodel import select
-
     async with context.db.sessions() as session:
         rows = (await session.exec(select(Partner).order_by(Partner.name))).all()
         return [StatementPublic.of(await settlement.statement(session, p, month)) for p in rows]
@@ -278,8 +278,6 @@ async def my_card(member: Member, context: ContextDep) -> CardPublic:
         card = await cards.of_member(session, member.subject)
     if card is None:
         raise NotFound("you have no point card yet: open the card page to get one")
-    from partner.codes import STEP
-
     return CardPublic(number=card.number, code=cards.current_code(card, context.clock.now()), valid_for_seconds=STEP)
 
 
@@ -296,8 +294,6 @@ async def enroll(
         card = await cards.enroll(
             session, member.subject, access_token=member.token, refresh_token="", access_expires_at=expires, now=now
         )
-    from partner.codes import STEP
-
     return CardPublic(number=card.number, code=cards.current_code(card, now), valid_for_seconds=STEP)
 
 

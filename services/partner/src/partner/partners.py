@@ -81,6 +81,15 @@ async def suspend(session: AsyncSession, partner_id: str) -> Partner:
     return partner
 
 
+class TillRefused(Unauthenticated):
+    """A till's credentials are missing, malformed or wrong; over HTTP the answer challenges for
+    Basic credentials (RFC 7617), as a 401 must say how to authenticate."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Basic realm="Kizuna partner", charset="UTF-8"'}
+
+
 def basic_credentials(authorization: str) -> tuple[str, str]:
     """The partner id and secret of an `authorization` value `Basic base64(id:secret)`.
 
@@ -88,11 +97,11 @@ def basic_credentials(authorization: str) -> tuple[str, str]:
     unprintable part) is UNAUTHENTICATED with the same message, whichever transport carried it."""
     scheme, _, value = authorization.strip().partition(" ")
     if scheme.lower() != "basic" or not value or len(authorization) > MAX_AUTHORIZATION_LENGTH:
-        raise Unauthenticated(TILL_CREDENTIALS)
+        raise TillRefused(TILL_CREDENTIALS)
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError, ValueError):  # ValueError: text beyond ASCII
-        raise Unauthenticated(TILL_CREDENTIALS) from None
+        raise TillRefused(TILL_CREDENTIALS) from None
     partner_id, colon, secret = decoded.partition(":")
     if (
         not colon
@@ -101,7 +110,7 @@ def basic_credentials(authorization: str) -> tuple[str, str]:
         or len(partner_id) > MAX_PARTNER_ID_LENGTH
         or not decoded.isprintable()
     ):
-        raise Unauthenticated(TILL_CREDENTIALS)
+        raise TillRefused(TILL_CREDENTIALS)
     return partner_id, secret
 
 
@@ -119,7 +128,7 @@ async def authenticate(session: AsyncSession, partner_id: str, secret: str) -> P
         or not partner.secret_hash
         or not hmac.compare_digest(partner.secret_hash, _hash(secret))
     ):
-        raise Unauthenticated("unknown partner or wrong secret")
+        raise TillRefused("unknown partner or wrong secret")
     return partner
 
 
