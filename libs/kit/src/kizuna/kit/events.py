@@ -291,6 +291,10 @@ class OutboxRelay:
             housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await housekeeping
+            # This pod stops measuring: its last values must not outlive it in the collector (for
+            # its metric expiry) and hold the backlog alert up; the other pods measure on.
+            outbox_pending.set(0)
+            outbox_oldest_pending_age.set(0)
 
     async def _housekeeping(self) -> None:
         """Every `housekeeping_seconds` (with jitter, so replicas spread out; the first round a
