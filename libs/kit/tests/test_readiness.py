@@ -114,3 +114,20 @@ async def test_the_database_counts_only_once_it_has_failed_for_the_grace(
 
         assert await wait_until(ready_again, timeout=20, interval=0.2)
         assert await _ready(client) == (200, {"database": "ok", "nats": "ok"})
+
+
+async def test_a_nats_connection_closed_for_good_takes_the_pod_out(nats_url: str, tmp_path: Path) -> None:
+    """The client reconnects for ever unless it is closed (credentials refused, a fatal error):
+    then this pod will not publish or consume again, and only it is affected."""
+    configure_telemetry("demo")
+    await reset_streams(nats_url, "DEMO", "DEADLETTER")
+    settings = demo_settings(nats_url, f"sqlite+aiosqlite:///{tmp_path / 'demo.db'}")
+    async with (
+        demo_service.running(settings) as runtime,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{runtime.http_port}", timeout=10) as client,
+    ):
+        assert await _ready(client) == (200, {"database": "ok", "nats": "ok"})
+        assert runtime.nc is not None
+        await runtime.nc.close()
+        assert await _ready(client) == (503, {"database": "ok", "nats": "error: connection closed"})
+        assert (await client.get("/healthz")).status_code == 200, "liveness is the process's own"
