@@ -164,8 +164,16 @@ def test_one_member_across_the_ecosystem(ecosystem: Ecosystem, browser, steps: S
         page.get_by_role("button", name="Add to cart").click()
         page.goto(ecosystem.url("shop", "/cart"))
         page.get_by_role("link", name=re.compile("Check ?out", re.I)).first.click()
-        page.get_by_role("button", name="Place order").click()
+        # What the checkout promises (points' earn preview on the card's part, plus any campaign).
+        promised = int(page.locator("[data-payment] [data-earn]").get_attribute("data-earn") or 0)
+        assert promised > 0
+        page.get_by_role("button", name=re.compile("Place order")).click()
         expect(page.locator("[data-status]").first).to_have_text(re.compile("paid", re.I))
+
+    with steps.step("the wallet shows the promised points as being earned, right away"):
+        page.goto(ecosystem.url("points", "/wallet"))
+        being_earned = page.locator("tr[data-testid=being-earned][data-service=shop]")
+        expect(being_earned.first).to_have_attribute("data-amount", str(promised))
 
     with steps.step("the merchant ships the order"):
         merchant_ctx = browser.new_context()
@@ -183,9 +191,16 @@ def test_one_member_across_the_ecosystem(ecosystem: Ecosystem, browser, steps: S
         page.goto(ecosystem.url("shop", "/orders"))
         page.get_by_role("button", name="Confirm delivery").first.click()
         expect(page.locator("[data-status]").first).to_have_text(re.compile("completed", re.I))
-        earned = wait_for_points(page, ecosystem.url("shop", "/orders"), lambda p: p >= 68 * 2)
-        # 1% back on ¥6,800 from the shop plus 1% from the card purchase itself.
-        assert earned >= 136, earned
+        # The shop's promise, exactly, plus 1% back from the card purchase itself (¥6,800).
+        earned = wait_for_points(page, ecosystem.url("shop", "/orders"), lambda p: p >= 300 + promised + 68)
+        assert earned >= 300 + promised + 68, earned
+        page.goto(ecosystem.url("points", "/wallet"))
+        expect(page.locator("tr[data-testid=being-earned][data-service=shop]")).to_have_count(0)
+        # The base earning and the campaign bonus are separate lines; together, exactly the promise.
+        posted = page.locator("tr[data-testid=posted][data-service=shop]").evaluate_all(
+            "rows => rows.map(r => Number(r.dataset.amount))"
+        )
+        assert sum(a for a in posted if a > 0) == promised, (posted, promised)
 
     with steps.step("book a hotel paying partly with points"):
         page.goto(ecosystem.url("travel"))
