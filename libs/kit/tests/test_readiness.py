@@ -44,6 +44,7 @@ async def test_a_nats_restart_keeps_the_pod_ready_and_events_wait_in_the_outbox(
             assert status == 200, checks
             assert checks["nats"].startswith("degraded: not connected for"), checks
             assert checks["database"] == "ok"
+            assert (await client.get("/healthz")).status_code == 200, "a restart would not bring NATS back"
             # The pod serves meanwhile; the event waits in the outbox and is measured there.
             assert (await client.post("/notes", json={"text": "during the blip"})).status_code == 200
             backlog = await outbox_backlog(runtime.db)
@@ -106,6 +107,7 @@ async def test_the_database_counts_only_once_it_has_failed_for_the_grace(
             assert time.monotonic() - failing_from >= grace
             assert checks["database"].startswith("error:"), checks
             assert checks["nats"] == "ok"
+            assert (await client.get("/healthz")).status_code == 200, "a restart would not bring the database back"
         finally:
             await admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
 
@@ -118,7 +120,7 @@ async def test_the_database_counts_only_once_it_has_failed_for_the_grace(
 
 async def test_a_nats_connection_closed_for_good_takes_the_pod_out(nats_url: str, tmp_path: Path) -> None:
     """The client reconnects for ever unless it is closed (credentials refused, a fatal error):
-    then this pod will not publish or consume again, and only it is affected."""
+    then this pod will not publish or consume again, and only it is affected; a restart cures it."""
     configure_telemetry("demo")
     await reset_streams(nats_url, "DEMO", "DEADLETTER")
     settings = demo_settings(nats_url, f"sqlite+aiosqlite:///{tmp_path / 'demo.db'}")
@@ -130,4 +132,5 @@ async def test_a_nats_connection_closed_for_good_takes_the_pod_out(nats_url: str
         assert runtime.nc is not None
         await runtime.nc.close()
         assert await _ready(client) == (503, {"database": "ok", "nats": "error: connection closed"})
-        assert (await client.get("/healthz")).status_code == 200, "liveness is the process's own"
+        # A restart cures it: liveness fails too.
+        assert (await client.get("/healthz")).status_code == 503

@@ -522,8 +522,14 @@ class Service(Generic[S]):
             )
 
         @app.get("/healthz", include_in_schema=False)
-        async def healthz() -> dict[str, str]:
-            return {"status": "ok"}
+        async def healthz() -> JSONResponse:
+            # Liveness is the process's own state: only what a restart cures counts. A NATS client
+            # closed for good (it reconnects for ever otherwise) is that; NATS or the database
+            # being down is not (deploy/README.md, "Probes").
+            nc = runtime.nc
+            if runtime.ready and not runtime.stopping and nc is not None and nc.is_closed:
+                return JSONResponse({"status": "broken", "reason": "NATS connection closed"}, status_code=503)
+            return JSONResponse({"status": "ok"})
 
         @app.get("/readyz", include_in_schema=False)
         async def readyz() -> JSONResponse:
