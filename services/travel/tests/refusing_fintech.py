@@ -62,6 +62,10 @@ class RefusingFintech(fintech_pb2_grpc.PaymentsServiceServicer):
         self.status[request.authorization_id] = "voided"
         return fpb.VoidResponse(released=common_pb2.Money(amount_minor=0, currency="JPY"))
 
+    async def Refund(self, request: fpb.RefundRequest, context: Any) -> fpb.RefundResponse:
+        self._enter()
+        raise FailedPrecondition("nothing captured to refund")
+
 
 async def serve_refusing_fintech(issuer: str, fintech: RefusingFintech) -> tuple[GrpcServer, str]:
     server = GrpcServer(

@@ -228,7 +228,7 @@ async def test_a_completed_stay_earns_points_exactly_once(travel: TravelEnv) -> 
 
     async def points_acknowledged_it() -> bool:
         info = await js.consumer_info("TRAVEL", "points-travel-earn")
-        return info.ack_floor.stream_seq >= again.seq and info.num_pending == 0 and info.num_ack_pending == 0
+        return bool(info.ack_floor.stream_seq >= again.seq and info.num_pending == 0 and info.num_ack_pending == 0)
 
     await wait_until(points_acknowledged_it, timeout=20)
     await nc.close()

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from datetime import timedelta
 
-from travel.catalogue import CITIES, HOTELS, night_rate, seed
+from travel.catalogue import CITIES, HOTELS, Seeded, night_rate, seed
 
 from .travel_support import CATALOGUE_DAYS, TravelEnv, days_ahead
 
@@ -19,7 +19,7 @@ async def test_the_catalogue_covers_six_cities_and_seeding_again_adds_nothing(tr
 
     again = await seed(travel.runtime.db, start=days_ahead(0), days=CATALOGUE_DAYS + 2)
 
-    assert again == {"hotels": 0, "room_types": 0, "rate_plans": 0, "nights": len(HOTELS) * 3 * 2}
+    assert again == Seeded(hotels=0, room_types=0, rate_plans=0, nights=len(HOTELS) * 3 * 2)
 
 
 async def test_search_shows_every_hotel_of_the_city_with_availability_and_total(travel: TravelEnv) -> None:

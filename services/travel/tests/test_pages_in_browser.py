@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from .travel_support import TravelEnv, days_ahead
+
+if TYPE_CHECKING:
+    from playwright._impl._api_structures import SetCookieParam
 
 WIDTHS = (375, 1280)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
@@ -57,7 +60,9 @@ async def test_member_pages_fit_a_phone_and_the_rate_table_keeps_words_whole(
     saver = await travel.book(member, plan="saver", key="saver")
     base = str(travel.http.base_url).rstrip("/")
     async with await travel.signed_in_browser(member) as signed_in:
-        cookies = [{"name": c.name, "value": c.value or "", "url": base} for c in signed_in.cookies.jar]
+        cookies: list[SetCookieParam] = [
+            {"name": c.name, "value": c.value or "", "url": base} for c in signed_in.cookies.jar
+        ]
     cookies.append({"name": "kz_lang", "value": lang, "url": base})
     pages = [
         f"/search?city=kyoto&{STAY}",

@@ -26,7 +26,7 @@ def _japanese() -> dict[str, str]:
     found: dict[str, str] = {}
     for path in catalogues:
         with path.open("rb") as handle:
-            found |= {m.id: m.string for m in read_po(handle) if isinstance(m.id, str) and m.id}
+            found |= {m.id: m.string for m in read_po(handle) if isinstance(m.id, str) and isinstance(m.string, str)}
     return found
 
 

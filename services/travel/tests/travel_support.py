@@ -191,9 +191,10 @@ class TravelEnv:
 
     # ---- travel's own books ------------------------------------------------------------------
     async def sql(self, statement: str, **params: Any) -> list[Any]:
+        """Rows of a SELECT, or [] after any other statement."""
         async with self.runtime.db.transaction() as session:
             result = await session.execute(text(statement), params)
-            return list(result.all()) if result.returns_rows else []
+            return list(result.all()) if statement.lstrip().upper().startswith("SELECT") else []
 
     async def nights(self, room_type_id: str, check_in: date, check_out: date) -> list[tuple[int, int, int]]:
         """(total, held, sold) of each night of a stay."""

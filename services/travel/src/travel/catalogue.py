@@ -281,10 +281,20 @@ def hotel_id(key: str) -> str:
     return f"htl_{key}"
 
 
-async def seed(db: Database, *, start: date, days: int) -> dict[str, int]:
+@dataclass
+class Seeded:
+    """How many rows of each kind a seeding added."""
+
+    hotels: int = 0
+    room_types: int = 0
+    rate_plans: int = 0
+    nights: int = 0
+
+
+async def seed(db: Database, *, start: date, days: int) -> Seeded:
     """Add the catalogue if it is missing and inventory for every night from `start` for `days`
     nights that has none yet. Returns how many rows of each kind were added."""
-    added = {"hotels": 0, "room_types": 0, "rate_plans": 0, "nights": 0}
+    added = Seeded()
     async with db.transaction() as session:
         existing = set((await session.exec(select(Hotel.id))).all())
         for h in HOTELS:
@@ -303,7 +313,7 @@ async def seed(db: Database, *, start: date, days: int) -> dict[str, int]:
                     description=h.description,
                 )
             )
-            added["hotels"] += 1
+            added.hotels += 1
             for r in ROOMS:
                 session.add(
                     RoomType(
@@ -316,7 +326,7 @@ async def seed(db: Database, *, start: date, days: int) -> dict[str, int]:
                         description=r.description,
                     )
                 )
-                added["room_types"] += 1
+                added.room_types += 1
             for p in PLANS:
                 session.add(
                     RatePlan(
@@ -330,7 +340,7 @@ async def seed(db: Database, *, start: date, days: int) -> dict[str, int]:
                         breakfast=p.breakfast,
                     )
                 )
-                added["rate_plans"] += 1
+                added.rate_plans += 1
         await session.flush()
         rooms = (await session.exec(select(RoomType))).all()
         last = dict(
@@ -361,5 +371,5 @@ async def seed(db: Database, *, start: date, days: int) -> dict[str, int]:
                 night += timedelta(days=1)
         if rows:
             await session.exec(insert(NightInventory), params=rows)
-        added["nights"] = len(rows)
+        added.nights = len(rows)
     return added

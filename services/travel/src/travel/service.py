@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import asdict
 
 from fastapi import APIRouter
 from kizuna.kit.clock import LiveClock
@@ -43,7 +44,7 @@ async def seed_on_start(runtime: Runtime[Settings]) -> None:
     s = runtime.settings
     if s.seed_catalogue:
         added = await catalogue.seed(runtime.db, start=stay.hotel_today(runtime.clock.now()), days=s.catalogue_days)
-        log.info("catalogue seeded", extra=added)
+        log.info("catalogue seeded", extra=asdict(added))
 
 
 async def booking_jobs(runtime: Runtime[Settings]) -> None:
@@ -62,15 +63,15 @@ def seed_command(settings: Settings, args: list[str]) -> int:
     """`python -m travel seed`: migrate, then add the catalogue and inventory (idempotent)."""
     service.migrate(settings)
 
-    async def run() -> dict[str, int]:
+    async def run() -> catalogue.Seeded:
         db = Database(settings.database_url_for("travel"))
         try:
             return await catalogue.seed(db, start=stay.hotel_today(utcnow()), days=settings.catalogue_days)
         finally:
             await db.dispose()
 
-    added: dict[str, int] = asyncio.run(run())
-    print(f"seeded: {added}")
+    added = asyncio.run(run())
+    print(f"seeded: {asdict(added)}")
     return 0
 
 
