@@ -12,8 +12,10 @@ from kizuna.kit.db import Database
 from kizuna.kit.events import Consumer, ConsumerWorker, OutboxMessage, OutboxRelay, ensure_stream
 from kizuna.kit.service import Runtime
 from kizuna.kit.settings import ServiceSettings
+from kizuna.kit.telemetry import extract_context
 from kizuna.kit.testing import reset_streams, wait_until
 from nats.js.api import ConsumerConfig
+from opentelemetry import context as otel_context
 from sqlmodel import select
 
 from .demo.service import DemoEffect, DemoNote, record_effect, write_note
@@ -224,6 +226,9 @@ async def test_an_event_staged_in_a_savepoint_is_published_when_the_transaction_
         await db.dispose()
 
 
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
 async def test_a_failing_handler_logs_json_carrying_the_events_trace(demo: Runtime[ServiceSettings]) -> None:
     """An operator starts from the log line: it is JSON, names the consumer and the event, and its
     trace_id is the trace of the request that published the event."""
@@ -242,9 +247,13 @@ async def test_a_failing_handler_logs_json_carrying_the_events_trace(demo: Runti
     capture.setFormatter(JsonFormatter("demo"))
     logging.getLogger("kizuna.kit.events").addHandler(capture)
     try:
-        traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{demo.http_port}") as client:
-            created = await client.post("/notes", json={"text": "poison-traced"}, headers={"traceparent": traceparent})
+        # The caller's trace: httpx (instrumented) sends the current one as `traceparent`.
+        caller = otel_context.attach(extract_context({"traceparent": TRACEPARENT}))
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{demo.http_port}") as client:
+                created = await client.post("/notes", json={"text": "poison-traced"})
+        finally:
+            otel_context.detach(caller)
         assert created.status_code == 200
 
         async def failure_logged() -> list[dict]:  # type: ignore[type-arg]
@@ -256,6 +265,6 @@ async def test_a_failing_handler_logs_json_carrying_the_events_trace(demo: Runti
         logging.getLogger("kizuna.kit.events").removeHandler(capture)
     assert first["level"] == "ERROR" and first["service"] == "demo"
     assert first["consumer"] == "demo-effects" and first["event_id"] == created.json()["event_id"]
-    assert first["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert first["trace_id"] == TRACEPARENT.split("-")[1]
     assert len(first["span_id"]) == 16
     assert "cannot handle poison-traced" in first["exception"]

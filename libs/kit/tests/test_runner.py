@@ -21,9 +21,9 @@ from kizuna.kit.auth import call_metadata
 from kizuna.kit.events import Consumer
 from kizuna.kit.service import Runtime, Service
 from kizuna.kit.settings import ServiceSettings
+from kizuna.kit.telemetry import add_span_processor
 from kizuna.kit.testing import NatsServer, TestIssuer, end_process, free_port, reset_streams, spawn, wait_until
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlmodel import select
@@ -175,10 +175,8 @@ async def test_readiness_turns_off_when_stopping(demo: Runtime[ServiceSettings])
 
 
 async def test_one_trace_spans_http_grpc_nats_and_consumer(demo: Runtime[ServiceSettings]) -> None:
-    provider = trace.get_tracer_provider()
-    assert isinstance(provider, TracerProvider)
     exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    add_span_processor(SimpleSpanProcessor(exporter))
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{demo.http_port}") as client:
         response = await client.post("/notes/via-grpc", json={"text": "traced"})
         assert response.status_code == 200
@@ -191,14 +189,29 @@ async def test_one_trace_spans_http_grpc_nats_and_consumer(demo: Runtime[Service
     spans = await wait_until(lambda: _spans_named(exporter, "demo.note.created process"))
     by_name = {s.name: s for s in spans}
     http_span = by_name["POST /notes/via-grpc"]
-    grpc_server = next(
-        s for s in spans if s.name == "kizuna.identity.v1.IdentityService/GetMember" and s.kind == trace.SpanKind.SERVER
+    assert http_span.attributes["http.route"] == "/notes/via-grpc"
+    assert http_span.attributes["http.response.status_code"] == 200
+    grpc_client, grpc_server = (
+        next(s for s in spans if s.name == "/kizuna.identity.v1.IdentityService/GetMember" and s.kind == kind)
+        for kind in (trace.SpanKind.CLIENT, trace.SpanKind.SERVER)
     )
     publish = by_name["demo.note.created publish"]
     process = by_name["demo.note.created process"]
-    trace_ids = {s.context.trace_id for s in (http_span, grpc_server, publish, process)}
+    trace_ids = {s.context.trace_id for s in (http_span, grpc_client, grpc_server, publish, process)}
     assert len(trace_ids) == 1, "HTTP, gRPC, publish and process must share one trace"
+    assert grpc_client.parent.span_id == http_span.context.span_id
+    assert grpc_server.parent.span_id == grpc_client.context.span_id
+    assert publish.parent.span_id == grpc_server.context.span_id
     assert process.parent.span_id == publish.context.span_id
+    # The statements of the call and of the consumer, each inside its own span.
+    statements = {
+        (s.parent.span_id, s.attributes["db.query.text"].split(" (")[0])
+        for s in spans
+        if s.kind == trace.SpanKind.CLIENT and "db.query.text" in s.attributes
+    }
+    assert (grpc_server.context.span_id, "INSERT INTO demo_note") in statements
+    assert (grpc_server.context.span_id, "INSERT INTO kit_outbox") in statements
+    assert (process.context.span_id, "INSERT INTO demo_effect") in statements
     assert process.attributes["messaging.consumer.group.name"] == "demo-effects"
     assert process.attributes["user.id"] == "traced"
 

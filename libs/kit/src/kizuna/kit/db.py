@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
+from kizuna.kit.telemetry import instrument_database
 from sqlalchemy import event, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -60,6 +61,8 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             _make_sqlite_serializable(self.engine)
+        # A span per statement, inside the trace of the request, call or event that runs it.
+        instrument_database(self.engine)
         self.sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
 
     @asynccontextmanager

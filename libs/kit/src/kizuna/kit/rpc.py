@@ -1,4 +1,5 @@
-"""gRPC server and client plumbing: health, reflection, tracing, error mapping, deadlines, retries."""
+"""gRPC server and client plumbing: health, reflection, tracing (OpenTelemetry's gRPC instrumentation),
+error mapping, deadlines, retries."""
 
 from __future__ import annotations
 
@@ -23,73 +24,88 @@ from kizuna.kit.errors import (
     Unauthenticated,
     Unavailable,
 )
-from kizuna.kit.telemetry import extract_context, inject_headers, rpc_duration, tracer
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from kizuna.kit.telemetry import rpc_duration
+from opentelemetry.instrumentation import grpc as grpc_instrumentation
+from opentelemetry.instrumentation.grpc.filters import any_of, negate, service_prefix
+from opentelemetry.trace import Status, StatusCode, get_current_span
 
 log = logging.getLogger("kizuna.kit.rpc")
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
+# Probes and tooling, not calls: no span, no duration.
+_UNTRACED = ("grpc.health", "grpc.reflection")
+
+# OpenTelemetry's gRPC instrumentation has no annotations: its two factories, typed here.
+_server_tracing: Callable[..., grpc.aio.ServerInterceptor] = grpc_instrumentation.aio_server_interceptor
+_client_tracing: Callable[[], list[grpc.aio.ClientInterceptor]] = grpc_instrumentation.aio_client_interceptors
+
 
 def _wrap_unary(
-    behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
-    method: str,
-    metadata: dict[str, str],
+    behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], method: str
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     service, _, rpc = method.lstrip("/").rpartition("/")
 
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         start = time.perf_counter()
         code = grpc.StatusCode.OK
-        with tracer.start_as_current_span(
-            method.lstrip("/"),
-            context=extract_context(metadata),
-            kind=SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc},
-        ) as span:
-            try:
-                check_message(request)  # NUL or invalid text never reaches a handler
-                return await behavior(request, context)
-            except DomainError as exc:
-                code = exc.grpc_status
-                span.set_attribute("rpc.grpc.status_code", code.value[0])
-                await context.abort(exc.grpc_status, exc.message)
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception as exc:
-                code = grpc.StatusCode.INTERNAL
-                log.exception("unhandled error in %s", method)
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR))
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-            finally:
-                rpc_duration.record(
-                    (time.perf_counter() - start) * 1000,
-                    {"rpc.service": service, "rpc.method": rpc, "rpc.grpc.status_code": code.value[0]},
-                )
+        try:
+            check_message(request)  # NUL or invalid text never reaches a handler
+            return await behavior(request, context)
+        except DomainError as exc:
+            code = exc.grpc_status
+            await context.abort(exc.grpc_status, exc.message)
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except Exception as exc:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("unhandled error in %s", method)
+            # The call's SERVER span (OpenTelemetry's interceptor, outside this one) sees only the
+            # abort below: the cause is recorded here.
+            span = get_current_span()
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        finally:
+            rpc_duration.record(
+                (time.perf_counter() - start) * 1000,
+                {"rpc.service": service, "rpc.method": rpc, "rpc.grpc.status_code": code.value[0]},
+            )
 
     return wrapped
 
 
-class KitServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """SERVER span per call continuing the caller's trace; `DomainError` -> its status code."""
+class KitServerInterceptor:
+    """Input bounds, `DomainError` -> its status code, and the call duration histogram.
+
+    The SERVER span is OpenTelemetry's gRPC instrumentation (`tracing_interceptor`), which runs
+    before this one so that the span covers the whole call. A virtual subclass of grpc's
+    `ServerInterceptor` (registered below): grpc checks interceptors with isinstance.
+    """
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith("/grpc.health") or method.startswith("/grpc.reflection"):
+        if handler is None or method.lstrip("/").startswith(_UNTRACED):
             return handler
         if handler.unary_unary is None:
             return handler
-        metadata = {k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)}
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(handler.unary_unary, method, metadata),
+            _wrap_unary(handler.unary_unary, method),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+grpc.aio.ServerInterceptor.register(KitServerInterceptor)
+
+
+def tracing_interceptor() -> grpc.aio.ServerInterceptor:
+    """A SERVER span per call continuing the caller's trace (health checks and reflection aside)."""
+    return _server_tracing(filter_=negate(any_of(*(service_prefix(prefix) for prefix in _UNTRACED))))
 
 
 ServicerRegistration = tuple[Callable[[Any, grpc.aio.Server], None], Any]
@@ -105,7 +121,7 @@ class GrpcServer:
         *,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> None:
-        self.server = grpc.aio.server(interceptors=[KitServerInterceptor(), *interceptors])
+        self.server = grpc.aio.server(interceptors=[tracing_interceptor(), KitServerInterceptor(), *interceptors])
         for add, servicer in registrations:
             add(servicer, self.server)
         self.health = HealthServicer()
@@ -137,28 +153,6 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
-class _ClientTracing(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    async def intercept_unary_unary(
-        self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        method = client_call_details.method
-        name = method.decode() if isinstance(method, bytes) else method
-        with tracer.start_as_current_span(name.lstrip("/"), kind=SpanKind.CLIENT, attributes={"rpc.system": "grpc"}):
-            carrier: dict[str, str] = {}
-            inject_headers(carrier)
-            metadata = list(client_call_details.metadata or []) + list(carrier.items())
-            details = grpc.aio.ClientCallDetails(
-                client_call_details.method,
-                client_call_details.timeout,
-                metadata,
-                client_call_details.credentials,
-                client_call_details.wait_for_ready,
-            )
-            call = await continuation(details, request)
-            await call
-            return call
-
-
 def _service_config(retry_services: Sequence[str]) -> str:
     config: dict[str, Any] = {"methodConfig": []}
     if retry_services:
@@ -185,7 +179,8 @@ def client_channel(address: str, *, retry_services: Sequence[str] = ()) -> grpc.
     """
     return grpc.aio.insecure_channel(
         address,
-        interceptors=[_ClientTracing()],
+        # A CLIENT span per call, its context in the call's metadata (OpenTelemetry's instrumentation).
+        interceptors=_client_tracing(),
         options=[("grpc.service_config", _service_config(retry_services)), ("grpc.enable_retries", 1)],
     )
 

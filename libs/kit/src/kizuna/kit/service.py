@@ -50,7 +50,7 @@ from kizuna.kit.privacy import Privacy, erasure_consumer, export_router
 from kizuna.kit.revocation import RevocationFeed
 from kizuna.kit.rpc import GrpcServer
 from kizuna.kit.settings import ServiceSettings, load_settings
-from kizuna.kit.telemetry import TracingMiddleware, configure_telemetry, shutdown_telemetry
+from kizuna.kit.telemetry import configure_telemetry, instrument_http, shutdown_telemetry
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -496,10 +496,11 @@ class Service(Generic[S]):
     # ---- HTTP app -----------------------------------------------------------------------
     def create_app(self, runtime: Runtime[S]) -> FastAPI:
         """The FastAPI app: health endpoints, error mapping, tracing, and the service's routes."""
-        # FastAPI's own OpenTelemetry instrumentation is off: TracingMiddleware below already makes
-        # the one SERVER span and duration histogram per request; FastAPI's would add a second
-        # span, an operation span, metrics and log records for the same request, and cost about a
-        # third of the CPU time of a small request (bench/token_bench.py).
+        # FastAPI's built-in telemetry is off: OpenTelemetry's FastAPI instrumentation
+        # (instrument_http below) already makes the one SERVER span and duration histogram per
+        # request; FastAPI's would add a second span, an operation span, metrics and log records
+        # for the same request, and cost about a third of the CPU time of a small request
+        # (bench/token_bench.py).
         app = FastAPI(
             title=f"Kizuna {self.name}",
             version="1",
@@ -510,7 +511,8 @@ class Service(Generic[S]):
         # Values no route can store (int64 overflow, NUL, lone surrogates) are refused at the edge.
         app.add_middleware(InputGuard)
         install_validation_errors(app)
-        app.add_middleware(TracingMiddleware, service=self.name)
+        # Outermost: the SERVER span covers every middleware, probes aside.
+        instrument_http(app)
         from kizuna.kit.web import PageMiddleware
 
         app.add_middleware(PageMiddleware, service=self.name)

@@ -1,49 +1,133 @@
-"""OpenTelemetry wiring: one trace across HTTP -> gRPC -> NATS -> consumer.
+"""OpenTelemetry wiring: one trace across HTTP -> gRPC -> SQL -> NATS -> consumer.
+
+OpenTelemetry's instrumentation packages make the spans of the HTTP server (FastAPI), gRPC servers
+and clients (`kizuna.kit.rpc`), SQL statements (SQLAlchemy) and outgoing HTTP calls (httpx). The
+kit adds what they do not: the trace context in NATS headers (`inject_headers` / `extract_context`,
+used by `kizuna.kit.events`), the service's resource, probes left out of traces, SQL spans only
+inside a trace, and the trace id in every JSON log line (`kizuna.kit.logs`).
 
 Configuration is the standard `OTEL_*` environment: `OTEL_EXPORTER_OTLP_ENDPOINT` turns on OTLP
-export of traces and metrics; without it spans are still created (so trace ids reach the logs and
-travel to other services) but nothing is exported.
+export of traces and metrics. Without it (and without a processor added with `add_span_processor`)
+spans are not recorded, since nothing would read them: every span still has its trace and span ids,
+so trace ids reach the logs and travel to other services, but a request pays for no span attributes,
+events or timings (a span per SQL statement included).
 """
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+import re
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from typing import TYPE_CHECKING
 
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import SpanKind, Status, StatusCode
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import Link, Span, SpanKind, TraceState
+from opentelemetry.util import types
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 _configured = False
 
+# Kubernetes and Prometheus probe these; a trace per probe would bury the requests that matter.
+PROBES = ("/healthz", "/readyz", "/metrics")
+
+# The stable HTTP and database semantic conventions (the instrumentation packages default to the
+# old ones): HTTP server durations are `http.server.request.duration` in seconds, the name the
+# dashboards and alerts use; SQL spans carry `db.system.name` and `db.query.text`.
+_STABLE_CONVENTIONS = ("http", "database")
+_OPT_IN = "OTEL_SEMCONV_STABILITY_OPT_IN"
+
+
+def _opt_in_to_stable_conventions() -> None:
+    """Add the stable conventions to `OTEL_SEMCONV_STABILITY_OPT_IN` (keeping what an operator set,
+    such as `http/dup`). The instrumentation packages read it once, at their first instrumenting."""
+    chosen = [part.strip() for part in os.environ.get(_OPT_IN, "").split(",") if part.strip()]
+    for signal in _STABLE_CONVENTIONS:
+        if not any(part.split("/")[0] == signal for part in chosen):
+            chosen.append(signal)
+    os.environ[_OPT_IN] = ",".join(chosen)
+
 
 def configure_telemetry(service: str) -> None:
-    """Install the SDK tracer and meter providers once per process."""
+    """Install the SDK tracer and meter providers once per process, and trace outgoing httpx calls."""
     global _configured
     if _configured:
         return
     _configured = True
+    _opt_in_to_stable_conventions()
     resource = Resource.create(
         {"service.name": os.environ.get("OTEL_SERVICE_NAME", service), "service.namespace": "kizuna"}
     )
     provider = TracerProvider(resource=resource)
+    # The sampler OTEL_TRACES_SAMPLER chose (by default: always, or as the caller's trace says),
+    # consulted only while spans go somewhere.
+    provider.sampler = _WhileExporting(provider.sampler)
     readers = []
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        _add_span_processor(provider, BatchSpanProcessor(OTLPSpanExporter()))
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
     trace.set_tracer_provider(provider)
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
+
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    HTTPXClientInstrumentor().instrument()
+
+
+_exporting = False
+
+
+class _WhileExporting(Sampler):
+    """Records spans only while a span processor receives them; otherwise drops them, which keeps
+    their ids (logs and propagation) but skips recording them."""
+
+    def __init__(self, inner: Sampler) -> None:
+        self._inner = inner
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: types.Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        if not _exporting:
+            return SamplingResult(Decision.DROP)
+        return self._inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"WhileExporting{{{self._inner.get_description()}}}"
+
+
+def _add_span_processor(provider: TracerProvider, processor: SpanProcessor) -> None:
+    global _exporting
+    provider.add_span_processor(processor)
+    _exporting = True
+
+
+def add_span_processor(processor: SpanProcessor) -> None:
+    """Send spans to `processor` as well (tests read them in-process with an `InMemorySpanExporter`);
+    from now on spans are recorded. Call after `configure_telemetry`."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        raise RuntimeError("configure_telemetry() first: no SDK tracer provider is installed")
+    _add_span_processor(provider, processor)
 
 
 def shutdown_telemetry() -> None:
@@ -59,9 +143,8 @@ def shutdown_telemetry() -> None:
 tracer = trace.get_tracer("kizuna.kit")
 meter = metrics.get_meter("kizuna.kit")
 
-http_duration = meter.create_histogram(
-    "http.server.request.duration", unit="s", description="HTTP server request duration"
-)
+# HTTP server durations come from the FastAPI instrumentation (`http.server.request.duration`, s).
+# gRPC's instrumentation has no metrics: the kit's server interceptor records this one.
 rpc_duration = meter.create_histogram("rpc.server.duration", unit="ms", description="gRPC server call duration")
 messages_published = meter.create_counter(
     "messaging.client.published.messages", description="Events published to JetStream"
@@ -84,55 +167,73 @@ def extract_context(carrier: Mapping[str, str]) -> Context:
     return propagate.extract(dict(carrier))
 
 
-class TracingMiddleware:
-    """ASGI middleware: a SERVER span per HTTP request, continuing the caller's trace."""
+def instrument_http(app: FastAPI) -> None:
+    """A SERVER span per HTTP request (continuing the caller's trace) and the request duration
+    histogram, by OpenTelemetry's FastAPI instrumentation; probes are left out of both."""
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    def __init__(self, app: ASGIApp, service: str) -> None:
-        self.app = app
-        self.service = service
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        method = scope.get("method", "GET")
-        path = scope.get("path", "/")
-        status_code = 500
-        start = time.perf_counter()
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status_code
-            if message["type"] == "http.response.start":
-                status_code = message["status"]
-            await send(message)
-
-        with tracer.start_as_current_span(
-            f"{method} {path}",
-            context=extract_context(headers),
-            kind=SpanKind.SERVER,
-            attributes={"http.request.method": method, "url.path": path},
-        ) as span:
-            try:
-                await self.app(scope, receive, send_wrapper)
-            finally:
-                span.set_attribute("http.response.status_code", status_code)
-                if status_code >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
-                route = scope.get("route")
-                route_path = getattr(route, "path", None) or "unmatched"
-                if route_path != "unmatched":
-                    span.update_name(f"{method} {route_path}")
-                    span.set_attribute("http.route", route_path)
-                http_duration.record(
-                    time.perf_counter() - start,
-                    {
-                        "http.request.method": method,
-                        "http.route": route_path,
-                        "http.response.status_code": status_code,
-                        "service": self.service,
-                    },
-                )
+    _opt_in_to_stable_conventions()
+    FastAPIInstrumentor.instrument_app(
+        app,
+        # Matched against the full URL (scheme://host:port/path, no query).
+        excluded_urls=",".join(rf"^[a-z]+://[^/]+{re.escape(path)}$" for path in PROBES),
+        # No INTERNAL span per ASGI receive/send message: they say nothing the server span does not.
+        exclude_spans=["receive", "send"],
+    )
 
 
-AsyncFn = Callable[..., Awaitable[Any]]
+class _InTraceOnly:
+    """The tracer SQLAlchemy's instrumentation is given: it starts spans only inside a trace. A
+    statement run outside any (the outbox relay's poll, a readiness ping) would otherwise be a
+    one-span trace of its own, every second. (The instrumentation calls `start_span` only.)"""
+
+    def __init__(self, inner: trace.Tracer) -> None:
+        self._inner = inner
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> Span:
+        if not trace.get_current_span(context).get_span_context().is_valid:
+            return trace.INVALID_SPAN
+        return self._inner.start_span(
+            name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception
+        )
+
+
+def instrument_database(engine: AsyncEngine) -> None:
+    """A CLIENT span per SQL statement on this engine (inside a trace), by OpenTelemetry's SQLAlchemy
+    instrumentation, and the pool's `db.client.connections.usage`."""
+    from opentelemetry.instrumentation.sqlalchemy import engine as sqlalchemy_instrumentation
+    from opentelemetry.instrumentation.sqlalchemy.version import __version__ as version
+    from opentelemetry.semconv.metrics import MetricInstruments
+
+    # The instrumentation has no annotations; its tracer of an engine, typed here.
+    engine_tracer: Callable[[_InTraceOnly, Engine, metrics.UpDownCounter], object] = (
+        sqlalchemy_instrumentation.EngineTracer
+    )
+
+    global _sql_tracer, _connections_usage
+    _opt_in_to_stable_conventions()
+    if _sql_tracer is None or _connections_usage is None:
+        _sql_tracer = _InTraceOnly(trace.get_tracer("opentelemetry.instrumentation.sqlalchemy", version))
+        _connections_usage = metrics.get_meter(
+            "opentelemetry.instrumentation.sqlalchemy", version
+        ).create_up_down_counter(
+            MetricInstruments.DB_CLIENT_CONNECTIONS_USAGE,
+            unit="connections",
+            description="The number of connections that are currently in state described by the state attribute.",
+        )
+    # The async engine runs its statements on the sync engine inside it: its events are the ones.
+    engine_tracer(_sql_tracer, engine.sync_engine, _connections_usage)
+
+
+_sql_tracer: _InTraceOnly | None = None
+_connections_usage: metrics.UpDownCounter | None = None
