@@ -1,8 +1,12 @@
 """Points benchmark (not a test): Credit and Reserve+Capture throughput and p99 with 64 concurrent
-gRPC clients on PostgreSQL, beside pgbench running the same SQL at the same concurrency; and
-GetBalance / first page of ListEntries p99 over many members and entries.
+gRPC clients on PostgreSQL, beside pgbench running the same SQL at the same concurrency;
+GetBalance / first page of ListEntries p99 over many members and entries; and (phase "history")
+the cost of one Credit, Reserve and GetBalance for a member with 1, 100 and 10,000 lots/entries.
 
     .venv/bin/python bench/points_bench.py [--seconds 10] [--members 100000] [--entries 1000000]
+    .venv/bin/python bench/points_bench.py --only history [--history 1,100,10000]
+
+Each phase prints the load average (1 min) before and after it: the machine is shared.
 
 Needs PostgreSQL at BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres)
 and `pgbench` on PATH. The service runs as its own process (`python -m points`), the way production
@@ -40,6 +44,10 @@ def pctl(samples: list[float], q: float) -> float:
     return ordered[min(int(len(ordered) * q), len(ordered) - 1)] * 1000 if ordered else float("nan")
 
 
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.1f}"
+
+
 async def drive(name: str, seconds: float, call: Any, clients: int = CLIENTS) -> None:
     latencies: list[float] = []
     errors = 0
@@ -62,7 +70,7 @@ async def drive(name: str, seconds: float, call: Any, clients: int = CLIENTS) ->
     elapsed = time.perf_counter() - began
     print(
         f"{name:<34} {len(latencies) / elapsed:8.0f} ops/s  p50 {pctl(latencies, 0.5):6.1f} ms  "
-        f"p99 {pctl(latencies, 0.99):6.1f} ms  errors {errors}"
+        f"p99 {pctl(latencies, 0.99):6.1f} ms  errors {errors}  ({load()} after)"
     )
 
 
@@ -71,8 +79,6 @@ PGBENCH_CREDIT = """
 BEGIN;
 SELECT available FROM points_wallet WHERE member_id = 'bench-' || :m FOR UPDATE;
 SELECT 1 FROM points_idempotency WHERE caller = 'shop' AND key = md5(random()::text);
-UPDATE points_lot SET expires_at = now() + interval '12 months'
-  WHERE member_id = 'bench-' || :m AND rolling AND expires_at > now();
 INSERT INTO points_entry (entry_id, member_id, kind, amount, explanation, source_service, source_ref, created_at)
   VALUES (md5(random()::text), 'bench-' || :m, 'credit', 1, 'bench', 'shop', '', now());
 INSERT INTO points_posting (entry_pk, account, amount) VALUES (currval('points_entry_id_seq'), 'issued:shop', -1),
@@ -80,7 +86,8 @@ INSERT INTO points_posting (entry_pk, account, amount) VALUES (currval('points_e
 INSERT INTO points_lot (member_id, entry_pk, kind, rolling, amount, remaining, clawed_back, source_service,
   expires_at, created_at) VALUES ('bench-' || :m, currval('points_entry_id_seq'), 'regular', true, 1, 1, 0, 'shop',
   now() + interval '12 months', now());
-UPDATE points_wallet SET available = available + 1 WHERE member_id = 'bench-' || :m;
+UPDATE points_wallet SET available = available + 1, rolling_expires_at = now() + interval '12 months'
+  WHERE member_id = 'bench-' || :m;
 INSERT INTO points_idempotency (caller, key, operation, request_hash, response, created_at)
   VALUES ('pgbench', md5(random()::text), 'credit', md5(random()::text), 'x', now());
 INSERT INTO kit_outbox (event_id, subject, payload, headers, created_at)
@@ -174,8 +181,9 @@ async def seed(url: str, members: int, entries: int) -> None:
         await conn.execute(
             """
             INSERT INTO points_wallet (member_id, status, available, held, debt, earn_month, earned_this_month,
-              created_at)
-            SELECT 'seed-' || i, 'active', 0, 0, 0, '2025-01', 0, now() FROM generate_series(1, $1) i""",
+              rolling_expires_at, created_at)
+            SELECT 'seed-' || i, 'active', 0, 0, 0, '2025-01', 0, now() + interval '300 days', now()
+            FROM generate_series(1, $1) i""",
             members,
         )
         per = max(entries // members, 1)
@@ -201,12 +209,68 @@ async def seed(url: str, members: int, entries: int) -> None:
         await conn.close()
 
 
+async def seed_history(url: str, sizes: list[int]) -> dict[int, list[str]]:
+    """Members with exactly n rolling lots and n credit entries each, for every n in sizes (100
+    members per size up to 100 lots, 20 above): one call per member, so no call sees the lot an
+    earlier call of the phase added."""
+    conn = await asyncpg.connect(url)
+    members: dict[int, list[str]] = {}
+    try:
+        for n in sizes:
+            count = 100 if n <= 100 else 20
+            names = [f"hist-{n}-{k}" for k in range(count)]
+            members[n] = names
+            await conn.execute(
+                """INSERT INTO points_wallet (member_id, status, available, held, debt, earn_month,
+                  earned_this_month, rolling_expires_at, created_at)
+                SELECT m, 'active', 1000 * $2::bigint, 0, 0, '2025-01', 0, now() + interval '300 days', now()
+                FROM unnest($1::text[]) m""",
+                names,
+                n,
+            )
+            await conn.execute(
+                """INSERT INTO points_entry (entry_id, member_id, kind, amount, explanation, source_service,
+                  source_ref, created_at)
+                SELECT 'h-' || m || '-' || i, m, 'credit', 1000, 'seed', 'shop', '', now()
+                FROM unnest($1::text[]) m, generate_series(1, $2) i""",
+                names,
+                n,
+            )
+            await conn.execute(
+                """INSERT INTO points_lot (member_id, entry_pk, kind, rolling, amount, remaining, clawed_back,
+                  source_service, expires_at, created_at)
+                SELECT member_id, id, 'regular', true, 1000, 1000, 0, 'shop', now() + interval '300 days', now()
+                FROM points_entry WHERE member_id = ANY($1::text[])""",
+                names,
+            )
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+    return members
+
+
+async def one_at_a_time(name: str, members: list[str], call: Any) -> None:
+    """One call per member, one at a time: the cost of a single call, not queueing."""
+    latencies = []
+    before = load()
+    for member in members:
+        start = time.perf_counter()
+        await call(member)
+        latencies.append(time.perf_counter() - start)
+    mean = sum(latencies) / len(latencies) * 1000
+    print(
+        f"{name:<34} n={len(latencies):<4} mean {mean:6.1f} ms  p50 {pctl(latencies, 0.5):6.1f} ms  "
+        f"max {max(latencies) * 1000:6.1f} ms  ({before} before, {load()} after)"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--members", type=int, default=100_000)
     parser.add_argument("--entries", type=int, default=1_000_000)
-    parser.add_argument("--only", default="credit,reserve,pgbench,reads", help="phases to run")
+    parser.add_argument("--only", default="credit,reserve,pgbench,reads,history", help="phases to run")
+    parser.add_argument("--history", default="1,100,10000", help="lots/entries per member, phase history")
     args = parser.parse_args()
     only = set(args.only.split(","))
     name = f"points_bench_{uuid.uuid4().hex[:8]}"
@@ -251,7 +315,7 @@ async def main() -> None:
         }
         channels = [grpc.aio.insecure_channel(server.grpc_address) for _ in range(8)]
         stubs = [points_pb2_grpc.PointsServiceStub(c) for c in channels]
-        print(f"PostgreSQL, {CLIENTS} concurrent clients, {args.seconds:.0f}s each")
+        print(f"PostgreSQL, {CLIENTS} concurrent clients, {args.seconds:.0f}s each; {load()} at the start")
 
         async def credit(i: int, n: int) -> None:
             member = f"bench-{(i * 7919 + n) % 1000 + 1}"
@@ -287,6 +351,41 @@ async def main() -> None:
         if "pgbench" in only:
             pgbench(url, int(args.seconds), "pgbench, same Credit SQL", PGBENCH_CREDIT)
             pgbench(url, int(args.seconds), "pgbench, same Reserve+Capture SQL", PGBENCH_RESERVE_CAPTURE)
+        if "history" in only:
+            sizes = [int(n) for n in args.history.split(",")]
+            began = time.perf_counter()
+            by_size = await seed_history(url, sizes)
+            print(f"seeded members with {args.history} lots/entries in {time.perf_counter() - began:.0f}s")
+
+            async def balance_of(member: str) -> None:
+                await stubs[0].GetBalance(pb.GetBalanceRequest(member_id=member), metadata=svc, timeout=60)
+
+            spend_token = issuer.service_token("shop", "points:credit points:spend points:read")
+            metas = {
+                m: call_metadata(spend_token, issuer.member_token(m, expires_in=3600))
+                for names in by_size.values()
+                for m in names
+            }
+
+            async def reserve_one(member: str) -> None:
+                request = pb.ReserveRequest(member_id=member, amount=1, idempotency_key=uuid.uuid4().hex)
+                await stubs[0].Reserve(request, metadata=metas[member], timeout=60)
+
+            async def credit_one(member: str) -> None:
+                request = pb.CreditRequest(
+                    member_id=member,
+                    amount=100,
+                    kind=pb.CREDIT_KIND_REGULAR,
+                    reason="bench",
+                    idempotency_key=uuid.uuid4().hex,
+                )
+                await stubs[0].Credit(request, metadata=svc, timeout=60)
+
+            for n in sizes:
+                await balance_of(by_size[n][0])  # warm the path once
+                await one_at_a_time(f"GetBalance, {n} lots", by_size[n], balance_of)
+                await one_at_a_time(f"Reserve, {n} lots", by_size[n], reserve_one)
+                await one_at_a_time(f"Credit, {n} lots", by_size[n], credit_one)
         if "reads" not in only:
             return
 

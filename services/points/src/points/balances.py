@@ -10,10 +10,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 from kizuna.kit.db import Database
-from kizuna.kit.errors import (
-    InvalidArgument,
-)
-from sqlalchemy import and_, bindparam, exists, func
+from kizuna.kit.errors import InvalidArgument
+from sqlalchemy import and_, bindparam, case, exists, func
 from sqlalchemy import select as core_select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -35,6 +33,11 @@ def _balance_query() -> Any:
         .where(PENDING.c.member_id == WALLETS.c.member_id, PENDING.c.status == "pending")
         .scalar_subquery()
     )
+    # A rolling lot expires at its wallet's rolling expiry.
+    expires = case(
+        (and_(LOTS.c.rolling.is_(True), WALLETS.c.rolling_expires_at.is_not(None)), WALLETS.c.rolling_expires_at),
+        else_=LOTS.c.expires_at,
+    )
     return (
         core_select(
             WALLETS.c.held,
@@ -42,13 +45,13 @@ def _balance_query() -> Any:
             due_reservation.label("due"),
             earning.label("earning"),
             LOTS.c.kind,
-            LOTS.c.expires_at,
+            expires.label("expires_at"),
             func.sum(LOTS.c.remaining).label("points"),
         )
         .select_from(WALLETS)
         .outerjoin(LOTS, and_(LOTS.c.member_id == WALLETS.c.member_id, LOTS.c.remaining > 0))
         .where(WALLETS.c.member_id == bindparam("member"))
-        .group_by(WALLETS.c.member_id, WALLETS.c.held, WALLETS.c.debt, LOTS.c.kind, LOTS.c.expires_at)
+        .group_by(WALLETS.c.member_id, WALLETS.c.held, WALLETS.c.debt, LOTS.c.kind, expires)
     )
 
 
@@ -208,13 +211,7 @@ async def open_lines(conn: AsyncConnection, member_id: str, now: datetime, speak
 
 
 async def list_entries(
-    conn: AsyncConnection,
-    member_id: str,
-    page_size: int,
-    page_token: str,
-    *,
-    now: datetime,
-    speaker: Speaker,
+    conn: AsyncConnection, member_id: str, page_size: int, page_token: str, *, now: datetime, speaker: Speaker
 ) -> HistoryPage:
     """A page of the member's history: on the first page (no token) the open holds and pending
     earnings first (all of them, newest first), then up to page_size posted entries, newest

@@ -6,12 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from kizuna.kit.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-)
+from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from kizuna.kit.events import publish
 from kizuna.points.v1 import events_pb2 as ev
 from sqlalchemy import bindparam, insert, update
@@ -23,13 +18,7 @@ from points.bounds import Limits, charge_budget, check_points
 from points.journal import LOT_KIND, LOTS, post_entry, ts
 from points.ledger import LIMITED_TIME
 from points.ledger_metrics import count_on_commit, points_credited
-from points.models import (
-    Entry,
-    Wallet,
-    account_available,
-    account_debt,
-    account_issued,
-)
+from points.models import Entry, Wallet, account_available, account_debt, account_issued
 from points.wallets import lot_state, member_lots, require_active
 
 
@@ -61,14 +50,13 @@ class ClawedBack:
 
 
 _INSERT_LOT = insert(LOTS)
-_MOVE_ROLLING_EXPIRY = (
+# The member's rolling expiry lapsed before this credit: their rolling lots keep that date as a
+# fixed one (their points expired with it) before the rolling expiry moves on. Rare: at most once
+# per lapse, so a credit's cost does not depend on the member's history.
+_FREEZE_LAPSED_ROLLING = (
     update(LOTS)
-    .where(
-        LOTS.c.member_id == bindparam("member"),
-        LOTS.c.rolling.is_(True),
-        LOTS.c.expires_at > bindparam("now", type_=LOTS.c.expires_at.type),
-    )
-    .values(expires_at=bindparam("until", type_=LOTS.c.expires_at.type))
+    .where(LOTS.c.member_id == bindparam("member"), LOTS.c.rolling.is_(True))
+    .values(rolling=False, expires_at=bindparam("lapsed", type_=LOTS.c.expires_at.type))
 )
 
 
@@ -99,8 +87,11 @@ async def credit(
         await session.flush()  # what settling changed through the ORM, before SQL of our own
     await charge_budget(session, source_service, member_id, amount, now, limits)
     conn = await session.connection()
-    # Earning moves the rolling expiry of every regular lot not yet expired.
-    await conn.execute(_MOVE_ROLLING_EXPIRY, {"member": member_id, "now": now, "until": rolling_until})
+    # Earning moves the rolling expiry of the member's regular lots: once, on the wallet.
+    lapsed = wallet.rolling_expires_at
+    if lapsed is not None and lapsed <= now:
+        await conn.execute(_FREEZE_LAPSED_ROLLING, {"member": member_id, "lapsed": lapsed})
+    wallet.rolling_expires_at = rolling_until
     repaid, to_lot = ledger.plan_credit(amount, wallet.debt)
     entry = await post_entry(
         session,
@@ -206,7 +197,9 @@ async def clawback(
             continue
         left -= share
         credit_lot.clawed_back += share
-        plan = ledger.plan_clawback(lot_state(credit_lot), (lot_state(lot) for lot in all_lots), share, now)
+        plan = ledger.plan_clawback(
+            lot_state(credit_lot, wallet), (lot_state(lot, wallet) for lot in all_lots), share, now
+        )
         for lot_id, take in plan.takes:
             lots_by_id[lot_id].remaining -= take
             session.add(lots_by_id[lot_id])

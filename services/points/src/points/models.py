@@ -56,6 +56,9 @@ class Wallet(SQLModel, table=True):
     earn_month: str = Field(sa_column=Column(String(7), nullable=False))
     earned_this_month: int = Field(sa_column=Column(BigInteger, nullable=False))
     last_earned_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    # When the member's rolling lots expire: moved by each credit, once here rather than on every
+    # lot; None until the first credit.
+    rolling_expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, index=True))
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
 
 
@@ -96,12 +99,16 @@ class Lot(SQLModel, table=True):
     """The points one credit gave, and how many of them the member still has (`remaining`)."""
 
     __tablename__ = "points_lot"
+    # Due and live lots of one member without reading the rest of their history.
+    __table_args__ = (Index("ix_points_lot_member_rolling", "member_id", "rolling", "expires_at"),)
 
     id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
     member_id: str = Field(sa_column=Column(String(100), nullable=False, index=True))
     entry_pk: int = Field(sa_column=Column(Integer, nullable=False, index=True))
     kind: str = Field(sa_column=Column(String(20), nullable=False))  # regular | limited_time
-    # Regular lots without a fixed date follow the member's rolling expiry (moved on each earn).
+    # Regular lots without a fixed date follow the member's rolling expiry
+    # (points_wallet.rolling_expires_at, moved on each credit); expires_at then keeps the expiry
+    # the lot had when it was credited, and `lot_expiry` gives the one in force.
     rolling: bool = Field(nullable=False)
     amount: int = Field(sa_column=Column(BigInteger, nullable=False))
     remaining: int = Field(sa_column=Column(BigInteger, nullable=False))
@@ -111,6 +118,11 @@ class Lot(SQLModel, table=True):
     source_service: str = Field(sa_column=Column(String(100), nullable=False))
     expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+def lot_expiry(rolling: bool, expires_at: datetime, rolling_expires_at: datetime | None) -> datetime:
+    """When a lot expires: its wallet's rolling expiry for a rolling lot, else its own date."""
+    return rolling_expires_at if rolling and rolling_expires_at is not None else expires_at
 
 
 class Reservation(SQLModel, table=True):

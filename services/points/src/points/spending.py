@@ -7,15 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from kizuna.kit.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-)
+from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from kizuna.kit.events import publish
 from kizuna.points.v1 import events_pb2 as ev
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, insert, or_, update
 from sqlalchemy import select as core_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -33,8 +28,9 @@ from points.models import (
     account_debt,
     account_held,
     account_redeemed,
+    lot_expiry,
 )
-from points.wallets import expire_due_lots, member_lots, release, require_active
+from points.wallets import expire_due_lots, expiry, lots_by_id, release, require_active
 
 
 @dataclass(frozen=True)
@@ -105,10 +101,10 @@ class Refunded:
 
 _INSERT_HOLD = insert(HOLDS)
 _INSERT_RESERVATION = insert(RESERVATIONS).returning(RESERVATIONS.c.id)
-_LIVE_LOTS = core_select(LOTS.c.id, LOTS.c.kind, LOTS.c.remaining, LOTS.c.expires_at).where(
+_LIVE_LOTS = core_select(LOTS.c.id, LOTS.c.kind, LOTS.c.remaining, LOTS.c.expires_at, LOTS.c.rolling).where(
     LOTS.c.member_id == bindparam("member"),
     LOTS.c.remaining > 0,
-    LOTS.c.expires_at > bindparam("now", type_=LOTS.c.expires_at.type),
+    or_(LOTS.c.rolling.is_(True), LOTS.c.expires_at > bindparam("now", type_=LOTS.c.expires_at.type)),
 )
 _TAKE_FROM_LOT = (
     update(LOTS).where(LOTS.c.id == bindparam("lot")).values(remaining=LOTS.c.remaining - bindparam("points"))
@@ -118,7 +114,7 @@ _RETURN_TO_LOT = (
 )
 _RESERVATION = core_select(RESERVATIONS).where(RESERVATIONS.c.reservation_id == bindparam("reservation"))
 _RESERVATION_HOLDS = (
-    core_select(HOLDS.c.lot_id, HOLDS.c.amount, LOTS.c.expires_at)
+    core_select(HOLDS.c.lot_id, HOLDS.c.amount, LOTS.c.expires_at, LOTS.c.rolling)
     .join(LOTS, LOTS.c.id == HOLDS.c.lot_id)
     .where(HOLDS.c.reservation_pk == bindparam("reservation"))
     .order_by(HOLDS.c.seq)
@@ -154,7 +150,7 @@ async def reserve(
         await session.flush()
     conn = await session.connection()
     lots = [
-        LotState(row.id, row.kind, row.remaining, row.expires_at)
+        LotState(row.id, row.kind, row.remaining, lot_expiry(row.rolling, row.expires_at, wallet.rolling_expires_at))
         for row in await conn.execute(_LIVE_LOTS, {"member": wallet.member_id, "now": now})
     ]
     takes = ledger.allocate(lots, request.amount, now)
@@ -286,13 +282,15 @@ async def capture(
         raise InvalidArgument(f"amount {amount} exceeds the reserved {reservation.amount}")
     assert wallet is not None
     holds = (await conn.execute(_RESERVATION_HOLDS, {"reservation": reservation.id})).all()
+    rolling = wallet.rolling_expires_at
+    expiries = [lot_expiry(h.rolling, h.expires_at, rolling) for h in holds]
     split = ledger.split_capture([HoldState(h.lot_id, h.amount) for h in holds], amount)
     await conn.execute(
         _CAPTURE_HOLD,
         [{"reservation": reservation.id, "lot": lot_id, "points": captured} for lot_id, captured, _ in split],
     )
     back, repaid = ledger.repay_debt_first(
-        [(lot_id, points, h.expires_at) for h, (lot_id, _, points) in zip(holds, split, strict=True) if points > 0],
+        [(lot_id, points, at) for at, (lot_id, _, points) in zip(expiries, split, strict=True) if points > 0],
         wallet.debt,
         now,
     )
@@ -318,7 +316,7 @@ async def capture(
         now=now,
     )
     await conn.execute(_MARK_CAPTURED, {"reservation": reservation.id, "points": amount, "entry": entry.entry_id})
-    if any(h.expires_at <= now for h, (_, _, back) in zip(holds, split, strict=True) if back > 0):
+    if any(at <= now for at, (_, _, back) in zip(expiries, split, strict=True) if back > 0):
         await expire_due_lots(session, wallet, now)  # returned points of a lot that expired meanwhile
     publish(
         session,
@@ -375,16 +373,16 @@ async def refund(
     if amount > left:
         raise FailedPrecondition(f"amount {amount} exceeds the {left} points left to refund")
     assert wallet is not None
-    lots = {lot.id: lot for lot in await member_lots(session, wallet.member_id, with_empty=True)}
     holds = await _holds(session, reservation)
+    lots = await lots_by_id(session, [h.lot_id for h in holds])
     plan = ledger.plan_refund(
-        [HoldState(h.lot_id, h.amount, h.captured, h.refunded, lots[h.lot_id].expires_at) for h in holds],
+        [HoldState(h.lot_id, h.amount, h.captured, h.refunded, expiry(lots[h.lot_id], wallet)) for h in holds],
         amount,
         now,
     )
     by_lot = {h.lot_id: h for h in holds}
     back_to_lots, repaid = ledger.repay_debt_first(
-        [(lot_id, back, lots[lot_id].expires_at) for lot_id, back, _ in plan if back > 0], wallet.debt, now
+        [(lot_id, back, expiry(lots[lot_id], wallet)) for lot_id, back, _ in plan if back > 0], wallet.debt, now
     )
     returned = lost = 0
     for lot_id, back, gone in plan:

@@ -7,10 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from kizuna.kit.errors import (
-    FailedPrecondition,
-    NotFound,
-)
+from kizuna.kit.errors import FailedPrecondition, NotFound
 from kizuna.kit.events import publish
 from kizuna.points.v1 import events_pb2 as ev
 from sqlalchemy import and_, bindparam, exists, or_
@@ -31,6 +28,7 @@ from points.models import (
     account_available,
     account_debt,
     account_held,
+    lot_expiry,
 )
 
 
@@ -68,11 +66,18 @@ def _lock_query(by_reservation: bool) -> Any:
     (caller, key): one statement, built once (bind parameters: member, caller, key, now)."""
     now = bindparam("now", type_=LOTS.c.expires_at.type)
     due_reservation = exists().where(
-        RESERVATIONS.c.member_id == Wallet.member_id,
-        RESERVATIONS.c.status == "open",
-        RESERVATIONS.c.expires_at <= now,
+        RESERVATIONS.c.member_id == Wallet.member_id, RESERVATIONS.c.status == "open", RESERVATIONS.c.expires_at <= now
     )
-    due_lot = exists().where(LOTS.c.member_id == Wallet.member_id, LOTS.c.remaining > 0, LOTS.c.expires_at <= now)
+    # A fixed-date lot past its date, or rolling lots past the wallet's rolling expiry: each an
+    # index range of ix_points_lot_member_rolling, however long the member's history.
+    due_fixed = exists().where(
+        LOTS.c.member_id == Wallet.member_id, LOTS.c.rolling.is_(False), LOTS.c.expires_at <= now, LOTS.c.remaining > 0
+    )
+    due_rolling = and_(
+        col(Wallet.rolling_expires_at) <= now,
+        exists().where(LOTS.c.member_id == Wallet.member_id, LOTS.c.rolling.is_(True), LOTS.c.remaining > 0),
+    )
+    due_lot = or_(due_fixed, due_rolling)
     if by_reservation:
         owner: Any = (
             core_select(RESERVATIONS.c.member_id)
@@ -167,9 +172,22 @@ async def member_lots(session: AsyncSession, member_id: str, *, with_empty: bool
     return list((await session.exec(query.execution_options(populate_existing=True))).all())
 
 
-def lot_state(lot: Lot) -> LotState:
+async def lots_by_id(session: AsyncSession, ids: list[int]) -> dict[int, Lot]:
+    """The lots a reservation holds points of, by id (not the member's whole history)."""
+    if not ids:
+        return {}
+    query = select(Lot).where(col(Lot.id).in_(ids)).execution_options(populate_existing=True)
+    return {lot.id: lot for lot in (await session.exec(query)).all() if lot.id is not None}
+
+
+def expiry(lot: Lot, wallet: Wallet) -> datetime:
+    """When the lot expires (a rolling lot: its wallet's rolling expiry)."""
+    return lot_expiry(lot.rolling, lot.expires_at, wallet.rolling_expires_at)
+
+
+def lot_state(lot: Lot, wallet: Wallet) -> LotState:
     assert lot.id is not None
-    return LotState(lot.id, lot.kind, lot.remaining, lot.expires_at)
+    return LotState(lot.id, lot.kind, lot.remaining, expiry(lot, wallet))
 
 
 # ---- settling what is due: timed-out reservations, expired lots --------------------------------
@@ -191,11 +209,19 @@ async def settle_due(session: AsyncSession, wallet: Wallet, now: datetime) -> No
     await expire_due_lots(session, wallet, now)
 
 
+def _due(wallet: Wallet, now: datetime) -> Any:
+    """Which of the wallet's lots with points left are due to expire at `now`."""
+    fixed = and_(col(Lot.rolling).is_(False), col(Lot.expires_at) <= now)
+    if wallet.rolling_expires_at is not None and wallet.rolling_expires_at <= now:
+        return or_(fixed, col(Lot.rolling).is_(True))
+    return fixed
+
+
 async def expire_due_lots(session: AsyncSession, wallet: Wallet, now: datetime) -> int:
     lots = (
         await session.exec(
             select(Lot)
-            .where(Lot.member_id == wallet.member_id, col(Lot.remaining) > 0, col(Lot.expires_at) <= now)
+            .where(Lot.member_id == wallet.member_id, col(Lot.remaining) > 0, _due(wallet, now))
             .order_by(col(Lot.id))
             .execution_options(populate_existing=True)
         )
@@ -223,7 +249,7 @@ async def expire_due_lots(session: AsyncSession, wallet: Wallet, now: datetime) 
                 amount=amount,
                 kind=LOT_KIND[lot.kind],
                 balance_after=wallet.available,
-                expired_at=ts(lot.expires_at),
+                expired_at=ts(expiry(lot, wallet)),
             ),
             member_id=wallet.member_id,
         )
@@ -237,9 +263,9 @@ async def release(
     holds = (
         await session.exec(select(Hold).where(Hold.reservation_pk == reservation.id).order_by(col(Hold.seq)))
     ).all()
-    lots = {lot.id: lot for lot in await member_lots(session, wallet.member_id, with_empty=True)}
+    lots = await lots_by_id(session, [hold.lot_id for hold in holds])
     back, repaid = ledger.repay_debt_first(
-        [(hold.lot_id, hold.amount, lots[hold.lot_id].expires_at) for hold in holds], wallet.debt, now
+        [(hold.lot_id, hold.amount, expiry(lots[hold.lot_id], wallet)) for hold in holds], wallet.debt, now
     )
     for lot_id, points in back:
         lots[lot_id].remaining += points
@@ -281,8 +307,13 @@ async def release(
 
 
 async def members_with_due(session: AsyncSession, now: datetime, limit: int) -> list[str]:
-    lots = select(Lot.member_id).where(col(Lot.remaining) > 0, col(Lot.expires_at) <= now)
+    lots = select(Lot.member_id).where(col(Lot.rolling).is_(False), col(Lot.remaining) > 0, col(Lot.expires_at) <= now)
+    rolling = select(Wallet.member_id).where(
+        col(Wallet.rolling_expires_at) <= now,
+        exists().where(LOTS.c.member_id == Wallet.member_id, LOTS.c.rolling.is_(True), LOTS.c.remaining > 0),
+    )
     reservations = select(Reservation.member_id).where(Reservation.status == "open", col(Reservation.expires_at) <= now)
     found = set((await session.exec(lots.distinct().limit(limit))).all())
     found |= set((await session.exec(reservations.distinct().limit(limit))).all())
+    found |= set((await session.exec(rolling.limit(limit))).all())
     return sorted(found)[:limit]
