@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc.jwk import ECKey
 from kizuna.kit.db import Database, UTCDateTime
@@ -163,6 +164,22 @@ def _local_key(data_dir: Path) -> bytes:
     return _decode_key(path.read_text().strip(), str(path))
 
 
+def _loaded(row: SigningKey, private_jwk: dict[str, Any]) -> LoadedKey:
+    private = ECKey.import_key(private_jwk)
+    signer = private.private_key
+    if not isinstance(signer, ec.EllipticCurvePrivateKey):
+        raise KeyEncryptionKeyError(f"signing key {row.kid} has no private EC key")
+    return LoadedKey(
+        kid=row.kid,
+        private=private,
+        public_jwk=row.public_jwk,
+        activates_at=row.activates_at,
+        retires_at=row.retires_at,
+        expires_at=row.expires_at,
+        signer=signer,
+    )
+
+
 def derive_secret(kek: bytes, purpose: str) -> bytes:
     """A secret for one purpose (cookies, CSRF) derived from one key-encryption key version."""
     return hashlib.sha256(kek + b"/" + purpose.encode()).digest()
@@ -176,6 +193,8 @@ class LoadedKey:
     activates_at: datetime
     retires_at: datetime | None
     expires_at: datetime | None
+    # What signs: `cryptography`'s key object, taken out of the JWK once at load, not per token.
+    signer: ec.EllipticCurvePrivateKey
 
     def signs_at(self, now: datetime) -> bool:
         return self.activates_at <= now and (self.retires_at is None or now < self.retires_at)
@@ -193,6 +212,9 @@ class KeyRing:
         self._aes = {version: AESGCM(key) for version, key in kek.versions}
         self.clock = clock
         self.keys: list[LoadedKey] = []
+        # The key that signs, for the span of time in which no key starts or stops signing:
+        # (key, from, until); the token endpoint asks for it on every token.
+        self._signing: tuple[LoadedKey, datetime | None, datetime | None] | None = None
 
     # ---- encryption at rest ---------------------------------------------------------------
     def _encrypt(self, kid: str, private_jwk: dict[str, Any]) -> tuple[str, bytes]:
@@ -225,24 +247,23 @@ class KeyRing:
     async def reload(self) -> None:
         async with self.db.sessions() as session:
             rows = (await session.exec(select(SigningKey).order_by(col(SigningKey.activates_at)))).all()
-        self.keys = [
-            LoadedKey(
-                kid=row.kid,
-                private=ECKey.import_key(self._decrypt(row)),
-                public_jwk=row.public_jwk,
-                activates_at=row.activates_at,
-                retires_at=row.retires_at,
-                expires_at=row.expires_at,
-            )
-            for row in rows
-        ]
+        self.keys = [_loaded(row, self._decrypt(row)) for row in rows]
+        self._signing = None
 
     def signing_key(self) -> LoadedKey:
-        """The key that signs now: the newest active one."""
+        """The key that signs now: the newest active one (chosen again only when the clock
+        crosses a moment at which some key starts or stops signing, or after a reload)."""
         now = self.clock()
+        cached = self._signing
+        if cached is not None and (cached[1] is None or cached[1] <= now) and (cached[2] is None or now < cached[2]):
+            return cached[0]
         active = [k for k in self.keys if k.signs_at(now)]
         if not active:
             raise RuntimeError("no signing key is active; run `python -m identity rotate-keys`")
+        moments = [m for k in self.keys for m in (k.activates_at, k.retires_at) if m is not None]
+        since = max((m for m in moments if m <= now), default=None)
+        until = min((m for m in moments if m > now), default=None)
+        self._signing = (active[-1], since, until)
         return active[-1]
 
     def public_key(self, kid: str) -> ECKey | None:

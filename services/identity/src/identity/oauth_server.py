@@ -652,7 +652,11 @@ async def service_token(provider: Provider, request: Request, form: Any) -> Resp
     else:
         client_id, secret = str(form.get("client_id") or ""), str(form.get("client_secret") or "")
     challenge = {"WWW-Authenticate": "Basic"} if basic else None
-    client = await provider.client(client_id) if client_id else None
+    client = None
+    if client_id:
+        fresh, client = provider.cached_client(client_id)
+        if not fresh:
+            client = await provider.client(client_id)
     if client is None or client.public or not secret or not client.check_client_secret(secret):
         return _token_error("invalid_client", "client authentication failed", 401, challenge)
     if not client.check_grant_type("client_credentials"):

@@ -99,12 +99,20 @@ class Provider:
         self.executor.shutdown(wait=False)
 
     # ---- clients and members --------------------------------------------------------------
+    def cached_client(self, client_id: str) -> tuple[bool, Client | None]:
+        """(True, the client or None when unknown) from the cache while fresh, else (False, None):
+        the token endpoint's way to skip an await per request."""
+        cached = self._clients.get(client_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return True, cached[1]
+        return False, None
+
     async def client(self, client_id: str) -> Client | None:
         # Clients change rarely (start-up config, admin command); a few seconds of caching takes a
         # database round trip off every token request.
-        cached = self._clients.get(client_id)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
+        fresh, client = self.cached_client(client_id)
+        if fresh:
+            return client
         async with self.db.sessions() as session:
             client = await session.get(Client, client_id)
         self._clients[client_id] = (time.monotonic() + CLIENT_CACHE_SECONDS, client)
