@@ -94,7 +94,12 @@ async def test_japanese_pages_say_every_domain_text_in_japanese(travel: TravelEn
     for english in ("Flexible", "Advance saver", "Free cancellation", "Non-refundable", "Standard Double", "Confirmed"):
         for page in (hotel, plain, trip, trips):
             assert english not in page, english
-    # The JSON API keeps its English wording whatever the browser asks for.
+    # Travel's errors too; the JSON API keeps its English wording whatever the browser asks for.
+    same_day = {**STAY, "check_out": STAY["check_in"]}
+    bad = await travel.http.get("/search", params={"city": "kyoto", **same_day}, headers=JA)
+    assert bad.status_code == 400 and "チェックアウト日" in bad.text and "must be after" not in bad.text
+    api_error = await travel.http.get("/api/search", params={"city": "kyoto", **same_day}, headers=JA)
+    assert "must be after check-in" in api_error.json()["message"]
     api = (await travel.http.get(f"/api/hotels/{HOTEL}", headers=JA)).json()
     terms = {p["name"]: p["cancellation"] for p in api["rate_plans"]}
     assert terms["Flexible"] == "Free cancellation until 3 days before check-in; after that 50% of the total."

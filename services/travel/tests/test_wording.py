@@ -3,6 +3,7 @@ every text a Japanese page shows from the catalogue, the statuses and the cancel
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from pathlib import Path
 
@@ -77,3 +78,48 @@ def test_every_status_and_term_has_japanese() -> None:
 
         wording.cancellation_terms(policy, check_in, translate=translate, lang="ja")
         assert missing == []
+
+
+# Travel's domain errors as the JSON API words them, one for each rule a page rewrites.
+DOMAIN_ERRORS = [
+    "check-out (2030-03-12) must be after check-in (2030-03-12)",
+    "check-in 2030-03-09 is in the past (today is 2030-03-10 at the hotel)",
+    "check-in 2032-03-12 is more than 365 days ahead",
+    "a stay is at most 14 nights; 15 asked",
+    "guests must be at least 1",
+    "check_in must be a date as YYYY-MM-DD, got 'next friday'",
+    "unknown city 'atlantis'; one of tokyo, kyoto",
+    "unknown hotel 'htl_nowhere'",
+    "that room and rate are not offered for this stay",
+    "booking bkg_01ABCDEFGH was not made: no room left on the night of 2030-03-12",
+    "Standard Double sleeps at most 2; 3 guests asked",
+    "Standard Double is not on sale for the night of 2030-04-01",
+    "the stay has begun; it can no longer be cancelled",
+    "booking bkg_01ABCDEFGH is completed; it cannot be cancelled",
+    "booking bkg_01ABCDEFGH is cancelled; its refunds are still in progress",
+    "unknown booking 'bkg_x'",
+    "booking bkg_01ABCDEFGH was not made: the booking did not complete in time",
+]
+
+
+@pytest.mark.parametrize("message", DOMAIN_ERRORS)
+def test_a_page_shows_travels_errors_in_plain_japanese(message: str) -> None:
+    from kizuna.kit import i18n
+
+    i18n.load(JA_PO.parent)
+    i18n.set_language("ja")
+    try:
+        shown = wording.page_error(message)
+    finally:
+        i18n.set_language("en")
+    assert not re.search(r"[A-Za-z]{3,}", shown.replace("YYYY-MM-DD", "")), shown
+    assert "bkg_" not in shown
+
+
+def test_english_pages_read_the_errors_in_plain_words() -> None:
+    assert wording.page_error("a stay is at most 14 nights; 15 asked") == (
+        "A stay is at most 14 nights; you asked for 15."
+    )
+    assert wording.page_error("booking bkg_01ABCDEFGH was not made: no room left on the night of 2030-03-12") == (
+        "Your booking was not made: No room is left on the night of 12 Mar 2030."
+    )

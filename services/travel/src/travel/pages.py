@@ -33,7 +33,6 @@ from kizuna.kit.flash import flash
 from kizuna.kit.i18n import gettext as _
 from kizuna.kit.oidc_client import MaybeMember, SignedInMember
 from kizuna.kit.web import IMAGE_PREFIX, page_templates
-from kizuna.kit.web.wording import for_member
 from markupsafe import Markup
 
 from travel import stay as rules
@@ -83,7 +82,7 @@ def _error(request: Request, exc: DomainError, **context: Any) -> HTMLResponse:
         request,
         "travel/error.html",
         status=exc.http_status,
-        message=for_member(exc.message),
+        message=wording.page_error(exc.message),
         title=_("Sorry"),
         **context,
     )
