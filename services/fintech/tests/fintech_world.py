@@ -96,6 +96,7 @@ class FintechClient:
         currency: str = "JPY",
         service: str = "shop",
         merchant: str = "shop",
+        timeout: float = 10,
     ) -> fintech_pb2.AuthorizeResponse:
         response: fintech_pb2.AuthorizeResponse = await self.payments.Authorize(
             fintech_pb2.AuthorizeRequest(
@@ -105,7 +106,7 @@ class FintechClient:
                 idempotency_key=key or uuid.uuid4().hex,
             ),
             metadata=self.pay_metadata(member_id, service),
-            timeout=10,
+            timeout=timeout,
         )
         return response
 

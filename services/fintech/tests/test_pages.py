@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from kizuna.kit.i18n import COOKIE as LANGUAGE_COOKIE
 
 from .fintech_world import FintechClient, form_fields, new_member, signed_in_browser
 
@@ -58,3 +59,25 @@ async def test_a_member_sells_fund_units_on_the_invest_page(fintech: FintechClie
         assert await fintech.bank_balance(member) > bank_before
     finally:
         await browser.aclose()
+
+
+async def test_a_refused_form_is_explained_in_the_members_language(fintech: FintechClient) -> None:
+    member = new_member()
+    await fintech.open_bank(member, top_up=10_000)
+    browser = await signed_in_browser(fintech, member)
+    browser.cookies.set(LANGUAGE_COOKIE, "ja")
+    try:
+        transfer = form_fields((await browser.get("/bank")).text, "/bank/transfer")
+        to_self = await browser.post("/bank/transfer", data={**transfer, "to_member_id": member, "amount_minor": "100"})
+        assert to_self.status_code == 303 and to_self.headers["location"] == "/bank"
+        assert "ご自身の口座には送金できません。" in (await browser.get("/bank")).text
+
+        # Closing a statement without a card: a message on the card page, not an error document.
+        # (A page without a card has no such form; the session's CSRF token is the apply form's.)
+        token = form_fields((await browser.get("/card")).text, "/card/apply")["csrf_token"]
+        no_card = await browser.post("/card/statements/close-now", data={"csrf_token": token})
+        assert no_card.status_code == 303 and no_card.headers["location"] == "/card"
+        assert "まだKizunaカードをお持ちではありません。" in (await browser.get("/card")).text
+    finally:
+        await browser.aclose()
+    assert await fintech.bank_balance(member) == 10_000

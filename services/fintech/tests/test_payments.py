@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import grpc
 import nats
@@ -78,7 +79,8 @@ async def test_void_releases_the_hold_and_capture_after_void_fails(fintech: Fint
 async def test_concurrent_authorizations_never_exceed_the_limit(fintech: FintechClient) -> None:
     member = new_member()
     await fintech.apply_card(member, income=1_000_000)  # limit 100,000
-    results = await asyncio.gather(*(fintech.authorize(member, 7_000) for _ in range(30)))
+    # Thirty at once queue on the card's lock (and the connection pool): each may wait its turn.
+    results = await asyncio.gather(*(fintech.authorize(member, 7_000, timeout=60) for _ in range(30)))
     approved = [r for r in results if r.status == APPROVED]
     assert len(approved) == 14, "100,000 holds fourteen 7,000 authorizations, not more"
     assert {r.decline_reason for r in results if r.status == DECLINED} == {fintech_pb2.DECLINE_REASON_LIMIT}
@@ -114,7 +116,7 @@ async def test_declines_carry_a_reason_and_fraud_publishes_an_event(fintech: Fin
     too_big = await fintech.authorize(member, 1_500_000)
     assert too_big.status == DECLINED and too_big.decline_reason == fintech_pb2.DECLINE_REASON_FRAUD_RULE
     # Velocity is about spending at outside merchants (the ecosystem's own are member-authenticated).
-    outside = {"service": "partner-cafe", "merchant": "cafe"}
+    outside: dict[str, Any] = {"service": "partner-cafe", "merchant": "cafe"}
     retry = await fintech.authorize(member, 2_000, "k", **outside)
     assert retry.status == APPROVED
     for _ in range(4):

@@ -109,7 +109,8 @@ async def transfer(
     if to_member == from_member:
         raise InvalidArgument("cannot transfer to your own account")
     await require_account(session, from_member)
-    await require_account(session, to_member)
+    if await session.get(LedgerAccount, ledger.bank_account(to_member), populate_existing=True) is None:
+        raise NotFound(f"member {to_member!r} has no bank account to receive the transfer")
     entry_id = await ledger.post(
         session,
         kind="bank_transfer",

@@ -19,12 +19,12 @@ from kizuna.kit.i18n import gettext as _
 from kizuna.kit.oidc_client import SignedInMember, WebMember
 from kizuna.kit.web import format_money as money
 from kizuna.kit.web import format_points, page_templates
-from kizuna.kit.web.wording import for_member
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from fintech import bank, cards, ledger, lines, payments, securities, statements
 from fintech.context import Fintech, fintech_of
 from fintech.idempotency import run_once
+from fintech.refusals import refusal_for_member
 
 router = APIRouter(include_in_schema=False)
 templates = page_templates(
@@ -71,7 +71,7 @@ def _paid(bank_minor: int, points: int) -> str:
 
 
 def _refused(request: Request, path: str, exc: DomainError) -> Response:
-    return _back(request, path, for_member(exc.message), "error")
+    return _back(request, path, refusal_for_member(exc.message), "error")
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -113,9 +113,12 @@ async def close_statement_page(request: Request, member: SignedInMember) -> Resp
     ctx = _ctx(request)
     if not ctx.settings.fintech_sandbox:
         return _back(request, "/card", _("Closing a statement on demand is available in the sandbox only."), "warning")
-    async with ctx.db.transaction() as session:
-        card = await cards.require_card(session, ctx, member.member_id)
-        statement = await statements.close(session, ctx, card.card_id, ctx.clock.now())
+    try:
+        async with ctx.db.transaction() as session:
+            card = await cards.require_card(session, ctx, member.member_id)
+            statement = await statements.close(session, ctx, card.card_id, ctx.clock.now())
+    except DomainError as exc:
+        return _refused(request, "/card", exc)
     if statement is None:
         return _back(request, "/card", _("Nothing to bill yet."), "info")
     return _back(request, "/card", _("Your statement is closed."))
