@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from kizuna.travel.v1 import events_pb2
+from sqlalchemy import text
 from travel.http_api import BookingCreate, booking_request
 
 from .refusing_fintech import RefusingFintech
@@ -196,3 +197,50 @@ async def test_a_card_network_failure_undoes_the_booking_once_fintech_is_back(tr
     travel.clock.at = travel.bookings.clock.now() + timedelta(minutes=5)
     await travel.bookings.recover_stuck()
     assert (await travel.nights(ROOM, days_ahead(10), days_ahead(12))) == [(8, 0, 0)] * 2
+
+
+async def test_recovery_confirms_a_saga_that_stopped_after_capturing(travel: TravelEnv, database_url: str) -> None:
+    """Travel stops after points and card are captured, before the booking is confirmed: the
+    recovery job confirms it. Played by holding the stay's inventory rows in another transaction,
+    which the confirmation waits for (row locks: PostgreSQL), and stopping the saga meanwhile."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the crash is placed with a row lock, which SQLite does not have")
+    member = await travel.member(points=1_000)
+    limit = await travel.card_available(member.id)
+    body = booking_body(points=1_000, key="almost")
+    travel.points.set("hold")
+    saga = asyncio.create_task(travel.bookings.book(member.id, member.token, booking_request(BookingCreate(**body))))
+
+    async def reserving() -> bool:
+        return bool(travel.points.held)  # the nights are held, Reserve is on its way
+
+    await wait_until(reserving, timeout=10)
+    async with travel.runtime.db.transaction() as blocker:
+        await blocker.execute(
+            text(
+                "SELECT night FROM travel_inventory WHERE room_type_id = :r AND night >= :a AND night < :b FOR UPDATE"
+            ),
+            {"r": ROOM, "a": days_ahead(10), "b": days_ahead(12)},
+        )
+        travel.points.set("pass")
+
+        async def captured() -> bool:
+            rows = await travel.sql("SELECT step FROM travel_booking WHERE member_id = :m", m=member.id)
+            return bool(rows) and rows[0][0] == "captured"
+
+        await wait_until(captured, timeout=30)
+        saga.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await saga
+    assert (await travel.http.get("/api/bookings", headers=member.headers)).json()["bookings"] == []
+    assert (await travel.nights(ROOM, days_ahead(10), days_ahead(12))) == [(8, 1, 0)] * 2
+
+    travel.clock.at = travel.bookings.clock.now() + timedelta(minutes=5)
+    assert await travel.bookings.recover_stuck() == 1
+
+    [booking] = (await travel.http.get("/api/bookings", headers=member.headers)).json()["bookings"]
+    assert booking["status"] == "confirmed"
+    assert (await travel.nights(ROOM, days_ahead(10), days_ahead(12))) == [(8, 0, 1)] * 2
+    assert await travel.spent_on_travel(member.id) == 1_000
+    assert await travel.card_available(member.id) == limit - booking["card_amount"]["amount_minor"]
+    assert len(await stream_events(travel.nats_url, "travel.booking.confirmed", member.id)) == 1

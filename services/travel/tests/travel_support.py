@@ -73,14 +73,16 @@ def travel_settings(
 
 
 class Relay:
-    """A TCP relay in front of a real service: `pass` forwards, `stall` holds every byte (calls wait
-    until their deadline or until cancelled), `cut` drops every connection and refuses new ones."""
+    """A TCP relay in front of a real service: `pass` forwards, `stall` swallows every byte (calls
+    wait until their deadline or until cancelled), `hold` keeps every byte and delivers it when the
+    relay passes again, `cut` drops every connection and refuses new ones."""
 
     def __init__(self, target: str) -> None:
         host, port = target.rsplit(":", 1)
         self.target = (host, int(port))
         self.mode = "pass"
         self.stalled_bytes = 0
+        self.held: list[tuple[asyncio.StreamWriter, bytes]] = []
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -94,6 +96,10 @@ class Relay:
         if (mode != self.mode and self.mode == "stall") or mode == "cut":
             for writer in list(self._writers):
                 writer.close()
+        if self.mode == "hold" and mode != "hold":
+            for writer, data in self.held:
+                writer.write(data)
+            self.held.clear()
         self.mode = mode
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -117,6 +123,9 @@ class Relay:
             while data := await src.read(65536):
                 if self.mode == "stall":
                     self.stalled_bytes += len(data)
+                    continue
+                if self.mode == "hold":
+                    self.held.append((dst, data))
                     continue
                 if self.mode == "cut":
                     break
