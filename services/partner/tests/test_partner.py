@@ -299,12 +299,15 @@ async def test_the_partners_statement_page(ecosystem: Ecosystem, partner_service
         anonymous = await http.get("/statement")
         page = await http.get("/statement", params={"month": _month()}, auth=till.auth)
         wrong = await http.get("/statement", auth=(till.auth[0], "not-it"))
-        bad_month = await http.get("/statement", params={"month": "13/2026"}, auth=till.auth)
+        japanese = {"accept-language": "ja"}
+        bad_month = await http.get("/statement", params={"month": "13/2026"}, auth=till.auth, headers=japanese)
+        explained = await http.get("/statement", auth=till.auth, headers=japanese)
     assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"].startswith("Basic")
     assert wrong.status_code == 401
     assert page.status_code == 200, page.text
     assert "Shibuya" in page.text and "120 pt" in page.text, page.text
     assert bad_month.status_code == 303  # back to this month, with the error as a message
+    assert "月は 2026-12 のように入力してください。" in explained.text, explained.text
 
 
 def _basic(raw: bytes) -> str:
