@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from kizuna.kit.i18n import COOKIE as LANGUAGE_COOKIE
-from kizuna.kit.testing import TestIssuer
 
 from .fintech_world import FintechClient, new_member, signed_in_browser
 
@@ -127,42 +126,73 @@ async def _pay_button_names_only_what_is_paid(page: Any, lang: str) -> list[str]
     return [] if seen == expected else [f"{lang} /card pay button reads {seen}, not {expected}"]
 
 
+async def _look(page: Any, lang: str, name: str, shots: Path) -> list[str]:
+    """What is wrong with the page shown now, at each width: too wide, internal ids, English in Japanese."""
+    problems: list[str] = []
+    for width in WIDTHS:
+        await page.set_viewport_size({"width": width, "height": 900})
+        await page.screenshot(path=str(shots / f"{lang}-{width}-{name}.png"), full_page=True)
+        size = await page.evaluate(WIDEST)
+        if size["scroll"] > width:
+            problems.append(f"{lang} {name} at {width}px is {size['scroll']}px wide ({size['what']})")
+    text = await page.inner_text("main")
+    if ID.search(text):
+        problems.append(f"{lang} {name} shows an internal id: {ID.findall(text)}")
+    if lang == "ja":
+        problems += [f"ja {name} shows English: {line!r}" for line in _english_in(text)]
+    return problems
+
+
+async def _signed_in(fintech: FintechClient, chromium: Any, member: str, lang: str) -> Any:
+    session = await signed_in_browser(fintech, member)
+    url = str(fintech.http.base_url)
+    cookies = [{"name": name, "value": value, "url": url} for name, value in session.cookies.items()]
+    await session.aclose()
+    context = await chromium.new_context(viewport={"width": 1280, "height": 900}, locale=lang)
+    await context.add_cookies([*cookies, {"name": LANGUAGE_COOKIE, "value": lang, "url": url}])
+    return context
+
+
 @pytest.mark.timeout(600)
 async def test_every_page_fits_the_screen_and_speaks_the_members_language(
-    fintech: FintechClient, chromium: Any, test_issuer: TestIssuer, tmp_path: Path
+    fintech: FintechClient, chromium: Any, tmp_path: Path
 ) -> None:
     member, _friend = await _member_with_everything(fintech)
-    session = await signed_in_browser(fintech, member)
-    cookies = [
-        {"name": name, "value": value, "url": str(fintech.http.base_url)} for name, value in session.cookies.items()
-    ]
-    await session.aclose()
     problems: list[str] = []
     for lang in ("en", "ja"):
-        context = await chromium.new_context(viewport={"width": 1280, "height": 900}, locale=lang)
-        await context.add_cookies(
-            [*cookies, {"name": LANGUAGE_COOKIE, "value": lang, "url": str(fintech.http.base_url)}]
-        )
+        context = await _signed_in(fintech, chromium, member, lang)
         page = await context.new_page()
         try:
             for path in PAGES:
-                for width in WIDTHS:
-                    await page.set_viewport_size({"width": width, "height": 900})
-                    response = await page.goto(f"{fintech.http.base_url}{path}")
-                    assert response is not None and response.status == 200, path
-                    await page.screenshot(
-                        path=str(tmp_path / f"{lang}-{width}{path.replace('/', '-')}.png"), full_page=True
-                    )
-                    size = await page.evaluate(WIDEST)
-                    if size["scroll"] > width:
-                        problems.append(f"{lang} {path} at {width}px is {size['scroll']}px wide ({size['what']})")
+                response = await page.goto(f"{fintech.http.base_url}{path}")
+                assert response is not None and response.status == 200, path
+                problems += await _look(page, lang, path.strip("/"), tmp_path)
                 if path == "/card":
                     problems += await _pay_button_names_only_what_is_paid(page, lang)
-                text = await page.inner_text("main")
-                if ID.search(text):
-                    problems.append(f"{lang} {path} shows an internal id: {ID.findall(text)}")
-                if lang == "ja":
-                    problems += [f"ja {path} shows English: {line!r}" for line in _english_in(text)]
+        finally:
+            await context.close()
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.timeout(600)
+async def test_a_newcomers_pages_and_the_issued_card_fit_and_speak_the_members_language(
+    fintech: FintechClient, chromium: Any, tmp_path: Path
+) -> None:
+    problems: list[str] = []
+    for lang in ("en", "ja"):
+        context = await _signed_in(fintech, chromium, new_member(), lang)
+        page = await context.new_page()
+        try:
+            for path in PAGES:
+                response = await page.goto(f"{fintech.http.base_url}{path}")
+                assert response is not None and response.status == 200, path
+                problems += await _look(page, lang, f"new-{path.strip('/')}", tmp_path)
+            await page.goto(f"{fintech.http.base_url}/card")
+            await page.fill("#income", "4000000")
+            await page.locator("form[action='/card/apply'] button").click()
+            number = await page.inner_text("[data-card-number]")
+            assert re.fullmatch(r"\d{16}", number), number
+            problems += await _look(page, lang, "issued", tmp_path)
         finally:
             await context.close()
     assert not problems, "\n".join(problems)
