@@ -21,10 +21,8 @@ from identity.service import service
 from identity.settings import Settings
 from kizuna.kit import declaration
 from kizuna.kit.service import Runtime
-from kizuna.kit.testing import (
-    free_port,
-    reset_streams,  # noqa: F401 (re-exported)
-)
+from kizuna.kit.testing import free_port
+from kizuna.kit.testing import reset_streams as reset_streams  # re-exported for the tests
 
 PASSWORD = "correct horse battery"
 WEB_SECRET = "web-secret-0123456789abcdef"
