@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -119,6 +120,9 @@ def _add_span_processor(provider: TracerProvider, processor: SpanProcessor) -> N
     global _exporting
     provider.add_span_processor(processor)
     _exporting = True
+    for engine in list(_untraced_engines):
+        _trace_statements(engine)
+    _untraced_engines.clear()
 
 
 def add_span_processor(processor: SpanProcessor) -> None:
@@ -208,32 +212,36 @@ class _InTraceOnly:
         )
 
 
+# Engines created while no span is recorded: their statements are traced once spans are.
+_untraced_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
 def instrument_database(engine: AsyncEngine) -> None:
-    """A CLIENT span per SQL statement on this engine (inside a trace), by OpenTelemetry's SQLAlchemy
-    instrumentation, and the pool's `db.client.connections.usage`."""
+    """A CLIENT span per SQL statement on this engine, inside a trace, by OpenTelemetry's SQLAlchemy
+    instrumentation: from now on while spans are recorded, else from when they are. Until then the
+    engine has no listener of the instrumentation's, so a statement costs nothing more."""
+    # The async engine runs its statements on the sync engine inside it: its events are the ones.
+    if _exporting:
+        _trace_statements(engine.sync_engine)
+    else:
+        _untraced_engines.add(engine.sync_engine)
+
+
+def _trace_statements(engine: Engine) -> None:
     from opentelemetry.instrumentation.sqlalchemy import engine as sqlalchemy_instrumentation
     from opentelemetry.instrumentation.sqlalchemy.version import __version__ as version
-    from opentelemetry.semconv.metrics import MetricInstruments
 
-    # The instrumentation has no annotations; its tracer of an engine, typed here.
+    global _sql_tracer
+    if _sql_tracer is None:
+        _opt_in_to_stable_conventions()
+        _sql_tracer = _InTraceOnly(trace.get_tracer("opentelemetry.instrumentation.sqlalchemy", version))
+    # The instrumentation has no annotations; its tracer of an engine, typed here. Its pool gauge
+    # (db.client.connections.usage) is left out: an engine traced after it started would count
+    # the connections it already had wrong, and no dashboard reads it.
     engine_tracer: Callable[[_InTraceOnly, Engine, metrics.UpDownCounter], object] = (
         sqlalchemy_instrumentation.EngineTracer
     )
-
-    global _sql_tracer, _connections_usage
-    _opt_in_to_stable_conventions()
-    if _sql_tracer is None or _connections_usage is None:
-        _sql_tracer = _InTraceOnly(trace.get_tracer("opentelemetry.instrumentation.sqlalchemy", version))
-        _connections_usage = metrics.get_meter(
-            "opentelemetry.instrumentation.sqlalchemy", version
-        ).create_up_down_counter(
-            MetricInstruments.DB_CLIENT_CONNECTIONS_USAGE,
-            unit="connections",
-            description="The number of connections that are currently in state described by the state attribute.",
-        )
-    # The async engine runs its statements on the sync engine inside it: its events are the ones.
-    engine_tracer(_sql_tracer, engine.sync_engine, _connections_usage)
+    engine_tracer(_sql_tracer, engine, metrics.NoOpUpDownCounter("db.client.connections.usage"))
 
 
 _sql_tracer: _InTraceOnly | None = None
-_connections_usage: metrics.UpDownCounter | None = None
