@@ -134,3 +134,30 @@ async def test_the_migration_keeps_each_lots_expiry(database_url: str, tmp_path:
     assert wallets["b"] is None  # no rolling lots: set by the first credit
     # The lot that had lapsed before the last credit keeps its own date as a fixed one.
     assert lots == [(1, True), (2, True), (3, False), (4, False)]
+
+
+async def test_reserve_takes_lots_in_spend_order_beyond_the_first_it_reads(points: Points) -> None:
+    await points.register("m")
+    now = points.clock.now()
+    for n in range(12):
+        await points.credit("m", 5)  # regular, rolling
+        await points.credit("m", 5, kind=pb.CREDIT_KIND_LIMITED_TIME, expires_at=now + (30 - n) * DAY)
+    # 24 lots: the 12 limited-time lots (60 points, the soonest to expire first) are spent first.
+    held = await points.reserve("m", 70)
+    balance = await points.balance("m")
+    assert (balance.total, balance.limited_time, balance.regular, balance.pending) == (50, 0, 50, 70)
+    await points.capture(held.reservation_id)
+    # More than the member has: refused with what they have, nothing held.
+    call = points.stub.Reserve(
+        pb.ReserveRequest(member_id="m", amount=51, idempotency_key=key()), metadata=points.auth(member="m")
+    )
+    try:
+        await call
+        raise AssertionError("a reserve above the balance was accepted")
+    except grpc.aio.AioRpcError as refused:
+        assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert refused.details() == "insufficient points: 51 requested, 50 available"
+    assert (await points.balance("m")).pending == 0
+    # Expiring soonest first among limited-time lots: after 20 days, nothing limited is left to expire.
+    points.clock.advance(40 * DAY)
+    assert (await points.balance("m")).total == 50

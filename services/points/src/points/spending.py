@@ -10,14 +10,14 @@ from datetime import datetime, timedelta
 from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from kizuna.kit.events import publish
 from kizuna.points.v1 import events_pb2 as ev
-from sqlalchemy import bindparam, insert, or_, update
+from sqlalchemy import bindparam, case, insert, update
 from sqlalchemy import select as core_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from points import ledger
 from points.journal import HOLDS, LOTS, RESERVATIONS, new_id, post_entry, ts
-from points.ledger import HoldState, LotState
+from points.ledger import LIMITED_TIME, HoldState, LotState
 from points.ledger_metrics import count_on_commit, points_spent
 from points.models import (
     ACCOUNT_EXPIRED,
@@ -101,11 +101,24 @@ class Refunded:
 
 _INSERT_HOLD = insert(HOLDS)
 _INSERT_RESERVATION = insert(RESERVATIONS).returning(RESERVATIONS.c.id)
-_LIVE_LOTS = core_select(LOTS.c.id, LOTS.c.kind, LOTS.c.remaining, LOTS.c.expires_at, LOTS.c.rolling).where(
-    LOTS.c.member_id == bindparam("member"),
-    LOTS.c.remaining > 0,
-    or_(LOTS.c.rolling.is_(True), LOTS.c.expires_at > bindparam("now", type_=LOTS.c.expires_at.type)),
+# The member's live lots in spend order (limited-time first, then the soonest to expire; a rolling
+# lot expires at the wallet's rolling expiry): Reserve reads the first FIRST_LOTS of them, which
+# nearly always cover the amount, and all of them only when they do not, so its cost does not grow
+# with the member's history of lots.
+_LOT_EXPIRY = case(
+    (LOTS.c.rolling.is_(True), bindparam("rolling", type_=LOTS.c.expires_at.type)), else_=LOTS.c.expires_at
 )
+_LIVE_LOTS = (
+    core_select(LOTS.c.id, LOTS.c.kind, LOTS.c.remaining, _LOT_EXPIRY.label("expires_at"))
+    .where(
+        LOTS.c.member_id == bindparam("member"),
+        LOTS.c.remaining > 0,
+        _LOT_EXPIRY > bindparam("now", type_=LOTS.c.expires_at.type),
+    )
+    .order_by(LOTS.c.kind != LIMITED_TIME, _LOT_EXPIRY, LOTS.c.id)
+)
+_FIRST_LIVE_LOTS = _LIVE_LOTS.limit(bindparam("first"))
+FIRST_LOTS = 16
 _TAKE_FROM_LOT = (
     update(LOTS).where(LOTS.c.id == bindparam("lot")).values(remaining=LOTS.c.remaining - bindparam("points"))
 )
@@ -149,10 +162,12 @@ async def reserve(
     if session.new or session.dirty:
         await session.flush()
     conn = await session.connection()
-    lots = [
-        LotState(row.id, row.kind, row.remaining, lot_expiry(row.rolling, row.expires_at, wallet.rolling_expires_at))
-        for row in await conn.execute(_LIVE_LOTS, {"member": wallet.member_id, "now": now})
-    ]
+    # A rolling lot follows the wallet's rolling expiry (None: the member has no rolling lots).
+    params = {"member": wallet.member_id, "now": now, "rolling": wallet.rolling_expires_at or now}
+    rows = (await conn.execute(_FIRST_LIVE_LOTS, {**params, "first": FIRST_LOTS})).all()
+    if len(rows) == FIRST_LOTS and sum(row.remaining for row in rows) < request.amount:
+        rows = (await conn.execute(_LIVE_LOTS, params)).all()
+    lots = [LotState(row.id, row.kind, row.remaining, row.expires_at) for row in rows]
     takes = ledger.allocate(lots, request.amount, now)
     expires_at = now + timedelta(seconds=request.ttl_seconds or default_ttl)
     reservation_id = new_id("rsv")
