@@ -218,6 +218,9 @@ async def test_wallet_shows_held_spends_and_points_being_earned_in_the_members_l
         assert "40 held" in english and "Held: checkout" in english
         assert "+200 being earned" in english and "Being earned at shop on order o9" in english
         assert "When the purchase completes" in english
+        assert '<tr data-testid="held" data-service="shop" data-amount="-40">' in english
+        assert '<tr data-testid="being-earned" data-service="shop" data-amount="200">' in english
+        assert '<tr data-testid="posted" data-service="fintech" data-amount="100">' in english
 
         signed_in.cookies.set("kz_lang", "ja")
         japanese = (await signed_in.get("/wallet")).text
