@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats
-from kizuna.kit import migrations
+from kizuna.kit import events, migrations
 from kizuna.kit.db import Database
 from kizuna.kit.events import Consumer, ConsumerWorker, OutboxMessage, OutboxRelay, ensure_stream
 from kizuna.kit.service import Runtime
@@ -222,6 +223,102 @@ async def test_an_event_staged_in_a_savepoint_is_published_when_the_transaction_
     finally:
         relay.stop()
         await running
+        await nc.close()
+        await db.dispose()
+
+
+async def test_a_commit_hands_its_events_to_the_relay_but_not_those_a_savepoint_rolled_back(
+    nats_url: str, database_url: str
+) -> None:
+    """Published without a poll (the relay's safety net is far away) and without reading the row
+    back; an event staged in a savepoint that rolled back was never committed and never leaves."""
+    await reset_streams(nats_url, "DEMO")
+    await asyncio.to_thread(migrations.upgrade, database_url, DEMO_MIGRATIONS)
+    db = Database(database_url)
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_stream(js, "demo")
+    relay = OutboxRelay(db, js, source="kizuna/demo", poll_seconds=60)
+    handed: list[list[str]] = []
+    publish_committed = relay.publish_committed
+
+    async def recorded(rows):  # type: ignore[no-untyped-def]
+        handed.append([row.event_id for row in rows])
+        await publish_committed(rows)
+
+    relay.publish_committed = recorded  # type: ignore[method-assign]
+    running = asyncio.create_task(relay.run())
+    try:
+        await asyncio.sleep(0.2)  # the relay's first (empty) flush is done; it now waits
+        async with db.transaction() as session:
+            kept = await write_note(session, "kept")
+            try:
+                async with session.begin_nested():
+                    await write_note(session, "rolled back")
+                    await session.flush()
+                    raise RuntimeError("undo the savepoint")
+            except RuntimeError:
+                pass
+
+        async def published() -> list[str]:
+            return [m.headers["ce-subject"] for m in await stream_messages(nats_url, "demo.note.created")]
+
+        assert await wait_until(published, timeout=5) == ["kept"]
+        assert handed == [[kept]]
+        await wait_until(lambda: _no_pending(relay))
+        await asyncio.sleep(0.3)
+        assert await published() == ["kept"]
+        async with db.sessions() as session:
+            assert [row.event_id for row in (await session.exec(select(OutboxMessage))).all()] == [kept]
+    finally:
+        relay.stop()
+        await running
+        await nc.close()
+        await db.dispose()
+
+
+async def _no_pending(relay: OutboxRelay) -> bool:
+    return await relay.pending() == 0
+
+
+async def test_relay_killed_after_publishing_handed_over_rows_takes_effect_once(
+    nats_url: str, database_url: str
+) -> None:
+    """Handed-over rows published, then the mark-sent fails: they stay pending, and the flush that
+    follows publishes them again, which JetStream drops as duplicates."""
+    await reset_streams(nats_url, "DEMO")
+    await asyncio.to_thread(migrations.upgrade, database_url, DEMO_MIGRATIONS)
+    db = Database(database_url)
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_stream(js, "demo")
+    try:
+        handed: list[Any] = []
+        relay = OutboxRelay(db, js, source="kizuna/demo")
+        relay._loop = asyncio.get_running_loop()
+        events._commit_listeners.append(lambda bind, rows: handed.extend(rows))
+        try:
+            async with db.transaction() as session:
+                await write_note(session, "first")
+                await write_note(session, "second")
+        finally:
+            events._commit_listeners.pop()
+        assert [row.subject for row in handed] == ["demo.note.created"] * 2
+
+        async def killed(ids: list[int]) -> None:
+            raise ConnectionAbortedError("relay process killed between publish and mark-sent")
+
+        relay._mark_all_sent = killed  # type: ignore[method-assign]
+        try:
+            await relay.publish_committed(handed)
+        except ConnectionAbortedError:
+            pass
+        assert (await js.stream_info("DEMO")).state.messages == 2
+        assert await OutboxRelay(db, js, source="kizuna/demo").pending() == 2
+        assert await OutboxRelay(db, js, source="kizuna/demo").flush() == 2
+        assert (await js.stream_info("DEMO")).state.messages == 2
+        assert await OutboxRelay(db, js, source="kizuna/demo").pending() == 0
+    finally:
         await nc.close()
         await db.dispose()
 

@@ -28,7 +28,7 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -52,6 +52,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy,
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy import Column, LargeBinary, String, delete, func, text, update
 from sqlalchemy import event as sa_event
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlmodel import JSON, Field, SQLModel, col, select
@@ -144,32 +145,49 @@ def publish(
     if member_id:
         headers["ce-subject"] = member_id
     inject_headers(headers)
-    session.add(
-        OutboxMessage(
-            event_id=event_id,
-            subject=subject,
-            payload=message.SerializeToString(deterministic=True),
-            headers=headers,
-            created_at=now,
-        )
+    row = OutboxMessage(
+        event_id=event_id,
+        subject=subject,
+        payload=message.SerializeToString(deterministic=True),
+        headers=headers,
+        created_at=now,
     )
-    session.sync_session.info["kizuna_outbox_staged"] = True
+    session.add(row)
+    session.sync_session.info.setdefault("kizuna_outbox_staged", []).append(row)
     return event_id
 
 
-_commit_listeners: list[Callable[[], None]] = []
+class Staged(NamedTuple):
+    """An outbox row as its transaction committed it, handed to the relay by the commit."""
+
+    id: int
+    event_id: str
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+
+
+# Called after an outermost commit that staged events: (the session's bind, the rows it committed).
+_commit_listeners: list[Callable[[Any, list[Staged]], None]] = []
 
 
 # Both events also fire when a savepoint (begin_nested) is released or rolled back; only the
-# outermost transaction's end decides whether the staged rows exist. (A savepoint's rollback may
-# leave the flag set for rows it took with it: one harmless extra wake.)
+# outermost transaction's end decides whether the staged rows exist. A row staged in a savepoint
+# that rolled back is no longer persistent after the commit (SQLAlchemy made it transient again),
+# so it is not handed to the relays; a rollback may leave only such rows: one harmless extra wake.
 @sa_event.listens_for(Session, "after_commit")
 def _wake_relays(session: Session) -> None:
     if session.in_nested_transaction():
         return
-    if session.info.pop("kizuna_outbox_staged", False):
+    staged: list[OutboxMessage] | None = session.info.pop("kizuna_outbox_staged", None)
+    if staged:
+        committed = [
+            Staged(row.id, row.event_id, row.subject, row.payload, row.headers)
+            for row in staged
+            if row.id is not None and sa_inspect(row).persistent
+        ]
         for wake in list(_commit_listeners):
-            wake()
+            wake(session.bind, committed)
 
 
 @sa_event.listens_for(Session, "after_rollback")
@@ -233,7 +251,18 @@ async def ensure_stream(
 
 
 class OutboxRelay:
-    """Publishes committed outbox rows to JetStream, oldest first, and marks them sent."""
+    """Publishes committed outbox rows to JetStream and marks them sent.
+
+    Two ways to the same result. A commit in this process hands the relay the rows it staged, and
+    the relay publishes them at once without reading them back (no query before the publish, the
+    event's latency path). `flush` reads every unsent row instead, oldest first, under
+    `FOR UPDATE SKIP LOCKED` so that replicas share the work: when the relay starts, after any
+    failure, when a commit's rows could not be handed over, and every `poll_seconds` as the safety
+    net for rows whose process died before publishing them. Rows are handed over only while the
+    last flush left no backlog, so events still leave in the order they committed. A row published
+    twice (by both ways, or by two replicas) is dropped by JetStream as a duplicate of its
+    `Nats-Msg-Id` (the consumers' inboxes absorb one seen after the duplicate window).
+    """
 
     def __init__(
         self,
@@ -260,14 +289,30 @@ class OutboxRelay:
         self._stopping = False
         self._lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Rows commits handed over, in commit order; a full flush is due (at start: unknown backlog).
+        self._ready: list[Staged] = []
+        self._flush_due = True
+        self._next_flush_at = 0.0
 
-    def wake(self) -> None:
-        """Ask for a flush soon (thread-safe: commits may happen in worker threads)."""
+    def wake(self, bind: Any = None, rows: Sequence[Staged] = ()) -> None:
+        """A commit staged events (thread-safe: commits may happen in worker threads). `rows`, when
+        the commit was on this relay's database (`bind`), are published as they are; a commit
+        elsewhere (another engine, perhaps on the same database) asks for a flush."""
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._wake.set)
+            self._loop.call_soon_threadsafe(self._take, bind, list(rows))
+
+    def _take(self, bind: Any, rows: list[Staged]) -> None:
+        if bind is self.db.engine.sync_engine:
+            if not rows:
+                return  # everything it staged was rolled back with a savepoint
+            self._ready.extend(rows)
+        else:
+            self._flush_due = True
+        self._wake.set()
 
     async def run(self) -> None:
-        """Flush whenever woken by a commit, and every `poll_seconds` as a safety net."""
+        """Publish what commits hand over as they come, flush on start, after a failure and every
+        `poll_seconds`."""
         self._loop = asyncio.get_running_loop()
         _commit_listeners.append(self.wake)
         # Beside the relay, not in its loop: a long prune never delays publishing, and the backlog
@@ -275,14 +320,22 @@ class OutboxRelay:
         housekeeping = asyncio.create_task(self._housekeeping(), name="outbox-housekeeping")
         try:
             while not self._stopping:
+                failed = False
                 try:
-                    await self.flush()
+                    await self._relay_once()
                 except (nats.errors.Error, OSError) as exc:
+                    failed = True
                     log.warning("outbox relay could not publish; will retry", extra={"error": str(exc)})
                 except Exception:
+                    failed = True
                     log.exception("outbox relay failed; will retry")
+                if failed:
+                    self._flush_due = True  # what did not go out is read back, oldest first
+                elif self._ready or self._flush_due:
+                    continue  # handed over while this round was publishing
+                pause = max(0.0, self._next_flush_at - asyncio.get_running_loop().time())
                 try:
-                    await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+                    await asyncio.wait_for(self._wake.wait(), pause)
                 except TimeoutError:
                     pass
                 self._wake.clear()
@@ -295,6 +348,36 @@ class OutboxRelay:
             # its metric expiry) and hold the backlog alert up; the other pods measure on.
             outbox_pending.set(0)
             outbox_oldest_pending_age.set(0)
+
+    async def _relay_once(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._flush_due or now >= self._next_flush_at:
+            # The flush reads back every committed row, the handed-over ones too.
+            self._ready.clear()
+            self._next_flush_at = now + self.poll_seconds
+            self._flush_due = True
+            await self.flush()
+            self._flush_due = False
+        elif self._ready:
+            rows, self._ready = self._ready, []
+            await self.publish_committed(rows)
+
+    async def publish_committed(self, rows: Sequence[Staged]) -> None:
+        """Publish rows known to be committed, in the order given, then mark them sent (those
+        another relay marked meanwhile are left as they are)."""
+        async with self._lock:
+            for row in rows:
+                await self._publish(row)
+            await self._mark_all_sent([row.id for row in rows])
+
+    async def _mark_all_sent(self, ids: list[int]) -> None:
+        async with self.db.transaction() as session:
+            await session.exec(
+                update(OutboxMessage)
+                .where(col(OutboxMessage.id).in_(ids), col(OutboxMessage.sent_at).is_(None))
+                .values(sent_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
 
     async def _housekeeping(self) -> None:
         """Every `housekeeping_seconds` (with jitter, so replicas spread out; the first round a
@@ -357,7 +440,7 @@ class OutboxRelay:
                 await self._mark_sent(session, row)
             return len(rows)
 
-    async def _publish(self, row: OutboxMessage) -> None:
+    async def _publish(self, row: OutboxMessage | Staged) -> None:
         headers = dict(row.headers)
         headers["ce-source"] = self.source
         parent = extract_context(headers)
