@@ -190,7 +190,7 @@ async def _campaigns_hold_and_earning(
     shop_token = (
         await http.post(
             f"{issuer}/token",
-            auth=(SHOP_CLIENT["client_id"], SHOP_CLIENT["client_secret"]),
+            auth=(str(SHOP_CLIENT["client_id"]), str(SHOP_CLIENT["client_secret"])),
             data={"grant_type": "client_credentials", "scope": "points:admin points:spend"},
         )
     ).json()["access_token"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
 from kizuna.kit.auth import TokenVerifier
@@ -26,7 +27,7 @@ from services.identity.tests.identity_support import (
 from .relying_party import relying_party
 
 
-def rp_client(name: str, port: int) -> dict:
+def rp_client(name: str, port: int) -> dict[str, Any]:
     base = f"http://127.0.0.1:{port}"
     return {
         "client_id": name,
@@ -126,8 +127,8 @@ async def test_single_sign_on_then_logout_everywhere(nats_url: str, database_url
             async with runtime.db.sessions() as session:
                 rows = (await session.exec(select(WebSession))).all()
             assert rows and all(r.ended_at is not None for r in rows), name
-        after = await browser.get(f"{travel}/private", follow_redirects=False)
-        assert after.status_code == 303 and after.headers["location"].startswith("/auth/login")
+        travel_after = await browser.get(f"{travel}/private", follow_redirects=False)
+        assert travel_after.status_code == 303 and travel_after.headers["location"].startswith("/auth/login")
 
         # 4. The identity session is gone: prompt=none now answers login_required.
         silent = await authorize(

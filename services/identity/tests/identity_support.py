@@ -190,8 +190,7 @@ async def exchange(
     data = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
     if verifier is not None:
         data["code_verifier"] = verifier
-    auth = (client_id, secret) if secret else None
-    if auth is None:
-        data["client_id"] = client_id
     async with httpx.AsyncClient() as http:
-        return await http.post(f"{idp.issuer}/token", data=data, auth=auth)
+        if secret:
+            return await http.post(f"{idp.issuer}/token", data=data, auth=(client_id, secret))
+        return await http.post(f"{idp.issuer}/token", data={**data, "client_id": client_id})

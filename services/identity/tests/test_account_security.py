@@ -100,9 +100,10 @@ async def test_password_change_ends_other_sessions_and_revokes_their_refresh_tok
     receiver = BackchannelReceiver()
     server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
+    secret = "phoneapp-secret-0123456789"
     app = {
         "client_id": "phoneapp",
-        "client_secret": "phoneapp-secret-0123456789",
+        "client_secret": secret,
         "scopes": ["openid", "offline_access"],
         "redirect_uris": ["http://127.0.0.1:9/phoneapp/cb"],
         "backchannel_logout_uri": f"http://127.0.0.1:{port}/auth/backchannel-logout",
@@ -118,7 +119,7 @@ async def test_password_change_ends_other_sessions_and_revokes_their_refresh_tok
         )
         phone_tokens = (
             await exchange(
-                idp, phone_code, client_id="phoneapp", secret=app["client_secret"], redirect_uri=app["redirect_uris"][0]
+                idp, phone_code, client_id="phoneapp", secret=secret, redirect_uri="http://127.0.0.1:9/phoneapp/cb"
             )
         ).json()
         phone_sid = jwt.decode(phone_tokens["id_token"], KeySet.import_key_set(idp.provider.keys.jwks())).claims["sid"]
@@ -133,7 +134,7 @@ async def test_password_change_ends_other_sessions_and_revokes_their_refresh_tok
 
         # The phone is signed out and its refresh token is dead; the laptop carries on.
         assert (await phone.get("/account")).status_code == 302
-        phone_refresh = await refresh(idp, phone_tokens["refresh_token"], ("phoneapp", app["client_secret"]))
+        phone_refresh = await refresh(idp, phone_tokens["refresh_token"], ("phoneapp", secret))
         assert phone_refresh.status_code == 400 and phone_refresh.json()["error"] == "invalid_grant"
         assert (await laptop.get("/account")).status_code == 200
         assert (await refresh(idp, laptop_tokens["refresh_token"], ("web", WEB_SECRET))).status_code == 200

@@ -20,7 +20,9 @@ def mails_to(idp: Idp, address: str) -> list[str]:
     for path in sorted(drop.glob("*.eml")):
         message = message_from_bytes(path.read_bytes())
         if message["To"] == address:
-            bodies.append(str(message.get_payload(decode=True).decode()))
+            payload = message.get_payload(decode=True)
+            assert isinstance(payload, bytes)
+            bodies.append(payload.decode())
     return bodies
 
 

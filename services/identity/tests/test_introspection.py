@@ -45,7 +45,7 @@ async def test_only_the_tokens_client_and_first_party_services_may_introspect(
     async with running_identity(settings) as idp, httpx.AsyncClient(base_url=idp.issuer) as http:
         admin = await http.post(
             "/token",
-            auth=(ADMIN["client_id"], ADMIN["client_secret"]),
+            auth=(str(ADMIN["client_id"]), str(ADMIN["client_secret"])),
             data={"grant_type": "client_credentials", "scope": "identity:admin"},
         )
         partner = await http.post(

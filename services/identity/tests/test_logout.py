@@ -5,6 +5,7 @@ failing; never a redirect to an address the client has not registered."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import httpx
 from identity.tokens import Issuer, unverified_claims
@@ -14,7 +15,7 @@ from .identity_support import Idp, code_for, exchange, sign_up
 RETURN_TO = "http://127.0.0.1:9/"  # registered for the client "web"
 
 
-async def signed_in_with_id_token(idp: Idp, email: str) -> tuple[httpx.AsyncClient, dict]:
+async def signed_in_with_id_token(idp: Idp, email: str) -> tuple[httpx.AsyncClient, dict[str, Any]]:
     browser = idp.browser()
     assert (await sign_up(browser, email)).status_code == 303
     tokens = (await exchange(idp, await code_for(browser))).json()

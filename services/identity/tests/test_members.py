@@ -17,6 +17,7 @@ import pytest
 from kizuna.identity.v1 import events_pb2, identity_pb2, identity_pb2_grpc
 from kizuna.kit.auth import call_metadata
 from kizuna.kit.testing import wait_until
+from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
 from .identity_support import (
@@ -33,7 +34,7 @@ from .identity_support import (
 )
 
 
-async def events(nats_url: str, subject: str) -> list[nats.aio.msg.Msg]:
+async def events(nats_url: str, subject: str) -> list[Msg]:
     nc = await nats.connect(nats_url)
     try:
         sub = await nc.jetstream().pull_subscribe(subject, config=ConsumerConfig(inactive_threshold=5))
@@ -65,7 +66,7 @@ async def test_registration_publishes_the_member_id_once_and_emails_are_unique(i
     assert len(msgs) == 1
     event = events_pb2.MemberRegistered.FromString(msgs[0].data)
     assert event.member_id == member_id and event.display_name == "Ken"
-    assert msgs[0].headers["ce-subject"] == member_id
+    assert msgs[0].headers is not None and msgs[0].headers["ce-subject"] == member_id
 
     page = await browser.get("/account")
     await browser.post("/account/profile", data={"display_name": "Kenji", "csrf_token": csrf_of(page.text)})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from identity.sessions import SignInCounter
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Sum
 
 from .identity_support import Idp, sign_in, sign_up
 
@@ -16,9 +16,10 @@ def sign_ins_by_outcome(reader: InMemoryMetricReader) -> dict[str, int]:
         for scope in resource.scope_metrics:
             for metric in scope.metrics:
                 if metric.name == "kizuna.identity.sign_ins":
-                    assert metric.data.is_monotonic  # a counter: exported as kizuna_identity_sign_ins_total
+                    # A monotonic sum (a counter): exported as kizuna_identity_sign_ins_total.
+                    assert isinstance(metric.data, Sum) and metric.data.is_monotonic
                     for point in metric.data.data_points:
-                        counts[str(point.attributes["outcome"])] = int(point.value)
+                        counts[str((point.attributes or {})["outcome"])] = int(point.value)
     return counts
 
 

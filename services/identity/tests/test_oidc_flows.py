@@ -3,6 +3,8 @@ authorization code + PKCE, refresh, userinfo, introspection, revocation, client 
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
@@ -13,9 +15,10 @@ from joserfc.jwk import KeySet
 from .identity_support import SVC_SECRET, WEB_REDIRECT, WEB_SECRET, Idp, sign_up
 
 
-async def discover(idp: Idp) -> dict:
+async def discover(idp: Idp) -> dict[str, Any]:
     async with httpx.AsyncClient() as http:
-        return (await http.get(f"{idp.issuer}/.well-known/openid-configuration")).json()
+        document: dict[str, Any] = (await http.get(f"{idp.issuer}/.well-known/openid-configuration")).json()
+    return document
 
 
 async def test_code_pkce_refresh_userinfo_introspection_revocation_with_authlib_client(idp: Idp) -> None:

@@ -8,6 +8,7 @@ import base64
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -34,9 +35,10 @@ from .identity_support import (
 )
 
 
-def claims_of(token: str) -> dict:
+def claims_of(token: str) -> dict[str, Any]:
     payload = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return claims
 
 
 async def client_token(idp: Idp, client: tuple[str, str], scope: str) -> httpx.Response:
@@ -102,7 +104,7 @@ async def test_get_member_shows_name_and_email_only_as_the_member_consented(idp_
     await sign_up(browser, "private@example.com", name="Aiko")
 
     async def member_token(scope: str) -> str:
-        return (await exchange(idp_sqlite, await code_for(browser, scope=scope))).json()["access_token"]
+        return str((await exchange(idp_sqlite, await code_for(browser, scope=scope))).json()["access_token"])
 
     member_id = claims_of(await member_token("openid"))["sub"]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{idp_sqlite.runtime.grpc_port}") as channel:
@@ -112,7 +114,8 @@ async def test_get_member_shows_name_and_email_only_as_the_member_consented(idp_
             reply = await stub.GetMember(
                 identity_pb2.GetMemberRequest(member_id=member_id), metadata=call_metadata(token), timeout=5
             )
-            return reply.member
+            member: identity_pb2.Member = reply.member
+            return member
 
         bare = await get(await member_token("openid"))
         assert (bare.member_id, bare.display_name, bare.email) == (member_id, "", "")
@@ -199,7 +202,7 @@ async def test_the_admin_api_refuses_service_scopes_for_a_third_party_client(nat
         token = (
             await http.post(
                 "/token",
-                auth=(admin["client_id"], admin["client_secret"]),
+                auth=(str(admin["client_id"]), str(admin["client_secret"])),
                 data={"grant_type": "client_credentials", "scope": "identity:admin"},
             )
         ).json()["access_token"]

@@ -8,6 +8,7 @@ import base64
 import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -45,9 +46,11 @@ async def signed_in(idp: Idp, email: str = "sec@example.com") -> httpx.AsyncClie
     return browser
 
 
-async def introspect(idp: Idp, token: str) -> dict:
+async def introspect(idp: Idp, token: str) -> dict[str, Any]:
     async with httpx.AsyncClient() as http:
-        return (await http.post(f"{idp.issuer}/introspect", data={"token": token}, auth=("web", WEB_SECRET))).json()
+        response = await http.post(f"{idp.issuer}/introspect", data={"token": token}, auth=("web", WEB_SECRET))
+    body: dict[str, Any] = response.json()
+    return body
 
 
 async def refresh(idp: Idp, refresh_token: str, client: tuple[str, str] = ("web", WEB_SECRET)) -> httpx.Response:
@@ -222,7 +225,7 @@ async def test_refresh_token_is_bound_to_its_client(idp_sqlite: Idp) -> None:
 # ---- tokens at a resource server ----------------------------------------------------------------
 
 
-def _b64(data: dict) -> str:
+def _b64(data: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 

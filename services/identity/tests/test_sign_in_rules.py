@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import Any
 
 import httpx
 from identity.members import Member
@@ -27,7 +28,7 @@ from .identity_support import (
 )
 
 
-def id_token_claims(idp: Idp, tokens: dict) -> dict:
+def id_token_claims(idp: Idp, tokens: dict[str, Any]) -> dict[str, Any]:
     return dict(jwt.decode(tokens["id_token"], KeySet.import_key_set(idp.provider.keys.jwks())).claims)
 
 

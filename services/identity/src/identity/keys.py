@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from joserfc.jwk import ECKey
+from joserfc.jwk import ECKey, KeySetSerialization
 from kizuna.kit.db import Database, UTCDateTime
 from sqlalchemy import Column, LargeBinary, String
 from sqlmodel import JSON, Field, SQLModel, col, select
@@ -273,7 +273,7 @@ class KeyRing:
                 return ECKey.import_key(key.public_jwk)
         return None
 
-    def jwks(self) -> dict[str, Any]:
+    def jwks(self) -> KeySetSerialization:
         now = self.clock()
         return {"keys": [k.public_jwk for k in self.keys if k.published_at(now)]}
 
