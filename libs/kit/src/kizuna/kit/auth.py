@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextvars
+import hashlib
 import json
 import logging
 import time
@@ -174,6 +175,7 @@ class TokenVerifier:
         http: httpx.AsyncClient | None = None,
         jwks_url: str | None = None,
         deny_list: DenyList | None = None,
+        cache_size: int = 10_000,
     ) -> None:
         self.issuer = issuer.rstrip("/")
         self.deny_list = deny_list if deny_list is not None else DenyList()
@@ -186,6 +188,11 @@ class TokenVerifier:
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
         self._jwks_uri: str | None = jwks_url
+        # Tokens already verified, by their SHA-256: a caller sends the same token on every call
+        # until it expires, and checking its signature again costs more than the rest of the call's
+        # authorization. Each hit still checks expiry and the deny-list; new keys empty it.
+        self.cache_size = cache_size
+        self._verified: dict[bytes, tuple[Principal, float]] = {}
 
     async def _client(self) -> httpx.AsyncClient:
         if self._http is None:
@@ -214,6 +221,7 @@ class TokenVerifier:
             data = resp.json()
             self._keys = KeySet.import_key_set(data)
             self._kids = {k["kid"] for k in data.get("keys", []) if "kid" in k}
+            self._verified.clear()
             self._fetched_at = time.monotonic()
 
     async def check_reachable(self) -> None:
@@ -223,6 +231,35 @@ class TokenVerifier:
 
     async def verify(self, token: str, *, now: float | None = None) -> Principal:
         """Verify an access token or raise `Unauthenticated` saying why."""
+        moment = float(now if now is not None else time.time())
+        digest = hashlib.sha256(token.encode()).digest()
+        cached = self._verified.get(digest)
+        if cached is not None:
+            principal, valid_until = cached
+            if moment < valid_until:
+                revoked = self.deny_list.denies(principal.claims, moment)
+                if revoked is not None:
+                    raise InvalidToken(f"token revoked ({revoked})")
+                return principal
+            del self._verified[digest]
+        principal = await self._verify_fully(token, moment)
+        self._remember(digest, principal, moment)
+        return principal
+
+    def _remember(self, digest: bytes, principal: Principal, now: float) -> None:
+        """Keep a verified token until its `exp` (plus the leeway verification allows); bounded:
+        when full, expired entries go first, then the oldest."""
+        exp = principal.claims.get("exp")
+        if not isinstance(exp, int | float) or self.cache_size <= 0:
+            return
+        if len(self._verified) >= self.cache_size:
+            for key in [k for k, (_, until) in self._verified.items() if until <= now]:
+                del self._verified[key]
+            while len(self._verified) >= self.cache_size:
+                del self._verified[next(iter(self._verified))]
+        self._verified[digest] = (principal, float(exp) + self.leeway)
+
+    async def _verify_fully(self, token: str, now: float) -> Principal:
         try:
             header_b64, _payload, _sig = token.split(".")
             header = _b64json(header_b64)
@@ -246,7 +283,7 @@ class TokenVerifier:
         try:
             decoded = jwt.decode(token, self._keys.get_by_kid(kid), algorithms=[alg])
             registry = jwt.JWTClaimsRegistry(
-                now=int(now if now is not None else time.time()),
+                now=int(now),
                 leeway=self.leeway,
                 iss={"essential": True, "value": self.issuer},
                 aud={"essential": True, "value": self.audience},
@@ -257,7 +294,7 @@ class TokenVerifier:
         except JoseError as exc:
             raise InvalidToken(f"invalid token: {exc.error}") from None
         claims = decoded.claims
-        revoked = self.deny_list.denies(claims, float(now if now is not None else time.time()))
+        revoked = self.deny_list.denies(claims, now)
         if revoked is not None:
             raise InvalidToken(f"token revoked ({revoked})")
         return Principal(
