@@ -72,3 +72,35 @@ async def test_audit_command_passes_on_sound_books_and_names_what_is_broken(
     assert any(problem.startswith("cash balance is") for problem in report["problems"]), report["problems"]
     await tamper("UPDATE fintech_posting SET amount_minor = amount_minor - 1 WHERE account_id = 'cash'")
     assert (await run_audit())[0] == 0  # put back for the fixture's own audit
+
+
+async def test_an_audit_of_live_books_sees_one_moment(fintech: FintechClient) -> None:
+    """Transfers keep committing while audits run: each audit reads the books at one moment, so
+    a transfer between two of its queries never shows as a balance that misses its postings."""
+    from fintech import ledger
+
+    members = [new_member() for _ in range(3)]
+    for member in members:
+        await fintech.open_bank(member, top_up=1_000_000)
+
+    async def transfers() -> None:
+        for i in range(60):
+            sender, receiver = members[i % 3], members[(i + 1) % 3]
+            sent = await fintech.http.post(
+                "/api/bank/transfers",
+                json={"to_member_id": receiver, "amount_minor": 100 + i, "idempotency_key": f"live-{i}"},
+                headers=fintech.member_headers(sender),
+            )
+            assert sent.status_code == 200, sent.text
+
+    async def audits() -> list[list[str]]:
+        found = []
+        while not moving.done():
+            async with fintech.ctx.db.sessions() as session:
+                found.append((await ledger.audit(session)).problems)
+        return found
+
+    moving = asyncio.create_task(transfers())
+    reports = await audits()
+    await moving
+    assert reports and all(problems == [] for problems in reports), [p for p in reports if p][:3]

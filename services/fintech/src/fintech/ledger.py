@@ -196,7 +196,13 @@ class AuditReport:
 async def audit(session: AsyncSession) -> AuditReport:
     """Check the books from the stored rows: every entry has postings in one currency that sum to
     zero; every account's balance equals the sum of its postings (in its normal direction), in its
-    currency, and is not below its floor; every fund account equals the cost of the units held."""
+    currency, and is not below its floor; every fund account equals the cost of the units held.
+
+    Call it on a session that has not queried yet: on PostgreSQL every query then reads one
+    snapshot, so a live system's transfer committing between two of them cannot look like a
+    balance that does not match its postings."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     problems: list[str] = []
     per_entry = (
         await session.exec(
