@@ -142,8 +142,10 @@ def from_template(d: Declaration) -> dict[str, dict[str, Any]]:
                 "valueFrom": {"secretKeyRef": {"name": "identity-clients", "key": "clients.json"}},
             },
             {
-                "name": "IDENTITY_KEY_ENCRYPTION_KEY",
-                "valueFrom": {"secretKeyRef": {"name": "identity-key-encryption", "key": "key"}},
+                # The versioned key set, current first ("v2:<key>,v1:<key>"; identity's README, "Rotating
+                # the key-encryption key").
+                "name": "IDENTITY_KEY_ENCRYPTION_KEYS",
+                "valueFrom": {"secretKeyRef": {"name": "identity-key-encryption", "key": "keys"}},
             },
         ]
     for obj in objects.values():

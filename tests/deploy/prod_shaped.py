@@ -413,7 +413,7 @@ class ProdStack:
         self.nats_passwords = natsauth.generate_passwords([*SERVICES, "_ops"])
         docs = [
             secret("identity-clients", {"clients.json": result.stdout}),
-            secret("identity-key-encryption", {"key": base64.urlsafe_b64encode(os.urandom(32)).decode()}),
+            secret("identity-key-encryption", {"keys": "v1:" + base64.urlsafe_b64encode(os.urandom(32)).decode()}),
             secret("nats-users", self.nats_passwords),
             secret("fintech-secrets", {"CARD_TOKEN_KEY": secrets.token_urlsafe(48)}),
         ]

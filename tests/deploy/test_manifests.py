@@ -288,7 +288,7 @@ def test_identity_gets_its_clients_and_catalogue(rendered: dict[str, Rendered]) 
     (main,) = r.get("Deployment", ISSUER)["spec"]["template"]["spec"]["containers"]
     refs = secret_refs(main)
     assert refs["KIZUNA_CLIENTS"] == {"name": "identity-clients", "key": "clients.json"}
-    assert refs["IDENTITY_KEY_ENCRYPTION_KEY"]["key"] == "key"
+    assert refs["IDENTITY_KEY_ENCRYPTION_KEYS"] == {"name": "identity-key-encryption", "key": "keys"}
     secret = next(s for s in r.of_kind("Secret") if s["metadata"]["name"].startswith("identity-clients"))
     clients = {c["client_id"]: c for c in json.loads(base64.b64decode(secret["data"]["clients.json"]))}
     assert set(clients) == set(SERVICES) - {ISSUER}
