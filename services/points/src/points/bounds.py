@@ -6,14 +6,13 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from kizuna.kit.errors import (
     InvalidArgument,
 )
-from sqlalchemy import func
+from sqlalchemy import BigInteger, Integer, bindparam, func, text
 from sqlalchemy import select as core_select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -56,6 +55,24 @@ def check_points(amount: int, limits: Limits, what: str = "amount") -> None:
         raise InvalidArgument(f"{what} {amount} is above the most one credit may give ({limits.max_credit_points})")
 
 
+# PostgreSQL: the day's count and the charge in one round trip. The charge is written only when it
+# fits, so a refused credit leaves the count as it was (the same as reading, then upserting).
+_CHARGE_PG = text("""
+WITH used AS (
+  SELECT coalesce(sum(points), 0)::bigint AS points FROM points_daily_credit WHERE service = :service AND day = :day
+), charged AS (
+  INSERT INTO points_daily_credit (service, day, shard, points)
+  SELECT :service, :day, :shard, :amount FROM used WHERE used.points + :amount <= :budget
+  ON CONFLICT (service, day, shard) DO UPDATE SET points = points_daily_credit.points + excluded.points
+  RETURNING 1
+)
+SELECT points FROM used""").bindparams(
+    bindparam("amount", type_=BigInteger()),
+    bindparam("budget", type_=BigInteger()),
+    bindparam("shard", type_=Integer()),
+)
+
+
 async def charge_budget(
     session: AsyncSession, service: str, member_id: str, amount: int, now: datetime, limits: Limits
 ) -> None:
@@ -66,6 +83,13 @@ async def charge_budget(
     day = now.date().isoformat()
     budget = limits.daily_budget(service)
     conn = await session.connection()
+    shard = zlib.crc32(member_id.encode()) % BUDGET_SHARDS
+    if conn.dialect.name == "postgresql":
+        params = {"service": service, "day": day, "shard": shard, "amount": amount, "budget": budget}
+        used = (await conn.execute(_CHARGE_PG, params)).scalar_one()
+        if used + amount > budget:
+            _refuse(service, used, budget, amount)
+        return
     used = (
         await conn.execute(
             core_select(func.coalesce(func.sum(DAILY.c.points), 0)).where(
@@ -74,13 +98,15 @@ async def charge_budget(
         )
     ).scalar_one()
     if used + amount > budget:
-        budget_refused.add(1, {"service": service})
-        raise OverBudget(f"{service} has credited {used} of its {budget} points today; {amount} more is refused")
-    shard = zlib.crc32(member_id.encode()) % BUDGET_SHARDS
-    upsert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    statement = upsert(DAILY).values(service=service, day=day, shard=shard, points=amount)
+        _refuse(service, used, budget, amount)
+    statement = sqlite_insert(DAILY).values(service=service, day=day, shard=shard, points=amount)
     await conn.execute(
         statement.on_conflict_do_update(
             index_elements=["service", "day", "shard"], set_={"points": DAILY.c.points + statement.excluded.points}
         )
     )
+
+
+def _refuse(service: str, used: int, budget: int, amount: int) -> NoReturn:
+    budget_refused.add(1, {"service": service})
+    raise OverBudget(f"{service} has credited {used} of its {budget} points today; {amount} more is refused")
