@@ -95,7 +95,10 @@ async def apply(
     (None: the member is no longer active, and nothing is recorded)."""
     purchase = message.purchase
     service, ref = earner.service, purchase.reference
-    wallet = await wallets.lock_wallet(session, purchase.member_id)
+    # One statement locks the wallet and tells whether anything fell due (no idempotency record:
+    # an event's key is its id, which the kit's inbox already made unique).
+    locked = await wallets.lock_for_operation(session, wallets.Member(purchase.member_id), "", "", now)
+    wallet = locked.wallet
     if wallet is None:
         # identity's registration has not reached points yet: fail, so the event is retried later.
         raise wallets.UnknownMember(f"unknown member {purchase.member_id!r}")
@@ -103,9 +106,13 @@ async def apply(
         # An erased member earns nothing; the event is acknowledged without effect.
         log.info("purchase %s %s of an inactive member acknowledged without effect", service, ref)
         return None
-    await wallets.settle_due(session, wallet, now)
+    if locked.due:
+        await wallets.settle_due(session, wallet, now)
     row = await _lock_purchase(session, service, ref)
     if row is None:
+        # Added to the session only at the end, so it is written once with what the facts call
+        # for (one INSERT, not an INSERT and an UPDATE per flush on the way); nothing before then
+        # reads it, and the wallet lock keeps any other event of the purchase waiting.
         row = PendingEarn(
             source_service=service,
             source_ref=ref,
@@ -124,7 +131,6 @@ async def apply(
             label=purchase.label,
             category=purchase.category,
         )
-        session.add(row)
     elif row.member_id != purchase.member_id:
         raise InvalidArgument(f"purchase {service} {ref} belongs to another member")
     if stage == "completed":
