@@ -2,7 +2,10 @@
 authorization code + PKCE flow p95, password sign-ins per second (argon2id), and access tokens
 verified per second by the kit's verifier.
 
-    .venv/bin/python bench/identity_bench.py [--requests 1000] [--concurrency 16] [--flows 100]
+    .venv/bin/python -m bench.identity_bench [--requests 1000] [--concurrency 16] [--flows 100]
+
+(run as a module from the repository's root: it uses identity's test helpers,
+`services.identity.tests.identity_support`)
 
 Runs identity in this process against a real nats-server (from the wheel) and SQLite, or the
 database in DATABASE_URL; the load comes from a separate client process (`--client ISSUER`), so
@@ -20,11 +23,11 @@ import time
 from pathlib import Path
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "services" / "identity" / "tests"))
-
 from identity.settings import Settings
-from identity_support import (
+from kizuna.kit.auth import TokenVerifier
+from kizuna.kit.testing import NatsServer, free_port
+
+from services.identity.tests.identity_support import (
     SVC_SECRET,
     WEB_REDIRECT,
     code_for,
@@ -35,8 +38,6 @@ from identity_support import (
     sign_in,
     sign_up,
 )
-from kizuna.kit.auth import TokenVerifier
-from kizuna.kit.testing import NatsServer, free_port
 
 
 def pct(values: list[float], q: float) -> float:
@@ -165,7 +166,8 @@ async def client(args: argparse.Namespace) -> None:
 async def load_process(issuer: str, phase: str, args: argparse.Namespace) -> None:
     child = await asyncio.create_subprocess_exec(
         sys.executable,
-        __file__,
+        "-m",
+        "bench.identity_bench",
         "--client",
         issuer,
         "--phase",
