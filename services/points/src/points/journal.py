@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.points.v1 import points_pb2 as pb
-from sqlalchemy import insert
+from sqlalchemy import ARRAY, BigInteger, String, bindparam, insert, text
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 from ulid import ULID
@@ -50,6 +50,23 @@ PENDING = SQLModel.metadata.tables["points_pending_earn"]
 
 _INSERT_ENTRY = insert(ENTRIES).returning(ENTRIES.c.id)
 _INSERT_POSTING = insert(POSTINGS)
+# PostgreSQL: the entry and its postings in one round trip, postings in the order given.
+_INSERT_ENTRY_WITH_POSTINGS_PG = text("""
+WITH entry AS (
+  INSERT INTO points_entry (entry_id, member_id, kind, amount, explanation, source_service, source_ref, created_at)
+  VALUES (:entry_id, :member_id, :kind, :amount, :explanation, :source_service, :source_ref, :created_at)
+  RETURNING id
+), postings AS (
+  INSERT INTO points_posting (entry_pk, account, amount)
+  SELECT entry.id, p.account, p.amount FROM entry,
+    unnest(:accounts, :amounts) WITH ORDINALITY AS p(account, amount, n) ORDER BY p.n
+)
+SELECT id FROM entry""").bindparams(
+    bindparam("amount", type_=BigInteger()),
+    bindparam("created_at", type_=ENTRIES.c.created_at.type),
+    bindparam("accounts", type_=ARRAY(String())),
+    bindparam("amounts", type_=ARRAY(BigInteger())),
+)
 
 
 async def post_entry(
@@ -76,22 +93,22 @@ async def post_entry(
     member_change = sum(v for a, v in postings.items() if a.startswith(f"member:{member}:"))
     entry_id = new_id("ent")
     conn = await session.connection()
-    pk = (
-        await conn.execute(
-            _INSERT_ENTRY,
-            {
-                "entry_id": entry_id,
-                "member_id": member,
-                "kind": kind,
-                "amount": member_change,
-                "explanation": explanation,
-                "source_service": source_service,
-                "source_ref": source_ref,
-                "created_at": now,
-            },
-        )
-    ).scalar_one()
-    await conn.execute(_INSERT_POSTING, [{"entry_pk": pk, "account": a, "amount": v} for a, v in postings.items()])
+    values = {
+        "entry_id": entry_id,
+        "member_id": member,
+        "kind": kind,
+        "amount": member_change,
+        "explanation": explanation,
+        "source_service": source_service,
+        "source_ref": source_ref,
+        "created_at": now,
+    }
+    if conn.dialect.name == "postgresql":
+        values.update(accounts=list(postings), amounts=list(postings.values()))
+        pk = (await conn.execute(_INSERT_ENTRY_WITH_POSTINGS_PG, values)).scalar_one()
+    else:
+        pk = (await conn.execute(_INSERT_ENTRY, values)).scalar_one()
+        await conn.execute(_INSERT_POSTING, [{"entry_pk": pk, "account": a, "amount": v} for a, v in postings.items()])
     session.add(wallet)
     return Posted(pk, entry_id)
 
