@@ -75,6 +75,9 @@ INBOX_RETENTION_SECONDS = 35 * 24 * 3600.0
 # Rows deleted per statement (each batch is its own short transaction) and per housekeeping round.
 PRUNE_BATCH_SIZE = 500
 PRUNE_MAX_BATCHES = 40
+# How many ids of rows a flush published the relay remembers, not to publish them again when a
+# commit hands them over meanwhile (beyond it such a row goes out twice; JetStream drops the copy).
+FLUSHED_IDS_KEPT = 10_000
 # The backlog count stops here: beyond it the number is only "very many", and counting costs.
 BACKLOG_COUNT_CAP = 1_000_000
 
@@ -293,6 +296,8 @@ class OutboxRelay:
         self._ready: list[Staged] = []
         self._flush_due = True
         self._next_flush_at = 0.0
+        # Rows the last flush published: a commit may hand one over while that flush read it.
+        self._flushed: set[int] = set()
 
     def wake(self, bind: Any = None, rows: Sequence[Staged] = ()) -> None:
         """A commit staged events (thread-safe: commits may happen in worker threads). `rows`, when
@@ -354,13 +359,16 @@ class OutboxRelay:
         if self._flush_due or now >= self._next_flush_at:
             # The flush reads back every committed row, the handed-over ones too.
             self._ready.clear()
+            self._flushed.clear()
             self._next_flush_at = now + self.poll_seconds
             self._flush_due = True
             await self.flush()
             self._flush_due = False
         elif self._ready:
-            rows, self._ready = self._ready, []
-            await self.publish_committed(rows)
+            rows = [row for row in self._ready if row.id not in self._flushed]
+            self._ready = []
+            if rows:
+                await self.publish_committed(rows)
 
     async def publish_committed(self, rows: Sequence[Staged]) -> None:
         """Publish rows known to be committed, in the order given, then mark them sent (those
@@ -438,6 +446,8 @@ class OutboxRelay:
             for row in rows:
                 await self._publish(row)
                 await self._mark_sent(session, row)
+                if row.id is not None and len(self._flushed) < FLUSHED_IDS_KEPT:
+                    self._flushed.add(row.id)
             return len(rows)
 
     async def _publish(self, row: OutboxMessage | Staged) -> None:
