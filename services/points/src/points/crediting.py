@@ -9,13 +9,13 @@ from datetime import datetime
 from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from kizuna.kit.events import publish
 from kizuna.points.v1 import events_pb2 as ev
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from points import ledger
 from points.bounds import Limits, charge_budget, check_points
-from points.journal import LOT_KIND, LOTS, post_entry, ts
+from points.journal import LOT_KIND, LOTS, NewLot, post_entry, ts
 from points.ledger import LIMITED_TIME
 from points.ledger_metrics import count_on_commit, points_credited
 from points.models import Entry, Wallet, account_available, account_debt, account_issued
@@ -49,7 +49,6 @@ class ClawedBack:
     balance_after: int
 
 
-_INSERT_LOT = insert(LOTS)
 # The member's rolling expiry lapsed before this credit: their rolling lots keep that date as a
 # fixed one (their points expired with it) before the rolling expiry moves on. Rare: at most once
 # per lapse, so a credit's cost does not depend on the member's history.
@@ -93,6 +92,7 @@ async def credit(
         await conn.execute(_FREEZE_LAPSED_ROLLING, {"member": member_id, "lapsed": lapsed})
     wallet.rolling_expires_at = rolling_until
     repaid, to_lot = ledger.plan_credit(amount, wallet.debt)
+    lot_expires = expires_at or rolling_until
     entry = await post_entry(
         session,
         wallet,
@@ -106,23 +106,7 @@ async def credit(
         source_service=source_service,
         source_ref=source_ref,
         now=now,
-    )
-    lot_expires = expires_at or rolling_until
-    await conn.execute(
-        _INSERT_LOT,
-        {
-            "member_id": member_id,
-            "entry_pk": entry.id,
-            "kind": kind,
-            "rolling": expires_at is None,
-            "amount": amount,
-            "remaining": to_lot,
-            "clawed_back": 0,
-            "expired": 0,
-            "source_service": source_service,
-            "expires_at": lot_expires,
-            "created_at": now,
-        },
+        lot=NewLot(kind=kind, rolling=expires_at is None, amount=amount, remaining=to_lot, expires_at=lot_expires),
     )
     wallet.last_earned_at = now
     publish(

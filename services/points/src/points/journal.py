@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.points.v1 import points_pb2 as pb
-from sqlalchemy import ARRAY, BigInteger, String, bindparam, insert, text
+from sqlalchemy import ARRAY, BigInteger, Boolean, String, TextClause, bindparam, insert, text
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 from ulid import ULID
@@ -50,9 +50,23 @@ PENDING = SQLModel.metadata.tables["points_pending_earn"]
 
 _INSERT_ENTRY = insert(ENTRIES).returning(ENTRIES.c.id)
 _INSERT_POSTING = insert(POSTINGS)
-# PostgreSQL: the entry and its postings in one round trip, postings in the order given.
-_INSERT_ENTRY_WITH_POSTINGS_PG = text("""
-WITH entry AS (
+_INSERT_LOT = insert(LOTS)
+
+
+class NewLot(NamedTuple):
+    """The lot a credit adds beside its entry (member, service and time are the entry's)."""
+
+    kind: str
+    rolling: bool
+    amount: int
+    remaining: int
+    expires_at: datetime
+
+
+def _entry_statement_pg(with_lot: bool) -> TextClause:
+    """PostgreSQL: the entry, its postings (in the order given) and a credit's lot in one round trip."""
+    parts = [
+        """WITH entry AS (
   INSERT INTO points_entry (entry_id, member_id, kind, amount, explanation, source_service, source_ref, created_at)
   VALUES (:entry_id, :member_id, :kind, :amount, :explanation, :source_service, :source_ref, :created_at)
   RETURNING id
@@ -60,13 +74,35 @@ WITH entry AS (
   INSERT INTO points_posting (entry_pk, account, amount)
   SELECT entry.id, p.account, p.amount FROM entry,
     unnest(:accounts, :amounts) WITH ORDINALITY AS p(account, amount, n) ORDER BY p.n
-)
-SELECT id FROM entry""").bindparams(
-    bindparam("amount", type_=BigInteger()),
-    bindparam("created_at", type_=ENTRIES.c.created_at.type),
-    bindparam("accounts", type_=ARRAY(String())),
-    bindparam("amounts", type_=ARRAY(BigInteger())),
-)
+)""",
+        """, lot AS (
+  INSERT INTO points_lot (member_id, entry_pk, kind, rolling, amount, remaining, clawed_back, expired,
+    source_service, expires_at, created_at)
+  SELECT :member_id, entry.id, :lot_kind, :lot_rolling, :lot_amount, :lot_remaining, 0, 0, :source_service,
+    :lot_expires_at, :created_at FROM entry
+)""",
+        "SELECT id FROM entry",
+    ]
+    statement = text("\n".join(parts if with_lot else [parts[0], parts[2]]))
+    typed = [
+        bindparam("amount", type_=BigInteger()),
+        bindparam("created_at", type_=ENTRIES.c.created_at.type),
+        bindparam("accounts", type_=ARRAY(String())),
+        bindparam("amounts", type_=ARRAY(BigInteger())),
+    ]
+    if with_lot:
+        typed += [
+            bindparam("lot_kind", type_=String()),
+            bindparam("lot_rolling", type_=Boolean()),
+            bindparam("lot_amount", type_=BigInteger()),
+            bindparam("lot_remaining", type_=BigInteger()),
+            bindparam("lot_expires_at", type_=LOTS.c.expires_at.type),
+        ]
+    return statement.bindparams(*typed)
+
+
+_ENTRY_PG = _entry_statement_pg(False)
+_ENTRY_AND_LOT_PG = _entry_statement_pg(True)
 
 
 async def post_entry(
@@ -79,8 +115,10 @@ async def post_entry(
     source_service: str,
     source_ref: str,
     now: datetime,
+    lot: NewLot | None = None,
 ) -> Posted:
-    """Write one balanced entry and apply its postings to the member's balance rows."""
+    """Write one balanced entry and apply its postings to the member's balance rows (and, for a
+    credit, the lot it adds)."""
     postings = {account: amount for account, amount in postings.items() if amount != 0}
     if sum(postings.values()) != 0:
         raise AssertionError(f"unbalanced entry {kind}: {postings}")
@@ -105,10 +143,35 @@ async def post_entry(
     }
     if conn.dialect.name == "postgresql":
         values.update(accounts=list(postings), amounts=list(postings.values()))
-        pk = (await conn.execute(_INSERT_ENTRY_WITH_POSTINGS_PG, values)).scalar_one()
+        if lot is not None:
+            values.update(
+                lot_kind=lot.kind,
+                lot_rolling=lot.rolling,
+                lot_amount=lot.amount,
+                lot_remaining=lot.remaining,
+                lot_expires_at=lot.expires_at,
+            )
+        pk = (await conn.execute(_ENTRY_PG if lot is None else _ENTRY_AND_LOT_PG, values)).scalar_one()
     else:
         pk = (await conn.execute(_INSERT_ENTRY, values)).scalar_one()
         await conn.execute(_INSERT_POSTING, [{"entry_pk": pk, "account": a, "amount": v} for a, v in postings.items()])
+        if lot is not None:
+            await conn.execute(
+                _INSERT_LOT,
+                {
+                    "member_id": member,
+                    "entry_pk": pk,
+                    "kind": lot.kind,
+                    "rolling": lot.rolling,
+                    "amount": lot.amount,
+                    "remaining": lot.remaining,
+                    "clawed_back": 0,
+                    "expired": 0,
+                    "source_service": source_service,
+                    "expires_at": lot.expires_at,
+                    "created_at": now,
+                },
+            )
     session.add(wallet)
     return Posted(pk, entry_id)
 
