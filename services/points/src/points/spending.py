@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from kizuna.kit.events import publish
 from kizuna.points.v1 import events_pb2 as ev
-from sqlalchemy import bindparam, case, insert, update
+from sqlalchemy import ARRAY, BigInteger, Integer, bindparam, case, insert, text, update
 from sqlalchemy import select as core_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -119,6 +119,30 @@ _LIVE_LOTS = (
 )
 _FIRST_LIVE_LOTS = _LIVE_LOTS.limit(bindparam("first"))
 FIRST_LOTS = 16
+# PostgreSQL: the reservation, what it takes from each lot and its holds (in spend order) in one
+# round trip.
+_RESERVE_PG = text("""
+WITH reservation AS (
+  INSERT INTO points_reservation (reservation_id, member_id, caller, amount, status, reason, source_service,
+    source_ref, captured, refunded, created_at, expires_at)
+  VALUES (:reservation_id, :member_id, :caller, :amount, 'open', :reason, :source_service, :source_ref, 0, 0,
+    :created_at, :expires_at)
+  RETURNING id
+), takes AS (
+  SELECT t.lot, t.points, t.n FROM unnest(:lots, :points) WITH ORDINALITY AS t(lot, points, n)
+), taken AS (
+  UPDATE points_lot SET remaining = points_lot.remaining - takes.points FROM takes WHERE points_lot.id = takes.lot
+), holds AS (
+  INSERT INTO points_hold (reservation_pk, lot_id, seq, amount, captured, refunded)
+  SELECT reservation.id, takes.lot, takes.n - 1, takes.points, 0, 0 FROM reservation, takes ORDER BY takes.n
+)
+SELECT id FROM reservation""").bindparams(
+    bindparam("amount", type_=BigInteger()),
+    bindparam("created_at", type_=RESERVATIONS.c.created_at.type),
+    bindparam("expires_at", type_=RESERVATIONS.c.expires_at.type),
+    bindparam("lots", type_=ARRAY(Integer())),
+    bindparam("points", type_=ARRAY(BigInteger())),
+)
 _TAKE_FROM_LOT = (
     update(LOTS).where(LOTS.c.id == bindparam("lot")).values(remaining=LOTS.c.remaining - bindparam("points"))
 )
@@ -172,29 +196,26 @@ async def reserve(
     expires_at = now + timedelta(seconds=request.ttl_seconds or default_ttl)
     reservation_id = new_id("rsv")
     source_service = request.source_service or caller
-    reservation_pk = (
-        await conn.execute(
-            _INSERT_RESERVATION,
-            {
-                "reservation_id": reservation_id,
-                "member_id": wallet.member_id,
-                "caller": caller,
-                "amount": request.amount,
-                "status": "open",
-                "reason": request.reason,
-                "source_service": source_service,
-                "source_ref": request.source_ref,
-                "captured": 0,
-                "refunded": 0,
-                "created_at": now,
-                "expires_at": expires_at,
-            },
-        )
-    ).scalar_one()
-    await conn.execute(_TAKE_FROM_LOT, [{"lot": lot_id, "points": take} for lot_id, take in takes])
-    await conn.execute(
-        _INSERT_HOLD,
-        [
+    values = {
+        "reservation_id": reservation_id,
+        "member_id": wallet.member_id,
+        "caller": caller,
+        "amount": request.amount,
+        "reason": request.reason,
+        "source_service": source_service,
+        "source_ref": request.source_ref,
+        "created_at": now,
+        "expires_at": expires_at,
+    }
+    if conn.dialect.name == "postgresql":
+        lots_taken = [lot_id for lot_id, _ in takes]
+        points_taken = [take for _, take in takes]
+        await conn.execute(_RESERVE_PG, {**values, "lots": lots_taken, "points": points_taken})
+    else:
+        values.update(status="open", captured=0, refunded=0)
+        reservation_pk = (await conn.execute(_INSERT_RESERVATION, values)).scalar_one()
+        await conn.execute(_TAKE_FROM_LOT, [{"lot": lot_id, "points": take} for lot_id, take in takes])
+        holds = [
             {
                 "reservation_pk": reservation_pk,
                 "lot_id": lot_id,
@@ -204,8 +225,8 @@ async def reserve(
                 "refunded": 0,
             }
             for seq, (lot_id, take) in enumerate(takes)
-        ],
-    )
+        ]
+        await conn.execute(_INSERT_HOLD, holds)
     await post_entry(
         session,
         wallet,
