@@ -119,7 +119,7 @@ def test_every_page_fits_a_phone_and_passes_axe(
         page.set_viewport_size({"width": 375, "height": 800})
         _check(page, screenshots, f"{lang}-375-shop-checkout", 375)
         page.set_viewport_size({"width": 1280, "height": 900})
-        page.locator("form[action='/checkout'] button[type=submit]").click()
+        page.locator("form[method=post][action='/checkout'] button[type=submit]").click()
         page.wait_for_load_state("networkidle")
 
         _settle(page, ecosystem.url("travel", "/"))
