@@ -121,5 +121,5 @@ def line_for_member(text: str) -> str:
         match = pattern.search(text)
         if match:
             return rewrite(match)
-    cleaned = re.sub(r"\s+([,:;.])", r"\1", re.sub(r"\s{2,}", " ", _ID.sub("", text))).strip(" :")
+    cleaned = re.sub(r"\s+([,:;.)）、。])", r"\1", re.sub(r"\s{2,}", " ", _ID.sub("", text))).strip(" :")
     return cleaned or text
