@@ -268,6 +268,10 @@ def _leaked_processes(grace: float = 10.0) -> list[str]:
 def pytest_configure(config: pytest.Config) -> None:
     # Each pytest process (an xdist worker included) marks the processes it starts as its own.
     os.environ[RUN_MARKER] = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    # Every service a test runs (in this process or as a child) keeps a small pool: with xdist
+    # workers each running several services at once, the default 10 + 10 per service would exceed
+    # a PostgreSQL's default max_connections (100). A test that needs another size sets it.
+    os.environ.setdefault("DATABASE_POOL_SIZE", "4")
 
 
 def _xdist_controller(config: pytest.Config) -> bool:
