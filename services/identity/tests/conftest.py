@@ -1,12 +1,9 @@
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 from .identity_support import Idp, identity_settings, reset_streams, running_identity
 

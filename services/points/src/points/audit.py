@@ -31,7 +31,13 @@ class AuditReport:
 
 async def audit(session: AsyncSession) -> AuditReport:
     """Every entry sums to zero; every balance row equals the sum of its postings (and of its lots
-    and holds); no balance is negative; issued - clawed back - redeemed - expired = outstanding."""
+    and holds); no balance is negative; issued - clawed back - redeemed - expired = outstanding.
+
+    Call it on a session that has not queried yet: on PostgreSQL every query then reads one snapshot
+    (REPEATABLE READ), so a credit committing between two of them cannot look like a balance that
+    does not match its postings."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     problems: list[str] = []
     unbalanced = (
         await session.exec(

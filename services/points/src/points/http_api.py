@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import HTMLResponse
@@ -170,18 +170,66 @@ async def wallet_page(request: Request, member: SignedInMember, session: Session
     return templates.TemplateResponse(request, "wallet.html", context, headers={"Cache-Control": "no-store"})
 
 
+class AuditPublic(BaseModel):
+    """The ledger's invariants, checked from the stored rows (`ok` with no problems when sound)."""
+
+    ok: bool
+    problems: list[str]
+    issued: int
+    clawed_back: int
+    redeemed: int
+    expired: int
+    outstanding: int
+    entries: int
+
+
+class SettlementLinePublic(BaseModel):
+    service: str
+    issued: int
+    clawed_back: int
+    redeemed: int
+    refunded: int
+    net_issued: int
+    net_redeemed: int
+
+
+class SettlementPublic(BaseModel):
+    start: str
+    end: str
+    services: list[SettlementLinePublic]
+
+
+class CampaignPublic(BaseModel):
+    id: str
+    name: str
+    kind: str
+    services: list[str]
+    starts_at: str
+    ends_at: str
+    points_expire_at: str
+    multiplier: float
+    fixed_bonus: int
+    audience: str
+    new_member_days: int
+
+
+class CampaignsPublic(BaseModel):
+    campaigns: list[CampaignPublic]
+
+
 @router.get("/admin/audit")
-async def admin_audit(principal: Admin, session: SessionDep) -> dict[str, Any]:
-    return (await audit.audit(session)).as_dict()
+async def admin_audit(principal: Admin, session: SessionDep) -> AuditPublic:
+    return AuditPublic.model_validate((await audit.audit(session)).as_dict())
 
 
 @router.get("/admin/settlement")
-async def admin_settlement(principal: Admin, session: SessionDep, start: datetime, end: datetime) -> dict[str, Any]:
+async def admin_settlement(principal: Admin, session: SessionDep, start: datetime, end: datetime) -> SettlementPublic:
     if start.tzinfo is None or end.tzinfo is None:
         raise InvalidArgument("start and end need a time zone, e.g. 2025-01-01T00:00:00Z")
     if end <= start:
         raise InvalidArgument("end must be after start")
-    return {"start": start.isoformat(), "end": end.isoformat(), "services": await audit.settlement(session, start, end)}
+    lines = [SettlementLinePublic.model_validate(line) for line in await audit.settlement(session, start, end)]
+    return SettlementPublic(start=start.isoformat(), end=end.isoformat(), services=lines)
 
 
 # Campaigns as data (admin, scope points:admin).
@@ -190,16 +238,17 @@ async def admin_settlement(principal: Admin, session: SessionDep, start: datetim
 @router.post("/admin/campaigns", status_code=201)
 async def create_campaign(
     request: Request, principal: Admin, session: SessionDep, campaign: Annotated[campaigns.NewCampaign, Body()]
-) -> dict[str, Any]:
+) -> CampaignPublic:
     runtime = request.app.state.runtime
     settings = runtime.settings
     now = ledger_of(runtime).clock.now()
     earners = [e.service for e in settings.kizuna_earners]
     row = await campaigns.create(session, campaign, now, earners, settings.max_credit_points)
     await session.commit()
-    return campaigns.view(row)
+    return CampaignPublic.model_validate(campaigns.view(row))
 
 
 @router.get("/admin/campaigns")
-async def list_campaigns(principal: Admin, session: SessionDep) -> dict[str, Any]:
-    return {"campaigns": [campaigns.view(r) for r in await campaigns.all_campaigns(session)]}
+async def list_campaigns(principal: Admin, session: SessionDep) -> CampaignsPublic:
+    rows = await campaigns.all_campaigns(session)
+    return CampaignsPublic(campaigns=[CampaignPublic.model_validate(campaigns.view(r)) for r in rows])
