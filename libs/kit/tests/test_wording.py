@@ -7,6 +7,8 @@ import pytest
 from kizuna.kit.web.wording import line_for_member
 
 ORDER = "ord_01M94D9G6G7ABCDEFGHJKMNPQR"
+# Japanese lines use full-width brackets.
+OPEN, CLOSE = "\N{FULLWIDTH LEFT PARENTHESIS}", "\N{FULLWIDTH RIGHT PARENTHESIS}"
 
 
 @pytest.mark.parametrize(
@@ -15,7 +17,7 @@ ORDER = "ord_01M94D9G6G7ABCDEFGHJKMNPQR"
         (f"Earned at Shop on order {ORDER}: campaign bonus", "Earned at Shop on order: campaign bonus"),
         (f"Earned at Shop on {ORDER}, twice", "Earned at Shop on, twice"),
         ("Earned at Shop on Tokoname kyusu teapot", "Earned at Shop on Tokoname kyusu teapot"),
-        (f"ショップ（注文 {ORDER}）で獲得予定", "ショップ（注文）で獲得予定"),
+        (f"ショップ{OPEN}注文 {ORDER}{CLOSE}で獲得予定", f"ショップ{OPEN}注文{CLOSE}で獲得予定"),
     ],
 )
 def test_ids_are_dropped_and_the_punctuation_closes_up(line: str, plain: str) -> None:

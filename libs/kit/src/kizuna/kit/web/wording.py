@@ -115,11 +115,17 @@ _LINES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
 ]
 
 
+# The space an id leaves before punctuation, English or Japanese (full-width bracket, comma, stop).
+_SPACE_BEFORE_PUNCTUATION = re.compile(
+    r"\s+([,:;.)\N{FULLWIDTH RIGHT PARENTHESIS}\N{IDEOGRAPHIC COMMA}\N{IDEOGRAPHIC FULL STOP}])"
+)
+
+
 def line_for_member(text: str) -> str:
     """A history or statement line in plain words, without internal ids."""
     for pattern, rewrite in _LINES:
         match = pattern.search(text)
         if match:
             return rewrite(match)
-    cleaned = re.sub(r"\s+([,:;.)）、。])", r"\1", re.sub(r"\s{2,}", " ", _ID.sub("", text))).strip(" :")
+    cleaned = _SPACE_BEFORE_PUNCTUATION.sub(r"\1", re.sub(r"\s{2,}", " ", _ID.sub("", text))).strip(" :")
     return cleaned or text
