@@ -34,7 +34,15 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from kizuna.kit.testing import NatsServer, PostgresServer, ServiceProcess, end_process, free_port, spawn
+from kizuna.kit.testing import (
+    NatsServer,
+    PostgresServer,
+    ServiceProcess,
+    end_process,
+    free_port,
+    port_is_free,
+    spawn,
+)
 
 from .deploy_support import BY_NAME, ISSUER, SERVICES, Rendered
 
@@ -92,15 +100,6 @@ def resolve_env(r: Rendered, container: dict[str, Any]) -> dict[str, str]:
         else:
             raise AssertionError(f"cannot resolve {item} outside a cluster")
     return env
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def local_argv(argv: list[str]) -> list[str]:
@@ -161,7 +160,7 @@ def test_services_run_as_the_dev_manifests_say(
         local = {}
         for port_name, env_name in (("http", "HTTP_PORT"), ("grpc", "GRPC_PORT")):
             assert env[env_name] == str(ports[port_name]), f"{name}: {env_name} vs containerPort"
-            local[port_name] = ports[port_name] if port_free(ports[port_name]) else free_port()
+            local[port_name] = ports[port_name] if port_is_free(ports[port_name]) else free_port()
         plans[name] = {"pod": pod, "main": main, "env": env, "ports": ports, "local": local}
 
     identity_url = f"http://127.0.0.1:{plans[ISSUER]['local']['http']}"
