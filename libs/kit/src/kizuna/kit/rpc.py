@@ -23,6 +23,7 @@ from kizuna.kit.errors import (
     PermissionDenied,
     Unauthenticated,
     Unavailable,
+    database_refusal,
 )
 from kizuna.kit.telemetry import rpc_duration
 from opentelemetry.instrumentation import grpc as grpc_instrumentation
@@ -59,6 +60,11 @@ def _wrap_unary(
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
         except Exception as exc:
+            refusal = database_refusal(exc)
+            if refusal is not None:
+                code = refusal.grpc_status
+                log.warning("%s answered UNAVAILABLE: the database refused a connection (%s)", method, refusal.cause)
+                await context.abort(refusal.grpc_status, refusal.message)
             code = grpc.StatusCode.INTERNAL
             log.exception("unhandled error in %s", method)
             # The call's SERVER span (OpenTelemetry's interceptor, outside this one) sees only the

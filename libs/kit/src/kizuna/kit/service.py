@@ -43,7 +43,7 @@ from kizuna.kit.db import Database
 from kizuna.kit.declaration import FILE_NAME as DECLARATION_FILE
 from kizuna.kit.declaration import Declaration
 from kizuna.kit.declaration import load as declaration_file
-from kizuna.kit.errors import DomainError
+from kizuna.kit.errors import DATABASE_REFUSALS, DomainError
 from kizuna.kit.events import Consumer, ConsumerWorker, OutboxRelay, StreamLimits, ensure_stream
 from kizuna.kit.logs import configure_logging
 from kizuna.kit.privacy import Privacy, erasure_consumer, export_router
@@ -513,7 +513,7 @@ class Service(Generic[S]):
         install_validation_errors(app)
         # Outermost: the SERVER span covers every middleware, probes aside.
         instrument_http(app)
-        from kizuna.kit.web import PageMiddleware
+        from kizuna.kit.web import PageMiddleware, database_unavailable
 
         app.add_middleware(PageMiddleware, service=self.name)
 
@@ -531,6 +531,9 @@ class Service(Generic[S]):
             nc = runtime.nc
             if runtime.ready and not runtime.stopping and nc is not None and nc.is_closed:
                 return JSONResponse({"status": "broken", "reason": "NATS connection closed"}, status_code=503)
+        for refused in DATABASE_REFUSALS:  # a database refusing connections: 503, not 500
+            app.add_exception_handler(refused, database_unavailable)
+
             return JSONResponse({"status": "ok"})
 
         @app.get("/readyz", include_in_schema=False)

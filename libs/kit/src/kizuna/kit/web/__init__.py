@@ -13,6 +13,7 @@ and carries the flash messages (kizuna.kit.flash) from a form's redirect to the 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from datetime import date, datetime
@@ -20,14 +21,17 @@ from pathlib import Path
 from typing import Any, cast
 
 from fastapi import APIRouter, HTTPException, Request, Response
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
 from kizuna.kit import flash as flash_messages
 from kizuna.kit import i18n
+from kizuna.kit.errors import database_refusal
 from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("kizuna.kit.web")
 
 _HERE = Path(__file__).parent
 STATIC = _HERE / "static"
@@ -213,12 +217,49 @@ def page_templates(*directories: Path, service: str = "", **globals_: Any) -> Ji
 
 async def sign_in_unavailable(request: Request, exc: Exception) -> Response:
     """The page a member sees when identity cannot be reached during sign-in (503, Retry-After)."""
+    return _unavailable_page(
+        request,
+        i18n.gettext("Sign-in is not available right now"),
+        i18n.gettext("We could not reach Kizuna's sign-in service. Nothing was changed. Please try again in a moment."),
+        retry_url="/",
+        retry_after=5,
+    )
+
+
+async def database_unavailable(request: Request, exc: Exception) -> Response:
+    """A database that refuses connections (`kizuna.kit.errors.database_refusal`): 503 with
+    Retry-After, as a page in plain words for a browser and as the kit's JSON error for an API,
+    logged once with the cause. Any other error goes on to be the 500 it was."""
+    refusal = database_refusal(exc)
+    if refusal is None:
+        raise exc
+    log.warning(
+        "%s %s answered 503: the database refused a connection (%s)", request.method, request.url.path, refusal.cause
+    )
+    if "text/html" not in request.headers.get("accept", ""):
+        return JSONResponse(
+            {"error": refusal.code, "message": refusal.message},
+            status_code=refusal.http_status,
+            headers={**refusal.headers, "Cache-Control": "no-store"},
+        )
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return _unavailable_page(
+        request,
+        i18n.gettext("This page is not available right now"),
+        i18n.gettext("Kizuna is very busy at the moment. Nothing was changed. Please try again in a few seconds."),
+        # A form is not sent again by a link: after a POST, the member starts again from the top.
+        retry_url=here if request.method == "GET" else "/",
+        retry_after=refusal.retry_after_seconds,
+    )
+
+
+def _unavailable_page(request: Request, title: str, message: str, *, retry_url: str, retry_after: int) -> Response:
     return page_templates().TemplateResponse(
         request,
         "kizuna/unavailable.html",
-        {"title": i18n.gettext("Sign-in is not available right now")},
+        {"title": title, "message": message, "retry_url": retry_url},
         status_code=503,
-        headers={"Retry-After": "5", "Cache-Control": "no-store"},
+        headers={"Retry-After": str(retry_after), "Cache-Control": "no-store"},
     )
 
 
