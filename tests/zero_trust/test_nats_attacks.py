@@ -264,6 +264,93 @@ async def _at_least(items: list[str], count: int) -> bool:
     return len(items) >= count
 
 
+async def test_a_service_cannot_fetch_read_delete_or_reconfigure_anothers_durable_consumer(
+    nats_server: NatsServer, points: ServiceProcess, test_issuer: TestIssuer, harness: Client
+) -> None:
+    """fintech and points both read identity's stream, each through its own durable consumers.
+    NATS wildcards match whole tokens, never a name prefix, so each user lists its consumers'
+    names: fintech cannot take points' member registrations (fetch and ack them), look at its
+    consumer, delete it, or re-create it with another filter or a short life, by any of the
+    JetStream API's create forms; both keep consuming their own."""
+    stream, victim = "IDENTITY", "points-members"
+    errors: list[str] = []
+    fintech = await connect_as(nats_server, "fintech", errors)
+    identity = await connect_as(nats_server, "identity")
+    try:
+        before = await harness.jetstream().consumer_info(stream, victim)
+        assert before.config.filter_subject == "identity.member.registered"
+        js = fintech.jetstream(timeout=1)
+        api = "$JS.API.CONSUMER"
+        reconfigured = {
+            "config": {
+                "name": victim,
+                "filter_subject": "identity.access.revoked",
+                "ack_policy": "explicit",
+                "deliver_policy": "all",
+                "inactive_threshold": 1_000_000_000,
+            },
+            "stream_name": stream,
+        }
+        durable = {**reconfigured, "config": {**reconfigured["config"], "durable_name": victim}}
+        attempts: dict[str, bytes] = {
+            # Take the next message (and so the member's wallet) from points' consumer.
+            f"{api}.MSG.NEXT.{stream}.{victim}": json.dumps({"batch": 1, "expires": 500_000_000}).encode(),
+            f"{api}.INFO.{stream}.{victim}": b"",
+            f"{api}.DELETE.{stream}.{victim}": b"",
+            # The same consumer, re-created filtered to nothing points reads and with a short life:
+            # by name and filter (the revocation feed's form), by name, as a legacy durable, and as
+            # a legacy "ephemeral" whose name is only in the body.
+            f"{api}.CREATE.{stream}.{victim}.identity.access.revoked": json.dumps(durable).encode(),
+            f"{api}.CREATE.{stream}.{victim}": json.dumps(durable).encode(),
+            f"{api}.DURABLE.CREATE.{stream}.{victim}": json.dumps(durable).encode(),
+            f"{api}.CREATE.{stream}": json.dumps(reconfigured).encode(),
+            # Acknowledge a delivery of points' consumer, so it never comes back.
+            f"$JS.ACK.{stream}.{victim}.1.1.1.0.0": b"",
+        }
+        for subject, body in attempts.items():
+            if subject.startswith("$JS.ACK."):
+                await fintech.publish(subject, body)
+                continue
+            with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+                await fintech.request(subject, body, timeout=1)
+        with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+            await js.consumer_info(stream, victim)
+        with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+            await js.delete_consumer(stream, victim)
+        await fintech.flush()
+        await wait_until(lambda: _at_least(errors, len(attempts) + 2), timeout=15)
+        for subject in attempts:
+            assert any(f'permissions violation for publish to "{subject.lower()}"' in e for e in errors), (
+                subject,
+                errors,
+            )
+        after = await harness.jetstream().consumer_info(stream, victim)
+        assert (after.config.filter_subject, after.config.durable_name, after.config.inactive_threshold) == (
+            before.config.filter_subject,
+            before.config.durable_name,
+            before.config.inactive_threshold,
+        )
+
+        # Both keep consuming their own: points opens the new member's wallet, and fintech's user
+        # reads the same registration through its own durable consumer.
+        member = f"mbr_{uuid.uuid4().hex[:16]}"
+        await publish(identity, "identity.member.registered", identity_events.MemberRegistered(member_id=member))
+        assert await wait_until(lambda: balance(points, test_issuer, member), timeout=60)
+        own = await fintech.jetstream(timeout=10).pull_subscribe(
+            "identity.member.registered", durable="fintech-member-accounts", stream=stream
+        )
+        registered = []
+        while member not in registered:
+            batch = await own.fetch(10, timeout=15)
+            for msg in batch:
+                registered.append(identity_events.MemberRegistered.FromString(msg.data).member_id)
+                await msg.ack_sync()
+    finally:
+        await fintech.close()
+        await identity.close()
+    assert "permissions violation" not in points.logs().lower()
+
+
 async def test_identity_records_an_erasure_only_for_the_service_that_published_it(tmp_path: Any) -> None:
     """`shop.member.erased` can only come from shop (the broker's rule): identity takes the service
     from the subject, and refuses a body that names another service."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +23,15 @@ from kizuna.kit import natsauth
 from kizuna.kit.db import Database
 from kizuna.kit.declaration import Declaration, Earning
 from kizuna.kit.devstack import nats_server_binary
-from kizuna.kit.events import Consumer, ConsumerWorker, Event, InboxMessage, OutboxMessage, command_sender
+from kizuna.kit.events import (
+    Consumer,
+    ConsumerWorker,
+    Event,
+    InboxMessage,
+    OutboxMessage,
+    command_sender,
+    durable_name,
+)
 from kizuna.kit.testing import NatsServer, free_port, wait_until
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
@@ -30,7 +39,14 @@ from sqlmodel import SQLModel, select
 
 DECLARATIONS = [
     Declaration(name="identity", slot=0, label="Identity"),
-    Declaration(name="points", slot=1, label="Points", consumes=["identity"], privacy=True),
+    Declaration(
+        name="points",
+        slot=1,
+        label="Points",
+        consumes=["identity"],
+        consumers={"members": "identity", "commands": "points"},
+        privacy=True,
+    ),
     Declaration(
         name="shop",
         slot=2,
@@ -82,11 +98,57 @@ def test_contracts_imply_exactly_the_subjects_they_need() -> None:
     # travel declares no stream: revocation and erasure requests only.
     assert travel == {"travel": None, "identity": ["identity.access.revoked", "identity.member.erasure_requested"]}
     create = natsauth.permissions(BY_NAME["points"], DECLARATIONS)["publish"]["allow"]
-    assert "$JS.API.CONSUMER.CREATE.SHOP.*.shop.purchase.>" in create
-    assert "$JS.API.CONSUMER.CREATE.SHOP.>" not in create
-    # An unnamed consumer carries its filter in the body, out of the broker's sight: whole streams only.
-    assert "$JS.API.CONSUMER.CREATE.SHOP" not in create and "$JS.API.CONSUMER.CREATE.IDENTITY" in create
+    assert "$JS.API.CONSUMER.CREATE.SHOP.points-shop-earn.shop.purchase.>" in create
+    assert not [s for s in create if s.startswith("$JS.API.CONSUMER.CREATE.SHOP.") and "purchase" not in s]
     assert not [s for s in create if ".DELETE." in s or s.startswith("$JS.API.STREAM.UPDATE.SHOP")]
+
+
+def test_each_service_names_exactly_its_own_durable_consumers() -> None:
+    """`<service>-<purpose>` from the declaration and the contracts, the same function the
+    consumers are built with; no name wildcard but the revocation feed's, which may not take
+    another's durable name."""
+    assert natsauth.durables(BY_NAME["points"], DECLARATIONS) == {
+        "identity": [durable_name("points", "members"), "points-member-erasure"],
+        "points": ["points-commands"],
+        "shop": ["points-shop-earn"],
+        "travel": ["points-travel-earn"],
+    }
+    assert natsauth.durables(BY_NAME["identity"], DECLARATIONS) == {
+        holder: ["identity-erasure-progress"] for holder in ("points", "shop", "travel")
+    }
+    assert natsauth.durables(BY_NAME["travel"], DECLARATIONS) == {"identity": ["travel-member-erasure"]}
+    shop = natsauth.permissions(BY_NAME["shop"], DECLARATIONS)["publish"]
+    consumer_api = [s for s in shop["allow"] if s.startswith(("$JS.API.CONSUMER.", "$JS.ACK.", "$JS.FC."))]
+    assert consumer_api == [
+        "$JS.API.CONSUMER.CREATE.IDENTITY.shop-member-erasure",
+        "$JS.API.CONSUMER.CREATE.IDENTITY.shop-member-erasure.>",
+        "$JS.API.CONSUMER.INFO.IDENTITY.shop-member-erasure",
+        "$JS.API.CONSUMER.MSG.NEXT.IDENTITY.shop-member-erasure",
+        "$JS.ACK.IDENTITY.shop-member-erasure.>",
+        "$JS.ACK.*.*.IDENTITY.shop-member-erasure.>",
+        "$JS.API.CONSUMER.CREATE.IDENTITY.*.identity.access.revoked",
+    ]
+    assert shop["deny"] == [
+        f"$JS.API.CONSUMER.CREATE.IDENTITY.{name}.identity.access.revoked"
+        for name in ("points-members", "points-member-erasure", "travel-member-erasure")
+    ]
+
+
+def test_a_declared_consumer_reads_only_a_stream_its_service_reads() -> None:
+    from kizuna.kit.declaration import DeclarationError, parse
+
+    base = {"name": "shop", "slot": 2, "events": {"consumes": ["points.ledger.>"]}}
+    assert parse({**base, "events": {**base["events"], "consumers": {"ledger": "points"}}}).consumers == {
+        "ledger": "points"
+    }
+    for consumers, message in (
+        ({"ledger": "travel"}, "only its own stream or one in consumes"),
+        ({"Ledger": "points"}, "not a valid purpose"),
+        ({"ledger.all": "points"}, "not a valid purpose"),
+        (["ledger"], "must be a table"),
+    ):
+        with pytest.raises(DeclarationError, match=message):
+            parse({**base, "events": {**base["events"], "consumers": consumers}})
 
 
 def test_the_generated_configuration_is_accepted_by_nats_server(tmp_path: Path) -> None:
@@ -507,23 +569,87 @@ async def test_a_reader_binds_to_anothers_stream_as_its_owner_made_it(
         await db.dispose()
 
 
-async def test_a_push_consumer_cannot_carry_shops_messages_into_anothers_subject(
-    as_service, fresh_streams: Client
-) -> None:
-    """shop may create consumers on its own stream, and a push consumer's deliver subject is in the
-    request body, out of the permissions' sight: it is pointed at points' command and identity's
-    revocation subjects. Nothing is delivered, because no service may subscribe there (the
-    streams alone are no interest), so shop's message reaches no stream and no service."""
+async def test_a_push_consumer_cannot_carry_messages_into_anothers_subject(as_service, fresh_streams: Client) -> None:
+    """The one consumer a service creates under a name of its choosing is the revocation feed's, on
+    identity's stream, and its deliver subject is in the request body, out of the permissions'
+    sight: shop points it at points' command subject, travel's erasure completions and the
+    JetStream API. Nothing is delivered, because no service may subscribe there (the streams
+    alone are no interest), so identity's message reaches no other stream and no service."""
     points = await as_service("points")
     await points.nc.subscribe("identity.access.revoked")
     assert any("identity.access.revoked" in e for e in await points.violations(1))
     shop = await as_service("shop")
     js = shop.nc.jetstream(timeout=2)
-    targets = ("points.credit.requested.fintech", "identity.access.revoked", "$JS.API.STREAM.DELETE.POINTS")
+    # (into identity's own subjects the server refuses it: a cycle)
+    targets = ("points.credit.requested.fintech", "travel.member.erased", "$JS.API.STREAM.DELETE.POINTS")
     for number, target in enumerate(targets):
-        await js.add_consumer("SHOP", ConsumerConfig(name=f"shop-push-{number}", deliver_subject=target))
-    await js.publish("shop.forged", b"forged")
+        await js.add_consumer(
+            "IDENTITY",
+            ConsumerConfig(
+                name=f"revocations-{number}", deliver_subject=target, filter_subject="identity.access.revoked"
+            ),
+        )
+    identity = await as_service("identity")
+    await identity.nc.jetstream(timeout=2).publish("identity.access.revoked", b"revoked")
     await asyncio.sleep(1)
     # (and the JetStream API does not take a delivered message for a request: points' stream stays)
-    for stream in ("POINTS", "IDENTITY"):
-        assert (await fresh_streams.jetstream().stream_info(stream)).state.messages == 0, stream
+    harness = fresh_streams.jetstream()
+    assert (await harness.stream_info("POINTS")).state.messages == 0
+    assert (await harness.stream_info("TRAVEL")).state.messages == 0
+    assert (await harness.stream_info("IDENTITY")).state.messages == 1
+
+
+async def test_a_service_cannot_take_look_at_delete_or_recreate_anothers_durable_consumer(
+    server: NatsServer, as_service, fresh_streams: Client
+) -> None:
+    """points and shop both read identity's stream whole. shop cannot fetch from or acknowledge
+    points' consumer, look at it, delete it, or re-create it (filtered to what points does not
+    read, with a short life) by any of the JetStream API's create forms, while points uses it."""
+    points = await as_service("points")
+    own = await points.nc.jetstream(timeout=2).pull_subscribe(
+        "identity.member.registered", durable="points-members", stream="IDENTITY"
+    )
+    shop = await as_service("shop")
+    victim = {
+        "stream_name": "IDENTITY",
+        "config": {
+            "name": "points-members",
+            "durable_name": "points-members",
+            "filter_subject": "identity.access.revoked",
+            "ack_policy": "explicit",
+            "deliver_policy": "all",
+            "inactive_threshold": 1_000_000_000,
+        },
+    }
+    in_body_only = {**victim, "config": {k: v for k, v in victim["config"].items() if k != "durable_name"}}
+    api = "$JS.API.CONSUMER"
+    attempts = {
+        f"{api}.MSG.NEXT.IDENTITY.points-members": b'{"batch": 1, "expires": 500000000}',
+        f"{api}.INFO.IDENTITY.points-members": b"",
+        f"{api}.DELETE.IDENTITY.points-members": b"",
+        f"{api}.CREATE.IDENTITY.points-members.identity.access.revoked": json.dumps(victim).encode(),
+        f"{api}.CREATE.IDENTITY.points-members": json.dumps(victim).encode(),
+        f"{api}.DURABLE.CREATE.IDENTITY.points-members": json.dumps(victim).encode(),
+        f"{api}.CREATE.IDENTITY": json.dumps(in_body_only).encode(),
+    }
+    for subject, body in attempts.items():
+        with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+            await shop.nc.request(subject, body, timeout=1)
+    await shop.nc.publish("$JS.ACK.IDENTITY.points-members.1.1.1.0.0", b"")
+    errors = await shop.violations(len(attempts) + 1)
+    for subject in [*attempts, "$JS.ACK.IDENTITY.points-members.1.1.1.0.0"]:
+        assert any(f'permissions violation for publish to "{subject.lower()}"' in e.lower() for e in errors), subject
+    harness = fresh_streams.jetstream()
+    info = await harness.consumer_info("IDENTITY", "points-members")
+    assert (info.config.filter_subject, info.config.inactive_threshold) == ("identity.member.registered", None)
+    # points still reads through it.
+    await harness.publish("identity.member.registered", b"member")
+    [msg] = await own.fetch(1, timeout=5)
+    assert msg.data == b"member"
+    await msg.ack_sync()
+    # What shop was refused is what the server would do: the form with the name in the body only
+    # re-creates points' consumer with another filter and a short life.
+    reply = await fresh_streams.request(f"{api}.CREATE.IDENTITY", json.dumps(in_body_only).encode(), timeout=5)
+    assert "error" not in json.loads(reply.data), reply.data
+    info = await harness.consumer_info("IDENTITY", "points-members")
+    assert (info.config.filter_subject, info.config.inactive_threshold) == ("identity.access.revoked", 1.0)

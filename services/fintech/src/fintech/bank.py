@@ -10,7 +10,7 @@ from typing import Any
 
 from kizuna.identity.v1 import events_pb2 as identity_events
 from kizuna.kit.errors import InvalidArgument, NotFound
-from kizuna.kit.events import Consumer, Event
+from kizuna.kit.events import Consumer, Event, durable_name
 from kizuna.kit.service import Runtime
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -68,7 +68,11 @@ def consumers(runtime: Runtime[Any]) -> list[Consumer]:
         await open_account(session, ctx, registered.member_id)
 
     return [
-        Consumer(name="fintech-member-accounts", subjects=["identity.member.registered"], handler=open_for_registered)
+        Consumer(
+            name=durable_name("fintech", "member-accounts"),
+            subjects=["identity.member.registered"],
+            handler=open_for_registered,
+        )
     ]
 
 

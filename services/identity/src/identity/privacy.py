@@ -32,7 +32,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.identity.v1 import events_pb2
 from kizuna.kit.db import UTCDateTime, utcnow
 from kizuna.kit.errors import FailedPrecondition, NotFound, PermissionDenied, Unauthenticated
-from kizuna.kit.events import Consumer, Event, publish
+from kizuna.kit.events import Consumer, Event, durable_name, publish
+from kizuna.kit.natsauth import ERASURE_PROGRESS_PURPOSE
 from kizuna.kit.privacy import ERASURE_REQUESTED, EXPORT_SCOPE, erased_subject
 from sqlalchemy import Column, String, delete
 from sqlmodel import JSON, Field, SQLModel, col, select
@@ -48,7 +49,7 @@ from identity.tokens import Grant, publish_revocation
 ERASED_NAME = "Deleted member"
 # Not an argon2 hash: verification of any password against it fails.
 ERASED_PASSWORD_HASH = "!erased"  # noqa: S105
-PROGRESS_CONSUMER = "identity-erasure-progress"
+PROGRESS_CONSUMER = durable_name("identity", ERASURE_PROGRESS_PURPOSE)
 
 
 class Erasure(SQLModel, table=True):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from kizuna.kit.errors import InvalidArgument
-from kizuna.kit.events import Consumer, Event
+from kizuna.kit.events import Consumer, Event, durable_name
 from kizuna.points.v1 import events_pb2 as points_events
 from sqlalchemy import func
 from sqlmodel import col, select
@@ -83,4 +83,4 @@ async def on_ledger(session: AsyncSession, event: Event) -> None:
     session.add(sale)
 
 
-consumers = [Consumer("partner-ledger", ["points.ledger.>"], on_ledger)]
+consumers = [Consumer(durable_name("partner", "ledger"), ["points.ledger.>"], on_ledger)]

@@ -25,7 +25,8 @@ from functools import partial
 from typing import Any
 
 from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound
-from kizuna.kit.events import Consumer, Event
+from kizuna.kit.events import Consumer, Event, durable_name
+from kizuna.kit.natsauth import earning_purpose
 from kizuna.kit.service import Runtime
 from kizuna.points.v1 import earning_pb2 as earning
 from sqlalchemy import func
@@ -301,6 +302,10 @@ async def _claw_back(
 def consumers(runtime: Points) -> list[Consumer]:
     """One durable consumer per earner's stream, all with the same handler."""
     return [
-        Consumer(f"points-{e.service}-earn", [f"{e.service}.purchase.>"], partial(on_purchase, runtime))
+        Consumer(
+            durable_name("points", earning_purpose(e.service)),
+            [f"{e.service}.purchase.>"],
+            partial(on_purchase, runtime),
+        )
         for e in runtime.settings.kizuna_earners
     ]

@@ -17,7 +17,7 @@ from typing import Any
 from google.protobuf.message import Message
 from kizuna.identity.v1 import events_pb2 as identity
 from kizuna.kit.errors import DomainError, InvalidArgument, PermissionDenied
-from kizuna.kit.events import Consumer, Event, publish
+from kizuna.kit.events import Consumer, Event, durable_name, publish
 from kizuna.kit.service import Runtime
 from kizuna.points.v1 import events_pb2 as ev
 from kizuna.points.v1 import points_pb2 as pb
@@ -205,13 +205,13 @@ def consumers(runtime: Points) -> list[Consumer]:
     """What points consumes, each handler bound to the running service."""
     return [
         Consumer(
-            "points-members",
+            durable_name("points", "members"),
             ["identity.member.registered"],
             partial(on_member, runtime),
         ),
         *earning.consumers(runtime),
         Consumer(
-            "points-commands",
+            durable_name("points", "commands"),
             ["points.credit.requested.*", "points.spend.requested.*"],
             partial(on_command, runtime),
         ),

@@ -22,6 +22,7 @@ benches.
     [events]
     publishes = ["points.credit.requested"]           # commands to others; "<name>.>" is implicit
     consumes = ["identity", "points.ledger.>"]        # streams it reads (whole, or only some subjects)
+    consumers = { ledger = "points" }                 # its durable consumers (`shop-ledger`) and their stream
 
     [grpc]
     calls = ["points", "fintech"]
@@ -58,6 +59,8 @@ _SCOPE = re.compile(r"^[a-z][a-z0-9_]*(:[a-z][a-z0-9_]*)?$")
 _SUBJECT = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 # What a service reads: a whole stream (its owner's name) or only some of its subjects.
 _READ = re.compile(r"^[a-z][a-z0-9]{1,29}((\.[a-z][a-z0-9_]*)*\.([a-z][a-z0-9_]*|>))?$")
+# What a durable consumer is for: the name is `<service>-<purpose>` (kizuna.kit.events.durable_name).
+_PURPOSE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 # Scopes identity itself defines for OpenID Connect; a declaration may ask for them, not define them.
 OIDC_SCOPES = {
     "openid": "Know who you are (your member ID)",
@@ -93,6 +96,8 @@ class Declaration:
     sign_in: list[str] | None = None
     publishes: list[str] = field(default_factory=list)
     consumes: list[str] = field(default_factory=list)
+    # Its own durable consumers beyond those the contracts imply: purpose -> the stream it reads.
+    consumers: dict[str, str] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     privacy: bool = False
     earning: Earning | None = None
@@ -151,6 +156,18 @@ def _scope_table(raw: Any, where: str) -> dict[str, str]:
     return dict(raw)
 
 
+def _consumer_table(raw: Any, where: str, name: str, consumes: list[str]) -> dict[str, str]:
+    if not isinstance(raw, dict):
+        raise _fail(where, "must be a table of purpose = the stream it reads")
+    readable = {name, *(read.split(".", 1)[0] for read in consumes)}
+    for purpose, stream in raw.items():
+        if not _PURPOSE.match(purpose) or len(name) + 1 + len(purpose) > 64:
+            raise _fail(where, f"{purpose!r} is not a valid purpose (lower-case words joined by '-')")
+        if not isinstance(stream, str) or stream not in readable:
+            raise _fail(where, f"{purpose} reads {stream!r}: only its own stream or one in consumes")
+    return dict(raw)
+
+
 def parse(data: dict[str, Any], where: str = "service.toml") -> Declaration:
     """Validate a declaration's data; every error names the file and the field."""
     known = {"name", "slot", "label", "scopes", "web", "events", "grpc", "privacy", "earning"}
@@ -183,6 +200,7 @@ def parse(data: dict[str, Any], where: str = "service.toml") -> Declaration:
         if command.startswith(f"{name}."):
             raise _fail(where, f"{command!r}: a service's own subjects ({name}.>) need no declaring")
     consumes = _strings(events.get("consumes", []), f"{where} [events] consumes", _READ)
+    consumers = _consumer_table(events.get("consumers", {}), f"{where} [events] consumers", name, consumes)
     calls = _strings(data.get("grpc", {}).get("calls", []), f"{where} [grpc] calls", _NAME)
     privacy = data.get("privacy", {}).get("holds_member_data", False)
     if not isinstance(privacy, bool):
@@ -207,6 +225,7 @@ def parse(data: dict[str, Any], where: str = "service.toml") -> Declaration:
         sign_in=sign_in,
         publishes=publishes,
         consumes=consumes,
+        consumers=consumers,
         calls=calls,
         privacy=privacy,
         earning=earning,

@@ -681,6 +681,12 @@ def command_sender(event: Event, command: str) -> str | None:
 Handler = Callable[[AsyncSession, Event], Awaitable[None]]
 
 
+def durable_name(service: str, purpose: str) -> str:
+    """A durable consumer's name, `<service>-<purpose>` (`points-members`). The service's NATS user
+    may use exactly the names its declaration implies (kizuna.kit.natsauth), built by this."""
+    return f"{service}-{purpose}"
+
+
 @dataclass(frozen=True)
 class Consumer:
     """A durable pull consumer: `name` follows `<service>-<purpose>`, e.g. `points-shop-earn`.

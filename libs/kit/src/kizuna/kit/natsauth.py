@@ -9,13 +9,22 @@ What a service's user may do, and nothing else:
   consumers (`deadletter.<name>.>`);
 - manage its own stream (`STREAM.CREATE/UPDATE/INFO.<NAME>`), and create (never update or
   delete) the streams it reads and the dead-letter stream, should it start before their owner;
-- create consumers on the streams it reads: on a whole stream it declares in `consumes` (and its
-  own) any consumer, else only named ones filtered to what a contract implies (the filter is then
-  part of the API subject, so the broker checks it): every
-  service reads `identity.access.revoked` (revocation) and, when it holds member data,
+- read the streams it declares in `consumes` (and its own) whole, and only some subjects of others
+  where a contract implies it (the filter is then part of the API subject, so the broker checks
+  it): every service reads `identity.access.revoked` (revocation) and, when it holds member data,
   `identity.member.erasure_requested`; points reads `<earner>.purchase.>` of every earner;
   identity reads `<service>.member.erased` of every service that holds member data;
-- fetch from and acknowledge consumers on those streams;
+- create, look at, fetch from and acknowledge its own durable consumers only, each listed by name
+  (`durables`: `<service>-<purpose>`, from its declaration's `[events] consumers` and the
+  contracts). Subject wildcards match whole tokens, never a name's prefix, so a `*` in the
+  consumer's place would let a service take, acknowledge, or re-create with another filter or a
+  short life, another's consumer on a stream both read. No service deletes consumers, and the
+  create form that names the consumer only in the body (`CONSUMER.CREATE.<stream>`, out of the
+  broker's sight) is never allowed;
+- create the revocation feed's ephemeral push consumers (`kizuna.kit.revocation`), one per process
+  under a random name, so by `CONSUMER.CREATE.IDENTITY.*.identity.access.revoked`: that `*` is
+  the one name wildcard, and every other service's durable name on identity's stream is denied in
+  it, so it cannot re-create those;
 - receive only on its private inbox prefix `_INBOX_<name>` (replies to its own requests, pulled
   and pushed messages), so no service reads another's replies, and a push consumer pointed at
   another service's subject finds no subscriber to deliver to.
@@ -36,6 +45,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from kizuna.kit.declaration import ISSUER, LEDGER, Declaration
+from kizuna.kit.events import durable_name
 
 # The subjects of the contracts every service (or a named one) reads, beyond its `consumes`.
 REVOCATION_SUBJECT = f"{ISSUER}.access.revoked"
@@ -45,6 +55,9 @@ DEAD_LETTER_PREFIX = "deadletter"
 # Only test harnesses use it (to create, read and delete streams); no service ever gets it.
 TEST_SUPERUSER = "kizuna-test-superuser"
 JS_API = "$JS.API"
+# The durable consumers the contracts imply, by purpose (named `<service>-<purpose>`).
+ERASURE_PURPOSE = "member-erasure"  # each service holding member data, on identity's stream
+ERASURE_PROGRESS_PURPOSE = "erasure-progress"  # identity, on each such service's stream
 
 Permissions = dict[str, dict[str, list[str]]]
 
@@ -92,9 +105,43 @@ def reads(decl: Declaration, decls: Iterable[Declaration]) -> dict[str, list[str
     return streams
 
 
+def earning_purpose(earner: str) -> str:
+    """Points' consumer of one earner's purchase events (`points-shop-earn`)."""
+    return f"{earner}-earn"
+
+
+def durables(decl: Declaration, decls: Iterable[Declaration]) -> dict[str, list[str]]:
+    """The names of a service's durable consumers, by the stream (its owner's name) each reads:
+    those its declaration lists (`[events] consumers`) and those the contracts imply."""
+    everyone = list(decls)
+    found: dict[str, list[str]] = {}
+
+    def add(owner: str, purpose: str) -> None:
+        names = found.setdefault(owner, [])
+        if durable_name(decl.name, purpose) not in names:
+            names.append(durable_name(decl.name, purpose))
+
+    for purpose, owner in decl.consumers.items():
+        add(owner, purpose)
+    if decl.privacy:
+        add(ISSUER, ERASURE_PURPOSE)
+    if decl.name == LEDGER:
+        for earner in everyone:
+            if earner.earning is not None and earner.name != decl.name:
+                add(earner.name, earning_purpose(earner.name))
+    if decl.name == ISSUER:
+        for holder in everyone:
+            if holder.privacy and holder.name != decl.name:
+                add(holder.name, ERASURE_PROGRESS_PURPOSE)
+    return found
+
+
 def permissions(decl: Declaration, decls: Iterable[Declaration]) -> Permissions:
-    """The nats-server `permissions` of one service's user (publish and subscribe allow-lists)."""
+    """The nats-server `permissions` of one service's user (publish allow and deny lists, and
+    subscribe allow-list)."""
+    everyone = list(decls)
     own = decl.stream
+    names = durables(decl, everyone)
     publish = [
         *decl.publish_subjects,
         f"{DEAD_LETTER_PREFIX}.{decl.name}.>",
@@ -105,30 +152,48 @@ def permissions(decl: Declaration, decls: Iterable[Declaration]) -> Permissions:
         f"{JS_API}.STREAM.CREATE.{DEAD_LETTER_STREAM}",
         f"{JS_API}.STREAM.INFO.{DEAD_LETTER_STREAM}",
     ]
-    for owner, filters in reads(decl, decls).items():
+    readable = reads(decl, everyone)
+    for owner, filters in readable.items():
         stream = owner.upper()
         if stream != own:
             publish += [f"{JS_API}.STREAM.CREATE.{stream}", f"{JS_API}.STREAM.INFO.{stream}"]
-        if filters is None:
-            # Named consumers, and unnamed ones (ordered consumers) whose filter is in the body.
-            publish += [f"{JS_API}.CONSUMER.CREATE.{stream}", f"{JS_API}.CONSUMER.CREATE.{stream}.>"]
-        else:
-            # nats clients put a single filter subject into the create request's subject.
-            publish += [f"{JS_API}.CONSUMER.CREATE.{stream}.*.{subject}" for subject in filters]
-        publish += [
-            f"{JS_API}.CONSUMER.INFO.{stream}.*",
-            f"{JS_API}.CONSUMER.MSG.NEXT.{stream}.*",
-            # Acks, naks and terms: `$JS.ACK.<stream>.…` (and the form with domain and account).
-            f"$JS.ACK.{stream}.>",
-            f"$JS.ACK.*.*.{stream}.>",
-            # Flow-control replies of push (ordered) consumers.
-            f"$JS.FC.{stream}.>",
-        ]
+        for name in names.get(owner, []):
+            publish += _consumer_permissions(stream, name, filters)
+    unreadable = set(names) - set(readable)
+    if unreadable:
+        raise ValueError(f"{decl.name}: durable consumers on streams it does not read: {sorted(unreadable)}")
+    # The revocation feed (one ephemeral consumer per process, under a random name).
+    issuer = ISSUER.upper()
+    publish.append(f"{JS_API}.CONSUMER.CREATE.{issuer}.*.{REVOCATION_SUBJECT}")
+    deny = [
+        f"{JS_API}.CONSUMER.CREATE.{issuer}.{name}.{REVOCATION_SUBJECT}"
+        for other in everyone
+        if other.name != decl.name
+        for name in durables(other, everyone).get(ISSUER, [])
+    ]
     # Everything a service receives (replies, pulled and pushed messages) arrives in its own inbox.
     # Nothing else: a subscription elsewhere would also be interest that a push consumer created by
     # another service could deliver that service's own messages to, past its publish permissions.
     subscribe = [f"{inbox_prefix(decl.name)}.>"]
-    return {"publish": {"allow": _unique(publish)}, "subscribe": {"allow": subscribe}}
+    return {
+        "publish": {"allow": _unique(publish), **({"deny": _unique(deny)} if deny else {})},
+        "subscribe": {"allow": subscribe},
+    }
+
+
+def _consumer_permissions(stream: str, name: str, filters: list[str] | None) -> list[str]:
+    """What the kit's worker does with one durable consumer of its own (nats-py's API subjects)."""
+    create = f"{JS_API}.CONSUMER.CREATE.{stream}.{name}"
+    return [
+        # Created or updated by name; nats-py puts a single filter subject into the subject, so on
+        # a stream read only in part the broker checks it.
+        *([create, f"{create}.>"] if filters is None else [f"{create}.{subject}" for subject in filters]),
+        f"{JS_API}.CONSUMER.INFO.{stream}.{name}",
+        f"{JS_API}.CONSUMER.MSG.NEXT.{stream}.{name}",
+        # Acks, naks and terms: `$JS.ACK.<stream>.<consumer>.…` (and the form with domain and account).
+        f"$JS.ACK.{stream}.{name}.>",
+        f"$JS.ACK.*.*.{stream}.{name}.>",
+    ]
 
 
 def _unique(items: list[str]) -> list[str]:
@@ -278,12 +343,16 @@ def service_env(service: str, passwords: Mapping[str, str]) -> dict[str, str]:
 __all__ = [
     "DEAD_LETTER_PREFIX",
     "DEAD_LETTER_STREAM",
+    "ERASURE_PROGRESS_PURPOSE",
+    "ERASURE_PURPOSE",
     "ERASURE_REQUESTED_SUBJECT",
     "REVOCATION_SUBJECT",
     "TEST_SUPERUSER",
     "authorization_block",
     "connect_options",
     "dead_letter_subject",
+    "durables",
+    "earning_purpose",
     "generate_passwords",
     "inbox_prefix",
     "load_or_create_passwords",

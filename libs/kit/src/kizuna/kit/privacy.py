@@ -23,7 +23,8 @@ from kizuna.kit.auth import Principal, service_scope
 from kizuna.kit.db import utcnow
 from kizuna.kit.declaration import ISSUER
 from kizuna.kit.errors import PermissionDenied
-from kizuna.kit.events import Consumer, Event, publish
+from kizuna.kit.events import Consumer, Event, durable_name, publish
+from kizuna.kit.natsauth import ERASURE_PURPOSE
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 EXPORT_SCOPE = "privacy:export"
@@ -64,7 +65,7 @@ def erasure_consumer(service: str, privacy: Privacy) -> Consumer:
             member_id=request.member_id,
         )
 
-    return Consumer(name=f"{service}-member-erasure", subjects=[ERASURE_REQUESTED], handler=handle)
+    return Consumer(name=durable_name(service, ERASURE_PURPOSE), subjects=[ERASURE_REQUESTED], handler=handle)
 
 
 def export_router(service: str, privacy: Privacy) -> APIRouter:
