@@ -7,7 +7,9 @@ from datetime import timedelta
 from typing import Literal
 
 import grpc
+import nats
 from kizuna.common.v1 import common_pb2
+from kizuna.identity.v1 import events_pb2 as identity
 from kizuna.points.v1 import points_pb2 as pb
 from points import campaigns
 
@@ -187,3 +189,27 @@ async def test_live_campaigns_are_listed_for_whoever_may_read_a_balance(points: 
     points.clock.advance(3 * DAY)
     later = await points.stub.ListLiveCampaigns(request, metadata=points.auth())
     assert [c.campaign_id for c in later.campaigns] == [live]
+
+
+async def test_a_welcome_bonus_named_after_its_kind_is_said_once_in_either_language(
+    points: Points, nats_url: str
+) -> None:
+    await _campaign(points, "Welcome bonus", -DAY, 2 * DAY, kind="welcome", multiplier=0.0, fixed_bonus=300)
+    await _campaign(points, "Spring", -DAY, 2 * DAY, kind="welcome", multiplier=0.0, fixed_bonus=100)
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="IDENTITY", subjects=["identity.>"])
+        joined = identity.MemberRegistered(member_id="joiner").SerializeToString()
+        await js.publish("identity.member.registered", joined, headers={"ce-id": "joined-1"})
+    finally:
+        await nc.close()
+
+    async def welcomed() -> bool:
+        return (await points.balance("joiner")).total == 400
+
+    await wait_until(welcomed)
+    english = {e.explanation for e in (await history(points, "joiner", locale="en")).entries}
+    japanese = {e.explanation for e in (await history(points, "joiner", locale="ja")).entries}
+    assert english == {"Welcome bonus", "Welcome bonus: Spring"}
+    assert japanese == {"入会ボーナス", "入会ボーナス\N{FULLWIDTH COLON}Spring"}

@@ -30,6 +30,7 @@ CAPPED_PER_PURCHASE = "capped at %(points)s points per purchase"
 CAPPED_PER_MONTH = "capped at %(points)s points per month"
 MERCHANT_BONUS = "Merchant campaign bonus at %(place)s on %(what)s"
 WELCOME_BONUS = "Welcome bonus: %(campaign)s"
+WELCOME = "Welcome bonus"
 POINTS_FROM = "Points from %(place)s"
 POINTS_FROM_ON = "Points from %(place)s on %(what)s"
 SPENT_AT = "Spent at %(place)s"
@@ -70,6 +71,7 @@ MESSAGES = [
     CAPPED_PER_MONTH,
     MERCHANT_BONUS,
     WELCOME_BONUS,
+    WELCOME,
     POINTS_FROM,
     POINTS_FROM_ON,
     SPENT_AT,
@@ -129,6 +131,14 @@ class Speaker:
             return text
         return i18n.translation(text, self.locale) or text
 
+    def welcome(self, campaign: str) -> str:
+        """A welcome bonus's line: "Welcome bonus: Spring 2027", or the campaign's name alone when
+        it says what it is already ("Welcome bonus" is not said twice, in either language)."""
+        name = self.word(campaign)
+        if self.say(WELCOME).casefold() in name.casefold():
+            return name
+        return self.say(WELCOME_BONUS, campaign=name)
+
     def purchase(self, what: str) -> str:
         """A purchase as its seller labelled it ("order 1042", "booking 7", "card purchase at X")."""
         if self.locale == "en":
@@ -174,9 +184,10 @@ class Speaker:
 
     def entry(self, kind: str, stored: str, service: str, ref: str) -> str:
         """A posted entry's line: as stored in English; rebuilt in Japanese."""
-        if self.locale == "en":
-            return stored
         head, notes = _split_notes(stored)
+        if self.locale == "en":
+            welcome = _WELCOME_LINE.fullmatch(head)
+            return stored.replace(head, self.welcome(welcome.group(1)), 1) if welcome else stored
         said = self._known(head, kind, service, ref)
         if said is None:
             said = self.word(head) if i18n.translation(head, self.locale) else self._generic(kind, service, ref)
@@ -198,9 +209,9 @@ class Speaker:
         match = re.fullmatch(r"Merchant campaign bonus at (.+?) on (.+)", head)
         if match:
             return self.say(MERCHANT_BONUS, place=self.word(match.group(1)), what=self.purchase(match.group(2)))
-        match = re.fullmatch(r"Welcome bonus: (.+)", head)
+        match = _WELCOME_LINE.fullmatch(head)
         if match:
-            return self.say(WELCOME_BONUS, campaign=self.word(match.group(1)))
+            return self.welcome(match.group(1))
         match = re.fullmatch(r"(\d+) (regular|limited-time) points expired", head)
         if match:
             template = EXPIRED_REGULAR if match.group(2) == "regular" else EXPIRED_LIMITED
@@ -272,6 +283,7 @@ class Speaker:
         return self.say(with_what, place=place, what=what) if what else self.say(plain, place=place)
 
 
+_WELCOME_LINE = re.compile(r"Welcome bonus: (.+)")
 _NOTES = re.compile(
     r"^(.*) \(((?:\d+ of the points returned repaid debt|\d+ repaid debt|\d+ points had expired and did not return"
     r"|\d+ points owed)(?:; .*)?)\)$"
