@@ -20,7 +20,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from kizuna.kit.bounds import Text
 from kizuna.kit.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from pydantic import BaseModel, ConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict
 from pydantic import Field as PydanticField
 from sqlmodel import col, select
 
@@ -65,7 +65,7 @@ Name = Annotated[Text, PydanticField(min_length=1, max_length=100)]
 class ClientPublic(BaseModel):
     """A registered client as the admin API shows it (never its secret)."""
 
-    client_id: str
+    client_id: str = PydanticField(validation_alias=AliasChoices("client_id", "id"))
     name: str
     public: bool
     redirect_uris: list[str]
@@ -78,18 +78,7 @@ class ClientPublic(BaseModel):
 
     @classmethod
     def of(cls, client: Client) -> ClientPublic:
-        return cls(
-            client_id=client.id,
-            name=client.name,
-            public=client.public,
-            redirect_uris=client.redirect_uris,
-            post_logout_redirect_uris=client.post_logout_redirect_uris,
-            grant_types=client.grant_types,
-            scopes=client.scopes,
-            first_party=client.first_party,
-            backchannel_logout_uri=client.backchannel_logout_uri,
-            created_at=client.created_at,
-        )
+        return cls.model_validate(client, from_attributes=True)
 
 
 class ClientWithSecretPublic(ClientPublic):

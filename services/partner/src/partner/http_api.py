@@ -61,9 +61,7 @@ class PartnerPublic(BaseModel):
 
     @classmethod
     def of(cls, p: Partner) -> PartnerPublic:
-        return cls(
-            id=p.id, name=p.name, status=p.status, earn_rate_bp=p.earn_rate_bp, return_window_days=p.return_window_days
-        )
+        return cls.model_validate(p, from_attributes=True)
 
 
 class Credentials(BaseModel):
@@ -83,7 +81,7 @@ class StorePublic(BaseModel):
 
     @classmethod
     def of(cls, s: Store) -> StorePublic:
-        return cls(id=s.id, partner_id=s.partner_id, name=s.name)
+        return cls.model_validate(s, from_attributes=True)
 
 
 class EarnRequest(BaseModel):
@@ -162,14 +160,7 @@ class StatementPublic(BaseModel):
 
     @classmethod
     def of(cls, s: settlement.Statement) -> StatementPublic:
-        return cls(
-            partner_id=s.partner_id,
-            partner_name=s.partner_name,
-            month=s.month,
-            points_issued=s.points_issued,
-            points_redeemed=s.points_redeemed,
-            net_owed_by_partner=s.net_owed_by_partner,
-        )
+        return cls.model_validate(s, from_attributes=True)
 
 
 class CardPublic(BaseModel):
@@ -257,12 +248,7 @@ async def take_return(body: ReturnRequest, partner: PartnerAuth, context: Contex
         amount_minor=body.amount_minor,
         points=body.points,
     )
-    return [
-        ReturnPublic(
-            id=r.id, sale_id=r.sale_id, return_receipt=r.return_receipt, amount_minor=r.amount_minor, points=r.points
-        )
-        for r in done
-    ]
+    return [ReturnPublic.model_validate(r, from_attributes=True) for r in done]
 
 
 @router.get("/pos/statement")

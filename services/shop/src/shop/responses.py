@@ -67,15 +67,7 @@ class MerchantPublic(BaseModel):
 
     @classmethod
     def of(cls, m: Merchant) -> MerchantPublic:
-        return cls(
-            id=m.id,
-            name=m.name,
-            description=m.description,
-            status=m.status,
-            applied_by=m.applied_by,
-            verified_at=m.verified_at,
-            verified_by=m.verified_by,
-        )
+        return cls.model_validate(m, from_attributes=True)
 
 
 class MyMerchantPublic(MerchantPublic):
@@ -91,7 +83,7 @@ class StaffPublic(BaseModel):
 
     @classmethod
     def of(cls, s: MerchantStaff) -> StaffPublic:
-        return cls(merchant_id=s.merchant_id, member_id=s.member_id, role=s.role)
+        return cls.model_validate(s, from_attributes=True)
 
 
 class CampaignPublic(BaseModel):
@@ -104,14 +96,7 @@ class CampaignPublic(BaseModel):
 
     @classmethod
     def of(cls, c: Campaign) -> CampaignPublic:
-        return cls(
-            id=c.id,
-            name=c.name,
-            extra_bp=c.extra_bp,
-            product_id=c.product_id,
-            starts_at=c.starts_at,
-            ends_at=c.ends_at,
-        )
+        return cls.model_validate(c, from_attributes=True)
 
 
 class CartLinePublic(BaseModel):

@@ -8,7 +8,7 @@ from datetime import date
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.common.v1 import common_pb2
 from kizuna.travel.v1 import travel_pb2
-from pydantic import BaseModel
+from pydantic import AliasChoices, BaseModel, Field
 
 from travel import wording
 from travel.models import Booking, Hotel, RatePlan, RoomType
@@ -35,7 +35,7 @@ class CityPublic(BaseModel):
 
 
 class HotelPublic(BaseModel):
-    hotel_id: str
+    hotel_id: str = Field(validation_alias=AliasChoices("hotel_id", "id"))
     name: str
     city: str
     city_name: str
@@ -46,16 +46,7 @@ class HotelPublic(BaseModel):
 
     @classmethod
     def of(cls, h: Hotel) -> HotelPublic:
-        return cls(
-            hotel_id=h.id,
-            name=h.name,
-            city=h.city,
-            city_name=h.city_name,
-            area=h.area,
-            address=h.address,
-            stars=h.stars,
-            description=h.description,
-        )
+        return cls.model_validate(h, from_attributes=True)
 
 
 class OfferPublic(BaseModel):
@@ -115,14 +106,14 @@ class SearchPublic(BaseModel):
 
 
 class RoomPublic(BaseModel):
-    room_type_id: str
+    room_type_id: str = Field(validation_alias=AliasChoices("room_type_id", "id"))
     name: str
     max_guests: int
     description: str
 
     @classmethod
     def of(cls, r: RoomType) -> RoomPublic:
-        return cls(room_type_id=r.id, name=r.name, max_guests=r.max_guests, description=r.description)
+        return cls.model_validate(r, from_attributes=True)
 
 
 class RatePlanPublic(BaseModel):
