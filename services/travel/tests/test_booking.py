@@ -4,7 +4,7 @@ points and card, confirm — or undo it all, also after a crash in the middle of
 from __future__ import annotations
 
 import asyncio
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -26,6 +26,7 @@ async def test_points_and_card_pay_the_total_and_every_night_is_sold(travel: Tra
     body = booking_body(points=3_000, nights=3)
     total = await travel.offer_total(body)
 
+    sent_at = datetime.now(UTC)
     resp = await travel.http.post("/api/bookings", json=body, headers=member.headers)
 
     assert resp.status_code == 201, resp.text
@@ -45,6 +46,9 @@ async def test_points_and_card_pay_the_total_and_every_night_is_sold(travel: Tra
     assert event.booking_id == booking["booking_id"] and event.member_id == member.id
     assert event.total.amount_minor == total and event.points_used == 3_000
     assert (event.check_in.year, event.check_in.month, event.check_in.day) == _d(body["check_in"]).timetuple()[:3]
+    assert (event.check_out.year, event.check_out.month, event.check_out.day) == _d(body["check_out"]).timetuple()[:3]
+    assert (event.hotel_id, event.room_type_id, event.guests) == (booking["hotel_id"], ROOM, booking["guests"])
+    assert sent_at <= event.occurred_at.ToDatetime(tzinfo=UTC) <= datetime.now(UTC)
     mine = (await travel.http.get("/api/bookings", headers=member.headers)).json()["bookings"]
     assert [b["booking_id"] for b in mine] == [booking["booking_id"]]
 

@@ -47,6 +47,13 @@ async def test_cancelling_before_the_deadline_is_free_and_returns_everything(tra
     [msg] = await stream_events(travel.nats_url, "travel.booking.cancelled", member.id)
     event = events_pb2.BookingCancelled.FromString(msg.data)
     assert (event.penalty.amount_minor, event.refunded.amount_minor, event.points_refunded) == (0, card, 4_000)
+    assert (event.booking_id, event.hotel_id, event.total.amount_minor, event.points_used) == (
+        booking["booking_id"],
+        booking["hotel_id"],
+        total,
+        4_000,
+    )
+    assert event.occurred_at.ToDatetime(tzinfo=UTC) == travel.clock.at
 
     # Points settles the rest on its own: the card purchase's earn is clawed back with its refund
     # and the stay's pending earn is cancelled, which leaves the member where they started.
@@ -187,6 +194,7 @@ async def test_a_stay_completes_after_check_out_exactly_once(travel: TravelEnv) 
         booking["total"]["amount_minor"],
         500,
     )
+    assert event.hotel_id == booking["hotel_id"] and event.occurred_at.ToDatetime(tzinfo=UTC) == travel.clock.at
     # A completed stay cannot be cancelled.
     resp = await travel.http.post(f"/api/bookings/{booking['booking_id']}/cancel", headers=member.headers)
     assert resp.status_code == 409

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime
+from typing import Any
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.common.v1 import common_pb2
 from kizuna.kit.events import publish
@@ -30,61 +33,60 @@ def _money(amount: int, currency: str) -> common_pb2.Money:
 
 
 def confirmed(session: AsyncSession, booking: Booking, now: datetime) -> None:
-    publish(
+    _announce(
         session,
+        booking,
+        now,
         "travel.booking.confirmed",
-        events_pb2.BookingConfirmed(
-            booking_id=booking.id,
-            member_id=booking.member_id,
-            hotel_id=booking.hotel_id,
-            room_type_id=booking.room_type_id,
-            check_in=_date(booking.check_in),
-            check_out=_date(booking.check_out),
-            guests=booking.guests,
-            total=_money(booking.total_minor, booking.currency),
-            points_used=booking.points_used,
-            occurred_at=_ts(now),
-        ),
-        member_id=booking.member_id,
+        events_pb2.BookingConfirmed,
+        "paid",
+        room_type_id=booking.room_type_id,
+        check_in=_date(booking.check_in),
+        check_out=_date(booking.check_out),
+        guests=booking.guests,
     )
-    _purchase(session, booking, "paid", now)
 
 
 def cancelled(session: AsyncSession, booking: Booking, now: datetime) -> None:
-    publish(
+    _announce(
         session,
+        booking,
+        now,
         "travel.booking.cancelled",
-        events_pb2.BookingCancelled(
-            booking_id=booking.id,
-            member_id=booking.member_id,
-            hotel_id=booking.hotel_id,
-            total=_money(booking.total_minor, booking.currency),
-            points_used=booking.points_used,
-            penalty=_money(booking.penalty_minor, booking.currency),
-            refunded=_money(booking.card_refund_minor, booking.currency),
-            points_refunded=booking.points_refund,
-            occurred_at=_ts(now),
-        ),
-        member_id=booking.member_id,
+        events_pb2.BookingCancelled,
+        "cancelled",
+        penalty=_money(booking.penalty_minor, booking.currency),
+        refunded=_money(booking.card_refund_minor, booking.currency),
+        points_refunded=booking.points_refund,
     )
-    _purchase(session, booking, "cancelled", now)
 
 
 def completed(session: AsyncSession, booking: Booking, now: datetime) -> None:
-    publish(
-        session,
-        "travel.booking.completed",
-        events_pb2.BookingCompleted(
-            booking_id=booking.id,
-            member_id=booking.member_id,
-            hotel_id=booking.hotel_id,
-            total=_money(booking.total_minor, booking.currency),
-            points_used=booking.points_used,
-            occurred_at=_ts(now),
-        ),
+    _announce(session, booking, now, "travel.booking.completed", events_pb2.BookingCompleted, "completed")
+
+
+def _announce(
+    session: AsyncSession,
+    booking: Booking,
+    now: datetime,
+    subject: str,
+    event: Callable[..., Message],
+    stage: str,
+    **details: Any,
+) -> None:
+    """Stage the booking's event on `subject` (the fields every booking event carries, and the
+    event's own `details`) and the matching stage of the earning contract."""
+    message = event(
+        booking_id=booking.id,
         member_id=booking.member_id,
+        hotel_id=booking.hotel_id,
+        total=_money(booking.total_minor, booking.currency),
+        points_used=booking.points_used,
+        occurred_at=_ts(now),
+        **details,
     )
-    _purchase(session, booking, "completed", now)
+    publish(session, subject, message, member_id=booking.member_id)
+    _purchase(session, booking, stage, now)
 
 
 def _purchase(session: AsyncSession, booking: Booking, stage: str, now: datetime) -> None:
