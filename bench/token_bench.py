@@ -92,10 +92,31 @@ class Round:
         return self.tokens_per_s * self.seconds / self.cpu_s if self.cpu_s else float("nan")
 
 
+def _stat_fields(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process, its threads and its child processes (a supervisor's
+    workers), the living ones and the reaped ones."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children.setdefault(int(_stat_fields(int(entry.name))[1]), []).append(int(entry.name))
+            except (OSError, IndexError):
+                continue
+    ticks, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = _stat_fields(current)
+        except OSError:
+            continue
+        # utime + stime, and for the process itself cutime + cstime (workers it has reaped).
+        ticks += int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if current == pid else 0)
+        todo.extend(children.get(current, ()))
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def check_endpoint(target: Target) -> None:
@@ -181,10 +202,11 @@ def start_anchor(workdir: Path) -> tuple[subprocess.Popen[str], Target]:
 
 
 def start_identity(
-    workdir: Path, nats: NatsServer, name: str = "identity", source: Path | None = None
+    workdir: Path, nats: NatsServer, name: str = "identity", source: Path | None = None, workers: int = 1
 ) -> ServiceProcess:
-    """identity as `python -m identity` on a fresh SQLite database; from `source` (a tree holding
-    libs/kit/src and services/identity/src) instead of the installed workspace when given."""
+    """identity as `python -m identity` on a fresh SQLite database, serving from `workers`
+    processes (`KIZUNA_WORKERS`); from `source` (a tree holding libs/kit/src and
+    services/identity/src) instead of the installed workspace when given."""
     port = free_port()  # identity must know its own issuer URL before it binds
     issuer = f"http://127.0.0.1:{port}"
     client = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "grant_types": ["client_credentials"]}
@@ -195,6 +217,7 @@ def start_identity(
         "KIZUNA_CLIENTS": json.dumps([{**client, "scopes": [SCOPE]}]),
         "KIZUNA_SCOPES": json.dumps(declaration.scope_catalogue(declaration.discover())),
         "LOG_FORMAT": "json",
+        "KIZUNA_WORKERS": str(workers),
         "NATS_URL": nats.address,
         **nats.service_env("identity"),
     }
@@ -272,6 +295,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of unmeasured load per target first")
     parser.add_argument(
+        "--workers",
+        default=str(os.cpu_count() or 1),
+        help="identity's serving processes (KIZUNA_WORKERS); a comma-separated list runs each count "
+        "as its own target in the same rounds (default: one per CPU; the anchor is one Node process)",
+    )
+    parser.add_argument(
         "--baseline",
         metavar="REV",
         help="also run identity as of this git revision (its kit and identity sources) in the same rounds",
@@ -292,11 +321,15 @@ def main() -> None:
         try:
             nats.start()
             targets: dict[str, Target] = {}
-            variants: list[tuple[str, Path | None]] = [("identity", None)]
+            counts = [int(n) for n in args.workers.split(",")]
+            variants: list[tuple[str, Path | None, int]] = [(f"identity x{n}", None, n) for n in counts]
             if args.baseline:
-                variants.append((f"identity@{args.baseline}", export_baseline(args.baseline, workdir / "baseline")))
-            for name, source in variants:
-                identity = start_identity(workdir, nats, name.replace("@", "-"), source)
+                # A tree from before the worker processes serves from one.
+                source = export_baseline(args.baseline, workdir / "baseline")
+                variants.append((f"identity@{args.baseline}", source, 1))
+            for name, source, workers in variants:
+                label = name.replace("@", "-").replace(" ", "-")
+                identity = start_identity(workdir, nats, label, source, workers)
                 identities.append(identity)
                 assert identity.process is not None
                 url = identity.url

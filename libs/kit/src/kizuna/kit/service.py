@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import importlib
 import inspect
 import json
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
@@ -51,6 +49,7 @@ from kizuna.kit.revocation import RevocationFeed
 from kizuna.kit.rpc import GrpcServer
 from kizuna.kit.settings import ServiceSettings, load_settings
 from kizuna.kit.telemetry import configure_telemetry, instrument_http, shutdown_telemetry
+from kizuna.kit.workers import Supervisor, bind_port, worker_count
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -124,31 +123,6 @@ def _report_ports(http_port: int, grpc_port: int) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps({"http": http_port, "grpc": grpc_port}))
     partial.replace(path)  # atomic: a reader sees the whole file or none
-
-
-class PortBusyError(SystemExit):
-    """A port the service needs is taken; the message names it."""
-
-
-def _bind_socket(host: str, port: int, what: str) -> socket.socket:
-    # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on accepted sockets whose proto is
-    # IPPROTO_TCP, and they inherit it from this one. With proto 0, Nagle held back the second
-    # write of each response until the client's delayed ACK (~40 ms per request, bench/token_bench.py).
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            message = f"{what} port {port} on {host} is already in use; free it or set {what.upper()}_PORT"
-            print(message, file=sys.stderr)
-            raise PortBusyError(message) from None
-        raise
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
 
 
 class _Uvicorn(uvicorn.Server):
@@ -255,7 +229,8 @@ class Service(Generic[S]):
         settings = self.load_settings()
         configure_logging(self.name, settings.log_level, settings.log_format)
         if ns.command == "serve":
-            sys.exit(asyncio.run(self.serve(settings)))
+            count = worker_count(settings.kizuna_workers)
+            sys.exit(asyncio.run(self.serve(settings)) if count == 1 else self.supervise(settings, count))
         if ns.command == "migrate":
             self.migrate(settings)
             return
@@ -277,26 +252,59 @@ class Service(Generic[S]):
         migrations.upgrade(settings.database_url_for(self.name), self.migrations_dir)
         log.info("database migrated")
 
+    def supervise(self, settings: S, count: int) -> int:
+        """Serve from `count` worker processes sharing the ports (kizuna.kit.workers); returns the
+        exit code once they have all stopped."""
+        if settings.migrate_on_start:
+            self.migrate(settings)
+
+        def serve_worker(http_port: int, grpc_port: int, notify_ready: Callable[[], None]) -> int:
+            update = {"http_port": http_port, "grpc_port": grpc_port, "migrate_on_start": False}
+            return asyncio.run(
+                self.serve(settings.model_copy(update=update), reuse_port=True, on_ready=lambda _rt: notify_ready())
+            )
+
+        return Supervisor(
+            self.name,
+            count=count,
+            http=(settings.http_host, settings.http_port),
+            grpc=(settings.grpc_host, settings.grpc_port),
+            grace_seconds=settings.shutdown_grace_seconds,
+            serve_worker=serve_worker,
+            report_ports=_report_ports,
+        ).run()
+
     # ---- lifecycle ----------------------------------------------------------------------
-    async def serve(self, settings: S) -> int:
-        """Run until SIGTERM/SIGINT, then shut down gracefully; returns the exit code."""
+    async def serve(
+        self,
+        settings: S,
+        *,
+        reuse_port: bool = False,
+        on_ready: Callable[[Runtime[S]], None] | None = None,
+    ) -> int:
+        """Run until SIGTERM/SIGINT, then shut down gracefully; returns the exit code. Once ready,
+        the ports are reported (`KIZUNA_PORTS_FILE`), or `on_ready` is called instead."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         # Explicit handlers for both, replacing whatever disposition was inherited (a process started
         # in the background has SIGINT ignored).
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with self.running(settings) as runtime:
-            _report_ports(runtime.http_port, runtime.grpc_port)
+        async with self.running(settings, reuse_port=reuse_port) as runtime:
+            if on_ready is None:
+                _report_ports(runtime.http_port, runtime.grpc_port)
+            else:
+                on_ready(runtime)
             await stop.wait()
             log.info("stop signal received; draining")
         return 0
 
     @contextlib.asynccontextmanager
-    async def running(self, settings: S) -> AsyncIterator[Runtime[S]]:
-        """Start everything, yield the runtime once ready, and shut down gracefully on exit."""
+    async def running(self, settings: S, *, reuse_port: bool = False) -> AsyncIterator[Runtime[S]]:
+        """Start everything, yield the runtime once ready, and shut down gracefully on exit.
+        `reuse_port`: the HTTP port is shared with the other workers of a supervisor."""
         configure_telemetry(self.name)
-        http_sock = _bind_socket(settings.http_host, settings.http_port, "http")
+        http_sock = bind_port(settings.http_host, settings.http_port, "http", listen=True, reuse_port=reuse_port)
         runtime: Runtime[S] = Runtime(
             name=self.name,
             settings=settings,

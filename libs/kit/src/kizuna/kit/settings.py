@@ -53,6 +53,10 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
     migrate_on_start: bool = True
+    # Serving processes (`python -m <service> serve`): 1 serves in the process itself; N > 1 starts
+    # a supervisor and N workers sharing the HTTP and gRPC ports (kizuna.kit.workers); 0: one per
+    # CPU this process may run on.
+    kizuna_workers: int = Field(default=1, ge=0)
     shutdown_grace_seconds: float = 8.0
     outbox_poll_seconds: float = 1.0
     consumer_max_deliver: int = 5

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import weakref
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING
 
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
@@ -35,8 +37,12 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
     from sqlalchemy.engine import Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 _configured = False
+
+# Set in each worker process of a supervisor (kizuna.kit.workers): its slot, 0 .. N-1.
+WORKER_VARIABLE = "KIZUNA_WORKER"
 
 # Kubernetes and Prometheus probe these; a trace per probe would bury the requests that matter.
 PROBES = ("/healthz", "/readyz", "/metrics")
@@ -66,8 +72,17 @@ def configure_telemetry(service: str) -> None:
     _configured = True
     _opt_in_to_stable_conventions()
     resource = Resource.create(
-        {"service.name": os.environ.get("OTEL_SERVICE_NAME", service), "service.namespace": "kizuna"}
+        {
+            "service.name": os.environ.get("OTEL_SERVICE_NAME", service),
+            "service.namespace": "kizuna",
+        }
     )
+    worker = os.environ.get(WORKER_VARIABLE)
+    if worker:
+        # The workers of one pod (kizuna.kit.workers) each push their own cumulative counters and
+        # histograms, which the collector keeps apart only by resource: `<pod>/worker-<n>`.
+        base = resource.attributes.get("service.instance.id") or socket.gethostname()
+        resource = resource.merge(Resource({"service.instance.id": f"{base}/worker-{worker}"}))
     provider = TracerProvider(resource=resource)
     # The sampler OTEL_TRACES_SAMPLER chose (by default: always, or as the caller's trace says),
     # consulted only while spans go somewhere.
@@ -145,6 +160,7 @@ def shutdown_telemetry() -> None:
 
 
 tracer = trace.get_tracer("kizuna.kit")
+_http_tracer = trace.get_tracer("kizuna.kit.http")
 meter = metrics.get_meter("kizuna.kit")
 
 # HTTP server durations come from the FastAPI instrumentation (`http.server.request.duration`, s).
@@ -173,7 +189,13 @@ def extract_context(carrier: Mapping[str, str]) -> Context:
 
 def instrument_http(app: FastAPI) -> None:
     """A SERVER span per HTTP request (continuing the caller's trace) and the request duration
-    histogram, by OpenTelemetry's FastAPI instrumentation; probes are left out of both."""
+    histogram, by OpenTelemetry's FastAPI instrumentation; probes are left out of both.
+
+    While nothing is exported (no OTLP endpoint, no span processor added) the instrumentation is
+    bypassed: a request only gets a span context (its trace id for the logs, the caller's trace
+    continued in outgoing calls). The instrumentation matches every request against all routes to
+    name its span and records five measurements; that was about half the CPU time of a token
+    request (bench/token_bench.py), spent on spans and metrics nobody read."""
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     _opt_in_to_stable_conventions()
@@ -184,6 +206,46 @@ def instrument_http(app: FastAPI) -> None:
         # No INTERNAL span per ASGI receive/send message: they say nothing the server span does not.
         exclude_spans=["receive", "send"],
     )
+    instrumented_build = app.build_middleware_stack
+
+    def build_middleware_stack() -> ASGIApp:
+        traced = instrumented_build()
+        # The instrumentation's stack: ServerErrorMiddleware -> OpenTelemetryMiddleware -> the
+        # application's own stack. Anything else (a newer instrumentation): always traced.
+        otel = getattr(traced, "app", None)
+        plain = getattr(otel, "app", None)
+        if type(otel).__name__ != "OpenTelemetryMiddleware" or plain is None:
+            return traced
+        return _WhileExported(traced, plain)
+
+    # An instance attribute, as the instrumentation's own replacement is.
+    app.__dict__["build_middleware_stack"] = build_middleware_stack
+
+
+class _WhileExported:
+    """The instrumented stack while spans are exported; otherwise the application's own stack
+    inside a span context that is not recorded (see `instrument_http`)."""
+
+    def __init__(self, traced: ASGIApp, plain: ASGIApp) -> None:
+        self.traced = traced
+        self.plain = plain
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if _exporting or scope["type"] != "http":
+            await self.traced(scope, receive, send)
+            return
+        parent: Context | None = None
+        for name, value in scope["headers"]:
+            if name == b"traceparent":
+                parent = propagate.extract({"traceparent": value.decode("latin-1")})
+                break
+        # The sampler drops it (nothing is exported): a span context with ids, nothing recorded.
+        span = _http_tracer.start_span("HTTP", parent, SpanKind.SERVER)
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        try:
+            await self.plain(scope, receive, send)
+        finally:
+            otel_context.detach(token)
 
 
 class _InTraceOnly:
