@@ -69,7 +69,7 @@ async def enroll(request: Request, member: FormMember, context: ContextDep) -> R
             access_expires_at=web.access_expires_at,
             now=context.clock.now(),
         )
-    flash(request, "success", _("Your point card is ready. Show the code at the till to earn and spend points."))
+    flash(request, "success", "Your point card is ready. Show the code at the till to earn and spend points.")
     return RedirectResponse("/card", status_code=303)
 
 
@@ -80,7 +80,7 @@ async def revoke(request: Request, member: FormMember, context: ContextDep) -> R
     flash(
         request,
         "success" if revoked else "warning",
-        _("Your point card is revoked: its codes no longer work.") if revoked else _("You had no point card."),
+        "Your point card is revoked: its codes no longer work." if revoked else "You had no point card.",
     )
     return RedirectResponse("/card", status_code=303)
 

@@ -25,7 +25,7 @@ from kizuna.kit.bounds import Int64
 from kizuna.kit.csrf import FormMember, csrf_token
 from kizuna.kit.db import SessionDep
 from kizuna.kit.errors import DomainError, NotFound, PermissionDenied
-from kizuna.kit.flash import Kind, flash
+from kizuna.kit.flash import Kind, Param, Word, flash
 from kizuna.kit.i18n import gettext as _
 from kizuna.kit.oidc_client import MaybeMember, SignedInMember, WebMember
 from kizuna.kit.web.wording import for_member
@@ -89,10 +89,13 @@ async def _render(
     return templates.TemplateResponse(request, name, context, status_code=status, headers={"Cache-Control": "no-store"})
 
 
-def _back(request: Request, path: str, *, message: str = "", error: str = "", kind: Kind = "success") -> Response:
-    """Back to a page with a message for the member (in the session, never in the URL)."""
+def _back(
+    request: Request, path: str, *, message: str = "", error: str = "", kind: Kind = "success", **params: Param
+) -> Response:
+    """Back to a page with a message for the member (in the session, never in the URL): `message`
+    is the catalogue's key, translated on the page that shows it (kizuna.kit.flash)."""
     if message:
-        flash(request, kind, message)
+        flash(request, kind, message, **params)
     if error:
         flash(request, "error", for_member(error))
     return RedirectResponse(path, status_code=303)
@@ -178,14 +181,14 @@ async def add_to_cart(
         return _back(
             request, f"/products/{product_id}" if "no product" not in exc.message else "/cart", error=exc.message
         )
-    return _back(request, "/cart", message=_("Your cart is updated."))
+    return _back(request, "/cart", message="Your cart is updated.")
 
 
 @router.post("/cart/items/{product_id}/remove")
 async def remove_from_cart(product_id: str, request: Request, member: FormMember, session: SessionDep) -> Response:
     await cart.remove(session, member.member_id, product_id)
     await session.commit()
-    return _back(request, "/cart", message=_("Removed from your cart."))
+    return _back(request, "/cart", message="Removed from your cart.")
 
 
 @router.get("/checkout", response_class=HTMLResponse)
@@ -249,7 +252,7 @@ async def place_order(
     except DomainError as exc:
         flash(request, "error", for_member(exc.message))
         return RedirectResponse(f"/checkout?merchant_id={quote(merchant_id)}", status_code=303)
-    return _back(request, f"/orders#order-{done.order_id}", message=_("Thank you! Your order is placed."))
+    return _back(request, f"/orders#order-{done.order_id}", message="Thank you! Your order is placed.")
 
 
 # ---- my orders ----------------------------------------------------------------------------------
@@ -274,7 +277,7 @@ async def confirm_delivery(order_id: str, request: Request, member: FormMember) 
         await _shop(request).orders.complete(order_id, member.member_id)
     except DomainError as exc:
         return _back(request, "/orders", error=exc.message)
-    return _back(request, "/orders", message=_("Thanks for confirming the delivery."))
+    return _back(request, "/orders", message="Thanks for confirming the delivery.")
 
 
 @router.post("/orders/{order_id}/cancel")
@@ -284,7 +287,7 @@ async def cancel_order(order_id: str, request: Request, member: FormMember, sess
         await _shop(request).orders.cancel(order_id)
     except DomainError as exc:
         return _back(request, "/orders", error=exc.message)
-    return _back(request, "/orders", message=_("Your order is cancelled; your points and the card hold are released."))
+    return _back(request, "/orders", message="Your order is cancelled; your points and the card hold are released.")
 
 
 @router.post("/orders/{order_id}/refund-request")
@@ -296,7 +299,7 @@ async def request_refund(
         await session.commit()
     except DomainError as exc:
         return _back(request, "/orders", error=exc.message)
-    return _back(request, "/orders", message=_("Your refund request is sent to the merchant."))
+    return _back(request, "/orders", message="Your refund request is sent to the merchant.")
 
 
 # ---- merchant console ---------------------------------------------------------------------------
@@ -329,7 +332,7 @@ async def apply_as_merchant(
         await session.commit()
     except DomainError as exc:
         return _back(request, "/merchant", error=exc.message)
-    return _back(request, "/merchant", message=_("Thanks for applying; a platform admin will verify your shop."))
+    return _back(request, "/merchant", message="Thanks for applying; a platform admin will verify your shop.")
 
 
 @router.post("/merchant/{merchant_id}/products")
@@ -352,7 +355,7 @@ async def add_product(
         await session.commit()
     except DomainError as exc:
         return _back(request, "/merchant", error=exc.message)
-    return _back(request, "/merchant", message=_("%(title)s is on sale.") % {"title": title.strip()})
+    return _back(request, "/merchant", message="%(title)s is on sale.", title=title.strip())
 
 
 @router.post("/merchant/{merchant_id}/products/{product_id}")
@@ -384,7 +387,7 @@ async def update_product(
         await session.commit()
     except DomainError as exc:
         return _back(request, "/merchant", error=exc.message)
-    return _back(request, "/merchant", message=_("The product is updated."))
+    return _back(request, "/merchant", message="The product is updated.")
 
 
 async def _merchant_order(session: SessionDep, merchant_id: str, order_id: str, member: WebMember) -> None:
@@ -422,7 +425,9 @@ async def merchant_order_action(
     return _back(
         request,
         "/merchant",
-        message=_("Order %(order)s is %(status)s.") % {"order": order_id, "status": _(done[action])},
+        message="Order %(order)s is %(status)s.",
+        order=order_id,
+        status=Word(done[action]),
     )
 
 
@@ -460,7 +465,9 @@ async def admin_decide(
     return _back(
         request,
         "/admin/merchants",
-        message=_("%(merchant)s is %(status)s.") % {"merchant": merchant.name, "status": _(merchant.status)},
+        message="%(merchant)s is %(status)s.",
+        merchant=merchant.name,
+        status=Word(merchant.status),
     )
 
 

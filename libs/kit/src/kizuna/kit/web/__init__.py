@@ -320,7 +320,7 @@ class PageMiddleware:
             secret = _flash_secret(scope)
             if secret is None:
                 return
-            kept = [] if consumed else [[f.kind, f.text] for f in scope.get("kizuna.flash.incoming", [])]
+            kept = [] if consumed else flash_messages.unshown(scope)
             value = flash_messages.serializer(secret).dumps((kept + new)[-flash_messages.MAX_MESSAGES :])
             headers.append("set-cookie", f"{self.cookie}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age=300{secure}")
         elif consumed and had_cookie:
