@@ -309,10 +309,9 @@ async def test_relay_killed_after_publishing_handed_over_rows_takes_effect_once(
             raise ConnectionAbortedError("relay process killed between publish and mark-sent")
 
         relay._mark_all_sent = killed  # type: ignore[method-assign]
-        try:
-            await relay.publish_committed(handed)
-        except ConnectionAbortedError:
-            pass
+        await relay.publish_committed(handed)
+        await relay._mark_unmarked()  # what the relay's marker does next; it fails, and says so
+        assert relay._flush_due, "a flush is asked for"
         assert (await js.stream_info("DEMO")).state.messages == 2
         assert await OutboxRelay(db, js, source="kizuna/demo").pending() == 2
         assert await OutboxRelay(db, js, source="kizuna/demo").flush() == 2

@@ -22,7 +22,9 @@ its own name (`shop.>`) and the commands its declaration lists, with itself as t
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -49,12 +51,15 @@ from kizuna.kit.telemetry import (
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from sqlalchemy import Column, LargeBinary, String, delete, func, text, update
+from sqlalchemy import Column, ColumnElement, LargeBinary, String, and_, delete, func, text, update
 from sqlalchemy import event as sa_event
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Mapped, Session
+from sqlalchemy.sql.dml import ReturningInsert
 from sqlmodel import JSON, Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from ulid import ULID
@@ -80,6 +85,8 @@ PRUNE_MAX_BATCHES = 40
 FLUSHED_IDS_KEPT = 10_000
 # The backlog count stops here: beyond it the number is only "very many", and counting costs.
 BACKLOG_COUNT_CAP = 1_000_000
+# How long the relay waits for JetStream to acknowledge what it sent (then it flushes again).
+PUBLISH_TIMEOUT_SECONDS = 5.0
 
 outbox_pending = meter.create_gauge(
     "kizuna.outbox.pending", description="Outbox rows not yet published to JetStream (capped at 1,000,000)"
@@ -265,6 +272,11 @@ class OutboxRelay:
     last flush left no backlog, so events still leave in the order they committed. A row published
     twice (by both ways, or by two replicas) is dropped by JetStream as a duplicate of its
     `Nats-Msg-Id` (the consumers' inboxes absorb one seen after the duplicate window).
+
+    Rows are sent one after another without waiting for each acknowledgement (one connection keeps
+    them in order), and a batch counts as published once JetStream has acknowledged every row.
+    Handed-over rows are marked sent beside the publishing, not before the next rows may go: a
+    flush marks what is still unmarked before it reads the outbox, so it does not send them again.
     """
 
     def __init__(
@@ -298,6 +310,10 @@ class OutboxRelay:
         self._next_flush_at = 0.0
         # Rows the last flush published: a commit may hand one over while that flush read it.
         self._flushed: set[int] = set()
+        # Handed-over rows published and not yet marked sent.
+        self._unmarked: list[int] = []
+        self._mark_wake = asyncio.Event()
+        self._marking = asyncio.Lock()
 
     def wake(self, bind: Any = None, rows: Sequence[Staged] = ()) -> None:
         """A commit staged events (thread-safe: commits may happen in worker threads). `rows`, when
@@ -323,6 +339,7 @@ class OutboxRelay:
         # Beside the relay, not in its loop: a long prune never delays publishing, and the backlog
         # is measured while NATS is unreachable too (that is when it grows).
         housekeeping = asyncio.create_task(self._housekeeping(), name="outbox-housekeeping")
+        marker = asyncio.create_task(self._mark_published_rows(), name="outbox-marker")
         try:
             while not self._stopping:
                 failed = False
@@ -346,9 +363,11 @@ class OutboxRelay:
                 self._wake.clear()
         finally:
             _commit_listeners.remove(self.wake)
-            housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await housekeeping
+            for task in (housekeeping, marker):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self._mark_unmarked()
             # This pod stops measuring: its last values must not outlive it in the collector (for
             # its metric expiry) and hold the backlog alert up; the other pods measure on.
             outbox_pending.set(0)
@@ -371,12 +390,33 @@ class OutboxRelay:
                 await self.publish_committed(rows)
 
     async def publish_committed(self, rows: Sequence[Staged]) -> None:
-        """Publish rows known to be committed, in the order given, then mark them sent (those
-        another relay marked meanwhile are left as they are)."""
+        """Publish rows known to be committed, in the order given. They are marked sent beside
+        what goes out next (those another relay marked meanwhile are left as they are)."""
         async with self._lock:
-            for row in rows:
-                await self._publish(row)
-            await self._mark_all_sent([row.id for row in rows])
+            await self._publish_all(rows)
+        self._unmarked.extend(row.id for row in rows)
+        self._mark_wake.set()
+
+    async def _mark_published_rows(self) -> None:
+        """Mark handed-over rows sent as they are published, many in one UPDATE when they come fast."""
+        while True:
+            await self._mark_wake.wait()
+            self._mark_wake.clear()
+            await self._mark_unmarked()
+
+    async def _mark_unmarked(self) -> None:
+        async with self._marking:
+            ids, self._unmarked = self._unmarked, []
+            if not ids:
+                return
+            try:
+                await self._mark_all_sent(ids)
+            except Exception as exc:
+                # They stay pending in the outbox: the flush this asks for sends them again, and
+                # JetStream drops those copies as duplicates.
+                log.warning("outbox relay could not mark rows sent; will flush", extra={"error": str(exc)})
+                self._flush_due = True
+                self._wake.set()
 
     async def _mark_all_sent(self, ids: list[int]) -> None:
         async with self.db.transaction() as session:
@@ -425,6 +465,7 @@ class OutboxRelay:
         """Publish every pending row; returns how many were published."""
         total = 0
         async with self._lock:
+            await self._mark_unmarked()
             while True:
                 sent = await self._flush_batch()
                 total += sent
@@ -443,20 +484,33 @@ class OutboxRelay:
                 # Several replicas may relay at once; each row goes to exactly one of them.
                 query = query.with_for_update(skip_locked=True)
             rows = list((await session.exec(query)).all())
+            if rows:
+                await self._publish_all(rows)
+                await self._mark_sent(session, rows)
             for row in rows:
-                await self._publish(row)
-                await self._mark_sent(session, row)
                 if row.id is not None and len(self._flushed) < FLUSHED_IDS_KEPT:
                     self._flushed.add(row.id)
             return len(rows)
 
-    async def _publish(self, row: OutboxMessage | Staged) -> None:
+    async def _publish_all(self, rows: Sequence[OutboxMessage | Staged]) -> None:
+        """Send `rows` in order, then wait until JetStream has acknowledged each of them (raises
+        if it refused one or did not answer within PUBLISH_TIMEOUT_SECONDS)."""
+        acks: list[asyncio.Future[Any]] = []
+        try:
+            for row in rows:
+                acks.append(await self._send(row))
+            await asyncio.wait_for(asyncio.gather(*acks), PUBLISH_TIMEOUT_SECONDS)
+        finally:
+            for ack in acks:
+                ack.cancel()  # no-op once answered; frees JetStream's slot for one that never is
+
+    async def _send(self, row: OutboxMessage | Staged) -> asyncio.Future[Any]:
+        """Send one row; the returned future is its acknowledgement. Its producer span ends then."""
         headers = dict(row.headers)
         headers["ce-source"] = self.source
-        parent = extract_context(headers)
-        with tracer.start_as_current_span(
+        span = tracer.start_span(
             f"{row.subject} publish",
-            context=parent,
+            context=extract_context(headers),
             kind=SpanKind.PRODUCER,
             attributes={
                 "messaging.system": "nats",
@@ -464,16 +518,37 @@ class OutboxRelay:
                 "messaging.message.id": row.event_id,
                 "messaging.operation.type": "publish",
             },
-        ):
-            # The consumer continues the trace from this producer span.
-            headers.pop("traceparent", None)
-            headers.pop("tracestate", None)
-            inject_headers(headers)
-            await self.js.publish(row.subject, row.payload, headers=headers)
-        messages_published.add(1, {"messaging.destination.name": row.subject})
+        )
+        try:
+            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                # The consumer continues the trace from this producer span.
+                headers.pop("traceparent", None)
+                headers.pop("tracestate", None)
+                inject_headers(headers)
+                ack = await self.js.publish_async(row.subject, row.payload, headers=headers)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
+            span.end()
+            raise
 
-    async def _mark_sent(self, session: AsyncSession, row: OutboxMessage) -> None:
-        await session.exec(update(OutboxMessage).where(col(OutboxMessage.id) == row.id).values(sent_at=utcnow()))
+        def acknowledged(done: asyncio.Future[Any]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                span.set_status(Status(StatusCode.ERROR, "not acknowledged"))
+            else:
+                messages_published.add(1, {"messaging.destination.name": row.subject})
+            span.end()
+
+        ack.add_done_callback(acknowledged)
+        return ack
+
+    async def _mark_sent(self, session: AsyncSession, rows: Sequence[OutboxMessage]) -> None:
+        await session.exec(
+            update(OutboxMessage)
+            .where(col(OutboxMessage.id).in_([row.id for row in rows]))
+            .values(sent_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
 
     async def pending(self) -> int:
         """How many rows wait to be published."""
@@ -511,34 +586,48 @@ async def prune_outbox(
     transaction and at most `max_batches` batches (the next round continues); returns how many.
     Unpublished rows are never touched."""
     sent_at = col(OutboxMessage.sent_at)
-    total = 0
-    for _ in range(max_batches):
-        batch = (
-            select(OutboxMessage.id)
-            .where(sent_at.is_not(None), sent_at < older_than)
-            .order_by(sent_at)
-            .limit(batch_size)
-        )
-        if not db.is_sqlite:
-            # Replicas pruning at once take different rows instead of waiting on each other's.
-            batch = batch.with_for_update(skip_locked=True)
-        # The batch is read first, then deleted by key: PostgreSQL may evaluate a LIMIT subquery
-        # inside the DELETE more than once and delete more than one batch.
-        async with db.transaction() as session:
-            ids = list((await session.exec(batch)).all())
-            if ids:
-                await session.exec(
-                    delete(OutboxMessage)
-                    .where(col(OutboxMessage.id).in_(ids))
-                    .execution_options(synchronize_session=False)
-                )
-        total += len(ids)
-        if len(ids) < batch_size:
-            break
+    condition = and_(sent_at.is_not(None), sent_at < older_than)
+    total, _ = await _prune(
+        db, OutboxMessage, col(OutboxMessage.id), condition, sent_at, batch_size=batch_size, max_batches=max_batches
+    )
     if total:
         rows_pruned.add(total, {"table": "kit_outbox"})
         log.info("pruned published outbox rows", extra={"rows": total, "older_than": older_than.isoformat()})
     return total
+
+
+async def _prune(
+    db: Database,
+    model: type[SQLModel],
+    key: Mapped[Any],
+    condition: ColumnElement[bool],
+    order_by: Mapped[Any],
+    *,
+    batch_size: int,
+    max_batches: int,
+) -> tuple[int, int]:
+    """Delete `model`'s rows that meet `condition`, in `order_by` order, `batch_size` per
+    transaction and at most `max_batches` batches; returns (rows, batches).
+
+    Each batch's keys are read first, then its rows deleted by key: PostgreSQL may evaluate a
+    LIMIT subquery inside the DELETE more than once and delete more than one batch. Replicas
+    pruning at once take different rows (`SKIP LOCKED`) instead of waiting on each other's."""
+    total, batches = 0, 0
+    while batches < max_batches:
+        batches += 1
+        batch = select(key).where(condition).order_by(order_by).limit(batch_size)
+        if not db.is_sqlite:
+            batch = batch.with_for_update(skip_locked=True)
+        async with db.transaction() as session:
+            keys = list((await session.exec(batch)).all())
+            if keys:
+                await session.exec(
+                    delete(model).where(condition, key.in_(keys)).execution_options(synchronize_session=False)
+                )
+        total += len(keys)
+        if len(keys) < batch_size:
+            break
+    return total, batches
 
 
 # The inbox's consumers, from its primary key's index without reading every row (a loose index
@@ -581,32 +670,19 @@ async def prune_inbox(
     event_id = col(InboxMessage.event_id)
     total, batches = 0, 0
     for consumer in consumers:
-        while batches < max_batches:
-            batches += 1
-            batch = (
-                select(InboxMessage.event_id)
-                .where(
-                    col(InboxMessage.consumer) == consumer,
-                    event_id >= "evt_",
-                    event_id < bound,
-                    col(InboxMessage.processed_at) < older_than,
-                )
-                .order_by(event_id)
-                .limit(batch_size)
-            )
-            if not db.is_sqlite:
-                batch = batch.with_for_update(skip_locked=True)
-            async with db.transaction() as session:
-                ids = list((await session.exec(batch)).all())
-                if ids:
-                    await session.exec(
-                        delete(InboxMessage)
-                        .where(col(InboxMessage.consumer) == consumer, event_id.in_(ids))
-                        .execution_options(synchronize_session=False)
-                    )
-            total += len(ids)
-            if len(ids) < batch_size:
-                break
+        if batches >= max_batches:
+            break
+        condition = and_(
+            col(InboxMessage.consumer) == consumer,
+            event_id >= "evt_",
+            event_id < bound,
+            col(InboxMessage.processed_at) < older_than,
+        )
+        # One consumer's rows: the event id is the rest of the key.
+        rows, used = await _prune(
+            db, InboxMessage, event_id, condition, event_id, batch_size=batch_size, max_batches=max_batches - batches
+        )
+        total, batches = total + rows, batches + used
     if total:
         rows_pruned.add(total, {"table": "kit_inbox"})
         log.info("pruned inbox rows", extra={"rows": total, "older_than": older_than.isoformat()})
@@ -693,6 +769,10 @@ class Consumer:
 
     `handler(session, event)` runs inside the transaction that also records the event in the
     inbox; anything it writes (including events it publishes) commits with it, or not at all.
+
+    `concurrency` events are handled at once, each in its own transaction, when the handler allows
+    it: events of one member (`ce-subject`) still run one after another in delivery order, and so
+    do all events without a member. 1 (the default) handles one event at a time.
     """
 
     name: str
@@ -702,6 +782,7 @@ class Consumer:
     ack_wait_seconds: float = 30.0
     retry_delay_seconds: float = 1.0
     batch_size: int = 16
+    concurrency: int = 1
 
     @property
     def stream(self) -> str:
@@ -715,6 +796,10 @@ class Consumer:
 class _Outcome:
     status: str  # "done" | "duplicate" | "failed"
     error: BaseException | None = None
+
+
+class _Duplicate(Exception):
+    """The inbox already holds the event: its effect was committed by an earlier delivery."""
 
 
 @dataclass
@@ -734,7 +819,16 @@ class ConsumerWorker:
     dead_letter_limits: StreamLimits = DEAD_LETTER_LIMITS
     _stopping: bool = field(default=False, init=False)
     _sub: Any = field(default=None, init=False)
-    _busy: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+    # Messages fetched and not yet finished, queued per ordering key (the head is next or being
+    # handled); at most `concurrency` of them are being handled.
+    _lanes: dict[str, collections.deque[Msg]] = field(default_factory=dict, init=False)
+    _in_hand: int = field(default=0, init=False)
+    _room: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _lane_tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _handling: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._handling = asyncio.Semaphore(self.concurrency)
 
     @property
     def service_name(self) -> str:
@@ -743,6 +837,11 @@ class ConsumerWorker:
     @property
     def max_deliver(self) -> int:
         return self.consumer.max_deliver or self.default_max_deliver
+
+    @property
+    def concurrency(self) -> int:
+        # SQLite takes one writer at a time: handlers side by side would only queue on its lock.
+        return 1 if self.db.is_sqlite else max(1, self.consumer.concurrency)
 
     async def subscribe(self) -> None:
         """Create (or bind to) the durable consumer; its stream is created if its producer is not up yet."""
@@ -787,32 +886,89 @@ class ConsumerWorker:
         await self.js.add_consumer(c.stream, config.evolve(name=c.name))
 
     async def run(self) -> None:
-        """Fetch and process until stopped; the message in hand is finished before returning."""
+        """Fetch and process until stopped; the messages in hand are finished before returning.
+
+        The next fetch waits on the server while handlers run, for as many messages as there is room
+        for (`batch_size`, or `concurrency` if more, in hand at most), so an event arriving meanwhile
+        is taken at once."""
         if self._sub is None:
             await self.subscribe()
-        while not self._stopping:
-            try:
-                msgs = await self._sub.fetch(self.consumer.batch_size, timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except nats.errors.ConnectionClosedError:
-                return
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                log.warning("fetch failed; retrying", extra={"consumer": self.consumer.name, "error": str(exc)})
-                await asyncio.sleep(1.0)
-                continue
-            for msg in msgs:
-                async with self._busy:
-                    await self.handle(msg)
+        most_in_hand = max(self.concurrency, self.consumer.batch_size)
+        try:
+            while not self._stopping:
+                room = most_in_hand - self._in_hand
+                if room <= 0:
+                    self._room.clear()
+                    await self._room.wait()
+                    continue
+                try:
+                    msgs = await self._sub.fetch(room, timeout=1.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                except nats.errors.ConnectionClosedError:
+                    break
+                except (nats.errors.Error, nats.js.errors.Error) as exc:
+                    log.warning("fetch failed; retrying", extra={"consumer": self.consumer.name, "error": str(exc)})
+                    await asyncio.sleep(1.0)
+                    continue
+                for msg in msgs:
+                    self._dispatch(msg)
+        except asyncio.CancelledError:
+            # Cancelled while handling (not drained first): those transactions roll back, and their
+            # messages, never acked, come back after ack_wait.
+            for task in list(self._lane_tasks):
+                task.cancel()
+            raise
+        await self.drain()
+
+    def _dispatch(self, msg: Msg) -> None:
+        """Queue `msg` behind the messages in hand with the same ordering key, starting its lane."""
+        self._in_hand += 1
+        key = (msg.headers or {}).get("ce-subject", "") if self.concurrency > 1 else ""
+        lane = self._lanes.get(key)
+        if lane is not None:
+            lane.append(msg)
+            return
+        self._lanes[key] = collections.deque([msg])
+        task = asyncio.create_task(self._run_lane(key), name=f"consumer:{self.consumer.name}:lane")
+        self._lane_tasks.add(task)
+        task.add_done_callback(self._lane_tasks.discard)
+
+    async def _run_lane(self, key: str) -> None:
+        lane = self._lanes[key]
+        try:
+            while lane:
+                msg = lane[0]
+                try:
+                    async with self._handling:
+                        if self._stopping:
+                            # Not started: back to the server at once, for another replica or the
+                            # next start.
+                            await msg.nak()
+                        else:
+                            await self.handle(msg)
+                except Exception:
+                    # Only the ack/nak can fail here (handle() turns handler failures into outcomes):
+                    # the message comes back after ack_wait, and its inbox row makes that harmless.
+                    log.exception("could not settle a message", extra={"consumer": self.consumer.name})
+                lane.popleft()
+                self._in_hand -= 1
+                self._room.set()
+        finally:
+            self._in_hand -= len(lane)
+            del self._lanes[key]
+            self._room.set()
 
     def stop(self) -> None:
-        """Stop fetching; the message being handled (if any) completes."""
+        """Stop fetching; the messages being handled complete, those queued behind them are returned
+        to the server (nak) unhandled."""
         self._stopping = True
+        self._room.set()
 
     async def drain(self) -> None:
-        """Wait for the message in hand to finish."""
-        async with self._busy:
-            return
+        """Wait for the messages in hand to finish."""
+        while self._lane_tasks:
+            await asyncio.gather(*self._lane_tasks, return_exceptions=True)
 
     async def close(self) -> None:
         """Drop the subscription (the durable consumer stays on the server for the next start)."""
@@ -825,6 +981,9 @@ class ConsumerWorker:
         """Process one delivery, then ack, retry later, or dead-letter it."""
         outcome = await self.process(msg)
         if outcome.status in ("done", "duplicate"):
+            # Sent without waiting for the server to confirm it (as `ack_sync` would): an ack that
+            # is lost only brings the event back after ack_wait, and its inbox row, committed
+            # before the ack, makes that delivery a no-op.
             await msg.ack()
             return
         delivered = msg.metadata.num_delivered
@@ -853,19 +1012,20 @@ class ConsumerWorker:
         ) as span:
             try:
                 async with self.db.transaction() as session:
-                    session.add(
-                        InboxMessage(consumer=name, event_id=event.id, subject=msg.subject, processed_at=utcnow())
+                    # Recorded first: a delivery of an event already handled (committed) stops here,
+                    # and one still being handled by another delivery waits for it on the key.
+                    recorded = await session.exec(
+                        self._record_inbox.values(
+                            consumer=name, event_id=event.id, subject=msg.subject, processed_at=utcnow()
+                        )
                     )
-                    await session.flush()
+                    if recorded.first() is None:
+                        raise _Duplicate
                     await self.consumer.handler(session, event)
-            except IntegrityError:
-                if await self._seen(event.id):
-                    span.set_attribute("kizuna.duplicate", True)
-                    messages_consumed.add(1, {"consumer": name, "outcome": "duplicate"})
-                    return _Outcome("duplicate")
-                log.exception("event handler failed", extra={"consumer": name, "event_id": event.id})
-                span.set_status(Status(StatusCode.ERROR))
-                return _Outcome("failed", None)
+            except _Duplicate:
+                span.set_attribute("kizuna.duplicate", True)
+                messages_consumed.add(1, {"consumer": name, "outcome": "duplicate"})
+                return _Outcome("duplicate")
             except Exception as exc:
                 log.exception(
                     "event handler failed",
@@ -878,10 +1038,17 @@ class ConsumerWorker:
         messages_consumed.add(1, {"consumer": name, "outcome": "done"})
         return _Outcome("done")
 
-    async def _seen(self, event_id: str) -> bool:
-        async with self.db.sessions() as session:
-            row = await session.get(InboxMessage, (self.consumer.name, event_id))
-            return row is not None
+    @functools.cached_property
+    def _record_inbox(self) -> ReturningInsert[tuple[str]]:
+        """INSERT of the inbox row that does nothing (and returns no row) when it is there already."""
+        if self.db.is_sqlite:
+            statement = sqlite_insert(InboxMessage).on_conflict_do_nothing(index_elements=["consumer", "event_id"])
+            return statement.returning(col(InboxMessage.event_id))
+        return (
+            pg_insert(InboxMessage)
+            .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
+            .returning(col(InboxMessage.event_id))
+        )
 
     async def _ensure_dead_letter_stream(self) -> None:
         limits = self.dead_letter_limits
