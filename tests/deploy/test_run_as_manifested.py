@@ -16,13 +16,10 @@ HTTP_PORT / GRPC_PORT (only when the manifest's port is busy), and `python` -> t
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -44,7 +41,7 @@ from kizuna.kit.testing import (
     spawn,
 )
 
-from .deploy_support import BY_NAME, ISSUER, SERVICES, Rendered
+from .deploy_support import BY_NAME, ISSUER, SERVICES, Rendered, resolve_env
 
 
 @dataclass
@@ -60,46 +57,6 @@ class ManifestProcess(ServiceProcess):
         self._log = self.log_path.open("ab")
         self.process = spawn(self.argv, env=env, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT)
         return self
-
-
-def resolve_env(r: Rendered, container: dict[str, Any]) -> dict[str, str]:
-    """The environment the kubelet would give the container, from the rendered objects."""
-    env: dict[str, str] = {}
-    for source in container.get("envFrom", []):
-        if "configMapRef" in source:
-            env.update(r.get("ConfigMap", source["configMapRef"]["name"])["data"])
-            continue
-        ref = source["secretRef"]
-        found = [o for o in r.of_kind("Secret") if o["metadata"]["name"] == ref["name"]]
-        assert found or ref.get("optional"), f"no Secret {ref['name']}"
-        for secret in found:
-            env.update({k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()})
-    # What the downward API gives a pod here: a pod name, the overlay's namespace, this machine.
-    (namespace,) = r.of_kind("Namespace")
-    fields = {
-        "metadata.name": f"{container['name']}-0",
-        "metadata.namespace": namespace["metadata"]["name"],
-        "spec.nodeName": socket.gethostname(),
-    }
-    for item in container.get("env", []):
-        if "value" in item:
-            # The kubelet expands $(VAR) from the variables defined before it.
-            env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), item["value"])
-            continue
-        ref = item["valueFrom"]
-        if "fieldRef" in ref:
-            env[item["name"]] = fields[ref["fieldRef"]["fieldPath"]]
-            continue
-        if "secretKeyRef" in ref:
-            secret = r.get("Secret", ref["secretKeyRef"]["name"])
-            env[item["name"]] = base64.b64decode(secret["data"][ref["secretKeyRef"]["key"]]).decode()
-        elif "configMapKeyRef" in ref:
-            env[item["name"]] = r.get("ConfigMap", ref["configMapKeyRef"]["name"])["data"][
-                ref["configMapKeyRef"]["key"]
-            ]
-        else:
-            raise AssertionError(f"cannot resolve {item} outside a cluster")
-    return env
 
 
 def local_argv(argv: list[str]) -> list[str]:
