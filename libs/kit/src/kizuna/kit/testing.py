@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -130,17 +131,57 @@ _spawned: list[subprocess.Popen[Any]] = []
 _tags: dict[int, str] = {}  # pid of a spawned process -> the marker value it and its descendants carry
 
 
-def spawn(argv: list[str], *, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen[Any]:
-    """Start a process in its own process group, marked as this test run's (see `end_process`)."""
+# On Linux a spawned process is started through this wrapper, which asks the kernel to SIGKILL it
+# when the thread that started it dies (prctl PR_SET_PDEATHSIG), then becomes the program (exec,
+# same pid). So a test run killed outright (SIGKILL, OOM killer), which no finalizer outlives, takes
+# its nats-servers and services with it. It exits at once if that parent is already gone.
+_DIE_WITH_PARENT = (
+    "import ctypes,os,signal,sys\n"
+    "parent=int(sys.argv[1])\n"
+    "ctypes.CDLL(None,use_errno=True).prctl(1,signal.SIGKILL,0,0,0)\n"
+    "os.getppid()==parent or os._exit(137)\n"
+    "os.execvp(sys.argv[2],sys.argv[2:])\n"
+)
+_spawner: Any = None  # the long-lived thread that starts processes for other threads
+
+
+def spawn(
+    argv: list[str], *, env: dict[str, str] | None = None, die_with_parent: bool = True, **popen: Any
+) -> subprocess.Popen[Any]:
+    """Start a process in its own process group, marked as this test run's (see `end_process`).
+
+    With `die_with_parent` (Linux), the kernel kills it when this process dies, even by SIGKILL.
+    The parent death signal fires when the *thread* that started the process exits, so a process
+    asked for from any thread but the main one (which lives as long as the test run) is started by
+    one long-lived thread kept for that."""
     marked = dict(os.environ if env is None else env)
     # "<run>/<process>": the session finds anything of its run; end_process finds what this one
     # started even after it exited (its orphans no longer descend from it).
     tag = f"{os.environ.get(RUN_MARKER, 'none')}/{uuid.uuid4().hex[:12]}"
     marked[RUN_MARKER] = tag
-    process: subprocess.Popen[Any] = subprocess.Popen(argv, env=marked, start_new_session=True, **popen)
+    # (A program that cannot be found is left unwrapped, so Popen raises as it always does.)
+    if die_with_parent and sys.platform == "linux" and shutil.which(argv[0]):
+        argv = [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
+
+    def start() -> subprocess.Popen[Any]:
+        return subprocess.Popen(argv, env=marked, start_new_session=True, **popen)
+
+    if threading.current_thread() is threading.main_thread():
+        process = start()
+    else:
+        global _spawner
+        with _spawner_lock:
+            if _spawner is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                _spawner = ThreadPoolExecutor(1, thread_name_prefix="kizuna-spawner")
+        process = _spawner.submit(start).result()
     _spawned.append(process)
     _tags[process.pid] = tag
     return process
+
+
+_spawner_lock = threading.Lock()
 
 
 def _stat(pid: int) -> tuple[int, int, str] | None:
