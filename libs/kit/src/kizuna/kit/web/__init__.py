@@ -28,7 +28,7 @@ from kizuna.kit import flash as flash_messages
 from kizuna.kit import i18n
 from kizuna.kit.errors import database_refusal
 from starlette.datastructures import MutableHeaders
-from starlette.requests import HTTPConnection
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("kizuna.kit.web")
@@ -54,6 +54,8 @@ SECURITY_HEADERS = {
 }
 # FastAPI's interactive API docs load their scripts from a CDN: no page CSP there (still unframed).
 _DOCS_PATHS = ("/docs", "/redoc")
+_SECURITY_HEADERS_RAW = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in SECURITY_HEADERS.items()]
+_SECURITY_HEADERS_DOCS = [pair for pair in _SECURITY_HEADERS_RAW if pair[0] != b"content-security-policy"]
 
 router = APIRouter(include_in_schema=False)
 
@@ -289,25 +291,29 @@ class PageMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        connection = HTTPConnection(scope)
-        i18n.set_language(
-            i18n.negotiate(connection.cookies.get(i18n.COOKIE), connection.headers.get("accept-language"))
-        )
-        raw = connection.cookies.get(self.cookie)
+        # The two request headers read here, found in one pass over the raw list (every request
+        # passes here, the busiest API calls included).
+        cookie_header = accept_language = None
+        for name, value in scope["headers"]:
+            if name == b"cookie" and cookie_header is None:
+                cookie_header = value.decode("latin-1")
+            elif name == b"accept-language" and accept_language is None:
+                accept_language = value.decode("latin-1")
+        cookies = cookie_parser(cookie_header) if cookie_header else {}
+        i18n.set_language(i18n.negotiate(cookies.get(i18n.COOKIE), accept_language))
+        raw = cookies.get(self.cookie)
         if raw:
             scope["kizuna.flash.incoming"] = flash_messages.decode(raw, _flash_secret(scope))
         path: str = scope.get("path", "")
-        docs = path.startswith(_DOCS_PATHS)
+        security = _SECURITY_HEADERS_DOCS if path.startswith(_DOCS_PATHS) else _SECURITY_HEADERS_RAW
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
-                    if docs and name == "content-security-policy":
-                        continue
-                    if name not in headers:
-                        headers[name] = value
-                self._flash_cookie(scope, headers, bool(raw))
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                headers.extend(pair for pair in security if pair[0] not in present)
+                message["headers"] = headers
+                self._flash_cookie(scope, MutableHeaders(scope=message), bool(raw))
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
