@@ -1,14 +1,19 @@
 """Earning benchmark (not a test): event -> points credited latency through the earning contract,
 beside raw JetStream publish -> consume in the same run.
 
-    .venv/bin/python bench/earning_bench.py [--events 2000] [--rate 200]
+    .venv/bin/python bench/earning_bench.py [--events 300] [--rate 10] [--rounds 2] [--baseline REV]
 
 Raw: this process publishes to a JetStream stream and a durable pull consumer in this process
 receives and acks each message; latency = consume - publish. Contract: this process publishes
-`shop.purchase.completed` (the seller's side) at the same rate; points (its own process,
-`python -m points`, on PostgreSQL) consumes it, grants the earning in one transaction with its
-inbox row and outbox row, and its relay publishes `points.ledger.credited`; latency = that event
-reaching this process - publish. Needs PostgreSQL at BENCH_POSTGRES_URL (default
+`shop.purchase.completed` (the seller's side, with the headers the kit's outbox gives it) at the
+same rate; points (its own process, `python -m points`, on PostgreSQL) consumes it, grants the
+earning in one transaction with its inbox row and outbox row, and its relay publishes
+`points.ledger.credited`; latency = that event reaching this process - publish.
+
+Each round measures raw, then the contract through each points tree, one after another, and prints
+the load average beside them: goal P4 is contract p99 <= 2 x raw p99 + 5 ms. `--baseline REV` adds
+points as of a git revision (its kit and points sources, exported with `git archive`) to every
+round, on its own NATS server and database. Needs PostgreSQL at BENCH_POSTGRES_URL (default
 postgresql://postgres@127.0.0.1:5432/postgres).
 """
 
@@ -17,9 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -27,8 +34,9 @@ import nats
 from kizuna.common.v1 import common_pb2
 from kizuna.kit.testing import NatsServer, ServiceProcess, TestIssuer, free_port
 from kizuna.points.v1 import earning_pb2, events_pb2
-from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
+ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 MEMBERS = 1000
 
@@ -38,20 +46,31 @@ def pctl(samples: list[float], q: float) -> float:
     return ordered[min(int(len(ordered) * q), len(ordered) - 1)] * 1000 if ordered else float("nan")
 
 
-def report(name: str, samples: list[float], expected: int) -> None:
-    print(
-        f"{name:<34} n={len(samples)}/{expected}  p50 {pctl(samples, 0.5):7.2f} ms  "
-        f"p99 {pctl(samples, 0.99):7.2f} ms  max {pctl(samples, 1.0):7.2f} ms",
-        flush=True,
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+def line(name: str, samples: list[float], expected: int, extra: str = "") -> str:
+    return (
+        f"{name:<30} n={len(samples)}/{expected}  p50 {pctl(samples, 0.5):7.2f} ms  "
+        f"p99 {pctl(samples, 0.99):8.2f} ms  max {pctl(samples, 1.0):8.2f} ms{extra}"
     )
+
+
+def goal(raw: list[float]) -> float:
+    """P4: 2 x raw p99 + 5 ms."""
+    return 2 * pctl(raw, 0.99) + 5
 
 
 async def raw_jetstream(nats_url: str, events: int, rate: float) -> list[float]:
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name="BENCHRAW", subjects=["benchraw.>"]))
+    durable = f"bench-raw-{uuid.uuid4().hex[:6]}"  # from the stream's end: a fresh consumer per phase
     sub = await js.pull_subscribe(
-        "benchraw.x", durable="bench-raw", config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT)
+        "benchraw.x",
+        durable=durable,
+        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW),
     )
     sent: dict[str, float] = {}
     latencies: list[float] = []
@@ -65,7 +84,7 @@ async def raw_jetstream(nats_url: str, events: int, rate: float) -> list[float]:
             for msg in msgs:
                 await msg.ack()
                 start = sent.get(msg.header["id"])
-                if start is not None:  # not one of an earlier run's messages
+                if start is not None:
                     latencies.append(time.perf_counter() - start)
 
     consumer = asyncio.create_task(consume())
@@ -76,6 +95,7 @@ async def raw_jetstream(nats_url: str, events: int, rate: float) -> list[float]:
         await js.publish("benchraw.x", b"x" * 120, headers={"id": key, "Nats-Msg-Id": key})
         await asyncio.sleep(1 / rate)
     await asyncio.wait_for(consumer, 60)
+    await js.delete_consumer("BENCHRAW", durable)
     await nc.close()
     return latencies
 
@@ -101,14 +121,15 @@ async def through_contract(nats_url: str, events: int, rate: float) -> list[floa
     run = uuid.uuid4().hex[:6]
     for i in range(events):
         ref = f"o-{run}-{i}"
+        member = f"bench-{i % MEMBERS}"
         purchase = earning_pb2.Purchase(
-            reference=ref,
-            member_id=f"bench-{i % MEMBERS}",
-            paid=common_pb2.Money(amount_minor=10_000, currency="JPY"),
+            reference=ref, member_id=member, paid=common_pb2.Money(amount_minor=10_000, currency="JPY")
         )
         payload = earning_pb2.PurchaseCompleted(purchase=purchase).SerializeToString()
         sent[ref] = time.perf_counter()
-        await js.publish("shop.purchase.completed", payload, headers={"ce-id": ref, "Nats-Msg-Id": ref})
+        # As the seller's outbox publishes it: the event id, and the member as `ce-subject`.
+        headers = {"ce-id": ref, "Nats-Msg-Id": ref, "ce-subject": member}
+        await js.publish("shop.purchase.completed", payload, headers=headers)
         await asyncio.sleep(1 / rate)
     try:
         await asyncio.wait_for(done.wait(), 120)
@@ -118,64 +139,117 @@ async def through_contract(nats_url: str, events: int, rate: float) -> list[floa
     return latencies
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=2000)
-    parser.add_argument("--rate", type=float, default=200, help="events per second, both phases")
-    args = parser.parse_args()
-    name = f"earning_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(ADMIN_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    nats_server = NatsServer(free_port(), Path(tempfile.mkdtemp())).start()
-    issuer = TestIssuer().start()
-    workdir = Path(tempfile.mkdtemp())
-    server = ServiceProcess(
-        "points",
-        {
-            "NATS_URL": nats_server.url,
+def export_baseline(revision: str, into: Path) -> Path:
+    """The kit's and points' sources at `revision` (git archive; the working tree is untouched)."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision, "libs/kit/src", "services/points/src"],
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise SystemExit(f"git archive {revision} failed: {archive.stderr.decode(errors='replace')}")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+@dataclass
+class Variant:
+    """One points tree, with its own NATS server, database and process."""
+
+    name: str
+    source: Path | None
+    database: str = ""
+    nats_server: NatsServer | None = None
+    process: ServiceProcess | None = None
+    samples: list[float] = field(default_factory=list)
+
+    async def start(self, issuer: TestIssuer, workdir: Path) -> None:
+        self.database = f"earning_bench_{uuid.uuid4().hex[:8]}"
+        admin = await asyncpg.connect(ADMIN_URL)
+        await admin.execute(f'CREATE DATABASE "{self.database}"')
+        await admin.close()
+        url = ADMIN_URL.rsplit("/", 1)[0] + f"/{self.database}"
+        home = workdir / self.name.replace("@", "-")
+        (home / "nats").mkdir(parents=True)
+        self.nats_server = NatsServer(free_port(), home / "nats").start()
+        env = {
+            "NATS_URL": self.nats_server.url,
             "KIZUNA_ISSUER": issuer.issuer,
             "DATABASE_URL": url,
-            "KIZUNA_DATA_DIR": str(workdir),
+            "KIZUNA_DATA_DIR": str(home),
             "LOG_LEVEL": "ERROR",
             "LOG_FORMAT": "text",
             "EXPIRY_INTERVAL_SECONDS": "3600",
-        },
-        log_path=workdir / "points.log",
-    )
-    try:
-        server.start(timeout=60)
-        print(f"points log: {server.log_path}", flush=True)
+        }
+        if self.source is not None:
+            sources = [self.source / "libs" / "kit" / "src", self.source / "services" / "points" / "src"]
+            env["PYTHONPATH"] = os.pathsep.join(str(path) for path in sources)
+        self.process = ServiceProcess("points", env, log_path=home / "points.log")
+        self.process.start(timeout=120)
         conn = await asyncpg.connect(url)
         await conn.execute(f"""INSERT INTO points_wallet (member_id, status, available, held, debt, earn_month,
             earned_this_month, created_at) SELECT 'bench-' || i, 'active', 0, 0, 0, '2025-01', 0, now()
             FROM generate_series(0, {MEMBERS - 1}) i""")
         await conn.close()
-        # Warm up both paths (connections, statement caches, consumers created).
-        await raw_jetstream(nats_server.url, 50, args.rate)
-        await through_contract(nats_server.url, 50, args.rate)
-        nc = await nats.connect(nats_server.url)
-        await nc.jetstream().delete_consumer("BENCHRAW", "bench-raw")
-        await nc.close()
-        print(f"{args.events} events at {args.rate:g}/s, points on PostgreSQL, one consumer", flush=True)
-        report(
-            "raw JetStream publish -> consume",
-            await raw_jetstream(nats_server.url, args.events, args.rate),
-            args.events,
-        )
-        report(
-            "purchase event -> points credited",
-            await through_contract(nats_server.url, args.events, args.rate),
-            args.events,
-        )
+        # Warm up: connections, statement caches, the durable consumer created.
+        await through_contract(self.nats_server.url, 50, 20)
+
+    async def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+        if self.nats_server is not None:
+            self.nats_server.stop()
+        if self.database:
+            admin = await asyncpg.connect(ADMIN_URL)
+            await admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+            await admin.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=300, help="events per phase")
+    parser.add_argument("--rate", type=float, default=10, help="events per second, every phase")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--baseline", metavar="REV", help="also measure points (and its kit) as of this revision")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="earning-bench-"))
+    variants = [Variant("tree", None)]
+    if args.baseline:
+        variants.insert(0, Variant(f"points@{args.baseline}", export_baseline(args.baseline, workdir / "baseline")))
+    issuer = TestIssuer().start()
+    raw_samples: list[float] = []
+    try:
+        for variant in variants:
+            await variant.start(issuer, workdir)
+        print(f"logs under {workdir}", flush=True)
+        assert variants[0].nats_server is not None
+        await raw_jetstream(variants[0].nats_server.url, 50, 20)
+        print(f"{args.events} events at {args.rate:g}/s per phase, points on PostgreSQL", flush=True)
+        for round_ in range(1, args.rounds + 1):
+            print(f"round {round_}", flush=True)
+            at = load()
+            raw = await raw_jetstream(variants[0].nats_server.url, args.events, args.rate)
+            raw_samples += raw
+            print(line("  raw JetStream", raw, args.events, f"  load {at:.1f}"), flush=True)
+            for variant in variants:
+                assert variant.nats_server is not None
+                at = load()
+                samples = await through_contract(variant.nats_server.url, args.events, args.rate)
+                variant.samples += samples
+                ratio = pctl(samples, 0.99) / goal(raw)
+                extra = f"  load {at:.1f}  goal {goal(raw):.1f} ms  p99/goal {ratio:.2f}"
+                print(line(f"  contract {variant.name}", samples, args.events, extra), flush=True)
+        print(f"all rounds (load now {load():.1f})", flush=True)
+        print(line("  raw JetStream", raw_samples, args.events * args.rounds), flush=True)
+        for variant in variants:
+            ratio = pctl(variant.samples, 0.99) / goal(raw_samples)
+            extra = f"  goal {goal(raw_samples):.1f} ms  p99/goal {ratio:.2f}"
+            print(line(f"  contract {variant.name}", variant.samples, args.events * args.rounds, extra), flush=True)
     finally:
-        server.stop()
+        for variant in variants:
+            await variant.stop()
         issuer.stop()
-        nats_server.stop()
-        admin = await asyncpg.connect(ADMIN_URL)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 if __name__ == "__main__":

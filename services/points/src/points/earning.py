@@ -299,6 +299,13 @@ async def _claw_back(
         pass  # nothing (left) to take back: the purchase earned nothing, or it was taken or expired already
 
 
+# Purchase events handled at once per earner's stream, each in its own transaction (the kit keeps
+# one member's events in order): members' wallets are separate locks, and the shared rows an
+# earning writes (the daily budget) are spread over shards by member, so a slow event no longer
+# holds up the others queued behind it.
+EARN_CONCURRENCY = 8
+
+
 def consumers(runtime: Points) -> list[Consumer]:
     """One durable consumer per earner's stream, all with the same handler."""
     return [
@@ -306,6 +313,7 @@ def consumers(runtime: Points) -> list[Consumer]:
             durable_name("points", earning_purpose(e.service)),
             [f"{e.service}.purchase.>"],
             partial(on_purchase, runtime),
+            concurrency=EARN_CONCURRENCY,
         )
         for e in runtime.settings.kizuna_earners
     ]
