@@ -3,6 +3,10 @@
 The same code runs on both. On SQLite every transaction starts with `BEGIN IMMEDIATE`, so writers
 queue on the database lock instead of failing half-way with "database is locked"; on PostgreSQL,
 domain code takes row locks (`SELECT ... FOR UPDATE`) where it needs them.
+
+Connections are not pinged at checkout (a round trip per transaction): a connection that died
+(server restart, switchover) fails its first statement with `is_disconnect(exc)` true, the pool
+drops every connection opened before it, and the caller runs the transaction again.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from fastapi import Depends, Request
 from kizuna.kit.telemetry import instrument_database
 from sqlalchemy import event, text
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -47,17 +52,32 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+RECYCLE_SECONDS = 1800
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """Whether `exc` is a statement that failed because its connection was dead. The pool has then
+    dropped that connection and every older one, so the transaction may be run again at once
+    (a COMMIT that failed this way may have committed: retry only what is idempotent)."""
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
 class Database:
     """An async engine and session factory for one service's database."""
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        kwargs: dict[str, Any] = {}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 30}
         else:
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size)
+            # Up to twice pool_size connections, each kept once opened: an overflow connection
+            # closed at every return costs a new server process and a fresh prepare of every
+            # statement on the next busy moment, which under steady load is every call. No
+            # pre-ping; connections older than RECYCLE_SECONDS are replaced at checkout, before a
+            # server's or proxy's idle timeout can close them under us.
+            kwargs.update(pool_size=2 * pool_size, max_overflow=0, pool_recycle=RECYCLE_SECONDS)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             _make_sqlite_serializable(self.engine)
