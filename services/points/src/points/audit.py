@@ -11,6 +11,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from points.ledger import LIMITED_TIME
 from points.models import Entry, Hold, Lot, Posting, Reservation, Wallet
 
 
@@ -31,7 +32,8 @@ class AuditReport:
 
 async def audit(session: AsyncSession) -> AuditReport:
     """Every entry sums to zero; every balance row equals the sum of its postings (and of its lots
-    and holds); no balance is negative; issued - clawed back - redeemed - expired = outstanding.
+    and holds, its limited-time and rolling points those of its lots); no balance is negative;
+    issued - clawed back - redeemed - expired = outstanding.
 
     Call it on a session that has not queried yet: on PostgreSQL every query then reads one snapshot
     (REPEATABLE READ), so a credit committing between two of them cannot look like a balance that
@@ -69,6 +71,33 @@ async def audit(session: AsyncSession) -> AuditReport:
             ).all()
         },
     )
+    # The wallet's split of its points, kept beside the balance: from the lots.
+    limited = defaultdict(
+        int,
+        {
+            m: int(n)
+            for m, n in (
+                await session.exec(
+                    select(Lot.member_id, func.sum(Lot.remaining))
+                    .where(Lot.kind == LIMITED_TIME)
+                    .group_by(col(Lot.member_id))
+                )
+            ).all()
+        },
+    )
+    rolling = defaultdict(
+        int,
+        {
+            m: int(n)
+            for m, n in (
+                await session.exec(
+                    select(Lot.member_id, func.sum(Lot.remaining))
+                    .where(col(Lot.rolling).is_(True))
+                    .group_by(col(Lot.member_id))
+                )
+            ).all()
+        },
+    )
     holds = defaultdict(
         int,
         {
@@ -97,6 +126,10 @@ async def audit(session: AsyncSession) -> AuditReport:
                 problems.append(f"{m} {name} is negative: {stored}")
         if wallet.available != lots[m]:
             problems.append(f"{m} available is {wallet.available} but its lots hold {lots[m]}")
+        if wallet.limited_time != limited[m]:
+            problems.append(f"{m} limited-time points are {wallet.limited_time} but its lots hold {limited[m]}")
+        if wallet.rolling_points != rolling[m]:
+            problems.append(f"{m} rolling points are {wallet.rolling_points} but its rolling lots hold {rolling[m]}")
         if wallet.held != holds[m]:
             problems.append(f"{m} held is {wallet.held} but its open reservations hold {holds[m]}")
         outstanding += wallet.available + wallet.held - wallet.debt

@@ -19,7 +19,7 @@ from points.journal import LOT_KIND, LOTS, NewLot, post_entry, ts
 from points.ledger import LIMITED_TIME
 from points.ledger_metrics import count_on_commit, points_credited
 from points.models import Entry, Wallet, account_available, account_debt, account_issued
-from points.wallets import lot_state, member_lots, require_active
+from points.wallets import count_lot_points, lot_state, member_lots, require_active
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ _FREEZE_LAPSED_ROLLING = (
     update(LOTS)
     .where(LOTS.c.member_id == bindparam("member"), LOTS.c.rolling.is_(True))
     .values(rolling=False, expires_at=bindparam("lapsed", type_=LOTS.c.expires_at.type))
+    .returning(LOTS.c.remaining)
 )
 
 
@@ -89,10 +90,13 @@ async def credit(
     # Earning moves the rolling expiry of the member's regular lots: once, on the wallet.
     lapsed = wallet.rolling_expires_at
     if lapsed is not None and lapsed <= now:
-        await conn.execute(_FREEZE_LAPSED_ROLLING, {"member": member_id, "lapsed": lapsed})
+        frozen = (await conn.execute(_FREEZE_LAPSED_ROLLING, {"member": member_id, "lapsed": lapsed})).scalars()
+        wallet.rolling_points -= sum(frozen)  # still theirs until they are expired, as fixed-date points
     wallet.rolling_expires_at = rolling_until
+    wallet.last_earned_at = now
     repaid, to_lot = ledger.plan_credit(amount, wallet.debt)
     lot_expires = expires_at or rolling_until
+    count_lot_points(wallet, kind, expires_at is None, to_lot)
     entry = await post_entry(
         session,
         wallet,
@@ -108,7 +112,6 @@ async def credit(
         now=now,
         lot=NewLot(kind=kind, rolling=expires_at is None, amount=amount, remaining=to_lot, expires_at=lot_expires),
     )
-    wallet.last_earned_at = now
     publish(
         session,
         "points.ledger.credited",
@@ -186,6 +189,7 @@ async def clawback(
         )
         for lot_id, take in plan.takes:
             lots_by_id[lot_id].remaining -= take
+            count_lot_points(wallet, lots_by_id[lot_id].kind, lots_by_id[lot_id].rolling, -take)
             session.add(lots_by_id[lot_id])
         debt += plan.debt
         session.add(credit_lot)

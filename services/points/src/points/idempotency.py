@@ -11,14 +11,14 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from kizuna.kit import errors
-from kizuna.kit.db import Database
+from kizuna.kit.db import Database, is_disconnect
 from kizuna.kit.errors import (
     AlreadyExists,
     DomainError,
     InvalidArgument,
 )
 from sqlalchemy import insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -224,6 +224,11 @@ class Ledger:
             except IntegrityError:
                 # Another call with the same key committed first; the next attempt replays it.
                 if attempt == 4:
+                    raise
+            except DBAPIError as exc:
+                # A dead pooled connection (the pool drops it and every older one): run it again;
+                # if the lost COMMIT had gone through, the next attempt replays its record.
+                if not is_disconnect(exc) or attempt == 4:
                     raise
         if isinstance(outcome, DomainError):
             raise outcome

@@ -9,6 +9,7 @@ from typing import NamedTuple
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.points.v1 import points_pb2 as pb
 from sqlalchemy import ARRAY, BigInteger, Boolean, String, TextClause, bindparam, insert, text
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 from ulid import ULID
@@ -63,10 +64,25 @@ class NewLot(NamedTuple):
     expires_at: datetime
 
 
+# The wallet's columns a ledger operation changes; PostgreSQL writes them in the entry's statement
+# (the `w_` parameters below).
+_WALLET_COLUMNS = (
+    "available",
+    "held",
+    "debt",
+    "limited_time",
+    "rolling_points",
+    "earn_month",
+    "earned_this_month",
+    "last_earned_at",
+    "rolling_expires_at",
+)
+
+
 def _entry_statement_pg(with_lot: bool) -> TextClause:
-    """PostgreSQL: the entry, its postings (in the order given) and a credit's lot in one round trip."""
-    parts = [
-        """WITH entry AS (
+    """PostgreSQL: the entry, its postings (in the order given), a credit's lot and the wallet's new
+    balances in one round trip."""
+    entry = """WITH entry AS (
   INSERT INTO points_entry (entry_id, member_id, kind, amount, explanation, source_service, source_ref, created_at)
   VALUES (:entry_id, :member_id, :kind, :amount, :explanation, :source_service, :source_ref, :created_at)
   RETURNING id
@@ -74,21 +90,27 @@ def _entry_statement_pg(with_lot: bool) -> TextClause:
   INSERT INTO points_posting (entry_pk, account, amount)
   SELECT entry.id, p.account, p.amount FROM entry,
     unnest(:accounts, :amounts) WITH ORDINALITY AS p(account, amount, n) ORDER BY p.n
-)""",
-        """, lot AS (
+), wallet AS (
+  UPDATE points_wallet SET available = :w_available, held = :w_held, debt = :w_debt,
+    limited_time = :w_limited_time, rolling_points = :w_rolling_points, earn_month = :w_earn_month,
+    earned_this_month = :w_earned_this_month, last_earned_at = :w_last_earned_at,
+    rolling_expires_at = :w_rolling_expires_at
+  WHERE member_id = :member_id
+)"""
+    lot = """, lot AS (
   INSERT INTO points_lot (member_id, entry_pk, kind, rolling, amount, remaining, clawed_back, expired,
     source_service, expires_at, created_at)
   SELECT :member_id, entry.id, :lot_kind, :lot_rolling, :lot_amount, :lot_remaining, 0, 0, :source_service,
     :lot_expires_at, :created_at FROM entry
-)""",
-        "SELECT id FROM entry",
-    ]
-    statement = text("\n".join(parts if with_lot else [parts[0], parts[2]]))
+)"""
+    statement = text("\n".join([entry, *([lot] if with_lot else []), "SELECT id FROM entry"]))
+    wallet_type = {c: WALLETS.c[c].type for c in _WALLET_COLUMNS}
     typed = [
         bindparam("amount", type_=BigInteger()),
         bindparam("created_at", type_=ENTRIES.c.created_at.type),
         bindparam("accounts", type_=ARRAY(String())),
         bindparam("amounts", type_=ARRAY(BigInteger())),
+        *(bindparam(f"w_{c}", type_=wallet_type[c]) for c in _WALLET_COLUMNS),
     ]
     if with_lot:
         typed += [
@@ -126,8 +148,10 @@ async def post_entry(
     wallet.available += postings.get(account_available(member), 0)
     wallet.held += postings.get(account_held(member), 0)
     wallet.debt -= postings.get(account_debt(member), 0)
-    if min(wallet.available, wallet.held, wallet.debt) < 0:
+    if min(wallet.available, wallet.held, wallet.debt, wallet.limited_time, wallet.rolling_points) < 0:
         raise AssertionError(f"entry {kind} would make a balance negative: {postings}")
+    if wallet.limited_time + wallet.rolling_points > wallet.available:
+        raise AssertionError(f"entry {kind}: the wallet's limited-time and rolling points exceed its balance")
     member_change = sum(v for a, v in postings.items() if a.startswith(f"member:{member}:"))
     entry_id = new_id("ent")
     conn = await session.connection()
@@ -151,7 +175,11 @@ async def post_entry(
                 lot_remaining=lot.remaining,
                 lot_expires_at=lot.expires_at,
             )
+        values.update({f"w_{c}": getattr(wallet, c) for c in _WALLET_COLUMNS})
         pk = (await conn.execute(_ENTRY_PG if lot is None else _ENTRY_AND_LOT_PG, values)).scalar_one()
+        # Written: the session's flush has no UPDATE of the wallet to make for these any more.
+        for column in _WALLET_COLUMNS:
+            set_committed_value(wallet, column, getattr(wallet, column))
     else:
         pk = (await conn.execute(_INSERT_ENTRY, values)).scalar_one()
         await conn.execute(_INSERT_POSTING, [{"entry_pk": pk, "account": a, "amount": v} for a, v in postings.items()])
@@ -172,7 +200,7 @@ async def post_entry(
                     "created_at": now,
                 },
             )
-    session.add(wallet)
+        session.add(wallet)
     return Posted(pk, entry_id)
 
 

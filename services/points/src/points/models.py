@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from kizuna.kit.db import UTCDateTime
-from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, LargeBinary, String, Text, false
+from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, LargeBinary, String, Text, false, text
 from sqlmodel import Field, SQLModel
 
 
@@ -60,6 +60,18 @@ class Wallet(SQLModel, table=True):
     # lot; None until the first credit.
     rolling_expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, index=True))
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    # Of `available`, the points in limited-time lots and in rolling lots: changed with every lot's
+    # remaining points, in the same transaction, so that a balance is read from this row (the audit
+    # checks both against the lots).
+    limited_time: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    rolling_points: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+
+
+def _partial(name: str, *columns: str, where: str) -> Index:
+    """An index of the rows `where` holds only (PostgreSQL and SQLite): lookups of live rows that
+    do not grow with a member's history. Queries using it spell `where` with literals, not bind
+    parameters, so that a prepared statement's generic plan can use it too."""
+    return Index(name, *columns, postgresql_where=text(where), sqlite_where=text(where))
 
 
 class Entry(SQLModel, table=True):
@@ -100,7 +112,10 @@ class Lot(SQLModel, table=True):
 
     __tablename__ = "points_lot"
     # Due and live lots of one member without reading the rest of their history.
-    __table_args__ = (Index("ix_points_lot_member_rolling", "member_id", "rolling", "expires_at"),)
+    __table_args__ = (
+        Index("ix_points_lot_member_rolling", "member_id", "rolling", "expires_at"),
+        _partial("ix_points_lot_live", "member_id", "rolling", "expires_at", where="remaining > 0"),
+    )
 
     id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
     member_id: str = Field(sa_column=Column(String(100), nullable=False, index=True))
@@ -127,7 +142,10 @@ def lot_expiry(rolling: bool, expires_at: datetime, rolling_expires_at: datetime
 
 class Reservation(SQLModel, table=True):
     __tablename__ = "points_reservation"
-    __table_args__ = (Index("ix_points_reservation_open", "status", "expires_at"),)
+    __table_args__ = (
+        Index("ix_points_reservation_open", "status", "expires_at"),
+        _partial("ix_points_reservation_member_open", "member_id", "expires_at", where="status = 'open'"),
+    )
 
     id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
     reservation_id: str = Field(sa_column=Column(String(40), unique=True, nullable=False))
@@ -190,6 +208,7 @@ class PendingEarn(SQLModel, table=True):
     is then brought to what those facts call for."""
 
     __tablename__ = "points_pending_earn"
+    __table_args__ = (_partial("ix_points_pending_earn_member_pending", "member_id", where="status = 'pending'"),)
 
     source_service: str = Field(sa_column=Column(String(100), primary_key=True))
     source_ref: str = Field(sa_column=Column(String(200), primary_key=True))

@@ -37,8 +37,10 @@ DEFAULT_EARNERS = [
 
 
 class Settings(ServiceSettings):
-    # Every ledger call holds a connection for its whole transaction; size for ~64 concurrent callers.
-    database_pool_size: int = 32
+    # Every ledger call holds a connection for its whole transaction: up to twice this many at once
+    # (kept open), which keeps a few cores and their database busy; more concurrent calls queue for
+    # a connection rather than each opening one.
+    database_pool_size: int = 16
     # Where the ecosystem header (kizuna.kit.header) reads a member's balance: this service itself.
     points_addr: str = "127.0.0.1:50051"
 

@@ -30,7 +30,7 @@ from points.models import (
     account_redeemed,
     lot_expiry,
 )
-from points.wallets import expire_due_lots, expiry, lots_by_id, release, require_active
+from points.wallets import count_lot_points, expire_due_lots, expiry, lots_by_id, release, require_active
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ _LOT_EXPIRY = case(
     (LOTS.c.rolling.is_(True), bindparam("rolling", type_=LOTS.c.expires_at.type)), else_=LOTS.c.expires_at
 )
 _LIVE_LOTS = (
-    core_select(LOTS.c.id, LOTS.c.kind, LOTS.c.remaining, _LOT_EXPIRY.label("expires_at"))
+    core_select(LOTS.c.id, LOTS.c.kind, LOTS.c.rolling, LOTS.c.remaining, _LOT_EXPIRY.label("expires_at"))
     .where(
         LOTS.c.member_id == bindparam("member"),
         LOTS.c.remaining > 0,
@@ -149,11 +149,20 @@ _TAKE_FROM_LOT = (
 _RETURN_TO_LOT = (
     update(LOTS).where(LOTS.c.id == bindparam("lot")).values(remaining=LOTS.c.remaining + bindparam("points"))
 )
-_RESERVATION = core_select(RESERVATIONS).where(RESERVATIONS.c.reservation_id == bindparam("reservation"))
-_RESERVATION_HOLDS = (
-    core_select(HOLDS.c.lot_id, HOLDS.c.amount, LOTS.c.expires_at, LOTS.c.rolling)
-    .join(LOTS, LOTS.c.id == HOLDS.c.lot_id)
-    .where(HOLDS.c.reservation_pk == bindparam("reservation"))
+# The reservation and its holds (in spend order) with their lots, one row per hold, in one read.
+_RESERVATION_WITH_HOLDS = (
+    core_select(
+        RESERVATIONS,
+        HOLDS.c.lot_id,
+        HOLDS.c.amount.label("hold_amount"),
+        LOTS.c.expires_at.label("lot_expires_at"),
+        LOTS.c.kind.label("lot_kind"),
+        LOTS.c.rolling.label("lot_rolling"),
+    )
+    .select_from(RESERVATIONS)
+    .outerjoin(HOLDS, HOLDS.c.reservation_pk == RESERVATIONS.c.id)
+    .outerjoin(LOTS, LOTS.c.id == HOLDS.c.lot_id)
+    .where(RESERVATIONS.c.reservation_id == bindparam("reservation"))
     .order_by(HOLDS.c.seq)
 )
 _CAPTURE_HOLD = (
@@ -193,6 +202,9 @@ async def reserve(
         rows = (await conn.execute(_LIVE_LOTS, params)).all()
     lots = [LotState(row.id, row.kind, row.remaining, row.expires_at) for row in rows]
     takes = ledger.allocate(lots, request.amount, now)
+    kinds = {row.id: (row.kind, row.rolling) for row in rows}
+    for lot_id, take in takes:
+        count_lot_points(wallet, *kinds[lot_id], -take)
     expires_at = now + timedelta(seconds=request.ttl_seconds or default_ttl)
     reservation_id = new_id("rsv")
     source_service = request.source_service or caller
@@ -302,7 +314,8 @@ async def capture(
     if session.new or session.dirty:
         await session.flush()
     conn = await session.connection()
-    reservation = (await conn.execute(_RESERVATION, {"reservation": request.reservation_id})).first()
+    rows = (await conn.execute(_RESERVATION_WITH_HOLDS, {"reservation": request.reservation_id})).all()
+    reservation = rows[0] if rows else None
     if reservation is None:
         raise NotFound(f"unknown reservation {request.reservation_id!r}")
     if reservation.caller != caller:
@@ -317,10 +330,10 @@ async def capture(
     if amount > reservation.amount:
         raise InvalidArgument(f"amount {amount} exceeds the reserved {reservation.amount}")
     assert wallet is not None
-    holds = (await conn.execute(_RESERVATION_HOLDS, {"reservation": reservation.id})).all()
+    holds = [row for row in rows if row.lot_id is not None]
     rolling = wallet.rolling_expires_at
-    expiries = [lot_expiry(h.rolling, h.expires_at, rolling) for h in holds]
-    split = ledger.split_capture([HoldState(h.lot_id, h.amount) for h in holds], amount)
+    expiries = [lot_expiry(h.lot_rolling, h.lot_expires_at, rolling) for h in holds]
+    split = ledger.split_capture([HoldState(h.lot_id, h.hold_amount) for h in holds], amount)
     await conn.execute(
         _CAPTURE_HOLD,
         [{"reservation": reservation.id, "lot": lot_id, "points": captured} for lot_id, captured, _ in split],
@@ -331,6 +344,9 @@ async def capture(
         now,
     )
     returns = [{"lot": lot_id, "points": points} for lot_id, points in back if points > 0]
+    kinds = {h.lot_id: (h.lot_kind, h.lot_rolling) for h in holds}
+    for lot_id, points in back:
+        count_lot_points(wallet, *kinds[lot_id], points)
     if returns:
         await conn.execute(_RETURN_TO_LOT, returns)
     returned_total = reservation.amount - amount
@@ -428,6 +444,7 @@ async def refund(
         returned, lost = returned + back, lost + gone
     for lot_id, points in back_to_lots:
         lots[lot_id].remaining += points
+        count_lot_points(wallet, lots[lot_id].kind, lots[lot_id].rolling, points)
     reservation.refunded += amount
     session.add(reservation)
     member = wallet.member_id

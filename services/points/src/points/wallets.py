@@ -180,6 +180,15 @@ async def lots_by_id(session: AsyncSession, ids: list[int]) -> dict[int, Lot]:
     return {lot.id: lot for lot in (await session.exec(query)).all() if lot.id is not None}
 
 
+def count_lot_points(wallet: Wallet, kind: str, rolling: bool, points: int) -> None:
+    """Keep the wallet's split of its points up to date as `points` go into a lot of this kind
+    (negative: out of it); `available` itself moves with the entry's postings."""
+    if kind == LIMITED_TIME:
+        wallet.limited_time += points
+    if rolling:
+        wallet.rolling_points += points
+
+
 def expiry(lot: Lot, wallet: Wallet) -> datetime:
     """When the lot expires (a rolling lot: its wallet's rolling expiry)."""
     return lot_expiry(lot.rolling, lot.expires_at, wallet.rolling_expires_at)
@@ -229,6 +238,7 @@ async def expire_due_lots(session: AsyncSession, wallet: Wallet, now: datetime) 
     for lot in lots:
         amount, lot.remaining = lot.remaining, 0
         lot.expired += amount
+        count_lot_points(wallet, lot.kind, lot.rolling, -amount)
         session.add(lot)
         entry = await post_entry(
             session,
@@ -269,6 +279,7 @@ async def release(
     )
     for lot_id, points in back:
         lots[lot_id].remaining += points
+        count_lot_points(wallet, lots[lot_id].kind, lots[lot_id].rolling, points)
         session.add(lots[lot_id])
     reservation.status = "voided" if cause == "requested" else "timed_out"
     session.add(reservation)
