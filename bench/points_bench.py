@@ -51,13 +51,24 @@ def load() -> str:
 SERVER_PID = 0  # the service's process, whose CPU time each phase reports
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc), 0 where unknown."""
+def _stat(pid: int) -> list[str]:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return []
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of a process and its live children (the workers of a
+    service started with KIZUNA_WORKERS), from Linux /proc; 0 where unknown."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat(int(entry.name))
+        if fields and (int(entry.name) == pid or fields[1] == str(pid)):
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 async def drive(name: str, seconds: float, call: Any, clients: int = CLIENTS) -> None:
@@ -227,12 +238,22 @@ async def seed(url: str, members: int, entries: int) -> None:
               expires_at, created_at)
             SELECT member_id, id, 'regular', true, 1, 1, 0, 'shop', now() + interval '300 days', now()
             FROM points_entry WHERE entry_id LIKE 'seed-%'""")
-        await conn.execute("""
-            UPDATE points_wallet w SET available = c.n FROM (SELECT member_id, count(*) n FROM points_lot
+        # The wallet's balance (and, where the schema keeps it, its points in rolling lots).
+        rolling = ", rolling_points = c.n" if await _has_column(conn, "points_wallet", "rolling_points") else ""
+        await conn.execute(f"""
+            UPDATE points_wallet w SET available = c.n{rolling} FROM (SELECT member_id, count(*) n FROM points_lot
             WHERE member_id LIKE 'seed-%' GROUP BY member_id) c WHERE w.member_id = c.member_id""")
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
+
+
+async def _has_column(conn: asyncpg.Connection, table: str, column: str) -> bool:
+    """Whether the service's schema has the column (the bench also runs trees from before it)."""
+    found = await conn.fetchval(
+        "SELECT 1 FROM information_schema.columns WHERE table_name = $1 AND column_name = $2", table, column
+    )
+    return found is not None
 
 
 async def seed_history(url: str, sizes: list[int]) -> dict[int, list[str]]:
@@ -254,6 +275,10 @@ async def seed_history(url: str, sizes: list[int]) -> dict[int, list[str]]:
                 names,
                 n,
             )
+            if await _has_column(conn, "points_wallet", "rolling_points"):
+                await conn.execute(
+                    "UPDATE points_wallet SET rolling_points = available WHERE member_id = ANY($1::text[])", names
+                )
             await conn.execute(
                 """INSERT INTO points_entry (entry_id, member_id, kind, amount, explanation, source_service,
                   source_ref, created_at)
