@@ -4,6 +4,8 @@ Searching is open to everyone; booking, trips and cancelling need a member signe
 kit's OIDC relying party (`SignedInMember`). Booking passes the member's own access token (kept
 server-side by the kit) to points and fintech, which is how the member authorizes the spend. The
 forms that change something (book, cancel) carry the kit's CSRF token and are refused without it.
+Their messages for the next page are queued as catalogue keys, said in the language of the page
+that shows them (kizuna.kit.flash).
 
 A signed-in member sees what a stay would earn ("earn N pt", points' earn preview) on the hotel
 cards, the hotel's rate table and the booking page: one call per distinct price, all at once,
@@ -196,7 +198,7 @@ async def hotel_view(
 async def book_link(request: Request, member: SignedInMember) -> Response:
     """An old or shared booking link: a GET never fills in a booking to pay; choose the room again."""
     hotel_id = request.query_params.get("hotel_id", "")
-    flash(request, "info", _("Choose your room and rate to book."))
+    flash(request, "info", "Choose your room and rate to book.")
     target = f"/hotels/{quote(hotel_id)}" if hotel_id.startswith("htl_") else "/"
     return RedirectResponse(target, status_code=303)
 
@@ -270,7 +272,7 @@ async def book_submit(
         )
     except DomainError as exc:
         return _error(request, exc, member=member)
-    flash(request, "success", _("Your booking is confirmed. Have a good trip!"))
+    flash(request, "success", "Your booking is confirmed. Have a good trip!")
     return RedirectResponse(f"/trips/{booking.id}", status_code=303)
 
 
@@ -314,10 +316,10 @@ async def cancel_submit(
         if costs and confirmed != "yes":
             # A cancellation that costs money (every non-refundable one) happens only after the
             # member saw what it costs and said yes.
-            flash(request, "warning", _("Please confirm the cancellation and its cost."))
+            flash(request, "warning", "Please confirm the cancellation and its cost.")
             return RedirectResponse(f"/trips/{booking_id}", status_code=303)
         await bookings.cancel(member.member_id, booking_id)
     except DomainError as exc:
         return _error(request, exc, member=member)
-    flash(request, "success", _("Your booking is cancelled."))
+    flash(request, "success", "Your booking is cancelled.")
     return RedirectResponse(f"/trips/{booking_id}", status_code=303)
