@@ -3,8 +3,10 @@
 Domain errors are written for developers ("points (1156) exceed the member's balance (156)",
 "the card was declined (DECLINE_REASON_FRAUD_RULE)"); the JSON API keeps them as they are. Pages
 pass them through `for_member`, which rewrites the known ones in plain words (translated for the
-request, kizuna.kit.i18n) and never shows an internal id or code. `line_for_member` does the same
-for history and statement lines.
+request, kizuna.kit.i18n) and never shows an internal id or code. `words_for_member` gives the same
+message untranslated, as its catalogue key and parameters, for a flash message (kizuna.kit.flash)
+that is translated on the page that shows it. `line_for_member` does the same for history and
+statement lines.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from kizuna.kit.flash import Param, Word
 from kizuna.kit.i18n import gettext as _
 
 _DECLINES = {
@@ -64,44 +67,60 @@ def _yen(n: str) -> str:
     return f"{'-' if amount < 0 else ''}¥{abs(amount):,}"
 
 
-_RULES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
-    (re.compile(r"(DECLINE_REASON_[A-Z_]+)"), lambda m: _(_DECLINES.get(m.group(1), DECLINED))),
+# (pattern of the developer's wording, the catalogue key and its parameters); the first match wins.
+_RULES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], tuple[str, dict[str, Param]]]]] = [
+    (re.compile(r"(DECLINE_REASON_[A-Z_]+)"), lambda m: (_DECLINES.get(m.group(1), DECLINED), {})),
     (
         re.compile(r"points \((\d+)\) exceed the member's balance \((\d+)\)"),
-        lambda m: _(ASKED_MORE_THAN_BALANCE) % {"asked": _pt(m.group(1)), "have": _pt(m.group(2))},
+        lambda m: (ASKED_MORE_THAN_BALANCE, {"asked": _pt(m.group(1)), "have": _pt(m.group(2))}),
     ),
     (
         re.compile(r"points \((\d+)\) exceed the order total \((\d+)\)"),
-        lambda m: _(AT_MOST_ON_ORDER) % {"most": _pt(m.group(2))},
+        lambda m: (AT_MOST_ON_ORDER, {"most": _pt(m.group(2))}),
     ),
     (
         re.compile(r"insufficient points: (\d+) requested, (\d+) available"),
-        lambda m: _(ASKED_MORE_THAN_AVAILABLE) % {"asked": _pt(m.group(1)), "have": _pt(m.group(2))},
+        lambda m: (ASKED_MORE_THAN_AVAILABLE, {"asked": _pt(m.group(1)), "have": _pt(m.group(2))}),
     ),
     (
         re.compile(r"insufficient funds: \w+ balance (-?\d+) \w+"),
-        lambda m: _(BANK_TOO_LOW) % {"balance": _yen(m.group(1))},
+        lambda m: (BANK_TOO_LOW, {"balance": _yen(m.group(1))}),
     ),
     (
         re.compile(r"payment (\d+) exceeds the (\d+) \w+ still due"),
-        lambda m: _(PAID_MORE_THAN_DUE) % {"paid": _yen(m.group(1)), "due": _yen(m.group(2))},
+        lambda m: (PAID_MORE_THAN_DUE, {"paid": _yen(m.group(1)), "due": _yen(m.group(2))}),
     ),
-    (re.compile(r"^the card was declined$"), lambda m: _(DECLINED)),
+    (re.compile(r"^the card was declined$"), lambda m: (DECLINED, {})),
 ]
 
 
-def for_member(text: str) -> str:
-    """The message to show on a page: known developer wording rewritten, ids removed."""
+def words_for_member(text: str) -> tuple[str, dict[str, Param]]:
+    """`for_member`'s message before translation: its catalogue key and the values of its places
+    (a `Word` value is a catalogue key too), for `flash(request, kind, key, **params)`."""
     for pattern, rewrite in _RULES:
         match = pattern.search(text)
         if match:
             return rewrite(match)
     booking = re.match(r"^booking \S+ was not made: (.*)$", text)
     if booking:
-        return _(BOOKING_NOT_MADE) % {"reason": for_member(booking.group(1))}
+        key, params = words_for_member(booking.group(1))
+        # A reason with places of its own is said in the language of the moment.
+        return BOOKING_NOT_MADE, {"reason": say(key, params) if params else Word(key)}
     text = _ID.sub("", text)
     text = re.sub(r"\s{2,}", " ", text).replace(" ,", ",").replace(" .", ".").strip()
-    return _(text[:1].upper() + text[1:]) if text else _(SOMETHING_WRONG)
+    return (text[:1].upper() + text[1:], {}) if text else (SOMETHING_WRONG, {})
+
+
+def say(key: str, params: dict[str, Param]) -> str:
+    """A catalogue key and its parameters in the request's language."""
+    if not params:
+        return _(key)
+    return _(key) % {name: _(value) if isinstance(value, Word) else value for name, value in params.items()}
+
+
+def for_member(text: str) -> str:
+    """The message to show on a page: known developer wording rewritten, ids removed."""
+    return say(*words_for_member(text))
 
 
 _LINES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
