@@ -14,8 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from kizuna.kit.bounds import Int64
 from kizuna.kit.csrf import CsrfChecked
 from kizuna.kit.errors import DomainError
-from kizuna.kit.flash import Kind, flash
-from kizuna.kit.i18n import gettext as _
+from kizuna.kit.flash import Kind, Param, flash
 from kizuna.kit.oidc_client import SignedInMember, WebMember
 from kizuna.kit.web import format_money as money
 from kizuna.kit.web import format_points, page_templates
@@ -24,7 +23,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from fintech import bank, cards, ledger, lines, payments, securities, statements
 from fintech.context import Fintech, fintech_of
 from fintech.idempotency import run_once
-from fintech.refusals import refusal_for_member
+from fintech.refusals import refusal_words
 
 router = APIRouter(include_in_schema=False)
 templates = page_templates(
@@ -57,21 +56,24 @@ def _render(request: Request, name: str, member: WebMember, **values: Any) -> HT
     )
 
 
-def _back(request: Request, path: str, message: str, kind: Kind = "success") -> Response:
-    """Back to a page with a message for the member (in the session, never in the URL)."""
-    flash(request, kind, message)
+def _back(request: Request, path: str, message: str, kind: Kind = "success", **params: Param) -> Response:
+    """Back to a page with a message for the member (in the session, never in the URL): `message`
+    is the catalogue's key, translated on the page that shows it (kizuna.kit.flash)."""
+    flash(request, kind, message, **params)
     return RedirectResponse(path, status_code=303)
 
 
-def _paid(bank_minor: int, points: int) -> str:
-    parts = [money(bank_minor)] if bank_minor else []
-    if points:
-        parts.append(format_points(points))
-    return _(" and ").join(parts) or money(0)
+def _paid(request: Request, path: str, one: str, both: str, bank_minor: int, points: int) -> Response:
+    """Back with the message `one` (what was paid, `%(paid)s`: yen or points) or `both`
+    (`%(bank)s` and `%(points)s`), so the page that shows it words the whole sentence."""
+    if bank_minor and points:
+        return _back(request, path, both, bank=money(bank_minor), points=format_points(points))
+    return _back(request, path, one, paid=format_points(points) if points else money(bank_minor))
 
 
 def _refused(request: Request, path: str, exc: DomainError) -> Response:
-    return _back(request, path, refusal_for_member(exc.message), "error")
+    key, params = refusal_words(exc.message)
+    return _back(request, path, key, "error", **params)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -100,7 +102,7 @@ async def apply_page(request: Request, member: SignedInMember, annual_income_min
     except DomainError as exc:
         return _refused(request, "/card", exc)
     if not issued.card_number:
-        return _back(request, "/card", _("Your Kizuna Card is issued."))
+        return _back(request, "/card", "Your Kizuna Card is issued.")
     # The number is shown on this one page and never stored or redirected through a URL.
     page = _render(request, "issued.html", member, card=issued)
     page.headers["cache-control"] = "no-store"
@@ -112,7 +114,7 @@ async def close_statement_page(request: Request, member: SignedInMember) -> Resp
     """Sandbox only: bill what is posted now instead of waiting for month end."""
     ctx = _ctx(request)
     if not ctx.settings.fintech_sandbox:
-        return _back(request, "/card", _("Closing a statement on demand is available in the sandbox only."), "warning")
+        return _back(request, "/card", "Closing a statement on demand is available in the sandbox only.", "warning")
     try:
         async with ctx.db.transaction() as session:
             card = await cards.require_card(session, ctx, member.member_id)
@@ -120,8 +122,8 @@ async def close_statement_page(request: Request, member: SignedInMember) -> Resp
     except DomainError as exc:
         return _refused(request, "/card", exc)
     if statement is None:
-        return _back(request, "/card", _("Nothing to bill yet."), "info")
-    return _back(request, "/card", _("Your statement is closed."))
+        return _back(request, "/card", "Nothing to bill yet.", "info")
+    return _back(request, "/card", "Your statement is closed.")
 
 
 @router.post("/card/statements/{statement_id}/pay", dependencies=[CsrfChecked])
@@ -146,8 +148,13 @@ async def pay_page(
         )
     except DomainError as exc:
         return _refused(request, "/card", exc)
-    return _back(
-        request, "/card", _("Thank you: %(paid)s paid towards your card bill.") % {"paid": _paid(bank_minor, points)}
+    return _paid(
+        request,
+        "/card",
+        "Thank you: %(paid)s paid towards your card bill.",
+        "Thank you: %(bank)s and %(points)s paid towards your card bill.",
+        bank_minor,
+        points,
     )
 
 
@@ -190,14 +197,14 @@ async def transfer_page(
         )
     except DomainError as exc:
         return _refused(request, "/bank", exc)
-    return _back(request, "/bank", _("%(amount)s sent.") % {"amount": money(amount_minor)})
+    return _back(request, "/bank", "%(amount)s sent.", amount=money(amount_minor))
 
 
 @router.post("/bank/top-up", dependencies=[CsrfChecked])
 async def top_up_page(request: Request, member: SignedInMember, amount_minor: FormInt, key: FormStr) -> Response:
     ctx = _ctx(request)
     if not ctx.settings.fintech_sandbox:
-        return _back(request, "/bank", _("Top-up is available in the sandbox only."), "warning")
+        return _back(request, "/bank", "Top-up is available in the sandbox only.", "warning")
 
     async def operation(session: AsyncSession) -> bank.ToppedUp:
         return await bank.top_up(session, ctx, member.member_id, amount_minor, ctx.settings.currency)
@@ -214,7 +221,7 @@ async def top_up_page(request: Request, member: SignedInMember, amount_minor: Fo
         )
     except DomainError as exc:
         return _refused(request, "/bank", exc)
-    return _back(request, "/bank", _("%(amount)s added to your account.") % {"amount": money(amount_minor)})
+    return _back(request, "/bank", "%(amount)s added to your account.", amount=money(amount_minor))
 
 
 @router.get("/invest", response_class=HTMLResponse)
@@ -249,7 +256,7 @@ async def buy_page(
         )
     except DomainError as exc:
         return _refused(request, "/invest", exc)
-    return _back(request, "/invest", _("Bought for %(paid)s.") % {"paid": _paid(bank_minor, points)})
+    return _paid(request, "/invest", "Bought for %(paid)s.", "Bought for %(bank)s and %(points)s.", bank_minor, points)
 
 
 @router.post("/invest/{fund_id}/sell", dependencies=[CsrfChecked])
@@ -277,5 +284,6 @@ async def sell_page(
     return _back(
         request,
         "/invest",
-        _("Sold for %(proceeds)s: the money is in your bank account.") % {"proceeds": money(sold.proceeds_minor)},
+        "Sold for %(proceeds)s: the money is in your bank account.",
+        proceeds=money(sold.proceeds_minor),
     )

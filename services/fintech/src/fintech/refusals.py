@@ -1,14 +1,16 @@
 """What the pages say when fintech refuses a request: fintech's own refusals, written for developers
 in the JSON API ("member 'mbr_…' has no bank account", "cannot sell 5000000 micro-units: …"), in
 plain words in the member's language. Anything else goes through the kit's wording (declines,
-points and bank balances, amounts still due), which also removes internal ids."""
+points and bank balances, amounts still due), which also removes internal ids. `refusal_words` gives
+the message untranslated (its catalogue key and parameters) for a flash message, which the page that
+shows it translates."""
 
 from __future__ import annotations
 
 import re
 
-from kizuna.kit.i18n import gettext as _
-from kizuna.kit.web.wording import for_member
+from kizuna.kit.flash import Param
+from kizuna.kit.web.wording import say, words_for_member
 
 # (pattern of fintech's message, what the member reads); the first match wins.
 REFUSALS: list[tuple[re.Pattern[str], str]] = [
@@ -39,9 +41,14 @@ REFUSALS: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
-def refusal_for_member(message: str) -> str:
-    """The refusal `message` as a member reads it on a page."""
+def refusal_words(message: str) -> tuple[str, dict[str, Param]]:
+    """The refusal `message` as a member reads it, untranslated: its catalogue key and parameters."""
     for pattern, text in REFUSALS:
         if pattern.search(message):
-            return _(text)
-    return for_member(message)
+            return text, {}
+    return words_for_member(message)
+
+
+def refusal_for_member(message: str) -> str:
+    """The refusal `message` as a member reads it on a page, in the request's language."""
+    return say(*refusal_words(message))
