@@ -5,6 +5,7 @@ the cost of one Credit, Reserve and GetBalance for a member with 1, 100 and 10,0
 
     .venv/bin/python bench/points_bench.py [--seconds 10] [--members 100000] [--entries 1000000]
     .venv/bin/python bench/points_bench.py --only history [--history 1,100,10000]
+    .venv/bin/python bench/points_bench.py --only credit1,reserve1   # one client: CPU per call
 
 Each phase prints the load average (1 min) before and after it: the machine is shared.
 
@@ -401,6 +402,12 @@ async def main() -> None:
             await drive("Credit (gRPC)", args.seconds, credit)
         if "reserve" in only:
             await drive("Reserve+Capture (gRPC)", args.seconds, reserve_capture)
+        # One call at a time: CPU per call with the least contention (context switches, waiting
+        # connections), which moves less with the shared machine's load than 64 clients do.
+        if "credit1" in only:
+            await drive("Credit (gRPC, 1 client)", args.seconds, credit, clients=1)
+        if "reserve1" in only:
+            await drive("Reserve+Capture (gRPC, 1 client)", args.seconds, reserve_capture, clients=1)
         if "pgbench" in only:
             pgbench(url, int(args.seconds), "pgbench, same Credit SQL", PGBENCH_CREDIT)
             pgbench(url, int(args.seconds), "pgbench, same Reserve+Capture SQL", PGBENCH_RESERVE_CAPTURE)
