@@ -10,19 +10,20 @@ through the test session's NATS.
         ...                                                       # start the service, buy with member.token
         assert (await ecosystem.balance(member.id)).total == 500 - spent + earned
 
-`ecosystem` is module-scoped (starting the two services costs seconds; every test makes its own
-members, so they share nothing); it empties every declared service's stream first, so start the
-service under test after it. Points and fintech are registered at the issuer with their declared
-scopes, and points earns for every declared earner, as `make up` runs them. PostgreSQL backs
-them when `KIZUNA_TEST_POSTGRES_URL` is set, SQLite files otherwise. Override `ecosystem_env` in
-a test module to pass settings to points or fintech (e.g. `{"points": {"EARN_DEFAULT_BASE_BP": "100"}}`).
+`ecosystem` runs once per test process for each distinct `ecosystem_env` and is shared by the
+modules that ask for it (starting the two services costs seconds; every test makes its own
+members, so they share nothing). It has a nats-server and a token issuer of its own, which no
+other fixture resets or re-registers. Points and fintech are registered at the issuer with their
+declared scopes, and points earns for every declared earner, as `make up` runs them. PostgreSQL
+backs them when `KIZUNA_TEST_POSTGRES_URL` is set, SQLite files otherwise. Override
+`ecosystem_env` in a test module to pass settings to points or fintech (e.g.
+`{"points": {"EARN_DEFAULT_BASE_BP": "100"}}`); modules with the same settings share one.
 
 A pytest plugin of the kit (entry point `kizuna-ecosystem`), loaded beside `kizuna.kit.testing`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import secrets
@@ -40,7 +41,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.identity.v1 import events_pb2 as identity_events
 from kizuna.kit.auth import ServiceTokenClient, call_metadata
 from kizuna.kit.declaration import Declaration, discover, earners
-from kizuna.kit.testing import NatsServer, ServiceProcess, TestIssuer, free_port, reset_streams, wait_until
+from kizuna.kit.testing import NatsServer, ServiceProcess, TestIssuer, wait_until
 from kizuna.points.v1 import points_pb2, points_pb2_grpc
 
 # What a member's token allows by default: see and spend their points, see and use their card.
@@ -230,51 +231,82 @@ def ecosystem_env() -> dict[str, dict[str, str]]:
     return {}
 
 
-@pytest.fixture(scope="module")
-def ecosystem(
-    request: pytest.FixtureRequest,
-    nats_server: NatsServer,
-    test_issuer: TestIssuer,
-    tmp_path_factory: pytest.TempPathFactory,
-    ecosystem_env: dict[str, dict[str, str]],
-) -> Iterator[Ecosystem]:
-    """Real points and fintech processes on fresh databases for this test module (stopped after it)."""
-    declarations = {d.name: d for d in _declarations()}
-    # Every declared stream starts empty: the new processes' durable consumers see only this module's events.
-    asyncio.run(reset_streams(nats_server.url, *(d.stream for d in declarations.values())))
-    work = tmp_path_factory.mktemp("ecosystem")
-    started: list[ServiceProcess] = []
+class _Ecosystems:
+    """The ecosystems this test process runs, one per distinct `ecosystem_env`, each started the
+    first time a module asks for it and kept until the session ends: every test makes its own
+    members, so modules share them as the tests of one module always have.
 
-    def start(name: str, env: dict[str, str]) -> ServiceProcess:
-        (work / name).mkdir()
-        secret = secrets.token_urlsafe(24)
-        # Registered as identity registers it: the scopes its declaration needs and signs in with.
-        test_issuer.register_client(name, secret, " ".join(declarations[name].client_scopes))
-        base = {
-            "NATS_URL": nats_server.url,
-            **_nats_user(nats_server, name),
-            "KIZUNA_ISSUER": test_issuer.issuer,
-            "KIZUNA_DATA_DIR": str(work / name),
-            "KIZUNA_CLIENT_SECRET": secret,
-            "LOG_FORMAT": "json",
-            "OUTBOX_POLL_SECONDS": "0.2",
-            **_database(request, name),
-        }
-        proc = ServiceProcess(
-            name, {**base, **env, **ecosystem_env.get(name, {})}, free_port(), free_port(), work / f"{name}.log"
-        )
-        started.append(proc)
-        return proc.start(wait=False)
+    Each has its own nats-server and token issuer: other tests of the session reset the session
+    server's streams and register clients (`points`, `fintech`) at the session issuer with secrets
+    of their own, which must not reach processes that outlive their module."""
 
-    try:
+    def __init__(self, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.request = request
+        self.tmp_path_factory = tmp_path_factory
+        self.running: dict[str, Ecosystem] = {}
+        self._stops: list[Any] = []
+
+    def get(self, settings: dict[str, dict[str, str]]) -> Ecosystem:
+        key = json.dumps(settings, sort_keys=True)
+        if key not in self.running:
+            self.running[key] = self._start(settings)
+        return self.running[key]
+
+    def _start(self, settings: dict[str, dict[str, str]]) -> Ecosystem:
+        declarations = {d.name: d for d in _declarations()}
+        work = self.tmp_path_factory.mktemp("ecosystem")
+        nats_server = NatsServer(0, work / "nats", auth=True, declarations=list(declarations.values()))
+        self._stops.append(nats_server.stop)
+        nats_server.start()
+        issuer = TestIssuer().start()
+        self._stops.append(issuer.stop)
+
+        def start(name: str, env: dict[str, str]) -> ServiceProcess:
+            (work / name).mkdir()
+            secret = secrets.token_urlsafe(24)
+            # Registered as identity registers it: the scopes its declaration needs and signs in with.
+            issuer.register_client(name, secret, " ".join(declarations[name].client_scopes))
+            base = {
+                "NATS_URL": nats_server.url,
+                **_nats_user(nats_server, name),
+                "KIZUNA_ISSUER": issuer.issuer,
+                "KIZUNA_DATA_DIR": str(work / name),
+                "KIZUNA_CLIENT_SECRET": secret,
+                "LOG_FORMAT": "json",
+                "OUTBOX_POLL_SECONDS": "0.2",
+                **_database(self.request, name),
+            }
+            # Ports 0: each service binds ports of its own choosing and reports them (no port is
+            # checked free and bound later, which another process could take in between).
+            proc = ServiceProcess(name, {**base, **env, **settings.get(name, {})}, log_path=work / f"{name}.log")
+            self._stops.append(proc.stop)
+            return proc.start(wait=False)
+
         points = start("points", {"KIZUNA_EARNERS": json.dumps(earners(list(declarations.values())))})
-        fintech = start("fintech", {"POINTS_ADDR": points.grpc_address, "STATEMENT_INTERVAL_SECONDS": "3600"})
         points.wait_ready()
+        fintech = start("fintech", {"POINTS_ADDR": points.grpc_address, "STATEMENT_INTERVAL_SECONDS": "3600"})
         fintech.wait_ready()
-        yield Ecosystem(test_issuer, nats_server, points, fintech)
+        return Ecosystem(issuer, nats_server, points, fintech)
+
+    def stop(self) -> None:
+        for stop in reversed(self._stops):
+            stop()
+
+
+@pytest.fixture(scope="session")
+def _ecosystems(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Ecosystems]:
+    pool = _Ecosystems(request, tmp_path_factory)
+    try:
+        yield pool
     finally:
-        for proc in started:
-            proc.stop()
+        pool.stop()
+
+
+@pytest.fixture(scope="module")
+def ecosystem(_ecosystems: _Ecosystems, ecosystem_env: dict[str, dict[str, str]]) -> Ecosystem:
+    """Real points and fintech processes on fresh databases, with their own nats-server and token
+    issuer, shared by every module of this test process that asks for the same `ecosystem_env`."""
+    return _ecosystems.get(ecosystem_env)
 
 
 def _declarations() -> list[Declaration]:
