@@ -11,7 +11,8 @@ earning in one transaction with its inbox row and outbox row, and its relay publ
 `points.ledger.credited`; latency = that event reaching this process - publish.
 
 Each round measures raw, then the contract through each points tree, one after another, and prints
-the load average beside them: goal P4 is contract p99 <= 2 x raw p99 + 5 ms. `--baseline REV` adds
+the load average and the points process's CPU time per event (which a busy machine changes less
+than latency) beside them: goal P4 is contract p99 <= 2 x raw p99 + 5 ms. `--baseline REV` adds
 points as of a git revision (its kit and points sources, exported with `git archive`) to every
 round, on its own NATS server and database. Needs PostgreSQL at BENCH_POSTGRES_URL (default
 postgresql://postgres@127.0.0.1:5432/postgres).
@@ -44,6 +45,16 @@ MEMBERS = 1000
 def pctl(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(int(len(ordered) * q), len(ordered) - 1)] * 1000 if ordered else float("nan")
+
+
+def cpu_seconds(process: ServiceProcess | None) -> float:
+    """User + system CPU time of a process so far (Linux /proc; NaN elsewhere)."""
+    try:
+        assert process is not None and process.process is not None
+        stat = Path(f"/proc/{process.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (AssertionError, OSError):
+        return float("nan")
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load() -> float:
@@ -234,11 +245,12 @@ async def main() -> None:
             print(line("  raw JetStream", raw, args.events, f"  load {at:.1f}"), flush=True)
             for variant in variants:
                 assert variant.nats_server is not None
-                at = load()
+                at, cpu = load(), cpu_seconds(variant.process)
                 samples = await through_contract(variant.nats_server.url, args.events, args.rate)
+                cpu_ms = (cpu_seconds(variant.process) - cpu) * 1000 / args.events
                 variant.samples += samples
                 ratio = pctl(samples, 0.99) / goal(raw)
-                extra = f"  load {at:.1f}  goal {goal(raw):.1f} ms  p99/goal {ratio:.2f}"
+                extra = f"  load {at:.1f}  goal {goal(raw):.1f} ms  p99/goal {ratio:.2f}  CPU {cpu_ms:.1f} ms/event"
                 print(line(f"  contract {variant.name}", samples, args.events, extra), flush=True)
         print(f"all rounds (load now {load():.1f})", flush=True)
         print(line("  raw JetStream", raw_samples, args.events * args.rounds), flush=True)
