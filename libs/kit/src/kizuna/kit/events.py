@@ -7,7 +7,8 @@
 - `Consumer` declares a durable pull consumer; `ConsumerWorker` runs it: the handler's effect and
   an inbox row keyed by the event id commit together, so a redelivered event is acknowledged
   without effect. After `max_deliver` failed attempts the event goes to
-  `deadletter.<service>.<consumer>`.
+  `deadletter.<service>.<consumer>`. A consumer whose handler allows it handles several events at
+  once (`concurrency`), one member's still one after another.
 - Neither table grows for ever: the relay's housekeeping (`prune_outbox`, `prune_inbox`) deletes
   published outbox rows and inbox rows older than their retention, in bounded batches, and
   measures the outbox backlog (`kizuna.outbox.pending`, `kizuna.outbox.oldest_pending.age`).
