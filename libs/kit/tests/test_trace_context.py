@@ -1,0 +1,62 @@
+"""Without an exporter the HTTP instrumentation is bypassed, but a request still continues its
+caller's trace: the trace id reaches the events it publishes (and the logs)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import nats
+from kizuna.kit.testing import NatsServer, end_process, reset_streams, spawn
+
+from .test_workers import _demo_env, _wait_for
+
+
+async def _traceparents(nats_url: str, stream: str) -> dict[str, str]:
+    """ce-subject -> traceparent of every event on `stream`."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(stream)
+        found = {}
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            headers = (await js.get_msg(stream, seq)).headers or {}
+            found[headers.get("ce-subject", "")] = headers.get("traceparent", "")
+        return found
+    finally:
+        await nc.close()
+
+
+def test_a_request_continues_its_callers_trace_while_nothing_is_exported(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    asyncio.run(reset_streams(nats_server.url, "DEMO"))
+    ports_file = tmp_path / "ports.json"
+    log_path = tmp_path / "demo.log"
+    env = _demo_env(tmp_path, nats_server.url, ports_file, 1)
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    with log_path.open("w") as log:
+        proc = spawn([sys.executable, "-m", "demo.service"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            port = _wait_for(ports_file, proc, log_path)["http"]
+            trace_id = secrets.token_hex(16)
+            caller = f"00-{trace_id}-{secrets.token_hex(8)}-01"
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                traced = http.post("/notes", json={"text": "traced"}, headers={"traceparent": caller})
+                untraced = http.post("/notes", json={"text": "untraced"})
+            assert traced.status_code == untraced.status_code == 200
+            found: dict[str, str] = {}
+            for _ in range(100):
+                found = asyncio.run(_traceparents(nats_server.url, "DEMO"))
+                if {"traced", "untraced"} <= set(found):
+                    break
+                asyncio.run(asyncio.sleep(0.1))
+            # The caller's trace continues into the event; a request without one starts its own.
+            assert found["traced"].split("-")[1] == trace_id, found
+            assert found["untraced"].split("-")[1] not in (trace_id, "0" * 32), found
+        finally:
+            end_process(proc)
