@@ -14,7 +14,7 @@ from kizuna.kit.flash import flash
 from kizuna.kit.i18n import gettext as _
 from kizuna.kit.oidc_client import MaybeMember, SignedInMember, WebSession
 from kizuna.kit.web import page_templates
-from kizuna.kit.web.wording import for_member
+from kizuna.kit.web.wording import words_for_member
 from sqlmodel import col, select
 
 from partner import cards, codes, partners, settlement
@@ -104,7 +104,8 @@ async def statement_page(request: Request, context: ContextDep, month: str = "")
             result = await settlement.statement(session, partner, chosen)
             stores = (await session.exec(select(Store).where(col(Store.partner_id) == partner.id))).all()
     except DomainError as exc:
-        flash(request, "error", for_member(exc.message))
+        key, params = words_for_member(exc.message)
+        flash(request, "error", key, **params)
         return RedirectResponse("/statement", status_code=303)
     return _page(
         request, "partner/statement.html", title=_("Statement"), statement=result, partner=partner, stores=stores

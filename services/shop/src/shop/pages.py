@@ -28,7 +28,7 @@ from kizuna.kit.errors import DomainError, NotFound, PermissionDenied
 from kizuna.kit.flash import Kind, Param, Word, flash
 from kizuna.kit.i18n import gettext as _
 from kizuna.kit.oidc_client import MaybeMember, SignedInMember, WebMember
-from kizuna.kit.web.wording import for_member
+from kizuna.kit.web.wording import for_member, words_for_member
 
 from shop import cart, catalogue, orders
 from shop.catalogue import ProductDraft, Sort
@@ -97,7 +97,8 @@ def _back(
     if message:
         flash(request, kind, message, **params)
     if error:
-        flash(request, "error", for_member(error))
+        key, params = words_for_member(error)
+        flash(request, "error", key, **params)
     return RedirectResponse(path, status_code=303)
 
 
@@ -250,7 +251,8 @@ async def place_order(
             idempotency_key=idempotency_key,
         )
     except DomainError as exc:
-        flash(request, "error", for_member(exc.message))
+        key, params = words_for_member(exc.message)
+        flash(request, "error", key, **params)
         return RedirectResponse(f"/checkout?merchant_id={quote(merchant_id)}", status_code=303)
     return _back(request, f"/orders#order-{done.order_id}", message="Thank you! Your order is placed.")
 
