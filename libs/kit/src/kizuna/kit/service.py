@@ -531,6 +531,9 @@ class Service(Generic[S]):
                 {"error": exc.code, "message": exc.message}, status_code=exc.http_status, headers=exc.headers
             )
 
+        for refused in DATABASE_REFUSALS:  # a database refusing connections: 503, not 500
+            app.add_exception_handler(refused, database_unavailable)
+
         @app.get("/healthz", include_in_schema=False)
         async def healthz() -> JSONResponse:
             # Liveness is the process's own state: only what a restart cures counts. A NATS client
@@ -539,9 +542,6 @@ class Service(Generic[S]):
             nc = runtime.nc
             if runtime.ready and not runtime.stopping and nc is not None and nc.is_closed:
                 return JSONResponse({"status": "broken", "reason": "NATS connection closed"}, status_code=503)
-        for refused in DATABASE_REFUSALS:  # a database refusing connections: 503, not 500
-            app.add_exception_handler(refused, database_unavailable)
-
             return JSONResponse({"status": "ok"})
 
         @app.get("/readyz", include_in_schema=False)
