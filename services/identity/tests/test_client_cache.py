@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from identity.provider import CLIENT_CACHE_SECONDS
+from identity.provider import CLIENT_CACHE_ENTRIES, CLIENT_CACHE_SECONDS
 from sqlalchemy import event
 
 from .identity_support import SVC_SECRET, Idp
@@ -39,3 +39,20 @@ async def test_an_expired_client_is_read_once_however_many_token_requests_arrive
             assert wrong.status_code == 401
     finally:
         event.remove(engine, "before_cursor_execute", count)
+
+
+async def test_a_flood_of_unknown_client_ids_does_not_grow_the_cache_without_end(idp: Idp) -> None:
+    assert CLIENT_CACHE_ENTRIES == idp.provider.client_cache_entries == 4096
+    idp.provider.client_cache_entries = 40  # the same rule with a bound a test can fill quickly
+    async with idp.browser() as http:
+        form = {"grant_type": "client_credentials"}
+        for start in range(0, 150, 30):
+            replies = await asyncio.gather(
+                *(http.post("/token", auth=(f"nobody-{n}", "x"), data=form) for n in range(start, start + 30))
+            )
+            assert {reply.status_code for reply in replies} == {401}
+            assert len(idp.provider._clients) <= 40
+        # The service's own client is still served, and read again into the cache.
+        ok = await http.post("/token", auth=("svc", SVC_SECRET), data={**form, "scope": "points:read"})
+        assert ok.status_code == 200
+        assert "svc" in idp.provider._clients

@@ -41,6 +41,9 @@ from identity.tokens import (
 log = logging.getLogger("identity")
 T = TypeVar("T")
 CLIENT_CACHE_SECONDS = 5.0
+# Unknown client ids are cached too (a flood of one wrong id costs no database reads), so the cache
+# is bounded: a flood of random ids must not grow it without end.
+CLIENT_CACHE_ENTRIES = 4096
 
 
 class Provider:
@@ -77,6 +80,7 @@ class Provider:
         self.http = httpx.AsyncClient(timeout=settings.identity_backchannel_timeout_seconds)
         self._clients: dict[str, tuple[float, Client | None]] = {}
         self._client_reads: dict[str, asyncio.Future[Client | None]] = {}
+        self.client_cache_entries = CLIENT_CACHE_ENTRIES
 
     # ---- time and the sync bridge ---------------------------------------------------------
     def now(self) -> datetime:
@@ -130,7 +134,7 @@ class Provider:
             async with self.db.sessions() as session:
                 client = await session.get(Client, client_id)
             if self._client_reads.get(client_id) is task:  # not forgotten meanwhile
-                self._clients[client_id] = (time.monotonic() + CLIENT_CACHE_SECONDS, client)
+                self._keep_client(client_id, client)
             return client
 
         task = asyncio.ensure_future(read())
@@ -145,6 +149,18 @@ class Provider:
 
         task.add_done_callback(done)
         return task
+
+    def _keep_client(self, client_id: str, client: Client | None) -> None:
+        now = time.monotonic()
+        limit = self.client_cache_entries
+        if client_id not in self._clients and len(self._clients) >= limit:
+            for key in [key for key, (until, _) in self._clients.items() if until <= now]:
+                del self._clients[key]
+            # Still full of live entries: the oldest quarter goes (dicts keep insertion order).
+            if len(self._clients) >= limit:
+                for key in list(self._clients)[: max(1, limit // 4)]:
+                    del self._clients[key]
+        self._clients[client_id] = (now + CLIENT_CACHE_SECONDS, client)
 
     def forget_client(self, client_id: str) -> None:
         """After a change through this replica (others see it within CLIENT_CACHE_SECONDS)."""
