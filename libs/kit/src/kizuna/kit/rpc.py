@@ -126,8 +126,15 @@ class GrpcServer:
         service_names: Sequence[str],
         *,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        reuse_port: bool = False,
     ) -> None:
-        self.server = grpc.aio.server(interceptors=[tracing_interceptor(), KitServerInterceptor(), *interceptors])
+        # gRPC sets SO_REUSEPORT on its listening socket by default, which would let a second
+        # process bind a port already served and silently share its calls: only the workers of one
+        # supervisor share a port (kizuna.kit.workers).
+        self.server = grpc.aio.server(
+            interceptors=[tracing_interceptor(), KitServerInterceptor(), *interceptors],
+            options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
+        )
         for add, servicer in registrations:
             add(servicer, self.server)
         self.health = HealthServicer()
@@ -140,7 +147,11 @@ class GrpcServer:
         self.port = 0
 
     def bind(self, host: str, port: int) -> int:
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        try:
+            # gRPC answers a port it cannot bind with 0 or, in newer releases, a RuntimeError.
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError as exc:
+            raise OSError(f"gRPC port {port} on {host} is busy") from exc
         if self.port == 0:
             raise OSError(f"gRPC port {port} on {host} is busy")
         return self.port

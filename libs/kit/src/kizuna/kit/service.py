@@ -395,6 +395,7 @@ class Service(Generic[S]):
                     *([AuthInterceptor(runtime.verifier, self.grpc_own_auth)] if self.verify_tokens else []),
                     *(self.grpc_interceptors(runtime) if self.grpc_interceptors else ()),
                 ],
+                reuse_port=reuse_port,
             )
             runtime.grpc_port = grpc_server.bind(settings.grpc_host, settings.grpc_port)
             await grpc_server.start()
