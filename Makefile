@@ -24,11 +24,10 @@ up: install ## run the whole ecosystem locally (Ctrl-C stops it)
 	@exec $(PY) -m kizuna.kit.devstack
 
 # Test files run in parallel (pytest-xdist), each file whole in one worker so its module-scoped
-# stacks start once, except the long files a conftest splits into xdist groups (kizuna.kit.testing);
-# every worker has its own nats-server, data dirs and uniquely named databases.
+# stacks start once; every worker has its own nats-server, data dirs and uniquely named databases.
 # TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 4
-PYTEST_PARALLEL := -n $(TEST_WORKERS) $(if $(filter 0,$(TEST_WORKERS)),,--dist loadgroup)
+PYTEST_PARALLEL := -n $(TEST_WORKERS) $(if $(filter 0,$(TEST_WORKERS)),,--dist loadfile)
 
 test: install test-tools ## the whole suite against real NATS, PostgreSQL, gRPC, HTTP
 	$(PY) -m pytest -q $(PYTEST_PARALLEL) $(PYTEST_ARGS)

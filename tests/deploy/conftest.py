@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from kizuna.kit.testing import split_from_module
 
 from .deploy_support import DEPLOY, OVERLAYS, Rendered, kustomize, render_manifests
 
@@ -23,9 +22,3 @@ def rendered() -> dict[str, Rendered]:
         for overlay in OVERLAYS:
             _cache[overlay] = kustomize(DEPLOY / "overlays" / overlay)
     return _cache
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Each service's image build (a fresh venv each) is long and shares nothing: one xdist unit each.
-    split_from_module(items, "tests/deploy/test_images.py", lambda item: item.name)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from kizuna.kit.testing import split_from_module
 from kizuna.kit.testing_stack import Ecosystem
 
 from services.shop.tests.shop_support import running_shop, shop_api
@@ -30,10 +29,3 @@ async def world(ecosystem: Ecosystem, database_url: str) -> AsyncIterator[ShopWo
         shop_api(runtime, ecosystem.issuer) as api,
     ):
         yield ShopWorld(api, ecosystem)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The journeys are long; the ecosystem they share runs once per test process whichever runs
-    # them, so each is an xdist unit of its own.
-    split_from_module(items, "tests/shop/test_checkout_journeys.py", lambda item: item.name)

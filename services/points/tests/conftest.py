@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 import pytest
-from kizuna.kit.testing import TestIssuer, split_from_module
+from kizuna.kit.testing import TestIssuer
 from kizuna.points.v1 import points_pb2_grpc
 from points.service import service
 
@@ -32,20 +32,3 @@ async def points(
             yield p
             report = await p.audit()
             assert report.ok, report.problems
-
-
-def _by_test(item: pytest.Item) -> str:
-    return item.name
-
-
-def _by_database(item: pytest.Item) -> str:
-    callspec = getattr(item, "callspec", None)
-    return str(callspec.params.get("database_url", "")) if callspec is not None else ""
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Long files whose tests share no module fixture: several xdist units, so none bounds the run.
-    split_from_module(items, "services/points/tests/test_points_earning_order.py", _by_test)
-    split_from_module(items, "services/points/tests/test_points_api.py", _by_database)
-    split_from_module(items, "services/points/tests/test_points_events.py", _by_database)

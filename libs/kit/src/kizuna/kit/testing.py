@@ -315,32 +315,6 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("DATABASE_POOL_SIZE", "4")
 
 
-# ---- how xdist spreads the tests ----------------------------------------------------------------
-#
-# `make test` runs `--dist loadgroup`: a test runs on the same worker as the rest of its module (so
-# module-scoped stacks start once, as with `--dist loadfile`), unless it names an `xdist_group` of
-# its own. A conftest gives long tests that share no costly module fixture a group each, so one long
-# file does not bound the suite's wall time.
-
-
-def split_from_module(items: list[pytest.Item], module: str, group: Callable[[pytest.Item], str]) -> None:
-    """Give every test of `module` (a path relative to the root, as in node IDs) the xdist group
-    `group(test)` instead of its module's. For `pytest_collection_modifyitems(tryfirst=True)` in a conftest."""
-    for item in items:
-        if item.nodeid.split("::", 1)[0] == module:
-            item.add_marker(pytest.mark.xdist_group(f"{module}::{group(item)}"))
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A test without an xdist group of its own is in its module's (see above)."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
-
-
 def _xdist_controller(config: pytest.Config) -> bool:
     return config.pluginmanager.has_plugin("dsession")
 
