@@ -96,8 +96,12 @@ def scaffolded(copy: Path) -> Path:
     """What `make new-service name=bookstore` does: the scaffold, then uv bringing the lock up to date."""
     made = _run([sys.executable, "-m", "kizuna.kit.scaffold", NAME, "--label", "Book Store"], copy, 120)
     assert made.returncode == 0, made.stdout
-    # `make new-service` runs `uv sync --all-packages`; locking is the part that changes files.
+    # `make new-service` runs `uv sync --all-packages`; locking is the part that changes files. From
+    # uv's cache when it holds every package's metadata; a fresh machine's cache may lack what the
+    # lock's other Python versions need, which uv then reads from the index, as `make` does.
     locked = _run([*_uv(), "lock", "--offline"], copy, 120)
+    if locked.returncode != 0 and "network was disabled" in locked.stdout:
+        locked = _run([*_uv(), "lock"], copy, 300)
     assert locked.returncode == 0, locked.stdout
     return copy
 
