@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import tempfile
 import time
 import uuid
@@ -36,6 +35,8 @@ from kizuna.common.v1 import common_pb2
 from kizuna.kit.testing import NatsServer, ServiceProcess, TestIssuer, free_port
 from kizuna.points.v1 import earning_pb2, events_pb2
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+
+from bench.baseline import export_baseline
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -150,20 +151,6 @@ async def through_contract(nats_url: str, events: int, rate: float) -> list[floa
     return latencies
 
 
-def export_baseline(revision: str, into: Path) -> Path:
-    """The kit's and points' sources at `revision` (git archive; the working tree is untouched)."""
-    into.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", revision, "libs/kit/src", "services/points/src"],
-        capture_output=True,
-        check=False,
-    )
-    if archive.returncode != 0:
-        raise SystemExit(f"git archive {revision} failed: {archive.stderr.decode(errors='replace')}")
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return into
-
-
 @dataclass
 class Variant:
     """One points tree, with its own NATS server, database and process."""
@@ -227,7 +214,9 @@ async def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="earning-bench-"))
     variants = [Variant("tree", None)]
     if args.baseline:
-        variants.insert(0, Variant(f"points@{args.baseline}", export_baseline(args.baseline, workdir / "baseline")))
+        variants.insert(
+            0, Variant(f"points@{args.baseline}", export_baseline(args.baseline, workdir / "baseline", "points"))
+        )
     issuer = TestIssuer().start()
     raw_samples: list[float] = []
     try:

@@ -42,6 +42,8 @@ from joserfc.jwk import KeySet
 from kizuna.kit import declaration
 from kizuna.kit.testing import NatsServer, ServiceProcess, end_process, free_port, spawn
 
+from bench.baseline import export_baseline
+
 ROOT = Path(__file__).resolve().parents[1]
 ANCHOR = ROOT / "bench" / "anchor" / "token_anchor.mjs"
 CLIENT_ID = "bench-svc"
@@ -233,20 +235,6 @@ def start_identity(
             os.environ["DATABASE_URL"] = saved
 
 
-def export_baseline(revision: str, into: Path) -> Path:
-    """The kit's and identity's sources at `revision` (git archive; the working tree is untouched)."""
-    into.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", revision, "libs/kit/src", "services/identity/src"],
-        capture_output=True,
-        check=False,
-    )
-    if archive.returncode != 0:
-        raise SystemExit(f"git archive {revision} failed: {archive.stderr.decode(errors='replace')}")
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return into
-
-
 def report(rounds: list[Round], names: list[str], args: argparse.Namespace) -> None:
     print(
         f"token endpoint, client_credentials, ES256 JWT access tokens; wrk -c {args.connections} "
@@ -325,7 +313,7 @@ def main() -> None:
             variants: list[tuple[str, Path | None, int]] = [(f"identity x{n}", None, n) for n in counts]
             if args.baseline:
                 # A tree from before the worker processes serves from one.
-                source = export_baseline(args.baseline, workdir / "baseline")
+                source = export_baseline(args.baseline, workdir / "baseline", "identity")
                 variants.append((f"identity@{args.baseline}", source, 1))
             for name, source, workers in variants:
                 label = name.replace("@", "-").replace(" ", "-")

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel.sql.expression import Select
 
 from points.ledger import LIMITED_TIME
 from points.models import Entry, Hold, Lot, Posting, Reservation, Wallet
@@ -62,55 +63,17 @@ async def audit(session: AsyncSession) -> AuditReport:
         (await session.exec(select(Posting.account, func.sum(Posting.amount)).group_by(col(Posting.account)))).all()
     )
     balances = {account: int(total) for account, total in balances.items()}
-    lots = defaultdict(
-        int,
-        {
-            m: int(n)
-            for m, n in (
-                await session.exec(select(Lot.member_id, func.sum(Lot.remaining)).group_by(col(Lot.member_id)))
-            ).all()
-        },
-    )
+    lots = await _by_member(session, select(Lot.member_id, func.sum(Lot.remaining)))
     # The wallet's split of its points, kept beside the balance: from the lots.
-    limited = defaultdict(
-        int,
-        {
-            m: int(n)
-            for m, n in (
-                await session.exec(
-                    select(Lot.member_id, func.sum(Lot.remaining))
-                    .where(Lot.kind == LIMITED_TIME)
-                    .group_by(col(Lot.member_id))
-                )
-            ).all()
-        },
+    limited = await _by_member(session, select(Lot.member_id, func.sum(Lot.remaining)).where(Lot.kind == LIMITED_TIME))
+    rolling = await _by_member(
+        session, select(Lot.member_id, func.sum(Lot.remaining)).where(col(Lot.rolling).is_(True))
     )
-    rolling = defaultdict(
-        int,
-        {
-            m: int(n)
-            for m, n in (
-                await session.exec(
-                    select(Lot.member_id, func.sum(Lot.remaining))
-                    .where(col(Lot.rolling).is_(True))
-                    .group_by(col(Lot.member_id))
-                )
-            ).all()
-        },
-    )
-    holds = defaultdict(
-        int,
-        {
-            m: int(n)
-            for m, n in (
-                await session.exec(
-                    select(Reservation.member_id, func.sum(Hold.amount))
-                    .join(Reservation, col(Reservation.id) == Hold.reservation_pk)
-                    .where(Reservation.status == "open")
-                    .group_by(col(Reservation.member_id))
-                )
-            ).all()
-        },
+    holds = await _by_member(
+        session,
+        select(Reservation.member_id, func.sum(Hold.amount))
+        .join(Reservation, col(Reservation.id) == Hold.reservation_pk)
+        .where(Reservation.status == "open"),
     )
     outstanding = 0
     for wallet in (await session.exec(select(Wallet))).all():
@@ -156,6 +119,12 @@ async def audit(session: AsyncSession) -> AuditReport:
         )
     entries = (await session.exec(select(func.count()).select_from(Entry))).one()
     return AuditReport(not problems, problems, issued, clawed_back, redeemed, expired, outstanding, int(entries))
+
+
+async def _by_member(session: AsyncSession, query: Select[str, int]) -> defaultdict[str, int]:
+    """`query`'s (member, sum) grouped by member; 0 for a member it does not name."""
+    rows = (await session.exec(query.group_by(query.selected_columns[0]))).all()
+    return defaultdict(int, {member: int(total) for member, total in rows})
 
 
 async def settlement(session: AsyncSession, start: datetime, end: datetime) -> list[dict[str, Any]]:
