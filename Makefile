@@ -7,6 +7,10 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PY := .venv/bin/python
 export UV_LINK_MODE ?= copy
+# Bytecode is compiled once at install and written on first import: a shell that sets
+# PYTHONDONTWRITEBYTECODE would otherwise make every service process (the suite starts hundreds)
+# compile FastAPI, SQLAlchemy, gRPC and the rest from source, about 2 s of CPU each.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: new-service help install up test test-fast lint fmt typecheck proto proto-check bench clean chromium test-tools
 
@@ -15,7 +19,7 @@ help: ## list the targets
 
 .venv/.synced: pyproject.toml uv.lock libs/*/pyproject.toml services/*/pyproject.toml
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen --all-packages
+	$(UV) sync --frozen --all-packages --compile-bytecode
 	@touch $@
 
 install: .venv/.synced ## install uv and the workspace (idempotent)

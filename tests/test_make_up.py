@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kizuna.kit import declaration
 from kizuna.kit.testing import devstack_port_offset, end_process, spawn
@@ -74,6 +75,7 @@ def test_a_busy_port_stops_make_up_with_a_message_naming_it(tmp_path: Path) -> N
     assert _processes_with(str(tmp_path / "data")) == [], "nothing may be left running after a refused start"
 
 
+@pytest.mark.timeout(420)
 def test_make_up_brings_every_service_to_ready_and_ctrl_c_stops_all(tmp_path: Path) -> None:
     offset = _pick_offset()
     data_dir = tmp_path / "data"
@@ -91,7 +93,8 @@ def test_make_up_brings_every_service_to_ready_and_ctrl_c_stops_all(tmp_path: Pa
     )
     output: list[str] = []
     try:
-        deadline = time.monotonic() + 120
+        # Migrations, six services and the demo seeds: 40-90 s while the rest of the suite runs.
+        deadline = time.monotonic() + 240
         assert proc.stdout is not None
         while time.monotonic() < deadline:
             line = proc.stdout.readline()

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from kizuna.kit.declaration import Declaration, discover
-from kizuna.kit.testing import devstack_port_offset
+from kizuna.kit.testing import devstack_port_offset, end_process, spawn
 
 ROOT = Path(__file__).resolve().parents[2]
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -144,14 +144,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("fuzz-stack")
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "KIZUNA_ISSUER", "DATABASE_URL")}
     env.update(KIZUNA_PORT_OFFSET=str(offset), KIZUNA_DATA_DIR=str(data_dir), LOG_LEVEL="WARNING")
-    proc = subprocess.Popen(
+    proc = spawn(
         [sys.executable, "-m", "kizuna.kit.devstack", *(d.name for d in declarations), "--timeout", "90"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,
     )
     output: list[str] = []
     try:
@@ -171,10 +170,5 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         grpc = {d.name: f"127.0.0.1:{d.grpc_port + offset}" for d in declarations}
         yield Stack(declarations, urls, grpc, data_dir, demo.group(1), demo.group(2), demo.group(3), output)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
+        # Ctrl-C's way (devstack stops its services), SIGKILL to what is left after 60 s.
+        end_process(proc, timeout=60, sig=signal.SIGINT)

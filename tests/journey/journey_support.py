@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from kizuna.kit import declaration
-from kizuna.kit.testing import devstack_port_offset
+from kizuna.kit.testing import devstack_port_offset, end_process, spawn
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "journey"
@@ -52,33 +52,31 @@ def ecosystem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ecosystem]:
     data_dir = tmp_path_factory.mktemp("ecosystem")
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "KIZUNA_ISSUER", "DATABASE_URL")}
     env.update(KIZUNA_PORT_OFFSET=str(offset), KIZUNA_DATA_DIR=str(data_dir), LOG_LEVEL="INFO")
-    proc = subprocess.Popen(
+    proc = spawn(
         [sys.executable, "-m", "kizuna.kit.devstack", "--timeout", "90"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,
     )
     eco = Ecosystem({name: f"http://127.0.0.1:{port + offset}" for name, port in DEFAULT_PORTS.items()}, data_dir)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        eco.output.append(line)
-        if "Press Ctrl-C to stop." in line:
-            break
-    if not any("Press Ctrl-C to stop." in line for line in eco.output):
-        proc.kill()
-        pytest.fail("the ecosystem did not start:\n" + "".join(eco.output))
     try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            eco.output.append(line)
+            if "Press Ctrl-C to stop." in line:
+                break
+        if not any("Press Ctrl-C to stop." in line for line in eco.output):
+            pytest.fail("the ecosystem did not start:\n" + "".join(eco.output))
         yield eco
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.communicate(timeout=60)
+        # Ctrl-C's way (devstack stops its services), SIGKILL to what is left after 60 s.
+        end_process(proc, timeout=60, sig=signal.SIGINT)
 
 
 # Module scope: Playwright's sync API keeps its own event loop running while it is open, which

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from kizuna.kit import migrations
 from kizuna.kit.db import run_in_session
 from kizuna.kit.service import Service
 from kizuna.points.v1 import points_pb2_grpc
@@ -26,7 +25,7 @@ def audit_command(settings: Settings, _args: list[str]) -> int:
 def seed_command(settings: Settings, _args: list[str]) -> int:
     """`python -m points seed`: the welcome bonus and one live demo campaign, once (by name)."""
     url = settings.database_url_for("points")
-    migrations.upgrade(url, service.migrations_dir)
+    service.migrate(settings)
     earners = [e.service for e in settings.kizuna_earners]
 
     async def work(session: AsyncSession) -> list[str]:

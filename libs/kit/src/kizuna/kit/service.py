@@ -167,7 +167,8 @@ class Service(Generic[S]):
         privacy: Privacy | None = None,
         grpc_own_auth: Sequence[str] = (),
     ) -> None:
-        caller_dir = Path(inspect.stack()[1].filename).parent
+        # The caller's frame only: inspect.stack() would read the source of every frame (~0.2 s).
+        caller_dir = Path(sys._getframe(1).f_code.co_filename).parent
         if declaration is None:
             # The declaration beside the wiring file (`service.toml`) says who the service is.
             declaration = (
