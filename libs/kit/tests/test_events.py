@@ -73,6 +73,9 @@ class RelayKilledBeforeMark(OutboxRelay):
     async def _mark_sent(self, session, row) -> None:  # type: ignore[no-untyped-def]
         raise ConnectionAbortedError("relay process killed between publish and mark-sent")
 
+    async def _mark_all_sent(self, ids: list[int]) -> None:  # SQLite's way
+        raise ConnectionAbortedError("relay process killed between publish and mark-sent")
+
 
 async def test_relay_killed_between_publish_and_mark_sent_takes_effect_once(nats_url: str, database_url: str) -> None:
     await reset_streams(nats_url, "DEMO")

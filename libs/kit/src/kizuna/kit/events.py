@@ -88,6 +88,8 @@ FLUSHED_IDS_KEPT = 10_000
 BACKLOG_COUNT_CAP = 1_000_000
 # How long the relay waits for JetStream to acknowledge what it sent (then it flushes again).
 PUBLISH_TIMEOUT_SECONDS = 5.0
+# After a failed round the relay waits this long (or for the next commit) before trying again.
+RETRY_PAUSE_SECONDS = 0.5
 
 outbox_pending = meter.create_gauge(
     "kizuna.outbox.pending", description="Outbox rows not yet published to JetStream (capped at 1,000,000)"
@@ -352,11 +354,13 @@ class OutboxRelay:
                 except Exception:
                     failed = True
                     log.exception("outbox relay failed; will retry")
+                pause = max(0.0, self._next_flush_at - asyncio.get_running_loop().time())
                 if failed:
                     self._flush_due = True  # what did not go out is read back, oldest first
+                    # Not straight back at it: the next round comes with a commit or after the pause.
+                    pause = max(pause, RETRY_PAUSE_SECONDS)
                 elif self._ready or self._flush_due:
                     continue  # handed over while this round was publishing
-                pause = max(0.0, self._next_flush_at - asyncio.get_running_loop().time())
                 try:
                     await asyncio.wait_for(self._wake.wait(), pause)
                 except TimeoutError:
@@ -481,24 +485,33 @@ class OutboxRelay:
                     return total
 
     async def _flush_batch(self) -> int:
-        async with self.db.transaction() as session:
-            query = (
-                select(OutboxMessage)
-                .where(col(OutboxMessage.sent_at).is_(None))
-                .order_by(col(OutboxMessage.id))
-                .limit(self.batch_size)
-            )
-            if not self.db.is_sqlite:
-                # Several replicas may relay at once; each row goes to exactly one of them.
-                query = query.with_for_update(skip_locked=True)
-            rows = list((await session.exec(query)).all())
+        query = (
+            select(OutboxMessage)
+            .where(col(OutboxMessage.sent_at).is_(None))
+            .order_by(col(OutboxMessage.id))
+            .limit(self.batch_size)
+        )
+        if self.db.is_sqlite:
+            # Every SQLite transaction holds the database's one write lock (BEGIN IMMEDIATE), and
+            # publishing waits up to PUBLISH_TIMEOUT_SECONDS for JetStream: held across it while
+            # NATS is away, every write of the service would queue behind the retries and fail as
+            # "database is locked". One relay per database file: read, let go, publish, mark.
+            async with self.db.transaction() as session:
+                rows = list((await session.exec(query)).all())
             if rows:
                 await self._publish_all(rows)
-                await self._mark_sent(session, rows)
-            for row in rows:
-                if row.id is not None and len(self._flushed) < FLUSHED_IDS_KEPT:
-                    self._flushed.add(row.id)
-            return len(rows)
+                await self._mark_all_sent([row.id for row in rows if row.id is not None])
+        else:
+            async with self.db.transaction() as session:
+                # Several replicas may relay at once; each row goes to exactly one of them.
+                rows = list((await session.exec(query.with_for_update(skip_locked=True))).all())
+                if rows:
+                    await self._publish_all(rows)
+                    await self._mark_sent(session, rows)
+        for row in rows:
+            if row.id is not None and len(self._flushed) < FLUSHED_IDS_KEPT:
+                self._flushed.add(row.id)
+        return len(rows)
 
     async def _publish_all(self, rows: Sequence[OutboxMessage | Staged]) -> None:
         """Send `rows` in order, then wait until JetStream has acknowledged each of them (raises
