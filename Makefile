@@ -29,9 +29,11 @@ up: install ## run the whole ecosystem locally (Ctrl-C stops it)
 
 # Test files run in parallel (pytest-xdist), each file whole in one worker so its module-scoped
 # stacks start once; every worker has its own nats-server, data dirs and uniquely named databases.
+# Files go out longest first (the `long` marker; xdist would otherwise reorder them by test count,
+# which left the longest browser file to start last and run alone).
 # TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 4
-PYTEST_PARALLEL := -n $(TEST_WORKERS) $(if $(filter 0,$(TEST_WORKERS)),,--dist loadfile)
+PYTEST_PARALLEL := -n $(TEST_WORKERS) $(if $(filter 0,$(TEST_WORKERS)),,--dist loadfile --no-loadscope-reorder)
 
 test: install test-tools ## the whole suite against real NATS, PostgreSQL, gRPC, HTTP
 	$(PY) -m pytest -q $(PYTEST_PARALLEL) $(PYTEST_ARGS)

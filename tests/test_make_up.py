@@ -17,6 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kizuna.kit import declaration
 from kizuna.kit.testing import devstack_port_offset, end_process, spawn
 
+pytestmark = pytest.mark.long(60)
+
 ROOT = Path(__file__).resolve().parents[1]
 # Every declared service and its local ports, as make up derives them.
 SERVICES = {d.name: (d.http_port, d.grpc_port) for d in declaration.discover()}

@@ -22,7 +22,7 @@ NAME = "bookstore"
 # The new service's own folders: its code, its contract, and the code generated from that contract.
 OWN = (f"services/{NAME}/", f"proto/kizuna/{NAME}/", f"libs/contracts/src/kizuna/{NAME}/")
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.long(75), pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def _run(

@@ -14,6 +14,8 @@ import yaml
 
 from .deploy_support import DEPLOY, OVERLAYS, REPO, SERVICES, Rendered, run, tool
 
+pytestmark = pytest.mark.long(70)
+
 SKIPS_FILE = DEPLOY / "checkov-skips.yaml"
 
 

@@ -22,6 +22,8 @@ import pytest
 
 from .deploy_support import DEPLOY, REPO, SERVICES, run
 
+pytestmark = pytest.mark.long(150)
+
 DOCKERFILE = DEPLOY / "Dockerfile"
 
 

@@ -35,6 +35,8 @@ from .deploy_support import (
     tool,
 )
 
+pytestmark = pytest.mark.long(70)
+
 # The oldest version: native gRPC probes are GA from 1.27 (the startupProbe uses one). The newest:
 # the newest schema the installed kubernetes-validate ships (1.37 at the time of writing).
 KUBERNETES_VERSIONS = ["1.27.0", "1.37.0"]

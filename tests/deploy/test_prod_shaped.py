@@ -39,6 +39,8 @@ from playwright.sync_api import Page, expect, sync_playwright
 from .deploy_support import BY_NAME, DEPLOY, ISSUER, LEDGER, kustomize
 from .prod_shaped import CHROMIUM_ARGS, ProdStack, prod_stack
 
+pytestmark = pytest.mark.long(70)
+
 PASSWORD = "correct horse battery"
 CREDITED = 1234
 # A service credits the welcome points, as a service with `points:credit` may.

@@ -23,6 +23,8 @@ from playwright.sync_api import Page, expect
 
 from .journey_support import DECLARATIONS, Ecosystem, Steps
 
+pytestmark = pytest.mark.long(80)
+
 PASSWORD = "correct horse battery"
 
 

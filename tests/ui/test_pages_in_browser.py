@@ -17,6 +17,8 @@ import pytest
 
 from tests.journey.journey_support import Ecosystem, browser, ecosystem  # noqa: F401  (fixtures)
 
+pytestmark = pytest.mark.long(240)
+
 ROOT = Path(__file__).resolve().parents[2]
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 WIDTHS = (1280, 375)

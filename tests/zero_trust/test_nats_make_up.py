@@ -23,7 +23,7 @@ from kizuna.kit.testing import devstack_port_offset, end_process, spawn
 
 ROOT = Path(__file__).resolve().parents[2]
 # Fixed ports shifted by an offset, like tests/test_make_up.py: one stack at a time.
-pytestmark = pytest.mark.xdist_group("fixed-ports")
+pytestmark = [pytest.mark.long(95), pytest.mark.xdist_group("fixed-ports")]
 DECLARATIONS = declaration.discover()
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import nats
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kizuna.common.v1 import common_pb2
@@ -29,6 +30,8 @@ from points.service import service
 from sqlmodel import select
 
 from .pointskit import Points, points_settings, reset_streams
+
+pytestmark = pytest.mark.long(95)
 
 SERVICES = ("shop", "travel", "fintech")
 _migrated: set[str] = set()

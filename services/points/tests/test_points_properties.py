@@ -8,6 +8,7 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kizuna.kit import migrations
@@ -22,6 +23,8 @@ from points.idempotency import Ledger
 from points.ledger import LIMITED_TIME, REGULAR, Campaign, Clock, EarnRules
 from points.service import service
 from points.wallets import Member
+
+pytestmark = pytest.mark.long(60)
 
 MEMBERS = ["a", "b"]
 LIMITS = Limits(max_credit_points=10**6, max_purchase_minor=10**10, daily_budget=lambda service: 10**12)

@@ -13,6 +13,8 @@ import pytest
 
 from .travel_support import TravelEnv, days_ahead
 
+pytestmark = pytest.mark.long(75)
+
 if TYPE_CHECKING:
     from playwright._impl._api_structures import SetCookieParam
 

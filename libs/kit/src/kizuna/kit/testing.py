@@ -309,10 +309,31 @@ def _leaked_processes(grace: float = 10.0) -> list[str]:
 def pytest_configure(config: pytest.Config) -> None:
     # Each pytest process (an xdist worker included) marks the processes it starts as its own.
     os.environ[RUN_MARKER] = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    config.addinivalue_line(
+        "markers", "long(seconds): a file that takes about this long; the suite starts the longest first"
+    )
     # Every service a test runs (in this process or as a child) keeps a small pool: with xdist
     # workers each running several services at once, the default 10 + 10 per service would exceed
     # a PostgreSQL's default max_connections (100). A test that needs another size sets it.
     os.environ.setdefault("DATABASE_POOL_SIZE", "4")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest files first: a file marked `long(seconds)` (its rough whole time on a busy 2-core
+    run, module-scoped stacks included) moves ahead of shorter ones, each file's tests kept
+    together and in order. xdist (`--dist loadfile --no-loadscope-reorder`) hands files to
+    workers in this order, so the long ones run side by side from the start and the short ones
+    fill in around them, instead of one long file starting last and running alone."""
+    files: dict[str, list[pytest.Item]] = {}
+    weight: dict[str, float] = {}
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        files.setdefault(path, []).append(item)
+        marker = item.get_closest_marker("long")
+        if marker is not None:
+            weight[path] = max(weight.get(path, 0.0), float(marker.args[0] if marker.args else 60))
+    ordered = sorted(files, key=lambda path: -weight.get(path, 0.0))  # stable: ties keep their order
+    items[:] = [item for path in ordered for item in files[path]]
 
 
 def _xdist_controller(config: pytest.Config) -> bool:
@@ -482,6 +503,7 @@ class PostgresServer:
     created: list[str] = field(default_factory=list)
     data_dir: Path | None = None  # the embedded server's
     _cleanup: Any = None
+    _dropper: Any = None  # the thread that drops finished tests' databases (drop_later)
 
     def _admin(self, sql: str) -> None:
         import asyncio
@@ -505,10 +527,30 @@ class PostgresServer:
         parts = urlsplit(self.admin_url)
         return urlunsplit(parts._replace(path=f"/{name}"))
 
+    def _drop(self, name: str) -> None:
+        with contextlib.suppress(Exception):
+            self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def drop_later(self, url: str) -> None:
+        """Drop a database made by `new_database` once its test is over, on a thread of its own:
+        the drops overlap the next tests instead of all waiting for the session's end (about a
+        hundred per worker, 0.1-0.5 s each)."""
+        name = urlsplit(url).path.lstrip("/")
+        if name not in self.created:
+            return
+        self.created.remove(name)
+        if self._dropper is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._dropper = ThreadPoolExecutor(1, thread_name_prefix="kizuna-dropdb")
+        self._dropper.submit(self._drop, name)
+
     def drop_all(self) -> None:
+        if self._dropper is not None:
+            self._dropper.shutdown(wait=True)
+            self._dropper = None
         for name in self.created:
-            with contextlib.suppress(Exception):
-                self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            self._drop(name)
         self.created.clear()
 
 
@@ -558,18 +600,23 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
 
 
 @pytest.fixture
-def postgres_url(postgres_server: PostgresServer) -> str:
-    """A fresh, empty PostgreSQL database for one test (`postgresql://` URL)."""
-    return postgres_server.new_database()
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (`postgresql://` URL), dropped after it."""
+    url = postgres_server.new_database()
+    yield url
+    postgres_server.drop_later(url)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database for one test, once on SQLite and once on PostgreSQL."""
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+        yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+        return
     server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.new_database().replace("postgresql://", "postgresql+asyncpg://", 1)
+    url = server.new_database()
+    yield url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    server.drop_later(url)
 
 
 # ---- running services -------------------------------------------------------------------------
