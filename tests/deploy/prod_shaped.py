@@ -43,7 +43,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from kizuna.kit import natsauth
+from kizuna.kit import natsauth, outbound
 from kizuna.kit.devstack import nats_server_binary
 from kizuna.kit.testing import PostgresServer, end_process, free_port, spawn, wait_for_port
 
@@ -558,13 +558,14 @@ class ProdStack:
 
     def wait(self, pod: Pod, path: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if pod.process is not None and pod.process.poll() is not None:
-                raise AssertionError(f"{pod.name} exited with {pod.process.returncode}:\n{pod.logs()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(pod.local_url + path, timeout=2).status_code == 200:
-                    return
-            time.sleep(0.2)
+        with outbound.client(timeout=2) as http:
+            while time.monotonic() < deadline:
+                if pod.process is not None and pod.process.poll() is not None:
+                    raise AssertionError(f"{pod.name} exited with {pod.process.returncode}:\n{pod.logs()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if http.get(pod.local_url + path).status_code == 200:
+                        return
+                time.sleep(0.2)
         raise AssertionError(f"{pod.name}: {path} not 200 after {timeout}s:\n{pod.logs()}")
 
     def stop(self) -> None:

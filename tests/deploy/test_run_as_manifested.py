@@ -31,6 +31,7 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kizuna.kit import outbound
 from kizuna.kit.testing import (
     NatsServer,
     PostgresServer,
@@ -85,13 +86,14 @@ def grpc_health(address: str, probe: dict[str, Any]) -> int:
 
 def wait_for_probe(proc: ManifestProcess, url: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.process is not None and proc.process.poll() is not None:
-            pytest.fail(f"{proc.name} exited with {proc.process.returncode}:\n{proc.logs()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
+    with outbound.client(timeout=1) as http:
+        while time.monotonic() < deadline:
+            if proc.process is not None and proc.process.poll() is not None:
+                pytest.fail(f"{proc.name} exited with {proc.process.returncode}:\n{proc.logs()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if http.get(url).status_code == 200:
+                    return
+            time.sleep(0.1)
     pytest.fail(f"{proc.name}: {url} not 200 after {timeout}s:\n{proc.logs()}")
 
 

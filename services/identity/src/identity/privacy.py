@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.identity.v1 import events_pb2
+from kizuna.kit import outbound
 from kizuna.kit.db import UTCDateTime, utcnow
 from kizuna.kit.errors import FailedPrecondition, NotFound, PermissionDenied, Unauthenticated
 from kizuna.kit.events import Consumer, Event, durable_name, publish
@@ -182,7 +183,7 @@ async def export_archive(provider: Any, member_id: str) -> bytes:
     )
     targets = internal_links(settings)
     services = privacy_services(settings)
-    async with httpx.AsyncClient(timeout=settings.identity_export_timeout_seconds) as http:
+    async with outbound.async_client(timeout=settings.identity_export_timeout_seconds) as http:
         parts = await asyncio.gather(
             *(_fetch_part(http, name, targets.get(name), member_id, token) for name in services)
         )

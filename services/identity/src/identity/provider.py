@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
+from kizuna.kit import outbound
 from kizuna.kit.db import Database, utcnow
 from sqlmodel import col, select, update
 
@@ -77,7 +77,7 @@ class Provider:
         self.loop: asyncio.AbstractEventLoop | None = None
         # Authlib's server is synchronous; it runs in these threads and calls back into the loop.
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="oauth")
-        self.http = httpx.AsyncClient(timeout=settings.identity_backchannel_timeout_seconds)
+        self.http = outbound.async_client(timeout=settings.identity_backchannel_timeout_seconds)
         self._clients: dict[str, tuple[float, Client | None]] = {}
         self._client_reads: dict[str, asyncio.Future[Client | None]] = {}
         self.client_cache_entries = CLIENT_CACHE_ENTRIES

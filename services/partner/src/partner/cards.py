@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import httpx
+from kizuna.kit import outbound
 from kizuna.kit.errors import FailedPrecondition, NotFound, Unavailable
 from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -71,7 +72,7 @@ class Grants:
         self.token_endpoint = token_endpoint
         self.client_id = client_id
         self.client_secret = client_secret
-        self._http = httpx.AsyncClient(timeout=timeout)
+        self._http = outbound.async_client(timeout=timeout)
 
     async def _endpoint(self) -> str:
         if not self.token_endpoint:

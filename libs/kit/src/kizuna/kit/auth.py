@@ -38,6 +38,7 @@ from fastapi import Depends, Request
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
+from kizuna.kit import outbound
 from kizuna.kit.errors import InsufficientScope, PermissionDenied, Unauthenticated, Unavailable
 
 log = logging.getLogger("kizuna.kit.auth")
@@ -196,7 +197,7 @@ class TokenVerifier:
 
     async def _client(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=5)
+            self._http = outbound.async_client(timeout=5)
         return self._http
 
     async def _discover(self) -> str:
@@ -540,7 +541,7 @@ class ServiceTokenClient:
 
     async def _client(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=5)
+            self._http = outbound.async_client(timeout=5)
         return self._http
 
     async def token(self, scope: str) -> str:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO
 
 import httpx
-from kizuna.kit import declaration, natsauth
+from kizuna.kit import declaration, natsauth, outbound
 from kizuna.kit.declaration import Declaration
 
 NATS_PORT = 4322
@@ -289,7 +289,7 @@ class Stack:
         ready: set[str] = set()
         shown = ""
         tty = sys.stdout.isatty()
-        with httpx.Client(timeout=1) as client:
+        with outbound.client(timeout=1) as client:
             while len(ready) < len(self.endpoints):
                 self._check_alive()
                 for ep in self.endpoints:

@@ -40,6 +40,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLS
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
+from kizuna.kit import outbound
 from kizuna.kit.bounds import same_secret
 from kizuna.kit.db import Database, UTCDateTime, utcnow
 from kizuna.kit.errors import Unavailable
@@ -190,7 +191,7 @@ class WebSignIn:
         secret = hmac.new(self.client_secret.encode(), b"kizuna-web-session", hashlib.sha256).digest()
         self._session_signer = URLSafeSerializer(secret, salt="kz-web-session")
         self._login_signer = URLSafeTimedSerializer(secret, salt="kz-web-login")
-        self._http = httpx.AsyncClient(timeout=10)
+        self._http = outbound.async_client(timeout=10)
         self._meta: dict[str, Any] | None = None
         self._keys: KeySet | None = None
         self._keys_at = float("-inf")

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
+from kizuna.kit import outbound
 from kizuna.kit.declaration import Declaration, discover
 from kizuna.kit.devstack import NATS_PORT, nats_server_binary
 
@@ -682,16 +683,17 @@ class ServiceProcess:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.logs()}")
-            if not (self.http_port and self.grpc_port) and not self._read_ports():
-                time.sleep(0.05)  # ports 0: known once the service reports them
-                continue
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
+        with outbound.client(timeout=1) as http:  # one client for all the polls (not one each)
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.logs()}")
+                if not (self.http_port and self.grpc_port) and not self._read_ports():
+                    time.sleep(0.05)  # ports 0: known once the service reports them
+                    continue
+                with contextlib.suppress(httpx.HTTPError):
+                    if http.get(f"{self.url}/readyz").status_code == 200:
+                        return
+                time.sleep(0.1)
         raise TimeoutError(f"{self.name} not ready after {timeout}s:\n{self.logs()}")
 
     def logs(self) -> str:
