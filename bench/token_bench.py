@@ -204,7 +204,12 @@ def start_anchor(workdir: Path) -> tuple[subprocess.Popen[str], Target]:
 
 
 def start_identity(
-    workdir: Path, nats: NatsServer, name: str = "identity", source: Path | None = None, workers: int = 1
+    workdir: Path,
+    nats: NatsServer,
+    name: str = "identity",
+    source: Path | None = None,
+    workers: int = 1,
+    loop: str = "uvloop",
 ) -> ServiceProcess:
     """identity as `python -m identity` on a fresh SQLite database, serving from `workers`
     processes (`KIZUNA_WORKERS`); from `source` (a tree holding libs/kit/src and
@@ -221,6 +226,7 @@ def start_identity(
         "LOG_FORMAT": "json",
         "KIZUNA_WORKERS": str(workers),
         "NATS_URL": nats.address,
+        "EVENT_LOOP": loop,
         **nats.service_env("identity"),
     }
     if source is not None:
@@ -289,6 +295,12 @@ def main() -> None:
         "as its own target in the same rounds (default: one per CPU; the anchor is one Node process)",
     )
     parser.add_argument(
+        "--loops",
+        default="uvloop",
+        help="identity's event loop (EVENT_LOOP, the kit's default uvloop): asyncio, uvloop, or both "
+        "comma-separated, each its own target",
+    )
+    parser.add_argument(
         "--baseline",
         metavar="REV",
         help="also run identity as of this git revision (its kit and identity sources) in the same rounds",
@@ -310,14 +322,19 @@ def main() -> None:
             nats.start()
             targets: dict[str, Target] = {}
             counts = [int(n) for n in args.workers.split(",")]
-            variants: list[tuple[str, Path | None, int]] = [(f"identity x{n}", None, n) for n in counts]
+            loops = args.loops.split(",")
+            variants: list[tuple[str, Path | None, int, str]] = [
+                (f"identity x{n}" + (f" {loop}" if len(loops) > 1 else ""), None, n, loop)
+                for n in counts
+                for loop in loops
+            ]
             if args.baseline:
                 # A tree from before the worker processes serves from one.
                 source = export_baseline(args.baseline, workdir / "baseline", "identity")
-                variants.append((f"identity@{args.baseline}", source, 1))
-            for name, source, workers in variants:
+                variants.append((f"identity@{args.baseline}", source, 1, "asyncio"))  # (it has no EVENT_LOOP)
+            for name, source, workers, loop in variants:
                 label = name.replace("@", "-").replace(" ", "-")
-                identity = start_identity(workdir, nats, label, source, workers)
+                identity = start_identity(workdir, nats, label, source, workers, loop)
                 identities.append(identity)
                 assert identity.process is not None
                 url = identity.url

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kizuna.identity.v1 import identity_pb2, identity_pb2_grpc
 from kizuna.kit.auth import call_metadata
 from kizuna.kit.events import Consumer
-from kizuna.kit.service import Runtime, Service
+from kizuna.kit.service import Runtime, Service, run_loop
 from kizuna.kit.settings import ServiceSettings
 from kizuna.kit.telemetry import add_span_processor
 from kizuna.kit.testing import NatsServer, TestIssuer, end_process, free_port, reset_streams, spawn, wait_until
@@ -309,3 +309,12 @@ async def test_grpc_reflection_lists_the_services_without_a_token(demo: Runtime[
         async for reply in stub.ServerReflectionInfo(iter([request]), timeout=5):
             names |= {s.name for s in reply.list_services_response.service}
     assert {"kizuna.identity.v1.IdentityService", "grpc.health.v1.Health"} <= names
+
+
+@pytest.mark.parametrize(("kind", "module"), [("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_the_serving_loop_is_uvloop_unless_asyncio_is_asked_for(kind: str, module: str) -> None:
+    async def which() -> str:
+        return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+    assert ServiceSettings.model_fields["event_loop"].default == "uvloop"
+    assert run_loop(which(), kind) == module

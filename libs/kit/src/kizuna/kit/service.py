@@ -57,6 +57,7 @@ log = logging.getLogger("kizuna.kit.service")
 
 S = TypeVar("S", bound=ServiceSettings)
 C = TypeVar("C")
+T = TypeVar("T")
 
 ReadinessCheck = Callable[["Runtime[Any]"], Awaitable[None]]
 Job = Callable[["Runtime[Any]"], Coroutine[Any, Any, None]]
@@ -138,6 +139,17 @@ def _grpc_service_name(add: Callable[..., Any]) -> str:
     short = add.__name__.removeprefix("add_").removesuffix("Servicer_to_server")
     full: str = module.DESCRIPTOR.services_by_name[short].full_name
     return full
+
+
+def run_loop(main: Coroutine[Any, Any, T], kind: str = "asyncio") -> T:
+    """Run `main` to completion on a new event loop: asyncio's own, or uvloop's (libuv, written in
+    Cython: less CPU per socket event; `EVENT_LOOP=uvloop`)."""
+    if kind == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    return asyncio.run(main)
 
 
 class Service(Generic[S]):
@@ -231,7 +243,9 @@ class Service(Generic[S]):
         configure_logging(self.name, settings.log_level, settings.log_format)
         if ns.command == "serve":
             count = worker_count(settings.kizuna_workers)
-            sys.exit(asyncio.run(self.serve(settings)) if count == 1 else self.supervise(settings, count))
+            sys.exit(
+                run_loop(self.serve(settings), settings.event_loop) if count == 1 else self.supervise(settings, count)
+            )
         if ns.command == "migrate":
             self.migrate(settings)
             return
@@ -261,8 +275,9 @@ class Service(Generic[S]):
 
         def serve_worker(http_port: int, grpc_port: int, notify_ready: Callable[[], None]) -> int:
             update = {"http_port": http_port, "grpc_port": grpc_port, "migrate_on_start": False}
-            return asyncio.run(
-                self.serve(settings.model_copy(update=update), reuse_port=True, on_ready=lambda _rt: notify_ready())
+            return run_loop(
+                self.serve(settings.model_copy(update=update), reuse_port=True, on_ready=lambda _rt: notify_ready()),
+                settings.event_loop,
             )
 
         return Supervisor(

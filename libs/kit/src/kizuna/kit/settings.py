@@ -57,6 +57,9 @@ class ServiceSettings(BaseSettings):
     # a supervisor and N workers sharing the HTTP and gRPC ports (kizuna.kit.workers); 0: one per
     # CPU this process may run on.
     kizuna_workers: int = Field(default=1, ge=0)
+    # The event loop each serving process runs on (kizuna.kit.service.run_loop): uvloop serves
+    # 5-13% more tokens per CPU second than asyncio's own (bench/README.md, P1).
+    event_loop: Literal["asyncio", "uvloop"] = "uvloop"
     shutdown_grace_seconds: float = 8.0
     outbox_poll_seconds: float = 1.0
     consumer_max_deliver: int = 5
