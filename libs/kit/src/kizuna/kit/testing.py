@@ -449,14 +449,13 @@ class NatsServer:
         self.process = spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ports_file = ports_dir / f"{Path(argv[0]).name}_{self.process.pid}.ports"
         deadline = time.monotonic() + timeout
-        while not ports_file.exists():
+        # nats-server creates the file, then writes it: an empty or half-written file means "not yet".
+        while (port := _nats_port(ports_file)) is None:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 end_process(self.process)
                 raise RuntimeError(f"nats-server did not start (exit code {self.process.returncode})")
             time.sleep(0.02)
-        import json
-
-        self.port = int(json.loads(ports_file.read_text())["nats"][0].rsplit(":", 1)[1])
+        self.port = port
         wait_for_port("127.0.0.1", self.port)
         return self
 
@@ -467,6 +466,16 @@ class NatsServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def _nats_port(ports_file: Path) -> int | None:
+    """The client port in nats-server's ports file, or None while the file is missing or incomplete."""
+    import json
+
+    try:
+        return int(json.loads(ports_file.read_text())["nats"][0].rsplit(":", 1)[1])
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
 
 
 @pytest.fixture(scope="session")
