@@ -244,7 +244,7 @@ class _Ecosystems:
         self.request = request
         self.tmp_path_factory = tmp_path_factory
         self.running: dict[str, Ecosystem] = {}
-        self._stops: list[Any] = []
+        self._stops: list[list[Any]] = []  # per ecosystem, in start order
 
     def get(self, settings: dict[str, dict[str, str]]) -> Ecosystem:
         key = json.dumps(settings, sort_keys=True)
@@ -256,10 +256,12 @@ class _Ecosystems:
         declarations = {d.name: d for d in _declarations()}
         work = self.tmp_path_factory.mktemp("ecosystem")
         nats_server = NatsServer(0, work / "nats", auth=True, declarations=list(declarations.values()))
-        self._stops.append(nats_server.stop)
+        stops: list[Any] = []
+        self._stops.append(stops)
+        stops.append(nats_server.stop)
         nats_server.start()
         issuer = TestIssuer().start()
-        self._stops.append(issuer.stop)
+        stops.append(issuer.stop)
 
         def start(name: str, env: dict[str, str]) -> ServiceProcess:
             (work / name).mkdir()
@@ -279,7 +281,7 @@ class _Ecosystems:
             # Ports 0: each service binds ports of its own choosing and reports them (no port is
             # checked free and bound later, which another process could take in between).
             proc = ServiceProcess(name, {**base, **env, **settings.get(name, {})}, log_path=work / f"{name}.log")
-            self._stops.append(proc.stop)
+            stops.append(proc.stop)
             return proc.start(wait=False)
 
         points = start("points", {"KIZUNA_EARNERS": json.dumps(earners(list(declarations.values())))})
@@ -289,8 +291,16 @@ class _Ecosystems:
         return Ecosystem(issuer, nats_server, points, fintech)
 
     def stop(self) -> None:
-        for stop in reversed(self._stops):
-            stop()
+        # The ecosystems side by side (each drains its services for a moment), each in reverse order.
+        def stop_one(stops: list[Any]) -> None:
+            for stop in reversed(stops):
+                stop()
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max(1, len(self._stops)), thread_name_prefix="kizuna-ecosystem-stop") as pool:
+            for done in [pool.submit(stop_one, stops) for stops in self._stops]:
+                done.result()
 
 
 @pytest.fixture(scope="session")
