@@ -11,10 +11,6 @@ import json
 import os
 import re
 import secrets
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from kizuna.kit.declaration import Declaration, discover
-from kizuna.kit.testing import devstack_port_offset, end_process, spawn
+from kizuna.kit.testing import devstack_port_offset, running_devstack
 
 ROOT = Path(__file__).resolve().parents[2]
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -142,33 +138,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     declarations = declared()
     offset = devstack_port_offset(declarations)
     data_dir = tmp_path_factory.mktemp("fuzz-stack")
-    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "KIZUNA_ISSUER", "DATABASE_URL")}
-    env.update(KIZUNA_PORT_OFFSET=str(offset), KIZUNA_DATA_DIR=str(data_dir), LOG_LEVEL="WARNING")
-    proc = spawn(
-        [sys.executable, "-m", "kizuna.kit.devstack", *(d.name for d in declarations), "--timeout", "90"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output: list[str] = []
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            output.append(line)
-            if "Press Ctrl-C to stop." in line:
-                break
+    names = [d.name for d in declarations]
+    with running_devstack(data_dir, offset, names, cwd=ROOT, log_level="WARNING") as output:
         demo = next((m for m in map(_DEMO.search, output) if m), None)
-        if demo is None or not any("Press Ctrl-C to stop." in line for line in output):
-            pytest.fail("the ecosystem did not start:\n" + "".join(output))
+        if demo is None:
+            pytest.fail("the ecosystem printed no demo member:\n" + "".join(output))
         urls = {d.name: f"http://127.0.0.1:{d.http_port + offset}" for d in declarations}
         grpc = {d.name: f"127.0.0.1:{d.grpc_port + offset}" for d in declarations}
         yield Stack(declarations, urls, grpc, data_dir, demo.group(1), demo.group(2), demo.group(3), output)
-    finally:
-        # Ctrl-C's way (devstack stops its services), SIGKILL to what is left after 60 s.
-        end_process(proc, timeout=60, sig=signal.SIGINT)

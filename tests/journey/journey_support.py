@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from kizuna.kit import declaration
-from kizuna.kit.testing import devstack_port_offset, end_process, spawn
+from kizuna.kit.testing import devstack_port_offset, running_devstack
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "journey"
@@ -50,33 +45,9 @@ def ecosystem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ecosystem]:
     """`make up`'s stack (nats-server, every declared service, demo data) on free ports and a fresh data dir."""
     offset = devstack_port_offset(DECLARATIONS)
     data_dir = tmp_path_factory.mktemp("ecosystem")
-    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "KIZUNA_ISSUER", "DATABASE_URL")}
-    env.update(KIZUNA_PORT_OFFSET=str(offset), KIZUNA_DATA_DIR=str(data_dir), LOG_LEVEL="INFO")
-    proc = spawn(
-        [sys.executable, "-m", "kizuna.kit.devstack", "--timeout", "90"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    eco = Ecosystem({name: f"http://127.0.0.1:{port + offset}" for name, port in DEFAULT_PORTS.items()}, data_dir)
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            eco.output.append(line)
-            if "Press Ctrl-C to stop." in line:
-                break
-        if not any("Press Ctrl-C to stop." in line for line in eco.output):
-            pytest.fail("the ecosystem did not start:\n" + "".join(eco.output))
-        yield eco
-    finally:
-        # Ctrl-C's way (devstack stops its services), SIGKILL to what is left after 60 s.
-        end_process(proc, timeout=60, sig=signal.SIGINT)
+    with running_devstack(data_dir, offset, cwd=ROOT) as output:
+        urls = {name: f"http://127.0.0.1:{port + offset}" for name, port in DEFAULT_PORTS.items()}
+        yield Ecosystem(urls, data_dir, output)
 
 
 # Module scope: Playwright's sync API keeps its own event loop running while it is open, which

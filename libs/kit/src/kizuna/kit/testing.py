@@ -101,6 +101,48 @@ def devstack_port_offset(declarations: Iterable[Declaration] | None = None) -> i
     return stack_port_offset(lambda o: all(port_is_free(p + o) for p in ports))
 
 
+DEVSTACK_READY = "Press Ctrl-C to stop."
+
+
+@contextlib.contextmanager
+def running_devstack(
+    data_dir: Path,
+    offset: int,
+    names: Iterable[str] = (),
+    *,
+    cwd: Path | None = None,
+    log_level: str = "INFO",
+    ready_within: float = 150.0,
+) -> Iterator[list[str]]:
+    """`make up`'s stack (`python -m kizuna.kit.devstack [names]`) on ports shifted by `offset` and a
+    fresh `data_dir`: yields its console output once it says it is ready, fails the test with that
+    output when it is not ready in `ready_within` seconds, and stops it as Ctrl-C does (SIGKILL to
+    what is left after 60 s) whatever happens."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "KIZUNA_ISSUER", "DATABASE_URL")}
+    env.update(KIZUNA_PORT_OFFSET=str(offset), KIZUNA_DATA_DIR=str(data_dir), LOG_LEVEL=log_level)
+    proc = spawn(
+        [sys.executable, "-m", "kizuna.kit.devstack", *names, "--timeout", "90"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + ready_within
+        while time.monotonic() < deadline and (line := proc.stdout.readline()):
+            output.append(line)
+            if DEVSTACK_READY in line:
+                break
+        if not any(DEVSTACK_READY in line for line in output):
+            pytest.fail("the ecosystem did not start:\n" + "".join(output))
+        yield output
+    finally:
+        end_process(proc, timeout=60, sig=signal.SIGINT)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
