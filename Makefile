@@ -80,7 +80,7 @@ bench: install ## benchmarks (numbers, not tests)
 clean:
 	rm -rf .data .pytest_cache
 
-test-tools:: chromium ## tools the suite needs beyond the workspace (extended by mk/*.mk)
+test-tools:: chromium node_modules ## tools the suite needs beyond the workspace: Chromium, axe-core (extended by mk/*.mk)
 
 # Debian's Chromium for the browser tests (Playwright drives it; no browser download), and a Japanese
 # font so the screenshots of Japanese pages show the text rather than empty boxes.
