@@ -33,6 +33,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from services.shop.tests.shop_support import ShopApi, running_shop, shop_api
 
+# The ecosystem exports to this module's receiver, which ends with the module: so does it (shared,
+# it would go on exporting to a closed port for the rest of the session).
+pytestmark = pytest.mark.own_ecosystem
+
 OWNER = "mbr_owner"
 
 

@@ -164,3 +164,47 @@ def test_end_process_kills_what_ignores_sigterm_and_what_left_the_group() -> Non
         assert not status.exists() or "State:\tZ" in status.read_text(), "the child that left the group survived"
     finally:
         end_process(parent)
+
+
+def test_a_service_whose_collector_is_away_still_stops_within_its_grace(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """OTLP export on, the collector unreachable: SIGTERM still ends the process cleanly in the time
+    the manifests allow after the drain (`tests/deploy`: 1 + 3 + 1 + 6 s). The exporters' own 10 s
+    default, ignored flush timeouts and the SDK's exit hook exporting again made it 20 s and more."""
+    with socket.socket() as closed:  # bound, never listening: connections to it are refused
+        closed.bind(("127.0.0.1", 0))
+        ports_file = tmp_path / "ports.json"
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(TESTS),
+            "NATS_URL": nats_server.url,
+            "KIZUNA_ISSUER": "http://127.0.0.1:1",
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}",
+            "HTTP_PORT": "0",
+            "GRPC_PORT": "0",
+            "KIZUNA_PORTS_FILE": str(ports_file),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{closed.getsockname()[1]}",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        }
+        for name in (
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+        ):
+            env.pop(name, None)
+        log_path = tmp_path / "demo.log"
+        with log_path.open("wb") as log:
+            service = spawn([sys.executable, "-m", "demo.service"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_for(ports_file.exists, service, 60, "ports reported")
+            ports = json.loads(ports_file.read_text())
+            # A request that is traced and measured, so both exporters have something to send.
+            httpx.get(f"http://127.0.0.1:{ports['http']}/nothing-here", timeout=5)
+            stopping = time.monotonic()
+            service.send_signal(signal.SIGTERM)
+            assert service.wait(15) == 0, log_path.read_text()
+            assert time.monotonic() - stopping < 1 + 3 + 1 + 6 + 3, log_path.read_text()
+            assert "Failed to export" in log_path.read_text(), "the collector was meant to be unreachable"
+        finally:
+            end_process(service)

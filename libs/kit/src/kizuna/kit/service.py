@@ -306,7 +306,7 @@ class Service(Generic[S]):
         # in the background has SIGINT ignored).
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with self.running(settings, reuse_port=reuse_port) as runtime:
+        async with self.running(settings, reuse_port=reuse_port, process_ends=True) as runtime:
             if on_ready is None:
                 _report_ports(runtime.http_port, runtime.grpc_port)
             else:
@@ -316,9 +316,13 @@ class Service(Generic[S]):
         return 0
 
     @contextlib.asynccontextmanager
-    async def running(self, settings: S, *, reuse_port: bool = False) -> AsyncIterator[Runtime[S]]:
+    async def running(
+        self, settings: S, *, reuse_port: bool = False, process_ends: bool = False
+    ) -> AsyncIterator[Runtime[S]]:
         """Start everything, yield the runtime once ready, and shut down gracefully on exit.
-        `reuse_port`: the HTTP port is shared with the other workers of a supervisor."""
+        `reuse_port`: the HTTP port is shared with the other workers of a supervisor.
+        `process_ends`: the process ends after this (telemetry's providers are shut down with it,
+        rather than flushed for a later start in the same process)."""
         configure_telemetry(self.name)
         http_sock = bind_port(settings.http_host, settings.http_port, "http", listen=True, reuse_port=reuse_port)
         runtime: Runtime[S] = Runtime(
@@ -428,7 +432,7 @@ class Service(Generic[S]):
             )
             yield runtime
         finally:
-            await self._shutdown(runtime, server, http_task, grpc_server, workers, tasks)
+            await self._shutdown(runtime, server, http_task, grpc_server, workers, tasks, process_ends)
 
     async def _connect_nats(self, settings: S) -> NATS:
         attempt = 0
@@ -464,6 +468,7 @@ class Service(Generic[S]):
         grpc_server: GrpcServer | None,
         workers: list[ConsumerWorker],
         tasks: list[asyncio.Task[Any]],
+        process_ends: bool,
     ) -> None:
         grace = runtime.settings.shutdown_grace_seconds
         runtime.ready = False
@@ -515,7 +520,9 @@ class Service(Generic[S]):
         await runtime.verifier.aclose()
         if runtime.service_tokens is not None:
             await runtime.service_tokens.aclose()
-        shutdown_telemetry()
+        # Blocking for at most the exporters' timeouts (EXPORT_TIMEOUT_SECONDS each) when the collector
+        # is away.
+        shutdown_telemetry(final=process_ends)
         log.info("stopped")
 
     # ---- HTTP app -----------------------------------------------------------------------

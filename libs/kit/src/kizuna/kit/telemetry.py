@@ -93,14 +93,32 @@ def configure_telemetry(service: str) -> None:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-        _add_span_processor(provider, BatchSpanProcessor(OTLPSpanExporter()))
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        timeout = _export_timeout()
+        _add_span_processor(provider, BatchSpanProcessor(OTLPSpanExporter(timeout=timeout)))
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(timeout=timeout)))
     trace.set_tracer_provider(provider)
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
 
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
     HTTPXClientInstrumentor().instrument()
+
+
+# How long one export may take, retries included, unless `OTEL_EXPORTER_OTLP_TIMEOUT` (or the
+# signal's own variable) says otherwise. The exporters' default is 10 s and they ignore the timeout
+# a flush passes them: with the collector unreachable, a stopping service spent 10 s in the flush
+# and 10 s more in the SDK's exit hook, past its grace period, and was killed.
+EXPORT_TIMEOUT_SECONDS = 3.0
+_TIMEOUT_VARIABLES = (
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+)
+
+
+def _export_timeout() -> float | None:
+    """The kit's export timeout, or None where the operator set one (the exporters read it)."""
+    return None if any(os.environ.get(name) for name in _TIMEOUT_VARIABLES) else EXPORT_TIMEOUT_SECONDS
 
 
 _exporting = False
@@ -149,14 +167,21 @@ def add_span_processor(processor: SpanProcessor) -> None:
     _add_span_processor(provider, processor)
 
 
-def shutdown_telemetry() -> None:
-    """Flush spans and metrics still buffered (called on graceful shutdown)."""
+def shutdown_telemetry(*, final: bool = False) -> None:
+    """Flush spans and metrics still buffered (called on graceful shutdown). `final`: the process is
+    ending, so the providers shut down too and the SDK's exit hook has nothing left to export."""
     provider = trace.get_tracer_provider()
     if isinstance(provider, TracerProvider):
-        provider.force_flush(timeout_millis=3000)
+        if final:  # exports what is buffered, then stops the exporter
+            provider.shutdown()
+        else:
+            provider.force_flush(timeout_millis=3000)
     meter_provider = metrics.get_meter_provider()
     if isinstance(meter_provider, MeterProvider):
-        meter_provider.force_flush(timeout_millis=3000)
+        if final:
+            meter_provider.shutdown(timeout_millis=3000)
+        else:
+            meter_provider.force_flush(timeout_millis=3000)
 
 
 tracer = trace.get_tracer("kizuna.kit")

@@ -355,6 +355,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "long(seconds): a file that takes about this long; the suite starts the longest first"
     )
+    config.addinivalue_line(
+        "markers", "own_ecosystem: the module's `ecosystem` stops when the module ends instead of being shared"
+    )
     # Every service a test runs (in this process or as a child) keeps a small pool: with xdist
     # workers each running several services at once, the default 10 + 10 per service would exceed
     # a PostgreSQL's default max_connections (100). A test that needs another size sets it.

@@ -244,20 +244,20 @@ class _Ecosystems:
         self.request = request
         self.tmp_path_factory = tmp_path_factory
         self.running: dict[str, Ecosystem] = {}
-        self._stops: list[list[Any]] = []  # per ecosystem, in start order
+        self._stops: dict[str, list[Any]] = {}  # per ecosystem, in start order
 
     def get(self, settings: dict[str, dict[str, str]]) -> Ecosystem:
         key = json.dumps(settings, sort_keys=True)
         if key not in self.running:
-            self.running[key] = self._start(settings)
+            self.running[key] = self._start(key, settings)
         return self.running[key]
 
-    def _start(self, settings: dict[str, dict[str, str]]) -> Ecosystem:
+    def _start(self, key: str, settings: dict[str, dict[str, str]]) -> Ecosystem:
         declarations = {d.name: d for d in _declarations()}
         work = self.tmp_path_factory.mktemp("ecosystem")
         nats_server = NatsServer(0, work / "nats", auth=True, declarations=list(declarations.values()))
         stops: list[Any] = []
-        self._stops.append(stops)
+        self._stops[key] = stops
         stops.append(nats_server.stop)
         nats_server.start()
         issuer = TestIssuer().start()
@@ -290,21 +290,35 @@ class _Ecosystems:
         fintech.wait_ready()
         return Ecosystem(issuer, nats_server, points, fintech)
 
+    def discard(self, settings: dict[str, dict[str, str]]) -> None:
+        """Stop the ecosystem of these settings now (a module whose settings point at something of
+        its own, which ends with it)."""
+        key = json.dumps(settings, sort_keys=True)
+        self.running.pop(key, None)
+        _stop_in_reverse(self._stops.pop(key, []))
+
     def stop(self) -> None:
         # The ecosystems side by side (each drains its services for a moment), each in reverse order.
-        def stop_one(stops: list[Any]) -> None:
-            for stop in reversed(stops):
-                stop()
-
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max(1, len(self._stops)), thread_name_prefix="kizuna-ecosystem-stop") as pool:
-            for done in [pool.submit(stop_one, stops) for stops in self._stops]:
+            for done in [pool.submit(_stop_in_reverse, stops) for stops in self._stops.values()]:
                 done.result()
+        self._stops.clear()
+        self.running.clear()
+
+
+def _stop_in_reverse(stops: list[Any]) -> None:
+    for stop in reversed(stops):
+        stop()
 
 
 @pytest.fixture(scope="session")
 def _ecosystems(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Ecosystems]:
+    if os.environ.get("KIZUNA_TEST_POSTGRES_URL"):
+        # Set up first so that it is torn down last: its databases are dropped (with FORCE) once
+        # the services using them have stopped, not under their final outbox flush.
+        request.getfixturevalue("postgres_server")
     pool = _Ecosystems(request, tmp_path_factory)
     try:
         yield pool
@@ -313,10 +327,16 @@ def _ecosystems(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 
 
 @pytest.fixture(scope="module")
-def ecosystem(_ecosystems: _Ecosystems, ecosystem_env: dict[str, dict[str, str]]) -> Ecosystem:
+def ecosystem(
+    request: pytest.FixtureRequest, _ecosystems: _Ecosystems, ecosystem_env: dict[str, dict[str, str]]
+) -> Iterator[Ecosystem]:
     """Real points and fintech processes on fresh databases, with their own nats-server and token
-    issuer, shared by every module of this test process that asks for the same `ecosystem_env`."""
-    return _ecosystems.get(ecosystem_env)
+    issuer, shared by every module of this test process that asks for the same `ecosystem_env`.
+    A module marked `own_ecosystem` (its settings name something that ends with the module, such
+    as its own telemetry collector) has its ecosystem stopped when it ends."""
+    yield _ecosystems.get(ecosystem_env)
+    if request.node.get_closest_marker("own_ecosystem") is not None:
+        _ecosystems.discard(ecosystem_env)
 
 
 def _declarations() -> list[Declaration]:
