@@ -909,9 +909,8 @@ class ConsumerWorker:
     async def run(self) -> None:
         """Fetch and process until stopped; the messages in hand are finished before returning.
 
-        The next fetch waits on the server while handlers run, for as many messages as there is room
-        for (`batch_size`, or `concurrency` if more, in hand at most), so an event arriving meanwhile
-        is taken at once."""
+        The next fetch waits on the server while handlers run (up to `batch_size`, or `concurrency`
+        if more, in hand at once), so an event arriving meanwhile is taken at once."""
         if self._sub is None:
             await self.subscribe()
         most_in_hand = max(self.concurrency, self.consumer.batch_size)
@@ -923,7 +922,12 @@ class ConsumerWorker:
                     await self._room.wait()
                     continue
                 try:
-                    msgs = await self._sub.fetch(room, timeout=1.0)
+                    # One at a time: a fetch for several that finds none waiting holds the first
+                    # to arrive until the next one does (200 ms between events at 5/s in
+                    # bench/earning_bench.py: the first events after an idle spell, and any that
+                    # came while others were in hand). Taking one returns it as it arrives; a
+                    # backlog costs a pull request per event, small beside handling it.
+                    msgs = await self._sub.fetch(1, timeout=1.0)
                 except (TimeoutError, nats.errors.TimeoutError):
                     continue
                 except nats.errors.ConnectionClosedError:
