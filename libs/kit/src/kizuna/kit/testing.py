@@ -549,6 +549,9 @@ def _docker_answers() -> bool:
         return False
 
 
+_SPARE_DATABASES = 2  # made ahead of the tests that will ask for them
+
+
 @dataclass
 class PostgresServer:
     """A PostgreSQL server the tests may create databases on (admin URL, plain `postgresql://`)."""
@@ -559,6 +562,8 @@ class PostgresServer:
     data_dir: Path | None = None  # the embedded server's
     _cleanup: Any = None
     _dropper: Any = None  # the thread that drops finished tests' databases (drop_later)
+    _maker: Any = None  # the thread that makes the next tests' databases ahead of them
+    _spares: list[Any] = field(default_factory=list)  # futures of database names, oldest first
 
     def _admin(self, sql: str) -> None:
         import asyncio
@@ -575,12 +580,28 @@ class PostgresServer:
         asyncio.run(run())
 
     def new_database(self, prefix: str = "kizuna_test") -> str:
-        """A new empty database; returns its `postgresql://` URL."""
+        """A new empty database; returns its `postgresql://` URL. Databases of the default prefix
+        are made ahead, on a thread of their own, while the tests before run: making one takes
+        0.1-0.5 s of the server's time, which a test then no longer waits for (about 270 per run)."""
+        name = self._spare() if prefix == "kizuna_test" else self._create(prefix)
+        parts = urlsplit(self.admin_url)
+        return urlunsplit(parts._replace(path=f"/{name}"))
+
+    def _create(self, prefix: str) -> str:
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
         self._admin(f'CREATE DATABASE "{name}"')
         self.created.append(name)
-        parts = urlsplit(self.admin_url)
-        return urlunsplit(parts._replace(path=f"/{name}"))
+        return name
+
+    def _spare(self) -> str:
+        if self._maker is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._maker = ThreadPoolExecutor(1, thread_name_prefix="kizuna-createdb")
+        while len(self._spares) <= _SPARE_DATABASES:
+            self._spares.append(self._maker.submit(self._create, "kizuna_test"))
+        name: str = self._spares.pop(0).result()
+        return name
 
     def _drop(self, name: str) -> None:
         with contextlib.suppress(Exception):
@@ -601,6 +622,10 @@ class PostgresServer:
         self._dropper.submit(self._drop, name)
 
     def drop_all(self) -> None:
+        if self._maker is not None:  # the spares made ahead are in `created` once made
+            self._maker.shutdown(wait=True)
+            self._maker = None
+            self._spares.clear()
         if self._dropper is not None:
             self._dropper.shutdown(wait=True)
             self._dropper = None
