@@ -205,7 +205,6 @@ async def delivered_twice_and_settled(js: JetStreamContext) -> bool:
     return info.delivered.consumer_seq >= 2 and info.num_pending == 0 and info.num_ack_pending == 0
 
 
-
 async def test_events_reaching_an_idle_worker_are_handled_as_they_arrive(db: Database, js: JetStreamContext) -> None:
     """Events one by one, 0.2 s apart, to a worker left idle past a whole fetch: a fetch for several
     that found none waiting held an event until the next one arrived (0.2 s here), which two to four
