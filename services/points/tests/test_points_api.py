@@ -118,6 +118,28 @@ async def test_lots_spend_limited_time_first_then_soonest_and_expire_exactly_the
     assert await run_expiry(points.runtime.db, points.clock.now()) == 0  # nothing twice
 
 
+async def test_spend_order_holds_beyond_the_first_lots_of_each_kind(points: Points) -> None:
+    """More live lots of every kind than Reserve reads at first (the first 16 of each kind, which
+    cover these amounts), each kind credited in the reverse of its expiry order: limited-time lots
+    go first, soonest first, then regular lots by expiry (rolling ones expire with the wallet, in a
+    year here); the expiry runs show which lots were left."""
+    await points.register("m")
+    now = points.clock.now()
+    for i in range(20):
+        await points.credit("m", 2, kind=pb.CREDIT_KIND_LIMITED_TIME, expires_at=now + (60 - i) * DAY)
+        await points.credit("m", 2, expires_at=now + (200 - i) * DAY)  # fixed-date regular
+        await points.credit("m", 2)  # rolling
+    await points.spend("m", 30)  # the 15 soonest limited-time lots: days 41-55
+    points.clock.advance(55 * DAY + DAY // 2)
+    assert await run_expiry(points.runtime.db, points.clock.now()) == 0
+    assert ((b := await points.balance("m")).limited_time, b.regular) == (10, 80)
+    await points.spend("m", 20)  # the other 5 limited-time lots, then fixed-date days 181-185
+    assert ((b := await points.balance("m")).limited_time, b.regular) == (0, 70)
+    points.clock.advance(131 * DAY)  # day 186.5: the day-186 lot, the soonest left, expires
+    assert await run_expiry(points.runtime.db, points.clock.now()) == 1
+    assert (await points.balance("m")).total == 68
+
+
 async def test_regular_points_expire_after_a_year_without_earning(points: Points) -> None:
     await points.register("m")
     await points.credit("m", 100)

@@ -115,6 +115,8 @@ class Lot(SQLModel, table=True):
     __table_args__ = (
         Index("ix_points_lot_member_rolling", "member_id", "rolling", "expires_at"),
         _partial("ix_points_lot_live", "member_id", "rolling", "expires_at", where="remaining > 0"),
+        # A member's live rolling lots in spend order (they share the wallet's rolling expiry).
+        _partial("ix_points_lot_live_rolling", "member_id", "id", where="remaining > 0 AND rolling = true"),
     )
 
     id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
