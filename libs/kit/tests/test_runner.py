@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -28,6 +27,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlmodel import select
 
+from .demo.process import demo_env, wait_for_ports
 from .demo.service import DemoApi, DemoEffect, demo_settings, record_effect, router
 
 TESTS = Path(__file__).parent
@@ -96,27 +96,12 @@ async def _published_subjects(nats_url: str, stream: str) -> list[str]:
 def test_sigterm_completes_in_flight_grpc_calls_and_exits_zero(tmp_path: Path, nats_server: NatsServer) -> None:
     asyncio.run(reset_streams(nats_server.url, "DEMO"))
     ports_file = tmp_path / "ports.json"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(TESTS),
-        "NATS_URL": nats_server.url,
-        "KIZUNA_ISSUER": "http://127.0.0.1:1",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}",
-        # The service binds ports of its choosing and reports them once ready.
-        "HTTP_PORT": "0",
-        "GRPC_PORT": "0",
-        "KIZUNA_PORTS_FILE": str(ports_file),
-        "SHUTDOWN_GRACE_SECONDS": "8",
-    }
+    # The service binds ports of its choosing and reports them once ready.
+    env = demo_env(tmp_path, nats_server.url, ports_file, SHUTDOWN_GRACE_SECONDS="8")
     log = (tmp_path / "demo.log").open("w")
     proc = spawn([sys.executable, "-m", "demo.service"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while not ports_file.exists():
-            assert proc.poll() is None, (tmp_path / "demo.log").read_text()
-            assert time.monotonic() < deadline, "not ready after 30 s:\n" + (tmp_path / "demo.log").read_text()
-            time.sleep(0.1)
-        ports = json.loads(ports_file.read_text())
+        ports = wait_for_ports(ports_file, proc, tmp_path / "demo.log", timeout=30)
         grpc_port = ports["grpc"]
         assert httpx.get(f"http://127.0.0.1:{ports['http']}/readyz", timeout=5).status_code == 200
 

@@ -18,6 +18,8 @@ import httpx
 import pytest
 from kizuna.kit.testing import NatsServer, end_process, spawn
 
+from .demo.process import demo_env
+
 TESTS = Path(__file__).parent
 ROOT = TESTS.parents[2]
 
@@ -54,16 +56,7 @@ def test_a_service_stops_on_a_signal_it_inherited_as_ignored(
     sig: signal.Signals, tmp_path: Path, nats_server: NatsServer
 ) -> None:
     ports_file = tmp_path / "ports.json"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(TESTS),
-        "NATS_URL": nats_server.url,
-        "KIZUNA_ISSUER": "http://127.0.0.1:1",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}",
-        "HTTP_PORT": "0",
-        "GRPC_PORT": "0",
-        "KIZUNA_PORTS_FILE": str(ports_file),
-    }
+    env = demo_env(tmp_path, nats_server.url, ports_file)
     log_path = tmp_path / "demo.log"
     with log_path.open("wb") as log:
         service = spawn(
@@ -175,18 +168,13 @@ def test_a_service_whose_collector_is_away_still_stops_within_its_grace(
     with socket.socket() as closed:  # bound, never listening: connections to it are refused
         closed.bind(("127.0.0.1", 0))
         ports_file = tmp_path / "ports.json"
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(TESTS),
-            "NATS_URL": nats_server.url,
-            "KIZUNA_ISSUER": "http://127.0.0.1:1",
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}",
-            "HTTP_PORT": "0",
-            "GRPC_PORT": "0",
-            "KIZUNA_PORTS_FILE": str(ports_file),
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{closed.getsockname()[1]}",
-            "OTEL_EXPORTER_OTLP_INSECURE": "true",
-        }
+        env = demo_env(
+            tmp_path,
+            nats_server.url,
+            ports_file,
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{closed.getsockname()[1]}",
+            OTEL_EXPORTER_OTLP_INSECURE="true",
+        )
         for name in (
             "OTEL_EXPORTER_OTLP_TIMEOUT",
             "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",

@@ -15,7 +15,7 @@ from pathlib import Path
 import nats
 from kizuna.kit.testing import NatsServer, end_process, reset_streams, spawn
 
-from .test_workers import _demo_env, _wait_for
+from .demo.process import demo_env, wait_for_ports
 
 
 def _post_note(port: int, text: str, headers: dict[str, str]) -> int:
@@ -48,12 +48,14 @@ def test_a_request_continues_its_callers_trace_while_nothing_is_exported(
     asyncio.run(reset_streams(nats_server.url, "DEMO"))
     ports_file = tmp_path / "ports.json"
     log_path = tmp_path / "demo.log"
-    env = _demo_env(tmp_path, nats_server.url, ports_file, 1)
+    env = demo_env(
+        tmp_path, nats_server.url, ports_file, KIZUNA_WORKERS="1", SHUTDOWN_GRACE_SECONDS="8", LOG_FORMAT="text"
+    )
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     with log_path.open("w") as log:
         proc = spawn([sys.executable, "-m", "demo.service"], env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            port = _wait_for(ports_file, proc, log_path)["http"]
+            port = wait_for_ports(ports_file, proc, log_path)["http"]
             trace_id = secrets.token_hex(16)
             caller = f"00-{trace_id}-{secrets.token_hex(8)}-01"
             # The standard library's client: httpx in this process may be instrumented by another

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -17,23 +16,13 @@ import httpx
 from kizuna.identity.v1 import identity_pb2, identity_pb2_grpc
 from kizuna.kit.testing import NatsServer, end_process, reset_streams, spawn
 
-TESTS = Path(__file__).parent
+from .demo.process import demo_env, wait_for_ports
 
 
 def _demo_env(tmp_path: Path, nats_url: str, ports_file: Path, workers: int) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PYTHONPATH": str(TESTS),
-        "NATS_URL": nats_url,
-        "KIZUNA_ISSUER": "http://127.0.0.1:1",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}",
-        "HTTP_PORT": "0",
-        "GRPC_PORT": "0",
-        "KIZUNA_PORTS_FILE": str(ports_file),
-        "KIZUNA_WORKERS": str(workers),
-        "SHUTDOWN_GRACE_SECONDS": "8",
-        "LOG_FORMAT": "text",
-    }
+    return demo_env(
+        tmp_path, nats_url, ports_file, KIZUNA_WORKERS=str(workers), SHUTDOWN_GRACE_SECONDS="8", LOG_FORMAT="text"
+    )
 
 
 def _children(pid: int) -> set[int]:
@@ -86,16 +75,6 @@ def _holders(pids: set[int], port: int) -> dict[int, int]:
     return counts
 
 
-def _wait_for(ports_file: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> dict[str, int]:
-    deadline = time.monotonic() + timeout
-    while not ports_file.exists():
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, f"not ready after {timeout} s:\n" + log.read_text()
-        time.sleep(0.1)
-    ports: dict[str, int] = json.loads(ports_file.read_text())
-    return ports
-
-
 def _port_is_free(port: int) -> bool:
     with socket.socket() as probe:
         try:
@@ -119,7 +98,7 @@ def test_two_workers_share_the_ports_drain_on_sigterm_and_a_killed_one_is_replac
         stderr=subprocess.STDOUT,
     )
     try:
-        ports = _wait_for(ports_file, proc, log_path)
+        ports = wait_for_ports(ports_file, proc, log_path)
         http_port, grpc_port = ports["http"], ports["grpc"]
         # Port 0 became one real port for both: the supervisor reported it once both were ready.
         assert http_port != 0 and grpc_port != 0
