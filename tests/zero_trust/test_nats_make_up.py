@@ -7,19 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import nats
 import nats.errors
 import pytest
 from kizuna.kit import declaration, natsauth
-from kizuna.kit.testing import devstack_port_offset, end_process, spawn
+from kizuna.kit.testing import devstack_port_offset, running_devstack
 
 ROOT = Path(__file__).resolve().parents[2]
 # Fixed ports shifted by an offset, like tests/test_make_up.py: one stack at a time.
@@ -58,29 +53,8 @@ async def _attack(nats_url: str, passwords: dict[str, str]) -> list[str]:
 def test_make_up_runs_nats_with_a_user_per_service(tmp_path: Path) -> None:
     offset = _pick_offset()
     data_dir = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "KIZUNA_ISSUER", "DATABASE_URL")}
-    env.update(KIZUNA_PORT_OFFSET=str(offset), KIZUNA_DATA_DIR=str(data_dir))
-    proc = spawn(
-        [sys.executable, "-m", "kizuna.kit.devstack", "--timeout", "120"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output: list[str] = []
-    try:
-        deadline = time.monotonic() + 180
-        assert proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            output.append(line)
-            if "Press Ctrl-C to stop." in line:
-                break
+    with running_devstack(data_dir, offset, cwd=ROOT, ready_within=180, start_timeout=120) as output:
         text = "".join(output)
-        assert "Press Ctrl-C to stop." in text, text
         nats_url = re.search(r"nats\s+(nats://\S+)", text)
         assert nats_url, text
         # The passwords and the server's configuration are the owner's alone.
@@ -100,9 +74,3 @@ def test_make_up_runs_nats_with_a_user_per_service(tmp_path: Path) -> None:
             log = (data_dir / "logs" / f"{d.name}.log").read_text()
             assert "permissions violation" not in log.lower(), d.name
             assert not [name for name, secret in passwords.items() if secret in log + nats_log], d.name
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.communicate(timeout=60)
-        finally:
-            end_process(proc)
