@@ -15,7 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from points import ledger
 from points.bounds import Limits, charge_budget, check_points
-from points.journal import LOT_KIND, LOTS, NewLot, post_entry, ts
+from points.journal import LOT_KIND, LOTS, NewLot, flush_before_sql, post_entry, ts
 from points.ledger import LIMITED_TIME
 from points.ledger_metrics import count_on_commit, points_credited
 from points.models import Entry, Wallet, account_available, account_debt, account_issued
@@ -83,8 +83,7 @@ async def credit(
         raise InvalidArgument("expires_at must be in the future")
     wallet = require_active(wallet, member_id)
     rolling_until = ledger.add_months(now, regular_expiry_months)
-    if session.new or session.dirty:
-        await session.flush()  # what settling changed through the ORM, before SQL of our own
+    await flush_before_sql(session, wallet)  # what settling changed through the ORM
     await charge_budget(session, source_service, member_id, amount, now, limits)
     conn = await session.connection()
     # Earning moves the rolling expiry of the member's regular lots: once, on the wallet.

@@ -9,6 +9,7 @@ from typing import NamedTuple
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.points.v1 import points_pb2 as pb
 from sqlalchemy import ARRAY, BigInteger, Boolean, String, TextClause, bindparam, insert, text
+from sqlalchemy import inspect as orm_state
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -77,6 +78,23 @@ _WALLET_COLUMNS = (
     "last_earned_at",
     "rolling_expires_at",
 )
+
+
+_WALLET_COLUMN_SET = frozenset(_WALLET_COLUMNS)
+
+
+async def flush_before_sql(session: AsyncSession, wallet: Wallet | None) -> None:
+    """Flush what the ORM holds before statements of our own read or write the tables, unless all
+    it holds is changes to the wallet's ledger columns: the entry's statement writes those (the
+    session's own flush at commit, where no entry follows), so no UPDATE of the wallet goes first."""
+    if not (session.new or session.dirty or session.deleted):
+        return
+    dirty = session.dirty
+    if wallet is not None and not (session.new or session.deleted) and len(dirty) == 1 and wallet in dirty:
+        state = orm_state(wallet)
+        if set(state.mapper.column_attrs.keys()) - state.unmodified <= _WALLET_COLUMN_SET:
+            return
+    await session.flush()
 
 
 def _entry_statement_pg(with_lot: bool) -> TextClause:

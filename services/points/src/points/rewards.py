@@ -6,7 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlmodel import select
+from sqlalchemy import bindparam, union
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from points import campaigns, ledger
@@ -43,11 +46,30 @@ async def services_used(session: AsyncSession, member_id: str, month: str) -> li
     )
 
 
-async def record_service_use(session: AsyncSession, member_id: str, service: str, now: datetime) -> None:
-    month = ledger.month_key(now)
-    if await session.get(ServiceUse, (member_id, month, service)) is None:
-        session.add(ServiceUse(member_id=member_id, month=month, service=service))
-        await session.flush()
+USES = SQLModel.metadata.tables["points_service_use"]
+
+
+_USE = {"member_id": bindparam("member_id"), "month": bindparam("month"), "service": bindparam("service")}
+_RECORD_USE_SQLITE = sqlite_insert(USES).values(_USE).on_conflict_do_nothing()
+_USED = select(USES.c.service).where(USES.c.member_id == _USE["member_id"], USES.c.month == _USE["month"])
+# PostgreSQL: record the use and read the month's services in one round trip. The outer SELECT
+# sees the table as it was before the statement, so the row it adds comes back through RETURNING.
+_ADDED = pg_insert(USES).values(_USE).on_conflict_do_nothing().returning(USES.c.service).cte("added")
+_RECORD_AND_LIST_PG = union(_USED, select(_ADDED.c.service))
+
+
+async def record_service_use(session: AsyncSession, member_id: str, service: str, now: datetime) -> list[str]:
+    """Record that the member used `service` this month (once); returns the services they used
+    this month, this one included, sorted. Core statements on the session's connection: no
+    autoflush of the wallet's pending changes (the entry's statement writes those)."""
+    conn = await session.connection()
+    params = {"member_id": member_id, "month": ledger.month_key(now), "service": service}
+    if conn.dialect.name == "postgresql":
+        used = (await conn.execute(_RECORD_AND_LIST_PG, params)).scalars().all()
+    else:
+        await conn.execute(_RECORD_USE_SQLITE, params)
+        used = (await conn.execute(_USED, params)).scalars().all()
+    return sorted(used)
 
 
 async def quote_and_count(
@@ -59,8 +81,7 @@ async def quote_and_count(
     month = ledger.month_key(now)
     if wallet.earn_month != month:
         wallet.earn_month, wallet.earned_this_month = month, 0
-    await record_service_use(session, wallet.member_id, service, now)
-    used = await services_used(session, wallet.member_id, month)
+    used = await record_service_use(session, wallet.member_id, service, now)
     quote = ledger.quote_earn(rules, service, units, used, wallet.earned_this_month, now)
     wallet.earned_this_month += quote.total
     session.add(wallet)

@@ -35,7 +35,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from points import ledger
-from points.journal import HOLDS, LOTS, RESERVATIONS, new_id, post_entry, ts
+from points.journal import HOLDS, LOTS, RESERVATIONS, flush_before_sql, new_id, post_entry, ts
 from points.ledger import LIMITED_TIME, HoldState, LotState
 from points.ledger_metrics import count_on_commit, points_spent
 from points.models import (
@@ -263,8 +263,7 @@ async def reserve(
     if request.ttl_seconds < 0 or request.ttl_seconds > max_ttl:
         raise InvalidArgument(f"ttl_seconds must be between 0 and {max_ttl}")
     wallet = require_active(wallet, request.member_id)
-    if session.new or session.dirty:
-        await session.flush()
+    await flush_before_sql(session, wallet)
     conn = await session.connection()
     # A rolling lot follows the wallet's rolling expiry (None: the member has no rolling lots).
     params = {"member": wallet.member_id, "now": now, "rolling": wallet.rolling_expires_at or now}
@@ -382,8 +381,7 @@ async def capture(
     leaves the Captured event's reservation_id empty (spends by command have no reservation)."""
     if request.amount < 0:
         raise InvalidArgument("amount must be >= 0 (0 captures the whole reservation)")
-    if session.new or session.dirty:
-        await session.flush()
+    await flush_before_sql(session, wallet)
     conn = await session.connection()
     rows = (await conn.execute(_RESERVATION_WITH_HOLDS, {"reservation": request.reservation_id})).all()
     reservation = rows[0] if rows else None
