@@ -42,7 +42,7 @@ router = APIRouter()
 
 async def write_note(session: AsyncSession, text: str) -> str:
     session.add(DemoNote(text=text))
-    return publish(session, "demo.note.created", events_pb2.MemberRegistered(member_id=text), member_id=text)
+    return await publish(session, "demo.note.created", events_pb2.MemberRegistered(member_id=text), member_id=text)
 
 
 @router.post("/notes")

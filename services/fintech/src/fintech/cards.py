@@ -353,7 +353,7 @@ async def authorize(
     )
     session.add(auth)
     if reason == FRAUD_RULE:
-        publish(
+        await publish(
             session,
             "fintech.authorization.fraud_declined",
             events_pb2.FraudDeclined(
@@ -446,7 +446,7 @@ async def capture(
     )
     auth.status = CAPTURED
     session.add(auth)
-    publish(
+    await publish(
         session,
         "fintech.card_purchase.posted",
         events_pb2.CardPurchasePosted(
@@ -459,7 +459,7 @@ async def capture(
         member_id=card.member_id,
     )
     # A posted card purchase earns at once: it completes the purchase of the earning contract.
-    publish_purchase(
+    await publish_purchase(
         session,
         "fintech",
         "completed",
@@ -561,7 +561,7 @@ async def refund(
             posted_at=now,
         )
     )
-    publish(
+    await publish(
         session,
         "fintech.card_purchase.refunded",
         events_pb2.CardPurchaseRefunded(
@@ -574,7 +574,7 @@ async def refund(
         ),
         member_id=purchase.member_id,
     )
-    publish_purchase(
+    await publish_purchase(
         session,
         "fintech",
         "refunded",

@@ -240,7 +240,7 @@ async def apply_bill(session: AsyncSession, ctx: Fintech, payment: PointsPayment
     if statement.paid_minor >= statement.total_minor:
         statement.status = "paid"
     session.add(statement)
-    publish(
+    await publish(
         session,
         "fintech.card_bill.paid",
         events_pb2.CardBillPaid(

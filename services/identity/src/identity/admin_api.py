@@ -232,7 +232,7 @@ async def remove(request: Request, client_id: str, admin: Admin) -> Response:
         for grant in grants:
             await revoke_grant(session, grant.id, now, reason="client_removed")
         # Its own client-credentials tokens too: no service accepts any token of a removed client.
-        publish_revocation(session, now, reason="client_removed", client_id=client_id, client_wide=True)
+        await publish_revocation(session, now, reason="client_removed", client_id=client_id, client_wide=True)
         await session.delete(client)
     provider.forget_client(client_id)
     return Response(status_code=204)

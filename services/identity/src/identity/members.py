@@ -96,7 +96,7 @@ async def register(
         updated_at=now,
     )
     session.add(member)
-    publish(
+    await publish(
         session,
         "identity.member.registered",
         events_pb2.MemberRegistered(member_id=member.id, display_name=display_name, registered_at=_ts(now)),
@@ -105,10 +105,10 @@ async def register(
     return member
 
 
-def _updated(session: AsyncSession, member: Member, fields: list[str], now: datetime) -> None:
+async def _updated(session: AsyncSession, member: Member, fields: list[str], now: datetime) -> None:
     member.updated_at = now
     session.add(member)
-    publish(
+    await publish(
         session,
         "identity.member.updated",
         events_pb2.MemberUpdated(member_id=member.id, changed_fields=fields, updated_at=_ts(now)),
@@ -120,7 +120,7 @@ async def update_profile(session: AsyncSession, member: Member, *, display_name:
     name = clean_display_name(display_name)
     if name != member.display_name:
         member.display_name = name
-        _updated(session, member, ["display_name"], now)
+        await _updated(session, member, ["display_name"], now)
 
 
 async def change_email(
@@ -138,13 +138,13 @@ async def change_email(
     if member.email_verified_at is not None:  # the new address is not proven yet
         member.email_verified_at = None
         fields.append("email_verified")
-    _updated(session, member, fields, now)
+    await _updated(session, member, fields, now)
 
 
 async def mark_email_verified(session: AsyncSession, member: Member, now: datetime) -> None:
     if member.email_verified_at is None:
         member.email_verified_at = now
-        _updated(session, member, ["email_verified"], now)
+        await _updated(session, member, ["email_verified"], now)
 
 
 async def change_password(

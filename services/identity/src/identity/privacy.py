@@ -236,7 +236,7 @@ async def erase_member(
     session.add(member)
     deliveries = await end_member_everywhere(session, member.id, now)
     # Every token of the member, whatever it was issued under, is refused everywhere from now.
-    publish_revocation(session, now, reason="erasure", member_id=member.id, member_wide=True)
+    await publish_revocation(session, now, reason="erasure", member_id=member.id, member_wide=True)
     for op in (await session.exec(select(OpSession).where(OpSession.member_id == member.id))).all():
         op.user_agent, op.ip = "", ""
         session.add(op)
@@ -248,7 +248,7 @@ async def erase_member(
             member_id=member.id, link_hash=_hash(link), services=privacy_services(provider.settings), requested_at=now
         )
     )
-    publish(
+    await publish(
         session,
         ERASURE_REQUESTED,
         events_pb2.MemberErasureRequested(member_id=member.id, requested_at=_ts(now)),

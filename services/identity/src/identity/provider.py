@@ -431,7 +431,7 @@ class Provider:
                     update(AccessToken).where(col(AccessToken.jti) == record.key).values(revoked_at=now)
                 )
                 member = str(record.claims.get("sub", ""))
-                publish_revocation(
+                await publish_revocation(
                     session, now, reason="token", jti=record.key, member_id=member if member.startswith("mbr_") else ""
                 )
                 if result.rowcount == 0:  # an unrecorded service token: deny-list it until it expires

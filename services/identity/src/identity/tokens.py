@@ -142,7 +142,7 @@ def _timestamp(value: datetime) -> Timestamp:
     return ts
 
 
-def publish_revocation(
+async def publish_revocation(
     session: AsyncSession,
     now: datetime,
     *,
@@ -167,7 +167,7 @@ def publish_revocation(
         expires_at=_timestamp(now + REVOCATION_HORIZON),
         reason=reason,
     )
-    return publish(session, REVOCATION_SUBJECT, event, member_id=member_id or None)
+    return await publish(session, REVOCATION_SUBJECT, event, member_id=member_id or None)
 
 
 async def revoke_grant(session: AsyncSession, grant_id: str, now: datetime, *, reason: str = "grant") -> None:
@@ -177,7 +177,7 @@ async def revoke_grant(session: AsyncSession, grant_id: str, now: datetime, *, r
     )
     if result.rowcount:
         member_id = (await session.exec(select(Grant.member_id).where(Grant.id == grant_id))).first()
-        publish_revocation(session, now, reason=reason, grant_id=grant_id, member_id=member_id or "")
+        await publish_revocation(session, now, reason=reason, grant_id=grant_id, member_id=member_id or "")
     await session.exec(
         update(AccessToken)
         .where(col(AccessToken.grant_id) == grant_id, col(AccessToken.revoked_at).is_(None))

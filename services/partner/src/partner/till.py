@@ -104,7 +104,7 @@ class Till:
             )
             session.add(sale)
             bonus = amount_minor * max(0, partner.earn_rate_bp - BASE_RATE_BP) // 10_000
-            self._publish(session, sale, "paid", bonus=bonus)
+            await self._publish(session, sale, "paid", bonus=bonus)
         return sale
 
     # ---- spend --------------------------------------------------------------------------------
@@ -256,7 +256,7 @@ class Till:
             if row.returned_minor == row.amount_minor and row.status == PENDING:
                 row.status = RETURNED
             session.add_all([row, record])
-            self._publish(session, row, "refunded", refund_reference=return_receipt, refunded_minor=amount_minor)
+            await self._publish(session, row, "refunded", refund_reference=return_receipt, refunded_minor=amount_minor)
         return record
 
     # ---- the return window --------------------------------------------------------------------
@@ -275,7 +275,7 @@ class Till:
             for sale in due:
                 sale.status = GRANTED
                 session.add(sale)
-                self._publish(session, sale, "completed")
+                await self._publish(session, sale, "completed")
         return len(due)
 
     # ---- helpers ------------------------------------------------------------------------------
@@ -317,7 +317,7 @@ class Till:
                 row.status = FAILED
                 session.add(row)
 
-    def _publish(
+    async def _publish(
         self,
         session: AsyncSession,
         sale: Sale,
@@ -327,7 +327,7 @@ class Till:
         refund_reference: str = "",
         refunded_minor: int = 0,
     ) -> None:
-        publish_purchase(
+        await publish_purchase(
             session,
             SERVICE,
             stage,

@@ -111,7 +111,7 @@ async def credit(
         now=now,
         lot=NewLot(kind=kind, rolling=expires_at is None, amount=amount, remaining=to_lot, expires_at=lot_expires),
     )
-    publish(
+    await publish(
         session,
         "points.ledger.credited",
         ev.Credited(
@@ -209,7 +209,7 @@ async def clawback(
         source_ref=source_ref,
         now=now,
     )
-    publish(
+    await publish(
         session,
         "points.ledger.clawed_back",
         ev.ClawedBack(

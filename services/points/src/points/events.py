@@ -174,7 +174,7 @@ async def on_command(runtime: Points, session: AsyncSession, event: Event) -> No
         reason = _REJECTION.get(outcome.code, ev.REJECTION_REASON_UNSPECIFIED)
         if isinstance(outcome, wallets.OverBudget):
             reason = ev.REJECTION_REASON_BUDGET_EXCEEDED
-        publish(
+        await publish(
             session,
             "points.command.rejected",
             ev.CommandRejected(

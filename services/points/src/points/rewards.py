@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, union
+from sqlalchemy import BindParameter, bindparam, union
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import SQLModel, select
@@ -49,7 +49,11 @@ async def services_used(session: AsyncSession, member_id: str, month: str) -> li
 USES = SQLModel.metadata.tables["points_service_use"]
 
 
-_USE = {"member_id": bindparam("member_id"), "month": bindparam("month"), "service": bindparam("service")}
+_USE: dict[str, BindParameter[str]] = {
+    "member_id": bindparam("member_id"),
+    "month": bindparam("month"),
+    "service": bindparam("service"),
+}
 _RECORD_USE_SQLITE = sqlite_insert(USES).values(_USE).on_conflict_do_nothing()
 _USED = select(USES.c.service).where(USES.c.member_id == _USE["member_id"], USES.c.month == _USE["month"])
 # PostgreSQL: record the use and read the month's services in one round trip. The outer SELECT

@@ -319,7 +319,7 @@ async def reserve(
         source_ref=request.source_ref,
         now=now,
     )
-    publish(
+    await publish(
         session,
         "points.ledger.reserved",
         ev.Reserved(
@@ -439,7 +439,7 @@ async def capture(
     await conn.execute(_MARK_CAPTURED, {"reservation": reservation.id, "points": amount, "entry": entry.entry_id})
     if any(at <= now for at, (_, _, back) in zip(expiries, split, strict=True) if back > 0):
         await expire_due_lots(session, wallet, now)  # returned points of a lot that expired meanwhile
-    publish(
+    await publish(
         session,
         "points.ledger.captured",
         ev.Captured(
@@ -538,7 +538,7 @@ async def refund(
         source_ref=reservation.source_ref,
         now=now,
     )
-    publish(
+    await publish(
         session,
         "points.ledger.refunded",
         ev.Refunded(

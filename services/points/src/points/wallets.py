@@ -250,7 +250,7 @@ async def expire_due_lots(session: AsyncSession, wallet: Wallet, now: datetime) 
             source_ref="",
             now=now,
         )
-        publish(
+        await publish(
             session,
             "points.ledger.expired",
             ev.Expired(
@@ -298,7 +298,7 @@ async def release(
         source_ref=reservation.source_ref,
         now=now,
     )
-    publish(
+    await publish(
         session,
         "points.ledger.voided",
         ev.Voided(

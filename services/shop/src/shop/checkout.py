@@ -274,7 +274,7 @@ class CheckoutSaga:
                     col(CartItem.product_id).in_([line["product_id"] for line in checkout.lines]),
                 )
             )
-            publish_order(session, order, "shop.order.paid", now)
+            await publish_order(session, order, "shop.order.paid", now)
         checkout.state = COMPLETED
         return checkout
 

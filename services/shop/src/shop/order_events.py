@@ -59,12 +59,12 @@ PURCHASE_STAGES = {
 }
 
 
-def publish_order(session: AsyncSession, order: Order, subject: str, at: datetime, **extra: Any) -> str:
-    event_id = publish(session, subject, order_event(order, subject, at, **extra), member_id=order.member_id)
+async def publish_order(session: AsyncSession, order: Order, subject: str, at: datetime, **extra: Any) -> str:
+    event_id = await publish(session, subject, order_event(order, subject, at, **extra), member_id=order.member_id)
     stage = PURCHASE_STAGES.get(subject)
     if stage is not None:
         refunded = extra.get("refunded")
-        publish_purchase(
+        await publish_purchase(
             session,
             "shop",
             stage,

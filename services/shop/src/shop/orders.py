@@ -209,7 +209,7 @@ class OrderLifecycle:
                         .values(stock=col(Product.stock) + line.quantity)
                     )
             order = await get_order(session, order.id)
-            publish_order(session, order, subject, now, **(event or {}))
+            await publish_order(session, order, subject, now, **(event or {}))
         return order
 
     # ---- transitions ---------------------------------------------------------------------------

@@ -32,8 +32,8 @@ def _money(amount: int, currency: str) -> common_pb2.Money:
     return common_pb2.Money(amount_minor=amount, currency=currency)
 
 
-def confirmed(session: AsyncSession, booking: Booking, now: datetime) -> None:
-    _announce(
+async def confirmed(session: AsyncSession, booking: Booking, now: datetime) -> None:
+    await _announce(
         session,
         booking,
         now,
@@ -47,8 +47,8 @@ def confirmed(session: AsyncSession, booking: Booking, now: datetime) -> None:
     )
 
 
-def cancelled(session: AsyncSession, booking: Booking, now: datetime) -> None:
-    _announce(
+async def cancelled(session: AsyncSession, booking: Booking, now: datetime) -> None:
+    await _announce(
         session,
         booking,
         now,
@@ -61,11 +61,11 @@ def cancelled(session: AsyncSession, booking: Booking, now: datetime) -> None:
     )
 
 
-def completed(session: AsyncSession, booking: Booking, now: datetime) -> None:
-    _announce(session, booking, now, "travel.booking.completed", events_pb2.BookingCompleted, "completed")
+async def completed(session: AsyncSession, booking: Booking, now: datetime) -> None:
+    await _announce(session, booking, now, "travel.booking.completed", events_pb2.BookingCompleted, "completed")
 
 
-def _announce(
+async def _announce(
     session: AsyncSession,
     booking: Booking,
     now: datetime,
@@ -85,14 +85,14 @@ def _announce(
         occurred_at=_ts(now),
         **details,
     )
-    publish(session, subject, message, member_id=booking.member_id)
-    _purchase(session, booking, stage, now)
+    await publish(session, subject, message, member_id=booking.member_id)
+    await _purchase(session, booking, stage, now)
 
 
-def _purchase(session: AsyncSession, booking: Booking, stage: str, now: datetime) -> None:
+async def _purchase(session: AsyncSession, booking: Booking, stage: str, now: datetime) -> None:
     """The booking as a step of the earning contract: it earns on the money paid (the total less
     the points used), pending from confirmation, granted once the stay is completed."""
-    publish_purchase(
+    await publish_purchase(
         session,
         "travel",
         stage,

@@ -51,7 +51,7 @@ class BookingJobs:
                     continue
                 booking.status, booking.updated_at = COMPLETED, now
                 session.add(booking)
-                booking_events.completed(session, booking, now)
+                await booking_events.completed(session, booking, now)
                 done += 1
         return done
 

@@ -96,5 +96,5 @@ class Cancellations:
             now = self.clock.now()
             booking.status, booking.step, booking.updated_at = CANCELLED, "done", now
             session.add(booking)
-            booking_events.cancelled(session, booking, now)
+            await booking_events.cancelled(session, booking, now)
             return booking

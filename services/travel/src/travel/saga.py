@@ -167,7 +167,7 @@ class BookingSaga:
             now = self.clock.now()
             booking.status, booking.step, booking.updated_at = CONFIRMED, "done", now
             session.add(booking)
-            booking_events.confirmed(session, booking, now)
+            await booking_events.confirmed(session, booking, now)
             return booking
 
     async def compensate(self, booking_id: str, reason: str, *, member_token: str | None = None) -> Booking:

@@ -1,7 +1,7 @@
 """The event path: transactional outbox -> relay -> JetStream -> durable consumer with an inbox.
 
-- `publish(session, subject, message)` stages an event in the same transaction as the business
-  change; nothing reaches NATS unless that transaction commits.
+- `await publish(session, subject, message)` stages an event in the same transaction as the
+  business change; nothing reaches NATS unless that transaction commits.
 - `OutboxRelay` publishes staged events with `Nats-Msg-Id` = event id (JetStream de-duplicates a
   re-publish after a crash) and marks them sent.
 - `Consumer` declares a durable pull consumer; `ConsumerWorker` runs it: the handler's effect and
@@ -56,6 +56,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy import Column, ColumnElement, LargeBinary, String, and_, bindparam, delete, func, text, update
 from sqlalchemy import event as sa_event
+from sqlalchemy import insert as sa_insert
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -132,7 +133,7 @@ def new_event_id() -> str:
     return f"evt_{ULID()}"
 
 
-def publish(
+async def publish(
     session: AsyncSession,
     subject: str,
     message: ProtoMessage,
@@ -143,6 +144,10 @@ def publish(
     """Stage `message` for `subject` in the session's transaction; returns the event id.
 
     The event is published by the relay after the transaction commits, and never if it rolls back.
+    The outbox row is written at once, one INSERT in order with the transaction's other statements
+    (the ORM's flush of it cost a Credit in points 12% of its CPU). Inside a savepoint it is added
+    to the session instead and written with the savepoint's flush, so that rolling the savepoint
+    back takes the row with it; events still get ids, and leave, in the order they were staged.
     """
     event_id = event_id or new_event_id()
     now = utcnow()
@@ -158,16 +163,23 @@ def publish(
     if member_id:
         headers["ce-subject"] = member_id
     inject_headers(headers)
-    row = OutboxMessage(
-        event_id=event_id,
-        subject=subject,
-        payload=message.SerializeToString(deterministic=True),
-        headers=headers,
-        created_at=now,
-    )
-    session.add(row)
-    session.sync_session.info.setdefault("kizuna_outbox_staged", []).append(row)
+    payload = message.SerializeToString(deterministic=True)
+    staged: list[OutboxMessage | Staged] = session.sync_session.info.setdefault(_STAGED, [])
+    if session.sync_session.in_nested_transaction():
+        row = OutboxMessage(event_id=event_id, subject=subject, payload=payload, headers=headers, created_at=now)
+        session.add(row)
+        staged.append(row)
+        return event_id
+    conn = await session.connection()
+    values = {"event_id": event_id, "subject": subject, "payload": payload, "headers": headers, "created_at": now}
+    row_id = (await conn.execute(_INSERT_OUTBOX, values)).scalar_one()
+    staged.append(Staged(row_id, event_id, subject, payload, headers))
     return event_id
+
+
+_STAGED = "kizuna_outbox_staged"
+OUTBOX = SQLModel.metadata.tables["kit_outbox"]
+_INSERT_OUTBOX = sa_insert(OutboxMessage).returning(OUTBOX.c.id)
 
 
 # Built once: a new UPDATE per batch (its IN list a fresh construct each time) cost 3% of a
@@ -197,17 +209,19 @@ _commit_listeners: list[Callable[[Any, list[Staged]], None]] = []
 # outermost transaction's end decides whether the staged rows exist. A row staged in a savepoint
 # that rolled back is no longer persistent after the commit (SQLAlchemy made it transient again),
 # so it is not handed to the relays; a rollback may leave only such rows: one harmless extra wake.
+# Rows written at once (`Staged`, outside any savepoint) exist exactly when the transaction commits.
 @sa_event.listens_for(Session, "after_commit")
 def _wake_relays(session: Session) -> None:
     if session.in_nested_transaction():
         return
-    staged: list[OutboxMessage] | None = session.info.pop("kizuna_outbox_staged", None)
+    staged: list[OutboxMessage | Staged] | None = session.info.pop(_STAGED, None)
     if staged:
-        committed = [
-            Staged(row.id, row.event_id, row.subject, row.payload, row.headers)
-            for row in staged
-            if row.id is not None and sa_inspect(row).persistent
-        ]
+        committed: list[Staged] = []
+        for row in staged:
+            if isinstance(row, Staged):
+                committed.append(row)
+            elif row.id is not None and sa_inspect(row).persistent:
+                committed.append(Staged(row.id, row.event_id, row.subject, row.payload, row.headers))
         for wake in list(_commit_listeners):
             wake(session.bind, committed)
 
@@ -215,7 +229,7 @@ def _wake_relays(session: Session) -> None:
 @sa_event.listens_for(Session, "after_rollback")
 def _forget_staged(session: Session) -> None:
     if not session.in_nested_transaction():
-        session.info.pop("kizuna_outbox_staged", None)
+        session.info.pop(_STAGED, None)
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ domain errors (`peer_error`), with the peer named, so the caller's own callers s
 A service that sells something earns its members points by publishing the earning contract
 (kizuna.points.v1 earning.proto) on its own stream, in the transaction of its business change:
 
-    publish_purchase(session, "shop", "paid", reference=order.id, member_id=m, paid_minor=9_000,
-                     currency="JPY", points_used=1_000, label=f"Order {order.id}", at=now)
+    await publish_purchase(session, "shop", "paid", reference=order.id, member_id=m, paid_minor=9_000,
+                           currency="JPY", points_used=1_000, label=f"Order {order.id}", at=now)
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ PURCHASE_STAGES: dict[str, Any] = {
 }
 
 
-def publish_purchase(
+async def publish_purchase(
     session: AsyncSession,
     service: str,
     stage: str,
@@ -172,4 +172,4 @@ def publish_purchase(
     if stage == "refunded":
         fields.update(refund_reference=refund_reference, refunded=Money(amount_minor=refunded_minor, currency=currency))
     message = PURCHASE_STAGES[stage](**fields)
-    return publish(session, f"{service}.purchase.{stage}", message, member_id=member_id)
+    return await publish(session, f"{service}.purchase.{stage}", message, member_id=member_id)

@@ -58,7 +58,7 @@ def erasure_consumer(service: str, privacy: Privacy) -> Consumer:
         await privacy.erase(session, request.member_id)
         completed_at = Timestamp()
         completed_at.FromDatetime(utcnow())
-        publish(
+        await publish(
             session,
             erased_subject(service),
             identity_events.ErasureCompleted(member_id=request.member_id, service=service, completed_at=completed_at),
