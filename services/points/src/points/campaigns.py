@@ -20,7 +20,9 @@ from typing import Any, Literal
 
 from kizuna.kit.errors import AlreadyExists, InvalidArgument
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
-from sqlmodel import col, select
+from sqlalchemy import Row, bindparam
+from sqlalchemy import select as core_select
+from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from ulid import ULID
 
@@ -90,11 +92,23 @@ async def create(
     return row
 
 
-async def live(session: AsyncSession, kind: str, now: datetime) -> list[CampaignRow]:
-    query = select(CampaignRow).where(
-        CampaignRow.kind == kind, col(CampaignRow.starts_at) <= now, col(CampaignRow.ends_at) > now
+CAMPAIGNS = SQLModel.metadata.tables["points_campaign"]
+_LIVE = (
+    core_select(CAMPAIGNS)
+    .where(
+        CAMPAIGNS.c.kind == bindparam("kind"),
+        CAMPAIGNS.c.starts_at <= bindparam("now"),
+        CAMPAIGNS.c.ends_at > bindparam("now"),
     )
-    return list((await session.exec(query.order_by(col(CampaignRow.created_at)))).all())
+    .order_by(CAMPAIGNS.c.created_at)
+)
+
+
+async def live(session: AsyncSession, kind: str, now: datetime) -> list[Row[Any]]:
+    """The campaigns of `kind` live at `now`, oldest first: rows with CampaignRow's fields, read
+    with a core statement (every earning reads them; no ORM objects, no autoflush)."""
+    conn = await session.connection()
+    return list((await conn.execute(_LIVE, {"kind": kind, "now": now})).all())
 
 
 async def with_campaigns(
