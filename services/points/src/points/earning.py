@@ -29,7 +29,7 @@ from kizuna.kit.events import Consumer, Event, durable_name
 from kizuna.kit.natsauth import earning_purpose
 from kizuna.kit.service import Runtime
 from kizuna.points.v1 import earning_pb2 as earning
-from sqlalchemy import func
+from sqlalchemy import bindparam, func
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -145,14 +145,17 @@ async def apply(
     return row
 
 
+# Built once: every purchase event locks its row.
+_LOCK_PURCHASE = (
+    select(PendingEarn)
+    .where(PendingEarn.source_service == bindparam("service"), PendingEarn.source_ref == bindparam("ref"))
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
+
+
 async def _lock_purchase(session: AsyncSession, service: str, ref: str) -> PendingEarn | None:
-    query = (
-        select(PendingEarn)
-        .where(PendingEarn.source_service == service, PendingEarn.source_ref == ref)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    return (await session.exec(query)).first()
+    return (await session.exec(_LOCK_PURCHASE, params={"service": service, "ref": ref})).first()
 
 
 async def _record_refund(session: AsyncSession, row: PendingEarn, message: Any, now: datetime) -> None:

@@ -1060,9 +1060,8 @@ class ConsumerWorker:
                     # and one still being handled by another delivery waits for it on the key.
                     conn = await session.connection()  # Core, past the ORM's bulk-insert machinery
                     recorded = await conn.execute(
-                        self._record_inbox.values(
-                            consumer=name, event_id=event.id, subject=msg.subject, processed_at=utcnow()
-                        )
+                        self._record_inbox,
+                        {"consumer": name, "event_id": event.id, "subject": msg.subject, "processed_at": utcnow()},
                     )
                     if recorded.first() is None:
                         raise _Duplicate
@@ -1085,7 +1084,9 @@ class ConsumerWorker:
 
     @functools.cached_property
     def _record_inbox(self) -> ReturningInsert[tuple[str]]:
-        """INSERT of the inbox row that does nothing (and returns no row) when it is there already."""
+        """INSERT of the inbox row that does nothing (and returns no row) when it is there already;
+        built once, its values passed as parameters (a statement built per event costs its
+        construction and a fresh cache key every time)."""
         if self.db.is_sqlite:
             statement = sqlite_insert(InboxMessage).on_conflict_do_nothing(index_elements=["consumer", "event_id"])
             return statement.returning(col(InboxMessage.event_id))
