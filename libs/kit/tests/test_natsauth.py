@@ -29,6 +29,7 @@ from kizuna.kit.events import (
     Event,
     InboxMessage,
     OutboxMessage,
+    UndeclaredConsumer,
     command_sender,
     durable_name,
 )
@@ -653,3 +654,28 @@ async def test_a_service_cannot_take_look_at_delete_or_recreate_anothers_durable
     assert "error" not in json.loads(reply.data), reply.data
     info = await harness.consumer_info("IDENTITY", "points-members")
     assert (info.config.filter_subject, info.config.inactive_threshold) == ("identity.access.revoked", 1.0)
+
+
+async def test_an_undeclared_consumer_fails_at_start_naming_its_declaration(
+    server: NatsServer, fresh_streams: Client, tmp_path: Path
+) -> None:
+    """The broker lets a service use only the durable consumers its declaration names; one that is
+    not declared fails at once, saying what to declare, not with a timeout from the broker."""
+    db = await _kit_tables(f"sqlite+aiosqlite:///{tmp_path / 'points.db'}")
+
+    async def handle(_session: object, _event: Event) -> None:
+        raise AssertionError("nothing is delivered to an undeclared consumer")
+
+    nc = await nats.connect(**natsauth.connect_options("points", server.address, "points", server.passwords["points"]))
+    try:
+        worker = ConsumerWorker(Consumer("points-audit", ["shop.purchase.>"], handle), db, nc.jetstream(timeout=1))
+        with pytest.raises(UndeclaredConsumer) as refused:
+            await worker.subscribe()
+        assert "'points-audit'" in str(refused.value)
+        assert '[events] consumers = { audit = "shop" }' in str(refused.value)
+        declared = ConsumerWorker(Consumer("points-shop-earn", ["shop.purchase.>"], handle), db, nc.jetstream())
+        await declared.subscribe()  # the same service, stream and subjects, declared: no error
+        await declared.close()
+    finally:
+        await nc.close()
+        await db.dispose()

@@ -842,6 +842,10 @@ class _Duplicate(Exception):
     """The inbox already holds the event: its effect was committed by an earlier delivery."""
 
 
+class UndeclaredConsumer(RuntimeError):
+    """A durable consumer NATS would not let the service create or use (see ConsumerWorker.subscribe)."""
+
+
 @dataclass
 class ConsumerWorker:
     """Runs one `Consumer` against JetStream and the service database."""
@@ -884,7 +888,23 @@ class ConsumerWorker:
         return 1 if self.db.is_sqlite else max(1, self.consumer.concurrency)
 
     async def subscribe(self) -> None:
-        """Create (or bind to) the durable consumer; its stream is created if its producer is not up yet."""
+        """Create (or bind to) the durable consumer; its stream is created if its producer is not up yet.
+        Raises UndeclaredConsumer when NATS does not answer: what the broker does with a durable
+        consumer the service's declaration does not name."""
+        try:
+            await self._subscribe()
+        except nats.errors.TimeoutError as exc:
+            c = self.consumer
+            service = self.service_name
+            purpose = c.name.removeprefix(f"{service}-")
+            raise UndeclaredConsumer(
+                f"durable consumer {c.name!r} on stream {c.stream}: NATS did not answer. The broker lets a "
+                f"service use only the durable consumers its declaration names and answers any other with "
+                f"silence (its log says 'permissions violation'): declare it in {service}'s service.toml, "
+                f'[events] consumers = {{ {purpose} = "{c.stream.lower()}" }}, or check that NATS is up.'
+            ) from exc
+
+    async def _subscribe(self) -> None:
         c = self.consumer
         await ensure_stream(
             self.js, c.stream, replicas=self.stream_replicas, owner=c.stream == self.service_name.upper()
