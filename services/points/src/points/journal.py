@@ -85,8 +85,9 @@ _WALLET_COLUMN_SET = frozenset(_WALLET_COLUMNS)
 
 async def flush_before_sql(session: AsyncSession, wallet: Wallet | None) -> None:
     """Flush what the ORM holds before statements of our own read or write the tables, unless all
-    it holds is changes to the wallet's ledger columns: the entry's statement writes those (the
-    session's own flush at commit, where no entry follows), so no UPDATE of the wallet goes first."""
+    it holds is changes to the wallet's ledger columns, which none of those statements read: on
+    PostgreSQL the entry's statement writes them (the flush at commit, where no entry follows or
+    on SQLite), so no UPDATE of the wallet goes out ahead of it."""
     if not (session.new or session.dirty or session.deleted):
         return
     dirty = session.dirty
