@@ -29,8 +29,8 @@ from kizuna.kit.events import Consumer, Event, durable_name
 from kizuna.kit.natsauth import earning_purpose
 from kizuna.kit.service import Runtime
 from kizuna.points.v1 import earning_pb2 as earning
-from sqlalchemy import bindparam, func
-from sqlmodel import select
+from sqlalchemy import bindparam, func, insert
+from sqlmodel import SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from points import bounds, crediting, ledger, rewards, wallets
@@ -111,7 +111,7 @@ async def apply(
         await wallets.settle_due(session, wallet, now)
     row = await _lock_purchase(session, service, ref)
     if row is None:
-        # Added to the session only at the end, so it is written once with what the facts call
+        # Written only at the end (see below), once, with what the facts call
         # for (one INSERT, not an INSERT and an UPDATE per flush on the way); nothing before then
         # reads it, and the wallet lock keeps any other event of the purchase waiting.
         row = PendingEarn(
@@ -141,10 +141,15 @@ async def apply(
     elif stage == "refunded":
         await _record_refund(session, row, message, now)
     await _reconcile(settings, session, wallet, row, now, earner, key)
-    session.add(row)
+    if row not in session:
+        # Seen for the first time: one INSERT now, not an ORM object for the commit's flush to
+        # write (a purchase read and locked above is updated by that flush).
+        conn = await session.connection()
+        await conn.execute(_INSERT_PURCHASE, row.model_dump())
     return row
 
 
+_INSERT_PURCHASE = insert(SQLModel.metadata.tables["points_pending_earn"])
 # Built once: every purchase event locks its row.
 _LOCK_PURCHASE = (
     select(PendingEarn)
