@@ -111,9 +111,9 @@ async def apply(
         await wallets.settle_due(session, wallet, now)
     row = await _lock_purchase(session, service, ref)
     if row is None:
-        # Written only at the end (see below), once, with what the facts call
-        # for (one INSERT, not an INSERT and an UPDATE per flush on the way); nothing before then
-        # reads it, and the wallet lock keeps any other event of the purchase waiting.
+        # Written once, at the end (below), with what the facts call for: one INSERT, not an
+        # INSERT and an UPDATE per flush on the way. Nothing before then reads it, and the wallet
+        # lock keeps any other event of the purchase waiting.
         row = PendingEarn(
             source_service=service,
             source_ref=ref,

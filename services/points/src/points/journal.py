@@ -88,10 +88,10 @@ async def flush_before_sql(session: AsyncSession, wallet: Wallet | None) -> None
     it holds is changes to the wallet's ledger columns, which none of those statements read: on
     PostgreSQL the entry's statement writes them (the flush at commit, where no entry follows or
     on SQLite), so no UPDATE of the wallet goes out ahead of it."""
-    if not (session.new or session.dirty or session.deleted):
+    new, dirty, deleted = session.new, session.dirty, session.deleted  # each a set built when asked
+    if not (new or dirty or deleted):
         return
-    dirty = session.dirty
-    if wallet is not None and not (session.new or session.deleted) and len(dirty) == 1 and wallet in dirty:
+    if wallet is not None and not (new or deleted) and len(dirty) == 1 and wallet in dirty:
         state = orm_state(wallet)
         if set(state.mapper.column_attrs.keys()) - state.unmodified <= _WALLET_COLUMN_SET:
             return

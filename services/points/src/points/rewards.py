@@ -16,10 +16,7 @@ from points import campaigns, ledger
 from points.bounds import Limits, check_money
 from points.crediting import credit
 from points.ledger import LIMITED_TIME, REGULAR
-from points.models import (
-    ServiceUse,
-    Wallet,
-)
+from points.models import Wallet
 from points.wallets import require_active
 
 
@@ -36,19 +33,7 @@ class Earned:
     bonus_entry_id: str = ""
 
 
-async def services_used(session: AsyncSession, member_id: str, month: str) -> list[str]:
-    return sorted(
-        (
-            await session.exec(
-                select(ServiceUse.service).where(ServiceUse.member_id == member_id, ServiceUse.month == month)
-            )
-        ).all()
-    )
-
-
 USES = SQLModel.metadata.tables["points_service_use"]
-
-
 _USE: dict[str, BindParameter[str]] = {
     "member_id": bindparam("member_id"),
     "month": bindparam("month"),
@@ -62,18 +47,22 @@ _ADDED = pg_insert(USES).values(_USE).on_conflict_do_nothing().returning(USES.c.
 _RECORD_AND_LIST_PG = union(_USED, select(_ADDED.c.service))
 
 
+async def services_used(session: AsyncSession, member_id: str, month: str) -> list[str]:
+    conn = await session.connection()
+    return sorted((await conn.execute(_USED, {"member_id": member_id, "month": month})).scalars().all())
+
+
 async def record_service_use(session: AsyncSession, member_id: str, service: str, now: datetime) -> list[str]:
     """Record that the member used `service` this month (once); returns the services they used
     this month, this one included, sorted. Core statements on the session's connection: no
     autoflush of the wallet's pending changes (the entry's statement writes those)."""
     conn = await session.connection()
-    params = {"member_id": member_id, "month": ledger.month_key(now), "service": service}
-    if conn.dialect.name == "postgresql":
-        used = (await conn.execute(_RECORD_AND_LIST_PG, params)).scalars().all()
-    else:
+    month = ledger.month_key(now)
+    params = {"member_id": member_id, "month": month, "service": service}
+    if conn.dialect.name != "postgresql":
         await conn.execute(_RECORD_USE_SQLITE, params)
-        used = (await conn.execute(_USED, params)).scalars().all()
-    return sorted(used)
+        return await services_used(session, member_id, month)
+    return sorted((await conn.execute(_RECORD_AND_LIST_PG, params)).scalars().all())
 
 
 async def quote_and_count(
