@@ -11,7 +11,7 @@ from typing import Any, NamedTuple, NoReturn
 from kizuna.kit.errors import (
     InvalidArgument,
 )
-from sqlalchemy import BigInteger, Integer, bindparam, func, text
+from sqlalchemy import ARRAY, BigInteger, Integer, String, bindparam, func, text
 from sqlalchemy import select as core_select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import SQLModel
@@ -83,7 +83,7 @@ async def charge_budget(
     day = now.date().isoformat()
     budget = limits.daily_budget(service)
     conn = await session.connection()
-    shard = zlib.crc32(member_id.encode()) % BUDGET_SHARDS
+    shard = budget_shard(member_id)
     if conn.dialect.name == "postgresql":
         params = {"service": service, "day": day, "shard": shard, "amount": amount, "budget": budget}
         used = (await conn.execute(_CHARGE_PG, params)).scalar_one()
@@ -105,6 +105,64 @@ async def charge_budget(
             index_elements=["service", "day", "shard"], set_={"points": DAILY.c.points + statement.excluded.points}
         )
     )
+
+
+def budget_shard(member_id: str) -> int:
+    return zlib.crc32(member_id.encode()) % BUDGET_SHARDS
+
+
+_USED_MANY_PG = text("""SELECT service, coalesce(sum(points), 0)::bigint AS points FROM points_daily_credit
+WHERE day = :day AND service = ANY(:services) GROUP BY service""").bindparams(
+    bindparam("services", type_=ARRAY(String()))
+)
+# Shard rows in one order, so two of these never wait on each other in a cycle.
+_CHARGE_MANY_PG = text("""INSERT INTO points_daily_credit (service, day, shard, points)
+SELECT c.service, :day, c.shard, c.points FROM unnest(:services, :shards, :points) AS c(service, shard, points)
+ORDER BY c.service, c.shard
+ON CONFLICT (service, day, shard) DO UPDATE SET points = points_daily_credit.points + excluded.points""").bindparams(
+    bindparam("services", type_=ARRAY(String())),
+    bindparam("shards", type_=ARRAY(Integer())),
+    bindparam("points", type_=ARRAY(BigInteger())),
+)
+
+
+class Budgets:
+    """The daily budgets of many credits in one transaction (PostgreSQL): each service's count read
+    once, each credit checked against it in turn, the charges written in one statement. Two such
+    transactions in flight at once may together pass a budget by at most one of them."""
+
+    def __init__(self, limits: Limits, now: datetime) -> None:
+        self.limits = limits
+        self.day = now.date().isoformat()
+        self.used: dict[str, int] = {}
+        self.charges: dict[tuple[str, int], int] = {}
+
+    async def load(self, session: AsyncSession, services: set[str]) -> None:
+        conn = await session.connection()
+        rows = await conn.execute(_USED_MANY_PG, {"day": self.day, "services": sorted(services)})
+        self.used = dict.fromkeys(services, 0) | {row.service: row.points for row in rows}
+
+    def charge(self, service: str, member_id: str, amount: int) -> None:
+        """Count `amount` against `service` or refuse it (OverBudget), as `charge_budget` does."""
+        used, budget = self.used[service], self.limits.daily_budget(service)
+        if used + amount > budget:
+            _refuse(service, used, budget, amount)
+        self.used[service] = used + amount
+        shard = (service, budget_shard(member_id))
+        self.charges[shard] = self.charges.get(shard, 0) + amount
+
+    async def write(self, session: AsyncSession) -> None:
+        if not self.charges:
+            return
+        conn = await session.connection()
+        shards = sorted(self.charges)
+        params = {
+            "day": self.day,
+            "services": [service for service, _ in shards],
+            "shards": [shard for _, shard in shards],
+            "points": [self.charges[shard] for shard in shards],
+        }
+        await conn.execute(_CHARGE_MANY_PG, params)
 
 
 def _refuse(service: str, used: int, budget: int, amount: int) -> NoReturn:

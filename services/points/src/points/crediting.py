@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from kizuna.kit.events import publish
@@ -60,6 +61,83 @@ _FREEZE_LAPSED_ROLLING = (
 )
 
 
+def check_credit(amount: int, kind: str, expires_at: datetime | None, now: datetime, limits: Limits) -> None:
+    """What a credit's request must be, whoever's wallet it goes to."""
+    check_points(amount, limits)
+    if kind == LIMITED_TIME and (expires_at is None or expires_at <= now):
+        raise InvalidArgument("limited-time points need an expires_at in the future")
+    if expires_at is not None and expires_at <= now:
+        raise InvalidArgument("expires_at must be in the future")
+
+
+class CreditPlan(NamedTuple):
+    postings: dict[str, int]
+    explanation: str
+    lot: NewLot
+
+
+def plan_credit(
+    wallet: Wallet,
+    now: datetime,
+    *,
+    amount: int,
+    kind: str,
+    reason: str,
+    source_service: str,
+    expires_at: datetime | None,
+    regular_expiry_months: int,
+) -> CreditPlan:
+    """Move the wallet's rolling expiry and count the new lot's points (in memory); the entry to
+    post. The wallet's rolling expiry must not have lapsed (see `credit`)."""
+    rolling_until = ledger.add_months(now, regular_expiry_months)
+    wallet.rolling_expires_at = rolling_until
+    wallet.last_earned_at = now
+    repaid, to_lot = ledger.plan_credit(amount, wallet.debt)
+    lot_expires = expires_at or rolling_until
+    count_lot_points(wallet, kind, expires_at is None, to_lot)
+    member_id = wallet.member_id
+    return CreditPlan(
+        postings={
+            account_issued(source_service): -amount,
+            account_available(member_id): to_lot,
+            account_debt(member_id): repaid,
+        },
+        explanation=reason + (f" ({repaid} repaid debt)" if repaid else ""),
+        lot=NewLot(kind=kind, rolling=expires_at is None, amount=amount, remaining=to_lot, expires_at=lot_expires),
+    )
+
+
+def credited_event(
+    entry_id: str,
+    wallet: Wallet,
+    now: datetime,
+    plan: CreditPlan,
+    *,
+    reason: str,
+    source_service: str,
+    source_ref: str,
+    key: str,
+) -> ev.Credited:
+    return ev.Credited(
+        entry_id=entry_id,
+        member_id=wallet.member_id,
+        amount=plan.lot.amount,
+        kind=LOT_KIND[plan.lot.kind],
+        reason=reason,
+        source_service=source_service,
+        source_ref=source_ref,
+        expires_at=ts(plan.lot.expires_at),
+        balance_after=wallet.available,
+        idempotency_key=key,
+        credited_at=ts(now),
+    )
+
+
+def lapsed(wallet: Wallet, now: datetime) -> bool:
+    """The member's rolling expiry passed before this moment (see `credit`)."""
+    return wallet.rolling_expires_at is not None and wallet.rolling_expires_at <= now
+
+
 async def credit(
     session: AsyncSession,
     wallet: Wallet | None,
@@ -76,59 +154,41 @@ async def credit(
     regular_expiry_months: int,
     limits: Limits,
 ) -> Credited:
-    check_points(amount, limits)
-    if kind == LIMITED_TIME and (expires_at is None or expires_at <= now):
-        raise InvalidArgument("limited-time points need an expires_at in the future")
-    if expires_at is not None and expires_at <= now:
-        raise InvalidArgument("expires_at must be in the future")
+    check_credit(amount, kind, expires_at, now, limits)
     wallet = require_active(wallet, member_id)
-    rolling_until = ledger.add_months(now, regular_expiry_months)
     await flush_before_sql(session, wallet)  # what settling changed through the ORM
     await charge_budget(session, source_service, member_id, amount, now, limits)
     conn = await session.connection()
     # Earning moves the rolling expiry of the member's regular lots: once, on the wallet.
-    lapsed = wallet.rolling_expires_at
-    if lapsed is not None and lapsed <= now:
-        frozen = (await conn.execute(_FREEZE_LAPSED_ROLLING, {"member": member_id, "lapsed": lapsed})).scalars()
+    if lapsed(wallet, now):
+        params = {"member": member_id, "lapsed": wallet.rolling_expires_at}
+        frozen = (await conn.execute(_FREEZE_LAPSED_ROLLING, params)).scalars()
         wallet.rolling_points -= sum(frozen)  # still theirs until they are expired, as fixed-date points
-    wallet.rolling_expires_at = rolling_until
-    wallet.last_earned_at = now
-    repaid, to_lot = ledger.plan_credit(amount, wallet.debt)
-    lot_expires = expires_at or rolling_until
-    count_lot_points(wallet, kind, expires_at is None, to_lot)
+    plan = plan_credit(
+        wallet,
+        now,
+        amount=amount,
+        kind=kind,
+        reason=reason,
+        source_service=source_service,
+        expires_at=expires_at,
+        regular_expiry_months=regular_expiry_months,
+    )
     entry = await post_entry(
         session,
         wallet,
         kind="credit",
-        postings={
-            account_issued(source_service): -amount,
-            account_available(member_id): to_lot,
-            account_debt(member_id): repaid,
-        },
-        explanation=reason + (f" ({repaid} repaid debt)" if repaid else ""),
+        postings=plan.postings,
+        explanation=plan.explanation,
         source_service=source_service,
         source_ref=source_ref,
         now=now,
-        lot=NewLot(kind=kind, rolling=expires_at is None, amount=amount, remaining=to_lot, expires_at=lot_expires),
+        lot=plan.lot,
     )
-    await publish(
-        session,
-        "points.ledger.credited",
-        ev.Credited(
-            entry_id=entry.entry_id,
-            member_id=member_id,
-            amount=amount,
-            kind=LOT_KIND[kind],
-            reason=reason,
-            source_service=source_service,
-            source_ref=source_ref,
-            expires_at=ts(lot_expires),
-            balance_after=wallet.available,
-            idempotency_key=key,
-            credited_at=ts(now),
-        ),
-        member_id=member_id,
+    event = credited_event(
+        entry.entry_id, wallet, now, plan, reason=reason, source_service=source_service, source_ref=source_ref, key=key
     )
+    await publish(session, "points.ledger.credited", event, member_id=member_id)
     count_on_commit(session, points_credited, amount, source_service)
     return Credited(entry_id=entry.entry_id, balance_after=wallet.available)
 

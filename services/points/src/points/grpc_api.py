@@ -11,9 +11,11 @@ from kizuna.kit.errors import InvalidArgument, PermissionDenied
 from kizuna.kit.service import Runtime
 from kizuna.points.v1 import points_pb2 as pb
 from kizuna.points.v1 import points_pb2_grpc
+from opentelemetry import context as otel_context
 
 from points import balances, campaigns, crediting, explain, ledger, rewards, spending
 from points.bounds import Limits, check_money
+from points.group_commit import CreditCall, CreditGroups
 from points.idempotency import Ledger
 from points.journal import ts
 from points.ledger import LIMITED_TIME, REGULAR, Clock
@@ -176,6 +178,13 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
         self.ledger = ledger_of(runtime)
         self.db = runtime.db
         self.limits = Limits.of(runtime.settings)
+        # Credits commit in groups on PostgreSQL (SQLite has one writer at a time anyway).
+        self.credit_groups = (
+            CreditGroups(self.ledger, self.limits, runtime.settings.regular_expiry_months)
+            if runtime.settings.credit_group_commit and runtime.db.engine.dialect.name == "postgresql"
+            else None
+        )
+        runtime.state["credit_groups"] = self.credit_groups
 
     async def GetBalance(self, request: pb.GetBalanceRequest, context: Any) -> pb.GetBalanceResponse:
         _may_read(current_call(), request.member_id)
@@ -243,6 +252,11 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
         service = _own_service(caller, request.source_service)
         kind = CREDIT_KINDS.get(request.kind)
         expires_at = request.expires_at.ToDatetime(tzinfo=UTC) if request.HasField("expires_at") else None
+        if self.credit_groups is not None:
+            call = CreditCall(caller, service, request, kind, expires_at, otel_context.get_current())
+            done = await self.credit_groups.credit(call)
+            if done is not None:
+                return done
 
         async def effect(session: Any, wallet: Any, now: Any) -> pb.CreditResponse:
             if kind is None:

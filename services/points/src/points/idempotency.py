@@ -31,7 +31,7 @@ from points.wallets import NOT_REMEMBERED, Member, lock_for_operation, settle_du
 
 R = TypeVar("R", bound=Message)
 
-_INSERT_RECORD = insert(RECORDS)
+INSERT_RECORD = insert(RECORDS)
 
 
 def request_hash(operation: str, request: Message) -> str:
@@ -57,7 +57,7 @@ _ERRORS: dict[str, type[DomainError]] = {
 Effect = Callable[[AsyncSession, Wallet | None, datetime], Awaitable[R]]
 
 
-def _replay(record: Any, operation: str, digest: str, key: str, response_type: type[R]) -> R | DomainError:
+def replay(record: Any, operation: str, digest: str, key: str, response_type: type[R]) -> R | DomainError:
     if record.operation != operation or record.request_hash != digest:
         return AlreadyExists(f"idempotency key {key!r} was already used with a different request")
     if record.error_code is not None:
@@ -67,12 +67,25 @@ def _replay(record: Any, operation: str, digest: str, key: str, response_type: t
     return response
 
 
-def _check_key(key: str) -> DomainError | None:
+def check_key(key: str) -> DomainError | None:
     if not key:
         return InvalidArgument("idempotency_key is required")
     if len(key) > 200:
         return InvalidArgument("idempotency_key is longer than 200 characters")
     return None
+
+
+def record_values(
+    caller: str, key: str, operation: str, digest: str, now: datetime, outcome: Message | DomainError
+) -> dict[str, Any]:
+    """The idempotency record of a first outcome (every column, so many go in one executemany)."""
+    values: dict[str, Any] = {"caller": caller, "key": key, "operation": operation, "request_hash": digest}
+    if isinstance(outcome, DomainError):
+        values.update(response=None, error_code=outcome.code, error_message=outcome.message)
+    else:
+        values.update(response=outcome.SerializeToString(deterministic=True), error_code=None, error_message=None)
+    values["created_at"] = now
+    return values
 
 
 async def _remember(
@@ -84,20 +97,10 @@ async def _remember(
     now: datetime,
     outcome: Message | DomainError,
 ) -> None:
-    values: dict[str, Any] = {
-        "caller": caller,
-        "key": key,
-        "operation": operation,
-        "request_hash": digest,
-        "created_at": now,
-    }
-    if isinstance(outcome, DomainError):
-        values.update(error_code=outcome.code, error_message=outcome.message)
-    else:
-        values.update(response=outcome.SerializeToString(deterministic=True))
+    values = record_values(caller, key, operation, digest, now, outcome)
     await session.flush()  # the effect's ORM changes go first, so a key race fails before commit
     conn = await session.connection()
-    await conn.execute(_INSERT_RECORD, values)
+    await conn.execute(INSERT_RECORD, values)
 
 
 async def apply_idempotent(
@@ -121,13 +124,13 @@ async def apply_idempotent(
     savepoint and remembered here; without it the rejection is raised, the caller rolls the whole
     transaction back and remembers it with `remember_rejection` (one round trip less per call).
     """
-    invalid = _check_key(key)
+    invalid = check_key(key)
     if invalid is not None:
         return invalid
     digest = request_hash(operation, request)
     locked = await lock_for_operation(session, member or Member(member_id or ""), caller, key, now)
     if locked.record is not None:
-        return _replay(locked.record, operation, digest, key, response_type)
+        return replay(locked.record, operation, digest, key, response_type)
     wallet = locked.wallet
     if wallet is not None and wallet.status == "active" and locked.due:
         await settle_due(session, wallet, now)
@@ -163,7 +166,7 @@ async def remember_rejection(
     digest = request_hash(operation, request)
     locked = await lock_for_operation(session, member, caller, key, now)
     if locked.record is not None:
-        return _replay(locked.record, operation, digest, key, response_type)
+        return replay(locked.record, operation, digest, key, response_type)
     await _remember(session, caller, key, operation, digest, now, rejection)
     return rejection
 

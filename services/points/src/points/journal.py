@@ -4,7 +4,7 @@ same transaction; the tables and the helpers every ledger module shares."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.points.v1 import points_pb2 as pb
@@ -146,6 +146,23 @@ _ENTRY_PG = _entry_statement_pg(False)
 _ENTRY_AND_LOT_PG = _entry_statement_pg(True)
 
 
+def apply_postings(wallet: Wallet, kind: str, postings: dict[str, int]) -> tuple[dict[str, int], int]:
+    """Apply a balanced entry's postings to the member's balances (in memory); the postings that
+    move anything, and how much the member's own accounts change."""
+    postings = {account: amount for account, amount in postings.items() if amount != 0}
+    if sum(postings.values()) != 0:
+        raise AssertionError(f"unbalanced entry {kind}: {postings}")
+    member = wallet.member_id
+    wallet.available += postings.get(account_available(member), 0)
+    wallet.held += postings.get(account_held(member), 0)
+    wallet.debt -= postings.get(account_debt(member), 0)
+    if min(wallet.available, wallet.held, wallet.debt, wallet.limited_time, wallet.rolling_points) < 0:
+        raise AssertionError(f"entry {kind} would make a balance negative: {postings}")
+    if wallet.limited_time + wallet.rolling_points > wallet.available:
+        raise AssertionError(f"entry {kind}: the wallet's limited-time and rolling points exceed its balance")
+    return postings, sum(v for a, v in postings.items() if a.startswith(f"member:{member}:"))
+
+
 async def post_entry(
     session: AsyncSession,
     wallet: Wallet,
@@ -160,18 +177,8 @@ async def post_entry(
 ) -> Posted:
     """Write one balanced entry and apply its postings to the member's balance rows (and, for a
     credit, the lot it adds)."""
-    postings = {account: amount for account, amount in postings.items() if amount != 0}
-    if sum(postings.values()) != 0:
-        raise AssertionError(f"unbalanced entry {kind}: {postings}")
+    postings, member_change = apply_postings(wallet, kind, postings)
     member = wallet.member_id
-    wallet.available += postings.get(account_available(member), 0)
-    wallet.held += postings.get(account_held(member), 0)
-    wallet.debt -= postings.get(account_debt(member), 0)
-    if min(wallet.available, wallet.held, wallet.debt, wallet.limited_time, wallet.rolling_points) < 0:
-        raise AssertionError(f"entry {kind} would make a balance negative: {postings}")
-    if wallet.limited_time + wallet.rolling_points > wallet.available:
-        raise AssertionError(f"entry {kind}: the wallet's limited-time and rolling points exceed its balance")
-    member_change = sum(v for a, v in postings.items() if a.startswith(f"member:{member}:"))
     entry_id = new_id("ent")
     conn = await session.connection()
     values = {
@@ -226,3 +233,120 @@ async def post_entry(
 class Posted(NamedTuple):
     id: int
     entry_id: str
+
+
+class PlannedEntry(NamedTuple):
+    """An entry decided in memory (its postings applied to the wallet with `apply_postings`),
+    written with others by `post_entries_pg`."""
+
+    entry_id: str
+    member_id: str
+    kind: str
+    amount: int
+    explanation: str
+    source_service: str
+    source_ref: str
+    created_at: datetime
+    postings: dict[str, int]
+    lot: NewLot | None
+
+
+def _entries_statement_pg() -> TextClause:
+    """PostgreSQL: many entries, their postings and lots (each in the order given) and the wallets'
+    new balances in one statement, whatever the number of entries."""
+    statement = text("""WITH e AS (
+  INSERT INTO points_entry (entry_id, member_id, kind, amount, explanation, source_service, source_ref, created_at)
+  SELECT u.entry_id, u.member_id, u.kind, u.amount, u.explanation, u.source_service, u.source_ref, u.created_at
+  FROM unnest(:entry_ids, :members, :kinds, :amounts, :explanations, :services, :refs, :created)
+    WITH ORDINALITY AS u(entry_id, member_id, kind, amount, explanation, source_service, source_ref, created_at, n)
+  ORDER BY u.n
+  RETURNING id, entry_id, member_id, source_service, created_at
+), postings AS (
+  INSERT INTO points_posting (entry_pk, account, amount)
+  SELECT e.id, p.account, p.amount
+  FROM unnest(:p_entries, :p_accounts, :p_amounts) WITH ORDINALITY AS p(entry_id, account, amount, n)
+  JOIN e ON e.entry_id = p.entry_id ORDER BY p.n
+), lots AS (
+  INSERT INTO points_lot (member_id, entry_pk, kind, rolling, amount, remaining, clawed_back, expired,
+    source_service, expires_at, created_at)
+  SELECT e.member_id, e.id, l.kind, l.rolling, l.amount, l.remaining, 0, 0, e.source_service, l.expires_at,
+    e.created_at
+  FROM unnest(:l_entries, :l_kinds, :l_rolling, :l_amounts, :l_remaining, :l_expires)
+    WITH ORDINALITY AS l(entry_id, kind, rolling, amount, remaining, expires_at, n)
+  JOIN e ON e.entry_id = l.entry_id
+  ORDER BY l.n
+), wallets AS (
+  UPDATE points_wallet SET available = v.available, held = v.held, debt = v.debt,
+    limited_time = v.limited_time, rolling_points = v.rolling_points, earn_month = v.earn_month,
+    earned_this_month = v.earned_this_month, last_earned_at = v.last_earned_at,
+    rolling_expires_at = v.rolling_expires_at
+  FROM unnest(:w_members, :w_available, :w_held, :w_debt, :w_limited_time, :w_rolling_points, :w_earn_month,
+    :w_earned_this_month, :w_last_earned_at, :w_rolling_expires_at)
+    AS v(member_id, available, held, debt, limited_time, rolling_points, earn_month, earned_this_month,
+      last_earned_at, rolling_expires_at)
+  WHERE points_wallet.member_id = v.member_id
+)
+SELECT count(*) FROM e""")
+    text_type, int_type, time_type = String(), BigInteger(), ENTRIES.c.created_at.type
+    arrays: dict[str, Any] = {
+        "entry_ids": text_type,
+        "members": text_type,
+        "kinds": text_type,
+        "amounts": int_type,
+        "explanations": text_type,
+        "services": text_type,
+        "refs": text_type,
+        "created": time_type,
+        "p_entries": text_type,
+        "p_accounts": text_type,
+        "p_amounts": int_type,
+        "l_entries": text_type,
+        "l_kinds": text_type,
+        "l_rolling": Boolean(),
+        "l_amounts": int_type,
+        "l_remaining": int_type,
+        "l_expires": time_type,
+        "w_members": text_type,
+        **{f"w_{c}": WALLETS.c[c].type for c in _WALLET_COLUMNS},
+    }
+    return statement.bindparams(*(bindparam(name, type_=ARRAY(item)) for name, item in arrays.items()))
+
+
+_ENTRIES_PG = _entries_statement_pg()
+
+
+async def post_entries_pg(session: AsyncSession, entries: list[PlannedEntry], wallets: list[Wallet]) -> None:
+    """Write planned entries (with their postings and lots) and the wallets' balances, on
+    PostgreSQL, in one round trip; the wallets' columns are then the ORM's committed state."""
+    if not entries:
+        return
+    postings = [(e.entry_id, account, amount) for e in entries for account, amount in e.postings.items()]
+    lots = [(e.entry_id, e.lot) for e in entries if e.lot is not None]
+    values: dict[str, list[Any]] = {
+        "entry_ids": [e.entry_id for e in entries],
+        "members": [e.member_id for e in entries],
+        "kinds": [e.kind for e in entries],
+        "amounts": [e.amount for e in entries],
+        "explanations": [e.explanation for e in entries],
+        "services": [e.source_service for e in entries],
+        "refs": [e.source_ref for e in entries],
+        "created": [e.created_at for e in entries],
+        "p_entries": [p[0] for p in postings],
+        "p_accounts": [p[1] for p in postings],
+        "p_amounts": [p[2] for p in postings],
+        "l_entries": [entry_id for entry_id, _ in lots],
+        "l_kinds": [lot.kind for _, lot in lots],
+        "l_rolling": [lot.rolling for _, lot in lots],
+        "l_amounts": [lot.amount for _, lot in lots],
+        "l_remaining": [lot.remaining for _, lot in lots],
+        "l_expires": [lot.expires_at for _, lot in lots],
+        "w_members": [w.member_id for w in wallets],
+        **{f"w_{c}": [getattr(w, c) for w in wallets] for c in _WALLET_COLUMNS},
+    }
+    conn = await session.connection()
+    written = (await conn.execute(_ENTRIES_PG, values)).scalar_one()
+    if written != len(entries):
+        raise AssertionError(f"{written} of {len(entries)} entries written")
+    for wallet in wallets:
+        for column in _WALLET_COLUMNS:
+            set_committed_value(wallet, column, getattr(wallet, column))

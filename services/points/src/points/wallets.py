@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 from kizuna.kit.errors import FailedPrecondition, NotFound
 from kizuna.kit.events import publish
 from kizuna.points.v1 import events_pb2 as ev
-from sqlalchemy import and_, bindparam, exists, or_
+from sqlalchemy import ARRAY, String, and_, any_, bindparam, exists, or_, text
 from sqlalchemy import select as core_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -61,9 +61,9 @@ _RECORD_COLUMNS = (
 )
 
 
-def _lock_query(by_reservation: bool) -> Any:
-    """Lock the member's wallet, learn whether anything is due, and fetch the idempotency record of
-    (caller, key): one statement, built once (bind parameters: member, caller, key, now)."""
+def _due_columns() -> tuple[Any, Any]:
+    """Whether anything of the wallet's member is due at `now` (bind parameter): a timed-out
+    reservation (due_r), an expired lot (due_l)."""
     now = bindparam("now", type_=LOTS.c.expires_at.type)
     due_reservation = exists().where(
         RESERVATIONS.c.member_id == Wallet.member_id, RESERVATIONS.c.status == "open", RESERVATIONS.c.expires_at <= now
@@ -77,7 +77,12 @@ def _lock_query(by_reservation: bool) -> Any:
         col(Wallet.rolling_expires_at) <= now,
         exists().where(LOTS.c.member_id == Wallet.member_id, LOTS.c.rolling.is_(True), LOTS.c.remaining > 0),
     )
-    due_lot = or_(due_fixed, due_rolling)
+    return due_reservation.label("due_r"), or_(due_fixed, due_rolling).label("due_l")
+
+
+def _lock_query(by_reservation: bool) -> Any:
+    """Lock the member's wallet, learn whether anything is due, and fetch the idempotency record of
+    (caller, key): one statement, built once (bind parameters: member, caller, key, now)."""
     if by_reservation:
         owner: Any = (
             core_select(RESERVATIONS.c.member_id)
@@ -94,7 +99,7 @@ def _lock_query(by_reservation: bool) -> Any:
         owner = bindparam("member")
     return (
         # sqlmodel's select() is typed for up to four columns; its Select takes any number.
-        Select(Wallet, due_reservation.label("due_r"), due_lot.label("due_l"), *_RECORD_COLUMNS)
+        Select(Wallet, *_due_columns(), *_RECORD_COLUMNS)
         .select_from(Wallet)
         .outerjoin(RECORDS, and_(RECORDS.c.caller == bindparam("caller"), RECORDS.c.key == bindparam("key")))
         .where(Wallet.member_id == owner)
@@ -108,6 +113,35 @@ _LOCK_BY_RESERVATION = _lock_query(True)
 _RECORD_QUERY = core_select(*_RECORD_COLUMNS).where(
     RECORDS.c.caller == bindparam("caller"), RECORDS.c.key == bindparam("key")
 )
+# Several wallets, locked in member order: two transactions locking wallets this way never wait on
+# each other in a cycle (every other lock takes one wallet).
+_LOCK_MANY: Any = (
+    Select(Wallet, *_due_columns())
+    .where(col(Wallet.member_id) == any_(bindparam("members", type_=ARRAY(String()))))
+    .order_by(col(Wallet.member_id))
+    .with_for_update(of=Wallet)
+    .execution_options(populate_existing=True)
+)
+# The idempotency records of several (caller, key) pairs.
+_RECORDS_MANY = text("""SELECT r.caller, r.key, r.operation, r.request_hash, r.response, r.error_code,
+  r.error_message
+FROM unnest(:callers, :keys) AS k(caller, key)
+JOIN points_idempotency r ON r.caller = k.caller AND r.key = k.key""").bindparams(
+    bindparam("callers", type_=ARRAY(String())), bindparam("keys", type_=ARRAY(String()))
+)
+
+
+async def lock_wallets(session: AsyncSession, members: list[str], now: datetime) -> dict[str, tuple[Wallet, bool]]:
+    """The wallets of those members that have one, locked, each with whether anything is due."""
+    rows = (await session.exec(_LOCK_MANY, params={"members": sorted(set(members)), "now": now})).all()
+    return {row[0].member_id: (row[0], bool(row[1] or row[2])) for row in rows}
+
+
+async def records_of(session: AsyncSession, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+    """The idempotency records of (caller, key) pairs, where there are any."""
+    conn = await session.connection()
+    params = {"callers": [caller for caller, _ in pairs], "keys": [key for _, key in pairs]}
+    return {(row.caller, row.key): row for row in await conn.execute(_RECORDS_MANY, params)}
 
 
 async def lock_for_operation(session: AsyncSession, member: Member, caller: str, key: str, now: datetime) -> Locked:

@@ -1,0 +1,189 @@
+"""Group commit (PostgreSQL): Credit calls that arrive while a transaction is on its way commit
+together in the next one, and each keeps the outcome it would have had alone: replays, rejections
+remembered or not, budgets, wallets with something due; a group that loses a key race runs its
+calls one by one, and nothing of it is written twice."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Awaitable
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+from kizuna.points.v1 import points_pb2 as pb
+from points.group_commit import CreditGroups
+from points.idempotency import request_hash
+
+from .pointskit import Points, key, stamp
+
+
+@pytest.fixture
+def database_url(postgres_url: str) -> str:
+    """PostgreSQL only: SQLite has one writer at a time, and points commits no groups on it."""
+    return postgres_url.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+@pytest.fixture
+async def raw(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the test's own beside the service's, to hold locks and read tables."""
+    conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def groups_of(points: Points) -> CreditGroups:
+    groups = points.runtime.state["credit_groups"]
+    assert isinstance(groups, CreditGroups)
+    return groups
+
+
+async def outcome(call: Awaitable[Any]) -> Any:
+    """The response, or the status code of the refusal."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+
+
+async def waiting_on_a_lock(raw: asyncpg.Connection, statement: str) -> bool:
+    await raw.execute("SELECT pg_stat_clear_snapshot()")  # in a transaction, the view is read once
+    rows = await raw.fetch(
+        "SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    return any(statement in row["query"] for row in rows)
+
+
+async def until(check: Any, what: str) -> None:
+    for _ in range(1000):
+        done = check()
+        if inspect.isawaitable(done):
+            done = await done
+        if done:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+def request(member: str, amount: int, idem: str, **fields: Any) -> pb.CreditRequest:
+    fields.setdefault("kind", pb.CREDIT_KIND_REGULAR)
+    return pb.CreditRequest(member_id=member, amount=amount, reason="group", idempotency_key=idem, **fields)
+
+
+@pytest.mark.parametrize("settings_overrides", [{"credit_budget_per_day_by_service": {"travel": 100}}])
+async def test_calls_that_arrive_together_commit_together_each_with_its_own_outcome(
+    points: Points, raw: asyncpg.Connection
+) -> None:
+    await points.register("a", "b", "c", "due")
+    now = points.clock.now()
+    await points.credit("due", 40, kind=pb.CREDIT_KIND_LIMITED_TIME, expires_at=now + timedelta(days=1))
+    points.clock.advance(timedelta(days=2))  # its limited-time lot is past its date: "due" has something due
+    groups, credit = groups_of(points), points.stub.Credit
+    committed = groups.groups
+    shop, travel = points.auth("shop"), points.auth("travel")
+
+    # The test holds a's wallet: the first group (one call for a) waits for it while the rest queue.
+    lock = raw.transaction()
+    await lock.start()
+    await raw.execute("SELECT 1 FROM points_wallet WHERE member_id = 'a' FOR UPDATE")
+    first = asyncio.create_task(outcome(credit(request("a", 1, key()), metadata=shop, timeout=30)))
+    await until(lambda: waiting_on_a_lock(raw, "points_wallet"), "the first group waits for a's wallet")
+
+    twice, clash, invalid, ghost = key(), key(), key(), key()
+    calls: dict[str, Awaitable[Any]] = {
+        **{f"plain-{i}": credit(request("abc"[i % 3], 10, key()), metadata=shop, timeout=30) for i in range(30)},
+        "twice-1": credit(request("a", 7, twice), metadata=shop, timeout=30),
+        "twice-2": credit(request("a", 7, twice), metadata=shop, timeout=30),
+        "clash-1": credit(request("b", 5, clash), metadata=shop, timeout=30),
+        "clash-2": credit(request("b", 6, clash), metadata=shop, timeout=30),
+        "no-kind": credit(request("c", 5, invalid, kind=pb.CREDIT_KIND_UNSPECIFIED), metadata=shop, timeout=30),
+        "no-key": credit(request("c", 5, ""), metadata=shop, timeout=30),
+        "past": credit(request("c", 5, key(), expires_at=stamp(now - timedelta(days=1))), metadata=shop, timeout=30),
+        "ghost": credit(request("ghost", 5, ghost), metadata=shop, timeout=30),
+        "budget-1": credit(request("a", 60, key()), metadata=travel, timeout=30),
+        "budget-2": credit(request("b", 60, key()), metadata=travel, timeout=30),
+        "due": credit(request("due", 3, key()), metadata=shop, timeout=30),
+    }
+    tasks = {name: asyncio.create_task(outcome(call)) for name, call in calls.items()}
+    await until(lambda: groups.queued == len(calls), "every call is queued")
+    await lock.rollback()
+    results = {name: await task for name, task in tasks.items()}
+    assert isinstance(await first, pb.CreditResponse)
+
+    # Two groups: the first call's, then every other call's (the ones left to run alone do so after).
+    assert groups.groups - committed == 2
+    assert all(isinstance(results[f"plain-{i}"], pb.CreditResponse) for i in range(30))
+    assert len({results[f"plain-{i}"].entry_id for i in range(30)}) == 30
+    assert results["twice-1"] == results["twice-2"]  # the second replays the first
+    clashed = [results["clash-1"], results["clash-2"]]  # the same key, another amount: the first wins
+    assert sorted(isinstance(r, pb.CreditResponse) for r in clashed) == [False, True], clashed
+    assert grpc.StatusCode.ALREADY_EXISTS in clashed
+    assert results["no-kind"] == grpc.StatusCode.INVALID_ARGUMENT
+    assert results["no-key"] == grpc.StatusCode.INVALID_ARGUMENT
+    assert results["past"] == grpc.StatusCode.INVALID_ARGUMENT
+    assert results["ghost"] == grpc.StatusCode.NOT_FOUND
+    budget = [results["budget-1"], results["budget-2"]]
+    assert budget.count(grpc.StatusCode.FAILED_PRECONDITION) == 1, budget
+    assert isinstance(results["due"], pb.CreditResponse)
+
+    # Balances: what each member was credited, and nothing twice.
+    clash_amount = 5 if isinstance(results["clash-1"], pb.CreditResponse) else 6
+    travel_a = 60 if isinstance(results["budget-1"], pb.CreditResponse) else 0
+    assert (await points.balance("a")).total == 1 + 10 * 10 + 7 + travel_a
+    assert (await points.balance("b")).total == 10 * 10 + clash_amount + (60 - travel_a)
+    assert (await points.balance("c")).total == 10 * 10
+    assert (await points.balance("due")).total == 3
+    # Its expired lot was settled first, alone, as a single call does it.
+    history = await raw.fetch("SELECT kind, amount FROM points_entry WHERE member_id = 'due' ORDER BY id")
+    assert [(row["kind"], row["amount"]) for row in history] == [("credit", 40), ("expiry", -40), ("credit", 3)]
+
+    # A rejection is remembered under its key; an unknown member's is not, so its retry succeeds.
+    retry = await outcome(credit(request("c", 5, invalid, kind=pb.CREDIT_KIND_UNSPECIFIED), metadata=shop))
+    assert retry == grpc.StatusCode.INVALID_ARGUMENT
+    await points.register("ghost")
+    assert isinstance(await credit(request("ghost", 5, ghost), metadata=shop, timeout=30), pb.CreditResponse)
+
+    # One event per credit, in the outbox with its entry.
+    credited = await raw.fetchval("SELECT count(*) FROM kit_outbox WHERE subject = 'points.ledger.credited'")
+    entries = await raw.fetchval("SELECT count(*) FROM points_entry WHERE kind = 'credit'")
+    assert (
+        credited == entries == 1 + 1 + 30 + 1 + 1 + 1 + 1 + 1
+    )  # due's first, a's, plain, twice, clash, budget, due, ghost
+
+
+async def test_a_group_that_loses_a_key_race_runs_each_call_alone_and_writes_nothing_twice(
+    points: Points, raw: asyncpg.Connection
+) -> None:
+    await points.register("a", "b")
+    await points.credit("a", 100)
+    groups, shop = groups_of(points), points.auth("shop")
+    raced = request("a", 5, key())
+    # Another process took the same key first and has not committed: the group's record waits for it.
+    winner = pb.CreditResponse(entry_id="ent_the_winner", balance_after=105)
+    race = raw.transaction()
+    await race.start()
+    await raw.execute(
+        "INSERT INTO points_idempotency (caller, key, operation, request_hash, response, created_at)"
+        " VALUES ('shop', $1, 'credit', $2, $3, now())",
+        raced.idempotency_key,
+        request_hash("credit", raced),
+        winner.SerializeToString(),
+    )
+    committed = groups.groups
+    lone = asyncio.create_task(outcome(points.stub.Credit(raced, metadata=shop, timeout=30)))
+    await until(lambda: waiting_on_a_lock(raw, "points_idempotency"), "the group waits on the key")
+    other = asyncio.create_task(outcome(points.stub.Credit(request("b", 9, key()), metadata=shop, timeout=30)))
+    await until(lambda: groups.queued == 1, "the next call is queued")
+    await race.commit()
+
+    assert await lone == winner  # the group rolled back; alone, the call replays the winner's outcome
+    assert isinstance(await other, pb.CreditResponse)
+    assert groups.groups - committed == 1  # only the second call's group committed
+    assert (await points.balance("a")).total == 100  # the raced credit was written by nobody here
+    assert (await points.balance("b")).total == 9
+    assert await raw.fetchval("SELECT count(*) FROM points_entry WHERE member_id = 'a'") == 1
