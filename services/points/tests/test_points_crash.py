@@ -1,0 +1,96 @@
+"""Points killed (SIGKILL) while Credit calls are committing in groups on PostgreSQL: every caller
+retries with its key until it has an answer, and each credit is in the ledger exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import asyncpg
+import grpc
+from kizuna.kit.auth import call_metadata
+from kizuna.kit.db import Database
+from kizuna.kit.testing import TestIssuer, end_process
+from kizuna.points.v1 import points_pb2 as pb
+from kizuna.points.v1 import points_pb2_grpc
+from points import audit
+
+MEMBERS = 20
+CREDITS = 240
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL}
+
+
+async def test_credits_interrupted_by_a_kill_are_each_in_the_ledger_once_after_retries(
+    service_process: Any, postgres_url: str, test_issuer: TestIssuer
+) -> None:
+    conn = await asyncpg.connect(postgres_url)
+    points = service_process(
+        "points",
+        env={"DATABASE_URL": postgres_url, "KIZUNA_ISSUER": test_issuer.issuer, "EXPIRY_INTERVAL_SECONDS": "3600"},
+    )
+    await conn.execute(
+        """INSERT INTO points_wallet (member_id, status, available, held, debt, earn_month, earned_this_month,
+        created_at) SELECT 'm' || i, 'active', 0, 0, 0, '2025-01', 0, now() FROM generate_series(1, $1) i""",
+        MEMBERS,
+    )
+    auth = call_metadata(test_issuer.service_token("shop", "points:credit points:read"))
+    requests = [
+        pb.CreditRequest(
+            member_id=f"m{i % MEMBERS + 1}",
+            amount=i + 1,
+            kind=pb.CREDIT_KIND_REGULAR,
+            reason="crash",
+            idempotency_key=f"crash-{i}",
+        )
+        for i in range(CREDITS)
+    ]
+    answers: dict[str, pb.CreditResponse] = {}
+    queue = list(requests)
+    retries = 0
+    try:
+        async with grpc.aio.insecure_channel(points.grpc_address) as channel:
+            stub = points_pb2_grpc.PointsServiceStub(channel)
+
+            async def caller() -> None:
+                nonlocal retries
+                while queue:
+                    request = queue.pop()
+                    while True:  # the same key until there is an answer
+                        try:
+                            answers[request.idempotency_key] = await stub.Credit(request, metadata=auth, timeout=5)
+                            break
+                        except grpc.aio.AioRpcError as exc:
+                            assert exc.code() in RETRYABLE, exc
+                            retries += 1
+                            await asyncio.sleep(0.05)
+
+            async def kill_midway() -> None:
+                while len(answers) < CREDITS // 3:
+                    await asyncio.sleep(0.005)
+                assert points.process is not None
+                end_process(points.process, sig=signal.SIGKILL)
+                points.start()  # the same ports: the callers' channel reconnects
+
+            await asyncio.wait_for(asyncio.gather(kill_midway(), *(caller() for _ in range(16))), timeout=120)
+            # A retry after the answer replays it.
+            again = await stub.Credit(requests[0], metadata=auth, timeout=5)
+            assert again == answers[requests[0].idempotency_key]
+
+        assert retries > 0  # the kill cut calls short
+        assert len(answers) == CREDITS
+        entries = await conn.fetch("SELECT entry_id, amount FROM points_entry WHERE kind = 'credit'")
+        assert sorted(r["entry_id"] for r in entries) == sorted(a.entry_id for a in answers.values())
+        assert sum(r["amount"] for r in entries) == sum(r.amount for r in requests)
+        assert await conn.fetchval("SELECT sum(available) FROM points_wallet") == sum(r.amount for r in requests)
+        events = await conn.fetchval("SELECT count(*) FROM kit_outbox WHERE subject = 'points.ledger.credited'")
+        assert events == CREDITS
+        db = Database(postgres_url.replace("postgresql://", "postgresql+asyncpg://", 1))
+        try:
+            async with db.sessions() as session:
+                report = await audit.audit(session)
+            assert report.ok, report.problems
+        finally:
+            await db.dispose()
+    finally:
+        await conn.close()
