@@ -410,6 +410,13 @@ async def main() -> None:
 
         if "credit" in only:
             await drive("Credit (gRPC)", args.seconds, credit)
+            # A group commit's entries share their transaction's time: credits per transaction.
+            conn = await asyncpg.connect(url)
+            row = await conn.fetchrow(
+                "SELECT count(*) AS n, count(DISTINCT created_at) AS t FROM points_entry WHERE kind = 'credit'"
+            )
+            await conn.close()
+            print(f"{'':<34} {row['n'] / max(row['t'], 1):8.1f} credits per transaction", flush=True)
         if "reserve" in only:
             await drive("Reserve+Capture (gRPC)", args.seconds, reserve_capture)
         # One call at a time: CPU per call with the least contention (context switches, waiting

@@ -48,6 +48,7 @@ async def test_credits_interrupted_by_a_kill_are_each_in_the_ledger_once_after_r
     answers: dict[str, pb.CreditResponse] = {}
     queue = list(requests)
     retries = 0
+    a_third_answered = asyncio.Event()
     try:
         async with grpc.aio.insecure_channel(points.grpc_address) as channel:
             stub = points_pb2_grpc.PointsServiceStub(channel)
@@ -59,6 +60,8 @@ async def test_credits_interrupted_by_a_kill_are_each_in_the_ledger_once_after_r
                     while True:  # the same key until there is an answer
                         try:
                             answers[request.idempotency_key] = await stub.Credit(request, metadata=auth, timeout=5)
+                            if len(answers) >= CREDITS // 3:
+                                a_third_answered.set()
                             break
                         except grpc.aio.AioRpcError as exc:
                             assert exc.code() in RETRYABLE, exc
@@ -66,8 +69,7 @@ async def test_credits_interrupted_by_a_kill_are_each_in_the_ledger_once_after_r
                             await asyncio.sleep(0.05)
 
             async def kill_midway() -> None:
-                while len(answers) < CREDITS // 3:
-                    await asyncio.sleep(0.005)
+                await a_third_answered.wait()
                 assert points.process is not None
                 end_process(points.process, sig=signal.SIGKILL)
                 points.start()  # the same ports: the callers' channel reconnects
