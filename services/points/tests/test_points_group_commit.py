@@ -187,3 +187,34 @@ async def test_a_group_that_loses_a_key_race_runs_each_call_alone_and_writes_not
     assert (await points.balance("a")).total == 100  # the raced credit was written by nobody here
     assert (await points.balance("b")).total == 9
     assert await raw.fetchval("SELECT count(*) FROM points_entry WHERE member_id = 'a'") == 1
+
+
+async def test_balances_asked_together_are_read_together_each_members_own(
+    points: Points, raw: asyncpg.Connection
+) -> None:
+    members = [f"r{i}" for i in range(12)]
+    await points.register(*members)
+    for i, member in enumerate(members):
+        await points.credit(member, 100 + i)
+    now = points.clock.now()
+    await points.credit("r0", 50, kind=pb.CREDIT_KIND_LIMITED_TIME, expires_at=now + timedelta(days=1))
+    points.clock.advance(timedelta(days=2))  # r0's limited-time lot expired: its read settles it first
+    reads = points.runtime.state["balance_reads"]
+    before = reads.groups
+    # The test holds the wallets' table: the first read waits for it while the rest queue.
+    lock = raw.transaction()
+    await lock.start()
+    await raw.execute("LOCK TABLE points_wallet IN ACCESS EXCLUSIVE MODE")
+    first = asyncio.create_task(points.balance("r1"))
+    await until(lambda: waiting_on_a_lock(raw, "points_wallet"), "the first read waits")
+    asked = [*members, "nobody", "r3"]
+    rest = [asyncio.create_task(points.balance(member)) for member in asked]
+    await until(lambda: reads.queued == len(asked), "every read is queued")
+    await lock.rollback()
+
+    assert (await first).total == 101
+    got = [(await task).total for task in rest]
+    assert got == [100, *(100 + i for i in range(1, 12)), 0, 103]
+    assert reads.groups - before == 2  # the first read's, then all the others'
+    history = await raw.fetch("SELECT kind, amount FROM points_entry WHERE member_id = 'r0' ORDER BY id")
+    assert [(row["kind"], row["amount"]) for row in history] == [("credit", 100), ("credit", 50), ("expiry", -50)]

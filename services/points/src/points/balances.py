@@ -3,15 +3,16 @@ adds the open holds and pending earnings); only a balance with something due set
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from kizuna.kit.db import Database, UTCDateTime, is_disconnect
 from kizuna.kit.errors import InvalidArgument
-from sqlalchemy import BigInteger, Boolean, bindparam, text
+from kizuna.kit.groups import GroupQueue
+from sqlalchemy import ARRAY, BigInteger, Boolean, String, bindparam, text
 from sqlalchemy import select as core_select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -19,6 +20,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from points.explain import Speaker
 from points.journal import ENTRIES, MAX_PAGE, PENDING, RESERVATIONS, VISIBLE_KINDS
 from points.wallets import lock_wallet, settle_due
+
+T = TypeVar("T")
+
+_BALANCE_COLUMNS: dict[str, Any] = {
+    "available": BigInteger(),
+    "held": BigInteger(),
+    "debt": BigInteger(),
+    "limited_time": BigInteger(),
+    "rolling_points": BigInteger(),
+    "rolling_expires_at": UTCDateTime(),
+    "earning": BigInteger(),
+    "due": Boolean(),
+    "fixed_at": UTCDateTime(),
+    "fixed_points": BigInteger(),
+}
 
 # The balance from the wallet row (its primary key), its soonest-expiring fixed-date lots and
 # whether a reservation timed out: index lookups of live rows only (partial indexes, spelled with
@@ -38,18 +54,7 @@ FROM points_wallet w LEFT JOIN (
 ) f ON true
 WHERE w.member_id = :member""")
     .bindparams(bindparam("now", type_=RESERVATIONS.c.expires_at.type))
-    .columns(
-        available=BigInteger(),
-        held=BigInteger(),
-        debt=BigInteger(),
-        limited_time=BigInteger(),
-        rolling_points=BigInteger(),
-        rolling_expires_at=UTCDateTime(),
-        earning=BigInteger(),
-        due=Boolean(),
-        fixed_at=UTCDateTime(),
-        fixed_points=BigInteger(),
-    )
+    .columns(**_BALANCE_COLUMNS)
 )
 
 
@@ -76,8 +81,10 @@ async def read_balance(conn: AsyncConnection, member_id: str, now: datetime) -> 
     """The member's balance in one statement, and whether something is due (a timed-out
     reservation or an expired lot still counted) so that the caller settles and reads again."""
     row = (await conn.execute(_BALANCE_QUERY, {"member": member_id, "now": now})).first()
-    if row is None:
-        return Balance(), False
+    return (Balance(), False) if row is None else _balance_of(row, now)
+
+
+def _balance_of(row: Any, now: datetime) -> tuple[Balance, bool]:
     # Points by when they expire next: the rolling lots together, then the soonest fixed date.
     soonest: list[tuple[datetime, int]] = []
     if row.rolling_points > 0 and row.rolling_expires_at is not None:
@@ -101,6 +108,60 @@ async def read_balance(conn: AsyncConnection, member_id: str, now: datetime) -> 
     return balance, due
 
 
+# Many members' balances in one statement (PostgreSQL): the same reads as _BALANCE_QUERY, per member.
+_BALANCES_QUERY = (
+    text("""
+SELECT w.member_id, w.available, w.held, w.debt, w.limited_time, w.rolling_points, w.rolling_expires_at,
+  (SELECT coalesce(sum(p.regular + p.bonus + p.merchant_bonus), 0) FROM points_pending_earn p
+    WHERE p.member_id = w.member_id AND p.status = 'pending') AS earning,
+  EXISTS (SELECT 1 FROM points_reservation r
+    WHERE r.member_id = w.member_id AND r.status = 'open' AND r.expires_at <= :now) AS due,
+  f.expires_at AS fixed_at, f.points AS fixed_points
+FROM unnest(:members) AS m(member_id) JOIN points_wallet w ON w.member_id = m.member_id
+LEFT JOIN LATERAL (
+  SELECT l.expires_at, sum(l.remaining) AS points FROM points_lot l
+  WHERE l.member_id = w.member_id AND l.rolling = false AND l.remaining > 0
+  GROUP BY l.expires_at ORDER BY l.expires_at LIMIT 1
+) f ON true""")
+    .bindparams(bindparam("now", type_=RESERVATIONS.c.expires_at.type), bindparam("members", type_=ARRAY(String())))
+    .columns(member_id=String(), **_BALANCE_COLUMNS)
+)
+
+
+class BalanceReads:
+    """GetBalance on PostgreSQL: the calls that arrive while one read is on its way go together in
+    the next, one statement for up to 64 members (each read starts after its calls arrived, so a
+    caller reads what committed before it asked). A member with something due settles and reads
+    alone."""
+
+    def __init__(self, db: Database, now: Callable[[], datetime]) -> None:
+        self.db = db
+        self.now = now
+        self._queue = GroupQueue(self._read, max_size=64, name="points-balance-reads")
+
+    @property
+    def queued(self) -> int:
+        return self._queue.queued
+
+    @property
+    def groups(self) -> int:
+        return self._queue.groups
+
+    async def get(self, member_id: str) -> Balance:
+        balance, due = await self._queue.submit(member_id)
+        return await settle_and_read(self.db, member_id, self.now()) if due else balance
+
+    async def _read(self, members: list[str]) -> list[tuple[Balance, bool]]:
+        now = self.now()
+        params = {"members": list(dict.fromkeys(members)), "now": now}
+
+        async def read(conn: AsyncConnection) -> dict[str, tuple[Balance, bool]]:
+            return {row.member_id: _balance_of(row, now) for row in await conn.execute(_BALANCES_QUERY, params)}
+
+        found = await _once_more_if_disconnected(self.db, read)
+        return [found.get(member, (Balance(), False)) for member in members]
+
+
 @asynccontextmanager
 async def reader(db: Database) -> AsyncIterator[AsyncConnection]:
     """A connection for one-statement reads: autocommit, so no BEGIN/ROLLBACK round trips."""
@@ -108,18 +169,26 @@ async def reader(db: Database) -> AsyncIterator[AsyncConnection]:
         yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
-async def get_balance(db: Database, member_id: str, now: datetime) -> Balance:
-    """GetBalance: one read; only when something fell due, settle it first and read again."""
+async def _once_more_if_disconnected(db: Database, read: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     try:
         async with reader(db) as conn:
-            response, due = await read_balance(conn, member_id, now)
+            return await read(conn)
     except DBAPIError as exc:
         if not is_disconnect(exc):
             raise
-        async with reader(db) as conn:  # the pool dropped its dead connections: once more
-            response, due = await read_balance(conn, member_id, now)
+    async with reader(db) as conn:  # the pool dropped its dead connections: once more
+        return await read(conn)
+
+
+async def get_balance(db: Database, member_id: str, now: datetime) -> Balance:
+    """GetBalance: one read; only when something fell due, settle it first and read again."""
+    response, due = await _once_more_if_disconnected(db, lambda conn: read_balance(conn, member_id, now))
     if not due:
         return response
+    return await settle_and_read(db, member_id, now)
+
+
+async def settle_and_read(db: Database, member_id: str, now: datetime) -> Balance:
     async with db.transaction() as session:
         wallet = await lock_wallet(session, member_id)
         if wallet is not None:

@@ -16,15 +16,14 @@ is chosen as a deadlock's victim: nothing of it was written, and each call retri
 
 from __future__ import annotations
 
-import asyncio
-import collections
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from kizuna.kit.db import is_disconnect
 from kizuna.kit.errors import DomainError, InvalidArgument
 from kizuna.kit.events import Outgoing, outgoing, publish_all
+from kizuna.kit.groups import GroupQueue
 from kizuna.points.v1 import points_pb2 as pb
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -64,7 +63,6 @@ class CreditCall:
     expires_at: datetime | None
     # The RPC's trace context: its event carries it, and the group's span links to it.
     context: Context
-    future: asyncio.Future[pb.CreditResponse | DomainError | Alone] = field(init=False)
     # The group's span (its statements are under it), which the RPC's span links to.
     group_span: trace.SpanContext | None = None
 
@@ -76,53 +74,32 @@ class CreditGroups:
         self.ledger = ledger
         self.limits = limits
         self.months = regular_expiry_months
-        self._queue: collections.deque[CreditCall] = collections.deque()
-        self._task: asyncio.Task[None] | None = None
+        self._queue = GroupQueue(self._handle, max_size=MAX_GROUP, name="points-credit-groups")
         self.groups = 0  # transactions committed, for the bench and the tests
 
     @property
     def queued(self) -> int:
         """Calls waiting for the next group."""
-        return len(self._queue)
+        return self._queue.queued
 
     async def credit(self, call: CreditCall) -> pb.CreditResponse | None:
         """The call's response (or its rejection, raised); None: run it on its own."""
-        call.future = asyncio.get_running_loop().create_future()
-        self._queue.append(call)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._drain(), name="points-credit-groups")
-        outcome = await call.future
+        outcome = await self._queue.submit(call)
         if call.group_span is not None:
             trace.get_current_span().add_link(call.group_span)
         if isinstance(outcome, DomainError):
             raise outcome
         return None if isinstance(outcome, Alone) else outcome
 
-    async def _drain(self) -> None:
-        group: list[CreditCall] = []
+    async def _handle(self, group: list[CreditCall]) -> list[pb.CreditResponse | DomainError | Alone]:
         try:
-            while self._queue:
-                group = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_GROUP))]
-                try:
-                    outcomes = await self._commit(group)
-                except DBAPIError as exc:
-                    if not (isinstance(exc, IntegrityError) or is_disconnect(exc) or _deadlock(exc)):
-                        raise
-                    outcomes = {}  # nothing was written: each call runs on its own, and replays a race's winner
-                self.groups += 1 if outcomes else 0
-                for call in group:
-                    if not call.future.done():
-                        call.future.set_result(outcomes.get(call, ALONE))
-                group = []
-        except BaseException as exc:
-            # Whatever stopped the group (a bug, cancellation) is every waiting call's error.
-            for call in [*group, *self._queue]:
-                if not call.future.done():
-                    call.future.set_exception(
-                        exc if isinstance(exc, Exception) else RuntimeError("credit group stopped")
-                    )
-            self._queue.clear()
-            raise
+            outcomes = await self._commit(group)
+        except DBAPIError as exc:
+            if not (isinstance(exc, IntegrityError) or is_disconnect(exc) or _deadlock(exc)):
+                raise
+            return [ALONE] * len(group)  # nothing was written: each call alone, replaying a race's winner
+        self.groups += 1
+        return [outcomes.get(call, ALONE) for call in group]
 
     async def _commit(self, group: list[CreditCall]) -> dict[CreditCall, pb.CreditResponse | DomainError]:
         # In the first call's trace, linked to every call's (and each call's span links back to it).

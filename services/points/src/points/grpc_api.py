@@ -185,10 +185,16 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
             else None
         )
         runtime.state["credit_groups"] = self.credit_groups
+        on_postgres = runtime.db.engine.dialect.name == "postgresql"
+        self.balance_reads = balances.BalanceReads(self.db, self.ledger.clock.now) if on_postgres else None
+        runtime.state["balance_reads"] = self.balance_reads
 
     async def GetBalance(self, request: pb.GetBalanceRequest, context: Any) -> pb.GetBalanceResponse:
         _may_read(current_call(), request.member_id)
-        balance = await balances.get_balance(self.db, request.member_id, self.ledger.clock.now())
+        if self.balance_reads is not None:
+            balance = await self.balance_reads.get(request.member_id)
+        else:
+            balance = await balances.get_balance(self.db, request.member_id, self.ledger.clock.now())
         response = pb.GetBalanceResponse(
             total=balance.total,
             regular=balance.regular,
