@@ -11,6 +11,7 @@ names the dashboards and alerts read are checked on what a real service exports.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,9 +21,12 @@ from typing import Any
 
 import grpc
 import pytest
+from kizuna.kit.auth import call_metadata
 from kizuna.kit.telemetry import add_span_processor
-from kizuna.kit.testing import wait_until
+from kizuna.kit.testing import PostgresServer, wait_until
 from kizuna.kit.testing_stack import Ecosystem
+from kizuna.points.v1 import points_pb2 as pb
+from kizuna.points.v1 import points_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
@@ -51,6 +55,7 @@ class Seen:
     span_id: str
     parent_id: str | None
     attributes: dict[str, Any]
+    links: tuple[tuple[str, str], ...] = ()  # (trace id, span id) of each linked span
 
     @property
     def is_sql(self) -> bool:
@@ -87,6 +92,7 @@ class _Traces:
                             span_id=span.span_id.hex(),
                             parent_id=span.parent_span_id.hex() or None,
                             attributes=_attributes(span.attributes),
+                            links=tuple((link.trace_id.hex(), link.span_id.hex()) for link in span.links),
                         )
                     )
         with self.receiver.lock:
@@ -156,9 +162,11 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 
 @pytest.fixture(scope="module")
-def ecosystem_env(receiver: OtlpReceiver) -> dict[str, dict[str, str]]:
-    """Points and fintech export their spans and metrics to this module's receiver."""
-    return {"points": receiver.env(), "fintech": receiver.env()}
+def ecosystem_env(receiver: OtlpReceiver, postgres_server: PostgresServer) -> dict[str, dict[str, str]]:
+    """Points and fintech export their spans and metrics to this module's receiver; points runs on
+    PostgreSQL, as in production (its Credit calls commit in groups there)."""
+    database = postgres_server.new_database("kizuna_points").replace("postgresql://", "postgresql+asyncpg://", 1)
+    return {"points": {**receiver.env(), "DATABASE_URL": database}, "fintech": receiver.env()}
 
 
 @dataclass
@@ -291,6 +299,61 @@ async def test_a_checkout_is_one_trace_through_shop_points_fintech_their_sql_and
         names = {s.name for s in receiver.spans}
     assert not {n for n in names if n.endswith(("/healthz", "/readyz"))}, names
     assert not {n for n in names if n.startswith("/grpc.health")}, names
+
+
+async def test_a_credit_links_to_the_group_that_committed_it_and_its_sql(
+    ecosystem: Ecosystem, receiver: OtlpReceiver
+) -> None:
+    """Credit commits in groups (points.group_commit): the group's span, with the statements under
+    it, hangs in the trace of its first call and is linked both ways with every call's span."""
+    member = await ecosystem.member(points=0)
+    token = ecosystem.issuer.service_token("shop", "points:credit")
+    traces = [uuid.uuid4().hex for _ in range(3)]
+    async with grpc.aio.insecure_channel(ecosystem.points_addr) as channel:
+        stub = points_pb2_grpc.PointsServiceStub(channel)
+        await asyncio.gather(
+            *(
+                stub.Credit(
+                    pb.CreditRequest(
+                        member_id=member.id,
+                        amount=10,
+                        kind=pb.CREDIT_KIND_REGULAR,
+                        reason="trace",
+                        idempotency_key=uuid.uuid4().hex,
+                    ),
+                    metadata=(
+                        *call_metadata(token),
+                        ("traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"),
+                    ),
+                    timeout=30,
+                )
+                for trace_id in traces
+            )
+        )
+
+    def credit_of(trace_id: str) -> Seen | None:
+        found = [s for s in receiver.spans_of(trace_id) if s.kind == "SERVER" and s.name.endswith("/Credit")]
+        return found[0] if found else None
+
+    async def seen() -> dict[str, Seen] | None:
+        with receiver.lock:
+            groups = {s.span_id: s for s in receiver.spans if s.name == "points credit group"}
+        calls = [credit_of(t) for t in traces]
+        if None in calls or not all(any(sid in groups for _, sid in c.links) for c in calls if c):
+            return None
+        return groups
+
+    groups: dict[str, Seen] = await wait_until(seen, timeout=30)
+    for trace_id in traces:
+        call = credit_of(trace_id)
+        assert call is not None
+        (group,) = [groups[sid] for _, sid in call.links if sid in groups]
+        assert (call.trace_id, call.span_id) in group.links  # linked both ways
+        # The group hangs under its first call, in that call's trace; its SQL hangs under it.
+        first = [c for t in traces if (c := credit_of(t)) and c.span_id == group.parent_id]
+        assert len(first) == 1 and group.trace_id == first[0].trace_id
+        sql = [s for s in receiver.spans_of(group.trace_id) if s.is_sql and s.parent_id == group.span_id]
+        assert any("points_entry" in str(s.attributes.get("db.query.text", "")) for s in sql), sql
 
 
 def _ancestor(by_id: dict[str, Seen], span: Seen, ancestor: Seen) -> bool:
