@@ -15,6 +15,7 @@ import asyncpg
 import grpc
 import pytest
 from kizuna.points.v1 import points_pb2 as pb
+from points import group_commit
 from points.group_commit import CreditGroups
 from points.idempotency import request_hash
 
@@ -218,3 +219,26 @@ async def test_balances_asked_together_are_read_together_each_members_own(
     assert reads.groups - before == 2  # the first read's, then all the others'
     history = await raw.fetch("SELECT kind, amount FROM points_entry WHERE member_id = 'r0' ORDER BY id")
     assert [(row["kind"], row["amount"]) for row in history] == [("credit", 100), ("credit", 50), ("expiry", -50)]
+
+
+async def test_a_group_that_fails_otherwise_is_logged_and_its_calls_run_alone(
+    points: Points, raw: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    await points.register("a", "b")
+    groups = groups_of(points)
+    real = group_commit.apply_postings
+
+    def broken_for_b(wallet: Any, kind: str, postings: dict[str, int]) -> Any:
+        if wallet.member_id == "b":
+            raise AssertionError("a fault of b's call")
+        return real(wallet, kind, postings)
+
+    monkeypatch.setattr(group_commit, "apply_postings", broken_for_b)
+    committed = groups.groups
+    assert isinstance(await points.credit("b", 7), pb.CreditResponse)  # alone, through the single path
+    assert groups.groups == committed  # its group did not commit: nothing of it was written
+    assert isinstance(await points.credit("a", 5), pb.CreditResponse)
+    assert groups.groups == committed + 1
+    assert [(await points.balance(m)).total for m in ("a", "b")] == [5, 7]
+    assert await raw.fetchval("SELECT count(*) FROM points_entry") == 2
+    assert "a credit group failed" in caplog.text and "a fault of b's call" in caplog.text

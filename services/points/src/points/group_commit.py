@@ -11,11 +11,14 @@ does not touch the others. A lone call does not wait: a group is whatever queued
 What is rare goes through `Ledger.execute` on its own, after the group committed: a wallet with
 something due or a lapsed rolling expiry, an unknown or inactive member, a key used twice in one
 group. So does the whole group when its transaction loses a race for a key, loses its connection or
-is chosen as a deadlock's victim: nothing of it was written, and each call retries on its own.
+is chosen as a deadlock's victim: nothing of it was written, and each call retries on its own. Any
+other failure of a group is logged and its calls run alone too, so that a fault of one call (a
+broken invariant) fails that call only.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,6 +42,7 @@ from points.models import Wallet
 from points.wallets import NOT_REMEMBERED, lock_wallets, records_of
 
 tracer = trace.get_tracer("kizuna.points")
+log = logging.getLogger("points.group_commit")
 
 # At most this many credits in one transaction: a group's statements stay small, and a lone slow
 # group holds few callers.
@@ -96,8 +100,12 @@ class CreditGroups:
             outcomes = await self._commit(group)
         except DBAPIError as exc:
             if not (isinstance(exc, IntegrityError) or is_disconnect(exc) or _deadlock(exc)):
-                raise
+                log.exception("a credit group failed; its %d calls run alone", len(group))
             return [ALONE] * len(group)  # nothing was written: each call alone, replaying a race's winner
+        except Exception:
+            # A fault of one call (a broken invariant) fails it alone, not the calls beside it.
+            log.exception("a credit group failed; its %d calls run alone", len(group))
+            return [ALONE] * len(group)
         self.groups += 1
         return [outcomes.get(call, ALONE) for call in group]
 
