@@ -242,3 +242,69 @@ async def test_a_group_that_fails_otherwise_is_logged_and_its_calls_run_alone(
     assert [(await points.balance(m)).total for m in ("a", "b")] == [5, 7]
     assert await raw.fetchval("SELECT count(*) FROM points_entry") == 2
     assert "a credit group failed" in caplog.text and "a fault of b's call" in caplog.text
+
+
+async def test_captures_that_arrive_together_commit_together_each_with_its_own_outcome(
+    points: Points, raw: asyncpg.Connection
+) -> None:
+    await points.register("a", "b", "c")
+    for member, amount in (("a", 100), ("b", 100), ("c", 10)):
+        await points.credit(member, amount)
+    r0, r1, r2 = [(await points.reserve("a", n)).reservation_id for n in (1, 30, 20)]
+    r3, r4 = [(await points.reserve("b", n)).reservation_id for n in (50, 10)]
+    await points.stub.Void(pb.VoidRequest(reservation_id=r4, idempotency_key=key()), metadata=points.auth())
+    r5 = (await points.reserve("c", 5, ttl=1)).reservation_id
+    points.clock.advance(timedelta(seconds=5))  # r5 timed out: "c" has something due
+    groups, capture = points.runtime.state["capture_groups"], points.stub.Capture
+    shop, travel = points.auth("shop"), points.auth("travel")
+    committed = groups.groups
+
+    def request(reservation: str, amount: int = 0, idem: str | None = None) -> pb.CaptureRequest:
+        return pb.CaptureRequest(reservation_id=reservation, amount=amount, idempotency_key=idem or key())
+
+    lock = raw.transaction()
+    await lock.start()
+    await raw.execute("SELECT 1 FROM points_wallet WHERE member_id = 'a' FOR UPDATE")
+    first = asyncio.create_task(outcome(capture(request(r0), metadata=shop, timeout=30)))
+    await until(lambda: waiting_on_a_lock(raw, "points_wallet"), "the first group waits for a's wallet")
+    k1, too_much = key(), key()
+    calls: dict[str, Awaitable[Any]] = {
+        "r1": capture(request(r1, idem=k1), metadata=shop, timeout=30),
+        "r1-retry": capture(request(r1, idem=k1), metadata=shop, timeout=30),
+        "r1-again": capture(request(r1), metadata=shop, timeout=30),
+        "r2-part": capture(request(r2, 5), metadata=shop, timeout=30),
+        "r3-not-theirs": capture(request(r3), metadata=travel, timeout=30),
+        "r3-too-much": capture(request(r3, 60, too_much), metadata=shop, timeout=30),
+        "r3": capture(request(r3), metadata=shop, timeout=30),
+        "r4-voided": capture(request(r4), metadata=shop, timeout=30),
+        "unknown": capture(request("rsv_unknown"), metadata=shop, timeout=30),
+        "r5-timed-out": capture(request(r5), metadata=shop, timeout=30),
+    }
+    tasks = {name: asyncio.create_task(outcome(call)) for name, call in calls.items()}
+    await until(lambda: groups.queued == len(calls), "every call is queued")
+    await lock.rollback()
+    results = {name: await task for name, task in tasks.items()}
+
+    assert isinstance(await first, pb.CaptureResponse)
+    assert groups.groups - committed == 2
+    assert results["r1"] == results["r1-retry"] and results["r1"].captured == 30
+    assert results["r1-again"] == grpc.StatusCode.FAILED_PRECONDITION  # already captured
+    assert (results["r2-part"].captured, results["r2-part"].returned) == (5, 15)
+    assert results["r3-not-theirs"] == grpc.StatusCode.PERMISSION_DENIED
+    assert results["r3-too-much"] == grpc.StatusCode.INVALID_ARGUMENT
+    assert results["r3"].captured == 50 and results["r3"].balance_after == 50
+    assert results["r4-voided"] == grpc.StatusCode.FAILED_PRECONDITION
+    assert results["unknown"] == grpc.StatusCode.NOT_FOUND
+    assert results["r5-timed-out"] == grpc.StatusCode.FAILED_PRECONDITION
+    for member, total, pending in (("a", 64, 0), ("b", 50, 0), ("c", 10, 0)):
+        balance = await points.balance(member)
+        assert (balance.total, balance.pending) == (total, pending), member
+    # A rejection is remembered under its key: the same call again gets the same answer.
+    again = await outcome(capture(request(r3, 60, too_much), metadata=shop, timeout=30))
+    assert again == grpc.StatusCode.INVALID_ARGUMENT
+    spends = await raw.fetch("SELECT amount FROM points_entry WHERE kind = 'spend' ORDER BY id")
+    assert sorted(row["amount"] for row in spends) == sorted([-1, -30, -5, -50])
+    captured = await raw.fetchval("SELECT count(*) FROM kit_outbox WHERE subject = 'points.ledger.captured'")
+    assert captured == 4
+    marked = await raw.fetch("SELECT reservation_id, captured FROM points_reservation WHERE status = 'captured'")
+    assert {row["reservation_id"]: row["captured"] for row in marked} == {r0: 1, r1: 30, r2: 5, r3: 50}

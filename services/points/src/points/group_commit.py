@@ -1,8 +1,11 @@
-"""Group commit for Credit on PostgreSQL: the credits that arrive while one transaction is on its way
-to the database go together in the next, with set-based statements (the way TigerBeetle batches
-transfers). Seven round trips carry a whole group: lock its wallets (in member order), read its
-idempotency records and its services' daily budgets, then write the budgets, every entry with its
-postings, lot and wallet, the outbox rows and the records, and commit.
+"""Group commit for Credit and Capture on PostgreSQL: the calls that arrive while one transaction is
+on its way to the database go together in the next, with set-based statements (the way TigerBeetle
+batches transfers). Seven round trips carry a whole group of credits: lock its wallets (in member
+order), read its idempotency records and its services' daily budgets, then write the budgets, every
+entry with its postings, lot and wallet, the outbox rows and the records, and commit. A group of
+captures finds and locks its reservations' wallets, reads its records and its reservations with
+their holds, then writes the holds, the points returned to lots, the reservations, the entries and
+wallets, the outbox rows and the records.
 
 Each call keeps its own outcome, as if it had run alone: a first outcome is remembered under its
 key (a rejection too, except those `NOT_REMEMBERED`), a retry replays it, and one call's rejection
@@ -10,10 +13,11 @@ does not touch the others. A lone call does not wait: a group is whatever queued
 
 What is rare goes through `Ledger.execute` on its own, after the group committed: a wallet with
 something due or a lapsed rolling expiry, an unknown or inactive member, a key used twice in one
-group. So does the whole group when its transaction loses a race for a key, loses its connection or
-is chosen as a deadlock's victim: nothing of it was written, and each call retries on its own. Any
-other failure of a group is logged and its calls run alone too, so that a fault of one call (a
-broken invariant) fails that call only.
+group; for a capture also an unknown reservation, one captured twice in one group, and points
+returned into a lot that expired meanwhile. So does the whole group when its transaction loses a
+race for a key, loses its connection or is chosen as a deadlock's victim: nothing of it was
+written, and each call retries on its own. Any other failure of a group is logged and its calls
+run alone too, so that a fault of one call (a broken invariant) fails that call only.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from kizuna.kit.db import is_disconnect
 from kizuna.kit.errors import DomainError, InvalidArgument
@@ -33,12 +37,14 @@ from opentelemetry.context import Context
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from points import spending
 from points.bounds import Budgets, Limits
 from points.crediting import check_credit, credited_event, lapsed, plan_credit
 from points.idempotency import INSERT_RECORD, Ledger, check_key, record_values, replay, request_hash
 from points.journal import PlannedEntry, apply_postings, new_id, post_entries_pg
-from points.ledger_metrics import count_on_commit, group_size, points_credited
+from points.ledger_metrics import count_on_commit, group_size, points_credited, points_spent
 from points.models import Wallet
+from points.spending import OWNERS, RESERVATIONS_WITH_HOLDS
 from points.wallets import NOT_REMEMBERED, lock_wallets, records_of
 
 tracer = trace.get_tracer("kizuna.points")
@@ -71,14 +77,30 @@ class CreditCall:
     group_span: trace.SpanContext | None = None
 
 
-class CreditGroups:
-    """Queues Credit calls and commits them in groups, one group in flight at a time."""
+@dataclass(eq=False)
+class CaptureCall:
+    """A Capture as the RPC checked it."""
 
-    def __init__(self, ledger: Ledger, limits: Limits, regular_expiry_months: int) -> None:
+    caller: str
+    request: pb.CaptureRequest
+    context: Context
+    group_span: trace.SpanContext | None = None
+
+
+C = TypeVar("C", CreditCall, CaptureCall)
+R = TypeVar("R", pb.CreditResponse, pb.CaptureResponse)
+
+
+class _Groups(Generic[C, R]):
+    """Queues calls of one operation and commits them in groups, one group in flight at a time."""
+
+    operation = ""
+
+    def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self.limits = limits
-        self.months = regular_expiry_months
-        self._queue = GroupQueue(self._handle, max_size=MAX_GROUP, name="points-credit-groups")
+        self._queue: GroupQueue[C, R | DomainError | Alone] = GroupQueue(
+            self._handle, max_size=MAX_GROUP, name=f"points-{self.operation}-groups"
+        )
         self.groups = 0  # transactions committed, for the bench and the tests
 
     @property
@@ -86,7 +108,7 @@ class CreditGroups:
         """Calls waiting for the next group."""
         return self._queue.queued
 
-    async def credit(self, call: CreditCall) -> pb.CreditResponse | None:
+    async def submit(self, call: C) -> R | None:
         """The call's response (or its rejection, raised); None: run it on its own."""
         outcome = await self._queue.submit(call)
         if call.group_span is not None:
@@ -95,48 +117,115 @@ class CreditGroups:
             raise outcome
         return None if isinstance(outcome, Alone) else outcome
 
-    async def _handle(self, group: list[CreditCall]) -> list[pb.CreditResponse | DomainError | Alone]:
+    async def _handle(self, group: list[C]) -> list[R | DomainError | Alone]:
         try:
             outcomes = await self._commit(group)
         except DBAPIError as exc:
             if not (isinstance(exc, IntegrityError) or is_disconnect(exc) or _deadlock(exc)):
-                log.exception("a credit group failed; its %d calls run alone", len(group))
+                log.exception("a %s group failed; its %d calls run alone", self.operation, len(group))
             return [ALONE] * len(group)  # nothing was written: each call alone, replaying a race's winner
         except Exception:
             # A fault of one call (a broken invariant) fails it alone, not the calls beside it.
-            log.exception("a credit group failed; its %d calls run alone", len(group))
+            log.exception("a %s group failed; its %d calls run alone", self.operation, len(group))
             return [ALONE] * len(group)
         self.groups += 1
         return [outcomes.get(call, ALONE) for call in group]
 
-    async def _commit(self, group: list[CreditCall]) -> dict[CreditCall, pb.CreditResponse | DomainError]:
+    async def _commit(self, group: list[C]) -> dict[C, R | DomainError]:
         # In the first call's trace, linked to every call's (and each call's span links back to it).
         links = [trace.Link(trace.get_current_span(call.context).get_span_context()) for call in group]
-        with tracer.start_as_current_span("points credit group", context=group[0].context, links=links) as span:
+        name = f"points {self.operation} group"
+        with tracer.start_as_current_span(name, context=group[0].context, links=links) as span:
             span.set_attribute("kizuna.points.group_size", len(group))
-            group_size.record(len(group))
+            group_size.record(len(group), {"operation": self.operation})
             for call in group:
                 call.group_span = span.get_span_context()
             async with self.ledger.db.transaction() as session:
-                return await _Group(self, session, self.ledger.clock.now()).run(group)
+                return await self._run(session, self.ledger.clock.now(), group)
+
+    async def _run(self, session: AsyncSession, now: datetime, group: list[C]) -> dict[C, R | DomainError]:
+        raise NotImplementedError
+
+
+class CreditGroups(_Groups[CreditCall, pb.CreditResponse]):
+    operation = "credit"
+
+    def __init__(self, ledger: Ledger, limits: Limits, regular_expiry_months: int) -> None:
+        super().__init__(ledger)
+        self.limits = limits
+        self.months = regular_expiry_months
+
+    async def credit(self, call: CreditCall) -> pb.CreditResponse | None:
+        return await self.submit(call)
+
+    async def _run(
+        self, session: AsyncSession, now: datetime, group: list[CreditCall]
+    ) -> dict[CreditCall, pb.CreditResponse | DomainError]:
+        return await _Group(self, session, now).run(group)
+
+
+class CaptureGroups(_Groups[CaptureCall, pb.CaptureResponse]):
+    operation = "capture"
+
+    async def capture(self, call: CaptureCall) -> pb.CaptureResponse | None:
+        return await self.submit(call)
+
+    async def _run(
+        self, session: AsyncSession, now: datetime, group: list[CaptureCall]
+    ) -> dict[CaptureCall, pb.CaptureResponse | DomainError]:
+        return await _CaptureGroup(session, now).run(group)
 
 
 def _deadlock(exc: DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) == "40P01" or "deadlock detected" in str(exc.orig)
 
 
-class _Group:
-    """One group's transaction: what it read, and what it will write."""
+class _Txn:
+    """One group's transaction: what it will write besides its operation's own rows."""
 
-    def __init__(self, groups: CreditGroups, session: AsyncSession, now: datetime) -> None:
-        self.groups = groups
+    def __init__(self, session: AsyncSession, now: datetime) -> None:
         self.session = session
         self.now = now
-        self.budgets = Budgets(groups.limits, now)
         self.entries: list[PlannedEntry] = []
         self.events: list[Outgoing] = []
         self.records: list[dict[str, Any]] = []
         self.wallets: dict[str, Wallet] = {}
+
+    def entry(self, wallet: Wallet, postings: dict[str, int], *, kind: str, explanation: str, **fields: Any) -> str:
+        """Apply an entry's postings to the wallet (in memory) and plan it; its id."""
+        postings, member_change = apply_postings(wallet, kind, postings)
+        entry_id = new_id("ent")
+        self.entries.append(
+            PlannedEntry(
+                entry_id=entry_id,
+                member_id=wallet.member_id,
+                kind=kind,
+                amount=member_change,
+                explanation=explanation,
+                created_at=self.now,
+                postings=postings,
+                **fields,
+            )
+        )
+        self.wallets[wallet.member_id] = wallet
+        return entry_id
+
+    async def write(self) -> None:
+        """The entries and wallets, the outbox rows and the records."""
+        await post_entries_pg(self.session, self.entries, list(self.wallets.values()))
+        await publish_all(self.session, self.events)
+        if self.records:
+            conn = await self.session.connection()
+            await conn.execute(INSERT_RECORD, self.records)
+
+
+class _Group(_Txn):
+    """A group of credits."""
+
+    def __init__(self, groups: CreditGroups, session: AsyncSession, now: datetime) -> None:
+        super().__init__(session, now)
+        self.groups = groups
+        self.budgets = Budgets(groups.limits, now)
 
     async def run(self, group: list[CreditCall]) -> dict[CreditCall, pb.CreditResponse | DomainError]:
         session, now = self.session, self.now
@@ -172,11 +261,7 @@ class _Group:
                 outcomes[call] = exc
             self.records.append(record_values(call.caller, key, "credit", digest, now, outcomes[call]))
         await self.budgets.write(session)
-        await post_entries_pg(session, self.entries, list(self.wallets.values()))
-        await publish_all(session, self.events)
-        if self.records:
-            conn = await session.connection()
-            await conn.execute(INSERT_RECORD, self.records)
+        await self.write()
         return outcomes
 
     def _credit(self, call: CreditCall, wallet: Wallet) -> pb.CreditResponse:
@@ -196,23 +281,15 @@ class _Group:
             expires_at=call.expires_at,
             regular_expiry_months=self.groups.months,
         )
-        postings, member_change = apply_postings(wallet, "credit", plan.postings)
-        entry_id = new_id("ent")
-        self.entries.append(
-            PlannedEntry(
-                entry_id=entry_id,
-                member_id=wallet.member_id,
-                kind="credit",
-                amount=member_change,
-                explanation=plan.explanation,
-                source_service=call.service,
-                source_ref=request.source_ref,
-                created_at=now,
-                postings=postings,
-                lot=plan.lot,
-            )
+        entry_id = self.entry(
+            wallet,
+            plan.postings,
+            kind="credit",
+            explanation=plan.explanation,
+            source_service=call.service,
+            source_ref=request.source_ref,
+            lot=plan.lot,
         )
-        self.wallets[wallet.member_id] = wallet
         event = credited_event(
             entry_id,
             wallet,
@@ -226,3 +303,94 @@ class _Group:
         self.events.append(outgoing("points.ledger.credited", event, member_id=wallet.member_id, context=call.context))
         count_on_commit(self.session, points_credited, request.amount, call.service)
         return pb.CreditResponse(entry_id=entry_id, balance_after=wallet.available)
+
+
+class _CaptureGroup(_Txn):
+    """A group of captures."""
+
+    async def run(self, group: list[CaptureCall]) -> dict[CaptureCall, pb.CaptureResponse | DomainError]:
+        session, now = self.session, self.now
+        conn = await session.connection()
+        reservations = list(dict.fromkeys(call.request.reservation_id for call in group))
+        owners = {
+            row.reservation_id: row.member_id for row in await conn.execute(OWNERS, {"reservations": reservations})
+        }
+        locked = await lock_wallets(session, list(owners.values()), now)
+        pairs = list(dict.fromkeys((call.caller, call.request.idempotency_key) for call in group))
+        records = await records_of(session, pairs)
+        rows: dict[str, list[Any]] = {}
+        for row in await conn.execute(RESERVATIONS_WITH_HOLDS, {"reservations": list(owners)}):
+            rows.setdefault(row.reservation_id, []).append(row)
+        outcomes: dict[CaptureCall, pb.CaptureResponse | DomainError] = {}
+        seen: set[tuple[str, str]] = set()
+        captured: set[str] = set()
+        holds: list[tuple[int, int, int]] = []
+        back: dict[int, int] = {}
+        marks: list[tuple[int, int, str]] = []
+        for call in group:
+            key, reservation_id = call.request.idempotency_key, call.request.reservation_id
+            invalid = check_key(key)
+            if invalid is not None:
+                outcomes[call] = invalid
+                continue
+            if (call.caller, key) in seen:
+                continue  # alone, after this group: it replays the first call's outcome
+            seen.add((call.caller, key))
+            digest = request_hash("capture", call.request)
+            record = records.get((call.caller, key))
+            if record is not None:
+                outcomes[call] = replay(record, "capture", digest, key, pb.CaptureResponse)
+                continue
+            wallet, due = locked.get(owners.get(reservation_id, ""), (None, False))
+            if wallet is None or due or wallet.status != "active" or reservation_id in captured:
+                continue  # alone: unknown reservations, settling first, a second capture of one
+            request = spending.CaptureArgs(reservation_id, call.request.amount, key)
+            try:
+                plan = spending.plan_capture(rows[reservation_id], wallet, now, caller=call.caller, request=request)
+            except DomainError as exc:
+                outcomes[call] = exc
+                self.records.append(record_values(call.caller, key, "capture", digest, now, exc))
+                continue
+            if plan.into_expired:
+                continue  # alone: the returned points' lot is expired after it
+            captured.add(reservation_id)
+            reservation = plan.reservation
+            spending.count_returns(wallet, plan)
+            entry_id = self.entry(
+                wallet,
+                plan.postings,
+                kind="spend",
+                explanation=plan.explanation,
+                source_service=reservation.source_service,
+                source_ref=reservation.source_ref,
+                lot=None,
+            )
+            holds.extend((reservation.id, lot_id, points) for lot_id, points in plan.holds)
+            for lot_id, points in plan.back:
+                if points > 0:
+                    back[lot_id] = back.get(lot_id, 0) + points
+            marks.append((reservation.id, plan.amount, entry_id))
+            event = spending.captured_event(entry_id, wallet, now, plan, key=key)
+            self.events.append(
+                outgoing("points.ledger.captured", event, member_id=wallet.member_id, context=call.context)
+            )
+            count_on_commit(session, points_spent, plan.amount, reservation.source_service)
+            outcomes[call] = pb.CaptureResponse(
+                captured=plan.amount, returned=plan.returned, entry_id=entry_id, balance_after=wallet.available
+            )
+            self.records.append(record_values(call.caller, key, "capture", digest, now, outcomes[call]))
+        if marks:
+            params = {
+                "h_reservations": [h[0] for h in holds],
+                "h_lots": [h[1] for h in holds],
+                "h_points": [h[2] for h in holds],
+                "b_lots": list(back),
+                "b_points": list(back.values()),
+                "m_reservations": [m[0] for m in marks],
+                "m_points": [m[1] for m in marks],
+                "m_entries": [m[2] for m in marks],
+            }
+            if (await conn.execute(spending.CAPTURE_MANY_PG, params)).scalar_one() != len(marks):
+                raise AssertionError("a captured reservation was not marked")
+        await self.write()
+        return outcomes

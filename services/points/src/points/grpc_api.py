@@ -15,7 +15,7 @@ from opentelemetry import context as otel_context
 
 from points import balances, campaigns, crediting, explain, ledger, rewards, spending
 from points.bounds import Limits, check_money
-from points.group_commit import CreditCall, CreditGroups
+from points.group_commit import CaptureCall, CaptureGroups, CreditCall, CreditGroups
 from points.idempotency import Ledger
 from points.journal import ts
 from points.ledger import LIMITED_TIME, REGULAR, Clock
@@ -185,6 +185,12 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
             else None
         )
         runtime.state["credit_groups"] = self.credit_groups
+        self.capture_groups = (
+            CaptureGroups(self.ledger)
+            if runtime.settings.credit_group_commit and runtime.db.engine.dialect.name == "postgresql"
+            else None
+        )
+        runtime.state["capture_groups"] = self.capture_groups
         on_postgres = runtime.db.engine.dialect.name == "postgresql"
         self.balance_reads = balances.BalanceReads(self.db, self.ledger.clock.now) if on_postgres else None
         runtime.state["balance_reads"] = self.balance_reads
@@ -383,6 +389,10 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
     async def Capture(self, request: pb.CaptureRequest, context: Any) -> pb.CaptureResponse:
         caller = current_call().require_service_scope("points:spend", "points:credit").client_id
         _in_range(request.amount, self.limits)
+        if self.capture_groups is not None:
+            done = await self.capture_groups.capture(CaptureCall(caller, request, otel_context.get_current()))
+            if done is not None:
+                return done
         return await self.ledger.execute(
             caller=caller,
             key=request.idempotency_key,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from kizuna.kit.events import publish
@@ -18,7 +18,9 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     Select,
+    String,
     and_,
+    any_,
     bindparam,
     case,
     false,
@@ -220,21 +222,58 @@ _TAKE_FROM_LOT = (
 _RETURN_TO_LOT = (
     update(LOTS).where(LOTS.c.id == bindparam("lot")).values(remaining=LOTS.c.remaining + bindparam("points"))
 )
-# The reservation and its holds (in spend order) with their lots, one row per hold, in one read.
-_RESERVATION_WITH_HOLDS = (
-    core_select(
-        RESERVATIONS,
-        HOLDS.c.lot_id,
-        HOLDS.c.amount.label("hold_amount"),
-        LOTS.c.expires_at.label("lot_expires_at"),
-        LOTS.c.kind.label("lot_kind"),
-        LOTS.c.rolling.label("lot_rolling"),
+
+
+def _reservations_with_holds(which: ColumnElement[bool]) -> Select[Any]:
+    """Reservations and their holds (in spend order) with their lots, one row per hold, in one read."""
+    return (
+        core_select(
+            RESERVATIONS,
+            HOLDS.c.lot_id,
+            HOLDS.c.amount.label("hold_amount"),
+            LOTS.c.expires_at.label("lot_expires_at"),
+            LOTS.c.kind.label("lot_kind"),
+            LOTS.c.rolling.label("lot_rolling"),
+        )
+        .select_from(RESERVATIONS)
+        .outerjoin(HOLDS, HOLDS.c.reservation_pk == RESERVATIONS.c.id)
+        .outerjoin(LOTS, LOTS.c.id == HOLDS.c.lot_id)
+        .where(which)
+        .order_by(RESERVATIONS.c.id, HOLDS.c.seq)
     )
-    .select_from(RESERVATIONS)
-    .outerjoin(HOLDS, HOLDS.c.reservation_pk == RESERVATIONS.c.id)
-    .outerjoin(LOTS, LOTS.c.id == HOLDS.c.lot_id)
-    .where(RESERVATIONS.c.reservation_id == bindparam("reservation"))
-    .order_by(HOLDS.c.seq)
+
+
+_RESERVATION_WITH_HOLDS = _reservations_with_holds(RESERVATIONS.c.reservation_id == bindparam("reservation"))
+# Several reservations at once (a group of captures), and whose they are.
+RESERVATIONS_WITH_HOLDS = _reservations_with_holds(
+    RESERVATIONS.c.reservation_id == any_(bindparam("reservations", type_=ARRAY(String())))
+)
+OWNERS = core_select(RESERVATIONS.c.reservation_id, RESERVATIONS.c.member_id).where(
+    RESERVATIONS.c.reservation_id == any_(bindparam("reservations", type_=ARRAY(String())))
+)
+# PostgreSQL: a group of captures' holds, the points returned to lots and the reservations marked
+# captured, in one statement (the lots' returns summed per lot beforehand).
+CAPTURE_MANY_PG = text("""
+WITH holds AS (
+  UPDATE points_hold SET captured = h.points FROM unnest(:h_reservations, :h_lots, :h_points) AS h(rsv, lot, points)
+  WHERE points_hold.reservation_pk = h.rsv AND points_hold.lot_id = h.lot
+), back AS (
+  UPDATE points_lot SET remaining = points_lot.remaining + b.points FROM unnest(:b_lots, :b_points) AS b(lot, points)
+  WHERE points_lot.id = b.lot
+), marked AS (
+  UPDATE points_reservation SET status = 'captured', captured = m.points, capture_entry_id = m.entry
+  FROM unnest(:m_reservations, :m_points, :m_entries) AS m(rsv, points, entry) WHERE points_reservation.id = m.rsv
+  RETURNING 1
+)
+SELECT count(*) FROM marked""").bindparams(
+    bindparam("h_reservations", type_=ARRAY(Integer())),
+    bindparam("h_lots", type_=ARRAY(Integer())),
+    bindparam("h_points", type_=ARRAY(BigInteger())),
+    bindparam("b_lots", type_=ARRAY(Integer())),
+    bindparam("b_points", type_=ARRAY(BigInteger())),
+    bindparam("m_reservations", type_=ARRAY(Integer())),
+    bindparam("m_points", type_=ARRAY(BigInteger())),
+    bindparam("m_entries", type_=ARRAY(String())),
 )
 _CAPTURE_HOLD = (
     update(HOLDS)
@@ -368,22 +407,29 @@ async def _holds(session: AsyncSession, reservation: Reservation) -> list[Hold]:
     )
 
 
-async def capture(
-    session: AsyncSession,
-    wallet: Wallet | None,
-    now: datetime,
-    *,
-    caller: str,
-    request: CaptureArgs,
-    event_reservation_id: bool = True,
-) -> Captured:
-    """Spend (part of) a reservation; the rest returns to its lots. `event_reservation_id=False`
-    leaves the Captured event's reservation_id empty (spends by command have no reservation)."""
+class CapturePlan(NamedTuple):
+    """What a capture does, decided before anything changes."""
+
+    reservation: Any  # the reservation's row (with its first hold's columns)
+    amount: int  # captured
+    returned: int  # back to the member (some of it may repay debt)
+    repaid: int
+    holds: list[tuple[int, int]]  # (lot, captured) per hold
+    back: list[tuple[int, int]]  # (lot, points back into it)
+    kinds: dict[int, tuple[str, bool]]  # lot -> (kind, rolling)
+    postings: dict[str, int]
+    explanation: str
+    # Returned points went into a lot that expired meanwhile: it is expired after the capture.
+    into_expired: bool
+
+
+def plan_capture(
+    rows: Sequence[Any], wallet: Wallet | None, now: datetime, *, caller: str, request: CaptureArgs
+) -> CapturePlan:
+    """Check a capture against its reservation (`_RESERVATION_WITH_HOLDS` rows, one per hold) and
+    plan it; nothing changes here."""
     if request.amount < 0:
         raise InvalidArgument("amount must be >= 0 (0 captures the whole reservation)")
-    await flush_before_sql(session, wallet)
-    conn = await session.connection()
-    rows = (await conn.execute(_RESERVATION_WITH_HOLDS, {"reservation": request.reservation_id})).all()
     reservation = rows[0] if rows else None
     if reservation is None:
         raise NotFound(f"unknown reservation {request.reservation_id!r}")
@@ -403,61 +449,105 @@ async def capture(
     rolling = wallet.rolling_expires_at
     expiries = [lot_expiry(h.lot_rolling, h.lot_expires_at, rolling) for h in holds]
     split = ledger.split_capture([HoldState(h.lot_id, h.hold_amount) for h in holds], amount)
-    await conn.execute(
-        _CAPTURE_HOLD,
-        [{"reservation": reservation.id, "lot": lot_id, "points": captured} for lot_id, captured, _ in split],
-    )
     back, repaid = ledger.repay_debt_first(
         [(lot_id, points, at) for at, (lot_id, _, points) in zip(expiries, split, strict=True) if points > 0],
         wallet.debt,
         now,
     )
-    returns = [{"lot": lot_id, "points": points} for lot_id, points in back if points > 0]
-    kinds = {h.lot_id: (h.lot_kind, h.lot_rolling) for h in holds}
-    for lot_id, points in back:
-        count_lot_points(wallet, *kinds[lot_id], points)
-    if returns:
-        await conn.execute(_RETURN_TO_LOT, returns)
-    returned_total = reservation.amount - amount
+    returned = reservation.amount - amount
     member = wallet.member_id
     spent = reservation.reason or f"Spent at {reservation.source_service}"
+    return CapturePlan(
+        reservation=reservation,
+        amount=amount,
+        returned=returned,
+        repaid=repaid,
+        holds=[(lot_id, captured) for lot_id, captured, _ in split],
+        back=back,
+        kinds={h.lot_id: (h.lot_kind, h.lot_rolling) for h in holds},
+        postings={
+            account_held(member): -reservation.amount,
+            account_redeemed(reservation.source_service): amount,
+            account_available(member): returned - repaid,
+            account_debt(member): repaid,
+        },
+        explanation=spent + (f" ({repaid} of the points returned repaid debt)" if repaid else ""),
+        into_expired=any(at <= now for at, (_, _, points) in zip(expiries, split, strict=True) if points > 0),
+    )
+
+
+def count_returns(wallet: Wallet, plan: CapturePlan) -> None:
+    """The wallet's split of its points as the capture's returns go back into their lots."""
+    for lot_id, points in plan.back:
+        count_lot_points(wallet, *plan.kinds[lot_id], points)
+
+
+def captured_event(
+    entry_id: str, wallet: Wallet, now: datetime, plan: CapturePlan, *, key: str, with_reservation_id: bool = True
+) -> ev.Captured:
+    reservation = plan.reservation
+    return ev.Captured(
+        entry_id=entry_id,
+        reservation_id=reservation.reservation_id if with_reservation_id else "",
+        member_id=wallet.member_id,
+        captured=plan.amount,
+        returned=plan.returned,
+        source_service=reservation.source_service,
+        source_ref=reservation.source_ref,
+        balance_after=wallet.available,
+        idempotency_key=key,
+        captured_at=ts(now),
+    )
+
+
+async def capture(
+    session: AsyncSession,
+    wallet: Wallet | None,
+    now: datetime,
+    *,
+    caller: str,
+    request: CaptureArgs,
+    event_reservation_id: bool = True,
+) -> Captured:
+    """Spend (part of) a reservation; the rest returns to its lots. `event_reservation_id=False`
+    leaves the Captured event's reservation_id empty (spends by command have no reservation)."""
+    if request.amount < 0:
+        raise InvalidArgument("amount must be >= 0 (0 captures the whole reservation)")
+    await flush_before_sql(session, wallet)
+    conn = await session.connection()
+    rows = (await conn.execute(_RESERVATION_WITH_HOLDS, {"reservation": request.reservation_id})).all()
+    plan = plan_capture(rows, wallet, now, caller=caller, request=request)
+    assert wallet is not None
+    reservation = plan.reservation
+    await conn.execute(
+        _CAPTURE_HOLD,
+        [{"reservation": reservation.id, "lot": lot_id, "points": points} for lot_id, points in plan.holds],
+    )
+    count_returns(wallet, plan)
+    returns = [{"lot": lot_id, "points": points} for lot_id, points in plan.back if points > 0]
+    if returns:
+        await conn.execute(_RETURN_TO_LOT, returns)
     entry = await post_entry(
         session,
         wallet,
         kind="spend",
-        postings={
-            account_held(member): -reservation.amount,
-            account_redeemed(reservation.source_service): amount,
-            account_available(member): returned_total - repaid,
-            account_debt(member): repaid,
-        },
-        explanation=spent + (f" ({repaid} of the points returned repaid debt)" if repaid else ""),
+        postings=plan.postings,
+        explanation=plan.explanation,
         source_service=reservation.source_service,
         source_ref=reservation.source_ref,
         now=now,
     )
-    await conn.execute(_MARK_CAPTURED, {"reservation": reservation.id, "points": amount, "entry": entry.entry_id})
-    if any(at <= now for at, (_, _, back) in zip(expiries, split, strict=True) if back > 0):
+    await conn.execute(_MARK_CAPTURED, {"reservation": reservation.id, "points": plan.amount, "entry": entry.entry_id})
+    if plan.into_expired:
         await expire_due_lots(session, wallet, now)  # returned points of a lot that expired meanwhile
-    await publish(
-        session,
-        "points.ledger.captured",
-        ev.Captured(
-            entry_id=entry.entry_id,
-            reservation_id=reservation.reservation_id if event_reservation_id else "",
-            member_id=member,
-            captured=amount,
-            returned=returned_total,
-            source_service=reservation.source_service,
-            source_ref=reservation.source_ref,
-            balance_after=wallet.available,
-            idempotency_key=request.idempotency_key,
-            captured_at=ts(now),
-        ),
-        member_id=member,
+    event = captured_event(
+        entry.entry_id, wallet, now, plan, key=request.idempotency_key, with_reservation_id=event_reservation_id
     )
-    count_on_commit(session, points_spent, amount, reservation.source_service)
-    return Captured(captured=amount, returned=returned_total, entry_id=entry.entry_id, balance_after=wallet.available)
+    await publish(session, "points.ledger.captured", event, member_id=wallet.member_id)
+    count_on_commit(session, points_spent, plan.amount, reservation.source_service)
+    return Captured(
+        captured=plan.amount, returned=plan.returned, entry_id=entry.entry_id, balance_after=wallet.available
+    )
 
 
 async def void(
