@@ -419,6 +419,12 @@ async def main() -> None:
             print(f"{'':<34} {row['n'] / max(row['t'], 1):8.1f} credits per transaction", flush=True)
         if "reserve" in only:
             await drive("Reserve+Capture (gRPC)", args.seconds, reserve_capture)
+            conn = await asyncpg.connect(url)
+            row = await conn.fetchrow(
+                "SELECT count(*) AS n, count(DISTINCT created_at) AS t FROM points_entry WHERE kind = 'spend'"
+            )
+            await conn.close()
+            print(f"{'':<34} {row['n'] / max(row['t'], 1):8.1f} captures per transaction", flush=True)
         # One call at a time: CPU per call with the least contention (context switches, waiting
         # connections), which moves less with the shared machine's load than 64 clients do.
         if "credit1" in only:

@@ -308,3 +308,71 @@ async def test_captures_that_arrive_together_commit_together_each_with_its_own_o
     assert captured == 4
     marked = await raw.fetch("SELECT reservation_id, captured FROM points_reservation WHERE status = 'captured'")
     assert {row["reservation_id"]: row["captured"] for row in marked} == {r0: 1, r1: 30, r2: 5, r3: 50}
+
+
+async def test_reserves_that_arrive_together_commit_together_each_taking_what_the_last_left(
+    points: Points, raw: asyncpg.Connection
+) -> None:
+    await points.register("a", "b", "many")
+    now = points.clock.now()
+    await points.credit("a", 50)
+    await points.credit("a", 20, kind=pb.CREDIT_KIND_LIMITED_TIME, expires_at=now + timedelta(days=30))
+    await points.credit("b", 10)
+    for _ in range(20):
+        await points.credit("many", 1)
+    groups, reserve = points.runtime.state["reserve_groups"], points.stub.Reserve
+
+    def call(member: str, amount: int, idem: str | None = None, ttl: int = 0) -> Awaitable[Any]:
+        request = pb.ReserveRequest(
+            member_id=member, amount=amount, ttl_seconds=ttl, reason="group", idempotency_key=idem or key()
+        )
+        return outcome(reserve(request, metadata=points.auth("shop", member=member), timeout=30))
+
+    committed = groups.groups
+    lock = raw.transaction()
+    await lock.start()
+    await raw.execute("SELECT 1 FROM points_wallet WHERE member_id = 'b' FOR UPDATE")
+    first = asyncio.create_task(call("b", 4))
+    await until(lambda: waiting_on_a_lock(raw, "points_wallet"), "the first group waits for b's wallet")
+    twice, short = key(), key()
+    calls = {
+        "a-25": call("a", 25, twice),
+        "a-25-retry": call("a", 25, twice),
+        "a-30": call("a", 30),
+        "a-20-short": call("a", 20, short),  # 15 left after the two before it
+        "a-bad-ttl": call("a", 1, ttl=10**9),
+        "b-6": call("b", 6),
+        "many-18": call("many", 18),  # more than the sixteen lots a group reads: alone
+    }
+    tasks = {name: asyncio.create_task(c) for name, c in calls.items()}
+    await until(lambda: groups.queued == len(calls), "every call is queued")
+    await lock.rollback()
+    results = {name: await task for name, task in tasks.items()}
+
+    assert isinstance(await first, pb.ReserveResponse)
+    assert groups.groups - committed == 2
+    assert results["a-25"] == results["a-25-retry"]
+    assert results["a-25"].balance_after == 45 and results["a-30"].balance_after == 15
+    assert results["a-20-short"] == grpc.StatusCode.FAILED_PRECONDITION
+    assert results["a-bad-ttl"] == grpc.StatusCode.INVALID_ARGUMENT
+    assert results["b-6"].balance_after == 0
+    assert results["many-18"].balance_after == 2
+    for member, total, pending in (("a", 15, 55), ("b", 0, 10), ("many", 2, 18)):
+        balance = await points.balance(member)
+        assert (balance.total, balance.pending) == (total, pending), member
+    # The limited-time lot went first: a's first 25 took its 20 and 5 regular points.
+    held = await raw.fetch(
+        """SELECT r.amount, l.kind, h.amount AS took FROM points_hold h
+        JOIN points_reservation r ON r.id = h.reservation_pk JOIN points_lot l ON l.id = h.lot_id
+        WHERE r.member_id = 'a' ORDER BY r.id, h.seq"""
+    )
+    assert [(row["amount"], row["kind"], row["took"]) for row in held] == [
+        (25, "limited_time", 20),
+        (25, "regular", 5),
+        (30, "regular", 30),
+    ]
+    # A remembered rejection: the same call again gets the same answer, even with points back.
+    await points.credit("a", 100)
+    assert await call("a", 20, short) == grpc.StatusCode.FAILED_PRECONDITION
+    events = await raw.fetchval("SELECT count(*) FROM kit_outbox WHERE subject = 'points.ledger.reserved'")
+    assert events == 5  # b's two, a's two, many's

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from kizuna.kit.db import is_disconnect
@@ -37,15 +37,16 @@ from opentelemetry.context import Context
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from points import spending
+from points import ledger, spending
 from points.bounds import Budgets, Limits
 from points.crediting import check_credit, credited_event, lapsed, plan_credit
 from points.idempotency import INSERT_RECORD, Ledger, check_key, record_values, replay, request_hash
-from points.journal import PlannedEntry, apply_postings, new_id, post_entries_pg
+from points.journal import PlannedEntry, apply_postings, new_id, post_entries_pg, ts
+from points.ledger import LotState
 from points.ledger_metrics import count_on_commit, group_size, points_credited, points_spent
 from points.models import Wallet
 from points.spending import OWNERS, RESERVATIONS_WITH_HOLDS
-from points.wallets import NOT_REMEMBERED, lock_wallets, records_of
+from points.wallets import NOT_REMEMBERED, count_lot_points, lock_wallets, records_of
 
 tracer = trace.get_tracer("kizuna.points")
 log = logging.getLogger("points.group_commit")
@@ -87,8 +88,19 @@ class CaptureCall:
     group_span: trace.SpanContext | None = None
 
 
-C = TypeVar("C", CreditCall, CaptureCall)
-R = TypeVar("R", pb.CreditResponse, pb.CaptureResponse)
+@dataclass(eq=False)
+class ReserveCall:
+    """A Reserve as the RPC checked it."""
+
+    caller: str
+    args: spending.ReserveArgs
+    request: pb.ReserveRequest
+    context: Context
+    group_span: trace.SpanContext | None = None
+
+
+C = TypeVar("C", CreditCall, CaptureCall, ReserveCall)
+R = TypeVar("R", pb.CreditResponse, pb.CaptureResponse, pb.ReserveResponse)
 
 
 class _Groups(Generic[C, R]):
@@ -178,6 +190,23 @@ class CaptureGroups(_Groups[CaptureCall, pb.CaptureResponse]):
 
 def _deadlock(exc: DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) == "40P01" or "deadlock detected" in str(exc.orig)
+
+
+class ReserveGroups(_Groups[ReserveCall, pb.ReserveResponse]):
+    operation = "reserve"
+
+    def __init__(self, ledger: Ledger, default_ttl: int, max_ttl: int) -> None:
+        super().__init__(ledger)
+        self.default_ttl = default_ttl
+        self.max_ttl = max_ttl
+
+    async def reserve(self, call: ReserveCall) -> pb.ReserveResponse | None:
+        return await self.submit(call)
+
+    async def _run(
+        self, session: AsyncSession, now: datetime, group: list[ReserveCall]
+    ) -> dict[ReserveCall, pb.ReserveResponse | DomainError]:
+        return await _ReserveGroup(self, session, now).run(group)
 
 
 class _Txn:
@@ -394,3 +423,123 @@ class _CaptureGroup(_Txn):
                 raise AssertionError("a captured reservation was not marked")
         await self.write()
         return outcomes
+
+
+class _ReserveGroup(_Txn):
+    """A group of reservations: the members' first live lots read once per member, each reservation
+    taking from what the ones before it left."""
+
+    def __init__(self, groups: ReserveGroups, session: AsyncSession, now: datetime) -> None:
+        super().__init__(session, now)
+        self.groups = groups
+
+    async def run(self, group: list[ReserveCall]) -> dict[ReserveCall, pb.ReserveResponse | DomainError]:
+        session, now = self.session, self.now
+        locked = await lock_wallets(session, [call.args.member_id for call in group], now)
+        pairs = list(dict.fromkeys((call.caller, call.args.idempotency_key) for call in group))
+        records = await records_of(session, pairs)
+        lots: dict[str, tuple[list[Any], dict[int, int]]] = {}
+        outcomes: dict[ReserveCall, pb.ReserveResponse | DomainError] = {}
+        seen: set[tuple[str, str]] = set()
+        reservations: list[dict[str, Any]] = []
+        holds: list[tuple[str, int, int, int]] = []
+        taken: dict[int, int] = {}
+        for call in group:
+            args, key = call.args, call.args.idempotency_key
+            invalid = check_key(key)
+            if invalid is not None:
+                outcomes[call] = invalid
+                continue
+            if (call.caller, key) in seen:
+                continue  # alone, after this group: it replays the first call's outcome
+            seen.add((call.caller, key))
+            digest = request_hash("reserve", call.request)
+            record = records.get((call.caller, key))
+            if record is not None:
+                outcomes[call] = replay(record, "reserve", digest, key, pb.ReserveResponse)
+                continue
+            wallet, due = locked.get(args.member_id, (None, False))
+            if wallet is None or due or wallet.status != "active":
+                continue  # alone: settling and refusing are the single path's
+            try:
+                spending.check_reserve(args, self.groups.max_ttl)
+                if args.member_id not in lots:
+                    rows = await spending.first_live_lots(session, wallet, now)
+                    lots[args.member_id] = (rows, {row.id: row.remaining for row in rows})
+                rows, remaining = lots[args.member_id]
+                if len(rows) == spending.FIRST_LOTS and sum(remaining.values()) < args.amount:
+                    continue  # alone: it may need more of the member's lots than were read
+                live = [LotState(row.id, row.kind, remaining[row.id], row.expires_at) for row in rows]
+                takes = ledger.allocate([lot for lot in live if lot.remaining > 0], args.amount, now)
+            except DomainError as exc:
+                outcomes[call] = exc
+                self.records.append(record_values(call.caller, key, "reserve", digest, now, exc))
+                continue
+            kinds = {row.id: (row.kind, row.rolling) for row in rows}
+            reservation_id = new_id("rsv")
+            for seq, (lot_id, take) in enumerate(takes):
+                remaining[lot_id] -= take
+                taken[lot_id] = taken.get(lot_id, 0) + take
+                count_lot_points(wallet, *kinds[lot_id], -take)
+                holds.append((reservation_id, lot_id, seq, take))
+            expires_at = now + timedelta(seconds=args.ttl_seconds or self.groups.default_ttl)
+            source_service = args.source_service or call.caller
+            reservations.append(
+                {
+                    "reservation_id": reservation_id,
+                    "member_id": wallet.member_id,
+                    "caller": call.caller,
+                    "amount": args.amount,
+                    "reason": args.reason,
+                    "source_service": source_service,
+                    "source_ref": args.source_ref,
+                    "expires_at": expires_at,
+                }
+            )
+            self.entry(
+                wallet,
+                spending.hold_postings(wallet, args.amount),
+                kind="hold",
+                explanation=f"Hold: {args.reason}",
+                source_service=source_service,
+                source_ref=args.source_ref,
+                lot=None,
+            )
+            event = spending.reserved_event(
+                reservation_id, wallet, now, expires_at, source_service=source_service, request=args
+            )
+            self.events.append(
+                outgoing("points.ledger.reserved", event, member_id=wallet.member_id, context=call.context)
+            )
+            outcomes[call] = pb.ReserveResponse(
+                reservation_id=reservation_id, expires_at=ts(expires_at), balance_after=wallet.available
+            )
+            self.records.append(record_values(call.caller, key, "reserve", digest, now, outcomes[call]))
+        if reservations:
+            conn = await session.connection()
+            params = {
+                "created_at": now,
+                **{f"r_{name}": [r[column] for r in reservations] for name, column in _RESERVATION_ARRAYS.items()},
+                "t_lots": list(taken),
+                "t_points": list(taken.values()),
+                "h_reservations": [h[0] for h in holds],
+                "h_lots": [h[1] for h in holds],
+                "h_seq": [h[2] for h in holds],
+                "h_points": [h[3] for h in holds],
+            }
+            if (await conn.execute(spending.RESERVE_MANY_PG, params)).scalar_one() != len(reservations):
+                raise AssertionError("a reservation was not written")
+        await self.write()
+        return outcomes
+
+
+_RESERVATION_ARRAYS = {
+    "ids": "reservation_id",
+    "members": "member_id",
+    "callers": "caller",
+    "amounts": "amount",
+    "reasons": "reason",
+    "services": "source_service",
+    "refs": "source_ref",
+    "expires": "expires_at",
+}

@@ -15,7 +15,7 @@ from opentelemetry import context as otel_context
 
 from points import balances, campaigns, crediting, explain, ledger, rewards, spending
 from points.bounds import Limits, check_money
-from points.group_commit import CaptureCall, CaptureGroups, CreditCall, CreditGroups
+from points.group_commit import CaptureCall, CaptureGroups, CreditCall, CreditGroups, ReserveCall, ReserveGroups
 from points.idempotency import Ledger
 from points.journal import ts
 from points.ledger import LIMITED_TIME, REGULAR, Clock
@@ -185,12 +185,12 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
             else None
         )
         runtime.state["credit_groups"] = self.credit_groups
-        self.capture_groups = (
-            CaptureGroups(self.ledger)
-            if runtime.settings.credit_group_commit and runtime.db.engine.dialect.name == "postgresql"
-            else None
-        )
+        grouped = runtime.settings.credit_group_commit and runtime.db.engine.dialect.name == "postgresql"
+        self.capture_groups = CaptureGroups(self.ledger) if grouped else None
         runtime.state["capture_groups"] = self.capture_groups
+        ttl = (runtime.settings.reservation_default_ttl_seconds, runtime.settings.reservation_max_ttl_seconds)
+        self.reserve_groups = ReserveGroups(self.ledger, *ttl) if grouped else None
+        runtime.state["reserve_groups"] = self.reserve_groups
         on_postgres = runtime.db.engine.dialect.name == "postgresql"
         self.balance_reads = balances.BalanceReads(self.db, self.ledger.clock.now) if on_postgres else None
         runtime.state["balance_reads"] = self.balance_reads
@@ -367,6 +367,10 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
             source_ref=request.source_ref,
             idempotency_key=request.idempotency_key,
         )
+        if self.reserve_groups is not None:
+            done = await self.reserve_groups.reserve(ReserveCall(caller, args, request, otel_context.get_current()))
+            if done is not None:
+                return done
         default_ttl = self.settings.reservation_default_ttl_seconds
         max_ttl = self.settings.reservation_max_ttl_seconds
 

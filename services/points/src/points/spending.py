@@ -216,6 +216,44 @@ SELECT id FROM reservation""").bindparams(
     bindparam("lots", type_=ARRAY(Integer())),
     bindparam("points", type_=ARRAY(BigInteger())),
 )
+# PostgreSQL: a group of reservations, what they take from each lot (summed per lot beforehand) and
+# their holds (in spend order) in one statement.
+RESERVE_MANY_PG = text("""
+WITH r AS (
+  INSERT INTO points_reservation (reservation_id, member_id, caller, amount, status, reason, source_service,
+    source_ref, captured, refunded, created_at, expires_at)
+  SELECT u.reservation_id, u.member_id, u.caller, u.amount, 'open', u.reason, u.source_service, u.source_ref, 0, 0,
+    :created_at, u.expires_at
+  FROM unnest(:r_ids, :r_members, :r_callers, :r_amounts, :r_reasons, :r_services, :r_refs, :r_expires)
+    WITH ORDINALITY AS u(reservation_id, member_id, caller, amount, reason, source_service, source_ref, expires_at, n)
+  ORDER BY u.n
+  RETURNING id, reservation_id
+), taken AS (
+  UPDATE points_lot SET remaining = points_lot.remaining - t.points FROM unnest(:t_lots, :t_points) AS t(lot, points)
+  WHERE points_lot.id = t.lot
+), holds AS (
+  INSERT INTO points_hold (reservation_pk, lot_id, seq, amount, captured, refunded)
+  SELECT r.id, h.lot, h.seq, h.points, 0, 0
+  FROM unnest(:h_reservations, :h_lots, :h_seq, :h_points) WITH ORDINALITY AS h(rsv, lot, seq, points, n)
+  JOIN r ON r.reservation_id = h.rsv ORDER BY h.n
+)
+SELECT count(*) FROM r""").bindparams(
+    bindparam("created_at", type_=RESERVATIONS.c.created_at.type),
+    bindparam("r_ids", type_=ARRAY(String())),
+    bindparam("r_members", type_=ARRAY(String())),
+    bindparam("r_callers", type_=ARRAY(String())),
+    bindparam("r_amounts", type_=ARRAY(BigInteger())),
+    bindparam("r_reasons", type_=ARRAY(String())),
+    bindparam("r_services", type_=ARRAY(String())),
+    bindparam("r_refs", type_=ARRAY(String())),
+    bindparam("r_expires", type_=ARRAY(RESERVATIONS.c.expires_at.type)),
+    bindparam("t_lots", type_=ARRAY(Integer())),
+    bindparam("t_points", type_=ARRAY(BigInteger())),
+    bindparam("h_reservations", type_=ARRAY(String())),
+    bindparam("h_lots", type_=ARRAY(Integer())),
+    bindparam("h_seq", type_=ARRAY(Integer())),
+    bindparam("h_points", type_=ARRAY(BigInteger())),
+)
 _TAKE_FROM_LOT = (
     update(LOTS).where(LOTS.c.id == bindparam("lot")).values(remaining=LOTS.c.remaining - bindparam("points"))
 )
@@ -287,6 +325,50 @@ _MARK_CAPTURED = (
 )
 
 
+def check_reserve(request: ReserveArgs, max_ttl: int) -> None:
+    if request.amount <= 0:
+        raise InvalidArgument("amount must be > 0")
+    if request.ttl_seconds < 0 or request.ttl_seconds > max_ttl:
+        raise InvalidArgument(f"ttl_seconds must be between 0 and {max_ttl}")
+
+
+async def first_live_lots(session: AsyncSession, wallet: Wallet, now: datetime, *, every: bool = False) -> list[Any]:
+    """The member's first FIRST_LOTS live lots in spend order (all of them with `every`)."""
+    conn = await session.connection()
+    # A rolling lot follows the wallet's rolling expiry (None: the member has no rolling lots).
+    params = {"member": wallet.member_id, "now": now, "rolling": wallet.rolling_expires_at or now}
+    if every:
+        return list((await conn.execute(_LIVE_LOTS, params)).all())
+    return list((await conn.execute(_FIRST_LIVE_LOTS, {**params, "first": FIRST_LOTS})).all())
+
+
+def reserved_event(
+    reservation_id: str,
+    wallet: Wallet,
+    now: datetime,
+    expires_at: datetime,
+    *,
+    source_service: str,
+    request: ReserveArgs,
+) -> ev.Reserved:
+    return ev.Reserved(
+        reservation_id=reservation_id,
+        member_id=wallet.member_id,
+        amount=request.amount,
+        reason=request.reason,
+        source_service=source_service,
+        source_ref=request.source_ref,
+        expires_at=ts(expires_at),
+        balance_after=wallet.available,
+        idempotency_key=request.idempotency_key,
+        reserved_at=ts(now),
+    )
+
+
+def hold_postings(wallet: Wallet, amount: int) -> dict[str, int]:
+    return {account_available(wallet.member_id): -amount, account_held(wallet.member_id): amount}
+
+
 async def reserve(
     session: AsyncSession,
     wallet: Wallet | None,
@@ -297,18 +379,13 @@ async def reserve(
     default_ttl: int,
     max_ttl: int,
 ) -> Reserved:
-    if request.amount <= 0:
-        raise InvalidArgument("amount must be > 0")
-    if request.ttl_seconds < 0 or request.ttl_seconds > max_ttl:
-        raise InvalidArgument(f"ttl_seconds must be between 0 and {max_ttl}")
+    check_reserve(request, max_ttl)
     wallet = require_active(wallet, request.member_id)
     await flush_before_sql(session, wallet)
     conn = await session.connection()
-    # A rolling lot follows the wallet's rolling expiry (None: the member has no rolling lots).
-    params = {"member": wallet.member_id, "now": now, "rolling": wallet.rolling_expires_at or now}
-    rows = (await conn.execute(_FIRST_LIVE_LOTS, {**params, "first": FIRST_LOTS})).all()
+    rows = await first_live_lots(session, wallet, now)
     if len(rows) == FIRST_LOTS and sum(row.remaining for row in rows) < request.amount:
-        rows = (await conn.execute(_LIVE_LOTS, params)).all()
+        rows = await first_live_lots(session, wallet, now, every=True)
     lots = [LotState(row.id, row.kind, row.remaining, row.expires_at) for row in rows]
     takes = ledger.allocate(lots, request.amount, now)
     kinds = {row.id: (row.kind, row.rolling) for row in rows}
@@ -352,29 +429,14 @@ async def reserve(
         session,
         wallet,
         kind="hold",
-        postings={account_available(wallet.member_id): -request.amount, account_held(wallet.member_id): request.amount},
+        postings=hold_postings(wallet, request.amount),
         explanation=f"Hold: {request.reason}",
         source_service=source_service,
         source_ref=request.source_ref,
         now=now,
     )
-    await publish(
-        session,
-        "points.ledger.reserved",
-        ev.Reserved(
-            reservation_id=reservation_id,
-            member_id=wallet.member_id,
-            amount=request.amount,
-            reason=request.reason,
-            source_service=source_service,
-            source_ref=request.source_ref,
-            expires_at=ts(expires_at),
-            balance_after=wallet.available,
-            idempotency_key=request.idempotency_key,
-            reserved_at=ts(now),
-        ),
-        member_id=wallet.member_id,
-    )
+    event = reserved_event(reservation_id, wallet, now, expires_at, source_service=source_service, request=request)
+    await publish(session, "points.ledger.reserved", event, member_id=wallet.member_id)
     return Reserved(reservation_id=reservation_id, expires_at=expires_at, balance_after=wallet.available)
 
 
