@@ -1,5 +1,6 @@
-"""Points killed (SIGKILL) while Credit calls are committing in groups on PostgreSQL: every caller
-retries with its key until it has an answer, and each credit is in the ledger exactly once."""
+"""Points killed (SIGKILL) while Credit, Reserve and Capture calls are committing in groups on
+PostgreSQL: every caller retries with its key until it has an answer, and each credit, reservation
+and capture is in the ledger exactly once."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from points import audit
 
 MEMBERS = 20
 CREDITS = 240
+PAIRS = 160
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL}
 
 
@@ -35,6 +37,7 @@ async def test_credits_interrupted_by_a_kill_are_each_in_the_ledger_once_after_r
         MEMBERS,
     )
     auth = call_metadata(test_issuer.service_token("shop", "points:credit points:read"))
+    spend_auth = call_metadata(test_issuer.service_token("shop", "points:spend"))
     requests = [
         pb.CreditRequest(
             member_id=f"m{i % MEMBERS + 1}",
@@ -79,14 +82,63 @@ async def test_credits_interrupted_by_a_kill_are_each_in_the_ledger_once_after_r
             again = await stub.Credit(requests[0], metadata=auth, timeout=5)
             assert again == answers[requests[0].idempotency_key]
 
+            # Then spending: Reserve and Capture pairs, killed midway again.
+            pairs = list(range(PAIRS))
+            spent: dict[int, pb.CaptureResponse] = {}
+            a_third_spent = asyncio.Event()
+
+            async def answer(call: Any, request: Any, metadata: Any) -> Any:
+                nonlocal retries
+                while True:  # the same key until there is an answer
+                    try:
+                        return await call(request, metadata=metadata, timeout=5)
+                    except grpc.aio.AioRpcError as exc:
+                        assert exc.code() in RETRYABLE, exc
+                        retries += 1
+                        await asyncio.sleep(0.05)
+
+            async def spender() -> None:
+                while pairs:
+                    i = pairs.pop()
+                    member = f"m{i % MEMBERS + 1}"
+                    reserve = pb.ReserveRequest(member_id=member, amount=i % 7 + 1, idempotency_key=f"reserve-{i}")
+                    member_auth = call_metadata(
+                        test_issuer.service_token("shop", "points:spend"), test_issuer.member_token(member)
+                    )
+                    held = await answer(stub.Reserve, reserve, member_auth)
+                    capture = pb.CaptureRequest(reservation_id=held.reservation_id, idempotency_key=f"capture-{i}")
+                    spent[i] = await answer(stub.Capture, capture, spend_auth)
+                    if len(spent) >= PAIRS // 3:
+                        a_third_spent.set()
+
+            async def kill_again() -> None:
+                await a_third_spent.wait()
+                assert points.process is not None
+                end_process(points.process, sig=signal.SIGKILL)
+                points.start()
+
+            retries_before = retries
+            await asyncio.wait_for(asyncio.gather(kill_again(), *(spender() for _ in range(16))), timeout=120)
+            assert retries > retries_before  # the second kill cut calls short too
+
         assert retries > 0  # the kill cut calls short
         assert len(answers) == CREDITS
         entries = await conn.fetch("SELECT entry_id, amount FROM points_entry WHERE kind = 'credit'")
         assert sorted(r["entry_id"] for r in entries) == sorted(a.entry_id for a in answers.values())
         assert sum(r["amount"] for r in entries) == sum(r.amount for r in requests)
-        assert await conn.fetchval("SELECT sum(available) FROM points_wallet") == sum(r.amount for r in requests)
         events = await conn.fetchval("SELECT count(*) FROM kit_outbox WHERE subject = 'points.ledger.credited'")
         assert events == CREDITS
+        # Every pair reserved once and captured once.
+        assert len(spent) == PAIRS and all(done.captured == i % 7 + 1 for i, done in spent.items())
+        spends = await conn.fetch("SELECT entry_id, amount FROM points_entry WHERE kind = 'spend'")
+        assert sorted(r["entry_id"] for r in spends) == sorted(done.entry_id for done in spent.values())
+        assert await conn.fetchval("SELECT count(*) FROM points_reservation") == PAIRS
+        assert await conn.fetchval("SELECT count(*) FROM points_reservation WHERE status = 'captured'") == PAIRS
+        total_spent = sum(i % 7 + 1 for i in range(PAIRS))
+        balance = await conn.fetchrow("SELECT sum(available) AS available, sum(held) AS held FROM points_wallet")
+        assert (balance["available"], balance["held"]) == (sum(r.amount for r in requests) - total_spent, 0)
+        for subject, count in (("points.ledger.reserved", PAIRS), ("points.ledger.captured", PAIRS)):
+            assert await conn.fetchval("SELECT count(*) FROM kit_outbox WHERE subject = $1", subject) == count
         db = Database(postgres_url.replace("postgresql://", "postgresql+asyncpg://", 1))
         try:
             async with db.sessions() as session:
