@@ -178,14 +178,12 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
         self.ledger = ledger_of(runtime)
         self.db = runtime.db
         self.limits = Limits.of(runtime.settings)
-        # Credits commit in groups on PostgreSQL (SQLite has one writer at a time anyway).
+        # Credit, Reserve and Capture commit in groups on PostgreSQL (SQLite has one writer at a time).
+        grouped = runtime.settings.ledger_group_commit and runtime.db.engine.dialect.name == "postgresql"
         self.credit_groups = (
-            CreditGroups(self.ledger, self.limits, runtime.settings.regular_expiry_months)
-            if runtime.settings.credit_group_commit and runtime.db.engine.dialect.name == "postgresql"
-            else None
+            CreditGroups(self.ledger, self.limits, runtime.settings.regular_expiry_months) if grouped else None
         )
         runtime.state["credit_groups"] = self.credit_groups
-        grouped = runtime.settings.credit_group_commit and runtime.db.engine.dialect.name == "postgresql"
         self.capture_groups = CaptureGroups(self.ledger) if grouped else None
         runtime.state["capture_groups"] = self.capture_groups
         ttl = (runtime.settings.reservation_default_ttl_seconds, runtime.settings.reservation_max_ttl_seconds)

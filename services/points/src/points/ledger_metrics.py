@@ -36,12 +36,12 @@ budget_refused = meter.create_counter(
     description="Credits refused: the issuing service's daily credit budget would be breached (attribute service)",
 )
 
-# How many Credit calls each group commit carried (points.group_commit): near 1, calls arrive one at
-# a time; near its most (64), the ledger runs at its limit.
+# How many calls each group commit carried (points.group_commit), by operation (credit, reserve,
+# capture): near 1, calls arrive one at a time; near its most (64), the ledger runs at its limit.
 group_size = meter.create_histogram(
-    "kizuna.points.credit_group_size",
+    "kizuna.points.group_size",
     unit="{call}",
-    description="Credit calls committed together in one transaction",
+    description="Ledger calls committed together in one transaction (attribute operation)",
     explicit_bucket_boundaries_advisory=[1, 2, 4, 8, 16, 32, 64],
 )
 

@@ -44,9 +44,9 @@ class Settings(ServiceSettings):
     # Where the ecosystem header (kizuna.kit.header) reads a member's balance: this service itself.
     points_addr: str = "127.0.0.1:50051"
 
-    # Credit calls that arrive together commit together, in one transaction (PostgreSQL; see
-    # points.group_commit); off, each runs in its own.
-    credit_group_commit: bool = True
+    # Credit, Reserve and Capture calls that arrive together commit together, in one transaction
+    # (PostgreSQL; see points.group_commit); off, each runs in its own.
+    ledger_group_commit: bool = True
 
     # Regular points expire this many months after the member last earned (rolling).
     regular_expiry_months: int = 12
