@@ -106,6 +106,18 @@ async def drive(name: str, seconds: float, call: Any, clients: int = CLIENTS) ->
     )
 
 
+async def per_transaction(url: str, kind: str, label: str) -> None:
+    """A group commit's entries share their transaction's time: entries of `kind` per transaction."""
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT count(*) AS n, count(DISTINCT created_at) AS t FROM points_entry WHERE kind = $1", kind
+        )
+    finally:
+        await conn.close()
+    print(f"{'':<34} {row['n'] / max(row['t'], 1):8.1f} {label} per transaction", flush=True)
+
+
 # A missed idempotency lookup as points makes it: the key is computed once per statement (a scalar
 # subquery), so the lookup is an index probe. Written as `key = md5(random()::text)`, the volatile
 # function ran per row and every lookup scanned the whole table, slowing pgbench as it grew (200
@@ -410,21 +422,10 @@ async def main() -> None:
 
         if "credit" in only:
             await drive("Credit (gRPC)", args.seconds, credit)
-            # A group commit's entries share their transaction's time: credits per transaction.
-            conn = await asyncpg.connect(url)
-            row = await conn.fetchrow(
-                "SELECT count(*) AS n, count(DISTINCT created_at) AS t FROM points_entry WHERE kind = 'credit'"
-            )
-            await conn.close()
-            print(f"{'':<34} {row['n'] / max(row['t'], 1):8.1f} credits per transaction", flush=True)
+            await per_transaction(url, "credit", "credits")
         if "reserve" in only:
             await drive("Reserve+Capture (gRPC)", args.seconds, reserve_capture)
-            conn = await asyncpg.connect(url)
-            row = await conn.fetchrow(
-                "SELECT count(*) AS n, count(DISTINCT created_at) AS t FROM points_entry WHERE kind = 'spend'"
-            )
-            await conn.close()
-            print(f"{'':<34} {row['n'] / max(row['t'], 1):8.1f} captures per transaction", flush=True)
+            await per_transaction(url, "spend", "captures")
         # One call at a time: CPU per call with the least contention (context switches, waiting
         # connections), which moves less with the shared machine's load than 64 clients do.
         if "credit1" in only:
