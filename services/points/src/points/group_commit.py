@@ -1,11 +1,13 @@
-"""Group commit for Credit and Capture on PostgreSQL: the calls that arrive while one transaction is
-on its way to the database go together in the next, with set-based statements (the way TigerBeetle
-batches transfers). Seven round trips carry a whole group of credits: lock its wallets (in member
-order), read its idempotency records and its services' daily budgets, then write the budgets, every
-entry with its postings, lot and wallet, the outbox rows and the records, and commit. A group of
-captures finds and locks its reservations' wallets, reads its records and its reservations with
-their holds, then writes the holds, the points returned to lots, the reservations, the entries and
-wallets, the outbox rows and the records.
+"""Group commit for Credit, Reserve and Capture on PostgreSQL: the calls of one operation that arrive
+while one of its transactions is on its way to the database go together in the next, with
+set-based statements (the way TigerBeetle batches transfers). Seven round trips carry a whole group
+of credits: lock its wallets (in member order), read its idempotency records and its services'
+daily budgets, then write the budgets, every entry with its postings, lot and wallet, the outbox
+rows and the records, and commit. A group of captures finds and locks its reservations' wallets,
+reads its records and its reservations with their holds, then writes the holds, the points
+returned to lots, the reservations, the entries and wallets, the outbox rows and the records. A
+group of reservations reads each member's first live lots once (each reservation takes what the
+ones before it left) and writes its reservations, lot takes and holds in one statement.
 
 Each call keeps its own outcome, as if it had run alone: a first outcome is remembered under its
 key (a rejection too, except those `NOT_REMEMBERED`), a retry replays it, and one call's rejection
@@ -13,11 +15,12 @@ does not touch the others. A lone call does not wait: a group is whatever queued
 
 What is rare goes through `Ledger.execute` on its own, after the group committed: a wallet with
 something due or a lapsed rolling expiry, an unknown or inactive member, a key used twice in one
-group; for a capture also an unknown reservation, one captured twice in one group, and points
-returned into a lot that expired meanwhile. So does the whole group when its transaction loses a
-race for a key, loses its connection or is chosen as a deadlock's victim: nothing of it was
-written, and each call retries on its own. Any other failure of a group is logged and its calls
-run alone too, so that a fault of one call (a broken invariant) fails that call only.
+group; for a reservation one that may need more of the member's lots than were read; for a
+capture an unknown reservation, one captured twice in one group, and points returned into a lot
+that expired meanwhile. So does the whole group when its transaction loses a race for a key, loses
+its connection or is chosen as a deadlock's victim: nothing of it was written, and each call
+retries on its own. Any other failure of a group is logged and its calls run alone too, so that a
+fault of one call (a broken invariant) fails that call only.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from points.wallets import NOT_REMEMBERED, count_lot_points, lock_wallets, recor
 tracer = trace.get_tracer("kizuna.points")
 log = logging.getLogger("points.group_commit")
 
-# At most this many credits in one transaction: a group's statements stay small, and a lone slow
+# At most this many calls in one transaction: a group's statements stay small, and a lone slow
 # group holds few callers.
 MAX_GROUP = 64
 
@@ -167,25 +170,19 @@ class CreditGroups(_Groups[CreditCall, pb.CreditResponse]):
         self.limits = limits
         self.months = regular_expiry_months
 
-    async def credit(self, call: CreditCall) -> pb.CreditResponse | None:
-        return await self.submit(call)
-
     async def _run(
         self, session: AsyncSession, now: datetime, group: list[CreditCall]
     ) -> dict[CreditCall, pb.CreditResponse | DomainError]:
-        return await _Group(self, session, now).run(group)
+        return await _CreditTxn(self, session, now).run(group)
 
 
 class CaptureGroups(_Groups[CaptureCall, pb.CaptureResponse]):
     operation = "capture"
 
-    async def capture(self, call: CaptureCall) -> pb.CaptureResponse | None:
-        return await self.submit(call)
-
     async def _run(
         self, session: AsyncSession, now: datetime, group: list[CaptureCall]
     ) -> dict[CaptureCall, pb.CaptureResponse | DomainError]:
-        return await _CaptureGroup(session, now).run(group)
+        return await _CaptureTxn(session, now).run(group)
 
 
 def _deadlock(exc: DBAPIError) -> bool:
@@ -200,25 +197,60 @@ class ReserveGroups(_Groups[ReserveCall, pb.ReserveResponse]):
         self.default_ttl = default_ttl
         self.max_ttl = max_ttl
 
-    async def reserve(self, call: ReserveCall) -> pb.ReserveResponse | None:
-        return await self.submit(call)
-
     async def _run(
         self, session: AsyncSession, now: datetime, group: list[ReserveCall]
     ) -> dict[ReserveCall, pb.ReserveResponse | DomainError]:
-        return await _ReserveGroup(self, session, now).run(group)
+        return await _ReserveTxn(self, session, now).run(group)
 
 
-class _Txn:
-    """One group's transaction: what it will write besides its operation's own rows."""
+class _Txn(Generic[C, R]):
+    """One group's transaction: its calls' outcomes, and what it writes besides its operation's own
+    rows (entries and wallets, outbox rows, idempotency records)."""
+
+    operation: str
+    response_type: type[R]
 
     def __init__(self, session: AsyncSession, now: datetime) -> None:
         self.session = session
         self.now = now
+        self.outcomes: dict[C, R | DomainError] = {}
         self.entries: list[PlannedEntry] = []
         self.events: list[Outgoing] = []
         self.records: list[dict[str, Any]] = []
         self.wallets: dict[str, Wallet] = {}
+        self._found: dict[tuple[str, str], Any] = {}
+        self._seen: set[tuple[str, str]] = set()
+
+    async def read_records(self, group: list[C]) -> None:
+        """The idempotency records of the group's (caller, key) pairs, one read."""
+        pairs = list(dict.fromkeys((call.caller, call.request.idempotency_key) for call in group))
+        self._found = await records_of(self.session, pairs)
+
+    def admit(self, call: C) -> str | None:
+        """The request's hash when the group is to handle the call now; None when the call has its
+        outcome already (an invalid key, a replay of its record) or runs alone (its key came earlier
+        in the group: after the group it replays the first call's outcome)."""
+        key = call.request.idempotency_key
+        invalid = check_key(key)
+        if invalid is not None:
+            self.outcomes[call] = invalid
+            return None
+        if (call.caller, key) in self._seen:
+            return None
+        self._seen.add((call.caller, key))
+        digest = request_hash(self.operation, call.request)
+        record = self._found.get((call.caller, key))
+        if record is not None:
+            self.outcomes[call] = replay(record, self.operation, digest, key, self.response_type)
+            return None
+        return digest
+
+    def settle(self, call: C, digest: str, outcome: R | DomainError, *, remember: bool = True) -> None:
+        """The call's first outcome, remembered under its key unless told not to."""
+        self.outcomes[call] = outcome
+        if remember:
+            key = call.request.idempotency_key
+            self.records.append(record_values(call.caller, key, self.operation, digest, self.now, outcome))
 
     def entry(self, wallet: Wallet, postings: dict[str, int], *, kind: str, explanation: str, **fields: Any) -> str:
         """Apply an entry's postings to the wallet (in memory) and plan it; its id."""
@@ -248,8 +280,10 @@ class _Txn:
             await conn.execute(INSERT_RECORD, self.records)
 
 
-class _Group(_Txn):
+class _CreditTxn(_Txn[CreditCall, pb.CreditResponse]):
     """A group of credits."""
+
+    operation, response_type = "credit", pb.CreditResponse
 
     def __init__(self, groups: CreditGroups, session: AsyncSession, now: datetime) -> None:
         super().__init__(session, now)
@@ -259,39 +293,24 @@ class _Group(_Txn):
     async def run(self, group: list[CreditCall]) -> dict[CreditCall, pb.CreditResponse | DomainError]:
         session, now = self.session, self.now
         locked = await lock_wallets(session, [call.request.member_id for call in group], now)
-        pairs = list(dict.fromkeys((call.caller, call.request.idempotency_key) for call in group))
-        records = await records_of(session, pairs)
+        await self.read_records(group)
         await self.budgets.load(session, {call.service for call in group})
-        outcomes: dict[CreditCall, pb.CreditResponse | DomainError] = {}
-        seen: set[tuple[str, str]] = set()
         for call in group:
-            key = call.request.idempotency_key
-            invalid = check_key(key)
-            if invalid is not None:
-                outcomes[call] = invalid
-                continue
-            if (call.caller, key) in seen:
-                continue  # alone, after this group: it replays the first call's outcome
-            seen.add((call.caller, key))
-            digest = request_hash("credit", call.request)
-            record = records.get((call.caller, key))
-            if record is not None:
-                outcomes[call] = replay(record, "credit", digest, key, pb.CreditResponse)
+            digest = self.admit(call)
+            if digest is None:
                 continue
             wallet, due = locked.get(call.request.member_id, (None, False))
             if wallet is None or due or wallet.status != "active" or lapsed(wallet, now):
                 continue  # alone: settling, freezing and refusing are the single path's
             try:
-                outcomes[call] = self._credit(call, wallet)
+                self.settle(call, digest, self._credit(call, wallet))
             except NOT_REMEMBERED as exc:
-                outcomes[call] = exc
-                continue
+                self.settle(call, digest, exc, remember=False)
             except DomainError as exc:
-                outcomes[call] = exc
-            self.records.append(record_values(call.caller, key, "credit", digest, now, outcomes[call]))
+                self.settle(call, digest, exc)
         await self.budgets.write(session)
         await self.write()
-        return outcomes
+        return self.outcomes
 
     def _credit(self, call: CreditCall, wallet: Wallet) -> pb.CreditResponse:
         """The credit's effect in memory, as `crediting.credit` has it; written with the group."""
@@ -334,8 +353,10 @@ class _Group(_Txn):
         return pb.CreditResponse(entry_id=entry_id, balance_after=wallet.available)
 
 
-class _CaptureGroup(_Txn):
+class _CaptureTxn(_Txn[CaptureCall, pb.CaptureResponse]):
     """A group of captures."""
+
+    operation, response_type = "capture", pb.CaptureResponse
 
     async def run(self, group: list[CaptureCall]) -> dict[CaptureCall, pb.CaptureResponse | DomainError]:
         session, now = self.session, self.now
@@ -345,30 +366,18 @@ class _CaptureGroup(_Txn):
             row.reservation_id: row.member_id for row in await conn.execute(OWNERS, {"reservations": reservations})
         }
         locked = await lock_wallets(session, list(owners.values()), now)
-        pairs = list(dict.fromkeys((call.caller, call.request.idempotency_key) for call in group))
-        records = await records_of(session, pairs)
+        await self.read_records(group)
         rows: dict[str, list[Any]] = {}
         for row in await conn.execute(RESERVATIONS_WITH_HOLDS, {"reservations": list(owners)}):
             rows.setdefault(row.reservation_id, []).append(row)
-        outcomes: dict[CaptureCall, pb.CaptureResponse | DomainError] = {}
-        seen: set[tuple[str, str]] = set()
         captured: set[str] = set()
         holds: list[tuple[int, int, int]] = []
         back: dict[int, int] = {}
         marks: list[tuple[int, int, str]] = []
         for call in group:
             key, reservation_id = call.request.idempotency_key, call.request.reservation_id
-            invalid = check_key(key)
-            if invalid is not None:
-                outcomes[call] = invalid
-                continue
-            if (call.caller, key) in seen:
-                continue  # alone, after this group: it replays the first call's outcome
-            seen.add((call.caller, key))
-            digest = request_hash("capture", call.request)
-            record = records.get((call.caller, key))
-            if record is not None:
-                outcomes[call] = replay(record, "capture", digest, key, pb.CaptureResponse)
+            digest = self.admit(call)
+            if digest is None:
                 continue
             wallet, due = locked.get(owners.get(reservation_id, ""), (None, False))
             if wallet is None or due or wallet.status != "active" or reservation_id in captured:
@@ -377,8 +386,7 @@ class _CaptureGroup(_Txn):
             try:
                 plan = spending.plan_capture(rows[reservation_id], wallet, now, caller=call.caller, request=request)
             except DomainError as exc:
-                outcomes[call] = exc
-                self.records.append(record_values(call.caller, key, "capture", digest, now, exc))
+                self.settle(call, digest, exc)
                 continue
             if plan.into_expired:
                 continue  # alone: the returned points' lot is expired after it
@@ -404,10 +412,10 @@ class _CaptureGroup(_Txn):
                 outgoing("points.ledger.captured", event, member_id=wallet.member_id, context=call.context)
             )
             count_on_commit(session, points_spent, plan.amount, reservation.source_service)
-            outcomes[call] = pb.CaptureResponse(
+            response = pb.CaptureResponse(
                 captured=plan.amount, returned=plan.returned, entry_id=entry_id, balance_after=wallet.available
             )
-            self.records.append(record_values(call.caller, key, "capture", digest, now, outcomes[call]))
+            self.settle(call, digest, response)
         if marks:
             params = {
                 "h_reservations": [h[0] for h in holds],
@@ -422,12 +430,14 @@ class _CaptureGroup(_Txn):
             if (await conn.execute(spending.CAPTURE_MANY_PG, params)).scalar_one() != len(marks):
                 raise AssertionError("a captured reservation was not marked")
         await self.write()
-        return outcomes
+        return self.outcomes
 
 
-class _ReserveGroup(_Txn):
+class _ReserveTxn(_Txn[ReserveCall, pb.ReserveResponse]):
     """A group of reservations: the members' first live lots read once per member, each reservation
     taking from what the ones before it left."""
+
+    operation, response_type = "reserve", pb.ReserveResponse
 
     def __init__(self, groups: ReserveGroups, session: AsyncSession, now: datetime) -> None:
         super().__init__(session, now)
@@ -436,27 +446,15 @@ class _ReserveGroup(_Txn):
     async def run(self, group: list[ReserveCall]) -> dict[ReserveCall, pb.ReserveResponse | DomainError]:
         session, now = self.session, self.now
         locked = await lock_wallets(session, [call.args.member_id for call in group], now)
-        pairs = list(dict.fromkeys((call.caller, call.args.idempotency_key) for call in group))
-        records = await records_of(session, pairs)
+        await self.read_records(group)
         lots: dict[str, tuple[list[Any], dict[int, int]]] = {}
-        outcomes: dict[ReserveCall, pb.ReserveResponse | DomainError] = {}
-        seen: set[tuple[str, str]] = set()
         reservations: list[dict[str, Any]] = []
         holds: list[tuple[str, int, int, int]] = []
         taken: dict[int, int] = {}
         for call in group:
-            args, key = call.args, call.args.idempotency_key
-            invalid = check_key(key)
-            if invalid is not None:
-                outcomes[call] = invalid
-                continue
-            if (call.caller, key) in seen:
-                continue  # alone, after this group: it replays the first call's outcome
-            seen.add((call.caller, key))
-            digest = request_hash("reserve", call.request)
-            record = records.get((call.caller, key))
-            if record is not None:
-                outcomes[call] = replay(record, "reserve", digest, key, pb.ReserveResponse)
+            args = call.args
+            digest = self.admit(call)
+            if digest is None:
                 continue
             wallet, due = locked.get(args.member_id, (None, False))
             if wallet is None or due or wallet.status != "active":
@@ -472,8 +470,7 @@ class _ReserveGroup(_Txn):
                 live = [LotState(row.id, row.kind, remaining[row.id], row.expires_at) for row in rows]
                 takes = ledger.allocate([lot for lot in live if lot.remaining > 0], args.amount, now)
             except DomainError as exc:
-                outcomes[call] = exc
-                self.records.append(record_values(call.caller, key, "reserve", digest, now, exc))
+                self.settle(call, digest, exc)
                 continue
             kinds = {row.id: (row.kind, row.rolling) for row in rows}
             reservation_id = new_id("rsv")
@@ -511,10 +508,10 @@ class _ReserveGroup(_Txn):
             self.events.append(
                 outgoing("points.ledger.reserved", event, member_id=wallet.member_id, context=call.context)
             )
-            outcomes[call] = pb.ReserveResponse(
+            response = pb.ReserveResponse(
                 reservation_id=reservation_id, expires_at=ts(expires_at), balance_after=wallet.available
             )
-            self.records.append(record_values(call.caller, key, "reserve", digest, now, outcomes[call]))
+            self.settle(call, digest, response)
         if reservations:
             conn = await session.connection()
             params = {
@@ -530,7 +527,7 @@ class _ReserveGroup(_Txn):
             if (await conn.execute(spending.RESERVE_MANY_PG, params)).scalar_one() != len(reservations):
                 raise AssertionError("a reservation was not written")
         await self.write()
-        return outcomes
+        return self.outcomes
 
 
 _RESERVATION_ARRAYS = {

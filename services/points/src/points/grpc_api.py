@@ -179,7 +179,8 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
         self.db = runtime.db
         self.limits = Limits.of(runtime.settings)
         # Credit, Reserve and Capture commit in groups on PostgreSQL (SQLite has one writer at a time).
-        grouped = runtime.settings.ledger_group_commit and runtime.db.engine.dialect.name == "postgresql"
+        on_postgres = runtime.db.engine.dialect.name == "postgresql"
+        grouped = runtime.settings.ledger_group_commit and on_postgres
         self.credit_groups = (
             CreditGroups(self.ledger, self.limits, runtime.settings.regular_expiry_months) if grouped else None
         )
@@ -189,7 +190,6 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
         ttl = (runtime.settings.reservation_default_ttl_seconds, runtime.settings.reservation_max_ttl_seconds)
         self.reserve_groups = ReserveGroups(self.ledger, *ttl) if grouped else None
         runtime.state["reserve_groups"] = self.reserve_groups
-        on_postgres = runtime.db.engine.dialect.name == "postgresql"
         self.balance_reads = balances.BalanceReads(self.db, self.ledger.clock.now) if on_postgres else None
         runtime.state["balance_reads"] = self.balance_reads
 
@@ -264,7 +264,7 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
         expires_at = request.expires_at.ToDatetime(tzinfo=UTC) if request.HasField("expires_at") else None
         if self.credit_groups is not None:
             call = CreditCall(caller, service, request, kind, expires_at, otel_context.get_current())
-            done = await self.credit_groups.credit(call)
+            done = await self.credit_groups.submit(call)
             if done is not None:
                 return done
 
@@ -366,7 +366,7 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
             idempotency_key=request.idempotency_key,
         )
         if self.reserve_groups is not None:
-            done = await self.reserve_groups.reserve(ReserveCall(caller, args, request, otel_context.get_current()))
+            done = await self.reserve_groups.submit(ReserveCall(caller, args, request, otel_context.get_current()))
             if done is not None:
                 return done
         default_ttl = self.settings.reservation_default_ttl_seconds
@@ -392,7 +392,7 @@ class PointsApi(points_pb2_grpc.PointsServiceServicer):
         caller = current_call().require_service_scope("points:spend", "points:credit").client_id
         _in_range(request.amount, self.limits)
         if self.capture_groups is not None:
-            done = await self.capture_groups.capture(CaptureCall(caller, request, otel_context.get_current()))
+            done = await self.capture_groups.submit(CaptureCall(caller, request, otel_context.get_current()))
             if done is not None:
                 return done
         return await self.ledger.execute(
