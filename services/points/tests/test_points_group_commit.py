@@ -15,9 +15,10 @@ import asyncpg
 import grpc
 import pytest
 from kizuna.points.v1 import points_pb2 as pb
-from points import group_commit
+from points import group_commit, spending
 from points.group_commit import CreditGroups
 from points.idempotency import request_hash
+from points.wallets import lock_wallets
 
 from .pointskit import Points, key, stamp
 
@@ -376,3 +377,43 @@ async def test_reserves_that_arrive_together_commit_together_each_taking_what_th
     assert await call("a", 20, short) == grpc.StatusCode.FAILED_PRECONDITION
     events = await raw.fetchval("SELECT count(*) FROM kit_outbox WHERE subject = 'points.ledger.reserved'")
     assert events == 5  # b's two, a's two, many's
+
+
+async def test_a_reserve_groups_lots_read_in_one_statement_are_each_members_own_first_lots(points: Points) -> None:
+    """The group's one read gives each member the lots the single path reads for them, in spend
+    order: limited-time lots by expiry, then fixed-date regular lots by expiry, then rolling lots;
+    spent and expired lots left out, and at most sixteen."""
+    await points.register("mixed", "rolling-only", "crowded", "empty")
+    now = points.clock.now()
+    for days in (40, 10, 20):
+        await points.credit("mixed", days, kind=pb.CREDIT_KIND_LIMITED_TIME, expires_at=now + timedelta(days=days))
+        await points.credit("mixed", 100 + days, expires_at=now + timedelta(days=days))
+    await points.credit("mixed", 7)
+    await points.credit("mixed", 8)
+    await points.spend("mixed", 10 + 3)  # the limited-time lot of 10 points, then 3 of the next
+    await points.credit("mixed", 3, kind=pb.CREDIT_KIND_LIMITED_TIME, expires_at=now + timedelta(seconds=1))
+    await points.credit("rolling-only", 5)
+    for _ in range(20):
+        await points.credit("crowded", 1)
+    later = now + timedelta(seconds=2)  # the 1-second limited-time lot has expired by then
+    async with points.runtime.db.transaction() as session:
+        locked = await lock_wallets(session, ["mixed", "rolling-only", "crowded", "empty"], later)
+        wallets = [wallet for wallet, _ in locked.values()]
+        together = await spending.first_live_lots_of(session, wallets, later)
+        alone = {wallet.member_id: await spending.first_live_lots(session, wallet, later) for wallet in wallets}
+    assert {member: [tuple(row)[1:] for row in rows] for member, rows in together.items()} == {
+        member: [tuple(row) for row in rows] for member, rows in alone.items()
+    }
+    mixed = [(row.kind, row.rolling, row.remaining) for row in together["mixed"]]
+    assert mixed == [
+        ("limited_time", False, 17),
+        ("limited_time", False, 40),
+        ("regular", False, 110),
+        ("regular", False, 120),
+        ("regular", False, 140),
+        ("regular", True, 7),
+        ("regular", True, 8),
+    ]
+    assert [row.remaining for row in together["rolling-only"]] == [5]
+    assert len(together["crowded"]) == spending.FIRST_LOTS
+    assert together["empty"] == []

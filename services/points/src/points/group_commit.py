@@ -6,8 +6,8 @@ daily budgets, then write the budgets, every entry with its postings, lot and wa
 rows and the records, and commit. A group of captures finds and locks its reservations' wallets,
 reads its records and its reservations with their holds, then writes the holds, the points
 returned to lots, the reservations, the entries and wallets, the outbox rows and the records. A
-group of reservations reads each member's first live lots once (each reservation takes what the
-ones before it left) and writes its reservations, lot takes and holds in one statement.
+group of reservations reads its members' first live lots in one statement (each reservation takes
+what the ones before it left) and writes its reservations, lot takes and holds in one statement.
 
 Each call keeps its own outcome, as if it had run alone: a first outcome is remembered under its
 key (a rejection too, except those `NOT_REMEMBERED`), a retry replays it, and one call's rejection
@@ -434,7 +434,7 @@ class _CaptureTxn(_Txn[CaptureCall, pb.CaptureResponse]):
 
 
 class _ReserveTxn(_Txn[ReserveCall, pb.ReserveResponse]):
-    """A group of reservations: the members' first live lots read once per member, each reservation
+    """A group of reservations: the members' first live lots read in one statement, each reservation
     taking from what the ones before it left."""
 
     operation, response_type = "reserve", pb.ReserveResponse
@@ -447,7 +447,12 @@ class _ReserveTxn(_Txn[ReserveCall, pb.ReserveResponse]):
         session, now = self.session, self.now
         locked = await lock_wallets(session, [call.args.member_id for call in group], now)
         await self.read_records(group)
-        lots: dict[str, tuple[list[Any], dict[int, int]]] = {}
+        # Every member's first live lots in one statement, read once for the group.
+        wallets = [wallet for wallet, due in locked.values() if not due and wallet.status == "active"]
+        lots = {
+            member: (rows, {row.id: row.remaining for row in rows})
+            for member, rows in (await spending.first_live_lots_of(session, wallets, now) if wallets else {}).items()
+        }
         reservations: list[dict[str, Any]] = []
         holds: list[tuple[str, int, int, int]] = []
         taken: dict[int, int] = {}
@@ -461,9 +466,6 @@ class _ReserveTxn(_Txn[ReserveCall, pb.ReserveResponse]):
                 continue  # alone: settling and refusing are the single path's
             try:
                 spending.check_reserve(args, self.groups.max_ttl)
-                if args.member_id not in lots:
-                    rows = await spending.first_live_lots(session, wallet, now)
-                    lots[args.member_id] = (rows, {row.id: row.remaining for row in rows})
                 rows, remaining = lots[args.member_id]
                 if len(rows) == spending.FIRST_LOTS and sum(remaining.values()) < args.amount:
                     continue  # alone: it may need more of the member's lots than were read

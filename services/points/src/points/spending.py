@@ -23,7 +23,9 @@ from sqlalchemy import (
     any_,
     bindparam,
     case,
+    column,
     false,
+    func,
     insert,
     literal_column,
     text,
@@ -153,43 +155,54 @@ def _first_of(
         .where(expiry > bindparam("now", type_=LOTS.c.expires_at.type))
         .order_by(*order)
         .limit(bindparam("first"))
+        .correlate_except(LOTS)  # the member from a LATERAL's outer row (_FIRST_LIVE_LOTS_PG)
         .subquery()
     )
     return core_select(first)
 
 
-_MEMBER = LOTS.c.member_id == bindparam("member")
-# The member's rolling lots as a range of (member, id): with `member_id = :member`, `ORDER BY id`
-# is a primary-key order to the planner, which then walked the primary key past every other
-# member's lots (60,000 rows for one member's sixteen, 6 ms); a range keeps it on the index.
-_MEMBER_ROLLING_RANGE = and_(
-    tuple_(LOTS.c.member_id, LOTS.c.id) >= tuple_(bindparam("member"), literal_column("0")),
-    tuple_(LOTS.c.member_id, LOTS.c.id) <= tuple_(bindparam("member"), literal_column(str(2**63 - 1))),
+def _first_by_kind(member: ColumnElement[Any], rolling: ColumnElement[Any]) -> Select[Any]:
+    """The member's first FIRST_LOTS live lots in spend order, read as the first of each kind of
+    lot, each from an index in its own order: limited-time lots, then fixed-date regular lots, by
+    expiry (`ix_points_lot_live`), and rolling lots, which all expire at the wallet's rolling expiry
+    `rolling`, by id (`ix_points_lot_live_rolling`). Sorting every live lot of the member to keep
+    sixteen made Reserve cost about 1.5x as much at 10,000 lots as at one (bench/README.md)."""
+    # The member's rolling lots as a range of (member, id): with `member_id = :member`, `ORDER BY
+    # id` is a primary-key order to the planner, which then walked the primary key past every other
+    # member's lots (60,000 rows for one member's sixteen, 6 ms); a range keeps it on the index.
+    rolling_range = and_(
+        tuple_(LOTS.c.member_id, LOTS.c.id) >= tuple_(member, literal_column("0")),
+        tuple_(LOTS.c.member_id, LOTS.c.id) <= tuple_(member, literal_column(str(2**63 - 1))),
+    )
+    by_expiry = (LOTS.c.expires_at, LOTS.c.id)
+    fixed = (LOTS.c.member_id == member, LOTS.c.rolling == false())
+    by_kind = union_all(
+        _first_of(*fixed, LOTS.c.kind == LIMITED_TIME, expiry=LOTS.c.expires_at, order=by_expiry),
+        _first_of(*fixed, LOTS.c.kind != LIMITED_TIME, expiry=LOTS.c.expires_at, order=by_expiry),
+        _first_of(rolling_range, LOTS.c.rolling == true(), expiry=rolling, order=(LOTS.c.member_id, LOTS.c.id)),
+    ).subquery()
+    return (
+        core_select(by_kind)
+        .order_by(by_kind.c.kind != LIMITED_TIME, by_kind.c.expires_at, by_kind.c.id)
+        .limit(bindparam("first"))
+    )
+
+
+_FIRST_LIVE_LOTS = _first_by_kind(bindparam("member"), bindparam("rolling", type_=LOTS.c.expires_at.type))
+# PostgreSQL: the first live lots of several members in one statement (a Reserve group), each
+# member's read as above, beside its wallet's rolling expiry.
+_WALLETS = (
+    func.unnest(bindparam("members", type_=ARRAY(String())), bindparam("rollings", type_=ARRAY(LOTS.c.expires_at.type)))
+    .table_valued(column("member_id", String()), column("rolling", LOTS.c.expires_at.type))
+    .render_derived(name="wallets")
 )
-# The first FIRST_LOTS live lots, read as the first of each kind of lot, each from an index in its
-# own order: limited-time lots, then fixed-date regular lots, by expiry (`ix_points_lot_live`), and
-# rolling lots, which all expire at the wallet's rolling expiry, by id (`ix_points_lot_live_rolling`).
-# Sorting every live lot of the member to keep sixteen made Reserve cost about 1.5x as much at
-# 10,000 lots as at one (bench/README.md).
-_BY_EXPIRY = (LOTS.c.expires_at, LOTS.c.id)
-_FIRST_BY_KIND = union_all(
-    _first_of(
-        _MEMBER, LOTS.c.rolling == false(), LOTS.c.kind == LIMITED_TIME, expiry=LOTS.c.expires_at, order=_BY_EXPIRY
-    ),
-    _first_of(
-        _MEMBER, LOTS.c.rolling == false(), LOTS.c.kind != LIMITED_TIME, expiry=LOTS.c.expires_at, order=_BY_EXPIRY
-    ),
-    _first_of(
-        _MEMBER_ROLLING_RANGE,
-        LOTS.c.rolling == true(),
-        expiry=bindparam("rolling", type_=LOTS.c.expires_at.type),
-        order=(LOTS.c.member_id, LOTS.c.id),
-    ),
-).subquery()
-_FIRST_LIVE_LOTS = (
-    core_select(_FIRST_BY_KIND)
-    .order_by(_FIRST_BY_KIND.c.kind != LIMITED_TIME, _FIRST_BY_KIND.c.expires_at, _FIRST_BY_KIND.c.id)
-    .limit(bindparam("first"))
+_FIRST_OF_EACH = _first_by_kind(_WALLETS.c.member_id, _WALLETS.c.rolling).lateral("first")
+_FIRST_LIVE_LOTS_PG = (
+    core_select(_WALLETS.c.member_id.label("owner"), _FIRST_OF_EACH)
+    .select_from(_WALLETS.join(_FIRST_OF_EACH, true()))
+    .order_by(
+        _WALLETS.c.member_id, _FIRST_OF_EACH.c.kind != LIMITED_TIME, _FIRST_OF_EACH.c.expires_at, _FIRST_OF_EACH.c.id
+    )
 )
 
 # PostgreSQL: the reservation, what it takes from each lot and its holds (in spend order) in one
@@ -340,6 +353,21 @@ async def first_live_lots(session: AsyncSession, wallet: Wallet, now: datetime, 
     if every:
         return list((await conn.execute(_LIVE_LOTS, params)).all())
     return list((await conn.execute(_FIRST_LIVE_LOTS, {**params, "first": FIRST_LOTS})).all())
+
+
+async def first_live_lots_of(session: AsyncSession, wallets: list[Wallet], now: datetime) -> dict[str, list[Any]]:
+    """`first_live_lots` of several wallets in one round trip (PostgreSQL), by member."""
+    conn = await session.connection()
+    params = {
+        "members": [wallet.member_id for wallet in wallets],
+        "rollings": [wallet.rolling_expires_at or now for wallet in wallets],
+        "now": now,
+        "first": FIRST_LOTS,
+    }
+    lots: dict[str, list[Any]] = {wallet.member_id: [] for wallet in wallets}
+    for row in await conn.execute(_FIRST_LIVE_LOTS_PG, params):
+        lots[row.owner].append(row)
+    return lots
 
 
 def reserved_event(
