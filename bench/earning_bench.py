@@ -2,6 +2,7 @@
 beside raw JetStream publish -> consume in the same run.
 
     .venv/bin/python bench/earning_bench.py [--events 300] [--rate 10] [--rounds 2] [--baseline REV]
+        [--variant NAME:VAR=VALUE ...]
 
 Raw: this process publishes to a JetStream stream and a durable pull consumer in this process
 receives and acks each message; latency = consume - publish. Contract: this process publishes
@@ -14,8 +15,9 @@ Each round measures raw, then the contract through each points tree, one after a
 the load average and the points process's CPU time per event (which a busy machine changes less
 than latency) beside them: goal P4 is contract p99 <= 2 x raw p99 + 5 ms. `--baseline REV` adds
 points as of a git revision (its kit and points sources, exported with `git archive`) to every
-round, on its own NATS server and database. Needs PostgreSQL at BENCH_POSTGRES_URL (default
-postgresql://postgres@127.0.0.1:5432/postgres).
+round, on its own NATS server and database; `--variant NAME:VAR=VALUE[,VAR=VALUE]` adds this tree
+again with those environment variables (a setting measured against itself in the same run). Needs
+PostgreSQL at BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres).
 """
 
 from __future__ import annotations
@@ -157,6 +159,7 @@ class Variant:
 
     name: str
     source: Path | None
+    environment: dict[str, str] = field(default_factory=dict)
     database: str = ""
     nats_server: NatsServer | None = None
     process: ServiceProcess | None = None
@@ -180,6 +183,7 @@ class Variant:
             "LOG_FORMAT": "text",
             "EXPIRY_INTERVAL_SECONDS": "3600",
         }
+        env.update(self.environment)
         if self.source is not None:
             sources = [self.source / "libs" / "kit" / "src", self.source / "services" / "points" / "src"]
             env["PYTHONPATH"] = os.pathsep.join(str(path) for path in sources)
@@ -210,9 +214,20 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=10, help="events per second, every phase")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--baseline", metavar="REV", help="also measure points (and its kit) as of this revision")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:VAR=VALUE[,VAR=VALUE]",
+        help="also measure this tree with these environment variables (repeatable)",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="earning-bench-"))
     variants = [Variant("tree", None)]
+    for spec in args.variant:
+        name, _, assignments = spec.partition(":")
+        pairs = (item.partition("=") for item in assignments.split(",") if item)
+        variants.append(Variant(name, None, {key: value for key, _, value in pairs}))
     if args.baseline:
         variants.insert(
             0, Variant(f"points@{args.baseline}", export_baseline(args.baseline, workdir / "baseline", "points"))

@@ -379,8 +379,11 @@ async def test_the_services_export_the_metrics_the_dashboards_read(
     async def exported() -> bool:
         http = points_of("fintech", "http.server.request.duration")
         rpc = points_of("points", "rpc.server.duration")
-        return any(a.get("http.route") == "/api/card/apply" for _, a in http) and any(
-            a.get("rpc.method") == "Credit" for _, a in rpc
+        groups = points_of("points", "kizuna.points.group_size")
+        return (
+            any(a.get("http.route") == "/api/card/apply" for _, a in http)
+            and any(a.get("rpc.method") == "Credit" for _, a in rpc)
+            and any(a.get("operation") == "credit" for _, a in groups)
         )
 
     await wait_until(exported, timeout=15)
@@ -394,3 +397,7 @@ async def test_the_services_export_the_metrics_the_dashboards_read(
     assert {unit for unit, _ in rpc} == {"ms"}
     credit = [a for _, a in rpc if a.get("rpc.method") == "Credit"]
     assert {(a["rpc.service"], a["rpc.grpc.status_code"]) for a in credit} >= {("kizuna.points.v1.PointsService", 0)}
+    # The ledger's group commits (points runs on PostgreSQL here), by operation, for the dashboard.
+    groups = points_of("points", "kizuna.points.group_size")
+    assert {unit for unit, _ in groups} == {"{call}"}
+    assert "credit" in {a["operation"] for _, a in groups}
