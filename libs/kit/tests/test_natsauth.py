@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +29,7 @@ from kizuna.kit.events import (
     ConsumerWorker,
     Event,
     InboxMessage,
+    JetStreamNotAnswering,
     OutboxMessage,
     UndeclaredConsumer,
     command_sender,
@@ -679,3 +681,35 @@ async def test_an_undeclared_consumer_fails_at_start_naming_its_declaration(
     finally:
         await nc.close()
         await db.dispose()
+
+
+async def test_a_declared_consumer_on_a_nats_that_does_not_answer_says_so_not_that_it_is_undeclared(
+    tmp_path: Path,
+) -> None:
+    """Silence from a NATS that is stopped (here: its process paused) is not taken for the broker's
+    refusal of an undeclared consumer."""
+    paused = NatsServer(free_port(), tmp_path / "nats", auth=True, declarations=DECLARATIONS).start()
+    db = await _kit_tables(f"sqlite+aiosqlite:///{tmp_path / 'points.db'}")
+
+    async def handle(_session: object, _event: Event) -> None:
+        raise AssertionError("nothing is delivered")
+
+    options = natsauth.connect_options("points", paused.address, "points", paused.passwords["points"])
+    nc = await nats.connect(**options, allow_reconnect=False)
+    try:
+        assert paused.process is not None
+        paused.process.send_signal(signal.SIGSTOP)
+        try:
+            declared = ConsumerWorker(
+                Consumer("points-shop-earn", ["shop.purchase.>"], handle), db, nc.jetstream(timeout=1)
+            )
+            with pytest.raises(JetStreamNotAnswering) as silent:
+                await declared.subscribe()
+            assert "'points-shop-earn'" in str(silent.value) and "down, starting or overloaded" in str(silent.value)
+        finally:
+            paused.process.send_signal(signal.SIGCONT)
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        await db.dispose()
+        paused.stop()

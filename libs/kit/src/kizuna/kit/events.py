@@ -891,6 +891,11 @@ class UndeclaredConsumer(RuntimeError):
     """A durable consumer NATS would not let the service create or use (see ConsumerWorker.subscribe)."""
 
 
+class JetStreamNotAnswering(RuntimeError):
+    """NATS did not answer a JetStream request the service may make either: it is down, starting
+    or overloaded (see ConsumerWorker.subscribe)."""
+
+
 @dataclass
 class ConsumerWorker:
     """Runs one `Consumer` against JetStream and the service database."""
@@ -934,20 +939,37 @@ class ConsumerWorker:
 
     async def subscribe(self) -> None:
         """Create (or bind to) the durable consumer; its stream is created if its producer is not up yet.
-        Raises UndeclaredConsumer when NATS does not answer: what the broker does with a durable
-        consumer the service's declaration does not name."""
+
+        The broker answers a request the service's declaration does not allow with silence, as it
+        would if it were down or overloaded. So when NATS does not answer, the service asks it for
+        its JetStream account information, which every service may: answered, the silence was a
+        refusal (UndeclaredConsumer, naming what to declare); not answered either, NATS itself is
+        not answering (JetStreamNotAnswering)."""
         try:
             await self._subscribe()
         except nats.errors.TimeoutError as exc:
             c = self.consumer
+            if not await self._jetstream_answers():
+                raise JetStreamNotAnswering(
+                    f"durable consumer {c.name!r} on stream {c.stream}: NATS JetStream did not answer, nor "
+                    f"did it answer a request for its account information: it is down, starting or "
+                    f"overloaded (check the NATS servers and their JetStream state)"
+                ) from exc
             service = self.service_name
             purpose = c.name.removeprefix(f"{service}-")
             raise UndeclaredConsumer(
-                f"durable consumer {c.name!r} on stream {c.stream}: NATS did not answer. The broker lets a "
-                f"service use only the durable consumers its declaration names and answers any other with "
-                f"silence (its log says 'permissions violation'): declare it in {service}'s service.toml, "
-                f'[events] consumers = {{ {purpose} = "{c.stream.lower()}" }}, or check that NATS is up.'
+                f"durable consumer {c.name!r} on stream {c.stream}: NATS answers this service but refused it. "
+                f"The broker lets a service use only the durable consumers its declaration names and answers "
+                f"any other with silence (its log says 'permissions violation'): declare it in {service}'s "
+                f'service.toml, [events] consumers = {{ {purpose} = "{c.stream.lower()}" }}.'
             ) from exc
+
+    async def _jetstream_answers(self) -> bool:
+        try:
+            await self.js.account_info()
+        except (nats.errors.Error, nats.js.errors.Error):  # a timeout, no responders, a closed connection
+            return False
+        return True
 
     async def _subscribe(self) -> None:
         c = self.consumer
