@@ -115,8 +115,25 @@ async def with_campaigns(
     session: AsyncSession, rules: ledger.EarnRules, wallet: Wallet | None, service: str, now: datetime
 ) -> ledger.EarnRules:
     """The earn rules plus the live earn campaigns this member and service qualify for."""
+    rows = await live(session, "earn", now)
+    first_use = wallet is not None and any(row.audience == "first_use" for row in rows)
+    used_before = first_use and wallet is not None and await _used_before(session, wallet, service)
+    return qualify(rules, rows, wallet, service, now, used_before=used_before)
+
+
+def qualify(
+    rules: ledger.EarnRules,
+    rows: list[Any],
+    wallet: Wallet | None,
+    service: str,
+    now: datetime,
+    *,
+    used_before: bool,
+) -> ledger.EarnRules:
+    """The earn rules plus those of the live earn campaigns `rows` this member and service qualify
+    for; `used_before`: whether the member used the service before this purchase."""
     extra: list[ledger.Campaign] = []
-    for row in await live(session, "earn", now):
+    for row in rows:
         services = json.loads(row.services)
         if "*" not in services and service not in services:
             continue
@@ -124,7 +141,7 @@ async def with_campaigns(
             wallet is None or wallet.created_at < now - timedelta(days=row.new_member_days)
         ):
             continue
-        if row.audience == "first_use" and wallet is not None and await _used_before(session, wallet, service):
+        if row.audience == "first_use" and wallet is not None and used_before:
             continue
         extra.append(
             ledger.Campaign(

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import BindParameter, bindparam, union
+from sqlalchemy import BindParameter, and_, bindparam, exists, func, union
+from sqlalchemy import select as core_select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import SQLModel, select
@@ -45,6 +46,28 @@ _USED = select(USES.c.service).where(USES.c.member_id == _USE["member_id"], USES
 # sees the table as it was before the statement, so the row it adds comes back through RETURNING.
 _ADDED = pg_insert(USES).values(_USE).on_conflict_do_nothing().returning(USES.c.service).cte("added")
 _RECORD_AND_LIST_PG = union(_USED, select(_ADDED.c.service))
+# PostgreSQL, an earning's one read: record the use and list the month's services (as above),
+# whether the member used the service before this purchase, and the live earn campaigns (one row
+# each, oldest first; one row of NULLs when there are none).
+_USE_SO_FAR = union(_USED, select(_ADDED.c.service)).subquery()
+_USE_READ = core_select(
+    core_select(func.array_agg(_USE_SO_FAR.c.service)).scalar_subquery().label("used_services"),
+    exists().where(USES.c.member_id == _USE["member_id"], USES.c.service == _USE["service"]).label("used_before"),
+).subquery("service_use")
+_EARN_READ_PG = (
+    core_select(_USE_READ, campaigns.CAMPAIGNS)
+    .select_from(
+        _USE_READ.outerjoin(
+            campaigns.CAMPAIGNS,
+            and_(
+                campaigns.CAMPAIGNS.c.kind == "earn",
+                campaigns.CAMPAIGNS.c.starts_at <= bindparam("now"),
+                campaigns.CAMPAIGNS.c.ends_at > bindparam("now"),
+            ),
+        )
+    )
+    .order_by(campaigns.CAMPAIGNS.c.created_at)
+)
 
 
 async def services_used(session: AsyncSession, member_id: str, month: str) -> list[str]:
@@ -70,11 +93,20 @@ async def quote_and_count(
 ) -> ledger.EarnQuote:
     """Quote an earn and count it against the member's monthly cap (under the wallet lock), with the
     live campaigns the member qualifies for (before this purchase counts as a use of the service)."""
-    rules = await campaigns.with_campaigns(session, rules, wallet, service, now)
     month = ledger.month_key(now)
+    conn = await session.connection()
+    if conn.dialect.name == "postgresql":
+        # One round trip where the path below takes two or three.
+        params = {"member_id": wallet.member_id, "month": month, "service": service, "now": now}
+        rows = (await conn.execute(_EARN_READ_PG, params)).all()
+        live = [row for row in rows if row.id is not None]
+        rules = campaigns.qualify(rules, live, wallet, service, now, used_before=rows[0].used_before)
+        used = sorted(rows[0].used_services or ())
+    else:
+        rules = await campaigns.with_campaigns(session, rules, wallet, service, now)
+        used = await record_service_use(session, wallet.member_id, service, now)
     if wallet.earn_month != month:
         wallet.earn_month, wallet.earned_this_month = month, 0
-    used = await record_service_use(session, wallet.member_id, service, now)
     quote = ledger.quote_earn(rules, service, units, used, wallet.earned_this_month, now)
     wallet.earned_this_month += quote.total
     session.add(wallet)
