@@ -1,5 +1,5 @@
-"""Without an exporter the HTTP instrumentation is bypassed, but a request still continues its
-caller's trace: the trace id reaches the events it publishes (and the logs)."""
+"""Without an exporter the HTTP and gRPC instrumentation is bypassed, but a request or call still
+continues its caller's trace: the trace id reaches the events it publishes (and the logs)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from kizuna.kit.testing import NatsServer, end_process, reset_streams, spawn
 from .demo.process import demo_env, wait_for_ports
 
 
-def _post_note(port: int, text: str, headers: dict[str, str]) -> int:
+def _post_note(port: int, text: str, headers: dict[str, str], path: str = "/notes") -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request("POST", "/notes", json.dumps({"text": text}), {"content-type": "application/json", **headers})
+        conn.request("POST", path, json.dumps({"text": text}), {"content-type": "application/json", **headers})
         return conn.getresponse().status
     finally:
         conn.close()
@@ -62,16 +62,20 @@ def test_a_request_continues_its_callers_trace_while_nothing_is_exported(
             # test's configure_telemetry, and would replace the caller's traceparent with its own.
             traced = _post_note(port, "traced", {"traceparent": caller})
             untraced = _post_note(port, "untraced", {})
-            assert traced == untraced == 200
+            # Through a gRPC call: the HTTP request calls the service's own gRPC server, whose
+            # method publishes the event.
+            by_grpc = _post_note(port, "by-grpc", {"traceparent": caller}, path="/notes/via-grpc")
+            assert traced == untraced == by_grpc == 200
             found: dict[str, str] = {}
             deadline = time.monotonic() + 30  # the relay publishes within ms; a loaded machine may take seconds
             while time.monotonic() < deadline:
                 found = asyncio.run(_traceparents(nats_server.url, "DEMO"))
-                if {"traced", "untraced"} <= set(found):
+                if {"traced", "untraced", "by-grpc"} <= set(found):
                     break
                 time.sleep(0.1)
             # The caller's trace continues into the event; a request without one starts its own.
             assert found["traced"].split("-")[1] == trace_id, found
             assert found["untraced"].split("-")[1] not in (trace_id, "0" * 32), found
+            assert found["by-grpc"].split("-")[1] == trace_id, found
         finally:
             end_process(proc)

@@ -149,6 +149,11 @@ class _WhileExporting(Sampler):
         return f"WhileExporting{{{self._inner.get_description()}}}"
 
 
+def exporting() -> bool:
+    """Whether spans are recorded and sent somewhere (an OTLP endpoint or a span processor added)."""
+    return _exporting
+
+
 def _add_span_processor(provider: TracerProvider, processor: SpanProcessor) -> None:
     global _exporting
     provider.add_span_processor(processor)
