@@ -40,6 +40,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from kizuna.kit import outbound
 from kizuna.kit.errors import InsufficientScope, PermissionDenied, Unauthenticated, Unavailable
+from kizuna.kit.rpc import with_unary
 
 log = logging.getLogger("kizuna.kit.auth")
 
@@ -480,11 +481,7 @@ class AuthInterceptor:
             finally:
                 _call.reset(token)
 
-        return grpc.unary_unary_rpc_method_handler(
-            authorized,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return with_unary(handler, authorized)
 
 
 grpc.aio.ServerInterceptor.register(AuthInterceptor)

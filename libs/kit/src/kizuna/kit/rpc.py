@@ -45,6 +45,19 @@ _server_tracing: Callable[..., grpc.aio.ServerInterceptor] = grpc_instrumentatio
 _client_tracing: Callable[[], list[grpc.aio.ClientInterceptor]] = grpc_instrumentation.aio_client_interceptors
 
 
+UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def with_unary(handler: grpc.RpcMethodHandler, behavior: UnaryBehavior) -> grpc.RpcMethodHandler:
+    """`handler` with `behavior` (which wraps its own) as its unary-unary method: what a server
+    interceptor returns to run code around a call."""
+    return grpc.unary_unary_rpc_method_handler(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
 def _wrap_unary(
     behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], method: str
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
@@ -102,11 +115,7 @@ class KitServerInterceptor:
             return handler
         if handler.unary_unary is None:
             return handler
-        return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(handler.unary_unary, method),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return with_unary(handler, _wrap_unary(handler.unary_unary, method))
 
 
 grpc.aio.ServerInterceptor.register(KitServerInterceptor)
@@ -153,11 +162,7 @@ class _TracingWhileExported:
             finally:
                 otel_context.detach(token)
 
-        return grpc.unary_unary_rpc_method_handler(
-            in_callers_trace,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return with_unary(handler, in_callers_trace)
 
 
 grpc.aio.ServerInterceptor.register(_TracingWhileExported)
