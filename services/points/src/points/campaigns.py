@@ -116,8 +116,8 @@ async def with_campaigns(
 ) -> ledger.EarnRules:
     """The earn rules plus the live earn campaigns this member and service qualify for."""
     rows = await live(session, "earn", now)
-    first_use = wallet is not None and any(row.audience == "first_use" for row in rows)
-    used_before = first_use and wallet is not None and await _used_before(session, wallet, service)
+    first_use = any(row.audience == "first_use" for row in rows)
+    used_before = wallet is not None and first_use and await _used_before(session, wallet, service)
     return qualify(rules, rows, wallet, service, now, used_before=used_before)
 
 

@@ -49,7 +49,7 @@ _RECORD_AND_LIST_PG = union(_USED, select(_ADDED.c.service))
 # PostgreSQL, an earning's one read: record the use and list the month's services (as above),
 # whether the member used the service before this purchase, and the live earn campaigns (one row
 # each, oldest first; one row of NULLs when there are none).
-_USE_SO_FAR = union(_USED, select(_ADDED.c.service)).subquery()
+_USE_SO_FAR = _RECORD_AND_LIST_PG.subquery()
 _USE_READ = core_select(
     core_select(func.array_agg(_USE_SO_FAR.c.service)).scalar_subquery().label("used_services"),
     exists().where(USES.c.member_id == _USE["member_id"], USES.c.service == _USE["service"]).label("used_before"),
