@@ -31,7 +31,8 @@ async def points_balance(points_addr: str, member_id: str, member_token: str) ->
                 points_pb2.GetBalanceRequest(member_id=member_id), metadata=call_metadata(member_token), timeout=2
             )
     except grpc.aio.AioRpcError as exc:
-        log.warning("points balance unavailable for the header", extra={"code": exc.code().name})
+        code = exc.code().name
+        log.warning("points balance unavailable for the header: %s", code, extra={"code": code})
         return None
     return int(reply.total)
 
