@@ -71,13 +71,35 @@ async def test_credits_interrupted_by_a_kill_are_each_in_the_ledger_once_after_r
                             retries += 1
                             await asyncio.sleep(0.05)
 
+            async def kill_in_flight() -> None:
+                """SIGKILL points with calls surely in flight, then start it again on the same ports
+                (the callers' channel reconnects). A group's answers arrive together, and the
+                callers may not have sent their next calls yet: a wallet held by this test keeps
+                the next group waiting inside its transaction until after the kill."""
+                holder = await asyncpg.connect(postgres_url)
+                try:
+                    async with holder.transaction():
+                        await holder.execute("SELECT 1 FROM points_wallet WHERE member_id = 'm1' FOR UPDATE")
+                        for _ in range(1000):
+                            waiting = await conn.fetchval(
+                                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                " AND datname = current_database()"
+                            )
+                            if waiting:
+                                break
+                            await asyncio.sleep(0.01)
+                        assert points.process is not None
+                        end_process(points.process, sig=signal.SIGKILL)
+                finally:
+                    await holder.close()
+                points.start()
+
             async def kill_midway() -> None:
                 await a_third_answered.wait()
-                assert points.process is not None
-                end_process(points.process, sig=signal.SIGKILL)
-                points.start()  # the same ports: the callers' channel reconnects
+                await kill_in_flight()
 
             await asyncio.wait_for(asyncio.gather(kill_midway(), *(caller() for _ in range(16))), timeout=120)
+            assert retries > 0  # the kill cut calls short
             # A retry after the answer replays it.
             again = await stub.Credit(requests[0], metadata=auth, timeout=5)
             assert again == answers[requests[0].idempotency_key]
@@ -113,15 +135,12 @@ async def test_credits_interrupted_by_a_kill_are_each_in_the_ledger_once_after_r
 
             async def kill_again() -> None:
                 await a_third_spent.wait()
-                assert points.process is not None
-                end_process(points.process, sig=signal.SIGKILL)
-                points.start()
+                await kill_in_flight()
 
             retries_before = retries
             await asyncio.wait_for(asyncio.gather(kill_again(), *(spender() for _ in range(16))), timeout=120)
             assert retries > retries_before  # the second kill cut calls short too
 
-        assert retries > 0  # the kill cut calls short
         assert len(answers) == CREDITS
         entries = await conn.fetch("SELECT entry_id, amount FROM points_entry WHERE kind = 'credit'")
         assert sorted(r["entry_id"] for r in entries) == sorted(a.entry_id for a in answers.values())
