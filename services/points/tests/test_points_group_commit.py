@@ -391,11 +391,11 @@ async def test_a_reserve_groups_lots_read_in_one_statement_are_each_members_own_
     await points.credit("mixed", 7)
     await points.credit("mixed", 8)
     await points.spend("mixed", 10 + 3)  # the limited-time lot of 10 points, then 3 of the next
-    await points.credit("mixed", 3, kind=pb.CREDIT_KIND_LIMITED_TIME, expires_at=now + timedelta(seconds=1))
+    await points.credit("mixed", 3, kind=pb.CREDIT_KIND_LIMITED_TIME, expires_at=now + timedelta(minutes=10))
     await points.credit("rolling-only", 5)
     for _ in range(20):
         await points.credit("crowded", 1)
-    later = now + timedelta(seconds=2)  # the 1-second limited-time lot has expired by then
+    later = now + timedelta(minutes=11)  # the 10-minute limited-time lot has expired by then
     async with points.runtime.db.transaction() as session:
         locked = await lock_wallets(session, ["mixed", "rolling-only", "crowded", "empty"], later)
         wallets = [wallet for wallet, _ in locked.values()]
