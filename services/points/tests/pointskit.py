@@ -3,17 +3,22 @@ gRPC with real signed tokens; the clock is the service's own, moved by the tests
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.kit.auth import call_metadata
 from kizuna.kit.service import Runtime
 from kizuna.kit.testing import (
     TestIssuer,
     reset_streams,  # noqa: F401 (re-exported)
+    wait_until,
 )
 from kizuna.points.v1 import points_pb2 as pb
 from kizuna.points.v1 import points_pb2_grpc
@@ -22,6 +27,49 @@ from points.ledger import Clock
 from points.settings import Settings
 
 SERVICE_SCOPES = "points:credit points:spend points:read"
+
+
+async def waiting_on_a_lock(raw: asyncpg.Connection, statement: str = "") -> bool:
+    """Whether a statement of this database (containing `statement`) waits on a lock, seen from
+    the test's own connection `raw`."""
+    await raw.execute("SELECT pg_stat_clear_snapshot()")  # in a transaction, the view is read once
+    rows = await raw.fetch(
+        "SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    return any(statement in row["query"] for row in rows)
+
+
+async def outcome(call: Awaitable[Any]) -> Any:
+    """The response, or the status code of the refusal."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+
+
+async def in_one_group(
+    raw: asyncpg.Connection,
+    groups: Any,
+    wallet: str,
+    first: Callable[[], Awaitable[Any]],
+    calls: Callable[[], dict[str, Awaitable[Any]]],
+) -> tuple[Any, dict[str, Any]]:
+    """`first` runs while the test holds `wallet`'s lock, so its group waits; the calls started
+    meanwhile queue behind it and, once the lock is let go, commit together in the next group.
+    Returns first's outcome and each call's by name (calls start when made: `calls` makes them
+    once the first group waits)."""
+    lock = raw.transaction()
+    await lock.start()
+    try:
+        await raw.execute("SELECT 1 FROM points_wallet WHERE member_id = $1 FOR UPDATE", wallet)
+        started = asyncio.ensure_future(outcome(first()))
+        await wait_until(lambda: waiting_on_a_lock(raw, "points_wallet"))
+        made = calls()
+        tasks = {name: asyncio.ensure_future(outcome(call)) for name, call in made.items()}
+        await wait_until(lambda: groups.queued == len(made))
+    finally:
+        await lock.rollback()
+    return await started, {name: await task for name, task in tasks.items()}
 
 
 def stamp(moment: datetime) -> Timestamp:

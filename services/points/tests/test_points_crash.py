@@ -12,10 +12,12 @@ import asyncpg
 import grpc
 from kizuna.kit.auth import call_metadata
 from kizuna.kit.db import Database
-from kizuna.kit.testing import TestIssuer, end_process
+from kizuna.kit.testing import TestIssuer, end_process, wait_until
 from kizuna.points.v1 import points_pb2 as pb
 from kizuna.points.v1 import points_pb2_grpc
 from points import audit
+
+from .pointskit import waiting_on_a_lock
 
 MEMBERS = 20
 CREDITS = 240
@@ -80,14 +82,7 @@ async def test_credits_interrupted_by_a_kill_are_each_in_the_ledger_once_after_r
                 try:
                     async with holder.transaction():
                         await holder.execute("SELECT 1 FROM points_wallet WHERE member_id = 'm1' FOR UPDATE")
-                        for _ in range(1000):
-                            waiting = await conn.fetchval(
-                                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                                " AND datname = current_database()"
-                            )
-                            if waiting:
-                                break
-                            await asyncio.sleep(0.01)
+                        await wait_until(lambda: waiting_on_a_lock(conn))
                         assert points.process is not None
                         end_process(points.process, sig=signal.SIGKILL)
                 finally:

@@ -6,7 +6,6 @@ calls one by one, and nothing of it is written twice."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from typing import Any
@@ -14,13 +13,14 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+from kizuna.kit.testing import wait_until
 from kizuna.points.v1 import points_pb2 as pb
 from points import group_commit, spending
 from points.group_commit import CreditGroups
 from points.idempotency import request_hash
 from points.wallets import lock_wallets
 
-from .pointskit import Points, key, stamp
+from .pointskit import Points, in_one_group, key, outcome, stamp, waiting_on_a_lock
 
 
 @pytest.fixture
@@ -45,33 +45,6 @@ def groups_of(points: Points) -> CreditGroups:
     return groups
 
 
-async def outcome(call: Awaitable[Any]) -> Any:
-    """The response, or the status code of the refusal."""
-    try:
-        return await call
-    except grpc.aio.AioRpcError as exc:
-        return exc.code()
-
-
-async def waiting_on_a_lock(raw: asyncpg.Connection, statement: str) -> bool:
-    await raw.execute("SELECT pg_stat_clear_snapshot()")  # in a transaction, the view is read once
-    rows = await raw.fetch(
-        "SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-    )
-    return any(statement in row["query"] for row in rows)
-
-
-async def until(check: Any, what: str) -> None:
-    for _ in range(1000):
-        done = check()
-        if inspect.isawaitable(done):
-            done = await done
-        if done:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting until {what}")
-
-
 def request(member: str, amount: int, idem: str, **fields: Any) -> pb.CreditRequest:
     fields.setdefault("kind", pb.CREDIT_KIND_REGULAR)
     return pb.CreditRequest(member_id=member, amount=amount, reason="group", idempotency_key=idem, **fields)
@@ -90,32 +63,29 @@ async def test_calls_that_arrive_together_commit_together_each_with_its_own_outc
     shop, travel = points.auth("shop"), points.auth("travel")
 
     # The test holds a's wallet: the first group (one call for a) waits for it while the rest queue.
-    lock = raw.transaction()
-    await lock.start()
-    await raw.execute("SELECT 1 FROM points_wallet WHERE member_id = 'a' FOR UPDATE")
-    first = asyncio.create_task(outcome(credit(request("a", 1, key()), metadata=shop, timeout=30)))
-    await until(lambda: waiting_on_a_lock(raw, "points_wallet"), "the first group waits for a's wallet")
-
     twice, clash, invalid, ghost = key(), key(), key(), key()
-    calls: dict[str, Awaitable[Any]] = {
-        **{f"plain-{i}": credit(request("abc"[i % 3], 10, key()), metadata=shop, timeout=30) for i in range(30)},
-        "twice-1": credit(request("a", 7, twice), metadata=shop, timeout=30),
-        "twice-2": credit(request("a", 7, twice), metadata=shop, timeout=30),
-        "clash-1": credit(request("b", 5, clash), metadata=shop, timeout=30),
-        "clash-2": credit(request("b", 6, clash), metadata=shop, timeout=30),
-        "no-kind": credit(request("c", 5, invalid, kind=pb.CREDIT_KIND_UNSPECIFIED), metadata=shop, timeout=30),
-        "no-key": credit(request("c", 5, ""), metadata=shop, timeout=30),
-        "past": credit(request("c", 5, key(), expires_at=stamp(now - timedelta(days=1))), metadata=shop, timeout=30),
-        "ghost": credit(request("ghost", 5, ghost), metadata=shop, timeout=30),
-        "budget-1": credit(request("a", 60, key()), metadata=travel, timeout=30),
-        "budget-2": credit(request("b", 60, key()), metadata=travel, timeout=30),
-        "due": credit(request("due", 3, key()), metadata=shop, timeout=30),
-    }
-    tasks = {name: asyncio.create_task(outcome(call)) for name, call in calls.items()}
-    await until(lambda: groups.queued == len(calls), "every call is queued")
-    await lock.rollback()
-    results = {name: await task for name, task in tasks.items()}
-    assert isinstance(await first, pb.CreditResponse)
+    yesterday = now - timedelta(days=1)
+
+    def calls() -> dict[str, Awaitable[Any]]:
+        return {
+            **{f"plain-{i}": credit(request("abc"[i % 3], 10, key()), metadata=shop, timeout=30) for i in range(30)},
+            "twice-1": credit(request("a", 7, twice), metadata=shop, timeout=30),
+            "twice-2": credit(request("a", 7, twice), metadata=shop, timeout=30),
+            "clash-1": credit(request("b", 5, clash), metadata=shop, timeout=30),
+            "clash-2": credit(request("b", 6, clash), metadata=shop, timeout=30),
+            "no-kind": credit(request("c", 5, invalid, kind=pb.CREDIT_KIND_UNSPECIFIED), metadata=shop, timeout=30),
+            "no-key": credit(request("c", 5, ""), metadata=shop, timeout=30),
+            "past": credit(request("c", 5, key(), expires_at=stamp(yesterday)), metadata=shop, timeout=30),
+            "ghost": credit(request("ghost", 5, ghost), metadata=shop, timeout=30),
+            "budget-1": credit(request("a", 60, key()), metadata=travel, timeout=30),
+            "budget-2": credit(request("b", 60, key()), metadata=travel, timeout=30),
+            "due": credit(request("due", 3, key()), metadata=shop, timeout=30),
+        }
+
+    first, results = await in_one_group(
+        raw, groups, "a", lambda: credit(request("a", 1, key()), metadata=shop, timeout=30), calls
+    )
+    assert isinstance(first, pb.CreditResponse)
 
     # Two groups: the first call's, then every other call's (the ones left to run alone do so after).
     assert groups.groups - committed == 2
@@ -178,9 +148,9 @@ async def test_a_group_that_loses_a_key_race_runs_each_call_alone_and_writes_not
     )
     committed = groups.groups
     lone = asyncio.create_task(outcome(points.stub.Credit(raced, metadata=shop, timeout=30)))
-    await until(lambda: waiting_on_a_lock(raw, "points_idempotency"), "the group waits on the key")
+    await wait_until(lambda: waiting_on_a_lock(raw, "points_idempotency"))
     other = asyncio.create_task(outcome(points.stub.Credit(request("b", 9, key()), metadata=shop, timeout=30)))
-    await until(lambda: groups.queued == 1, "the next call is queued")
+    await wait_until(lambda: groups.queued == 1)
     await race.commit()
 
     assert await lone == winner  # the group rolled back; alone, the call replays the winner's outcome
@@ -208,10 +178,10 @@ async def test_balances_asked_together_are_read_together_each_members_own(
     await lock.start()
     await raw.execute("LOCK TABLE points_wallet IN ACCESS EXCLUSIVE MODE")
     first = asyncio.create_task(points.balance("r1"))
-    await until(lambda: waiting_on_a_lock(raw, "points_wallet"), "the first read waits")
+    await wait_until(lambda: waiting_on_a_lock(raw, "points_wallet"))
     asked = [*members, "nobody", "r3"]
     rest = [asyncio.create_task(points.balance(member)) for member in asked]
-    await until(lambda: reads.queued == len(asked), "every read is queued")
+    await wait_until(lambda: reads.queued == len(asked))
     await lock.rollback()
 
     assert (await first).total == 101
@@ -263,30 +233,26 @@ async def test_captures_that_arrive_together_commit_together_each_with_its_own_o
     def request(reservation: str, amount: int = 0, idem: str | None = None) -> pb.CaptureRequest:
         return pb.CaptureRequest(reservation_id=reservation, amount=amount, idempotency_key=idem or key())
 
-    lock = raw.transaction()
-    await lock.start()
-    await raw.execute("SELECT 1 FROM points_wallet WHERE member_id = 'a' FOR UPDATE")
-    first = asyncio.create_task(outcome(capture(request(r0), metadata=shop, timeout=30)))
-    await until(lambda: waiting_on_a_lock(raw, "points_wallet"), "the first group waits for a's wallet")
     k1, too_much = key(), key()
-    calls: dict[str, Awaitable[Any]] = {
-        "r1": capture(request(r1, idem=k1), metadata=shop, timeout=30),
-        "r1-retry": capture(request(r1, idem=k1), metadata=shop, timeout=30),
-        "r1-again": capture(request(r1), metadata=shop, timeout=30),
-        "r2-part": capture(request(r2, 5), metadata=shop, timeout=30),
-        "r3-not-theirs": capture(request(r3), metadata=travel, timeout=30),
-        "r3-too-much": capture(request(r3, 60, too_much), metadata=shop, timeout=30),
-        "r3": capture(request(r3), metadata=shop, timeout=30),
-        "r4-voided": capture(request(r4), metadata=shop, timeout=30),
-        "unknown": capture(request("rsv_unknown"), metadata=shop, timeout=30),
-        "r5-timed-out": capture(request(r5), metadata=shop, timeout=30),
-    }
-    tasks = {name: asyncio.create_task(outcome(call)) for name, call in calls.items()}
-    await until(lambda: groups.queued == len(calls), "every call is queued")
-    await lock.rollback()
-    results = {name: await task for name, task in tasks.items()}
 
-    assert isinstance(await first, pb.CaptureResponse)
+    def calls() -> dict[str, Awaitable[Any]]:
+        return {
+            "r1": capture(request(r1, idem=k1), metadata=shop, timeout=30),
+            "r1-retry": capture(request(r1, idem=k1), metadata=shop, timeout=30),
+            "r1-again": capture(request(r1), metadata=shop, timeout=30),
+            "r2-part": capture(request(r2, 5), metadata=shop, timeout=30),
+            "r3-not-theirs": capture(request(r3), metadata=travel, timeout=30),
+            "r3-too-much": capture(request(r3, 60, too_much), metadata=shop, timeout=30),
+            "r3": capture(request(r3), metadata=shop, timeout=30),
+            "r4-voided": capture(request(r4), metadata=shop, timeout=30),
+            "unknown": capture(request("rsv_unknown"), metadata=shop, timeout=30),
+            "r5-timed-out": capture(request(r5), metadata=shop, timeout=30),
+        }
+
+    first, results = await in_one_group(
+        raw, groups, "a", lambda: capture(request(r0), metadata=shop, timeout=30), calls
+    )
+    assert isinstance(first, pb.CaptureResponse)
     assert groups.groups - committed == 2
     assert results["r1"] == results["r1-retry"] and results["r1"].captured == 30
     assert results["r1-again"] == grpc.StatusCode.FAILED_PRECONDITION  # already captured
@@ -327,30 +293,24 @@ async def test_reserves_that_arrive_together_commit_together_each_taking_what_th
         request = pb.ReserveRequest(
             member_id=member, amount=amount, ttl_seconds=ttl, reason="group", idempotency_key=idem or key()
         )
-        return outcome(reserve(request, metadata=points.auth("shop", member=member), timeout=30))
+        return reserve(request, metadata=points.auth("shop", member=member), timeout=30)
 
     committed = groups.groups
-    lock = raw.transaction()
-    await lock.start()
-    await raw.execute("SELECT 1 FROM points_wallet WHERE member_id = 'b' FOR UPDATE")
-    first = asyncio.create_task(call("b", 4))
-    await until(lambda: waiting_on_a_lock(raw, "points_wallet"), "the first group waits for b's wallet")
     twice, short = key(), key()
-    calls = {
-        "a-25": call("a", 25, twice),
-        "a-25-retry": call("a", 25, twice),
-        "a-30": call("a", 30),
-        "a-20-short": call("a", 20, short),  # 15 left after the two before it
-        "a-bad-ttl": call("a", 1, ttl=10**9),
-        "b-6": call("b", 6),
-        "many-18": call("many", 18),  # more than the sixteen lots a group reads: alone
-    }
-    tasks = {name: asyncio.create_task(c) for name, c in calls.items()}
-    await until(lambda: groups.queued == len(calls), "every call is queued")
-    await lock.rollback()
-    results = {name: await task for name, task in tasks.items()}
 
-    assert isinstance(await first, pb.ReserveResponse)
+    def calls() -> dict[str, Awaitable[Any]]:
+        return {
+            "a-25": call("a", 25, twice),
+            "a-25-retry": call("a", 25, twice),
+            "a-30": call("a", 30),
+            "a-20-short": call("a", 20, short),  # 15 left after the two before it
+            "a-bad-ttl": call("a", 1, ttl=10**9),
+            "b-6": call("b", 6),
+            "many-18": call("many", 18),  # more than the sixteen lots a group reads: alone
+        }
+
+    first, results = await in_one_group(raw, groups, "b", lambda: call("b", 4), calls)
+    assert isinstance(first, pb.ReserveResponse)
     assert groups.groups - committed == 2
     assert results["a-25"] == results["a-25-retry"]
     assert results["a-25"].balance_after == 45 and results["a-30"].balance_after == 15
@@ -374,7 +334,7 @@ async def test_reserves_that_arrive_together_commit_together_each_taking_what_th
     ]
     # A remembered rejection: the same call again gets the same answer, even with points back.
     await points.credit("a", 100)
-    assert await call("a", 20, short) == grpc.StatusCode.FAILED_PRECONDITION
+    assert await outcome(call("a", 20, short)) == grpc.StatusCode.FAILED_PRECONDITION
     events = await raw.fetchval("SELECT count(*) FROM kit_outbox WHERE subject = 'points.ledger.reserved'")
     assert events == 5  # b's two, a's two, many's
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import shutil
 import signal
@@ -18,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,13 +33,15 @@ from kizuna.kit.declaration import Declaration, discover
 from kizuna.kit.devstack import NATS_PORT, nats_server_binary
 
 
-async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll an async predicate until it returns something truthy; fail with its last value."""
+async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll a predicate (plain or async) until it returns something truthy; fail with its last value."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     last: Any = None
     while loop.time() < deadline:
-        last = await predicate()
+        last = predicate()
+        if inspect.isawaitable(last):
+            last = await last
         if last:
             return last
         await asyncio.sleep(interval)
