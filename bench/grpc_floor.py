@@ -1,0 +1,293 @@
+"""gRPC floor benchmark (not a test): what Python's gRPC server alone costs per call on this machine,
+beside points serving the same calls, in one run.
+
+    .venv/bin/python -m bench.grpc_floor [--seconds 10] [--rounds 2] [--no-h2load]
+        [--servers floor-aio,floor-aio2,floor-sync,points,points2]
+
+The servers answer `kizuna.points.v1.PointsService` GetBalance and Credit to the same 64 clients
+as `points_bench.py` (eight channels, one connection each):
+- `floor-aio`: a bare `grpc.aio` server on uvloop (the kit's loop) whose handlers return a constant
+  response: no database, no token check, no interceptor, no event. Its calls per second and CPU per
+  call are the most a Python grpcio service can do on this machine, whatever it does inside;
+- `floor-aio2`: the same in two processes sharing the port (one per core, as `KIZUNA_WORKERS=2`);
+- `floor-sync`: the same on grpcio's thread-pool server (16 threads), the other way grpcio serves;
+- `points`: `python -m points` on PostgreSQL (1,000 wallets), as `points_bench.py` runs it;
+- `points2`: the same from two worker processes (`KIZUNA_WORKERS=2`), on the same database.
+Each server is its own process; the CPU per call is that process's (user + system), the bench's
+clients are this process; h2load (Debian's nghttp2-client), where installed, drives GetBalance once
+more from C, whose client leaves more of the machine to the server. Rounds alternate the servers,
+so a machine that slows down slows all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+from kizuna.kit.auth import call_metadata
+from kizuna.kit.testing import NatsServer, ServiceProcess, TestIssuer, free_port
+from kizuna.points.v1 import points_pb2 as pb
+from kizuna.points.v1 import points_pb2_grpc
+
+from bench import points_bench
+from bench.points_bench import ADMIN_URL, CLIENTS, drive, load
+
+_SERVER = """
+import asyncio, sys
+from concurrent import futures
+import grpc
+from kizuna.points.v1 import points_pb2 as pb, points_pb2_grpc
+
+BALANCE = pb.GetBalanceResponse(total=1200, regular=1200)
+CREDITED = pb.CreditResponse(entry_id="e" * 32, balance_after=1300)
+
+class Floor(points_pb2_grpc.PointsServiceServicer):
+    {prefix}def GetBalance(self, request, context):
+        return BALANCE
+    {prefix}def Credit(self, request, context):
+        return CREDITED
+
+kind, processes = sys.argv[1], int(sys.argv[2])
+if kind == "aio":
+    import subprocess, uvloop
+    async def main():
+        # gRPC sets SO_REUSEPORT: the other processes bind the same port, the kernel spreads the
+        # connections, as the kit's worker processes do.
+        server = grpc.aio.server()
+        points_pb2_grpc.add_PointsServiceServicer_to_server(Floor(), server)
+        port = server.add_insecure_port(f"127.0.0.1:{sys.argv[3]}")
+        await server.start()
+        others = [
+            subprocess.Popen([sys.executable, "-c", sys.argv[-1], "aio", "1", str(port), sys.argv[-1]],
+                             stdout=subprocess.PIPE)
+            for _ in range(processes - 1)
+        ]
+        for other in others:
+            other.stdout.readline()
+        print(port, flush=True)
+        await server.wait_for_termination()
+    uvloop.run(main())
+else:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    points_pb2_grpc.add_PointsServiceServicer_to_server(Floor(), server)
+    port = server.add_insecure_port(f"127.0.0.1:{sys.argv[3]}")
+    server.start()
+    print(port, flush=True)
+    server.wait_for_termination()
+"""
+
+
+class FloorServer:
+    """A constant-answer gRPC server in its own process; reports the port it bound."""
+
+    def __init__(self, kind: str, processes: int = 1) -> None:
+        self.kind = kind
+        self.processes = processes
+        self.process: subprocess.Popen[str] | None = None
+        self.address = ""
+
+    def start(self) -> FloorServer:
+        code = _SERVER.replace("{prefix}", "async " if self.kind == "aio" else "")
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code, self.kind, str(self.processes), "0", code],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        assert self.process.stdout is not None
+        port = self.process.stdout.readline().strip()
+        if not port.isdigit():
+            self.stop()
+            raise RuntimeError(f"the {self.kind} floor server did not start")
+        self.address = f"127.0.0.1:{port}"
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)  # its other processes too
+            self.process.wait(timeout=10)
+
+
+async def measure(label: str, address: str, pid: int, seconds: float, token: str, with_h2load: bool) -> None:
+    metadata = call_metadata(token)
+    channels = [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(8)]
+    stubs = [points_pb2_grpc.PointsServiceStub(c) for c in channels]
+
+    async def balance(i: int, n: int) -> None:
+        member = (i * 7919 + n) % 1000 + 1
+        await stubs[i % 8].GetBalance(pb.GetBalanceRequest(member_id=f"bench-{member}"), metadata=metadata, timeout=30)
+
+    async def credit(i: int, n: int) -> None:
+        request = pb.CreditRequest(
+            member_id=f"bench-{(i * 7919 + n) % 1000 + 1}",
+            amount=100,
+            kind=pb.CREDIT_KIND_REGULAR,
+            reason="bench",
+            idempotency_key=uuid.uuid4().hex,
+        )
+        await stubs[i % 8].Credit(request, metadata=metadata, timeout=30)
+
+    try:
+        for stub in stubs:  # connect every channel before the clock starts
+            await stub.GetBalance(pb.GetBalanceRequest(member_id="bench-1"), metadata=metadata, timeout=30)
+        points_bench.SERVER_PID = pid
+        await drive(f"{label}: GetBalance", seconds, balance)
+        await drive(f"{label}: Credit", seconds, credit)
+        if with_h2load:
+            await h2load_get_balance(label, address, pid, seconds, token)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+async def h2load_get_balance(label: str, address: str, pid: int, seconds: float, token: str) -> None:
+    """GetBalance from h2load (nghttp2's HTTP/2 load generator, C): 8 connections x 8 streams = 64
+    calls in flight, the same member each time. Its client costs a fraction of grpcio's, so more of
+    the machine's two cores is left to the server. h2load cannot read gRPC's status (an error is an
+    HTTP 200 whose trailers say so), so every answer's message is counted instead: a call that
+    failed answers no message, and the data received must be one message per call."""
+    request_file = _framed_request(pb.GetBalanceRequest(member_id="bench-1"))
+    answer = await _one_balance(address, token)
+    cpu_before = points_bench.cpu_seconds(pid)
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [
+            "h2load",
+            *("-D", str(int(seconds)), "-c", "8", "-m", "8", "-t", "1"),
+            *("-d", str(request_file)),
+            *("-H", "content-type: application/grpc", "-H", "te: trailers", "-H", f"authorization: Bearer {token}"),
+            f"http://{address}/kizuna.points.v1.PointsService/GetBalance",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    )
+    cpu = points_bench.cpu_seconds(pid) - cpu_before
+    await asyncio.to_thread(request_file.unlink)
+    done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", run.stdout).group(1))  # type: ignore[union-attr]
+    rate = float(re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", run.stdout).group(1))  # type: ignore[union-attr]
+    data = int(re.search(r"\((\d+)\) data", run.stdout).group(1))  # type: ignore[union-attr]
+    answered = data // (5 + answer) if answer else 0
+    per_call = cpu / done * 1000 if done else float("nan")
+    print(
+        f"{label + ': GetBalance (h2load)':<34} {rate:8.0f} ops/s  answered {answered}/{done}  "
+        f"server CPU {cpu / seconds:4.2f} cores, {per_call:5.2f} ms/call  ({load()} after)",
+        flush=True,
+    )
+
+
+def _framed_request(message: Any) -> Path:
+    """A file holding one gRPC message as it goes on the wire: uncompressed flag, length, message."""
+    body = message.SerializeToString()
+    with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as request_file:
+        request_file.write(b"\0" + len(body).to_bytes(4, "big") + body)
+    return Path(request_file.name)
+
+
+async def _one_balance(address: str, token: str) -> int:
+    """One GetBalance through grpcio: the size of its answer's message (the call must succeed)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = points_pb2_grpc.PointsServiceStub(channel)
+        answer = await stub.GetBalance(
+            pb.GetBalanceRequest(member_id="bench-1"), metadata=call_metadata(token), timeout=30
+        )
+    return int(answer.ByteSize())
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--servers", default="floor-aio,floor-aio2,floor-sync,points,points2")
+    parser.add_argument(
+        "--no-h2load", action="store_true", help="only grpcio's clients (h2load: Debian nghttp2-client)"
+    )
+    args = parser.parse_args()
+    servers = args.servers.split(",")
+    name = f"grpc_floor_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(ADMIN_URL)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    workdir = Path(tempfile.mkdtemp())
+    nats_server = NatsServer(free_port(), workdir / "nats").start()
+    issuer = TestIssuer().start()
+    # `points2`: the same service from two worker processes (`KIZUNA_WORKERS=2`), same database.
+    pointses = {
+        kind: ServiceProcess(
+            "points",
+            {
+                "NATS_URL": nats_server.url,
+                "KIZUNA_ISSUER": issuer.issuer,
+                "DATABASE_URL": url,
+                "KIZUNA_DATA_DIR": str(workdir / kind),
+                "LOG_LEVEL": "ERROR",
+                "LOG_FORMAT": "text",
+                "EXPIRY_INTERVAL_SECONDS": "3600",
+                "KIZUNA_WORKERS": "2" if kind == "points2" else "1",
+            },
+            free_port(),
+            free_port(),
+            workdir / f"{kind}.log",
+        )
+        for kind in servers
+        if kind.startswith("points")
+    }
+    floors = {
+        kind: FloorServer(kind.removeprefix("floor-").rstrip("2"), 2 if kind.endswith("2") else 1)
+        for kind in servers
+        if kind.startswith("floor-")
+    }
+    try:
+        for floor in floors.values():
+            floor.start()
+        for service in pointses.values():
+            service.start(timeout=60)
+        if pointses:
+            conn = await asyncpg.connect(url)
+            await conn.execute("""INSERT INTO points_wallet (member_id, status, available, held, debt, earn_month,
+                earned_this_month, created_at) SELECT 'bench-' || i, 'active', 1200, 0, 0, '2025-01', 0, now()
+                FROM generate_series(1, 1000) i""")
+            await conn.close()
+        token = issuer.service_token("shop", "points:credit points:spend points:read")
+        with_h2load = shutil.which("h2load") is not None and not args.no_h2load
+        print(f"{CLIENTS} concurrent clients, {args.seconds:.0f}s per phase; {load()} at the start", flush=True)
+        for round_ in range(1, args.rounds + 1):
+            print(f"round {round_}", flush=True)
+            for kind in servers:
+                if kind in pointses:
+                    service = pointses[kind]
+                    assert service.process is not None
+                    await measure(kind, service.grpc_address, service.process.pid, args.seconds, token, with_h2load)
+                else:
+                    floor = floors[kind]
+                    assert floor.process is not None
+                    await measure(kind, floor.address, floor.process.pid, args.seconds, token, with_h2load)
+                await asyncio.sleep(1)
+    finally:
+        for floor in floors.values():
+            floor.stop()
+        for service in pointses.values():
+            service.stop()
+        issuer.stop()
+        nats_server.stop()
+        admin = await asyncpg.connect(ADMIN_URL)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
