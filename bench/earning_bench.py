@@ -29,6 +29,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -36,6 +37,7 @@ import nats
 from kizuna.common.v1 import common_pb2
 from kizuna.kit.testing import NatsServer, ServiceProcess, TestIssuer, free_port
 from kizuna.points.v1 import earning_pb2, events_pb2
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from bench.baseline import export_baseline
@@ -97,7 +99,7 @@ async def raw_jetstream(nats_url: str, events: int, rate: float) -> list[float]:
                 continue
             for msg in msgs:
                 await msg.ack()
-                start = sent.get(msg.header["id"])
+                start = sent.get((msg.header or {})["id"])
                 if start is not None:
                     latencies.append(time.perf_counter() - start)
 
@@ -114,20 +116,37 @@ async def raw_jetstream(nats_url: str, events: int, rate: float) -> list[float]:
     return latencies
 
 
-async def through_contract(nats_url: str, events: int, rate: float) -> list[float]:
+# Where an event's time goes, from the clock times the credited event carries (one machine, one
+# clock): publish -> the handler's start (its `credited_at`: the inbound hop, the fetch, BEGIN and
+# the inbox row), -> the outbox row staged (its `ce-time`: the handler's statements up to it), ->
+# this process receiving it (the rest of the transaction, COMMIT, the relay's publish, delivery).
+SEGMENTS = ("to handler", "handler to outbox", "outbox to here")
+
+
+async def through_contract(
+    nats_url: str, events: int, rate: float, segments: dict[str, list[float]] | None = None
+) -> list[float]:
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
-    sent: dict[str, float] = {}
+    sent: dict[str, tuple[float, float]] = {}
     latencies: list[float] = []
     done = asyncio.Event()
 
-    async def credited(msg: nats.aio.msg.Msg) -> None:
+    async def credited(msg: Msg) -> None:
+        arrived, arrived_at = time.perf_counter(), time.time()
         event = events_pb2.Credited.FromString(msg.data)
         # A plain subscriber sees a re-published event again (JetStream's de-duplication keeps
         # it out of the stream, not off the subject): only the first arrival counts.
         start = sent.pop(event.source_ref, None)
         if start is not None:
-            latencies.append(time.perf_counter() - start)
+            latencies.append(arrived - start[0])
+            if segments is not None:
+                handler = event.credited_at.ToDatetime(UTC).timestamp()
+                staged = datetime.fromisoformat((msg.headers or {})["ce-time"]).timestamp()
+                for name, seconds in zip(
+                    SEGMENTS, (handler - start[1], staged - handler, arrived_at - staged), strict=True
+                ):
+                    segments.setdefault(name, []).append(seconds)
             if len(latencies) >= events:
                 done.set()
 
@@ -140,7 +159,7 @@ async def through_contract(nats_url: str, events: int, rate: float) -> list[floa
             reference=ref, member_id=member, paid=common_pb2.Money(amount_minor=10_000, currency="JPY")
         )
         payload = earning_pb2.PurchaseCompleted(purchase=purchase).SerializeToString()
-        sent[ref] = time.perf_counter()
+        sent[ref] = (time.perf_counter(), time.time())
         # As the seller's outbox publishes it: the event id, and the member as `ce-subject`.
         headers = {"ce-id": ref, "Nats-Msg-Id": ref, "ce-subject": member}
         await js.publish("shop.purchase.completed", payload, headers=headers)
@@ -250,12 +269,18 @@ async def main() -> None:
             for variant in variants:
                 assert variant.nats_server is not None
                 at, cpu = load(), cpu_seconds(variant.process)
-                samples = await through_contract(variant.nats_server.url, args.events, args.rate)
+                segments: dict[str, list[float]] = {}
+                samples = await through_contract(variant.nats_server.url, args.events, args.rate, segments)
                 cpu_ms = (cpu_seconds(variant.process) - cpu) * 1000 / args.events
                 variant.samples += samples
                 ratio = pctl(samples, 0.99) / goal(raw)
                 extra = f"  load {at:.1f}  goal {goal(raw):.1f} ms  p99/goal {ratio:.2f}  CPU {cpu_ms:.1f} ms/event"
                 print(line(f"  contract {variant.name}", samples, args.events, extra), flush=True)
+                parts = ", ".join(
+                    f"{name} {pctl(segments.get(name, []), 0.5):.2f} / {pctl(segments.get(name, []), 0.99):.2f}"
+                    for name in SEGMENTS
+                )
+                print(f"    p50 / p99 ms: {parts}", flush=True)
         print(f"all rounds (load now {load():.1f})", flush=True)
         print(line("  raw JetStream", raw_samples, args.events * args.rounds), flush=True)
         for variant in variants:
