@@ -21,6 +21,9 @@ from kizuna.points.v1 import points_pb2 as pb
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from points import bounds, crediting, wallets
+from points.ledger import REGULAR
+from sqlalchemy import text
 
 from .pointskit import Points, key
 
@@ -274,6 +277,11 @@ async def test_a_credit_command_past_the_budget_is_rejected_as_such_and_may_be_s
         [rejected] = await rejections.fetch(1, timeout=20)
         answer = points_events.CommandRejected.FromString(rejected.data)
         assert (answer.idempotency_key, answer.reason) == ("big", points_events.REJECTION_REASON_BUDGET_EXCEEDED)
+        # Refused whole: the rejection's transaction commits, and the member's balance, lots and
+        # entries are as they were (no credit half-applied to the wallet).
+        balance = await points.balance("m")
+        assert (balance.total, balance.regular) == (80, 80)
+        assert [e.amount for e in (await points.entries("m")).entries] == [80]
         # Not remembered: the same command, sent again once the budget allows it, is applied.
         points.clock.advance(timedelta(days=1))
         await js.publish("points.credit.requested.shop", command.SerializeToString(), headers={"ce-id": "c-2"})
@@ -295,6 +303,41 @@ async def test_a_credit_command_past_the_budget_is_rejected_as_such_and_may_be_s
         assert [c.idempotency_key for c in found if c.amount == 50] == ["big"]
     finally:
         await nc.close()
+
+
+@pytest.mark.parametrize("settings_overrides", [{"credit_budget_per_day": 100}])
+async def test_a_single_credit_past_the_budget_writes_nothing_before_its_rollback(points: Points) -> None:
+    """The single path's credit (earnings, commands, the welcome bonus) charges the budget in its
+    entry's statement on PostgreSQL: refused, that statement writes no entry, lot, wallet change or
+    charge, even inside the transaction before it rolls back."""
+    await points.register("m")
+    await points.credit("m", 80, service="shop")  # 80 of the shop's 100 today
+    db = points.runtime.db
+    counts = text("""SELECT (SELECT count(*) FROM points_entry WHERE member_id = 'm'),
+        (SELECT count(*) FROM points_lot WHERE member_id = 'm'),
+        (SELECT available FROM points_wallet WHERE member_id = 'm'),
+        (SELECT coalesce(sum(points), 0) FROM points_daily_credit WHERE service = 'shop')""")
+    async with db.sessions() as session:
+        before = tuple((await session.execute(counts)).one())
+        wallet = await wallets.lock_wallet(session, "m")
+        with pytest.raises(wallets.OverBudget, match="shop has credited 80 of its 100 points today"):
+            await crediting.credit(
+                session,
+                wallet,
+                points.clock.now(),
+                member_id="m",
+                amount=50,
+                kind=REGULAR,
+                reason="refused",
+                source_service="shop",
+                source_ref="r-1",
+                expires_at=None,
+                key="k-1",
+                regular_expiry_months=points.runtime.settings.regular_expiry_months,
+                limits=bounds.Limits.of(points.runtime.settings),
+            )
+        assert tuple((await session.execute(counts)).one()) == before == (1, 1, 80, 80)
+        await session.rollback()
 
 
 async def _is(fn: Any, expected: Any) -> bool:

@@ -17,6 +17,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from points.journal import CHARGE_CTES, CHARGE_PARAMS
 from points.ledger_metrics import budget_refused
 from points.wallets import OverBudget
 
@@ -57,20 +58,23 @@ def check_points(amount: int, limits: Limits, what: str = "amount") -> None:
 
 # PostgreSQL: the day's count and the charge in one round trip. The charge is written only when it
 # fits, so a refused credit leaves the count as it was (the same as reading, then upserting).
-_CHARGE_PG = text("""
-WITH used AS (
-  SELECT coalesce(sum(points), 0)::bigint AS points FROM points_daily_credit WHERE service = :service AND day = :day
-), charged AS (
-  INSERT INTO points_daily_credit (service, day, shard, points)
-  SELECT :service, :day, :shard, :amount FROM used WHERE used.points + :amount <= :budget
-  ON CONFLICT (service, day, shard) DO UPDATE SET points = points_daily_credit.points + excluded.points
-  RETURNING 1
-)
-SELECT points FROM used""").bindparams(
-    bindparam("amount", type_=BigInteger()),
-    bindparam("budget", type_=BigInteger()),
-    bindparam("shard", type_=Integer()),
-)
+_CHARGE_PG = text(f"WITH {CHARGE_CTES}\nSELECT points FROM used").bindparams(*CHARGE_PARAMS)
+
+
+def charge_of(service: str, member_id: str, amount: int, now: datetime, limits: Limits) -> dict[str, Any]:
+    """The bind parameters of CHARGE_CTES: `amount` counted against `service`'s budget today."""
+    return {
+        "service": service,
+        "day": now.date().isoformat(),
+        "shard": budget_shard(member_id),
+        "charge": amount,
+        "budget": limits.daily_budget(service),
+    }
+
+
+def refuse_charge(charge: dict[str, Any], used: int) -> NoReturn:
+    """OverBudget for a charge (see charge_of) that did not fit, `used` points credited so far."""
+    _refuse(charge["service"], used, charge["budget"], charge["charge"])
 
 
 async def charge_budget(
@@ -85,10 +89,10 @@ async def charge_budget(
     conn = await session.connection()
     shard = budget_shard(member_id)
     if conn.dialect.name == "postgresql":
-        params = {"service": service, "day": day, "shard": shard, "amount": amount, "budget": budget}
-        used = (await conn.execute(_CHARGE_PG, params)).scalar_one()
+        charge = charge_of(service, member_id, amount, now, limits)
+        used = (await conn.execute(_CHARGE_PG, charge)).scalar_one()
         if used + amount > budget:
-            _refuse(service, used, budget, amount)
+            refuse_charge(charge, used)
         return
     used = (
         await conn.execute(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from kizuna.kit.events import publish
@@ -15,8 +15,8 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from points import ledger
-from points.bounds import Limits, charge_budget, check_points
-from points.journal import LOT_KIND, LOTS, NewLot, flush_before_sql, post_entry, ts
+from points.bounds import Limits, charge_budget, charge_of, check_points, refuse_charge
+from points.journal import LEDGER_COLUMNS, LOT_KIND, LOTS, NewLot, NotCharged, flush_before_sql, post_entry, ts
 from points.ledger import LIMITED_TIME
 from points.ledger_metrics import count_on_commit, points_credited
 from points.models import Entry, Wallet, account_available, account_debt, account_issued
@@ -157,8 +157,17 @@ async def credit(
     check_credit(amount, kind, expires_at, now, limits)
     wallet = require_active(wallet, member_id)
     await flush_before_sql(session, wallet)  # what settling changed through the ORM
-    await charge_budget(session, source_service, member_id, amount, now, limits)
     conn = await session.connection()
+    charge: dict[str, Any] | None = None
+    before: dict[str, Any] = {}
+    if conn.dialect.name == "postgresql" and not lapsed(wallet, now):
+        # Charged in the entry's statement (one round trip less): refused, it writes nothing, and
+        # the wallet in memory is put back as it was (below).
+        charge = charge_of(source_service, member_id, amount, now, limits)
+        before = {column: getattr(wallet, column) for column in LEDGER_COLUMNS}
+    else:
+        # Charged first: before the lapse's freeze, which a refusal must not leave behind.
+        await charge_budget(session, source_service, member_id, amount, now, limits)
     # Earning moves the rolling expiry of the member's regular lots: once, on the wallet.
     if lapsed(wallet, now):
         params = {"member": member_id, "lapsed": wallet.rolling_expires_at}
@@ -174,17 +183,26 @@ async def credit(
         expires_at=expires_at,
         regular_expiry_months=regular_expiry_months,
     )
-    entry = await post_entry(
-        session,
-        wallet,
-        kind="credit",
-        postings=plan.postings,
-        explanation=plan.explanation,
-        source_service=source_service,
-        source_ref=source_ref,
-        now=now,
-        lot=plan.lot,
-    )
+    try:
+        entry = await post_entry(
+            session,
+            wallet,
+            kind="credit",
+            postings=plan.postings,
+            explanation=plan.explanation,
+            source_service=source_service,
+            source_ref=source_ref,
+            now=now,
+            lot=plan.lot,
+            charge=charge,
+        )
+    except NotCharged as refused:
+        # Nothing of this credit was written: its changes to the wallet in memory go too, so that
+        # nothing the session flushes before the caller rolls back carries them.
+        for column, value in before.items():
+            setattr(wallet, column, value)
+        assert charge is not None
+        refuse_charge(charge, refused.used)
     event = credited_event(
         entry.entry_id, wallet, now, plan, reason=reason, source_service=source_service, source_ref=source_ref, key=key
     )

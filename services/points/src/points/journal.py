@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.points.v1 import points_pb2 as pb
-from sqlalchemy import ARRAY, BigInteger, Boolean, String, TextClause, bindparam, insert, text
+from sqlalchemy import ARRAY, BigInteger, Boolean, Integer, String, TextClause, bindparam, insert, text
 from sqlalchemy import inspect as orm_state
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import SQLModel
@@ -67,7 +67,7 @@ class NewLot(NamedTuple):
 
 # The wallet's columns a ledger operation changes; PostgreSQL writes them in the entry's statement
 # (the `w_` parameters below).
-_WALLET_COLUMNS = (
+LEDGER_COLUMNS = (
     "available",
     "held",
     "debt",
@@ -80,7 +80,7 @@ _WALLET_COLUMNS = (
 )
 
 
-_WALLET_COLUMN_SET = frozenset(_WALLET_COLUMNS)
+_WALLET_COLUMN_SET = frozenset(LEDGER_COLUMNS)
 
 
 async def flush_before_sql(session: AsyncSession, wallet: Wallet | None) -> None:
@@ -98,12 +98,41 @@ async def flush_before_sql(session: AsyncSession, wallet: Wallet | None) -> None
     await session.flush()
 
 
-def _entry_statement_pg(with_lot: bool) -> TextClause:
+# PostgreSQL: a service's credits today so far (`used`), whether this credit's charge fits its
+# daily budget (`fits`: one row, or none), and the charge, written only when it fits, on the shard of
+# the member (`charged`). Bind parameters: service, day, shard, charge, budget. bounds.charge_budget
+# runs it alone; a single credit runs it ahead of its entry, in the same statement.
+CHARGE_CTES = """used AS (
+  SELECT coalesce(sum(points), 0)::bigint AS points FROM points_daily_credit WHERE service = :service AND day = :day
+), fits AS (
+  SELECT 1 AS fit FROM used WHERE used.points + :charge <= :budget
+), charged AS (
+  INSERT INTO points_daily_credit (service, day, shard, points)
+  SELECT :service, :day, :shard, :charge FROM fits
+  ON CONFLICT (service, day, shard) DO UPDATE SET points = points_daily_credit.points + excluded.points
+  RETURNING 1
+)"""
+CHARGE_PARAMS = (
+    bindparam("charge", type_=BigInteger()),
+    bindparam("budget", type_=BigInteger()),
+    bindparam("shard", type_=Integer()),
+)
+
+
+def _entry_statement_pg(with_lot: bool, charged: bool = False) -> TextClause:
     """PostgreSQL: the entry, its postings (in the order given), a credit's lot and the wallet's new
-    balances in one round trip."""
-    entry = """WITH entry AS (
+    balances in one round trip. `charged`: behind the budget's charge (CHARGE_CTES), written only
+    if it fits; the statement then answers the entry's id (NULL when refused) and the service's
+    credits so far today."""
+    # Joined from constant pieces (no formatting): the values go in as bind parameters only.
+    values = "(:entry_id, :member_id, :kind, :amount, :explanation, :source_service, :source_ref, :created_at)"
+    head = "".join(("WITH ", *((CHARGE_CTES, ", ") if charged else ()), "entry AS ("))
+    entry = """
   INSERT INTO points_entry (entry_id, member_id, kind, amount, explanation, source_service, source_ref, created_at)
-  VALUES (:entry_id, :member_id, :kind, :amount, :explanation, :source_service, :source_ref, :created_at)
+  """
+    # Behind a charge: SELECT the values FROM fits, no row when the charge does not fit.
+    source = "".join(("SELECT ", values[1:-1], " FROM fits")) if charged else "".join(("VALUES ", values))
+    rest = """
   RETURNING id
 ), postings AS (
   INSERT INTO points_posting (entry_pk, account, amount)
@@ -114,22 +143,28 @@ def _entry_statement_pg(with_lot: bool) -> TextClause:
     limited_time = :w_limited_time, rolling_points = :w_rolling_points, earn_month = :w_earn_month,
     earned_this_month = :w_earned_this_month, last_earned_at = :w_last_earned_at,
     rolling_expires_at = :w_rolling_expires_at
-  WHERE member_id = :member_id
-)"""
-    lot = """, lot AS (
+  WHERE member_id = :member_id"""
+    gate = " AND EXISTS (SELECT FROM entry)" if charged else ""
+    lot = """
+), lot AS (
   INSERT INTO points_lot (member_id, entry_pk, kind, rolling, amount, remaining, clawed_back, expired,
     source_service, expires_at, created_at)
   SELECT :member_id, entry.id, :lot_kind, :lot_rolling, :lot_amount, :lot_remaining, 0, 0, :source_service,
-    :lot_expires_at, :created_at FROM entry
-)"""
-    statement = text("\n".join([entry, *([lot] if with_lot else []), "SELECT id FROM entry"]))
-    wallet_type = {c: WALLETS.c[c].type for c in _WALLET_COLUMNS}
+    :lot_expires_at, :created_at FROM entry"""
+    answer = (
+        "\n)\nSELECT (SELECT id FROM entry) AS id, (SELECT points FROM used) AS used"
+        if charged
+        else "\n)\nSELECT id FROM entry"
+    )
+    statement = text("".join((head, entry, source, rest, gate, *((lot,) if with_lot else ()), answer)))
+    wallet_type = {c: WALLETS.c[c].type for c in LEDGER_COLUMNS}
     typed = [
         bindparam("amount", type_=BigInteger()),
         bindparam("created_at", type_=ENTRIES.c.created_at.type),
         bindparam("accounts", type_=ARRAY(String())),
         bindparam("amounts", type_=ARRAY(BigInteger())),
-        *(bindparam(f"w_{c}", type_=wallet_type[c]) for c in _WALLET_COLUMNS),
+        *(bindparam(f"w_{c}", type_=wallet_type[c]) for c in LEDGER_COLUMNS),
+        *(CHARGE_PARAMS if charged else ()),
     ]
     if with_lot:
         typed += [
@@ -144,6 +179,18 @@ def _entry_statement_pg(with_lot: bool) -> TextClause:
 
 _ENTRY_PG = _entry_statement_pg(False)
 _ENTRY_AND_LOT_PG = _entry_statement_pg(True)
+# A single credit's: its lot always (see crediting.credit).
+_CHARGED_ENTRY_AND_LOT_PG = _entry_statement_pg(True, charged=True)
+
+
+class NotCharged(Exception):
+    """The entry was not written: its credit does not fit the service's daily budget (`used`: the
+    service's credits so far today). Nothing of it was written; the caller rolls back what it
+    changed before (in the database and, through the rollback, the wallet in memory)."""
+
+    def __init__(self, used: int) -> None:
+        super().__init__(used)
+        self.used = used
 
 
 def apply_postings(wallet: Wallet, kind: str, postings: dict[str, int]) -> tuple[dict[str, int], int]:
@@ -174,9 +221,11 @@ async def post_entry(
     source_ref: str,
     now: datetime,
     lot: NewLot | None = None,
+    charge: dict[str, Any] | None = None,
 ) -> Posted:
     """Write one balanced entry and apply its postings to the member's balance rows (and, for a
-    credit, the lot it adds)."""
+    credit, the lot it adds). `charge` (PostgreSQL, with a lot): the budget charge's parameters
+    (CHARGE_CTES), in the same statement; NotCharged when it does not fit."""
     postings, member_change = apply_postings(wallet, kind, postings)
     member = wallet.member_id
     entry_id = new_id("ent")
@@ -201,12 +250,22 @@ async def post_entry(
                 lot_remaining=lot.remaining,
                 lot_expires_at=lot.expires_at,
             )
-        values.update({f"w_{c}": getattr(wallet, c) for c in _WALLET_COLUMNS})
-        pk = (await conn.execute(_ENTRY_PG if lot is None else _ENTRY_AND_LOT_PG, values)).scalar_one()
+        values.update({f"w_{c}": getattr(wallet, c) for c in LEDGER_COLUMNS})
+        if charge is not None:
+            if lot is None:
+                raise ValueError("a charged entry is a credit's, with its lot")
+            row = (await conn.execute(_CHARGED_ENTRY_AND_LOT_PG, values | charge)).one()
+            if row.id is None:
+                raise NotCharged(row.used)
+            pk = row.id
+        else:
+            pk = (await conn.execute(_ENTRY_PG if lot is None else _ENTRY_AND_LOT_PG, values)).scalar_one()
         # Written: the session's flush has no UPDATE of the wallet to make for these any more.
-        for column in _WALLET_COLUMNS:
+        for column in LEDGER_COLUMNS:
             set_committed_value(wallet, column, getattr(wallet, column))
     else:
+        if charge is not None:
+            raise ValueError("a charge in the entry's statement is PostgreSQL's (bounds.charge_budget elsewhere)")
         pk = (await conn.execute(_INSERT_ENTRY, values)).scalar_one()
         await conn.execute(_INSERT_POSTING, [{"entry_pk": pk, "account": a, "amount": v} for a, v in postings.items()])
         if lot is not None:
@@ -307,7 +366,7 @@ SELECT count(*) FROM e""")
         "l_remaining": int_type,
         "l_expires": time_type,
         "w_members": text_type,
-        **{f"w_{c}": WALLETS.c[c].type for c in _WALLET_COLUMNS},
+        **{f"w_{c}": WALLETS.c[c].type for c in LEDGER_COLUMNS},
     }
     return statement.bindparams(*(bindparam(name, type_=ARRAY(item)) for name, item in arrays.items()))
 
@@ -341,12 +400,12 @@ async def post_entries_pg(session: AsyncSession, entries: list[PlannedEntry], wa
         "l_remaining": [lot.remaining for _, lot in lots],
         "l_expires": [lot.expires_at for _, lot in lots],
         "w_members": [w.member_id for w in wallets],
-        **{f"w_{c}": [getattr(w, c) for w in wallets] for c in _WALLET_COLUMNS},
+        **{f"w_{c}": [getattr(w, c) for w in wallets] for c in LEDGER_COLUMNS},
     }
     conn = await session.connection()
     written = (await conn.execute(_ENTRIES_PG, values)).scalar_one()
     if written != len(entries):
         raise AssertionError(f"{written} of {len(entries)} entries written")
     for wallet in wallets:
-        for column in _WALLET_COLUMNS:
+        for column in LEDGER_COLUMNS:
             set_committed_value(wallet, column, getattr(wallet, column))
