@@ -1,7 +1,7 @@
 """gRPC floor benchmark (not a test): what Python's gRPC server alone costs per call on this machine,
 beside points serving the same calls, in one run.
 
-    .venv/bin/python -m bench.grpc_floor [--seconds 10] [--rounds 2] [--no-h2load]
+    .venv/bin/python -m bench.grpc_floor_bench [--seconds 10] [--rounds 2] [--no-h2load]
         [--servers floor-aio,floor-aio2,floor-sync,points,points2]
 
 The servers answer `kizuna.points.v1.PointsService` GetBalance and Credit to the same 64 clients
