@@ -41,9 +41,9 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from bench.baseline import export_baseline
+from bench.scratch import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
-ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 MEMBERS = 1000
 
 
@@ -185,11 +185,7 @@ class Variant:
     samples: list[float] = field(default_factory=list)
 
     async def start(self, issuer: TestIssuer, workdir: Path) -> None:
-        self.database = f"earning_bench_{uuid.uuid4().hex[:8]}"
-        admin = await asyncpg.connect(ADMIN_URL)
-        await admin.execute(f'CREATE DATABASE "{self.database}"')
-        await admin.close()
-        url = ADMIN_URL.rsplit("/", 1)[0] + f"/{self.database}"
+        self.database, url = await create_database("earning_bench")
         home = workdir / self.name.replace("@", "-")
         (home / "nats").mkdir(parents=True)
         self.nats_server = NatsServer(free_port(), home / "nats").start()
@@ -222,9 +218,7 @@ class Variant:
         if self.nats_server is not None:
             self.nats_server.stop()
         if self.database:
-            admin = await asyncpg.connect(ADMIN_URL)
-            await admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-            await admin.close()
+            await drop_database(self.database)
 
 
 async def main() -> None:

@@ -42,7 +42,8 @@ from kizuna.points.v1 import points_pb2 as pb
 from kizuna.points.v1 import points_pb2_grpc
 
 from bench import points_bench
-from bench.points_bench import ADMIN_URL, CLIENTS, drive, load
+from bench.points_bench import CLIENTS, drive, load
+from bench.scratch import create_database, drop_database
 
 _SERVER = """
 import asyncio, sys
@@ -217,11 +218,7 @@ async def main() -> None:
     )
     args = parser.parse_args()
     servers = args.servers.split(",")
-    name = f"grpc_floor_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(ADMIN_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    name, url = await create_database("grpc_floor")
     workdir = Path(tempfile.mkdtemp())
     nats_server = NatsServer(free_port(), workdir / "nats").start()
     issuer = TestIssuer().start()
@@ -284,9 +281,7 @@ async def main() -> None:
             service.stop()
         issuer.stop()
         nats_server.stop()
-        admin = await asyncpg.connect(ADMIN_URL)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(name)
 
 
 if __name__ == "__main__":

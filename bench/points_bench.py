@@ -36,7 +36,8 @@ from kizuna.kit.testing import NatsServer, ServiceProcess, TestIssuer, free_port
 from kizuna.points.v1 import points_pb2 as pb
 from kizuna.points.v1 import points_pb2_grpc
 
-ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+from bench.scratch import create_database, drop_database
+
 CLIENTS = 64
 
 
@@ -342,11 +343,7 @@ async def main() -> None:
     parser.add_argument("--history", default="1,100,10000", help="lots/entries per member, phase history")
     args = parser.parse_args()
     only = set(args.only.split(","))
-    name = f"points_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(ADMIN_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    name, url = await create_database("points_bench")
     nats_server = NatsServer(free_port(), Path(tempfile.mkdtemp())).start()
     issuer = TestIssuer().start()
     workdir = Path(tempfile.mkdtemp())
@@ -507,9 +504,7 @@ async def main() -> None:
         server.stop()
         issuer.stop()
         nats_server.stop()
-        admin = await asyncpg.connect(ADMIN_URL)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(name)
 
 
 if __name__ == "__main__":

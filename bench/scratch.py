@@ -1,0 +1,30 @@
+"""A benchmark's own PostgreSQL database: created fresh under a unique name, dropped after."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import asyncpg
+
+ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+async def create_database(prefix: str) -> tuple[str, str]:
+    """A new empty database on the server at BENCH_POSTGRES_URL: its name and its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(ADMIN_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return name, ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+async def drop_database(name: str) -> None:
+    """Drop a database `create_database` made (its connections closed first)."""
+    admin = await asyncpg.connect(ADMIN_URL)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
