@@ -84,16 +84,16 @@ async def charge_budget(
     exceed the budget. The count is spread over BUDGET_SHARDS rows by member, so concurrent credits
     of one service rarely wait on each other; two in flight at once may together pass the budget
     by at most one credit each."""
-    day = now.date().isoformat()
-    budget = limits.daily_budget(service)
     conn = await session.connection()
-    shard = budget_shard(member_id)
     if conn.dialect.name == "postgresql":
         charge = charge_of(service, member_id, amount, now, limits)
         used = (await conn.execute(_CHARGE_PG, charge)).scalar_one()
-        if used + amount > budget:
+        if used + amount > charge["budget"]:
             refuse_charge(charge, used)
         return
+    day = now.date().isoformat()
+    budget = limits.daily_budget(service)
+    shard = budget_shard(member_id)
     used = (
         await conn.execute(
             core_select(func.coalesce(func.sum(DAILY.c.points), 0)).where(

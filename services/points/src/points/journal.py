@@ -125,13 +125,13 @@ def _entry_statement_pg(with_lot: bool, charged: bool = False) -> TextClause:
     if it fits; the statement then answers the entry's id (NULL when refused) and the service's
     credits so far today."""
     # Joined from constant pieces (no formatting): the values go in as bind parameters only.
-    values = "(:entry_id, :member_id, :kind, :amount, :explanation, :source_service, :source_ref, :created_at)"
+    values = ":entry_id, :member_id, :kind, :amount, :explanation, :source_service, :source_ref, :created_at"
     head = "".join(("WITH ", *((CHARGE_CTES, ", ") if charged else ()), "entry AS ("))
     entry = """
   INSERT INTO points_entry (entry_id, member_id, kind, amount, explanation, source_service, source_ref, created_at)
   """
     # Behind a charge: SELECT the values FROM fits, no row when the charge does not fit.
-    source = "".join(("SELECT ", values[1:-1], " FROM fits")) if charged else "".join(("VALUES ", values))
+    source = "".join(("SELECT ", values, " FROM fits") if charged else ("VALUES (", values, ")"))
     rest = """
   RETURNING id
 ), postings AS (
