@@ -45,53 +45,12 @@ from bench import points_bench
 from bench.points_bench import CLIENTS, drive, load
 from bench.scratch import create_database, drop_database
 
-_SERVER = """
-import asyncio, sys
-from concurrent import futures
-import grpc
-from kizuna.points.v1 import points_pb2 as pb, points_pb2_grpc
-
-BALANCE = pb.GetBalanceResponse(total=1200, regular=1200)
-CREDITED = pb.CreditResponse(entry_id="e" * 32, balance_after=1300)
-
-class Floor(points_pb2_grpc.PointsServiceServicer):
-    {prefix}def GetBalance(self, request, context):
-        return BALANCE
-    {prefix}def Credit(self, request, context):
-        return CREDITED
-
-kind, processes = sys.argv[1], int(sys.argv[2])
-if kind == "aio":
-    import subprocess, uvloop
-    async def main():
-        # gRPC sets SO_REUSEPORT: the other processes bind the same port, the kernel spreads the
-        # connections, as the kit's worker processes do.
-        server = grpc.aio.server()
-        points_pb2_grpc.add_PointsServiceServicer_to_server(Floor(), server)
-        port = server.add_insecure_port(f"127.0.0.1:{sys.argv[3]}")
-        await server.start()
-        others = [
-            subprocess.Popen([sys.executable, "-c", sys.argv[-1], "aio", "1", str(port), sys.argv[-1]],
-                             stdout=subprocess.PIPE)
-            for _ in range(processes - 1)
-        ]
-        for other in others:
-            other.stdout.readline()
-        print(port, flush=True)
-        await server.wait_for_termination()
-    uvloop.run(main())
-else:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    points_pb2_grpc.add_PointsServiceServicer_to_server(Floor(), server)
-    port = server.add_insecure_port(f"127.0.0.1:{sys.argv[3]}")
-    server.start()
-    print(port, flush=True)
-    server.wait_for_termination()
-"""
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class FloorServer:
-    """A constant-answer gRPC server in its own process; reports the port it bound."""
+    """A constant-answer gRPC server (`bench/floor_server.py`) in its own process group; reports
+    the port it bound."""
 
     def __init__(self, kind: str, processes: int = 1) -> None:
         self.kind = kind
@@ -100,9 +59,9 @@ class FloorServer:
         self.address = ""
 
     def start(self) -> FloorServer:
-        code = _SERVER.replace("{prefix}", "async " if self.kind == "aio" else "")
         self.process = subprocess.Popen(
-            [sys.executable, "-c", code, self.kind, str(self.processes), "0", code],
+            [sys.executable, "-m", "bench.floor_server", self.kind, str(self.processes), "0"],
+            cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,
