@@ -102,9 +102,8 @@ async def measure(label: str, address: str, pid: int, seconds: float, token: str
     try:
         for stub in stubs:  # connect every channel before the clock starts
             await stub.GetBalance(pb.GetBalanceRequest(member_id="bench-1"), metadata=metadata, timeout=30)
-        points_bench.SERVER_PID = pid
-        await drive(f"{label}: GetBalance", seconds, balance)
-        await drive(f"{label}: Credit", seconds, credit)
+        await drive(f"{label}: GetBalance", seconds, balance, pid=pid)
+        await drive(f"{label}: Credit", seconds, credit, pid=pid)
         if with_h2load:
             await h2load_get_balance(label, address, pid, seconds, token)
     finally:

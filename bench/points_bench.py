@@ -73,9 +73,10 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-async def drive(name: str, seconds: float, call: Any, clients: int = CLIENTS) -> None:
-    """Calls per second and latency; also the service's CPU time per call, which depends far less
-    on what else the shared machine runs than throughput does."""
+async def drive(name: str, seconds: float, call: Any, clients: int = CLIENTS, pid: int | None = None) -> None:
+    """Calls per second and latency; also the server's (`pid`, default the service's) CPU time per
+    call, which depends far less on what else the shared machine runs than throughput does."""
+    pid = SERVER_PID if pid is None else pid
     latencies: list[float] = []
     errors = 0
     stop = time.perf_counter() + seconds
@@ -93,10 +94,10 @@ async def drive(name: str, seconds: float, call: Any, clients: int = CLIENTS) ->
             n += 1
 
     began = time.perf_counter()
-    cpu_before = cpu_seconds(SERVER_PID)
+    cpu_before = cpu_seconds(pid)
     await asyncio.gather(*(client(i) for i in range(clients)))
     elapsed = time.perf_counter() - began
-    cpu = cpu_seconds(SERVER_PID) - cpu_before
+    cpu = cpu_seconds(pid) - cpu_before
     per_call = cpu / len(latencies) * 1000 if latencies else float("nan")
     print(
         f"{name:<34} {len(latencies) / elapsed:8.0f} ops/s  p50 {pctl(latencies, 0.5):6.1f} ms  "
