@@ -199,7 +199,14 @@ async def test_a_card_network_failure_undoes_the_booking_once_fintech_is_back(tr
     assert (balance.total, balance.pending) == (1_000, 0)
     travel.fintech.set("pass")
     travel.clock.at = travel.bookings.clock.now() + timedelta(minutes=5)
-    await travel.bookings.recover_stuck()
+
+    async def undone() -> bool:
+        # The job runs every interval, as in the service: gRPC reconnects to fintech only after its backoff.
+        await travel.bookings.recover_stuck()
+        rows = await travel.sql("SELECT status FROM travel_booking WHERE member_id = :m", m=member.id)
+        return [tuple(row) for row in rows] == [("failed",)]
+
+    await wait_until(undone, timeout=30, interval=0.2)
     assert (await travel.nights(ROOM, days_ahead(10), days_ahead(12))) == [(8, 0, 0)] * 2
 
 

@@ -8,6 +8,7 @@ finishing a cancellation again (the recovery job) refunds nothing twice.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from kizuna.kit.clock import Clock
@@ -18,6 +19,8 @@ from travel import stay as rules
 from travel.booking_store import CANCELLED, CANCELLING, CONFIRMED, BookingStore, locked, move_nights
 from travel.models import Booking
 from travel.payment import PaymentError, PaymentGateway
+
+log = logging.getLogger("travel.cancellation")
 
 
 def policy_of(booking: Booking) -> rules.CancellationPolicy:
@@ -86,8 +89,9 @@ class Cancellations:
                     booking_id=booking.id,
                     purpose="cancel",
                 )
-        except (PaymentError, Unavailable):
-            return booking  # stays cancelling; the recovery job tries again
+        except (PaymentError, Unavailable) as exc:
+            log.warning("booking %s stays cancelling, the recovery job tries again: %s", booking_id, exc)
+            return booking
         async with self.store.db.transaction() as session:
             booking = await locked(session, booking_id)
             if booking.status != CANCELLING:

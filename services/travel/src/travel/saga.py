@@ -11,6 +11,8 @@ the booking ID, so replays are harmless.
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 from kizuna.kit import idempotency
 from kizuna.kit.clock import Clock
@@ -32,6 +34,8 @@ from travel.booking_store import (
 )
 from travel.models import Booking
 from travel.payment import PaymentError, PaymentGateway
+
+log = logging.getLogger("travel.saga")
 
 
 class _Superseded(Exception):
@@ -188,8 +192,9 @@ class BookingSaga:
         try:
             await self._return_points(booking)
             await self._return_card(booking, member_token)
-        except (PaymentError, Unavailable):
-            return booking  # stays failing; the recovery job tries again
+        except (PaymentError, Unavailable) as exc:
+            log.warning("booking %s stays failing, the recovery job tries again: %s", booking_id, exc)
+            return booking
         async with self.store.db.transaction() as session:
             booking = await locked(session, booking_id)
             if booking.status == FAILING:
