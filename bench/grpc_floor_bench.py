@@ -1,7 +1,7 @@
 """gRPC floor benchmark (not a test): what Python's gRPC server alone costs per call on this machine,
 beside points serving the same calls, in one run.
 
-    .venv/bin/python -m bench.grpc_floor_bench [--seconds 10] [--rounds 2] [--no-h2load]
+    .venv/bin/python -m bench.grpc_floor_bench [--seconds 10] [--rounds 2] [--no-h2load] [--no-node]
         [--servers floor-aio,floor-aio2,floor-sync,points,points2]
 
 The servers answer `kizuna.points.v1.PointsService` GetBalance and Credit to the same 64 clients
@@ -14,9 +14,11 @@ as `points_bench.py` (eight channels, one connection each):
 - `points`: `python -m points` on PostgreSQL (1,000 wallets), as `points_bench.py` runs it;
 - `points2`: the same from two worker processes (`KIZUNA_WORKERS=2`), on the same database.
 Each server is its own process; the CPU per call is that process's (user + system), the bench's
-clients are this process; h2load (Debian's nghttp2-client), where installed, drives GetBalance once
-more from C, whose client leaves more of the machine to the server. Rounds alternate the servers,
-so a machine that slows down slows all.
+clients are this process. GetBalance and Credit are driven once more from Node
+(`bench/grpc_load.mjs`, 64 clients on 8 connections, a new idempotency key per Credit), and
+GetBalance once more from h2load (Debian's nghttp2-client, C), where installed: both clients cost
+less CPU per call than grpcio's, so more of the machine's two cores is left to the server. Rounds
+alternate the servers, so a machine that slows down slows all.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from kizuna.points.v1 import points_pb2 as pb
 from kizuna.points.v1 import points_pb2_grpc
 
 from bench import points_bench
-from bench.points_bench import CLIENTS, drive, load
+from bench.points_bench import CLIENTS, drive, drive_node, load, node_client_missing
 from bench.scratch import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +82,9 @@ class FloorServer:
             self.process.wait(timeout=10)
 
 
-async def measure(label: str, address: str, pid: int, seconds: float, token: str, with_h2load: bool) -> None:
+async def measure(
+    label: str, address: str, pid: int, seconds: float, token: str, *, with_h2load: bool, with_node: bool
+) -> None:
     metadata = call_metadata(token)
     channels = [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(8)]
     stubs = [points_pb2_grpc.PointsServiceStub(c) for c in channels]
@@ -104,6 +108,9 @@ async def measure(label: str, address: str, pid: int, seconds: float, token: str
             await stub.GetBalance(pb.GetBalanceRequest(member_id="bench-1"), metadata=metadata, timeout=30)
         await drive(f"{label}: GetBalance", seconds, balance, pid=pid)
         await drive(f"{label}: Credit", seconds, credit, pid=pid)
+        if with_node:
+            await drive_node(f"{label}: GetBalance (Node)", seconds, "balance", address, metadata, pid=pid)
+            await drive_node(f"{label}: Credit (Node)", seconds, "credit", address, metadata, pid=pid)
         if with_h2load:
             await h2load_get_balance(label, address, pid, seconds, token)
     finally:
@@ -171,9 +178,8 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--servers", default="floor-aio,floor-aio2,floor-sync,points,points2")
-    parser.add_argument(
-        "--no-h2load", action="store_true", help="only grpcio's clients (h2load: Debian nghttp2-client)"
-    )
+    parser.add_argument("--no-h2load", action="store_true", help="no h2load phase (Debian nghttp2-client)")
+    parser.add_argument("--no-node", action="store_true", help="no Node phases (bench/grpc_load.mjs)")
     args = parser.parse_args()
     servers = args.servers.split(",")
     name, url = await create_database("grpc_floor")
@@ -217,20 +223,24 @@ async def main() -> None:
                 earned_this_month, created_at) SELECT 'bench-' || i, 'active', 1200, 0, 0, '2025-01', 0, now()
                 FROM generate_series(1, 1000) i""")
             await conn.close()
-        token = issuer.service_token("shop", "points:credit points:spend points:read")
-        with_h2load = shutil.which("h2load") is not None and not args.no_h2load
+        clients = {
+            "with_h2load": shutil.which("h2load") is not None and not args.no_h2load,
+            "with_node": not node_client_missing() and not args.no_node,
+        }
         print(f"{CLIENTS} concurrent clients, {args.seconds:.0f}s per phase; {load()} at the start", flush=True)
         for round_ in range(1, args.rounds + 1):
             print(f"round {round_}", flush=True)
             for kind in servers:
+                # Minted per server: a round outlasts a test token's lifetime.
+                token = issuer.service_token("shop", "points:credit points:spend points:read")
                 if kind in pointses:
                     service = pointses[kind]
                     assert service.process is not None
-                    await measure(kind, service.grpc_address, service.process.pid, args.seconds, token, with_h2load)
+                    await measure(kind, service.grpc_address, service.process.pid, args.seconds, token, **clients)
                 else:
                     floor = floors[kind]
                     assert floor.process is not None
-                    await measure(kind, floor.address, floor.process.pid, args.seconds, token, with_h2load)
+                    await measure(kind, floor.address, floor.process.pid, args.seconds, token, **clients)
                 await asyncio.sleep(1)
     finally:
         for floor in floors.values():

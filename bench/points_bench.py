@@ -11,13 +11,16 @@ Each phase prints the load average (1 min) before and after it: the machine is s
 
 Needs PostgreSQL at BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres)
 and `pgbench` on PATH. The service runs as its own process (`python -m points`), the way production
-runs it; the gRPC clients run in this one.
+runs it; the gRPC clients run in this one, and again (phases credit-node, reserve-node and the
+GetBalance of reads) from Node (`bench/grpc_load.mjs`, `npm ci` installs @grpc/grpc-js), whose
+clients take about half the CPU per call of Python's from the two cores the server shares.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -25,6 +28,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,13 +102,100 @@ async def drive(name: str, seconds: float, call: Any, clients: int = CLIENTS, pi
     await asyncio.gather(*(client(i) for i in range(clients)))
     elapsed = time.perf_counter() - began
     cpu = cpu_seconds(pid) - cpu_before
-    per_call = cpu / len(latencies) * 1000 if latencies else float("nan")
+    report(
+        name,
+        len(latencies),
+        errors,
+        elapsed,
+        (pctl(latencies, 0.5), pctl(latencies, 0.99), max(latencies, default=0) * 1000),
+        cpu,
+    )
+
+
+def report(
+    name: str, answered: int, errors: int, elapsed: float, ms: tuple[float, float, float], cpu: float, extra: str = ""
+) -> None:
+    """One phase's line: calls per second, latency p50 / p99 / max (ms), errors, the server's CPU."""
+    per_call = cpu / answered * 1000 if answered else float("nan")
     print(
-        f"{name:<34} {len(latencies) / elapsed:8.0f} ops/s  p50 {pctl(latencies, 0.5):6.1f} ms  "
-        f"p99 {pctl(latencies, 0.99):6.1f} ms  max {max(latencies, default=0) * 1000:6.1f} ms  errors {errors}  "
-        f"server CPU {cpu / elapsed:4.2f} cores, "
-        f"{per_call:5.2f} ms/call  ({load()} after)",
+        f"{name:<34} {answered / elapsed:8.0f} ops/s  p50 {ms[0]:6.1f} ms  p99 {ms[1]:6.1f} ms  max {ms[2]:6.1f} ms  "
+        f"errors {errors}  server CPU {cpu / elapsed:4.2f} cores, {per_call:5.2f} ms/call{extra}  ({load()} after)",
         flush=True,
+    )
+
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_LOAD = ROOT / "bench" / "grpc_load.mjs"
+
+
+def node_client_missing() -> str:
+    """Why `bench/grpc_load.mjs` cannot run here ('' when it can)."""
+    if not shutil.which("node"):
+        return "node not found"
+    if not (ROOT / "node_modules" / "@grpc" / "grpc-js").exists():
+        return "@grpc/grpc-js is not installed: run `npm ci` in the repository root"
+    return ""
+
+
+async def drive_node(
+    name: str,
+    seconds: float,
+    phase: str,
+    address: str,
+    service: Sequence[tuple[str, str]],
+    *,
+    on_behalf: dict[str, Sequence[tuple[str, str]]] | None = None,
+    members: int = 1000,
+    member_prefix: str = "bench-",
+    clients: int = CLIENTS,
+    pid: int | None = None,
+) -> None:
+    """`drive`, with the 64 clients in Node (`bench/grpc_load.mjs`) instead of this process: they
+    cost the shared machine about half the CPU per call of Python's."""
+    missing = node_client_missing()
+    if missing:
+        print(f"{name:<34} skipped: {missing}", flush=True)
+        return
+    pid = SERVER_PID if pid is None else pid
+    config = {
+        "address": address,
+        "proto_root": str(ROOT / "proto"),
+        "phase": phase,
+        "seconds": seconds,
+        "clients": clients,
+        "channels": 8,
+        "members": members,
+        "member_prefix": member_prefix,
+        "service": list(service),
+        "on_behalf": {m: list(md) for m, md in (on_behalf or {}).items()},
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "load.json"
+        path.write_text(json.dumps(config))
+        cpu_before = cpu_seconds(pid)
+        node = await asyncio.create_subprocess_exec(
+            "node", str(NODE_LOAD), str(path), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            out, err = await asyncio.wait_for(node.communicate(), seconds + 60)
+        finally:
+            if node.returncode is None:
+                node.kill()
+                await node.wait()
+        cpu = cpu_seconds(pid) - cpu_before
+    if node.returncode != 0:
+        raise RuntimeError(f"{NODE_LOAD.name} failed: {err.decode()[-2000:]}")
+    result = json.loads(out)
+    answered, elapsed = result["answered"], result["seconds"]
+    client = result["client_cpu"] / answered * 1000 if answered else float("nan")
+    report(
+        name,
+        answered,
+        result["failed"],
+        elapsed,
+        (result["p50"] or float("nan"), result["p99"] or float("nan"), result["max"] or 0.0),
+        cpu,
+        f", client {client:4.2f} ms/call" + (f"; first error: {result['first_error']}" if result["failed"] else ""),
     )
 
 
@@ -340,7 +431,9 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--members", type=int, default=100_000)
     parser.add_argument("--entries", type=int, default=1_000_000)
-    parser.add_argument("--only", default="credit,reserve,pgbench,reads,history", help="phases to run")
+    parser.add_argument(
+        "--only", default="credit,reserve,credit-node,reserve-node,pgbench,reads,history", help="phases to run"
+    )
     parser.add_argument("--history", default="1,100,10000", help="lots/entries per member, phase history")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -424,6 +517,18 @@ async def main() -> None:
         if "reserve" in only:
             await drive("Reserve+Capture (gRPC)", args.seconds, reserve_capture)
             await per_transaction(url, "spend", "captures")
+        # The same calls from Node's clients, which leave the server more of the machine.
+        if "credit-node" in only:
+            await drive_node("Credit (gRPC, Node clients)", args.seconds, "credit", server.grpc_address, svc)
+        if "reserve-node" in only:
+            await drive_node(
+                "Reserve+Capture (gRPC, Node clients)",
+                args.seconds,
+                "reserve_capture",
+                server.grpc_address,
+                svc,
+                on_behalf={f"bench-{i}": md for i, md in member_meta.items()},
+            )
         # One call at a time: CPU per call with the least contention (context switches, waiting
         # connections), which moves less with the shared machine's load than 64 clients do.
         if "credit1" in only:
@@ -495,6 +600,15 @@ async def main() -> None:
             )
 
         await drive("GetBalance", args.seconds, get_balance)
+        await drive_node(
+            "GetBalance (Node clients)",
+            args.seconds,
+            "balance",
+            server.grpc_address,
+            svc,
+            members=args.members,
+            member_prefix="seed-",
+        )
         await drive("ListEntries first page", args.seconds, first_page)
         # Latency of one call at a time, without 64 clients queueing behind each other.
         await drive("GetBalance (1 client)", args.seconds, get_balance, clients=1)
