@@ -175,6 +175,48 @@ def tracing_interceptor() -> grpc.aio.ServerInterceptor:
     return interceptor
 
 
+class _ClientTracingWhileExported:
+    """OpenTelemetry's client instrumentation for a unary call while spans are exported: a CLIENT
+    span, its context in the call's metadata.
+
+    While nothing is exported, the call only carries the current trace context in its metadata, so
+    the callee continues the caller's trace (`_TracingWhileExported` on its side). The
+    instrumentation's own span, attributes and status were spent on a span nobody kept: 0.03-0.04 ms
+    of the client's CPU per call, about a tenth of what a call costs it (`bench/grpc_client_bench.py`)."""
+
+    def __init__(self, traced: grpc.aio.UnaryUnaryClientInterceptor) -> None:
+        self.traced = traced
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        if exporting():
+            return await self.traced.intercept_unary_unary(continuation, client_call_details, request)
+        metadata = grpc.aio.Metadata(*tuple(client_call_details.metadata or ()))
+        propagate.inject(metadata)
+        return await continuation(client_call_details._replace(metadata=metadata), request)
+
+
+grpc.aio.UnaryUnaryClientInterceptor.register(_ClientTracingWhileExported)
+
+
+def client_tracing_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """A CLIENT span per call while spans are exported, the trace context in every call's metadata
+    (see `_ClientTracingWhileExported`); streaming calls (none in Kizuna's contracts) go through
+    OpenTelemetry's interceptors as they are."""
+    interceptors: list[grpc.aio.ClientInterceptor] = []
+    for interceptor in _client_tracing():
+        if isinstance(interceptor, grpc.aio.UnaryUnaryClientInterceptor):
+            unary: grpc.aio.ClientInterceptor = _ClientTracingWhileExported(interceptor)
+            interceptors.append(unary)
+        else:
+            interceptors.append(interceptor)
+    return interceptors
+
+
 ServicerRegistration = tuple[Callable[[Any, grpc.aio.Server], None], Any]
 
 
@@ -258,7 +300,7 @@ def client_channel(address: str, *, retry_services: Sequence[str] = ()) -> grpc.
     return grpc.aio.insecure_channel(
         address,
         # A CLIENT span per call, its context in the call's metadata (OpenTelemetry's instrumentation).
-        interceptors=_client_tracing(),
+        interceptors=client_tracing_interceptors(),
         options=[("grpc.service_config", _service_config(retry_services)), ("grpc.enable_retries", 1)],
     )
 
