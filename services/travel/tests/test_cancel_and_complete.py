@@ -146,8 +146,8 @@ async def test_a_refund_fintech_cannot_take_is_finished_by_the_recovery_job(trav
     travel.clock.at = datetime.now(UTC) + timedelta(minutes=5)
 
     async def recovered() -> bool:
-        # The job runs every interval, as in the service: gRPC reconnects to fintech only after
-        # its backoff, so a run soon after the cut may still find fintech unreachable.
+        # The job runs every interval, as in the service: a run soon after fintech is back may still
+        # miss it (gRPC reconnects after a backoff; a loaded machine answers late).
         await travel.bookings.recover_stuck()
         return (await travel.bookings.get(booking["booking_id"])).status == "cancelled"
 

@@ -299,7 +299,7 @@ def client_channel(address: str, *, retry_services: Sequence[str] = ()) -> grpc.
     """
     return grpc.aio.insecure_channel(
         address,
-        # A CLIENT span per call, its context in the call's metadata (OpenTelemetry's instrumentation).
+        # The caller's trace context in every call's metadata; a CLIENT span per call while spans are exported.
         interceptors=client_tracing_interceptors(),
         options=[("grpc.service_config", _service_config(retry_services)), ("grpc.enable_retries", 1)],
     )
