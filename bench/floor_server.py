@@ -2,10 +2,14 @@
 the floor `grpc_floor_bench.py` measures (not a test, not a service).
 
     python -m bench.floor_server aio|sync PROCESSES PORT
+    python -m bench.floor_server kit 1 PORT ISSUER
 
 It binds 127.0.0.1:PORT (0: a free one), starts its other processes on the same port (aio only;
 gRPC sets SO_REUSEPORT, so the kernel spreads the connections, as among the kit's worker
-processes), then prints the port once all of them serve.
+processes), then prints the port once all of them serve. `kit` serves the same constants through
+the kit's own gRPC server as every service has it (`rpc.GrpcServer`: the tracing and error,
+bounds and metrics interceptors, health, reflection) with token verification against ISSUER
+(`auth.AuthInterceptor`), after the kit's telemetry setup: the kit's per-call cost without points.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from typing import Any
 
 import grpc
 import uvloop
+from kizuna.kit.auth import AuthInterceptor, TokenVerifier
+from kizuna.kit.rpc import GrpcServer
+from kizuna.kit.telemetry import configure_telemetry
 from kizuna.points.v1 import points_pb2 as pb
 from kizuna.points.v1 import points_pb2_grpc
 
@@ -62,6 +69,22 @@ def _start_others(count: int, port: int) -> None:
         other.stdout.readline()  # it serves
 
 
+async def serve_kit(port: int, issuer: str) -> None:
+    configure_telemetry("floor")
+    verifier = TokenVerifier(issuer)
+    await verifier.refresh_keys(force=True)
+    server = GrpcServer(
+        [(points_pb2_grpc.add_PointsServiceServicer_to_server, AsyncFloor())],  # type: ignore[abstract]
+        [pb.DESCRIPTOR.services_by_name["PointsService"].full_name],
+        interceptors=[AuthInterceptor(verifier)],
+    )
+    bound = server.bind("127.0.0.1", port)
+    await server.start()
+    await server.set_serving(True)
+    print(bound, flush=True)
+    await server.server.wait_for_termination()
+
+
 def serve_threads(port: int) -> None:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     points_pb2_grpc.add_PointsServiceServicer_to_server(ThreadFloor(), server)  # type: ignore[abstract]
@@ -75,5 +98,7 @@ if __name__ == "__main__":
     kind, processes, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     if kind == "aio":
         uvloop.run(serve_aio(processes, port))
+    elif kind == "kit":
+        uvloop.run(serve_kit(port, sys.argv[4]))
     else:
         serve_threads(port)

@@ -2,7 +2,7 @@
 beside points serving the same calls, in one run.
 
     .venv/bin/python -m bench.grpc_floor_bench [--seconds 10] [--rounds 2] [--no-h2load] [--no-node]
-        [--servers floor-aio,floor-aio2,floor-sync,points,points2]
+        [--servers floor-aio,floor-aio2,floor-sync,floor-kit,points,points2]
 
 The servers answer `kizuna.points.v1.PointsService` GetBalance and Credit to the same 64 clients
 as `points_bench.py` (eight channels, one connection each):
@@ -11,6 +11,9 @@ as `points_bench.py` (eight channels, one connection each):
   call are the most a Python grpcio service can do on this machine, whatever it does inside;
 - `floor-aio2`: the same in two processes sharing the port (one per core, as `KIZUNA_WORKERS=2`);
 - `floor-sync`: the same on grpcio's thread-pool server (16 threads), the other way grpcio serves;
+- `floor-kit`: the same constants through the kit's gRPC server as every service has it (its
+  tracing, error, bounds and metrics interceptors, and the token check against the bench's issuer):
+  what the kit costs per call before a service does anything;
 - `points`: `python -m points` on PostgreSQL (1,000 wallets), as `points_bench.py` runs it;
 - `points2`: the same from two worker processes (`KIZUNA_WORKERS=2`), on the same database.
 Each server is its own process; the CPU per call is that process's (user + system), the bench's
@@ -54,15 +57,16 @@ class FloorServer:
     """A constant-answer gRPC server (`bench/floor_server.py`) in its own process group; reports
     the port it bound."""
 
-    def __init__(self, kind: str, processes: int = 1) -> None:
+    def __init__(self, kind: str, processes: int = 1, issuer: str = "") -> None:
         self.kind = kind
         self.processes = processes
+        self.issuer = issuer  # `kit` verifies tokens against it
         self.process: subprocess.Popen[str] | None = None
         self.address = ""
 
     def start(self) -> FloorServer:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.floor_server", self.kind, str(self.processes), "0"],
+            [sys.executable, "-m", "bench.floor_server", self.kind, str(self.processes), "0", self.issuer],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
@@ -177,7 +181,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--servers", default="floor-aio,floor-aio2,floor-sync,points,points2")
+    parser.add_argument("--servers", default="floor-aio,floor-aio2,floor-sync,floor-kit,points,points2")
     parser.add_argument("--no-h2load", action="store_true", help="no h2load phase (Debian nghttp2-client)")
     parser.add_argument("--no-node", action="store_true", help="no Node phases (bench/grpc_load.mjs)")
     args = parser.parse_args()
@@ -208,7 +212,7 @@ async def main() -> None:
         if kind.startswith("points")
     }
     floors = {
-        kind: FloorServer(kind.removeprefix("floor-").rstrip("2"), 2 if kind.endswith("2") else 1)
+        kind: FloorServer(kind.removeprefix("floor-").rstrip("2"), 2 if kind.endswith("2") else 1, issuer.issuer)
         for kind in servers
         if kind.startswith("floor-")
     }
