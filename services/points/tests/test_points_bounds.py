@@ -318,7 +318,7 @@ async def test_a_single_credit_past_the_budget_writes_nothing_before_its_rollbac
         (SELECT available FROM points_wallet WHERE member_id = 'm'),
         (SELECT coalesce(sum(points), 0) FROM points_daily_credit WHERE service = 'shop')""")
     async with db.sessions() as session:
-        before = tuple((await session.execute(counts)).one())
+        before = tuple((await session.exec(counts)).one())
         wallet = await wallets.lock_wallet(session, "m")
         with pytest.raises(wallets.OverBudget, match="shop has credited 80 of its 100 points today"):
             await crediting.credit(
@@ -336,7 +336,7 @@ async def test_a_single_credit_past_the_budget_writes_nothing_before_its_rollbac
                 regular_expiry_months=points.runtime.settings.regular_expiry_months,
                 limits=bounds.Limits.of(points.runtime.settings),
             )
-        assert tuple((await session.execute(counts)).one()) == before == (1, 1, 80, 80)
+        assert tuple((await session.exec(counts)).one()) == before == (1, 1, 80, 80)
         await session.rollback()
 
 

@@ -228,11 +228,11 @@ async def test_recovery_confirms_a_saga_that_stopped_after_capturing(travel: Tra
 
     await wait_until(reserving, timeout=10)
     async with travel.runtime.db.transaction() as blocker:
-        await blocker.execute(
+        await blocker.exec(
             text(
                 "SELECT night FROM travel_inventory WHERE room_type_id = :r AND night >= :a AND night < :b FOR UPDATE"
             ),
-            {"r": ROOM, "a": days_ahead(10), "b": days_ahead(12)},
+            params={"r": ROOM, "a": days_ahead(10), "b": days_ahead(12)},
         )
         travel.points.set("pass")
 
