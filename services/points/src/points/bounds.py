@@ -17,7 +17,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from points.journal import CHARGE_CTES, CHARGE_PARAMS
+from points.journal import CHARGE_CTES, CHARGE_PARAMS, Charge
 from points.ledger_metrics import budget_refused
 from points.wallets import OverBudget
 
@@ -61,20 +61,14 @@ def check_points(amount: int, limits: Limits, what: str = "amount") -> None:
 _CHARGE_PG = text(f"WITH {CHARGE_CTES}\nSELECT points FROM used").bindparams(*CHARGE_PARAMS)
 
 
-def charge_of(service: str, member_id: str, amount: int, now: datetime, limits: Limits) -> dict[str, Any]:
-    """The bind parameters of CHARGE_CTES: `amount` counted against `service`'s budget today."""
-    return {
-        "service": service,
-        "day": now.date().isoformat(),
-        "shard": budget_shard(member_id),
-        "charge": amount,
-        "budget": limits.daily_budget(service),
-    }
+def charge_of(service: str, member_id: str, amount: int, now: datetime, limits: Limits) -> Charge:
+    """`amount` counted against `service`'s budget today, on the member's shard."""
+    return Charge(service, now.date().isoformat(), budget_shard(member_id), amount, limits.daily_budget(service))
 
 
-def refuse_charge(charge: dict[str, Any], used: int) -> NoReturn:
-    """OverBudget for a charge (see charge_of) that did not fit, `used` points credited so far."""
-    _refuse(charge["service"], used, charge["budget"], charge["charge"])
+def refuse_charge(charge: Charge, used: int) -> NoReturn:
+    """OverBudget for a charge that did not fit, `used` points credited so far."""
+    _refuse(charge.service, used, charge.budget, charge.charge)
 
 
 async def charge_budget(
@@ -85,25 +79,22 @@ async def charge_budget(
     of one service rarely wait on each other; two in flight at once may together pass the budget
     by at most one credit each."""
     conn = await session.connection()
+    charge = charge_of(service, member_id, amount, now, limits)
     if conn.dialect.name == "postgresql":
-        charge = charge_of(service, member_id, amount, now, limits)
-        used = (await conn.execute(_CHARGE_PG, charge)).scalar_one()
-        if used + amount > charge["budget"]:
+        used = (await conn.execute(_CHARGE_PG, charge._asdict())).scalar_one()
+        if used + amount > charge.budget:
             refuse_charge(charge, used)
         return
-    day = now.date().isoformat()
-    budget = limits.daily_budget(service)
-    shard = budget_shard(member_id)
     used = (
         await conn.execute(
             core_select(func.coalesce(func.sum(DAILY.c.points), 0)).where(
-                DAILY.c.service == service, DAILY.c.day == day
+                DAILY.c.service == service, DAILY.c.day == charge.day
             )
         )
     ).scalar_one()
-    if used + amount > budget:
-        _refuse(service, used, budget, amount)
-    statement = sqlite_insert(DAILY).values(service=service, day=day, shard=shard, points=amount)
+    if used + amount > charge.budget:
+        refuse_charge(charge, used)
+    statement = sqlite_insert(DAILY).values(service=service, day=charge.day, shard=charge.shard, points=amount)
     await conn.execute(
         statement.on_conflict_do_update(
             index_elements=["service", "day", "shard"], set_={"points": DAILY.c.points + statement.excluded.points}

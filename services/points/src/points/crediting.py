@@ -16,7 +16,17 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from points import ledger
 from points.bounds import Limits, charge_budget, charge_of, check_points, refuse_charge
-from points.journal import LEDGER_COLUMNS, LOT_KIND, LOTS, NewLot, NotCharged, flush_before_sql, post_entry, ts
+from points.journal import (
+    LEDGER_COLUMNS,
+    LOT_KIND,
+    LOTS,
+    Charge,
+    NewLot,
+    NotCharged,
+    flush_before_sql,
+    post_entry,
+    ts,
+)
 from points.ledger import LIMITED_TIME
 from points.ledger_metrics import count_on_commit, points_credited
 from points.models import Entry, Wallet, account_available, account_debt, account_issued
@@ -158,7 +168,7 @@ async def credit(
     wallet = require_active(wallet, member_id)
     await flush_before_sql(session, wallet)  # what settling changed through the ORM
     conn = await session.connection()
-    charge: dict[str, Any] | None = None
+    charge: Charge | None = None
     before: dict[str, Any] = {}
     if conn.dialect.name == "postgresql" and not lapsed(wallet, now):
         # Charged in the entry's statement (one round trip less): refused, it writes nothing, and

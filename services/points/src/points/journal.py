@@ -119,6 +119,17 @@ CHARGE_PARAMS = (
 )
 
 
+class Charge(NamedTuple):
+    """`charge` points counted against `service`'s daily `budget` on `day`, on the member's `shard`
+    (bounds.charge_of); its fields are CHARGE_CTES's bind parameters."""
+
+    service: str
+    day: str
+    shard: int
+    charge: int
+    budget: int
+
+
 def _entry_statement_pg(with_lot: bool, charged: bool = False) -> TextClause:
     """PostgreSQL: the entry, its postings (in the order given), a credit's lot and the wallet's new
     balances in one round trip. `charged`: behind the budget's charge (CHARGE_CTES), written only
@@ -221,11 +232,11 @@ async def post_entry(
     source_ref: str,
     now: datetime,
     lot: NewLot | None = None,
-    charge: dict[str, Any] | None = None,
+    charge: Charge | None = None,
 ) -> Posted:
     """Write one balanced entry and apply its postings to the member's balance rows (and, for a
-    credit, the lot it adds). `charge` (PostgreSQL, with a lot): the budget charge's parameters
-    (CHARGE_CTES), in the same statement; NotCharged when it does not fit."""
+    credit, the lot it adds). `charge` (PostgreSQL, with a lot): the budget's charge (CHARGE_CTES),
+    in the same statement; NotCharged when it does not fit."""
     postings, member_change = apply_postings(wallet, kind, postings)
     member = wallet.member_id
     entry_id = new_id("ent")
@@ -254,7 +265,7 @@ async def post_entry(
         if charge is not None:
             if lot is None:
                 raise ValueError("a charged entry is a credit's, with its lot")
-            row = (await conn.execute(_CHARGED_ENTRY_AND_LOT_PG, values | charge)).one()
+            row = (await conn.execute(_CHARGED_ENTRY_AND_LOT_PG, values | charge._asdict())).one()
             if row.id is None:
                 raise NotCharged(row.used)
             pk = row.id
