@@ -9,11 +9,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def export_baseline(revision: str, into: Path, service: str) -> Path:
-    """The kit's and `service`'s sources at `revision` (git archive; the working tree is untouched)."""
+def export_baseline(revision: str, into: Path, service: str, *more: str) -> Path:
+    """The kit's and `service`'s sources at `revision` (git archive; the working tree is untouched),
+    and the `more` paths named."""
     into.mkdir(parents=True)
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", revision, "libs/kit/src", f"services/{service}/src"],
+        ["git", "-C", str(ROOT), "archive", revision, "libs/kit/src", f"services/{service}/src", *more],
         capture_output=True,
         check=False,
     )

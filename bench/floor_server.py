@@ -7,9 +7,9 @@ the floor `grpc_floor_bench.py` measures (not a test, not a service).
 It binds 127.0.0.1:PORT (0: a free one), starts its other processes on the same port (aio only;
 gRPC sets SO_REUSEPORT, so the kernel spreads the connections, as among the kit's worker
 processes), then prints the port once all of them serve. `kit` serves the same constants through
-the kit's own gRPC server as every service has it (`rpc.GrpcServer`: the tracing and error,
-bounds and metrics interceptors, health, reflection) with token verification against ISSUER
-(`auth.AuthInterceptor`), after the kit's telemetry setup: the kit's per-call cost without points.
+the kit's own gRPC server as every service has it (`rpc.GrpcServer`: tracing, error mapping,
+bounds and the duration histogram, health, reflection) with token verification against ISSUER
+(`auth.authorized`), after the kit's telemetry setup: the kit's per-call cost without points.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 import uvloop
-from kizuna.kit.auth import AuthInterceptor, TokenVerifier
+from kizuna.kit.auth import TokenVerifier
 from kizuna.kit.rpc import GrpcServer
 from kizuna.kit.telemetry import configure_telemetry
 from kizuna.points.v1 import points_pb2 as pb
@@ -76,7 +76,7 @@ async def serve_kit(port: int, issuer: str) -> None:
     server = GrpcServer(
         [(points_pb2_grpc.add_PointsServiceServicer_to_server, AsyncFloor())],  # type: ignore[abstract]
         [pb.DESCRIPTOR.services_by_name["PointsService"].full_name],
-        interceptors=[AuthInterceptor(verifier)],
+        verifier=verifier,
     )
     bound = server.bind("127.0.0.1", port)
     await server.start()

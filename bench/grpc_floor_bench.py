@@ -2,7 +2,7 @@
 beside points serving the same calls, in one run.
 
     .venv/bin/python -m bench.grpc_floor_bench [--seconds 10] [--rounds 2] [--no-h2load] [--no-node]
-        [--servers floor-aio,floor-aio2,floor-sync,floor-kit,points,points2]
+        [--servers floor-aio,floor-aio2,floor-sync,floor-kit,points,points2] [--baseline REV]
 
 The servers answer `kizuna.points.v1.PointsService` GetBalance and Credit to the same 64 clients
 as `points_bench.py` (eight channels, one connection each):
@@ -11,16 +11,18 @@ as `points_bench.py` (eight channels, one connection each):
   call are the most a Python grpcio service can do on this machine, whatever it does inside;
 - `floor-aio2`: the same in two processes sharing the port (one per core, as `KIZUNA_WORKERS=2`);
 - `floor-sync`: the same on grpcio's thread-pool server (16 threads), the other way grpcio serves;
-- `floor-kit`: the same constants through the kit's gRPC server as every service has it (its
-  tracing, error, bounds and metrics interceptors, and the token check against the bench's issuer):
-  what the kit costs per call before a service does anything;
+- `floor-kit`: the same constants through the kit's gRPC server as every service has it (tracing,
+  bounds, error mapping and the duration histogram, and the token check against the bench's
+  issuer): what the kit costs per call before a service does anything;
 - `points`: `python -m points` on PostgreSQL (1,000 wallets), as `points_bench.py` runs it;
 - `points2`: the same from two worker processes (`KIZUNA_WORKERS=2`), on the same database.
-Each server is its own process; the CPU per call is that process's (user + system), the bench's
-clients are this process. GetBalance and Credit are driven once more from Node
-(`bench/grpc_load.mjs`, 64 clients on 8 connections, a new idempotency key per Credit), and
-GetBalance once more from h2load (Debian's nghttp2-client, C), where installed: both clients cost
-less CPU per call than grpcio's, so more of the machine's two cores is left to the server. Rounds
+`--baseline REV` adds `floor-kit` and `points` as of REV (the kit's, points' and this bench's
+sources then), beside this tree's in the same rounds. Each server is its own process; the CPU per
+call is that process's (user + system), the bench's clients are this process. GetBalance and
+Credit are driven once more from Node (`bench/grpc_load.mjs`, 64 clients on 8 connections, a new
+idempotency key per Credit), and GetBalance once more from h2load (Debian's nghttp2-client, C),
+where installed: both clients cost less CPU per call than grpcio's, so more of the machine's two
+cores is left to the server. Rounds
 alternate the servers, so a machine that slows down slows all.
 """
 
@@ -36,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,7 @@ from kizuna.points.v1 import points_pb2 as pb
 from kizuna.points.v1 import points_pb2_grpc
 
 from bench import points_bench
+from bench.baseline import export_baseline
 from bench.points_bench import CLIENTS, drive, drive_node, load, node_client_missing
 from bench.scratch import create_database, drop_database
 
@@ -57,17 +61,19 @@ class FloorServer:
     """A constant-answer gRPC server (`bench/floor_server.py`) in its own process group; reports
     the port it bound."""
 
-    def __init__(self, kind: str, processes: int = 1, issuer: str = "") -> None:
+    def __init__(self, kind: str, processes: int = 1, issuer: str = "", source: Path | None = None) -> None:
         self.kind = kind
         self.processes = processes
         self.issuer = issuer  # `kit` verifies tokens against it
+        self.source = source  # the kit's sources of a baseline (`--baseline`), else this tree's
         self.process: subprocess.Popen[str] | None = None
         self.address = ""
 
     def start(self) -> FloorServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.floor_server", self.kind, str(self.processes), "0", self.issuer],
-            cwd=ROOT,
+            cwd=self.source or ROOT,  # a baseline's own bench/floor_server.py
+            env={**os.environ, **_sources(self.source, ())},
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,
@@ -84,6 +90,14 @@ class FloorServer:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)  # its other processes too
             self.process.wait(timeout=10)
+
+
+def _sources(source: Path | None, services: Sequence[str]) -> dict[str, str]:
+    """The environment that imports the kit (and `services`) from `source`, if given."""
+    if source is None:
+        return {}
+    paths = [source / "libs" / "kit" / "src", *(source / "services" / name / "src" for name in services)]
+    return {"PYTHONPATH": os.pathsep.join(str(path) for path in paths)}
 
 
 async def measure(
@@ -184,10 +198,15 @@ async def main() -> None:
     parser.add_argument("--servers", default="floor-aio,floor-aio2,floor-sync,floor-kit,points,points2")
     parser.add_argument("--no-h2load", action="store_true", help="no h2load phase (Debian nghttp2-client)")
     parser.add_argument("--no-node", action="store_true", help="no Node phases (bench/grpc_load.mjs)")
+    parser.add_argument("--baseline", metavar="REV", help="also floor-kit and points (and the kit) as of REV")
     args = parser.parse_args()
     servers = args.servers.split(",")
-    name, url = await create_database("grpc_floor")
     workdir = Path(tempfile.mkdtemp())
+    baseline = None
+    if args.baseline:
+        baseline = export_baseline(args.baseline, workdir / "baseline", "points", "bench")
+        servers += [f"{kind}@{args.baseline}" for kind in ("floor-kit", "points") if kind in servers]
+    name, url = await create_database("grpc_floor")
     nats_server = NatsServer(free_port(), workdir / "nats").start()
     issuer = TestIssuer().start()
     # `points2`: the same service from two worker processes (`KIZUNA_WORKERS=2`), same database.
@@ -203,6 +222,7 @@ async def main() -> None:
                 "LOG_FORMAT": "text",
                 "EXPIRY_INTERVAL_SECONDS": "3600",
                 "KIZUNA_WORKERS": "2" if kind == "points2" else "1",
+                **_sources(baseline if "@" in kind else None, ("points",)),
             },
             free_port(),
             free_port(),
@@ -212,7 +232,12 @@ async def main() -> None:
         if kind.startswith("points")
     }
     floors = {
-        kind: FloorServer(kind.removeprefix("floor-").rstrip("2"), 2 if kind.endswith("2") else 1, issuer.issuer)
+        kind: FloorServer(
+            kind.removeprefix("floor-").partition("@")[0].rstrip("2"),
+            2 if kind.endswith("2") else 1,
+            issuer.issuer,
+            baseline if "@" in kind else None,
+        )
         for kind in servers
         if kind.startswith("floor-")
     }

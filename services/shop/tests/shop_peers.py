@@ -1,5 +1,5 @@
 """Test peers: small in-test implementations of the REAL generated PointsService and PaymentsService
-interfaces, served on real gRPC servers behind the kit's token-checking interceptor.
+interfaces, served on the kit's gRPC server, which checks their callers' tokens.
 
 Checkout journeys run against the REAL points and fintech processes (tests/shop/). These peers
 remain only for failure injection the real services cannot be made to produce on demand: the shop's
@@ -21,7 +21,7 @@ import grpc
 from kizuna.common.v1.common_pb2 import Money
 from kizuna.fintech.v1 import fintech_pb2 as fpb
 from kizuna.fintech.v1 import fintech_pb2_grpc
-from kizuna.kit.auth import AuthInterceptor, TokenVerifier, current_call
+from kizuna.kit.auth import TokenVerifier, current_call
 from kizuna.kit.errors import FailedPrecondition, NotFound
 from kizuna.kit.rpc import GrpcServer
 from kizuna.points.v1 import points_pb2 as ppb
@@ -283,7 +283,7 @@ class PaymentsPeer(fintech_pb2_grpc.PaymentsServiceServicer):
 
 async def serve(servicer: Any, add: Any, name: str, issuer: str) -> tuple[GrpcServer, str]:
     """Serve `servicer` on a real gRPC server on a free port, checking tokens against `issuer`."""
-    server = GrpcServer([(add, servicer)], [name], interceptors=[AuthInterceptor(TokenVerifier(issuer))])
+    server = GrpcServer([(add, servicer)], [name], verifier=TokenVerifier(issuer))
     port = server.bind("127.0.0.1", 0)
     await server.start()
     await server.set_serving(True)

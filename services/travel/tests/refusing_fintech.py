@@ -14,7 +14,7 @@ from typing import Any
 from kizuna.common.v1 import common_pb2
 from kizuna.fintech.v1 import fintech_pb2 as fpb
 from kizuna.fintech.v1 import fintech_pb2_grpc
-from kizuna.kit.auth import AuthInterceptor, TokenVerifier, current_call
+from kizuna.kit.auth import TokenVerifier, current_call
 from kizuna.kit.errors import FailedPrecondition, NotFound
 from kizuna.kit.rpc import GrpcServer
 
@@ -71,7 +71,7 @@ async def serve_refusing_fintech(issuer: str, fintech: RefusingFintech) -> tuple
     server = GrpcServer(
         [(fintech_pb2_grpc.add_PaymentsServiceServicer_to_server, fintech)],
         ["kizuna.fintech.v1.PaymentsService"],
-        interceptors=[AuthInterceptor(TokenVerifier(issuer))],
+        verifier=TokenVerifier(issuer),
     )
     port = server.bind("127.0.0.1", 0)
     await server.start()

@@ -40,7 +40,6 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from kizuna.kit import outbound
 from kizuna.kit.errors import InsufficientScope, PermissionDenied, Unauthenticated, Unavailable
-from kizuna.kit.rpc import with_unary
 
 log = logging.getLogger("kizuna.kit.auth")
 
@@ -441,50 +440,25 @@ def current_call() -> CallAuth:
         raise Unauthenticated("no verified caller for this call") from None
 
 
-_PUBLIC_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-class AuthInterceptor:
-    """Verifies the caller's and the member's tokens before every non-public RPC.
+def authorized(behavior: UnaryBehavior, verifier: TokenVerifier) -> UnaryBehavior:
+    """`behavior` run once the call's tokens verify, with `current_call()` answering its parties.
 
-    A `grpc.aio.ServerInterceptor` by registration (below) rather than by subclassing: grpc ships no
-    types, and grpc checks interceptors with isinstance."""
+    The kit's gRPC server wraps every method of a service with it once, when the service is
+    registered (`rpc.GrpcServer`); a token that does not verify is the call's UNAUTHENTICATED (or,
+    when the keys cannot be fetched, UNAVAILABLE) before the handler runs."""
 
-    def __init__(self, verifier: TokenVerifier, own_auth: Sequence[str] = ()) -> None:
-        self.verifier = verifier
-        # gRPC services whose callers are not Kizuna clients and which authenticate them
-        # themselves (full service names, e.g. a partner's tills with the partner's credentials).
-        self.own_auth = tuple(f"/{name}/" for name in own_auth)
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        auth = await _verify_call(verifier, dict(context.invocation_metadata() or ()))
+        token = _call.set(auth)
+        try:
+            return await behavior(request, context)
+        finally:
+            _call.reset(token)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        if handler_call_details.method.startswith(_PUBLIC_PREFIXES + self.own_auth):
-            return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        behavior = handler.unary_unary
-        verifier = self.verifier
-
-        async def authorized(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                auth = await _verify_call(verifier, metadata)
-            except (Unauthenticated, PermissionDenied, Unavailable) as exc:
-                await context.abort(exc.grpc_status, exc.message)
-            token = _call.set(auth)
-            try:
-                return await behavior(request, context)
-            finally:
-                _call.reset(token)
-
-        return with_unary(handler, authorized)
-
-
-grpc.aio.ServerInterceptor.register(AuthInterceptor)
+    return call
 
 
 async def _verify_call(verifier: TokenVerifier, metadata: dict[str, Any]) -> CallAuth:

@@ -1,6 +1,6 @@
 """Domain errors with one mapping to HTTP and gRPC status codes.
 
-Domain code raises these; the kit's HTTP exception handler and gRPC interceptor translate them,
+Domain code raises these; the kit's HTTP exception handler and gRPC server translate them,
 so that the same failure reads the same over every interface.
 """
 

@@ -7,12 +7,13 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from kizuna.kit.auth import TokenVerifier, UnaryBehavior, authorized
 from kizuna.kit.bounds import check_message
 from kizuna.kit.errors import (
     AlreadyExists,
@@ -29,28 +30,18 @@ from kizuna.kit.telemetry import exporting, rpc_duration
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.instrumentation import grpc as grpc_instrumentation
-from opentelemetry.instrumentation.grpc.filters import any_of, negate, service_prefix
 from opentelemetry.trace import SpanKind, Status, StatusCode, get_current_span, set_span_in_context
 
 log = logging.getLogger("kizuna.kit.rpc")
 _tracer = trace.get_tracer("kizuna.kit.rpc")
-
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
-
-# Probes and tooling, not calls: no span, no duration.
-_UNTRACED = ("grpc.health", "grpc.reflection")
 
 # OpenTelemetry's gRPC instrumentation has no annotations: its two factories, typed here.
 _server_tracing: Callable[..., grpc.aio.ServerInterceptor] = grpc_instrumentation.aio_server_interceptor
 _client_tracing: Callable[[], list[grpc.aio.ClientInterceptor]] = grpc_instrumentation.aio_client_interceptors
 
 
-UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-
-
 def with_unary(handler: grpc.RpcMethodHandler, behavior: UnaryBehavior) -> grpc.RpcMethodHandler:
-    """`handler` with `behavior` (which wraps its own) as its unary-unary method: what a server
-    interceptor returns to run code around a call."""
+    """`handler` with `behavior` (which wraps its own) as its unary-unary method."""
     return grpc.unary_unary_rpc_method_handler(
         behavior,
         request_deserializer=handler.request_deserializer,
@@ -58,12 +49,13 @@ def with_unary(handler: grpc.RpcMethodHandler, behavior: UnaryBehavior) -> grpc.
     )
 
 
-def _wrap_unary(
-    behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], method: str
-) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+def _handled(behavior: UnaryBehavior, method: str) -> UnaryBehavior:
+    """`behavior` with the kit's handling of a call: input bounds, `DomainError` -> its status code
+    (a database refusing connections -> UNAVAILABLE), any other exception logged and recorded on
+    the call's span as INTERNAL, and the call duration histogram."""
     service, _, rpc = method.lstrip("/").rpartition("/")
 
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def handled(request: Any, context: grpc.aio.ServicerContext) -> Any:
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
@@ -83,8 +75,8 @@ def _wrap_unary(
                 await context.abort(refusal.grpc_status, refusal.message)
             code = grpc.StatusCode.INTERNAL
             log.exception("unhandled error in %s", method)
-            # The call's SERVER span (OpenTelemetry's interceptor, outside this one) sees only the
-            # abort below: the cause is recorded here.
+            # The call's SERVER span (`_traced`, outside this) sees only the abort below: the cause
+            # is recorded here.
             span = get_current_span()
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
@@ -95,84 +87,92 @@ def _wrap_unary(
                 {"rpc.service": service, "rpc.method": rpc, "rpc.grpc.status_code": code.value[0]},
             )
 
-    return wrapped
+    return handled
 
 
-class KitServerInterceptor:
-    """Input bounds, `DomainError` -> its status code, and the call duration histogram.
+class _CallDetails(NamedTuple):
+    """What grpc tells a server interceptor about a call (a `grpc.HandlerCallDetails`)."""
 
-    The SERVER span is OpenTelemetry's gRPC instrumentation (`tracing_interceptor`), which runs
-    before this one so that the span covers the whole call. A virtual subclass of grpc's
-    `ServerInterceptor` (registered below): grpc checks interceptors with isinstance.
-    """
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.lstrip("/").startswith(_UNTRACED):
-            return handler
-        if handler.unary_unary is None:
-            return handler
-        return with_unary(handler, _wrap_unary(handler.unary_unary, method))
+    method: str
+    invocation_metadata: Any
 
 
-grpc.aio.ServerInterceptor.register(KitServerInterceptor)
+def _traced(handler: grpc.RpcMethodHandler, method: str, instrumentation: grpc.aio.ServerInterceptor) -> UnaryBehavior:
+    """`handler`'s behavior in the caller's trace: while spans are exported, inside the SERVER span
+    of OpenTelemetry's gRPC instrumentation (`instrumentation`, its interceptor, run as grpc would);
+    while nothing is exported, in a span context that is not recorded.
 
+    The instrumentation's own work per call (its span, attributes and context) was spent on spans
+    nobody kept: without it a Credit in points costs 9-14% less CPU and a GetBalance 15-19% less
+    (bench/README.md). The unrecorded span context still continues the caller's trace: its trace
+    id reaches the logs, what the call publishes and the calls it makes, as on the HTTP side
+    (`telemetry.instrument_http`)."""
+    behavior = handler.unary_unary
+    fields = propagate.get_global_textmap().fields
 
-class _TracingWhileExported:
-    """OpenTelemetry's gRPC instrumentation while spans are exported: a SERVER span per call
-    continuing the caller's trace (health checks and reflection aside).
+    async def as_registered(details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        return handler
 
-    While nothing is exported, a unary call only runs in a span context that is not recorded: the
-    caller's trace continues (its trace id in the logs, in what the call publishes and in the calls
-    it makes), as on the HTTP side (`telemetry.instrument_http`). The instrumentation's own work
-    per call (its filter, span, attributes and context) was spent on spans nobody kept: without it
-    a Credit in points costs 9-14% less CPU and a GetBalance 15-19% less (bench/README.md)."""
-
-    def __init__(self) -> None:
-        self.traced = _server_tracing(filter_=negate(any_of(*(service_prefix(prefix) for prefix in _UNTRACED))))
-        self.fields = propagate.get_global_textmap().fields
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        metadata = context.invocation_metadata() or ()
         if exporting():
-            handler: grpc.RpcMethodHandler | None = await self.traced.intercept_service(
-                continuation, handler_call_details
-            )
-            return handler
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or method.lstrip("/").startswith(_UNTRACED):
-            return handler
-        behavior = handler.unary_unary
-        fields = self.fields
-        metadata: Any = handler_call_details.invocation_metadata or ()
+            spanned = await instrumentation.intercept_service(as_registered, _CallDetails(method, metadata))
+            return await spanned.unary_unary(request, context)
         carrier = {key: value for key, value in metadata if key in fields}
+        parent = propagate.extract(carrier) if carrier else None
+        # The sampler drops it (nothing is exported): a span context with ids, nothing recorded.
+        span = _tracer.start_span(method, parent, SpanKind.SERVER)
+        token = otel_context.attach(set_span_in_context(span, parent))
+        try:
+            return await behavior(request, context)
+        finally:
+            otel_context.detach(token)
 
-        async def in_callers_trace(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            parent = propagate.extract(carrier) if carrier else None
-            # The sampler drops it (nothing is exported): a span context with ids, nothing recorded.
-            span = _tracer.start_span(method, parent, SpanKind.SERVER)
-            token = otel_context.attach(set_span_in_context(span, parent))
-            try:
-                return await behavior(request, context)
-            finally:
-                otel_context.detach(token)
-
-        return with_unary(handler, in_callers_trace)
+    return traced
 
 
-grpc.aio.ServerInterceptor.register(_TracingWhileExported)
+Wrap = Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler]
 
 
-def tracing_interceptor() -> grpc.aio.ServerInterceptor:
-    """A SERVER span per call continuing the caller's trace while spans are exported (see
-    `_TracingWhileExported`)."""
-    interceptor: grpc.aio.ServerInterceptor = _TracingWhileExported()
-    return interceptor
+class _KitRegistration:
+    """What a generated `add_<Service>Servicer_to_server` is given as the server: each method
+    handler it registers is wrapped, once, with what the kit does around every call (`GrpcServer`).
+
+    Server interceptors would do the same at a cost on every call: grpc runs their chain (a
+    coroutine each, a new method handler from each) to find a call's handler, while a wrapped
+    handler is found as registered."""
+
+    def __init__(self, server: grpc.aio.Server, wrap: Wrap) -> None:
+        self.server = server
+        self.wrap = wrap
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.server.add_registered_method_handlers(
+            service, {name: self.wrap(handler, f"/{service}/{name}") for name, handler in handlers.items()}
+        )
+
+    def add_generic_rpc_handlers(self, generic_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self.server.add_generic_rpc_handlers([_WrappedGeneric(handler, self.wrap) for handler in generic_handlers])
+
+
+class _WrappedGeneric:
+    """A generic handler whose method handlers are wrapped once each, when first asked for (a
+    `grpc.GenericRpcHandler` by registration, below: grpc ships no types)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, wrap: Wrap) -> None:
+        self.inner = inner
+        self.wrap = wrap
+        self.wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        if method not in self.wrapped:
+            handler = self.inner.service(handler_call_details)
+            self.wrapped[method] = None if handler is None else self.wrap(handler, method)
+        return self.wrapped[method]
+
+
+grpc.GenericRpcHandler.register(_WrappedGeneric)
 
 
 class _ClientTracingWhileExported:
@@ -221,13 +221,22 @@ ServicerRegistration = tuple[Callable[[Any, grpc.aio.Server], None], Any]
 
 
 class GrpcServer:
-    """A grpc.aio server with health and reflection, serving the given servicers."""
+    """A grpc.aio server with health and reflection, serving the given servicers.
+
+    Every method of the servicers runs, outermost first: in the caller's trace (a SERVER span while
+    spans are exported); with the kit's bounds, error mapping and duration histogram; and, given a
+    `verifier`, once the call's tokens verify (`auth.authorized`), except in the services named in
+    `own_auth`, which authenticate their callers themselves. Each method is wrapped once, when
+    registered (`_KitRegistration`). Health checks and reflection are neither traced nor verified.
+    `interceptors`, grpc server interceptors, run on every call before all of that."""
 
     def __init__(
         self,
         registrations: Sequence[ServicerRegistration],
         service_names: Sequence[str],
         *,
+        verifier: TokenVerifier | None = None,
+        own_auth: Sequence[str] = (),
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         reuse_port: bool = False,
     ) -> None:
@@ -235,11 +244,15 @@ class GrpcServer:
         # process bind a port already served and silently share its calls: only the workers of one
         # supervisor share a port (kizuna.kit.workers).
         self.server = grpc.aio.server(
-            interceptors=[tracing_interceptor(), KitServerInterceptor(), *interceptors],
+            interceptors=list(interceptors) or None,
             options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
         )
+        self.verifier = verifier
+        self.own_auth = tuple(f"/{name}/" for name in own_auth)
+        self._instrumentation = _server_tracing()
+        registration: Any = _KitRegistration(self.server, self._wrap)
         for add, servicer in registrations:
-            add(servicer, self.server)
+            add(servicer, registration)
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = list(service_names)
@@ -248,6 +261,16 @@ class GrpcServer:
             self.server,
         )
         self.port = 0
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if handler.unary_unary is None:
+            # Kizuna's contracts are unary: a streaming method would need its own verification.
+            raise TypeError(f"{method}: the kit's gRPC server serves unary methods only")
+        behavior: UnaryBehavior = handler.unary_unary
+        if self.verifier is not None and not method.startswith(self.own_auth):
+            behavior = authorized(behavior, self.verifier)
+        inner = with_unary(handler, _handled(behavior, method))
+        return with_unary(handler, _traced(inner, method, self._instrumentation))
 
     def bind(self, host: str, port: int) -> int:
         try:

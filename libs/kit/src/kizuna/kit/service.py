@@ -34,7 +34,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from kizuna.kit import natsauth
-from kizuna.kit.auth import AuthInterceptor, ServiceTokenClient, TokenVerifier
+from kizuna.kit.auth import ServiceTokenClient, TokenVerifier
 from kizuna.kit.bounds import InputGuard, install_validation_errors
 from kizuna.kit.clock import Clock
 from kizuna.kit.db import Database
@@ -196,7 +196,7 @@ class Service(Generic[S]):
             web_sign_in_scopes = " ".join(declaration.sign_in)
         self.name = name
         # gRPC services that authenticate their callers themselves (not with Kizuna tokens); every
-        # other method is verified by the kit's AuthInterceptor.
+        # other method is verified by the kit's gRPC server (`auth.authorized`).
         self.grpc_own_auth = list(grpc_own_auth)
         self.settings_cls = settings
         self.router = http
@@ -411,10 +411,9 @@ class Service(Generic[S]):
             grpc_server = GrpcServer(
                 [(add, factory(runtime)) for add, factory in self.grpc],
                 [_grpc_service_name(add) for add, _ in self.grpc],
-                interceptors=[
-                    *([AuthInterceptor(runtime.verifier, self.grpc_own_auth)] if self.verify_tokens else []),
-                    *(self.grpc_interceptors(runtime) if self.grpc_interceptors else ()),
-                ],
+                verifier=runtime.verifier if self.verify_tokens else None,
+                own_auth=self.grpc_own_auth,
+                interceptors=self.grpc_interceptors(runtime) if self.grpc_interceptors else (),
                 reuse_port=reuse_port,
             )
             runtime.grpc_port = grpc_server.bind(settings.grpc_host, settings.grpc_port)

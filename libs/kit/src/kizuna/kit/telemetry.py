@@ -194,7 +194,7 @@ _http_tracer = trace.get_tracer("kizuna.kit.http")
 meter = metrics.get_meter("kizuna.kit")
 
 # HTTP server durations come from the FastAPI instrumentation (`http.server.request.duration`, s).
-# gRPC's instrumentation has no metrics: the kit's server interceptor records this one.
+# gRPC's instrumentation has no metrics: the kit's gRPC server records this one around every call.
 rpc_duration = meter.create_histogram("rpc.server.duration", unit="ms", description="gRPC server call duration")
 messages_published = meter.create_counter(
     "messaging.client.published.messages", description="Events published to JetStream"
