@@ -283,9 +283,24 @@ def booking_body(
     }
 
 
-async def stream_events(nats_url: str, subject: str, member_id: str | None = None) -> list[Any]:
+async def stream_events(nats_url: str, subject: str, member_id: str | None = None, *, at_least: int = 0) -> list[Any]:
     """Every message on `subject` in the TRAVEL stream (an ephemeral consumer from the start), only
-    the member's when `member_id` is given (the stream holds the module's other tests' events too)."""
+    the member's when `member_id` is given (the stream holds the module's other tests' events too).
+    With `at_least`, read again until that many are there (up to 20 s): the outbox relay publishes
+    what a transaction staged after its commit, on its own, so an event may reach the stream a
+    moment after the call that made it returned (later on a loaded machine)."""
+
+    async def found() -> list[Any] | None:
+        messages = await _stream_events(nats_url, subject, member_id)
+        return messages if len(messages) >= at_least else None
+
+    if at_least <= 0:
+        return await _stream_events(nats_url, subject, member_id)
+    messages: list[Any] = await wait_until(found, timeout=20, interval=0.2)
+    return messages
+
+
+async def _stream_events(nats_url: str, subject: str, member_id: str | None) -> list[Any]:
     nc = await nats.connect(nats_url)
     try:
         sub = await nc.jetstream().pull_subscribe(subject, config=ConsumerConfig(inactive_threshold=5))
