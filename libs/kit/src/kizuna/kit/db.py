@@ -118,15 +118,16 @@ class Database:
         around it (points' grouped balance read: 0.4-1.7 ms of CPU less per read, bench/README.md).
         PostgreSQL only; the statement's parameters are asyncpg's (`$1`) and its rows asyncpg's.
 
-        While spans are exported the statement gets a CLIENT span named `operation` (SQLAlchemy's
-        instrumentation does not see it). A statement that finds its connection dead drops it from
-        the pool (`driver_disconnect(exc)` is then true), so the caller may run it again at once."""
+        While spans are exported, inside a trace the statement gets a CLIENT span named `operation`
+        (SQLAlchemy's instrumentation, which makes the other statements' spans, does not see it). A
+        statement that finds its connection dead drops it from the pool (`driver_disconnect(exc)`
+        is then true), so the caller may run it again at once."""
         if self.is_sqlite:
             raise RuntimeError("Database.driver() is for PostgreSQL")
         async with self.engine.connect() as conn:
             pooled = await conn.get_raw_connection()
             try:
-                if exporting():
+                if exporting() and trace.get_current_span().get_span_context().is_valid:
                     attributes = {"db.system.name": "postgresql", "db.operation.name": operation.split(" ")[0]}
                     with _tracer.start_as_current_span(operation, kind=SpanKind.CLIENT, attributes=attributes):
                         yield pooled.driver_connection
