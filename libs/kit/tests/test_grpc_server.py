@@ -72,6 +72,11 @@ async def test_a_generic_handler_is_verified_bounded_and_mapped(test_issuer: Tes
         with pytest.raises(grpc.aio.AioRpcError) as unknown:
             await _who_call(address, "nobody", token)
         assert (unknown.value.code(), unknown.value.details()) == (grpc.StatusCode.NOT_FOUND, "no such member")
+        async with grpc.aio.insecure_channel(address) as channel:
+            nowhere = channel.unary_unary(f"/{SERVICE}/Nowhere", request_serializer=bytes, response_deserializer=bytes)
+            with pytest.raises(grpc.aio.AioRpcError) as unimplemented:
+                await nowhere(b"", metadata=token, timeout=5)
+        assert unimplemented.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         await server.stop(0)
 

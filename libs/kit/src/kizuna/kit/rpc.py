@@ -162,14 +162,17 @@ class _WrappedGeneric:
     def __init__(self, inner: grpc.GenericRpcHandler, wrap: Wrap) -> None:
         self.inner = inner
         self.wrap = wrap
-        self.wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
+        self.wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
-        if method not in self.wrapped:
+        wrapped = self.wrapped.get(method)
+        if wrapped is None:
             handler = self.inner.service(handler_call_details)
-            self.wrapped[method] = None if handler is None else self.wrap(handler, method)
-        return self.wrapped[method]
+            if handler is None:
+                return None  # not this handler's: not remembered (callers choose the names asked for)
+            wrapped = self.wrapped[method] = self.wrap(handler, method)
+        return wrapped
 
 
 grpc.GenericRpcHandler.register(_WrappedGeneric)
