@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
@@ -81,6 +81,13 @@ def driver_disconnect(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.PostgresError) and (sqlstate.startswith("08") or sqlstate in _SERVER_ENDED)
 
 
+def _statement_span(operation: str, sql: str) -> AbstractContextManager[object]:
+    if not exporting() or not trace.get_current_span().get_span_context().is_valid:
+        return nullcontext()
+    attributes = {"db.system.name": "postgresql", "db.operation.name": operation.split(" ")[0], "db.query.text": sql}
+    return _tracer.start_as_current_span(operation, kind=SpanKind.CLIENT, attributes=attributes)
+
+
 class Database:
     """An async engine and session factory for one service's database."""
 
@@ -112,27 +119,21 @@ class Database:
             yield session
 
     @asynccontextmanager
-    async def driver(self, operation: str) -> AsyncIterator[asyncpg.Connection]:
+    async def driver(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection's own asyncpg connection, outside any transaction (each statement
         commits on its own), for a hot read whose statement costs less than SQLAlchemy's work
         around it (points' grouped balance read: 0.4-1.7 ms of CPU less per read, bench/README.md).
-        PostgreSQL only; the statement's parameters are asyncpg's (`$1`) and its rows asyncpg's.
+        PostgreSQL only; the statement's parameters are asyncpg's (`$1`) and its rows asyncpg's;
+        SQLAlchemy's instrumentation does not see it (`fetch` makes its span).
 
-        While spans are exported, inside a trace the statement gets a CLIENT span named `operation`
-        (SQLAlchemy's instrumentation, which makes the other statements' spans, does not see it). A
-        statement that finds its connection dead drops it from the pool (`driver_disconnect(exc)`
+        A statement that finds its connection dead drops it from the pool (`driver_disconnect(exc)`
         is then true), so the caller may run it again at once."""
         if self.is_sqlite:
             raise RuntimeError("Database.driver() is for PostgreSQL")
         async with self.engine.connect() as conn:
             pooled = await conn.get_raw_connection()
             try:
-                if exporting() and trace.get_current_span().get_span_context().is_valid:
-                    attributes = {"db.system.name": "postgresql", "db.operation.name": operation.split(" ")[0]}
-                    with _tracer.start_as_current_span(operation, kind=SpanKind.CLIENT, attributes=attributes):
-                        yield pooled.driver_connection
-                else:
-                    yield pooled.driver_connection
+                yield pooled.driver_connection
             except BaseException as exc:
                 # Dead, or interrupted mid-statement (cancelled): not for the next caller.
                 if driver_disconnect(exc) or not isinstance(exc, Exception):
@@ -140,15 +141,20 @@ class Database:
                 raise
 
     async def fetch(self, operation: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-        """The rows of one read on `driver()`'s connection. A statement that finds its connection
-        dead runs again on another: the pool drops each dead one, and after a failover every pooled
-        connection may be (at most one attempt per pooled connection, and one more)."""
+        """The rows of one read on `driver()`'s connection; while spans are exported, inside a
+        trace, a CLIENT span named `operation` with the statement's text, as SQLAlchemy's
+        instrumentation makes for the other statements.
+
+        A statement that finds its connection dead runs again on another: the pool drops each dead
+        one, and after a failover every pooled connection may be (at most one attempt per pooled
+        connection, and one more)."""
         attempts = self.pool_capacity + 1
         for attempt in range(attempts):
             try:
-                async with self.driver(operation) as conn:
-                    rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
-                    return rows
+                async with self.driver() as conn:
+                    with _statement_span(operation, sql):
+                        rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+                        return rows
             except Exception as exc:
                 if attempt == attempts - 1 or not driver_disconnect(exc):
                     raise
