@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -307,53 +307,78 @@ async def test_a_credit_links_to_the_group_that_committed_it_and_its_sql(
     """Credit commits in groups (points.group_commit): the group's span, with the statements under
     it, hangs in the trace of its first call and is linked both ways with every call's span."""
     member = await ecosystem.member(points=0)
-    token = ecosystem.issuer.service_token("shop", "points:credit")
+
+    def credit(stub: points_pb2_grpc.PointsServiceStub, metadata: Metadata) -> Any:
+        key, kind = uuid.uuid4().hex, pb.CREDIT_KIND_REGULAR
+        request = pb.CreditRequest(member_id=member.id, amount=10, kind=kind, reason="trace", idempotency_key=key)
+        return stub.Credit(request, metadata=metadata, timeout=30)
+
+    traces = await _three_traces(ecosystem, "points:credit", credit)
+    await _linked_to_groups(receiver, traces, "/Credit", "points credit group", "points_entry")
+
+
+async def test_a_balance_links_to_the_group_that_read_it_and_its_sql(
+    ecosystem: Ecosystem, receiver: OtlpReceiver
+) -> None:
+    """GetBalance reads in groups (points.balances.BalanceReads), on the driver's connection: the
+    group's span, with its statement under it, hangs in the trace of its first call and is linked
+    both ways with every call's span."""
+    member = await ecosystem.member(points=0)
+
+    def balance(stub: points_pb2_grpc.PointsServiceStub, metadata: Metadata) -> Any:
+        return stub.GetBalance(pb.GetBalanceRequest(member_id=member.id), metadata=metadata, timeout=30)
+
+    traces = await _three_traces(ecosystem, "points:read", balance)
+    await _linked_to_groups(receiver, traces, "/GetBalance", "points balance read group", "points_wallet")
+
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+async def _three_traces(
+    ecosystem: Ecosystem, scope: str, call: Callable[[points_pb2_grpc.PointsServiceStub, Metadata], Awaitable[Any]]
+) -> list[str]:
+    """Three calls at once, each in a trace of its own (a `traceparent` of the caller's): the traces."""
+    token = ecosystem.issuer.service_token("shop", scope)
     traces = [uuid.uuid4().hex for _ in range(3)]
     async with grpc.aio.insecure_channel(ecosystem.points_addr) as channel:
         stub = points_pb2_grpc.PointsServiceStub(channel)
         await asyncio.gather(
             *(
-                stub.Credit(
-                    pb.CreditRequest(
-                        member_id=member.id,
-                        amount=10,
-                        kind=pb.CREDIT_KIND_REGULAR,
-                        reason="trace",
-                        idempotency_key=uuid.uuid4().hex,
-                    ),
-                    metadata=(
-                        *call_metadata(token),
-                        ("traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"),
-                    ),
-                    timeout=30,
-                )
+                call(stub, (*call_metadata(token), ("traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01")))
                 for trace_id in traces
             )
         )
+    return traces
 
-    def credit_of(trace_id: str) -> Seen | None:
-        found = [s for s in receiver.spans_of(trace_id) if s.kind == "SERVER" and s.name.endswith("/Credit")]
+
+async def _linked_to_groups(receiver: OtlpReceiver, traces: list[str], method: str, name: str, table: str) -> None:
+    """Each call's SERVER span (one per trace) links to the span of the group that handled it, and
+    back; the group hangs under its first call, in that call's trace; its SQL (on `table`) under it."""
+
+    def call_of(trace_id: str) -> Seen | None:
+        found = [s for s in receiver.spans_of(trace_id) if s.kind == "SERVER" and s.name.endswith(method)]
         return found[0] if found else None
 
     async def seen() -> dict[str, Seen] | None:
         with receiver.lock:
-            groups = {s.span_id: s for s in receiver.spans if s.name == "points credit group"}
-        calls = [credit_of(t) for t in traces]
+            groups = {s.span_id: s for s in receiver.spans if s.name == name}
+        calls = [call_of(t) for t in traces]
         if None in calls or not all(any(sid in groups for _, sid in c.links) for c in calls if c):
             return None
         return groups
 
     groups: dict[str, Seen] = await wait_until(seen, timeout=30)
     for trace_id in traces:
-        call = credit_of(trace_id)
+        call = call_of(trace_id)
         assert call is not None
         (group,) = [groups[sid] for _, sid in call.links if sid in groups]
         assert (call.trace_id, call.span_id) in group.links  # linked both ways
         # The group hangs under its first call, in that call's trace; its SQL hangs under it.
-        first = [c for t in traces if (c := credit_of(t)) and c.span_id == group.parent_id]
+        first = [c for t in traces if (c := call_of(t)) and c.span_id == group.parent_id]
         assert len(first) == 1 and group.trace_id == first[0].trace_id
         sql = [s for s in receiver.spans_of(group.trace_id) if s.is_sql and s.parent_id == group.span_id]
-        assert any("points_entry" in str(s.attributes.get("db.query.text", "")) for s in sql), sql
+        assert any(table in str(s.attributes.get("db.query.text", "")) for s in sql), sql
 
 
 def _ancestor(by_id: dict[str, Seen], span: Seen, ancestor: Seen) -> bool:

@@ -12,6 +12,10 @@ from typing import Any, Literal, Protocol, TypeVar
 from kizuna.kit.db import Database, UTCDateTime, is_disconnect
 from kizuna.kit.errors import InvalidArgument
 from kizuna.kit.groups import GroupQueue
+from kizuna.kit.telemetry import exporting
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
 from sqlalchemy import BigInteger, Boolean, bindparam, text
 from sqlalchemy import select as core_select
 from sqlalchemy.exc import DBAPIError
@@ -22,6 +26,7 @@ from points.journal import ENTRIES, MAX_PAGE, PENDING, RESERVATIONS, VISIBLE_KIN
 from points.wallets import lock_wallet, settle_due
 
 T = TypeVar("T")
+tracer = trace.get_tracer("kizuna.points")
 
 _BALANCE_COLUMNS: dict[str, Any] = {
     "available": BigInteger(),
@@ -139,7 +144,12 @@ class BalanceReads:
     """GetBalance on PostgreSQL: the calls that arrive while one read is on its way go together in
     the next, one statement for up to 64 members (each read starts after its calls arrived, so a
     caller reads what committed before it asked). A member with something due settles and reads
-    alone."""
+    alone.
+
+    While spans are exported, a group's read is a span of its own (`points balance read group`,
+    its statement under it) in the first call's trace, linked to every call's span, and each call's
+    span links back to it, as Credit's groups do: the read no longer joins the trace of whichever
+    call started the queue's task."""
 
     def __init__(self, db: Database, now: Callable[[], datetime]) -> None:
         self.db = db
@@ -155,14 +165,25 @@ class BalanceReads:
         return self._queue.groups
 
     async def get(self, member_id: str) -> Balance:
-        balance, due = await self._queue.submit(member_id)
+        balance, due, group = await self._queue.submit((member_id, otel_context.get_current()))
+        if group is not None:
+            trace.get_current_span().add_link(group)
         return await settle_and_read(self.db, member_id, self.now()) if due else balance
 
-    async def _read(self, members: list[str]) -> list[tuple[Balance, bool]]:
+    async def _read(self, calls: list[tuple[str, Context]]) -> list[tuple[Balance, bool, trace.SpanContext | None]]:
         now = self.now()
-        rows = await self.db.fetch("SELECT points_wallet", _BALANCES_SQL, now, list(dict.fromkeys(members)))
+        members = list(dict.fromkeys(member for member, _ in calls))
+        if not exporting():
+            rows = await self.db.fetch("SELECT points_wallet", _BALANCES_SQL, now, members)
+            group = None
+        else:
+            links = [trace.Link(trace.get_current_span(context).get_span_context()) for _, context in calls]
+            with tracer.start_as_current_span("points balance read group", context=calls[0][1], links=links) as span:
+                span.set_attribute("kizuna.points.group_size", len(calls))
+                rows = await self.db.fetch("SELECT points_wallet", _BALANCES_SQL, now, members)
+            group = span.get_span_context()
         found = {row["member_id"]: _balance_of(row, now) for row in rows}
-        return [found.get(member, (Balance(), False)) for member in members]
+        return [(*found.get(member, (Balance(), False)), group) for member, _ in calls]
 
 
 @asynccontextmanager
