@@ -207,6 +207,7 @@ class Service(Generic[S]):
         self.on_start = list(on_start)
         self.on_stop = list(on_stop)
         self.readiness = list(readiness)
+        # grpc server interceptors, run on every call before the kit's own handling (`rpc.GrpcServer`).
         self.grpc_interceptors = grpc_interceptors
         self.commands = dict(commands or {})
         self.configure_app = configure_app
