@@ -75,7 +75,6 @@ async def serve_kit(port: int, issuer: str) -> None:
     await verifier.refresh_keys(force=True)
     server = GrpcServer(
         [(points_pb2_grpc.add_PointsServiceServicer_to_server, AsyncFloor())],  # type: ignore[abstract]
-        [pb.DESCRIPTOR.services_by_name["PointsService"].full_name],
         verifier=verifier,
     )
     bound = server.bind("127.0.0.1", port)

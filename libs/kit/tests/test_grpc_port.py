@@ -8,7 +8,7 @@ from kizuna.kit.rpc import GrpcServer
 
 
 async def test_a_second_server_cannot_bind_a_served_grpc_port() -> None:
-    first, second = GrpcServer([], []), GrpcServer([], [])
+    first, second = GrpcServer([]), GrpcServer([])
     port = first.bind("127.0.0.1", 0)
     await first.start()
     try:
@@ -20,7 +20,7 @@ async def test_a_second_server_cannot_bind_a_served_grpc_port() -> None:
 
 
 async def test_workers_of_one_supervisor_may_share_it() -> None:
-    first, second = GrpcServer([], [], reuse_port=True), GrpcServer([], [], reuse_port=True)
+    first, second = GrpcServer([], reuse_port=True), GrpcServer([], reuse_port=True)
     port = first.bind("127.0.0.1", 0)
     await first.start()
     try:

@@ -40,7 +40,7 @@ def _generic_only(servicer: Any, server: Any) -> None:
 
 
 async def _serve(**kw: Any) -> tuple[GrpcServer, str]:
-    server = GrpcServer([(_generic_only, None)], [SERVICE], **kw)
+    server = GrpcServer([(_generic_only, None)], **kw)
     port = server.bind("127.0.0.1", 0)
     await server.start()
     return server, f"127.0.0.1:{port}"
@@ -59,6 +59,7 @@ async def _who_call(address: str, member_id: str, metadata: Any = None) -> pb.Ge
 
 async def test_a_generic_handler_is_verified_bounded_and_mapped(test_issuer: TestIssuer) -> None:
     server, address = await _serve(verifier=TokenVerifier(test_issuer.issuer))
+    assert server.service_names == [SERVICE]  # as registered: health answers for it, reflection lists it
     try:
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await _who_call(address, "m-1")
@@ -101,4 +102,4 @@ async def test_a_streaming_method_is_refused_when_registered() -> None:
         server.add_registered_method_handlers(SERVICE, {"Watch": grpc.unary_stream_rpc_method_handler(watch)})
 
     with pytest.raises(TypeError, match=f"/{SERVICE}/Watch: the kit's gRPC server serves unary methods only"):
-        GrpcServer([(register, None)], [SERVICE])
+        GrpcServer([(register, None)])

@@ -281,9 +281,9 @@ class PaymentsPeer(fintech_pb2_grpc.PaymentsServiceServicer):
         return sum(1 for a in self.auths.values() if a.state == "authorized")
 
 
-async def serve(servicer: Any, add: Any, name: str, issuer: str) -> tuple[GrpcServer, str]:
+async def serve(servicer: Any, add: Any, issuer: str) -> tuple[GrpcServer, str]:
     """Serve `servicer` on a real gRPC server on a free port, checking tokens against `issuer`."""
-    server = GrpcServer([(add, servicer)], [name], verifier=TokenVerifier(issuer))
+    server = GrpcServer([(add, servicer)], verifier=TokenVerifier(issuer))
     port = server.bind("127.0.0.1", 0)
     await server.start()
     await server.set_serving(True)
@@ -291,12 +291,8 @@ async def serve(servicer: Any, add: Any, name: str, issuer: str) -> tuple[GrpcSe
 
 
 async def serve_points(peer: PointsPeer, issuer: str) -> tuple[GrpcServer, str]:
-    return await serve(
-        peer, points_pb2_grpc.add_PointsServiceServicer_to_server, "kizuna.points.v1.PointsService", issuer
-    )
+    return await serve(peer, points_pb2_grpc.add_PointsServiceServicer_to_server, issuer)
 
 
 async def serve_payments(peer: PaymentsPeer, issuer: str) -> tuple[GrpcServer, str]:
-    return await serve(
-        peer, fintech_pb2_grpc.add_PaymentsServiceServicer_to_server, "kizuna.fintech.v1.PaymentsService", issuer
-    )
+    return await serve(peer, fintech_pb2_grpc.add_PaymentsServiceServicer_to_server, issuer)

@@ -69,9 +69,7 @@ class RefusingFintech(fintech_pb2_grpc.PaymentsServiceServicer):
 
 async def serve_refusing_fintech(issuer: str, fintech: RefusingFintech) -> tuple[GrpcServer, str]:
     server = GrpcServer(
-        [(fintech_pb2_grpc.add_PaymentsServiceServicer_to_server, fintech)],
-        ["kizuna.fintech.v1.PaymentsService"],
-        verifier=TokenVerifier(issuer),
+        [(fintech_pb2_grpc.add_PaymentsServiceServicer_to_server, fintech)], verifier=TokenVerifier(issuer)
     )
     port = server.bind("127.0.0.1", 0)
     await server.start()

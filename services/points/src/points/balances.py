@@ -4,7 +4,7 @@ adds the open holds and pending earnings); only a balance with something due set
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar
@@ -173,17 +173,20 @@ class BalanceReads:
     async def _read(self, calls: list[tuple[str, Context]]) -> list[tuple[Balance, bool, trace.SpanContext | None]]:
         now = self.now()
         members = list(dict.fromkeys(member for member, _ in calls))
-        if not exporting():
+        with _group_span(calls) as span:
             rows = await self.db.fetch("SELECT points_wallet", _BALANCES_SQL, now, members)
-            group = None
-        else:
-            links = [trace.Link(trace.get_current_span(context).get_span_context()) for _, context in calls]
-            with tracer.start_as_current_span("points balance read group", context=calls[0][1], links=links) as span:
-                span.set_attribute("kizuna.points.group_size", len(calls))
-                rows = await self.db.fetch("SELECT points_wallet", _BALANCES_SQL, now, members)
-            group = span.get_span_context()
+        group = span.get_span_context() if span is not None else None
         found = {row["member_id"]: _balance_of(row, now) for row in rows}
         return [(*found.get(member, (Balance(), False)), group) for member, _ in calls]
+
+
+def _group_span(calls: list[tuple[str, Context]]) -> AbstractContextManager[trace.Span | None]:
+    """While spans are exported, the group's span: in the first call's trace, linked to every call."""
+    if not exporting():
+        return nullcontext()
+    links = [trace.Link(trace.get_current_span(context).get_span_context()) for _, context in calls]
+    attributes = {"kizuna.points.group_size": len(calls)}
+    return tracer.start_as_current_span("points balance read group", calls[0][1], links=links, attributes=attributes)
 
 
 @asynccontextmanager

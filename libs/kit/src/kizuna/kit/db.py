@@ -94,6 +94,7 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.pool_capacity = 2 * pool_size  # PostgreSQL: connections the pool keeps at most
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 30}
@@ -103,8 +104,7 @@ class Database:
             # statement on the next busy moment, which under steady load is every call. No
             # pre-ping; connections older than RECYCLE_SECONDS are replaced at checkout, before a
             # server's or proxy's idle timeout can close them under us.
-            kwargs.update(pool_size=2 * pool_size, max_overflow=0, pool_recycle=RECYCLE_SECONDS)
-        self.pool_capacity = 1 if self.is_sqlite else 2 * pool_size
+            kwargs.update(pool_size=self.pool_capacity, max_overflow=0, pool_recycle=RECYCLE_SECONDS)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             _make_sqlite_serializable(self.engine)

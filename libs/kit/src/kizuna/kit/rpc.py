@@ -145,13 +145,19 @@ class _KitRegistration:
     def __init__(self, server: grpc.aio.Server, wrap: Wrap) -> None:
         self.server = server
         self.wrap = wrap
+        self.services: dict[str, None] = {}  # the full names of the services registered, in order
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.services[service] = None
         self.server.add_registered_method_handlers(
             service, {name: self.wrap(handler, f"/{service}/{name}") for name, handler in handlers.items()}
         )
 
     def add_generic_rpc_handlers(self, generic_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        for handler in generic_handlers:
+            named = getattr(handler, "service_name", None)  # grpc's handler of one service has it
+            if named is not None:
+                self.services[named()] = None
         self.server.add_generic_rpc_handlers([_WrappedGeneric(handler, self.wrap) for handler in generic_handlers])
 
 
@@ -236,7 +242,6 @@ class GrpcServer:
     def __init__(
         self,
         registrations: Sequence[ServicerRegistration],
-        service_names: Sequence[str],
         *,
         verifier: TokenVerifier | None = None,
         own_auth: Sequence[str] = (),
@@ -253,12 +258,13 @@ class GrpcServer:
         self.verifier = verifier
         self.own_auth = tuple(f"/{name}/" for name in own_auth)
         self._instrumentation = _server_tracing()
-        registration: Any = _KitRegistration(self.server, self._wrap)
+        registration = _KitRegistration(self.server, self._wrap)
         for add, servicer in registrations:
             add(servicer, registration)
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.service_names = list(service_names)
+        # What the servicers registered: health answers for them, reflection lists them.
+        self.service_names = list(registration.services)
         reflection.enable_server_reflection(
             [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             self.server,

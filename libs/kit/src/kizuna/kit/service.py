@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import inspect
 import json
 import logging
@@ -132,13 +131,6 @@ class _Uvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-def _grpc_service_name(add: Callable[..., Any]) -> str:
-    module = importlib.import_module(add.__module__.removesuffix("_grpc"))
-    short = add.__name__.removeprefix("add_").removesuffix("Servicer_to_server")
-    full: str = module.DESCRIPTOR.services_by_name[short].full_name
-    return full
 
 
 def run_loop(main: Coroutine[Any, Any, T], kind: str = "asyncio") -> T:
@@ -411,7 +403,6 @@ class Service(Generic[S]):
                 tasks.append(asyncio.create_task(job(runtime), name=f"job:{getattr(job, '__name__', 'job')}"))
             grpc_server = GrpcServer(
                 [(add, factory(runtime)) for add, factory in self.grpc],
-                [_grpc_service_name(add) for add, _ in self.grpc],
                 verifier=runtime.verifier if self.verify_tokens else None,
                 own_auth=self.grpc_own_auth,
                 interceptors=self.grpc_interceptors(runtime) if self.grpc_interceptors else (),
