@@ -75,7 +75,9 @@ _SERVER_ENDED = frozenset({"57P01", "57P02", "57P03"})
 def driver_disconnect(exc: BaseException) -> bool:
     """Whether `exc`, raised by a statement run on `Database.driver()`'s connection, is that
     connection being dead (closed, reset, or ended by the server)."""
-    if isinstance(exc, OSError | asyncpg.exceptions.InterfaceError):  # closed, reset, does not exist
+    # Closed, reset, does not exist; or its protocol left mid-operation, as when the server ended
+    # the session while the connection sat in the pool ("another operation is in progress").
+    if isinstance(exc, OSError | asyncpg.exceptions.InterfaceError | asyncpg.exceptions.InternalClientError):
         return True
     sqlstate = getattr(exc, "sqlstate", None) or ""
     return isinstance(exc, asyncpg.PostgresError) and (sqlstate.startswith("08") or sqlstate in _SERVER_ENDED)
