@@ -24,12 +24,14 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from kizuna.kit.db import OnDriver, attach, flush_pending
 from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from kizuna.kit.events import Consumer, Event, durable_name
 from kizuna.kit.natsauth import earning_purpose
 from kizuna.kit.service import Runtime
 from kizuna.points.v1 import earning_pb2 as earning
 from sqlalchemy import bindparam, func, insert
+from sqlalchemy import select as core_select
 from sqlmodel import SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -144,23 +146,25 @@ async def apply(
     if row not in session:
         # Seen for the first time: one INSERT now, not an ORM object for the commit's flush to
         # write (a purchase read and locked above is updated by that flush).
-        conn = await session.connection()
-        await conn.execute(_INSERT_PURCHASE, row.model_dump())
+        await _INSERT_PURCHASE.fetch(session, row.model_dump())
     return row
 
 
-_INSERT_PURCHASE = insert(SQLModel.metadata.tables["points_pending_earn"])
-# Built once: every purchase event locks its row.
-_LOCK_PURCHASE = (
-    select(PendingEarn)
-    .where(PendingEarn.source_service == bindparam("service"), PendingEarn.source_ref == bindparam("ref"))
-    .with_for_update()
-    .execution_options(populate_existing=True)
+_INSERT_PURCHASE = OnDriver(insert(SQLModel.metadata.tables["points_pending_earn"]), "INSERT points_pending_earn")
+PURCHASES = SQLModel.metadata.tables["points_pending_earn"]
+# Built once: every purchase event locks its row (Core, made the session's entity by `attach`).
+_LOCK_PURCHASE = OnDriver(
+    core_select(PURCHASES)
+    .where(PURCHASES.c.source_service == bindparam("service"), PURCHASES.c.source_ref == bindparam("ref"))
+    .with_for_update(),
+    "SELECT points_pending_earn FOR UPDATE",
 )
 
 
 async def _lock_purchase(session: AsyncSession, service: str, ref: str) -> PendingEarn | None:
-    return (await session.exec(_LOCK_PURCHASE, params={"service": service, "ref": ref})).first()
+    await flush_pending(session)
+    rows = await _LOCK_PURCHASE.fetch(session, {"service": service, "ref": ref})
+    return attach(session, PendingEarn, rows[0]) if rows else None
 
 
 async def _record_refund(session: AsyncSession, row: PendingEarn, message: Any, now: datetime) -> None:

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from kizuna.kit.db import OnDriver
 from kizuna.points.v1 import points_pb2 as pb
 from sqlalchemy import ARRAY, BigInteger, Boolean, Integer, String, TextClause, bindparam, insert, text
 from sqlalchemy import inspect as orm_state
@@ -188,10 +189,10 @@ def _entry_statement_pg(with_lot: bool, charged: bool = False) -> TextClause:
     return statement.bindparams(*typed)
 
 
-_ENTRY_PG = _entry_statement_pg(False)
-_ENTRY_AND_LOT_PG = _entry_statement_pg(True)
+_ENTRY_PG = OnDriver(_entry_statement_pg(False), "INSERT points_entry")
+_ENTRY_AND_LOT_PG = OnDriver(_entry_statement_pg(True), "INSERT points_entry")
 # A single credit's: its lot always (see crediting.credit).
-_CHARGED_ENTRY_AND_LOT_PG = _entry_statement_pg(True, charged=True)
+_CHARGED_ENTRY_AND_LOT_PG = OnDriver(_entry_statement_pg(True, charged=True), "INSERT points_entry")
 
 
 class NotCharged(Exception):
@@ -265,12 +266,12 @@ async def post_entry(
         if charge is not None:
             if lot is None:
                 raise ValueError("a charged entry is a credit's, with its lot")
-            row = (await conn.execute(_CHARGED_ENTRY_AND_LOT_PG, values | charge._asdict())).one()
+            (row,) = await _CHARGED_ENTRY_AND_LOT_PG.fetch(session, values | charge._asdict())
             if row.id is None:
                 raise NotCharged(row.used)
             pk = row.id
         else:
-            pk = (await conn.execute(_ENTRY_PG if lot is None else _ENTRY_AND_LOT_PG, values)).scalar_one()
+            ((pk,),) = await (_ENTRY_PG if lot is None else _ENTRY_AND_LOT_PG).fetch(session, values)
         # Written: the session's flush has no UPDATE of the wallet to make for these any more.
         for column in LEDGER_COLUMNS:
             set_committed_value(wallet, column, getattr(wallet, column))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from kizuna.kit.db import OnDriver
 from sqlalchemy import BindParameter, and_, bindparam, exists, func, union
 from sqlalchemy import select as core_select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -68,6 +69,7 @@ _EARN_READ_PG = (
     )
     .order_by(campaigns.CAMPAIGNS.c.created_at)
 )
+_EARN_READ = OnDriver(_EARN_READ_PG, "SELECT points_service_use earn read")
 
 
 async def services_used(session: AsyncSession, member_id: str, month: str) -> list[str]:
@@ -98,7 +100,7 @@ async def quote_and_count(
     if conn.dialect.name == "postgresql":
         # One round trip where the path below takes two or three.
         params = {"member_id": wallet.member_id, "month": month, "service": service, "now": now}
-        rows = (await conn.execute(_EARN_READ_PG, params)).all()
+        rows = await _EARN_READ.fetch(session, params)
         live = [row for row in rows if row.id is not None]
         rules = campaigns.qualify(rules, live, wallet, service, now, used_before=rows[0].used_before)
         used = sorted(rows[0].used_services or ())

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from kizuna.kit.db import OnDriver, attach, flush_pending
 from kizuna.kit.errors import FailedPrecondition, NotFound
 from kizuna.kit.events import publish
 from kizuna.points.v1 import events_pb2 as ev
@@ -17,7 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import Select
 
 from points import ledger
-from points.journal import LOT_KIND, LOTS, RECORDS, RESERVATIONS, post_entry, ts
+from points.journal import LOT_KIND, LOTS, RECORDS, RESERVATIONS, WALLETS, post_entry, ts
 from points.ledger import LIMITED_TIME, LotState
 from points.models import (
     ACCOUNT_EXPIRED,
@@ -80,9 +81,10 @@ def _due_columns() -> tuple[Any, Any]:
     return due_reservation.label("due_r"), or_(due_fixed, due_rolling).label("due_l")
 
 
-def _lock_query(by_reservation: bool) -> Any:
+def _lock_query(by_reservation: bool) -> OnDriver:
     """Lock the member's wallet, learn whether anything is due, and fetch the idempotency record of
-    (caller, key): one statement, built once (bind parameters: member, caller, key, now)."""
+    (caller, key): one statement, built once (bind parameters: member, caller, key, now). Core: the
+    wallet's columns, made the session's entity by `attach`."""
     if by_reservation:
         owner: Any = (
             core_select(RESERVATIONS.c.member_id)
@@ -97,15 +99,14 @@ def _lock_query(by_reservation: bool) -> Any:
         )
     else:
         owner = bindparam("member")
-    return (
-        # sqlmodel's select() is typed for up to four columns; its Select takes any number.
-        Select(Wallet, *_due_columns(), *_RECORD_COLUMNS)
-        .select_from(Wallet)
+    statement = (
+        core_select(*WALLETS.c, *_due_columns(), *_RECORD_COLUMNS)
+        .select_from(WALLETS)
         .outerjoin(RECORDS, and_(RECORDS.c.caller == bindparam("caller"), RECORDS.c.key == bindparam("key")))
-        .where(Wallet.member_id == owner)
-        .with_for_update(of=Wallet)
-        .execution_options(populate_existing=True)
+        .where(WALLETS.c.member_id == owner)
+        .with_for_update(of=WALLETS)
     )
+    return OnDriver(statement, "SELECT points_wallet FOR UPDATE")
 
 
 _LOCK_BY_MEMBER = _lock_query(False)
@@ -149,12 +150,16 @@ async def lock_for_operation(session: AsyncSession, member: Member, caller: str,
     reservations, expired lots), and fetch the idempotency record of (caller, key)."""
     query = _LOCK_BY_RESERVATION if member.reservation_id else _LOCK_BY_MEMBER
     params = {"member": member.reservation_id or member.member_id, "caller": caller, "key": key, "now": now}
-    row = (await session.exec(query, params=params)).first()
-    if row is None:
+    await flush_pending(session)
+    rows = await query.fetch(session, params)
+    if not rows:
         conn = await session.connection()
         record = (await conn.execute(_RECORD_QUERY, {"caller": caller, "key": key})).first()
         return Locked(None, False, record)
-    return Locked(row[0], bool(row[1] or row[2]), row if row.operation is not None else None)
+    row = rows[0]
+    return Locked(
+        attach(session, Wallet, row), bool(row.due_r or row.due_l), row if row.operation is not None else None
+    )
 
 
 async def register_member(session: AsyncSession, member_id: str, now: datetime) -> Wallet:

@@ -12,7 +12,8 @@ drops every connection opened before it, and the caller runs the transaction aga
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import namedtuple
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
@@ -23,11 +24,19 @@ from kizuna.kit.telemetry import exporting, instrument_database
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from sqlalchemy import event, text
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
+from sqlalchemy.sql.base import Executable
 from sqlalchemy.types import DateTime, TypeDecorator
+from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+E = TypeVar("E", bound=SQLModel)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -88,6 +97,121 @@ def _statement_span(operation: str, sql: str) -> AbstractContextManager[object]:
         return nullcontext()
     attributes = {"db.system.name": "postgresql", "db.operation.name": operation.split(" ")[0], "db.query.text": sql}
     return _tracer.start_as_current_span(operation, kind=SpanKind.CLIENT, attributes=attributes)
+
+
+_DRIVER = "kizuna_driver_connection"
+
+
+async def _connection_of(session: AsyncSession) -> tuple[AsyncConnection, Any]:
+    """The session's connection and, on PostgreSQL, its pooled connection (None elsewhere), looked
+    up once per transaction: each lookup through the async API costs two greenlet switches."""
+    transaction = session.sync_session.get_transaction()
+    cached = session.info.get(_DRIVER)
+    if cached is not None and transaction is not None and cached[0] is transaction:
+        return cached[1], cached[2]
+    conn = await session.connection()
+    pooled = await conn.get_raw_connection() if conn.dialect.name == "postgresql" else None
+    session.info[_DRIVER] = (session.sync_session.get_transaction(), conn, pooled)
+    return conn, pooled
+
+
+class OnDriver:
+    """A Core statement run inside a session's transaction on its connection's own asyncpg
+    connection, compiled once: on PostgreSQL it skips SQLAlchemy's execution around the statement
+    (its parameters are processed as SQLAlchemy would; its rows are named tuples). On SQLite it
+    runs through the session's connection as usual.
+
+    For the statements of a hot path that are already Core (no ORM entities, and, as with any
+    statement on the session's connection, no autoflush). The statement is compiled for the set of
+    parameters given the first time (an INSERT lists the columns it is given); a parameter the
+    statement needs and the call does not give is an error, not a NULL."""
+
+    def __init__(self, statement: Executable, operation: str) -> None:
+        self.statement = statement
+        self.operation = operation
+        self._compiled: dict[tuple[str, ...], tuple[str, list[tuple[str, Any, Any]]]] = {}
+        self._rows: dict[tuple[str, ...], Any] = {}  # named tuple types, by the rows' column names
+
+    def _compile(self, dialect: Dialect, keys: tuple[str, ...]) -> tuple[str, list[tuple[str, Any, Any]]]:
+        """The statement's text for asyncpg and, in its parameters' order, each one's name, bind
+        processor and value when the statement carries its own (a literal it compared with)."""
+        found = self._compiled.get(keys)
+        if found is None:
+            statement: Any = self.statement  # every Executable here is a ClauseElement, which compiles
+            compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+            processors = compiled._bind_processors
+            binds = []
+            for name in compiled.positiontup or ():
+                bind = compiled.binds[name]
+                if name not in keys and (bind.required or bind.callable is not None):
+                    raise ValueError(f"{self.operation}: no value given for {name}")
+                binds.append((name, processors.get(name), bind.value))
+            found = self._compiled[keys] = (compiled.string, binds)
+        return found
+
+    def _row_type(self, record: asyncpg.Record) -> Any:
+        keys = tuple(record.keys())
+        row = self._rows.get(keys)
+        if row is None:
+            row = self._rows[keys] = namedtuple("Row", keys, rename=True)
+        return row
+
+    async def fetch(self, session: AsyncSession, params: Mapping[str, Any]) -> Sequence[Any]:
+        """The statement's rows (none for a statement without RETURNING)."""
+        conn, pooled = await _connection_of(session)
+        if pooled is None:
+            result = await conn.execute(self.statement, dict(params))
+            return result.all() if result.returns_rows else []
+        sql, binds = self._compile(conn.dialect, tuple(params))
+        args = []
+        for name, process, own in binds:
+            value = params.get(name, own)
+            args.append(value if process is None else process(value))
+        adapted: Any = pooled.dbapi_connection
+        try:
+            async with adapted._execute_mutex:
+                if adapted._transaction is None:
+                    # SQLAlchemy begins lazily, with the connection's first statement: this may be it.
+                    await adapted._start_transaction()
+                with _statement_span(self.operation, sql):
+                    records = await pooled.driver_connection.fetch(sql, *args)
+        except BaseException as exc:
+            # Dead, or interrupted mid-statement (cancelled): not for the next caller.
+            if driver_disconnect(exc) or not isinstance(exc, Exception):
+                await conn.invalidate()
+            raise
+        if not records:
+            return []
+        row = self._row_type(records[0])
+        return [row._make(record.values()) for record in records]
+
+
+async def flush_pending(session: AsyncSession) -> None:
+    """Write the session's pending ORM changes, as its autoflush would before an ORM query: for a
+    Core statement on its connection that must see them, or whose rows replace them (`attach`)."""
+    if session.new or session.dirty or session.deleted:
+        await session.flush()
+
+
+def attach(session: AsyncSession, model: type[E], row: Any) -> E:
+    """The session's persistent `model` entity of a row read by a Core statement (every column of
+    the model's table by name; `flush_pending` first), as an ORM query with `populate_existing`
+    gives it: an entity the session already holds takes the row's values, another is made from
+    them. A hot path's lock skips the ORM's loading this way (points' wallet lock: 0.5 ms of CPU
+    less per earning, bench/README.md); what it then changes is written by the next flush."""
+    sync = session.sync_session
+    mapper = sa_inspect(model)
+    values = {column.key: getattr(row, column.key) for column in mapper.columns}
+    key = identity_key(model, tuple(values[column.key] for column in mapper.primary_key))
+    held = sync.identity_map.get(key)
+    if held is not None:
+        for name, value in values.items():
+            set_committed_value(held, name, value)
+        return held
+    entity = model(**values)
+    make_transient_to_detached(entity)
+    sync.add(entity)
+    return entity
 
 
 class Database:

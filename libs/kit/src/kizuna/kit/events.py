@@ -38,7 +38,7 @@ import nats.js.errors
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 from kizuna.kit.bounds import check_message
-from kizuna.kit.db import Database, UTCDateTime, utcnow
+from kizuna.kit.db import Database, OnDriver, UTCDateTime, utcnow
 from kizuna.kit.errors import InvalidArgument
 from kizuna.kit.telemetry import (
     dead_letters,
@@ -212,17 +212,18 @@ async def publish_all(session: AsyncSession, events: Sequence[Outgoing]) -> None
             session.add(row)
             staged.append(row)
         return
-    conn = await session.connection()
     if len(events) == 1:
-        ids = [(await conn.execute(_INSERT_OUTBOX, events[0]._asdict())).scalar_one()]
+        ((id_,),) = await _INSERT_OUTBOX.fetch(session, events[0]._asdict())
+        ids = [id_]
     else:
+        conn = await session.connection()
         ids = list((await conn.execute(_INSERT_OUTBOX_MANY, [e._asdict() for e in events])).scalars())
     staged.extend(Staged(i, e.event_id, e.subject, e.payload, e.headers) for i, e in zip(ids, events, strict=True))
 
 
 _STAGED = "kizuna_outbox_staged"
 OUTBOX = SQLModel.metadata.tables["kit_outbox"]
-_INSERT_OUTBOX = sa_insert(OutboxMessage).returning(OUTBOX.c.id)
+_INSERT_OUTBOX = OnDriver(sa_insert(OutboxMessage).returning(OUTBOX.c.id), "INSERT kit_outbox")
 # Many rows in one statement (SQLAlchemy's "insertmanyvalues"), their ids in the rows' order.
 _INSERT_OUTBOX_MANY = sa_insert(OutboxMessage).returning(OUTBOX.c.id, sort_by_parameter_order=True)
 
@@ -1145,12 +1146,11 @@ class ConsumerWorker:
                 async with self.db.transaction() as session:
                     # Recorded first: a delivery of an event already handled (committed) stops here,
                     # and one still being handled by another delivery waits for it on the key.
-                    conn = await session.connection()  # Core, past the ORM's bulk-insert machinery
-                    recorded = await conn.execute(
-                        self._record_inbox,
+                    recorded = await self._record_inbox.fetch(
+                        session,
                         {"consumer": name, "event_id": event.id, "subject": msg.subject, "processed_at": utcnow()},
                     )
-                    if recorded.first() is None:
+                    if not recorded:
                         raise _Duplicate
                     await self.consumer.handler(session, event)
             except _Duplicate:
@@ -1170,18 +1170,25 @@ class ConsumerWorker:
         return _Outcome("done")
 
     @functools.cached_property
-    def _record_inbox(self) -> ReturningInsert[tuple[str]]:
+    def _record_inbox(self) -> OnDriver:
         """INSERT of the inbox row that does nothing (and returns no row) when it is there already;
         built once, its values passed as parameters (a statement built per event costs its
-        construction and a fresh cache key every time)."""
+        construction and a fresh cache key every time). The transaction's first statement: on
+        PostgreSQL it begins it."""
+        statement: ReturningInsert[tuple[str]]
         if self.db.is_sqlite:
-            statement = sqlite_insert(InboxMessage).on_conflict_do_nothing(index_elements=["consumer", "event_id"])
-            return statement.returning(col(InboxMessage.event_id))
-        return (
-            pg_insert(InboxMessage)
-            .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
-            .returning(col(InboxMessage.event_id))
-        )
+            statement = (
+                sqlite_insert(InboxMessage)
+                .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
+                .returning(col(InboxMessage.event_id))
+            )
+        else:
+            statement = (
+                pg_insert(InboxMessage)
+                .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
+                .returning(col(InboxMessage.event_id))
+            )
+        return OnDriver(statement, "INSERT kit_inbox")
 
     async def _ensure_dead_letter_stream(self) -> None:
         limits = self.dead_letter_limits
