@@ -150,8 +150,8 @@ async def apply(
     return row
 
 
-_INSERT_PURCHASE = OnDriver(insert(SQLModel.metadata.tables["points_pending_earn"]), "INSERT points_pending_earn")
 PURCHASES = SQLModel.metadata.tables["points_pending_earn"]
+_INSERT_PURCHASE = OnDriver(insert(PURCHASES), "INSERT points_pending_earn")
 # Built once: every purchase event locks its row (Core, made the session's entity by `attach`).
 _LOCK_PURCHASE = OnDriver(
     core_select(PURCHASES)
