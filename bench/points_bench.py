@@ -514,6 +514,11 @@ async def main() -> None:
         if "credit" in only:
             await drive("Credit (gRPC)", args.seconds, credit)
             await per_transaction(url, "credit", "credits")
+        elif only & {"reserve", "reserve-node"}:
+            # Reserve+Capture spends what the credit phase gave; without it, every member gets
+            # points first (else every Reserve is refused: nothing to hold).
+            for first in range(1, 1001, 100):
+                await asyncio.gather(*(credit(i, 0) for i in range(first, first + 100)))
         if "reserve" in only:
             await drive("Reserve+Capture (gRPC)", args.seconds, reserve_capture)
             await per_transaction(url, "spend", "captures")
