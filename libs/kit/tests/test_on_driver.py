@@ -48,7 +48,7 @@ async def test_a_driver_statement_commits_and_rolls_back_with_its_session(databa
                 raise RuntimeError("rolled back")
         async with db.transaction() as session:
             await _INSERT.fetch(session, _row("kept"))
-            # Another timezone, the same moment: the column's type made it UTC.
+            # The same moment in another timezone: stored as that moment, read back in UTC.
             await _INSERT.fetch(session, _row("other", "shop.two", MOMENT.astimezone(timezone(timedelta(hours=9)))))
         async with db.sessions() as session:
             rows = await _READ_ONE_SUBJECT.fetch(session, {"consumer": "c"})
@@ -56,6 +56,8 @@ async def test_a_driver_statement_commits_and_rolls_back_with_its_session(databa
         assert [(row.event_id, row.processed_at) for row in rows] == [("kept", MOMENT)]
         assert sorted(row.event_id for row in everything) == ["kept", "other"]
         assert {row.processed_at for row in everything} == {MOMENT}
+        assert {row.processed_at.utcoffset() for row in everything} == {timedelta(0)}
+        # Refused by the column's type, whose bind processing the driver's path runs too.
         with pytest.raises(Exception, match="naive datetime"):
             async with db.transaction() as session:
                 await _INSERT.fetch(session, _row("naive", at=MOMENT.replace(tzinfo=None)))
