@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -117,13 +117,15 @@ def running_devstack(
     log_level: str = "INFO",
     ready_within: float = 150.0,
     start_timeout: float = 90.0,
+    environment: Mapping[str, str] | None = None,
 ) -> Iterator[list[str]]:
     """`make up`'s stack (`python -m kizuna.kit.devstack [names]`) on ports shifted by `offset` and a
     fresh `data_dir`: yields its console output once it says it is ready, fails the test with that
     output when it is not ready in `ready_within` seconds, and stops it as Ctrl-C does (SIGKILL to
     what is left after 60 s) whatever happens. `start_timeout`: how long devstack gives each service
-    to become ready."""
+    to become ready; `environment`: settings every service of the stack is given."""
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "KIZUNA_ISSUER", "DATABASE_URL")}
+    env.update(environment or {})
     env.update(KIZUNA_PORT_OFFSET=str(offset), KIZUNA_DATA_DIR=str(data_dir), LOG_LEVEL=log_level)
     proc = spawn(
         [sys.executable, "-m", "kizuna.kit.devstack", *names, "--timeout", f"{start_timeout:g}"],
