@@ -99,6 +99,13 @@ def _statement_span(operation: str, sql: str) -> AbstractContextManager[object]:
     return _tracer.start_as_current_span(operation, kind=SpanKind.CLIENT, attributes=attributes)
 
 
+async def _drop_if_dead(conn: AsyncConnection, exc: BaseException) -> None:
+    """A connection whose driver statement found it dead, or was interrupted mid-statement
+    (cancelled), is not for the next caller: it leaves the pool."""
+    if driver_disconnect(exc) or not isinstance(exc, Exception):
+        await conn.invalidate()
+
+
 _DRIVER = "kizuna_driver_connection"
 
 
@@ -176,9 +183,7 @@ class OnDriver:
                 with _statement_span(self.operation, sql):
                     records = await pooled.driver_connection.fetch(sql, *args)
         except BaseException as exc:
-            # Dead, or interrupted mid-statement (cancelled): not for the next caller.
-            if driver_disconnect(exc) or not isinstance(exc, Exception):
-                await conn.invalidate()
+            await _drop_if_dead(conn, exc)
             raise
         if not records:
             return []
@@ -261,9 +266,7 @@ class Database:
             try:
                 yield pooled.driver_connection
             except BaseException as exc:
-                # Dead, or interrupted mid-statement (cancelled): not for the next caller.
-                if driver_disconnect(exc) or not isinstance(exc, Exception):
-                    await conn.invalidate()
+                await _drop_if_dead(conn, exc)
                 raise
 
     async def fetch(self, operation: str, sql: str, *args: Any) -> list[asyncpg.Record]:

@@ -62,7 +62,6 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session
-from sqlalchemy.sql.dml import ReturningInsert
 from sqlmodel import JSON, Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from ulid import ULID
@@ -1175,19 +1174,12 @@ class ConsumerWorker:
         built once, its values passed as parameters (a statement built per event costs its
         construction and a fresh cache key every time). The transaction's first statement: on
         PostgreSQL it begins it."""
-        statement: ReturningInsert[tuple[str]]
-        if self.db.is_sqlite:
-            statement = (
-                sqlite_insert(InboxMessage)
-                .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
-                .returning(col(InboxMessage.event_id))
-            )
-        else:
-            statement = (
-                pg_insert(InboxMessage)
-                .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
-                .returning(col(InboxMessage.event_id))
-            )
+        insert = sqlite_insert if self.db.is_sqlite else pg_insert
+        statement = (
+            insert(InboxMessage)
+            .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
+            .returning(col(InboxMessage.event_id))
+        )
         return OnDriver(statement, "INSERT kit_inbox")
 
     async def _ensure_dead_letter_stream(self) -> None:
