@@ -126,6 +126,8 @@ async def measure(
             await stub.GetBalance(pb.GetBalanceRequest(member_id="bench-1"), metadata=metadata, timeout=30)
         await drive(f"{label}: GetBalance", seconds, balance, pid=pid)
         await drive(f"{label}: Credit", seconds, credit, pid=pid)
+        # One call at a time (P5's single-client latency): what the server adds to a lone call.
+        await drive(f"{label}: GetBalance (1 client)", seconds, balance, clients=1, pid=pid)
         if with_node:
             await drive_node(f"{label}: GetBalance (Node)", seconds, "balance", address, metadata, pid=pid)
             await drive_node(f"{label}: Credit (Node)", seconds, "credit", address, metadata, pid=pid)

@@ -6,6 +6,7 @@ calls one by one, and nothing of it is written twice."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from typing import Any
@@ -15,7 +16,7 @@ import grpc
 import pytest
 from kizuna.kit.testing import wait_until
 from kizuna.points.v1 import points_pb2 as pb
-from points import group_commit, spending
+from points import balances, group_commit, spending
 from points.group_commit import CreditGroups
 from points.idempotency import request_hash
 from points.wallets import lock_wallets
@@ -190,6 +191,30 @@ async def test_balances_asked_together_are_read_together_each_members_own(
     assert reads.groups - before == 2  # the first read's, then all the others'
     history = await raw.fetch("SELECT kind, amount FROM points_entry WHERE member_id = 'r0' ORDER BY id")
     assert [(row["kind"], row["amount"]) for row in history] == [("credit", 100), ("credit", 50), ("expiry", -50)]
+
+
+async def test_a_lone_balance_read_is_planned_once_per_connection_not_on_every_call(points: Points) -> None:
+    """A lone caller's read is the one-member statement, whose generic plan PostgreSQL keeps after
+    five reads on a connection; the many-member statement is planned for every read (its generic
+    plan guesses ten members), which a lone caller would pay alone."""
+    await points.register("solo")
+    await points.credit("solo", 70)
+    for _ in range(30):
+        assert (await points.balance("solo")).total == 70
+    db = points.runtime.db
+    plans: dict[str, list[tuple[int, int]]] = {"one": [], "many": []}
+    async with contextlib.AsyncExitStack() as stack:
+        # Every idle pooled connection at once: each holds its own prepared statements.
+        for _ in range(db.engine.pool.checkedin()):  # type: ignore[attr-defined]
+            conn = await stack.enter_async_context(db.driver())
+            for row in await conn.fetch("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"):
+                for name, sql in (("one", balances._BALANCE_SQL), ("many", balances._BALANCES_SQL)):
+                    if row["statement"] == sql:
+                        plans[name].append((row["generic_plans"], row["custom_plans"]))
+    assert plans["many"] == []
+    assert sum(generic + custom for generic, custom in plans["one"]) == 30
+    assert all(custom <= 5 for _, custom in plans["one"])
+    assert sum(generic for generic, _ in plans["one"]) >= 30 - 5 * len(plans["one"]) > 0
 
 
 async def test_a_group_that_fails_otherwise_is_logged_and_its_calls_run_alone(
