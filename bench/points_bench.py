@@ -6,6 +6,8 @@ the cost of one Credit, Reserve and GetBalance for a member with 1, 100 and 10,0
     .venv/bin/python bench/points_bench.py [--seconds 10] [--members 100000] [--entries 1000000]
     .venv/bin/python bench/points_bench.py --only history [--history 1,100,10000]
     .venv/bin/python bench/points_bench.py --only credit1,reserve1   # one client: CPU per call
+    .venv/bin/python bench/points_bench.py --only reads --members 1000000 --entries 10000000 --seeded p5
+        # P5's size, seeded once (about seven minutes) into the database p5 and kept for the next run
 
 Each phase prints the load average (1 min) before and after it: the machine is shared.
 
@@ -40,7 +42,7 @@ from kizuna.kit.testing import NatsServer, ServiceProcess, TestIssuer, free_port
 from kizuna.points.v1 import points_pb2 as pb
 from kizuna.points.v1 import points_pb2_grpc
 
-from bench.scratch import create_database, drop_database
+from bench.scratch import create_database, drop_database, named_database
 
 CLIENTS = 64
 
@@ -323,9 +325,18 @@ def pgbench(url: str, seconds: int, label: str, sql: str) -> None:
     Path(script.name).unlink()
 
 
-async def seed(url: str, members: int, entries: int) -> None:
+async def seed(url: str, members: int, entries: int) -> bool:
+    """Seed `members` wallets and `entries` entries with a rolling lot each; False when a kept
+    database (--seeded) already holds them."""
     conn = await asyncpg.connect(url)
     try:
+        per = max(entries // members, 1)
+        seeded = await conn.fetchval("SELECT count(*) FROM points_wallet WHERE member_id LIKE 'seed-%'")
+        if seeded:  # a kept database (--seeded): measured as it is, if it is the size asked for
+            entries_seeded = await conn.fetchval("SELECT count(*) FROM points_entry WHERE entry_id LIKE 'seed-%'")
+            if (seeded, entries_seeded) != (members, per * members):
+                raise SystemExit(f"the kept database holds {seeded} members / {entries_seeded} entries: drop it")
+            return False
         await conn.execute(
             """
             INSERT INTO points_wallet (member_id, status, available, held, debt, earn_month, earned_this_month,
@@ -334,7 +345,6 @@ async def seed(url: str, members: int, entries: int) -> None:
             FROM generate_series(1, $1) i""",
             members,
         )
-        per = max(entries // members, 1)
         await conn.execute(
             """
             INSERT INTO points_entry (entry_id, member_id, kind, amount, explanation, source_service, source_ref,
@@ -354,9 +364,13 @@ async def seed(url: str, members: int, entries: int) -> None:
         await conn.execute(f"""
             UPDATE points_wallet w SET available = c.n{rolling} FROM (SELECT member_id, count(*) n FROM points_lot
             WHERE member_id LIKE 'seed-%' GROUP BY member_id) c WHERE w.member_id = c.member_id""")
-        await conn.execute("ANALYZE")
+        # As autovacuum would leave it: the UPDATE above left a dead version of every wallet beside
+        # the live one, and no page of the new rows had its hint bits set (the measured reads
+        # would write them, and autovacuum would start on the tables while they are measured).
+        await conn.execute("VACUUM (ANALYZE)")
     finally:
         await conn.close()
+    return True
 
 
 async def _has_column(conn: asyncpg.Connection, table: str, column: str) -> bool:
@@ -435,9 +449,20 @@ async def main() -> None:
         "--only", default="credit,reserve,credit-node,reserve-node,pgbench,reads,history", help="phases to run"
     )
     parser.add_argument("--history", default="1,100,10000", help="lots/entries per member, phase history")
+    parser.add_argument(
+        "--seeded",
+        metavar="NAME",
+        help="phase reads: seed the database NAME once (created if missing) and keep it, so that the next "
+        "run with the same NAME and sizes measures at once (the same schema: a tree of other migrations needs its own)",
+    )
     args = parser.parse_args()
     only = set(args.only.split(","))
-    name, url = await create_database("points_bench")
+    if args.seeded and "history" in only:
+        parser.error("--seeded keeps the database: phase history seeds members of its own each run")
+    if args.seeded:
+        name, url = args.seeded, await named_database(args.seeded)
+    else:
+        name, url = await create_database("points_bench")
     nats_server = NatsServer(free_port(), Path(tempfile.mkdtemp())).start()
     issuer = TestIssuer().start()
     workdir = Path(tempfile.mkdtemp())
@@ -465,7 +490,7 @@ async def main() -> None:
         conn = await asyncpg.connect(url)
         await conn.execute("""INSERT INTO points_wallet (member_id, status, available, held, debt, earn_month,
             earned_this_month, created_at) SELECT 'bench-' || i, 'active', 0, 0, 0, '2025-01', 0, now()
-            FROM generate_series(1, 1000) i""")
+            FROM generate_series(1, 1000) i ON CONFLICT DO NOTHING""")
         await conn.close()
         svc = call_metadata(issuer.service_token("shop", "points:credit points:spend points:read"))
         member_meta = {
@@ -582,8 +607,10 @@ async def main() -> None:
             return
 
         began = time.perf_counter()
-        await seed(url, args.members, args.entries)
-        print(f"seeded {args.members} members / {args.entries} entries in {time.perf_counter() - began:.0f}s")
+        if await seed(url, args.members, args.entries):
+            print(f"seeded {args.members} members / {args.entries} entries in {time.perf_counter() - began:.0f}s")
+        else:
+            print(f"{name} already holds {args.members} members / {args.entries} entries: measured as they are")
         # A token minted now: seeding 10M entries outlasts the one minted at the start.
         svc = call_metadata(issuer.service_token("shop", "points:credit points:spend points:read"))
 
@@ -624,7 +651,8 @@ async def main() -> None:
         server.stop()
         issuer.stop()
         nats_server.stop()
-        await drop_database(name)
+        if not args.seeded:
+            await drop_database(name)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,18 @@ async def create_database(prefix: str) -> tuple[str, str]:
     return name, ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
 
 
+async def named_database(name: str) -> str:
+    """The URL of the database `name` on the server at BENCH_POSTGRES_URL, created if missing (a
+    benchmark's data kept from one run to the next)."""
+    admin = await asyncpg.connect(ADMIN_URL)
+    try:
+        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
 async def drop_database(name: str) -> None:
     """Drop a database `create_database` made (its connections closed first)."""
     admin = await asyncpg.connect(ADMIN_URL)
