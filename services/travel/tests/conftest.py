@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -20,14 +21,25 @@ def ecosystem_env() -> dict[str, dict[str, str]]:
 
 
 @pytest.fixture
-async def travel(ecosystem: Ecosystem, database_url: str) -> AsyncIterator[TravelEnv]:
+def travel_overrides() -> dict[str, Any]:
+    """Settings a test gives its travel service (`pytest.mark.parametrize` it)."""
+    return {}
+
+
+@pytest.fixture
+async def travel(ecosystem: Ecosystem, database_url: str, travel_overrides: dict[str, Any]) -> AsyncIterator[TravelEnv]:
     """Travel in this process on a fresh database (SQLite and PostgreSQL), paying through the
     module's real points and fintech, each behind a relay the test may stall or cut."""
     configure_telemetry("travel")
     ecosystem.issuer.register_client("travel", TRAVEL_SECRET, TRAVEL_SCOPES)
     fintech, points = Relay(ecosystem.fintech_addr), Relay(ecosystem.points_addr)
     settings = travel_settings(
-        ecosystem.nats_url, database_url, ecosystem.issuer.issuer, await points.start(), await fintech.start()
+        ecosystem.nats_url,
+        database_url,
+        ecosystem.issuer.issuer,
+        await points.start(),
+        await fintech.start(),
+        **travel_overrides,
     )
     clock = Clock()
     try:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 import time
 
+import pytest
+
 from .travel_support import HOTEL, TravelEnv, booking_body, days_ahead, form_fields, wait_until
 
 STAY = {"check_in": days_ahead(5).isoformat(), "check_out": days_ahead(7).isoformat(), "guests": "2"}
@@ -46,6 +48,7 @@ async def test_hotel_cards_rates_and_the_booking_page_show_what_the_stay_earns(t
     assert anonymous.status_code == 200 and _earned(anonymous.text) == []
 
 
+@pytest.mark.parametrize("travel_overrides", [{"earn_preview_budget_seconds": 1.5}])
 async def test_without_points_the_pages_render_at_once_without_badges(travel: TravelEnv) -> None:
     member = await travel.member()
     async with await travel.signed_in_browser(member) as browser:

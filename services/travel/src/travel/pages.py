@@ -9,7 +9,8 @@ that shows them (kizuna.kit.flash).
 
 A signed-in member sees what a stay would earn ("earn N pt", points' earn preview) on the hotel
 cards, the hotel's rate table and the booking page: one call per distinct price, all at once,
-within `EARN_PREVIEW_SECONDS`; without an answer from points the pages show no badge.
+within the settings' `earn_preview_budget_seconds` (1.5 s); without an answer from points the
+pages show no badge.
 """
 
 from __future__ import annotations
@@ -69,9 +70,6 @@ log = logging.getLogger("travel.pages")
 
 STYLESHEET = Path(__file__).parent / "static" / "travel.css"
 
-# How long a page waits for points' earn previews before it renders without them.
-EARN_PREVIEW_SECONDS = 1.5
-
 
 def _page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
     member = context.get("member")
@@ -90,9 +88,13 @@ def _error(request: Request, exc: DomainError, **context: Any) -> HTMLResponse:
     )
 
 
-async def _earn_previews(bookings: Bookings, member_id: str, totals: Iterable[int | None]) -> dict[int, int]:
+async def _earn_previews(
+    request: Request, bookings: Bookings, member_id: str, totals: Iterable[int | None]
+) -> dict[int, int]:
     """What paying each total would earn the member now (points' earn preview), asked for every
-    distinct total at once; totals points did not answer for in time are left out."""
+    distinct total at once; totals points did not answer for within the settings'
+    `earn_preview_budget_seconds` are left out."""
+    budget = request.app.state.runtime.settings.earn_preview_budget_seconds
     wanted = sorted({t for t in totals if t})
     if not wanted:
         return {}
@@ -106,9 +108,9 @@ async def _earn_previews(bookings: Bookings, member_id: str, totals: Iterable[in
         return int(preview.total)
 
     try:
-        found = await asyncio.wait_for(asyncio.gather(*(one(t) for t in wanted)), EARN_PREVIEW_SECONDS)
+        found = await asyncio.wait_for(asyncio.gather(*(one(t) for t in wanted)), budget)
     except TimeoutError:
-        log.warning("earn previews took longer than %s s; the page shows none", EARN_PREVIEW_SECONDS)
+        log.warning("earn previews took longer than %s s; the page shows none", budget)
         return {}
     return {t: n for t, n in zip(wanted, found, strict=True) if n is not None}
 
@@ -149,7 +151,7 @@ async def results_page(
         return _error(request, exc, member=member)
     earn: dict[int, int] = {}
     if member is not None:
-        earn = await _earn_previews(bookings, member.member_id, (r.from_minor for r in results))
+        earn = await _earn_previews(request, bookings, member.member_id, (r.from_minor for r in results))
     return _page(
         request,
         "travel/results.html",
@@ -180,7 +182,7 @@ async def hotel_view(
         return _error(request, exc, member=member)
     earn: dict[int, int] = {}
     if member is not None and stay is not None:
-        earn = await _earn_previews(bookings, member.member_id, (o.total_minor for o in page.offers))
+        earn = await _earn_previews(request, bookings, member.member_id, (o.total_minor for o in page.offers))
     return _page(
         request,
         "travel/hotel.html",
@@ -227,7 +229,7 @@ async def book_page(
             raise NotFound("that room and rate are not offered for this stay")
     except DomainError as exc:
         return _error(request, exc, member=member)
-    earn = await _earn_previews(bookings, member.member_id, [offer.total_minor])
+    earn = await _earn_previews(request, bookings, member.member_id, [offer.total_minor])
     return _page(
         request,
         "travel/book.html",

@@ -1,4 +1,5 @@
 from kizuna.kit.settings import ServiceSettings
+from pydantic import Field
 
 
 class Settings(ServiceSettings):
@@ -10,6 +11,8 @@ class Settings(ServiceSettings):
     max_stay_nights: int = 14
     # Deadline of each call to points or fintech.
     peer_timeout_seconds: float = 5.0
+    # How long a page waits for points' earn previews before it renders without their badges.
+    earn_preview_budget_seconds: float = Field(default=1.5, gt=0, le=30)
     # How long points holds a reservation that the saga never captured (a crash mid-booking).
     points_reservation_ttl_seconds: int = 900
     # A booking whose saga has not moved for this long is finished or undone by the recovery job.
