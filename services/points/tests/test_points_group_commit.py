@@ -199,7 +199,7 @@ async def test_a_lone_balance_read_is_planned_once_per_connection_not_on_every_c
     plan guesses ten members), which a lone caller would pay alone."""
     await points.register("solo")
     await points.credit("solo", 70)
-    for _ in range(30):
+    for _ in range(60):  # more than five on each pooled connection the reads rotate through
         assert (await points.balance("solo")).total == 70
     db = points.runtime.db
     plans: dict[str, list[tuple[int, int]]] = {"one": [], "many": []}
@@ -211,10 +211,10 @@ async def test_a_lone_balance_read_is_planned_once_per_connection_not_on_every_c
                 for name, sql in (("one", balances._BALANCE_SQL), ("many", balances._BALANCES_SQL)):
                     if row["statement"] == sql:
                         plans[name].append((row["generic_plans"], row["custom_plans"]))
+    # (A connection a background task holds meanwhile is not read: no total is asserted.)
     assert plans["many"] == []
-    assert sum(generic + custom for generic, custom in plans["one"]) == 30
-    assert all(custom <= 5 for _, custom in plans["one"])
-    assert sum(generic for generic, _ in plans["one"]) >= 30 - 5 * len(plans["one"]) > 0
+    assert plans["one"] and all(custom <= 5 for _, custom in plans["one"])
+    assert sum(generic for generic, _ in plans["one"]) > 0
 
 
 async def test_a_group_that_fails_otherwise_is_logged_and_its_calls_run_alone(
