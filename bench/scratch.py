@@ -13,17 +13,12 @@ ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.
 async def create_database(prefix: str) -> tuple[str, str]:
     """A new empty database on the server at BENCH_POSTGRES_URL: its name and its URL."""
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return name, ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    return name, await named_database(name)
 
 
 async def named_database(name: str) -> str:
     """The URL of the database `name` on the server at BENCH_POSTGRES_URL, created if missing (a
-    benchmark's data kept from one run to the next)."""
+    benchmark's data kept from one run to the next, with `--seeded`)."""
     admin = await asyncpg.connect(ADMIN_URL)
     try:
         if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):

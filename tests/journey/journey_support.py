@@ -45,9 +45,10 @@ def ecosystem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ecosystem]:
     """`make up`'s stack (nats-server, every declared service, demo data) on free ports and a fresh data dir."""
     offset = devstack_port_offset(DECLARATIONS)
     data_dir = tmp_path_factory.mktemp("ecosystem")
-    # The shop's pages wait for points' earn previews as long as a loaded test machine may need (as
-    # the shop's own tests do): past its 1.5 s budget a page shows no badge, and none for 30 s after,
-    # the product's way of not waiting on a slow points; this journey checks what the badge promises.
+    # Shop's and travel's pages wait for points' earn previews as long as a loaded test machine may
+    # need (as their own tests do): past the 1.5 s budget a page shows no badge (shop's, none for 30 s
+    # after), the product's way of not waiting on a slow points; this journey checks what the badge
+    # promises.
     with running_devstack(data_dir, offset, cwd=ROOT, environment={"EARN_PREVIEW_BUDGET_SECONDS": "30"}) as output:
         urls = {name: f"http://127.0.0.1:{port + offset}" for name, port in DEFAULT_PORTS.items()}
         yield Ecosystem(urls, data_dir, output)
