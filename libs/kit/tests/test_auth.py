@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import http.server
 import json
+import threading
 
 import pytest
 from joserfc.jwk import ECKey
 from kizuna.kit.auth import ServiceTokenClient, TokenVerifier
-from kizuna.kit.errors import Unauthenticated
+from kizuna.kit.errors import Unauthenticated, Unavailable
 from kizuna.kit.testing import TestIssuer
 
 
@@ -97,3 +99,65 @@ async def test_service_token_client_caches_until_near_expiry(test_issuer: TestIs
         await bad.token("points:credit")
     for c in (client, bad, verifier):
         await c.aclose()
+
+
+class _TokenEndpoint(http.server.BaseHTTPRequestHandler):
+    """An issuer whose token endpoint answers what the test sets (status, body)."""
+
+    answer: tuple[int, bytes] = (200, b"{}")
+
+    def do_GET(self) -> None:  # discovery
+        port = self.server.server_address[1]
+        self._send(200, json.dumps({"token_endpoint": f"http://127.0.0.1:{port}/token"}).encode())
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._send(*type(self).answer)
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (503, b'{"error": "temporarily_unavailable"}', Unavailable),
+        (200, b"<html>a proxy's page</html>", Unavailable),
+        (200, b'{"token_type": "Bearer"}', Unavailable),
+        (200, b'{"access_token": 42}', Unavailable),
+        (401, b'{"error": "invalid_client"}', Unauthenticated),
+    ],
+)
+async def test_a_token_endpoint_that_fails_or_answers_no_token_is_unavailable_not_a_crash(
+    status: int, body: bytes, error: type[Exception]
+) -> None:
+    handler = type("Endpoint", (_TokenEndpoint,), {"answer": (status, body)})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    client = ServiceTokenClient(f"http://127.0.0.1:{server.server_address[1]}", "shop", "s3cret")
+    try:
+        with pytest.raises(error):
+            await client.token("points:read")
+    finally:
+        await client.aclose()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+async def test_identity_out_of_reach_makes_a_service_token_unavailable() -> None:
+    # Port 1: nothing listens there, so the connection is refused.
+    client = ServiceTokenClient("http://127.0.0.1:1", "shop", "s3cret")
+    try:
+        with pytest.raises(Unavailable, match="cannot be reached"):
+            await client.token("points:read")
+    finally:
+        await client.aclose()

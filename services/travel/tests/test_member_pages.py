@@ -48,7 +48,8 @@ async def test_hotel_cards_rates_and_the_booking_page_show_what_the_stay_earns(t
     assert anonymous.status_code == 200 and _earned(anonymous.text) == []
 
 
-@pytest.mark.parametrize("travel_overrides", [{"earn_preview_budget_seconds": 1.5}])
+# Asking on every page (no quiet period), so that both points cut off and points stalled are asked.
+@pytest.mark.parametrize("travel_overrides", [{"earn_preview_budget_seconds": 1.5, "earn_preview_quiet_seconds": 0}])
 async def test_without_points_the_pages_render_at_once_without_badges(travel: TravelEnv) -> None:
     member = await travel.member()
     async with await travel.signed_in_browser(member) as browser:

@@ -1,11 +1,11 @@
 from typing import Annotated, Any
 
-from kizuna.kit.settings import ServiceSettings
+from kizuna.kit.earn_preview import EarnPreviewSettings
 from pydantic import field_validator, model_validator
 from pydantic_settings import NoDecode
 
 
-class Settings(ServiceSettings):
+class Settings(EarnPreviewSettings):
     points_addr: str = "127.0.0.1:50051"
     fintech_addr: str = "127.0.0.1:50054"
     peer_timeout_seconds: float = 5.0
@@ -26,8 +26,6 @@ class Settings(ServiceSettings):
     # A checkout whose saga has not moved for this long is finished or compensated by the recovery job.
     checkout_stuck_seconds: float = 120.0
     jobs_interval_seconds: float = 30.0
-    # How long a page waits for points' earn previews ("earn N pt" badges) before showing it without them.
-    earn_preview_budget_seconds: float = 1.5
     # Member IDs of platform admins (who verify merchants), besides tokens with the shop:admin scope.
     # SHOP_ADMINS="mbr_a,mbr_b" (or a JSON list).
     shop_admins: Annotated[list[str], NoDecode] = []

@@ -8,12 +8,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends
 from kizuna.kit.clock import Clock, LiveClock
+from kizuna.kit.earn_preview import EarnPreviews
 from kizuna.kit.payments import PaymentsClient
 from kizuna.kit.points import PointsClient
 from kizuna.kit.service import Runtime, context_of
 
 from shop.checkout import CheckoutSaga
-from shop.earn_preview import EarnPreviews
 from shop.orders import OrderLifecycle
 from shop.settings import Settings
 
@@ -52,7 +52,7 @@ def shop_context(runtime: Runtime[Any]) -> Shop:
         payments,
         CheckoutSaga(runtime.db, points, payments, s, clock),
         OrderLifecycle(runtime.db, points, payments, s, clock),
-        EarnPreviews(points, budget_seconds=s.earn_preview_budget_seconds),
+        EarnPreviews.of(points, s),
     )
 
 

@@ -6,7 +6,8 @@ The work is done by the parts, each of one concern:
 - `saga.BookingSaga`: hold -> reserve points -> authorize card -> capture -> confirm, or undo it all;
 - `cancellation.Cancellations`: cancelling under the booked rate plan, refunds the way it was paid;
 - `booking_jobs.BookingJobs`: completing stays after check-out, finishing or undoing stuck sagas;
-- `booking_events`: the events of each change, in its transaction.
+- `booking_events`: the events of each change, in its transaction;
+- the kit's `EarnPreviews`: what a stay would earn, as the pages show it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from datetime import datetime
 
 from kizuna.kit.clock import Clock
 from kizuna.kit.db import Database
+from kizuna.kit.earn_preview import EarnPreviews
 from kizuna.kit.errors import NotFound
 
 from travel import cancellation
@@ -30,7 +32,8 @@ __all__ = ["BookingRequest", "Bookings"]
 
 
 class Bookings:
-    """The booking saga, cancellations and the jobs that keep them moving, on one clock."""
+    """The booking saga, cancellations and the jobs that keep them moving, on one clock (and the
+    pages' earn previews, on the same points client)."""
 
     def __init__(
         self,
@@ -41,9 +44,11 @@ class Bookings:
         reservation_ttl_seconds: int = 900,
         stuck_after_seconds: float = 60.0,
         clock: Clock | None = None,
+        earn: EarnPreviews | None = None,
     ) -> None:
         self.clock = clock or Clock()
         self.payments = payments
+        self.earn = earn or EarnPreviews(payments.points)
         self.max_stay_nights = max_stay_nights
         self.store = BookingStore(db)
         self.saga = BookingSaga(

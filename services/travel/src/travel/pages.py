@@ -9,14 +9,13 @@ that shows them (kizuna.kit.flash).
 
 A signed-in member sees what a stay would earn ("earn N pt", points' earn preview) on the hotel
 cards, the hotel's rate table and the booking page: one call per distinct price, all at once,
-within the settings' `earn_preview_budget_seconds` (1.5 s); without an answer from points the
-pages show no badge.
+remembered for a minute (the kit's `EarnPreviews`); without an answer from points within
+`EARN_PREVIEW_BUDGET_SECONDS` the pages show no badge, and stop asking for
+`EARN_PREVIEW_QUIET_SECONDS`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import re
 import uuid
 from collections.abc import Iterable
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-import httpx
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from kizuna.kit.bounds import Int64
@@ -66,7 +64,6 @@ def whole_words(text: str) -> Markup:
 templates.env.globals.update(terms=wording.for_page, status_label=lambda s: wording.status_label(s, _))
 templates.env.filters["whole_words"] = whole_words
 router = APIRouter(include_in_schema=False)
-log = logging.getLogger("travel.pages")
 
 STYLESHEET = Path(__file__).parent / "static" / "travel.css"
 
@@ -88,31 +85,11 @@ def _error(request: Request, exc: DomainError, **context: Any) -> HTMLResponse:
     )
 
 
-async def _earn_previews(
-    request: Request, bookings: Bookings, member_id: str, totals: Iterable[int | None]
-) -> dict[int, int]:
-    """What paying each total would earn the member now (points' earn preview), asked for every
-    distinct total at once; totals points did not answer for within the settings'
-    `earn_preview_budget_seconds` are left out."""
-    budget = request.app.state.runtime.settings.earn_preview_budget_seconds
-    wanted = sorted({t for t in totals if t})
-    if not wanted:
-        return {}
-
-    async def one(total: int) -> int | None:
-        try:
-            preview = await bookings.payments.points.preview_earn(member_id=member_id, amount_minor=total)
-        except (DomainError, httpx.HTTPError) as exc:  # the page works without it
-            log.warning("earn preview unavailable", extra={"error": str(exc)})
-            return None
-        return int(preview.total)
-
-    try:
-        found = await asyncio.wait_for(asyncio.gather(*(one(t) for t in wanted)), budget)
-    except TimeoutError:
-        log.warning("earn previews took longer than %s s; the page shows none", budget)
-        return {}
-    return {t: n for t, n in zip(wanted, found, strict=True) if n is not None}
+async def _earn_previews(bookings: Bookings, member_id: str, totals: Iterable[int | None]) -> dict[int, int]:
+    """What paying each total (yen) would earn the member now: the kit's earn previews, every
+    distinct total asked at once; totals points did not answer for in time are left out."""
+    found = await bookings.earn.many(member_id, {(t, "JPY") for t in totals if t})
+    return {total: points for (total, _), points in found.items()}
 
 
 @router.get("/static/travel.css")
@@ -151,7 +128,7 @@ async def results_page(
         return _error(request, exc, member=member)
     earn: dict[int, int] = {}
     if member is not None:
-        earn = await _earn_previews(request, bookings, member.member_id, (r.from_minor for r in results))
+        earn = await _earn_previews(bookings, member.member_id, (r.from_minor for r in results))
     return _page(
         request,
         "travel/results.html",
@@ -182,7 +159,7 @@ async def hotel_view(
         return _error(request, exc, member=member)
     earn: dict[int, int] = {}
     if member is not None and stay is not None:
-        earn = await _earn_previews(request, bookings, member.member_id, (o.total_minor for o in page.offers))
+        earn = await _earn_previews(bookings, member.member_id, (o.total_minor for o in page.offers))
     return _page(
         request,
         "travel/hotel.html",
@@ -229,7 +206,7 @@ async def book_page(
             raise NotFound("that room and rate are not offered for this stay")
     except DomainError as exc:
         return _error(request, exc, member=member)
-    earn = await _earn_previews(request, bookings, member.member_id, [offer.total_minor])
+    earn = await _earn_previews(bookings, member.member_id, [offer.total_minor])
     return _page(
         request,
         "travel/book.html",

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from fastapi import APIRouter
 from kizuna.kit.clock import LiveClock
 from kizuna.kit.db import Database, utcnow
+from kizuna.kit.earn_preview import EarnPreviews
 from kizuna.kit.service import Runtime, Service
 from kizuna.travel.v1 import travel_pb2_grpc
 
@@ -37,6 +38,7 @@ def bookings_context(runtime: Runtime[Settings]) -> Bookings:
         reservation_ttl_seconds=s.points_reservation_ttl_seconds,
         stuck_after_seconds=s.saga_stuck_after_seconds,
         clock=LiveClock(lambda: runtime.clock),
+        earn=EarnPreviews.of(payments.points, s),
     )
 
 

@@ -1,8 +1,7 @@
-from kizuna.kit.settings import ServiceSettings
-from pydantic import Field
+from kizuna.kit.earn_preview import EarnPreviewSettings
 
 
-class Settings(ServiceSettings):
+class Settings(EarnPreviewSettings):
     points_addr: str = "127.0.0.1:50051"
     fintech_addr: str = "127.0.0.1:50054"
     # Seed the catalogue (idempotent; tops inventory up to the horizon) when the service starts.
@@ -11,8 +10,6 @@ class Settings(ServiceSettings):
     max_stay_nights: int = 14
     # Deadline of each call to points or fintech.
     peer_timeout_seconds: float = 5.0
-    # How long a page waits for points' earn previews before it renders without their badges.
-    earn_preview_budget_seconds: float = Field(default=1.5, gt=0, le=30)
     # How long points holds a reservation that the saga never captured (a crash mid-booking).
     points_reservation_ttl_seconds: int = 900
     # A booking whose saga has not moved for this long is finished or undone by the recovery job.

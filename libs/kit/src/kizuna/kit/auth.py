@@ -516,7 +516,11 @@ class ServiceTokenClient:
         return self._http
 
     async def token(self, scope: str) -> str:
-        """A valid access token for `scope` (space-separated scopes)."""
+        """A valid access token for `scope` (space-separated scopes).
+
+        `Unauthenticated` when identity refuses this client; `Unavailable` when identity cannot be
+        reached or answers with something that is not a token, so that a caller's peer call fails
+        the way any call to an unreachable peer does (a 503 and a plain message, not a crash)."""
         cached = self._cache.get(scope)
         if cached and cached[1] - self.renew_before > time.monotonic():
             return cached[0]
@@ -524,21 +528,35 @@ class ServiceTokenClient:
             cached = self._cache.get(scope)
             if cached and cached[1] - self.renew_before > time.monotonic():
                 return cached[0]
-            client = await self._client()
-            if self._token_endpoint is None:
-                meta = (await client.get(f"{self.issuer}/.well-known/openid-configuration")).json()
-                self._token_endpoint = str(meta["token_endpoint"])
-            resp = await client.post(
-                self._token_endpoint,
-                data={"grant_type": "client_credentials", "scope": scope},
-                auth=(self.client_id, self._secret),
-            )
-            if resp.status_code != 200:
-                raise Unauthenticated(f"token endpoint refused client {self.client_id}: {resp.status_code}")
-            body = resp.json()
-            token = str(body["access_token"])
-            self._cache[scope] = (token, time.monotonic() + float(body.get("expires_in", 300)))
+            try:
+                token, lifetime = await self._fetch(scope)
+            except httpx.HTTPError as exc:
+                raise Unavailable(f"identity's token endpoint cannot be reached: {type(exc).__name__}") from exc
+            except (KeyError, TypeError, ValueError) as exc:
+                raise Unavailable("identity's token endpoint answered without a token") from exc
+            self._cache[scope] = (token, time.monotonic() + lifetime)
             return token
+
+    async def _fetch(self, scope: str) -> tuple[str, float]:
+        """A new token for `scope` and its lifetime in seconds."""
+        client = await self._client()
+        if self._token_endpoint is None:
+            meta = (await client.get(f"{self.issuer}/.well-known/openid-configuration")).json()
+            self._token_endpoint = str(meta["token_endpoint"])
+        resp = await client.post(
+            self._token_endpoint,
+            data={"grant_type": "client_credentials", "scope": scope},
+            auth=(self.client_id, self._secret),
+        )
+        if resp.status_code >= 500:
+            raise Unavailable(f"identity's token endpoint failed: {resp.status_code}")
+        if resp.status_code != 200:
+            raise Unauthenticated(f"token endpoint refused client {self.client_id}: {resp.status_code}")
+        body = resp.json()
+        token = body["access_token"]
+        if not isinstance(token, str) or not token:
+            raise ValueError("access_token is not a string")
+        return token, float(body.get("expires_in", 300))
 
     async def aclose(self) -> None:
         if self._http is not None:

@@ -1,9 +1,15 @@
-"""What paying an amount would earn a member, as the pages show it ("earn 18 pt"): points' earn preview.
+"""What paying an amount would earn a member, as a service's pages show it ("earn 18 pt"): points'
+earn preview, for any service whose pages show prices.
 
 Points answers one amount per call, so a page asks for the distinct amounts it shows at once
 (concurrently), remembers each answer for a minute, and waits at most `budget_seconds`: an amount
 points has not answered by then shows no badge rather than holding the page. When points is away
-the pages stop asking for `quiet_seconds`, so a storefront does not wait on every visit.
+(or identity, for this service's token) the pages stop asking for `quiet_seconds`, so a page does
+not wait on every visit.
+
+    class Settings(EarnPreviewSettings): ...          # EARN_PREVIEW_BUDGET_SECONDS, ..._QUIET_SECONDS
+    earn = EarnPreviews.of(points_client, settings)     # once, at start
+    badges = await earn.many(member_id, {(price_minor, "JPY") for price_minor in prices})
 """
 
 from __future__ import annotations
@@ -16,14 +22,27 @@ from dataclasses import dataclass, field
 
 from kizuna.kit.errors import DomainError, Unavailable
 from kizuna.kit.points import PointsClient
+from kizuna.kit.settings import ServiceSettings
+from pydantic import Field
 
-log = logging.getLogger("shop.earn_preview")
+log = logging.getLogger("kizuna.earn_preview")
 
 Amount = tuple[int, str]  # (minor units paid, currency)
 
 
+class EarnPreviewSettings(ServiceSettings):
+    """The settings of a service whose pages show earn badges."""
+
+    # How long a page waits for points' earn previews before it renders without their badges.
+    earn_preview_budget_seconds: float = Field(default=1.5, gt=0, le=30)
+    # How long pages stop asking points after it failed to answer in time (0: ask on every page).
+    earn_preview_quiet_seconds: float = Field(default=30.0, ge=0, le=3600)
+
+
 @dataclass
 class EarnPreviews:
+    """A service's earn previews, remembered for `ttl_seconds` (built once, at start)."""
+
     points: PointsClient
     ttl_seconds: float = 60.0
     budget_seconds: float = 1.5
@@ -32,6 +51,15 @@ class EarnPreviews:
     monotonic: Callable[[], float] = time.monotonic
     _cache: dict[tuple[str, int, str], tuple[float, int]] = field(default_factory=dict)
     _quiet_until: float = float("-inf")
+
+    @classmethod
+    def of(cls, points: PointsClient, settings: EarnPreviewSettings) -> EarnPreviews:
+        """Earn previews as the service's settings have them."""
+        return cls(
+            points,
+            budget_seconds=settings.earn_preview_budget_seconds,
+            quiet_seconds=settings.earn_preview_quiet_seconds,
+        )
 
     async def many(self, member_id: str, amounts: Iterable[Amount]) -> dict[Amount, int]:
         """Points each amount would earn the member now; amounts without an answer are left out."""
