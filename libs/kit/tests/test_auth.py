@@ -157,7 +157,7 @@ async def test_identity_out_of_reach_makes_a_service_token_unavailable() -> None
     # Port 1: nothing listens there, so the connection is refused.
     client = ServiceTokenClient("http://127.0.0.1:1", "shop", "s3cret")
     try:
-        with pytest.raises(Unavailable, match="cannot be reached"):
+        with pytest.raises(Unavailable, match="identity cannot be reached for a service token"):
             await client.token("points:read")
     finally:
         await client.aclose()

@@ -6,14 +6,15 @@ served unverified."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
 import pytest
 from kizuna.identity.v1 import identity_pb2 as pb
 from kizuna.kit.auth import TokenVerifier, call_metadata, current_call
-from kizuna.kit.errors import NotFound, Unauthenticated
-from kizuna.kit.rpc import GrpcServer
+from kizuna.kit.errors import DomainError, NotFound, Unauthenticated, Unavailable
+from kizuna.kit.rpc import GrpcServer, peer_error
 from kizuna.kit.testing import TestIssuer
 
 SERVICE = "kizuna.test.Echo"
@@ -103,3 +104,48 @@ async def test_a_streaming_method_is_refused_when_registered() -> None:
 
     with pytest.raises(TypeError, match=f"/{SERVICE}/Watch: the kit's gRPC server serves unary methods only"):
         GrpcServer([(register, None)])
+
+
+async def test_a_caller_tells_a_peer_s_refusal_from_a_call_that_got_no_answer(test_issuer: TestIssuer) -> None:
+    """`peer_error`: a refusal the peer gave (even UNAVAILABLE) keeps the peer's words; no server,
+    or none in time, is said as such ("cannot be reached", "did not answer in time")."""
+
+    async def busy(request: pb.GetMemberRequest, context: Any) -> pb.GetMemberResponse:
+        if request.member_id == "slow":
+            await asyncio.sleep(5)
+        raise Unavailable("the payment is still in progress")
+
+    def register(servicer: Any, server: Any) -> None:
+        handler = grpc.unary_unary_rpc_method_handler(
+            busy,
+            request_deserializer=pb.GetMemberRequest.FromString,
+            response_serializer=pb.GetMemberResponse.SerializeToString,
+        )
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Who": handler}),))
+
+    server = GrpcServer([(register, None)], verifier=TokenVerifier(test_issuer.issuer))
+    port = server.bind("127.0.0.1", 0)
+    await server.start()
+    token = call_metadata(test_issuer.service_token("shop", "x"))
+
+    async def error_of(address: str, member_id: str, timeout: float) -> DomainError:
+        async with grpc.aio.insecure_channel(address) as channel:
+            who = channel.unary_unary(
+                f"/{SERVICE}/Who",
+                request_serializer=pb.GetMemberRequest.SerializeToString,
+                response_deserializer=pb.GetMemberResponse.FromString,
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await who(pb.GetMemberRequest(member_id=member_id), metadata=token, timeout=timeout)
+        return peer_error("fintech", failed.value)
+
+    try:
+        refused = await error_of(f"127.0.0.1:{port}", "m-1", 5)
+        assert isinstance(refused, Unavailable) and refused.message == "fintech: the payment is still in progress"
+        late = await error_of(f"127.0.0.1:{port}", "slow", 0.3)
+        assert isinstance(late, Unavailable) and late.message == "fintech did not answer in time"
+    finally:
+        await server.stop(0)
+    # Port 1: nothing listens there.
+    gone = await error_of("127.0.0.1:1", "m-1", 5)
+    assert isinstance(gone, Unavailable) and gone.message.startswith("fintech cannot be reached (UNAVAILABLE: ")

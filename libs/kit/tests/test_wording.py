@@ -37,6 +37,8 @@ def test_ids_are_dropped_and_the_punctuation_closes_up(line: str, plain: str) ->
         "booking bkg_0123456789AB was not made: the card was declined",
         "booking bkg_0123456789AB was not made: insufficient points: 500 requested, 20 available",
         f"order {ORDER} cannot be cancelled now",
+        "points cannot be reached (UNAVAILABLE: failed to connect to all addresses)",
+        "booking bkg_0123456789AB was not made: fintech did not answer in time",
     ],
 )
 @pytest.mark.parametrize("lang", ["en", "ja"])
@@ -55,3 +57,21 @@ def test_an_error_queued_as_its_words_reads_as_for_member_says_it_in_the_page_la
             assert not re.search(r"[A-Za-z]{3,}", shown.replace("Kizuna", "")), shown
     finally:
         i18n.set_language("en")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "points cannot be reached (UNAVAILABLE: failed to connect to all addresses; last error: UNKNOWN: "
+        "ipv4:127.0.0.1:50051: Failed to connect to remote host: connect: Connection refused (111))",
+        "fintech did not answer in time",
+        "identity cannot be reached for a service token (ConnectError)",
+    ],
+)
+def test_a_peer_that_gave_no_answer_is_said_plainly_without_its_transport_details(error: str) -> None:
+    assert for_member(error) == "Part of Kizuna is not answering right now. Please try again in a moment."
+
+
+def test_a_peer_s_own_refusal_is_not_mistaken_for_one_that_gave_no_answer() -> None:
+    said = for_member("fintech: the payment is still in progress; it completes or is reversed shortly")
+    assert "in progress" in said and "not answering" not in said

@@ -531,9 +531,9 @@ class ServiceTokenClient:
             try:
                 token, lifetime = await self._fetch(scope)
             except httpx.HTTPError as exc:
-                raise Unavailable(f"identity's token endpoint cannot be reached: {type(exc).__name__}") from exc
+                raise Unavailable(f"identity cannot be reached for a service token ({type(exc).__name__})") from exc
             except (KeyError, TypeError, ValueError) as exc:
-                raise Unavailable("identity's token endpoint answered without a token") from exc
+                raise Unavailable("identity cannot be reached for a service token (answered without one)") from exc
             self._cache[scope] = (token, time.monotonic() + lifetime)
             return token
 
@@ -549,7 +549,7 @@ class ServiceTokenClient:
             auth=(self.client_id, self._secret),
         )
         if resp.status_code >= 500:
-            raise Unavailable(f"identity's token endpoint failed: {resp.status_code}")
+            raise Unavailable(f"identity cannot be reached for a service token (answered {resp.status_code})")
         if resp.status_code != 200:
             raise Unauthenticated(f"token endpoint refused client {self.client_id}: {resp.status_code}")
         body = resp.json()

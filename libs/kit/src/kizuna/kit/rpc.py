@@ -63,6 +63,8 @@ def _handled(behavior: UnaryBehavior, method: str) -> UnaryBehavior:
             return await behavior(request, context)
         except DomainError as exc:
             code = exc.grpc_status
+            # Marked as this service's own answer: a caller tells it from a call that never got one.
+            context.set_trailing_metadata(((REFUSED_METADATA, "1"),))
             await context.abort(exc.grpc_status, exc.message)
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
@@ -345,7 +347,23 @@ _PEER_ERRORS: dict[grpc.StatusCode, type[DomainError]] = {
 }
 
 
+# Trailing metadata on every call a Kizuna server refused with a domain error (`_handled`).
+REFUSED_METADATA = "kizuna-refused"
+
+
 def peer_error(peer: str, exc: grpc.aio.AioRpcError) -> DomainError:
-    """The domain error for a failed call to `peer`, its message naming the peer."""
-    error = _PEER_ERRORS.get(exc.code(), Unavailable)
-    return error(f"{peer}: {exc.details() or exc.code().name}")
+    """The domain error for a failed call to `peer`, its message naming the peer: the peer's own
+    refusal as it gave it ("fintech: the payment is still in progress"); a call that got no answer
+    (no connection, a deadline, the peer failing) as `Unavailable` that says so in words a page can
+    recognize (`kizuna.kit.web.wording`): "<peer> cannot be reached (...)", "<peer> did not answer
+    in time"."""
+    code, details = exc.code(), exc.details() or exc.code().name
+    refused = any(key == REFUSED_METADATA for key, _ in exc.trailing_metadata() or ())
+    error = _PEER_ERRORS.get(code)
+    if error is not None:
+        return error(f"{peer}: {details}")
+    if refused:
+        return Unavailable(f"{peer}: {details}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Unavailable(f"{peer} did not answer in time")
+    return Unavailable(f"{peer} cannot be reached ({code.name}: {details})")

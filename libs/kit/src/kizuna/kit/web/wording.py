@@ -34,6 +34,7 @@ BANK_TOO_LOW = "Your bank balance (%(balance)s) is not enough for this payment."
 PAID_MORE_THAN_DUE = "You tried to pay %(paid)s, but only %(due)s is still due."
 BOOKING_NOT_MADE = "Your booking was not made: %(reason)s"
 SOMETHING_WRONG = "Something went wrong. Please try again."
+NOT_ANSWERING = "Part of Kizuna is not answering right now. Please try again in a moment."
 LINE_PAYMENT = "Payment: %(bank)s from your bank and %(points)s"
 LINE_TRANSFER = "Transfer"
 LINE_CARD_BILL = "Kizuna Card bill"
@@ -50,6 +51,7 @@ MESSAGES = [
     PAID_MORE_THAN_DUE,
     BOOKING_NOT_MADE,
     SOMETHING_WRONG,
+    NOT_ANSWERING,
     LINE_PAYMENT,
     LINE_TRANSFER,
     LINE_CARD_BILL,
@@ -91,6 +93,8 @@ _RULES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], tuple[str, dict[st
         lambda m: (PAID_MORE_THAN_DUE, {"paid": _yen(m.group(1)), "due": _yen(m.group(2))}),
     ),
     (re.compile(r"^the card was declined$"), lambda m: (DECLINED, {})),
+    # A peer (or identity, for a service token) that gave no answer (kizuna.kit.rpc.peer_error).
+    (re.compile(r"^\S+ (?:cannot be reached\b|did not answer in time$)"), lambda m: (NOT_ANSWERING, {})),
 ]
 
 
