@@ -30,14 +30,21 @@ async def _who(request: pb.GetMemberRequest, context: Any) -> pb.GetMemberRespon
     return pb.GetMemberResponse(member=pb.Member(member_id=request.member_id, display_name=caller))
 
 
-def _generic_only(servicer: Any, server: Any) -> None:
-    """A hand-written registration: one generic handler, no registered methods."""
-    handler = grpc.unary_unary_rpc_method_handler(
-        _who,
-        request_deserializer=pb.GetMemberRequest.FromString,
-        response_serializer=pb.GetMemberResponse.SerializeToString,
-    )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Who": handler}),))
+def _generic(behavior: Any) -> Any:
+    """A hand-written registration of `behavior` as Who: one generic handler, no registered methods."""
+
+    def register(servicer: Any, server: Any) -> None:
+        handler = grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=pb.GetMemberRequest.FromString,
+            response_serializer=pb.GetMemberResponse.SerializeToString,
+        )
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Who": handler}),))
+
+    return register
+
+
+_generic_only = _generic(_who)
 
 
 async def _serve(**kw: Any) -> tuple[GrpcServer, str]:
@@ -115,15 +122,7 @@ async def test_a_caller_tells_a_peer_s_refusal_from_a_call_that_got_no_answer(te
             await asyncio.sleep(5)
         raise Unavailable("the payment is still in progress")
 
-    def register(servicer: Any, server: Any) -> None:
-        handler = grpc.unary_unary_rpc_method_handler(
-            busy,
-            request_deserializer=pb.GetMemberRequest.FromString,
-            response_serializer=pb.GetMemberResponse.SerializeToString,
-        )
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Who": handler}),))
-
-    server = GrpcServer([(register, None)], verifier=TokenVerifier(test_issuer.issuer))
+    server = GrpcServer([(_generic(busy), None)], verifier=TokenVerifier(test_issuer.issuer))
     port = server.bind("127.0.0.1", 0)
     await server.start()
     token = call_metadata(test_issuer.service_token("shop", "x"))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from kizuna.kit.testing import TestIssuer
@@ -20,8 +21,19 @@ def payments_peer() -> PaymentsPeer:
 
 
 @pytest.fixture
+def shop_overrides() -> dict[str, Any]:
+    """Settings of the shop under test besides `running_shop`'s (a test parametrizes it)."""
+    return {}
+
+
+@pytest.fixture
 async def api(
-    nats_url: str, database_url: str, test_issuer: TestIssuer, points_peer: PointsPeer, payments_peer: PaymentsPeer
+    nats_url: str,
+    database_url: str,
+    test_issuer: TestIssuer,
+    points_peer: PointsPeer,
+    payments_peer: PaymentsPeer,
+    shop_overrides: dict[str, Any],
 ) -> AsyncIterator[ShopApi]:
     """The shop in this process on a fresh database, with test peers for points and fintech."""
     await reset_streams(nats_url, "SHOP")
@@ -35,6 +47,7 @@ async def api(
                 issuer=test_issuer,
                 points_addr=points_addr,
                 fintech_addr=payments_addr,
+                **shop_overrides,
             ) as runtime,
             shop_api(runtime, test_issuer) as client,
         ):
