@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import time
 
+import httpx
 import pytest
 
 from .travel_support import HOTEL, TravelEnv, booking_body, days_ahead, form_fields, wait_until
@@ -19,22 +20,20 @@ def _earned(html: str) -> list[int]:
     return [int(n) for n in re.findall(r'data-earn="(\d+)"', html)]
 
 
+async def _review(browser: httpx.AsyncClient, hotel_page: str) -> httpx.Response:
+    """The booking page of the stay's first room and rate, from the hotel page's form."""
+    body = booking_body(check_in=days_ahead(5))
+    fields = {k: v for k, v in body.items() if k not in ("points", "idempotency_key")}
+    csrf = form_fields(hotel_page, "/book/review")["csrf_token"]
+    return await browser.post("/book/review", data={**fields, "csrf_token": csrf})
+
+
 async def test_hotel_cards_rates_and_the_booking_page_show_what_the_stay_earns(travel: TravelEnv) -> None:
     member = await travel.member()
     async with await travel.signed_in_browser(member) as browser:
         results = await browser.get("/search", params={"city": "kyoto", **STAY})
         hotel = await browser.get(f"/hotels/{HOTEL}", params=STAY)
-        review = await browser.post(
-            "/book/review",
-            data={
-                **{
-                    k: v
-                    for k, v in booking_body(check_in=days_ahead(5)).items()
-                    if k not in ("points", "idempotency_key")
-                },
-                "csrf_token": form_fields(hotel.text, "/book/review")["csrf_token"],
-            },
-        )
+        review = await _review(browser, hotel.text)
     assert results.status_code == hotel.status_code == review.status_code == 200, review.text
     # One badge per hotel card with a room, one per offer of the rate table, one on the review.
     cards = results.text.count('class="hotel-result"')
@@ -71,6 +70,23 @@ async def test_without_points_the_pages_render_at_once_without_badges(travel: Tr
             return len(_earned((await browser.get(f"/hotels/{HOTEL}", params=STAY)).text)) == 9
 
         await wait_until(badges_back, timeout=30)
+
+
+async def test_the_booking_page_asks_points_for_its_promise_not_what_the_hotel_page_remembered(
+    travel: TravelEnv,
+) -> None:
+    member = await travel.member()
+    async with await travel.signed_in_browser(member) as browser:
+        hotel = await browser.get(f"/hotels/{HOTEL}", params=STAY)
+        assert len(_earned(hotel.text)) == 9  # every offer's answer, remembered for a minute
+        # Points goes away: the hotel page still shows what it remembered; the booking page, which
+        # makes a promise, asks again and shows none rather than a remembered one.
+        travel.points.set("cut")
+        assert len(_earned((await browser.get(f"/hotels/{HOTEL}", params=STAY)).text)) == 9
+        review = await _review(browser, hotel.text)
+        assert review.status_code == 200, review.text
+        assert _earned(review.text) == [] and 'action="/book"' in review.text
+        travel.points.set("pass")
 
 
 async def test_japanese_pages_say_every_domain_text_in_japanese(travel: TravelEnv) -> None:

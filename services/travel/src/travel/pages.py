@@ -206,11 +206,12 @@ async def book_page(
             raise NotFound("that room and rate are not offered for this stay")
     except DomainError as exc:
         return _error(request, exc, member=member)
-    earn = await _earn_previews(bookings, member.member_id, [offer.total_minor])
+    # Asked now, not remembered: what the booking page shows is the promise the booking then earns.
+    promised = await bookings.earn.one(member.member_id, offer.total_minor, "JPY")
     return _page(
         request,
         "travel/book.html",
-        earn_points=earn.get(offer.total_minor),
+        earn_points=promised,
         title=_("Book"),
         member=member,
         hotel=page.hotel,
