@@ -9,9 +9,9 @@ that shows them (kizuna.kit.flash).
 
 A signed-in member sees what a stay would earn ("earn N pt", points' earn preview) on the hotel
 cards, the hotel's rate table and the booking page: one call per distinct price, all at once,
-remembered for a minute (the kit's `EarnPreviews`); without an answer from points within
-`EARN_PREVIEW_BUDGET_SECONDS` the pages show no badge, and stop asking for
-`EARN_PREVIEW_QUIET_SECONDS`.
+remembered for a minute (the kit's `EarnPreviews`; the booking page's promise is asked afresh).
+Without an answer from points within `EARN_PREVIEW_BUDGET_SECONDS` the pages show no badge, and
+they stop asking for `EARN_PREVIEW_QUIET_SECONDS`.
 """
 
 from __future__ import annotations
