@@ -21,7 +21,7 @@ from kizuna.common.v1.common_pb2 import Money
 from kizuna.fintech.v1 import fintech_pb2, fintech_pb2_grpc
 from kizuna.kit.auth import call_metadata
 from kizuna.kit.service import Runtime
-from kizuna.kit.testing import TestIssuer, reset_streams
+from kizuna.kit.testing import TestIssuer, form_fields, reset_streams  # noqa: F401 (form_fields re-exported)
 
 
 def new_member() -> str:
@@ -211,12 +211,3 @@ async def signed_in_browser(fintech: FintechClient, member_id: str, name: str = 
     browser = httpx.AsyncClient(base_url=str(fintech.http.base_url), timeout=15)
     browser.cookies.set(rp.session_cookie, rp.session_cookie_value(sid))
     return browser
-
-
-def form_fields(html: str, action: str) -> dict[str, str]:
-    """The hidden fields (CSRF token, idempotency key) of the page's form posting to `action`."""
-    import re
-
-    match = re.search(rf'<form method="post" action="{re.escape(action)}"[^>]*>(.*?)</form>', html, re.S)
-    assert match, f"no form for {action}"
-    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', match.group(1)))

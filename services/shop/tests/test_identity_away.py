@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from kizuna.kit.testing import form_fields
 
 from .shop_peers import PaymentsPeer, PointsPeer
 from .shop_support import ShopApi
@@ -39,8 +40,7 @@ async def test_without_identity_a_checkout_is_refused_as_unavailable_and_pages_s
         # The checkout page, and placing the order from it: the member reads plain words.
         checkout = await browser.get("/checkout", params={"merchant_id": merchant})
         assert checkout.status_code == 200, checkout.text
-        fields = dict(re.findall(r'type="hidden" name="(\w+)" value="([^"]*)"', checkout.text))
-        assert {"csrf_token", "idempotency_key", "merchant_id"} <= fields.keys(), checkout.text
+        fields = form_fields(checkout.text, "/checkout")
         placed = await browser.post("/checkout", data={**fields, "points": 100}, follow_redirects=True)
         assert placed.status_code == 200, placed.text
         assert "Part of Kizuna is not answering right now. Please try again in a moment." in placed.text

@@ -7,7 +7,6 @@ of a saga."""
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -19,7 +18,7 @@ from kizuna.kit.clock import Clock as KitClock
 from kizuna.kit.db import utcnow
 from kizuna.kit.oidc_client import WebSession, WebSignIn
 from kizuna.kit.service import Runtime
-from kizuna.kit.testing import wait_until
+from kizuna.kit.testing import form_fields, wait_until  # noqa: F401 (form_fields re-exported)
 from kizuna.kit.testing_stack import Ecosystem
 from kizuna.points.v1 import points_pb2
 from nats.js.api import ConsumerConfig
@@ -348,10 +347,3 @@ async def signed_in_browser(runtime: Runtime[Any], issuer: Any, base_url: str, m
     browser.cookies.set(relying_party.session_cookie, relying_party.session_cookie_value(sid))
     await relying_party.aclose()
     return browser
-
-
-def form_fields(html: str, action: str) -> dict[str, str]:
-    """The hidden fields (CSRF token, idempotency key, ...) of the page's form posting to `action`."""
-    match = re.search(rf'<form method="post" action="{re.escape(action)}"[^>]*>(.*?)</form>', html, re.S)
-    assert match, f"no form for {action}"
-    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', match.group(1)))

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,6 +32,13 @@ import pytest
 from kizuna.kit import outbound
 from kizuna.kit.declaration import Declaration, discover
 from kizuna.kit.devstack import NATS_PORT, nats_server_binary
+
+
+def form_fields(html: str, action: str) -> dict[str, str]:
+    """The hidden fields (CSRF token, idempotency key, ...) of a kit page's form posting to `action`."""
+    match = re.search(rf'<form method="post" action="{re.escape(action)}"[^>]*>(.*?)</form>', html, re.S)
+    assert match, f"no form for {action}"
+    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', match.group(1)))
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
