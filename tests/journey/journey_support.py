@@ -46,9 +46,9 @@ def ecosystem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ecosystem]:
     offset = devstack_port_offset(DECLARATIONS)
     data_dir = tmp_path_factory.mktemp("ecosystem")
     # Shop's and travel's pages wait for points' earn previews as long as a loaded test machine may
-    # need (as their own tests do): past the 1.5 s budget a page shows no badge (shop's, none for 30 s
-    # after), the product's way of not waiting on a slow points; this journey checks what the badge
-    # promises.
+    # need (as their own tests do): past the 1.5 s budget a page shows no badge, and none for 30 s
+    # after (the kit's EarnPreviews), the product's way of not waiting on a slow points; this journey
+    # checks what the badge promises.
     with running_devstack(data_dir, offset, cwd=ROOT, environment={"EARN_PREVIEW_BUDGET_SECONDS": "30"}) as output:
         urls = {name: f"http://127.0.0.1:{port + offset}" for name, port in DEFAULT_PORTS.items()}
         yield Ecosystem(urls, data_dir, output)

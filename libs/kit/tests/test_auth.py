@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import http.server
 import json
-import threading
 
 import pytest
 from joserfc.jwk import ECKey
@@ -101,30 +99,6 @@ async def test_service_token_client_caches_until_near_expiry(test_issuer: TestIs
         await c.aclose()
 
 
-class _TokenEndpoint(http.server.BaseHTTPRequestHandler):
-    """An issuer whose token endpoint answers what the test sets (status, body)."""
-
-    answer: tuple[int, bytes] = (200, b"{}")
-
-    def do_GET(self) -> None:  # discovery
-        port = self.server.server_address[1]
-        self._send(200, json.dumps({"token_endpoint": f"http://127.0.0.1:{port}/token"}).encode())
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self._send(*type(self).answer)
-
-    def _send(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.mark.parametrize(
     ("status", "body", "error"),
     [
@@ -138,19 +112,17 @@ class _TokenEndpoint(http.server.BaseHTTPRequestHandler):
 async def test_a_token_endpoint_that_fails_or_answers_no_token_is_unavailable_not_a_crash(
     status: int, body: bytes, error: type[Exception]
 ) -> None:
-    handler = type("Endpoint", (_TokenEndpoint,), {"answer": (status, body)})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    client = ServiceTokenClient(f"http://127.0.0.1:{server.server_address[1]}", "shop", "s3cret")
+    # An issuer of its own: the session's is shared by the other tests.
+    issuer = TestIssuer().start()
+    issuer.register_client("shop", "s3cret", "points:read")
+    issuer.token_answer = (status, body)
+    client = ServiceTokenClient(issuer.issuer, "shop", "s3cret")
     try:
         with pytest.raises(error):
             await client.token("points:read")
     finally:
         await client.aclose()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+        issuer.stop()
 
 
 async def test_identity_out_of_reach_makes_a_service_token_unavailable() -> None:

@@ -43,12 +43,12 @@ class Bookings:
         max_stay_nights: int = 14,
         reservation_ttl_seconds: int = 900,
         stuck_after_seconds: float = 60.0,
+        earn: EarnPreviews,
         clock: Clock | None = None,
-        earn: EarnPreviews | None = None,
     ) -> None:
         self.clock = clock or Clock()
         self.payments = payments
-        self.earn = earn or EarnPreviews(payments.points)
+        self.earn = earn
         self.max_stay_nights = max_stay_nights
         self.store = BookingStore(db)
         self.saga = BookingSaga(

@@ -86,9 +86,10 @@ def _error(request: Request, exc: DomainError, **context: Any) -> HTMLResponse:
 
 
 async def _earn_previews(bookings: Bookings, member_id: str, totals: Iterable[int | None]) -> dict[int, int]:
-    """What paying each total (yen) would earn the member now: the kit's earn previews, every
-    distinct total asked at once; totals points did not answer for in time are left out."""
-    found = await bookings.earn.many(member_id, {(t, "JPY") for t in totals if t})
+    """What paying each total (travel's currency) would earn the member now: the kit's earn
+    previews, every distinct total asked at once; totals points did not answer for in time are
+    left out."""
+    found = await bookings.earn.many(member_id, {(t, rules.CURRENCY) for t in totals if t})
     return {total: points for (total, _), points in found.items()}
 
 
@@ -207,7 +208,7 @@ async def book_page(
     except DomainError as exc:
         return _error(request, exc, member=member)
     # Asked now, not remembered: what the booking page shows is the promise the booking then earns.
-    promised = await bookings.earn.one(member.member_id, offer.total_minor, "JPY")
+    promised = await bookings.earn.one(member.member_id, offer.total_minor, offer.currency)
     return _page(
         request,
         "travel/book.html",

@@ -40,6 +40,11 @@ _server_tracing: Callable[..., grpc.aio.ServerInterceptor] = grpc_instrumentatio
 _client_tracing: Callable[[], list[grpc.aio.ClientInterceptor]] = grpc_instrumentation.aio_client_interceptors
 
 
+# Trailing metadata on every call a Kizuna server refused with a domain error (`_handled`):
+# `peer_error` tells such an answer from a call that got none.
+REFUSED_METADATA = "kizuna-refused"
+
+
 def with_unary(handler: grpc.RpcMethodHandler, behavior: UnaryBehavior) -> grpc.RpcMethodHandler:
     """`handler` with `behavior` (which wraps its own) as its unary-unary method."""
     return grpc.unary_unary_rpc_method_handler(
@@ -345,10 +350,6 @@ _PEER_ERRORS: dict[grpc.StatusCode, type[DomainError]] = {
     cls.grpc_status: cls
     for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Unauthenticated, PermissionDenied)
 }
-
-
-# Trailing metadata on every call a Kizuna server refused with a domain error (`_handled`).
-REFUSED_METADATA = "kizuna-refused"
 
 
 def peer_error(peer: str, exc: grpc.aio.AioRpcError) -> DomainError:

@@ -858,6 +858,9 @@ class TestIssuer:
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.key = ECKey.generate_key("P-256", auto_kid=True)
         self.clients: dict[str, tuple[str, str]] = {}  # client_id -> (secret, allowed scopes)
+        # Set: the token endpoint answers this (status, body) to every client instead, as an
+        # identity failing or a proxy in front of it would.
+        self.token_answer: tuple[int, bytes] | None = None
 
     def register_client(self, client_id: str, secret: str, scopes: str) -> None:
         self.clients[client_id] = (secret, scopes)
@@ -928,7 +931,9 @@ class _IssuerHandler(BaseHTTPRequestHandler):
     def _json(self, status: int, body: dict[str, Any]) -> None:
         import json
 
-        data = json.dumps(body).encode()
+        self._send(status, json.dumps(body).encode())
+
+    def _send(self, status: int, data: bytes) -> None:
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
@@ -957,6 +962,9 @@ class _IssuerHandler(BaseHTTPRequestHandler):
 
         issuer = self.server.issuer
         form = parse_qs(self.rfile.read(int(self.headers.get("content-length", 0))).decode())
+        if issuer.token_answer is not None:
+            self._send(*issuer.token_answer)
+            return
         user, _, secret = (
             base64.b64decode(self.headers.get("authorization", "Basic ").split(" ", 1)[1] or b"")
             .decode()
