@@ -1,9 +1,9 @@
-"""`OnDriver`, `attach` and `flush_pending`: a hot path's Core statements run inside a session's
+"""`OnDriver`, `attach`, `flush_pending` and `written`: a hot path's Core statements run inside a session's
 transaction on the connection's own asyncpg connection (PostgreSQL) or through SQLAlchemy
 (SQLite), and rows they read become the session's entities, with the same results either way:
 the statement commits and rolls back with the session, its parameters are processed by their
 column types, the values it carries are its own, and an entity read this way is written by the
-next flush like one the ORM loaded."""
+next flush like one the ORM loaded; what a Core statement wrote of an entity is not written again."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg
 import pytest
-from kizuna.kit.db import Database, OnDriver, attach, driver_disconnect, flush_pending
+from kizuna.kit.db import Database, OnDriver, attach, driver_disconnect, flush_pending, written
 from kizuna.kit.events import InboxMessage
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, event, insert, select, update
 from sqlmodel import SQLModel
 
 INBOX = SQLModel.metadata.tables["kit_inbox"]
@@ -24,6 +24,12 @@ _READ_ONE_SUBJECT = OnDriver(
     "SELECT kit_inbox",
 )
 _READ = OnDriver(select(INBOX).where(INBOX.c.consumer == bindparam("consumer")).with_for_update(), "SELECT kit_inbox")
+_SET_SUBJECT = OnDriver(
+    update(INBOX)
+    .where(INBOX.c.consumer == bindparam("of"), INBOX.c.event_id == bindparam("id"))
+    .values(subject=bindparam("new_subject")),
+    "UPDATE kit_inbox",
+)
 MOMENT = datetime(2026, 12, 7, 9, 30, tzinfo=UTC)
 
 
@@ -99,6 +105,41 @@ async def test_a_row_read_by_core_becomes_the_sessions_entity(database_url: str)
         async with db.sessions() as session:
             found = await session.get(InboxMessage, ("c", "e1"))
             assert found is not None and found.subject == "shop.pending"
+    finally:
+        await db.dispose()
+
+
+async def test_what_a_core_statement_wrote_is_not_flushed_again_and_the_rest_still_is(database_url: str) -> None:
+    db = await _database(database_url)
+    flushed: list[str] = []
+    event.listen(db.engine.sync_engine, "before_cursor_execute", lambda *args: flushed.append(args[2]))
+    try:
+        async with db.transaction() as session:
+            await _INSERT.fetch(session, _row("e1"))
+        async with db.transaction() as session:
+            (row,) = await _READ.fetch(session, {"consumer": "c"})
+            entity = attach(session, InboxMessage, row)
+            entity.subject = "shop.by-core"
+            await _SET_SUBJECT.fetch(session, {"of": "c", "id": "e1", "new_subject": entity.subject})
+            written(entity, ["subject"])
+            # All it changed is written: the entity is clean, and the commit has nothing to flush.
+            assert not session.dirty
+            flushed.clear()
+        assert not [sql for sql in flushed if sql.lstrip().upper().startswith("UPDATE")]
+        async with db.transaction() as session:
+            (row,) = await _READ.fetch(session, {"consumer": "c"})
+            entity = attach(session, InboxMessage, row)
+            assert entity.subject == "shop.by-core"
+            entity.subject = "shop.again"
+            entity.processed_at = MOMENT + timedelta(minutes=1)
+            await _SET_SUBJECT.fetch(session, {"of": "c", "id": "e1", "new_subject": entity.subject})
+            written(entity, ["subject"])
+            # The time was not written by the statement: the entity stays dirty, the flush writes it.
+            assert entity in session.dirty
+        async with db.sessions() as session:
+            found = await session.get(InboxMessage, ("c", "e1"))
+            assert found is not None
+            assert (found.subject, found.processed_at) == ("shop.again", MOMENT + timedelta(minutes=1))
     finally:
         await db.dispose()
 

@@ -7,11 +7,10 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from kizuna.kit.db import OnDriver
+from kizuna.kit.db import OnDriver, written
 from kizuna.points.v1 import points_pb2 as pb
 from sqlalchemy import ARRAY, BigInteger, Boolean, Integer, String, TextClause, bindparam, insert, text
 from sqlalchemy import inspect as orm_state
-from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 from ulid import ULID
@@ -273,8 +272,7 @@ async def post_entry(
         else:
             ((pk,),) = await (_ENTRY_PG if lot is None else _ENTRY_AND_LOT_PG).fetch(session, values)
         # Written: the session's flush has no UPDATE of the wallet to make for these any more.
-        for column in LEDGER_COLUMNS:
-            set_committed_value(wallet, column, getattr(wallet, column))
+        written(wallet, LEDGER_COLUMNS)
     else:
         if charge is not None:
             raise ValueError("a charge in the entry's statement is PostgreSQL's (bounds.charge_budget elsewhere)")
@@ -415,9 +413,8 @@ async def post_entries_pg(session: AsyncSession, entries: list[PlannedEntry], wa
         **{f"w_{c}": [getattr(w, c) for w in wallets] for c in LEDGER_COLUMNS},
     }
     conn = await session.connection()
-    written = (await conn.execute(_ENTRIES_PG, values)).scalar_one()
-    if written != len(entries):
-        raise AssertionError(f"{written} of {len(entries)} entries written")
+    count = (await conn.execute(_ENTRIES_PG, values)).scalar_one()
+    if count != len(entries):
+        raise AssertionError(f"{count} of {len(entries)} entries written")
     for wallet in wallets:
-        for column in LEDGER_COLUMNS:
-            set_committed_value(wallet, column, getattr(wallet, column))
+        written(wallet, LEDGER_COLUMNS)

@@ -213,10 +213,28 @@ def attach(session: AsyncSession, model: type[E], row: Any) -> E:
         for name, value in values.items():
             set_committed_value(held, name, value)
         return held
-    entity = model(**values)
+    # Made as the ORM's own loading makes a row's entity: its values set as they are, without the
+    # model's validation of its arguments (the row is what the database holds; validating a
+    # wallet's took 0.1 ms of CPU per earning).
+    entity: E = mapper.class_manager.new_instance()
+    entity.__dict__.update(values)
     make_transient_to_detached(entity)
     sync.add(entity)
     return entity
+
+
+def written(entity: SQLModel, columns: Sequence[str]) -> None:
+    """`entity`'s `columns` hold what a Core statement of the caller's just wrote: the session's next
+    flush has nothing to write for them. When nothing else of the entity changed, it is clean
+    again, and the flush does not look at it at all (a flush that found points' wallet changed
+    but with nothing to write cost 0.3 ms of CPU per earning, on every commit)."""
+    state = sa_inspect(entity)
+    for name in columns:
+        set_committed_value(entity, name, getattr(entity, name))
+    if state.modified and not state.committed_state:
+        # What a flush does to an entity it wrote (SQLAlchemy has no public call for it).
+        session = state.session
+        state._commit_all(state.dict, session.identity_map if session is not None else None)
 
 
 class Database:
