@@ -11,7 +11,8 @@ same rate; points (its own process, `python -m points`, on PostgreSQL) consumes 
 earning in one transaction with its inbox row and outbox row, and its relay publishes
 `points.ledger.credited`; latency = that event reaching this process - publish.
 
-Each round measures raw, then the contract through each points tree, one after another, and prints
+Each round measures raw, then the contract through each points tree, one after another (in the
+opposite order every other round: the first of a round can be measured slower for it), and prints
 the load average and the points process's CPU time per event (which a busy machine changes less
 than latency) beside them: goal P4 is contract p99 <= 2 x raw p99 + 5 ms. `--baseline REV` adds
 points as of a git revision (its kit and points sources, exported with `git archive`) to every
@@ -260,7 +261,9 @@ async def main() -> None:
             raw = await raw_jetstream(variants[0].nats_server.url, args.events, args.rate)
             raw_samples += raw
             print(line("  raw JetStream", raw, args.events, f"  load {at:.1f}"), flush=True)
-            for variant in variants:
+            # Every other round in the opposite order: whichever runs first in a round can be
+            # measured slower for it (bench/README.md), and alternating cancels that out.
+            for variant in variants if round_ % 2 else variants[::-1]:
                 assert variant.nats_server is not None
                 at, cpu = load(), cpu_seconds(variant.process)
                 segments: dict[str, list[float]] = {}

@@ -22,8 +22,8 @@ call is that process's (user + system), the bench's clients are this process. Ge
 Credit are driven once more from Node (`bench/grpc_load.mjs`, 64 clients on 8 connections, a new
 idempotency key per Credit), and GetBalance once more from h2load (Debian's nghttp2-client, C),
 where installed: both clients cost less CPU per call than grpcio's, so more of the machine's two
-cores is left to the server. Rounds
-alternate the servers, so a machine that slows down slows all.
+cores is left to the server. Each round runs every server in turn, and every other round in the
+opposite order: a machine that slows down slows all, and being first in a round favours none.
 """
 
 from __future__ import annotations
@@ -261,7 +261,9 @@ async def main() -> None:
         print(f"{CLIENTS} concurrent clients, {args.seconds:.0f}s per phase; {load()} at the start", flush=True)
         for round_ in range(1, args.rounds + 1):
             print(f"round {round_}", flush=True)
-            for kind in servers:
+            # Every other round in the opposite order: the first server of a round measured up to
+            # 20% slower than the one after it, whichever it was (bench/README.md).
+            for kind in servers if round_ % 2 else servers[::-1]:
                 # Minted per server: a round outlasts a test token's lifetime.
                 token = issuer.service_token("shop", "points:credit points:spend points:read")
                 if kind in pointses:
