@@ -15,6 +15,7 @@ from kizuna.kit.db import Database, OnDriver, attach, driver_disconnect, flush_p
 from kizuna.kit.events import InboxMessage
 from sqlalchemy import bindparam, event, insert, select, update
 from sqlmodel import SQLModel
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 INBOX = SQLModel.metadata.tables["kit_inbox"]
 _INSERT = OnDriver(insert(INBOX).returning(INBOX.c.event_id), "INSERT kit_inbox")
@@ -42,6 +43,12 @@ async def _database(url: str) -> Database:
 
 def _row(event_id: str, subject: str = "shop.one", at: datetime = MOMENT) -> dict[str, object]:
     return {"consumer": "c", "event_id": event_id, "subject": subject, "processed_at": at}
+
+
+async def _read_as_entity(session: AsyncSession) -> InboxMessage:
+    """The one inbox row, read by a Core statement and made the session's entity."""
+    (row,) = await _READ.fetch(session, {"consumer": "c"})
+    return attach(session, InboxMessage, row)
 
 
 async def test_a_driver_statement_commits_and_rolls_back_with_its_session(database_url: str) -> None:
@@ -87,8 +94,7 @@ async def test_a_row_read_by_core_becomes_the_sessions_entity(database_url: str)
         async with db.transaction() as session:
             await _INSERT.fetch(session, _row("e1"))
         async with db.transaction() as session:
-            (row,) = await _READ.fetch(session, {"consumer": "c"})
-            entity = attach(session, InboxMessage, row)
+            entity = await _read_as_entity(session)
             assert entity in session and not session.dirty
             assert (entity.event_id, entity.processed_at) == ("e1", MOMENT)
             entity.subject = "shop.changed"  # written by the commit's flush
@@ -117,8 +123,7 @@ async def test_what_a_core_statement_wrote_is_not_flushed_again_and_the_rest_sti
         async with db.transaction() as session:
             await _INSERT.fetch(session, _row("e1"))
         async with db.transaction() as session:
-            (row,) = await _READ.fetch(session, {"consumer": "c"})
-            entity = attach(session, InboxMessage, row)
+            entity = await _read_as_entity(session)
             entity.subject = "shop.by-core"
             await _SET_SUBJECT.fetch(session, {"of": "c", "id": "e1", "new_subject": entity.subject})
             written(entity, ["subject"])
@@ -127,8 +132,7 @@ async def test_what_a_core_statement_wrote_is_not_flushed_again_and_the_rest_sti
             flushed.clear()
         assert not [sql for sql in flushed if sql.lstrip().upper().startswith("UPDATE")]
         async with db.transaction() as session:
-            (row,) = await _READ.fetch(session, {"consumer": "c"})
-            entity = attach(session, InboxMessage, row)
+            entity = await _read_as_entity(session)
             assert entity.subject == "shop.by-core"
             entity.subject = "shop.again"
             entity.processed_at = MOMENT + timedelta(minutes=1)
