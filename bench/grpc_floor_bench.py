@@ -203,7 +203,7 @@ async def main() -> None:
     parser.add_argument("--baseline", metavar="REV", help="also floor-kit and points (and the kit) as of REV")
     args = parser.parse_args()
     servers = args.servers.split(",")
-    workdir = Path(tempfile.mkdtemp())
+    workdir = Path(tempfile.mkdtemp(prefix="grpc-floor-bench-"))
     baseline = None
     if args.baseline:
         baseline = export_baseline(args.baseline, workdir / "baseline", "points", "bench")
@@ -283,6 +283,8 @@ async def main() -> None:
         issuer.stop()
         nats_server.stop()
         await drop_database(name)
+        if sys.exc_info()[0] is None:  # a failed run keeps its servers' logs
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

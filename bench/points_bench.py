@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -463,9 +464,9 @@ async def main() -> None:
         name, url = args.seeded, await named_database(args.seeded)
     else:
         name, url = await create_database("points_bench")
-    nats_server = NatsServer(free_port(), Path(tempfile.mkdtemp())).start()
+    workdir = Path(tempfile.mkdtemp(prefix="points-bench-"))
+    nats_server = NatsServer(free_port(), workdir / "nats").start()
     issuer = TestIssuer().start()
-    workdir = Path(tempfile.mkdtemp())
     server = ServiceProcess(
         "points",
         {
@@ -653,6 +654,8 @@ async def main() -> None:
         nats_server.stop()
         if not args.seeded:
             await drop_database(name)
+        if sys.exc_info()[0] is None:  # a failed run keeps its server's log
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
