@@ -21,11 +21,11 @@ from kizuna.kit.auth import call_metadata
 from kizuna.kit.clock import FrozenClock
 from kizuna.kit.errors import FailedPrecondition, Unavailable
 from kizuna.kit.points import PointsClient
-from kizuna.kit.testing import ServiceProcess, TestIssuer, reset_streams, wait_until
+from kizuna.kit.testing import ServiceProcess, TestIssuer, form_fields, reset_streams, wait_until
 from kizuna.points.v1 import points_pb2, points_pb2_grpc
 from sqlmodel import select
 
-from services.fintech.tests.fintech_world import FintechClient, form_fields, new_member, signed_in_browser
+from services.fintech.tests.fintech_world import FintechClient, new_member, signed_in_browser
 
 FINTECH_SECRET = "fintech-test-secret"
 

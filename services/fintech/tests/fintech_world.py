@@ -21,7 +21,7 @@ from kizuna.common.v1.common_pb2 import Money
 from kizuna.fintech.v1 import fintech_pb2, fintech_pb2_grpc
 from kizuna.kit.auth import call_metadata
 from kizuna.kit.service import Runtime
-from kizuna.kit.testing import TestIssuer, form_fields, reset_streams  # noqa: F401 (form_fields re-exported)
+from kizuna.kit.testing import TestIssuer, reset_streams
 
 
 def new_member() -> str:

@@ -8,8 +8,9 @@ import uuid
 
 import pytest
 from kizuna.kit.i18n import COOKIE as LANGUAGE_COOKIE
+from kizuna.kit.testing import form_fields
 
-from .fintech_world import FintechClient, form_fields, new_member, signed_in_browser
+from .fintech_world import FintechClient, new_member, signed_in_browser
 
 
 @pytest.mark.parametrize("path", ["/card", "/bank", "/invest"])

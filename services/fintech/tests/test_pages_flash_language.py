@@ -16,8 +16,9 @@ import httpx
 import pytest
 from fintech import pages
 from kizuna.kit import i18n
+from kizuna.kit.testing import form_fields
 
-from .fintech_world import FintechClient, form_fields, new_member, signed_in_browser
+from .fintech_world import FintechClient, new_member, signed_in_browser
 
 OPEN, CLOSE = "\N{FULLWIDTH LEFT PARENTHESIS}", "\N{FULLWIDTH RIGHT PARENTHESIS}"
 FUND = "kzn-global-bond"

@@ -4,11 +4,11 @@ failing; never a redirect to an address the client has not registered."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import httpx
 from identity.tokens import Issuer, unverified_claims
+from kizuna.kit.testing import form_fields
 
 from .identity_support import Idp, code_for, exchange, sign_up
 
@@ -24,10 +24,6 @@ async def signed_in_with_id_token(idp: Idp, email: str) -> tuple[httpx.AsyncClie
 
 async def still_signed_in(browser: httpx.AsyncClient) -> bool:
     return (await browser.get("/account")).status_code == 200
-
-
-def form_fields(html: str) -> dict[str, str]:
-    return dict(re.findall(r'type="hidden" name="([^"]+)" value="([^"]*)"', html))
 
 
 async def test_a_verified_hint_signs_out_and_returns_to_the_registered_address(idp_sqlite: Idp) -> None:
@@ -79,7 +75,7 @@ async def test_a_hint_from_a_rotated_away_key_asks_then_signs_out(idp_sqlite: Id
     assert asked.status_code == 200 and "Sign out of Kizuna?" in asked.text
     assert await still_signed_in(browser)  # asking signs nobody out
 
-    confirmed = await browser.post("/logout", data=form_fields(asked.text))
+    confirmed = await browser.post("/logout", data=form_fields(asked.text, "/logout"))
     assert confirmed.status_code == 303 and confirmed.headers["location"] == RETURN_TO + "?state=s-2"
     assert not await still_signed_in(browser)
 

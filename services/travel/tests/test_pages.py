@@ -3,7 +3,9 @@ a signed-in member books, sees and cancels trips through forms that carry the CS
 
 from __future__ import annotations
 
-from .travel_support import TravelEnv, booking_body, days_ahead, form_fields
+from kizuna.kit.testing import form_fields
+
+from .travel_support import TravelEnv, booking_body, days_ahead
 
 
 async def test_search_results_and_hotel_pages_render_on_the_kit_layout(travel: TravelEnv) -> None:

@@ -10,8 +10,9 @@ import re
 import httpx
 import pytest
 from kizuna.kit.i18n import COOKIE as LANGUAGE_COOKIE
+from kizuna.kit.testing import form_fields
 
-from .travel_support import HOTEL, TravelEnv, booking_body, days_ahead, form_fields
+from .travel_support import HOTEL, TravelEnv, booking_body, days_ahead
 
 # Each message travel's pages queue, as each language says it.
 SAID = {
