@@ -7,7 +7,9 @@ of a saga."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -18,7 +20,7 @@ from kizuna.kit.clock import Clock as KitClock
 from kizuna.kit.db import utcnow
 from kizuna.kit.oidc_client import WebSession, WebSignIn
 from kizuna.kit.service import Runtime
-from kizuna.kit.testing import form_fields, wait_until  # noqa: F401 (form_fields re-exported)
+from kizuna.kit.testing import wait_until
 from kizuna.kit.testing_stack import Ecosystem
 from kizuna.points.v1 import points_pb2
 from nats.js.api import ConsumerConfig
@@ -103,6 +105,16 @@ class Relay:
                 writer.write(data)
             self.held.clear()
         self.mode = mode
+
+    @contextlib.contextmanager
+    def away(self, mode: str) -> Iterator[None]:
+        """In `mode` for the block, and passing again after it whatever happens: a failed test does
+        not leave points away for the tests after it."""
+        self.set(mode)
+        try:
+            yield
+        finally:
+            self.set("pass")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.mode == "cut":
