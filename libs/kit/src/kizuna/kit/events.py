@@ -42,6 +42,7 @@ from kizuna.kit.db import Database, OnDriver, UTCDateTime, utcnow
 from kizuna.kit.errors import InvalidArgument
 from kizuna.kit.telemetry import (
     dead_letters,
+    exporting,
     extract_context,
     inject_headers,
     messages_consumed,
@@ -331,6 +332,12 @@ async def ensure_stream(
         await js.update_stream(config)
 
 
+def _count_published(subject: str, ack: asyncio.Future[Any]) -> None:
+    """Count a message JetStream acknowledged (`ack`'s callback)."""
+    if not ack.cancelled() and ack.exception() is None:
+        messages_published.add(1, {"messaging.destination.name": subject})
+
+
 class OutboxRelay:
     """Publishes committed outbox rows to JetStream and marks them sent.
 
@@ -590,9 +597,18 @@ class OutboxRelay:
                 ack.cancel()  # no-op once answered; frees JetStream's slot for one that never is
 
     async def _send(self, row: OutboxMessage | Staged) -> asyncio.Future[Any]:
-        """Send one row; the returned future is its acknowledgement. Its producer span ends then."""
+        """Send one row; the returned future is its acknowledgement. Its producer span ends then.
+
+        While nothing is exported there is no producer span: the row goes with the trace context
+        it was staged in, so the consumer continues the same trace from the span that published
+        it. Reading that context, starting a span the sampler drops and writing its ids back cost
+        a third of the relay's time per event (bench/README.md)."""
         headers = dict(row.headers)
         headers["ce-source"] = self.source
+        if not exporting():
+            ack = await self.js.publish_async(row.subject, row.payload, headers=headers)
+            ack.add_done_callback(functools.partial(_count_published, row.subject))
+            return ack
         span = tracer.start_span(
             f"{row.subject} publish",
             context=extract_context(headers),
@@ -620,8 +636,7 @@ class OutboxRelay:
         def acknowledged(done: asyncio.Future[Any]) -> None:
             if done.cancelled() or done.exception() is not None:
                 span.set_status(Status(StatusCode.ERROR, "not acknowledged"))
-            else:
-                messages_published.add(1, {"messaging.destination.name": row.subject})
+            _count_published(row.subject, done)
             span.end()
 
         ack.add_done_callback(acknowledged)

@@ -1,0 +1,75 @@
+"""What the outbox relay sends while no span is exported: the event goes with the trace context it
+was staged in (no producer span is made for nobody), and JetStream's acknowledgement is counted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from kizuna.kit import telemetry
+from kizuna.kit.events import OutboxMessage
+from kizuna.kit.service import Runtime
+from kizuna.kit.settings import ServiceSettings
+from kizuna.kit.telemetry import extract_context
+from kizuna.kit.testing import wait_until
+from opentelemetry import context as otel_context
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from sqlmodel import col, select
+
+from .demo.service import DemoEffect
+from .test_events import count, headers_of, stream_messages
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.fixture
+def metric_reader(demo: Runtime[ServiceSettings]) -> Iterator[InMemoryMetricReader]:
+    provider = metrics.get_meter_provider()
+    assert isinstance(provider, MeterProvider), "the kit installs the SDK meter provider when a service starts"
+    reader = InMemoryMetricReader()
+    provider.add_metric_reader(reader)
+    yield reader
+    provider.remove_metric_reader(reader)
+
+
+def published(reader: InMemoryMetricReader, subject: str) -> int:
+    total = 0
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == "messaging.client.published.messages":
+                    for point in metric.data.data_points:
+                        if point.attributes and point.attributes.get("messaging.destination.name") == subject:
+                            total += int(getattr(point, "value", 0))
+    return total
+
+
+async def test_while_no_span_is_exported_an_event_goes_with_the_trace_it_was_staged_in(
+    demo: Runtime[ServiceSettings], nats_url: str, metric_reader: InMemoryMetricReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another test in this process may have added a span processor; this one is about none.
+    monkeypatch.setattr(telemetry, "_exporting", False)
+    caller = otel_context.attach(extract_context({"traceparent": TRACEPARENT}))
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{demo.http_port}") as client:
+            created = await client.post("/notes", json={"text": "traced-untraced"})
+    finally:
+        otel_context.detach(caller)
+    assert created.status_code == 200
+    event_id = created.json()["event_id"]
+    await wait_until(lambda: count(demo.db, DemoEffect))
+
+    [message] = [m for m in await stream_messages(nats_url, "demo.note.created") if headers_of(m)["ce-id"] == event_id]
+    async with demo.db.sessions() as session:
+        row = (await session.exec(select(OutboxMessage).where(col(OutboxMessage.event_id) == event_id))).one()
+    staged = row.headers["traceparent"]
+    # The request's trace, from the span the event was staged in: the relay added no span of its own.
+    assert staged.split("-")[1] == TRACEPARENT.split("-")[1]
+    assert headers_of(message)["traceparent"] == staged
+    assert headers_of(message)["ce-source"] == "kizuna/demo"
+    assert row.sent_at is not None
+    assert published(metric_reader, "demo.note.created") >= 1
