@@ -47,12 +47,16 @@ lint: install node_modules ## ruff (checks and formatting), buf lint, proto drif
 	npx --no-install buf lint proto
 	$(PY) proto/generate.py --check
 
-# mypy, strict (pyproject's [tool.mypy]), on the kit and every package under services/*/src.
+# mypy, strict (pyproject's [tool.mypy]), on the kit and every package under services/*/src, then on
+# the tests: a test module is named by its path from the root (`services.shop.tests.conftest`), so the
+# conftest.py files do not clash and one run takes every test folder.
 empty :=
 space := $(empty) $(empty)
 SERVICE_PACKAGES := $(notdir $(patsubst %/__init__.py,%,$(wildcard services/*/src/*/__init__.py)))
-typecheck: install ## mypy strict on the kit and every service
+TEST_DIRS := $(wildcard libs/*/tests services/*/tests) tests
+typecheck: install ## mypy strict on the kit, every service and the tests
 	MYPYPATH=$(subst $(space),:,$(wildcard services/*/src)) $(PY) -m mypy -p kizuna.kit $(addprefix -p ,$(SERVICE_PACKAGES))
+	MYPYPATH=$(subst $(space),:,$(wildcard services/*/src)) $(PY) -m mypy $(TEST_DIRS)
 
 fmt: install
 	$(PY) -m ruff format .

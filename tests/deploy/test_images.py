@@ -53,8 +53,10 @@ def test_one_dockerfile_for_every_service() -> None:
 def test_entry_point_runs_the_named_service(tmp_path: Path) -> None:
     """The image's ENTRYPOINT + CMD, run by a real shell: `python -m $KIZUNA_SERVICE serve`."""
     text = dockerfile()
-    entry = json.loads(re.search(r"^ENTRYPOINT (.*)$", text, re.M).group(1))  # type: ignore[union-attr]
-    cmd = json.loads(re.search(r"^CMD (.*)$", text, re.M).group(1))  # type: ignore[union-attr]
+    entry_line, cmd_line = re.search(r"^ENTRYPOINT (.*)$", text, re.M), re.search(r"^CMD (.*)$", text, re.M)
+    assert entry_line and cmd_line, "the Dockerfile has an ENTRYPOINT and a CMD"
+    entry = json.loads(entry_line.group(1))
+    cmd = json.loads(cmd_line.group(1))
     fake = tmp_path / "python"
     fake.write_text('#!/bin/sh\necho "$@"\n')
     fake.chmod(0o755)

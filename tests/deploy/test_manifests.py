@@ -596,7 +596,9 @@ def test_streams_have_limits_that_fit_the_nats_store(rendered: dict[str, Rendere
 
     keys = [k for k in env if k.startswith(("STREAM_", "DEAD_LETTER_", "INBOX_", "OUTBOX_", "READINESS_"))]
     settings = ServiceSettings(
-        nats_url="nats://nats:4222", kizuna_issuer="https://id", **{k.lower(): env[k] for k in keys}
+        nats_url="nats://nats:4222",
+        kizuna_issuer="https://id",
+        **{k.lower(): env[k] for k in keys},  # type: ignore[arg-type]  # Strings, as the environment gives them.
     )
     assert settings.dead_letter_max_bytes == dead_bytes
 

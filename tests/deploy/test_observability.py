@@ -8,6 +8,7 @@ import ast
 import json
 import re
 from pathlib import Path
+from typing import TypedDict
 
 import yaml
 
@@ -78,8 +79,17 @@ def instrument_names(*sources: Path) -> set[str]:
         kind = node.func.attr
         if not kind.startswith("create_") or not node.args or not isinstance(node.args[0], ast.Constant):
             continue
-        unit = next((k.value.value for k in node.keywords if k.arg == "unit" and isinstance(k.value, ast.Constant)), "")
-        base = re.sub(r"[^a-zA-Z0-9_]", "_", node.args[0].value) + UNIT_SUFFIX.get(unit, "")
+        unit = next(
+            (
+                k.value.value
+                for k in node.keywords
+                if k.arg == "unit" and isinstance(k.value, ast.Constant) and isinstance(k.value.value, str)
+            ),
+            "",
+        )
+        name = node.args[0].value
+        assert isinstance(name, str), "an instrument's name is a string"
+        base = re.sub(r"[^a-zA-Z0-9_]", "_", name) + UNIT_SUFFIX.get(unit, "")
         if kind == "create_counter":
             names.add(base + "_total")
         elif kind == "create_histogram":
@@ -104,7 +114,14 @@ def dashboard_exprs() -> list[str]:
     return [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
 
 
-def alert_rules() -> list[dict[str, str]]:
+class AlertRule(TypedDict):
+    alert: str
+    expr: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+
+def alert_rules() -> list[AlertRule]:
     rule = yaml.safe_load((DEPLOY / "observability" / "prometheus-operator" / "alerts.yaml").read_text())
     return [r for group in rule["spec"]["groups"] for r in group["rules"]]
 

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kizuna.points.v1 import points_pb2, points_pb2_grpc
 from schemathesis import GenerationMode
+from schemathesis.core.result import Ok
 
 from .fuzz_support import Stack, declared
 
@@ -134,6 +135,7 @@ def test_no_generated_request_gets_a_server_error(stack: Stack, service: str) ->
 
     with requests.Session() as session:
         for result in schema.get_all_operations():
+            assert isinstance(result, Ok), "every operation of the schema is valid"
             operation = result.ok()
             if (service, operation.method.upper(), operation.path) in SKIP:
                 continue

@@ -8,10 +8,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from kizuna.kit import declaration
 from kizuna.kit.testing import devstack_port_offset, running_devstack
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "journey"
@@ -57,7 +61,7 @@ def ecosystem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ecosystem]:
 # Module scope: Playwright's sync API keeps its own event loop running while it is open, which
 # would break every later test that starts an asyncio loop.
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
+def browser() -> Iterator[Browser]:
     from playwright.sync_api import sync_playwright
 
     executable = shutil.which("chromium") or "/usr/bin/chromium"
@@ -72,7 +76,7 @@ class Steps:
 
     def __init__(self, test_name: str) -> None:
         self.test_name = re.sub(r"[^A-Za-z0-9_.-]", "_", test_name)
-        self.pages: list[object] = []
+        self.pages: list[Page] = []
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -83,8 +87,8 @@ class Steps:
             slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
             for i, page in enumerate(self.pages):
                 try:
-                    page.screenshot(path=str(ARTIFACTS / f"{self.test_name}-{slug}-{i}.png"), full_page=True)  # type: ignore[attr-defined]
-                    (ARTIFACTS / f"{self.test_name}-{slug}-{i}.html").write_text(page.content())  # type: ignore[attr-defined]
+                    page.screenshot(path=str(ARTIFACTS / f"{self.test_name}-{slug}-{i}.png"), full_page=True)
+                    (ARTIFACTS / f"{self.test_name}-{slug}-{i}.html").write_text(page.content())
                 except Exception as exc:  # the page itself may be gone; keep the original failure
                     print(f"could not save the screenshot of page {i}: {exc}")
             raise

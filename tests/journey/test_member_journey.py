@@ -16,10 +16,11 @@ import sys
 import time
 import uuid
 import zipfile
+from collections.abc import Callable
 
 import pytest
+from playwright.sync_api import Browser, Page, expect
 from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import Page, expect
 
 from .journey_support import DECLARATIONS, Ecosystem, Steps
 
@@ -34,7 +35,7 @@ def header_points(page: Page) -> int:
     return int(slot.inner_text().removesuffix(" pt").replace(",", ""))
 
 
-def wait_for_points(page: Page, url: str, predicate, timeout: float = 60) -> int:  # type: ignore[no-untyped-def]
+def wait_for_points(page: Page, url: str, predicate: Callable[[int], bool], timeout: float = 60) -> int:
     """Reload `url` until the header's live balance satisfies `predicate` (events take a moment)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -104,7 +105,7 @@ def sign_in(page: Page, email: str, password: str) -> None:
 # loaded 2-core machine.
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_one_member_across_the_ecosystem(ecosystem: Ecosystem, browser, steps: Steps) -> None:  # type: ignore[no-untyped-def]
+def test_one_member_across_the_ecosystem(ecosystem: Ecosystem, browser: Browser, steps: Steps) -> None:
     member_ctx = browser.new_context(viewport={"width": 1200, "height": 900})
     page = member_ctx.new_page()
     page.set_default_timeout(20_000)

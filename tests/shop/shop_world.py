@@ -110,9 +110,10 @@ async def republish_shop_events(nats_url: str) -> list[tuple[str, int]]:
     try:
         js = nc.jetstream()
         info = await js.stream_info("SHOP")
-        republished = []
+        republished: list[tuple[str, int]] = []
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             msg = await js.get_msg("SHOP", seq)
+            assert msg.subject is not None, "a stored message has its subject"
             headers = dict(msg.headers or {})
             headers["Nats-Msg-Id"] = f"{headers.get('ce-id')}-again-{uuid.uuid4().hex[:6]}"
             ack = await js.publish(msg.subject, msg.data or b"", headers=headers)

@@ -9,11 +9,15 @@ import re
 import shutil
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from .shop_world import ShopWorld
 from .test_pages import OWNER, _browser, _csrf, _post
+
+if TYPE_CHECKING:
+    from playwright._impl._api_structures import SetCookieParam
 
 WIDTH = "() => Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
@@ -39,7 +43,7 @@ async def test_member_pages_with_points_fit_a_phone_and_a_desktop(world: ShopWor
         )
         assert re.search(r'data-points-state="held"', held.text)
         await _post(member, "/cart/items", {"product_id": products[1], "quantity": 1}, csrf)
-        cookies = [
+        cookies: list[SetCookieParam] = [
             {"name": c.name, "value": c.value or "", "url": str(w.api.http.base_url)} for c in member.cookies.jar
         ]
     pages = [

@@ -51,7 +51,7 @@ def test_a_handler_queues_messages_of_a_known_kind() -> None:
     assert flash.outgoing(request.scope) == [["success", "Saved."]]
     assert flash.flashes(request) == [flash.Flash("success", "Saved.")] and flash.consumed(request.scope)
     with pytest.raises(ValueError, match="flash kind"):
-        flash.flash(request, "loud", "x")  # type: ignore[arg-type]
+        flash.flash(request, "loud", "x")  # type: ignore[arg-type]  # An unknown kind, on purpose.
 
 
 def _app_that_flashes() -> FastAPI:

@@ -107,11 +107,12 @@ async def messages(harness: Client, subject: str) -> list[Any]:
 async def balance(points: ServiceProcess, issuer: TestIssuer, member_id: str) -> points_pb2.GetBalanceResponse | None:
     async with grpc.aio.insecure_channel(points.grpc_address) as channel:
         try:
-            return await points_pb2_grpc.PointsServiceStub(channel).GetBalance(
+            response: points_pb2.GetBalanceResponse = await points_pb2_grpc.PointsServiceStub(channel).GetBalance(
                 points_pb2.GetBalanceRequest(member_id=member_id),
                 metadata=call_metadata(issuer.member_token(member_id, scope="points:read")),
                 timeout=5,
             )
+            return response
         except grpc.aio.AioRpcError as exc:
             # Not there yet, or a busy machine: the caller polls again.
             if exc.code() in (
@@ -281,7 +282,7 @@ async def test_a_service_cannot_fetch_read_delete_or_reconfigure_anothers_durabl
         assert before.config.filter_subject == "identity.member.registered"
         js = fintech.jetstream(timeout=1)
         api = "$JS.API.CONSUMER"
-        reconfigured = {
+        reconfigured: dict[str, Any] = {
             "config": {
                 "name": victim,
                 "filter_subject": "identity.access.revoked",
@@ -361,7 +362,9 @@ async def test_identity_records_an_erasure_only_for_the_service_that_published_i
 
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'identity.db'}")
     async with db.engine.begin() as conn:
-        await conn.run_sync(SQLModel.metadata.create_all, tables=[ErasureProgress.__table__])
+        await conn.run_sync(
+            SQLModel.metadata.create_all, tables=[SQLModel.metadata.tables["identity_erasure_progress"]]
+        )
 
     def completion(subject: str, service: str) -> Event:
         data = identity_events.ErasureCompleted(member_id="mbr_1", service=service).SerializeToString()

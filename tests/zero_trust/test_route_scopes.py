@@ -54,6 +54,7 @@ def test_every_bearer_route_declares_its_scope(name: str) -> None:
             continue
         bearer_routes += 1
         if not any(getattr(call, "__name__", "").startswith(SCOPED) for call in calls):
+            assert route.methods is not None, "an API route has its methods"
             unscoped.append(f"{sorted(route.methods)} {route.path}")
     assert unscoped == [], f"{name}: bearer routes without a declared scope"
     if name != declaration.ISSUER:  # identity checks its own tokens (OAuth endpoints, admin API)

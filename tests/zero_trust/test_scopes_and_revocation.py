@@ -231,7 +231,8 @@ def test_get_member_without_profile_or_email_gets_neither(ecosystem: Ecosystem, 
 
         def get(token: str) -> identity_pb2.Member:
             request = identity_pb2.GetMemberRequest(member_id=member_id)
-            return stub.GetMember(request, metadata=call_metadata(token), timeout=5).member
+            member: identity_pb2.Member = stub.GetMember(request, metadata=call_metadata(token), timeout=5).member
+            return member
 
         bare = get(openid_only)
         assert (bare.member_id, bare.display_name, bare.email) == (member_id, "", "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from joserfc.jwk import ECKey
@@ -13,7 +14,7 @@ from kizuna.kit.testing import TestIssuer
 
 
 @pytest.fixture
-async def verifier(test_issuer: TestIssuer):  # type: ignore[no-untyped-def]
+async def verifier(test_issuer: TestIssuer) -> AsyncIterator[TokenVerifier]:
     v = TokenVerifier(test_issuer.issuer, "kizuna")
     yield v
     await v.aclose()
@@ -55,7 +56,9 @@ def _tampered(token: str) -> str:
     ],
     ids=["expired", "tampered", "alg-none", "wrong-audience", "wrong-issuer", "unknown-kid", "id-token-typ", "garbage"],
 )
-async def test_bad_tokens_are_rejected(verifier: TokenVerifier, test_issuer: TestIssuer, make_token, reason) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_tokens_are_rejected(
+    verifier: TokenVerifier, test_issuer: TestIssuer, make_token: Callable[[TestIssuer], str], reason: str
+) -> None:
     with pytest.raises(Unauthenticated) as err:
         await verifier.verify(make_token(test_issuer))
     assert reason in err.value.message or err.value.message.startswith("invalid token")

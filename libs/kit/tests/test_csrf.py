@@ -12,8 +12,12 @@ from kizuna.kit.oidc_client import WebSignIn
 
 def make_app() -> tuple[FastAPI, WebSignIn]:
     rp = WebSignIn(
-        issuer="http://id.test", client_id="shop", client_secret="s3cret", base_url="http://shop.test", db=None
-    )  # type: ignore[arg-type]
+        issuer="http://id.test",
+        client_id="shop",
+        client_secret="s3cret",
+        base_url="http://shop.test",
+        db=None,  # type: ignore[arg-type]  # CSRF tokens never reach the database.
+    )
     app = FastAPI()
     app.state.runtime = SimpleNamespace(state={"web_sign_in": rp})
 

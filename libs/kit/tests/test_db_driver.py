@@ -31,7 +31,7 @@ async def test_a_read_outlives_every_pooled_connection_being_ended(postgres_url:
         await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", ended)
 
         async def gone() -> bool:
-            left = await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", ended)
+            left: int = await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", ended)
             return left == 0
 
         await wait_until(gone, timeout=10)

@@ -4,6 +4,8 @@ being retried; the events after it flow."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import httpx
 import nats
 import nats.js.errors
@@ -12,13 +14,14 @@ from kizuna.identity.v1 import events_pb2
 from kizuna.kit.service import Runtime
 from kizuna.kit.settings import ServiceSettings
 from kizuna.kit.testing import wait_until
+from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 from sqlmodel import select
 
 from .demo.service import DemoEffect
 
 
-async def _dead_letters(nats_url: str) -> list[nats.aio.msg.Msg]:
+async def _dead_letters(nats_url: str) -> list[Msg]:
     nc = await nats.connect(nats_url)
     try:
         sub = await nc.jetstream().pull_subscribe(
@@ -63,5 +66,5 @@ async def test_an_unprocessable_event_is_dead_lettered_at_once(
     assert error in dead.headers["kizuna-error"]
 
 
-async def _equals(fn, expected):  # type: ignore[no-untyped-def]
+async def _equals(fn: Callable[[], Awaitable[list[str]]], expected: list[str]) -> bool:
     return (await fn()) == expected

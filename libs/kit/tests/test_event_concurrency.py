@@ -18,7 +18,8 @@ from kizuna.kit.db import Database
 from kizuna.kit.events import Consumer, ConsumerWorker, Event, ensure_stream
 from kizuna.kit.testing import reset_streams, wait_until
 from nats.js import JetStreamContext
-from sqlmodel import select
+from nats.js.api import ConsumerInfo
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from .demo.service import DemoEffect
@@ -58,11 +59,11 @@ def text_of(event: Event) -> str:
 
 async def effects(db: Database) -> list[str]:
     async with db.sessions() as session:
-        return list((await session.exec(select(DemoEffect.text).order_by(DemoEffect.id))).all())
+        return list((await session.exec(select(DemoEffect.text).order_by(col(DemoEffect.id)))).all())
 
 
 async def settled(js: JetStreamContext, durable: str) -> bool:
-    info = await js.consumer_info("DEMO", durable)
+    info: ConsumerInfo = await js.consumer_info("DEMO", durable)
     return info.num_pending == 0 and info.num_ack_pending == 0
 
 
@@ -201,7 +202,8 @@ async def test_an_event_delivered_again_while_its_first_delivery_is_in_hand_take
 
 
 async def delivered_twice_and_settled(js: JetStreamContext) -> bool:
-    info = await js.consumer_info("DEMO", "demo-effects")
+    info: ConsumerInfo = await js.consumer_info("DEMO", "demo-effects")
+    assert info.delivered is not None
     return info.delivered.consumer_seq >= 2 and info.num_pending == 0 and info.num_ack_pending == 0
 
 

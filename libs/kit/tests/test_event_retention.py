@@ -28,6 +28,7 @@ from kizuna.kit.events import (
 )
 from kizuna.kit.settings import ServiceSettings, SettingsError, load_settings
 from kizuna.kit.testing import reset_streams, wait_until
+from nats.js.api import ConsumerInfo
 from sqlmodel import col, select
 from ulid import ULID
 
@@ -195,7 +196,8 @@ async def _effects(db: Database) -> list[str] | None:
 
 
 async def _consumed_all(js: nats.js.JetStreamContext) -> bool:
-    info = await js.consumer_info("DEMO", "demo-effects")
+    info: ConsumerInfo = await js.consumer_info("DEMO", "demo-effects")
+    assert info.delivered is not None
     return info.delivered.stream_seq >= 2 and info.num_pending == 0 and info.num_ack_pending == 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,21 +11,24 @@ import httpx
 import nats
 from kizuna.kit import events, migrations
 from kizuna.kit.db import Database
-from kizuna.kit.events import Consumer, ConsumerWorker, OutboxMessage, OutboxRelay, ensure_stream
+from kizuna.kit.events import Consumer, ConsumerWorker, OutboxMessage, OutboxRelay, Staged, ensure_stream
 from kizuna.kit.service import Runtime
 from kizuna.kit.settings import ServiceSettings
 from kizuna.kit.telemetry import extract_context
 from kizuna.kit.testing import reset_streams, wait_until
-from nats.js.api import ConsumerConfig
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, ConsumerInfo
+from nats.js.client import JetStreamContext
 from opentelemetry import context as otel_context
-from sqlmodel import select
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from .demo.service import DemoEffect, DemoNote, record_effect, write_note
 
 DEMO_MIGRATIONS = Path(__file__).parent / "demo" / "migrations"
 
 
-async def stream_messages(nats_url: str, subject: str) -> list[nats.aio.msg.Msg]:
+async def stream_messages(nats_url: str, subject: str) -> list[Msg]:
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
@@ -35,6 +39,11 @@ async def stream_messages(nats_url: str, subject: str) -> list[nats.aio.msg.Msg]
             return []
     finally:
         await nc.close()
+
+
+def headers_of(msg: Msg) -> dict[str, str]:
+    assert msg.headers is not None, "every event the kit publishes carries headers"
+    return msg.headers
 
 
 async def count(db: Database, model: type) -> int:
@@ -53,8 +62,8 @@ async def test_business_row_and_event_commit_together_and_rollback_publishes_not
 
     await wait_until(lambda: count(demo.db, DemoEffect))
     msgs = await stream_messages(nats_url, "demo.note.created")
-    assert [m.headers["ce-subject"] for m in msgs] == ["kept"]
-    headers = msgs[0].headers
+    assert [headers_of(m)["ce-subject"] for m in msgs] == ["kept"]
+    headers = headers_of(msgs[0])
     assert headers["Nats-Msg-Id"] == headers["ce-id"] == ok.json()["event_id"]
     assert headers["ce-type"] == "kizuna.demo.note.created"
     assert headers["ce-source"] == "kizuna/demo"
@@ -70,7 +79,7 @@ async def test_business_row_and_event_commit_together_and_rollback_publishes_not
 class RelayKilledBeforeMark(OutboxRelay):
     """Publishes, then dies before it can record that it did (as a SIGKILL at that point would)."""
 
-    async def _mark_sent(self, session, row) -> None:  # type: ignore[no-untyped-def]
+    async def _mark_sent(self, session: AsyncSession, rows: Sequence[OutboxMessage]) -> None:
         raise ConnectionAbortedError("relay process killed between publish and mark-sent")
 
     async def _mark_all_sent(self, ids: list[int]) -> None:  # SQLite's way
@@ -102,7 +111,7 @@ async def test_relay_killed_between_publish_and_mark_sent_takes_effect_once(nats
 
         # Past the duplicate window the re-publish would land; the consumer's inbox absorbs it.
         msgs = await stream_messages(nats_url, "demo.note.created")
-        headers = dict(msgs[0].headers)
+        headers = dict(headers_of(msgs[0]))
         headers["Nats-Msg-Id"] = event_id + "-republished"
         await js.publish("demo.note.created", msgs[0].data, headers=headers)
         assert (await js.stream_info("DEMO")).state.messages == 2
@@ -120,11 +129,12 @@ async def test_relay_killed_between_publish_and_mark_sent_takes_effect_once(nats
         await db.dispose()
 
 
-async def _acked_all(js, durable: str) -> bool:  # type: ignore[no-untyped-def]
+async def _acked_all(js: JetStreamContext, durable: str) -> bool:
     try:
-        info = await js.consumer_info("DEMO", durable)
+        info: ConsumerInfo = await js.consumer_info("DEMO", durable)
     except nats.js.errors.NotFoundError:
         return False
+    assert info.delivered is not None
     return info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq > 0
 
 
@@ -160,8 +170,9 @@ async def test_event_redelivered_after_consumer_crash_takes_effect_once(nats_url
         await db.dispose()
 
 
-async def _redelivered_and_acked(js):  # type: ignore[no-untyped-def]
-    info = await js.consumer_info("DEMO", "demo-effects")
+async def _redelivered_and_acked(js: JetStreamContext) -> ConsumerInfo | None:
+    info: ConsumerInfo = await js.consumer_info("DEMO", "demo-effects")
+    assert info.delivered is not None
     return info if info.num_ack_pending == 0 and info.delivered.consumer_seq >= 2 else None
 
 
@@ -179,7 +190,7 @@ async def test_poison_message_goes_to_dead_letter_while_later_events_flow(
     # Later events are not stuck behind the failing one.
     assert await wait_until(lambda: _equals(effects, ["after-1", "after-2"]))
 
-    async def dead_letters() -> list:  # type: ignore[type-arg]
+    async def dead_letters() -> list[Msg]:
         try:
             return await stream_messages(nats_url, "deadletter.demo.demo-effects")
         except nats.js.errors.NotFoundError:
@@ -194,7 +205,7 @@ async def test_poison_message_goes_to_dead_letter_while_later_events_flow(
     assert await effects() == ["after-1", "after-2"]
 
 
-async def _equals(fn, expected):  # type: ignore[no-untyped-def]
+async def _equals(fn: Callable[[], Awaitable[list[str]]], expected: list[str]) -> bool:
     return (await fn()) == expected
 
 
@@ -247,11 +258,11 @@ async def test_a_commit_hands_its_events_to_the_relay_but_not_those_a_savepoint_
     handed: list[list[str]] = []
     publish_committed = relay.publish_committed
 
-    async def recorded(rows):  # type: ignore[no-untyped-def]
+    async def recorded(rows: Sequence[Staged]) -> None:
         handed.append([row.event_id for row in rows])
         await publish_committed(rows)
 
-    relay.publish_committed = recorded  # type: ignore[method-assign]
+    relay.publish_committed = recorded  # type: ignore[method-assign]  # The test records what is handed over.
     running = asyncio.create_task(relay.run())
     try:
         await asyncio.sleep(0.2)  # the relay's first (empty) flush is done; it now waits
@@ -269,7 +280,7 @@ async def test_a_commit_hands_its_events_to_the_relay_but_not_those_a_savepoint_
             last = await write_note(session, "last")
 
         async def published() -> list[str]:
-            return [m.headers["ce-subject"] for m in await stream_messages(nats_url, "demo.note.created")]
+            return [headers_of(m)["ce-subject"] for m in await stream_messages(nats_url, "demo.note.created")]
 
         order = ["kept", "released", "last"]
         assert await wait_until(lambda: _all_of(published, 3), timeout=5) == order
@@ -278,7 +289,7 @@ async def test_a_commit_hands_its_events_to_the_relay_but_not_those_a_savepoint_
         await asyncio.sleep(0.3)
         assert await published() == order
         async with db.sessions() as session:
-            rows = (await session.exec(select(OutboxMessage).order_by(OutboxMessage.id))).all()  # type: ignore[arg-type]
+            rows = (await session.exec(select(OutboxMessage).order_by(col(OutboxMessage.id)))).all()
             assert [row.event_id for row in rows] == [kept, released, last]
     finally:
         relay.stop()
@@ -287,7 +298,7 @@ async def test_a_commit_hands_its_events_to_the_relay_but_not_those_a_savepoint_
         await db.dispose()
 
 
-async def _all_of(published: Any, count: int) -> list[str] | None:
+async def _all_of(published: Callable[[], Awaitable[list[str]]], count: int) -> list[str] | None:
     found: list[str] = await published()
     return found if len(found) >= count else None
 
@@ -323,7 +334,7 @@ async def test_relay_killed_after_publishing_handed_over_rows_takes_effect_once(
         async def killed(ids: list[int]) -> None:
             raise ConnectionAbortedError("relay process killed between publish and mark-sent")
 
-        relay._mark_all_sent = killed  # type: ignore[method-assign]
+        relay._mark_all_sent = killed  # type: ignore[method-assign]  # The relay dies before it marks them sent.
         await relay.publish_committed(handed)
         await relay._mark_unmarked()  # what the relay's marker does next; it fails, and says so
         assert relay._flush_due, "a flush is asked for"
@@ -367,7 +378,7 @@ async def test_a_failing_handler_logs_json_carrying_the_events_trace(demo: Runti
             otel_context.detach(caller)
         assert created.status_code == 200
 
-        async def failure_logged() -> list[dict]:  # type: ignore[type-arg]
+        async def failure_logged() -> list[dict[str, Any]]:
             entries = [json.loads(line) for line in lines]
             return [e for e in entries if e["message"] == "event handler failed"]
 

@@ -49,7 +49,10 @@ class OverLimit(FailedPrecondition):
 async def db(database_url: str) -> AsyncIterator[Database]:
     database = Database(database_url)
     async with database.engine.begin() as conn:
-        await conn.run_sync(SQLModel.metadata.create_all, tables=[KeyRecord.__table__, Transfer.__table__])
+        await conn.run_sync(
+            SQLModel.metadata.create_all,
+            tables=[SQLModel.metadata.tables["test_idempotency"], SQLModel.metadata.tables["test_transfer"]],
+        )
     yield database
     await database.dispose()
 

@@ -12,7 +12,7 @@ import json
 import signal
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sized
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,13 @@ from kizuna.kit.events import (
     Event,
     InboxMessage,
     JetStreamNotAnswering,
-    OutboxMessage,
     UndeclaredConsumer,
     command_sender,
     durable_name,
 )
 from kizuna.kit.testing import NatsServer, free_port, wait_until
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from sqlmodel import SQLModel, select
 
@@ -140,7 +140,7 @@ def test_each_service_names_exactly_its_own_durable_consumers() -> None:
 def test_a_declared_consumer_reads_only_a_stream_its_service_reads() -> None:
     from kizuna.kit.declaration import DeclarationError, parse
 
-    base = {"name": "shop", "slot": 2, "events": {"consumes": ["points.ledger.>"]}}
+    base: dict[str, Any] = {"name": "shop", "slot": 2, "events": {"consumes": ["points.ledger.>"]}}
     assert parse({**base, "events": {**base["events"], "consumers": {"ledger": "points"}}}).consumers == {
         "ledger": "points"
     }
@@ -212,9 +212,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
 class Connection:
     """A raw client that records the permission errors the server sends it."""
 
+    nc: Client  # Set by open(), which every connection a test uses has been through.
+
     def __init__(self) -> None:
         self.errors: list[str] = []
-        self.nc: Client | None = None
 
     async def open(self, server: NatsServer, user: str | None) -> Connection:
         async def on_error(exc: Exception) -> None:
@@ -236,12 +237,15 @@ class Connection:
         return self.errors
 
 
-async def _at_least(items: list[str], count: int) -> bool:
+async def _at_least(items: Sized, count: int) -> bool:
     return len(items) >= count
 
 
+OpenAs = Callable[[str | None], Awaitable[Connection]]
+
+
 @pytest.fixture
-async def as_service(server: NatsServer) -> AsyncIterator[object]:
+async def as_service(server: NatsServer) -> AsyncIterator[OpenAs]:
     opened: list[Connection] = []
 
     async def open_as(user: str | None) -> Connection:
@@ -286,7 +290,7 @@ async def test_a_connection_without_or_with_wrong_credentials_is_refused(server:
 
 
 async def test_shop_cannot_request_an_erasure_credit_as_another_service_or_forge_ledger_events(
-    as_service, fresh_streams: Client
+    as_service: OpenAs, fresh_streams: Client
 ) -> None:
     shop = await as_service("shop")
     js = shop.nc.jetstream(timeout=1)
@@ -306,12 +310,14 @@ async def test_shop_cannot_request_an_erasure_credit_as_another_service_or_forge
     assert await _stream_subjects(fresh_streams, "SHOP") == ["shop.purchase.paid"]
 
 
-async def test_shop_cannot_read_another_services_inbox_or_stream_subjects(as_service, fresh_streams: Client) -> None:
+async def test_shop_cannot_read_another_services_inbox_or_stream_subjects(
+    as_service: OpenAs, fresh_streams: Client
+) -> None:
     shop = await as_service("shop")
     attempts = ["_INBOX_points.>", "_INBOX.>", "points.>", "identity.>", ">"]
     received: list[str] = []
 
-    async def record(msg: nats.aio.msg.Msg) -> None:
+    async def record(msg: Msg) -> None:
         received.append(msg.subject)
 
     for subject in attempts:
@@ -329,7 +335,9 @@ async def test_shop_cannot_read_another_services_inbox_or_stream_subjects(as_ser
     assert received == []
 
 
-async def test_shop_cannot_consume_or_tamper_with_streams_it_does_not_read(as_service, fresh_streams: Client) -> None:
+async def test_shop_cannot_consume_or_tamper_with_streams_it_does_not_read(
+    as_service: OpenAs, fresh_streams: Client
+) -> None:
     shop = await as_service("shop")
     js = shop.nc.jetstream(timeout=1)
     denied = [
@@ -347,7 +355,7 @@ async def test_shop_cannot_consume_or_tamper_with_streams_it_does_not_read(as_se
     assert (await fresh_streams.jetstream().stream_info("IDENTITY")).config.max_msgs == -1
 
 
-async def test_points_reads_only_the_purchase_events_of_an_earner(as_service, fresh_streams: Client) -> None:
+async def test_points_reads_only_the_purchase_events_of_an_earner(as_service: OpenAs, fresh_streams: Client) -> None:
     shop = await as_service("shop")
     await shop.nc.jetstream().publish("shop.order.noted", b"internal")
     await shop.nc.jetstream().publish("shop.purchase.paid", b"purchase")
@@ -369,7 +377,10 @@ async def test_points_reads_only_the_purchase_events_of_an_earner(as_service, fr
 async def _kit_tables(url: str) -> Database:
     db = Database(url)
     async with db.engine.begin() as conn:
-        await conn.run_sync(SQLModel.metadata.create_all, tables=[InboxMessage.__table__, OutboxMessage.__table__])
+        await conn.run_sync(
+            SQLModel.metadata.create_all,
+            tables=[SQLModel.metadata.tables["kit_inbox"], SQLModel.metadata.tables["kit_outbox"]],
+        )
     return db
 
 
@@ -572,7 +583,9 @@ async def test_a_reader_binds_to_anothers_stream_as_its_owner_made_it(
         await db.dispose()
 
 
-async def test_a_push_consumer_cannot_carry_messages_into_anothers_subject(as_service, fresh_streams: Client) -> None:
+async def test_a_push_consumer_cannot_carry_messages_into_anothers_subject(
+    as_service: OpenAs, fresh_streams: Client
+) -> None:
     """The one consumer a service creates under a name of its choosing is the revocation feed's, on
     identity's stream, and its deliver subject is in the request body, out of the permissions'
     sight: shop points it at points' command subject, travel's erasure completions and the
@@ -603,7 +616,7 @@ async def test_a_push_consumer_cannot_carry_messages_into_anothers_subject(as_se
 
 
 async def test_a_service_cannot_take_look_at_delete_or_recreate_anothers_durable_consumer(
-    server: NatsServer, as_service, fresh_streams: Client
+    server: NatsServer, as_service: OpenAs, fresh_streams: Client
 ) -> None:
     """points and shop both read identity's stream whole. shop cannot fetch from or acknowledge
     points' consumer, look at it, delete it, or re-create it (filtered to what points does not
@@ -613,7 +626,7 @@ async def test_a_service_cannot_take_look_at_delete_or_recreate_anothers_durable
         "identity.member.registered", durable="points-members", stream="IDENTITY"
     )
     shop = await as_service("shop")
-    victim = {
+    victim: dict[str, Any] = {
         "stream_name": "IDENTITY",
         "config": {
             "name": "points-members",

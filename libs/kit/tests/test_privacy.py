@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,9 @@ from kizuna.kit.privacy import Privacy
 from kizuna.kit.service import Service
 from kizuna.kit.settings import ServiceSettings
 from kizuna.kit.testing import TestIssuer, reset_streams, wait_until
+from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
+from nats.js.client import JetStreamContext
 from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -89,11 +92,11 @@ async def test_export_needs_identitys_service_token_and_erasure_reports_completi
         await nc.close()
 
 
-async def _eq(fn, expected):  # type: ignore[no-untyped-def]
+async def _eq(fn: Callable[[], Awaitable[list[str]]], expected: list[str]) -> bool:
     return (await fn()) == expected
 
 
-async def _fetch(sub):  # type: ignore[no-untyped-def]
+async def _fetch(sub: JetStreamContext.PullSubscription) -> list[Msg]:
     try:
         return await sub.fetch(10, timeout=1)
     except TimeoutError:  # nats.errors.TimeoutError, or asyncio's when a fetch deadline passes

@@ -23,6 +23,7 @@ from kizuna.kit.settings import ServiceSettings
 from kizuna.kit.telemetry import add_span_processor
 from kizuna.kit.testing import NatsServer, TestIssuer, end_process, free_port, reset_streams, spawn, wait_until
 from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlmodel import select
@@ -201,7 +202,7 @@ async def test_one_trace_spans_http_grpc_nats_and_consumer(demo: Runtime[Service
     assert process.attributes["user.id"] == "traced"
 
 
-async def _spans_named(exporter: InMemorySpanExporter, name: str):  # type: ignore[no-untyped-def]
+async def _spans_named(exporter: InMemorySpanExporter, name: str) -> tuple[ReadableSpan, ...] | None:
     spans = exporter.get_finished_spans()
     return spans if any(s.name == name for s in spans) else None
 

@@ -3,12 +3,14 @@ Retry-After, in their language), not an Internal Server Error."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
-from kizuna.kit.testing import TestIssuer
+from kizuna.kit.testing import ServiceProcess, TestIssuer
 
 
 def test_sign_in_with_identity_unreachable_is_a_page_asking_to_try_again(
-    service_process, test_issuer: TestIssuer
+    service_process: Callable[..., ServiceProcess], test_issuer: TestIssuer
 ) -> None:
     # A real web service (points) whose token verification works (JWKS from a real issuer) but whose
     # sign-in discovery points at a port nothing listens on: identity down for browsers.

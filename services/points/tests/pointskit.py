@@ -15,11 +15,8 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.kit.auth import call_metadata
 from kizuna.kit.service import Runtime
-from kizuna.kit.testing import (
-    TestIssuer,
-    reset_streams,  # noqa: F401 (re-exported)
-    wait_until,
-)
+from kizuna.kit.testing import TestIssuer, wait_until
+from kizuna.kit.testing import reset_streams as reset_streams
 from kizuna.points.v1 import points_pb2 as pb
 from kizuna.points.v1 import points_pb2_grpc
 from points import audit, wallets
@@ -115,7 +112,7 @@ class Points:
         *,
         idem: str | None = None,
         service: str = "shop",
-        kind: int = pb.CREDIT_KIND_REGULAR,
+        kind: pb.CreditKind.ValueType = pb.CREDIT_KIND_REGULAR,
         expires_at: datetime | None = None,
         ref: str = "",
         reason: str = "test credit",
@@ -125,42 +122,49 @@ class Points:
         )
         if expires_at:
             request.expires_at.CopyFrom(stamp(expires_at))
-        return await self.stub.Credit(request, metadata=self.auth(service), timeout=30)
+        response: pb.CreditResponse = await self.stub.Credit(request, metadata=self.auth(service), timeout=30)
+        return response
 
     async def reserve(
         self, member: str, amount: int, *, idem: str | None = None, service: str = "shop", ttl: int = 0
     ) -> pb.ReserveResponse:
-        return await self.stub.Reserve(
+        response: pb.ReserveResponse = await self.stub.Reserve(
             pb.ReserveRequest(
                 member_id=member, amount=amount, ttl_seconds=ttl, reason="checkout", idempotency_key=idem or key()
             ),
             metadata=self.auth(service, member=member),
             timeout=30,
         )
+        return response
 
     async def capture(
         self, reservation_id: str, amount: int = 0, *, idem: str | None = None, service: str = "shop"
     ) -> pb.CaptureResponse:
-        return await self.stub.Capture(
+        response: pb.CaptureResponse = await self.stub.Capture(
             pb.CaptureRequest(reservation_id=reservation_id, amount=amount, idempotency_key=idem or key()),
             metadata=self.auth(service),
             timeout=30,
         )
+        return response
 
     async def spend(self, member: str, amount: int) -> pb.CaptureResponse:
         return await self.capture((await self.reserve(member, amount)).reservation_id)
 
     async def balance(self, member: str) -> pb.GetBalanceResponse:
-        return await self.stub.GetBalance(pb.GetBalanceRequest(member_id=member), metadata=self.auth(), timeout=30)
+        response: pb.GetBalanceResponse = await self.stub.GetBalance(
+            pb.GetBalanceRequest(member_id=member), metadata=self.auth(), timeout=30
+        )
+        return response
 
     async def entries(self, member: str, page_size: int = 0, token: str = "") -> pb.ListEntriesResponse:
         from kizuna.common.v1 import common_pb2
 
-        return await self.stub.ListEntries(
+        response: pb.ListEntriesResponse = await self.stub.ListEntries(
             pb.ListEntriesRequest(member_id=member, page=common_pb2.PageRequest(page_size=page_size, page_token=token)),
             metadata=self.auth(),
             timeout=30,
         )
+        return response
 
     async def audit(self) -> audit.AuditReport:
         async with self.runtime.db.sessions() as session:

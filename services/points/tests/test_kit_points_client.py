@@ -3,12 +3,23 @@ against the real points service: token per call, idempotency keys, refusals as d
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import pytest
 from kizuna.kit.auth import ServiceTokenClient
 from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from kizuna.kit.points import PointsClient
 
 from .pointskit import Points
+
+
+class Order(TypedDict):
+    """What every reservation of one order passes to the kit client."""
+
+    member_id: str
+    member_token: str
+    reason: str
+    ref: str
 
 
 async def test_a_service_reserves_captures_refunds_and_voids_through_the_kit_client(points: Points) -> None:
@@ -18,7 +29,7 @@ async def test_a_service_reserves_captures_refunds_and_voids_through_the_kit_cli
     await points.register("m")
     await points.credit("m", 500)
     member = points.issuer.member_token("m")
-    order = {"member_id": "m", "member_token": member, "reason": "Order o1", "ref": "o1"}
+    order: Order = {"member_id": "m", "member_token": member, "reason": "Order o1", "ref": "o1"}
     try:
         assert await client.balance("m") == 500
         reservation = await client.reserve(amount=300, key="o1:reserve", **order)
@@ -32,18 +43,18 @@ async def test_a_service_reserves_captures_refunds_and_voids_through_the_kit_cli
         assert await client.refund(reservation, "o1:refund", amount=50, reason="one item returned") == 50
         assert await client.balance("m") == 350
 
-        second = await client.reserve(amount=100, key="o2:reserve", **{**order, "ref": "o2"})
+        second = await client.reserve(amount=100, key="o2:reserve", **(order | {"ref": "o2"}))
         assert await client.void(second, "o2:void") == 100
         assert await client.balance("m") == 350
 
         with pytest.raises(FailedPrecondition, match=r"^points: "):
-            await client.reserve(amount=10_000, key="o3:reserve", **{**order, "ref": "o3"})
+            await client.reserve(amount=10_000, key="o3:reserve", **(order | {"ref": "o3"}))
         with pytest.raises(NotFound, match=r"^points: "):
             await client.capture("rsv_unknown", "o4:capture")
         # Only the member can let a service spend their points: another member's token is refused.
         with pytest.raises(PermissionDenied):
             await client.reserve(
-                amount=1, key="o5:reserve", **{**order, "member_token": points.issuer.member_token("x")}
+                amount=1, key="o5:reserve", **(order | {"member_token": points.issuer.member_token("x")})
             )
         assert await client.balance("m") == 350
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from datetime import timedelta
 
 import grpc
@@ -16,9 +17,9 @@ from .pointskit import Points, key, stamp
 DAY = timedelta(days=1)
 
 
-async def status_of(call: object) -> grpc.StatusCode:
+async def status_of(call: Awaitable[object]) -> grpc.StatusCode:
     try:
-        await call  # type: ignore[misc]
+        await call
     except grpc.aio.AioRpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK
@@ -344,7 +345,8 @@ async def test_a_fixed_expiry_date_must_be_in_the_future_and_the_expiry_pass_kee
 
 async def _claw_back(points: Points, ref: str) -> pb.ClawbackResponse:
     request = pb.ClawbackRequest(source_ref=ref, reason=f"{ref} cancelled", idempotency_key=key())
-    return await points.stub.Clawback(request, metadata=points.auth(), timeout=30)
+    response: pb.ClawbackResponse = await points.stub.Clawback(request, metadata=points.auth(), timeout=30)
+    return response
 
 
 async def test_clawback_takes_back_only_what_did_not_expire(points: Points) -> None:

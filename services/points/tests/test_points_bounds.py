@@ -20,7 +20,7 @@ from kizuna.points.v1 import events_pb2 as points_events
 from kizuna.points.v1 import points_pb2 as pb
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 from points import bounds, crediting, wallets
 from points.ledger import REGULAR
 from sqlalchemy import text
@@ -174,6 +174,9 @@ def refusals(reader: InMemoryMetricReader) -> dict[str, int]:
             for metric in scope.metrics:
                 if metric.name == "kizuna.points.budget_refused":
                     for point in metric.data.data_points:
+                        assert isinstance(point, NumberDataPoint) and point.attributes is not None, (
+                            "a counter's point is a number with attributes"
+                        )
                         service = str(point.attributes["service"])
                         values[service] = values.get(service, 0) + int(point.value)
     return values
@@ -318,7 +321,7 @@ async def test_a_single_credit_past_the_budget_writes_nothing_before_its_rollbac
         (SELECT available FROM points_wallet WHERE member_id = 'm'),
         (SELECT coalesce(sum(points), 0) FROM points_daily_credit WHERE service = 'shop')""")
     async with db.sessions() as session:
-        before = tuple((await session.exec(counts)).one())
+        before = tuple((await session.exec(counts)).one())  # type: ignore[call-overload]  # Raw SQL in the ORM session.
         wallet = await wallets.lock_wallet(session, "m")
         with pytest.raises(wallets.OverBudget, match="shop has credited 80 of its 100 points today"):
             await crediting.credit(
@@ -336,7 +339,7 @@ async def test_a_single_credit_past_the_budget_writes_nothing_before_its_rollbac
                 regular_expiry_months=points.runtime.settings.regular_expiry_months,
                 limits=bounds.Limits.of(points.runtime.settings),
             )
-        assert tuple((await session.exec(counts)).one()) == before == (1, 1, 80, 80)
+        assert tuple((await session.exec(counts)).one()) == before == (1, 1, 80, 80)  # type: ignore[call-overload]  # Raw SQL.
         await session.rollback()
 
 

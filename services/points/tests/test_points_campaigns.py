@@ -51,7 +51,8 @@ async def earn(points: Points, member: str, service: str, amount: int) -> pb.Ear
     request = pb.EarnRequest(
         member_id=member, purchase=common_pb2.Money(amount_minor=amount, currency="JPY"), idempotency_key=key()
     )
-    return await points.stub.Earn(request, metadata=points.auth(service), timeout=30)
+    response: pb.EarnResponse = await points.stub.Earn(request, metadata=points.auth(service), timeout=30)
+    return response
 
 
 async def test_campaigns_need_points_admin_and_bad_ones_are_refused(points: Points) -> None:
@@ -61,7 +62,7 @@ async def test_campaigns_need_points_admin_and_bad_ones_are_refused(points: Poin
         not_admin = bearer(points.issuer.service_token("shop", "points:credit"))
         assert (await client.post("/admin/campaigns", json=good, headers=not_admin)).status_code == 403
         now = points.clock.now()
-        bad = [
+        bad: list[dict[str, Any]] = [
             {"ends_at": (now - timedelta(days=2)).isoformat()},  # ends before it starts
             {"services": ["casino"]},  # not an earner
             {"multiplier": 0.0},  # gives nothing

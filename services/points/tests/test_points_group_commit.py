@@ -16,10 +16,11 @@ import grpc
 import pytest
 from kizuna.kit.testing import wait_until
 from kizuna.points.v1 import points_pb2 as pb
-from points import balances, group_commit, spending
+from points import balances, group_commit, journal, spending
 from points.group_commit import CreditGroups
 from points.idempotency import request_hash
 from points.wallets import lock_wallets
+from sqlalchemy.pool import QueuePool
 
 from .pointskit import Points, in_one_group, key, outcome, stamp, waiting_on_a_lock
 
@@ -203,9 +204,11 @@ async def test_a_lone_balance_read_is_planned_once_per_connection_not_on_every_c
         assert (await points.balance("solo")).total == 70
     db = points.runtime.db
     plans: dict[str, list[tuple[int, int]]] = {"one": [], "many": []}
+    pool = db.engine.pool
+    assert isinstance(pool, QueuePool)
     async with contextlib.AsyncExitStack() as stack:
         # Every idle pooled connection at once: each holds its own prepared statements.
-        for _ in range(db.engine.pool.checkedin()):  # type: ignore[attr-defined]
+        for _ in range(pool.checkedin()):
             conn = await stack.enter_async_context(db.driver())
             for row in await conn.fetch("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"):
                 for name, sql in (("one", balances._BALANCE_SQL), ("many", balances._BALANCES_SQL)):
@@ -222,7 +225,7 @@ async def test_a_group_that_fails_otherwise_is_logged_and_its_calls_run_alone(
 ) -> None:
     await points.register("a", "b")
     groups = groups_of(points)
-    real = group_commit.apply_postings
+    real = journal.apply_postings  # The function group_commit imported, before the test replaces it there.
 
     def broken_for_b(wallet: Any, kind: str, postings: dict[str, int]) -> Any:
         if wallet.member_id == "b":
@@ -318,7 +321,8 @@ async def test_reserves_that_arrive_together_commit_together_each_taking_what_th
         request = pb.ReserveRequest(
             member_id=member, amount=amount, ttl_seconds=ttl, reason="group", idempotency_key=idem or key()
         )
-        return reserve(request, metadata=points.auth("shop", member=member), timeout=30)
+        reply: Awaitable[Any] = reserve(request, metadata=points.auth("shop", member=member), timeout=30)
+        return reply
 
     committed = groups.groups
     twice, short = key(), key()

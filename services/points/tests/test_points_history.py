@@ -26,7 +26,8 @@ async def history(
     request = pb.ListEntriesRequest(
         member_id=member, locale=locale, page=common_pb2.PageRequest(page_size=size, page_token=token)
     )
-    return await points.stub.ListEntries(request, metadata=points.auth(), timeout=30)
+    response: pb.ListEntriesResponse = await points.stub.ListEntries(request, metadata=points.auth(), timeout=30)
+    return response
 
 
 async def test_open_holds_and_pending_earnings_come_first_then_posted_entries(points: Points, nats_url: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 from kizuna.points.v1 import points_pb2 as pb
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
 from .pointskit import Points, key
 
@@ -37,6 +37,9 @@ def counted(reader: InMemoryMetricReader, name: str) -> dict[str, int]:
                     continue
                 assert metric.unit == "{point}"
                 for point in metric.data.data_points:
+                    assert isinstance(point, NumberDataPoint) and point.attributes is not None, (
+                        "a counter's point is a number with attributes"
+                    )
                     service = str(point.attributes["service"])
                     values[service] = values.get(service, 0) + int(point.value)
     return values

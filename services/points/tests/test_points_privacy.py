@@ -10,6 +10,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.identity.v1 import events_pb2 as identity
 from kizuna.kit.testing import wait_until
+from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
 from .pointskit import Points
@@ -46,7 +47,7 @@ async def test_export_then_erasure(points: Points, nats_url: str) -> None:
     )
     sub = await js.pull_subscribe("points.member.erased", config=ConsumerConfig(inactive_threshold=5))
 
-    async def erased() -> list:  # type: ignore[type-arg]
+    async def erased() -> list[Msg]:
         try:
             return await sub.fetch(1, timeout=1)
         except TimeoutError:  # nats.errors.TimeoutError, or asyncio's when a fetch deadline passes

@@ -117,24 +117,24 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                     )
                     credits.append(done.entry_id)
                 elif name == "earn":
-                    request = pb.EarnRequest(member_id=members[op[1]], idempotency_key=uuid.uuid4().hex)
-                    request.purchase.amount_minor, request.purchase.currency = op[2], "JPY"
+                    earn_request = pb.EarnRequest(member_id=members[op[1]], idempotency_key=uuid.uuid4().hex)
+                    earn_request.purchase.amount_minor, earn_request.purchase.currency = op[2], "JPY"
                     earned = await ledger.execute(
                         caller="shop",
-                        key=request.idempotency_key,
+                        key=earn_request.idempotency_key,
                         operation="earn",
-                        request=request,
-                        member=Member(request.member_id),
+                        request=earn_request,
+                        member=Member(earn_request.member_id),
                         response_type=pb.EarnResponse,
                         effect=responding(
                             grpc_api.earn_response,
                             rewards.earn,
-                            member_id=request.member_id,
+                            member_id=earn_request.member_id,
                             amount_minor=op[2],
                             currency="JPY",
                             service="shop",
                             source_ref="",
-                            key=request.idempotency_key,
+                            key=earn_request.idempotency_key,
                             rules=rules,
                             regular_expiry_months=1,
                             limits=LIMITS,
@@ -142,7 +142,7 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                     )
                     credits += [e for e in (earned.entry_id, earned.bonus_entry_id) if e]
                 elif name == "reserve":
-                    request = pb.ReserveRequest(
+                    reserve_request = pb.ReserveRequest(
                         member_id=members[op[1]],
                         amount=op[2],
                         ttl_seconds=op[3] * 86400,
@@ -150,23 +150,23 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                     )
                     held = await ledger.execute(
                         caller="shop",
-                        key=request.idempotency_key,
+                        key=reserve_request.idempotency_key,
                         operation="reserve",
-                        request=request,
-                        member=Member(request.member_id),
+                        request=reserve_request,
+                        member=Member(reserve_request.member_id),
                         response_type=pb.ReserveResponse,
                         effect=responding(
                             grpc_api.reserve_response,
                             spending.reserve,
                             caller="shop",
                             request=spending.ReserveArgs(
-                                request.member_id,
-                                request.amount,
-                                request.ttl_seconds,
+                                reserve_request.member_id,
+                                reserve_request.amount,
+                                reserve_request.ttl_seconds,
                                 "",
                                 "",
                                 "",
-                                request.idempotency_key,
+                                reserve_request.idempotency_key,
                             ),
                             default_ttl=60,
                             max_ttl=10**6,
@@ -180,32 +180,32 @@ async def run(database_url: str, ops: list[tuple[Any, ...]]) -> None:
                         "void": (pb.VoidRequest, pb.VoidResponse),
                         "refund": (pb.RefundRequest, pb.RefundResponse),
                     }[name]
-                    request = request_cls(reservation_id=rid, idempotency_key=uuid.uuid4().hex)
+                    settle_request = request_cls(reservation_id=rid, idempotency_key=uuid.uuid4().hex)
                     if name != "void":
-                        request.amount = op[2]
+                        settle_request.amount = op[2]
                     await ledger.execute(
                         caller="shop",
-                        key=request.idempotency_key,
+                        key=settle_request.idempotency_key,
                         operation=name,
-                        request=request,
+                        request=settle_request,
                         member=Member(reservation_id=rid),
                         response_type=response,
-                        effect=effect_of(name, request),
+                        effect=effect_of(name, settle_request),
                     )
                 elif name == "clawback" and credits:
-                    request = pb.ClawbackRequest(
+                    clawback_request = pb.ClawbackRequest(
                         credit_entry_id=credits[op[1] % len(credits)], amount=op[2], idempotency_key=uuid.uuid4().hex
                     )
-                    member = await ledger.member_of_credit(request.credit_entry_id, "", "")
+                    owner = await ledger.member_of_credit(clawback_request.credit_entry_id, "", "")
                     await ledger.execute(
                         caller="shop",
-                        key=request.idempotency_key,
+                        key=clawback_request.idempotency_key,
                         operation="clawback",
-                        request=request,
-                        member=Member(member or ""),
+                        request=clawback_request,
+                        member=Member(owner or ""),
                         response_type=pb.ClawbackResponse,
                         effect=partial(
-                            grpc_api.clawback_effect, caller="shop", request=grpc_api.clawback_args(request)
+                            grpc_api.clawback_effect, caller="shop", request=grpc_api.clawback_args(clawback_request)
                         ),
                     )
                 elif name == "advance":

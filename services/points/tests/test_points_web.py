@@ -67,7 +67,8 @@ async def earn(points: Points, member: str, service: str, yen: int, ref: str) ->
         source_ref=ref,
         idempotency_key=key(),
     )
-    return await points.stub.Earn(request, metadata=points.auth(service), timeout=30)
+    response: pb.EarnResponse = await points.stub.Earn(request, metadata=points.auth(service), timeout=30)
+    return response
 
 
 async def test_wallet_page_shows_kinds_pending_expiring_history_and_this_months_multiplier(points: Points) -> None:

@@ -14,7 +14,8 @@ import nats
 from kizuna.kit.oidc_client import WebSession, WebSignIn
 from kizuna.kit.service import Runtime
 from kizuna.kit.telemetry import configure_telemetry
-from kizuna.kit.testing import TestIssuer, reset_streams, wait_until  # noqa: F401 (re-exported)
+from kizuna.kit.testing import TestIssuer
+from kizuna.kit.testing import reset_streams as reset_streams
 from shop.service import service
 from shop.settings import Settings
 from shop.wiring import Shop, shop_of
@@ -169,11 +170,12 @@ async def shop_events(nats_url: str) -> list[tuple[str, bytes]]:
     try:
         js = nc.jetstream()
         info = await js.stream_info("SHOP")
-        found = []
+        found: list[tuple[str, bytes]] = []
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             if info.state.messages == 0:
                 break
             msg = await js.get_msg("SHOP", seq)
+            assert msg.subject is not None, "a stored message has its subject"
             found.append((msg.subject, msg.data or b""))
         return found
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .shop_support import ADMIN, ShopApi
 
 
@@ -37,14 +39,15 @@ async def test_only_staff_manage_products_and_staff_are_member_ids(api: ShopApi)
 
 async def test_bad_products_are_refused(api: ShopApi) -> None:
     merchant_id = await api.active_merchant("mbr_owner")
-    for bad, words in [
+    cases: list[tuple[dict[str, object], str]] = [
         ({"price_minor": 0}, "price"),
         ({"price_minor": -5}, "price"),
         ({"stock": -1}, "stock"),
         ({"title": " "}, "title"),
         ({"currency": "yen"}, "currency"),
         ({"image_url": "javascript:alert(1)"}, "image_url"),
-    ]:
+    ]
+    for bad, words in cases:
         body = {"title": "Tea", "price_minor": 500, "stock": 3, "category": "food", **bad}
         resp = await api.call("POST", f"/api/merchants/{merchant_id}/products", "mbr_owner", body)
         assert resp.status_code == 400 and words in resp.json()["message"], (bad, resp.text)
@@ -58,7 +61,10 @@ async def test_browse_by_category_search_and_sort_by_price(api: ShopApi) -> None
         m, "mbr_owner", title="Kyusu teapot", price=6800, category="kitchen", description="Clay pot for green TEA"
     )
     pan = await api.product(m, "mbr_owner", title="Skillet", price=5400, category="kitchen")
-    ids = lambda rows: [r["id"] for r in rows]  # noqa: E731
+
+    def ids(rows: list[dict[str, Any]]) -> list[str]:
+        return [r["id"] for r in rows]
+
     assert ids(await api.ok("GET", "/api/products", params={"category": "kitchen", "sort": "price_asc"})) == [pan, pot]
     assert ids(await api.ok("GET", "/api/products", params={"sort": "price_desc"})) == [pot, pan, tea]
     assert set(ids(await api.ok("GET", "/api/products", params={"q": "green tea"}))) == {tea, pot}

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import pytest
 from pydantic import ValidationError
 from shop.settings import Settings
 
-REQUIRED = {"kizuna_issuer": "http://127.0.0.1:1", "nats_url": "nats://127.0.0.1:1"}
+
+class Required(TypedDict):
+    kizuna_issuer: str
+    nats_url: str
+
+
+REQUIRED: Required = {"kizuna_issuer": "http://127.0.0.1:1", "nats_url": "nats://127.0.0.1:1"}
 
 
 def test_ship_by_defaults_to_five_days_inside_the_seven_day_holds() -> None:

@@ -228,7 +228,7 @@ async def test_recovery_confirms_a_saga_that_stopped_after_capturing(travel: Tra
 
     await wait_until(reserving, timeout=10)
     async with travel.runtime.db.transaction() as blocker:
-        await blocker.exec(
+        await blocker.exec(  # type: ignore[call-overload]  # Raw SQL in the ORM session.
             text(
                 "SELECT night FROM travel_inventory WHERE room_type_id = :r AND night >= :a AND night < :b FOR UPDATE"
             ),

@@ -216,7 +216,7 @@ class TravelEnv:
     async def sql(self, statement: str, **params: Any) -> list[Any]:
         """Rows of a SELECT, or [] after any other statement."""
         async with self.runtime.db.transaction() as session:
-            result = await session.exec(text(statement), params=params)
+            result = await session.exec(text(statement), params=params)  # type: ignore[call-overload]  # Raw SQL.
             return list(result.all()) if statement.lstrip().upper().startswith("SELECT") else []
 
     async def nights(self, room_type_id: str, check_in: date, check_out: date) -> list[tuple[int, int, int]]:
