@@ -237,6 +237,10 @@ _MARK_SENT = (
 )
 
 
+# _MARK_SENT on PostgreSQL's own connection (`Database.fetch`): the ids as one array parameter.
+_MARK_SENT_PG = "UPDATE kit_outbox SET sent_at = $2 WHERE id = ANY($1::bigint[]) AND sent_at IS NULL"
+
+
 class Staged(NamedTuple):
     """An outbox row as its transaction committed it, handed to the relay by the commit."""
 
@@ -504,11 +508,10 @@ class OutboxRelay:
             async with self.db.engine.begin() as conn:  # SQLite's writers queue on BEGIN IMMEDIATE
                 await conn.execute(_MARK_SENT, params)
             return
-        # One statement on its own: without BEGIN and COMMIT it is one round trip instead of three
-        # (and no ORM session, whose bookkeeping costs more CPU than the UPDATE).
-        async with self.db.engine.connect() as conn:
-            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await autocommit.execute(_MARK_SENT, params)
+        # One statement on its own, on the driver's connection: without BEGIN and COMMIT it is one
+        # round trip instead of three, and without SQLAlchemy's work around it (an autocommit
+        # connection, the expanding IN list compiled per count of rows) about half the CPU.
+        await self.db.fetch("UPDATE kit_outbox", _MARK_SENT_PG, ids, params["now"])
 
     async def _housekeeping(self) -> None:
         """Every `housekeeping_seconds` (with jitter, so replicas spread out; the first round a
