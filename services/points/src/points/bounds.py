@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, NamedTuple, NoReturn
 
+from kizuna.kit.db import OnDriver
 from kizuna.kit.errors import (
     InvalidArgument,
 )
@@ -106,18 +107,24 @@ def budget_shard(member_id: str) -> int:
     return zlib.crc32(member_id.encode()) % BUDGET_SHARDS
 
 
-_USED_MANY_PG = text("""SELECT service, coalesce(sum(points), 0)::bigint AS points FROM points_daily_credit
+_USED_MANY_PG = OnDriver(
+    text("""SELECT service, coalesce(sum(points), 0)::bigint AS points FROM points_daily_credit
 WHERE day = :day AND service = ANY(:services) GROUP BY service""").bindparams(
-    bindparam("services", type_=ARRAY(String()))
+        bindparam("services", type_=ARRAY(String()))
+    ),
+    "SELECT points_daily_credit",
 )
 # Shard rows in one order, so two of these never wait on each other in a cycle.
-_CHARGE_MANY_PG = text("""INSERT INTO points_daily_credit (service, day, shard, points)
+_CHARGE_MANY_PG = OnDriver(
+    text("""INSERT INTO points_daily_credit (service, day, shard, points)
 SELECT c.service, :day, c.shard, c.points FROM unnest(:services, :shards, :points) AS c(service, shard, points)
 ORDER BY c.service, c.shard
 ON CONFLICT (service, day, shard) DO UPDATE SET points = points_daily_credit.points + excluded.points""").bindparams(
-    bindparam("services", type_=ARRAY(String())),
-    bindparam("shards", type_=ARRAY(Integer())),
-    bindparam("points", type_=ARRAY(BigInteger())),
+        bindparam("services", type_=ARRAY(String())),
+        bindparam("shards", type_=ARRAY(Integer())),
+        bindparam("points", type_=ARRAY(BigInteger())),
+    ),
+    "INSERT points_daily_credit",
 )
 
 
@@ -133,8 +140,7 @@ class Budgets:
         self.charges: dict[tuple[str, int], int] = {}
 
     async def load(self, session: AsyncSession, services: set[str]) -> None:
-        conn = await session.connection()
-        rows = await conn.execute(_USED_MANY_PG, {"day": self.day, "services": sorted(services)})
+        rows = await _USED_MANY_PG.fetch(session, {"day": self.day, "services": sorted(services)})
         self.used = dict.fromkeys(services, 0) | {row.service: row.points for row in rows}
 
     def charge(self, service: str, member_id: str, amount: int) -> None:
@@ -149,7 +155,6 @@ class Budgets:
     async def write(self, session: AsyncSession) -> None:
         if not self.charges:
             return
-        conn = await session.connection()
         shards = sorted(self.charges)
         params = {
             "day": self.day,
@@ -157,7 +162,7 @@ class Budgets:
             "shards": [shard for _, shard in shards],
             "points": [self.charges[shard] for shard in shards],
         }
-        await conn.execute(_CHARGE_MANY_PG, params)
+        await _CHARGE_MANY_PG.fetch(session, params)
 
 
 def _refuse(service: str, used: int, budget: int, amount: int) -> NoReturn:

@@ -381,7 +381,7 @@ SELECT count(*) FROM e""")
     return statement.bindparams(*(bindparam(name, type_=ARRAY(item)) for name, item in arrays.items()))
 
 
-_ENTRIES_PG = _entries_statement_pg()
+_ENTRIES_PG = OnDriver(_entries_statement_pg(), "INSERT points_entry")
 
 
 async def post_entries_pg(session: AsyncSession, entries: list[PlannedEntry], wallets: list[Wallet]) -> None:
@@ -412,8 +412,7 @@ async def post_entries_pg(session: AsyncSession, entries: list[PlannedEntry], wa
         "w_members": [w.member_id for w in wallets],
         **{f"w_{c}": [getattr(w, c) for w in wallets] for c in LEDGER_COLUMNS},
     }
-    conn = await session.connection()
-    count = (await conn.execute(_ENTRIES_PG, values)).scalar_one()
+    ((count,),) = await _ENTRIES_PG.fetch(session, values)
     if count != len(entries):
         raise AssertionError(f"{count} of {len(entries)} entries written")
     for wallet in wallets:

@@ -15,7 +15,6 @@ from sqlalchemy import ARRAY, String, and_, any_, bindparam, exists, or_, text
 from sqlalchemy import select as core_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
-from sqlmodel.sql.expression import Select
 
 from points import ledger
 from points.journal import LOT_KIND, LOTS, RECORDS, RESERVATIONS, WALLETS, post_entry, ts
@@ -116,33 +115,37 @@ _RECORD_QUERY = core_select(*_RECORD_COLUMNS).where(
 )
 # Several wallets, locked in member order: two transactions locking wallets this way never wait on
 # each other in a cycle (every other lock takes one wallet).
-_LOCK_MANY: Any = (
-    Select(Wallet, *_due_columns())
-    .where(col(Wallet.member_id) == any_(bindparam("members", type_=ARRAY(String()))))
-    .order_by(col(Wallet.member_id))
-    .with_for_update(of=Wallet)
-    .execution_options(populate_existing=True)
+_LOCK_MANY = OnDriver(
+    core_select(*WALLETS.c, *_due_columns())
+    .where(WALLETS.c.member_id == any_(bindparam("members", type_=ARRAY(String()))))
+    .order_by(WALLETS.c.member_id)
+    .with_for_update(of=WALLETS),
+    "SELECT points_wallet FOR UPDATE",
 )
 # The idempotency records of several (caller, key) pairs.
-_RECORDS_MANY = text("""SELECT r.caller, r.key, r.operation, r.request_hash, r.response, r.error_code,
-  r.error_message
+_RECORDS_MANY = OnDriver(
+    text("""SELECT r.caller, r.key, r.operation, r.request_hash, r.response, r.error_code, r.error_message
 FROM unnest(:callers, :keys) AS k(caller, key)
 JOIN points_idempotency r ON r.caller = k.caller AND r.key = k.key""").bindparams(
-    bindparam("callers", type_=ARRAY(String())), bindparam("keys", type_=ARRAY(String()))
+        bindparam("callers", type_=ARRAY(String())), bindparam("keys", type_=ARRAY(String()))
+    ),
+    "SELECT points_idempotency",
 )
 
 
 async def lock_wallets(session: AsyncSession, members: list[str], now: datetime) -> dict[str, tuple[Wallet, bool]]:
-    """The wallets of those members that have one, locked, each with whether anything is due."""
-    rows = (await session.exec(_LOCK_MANY, params={"members": sorted(set(members)), "now": now})).all()
-    return {row[0].member_id: (row[0], bool(row[1] or row[2])) for row in rows}
+    """The wallets of those members that have one, locked, each with whether anything is due. On the
+    driver's connection (a group's statements: SQLAlchemy's execution and the ORM's loading cost more
+    CPU than the statement), the rows made the session's entities by `attach`."""
+    await flush_pending(session)
+    rows = await _LOCK_MANY.fetch(session, {"members": sorted(set(members)), "now": now})
+    return {row.member_id: (attach(session, Wallet, row), bool(row.due_r or row.due_l)) for row in rows}
 
 
 async def records_of(session: AsyncSession, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:
     """The idempotency records of (caller, key) pairs, where there are any."""
-    conn = await session.connection()
     params = {"callers": [caller for caller, _ in pairs], "keys": [key for _, key in pairs]}
-    return {(row.caller, row.key): row for row in await conn.execute(_RECORDS_MANY, params)}
+    return {(row.caller, row.key): row for row in await _RECORDS_MANY.fetch(session, params)}
 
 
 async def lock_for_operation(session: AsyncSession, member: Member, caller: str, key: str, now: datetime) -> Locked:
