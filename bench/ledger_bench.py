@@ -121,9 +121,9 @@ def run_child(label: str, source: Path | None, seconds: float, clients: int) -> 
     if source is not None:
         env["PYTHONPATH"] = os.pathsep.join(str(source / path) for path in ("libs/kit/src", "services/points/src"))
     try:
+        argv = [sys.executable, "-m", "bench.ledger_bench", "--child", url, "--seconds", str(seconds)]
         child = subprocess.run(
-            [sys.executable, "-m", "bench.ledger_bench", "--child", url, "--seconds", str(seconds)]
-            + ["--clients", str(clients)],
+            [*argv, "--clients", str(clients)],
             cwd=ROOT,
             env=env,
             capture_output=True,

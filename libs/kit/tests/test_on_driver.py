@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg
 import pytest
-from kizuna.kit.db import Database, OnDriver, attach, driver_disconnect, flush_pending, written
+from kizuna.kit.db import Database, OnDriver, attach, driver_disconnect, flush_pending, unattached, written
 from kizuna.kit.events import InboxMessage
 from sqlalchemy import bindparam, event, insert, select, update
 from sqlmodel import SQLModel
@@ -144,6 +144,37 @@ async def test_what_a_core_statement_wrote_is_not_flushed_again_and_the_rest_sti
             found = await session.get(InboxMessage, ("c", "e1"))
             assert found is not None
             assert (found.subject, found.processed_at) == ("shop.again", MOMENT + timedelta(minutes=1))
+    finally:
+        await db.dispose()
+
+
+async def test_an_unattached_entity_is_written_by_its_callers_statement_only(database_url: str) -> None:
+    db = await _database(database_url)
+    statements: list[str] = []
+    event.listen(db.engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    try:
+        async with db.transaction() as session:
+            await _INSERT.fetch(session, _row("e1"))
+        async with db.transaction() as session:
+            (row,) = await _READ.fetch(session, {"consumer": "c"})
+            entity = unattached(InboxMessage, row)
+            assert (entity.consumer, entity.event_id, entity.subject, entity.processed_at) == tuple(row)
+            assert entity not in session and not session.dirty
+            entity.subject = "shop.changed-in-memory"
+            entity.processed_at = MOMENT + timedelta(minutes=5)
+            statements.clear()
+        # Nothing the session knows of changed: its commit wrote nothing.
+        assert not [sql for sql in statements if sql.lstrip().upper().startswith("UPDATE")]
+        async with db.transaction() as session:
+            (row,) = await _READ.fetch(session, {"consumer": "c"})
+            entity = unattached(InboxMessage, row)
+            assert (entity.subject, entity.processed_at) == ("shop.one", MOMENT)
+            entity.subject = "shop.by-core"
+            await _SET_SUBJECT.fetch(session, {"of": "c", "id": "e1", "new_subject": entity.subject})
+        async with db.sessions() as session:
+            found = await session.get(InboxMessage, ("c", "e1"))
+            assert found is not None
+            assert (found.subject, found.processed_at) == ("shop.by-core", MOMENT)
     finally:
         await db.dispose()
 

@@ -386,7 +386,8 @@ _ENTRIES_PG = OnDriver(_entries_statement_pg(), "INSERT points_entry")
 
 async def post_entries_pg(session: AsyncSession, entries: list[PlannedEntry], wallets: list[Wallet]) -> None:
     """Write planned entries (with their postings and lots) and the wallets' balances, on
-    PostgreSQL, in one round trip; the wallets' columns are then the ORM's committed state."""
+    PostgreSQL, in one round trip. The wallets are a group's, in no session (`lock_wallets`): this
+    statement is what writes them."""
     if not entries:
         return
     postings = [(e.entry_id, account, amount) for e in entries for account, amount in e.postings.items()]
@@ -415,5 +416,3 @@ async def post_entries_pg(session: AsyncSession, entries: list[PlannedEntry], wa
     ((count,),) = await _ENTRIES_PG.fetch(session, values)
     if count != len(entries):
         raise AssertionError(f"{count} of {len(entries)} entries written")
-    for wallet in wallets:
-        written(wallet, LEDGER_COLUMNS)

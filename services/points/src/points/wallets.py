@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from kizuna.kit.db import OnDriver, attach, flush_pending
+from kizuna.kit.db import OnDriver, attach, flush_pending, unattached
 from kizuna.kit.errors import FailedPrecondition, NotFound
 from kizuna.kit.events import publish
 from kizuna.points.v1 import events_pb2 as ev
@@ -134,12 +134,12 @@ JOIN points_idempotency r ON r.caller = k.caller AND r.key = k.key""").bindparam
 
 
 async def lock_wallets(session: AsyncSession, members: list[str], now: datetime) -> dict[str, tuple[Wallet, bool]]:
-    """The wallets of those members that have one, locked, each with whether anything is due. On the
-    driver's connection (a group's statements: SQLAlchemy's execution and the ORM's loading cost more
-    CPU than the statement), the rows made the session's entities by `attach`."""
-    await flush_pending(session)
+    """The wallets of those members that have one, locked, each with whether anything is due: a
+    group's (group_commit), in no session, so that only the group's own statement writes them
+    (`post_entries_pg`). On the driver's connection: SQLAlchemy's execution, the ORM's loading and
+    the session's bookkeeping of a group's wallets cost more CPU than its statements."""
     rows = await _LOCK_MANY.fetch(session, {"members": sorted(set(members)), "now": now})
-    return {row.member_id: (attach(session, Wallet, row), bool(row.due_r or row.due_l)) for row in rows}
+    return {row.member_id: (unattached(Wallet, row), bool(row.due_r or row.due_l)) for row in rows}
 
 
 async def records_of(session: AsyncSession, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:
