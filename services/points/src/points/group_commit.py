@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from kizuna.kit.db import is_disconnect
+from kizuna.kit.db import driver_disconnect, is_disconnect
 from kizuna.kit.errors import DomainError, InvalidArgument
 from kizuna.kit.events import Outgoing, outgoing, publish_all
 from kizuna.kit.groups import GroupQueue
@@ -43,7 +43,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from points import ledger, spending
 from points.bounds import Budgets, Limits
 from points.crediting import check_credit, credited_event, lapsed, plan_credit
-from points.idempotency import INSERT_RECORD, Ledger, check_key, record_values, replay, request_hash
+from points.idempotency import Ledger, check_key, insert_records_pg, record_values, replay, request_hash
 from points.journal import PlannedEntry, apply_postings, new_id, post_entries_pg, ts
 from points.ledger import LotState
 from points.ledger_metrics import count_on_commit, group_size, points_credited, points_spent
@@ -135,13 +135,12 @@ class _Groups(Generic[C, R]):
     async def _handle(self, group: list[C]) -> list[R | DomainError | Alone]:
         try:
             outcomes = await self._commit(group)
-        except DBAPIError as exc:
-            if not (isinstance(exc, IntegrityError) or is_disconnect(exc) or _deadlock(exc)):
+        except Exception as exc:
+            # A race lost, a connection lost or a deadlock's victim: nothing was written, each call
+            # runs alone (replaying a race's winner). Anything else is a fault of one call (a broken
+            # invariant), which then fails that call alone, not the calls beside it.
+            if not _lost(exc):
                 log.exception("a %s group failed; its %d calls run alone", self.operation, len(group))
-            return [ALONE] * len(group)  # nothing was written: each call alone, replaying a race's winner
-        except Exception:
-            # A fault of one call (a broken invariant) fails it alone, not the calls beside it.
-            log.exception("a %s group failed; its %d calls run alone", self.operation, len(group))
             return [ALONE] * len(group)
         self.groups += 1
         return [outcomes.get(call, ALONE) for call in group]
@@ -185,8 +184,15 @@ class CaptureGroups(_Groups[CaptureCall, pb.CaptureResponse]):
         return await _CaptureTxn(session, now).run(group)
 
 
-def _deadlock(exc: DBAPIError) -> bool:
-    return getattr(exc.orig, "sqlstate", None) == "40P01" or "deadlock detected" in str(exc.orig)
+def _lost(exc: BaseException | None) -> bool:
+    """Whether a group's transaction lost a race for a key, its connection, or a deadlock, through
+    SQLAlchemy or on the driver's connection (`OnDriver` raises the driver's own errors)."""
+    if isinstance(exc, DBAPIError):
+        deadlock = "deadlock detected" in str(exc.orig)
+        return isinstance(exc, IntegrityError) or is_disconnect(exc) or deadlock or _lost(exc.orig)
+    if exc is None:
+        return False
+    return getattr(exc, "sqlstate", None) in ("23505", "40P01") or driver_disconnect(exc)
 
 
 class ReserveGroups(_Groups[ReserveCall, pb.ReserveResponse]):
@@ -276,8 +282,7 @@ class _Txn(Generic[C, R]):
         await post_entries_pg(self.session, self.entries, list(self.wallets.values()))
         await publish_all(self.session, self.events)
         if self.records:
-            conn = await self.session.connection()
-            await conn.execute(INSERT_RECORD, self.records)
+            await insert_records_pg(self.session, self.records)
 
 
 class _CreditTxn(_Txn[CreditCall, pb.CreditResponse]):
