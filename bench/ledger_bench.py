@@ -1,16 +1,18 @@
 """The credit group's own CPU, in one process (not a test).
 
-    .venv/bin/python -m bench.ledger_bench [--seconds 6] [--rounds 4] [--clients 64] [--baseline REV]
+    .venv/bin/python -m bench.ledger_bench [--seconds 6] [--rounds 4] [--clients 16] [--baseline REV]
 
 points runs inside a child process (the kit's `service.running`, as its tests run it) on a fresh
 PostgreSQL database, with its own NATS server, its outbox relay publishing every credited event.
-64 tasks in that process hand Credits straight to its credit groups, as the gRPC method does after
-the token check: no gRPC, no client in another process. What is left is what a Credit costs points
-itself (the group's statements, the idempotency records, the events and their relay), and the
-child's CPU time per credit measures it with far less noise than `points_bench.py`, whose server
-shares two cores with 64 gRPC clients. `--baseline REV` runs the same as of a git revision (its kit
-and points sources, exported with `git archive`), rounds alternating which goes first. Needs
-PostgreSQL at BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres).
+16 tasks (`--clients`) in that process hand Credits straight to its credit groups, as the gRPC
+method does after the token check: no gRPC, no client in another process. Sixteen make groups of
+sixteen, about what 64 gRPC clients give (`points_bench.py`: 15-19 credits per transaction). What
+is left is what a Credit costs points itself (the group's statements, the idempotency records, the
+events and their relay), and the child's CPU time per credit measures it with far less noise than
+`points_bench.py`, whose server shares two cores with 64 gRPC clients. `--baseline REV` runs the
+same as of a git revision (its kit and points sources, exported with `git archive`), rounds
+alternating which goes first. Needs PostgreSQL at BENCH_POSTGRES_URL (default
+postgresql://postgres@127.0.0.1:5432/postgres).
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=6)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--baseline", metavar="REV", help="also points and its kit as of REV, same rounds")
     parser.add_argument("--child", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
