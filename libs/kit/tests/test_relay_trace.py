@@ -12,10 +12,8 @@ from kizuna.kit.events import OutboxMessage
 from kizuna.kit.service import Runtime
 from kizuna.kit.settings import ServiceSettings
 from kizuna.kit.telemetry import extract_context
-from kizuna.kit.testing import wait_until
+from kizuna.kit.testing import counter_values, reading_metrics, wait_until
 from opentelemetry import context as otel_context
-from opentelemetry import metrics
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from sqlmodel import col, select
 
@@ -27,25 +25,8 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 @pytest.fixture
 def metric_reader(demo: Runtime[ServiceSettings]) -> Iterator[InMemoryMetricReader]:
-    provider = metrics.get_meter_provider()
-    assert isinstance(provider, MeterProvider), "the kit installs the SDK meter provider when a service starts"
-    reader = InMemoryMetricReader()
-    provider.add_metric_reader(reader)
-    yield reader
-    provider.remove_metric_reader(reader)
-
-
-def published(reader: InMemoryMetricReader, subject: str) -> int:
-    total = 0
-    data = reader.get_metrics_data()
-    for resource in data.resource_metrics if data else ():
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                if metric.name == "messaging.client.published.messages":
-                    for point in metric.data.data_points:
-                        if point.attributes and point.attributes.get("messaging.destination.name") == subject:
-                            total += int(getattr(point, "value", 0))
-    return total
+    with reading_metrics() as reader:
+        yield reader
 
 
 async def test_while_no_span_is_exported_an_event_goes_with_the_trace_it_was_staged_in(
@@ -72,4 +53,5 @@ async def test_while_no_span_is_exported_an_event_goes_with_the_trace_it_was_sta
     assert headers_of(message)["traceparent"] == staged
     assert headers_of(message)["ce-source"] == "kizuna/demo"
     assert row.sent_at is not None
-    assert published(metric_reader, "demo.note.created") >= 1
+    published = counter_values(metric_reader, "messaging.client.published.messages", "messaging.destination.name")
+    assert published.get("demo.note.created", 0) >= 1

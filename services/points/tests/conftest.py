@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
 import pytest
-from kizuna.kit.testing import TestIssuer
+from kizuna.kit.testing import TestIssuer, reading_metrics
 from kizuna.points.v1 import points_pb2_grpc
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from points.service import service
 
 from .pointskit import Points, points_settings, reset_streams
@@ -32,3 +33,10 @@ async def points(
             yield p
             report = await p.audit()
             assert report.ok, report.problems
+
+
+@pytest.fixture
+def metric_reader(points: Points) -> Iterator[InMemoryMetricReader]:
+    """What the meters of points (running in this process) record during the test."""
+    with reading_metrics() as reader:
+        yield reader

@@ -6,7 +6,6 @@ refused without being remembered, so the producer's retry succeeds; PreviewEarn.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -14,13 +13,11 @@ import grpc
 import nats
 import pytest
 from kizuna.common.v1 import common_pb2
-from kizuna.kit.testing import wait_until
+from kizuna.kit.testing import counter_values, wait_until
 from kizuna.points.v1 import earning_pb2 as contract
 from kizuna.points.v1 import events_pb2 as points_events
 from kizuna.points.v1 import points_pb2 as pb
-from opentelemetry import metrics
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from points import bounds, crediting, wallets
 from points.ledger import REGULAR
 from sqlalchemy import text
@@ -156,30 +153,8 @@ async def test_a_credit_for_a_member_not_seen_yet_is_refused_without_being_remem
     assert (await points.balance("late")).total == 140
 
 
-@pytest.fixture
-def metric_reader(points: Points) -> Iterator[InMemoryMetricReader]:
-    provider = metrics.get_meter_provider()
-    assert isinstance(provider, MeterProvider)
-    reader = InMemoryMetricReader()
-    provider.add_metric_reader(reader)
-    yield reader
-    provider.remove_metric_reader(reader)
-
-
 def refusals(reader: InMemoryMetricReader) -> dict[str, int]:
-    values: dict[str, int] = {}
-    data = reader.get_metrics_data()
-    for resource in data.resource_metrics if data else ():
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                if metric.name == "kizuna.points.budget_refused":
-                    for point in metric.data.data_points:
-                        assert isinstance(point, NumberDataPoint) and point.attributes is not None, (
-                            "a counter's point is a number with attributes"
-                        )
-                        service = str(point.attributes["service"])
-                        values[service] = values.get(service, 0) + int(point.value)
-    return values
+    return counter_values(reader, "kizuna.points.budget_refused", "service")
 
 
 @pytest.mark.parametrize(

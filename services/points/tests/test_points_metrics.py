@@ -4,45 +4,19 @@ in-memory reader from the service's own meter provider while it runs."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import grpc
 import pytest
+from kizuna.kit.testing import counter_values
 from kizuna.points.v1 import points_pb2 as pb
-from opentelemetry import metrics
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from .pointskit import Points, key
 
 
-@pytest.fixture
-def metric_reader(points: Points) -> Iterator[InMemoryMetricReader]:
-    provider = metrics.get_meter_provider()
-    assert isinstance(provider, MeterProvider), "the kit installs the SDK meter provider when a service starts"
-    reader = InMemoryMetricReader()
-    provider.add_metric_reader(reader)
-    yield reader
-    provider.remove_metric_reader(reader)
-
-
 def counted(reader: InMemoryMetricReader, name: str) -> dict[str, int]:
     """The counter's value per `service` attribute."""
-    values: dict[str, int] = {}
-    data = reader.get_metrics_data()
-    for resource in data.resource_metrics if data else ():
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                if metric.name != name:
-                    continue
-                assert metric.unit == "{point}"
-                for point in metric.data.data_points:
-                    assert isinstance(point, NumberDataPoint) and point.attributes is not None, (
-                        "a counter's point is a number with attributes"
-                    )
-                    service = str(point.attributes["service"])
-                    values[service] = values.get(service, 0) + int(point.value)
-    return values
+    return counter_values(reader, name, "service", unit="{point}")
 
 
 async def test_credits_and_captured_spends_are_counted_per_service_once_committed(

@@ -32,6 +32,9 @@ import pytest
 from kizuna.kit import outbound
 from kizuna.kit.declaration import Declaration, discover
 from kizuna.kit.devstack import NATS_PORT, nats_server_binary
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
 
 def form_fields(html: str, action: str) -> dict[str, str]:
@@ -54,6 +57,40 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interv
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+@contextlib.contextmanager
+def reading_metrics() -> Iterator[InMemoryMetricReader]:
+    """An in-memory reader of what the meters of this process record, for one test: added to the SDK
+    meter provider the kit installs when a service starts (so start it first), removed after."""
+    provider = metrics.get_meter_provider()
+    assert isinstance(provider, MeterProvider), "the kit installs the SDK meter provider when a service starts"
+    reader = InMemoryMetricReader()
+    provider.add_metric_reader(reader)
+    try:
+        yield reader
+    finally:
+        provider.remove_metric_reader(reader)
+
+
+def counter_values(reader: InMemoryMetricReader, name: str, by: str, *, unit: str | None = None) -> dict[str, int]:
+    """The counter `name`'s values so far (`reading_metrics`), summed per value of its attribute
+    `by`; `unit`, when given, is the unit the counter must declare."""
+    values: dict[str, int] = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name != name:
+                    continue
+                assert unit is None or metric.unit == unit, f"{name} is counted in {metric.unit}, not {unit}"
+                for point in metric.data.data_points:
+                    assert isinstance(point, NumberDataPoint) and point.attributes is not None, (
+                        "a counter's point is a number with attributes"
+                    )
+                    key = str(point.attributes[by])
+                    values[key] = values.get(key, 0) + int(point.value)
+    return values
 
 
 async def reset_streams(nats_url: str, *names: str) -> None:
