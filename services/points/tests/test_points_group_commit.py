@@ -408,3 +408,27 @@ async def test_a_reserve_groups_lots_read_in_one_statement_are_each_members_own_
     assert [row.remaining for row in together["rolling-only"]] == [5]
     assert len(together["crowded"]) == spending.FIRST_LOTS
     assert together["empty"] == []
+
+
+async def test_calls_whose_pooled_connections_died_run_again_on_live_ones(
+    points: Points, raw: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failover ends every pooled connection's server process: a group's statements on the dead
+    connection (the driver's own error) send its calls alone, and each runs again until it finds a
+    live connection, rather than failing."""
+    await points.register("a", "b", "c")
+    await asyncio.gather(*(points.credit(member, 10) for member in ("a", "b", "c") * 4))
+    async with contextlib.AsyncExitStack() as held:  # several pooled connections, then all idle
+        for _ in range(4):
+            conn = await held.enter_async_context(points.runtime.db.engine.connect())
+            await conn.exec_driver_sql("SELECT 1")
+    ended = await raw.fetch(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid() AND state = 'idle'"
+    )
+    assert len(ended) >= 4, "the pool held several connections"
+
+    answers = await asyncio.gather(*(points.credit(member, 5) for member in ("a", "b", "c")))
+    assert [answer.balance_after for answer in answers] == [45, 45, 45]
+    assert [(await points.balance(member)).total for member in ("a", "b", "c")] == [45, 45, 45]
+    assert "group failed" not in caplog.text

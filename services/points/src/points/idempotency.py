@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from kizuna.kit import errors
-from kizuna.kit.db import Database, OnDriver, is_disconnect
+from kizuna.kit.db import Database, OnDriver, driver_disconnect, is_disconnect
 from kizuna.kit.errors import (
     AlreadyExists,
     DomainError,
@@ -215,7 +215,9 @@ class Ledger:
         response_type: type[R],
     ) -> R:
         outcome: R | DomainError
-        for attempt in range(5):
+        # A failover may leave every pooled connection dead: each is dropped as it is found so.
+        attempts = max(5, self.db.pool_capacity + 1)
+        for attempt in range(attempts):
             try:
                 try:
                     async with self.db.transaction() as session:
@@ -250,12 +252,17 @@ class Ledger:
                 break
             except IntegrityError:
                 # Another call with the same key committed first; the next attempt replays it.
-                if attempt == 4:
+                if attempt >= 4:
                     raise
             except DBAPIError as exc:
                 # A dead pooled connection (the pool drops it and every older one): run it again;
                 # if the lost COMMIT had gone through, the next attempt replays its record.
-                if not is_disconnect(exc) or attempt == 4:
+                if not is_disconnect(exc) or attempt == attempts - 1:
+                    raise
+            except Exception as exc:
+                # The same, found by a statement on the driver's connection (`OnDriver`: the wallet
+                # lock), which raises the driver's own error; the connection has left the pool.
+                if not driver_disconnect(exc) or attempt == attempts - 1:
                     raise
         if isinstance(outcome, DomainError):
             raise outcome

@@ -89,7 +89,10 @@ def driver_disconnect(exc: BaseException) -> bool:
     if isinstance(exc, OSError | asyncpg.exceptions.InterfaceError | asyncpg.exceptions.InternalClientError):
         return True
     sqlstate = getattr(exc, "sqlstate", None) or ""
-    return isinstance(exc, asyncpg.PostgresError) and (sqlstate.startswith("08") or sqlstate in _SERVER_ENDED)
+    if isinstance(exc, asyncpg.PostgresError):
+        return sqlstate.startswith("08") or sqlstate in _SERVER_ENDED
+    # The driver's error as SQLAlchemy's adapter raised it again (beginning the transaction).
+    return exc.__cause__ is not None and driver_disconnect(exc.__cause__)
 
 
 def _statement_span(operation: str, sql: str) -> AbstractContextManager[object]:
@@ -101,7 +104,12 @@ def _statement_span(operation: str, sql: str) -> AbstractContextManager[object]:
 
 async def _drop_if_dead(conn: AsyncConnection, exc: BaseException) -> None:
     """A connection whose driver statement found it dead, or was interrupted mid-statement
-    (cancelled), is not for the next caller: it leaves the pool."""
+    (cancelled), is not for the next caller: it leaves the pool. Found dead, every connection the
+    pool opened before it goes too, as SQLAlchemy does on a disconnect of its own statements (after
+    a failover they are all dead): each is replaced at its next checkout."""
+    if driver_disconnect(exc):
+        # Pool._invalidate is SQLAlchemy's own step for this; there is no public call for it.
+        conn.sync_engine.pool._invalidate(await conn.get_raw_connection(), exc, _checkin=False)
     if driver_disconnect(exc) or not isinstance(exc, Exception):
         await conn.invalidate()
 
