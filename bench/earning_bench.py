@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -251,7 +253,7 @@ async def main() -> None:
     try:
         for variant in variants:
             await variant.start(issuer, workdir)
-        print(f"logs under {workdir}", flush=True)
+        print(f"logs under {workdir} (kept if the run fails)", flush=True)
         assert variants[0].nats_server is not None
         await raw_jetstream(variants[0].nats_server.url, 50, 20)
         print(f"{args.events} events at {args.rate:g}/s per phase, points on PostgreSQL", flush=True)
@@ -288,6 +290,8 @@ async def main() -> None:
         for variant in variants:
             await variant.stop()
         issuer.stop()
+        if sys.exc_info()[0] is None:  # a failed run keeps its logs
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
