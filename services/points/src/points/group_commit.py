@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from kizuna.kit.db import driver_disconnect, is_disconnect
+from kizuna.kit.db import is_disconnect
 from kizuna.kit.errors import DomainError, InvalidArgument
 from kizuna.kit.events import Outgoing, outgoing, publish_all
 from kizuna.kit.groups import GroupQueue
@@ -184,15 +184,13 @@ class CaptureGroups(_Groups[CaptureCall, pb.CaptureResponse]):
         return await _CaptureTxn(session, now).run(group)
 
 
-def _lost(exc: BaseException | None) -> bool:
+def _lost(exc: Exception) -> bool:
     """Whether a group's transaction lost a race for a key, its connection, or a deadlock, through
     SQLAlchemy or on the driver's connection (`OnDriver` raises the driver's own errors)."""
-    if isinstance(exc, DBAPIError):
-        deadlock = "deadlock detected" in str(exc.orig)
-        return isinstance(exc, IntegrityError) or is_disconnect(exc) or deadlock or _lost(exc.orig)
-    if exc is None:
-        return False
-    return getattr(exc, "sqlstate", None) in ("23505", "40P01") or driver_disconnect(exc)
+    if isinstance(exc, IntegrityError) or is_disconnect(exc):
+        return True
+    driver = exc.orig if isinstance(exc, DBAPIError) else exc
+    return getattr(driver, "sqlstate", None) in ("23505", "40P01") or "deadlock detected" in str(driver)
 
 
 class ReserveGroups(_Groups[ReserveCall, pb.ReserveResponse]):

@@ -11,14 +11,14 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from kizuna.kit import errors
-from kizuna.kit.db import Database, OnDriver, driver_disconnect, is_disconnect
+from kizuna.kit.db import Database, OnDriver, is_disconnect
 from kizuna.kit.errors import (
     AlreadyExists,
     DomainError,
     InvalidArgument,
 )
-from sqlalchemy import ARRAY, LargeBinary, String, bindparam, insert, text
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy import ARRAY, bindparam, insert, text
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -34,28 +34,28 @@ R = TypeVar("R", bound=Message)
 INSERT_RECORD = insert(RECORDS)
 # A group's records (PostgreSQL, group_commit) in one statement of arrays, on the driver's
 # connection: SQLAlchemy's executemany of INSERT_RECORD cost more CPU than the statement.
-_RECORD_ARRAYS: dict[str, Any] = {
-    "caller": String(),
-    "key": String(),
-    "operation": String(),
-    "request_hash": String(),
-    "response": LargeBinary(),
-    "error_code": String(),
-    "error_message": String(),
-    "created_at": RECORDS.c.created_at.type,
-}
+_RECORD_COLUMNS = (
+    "caller",
+    "key",
+    "operation",
+    "request_hash",
+    "response",
+    "error_code",
+    "error_message",
+    "created_at",
+)
 _INSERT_RECORDS_PG = OnDriver(
     text("""INSERT INTO points_idempotency (caller, key, operation, request_hash, response, error_code,
   error_message, created_at)
 SELECT * FROM unnest(:caller, :key, :operation, :request_hash, :response, :error_code, :error_message,
-  :created_at)""").bindparams(*(bindparam(name, type_=ARRAY(item)) for name, item in _RECORD_ARRAYS.items())),
+  :created_at)""").bindparams(*(bindparam(name, type_=ARRAY(RECORDS.c[name].type)) for name in _RECORD_COLUMNS)),
     "INSERT points_idempotency",
 )
 
 
 async def insert_records_pg(session: AsyncSession, records: list[dict[str, Any]]) -> None:
     """Write the idempotency records of a group (`record_values`) in one statement (PostgreSQL)."""
-    await _INSERT_RECORDS_PG.fetch(session, {name: [r[name] for r in records] for name in _RECORD_ARRAYS})
+    await _INSERT_RECORDS_PG.fetch(session, {name: [r[name] for r in records] for name in _RECORD_COLUMNS})
 
 
 def request_hash(operation: str, request: Message) -> str:
@@ -254,15 +254,10 @@ class Ledger:
                 # Another call with the same key committed first; the next attempt replays it.
                 if attempt >= 4:
                     raise
-            except DBAPIError as exc:
+            except Exception as exc:
                 # A dead pooled connection (the pool drops it and every older one): run it again;
                 # if the lost COMMIT had gone through, the next attempt replays its record.
                 if not is_disconnect(exc) or attempt == attempts - 1:
-                    raise
-            except Exception as exc:
-                # The same, found by a statement on the driver's connection (`OnDriver`: the wallet
-                # lock), which raises the driver's own error; the connection has left the pool.
-                if not driver_disconnect(exc) or attempt == attempts - 1:
                     raise
         if isinstance(outcome, DomainError):
             raise outcome

@@ -71,10 +71,12 @@ RECYCLE_SECONDS = 1800
 
 
 def is_disconnect(exc: BaseException) -> bool:
-    """Whether `exc` is a statement that failed because its connection was dead. The pool has then
-    dropped that connection and every older one, so the transaction may be run again at once
-    (a COMMIT that failed this way may have committed: retry only what is idempotent)."""
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    """Whether `exc` is a statement that failed because its connection was dead, run through
+    SQLAlchemy or on the driver's connection (`OnDriver`, `Database.driver`, which raise the
+    driver's own errors). The pool has then dropped that connection and every older one, so the
+    transaction may be run again at once (a COMMIT that failed this way may have committed: retry
+    only what is idempotent)."""
+    return (isinstance(exc, DBAPIError) and exc.connection_invalidated) or driver_disconnect(exc)
 
 
 # The server ended the session: an administrator (pg_terminate_backend), a crash, a shutdown.
@@ -107,10 +109,11 @@ async def _drop_if_dead(conn: AsyncConnection, exc: BaseException) -> None:
     (cancelled), is not for the next caller: it leaves the pool. Found dead, every connection the
     pool opened before it goes too, as SQLAlchemy does on a disconnect of its own statements (after
     a failover they are all dead): each is replaced at its next checkout."""
-    if driver_disconnect(exc):
+    dead = driver_disconnect(exc)
+    if dead:
         # Pool._invalidate is SQLAlchemy's own step for this; there is no public call for it.
         conn.sync_engine.pool._invalidate(await conn.get_raw_connection(), exc, _checkin=False)
-    if driver_disconnect(exc) or not isinstance(exc, Exception):
+    if dead or not isinstance(exc, Exception):
         await conn.invalidate()
 
 
