@@ -351,6 +351,19 @@ async def test_relay_killed_after_publishing_handed_over_rows_takes_effect_once(
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
+async def post_note_in_trace(demo: Runtime[ServiceSettings], text: str, traceparent: str) -> httpx.Response:
+    """POST a demo note from within a caller's trace: httpx (instrumented) sends the current one as
+    `traceparent`."""
+    caller = otel_context.attach(extract_context({"traceparent": traceparent}))
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{demo.http_port}") as client:
+            created = await client.post("/notes", json={"text": text})
+    finally:
+        otel_context.detach(caller)
+    assert created.status_code == 200, created.text
+    return created
+
+
 async def test_a_failing_handler_logs_json_carrying_the_events_trace(demo: Runtime[ServiceSettings]) -> None:
     """An operator starts from the log line: it is JSON, names the consumer and the event, and its
     trace_id is the trace of the request that published the event."""
@@ -369,14 +382,7 @@ async def test_a_failing_handler_logs_json_carrying_the_events_trace(demo: Runti
     capture.setFormatter(JsonFormatter("demo"))
     logging.getLogger("kizuna.kit.events").addHandler(capture)
     try:
-        # The caller's trace: httpx (instrumented) sends the current one as `traceparent`.
-        caller = otel_context.attach(extract_context({"traceparent": TRACEPARENT}))
-        try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{demo.http_port}") as client:
-                created = await client.post("/notes", json={"text": "poison-traced"})
-        finally:
-            otel_context.detach(caller)
-        assert created.status_code == 200
+        created = await post_note_in_trace(demo, "poison-traced", TRACEPARENT)
 
         async def failure_logged() -> list[dict[str, Any]]:
             entries = [json.loads(line) for line in lines]

@@ -45,6 +45,17 @@ def _row(event_id: str, subject: str = "shop.one", at: datetime = MOMENT) -> dic
     return {"consumer": "c", "event_id": event_id, "subject": subject, "processed_at": at}
 
 
+def _statements_of(db: Database) -> list[str]:
+    """Every statement SQLAlchemy sends for `db` from now on (the driver's own statements aside)."""
+    sent: list[str] = []
+    event.listen(db.engine.sync_engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
+    return sent
+
+
+def _updates(statements: list[str]) -> list[str]:
+    return [sql for sql in statements if sql.lstrip().upper().startswith("UPDATE")]
+
+
 async def _read_as_entity(session: AsyncSession) -> InboxMessage:
     """The one inbox row, read by a Core statement and made the session's entity."""
     (row,) = await _READ.fetch(session, {"consumer": "c"})
@@ -117,8 +128,7 @@ async def test_a_row_read_by_core_becomes_the_sessions_entity(database_url: str)
 
 async def test_what_a_core_statement_wrote_is_not_flushed_again_and_the_rest_still_is(database_url: str) -> None:
     db = await _database(database_url)
-    flushed: list[str] = []
-    event.listen(db.engine.sync_engine, "before_cursor_execute", lambda *args: flushed.append(args[2]))
+    flushed = _statements_of(db)
     try:
         async with db.transaction() as session:
             await _INSERT.fetch(session, _row("e1"))
@@ -130,7 +140,7 @@ async def test_what_a_core_statement_wrote_is_not_flushed_again_and_the_rest_sti
             # All it changed is written: the entity is clean, and the commit has nothing to flush.
             assert not session.dirty
             flushed.clear()
-        assert not [sql for sql in flushed if sql.lstrip().upper().startswith("UPDATE")]
+        assert not _updates(flushed)
         async with db.transaction() as session:
             entity = await _read_as_entity(session)
             assert entity.subject == "shop.by-core"
@@ -150,8 +160,7 @@ async def test_what_a_core_statement_wrote_is_not_flushed_again_and_the_rest_sti
 
 async def test_an_unattached_entity_is_written_by_its_callers_statement_only(database_url: str) -> None:
     db = await _database(database_url)
-    statements: list[str] = []
-    event.listen(db.engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    statements = _statements_of(db)
     try:
         async with db.transaction() as session:
             await _INSERT.fetch(session, _row("e1"))
@@ -164,7 +173,7 @@ async def test_an_unattached_entity_is_written_by_its_callers_statement_only(dat
             entity.processed_at = MOMENT + timedelta(minutes=5)
             statements.clear()
         # Nothing the session knows of changed: its commit wrote nothing.
-        assert not [sql for sql in statements if sql.lstrip().upper().startswith("UPDATE")]
+        assert not _updates(statements)
         async with db.transaction() as session:
             (row,) = await _READ.fetch(session, {"consumer": "c"})
             entity = unattached(InboxMessage, row)

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
 import pytest
 from kizuna.kit import telemetry
 from kizuna.kit.events import OutboxMessage
 from kizuna.kit.service import Runtime
 from kizuna.kit.settings import ServiceSettings
-from kizuna.kit.telemetry import extract_context
 from kizuna.kit.testing import counter_values, reading_metrics, wait_until
-from opentelemetry import context as otel_context
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from sqlmodel import col, select
 
 from .demo.service import DemoEffect
-from .test_events import count, headers_of, stream_messages
+from .test_events import count, headers_of, post_note_in_trace, stream_messages
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -34,13 +31,7 @@ async def test_while_no_span_is_exported_an_event_goes_with_the_trace_it_was_sta
 ) -> None:
     # Another test in this process may have added a span processor; this one is about none.
     monkeypatch.setattr(telemetry, "_exporting", False)
-    caller = otel_context.attach(extract_context({"traceparent": TRACEPARENT}))
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{demo.http_port}") as client:
-            created = await client.post("/notes", json={"text": "traced-untraced"})
-    finally:
-        otel_context.detach(caller)
-    assert created.status_code == 200
+    created = await post_note_in_trace(demo, "traced-untraced", TRACEPARENT)
     event_id = created.json()["event_id"]
     await wait_until(lambda: count(demo.db, DemoEffect))
 
