@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import nats
 from kizuna.common.v1 import common_pb2
 from kizuna.kit.testing import NatsServer, ServiceProcess, TestIssuer, free_port
@@ -44,7 +43,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from bench.baseline import export_baseline
-from bench.scratch import create_database, drop_database
+from bench.scratch import add_wallets, create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMBERS = 1000
@@ -207,11 +206,7 @@ class Variant:
             env["PYTHONPATH"] = os.pathsep.join(str(path) for path in sources)
         self.process = ServiceProcess("points", env, log_path=home / "points.log")
         self.process.start(timeout=120)
-        conn = await asyncpg.connect(url)
-        await conn.execute(f"""INSERT INTO points_wallet (member_id, status, available, held, debt, earn_month,
-            earned_this_month, created_at) SELECT 'bench-' || i, 'active', 0, 0, 0, '2025-01', 0, now()
-            FROM generate_series(0, {MEMBERS - 1}) i""")
-        await conn.close()
+        await add_wallets(url, MEMBERS, first=0)
         # Warm up: connections, statement caches, the durable consumer created.
         await through_contract(self.nats_server.url, 50, 20)
 

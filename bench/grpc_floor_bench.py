@@ -42,7 +42,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import grpc
 from kizuna.kit.auth import call_metadata
 from kizuna.kit.testing import NatsServer, ServiceProcess, TestIssuer, free_port
@@ -52,7 +51,7 @@ from kizuna.points.v1 import points_pb2_grpc
 from bench import points_bench
 from bench.baseline import export_baseline
 from bench.points_bench import CLIENTS, drive, drive_node, load, node_client_missing
-from bench.scratch import create_database, drop_database
+from bench.scratch import add_wallets, create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -249,11 +248,7 @@ async def main() -> None:
         for service in pointses.values():
             service.start(timeout=60)
         if pointses:
-            conn = await asyncpg.connect(url)
-            await conn.execute("""INSERT INTO points_wallet (member_id, status, available, held, debt, earn_month,
-                earned_this_month, created_at) SELECT 'bench-' || i, 'active', 1200, 0, 0, '2025-01', 0, now()
-                FROM generate_series(1, 1000) i""")
-            await conn.close()
+            await add_wallets(url, 1000, available=1200)
         clients = {
             "with_h2load": shutil.which("h2load") is not None and not args.no_h2load,
             "with_node": not node_client_missing() and not args.no_node,

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.baseline import export_baseline
-from bench.scratch import create_database, drop_database
+from bench.scratch import add_wallets, create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMBERS = 1000
@@ -39,7 +39,6 @@ MEMBERS = 1000
 
 async def measure(url: str, seconds: float, clients: int) -> dict[str, Any]:
     """In the child: points in this process, `clients` tasks crediting for `seconds` after a warm-up."""
-    import asyncpg
     from kizuna.kit.testing import NatsServer, TestIssuer, free_port
     from kizuna.points.v1 import points_pb2 as pb
     from opentelemetry import context as otel_context
@@ -64,11 +63,7 @@ async def measure(url: str, seconds: float, clients: int) -> dict[str, Any]:
             kizuna_client_secret="ledger-bench-secret",
         )
         async with service.running(settings) as runtime:
-            conn = await asyncpg.connect(url)
-            await conn.execute(f"""INSERT INTO points_wallet (member_id, status, available, held, debt,
-                earn_month, earned_this_month, created_at) SELECT 'bench-' || i, 'active', 0, 0, 0, '2025-01',
-                0, now() FROM generate_series(1, {MEMBERS}) i""")
-            await conn.close()
+            await add_wallets(url, MEMBERS)
             groups = runtime.state["credit_groups"]
             assert isinstance(groups, CreditGroups)
             done = 0

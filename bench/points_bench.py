@@ -43,7 +43,7 @@ from kizuna.kit.testing import NatsServer, ServiceProcess, TestIssuer, free_port
 from kizuna.points.v1 import points_pb2 as pb
 from kizuna.points.v1 import points_pb2_grpc
 
-from bench.scratch import create_database, drop_database, named_database
+from bench.scratch import add_wallets, create_database, drop_database, named_database
 
 CLIENTS = 64
 
@@ -488,11 +488,7 @@ async def main() -> None:
         print(f"server pid {server.process.pid}, bench pid {os.getpid()}", flush=True)
         global SERVER_PID
         SERVER_PID = server.process.pid
-        conn = await asyncpg.connect(url)
-        await conn.execute("""INSERT INTO points_wallet (member_id, status, available, held, debt, earn_month,
-            earned_this_month, created_at) SELECT 'bench-' || i, 'active', 0, 0, 0, '2025-01', 0, now()
-            FROM generate_series(1, 1000) i ON CONFLICT DO NOTHING""")
-        await conn.close()
+        await add_wallets(url, 1000)
         svc = call_metadata(issuer.service_token("shop", "points:credit points:spend points:read"))
         member_meta = {
             i: call_metadata(

@@ -35,3 +35,21 @@ async def drop_database(name: str) -> None:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+async def add_wallets(url: str, count: int, *, available: int = 0, first: int = 1) -> None:
+    """`count` active points wallets, `bench-<n>` from n = `first`, each holding `available` points,
+    on the database at `url` (points' schema); wallets already there are left as they are."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            """INSERT INTO points_wallet (member_id, status, available, held, debt, earn_month, earned_this_month,
+              created_at)
+            SELECT 'bench-' || i, 'active', $3, 0, 0, '2025-01', 0, now() FROM generate_series($1::int, $2::int) i
+            ON CONFLICT DO NOTHING""",
+            first,
+            first + count - 1,
+            available,
+        )
+    finally:
+        await conn.close()
