@@ -7,9 +7,9 @@ Both issue ES256-signed JWT access tokens (RFC 9068) to one confidential client 
 and run as one process each on loopback: identity as `python -m identity` on a fresh SQLite
 database (with its own NATS user on a real nats-server), the anchor as one Node process. The load
 comes from `wrk` (Debian package `wrk`) posting the form with HTTP Basic client authentication
-over `--connections` keep-alive connections, in alternating rounds (identity, anchor, identity,
-anchor, ...), so both see the same machine. Before the rounds each token endpoint must refuse a
-wrong secret and issue a token that verifies against its JWKS.
+over `--connections` keep-alive connections, in alternating rounds (identity, anchor, then anchor,
+identity, ...: which goes first alternates too), so both see the same machine. Before the rounds
+each token endpoint must refuse a wrong secret and issue a token that verifies against its JWKS.
 
 `--baseline REV` adds identity as of a git revision (its kit and identity sources, exported with
 `git archive`) to the same rounds: before and after beside the anchor in one run.
@@ -241,6 +241,11 @@ def start_identity(
             os.environ["DATABASE_URL"] = saved
 
 
+def _in(group: list[Round], name: str) -> Round:
+    """The round of target `name` in one round's group (the targets' order alternates)."""
+    return next(r for r in group if r.target == name)
+
+
 def report(rounds: list[Round], names: list[str], args: argparse.Namespace) -> None:
     print(
         f"token endpoint, client_credentials, ES256 JWT access tokens; wrk -c {args.connections} "
@@ -271,7 +276,7 @@ def report(rounds: list[Round], names: list[str], args: argparse.Namespace) -> N
         )
     by_round = [rounds[i : i + len(names)] for i in range(0, len(rounds), len(names))]
     for name in names[:-1]:
-        pairs = [next(r for r in group if r.target == name).tokens_per_s / group[-1].tokens_per_s for group in by_round]
+        pairs = [_in(group, name).tokens_per_s / _in(group, "anchor").tokens_per_s for group in by_round]
         print(
             f"ratio {name} / anchor: {summary[name][0] / summary['anchor'][0]:.2f} tokens/s "
             f"(per round: {', '.join(f'{p:.2f}' for p in pairs)}), "
@@ -346,8 +351,11 @@ def main() -> None:
                 for target in targets.values():
                     run_wrk(target, args.warmup, args.connections, args.threads, script)
             rounds = []
-            for _ in range(args.rounds):
-                for target in targets.values():
+            for round_ in range(args.rounds):
+                # Which target goes first alternates: a machine warming or cooling through the run
+                # favours neither side.
+                order = list(targets.values())
+                for target in order if round_ % 2 == 0 else order[::-1]:
                     rounds.append(run_wrk(target, args.seconds, args.connections, args.threads, script))
                     print(
                         f"  {target.name}: {rounds[-1].tokens_per_s:.0f} tokens/s, p99 {rounds[-1].p99_ms:.1f} ms",
