@@ -165,6 +165,9 @@ class BalanceReads:
         self.db = db
         self.now = now
         self._queue = GroupQueue(self._read, max_size=64, name="points-balance-reads")
+        # One group's read at a time, each on this connection: no pool checkout and checkin per
+        # read, which cost more CPU than a small group's read (bench/README.md).
+        self.connection = db.held()
 
     @property
     def queued(self) -> int:
@@ -185,9 +188,9 @@ class BalanceReads:
         members = list(dict.fromkeys(member for member, _ in calls))
         with _group_span(calls) as span:
             if len(members) == 1:
-                rows = await self.db.fetch("SELECT points_wallet", _BALANCE_SQL, now, members[0])
+                rows = await self.connection.fetch("SELECT points_wallet", _BALANCE_SQL, now, members[0])
             else:
-                rows = await self.db.fetch("SELECT points_wallet", _BALANCES_SQL, now, members)
+                rows = await self.connection.fetch("SELECT points_wallet", _BALANCES_SQL, now, members)
         group = span.get_span_context() if span is not None else None
         found = {row["member_id"]: _balance_of(row, now) for row in rows}
         return [(*found.get(member, (Balance(), False)), group) for member, _ in calls]

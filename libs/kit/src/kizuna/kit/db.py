@@ -12,6 +12,7 @@ drops every connection opened before it, and the caller runs the transaction aga
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import namedtuple
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
@@ -269,6 +270,70 @@ def written(entity: SQLModel, columns: Sequence[str]) -> None:
         state._commit_all(state.dict, session.identity_map if session is not None else None)
 
 
+class HeldConnection:
+    """One pooled connection kept out of the pool between statements, for a caller whose
+    statements run one after another on the driver's connection, outside any transaction (points'
+    grouped balance reads): each statement skips the pool's checkout and checkin (SQLAlchemy's
+    async connection, its greenlet switches, the return's reset), which cost more CPU than a small
+    read itself (bench/README.md). PostgreSQL only; from `Database.held()`.
+
+    Statements are serialized here, so two callers never share the connection at once. A
+    statement that finds the connection dead, or is interrupted (cancelled), drops it as
+    `Database.fetch` does, and the next is run on a fresh one (at most one attempt per pooled
+    connection, and one more). The connection goes back to the pool after RECYCLE_SECONDS held,
+    so the pool's recycling still reaches it, and when the database is disposed."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._conn: AsyncConnection | None = None
+        self._driver: asyncpg.Connection | None = None
+        self._since = 0.0
+        self._lock = asyncio.Lock()
+
+    @property
+    def holding(self) -> bool:
+        """Whether a pooled connection is held now."""
+        return self._conn is not None
+
+    async def fetch(self, operation: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """The rows of one statement, as `Database.fetch` has them."""
+        attempts = self._db.pool_capacity + 1
+        async with self._lock:
+            for attempt in range(attempts):
+                conn, driver = await self._held()
+                try:
+                    with _statement_span(operation, sql):
+                        rows: list[asyncpg.Record] = await driver.fetch(sql, *args)
+                        return rows
+                except BaseException as exc:
+                    if driver_disconnect(exc) or not isinstance(exc, Exception):
+                        self._conn = self._driver = None
+                        await _drop_if_dead(conn, exc)
+                        await conn.close()
+                    if attempt == attempts - 1 or not driver_disconnect(exc):
+                        raise
+        raise AssertionError("unreachable")
+
+    async def _held(self) -> tuple[AsyncConnection, asyncpg.Connection]:
+        if self._conn is not None and time.monotonic() - self._since > RECYCLE_SECONDS:
+            await self.release()
+        if self._conn is None or self._driver is None:
+            conn = await self._db.engine.connect()
+            try:
+                pooled = await conn.get_raw_connection()
+            except BaseException:
+                await conn.close()
+                raise
+            self._conn, self._driver, self._since = conn, pooled.driver_connection, time.monotonic()
+        return self._conn, self._driver
+
+    async def release(self) -> None:
+        """Give the connection back to the pool (the next statement takes one again)."""
+        conn, self._conn, self._driver = self._conn, None, None
+        if conn is not None:
+            await conn.close()
+
+
 class Database:
     """An async engine and session factory for one service's database."""
 
@@ -292,6 +357,7 @@ class Database:
         # A span per statement, inside the trace of the request, call or event that runs it.
         instrument_database(self.engine)
         self.sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        self._held: list[HeldConnection] = []
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -339,12 +405,23 @@ class Database:
                     raise
         raise AssertionError("unreachable")
 
+    def held(self) -> HeldConnection:
+        """A connection held for one caller's statements (`HeldConnection`), given back to the pool
+        when this database is disposed. PostgreSQL only."""
+        if self.is_sqlite:
+            raise RuntimeError("Database.held() is for PostgreSQL")
+        held = HeldConnection(self)
+        self._held.append(held)
+        return held
+
     async def ping(self) -> None:
         """Raise if the database cannot answer a trivial query."""
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        for held in self._held:
+            await held.release()
         await self.engine.dispose()
 
 
