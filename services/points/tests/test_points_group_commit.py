@@ -411,18 +411,24 @@ async def test_calls_whose_pooled_connections_died_run_again_on_live_ones(
 ) -> None:
     """A failover ends every pooled connection's server process: a group's statements on the dead
     connection (the driver's own error) send its calls alone, and each runs again until it finds a
-    live connection, rather than failing."""
+    live connection, rather than failing. The balance reads' held connection dies too, and the next
+    read runs on a fresh one."""
     await points.register("a", "b", "c")
     await asyncio.gather(*(points.credit(member, 10) for member in ("a", "b", "c") * 4))
+    reads = points.runtime.state["balance_reads"]
+    assert isinstance(reads, balances.BalanceReads)
+    assert (await points.balance("a")).total == 40
+    ((read_on,),) = await reads.connection.fetch("SELECT", "SELECT pg_backend_pid()")
     async with contextlib.AsyncExitStack() as held:  # several pooled connections, then all idle
         for _ in range(4):
             conn = await held.enter_async_context(points.runtime.db.engine.connect())
             await conn.exec_driver_sql("SELECT 1")
     ended = await raw.fetch(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+        "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
         " AND pid <> pg_backend_pid() AND state = 'idle'"
     )
     assert len(ended) >= 4, "the pool held several connections"
+    assert read_on in {row["pid"] for row in ended}, "the held connection was ended too"
 
     answers = await asyncio.gather(*(points.credit(member, 5) for member in ("a", "b", "c")))
     assert [answer.balance_after for answer in answers] == [45, 45, 45]
