@@ -38,6 +38,7 @@ from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 E = TypeVar("E", bound=SQLModel)
+T = TypeVar("T")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -105,17 +106,31 @@ def _statement_span(operation: str, sql: str) -> AbstractContextManager[object]:
     return _tracer.start_as_current_span(operation, kind=SpanKind.CLIENT, attributes=attributes)
 
 
-async def _drop_if_dead(conn: AsyncConnection, exc: BaseException) -> None:
+async def _drop_if_dead(conn: AsyncConnection, exc: BaseException) -> bool:
     """A connection whose driver statement found it dead, or was interrupted mid-statement
     (cancelled), is not for the next caller: it leaves the pool. Found dead, every connection the
     pool opened before it goes too, as SQLAlchemy does on a disconnect of its own statements (after
-    a failover they are all dead): each is replaced at its next checkout."""
+    a failover they are all dead): each is replaced at its next checkout. Whether it was dropped."""
     dead = driver_disconnect(exc)
     if dead:
         # Pool._invalidate is SQLAlchemy's own step for this; there is no public call for it.
         conn.sync_engine.pool._invalidate(await conn.get_raw_connection(), exc, _checkin=False)
     if dead or not isinstance(exc, Exception):
         await conn.invalidate()
+        return True
+    return False
+
+
+async def _on_a_live_connection(attempts: int, run: Callable[[], Awaitable[T]]) -> T:
+    """`run()`'s result, run again while it finds its connection dead (each dead one is dropped as
+    it is found: after a failover every pooled connection may be), at most `attempts` times."""
+    for attempt in range(attempts):
+        try:
+            return await run()
+        except Exception as exc:
+            if attempt == attempts - 1 or not driver_disconnect(exc):
+                raise
+    raise AssertionError("unreachable")
 
 
 _DRIVER = "kizuna_driver_connection"
@@ -285,53 +300,50 @@ class HeldConnection:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._conn: AsyncConnection | None = None
-        self._driver: asyncpg.Connection | None = None
+        self._held: tuple[AsyncConnection, asyncpg.Connection] | None = None  # and its driver's connection
         self._since = 0.0
         self._lock = asyncio.Lock()
 
     @property
     def holding(self) -> bool:
         """Whether a pooled connection is held now."""
-        return self._conn is not None
+        return self._held is not None
 
     async def fetch(self, operation: str, sql: str, *args: Any) -> list[asyncpg.Record]:
         """The rows of one statement, as `Database.fetch` has them."""
-        attempts = self._db.pool_capacity + 1
         async with self._lock:
-            for attempt in range(attempts):
-                conn, driver = await self._held()
-                try:
-                    with _statement_span(operation, sql):
-                        rows: list[asyncpg.Record] = await driver.fetch(sql, *args)
-                        return rows
-                except BaseException as exc:
-                    if driver_disconnect(exc) or not isinstance(exc, Exception):
-                        self._conn = self._driver = None
-                        await _drop_if_dead(conn, exc)
-                        await conn.close()
-                    if attempt == attempts - 1 or not driver_disconnect(exc):
-                        raise
-        raise AssertionError("unreachable")
+            return await _on_a_live_connection(self._db.pool_capacity + 1, lambda: self._fetch(operation, sql, args))
 
-    async def _held(self) -> tuple[AsyncConnection, asyncpg.Connection]:
-        if self._conn is not None and time.monotonic() - self._since > RECYCLE_SECONDS:
+    async def _fetch(self, operation: str, sql: str, args: tuple[Any, ...]) -> list[asyncpg.Record]:
+        conn, driver = await self._connection()
+        try:
+            with _statement_span(operation, sql):
+                rows: list[asyncpg.Record] = await driver.fetch(sql, *args)
+                return rows
+        except BaseException as exc:
+            if await _drop_if_dead(conn, exc):
+                self._held = None
+                await conn.close()
+            raise
+
+    async def _connection(self) -> tuple[AsyncConnection, asyncpg.Connection]:
+        if self._held is not None and time.monotonic() - self._since > RECYCLE_SECONDS:
             await self.release()
-        if self._conn is None or self._driver is None:
+        if self._held is None:
             conn = await self._db.engine.connect()
             try:
                 pooled = await conn.get_raw_connection()
             except BaseException:
                 await conn.close()
                 raise
-            self._conn, self._driver, self._since = conn, pooled.driver_connection, time.monotonic()
-        return self._conn, self._driver
+            self._held, self._since = (conn, pooled.driver_connection), time.monotonic()
+        return self._held
 
     async def release(self) -> None:
         """Give the connection back to the pool (the next statement takes one again)."""
-        conn, self._conn, self._driver = self._conn, None, None
-        if conn is not None:
-            await conn.close()
+        held, self._held = self._held, None
+        if held is not None:
+            await held[0].close()
 
 
 class Database:
@@ -393,17 +405,14 @@ class Database:
         A statement that finds its connection dead runs again on another: the pool drops each dead
         one, and after a failover every pooled connection may be (at most one attempt per pooled
         connection, and one more)."""
-        attempts = self.pool_capacity + 1
-        for attempt in range(attempts):
-            try:
-                async with self.driver() as conn:
-                    with _statement_span(operation, sql):
-                        rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
-                        return rows
-            except Exception as exc:
-                if attempt == attempts - 1 or not driver_disconnect(exc):
-                    raise
-        raise AssertionError("unreachable")
+
+        async def once() -> list[asyncpg.Record]:
+            async with self.driver() as conn:
+                with _statement_span(operation, sql):
+                    rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+                    return rows
+
+        return await _on_a_live_connection(self.pool_capacity + 1, once)
 
     def held(self) -> HeldConnection:
         """A connection held for one caller's statements (`HeldConnection`), given back to the pool
@@ -452,9 +461,6 @@ async def _session_dependency(request: Request) -> AsyncIterator[AsyncSession]:
 
 SessionDep = Annotated[AsyncSession, Depends(_session_dependency)]
 """A database session for a FastAPI route; the route commits what it means to keep."""
-
-
-T = TypeVar("T")
 
 
 def run_in_session(database_url: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
