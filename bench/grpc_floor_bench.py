@@ -37,7 +37,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -107,18 +106,11 @@ async def measure(
     stubs = [points_pb2_grpc.PointsServiceStub(c) for c in channels]
 
     async def balance(i: int, n: int) -> None:
-        member = (i * 7919 + n) % 1000 + 1
+        member = points_bench.bench_member(i, n)
         await stubs[i % 8].GetBalance(pb.GetBalanceRequest(member_id=f"bench-{member}"), metadata=metadata, timeout=30)
 
     async def credit(i: int, n: int) -> None:
-        request = pb.CreditRequest(
-            member_id=f"bench-{(i * 7919 + n) % 1000 + 1}",
-            amount=100,
-            kind=pb.CREDIT_KIND_REGULAR,
-            reason="bench",
-            idempotency_key=uuid.uuid4().hex,
-        )
-        await stubs[i % 8].Credit(request, metadata=metadata, timeout=30)
+        await stubs[i % 8].Credit(points_bench.credit_request(i, n), metadata=metadata, timeout=30)
 
     try:
         for stub in stubs:  # connect every channel before the clock starts

@@ -26,21 +26,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from bench.baseline import export_baseline
+from bench.points_bench import BENCH_WALLETS, credit_request
 from bench.scratch import add_wallets, create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
-MEMBERS = 1000
 
 
 async def measure(url: str, seconds: float, clients: int) -> dict[str, Any]:
     """In the child: points in this process, `clients` tasks crediting for `seconds` after a warm-up."""
     from kizuna.kit.testing import NatsServer, TestIssuer, free_port
-    from kizuna.points.v1 import points_pb2 as pb
     from opentelemetry import context as otel_context
     from points.group_commit import CreditCall, CreditGroups
     from points.ledger import REGULAR
@@ -63,7 +61,7 @@ async def measure(url: str, seconds: float, clients: int) -> dict[str, Any]:
             kizuna_client_secret="ledger-bench-secret",
         )
         async with service.running(settings) as runtime:
-            await add_wallets(url, MEMBERS)
+            await add_wallets(url, BENCH_WALLETS)
             groups = runtime.state["credit_groups"]
             assert isinstance(groups, CreditGroups)
             done = 0
@@ -74,13 +72,7 @@ async def measure(url: str, seconds: float, clients: int) -> dict[str, Any]:
                 n = 0
                 while not stop:
                     n += 1
-                    request = pb.CreditRequest(
-                        member_id=f"bench-{(i * 7919 + n) % MEMBERS + 1}",
-                        amount=100,
-                        kind=pb.CREDIT_KIND_REGULAR,
-                        reason="bench",
-                        idempotency_key=uuid.uuid4().hex,
-                    )
+                    request = credit_request(i, n)
                     call = CreditCall("shop", "shop", request, REGULAR, None, otel_context.get_current())
                     if await groups.submit(call) is None:
                         raise RuntimeError("a bench credit was left to run alone")

@@ -80,6 +80,26 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+BENCH_WALLETS = 1000  # bench-1 ... bench-1000 (`scratch.add_wallets`)
+
+
+def bench_member(i: int, n: int) -> int:
+    """Which bench wallet client `i`'s `n`-th call is for: clients spread over all of them, so few
+    calls of one group share a wallet."""
+    return (i * 7919 + n) % BENCH_WALLETS + 1
+
+
+def credit_request(i: int, n: int) -> pb.CreditRequest:
+    """Client `i`'s `n`-th Credit: 100 regular points to a bench wallet, under a key of its own."""
+    return pb.CreditRequest(
+        member_id=f"bench-{bench_member(i, n)}",
+        amount=100,
+        kind=pb.CREDIT_KIND_REGULAR,
+        reason="bench",
+        idempotency_key=uuid.uuid4().hex,
+    )
+
+
 async def drive(name: str, seconds: float, call: Any, clients: int = CLIENTS, pid: int | None = None) -> None:
     """Calls per second and latency; also the server's (`pid`, default the service's) CPU time per
     call, which depends far less on what else the shared machine runs than throughput does."""
@@ -507,21 +527,10 @@ async def main() -> None:
         print(f"PostgreSQL, {CLIENTS} concurrent clients, {args.seconds:.0f}s each; {load()} at the start")
 
         async def credit(i: int, n: int) -> None:
-            member = f"bench-{(i * 7919 + n) % 1000 + 1}"
-            await stubs[i % 8].Credit(
-                pb.CreditRequest(
-                    member_id=member,
-                    amount=100,
-                    kind=pb.CREDIT_KIND_REGULAR,
-                    reason="bench",
-                    idempotency_key=uuid.uuid4().hex,
-                ),
-                metadata=svc,
-                timeout=30,
-            )
+            await stubs[i % 8].Credit(credit_request(i, n), metadata=svc, timeout=30)
 
         async def reserve_capture(i: int, n: int) -> None:
-            m = (i * 7919 + n) % 1000 + 1
+            m = bench_member(i, n)
             held = await stubs[i % 8].Reserve(
                 pb.ReserveRequest(member_id=f"bench-{m}", amount=1, idempotency_key=uuid.uuid4().hex),
                 metadata=member_meta[m],
