@@ -31,7 +31,7 @@ from typing import Any
 
 from bench.baseline import export_baseline
 from bench.points_bench import BENCH_WALLETS, credit_request
-from bench.scratch import add_wallets, create_database, drop_database
+from bench.scratch import add_wallets, analyze, create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,6 +80,7 @@ async def measure(url: str, seconds: float, clients: int) -> dict[str, Any]:
 
             tasks = [asyncio.create_task(client(i)) for i in range(clients)]
             await asyncio.sleep(1.0)  # warm-up: connections opened, statements prepared
+            await analyze(url)  # then planned again on tables that hold rows (`scratch.analyze`)
             done_before, groups_before = done, groups.groups
             cpu_before, wall_before = time.process_time(), time.perf_counter()
             await asyncio.sleep(seconds)

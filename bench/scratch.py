@@ -53,3 +53,16 @@ async def add_wallets(url: str, count: int, *, available: int = 0, first: int = 
         )
     finally:
         await conn.close()
+
+
+async def analyze(url: str) -> None:
+    """ANALYZE the database at `url`, as autovacuum would after the tables grew. A bench database
+    is new and its tables start empty; a server without autovacuum (a test server may run without)
+    would keep the plans that prepared statements chose on the empty tables, sequential scans that
+    grow slower with every row a bench adds. Run it after a warm-up, before measuring: the next
+    run of each prepared statement is planned on the new statistics."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
