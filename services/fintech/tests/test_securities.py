@@ -113,5 +113,6 @@ async def test_a_sale_books_the_gain_or_loss_and_the_fund_stays_at_cost(fintech:
     async with fintech.ctx.db.sessions() as session:
         assert await ledger.balance(session, ledger.fund_account("kzn-world-equity")) == 0
         assert await ledger.balance(session, ledger.realized_account("kzn-world-equity")) == sale["realized_gain_minor"]
+    async with fintech.ctx.db.sessions() as session:
         report = await ledger.audit(session)
     assert report.ok, report.problems

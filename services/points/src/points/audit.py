@@ -40,6 +40,9 @@ async def audit(session: AsyncSession) -> AuditReport:
     (REPEATABLE READ), so a credit committing between two of them cannot look like a balance that
     does not match its postings."""
     if session.get_bind().dialect.name == "postgresql":
+        if session.in_transaction():
+            # Its isolation level is set: this audit would read a snapshot per query.
+            raise RuntimeError("audit() needs a session that has not queried yet")
         await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     problems: list[str] = []
     unbalanced = (
