@@ -61,6 +61,15 @@ def _established_on(port: int) -> dict[int, int]:
 SLOW_CALLS = 16
 
 
+def _exited(pid: int) -> bool:
+    """Whether the process has ended (gone, or a zombie whose sockets are closed)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
 def _holders(pids: set[int], port: int) -> dict[int, int]:
     """How many of the connections accepted on `port` each process holds."""
     inodes = _established_on(port)
@@ -123,6 +132,13 @@ def test_two_workers_share_the_ports_drain_on_sigterm_and_a_killed_one_is_replac
         # A worker killed outright is replaced; the service keeps answering meanwhile and after.
         killed = min(workers)
         os.kill(killed, signal.SIGKILL)
+        # Until it has exited, the kernel may still hand it a new connection, which its death then
+        # resets (each worker listens on its own SO_REUSEPORT socket); from then on, new ones go to
+        # the other worker.
+        deadline = time.monotonic() + 10
+        while not _exited(killed):
+            assert time.monotonic() < deadline, f"worker {killed} still runs after SIGKILL"
+            time.sleep(0.01)
         deadline = time.monotonic() + 60
         while True:
             current = _children(proc.pid)
