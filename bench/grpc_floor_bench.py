@@ -49,8 +49,8 @@ from kizuna.points.v1 import points_pb2_grpc
 
 from bench import points_bench
 from bench.baseline import export_baseline
-from bench.points_bench import CLIENTS, drive, drive_node, load, node_client_missing
-from bench.scratch import add_wallets, analyze, create_database, drop_database
+from bench.points_bench import CLIENTS, drive, drive_node, load, node_client_missing, settle
+from bench.scratch import add_wallets, create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -265,7 +265,7 @@ async def main() -> None:
         for round_ in range(1, args.rounds + 1):
             print(f"round {round_}", flush=True)
             if pointses:
-                await analyze(url)  # as autovacuum would, on the rows the last round added
+                await settle(url)  # analyzed as autovacuum would, on the rows the last round added
             # Every other round in the opposite order: the first server of a round measured up to
             # 20% slower than the one after it, whichever it was (bench/README.md).
             for kind in servers if round_ % 2 else servers[::-1]:

@@ -43,7 +43,7 @@ from kizuna.kit.testing import NatsServer, ServiceProcess, TestIssuer, free_port
 from kizuna.points.v1 import points_pb2 as pb
 from kizuna.points.v1 import points_pb2_grpc
 
-from bench.scratch import add_wallets, analyze, create_database, drop_database, named_database
+from bench.scratch import add_wallets, analyze, checkpoint, create_database, drop_database, named_database
 
 CLIENTS = 64
 
@@ -101,9 +101,9 @@ def credit_request(i: int, n: int) -> pb.CreditRequest:
 
 
 async def warm_up(url: str, call: Any, seconds: float = 2.0) -> None:
-    """`call` from every client for `seconds`, unmeasured, then ANALYZE (`scratch.analyze`): the
-    service's connections open and its statements prepared, then planned again on statistics of
-    tables that hold rows, as autovacuum would leave them on a server that runs it."""
+    """`call` from every client for `seconds`, unmeasured, then `settle`: the service's connections
+    open and its statements prepared, then planned again on statistics of tables that hold rows
+    (`scratch.analyze`), as autovacuum would leave them on a server that runs it."""
     stop = time.perf_counter() + seconds
 
     async def client(i: int) -> None:
@@ -113,7 +113,14 @@ async def warm_up(url: str, call: Any, seconds: float = 2.0) -> None:
             n += 1
 
     await asyncio.gather(*(client(i) for i in range(CLIENTS)))
+    await settle(url)
+
+
+async def settle(url: str) -> None:
+    """Between two measured phases: ANALYZE (the next phase's statements planned on what the last
+    one wrote) and CHECKPOINT (its dirty pages written before, not during, the next)."""
     await analyze(url)
+    await checkpoint(url)
 
 
 async def drive(name: str, seconds: float, call: Any, clients: int = CLIENTS, pid: int | None = None) -> None:
@@ -567,14 +574,15 @@ async def main() -> None:
         if "credit" in only:
             await drive("Credit (gRPC)", args.seconds, credit)
             await per_transaction(url, "credit", "credits")
-            await analyze(url)
+            await settle(url)
         if "reserve" in only:
             await drive("Reserve+Capture (gRPC)", args.seconds, reserve_capture)
             await per_transaction(url, "spend", "captures")
-            await analyze(url)
+            await settle(url)
         # The same calls from Node's clients, which leave the server more of the machine.
         if "credit-node" in only:
             await drive_node("Credit (gRPC, Node clients)", args.seconds, "credit", server.grpc_address, svc)
+            await settle(url)
         if "reserve-node" in only:
             await drive_node(
                 "Reserve+Capture (gRPC, Node clients)",
@@ -584,6 +592,7 @@ async def main() -> None:
                 svc,
                 on_behalf={f"bench-{i}": md for i, md in member_meta.items()},
             )
+            await settle(url)
         # One call at a time: CPU per call with the least contention (context switches, waiting
         # connections), which moves less with the shared machine's load than 64 clients do.
         if "credit1" in only:
@@ -592,6 +601,7 @@ async def main() -> None:
             await drive("Reserve+Capture (gRPC, 1 client)", args.seconds, reserve_capture, clients=1)
         if "pgbench" in only:
             pgbench(url, int(args.seconds), "pgbench, same Credit SQL", PGBENCH_CREDIT)
+            await settle(url)
             pgbench(url, int(args.seconds), "pgbench, same Reserve+Capture SQL", PGBENCH_RESERVE_CAPTURE)
         if "history" in only:
             sizes = [int(n) for n in args.history.split(",")]
