@@ -16,6 +16,7 @@ from datetime import date, datetime, timedelta
 from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.common.v1.common_pb2 import Money as MoneyPb
 from kizuna.fintech.v1 import events_pb2, fintech_pb2
+from kizuna.kit.clock import timestamp
 from kizuna.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from kizuna.kit.events import publish
 from kizuna.kit.points import publish_purchase
@@ -145,10 +146,7 @@ class Refunded:
 
 
 def ts(moment: datetime | None) -> Timestamp:
-    out = Timestamp()
-    if moment is not None:
-        out.FromDatetime(moment)
-    return out
+    return Timestamp() if moment is None else timestamp(moment)
 
 
 def money_pb(amount_minor: int, currency: str) -> MoneyPb:

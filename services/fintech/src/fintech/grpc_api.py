@@ -7,6 +7,7 @@ from typing import Any
 import grpc
 from kizuna.fintech.v1 import fintech_pb2, fintech_pb2_grpc
 from kizuna.kit.auth import current_call
+from kizuna.kit.clock import timestamp
 from kizuna.kit.service import Runtime
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -39,7 +40,7 @@ def authorize_response(decision: cards.AuthorizationDecision) -> fintech_pb2.Aut
         available_credit=money_pb(decision.available_minor, decision.currency),
     )
     if decision.expires_at is not None:
-        response.expires_at.FromDatetime(decision.expires_at)
+        response.expires_at.CopyFrom(timestamp(decision.expires_at))
     return response
 
 

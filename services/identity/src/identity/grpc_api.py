@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.identity.v1 import identity_pb2, identity_pb2_grpc
 from kizuna.kit.auth import current_call
+from kizuna.kit.clock import timestamp
 from kizuna.kit.errors import PermissionDenied
 from kizuna.kit.service import Runtime
 
@@ -43,8 +43,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         if member is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no member {request.member_id}")
         assert member is not None
-        created = Timestamp()
-        created.FromDatetime(member.created_at)
+        created = timestamp(member.created_at)
         if member.status == members.DELETED:
             return identity_pb2.GetMemberResponse(
                 member=identity_pb2.Member(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.identity.v1 import events_pb2
+from kizuna.kit.clock import timestamp
 from kizuna.kit.db import UTCDateTime
 from kizuna.kit.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from kizuna.kit.events import publish
@@ -60,12 +60,6 @@ def clean_display_name(name: str) -> str:
     return value
 
 
-def _ts(when: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(when)
-    return ts
-
-
 async def by_email(session: AsyncSession, email: str) -> Member | None:
     return (await session.exec(select(Member).where(Member.email == email))).first()
 
@@ -99,7 +93,7 @@ async def register(
     await publish(
         session,
         "identity.member.registered",
-        events_pb2.MemberRegistered(member_id=member.id, display_name=display_name, registered_at=_ts(now)),
+        events_pb2.MemberRegistered(member_id=member.id, display_name=display_name, registered_at=timestamp(now)),
         member_id=member.id,
     )
     return member
@@ -111,7 +105,7 @@ async def _updated(session: AsyncSession, member: Member, fields: list[str], now
     await publish(
         session,
         "identity.member.updated",
-        events_pb2.MemberUpdated(member_id=member.id, changed_fields=fields, updated_at=_ts(now)),
+        events_pb2.MemberUpdated(member_id=member.id, changed_fields=fields, updated_at=timestamp(now)),
         member_id=member.id,
     )
 

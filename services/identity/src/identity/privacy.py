@@ -28,9 +28,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.identity.v1 import events_pb2
 from kizuna.kit import outbound
+from kizuna.kit.clock import timestamp
 from kizuna.kit.db import UTCDateTime, utcnow
 from kizuna.kit.errors import FailedPrecondition, NotFound, PermissionDenied, Unauthenticated
 from kizuna.kit.events import Consumer, Event, durable_name, publish
@@ -96,12 +96,6 @@ def privacy_services(settings: Settings) -> list[str]:
 
 def _hash(link: str) -> str:
     return hashlib.sha256(link.encode()).hexdigest()
-
-
-def _ts(when: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(when)
-    return ts
 
 
 # ---- export -------------------------------------------------------------------------------------
@@ -251,7 +245,7 @@ async def erase_member(
     await publish(
         session,
         ERASURE_REQUESTED,
-        events_pb2.MemberErasureRequested(member_id=member.id, requested_at=_ts(now)),
+        events_pb2.MemberErasureRequested(member_id=member.id, requested_at=timestamp(now)),
         member_id=member.id,
     )
     return link, deliveries

@@ -19,11 +19,11 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from google.protobuf.timestamp_pb2 import Timestamp
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from kizuna.identity.v1 import events_pb2
+from kizuna.kit.clock import timestamp
 from kizuna.kit.db import UTCDateTime
 from kizuna.kit.events import publish
 from kizuna.kit.revocation import REVOCATION_SUBJECT
@@ -136,12 +136,6 @@ class RefreshToken(SQLModel, table=True):
 REVOCATION_HORIZON = timedelta(minutes=15)
 
 
-def _timestamp(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
 async def publish_revocation(
     session: AsyncSession,
     now: datetime,
@@ -163,8 +157,8 @@ async def publish_revocation(
         member_wide=member_wide,
         client_id=client_id,
         client_wide=client_wide,
-        revoked_at=_timestamp(now),
-        expires_at=_timestamp(now + REVOCATION_HORIZON),
+        revoked_at=timestamp(now),
+        expires_at=timestamp(now + REVOCATION_HORIZON),
         reason=reason,
     )
     return await publish(session, REVOCATION_SUBJECT, event, member_id=member_id or None)

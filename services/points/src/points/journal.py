@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from kizuna.kit.clock import timestamp
 from kizuna.kit.db import OnDriver, written
 from kizuna.points.v1 import points_pb2 as pb
 from sqlalchemy import ARRAY, BigInteger, Boolean, Integer, String, TextClause, bindparam, insert, text
@@ -29,11 +30,8 @@ MAX_PAGE = 200
 
 
 def ts(moment: datetime | None) -> Timestamp | None:
-    if moment is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
+    """A message's time field, or None to leave it unset."""
+    return None if moment is None else timestamp(moment)
 
 
 def new_id(prefix: str) -> str:

@@ -6,13 +6,13 @@ from typing import Any
 
 from kizuna.common.v1.common_pb2 import Money, PageInfo
 from kizuna.kit.auth import current_call
+from kizuna.kit.clock import timestamp
 from kizuna.kit.service import Runtime
 from kizuna.shop.v1 import shop_pb2 as pb
 from kizuna.shop.v1 import shop_pb2_grpc
 
 from shop import orders
 from shop.models import Order, OrderLine
-from shop.order_events import timestamp
 
 # The contract has no in-between statuses: an order mid-transition (or whose refund failed) is
 # still what it was before the change began.

@@ -6,8 +6,8 @@ from datetime import datetime
 from typing import Any
 
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.common.v1.common_pb2 import Money
+from kizuna.kit.clock import timestamp
 from kizuna.kit.events import publish
 from kizuna.kit.points import publish_purchase
 from kizuna.shop.v1 import events_pb2 as ev
@@ -22,12 +22,6 @@ MESSAGES: dict[str, type[Message]] = {
     "shop.order.cancelled": ev.OrderCancelled,
     "shop.order.refunded": ev.OrderRefunded,
 }
-
-
-def timestamp(at: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(at)
-    return ts
 
 
 def order_event(order: Order, subject: str, at: datetime, **extra: Any) -> Message:

@@ -8,8 +8,8 @@ from datetime import date, datetime
 from typing import Any
 
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.common.v1 import common_pb2
+from kizuna.kit.clock import timestamp
 from kizuna.kit.events import publish
 from kizuna.kit.points import publish_purchase
 from kizuna.travel.v1 import events_pb2
@@ -20,12 +20,6 @@ from travel.models import Booking
 
 def _date(d: date) -> common_pb2.Date:
     return common_pb2.Date(year=d.year, month=d.month, day=d.day)
-
-
-def _ts(t: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(t)
-    return ts
 
 
 def _money(amount: int, currency: str) -> common_pb2.Money:
@@ -82,7 +76,7 @@ async def _announce(
         hotel_id=booking.hotel_id,
         total=_money(booking.total_minor, booking.currency),
         points_used=booking.points_used,
-        occurred_at=_ts(now),
+        occurred_at=timestamp(now),
         **details,
     )
     await publish(session, subject, message, member_id=booking.member_id)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import date
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.common.v1 import common_pb2
+from kizuna.kit.clock import timestamp
 from kizuna.travel.v1 import travel_pb2
 from pydantic import AliasChoices, BaseModel, Field
 
@@ -221,9 +221,7 @@ class CancellationQuotePublic(BaseModel):
 
 
 def booking_proto(b: Booking) -> travel_pb2.Booking:
-    created, updated = Timestamp(), Timestamp()
-    created.FromDatetime(b.created_at)
-    updated.FromDatetime(b.updated_at)
+    created, updated = timestamp(b.created_at), timestamp(b.updated_at)
     return travel_pb2.Booking(
         booking_id=b.id,
         member_id=b.member_id,

@@ -23,9 +23,9 @@ from datetime import datetime
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.common.v1.common_pb2 import Money
 from kizuna.kit.auth import ServiceTokenClient, call_metadata
+from kizuna.kit.clock import timestamp
 from kizuna.kit.errors import Unavailable
 from kizuna.kit.events import publish
 from kizuna.kit.rpc import client_channel, peer_error
@@ -157,8 +157,6 @@ async def publish_purchase(
     """Stage `<service>.purchase.<stage>` of the earning contract in the session's transaction
     (outbox); returns the event id. `paid_minor` is the money paid, without the points used.
     A refund names its own `refund_reference` and the money it returned."""
-    when = Timestamp()
-    when.FromDatetime(at)
     purchase = earning_pb2.Purchase(
         reference=reference,
         member_id=member_id,
@@ -168,7 +166,7 @@ async def publish_purchase(
         category=category,
         merchant_bonus_points=merchant_bonus_points,
     )
-    fields: dict[str, Any] = {"purchase": purchase, "occurred_at": when}
+    fields: dict[str, Any] = {"purchase": purchase, "occurred_at": timestamp(at)}
     if stage == "refunded":
         fields.update(refund_reference=refund_reference, refunded=Money(amount_minor=refunded_minor, currency=currency))
     message = PURCHASE_STAGES[stage](**fields)

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from google.protobuf.timestamp_pb2 import Timestamp
 from kizuna.identity.v1 import events_pb2 as identity_events
 from kizuna.kit.auth import Principal, service_scope
+from kizuna.kit.clock import timestamp
 from kizuna.kit.db import utcnow
 from kizuna.kit.declaration import ISSUER
 from kizuna.kit.errors import PermissionDenied
@@ -56,12 +56,12 @@ def erasure_consumer(service: str, privacy: Privacy) -> Consumer:
             raise PermissionDenied(f"an erasure request must come from {ISSUER} on {ERASURE_REQUESTED}")
         request = event.parse(identity_events.MemberErasureRequested)
         await privacy.erase(session, request.member_id)
-        completed_at = Timestamp()
-        completed_at.FromDatetime(utcnow())
         await publish(
             session,
             erased_subject(service),
-            identity_events.ErasureCompleted(member_id=request.member_id, service=service, completed_at=completed_at),
+            identity_events.ErasureCompleted(
+                member_id=request.member_id, service=service, completed_at=timestamp(utcnow())
+            ),
             member_id=request.member_id,
         )
 
