@@ -130,8 +130,9 @@ async def measure(
 
 
 async def warm_up(address: str, url: str, token: str) -> None:
-    """Credit from 64 clients for two seconds, unmeasured, then ANALYZE (`points_bench.warm_up`):
-    each points process measured with its statements prepared and planned on tables that hold rows."""
+    """Credit from 64 clients for two seconds, unmeasured, then ANALYZE and CHECKPOINT
+    (`points_bench.warm_up`): each points process measured with its statements prepared and planned
+    on tables that hold rows."""
     metadata = call_metadata(token)
     async with grpc.aio.insecure_channel(address) as channel:
         stub = points_pb2_grpc.PointsServiceStub(channel)

@@ -9,7 +9,10 @@ the cost of one Credit, Reserve and GetBalance for a member with 1, 100 and 10,0
     .venv/bin/python bench/points_bench.py --only reads --members 1000000 --entries 10000000 --seeded p5
         # P5's size, seeded once (about seven minutes) into the database p5 and kept for the next run
 
-Each phase prints the load average (1 min) before and after it: the machine is shared.
+Each phase prints the load average (1 min) before and after it: the machine is shared. The ledger
+phases start after 2 s of Credit unmeasured, and each of them and pgbench's after an ANALYZE and a
+CHECKPOINT (`settle`): measured on tables analyzed as autovacuum would leave them, and with none
+writing out the dirty pages of the one before.
 
 Needs PostgreSQL at BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres)
 and `pgbench` on PATH. The service runs as its own process (`python -m points`), the way production

@@ -70,8 +70,7 @@ async def analyze(url: str) -> None:
 
 async def checkpoint(url: str) -> None:
     """CHECKPOINT the server at `url`: the dirty pages one phase left are written now, not by the
-    checkpointer during the next phase (pgbench's 64 clients leave hundreds of megabytes of WAL
-    behind them). Needs a superuser or pg_checkpoint; without, it is skipped, and said."""
+    checkpointer during the next phase. Needs a superuser or pg_checkpoint; without, it is skipped, and said."""
     conn = await asyncpg.connect(url)
     try:
         await conn.execute("CHECKPOINT")
