@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from kizuna.kit.db import one_moment
 from kizuna.kit.errors import FailedPrecondition, InvalidArgument
 from sqlalchemy import func
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -198,14 +199,10 @@ async def audit(session: AsyncSession) -> AuditReport:
     zero; every account's balance equals the sum of its postings (in its normal direction), in its
     currency, and is not below its floor; every fund account equals the cost of the units held.
 
-    Call it on a session that has not queried yet: on PostgreSQL every query then reads one
-    snapshot, so a live system's transfer committing between two of them cannot look like a
-    balance that does not match its postings."""
-    if session.get_bind().dialect.name == "postgresql":
-        if session.in_transaction():
-            # Its isolation level is set: this audit would read a snapshot per query.
-            raise RuntimeError("audit() needs a session that has not queried yet")
-        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    Call it on a session that has not queried yet (`one_moment`; another is refused): on PostgreSQL
+    every query then reads one snapshot, so a live system's transfer committing between two of them
+    cannot look like a balance that does not match its postings."""
+    await one_moment(session)
     problems: list[str] = []
     per_entry = (
         await session.exec(

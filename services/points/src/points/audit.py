@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from kizuna.kit.db import one_moment
 from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -36,14 +37,10 @@ async def audit(session: AsyncSession) -> AuditReport:
     and holds, its limited-time and rolling points those of its lots); no balance is negative;
     issued - clawed back - redeemed - expired = outstanding.
 
-    Call it on a session that has not queried yet: on PostgreSQL every query then reads one snapshot
-    (REPEATABLE READ), so a credit committing between two of them cannot look like a balance that
-    does not match its postings."""
-    if session.get_bind().dialect.name == "postgresql":
-        if session.in_transaction():
-            # Its isolation level is set: this audit would read a snapshot per query.
-            raise RuntimeError("audit() needs a session that has not queried yet")
-        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    Call it on a session that has not queried yet (`one_moment`; another is refused): on PostgreSQL
+    every query then reads one snapshot (REPEATABLE READ), so a credit committing between two of
+    them cannot look like a balance that does not match its postings."""
+    await one_moment(session)
     problems: list[str] = []
     unbalanced = (
         await session.exec(

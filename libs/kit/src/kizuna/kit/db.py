@@ -218,6 +218,19 @@ class OnDriver:
         return [row._make(record.values()) for record in records]
 
 
+async def one_moment(session: AsyncSession) -> None:
+    """Make every query of the session's transaction read one snapshot (PostgreSQL: REPEATABLE
+    READ; SQLite's one writer at a time already gives that), for a check across several queries,
+    such as a ledger's audit, on a live database. The isolation level is fixed by the session's
+    first query, so a session that has queried already is refused (RuntimeError), not run at a
+    snapshot per query."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    if session.in_transaction():
+        raise RuntimeError("one_moment() needs a session that has not queried yet")
+    await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
 async def flush_pending(session: AsyncSession) -> None:
     """Write the session's pending ORM changes, as its autoflush would before an ORM query: for a
     Core statement on its connection that must see them, or whose rows replace them (`attach`)."""
