@@ -6,6 +6,7 @@ statement runs on a fresh one; disposing the database gives the connection back.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -17,8 +18,19 @@ from sqlalchemy.pool import QueuePool
 PID = "SELECT pg_backend_pid() AS pid"
 
 
-def _database(postgres_url: str) -> Database:
-    return Database(postgres_url.replace("postgresql://", "postgresql+asyncpg://", 1), pool_size=2)
+@pytest.fixture
+async def db(postgres_url: str) -> AsyncIterator[Database]:
+    database = Database(postgres_url.replace("postgresql://", "postgresql+asyncpg://", 1), pool_size=2)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+async def admin(postgres_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the test's own, beside the pool, to watch and end the pool's."""
+    conn = await asyncpg.connect(postgres_url)
+    yield conn
+    await conn.close()
 
 
 def _pool(db: Database) -> QueuePool:
@@ -33,83 +45,64 @@ async def _pid(held: HeldConnection) -> int:
     return pid
 
 
-async def test_statements_share_one_connection_taking_turns_until_it_is_given_back(postgres_url: str) -> None:
-    db = _database(postgres_url)
-    try:
-        held = db.held()
-        assert not held.holding and _pool(db).checkedout() == 0
-        first = await _pid(held)
-        assert held.holding and _pool(db).checkedout() == 1
-        # Side by side: one statement at a time on the one connection (asyncpg refuses two).
-        rows = await asyncio.gather(
-            *(held.fetch("SELECT", "SELECT pg_backend_pid() AS pid, pg_sleep(0.01)") for _ in range(6))
-        )
-        assert {row[0]["pid"] for row in rows} == {first}
-        assert _pool(db).checkedout() == 1
-        await held.release()
-        assert not held.holding and _pool(db).checkedout() == 0
-        assert await _pid(held) == first, "taken from the pool again: the same idle connection"
-    finally:
-        await db.dispose()
+async def test_statements_share_one_connection_taking_turns_until_it_is_given_back(db: Database) -> None:
+    held = db.held()
+    assert not held.holding and _pool(db).checkedout() == 0
+    first = await _pid(held)
+    assert held.holding and _pool(db).checkedout() == 1
+    # Side by side: one statement at a time on the one connection (asyncpg refuses two).
+    rows = await asyncio.gather(
+        *(held.fetch("SELECT", "SELECT pg_backend_pid() AS pid, pg_sleep(0.01)") for _ in range(6))
+    )
+    assert {row[0]["pid"] for row in rows} == {first}
+    assert _pool(db).checkedout() == 1
+    await held.release()
+    assert not held.holding and _pool(db).checkedout() == 0
+    assert await _pid(held) == first, "taken from the pool again: the same idle connection"
+    await db.dispose()
     assert not held.holding, "disposing the database gave it back"
 
 
-async def test_a_statement_error_is_the_callers_and_the_connection_stays_held(postgres_url: str) -> None:
-    db = _database(postgres_url)
-    try:
-        held = db.held()
-        pid = await _pid(held)
-        with pytest.raises(asyncpg.UndefinedTableError):
-            await held.fetch("SELECT nowhere", "SELECT * FROM nowhere")
-        assert held.holding and await _pid(held) == pid
-    finally:
-        await db.dispose()
+async def test_a_statement_error_is_the_callers_and_the_connection_stays_held(db: Database) -> None:
+    held = db.held()
+    pid = await _pid(held)
+    with pytest.raises(asyncpg.UndefinedTableError):
+        await held.fetch("SELECT nowhere", "SELECT * FROM nowhere")
+    assert held.holding and await _pid(held) == pid
 
 
-async def test_a_dead_connection_is_dropped_and_the_statement_runs_on_a_fresh_one(postgres_url: str) -> None:
-    db = _database(postgres_url)
-    admin = await asyncpg.connect(postgres_url)
-    try:
-        held = db.held()
-        ended = await _pid(held)
-        await admin.execute("SELECT pg_terminate_backend($1)", ended)
+async def test_a_dead_connection_is_dropped_and_the_statement_runs_on_a_fresh_one(
+    db: Database, admin: asyncpg.Connection
+) -> None:
+    held = db.held()
+    ended = await _pid(held)
+    await admin.execute("SELECT pg_terminate_backend($1)", ended)
 
-        async def gone() -> bool:
-            left: int = await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", ended)
-            return left == 0
+    async def gone() -> bool:
+        left: int = await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", ended)
+        return left == 0
 
-        await wait_until(gone, timeout=10)
-        fresh = await _pid(held)
-        assert fresh != ended and held.holding
-        assert _pool(db).checkedout() == 1, "the dead one left the pool"
-    finally:
-        await admin.close()
-        await db.dispose()
+    await wait_until(gone, timeout=10)
+    fresh = await _pid(held)
+    assert fresh != ended and held.holding
+    assert _pool(db).checkedout() == 1, "the dead one left the pool"
 
 
-async def test_a_cancelled_statement_drops_its_connection(postgres_url: str) -> None:
-    db = _database(postgres_url)
-    admin = await asyncpg.connect(postgres_url)
-    try:
-        held = db.held()
-        interrupted = await _pid(held)
-        slow = asyncio.create_task(held.fetch("SELECT pg_sleep", "SELECT pg_sleep(30)"))
+async def test_a_cancelled_statement_drops_its_connection(db: Database, admin: asyncpg.Connection) -> None:
+    held = db.held()
+    interrupted = await _pid(held)
+    slow = asyncio.create_task(held.fetch("SELECT pg_sleep", "SELECT pg_sleep(30)"))
 
-        async def sleeping() -> bool:
-            state: str | None = await admin.fetchval(
-                "SELECT wait_event FROM pg_stat_activity WHERE pid = $1", interrupted
-            )
-            return state == "PgSleep"
+    async def sleeping() -> bool:
+        state: str | None = await admin.fetchval("SELECT wait_event FROM pg_stat_activity WHERE pid = $1", interrupted)
+        return state == "PgSleep"
 
-        await wait_until(sleeping, timeout=10)
-        slow.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await slow
-        assert not held.holding, "a connection left mid-statement is not used again"
-        assert await _pid(held) != interrupted
-    finally:
-        await admin.close()
-        await db.dispose()
+    await wait_until(sleeping, timeout=10)
+    slow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    assert not held.holding, "a connection left mid-statement is not used again"
+    assert await _pid(held) != interrupted
 
 
 async def test_held_connections_are_for_postgresql_only(tmp_path: Path) -> None:

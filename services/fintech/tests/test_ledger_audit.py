@@ -11,7 +11,6 @@ import sys
 from asyncio.subprocess import PIPE
 from typing import Any
 
-import pytest
 from sqlalchemy import text
 
 from .fintech_world import FintechClient, new_member
@@ -105,17 +104,3 @@ async def test_an_audit_of_live_books_sees_one_moment(fintech: FintechClient) ->
     reports = await audits()
     await moving
     assert reports and all(problems == [] for problems in reports), [p for p in reports if p][:3]
-
-
-async def test_an_audit_refuses_a_session_that_has_read_already(fintech: FintechClient) -> None:
-    """On PostgreSQL a session's isolation level is fixed by its first query: an audit handed a
-    session that has read already would read a moment per query, so it is refused, not run."""
-    from fintech import ledger
-
-    async with fintech.ctx.db.sessions() as session:
-        await ledger.balance(session, ledger.fund_account("kzn-world-equity"))
-        if fintech.ctx.db.is_sqlite:  # one writer at a time: every read there sees one moment
-            assert (await ledger.audit(session)).ok
-            return
-        with pytest.raises(RuntimeError, match="has not queried yet"):
-            await ledger.audit(session)

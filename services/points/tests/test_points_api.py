@@ -395,18 +395,3 @@ async def test_refunded_points_repay_debt_first(points: Points) -> None:
     assert (await points.stub.Refund(refund, metadata=points.auth())).refunded == 60
     balance = await points.balance("m")
     assert (balance.total, balance.debt) == (0, 40)
-
-
-async def test_an_audit_refuses_a_session_that_has_read_already(points: Points) -> None:
-    """On PostgreSQL a session's isolation level is fixed by its first query: an audit handed a
-    session that has read already would read a moment per query, so it is refused, not run."""
-    from points import audit
-    from points.models import Wallet
-
-    async with points.runtime.db.sessions() as session:
-        await session.get(Wallet, "nobody")
-        if points.runtime.db.is_sqlite:  # one writer at a time: every read there sees one moment
-            assert (await audit.audit(session)).ok
-            return
-        with pytest.raises(RuntimeError, match="has not queried yet"):
-            await audit.audit(session)
